@@ -1,0 +1,222 @@
+#include "quant.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdbool.h>
+#include <string.h>
+#include <strings.h>
+
+/* Block layouts (ggml's, little-endian, packed):
+ *   Q4_0: f16 d; u8 qs[16]          x = ((nibble) - 8) * d
+ *   Q4_1: f16 d; f16 m; u8 qs[16]   x = (nibble) * d + m
+ *   Q8_0: f16 d; i8 qs[32]          x = q * d
+ * Low nibbles of qs[j] are element j, high nibbles element j + 16. */
+static const struct pd_dtype_info dtypes[PD_DT_COUNT] = {
+    [PD_DT_F32] = {"F32", 1, 4, 1},
+    [PD_DT_F16] = {"F16", 1, 2, 1},
+    [PD_DT_Q4_0] = {"Q4_0", 32, 18, 1},
+    [PD_DT_Q4_1] = {"Q4_1", 32, 20, 1},
+    [PD_DT_Q5_0] = {"Q5_0", 32, 22, 0},
+    [PD_DT_Q5_1] = {"Q5_1", 32, 24, 0},
+    [PD_DT_Q8_0] = {"Q8_0", 32, 34, 1},
+    [PD_DT_Q8_1] = {"Q8_1", 32, 36, 0},
+    [PD_DT_Q2_K] = {"Q2_K", 256, 84, 0},
+    [PD_DT_Q3_K] = {"Q3_K", 256, 110, 0},
+    [PD_DT_Q4_K] = {"Q4_K", 256, 144, 0},
+    [PD_DT_Q5_K] = {"Q5_K", 256, 176, 0},
+    [PD_DT_Q6_K] = {"Q6_K", 256, 210, 0},
+    [PD_DT_Q8_K] = {"Q8_K", 256, 292, 0},
+    [PD_DT_I8] = {"I8", 1, 1, 0},
+    [PD_DT_I16] = {"I16", 1, 2, 0},
+    [PD_DT_I32] = {"I32", 1, 4, 0},
+    [PD_DT_I64] = {"I64", 1, 8, 0},
+    [PD_DT_F64] = {"F64", 1, 8, 0},
+    [PD_DT_BF16] = {"BF16", 1, 2, 1},
+};
+
+const struct pd_dtype_info *pd_dtype_info(uint32_t type)
+{
+    if (type >= PD_DT_COUNT || !dtypes[type].name)
+        return NULL;
+    return &dtypes[type];
+}
+
+int pd_dtype_supported(uint32_t type)
+{
+    const struct pd_dtype_info *ti = pd_dtype_info(type);
+    return ti && ti->supported;
+}
+
+const char *pd_dtype_name(uint32_t type)
+{
+    const struct pd_dtype_info *ti = pd_dtype_info(type);
+    return ti ? ti->name : "unknown";
+}
+
+int pd_dtype_parse(const char *s)
+{
+    if (!s)
+        return -EINVAL;
+    for (uint32_t t = 0; t < PD_DT_COUNT; t++)
+        if (dtypes[t].name && strcasecmp(dtypes[t].name, s) == 0)
+            return (int)t;
+    return -EINVAL;
+}
+
+int pd_dtype_row_size(uint32_t type, uint64_t ne0, uint64_t *nbytes)
+{
+    const struct pd_dtype_info *ti = pd_dtype_info(type);
+    if (!ti || ne0 % ti->block != 0)
+        return -EINVAL;
+    uint64_t blocks = ne0 / ti->block;
+    if (blocks > UINT64_MAX / ti->bytes)
+        return -EOVERFLOW;
+    *nbytes = blocks * ti->bytes;
+    return 0;
+}
+
+static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
+float pd_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f;
+    uint32_t man = h & 0x3ff;
+    uint32_t bits;
+
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (man << 13); /* inf / nan */
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    } else if (man == 0) {
+        bits = sign;
+    } else {
+        /* subnormal: normalise the mantissa */
+        int e = -1;
+        do {
+            e++;
+            man <<= 1;
+        } while ((man & 0x400) == 0);
+        bits = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3ff) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+uint16_t pd_f32_to_f16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
+    uint32_t absx = x & 0x7fffffffu;
+
+    if (absx > 0x7f800000u)
+        return sign | 0x7e00; /* nan */
+    if (absx >= 0x477ff000u) /* rounds to >= 65520: overflow to inf */
+        return sign | 0x7c00;
+    if (absx < 0x38800000u) {
+        /* result is subnormal or zero: shift the full mantissa and round */
+        if (absx < 0x33000000u) /* below half the smallest subnormal */
+            return sign;
+        uint32_t e = absx >> 23;
+        uint32_t m = (absx & 0x7fffff) | 0x800000;
+        uint32_t shift = 126 - e; /* 14 + (112 - e) + 0 */
+        uint32_t r = m >> shift;
+        uint32_t rem = m & ((1u << shift) - 1);
+        uint32_t half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (r & 1)))
+            r++;
+        return sign | (uint16_t)r;
+    }
+    uint32_t r = ((absx >> 13) - (112u << 10));
+    uint32_t rem = absx & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (r & 1)))
+        r++;
+    return sign | (uint16_t)r;
+}
+
+float pd_bf16_to_f32(uint16_t h)
+{
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+uint16_t pd_f32_to_bf16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((x >> 16) | 0x40); /* quiet nan */
+    x += 0x7fff + ((x >> 16) & 1);
+    return (uint16_t)(x >> 16);
+}
+
+int pd_dequant_row(uint32_t type, const void *src_, float *dst, uint64_t n)
+{
+    const uint8_t *src = src_;
+
+    switch (type) {
+    case PD_DT_F32:
+        memcpy(dst, src, n * sizeof(float));
+        return 0;
+    case PD_DT_F16:
+        for (uint64_t i = 0; i < n; i++)
+            dst[i] = pd_f16_to_f32(rd16(src + 2 * i));
+        return 0;
+    case PD_DT_BF16:
+        for (uint64_t i = 0; i < n; i++)
+            dst[i] = pd_bf16_to_f32(rd16(src + 2 * i));
+        return 0;
+    case PD_DT_Q4_0:
+        for (uint64_t b = 0; b < n / 32; b++, src += 18, dst += 32) {
+            float d = pd_f16_to_f32(rd16(src));
+            for (int j = 0; j < 16; j++) {
+                dst[j] = (float)((src[2 + j] & 0x0f) - 8) * d;
+                dst[j + 16] = (float)((src[2 + j] >> 4) - 8) * d;
+            }
+        }
+        return 0;
+    case PD_DT_Q4_1:
+        for (uint64_t b = 0; b < n / 32; b++, src += 20, dst += 32) {
+            float d = pd_f16_to_f32(rd16(src));
+            float m = pd_f16_to_f32(rd16(src + 2));
+            for (int j = 0; j < 16; j++) {
+                dst[j] = (float)(src[4 + j] & 0x0f) * d + m;
+                dst[j + 16] = (float)(src[4 + j] >> 4) * d + m;
+            }
+        }
+        return 0;
+    case PD_DT_Q8_0:
+        for (uint64_t b = 0; b < n / 32; b++, src += 34, dst += 32) {
+            float d = pd_f16_to_f32(rd16(src));
+            for (int j = 0; j < 32; j++)
+                dst[j] = (float)(int8_t)src[2 + j] * d;
+        }
+        return 0;
+    default:
+        return -ENOTSUP;
+    }
+}
+
+int pd_quant_row(uint32_t type, const float *src, void *dst_, uint64_t n)
+{
+    uint8_t *dst = dst_;
+    switch (type) {
+    case PD_DT_F32:
+        memcpy(dst, src, n * sizeof(float));
+        return 0;
+    case PD_DT_F16:
+    case PD_DT_BF16:
+        for (uint64_t i = 0; i < n; i++) {
+            uint16_t h = type == PD_DT_F16 ? pd_f32_to_f16(src[i]) : pd_f32_to_bf16(src[i]);
+            dst[2 * i] = (uint8_t)h;
+            dst[2 * i + 1] = (uint8_t)(h >> 8);
+        }
+        return 0;
+    default:
+        return -ENOTSUP;
+    }
+}
