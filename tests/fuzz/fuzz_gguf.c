@@ -1,7 +1,9 @@
 /* libFuzzer target: GGUF images from untrusted bytes, through the parser,
- * and every getter. Built as a real fuzzer with -Dfuzzing=true (clang); the
+ * every getter, and the model layer (hyper-parameters, tensor binding,
+ * fingerprint). Built as a real fuzzer with -Dfuzzing=true (clang); the
  * seed corpus is replayed by `meson test --suite fuzz` with any compiler. */
 #include "gguf.h"
+#include "model.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -11,6 +13,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct pd_gguf *g = NULL;
+    struct pd_model *m = NULL;
     char err[256];
 
     if (pd_gguf_parse(data, size, &g, err, sizeof(err)) == 0) {
@@ -47,5 +50,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         pd_gguf_free(g);
     }
+    if (pd_model_load_image(data, size, "fuzz", &m, err, sizeof(err)) == 0)
+        pd_model_free(m);
     return 0;
 }
