@@ -442,18 +442,10 @@ static int load_gguf(struct pd_model *m, const char *path, char *err, size_t err
     return 0;
 }
 
-int pd_model_load(const struct pd_model_params *p, struct pd_model **out, char *err,
-                  size_t errlen)
+/* The common tail of every loader: bind tensors, fingerprint, hand over or free. */
+static int finish_load(struct pd_model *m, int rc, struct pd_model **out, char *err,
+                       size_t errlen)
 {
-    struct pd_model *m = calloc(1, sizeof(*m));
-    int rc;
-
-    if (!m)
-        return ERR(-ENOMEM, "model: out of memory");
-    if (p->load_format == PD_LOAD_DUMMY)
-        rc = pd_model_load_dummy(m, p, err, errlen);
-    else
-        rc = load_gguf(m, p->path, err, errlen);
     if (rc == 0)
         rc = pd_model_bind(m, err, errlen);
     if (rc < 0) {
@@ -463,6 +455,18 @@ int pd_model_load(const struct pd_model_params *p, struct pd_model **out, char *
     pd_model_compute_fingerprint(m);
     *out = m;
     return 0;
+}
+
+int pd_model_load(const struct pd_model_params *p, struct pd_model **out, char *err,
+                  size_t errlen)
+{
+    struct pd_model *m = calloc(1, sizeof(*m));
+
+    if (!m)
+        return ERR(-ENOMEM, "model: out of memory");
+    return finish_load(m, p->load_format == PD_LOAD_DUMMY ? pd_model_load_dummy(m, p, err, errlen)
+                                                          : load_gguf(m, p->path, err, errlen),
+                       out, err, errlen);
 }
 
 int pd_model_load_image(const void *buf, size_t len, const char *name, struct pd_model **out,
@@ -476,15 +480,7 @@ int pd_model_load_image(const void *buf, size_t len, const char *name, struct pd
     rc = model_from_image(m, buf, len, err, errlen);
     if (rc == 0 && !(m->name = strdup(name ? name : "(memory)")))
         rc = ERR(-ENOMEM, "model: out of memory");
-    if (rc == 0)
-        rc = pd_model_bind(m, err, errlen);
-    if (rc < 0) {
-        pd_model_free(m);
-        return rc;
-    }
-    pd_model_compute_fingerprint(m);
-    *out = m;
-    return 0;
+    return finish_load(m, rc, out, err, errlen);
 }
 
 struct pd_model *pd_model_free(struct pd_model *m)

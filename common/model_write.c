@@ -72,7 +72,7 @@ int pd_model_write_gguf(const struct pd_model *m, const char *path, char *err, s
     struct wr w = {0};
     char *tmp = NULL;
     int rc = 0;
-    uint32_t n_kv = 13;
+    uint32_t n_kv = 14;
     static const uint8_t zeros[ALIGN];
 
     for (size_t i = 0; i < m->n_tensors; i++)
@@ -99,6 +99,7 @@ int pd_model_write_gguf(const struct pd_model *m, const char *path, char *err, s
     kv_str(&w, "general.name", m->name);
     kv_u32(&w, "general.alignment", ALIGN);
     kv_u32(&w, "llama.block_count", hp->n_layer);
+    kv_u32(&w, "llama.vocab_size", hp->n_vocab);
     kv_u32(&w, "llama.context_length", hp->n_ctx_train);
     kv_u32(&w, "llama.embedding_length", hp->n_embd);
     kv_u32(&w, "llama.feed_forward_length", hp->n_ff);

@@ -1,0 +1,480 @@
+#include "engine.h"
+
+#include "attention.h"
+#include "embed.h"
+#include "kv_write.h"
+#include "matmul.h"
+#include "quant.h"
+#include "rmsnorm.h"
+#include "rope.h"
+#include "swiglu.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The kernels one device provides; the engine calls only through this table. */
+struct pd_kernels {
+    int (*embed)(const struct pd_embed_args *);
+    int (*rmsnorm)(const struct pd_rmsnorm_args *);
+    int (*matmul)(const struct pd_matmul_args *);
+    int (*rope)(const struct pd_rope_args *);
+    int (*kv_write)(const struct pd_kv_write_args *);
+    int (*attention)(const struct pd_attn_args *);
+    int (*swiglu)(const struct pd_swiglu_args *);
+};
+
+static const struct pd_kernels cpu_kernels = {
+    .embed = pd_embed_cpu,
+    .rmsnorm = pd_rmsnorm_cpu,
+    .matmul = pd_matmul_cpu,
+    .rope = pd_rope_cpu,
+    .kv_write = pd_kv_write_cpu,
+    .attention = pd_attention_cpu,
+    .swiglu = pd_swiglu_cpu,
+};
+
+struct layer_w {
+    const float *attn_norm; /* (n_embd) */
+    const float *wq; /* (n_head * head_dim, n_embd) */
+    const float *wk, *wv; /* (n_head_kv * head_dim, n_embd) */
+    const float *wo; /* (n_embd, n_head * head_dim) */
+    const float *ffn_norm; /* (n_embd) */
+    const float *w_gate, *w_up; /* (n_ff, n_embd) */
+    const float *w_down; /* (n_embd, n_ff) */
+};
+
+struct pd_engine {
+    const struct pd_model *model;
+    struct pd_hparams hp;
+    const struct pd_kernels *k;
+    struct layer_w *layers; /* [n_layer] */
+    const struct pd_tensor *tok_embd; /* gathered in its stored type */
+    const float *out_norm; /* (n_embd) */
+    const float *w_out; /* (n_vocab, n_embd) */
+    const float *rope_factors; /* (rope_dim / 2) or NULL */
+    float rope_scale;
+    float **owned; /* dequantized weights this engine allocated */
+    size_t n_owned;
+
+    struct pd_kvcache *kc;
+    uint32_t max_tokens, max_model_len, max_items, max_blocks;
+
+    /* scratch for max_tokens tokens */
+    float *x; /* (T, n_embd) residual stream */
+    float *h; /* (T, n_embd) normed */
+    float *q; /* (T, n_head * head_dim) */
+    float *kk, *vv; /* (T, n_head_kv * head_dim) */
+    float *att; /* (T, n_head * head_dim) */
+    float *gate, *up; /* (T, n_ff) */
+    int32_t *tok, *pos, *tok_seq; /* (T) */
+    int64_t *slot; /* (T) */
+    uint32_t *tables; /* (max_items, max_blocks) */
+    uint32_t *out_item, *out_row; /* (T): which item / logits row each output row is */
+    float *logits; /* (LOGIT_ROWS, n_vocab) */
+};
+
+/* Rows of logits computed per GEMM: bounds the scratch at LOGIT_ROWS x vocab. */
+#define LOGIT_ROWS 64
+
+__attribute__((format(printf, 4, 5))) static int fail(char *err, size_t errlen, int rc,
+                                                      const char *fmt, ...)
+{
+    va_list ap;
+    if (err && errlen) {
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+/* A weight as float32: in place when stored so (and aligned), else dequantized
+ * into memory the engine owns. */
+static const float *weight_f32(struct pd_engine *e, const struct pd_tensor *t)
+{
+    if (t->type == PD_DT_F32 && ((uintptr_t)t->data % sizeof(float)) == 0)
+        return t->data;
+    uint64_t row_bytes, rows = t->ne[1] * t->ne[2] * t->ne[3];
+    if (pd_dtype_row_size(t->type, t->ne[0], &row_bytes) < 0)
+        return NULL;
+    float *w = malloc(t->ne[0] * rows * sizeof(float));
+    float **o = realloc(e->owned, (e->n_owned + 1) * sizeof(*o));
+    if (!w || !o) {
+        free(w);
+        if (o)
+            e->owned = o;
+        return NULL;
+    }
+    e->owned = o;
+    e->owned[e->n_owned++] = w;
+    for (uint64_t r = 0; r < rows; r++)
+        if (pd_dequant_row(t->type, (const uint8_t *)t->data + r * row_bytes, w + r * t->ne[0],
+                           t->ne[0]) < 0)
+            return NULL;
+    return w;
+}
+
+static int load_weights(struct pd_engine *e, char *err, size_t errlen)
+{
+    const struct pd_model *m = e->model;
+    e->layers = calloc(e->hp.n_layer, sizeof(*e->layers));
+    if (!e->layers)
+        return fail(err, errlen, -ENOMEM, "engine: out of memory");
+    for (uint32_t l = 0; l < e->hp.n_layer; l++) {
+        struct layer_w *w = &e->layers[l];
+        const float **dst[PD_W_COUNT] = {
+            [PD_W_ATTN_NORM] = &w->attn_norm, [PD_W_ATTN_Q] = &w->wq, [PD_W_ATTN_K] = &w->wk,
+            [PD_W_ATTN_V] = &w->wv, [PD_W_ATTN_OUT] = &w->wo, [PD_W_FFN_NORM] = &w->ffn_norm,
+            [PD_W_FFN_GATE] = &w->w_gate, [PD_W_FFN_UP] = &w->w_up, [PD_W_FFN_DOWN] = &w->w_down,
+        };
+        for (int k = 0; k < PD_W_COUNT; k++)
+            if (!(*dst[k] = weight_f32(e, pd_model_layer_tensor(m, l, (enum pd_weight)k))))
+                return fail(err, errlen, -ENOMEM, "engine: out of memory for layer %" PRIu32
+                            " weights", l);
+    }
+    e->tok_embd = pd_model_tok_embd(m);
+    if (!(e->out_norm = weight_f32(e, pd_model_output_norm(m))) ||
+        !(e->w_out = weight_f32(e, pd_model_output(m))))
+        return fail(err, errlen, -ENOMEM, "engine: out of memory for output weights");
+    if (pd_model_rope_freqs(m))
+        e->rope_factors = pd_model_rope_freqs(m)->data;
+    return 0;
+}
+
+#define ALLOC(ptr, n)                                                                          \
+    do {                                                                                       \
+        size_t n_ = (n);                                                                       \
+        if (!((ptr) = calloc(n_ ? n_ : 1, sizeof(*(ptr)))))                                    \
+            goto nomem;                                                                        \
+    } while (0)
+
+int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char *err,
+                  size_t errlen)
+{
+    struct pd_engine *e;
+    int rc;
+
+    if (!p->model)
+        return fail(err, errlen, -EINVAL, "engine: no model");
+    e = calloc(1, sizeof(*e));
+    if (!e)
+        return fail(err, errlen, -ENOMEM, "engine: out of memory");
+    e->model = p->model;
+    e->hp = *pd_model_hparams(p->model);
+    e->k = &cpu_kernels;
+    const struct pd_hparams *hp = &e->hp;
+
+    if (hp->rope_scaling == PD_ROPE_SCALING_YARN) {
+        rc = fail(err, errlen, -ENOTSUP, "engine: YaRN rope scaling is not supported");
+        goto out_free;
+    }
+    e->rope_scale = hp->rope_scaling == PD_ROPE_SCALING_LINEAR ? 1.0f / hp->rope_scale_factor : 1.0f;
+    e->max_tokens = p->max_batched_tokens ? p->max_batched_tokens : 2048;
+    e->max_model_len = p->max_model_len ? p->max_model_len : hp->n_ctx_train;
+    e->max_items = p->max_batch_items ? p->max_batch_items : 256;
+    uint32_t bs = p->block_size ? p->block_size : 16;
+    if (e->max_tokens > (1u << 20) || e->max_model_len > (1u << 24) ||
+        e->max_items > PD_ENGINE_MAX_BATCH_ITEMS) {
+        rc = fail(err, errlen, -EINVAL, "engine: max_batched_tokens (<= 1048576), max_model_len "
+                  "(<= 16777216) or batch items (<= %d) out of range", PD_ENGINE_MAX_BATCH_ITEMS);
+        goto out_free;
+    }
+    if (e->max_model_len > hp->n_ctx_train) {
+        rc = fail(err, errlen, -EINVAL, "engine: max_model_len %" PRIu32 " exceeds the model's "
+                  "context of %" PRIu32, e->max_model_len, hp->n_ctx_train);
+        goto out_free;
+    }
+
+    struct pd_kvcache_params kp = {
+        .layout = {.n_layer = hp->n_layer, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim,
+                   .block_size = bs},
+        .mem_bytes = p->kv_cache_bytes,
+    };
+    if ((rc = pd_kvcache_new(&kp, &e->kc, err, errlen)) < 0)
+        goto out_free;
+    e->max_blocks = (e->max_model_len + bs - 1) / bs;
+    if ((rc = load_weights(e, err, errlen)) < 0)
+        goto out_free;
+
+    size_t T = e->max_tokens, qd = (size_t)hp->n_head * hp->head_dim;
+    size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
+    ALLOC(e->x, T * hp->n_embd);
+    ALLOC(e->h, T * hp->n_embd);
+    ALLOC(e->q, T * qd);
+    ALLOC(e->kk, T * kvd);
+    ALLOC(e->vv, T * kvd);
+    ALLOC(e->att, T * qd);
+    ALLOC(e->gate, T * hp->n_ff);
+    ALLOC(e->up, T * hp->n_ff);
+    ALLOC(e->tok, T);
+    ALLOC(e->pos, T);
+    ALLOC(e->tok_seq, T);
+    ALLOC(e->slot, T);
+    ALLOC(e->tables, (size_t)e->max_items * e->max_blocks);
+    ALLOC(e->out_item, T);
+    ALLOC(e->out_row, T);
+    ALLOC(e->logits, (size_t)LOGIT_ROWS * hp->n_vocab);
+    *out = e;
+    return 0;
+
+nomem:
+    rc = fail(err, errlen, -ENOMEM, "engine: out of memory for scratch buffers");
+out_free:
+    pd_engine_free(e);
+    return rc;
+}
+
+struct pd_engine *pd_engine_free(struct pd_engine *e)
+{
+    if (!e)
+        return NULL;
+    for (size_t i = 0; i < e->n_owned; i++)
+        free(e->owned[i]);
+    free(e->owned);
+    free(e->layers);
+    pd_kvcache_free(e->kc);
+    free(e->x);
+    free(e->h);
+    free(e->q);
+    free(e->kk);
+    free(e->vv);
+    free(e->att);
+    free(e->gate);
+    free(e->up);
+    free(e->tok);
+    free(e->pos);
+    free(e->tok_seq);
+    free(e->slot);
+    free(e->tables);
+    free(e->out_item);
+    free(e->out_row);
+    free(e->logits);
+    free(e);
+    return NULL;
+}
+
+const struct pd_model *pd_engine_model(const struct pd_engine *e) { return e->model; }
+struct pd_kvcache *pd_engine_kvcache(struct pd_engine *e) { return e->kc; }
+uint32_t pd_engine_n_vocab(const struct pd_engine *e) { return e->hp.n_vocab; }
+uint32_t pd_engine_max_model_len(const struct pd_engine *e) { return e->max_model_len; }
+uint32_t pd_engine_max_batched_tokens(const struct pd_engine *e) { return e->max_tokens; }
+
+void pd_engine_seq_release(struct pd_engine *e, struct pd_kvseq *seq)
+{
+    pd_kvseq_release(e->kc, seq);
+}
+
+/* Everything that can be wrong with a batch, checked before any state changes. */
+static int validate(const struct pd_engine *e, const struct pd_batch_item *items, uint32_t n,
+                    uint32_t *total, char *err, size_t errlen)
+{
+    uint64_t sum = 0, blocks = 0;
+
+    if (n == 0 || n > e->max_items)
+        return fail(err, errlen, -EINVAL, "engine: %" PRIu32 " sequences in one step (1..%" PRIu32
+                    ")", n, e->max_items);
+    for (uint32_t i = 0; i < n; i++) {
+        const struct pd_batch_item *it = &items[i];
+        if (!it->seq || !it->tokens || it->n_tokens == 0)
+            return fail(err, errlen, -EINVAL, "engine: item %" PRIu32 " has no tokens (an empty "
+                        "prompt)", i);
+        if (it->n_logits > it->n_tokens || (it->n_logits && !it->logits))
+            return fail(err, errlen, -EINVAL, "engine: item %" PRIu32 " asks for %" PRIu32
+                        " logits of %" PRIu32 " tokens", i, it->n_logits, it->n_tokens);
+        if ((uint64_t)it->seq->n_tokens + it->n_tokens > e->max_model_len)
+            return fail(err, errlen, -E2BIG, "engine: sequence of %" PRIu32 " + %" PRIu32
+                        " tokens exceeds the maximum model length of %" PRIu32,
+                        it->seq->n_tokens, it->n_tokens, e->max_model_len);
+        for (uint32_t t = 0; t < it->n_tokens; t++)
+            if (it->tokens[t] < 0 || (uint32_t)it->tokens[t] >= e->hp.n_vocab)
+                return fail(err, errlen, -EINVAL, "engine: token id %" PRId32 " at position %"
+                            PRIu32 " is out of range [0, %" PRIu32 ")", it->tokens[t], t,
+                            e->hp.n_vocab);
+        for (uint32_t j = 0; j < i; j++)
+            if (items[j].seq == it->seq)
+                return fail(err, errlen, -EINVAL, "engine: a sequence appears twice in one step");
+        sum += it->n_tokens;
+        blocks += pd_kvseq_blocks_needed(e->kc, it->seq, it->seq->n_tokens + it->n_tokens);
+    }
+    if (sum > e->max_tokens)
+        return fail(err, errlen, -E2BIG, "engine: %" PRIu64 " tokens in one step exceed "
+                    "max_batched_tokens %" PRIu32, sum, e->max_tokens);
+    if (blocks > pd_kvcache_n_free(e->kc))
+        return fail(err, errlen, -ENOSPC, "engine: the step needs %" PRIu64 " KV blocks, %" PRIu32
+                    " of %" PRIu32 " are free", blocks, pd_kvcache_n_free(e->kc),
+                    pd_kvcache_n_blocks(e->kc));
+    *total = (uint32_t)sum;
+    return 0;
+}
+
+static int forward(struct pd_engine *e, const struct pd_batch_item *items, uint32_t n_items,
+                   uint32_t T)
+{
+    const struct pd_hparams *hp = &e->hp;
+    const struct pd_kernels *k = e->k;
+    const struct pd_kv_layout kv = *pd_kvcache_layout(e->kc);
+    const uint32_t D = hp->n_embd, qd = hp->n_head * hp->head_dim;
+    const uint32_t kvd = hp->n_head_kv * hp->head_dim;
+    uint64_t row_bytes;
+    int rc = 0;
+
+    pd_dtype_row_size(e->tok_embd->type, D, &row_bytes);
+    struct pd_embed_args ea = {.out = e->x, .table = e->tok_embd->data, .type = e->tok_embd->type,
+                               .row_bytes = row_bytes, .tokens = e->tok, .n_tokens = T, .dim = D};
+    if ((rc = k->embed(&ea)) < 0)
+        return rc;
+
+    for (uint32_t l = 0; l < hp->n_layer && rc == 0; l++) {
+        const struct layer_w *w = &e->layers[l];
+        struct pd_rmsnorm_args na = {.out = e->h, .in = e->x, .weight = w->attn_norm,
+                                     .n_rows = T, .dim = D, .eps = hp->norm_eps};
+        struct pd_matmul_args mq = {.y = e->q, .x = e->h, .w = w->wq, .m = T, .n = qd, .k = D};
+        struct pd_matmul_args mk = {.y = e->kk, .x = e->h, .w = w->wk, .m = T, .n = kvd, .k = D};
+        struct pd_matmul_args mv = {.y = e->vv, .x = e->h, .w = w->wv, .m = T, .n = kvd, .k = D};
+        struct pd_rope_args rq = {.x = e->q, .pos = e->pos, .n_tokens = T, .n_heads = hp->n_head,
+                                  .head_dim = hp->head_dim, .rope_dim = hp->rope_dim,
+                                  .freq_base = hp->rope_freq_base, .freq_scale = e->rope_scale,
+                                  .freq_factors = e->rope_factors};
+        struct pd_rope_args rk = rq;
+        rk.x = e->kk;
+        rk.n_heads = hp->n_head_kv;
+        struct pd_kv_write_args wa = {.pool = pd_kvcache_pool(e->kc), .kv = kv, .layer = l,
+                                      .k = e->kk, .v = e->vv, .slot = e->slot, .n_tokens = T};
+        struct pd_attn_args aa = {.out = e->att, .q = e->q, .pool = pd_kvcache_pool(e->kc),
+                                  .kv = kv, .layer = l, .n_tokens = T, .n_head = hp->n_head,
+                                  .tok_seq = e->tok_seq, .tok_pos = e->pos,
+                                  .block_tables = e->tables, .max_blocks = e->max_blocks,
+                                  .scale = 1.0f / sqrtf((float)hp->head_dim)};
+        struct pd_matmul_args mo = {.y = e->x, .x = e->att, .w = w->wo, .m = T, .n = D, .k = qd,
+                                    .accumulate = 1};
+        struct pd_rmsnorm_args nf = na;
+        nf.weight = w->ffn_norm;
+        struct pd_matmul_args mg = {.y = e->gate, .x = e->h, .w = w->w_gate, .m = T,
+                                    .n = hp->n_ff, .k = D};
+        struct pd_matmul_args mu = mg;
+        mu.y = e->up;
+        mu.w = w->w_up;
+        struct pd_swiglu_args sa = {.out = e->gate, .gate = e->gate, .up = e->up,
+                                    .n = (uint64_t)T * hp->n_ff};
+        struct pd_matmul_args md = {.y = e->x, .x = e->gate, .w = w->w_down, .m = T, .n = D,
+                                    .k = hp->n_ff, .accumulate = 1};
+
+        if ((rc = k->rmsnorm(&na)) < 0 || (rc = k->matmul(&mq)) < 0 || (rc = k->matmul(&mk)) < 0 ||
+            (rc = k->matmul(&mv)) < 0 || (rc = k->rope(&rq)) < 0 || (rc = k->rope(&rk)) < 0 ||
+            (rc = k->kv_write(&wa)) < 0 || (rc = k->attention(&aa)) < 0 ||
+            (rc = k->matmul(&mo)) < 0 || (rc = k->rmsnorm(&nf)) < 0 ||
+            (rc = k->matmul(&mg)) < 0 || (rc = k->matmul(&mu)) < 0 ||
+            (rc = k->swiglu(&sa)) < 0 || (rc = k->matmul(&md)) < 0)
+            return rc;
+    }
+
+    /* logits only where asked: gather the last n_logits rows of each item and
+     * run the output projection as few GEMMs (one per LOGIT_ROWS rows), since
+     * the vocabulary matrix is the largest read of a decode step */
+    uint32_t t0 = 0, n_rows = 0;
+    for (uint32_t i = 0; i < n_items; i++) {
+        const struct pd_batch_item *it = &items[i];
+        uint32_t first = t0 + it->n_tokens - it->n_logits;
+        t0 += it->n_tokens;
+        for (uint32_t j = 0; j < it->n_logits; j++, n_rows++) {
+            e->out_item[n_rows] = i;
+            e->out_row[n_rows] = j;
+            memcpy(e->h + (size_t)n_rows * D, e->x + (size_t)(first + j) * D, D * sizeof(float));
+        }
+    }
+    struct pd_rmsnorm_args na = {.out = e->h, .in = e->h, .weight = e->out_norm,
+                                 .n_rows = n_rows, .dim = D, .eps = hp->norm_eps};
+    if ((rc = k->rmsnorm(&na)) < 0)
+        return rc;
+    for (uint32_t r0 = 0; r0 < n_rows; r0 += LOGIT_ROWS) {
+        uint32_t m = n_rows - r0 < LOGIT_ROWS ? n_rows - r0 : LOGIT_ROWS;
+        struct pd_matmul_args mo = {.y = e->logits, .x = e->h + (size_t)r0 * D, .w = e->w_out,
+                                    .m = m, .n = hp->n_vocab, .k = D};
+        if ((rc = k->matmul(&mo)) < 0)
+            return rc;
+        for (uint32_t r = 0; r < m; r++) {
+            const struct pd_batch_item *it = &items[e->out_item[r0 + r]];
+            memcpy(it->logits + (size_t)e->out_row[r0 + r] * hp->n_vocab,
+                   e->logits + (size_t)r * hp->n_vocab, hp->n_vocab * sizeof(float));
+        }
+    }
+    return 0;
+}
+
+int pd_engine_step(struct pd_engine *e, const struct pd_batch_item *items, uint32_t n_items,
+                   char *err, size_t errlen)
+{
+    const uint32_t bs = pd_kvcache_layout(e->kc)->block_size;
+    uint32_t T = 0, reserved = 0;
+    int rc;
+
+    if ((rc = validate(e, items, n_items, &T, err, errlen)) < 0)
+        return rc;
+    for (; reserved < n_items; reserved++) {
+        const struct pd_batch_item *it = &items[reserved];
+        if ((rc = pd_kvseq_reserve(e->kc, it->seq, it->seq->n_tokens + it->n_tokens)) < 0) {
+            fail(err, errlen, rc, "engine: cannot reserve KV blocks: %s", strerror(-rc));
+            goto undo;
+        }
+    }
+
+    uint32_t t = 0;
+    for (uint32_t i = 0; i < n_items; i++) {
+        const struct pd_batch_item *it = &items[i];
+        const struct pd_kvseq *s = it->seq;
+        memcpy(e->tables + (size_t)i * e->max_blocks, s->blocks, s->n_blocks * sizeof(uint32_t));
+        for (uint32_t j = 0; j < it->n_tokens; j++, t++) {
+            uint32_t p = s->n_tokens + j;
+            e->tok[t] = it->tokens[j];
+            e->pos[t] = (int32_t)p;
+            e->tok_seq[t] = (int32_t)i;
+            e->slot[t] = (int64_t)s->blocks[p / bs] * bs + p % bs;
+        }
+    }
+    if ((rc = forward(e, items, n_items, T)) < 0) {
+        fail(err, errlen, rc, "engine: forward pass failed: %s", strerror(-rc));
+        goto undo;
+    }
+    for (uint32_t i = 0; i < n_items; i++)
+        items[i].seq->n_tokens += items[i].n_tokens;
+    return 0;
+
+undo:
+    /* back to the tables the sequences had: blocks reserved here are returned */
+    for (uint32_t i = 0; i < reserved; i++)
+        pd_kvseq_trim(e->kc, items[i].seq, items[i].seq->n_tokens);
+    return rc;
+}
+
+int pd_engine_prefill(struct pd_engine *e, struct pd_kvseq *seq, const int32_t *tokens,
+                      uint32_t n, float *last_logits, char *err, size_t errlen)
+{
+    const uint32_t start = seq->n_tokens;
+    int rc;
+
+    if (n == 0)
+        return fail(err, errlen, -EINVAL, "engine: empty prompt");
+    if ((uint64_t)start + n > e->max_model_len)
+        return fail(err, errlen, -E2BIG, "engine: prompt of %" PRIu32 " tokens exceeds the "
+                    "maximum model length of %" PRIu32, start + n, e->max_model_len);
+    for (uint32_t done = 0; done < n;) {
+        uint32_t c = n - done < e->max_tokens ? n - done : e->max_tokens;
+        int last = done + c == n;
+        struct pd_batch_item it = {.seq = seq, .tokens = tokens + done, .n_tokens = c,
+                                   .n_logits = last && last_logits ? 1 : 0,
+                                   .logits = last ? last_logits : NULL};
+        if ((rc = pd_engine_step(e, &it, 1, err, errlen)) < 0) {
+            /* the chunks already in the pool go too: the sequence is as it was */
+            seq->n_tokens = start;
+            pd_kvseq_trim(e->kc, seq, start);
+            return rc;
+        }
+        done += c;
+    }
+    return 0;
+}

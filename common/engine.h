@@ -1,0 +1,85 @@
+/* common/engine: the forward pass of a Llama model over a paged KV cache.
+ *
+ *   struct pd_engine_params p = {.model = m, .kv_cache_bytes = 1 << 30};
+ *   struct pd_engine *e;
+ *   if (pd_engine_new(&p, &e, err, sizeof err) < 0) ...
+ *
+ *   struct pd_kvseq a, b;                       // sequences (common/kvcache)
+ *   pd_kvseq_init(&a); pd_kvseq_init(&b);
+ *   struct pd_batch_item items[2] = {
+ *       {.seq = &a, .tokens = prompt, .n_tokens = 7, .n_logits = 1, .logits = la},  // a prefill chunk
+ *       {.seq = &b, .tokens = &next, .n_tokens = 1, .n_logits = 1, .logits = lb},   // a decode step
+ *   };
+ *   if (pd_engine_step(e, items, 2, err, sizeof err) < 0) ...   // nothing changed on error
+ *   pd_engine_seq_release(e, &a);
+ *
+ * One step runs any mix of prefill chunks and decode steps: each item appends
+ * its tokens to its sequence (positions seq->n_tokens ...), writing their K/V
+ * into the pool, and attends causally over everything its sequence holds.
+ * Logits come back for the last n_logits tokens of an item, in order
+ * ((n_logits, n_vocab) floats). pd_engine_prefill splits a prompt into chunks
+ * of at most max_batched_tokens.
+ *
+ * Bad input is refused before anything changes, with a message: an empty item,
+ * a token id outside the vocabulary, a sequence that would pass
+ * max_model_len, more tokens than max_batched_tokens, a sequence twice in one
+ * batch, or a pool without room (-ENOSPC; the scheduler preempts).
+ *
+ * CPU backend: fp32 activations and KV; weights dequantized to fp32 at load
+ * (fp32 GGUF and dummy tensors are used in place); GEMMs through OpenBLAS;
+ * attention, RoPE, norms in kernels/ with OpenMP. One engine is driven by one
+ * thread at a time (the compute thread).
+ */
+#ifndef PD_ENGINE_H
+#define PD_ENGINE_H
+
+#include "kvcache.h"
+#include "model.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define PD_ENGINE_MAX_BATCH_ITEMS 1024
+
+struct pd_engine_params {
+    const struct pd_model *model; /* must outlive the engine */
+    uint64_t kv_cache_bytes; /* --kv-cache-memory */
+    uint32_t block_size; /* --block-size; 0 = 16 */
+    uint32_t max_batched_tokens; /* --max-num-batched-tokens; 0 = 2048 */
+    uint32_t max_model_len; /* --max-model-len; 0 = the model's trained context */
+    uint32_t max_batch_items; /* sequences per step; 0 = 256 */
+};
+
+struct pd_batch_item {
+    struct pd_kvseq *seq;
+    const int32_t *tokens; /* (n_tokens) appended at seq->n_tokens */
+    uint32_t n_tokens; /* >= 1 */
+    uint32_t n_logits; /* logits for the last n_logits tokens (0..n_tokens) */
+    float *logits; /* (n_logits, n_vocab), caller's */
+};
+
+struct pd_engine;
+
+int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char *err,
+                  size_t errlen);
+/* Accepts NULL; returns NULL. Sequences must have been released. */
+struct pd_engine *pd_engine_free(struct pd_engine *e);
+
+int pd_engine_step(struct pd_engine *e, const struct pd_batch_item *items, uint32_t n_items,
+                   char *err, size_t errlen);
+
+/* Prompt tokens [0, n) appended to seq in chunks of max_batched_tokens; the
+ * last token's logits into last_logits (n_vocab floats) when not NULL. On
+ * error the sequence is back where it started. */
+int pd_engine_prefill(struct pd_engine *e, struct pd_kvseq *seq, const int32_t *tokens,
+                      uint32_t n, float *last_logits, char *err, size_t errlen);
+
+void pd_engine_seq_release(struct pd_engine *e, struct pd_kvseq *seq);
+
+const struct pd_model *pd_engine_model(const struct pd_engine *e);
+struct pd_kvcache *pd_engine_kvcache(struct pd_engine *e);
+uint32_t pd_engine_n_vocab(const struct pd_engine *e);
+uint32_t pd_engine_max_model_len(const struct pd_engine *e);
+uint32_t pd_engine_max_batched_tokens(const struct pd_engine *e);
+
+#endif

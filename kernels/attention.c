@@ -1,0 +1,145 @@
+#include "attention.h"
+
+#include <cblas.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Query rows per GEMM tile: bounds the score matrix at QTILE x context. */
+#define QTILE 256
+
+static void softmax_row(float *s, uint32_t n)
+{
+    float mx = -INFINITY, sum = 0.0f;
+    for (uint32_t j = 0; j < n; j++)
+        mx = s[j] > mx ? s[j] : mx;
+    for (uint32_t j = 0; j < n; j++) {
+        s[j] = expf(s[j] - mx);
+        sum += s[j];
+    }
+    float inv = 1.0f / sum;
+    for (uint32_t j = 0; j < n; j++)
+        s[j] *= inv;
+}
+
+/* A decode step: one (token, head), scores over the context, softmax,
+ * weighted sum of V. */
+static void attend_one(const struct pd_attn_args *a, uint32_t t, uint32_t h, float *scores)
+{
+    const struct pd_kv_layout *l = &a->kv;
+    const uint32_t hd = l->head_dim, bs = l->block_size;
+    const uint32_t kvh = h / (a->n_head / l->n_head_kv);
+    const uint32_t *table = a->block_tables + (size_t)a->tok_seq[t] * a->max_blocks;
+    const uint32_t n_ctx = (uint32_t)a->tok_pos[t] + 1;
+    const float *q = a->q + ((size_t)t * a->n_head + h) * hd;
+    float *o = a->out + ((size_t)t * a->n_head + h) * hd;
+
+    for (uint32_t j = 0; j < n_ctx; j++) {
+        const float *k = a->pool + pd_kv_offset(l, table[j / bs], a->layer, 0, kvh, j % bs);
+        float s = 0.0f;
+        for (uint32_t d = 0; d < hd; d++)
+            s += q[d] * k[d];
+        scores[j] = s * a->scale;
+    }
+    softmax_row(scores, n_ctx);
+    memset(o, 0, hd * sizeof(float));
+    for (uint32_t j = 0; j < n_ctx; j++) {
+        const float *v = a->pool + pd_kv_offset(l, table[j / bs], a->layer, 1, kvh, j % bs);
+        for (uint32_t d = 0; d < hd; d++)
+            o[d] += scores[j] * v[d];
+    }
+}
+
+/* Copy K or V of one head for positions [0, n_ctx) into (n_ctx, head_dim). */
+static void gather(const struct pd_attn_args *a, const uint32_t *table, uint32_t kvh, uint32_t kv,
+                   uint32_t n_ctx, float *dst)
+{
+    const struct pd_kv_layout *l = &a->kv;
+    const uint32_t bs = l->block_size, hd = l->head_dim;
+    for (uint32_t b = 0; b * bs < n_ctx; b++) {
+        uint32_t n = n_ctx - b * bs < bs ? n_ctx - b * bs : bs;
+        memcpy(dst + (size_t)b * bs * hd, a->pool + pd_kv_offset(l, table[b], a->layer, kv, kvh, 0),
+               (size_t)n * hd * sizeof(float));
+    }
+}
+
+/* A prefill run: tokens [t0, t0 + n) of one sequence at consecutive positions. */
+static int attend_run(const struct pd_attn_args *a, uint32_t t0, uint32_t n, float *kbuf,
+                      float *vbuf, float *scores)
+{
+    const struct pd_kv_layout *l = &a->kv;
+    const uint32_t hd = l->head_dim, group = a->n_head / l->n_head_kv;
+    const uint32_t *table = a->block_tables + (size_t)a->tok_seq[t0] * a->max_blocks;
+    const uint32_t p0 = (uint32_t)a->tok_pos[t0], n_ctx = p0 + n;
+    const int ld = (int)(a->n_head * hd); /* row stride of q and out */
+
+    for (uint32_t kvh = 0; kvh < l->n_head_kv; kvh++) {
+        gather(a, table, kvh, 0, n_ctx, kbuf);
+        gather(a, table, kvh, 1, n_ctx, vbuf);
+        for (uint32_t g = 0; g < group; g++) {
+            const uint32_t h = kvh * group + g;
+            for (uint32_t r0 = 0; r0 < n; r0 += QTILE) {
+                const uint32_t rows = n - r0 < QTILE ? n - r0 : QTILE;
+                /* the last row of the tile sees the most context */
+                const uint32_t ctx = p0 + r0 + rows;
+                const float *q = a->q + (size_t)(t0 + r0) * (size_t)ld + (size_t)h * hd;
+                float *o = a->out + (size_t)(t0 + r0) * (size_t)ld + (size_t)h * hd;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)ctx, (int)hd,
+                            a->scale, q, ld, kbuf, (int)hd, 0.0f, scores, (int)ctx);
+                for (uint32_t i = 0; i < rows; i++) {
+                    /* causal: row i (position p0 + r0 + i) sees [0, p0 + r0 + i] */
+                    uint32_t seen = p0 + r0 + i + 1;
+                    float *s = scores + (size_t)i * ctx;
+                    softmax_row(s, seen);
+                    memset(s + seen, 0, (ctx - seen) * sizeof(float));
+                }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)hd, (int)ctx,
+                            1.0f, scores, (int)ctx, vbuf, (int)hd, 0.0f, o, ld);
+            }
+        }
+    }
+    return 0;
+}
+
+int pd_attention_cpu(const struct pd_attn_args *a)
+{
+    const size_t max_ctx = (size_t)a->max_blocks * a->kv.block_size;
+    const size_t hd = a->kv.head_dim;
+    size_t need_ctx = 1;
+    int rc = 0;
+
+    if (a->n_head % a->kv.n_head_kv != 0)
+        return -EINVAL;
+    for (uint32_t t = 0; t < a->n_tokens; t++) {
+        if (a->tok_pos[t] < 0 || (size_t)a->tok_pos[t] >= max_ctx)
+            return -EINVAL;
+        if ((size_t)a->tok_pos[t] + 1 > need_ctx)
+            need_ctx = (size_t)a->tok_pos[t] + 1;
+    }
+    /* sized for the longest context in this call */
+    float *scores = malloc((size_t)QTILE * need_ctx * sizeof(float));
+    float *kbuf = malloc(need_ctx * hd * sizeof(float));
+    float *vbuf = malloc(need_ctx * hd * sizeof(float));
+    if (!scores || !kbuf || !vbuf)
+        rc = -ENOMEM;
+
+    for (uint32_t t = 0; t < a->n_tokens && rc == 0;) {
+        /* the run of tokens continuing this one's sequence */
+        uint32_t n = 1;
+        while (t + n < a->n_tokens && a->tok_seq[t + n] == a->tok_seq[t] &&
+               a->tok_pos[t + n] == a->tok_pos[t] + (int32_t)n)
+            n++;
+        if (n == 1) {
+            for (uint32_t h = 0; h < a->n_head; h++)
+                attend_one(a, t, h, scores);
+        } else {
+            rc = attend_run(a, t, n, kbuf, vbuf, scores);
+        }
+        t += n;
+    }
+    free(scores);
+    free(kbuf);
+    free(vbuf);
+    return rc;
+}

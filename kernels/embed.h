@@ -1,0 +1,18 @@
+/* kernels/embed: gather token rows from the embedding table, to float. */
+#ifndef PD_EMBED_H
+#define PD_EMBED_H
+
+#include "pd_kernel.h"
+
+struct pd_embed_args {
+    float *out; /* (n_tokens, dim) */
+    const void *table; /* (n_vocab, dim) rows of `type` (common/quant.h), row_bytes apart */
+    uint32_t type;
+    uint64_t row_bytes;
+    const int32_t *tokens; /* (n_tokens), each in [0, n_vocab) (checked by the caller) */
+    uint32_t n_tokens, dim;
+};
+
+int pd_embed_cpu(const struct pd_embed_args *a);
+
+#endif

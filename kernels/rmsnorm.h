@@ -1,0 +1,17 @@
+/* kernels/rmsnorm: out = in / sqrt(mean(in^2) + eps) * weight, per row. */
+#ifndef PD_RMSNORM_H
+#define PD_RMSNORM_H
+
+#include "pd_kernel.h"
+
+struct pd_rmsnorm_args {
+    float *out; /* (n_rows, dim); may equal in */
+    const float *in; /* (n_rows, dim) */
+    const float *weight; /* (dim) */
+    uint32_t n_rows, dim;
+    float eps;
+};
+
+int pd_rmsnorm_cpu(const struct pd_rmsnorm_args *a);
+
+#endif

@@ -1,0 +1,31 @@
+#include "rope.h"
+
+#include <errno.h>
+#include <math.h>
+
+int pd_rope_cpu(const struct pd_rope_args *a)
+{
+    uint32_t half = a->rope_dim / 2;
+    if (a->rope_dim % 2 || a->rope_dim > a->head_dim || half > 1024)
+        return -EINVAL;
+    for (uint32_t t = 0; t < a->n_tokens; t++) {
+        float c[1024], s[1024];
+        for (uint32_t i = 0; i < half; i++) {
+            double inv = pow((double)a->freq_base, -2.0 * i / a->rope_dim);
+            double theta = (double)a->pos[t] * a->freq_scale * inv;
+            if (a->freq_factors)
+                theta /= a->freq_factors[i];
+            c[i] = (float)cos(theta);
+            s[i] = (float)sin(theta);
+        }
+        for (uint32_t h = 0; h < a->n_heads; h++) {
+            float *v = a->x + ((size_t)t * a->n_heads + h) * a->head_dim;
+            for (uint32_t i = 0; i < half; i++) {
+                float x0 = v[2 * i], x1 = v[2 * i + 1];
+                v[2 * i] = x0 * c[i] - x1 * s[i];
+                v[2 * i + 1] = x0 * s[i] + x1 * c[i];
+            }
+        }
+    }
+    return 0;
+}

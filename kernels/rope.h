@@ -1,0 +1,22 @@
+/* kernels/rope: rotary position embedding, in place, ggml's "normal" mode:
+ * adjacent pairs (x[2i], x[2i+1]) of each head's first rope_dim dims rotate by
+ *     theta_i = pos * freq_scale * base^(-2i / rope_dim) / factor_i
+ * (GGUF files from Hugging Face checkpoints store Q/K rows permuted so this
+ * equals HF's rotate-half form). Angles are computed in double. */
+#ifndef PD_ROPE_H
+#define PD_ROPE_H
+
+#include "pd_kernel.h"
+
+struct pd_rope_args {
+    float *x; /* (n_tokens, n_heads, head_dim), rotated in place */
+    const int32_t *pos; /* (n_tokens) positions */
+    uint32_t n_tokens, n_heads, head_dim, rope_dim; /* rope_dim even, <= head_dim */
+    float freq_base;
+    float freq_scale; /* 1 / linear scaling factor */
+    const float *freq_factors; /* (rope_dim / 2) or NULL */
+};
+
+int pd_rope_cpu(const struct pd_rope_args *a);
+
+#endif

@@ -1,0 +1,16 @@
+/* kernels/swiglu: out = silu(gate) * up, elementwise (silu(x) = x / (1 + e^-x)). */
+#ifndef PD_SWIGLU_H
+#define PD_SWIGLU_H
+
+#include "pd_kernel.h"
+
+struct pd_swiglu_args {
+    float *out; /* (n) ; may equal gate or up */
+    const float *gate; /* (n) */
+    const float *up; /* (n) */
+    uint64_t n;
+};
+
+int pd_swiglu_cpu(const struct pd_swiglu_args *a);
+
+#endif

@@ -1,0 +1,401 @@
+/* The CPU engine against Hugging Face transformers (float64) on the default
+ * model and three dummy shapes, plus paged == contiguous, chunked == whole,
+ * batched == solo, and refusal of bad input without state change. */
+#include "engine.h"
+#include "kvcache.h"
+#include "model.h"
+#include "pd_test.h"
+
+#include <errno.h>
+#include <math.h>
+#include <unistd.h>
+
+#ifndef PD_SRCDIR
+#error "tests need PD_SRCDIR"
+#endif
+
+#define TOL 1e-4 /* max |ours - ref| / max |ref| at every position (the bar) */
+
+static struct pd_model *load_dummy(const char *shape, uint64_t seed)
+{
+    struct pd_model_params p = {.load_format = PD_LOAD_DUMMY, .shape = shape, .seed = seed};
+    struct pd_model *m = NULL;
+    char err[512];
+    if (pd_model_load(&p, &m, err, sizeof(err)) < 0)
+        PD_TEST_FAIL_("%s", err);
+    return m;
+}
+
+static struct pd_model *load_default(void)
+{
+    const char *path = getenv("PDSERVE_MODEL");
+    char buf[1024];
+    if (!path || !*path) {
+        snprintf(buf, sizeof(buf), "%s/.cache/pdserve/SmolLM2-135M-Instruct.Q4_1.gguf",
+                 getenv("HOME") ? getenv("HOME") : "");
+        path = buf;
+    }
+    if (access(path, R_OK) != 0)
+        PD_SKIP("default model not fetched (deploy/fetch-model.sh or PDSERVE_MODEL)");
+    struct pd_model_params p = {.path = path};
+    struct pd_model *m = NULL;
+    char err[512];
+    if (pd_model_load(&p, &m, err, sizeof(err)) < 0)
+        PD_TEST_FAIL_("%s", err);
+    return m;
+}
+
+static struct pd_engine *engine(const struct pd_model *m, uint64_t kv_bytes, uint32_t chunk)
+{
+    struct pd_engine_params p = {.model = m, .kv_cache_bytes = kv_bytes, .block_size = 16,
+                                 .max_batched_tokens = chunk};
+    struct pd_engine *e = NULL;
+    char err[512];
+    if (pd_engine_new(&p, &e, err, sizeof(err)) < 0)
+        PD_TEST_FAIL_("%s", err);
+    return e;
+}
+
+static uint32_t rd32(FILE *f)
+{
+    uint32_t v = 0;
+    if (fread(&v, 4, 1, f) != 1)
+        PD_TEST_FAIL_("golden file truncated");
+    return v;
+}
+
+static double rdf64(FILE *f)
+{
+    double v = 0;
+    if (fread(&v, 8, 1, f) != 1)
+        PD_TEST_FAIL_("golden file truncated");
+    return v;
+}
+
+/* Run every golden prompt through the engine (whole prompt, logits at every
+ * position) and compare against transformers. */
+static void check_golden(const struct pd_model *m, const char *name)
+{
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/tests/golden/engine_%s.bin", PD_SRCDIR, name);
+    FILE *f = fopen(path, "rb");
+    CHECK(f != NULL);
+    char magic[4];
+    CHECK(fread(magic, 1, 4, f) == 4 && memcmp(magic, "PDGL", 4) == 0);
+    CHECK_EQ_INT(rd32(f), 1);
+    uint32_t n_vocab = rd32(f), n_prompts = rd32(f), topk = rd32(f);
+    CHECK_EQ_INT(n_vocab, pd_model_hparams(m)->n_vocab);
+    CHECK(n_prompts >= 8 && topk == 64);
+
+    struct pd_engine *e = engine(m, 64u << 20, 512);
+    double worst = 0;
+    uint32_t worst_prompt = 0, worst_pos = 0, max_len = 0;
+    for (uint32_t p = 0; p < n_prompts; p++) {
+        uint32_t n = rd32(f);
+        CHECK(n >= 1 && n <= 512);
+        max_len = n > max_len ? n : max_len;
+        int32_t *tok = malloc(n * sizeof(*tok));
+        float *logits = malloc((size_t)n * n_vocab * sizeof(float));
+        CHECK(fread(tok, 4, n, f) == n);
+        struct pd_kvseq s;
+        pd_kvseq_init(&s);
+        struct pd_batch_item it = {.seq = &s, .tokens = tok, .n_tokens = n, .n_logits = n,
+                                   .logits = logits};
+        char err[512];
+        if (pd_engine_step(e, &it, 1, err, sizeof(err)) < 0)
+            PD_TEST_FAIL_("%s", err);
+        for (uint32_t t = 0; t < n; t++) {
+            const float *row = logits + (size_t)t * n_vocab;
+            double lse_ref = rdf64(f), maxabs = rdf64(f);
+            /* our logsumexp, in double */
+            double mx = -INFINITY, sum = 0;
+            for (uint32_t v = 0; v < n_vocab; v++)
+                mx = row[v] > mx ? row[v] : mx;
+            for (uint32_t v = 0; v < n_vocab; v++)
+                sum += exp(row[v] - mx);
+            double err_t = fabs(mx + log(sum) - lse_ref);
+            for (uint32_t k = 0; k < topk; k++) {
+                uint32_t id;
+                float ref;
+                CHECK(fread(&id, 4, 1, f) == 1 && fread(&ref, 4, 1, f) == 1);
+                CHECK(id < n_vocab);
+                double d = fabs(row[id] - (double)ref);
+                err_t = d > err_t ? d : err_t;
+            }
+            if (t == n - 1) {
+                float *last = malloc(n_vocab * sizeof(float));
+                CHECK(fread(last, 4, n_vocab, f) == n_vocab);
+                for (uint32_t v = 0; v < n_vocab; v++) {
+                    double d = fabs(row[v] - (double)last[v]);
+                    err_t = d > err_t ? d : err_t;
+                }
+                free(last);
+            }
+            double rel = err_t / maxabs;
+            if (rel > worst) {
+                worst = rel;
+                worst_prompt = p;
+                worst_pos = t;
+            }
+        }
+        pd_engine_seq_release(e, &s);
+        free(tok);
+        free(logits);
+    }
+    fclose(f);
+    printf("  %s: %u prompts up to %u tokens, worst max|diff|/max|ref| = %.2e (prompt %u, "
+           "position %u)\n", name, n_prompts, max_len, worst, worst_prompt, worst_pos);
+    CHECK(worst <= TOL);
+    CHECK_EQ_INT(pd_kvcache_n_free(pd_engine_kvcache(e)), pd_kvcache_n_blocks(pd_engine_kvcache(e)));
+    pd_engine_free(e);
+}
+
+static void engine_matches_transformers_on_default_model(void)
+{
+    struct pd_model *m = load_default();
+    check_golden(m, "default");
+    pd_model_free(m);
+}
+
+static void engine_matches_transformers_on_mha_shape(void)
+{
+    struct pd_model *m = load_dummy("tiny-mha", 11);
+    check_golden(m, "tiny-mha");
+    pd_model_free(m);
+}
+
+static void engine_matches_transformers_on_gqa3_untied_shape(void)
+{
+    struct pd_model *m = load_dummy("tiny-gqa3", 12);
+    check_golden(m, "tiny-gqa3");
+    pd_model_free(m);
+}
+
+static void engine_matches_transformers_on_gqa4_untied_shape(void)
+{
+    struct pd_model *m = load_dummy("tiny-gqa4", 13);
+    check_golden(m, "tiny-gqa4");
+    pd_model_free(m);
+}
+
+static double max_rel_diff(const float *a, const float *b, size_t n)
+{
+    double md = 0, mx = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        md = d > md ? d : md;
+        mx = fabs(b[i]) > mx ? fabs(b[i]) : mx;
+    }
+    return mx > 0 ? md / mx : md;
+}
+
+static void prompt(int32_t *t, uint32_t n, uint32_t vocab, uint32_t salt)
+{
+    for (uint32_t i = 0; i < n; i++)
+        t[i] = (int32_t)((i * 2654435761u + salt * 40503u) % vocab);
+}
+
+enum { NSEQ = 4 };
+static const uint32_t seq_len[NSEQ] = {37, 5, 64, 19};
+
+static void paged_batch_equals_solo_contiguous(void)
+{
+    struct pd_model *m = load_dummy("tiny-gqa3", 5);
+    const uint32_t V = pd_model_hparams(m)->n_vocab;
+    int32_t tok[NSEQ][64], next[NSEQ];
+    float *solo = calloc((size_t)NSEQ * 64 * V, sizeof(float));
+    float *solo_dec = calloc((size_t)NSEQ * V, sizeof(float));
+    float *bat = calloc((size_t)NSEQ * 64 * V, sizeof(float));
+    float *bat_dec = calloc((size_t)NSEQ * V, sizeof(float));
+    char err[512];
+
+    /* solo: one sequence at a time in a fresh pool, so its blocks are contiguous */
+    for (int s = 0; s < NSEQ; s++) {
+        prompt(tok[s], seq_len[s], V, (uint32_t)s);
+        next[s] = (int32_t)(s * 7 + 1);
+        struct pd_engine *e = engine(m, 8u << 20, 512);
+        struct pd_kvseq q;
+        pd_kvseq_init(&q);
+        struct pd_batch_item it = {.seq = &q, .tokens = tok[s], .n_tokens = seq_len[s],
+                                   .n_logits = seq_len[s], .logits = solo + (size_t)s * 64 * V};
+        CHECK_EQ_INT(pd_engine_step(e, &it, 1, err, sizeof(err)), 0);
+        for (uint32_t b = 1; b < q.n_blocks; b++)
+            CHECK_EQ_INT(q.blocks[b], q.blocks[b - 1] + 1);
+        struct pd_batch_item d = {.seq = &q, .tokens = &next[s], .n_tokens = 1, .n_logits = 1,
+                                  .logits = solo_dec + (size_t)s * V};
+        CHECK_EQ_INT(pd_engine_step(e, &d, 1, err, sizeof(err)), 0);
+        pd_engine_seq_release(e, &q);
+        pd_engine_free(e);
+    }
+
+    /* batched: shuffle the free list first, so every table is scattered */
+    struct pd_engine *e = engine(m, 8u << 20, 512);
+    struct pd_kvcache *kc = pd_engine_kvcache(e);
+    uint32_t nb = pd_kvcache_n_blocks(kc);
+    uint32_t *ids = malloc(nb * sizeof(*ids));
+    CHECK_EQ_INT(pd_kvcache_alloc(kc, nb, ids), 0);
+    for (uint32_t i = nb - 1; i > 0; i--) {
+        uint32_t j = (i * 2654435761u) % (i + 1), t = ids[i];
+        ids[i] = ids[j];
+        ids[j] = t;
+    }
+    for (uint32_t i = 0; i < nb; i++)
+        CHECK_EQ_INT(pd_kvcache_unref(kc, ids[i]), 0);
+    free(ids);
+
+    struct pd_kvseq q[NSEQ];
+    struct pd_batch_item it[NSEQ], dec[NSEQ];
+    for (int s = 0; s < NSEQ; s++) {
+        pd_kvseq_init(&q[s]);
+        it[s] = (struct pd_batch_item){.seq = &q[s], .tokens = tok[s], .n_tokens = seq_len[s],
+                                       .n_logits = seq_len[s], .logits = bat + (size_t)s * 64 * V};
+        dec[s] = (struct pd_batch_item){.seq = &q[s], .tokens = &next[s], .n_tokens = 1,
+                                        .n_logits = 1, .logits = bat_dec + (size_t)s * V};
+    }
+    CHECK_EQ_INT(pd_engine_step(e, it, NSEQ, err, sizeof(err)), 0);
+    int scattered = 0;
+    for (int s = 0; s < NSEQ; s++)
+        for (uint32_t b = 1; b < q[s].n_blocks; b++)
+            scattered |= q[s].blocks[b] != q[s].blocks[b - 1] + 1;
+    CHECK(scattered);
+    /* one decode step advances all four sequences, of different lengths */
+    CHECK_EQ_INT(pd_engine_step(e, dec, NSEQ, err, sizeof(err)), 0);
+    for (int s = 0; s < NSEQ; s++) {
+        CHECK_EQ_INT(q[s].n_tokens, seq_len[s] + 1);
+        double r1 = max_rel_diff(bat + (size_t)s * 64 * V, solo + (size_t)s * 64 * V,
+                                 (size_t)seq_len[s] * V);
+        double r2 = max_rel_diff(bat_dec + (size_t)s * V, solo_dec + (size_t)s * V, V);
+        if (r1 > TOL || r2 > TOL)
+            PD_TEST_FAIL_("sequence %d: prefill %.2e, decode %.2e", s, r1, r2);
+        pd_engine_seq_release(e, &q[s]);
+    }
+    CHECK_EQ_INT(pd_kvcache_n_free(kc), nb);
+    pd_engine_free(e);
+    free(solo);
+    free(solo_dec);
+    free(bat);
+    free(bat_dec);
+    pd_model_free(m);
+}
+
+/* Prompt then one decode step, prefilled in chunks of `chunk`: the last
+ * prompt position's logits and the decode step's, (2, V). */
+static void prefill_then_decode(const struct pd_model *m, uint32_t chunk, const int32_t *tok,
+                                uint32_t n, float *out)
+{
+    const uint32_t V = pd_model_hparams(m)->n_vocab;
+    struct pd_engine *e = engine(m, 8u << 20, chunk);
+    struct pd_kvseq s;
+    int32_t nt = 77;
+    char err[512];
+
+    pd_kvseq_init(&s);
+    if (pd_engine_prefill(e, &s, tok, n, out, err, sizeof(err)) < 0)
+        PD_TEST_FAIL_("chunk %u: %s", chunk, err);
+    CHECK_EQ_INT(s.n_tokens, n);
+    struct pd_batch_item d = {.seq = &s, .tokens = &nt, .n_tokens = 1, .n_logits = 1,
+                              .logits = out + V};
+    CHECK_EQ_INT(pd_engine_step(e, &d, 1, err, sizeof(err)), 0);
+    pd_engine_seq_release(e, &s);
+    pd_engine_free(e);
+}
+
+static void chunked_prefill_equals_whole_prompt(void)
+{
+    struct pd_model *m = load_dummy("tiny-gqa4", 8);
+    const uint32_t V = pd_model_hparams(m)->n_vocab, n = 150;
+    static const uint32_t chunks[] = {1, 7, 64};
+    int32_t tok[150];
+    float *ref = malloc(2 * V * sizeof(float)), *got = malloc(2 * V * sizeof(float));
+
+    prompt(tok, n, V, 99);
+    prefill_then_decode(m, 512, tok, n, ref); /* the whole prompt in one step */
+    for (size_t c = 0; c < sizeof(chunks) / sizeof(chunks[0]); c++) {
+        prefill_then_decode(m, chunks[c], tok, n, got);
+        double r = max_rel_diff(got, ref, 2 * V);
+        if (r > TOL)
+            PD_TEST_FAIL_("chunks of %u: %.2e from the whole-prompt logits", chunks[c], r);
+    }
+    free(ref);
+    free(got);
+    pd_model_free(m);
+}
+
+/* Each refusal leaves the pool and the sequence exactly as they were. */
+static void bad_input_refused_without_state_change(void)
+{
+    struct pd_model *m = load_dummy("tiny", 1); /* context 256 */
+    struct pd_engine *e = NULL;
+    /* a pool of 4 blocks of 16 tokens */
+    struct pd_engine_params p = {.model = m, .block_size = 16, .max_batched_tokens = 64};
+    struct pd_kvcache_params kp = {.layout = {2, 2, 16, 16}};
+    p.kv_cache_bytes = pd_kv_block_elems(&kp.layout) * sizeof(float) * 4;
+    char err[512];
+    CHECK_EQ_INT(pd_engine_new(&p, &e, err, sizeof(err)), 0);
+    struct pd_kvcache *kc = pd_engine_kvcache(e);
+    CHECK_EQ_INT(pd_kvcache_n_blocks(kc), 4);
+
+    int32_t tok[300];
+    float logits[256];
+    prompt(tok, 300, 256, 3);
+    struct pd_kvseq s, s2;
+    pd_kvseq_init(&s);
+    pd_kvseq_init(&s2);
+    CHECK_EQ_INT(pd_engine_prefill(e, &s, tok, 20, logits, err, sizeof(err)), 0); /* 2 blocks */
+
+    CHECK_EQ_INT(pd_engine_prefill(e, &s2, tok, 0, logits, err, sizeof(err)), -EINVAL);
+    CHECK_CONTAINS(err, "empty prompt");
+    CHECK_EQ_INT(pd_engine_prefill(e, &s2, tok, 257, logits, err, sizeof(err)), -E2BIG);
+    CHECK_CONTAINS(err, "maximum model length of 256");
+    /* 40 tokens need 3 blocks, 2 are free: refused, even after a chunk went through */
+    CHECK_EQ_INT(pd_engine_prefill(e, &s2, tok, 40, logits, err, sizeof(err)), -ENOSPC);
+    CHECK_CONTAINS(err, "2 of 4 are free");
+    const int32_t orig = tok[5];
+    tok[5] = 256;
+    CHECK_EQ_INT(pd_engine_prefill(e, &s2, tok, 10, logits, err, sizeof(err)), -EINVAL);
+    CHECK_CONTAINS(err, "token id 256 at position 5 is out of range [0, 256)");
+    tok[5] = -1;
+    struct pd_batch_item it = {.seq = &s, .tokens = tok, .n_tokens = 8};
+    CHECK_EQ_INT(pd_engine_step(e, &it, 1, err, sizeof(err)), -EINVAL);
+    tok[5] = orig;
+    struct pd_batch_item twice[2] = {it, it};
+    CHECK_EQ_INT(pd_engine_step(e, twice, 2, err, sizeof(err)), -EINVAL);
+    CHECK_CONTAINS(err, "twice");
+    struct pd_batch_item big = {.seq = &s2, .tokens = tok, .n_tokens = 65};
+    CHECK_EQ_INT(pd_engine_step(e, &big, 1, err, sizeof(err)), -E2BIG);
+    CHECK_CONTAINS(err, "max_batched_tokens 64");
+
+    /* nothing moved: s still has its 20 tokens in 2 blocks, s2 nothing */
+    CHECK_EQ_INT(s.n_tokens, 20);
+    CHECK_EQ_INT(s.n_blocks, 2);
+    CHECK_EQ_INT(s2.n_tokens, 0);
+    CHECK_EQ_INT(s2.n_blocks, 0);
+    CHECK_EQ_INT(pd_kvcache_n_free(kc), 2);
+    /* and the engine still works: the same continuation as a fresh run */
+    float a[256], b[256];
+    int32_t nt = 9;
+    struct pd_batch_item d = {.seq = &s, .tokens = &nt, .n_tokens = 1, .n_logits = 1, .logits = a};
+    CHECK_EQ_INT(pd_engine_step(e, &d, 1, err, sizeof(err)), 0);
+    pd_engine_seq_release(e, &s);
+    CHECK_EQ_INT(pd_engine_prefill(e, &s, tok, 20, logits, err, sizeof(err)), 0);
+    d.logits = b;
+    CHECK_EQ_INT(pd_engine_step(e, &d, 1, err, sizeof(err)), 0);
+    CHECK(memcmp(a, b, sizeof(a)) == 0);
+    pd_engine_seq_release(e, &s);
+    CHECK_EQ_INT(pd_kvcache_n_free(kc), 4);
+    pd_engine_free(e);
+    pd_model_free(m);
+}
+
+static const struct pd_test tests[] = {
+    PD_TEST(engine_matches_transformers_on_mha_shape),
+    PD_TEST(engine_matches_transformers_on_gqa3_untied_shape),
+    PD_TEST(engine_matches_transformers_on_gqa4_untied_shape),
+    PD_TEST(paged_batch_equals_solo_contiguous),
+    PD_TEST(chunked_prefill_equals_whole_prompt),
+    PD_TEST(bad_input_refused_without_state_change),
+    PD_TEST(engine_matches_transformers_on_default_model),
+    {0},
+};
+
+int main(int argc, char **argv) { return pd_test_main(tests, argc, argv); }
