@@ -4,9 +4,12 @@
  *   build/tests/bench/engine_bench MODEL.gguf
  *   build/tests/bench/engine_bench --load-format dummy --model-shape smollm2-135m
  *
- * Prefill: tokens/s for whole prompts of 128, 512 and 2048 tokens (chunks of
- * --max-num-batched-tokens). Decode: tokens/s of steps advancing a batch of 1,
- * 8 and 32 sequences, each with a 128-token context. Medians of --repeat runs.
+ * Prefill: tokens/s for whole prompts of --prefill lengths (default 128, 512,
+ * 2048; chunks of --max-num-batched-tokens). Decode: tokens/s of steps
+ * advancing a batch of --batches sequences (default 1, 8, 32), each with a
+ * 128-token context, and the memory bandwidth a decode step achieves (bytes of
+ * weights and KV it must read / its time) beside a memcpy measured in the same
+ * run. Peak RSS last. Medians of --repeat runs.
  */
 #include "cfg.h"
 #include "engine.h"
@@ -15,6 +18,7 @@
 #include <cblas.h>
 #include <unistd.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -26,6 +30,8 @@ struct bench_cfg {
     int64_t seed;
     int64_t repeat;
     int64_t max_batched_tokens;
+    struct pd_cfg_list prefill;
+    struct pd_cfg_list batches;
 };
 
 static const char *const load_formats[] = {"auto", "gguf", "dummy", NULL};
@@ -39,6 +45,8 @@ static const struct pd_cfg_opt options[] = {
     PD_CFG_INT("repeat", struct bench_cfg, repeat, "3", 1, 100, "runs per figure (median)"),
     PD_CFG_INT("max-num-batched-tokens", struct bench_cfg, max_batched_tokens, "512", 1, 65536,
                "prefill chunk"),
+    PD_CFG_LIST("prefill", struct bench_cfg, prefill, 8, "prompt lengths (default 128, 512, 2048)"),
+    PD_CFG_LIST("batches", struct bench_cfg, batches, 8, "decode batch sizes (default 1, 8, 32)"),
     PD_CFG_END,
 };
 
@@ -122,6 +130,49 @@ static double time_decode(struct pd_engine *e, uint32_t b)
     return dt;
 }
 
+/* Bytes one decode step must read per sequence-independent part (the fp32
+ * weights the engine multiplies with; the embedding only a row) and per
+ * context token (its K and V in every layer). */
+static double step_weight_bytes(const struct pd_hparams *hp)
+{
+    double e = hp->n_embd, q = (double)hp->n_head * hp->head_dim;
+    double kv = (double)hp->n_head_kv * hp->head_dim, f = hp->n_ff;
+    double layer = 2 * e + e * q + 2 * e * kv + q * e + 3 * e * f;
+    return 4.0 * (hp->n_layer * layer + (double)hp->n_vocab * e + e);
+}
+
+static double kv_bytes_per_token(const struct pd_hparams *hp)
+{
+    return 4.0 * hp->n_layer * 2.0 * hp->n_head_kv * hp->head_dim;
+}
+
+/* memcpy bandwidth (bytes copied per second) over a buffer far beyond the LLC */
+static double memcpy_bw(int repeat)
+{
+    size_t n = 512u << 20;
+    char *a = malloc(n), *b = malloc(n);
+    double v[100];
+    memset(a, 1, n);
+    memset(b, 2, n);
+    for (int r = 0; r < repeat; r++) {
+        double t0 = now();
+        memcpy(b, a, n);
+        v[r] = (double)n / (now() - t0);
+        a[r] ^= b[n - 1 - r]; /* keep the copy observable */
+    }
+    free(a);
+    free(b);
+    qsort(v, (size_t)repeat, sizeof(double), cmp_d);
+    return v[repeat / 2];
+}
+
+static uint32_t list_item(const struct pd_cfg_list *l, size_t i, const uint32_t *def, size_t n_def)
+{
+    if (l->n == 0)
+        return i < n_def ? def[i] : 0;
+    return i < l->n ? (uint32_t)strtoul(l->items[i], NULL, 10) : 0;
+}
+
 static double median_of(double (*fn)(struct pd_engine *, uint32_t), struct pd_engine *e,
                         uint32_t arg, int repeat)
 {
@@ -168,26 +219,43 @@ int main(int argc, char **argv)
     printf("model %s, %d cores, medians of %d, prefill chunks of %lld tokens\n",
            pd_model_name(m), nmax, repeat, (long long)c.max_batched_tokens);
     printf("%-22s %14s %14s %8s\n", "work", "1 thread", "all threads", "ratio");
-    static const uint32_t plen[] = {128, 512, 2048};
-    for (size_t i = 0; i < 3; i++) {
-        if (plen[i] > pd_engine_max_model_len(e))
+    static const uint32_t plen[] = {128, 512, 2048}, batch[] = {1, 8, 32};
+    for (size_t i = 0; i < 8; i++) {
+        uint32_t n = list_item(&c.prefill, i, plen, 3);
+        if (n == 0 || n > pd_engine_max_model_len(e))
             continue;
         set_threads(1);
-        double t1 = median_of(time_prefill, e, plen[i], repeat);
+        double t1 = median_of(time_prefill, e, n, repeat);
         set_threads(nmax);
-        double tn = median_of(time_prefill, e, plen[i], repeat);
-        printf("prefill %5u tok/s     %14.1f %14.1f %7.2fx\n", plen[i], plen[i] / t1,
-               plen[i] / tn, t1 / tn);
+        double tn = median_of(time_prefill, e, n, repeat);
+        printf("prefill %5u tok/s     %14.1f %14.1f %7.2fx\n", n, n / t1, n / tn, t1 / tn);
     }
-    static const uint32_t batch[] = {1, 8, 32};
-    for (size_t i = 0; i < 3; i++) {
+    const struct pd_hparams *hp = pd_model_hparams(m);
+    double mc = memcpy_bw(repeat);
+    char bw[8][96];
+    int n_bw = 0;
+    for (size_t i = 0; i < 8; i++) {
+        uint32_t b = list_item(&c.batches, i, batch, 3);
+        if (b == 0)
+            continue;
         set_threads(1);
-        double t1 = median_of(time_decode, e, batch[i], repeat);
+        double t1 = median_of(time_decode, e, b, repeat);
         set_threads(nmax);
-        double tn = median_of(time_decode, e, batch[i], repeat);
-        printf("decode batch %2u tok/s  %14.1f %14.1f %7.2fx\n", batch[i], batch[i] / t1,
-               batch[i] / tn, t1 / tn);
+        double tn = median_of(time_decode, e, b, repeat);
+        printf("decode batch %2u tok/s  %14.1f %14.1f %7.2fx\n", b, b / t1, b / tn, t1 / tn);
+        double bytes = step_weight_bytes(hp) + b * 129.0 * kv_bytes_per_token(hp);
+        snprintf(bw[n_bw++], sizeof(bw[0]), "decode batch %2u        %8.2f GB/s   %5.2f of memcpy",
+                 b, bytes / tn / 1e9, bytes / tn / mc);
     }
+    printf("\nmemory bandwidth (bytes a decode step reads / its time, all threads)\n");
+    printf("memcpy (512 MiB, 1 thread) %8.2f GB/s\n", mc / 1e9);
+    for (int i = 0; i < n_bw; i++)
+        printf("%s\n", bw[i]);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("peak RSS %.1f MiB (weights as loaded %.1f MiB, fp32 as computed %.1f MiB)\n",
+           ru.ru_maxrss / 1024.0, pd_model_weight_bytes(m) / 1048576.0,
+           step_weight_bytes(hp) / 1048576.0);
     pd_engine_free(e);
     pd_model_free(m);
     pd_cfg_done(options, &c);

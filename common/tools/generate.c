@@ -1,0 +1,254 @@
+/* pdserve-generate: offline generation with the engine, for people and scripts.
+ *
+ *   pdserve-generate --model M.gguf --prompt-ids 1,2,3 -n 16
+ *   pdserve-generate --load-format dummy --model-shape tiny --prompt-ids 5,6 --prompt-ids 7 \
+ *                    -n 8 --temperature 0.8 --sampling-seed 1 --logprobs 3
+ *
+ * Each --prompt-ids is one prompt; several are generated together in one
+ * batch. Prints the prompt and generated token ids (and, with --logprobs N,
+ * each token's log-probability and the N most probable alternatives).
+ */
+#include "cfg.h"
+#include "engine.h"
+#include "generate.h"
+#include "gguf.h"
+#include "log.h"
+#include "model.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_PROMPTS 64
+#define MAX_PROMPT_IDS 65536
+
+struct gen_cfg {
+    char *model;
+    int load_format;
+    char *model_shape;
+    int64_t seed;
+    struct pd_cfg_list prompt_ids;
+    int64_t max_tokens;
+    double temperature;
+    int64_t top_k;
+    double top_p;
+    double min_p;
+    double repetition_penalty;
+    double presence_penalty;
+    double frequency_penalty;
+    int64_t sampling_seed;
+    int64_t logprobs;
+    bool ignore_eos;
+    uint64_t kv_cache_memory;
+    int64_t block_size;
+    int64_t max_num_batched_tokens;
+    int64_t max_model_len;
+    int log_level;
+};
+
+static const char *const load_formats[] = {"auto", "gguf", "dummy", NULL};
+static const char *const log_levels[] = {"error", "warning", "notice", "info", "debug", NULL};
+
+static const struct pd_cfg_opt options[] = {
+    PD_CFG_STR("model", struct gen_cfg, model, NULL, 4096, "GGUF model file"),
+    PD_CFG_ENUM("load-format", struct gen_cfg, load_format, "auto", load_formats,
+                "a GGUF file, or dummy weights of --model-shape"),
+    PD_CFG_STR("model-shape", struct gen_cfg, model_shape, NULL, 4096,
+               "dummy weights: preset name or JSON shape"),
+    PD_CFG_INT("seed", struct gen_cfg, seed, "0", 0, INT64_MAX, "dummy weights: seed"),
+    PD_CFG_LIST("prompt-ids", struct gen_cfg, prompt_ids, MAX_PROMPTS,
+                "a prompt as comma-separated token ids (repeat for a batch)"),
+    PD_CFG_INT("max-tokens", struct gen_cfg, max_tokens, "16", 1, 65536,
+               "tokens to generate per prompt (also -n)"),
+    PD_CFG_DOUBLE("temperature", struct gen_cfg, temperature, "0", 0, 100,
+                  "0 = greedy"),
+    PD_CFG_INT("top-k", struct gen_cfg, top_k, "0", 0, 1 << 22, "0 = off"),
+    PD_CFG_DOUBLE("top-p", struct gen_cfg, top_p, "1", 0.000001, 1, "1 = off"),
+    PD_CFG_DOUBLE("min-p", struct gen_cfg, min_p, "0", 0, 1, "0 = off"),
+    PD_CFG_DOUBLE("repetition-penalty", struct gen_cfg, repetition_penalty, "1", 0.01, 10,
+                  "1 = off"),
+    PD_CFG_DOUBLE("presence-penalty", struct gen_cfg, presence_penalty, "0", -2, 2, "0 = off"),
+    PD_CFG_DOUBLE("frequency-penalty", struct gen_cfg, frequency_penalty, "0", -2, 2, "0 = off"),
+    PD_CFG_INT("sampling-seed", struct gen_cfg, sampling_seed, "0", 0, INT64_MAX,
+               "seed of the sampling randomness (prompt i uses seed + i)"),
+    PD_CFG_INT("logprobs", struct gen_cfg, logprobs, "0", 0, PD_MAX_LOGPROBS,
+               "print each token's log-probability and this many alternatives"),
+    PD_CFG_BOOL("ignore-eos", struct gen_cfg, ignore_eos, "false",
+                "keep generating past the end-of-sequence token"),
+    PD_CFG_SIZE("kv-cache-memory", struct gen_cfg, kv_cache_memory, "1GiB", 1 << 20,
+                INT64_C(1) << 40, "KV pool size"),
+    PD_CFG_INT("block-size", struct gen_cfg, block_size, "16", 1, 1024, "tokens per KV block"),
+    PD_CFG_INT("max-num-batched-tokens", struct gen_cfg, max_num_batched_tokens, "2048", 1,
+               1 << 20, "tokens per engine step (prefill chunk)"),
+    PD_CFG_INT("max-model-len", struct gen_cfg, max_model_len, "0", 0, 1 << 24,
+               "longest sequence; 0 = the model's context"),
+    PD_CFG_ENUM("log-level", struct gen_cfg, log_level, "info", log_levels, "log level"),
+    PD_CFG_END,
+};
+
+/* "1,2,3" -> ids; -EINVAL naming the bad item. */
+static int parse_ids(const char *s, int32_t **out, uint32_t *n, char *err, size_t errlen)
+{
+    int32_t *ids = malloc(MAX_PROMPT_IDS * sizeof(*ids));
+    uint32_t k = 0;
+    const char *p = s;
+    if (!ids)
+        return -ENOMEM;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < 0 || v > INT32_MAX || (*end && *end != ',')) {
+            snprintf(err, errlen, "--prompt-ids: \"%.40s\" is not a list of token ids", s);
+            free(ids);
+            return -EINVAL;
+        }
+        if (k == MAX_PROMPT_IDS) {
+            snprintf(err, errlen, "--prompt-ids: more than %d ids", MAX_PROMPT_IDS);
+            free(ids);
+            return -E2BIG;
+        }
+        ids[k++] = (int32_t)v;
+        p = *end ? end + 1 : end;
+    }
+    if (k == 0) {
+        snprintf(err, errlen, "--prompt-ids: empty prompt");
+        free(ids);
+        return -EINVAL;
+    }
+    *out = ids;
+    *n = k;
+    return 0;
+}
+
+static void print_result(uint32_t i, const struct pd_gen_request *r, bool logprobs)
+{
+    printf("prompt %u (%u tokens):", i, r->n_prompt);
+    for (uint32_t k = 0; k < r->n_prompt; k++)
+        printf(" %d", r->prompt[k]);
+    printf("\noutput %u (%u tokens, %s):", i, r->n_tokens,
+           r->finish == PD_FINISH_STOP ? "stop" : "length");
+    for (uint32_t k = 0; k < r->n_tokens; k++)
+        printf(" %d", r->tokens[k]);
+    printf("\n");
+    if (!logprobs)
+        return;
+    for (uint32_t k = 0; k < r->n_tokens; k++) {
+        const struct pd_sample_result *s = &r->results[k];
+        printf("  [%u] %d logprob %.4f  top:", k, s->token, (double)s->logprob);
+        for (uint32_t j = 0; j < s->n_top; j++)
+            printf(" %d %.4f%s", s->top[j].token, (double)s->top[j].logprob,
+                   j + 1 < s->n_top ? " |" : "");
+        printf("\n");
+    }
+}
+
+int main(int argc, char **argv)
+{
+    struct gen_cfg c;
+    struct pd_cfg_args a;
+    char err[512];
+    int rc;
+
+    pd_log_init("pdserve-generate");
+    /* -n N is the conventional short form of --max-tokens */
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "-n") == 0)
+            argv[i] = (char *)"--max-tokens";
+    rc = pd_cfg_parse(options, &c, argc, argv, &a, err, sizeof(err));
+    if (rc < 0) {
+        fprintf(stderr, "pdserve-generate: %s\n", err);
+        pd_cfg_done(options, &c);
+        return 2;
+    }
+    if (rc == PD_CFG_HELP || rc == PD_CFG_PRINT) {
+        if (rc == PD_CFG_HELP)
+            pd_cfg_help(options, "pdserve-generate", "[OPTIONS] [MODEL.gguf]", stdout);
+        else
+            pd_cfg_print(options, &c, stdout);
+        pd_cfg_done(options, &c);
+        return 0;
+    }
+    pd_log_set_level(PD_LOG_ERR + c.log_level);
+    if (c.prompt_ids.n == 0 || a.n_positional > 1) {
+        fprintf(stderr, "pdserve-generate: give at least one --prompt-ids and at most one model\n");
+        pd_cfg_done(options, &c);
+        return 2;
+    }
+
+    struct pd_model_params mp = {.path = a.n_positional ? a.positional[0] : c.model,
+                                 .load_format = (enum pd_load_format)c.load_format,
+                                 .shape = c.model_shape, .seed = (uint64_t)c.seed};
+    struct pd_model *m = NULL;
+    struct pd_engine *e = NULL;
+    struct pd_gen_request *reqs = calloc(c.prompt_ids.n, sizeof(*reqs));
+    int exit_code = 1;
+    if (!reqs)
+        goto out;
+    if ((rc = pd_model_load(&mp, &m, err, sizeof(err))) < 0)
+        goto fail;
+    struct pd_engine_params ep = {.model = m, .kv_cache_bytes = c.kv_cache_memory,
+                                  .block_size = (uint32_t)c.block_size,
+                                  .max_batched_tokens = (uint32_t)c.max_num_batched_tokens,
+                                  .max_model_len = (uint32_t)c.max_model_len};
+    if ((rc = pd_engine_new(&ep, &e, err, sizeof(err))) < 0)
+        goto fail;
+
+    /* the end-of-sequence token, when the file names one */
+    int32_t eos = -1;
+    uint32_t eos_u;
+    if (pd_model_gguf(m) && pd_gguf_get_u32(pd_model_gguf(m), "tokenizer.ggml.eos_token_id",
+                                            &eos_u) == 0)
+        eos = (int32_t)eos_u;
+
+    for (size_t i = 0; i < c.prompt_ids.n; i++) {
+        struct pd_gen_request *r = &reqs[i];
+        int32_t *ids;
+        uint32_t n;
+        if ((rc = parse_ids(c.prompt_ids.items[i], &ids, &n, err, sizeof(err))) < 0)
+            goto fail;
+        r->prompt = ids;
+        r->n_prompt = n;
+        r->max_tokens = (uint32_t)c.max_tokens;
+        r->tokens = calloc(r->max_tokens, sizeof(*r->tokens));
+        r->results = calloc(r->max_tokens, sizeof(*r->results));
+        if (!r->tokens || !r->results) {
+            rc = -ENOMEM;
+            snprintf(err, sizeof(err), "out of memory");
+            goto fail;
+        }
+        r->sampling = (struct pd_sampling){
+            .temperature = (float)c.temperature, .top_k = (int32_t)c.top_k,
+            .top_p = (float)c.top_p, .min_p = (float)c.min_p,
+            .repetition_penalty = (float)c.repetition_penalty,
+            .presence_penalty = (float)c.presence_penalty,
+            .frequency_penalty = (float)c.frequency_penalty,
+            .seed = (uint64_t)c.sampling_seed + i, .n_logprobs = (uint32_t)c.logprobs};
+        if (eos >= 0 && !c.ignore_eos) {
+            r->stop_ids = &eos;
+            r->n_stop_ids = 1;
+        }
+    }
+    if ((rc = pd_generate(e, reqs, (uint32_t)c.prompt_ids.n, err, sizeof(err))) < 0)
+        goto fail;
+    for (size_t i = 0; i < c.prompt_ids.n; i++)
+        print_result((uint32_t)i, &reqs[i], c.logprobs > 0);
+    exit_code = 0;
+    goto out;
+fail:
+    fprintf(stderr, "pdserve-generate: %s\n", err);
+out:
+    if (reqs)
+        for (size_t i = 0; i < c.prompt_ids.n; i++) {
+            free((void *)reqs[i].prompt);
+            free(reqs[i].tokens);
+            free(reqs[i].results);
+        }
+    free(reqs);
+    pd_engine_free(e);
+    pd_model_free(m);
+    pd_cfg_done(options, &c);
+    return exit_code;
+}

@@ -1,0 +1,246 @@
+/* Batched generation against solo generation under DESIGN.md's "same output"
+ * rule, seeded sampling across batch compositions, stop conditions. */
+#include "generate.h"
+#include "model.h"
+#include "pd_test.h"
+
+#include <errno.h>
+#include <math.h>
+#include <unistd.h>
+
+#define NEAR_TIE 1e-3 /* top-2 gap below this x max|logit|: a near-tie */
+#define LOGPROB_TOL 1e-3
+
+static struct pd_model *load(const char *shape)
+{
+    struct pd_model_params p = {.load_format = PD_LOAD_DUMMY, .shape = shape, .seed = 21};
+    char buf[1024];
+    if (!shape) {
+        const char *path = getenv("PDSERVE_MODEL");
+        if (!path || !*path) {
+            snprintf(buf, sizeof(buf), "%s/.cache/pdserve/SmolLM2-135M-Instruct.Q4_1.gguf",
+                     getenv("HOME") ? getenv("HOME") : "");
+            path = buf;
+        }
+        if (access(path, R_OK) != 0)
+            PD_SKIP("default model not fetched (deploy/fetch-model.sh or PDSERVE_MODEL)");
+        p = (struct pd_model_params){.path = path};
+    }
+    struct pd_model *m = NULL;
+    char err[512];
+    if (pd_model_load(&p, &m, err, sizeof(err)) < 0)
+        PD_TEST_FAIL_("%s", err);
+    return m;
+}
+
+static struct pd_engine *engine(const struct pd_model *m)
+{
+    struct pd_engine_params p = {.model = m, .kv_cache_bytes = 256u << 20,
+                                 .max_batched_tokens = 256};
+    struct pd_engine *e = NULL;
+    char err[512];
+    if (pd_engine_new(&p, &e, err, sizeof(err)) < 0)
+        PD_TEST_FAIL_("%s", err);
+    return e;
+}
+
+enum { NREQ = 8, MAXT = 24 };
+
+static void make_prompt(int32_t *t, uint32_t n, uint32_t vocab, uint32_t salt)
+{
+    for (uint32_t i = 0; i < n; i++)
+        t[i] = (int32_t)(((i + 1) * 2654435761u + salt * 97u) % vocab);
+}
+
+/* Solo reference, written against the engine directly so it shares no loop
+ * with pd_generate: prefill, then one token at a time, keeping each step's
+ * near-tie status. Sampling as in r->sampling. */
+static void reference(struct pd_engine *e, const struct pd_gen_request *r, int32_t *tok,
+                      int *near_tie, float *logprob)
+{
+    const uint32_t V = pd_engine_n_vocab(e);
+    float *l = malloc(V * sizeof(float));
+    struct pd_sampler *s = pd_sampler_new(V);
+    struct pd_kvseq q;
+    char err[256];
+    pd_kvseq_init(&q);
+    CHECK_EQ_INT(pd_engine_prefill(e, &q, r->prompt, r->n_prompt, l, err, sizeof(err)), 0);
+    for (uint32_t k = 0; k < r->max_tokens; k++) {
+        float a = -INFINITY, b = -INFINITY, mx = 0;
+        for (uint32_t v = 0; v < V; v++) {
+            mx = fabsf(l[v]) > mx ? fabsf(l[v]) : mx;
+            if (l[v] > a)
+                b = a, a = l[v];
+            else if (l[v] > b)
+                b = l[v];
+        }
+        near_tie[k] = a - b < NEAR_TIE * mx;
+        struct pd_sample_result res;
+        CHECK_EQ_INT(pd_sample(s, &r->sampling, l, r->prompt, r->n_prompt, tok, k, &res), 0);
+        tok[k] = res.token;
+        logprob[k] = res.logprob;
+        struct pd_batch_item it = {.seq = &q, .tokens = &tok[k], .n_tokens = 1, .n_logits = 1,
+                                   .logits = l};
+        if (k + 1 < r->max_tokens)
+            CHECK_EQ_INT(pd_engine_step(e, &it, 1, err, sizeof(err)), 0);
+    }
+    pd_engine_seq_release(e, &q);
+    pd_sampler_free(s);
+    free(l);
+}
+
+/* Compare one batched result with its solo reference under the rule; returns
+ * the position of the first near-tie (or MAXT) for reporting. */
+static uint32_t compare(const struct pd_gen_request *r, const int32_t *ref, const int *near_tie,
+                        const float *ref_lp, int req)
+{
+    for (uint32_t k = 0; k < r->n_tokens; k++) {
+        if (near_tie[k]) {
+            printf("  request %d: near-tie at generated position %u; compared up to there\n",
+                   req, k);
+            return k;
+        }
+        if (r->tokens[k] != ref[k])
+            PD_TEST_FAIL_("request %d position %u: batched %d, solo %d", req, k, r->tokens[k],
+                          ref[k]);
+        if (fabsf(r->results[k].logprob - ref_lp[k]) > LOGPROB_TOL)
+            PD_TEST_FAIL_("request %d position %u: logprob %g vs solo %g", req, k,
+                          (double)r->results[k].logprob, (double)ref_lp[k]);
+    }
+    return r->n_tokens;
+}
+
+static void batch_equals_solo(const char *shape, float temperature)
+{
+    struct pd_model *m = load(shape);
+    struct pd_engine *e = engine(m);
+    const uint32_t V = pd_engine_n_vocab(e);
+    static int32_t prompts[NREQ][80], out[NREQ][MAXT], ref[NREQ][MAXT];
+    static struct pd_sample_result res[NREQ][MAXT];
+    static int near_tie[NREQ][MAXT];
+    static float ref_lp[NREQ][MAXT];
+    struct pd_gen_request r[NREQ];
+    char err[512];
+
+    for (int i = 0; i < NREQ; i++) {
+        uint32_t n = 3 + (uint32_t)i * 11; /* 3 .. 80 tokens: different lengths */
+        make_prompt(prompts[i], n, V, (uint32_t)i);
+        r[i] = (struct pd_gen_request){.prompt = prompts[i], .n_prompt = n, .max_tokens = MAXT,
+                                       .tokens = out[i], .results = res[i]};
+        r[i].sampling = PD_SAMPLING_DEFAULT;
+        r[i].sampling.temperature = temperature;
+        r[i].sampling.top_p = temperature > 0 ? 0.9f : 1.0f;
+        r[i].sampling.seed = 1000 + (uint64_t)i;
+        reference(e, &r[i], ref[i], near_tie[i], ref_lp[i]);
+    }
+    CHECK_EQ_INT(pd_generate(e, r, NREQ, err, sizeof(err)), 0);
+    uint32_t compared = 0;
+    for (int i = 0; i < NREQ; i++) {
+        CHECK_EQ_INT(r[i].n_tokens, MAXT);
+        CHECK_EQ_INT(r[i].finish, PD_FINISH_LENGTH);
+        compared += compare(&r[i], ref[i], near_tie[i], ref_lp[i], i);
+    }
+    printf("  %s, temperature %g: %u of %u generated tokens compared\n", shape ? shape : "default",
+           (double)temperature, compared, NREQ * MAXT);
+    CHECK(compared >= NREQ * MAXT / 2); /* a rule that compares nothing proves nothing */
+    struct pd_kvcache *kc = pd_engine_kvcache(e);
+    CHECK_EQ_INT(pd_kvcache_n_free(kc), pd_kvcache_n_blocks(kc));
+    pd_engine_free(e);
+    pd_model_free(m);
+}
+
+static void batched_greedy_equals_solo_on_default_model(void) { batch_equals_solo(NULL, 0.0f); }
+static void batched_sampling_equals_solo_on_default_model(void) { batch_equals_solo(NULL, 0.8f); }
+static void batched_sampling_equals_solo_on_dummy(void) { batch_equals_solo("tiny-gqa3", 1.0f); }
+
+/* Request 0's tokens do not depend on which other requests share its steps. */
+static void seeded_sampling_unchanged_by_batch_composition(void)
+{
+    struct pd_model *m = load("tiny-gqa4");
+    struct pd_engine *e = engine(m);
+    const uint32_t V = pd_engine_n_vocab(e);
+    static int32_t prompts[4][40], out[3][4][MAXT];
+    char err[512];
+
+    for (int i = 0; i < 4; i++)
+        make_prompt(prompts[i], 10 + 9 * (uint32_t)i, V, 50 + (uint32_t)i);
+    /* compositions: {0}, {0,1,2}, {3,0} -- request 0 in different slots */
+    static const int comp[3][3] = {{0, -1, -1}, {0, 1, 2}, {3, 0, -1}};
+    for (int c = 0; c < 3; c++) {
+        struct pd_gen_request r[3];
+        uint32_t n = 0;
+        for (int j = 0; j < 3 && comp[c][j] >= 0; j++, n++) {
+            int q = comp[c][j];
+            r[n] = (struct pd_gen_request){.prompt = prompts[q], .n_prompt = 10 + 9 * (uint32_t)q,
+                                           .max_tokens = MAXT, .tokens = out[c][n]};
+            r[n].sampling = PD_SAMPLING_DEFAULT;
+            r[n].sampling.temperature = 1.0f;
+            r[n].sampling.seed = q == 0 ? 777 : (uint64_t)q;
+        }
+        CHECK_EQ_INT(pd_generate(e, r, n, err, sizeof(err)), 0);
+    }
+    CHECK(memcmp(out[0][0], out[1][0], sizeof(out[0][0])) == 0);
+    CHECK(memcmp(out[0][0], out[2][1], sizeof(out[0][0])) == 0);
+    pd_engine_free(e);
+    pd_model_free(m);
+}
+
+static void generate_stops_on_stop_id_and_keeps_it(void)
+{
+    struct pd_model *m = load("tiny");
+    struct pd_engine *e = engine(m);
+    int32_t prompt[5] = {1, 2, 3, 4, 5}, out[MAXT], probe[MAXT];
+    char err[512];
+    struct pd_gen_request r = {.prompt = prompt, .n_prompt = 5, .max_tokens = MAXT,
+                               .tokens = probe, .sampling = PD_SAMPLING_DEFAULT};
+    CHECK_EQ_INT(pd_generate(e, &r, 1, err, sizeof(err)), 0);
+    /* stop on the 4th token greedy decoding produces */
+    int32_t stop = probe[3];
+    uint32_t first = 0;
+    while (probe[first] != stop)
+        first++;
+    r.tokens = out;
+    r.stop_ids = &stop;
+    r.n_stop_ids = 1;
+    CHECK_EQ_INT(pd_generate(e, &r, 1, err, sizeof(err)), 0);
+    CHECK_EQ_INT(r.finish, PD_FINISH_STOP);
+    CHECK_EQ_INT(r.n_tokens, first + 1);
+    CHECK_EQ_INT(out[first], stop);
+    pd_engine_free(e);
+    pd_model_free(m);
+}
+
+static void generate_refuses_bad_requests_and_frees_everything(void)
+{
+    struct pd_model *m = load("tiny");
+    struct pd_engine *e = engine(m);
+    int32_t prompt[3] = {1, 2, 300}, out[4];
+    char err[512];
+    struct pd_gen_request r = {.prompt = prompt, .n_prompt = 3, .max_tokens = 4, .tokens = out,
+                               .sampling = PD_SAMPLING_DEFAULT};
+    CHECK_EQ_INT(pd_generate(e, &r, 1, err, sizeof(err)), -EINVAL);
+    CHECK_CONTAINS(err, "token id 300");
+    prompt[2] = 3;
+    r.sampling.top_p = 2.0f;
+    CHECK_EQ_INT(pd_generate(e, &r, 1, err, sizeof(err)), -EINVAL);
+    CHECK_CONTAINS(err, "top_p");
+    r.sampling.top_p = 1.0f;
+    r.max_tokens = 0;
+    CHECK_EQ_INT(pd_generate(e, &r, 1, err, sizeof(err)), -EINVAL);
+    struct pd_kvcache *kc = pd_engine_kvcache(e);
+    CHECK_EQ_INT(pd_kvcache_n_free(kc), pd_kvcache_n_blocks(kc));
+    pd_engine_free(e);
+    pd_model_free(m);
+}
+
+static const struct pd_test tests[] = {
+    PD_TEST(batched_sampling_equals_solo_on_dummy),
+    PD_TEST(seeded_sampling_unchanged_by_batch_composition),
+    PD_TEST(generate_stops_on_stop_id_and_keeps_it),
+    PD_TEST(generate_refuses_bad_requests_and_frees_everything),
+    PD_TEST(batched_greedy_equals_solo_on_default_model),
+    PD_TEST(batched_sampling_equals_solo_on_default_model),
+    {0},
+};
+
+int main(int argc, char **argv) { return pd_test_main(tests, argc, argv); }
