@@ -20,6 +20,9 @@ APT_PACKAGES=(
 )
 # Test tooling, pinned. gguf writes the dequantization reference values.
 PIP_PACKAGES=(numpy==1.26.4 gguf==0.17.1)
+# pynacl: an independent X25519 / ChaCha20-Poly1305 for the KV handshake's
+# known-answer test (tests/vectors/kat_auth.py).
+PIP_PACKAGES+=(pynacl==1.5.0)
 
 VENV="${PDSERVE_VENV:-${HOME}/.cache/pdserve/venv}"
 

@@ -1,0 +1,668 @@
+#include "frame.h"
+
+#include "wire.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+
+int pd_proto_err(char *err, size_t errlen, int rc, const char *fmt, ...)
+{
+    va_list ap;
+    if (err && errlen) {
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+#define ERR(rc, ...) pd_proto_err(err, errlen, (rc), __VA_ARGS__)
+
+/* Fixed parts of the bodies; the variable parts follow them. */
+#define PREFILL_FIXED 68
+#define CHUNK_FIXED 40
+#define DONE_FIXED 32
+#define ABORT_FIXED 16
+#define REQREF_LEN 12
+#define ERROR_FIXED 4
+
+enum { FROM_D = 1u << PD_ROLE_D, FROM_P = 1u << PD_ROLE_P, FROM_BOTH = FROM_D | FROM_P };
+
+/* One row per type: what the header check needs before the body is touched. */
+struct type_info {
+    const char *name;
+    uint8_t sealed;
+    uint8_t senders;
+    uint32_t min_len, max_len; /* body */
+};
+
+static const struct type_info types[] = {
+    [PD_FT_HS_M1] = {"HS_M1", 0, FROM_D, 228, 228},
+    [PD_FT_HS_M2] = {"HS_M2", 0, FROM_P, 228, 228},
+    [PD_FT_HS_CONFIRM] = {"HS_CONFIRM", 0, FROM_BOTH, 32, 32},
+    [PD_FT_PREFILL] = {"PREFILL", 1, FROM_D, PREFILL_FIXED + 4 + 1,
+                       PREFILL_FIXED + 4 * PD_PROTO_MAX_TOKENS + PD_PROTO_MAX_XRID},
+    [PD_FT_CHUNK] = {"CHUNK", 1, FROM_P, CHUNK_FIXED + PD_BLOCK_TAG_LEN,
+                     CHUNK_FIXED + PD_BLOCK_TAG_LEN * PD_PROTO_MAX_CHUNK_BLOCKS},
+    [PD_FT_ACK] = {"ACK", 1, FROM_D, 16, 16},
+    [PD_FT_DONE] = {"DONE", 1, FROM_P, DONE_FIXED, DONE_FIXED + 8 * PD_PROTO_MAX_LOGPROBS},
+    [PD_FT_ABORT] = {"ABORT", 1, FROM_BOTH, ABORT_FIXED, ABORT_FIXED + PD_PROTO_MAX_DETAIL},
+    [PD_FT_ABORT_ACK] = {"ABORT_ACK", 1, FROM_BOTH, REQREF_LEN, REQREF_LEN},
+    [PD_FT_CANCEL] = {"CANCEL", 1, FROM_D, REQREF_LEN, REQREF_LEN},
+    [PD_FT_HEARTBEAT] = {"HEARTBEAT", 1, FROM_BOTH, 16, 16},
+    [PD_FT_ERROR] = {"ERROR", 1, FROM_BOTH, ERROR_FIXED, ERROR_FIXED + PD_PROTO_MAX_DETAIL},
+};
+#define N_TYPES (sizeof(types) / sizeof(types[0]))
+
+static const struct type_info *type_info(unsigned type)
+{
+    return type < N_TYPES && types[type].name ? &types[type] : NULL;
+}
+
+const char *pd_frame_type_name(unsigned type)
+{
+    const struct type_info *ti = type_info(type);
+    return ti ? ti->name : "unknown";
+}
+
+int pd_frame_type_known(unsigned type) { return type_info(type) != NULL; }
+
+int pd_frame_type_sealed(unsigned type)
+{
+    const struct type_info *ti = type_info(type);
+    return ti && ti->sealed;
+}
+
+int pd_frame_sender_ok(unsigned type, enum pd_role role)
+{
+    const struct type_info *ti = type_info(type);
+    return ti && (role == PD_ROLE_D || role == PD_ROLE_P) && (ti->senders & (1u << role));
+}
+
+static const char *const reason_names[PD_R_MAX + 1] = {
+    [PD_R_INTERNAL] = "internal",
+    [PD_R_PROTOCOL] = "protocol",
+    [PD_R_VERSION] = "version",
+    [PD_R_AUTH] = "auth",
+    [PD_R_LAYOUT] = "layout_mismatch",
+    [PD_R_MODEL] = "model_mismatch",
+    [PD_R_OVERLOADED] = "overloaded",
+    [PD_R_TOO_LARGE] = "too_large",
+    [PD_R_INVALID_REQUEST] = "invalid_request",
+    [PD_R_CANCELLED] = "cancelled",
+    [PD_R_TIMEOUT] = "timeout",
+    [PD_R_INTEGRITY] = "integrity",
+    [PD_R_SHUTDOWN] = "shutdown",
+    [PD_R_UNKNOWN_REQUEST] = "unknown_request",
+    [PD_R_TRANSFER] = "transfer_failed",
+    [PD_R_COMPUTE] = "compute_failed",
+};
+
+const char *pd_reason_name(unsigned reason)
+{
+    return reason >= 1 && reason <= PD_R_MAX ? reason_names[reason] : "unknown";
+}
+
+/* ---- header ---- */
+
+void pd_frame_hdr_encode(const struct pd_frame_hdr *h, uint8_t out[PD_FRAME_HDR_LEN])
+{
+    memcpy(out, PD_FRAME_MAGIC, 4);
+    out[4] = h->major;
+    out[5] = h->minor;
+    out[6] = h->type;
+    out[7] = h->flags;
+    put_u32(out + 8, h->len);
+    put_u32(out + 12, 0);
+    put_u64(out + 16, h->seq);
+}
+
+int pd_frame_hdr_decode(const uint8_t *buf, size_t len, struct pd_frame_hdr *h, char *err,
+                        size_t errlen)
+{
+    if (len < PD_FRAME_HDR_LEN)
+        return ERR(-EBADMSG, "frame: %zu bytes is shorter than the %d-byte header", len,
+                   PD_FRAME_HDR_LEN);
+    if (memcmp(buf, PD_FRAME_MAGIC, 4) != 0)
+        return ERR(-EBADMSG, "frame: bad magic %02x%02x%02x%02x (not a pdserve KV frame)", buf[0],
+                   buf[1], buf[2], buf[3]);
+    /* before anything else: a peer of another major version gets a clear answer */
+    if (buf[4] != PD_PROTO_MAJOR)
+        return ERR(-EPROTONOSUPPORT, "frame: protocol version: ours %d.%d, peer %u.%u",
+                   PD_PROTO_MAJOR, PD_PROTO_MINOR, buf[4], buf[5]);
+    const struct type_info *ti = type_info(buf[6]);
+    if (!ti)
+        return ERR(-EBADMSG, "frame: unknown type %u", buf[6]);
+    if (buf[7] != 0)
+        return ERR(-EBADMSG, "frame: %s: unknown flags 0x%02x", ti->name, buf[7]);
+    if (!all_zero(buf + 12, 4))
+        return ERR(-EBADMSG, "frame: %s: reserved header bytes are not zero", ti->name);
+    uint32_t blen = get_u32(buf + 8);
+    if (blen > ti->max_len)
+        return ERR(-E2BIG, "frame: %s body of %" PRIu32 " bytes exceeds the cap of %" PRIu32,
+                   ti->name, blen, ti->max_len);
+    if (blen < ti->min_len)
+        return ERR(-EBADMSG, "frame: %s body of %" PRIu32 " bytes is shorter than %" PRIu32,
+                   ti->name, blen, ti->min_len);
+    uint64_t seq = get_u64(buf + 16);
+    if (!ti->sealed && seq != 0)
+        return ERR(-EBADMSG, "frame: %s: handshake messages carry seq 0, not %" PRIu64, ti->name,
+                   seq);
+    h->major = buf[4];
+    h->minor = buf[5];
+    h->type = buf[6];
+    h->flags = 0;
+    h->len = blen;
+    h->seq = seq;
+    return 0;
+}
+
+size_t pd_frame_wire_len(const struct pd_frame_hdr *h)
+{
+    return PD_FRAME_HDR_LEN + (size_t)h->len + (pd_frame_type_sealed(h->type) ? PD_FRAME_MAC_LEN : 0);
+}
+
+/* ---- field checks shared by the encoder and the decoder ---- */
+
+static int in_range(float v, float lo, float hi) { return isfinite(v) && v >= lo && v <= hi; }
+
+static int check_reqref(uint64_t request_id, const char *what, char *err, size_t errlen)
+{
+    if (request_id == 0)
+        return ERR(-EBADMSG, "frame: %s: request id 0 is reserved", what);
+    return 0;
+}
+
+static int check_reason(unsigned reason, const char *what, char *err, size_t errlen)
+{
+    if (reason < 1 || reason > PD_R_MAX)
+        return ERR(-EBADMSG, "frame: %s: unknown reason code %u", what, reason);
+    return 0;
+}
+
+/* NaN and +inf are never log-probabilities; -inf is (a filtered-out token). */
+static int logprob_ok(float lp) { return !isnan(lp) && lp <= 0.0f; }
+
+static int check_prefill(const struct pd_prefill *p, char *err, size_t errlen)
+{
+    int rc;
+    if ((rc = check_reqref(p->request_id, "PREFILL", err, errlen)) < 0)
+        return rc;
+    if (p->n_tokens < 1 || p->n_tokens > PD_PROTO_MAX_TOKENS)
+        return ERR(p->n_tokens ? -E2BIG : -EBADMSG,
+                   "frame: PREFILL: %" PRIu32 " tokens is outside 1..%u", p->n_tokens,
+                   PD_PROTO_MAX_TOKENS);
+    if (p->block_size < 1 || p->block_size > PD_PROTO_MAX_BLOCK_SIZE)
+        return ERR(-EBADMSG, "frame: PREFILL: block size %" PRIu32 " is outside 1..%u",
+                   p->block_size, PD_PROTO_MAX_BLOCK_SIZE);
+    if (p->n_blocks > PD_PROTO_MAX_REQ_BLOCKS)
+        return ERR(-E2BIG, "frame: PREFILL: %" PRIu32 " blocks exceeds the cap of %u", p->n_blocks,
+                   PD_PROTO_MAX_REQ_BLOCKS);
+    uint32_t need = (p->n_tokens + p->block_size - 1) / p->block_size;
+    if (p->n_blocks < need)
+        return ERR(-EBADMSG,
+                   "frame: PREFILL: %" PRIu32 " blocks cannot hold %" PRIu32
+                   " tokens of %" PRIu32 " per block",
+                   p->n_blocks, p->n_tokens, p->block_size);
+    if (!in_range(p->temperature, 0.0f, PD_PROTO_MAX_TEMPERATURE))
+        return ERR(-EBADMSG, "frame: PREFILL: temperature %g is outside [0, %g]",
+                   (double)p->temperature, (double)PD_PROTO_MAX_TEMPERATURE);
+    if (!in_range(p->top_p, 0.0f, 1.0f) || p->top_p == 0.0f)
+        return ERR(-EBADMSG, "frame: PREFILL: top_p %g is outside (0, 1]", (double)p->top_p);
+    if (!in_range(p->min_p, 0.0f, 1.0f))
+        return ERR(-EBADMSG, "frame: PREFILL: min_p %g is outside [0, 1]", (double)p->min_p);
+    if (!in_range(p->presence_penalty, -PD_PROTO_MAX_PENALTY, PD_PROTO_MAX_PENALTY) ||
+        !in_range(p->frequency_penalty, -PD_PROTO_MAX_PENALTY, PD_PROTO_MAX_PENALTY))
+        return ERR(-EBADMSG, "frame: PREFILL: presence/frequency penalty %g/%g is outside [-%g, %g]",
+                   (double)p->presence_penalty, (double)p->frequency_penalty,
+                   (double)PD_PROTO_MAX_PENALTY, (double)PD_PROTO_MAX_PENALTY);
+    if (!in_range(p->repetition_penalty, 0.0f, PD_PROTO_MAX_PENALTY) ||
+        p->repetition_penalty == 0.0f)
+        return ERR(-EBADMSG, "frame: PREFILL: repetition penalty %g is outside (0, %g]",
+                   (double)p->repetition_penalty, (double)PD_PROTO_MAX_PENALTY);
+    if (p->n_logprobs > PD_PROTO_MAX_LOGPROBS)
+        return ERR(-E2BIG, "frame: PREFILL: %" PRIu32 " logprobs exceeds the cap of %u",
+                   p->n_logprobs, PD_PROTO_MAX_LOGPROBS);
+    if (p->flags & ~PD_PREFILL_F_NO_EOS)
+        return ERR(-EBADMSG, "frame: PREFILL: unknown flags 0x%04x", p->flags);
+    return 0;
+}
+
+static int check_chunk(const struct pd_chunk *c, char *err, size_t errlen)
+{
+    int rc;
+    if ((rc = check_reqref(c->request_id, "CHUNK", err, errlen)) < 0)
+        return rc;
+    if (c->n_blocks < 1 || c->n_blocks > PD_PROTO_MAX_CHUNK_BLOCKS)
+        return ERR(c->n_blocks ? -E2BIG : -EBADMSG,
+                   "frame: CHUNK: %" PRIu32 " blocks is outside 1..%u", c->n_blocks,
+                   PD_PROTO_MAX_CHUNK_BLOCKS);
+    if ((uint64_t)c->first_block + c->n_blocks > PD_PROTO_MAX_REQ_BLOCKS)
+        return ERR(-E2BIG, "frame: CHUNK: blocks %" PRIu32 "..+%" PRIu32 " pass the cap of %u",
+                   c->first_block, c->n_blocks, PD_PROTO_MAX_REQ_BLOCKS);
+    if (c->transfer == 0)
+        return ERR(-EBADMSG, "frame: CHUNK: transfer counter 0 is reserved");
+    if (c->block_bytes < 1 || c->block_bytes > PD_PROTO_MAX_BLOCK_BYTES)
+        return ERR(-EBADMSG, "frame: CHUNK: %" PRIu64 " bytes per block is outside 1..%llu",
+                   c->block_bytes, (unsigned long long)PD_PROTO_MAX_BLOCK_BYTES);
+    return 0;
+}
+
+static int check_done(const struct pd_done *d, char *err, size_t errlen)
+{
+    int rc;
+    if ((rc = check_reqref(d->request_id, "DONE", err, errlen)) < 0)
+        return rc;
+    if (d->n_prompt < 1 || d->n_prompt > PD_PROTO_MAX_TOKENS)
+        return ERR(-EBADMSG, "frame: DONE: %" PRIu32 " prompt tokens is outside 1..%u",
+                   d->n_prompt, PD_PROTO_MAX_TOKENS);
+    if (!logprob_ok(d->logprob))
+        return ERR(-EBADMSG, "frame: DONE: logprob %g is not <= 0", (double)d->logprob);
+    if (d->n_top > PD_PROTO_MAX_LOGPROBS)
+        return ERR(-E2BIG, "frame: DONE: %" PRIu32 " alternatives exceeds the cap of %u", d->n_top,
+                   PD_PROTO_MAX_LOGPROBS);
+    for (uint32_t i = 0; i < d->n_top; i++)
+        if (!logprob_ok(d->top[i].logprob))
+            return ERR(-EBADMSG, "frame: DONE: alternative %" PRIu32 " logprob %g is not <= 0", i,
+                       (double)d->top[i].logprob);
+    return 0;
+}
+
+static int check_heartbeat(const struct pd_heartbeat *hb, char *err, size_t errlen)
+{
+    if (hb->lease_ms < 1 || hb->lease_ms > PD_PROTO_MAX_LEASE_MS)
+        return ERR(-EBADMSG, "frame: HEARTBEAT: lease %" PRIu32 " ms is outside 1..%u",
+                   hb->lease_ms, PD_PROTO_MAX_LEASE_MS);
+    return 0;
+}
+
+/* A detail or X-Request-Id: length within [min, max], printable ASCII. */
+static int check_bytes(const uint8_t *s, size_t n, size_t min, size_t max, const char *what,
+                       char *err, size_t errlen)
+{
+    if (n < min || n > max)
+        return ERR(n > max ? -E2BIG : -EBADMSG, "frame: %s of %zu bytes is outside %zu..%zu", what,
+                   n, min, max);
+    if (!printable(s, n))
+        return ERR(-EBADMSG, "frame: %s is not printable ASCII", what);
+    return 0;
+}
+
+/* The same for the encoder's NUL-terminated strings. */
+static int check_str(const char *s, size_t min, size_t max, const char *what, char *err,
+                     size_t errlen)
+{
+    return check_bytes((const uint8_t *)s, strnlen(s, max + 1), min, max, what, err, errlen);
+}
+
+/* ---- body decoders: parse into the struct, then the shared checks ---- */
+
+/* The string at p[0..n) into dst (room for max + 1). */
+static int take_str(char *dst, const uint8_t *p, size_t n, size_t min, size_t max,
+                    const char *what, char *err, size_t errlen)
+{
+    int rc = check_bytes(p, n, min, max, what, err, errlen);
+    if (rc < 0)
+        return rc;
+    memcpy(dst, p, n);
+    dst[n] = '\0';
+    return 0;
+}
+
+static int expect_len(const char *what, size_t got, uint64_t want, char *err, size_t errlen)
+{
+    if (got != want)
+        return ERR(-EBADMSG, "frame: %s body is %zu bytes; its counts make it %" PRIu64, what, got,
+                   want);
+    return 0;
+}
+
+static int dec_prefill(const uint8_t *b, size_t n, struct pd_prefill *p, char *err, size_t errlen)
+{
+    memset(p, 0, sizeof(*p));
+    p->request_id = get_u64(b);
+    p->epoch = get_u32(b + 8);
+    p->n_tokens = get_u32(b + 12);
+    p->n_blocks = get_u32(b + 16);
+    p->block_size = get_u32(b + 20);
+    p->temperature = get_f32(b + 24);
+    p->top_p = get_f32(b + 28);
+    p->min_p = get_f32(b + 32);
+    p->top_k = get_u32(b + 36);
+    p->presence_penalty = get_f32(b + 40);
+    p->frequency_penalty = get_f32(b + 44);
+    p->repetition_penalty = get_f32(b + 48);
+    p->n_logprobs = get_u32(b + 52);
+    p->seed = get_u64(b + 56);
+    uint16_t xlen = get_u16(b + 64);
+    p->flags = get_u16(b + 66);
+    int rc = check_prefill(p, err, errlen);
+    if (rc < 0)
+        return rc;
+    if ((rc = expect_len("PREFILL", n, PREFILL_FIXED + 4ull * p->n_tokens + xlen, err, errlen)) < 0)
+        return rc;
+    p->tokens_le = b + PREFILL_FIXED;
+    return take_str(p->xrid, b + PREFILL_FIXED + 4ull * p->n_tokens, xlen, 1, PD_PROTO_MAX_XRID,
+                    "PREFILL X-Request-Id", err, errlen);
+}
+
+static int dec_chunk(const uint8_t *b, size_t n, struct pd_chunk *c, char *err, size_t errlen)
+{
+    memset(c, 0, sizeof(*c));
+    c->request_id = get_u64(b);
+    c->epoch = get_u32(b + 8);
+    c->first_block = get_u32(b + 12);
+    c->n_blocks = get_u32(b + 16);
+    c->transfer = get_u64(b + 24);
+    c->block_bytes = get_u64(b + 32);
+    int rc = check_chunk(c, err, errlen);
+    if (rc < 0)
+        return rc;
+    if (!all_zero(b + 20, 4))
+        return ERR(-EBADMSG, "frame: CHUNK: reserved bytes are not zero");
+    if ((rc = expect_len("CHUNK", n, CHUNK_FIXED + (uint64_t)PD_BLOCK_TAG_LEN * c->n_blocks, err,
+                         errlen)) < 0)
+        return rc;
+    c->tags = b + CHUNK_FIXED;
+    return 0;
+}
+
+static int dec_done(const uint8_t *b, size_t n, struct pd_done *d, char *err, size_t errlen)
+{
+    memset(d, 0, sizeof(*d));
+    d->request_id = get_u64(b);
+    d->epoch = get_u32(b + 8);
+    d->n_prompt = get_u32(b + 12);
+    d->token = get_u32(b + 16);
+    d->logprob = get_f32(b + 20);
+    d->n_top = get_u32(b + 24);
+    if (d->n_top > PD_PROTO_MAX_LOGPROBS) /* before the loop below reads top[] */
+        return ERR(-E2BIG, "frame: DONE: %" PRIu32 " alternatives exceeds the cap of %u", d->n_top,
+                   PD_PROTO_MAX_LOGPROBS);
+    if (!all_zero(b + 28, 4))
+        return ERR(-EBADMSG, "frame: DONE: reserved bytes are not zero");
+    int rc = expect_len("DONE", n, DONE_FIXED + 8ull * d->n_top, err, errlen);
+    if (rc < 0)
+        return rc;
+    for (uint32_t i = 0; i < d->n_top; i++) {
+        d->top[i].token = get_u32(b + DONE_FIXED + 8 * i);
+        d->top[i].logprob = get_f32(b + DONE_FIXED + 8 * i + 4);
+    }
+    return check_done(d, err, errlen);
+}
+
+static int dec_abort(const uint8_t *b, size_t n, struct pd_abort *a, char *err, size_t errlen)
+{
+    memset(a, 0, sizeof(*a));
+    a->request_id = get_u64(b);
+    a->epoch = get_u32(b + 8);
+    a->reason = get_u16(b + 12);
+    uint16_t dl = get_u16(b + 14);
+    int rc;
+    if ((rc = check_reqref(a->request_id, "ABORT", err, errlen)) < 0 ||
+        (rc = check_reason(a->reason, "ABORT", err, errlen)) < 0 ||
+        (rc = expect_len("ABORT", n, ABORT_FIXED + (uint64_t)dl, err, errlen)) < 0)
+        return rc;
+    return take_str(a->detail, b + ABORT_FIXED, dl, 0, PD_PROTO_MAX_DETAIL, "ABORT detail", err,
+                    errlen);
+}
+
+static int dec_error(const uint8_t *b, size_t n, struct pd_error *e, char *err, size_t errlen)
+{
+    memset(e, 0, sizeof(*e));
+    e->reason = get_u16(b);
+    uint16_t dl = get_u16(b + 2);
+    int rc;
+    if ((rc = check_reason(e->reason, "ERROR", err, errlen)) < 0 ||
+        (rc = expect_len("ERROR", n, ERROR_FIXED + (uint64_t)dl, err, errlen)) < 0)
+        return rc;
+    return take_str(e->detail, b + ERROR_FIXED, dl, 0, PD_PROTO_MAX_DETAIL, "ERROR detail", err,
+                    errlen);
+}
+
+static int dec_reqref(const uint8_t *b, const char *what, struct pd_reqref *r, char *err,
+                      size_t errlen)
+{
+    r->request_id = get_u64(b);
+    r->epoch = get_u32(b + 8);
+    return check_reqref(r->request_id, what, err, errlen);
+}
+
+int pd_frame_body_decode(const struct pd_frame_hdr *h, const uint8_t *body, size_t body_len,
+                         struct pd_frame *out, char *err, size_t errlen)
+{
+    const struct type_info *ti = type_info(h->type);
+    struct pd_frame f;
+    int rc;
+
+    if (!ti || !ti->sealed)
+        return ERR(-EBADMSG, "frame: type %u (%s) is not a control frame", h->type,
+                   pd_frame_type_name(h->type));
+    /* the fixed-length reads below rely on the header's bounds */
+    if (body_len != h->len || body_len < ti->min_len || body_len > ti->max_len)
+        return ERR(-EBADMSG, "frame: %s body of %zu bytes does not match the header (%" PRIu32 ")",
+                   ti->name, body_len, h->len);
+    memset(&f, 0, sizeof(f));
+    f.type = h->type;
+    switch (h->type) {
+    case PD_FT_PREFILL: rc = dec_prefill(body, body_len, &f.u.prefill, err, errlen); break;
+    case PD_FT_CHUNK: rc = dec_chunk(body, body_len, &f.u.chunk, err, errlen); break;
+    case PD_FT_ACK:
+        f.u.ack.request_id = get_u64(body);
+        f.u.ack.epoch = get_u32(body + 8);
+        f.u.ack.blocks = get_u32(body + 12);
+        rc = check_reqref(f.u.ack.request_id, "ACK", err, errlen);
+        if (rc == 0 && f.u.ack.blocks > PD_PROTO_MAX_REQ_BLOCKS)
+            rc = ERR(-E2BIG, "frame: ACK: %" PRIu32 " blocks exceeds the cap of %u",
+                     f.u.ack.blocks, PD_PROTO_MAX_REQ_BLOCKS);
+        break;
+    case PD_FT_DONE: rc = dec_done(body, body_len, &f.u.done, err, errlen); break;
+    case PD_FT_ABORT: rc = dec_abort(body, body_len, &f.u.abort, err, errlen); break;
+    case PD_FT_ABORT_ACK: rc = dec_reqref(body, "ABORT_ACK", &f.u.abort_ack, err, errlen); break;
+    case PD_FT_CANCEL: rc = dec_reqref(body, "CANCEL", &f.u.cancel, err, errlen); break;
+    case PD_FT_HEARTBEAT:
+        f.u.heartbeat.lease_ms = get_u32(body);
+        f.u.heartbeat.seq = get_u64(body + 8);
+        rc = check_heartbeat(&f.u.heartbeat, err, errlen);
+        if (rc == 0 && !all_zero(body + 4, 4))
+            rc = ERR(-EBADMSG, "frame: HEARTBEAT: reserved bytes are not zero");
+        break;
+    case PD_FT_ERROR: rc = dec_error(body, body_len, &f.u.error, err, errlen); break;
+    default: rc = ERR(-EBADMSG, "frame: type %u is not handled", h->type); break;
+    }
+    if (rc < 0)
+        return rc;
+    *out = f;
+    return 0;
+}
+
+int pd_frame_decode(const uint8_t *buf, size_t len, struct pd_frame *out, char *err, size_t errlen)
+{
+    struct pd_frame_hdr h;
+    int rc = pd_frame_hdr_decode(buf, len, &h, err, errlen);
+    if (rc < 0)
+        return rc;
+    if (len != PD_FRAME_HDR_LEN + (size_t)h.len)
+        return ERR(-EBADMSG, "frame: %s: %zu bytes, the header says %zu", pd_frame_type_name(h.type),
+                   len, PD_FRAME_HDR_LEN + (size_t)h.len);
+    return pd_frame_body_decode(&h, buf + PD_FRAME_HDR_LEN, h.len, out, err, errlen);
+}
+
+/* ---- encoder ---- */
+
+size_t pd_frame_body_len(const struct pd_frame *f)
+{
+    switch (f->type) {
+    case PD_FT_PREFILL:
+        return PREFILL_FIXED + 4 * (size_t)f->u.prefill.n_tokens +
+               strnlen(f->u.prefill.xrid, sizeof(f->u.prefill.xrid));
+    case PD_FT_CHUNK: return CHUNK_FIXED + PD_BLOCK_TAG_LEN * (size_t)f->u.chunk.n_blocks;
+    case PD_FT_ACK: return 16;
+    case PD_FT_DONE: return DONE_FIXED + 8 * (size_t)f->u.done.n_top;
+    case PD_FT_ABORT:
+        return ABORT_FIXED + strnlen(f->u.abort.detail, sizeof(f->u.abort.detail));
+    case PD_FT_ABORT_ACK: case PD_FT_CANCEL: return REQREF_LEN;
+    case PD_FT_HEARTBEAT: return 16;
+    case PD_FT_ERROR: return ERROR_FIXED + strnlen(f->u.error.detail, sizeof(f->u.error.detail));
+    default: return 0;
+    }
+}
+
+uint32_t pd_prefill_token(const struct pd_prefill *p, uint32_t i)
+{
+    return p->tokens ? p->tokens[i] : get_u32(p->tokens_le + 4 * (size_t)i);
+}
+
+static int check_frame(const struct pd_frame *f, char *err, size_t errlen)
+{
+    const char *name = pd_frame_type_name(f->type);
+    int rc;
+    switch (f->type) {
+    case PD_FT_PREFILL:
+        if ((rc = check_prefill(&f->u.prefill, err, errlen)) < 0)
+            return rc;
+        if (!f->u.prefill.tokens && !f->u.prefill.tokens_le)
+            return ERR(-EINVAL, "frame: PREFILL: no tokens given");
+        return check_str(f->u.prefill.xrid, 1, PD_PROTO_MAX_XRID, "PREFILL X-Request-Id", err,
+                         errlen);
+    case PD_FT_CHUNK:
+        if ((rc = check_chunk(&f->u.chunk, err, errlen)) < 0)
+            return rc;
+        return f->u.chunk.tags ? 0 : ERR(-EINVAL, "frame: CHUNK: no tags given");
+    case PD_FT_ACK:
+        if ((rc = check_reqref(f->u.ack.request_id, name, err, errlen)) < 0)
+            return rc;
+        return f->u.ack.blocks <= PD_PROTO_MAX_REQ_BLOCKS
+                   ? 0
+                   : ERR(-E2BIG, "frame: ACK: %" PRIu32 " blocks exceeds the cap of %u",
+                         f->u.ack.blocks, PD_PROTO_MAX_REQ_BLOCKS);
+    case PD_FT_DONE: return check_done(&f->u.done, err, errlen);
+    case PD_FT_ABORT:
+        if ((rc = check_reqref(f->u.abort.request_id, name, err, errlen)) < 0 ||
+            (rc = check_reason(f->u.abort.reason, name, err, errlen)) < 0)
+            return rc;
+        return check_str(f->u.abort.detail, 0, PD_PROTO_MAX_DETAIL, "ABORT detail", err, errlen);
+    case PD_FT_ABORT_ACK: return check_reqref(f->u.abort_ack.request_id, name, err, errlen);
+    case PD_FT_CANCEL: return check_reqref(f->u.cancel.request_id, name, err, errlen);
+    case PD_FT_HEARTBEAT: return check_heartbeat(&f->u.heartbeat, err, errlen);
+    case PD_FT_ERROR:
+        if ((rc = check_reason(f->u.error.reason, name, err, errlen)) < 0)
+            return rc;
+        return check_str(f->u.error.detail, 0, PD_PROTO_MAX_DETAIL, "ERROR detail", err, errlen);
+    default:
+        return ERR(-EINVAL, "frame: type %u (%s) is not a control frame", f->type, name);
+    }
+}
+
+static void enc_body(const struct pd_frame *f, uint8_t *b)
+{
+    switch (f->type) {
+    case PD_FT_PREFILL: {
+        const struct pd_prefill *p = &f->u.prefill;
+        size_t xl = strlen(p->xrid);
+        put_u64(b, p->request_id);
+        put_u32(b + 8, p->epoch);
+        put_u32(b + 12, p->n_tokens);
+        put_u32(b + 16, p->n_blocks);
+        put_u32(b + 20, p->block_size);
+        put_f32(b + 24, p->temperature);
+        put_f32(b + 28, p->top_p);
+        put_f32(b + 32, p->min_p);
+        put_u32(b + 36, p->top_k);
+        put_f32(b + 40, p->presence_penalty);
+        put_f32(b + 44, p->frequency_penalty);
+        put_f32(b + 48, p->repetition_penalty);
+        put_u32(b + 52, p->n_logprobs);
+        put_u64(b + 56, p->seed);
+        put_u16(b + 64, (uint16_t)xl);
+        put_u16(b + 66, p->flags);
+        for (uint32_t i = 0; i < p->n_tokens; i++)
+            put_u32(b + PREFILL_FIXED + 4 * (size_t)i, pd_prefill_token(p, i));
+        memcpy(b + PREFILL_FIXED + 4 * (size_t)p->n_tokens, p->xrid, xl);
+        break;
+    }
+    case PD_FT_CHUNK: {
+        const struct pd_chunk *c = &f->u.chunk;
+        put_u64(b, c->request_id);
+        put_u32(b + 8, c->epoch);
+        put_u32(b + 12, c->first_block);
+        put_u32(b + 16, c->n_blocks);
+        put_u32(b + 20, 0);
+        put_u64(b + 24, c->transfer);
+        put_u64(b + 32, c->block_bytes);
+        memcpy(b + CHUNK_FIXED, c->tags, PD_BLOCK_TAG_LEN * (size_t)c->n_blocks);
+        break;
+    }
+    case PD_FT_ACK:
+        put_u64(b, f->u.ack.request_id);
+        put_u32(b + 8, f->u.ack.epoch);
+        put_u32(b + 12, f->u.ack.blocks);
+        break;
+    case PD_FT_DONE: {
+        const struct pd_done *d = &f->u.done;
+        put_u64(b, d->request_id);
+        put_u32(b + 8, d->epoch);
+        put_u32(b + 12, d->n_prompt);
+        put_u32(b + 16, d->token);
+        put_f32(b + 20, d->logprob);
+        put_u32(b + 24, d->n_top);
+        put_u32(b + 28, 0);
+        for (uint32_t i = 0; i < d->n_top; i++) {
+            put_u32(b + DONE_FIXED + 8 * i, d->top[i].token);
+            put_f32(b + DONE_FIXED + 8 * i + 4, d->top[i].logprob);
+        }
+        break;
+    }
+    case PD_FT_ABORT: {
+        size_t dl = strlen(f->u.abort.detail);
+        put_u64(b, f->u.abort.request_id);
+        put_u32(b + 8, f->u.abort.epoch);
+        put_u16(b + 12, f->u.abort.reason);
+        put_u16(b + 14, (uint16_t)dl);
+        memcpy(b + ABORT_FIXED, f->u.abort.detail, dl);
+        break;
+    }
+    case PD_FT_ABORT_ACK: case PD_FT_CANCEL: {
+        const struct pd_reqref *r = f->type == PD_FT_CANCEL ? &f->u.cancel : &f->u.abort_ack;
+        put_u64(b, r->request_id);
+        put_u32(b + 8, r->epoch);
+        break;
+    }
+    case PD_FT_HEARTBEAT:
+        put_u32(b, f->u.heartbeat.lease_ms);
+        put_u32(b + 4, 0);
+        put_u64(b + 8, f->u.heartbeat.seq);
+        break;
+    case PD_FT_ERROR: {
+        size_t dl = strlen(f->u.error.detail);
+        put_u16(b, f->u.error.reason);
+        put_u16(b + 2, (uint16_t)dl);
+        memcpy(b + ERROR_FIXED, f->u.error.detail, dl);
+        break;
+    }
+    default: break; /* check_frame refused it */
+    }
+}
+
+int pd_frame_encode(const struct pd_frame *f, uint64_t seq, uint8_t *buf, size_t cap,
+                    size_t *out_len, char *err, size_t errlen)
+{
+    int rc = check_frame(f, err, errlen);
+    if (rc < 0)
+        return rc == -EBADMSG ? -EINVAL : rc;
+    size_t blen = pd_frame_body_len(f);
+    if (cap < PD_FRAME_HDR_LEN + blen)
+        return ERR(-ENOBUFS, "frame: %s needs %zu bytes, the buffer has %zu",
+                   pd_frame_type_name(f->type), PD_FRAME_HDR_LEN + blen, cap);
+    struct pd_frame_hdr h = {
+        .major = PD_PROTO_MAJOR, .minor = PD_PROTO_MINOR, .type = f->type, .len = (uint32_t)blen,
+        .seq = seq,
+    };
+    pd_frame_hdr_encode(&h, buf);
+    enc_body(f, buf + PD_FRAME_HDR_LEN);
+    *out_len = PD_FRAME_HDR_LEN + blen;
+    return 0;
+}

@@ -1,0 +1,728 @@
+/* proto/: frame and handshake-message codecs. The golden frames under
+ * tests/vectors/frames/ were written by tests/vectors/make_frames.py (Python's
+ * struct module) from the documented layouts; the expected values below are
+ * the ones that script uses. */
+#include "frame.h"
+#include "handshake.h"
+#include "pd_test.h"
+
+#include <errno.h>
+#include <math.h>
+
+#ifndef PD_SRCDIR
+#error "tests need PD_SRCDIR"
+#endif
+
+#define REQ 0x0123456789abcdefull
+#define EPOCH 2u
+
+static char err[512];
+
+/* A golden frame into buf; returns its length (the test fails if absent). */
+static size_t golden(const char *name, uint8_t *buf, size_t cap)
+{
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/tests/vectors/frames/%s.bin", PD_SRCDIR, name);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        PD_TEST_FAIL_("cannot open %s", path);
+    size_t n = fread(buf, 1, cap, f);
+    fclose(f);
+    if (n == 0 || n == cap)
+        PD_TEST_FAIL_("%s: %zu bytes", path, n);
+    return n;
+}
+
+static const char *const golden_names[] = {
+    "prefill", "chunk", "ack", "done", "abort", "abort_ack", "cancel", "heartbeat", "error",
+};
+#define N_GOLDEN (sizeof(golden_names) / sizeof(golden_names[0]))
+
+static const uint32_t prefill_tokens[] = {1, 9906, 1917, 30, 128000};
+
+/* The frames make_frames.py writes, as structs. */
+static struct pd_frame expected(const char *name, uint8_t tags[48])
+{
+    struct pd_frame f;
+    memset(&f, 0, sizeof(f));
+    if (strcmp(name, "prefill") == 0) {
+        f.type = PD_FT_PREFILL;
+        f.u.prefill = (struct pd_prefill){
+            .request_id = REQ, .epoch = EPOCH, .n_tokens = 5, .n_blocks = 1, .block_size = 16,
+            .temperature = 0.7f, .top_p = 0.9f, .min_p = 0.05f, .top_k = 40,
+            .presence_penalty = 0.5f, .frequency_penalty = -0.25f, .repetition_penalty = 1.1f,
+            .n_logprobs = 5, .seed = 0xfeedface12345678ull, .flags = PD_PREFILL_F_NO_EOS,
+            .tokens = prefill_tokens,
+        };
+        strcpy(f.u.prefill.xrid, "req-7f3a9c");
+    } else if (strcmp(name, "chunk") == 0) {
+        for (int i = 0; i < 48; i++)
+            tags[i] = (uint8_t)(i ^ 0x5a);
+        f.type = PD_FT_CHUNK;
+        f.u.chunk = (struct pd_chunk){.request_id = REQ, .epoch = EPOCH, .first_block = 4,
+                                      .n_blocks = 3, .transfer = 9, .block_bytes = 368640,
+                                      .tags = tags};
+    } else if (strcmp(name, "ack") == 0) {
+        f.type = PD_FT_ACK;
+        f.u.ack = (struct pd_ack){.request_id = REQ, .epoch = EPOCH, .blocks = 7};
+    } else if (strcmp(name, "done") == 0) {
+        f.type = PD_FT_DONE;
+        f.u.done = (struct pd_done){.request_id = REQ, .epoch = EPOCH, .n_prompt = 5,
+                                    .token = 791, .logprob = -0.125f, .n_top = 2,
+                                    .top = {{791, -0.125f}, {578, -2.5f}}};
+    } else if (strcmp(name, "abort") == 0) {
+        f.type = PD_FT_ABORT;
+        f.u.abort = (struct pd_abort){.request_id = REQ, .epoch = EPOCH, .reason = PD_R_INTEGRITY};
+        strcpy(f.u.abort.detail, "block 3 tag mismatch");
+    } else if (strcmp(name, "abort_ack") == 0) {
+        f.type = PD_FT_ABORT_ACK;
+        f.u.abort_ack = (struct pd_reqref){.request_id = REQ, .epoch = EPOCH};
+    } else if (strcmp(name, "cancel") == 0) {
+        f.type = PD_FT_CANCEL;
+        f.u.cancel = (struct pd_reqref){.request_id = REQ, .epoch = EPOCH + 1};
+    } else if (strcmp(name, "heartbeat") == 0) {
+        f.type = PD_FT_HEARTBEAT;
+        f.u.heartbeat = (struct pd_heartbeat){.lease_ms = 5000, .seq = 42};
+    } else if (strcmp(name, "error") == 0) {
+        f.type = PD_FT_ERROR;
+        f.u.error = (struct pd_error){.reason = PD_R_MODEL};
+        strcpy(f.u.error.detail, "model fingerprint differs");
+    }
+    return f;
+}
+
+/* Field-by-field equality of two frames of the same type. */
+static void check_same(const struct pd_frame *a, const struct pd_frame *b)
+{
+    CHECK_EQ_INT(a->type, b->type);
+    switch (a->type) {
+    case PD_FT_PREFILL: {
+        const struct pd_prefill *x = &a->u.prefill, *y = &b->u.prefill;
+        CHECK(x->request_id == y->request_id);
+        CHECK_EQ_INT(x->epoch, y->epoch);
+        CHECK_EQ_INT(x->n_tokens, y->n_tokens);
+        CHECK_EQ_INT(x->n_blocks, y->n_blocks);
+        CHECK_EQ_INT(x->block_size, y->block_size);
+        CHECK(x->temperature == y->temperature && x->top_p == y->top_p && x->min_p == y->min_p);
+        CHECK_EQ_INT(x->top_k, y->top_k);
+        CHECK(x->presence_penalty == y->presence_penalty);
+        CHECK(x->frequency_penalty == y->frequency_penalty);
+        CHECK(x->repetition_penalty == y->repetition_penalty);
+        CHECK_EQ_INT(x->n_logprobs, y->n_logprobs);
+        CHECK(x->seed == y->seed);
+        CHECK_EQ_INT(x->flags, y->flags);
+        for (uint32_t i = 0; i < x->n_tokens; i++)
+            CHECK_EQ_INT(pd_prefill_token(x, i), pd_prefill_token(y, i));
+        CHECK_STR(x->xrid, y->xrid);
+        break;
+    }
+    case PD_FT_CHUNK: {
+        const struct pd_chunk *x = &a->u.chunk, *y = &b->u.chunk;
+        CHECK(x->request_id == y->request_id);
+        CHECK_EQ_INT(x->epoch, y->epoch);
+        CHECK_EQ_INT(x->first_block, y->first_block);
+        CHECK_EQ_INT(x->n_blocks, y->n_blocks);
+        CHECK(x->transfer == y->transfer);
+        CHECK(x->block_bytes == y->block_bytes);
+        CHECK(memcmp(x->tags, y->tags, PD_BLOCK_TAG_LEN * (size_t)x->n_blocks) == 0);
+        break;
+    }
+    case PD_FT_ACK:
+        CHECK(a->u.ack.request_id == b->u.ack.request_id);
+        CHECK_EQ_INT(a->u.ack.epoch, b->u.ack.epoch);
+        CHECK_EQ_INT(a->u.ack.blocks, b->u.ack.blocks);
+        break;
+    case PD_FT_DONE: {
+        const struct pd_done *x = &a->u.done, *y = &b->u.done;
+        CHECK(x->request_id == y->request_id);
+        CHECK_EQ_INT(x->epoch, y->epoch);
+        CHECK_EQ_INT(x->n_prompt, y->n_prompt);
+        CHECK_EQ_INT(x->token, y->token);
+        CHECK(x->logprob == y->logprob);
+        CHECK_EQ_INT(x->n_top, y->n_top);
+        for (uint32_t i = 0; i < x->n_top; i++)
+            CHECK(x->top[i].token == y->top[i].token && x->top[i].logprob == y->top[i].logprob);
+        break;
+    }
+    case PD_FT_ABORT:
+        CHECK(a->u.abort.request_id == b->u.abort.request_id);
+        CHECK_EQ_INT(a->u.abort.epoch, b->u.abort.epoch);
+        CHECK_EQ_INT(a->u.abort.reason, b->u.abort.reason);
+        CHECK_STR(a->u.abort.detail, b->u.abort.detail);
+        break;
+    case PD_FT_ABORT_ACK: case PD_FT_CANCEL: {
+        const struct pd_reqref *x = a->type == PD_FT_CANCEL ? &a->u.cancel : &a->u.abort_ack;
+        const struct pd_reqref *y = b->type == PD_FT_CANCEL ? &b->u.cancel : &b->u.abort_ack;
+        CHECK(x->request_id == y->request_id);
+        CHECK_EQ_INT(x->epoch, y->epoch);
+        break;
+    }
+    case PD_FT_HEARTBEAT:
+        CHECK_EQ_INT(a->u.heartbeat.lease_ms, b->u.heartbeat.lease_ms);
+        CHECK(a->u.heartbeat.seq == b->u.heartbeat.seq);
+        break;
+    case PD_FT_ERROR:
+        CHECK_EQ_INT(a->u.error.reason, b->u.error.reason);
+        CHECK_STR(a->u.error.detail, b->u.error.detail);
+        break;
+    default: CHECK(!"unexpected type");
+    }
+}
+
+/* Decode `bytes`, expect failure with `rc`. */
+#define REFUSED(bytes, len, want_rc)                                                      \
+    do {                                                                                  \
+        struct pd_frame f_;                                                               \
+        CHECK_EQ_INT(pd_frame_decode((bytes), (len), &f_, err, sizeof(err)), (want_rc));  \
+    } while (0)
+
+static void golden_frames_decode_to_documented_values(void)
+{
+    uint8_t buf[4096], tags[48];
+    for (size_t i = 0; i < N_GOLDEN; i++) {
+        size_t n = golden(golden_names[i], buf, sizeof(buf));
+        struct pd_frame got, want = expected(golden_names[i], tags);
+        if (pd_frame_decode(buf, n, &got, err, sizeof(err)) < 0)
+            PD_TEST_FAIL_("%s: %s", golden_names[i], err);
+        check_same(&got, &want);
+    }
+}
+
+static void golden_frames_reencode_byte_identical(void)
+{
+    uint8_t buf[4096], out[4096], tags[48];
+    for (size_t i = 0; i < N_GOLDEN; i++) {
+        size_t n = golden(golden_names[i], buf, sizeof(buf)), m = 0;
+        struct pd_frame want = expected(golden_names[i], tags);
+        struct pd_frame_hdr h;
+        CHECK_EQ_INT(pd_frame_hdr_decode(buf, n, &h, err, sizeof(err)), 0);
+        CHECK_EQ_INT(pd_frame_encode(&want, h.seq, out, sizeof(out), &m, err, sizeof(err)), 0);
+        CHECK_EQ_INT(m, n);
+        CHECK(memcmp(out, buf, n) == 0);
+        CHECK_EQ_INT(pd_frame_body_len(&want), n - PD_FRAME_HDR_LEN);
+    }
+}
+
+static void decoded_frame_reencodes_from_its_views(void)
+{
+    uint8_t buf[4096], out[4096];
+    for (size_t i = 0; i < N_GOLDEN; i++) {
+        size_t n = golden(golden_names[i], buf, sizeof(buf)), m = 0;
+        struct pd_frame f;
+        struct pd_frame_hdr h;
+        CHECK_EQ_INT(pd_frame_decode(buf, n, &f, err, sizeof(err)), 0);
+        CHECK_EQ_INT(pd_frame_hdr_decode(buf, n, &h, err, sizeof(err)), 0);
+        CHECK_EQ_INT(pd_frame_encode(&f, h.seq, out, sizeof(out), &m, err, sizeof(err)), 0);
+        CHECK(m == n && memcmp(out, buf, n) == 0);
+    }
+}
+
+static void header_has_documented_layout(void)
+{
+    struct pd_frame_hdr h = {.major = 1, .minor = 7, .type = PD_FT_ACK, .len = 0x01020304,
+                             .seq = 0x1122334455667788ull};
+    uint8_t b[PD_FRAME_HDR_LEN];
+    static const uint8_t want[PD_FRAME_HDR_LEN] = {
+        'P', 'D', 'K', 'V', 1, 7, PD_FT_ACK, 0, 0x04, 0x03, 0x02, 0x01, 0, 0, 0, 0,
+        0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11,
+    };
+    pd_frame_hdr_encode(&h, b);
+    CHECK(memcmp(b, want, sizeof(want)) == 0);
+    CHECK_EQ_INT(pd_frame_wire_len(&h), PD_FRAME_HDR_LEN + 0x01020304 + PD_FRAME_MAC_LEN);
+}
+
+static void other_major_version_refused_naming_both(void)
+{
+    uint8_t buf[256];
+    size_t n = golden("ack", buf, sizeof(buf));
+    buf[4] = 2;
+    buf[5] = 3;
+    REFUSED(buf, n, -EPROTONOSUPPORT);
+    CHECK_CONTAINS(err, "ours 1.0");
+    CHECK_CONTAINS(err, "peer 2.3");
+}
+
+static void newer_minor_version_accepted(void)
+{
+    uint8_t buf[256];
+    struct pd_frame f;
+    size_t n = golden("ack", buf, sizeof(buf));
+    buf[5] = 9;
+    CHECK_EQ_INT(pd_frame_decode(buf, n, &f, err, sizeof(err)), 0);
+    CHECK_EQ_INT(f.u.ack.blocks, 7);
+}
+
+static void bad_magic_refused(void)
+{
+    uint8_t buf[256];
+    size_t n = golden("ack", buf, sizeof(buf));
+    buf[0] = 'Q';
+    REFUSED(buf, n, -EBADMSG);
+    CHECK_CONTAINS(err, "magic");
+}
+
+static void unknown_type_refused(void)
+{
+    uint8_t buf[256];
+    size_t n = golden("ack", buf, sizeof(buf));
+    const uint8_t bad[] = {0, 4, 15, 25, 255};
+    for (size_t i = 0; i < sizeof(bad); i++) {
+        buf[6] = bad[i];
+        REFUSED(buf, n, -EBADMSG);
+        CHECK_CONTAINS(err, "unknown type");
+    }
+}
+
+static void nonzero_flags_refused(void)
+{
+    uint8_t buf[256];
+    size_t n = golden("heartbeat", buf, sizeof(buf));
+    buf[7] = 0x80;
+    REFUSED(buf, n, -EBADMSG);
+    CHECK_CONTAINS(err, "flags");
+}
+
+static void nonzero_reserved_bytes_refused(void)
+{
+    /* header bytes 12..15, CHUNK 20..23, DONE 28..31, HEARTBEAT 4..7 of the body */
+    static const struct {
+        const char *name;
+        size_t off;
+    } spots[] = {
+        {"ack", 12}, {"ack", 15}, {"chunk", PD_FRAME_HDR_LEN + 20}, {"done", PD_FRAME_HDR_LEN + 31},
+        {"heartbeat", PD_FRAME_HDR_LEN + 4},
+    };
+    for (size_t i = 0; i < sizeof(spots) / sizeof(spots[0]); i++) {
+        uint8_t buf[256];
+        size_t n = golden(spots[i].name, buf, sizeof(buf));
+        buf[spots[i].off] = 1;
+        REFUSED(buf, n, -EBADMSG);
+        CHECK_CONTAINS(err, "reserved");
+    }
+}
+
+static void body_length_over_type_cap_refused(void)
+{
+    uint8_t buf[256];
+    size_t n = golden("ack", buf, sizeof(buf));
+    buf[8] = 17; /* ACK is exactly 16 */
+    REFUSED(buf, n, -E2BIG);
+    buf[8] = 0;
+    buf[10] = 0x20; /* 2 MiB: past PD_FRAME_MAX_BODY for any type */
+    buf[6] = PD_FT_PREFILL;
+    REFUSED(buf, n, -E2BIG);
+}
+
+static void handshake_message_with_nonzero_seq_refused(void)
+{
+    uint8_t buf[PD_HS_CONFIRM_LEN] = {0}, c[32] = {1};
+    struct pd_frame_hdr h;
+    CHECK_EQ_INT(pd_hs_confirm_encode(c, buf, sizeof(buf), err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_frame_hdr_decode(buf, sizeof(buf), &h, err, sizeof(err)), 0);
+    buf[16] = 1;
+    CHECK_EQ_INT(pd_frame_hdr_decode(buf, sizeof(buf), &h, err, sizeof(err)), -EBADMSG);
+    CHECK_CONTAINS(err, "seq 0");
+}
+
+static void every_truncation_of_every_frame_refused(void)
+{
+    for (size_t i = 0; i < N_GOLDEN; i++) {
+        uint8_t buf[4096];
+        size_t n = golden(golden_names[i], buf, sizeof(buf));
+        for (size_t k = 0; k < n; k++) {
+            struct pd_frame f;
+            /* a copy of exactly k bytes, so ASan sees any read past it */
+            uint8_t *cut = malloc(k ? k : 1);
+            memcpy(cut, buf, k);
+            int rc = pd_frame_decode(cut, k, &f, err, sizeof(err));
+            free(cut);
+            if (rc != -EBADMSG)
+                PD_TEST_FAIL_("%s cut to %zu bytes: rc %d (%s)", golden_names[i], k, rc, err);
+        }
+    }
+}
+
+static void trailing_byte_refused(void)
+{
+    uint8_t buf[4096];
+    size_t n = golden("done", buf, sizeof(buf));
+    buf[n] = 0;
+    REFUSED(buf, n + 1, -EBADMSG);
+    CHECK_CONTAINS(err, "header says");
+}
+
+/* Encode a PREFILL with one field changed by `edit`, decode it raw. */
+static struct pd_frame prefill_base(uint8_t tags[48]) { return expected("prefill", tags); }
+
+static void body_count_inconsistent_with_length_refused(void)
+{
+    uint8_t buf[4096];
+    size_t n = golden("chunk", buf, sizeof(buf));
+    buf[PD_FRAME_HDR_LEN + 16] = 2; /* 2 blocks claimed, 3 tags present */
+    REFUSED(buf, n, -EBADMSG);
+    CHECK_CONTAINS(err, "counts make it");
+    n = golden("prefill", buf, sizeof(buf));
+    buf[PD_FRAME_HDR_LEN + 12] = 4; /* 4 tokens claimed, 5 present */
+    REFUSED(buf, n, -EBADMSG);
+    n = golden("done", buf, sizeof(buf));
+    buf[PD_FRAME_HDR_LEN + 24] = 3; /* 3 alternatives claimed, 2 present */
+    REFUSED(buf, n, -EBADMSG);
+}
+
+static void prefill_token_count_over_cap_refused(void)
+{
+    uint8_t tags[48], buf[64];
+    size_t n;
+    struct pd_frame f = prefill_base(tags);
+    f.u.prefill.n_tokens = PD_PROTO_MAX_TOKENS + 1;
+    f.u.prefill.n_blocks = PD_PROTO_MAX_REQ_BLOCKS;
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -E2BIG);
+    CHECK_CONTAINS(err, "tokens");
+    /* and on the wire: the count field of a real frame */
+    uint8_t g[4096];
+    n = golden("prefill", g, sizeof(g));
+    g[PD_FRAME_HDR_LEN + 14] = 0x10; /* 2^20 + 5 tokens */
+    REFUSED(g, n, -E2BIG);
+}
+
+static void prefill_with_too_few_blocks_refused(void)
+{
+    uint8_t tags[48], buf[4096];
+    size_t n;
+    struct pd_frame f = prefill_base(tags);
+    f.u.prefill.block_size = 2; /* 5 tokens need 3 blocks of 2 */
+    f.u.prefill.n_blocks = 2;
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -EINVAL);
+    CHECK_CONTAINS(err, "cannot hold");
+    f.u.prefill.n_blocks = 3;
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), 0);
+}
+
+static void prefill_nonfinite_or_out_of_range_sampling_refused(void)
+{
+    uint8_t tags[48], buf[4096];
+    size_t n;
+    const float bad_temp[] = {NAN, INFINITY, -0.5f, 101.0f};
+    for (size_t i = 0; i < 4; i++) {
+        struct pd_frame f = prefill_base(tags);
+        f.u.prefill.temperature = bad_temp[i];
+        CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -EINVAL);
+        CHECK_CONTAINS(err, "temperature");
+    }
+    struct pd_frame f = prefill_base(tags);
+    f.u.prefill.top_p = 0.0f;
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -EINVAL);
+    f = prefill_base(tags);
+    f.u.prefill.repetition_penalty = 0.0f;
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -EINVAL);
+    f = prefill_base(tags);
+    f.u.prefill.presence_penalty = -INFINITY;
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -EINVAL);
+    /* a NaN in a real frame's min_p */
+    n = golden("prefill", buf, sizeof(buf));
+    memcpy(buf + PD_FRAME_HDR_LEN + 32, "\x00\x00\xc0\x7f", 4);
+    REFUSED(buf, n, -EBADMSG);
+    CHECK_CONTAINS(err, "min_p");
+}
+
+static void prefill_request_id_must_be_printable_and_bounded(void)
+{
+    uint8_t tags[48], buf[4096];
+    size_t n = golden("prefill", buf, sizeof(buf));
+    buf[n - 3] = '\n'; /* a newline would forge a log line */
+    REFUSED(buf, n, -EBADMSG);
+    CHECK_CONTAINS(err, "printable");
+    struct pd_frame f = prefill_base(tags);
+    f.u.prefill.xrid[0] = '\0';
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -EINVAL);
+    memset(f.u.prefill.xrid, 'a', PD_PROTO_MAX_XRID);
+    f.u.prefill.xrid[PD_PROTO_MAX_XRID] = '\0';
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), 0);
+    /* one byte more on the wire */
+    uint8_t g[4096];
+    size_t m = golden("prefill", g, sizeof(g));
+    g[PD_FRAME_HDR_LEN + 64] = PD_PROTO_MAX_XRID + 1;
+    REFUSED(g, m, -EBADMSG); /* length no longer matches */
+}
+
+static void prefill_unknown_flags_refused(void)
+{
+    uint8_t buf[4096];
+    size_t n = golden("prefill", buf, sizeof(buf));
+    buf[PD_FRAME_HDR_LEN + 66] = 0x03;
+    REFUSED(buf, n, -EBADMSG);
+    CHECK_CONTAINS(err, "flags");
+}
+
+static void chunk_limits_refused(void)
+{
+    uint8_t tags[48], buf[4096];
+    size_t n;
+    struct pd_frame f = expected("chunk", tags);
+    f.u.chunk.transfer = 0;
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -EINVAL);
+    CHECK_CONTAINS(err, "transfer counter 0");
+    f = expected("chunk", tags);
+    f.u.chunk.first_block = PD_PROTO_MAX_REQ_BLOCKS - 2; /* 3 blocks run past the cap */
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -E2BIG);
+    f = expected("chunk", tags);
+    f.u.chunk.block_bytes = PD_PROTO_MAX_BLOCK_BYTES + 1;
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -EINVAL);
+    n = golden("chunk", buf, sizeof(buf));
+    buf[PD_FRAME_HDR_LEN + 17] = 0x10; /* 4099 blocks */
+    REFUSED(buf, n, -E2BIG);
+}
+
+static void done_logprob_must_be_a_log_probability(void)
+{
+    uint8_t tags[48], buf[4096];
+    size_t n;
+    const float bad[] = {NAN, 0.5f, INFINITY};
+    for (size_t i = 0; i < 3; i++) {
+        struct pd_frame f = expected("done", tags);
+        f.u.done.top[1].logprob = bad[i];
+        CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -EINVAL);
+        CHECK_CONTAINS(err, "alternative 1");
+    }
+    struct pd_frame f = expected("done", tags);
+    f.u.done.logprob = -INFINITY; /* a filtered-out token: legitimate */
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), 0);
+    f.u.done.n_top = PD_PROTO_MAX_LOGPROBS + 1;
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -E2BIG);
+}
+
+static void unknown_reason_code_refused(void)
+{
+    uint8_t buf[4096];
+    size_t n = golden("abort", buf, sizeof(buf));
+    buf[PD_FRAME_HDR_LEN + 12] = PD_R_MAX + 1;
+    REFUSED(buf, n, -EBADMSG);
+    CHECK_CONTAINS(err, "reason code");
+    n = golden("error", buf, sizeof(buf));
+    buf[PD_FRAME_HDR_LEN] = 0;
+    REFUSED(buf, n, -EBADMSG);
+}
+
+static void detail_must_be_printable(void)
+{
+    uint8_t buf[4096];
+    size_t n = golden("error", buf, sizeof(buf));
+    buf[n - 1] = 0x1b; /* an escape sequence into a terminal */
+    REFUSED(buf, n, -EBADMSG);
+    CHECK_CONTAINS(err, "printable");
+}
+
+static void heartbeat_lease_out_of_range_refused(void)
+{
+    uint8_t buf[256];
+    size_t n = golden("heartbeat", buf, sizeof(buf));
+    memset(buf + PD_FRAME_HDR_LEN, 0, 4);
+    REFUSED(buf, n, -EBADMSG);
+    CHECK_CONTAINS(err, "lease");
+    memset(buf + PD_FRAME_HDR_LEN, 0xff, 4);
+    REFUSED(buf, n, -EBADMSG);
+}
+
+static void request_id_zero_refused(void)
+{
+    const char *names[] = {"prefill", "chunk", "ack", "done", "abort", "abort_ack", "cancel"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        uint8_t buf[4096];
+        size_t n = golden(names[i], buf, sizeof(buf));
+        memset(buf + PD_FRAME_HDR_LEN, 0, 8);
+        REFUSED(buf, n, -EBADMSG);
+        CHECK_CONTAINS(err, "request id 0");
+    }
+}
+
+static void encoder_needs_room_for_the_whole_frame(void)
+{
+    uint8_t tags[48], buf[4096];
+    size_t n;
+    struct pd_frame f = expected("done", tags);
+    size_t need = PD_FRAME_HDR_LEN + pd_frame_body_len(&f);
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, need - 1, &n, err, sizeof(err)), -ENOBUFS);
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, need, &n, err, sizeof(err)), 0);
+    CHECK_EQ_INT(n, need);
+}
+
+static void names_cover_every_type_and_reason(void)
+{
+    for (unsigned r = 1; r <= PD_R_MAX; r++)
+        CHECK(strcmp(pd_reason_name(r), "unknown") != 0);
+    CHECK_STR(pd_reason_name(0), "unknown");
+    CHECK_STR(pd_reason_name(PD_R_MAX + 1), "unknown");
+    CHECK_STR(pd_reason_name(PD_R_INTEGRITY), "integrity");
+    for (unsigned t = PD_FT_PREFILL; t <= PD_FT_ERROR; t++)
+        CHECK(pd_frame_type_known(t) && pd_frame_type_sealed(t));
+    for (unsigned t = PD_FT_HS_M1; t <= PD_FT_HS_CONFIRM; t++)
+        CHECK(pd_frame_type_known(t) && !pd_frame_type_sealed(t));
+    CHECK_STR(pd_frame_type_name(PD_FT_ABORT_ACK), "ABORT_ACK");
+    CHECK_STR(pd_frame_type_name(200), "unknown");
+}
+
+static void senders_follow_the_design(void)
+{
+    CHECK(pd_frame_sender_ok(PD_FT_PREFILL, PD_ROLE_D) && !pd_frame_sender_ok(PD_FT_PREFILL, PD_ROLE_P));
+    CHECK(pd_frame_sender_ok(PD_FT_CHUNK, PD_ROLE_P) && !pd_frame_sender_ok(PD_FT_CHUNK, PD_ROLE_D));
+    CHECK(pd_frame_sender_ok(PD_FT_ACK, PD_ROLE_D) && !pd_frame_sender_ok(PD_FT_ACK, PD_ROLE_P));
+    CHECK(pd_frame_sender_ok(PD_FT_DONE, PD_ROLE_P) && !pd_frame_sender_ok(PD_FT_DONE, PD_ROLE_D));
+    CHECK(pd_frame_sender_ok(PD_FT_CANCEL, PD_ROLE_D) && !pd_frame_sender_ok(PD_FT_CANCEL, PD_ROLE_P));
+    CHECK(pd_frame_sender_ok(PD_FT_HS_M1, PD_ROLE_D) && !pd_frame_sender_ok(PD_FT_HS_M1, PD_ROLE_P));
+    CHECK(pd_frame_sender_ok(PD_FT_HS_M2, PD_ROLE_P) && !pd_frame_sender_ok(PD_FT_HS_M2, PD_ROLE_D));
+    const uint8_t both[] = {PD_FT_ABORT, PD_FT_ABORT_ACK, PD_FT_HEARTBEAT, PD_FT_ERROR, PD_FT_HS_CONFIRM};
+    for (size_t i = 0; i < sizeof(both); i++)
+        CHECK(pd_frame_sender_ok(both[i], PD_ROLE_D) && pd_frame_sender_ok(both[i], PD_ROLE_P));
+}
+
+/* ---- handshake messages ---- */
+
+static struct pd_hs_hello sample_hello(void)
+{
+    struct pd_hs_hello h;
+    memset(&h, 0, sizeof(h));
+    strcpy(h.key_id, "node-a.b_c-1");
+    for (int i = 0; i < 32; i++) {
+        h.eph_pk[i] = (uint8_t)i;
+        h.nonce[i] = (uint8_t)(0x40 + i);
+        h.layout.fingerprint[i] = (uint8_t)(0x80 + i);
+        h.tag[i] = (uint8_t)(0xc0 + i);
+    }
+    h.layout = (struct pd_kv_layout){.n_layer = 30, .n_head_kv = 3, .head_dim = 64,
+                                     .block_size = 16, .kv_dtype = 1, .block_bytes = 368640};
+    memcpy(h.layout.fingerprint, h.nonce, 32);
+    return h;
+}
+
+static void hello_roundtrips_with_documented_offsets(void)
+{
+    struct pd_hs_hello h = sample_hello(), g;
+    uint8_t b[PD_HS_HELLO_LEN];
+    CHECK_EQ_INT(pd_hs_hello_encode(PD_FT_HS_M1, &h, b, sizeof(b), err, sizeof(err)), 0);
+    const uint8_t *body = b + PD_FRAME_HDR_LEN;
+    CHECK_EQ_INT(body[0], strlen(h.key_id));
+    CHECK(memcmp(body + 4, h.key_id, strlen(h.key_id)) == 0);
+    CHECK(memcmp(body + 68, h.eph_pk, 32) == 0);
+    CHECK(memcmp(body + 100, h.nonce, 32) == 0);
+    CHECK_EQ_INT(body[132], 30);
+    CHECK_EQ_INT(body[144], 16);
+    CHECK(memcmp(body + 164, h.layout.fingerprint, 32) == 0);
+    CHECK(memcmp(b + PD_HS_HELLO_TAG_OFF, h.tag, 32) == 0);
+    CHECK_EQ_INT(pd_hs_hello_decode(PD_FT_HS_M1, b, sizeof(b), &g, err, sizeof(err)), 0);
+    CHECK_STR(g.key_id, h.key_id);
+    CHECK(memcmp(&g.layout, &h.layout, sizeof(g.layout)) == 0);
+    CHECK(memcmp(g.tag, h.tag, 32) == 0 && memcmp(g.eph_pk, h.eph_pk, 32) == 0);
+    CHECK_EQ_INT(g.major, PD_PROTO_MAJOR);
+}
+
+static void hello_of_the_other_type_refused(void)
+{
+    struct pd_hs_hello h = sample_hello(), g;
+    uint8_t b[PD_HS_HELLO_LEN];
+    CHECK_EQ_INT(pd_hs_hello_encode(PD_FT_HS_M2, &h, b, sizeof(b), err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_hs_hello_decode(PD_FT_HS_M1, b, sizeof(b), &g, err, sizeof(err)), -EBADMSG);
+    CHECK_CONTAINS(err, "expected HS_M1, got HS_M2");
+}
+
+static void hello_key_id_rules_enforced(void)
+{
+    struct pd_hs_hello h = sample_hello(), g;
+    uint8_t b[PD_HS_HELLO_LEN];
+    CHECK_EQ_INT(pd_hs_hello_encode(PD_FT_HS_M1, &h, b, sizeof(b), err, sizeof(err)), 0);
+    uint8_t *body = b + PD_FRAME_HDR_LEN;
+    body[4 + 60] = 'x'; /* padding after the id */
+    CHECK_EQ_INT(pd_hs_hello_decode(PD_FT_HS_M1, b, sizeof(b), &g, err, sizeof(err)), -EBADMSG);
+    body[4 + 60] = 0;
+    body[4 + 2] = '/';
+    CHECK_EQ_INT(pd_hs_hello_decode(PD_FT_HS_M1, b, sizeof(b), &g, err, sizeof(err)), -EBADMSG);
+    body[4 + 2] = '\0'; /* a NUL inside the stated length: "no" + "\0" + ... */
+    CHECK_EQ_INT(pd_hs_hello_decode(PD_FT_HS_M1, b, sizeof(b), &g, err, sizeof(err)), -EBADMSG);
+    body[4 + 2] = 'd';
+    body[0] = 0;
+    CHECK_EQ_INT(pd_hs_hello_decode(PD_FT_HS_M1, b, sizeof(b), &g, err, sizeof(err)), -EBADMSG);
+    body[0] = 65;
+    CHECK_EQ_INT(pd_hs_hello_decode(PD_FT_HS_M1, b, sizeof(b), &g, err, sizeof(err)), -EBADMSG);
+    CHECK(pd_key_id_valid("a") && !pd_key_id_valid("") && !pd_key_id_valid("a b"));
+    char long_id[66];
+    memset(long_id, 'k', 65);
+    long_id[65] = '\0';
+    CHECK(!pd_key_id_valid(long_id));
+    long_id[64] = '\0';
+    CHECK(pd_key_id_valid(long_id));
+}
+
+static void hello_layout_out_of_range_refused(void)
+{
+    struct pd_hs_hello h = sample_hello(), g;
+    uint8_t b[PD_HS_HELLO_LEN];
+    h.layout.block_size = 0;
+    CHECK_EQ_INT(pd_hs_hello_encode(PD_FT_HS_M1, &h, b, sizeof(b), err, sizeof(err)), -EINVAL);
+    CHECK_CONTAINS(err, "block_size");
+    h = sample_hello();
+    CHECK_EQ_INT(pd_hs_hello_encode(PD_FT_HS_M1, &h, b, sizeof(b), err, sizeof(err)), 0);
+    b[PD_FRAME_HDR_LEN + 132 + 3] = 0x80; /* n_layer 2^31 + 30 */
+    CHECK_EQ_INT(pd_hs_hello_decode(PD_FT_HS_M1, b, sizeof(b), &g, err, sizeof(err)), -EBADMSG);
+    CHECK_CONTAINS(err, "n_layer");
+}
+
+static void every_truncation_of_a_hello_refused(void)
+{
+    struct pd_hs_hello h = sample_hello(), g;
+    uint8_t b[PD_HS_HELLO_LEN];
+    CHECK_EQ_INT(pd_hs_hello_encode(PD_FT_HS_M1, &h, b, sizeof(b), err, sizeof(err)), 0);
+    for (size_t k = 0; k < sizeof(b); k++)
+        CHECK_EQ_INT(pd_hs_hello_decode(PD_FT_HS_M1, b, k, &g, err, sizeof(err)), -EBADMSG);
+}
+
+static void confirm_roundtrips(void)
+{
+    uint8_t c[32], got[32], b[PD_HS_CONFIRM_LEN + 1];
+    for (int i = 0; i < 32; i++)
+        c[i] = (uint8_t)(7 * i);
+    CHECK_EQ_INT(pd_hs_confirm_encode(c, b, PD_HS_CONFIRM_LEN - 1, err, sizeof(err)), -ENOBUFS);
+    CHECK_EQ_INT(pd_hs_confirm_encode(c, b, sizeof(b), err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_hs_confirm_decode(b, PD_HS_CONFIRM_LEN, got, NULL, err, sizeof(err)), 0);
+    CHECK(memcmp(c, got, 32) == 0);
+    CHECK_EQ_INT(pd_hs_confirm_decode(b, PD_HS_CONFIRM_LEN + 1, got, NULL, err, sizeof(err)), -EBADMSG);
+}
+
+static const struct pd_test tests[] = {
+    PD_TEST(golden_frames_decode_to_documented_values),
+    PD_TEST(golden_frames_reencode_byte_identical),
+    PD_TEST(decoded_frame_reencodes_from_its_views),
+    PD_TEST(header_has_documented_layout),
+    PD_TEST(other_major_version_refused_naming_both),
+    PD_TEST(newer_minor_version_accepted),
+    PD_TEST(bad_magic_refused),
+    PD_TEST(unknown_type_refused),
+    PD_TEST(nonzero_flags_refused),
+    PD_TEST(nonzero_reserved_bytes_refused),
+    PD_TEST(body_length_over_type_cap_refused),
+    PD_TEST(handshake_message_with_nonzero_seq_refused),
+    PD_TEST(every_truncation_of_every_frame_refused),
+    PD_TEST(trailing_byte_refused),
+    PD_TEST(body_count_inconsistent_with_length_refused),
+    PD_TEST(prefill_token_count_over_cap_refused),
+    PD_TEST(prefill_with_too_few_blocks_refused),
+    PD_TEST(prefill_nonfinite_or_out_of_range_sampling_refused),
+    PD_TEST(prefill_request_id_must_be_printable_and_bounded),
+    PD_TEST(prefill_unknown_flags_refused),
+    PD_TEST(chunk_limits_refused),
+    PD_TEST(done_logprob_must_be_a_log_probability),
+    PD_TEST(unknown_reason_code_refused),
+    PD_TEST(detail_must_be_printable),
+    PD_TEST(heartbeat_lease_out_of_range_refused),
+    PD_TEST(request_id_zero_refused),
+    PD_TEST(encoder_needs_room_for_the_whole_frame),
+    PD_TEST(names_cover_every_type_and_reason),
+    PD_TEST(senders_follow_the_design),
+    PD_TEST(hello_roundtrips_with_documented_offsets),
+    PD_TEST(hello_of_the_other_type_refused),
+    PD_TEST(hello_key_id_rules_enforced),
+    PD_TEST(hello_layout_out_of_range_refused),
+    PD_TEST(every_truncation_of_a_hello_refused),
+    PD_TEST(confirm_roundtrips),
+    {0},
+};
+
+int main(int argc, char **argv) { return pd_test_main(tests, argc, argv); }

@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Writes the golden KV-channel control frames (tests/vectors/frames/*.bin)
+from the layouts in docs/internals/proto.md, with Python's struct module: an
+encoder independent of proto/frame.c. tests/unit/test_proto.c decodes each
+file, checks every field against the same fixed values, and re-encodes it
+byte for byte. Standard library only; run from the repository root:
+
+    python3 tests/vectors/make_frames.py           # (re)write the files
+    python3 tests/vectors/make_frames.py --check   # exit 1 if a file differs
+
+Each file is a plaintext frame: the 24-byte header then the body, as
+pd_frame_encode writes it before sealing. The frames double as seeds for
+tests/fuzz/corpus/frame/.
+"""
+import os
+import struct
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "frames")
+CORPUS = os.path.join(HERE, "..", "fuzz", "corpus", "frame")
+
+MAJOR, MINOR = 1, 0
+T = dict(PREFILL=16, CHUNK=17, ACK=18, DONE=19, ABORT=20, ABORT_ACK=21, CANCEL=22,
+         HEARTBEAT=23, ERROR=24)
+REQ = 0x0123456789ABCDEF
+EPOCH = 2
+
+
+def header(ftype, body, seq):
+    # magic, major, minor, type, flags, body length, reserved, seq
+    return b"PDKV" + struct.pack("<BBBBIIQ", MAJOR, MINOR, ftype, 0, len(body), 0, seq) + body
+
+
+def prefill():
+    tokens = [1, 9906, 1917, 30, 128000]
+    xrid = b"req-7f3a9c"
+    body = struct.pack("<QIIII", REQ, EPOCH, len(tokens), 1, 16)
+    body += struct.pack("<fffIfffIQ", 0.7, 0.9, 0.05, 40, 0.5, -0.25, 1.1, 5, 0xFEEDFACE12345678)
+    body += struct.pack("<HH", len(xrid), 0x0001)  # flags: PD_PREFILL_F_NO_EOS
+    body += struct.pack("<%dI" % len(tokens), *tokens) + xrid
+    return header(T["PREFILL"], body, 1)
+
+
+def chunk():
+    tags = bytes(((i * 16 + j) ^ 0x5A) & 0xFF for i in range(3) for j in range(16))
+    body = struct.pack("<QIIIIQQ", REQ, EPOCH, 4, 3, 0, 9, 368640) + tags
+    return header(T["CHUNK"], body, 2)
+
+
+def ack():
+    return header(T["ACK"], struct.pack("<QII", REQ, EPOCH, 7), 3)
+
+
+def done():
+    top = [(791, -0.125), (578, -2.5)]
+    body = struct.pack("<QIIIfII", REQ, EPOCH, 5, 791, -0.125, len(top), 0)
+    for tok, lp in top:
+        body += struct.pack("<If", tok, lp)
+    return header(T["DONE"], body, 4)
+
+
+def abort():
+    detail = b"block 3 tag mismatch"
+    body = struct.pack("<QIHH", REQ, EPOCH, 12, len(detail)) + detail  # 12: integrity
+    return header(T["ABORT"], body, 5)
+
+
+def abort_ack():
+    return header(T["ABORT_ACK"], struct.pack("<QI", REQ, EPOCH), 6)
+
+
+def cancel():
+    return header(T["CANCEL"], struct.pack("<QI", REQ, EPOCH + 1), 7)
+
+
+def heartbeat():
+    return header(T["HEARTBEAT"], struct.pack("<IIQ", 5000, 0, 42), 8)
+
+
+def error():
+    detail = b"model fingerprint differs"
+    return header(T["ERROR"], struct.pack("<HH", 6, len(detail)) + detail, 9)  # 6: model
+
+
+FRAMES = dict(prefill=prefill, chunk=chunk, ack=ack, done=done, abort=abort,
+              abort_ack=abort_ack, cancel=cancel, heartbeat=heartbeat, error=error)
+
+
+def main():
+    check = "--check" in sys.argv[1:]
+    bad = 0
+    for name, make in FRAMES.items():
+        data = make()
+        for d in (OUT, CORPUS):
+            path = os.path.join(d, name + ".bin")
+            if check:
+                with open(path, "rb") as f:
+                    if f.read() != data:
+                        print("differs:", path)
+                        bad = 1
+            else:
+                os.makedirs(d, exist_ok=True)
+                with open(path, "wb") as f:
+                    f.write(data)
+    return bad
+
+
+if __name__ == "__main__":
+    sys.exit(main())
