@@ -1,0 +1,105 @@
+/* common/chat: render a conversation as the model's prompt text, in the
+ * format of its chat template.
+ *
+ *   struct pd_chat_template *ct;
+ *   char err[256];
+ *   // from the model (tokenizer.chat_template) or from --chat-template FILE|NAME
+ *   if (pd_chat_template_from_tok(tok, &ct, err, sizeof(err)) < 0) { report err; }
+ *   struct pd_chat_msg msgs[] = {
+ *       {PD_CHAT_USER, "Hello", 5},
+ *   };
+ *   size_t len;
+ *   int rc = pd_chat_render(ct, msgs, 1, true, buf, cap, &len, err, sizeof(err));
+ *   // then pd_tok_encode(tok, buf, len, PD_TOK_PARSE_SPECIAL, ...)
+ *   ct = pd_chat_template_free(ct);
+ *
+ * No Jinja engine: templates are recognised as one of a few families and
+ * rendered by code that reproduces, byte for byte, what transformers'
+ * apply_chat_template renders with the family's reference template (checked
+ * against committed outputs). Families:
+ *   chatml  <|im_start|>role\ncontent<|im_end|>\n ... (SmolLM, Qwen, ...);
+ *           a default system prompt in the template (SmolLM's "You are a
+ *           helpful AI assistant named SmolLM, ...") is found and used when
+ *           the conversation does not start with a system message
+ *   llama2  <s>[INST] <<SYS>>\nsystem\n<</SYS>>\n\nuser [/INST] answer </s>...
+ *   llama3  <|begin_of_text|><|start_header_id|>role<|end_header_id|>\n\n...
+ * A template that is none of these is an error (-ENOTSUP) naming the
+ * families and the --chat-template option; docs/internals/tokenizer.md.
+ *
+ * Ownership: a template object owns copies of everything it needs (the
+ * tokenizer may be freed first); it is immutable and may be shared by
+ * threads. Message content is bytes, copied verbatim into the prompt: encode
+ * the prompt with PD_TOK_PARSE_SPECIAL as transformers does, and know that
+ * content containing "<|im_end|>" then becomes that token.
+ */
+#ifndef PD_CHAT_H
+#define PD_CHAT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct pd_tokenizer;
+struct pd_chat_template;
+
+#define PD_CHAT_MAX_MSGS 4096
+#define PD_CHAT_MAX_CONTENT (4u << 20) /* bytes of one message */
+#define PD_CHAT_MAX_FILE (256u << 10) /* bytes of a --chat-template file */
+#define PD_CHAT_MAX_SYSTEM 4096 /* bytes of a template's default system prompt */
+
+enum pd_chat_family {
+    PD_CHAT_CHATML,
+    PD_CHAT_LLAMA2,
+    PD_CHAT_LLAMA3,
+};
+
+enum pd_chat_role {
+    PD_CHAT_SYSTEM,
+    PD_CHAT_USER,
+    PD_CHAT_ASSISTANT,
+};
+
+struct pd_chat_msg {
+    enum pd_chat_role role;
+    const char *content; /* not NUL-terminated */
+    size_t len;
+};
+
+/* "system", "user", "assistant" -> role; -EINVAL otherwise. */
+int pd_chat_role_parse(const char *s, size_t len, enum pd_chat_role *role);
+const char *pd_chat_role_name(enum pd_chat_role role);
+
+/* Recognise a Jinja chat template's family (and ChatML's default system
+ * prompt). tok (may be NULL) supplies the BOS/EOS texts the template prints.
+ * -ENOTSUP for an unknown template, -E2BIG past a cap, -ENOMEM. */
+int pd_chat_template_parse(const char *text, size_t len, const struct pd_tokenizer *tok,
+                           struct pd_chat_template **out, char *err, size_t errlen);
+/* From tokenizer.chat_template; -ENOENT when the model has none. */
+int pd_chat_template_from_tok(const struct pd_tokenizer *tok, struct pd_chat_template **out,
+                              char *err, size_t errlen);
+/* "chatml", "llama2", "llama3" (no default system prompt). -ENOTSUP otherwise. */
+int pd_chat_template_by_name(const char *name, const struct pd_tokenizer *tok,
+                             struct pd_chat_template **out, char *err, size_t errlen);
+/* --chat-template ARG: a readable file holds either a family name or a Jinja
+ * template (as in tokenizer_config.json's chat_template); anything else is
+ * taken as a name. */
+int pd_chat_template_load(const char *arg, const struct pd_tokenizer *tok,
+                          struct pd_chat_template **out, char *err, size_t errlen);
+/* Accepts NULL; returns NULL. */
+struct pd_chat_template *pd_chat_template_free(struct pd_chat_template *ct);
+
+enum pd_chat_family pd_chat_template_family(const struct pd_chat_template *ct);
+const char *pd_chat_family_name(enum pd_chat_family f);
+/* The default system prompt ("" when none). */
+const char *pd_chat_template_default_system(const struct pd_chat_template *ct);
+
+/* Render n messages (1 <= n <= PD_CHAT_MAX_MSGS). add_generation_prompt appends
+ * the opening of the assistant's turn (Llama-2 has none). out[0..*len)
+ * followed by a NUL; -E2BIG when cap < *len + 1 (*len = the length needed).
+ * -EINVAL with a message for conversations the template refuses (Llama-2:
+ * roles must alternate user/assistant after an optional system message) and
+ * for content over PD_CHAT_MAX_CONTENT. */
+int pd_chat_render(const struct pd_chat_template *ct, const struct pd_chat_msg *msgs, size_t n,
+                   bool add_generation_prompt, char *out, size_t cap, size_t *len, char *err,
+                   size_t errlen);
+
+#endif

@@ -1,0 +1,249 @@
+/* common/chat: rendering matches transformers' apply_chat_template on the
+ * committed conversations (tests/golden/chat_golden.jsonl), recognition of
+ * template families, names and files, caps. */
+#include "chat.h"
+#include "tok_fixture.h"
+
+#include <errno.h>
+
+static void golden_path(char *buf, size_t n, const char *name)
+{
+    snprintf(buf, n, "%s/tests/golden/%s", PD_SRCDIR, name);
+}
+
+/* Render one golden row with ct and compare. */
+static void check_row(const struct pd_chat_template *ct, const cJSON *row, size_t line)
+{
+    struct pd_chat_msg msgs[16];
+    size_t n = 0, len;
+    char out[4096], err[256];
+    const cJSON *m;
+    cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(row, "messages"))
+    {
+        const char *role = jl_str(m, "role"), *content = jl_str(m, "content");
+        CHECK(n < 16 && role && content);
+        CHECK_EQ_INT(pd_chat_role_parse(role, strlen(role), &msgs[n].role), 0);
+        msgs[n].content = content;
+        msgs[n].len = strlen(content);
+        n++;
+    }
+    bool gen = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(row, "gen"));
+    int rc = pd_chat_render(ct, msgs, n, gen, out, sizeof(out), &len, err, sizeof(err));
+    const char *want = jl_str(row, "out");
+    if (want) {
+        if (rc != 0 || strcmp(out, want) != 0)
+            PD_TEST_FAIL_("line %zu (%s): rc %d, got \"%s\", want \"%s\"", line,
+                          jl_str(row, "template"), rc, rc == 0 ? out : err, want);
+        CHECK_EQ_INT(len, strlen(want));
+    } else {
+        if (rc != -EINVAL)
+            PD_TEST_FAIL_("line %zu: rendered \"%s\" where transformers refused: %s", line, out,
+                          jl_str(row, "error"));
+        CHECK_CONTAINS(err, n ? "alternate" : "no messages");
+    }
+}
+
+static size_t check_golden(const struct pd_tokenizer *model_tok)
+{
+    struct jl gold;
+    size_t checked = 0;
+    jl_load(&gold, "chat_golden.jsonl");
+    for (size_t i = 0; i < gold.n; i++) {
+        const char *name = jl_str(gold.row[i], "template");
+        struct pd_chat_template *ct = NULL;
+        char path[1024], err[256];
+        CHECK(name != NULL);
+        if (strcmp(name, "model") == 0) {
+            if (!model_tok)
+                continue;
+            CHECK_EQ_INT(pd_chat_template_from_tok(model_tok, &ct, err, sizeof(err)), 0);
+        } else {
+            if (model_tok)
+                continue;
+            char rel[128];
+            snprintf(rel, sizeof(rel), "chat/%s", name);
+            golden_path(path, sizeof(path), rel);
+            if (pd_chat_template_load(path, NULL, &ct, err, sizeof(err)) != 0)
+                PD_TEST_FAIL_("%s", err);
+        }
+        check_row(ct, gold.row[i], i + 1);
+        pd_chat_template_free(ct);
+        checked++;
+    }
+    jl_free(&gold);
+    return checked;
+}
+
+static void chat_reference_templates_match_transformers(void)
+{
+    size_t n = check_golden(NULL);
+    printf("  %zu renders checked\n", n);
+    CHECK(n >= 60);
+}
+
+/* SmolLM2's own template: ChatML with a default system prompt. */
+static void chat_default_model_template_matches_transformers(void)
+{
+    struct tok_fix f;
+    struct pd_chat_template *ct;
+    char err[256];
+    tok_fix_default(&f, PD_TOK_PRE_HF_GGUF);
+    CHECK_EQ_INT(pd_chat_template_from_tok(f.tok, &ct, err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_chat_template_family(ct), PD_CHAT_CHATML);
+    CHECK_STR(pd_chat_template_default_system(ct),
+              "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
+    pd_chat_template_free(ct);
+    size_t n = check_golden(f.tok);
+    printf("  %zu renders checked\n", n);
+    CHECK(n >= 20);
+    tok_fix_done(&f);
+}
+
+static void chat_spm_model_template_is_llama2(void)
+{
+    struct tok_fix f;
+    struct pd_chat_template *ct;
+    char err[256], out[256];
+    size_t len;
+    struct pd_chat_msg m = {PD_CHAT_USER, "hi", 2};
+    tok_fix_spm(&f);
+    CHECK_EQ_INT(pd_chat_template_from_tok(f.tok, &ct, err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_chat_template_family(ct), PD_CHAT_LLAMA2);
+    tok_fix_done(&f); /* the template keeps its own copies */
+    CHECK_EQ_INT(pd_chat_render(ct, &m, 1, true, out, sizeof(out), &len, err, sizeof(err)), 0);
+    CHECK_STR(out, "<s>[INST] hi [/INST]");
+    pd_chat_template_free(ct);
+}
+
+static void chat_recognises_families_and_refuses_others(void)
+{
+    static const struct {
+        const char *text;
+        int rc;
+        enum pd_chat_family f;
+    } cases[] = {
+        {"{{ '<|start_header_id|>' }}{{ '<|end_header_id|>' }}", 0, PD_CHAT_LLAMA3},
+        {"{{'<|im_start|>' + m + '<|im_end|>'}}", 0, PD_CHAT_CHATML},
+        {"{{ bos_token + '[INST] ' + c + ' [/INST]' }}", 0, PD_CHAT_LLAMA2},
+        {"{{ '<start_of_turn>user\\n' }}", -ENOTSUP, 0},
+        {"", -ENOTSUP, 0},
+    };
+    char err[256];
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct pd_chat_template *ct = NULL;
+        int rc = pd_chat_template_parse(cases[i].text, strlen(cases[i].text), NULL, &ct, err,
+                                        sizeof(err));
+        CHECK_EQ_INT(rc, cases[i].rc);
+        if (rc == 0)
+            CHECK_EQ_INT(pd_chat_template_family(ct), cases[i].f);
+        else
+            CHECK_CONTAINS(err, "--chat-template");
+        pd_chat_template_free(ct);
+    }
+}
+
+/* Qwen-style: the default system turn is one literal with an escaped
+ * newline; the literal that concatenates the user's system message is not. */
+static void chat_finds_default_system_prompt(void)
+{
+    static const char t[] =
+        "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + "
+        "messages[0]['content'] + '<|im_end|>\\n' }}{%- else %}{{- '<|im_start|>system\\nYou "
+        "are Qwen, \\'helpful\\'.<|im_end|>\\n' }}{%- endif %}";
+    static const char plain[] = "{{'<|im_start|>' + message['role'] + '<|im_end|>'}}";
+    struct pd_chat_template *ct;
+    char err[256];
+    CHECK_EQ_INT(pd_chat_template_parse(t, strlen(t), NULL, &ct, err, sizeof(err)), 0);
+    CHECK_STR(pd_chat_template_default_system(ct), "You are Qwen, 'helpful'.");
+    pd_chat_template_free(ct);
+    CHECK_EQ_INT(pd_chat_template_parse(plain, strlen(plain), NULL, &ct, err, sizeof(err)), 0);
+    CHECK_STR(pd_chat_template_default_system(ct), "");
+    pd_chat_template_free(ct);
+}
+
+static void chat_template_by_name_or_file(void)
+{
+    struct pd_chat_template *ct;
+    char err[256], path[1024];
+    CHECK_EQ_INT(pd_chat_template_by_name("llama3", NULL, &ct, err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_chat_template_family(ct), PD_CHAT_LLAMA3);
+    pd_chat_template_free(ct);
+    CHECK_EQ_INT(pd_chat_template_by_name("vicuna", NULL, &ct, err, sizeof(err)), -ENOTSUP);
+    CHECK_CONTAINS(err, "vicuna");
+    CHECK_EQ_INT(pd_chat_template_load("chatml", NULL, &ct, err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_chat_template_family(ct), PD_CHAT_CHATML);
+    pd_chat_template_free(ct);
+    CHECK_EQ_INT(pd_chat_template_load("/nonexistent/tmpl", NULL, &ct, err, sizeof(err)),
+                 -ENOTSUP);
+    CHECK_CONTAINS(err, "no such file");
+
+    /* a file holding a name, with a newline */
+    snprintf(path, sizeof(path), "/tmp/pd_chat_test_%d", (int)getpid());
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    fputs("llama2\n", f);
+    fclose(f);
+    CHECK_EQ_INT(pd_chat_template_load(path, NULL, &ct, err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_chat_template_family(ct), PD_CHAT_LLAMA2);
+    pd_chat_template_free(ct);
+    f = fopen(path, "w");
+    fputs("{{ unknown }}", f);
+    fclose(f);
+    CHECK_EQ_INT(pd_chat_template_load(path, NULL, &ct, err, sizeof(err)), -ENOTSUP);
+    unlink(path);
+}
+
+static void chat_render_e2big_and_caps(void)
+{
+    struct pd_chat_template *ct;
+    char err[256], out[64];
+    size_t len = 0;
+    struct pd_chat_msg m[2] = {{PD_CHAT_USER, "Hello there, how are you?", 25},
+                               {PD_CHAT_ASSISTANT, NULL, 0}};
+    CHECK_EQ_INT(pd_chat_template_by_name("chatml", NULL, &ct, err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_chat_render(ct, m, 2, true, out, 10, &len, err, sizeof(err)), -E2BIG);
+    size_t need = len;
+    CHECK_EQ_INT(need, strlen("<|im_start|>user\nHello there, how are you?<|im_end|>\n"
+                              "<|im_start|>assistant\n<|im_end|>\n<|im_start|>assistant\n"));
+    CHECK_EQ_INT(pd_chat_render(ct, m, 2, true, NULL, 0, &len, err, sizeof(err)), -E2BIG);
+    CHECK_EQ_INT(len, need);
+    m[0].len = PD_CHAT_MAX_CONTENT + 1;
+    CHECK_EQ_INT(pd_chat_render(ct, m, 1, true, out, sizeof(out), &len, err, sizeof(err)),
+                 -EINVAL);
+    CHECK_CONTAINS(err, "cap");
+    CHECK_EQ_INT(pd_chat_render(ct, m, PD_CHAT_MAX_MSGS + 1, true, out, sizeof(out), &len, err,
+                                sizeof(err)),
+                 -EINVAL);
+    m[0] = (struct pd_chat_msg){(enum pd_chat_role)7, "x", 1};
+    CHECK_EQ_INT(pd_chat_render(ct, m, 1, true, out, sizeof(out), &len, err, sizeof(err)),
+                 -EINVAL);
+    pd_chat_template_free(ct);
+}
+
+static void chat_role_names(void)
+{
+    enum pd_chat_role r;
+    CHECK_EQ_INT(pd_chat_role_parse("assistant", 9, &r), 0);
+    CHECK_EQ_INT(r, PD_CHAT_ASSISTANT);
+    CHECK_EQ_INT(pd_chat_role_parse("tool", 4, &r), -EINVAL);
+    CHECK_EQ_INT(pd_chat_role_parse("user ", 5, &r), -EINVAL);
+    CHECK_STR(pd_chat_role_name(PD_CHAT_SYSTEM), "system");
+    CHECK_STR(pd_chat_family_name(PD_CHAT_LLAMA3), "llama3");
+}
+
+static const struct pd_test tests[] = {
+    PD_TEST(chat_reference_templates_match_transformers),
+    PD_TEST(chat_default_model_template_matches_transformers),
+    PD_TEST(chat_spm_model_template_is_llama2),
+    PD_TEST(chat_recognises_families_and_refuses_others),
+    PD_TEST(chat_finds_default_system_prompt),
+    PD_TEST(chat_template_by_name_or_file),
+    PD_TEST(chat_render_e2big_and_caps),
+    PD_TEST(chat_role_names),
+    {0},
+};
+
+int main(int argc, char **argv)
+{
+    return pd_test_main(tests, argc, argv);
+}
