@@ -16,13 +16,16 @@ APT_PACKAGES=(
     libopenblas-dev libsystemd-dev libpcre2-dev
     clang libclang-rt-14-dev
     python3 python3-venv
-    iproute2 unzip ca-certificates
+    iproute2 unzip ca-certificates curl
 )
 # Test tooling, pinned. gguf writes the dequantization reference values.
 PIP_PACKAGES=(numpy==1.26.4 gguf==0.17.1)
 # pynacl: an independent X25519 / ChaCha20-Poly1305 for the KV handshake's
 # known-answer test (tests/vectors/kat_auth.py).
 PIP_PACKAGES+=(pynacl==1.5.0)
+# openai (the official client) and pytest: decoded's integration tests
+# (tests/integration/), real HTTP against the real daemon.
+PIP_PACKAGES+=(openai==1.109.1 pytest==8.3.5)
 
 VENV="${PDSERVE_VENV:-${HOME}/.cache/pdserve/venv}"
 

@@ -4,16 +4,21 @@
  *   pdserve-generate --load-format dummy --model-shape tiny --prompt-ids 5,6 --prompt-ids 7 \
  *                    -n 8 --temperature 0.8 --sampling-seed 1 --logprobs 3
  *
- * Each --prompt-ids is one prompt; several are generated together in one
- * batch. Prints the prompt and generated token ids (and, with --logprobs N,
- * each token's log-probability and the N most probable alternatives).
+ * Each --prompt (text, tokenized with the model's tokenizer; with --chat, sent
+ * as a user message through the model's chat template) or --prompt-ids is one
+ * prompt; several are generated together in one batch. Prints the prompt and
+ * generated token ids and, where the model has a tokenizer, the text (and,
+ * with --logprobs N, each token's log-probability and the N most probable
+ * alternatives). Generation stops at the model's end-of-generation tokens.
  */
 #include "cfg.h"
+#include "chat.h"
 #include "engine.h"
 #include "generate.h"
 #include "gguf.h"
 #include "log.h"
 #include "model.h"
+#include "tokenizer.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -30,6 +35,8 @@ struct gen_cfg {
     char *model_shape;
     int64_t seed;
     struct pd_cfg_list prompt_ids;
+    struct pd_cfg_list prompt;
+    bool chat;
     int64_t max_tokens;
     double temperature;
     int64_t top_k;
@@ -60,6 +67,10 @@ static const struct pd_cfg_opt options[] = {
     PD_CFG_INT("seed", struct gen_cfg, seed, "0", 0, INT64_MAX, "dummy weights: seed"),
     PD_CFG_LIST("prompt-ids", struct gen_cfg, prompt_ids, MAX_PROMPTS,
                 "a prompt as comma-separated token ids (repeat for a batch)"),
+    PD_CFG_LIST("prompt", struct gen_cfg, prompt, MAX_PROMPTS,
+                "a text prompt (repeat for a batch)"),
+    PD_CFG_BOOL("chat", struct gen_cfg, chat, "false",
+                "send each --prompt as a user message through the model's chat template"),
     PD_CFG_INT("max-tokens", struct gen_cfg, max_tokens, "16", 1, 65536,
                "tokens to generate per prompt (also -n)"),
     PD_CFG_DOUBLE("temperature", struct gen_cfg, temperature, "0", 0, 100,
@@ -123,7 +134,59 @@ static int parse_ids(const char *s, int32_t **out, uint32_t *n, char *err, size_
     return 0;
 }
 
-static void print_result(uint32_t i, const struct pd_gen_request *r, bool logprobs)
+/* A text prompt to ids, through the chat template when asked. */
+static int encode_text(const struct pd_tokenizer *tok, const struct pd_chat_template *ct,
+                       const char *text, int32_t **out, uint32_t *n, char *err, size_t errlen)
+{
+    char *rendered = NULL;
+    size_t len = strlen(text), cap, got;
+    int rc;
+
+    if (ct) {
+        struct pd_chat_msg msg = {.role = PD_CHAT_USER, .content = text, .len = len};
+        cap = len + 4096;
+        if (!(rendered = malloc(cap)))
+            return -ENOMEM;
+        if ((rc = pd_chat_render(ct, &msg, 1, true, rendered, cap, &len, err, errlen)) < 0) {
+            free(rendered);
+            return rc;
+        }
+        text = rendered;
+    }
+    cap = pd_tok_max_ids(tok, len);
+    int32_t *ids = malloc((cap ? cap : 1) * sizeof(*ids));
+    /* the template's markers are control tokens; a plain prompt's text is text */
+    rc = ids ? pd_tok_encode(tok, text, len, ct ? PD_TOK_PARSE_SPECIAL : 0, ids, cap, &got)
+             : -ENOMEM;
+    free(rendered);
+    if (rc < 0) {
+        snprintf(err, errlen, "--prompt: cannot tokenize: %s", strerror(-rc));
+        free(ids);
+        return rc;
+    }
+    if (got == 0) {
+        snprintf(err, errlen, "--prompt: empty prompt");
+        free(ids);
+        return -EINVAL;
+    }
+    *out = ids;
+    *n = (uint32_t)got;
+    return 0;
+}
+
+static void print_text(const struct pd_tokenizer *tok, const char *label, const int32_t *ids,
+                       uint32_t n)
+{
+    size_t len = 0;
+    pd_tok_decode(tok, ids, n, PD_TOK_SKIP_SPECIAL, NULL, 0, &len);
+    char *buf = malloc(len + 1);
+    if (buf && pd_tok_decode(tok, ids, n, PD_TOK_SKIP_SPECIAL, buf, len + 1, &len) == 0)
+        printf("%s%s\n", label, buf);
+    free(buf);
+}
+
+static void print_result(uint32_t i, const struct pd_gen_request *r, bool logprobs,
+                         const struct pd_tokenizer *tok)
 {
     printf("prompt %u (%u tokens):", i, r->n_prompt);
     for (uint32_t k = 0; k < r->n_prompt; k++)
@@ -133,6 +196,10 @@ static void print_result(uint32_t i, const struct pd_gen_request *r, bool logpro
     for (uint32_t k = 0; k < r->n_tokens; k++)
         printf(" %d", r->tokens[k]);
     printf("\n");
+    if (tok) {
+        print_text(tok, "prompt text: ", r->prompt, r->n_prompt);
+        print_text(tok, "output text: ", r->tokens, r->n_tokens);
+    }
     if (!logprobs)
         return;
     for (uint32_t k = 0; k < r->n_tokens; k++) {
@@ -172,8 +239,10 @@ int main(int argc, char **argv)
         return 0;
     }
     pd_log_set_level(PD_LOG_ERR + c.log_level);
-    if (c.prompt_ids.n == 0 || a.n_positional > 1) {
-        fprintf(stderr, "pdserve-generate: give at least one --prompt-ids and at most one model\n");
+    const size_t n_prompts = c.prompt_ids.n + c.prompt.n;
+    if (n_prompts == 0 || n_prompts > MAX_PROMPTS || a.n_positional > 1) {
+        fprintf(stderr, "pdserve-generate: give 1..%d prompts (--prompt, --prompt-ids) and at "
+                "most one model\n", MAX_PROMPTS);
         pd_cfg_done(options, &c);
         return 2;
     }
@@ -183,7 +252,9 @@ int main(int argc, char **argv)
                                  .shape = c.model_shape, .seed = (uint64_t)c.seed};
     struct pd_model *m = NULL;
     struct pd_engine *e = NULL;
-    struct pd_gen_request *reqs = calloc(c.prompt_ids.n, sizeof(*reqs));
+    struct pd_tokenizer *tok = NULL;
+    struct pd_chat_template *ct = NULL;
+    struct pd_gen_request *reqs = calloc(n_prompts, sizeof(*reqs));
     int exit_code = 1;
     if (!reqs)
         goto out;
@@ -196,18 +267,31 @@ int main(int argc, char **argv)
     if ((rc = pd_engine_new(&ep, &e, err, sizeof(err))) < 0)
         goto fail;
 
-    /* the end-of-sequence token, when the file names one */
-    int32_t eos = -1;
-    uint32_t eos_u;
-    if (pd_model_gguf(m) && pd_gguf_get_u32(pd_model_gguf(m), "tokenizer.ggml.eos_token_id",
-                                            &eos_u) == 0)
-        eos = (int32_t)eos_u;
+    /* the tokenizer, when the file has one: text prompts, text output, and
+     * every end-of-generation token as a stop id */
+    int32_t stop[16];
+    uint32_t n_stop = 0;
+    if (pd_model_gguf(m) && pd_tok_load(pd_model_gguf(m), &tok, err, sizeof(err)) == 0) {
+        for (uint32_t id = 0; id < pd_tok_n_vocab(tok) && n_stop < 16; id++)
+            if (pd_tok_is_eog(tok, (int32_t)id))
+                stop[n_stop++] = (int32_t)id;
+    } else if (c.prompt.n > 0) {
+        snprintf(err, sizeof(err), "--prompt needs a model with a tokenizer (dummy weights have "
+                 "none: use --prompt-ids)");
+        goto fail;
+    }
+    if (c.chat && (rc = pd_chat_template_from_tok(tok, &ct, err, sizeof(err))) < 0)
+        goto fail;
 
-    for (size_t i = 0; i < c.prompt_ids.n; i++) {
+    for (size_t i = 0; i < n_prompts; i++) {
         struct pd_gen_request *r = &reqs[i];
         int32_t *ids;
         uint32_t n;
-        if ((rc = parse_ids(c.prompt_ids.items[i], &ids, &n, err, sizeof(err))) < 0)
+        if (i < c.prompt.n)
+            rc = encode_text(tok, ct, c.prompt.items[i], &ids, &n, err, sizeof(err));
+        else
+            rc = parse_ids(c.prompt_ids.items[i - c.prompt.n], &ids, &n, err, sizeof(err));
+        if (rc < 0)
             goto fail;
         r->prompt = ids;
         r->n_prompt = n;
@@ -226,27 +310,29 @@ int main(int argc, char **argv)
             .presence_penalty = (float)c.presence_penalty,
             .frequency_penalty = (float)c.frequency_penalty,
             .seed = (uint64_t)c.sampling_seed + i, .n_logprobs = (uint32_t)c.logprobs};
-        if (eos >= 0 && !c.ignore_eos) {
-            r->stop_ids = &eos;
-            r->n_stop_ids = 1;
+        if (!c.ignore_eos) {
+            r->stop_ids = stop;
+            r->n_stop_ids = n_stop;
         }
     }
-    if ((rc = pd_generate(e, reqs, (uint32_t)c.prompt_ids.n, err, sizeof(err))) < 0)
+    if ((rc = pd_generate(e, reqs, (uint32_t)n_prompts, err, sizeof(err))) < 0)
         goto fail;
-    for (size_t i = 0; i < c.prompt_ids.n; i++)
-        print_result((uint32_t)i, &reqs[i], c.logprobs > 0);
+    for (size_t i = 0; i < n_prompts; i++)
+        print_result((uint32_t)i, &reqs[i], c.logprobs > 0, tok);
     exit_code = 0;
     goto out;
 fail:
     fprintf(stderr, "pdserve-generate: %s\n", err);
 out:
     if (reqs)
-        for (size_t i = 0; i < c.prompt_ids.n; i++) {
+        for (size_t i = 0; i < n_prompts; i++) {
             free((void *)reqs[i].prompt);
             free(reqs[i].tokens);
             free(reqs[i].results);
         }
     free(reqs);
+    pd_chat_template_free(ct);
+    pd_tok_free(tok);
     pd_engine_free(e);
     pd_model_free(m);
     pd_cfg_done(options, &c);

@@ -2,6 +2,7 @@
 # pdserve-generate from the outside: flags, batching, determinism, errors.
 set -u
 gen="$1"
+model="${PDSERVE_MODEL:-}" # the default model, for the text-prompt checks
 for v in $(env | grep -o '^PDSERVE_[A-Z_]*'); do unset "$v"; done
 fails=0; passes=0
 check() {
@@ -41,5 +42,22 @@ check bad_top_p_exits_2 test $rc -eq 2
 err=$("$gen" "${d[@]}" 2>&1); rc=$?
 check no_prompt_exits_2 test $rc -eq 2
 
-echo "$passes passed, $fails failed"
-[ "$fails" -eq 0 ]
+err=$("$gen" "${d[@]}" --prompt hello 2>&1); rc=$?
+check text_prompt_needs_tokenizer grep -q "needs a model with a tokenizer" <<<"$err"
+
+# text in, text out, through the model's tokenizer and chat template
+skipped=0
+if [ -n "$model" ] && [ -f "$model" ]; then
+    out=$("$gen" "$model" --chat --prompt "What is the capital of France?" -n 32); rc=$?
+    check chat_prompt_exits_0 test $rc -eq 0
+    check chat_prompt_answers grep -q "^output text: .*Paris" <<<"$out"
+    check chat_stops_at_end_of_turn grep -q "tokens, stop)" <<<"$out"
+    out=$("$gen" "$model" --prompt "def fibonacci(n):" -n 4 --ignore-eos); rc=$?
+    check text_prompt_tokenized grep -q "^prompt text: def fibonacci(n):" <<<"$out"
+else
+    echo "skip text prompts: no default model (PDSERVE_MODEL)"; skipped=1
+fi
+
+echo "$passes passed, $fails failed, $skipped skipped"
+[ "$fails" -eq 0 ] || exit 1
+[ "$skipped" -eq 0 ] || exit 77

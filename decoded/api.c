@@ -1,0 +1,712 @@
+#include "api.h"
+
+#include "tokenizer.h"
+#include "utf8.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int fail(struct dec_api_err *e, int status, const char *param, const char *code,
+                const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static int fail(struct dec_api_err *e, int status, const char *param, const char *code,
+                const char *fmt, ...)
+{
+    va_list ap;
+    e->status = status;
+    e->param = param;
+    e->code = code;
+    va_start(ap, fmt);
+    vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
+    va_end(ap);
+    return status == 413 ? -E2BIG : -EINVAL;
+}
+
+int dec_api_json_depth(const char *s, size_t n, int limit)
+{
+    int depth = 0, max = 0;
+    bool in_str = false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (in_str) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_str = false;
+        } else if (c == '"') {
+            in_str = true;
+        } else if (c == '{' || c == '[') {
+            if (++depth > max && (max = depth) > limit)
+                return limit + 1;
+        } else if (c == '}' || c == ']') {
+            depth--;
+        }
+    }
+    return max;
+}
+
+/* ---- field readers: null and absent are the same; a wrong type is 400 ---- */
+
+static const cJSON *field(const cJSON *root, const char *name)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, name);
+    return v && !cJSON_IsNull(v) ? v : NULL;
+}
+
+static int get_bool(const cJSON *root, const char *name, bool *out, struct dec_api_err *e)
+{
+    const cJSON *v = field(root, name);
+    if (!v)
+        return 0;
+    if (!cJSON_IsBool(v))
+        return fail(e, 400, name, "invalid_type", "'%s' must be a boolean", name);
+    *out = cJSON_IsTrue(v);
+    return 1;
+}
+
+static int get_num(const cJSON *root, const char *name, double lo, double hi, double *out,
+                   struct dec_api_err *e)
+{
+    const cJSON *v = field(root, name);
+    if (!v)
+        return 0;
+    if (!cJSON_IsNumber(v))
+        return fail(e, 400, name, "invalid_type", "'%s' must be a number", name);
+    if (!(v->valuedouble >= lo && v->valuedouble <= hi))
+        return fail(e, 400, name, "invalid_value", "'%s' must be in [%g, %g], got %g", name, lo,
+                    hi, v->valuedouble);
+    *out = v->valuedouble;
+    return 1;
+}
+
+/* An integer in [lo, hi] (JSON numbers are doubles: 2.5 and 1e300 are refused). */
+static int get_int(const cJSON *root, const char *name, int64_t lo, int64_t hi, int64_t *out,
+                   struct dec_api_err *e)
+{
+    const cJSON *v = field(root, name);
+    if (!v)
+        return 0;
+    double d = cJSON_IsNumber(v) ? v->valuedouble : NAN;
+    if (!cJSON_IsNumber(v) || d != floor(d))
+        return fail(e, 400, name, "invalid_type", "'%s' must be an integer", name);
+    if (!(d >= (double)lo && d <= (double)hi))
+        return fail(e, 400, name, "invalid_value",
+                    "'%s' must be an integer in [%lld, %lld], got %.17g",
+                    name, (long long)lo, (long long)hi, d);
+    *out = (int64_t)d;
+    return 1;
+}
+
+static int get_str(const cJSON *root, const char *name, const char **out, struct dec_api_err *e)
+{
+    const cJSON *v = field(root, name);
+    if (!v)
+        return 0;
+    if (!cJSON_IsString(v))
+        return fail(e, 400, name, "invalid_type", "'%s' must be a string", name);
+    *out = v->valuestring;
+    return 1;
+}
+
+/* ---- prompt, messages, stop ---- */
+
+static int parse_ids(const cJSON *arr, const struct dec_api_limits *lim, struct dec_api_req *r,
+                     struct dec_api_err *e)
+{
+    int n = cJSON_GetArraySize(arr);
+    if (n <= 0)
+        return fail(e, 400, "prompt", "invalid_value", "'prompt' is empty");
+    if ((uint32_t)n > lim->max_prompt_ids)
+        return fail(e, 413, "prompt", "prompt_too_long",
+                    "the prompt has %d tokens; this server takes at most %u", n,
+                    lim->max_prompt_ids);
+    if (!(r->ids = malloc((size_t)n * sizeof(*r->ids))))
+        return fail(e, 503, NULL, NULL, "out of memory");
+    const cJSON *v;
+    cJSON_ArrayForEach(v, arr)
+    {
+        double d = cJSON_IsNumber(v) ? v->valuedouble : -1;
+        if (d != floor(d) || d < 0 || d > INT32_MAX)
+            return fail(e, 400, "prompt", "invalid_type",
+                        "'prompt' must be a string or an array of token ids (integers >= 0)");
+        r->ids[r->n_ids++] = (int32_t)d;
+    }
+    return 0;
+}
+
+static int parse_prompt(const cJSON *root, const struct dec_api_limits *lim,
+                        struct dec_api_req *r, struct dec_api_err *e)
+{
+    const cJSON *p = field(root, "prompt");
+    if (!p)
+        return fail(e, 400, "prompt", "missing_required_parameter", "'prompt' is required");
+    if (cJSON_IsArray(p)) {
+        const cJSON *first = p->child;
+        if (first && (cJSON_IsString(first) || cJSON_IsArray(first))) {
+            /* a list of prompts: one is fine, several would be several choices */
+            if (cJSON_GetArraySize(p) != 1)
+                return fail(e, 400, "prompt", "invalid_value",
+                            "one prompt per request is supported (n=1); got %d",
+                            cJSON_GetArraySize(p));
+            p = first;
+            if (cJSON_IsArray(p))
+                return parse_ids(p, lim, r, e);
+        } else {
+            return parse_ids(p, lim, r, e);
+        }
+    }
+    if (!cJSON_IsString(p))
+        return fail(e, 400, "prompt", "invalid_type",
+                    "'prompt' must be a string or an array of token ids");
+    r->prompt = p->valuestring;
+    r->prompt_len = strlen(p->valuestring);
+    if (r->prompt_len == 0)
+        return fail(e, 400, "prompt", "invalid_value", "'prompt' is empty");
+    return 0;
+}
+
+/* content: a string, or an array of {"type":"text","text":...} parts (joined). */
+static int message_content(const cJSON *c, struct pd_chat_msg *m, struct dec_api_err *e)
+{
+    if (cJSON_IsString(c)) {
+        m->len = strlen(c->valuestring);
+        if (!(m->content = strndup(c->valuestring, m->len)))
+            return fail(e, 503, NULL, NULL, "out of memory");
+        return 0;
+    }
+    if (!cJSON_IsArray(c))
+        return fail(e, 400, "messages", "invalid_type",
+                    "a message's 'content' must be a string or an array of text parts");
+    size_t total = 0;
+    const cJSON *part;
+    cJSON_ArrayForEach(part, c)
+    {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
+        if (!cJSON_IsString(type) || strcmp(type->valuestring, "text") != 0 ||
+            !cJSON_IsString(text))
+            return fail(e, 400, "messages", "invalid_value",
+                        "only text content parts ({\"type\":\"text\",\"text\":...}) are supported");
+        total += strlen(text->valuestring);
+    }
+    char *buf = malloc(total + 1);
+    if (!buf)
+        return fail(e, 503, NULL, NULL, "out of memory");
+    size_t k = 0;
+    cJSON_ArrayForEach(part, c)
+    {
+        const char *t = cJSON_GetObjectItemCaseSensitive(part, "text")->valuestring;
+        size_t n = strlen(t);
+        memcpy(buf + k, t, n);
+        k += n;
+    }
+    buf[k] = '\0';
+    m->content = buf;
+    m->len = k;
+    return 0;
+}
+
+static int parse_messages(const cJSON *root, struct dec_api_req *r, struct dec_api_err *e)
+{
+    const cJSON *msgs = field(root, "messages");
+    if (!msgs)
+        return fail(e, 400, "messages", "missing_required_parameter", "'messages' is required");
+    if (!cJSON_IsArray(msgs))
+        return fail(e, 400, "messages", "invalid_type", "'messages' must be an array");
+    int n = cJSON_GetArraySize(msgs);
+    if (n == 0)
+        return fail(e, 400, "messages", "invalid_value", "'messages' is empty");
+    if (n > PD_CHAT_MAX_MSGS)
+        return fail(e, 400, "messages", "invalid_value", "more than %d messages",
+                    PD_CHAT_MAX_MSGS);
+    if (!(r->msgs = calloc((size_t)n, sizeof(*r->msgs))))
+        return fail(e, 503, NULL, NULL, "out of memory");
+    const cJSON *m;
+    cJSON_ArrayForEach(m, msgs)
+    {
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        const cJSON *content = field(m, "content");
+        struct pd_chat_msg *out = &r->msgs[r->n_msgs];
+        if (!cJSON_IsObject(m) || !cJSON_IsString(role))
+            return fail(e, 400, "messages", "invalid_type",
+                        "each message must be an object with a string 'role'");
+        const char *rs = role->valuestring;
+        if (strcmp(rs, "developer") == 0)
+            rs = "system"; /* OpenAI's newer name for the system role */
+        if (pd_chat_role_parse(rs, strlen(rs), &out->role) < 0)
+            return fail(e, 400, "messages", "invalid_value",
+                        "unsupported role '%.32s' (system, developer, user, assistant)",
+                        role->valuestring);
+        if (!content) {
+            if (out->role != PD_CHAT_ASSISTANT)
+                return fail(e, 400, "messages", "missing_required_parameter",
+                            "a %s message needs 'content'", rs);
+            out->content = strdup("");
+            if (!out->content)
+                return fail(e, 503, NULL, NULL, "out of memory");
+        } else if (message_content(content, out, e) < 0) {
+            return -EINVAL;
+        }
+        r->n_msgs++;
+    }
+    return 0;
+}
+
+#define STOP_TYPE "'stop' must be a string or an array of strings"
+
+static int parse_stop(const cJSON *root, const struct dec_api_limits *lim, struct dec_api_req *r,
+                      struct dec_api_err *e)
+{
+    const cJSON *s = field(root, "stop");
+    if (!s)
+        return 0;
+    if (!cJSON_IsString(s) && !cJSON_IsArray(s))
+        return fail(e, 400, "stop", "invalid_type", STOP_TYPE);
+    int n = cJSON_IsString(s) ? 1 : cJSON_GetArraySize(s);
+    if ((uint32_t)n > lim->max_stops)
+        return fail(e, 400, "stop", "invalid_value", "at most %u stop strings, got %d",
+                    lim->max_stops, n);
+    if (n && !(r->stops = calloc((size_t)n, sizeof(*r->stops))))
+        return fail(e, 503, NULL, NULL, "out of memory");
+    const cJSON *one = cJSON_IsString(s) ? s : s->child;
+    for (; one; one = cJSON_IsString(s) ? NULL : one->next) {
+        if (!cJSON_IsString(one))
+            return fail(e, 400, "stop", "invalid_type", STOP_TYPE);
+        size_t len = strlen(one->valuestring);
+        if (len > lim->max_stop_len)
+            return fail(e, 400, "stop", "invalid_value", "a stop string is longer than %zu bytes",
+                        lim->max_stop_len);
+        if (len == 0)
+            continue; /* matches nothing */
+        if (!(r->stops[r->n_stops] = strdup(one->valuestring)))
+            return fail(e, 503, NULL, NULL, "out of memory");
+        r->n_stops++;
+    }
+    return 0;
+}
+
+/* Fields we know and refuse rather than silently ignore: ignoring them would
+ * change what the client gets. */
+static int refuse_unsupported(const cJSON *root, struct dec_api_err *e)
+{
+    bool b = false;
+    int64_t i = 1;
+    const cJSON *v;
+    int rc;
+    if ((rc = get_int(root, "n", INT32_MIN, INT32_MAX, &i, e)) < 0)
+        return rc;
+    if (i != 1)
+        return fail(e, 400, "n", "invalid_value", "only n=1 is supported");
+    if ((rc = get_int(root, "best_of", INT32_MIN, INT32_MAX, &i, e)) < 0)
+        return rc;
+    if (rc && i != 1)
+        return fail(e, 400, "best_of", "invalid_value", "only best_of=1 is supported");
+    if ((rc = get_bool(root, "echo", &b, e)) < 0)
+        return rc;
+    if (b)
+        return fail(e, 400, "echo", "invalid_value", "echo is not supported");
+    if ((v = field(root, "logit_bias")) && !(cJSON_IsObject(v) && !v->child))
+        return fail(e, 400, "logit_bias", "invalid_value", "logit_bias is not supported");
+    if ((v = field(root, "tools")) && !(cJSON_IsArray(v) && !v->child))
+        return fail(e, 400, "tools", "invalid_value", "tools are not supported");
+    if ((v = field(root, "response_format"))) {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(v, "type");
+        if (!cJSON_IsString(t) || strcmp(t->valuestring, "text") != 0)
+            return fail(e, 400, "response_format", "invalid_value",
+                        "only response_format {\"type\": \"text\"} is supported");
+    }
+    return 0;
+}
+
+static int parse_sampling(const cJSON *root, struct dec_api_req *r, struct dec_api_err *e)
+{
+    struct pd_sampling *sp = &r->sampling;
+    double d;
+    int64_t i;
+    int rc;
+    *sp = PD_SAMPLING_DEFAULT;
+    /* OpenAI's default temperature is 1 (sampling), as is vLLM's */
+    sp->temperature = 1.0f;
+    if ((rc = get_num(root, "temperature", 0, 100, &d, e)) < 0)
+        return rc;
+    if (rc)
+        sp->temperature = (float)d;
+    if ((rc = get_num(root, "top_p", 0, 1, &d, e)) < 0)
+        return rc;
+    if (rc) {
+        if (d <= 0)
+            return fail(e, 400, "top_p", "invalid_value", "'top_p' must be in (0, 1]");
+        sp->top_p = (float)d;
+    }
+    if ((rc = get_int(root, "top_k", -1, INT32_MAX, &i, e)) < 0)
+        return rc;
+    if (rc)
+        sp->top_k = i < 0 ? 0 : (int32_t)i; /* vLLM: -1 (or 0) is off */
+    if ((rc = get_num(root, "min_p", 0, 1, &d, e)) < 0)
+        return rc;
+    if (rc)
+        sp->min_p = (float)d;
+    if ((rc = get_num(root, "presence_penalty", -2, 2, &d, e)) < 0)
+        return rc;
+    if (rc)
+        sp->presence_penalty = (float)d;
+    if ((rc = get_num(root, "frequency_penalty", -2, 2, &d, e)) < 0)
+        return rc;
+    if (rc)
+        sp->frequency_penalty = (float)d;
+    if ((rc = get_num(root, "repetition_penalty", 0, 10, &d, e)) < 0)
+        return rc;
+    if (rc) {
+        if (d <= 0)
+            return fail(e, 400, "repetition_penalty", "invalid_value",
+                        "'repetition_penalty' must be in (0, 10]");
+        sp->repetition_penalty = (float)d;
+    }
+    /* JSON doubles hold integers exactly up to 2^53; seeds beyond are refused */
+    if ((rc = get_int(root, "seed", -(INT64_C(1) << 53), INT64_C(1) << 53, &i, e)) < 0)
+        return rc;
+    if (rc) {
+        sp->seed = (uint64_t)i;
+        r->has_seed = true;
+    }
+    return 0;
+}
+
+static int parse_logprobs(const cJSON *root, struct dec_api_req *r, struct dec_api_err *e)
+{
+    int64_t n = 0;
+    int rc;
+    if (r->kind == DEC_API_COMPLETIONS) {
+        /* legacy: logprobs is the number of alternatives */
+        if ((rc = get_int(root, "logprobs", 0, PD_MAX_LOGPROBS, &n, e)) < 0)
+            return rc;
+        r->logprobs = rc > 0;
+    } else {
+        if ((rc = get_bool(root, "logprobs", &r->logprobs, e)) < 0)
+            return rc;
+        if ((rc = get_int(root, "top_logprobs", 0, PD_MAX_LOGPROBS, &n, e)) < 0)
+            return rc;
+        if (rc && n > 0 && !r->logprobs)
+            return fail(e, 400, "top_logprobs", "invalid_value",
+                        "'top_logprobs' needs 'logprobs': true");
+    }
+    r->sampling.n_logprobs = (uint32_t)n;
+    return 0;
+}
+
+int dec_api_parse(enum dec_api_kind kind, const char *body, size_t len,
+                  const struct dec_api_limits *lim, struct dec_api_req *r, struct dec_api_err *e)
+{
+    int rc;
+    memset(r, 0, sizeof(*r));
+    r->kind = kind;
+    r->max_tokens = -1;
+
+    if (len == 0)
+        return fail(e, 400, NULL, "invalid_json", "the request body is empty; send a JSON object");
+    if (pd_utf8_valid_prefix((const uint8_t *)body, len) != len)
+        return fail(e, 400, NULL, "invalid_utf8", "the request body is not valid UTF-8");
+    if (dec_api_json_depth(body, len, lim->json_depth) > lim->json_depth)
+        return fail(e, 400, NULL, "invalid_json", "JSON nested deeper than %d levels",
+                    lim->json_depth);
+    const char *end = NULL;
+    r->root = cJSON_ParseWithLengthOpts(body, len, &end, false);
+    if (!r->root) {
+        size_t at = end && end >= body ? (size_t)(end - body) : 0;
+        return fail(e, 400, NULL, "invalid_json",
+                    "the request body is not valid JSON (near byte %zu)", at);
+    }
+    for (const char *p = end; p < body + len; p++)
+        if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n') {
+            rc = fail(e, 400, NULL, "invalid_json", "trailing bytes after the JSON value");
+            goto bad;
+        }
+    if (!cJSON_IsObject(r->root)) {
+        rc = fail(e, 400, NULL, "invalid_json", "the request body must be a JSON object");
+        goto bad;
+    }
+    const cJSON *root = r->root;
+    int64_t mt = -1;
+    const cJSON *so;
+    if ((rc = get_str(root, "model", &r->model, e)) < 0 || (rc = refuse_unsupported(root, e)) < 0 ||
+        (rc = parse_sampling(root, r, e)) < 0 || (rc = parse_logprobs(root, r, e)) < 0 ||
+        (rc = parse_stop(root, lim, r, e)) < 0 ||
+        (rc = get_bool(root, "stream", &r->stream, e)) < 0 ||
+        (rc = get_bool(root, "ignore_eos", &r->ignore_eos, e)) < 0)
+        goto bad;
+    if ((so = field(root, "stream_options"))) {
+        if (!cJSON_IsObject(so)) {
+            rc = fail(e, 400, "stream_options", "invalid_type",
+                      "'stream_options' must be an object");
+            goto bad;
+        }
+        if ((rc = get_bool(so, "include_usage", &r->include_usage, e)) < 0)
+            goto bad;
+        r->include_usage = r->include_usage && r->stream;
+    }
+    /* chat's newer name wins over the older one */
+    if (kind == DEC_API_CHAT &&
+        (rc = get_int(root, "max_completion_tokens", INT32_MIN, INT32_MAX, &mt, e)) < 0)
+        goto bad;
+    if (mt == -1 && (rc = get_int(root, "max_tokens", INT32_MIN, INT32_MAX, &mt, e)) < 0)
+        goto bad;
+    if (field(root, "max_tokens") || field(root, "max_completion_tokens")) {
+        if (mt < 1) {
+            rc = fail(e, 400, kind == DEC_API_CHAT && field(root, "max_completion_tokens")
+                                  ? "max_completion_tokens" : "max_tokens",
+                      "invalid_value", "max_tokens must be at least 1, got %lld", (long long)mt);
+            goto bad;
+        }
+        r->max_tokens = mt;
+    }
+    rc = kind == DEC_API_COMPLETIONS ? parse_prompt(root, lim, r, e) : parse_messages(root, r, e);
+    if (rc < 0)
+        goto bad;
+    return 0;
+bad:
+    dec_api_req_done(r);
+    return rc < 0 ? rc : -EINVAL;
+}
+
+void dec_api_req_done(struct dec_api_req *r)
+{
+    for (size_t i = 0; i < r->n_msgs; i++)
+        free((void *)r->msgs[i].content);
+    free(r->msgs);
+    if (r->stops)
+        for (uint32_t i = 0; i < r->n_stops; i++)
+            free(r->stops[i]);
+    free(r->stops);
+    free(r->ids);
+    cJSON_Delete(r->root);
+    memset(r, 0, sizeof(*r));
+}
+
+/* ---- responses ---- */
+
+/* A token's text for logprobs: its bytes (may be a cut UTF-8 character, so
+ * made valid for the string form) */
+static void token_text(const struct pd_tokenizer *tok, int32_t id, char *buf, size_t cap,
+                       const uint8_t **bytes, size_t *n_bytes)
+{
+    size_t n = 0;
+    const uint8_t *p = tok ? pd_tok_piece(tok, id, &n) : NULL;
+    if (!p) {
+        snprintf(buf, cap, "[%d]", id);
+        *bytes = (const uint8_t *)buf;
+        *n_bytes = strlen(buf);
+        return;
+    }
+    if (pd_utf8_lossy(p, n, NULL) < cap) {
+        size_t k = pd_utf8_lossy(p, n, (uint8_t *)buf);
+        buf[k] = '\0';
+    } else {
+        snprintf(buf, cap, "[%d]", id);
+    }
+    *bytes = p;
+    *n_bytes = n;
+}
+
+static cJSON *bytes_array(const uint8_t *b, size_t n)
+{
+    cJSON *a = cJSON_CreateArray();
+    for (size_t i = 0; a && i < n; i++)
+        cJSON_AddItemToArray(a, cJSON_CreateNumber(b[i]));
+    return a;
+}
+
+cJSON *dec_api_lp_new(enum dec_api_kind kind)
+{
+    cJSON *lp = cJSON_CreateObject();
+    if (!lp)
+        return NULL;
+    if (kind == DEC_API_CHAT) {
+        if (!cJSON_AddArrayToObject(lp, "content"))
+            goto fail;
+    } else if (!cJSON_AddArrayToObject(lp, "tokens") ||
+               !cJSON_AddArrayToObject(lp, "token_logprobs") ||
+               !cJSON_AddArrayToObject(lp, "top_logprobs") ||
+               !cJSON_AddArrayToObject(lp, "text_offset")) {
+        goto fail;
+    }
+    return lp;
+fail:
+    cJSON_Delete(lp);
+    return NULL;
+}
+
+/* cJSON prints non-finite numbers as null; keep -inf finite as clients expect */
+static double lpv(float v) { return isfinite(v) ? (double)v : -9999.0; }
+
+int dec_api_lp_add(cJSON *lp, enum dec_api_kind kind, const struct pd_tokenizer *tok,
+                   const struct pd_sample_result *r, uint32_t n_top, size_t text_offset)
+{
+    char text[4 * PD_TOK_MAX_PIECE + 16];
+    const uint8_t *bytes;
+    size_t n_bytes;
+    if (n_top > r->n_top)
+        n_top = r->n_top;
+    token_text(tok, r->token, text, sizeof(text), &bytes, &n_bytes);
+    if (kind == DEC_API_COMPLETIONS) {
+        cJSON *top = cJSON_CreateObject();
+        if (!top)
+            return -ENOMEM;
+        for (uint32_t k = 0; k < n_top; k++) {
+            char t[4 * PD_TOK_MAX_PIECE + 16];
+            const uint8_t *b;
+            size_t nb;
+            token_text(tok, r->top[k].token, t, sizeof(t), &b, &nb);
+            if (!cJSON_GetObjectItemCaseSensitive(top, t))
+                cJSON_AddNumberToObject(top, t, lpv(r->top[k].logprob));
+        }
+        cJSON_AddItemToArray(cJSON_GetObjectItem(lp, "tokens"), cJSON_CreateString(text));
+        cJSON_AddItemToArray(cJSON_GetObjectItem(lp, "token_logprobs"),
+                             cJSON_CreateNumber(lpv(r->logprob)));
+        cJSON_AddItemToArray(cJSON_GetObjectItem(lp, "top_logprobs"), top);
+        cJSON_AddItemToArray(cJSON_GetObjectItem(lp, "text_offset"),
+                             cJSON_CreateNumber((double)text_offset));
+        return 0;
+    }
+    cJSON *item = cJSON_CreateObject();
+    cJSON *tops = cJSON_CreateArray();
+    if (!item || !tops) {
+        cJSON_Delete(item);
+        cJSON_Delete(tops);
+        return -ENOMEM;
+    }
+    cJSON_AddStringToObject(item, "token", text);
+    cJSON_AddNumberToObject(item, "logprob", lpv(r->logprob));
+    cJSON_AddItemToObject(item, "bytes", bytes_array(bytes, n_bytes));
+    for (uint32_t k = 0; k < n_top; k++) {
+        char t[4 * PD_TOK_MAX_PIECE + 16];
+        const uint8_t *b;
+        size_t nb;
+        token_text(tok, r->top[k].token, t, sizeof(t), &b, &nb);
+        cJSON *o = cJSON_CreateObject();
+        if (!o)
+            break;
+        cJSON_AddStringToObject(o, "token", t);
+        cJSON_AddNumberToObject(o, "logprob", lpv(r->top[k].logprob));
+        cJSON_AddItemToObject(o, "bytes", bytes_array(b, nb));
+        cJSON_AddItemToArray(tops, o);
+    }
+    cJSON_AddItemToObject(item, "top_logprobs", tops);
+    cJSON_AddItemToArray(cJSON_GetObjectItem(lp, "content"), item);
+    return 0;
+}
+
+static cJSON *envelope(const struct dec_api_out *o, bool chunk)
+{
+    static const char *const objects[2][2] = {{"text_completion", "text_completion"},
+                                              {"chat.completion", "chat.completion.chunk"}};
+    cJSON *root = cJSON_CreateObject();
+    if (!root)
+        return NULL;
+    cJSON_AddStringToObject(root, "id", o->id);
+    cJSON_AddStringToObject(root, "object", objects[o->kind == DEC_API_CHAT][chunk]);
+    cJSON_AddNumberToObject(root, "created", (double)o->created);
+    cJSON_AddStringToObject(root, "model", o->model);
+    return root;
+}
+
+static cJSON *usage(uint32_t n_prompt, uint32_t n_gen)
+{
+    cJSON *u = cJSON_CreateObject();
+    if (u) {
+        cJSON_AddNumberToObject(u, "prompt_tokens", n_prompt);
+        cJSON_AddNumberToObject(u, "completion_tokens", n_gen);
+        cJSON_AddNumberToObject(u, "total_tokens", (double)n_prompt + n_gen);
+    }
+    return u;
+}
+
+/* A string of exactly len bytes (the text may hold a NUL the model made). */
+static cJSON *string_n(const char *s, size_t len)
+{
+    char *c = strndup(s, len);
+    cJSON *j = c ? cJSON_CreateString(c) : NULL;
+    free(c);
+    return j;
+}
+
+static char *print_free(cJSON *root)
+{
+    char *s = root ? cJSON_PrintUnformatted(root) : NULL;
+    cJSON_Delete(root);
+    return s;
+}
+
+static cJSON *choice(const struct dec_api_out *o, const char *text, size_t len, bool first,
+                     bool chunk, cJSON *lp, const char *finish)
+{
+    cJSON *c = cJSON_CreateObject();
+    if (!c) {
+        cJSON_Delete(lp);
+        return NULL;
+    }
+    cJSON_AddNumberToObject(c, "index", 0);
+    if (o->kind == DEC_API_COMPLETIONS) {
+        cJSON_AddItemToObject(c, "text", string_n(text, len));
+    } else {
+        cJSON *m = cJSON_AddObjectToObject(c, chunk ? "delta" : "message");
+        if (m && (first || !chunk))
+            cJSON_AddStringToObject(m, "role", "assistant");
+        if (m && (len || !chunk || first))
+            cJSON_AddItemToObject(m, "content", string_n(text, len));
+    }
+    if (lp)
+        cJSON_AddItemToObject(c, "logprobs", lp);
+    else
+        cJSON_AddNullToObject(c, "logprobs");
+    if (finish)
+        cJSON_AddStringToObject(c, "finish_reason", finish);
+    else
+        cJSON_AddNullToObject(c, "finish_reason");
+    return c;
+}
+
+char *dec_api_response(const struct dec_api_out *o, const char *text, size_t len, cJSON *lp,
+                       const char *finish, uint32_t n_prompt, uint32_t n_gen)
+{
+    cJSON *root = envelope(o, false);
+    cJSON *choices = root ? cJSON_AddArrayToObject(root, "choices") : NULL;
+    if (!choices) {
+        cJSON_Delete(lp);
+        cJSON_Delete(root);
+        return NULL;
+    }
+    cJSON_AddItemToArray(choices, choice(o, text, len, true, false, lp, finish));
+    cJSON_AddItemToObject(root, "usage", usage(n_prompt, n_gen));
+    return print_free(root);
+}
+
+char *dec_api_chunk(const struct dec_api_out *o, const char *text, size_t len, bool first,
+                    cJSON *lp, const char *finish, bool usage_null)
+{
+    cJSON *root = envelope(o, true);
+    cJSON *choices = root ? cJSON_AddArrayToObject(root, "choices") : NULL;
+    if (!choices) {
+        cJSON_Delete(lp);
+        cJSON_Delete(root);
+        return NULL;
+    }
+    cJSON_AddItemToArray(choices, choice(o, text, len, first, true, lp, finish));
+    if (usage_null)
+        cJSON_AddNullToObject(root, "usage");
+    return print_free(root);
+}
+
+char *dec_api_usage_chunk(const struct dec_api_out *o, uint32_t n_prompt, uint32_t n_gen)
+{
+    cJSON *root = envelope(o, true);
+    if (!root || !cJSON_AddArrayToObject(root, "choices")) {
+        cJSON_Delete(root);
+        return NULL;
+    }
+    cJSON_AddItemToObject(root, "usage", usage(n_prompt, n_gen));
+    return print_free(root);
+}

@@ -1,0 +1,106 @@
+/* decoded/api: OpenAI request bodies in, response bodies out. No I/O, no
+ * engine: parsing and validation with cJSON into a struct dec_api_req, and
+ * the JSON of responses, stream chunks and log-probabilities.
+ *
+ *   struct dec_api_req r;
+ *   struct dec_api_err e;
+ *   if (dec_api_parse(DEC_API_CHAT, body, len, &limits, &r, &e) < 0)
+ *       reply e.status with an OpenAI error naming e.param;
+ *   ... tokenize r.prompt / render r.msgs, run ...
+ *   char *json = dec_api_response(&out, text, len, logprobs, "stop", n_prompt, n_gen);
+ *   dec_api_req_done(&r);
+ *
+ * What is refused (400, naming the field): invalid JSON or UTF-8, nesting
+ * deeper than limits->json_depth, a root that is not an object, wrong JSON
+ * types, values out of range, n != 1, several prompts, echo, best_of != 1,
+ * logit_bias, tools, response_format other than text, logprobs beyond
+ * PD_MAX_LOGPROBS. Unknown fields are ignored; null is the same as absent.
+ */
+#ifndef DEC_API_H
+#define DEC_API_H
+
+#include "chat.h"
+#include "sampler.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct cJSON;
+struct pd_tokenizer;
+
+enum dec_api_kind {
+    DEC_API_COMPLETIONS,
+    DEC_API_CHAT,
+};
+
+struct dec_api_limits {
+    int json_depth; /* deepest nesting of objects and arrays */
+    uint32_t max_stops; /* stop strings per request */
+    size_t max_stop_len; /* bytes of one */
+    uint32_t max_prompt_ids; /* token ids in a token-id prompt (413 past it) */
+};
+
+struct dec_api_req {
+    enum dec_api_kind kind;
+    struct cJSON *root; /* owned; model and prompt point into it */
+    const char *model; /* NULL: absent */
+    const char *prompt; /* completions, text prompt (NUL-terminated) */
+    size_t prompt_len;
+    int32_t *ids; /* completions, token-id prompt (owned) */
+    uint32_t n_ids;
+    struct pd_chat_msg *msgs; /* chat (owned, contents owned) */
+    size_t n_msgs;
+    int64_t max_tokens; /* -1: absent */
+    struct pd_sampling sampling; /* n_logprobs = alternatives asked for */
+    bool has_seed;
+    char **stops; /* owned; taken by whoever sets it NULL */
+    uint32_t n_stops;
+    bool stream, include_usage;
+    bool logprobs; /* report log-probabilities */
+    bool ignore_eos;
+};
+
+struct dec_api_err {
+    int status; /* 400 or 413 */
+    const char *param; /* static string or NULL */
+    const char *code; /* static string or NULL */
+    char msg[512];
+};
+
+/* 0, or -EINVAL/-E2BIG with *e filled; *r is then released already. */
+int dec_api_parse(enum dec_api_kind kind, const char *body, size_t len,
+                  const struct dec_api_limits *lim, struct dec_api_req *r, struct dec_api_err *e);
+void dec_api_req_done(struct dec_api_req *r);
+
+/* Deepest nesting of objects/arrays in a JSON text, scanning outside
+ * strings; stops counting past limit (returns limit + 1). */
+int dec_api_json_depth(const char *s, size_t n, int limit);
+
+/* Response envelopes. */
+struct dec_api_out {
+    enum dec_api_kind kind;
+    const char *id, *model;
+    int64_t created;
+};
+
+/* Log-probabilities: an accumulator of the kind's shape, one token at a
+ * time. tok may be NULL (dummy model: tokens are "[id]"). text_offset: where
+ * the token's text starts in the completion (completions only). */
+struct cJSON *dec_api_lp_new(enum dec_api_kind kind);
+int dec_api_lp_add(struct cJSON *lp, enum dec_api_kind kind, const struct pd_tokenizer *tok,
+                   const struct pd_sample_result *r, uint32_t n_top, size_t text_offset);
+
+/* The whole non-streamed response. lp (may be NULL) is consumed.
+ * Returns malloc'd JSON or NULL (out of memory). */
+char *dec_api_response(const struct dec_api_out *o, const char *text, size_t len,
+                       struct cJSON *lp, const char *finish, uint32_t n_prompt, uint32_t n_gen);
+/* One stream chunk: text delta (chat: role on the first), lp consumed,
+ * finish NULL until the last; usage_null adds "usage": null (when the client
+ * asked for usage, every chunk carries the key). */
+char *dec_api_chunk(const struct dec_api_out *o, const char *text, size_t len, bool first,
+                    struct cJSON *lp, const char *finish, bool usage_null);
+/* The last chunk when usage was asked for: no choices, the usage. */
+char *dec_api_usage_chunk(const struct dec_api_out *o, uint32_t n_prompt, uint32_t n_gen);
+
+#endif

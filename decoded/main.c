@@ -1,0 +1,443 @@
+/* decoded: the decode daemon. Part 1: an OpenAI-compatible HTTP server over
+ * the local engine (no prefill peers yet).
+ *
+ *   decoded --model M.gguf [--host 127.0.0.1 --port 8000] [--api-key KEY]
+ *   decoded --load-format dummy --model-shape tiny        (token-id prompts only)
+ *
+ * Threads: this one runs the libevent loop (HTTP, signals, timers); the
+ * compute thread (scheduler.c) runs the engine. Start-up: model, tokenizer,
+ * engine, listeners, compute thread, then READY=1. SIGTERM/SIGINT: STOPPING=1,
+ * stop accepting, let running requests finish for --drain-timeout seconds,
+ * cut the rest, let the last bytes reach their clients, exit 0.
+ */
+#include "chat.h"
+#include "cfg.h"
+#include "engine.h"
+#include "log.h"
+#include "model.h"
+#include "notify.h"
+#include "scheduler.h"
+#include "server.h"
+#include "tokenizer.h"
+#include "gguf.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+/* after the drain, how long clients get to take the last bytes */
+#define FLUSH_GRACE_NS 2000000000u
+
+struct dec_cfg {
+    char *model;
+    int load_format;
+    char *model_shape;
+    int64_t seed;
+    char *served_model_name;
+    char *chat_template;
+    char *host;
+    int64_t port;
+    char *admin_host;
+    int64_t admin_port;
+    char *api_key;
+    int64_t max_model_len;
+    int64_t max_prompt_tokens;
+    int64_t max_tokens_cap;
+    uint64_t kv_cache_memory;
+    int64_t block_size;
+    int64_t max_num_batched_tokens;
+    int64_t max_num_seqs;
+    int64_t max_waiting;
+    int64_t max_connections;
+    uint64_t max_body_size;
+    uint64_t max_client_buffer;
+    int64_t max_json_depth;
+    int64_t header_timeout;
+    int64_t drain_timeout;
+    int log_level;
+};
+
+static const char *const load_formats[] = {"auto", "gguf", "dummy", NULL};
+static const char *const log_levels[] = {"error", "warning", "notice", "info", "debug", NULL};
+
+static const struct pd_cfg_opt options[] = {
+    PD_CFG_STR("model", struct dec_cfg, model, NULL, 4096, "GGUF model file"),
+    PD_CFG_ENUM("load-format", struct dec_cfg, load_format, "auto", load_formats,
+                "a GGUF file, or dummy weights of --model-shape (no tokenizer: token-id prompts)"),
+    PD_CFG_STR("model-shape", struct dec_cfg, model_shape, NULL, 4096,
+               "dummy weights: preset name or JSON shape"),
+    PD_CFG_INT("seed", struct dec_cfg, seed, "0", 0, INT64_MAX, "dummy weights: seed"),
+    PD_CFG_STR("served-model-name", struct dec_cfg, served_model_name, NULL, 256,
+               "model name in the API (default: the GGUF's general.name, else the file name)"),
+    PD_CFG_STR("chat-template", struct dec_cfg, chat_template, NULL, 4096,
+               "chat template: chatml, llama2, llama3, or a file (default: the model's)"),
+    PD_CFG_STR("host", struct dec_cfg, host, "127.0.0.1", 256, "API listen address"),
+    PD_CFG_INT("port", struct dec_cfg, port, "8000", 0, 65535, "API listen port (0: any)"),
+    PD_CFG_STR("admin-host", struct dec_cfg, admin_host, "127.0.0.1", 256,
+               "admin (/metrics) listen address"),
+    PD_CFG_INT("admin-port", struct dec_cfg, admin_port, "8001", 0, 65535,
+               "admin listen port (0: any)"),
+    {.name = "api-key", .type = PD_CFG_T_STR, .offset = offsetof(struct dec_cfg, api_key),
+     .max = 1024, .help = "require Authorization: Bearer KEY on /v1/* (default: none)",
+     .flags = PD_CFG_SECRET},
+    PD_CFG_INT("max-model-len", struct dec_cfg, max_model_len, "0", 0, 1 << 24,
+               "longest sequence, prompt + completion; 0 = the model's context"),
+    PD_CFG_INT("max-prompt-tokens", struct dec_cfg, max_prompt_tokens, "0", 0, 1 << 24,
+               "longest prompt (413 past it); 0 = max-model-len - 1"),
+    PD_CFG_INT("max-tokens-cap", struct dec_cfg, max_tokens_cap, "0", 0, 1 << 24,
+               "largest max_tokens a request may ask for, and the default; 0 = the context left"),
+    PD_CFG_SIZE("kv-cache-memory", struct dec_cfg, kv_cache_memory, "1GiB", 1 << 20,
+                INT64_C(1) << 40, "KV pool size"),
+    PD_CFG_INT("block-size", struct dec_cfg, block_size, "16", 1, 1024, "tokens per KV block"),
+    PD_CFG_INT("max-num-batched-tokens", struct dec_cfg, max_num_batched_tokens, "2048", 1,
+               1 << 20, "tokens per engine step (decode tokens + prompt chunks)"),
+    PD_CFG_INT("max-num-seqs", struct dec_cfg, max_num_seqs, "64", 1, PD_ENGINE_MAX_BATCH_ITEMS,
+               "requests running at once"),
+    PD_CFG_INT("max-waiting", struct dec_cfg, max_waiting, "256", 1, 1 << 20,
+               "requests queued for admission; 429 past it"),
+    PD_CFG_INT("max-connections", struct dec_cfg, max_connections, "1024", 1, 1 << 20,
+               "open API connections; at the cap new ones wait in the listen backlog"),
+    PD_CFG_SIZE("max-body-size", struct dec_cfg, max_body_size, "1MiB", 1024, INT64_C(1) << 30,
+                "request body size (413 past it)"),
+    PD_CFG_SIZE("max-client-buffer", struct dec_cfg, max_client_buffer, "1MiB", 4096,
+                INT64_C(1) << 30, "response bytes queued to one client; a slower reader is cut"),
+    PD_CFG_INT("max-json-depth", struct dec_cfg, max_json_depth, "32", 2, 1000,
+               "deepest JSON nesting in a request"),
+    PD_CFG_INT("header-timeout", struct dec_cfg, header_timeout, "30", 1, 3600,
+               "seconds a connection may take to send a request (and may sit idle, or not read)"),
+    PD_CFG_INT("drain-timeout", struct dec_cfg, drain_timeout, "30", 0, 86400,
+               "on SIGTERM, seconds running requests get to finish"),
+    PD_CFG_ENUM("log-level", struct dec_cfg, log_level, "info", log_levels, "log level"),
+    PD_CFG_END,
+};
+
+struct daemon {
+    struct dec_cfg *cfg;
+    struct event_base *base;
+    struct dec_server *srv;
+    struct dec_sched *sched;
+    struct event *drain_ev, *status_ev, *watchdog_ev;
+    uint64_t watchdog_us;
+    bool draining;
+    struct pd_ratelimit rl_stall;
+};
+
+/* Let the process hold a socket per allowed connection, with room to spare. */
+static void raise_fd_limit(struct dec_cfg *c)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    const rlim_t spare = 64;
+    if (rl.rlim_cur != RLIM_INFINITY && (rlim_t)c->max_connections + spare > rl.rlim_cur) {
+        int64_t fit = rl.rlim_cur > spare + 1 ? (int64_t)(rl.rlim_cur - spare) : 1;
+        pd_log(PD_LOG_WARN, "--max-connections %" PRId64 " needs more file descriptors than the "
+               "limit of %llu; using %" PRId64, c->max_connections,
+               (unsigned long long)rl.rlim_cur, fit);
+        c->max_connections = fit;
+    }
+}
+
+static char *default_name(const struct pd_model *m)
+{
+    const char *s;
+    size_t n;
+    if (pd_model_gguf(m) && pd_gguf_get_str(pd_model_gguf(m), "general.name", &s, &n) == 0 && n &&
+        n < 256)
+        return strndup(s, n);
+    const char *src = pd_model_name(m);
+    const char *slash = strrchr(src, '/');
+    return strdup(slash ? slash + 1 : src);
+}
+
+static void status_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct daemon *d = arg;
+    uint32_t waiting, running;
+    (void)fd;
+    (void)what;
+    dec_sched_counts(d->sched, &waiting, &running);
+    pd_notify_status("%s: %u running, %u waiting, %u connections",
+                     d->draining ? "draining" : "serving", running, waiting,
+                     dec_server_connections(d->srv));
+}
+
+/* Fed from the loop, and only while the compute thread shows life within
+ * the watchdog interval: a stuck engine must get the service restarted. */
+static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct daemon *d = arg;
+    (void)fd;
+    (void)what;
+    uint64_t age_ns = dec_now_ns() - dec_sched_heartbeat_ns(d->sched);
+    if (age_ns < d->watchdog_us * 1000u)
+        pd_notify_watchdog();
+    else
+        pd_log_ratelimited(&d->rl_stall, PD_LOG_WARN,
+                           "compute thread silent for %.1fs; not feeding the watchdog",
+                           (double)age_ns * 1e-9);
+}
+
+static void drain_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct daemon *d = arg;
+    (void)fd;
+    (void)what;
+    uint32_t n = dec_server_inflight(d->srv);
+    if (n)
+        pd_log(PD_LOG_NOTICE, "drain timeout: cutting %u requests still running", n);
+    dec_server_cancel_all(d->srv);
+}
+
+static void begin_drain(struct daemon *d, int sig)
+{
+    if (d->draining) {
+        pd_log(PD_LOG_NOTICE, "%s again: cutting running requests now", strsignal(sig));
+        dec_server_cancel_all(d->srv);
+        return;
+    }
+    d->draining = true;
+    pd_notify_stopping();
+    uint32_t n = dec_server_inflight(d->srv);
+    pd_log(PD_LOG_NOTICE, "%s: stopping; %u requests running, draining for up to %" PRId64 "s",
+           strsignal(sig), n, d->cfg->drain_timeout);
+    pd_notify_status("draining: %u requests running", n);
+    struct timeval tv = {.tv_sec = d->cfg->drain_timeout};
+    event_add(d->drain_ev, &tv);
+    dec_server_drain(d->srv); /* exits the loop once nothing is in flight */
+}
+
+static void signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+    struct daemon *d = arg;
+    (void)what;
+    if (sig == SIGHUP) {
+        pd_log(PD_LOG_NOTICE, "SIGHUP: nothing to reload yet (keys and peers arrive with the "
+               "KV channel), ignoring");
+        return;
+    }
+    begin_drain(d, (int)sig);
+}
+
+/* After the drain: give queued response bytes a moment to reach clients. */
+static void flush_output(struct daemon *d)
+{
+    uint64_t until = dec_now_ns() + FLUSH_GRACE_NS;
+    while (dec_server_pending_output(d->srv) > 0 && dec_now_ns() < until) {
+        struct timeval tv = {0, 20000};
+        event_base_loopexit(d->base, &tv);
+        event_base_dispatch(d->base);
+    }
+}
+
+static int run(struct dec_cfg *c, struct pd_model *m, const struct pd_tokenizer *tok,
+               const struct pd_chat_template *chat)
+{
+    char err[512];
+    struct pd_engine *e = NULL;
+    struct daemon d = {.cfg = c, .rl_stall = PD_RATELIMIT_INIT(10000, 1)};
+    struct event *sigs[3] = {0};
+    static const int signums[3] = {SIGTERM, SIGINT, SIGHUP};
+    int rc = 1;
+
+    struct pd_engine_params ep = {.model = m, .kv_cache_bytes = c->kv_cache_memory,
+                                  .block_size = (uint32_t)c->block_size,
+                                  .max_batched_tokens = (uint32_t)c->max_num_batched_tokens,
+                                  .max_model_len = (uint32_t)c->max_model_len,
+                                  .max_batch_items = (uint32_t)c->max_num_seqs};
+    if (pd_engine_new(&ep, &e, err, sizeof(err)) < 0)
+        goto fail;
+    const uint32_t max_len = pd_engine_max_model_len(e);
+    if (max_len < 2) {
+        snprintf(err, sizeof(err), "--max-model-len must be at least 2");
+        goto fail;
+    }
+    if (c->max_num_seqs > c->max_num_batched_tokens) {
+        snprintf(err, sizeof(err), "--max-num-seqs (%" PRId64 ") must not exceed "
+                 "--max-num-batched-tokens (%" PRId64 "): every running request decodes a token "
+                 "each step", c->max_num_seqs, c->max_num_batched_tokens);
+        goto fail;
+    }
+    uint32_t max_prompt = c->max_prompt_tokens && c->max_prompt_tokens < max_len
+                              ? (uint32_t)c->max_prompt_tokens : max_len - 1;
+
+    if (evthread_use_pthreads() < 0 || !(d.base = event_base_new())) {
+        snprintf(err, sizeof(err), "cannot set up libevent");
+        goto fail;
+    }
+    uint64_t pool = (uint64_t)pd_kvcache_n_blocks(pd_engine_kvcache(e)) *
+                    pd_kvcache_layout(pd_engine_kvcache(e))->block_size;
+    struct dec_server_cfg sc = {
+        .host = c->host, .admin_host = c->admin_host, .port = (uint16_t)c->port,
+        .admin_port = (uint16_t)c->admin_port, .api_key = c->api_key,
+        .model_name = c->served_model_name, .n_vocab = pd_engine_n_vocab(e),
+        .max_model_len = max_len, .max_prompt_tokens = max_prompt,
+        .max_tokens_cap = (uint32_t)c->max_tokens_cap, .kv_capacity_tokens = pool,
+        .max_body = c->max_body_size, .max_client_buffer = c->max_client_buffer,
+        .max_connections = (uint32_t)c->max_connections,
+        .header_timeout_s = (uint32_t)c->header_timeout, .json_depth = (int)c->max_json_depth};
+    if (pool < 2) {
+        snprintf(err, sizeof(err),
+                 "the KV pool holds no room for a request; raise --kv-cache-memory");
+        goto fail;
+    }
+    if (dec_server_new(&sc, d.base, tok, chat, &d.srv, err, sizeof(err)) < 0)
+        goto fail;
+    d.watchdog_us = pd_notify_watchdog_usec();
+    /* the heartbeat must tick well within the watchdog interval */
+    uint64_t tick_ms = d.watchdog_us ? d.watchdog_us / 4000u : 1000;
+    tick_ms = tick_ms < 1 ? 1 : tick_ms > 1000 ? 1000 : tick_ms;
+    struct dec_sched_params sp = {.engine = e, .tok = tok, .idle_tick_ms = (uint32_t)tick_ms,
+                                  .max_num_seqs = (uint32_t)c->max_num_seqs,
+                                  .max_waiting = (uint32_t)c->max_waiting,
+                                  .metrics = *dec_server_sched_metrics(d.srv),
+                                  .notify = dec_server_wake, .notify_arg = d.srv};
+    if (dec_sched_new(&sp, &d.sched, err, sizeof(err)) < 0)
+        goto fail;
+    dec_server_set_sched(d.srv, d.sched);
+    for (int i = 0; i < 3; i++)
+        if (!(sigs[i] = evsignal_new(d.base, signums[i], signal_cb, &d)) ||
+            event_add(sigs[i], NULL) < 0) {
+            snprintf(err, sizeof(err), "cannot handle signals");
+            goto fail;
+        }
+    if (!(d.drain_ev = evtimer_new(d.base, drain_deadline_cb, &d)) ||
+        !(d.status_ev = event_new(d.base, -1, EV_PERSIST, status_cb, &d))) {
+        snprintf(err, sizeof(err), "out of memory");
+        goto fail;
+    }
+    if (dec_server_listen(d.srv, err, sizeof(err)) < 0 ||
+        dec_sched_start(d.sched, err, sizeof(err)) < 0)
+        goto fail;
+
+    if (d.watchdog_us) {
+        struct timeval tv = {.tv_sec = (time_t)(d.watchdog_us / 2000000u),
+                             .tv_usec = (suseconds_t)(d.watchdog_us / 2 % 1000000u)};
+        if (!(d.watchdog_ev = event_new(d.base, -1, EV_PERSIST, watchdog_cb, &d)) ||
+            event_add(d.watchdog_ev, &tv) < 0) {
+            snprintf(err, sizeof(err), "cannot arm the watchdog timer");
+            goto fail;
+        }
+        pd_notify_watchdog();
+    }
+    struct timeval st = {.tv_sec = 10};
+    event_add(d.status_ev, &st);
+    pd_log(PD_LOG_NOTICE, "serving %s (max-model-len %u, KV pool %" PRIu64 " tokens, %s)",
+           c->served_model_name, max_len, pool, tok ? "text and token-id prompts"
+                                                     : "token-id prompts only: no tokenizer");
+    pd_notify_ready();
+    pd_notify_status("serving %s", c->served_model_name);
+
+    event_base_dispatch(d.base);
+
+    /* drained (or cut at the deadline): deliver what the compute thread
+     * still has, let the bytes go out, close */
+    dec_server_cancel_all(d.srv);
+    dec_sched_stop(d.sched);
+    dec_server_take_events(d.srv);
+    flush_output(&d);
+    pd_log(PD_LOG_NOTICE, "stopped");
+    rc = 0;
+    goto out;
+fail:
+    pd_log(PD_LOG_ERR, "%s", err);
+    pd_notify_status("failed: %s", err);
+out:
+    if (d.sched)
+        dec_sched_stop(d.sched);
+    d.srv = dec_server_free(d.srv); /* before the scheduler: jobs it holds drop refs */
+    d.sched = dec_sched_free(d.sched);
+    for (int i = 0; i < 3; i++)
+        if (sigs[i])
+            event_free(sigs[i]);
+    if (d.drain_ev)
+        event_free(d.drain_ev);
+    if (d.status_ev)
+        event_free(d.status_ev);
+    if (d.watchdog_ev)
+        event_free(d.watchdog_ev);
+    if (d.base)
+        event_base_free(d.base);
+    pd_engine_free(e);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    struct dec_cfg c;
+    struct pd_cfg_args a;
+    char err[512];
+    int rc;
+
+    pd_log_init("decoded");
+    rc = pd_cfg_parse(options, &c, argc, argv, &a, err, sizeof(err));
+    if (rc < 0 || a.n_positional > 1) {
+        fprintf(stderr, "decoded: %s\n", rc < 0 ? err : "at most one model file");
+        pd_cfg_done(options, &c);
+        return 2;
+    }
+    if (rc == PD_CFG_HELP || rc == PD_CFG_PRINT) {
+        if (rc == PD_CFG_HELP)
+            pd_cfg_help(options, "decoded", "[OPTIONS] [MODEL.gguf]", stdout);
+        else
+            pd_cfg_print(options, &c, stdout);
+        pd_cfg_done(options, &c);
+        return 0;
+    }
+    pd_log_set_level(PD_LOG_ERR + c.log_level);
+    signal(SIGPIPE, SIG_IGN); /* a client that left is a failed write, not a dead daemon */
+    raise_fd_limit(&c);
+
+    struct pd_model_params mp = {.path = a.n_positional ? a.positional[0] : c.model,
+                                 .load_format = (enum pd_load_format)c.load_format,
+                                 .shape = c.model_shape, .seed = (uint64_t)c.seed};
+    struct pd_model *m = NULL;
+    struct pd_tokenizer *tok = NULL;
+    struct pd_chat_template *chat = NULL;
+    int exit_code = 1;
+    pd_notify_status("loading model %s", mp.path ? mp.path : mp.shape ? mp.shape : "?");
+    if (pd_model_load(&mp, &m, err, sizeof(err)) < 0)
+        goto fail;
+    if (!c.served_model_name && !(c.served_model_name = default_name(m))) {
+        snprintf(err, sizeof(err), "out of memory");
+        goto fail;
+    }
+    if (pd_model_gguf(m)) {
+        rc = pd_tok_load(pd_model_gguf(m), &tok, err, sizeof(err));
+        if (rc < 0 && rc != -ENOENT)
+            goto fail;
+        if (rc == -ENOENT)
+            pd_log(PD_LOG_WARN, "the model has no tokenizer: token-id prompts only");
+    }
+    if (tok) {
+        rc = c.chat_template ? pd_chat_template_load(c.chat_template, tok, &chat, err, sizeof(err))
+                             : pd_chat_template_from_tok(tok, &chat, err, sizeof(err));
+        if (rc < 0 && c.chat_template)
+            goto fail;
+        if (rc < 0)
+            pd_log(PD_LOG_WARN, "no chat template (%s): /v1/chat/completions refuses requests; "
+                   "see --chat-template", err);
+    }
+    exit_code = run(&c, m, tok, chat);
+    goto out;
+fail:
+    pd_log(PD_LOG_ERR, "%s", err);
+    pd_notify_status("failed: %s", err);
+out:
+    pd_chat_template_free(chat);
+    pd_tok_free(tok);
+    pd_model_free(m);
+    pd_cfg_done(options, &c);
+    return exit_code;
+}

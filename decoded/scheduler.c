@@ -1,0 +1,553 @@
+#include "scheduler.h"
+
+#include "metrics.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct dec_sched {
+    struct dec_sched_params p;
+    struct pd_kvcache *kc;
+    struct pd_sampler *sampler;
+    uint32_t n_vocab, block_size, max_model_len, max_batched;
+    float *logits; /* (max_num_seqs, n_vocab) */
+    struct pd_batch_item *items; /* (max_num_seqs) */
+    struct dec_job **item_job; /* (max_num_seqs) job of each item */
+    struct dec_job **active; /* (max_num_seqs) admitted jobs, admission order */
+    uint32_t n_active;
+
+    pthread_t thread;
+    bool started;
+    pthread_mutex_t mu; /* queue, counts, stop */
+    pthread_cond_t cv;
+    struct dec_job *q_head, *q_tail; /* waiting jobs */
+    uint32_t n_queued;
+    atomic_uint n_running;
+    bool stop;
+
+    pthread_mutex_t out_mu; /* events */
+    struct dec_event *ev_head, *ev_tail;
+
+    _Atomic uint64_t heartbeat_ns;
+};
+
+uint64_t dec_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static double secs(uint64_t a, uint64_t b) { return b > a ? (double)(b - a) * 1e-9 : 0.0; }
+
+struct dec_job *dec_job_new(void)
+{
+    struct dec_job *j = calloc(1, sizeof(*j));
+    if (j) {
+        atomic_init(&j->refs, 1);
+        atomic_init(&j->cancelled, false);
+        pd_kvseq_init(&j->seq);
+    }
+    return j;
+}
+
+void dec_job_ref(struct dec_job *j) { atomic_fetch_add(&j->refs, 1); }
+
+void dec_job_unref(struct dec_job *j)
+{
+    if (!j || atomic_fetch_sub(&j->refs, 1) != 1)
+        return;
+    for (uint32_t i = 0; i < j->n_stops; i++)
+        free(j->stops[i]);
+    free(j->stops);
+    free(j->prompt);
+    free(j->out);
+    pd_detok_free(j->detok);
+    dec_stop_done(&j->stop);
+    free(j);
+}
+
+void dec_job_cancel(struct dec_job *j) { atomic_store(&j->cancelled, true); }
+
+void dec_event_free(struct dec_event *e)
+{
+    if (!e)
+        return;
+    dec_job_unref(e->job);
+    free(e->text);
+    free(e);
+}
+
+/* ---- events ---- */
+
+static struct dec_event *event_new(struct dec_job *j)
+{
+    struct dec_event *e = calloc(1, sizeof(*e));
+    if (!e)
+        return NULL;
+    dec_job_ref(j);
+    e->job = j;
+    e->n_gen = j->n_out;
+    e->t_first_ns = j->t_first_ns;
+    return e;
+}
+
+static int event_text(struct dec_event *e, const char *s, size_t n)
+{
+    char *t = realloc(e->text, e->len + n + 1);
+    if (!t)
+        return -ENOMEM;
+    memcpy(t + e->len, s, n);
+    e->len += n;
+    t[e->len] = '\0';
+    e->text = t;
+    return 0;
+}
+
+static void post(struct dec_sched *s, struct dec_event *e)
+{
+    if (!e->text)
+        event_text(e, "", 0);
+    pthread_mutex_lock(&s->out_mu);
+    if (s->ev_tail)
+        s->ev_tail->next = e;
+    else
+        s->ev_head = e;
+    s->ev_tail = e;
+    pthread_mutex_unlock(&s->out_mu);
+    s->p.notify(s->p.notify_arg);
+}
+
+struct dec_event *dec_sched_take(struct dec_sched *s)
+{
+    pthread_mutex_lock(&s->out_mu);
+    struct dec_event *e = s->ev_head;
+    s->ev_head = s->ev_tail = NULL;
+    pthread_mutex_unlock(&s->out_mu);
+    return e;
+}
+
+/* A finished job's last event. When no event can be allocated the job is
+ * still released; the loop then never hears of it, so we keep trying: the
+ * event is tiny and memory pressure passes (a lost final event would leave
+ * a client waiting forever). */
+static void finish(struct dec_sched *s, struct dec_job *j, struct dec_event *e,
+                   enum dec_finish why, const char *err)
+{
+    pd_kvseq_release(s->kc, &j->seq);
+    while (!e && !(e = event_new(j))) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    e->finish = why;
+    e->n_gen = j->n_out;
+    if (err)
+        snprintf(e->err, sizeof(e->err), "%s", err);
+    if (why == DEC_FIN_STOP || why == DEC_FIN_LENGTH)
+        pd_metric_observe(s->p.metrics.e2e, secs(j->t_arrival_ns, dec_now_ns()));
+    post(s, e);
+    dec_job_unref(j); /* the compute thread's reference */
+}
+
+/* ---- text of one token ---- */
+
+static int push_text(struct dec_job *j, struct dec_event *e, const char *piece, size_t n)
+{
+    const char *out;
+    size_t out_len;
+    int hit = dec_stop_push(&j->stop, piece, n, &out, &out_len);
+    if (hit < 0 || event_text(e, out, out_len) < 0)
+        return -ENOMEM;
+    return hit;
+}
+
+/* Everything held back: the detokenizer's cut character, then stop text. */
+static int flush_text(struct dec_job *j, struct dec_event *e)
+{
+    const char *out;
+    size_t out_len;
+    int hit = 0;
+    if (j->detok) {
+        pd_detok_flush(j->detok, &out, &out_len);
+        if ((hit = push_text(j, e, out, out_len)) != 0)
+            return hit;
+    }
+    dec_stop_flush(&j->stop, &out, &out_len);
+    return event_text(e, out, out_len);
+}
+
+/* Record a sampled token; returns the finish it causes (or NONE), fills e. */
+static enum dec_finish take_token(struct dec_sched *s, struct dec_job *j,
+                                  const struct pd_sample_result *r, struct dec_event *e)
+{
+    const uint64_t now = dec_now_ns();
+    j->out[j->n_out++] = r->token;
+    e->n_gen = j->n_out;
+    pd_metric_add(s->p.metrics.gen_tokens, 1);
+    if (!j->t_first_ns) {
+        j->t_first_ns = now;
+        pd_metric_observe(s->p.metrics.ttft, secs(j->t_arrival_ns, now));
+    } else {
+        pd_metric_observe(s->p.metrics.itl, secs(j->t_last_ns, now));
+    }
+    j->t_last_ns = now;
+    e->t_first_ns = j->t_first_ns;
+
+    if (s->p.tok && !j->ignore_eos && pd_tok_is_eog(s->p.tok, r->token))
+        return flush_text(j, e) < 0 ? DEC_FIN_ERROR : DEC_FIN_STOP;
+    e->has_token = true;
+    e->token = *r;
+
+    int hit;
+    if (j->detok) {
+        const char *piece;
+        size_t n;
+        if (pd_detok_push(j->detok, r->token, &piece, &n) < 0)
+            return DEC_FIN_ERROR;
+        hit = push_text(j, e, piece, n);
+    } else {
+        char piece[16];
+        int n = snprintf(piece, sizeof(piece), "[%d]", r->token);
+        hit = push_text(j, e, piece, (size_t)n);
+    }
+    if (hit < 0)
+        return DEC_FIN_ERROR;
+    if (hit)
+        return DEC_FIN_STOP;
+    if (j->n_out >= j->max_tokens || j->seq.n_tokens >= s->max_model_len) {
+        hit = flush_text(j, e);
+        return hit < 0 ? DEC_FIN_ERROR : hit ? DEC_FIN_STOP : DEC_FIN_LENGTH;
+    }
+    return DEC_FIN_NONE;
+}
+
+/* ---- admission ---- */
+
+static void update_gauges(struct dec_sched *s)
+{
+    uint32_t total = pd_kvcache_n_blocks(s->kc), free_ = pd_kvcache_n_free(s->kc);
+    pd_metric_set(s->p.metrics.running, s->n_active);
+    pd_metric_set(s->p.metrics.kv_used, total - free_);
+    pd_metric_set(s->p.metrics.kv_free, free_);
+    pd_metric_set(s->p.metrics.kv_usage, total ? (double)(total - free_) / total : 0);
+    pthread_mutex_lock(&s->mu);
+    pd_metric_set(s->p.metrics.waiting, s->n_queued);
+    pthread_mutex_unlock(&s->mu);
+    atomic_store(&s->n_running, s->n_active);
+}
+
+/* Per-job state the compute thread builds at admission. */
+static int admit_prepare(struct dec_sched *s, struct dec_job *j)
+{
+    if (!(j->out = malloc((size_t)j->max_tokens * sizeof(*j->out))))
+        return -ENOMEM;
+    if (s->p.tok && pd_detok_new(s->p.tok, PD_TOK_SKIP_SPECIAL, &j->detok) < 0)
+        return -ENOMEM;
+    dec_stop_init(&j->stop, j->stops, j->n_stops);
+    return 0;
+}
+
+/* Move queued jobs to active, first come first served, while a sequence slot
+ * and the worst case of KV blocks are free. */
+static void admit(struct dec_sched *s)
+{
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        struct dec_job *j = s->q_head;
+        pthread_mutex_unlock(&s->mu);
+        if (!j)
+            return;
+        bool cancelled = atomic_load(&j->cancelled);
+        if (!cancelled) {
+            if (s->n_active == s->p.max_num_seqs)
+                return;
+            uint32_t need = pd_kvseq_blocks_needed(s->kc, &j->seq, j->n_prompt + j->max_tokens);
+            if (need > pd_kvcache_n_free(s->kc))
+                return;
+        }
+        pthread_mutex_lock(&s->mu);
+        s->q_head = j->next;
+        if (!s->q_head)
+            s->q_tail = NULL;
+        s->n_queued--;
+        pthread_mutex_unlock(&s->mu);
+        j->next = NULL;
+        pd_metric_observe(s->p.metrics.queue_time, secs(j->t_arrival_ns, dec_now_ns()));
+        if (cancelled) {
+            finish(s, j, NULL, DEC_FIN_CANCELLED, NULL);
+            continue;
+        }
+        int rc = admit_prepare(s, j);
+        if (rc == 0)
+            rc = pd_kvseq_reserve(s->kc, &j->seq, j->n_prompt + j->max_tokens);
+        if (rc < 0) {
+            finish(s, j, NULL, DEC_FIN_ERROR, "out of memory admitting the request");
+            continue;
+        }
+        s->active[s->n_active++] = j;
+    }
+}
+
+/* ---- one step ---- */
+
+static void drop_active(struct dec_sched *s, uint32_t i)
+{
+    memmove(&s->active[i], &s->active[i + 1], (s->n_active - i - 1) * sizeof(*s->active));
+    s->n_active--;
+}
+
+static void step(struct dec_sched *s)
+{
+    char err[256];
+    uint32_t n = 0, budget = s->max_batched;
+
+    /* cancelled jobs go first: their blocks are free for this step */
+    for (uint32_t i = 0; i < s->n_active;) {
+        struct dec_job *j = s->active[i];
+        if (atomic_load(&j->cancelled)) {
+            drop_active(s, i);
+            finish(s, j, NULL, DEC_FIN_CANCELLED, NULL);
+        } else {
+            i++;
+        }
+    }
+    admit(s);
+    /* decode tokens, then prompt chunks with what the budget leaves */
+    for (uint32_t i = 0; i < s->n_active && budget > 0; i++) {
+        struct dec_job *j = s->active[i];
+        if (j->n_done < j->n_prompt)
+            continue;
+        s->items[n] = (struct pd_batch_item){.seq = &j->seq, .tokens = &j->out[j->n_out - 1],
+                                             .n_tokens = 1, .n_logits = 1};
+        s->item_job[n++] = j;
+        budget--;
+    }
+    for (uint32_t i = 0; i < s->n_active && budget > 0; i++) {
+        struct dec_job *j = s->active[i];
+        if (j->n_done >= j->n_prompt)
+            continue;
+        uint32_t chunk = j->n_prompt - j->n_done;
+        if (chunk > budget)
+            chunk = budget;
+        s->items[n] = (struct pd_batch_item){.seq = &j->seq, .tokens = j->prompt + j->n_done,
+                                             .n_tokens = chunk,
+                                             .n_logits = j->n_done + chunk == j->n_prompt};
+        s->item_job[n++] = j;
+        budget -= chunk;
+    }
+    update_gauges(s);
+    if (n == 0)
+        return;
+    for (uint32_t i = 0; i < n; i++)
+        s->items[i].logits = s->logits + (size_t)i * s->n_vocab;
+
+    int rc = pd_engine_step(s->p.engine, s->items, n, err, sizeof(err));
+    atomic_store(&s->heartbeat_ns, dec_now_ns());
+    for (uint32_t i = 0; i < n; i++) {
+        struct dec_job *j = s->item_job[i];
+        const struct pd_batch_item *it = &s->items[i];
+        enum dec_finish fin = DEC_FIN_NONE;
+        struct dec_event *e = NULL;
+        if (rc < 0) {
+            fin = DEC_FIN_ERROR;
+        } else {
+            if (j->n_done < j->n_prompt) {
+                j->n_done += it->n_tokens;
+                if (j->n_done == j->n_prompt)
+                    pd_metric_add(s->p.metrics.prompt_tokens, j->n_prompt);
+            }
+            if (it->n_logits == 0)
+                continue;
+            struct pd_sample_result r;
+            if (!(e = event_new(j)) ||
+                pd_sample(s->sampler, &j->sampling, it->logits, j->prompt, j->n_prompt, j->out,
+                          j->n_out, &r) < 0) {
+                fin = DEC_FIN_ERROR;
+                snprintf(err, sizeof(err), "out of memory or invalid sampling parameters");
+            } else {
+                fin = take_token(s, j, &r, e);
+                if (fin == DEC_FIN_ERROR)
+                    snprintf(err, sizeof(err), "out of memory producing the text");
+            }
+        }
+        if (fin == DEC_FIN_NONE) {
+            post(s, e);
+            continue;
+        }
+        for (uint32_t k = 0; k < s->n_active; k++)
+            if (s->active[k] == j) {
+                drop_active(s, k);
+                break;
+            }
+        finish(s, j, e, fin, fin == DEC_FIN_ERROR ? err : NULL);
+    }
+    update_gauges(s);
+}
+
+static void *run(void *arg)
+{
+    struct dec_sched *s = arg;
+    for (;;) {
+        atomic_store(&s->heartbeat_ns, dec_now_ns());
+        pthread_mutex_lock(&s->mu);
+        if (!s->stop && s->n_active == 0 && !s->q_head) {
+            uint64_t tick = s->p.idle_tick_ms ? s->p.idle_tick_ms : 1000;
+            uint64_t until = dec_now_ns() + tick * 1000000u;
+            struct timespec ts = {.tv_sec = (time_t)(until / 1000000000u),
+                                  .tv_nsec = (long)(until % 1000000000u)};
+            pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+        }
+        bool stop = s->stop;
+        pthread_mutex_unlock(&s->mu);
+        if (stop)
+            break;
+        step(s);
+    }
+    /* cut what is left: running, then queued */
+    while (s->n_active > 0) {
+        struct dec_job *j = s->active[s->n_active - 1];
+        s->n_active--;
+        finish(s, j, NULL, DEC_FIN_CANCELLED, NULL);
+    }
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        struct dec_job *j = s->q_head;
+        if (j) {
+            s->q_head = j->next;
+            s->n_queued--;
+        }
+        if (!s->q_head)
+            s->q_tail = NULL;
+        pthread_mutex_unlock(&s->mu);
+        if (!j)
+            break;
+        finish(s, j, NULL, DEC_FIN_CANCELLED, NULL);
+    }
+    update_gauges(s);
+    return NULL;
+}
+
+int dec_sched_new(const struct dec_sched_params *p, struct dec_sched **out, char *err,
+                  size_t errlen)
+{
+    struct dec_sched *s = calloc(1, sizeof(*s));
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    s->p = *p;
+    s->kc = pd_engine_kvcache(p->engine);
+    s->n_vocab = pd_engine_n_vocab(p->engine);
+    s->block_size = pd_kvcache_layout(s->kc)->block_size;
+    s->max_model_len = pd_engine_max_model_len(p->engine);
+    s->max_batched = pd_engine_max_batched_tokens(p->engine);
+    uint32_t m = p->max_num_seqs;
+    s->logits = malloc((size_t)m * s->n_vocab * sizeof(float));
+    s->items = calloc(m, sizeof(*s->items));
+    s->item_job = calloc(m, sizeof(*s->item_job));
+    s->active = calloc(m, sizeof(*s->active));
+    s->sampler = pd_sampler_new(s->n_vocab);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->out_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    atomic_init(&s->heartbeat_ns, dec_now_ns());
+    if (!s->logits || !s->items || !s->item_job || !s->active || !s->sampler) {
+        dec_sched_free(s);
+        snprintf(err, errlen, "out of memory for %u sequences of %u logits", m, s->n_vocab);
+        return -ENOMEM;
+    }
+    *out = s;
+    return 0;
+}
+
+int dec_sched_start(struct dec_sched *s, char *err, size_t errlen)
+{
+    int rc = pthread_create(&s->thread, NULL, run, s);
+    if (rc) {
+        snprintf(err, errlen, "cannot start the compute thread: %s", strerror(rc));
+        return -rc;
+    }
+    s->started = true;
+    return 0;
+}
+
+void dec_sched_stop(struct dec_sched *s)
+{
+    pthread_mutex_lock(&s->mu);
+    s->stop = true;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    if (s->started)
+        pthread_join(s->thread, NULL);
+    s->started = false;
+}
+
+struct dec_sched *dec_sched_free(struct dec_sched *s)
+{
+    if (!s)
+        return NULL;
+    dec_sched_stop(s);
+    struct dec_event *e = dec_sched_take(s);
+    while (e) {
+        struct dec_event *next = e->next;
+        dec_event_free(e);
+        e = next;
+    }
+    pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->out_mu);
+    pthread_cond_destroy(&s->cv);
+    pd_sampler_free(s->sampler);
+    free(s->logits);
+    free(s->items);
+    free(s->item_job);
+    free(s->active);
+    free(s);
+    return NULL;
+}
+
+int dec_sched_submit(struct dec_sched *s, struct dec_job *j)
+{
+    pthread_mutex_lock(&s->mu);
+    int rc = 0;
+    if (s->stop)
+        rc = -ESHUTDOWN;
+    else if (s->n_queued >= s->p.max_waiting)
+        rc = -EAGAIN;
+    if (rc == 0) {
+        dec_job_ref(j);
+        j->next = NULL;
+        if (s->q_tail)
+            s->q_tail->next = j;
+        else
+            s->q_head = j;
+        s->q_tail = j;
+        s->n_queued++;
+        pd_metric_set(s->p.metrics.waiting, s->n_queued);
+        pthread_cond_signal(&s->cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+uint64_t dec_sched_heartbeat_ns(const struct dec_sched *s) { return atomic_load(&s->heartbeat_ns); }
+
+void dec_sched_counts(struct dec_sched *s, uint32_t *waiting, uint32_t *running)
+{
+    pthread_mutex_lock(&s->mu);
+    *waiting = s->n_queued;
+    pthread_mutex_unlock(&s->mu);
+    *running = atomic_load(&s->n_running);
+}
+
+uint64_t dec_sched_capacity_tokens(const struct dec_sched *s)
+{
+    return (uint64_t)pd_kvcache_n_blocks(s->kc) * s->block_size;
+}

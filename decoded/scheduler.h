@@ -1,0 +1,141 @@
+/* decoded/scheduler: the compute thread. It owns the engine, the sampler and the
+ * KV pool; the loop thread hands it jobs and gets events back.
+ *
+ *   loop:     job = dec_job_new(...); fill it; dec_sched_submit(s, job)   (-EAGAIN: queue full)
+ *   compute:  admits queued jobs while sequences and KV blocks allow, and
+ *             runs one engine step at a time over every admitted job: a
+ *             decode token for each job past its prompt, plus prompt chunks
+ *             of the others within --max-num-batched-tokens (continuous
+ *             batching; admission reserves a job's worst case, prompt +
+ *             max_tokens, so a step never runs out of blocks and nothing is
+ *             preempted -- the scheduler issue replaces this with budgets
+ *             and preemption)
+ *   compute:  after each step, one dec_event per job that advanced: the text
+ *             that became final (detokenized, stop strings applied), the
+ *             token and its log-probabilities, the finish; then notify()
+ *   loop:     dec_sched_take(s) -> the events, in order; dec_event_free each
+ *
+ * Cancellation: dec_job_cancel (any thread) marks the job; the compute thread
+ * drops it before its next step, releases its blocks and posts a
+ * DEC_FIN_CANCELLED event. Lifetimes: a job is reference-counted (the loop,
+ * the compute thread and each event hold one); dec_job_unref frees it.
+ * No lock is held across anything slow; notify() must only wake the loop
+ * (event_active), never do I/O.
+ */
+#ifndef DEC_SCHEDULER_H
+#define DEC_SCHEDULER_H
+
+#include "engine.h"
+#include "http.h"
+#include "sampler.h"
+#include "stop.h"
+#include "tokenizer.h"
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct pd_metric;
+
+enum dec_finish {
+    DEC_FIN_NONE = 0,
+    DEC_FIN_STOP, /* end-of-generation token or stop string */
+    DEC_FIN_LENGTH, /* max_tokens or the model's context */
+    DEC_FIN_CANCELLED, /* client gone, or shutdown */
+    DEC_FIN_ERROR, /* engine failure: event's err says why */
+};
+
+struct dec_job {
+    /* set by the loop before dec_sched_submit, read-only afterwards */
+    char id[PD_HTTP_ID_MAX];
+    int32_t *prompt; /* (n_prompt), owned */
+    uint32_t n_prompt;
+    uint32_t max_tokens; /* >= 1; n_prompt + max_tokens <= max_model_len */
+    struct pd_sampling sampling;
+    bool logprobs; /* report each token's log-probability */
+    bool ignore_eos;
+    char **stops; /* (n_stops) owned strings */
+    uint32_t n_stops;
+    uint64_t t_arrival_ns;
+    void *owner; /* the loop's; never touched by the compute thread */
+
+    atomic_int refs;
+    atomic_bool cancelled;
+
+    /* compute thread only */
+    struct pd_kvseq seq;
+    uint32_t n_done; /* prompt tokens in the KV cache */
+    int32_t *out; /* (max_tokens) */
+    uint32_t n_out;
+    struct pd_detok *detok;
+    struct dec_stop stop;
+    uint64_t t_first_ns, t_last_ns;
+    struct dec_job *next; /* queue link */
+};
+
+struct dec_event {
+    struct dec_event *next;
+    struct dec_job *job; /* one reference, dropped by dec_event_free */
+    char *text; /* released text, NUL-terminated (may be "") */
+    size_t len;
+    bool has_token; /* a token was sampled (not an end-of-generation one) */
+    struct pd_sample_result token;
+    enum dec_finish finish;
+    uint32_t n_gen; /* tokens generated so far, end-of-generation included */
+    uint64_t t_first_ns; /* when the first token came; 0 before */
+    char err[256];
+};
+
+/* Metrics the compute thread updates (any may be NULL). */
+struct dec_sched_metrics {
+    struct pd_metric *running, *waiting, *kv_used, *kv_free, *kv_usage;
+    struct pd_metric *prompt_tokens, *gen_tokens;
+    struct pd_metric *ttft, *itl, *e2e, *queue_time;
+};
+
+struct dec_sched_params {
+    struct pd_engine *engine;
+    const struct pd_tokenizer *tok; /* NULL: dummy model, text is "[id]" per token */
+    uint32_t max_num_seqs;
+    uint32_t max_waiting;
+    uint32_t idle_tick_ms; /* heartbeat while idle; 0 = 1000 */
+    struct dec_sched_metrics metrics;
+    void (*notify)(void *arg); /* events are ready */
+    void *notify_arg;
+};
+
+struct dec_sched;
+
+struct dec_job *dec_job_new(void);
+void dec_job_ref(struct dec_job *j);
+void dec_job_unref(struct dec_job *j); /* accepts NULL */
+void dec_job_cancel(struct dec_job *j);
+void dec_event_free(struct dec_event *e); /* accepts NULL; drops the job reference */
+
+int dec_sched_new(const struct dec_sched_params *p, struct dec_sched **out, char *err,
+                  size_t errlen);
+/* Stops the thread (cancelling what is left: their events are queued) and
+ * frees everything but undelivered events, which dec_sched_take still
+ * returns. Accepts NULL; returns NULL. */
+struct dec_sched *dec_sched_free(struct dec_sched *s);
+/* Start the compute thread. */
+int dec_sched_start(struct dec_sched *s, char *err, size_t errlen);
+/* Stop it: what is left is cancelled (its events queued); new submissions
+ * get -ESHUTDOWN. Idempotent. */
+void dec_sched_stop(struct dec_sched *s);
+/* Takes a reference. -EAGAIN: --max-waiting jobs already queued;
+ * -ESHUTDOWN: stopping. */
+int dec_sched_submit(struct dec_sched *s, struct dec_job *j);
+/* Every event posted so far, oldest first (the caller frees them). */
+struct dec_event *dec_sched_take(struct dec_sched *s);
+/* Monotonic ns of the compute thread's last sign of life (it ticks every
+ * idle_tick_ms while idle, and at every step). */
+uint64_t dec_sched_heartbeat_ns(const struct dec_sched *s);
+/* Jobs queued and admitted (any thread). */
+void dec_sched_counts(struct dec_sched *s, uint32_t *waiting, uint32_t *running);
+/* Tokens of KV cache the pool holds in all (a job's worst case must fit). */
+uint64_t dec_sched_capacity_tokens(const struct dec_sched *s);
+
+uint64_t dec_now_ns(void);
+
+#endif

@@ -1,0 +1,870 @@
+#include "server.h"
+
+#include "api.h"
+#include "chat.h"
+#include "http.h"
+#include "log.h"
+#include "metrics.h"
+#include "tokenizer.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#define ADMIN_MAX_CONNECTIONS 64
+#define MAX_HEADERS_SIZE (16u << 10)
+#define PEEK_INTERVAL_NS 200000000u /* how often a waiting client is checked for having left */
+
+/* One API request between its arrival and its last byte. */
+struct dec_http {
+    struct dec_server *srv;
+    struct dec_http *prev, *next; /* in flight */
+    struct evhttp_request *req; /* NULL once libevent freed it */
+    struct evhttp_connection *evcon; /* NULL once the connection closed */
+    struct dec_job *job;
+    struct dec_api_out out;
+    const char *path;
+    bool stream, include_usage, started, cut, client_gone;
+    uint32_t n_top;
+    bool logprobs;
+    uint32_t n_prompt;
+    char *text; /* non-streamed: the completion so far */
+    size_t len, cap;
+    cJSON *lp; /* non-streamed: log-probabilities so far */
+    size_t text_offset;
+    uint64_t t_start_ns, last_peek_ns;
+};
+
+struct dec_server {
+    struct dec_server_cfg cfg;
+    struct event_base *base;
+    const struct pd_tokenizer *tok;
+    const struct pd_chat_template *chat;
+    struct dec_sched *sched;
+    struct evhttp *api, *admin;
+    struct pd_http_conns *api_conns, *admin_conns;
+    struct event *wake_ev;
+    struct dec_http *inflight;
+    uint32_t n_inflight;
+    bool draining;
+    struct dec_api_limits limits;
+
+    struct pd_metrics *metrics;
+    struct dec_sched_metrics sm;
+    struct pd_metric *fin_stop, *fin_length, *fin_abort, *fin_error;
+    struct pd_metric *http_2xx, *http_4xx, *http_5xx, *conns_gauge, *cut_total;
+    struct pd_ratelimit rl_cut;
+};
+
+/* ---- metrics ---- */
+
+static int metrics_init(struct dec_server *s)
+{
+    /* vLLM's buckets, so dashboards built for it read ours */
+    static const double ttft_b[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5,
+                                    0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0};
+    static const double itl_b[] = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4,
+                                   0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0};
+    static const double e2e_b[] = {0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0,
+                                   20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0};
+    struct pd_metrics *m = pd_metrics_new("model_name", s->cfg.model_name);
+    if (!(s->metrics = m))
+        return -ENOMEM;
+#define FIN "pdserve:request_success_total"
+#define FIN_HELP "Requests finished, by finish reason."
+    s->sm.running = pd_metrics_gauge(m, "pdserve:num_requests_running", NULL,
+                                     "Requests admitted to the engine.");
+    s->sm.waiting = pd_metrics_gauge(m, "pdserve:num_requests_waiting", NULL,
+                                     "Requests waiting for admission.");
+    s->sm.kv_used = pd_metrics_gauge(m, "pdserve:kv_cache_blocks_used", NULL,
+                                     "KV-cache blocks in use.");
+    s->sm.kv_free = pd_metrics_gauge(m, "pdserve:kv_cache_blocks_free", NULL,
+                                     "KV-cache blocks free.");
+    s->sm.kv_usage = pd_metrics_gauge(m, "pdserve:kv_cache_usage_perc", NULL,
+                                      "KV-cache usage, 0 to 1.");
+    s->sm.prompt_tokens = pd_metrics_counter(m, "pdserve:prompt_tokens_total", NULL,
+                                             "Prompt tokens prefilled.");
+    s->sm.gen_tokens = pd_metrics_counter(m, "pdserve:generation_tokens_total", NULL,
+                                          "Tokens generated.");
+    s->sm.ttft = pd_metrics_histogram(m, "pdserve:time_to_first_token_seconds",
+                                      "Time from arrival to the first generated token.", ttft_b,
+                                      sizeof(ttft_b) / sizeof(*ttft_b));
+    s->sm.itl = pd_metrics_histogram(m, "pdserve:inter_token_latency_seconds",
+                                     "Time between consecutive generated tokens.", itl_b,
+                                     sizeof(itl_b) / sizeof(*itl_b));
+    s->sm.e2e = pd_metrics_histogram(m, "pdserve:e2e_request_latency_seconds",
+                                     "Time from arrival to the last generated token.", e2e_b,
+                                     sizeof(e2e_b) / sizeof(*e2e_b));
+    s->sm.queue_time = pd_metrics_histogram(m, "pdserve:request_queue_time_seconds",
+                                            "Time waiting for admission.", e2e_b,
+                                            sizeof(e2e_b) / sizeof(*e2e_b));
+    s->fin_stop = pd_metrics_counter(m, FIN, "finished_reason=\"stop\"", FIN_HELP);
+    s->fin_length = pd_metrics_counter(m, FIN, "finished_reason=\"length\"", FIN_HELP);
+    s->fin_abort = pd_metrics_counter(m, FIN, "finished_reason=\"abort\"", FIN_HELP);
+    s->fin_error = pd_metrics_counter(m, FIN, "finished_reason=\"error\"", FIN_HELP);
+#define HTTP "pdserve:http_responses_total"
+#define HTTP_HELP "API responses, by status class."
+    s->http_2xx = pd_metrics_counter(m, HTTP, "code=\"2xx\"", HTTP_HELP);
+    s->http_4xx = pd_metrics_counter(m, HTTP, "code=\"4xx\"", HTTP_HELP);
+    s->http_5xx = pd_metrics_counter(m, HTTP, "code=\"5xx\"", HTTP_HELP);
+    s->conns_gauge = pd_metrics_gauge(m, "pdserve:http_connections", NULL,
+                                      "Open connections on the API address.");
+    s->cut_total = pd_metrics_counter(m, "pdserve:http_slow_clients_cut_total", NULL,
+                                      "Streams cut because the client did not read.");
+    return s->cut_total ? 0 : -ENOMEM;
+}
+
+static void count_status(struct dec_server *s, int status)
+{
+    pd_metric_add(status < 300 ? s->http_2xx : status < 500 ? s->http_4xx : s->http_5xx, 1);
+}
+
+/* ---- small replies ---- */
+
+static const char *type_for(int status)
+{
+    switch (status) {
+    case 401: return "authentication_error";
+    case 404: return "not_found_error";
+    case 429: return "rate_limit_error";
+    case 500: return "internal_error";
+    case 503: return "service_unavailable";
+    default: return "invalid_request_error";
+    }
+}
+
+/* An error for a request that never reached the scheduler; logged once. */
+static void reject(struct dec_server *s, struct evhttp_request *req, const char *id, int status,
+                   const char *param, const char *code, const char *msg)
+{
+    pd_http_error(req, status, type_for(status), param, code, "%s", msg);
+    count_status(s, status);
+    char path[128];
+    const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(req);
+    snprintf(path, sizeof(path), "%s", u && evhttp_uri_get_path(u) ? evhttp_uri_get_path(u) : "?");
+    pd_log(PD_LOG_INFO, "%s: %s %d %s%s%s", id, path, status,
+           code ? code : type_for(status), param ? " param=" : "", param ? param : "");
+}
+
+static void reply_json_obj(struct dec_server *s, struct evhttp_request *req, int status,
+                           cJSON *obj)
+{
+    char *body = obj ? cJSON_PrintUnformatted(obj) : NULL;
+    cJSON_Delete(obj);
+    if (!body) {
+        pd_http_error(req, 503, "service_unavailable", NULL, NULL, "out of memory");
+        count_status(s, 503);
+        return;
+    }
+    pd_http_reply_json(req, status, body, strlen(body));
+    count_status(s, status);
+    free(body);
+}
+
+/* ---- in-flight requests ---- */
+
+static void unlink_http(struct dec_server *s, struct dec_http *h)
+{
+    if (h->prev)
+        h->prev->next = h->next;
+    else
+        s->inflight = h->next;
+    if (h->next)
+        h->next->prev = h->prev;
+    s->n_inflight--;
+}
+
+static void free_http(struct dec_http *h)
+{
+    if (h->job)
+        h->job->owner = NULL;
+    dec_job_unref(h->job);
+    free(h->text);
+    cJSON_Delete(h->lp);
+    free(h);
+}
+
+/* pd_http_conns tells us a connection is gone. A request it carried is
+ * either detached (libevent leaves it to us: we free it by replying) or
+ * about to be freed with the connection. */
+static void conn_closed(struct evhttp_connection *evcon, void *arg)
+{
+    struct dec_server *s = arg;
+    pd_metric_set(s->conns_gauge, pd_http_conns_count(s->api_conns));
+    for (struct dec_http *h = s->inflight; h; h = h->next) {
+        if (h->evcon != evcon)
+            continue;
+        h->evcon = NULL;
+        h->client_gone = true;
+        if (h->req && evhttp_request_get_connection(h->req) != NULL)
+            h->req = NULL;
+        dec_job_cancel(h->job);
+    }
+}
+
+static const char *finish_name(enum dec_finish f)
+{
+    switch (f) {
+    case DEC_FIN_STOP: return "stop";
+    case DEC_FIN_LENGTH: return "length";
+    case DEC_FIN_CANCELLED: return "abort";
+    default: return "error";
+    }
+}
+
+static void log_done(struct dec_http *h, int status, const struct dec_event *e)
+{
+    uint64_t now = dec_now_ns();
+    double e2e = (double)(now - h->t_start_ns) * 1e-9;
+    double ttft = e->t_first_ns ? (double)(e->t_first_ns - h->t_start_ns) * 1e-9 : -1;
+    const char *why = h->cut ? "abort (slow reader cut)"
+                      : h->client_gone && e->finish == DEC_FIN_CANCELLED ? "abort (client gone)"
+                                                                         : finish_name(e->finish);
+    pd_log(e->finish == DEC_FIN_ERROR ? PD_LOG_ERR : PD_LOG_INFO,
+           "%s: %s %d %s prompt=%u completion=%u ttft=%.3fs e2e=%.3fs%s%s", h->out.id, h->path,
+           status, why, h->n_prompt, e->n_gen, ttft, e2e, e->err[0] ? ": " : "", e->err);
+}
+
+static int append_text(struct dec_http *h, const char *t, size_t n)
+{
+    if (h->len + n + 1 > h->cap) {
+        size_t cap = h->cap ? h->cap : 256;
+        while (cap < h->len + n + 1)
+            cap *= 2;
+        char *p = realloc(h->text, cap);
+        if (!p)
+            return -ENOMEM;
+        h->text = p;
+        h->cap = cap;
+    }
+    memcpy(h->text + h->len, t, n);
+    h->len += n;
+    h->text[h->len] = '\0';
+    return 0;
+}
+
+/* Stream one chunk; cut a client that lets more than the cap pile up. */
+static void stream_send(struct dec_http *h, char *json)
+{
+    struct dec_server *s = h->srv;
+    if (!json || !h->req || h->cut || h->client_gone) {
+        free(json);
+        return;
+    }
+    int rc = pd_http_sse_send(h->req, json, strlen(json), s->cfg.max_client_buffer);
+    free(json);
+    if (rc == -ENOBUFS) {
+        h->cut = true;
+        pd_metric_add(s->cut_total, 1);
+        pd_log_ratelimited(&s->rl_cut, PD_LOG_WARN,
+                           "%s: client is not reading (over %" PRIu64 " bytes queued); cutting it",
+                           h->out.id, s->cfg.max_client_buffer);
+        dec_job_cancel(h->job);
+        if (h->evcon)
+            pd_http_cut(h->evcon);
+    }
+}
+
+static void finish_stream(struct dec_http *h, const struct dec_event *e)
+{
+    struct dec_server *s = h->srv;
+    int status = 200;
+    if (e->finish == DEC_FIN_STOP || e->finish == DEC_FIN_LENGTH) {
+        stream_send(h, dec_api_chunk(&h->out, "", 0, false, NULL, finish_name(e->finish),
+                                     h->include_usage));
+        if (h->include_usage)
+            stream_send(h, dec_api_usage_chunk(&h->out, h->n_prompt, e->n_gen));
+    } else if (e->finish == DEC_FIN_ERROR || (e->finish == DEC_FIN_CANCELLED && !h->client_gone &&
+                                              !h->cut)) {
+        /* the status line is gone already: the error travels as an event */
+        bool err = e->finish == DEC_FIN_ERROR;
+        status = err ? 500 : 503;
+        char *body = pd_http_error_body(err ? e->err : "the server is shutting down",
+                                        type_for(status), NULL, NULL);
+        stream_send(h, body);
+    } else {
+        status = 499; /* nginx's "client closed request": for the log */
+    }
+    if (h->req)
+        pd_http_sse_end(h->req, status == 200 || status >= 500);
+    h->req = NULL;
+    count_status(s, status == 499 ? 400 : status);
+    log_done(h, status, e);
+}
+
+static void finish_whole(struct dec_http *h, const struct dec_event *e)
+{
+    struct dec_server *s = h->srv;
+    int status;
+    if (e->finish == DEC_FIN_STOP || e->finish == DEC_FIN_LENGTH) {
+        status = 200;
+        char *body = dec_api_response(&h->out, h->text ? h->text : "", h->len, h->lp,
+                                      finish_name(e->finish), h->n_prompt, e->n_gen);
+        h->lp = NULL;
+        if (h->req) {
+            if (body) {
+                pd_http_reply_json(h->req, 200, body, strlen(body));
+            } else {
+                status = 503;
+                pd_http_error(h->req, status, type_for(status), NULL, NULL, "out of memory");
+            }
+        }
+        free(body);
+    } else if (e->finish == DEC_FIN_ERROR) {
+        status = 500;
+        if (h->req)
+            pd_http_error(h->req, status, type_for(status), NULL, NULL, "%s", e->err);
+    } else {
+        status = h->client_gone ? 499 : 503;
+        if (h->req)
+            pd_http_error(h->req, 503, type_for(503), NULL, "shutting_down",
+                          "the server is shutting down");
+    }
+    h->req = NULL;
+    count_status(s, status == 499 ? 400 : status);
+    log_done(h, status, e);
+}
+
+static void on_event(struct dec_server *s, struct dec_event *e)
+{
+    struct dec_http *h = e->job->owner;
+    if (!h)
+        return;
+    if (e->has_token && h->logprobs && !h->lp)
+        h->lp = dec_api_lp_new(h->out.kind);
+    if (e->has_token && h->lp)
+        dec_api_lp_add(h->lp, h->out.kind, s->tok, &e->token, h->n_top, h->text_offset);
+    h->text_offset += e->len;
+
+    if (h->stream) {
+        /* a chunk when there is text, log-probabilities, or the role to open with */
+        bool first = !h->started && h->out.kind == DEC_API_CHAT;
+        if (e->len || h->lp || first) {
+            stream_send(h, dec_api_chunk(&h->out, e->text, e->len, first, h->lp, NULL,
+                                         h->include_usage));
+            h->lp = NULL;
+            h->started = true;
+        }
+    } else {
+        if (append_text(h, e->text, e->len) < 0)
+            dec_job_cancel(h->job);
+        /* libevent does not read a connection while we compute its reply:
+         * look for a client that left, now and then */
+        uint64_t now = dec_now_ns();
+        if (h->evcon && now - h->last_peek_ns > PEEK_INTERVAL_NS) {
+            h->last_peek_ns = now;
+            if (pd_http_peer_gone(h->evcon)) {
+                h->client_gone = true;
+                dec_job_cancel(h->job);
+            }
+        }
+    }
+    if (e->finish == DEC_FIN_NONE)
+        return;
+    struct pd_metric *fin = e->finish == DEC_FIN_STOP     ? s->fin_stop
+                            : e->finish == DEC_FIN_LENGTH ? s->fin_length
+                            : e->finish == DEC_FIN_ERROR  ? s->fin_error
+                                                          : s->fin_abort;
+    pd_metric_add(fin, 1);
+    if (h->stream)
+        finish_stream(h, e);
+    else
+        finish_whole(h, e);
+    unlink_http(s, h);
+    free_http(h);
+    if (s->draining && s->n_inflight == 0)
+        event_base_loopexit(s->base, NULL);
+}
+
+void dec_server_take_events(struct dec_server *s)
+{
+    if (!s->sched)
+        return;
+    struct dec_event *e = dec_sched_take(s->sched);
+    while (e) {
+        struct dec_event *next = e->next;
+        on_event(s, e);
+        dec_event_free(e);
+        e = next;
+    }
+}
+
+static void wake_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    dec_server_take_events(arg);
+}
+
+void dec_server_wake(void *arg)
+{
+    struct dec_server *s = arg;
+    event_active(s->wake_ev, EV_READ, 0);
+}
+
+/* ---- generation requests ---- */
+
+/* The prompt as token ids: the given ids, or text (rendered from messages
+ * for chat) through the tokenizer. 0, or an error already replied. */
+static int prompt_tokens(struct dec_server *s, struct evhttp_request *req, const char *id,
+                         struct dec_api_req *r, int32_t **ids, uint32_t *n_ids)
+{
+    const uint32_t cap = s->cfg.max_prompt_tokens;
+    char err[256];
+    if (r->ids) {
+        for (uint32_t i = 0; i < r->n_ids; i++)
+            if ((uint32_t)r->ids[i] >= s->cfg.n_vocab) {
+                snprintf(err, sizeof(err),
+                         "token id %d at position %u is outside the vocabulary [0, %u)",
+                         r->ids[i], i, s->cfg.n_vocab);
+                reject(s, req, id, 400, "prompt", "invalid_value", err);
+                return -EINVAL;
+            }
+        *ids = r->ids;
+        *n_ids = r->n_ids;
+        r->ids = NULL;
+        return 0;
+    }
+    if (!s->tok) {
+        reject(s, req, id, 400, r->kind == DEC_API_CHAT ? "messages" : "prompt", "no_tokenizer",
+               "this model has no tokenizer (dummy weights): send the prompt to /v1/completions "
+               "as an array of token ids");
+        return -EINVAL;
+    }
+    char *text = NULL;
+    const char *src = r->prompt;
+    size_t len = r->prompt_len;
+    if (r->kind == DEC_API_CHAT) {
+        if (!s->chat) {
+            reject(s, req, id, 400, "messages", "no_chat_template",
+                   "this model has no chat template the server understands; start it with "
+                   "--chat-template, or use /v1/completions");
+            return -EINVAL;
+        }
+        size_t need = 4096;
+        for (int tries = 0; tries < 2; tries++) {
+            char *t = realloc(text, need + 1);
+            if (!t) {
+                free(text);
+                reject(s, req, id, 503, NULL, NULL, "out of memory");
+                return -ENOMEM;
+            }
+            text = t;
+            int rc = pd_chat_render(s->chat, r->msgs, r->n_msgs, true, text, need + 1, &len,
+                                    err, sizeof(err));
+            if (rc == 0)
+                break;
+            if (rc != -E2BIG || tries == 1) {
+                free(text);
+                reject(s, req, id, 400, "messages", "invalid_value", err);
+                return -EINVAL;
+            }
+            need = len;
+        }
+        src = text;
+    }
+    size_t n = 0, room = len + 2 < (size_t)cap + 1 ? len + 2 : (size_t)cap + 1;
+    int32_t *out = malloc(room * sizeof(*out));
+    int rc = out ? pd_tok_encode(s->tok, src, len, PD_TOK_PARSE_SPECIAL, out, room, &n) : -ENOMEM;
+    free(text);
+    if (rc == -E2BIG || (rc == 0 && n > cap)) {
+        free(out);
+        snprintf(err, sizeof(err), "the prompt has %zu tokens; this server takes at most %u "
+                 "(--max-prompt-tokens, --max-model-len)", n, cap);
+        reject(s, req, id, 413, r->kind == DEC_API_CHAT ? "messages" : "prompt",
+               "prompt_too_long", err);
+        return -E2BIG;
+    }
+    if (rc < 0) {
+        free(out);
+        reject(s, req, id, rc == -ENOMEM ? 503 : 400, NULL, NULL,
+               rc == -ENOMEM ? "out of memory" : "the prompt cannot be tokenized");
+        return rc;
+    }
+    if (n == 0) {
+        free(out);
+        reject(s, req, id, 400, "prompt", "invalid_value", "the prompt is empty");
+        return -EINVAL;
+    }
+    *ids = out;
+    *n_ids = (uint32_t)n;
+    return 0;
+}
+
+/* max_tokens: checked against the context and the pool, or their room. */
+static int decide_max_tokens(struct dec_server *s, struct evhttp_request *req, const char *id,
+                             const struct dec_api_req *r, uint32_t n_prompt, uint32_t *out)
+{
+    const struct dec_server_cfg *c = &s->cfg;
+    char msg[512];
+    uint64_t room = c->max_model_len - n_prompt; /* n_prompt < max_model_len */
+    if (c->kv_capacity_tokens - n_prompt < room)
+        room = c->kv_capacity_tokens - n_prompt;
+    if (r->max_tokens < 0) {
+        *out = (uint32_t)(c->max_tokens_cap && c->max_tokens_cap < room ? c->max_tokens_cap : room);
+        return 0;
+    }
+    if (c->max_tokens_cap && (uint64_t)r->max_tokens > c->max_tokens_cap) {
+        snprintf(msg, sizeof(msg), "max_tokens is %" PRId64 "; this server allows at most %u",
+                 r->max_tokens, c->max_tokens_cap);
+        reject(s, req, id, 400, "max_tokens", "invalid_value", msg);
+        return -EINVAL;
+    }
+    if ((uint64_t)r->max_tokens > room) {
+        snprintf(msg, sizeof(msg), "This model's maximum context length is %u tokens. However, you "
+                 "requested %" PRIu64 " tokens (%u in the prompt, %" PRId64 " in the completion). "
+                 "Please reduce the length of the prompt or completion.",
+                 (uint32_t)(c->kv_capacity_tokens < c->max_model_len ? c->kv_capacity_tokens
+                                                                     : c->max_model_len),
+                 (uint64_t)n_prompt + (uint64_t)r->max_tokens, n_prompt, r->max_tokens);
+        reject(s, req, id, 400, "max_tokens", "context_length_exceeded", msg);
+        return -EINVAL;
+    }
+    *out = (uint32_t)r->max_tokens;
+    return 0;
+}
+
+static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_api_kind kind,
+                     const char *id)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
+    struct dec_api_req r;
+    struct dec_api_err e;
+    struct dec_job *job = NULL;
+    struct dec_http *h = NULL;
+    char msg[512];
+
+    if (dec_api_parse(kind, body, len, &s->limits, &r, &e) < 0) {
+        reject(s, req, id, e.status, e.param, e.code, e.msg);
+        return;
+    }
+    if (r.model && strcmp(r.model, s->cfg.model_name) != 0) {
+        snprintf(msg, sizeof(msg), "The model `%.200s` does not exist.", r.model);
+        reject(s, req, id, 404, "model", "model_not_found", msg);
+        goto out;
+    }
+    if (!(job = dec_job_new()) || !(h = calloc(1, sizeof(*h)))) {
+        reject(s, req, id, 503, NULL, NULL, "out of memory");
+        goto out;
+    }
+    if (prompt_tokens(s, req, id, &r, &job->prompt, &job->n_prompt) < 0 ||
+        decide_max_tokens(s, req, id, &r, job->n_prompt, &job->max_tokens) < 0)
+        goto out;
+    if (r.sampling.top_k > (int32_t)s->cfg.n_vocab)
+        r.sampling.top_k = 0; /* all of them */
+    if (!r.has_seed && getrandom(&r.sampling.seed, sizeof(r.sampling.seed), 0) < 0)
+        r.sampling.seed = dec_now_ns();
+    if (pd_sampling_validate(&r.sampling, s->cfg.n_vocab, msg, sizeof(msg)) < 0) {
+        reject(s, req, id, 400, NULL, "invalid_value", msg);
+        goto out;
+    }
+    snprintf(job->id, sizeof(job->id), "%s", id);
+    job->sampling = r.sampling;
+    job->logprobs = r.logprobs;
+    job->ignore_eos = r.ignore_eos;
+    job->stops = r.stops;
+    job->n_stops = r.n_stops;
+    r.stops = NULL;
+    r.n_stops = 0;
+    job->t_arrival_ns = dec_now_ns();
+    job->owner = h;
+
+    int rc = dec_sched_submit(s->sched, job);
+    if (rc == -EAGAIN) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
+        reject(s, req, id, 429, NULL, "too_many_requests",
+               "the server is at capacity (--max-waiting requests queued); retry later");
+        goto out;
+    }
+    if (rc < 0) {
+        reject(s, req, id, 503, NULL, "shutting_down", "the server is shutting down");
+        goto out;
+    }
+    h->srv = s;
+    h->req = req;
+    h->evcon = evhttp_request_get_connection(req);
+    h->job = job;
+    job = NULL;
+    h->out = (struct dec_api_out){.kind = kind, .id = h->job->id, .model = s->cfg.model_name,
+                                  .created = (int64_t)time(NULL)};
+    h->path = kind == DEC_API_CHAT ? "/v1/chat/completions" : "/v1/completions";
+    h->stream = r.stream;
+    h->include_usage = r.include_usage;
+    h->logprobs = r.logprobs;
+    h->n_top = r.sampling.n_logprobs;
+    h->n_prompt = h->job->n_prompt;
+    h->t_start_ns = h->job->t_arrival_ns;
+    h->last_peek_ns = h->t_start_ns;
+    h->next = s->inflight;
+    if (s->inflight)
+        s->inflight->prev = h;
+    s->inflight = h;
+    s->n_inflight++;
+    h = NULL;
+    if (r.stream)
+        pd_http_sse_begin(req);
+    pd_log(PD_LOG_DEBUG, "%s: accepted, %u prompt tokens, max_tokens %u", id, s->inflight->n_prompt,
+           s->inflight->job->max_tokens);
+out:
+    if (job)
+        job->owner = NULL;
+    dec_job_unref(job);
+    free(h);
+    dec_api_req_done(&r);
+}
+
+/* ---- routes ---- */
+
+static void models(struct dec_server *s, struct evhttp_request *req)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON *data = root ? cJSON_AddArrayToObject(root, "data") : NULL;
+    cJSON *m = cJSON_CreateObject();
+    if (data && m) {
+        cJSON_AddStringToObject(root, "object", "list");
+        cJSON_AddStringToObject(m, "id", s->cfg.model_name);
+        cJSON_AddStringToObject(m, "object", "model");
+        cJSON_AddNumberToObject(m, "created", (double)time(NULL));
+        cJSON_AddStringToObject(m, "owned_by", "pdserve");
+        cJSON_AddNumberToObject(m, "max_model_len", s->cfg.max_model_len);
+        cJSON_AddItemToArray(data, m);
+        m = NULL;
+    }
+    cJSON_Delete(m);
+    reply_json_obj(s, req, 200, root);
+}
+
+static void health(struct dec_server *s, struct evhttp_request *req)
+{
+    static const char ok[] = "{\"status\":\"ok\"}";
+    static const char stopping[] = "{\"status\":\"stopping\"}";
+    if (s->draining)
+        pd_http_reply_json(req, 503, stopping, sizeof(stopping) - 1);
+    else
+        pd_http_reply_json(req, 200, ok, sizeof(ok) - 1);
+}
+
+static const char *req_path(struct evhttp_request *req, char *buf, size_t cap)
+{
+    const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(req);
+    const char *p = u ? evhttp_uri_get_path(u) : NULL;
+    snprintf(buf, cap, "%s", p && *p ? p : "/");
+    /* one trailing slash is the same path */
+    size_t n = strlen(buf);
+    if (n > 1 && buf[n - 1] == '/')
+        buf[n - 1] = '\0';
+    return buf;
+}
+
+static void api_cb(struct evhttp_request *req, void *arg)
+{
+    struct dec_server *s = arg;
+    char id[PD_HTTP_ID_MAX], path[256];
+    enum evhttp_cmd_type method = evhttp_request_get_command(req);
+    req_path(req, path, sizeof(path));
+    bool chat = strcmp(path, "/v1/chat/completions") == 0;
+    pd_http_request_id(req, chat ? "chatcmpl-" : "cmpl-", id);
+
+    if (strcmp(path, "/health") == 0 && method == EVHTTP_REQ_GET) {
+        health(s, req);
+        return;
+    }
+    bool known = chat || strcmp(path, "/v1/completions") == 0 || strcmp(path, "/v1/models") == 0;
+    if (!known) {
+        reject(s, req, id, 404, NULL, "not_found", "no such endpoint");
+        return;
+    }
+    if (!pd_http_bearer_ok(req, s->cfg.api_key)) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer");
+        reject(s, req, id, 401, NULL, "invalid_api_key",
+               "missing or incorrect API key (Authorization: Bearer ...)");
+        return;
+    }
+    if (strcmp(path, "/v1/models") == 0) {
+        if (method != EVHTTP_REQ_GET)
+            reject(s, req, id, 405, NULL, "method_not_allowed", "use GET");
+        else
+            models(s, req);
+        return;
+    }
+    if (method != EVHTTP_REQ_POST) {
+        reject(s, req, id, 405, NULL, "method_not_allowed", "use POST");
+        return;
+    }
+    if (s->draining) {
+        reject(s, req, id, 503, NULL, "shutting_down", "the server is shutting down");
+        return;
+    }
+    generate(s, req, chat ? DEC_API_CHAT : DEC_API_COMPLETIONS, id);
+}
+
+static void admin_cb(struct evhttp_request *req, void *arg)
+{
+    struct dec_server *s = arg;
+    char path[256];
+    req_path(req, path, sizeof(path));
+    if (strcmp(path, "/health") == 0) {
+        health(s, req);
+        return;
+    }
+    if (strcmp(path, "/metrics") != 0 || evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
+        pd_http_error(req, 404, "not_found_error", NULL, "not_found", "no such endpoint");
+        return;
+    }
+    char *text;
+    size_t len;
+    pd_metric_set(s->conns_gauge, pd_http_conns_count(s->api_conns));
+    if (pd_metrics_render(s->metrics, &text, &len) < 0) {
+        pd_http_error(req, 503, "service_unavailable", NULL, NULL, "out of memory");
+        return;
+    }
+    pd_http_reply(req, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
+    free(text);
+}
+
+/* ---- lifecycle ---- */
+
+static struct evhttp *make_http(struct event_base *base, const struct dec_server_cfg *c,
+                                void (*cb)(struct evhttp_request *, void *), void *arg)
+{
+    struct evhttp *h = evhttp_new(base);
+    if (!h)
+        return NULL;
+    evhttp_set_gencb(h, cb, arg);
+    evhttp_set_timeout(h, (int)c->header_timeout_s);
+    evhttp_set_max_body_size(h, (ev_ssize_t)c->max_body);
+    evhttp_set_max_headers_size(h, MAX_HEADERS_SIZE);
+    /* read and drop the rest of a body that is too large, so the client
+     * sees the 413 instead of a reset */
+    evhttp_set_flags(h, EVHTTP_SERVER_LINGERING_CLOSE);
+    evhttp_set_allowed_methods(h, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                      EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
+                                      EVHTTP_REQ_PATCH);
+    return h;
+}
+
+int dec_server_new(const struct dec_server_cfg *cfg, struct event_base *base,
+                   const struct pd_tokenizer *tok, const struct pd_chat_template *chat,
+                   struct dec_server **out, char *err, size_t errlen)
+{
+    struct dec_server *s = calloc(1, sizeof(*s));
+    if (!s)
+        goto oom;
+    s->cfg = *cfg;
+    s->base = base;
+    s->tok = tok;
+    s->chat = chat;
+    s->limits = (struct dec_api_limits){.json_depth = cfg->json_depth, .max_stops = 16,
+                                        .max_stop_len = 256,
+                                        .max_prompt_ids = cfg->max_prompt_tokens};
+    s->rl_cut = (struct pd_ratelimit)PD_RATELIMIT_INIT(5000, 5);
+    if (metrics_init(s) < 0 || !(s->wake_ev = event_new(base, -1, 0, wake_cb, s)) ||
+        !(s->api = make_http(base, cfg, api_cb, s)) ||
+        !(s->admin = make_http(base, cfg, admin_cb, s)) ||
+        !(s->api_conns = pd_http_conns_new(s->api, base, cfg->max_connections, conn_closed, s)) ||
+        !(s->admin_conns = pd_http_conns_new(s->admin, base, ADMIN_MAX_CONNECTIONS, NULL, NULL)))
+        goto oom;
+    *out = s;
+    return 0;
+oom:
+    dec_server_free(s);
+    snprintf(err, errlen, "out of memory setting up the HTTP server");
+    return -ENOMEM;
+}
+
+struct dec_server *dec_server_free(struct dec_server *s)
+{
+    if (!s)
+        return NULL;
+    /* connections first (their close callbacks use the in-flight list) */
+    if (s->api)
+        evhttp_free(s->api);
+    if (s->admin)
+        evhttp_free(s->admin);
+    pd_http_conns_free(s->api_conns);
+    pd_http_conns_free(s->admin_conns);
+    while (s->inflight) {
+        struct dec_http *h = s->inflight;
+        unlink_http(s, h);
+        if (h->req)
+            evhttp_request_free(h->req); /* detached: ours */
+        free_http(h);
+    }
+    if (s->wake_ev)
+        event_free(s->wake_ev);
+    pd_metrics_free(s->metrics);
+    free(s);
+    return NULL;
+}
+
+const struct dec_sched_metrics *dec_server_sched_metrics(struct dec_server *s) { return &s->sm; }
+struct pd_metrics *dec_server_metrics(struct dec_server *s) { return s->metrics; }
+void dec_server_set_sched(struct dec_server *s, struct dec_sched *sched) { s->sched = sched; }
+uint32_t dec_server_inflight(const struct dec_server *s) { return s->n_inflight; }
+unsigned dec_server_connections(const struct dec_server *s)
+{
+    return pd_http_conns_count(s->api_conns);
+}
+
+size_t dec_server_pending_output(const struct dec_server *s)
+{
+    return pd_http_conns_pending_output(s->api_conns);
+}
+
+static int bind_one(struct evhttp *http, struct pd_http_conns *cc, const char *host,
+                    uint16_t port, const char *what, char *err, size_t errlen)
+{
+    struct evhttp_bound_socket *b = evhttp_bind_socket_with_handle(http, host, port);
+    if (!b) {
+        snprintf(err, errlen, "cannot listen on %s:%u (%s address): %s", host, port, what,
+                 strerror(errno));
+        return -EADDRINUSE;
+    }
+    pd_http_conns_add_listener(cc, b);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    uint16_t bound = port;
+    if (getsockname(evhttp_bound_socket_get_fd(b), (struct sockaddr *)&ss, &sl) == 0)
+        bound = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                               : ((struct sockaddr_in *)&ss)->sin_port);
+    pd_log(PD_LOG_NOTICE, "listening on %s:%u (%s)", host, bound, what);
+    return 0;
+}
+
+int dec_server_listen(struct dec_server *s, char *err, size_t errlen)
+{
+    int rc = bind_one(s->api, s->api_conns, s->cfg.host, s->cfg.port, "API", err, errlen);
+    if (rc == 0)
+        rc = bind_one(s->admin, s->admin_conns, s->cfg.admin_host, s->cfg.admin_port, "admin",
+                      err, errlen);
+    return rc;
+}
+
+void dec_server_drain(struct dec_server *s)
+{
+    s->draining = true;
+    pd_http_conns_pause(s->api_conns, true);
+    pd_http_conns_pause(s->admin_conns, true);
+    if (s->n_inflight == 0)
+        event_base_loopexit(s->base, NULL);
+}
+
+void dec_server_cancel_all(struct dec_server *s)
+{
+    for (struct dec_http *h = s->inflight; h; h = h->next)
+        dec_job_cancel(h->job);
+}

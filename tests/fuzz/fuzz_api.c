@@ -1,0 +1,62 @@
+/* libFuzzer target: decoded's OpenAI request parser (decoded/api.c) on
+ * untrusted bodies. The first byte picks the endpoint (even: completions,
+ * odd: chat); the rest is the body. Whatever parses must satisfy the limits
+ * it promises, and the response builders must take its values. Built as a
+ * real fuzzer with -Dfuzzing=true (clang); the seed corpus (corpus/api/:
+ * good and bad requests) is replayed by `meson test --suite fuzz`. */
+#include "../../decoded/api.h"
+
+#include <cjson/cJSON.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static const struct dec_api_limits LIM = {.json_depth = 32, .max_stops = 16,
+                                          .max_stop_len = 256, .max_prompt_ids = 4096};
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size < 1)
+        return 0;
+    enum dec_api_kind kind = data[0] & 1 ? DEC_API_CHAT : DEC_API_COMPLETIONS;
+    struct dec_api_req r;
+    struct dec_api_err e;
+    if (dec_api_parse(kind, (const char *)data + 1, size - 1, &LIM, &r, &e) < 0) {
+        if ((e.status != 400 && e.status != 413 && e.status != 503) || !e.msg[0])
+            __builtin_trap(); /* every refusal is a client error with a message */
+        return 0;
+    }
+    if (kind == DEC_API_COMPLETIONS) {
+        if (!!r.prompt == !!r.ids || (r.ids && (r.n_ids == 0 || r.n_ids > LIM.max_prompt_ids)) ||
+            (r.prompt && r.prompt_len == 0))
+            __builtin_trap();
+    } else if (r.n_msgs == 0 || !r.msgs) {
+        __builtin_trap();
+    }
+    if (r.n_stops > LIM.max_stops || r.max_tokens == 0 || r.max_tokens < -1 ||
+        r.sampling.n_logprobs > PD_MAX_LOGPROBS || !(r.sampling.temperature >= 0) ||
+        !(r.sampling.top_p > 0 && r.sampling.top_p <= 1))
+        __builtin_trap();
+    for (uint32_t i = 0; i < r.n_stops; i++) {
+        size_t n = strlen(r.stops[i]);
+        if (n == 0 || n > LIM.max_stop_len)
+            __builtin_trap();
+    }
+    struct dec_api_out o = {.kind = kind, .id = "fuzz", .model = r.model ? r.model : "m",
+                            .created = 1};
+    const char *text = r.prompt ? r.prompt : "";
+    cJSON *lp = r.logprobs ? dec_api_lp_new(kind) : NULL;
+    struct pd_sample_result s = {.token = 1, .logprob = -1.0f, .n_top = 1, .top = {{1, -1.0f}}};
+    if (lp)
+        dec_api_lp_add(lp, kind, NULL, &s, r.sampling.n_logprobs, 0);
+    char *out = dec_api_response(&o, text, strlen(text), lp, "stop", 1, 1);
+    cJSON *back = out ? cJSON_Parse(out) : NULL;
+    if (!back)
+        __builtin_trap(); /* what we send is JSON */
+    cJSON_Delete(back);
+    free(out);
+    dec_api_req_done(&r);
+    return 0;
+}

@@ -1,0 +1,183 @@
+"""Start the real decoded on loopback ports picked here, talk HTTP to it.
+
+    from harness import Decoded, TINY
+    with Decoded(*TINY, "--max-connections", "8") as d:
+        status, headers, body = d.request("POST", "/v1/completions", {"prompt": [1, 2]})
+        d.json("POST", "/v1/completions", {...})      # -> (status, parsed JSON)
+
+The daemon binary comes from $DECODED (meson sets it). Its stderr goes to a
+file (d.log() reads it). Every daemon is killed at the end of its `with`
+block, whatever happened. A test file runs alone:
+    DECODED=build/decoded/decoded venv/bin/python -m pytest tests/integration/test_decoded_limits.py -k slow
+"""
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+# dummy weights with a context long enough for long streams; no tokenizer
+TINY = ("--load-format", "dummy", "--model-shape", '{"preset":"tiny","n_ctx":16384}',
+        "--kv-cache-memory", "64MiB")
+
+
+def binary():
+    path = os.environ.get("DECODED")
+    if not path or not os.access(path, os.X_OK):
+        raise RuntimeError("set DECODED to the decoded binary")
+    return path
+
+
+def default_model():
+    """The default model's path, or None (tests that need it skip with 77)."""
+    p = os.environ.get("PDSERVE_MODEL")
+    return p if p and os.path.isfile(p) else None
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Decoded:
+    def __init__(self, *args, env=None, wait=True, timeout=120):
+        self.args = list(args)
+        self.extra_env = env or {}
+        self.wait = wait
+        self.timeout = timeout
+        self.proc = None
+        self.port = free_port()
+        self.admin_port = free_port()
+        while self.admin_port == self.port:
+            self.admin_port = free_port()
+
+    # -- lifecycle --
+    def start(self):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PDSERVE_")}
+        env.pop("NOTIFY_SOCKET", None)
+        env.update(self.extra_env)
+        self.logf = tempfile.NamedTemporaryFile(prefix="decoded-", suffix=".log", delete=False)
+        cmd = [binary(), "--port", str(self.port), "--admin-port", str(self.admin_port)] + self.args
+        self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT, env=env)
+        if self.wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self):
+        deadline = time.time() + self.timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("decoded exited with %s:\n%s" % (self.proc.returncode, self.log()))
+            try:
+                if self.request("GET", "/health", timeout=2)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("decoded did not come up:\n" + self.log())
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        """Send sig and wait; returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        # a clean stop is part of every test: exit 0, and under sanitizers
+        # no leak or undefined behaviour reported
+        problem = None
+        if self.proc and self.proc.poll() is None:
+            try:
+                rc = self.stop(signal.SIGTERM, timeout=60)
+                if rc != 0:
+                    problem = "decoded exited with %d on SIGTERM" % rc
+            except subprocess.TimeoutExpired:
+                problem = "decoded did not stop on SIGTERM"
+        log = self.log() if self.proc else ""
+        for bad in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+            if bad in log:
+                problem = problem or "sanitizer report in the log"
+        if exc[0] is not None or problem:
+            print("---- decoded log ----\n" + log)
+        os.unlink(self.logf.name)
+        if problem and exc[0] is None:
+            raise AssertionError(problem)
+
+    def log(self):
+        with open(self.logf.name, errors="replace") as f:
+            return f.read()
+
+    @property
+    def base_url(self):
+        return "http://127.0.0.1:%d/v1" % self.port
+
+    # -- HTTP --
+    def request(self, method, path, body=None, headers=None, timeout=60, admin=False):
+        """(status, headers dict (lower-case keys), body bytes)."""
+        port = self.admin_port if admin else self.port
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        try:
+            h = {"Content-Type": "application/json"}
+            h.update(headers or {})
+            if body is not None and not isinstance(body, (bytes, bytearray)):
+                body = json.dumps(body).encode()
+            conn.request(method, path, body=body, headers=h)
+            r = conn.getresponse()
+            data = r.read()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+        finally:
+            conn.close()
+
+    def json(self, method, path, body=None, **kw):
+        status, _, data = self.request(method, path, body, **kw)
+        try:
+            return status, json.loads(data)
+        except ValueError:
+            return status, data
+
+    def metrics(self):
+        status, _, data = self.request("GET", "/metrics", admin=True)
+        assert status == 200
+        out = {}
+        for line in data.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def metric(self, prefix):
+        """Sum of every series whose name (with labels) starts with prefix."""
+        return sum(v for k, v in self.metrics().items() if k.startswith(prefix))
+
+
+def sse_events(body):
+    """The data: payloads of an SSE body, in order."""
+    out = []
+    for block in body.decode().split("\n\n"):
+        for line in block.splitlines():
+            if line.startswith("data: "):
+                out.append(line[6:])
+    return out
+
+
+def assert_error(status, body, want_status, param=None):
+    assert status == want_status, (status, body)
+    assert isinstance(body, dict) and set(body) == {"error"}, body
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"}, err
+    assert isinstance(err["message"], str) and err["message"]
+    if param is not None:
+        assert err["param"] == param, err
+    return err

@@ -1,0 +1,263 @@
+"""Every bad input is refused with an OpenAI-shaped 4xx naming the field,
+and the daemon serves the next request correctly (dummy weights: what the
+model says does not matter here)."""
+import http.client
+import json
+import socket
+
+import pytest
+
+from harness import TINY, Decoded, assert_error
+
+GOOD = {"prompt": [1, 2, 3], "max_tokens": 4, "temperature": 0}
+
+
+@pytest.fixture(scope="module")
+def d():
+    with Decoded(*TINY, "--max-model-len", "512", "--max-prompt-tokens", "300",
+                 "--max-body-size", "1MiB") as daemon:
+        yield daemon
+
+
+@pytest.fixture(scope="module")
+def reference(d):
+    status, body = d.json("POST", "/v1/completions", GOOD)
+    assert status == 200, body
+    return body["choices"][0]["text"]
+
+
+def still_serving(d, reference):
+    status, body = d.json("POST", "/v1/completions", GOOD)
+    assert status == 200, body
+    assert body["choices"][0]["text"] == reference
+    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+
+
+def bad(d, reference, payload, want, param=None, path="/v1/completions", headers=None):
+    status, body = d.json("POST", path, payload, headers=headers)
+    err = assert_error(status, body, want, param)
+    still_serving(d, reference)
+    return err
+
+
+def test_invalid_json(d, reference):
+    err = bad(d, reference, b'{"prompt": [1, 2], "max_tokens": ', 400)
+    assert err["code"] == "invalid_json"
+
+
+def test_body_not_an_object(d, reference):
+    bad(d, reference, b"[1, 2, 3]", 400)
+
+
+def test_empty_body(d, reference):
+    bad(d, reference, b"", 400)
+
+
+def test_trailing_garbage(d, reference):
+    bad(d, reference, b'{"prompt": [1]} xyz', 400)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("temperature", "hot"), ("max_tokens", "5"), ("stream", "yes"), ("top_p", [1]),
+    ("seed", 1.5), ("stop", 7), ("logprobs", True), ("prompt", 5), ("top_k", 2.5),
+    ("stream_options", "usage"),
+])
+def test_wrong_types(d, reference, field, value):
+    body = dict(GOOD)
+    body[field] = value
+    bad(d, reference, body, 400, field)
+
+
+@pytest.mark.parametrize("value", [-1, 0, 2.5, 10**12, 1e300])
+def test_bad_max_tokens(d, reference, value):
+    body = dict(GOOD, max_tokens=value)
+    bad(d, reference, body, 400, "max_tokens")
+
+
+def test_max_tokens_past_context(d, reference):
+    err = bad(d, reference, dict(GOOD, max_tokens=600), 400, "max_tokens")
+    assert err["code"] == "context_length_exceeded"
+    assert "512" in err["message"]
+
+
+@pytest.mark.parametrize("field,value", [
+    ("temperature", -0.5), ("top_p", 0), ("top_p", 1.5), ("min_p", 2),
+    ("presence_penalty", 3), ("frequency_penalty", -2.5), ("top_k", -2), ("logprobs", 21),
+])
+def test_out_of_range(d, reference, field, value):
+    bad(d, reference, dict(GOOD, **{field: value}), 400, field)
+
+
+@pytest.mark.parametrize("prompt", ["", [], [[]]])
+def test_empty_prompt(d, reference, prompt):
+    bad(d, reference, dict(GOOD, prompt=prompt), 400, "prompt")
+
+
+def test_missing_prompt(d, reference):
+    bad(d, reference, {"max_tokens": 3}, 400, "prompt")
+
+
+def test_several_prompts_refused(d, reference):
+    bad(d, reference, dict(GOOD, prompt=[[1, 2], [3, 4]]), 400, "prompt")
+
+
+def test_token_id_outside_vocabulary(d, reference):
+    err = bad(d, reference, dict(GOOD, prompt=[1, 256]), 400, "prompt")
+    assert "vocabulary" in err["message"]
+
+
+@pytest.mark.parametrize("ids", [[-1], [1.5], ["a"]])
+def test_bad_token_ids(d, reference, ids):
+    bad(d, reference, dict(GOOD, prompt=ids), 400, "prompt")
+
+
+def test_prompt_over_prompt_cap_is_413(d, reference):
+    err = bad(d, reference, dict(GOOD, prompt=[1] * 301), 413, "prompt")
+    assert err["code"] == "prompt_too_long"
+
+
+def test_prompt_over_max_model_len_is_413(d, reference):
+    bad(d, reference, dict(GOOD, prompt=[1] * 600), 413, "prompt")
+
+
+def test_body_of_10_mb_is_413(d, reference):
+    body = json.dumps(dict(GOOD, pad="x" * (10 << 20))).encode()
+    status, _, _ = d.request("POST", "/v1/completions", body)
+    assert status == 413
+    still_serving(d, reference)
+
+
+def test_unknown_fields_ignored(d, reference):
+    body = dict(GOOD, frobnicate={"a": [1, 2]}, user="u1", metadata=None)
+    status, out = d.json("POST", "/v1/completions", body)
+    assert status == 200, out
+    assert out["choices"][0]["text"] == reference
+    still_serving(d, reference)
+
+
+def test_bad_utf8(d, reference):
+    body = b'{"prompt": "caf\xc3\x28 \xff", "max_tokens": 2}'
+    err = bad(d, reference, body, 400)
+    assert err["code"] == "invalid_utf8"
+
+
+def test_lone_surrogate_escape(d, reference):
+    bad(d, reference, b'{"prompt": "\\udc00", "max_tokens": 2}', 400)
+
+
+def test_json_too_deep(d, reference):
+    body = b'{"x": ' + b"[" * 100 + b"]" * 100 + b', "prompt": [1]}'
+    bad(d, reference, body, 400)
+
+
+def test_n_other_than_1(d, reference):
+    err = bad(d, reference, dict(GOOD, n=2), 400, "n")
+    assert "n=1" in err["message"]
+
+
+def test_unsupported_features_named(d, reference):
+    bad(d, reference, dict(GOOD, echo=True), 400, "echo")
+    bad(d, reference, dict(GOOD, best_of=3), 400, "best_of")
+    bad(d, reference, dict(GOOD, logit_bias={"5": 10}), 400, "logit_bias")
+
+
+def test_text_prompt_without_tokenizer(d, reference):
+    err = bad(d, reference, dict(GOOD, prompt="hello"), 400, "prompt")
+    assert err["code"] == "no_tokenizer"
+
+
+def test_chat_without_tokenizer(d, reference):
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    bad(d, reference, body, 400, "messages", path="/v1/chat/completions")
+
+
+@pytest.mark.parametrize("messages", [
+    None, [], "hi", [{"content": "no role"}], [{"role": "wizard", "content": "x"}],
+    [{"role": "user", "content": 5}], [{"role": "user"}],
+    [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+])
+def test_bad_messages(d, reference, messages):
+    body = {"max_tokens": 2}
+    if messages is not None:
+        body["messages"] = messages
+    bad(d, reference, body, 400, "messages", path="/v1/chat/completions")
+
+
+def test_top_logprobs_needs_logprobs(d, reference):
+    body = {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}
+    bad(d, reference, body, 400, "top_logprobs", path="/v1/chat/completions")
+
+
+def test_unknown_model_is_404(d, reference):
+    err = bad(d, reference, dict(GOOD, model="gpt-9"), 404, "model")
+    assert err["code"] == "model_not_found"
+
+
+def test_unknown_path_is_404(d, reference):
+    status, body = d.json("POST", "/v1/embeddings", GOOD)
+    assert_error(status, body, 404)
+    status, body = d.json("GET", "/nope")
+    assert_error(status, body, 404)
+    still_serving(d, reference)
+
+
+def test_wrong_method_is_405(d, reference):
+    status, body = d.json("GET", "/v1/completions")
+    assert_error(status, body, 405)
+    status, body = d.json("DELETE", "/v1/models")
+    assert_error(status, body, 405)
+    still_serving(d, reference)
+
+
+def test_garbage_http(d, reference):
+    with socket.create_connection(("127.0.0.1", d.port), timeout=10) as s:
+        s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http at all\r\n\r\n")
+        data = s.recv(4096)
+        assert data == b"" or data.startswith(b"HTTP/1.1 400")
+    still_serving(d, reference)
+
+
+def test_headers_too_large(d, reference):
+    # libevent answers 400 and closes, possibly before the client has sent it all
+    try:
+        status, _, _ = d.request("POST", "/v1/completions", GOOD, headers={"X-Big": "a" * 40000})
+        assert status in (400, 413, 431)
+    except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+        pass
+    still_serving(d, reference)
+
+
+def test_request_id_echoed_or_made(d, reference):
+    status, headers, data = d.request("POST", "/v1/completions", GOOD,
+                                      headers={"X-Request-Id": "trace-42"})
+    assert status == 200
+    assert headers["x-request-id"] == "trace-42"
+    assert json.loads(data)["id"] == "trace-42"
+    assert "trace-42: /v1/completions 200" in d.log()
+    for given in ["has space", "x" * 200, ""]:
+        status, headers, data = d.request("POST", "/v1/completions", GOOD,
+                                          headers={"X-Request-Id": given})
+        assert status == 200
+        made = headers["x-request-id"]
+        assert made.startswith("cmpl-") and len(made) == 5 + 24
+        assert json.loads(data)["id"] == made
+    # errors carry the id too, and it is in the log line about them
+    status, headers, _ = d.request("POST", "/v1/completions", b"{", headers={"X-Request-Id": "bad-1"})
+    assert status == 400 and headers["x-request-id"] == "bad-1"
+    assert "bad-1: /v1/completions 400" in d.log()
+
+
+def test_missing_and_wrong_api_key():
+    with Decoded(*TINY, "--api-key", "s3cret") as d:
+        status, body = d.json("POST", "/v1/completions", GOOD)
+        assert_error(status, body, 401)
+        status, body = d.json("GET", "/v1/models", headers={"Authorization": "Bearer nope"})
+        assert_error(status, body, 401)
+        status, body = d.json("POST", "/v1/completions", GOOD, headers={"Authorization": "s3cret"})
+        assert_error(status, body, 401)
+        status, body = d.json("POST", "/v1/completions", GOOD,
+                              headers={"Authorization": "Bearer s3cret"})
+        assert status == 200, body
+        # health stays open (load balancers probe it without the key)
+        assert d.request("GET", "/health")[0] == 200
+        assert "s3cret" not in d.log()

@@ -1,0 +1,195 @@
+"""Caps on what clients can make decoded hold: slow readers, idle
+connections, the connection cap, the waiting queue; cancellation when a
+client leaves; metrics. Dummy weights (fast, content irrelevant)."""
+import json
+import os
+import resource
+import socket
+import time
+
+import pytest
+
+from harness import TINY, Decoded, sse_events
+
+GOOD = {"prompt": [1, 2, 3], "max_tokens": 4, "temperature": 0}
+
+
+def raw_post(port, body, rcvbuf=None):
+    """A socket that sent a POST and has read nothing."""
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.connect(("127.0.0.1", port))
+    data = json.dumps(body).encode()
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+    return s
+
+
+def wait_for(cond, timeout=30, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def serves(d):
+    status, body = d.json("POST", "/v1/completions", GOOD)
+    assert status == 200, body
+    assert body["usage"]["completion_tokens"] == 4
+
+
+def raise_nofile(n):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < n:
+        try:  # root may raise the hard limit too
+            resource.setrlimit(resource.RLIMIT_NOFILE, (n, max(n, hard)))
+        except (ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(n, hard), hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= n
+
+
+def test_slow_reader_is_cut_and_others_served():
+    with Decoded(*TINY, "--max-client-buffer", "64KiB") as d:
+        # a client that asks for a long, fat stream and never reads
+        s = raw_post(d.port, {"prompt": [1, 2], "max_tokens": 14000, "logprobs": 20,
+                              "ignore_eos": True, "stream": True}, rcvbuf=4096)
+        try:
+            wait_for(lambda: d.metric("pdserve:http_slow_clients_cut_total") >= 1, 120,
+                     "the slow reader to be cut")
+            assert "client is not reading" in d.log()
+            serves(d)
+            wait_for(lambda: d.metric('pdserve:request_success_total{model_name="dummy:tiny+custom",'
+                                      'finished_reason="abort"}') >= 1, 30, "the abort")
+            assert d.metric("pdserve:num_requests_running") == 0
+        finally:
+            s.close()
+        serves(d)
+
+
+def test_1000_idle_connections_then_a_request():
+    if not raise_nofile(1200):
+        pytest.skip("cannot raise RLIMIT_NOFILE to 1200")
+    with Decoded(*TINY) as d:
+        fds_before = len(os.listdir("/proc/%d/fd" % d.proc.pid))
+        socks = []
+        try:
+            for _ in range(1000):
+                socks.append(socket.create_connection(("127.0.0.1", d.port), timeout=10))
+            wait_for(lambda: d.metric("pdserve:http_connections") >= 1000, 30,
+                     "1000 accepted connections")
+            serves(d)
+        finally:
+            for s in socks:
+                s.close()
+        wait_for(lambda: d.metric("pdserve:http_connections") <= 1, 30, "connections to close")
+        serves(d)
+        # every socket was closed: no descriptor leaked (the admin one may linger)
+        wait_for(lambda: len(os.listdir("/proc/%d/fd" % d.proc.pid)) <= fds_before + 1, 10,
+                 "descriptors to be released")
+
+
+def test_connection_cap_holds_and_idle_ones_time_out():
+    with Decoded(*TINY, "--max-connections", "8", "--header-timeout", "2") as d:
+        idle = [socket.create_connection(("127.0.0.1", d.port), timeout=10) for _ in range(20)]
+        try:
+            time.sleep(0.5)
+            # the kernel completed every handshake; decoded took only 8
+            assert d.metric("pdserve:http_connections") == 8
+            # a real client is served once the idle ones time out (header timeout)
+            t0 = time.time()
+            serves(d)
+            assert time.time() - t0 < 30
+            assert d.metric("pdserve:http_connections") <= 8
+            # the first idle ones were closed by the daemon
+            idle[0].settimeout(10)
+            assert idle[0].recv(1) == b""
+        finally:
+            for s in idle:
+                s.close()
+        serves(d)
+
+
+def test_full_queue_is_429_with_retry_after():
+    with Decoded(*TINY, "--max-num-seqs", "1", "--max-waiting", "1") as d:
+        long = {"prompt": [1, 2], "max_tokens": 14000, "ignore_eos": True, "stream": True}
+        a = raw_post(d.port, long)
+        wait_for(lambda: d.metric("pdserve:num_requests_running") == 1, 30, "the first to run")
+        b = raw_post(d.port, long)
+        wait_for(lambda: d.metric("pdserve:num_requests_waiting") == 1, 30, "the second to wait")
+        status, headers, data = d.request("POST", "/v1/completions", GOOD)
+        assert status == 429, data
+        assert headers["retry-after"] == "1"
+        assert json.loads(data)["error"]["type"] == "rate_limit_error"
+        a.close()
+        b.close()
+        wait_for(lambda: d.metric("pdserve:num_requests_running") == 0 and
+                 d.metric("pdserve:num_requests_waiting") == 0, 60, "the queue to empty")
+        serves(d)
+
+
+def test_client_gone_cancels_non_streamed_request():
+    with Decoded(*TINY) as d:
+        s = raw_post(d.port, {"prompt": [1, 2], "max_tokens": 15000, "ignore_eos": True})
+        wait_for(lambda: d.metric("pdserve:num_requests_running") == 1, 30, "it to run")
+        s.close()
+        wait_for(lambda: d.metric("pdserve:num_requests_running") == 0, 30, "the cancel")
+        assert "abort (client gone)" in d.log()
+        assert d.metric("pdserve:kv_cache_blocks_used") == 0
+        serves(d)
+
+
+def test_client_gone_cancels_stream():
+    with Decoded(*TINY) as d:
+        s = raw_post(d.port, {"prompt": [1, 2], "max_tokens": 15000, "ignore_eos": True,
+                              "stream": True})
+        assert s.recv(100).startswith(b"HTTP/1.1 200")
+        s.close()
+        wait_for(lambda: d.metric("pdserve:num_requests_running") == 0, 30, "the cancel")
+        wait_for(lambda: "abort (client gone)" in d.log(), 10, "the log line")
+        serves(d)
+
+
+def test_metrics_named_like_vllm():
+    with Decoded(*TINY) as d:
+        serves(d)
+        status, headers, data = d.request("GET", "/metrics", admin=True)
+        assert status == 200
+        assert headers["content-type"].startswith("text/plain; version=0.0.4")
+        text = data.decode()
+        for name in ["pdserve:time_to_first_token_seconds_bucket",
+                     "pdserve:inter_token_latency_seconds_count",
+                     "pdserve:e2e_request_latency_seconds_sum",
+                     "pdserve:num_requests_running", "pdserve:num_requests_waiting",
+                     "pdserve:prompt_tokens_total", "pdserve:generation_tokens_total",
+                     "pdserve:kv_cache_blocks_used", "pdserve:kv_cache_blocks_free",
+                     "pdserve:kv_cache_usage_perc", "pdserve:request_success_total"]:
+            assert name + "{" in text, name
+        m = d.metrics()
+        label = '{model_name="dummy:tiny+custom"}'
+        assert m["pdserve:prompt_tokens_total" + label] == 3
+        assert m["pdserve:generation_tokens_total" + label] == 4
+        assert m["pdserve:time_to_first_token_seconds_count" + label] == 1
+        assert m["pdserve:inter_token_latency_seconds_count" + label] == 3
+        assert m["pdserve:kv_cache_blocks_used" + label] == 0
+        assert m["pdserve:kv_cache_blocks_free" + label] > 0
+        # /metrics is on the admin address only
+        assert d.request("GET", "/metrics")[0] == 404
+
+
+def test_streaming_sse_shape_raw():
+    with Decoded(*TINY) as d:
+        status, headers, data = d.request("POST", "/v1/completions",
+                                          dict(GOOD, stream=True, max_tokens=5))
+        assert status == 200 and headers["content-type"] == "text/event-stream"
+        events = sse_events(data)
+        assert events[-1] == "[DONE]"
+        chunks = [json.loads(e) for e in events[:-1]]
+        assert len(chunks) == 6
+        assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * 5 + ["length"]
+        assert all("usage" not in c for c in chunks)
+        text = "".join(c["choices"][0]["text"] for c in chunks)
+        status, whole = d.json("POST", "/v1/completions", dict(GOOD, max_tokens=5))
+        assert whole["choices"][0]["text"] == text

@@ -1,0 +1,272 @@
+/* decoded/stop and decoded/api without a daemon: stop strings across token
+ * boundaries, request parsing and validation, response shapes. */
+#include "api.h"
+#include "stop.h"
+
+#include "pd_test.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+
+/* push pieces one by one; returns the released text and whether it hit */
+static int run_stop(char *const *stops, uint32_t n, const char *const *pieces, char *out,
+                    size_t cap)
+{
+    struct dec_stop s;
+    const char *t;
+    size_t len, k = 0;
+    int hit = 0;
+    dec_stop_init(&s, stops, n);
+    for (const char *const *p = pieces; *p && !hit; p++) {
+        hit = dec_stop_push(&s, *p, strlen(*p), &t, &len);
+        CHECK(hit >= 0);
+        CHECK(k + len < cap);
+        memcpy(out + k, t, len);
+        k += len;
+    }
+    if (!hit) {
+        dec_stop_flush(&s, &t, &len);
+        memcpy(out + k, t, len);
+        k += len;
+    }
+    out[k] = '\0';
+    dec_stop_done(&s);
+    return hit;
+}
+
+static void stop_matches_across_pieces(void)
+{
+    char *stops[] = {"END"};
+    const char *pieces[] = {"hello E", "N", "D and more", NULL};
+    char out[64];
+    CHECK_EQ_INT(run_stop(stops, 1, pieces, out, sizeof out), 1);
+    CHECK_STR(out, "hello ");
+}
+
+static void stop_holds_back_longest_minus_one(void)
+{
+    char *stops[] = {"abc"};
+    struct dec_stop s;
+    const char *t;
+    size_t len;
+    dec_stop_init(&s, stops, 1);
+    CHECK_EQ_INT(dec_stop_push(&s, "xyzab", 5, &t, &len), 0);
+    CHECK_EQ_INT(len, 3); /* "xyz" out, "ab" held */
+    CHECK(memcmp(t, "xyz", 3) == 0);
+    CHECK_EQ_INT(dec_stop_push(&s, "d", 1, &t, &len), 0);
+    CHECK_EQ_INT(len, 1); /* "abd": "a" out, the last 2 bytes held */
+    CHECK(t[0] == 'a');
+    dec_stop_flush(&s, &t, &len);
+    CHECK_EQ_INT(len, 2);
+    dec_stop_done(&s);
+}
+
+static void stop_earliest_of_several(void)
+{
+    char *stops[] = {"zz", "b"};
+    const char *pieces[] = {"aaz", "zb", NULL};
+    char out[64];
+    CHECK_EQ_INT(run_stop(stops, 2, pieces, out, sizeof out), 1);
+    CHECK_STR(out, "aa");
+}
+
+static void stop_without_match_releases_everything(void)
+{
+    char *stops[] = {"never"};
+    const char *pieces[] = {"one ", "two ", "nev", "er?", "x", NULL};
+    char out[64];
+    /* "nev"+"er?" is "never?": it does match */
+    CHECK_EQ_INT(run_stop(stops, 1, pieces, out, sizeof out), 1);
+    CHECK_STR(out, "one two ");
+    const char *p2[] = {"one ", "nev", "e", "r", NULL};
+    CHECK_EQ_INT(run_stop(stops, 1, p2, out, sizeof out), 1);
+    const char *p3[] = {"one ", "neve", NULL};
+    CHECK_EQ_INT(run_stop(stops, 1, p3, out, sizeof out), 0);
+    CHECK_STR(out, "one neve");
+}
+
+static void stop_never_cuts_utf8(void)
+{
+    char *stops[] = {"xyz"}; /* hold back 2 bytes */
+    struct dec_stop s;
+    const char *t;
+    size_t len;
+    dec_stop_init(&s, stops, 1);
+    /* "aé" = 61 c3 a9: holding 2 bytes would cut é; release only "a" */
+    CHECK_EQ_INT(dec_stop_push(&s, "a\xc3\xa9", 3, &t, &len), 0);
+    CHECK_EQ_INT(len, 1);
+    dec_stop_done(&s);
+}
+
+static const struct dec_api_limits LIM = {.json_depth = 8, .max_stops = 4, .max_stop_len = 16,
+                                          .max_prompt_ids = 100};
+
+static int parse(enum dec_api_kind k, const char *body, struct dec_api_req *r,
+                 struct dec_api_err *e)
+{
+    return dec_api_parse(k, body, strlen(body), &LIM, r, e);
+}
+
+static void api_parses_a_full_completion(void)
+{
+    struct dec_api_req r;
+    struct dec_api_err e;
+    CHECK_EQ_INT(parse(DEC_API_COMPLETIONS,
+                       "{\"model\":\"m\",\"prompt\":\"hi\",\"max_tokens\":7,\"temperature\":0.5,"
+                       "\"top_p\":0.9,\"top_k\":-1,\"min_p\":0.1,\"seed\":-3,\"stop\":[\"a\",\"\"],"
+                       "\"logprobs\":2,\"stream\":true,\"stream_options\":{\"include_usage\":true},"
+                       "\"presence_penalty\":1,\"frequency_penalty\":-1,\"n\":1,\"whatever\":{}}",
+                       &r, &e),
+                 0);
+    CHECK_STR(r.model, "m");
+    CHECK_STR(r.prompt, "hi");
+    CHECK_EQ_INT(r.max_tokens, 7);
+    CHECK(r.sampling.temperature == 0.5f);
+    CHECK_EQ_INT(r.sampling.top_k, 0);
+    CHECK(r.has_seed && r.sampling.seed == (uint64_t)-3);
+    CHECK_EQ_INT(r.n_stops, 1); /* the empty one matches nothing */
+    CHECK(r.logprobs && r.sampling.n_logprobs == 2);
+    CHECK(r.stream && r.include_usage);
+    dec_api_req_done(&r);
+}
+
+static void api_defaults(void)
+{
+    struct dec_api_req r;
+    struct dec_api_err e;
+    CHECK_EQ_INT(parse(DEC_API_COMPLETIONS, "{\"prompt\":[1,2,3],\"stop\":null}", &r, &e), 0);
+    CHECK_EQ_INT(r.n_ids, 3);
+    CHECK_EQ_INT(r.max_tokens, -1);
+    CHECK(r.sampling.temperature == 1.0f);
+    CHECK(!r.has_seed && !r.logprobs && !r.stream);
+    dec_api_req_done(&r);
+}
+
+static void api_refusals_name_the_field(void)
+{
+    static const struct {
+        const char *body, *param;
+        int status;
+    } cases[] = {
+        {"{\"prompt\":\"x\",\"n\":3}", "n", 400},
+        {"{\"prompt\":\"x\",\"max_tokens\":0}", "max_tokens", 400},
+        {"{\"prompt\":\"x\",\"max_tokens\":1.5}", "max_tokens", 400},
+        {"{\"prompt\":\"x\",\"temperature\":\"1\"}", "temperature", 400},
+        {"{\"prompt\":\"x\",\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", "stop", 400},
+        {"{\"prompt\":\"x\",\"stop\":\"01234567890123456\"}", "stop", 400},
+        {"{\"prompt\":[1,2],\"logprobs\":21}", "logprobs", 400},
+        {"{\"prompt\":[]}", "prompt", 400},
+        {"{\"prompt\":\"\"}", "prompt", 400},
+        {"{\"max_tokens\":3}", "prompt", 400},
+        {"{\"prompt\":[[1],[2]]}", "prompt", 400},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+        struct dec_api_req r;
+        struct dec_api_err e;
+        CHECK(parse(DEC_API_COMPLETIONS, cases[i].body, &r, &e) < 0);
+        CHECK_EQ_INT(e.status, cases[i].status);
+        CHECK_STR(e.param, cases[i].param);
+    }
+}
+
+static void api_prompt_ids_over_cap_is_413(void)
+{
+    char body[1024] = "{\"prompt\":[";
+    for (int i = 0; i < 101; i++)
+        strcat(body, i ? ",1" : "1");
+    strcat(body, "]}");
+    struct dec_api_req r;
+    struct dec_api_err e;
+    CHECK_EQ_INT(parse(DEC_API_COMPLETIONS, body, &r, &e), -E2BIG);
+    CHECK_EQ_INT(e.status, 413);
+}
+
+static void api_refuses_bad_json_utf8_depth(void)
+{
+    struct dec_api_req r;
+    struct dec_api_err e;
+    CHECK(parse(DEC_API_COMPLETIONS, "{\"prompt\":", &r, &e) < 0);
+    CHECK(parse(DEC_API_COMPLETIONS, "{\"prompt\":\"\xff\"}", &r, &e) < 0);
+    CHECK_STR(e.code, "invalid_utf8");
+    CHECK(parse(DEC_API_COMPLETIONS, "{\"a\":[[[[[[[[[[1]]]]]]]]]],\"prompt\":[1]}", &r, &e) < 0);
+    CHECK_CONTAINS(e.msg, "deeper");
+    CHECK(parse(DEC_API_COMPLETIONS, "[]", &r, &e) < 0);
+    /* brackets inside strings do not count */
+    CHECK_EQ_INT(parse(DEC_API_COMPLETIONS, "{\"prompt\":\"[[[[[[[[[[[[\\\"[[[[\"}", &r, &e), 0);
+    dec_api_req_done(&r);
+}
+
+static void api_chat_messages(void)
+{
+    struct dec_api_req r;
+    struct dec_api_err e;
+    CHECK_EQ_INT(parse(DEC_API_CHAT,
+                       "{\"messages\":[{\"role\":\"developer\",\"content\":\"be brief\"},"
+                       "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},"
+                       "{\"type\":\"text\",\"text\":\"b\"}]},"
+                       "{\"role\":\"assistant\",\"content\":null}],"
+                       "\"logprobs\":true,\"top_logprobs\":3,\"max_completion_tokens\":5}",
+                       &r, &e),
+                 0);
+    CHECK_EQ_INT(r.n_msgs, 3);
+    CHECK_EQ_INT(r.msgs[0].role, PD_CHAT_SYSTEM);
+    CHECK_EQ_INT(r.msgs[1].len, 2);
+    CHECK(memcmp(r.msgs[1].content, "ab", 2) == 0);
+    CHECK_EQ_INT(r.msgs[2].len, 0);
+    CHECK(r.logprobs && r.sampling.n_logprobs == 3);
+    CHECK_EQ_INT(r.max_tokens, 5);
+    dec_api_req_done(&r);
+    CHECK(parse(DEC_API_CHAT, "{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}", &r,
+                &e) < 0);
+    CHECK_STR(e.param, "messages");
+}
+
+static void api_response_shapes(void)
+{
+    struct dec_api_out o = {.kind = DEC_API_CHAT, .id = "x1", .model = "m", .created = 5};
+    char *s = dec_api_response(&o, "hi", 2, NULL, "stop", 3, 2);
+    cJSON *j = cJSON_Parse(s);
+    CHECK(j);
+    CHECK_STR(cJSON_GetObjectItem(j, "object")->valuestring, "chat.completion");
+    cJSON *c0 = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
+    cJSON *msg = cJSON_GetObjectItem(c0, "message");
+    CHECK_STR(cJSON_GetObjectItem(msg, "content")->valuestring, "hi");
+    CHECK_EQ_INT(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "usage"), "total_tokens")->valueint, 5);
+    cJSON_Delete(j);
+    free(s);
+
+    struct pd_sample_result r = {.token = 7, .logprob = -0.5f, .n_top = 2,
+                                 .top = {{7, -0.5f}, {9, -1.5f}}};
+    cJSON *lp = dec_api_lp_new(DEC_API_COMPLETIONS);
+    CHECK(dec_api_lp_add(lp, DEC_API_COMPLETIONS, NULL, &r, 2, 0) == 0);
+    o.kind = DEC_API_COMPLETIONS;
+    s = dec_api_chunk(&o, "[7]", 3, false, lp, NULL, true);
+    j = cJSON_Parse(s);
+    CHECK(j);
+    CHECK(cJSON_IsNull(cJSON_GetObjectItem(j, "usage")));
+    c0 = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
+    cJSON *l = cJSON_GetObjectItem(c0, "logprobs");
+    CHECK_STR(cJSON_GetArrayItem(cJSON_GetObjectItem(l, "tokens"), 0)->valuestring, "[7]");
+    cJSON *top0 = cJSON_GetArrayItem(cJSON_GetObjectItem(l, "top_logprobs"), 0);
+    CHECK_EQ_INT(cJSON_GetArraySize(top0), 2);
+    cJSON_Delete(j);
+    free(s);
+}
+
+static const struct pd_test tests[] = {
+    PD_TEST(stop_matches_across_pieces),
+    PD_TEST(stop_holds_back_longest_minus_one),
+    PD_TEST(stop_earliest_of_several),
+    PD_TEST(stop_without_match_releases_everything),
+    PD_TEST(stop_never_cuts_utf8),
+    PD_TEST(api_parses_a_full_completion),
+    PD_TEST(api_defaults),
+    PD_TEST(api_refusals_name_the_field),
+    PD_TEST(api_prompt_ids_over_cap_is_413),
+    PD_TEST(api_refuses_bad_json_utf8_depth),
+    PD_TEST(api_chat_messages),
+    PD_TEST(api_response_shapes),
+    {0},
+};
+
+int main(int argc, char **argv) { return pd_test_main(tests, argc, argv); }
