@@ -1,5 +1,7 @@
 #include "cfg.h"
 
+#include "pd_config.h"
+
 #include <assert.h>
 #include <ctype.h>
 #include <errno.h>
@@ -535,7 +537,8 @@ static void check_table(const struct pd_cfg_opt *table)
 {
     for (const struct pd_cfg_opt *o = table; o->name; o++) {
         assert(*o->name && strspn(o->name, "abcdefghijklmnopqrstuvwxyz0123456789-") == strlen(o->name));
-        assert(strcmp(o->name, "config") && strcmp(o->name, "help") && strcmp(o->name, "print-config"));
+        assert(strcmp(o->name, "config") && strcmp(o->name, "help") && strcmp(o->name, "print-config") &&
+               strcmp(o->name, "version"));
         assert(find_opt(table, o->name, strlen(o->name)) == o);
         assert(strlen(o->name) + sizeof(ENV_PREFIX) < ENV_NAME_MAX);
         switch (o->type) {
@@ -954,7 +957,7 @@ static int apply_env(const struct pd_cfg_opt *table, void *cfg, char *const envp
 /* ---- the command line --------------------------------------------------- */
 
 struct argv_scan {
-    bool help, print;
+    bool help, print, version;
     const char *config; /* --config value, the last one counts */
     const char *positional[PD_CFG_MAX_POSITIONAL];
     int n_positional;
@@ -1007,11 +1010,14 @@ static int walk_argv(const struct pd_cfg_opt *table, int argc, char *const argv[
         nlen = eq ? (size_t)(eq - name) : strlen(name);
         val = eq ? eq + 1 : NULL;
 
-        if (is_name(name, nlen, "help") || is_name(name, nlen, "print-config")) {
+        if (is_name(name, nlen, "help") || is_name(name, nlen, "print-config") ||
+            is_name(name, nlen, "version")) {
             if (val)
                 return fail(-EINVAL, err, errlen, "--%.*s takes no value", (int)nlen, name);
             if (is_name(name, nlen, "help"))
                 sc->help = true;
+            else if (is_name(name, nlen, "version"))
+                sc->version = true;
             else
                 sc->print = true;
             continue;
@@ -1080,8 +1086,8 @@ int pd_cfg_parse_env(const struct pd_cfg_opt *table, void *cfg, int argc, char *
     rc = walk_argv(table, argc, argv, &sc, NULL, NULL, err, errlen);
     if (rc < 0)
         return rc;
-    /* help must work when the file or the environment is what is broken */
-    if (sc.help) {
+    /* help and version must work when the file or the environment is what is broken */
+    if (sc.help || sc.version) {
         path = NULL;
         goto done;
     }
@@ -1110,7 +1116,7 @@ done:
         args->n_positional = sc.n_positional;
         args->config_file = path;
     }
-    return sc.help ? PD_CFG_HELP : sc.print ? PD_CFG_PRINT : PD_CFG_OK;
+    return sc.help ? PD_CFG_HELP : sc.version ? PD_CFG_VERSION : sc.print ? PD_CFG_PRINT : PD_CFG_OK;
 }
 
 int pd_cfg_parse(const struct pd_cfg_opt *table, void *cfg, int argc, char *const argv[],
@@ -1213,6 +1219,13 @@ void pd_cfg_help(const struct pd_cfg_opt *table, const char *prog, const char *u
     help_line(out, width, "  --config FILE", "JSON config file, one object keyed by option name (env PDSERVE_CONFIG)");
     help_line(out, width, "  --print-config", "print the merged configuration as JSON and exit");
     help_line(out, width, "  -h, --help", "show this help and exit");
+    help_line(out, width, "  --version", "print the version and exit");
+}
+
+void pd_cfg_version(const char *prog, FILE *out)
+{
+    const char *slash = prog ? strrchr(prog, '/') : NULL;
+    fprintf(out, "%s %s\n", slash ? slash + 1 : prog ? prog : "pdserve", PD_VERSION);
 }
 
 static cJSON *json_value(const struct pd_cfg_opt *o, const void *cfg)

@@ -17,6 +17,7 @@
  *   if (rc < 0) { fprintf(stderr, "%s\n", err); exit(2); }
  *   if (rc == PD_CFG_HELP) { pd_cfg_help(opts, argv[0], "usage line", stdout); exit(0); }
  *   if (rc == PD_CFG_PRINT) { pd_cfg_print(opts, &c, stdout); exit(0); }
+ *   if (rc == PD_CFG_VERSION) { pd_cfg_version("prefilld", stdout); exit(0); }
  *   ...
  *   pd_cfg_done(opts, &c);   // frees strings the parser allocated
  *
@@ -119,9 +120,12 @@ enum {
     PD_CFG_OK = 0,
     PD_CFG_HELP = 1, /* --help or -h was given: print help, exit 0 */
     PD_CFG_PRINT = 2, /* --print-config was given: print the merged config, exit 0 */
+    PD_CFG_VERSION = 3, /* --version was given: pd_cfg_version, exit 0 */
 };
 
-/* Fill *cfg from the sources above. Returns PD_CFG_OK/HELP/PRINT, or a negative
+/* Fill *cfg from the sources above. Returns PD_CFG_OK/HELP/PRINT/VERSION (help
+ * wins over version, version over print; help and version need neither the
+ * file nor the environment to be valid), or a negative
  * errno (-EINVAL bad value/unknown option, -ENOENT/-EACCES config file, -E2BIG
  * over a cap) with a one-line message in err. "--" ends the flags. More than
  * PD_CFG_MAX_POSITIONAL positionals is an error. On any return *cfg is fully
@@ -138,8 +142,12 @@ int pd_cfg_set(const struct pd_cfg_opt *table, void *cfg, const char *name, cons
                const char *source, char *err, size_t errlen);
 
 /* --help text: usage line, then each option with type, default, range or
- * choices, env variable, and help. Always lists --config, --help, --print-config. */
+ * choices, env variable, and help. Always lists --config, --help, --print-config,
+ * --version. */
 void pd_cfg_help(const struct pd_cfg_opt *table, const char *prog, const char *usage, FILE *out);
+
+/* "prog 0.1.0" (PD_VERSION, the build's project version) and a newline. */
+void pd_cfg_version(const char *prog, FILE *out);
 
 /* The merged configuration as a JSON object that --config accepts back
  * (secrets masked). Returns 0 or -ENOMEM. */

@@ -387,9 +387,11 @@ int main(int argc, char **argv)
         pd_cfg_done(options, &c);
         return 2;
     }
-    if (rc == PD_CFG_HELP || rc == PD_CFG_PRINT) {
+    if (rc == PD_CFG_HELP || rc == PD_CFG_PRINT || rc == PD_CFG_VERSION) {
         if (rc == PD_CFG_HELP)
             pd_cfg_help(options, "decoded", "[OPTIONS] [MODEL.gguf]", stdout);
+        else if (rc == PD_CFG_VERSION)
+            pd_cfg_version("decoded", stdout);
         else
             pd_cfg_print(options, &c, stdout);
         pd_cfg_done(options, &c);

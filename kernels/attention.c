@@ -1,5 +1,8 @@
 #include "attention.h"
 
+#include "bf16.h"
+#include "quant.h"
+
 #include <cblas.h>
 #include <errno.h>
 #include <math.h>
@@ -8,6 +11,20 @@
 
 /* Query rows per GEMM tile: bounds the score matrix at QTILE x context. */
 #define QTILE 256
+/* head_dim bound for a BF16 pool's row buffers (models allow up to 1024) */
+#define MAX_HEAD_DIM 1024
+
+/* head_dim elements at element offset off as floats: a pointer into an F32
+ * pool, or the BF16 pool's row converted into buf. */
+static const float *kv_row(const struct pd_attn_args *a, uint64_t off, float *buf)
+{
+    if (a->pool_type != PD_DT_BF16)
+        return a->pool + off;
+    const uint16_t *p = (const uint16_t *)(const void *)a->pool + off;
+    for (uint32_t d = 0; d < a->kv.head_dim; d++)
+        buf[d] = pd_bf16_decode(p[d]);
+    return buf;
+}
 
 static void softmax_row(float *s, uint32_t n)
 {
@@ -28,15 +45,16 @@ static void softmax_row(float *s, uint32_t n)
 static void attend_one(const struct pd_attn_args *a, uint32_t t, uint32_t h, float *scores)
 {
     const struct pd_kv_layout *l = &a->kv;
-    const uint32_t hd = l->head_dim, bs = l->block_size;
+    const uint32_t hd = l->head_dim;
     const uint32_t kvh = h / (a->n_head / l->n_head_kv);
     const uint32_t *table = a->block_tables + (size_t)a->tok_seq[t] * a->max_blocks;
     const uint32_t n_ctx = (uint32_t)a->tok_pos[t] + 1;
     const float *q = a->q + ((size_t)t * a->n_head + h) * hd;
     float *o = a->out + ((size_t)t * a->n_head + h) * hd;
+    float row[MAX_HEAD_DIM];
 
     for (uint32_t j = 0; j < n_ctx; j++) {
-        const float *k = a->pool + pd_kv_offset(l, table[j / bs], a->layer, 0, kvh, j % bs);
+        const float *k = kv_row(a, pd_kv_pos_offset(l, table, j, a->layer, 0, kvh), row);
         float s = 0.0f;
         for (uint32_t d = 0; d < hd; d++)
             s += q[d] * k[d];
@@ -45,7 +63,7 @@ static void attend_one(const struct pd_attn_args *a, uint32_t t, uint32_t h, flo
     softmax_row(scores, n_ctx);
     memset(o, 0, hd * sizeof(float));
     for (uint32_t j = 0; j < n_ctx; j++) {
-        const float *v = a->pool + pd_kv_offset(l, table[j / bs], a->layer, 1, kvh, j % bs);
+        const float *v = kv_row(a, pd_kv_pos_offset(l, table, j, a->layer, 1, kvh), row);
         for (uint32_t d = 0; d < hd; d++)
             o[d] += scores[j] * v[d];
     }
@@ -59,8 +77,14 @@ static void gather(const struct pd_attn_args *a, const uint32_t *table, uint32_t
     const uint32_t bs = l->block_size, hd = l->head_dim;
     for (uint32_t b = 0; b * bs < n_ctx; b++) {
         uint32_t n = n_ctx - b * bs < bs ? n_ctx - b * bs : bs;
-        memcpy(dst + (size_t)b * bs * hd, a->pool + pd_kv_offset(l, table[b], a->layer, kv, kvh, 0),
-               (size_t)n * hd * sizeof(float));
+        uint64_t off = pd_kv_offset(l, table[b], a->layer, kv, kvh, 0);
+        if (a->pool_type != PD_DT_BF16) {
+            memcpy(dst + (size_t)b * bs * hd, a->pool + off, (size_t)n * hd * sizeof(float));
+            continue;
+        }
+        const uint16_t *src = (const uint16_t *)(const void *)a->pool + off;
+        for (size_t i = 0; i < (size_t)n * hd; i++)
+            dst[(size_t)b * bs * hd + i] = pd_bf16_decode(src[i]);
     }
 }
 
@@ -110,6 +134,8 @@ int pd_attention_cpu(const struct pd_attn_args *a)
     int rc = 0;
 
     if (a->n_head % a->kv.n_head_kv != 0)
+        return -EINVAL;
+    if (a->pool_type != PD_DT_F32 && (a->pool_type != PD_DT_BF16 || hd > MAX_HEAD_DIM))
         return -EINVAL;
     for (uint32_t t = 0; t < a->n_tokens; t++) {
         if (a->tok_pos[t] < 0 || (size_t)a->tok_pos[t] >= max_ctx)

@@ -9,7 +9,17 @@
  * CPU path: a run of consecutive tokens of one sequence (a prefill chunk)
  * gathers each KV head's tiles once and does Q K^T and P V as GEMMs (the
  * block layout makes a head's tile one memcpy); a lone token (a decode step)
- * is a direct loop. `scratch` bounds the memory a call may use. */
+ * is a direct loop. `scratch` bounds the memory a call may use.
+ *
+ * CUDA path (attention.cu, docs/internals/cuda.md): every token is treated as
+ * a decode step over its own context (prefill runs are correct, not yet
+ * fast). One thread block per (token, KV head, group chunk, context split);
+ * the GQA group's query heads share each K/V load; long contexts are split
+ * and merged by a second kernel when `workspace` has room
+ * (pd_attention_cuda_workspace). The launcher cannot read tok_pos (device
+ * memory): max_ctx must bound every tok_pos + 1 (the engine knows it); a
+ * token beyond it, or outside the block table, gets NaN rows rather than a
+ * read out of bounds. */
 #ifndef PD_ATTENTION_H
 #define PD_ATTENTION_H
 
@@ -18,7 +28,7 @@
 struct pd_attn_args {
     float *out; /* (n_tokens, n_head, head_dim) */
     const float *q; /* (n_tokens, n_head, head_dim), RoPE applied */
-    const float *pool; /* kv_layout.h */
+    const float *pool; /* kv_layout.h; uint16_t elements when pool_type is BF16 */
     struct pd_kv_layout kv;
     uint32_t layer;
     uint32_t n_tokens, n_head;
@@ -27,8 +37,132 @@ struct pd_attn_args {
     const uint32_t *block_tables; /* (n_seqs, max_blocks) block ids */
     uint32_t max_blocks;
     float scale; /* 1 / sqrt(head_dim) */
+    /* Zero = the CPU engine's behaviour. */
+    uint32_t pool_type; /* PD_DT_F32 (0) or PD_DT_BF16 (common/quant.h): pool's elements */
+    /* CUDA only (the CPU reference ignores them): */
+    uint32_t max_ctx; /* >= every tok_pos + 1; 0 = max_blocks * block_size */
+    uint32_t split_tokens; /* context positions per split; 0 = the launcher's choice */
+    void *workspace; /* device scratch for split partials; NULL = no split */
+    uint64_t workspace_bytes;
 };
 
+/* Context splits. Positions [0, n_ctx) of a token are cut into pieces of
+ * `chunk` positions: split s covers [s * chunk, min((s + 1) * chunk, n_ctx)).
+ * A token with one piece is written straight to `out`; with more, each piece
+ * leaves a partial (normalised output, log2-sum-exp) in the workspace and a
+ * second kernel merges them. */
+#define PD_ATTN_MAX_SPLITS 64u
+#define PD_ATTN_CHUNK_ALIGN 64u /* chunk is a multiple of this */
+#define PD_ATTN_MIN_CHUNK 128u /* a split reads at least this many positions */
+
+struct pd_attn_plan {
+    uint32_t n_splits; /* 1 = no workspace used */
+    uint32_t chunk; /* positions per split */
+};
+
+PD_HD uint32_t pd_attn_n_pieces(uint32_t n_ctx, uint32_t chunk)
+{
+    return (n_ctx + chunk - 1) / chunk;
+}
+
+/* Workspace layout, offsets in floats from its start: partial outputs
+ * [n_tokens][n_head][n_splits][head_dim], then log2-sum-exp
+ * [n_tokens][n_head][n_splits]. */
+PD_HD uint64_t pd_attn_workspace_bytes(uint32_t n_tokens, uint32_t n_head, uint32_t head_dim,
+                                       uint32_t n_splits)
+{
+    return (uint64_t)n_tokens * n_head * n_splits * (head_dim + 1) * sizeof(float);
+}
+
+PD_HD uint64_t pd_attn_part_offset(uint32_t t, uint32_t h, uint32_t s, uint32_t n_head,
+                                   uint32_t n_splits, uint32_t head_dim)
+{
+    return (((uint64_t)t * n_head + h) * n_splits + s) * head_dim;
+}
+
+PD_HD uint64_t pd_attn_lse_offset(uint32_t n_tokens, uint32_t t, uint32_t h, uint32_t s,
+                                  uint32_t n_head, uint32_t n_splits, uint32_t head_dim)
+{
+    return (uint64_t)n_tokens * n_head * n_splits * head_dim +
+           ((uint64_t)t * n_head + h) * n_splits + s;
+}
+
+/* Piece size for s pieces of max_ctx, aligned. */
+PD_HD uint32_t pd_attn_chunk_for(uint32_t max_ctx, uint32_t s)
+{
+    return pd_attn_n_pieces(pd_attn_n_pieces(max_ctx, s), PD_ATTN_CHUNK_ALIGN) * PD_ATTN_CHUNK_ALIGN;
+}
+
+/* Share of `slots` (thread blocks the GPU runs at once) kept busy over the
+ * waves of a grid of n_items x (pieces of max_ctx cut s ways) blocks, in
+ * 1/1000: the last wave of a grid runs part empty. */
+PD_HD uint32_t pd_attn_wave_fill(uint32_t n_items, uint32_t max_ctx, uint32_t s, uint32_t slots)
+{
+    uint64_t blocks = (uint64_t)n_items * pd_attn_n_pieces(max_ctx, pd_attn_chunk_for(max_ctx, s));
+    uint64_t waves = (blocks + slots - 1) / slots;
+    return waves ? (uint32_t)(blocks * 1000 / (waves * slots)) : 0;
+}
+
+/* How to split. n_items thread blocks exist without splitting (tokens x KV
+ * heads x group chunks) and the GPU runs `slots` at once (SMs x resident
+ * blocks per SM). Of the piece counts that keep pieces at least
+ * PD_ATTN_MIN_CHUNK long (at most PD_ATTN_MAX_SPLITS), take the smallest
+ * whose waves are 90% full, or within 5% of the best there is: a grid of 1.4
+ * waves leaves the GPU 30% idle, and more pieces than needed only add
+ * partials to merge.
+ * split_tokens forces the piece size (tests, tuning). One piece when ws_bytes
+ * cannot hold the partials. */
+PD_HD struct pd_attn_plan pd_attn_plan_splits(uint32_t n_items, uint32_t max_ctx, uint32_t slots,
+                                              uint32_t split_tokens, uint64_t ws_bytes,
+                                              uint32_t n_tokens, uint32_t n_head,
+                                              uint32_t head_dim)
+{
+    const uint32_t al = PD_ATTN_CHUNK_ALIGN;
+    struct pd_attn_plan p;
+    uint32_t chunk;
+
+    if (max_ctx == 0)
+        max_ctx = 1;
+    if (split_tokens) {
+        chunk = split_tokens;
+    } else {
+        uint32_t cap = max_ctx / PD_ATTN_MIN_CHUNK, best = 0, s;
+        cap = cap < 1 ? 1 : cap > PD_ATTN_MAX_SPLITS ? PD_ATTN_MAX_SPLITS : cap;
+        slots = slots ? slots : 1;
+        for (s = 1; s <= cap; s++) {
+            uint32_t f = pd_attn_wave_fill(n_items, max_ctx, s, slots);
+            best = f > best ? f : best;
+        }
+        for (s = 1; s < cap; s++) {
+            uint32_t f = pd_attn_wave_fill(n_items, max_ctx, s, slots);
+            if (f >= 900 || f * 100 >= best * 95)
+                break;
+        }
+        chunk = pd_attn_chunk_for(max_ctx, s);
+    }
+    chunk = pd_attn_n_pieces(chunk, al) * al;
+    if (pd_attn_n_pieces(max_ctx, chunk) > PD_ATTN_MAX_SPLITS)
+        chunk = pd_attn_chunk_for(max_ctx, PD_ATTN_MAX_SPLITS);
+    p.chunk = chunk;
+    p.n_splits = pd_attn_n_pieces(max_ctx, chunk);
+    if (p.n_splits > 1 &&
+        ws_bytes < pd_attn_workspace_bytes(n_tokens, n_head, head_dim, p.n_splits)) {
+        p.n_splits = 1;
+        p.chunk = pd_attn_n_pieces(max_ctx, al) * al;
+    }
+    return p;
+}
+
+PD_BEGIN_DECLS
+
 int pd_attention_cpu(const struct pd_attn_args *a);
+
+/* CUDA builds only (PD_HAVE_CUDA). Bytes of workspace that let the launcher
+ * split as it likes for these args (0 when it would not split); asks the
+ * device (SMs, resident blocks). */
+int pd_attention_cuda_workspace(const struct pd_attn_args *a, uint64_t *bytes);
+int pd_attention_cuda(const struct pd_attn_args *a, pd_stream_t stream);
+
+PD_END_DECLS
 
 #endif

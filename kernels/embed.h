@@ -13,6 +13,12 @@ struct pd_embed_args {
     uint32_t n_tokens, dim;
 };
 
+PD_BEGIN_DECLS
+
 int pd_embed_cpu(const struct pd_embed_args *a);
+/* CUDA (PD_HAVE_CUDA builds): F32, F16, BF16, Q8_0, Q4_0, Q4_1; -ENOTSUP otherwise */
+int pd_embed_cuda(const struct pd_embed_args *a, pd_stream_t stream);
+
+PD_END_DECLS
 
 #endif

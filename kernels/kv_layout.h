@@ -8,8 +8,12 @@
  * so one layer's K (or V) for one head is a contiguous (block_size, head_dim)
  * tile: attention reads it with unit stride over head_dim and over tokens, and
  * a whole block is one contiguous run of bytes for the KV transfer. Offsets are
- * in elements of the pool's dtype. A token's slot is block * block_size +
- * position-in-block; sequences map positions to blocks through block tables.
+ * in elements of the pool's dtype (F32, or BF16 where an args struct's
+ * pool_type says so). A token's slot is block * block_size + position-in-block;
+ * sequences map positions to blocks through block tables.
+ *
+ * Every offset the CPU reference and the CUDA kernels compute comes from the
+ * PD_HD helpers below (tests/unit/test_kernel_index.c covers them on the CPU).
  */
 #ifndef PD_KV_LAYOUT_H
 #define PD_KV_LAYOUT_H
@@ -36,6 +40,21 @@ PD_HD uint64_t pd_kv_offset(const struct pd_kv_layout *l, uint32_t block, uint32
     uint64_t tile = (uint64_t)l->block_size * l->head_dim;
     return (uint64_t)block * pd_kv_block_elems(l) +
            (((uint64_t)layer * 2 + kv) * l->n_head_kv + head) * tile + (uint64_t)tok * l->head_dim;
+}
+
+/* offset of (slot, layer, kv, head, 0): slot = block * block_size + token-in-block */
+PD_HD uint64_t pd_kv_slot_offset(const struct pd_kv_layout *l, int64_t slot, uint32_t layer,
+                                 uint32_t kv, uint32_t head)
+{
+    return pd_kv_offset(l, (uint32_t)(slot / l->block_size), layer, kv, head,
+                        (uint32_t)(slot % l->block_size));
+}
+
+/* offset of position pos of a sequence, through its block table (max_blocks ids) */
+PD_HD uint64_t pd_kv_pos_offset(const struct pd_kv_layout *l, const uint32_t *table, uint32_t pos,
+                                uint32_t layer, uint32_t kv, uint32_t head)
+{
+    return pd_kv_offset(l, table[pos / l->block_size], layer, kv, head, pos % l->block_size);
 }
 
 #endif

@@ -1,5 +1,9 @@
 #include "kv_write.h"
 
+#include "bf16.h"
+#include "quant.h"
+
+#include <errno.h>
 #include <string.h>
 
 int pd_kv_write_cpu(const struct pd_kv_write_args *a)
@@ -7,14 +11,23 @@ int pd_kv_write_cpu(const struct pd_kv_write_args *a)
     const struct pd_kv_layout *l = &a->kv;
     size_t hd = l->head_dim, row = (size_t)l->n_head_kv * hd;
 
+    if (a->pool_type != PD_DT_F32 && a->pool_type != PD_DT_BF16)
+        return -EINVAL;
     for (uint32_t t = 0; t < a->n_tokens; t++) {
-        uint32_t block = (uint32_t)(a->slot[t] / l->block_size);
-        uint32_t tok = (uint32_t)(a->slot[t] % l->block_size);
         for (uint32_t h = 0; h < l->n_head_kv; h++) {
-            memcpy(a->pool + pd_kv_offset(l, block, a->layer, 0, h, tok), a->k + t * row + h * hd,
-                   hd * sizeof(float));
-            memcpy(a->pool + pd_kv_offset(l, block, a->layer, 1, h, tok), a->v + t * row + h * hd,
-                   hd * sizeof(float));
+            uint64_t ko = pd_kv_slot_offset(l, a->slot[t], a->layer, 0, h);
+            uint64_t vo = pd_kv_slot_offset(l, a->slot[t], a->layer, 1, h);
+            const float *k = a->k + t * row + h * hd, *v = a->v + t * row + h * hd;
+            if (a->pool_type == PD_DT_F32) {
+                memcpy(a->pool + ko, k, hd * sizeof(float));
+                memcpy(a->pool + vo, v, hd * sizeof(float));
+                continue;
+            }
+            uint16_t *pool = (uint16_t *)(void *)a->pool;
+            for (size_t d = 0; d < hd; d++) {
+                pool[ko + d] = pd_bf16_encode(k[d]);
+                pool[vo + d] = pd_bf16_encode(v[d]);
+            }
         }
     }
     return 0;

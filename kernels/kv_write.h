@@ -1,20 +1,26 @@
 /* kernels/kv_write: store new tokens' K and V for one layer into their slots of
- * the block pool (kv_layout.h). */
+ * the block pool (kv_layout.h), as float or rounded to bf16. */
 #ifndef PD_KV_WRITE_H
 #define PD_KV_WRITE_H
 
 #include "kv_layout.h"
 
 struct pd_kv_write_args {
-    float *pool; /* (n_blocks, block elems), kv_layout.h */
+    float *pool; /* (n_blocks, block elems), kv_layout.h; uint16_t elements when BF16 */
     struct pd_kv_layout kv;
     uint32_t layer;
     const float *k; /* (n_tokens, n_head_kv, head_dim) */
     const float *v; /* (n_tokens, n_head_kv, head_dim) */
     const int64_t *slot; /* (n_tokens): block * block_size + position in block */
     uint32_t n_tokens;
+    uint32_t pool_type; /* PD_DT_F32 (0) or PD_DT_BF16 (common/quant.h); k and v stay float */
 };
 
+PD_BEGIN_DECLS
+
 int pd_kv_write_cpu(const struct pd_kv_write_args *a);
+int pd_kv_write_cuda(const struct pd_kv_write_args *a, pd_stream_t stream); /* PD_HAVE_CUDA */
+
+PD_END_DECLS
 
 #endif

@@ -14,6 +14,10 @@ struct pd_matmul_args {
     int accumulate; /* y += x W^T instead of y = x W^T (residual connections) */
 };
 
+PD_BEGIN_DECLS
+
 int pd_matmul_cpu(const struct pd_matmul_args *a);
+
+PD_END_DECLS
 
 #endif

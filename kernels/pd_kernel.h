@@ -4,6 +4,13 @@
  * CPU reference (`<op>.c`) and the CUDA kernel (`<op>.cu`) both take, and index
  * helpers marked PD_HD so host code, device code and CPU tests compute the
  * same offsets. Launchers return 0 or a negative errno; they never abort.
+ *
+ * CUDA launchers (`pd_<op>_cuda(args, stream)`, defined in `<op>.cu`, built
+ * only when PD_HAVE_CUDA) are declared in the op's header beside the CPU
+ * function, with C linkage, taking a pd_stream_t: CUDA's cudaStream_t by
+ * another name, so C code needs no CUDA header (NULL = the default stream).
+ * They check their arguments on the host, enqueue, check the launch, and do
+ * not synchronize: a kernel's own failure surfaces at the next checked call.
  */
 #ifndef PD_KERNEL_H
 #define PD_KERNEL_H
@@ -16,5 +23,17 @@
 #else
 #define PD_HD static inline
 #endif
+
+#ifdef __cplusplus
+#define PD_BEGIN_DECLS extern "C" {
+#define PD_END_DECLS }
+#else
+#define PD_BEGIN_DECLS
+#define PD_END_DECLS
+#endif
+
+/* cudaStream_t is `struct CUstream_st *` (cuda_runtime_api.h) */
+struct CUstream_st;
+typedef struct CUstream_st *pd_stream_t;
 
 #endif

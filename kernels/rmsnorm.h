@@ -12,6 +12,11 @@ struct pd_rmsnorm_args {
     float eps;
 };
 
+PD_BEGIN_DECLS
+
 int pd_rmsnorm_cpu(const struct pd_rmsnorm_args *a);
+int pd_rmsnorm_cuda(const struct pd_rmsnorm_args *a, pd_stream_t stream); /* PD_HAVE_CUDA */
+
+PD_END_DECLS
 
 #endif

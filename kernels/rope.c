@@ -6,15 +6,13 @@
 int pd_rope_cpu(const struct pd_rope_args *a)
 {
     uint32_t half = a->rope_dim / 2;
-    if (a->rope_dim % 2 || a->rope_dim > a->head_dim || half > 1024)
+    if (a->rope_dim % 2 || a->rope_dim > a->head_dim || half > PD_ROPE_MAX_HALF)
         return -EINVAL;
     for (uint32_t t = 0; t < a->n_tokens; t++) {
-        float c[1024], s[1024];
+        float c[PD_ROPE_MAX_HALF], s[PD_ROPE_MAX_HALF];
         for (uint32_t i = 0; i < half; i++) {
-            double inv = pow((double)a->freq_base, -2.0 * i / a->rope_dim);
-            double theta = (double)a->pos[t] * a->freq_scale * inv;
-            if (a->freq_factors)
-                theta /= a->freq_factors[i];
+            double theta = pd_rope_theta(a->pos[t], i, a->rope_dim, a->freq_base, a->freq_scale,
+                                         a->freq_factors);
             c[i] = (float)cos(theta);
             s[i] = (float)sin(theta);
         }

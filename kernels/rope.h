@@ -8,6 +8,8 @@
 
 #include "pd_kernel.h"
 
+#include <math.h>
+
 struct pd_rope_args {
     float *x; /* (n_tokens, n_heads, head_dim), rotated in place */
     const int32_t *pos; /* (n_tokens) positions */
@@ -17,6 +19,25 @@ struct pd_rope_args {
     const float *freq_factors; /* (rope_dim / 2) or NULL */
 };
 
+#define PD_ROPE_MAX_HALF 1024 /* rope_dim / 2 at most */
+
+/* The angle of pair i at position pos, in double, as both paths compute it. */
+PD_HD double pd_rope_theta(int32_t pos, uint32_t i, uint32_t rope_dim, float freq_base,
+                           float freq_scale, const float *freq_factors)
+{
+    double inv = pow((double)freq_base, -2.0 * i / rope_dim);
+    double theta = (double)pos * freq_scale * inv;
+    if (freq_factors)
+        theta /= freq_factors[i];
+    return theta;
+}
+
+PD_BEGIN_DECLS
+
 int pd_rope_cpu(const struct pd_rope_args *a);
+/* CUDA (PD_HAVE_CUDA builds); freq_factors, like x and pos, in device memory */
+int pd_rope_cuda(const struct pd_rope_args *a, pd_stream_t stream);
+
+PD_END_DECLS
 
 #endif

@@ -11,6 +11,11 @@ struct pd_swiglu_args {
     uint64_t n;
 };
 
+PD_BEGIN_DECLS
+
 int pd_swiglu_cpu(const struct pd_swiglu_args *a);
+int pd_swiglu_cuda(const struct pd_swiglu_args *a, pd_stream_t stream); /* PD_HAVE_CUDA */
+
+PD_END_DECLS
 
 #endif

@@ -152,6 +152,11 @@ int main(int argc, char **argv)
         pd_cfg_done(options, &c);
         return 0;
     }
+    if (rc == PD_CFG_VERSION) {
+        pd_cfg_version("pdserve-inspect", stdout);
+        pd_cfg_done(options, &c);
+        return 0;
+    }
     pd_log_set_level(PD_LOG_ERR + c.log_level);
     /* the argument is part of the command line, so it outranks --model from
      * a config file or $PDSERVE_MODEL */

@@ -189,9 +189,13 @@ int main(int argc, char **argv)
     struct pd_cfg_args a;
     char err[512];
     int rc = pd_cfg_parse(options, &c, argc, argv, &a, err, sizeof(err));
-    if (rc < 0 || rc == PD_CFG_HELP) {
+    if (rc < 0 || rc == PD_CFG_HELP || rc == PD_CFG_PRINT || rc == PD_CFG_VERSION) {
         if (rc < 0)
             fprintf(stderr, "engine_bench: %s\n", err);
+        else if (rc == PD_CFG_VERSION)
+            pd_cfg_version("engine_bench", stdout);
+        else if (rc == PD_CFG_PRINT)
+            pd_cfg_print(options, &c, stdout);
         else
             pd_cfg_help(options, "engine_bench", "[OPTIONS] [MODEL.gguf]", stdout);
         pd_cfg_done(options, &c);

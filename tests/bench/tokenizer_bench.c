@@ -166,6 +166,11 @@ int main(int argc, char **argv)
     struct pd_cfg_args a;
     char err[512];
     int rc = pd_cfg_parse(options, &c, argc, argv, &a, err, sizeof(err));
+    if (rc == PD_CFG_VERSION) {
+        pd_cfg_version("tokenizer_bench", stdout);
+        pd_cfg_done(options, &c);
+        return 0;
+    }
     if (rc < 0 || rc == PD_CFG_HELP || a.n_positional < 1 ||
         (a.n_positional < 2 && !c.ids_in)) {
         if (rc < 0)

@@ -2,6 +2,7 @@
  * --print-config. Every parse uses an explicit environment so the tests do
  * not depend on the caller's. */
 #include "cfg.h"
+#include "pd_config.h"
 #include "pd_test.h"
 
 #include <errno.h>
@@ -318,6 +319,32 @@ static void cfg_help_ignores_broken_config_file(void)
                  PD_CFG_HELP);
     CHECK_EQ_INT(c.kv_port, 14579);
     pd_cfg_done(opts, &c);
+}
+
+static void cfg_version_flag_returns_version(void)
+{
+    struct tcfg c;
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f;
+
+    /* like help: a broken file or environment does not stop it */
+    CHECK_EQ_INT(parse(&c, ARGV("--config=/nonexistent/pdserve.json", "--version"),
+                       ENVP("PDSERVE_KV_PORT=abc")), PD_CFG_VERSION);
+    pd_cfg_done(opts, &c);
+    CHECK_EQ_INT(parse(&c, ARGV("--version", "--help"), no_env), PD_CFG_HELP);
+    pd_cfg_done(opts, &c);
+    CHECK_EQ_INT(parse(&c, ARGV("--print-config", "--version"), no_env), PD_CFG_VERSION);
+    pd_cfg_done(opts, &c);
+    CHECK_EQ_INT(parse(&c, ARGV("--version=1"), no_env), -EINVAL);
+    pd_cfg_done(opts, &c);
+
+    f = open_memstream(&buf, &len);
+    CHECK(f);
+    pd_cfg_version("/usr/bin/prefilld", f);
+    fclose(f);
+    CHECK_STR(buf, "prefilld " PD_VERSION "\n");
+    free(buf);
 }
 
 static void cfg_print_config_returns_print(void)
@@ -929,6 +956,7 @@ static void cfg_help_lists_every_option(void)
     CHECK_CONTAINS(h, "--config FILE");
     CHECK_CONTAINS(h, "--print-config");
     CHECK_CONTAINS(h, "--help");
+    CHECK_CONTAINS(h, "--version");
     CHECK_CONTAINS(h, "--[no-]verbose");
     CHECK_CONTAINS(h, "KV listen port (integer; default 14579; range [1, 65535]; env PDSERVE_KV_PORT)");
     CHECK_CONTAINS(h, "one of auto|cpu|cuda");
@@ -1086,6 +1114,7 @@ static const struct pd_test tests[] = {
     PD_TEST(cfg_double_dash_ends_flags),
     PD_TEST(cfg_help_flag_returns_help),
     PD_TEST(cfg_help_ignores_broken_config_file),
+    PD_TEST(cfg_version_flag_returns_version),
     PD_TEST(cfg_print_config_returns_print),
     PD_TEST(cfg_print_config_still_reports_errors),
     PD_TEST(cfg_meta_flags_take_no_value),

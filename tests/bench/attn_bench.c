@@ -1,0 +1,444 @@
+/* attn_bench: CUDA decode attention, bytes read / time, beside a device-to-
+ * device copy measured in the same run (counted as bytes read + bytes
+ * written). Timings never decide a test; the figures go to docs/perf.md.
+ *
+ *   build/tests/bench/attn_bench                                  # default model's shape
+ *   build/tests/bench/attn_bench --model-shape '{"preset":"llama3-8b","n_head_kv":4}'  # GQA 8:1
+ *   build/tests/bench/attn_bench --probe                          # the device, or why not
+ *
+ * The shape comes from a dummy model (--model-shape, common/model; metadata
+ * only: attention needs no weights). The KV pool has the real layout and a
+ * realistic size: every layer of every block (block strides as in serving),
+ * --batch x --context positions' worth of blocks, handed to the sequences in a
+ * random order, filled on the device from --seed. One decode step per sequence
+ * (every sequence at the same context) for each batch and context; each timed
+ * trial runs one launch per layer, so consecutive launches read different
+ * memory and the L2 cache holds none of it, captured once as a CUDA graph and
+ * replayed (the kernels' time, not the launch overhead; --no-graphs: plain
+ * launches). Bytes counted: K and V of every position read, plus q. Medians of
+ * --trials.
+ *
+ * Without a usable GPU it says why and exits 1.
+ */
+#include "attention.h"
+#include "cfg.h"
+#include "cuda_util.h"
+#include "model.h"
+#include "quant.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct bench_cfg {
+    char *model_shape;
+    int64_t seed;
+    struct pd_cfg_list batch;
+    struct pd_cfg_list context;
+    int64_t block_size;
+    int kv_dtype;
+    int64_t trials;
+    int64_t copy_mib;
+    int64_t split_tokens;
+    double max_memory;
+    bool graphs;
+    bool check;
+    bool probe;
+};
+
+static const char *const kv_dtypes[] = {"bf16", "f32", NULL};
+
+static const struct pd_cfg_opt options[] = {
+    PD_CFG_STR("model-shape", struct bench_cfg, model_shape, "default", 4096,
+               "dummy model shape: preset or JSON (common/model)"),
+    PD_CFG_INT("seed", struct bench_cfg, seed, "1", 0, INT64_MAX, "seed of the KV and q contents"),
+    PD_CFG_LIST("batch", struct bench_cfg, batch, 8,
+                "sequences per step, e.g. 16,64 (the default)"),
+    PD_CFG_LIST("context", struct bench_cfg, context, 8,
+                "context lengths, e.g. 1024,2048,4096,8192 (the default)"),
+    PD_CFG_INT("block-size", struct bench_cfg, block_size, "16", 1, 1024, "tokens per KV block"),
+    PD_CFG_ENUM("kv-dtype", struct bench_cfg, kv_dtype, "bf16", kv_dtypes, "KV pool element type"),
+    PD_CFG_INT("trials", struct bench_cfg, trials, "7", 1, 101, "timed trials per figure (median)"),
+    PD_CFG_INT("copy-mib", struct bench_cfg, copy_mib, "1024", 64, 65536,
+               "size of the device-to-device copy measured as the reference"),
+    PD_CFG_INT("split-tokens", struct bench_cfg, split_tokens, "0", 0, 1 << 20,
+               "context positions per split (0: the launcher's choice)"),
+    PD_CFG_DOUBLE("max-memory", struct bench_cfg, max_memory, "0.85", 0.05, 0.95,
+                  "fraction of free device memory the pool may take"),
+    PD_CFG_BOOL("graphs", struct bench_cfg, graphs, "true",
+                "time replays of a CUDA graph of each trial's launches (the kernels, not the "
+                "launch overhead); --no-graphs: plain launches"),
+    PD_CFG_BOOL("check", struct bench_cfg, check, "true",
+                "compare two sequences of the first figure with the CPU reference"),
+    PD_CFG_BOOL("probe", struct bench_cfg, probe, "false",
+                "print the device (or why there is none) and exit"),
+    PD_CFG_END,
+};
+
+static const uint32_t def_batch[] = {16, 64}, def_context[] = {1024, 2048, 4096, 8192};
+
+#define MAX_ITEMS 8
+
+
+/* Values of a list option (repeated, or comma-separated), or the defaults;
+ * 0 on a bad item or more than MAX_ITEMS. */
+static size_t list_values(const struct pd_cfg_list *l, const uint32_t *def, size_t n_def,
+                          uint32_t *out)
+{
+    size_t n = 0;
+    if (l->n == 0) {
+        memcpy(out, def, n_def * sizeof *out);
+        return n_def;
+    }
+    for (size_t i = 0; i < l->n; i++) {
+        const char *s = l->items[i];
+        char *end;
+        do {
+            unsigned long v = strtoul(s, &end, 10);
+            if (end == s || (*end && *end != ',') || v == 0 || v > (1u << 20) || n == MAX_ITEMS)
+                return 0;
+            out[n++] = (uint32_t)v;
+            s = end + 1;
+        } while (*end);
+    }
+    return n;
+}
+
+static uint32_t max_of(const uint32_t *v, size_t n)
+{
+    uint32_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        m = v[i] > m ? v[i] : m;
+    return m;
+}
+
+static int cmp_f(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+static uint64_t splitmix(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+#define TRY(call)                                                              \
+    do {                                                                       \
+        if ((rc = (call)) < 0) {                                               \
+            fprintf(stderr, "attn_bench: %s failed: %s\n", #call, strerror(-rc)); \
+            goto out;                                                          \
+        }                                                                      \
+    } while (0)
+
+/* A trial: fn(arg, i, stream) for i in [0, n). */
+typedef int (*pass_fn)(void *, uint32_t, pd_stream_t);
+
+static int run_trial(pass_fn fn, void *arg, uint32_t n, pd_stream_t s)
+{
+    int rc;
+    for (uint32_t i = 0; i < n; i++)
+        if ((rc = fn(arg, i, s)) < 0)
+            return rc;
+    return 0;
+}
+
+/* Median over trials of the time per pass, a trial being n passes; with
+ * graphs, a trial is captured once and replayed, so launch overhead stays out. */
+static int time_passes(pass_fn fn, void *arg, uint32_t n, int trials, int graphs, pd_stream_t s,
+                       struct pd_cuda_timer *tm, float *per_pass_ms)
+{
+    struct pd_cuda_graph *g = NULL;
+    float v[101];
+    int rc;
+
+    /* warm-up: module load, first touch, the launcher's cached queries */
+    if ((rc = run_trial(fn, arg, n < 3 ? n : 3, s)) < 0)
+        return rc;
+    if (graphs) {
+        if ((rc = pd_cuda_graph_begin(s)) < 0)
+            return rc;
+        rc = run_trial(fn, arg, n, s);
+        int rc_end = pd_cuda_graph_end(s, &g); /* ends the capture whatever happened */
+        if ((rc = rc < 0 ? rc : rc_end) < 0 || (rc = pd_cuda_graph_launch(g, s)) < 0)
+            goto out;
+    }
+    for (int t = 0; t < trials; t++) {
+        if ((rc = pd_cuda_timer_start(tm, s)) < 0 ||
+            (rc = g ? pd_cuda_graph_launch(g, s) : run_trial(fn, arg, n, s)) < 0 ||
+            (rc = pd_cuda_timer_stop(tm, s, &v[t])) < 0)
+            goto out;
+        v[t] /= (float)n;
+    }
+    qsort(v, (size_t)trials, sizeof *v, cmp_f);
+    *per_pass_ms = v[trials / 2];
+out:
+    pd_cuda_graph_free(g);
+    return rc;
+}
+
+struct copy_arg {
+    void *dst;
+    const void *src;
+    size_t bytes;
+};
+
+static int copy_pass(void *arg, uint32_t i, pd_stream_t s)
+{
+    struct copy_arg *c = arg;
+    (void)i;
+    return pd_cuda_memcpy_async(c->dst, c->src, c->bytes, s);
+}
+
+static int attn_pass(void *arg, uint32_t layer, pd_stream_t s)
+{
+    struct pd_attn_args a = *(struct pd_attn_args *)arg;
+    a.layer = layer % a.kv.n_layer;
+    return pd_attention_cuda(&a, s);
+}
+
+/* Two sequences of the batch, recomputed on the CPU from a host copy of
+ * their blocks: the figures are of a kernel that computes the right thing. */
+static int spot_check(const struct pd_attn_args *g, const uint32_t *tables_host, size_t elem,
+                      uint32_t ctx, double *err_out)
+{
+    const struct pd_kv_layout *l = &g->kv;
+    const uint32_t n = g->n_tokens < 2 ? g->n_tokens : 2, mb = g->max_blocks;
+    const uint32_t nb = (ctx + l->block_size - 1) / l->block_size;
+    const size_t block_bytes = pd_kv_block_elems(l) * elem, row = (size_t)g->n_head * l->head_dim;
+    uint8_t *pool = malloc((size_t)n * nb * block_bytes);
+    uint32_t *tables = malloc((size_t)n * mb * sizeof(uint32_t));
+    float *q = malloc(n * row * sizeof(float)), *ref = malloc(n * row * sizeof(float));
+    float *got = malloc(n * row * sizeof(float));
+    int32_t seq[2] = {0, 1}, pos[2] = {(int32_t)ctx - 1, (int32_t)ctx - 1};
+    int rc = -ENOMEM;
+
+    if (!pool || !tables || !q || !ref || !got)
+        goto out;
+    for (uint32_t s = 0; s < n; s++)
+        for (uint32_t j = 0; j < nb; j++) {
+            tables[s * mb + j] = s * nb + j;
+            rc = pd_cuda_memcpy(pool + (size_t)(s * nb + j) * block_bytes,
+                                (const uint8_t *)(const void *)g->pool +
+                                    (size_t)tables_host[s * mb + j] * block_bytes,
+                                block_bytes);
+            if (rc < 0)
+                goto out;
+        }
+    if ((rc = pd_cuda_memcpy(q, g->q, n * row * sizeof(float))) < 0 ||
+        (rc = pd_cuda_memcpy(got, g->out, n * row * sizeof(float))) < 0)
+        goto out;
+    struct pd_attn_args a = *g;
+    a.out = ref, a.q = q, a.pool = (const float *)(const void *)pool, a.n_tokens = n;
+    a.tok_seq = seq, a.tok_pos = pos, a.block_tables = tables;
+    if ((rc = pd_attention_cpu(&a)) < 0)
+        goto out;
+    double max_ref = 0, max_err = 0;
+    for (size_t i = 0; i < n * row; i++) {
+        double e = fabs((double)got[i] - ref[i]);
+        if (isnan(e))
+            e = INFINITY; /* an unwritten (NaN) output fails the check */
+        max_err = e > max_err ? e : max_err;
+        max_ref = fabs(ref[i]) > max_ref ? fabs(ref[i]) : max_ref;
+    }
+    *err_out = max_ref > 0 ? max_err / max_ref : max_err;
+out:
+    free(pool), free(tables), free(q), free(ref), free(got);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    struct bench_cfg c;
+    struct pd_cfg_args a;
+    struct pd_model *m = NULL;
+    struct pd_cuda_timer *tm = NULL;
+    pd_stream_t stream = NULL;
+    void *pool = NULL, *dq = NULL, *dout = NULL, *dws = NULL, *dseq = NULL, *dpos = NULL;
+    void *dtables = NULL, *csrc = NULL, *cdst = NULL;
+    uint32_t *tables = NULL;
+    int32_t *seq = NULL, *pos = NULL;
+    uint32_t batch[MAX_ITEMS], context[MAX_ITEMS];
+    char err[512], why[256], dev[256];
+    int rc = pd_cfg_parse(options, &c, argc, argv, &a, err, sizeof(err)), exit_code = 1;
+
+    if (rc < 0 || rc == PD_CFG_HELP || rc == PD_CFG_PRINT || rc == PD_CFG_VERSION) {
+        if (rc < 0)
+            fprintf(stderr, "attn_bench: %s\n", err);
+        else if (rc == PD_CFG_HELP)
+            pd_cfg_help(options, "attn_bench", "[OPTIONS]", stdout);
+        else if (rc == PD_CFG_PRINT)
+            pd_cfg_print(options, &c, stdout);
+        else
+            pd_cfg_version("attn_bench", stdout);
+        pd_cfg_done(options, &c);
+        return rc < 0 ? 2 : 0;
+    }
+    const size_t n_batch = list_values(&c.batch, def_batch, 2, batch);
+    const size_t n_context = list_values(&c.context, def_context, 4, context);
+    if (!n_batch || !n_context || a.n_positional) {
+        fprintf(stderr, "attn_bench: --batch and --context take up to %d numbers in [1, 2^20]; "
+                "no positional arguments\n", MAX_ITEMS);
+        pd_cfg_done(options, &c);
+        return 2;
+    }
+
+    if ((rc = pd_cuda_probe(why, sizeof why)) < 0) {
+        fprintf(stderr, "attn_bench: %s\n", why);
+        pd_cfg_done(options, &c);
+        return 1;
+    }
+    if ((rc = pd_cuda_device_info(dev, sizeof dev)) < 0)
+        goto out;
+    printf("device: %s\n", dev);
+    if (c.probe) {
+        exit_code = 0;
+        goto out;
+    }
+    if (pd_cuda_debug_build())
+        printf("WARNING: kernels built with -G (device debug): these timings mean nothing\n");
+
+    struct pd_model_params mp = {.load_format = PD_LOAD_DUMMY, .shape = c.model_shape,
+                                 .seed = (uint64_t)c.seed, .flags = PD_MODEL_META_ONLY};
+    if (pd_model_load(&mp, &m, err, sizeof(err)) < 0) {
+        fprintf(stderr, "attn_bench: %s\n", err);
+        goto out;
+    }
+    const struct pd_hparams *hp = pd_model_hparams(m);
+    const uint32_t pool_type = c.kv_dtype == 0 ? PD_DT_BF16 : PD_DT_F32;
+    const size_t elem = pool_type == PD_DT_BF16 ? 2 : 4;
+    const struct pd_kv_layout kv = {hp->n_layer, hp->n_head_kv, hp->head_dim,
+                                    (uint32_t)c.block_size};
+    const uint32_t max_b = max_of(batch, n_batch), max_ctx = max_of(context, n_context);
+    const uint32_t mb = (max_ctx + kv.block_size - 1) / kv.block_size;
+    const uint64_t n_blocks = (uint64_t)max_b * mb, block_bytes = pd_kv_block_elems(&kv) * elem;
+    const uint64_t pool_bytes = n_blocks * block_bytes;
+    const size_t row = (size_t)hp->n_head * hp->head_dim;
+    size_t free_b = 0, total_b = 0;
+
+    TRY(pd_cuda_mem_info(&free_b, &total_b));
+    printf("shape %s: %u layers, %u heads / %u KV heads (GQA %u:1), head_dim %u; "
+           "KV %s, block %u tokens (%.0f KiB); pool %.2f GiB = %llu blocks\n",
+           pd_model_name(m), hp->n_layer, hp->n_head, hp->n_head_kv, hp->n_head / hp->n_head_kv,
+           hp->head_dim, kv_dtypes[c.kv_dtype], kv.block_size, (double)block_bytes / 1024,
+           (double)pool_bytes / (1u << 30), (unsigned long long)n_blocks);
+    if ((double)pool_bytes + 2.0 * ((uint64_t)c.copy_mib << 20) > c.max_memory * (double)free_b) {
+        fprintf(stderr, "attn_bench: the pool (%.2f GiB) and the copy buffers do not fit in %.0f%% "
+                "of the %.2f GiB free: lower --batch or --context, or use --kv-dtype bf16\n",
+                (double)pool_bytes / (1u << 30), 100 * c.max_memory, (double)free_b / (1u << 30));
+        goto out;
+    }
+
+    /* the pool, q, and block tables handing out the blocks in a random order */
+    TRY(pd_cuda_malloc(&pool, pool_bytes));
+    TRY(pd_cuda_fill_random(pool, pool_bytes / elem, pool_type, (uint64_t)c.seed, 1.0f, NULL));
+    TRY(pd_cuda_malloc(&dq, (size_t)max_b * row * sizeof(float)));
+    TRY(pd_cuda_fill_random(dq, (size_t)max_b * row, PD_DT_F32, (uint64_t)c.seed + 1, 4.0f, NULL));
+    TRY(pd_cuda_malloc(&dout, (size_t)max_b * row * sizeof(float)));
+    tables = malloc(n_blocks * sizeof(uint32_t));
+    seq = malloc(max_b * sizeof(int32_t));
+    pos = malloc(max_b * sizeof(int32_t));
+    if (!tables || !seq || !pos) {
+        fprintf(stderr, "attn_bench: out of memory\n");
+        goto out;
+    }
+    uint64_t rs = (uint64_t)c.seed;
+    for (uint64_t i = 0; i < n_blocks; i++)
+        tables[i] = (uint32_t)i;
+    for (uint64_t i = n_blocks - 1; i > 0; i--) {
+        uint64_t j = splitmix(&rs) % (i + 1);
+        uint32_t t = tables[i];
+        tables[i] = tables[j], tables[j] = t;
+    }
+    for (uint32_t s = 0; s < max_b; s++)
+        seq[s] = (int32_t)s;
+    TRY(pd_cuda_malloc(&dtables, n_blocks * sizeof(uint32_t)));
+    TRY(pd_cuda_memcpy(dtables, tables, n_blocks * sizeof(uint32_t)));
+    TRY(pd_cuda_malloc(&dseq, max_b * sizeof(int32_t)));
+    TRY(pd_cuda_memcpy(dseq, seq, max_b * sizeof(int32_t)));
+    TRY(pd_cuda_malloc(&dpos, max_b * sizeof(int32_t)));
+    TRY(pd_cuda_timer_new(&tm));
+    TRY(pd_cuda_stream_new(&stream));
+
+    /* the reference: a device-to-device copy, bytes read + bytes written */
+    struct copy_arg ca = {.bytes = (size_t)c.copy_mib << 20};
+    TRY(pd_cuda_malloc(&csrc, ca.bytes));
+    TRY(pd_cuda_malloc(&cdst, ca.bytes));
+    TRY(pd_cuda_fill_random(csrc, ca.bytes / 4, PD_DT_F32, 7, 1.0f, NULL));
+    ca.src = csrc, ca.dst = cdst;
+    float copy_ms;
+    TRY(time_passes(copy_pass, &ca, 4, (int)c.trials, 0, stream, tm, &copy_ms));
+    const double copy_gbs = 2.0 * (double)ca.bytes / (copy_ms * 1e-3) / 1e9;
+    csrc = pd_cuda_free(csrc);
+    cdst = pd_cuda_free(cdst);
+    printf("copy: device to device, %lld MiB: %.1f GB/s (read + written), median of %lld; "
+           "attention %s\n", (long long)c.copy_mib, copy_gbs, (long long)c.trials,
+           c.graphs ? "timed as CUDA graph replays" : "timed as plain launches");
+
+    printf("%6s %8s %7s %10s %9s %8s\n", "batch", "context", "splits", "time_us", "GB/s",
+           "vs_copy");
+    double worst = INFINITY, best = 0;
+    int checked = !c.check;
+    for (size_t ci = 0; ci < n_context; ci++)
+        for (size_t bi = 0; bi < n_batch; bi++) {
+            const uint32_t B = batch[bi], ctx = context[ci];
+            for (uint32_t s = 0; s < B; s++)
+                pos[s] = (int32_t)ctx - 1;
+            TRY(pd_cuda_memcpy(dpos, pos, B * sizeof(int32_t)));
+            struct pd_attn_args g = {.out = dout, .q = dq, .pool = pool, .kv = kv, .layer = 0,
+                                     .n_tokens = B, .n_head = hp->n_head, .tok_seq = dseq,
+                                     .tok_pos = dpos, .block_tables = dtables, .max_blocks = mb,
+                                     .scale = 1.0f / sqrtf((float)hp->head_dim),
+                                     .pool_type = pool_type, .max_ctx = ctx,
+                                     .split_tokens = (uint32_t)c.split_tokens};
+            uint64_t ws = 0;
+            TRY(pd_attention_cuda_workspace(&g, &ws));
+            dws = pd_cuda_free(dws);
+            if (ws)
+                TRY(pd_cuda_malloc(&dws, ws));
+            g.workspace = dws, g.workspace_bytes = ws;
+            const uint64_t splits = ws ? ws / ((uint64_t)B * hp->n_head * (hp->head_dim + 1) * 4) : 1;
+
+            float ms;
+            TRY(time_passes(attn_pass, &g, kv.n_layer, (int)c.trials, c.graphs, stream, tm, &ms));
+            const double bytes = (double)B * ctx * kv.n_head_kv * kv.head_dim * 2 * elem +
+                                 (double)B * row * sizeof(float);
+            const double gbs = bytes / (ms * 1e-3) / 1e9, ratio = gbs / copy_gbs;
+            printf("%6u %8u %7llu %10.1f %9.1f %8.2f\n", B, ctx, (unsigned long long)splits,
+                   ms * 1e3, gbs, ratio);
+            worst = ratio < worst ? ratio : worst;
+            best = ratio > best ? ratio : best;
+            if (!checked) {
+                double e;
+                g.layer = kv.n_layer / 2;
+                TRY(pd_attention_cuda(&g, NULL));
+                TRY(pd_cuda_sync());
+                TRY(spot_check(&g, tables, elem, ctx, &e));
+                printf("  (check: 2 sequences against the CPU reference, error %.2g)\n", e);
+                if (!(e <= 1e-5)) {
+                    fprintf(stderr, "attn_bench: the kernel disagrees with the CPU reference "
+                            "(normalized error %.3g > 1e-5)\n", e);
+                    goto out;
+                }
+                checked = 1;
+            }
+        }
+    printf("attn_bench: %s GQA %u:1 %s: vs_copy %.2f to %.2f (target >= 0.80)\n", pd_model_name(m),
+           hp->n_head / hp->n_head_kv, kv_dtypes[c.kv_dtype], worst, best);
+    exit_code = 0;
+out:
+    pd_cuda_free(pool), pd_cuda_free(dq), pd_cuda_free(dout), pd_cuda_free(dws);
+    pd_cuda_free(dseq), pd_cuda_free(dpos), pd_cuda_free(dtables);
+    pd_cuda_free(csrc), pd_cuda_free(cdst);
+    pd_cuda_timer_free(tm);
+    pd_cuda_stream_free(stream);
+    free(tables), free(seq), free(pos);
+    pd_model_free(m);
+    pd_cfg_done(options, &c);
+    return exit_code;
+}

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# The GPU check: run from an unpacked bundle (deploy/bundle.sh) on a GPU
+# machine that has nothing else installed and cannot fetch anything. It builds
+# nothing. Steps, in order, each logged:
+#
+#   start       a bundled program runs here (libraries, glibc)          no GPU needed
+#   cpu-engine  pdserve-generate on a tiny dummy model (OpenBLAS)       no GPU needed
+#   gpu         the device, or why there is none (attn_bench --probe)
+#   kernels     every CUDA kernel against its CPU reference (test_kernels)
+#   attn-*      decode-attention benchmark vs a device-to-device copy:
+#                 default model's shape (GQA 3:1, head_dim 64), bf16 and f32 KV
+#                 GQA 8:1 (Llama-3-8B shape with 4 KV heads, head_dim 128), bf16 KV
+#               batch 16 and 64, context 1k to 8k, pool of real layout and size
+#
+# Without a usable GPU it stops at the `gpu` step with the reason and exits 2.
+# Exit 0 when every step passed, 1 when one failed. The benchmark tables and,
+# last, a short table of the steps are printed; the whole output also goes to
+# $OUT/check.log (or ./check-out/check.log) and the tables to summary.txt.
+#
+#   tar -xf pdserve-*.tar.xz -C /tmp && /tmp/pdserve-*/tests/gpu/check.sh
+#
+# Budget: about 2 minutes on an H100 (most of it the kernel tests' CPU
+# reference); each step is cut at STEP_TIMEOUT seconds (default 300).
+set -uo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+env="$root/bin/pdserve-env"
+logdir="${OUT:-$PWD/check-out}"
+step_timeout="${STEP_TIMEOUT:-300}"
+mkdir -p "$logdir" || exit 1
+log="$logdir/check.log"
+summary="$logdir/summary.txt"
+: > "$log"
+: > "$summary"
+
+say() { echo "$@" | tee -a "$log"; }
+
+steps=()
+failed=0
+t_all=$SECONDS
+
+# run STEP DESCRIPTION CMD...: output to the log (and the screen), one row in
+# the table; returns the command's status
+run() {
+    local name="$1" what="$2" rc t0=$SECONDS
+    shift 2
+    say ""
+    say "== $name: $what"
+    say "\$ $*"
+    if command -v timeout >/dev/null; then
+        timeout "$step_timeout" "$@" 2>&1 | tee -a "$log"
+    else
+        "$@" 2>&1 | tee -a "$log"
+    fi
+    rc=${PIPESTATUS[0]}
+    local result=ok
+    case $rc in
+        0) ;;
+        77) result="SKIPPED (exit 77: nothing ran)" ;;
+        124) result="TIMEOUT after ${step_timeout}s" ;;
+        *) result="FAIL (exit $rc)" ;;
+    esac
+    [ $rc -eq 0 ] || failed=1
+    steps+=("$(printf '%-12s %-34s %5ss' "$name" "$result" $((SECONDS - t0)))")
+    return $rc
+}
+
+table() {
+    {
+        echo ""
+        echo "== pdserve GPU check: $(sed -n 1p "$root/BUILDINFO" 2>/dev/null), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+        [ -n "${gpu_line:-}" ] && echo "gpu: $gpu_line"
+        [ -n "${smi_line:-}" ] && echo "nvidia-smi: $smi_line"
+        if [ -s "$summary" ]; then
+            cat "$summary"
+        fi
+        printf '%-12s %-34s %6s\n' step result time
+        printf '%s\n' "${steps[@]}"
+        echo "total $((SECONDS - t_all))s; log: $log"
+    } | tee -a "$log"
+}
+
+say "pdserve GPU check from $root"
+say "$(cat "$root/BUILDINFO" 2>/dev/null || echo 'no BUILDINFO: is this an unpacked bundle?')"
+say "host: $(uname -srm)"
+if command -v nvidia-smi >/dev/null; then
+    smi_line="$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)"
+    say "nvidia-smi: $smi_line"
+else
+    say "nvidia-smi: not on PATH"
+fi
+# The driver's library directory, where a container mounts it off the default path.
+for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib/wsl/lib; do
+    if [ -e "$d/libcuda.so.1" ]; then
+        case ":${LD_LIBRARY_PATH:-}:" in *":$d:"*) ;; *) export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d" ;; esac
+    fi
+done
+
+if ! run start "a bundled program runs here" "$env" pdserve-inspect --version; then
+    say "check.sh: the bundle's programs do not start on this machine (see above); nothing else was run"
+    table
+    exit 1
+fi
+run cpu-engine "CPU engine on a tiny dummy model" \
+    "$env" pdserve-generate --load-format dummy --model-shape tiny --prompt-ids 5,6 --prompt-ids 7 -n 4
+
+if [ ! -x "$root/libexec/attn_bench" ] || [ ! -x "$root/libexec/test_kernels" ]; then
+    say "check.sh: this bundle was built without CUDA (no test_kernels/attn_bench in libexec/):"
+    say "          rebuild with meson setup -Dcuda=enabled, then deploy/bundle.sh"
+    steps+=("$(printf '%-12s %-34s %5ss' gpu 'NOT BUILT (CUDA off)' 0)")
+    table
+    exit 2
+fi
+if ! run gpu "a usable CUDA device" "$env" attn_bench --probe; then
+    say "check.sh: no usable GPU here (the reason is above); the GPU steps were not run"
+    steps[${#steps[@]} - 1]="$(printf '%-12s %-34s %5ss' gpu 'NO GPU: nothing below was run' 0)"
+    table
+    exit 2
+fi
+gpu_line="$(grep -m1 '^device: ' "$log" | sed 's/^device: //')"
+
+run kernels "CUDA kernels against the CPU reference" "$env" test_kernels
+
+bench() {
+    local name="$1"
+    shift
+    if run "$name" "decode attention vs device copy" "$env" attn_bench "$@"; then
+        {
+            echo "-- $name: attn_bench $*"
+            # the table of the last run: from the shape line to the summary line
+            sed -n '/^shape /,/^attn_bench: /p' "$log" | awk '/^shape /{buf=""} {buf=buf $0 "\n"} END{printf "%s", buf}'
+        } >> "$summary"
+    fi
+}
+bench attn-3:1-bf16 --model-shape default --kv-dtype bf16
+bench attn-8:1-bf16 --model-shape '{"preset":"llama3-8b","n_head_kv":4}' --kv-dtype bf16
+bench attn-3:1-f32 --model-shape default --kv-dtype f32
+
+table
+exit $failed

@@ -1,0 +1,355 @@
+/* tests/kernels/emu/cuda_emu.cpp: runs the grid of an emulated launch, and
+ * stands in for the CUDA runtime functions kernels/cuda_util.cu calls (host
+ * memory, a fake device 0 with 132 SMs, events on the host clock), so that
+ * cuda_util.cu itself is exercised too.
+ *
+ * Threads of a block are fibers on the calling thread, run in turn; a fiber
+ * gives the CPU up only at __syncthreads and inside a shuffle, so a block's
+ * run is deterministic. Blocks run one after another. A fiber is entered the
+ * first time with setcontext (its own stack) and switched with _setjmp /
+ * _longjmp after that: swapcontext's signal-mask system call on every switch
+ * made the attention tests ten times slower. */
+#undef _FORTIFY_SOURCE /* __longjmp_chk refuses to jump between stacks */
+#include "cuda_emu.h"
+
+#include <chrono>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <ucontext.h>
+#include <vector>
+
+#define MAX_THREADS 1024
+#define FIBER_STACK (128u << 10)
+
+unsigned char emu_dynamic_smem[228u << 10] __attribute__((aligned(16)));
+
+namespace {
+
+struct fiber {
+    ucontext_t ctx; /* the first entry */
+    jmp_buf jb; /* where it gave the CPU up */
+    emu_ids ids;
+    bool started, done;
+    std::vector<char> stack;
+};
+
+std::vector<fiber> fibers;
+jmp_buf scheduler;
+int current = -1;
+unsigned live; /* fibers of the block not finished */
+const std::function<void()> *body;
+unsigned long barrier_arrived, barrier_generation;
+unsigned long warp_arrived[MAX_THREADS / 32], warp_generation[MAX_THREADS / 32];
+float shuffle_slot[MAX_THREADS / 32][32];
+
+void yield_to_scheduler()
+{
+    if (!_setjmp(fibers[current].jb))
+        _longjmp(scheduler, 1);
+}
+
+void fiber_main()
+{
+    (*body)();
+    fibers[current].done = true;
+    live--;
+    _longjmp(scheduler, 1);
+}
+
+/* Run f until it gives the CPU up or ends (a function of its own: nothing of
+ * the caller's frame lives across the jumps). */
+__attribute__((noinline)) void run_fiber(fiber &f)
+{
+    if (_setjmp(scheduler))
+        return;
+    if (!f.started) {
+        f.started = true;
+        setcontext(&f.ctx);
+    }
+    _longjmp(f.jb, 1);
+}
+
+/* all `need` members arrive, then all go on */
+void barrier(unsigned long *arrived, unsigned long *generation, unsigned long need)
+{
+    const unsigned long g = *generation;
+    if (++*arrived >= need) {
+        *arrived = 0;
+        ++*generation;
+        return;
+    }
+    while (*generation == g)
+        yield_to_scheduler();
+}
+
+} // namespace
+
+const emu_ids *emu_current(void)
+{
+    return &fibers[current].ids;
+}
+
+void emu_syncthreads(void)
+{
+    barrier(&barrier_arrived, &barrier_generation, live);
+}
+
+/* A warp's shuffle: every lane posts its value, all read their partner's. */
+float emu_shfl_xor(float v, int lane_mask)
+{
+    const unsigned t = fibers[current].ids.thread.x, w = t / 32, lane = t % 32;
+    shuffle_slot[w][lane] = v;
+    barrier(&warp_arrived[w], &warp_generation[w], 32);
+    const float r = shuffle_slot[w][lane ^ (unsigned)lane_mask];
+    barrier(&warp_arrived[w], &warp_generation[w], 32);
+    return r;
+}
+
+void emu_run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const std::function<void()> &fn)
+{
+    const unsigned n = block.x;
+    if (block.y != 1 || block.z != 1 || n == 0 || n % 32 || n > MAX_THREADS ||
+        dynamic_smem > sizeof emu_dynamic_smem) {
+        fprintf(stderr, "cuda_emu: unsupported launch (block %ux%ux%u, %zu bytes of shared memory)\n",
+                block.x, block.y, block.z, dynamic_smem);
+        abort();
+    }
+    if (fibers.size() < n)
+        fibers.resize(n);
+    body = &fn;
+    for (unsigned z = 0; z < grid.z; z++)
+        for (unsigned y = 0; y < grid.y; y++)
+            for (unsigned x = 0; x < grid.x; x++) {
+                memset(emu_dynamic_smem, 0xff, dynamic_smem); /* uninitialised, as on a GPU */
+                barrier_arrived = 0;
+                memset(warp_arrived, 0, sizeof warp_arrived);
+                live = n;
+                for (unsigned t = 0; t < n; t++) {
+                    fiber &f = fibers[t];
+                    if (f.stack.empty())
+                        f.stack.resize(FIBER_STACK);
+                    f.started = f.done = false;
+                    f.ids = {dim3(t, 0, 0), dim3(x, y, z), block, grid};
+                    getcontext(&f.ctx);
+                    f.ctx.uc_stack.ss_sp = f.stack.data();
+                    f.ctx.uc_stack.ss_size = f.stack.size();
+                    f.ctx.uc_link = NULL; /* fiber_main never returns */
+                    makecontext(&f.ctx, fiber_main, 0);
+                }
+                while (live > 0)
+                    for (unsigned t = 0; t < n; t++)
+                        if (!fibers[t].done) {
+                            current = (int)t;
+                            run_fiber(fibers[t]);
+                        }
+                current = -1;
+            }
+}
+
+/* ---- the CUDA runtime, on the host ------------------------------------------ */
+
+struct CUevent_st {
+    std::chrono::steady_clock::time_point t;
+};
+
+/* Launches run at once, so a "captured" graph is empty and replays as nothing. */
+struct CUstream_st {
+    int unused;
+};
+struct CUgraph_st {
+    int unused;
+};
+struct CUgraphExec_st {
+    int unused;
+};
+
+extern "C" {
+
+const char *cudaGetErrorString(cudaError_t e)
+{
+    return e == cudaSuccess ? "no error" : "error (emulated runtime)";
+}
+
+const char *cudaGetErrorName(cudaError_t e)
+{
+    return e == cudaSuccess ? "cudaSuccess" : "cudaError (emulated)";
+}
+
+cudaError_t cudaGetLastError(void)
+{
+    return cudaSuccess;
+}
+
+cudaError_t cudaGetDeviceCount(int *n)
+{
+    *n = 1;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGetDevice(int *d)
+{
+    *d = 0;
+    return cudaSuccess;
+}
+
+cudaError_t cudaFuncGetAttributes(struct cudaFuncAttributes *a, const void *)
+{
+    memset(a, 0, sizeof *a);
+    return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetAttribute(int *v, enum cudaDeviceAttr attr, int)
+{
+    *v = attr == cudaDevAttrMultiProcessorCount      ? 132
+         : attr == cudaDevAttrComputeCapabilityMajor ? 9
+                                                     : 0;
+    return cudaSuccess;
+}
+
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *n, const void *, int, size_t)
+{
+    *n = 4;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *p, int)
+{
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "CPU emulation (tests/kernels/emu)");
+    p->major = 9;
+    p->multiProcessorCount = 132;
+    p->totalGlobalMem = 8ull << 30;
+    p->l2CacheSize = 50 << 20;
+    return cudaSuccess;
+}
+
+cudaError_t cudaDriverGetVersion(int *v)
+{
+    *v = CUDART_VERSION;
+    return cudaSuccess;
+}
+
+cudaError_t cudaRuntimeGetVersion(int *v)
+{
+    *v = CUDART_VERSION;
+    return cudaSuccess;
+}
+
+cudaError_t cudaMalloc(void **p, size_t n)
+{
+    *p = aligned_alloc(256, (n + 255) / 256 * 256);
+    return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+
+cudaError_t cudaFree(void *p)
+{
+    free(p);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total)
+{
+    *free_b = *total = 8ull << 30;
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, enum cudaMemcpyKind)
+{
+    memcpy(dst, src, n);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcpyKind, cudaStream_t)
+{
+    memcpy(dst, src, n);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemset(void *p, int v, size_t n)
+{
+    memset(p, v, n);
+    return cudaSuccess;
+}
+
+cudaError_t cudaDeviceSynchronize(void)
+{
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned)
+{
+    *s = new CUstream_st;
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamDestroy(cudaStream_t s)
+{
+    delete s;
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t, enum cudaStreamCaptureMode)
+{
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t *g)
+{
+    *g = new CUgraph_st;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t, unsigned long long)
+{
+    *e = new CUgraphExec_st;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphLaunch(cudaGraphExec_t, cudaStream_t)
+{
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e)
+{
+    delete e;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphDestroy(cudaGraph_t g)
+{
+    delete g;
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventCreate(cudaEvent_t *e)
+{
+    *e = new CUevent_st;
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventDestroy(cudaEvent_t e)
+{
+    delete e;
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t)
+{
+    e->t = std::chrono::steady_clock::now();
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventSynchronize(cudaEvent_t)
+{
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b)
+{
+    *ms = std::chrono::duration<float, std::milli>(b->t - a->t).count();
+    return cudaSuccess;
+}
+
+} // extern "C"

@@ -1,0 +1,86 @@
+/* tests/kernels/emu/cuda_emu.h: enough of CUDA to run kernels/<op>.cu on the
+ * CPU, force-included (-include cuda_emu.h) before each rewritten source
+ * (xform.py). CUDA's own headers give the types (dim3, float4, uint4,
+ * __half); this file turns the execution-space keywords into nothing and
+ * provides threadIdx/blockIdx, __syncthreads, __shfl_xor_sync, __ldg and the
+ * launch, run by cuda_emu.cpp: one block at a time, each of its threads a
+ * cooperative fiber switching only at barriers and shuffles.
+ *
+ * What it checks: index arithmetic, the algorithm, the dispatch, every
+ * write landing where the CPU reference expects it (ASan-visible heap). What
+ * it cannot: races and the memory model, device math (host libm here), speed. */
+#ifndef PD_CUDA_EMU_H
+#define PD_CUDA_EMU_H
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <functional>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#undef __global__
+#undef __device__
+#undef __host__
+#undef __forceinline__
+#undef __launch_bounds__
+#undef __shared__
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static /* one block runs at a time: a static is its shared memory */
+
+struct emu_ids {
+    dim3 thread, block, block_dim, grid_dim;
+};
+const emu_ids *emu_current(void);
+#define threadIdx (emu_current()->thread)
+#define blockIdx (emu_current()->block)
+#define blockDim (emu_current()->block_dim)
+#define gridDim (emu_current()->grid_dim)
+
+extern unsigned char emu_dynamic_smem[];
+void emu_syncthreads(void);
+float emu_shfl_xor(float v, int lane_mask);
+#define __syncthreads() emu_syncthreads()
+
+static inline float __shfl_xor_sync(unsigned, float v, int lane_mask)
+{
+    return emu_shfl_xor(v, lane_mask);
+}
+template <class T> static inline T __ldg(const T *p)
+{
+    return *p;
+}
+static inline float emu_bits_float(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+#define __uint_as_float(u) emu_bits_float((uint32_t)(u))
+#define __int_as_float(u) emu_bits_float((uint32_t)(u))
+
+/* every block of the grid, each with block.x fibers running body */
+void emu_run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const std::function<void()> &body);
+
+template <class F> struct emu_launcher {
+    F kernel;
+    dim3 grid, block;
+    size_t smem;
+    template <class... A> void operator()(A... args) const
+    {
+        emu_run_grid(grid, block, smem, [&]() { kernel(args...); });
+    }
+};
+
+template <class F, class G, class B>
+emu_launcher<F> emu_launch(F kernel, G grid, B block, size_t smem = 0, cudaStream_t = 0)
+{
+    return emu_launcher<F>{kernel, dim3(grid), dim3(block), smem};
+}
+
+#endif

@@ -1,0 +1,829 @@
+/* tests/kernels: every CUDA kernel against its CPU reference (kernels/<op>.c)
+ * on random shapes: ragged batches, odd lengths, non-contiguous block tables,
+ * block sizes 16 and others. Outputs are poisoned (all bits set: NaN) before
+ * each run, so an element the kernel never writes fails the comparison.
+ *
+ * Error: max|gpu - cpu| / max|cpu| over the output, under a per-op bar:
+ *   fp32 data (every op here; bf16 pools read the same rounded values on both
+ *   sides)                                                     1e-5
+ *   kv_write (a copy, or the same rounding)                    bit-exact
+ *   bf16 KV end to end (GPU bf16 pool vs CPU fp32 pool)        1e-2
+ * A NaN where the reference has a number always fails.
+ *
+ * Without a usable GPU every device test exits 77 with the reason; the tests
+ * of host-side behaviour (errno mapping, argument checks) run everywhere. The
+ * same program built against tests/kernels/emu/ (kernels_emulated) runs the
+ * kernels' code on the CPU. PD_TEST_SEED=N draws other shapes (default 1).
+ */
+#include "pd_test.h"
+
+#include "attention.h"
+#include "cuda_util.h"
+#include "embed.h"
+#include "kv_write.h"
+#include "quant.h"
+#include "rmsnorm.h"
+#include "rope.h"
+#include "swiglu.h"
+
+#include <errno.h>
+#include <math.h>
+
+#define TOL_F32 1e-5
+#define TOL_BF16_KV 1e-2
+
+/* ---- randomness ---------------------------------------------------------- */
+
+static uint64_t rng_state;
+
+static uint64_t rnd64(void)
+{
+    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* uniform in [0, n) */
+static uint32_t rnd(uint32_t n)
+{
+    return n ? (uint32_t)(rnd64() % n) : 0;
+}
+
+/* uniform in [-amp, amp) */
+static float rndf(float amp)
+{
+    return amp * ((float)(rnd64() >> 40) * (2.0f / 16777216.0f) - 1.0f);
+}
+
+static uint32_t pick(const uint32_t *v, size_t n)
+{
+    return v[rnd((uint32_t)n)];
+}
+#define PICK(...) pick((const uint32_t[]){__VA_ARGS__}, sizeof((const uint32_t[]){__VA_ARGS__}) / sizeof(uint32_t))
+
+static void seed_for(const char *test)
+{
+    const char *s = getenv("PD_TEST_SEED");
+    rng_state = s ? strtoull(s, NULL, 0) : 1;
+    for (const char *p = test; *p; p++) /* each test its own stream, reproducible alone */
+        rng_state = rng_state * 131 + (unsigned char)*p;
+}
+
+/* ---- device ---------------------------------------------------------------- */
+
+static void need_gpu(void)
+{
+    static int rc = 1;
+    static char why[256];
+    if (rc == 1)
+        rc = pd_cuda_probe(why, sizeof why);
+    const char *reason = why;
+    if (rc < 0)
+        PD_SKIP(reason);
+}
+
+/* Device buffers of the running test, freed when the next test starts. */
+static void *dev_bufs[64];
+static size_t n_dev_bufs;
+
+static void dev_free_all(void)
+{
+    while (n_dev_bufs)
+        pd_cuda_free(dev_bufs[--n_dev_bufs]);
+}
+
+/* bytes of device memory, every bit set (float and bf16 NaN) */
+static void *dev_poisoned(size_t bytes)
+{
+    void *p = NULL;
+    CHECK(n_dev_bufs < sizeof dev_bufs / sizeof *dev_bufs);
+    CHECK_EQ_INT(pd_cuda_malloc(&p, bytes), 0);
+    dev_bufs[n_dev_bufs++] = p;
+    CHECK_EQ_INT(pd_cuda_memset(p, 0xff, bytes), 0);
+    return p;
+}
+
+static void *dev_copy(const void *host, size_t bytes)
+{
+    void *p = dev_poisoned(bytes);
+    CHECK_EQ_INT(pd_cuda_memcpy(p, host, bytes), 0);
+    return p;
+}
+
+static void *host_alloc(size_t bytes)
+{
+    void *p = malloc(bytes ? bytes : 1);
+    CHECK(p);
+    return p;
+}
+
+/* Wait for the device and bring n bytes back. */
+static void *dev_fetch(const void *dev, size_t bytes)
+{
+    void *h = host_alloc(bytes);
+    CHECK_EQ_INT(pd_cuda_sync(), 0);
+    CHECK_EQ_INT(pd_cuda_memcpy(h, dev, bytes), 0);
+    return h;
+}
+
+/* max|got - ref| / max|ref|; fails on a NaN in got where ref has a number */
+static void check_close(const char *what, const float *got, const float *ref, size_t n, double tol)
+{
+    double max_ref = 0.0, max_err = 0.0;
+    size_t worst = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(ref[i]))
+            PD_TEST_FAIL_("%s: the reference left element %zu of %zu NaN", what, i, n);
+        if (isnan(got[i]))
+            PD_TEST_FAIL_("%s: element %zu of %zu not written or NaN (reference %g)", what, i, n,
+                          ref[i]);
+        double e = fabs((double)got[i] - ref[i]);
+        if (e > max_err)
+            max_err = e, worst = i;
+        if (fabs(ref[i]) > max_ref)
+            max_ref = fabs(ref[i]);
+    }
+    double norm = max_ref > 0 ? max_err / max_ref : max_err;
+    if (!(norm <= tol))
+        PD_TEST_FAIL_("%s: normalized error %.3g > %.1g (element %zu: %.9g vs %.9g; %zu elements)",
+                      what, norm, tol, worst, got[worst], ref[worst], n);
+}
+
+static float *rand_floats(size_t n, float amp)
+{
+    float *v = host_alloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        v[i] = rndf(amp);
+    return v;
+}
+
+/* ---- host-side behaviour (no GPU needed) ------------------------------------ */
+
+static void cuda_errno_maps_statuses(void)
+{
+    /* cudaError_t values are ABI: 0 success, 1 invalid value, 2 allocation,
+     * 35 insufficient driver, 100 no device, 209 no kernel image, 700 illegal
+     * address, 999 unknown */
+    CHECK_EQ_INT(pd_cuda_errno(0), 0);
+    CHECK_EQ_INT(pd_cuda_errno(1), -EINVAL);
+    CHECK_EQ_INT(pd_cuda_errno(2), -ENOMEM);
+    CHECK_EQ_INT(pd_cuda_errno(35), -ENODEV);
+    CHECK_EQ_INT(pd_cuda_errno(100), -ENODEV);
+    CHECK_EQ_INT(pd_cuda_errno(209), -ENOEXEC);
+    CHECK_EQ_INT(pd_cuda_errno(700), -EFAULT);
+    CHECK_EQ_INT(pd_cuda_errno(999), -EIO);
+}
+
+static void cuda_probe_gives_a_reason(void)
+{
+    char why[256] = "unset";
+    int rc = pd_cuda_probe(why, sizeof why);
+    if (rc > 0) {
+        CHECK_STR(why, "");
+        return;
+    }
+    CHECK(rc < 0);
+    CHECK(strncmp(why, "no CUDA driver", 14) == 0 || strncmp(why, "no CUDA device", 14) == 0 ||
+          strncmp(why, "no kernel image", 15) == 0);
+}
+
+/* Argument errors come back before any CUDA call, GPU or not. */
+static void cuda_launchers_refuse_bad_args(void)
+{
+    float x[4] = {0};
+    int32_t pos[1] = {0};
+
+    struct pd_rope_args ra = {.x = x, .pos = pos, .n_tokens = 1, .n_heads = 1, .head_dim = 4,
+                              .rope_dim = 3, .freq_base = 10000, .freq_scale = 1};
+    CHECK_EQ_INT(pd_rope_cuda(&ra, NULL), -EINVAL); /* odd rope_dim */
+    ra.rope_dim = 6;
+    CHECK_EQ_INT(pd_rope_cuda(&ra, NULL), -EINVAL); /* rope_dim > head_dim */
+
+    struct pd_embed_args ea = {.out = x, .table = x, .type = PD_DT_Q4_K, .row_bytes = 144,
+                               .tokens = pos, .n_tokens = 1, .dim = 256};
+    CHECK_EQ_INT(pd_embed_cuda(&ea, NULL), -ENOTSUP);
+    ea.type = PD_DT_Q4_0;
+    ea.dim = 48;
+    CHECK_EQ_INT(pd_embed_cuda(&ea, NULL), -EINVAL); /* not whole blocks */
+
+    struct pd_kv_write_args wa = {.pool = x, .kv = {1, 1, 4, 16}, .k = x, .v = x,
+                                  .n_tokens = 1, .pool_type = PD_DT_F16};
+    CHECK_EQ_INT(pd_kv_write_cuda(&wa, NULL), -EINVAL);
+
+    uint32_t table[1] = {0};
+    struct pd_attn_args aa = {.out = x, .q = x, .pool = x, .kv = {1, 3, 64, 16}, .n_tokens = 1,
+                              .n_head = 8, .tok_seq = pos, .tok_pos = pos, .block_tables = table,
+                              .max_blocks = 1, .scale = 1};
+    CHECK_EQ_INT(pd_attention_cuda(&aa, NULL), -EINVAL); /* 8 heads over 3 KV heads */
+    aa.n_head = 9;
+    aa.kv.head_dim = 512;
+    CHECK_EQ_INT(pd_attention_cuda(&aa, NULL), -ENOTSUP);
+    aa.kv.head_dim = 64;
+    aa.pool_type = PD_DT_Q8_0;
+    CHECK_EQ_INT(pd_attention_cuda(&aa, NULL), -EINVAL);
+    aa.pool_type = PD_DT_F32;
+    aa.layer = 1; /* the layout has one layer */
+    CHECK_EQ_INT(pd_attention_cuda(&aa, NULL), -EINVAL);
+
+    /* nothing to do is not an error, and needs no device */
+    aa.n_tokens = 0;
+    CHECK_EQ_INT(pd_attention_cuda(&aa, NULL), 0);
+    struct pd_rmsnorm_args na = {.out = x, .in = x, .weight = x, .n_rows = 0, .dim = 4};
+    CHECK_EQ_INT(pd_rmsnorm_cuda(&na, NULL), 0);
+    struct pd_swiglu_args sa = {.out = x, .gate = x, .up = x, .n = 0};
+    CHECK_EQ_INT(pd_swiglu_cuda(&sa, NULL), 0);
+}
+
+/* ---- elementwise and row ops ------------------------------------------------ */
+
+static void rmsnorm_case(int in_place)
+{
+    const uint32_t rows = 1 + rnd(40);
+    const uint32_t dim = PICK(1, 3, 31, 64, 576, 1000, 4096, 5003);
+    const size_t n = (size_t)rows * dim;
+    float *x = rand_floats(n, 1.0f + (float)rnd(100)), *w = rand_floats(dim, 2.0f);
+    float *ref = host_alloc(n * sizeof(float));
+    const float eps = rnd(2) ? 1e-5f : 1e-6f;
+
+    struct pd_rmsnorm_args c = {.out = ref, .in = x, .weight = w, .n_rows = rows, .dim = dim,
+                                .eps = eps};
+    CHECK_EQ_INT(pd_rmsnorm_cpu(&c), 0);
+    float *dx = dev_copy(x, n * sizeof(float));
+    float *dout = in_place ? dx : dev_poisoned(n * sizeof(float));
+    struct pd_rmsnorm_args g = {.out = dout, .in = dx, .weight = dev_copy(w, dim * sizeof(float)),
+                                .n_rows = rows, .dim = dim, .eps = eps};
+    CHECK_EQ_INT(pd_rmsnorm_cuda(&g, NULL), 0);
+    float *got = dev_fetch(dout, n * sizeof(float));
+    check_close("rmsnorm", got, ref, n, TOL_F32);
+    free(x), free(w), free(ref), free(got);
+    dev_free_all();
+}
+
+static void rmsnorm_cuda_matches_cpu(void)
+{
+    need_gpu();
+    for (int i = 0; i < 24; i++)
+        rmsnorm_case(i % 3 == 0);
+}
+
+static void rope_cuda_matches_cpu(void)
+{
+    need_gpu();
+    for (int iter = 0; iter < 24; iter++) {
+        const uint32_t hd = PICK(16, 24, 64, 128), tokens = 1 + rnd(40), heads = 1 + rnd(12);
+        const uint32_t rope_dim = rnd(3) ? hd : 2 * (1 + rnd(hd / 2));
+        const size_t n = (size_t)tokens * heads * hd;
+        float *x = rand_floats(n, 3.0f), *factors = NULL;
+        int32_t *pos = host_alloc(tokens * sizeof(int32_t));
+        for (uint32_t t = 0; t < tokens; t++)
+            pos[t] = (int32_t)rnd(rnd(2) ? 64 : 40000);
+        if (rnd(2)) {
+            factors = host_alloc(rope_dim / 2 * sizeof(float));
+            for (uint32_t i = 0; i < rope_dim / 2; i++)
+                factors[i] = 1.0f + (float)rnd(8) + rndf(0.5f);
+        }
+        struct pd_rope_args a = {.x = x, .pos = pos, .n_tokens = tokens, .n_heads = heads,
+                                 .head_dim = hd, .rope_dim = rope_dim,
+                                 .freq_base = rnd(2) ? 10000.0f : 500000.0f,
+                                 .freq_scale = rnd(2) ? 1.0f : 0.25f, .freq_factors = factors};
+        struct pd_rope_args g = a;
+        g.x = dev_copy(x, n * sizeof(float));
+        g.pos = dev_copy(pos, tokens * sizeof(int32_t));
+        g.freq_factors = factors ? dev_copy(factors, rope_dim / 2 * sizeof(float)) : NULL;
+        CHECK_EQ_INT(pd_rope_cpu(&a), 0);
+        CHECK_EQ_INT(pd_rope_cuda(&g, NULL), 0);
+        float *got = dev_fetch(g.x, n * sizeof(float));
+        check_close("rope", got, x, n, TOL_F32);
+        free(x), free(pos), free(factors), free(got);
+        dev_free_all();
+    }
+}
+
+static void swiglu_cuda_matches_cpu(void)
+{
+    need_gpu();
+    for (int iter = 0; iter < 12; iter++) {
+        const uint64_t n = rnd(3) ? 1 + rnd(5000) : 100000 + rnd(200000);
+        const int in_place = iter % 3 == 0;
+        float *gate = rand_floats(n, 12.0f), *up = rand_floats(n, 3.0f);
+        float *ref = host_alloc(n * sizeof(float));
+        struct pd_swiglu_args c = {.out = ref, .gate = gate, .up = up, .n = n};
+        CHECK_EQ_INT(pd_swiglu_cpu(&c), 0);
+        float *dg = dev_copy(gate, n * sizeof(float));
+        struct pd_swiglu_args g = {.out = in_place ? dg : dev_poisoned(n * sizeof(float)),
+                                   .gate = dg, .up = dev_copy(up, n * sizeof(float)), .n = n};
+        CHECK_EQ_INT(pd_swiglu_cuda(&g, NULL), 0);
+        float *got = dev_fetch(g.out, n * sizeof(float));
+        check_close("swiglu", got, ref, n, TOL_F32);
+        free(gate), free(up), free(ref), free(got);
+        dev_free_all();
+    }
+}
+
+/* A table of n_vocab rows of `type`: float types from random floats, quantized
+ * types from random bytes with finite f16 scales. */
+static uint8_t *random_table(uint32_t type, uint32_t n_vocab, uint32_t dim, uint64_t *row_bytes)
+{
+    CHECK_EQ_INT(pd_dtype_row_size(type, dim, row_bytes), 0);
+    uint8_t *t = host_alloc(n_vocab * *row_bytes);
+    const struct pd_dtype_info *ti = pd_dtype_info(type);
+    if (ti->block == 1) {
+        float *row = rand_floats(dim, 2.0f);
+        for (uint32_t r = 0; r < n_vocab; r++) {
+            for (uint32_t i = 0; i < dim; i++)
+                row[i] = rndf(2.0f);
+            CHECK_EQ_INT(pd_quant_row(type, row, t + r * *row_bytes, dim), 0);
+        }
+        free(row);
+        return t;
+    }
+    for (uint64_t i = 0; i < n_vocab * *row_bytes; i++)
+        t[i] = (uint8_t)rnd64();
+    for (uint64_t b = 0; b < n_vocab * (uint64_t)dim / 32; b++) {
+        uint8_t *blk = t + b * ti->bytes;
+        uint16_t d = pd_f32_to_f16(rndf(0.1f)), m = pd_f32_to_f16(rndf(1.0f));
+        blk[0] = (uint8_t)d, blk[1] = (uint8_t)(d >> 8);
+        if (type == PD_DT_Q4_1)
+            blk[2] = (uint8_t)m, blk[3] = (uint8_t)(m >> 8);
+    }
+    return t;
+}
+
+static void embed_cuda_matches_cpu_every_type(void)
+{
+    static const uint32_t types[] = {PD_DT_F32, PD_DT_F16, PD_DT_BF16,
+                                     PD_DT_Q8_0, PD_DT_Q4_0, PD_DT_Q4_1};
+    need_gpu();
+    for (size_t k = 0; k < sizeof types / sizeof *types; k++) {
+        for (int iter = 0; iter < 4; iter++) {
+            const uint32_t type = types[k], n_vocab = 1 + rnd(300);
+            const uint32_t dim = pd_dtype_info(type)->block == 1 ? 1 + rnd(700) : 32 * (1 + rnd(24));
+            const uint32_t n_tok = 1 + rnd(50);
+            uint64_t row_bytes;
+            uint8_t *table = random_table(type, n_vocab, dim, &row_bytes);
+            int32_t *tok = host_alloc(n_tok * sizeof(int32_t));
+            for (uint32_t t = 0; t < n_tok; t++)
+                tok[t] = (int32_t)rnd(n_vocab);
+            float *ref = host_alloc((size_t)n_tok * dim * sizeof(float));
+            struct pd_embed_args a = {.out = ref, .table = table, .type = type,
+                                      .row_bytes = row_bytes, .tokens = tok, .n_tokens = n_tok,
+                                      .dim = dim};
+            CHECK_EQ_INT(pd_embed_cpu(&a), 0);
+            struct pd_embed_args g = a;
+            g.out = dev_poisoned((size_t)n_tok * dim * sizeof(float));
+            g.table = dev_copy(table, n_vocab * row_bytes);
+            g.tokens = dev_copy(tok, n_tok * sizeof(int32_t));
+            CHECK_EQ_INT(pd_embed_cuda(&g, NULL), 0);
+            float *got = dev_fetch(g.out, (size_t)n_tok * dim * sizeof(float));
+            check_close(pd_dtype_name(type), got, ref, (size_t)n_tok * dim, TOL_F32);
+            free(table), free(tok), free(ref), free(got);
+            dev_free_all();
+        }
+    }
+}
+
+/* ---- the KV pool -------------------------------------------------------------- */
+
+static size_t elem_size(uint32_t pool_type)
+{
+    return pool_type == PD_DT_BF16 ? 2 : 4;
+}
+
+static struct pd_kv_layout random_layout(void)
+{
+    struct pd_kv_layout l = {.n_layer = 1 + rnd(3), .n_head_kv = PICK(1, 2, 3, 4, 8),
+                             .head_dim = PICK(16, 24, 64, 64, 128, 128),
+                             .block_size = PICK(16, 16, 1, 7, 32)};
+    return l;
+}
+
+static void kv_write_case(uint32_t pool_type)
+{
+    const struct pd_kv_layout l = random_layout();
+    const uint32_t n_blocks = 1 + rnd(40), layer = rnd(l.n_layer);
+    const uint32_t n_slots = n_blocks * l.block_size;
+    const uint32_t n_tok = 1 + rnd(n_slots < 64 ? n_slots : 64);
+    const size_t row = (size_t)l.n_head_kv * l.head_dim;
+    const size_t pool_bytes = n_blocks * pd_kv_block_elems(&l) * elem_size(pool_type);
+
+    /* distinct slots in random order: the tail of a shuffled slot list */
+    int64_t *all = host_alloc(n_slots * sizeof(int64_t));
+    for (uint32_t i = 0; i < n_slots; i++)
+        all[i] = i;
+    for (uint32_t i = n_slots - 1; i > 0; i--) {
+        uint32_t j = rnd(i + 1);
+        int64_t s = all[i];
+        all[i] = all[j], all[j] = s;
+    }
+    float *k = rand_floats(n_tok * row, 4.0f), *v = rand_floats(n_tok * row, 4.0f);
+    float *pool = host_alloc(pool_bytes);
+    memset(pool, 0xff, pool_bytes);
+
+    struct pd_kv_write_args a = {.pool = pool, .kv = l, .layer = layer, .k = k, .v = v,
+                                 .slot = all, .n_tokens = n_tok, .pool_type = pool_type};
+    CHECK_EQ_INT(pd_kv_write_cpu(&a), 0);
+    struct pd_kv_write_args g = a;
+    g.pool = dev_poisoned(pool_bytes);
+    g.k = dev_copy(k, n_tok * row * sizeof(float));
+    g.v = dev_copy(v, n_tok * row * sizeof(float));
+    g.slot = dev_copy(all, n_tok * sizeof(int64_t));
+    CHECK_EQ_INT(pd_kv_write_cuda(&g, NULL), 0);
+    uint8_t *got = dev_fetch(g.pool, pool_bytes);
+    /* bit-exact, poison included: a stray or missing write shows */
+    for (size_t i = 0; i < pool_bytes; i++)
+        if (got[i] != ((uint8_t *)pool)[i])
+            PD_TEST_FAIL_("kv_write %s: pool byte %zu of %zu differs (layout %u/%u/%u/%u, layer %u)",
+                          pd_dtype_name(pool_type), i, pool_bytes, l.n_layer, l.n_head_kv,
+                          l.head_dim, l.block_size, layer);
+    free(all), free(k), free(v), free(pool), free(got);
+    dev_free_all();
+}
+
+static void kv_write_cuda_matches_cpu(void)
+{
+    need_gpu();
+    for (int i = 0; i < 16; i++)
+        kv_write_case(i % 2 ? PD_DT_BF16 : PD_DT_F32);
+}
+
+/* ---- attention ----------------------------------------------------------------- */
+
+enum { SPLIT_NONE, SPLIT_AUTO, SPLIT_FORCED };
+
+struct attn_case {
+    struct pd_kv_layout l;
+    uint32_t group, n_seqs, max_len;
+    uint32_t max_run; /* 1: decode steps only; more: prefill runs of up to max_run tokens */
+    uint32_t pool_type;
+    int split;
+    uint32_t misalign; /* pool elements to shift by (forces the generic path) */
+};
+
+/* A batch over a pool: sequences of random lengths whose blocks are scattered
+ * over the pool (a random permutation), table entries past a sequence's end
+ * set to an invalid id (reading one would fault), tokens in random order. */
+struct attn_batch {
+    uint32_t n_blocks, max_blocks, n_tokens;
+    uint32_t *tables; /* (n_seqs, max_blocks) */
+    int32_t *tok_seq, *tok_pos;
+    uint32_t *len; /* (n_seqs) tokens each sequence holds */
+};
+
+static void make_batch(const struct attn_case *c, struct attn_batch *b)
+{
+    const uint32_t bs = c->l.block_size;
+    uint32_t total = 0, k = 0;
+
+    b->len = host_alloc(c->n_seqs * sizeof(uint32_t));
+    b->max_blocks = 1;
+    for (uint32_t s = 0; s < c->n_seqs; s++) {
+        b->len[s] = 1 + rnd(rnd(4) ? c->max_len : 40); /* some short: the ragged case */
+        uint32_t nb = (b->len[s] + bs - 1) / bs;
+        total += nb;
+        b->max_blocks = nb > b->max_blocks ? nb : b->max_blocks;
+    }
+    b->max_blocks += rnd(3);
+    b->n_blocks = total + rnd(4);
+    uint32_t *perm = host_alloc(b->n_blocks * sizeof(uint32_t));
+    for (uint32_t i = 0; i < b->n_blocks; i++)
+        perm[i] = i;
+    for (uint32_t i = b->n_blocks - 1; i > 0; i--) {
+        uint32_t j = rnd(i + 1), t = perm[i];
+        perm[i] = perm[j], perm[j] = t;
+    }
+    b->tables = host_alloc((size_t)c->n_seqs * b->max_blocks * sizeof(uint32_t));
+    for (uint32_t s = 0; s < c->n_seqs; s++)
+        for (uint32_t j = 0; j < b->max_blocks; j++)
+            b->tables[s * b->max_blocks + j] = j * bs < b->len[s] ? perm[k++] : 0xffffffffu;
+
+    b->tok_seq = host_alloc((size_t)c->n_seqs * c->max_run * sizeof(int32_t));
+    b->tok_pos = host_alloc((size_t)c->n_seqs * c->max_run * sizeof(int32_t));
+    b->n_tokens = 0;
+    uint32_t *order = host_alloc(c->n_seqs * sizeof(uint32_t)); /* sequences out of order */
+    for (uint32_t i = 0; i < c->n_seqs; i++)
+        order[i] = i;
+    for (uint32_t i = c->n_seqs - 1; i > 0; i--) {
+        uint32_t j = rnd(i + 1), t = order[i];
+        order[i] = order[j], order[j] = t;
+    }
+    for (uint32_t i = 0; i < c->n_seqs; i++) {
+        const uint32_t s = order[i];
+        uint32_t run = c->max_run > 1 ? 1 + rnd(c->max_run < b->len[s] ? c->max_run : b->len[s]) : 1;
+        for (uint32_t r = 0; r < run; r++) {
+            b->tok_seq[b->n_tokens] = (int32_t)s;
+            b->tok_pos[b->n_tokens++] = (int32_t)(b->len[s] - run + r);
+        }
+    }
+    free(order);
+    free(perm);
+}
+
+static void free_batch(struct attn_batch *b)
+{
+    free(b->len), free(b->tables), free(b->tok_seq), free(b->tok_pos);
+}
+
+/* random pool contents of the case's type */
+static void *random_pool(const struct attn_case *c, size_t n_elems)
+{
+    void *pool = host_alloc(n_elems * elem_size(c->pool_type));
+    for (size_t i = 0; i < n_elems; i++) {
+        float x = rndf(1.0f);
+        if (c->pool_type == PD_DT_BF16)
+            ((uint16_t *)pool)[i] = pd_f32_to_bf16(x);
+        else
+            ((float *)pool)[i] = x;
+    }
+    return pool;
+}
+
+/* Device copies of a's inputs, a poisoned output and the workspace the case
+ * asks for; returns the device output. */
+static float *attn_on_device(const struct attn_case *c, const struct pd_attn_args *a,
+                             const struct attn_batch *b, int *split_used)
+{
+    const size_t out_n = (size_t)a->n_tokens * a->n_head * c->l.head_dim;
+    const size_t pool_bytes = b->n_blocks * pd_kv_block_elems(&c->l) * elem_size(c->pool_type);
+    const size_t shift = c->misalign * elem_size(c->pool_type);
+    struct pd_attn_args g = *a;
+    uint64_t ws = 0;
+
+    uint8_t *dpool = dev_poisoned(pool_bytes + shift);
+    CHECK_EQ_INT(pd_cuda_memcpy(dpool + shift, a->pool, pool_bytes), 0);
+    g.pool = (const float *)(const void *)(dpool + shift);
+    g.out = dev_poisoned(out_n * sizeof(float));
+    g.q = dev_copy(a->q, out_n * sizeof(float));
+    g.tok_seq = dev_copy(a->tok_seq, a->n_tokens * sizeof(int32_t));
+    g.tok_pos = dev_copy(a->tok_pos, a->n_tokens * sizeof(int32_t));
+    g.block_tables = dev_copy(a->block_tables, (size_t)c->n_seqs * a->max_blocks * sizeof(uint32_t));
+    if (c->split == SPLIT_FORCED)
+        g.split_tokens = PICK(64, 128, 192, 256);
+    if (c->split != SPLIT_NONE) {
+        CHECK_EQ_INT(pd_attention_cuda_workspace(&g, &ws), 0);
+        if (ws) {
+            g.workspace = dev_poisoned(ws);
+            g.workspace_bytes = ws;
+        }
+    }
+    *split_used = ws > 0;
+    CHECK_EQ_INT(pd_attention_cuda(&g, NULL), 0);
+    return g.out;
+}
+
+static void attn_case_run(const struct attn_case *c, int *split_used)
+{
+    struct attn_batch b;
+    make_batch(c, &b);
+    const uint32_t n_head = c->l.n_head_kv * c->group, hd = c->l.head_dim;
+    const size_t out_n = (size_t)b.n_tokens * n_head * hd;
+    void *pool = random_pool(c, b.n_blocks * pd_kv_block_elems(&c->l));
+    /* q large enough that the softmax is peaked, as real attention is */
+    float *q = rand_floats(out_n, 6.0f), *ref = host_alloc(out_n * sizeof(float));
+    memset(ref, 0xff, out_n * sizeof(float)); /* the reference must write every element too */
+
+    struct pd_attn_args a = {.out = ref, .q = q, .pool = pool, .kv = c->l,
+                             .layer = rnd(c->l.n_layer), .n_tokens = b.n_tokens, .n_head = n_head,
+                             .tok_seq = b.tok_seq, .tok_pos = b.tok_pos,
+                             .block_tables = b.tables, .max_blocks = b.max_blocks,
+                             .scale = 1.0f / sqrtf((float)hd), .pool_type = c->pool_type};
+    CHECK_EQ_INT(pd_attention_cpu(&a), 0);
+    float *dout = attn_on_device(c, &a, &b, split_used);
+    float *got = dev_fetch(dout, out_n * sizeof(float));
+    char what[160];
+    snprintf(what, sizeof what,
+             "attention %s hd %u group %u kv %u bs %u seqs %u tokens %u split %d misalign %u",
+             pd_dtype_name(c->pool_type), hd, c->group, c->l.n_head_kv, c->l.block_size, c->n_seqs,
+             b.n_tokens, c->split, c->misalign);
+    check_close(what, got, ref, out_n, TOL_F32);
+    free(pool), free(q), free(ref), free(got);
+    free_batch(&b);
+    dev_free_all();
+}
+
+#define MAX_POOL_ELEMS (48u << 20) /* keeps a case's host work and memory small */
+
+static struct attn_case random_attn_case(uint32_t max_run)
+{
+    struct attn_case c = {.l = random_layout(), .group = PICK(1, 2, 3, 4, 8, 16),
+                          .n_seqs = 1 + rnd(8), .max_len = PICK(1, 17, 300, 1000, 3000),
+                          .max_run = max_run, .pool_type = rnd(2) ? PD_DT_BF16 : PD_DT_F32,
+                          .split = (int)rnd(3)};
+    /* blocks of every position of every sequence, all layers */
+    while ((uint64_t)c.n_seqs * (c.max_len + c.l.block_size) * pd_kv_block_elems(&c.l) /
+               c.l.block_size > MAX_POOL_ELEMS) {
+        if (c.l.n_layer > 1)
+            c.l.n_layer--;
+        else if (c.n_seqs > 1)
+            c.n_seqs--;
+        else
+            c.max_len /= 2;
+    }
+    return c;
+}
+
+static void attention_cuda_decode_matches_cpu(void)
+{
+    int splits = 0, used;
+    need_gpu();
+    for (int iter = 0; iter < 40; iter++) {
+        struct attn_case c = random_attn_case(1);
+        attn_case_run(&c, &used);
+        splits += used;
+    }
+    CHECK(splits > 0); /* the split-and-merge path ran */
+}
+
+static void attention_cuda_prefill_runs_match_cpu(void)
+{
+    int used;
+    need_gpu();
+    for (int iter = 0; iter < 16; iter++) {
+        struct attn_case c = random_attn_case(1 + rnd(24));
+        c.max_len = PICK(24, 100, 600);
+        attn_case_run(&c, &used);
+    }
+}
+
+/* The shapes that matter most, each pool type and split mode once: the
+ * default model (GQA 3:1, head_dim 64), GQA 8:1 at head_dim 128, block 16. */
+static void attention_cuda_matches_cpu_on_model_shapes(void)
+{
+    static const struct {
+        uint32_t kv, group, hd;
+    } shapes[] = {{3, 3, 64}, {4, 8, 128}, {8, 4, 128}};
+    int used;
+    need_gpu();
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+        for (int pt = 0; pt < 2; pt++)
+            for (int split = SPLIT_NONE; split <= SPLIT_FORCED; split++) {
+                struct attn_case c = {.l = {2, shapes[s].kv, shapes[s].hd, 16},
+                                      .group = shapes[s].group, .n_seqs = 1 + rnd(4),
+                                      .max_len = 2500, .max_run = 1,
+                                      .pool_type = pt ? PD_DT_BF16 : PD_DT_F32, .split = split};
+                attn_case_run(&c, &used);
+            }
+}
+
+/* A pool that is not 16-byte aligned takes the generic path, still right. */
+static void attention_cuda_generic_path_matches_cpu(void)
+{
+    int used;
+    need_gpu();
+    for (int iter = 0; iter < 8; iter++) {
+        struct attn_case c = random_attn_case(1);
+        c.misalign = 1 + rnd(3);
+        c.l.head_dim = PICK(64, 128, 256, 80);
+        attn_case_run(&c, &used);
+    }
+}
+
+/* A position at or past max_ctx, or negative, is refused with NaN rows, not
+ * read out of bounds. */
+static void attention_cuda_refuses_positions_past_max_ctx(void)
+{
+    need_gpu();
+    struct attn_case c = {.l = {1, 2, 64, 16}, .group = 2, .n_seqs = 3, .max_len = 100,
+                          .max_run = 1, .pool_type = PD_DT_F32, .split = SPLIT_AUTO};
+    struct attn_batch b;
+    make_batch(&c, &b);
+    const size_t row = 4 * 64, out_n = (size_t)b.n_tokens * row;
+    void *pool = random_pool(&c, b.n_blocks * pd_kv_block_elems(&c.l));
+    float *q = rand_floats(out_n, 1.0f);
+    b.tok_pos[0] = 10;
+    b.tok_pos[1] = -1;
+    struct pd_attn_args a = {.q = q, .pool = pool, .kv = c.l, .n_tokens = b.n_tokens, .n_head = 4,
+                             .tok_seq = b.tok_seq, .tok_pos = b.tok_pos, .block_tables = b.tables,
+                             .max_blocks = b.max_blocks, .scale = 0.125f, .max_ctx = 10};
+    int used;
+    float *got = dev_fetch(attn_on_device(&c, &a, &b, &used), out_n * sizeof(float));
+    for (size_t i = 0; i < 2 * row; i++)
+        CHECK(isnan(got[i]));
+    free(pool), free(q), free(got);
+    free_batch(&b);
+}
+
+/* End to end: K/V written by kv_write, then attention; bf16 on the GPU against
+ * fp32 on the CPU (the rounding of the pool is the difference), and fp32 on
+ * both. */
+static void attention_cuda_bf16_pool_close_to_fp32(void)
+{
+    need_gpu();
+    for (int iter = 0; iter < 8; iter++) {
+        struct attn_case c = random_attn_case(1);
+        c.l.head_dim = PICK(64, 128);
+        struct attn_batch b;
+        make_batch(&c, &b);
+        const uint32_t n_head = c.l.n_head_kv * c.group, hd = c.l.head_dim;
+        const size_t row = (size_t)c.l.n_head_kv * hd, out_n = (size_t)b.n_tokens * n_head * hd;
+        const size_t n_elems = b.n_blocks * pd_kv_block_elems(&c.l);
+        const uint32_t layer = rnd(c.l.n_layer);
+
+        /* every position of every sequence, in slot terms */
+        uint32_t n_kv = 0;
+        for (uint32_t s = 0; s < c.n_seqs; s++)
+            n_kv += b.len[s];
+        int64_t *slot = host_alloc(n_kv * sizeof(int64_t));
+        n_kv = 0;
+        for (uint32_t s = 0; s < c.n_seqs; s++)
+            for (uint32_t p = 0; p < b.len[s]; p++)
+                slot[n_kv++] = (int64_t)b.tables[s * b.max_blocks + p / c.l.block_size] *
+                                   c.l.block_size + p % c.l.block_size;
+        float *k = rand_floats(n_kv * row, 1.0f), *v = rand_floats(n_kv * row, 1.0f);
+        float *q = rand_floats(out_n, 6.0f), *ref = host_alloc(out_n * sizeof(float));
+        float *pool = host_alloc(n_elems * sizeof(float));
+        memset(pool, 0, n_elems * sizeof(float));
+
+        struct pd_kv_write_args w = {.pool = pool, .kv = c.l, .layer = layer, .k = k, .v = v,
+                                     .slot = slot, .n_tokens = n_kv};
+        CHECK_EQ_INT(pd_kv_write_cpu(&w), 0);
+        struct pd_attn_args a = {.out = ref, .q = q, .pool = pool, .kv = c.l, .layer = layer,
+                                 .n_tokens = b.n_tokens, .n_head = n_head, .tok_seq = b.tok_seq,
+                                 .tok_pos = b.tok_pos, .block_tables = b.tables,
+                                 .max_blocks = b.max_blocks, .scale = 1.0f / sqrtf((float)hd)};
+        CHECK_EQ_INT(pd_attention_cpu(&a), 0);
+
+        for (int bf16 = 0; bf16 < 2; bf16++) {
+            struct pd_kv_write_args gw = w;
+            gw.pool_type = bf16 ? PD_DT_BF16 : PD_DT_F32;
+            gw.pool = dev_poisoned(n_elems * elem_size(gw.pool_type));
+            gw.k = dev_copy(k, n_kv * row * sizeof(float));
+            gw.v = dev_copy(v, n_kv * row * sizeof(float));
+            gw.slot = dev_copy(slot, n_kv * sizeof(int64_t));
+            CHECK_EQ_INT(pd_kv_write_cuda(&gw, NULL), 0);
+            struct pd_attn_args g = a;
+            g.pool_type = gw.pool_type;
+            g.pool = gw.pool;
+            g.out = dev_poisoned(out_n * sizeof(float));
+            g.q = dev_copy(q, out_n * sizeof(float));
+            g.tok_seq = dev_copy(b.tok_seq, b.n_tokens * sizeof(int32_t));
+            g.tok_pos = dev_copy(b.tok_pos, b.n_tokens * sizeof(int32_t));
+            g.block_tables = dev_copy(b.tables, (size_t)c.n_seqs * b.max_blocks * sizeof(uint32_t));
+            uint64_t ws = 0;
+            CHECK_EQ_INT(pd_attention_cuda_workspace(&g, &ws), 0);
+            g.workspace = ws ? dev_poisoned(ws) : NULL;
+            g.workspace_bytes = ws;
+            CHECK_EQ_INT(pd_attention_cuda(&g, NULL), 0);
+            float *got = dev_fetch(g.out, out_n * sizeof(float));
+            check_close(bf16 ? "kv_write+attention bf16 vs fp32" : "kv_write+attention fp32", got,
+                        ref, out_n, bf16 ? TOL_BF16_KV : TOL_F32);
+            free(got);
+            dev_free_all();
+        }
+        free(slot), free(k), free(v), free(q), free(ref), free(pool);
+        free_batch(&b);
+    }
+}
+
+/* ---- main ---------------------------------------------------------------------- */
+
+#define T(fn) {#fn, fn##_seeded}
+#define SEEDED(fn)                                                             \
+    static void fn##_seeded(void)                                              \
+    {                                                                          \
+        dev_free_all();                                                        \
+        seed_for(#fn);                                                         \
+        fn();                                                                  \
+        dev_free_all();                                                        \
+    }
+SEEDED(cuda_errno_maps_statuses)
+SEEDED(cuda_probe_gives_a_reason)
+SEEDED(cuda_launchers_refuse_bad_args)
+SEEDED(rmsnorm_cuda_matches_cpu)
+SEEDED(rope_cuda_matches_cpu)
+SEEDED(swiglu_cuda_matches_cpu)
+SEEDED(embed_cuda_matches_cpu_every_type)
+SEEDED(kv_write_cuda_matches_cpu)
+SEEDED(attention_cuda_decode_matches_cpu)
+SEEDED(attention_cuda_prefill_runs_match_cpu)
+SEEDED(attention_cuda_matches_cpu_on_model_shapes)
+SEEDED(attention_cuda_generic_path_matches_cpu)
+SEEDED(attention_cuda_refuses_positions_past_max_ctx)
+SEEDED(attention_cuda_bf16_pool_close_to_fp32)
+
+static const struct pd_test tests[] = {
+    T(cuda_errno_maps_statuses),
+    T(cuda_probe_gives_a_reason),
+    T(cuda_launchers_refuse_bad_args),
+    T(rmsnorm_cuda_matches_cpu),
+    T(rope_cuda_matches_cpu),
+    T(swiglu_cuda_matches_cpu),
+    T(embed_cuda_matches_cpu_every_type),
+    T(kv_write_cuda_matches_cpu),
+    T(attention_cuda_decode_matches_cpu),
+    T(attention_cuda_prefill_runs_match_cpu),
+    T(attention_cuda_matches_cpu_on_model_shapes),
+    T(attention_cuda_generic_path_matches_cpu),
+    T(attention_cuda_refuses_positions_past_max_ctx),
+    T(attention_cuda_bf16_pool_close_to_fp32),
+    {0},
+};
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "--list") != 0)
+        printf("random shapes from PD_TEST_SEED=%s\n",
+               getenv("PD_TEST_SEED") ? getenv("PD_TEST_SEED") : "1");
+    return pd_test_main(tests, argc, argv);
+}
