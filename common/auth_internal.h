@@ -68,8 +68,8 @@ struct pd_auth_session { /* sodium_malloc */
 
 /* Formats a message into err (when given) and returns rc; shared by
  * auth.c, auth_session.c and keyring.c. */
-int pd_auth_err(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+#include "errf.h"
+#define pd_auth_err pd_errf /* fill err, return rc */
 
 /* Internal to auth: a session from a finished handshake. */
 int pd_auth_session_new(const struct pd_auth_hs *hs, struct pd_auth_session **out);

@@ -1,5 +1,7 @@
 #include "engine.h"
 
+#include "errf.h"
+
 #include "attention.h"
 #include "embed.h"
 #include "kv_write.h"
@@ -12,7 +14,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,18 +82,6 @@ struct pd_engine {
 /* Rows of logits computed per GEMM: bounds the scratch at LOGIT_ROWS x vocab. */
 #define LOGIT_ROWS 64
 
-__attribute__((format(printf, 4, 5))) static int fail(char *err, size_t errlen, int rc,
-                                                      const char *fmt, ...)
-{
-    va_list ap;
-    if (err && errlen) {
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
-
 /* A weight as float32: in place when stored so (and aligned), else dequantized
  * into memory the engine owns. */
 static const float *weight_f32(struct pd_engine *e, const struct pd_tensor *t)
@@ -124,7 +113,7 @@ static int load_weights(struct pd_engine *e, char *err, size_t errlen)
     const struct pd_model *m = e->model;
     e->layers = calloc(e->hp.n_layer, sizeof(*e->layers));
     if (!e->layers)
-        return fail(err, errlen, -ENOMEM, "engine: out of memory");
+        return pd_errf(err, errlen, -ENOMEM, "engine: out of memory");
     for (uint32_t l = 0; l < e->hp.n_layer; l++) {
         struct layer_w *w = &e->layers[l];
         const float **dst[PD_W_COUNT] = {
@@ -134,13 +123,13 @@ static int load_weights(struct pd_engine *e, char *err, size_t errlen)
         };
         for (int k = 0; k < PD_W_COUNT; k++)
             if (!(*dst[k] = weight_f32(e, pd_model_layer_tensor(m, l, (enum pd_weight)k))))
-                return fail(err, errlen, -ENOMEM, "engine: out of memory for layer %" PRIu32
+                return pd_errf(err, errlen, -ENOMEM, "engine: out of memory for layer %" PRIu32
                             " weights", l);
     }
     e->tok_embd = pd_model_tok_embd(m);
     if (!(e->out_norm = weight_f32(e, pd_model_output_norm(m))) ||
         !(e->w_out = weight_f32(e, pd_model_output(m))))
-        return fail(err, errlen, -ENOMEM, "engine: out of memory for output weights");
+        return pd_errf(err, errlen, -ENOMEM, "engine: out of memory for output weights");
     if (pd_model_rope_freqs(m))
         e->rope_factors = pd_model_rope_freqs(m)->data;
     return 0;
@@ -160,17 +149,17 @@ int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char
     int rc;
 
     if (!p->model)
-        return fail(err, errlen, -EINVAL, "engine: no model");
+        return pd_errf(err, errlen, -EINVAL, "engine: no model");
     e = calloc(1, sizeof(*e));
     if (!e)
-        return fail(err, errlen, -ENOMEM, "engine: out of memory");
+        return pd_errf(err, errlen, -ENOMEM, "engine: out of memory");
     e->model = p->model;
     e->hp = *pd_model_hparams(p->model);
     e->k = &cpu_kernels;
     const struct pd_hparams *hp = &e->hp;
 
     if (hp->rope_scaling == PD_ROPE_SCALING_YARN) {
-        rc = fail(err, errlen, -ENOTSUP, "engine: YaRN rope scaling is not supported");
+        rc = pd_errf(err, errlen, -ENOTSUP, "engine: YaRN rope scaling is not supported");
         goto out_free;
     }
     e->rope_scale = hp->rope_scaling == PD_ROPE_SCALING_LINEAR ? 1.0f / hp->rope_scale_factor : 1.0f;
@@ -180,12 +169,12 @@ int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char
     uint32_t bs = p->block_size ? p->block_size : 16;
     if (e->max_tokens > (1u << 20) || e->max_model_len > (1u << 24) ||
         e->max_items > PD_ENGINE_MAX_BATCH_ITEMS) {
-        rc = fail(err, errlen, -EINVAL, "engine: max_batched_tokens (<= 1048576), max_model_len "
+        rc = pd_errf(err, errlen, -EINVAL, "engine: max_batched_tokens (<= 1048576), max_model_len "
                   "(<= 16777216) or batch items (<= %d) out of range", PD_ENGINE_MAX_BATCH_ITEMS);
         goto out_free;
     }
     if (e->max_model_len > hp->n_ctx_train) {
-        rc = fail(err, errlen, -EINVAL, "engine: max_model_len %" PRIu32 " exceeds the model's "
+        rc = pd_errf(err, errlen, -EINVAL, "engine: max_model_len %" PRIu32 " exceeds the model's "
                   "context of %" PRIu32, e->max_model_len, hp->n_ctx_train);
         goto out_free;
     }
@@ -223,7 +212,7 @@ int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char
     return 0;
 
 nomem:
-    rc = fail(err, errlen, -ENOMEM, "engine: out of memory for scratch buffers");
+    rc = pd_errf(err, errlen, -ENOMEM, "engine: out of memory for scratch buffers");
 out_free:
     pd_engine_free(e);
     return rc;
@@ -276,36 +265,36 @@ static int validate(const struct pd_engine *e, const struct pd_batch_item *items
     uint64_t sum = 0, blocks = 0;
 
     if (n == 0 || n > e->max_items)
-        return fail(err, errlen, -EINVAL, "engine: %" PRIu32 " sequences in one step (1..%" PRIu32
+        return pd_errf(err, errlen, -EINVAL, "engine: %" PRIu32 " sequences in one step (1..%" PRIu32
                     ")", n, e->max_items);
     for (uint32_t i = 0; i < n; i++) {
         const struct pd_batch_item *it = &items[i];
         if (!it->seq || !it->tokens || it->n_tokens == 0)
-            return fail(err, errlen, -EINVAL, "engine: item %" PRIu32 " has no tokens (an empty "
+            return pd_errf(err, errlen, -EINVAL, "engine: item %" PRIu32 " has no tokens (an empty "
                         "prompt)", i);
         if (it->n_logits > it->n_tokens || (it->n_logits && !it->logits))
-            return fail(err, errlen, -EINVAL, "engine: item %" PRIu32 " asks for %" PRIu32
+            return pd_errf(err, errlen, -EINVAL, "engine: item %" PRIu32 " asks for %" PRIu32
                         " logits of %" PRIu32 " tokens", i, it->n_logits, it->n_tokens);
         if ((uint64_t)it->seq->n_tokens + it->n_tokens > e->max_model_len)
-            return fail(err, errlen, -E2BIG, "engine: sequence of %" PRIu32 " + %" PRIu32
+            return pd_errf(err, errlen, -E2BIG, "engine: sequence of %" PRIu32 " + %" PRIu32
                         " tokens exceeds the maximum model length of %" PRIu32,
                         it->seq->n_tokens, it->n_tokens, e->max_model_len);
         for (uint32_t t = 0; t < it->n_tokens; t++)
             if (it->tokens[t] < 0 || (uint32_t)it->tokens[t] >= e->hp.n_vocab)
-                return fail(err, errlen, -EINVAL, "engine: token id %" PRId32 " at position %"
+                return pd_errf(err, errlen, -EINVAL, "engine: token id %" PRId32 " at position %"
                             PRIu32 " is out of range [0, %" PRIu32 ")", it->tokens[t], t,
                             e->hp.n_vocab);
         for (uint32_t j = 0; j < i; j++)
             if (items[j].seq == it->seq)
-                return fail(err, errlen, -EINVAL, "engine: a sequence appears twice in one step");
+                return pd_errf(err, errlen, -EINVAL, "engine: a sequence appears twice in one step");
         sum += it->n_tokens;
         blocks += pd_kvseq_blocks_needed(e->kc, it->seq, it->seq->n_tokens + it->n_tokens);
     }
     if (sum > e->max_tokens)
-        return fail(err, errlen, -E2BIG, "engine: %" PRIu64 " tokens in one step exceed "
+        return pd_errf(err, errlen, -E2BIG, "engine: %" PRIu64 " tokens in one step exceed "
                     "max_batched_tokens %" PRIu32, sum, e->max_tokens);
     if (blocks > pd_kvcache_n_free(e->kc))
-        return fail(err, errlen, -ENOSPC, "engine: the step needs %" PRIu64 " KV blocks, %" PRIu32
+        return pd_errf(err, errlen, -ENOSPC, "engine: the step needs %" PRIu64 " KV blocks, %" PRIu32
                     " of %" PRIu32 " are free", blocks, pd_kvcache_n_free(e->kc),
                     pd_kvcache_n_blocks(e->kc));
     *total = (uint32_t)sum;
@@ -418,7 +407,7 @@ int pd_engine_step(struct pd_engine *e, const struct pd_batch_item *items, uint3
     for (; reserved < n_items; reserved++) {
         const struct pd_batch_item *it = &items[reserved];
         if ((rc = pd_kvseq_reserve(e->kc, it->seq, it->seq->n_tokens + it->n_tokens)) < 0) {
-            fail(err, errlen, rc, "engine: cannot reserve KV blocks: %s", strerror(-rc));
+            pd_errf(err, errlen, rc, "engine: cannot reserve KV blocks: %s", strerror(-rc));
             goto undo;
         }
     }
@@ -437,7 +426,7 @@ int pd_engine_step(struct pd_engine *e, const struct pd_batch_item *items, uint3
         }
     }
     if ((rc = forward(e, items, n_items, T)) < 0) {
-        fail(err, errlen, rc, "engine: forward pass failed: %s", strerror(-rc));
+        pd_errf(err, errlen, rc, "engine: forward pass failed: %s", strerror(-rc));
         goto undo;
     }
     for (uint32_t i = 0; i < n_items; i++)
@@ -458,9 +447,9 @@ int pd_engine_prefill(struct pd_engine *e, struct pd_kvseq *seq, const int32_t *
     int rc;
 
     if (n == 0)
-        return fail(err, errlen, -EINVAL, "engine: empty prompt");
+        return pd_errf(err, errlen, -EINVAL, "engine: empty prompt");
     if ((uint64_t)start + n > e->max_model_len)
-        return fail(err, errlen, -E2BIG, "engine: prompt of %" PRIu32 " tokens exceeds the "
+        return pd_errf(err, errlen, -E2BIG, "engine: prompt of %" PRIu32 " tokens exceeds the "
                     "maximum model length of %" PRIu32, start + n, e->max_model_len);
     for (uint32_t done = 0; done < n;) {
         uint32_t c = n - done < e->max_tokens ? n - done : e->max_tokens;

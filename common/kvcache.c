@@ -1,8 +1,9 @@
 #include "kvcache.h"
 
+#include "errf.h"
+
 #include <errno.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,18 +20,6 @@ struct pd_kvcache {
     uint32_t n_free;
 };
 
-__attribute__((format(printf, 4, 5))) static int fail(char *err, size_t errlen, int rc,
-                                                      const char *fmt, ...)
-{
-    va_list ap;
-    if (err && errlen) {
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
-
 int pd_kvcache_new(const struct pd_kvcache_params *p, struct pd_kvcache **out, char *err,
                    size_t errlen)
 {
@@ -39,12 +28,12 @@ int pd_kvcache_new(const struct pd_kvcache_params *p, struct pd_kvcache **out, c
 
     if (!l->n_layer || !l->n_head_kv || !l->head_dim || !l->block_size ||
         l->block_size > PD_KV_MAX_BLOCK_SIZE)
-        return fail(err, errlen, -EINVAL, "kvcache: bad layout (block size must be 1..%d)",
+        return pd_errf(err, errlen, -EINVAL, "kvcache: bad layout (block size must be 1..%d)",
                     PD_KV_MAX_BLOCK_SIZE);
     uint64_t block_bytes = pd_kv_block_elems(l) * sizeof(float);
     uint64_t n = p->mem_bytes / block_bytes;
     if (n == 0)
-        return fail(err, errlen, -EINVAL,
+        return pd_errf(err, errlen, -EINVAL,
                     "kvcache: %" PRIu64 " bytes of KV cache memory hold no block of %" PRIu64
                     " bytes", p->mem_bytes, block_bytes);
     if (n > PD_KV_MAX_BLOCKS)
@@ -52,7 +41,7 @@ int pd_kvcache_new(const struct pd_kvcache_params *p, struct pd_kvcache **out, c
 
     kc = calloc(1, sizeof(*kc));
     if (!kc)
-        return fail(err, errlen, -ENOMEM, "kvcache: out of memory");
+        return pd_errf(err, errlen, -ENOMEM, "kvcache: out of memory");
     kc->layout = *l;
     kc->block_bytes = block_bytes;
     kc->n_blocks = (uint32_t)n;
@@ -61,7 +50,7 @@ int pd_kvcache_new(const struct pd_kvcache_params *p, struct pd_kvcache **out, c
     if (kc->pool == MAP_FAILED) {
         kc->pool = NULL;
         pd_kvcache_free(kc);
-        return fail(err, errlen, -ENOMEM, "kvcache: cannot map %" PRIu64 " bytes for the pool",
+        return pd_errf(err, errlen, -ENOMEM, "kvcache: cannot map %" PRIu64 " bytes for the pool",
                     (uint64_t)n * block_bytes);
     }
     /* users' KV never belongs in a core dump */
@@ -70,7 +59,7 @@ int pd_kvcache_new(const struct pd_kvcache_params *p, struct pd_kvcache **out, c
     kc->free_stack = malloc(n * sizeof(*kc->free_stack));
     if (!kc->refs || !kc->free_stack) {
         pd_kvcache_free(kc);
-        return fail(err, errlen, -ENOMEM, "kvcache: out of memory");
+        return pd_errf(err, errlen, -ENOMEM, "kvcache: out of memory");
     }
     /* lowest ids on top: a fresh pool hands out contiguous runs */
     for (uint32_t i = 0; i < kc->n_blocks; i++)

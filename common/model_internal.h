@@ -31,8 +31,8 @@ struct pd_model {
     uint8_t fp[PD_MODEL_FP_LEN];
 };
 
-__attribute__((format(printf, 4, 5))) int pd_model_err(char *err, size_t errlen, int rc,
-                                                       const char *fmt, ...);
+#include "errf.h"
+#define pd_model_err pd_errf /* fill err, return rc */
 int pd_model_load_dummy(struct pd_model *m, const struct pd_model_params *p, char *err,
                         size_t errlen);
 int pd_model_bind(struct pd_model *m, char *err, size_t errlen);

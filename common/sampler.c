@@ -1,10 +1,10 @@
 #include "sampler.h"
 
+#include "errf.h"
 #include "philox.h"
 
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,39 +44,30 @@ struct pd_sampler *pd_sampler_free(struct pd_sampler *s)
     return NULL;
 }
 
-__attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen, const char *fmt,
-                                                      ...)
-{
-    va_list ap;
-    if (err && errlen) {
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -EINVAL;
-}
+/* every refusal names the field and its range */
+#define BAD(...) pd_errf(err, errlen, -EINVAL, __VA_ARGS__)
 
 int pd_sampling_validate(const struct pd_sampling *p, uint32_t n_vocab, char *err, size_t errlen)
 {
     if (!(p->temperature >= 0.0f && p->temperature <= 100.0f))
-        return fail(err, errlen, "temperature %g is out of range [0, 100]", (double)p->temperature);
+        return BAD("temperature %g is out of range [0, 100]", (double)p->temperature);
     if (p->top_k < 0 || (uint32_t)p->top_k > n_vocab)
-        return fail(err, errlen, "top_k %d is out of range [0, %u] (0 = off)", p->top_k, n_vocab);
+        return BAD("top_k %d is out of range [0, %u] (0 = off)", p->top_k, n_vocab);
     if (!(p->top_p > 0.0f && p->top_p <= 1.0f))
-        return fail(err, errlen, "top_p %g is out of range (0, 1]", (double)p->top_p);
+        return BAD("top_p %g is out of range (0, 1]", (double)p->top_p);
     if (!(p->min_p >= 0.0f && p->min_p <= 1.0f))
-        return fail(err, errlen, "min_p %g is out of range [0, 1]", (double)p->min_p);
+        return BAD("min_p %g is out of range [0, 1]", (double)p->min_p);
     if (!(p->repetition_penalty > 0.0f && p->repetition_penalty <= 10.0f))
-        return fail(err, errlen, "repetition_penalty %g is out of range (0, 10]",
+        return BAD("repetition_penalty %g is out of range (0, 10]",
                     (double)p->repetition_penalty);
     if (!(p->presence_penalty >= -2.0f && p->presence_penalty <= 2.0f))
-        return fail(err, errlen, "presence_penalty %g is out of range [-2, 2]",
+        return BAD("presence_penalty %g is out of range [-2, 2]",
                     (double)p->presence_penalty);
     if (!(p->frequency_penalty >= -2.0f && p->frequency_penalty <= 2.0f))
-        return fail(err, errlen, "frequency_penalty %g is out of range [-2, 2]",
+        return BAD("frequency_penalty %g is out of range [-2, 2]",
                     (double)p->frequency_penalty);
     if (p->n_logprobs > PD_MAX_LOGPROBS)
-        return fail(err, errlen, "logprobs %u is out of range [0, %d]", p->n_logprobs,
+        return BAD("logprobs %u is out of range [0, %d]", p->n_logprobs,
                     PD_MAX_LOGPROBS);
     return 0;
 }

@@ -144,8 +144,8 @@ static inline const struct merge_slot *tok_merge_get(const struct pd_tokenizer *
 
 /* Format a message into err (when there is room) and return rc. Shared by
  * tokenizer.c and chat.c. */
-int tok_err(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+#include "errf.h"
+#define tok_err pd_errf /* fill err, return rc */
 
 /* tok_encode.c: compile the pre-tokenizer regexes (byte-level) for t->pre. */
 int tok_pretok_init(struct pd_tokenizer *t, char *err, size_t errlen);

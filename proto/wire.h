@@ -71,7 +71,7 @@ static inline int printable(const uint8_t *s, size_t n)
 }
 
 /* Formats a message into err (when given) and returns rc. */
-int pd_proto_err(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+#include "errf.h"
+#define pd_proto_err pd_errf /* fill err, return rc */
 
 #endif
