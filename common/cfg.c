@@ -1,5 +1,7 @@
 #include "cfg.h"
 
+#include "errf.h"
+
 #include "pd_config.h"
 
 #include <assert.h>
@@ -167,19 +169,8 @@ static void fmt_range(char *buf, size_t n, const struct pd_cfg_opt *o)
 
 /* ---- errors ------------------------------------------------------------- */
 
-static int fail(int rc, char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail(int rc, char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err && errlen) {
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
+/* cfg's own argument order: the code first, as every call site reads it */
+#define fail(rc, err, errlen, ...) pd_errf((err), (errlen), (rc), __VA_ARGS__)
 
 /* An error about one option's value, prefixed with where the value came from. */
 static int fail_opt(int rc, char *err, size_t errlen, const struct src *s,

@@ -1,6 +1,7 @@
 /* The CPU engine against Hugging Face transformers (float64) on the default
  * model and three dummy shapes, plus paged == contiguous, chunked == whole,
  * batched == solo, and refusal of bad input without state change. */
+#include "default_model.h"
 #include "engine.h"
 #include "kvcache.h"
 #include "model.h"
@@ -28,13 +29,7 @@ static struct pd_model *load_dummy(const char *shape, uint64_t seed)
 
 static struct pd_model *load_default(void)
 {
-    const char *path = getenv("PDSERVE_MODEL");
-    char buf[1024];
-    if (!path || !*path) {
-        snprintf(buf, sizeof(buf), "%s/.cache/pdserve/SmolLM2-135M-Instruct.Q4_1.gguf",
-                 getenv("HOME") ? getenv("HOME") : "");
-        path = buf;
-    }
+    const char *path = pd_test_default_model_path();
     if (access(path, R_OK) != 0)
         PD_SKIP("default model not fetched (deploy/fetch-model.sh or PDSERVE_MODEL)");
     struct pd_model_params p = {.path = path};

@@ -1,5 +1,6 @@
 /* Batched generation against solo generation under DESIGN.md's "same output"
  * rule, seeded sampling across batch compositions, stop conditions. */
+#include "default_model.h"
 #include "generate.h"
 #include "model.h"
 #include "pd_test.h"
@@ -14,14 +15,8 @@
 static struct pd_model *load(const char *shape)
 {
     struct pd_model_params p = {.load_format = PD_LOAD_DUMMY, .shape = shape, .seed = 21};
-    char buf[1024];
     if (!shape) {
-        const char *path = getenv("PDSERVE_MODEL");
-        if (!path || !*path) {
-            snprintf(buf, sizeof(buf), "%s/.cache/pdserve/SmolLM2-135M-Instruct.Q4_1.gguf",
-                     getenv("HOME") ? getenv("HOME") : "");
-            path = buf;
-        }
+        const char *path = pd_test_default_model_path();
         if (access(path, R_OK) != 0)
             PD_SKIP("default model not fetched (deploy/fetch-model.sh or PDSERVE_MODEL)");
         p = (struct pd_model_params){.path = path};

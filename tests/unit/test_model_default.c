@@ -1,6 +1,7 @@
 /* The default model (SmolLM2-135M-Instruct, Q4_1 GGUF), as fetched by
  * deploy/fetch-model.sh. Skips (77) when the file is absent; tests/run.sh
  * fetches it first, so there it always runs. */
+#include "default_model.h"
 #include "golden.h"
 #include "gguf.h"
 #include "model.h"
@@ -12,17 +13,7 @@
 
 static struct pd_model *load_default(void)
 {
-    static char path[1024];
-    const char *env = getenv("PDSERVE_MODEL");
-    const char *dir = getenv("PDSERVE_MODEL_DIR");
-    const char *home = getenv("HOME");
-    if (env && *env)
-        snprintf(path, sizeof(path), "%s", env);
-    else if (dir && *dir)
-        snprintf(path, sizeof(path), "%s/SmolLM2-135M-Instruct.Q4_1.gguf", dir);
-    else
-        snprintf(path, sizeof(path), "%s/.cache/pdserve/SmolLM2-135M-Instruct.Q4_1.gguf",
-                 home ? home : "");
+    const char *path = pd_test_default_model_path();
     if (access(path, R_OK) != 0)
         PD_SKIP("default model not fetched (run deploy/fetch-model.sh or set PDSERVE_MODEL)");
     struct pd_model_params p = {.path = path};

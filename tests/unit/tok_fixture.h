@@ -7,6 +7,7 @@
 
 #include "gguf.h"
 #include "model.h"
+#include "default_model.h"
 #include "pd_test.h"
 #include "tokenizer.h"
 
@@ -17,22 +18,7 @@
 #error "tests need PD_SRCDIR"
 #endif
 
-/* The default model's path ($PDSERVE_MODEL, $PDSERVE_MODEL_DIR, ~/.cache). */
-static inline const char *tok_default_model_path(void)
-{
-    static char path[1024];
-    const char *env = getenv("PDSERVE_MODEL");
-    const char *dir = getenv("PDSERVE_MODEL_DIR");
-    const char *home = getenv("HOME");
-    if (env && *env)
-        snprintf(path, sizeof(path), "%s", env);
-    else if (dir && *dir)
-        snprintf(path, sizeof(path), "%s/SmolLM2-135M-Instruct.Q4_1.gguf", dir);
-    else
-        snprintf(path, sizeof(path), "%s/.cache/pdserve/SmolLM2-135M-Instruct.Q4_1.gguf",
-                 home ? home : "");
-    return path;
-}
+#define tok_default_model_path pd_test_default_model_path
 
 /* A whole file in memory (caller frees); NULL if unreadable. */
 static inline char *tok_read_file(const char *path, size_t *len)
