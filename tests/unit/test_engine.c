@@ -20,24 +20,7 @@
 static struct pd_model *load_dummy(const char *shape, uint64_t seed)
 {
     struct pd_model_params p = {.load_format = PD_LOAD_DUMMY, .shape = shape, .seed = seed};
-    struct pd_model *m = NULL;
-    char err[512];
-    if (pd_model_load(&p, &m, err, sizeof(err)) < 0)
-        PD_TEST_FAIL_("%s", err);
-    return m;
-}
-
-static struct pd_model *load_default(void)
-{
-    const char *path = pd_test_default_model_path();
-    if (access(path, R_OK) != 0)
-        PD_SKIP("default model not fetched (deploy/fetch-model.sh or PDSERVE_MODEL)");
-    struct pd_model_params p = {.path = path};
-    struct pd_model *m = NULL;
-    char err[512];
-    if (pd_model_load(&p, &m, err, sizeof(err)) < 0)
-        PD_TEST_FAIL_("%s", err);
-    return m;
+    return pd_test_load_model(&p);
 }
 
 static struct pd_engine *engine(const struct pd_model *m, uint64_t kv_bytes, uint32_t chunk)
@@ -147,7 +130,7 @@ static void check_golden(const struct pd_model *m, const char *name)
 
 static void engine_matches_transformers_on_default_model(void)
 {
-    struct pd_model *m = load_default();
+    struct pd_model *m = pd_test_load_default_model();
     check_golden(m, "default");
     pd_model_free(m);
 }

@@ -15,17 +15,7 @@
 static struct pd_model *load(const char *shape)
 {
     struct pd_model_params p = {.load_format = PD_LOAD_DUMMY, .shape = shape, .seed = 21};
-    if (!shape) {
-        const char *path = pd_test_default_model_path();
-        if (access(path, R_OK) != 0)
-            PD_SKIP("default model not fetched (deploy/fetch-model.sh or PDSERVE_MODEL)");
-        p = (struct pd_model_params){.path = path};
-    }
-    struct pd_model *m = NULL;
-    char err[512];
-    if (pd_model_load(&p, &m, err, sizeof(err)) < 0)
-        PD_TEST_FAIL_("%s", err);
-    return m;
+    return shape ? pd_test_load_model(&p) : pd_test_load_default_model();
 }
 
 static struct pd_engine *engine(const struct pd_model *m)

@@ -11,18 +11,7 @@
 #include <errno.h>
 #include <unistd.h>
 
-static struct pd_model *load_default(void)
-{
-    const char *path = pd_test_default_model_path();
-    if (access(path, R_OK) != 0)
-        PD_SKIP("default model not fetched (run deploy/fetch-model.sh or set PDSERVE_MODEL)");
-    struct pd_model_params p = {.path = path};
-    struct pd_model *m = NULL;
-    char err[512];
-    if (pd_model_load(&p, &m, err, sizeof(err)) < 0)
-        PD_TEST_FAIL_("%s", err);
-    return m;
-}
+#define load_default pd_test_load_default_model
 
 /* SmolLM2-135M's published config.json: these numbers come from the model's
  * authors, not from our parser. */
