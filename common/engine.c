@@ -306,7 +306,7 @@ static int forward(struct pd_engine *e, const struct pd_batch_item *items, uint3
 {
     const struct pd_hparams *hp = &e->hp;
     const struct pd_kernels *k = e->k;
-    const struct pd_kv_layout kv = *pd_kvcache_layout(e->kc);
+    const struct pd_kv_geom kv = *pd_kvcache_layout(e->kc);
     const uint32_t D = hp->n_embd, qd = hp->n_head * hp->head_dim;
     const uint32_t kvd = hp->n_head_kv * hp->head_dim;
     uint64_t row_bytes;

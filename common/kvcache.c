@@ -10,7 +10,7 @@
 #include <sys/mman.h>
 
 struct pd_kvcache {
-    struct pd_kv_layout layout;
+    struct pd_kv_geom layout;
     uint64_t block_bytes;
     uint32_t n_blocks;
     float *pool;
@@ -23,7 +23,7 @@ struct pd_kvcache {
 int pd_kvcache_new(const struct pd_kvcache_params *p, struct pd_kvcache **out, char *err,
                    size_t errlen)
 {
-    const struct pd_kv_layout *l = &p->layout;
+    const struct pd_kv_geom *l = &p->layout;
     struct pd_kvcache *kc;
 
     if (!l->n_layer || !l->n_head_kv || !l->head_dim || !l->block_size ||
@@ -81,7 +81,7 @@ struct pd_kvcache *pd_kvcache_free(struct pd_kvcache *kc)
     return NULL;
 }
 
-const struct pd_kv_layout *pd_kvcache_layout(const struct pd_kvcache *kc) { return &kc->layout; }
+const struct pd_kv_geom *pd_kvcache_layout(const struct pd_kvcache *kc) { return &kc->layout; }
 float *pd_kvcache_pool(struct pd_kvcache *kc) { return kc->pool; }
 uint32_t pd_kvcache_n_blocks(const struct pd_kvcache *kc) { return kc->n_blocks; }
 uint32_t pd_kvcache_n_free(const struct pd_kvcache *kc) { return kc->n_free; }

@@ -31,7 +31,7 @@
 #define PD_KV_MAX_BLOCKS (1u << 24)
 
 struct pd_kvcache_params {
-    struct pd_kv_layout layout;
+    struct pd_kv_geom layout;
     uint64_t mem_bytes; /* pool size; rounded down to whole blocks */
 };
 
@@ -50,7 +50,7 @@ int pd_kvcache_new(const struct pd_kvcache_params *p, struct pd_kvcache **out, c
 /* Accepts NULL; returns NULL. Every block must have been released. */
 struct pd_kvcache *pd_kvcache_free(struct pd_kvcache *kc);
 
-const struct pd_kv_layout *pd_kvcache_layout(const struct pd_kvcache *kc);
+const struct pd_kv_geom *pd_kvcache_layout(const struct pd_kvcache *kc);
 float *pd_kvcache_pool(struct pd_kvcache *kc);
 uint32_t pd_kvcache_n_blocks(const struct pd_kvcache *kc);
 uint32_t pd_kvcache_n_free(const struct pd_kvcache *kc);

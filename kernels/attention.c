@@ -44,7 +44,7 @@ static void softmax_row(float *s, uint32_t n)
  * weighted sum of V. */
 static void attend_one(const struct pd_attn_args *a, uint32_t t, uint32_t h, float *scores)
 {
-    const struct pd_kv_layout *l = &a->kv;
+    const struct pd_kv_geom *l = &a->kv;
     const uint32_t hd = l->head_dim;
     const uint32_t kvh = h / (a->n_head / l->n_head_kv);
     const uint32_t *table = a->block_tables + (size_t)a->tok_seq[t] * a->max_blocks;
@@ -73,7 +73,7 @@ static void attend_one(const struct pd_attn_args *a, uint32_t t, uint32_t h, flo
 static void gather(const struct pd_attn_args *a, const uint32_t *table, uint32_t kvh, uint32_t kv,
                    uint32_t n_ctx, float *dst)
 {
-    const struct pd_kv_layout *l = &a->kv;
+    const struct pd_kv_geom *l = &a->kv;
     const uint32_t bs = l->block_size, hd = l->head_dim;
     for (uint32_t b = 0; b * bs < n_ctx; b++) {
         uint32_t n = n_ctx - b * bs < bs ? n_ctx - b * bs : bs;
@@ -92,7 +92,7 @@ static void gather(const struct pd_attn_args *a, const uint32_t *table, uint32_t
 static int attend_run(const struct pd_attn_args *a, uint32_t t0, uint32_t n, float *kbuf,
                       float *vbuf, float *scores)
 {
-    const struct pd_kv_layout *l = &a->kv;
+    const struct pd_kv_geom *l = &a->kv;
     const uint32_t hd = l->head_dim, group = a->n_head / l->n_head_kv;
     const uint32_t *table = a->block_tables + (size_t)a->tok_seq[t0] * a->max_blocks;
     const uint32_t p0 = (uint32_t)a->tok_pos[t0], n_ctx = p0 + n;

@@ -41,7 +41,7 @@ struct attn_params {
     const uint32_t *block_tables; /* (n_seqs, max_blocks) */
     float *ws; /* workspace: partials at pd_attn_part_offset, log2-sum-exp at
                 * pd_attn_lse_offset; NULL without splits */
-    struct pd_kv_layout kv;
+    struct pd_kv_geom kv;
     uint32_t layer, n_tokens, n_head, group, max_blocks;
     uint32_t n_hchunks; /* group chunks per KV head */
     uint32_t n_splits, chunk;
@@ -424,7 +424,7 @@ static int blocks_per_sm(attn_kernel_fn fn, size_t smem, uint32_t *out)
 /* Everything about a launch but the launch: checks, the kernel, the plan. */
 static int attn_prepare(const struct pd_attn_args *a, uint64_t ws_bytes, struct attn_launch *L)
 {
-    const struct pd_kv_layout *kv = &a->kv;
+    const struct pd_kv_geom *kv = &a->kv;
     uint32_t n_sm = 0;
     int rc;
 

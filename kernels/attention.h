@@ -29,7 +29,7 @@ struct pd_attn_args {
     float *out; /* (n_tokens, n_head, head_dim) */
     const float *q; /* (n_tokens, n_head, head_dim), RoPE applied */
     const float *pool; /* kv_layout.h; uint16_t elements when pool_type is BF16 */
-    struct pd_kv_layout kv;
+    struct pd_kv_geom kv;
     uint32_t layer;
     uint32_t n_tokens, n_head;
     const int32_t *tok_seq; /* (n_tokens) index into block_tables */

@@ -20,7 +20,7 @@
 
 #include "pd_kernel.h"
 
-struct pd_kv_layout {
+struct pd_kv_geom {
     uint32_t n_layer;
     uint32_t n_head_kv;
     uint32_t head_dim;
@@ -28,13 +28,13 @@ struct pd_kv_layout {
 };
 
 /* elements in one block */
-PD_HD uint64_t pd_kv_block_elems(const struct pd_kv_layout *l)
+PD_HD uint64_t pd_kv_block_elems(const struct pd_kv_geom *l)
 {
     return (uint64_t)l->n_layer * 2 * l->n_head_kv * l->block_size * l->head_dim;
 }
 
 /* element offset of (block, layer, kv, head, token-in-block, 0) from the pool base */
-PD_HD uint64_t pd_kv_offset(const struct pd_kv_layout *l, uint32_t block, uint32_t layer,
+PD_HD uint64_t pd_kv_offset(const struct pd_kv_geom *l, uint32_t block, uint32_t layer,
                             uint32_t kv, uint32_t head, uint32_t tok)
 {
     uint64_t tile = (uint64_t)l->block_size * l->head_dim;
@@ -43,7 +43,7 @@ PD_HD uint64_t pd_kv_offset(const struct pd_kv_layout *l, uint32_t block, uint32
 }
 
 /* offset of (slot, layer, kv, head, 0): slot = block * block_size + token-in-block */
-PD_HD uint64_t pd_kv_slot_offset(const struct pd_kv_layout *l, int64_t slot, uint32_t layer,
+PD_HD uint64_t pd_kv_slot_offset(const struct pd_kv_geom *l, int64_t slot, uint32_t layer,
                                  uint32_t kv, uint32_t head)
 {
     return pd_kv_offset(l, (uint32_t)(slot / l->block_size), layer, kv, head,
@@ -51,7 +51,7 @@ PD_HD uint64_t pd_kv_slot_offset(const struct pd_kv_layout *l, int64_t slot, uin
 }
 
 /* offset of position pos of a sequence, through its block table (max_blocks ids) */
-PD_HD uint64_t pd_kv_pos_offset(const struct pd_kv_layout *l, const uint32_t *table, uint32_t pos,
+PD_HD uint64_t pd_kv_pos_offset(const struct pd_kv_geom *l, const uint32_t *table, uint32_t pos,
                                 uint32_t layer, uint32_t kv, uint32_t head)
 {
     return pd_kv_offset(l, table[pos / l->block_size], layer, kv, head, pos % l->block_size);

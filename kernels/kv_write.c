@@ -8,7 +8,7 @@
 
 int pd_kv_write_cpu(const struct pd_kv_write_args *a)
 {
-    const struct pd_kv_layout *l = &a->kv;
+    const struct pd_kv_geom *l = &a->kv;
     size_t hd = l->head_dim, row = (size_t)l->n_head_kv * hd;
 
     if (a->pool_type != PD_DT_F32 && a->pool_type != PD_DT_BF16)

@@ -10,7 +10,7 @@
 
 struct kvw_params {
     void *pool;
-    struct pd_kv_layout kv;
+    struct pd_kv_geom kv;
     uint32_t layer;
     const float *k, *v;
     const int64_t *slot;

@@ -7,7 +7,7 @@
 
 struct pd_kv_write_args {
     float *pool; /* (n_blocks, block elems), kv_layout.h; uint16_t elements when BF16 */
-    struct pd_kv_layout kv;
+    struct pd_kv_geom kv;
     uint32_t layer;
     const float *k; /* (n_tokens, n_head_kv, head_dim) */
     const float *v; /* (n_tokens, n_head_kv, head_dim) */

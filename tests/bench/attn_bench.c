@@ -207,7 +207,7 @@ static int attn_pass(void *arg, uint32_t layer, pd_stream_t s)
 static int spot_check(const struct pd_attn_args *g, const uint32_t *tables_host, size_t elem,
                       uint32_t ctx, double *err_out)
 {
-    const struct pd_kv_layout *l = &g->kv;
+    const struct pd_kv_geom *l = &g->kv;
     const uint32_t n = g->n_tokens < 2 ? g->n_tokens : 2, mb = g->max_blocks;
     const uint32_t nb = (ctx + l->block_size - 1) / l->block_size;
     const size_t block_bytes = pd_kv_block_elems(l) * elem, row = (size_t)g->n_head * l->head_dim;
@@ -312,7 +312,7 @@ int main(int argc, char **argv)
     const struct pd_hparams *hp = pd_model_hparams(m);
     const uint32_t pool_type = c.kv_dtype == 0 ? PD_DT_BF16 : PD_DT_F32;
     const size_t elem = pool_type == PD_DT_BF16 ? 2 : 4;
-    const struct pd_kv_layout kv = {hp->n_layer, hp->n_head_kv, hp->head_dim,
+    const struct pd_kv_geom kv = {hp->n_layer, hp->n_head_kv, hp->head_dim,
                                     (uint32_t)c.block_size};
     const uint32_t max_b = max_of(batch, n_batch), max_ctx = max_of(context, n_context);
     const uint32_t mb = (max_ctx + kv.block_size - 1) / kv.block_size;

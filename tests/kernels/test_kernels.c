@@ -391,9 +391,9 @@ static size_t elem_size(uint32_t pool_type)
     return pool_type == PD_DT_BF16 ? 2 : 4;
 }
 
-static struct pd_kv_layout random_layout(void)
+static struct pd_kv_geom random_layout(void)
 {
-    struct pd_kv_layout l = {.n_layer = 1 + rnd(3), .n_head_kv = PICK(1, 2, 3, 4, 8),
+    struct pd_kv_geom l = {.n_layer = 1 + rnd(3), .n_head_kv = PICK(1, 2, 3, 4, 8),
                              .head_dim = PICK(16, 24, 64, 64, 128, 128),
                              .block_size = PICK(16, 16, 1, 7, 32)};
     return l;
@@ -401,7 +401,7 @@ static struct pd_kv_layout random_layout(void)
 
 static void kv_write_case(uint32_t pool_type)
 {
-    const struct pd_kv_layout l = random_layout();
+    const struct pd_kv_geom l = random_layout();
     const uint32_t n_blocks = 1 + rnd(40), layer = rnd(l.n_layer);
     const uint32_t n_slots = n_blocks * l.block_size;
     const uint32_t n_tok = 1 + rnd(n_slots < 64 ? n_slots : 64);
@@ -453,7 +453,7 @@ static void kv_write_cuda_matches_cpu(void)
 enum { SPLIT_NONE, SPLIT_AUTO, SPLIT_FORCED };
 
 struct attn_case {
-    struct pd_kv_layout l;
+    struct pd_kv_geom l;
     uint32_t group, n_seqs, max_len;
     uint32_t max_run; /* 1: decode steps only; more: prefill runs of up to max_run tokens */
     uint32_t pool_type;

@@ -21,16 +21,16 @@ static uint32_t rnd(uint32_t n)
     return (uint32_t)(rng >> 33) % n;
 }
 
-static struct pd_kv_layout random_layout(void)
+static struct pd_kv_geom random_layout(void)
 {
-    struct pd_kv_layout l = {1 + rnd(40), 1 + rnd(16), 2 * (1 + rnd(128)), 1 + rnd(64)};
+    struct pd_kv_geom l = {1 + rnd(40), 1 + rnd(16), 2 * (1 + rnd(128)), 1 + rnd(64)};
     return l;
 }
 
 static void kv_offset_follows_the_block_major_layout(void)
 {
     for (int i = 0; i < 2000; i++) {
-        const struct pd_kv_layout l = random_layout();
+        const struct pd_kv_geom l = random_layout();
         const uint32_t b = rnd(5000), layer = rnd(l.n_layer), kv = rnd(2), h = rnd(l.n_head_kv),
                        t = rnd(l.block_size);
         /* block[layer][kv][head][token][head_dim], written out */
@@ -44,7 +44,7 @@ static void kv_offset_follows_the_block_major_layout(void)
 static void kv_block_is_one_contiguous_run(void)
 {
     for (int i = 0; i < 200; i++) {
-        const struct pd_kv_layout l = random_layout();
+        const struct pd_kv_geom l = random_layout();
         const uint32_t b = rnd(100);
         const uint64_t last = pd_kv_offset(&l, b, l.n_layer - 1, 1, l.n_head_kv - 1, l.block_size - 1);
         CHECK_EQ_INT(pd_kv_offset(&l, b, 0, 0, 0, 0), (uint64_t)b * pd_kv_block_elems(&l));
@@ -59,7 +59,7 @@ static void kv_block_is_one_contiguous_run(void)
 static void kv_slot_offset_splits_block_and_token(void)
 {
     for (int i = 0; i < 2000; i++) {
-        const struct pd_kv_layout l = random_layout();
+        const struct pd_kv_geom l = random_layout();
         const uint32_t b = rnd(100000), t = rnd(l.block_size), layer = rnd(l.n_layer),
                        kv = rnd(2), h = rnd(l.n_head_kv);
         const int64_t slot = (int64_t)b * l.block_size + t;
@@ -71,7 +71,7 @@ static void kv_pos_offset_goes_through_the_block_table(void)
 {
     uint32_t table[64];
     for (int i = 0; i < 500; i++) {
-        const struct pd_kv_layout l = random_layout();
+        const struct pd_kv_geom l = random_layout();
         for (int j = 0; j < 64; j++)
             table[j] = rnd(1u << 20);
         const uint32_t pos = rnd(64 * l.block_size), layer = rnd(l.n_layer), kv = rnd(2),

@@ -111,7 +111,7 @@ static void kvseq_reserve_grows_by_blocks_and_trim_undoes(void)
 
 static void kv_offset_places_layers_heads_tokens(void)
 {
-    struct pd_kv_layout l = {.n_layer = 2, .n_head_kv = 3, .head_dim = 8, .block_size = 4};
+    struct pd_kv_geom l = {.n_layer = 2, .n_head_kv = 3, .head_dim = 8, .block_size = 4};
     /* block = 2 layers x {K,V} x 3 heads x 4 tokens x 8 */
     CHECK_EQ_INT(pd_kv_block_elems(&l), 2 * 2 * 3 * 4 * 8);
     CHECK_EQ_INT(pd_kv_offset(&l, 0, 0, 0, 0, 0), 0);
