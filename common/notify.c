@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <systemd/sd-daemon.h>
 
 /* sd_notify returns > 0 sent, 0 no socket, < 0 errno: fold to 0 / -errno */
@@ -15,6 +16,16 @@ static int send_state(const char *state)
 int pd_notify_ready(void) { return send_state("READY=1"); }
 int pd_notify_watchdog(void) { return send_state("WATCHDOG=1"); }
 int pd_notify_stopping(void) { return send_state("STOPPING=1"); }
+
+int pd_notify_reloading(void)
+{
+    struct timespec ts;
+    char line[64];
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    snprintf(line, sizeof(line), "RELOADING=1\nMONOTONIC_USEC=%llu",
+             (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000);
+    return send_state(line);
+}
 
 int pd_notify_status(const char *fmt, ...)
 {

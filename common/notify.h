@@ -6,6 +6,7 @@
  *   pd_notify_ready();                       // READY=1 only now (DESIGN.md)
  *   uint64_t us = pd_notify_watchdog_usec(); // 0: no watchdog asked for
  *   every us/2, while the compute thread is healthy: pd_notify_watchdog();
+ *   on SIGHUP: pd_notify_reloading(); re-read what reloads; pd_notify_ready()
  *   on SIGTERM: pd_notify_stopping(); drain; exit 0
  *
  * Every call is a no-op returning 0 when $NOTIFY_SOCKET is unset (run by hand,
@@ -23,6 +24,9 @@ int pd_notify_ready(void);
 int pd_notify_status(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int pd_notify_watchdog(void);
 int pd_notify_stopping(void);
+/* RELOADING=1 with MONOTONIC_USEC= (what Type=notify-reload expects); send
+ * READY=1 when the reload is done. */
+int pd_notify_reloading(void);
 /* The watchdog interval systemd asked for ($WATCHDOG_USEC for this pid), or 0. */
 uint64_t pd_notify_watchdog_usec(void);
 

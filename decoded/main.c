@@ -223,8 +223,12 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     struct daemon *d = arg;
     (void)what;
     if (sig == SIGHUP) {
+        /* The reload protocol even with nothing to re-read yet (keys and
+         * peers arrive with the KV channel), so `systemctl reload` works. */
+        pd_notify_reloading();
         pd_log(PD_LOG_NOTICE, "SIGHUP: nothing to reload yet (keys and peers arrive with the "
-               "KV channel), ignoring");
+               "KV channel)");
+        pd_notify_ready();
         return;
     }
     begin_drain(d, (int)sig);

@@ -16,6 +16,7 @@ APT_PACKAGES=(
     libopenblas-dev libsystemd-dev libpcre2-dev
     clang libclang-rt-14-dev
     python3 python3-venv
+    systemd
     iproute2 unzip ca-certificates curl
 )
 # Test tooling, pinned. gguf writes the dequantization reference values.

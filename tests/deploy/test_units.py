@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Run each installed unit's ExecStart= as systemd would and check the notify
+protocol: READY=1 once serving, WATCHDOG=1 at the interval asked for,
+RELOADING=1 then READY=1 on SIGHUP (ExecReload=), STOPPING=1 on SIGTERM and
+exit 0.
+
+    test_units.py BUILD_DIR
+
+The units are staged with `meson install --destdir`; ExecStart's binary is
+taken from the stage, ${CONFIGURATION_DIRECTORY} is a folder holding a config
+for a tiny dummy model (the real one is not needed to test the protocol),
+CREDENTIALS_DIRECTORY an empty folder, %i the instance "0". The sandboxing
+settings are systemd's to apply and are not exercised here (no systemd as
+PID 1): docs/operations.md."""
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def fail(msg):
+    print("FAIL:", msg)
+    sys.exit(1)
+
+
+def unit_service(path, instance):
+    """ExecStart argv and Environment= of a unit file, %i expanded."""
+    argv, env = None, {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip().replace("%i", instance)
+            if line.startswith("ExecStart="):
+                argv = shlex.split(line[len("ExecStart="):])
+            elif line.startswith("Environment="):
+                k, v = line[len("Environment="):].split("=", 1)
+                env[k] = v
+    if not argv:
+        fail(f"{path}: no ExecStart=")
+    return argv, env
+
+
+class Notify:
+    def __init__(self, path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.seen = []
+
+    def expect(self, want, timeout, proc):
+        """Wait for a message with the assignment `want`; returns it."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if proc.poll() is not None:
+                fail(f"daemon exited ({proc.returncode}) before {want}; saw {self.seen}")
+            self.sock.settimeout(0.2)
+            try:
+                msg = self.sock.recv(4096).decode()
+            except socket.timeout:
+                continue
+            lines = msg.split("\n")
+            self.seen.append(lines[0])
+            if want in lines:
+                return lines
+        fail(f"no {want} within {timeout} s; saw {self.seen}")
+
+
+def run_unit(root, prefix, unit, instance, tmp):
+    argv, env_extra = unit_service(os.path.join(root, "lib/systemd/system", unit), instance)
+    conf_dir = os.path.join(tmp, "etc-pdserve")
+    creds = os.path.join(tmp, "credentials")
+    os.makedirs(conf_dir, exist_ok=True)
+    os.makedirs(creds, exist_ok=True)
+    name = "decoded.json" if "@" not in unit else f"decoded-{instance}.json"
+    with open(os.path.join(conf_dir, name), "w") as f:
+        json.dump({"load-format": "dummy", "model-shape": "tiny", "port": 0,
+                   "admin-port": 0, "kv-cache-memory": "16MiB", "drain-timeout": 5}, f)
+    bindir = os.path.join(prefix, "bin") + "/"
+    if not argv[0].startswith(bindir):
+        fail(f"{unit}: ExecStart {argv[0]} not under {bindir}")
+    argv[0] = root + argv[0][len(prefix):]
+    argv = [a.replace("${CONFIGURATION_DIRECTORY}", conf_dir) for a in argv]
+    sock_path = os.path.join(tmp, f"notify-{unit}")
+    n = Notify(sock_path)
+    env = dict(os.environ, NOTIFY_SOCKET=sock_path, WATCHDOG_USEC="400000",
+               CONFIGURATION_DIRECTORY=conf_dir, CREDENTIALS_DIRECTORY=creds, **env_extra)
+    env.pop("WATCHDOG_PID", None)
+    print(f"{unit}: {' '.join(argv)}")
+    proc = subprocess.Popen(argv, env=env)
+    try:
+        n.expect("READY=1", 120, proc)
+        n.expect("WATCHDOG=1", 5, proc)
+        proc.send_signal(signal.SIGHUP)
+        lines = n.expect("RELOADING=1", 5, proc)
+        if not any(x.startswith("MONOTONIC_USEC=") for x in lines):
+            fail(f"{unit}: RELOADING=1 without MONOTONIC_USEC: {lines}")
+        n.expect("READY=1", 5, proc)
+        proc.send_signal(signal.SIGTERM)
+        n.expect("STOPPING=1", 10, proc)
+        rc = proc.wait(30)
+        if rc != 0:
+            fail(f"{unit}: exit status {rc} after SIGTERM")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    print(f"{unit}: {' | '.join(n.seen)}")
+
+
+def main():
+    build = sys.argv[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        stage = os.path.join(tmp, "stage")
+        subprocess.run(["meson", "install", "-C", build, "--no-rebuild", "--quiet",
+                        "--destdir", stage], check=True, stdout=subprocess.DEVNULL)
+        opts = json.loads(subprocess.run(["meson", "introspect", build, "--buildoptions"],
+                                         check=True, capture_output=True).stdout)
+        prefix = next(o["value"] for o in opts if o["name"] == "prefix")
+        root = stage + prefix
+        for unit, inst in (("decoded.service", ""), ("decoded@.service", "0")):
+            run_unit(root, prefix, unit, inst, tmp)
+    print("units OK")
+
+
+if __name__ == "__main__":
+    main()
