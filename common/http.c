@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 
@@ -289,6 +290,148 @@ static void adopt_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* ---- libevent's own error pages, made OpenAI-shaped JSON ----
+ *
+ * evhttp answers some requests itself, before any handler runs: a body over
+ * evhttp_set_max_body_size (with or without Content-Length, chunked too),
+ * headers over the header cap, malformed HTTP. libevent 2.1 has no hook for
+ * those replies (no error callback, no per-request callback on the server
+ * side) and writes a small HTML page. Letting evhttp enforce the caps keeps
+ * what it does well (a body over the cap is read and dropped as it arrives
+ * with EVHTTP_SERVER_LINGERING_CLOSE, never buffered whole, so the client
+ * reads the answer instead of a reset); we only rewrite the page: a callback
+ * on each connection's output buffer (run synchronously on every change)
+ * recognises evhttp_send_error's exact page at the tail of the buffer, just
+ * appended and not yet written, and replaces it with the same status line
+ * and headers but a JSON error body. Anything not matching exactly is left
+ * alone. */
+
+#define ERR_PAGE_MAX 2048 /* status line, headers and the page; libevent's are ~250 bytes */
+static const char err_page_tail[] = "</H1>\n</BODY></HTML>\n";
+
+static const char *err_page_json_msg(int status)
+{
+    switch (status) {
+    case 413: return "the request is larger than this server accepts (its body or headers)";
+    case 400: return "malformed HTTP request";
+    default: return NULL; /* the reason phrase */
+    }
+}
+
+/* buf[0, n) holds one response: status line, headers, body. 0 and the parts
+ * when the body is evhttp_send_error's page for that status line. */
+static int parse_err_page(const char *buf, size_t n, int *status, const char **reason,
+                          size_t *reason_len, size_t *head_len)
+{
+    if (n < 13 || memcmp(buf, "HTTP/1.", 7) != 0 || buf[8] != ' ' || buf[12] != ' ')
+        return -1;
+    int st = 0;
+    for (int i = 9; i < 12; i++) {
+        if (buf[i] < '0' || buf[i] > '9')
+            return -1;
+        st = st * 10 + (buf[i] - '0');
+    }
+    const char *eol = memchr(buf, '\r', n);
+    const char *end = NULL;
+    for (size_t i = 0; i + 4 <= n; i++)
+        if (memcmp(buf + i, "\r\n\r\n", 4) == 0) {
+            end = buf + i + 4;
+            break;
+        }
+    if (!eol || !end || st < 400 || st > 599)
+        return -1;
+    const char *rs = buf + 13;
+    size_t rl = (size_t)(eol - rs);
+    char page[ERR_PAGE_MAX];
+    int m = snprintf(page, sizeof(page), "<HTML><HEAD>\n<TITLE>%d %.*s</TITLE>\n</HEAD><BODY>\n"
+                     "<H1>%.*s</H1>\n</BODY></HTML>\n", st, (int)rl, rs, (int)rl, rs);
+    size_t body = n - (size_t)(end - buf);
+    if (m < 0 || (size_t)m != body || memcmp(end, page, body) != 0)
+        return -1;
+    *status = st;
+    *reason = rs;
+    *reason_len = rl;
+    *head_len = (size_t)(end - buf);
+    return 0;
+}
+
+static void out_cb(struct evbuffer *out, const struct evbuffer_cb_info *info, void *arg)
+{
+    static _Thread_local bool busy; /* our own changes call us too */
+    const size_t tl = sizeof(err_page_tail) - 1;
+    size_t len = evbuffer_get_length(out);
+    char tail[sizeof(err_page_tail)];
+    struct evbuffer_ptr p;
+    (void)arg;
+    if (busy || info->n_added == 0 || len < tl)
+        return;
+    if (evbuffer_ptr_set(out, &p, len - tl, EVBUFFER_PTR_SET) < 0 ||
+        evbuffer_copyout_from(out, &p, tail, tl) != (ev_ssize_t)tl ||
+        memcmp(tail, err_page_tail, tl) != 0)
+        return;
+    /* the page just appended: find its status line in the last bytes */
+    size_t w = len < ERR_PAGE_MAX ? len : ERR_PAGE_MAX;
+    char win[ERR_PAGE_MAX];
+    evbuffer_ptr_set(out, &p, len - w, EVBUFFER_PTR_SET);
+    if (evbuffer_copyout_from(out, &p, win, w) != (ev_ssize_t)w)
+        return;
+    size_t start = w;
+    for (size_t i = w - tl; i-- > 0;)
+        if (memcmp(win + i, "HTTP/1.", 7) == 0 && (i == 0 || win[i - 1] == '\n')) {
+            start = i;
+            break;
+        }
+    int status;
+    const char *reason;
+    size_t reason_len, head_len;
+    if (start == w ||
+        parse_err_page(win + start, w - start, &status, &reason, &reason_len, &head_len) < 0)
+        return;
+    char rbuf[128];
+    snprintf(rbuf, sizeof(rbuf), "%.*s", (int)reason_len, reason);
+    const char *msg = err_page_json_msg(status);
+    char *json = pd_http_error_body(msg ? msg : rbuf, status < 500 ? "invalid_request_error"
+                                                                   : "internal_error", NULL,
+                                    status == 413 ? "request_too_large" : NULL);
+    struct evbuffer *keep = evbuffer_new();
+    if (!json || !keep) {
+        free(json);
+        if (keep)
+            evbuffer_free(keep);
+        return; /* the HTML page goes out */
+    }
+    busy = true;
+    /* what was queued before the page stays, in order; the page goes (a
+     * buffer frozen at its front refuses both: the HTML page then goes out) */
+    size_t before = len - w + start;
+    if (evbuffer_remove_buffer(out, keep, before) != (int)before ||
+        evbuffer_drain(out, evbuffer_get_length(out)) < 0) {
+        evbuffer_prepend_buffer(out, keep);
+        evbuffer_free(keep);
+        busy = false;
+        free(json);
+        return;
+    }
+    evbuffer_add_buffer(out, keep);
+    evbuffer_free(keep);
+    /* the same status line and headers (Date, Connection: close), but the
+     * body's type and length */
+    const char *h = win + start, *hend = win + start + head_len - 2;
+    const char *line_end = memchr(h, '\n', (size_t)(hend - h));
+    evbuffer_add(out, h, (size_t)(line_end + 1 - h));
+    for (h = line_end + 1; h < hend;) {
+        const char *nl = memchr(h, '\n', (size_t)(hend - h));
+        size_t ll = nl ? (size_t)(nl + 1 - h) : (size_t)(hend - h);
+        if (strncasecmp(h, "Content-Type:", 13) != 0 && strncasecmp(h, "Content-Length:", 15) != 0)
+            evbuffer_add(out, h, ll);
+        h += ll;
+    }
+    evbuffer_add_printf(out, "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+                        strlen(json), json);
+    busy = false;
+    free(json);
+}
+
 static struct bufferevent *bev_cb(struct event_base *base, void *arg)
 {
     struct pd_http_conns *c = arg;
@@ -304,6 +447,7 @@ static struct bufferevent *bev_cb(struct event_base *base, void *arg)
         return NULL;
     }
     bufferevent_incref(bev);
+    evbuffer_add_cb(bufferevent_get_output(bev), out_cb, NULL);
     k->c = c;
     k->bev = bev;
     k->next = c->pending;

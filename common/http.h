@@ -25,6 +25,13 @@
  * below it. An idle connection is closed by evhttp's timeout
  * (evhttp_set_timeout), which is what frees room for new clients.
  *
+ * Error pages: evhttp answers some requests itself (a body over its max body
+ * size, headers too large, malformed HTTP) with an HTML page, and 2.1 has no
+ * hook for it. Every connection's output buffer gets a callback that
+ * replaces such a page, as it is appended, by the OpenAI-shaped JSON error
+ * with the same status (413: code "request_too_large"); see
+ * docs/internals/http.md.
+ *
  * Everything here runs on the loop thread that owns the evhttp. No logging
  * (common/ rule): callers log.
  */

@@ -1,5 +1,6 @@
 #include "scheduler.h"
 
+#include "log.h"
 #include "metrics.h"
 
 #include <errno.h>
@@ -14,6 +15,8 @@ struct dec_sched {
     struct pd_kvcache *kc;
     struct pd_sampler *sampler;
     uint32_t n_vocab, block_size, max_model_len, max_batched;
+    uint32_t watermark; /* blocks kept free when admitting beside running jobs */
+    struct pd_ratelimit rl_preempt;
     float *logits; /* (max_num_seqs, n_vocab) */
     struct pd_batch_item *items; /* (max_num_seqs) */
     struct dec_job **item_job; /* (max_num_seqs) job of each item */
@@ -65,7 +68,7 @@ void dec_job_unref(struct dec_job *j)
         free(j->stops[i]);
     free(j->stops);
     free(j->prompt);
-    free(j->out);
+    free(j->toks);
     pd_detok_free(j->detok);
     dec_stop_done(&j->stop);
     free(j);
@@ -145,6 +148,7 @@ static void finish(struct dec_sched *s, struct dec_job *j, struct dec_event *e,
     }
     e->finish = why;
     e->n_gen = j->n_out;
+    e->n_preempted = j->n_preempted;
     if (err)
         snprintf(e->err, sizeof(e->err), "%s", err);
     if (why == DEC_FIN_STOP || why == DEC_FIN_LENGTH)
@@ -218,7 +222,7 @@ static enum dec_finish take_token(struct dec_sched *s, struct dec_job *j,
         return DEC_FIN_ERROR;
     if (hit)
         return DEC_FIN_STOP;
-    if (j->n_out >= j->max_tokens || j->seq.n_tokens >= s->max_model_len) {
+    if (j->n_out >= j->max_tokens || j->n_prompt + j->n_out >= s->max_model_len) {
         hit = flush_text(j, e);
         return hit < 0 ? DEC_FIN_ERROR : hit ? DEC_FIN_STOP : DEC_FIN_LENGTH;
     }
@@ -240,59 +244,27 @@ static void update_gauges(struct dec_sched *s)
     atomic_store(&s->n_running, s->n_active);
 }
 
-/* Per-job state the compute thread builds at admission. */
+/* Per-job state the compute thread builds at its first admission. */
 static int admit_prepare(struct dec_sched *s, struct dec_job *j)
 {
-    if (!(j->out = malloc((size_t)j->max_tokens * sizeof(*j->out))))
+    size_t n = (size_t)j->n_prompt + j->max_tokens;
+    if (!(j->toks = malloc(n * sizeof(*j->toks))))
         return -ENOMEM;
+    memcpy(j->toks, j->prompt, (size_t)j->n_prompt * sizeof(*j->toks));
+    j->out = j->toks + j->n_prompt;
     if (s->p.tok && pd_detok_new(s->p.tok, PD_TOK_SKIP_SPECIAL, &j->detok) < 0)
         return -ENOMEM;
     dec_stop_init(&j->stop, j->stops, j->n_stops);
     return 0;
 }
 
-/* Move queued jobs to active, first come first served, while a sequence slot
- * and the worst case of KV blocks are free. */
-static void admit(struct dec_sched *s)
+/* Tokens of the job not in the KV cache yet: its prompt (or what is left of
+ * it), the last sampled token (a decode step), or after a preemption the
+ * prompt and every token generated so far (the recompute). */
+static uint32_t pending(const struct dec_job *j)
 {
-    for (;;) {
-        pthread_mutex_lock(&s->mu);
-        struct dec_job *j = s->q_head;
-        pthread_mutex_unlock(&s->mu);
-        if (!j)
-            return;
-        bool cancelled = atomic_load(&j->cancelled);
-        if (!cancelled) {
-            if (s->n_active == s->p.max_num_seqs)
-                return;
-            uint32_t need = pd_kvseq_blocks_needed(s->kc, &j->seq, j->n_prompt + j->max_tokens);
-            if (need > pd_kvcache_n_free(s->kc))
-                return;
-        }
-        pthread_mutex_lock(&s->mu);
-        s->q_head = j->next;
-        if (!s->q_head)
-            s->q_tail = NULL;
-        s->n_queued--;
-        pthread_mutex_unlock(&s->mu);
-        j->next = NULL;
-        pd_metric_observe(s->p.metrics.queue_time, secs(j->t_arrival_ns, dec_now_ns()));
-        if (cancelled) {
-            finish(s, j, NULL, DEC_FIN_CANCELLED, NULL);
-            continue;
-        }
-        int rc = admit_prepare(s, j);
-        if (rc == 0)
-            rc = pd_kvseq_reserve(s->kc, &j->seq, j->n_prompt + j->max_tokens);
-        if (rc < 0) {
-            finish(s, j, NULL, DEC_FIN_ERROR, "out of memory admitting the request");
-            continue;
-        }
-        s->active[s->n_active++] = j;
-    }
+    return j->n_prompt + j->n_out - j->seq.n_tokens;
 }
-
-/* ---- one step ---- */
 
 static void drop_active(struct dec_sched *s, uint32_t i)
 {
@@ -300,12 +272,51 @@ static void drop_active(struct dec_sched *s, uint32_t i)
     s->n_active--;
 }
 
-static void step(struct dec_sched *s)
+static struct dec_job *queue_pop(struct dec_sched *s)
 {
-    char err[256];
-    uint32_t n = 0, budget = s->max_batched;
+    pthread_mutex_lock(&s->mu);
+    struct dec_job *j = s->q_head;
+    if (j) {
+        s->q_head = j->next;
+        if (!s->q_head)
+            s->q_tail = NULL;
+        s->n_queued--;
+        j->next = NULL;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return j;
+}
 
-    /* cancelled jobs go first: their blocks are free for this step */
+/* Recompute-mode preemption of active[i]: its blocks go back to the pool at
+ * once; its tokens, detokenizer and stop-string state stay, so when it is
+ * readmitted it prefills prompt + output again and carries on from where it
+ * was, emitting nothing twice. The front of the queue: it goes first. */
+static void preempt(struct dec_sched *s, uint32_t i)
+{
+    struct dec_job *j = s->active[i];
+    drop_active(s, i);
+    uint32_t had = j->seq.n_blocks;
+    pd_kvseq_release(s->kc, &j->seq);
+    j->n_preempted++;
+    pd_metric_add(s->p.metrics.preemptions, 1);
+    pthread_mutex_lock(&s->mu);
+    j->next = s->q_head;
+    s->q_head = j;
+    if (!s->q_tail)
+        s->q_tail = j;
+    s->n_queued++;
+    pthread_mutex_unlock(&s->mu);
+    pd_log(PD_LOG_DEBUG, "%s: preempted (KV pool full): %u blocks released, %u tokens to "
+           "recompute", j->id, had, j->n_prompt + j->n_out);
+    pd_log_ratelimited(&s->rl_preempt, PD_LOG_NOTICE,
+                       "KV pool full: preempting the newest requests (recomputed later); a "
+                       "larger --kv-cache-memory or a smaller --max-num-seqs avoids it");
+}
+
+/* Cancelled jobs, running or queued, are finished now: their blocks are
+ * free before the step that follows. */
+static void sweep_cancelled(struct dec_sched *s)
+{
     for (uint32_t i = 0; i < s->n_active;) {
         struct dec_job *j = s->active[i];
         if (atomic_load(&j->cancelled)) {
@@ -315,35 +326,146 @@ static void step(struct dec_sched *s)
             i++;
         }
     }
-    admit(s);
-    /* decode tokens, then prompt chunks with what the budget leaves */
-    for (uint32_t i = 0; i < s->n_active && budget > 0; i++) {
-        struct dec_job *j = s->active[i];
-        if (j->n_done < j->n_prompt)
-            continue;
-        s->items[n] = (struct pd_batch_item){.seq = &j->seq, .tokens = &j->out[j->n_out - 1],
-                                             .n_tokens = 1, .n_logits = 1};
-        s->item_job[n++] = j;
-        budget--;
+    struct dec_job *gone = NULL;
+    pthread_mutex_lock(&s->mu);
+    struct dec_job **link = &s->q_head, *prev = NULL;
+    while (*link) {
+        struct dec_job *j = *link;
+        if (atomic_load(&j->cancelled)) {
+            *link = j->next;
+            j->next = gone;
+            gone = j;
+            s->n_queued--;
+        } else {
+            prev = j;
+            link = &j->next;
+        }
     }
-    for (uint32_t i = 0; i < s->n_active && budget > 0; i++) {
-        struct dec_job *j = s->active[i];
-        if (j->n_done >= j->n_prompt)
-            continue;
-        uint32_t chunk = j->n_prompt - j->n_done;
-        if (chunk > budget)
-            chunk = budget;
-        s->items[n] = (struct pd_batch_item){.seq = &j->seq, .tokens = j->prompt + j->n_done,
-                                             .n_tokens = chunk,
-                                             .n_logits = j->n_done + chunk == j->n_prompt};
-        s->item_job[n++] = j;
-        budget -= chunk;
+    s->q_tail = prev;
+    pthread_mutex_unlock(&s->mu);
+    while (gone) {
+        struct dec_job *j = gone;
+        gone = j->next;
+        j->next = NULL;
+        finish(s, j, NULL, DEC_FIN_CANCELLED, NULL);
     }
+}
+
+static void add_item(struct dec_sched *s, uint32_t *n, struct dec_job *j, uint32_t want)
+{
+    s->items[*n] = (struct pd_batch_item){
+        .seq = &j->seq, .tokens = j->toks + j->seq.n_tokens, .n_tokens = want,
+        .n_logits = j->seq.n_tokens + want == j->n_prompt + j->n_out,
+        .logits = s->logits + (size_t)*n * s->n_vocab};
+    s->item_job[(*n)++] = j;
+}
+
+/* The running jobs' share of the step, in admission order. Each decoding job
+ * takes one token of the budget (kept for it even when an earlier job
+ * prefills); a prefilling one takes a chunk of what is left. Blocks are
+ * reserved here, as sequences grow; when the pool is short the most
+ * recently admitted job is preempted, until the block is there or the job
+ * that needs it is itself the most recent. The oldest job therefore always
+ * advances, and it fits the pool alone (dec_sched_submit). Returns whether
+ * anything was preempted. */
+static bool schedule_running(struct dec_sched *s, uint32_t *n, uint32_t *budget)
+{
+    bool preempted = false;
+    uint32_t n_dec = 0; /* decoding jobs not yet scheduled */
+    for (uint32_t i = 0; i < s->n_active; i++)
+        n_dec += pending(s->active[i]) == 1;
+    for (uint32_t i = 0; i < s->n_active; i++) {
+        struct dec_job *j = s->active[i];
+        uint32_t p = pending(j), want;
+        if (p == 1) {
+            n_dec--;
+            want = 1;
+        } else {
+            want = p < *budget - n_dec ? p : *budget - n_dec;
+        }
+        if (want == 0)
+            continue;
+        int rc;
+        while ((rc = pd_kvseq_reserve(s->kc, &j->seq, j->seq.n_tokens + want)) == -ENOSPC) {
+            uint32_t victim = s->n_active - 1;
+            if (victim != i && pending(s->active[victim]) == 1)
+                n_dec--;
+            preempt(s, victim);
+            preempted = true;
+            if (victim == i)
+                break;
+        }
+        if (rc == -ENOSPC)
+            break; /* j was the last one */
+        if (rc < 0) {
+            drop_active(s, i--);
+            finish(s, j, NULL, DEC_FIN_ERROR, "out of memory growing the block table");
+            continue;
+        }
+        add_item(s, n, j, want);
+        *budget -= want;
+    }
+    return preempted;
+}
+
+/* Queued jobs join, first come first served, while a sequence slot and
+ * budget are left and the blocks of their first chunk are free, keeping a
+ * watermark of free blocks for the running jobs' growth (none needed when
+ * nothing runs: a lone job fits, dec_sched_submit checked). The first in
+ * line that does not fit stops admission: no overtaking, no starvation. */
+static void admit(struct dec_sched *s, uint32_t *n, uint32_t *budget)
+{
+    while (s->n_active < s->p.max_num_seqs && *budget > 0) {
+        pthread_mutex_lock(&s->mu);
+        struct dec_job *j = s->q_head;
+        pthread_mutex_unlock(&s->mu);
+        if (!j)
+            return;
+        if (atomic_load(&j->cancelled)) {
+            queue_pop(s);
+            finish(s, j, NULL, DEC_FIN_CANCELLED, NULL);
+            continue;
+        }
+        uint32_t p = pending(j), want = p < *budget ? p : *budget;
+        uint32_t need = pd_kvseq_blocks_needed(s->kc, &j->seq, j->seq.n_tokens + want);
+        uint32_t keep = s->n_active ? s->watermark : 0;
+        if ((uint64_t)need + keep > pd_kvcache_n_free(s->kc))
+            return;
+        queue_pop(s);
+        int rc = j->toks ? 0 : admit_prepare(s, j);
+        if (rc == 0)
+            rc = pd_kvseq_reserve(s->kc, &j->seq, j->seq.n_tokens + want);
+        if (rc < 0) {
+            finish(s, j, NULL, DEC_FIN_ERROR, "out of memory admitting the request");
+            continue;
+        }
+        if (!j->admitted) {
+            j->admitted = true;
+            pd_metric_observe(s->p.metrics.queue_time, secs(j->t_arrival_ns, dec_now_ns()));
+        }
+        s->active[s->n_active++] = j;
+        add_item(s, n, j, want);
+        *budget -= want;
+    }
+}
+
+/* ---- one step ---- */
+
+/* Returns the number of sequences the engine ran (0: nothing to do). */
+static uint32_t step(struct dec_sched *s)
+{
+    char err[256];
+    uint32_t n = 0, budget = s->max_batched;
+
+    sweep_cancelled(s);
+    /* after a preemption nothing new joins in the same step (vLLM's rule):
+     * the pool is short, and the preempted job is first in line anyway */
+    if (!schedule_running(s, &n, &budget))
+        admit(s, &n, &budget);
     update_gauges(s);
     if (n == 0)
-        return;
-    for (uint32_t i = 0; i < n; i++)
-        s->items[i].logits = s->logits + (size_t)i * s->n_vocab;
+        return 0;
+    pd_metric_observe(s->p.metrics.batch_size, n);
 
     int rc = pd_engine_step(s->p.engine, s->items, n, err, sizeof(err));
     atomic_store(&s->heartbeat_ns, dec_now_ns());
@@ -355,16 +477,15 @@ static void step(struct dec_sched *s)
         if (rc < 0) {
             fin = DEC_FIN_ERROR;
         } else {
-            if (j->n_done < j->n_prompt) {
-                j->n_done += it->n_tokens;
-                if (j->n_done == j->n_prompt)
-                    pd_metric_add(s->p.metrics.prompt_tokens, j->n_prompt);
+            if (!j->prompt_counted && j->seq.n_tokens >= j->n_prompt) {
+                j->prompt_counted = true;
+                pd_metric_add(s->p.metrics.prompt_tokens, j->n_prompt);
             }
             if (it->n_logits == 0)
                 continue;
             struct pd_sample_result r;
             if (!(e = event_new(j)) ||
-                pd_sample(s->sampler, &j->sampling, it->logits, j->prompt, j->n_prompt, j->out,
+                pd_sample(s->sampler, &j->sampling, it->logits, j->toks, j->n_prompt, j->out,
                           j->n_out, &r) < 0) {
                 fin = DEC_FIN_ERROR;
                 snprintf(err, sizeof(err), "out of memory or invalid sampling parameters");
@@ -386,15 +507,17 @@ static void step(struct dec_sched *s)
         finish(s, j, e, fin, fin == DEC_FIN_ERROR ? err : NULL);
     }
     update_gauges(s);
+    return n;
 }
 
 static void *run(void *arg)
 {
     struct dec_sched *s = arg;
+    bool idle = false;
     for (;;) {
         atomic_store(&s->heartbeat_ns, dec_now_ns());
         pthread_mutex_lock(&s->mu);
-        if (!s->stop && s->n_active == 0 && !s->q_head) {
+        if (!s->stop && (idle || (s->n_active == 0 && !s->q_head))) {
             uint64_t tick = s->p.idle_tick_ms ? s->p.idle_tick_ms : 1000;
             uint64_t until = dec_now_ns() + tick * 1000000u;
             struct timespec ts = {.tv_sec = (time_t)(until / 1000000000u),
@@ -405,7 +528,9 @@ static void *run(void *arg)
         pthread_mutex_unlock(&s->mu);
         if (stop)
             break;
-        step(s);
+        /* a step that ran nothing (everything queued was cancelled, say)
+         * waits for a submission or a tick instead of spinning */
+        idle = step(s) == 0;
     }
     /* cut what is left: running, then queued */
     while (s->n_active > 0) {
@@ -445,6 +570,8 @@ int dec_sched_new(const struct dec_sched_params *p, struct dec_sched **out, char
     s->block_size = pd_kvcache_layout(s->kc)->block_size;
     s->max_model_len = pd_engine_max_model_len(p->engine);
     s->max_batched = pd_engine_max_batched_tokens(p->engine);
+    s->watermark = pd_kvcache_n_blocks(s->kc) / 100; /* vLLM's 1% */
+    s->rl_preempt = (struct pd_ratelimit)PD_RATELIMIT_INIT(10000, 1);
     uint32_t m = p->max_num_seqs;
     s->logits = malloc((size_t)m * s->n_vocab * sizeof(float));
     s->items = calloc(m, sizeof(*s->items));
@@ -519,6 +646,9 @@ int dec_sched_submit(struct dec_sched *s, struct dec_job *j)
     int rc = 0;
     if (s->stop)
         rc = -ESHUTDOWN;
+    else if (pd_kvseq_blocks_needed(s->kc, &j->seq, j->n_prompt + j->max_tokens) >
+             pd_kvcache_n_blocks(s->kc))
+        rc = -E2BIG; /* it could never run: preempting everything else would not make room */
     else if (s->n_queued >= s->p.max_waiting)
         rc = -EAGAIN;
     if (rc == 0) {

@@ -2,14 +2,17 @@
  * KV pool; the loop thread hands it jobs and gets events back.
  *
  *   loop:     job = dec_job_new(...); fill it; dec_sched_submit(s, job)   (-EAGAIN: queue full)
- *   compute:  admits queued jobs while sequences and KV blocks allow, and
- *             runs one engine step at a time over every admitted job: a
+ *   compute:  runs one engine step at a time over the running jobs: a
  *             decode token for each job past its prompt, plus prompt chunks
- *             of the others within --max-num-batched-tokens (continuous
- *             batching; admission reserves a job's worst case, prompt +
- *             max_tokens, so a step never runs out of blocks and nothing is
- *             preempted -- the scheduler issue replaces this with budgets
- *             and preemption)
+ *             of the others, all within --max-num-batched-tokens; then
+ *             admits queued jobs (first come first served) while a sequence
+ *             slot, budget and the blocks of their first chunk are free
+ *             (continuous batching). Blocks are taken as sequences grow; when
+ *             a step cannot get one, the most recently admitted running jobs
+ *             are preempted: their blocks are released, their tokens kept,
+ *             and they go back to the front of the queue, to be recomputed
+ *             (prompt + tokens so far) when readmitted. A job whose prompt +
+ *             max_tokens cannot fit the whole pool is refused at submission.
  *   compute:  after each step, one dec_event per job that advanced: the text
  *             that became final (detokenized, stop strings applied), the
  *             token and its log-probabilities, the finish; then notify()
@@ -63,10 +66,13 @@ struct dec_job {
     atomic_bool cancelled;
 
     /* compute thread only */
-    struct pd_kvseq seq;
-    uint32_t n_done; /* prompt tokens in the KV cache */
-    int32_t *out; /* (max_tokens) */
+    struct pd_kvseq seq; /* seq.n_tokens: tokens of toks[] in the KV cache */
+    int32_t *toks; /* (n_prompt + max_tokens) owned: the prompt, then the output */
+    int32_t *out; /* toks + n_prompt: (max_tokens) generated tokens */
     uint32_t n_out;
+    bool admitted; /* at least once (queue time is observed then only) */
+    bool prompt_counted; /* pdserve:prompt_tokens_total has its prompt */
+    uint32_t n_preempted;
     struct pd_detok *detok;
     struct dec_stop stop;
     uint64_t t_first_ns, t_last_ns;
@@ -82,6 +88,7 @@ struct dec_event {
     struct pd_sample_result token;
     enum dec_finish finish;
     uint32_t n_gen; /* tokens generated so far, end-of-generation included */
+    uint32_t n_preempted; /* times the job was preempted so far */
     uint64_t t_first_ns; /* when the first token came; 0 before */
     char err[256];
 };
@@ -91,6 +98,8 @@ struct dec_sched_metrics {
     struct pd_metric *running, *waiting, *kv_used, *kv_free, *kv_usage;
     struct pd_metric *prompt_tokens, *gen_tokens;
     struct pd_metric *ttft, *itl, *e2e, *queue_time;
+    struct pd_metric *batch_size; /* histogram: sequences per engine step */
+    struct pd_metric *preemptions; /* counter */
 };
 
 struct dec_sched_params {
@@ -124,7 +133,8 @@ int dec_sched_start(struct dec_sched *s, char *err, size_t errlen);
  * get -ESHUTDOWN. Idempotent. */
 void dec_sched_stop(struct dec_sched *s);
 /* Takes a reference. -EAGAIN: --max-waiting jobs already queued;
- * -ESHUTDOWN: stopping. */
+ * -ESHUTDOWN: stopping; -E2BIG: n_prompt + max_tokens would not fit the
+ * whole KV pool (the loop checks this first, with a message). */
 int dec_sched_submit(struct dec_sched *s, struct dec_job *j);
 /* Every event posted so far, oldest first (the caller frees them). */
 struct dec_event *dec_sched_take(struct dec_sched *s);

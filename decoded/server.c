@@ -110,6 +110,16 @@ static int metrics_init(struct dec_server *s)
     s->sm.queue_time = pd_metrics_histogram(m, "pdserve:request_queue_time_seconds",
                                             "Time waiting for admission.", e2e_b,
                                             sizeof(e2e_b) / sizeof(*e2e_b));
+    /* vLLM has no such histogram; powers of two with 48 between 32 and 64,
+     * the batch sizes people tune --max-num-seqs to */
+    static const double batch_b[] = {1, 2, 4, 8, 16, 32, 48, 64, 128, 256, 512, 1024};
+    s->sm.batch_size = pd_metrics_histogram(m, "pdserve:batch_size",
+                                            "Sequences in one engine step (decode tokens and "
+                                            "prompt chunks).", batch_b,
+                                            sizeof(batch_b) / sizeof(*batch_b));
+    s->sm.preemptions = pd_metrics_counter(m, "pdserve:num_preemptions_total", NULL,
+                                           "Running requests preempted for KV-cache room (their "
+                                           "blocks freed, recomputed later).");
     s->fin_stop = pd_metrics_counter(m, FIN, "finished_reason=\"stop\"", FIN_HELP);
     s->fin_length = pd_metrics_counter(m, FIN, "finished_reason=\"length\"", FIN_HELP);
     s->fin_abort = pd_metrics_counter(m, FIN, "finished_reason=\"abort\"", FIN_HELP);
@@ -233,8 +243,9 @@ static void log_done(struct dec_http *h, int status, const struct dec_event *e)
                       : h->client_gone && e->finish == DEC_FIN_CANCELLED ? "abort (client gone)"
                                                                          : finish_name(e->finish);
     pd_log(e->finish == DEC_FIN_ERROR ? PD_LOG_ERR : PD_LOG_INFO,
-           "%s: %s %d %s prompt=%u completion=%u ttft=%.3fs e2e=%.3fs%s%s", h->out.id, h->path,
-           status, why, h->n_prompt, e->n_gen, ttft, e2e, e->err[0] ? ": " : "", e->err);
+           "%s: %s %d %s prompt=%u completion=%u ttft=%.3fs e2e=%.3fs preempted=%u%s%s",
+           h->out.id, h->path, status, why, h->n_prompt, e->n_gen, ttft, e2e, e->n_preempted,
+           e->err[0] ? ": " : "", e->err);
 }
 
 static int append_text(struct dec_http *h, const char *t, size_t n)
@@ -509,6 +520,16 @@ static int decide_max_tokens(struct dec_server *s, struct evhttp_request *req, c
 {
     const struct dec_server_cfg *c = &s->cfg;
     char msg[512];
+    if (n_prompt >= c->kv_capacity_tokens) {
+        /* it could never run, however empty the pool: refuse it now rather
+         * than queue it for ever */
+        snprintf(msg, sizeof(msg), "the prompt has %u tokens; the KV cache holds %" PRIu64
+                 " tokens in all (--kv-cache-memory), and a request needs room for its prompt "
+                 "and at least one generated token", n_prompt, c->kv_capacity_tokens);
+        reject(s, req, id, 413, r->kind == DEC_API_CHAT ? "messages" : "prompt",
+               "prompt_too_long", msg);
+        return -E2BIG;
+    }
     uint64_t room = c->max_model_len - n_prompt; /* n_prompt < max_model_len */
     if (c->kv_capacity_tokens - n_prompt < room)
         room = c->kv_capacity_tokens - n_prompt;
@@ -588,6 +609,11 @@ static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_
         evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
         reject(s, req, id, 429, NULL, "too_many_requests",
                "the server is at capacity (--max-waiting requests queued); retry later");
+        goto out;
+    }
+    if (rc == -E2BIG) { /* decide_max_tokens keeps this from happening */
+        reject(s, req, id, 413, NULL, "prompt_too_long",
+               "the prompt and max_tokens do not fit the KV cache (--kv-cache-memory)");
         goto out;
     }
     if (rc < 0) {
