@@ -136,9 +136,12 @@ static int read_secret_file(int fd, const char *path, char **out, size_t *out_le
         return ERR(-errno, "key file %s: %s", path, strerror(errno));
     if (!S_ISREG(st.st_mode))
         return ERR(-EINVAL, "key file %s: not a regular file", path);
-    if (st.st_mode & 077)
+    /* group read is how a service user reads root's keys (0640 root:pdserve,
+     * docs/operations.md); group write or any access by others is not */
+    if (st.st_mode & 037)
         return ERR(-EPERM,
-                   "key file %s: mode %04o lets group or others access it; chmod 600 it, refusing",
+                   "key file %s: mode %04o lets others access it or the group change it; "
+                   "chmod 600 (or 640 for the service's group) it, refusing",
                    path, (unsigned)(st.st_mode & 07777));
     if (st.st_size > (off_t)PD_KEYFILE_MAX)
         return ERR(-E2BIG, "key file %s: %lld bytes exceeds the cap of %u", path,

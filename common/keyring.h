@@ -13,8 +13,9 @@
  * [A-Za-z0-9._-], one space, 64 hex digits); lines starting with '#' and empty
  * lines are ignored; anything else is an error naming the file and line. A key
  * file named by --kv-psk-file may hold several keys (rotation). It must be a
- * regular file that group and others cannot access (mode 0600 or 0400),
- * else it is refused.
+ * regular file that others cannot access and the group cannot change (0600,
+ * 0400, or 0640/0440 so a service's group can read root's file), else it is
+ * refused.
  *
  * Key directory: every regular file whose name does not start with '.' is a
  * key file holding exactly one key whose id is the file's name (so `ls` shows

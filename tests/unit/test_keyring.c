@@ -85,17 +85,24 @@ static void key_file_loads_several_keys(void)
     remove_dir(dir);
 }
 
-static void key_file_with_group_read_refused(void)
+static void key_file_others_access_or_group_write_refused(void)
 {
     struct pd_keyring *kr = NULL;
-    const mode_t bad[] = {0640, 0604, 0660, 0644, 0610};
+    const mode_t bad[] = {0604, 0660, 0644, 0610, 0620, 0601};
     fresh_dir();
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         const char *p = put("psk", "k1 " HEX_A "\n", bad[i]);
         CHECK_EQ_INT(pd_keyring_open(p, &kr, err, sizeof(err)), -EPERM);
-        CHECK_CONTAINS(err, "group or others");
+        CHECK_CONTAINS(err, "others access it or the group change it");
         CHECK_CONTAINS(err, "chmod 600");
         CHECK(kr == NULL);
+    }
+    /* group read: a service's group reading root's key (0640 root:pdserve) */
+    const mode_t good[] = {0640, 0440};
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        const char *p = put("psk", "k1 " HEX_A "\n", good[i]);
+        CHECK_EQ_INT(pd_keyring_open(p, &kr, err, sizeof(err)), 0);
+        kr = pd_keyring_free(kr);
     }
     const char *p = put("psk", "k1 " HEX_A "\n", 0400);
     CHECK_EQ_INT(pd_keyring_open(p, &kr, err, sizeof(err)), 0);
@@ -342,7 +349,7 @@ static void generated_key_completes_a_handshake_between_two_rings(void)
 
 static const struct pd_test tests[] = {
     PD_TEST(key_file_loads_several_keys),
-    PD_TEST(key_file_with_group_read_refused),
+    PD_TEST(key_file_others_access_or_group_write_refused),
     PD_TEST(key_file_syntax_errors_name_the_line_never_the_key),
     PD_TEST(key_file_duplicate_id_refused),
     PD_TEST(key_file_without_keys_refused),
