@@ -1,0 +1,140 @@
+/* common/kvx: crypto worker threads -- block tags off the loop thread
+ * (DESIGN.md "Process model"). A mutex-protected FIFO in, a FIFO out plus an
+ * eventfd the loop watches; no lock is held while tagging. */
+#include "kvx_internal.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#define PD_KVX_MAX_CRYPTO_THREADS 64
+
+struct pd_kvx_crypto {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct pd_kvx_job *in_head, *in_tail;
+    struct pd_kvx_job *out_head, *out_tail;
+    int stop;
+    int efd;
+    unsigned n_threads;
+    pthread_t threads[PD_KVX_MAX_CRYPTO_THREADS];
+};
+
+static void run_job(struct pd_kvx_job *j)
+{
+    j->result = 0;
+    for (uint32_t i = 0; i < j->n; i++) {
+        uint8_t *tag = j->tags + (size_t)i * PD_BLOCK_TAG_LEN;
+        if (j->kind == PD_KVX_JOB_TAG) {
+            pd_auth_tag_block(j->s, j->request_id, j->epoch, j->first + i, j->transfer,
+                              j->blocks[i], j->block_bytes, tag);
+        } else if (pd_auth_tag_verify(j->s, j->request_id, j->epoch, j->first + i, j->transfer,
+                                      j->blocks[i], j->block_bytes, tag) < 0) {
+            j->result = -EKEYREJECTED;
+            j->bad = i;
+            return;
+        }
+    }
+}
+
+static void *worker(void *arg)
+{
+    struct pd_kvx_crypto *c = arg;
+    pthread_mutex_lock(&c->mu);
+    for (;;) {
+        while (!c->in_head && !c->stop)
+            pthread_cond_wait(&c->cv, &c->mu);
+        if (!c->in_head)
+            break; /* stop, and nothing queued */
+        struct pd_kvx_job *j = c->in_head;
+        c->in_head = j->next;
+        if (!c->in_head)
+            c->in_tail = NULL;
+        pthread_mutex_unlock(&c->mu);
+        run_job(j);
+        j->next = NULL;
+        pthread_mutex_lock(&c->mu);
+        if (c->out_tail)
+            c->out_tail->next = j;
+        else
+            c->out_head = j;
+        c->out_tail = j;
+        uint64_t one = 1;
+        ssize_t w = write(c->efd, &one, sizeof one);
+        (void)w; /* an eventfd write only fails at 2^64 - 1 */
+    }
+    pthread_mutex_unlock(&c->mu);
+    return NULL;
+}
+
+int pd_kvx_crypto_new(unsigned threads, struct pd_kvx_crypto **out, int *notify_fd)
+{
+    if (threads == 0)
+        threads = 1;
+    if (threads > PD_KVX_MAX_CRYPTO_THREADS)
+        return -E2BIG;
+    struct pd_kvx_crypto *c = calloc(1, sizeof *c);
+    if (!c)
+        return -ENOMEM;
+    c->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (c->efd < 0) {
+        int rc = -errno;
+        free(c);
+        return rc;
+    }
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+    for (unsigned i = 0; i < threads; i++) {
+        if (pthread_create(&c->threads[i], NULL, worker, c) != 0) {
+            pd_kvx_crypto_free(c);
+            return -EAGAIN;
+        }
+        c->n_threads++;
+    }
+    *out = c;
+    *notify_fd = c->efd;
+    return 0;
+}
+
+void pd_kvx_crypto_submit(struct pd_kvx_crypto *c, struct pd_kvx_job *j)
+{
+    j->next = NULL;
+    pthread_mutex_lock(&c->mu);
+    if (c->in_tail)
+        c->in_tail->next = j;
+    else
+        c->in_head = j;
+    c->in_tail = j;
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
+struct pd_kvx_job *pd_kvx_crypto_take(struct pd_kvx_crypto *c)
+{
+    uint64_t v;
+    ssize_t r = read(c->efd, &v, sizeof v);
+    (void)r; /* EAGAIN when nothing was signalled: fine */
+    pthread_mutex_lock(&c->mu);
+    struct pd_kvx_job *j = c->out_head;
+    c->out_head = c->out_tail = NULL;
+    pthread_mutex_unlock(&c->mu);
+    return j;
+}
+
+void pd_kvx_crypto_free(struct pd_kvx_crypto *c)
+{
+    if (!c)
+        return;
+    pthread_mutex_lock(&c->mu);
+    c->stop = 1;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    for (unsigned i = 0; i < c->n_threads; i++)
+        pthread_join(c->threads[i], NULL);
+    pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->cv);
+    close(c->efd);
+    free(c);
+}

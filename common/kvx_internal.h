@@ -1,0 +1,274 @@
+/* common/kvx internals, not for use outside common/kvx: the crypto worker
+ * pool (kvx_crypto.c) that tags and verifies KV blocks off the loop thread,
+ * and the objects and helpers that kvx.c (sessions, handshake, loop),
+ * kvx_recv.c (decoded: requests, data in) and kvx_send.c (prefilld: runs,
+ * data out) share. Everything here runs on the loop thread except the
+ * crypto workers. */
+#ifndef PD_KVX_INTERNAL_H
+#define PD_KVX_INTERNAL_H
+
+#include "auth.h"
+#include "kvx.h"
+#include "log.h"
+
+#include <event2/event.h>
+#include <netinet/in.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <ucp/api/ucp.h>
+
+/* Active-message ids: handshake messages, sealed control frames, block data
+ * (the test peer's garbage mode sends them too). */
+enum { PD_KVX_AM_HS = 0x50, PD_KVX_AM_CTL = 0x51, PD_KVX_AM_DATA = 0x52 };
+
+enum { PD_KVX_JOB_TAG = 1, PD_KVX_JOB_VERIFY = 2 };
+
+/* One run of blocks to tag (sender) or verify (receiver). Filled by the loop,
+ * read by one worker, which sets result; then back on the loop. The session
+ * and the blocks must stay alive until the job comes back (kvx holds a
+ * reference on both). */
+struct pd_kvx_job {
+    struct pd_kvx_job *next;
+    int kind;
+    const struct pd_auth_session *s;
+    uint64_t request_id;
+    uint32_t epoch;
+    uint32_t first; /* logical index of blocks[0] in the request */
+    uint32_t n;
+    uint64_t transfer;
+    size_t block_bytes;
+    uint8_t *const *blocks; /* [n] block addresses */
+    uint8_t *tags; /* [n * PD_BLOCK_TAG_LEN]: written (TAG) or checked (VERIFY) */
+    int result; /* VERIFY: 0 or -EKEYREJECTED */
+    uint32_t bad; /* VERIFY: first block (offset in the run) that failed */
+    void *owner;
+};
+
+struct pd_kvx_crypto;
+/* Threads wait for jobs; a finished job goes on the done list and the
+ * returned notify fd (an eventfd) becomes readable. */
+int pd_kvx_crypto_new(unsigned threads, struct pd_kvx_crypto **out, int *notify_fd);
+void pd_kvx_crypto_submit(struct pd_kvx_crypto *c, struct pd_kvx_job *j);
+/* All finished jobs, oldest first; clears the notify fd. */
+struct pd_kvx_job *pd_kvx_crypto_take(struct pd_kvx_crypto *c);
+/* Joins the threads after they finish queued jobs; finished jobs not taken
+ * are dropped (not freed: the caller owns jobs). Accepts NULL. */
+void pd_kvx_crypto_free(struct pd_kvx_crypto *c);
+
+/* ---- shared by kvx.c (sessions, loop), kvx_recv.c (D), kvx_send.c (P) ---- */
+
+enum { AM_HS = PD_KVX_AM_HS, AM_CTL = PD_KVX_AM_CTL, AM_DATA = PD_KVX_AM_DATA };
+
+#define MAX_AM_BLOCKS 256u /* blocks per data message: bounds the sealed header */
+#define MAX_PEERS 64u
+#define MAX_AM_BYTES (8u << 20) /* bytes per data message (at least one block) */
+#define BUSY_SPIN_US 2000u /* UCX says BUSY with nothing to progress for this long: */
+#define BUSY_RETRY_US 100u /* sleep this long, doubling while nothing happens, */
+#define BUSY_RETRY_MAX_US 20000u /* up to this */
+
+struct dl {
+    struct dl *prev, *next;
+};
+static inline void dl_init(struct dl *h) { h->prev = h->next = h; }
+static inline int dl_empty(const struct dl *h) { return h->next == h; }
+static inline void dl_add(struct dl *h, struct dl *n)
+{
+    n->prev = h->prev;
+    n->next = h;
+    h->prev->next = n;
+    h->prev = n;
+}
+static inline void dl_del(struct dl *n)
+{
+    n->prev->next = n->next;
+    n->next->prev = n->prev;
+    n->prev = n->next = n;
+}
+#define DL_ENTRY(p, T, m) ((T *)(void *)((char *)(p) - offsetof(T, m)))
+
+static inline uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+static inline uint64_t now_ms(void) { return now_ns() / 1000000u; }
+
+
+
+enum { C_HS, C_UP, C_CLOSING, C_CLOSED };
+
+struct pd_kvx_session {
+    struct dl node; /* kvx->conns */
+    struct pd_kvx *kvx;
+    struct pd_kvx_peer *peer; /* D */
+    ucp_ep_h ep;
+    int state;
+    int refs; /* the endpoint's own, requests, queued events */
+    int want_close, closing_posted;
+    struct pd_auth_hs *hs;
+    struct pd_auth_session *s;
+    char addr[128];
+    char key_id[PD_KEY_ID_MAX + 1];
+    uint64_t t_created_ms, last_rx_ms, last_hb_ms, hb_seq, t_connect_ns;
+    struct dl reqs; /* D: pd_kvx_req; P: pd_kvx_sreq (live ones) */
+    unsigned n_reqs;
+    int up_reported;
+};
+
+struct pd_kvx_peer {
+    struct pd_kvx *kvx;
+    char hostport[128];
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    struct pd_kvx_session *conn;
+    uint64_t next_try_ms;
+    uint32_t backoff_ms;
+};
+
+enum { R_ACTIVE, R_OK, R_FAILED };
+enum { B_EMPTY, B_RECV, B_CHECK, B_OK };
+
+struct pd_kvx_req { /* D */
+    struct dl node; /* conn->reqs while active */
+    struct dl all; /* kvx->all_reqs */
+    struct pd_kvx_session *c;
+    uint64_t id;
+    uint32_t epoch, n, prefix, need, block_size;
+    uint32_t *dest; /* [n] pool indices */
+    uint8_t *st; /* [n] B_* */
+    int status, have_done, release_queued, linked;
+    unsigned ops; /* receives and verifications in flight */
+    struct pd_done done;
+    void *udata;
+    uint64_t t_start_ns, last_progress_ms;
+};
+
+struct rop { /* D: one data message being received and verified */
+    struct pd_kvx_req *r;
+    struct pd_kvx_job job;
+    uint32_t first, n;
+    size_t niov;
+    ucp_dt_iov_t *iov;
+    uint8_t **blocks;
+    uint8_t *tags;
+};
+
+enum { S_ACTIVE, S_DONE_SENT, S_DEAD };
+
+struct pd_kvx_sreq { /* P */
+    struct dl node; /* conn->reqs while linked */
+    struct dl all;
+    struct pd_kvx_session *c;
+    uint64_t id;
+    uint32_t epoch, n_granted, acked;
+    int status, end_reason, end_queued, linked;
+    struct dl runs;
+    void *udata;
+    uint64_t last_progress_ms; /* last run sent or acknowledged */
+};
+
+struct run { /* P: one pd_kvx_send_run */
+    struct dl node; /* sreq->runs */
+    struct dl all;
+    struct pd_kvx_sreq *r;
+    uint32_t first, n;
+    uint32_t *src;
+    unsigned msgs; /* messages not yet finished (tagging or sending) */
+    int acked, released;
+};
+
+struct msg { /* P: one data message of a run */
+    struct dl node; /* kvx->backlog while waiting for crypto room */
+    struct run *run;
+    struct pd_kvx_job job;
+    uint32_t first, n;
+    size_t niov, hdr_len, bytes;
+    ucp_dt_iov_t *iov;
+    uint8_t **blocks;
+    uint8_t *tags;
+    uint8_t *hdr;
+};
+
+struct evq {
+    struct evq *next;
+    struct pd_kvx_event ev;
+    struct pd_kvx_session *c; /* ref held */
+    struct run *run; /* freed after delivery */
+    uint8_t *plain; /* PREFILL's frame, freed after delivery */
+    struct pd_prefill pf;
+    struct pd_done done;
+    char detail[PD_PROTO_MAX_DETAIL + 1];
+    char addr[128];
+    char key_id[PD_KEY_ID_MAX + 1];
+};
+
+struct pd_kvx {
+    struct pd_kvx_params p;
+    struct pd_kv_layout layout;
+    char kv_ip[INET6_ADDRSTRLEN];
+    size_t block_bytes;
+    uint32_t lease_ms, hs_ms, deadline_ms;
+    unsigned max_sessions, max_pending, max_inflight, am_blocks;
+    size_t max_crypto;
+    ucp_context_h ctx;
+    ucp_worker_h worker;
+    ucp_listener_h listener;
+    uint16_t port;
+    int efd;
+    struct event *ev_efd, *ev_kick, *ev_tick, *ev_crypto, *ev_retry;
+    struct pd_kvx_crypto *crypto;
+    struct pd_auth_replay *replay;
+    struct dl conns, all_reqs, all_sreqs, all_runs, backlog;
+    size_t crypto_queued;
+    unsigned ucx_ops, crypto_jobs; /* data sends/receives and crypto jobs in flight */
+    uint64_t spin_since; /* loop_run: BUSY with nothing to progress since */
+    unsigned backoff_us; /* loop_run: the current sleep */
+    struct evq *evq_head, *evq_tail;
+    struct pd_kvx_peer *peers[MAX_PEERS];
+    unsigned n_peers;
+    int in_loop, shutting_down;
+    struct pd_kvx_stats st;
+    struct pd_ratelimit rl;
+    uint8_t *scratch; /* opened CHUNK headers */
+    size_t scratch_cap;
+};
+
+static inline void kick(struct pd_kvx *k) { event_active(k->ev_kick, 0, 0); }
+
+/* kvx.c */
+struct evq *kvx_ev_new(struct pd_kvx *k, enum pd_kvx_event_type type, struct pd_kvx_session *c);
+int kvx_send_raw(struct pd_kvx_session *c, unsigned id, const uint8_t *msg, size_t len);
+int kvx_send_ctl(struct pd_kvx_session *c, const struct pd_frame *f);
+void kvx_send_abort(struct pd_kvx_session *c, uint64_t id, uint32_t epoch, int reason,
+                    const char *detail);
+void kvx_send_reqref(struct pd_kvx_session *c, uint8_t type, uint64_t id, uint32_t epoch);
+void kvx_conn_put(struct pd_kvx_session *c);
+void kvx_conn_fail(struct pd_kvx_session *c, int reason, const char *detail, int hsf);
+struct pd_kvx_session *kvx_conn_new(struct pd_kvx *k);
+struct pd_kvx_session *kvx_conn_find(struct pd_kvx *k, const ucp_am_recv_param_t *param);
+void kvx_ep_err_cb(void *arg, ucp_ep_h ep, ucs_status_t status);
+int kvx_hsf_of(int rc);
+size_t kvx_build_iov(uint8_t *pool, size_t bb, const uint32_t *idx, uint32_t n, ucp_dt_iov_t *iov,
+                     uint8_t **blocks);
+int kvx_gate(struct pd_kvx *k, struct pd_kvx_session *c);
+/* kvx_recv.c */
+void kvx_peer_connect(struct pd_kvx_peer *peer);
+void kvx_peer_lost(struct pd_kvx_peer *peer, int was_up);
+void kvx_req_fail(struct pd_kvx_req *r, int reason, const char *detail, int abort_peer);
+void kvx_req_free(struct pd_kvx_req *r);
+void kvx_rop_verified(struct rop *o);
+void kvx_on_ctl_d(struct pd_kvx_session *c, const struct pd_frame *f);
+ucs_status_t kvx_am_data(void *arg, const void *header, size_t header_length, void *data,
+                         size_t length, const ucp_am_recv_param_t *param);
+/* kvx_send.c */
+void kvx_sreq_free(struct pd_kvx_sreq *r);
+void kvx_run_free(struct run *run);
+void kvx_sreq_kill(struct pd_kvx_sreq *r, int reason);
+void kvx_msg_send(struct msg *m);
+void kvx_crypto_pump(struct pd_kvx *k);
+void kvx_on_ctl_p(struct pd_kvx_session *c, const struct pd_frame *f, uint8_t **plain);
+
+#endif
