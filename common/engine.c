@@ -467,3 +467,16 @@ int pd_engine_prefill(struct pd_engine *e, struct pd_kvseq *seq, const int32_t *
     }
     return 0;
 }
+
+void pd_engine_kv_layout(const struct pd_engine *e, struct pd_kv_layout *out)
+{
+    const struct pd_kv_geom *g = pd_kvcache_layout(e->kc);
+    memset(out, 0, sizeof(*out));
+    out->n_layer = g->n_layer;
+    out->n_head_kv = g->n_head_kv;
+    out->head_dim = g->head_dim;
+    out->block_size = g->block_size;
+    out->kv_dtype = PD_DT_F32; /* the CPU pool; the GPU engine's pools say their own */
+    out->block_bytes = pd_kvcache_block_bytes(e->kc);
+    memcpy(out->fingerprint, pd_model_fingerprint(e->model), PD_HS_FP_LEN);
+}

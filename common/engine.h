@@ -33,6 +33,7 @@
 #ifndef PD_ENGINE_H
 #define PD_ENGINE_H
 
+#include "handshake.h"
 #include "kvcache.h"
 #include "model.h"
 
@@ -81,5 +82,9 @@ struct pd_kvcache *pd_engine_kvcache(struct pd_engine *e);
 uint32_t pd_engine_n_vocab(const struct pd_engine *e);
 uint32_t pd_engine_max_model_len(const struct pd_engine *e);
 uint32_t pd_engine_max_batched_tokens(const struct pd_engine *e);
+/* What one KV block of this engine is, as the KV channel's handshake names it
+ * (proto/handshake.h): geometry, dtype, bytes and the model's fingerprint.
+ * Both daemons send it; a peer with another one is refused. */
+void pd_engine_kv_layout(const struct pd_engine *e, struct pd_kv_layout *out);
 
 #endif

@@ -324,7 +324,21 @@ void kvx_ep_err_cb(void *arg, ucp_ep_h ep, ucs_status_t status)
 {
     (void)ep;
     struct pd_kvx_session *c = arg;
-    kvx_conn_fail(c, PD_R_TRANSFER, ucs_status_string(status), c->peer ? -1 : PD_KVX_HSF_OTHER);
+    int hsf = PD_KVX_HSF_OTHER;
+    if (c->peer) {
+        /* Our handshake: a reset means the responder took the connection and
+         * then closed it (our key, layout or model refused, or a cap: its log
+         * says which; it cannot tell us unauthenticated). A connection never
+         * made (nobody listening) is not a handshake failure; the peer's
+         * backoff handles it. */
+        hsf = status == UCS_ERR_CONNECTION_RESET ? PD_KVX_HSF_REFUSED : -1;
+    }
+    kvx_conn_fail(c, PD_R_TRANSFER,
+                  hsf == PD_KVX_HSF_REFUSED
+                      ? "the peer closed the connection during the handshake (a key, model or "
+                        "block layout it refuses, or a cap on its side: its log says which)"
+                      : ucs_status_string(status),
+                  hsf);
 }
 
 static unsigned count_state(struct pd_kvx *k, int state)
@@ -740,7 +754,7 @@ void pd_kvx_get_stats(const struct pd_kvx *k, struct pd_kvx_stats *out) { *out =
 const char *pd_kvx_hs_fail_name(unsigned i)
 {
     static const char *const names[PD_KVX_HSF_N] = {"auth", "garbage", "timeout", "layout",
-                                                    "replay", "cap", "other"};
+                                                    "replay", "cap", "refused", "other"};
     return i < PD_KVX_HSF_N ? names[i] : "unknown";
 }
 

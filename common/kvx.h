@@ -125,6 +125,7 @@ enum pd_kvx_hs_fail {
     PD_KVX_HSF_LAYOUT, /* layout or model fingerprint differ */
     PD_KVX_HSF_REPLAY,
     PD_KVX_HSF_CAP, /* refused: too many sessions or pending handshakes */
+    PD_KVX_HSF_REFUSED, /* D: the peer closed the connection during our handshake */
     PD_KVX_HSF_OTHER,
     PD_KVX_HSF_N
 };

@@ -1,8 +1,10 @@
-/* decoded: the decode daemon. Part 1: an OpenAI-compatible HTTP server over
- * the local engine (no prefill peers yet).
+/* decoded: the decode daemon: an OpenAI-compatible HTTP server over the
+ * local engine, with prompts prefilled locally or by prefill peers over the
+ * KV channel (decoded/remote.c).
  *
  *   decoded --model M.gguf [--host 127.0.0.1 --port 8000] [--api-key KEY]
  *   decoded --load-format dummy --model-shape tiny        (token-id prompts only)
+ *   decoded --model M.gguf --prefill 10.0.0.5:14579 --kv-ip 10.0.0.7 --kv-psk-file k.psk
  *
  * Threads: this one runs the libevent loop (HTTP, signals, timers); the
  * compute thread (scheduler.c) runs the engine. Start-up: model, tokenizer,
@@ -16,6 +18,7 @@
 #include "log.h"
 #include "model.h"
 #include "notify.h"
+#include "remote.h"
 #include "scheduler.h"
 #include "server.h"
 #include "tokenizer.h"
@@ -60,11 +63,24 @@ struct dec_cfg {
     int64_t max_json_depth;
     int64_t header_timeout;
     int64_t drain_timeout;
+    struct pd_cfg_list prefill;
+    int64_t local_prefill_max_tokens;
+    int prefill_failover;
+    int64_t prefill_timeout_ms;
+    char *kv_ip;
+    char *kv_data_ports;
+    char *kv_psk_file;
+    char *kv_key_id;
+    int64_t kv_lease_ms;
+    int64_t kv_handshake_ms;
+    int64_t kv_crypto_threads;
+    bool kv_integrity;
     int log_level;
 };
 
 static const char *const load_formats[] = {"auto", "gguf", "dummy", NULL};
 static const char *const log_levels[] = {"error", "warning", "notice", "info", "debug", NULL};
+static const char *const failovers[] = {"retry", "local", "fail", NULL};
 
 static const struct pd_cfg_opt options[] = {
     PD_CFG_STR("model", struct dec_cfg, model, NULL, 4096, "GGUF model file"),
@@ -114,6 +130,33 @@ static const struct pd_cfg_opt options[] = {
                "seconds a connection may take to send a request (and may sit idle, or not read)"),
     PD_CFG_INT("drain-timeout", struct dec_cfg, drain_timeout, "30", 0, 86400,
                "on SIGTERM, seconds running requests get to finish"),
+    PD_CFG_LIST("prefill", struct dec_cfg, prefill, DEC_REMOTE_MAX_PEERS,
+                "a prefill peer's KV address HOST:PORT (repeatable; none: prefill locally)"),
+    PD_CFG_INT("local-prefill-max-tokens", struct dec_cfg, local_prefill_max_tokens, "0", 0,
+               1 << 24, "with --prefill, prompts of at most this many tokens prefill locally "
+               "(0: every prompt goes to a peer)"),
+    PD_CFG_ENUM("prefill-failover", struct dec_cfg, prefill_failover, "retry", failovers,
+                "when a peer fails a prefill: retry (another peer, then local), local, or fail "
+                "(502/503)"),
+    PD_CFG_INT("prefill-timeout-ms", struct dec_cfg, prefill_timeout_ms, "10000", 100, 3600000,
+               "a remote prefill with no block for this long fails over"),
+    PD_CFG_STR("kv-ip", struct dec_cfg, kv_ip, "127.0.0.1", 256,
+               "KV channel source address (an interface's address)"),
+    PD_CFG_STR("kv-data-ports", struct dec_cfg, kv_data_ports, NULL, 32,
+               "UCX TCP data ports as LO-HI (default: UCX's choice)"),
+    PD_CFG_STR("kv-psk-file", struct dec_cfg, kv_psk_file, NULL, 4096,
+               "pre-shared key file or key directory (required with --prefill)"),
+    PD_CFG_STR("kv-key-id", struct dec_cfg, kv_key_id, NULL, 64,
+               "the key to use when the file or directory holds several"),
+    PD_CFG_INT("kv-lease-ms", struct dec_cfg, kv_lease_ms, "3000", 100, 600000,
+               "a silent peer's session ends after this"),
+    PD_CFG_INT("kv-handshake-timeout-ms", struct dec_cfg, kv_handshake_ms, "2000", 100, 60000,
+               "a connection must authenticate within this"),
+    PD_CFG_INT("kv-crypto-threads", struct dec_cfg, kv_crypto_threads, "1", 1, 64,
+               "threads verifying block tags"),
+    PD_CFG_BOOL("kv-integrity", struct dec_cfg, kv_integrity, "true",
+                "verify a tag on every KV block (off only for measured comparison; peers must "
+                "agree)"),
     PD_CFG_ENUM("log-level", struct dec_cfg, log_level, "info", log_levels, "log level"),
     PD_CFG_END,
 };
@@ -123,6 +166,7 @@ struct daemon {
     struct event_base *base;
     struct dec_server *srv;
     struct dec_sched *sched;
+    struct dec_remote *remote;
     struct event *drain_ev, *status_ev, *watchdog_ev;
     uint64_t watchdog_us;
     bool draining;
@@ -169,6 +213,7 @@ static void status_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     dec_sched_counts(d->sched, &waiting, &running);
+    dec_remote_tick(d->remote);
     pd_notify_status("%s: %u running, %u waiting, %u connections",
                      d->draining ? "draining" : "serving", running, waiting,
                      dec_server_connections(d->srv));
@@ -224,15 +269,31 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     struct daemon *d = arg;
     (void)what;
     if (sig == SIGHUP) {
-        /* The reload protocol even with nothing to re-read yet (keys and
-         * peers arrive with the KV channel), so `systemctl reload` works. */
+        /* the reload protocol even with nothing to re-read, so `systemctl
+         * reload` works; the peer list is fixed at start (a restart) */
         pd_notify_reloading();
-        pd_log(PD_LOG_NOTICE, "SIGHUP: nothing to reload yet (keys and peers arrive with the "
-               "KV channel)");
+        if (d->remote)
+            dec_remote_reload_keys(d->remote);
+        else
+            pd_log(PD_LOG_NOTICE, "SIGHUP: no prefill peers, no keys to reload");
         pd_notify_ready();
         return;
     }
     begin_drain(d, (int)sig);
+}
+
+static int parse_ports(const char *s, uint16_t *lo, uint16_t *hi, char *err, size_t errlen)
+{
+    unsigned a, b;
+    int n = 0;
+    if (sscanf(s, "%u-%u%n", &a, &b, &n) != 2 || s[n] || a < 1 || b > 65535 || a > b) {
+        snprintf(err, errlen, "--kv-data-ports: \"%s\" is not LO-HI with 1 <= LO <= HI <= 65535",
+                 s);
+        return -EINVAL;
+    }
+    *lo = (uint16_t)a;
+    *hi = (uint16_t)b;
+    return 0;
 }
 
 /* After the drain: give queued response bytes a moment to reach clients. */
@@ -308,6 +369,7 @@ static int run(struct dec_cfg *c, struct pd_model *m, const struct pd_tokenizer 
                                   .max_waiting = (uint32_t)c->max_waiting,
                                   .metrics = *dec_server_sched_metrics(d.srv),
                                   .notify = dec_server_wake, .notify_arg = d.srv};
+    sp.failover = (enum dec_failover)c->prefill_failover;
     if (dec_sched_new(&sp, &d.sched, err, sizeof(err)) < 0)
         goto fail;
     dec_server_set_sched(d.srv, d.sched);
@@ -322,8 +384,29 @@ static int run(struct dec_cfg *c, struct pd_model *m, const struct pd_tokenizer 
         snprintf(err, sizeof(err), "out of memory");
         goto fail;
     }
-    if (dec_server_listen(d.srv, err, sizeof(err)) < 0 ||
-        dec_sched_start(d.sched, err, sizeof(err)) < 0)
+    if (dec_server_listen(d.srv, err, sizeof(err)) < 0)
+        goto fail;
+    /* the KV channel after the listeners: its connections take ephemeral
+     * ports, which must not take the ones the listeners were given */
+    if (c->prefill.n) {
+        uint16_t lo = 0, hi = 0;
+        if (c->kv_data_ports && parse_ports(c->kv_data_ports, &lo, &hi, err, sizeof(err)) < 0)
+            goto fail;
+        struct dec_remote_cfg rc_ = {
+            .peers = (const char *const *)c->prefill.items, .n_peers = (unsigned)c->prefill.n,
+            .kv_ip = c->kv_ip, .data_port_lo = lo, .data_port_hi = hi,
+            .psk_file = c->kv_psk_file, .key_id = c->kv_key_id,
+            .lease_ms = (uint32_t)c->kv_lease_ms, .handshake_ms = (uint32_t)c->kv_handshake_ms,
+            .request_deadline_ms = (uint32_t)c->prefill_timeout_ms,
+            .crypto_threads = (unsigned)c->kv_crypto_threads, .no_integrity = !c->kv_integrity,
+            .failover = sp.failover};
+        if (dec_remote_new(&rc_, d.base, e, dec_server_metrics(d.srv), &d.remote, err,
+                           sizeof(err)) < 0)
+            goto fail;
+        dec_server_set_remote(d.srv, d.remote, (uint32_t)c->local_prefill_max_tokens);
+    }
+    dec_remote_set_sched(d.remote, d.sched);
+    if (dec_sched_start(d.sched, err, sizeof(err)) < 0)
         goto fail;
 
     if (d.watchdog_us) {
@@ -341,6 +424,13 @@ static int run(struct dec_cfg *c, struct pd_model *m, const struct pd_tokenizer 
     pd_log(PD_LOG_NOTICE, "serving %s (max-model-len %u, KV pool %" PRIu64 " tokens, %s)",
            c->served_model_name, max_len, pool, tok ? "text and token-id prompts"
                                                      : "token-id prompts only: no tokenizer");
+    if (d.remote) {
+        pd_log(PD_LOG_NOTICE, "prefill peers:");
+        for (size_t i = 0; i < c->prefill.n; i++)
+            pd_log(PD_LOG_NOTICE, "  %s (from %s; prompts over %" PRId64 " tokens; failover %s)",
+                   c->prefill.items[i], c->kv_ip, c->local_prefill_max_tokens,
+                   failovers[c->prefill_failover]);
+    }
     pd_notify_ready();
     pd_notify_status("serving %s", c->served_model_name);
 
@@ -349,6 +439,7 @@ static int run(struct dec_cfg *c, struct pd_model *m, const struct pd_tokenizer 
     /* drained (or cut at the deadline): deliver what the compute thread
      * still has, let the bytes go out, close */
     dec_server_cancel_all(d.srv);
+    dec_remote_stop(d.remote);
     dec_sched_stop(d.sched);
     dec_server_take_events(d.srv);
     flush_output(&d);
@@ -361,6 +452,8 @@ fail:
 out:
     if (d.sched)
         dec_sched_stop(d.sched);
+    /* kvx before the pool (the engine): it ends every receive into it */
+    d.remote = dec_remote_free(d.remote);
     d.srv = dec_server_free(d.srv); /* before the scheduler: jobs it holds drop refs */
     d.sched = dec_sched_free(d.sched);
     for (int i = 0; i < 3; i++)

@@ -10,6 +10,16 @@
 #include <string.h>
 #include <time.h>
 
+/* A REMOTE job's transfer is over (the loop's word, for the compute thread). */
+struct dec_inbox {
+    struct dec_inbox *next;
+    struct dec_job *job; /* one reference */
+    bool done, exhausted;
+    int status;
+    struct pd_sample_result first;
+    char msg[256];
+};
+
 struct dec_sched {
     struct dec_sched_params p;
     struct pd_kvcache *kc;
@@ -22,6 +32,8 @@ struct dec_sched {
     struct dec_job **item_job; /* (max_num_seqs) job of each item */
     struct dec_job **active; /* (max_num_seqs) admitted jobs, admission order */
     uint32_t n_active;
+    struct dec_job *remote; /* REMOTE jobs (rnext links); they count against max_num_seqs */
+    uint32_t n_remote;
 
     pthread_t thread;
     bool started;
@@ -29,6 +41,7 @@ struct dec_sched {
     pthread_cond_t cv;
     struct dec_job *q_head, *q_tail; /* waiting jobs */
     uint32_t n_queued;
+    struct dec_inbox *in_head, *in_tail; /* finished transfers, from the loop */
     atomic_uint n_running;
     bool stop;
 
@@ -81,6 +94,7 @@ void dec_event_free(struct dec_event *e)
     if (!e)
         return;
     dec_job_unref(e->job);
+    free(e->blocks);
     free(e->text);
     free(e);
 }
@@ -238,6 +252,7 @@ static void update_gauges(struct dec_sched *s)
     pd_metric_set(s->p.metrics.kv_used, total - free_);
     pd_metric_set(s->p.metrics.kv_free, free_);
     pd_metric_set(s->p.metrics.kv_usage, total ? (double)(total - free_) / total : 0);
+    pd_metric_set(s->p.metrics.remote_running, s->n_remote);
     pthread_mutex_lock(&s->mu);
     pd_metric_set(s->p.metrics.waiting, s->n_queued);
     pthread_mutex_unlock(&s->mu);
@@ -317,6 +332,16 @@ static void preempt(struct dec_sched *s, uint32_t i)
  * free before the step that follows. */
 static void sweep_cancelled(struct dec_sched *s)
 {
+    /* a REMOTE job's blocks are the transfer's until the loop says it is
+     * released: ask for the cancel, finish it then (take_inbox) */
+    for (struct dec_job *j = s->remote; j; j = j->rnext) {
+        struct dec_event *e;
+        if (!atomic_load(&j->cancelled) || j->cancel_posted || !(e = event_new(j)))
+            continue;
+        j->cancel_posted = true;
+        e->kind = DEC_EV_REMOTE_CANCEL;
+        post(s, e);
+    }
     for (uint32_t i = 0; i < s->n_active;) {
         struct dec_job *j = s->active[i];
         if (atomic_load(&j->cancelled)) {
@@ -349,6 +374,159 @@ static void sweep_cancelled(struct dec_sched *s)
         j->next = NULL;
         finish(s, j, NULL, DEC_FIN_CANCELLED, NULL);
     }
+}
+
+/* ---- remote prefill ---- */
+
+static bool wants_remote(const struct dec_job *j)
+{
+    return j->remote && j->seq.n_tokens == 0 && j->n_out == 0;
+}
+
+static void remote_unlink(struct dec_sched *s, struct dec_job *j)
+{
+    for (struct dec_job **l = &s->remote; *l; l = &(*l)->rnext)
+        if (*l == j) {
+            *l = j->rnext;
+            j->rnext = NULL;
+            j->in_remote = false;
+            s->n_remote--;
+            return;
+        }
+}
+
+/* Park j (its blocks for the whole prompt reserved) in the REMOTE state and
+ * ask the loop to run the transfer. */
+static int remote_start(struct dec_sched *s, struct dec_job *j)
+{
+    struct dec_event *e = event_new(j);
+    if (!e || !(e->blocks = malloc((size_t)j->seq.n_blocks * sizeof(*e->blocks)))) {
+        dec_event_free(e);
+        return -ENOMEM;
+    }
+    memcpy(e->blocks, j->seq.blocks, (size_t)j->seq.n_blocks * sizeof(*e->blocks));
+    e->n_blocks = j->seq.n_blocks;
+    e->epoch = j->remote_epoch;
+    e->kind = DEC_EV_REMOTE_START;
+    j->in_remote = true;
+    j->cancel_posted = false;
+    j->rnext = s->remote;
+    s->remote = j;
+    s->n_remote++;
+    post(s, e);
+    return 0;
+}
+
+/* The peer's KV is verified in j's blocks: j continues as if it had just
+ * prefilled locally and sampled `first`. */
+static void remote_first_token(struct dec_sched *s, struct dec_job *j,
+                               const struct pd_sample_result *first)
+{
+    j->seq.n_tokens = j->n_prompt;
+    j->prompt_counted = true; /* not the local engine's work */
+    pd_metric_add(s->p.metrics.remote_prompt_tokens, j->n_prompt);
+    struct dec_event *e = event_new(j);
+    if (!e) {
+        finish(s, j, NULL, DEC_FIN_ERROR, "out of memory");
+        return;
+    }
+    enum dec_finish fin = take_token(s, j, first, e);
+    if (fin == DEC_FIN_NONE) {
+        post(s, e);
+        s->active[s->n_active++] = j; /* a slot is there: REMOTE jobs count as admitted */
+        return;
+    }
+    finish(s, j, e, fin, fin == DEC_FIN_ERROR ? "out of memory producing the text" : NULL);
+}
+
+/* Nothing usable arrived: --prefill-failover decides. */
+static void remote_fallback(struct dec_sched *s, struct dec_job *j, const struct dec_inbox *m)
+{
+    if (s->p.failover == DEC_FAILOVER_RETRY && !m->exhausted) {
+        j->remote_epoch++;
+        if (remote_start(s, j) == 0)
+            return;
+    }
+    if (s->p.failover == DEC_FAILOVER_FAIL) {
+        struct dec_event *e = event_new(j);
+        if (e)
+            e->status = m->status ? m->status : 502;
+        finish(s, j, e, DEC_FIN_ERROR, m->msg);
+        return;
+    }
+    /* local prefill into the blocks it already holds */
+    pd_log(PD_LOG_DEBUG, "%s: prefilling locally after: %s", j->id, m->msg);
+    j->remote = false;
+    j->seq.n_tokens = 0;
+    s->active[s->n_active++] = j;
+}
+
+static void take_inbox(struct dec_sched *s)
+{
+    pthread_mutex_lock(&s->mu);
+    struct dec_inbox *m = s->in_head;
+    s->in_head = s->in_tail = NULL;
+    pthread_mutex_unlock(&s->mu);
+    while (m) {
+        struct dec_inbox *next = m->next;
+        struct dec_job *j = m->job;
+        if (j->in_remote) {
+            remote_unlink(s, j);
+            if (atomic_load(&j->cancelled))
+                finish(s, j, NULL, DEC_FIN_CANCELLED, NULL);
+            else if (m->done)
+                remote_first_token(s, j, &m->first);
+            else
+                remote_fallback(s, j, m);
+        }
+        dec_job_unref(j);
+        free(m);
+        m = next;
+    }
+}
+
+static void inbox_push(struct dec_sched *s, struct dec_inbox *m)
+{
+    pthread_mutex_lock(&s->mu);
+    if (s->in_tail)
+        s->in_tail->next = m;
+    else
+        s->in_head = m;
+    s->in_tail = m;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static struct dec_inbox *inbox_new(struct dec_job *j)
+{
+    struct dec_inbox *m;
+    /* as finish(): a lost report would keep the job's blocks for ever */
+    while (!(m = calloc(1, sizeof(*m)))) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    dec_job_ref(j);
+    m->job = j;
+    return m;
+}
+
+void dec_sched_remote_done(struct dec_sched *s, struct dec_job *j,
+                           const struct pd_sample_result *first)
+{
+    struct dec_inbox *m = inbox_new(j);
+    m->done = true;
+    m->first = *first;
+    inbox_push(s, m);
+}
+
+void dec_sched_remote_failed(struct dec_sched *s, struct dec_job *j, bool exhausted, int status,
+                             const char *msg)
+{
+    struct dec_inbox *m = inbox_new(j);
+    m->exhausted = exhausted;
+    m->status = status;
+    snprintf(m->msg, sizeof(m->msg), "%s", msg ? msg : "remote prefill failed");
+    inbox_push(s, m);
 }
 
 static void add_item(struct dec_sched *s, uint32_t *n, struct dec_job *j, uint32_t want)
@@ -415,7 +593,7 @@ static bool schedule_running(struct dec_sched *s, uint32_t *n, uint32_t *budget)
  * line that does not fit stops admission: no overtaking, no starvation. */
 static void admit(struct dec_sched *s, uint32_t *n, uint32_t *budget)
 {
-    while (s->n_active < s->p.max_num_seqs && *budget > 0) {
+    while (s->n_active + s->n_remote < s->p.max_num_seqs) {
         pthread_mutex_lock(&s->mu);
         struct dec_job *j = s->q_head;
         pthread_mutex_unlock(&s->mu);
@@ -426,9 +604,33 @@ static void admit(struct dec_sched *s, uint32_t *n, uint32_t *budget)
             finish(s, j, NULL, DEC_FIN_CANCELLED, NULL);
             continue;
         }
+        if (wants_remote(j)) {
+            /* blocks for the whole prompt at once: the peer fills them */
+            uint32_t need = pd_kvseq_blocks_needed(s->kc, &j->seq, j->n_prompt);
+            uint32_t keep = s->n_active + s->n_remote ? s->watermark : 0;
+            if ((uint64_t)need + keep > pd_kvcache_n_free(s->kc))
+                return;
+            queue_pop(s);
+            int rc = j->toks ? 0 : admit_prepare(s, j);
+            if (rc == 0)
+                rc = pd_kvseq_reserve(s->kc, &j->seq, j->n_prompt);
+            if (rc == 0)
+                rc = remote_start(s, j);
+            if (rc < 0) {
+                finish(s, j, NULL, DEC_FIN_ERROR, "out of memory admitting the request");
+                continue;
+            }
+            if (!j->admitted) {
+                j->admitted = true;
+                pd_metric_observe(s->p.metrics.queue_time, secs(j->t_arrival_ns, dec_now_ns()));
+            }
+            continue;
+        }
+        if (*budget == 0)
+            return;
         uint32_t p = pending(j), want = p < *budget ? p : *budget;
         uint32_t need = pd_kvseq_blocks_needed(s->kc, &j->seq, j->seq.n_tokens + want);
-        uint32_t keep = s->n_active ? s->watermark : 0;
+        uint32_t keep = s->n_active + s->n_remote ? s->watermark : 0;
         if ((uint64_t)need + keep > pd_kvcache_n_free(s->kc))
             return;
         queue_pop(s);
@@ -457,6 +659,7 @@ static uint32_t step(struct dec_sched *s)
     char err[256];
     uint32_t n = 0, budget = s->max_batched;
 
+    take_inbox(s);
     sweep_cancelled(s);
     /* after a preemption nothing new joins in the same step (vLLM's rule):
      * the pool is short, and the preempted job is first in line anyway */
@@ -517,7 +720,7 @@ static void *run(void *arg)
     for (;;) {
         atomic_store(&s->heartbeat_ns, dec_now_ns());
         pthread_mutex_lock(&s->mu);
-        if (!s->stop && (idle || (s->n_active == 0 && !s->q_head))) {
+        if (!s->stop && !s->in_head && (idle || (s->n_active == 0 && !s->q_head))) {
             uint64_t tick = s->p.idle_tick_ms ? s->p.idle_tick_ms : 1000;
             uint64_t until = dec_now_ns() + tick * 1000000u;
             struct timespec ts = {.tv_sec = (time_t)(until / 1000000000u),
@@ -532,7 +735,15 @@ static void *run(void *arg)
          * waits for a submission or a tick instead of spinning */
         idle = step(s) == 0;
     }
-    /* cut what is left: running, then queued */
+    /* cut what is left: REMOTE, running, then queued. A REMOTE job's blocks
+     * go back to the free list although a transfer may still write them:
+     * nothing allocates from the pool any more, and the daemon frees kvx
+     * (which ends every receive) before the pool. */
+    while (s->remote) {
+        struct dec_job *j = s->remote;
+        remote_unlink(s, j);
+        finish(s, j, NULL, DEC_FIN_CANCELLED, NULL);
+    }
     while (s->n_active > 0) {
         struct dec_job *j = s->active[s->n_active - 1];
         s->n_active--;
@@ -622,6 +833,12 @@ struct dec_sched *dec_sched_free(struct dec_sched *s)
     if (!s)
         return NULL;
     dec_sched_stop(s);
+    while (s->in_head) {
+        struct dec_inbox *m = s->in_head;
+        s->in_head = m->next;
+        dec_job_unref(m->job);
+        free(m);
+    }
     struct dec_event *e = dec_sched_take(s);
     while (e) {
         struct dec_event *next = e->next;

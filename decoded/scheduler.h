@@ -18,6 +18,17 @@
  *             token and its log-probabilities, the finish; then notify()
  *   loop:     dec_sched_take(s) -> the events, in order; dec_event_free each
  *
+ * Remote prefill (--prefill peers; docs/internals/scheduler.md "REMOTE"): a
+ * job the loop marked `remote` is admitted with blocks for its whole prompt
+ * and parked in the REMOTE state: outside the running set, never preempted,
+ * no engine work. The compute thread posts a DEC_EV_REMOTE_START event
+ * carrying the block ids; the loop runs the transfer and, only once kvx has
+ * RELEASED the request, calls dec_sched_remote_done (the first token: the job
+ * joins the running set with its prompt in the cache) or
+ * dec_sched_remote_failed (the failover policy: another peer, local prefill,
+ * or an error). A cancelled REMOTE job posts DEC_EV_REMOTE_CANCEL and keeps
+ * its blocks until the loop reports the release.
+ *
  * Cancellation: dec_job_cancel (any thread) marks the job; the compute thread
  * drops it before its next step, releases its blocks and posts a
  * DEC_FIN_CANCELLED event. Lifetimes: a job is reference-counted (the loop,
@@ -48,6 +59,18 @@ enum dec_finish {
     DEC_FIN_ERROR, /* engine failure: event's err says why */
 };
 
+enum dec_failover {
+    DEC_FAILOVER_RETRY = 0, /* another healthy peer (new epoch), then local prefill */
+    DEC_FAILOVER_LOCAL, /* local prefill at once */
+    DEC_FAILOVER_FAIL, /* the request fails (502/503) */
+};
+
+enum dec_event_kind {
+    DEC_EV_OUTPUT = 0, /* text, token, finish (to the HTTP side) */
+    DEC_EV_REMOTE_START, /* to the loop's remote prefill: blocks, epoch */
+    DEC_EV_REMOTE_CANCEL, /* to the loop: cancel the job's transfer */
+};
+
 struct dec_job {
     /* set by the loop before dec_sched_submit, read-only afterwards */
     char id[PD_HTTP_ID_MAX];
@@ -60,7 +83,12 @@ struct dec_job {
     char **stops; /* (n_stops) owned strings */
     uint32_t n_stops;
     uint64_t t_arrival_ns;
+    bool remote; /* prefill on a peer (the loop decided) */
     void *owner; /* the loop's; never touched by the compute thread */
+    /* the loop's remote-prefill state; never touched by the compute thread */
+    void *remote_req; /* the transfer in flight, NULL when none */
+    uint64_t remote_id; /* PREFILL request id (0: none chosen yet) */
+    uint64_t peers_failed; /* bit i: peer i failed this request */
 
     atomic_int refs;
     atomic_bool cancelled;
@@ -76,12 +104,19 @@ struct dec_job {
     struct pd_detok *detok;
     struct dec_stop stop;
     uint64_t t_first_ns, t_last_ns;
+    bool in_remote; /* REMOTE state: blocks lent to a transfer */
+    bool cancel_posted;
+    uint32_t remote_epoch; /* bumped per retry */
     struct dec_job *next; /* queue link */
+    struct dec_job *rnext; /* REMOTE list link */
 };
 
 struct dec_event {
     struct dec_event *next;
+    enum dec_event_kind kind;
     struct dec_job *job; /* one reference, dropped by dec_event_free */
+    uint32_t *blocks; /* REMOTE_START: (n_blocks) pool block ids, owned */
+    uint32_t n_blocks, epoch;
     char *text; /* released text, NUL-terminated (may be "") */
     size_t len;
     bool has_token; /* a token was sampled (not an end-of-generation one) */
@@ -90,6 +125,7 @@ struct dec_event {
     uint32_t n_gen; /* tokens generated so far, end-of-generation included */
     uint32_t n_preempted; /* times the job was preempted so far */
     uint64_t t_first_ns; /* when the first token came; 0 before */
+    int status; /* DEC_FIN_ERROR: the HTTP status (0 = 500) */
     char err[256];
 };
 
@@ -100,6 +136,8 @@ struct dec_sched_metrics {
     struct pd_metric *ttft, *itl, *e2e, *queue_time;
     struct pd_metric *batch_size; /* histogram: sequences per engine step */
     struct pd_metric *preemptions; /* counter */
+    struct pd_metric *remote_prompt_tokens; /* counter: prompts prefilled by a peer */
+    struct pd_metric *remote_running; /* gauge: jobs in the REMOTE state */
 };
 
 struct dec_sched_params {
@@ -108,6 +146,7 @@ struct dec_sched_params {
     uint32_t max_num_seqs;
     uint32_t max_waiting;
     uint32_t idle_tick_ms; /* heartbeat while idle; 0 = 1000 */
+    enum dec_failover failover;
     struct dec_sched_metrics metrics;
     void (*notify)(void *arg); /* events are ready */
     void *notify_arg;
@@ -136,6 +175,15 @@ void dec_sched_stop(struct dec_sched *s);
  * -ESHUTDOWN: stopping; -E2BIG: n_prompt + max_tokens would not fit the
  * whole KV pool (the loop checks this first, with a message). */
 int dec_sched_submit(struct dec_sched *s, struct dec_job *j);
+/* The loop, once kvx RELEASED a job's transfer (any thread; takes a reference):
+ * done -- the prompt's KV is verified in the job's blocks and `first` is the
+ * first token, sampled as the local path would; failed -- nothing usable
+ * arrived: `exhausted` when no other healthy peer is left, `status` (502/503)
+ * and `msg` for a request that fails under --prefill-failover=fail. */
+void dec_sched_remote_done(struct dec_sched *s, struct dec_job *j,
+                           const struct pd_sample_result *first);
+void dec_sched_remote_failed(struct dec_sched *s, struct dec_job *j, bool exhausted, int status,
+                             const char *msg);
 /* Every event posted so far, oldest first (the caller frees them). */
 struct dec_event *dec_sched_take(struct dec_sched *s);
 /* Monotonic ns of the compute thread's last sign of life (it ticks every

@@ -5,6 +5,7 @@
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
+#include "remote.h"
 #include "tokenizer.h"
 
 #include <cjson/cJSON.h>
@@ -53,6 +54,8 @@ struct dec_server {
     const struct pd_tokenizer *tok;
     const struct pd_chat_template *chat;
     struct dec_sched *sched;
+    struct dec_remote *remote; /* NULL: every prompt prefills locally */
+    uint32_t local_prefill_max;
     struct evhttp *api, *admin;
     struct pd_http_conns *api_conns, *admin_conns;
     struct event *wake_ev;
@@ -95,7 +98,11 @@ static int metrics_init(struct dec_server *s)
     s->sm.kv_usage = pd_metrics_gauge(m, "pdserve:kv_cache_usage_perc", NULL,
                                       "KV-cache usage, 0 to 1.");
     s->sm.prompt_tokens = pd_metrics_counter(m, "pdserve:prompt_tokens_total", NULL,
-                                             "Prompt tokens prefilled.");
+                                             "Prompt tokens prefilled by this engine.");
+    s->sm.remote_prompt_tokens = pd_metrics_counter(m, "pdserve:remote_prompt_tokens_total", NULL,
+                                                    "Prompt tokens prefilled by prefill peers.");
+    s->sm.remote_running = pd_metrics_gauge(m, "pdserve:num_requests_remote_prefill", NULL,
+                                            "Requests whose prompt a prefill peer is computing.");
     s->sm.gen_tokens = pd_metrics_counter(m, "pdserve:generation_tokens_total", NULL,
                                           "Tokens generated.");
     s->sm.ttft = pd_metrics_histogram(m, "pdserve:time_to_first_token_seconds",
@@ -150,6 +157,7 @@ static const char *type_for(int status)
     case 404: return "not_found_error";
     case 429: return "rate_limit_error";
     case 500: return "internal_error";
+    case 502: return "bad_gateway";
     case 503: return "service_unavailable";
     default: return "invalid_request_error";
     }
@@ -301,7 +309,7 @@ static void finish_stream(struct dec_http *h, const struct dec_event *e)
                                               !h->cut)) {
         /* the status line is gone already: the error travels as an event */
         bool err = e->finish == DEC_FIN_ERROR;
-        status = err ? 500 : 503;
+        status = err ? (e->status ? e->status : 500) : 503;
         char *body = pd_http_error_body(err ? e->err : "the server is shutting down",
                                         type_for(status), NULL, NULL);
         stream_send(h, body);
@@ -334,9 +342,10 @@ static void finish_whole(struct dec_http *h, const struct dec_event *e)
         }
         free(body);
     } else if (e->finish == DEC_FIN_ERROR) {
-        status = 500;
+        status = e->status ? e->status : 500;
         if (h->req)
-            pd_http_error(h->req, status, type_for(status), NULL, NULL, "%s", e->err);
+            pd_http_error(h->req, status, type_for(status), NULL,
+                          e->status ? "prefill_failed" : NULL, "%s", e->err);
     } else {
         status = h->client_gone ? 499 : 503;
         if (h->req)
@@ -350,6 +359,14 @@ static void finish_whole(struct dec_http *h, const struct dec_event *e)
 
 static void on_event(struct dec_server *s, struct dec_event *e)
 {
+    if (e->kind == DEC_EV_REMOTE_START) {
+        dec_remote_start(s->remote, e);
+        return;
+    }
+    if (e->kind == DEC_EV_REMOTE_CANCEL) {
+        dec_remote_cancel(s->remote, e->job);
+        return;
+    }
     struct dec_http *h = e->job->owner;
     if (!h)
         return;
@@ -603,6 +620,7 @@ static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_
     r.n_stops = 0;
     job->t_arrival_ns = dec_now_ns();
     job->owner = h;
+    job->remote = s->remote && job->n_prompt > s->local_prefill_max;
 
     int rc = dec_sched_submit(s->sched, job);
     if (rc == -EAGAIN) {
@@ -754,6 +772,7 @@ static void admin_cb(struct evhttp_request *req, void *arg)
     char *text;
     size_t len;
     pd_metric_set(s->conns_gauge, pd_http_conns_count(s->api_conns));
+    dec_remote_scrape(s->remote);
     if (pd_metrics_render(s->metrics, &text, &len) < 0) {
         pd_http_error(req, 503, "service_unavailable", NULL, NULL, "out of memory");
         return;
@@ -840,6 +859,11 @@ struct dec_server *dec_server_free(struct dec_server *s)
 const struct dec_sched_metrics *dec_server_sched_metrics(struct dec_server *s) { return &s->sm; }
 struct pd_metrics *dec_server_metrics(struct dec_server *s) { return s->metrics; }
 void dec_server_set_sched(struct dec_server *s, struct dec_sched *sched) { s->sched = sched; }
+void dec_server_set_remote(struct dec_server *s, struct dec_remote *r, uint32_t local_max)
+{
+    s->remote = r;
+    s->local_prefill_max = local_max;
+}
 uint32_t dec_server_inflight(const struct dec_server *s) { return s->n_inflight; }
 unsigned dec_server_connections(const struct dec_server *s)
 {

@@ -53,6 +53,9 @@ struct dec_server *dec_server_free(struct dec_server *s);
 const struct dec_sched_metrics *dec_server_sched_metrics(struct dec_server *s);
 struct pd_metrics *dec_server_metrics(struct dec_server *s);
 void dec_server_set_sched(struct dec_server *s, struct dec_sched *sched);
+/* Prefill peers: prompts longer than local_max tokens go to r (NULL: none). */
+struct dec_remote;
+void dec_server_set_remote(struct dec_server *s, struct dec_remote *r, uint32_t local_max);
 /* Bind the API and admin listeners. */
 int dec_server_listen(struct dec_server *s, char *err, size_t errlen);
 /* The compute thread's notify(): wakes the loop to take events. */

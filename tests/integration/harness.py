@@ -181,3 +181,127 @@ def assert_error(status, body, want_status, param=None):
     if param is not None:
         assert err["param"] == param, err
     return err
+
+
+# ---- prefilld, for the disaggregated tests (tests/integration/test_disagg.py) ----
+
+def prefilld_binary():
+    path = os.environ.get("PREFILLD")
+    if not path or not os.access(path, os.X_OK):
+        raise RuntimeError("set PREFILLD to the prefilld binary")
+    return path
+
+
+def write_key(path, key=None, key_id="k1"):
+    """A key file as prefilld --gen-psk writes it: one line "ID HEX64", mode 0600."""
+    key = key or os.urandom(32)
+    with open(path, "w") as f:
+        f.write("%s %s\n" % (key_id, key.hex()))
+    os.chmod(path, 0o600)
+    return str(path)
+
+
+class Prefilld:
+    """The real prefilld on loopback ports picked here (kv_port, admin_port),
+    or on the ones given (a restart on the same port). Killed at the end of
+    its `with` block; a clean stop must exit 0 with no sanitizer report."""
+
+    def __init__(self, *args, psk, kv_port=None, env=None, timeout=120):
+        self.args = list(args)
+        self.psk = psk
+        self.kv_port = kv_port or free_port()
+        self.admin_port = free_port()
+        while self.admin_port == self.kv_port:
+            self.admin_port = free_port()
+        self.extra_env = env or {}
+        self.timeout = timeout
+        self.proc = None
+
+    def start(self):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PDSERVE_")}
+        env.pop("NOTIFY_SOCKET", None)
+        env.update(self.extra_env)
+        self.logf = tempfile.NamedTemporaryFile(prefix="prefilld-", suffix=".log", delete=False)
+        cmd = [prefilld_binary(), "--kv-port", str(self.kv_port), "--admin-port",
+               str(self.admin_port), "--kv-psk-file", str(self.psk)] + self.args
+        self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + self.timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("prefilld exited with %s:\n%s" % (self.proc.returncode,
+                                                                    self.log()))
+            try:
+                if self.request("GET", "/health", timeout=2)[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("prefilld did not come up:\n" + self.log())
+
+    @property
+    def addr(self):
+        return "127.0.0.1:%d" % self.kv_port
+
+    def send(self, sig):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def kill9(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        problem = None
+        if self.proc and self.proc.poll() is None:
+            try:
+                rc = self.stop(signal.SIGTERM, timeout=60)
+                if rc != 0:
+                    problem = "prefilld exited with %d on SIGTERM" % rc
+            except subprocess.TimeoutExpired:
+                problem = "prefilld did not stop on SIGTERM"
+        log = self.log() if self.proc else ""
+        for bad in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+            if bad in log:
+                problem = problem or "sanitizer report in the prefilld log"
+        if exc[0] is not None or problem:
+            print("---- prefilld log ----\n" + log)
+        if self.proc:
+            os.unlink(self.logf.name)
+        if problem and exc[0] is None:
+            raise AssertionError(problem)
+
+    def log(self):
+        with open(self.logf.name, errors="replace") as f:
+            return f.read()
+
+    def request(self, method, path, timeout=10):
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=timeout)
+        try:
+            conn.request(method, path)
+            r = conn.getresponse()
+            return r.status, r.read()
+        finally:
+            conn.close()
+
+    def metric(self, prefix):
+        status, data = self.request("GET", "/metrics")
+        assert status == 200
+        total = 0.0
+        for line in data.decode().splitlines():
+            if line and not line.startswith("#") and line.startswith(prefix):
+                total += float(line.rpartition(" ")[2])
+        return total

@@ -1,0 +1,494 @@
+#include "remote.h"
+
+#include "engine.h"
+#include "keyring.h"
+#include "kvx.h"
+#include "log.h"
+#include "metrics.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_PEER_GAUGES 16 /* the registry holds 64 series in all */
+
+/* failover reasons: a few classes of enum pd_reason, so the series stay few */
+enum { FR_TIMEOUT, FR_INTEGRITY, FR_REFUSED, FR_TRANSFER, FR_PEER_ERROR, FR_NO_PEER, FR_OTHER,
+       FR_N };
+static const char *const fr_names[FR_N] = {"timeout", "integrity", "refused", "transfer",
+                                           "peer_error", "no_peer", "other"};
+
+struct peer {
+    char addr[272];
+    unsigned idx;
+    struct pd_kvx_peer *kp;
+    uint64_t outstanding; /* prompt tokens of transfers in flight */
+    struct pd_metric *up;
+    bool warned; /* "no session" logged since it was last up */
+};
+
+/* One transfer: a job's prompt on one peer, one epoch. */
+struct rreq {
+    struct dec_remote *r;
+    struct rreq *prev, *next;
+    struct dec_job *job; /* one reference */
+    struct peer *peer;
+    struct pd_kvx_req *req;
+    uint32_t n_prompt, verified; /* blocks verified so far */
+    uint64_t t0_ns;
+    bool done, cancelled;
+    int reason; /* FAILED's, or ours (a bad DONE) */
+    char detail[200];
+    struct pd_sample_result first;
+};
+
+struct dec_remote {
+    struct dec_remote_cfg cfg;
+    struct dec_sched *sched;
+    struct pd_keyring *keyring;
+    char key_id[PD_KEY_ID_MAX + 1]; /* the key this side uses (--kv-key-id, else the only one) */
+    struct pd_kv_layout layout;
+    struct pd_kvx *kvx;
+    struct peer *peers;
+    unsigned n_peers;
+    uint32_t block_size, n_vocab;
+    uint64_t block_bytes;
+    uint64_t next_id;
+    unsigned rr; /* where the next pick starts */
+    struct rreq *inflight;
+    bool stopping;
+
+    struct pd_metric *m_bytes, *m_blocks, *m_xfer, *m_hs_ok, *m_hs_fail[PD_KVX_HSF_N];
+    struct pd_metric *m_integrity, *m_sessions, *m_failover[FR_N];
+    struct pd_kvx_stats last;
+};
+
+static int fr_class(int reason)
+{
+    switch (reason) {
+    case PD_R_TIMEOUT: return FR_TIMEOUT;
+    case PD_R_INTEGRITY: return FR_INTEGRITY;
+    case PD_R_OVERLOADED: case PD_R_TOO_LARGE: case PD_R_INVALID_REQUEST: case PD_R_SHUTDOWN:
+    case PD_R_AUTH: case PD_R_LAYOUT: case PD_R_MODEL: case PD_R_VERSION:
+        return FR_REFUSED;
+    case PD_R_TRANSFER: case PD_R_PROTOCOL: case PD_R_UNKNOWN_REQUEST: return FR_TRANSFER;
+    case PD_R_COMPUTE: case PD_R_INTERNAL: return FR_PEER_ERROR;
+    default: return FR_OTHER;
+    }
+}
+
+static const char *failover_name(enum dec_failover f)
+{
+    return f == DEC_FAILOVER_RETRY ? "another peer, else local prefill"
+           : f == DEC_FAILOVER_LOCAL ? "local prefill" : "the request fails";
+}
+
+/* ---- reports to the compute thread ---- */
+
+static void rreq_unlink(struct dec_remote *r, struct rreq *q)
+{
+    if (q->prev)
+        q->prev->next = q->next;
+    else
+        r->inflight = q->next;
+    if (q->next)
+        q->next->prev = q->prev;
+}
+
+static void report_failed(struct dec_remote *r, struct dec_job *j, int fr, bool exhausted,
+                          int status, const char *msg)
+{
+    pd_metric_add(r->m_failover[fr], 1);
+    pd_log(PD_LOG_INFO, "%s: %s; failover: %s", j->id, msg, failover_name(r->cfg.failover));
+    dec_sched_remote_failed(r->sched, j, exhausted, status, msg);
+}
+
+/* The transfer is over and kvx holds none of its blocks any more. */
+static void rreq_released(struct dec_remote *r, struct rreq *q)
+{
+    struct dec_job *j = q->job;
+    rreq_unlink(r, q);
+    q->peer->outstanding -= q->n_prompt;
+    j->remote_req = NULL;
+    if (q->done && !q->reason) {
+        dec_sched_remote_done(r->sched, j, &q->first);
+    } else if (q->cancelled || q->reason == PD_R_CANCELLED) {
+        dec_sched_remote_failed(r->sched, j, true, 499, "cancelled");
+    } else {
+        char msg[600];
+        j->peers_failed |= UINT64_C(1) << q->peer->idx;
+        snprintf(msg, sizeof(msg), "prefill peer %s failed: %s%s%s", q->peer->addr,
+                 pd_reason_name((unsigned)q->reason), q->detail[0] ? ": " : "", q->detail);
+        report_failed(r, j, fr_class(q->reason), false, 502, msg);
+    }
+    dec_job_unref(j);
+    free(q);
+}
+
+/* ---- kvx events ---- */
+
+static void take_done(struct dec_remote *r, struct rreq *q, const struct pd_done *d)
+{
+    q->done = true;
+    pd_metric_observe(r->m_xfer, (double)(dec_now_ns() - q->t0_ns) * 1e-9);
+    if (d->n_prompt != q->n_prompt || d->token >= r->n_vocab || d->n_top > PD_MAX_LOGPROBS) {
+        q->reason = PD_R_PROTOCOL;
+        snprintf(q->detail, sizeof(q->detail), "DONE does not fit the request (token %u, %u "
+                 "prompt tokens, %u alternatives)", d->token, d->n_prompt, d->n_top);
+        return;
+    }
+    q->first.token = (int32_t)d->token;
+    q->first.logprob = d->logprob;
+    q->first.n_top = d->n_top;
+    for (uint32_t i = 0; i < d->n_top; i++) {
+        if (d->top[i].token >= r->n_vocab) {
+            q->reason = PD_R_PROTOCOL;
+            snprintf(q->detail, sizeof(q->detail), "DONE names token %u", d->top[i].token);
+            return;
+        }
+        q->first.top[i] = (struct pd_token_logprob){(int32_t)d->top[i].token, d->top[i].logprob};
+    }
+}
+
+static void kvx_event(void *arg, const struct pd_kvx_event *ev)
+{
+    struct dec_remote *r = arg;
+    struct rreq *q = ev->udata;
+    switch (ev->type) {
+    case PD_KVX_EV_SESSION_UP:
+        pd_log(PD_LOG_NOTICE, "KV session up: prefill peer %s (key %s)",
+               ev->peer_addr ? ev->peer_addr : "?", ev->key_id ? ev->key_id : "?");
+        break;
+    case PD_KVX_EV_SESSION_DOWN:
+        pd_log(PD_LOG_NOTICE, "KV session down: prefill peer %s: %s%s%s",
+               ev->peer_addr ? ev->peer_addr : "?", pd_reason_name((unsigned)ev->reason),
+               ev->detail ? ": " : "", ev->detail ? ev->detail : "");
+        break;
+    case PD_KVX_EV_VERIFIED:
+        if (q && ev->blocks > q->verified) {
+            uint32_t n = ev->blocks - q->verified;
+            q->verified = ev->blocks;
+            pd_metric_add(r->m_blocks, n);
+            pd_metric_add(r->m_bytes, (double)n * (double)r->block_bytes);
+        }
+        break;
+    case PD_KVX_EV_DONE:
+        if (q)
+            take_done(r, q, ev->done);
+        break;
+    case PD_KVX_EV_FAILED:
+        if (q) {
+            q->reason = ev->reason ? ev->reason : PD_R_INTERNAL;
+            snprintf(q->detail, sizeof(q->detail), "%s", ev->detail ? ev->detail : "");
+        }
+        break;
+    case PD_KVX_EV_RELEASED:
+        if (q)
+            rreq_released(r, q);
+        break;
+    default:
+        break;
+    }
+}
+
+/* ---- starting and cancelling ---- */
+
+/* The healthy peer with the fewest prompt tokens outstanding; ties go round
+ * the peers in turn (short prompts finish before the next arrives, so the
+ * counts are often all 0). */
+static struct peer *pick(struct dec_remote *r, uint64_t exclude)
+{
+    struct peer *best = NULL;
+    unsigned start = r->rr++;
+    for (unsigned k = 0; k < r->n_peers; k++) {
+        unsigned i = (start + k) % r->n_peers;
+        struct peer *p = &r->peers[i];
+        if ((exclude >> i & 1) || !pd_kvx_peer_up(p->kp))
+            continue;
+        if (!best || p->outstanding < best->outstanding)
+            best = p;
+    }
+    return best;
+}
+
+void dec_remote_start(struct dec_remote *r, const struct dec_event *ev)
+{
+    struct dec_job *j = ev->job;
+    char err[256], msg[600];
+    if (r->stopping) {
+        dec_sched_remote_failed(r->sched, j, true, 503, "decoded is stopping");
+        return;
+    }
+    struct rreq *q = calloc(1, sizeof(*q));
+    uint32_t *toks = malloc((size_t)j->n_prompt * sizeof(*toks));
+    if (!q || !toks) {
+        free(q);
+        free(toks);
+        report_failed(r, j, FR_OTHER, true, 503, "out of memory starting the remote prefill");
+        return;
+    }
+    for (uint32_t i = 0; i < j->n_prompt; i++)
+        toks[i] = (uint32_t)j->prompt[i];
+    if (!j->remote_id)
+        j->remote_id = ++r->next_id;
+    struct pd_prefill p = {
+        .request_id = j->remote_id, .epoch = ev->epoch, .n_tokens = j->n_prompt,
+        .block_size = r->block_size, .temperature = j->sampling.temperature,
+        .top_p = j->sampling.top_p, .min_p = j->sampling.min_p,
+        .top_k = j->sampling.top_k > 0 ? (uint32_t)j->sampling.top_k : 0,
+        .presence_penalty = j->sampling.presence_penalty,
+        .frequency_penalty = j->sampling.frequency_penalty,
+        .repetition_penalty = j->sampling.repetition_penalty,
+        .n_logprobs = j->sampling.n_logprobs, .seed = j->sampling.seed, .tokens = toks};
+    snprintf(p.xrid, sizeof(p.xrid), "%s", j->id);
+    q->r = r;
+    q->n_prompt = j->n_prompt;
+    q->t0_ns = dec_now_ns();
+    dec_job_ref(j);
+    q->job = j;
+    uint64_t tried = j->peers_failed;
+    struct peer *peer;
+    int rc = -ENOTCONN;
+    while ((peer = pick(r, tried))) {
+        q->peer = peer;
+        rc = pd_kvx_request(peer->kp, &p, ev->blocks, ev->n_blocks, q, &q->req, err, sizeof(err));
+        if (rc == 0)
+            break;
+        pd_log(PD_LOG_INFO, "%s: prefill peer %s refused the request: %s", j->id, peer->addr,
+               err);
+        tried |= UINT64_C(1) << peer->idx;
+    }
+    free(toks);
+    if (rc < 0) {
+        dec_job_unref(j);
+        free(q);
+        size_t o = (size_t)snprintf(msg, sizeof(msg), "no healthy prefill peer for the request");
+        for (unsigned i = 0; i < r->n_peers && o < sizeof(msg); i++)
+            o += (size_t)snprintf(msg + o, sizeof(msg) - o, "%s %s: %s", i ? "," : ":",
+                                  r->peers[i].addr,
+                                  (j->peers_failed >> i & 1) ? "failed"
+                                  : (tried >> i & 1) ? "refused"
+                                  : pd_kvx_peer_up(r->peers[i].kp) ? "up" : "down");
+        report_failed(r, j, FR_NO_PEER, true, 503, msg);
+        return;
+    }
+    peer->outstanding += j->n_prompt;
+    j->remote_req = q;
+    q->next = r->inflight;
+    if (q->next)
+        q->next->prev = q;
+    r->inflight = q;
+    pd_log(PD_LOG_DEBUG, "%s: prefill of %u tokens on %s (request %llu, epoch %u)", j->id,
+           j->n_prompt, peer->addr, (unsigned long long)j->remote_id, ev->epoch);
+}
+
+void dec_remote_cancel(struct dec_remote *r, struct dec_job *j)
+{
+    struct rreq *q = j->remote_req;
+    (void)r;
+    if (!q || q->cancelled || !q->req)
+        return;
+    q->cancelled = true;
+    pd_kvx_cancel(q->req); /* FAILED, then RELEASED: the report goes then */
+}
+
+void dec_remote_stop(struct dec_remote *r)
+{
+    if (r)
+        r->stopping = true;
+}
+
+/* ---- metrics, keys ---- */
+
+void dec_remote_scrape(struct dec_remote *r)
+{
+    if (!r)
+        return;
+    struct pd_kvx_stats s;
+    pd_kvx_get_stats(r->kvx, &s);
+    pd_metric_add(r->m_hs_ok, (double)(s.handshakes_ok - r->last.handshakes_ok));
+    for (int i = 0; i < PD_KVX_HSF_N; i++)
+        pd_metric_add(r->m_hs_fail[i], (double)(s.hs_fail[i] - r->last.hs_fail[i]));
+    pd_metric_add(r->m_integrity, (double)(s.integrity_failures - r->last.integrity_failures));
+    pd_metric_set(r->m_sessions, (double)s.sessions);
+    r->last = s;
+    for (unsigned i = 0; i < r->n_peers; i++)
+        pd_metric_set(r->peers[i].up, pd_kvx_peer_up(r->peers[i].kp));
+}
+
+void dec_remote_tick(struct dec_remote *r)
+{
+    if (!r)
+        return;
+    for (unsigned i = 0; i < r->n_peers; i++) {
+        struct peer *p = &r->peers[i];
+        if (pd_kvx_peer_up(p->kp)) {
+            p->warned = false;
+        } else if (!p->warned) {
+            /* a responder that refuses a handshake (wrong key, other model)
+             * just closes: its own log and metrics say why */
+            p->warned = true;
+            pd_log(PD_LOG_WARN, "prefill peer %s: no KV session (not running, unreachable, or "
+                   "refusing the handshake: see its log and pdserve:kv_handshake_failures_total "
+                   "there); prompts fail over (%s), reconnecting", p->addr,
+                   failover_name(r->cfg.failover));
+        }
+    }
+}
+
+void dec_remote_reload_keys(struct dec_remote *r)
+{
+    char err[512];
+    if (pd_keyring_reload(r->keyring, err, sizeof(err)) < 0)
+        pd_log(PD_LOG_ERR, "SIGHUP: keys not reloaded, the old ones stay: %s", err);
+    else
+        pd_log(PD_LOG_NOTICE, "SIGHUP: %zu keys loaded from %s (new sessions use key %s)",
+               pd_keyring_count(r->keyring), r->cfg.psk_file, r->key_id);
+}
+
+static int metrics_init(struct dec_remote *r, struct pd_metrics *m)
+{
+    static const double secs_b[] = {0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10,
+                                    30, 60};
+    r->m_bytes = pd_metrics_counter(m, "pdserve:kv_bytes_received_total", NULL,
+                                    "KV block bytes received from prefill peers and verified.");
+    r->m_blocks = pd_metrics_counter(m, "pdserve:kv_blocks_received_total", NULL,
+                                     "KV blocks received from prefill peers and verified.");
+    r->m_xfer = pd_metrics_histogram(m, "pdserve:kv_transfer_seconds",
+                                     "Remote prefill: PREFILL sent to DONE received.", secs_b,
+                                     sizeof(secs_b) / sizeof(*secs_b));
+    r->m_hs_ok = pd_metrics_counter(m, "pdserve:kv_handshakes_total", NULL,
+                                    "KV sessions authenticated.");
+    for (int i = 0; i < PD_KVX_HSF_N; i++) {
+        char labels[64];
+        snprintf(labels, sizeof(labels), "reason=\"%s\"", pd_kvx_hs_fail_name((unsigned)i));
+        r->m_hs_fail[i] = pd_metrics_counter(m, "pdserve:kv_handshake_failures_total", labels,
+                                             "KV handshakes refused, by reason.");
+    }
+    r->m_integrity = pd_metrics_counter(m, "pdserve:kv_integrity_failures_total", NULL,
+                                        "Block tags that did not verify.");
+    r->m_sessions = pd_metrics_gauge(m, "pdserve:kv_sessions", NULL,
+                                     "Authenticated KV sessions.");
+    for (int i = 0; i < FR_N; i++) {
+        char labels[64];
+        snprintf(labels, sizeof(labels), "reason=\"%s\"", fr_names[i]);
+        r->m_failover[i] = pd_metrics_counter(m, "pdserve:prefill_failovers_total", labels,
+                                              "Remote prefills that failed or could not start, "
+                                              "handed to --prefill-failover, by reason.");
+    }
+    for (unsigned i = 0; i < r->n_peers && i < MAX_PEER_GAUGES; i++) {
+        char labels[320], esc[300];
+        if (pd_metrics_escape(r->peers[i].addr, esc, sizeof(esc)) < 0)
+            continue;
+        snprintf(labels, sizeof(labels), "peer=\"%s\"", esc);
+        r->peers[i].up = pd_metrics_gauge(m, "pdserve:kv_peer_up", labels,
+                                          "Prefill peer with a session (1) or without (0).");
+    }
+    return r->m_failover[FR_N - 1] ? 0 : -ENOMEM;
+}
+
+/* ---- lifecycle ---- */
+
+int dec_remote_new(const struct dec_remote_cfg *cfg, struct event_base *base,
+                   struct pd_engine *engine, struct pd_metrics *metrics, struct dec_remote **out,
+                   char *err, size_t errlen)
+{
+    if (cfg->n_peers > DEC_REMOTE_MAX_PEERS) {
+        snprintf(err, errlen, "--prefill: at most %d peers", DEC_REMOTE_MAX_PEERS);
+        return -E2BIG;
+    }
+    if (!cfg->psk_file) {
+        snprintf(err, errlen, "--kv-psk-file is required with --prefill (the same key file "
+                 "as the prefill peers'; prefilld --gen-psk FILE makes one)");
+        return -EINVAL;
+    }
+    struct dec_remote *r = calloc(1, sizeof(*r));
+    if (!r || !(r->peers = calloc(cfg->n_peers, sizeof(*r->peers)))) {
+        free(r);
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    r->cfg = *cfg;
+    r->n_peers = cfg->n_peers;
+    struct pd_kvcache *kc = pd_engine_kvcache(engine);
+    r->block_size = pd_kvcache_layout(kc)->block_size;
+    r->block_bytes = pd_kvcache_block_bytes(kc);
+    r->n_vocab = pd_engine_n_vocab(engine);
+    pd_engine_kv_layout(engine, &r->layout);
+    int rc = pd_keyring_open(cfg->psk_file, &r->keyring, err, errlen);
+    if (rc < 0)
+        goto fail;
+    if (cfg->key_id) {
+        uint8_t key[PD_PSK_LEN];
+        if (pd_keyring_get(r->keyring, cfg->key_id, key, NULL) < 0) {
+            snprintf(err, errlen, "--kv-key-id %s: no such key in %s", cfg->key_id,
+                     cfg->psk_file);
+            rc = -ENOENT;
+            goto fail;
+        }
+        memset(key, 0, sizeof(key));
+        snprintf(r->key_id, sizeof(r->key_id), "%s", cfg->key_id);
+    } else if (pd_keyring_count(r->keyring) != 1) {
+        snprintf(err, errlen, "%s holds %zu keys: say which with --kv-key-id", cfg->psk_file,
+                 pd_keyring_count(r->keyring));
+        rc = -EINVAL;
+        goto fail;
+    } else if ((rc = pd_keyring_id_at(r->keyring, 0, r->key_id, sizeof(r->key_id))) < 0) {
+        snprintf(err, errlen, "%s: cannot read the key id", cfg->psk_file);
+        goto fail;
+    }
+    /* the key is pinned by id: a reload that adds the next key for a
+     * rotation must not leave kvx with a ring of two and no choice */
+    struct pd_kvx_params kp = {
+        .base = base, .role = PD_ROLE_D, .kv_ip = cfg->kv_ip, .data_port_lo = cfg->data_port_lo,
+        .data_port_hi = cfg->data_port_hi, .keyring = r->keyring, .key_id = r->key_id,
+        .layout = &r->layout, .pool = pd_kvcache_pool(kc), .pool_blocks = pd_kvcache_n_blocks(kc),
+        .crypto_threads = cfg->crypto_threads, .no_integrity = cfg->no_integrity,
+        .lease_ms = cfg->lease_ms, .handshake_ms = cfg->handshake_ms,
+        .request_deadline_ms = cfg->request_deadline_ms, .event = kvx_event, .arg = r};
+    if ((rc = pd_kvx_new(&kp, &r->kvx, err, errlen)) < 0)
+        goto fail;
+    for (unsigned i = 0; i < cfg->n_peers; i++) {
+        struct peer *p = &r->peers[i];
+        p->idx = i;
+        snprintf(p->addr, sizeof(p->addr), "%s", cfg->peers[i]);
+        char e2[256];
+        if ((rc = pd_kvx_peer_add(r->kvx, cfg->peers[i], &p->kp, e2, sizeof(e2))) < 0) {
+            snprintf(err, errlen, "--prefill %s: %s", cfg->peers[i], e2);
+            goto fail;
+        }
+    }
+    if ((rc = metrics_init(r, metrics)) < 0) {
+        snprintf(err, errlen, "too many metric series");
+        goto fail;
+    }
+    *out = r;
+    return 0;
+fail:
+    dec_remote_free(r);
+    return rc;
+}
+
+void dec_remote_set_sched(struct dec_remote *r, struct dec_sched *sched)
+{
+    if (r)
+        r->sched = sched;
+}
+
+struct dec_remote *dec_remote_free(struct dec_remote *r)
+{
+    if (!r)
+        return NULL;
+    r->kvx = pd_kvx_free(r->kvx); /* every receive over; no events */
+    while (r->inflight) {
+        struct rreq *q = r->inflight;
+        rreq_unlink(r, q);
+        dec_job_unref(q->job);
+        free(q);
+    }
+    pd_keyring_free(r->keyring);
+    free(r->peers);
+    free(r);
+    return NULL;
+}

@@ -1,0 +1,684 @@
+/* prefilld: the prefill daemon. It listens on --kv-ip:--kv-port for decode
+ * peers (common/kvx: authenticated sessions), computes the KV cache of the
+ * prompts they send (prefilld/sched: the compute thread), ships the blocks
+ * back as they become final, and answers with the first token. Thin: the
+ * work lives in common/.
+ *
+ * Threads: the loop (libevent: kvx, admin HTTP, signals, timers) and the
+ * compute thread; crypto workers inside kvx.
+ */
+#include "cfg.h"
+#include "engine.h"
+#include "http.h"
+#include "keyring.h"
+#include "kvx.h"
+#include "log.h"
+#include "metrics.h"
+#include "model.h"
+#include "notify.h"
+#include "scheduler.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/thread.h>
+#include <arpa/inet.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+struct pf_cfg {
+    char *model;
+    int load_format;
+    char *model_shape;
+    int64_t seed;
+    int device;
+    char *kv_ip;
+    int64_t kv_port;
+    char *kv_data_ports;
+    char *kv_psk_file;
+    int64_t kv_lease_ms;
+    int64_t kv_handshake_ms;
+    int64_t kv_crypto_threads;
+    bool kv_integrity;
+    int64_t kv_max_sessions;
+    uint64_t kv_cache_memory;
+    int64_t block_size;
+    int64_t max_num_batched_tokens;
+    int64_t max_model_len;
+    int64_t max_num_seqs;
+    int64_t max_waiting;
+    char *admin_host;
+    int64_t admin_port;
+    int64_t drain_timeout;
+    char *gen_psk;
+    int log_level;
+};
+
+static const char *const load_formats[] = {"auto", "gguf", "dummy", NULL};
+static const char *const devices[] = {"auto", "cpu", "cuda", NULL};
+static const char *const log_levels[] = {"error", "warning", "notice", "info", "debug", NULL};
+
+static const struct pd_cfg_opt options[] = {
+    PD_CFG_STR("model", struct pf_cfg, model, NULL, 4096, "GGUF model file"),
+    PD_CFG_ENUM("load-format", struct pf_cfg, load_format, "auto", load_formats,
+                "a GGUF file, or dummy weights of --model-shape"),
+    PD_CFG_STR("model-shape", struct pf_cfg, model_shape, NULL, 4096,
+               "dummy weights: preset name or JSON shape"),
+    PD_CFG_INT("seed", struct pf_cfg, seed, "0", 0, INT64_MAX, "dummy weights: seed"),
+    PD_CFG_ENUM("device", struct pf_cfg, device, "auto", devices,
+                "where the engine runs (auto: CUDA when usable, else the CPU)"),
+    PD_CFG_STR("kv-ip", struct pf_cfg, kv_ip, "127.0.0.1", 256,
+               "KV channel listen address (an interface's address; no wildcard unless written)"),
+    PD_CFG_INT("kv-port", struct pf_cfg, kv_port, "14579", 0, 65535,
+               "KV channel listen port (0: any)"),
+    PD_CFG_STR("kv-data-ports", struct pf_cfg, kv_data_ports, NULL, 32,
+               "UCX TCP data ports as LO-HI (default: UCX's choice)"),
+    PD_CFG_STR("kv-psk-file", struct pf_cfg, kv_psk_file, NULL, 4096,
+               "pre-shared key file or key directory (required)"),
+    PD_CFG_INT("kv-lease-ms", struct pf_cfg, kv_lease_ms, "3000", 100, 600000,
+               "a silent peer's session ends after this"),
+    PD_CFG_INT("kv-handshake-timeout-ms", struct pf_cfg, kv_handshake_ms, "2000", 100, 60000,
+               "a connection must authenticate within this"),
+    PD_CFG_INT("kv-crypto-threads", struct pf_cfg, kv_crypto_threads, "1", 1, 64,
+               "threads computing block tags"),
+    PD_CFG_BOOL("kv-integrity", struct pf_cfg, kv_integrity, "true",
+                "tag every KV block (off only for measured comparison; peers must agree)"),
+    PD_CFG_INT("kv-max-sessions", struct pf_cfg, kv_max_sessions, "64", 1, 4096,
+               "authenticated decode peers at once"),
+    PD_CFG_SIZE("kv-cache-memory", struct pf_cfg, kv_cache_memory, "1GiB", 1 << 20,
+                INT64_C(1) << 40, "KV pool size"),
+    PD_CFG_INT("block-size", struct pf_cfg, block_size, "16", 1, 1024, "tokens per KV block"),
+    PD_CFG_INT("max-num-batched-tokens", struct pf_cfg, max_num_batched_tokens, "2048", 1,
+               1 << 20, "prompt tokens per engine step (chunks of several requests)"),
+    PD_CFG_INT("max-model-len", struct pf_cfg, max_model_len, "0", 0, 1 << 24,
+               "longest prompt + 1; 0 = the model's context"),
+    PD_CFG_INT("max-num-seqs", struct pf_cfg, max_num_seqs, "16", 1, PD_ENGINE_MAX_BATCH_ITEMS,
+               "prefills running at once"),
+    PD_CFG_INT("max-waiting", struct pf_cfg, max_waiting, "256", 1, 1 << 20,
+               "prefills queued; PREFILL is refused (overloaded) past it"),
+    PD_CFG_STR("admin-host", struct pf_cfg, admin_host, "127.0.0.1", 256,
+               "admin (/health, /metrics) listen address"),
+    PD_CFG_INT("admin-port", struct pf_cfg, admin_port, "14580", 0, 65535,
+               "admin listen port (0: any)"),
+    PD_CFG_INT("drain-timeout", struct pf_cfg, drain_timeout, "30", 0, 86400,
+               "on SIGTERM, seconds running prefills get to finish"),
+    PD_CFG_STR("gen-psk", struct pf_cfg, gen_psk, NULL, 4096,
+               "write a new key file (id + key, mode 0600; never overwrites) and exit"),
+    PD_CFG_ENUM("log-level", struct pf_cfg, log_level, "info", log_levels, "log level"),
+    PD_CFG_END,
+};
+
+struct daemon {
+    struct pf_cfg *cfg;
+    struct event_base *base;
+    struct pd_engine *engine;
+    struct pd_keyring *keyring;
+    struct pd_kvx *kvx;
+    struct pf_sched *sched;
+    struct event *wake_ev, *drain_ev, *watchdog_ev, *status_ev;
+    struct evhttp *admin;
+    struct pd_metrics *metrics;
+    struct pd_metric *m_requests, *m_refused, *m_failed;
+    struct pd_metric *m_bytes, *m_blocks, *m_hs_ok, *m_hs_fail[PD_KVX_HSF_N], *m_integrity;
+    struct pd_metric *m_sessions;
+    struct pd_kvx_stats last; /* stats at the last scrape: counters advance by the delta */
+    struct pf_sched_metrics sm;
+    uint64_t watchdog_us;
+    uint32_t inflight; /* requests with a transfer handle */
+    bool draining;
+    struct pd_ratelimit rl_stall;
+};
+
+/* ---- compute thread -> loop ---- */
+
+static void wake(void *arg)
+{
+    struct daemon *d = arg;
+    event_active(d->wake_ev, EV_READ, 0);
+}
+
+static void sched_events(evutil_socket_t fd, short what, void *arg)
+{
+    struct daemon *d = arg;
+    char err[256];
+    (void)fd;
+    (void)what;
+    struct pf_event *e = pf_sched_take(d->sched);
+    while (e) {
+        struct pf_event *next = e->next;
+        struct pf_job *j = e->job;
+        struct pd_kvx_sreq *r = j->owner; /* NULL once its transfer ended */
+        if (e->type == PF_EV_RUN) {
+            if (!r || pd_kvx_send_run(r, e->first, e->blocks, e->n, err, sizeof(err)) < 0) {
+                /* the transfer is gone: nobody will read these blocks */
+                if (r) {
+                    pd_log(PD_LOG_INFO, "request %s: cannot send blocks: %s", j->xrid, err);
+                    pd_kvx_abort(r, PD_R_TRANSFER, "the send failed");
+                }
+                pf_sched_unref(d->sched, e->blocks, e->n);
+            }
+        } else if (e->type == PF_EV_DONE && r) {
+            struct pd_done dn = {.request_id = j->request_id, .epoch = j->epoch,
+                                 .n_prompt = j->n_tokens, .token = (uint32_t)e->token.token,
+                                 .logprob = e->token.logprob, .n_top = e->token.n_top};
+            for (uint32_t i = 0; i < dn.n_top; i++)
+                dn.top[i] = (struct pd_logprob){(uint32_t)e->token.top[i].token,
+                                                e->token.top[i].logprob};
+            if (pd_kvx_send_done(r, &dn, err, sizeof(err)) < 0) {
+                pd_log(PD_LOG_INFO, "request %s: cannot send DONE: %s", j->xrid, err);
+                pd_kvx_abort(r, PD_R_TRANSFER, "DONE could not be sent");
+            }
+        } else if (e->type == PF_EV_END && r) {
+            pd_metric_add(d->m_failed, 1);
+            pd_log(PD_LOG_INFO, "request %s: prefill ended: %s: %s", j->xrid,
+                   pd_reason_name((unsigned)e->reason), e->err);
+            pd_kvx_abort(r, e->reason, e->err);
+        }
+        pf_event_free(e);
+        e = next;
+    }
+}
+
+/* ---- KV channel events ---- */
+
+static int take_prefill(struct daemon *d, const struct pd_kvx_event *ev)
+{
+    const struct pd_prefill *p = ev->prefill;
+    const struct pd_kv_geom *g = pd_kvcache_layout(pd_engine_kvcache(d->engine));
+    char err[256];
+    if (p->block_size != g->block_size ||
+        p->n_blocks < (p->n_tokens + g->block_size - 1) / g->block_size) {
+        pd_kvx_abort(ev->sreq, PD_R_INVALID_REQUEST, "fewer blocks granted than the prompt needs");
+        return -EINVAL;
+    }
+    struct pf_job *j = pf_job_new();
+    if (!j || !(j->tokens = malloc((size_t)p->n_tokens * sizeof(*j->tokens)))) {
+        pf_job_unref(j);
+        pd_kvx_abort(ev->sreq, PD_R_OVERLOADED, "out of memory");
+        return -ENOMEM;
+    }
+    j->peer = (uint64_t)(uintptr_t)ev->session;
+    j->request_id = p->request_id;
+    j->epoch = p->epoch;
+    snprintf(j->xrid, sizeof(j->xrid), "%s", p->xrid);
+    j->n_tokens = p->n_tokens;
+    for (uint32_t i = 0; i < p->n_tokens; i++)
+        j->tokens[i] = (int32_t)pd_prefill_token(p, i);
+    j->sampling = (struct pd_sampling){
+        .temperature = p->temperature, .top_k = (int32_t)p->top_k, .top_p = p->top_p,
+        .min_p = p->min_p, .repetition_penalty = p->repetition_penalty,
+        .presence_penalty = p->presence_penalty, .frequency_penalty = p->frequency_penalty,
+        .seed = p->seed, .n_logprobs = p->n_logprobs};
+    j->t_arrival_ns = pf_now_ns();
+    uint32_t n_vocab = pd_engine_n_vocab(d->engine);
+    int rc = pd_sampling_validate(&j->sampling, n_vocab, err, sizeof(err));
+    for (uint32_t i = 0; rc == 0 && i < j->n_tokens; i++)
+        if ((uint32_t)j->tokens[i] >= n_vocab) {
+            snprintf(err, sizeof(err), "token %u at position %u is outside the vocabulary (%u)",
+                     (uint32_t)j->tokens[i], i, n_vocab);
+            rc = -EINVAL;
+        }
+    if (rc < 0) {
+        pd_kvx_abort(ev->sreq, PD_R_INVALID_REQUEST, err);
+        pf_job_unref(j);
+        return rc;
+    }
+    j->owner = ev->sreq;
+    rc = d->draining ? -ESHUTDOWN : pf_sched_submit(d->sched, j);
+    if (rc < 0) {
+        j->owner = NULL;
+        pd_metric_add(d->m_refused, 1);
+        pd_kvx_abort(ev->sreq,
+                     rc == -EAGAIN ? PD_R_OVERLOADED : rc == -E2BIG ? PD_R_TOO_LARGE
+                                                                    : PD_R_SHUTDOWN,
+                     rc == -EAGAIN ? "the prefill queue is full (--max-waiting)"
+                     : rc == -E2BIG ? "the prompt does not fit the KV pool or --max-model-len"
+                                    : "prefilld is stopping");
+        pf_job_unref(j);
+        return rc;
+    }
+    /* the loop's reference lives until the transfer's end (SREQ_END) */
+    pd_kvx_sreq_set_udata(ev->sreq, j);
+    d->inflight++;
+    pd_metric_add(d->m_requests, 1);
+    pd_log(PD_LOG_DEBUG, "request %s: %u prompt tokens from %s", j->xrid, j->n_tokens,
+           ev->peer_addr ? ev->peer_addr : "?");
+    return 0;
+}
+
+static void maybe_stop(struct daemon *d)
+{
+    if (d->draining && d->inflight == 0)
+        event_base_loopexit(d->base, NULL);
+}
+
+static void kvx_event(void *arg, const struct pd_kvx_event *ev)
+{
+    struct daemon *d = arg;
+    switch (ev->type) {
+    case PD_KVX_EV_SESSION_UP:
+        pd_log(PD_LOG_NOTICE, "KV session up: %s (key %s)", ev->peer_addr ? ev->peer_addr : "?",
+               ev->key_id ? ev->key_id : "?");
+        break;
+    case PD_KVX_EV_SESSION_DOWN:
+        pd_log(PD_LOG_NOTICE, "KV session down: %s: %s%s%s", ev->peer_addr ? ev->peer_addr : "?",
+               pd_reason_name((unsigned)ev->reason), ev->detail ? ": " : "",
+               ev->detail ? ev->detail : "");
+        break;
+    case PD_KVX_EV_PREFILL:
+        take_prefill(d, ev);
+        break;
+    case PD_KVX_EV_RUN_RELEASED:
+        pf_sched_unref(d->sched, ev->run_blocks, ev->run_n);
+        break;
+    case PD_KVX_EV_SREQ_END: {
+        struct pf_job *j = ev->udata;
+        if (j) {
+            j->owner = NULL;
+            pf_job_cancel(j); /* no-op when it already finished */
+            pf_job_unref(j);
+            d->inflight--;
+            maybe_stop(d);
+        }
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+/* ---- admin HTTP ---- */
+
+static void scrape_kvx(struct daemon *d)
+{
+    struct pd_kvx_stats s;
+    pd_kvx_get_stats(d->kvx, &s);
+    pd_metric_add(d->m_bytes, (double)(s.bytes_sent - d->last.bytes_sent));
+    pd_metric_add(d->m_blocks, (double)(s.blocks_sent - d->last.blocks_sent));
+    pd_metric_add(d->m_hs_ok, (double)(s.handshakes_ok - d->last.handshakes_ok));
+    for (int i = 0; i < PD_KVX_HSF_N; i++)
+        pd_metric_add(d->m_hs_fail[i], (double)(s.hs_fail[i] - d->last.hs_fail[i]));
+    pd_metric_add(d->m_integrity, (double)(s.integrity_failures - d->last.integrity_failures));
+    pd_metric_set(d->m_sessions, (double)s.sessions);
+    d->last = s;
+}
+
+static void admin_cb(struct evhttp_request *req, void *arg)
+{
+    struct daemon *d = arg;
+    const char *uri = evhttp_request_get_uri(req);
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
+        pd_http_error(req, 405, "invalid_request_error", NULL, NULL, "only GET here");
+        return;
+    }
+    if (strcmp(uri, "/health") == 0) {
+        static const char ok[] = "{\"status\":\"ok\"}", stopping[] = "{\"status\":\"stopping\"}";
+        if (d->draining)
+            pd_http_reply_json(req, 503, stopping, sizeof(stopping) - 1);
+        else
+            pd_http_reply_json(req, 200, ok, sizeof(ok) - 1);
+        return;
+    }
+    if (strcmp(uri, "/metrics") == 0) {
+        char *text;
+        size_t len;
+        scrape_kvx(d);
+        if (pd_metrics_render(d->metrics, &text, &len) < 0) {
+            pd_http_error(req, 503, "internal_error", NULL, NULL, "out of memory");
+            return;
+        }
+        pd_http_reply(req, 200, "text/plain; version=0.0.4", text, len);
+        free(text);
+        return;
+    }
+    pd_http_error(req, 404, "invalid_request_error", NULL, NULL, "no such path");
+}
+
+static int metrics_init(struct daemon *d)
+{
+    struct pd_metrics *m = d->metrics = pd_metrics_new("daemon", "prefilld");
+    if (!m)
+        return -ENOMEM;
+    static const double secs_b[] = {0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10,
+                                    30, 60};
+    static const double tok_b[] = {16, 64, 256, 512, 1024, 2048, 4096, 8192};
+    d->m_requests = pd_metrics_counter(m, "pdserve:prefill_requests_total", NULL,
+                                       "PREFILL requests accepted.");
+    d->m_refused = pd_metrics_counter(m, "pdserve:prefill_refused_total", NULL,
+                                      "PREFILL requests refused (queue full, too large, stopping).");
+    d->m_failed = pd_metrics_counter(m, "pdserve:prefill_failed_total", NULL,
+                                     "Accepted prefills that failed or were cancelled.");
+    d->sm.prompt_tokens = pd_metrics_counter(m, "pdserve:prompt_tokens_total", NULL,
+                                             "Prompt tokens prefilled.");
+    d->sm.running = pd_metrics_gauge(m, "pdserve:num_requests_running", NULL,
+                                     "Prefills holding KV blocks and computing.");
+    d->sm.waiting = pd_metrics_gauge(m, "pdserve:num_requests_waiting", NULL,
+                                     "Prefills queued.");
+    d->sm.kv_used = pd_metrics_gauge(m, "pdserve:kv_blocks_used", NULL,
+                                     "KV blocks allocated (computing or in flight).");
+    d->sm.kv_free = pd_metrics_gauge(m, "pdserve:kv_blocks_free", NULL, "KV blocks free.");
+    d->sm.queue_time = pd_metrics_histogram(m, "pdserve:request_queue_time_seconds",
+                                            "Time a prefill waited for admission.", secs_b,
+                                            sizeof(secs_b) / sizeof(*secs_b));
+    d->sm.prefill_time = pd_metrics_histogram(m, "pdserve:request_prefill_time_seconds",
+                                              "PREFILL received to first token.", secs_b,
+                                              sizeof(secs_b) / sizeof(*secs_b));
+    d->sm.batch_tokens = pd_metrics_histogram(m, "pdserve:batch_tokens",
+                                              "Prompt tokens in one engine step.", tok_b,
+                                              sizeof(tok_b) / sizeof(*tok_b));
+    d->m_bytes = pd_metrics_counter(m, "pdserve:kv_bytes_sent_total", NULL,
+                                    "KV block bytes sent.");
+    d->m_blocks = pd_metrics_counter(m, "pdserve:kv_blocks_sent_total", NULL, "KV blocks sent.");
+    d->m_hs_ok = pd_metrics_counter(m, "pdserve:kv_handshakes_total", NULL,
+                                    "KV sessions authenticated.");
+    for (int i = 0; i < PD_KVX_HSF_N; i++) {
+        char labels[64];
+        snprintf(labels, sizeof(labels), "reason=\"%s\"", pd_kvx_hs_fail_name((unsigned)i));
+        d->m_hs_fail[i] = pd_metrics_counter(m, "pdserve:kv_handshake_failures_total", labels,
+                                             "KV handshakes refused, by reason.");
+    }
+    d->m_integrity = pd_metrics_counter(m, "pdserve:kv_integrity_failures_total", NULL,
+                                        "Block tags that did not verify.");
+    d->m_sessions = pd_metrics_gauge(m, "pdserve:kv_sessions", NULL,
+                                     "Authenticated KV sessions.");
+    return 0;
+}
+
+/* ---- signals, watchdog, status ---- */
+
+static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct daemon *d = arg;
+    (void)fd;
+    (void)what;
+    uint64_t age_ns = pf_now_ns() - pf_sched_heartbeat_ns(d->sched);
+    if (age_ns < d->watchdog_us * 1000u)
+        pd_notify_watchdog();
+    else
+        pd_log_ratelimited(&d->rl_stall, PD_LOG_WARN,
+                           "compute thread silent for %.1fs; not feeding the watchdog",
+                           (double)age_ns * 1e-9);
+}
+
+static void status_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct daemon *d = arg;
+    uint32_t waiting, running;
+    struct pd_kvx_stats s;
+    (void)fd;
+    (void)what;
+    pf_sched_counts(d->sched, &waiting, &running);
+    pd_kvx_get_stats(d->kvx, &s);
+    pd_notify_status("%s: %" PRIu64 " sessions, %u prefilling, %u waiting",
+                     d->draining ? "draining" : "serving", s.sessions, running, waiting);
+}
+
+static void drain_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct daemon *d = arg;
+    (void)fd;
+    (void)what;
+    pd_log(PD_LOG_NOTICE, "drain timeout: cutting %u prefills still running", d->inflight);
+    event_base_loopexit(d->base, NULL);
+}
+
+static void signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+    struct daemon *d = arg;
+    char err[512];
+    (void)what;
+    if (sig == SIGHUP) {
+        pd_notify_reloading();
+        if (pd_keyring_reload(d->keyring, err, sizeof(err)) < 0)
+            pd_log(PD_LOG_ERR, "SIGHUP: keys not reloaded, the old ones stay: %s", err);
+        else
+            pd_log(PD_LOG_NOTICE, "SIGHUP: %zu keys loaded from %s",
+                   pd_keyring_count(d->keyring), d->cfg->kv_psk_file);
+        pd_notify_ready();
+        return;
+    }
+    if (d->draining) {
+        pd_log(PD_LOG_NOTICE, "%s again: stopping now", strsignal((int)sig));
+        event_base_loopexit(d->base, NULL);
+        return;
+    }
+    d->draining = true;
+    pd_notify_stopping();
+    pd_log(PD_LOG_NOTICE, "%s: stopping; %u prefills running, draining for up to %" PRId64 "s",
+           strsignal((int)sig), d->inflight, d->cfg->drain_timeout);
+    struct timeval tv = {.tv_sec = d->cfg->drain_timeout};
+    event_add(d->drain_ev, &tv);
+    maybe_stop(d);
+}
+
+/* ---- start-up ---- */
+
+static int parse_ports(const char *s, uint16_t *lo, uint16_t *hi, char *err, size_t errlen)
+{
+    unsigned a, b;
+    int n = 0;
+    if (!s) {
+        *lo = *hi = 0;
+        return 0;
+    }
+    if (sscanf(s, "%u-%u%n", &a, &b, &n) != 2 || s[n] || a < 1 || b > 65535 || a > b) {
+        snprintf(err, errlen, "--kv-data-ports: \"%s\" is not LO-HI with 1 <= LO <= HI <= 65535",
+                 s);
+        return -EINVAL;
+    }
+    *lo = (uint16_t)a;
+    *hi = (uint16_t)b;
+    return 0;
+}
+
+static int run(struct daemon *d)
+{
+    struct pf_cfg *c = d->cfg;
+    char err[512];
+    struct event *sigs[3] = {0};
+    static const int signums[3] = {SIGTERM, SIGINT, SIGHUP};
+    struct pd_kv_layout layout;
+    uint16_t lo, hi;
+    int rc = 1;
+
+    if (parse_ports(c->kv_data_ports, &lo, &hi, err, sizeof(err)) < 0)
+        goto fail;
+    if (evthread_use_pthreads() < 0 || !(d->base = event_base_new()) || metrics_init(d) < 0) {
+        snprintf(err, sizeof(err), "cannot set up libevent");
+        goto fail;
+    }
+    pd_engine_kv_layout(d->engine, &layout);
+    d->watchdog_us = pd_notify_watchdog_usec();
+    uint64_t tick_ms = d->watchdog_us ? d->watchdog_us / 4000u : 1000;
+    tick_ms = tick_ms < 1 ? 1 : tick_ms > 1000 ? 1000 : tick_ms;
+    struct pf_sched_params sp = {.engine = d->engine, .max_waiting = (uint32_t)c->max_waiting,
+                                 .max_running = (uint32_t)c->max_num_seqs,
+                                 .idle_tick_ms = (uint32_t)tick_ms,
+                                 .metrics = d->sm, .notify = wake, .notify_arg = d};
+    if (pf_sched_new(&sp, &d->sched, err, sizeof(err)) < 0)
+        goto fail;
+    if (!(d->wake_ev = event_new(d->base, -1, EV_PERSIST, sched_events, d)) ||
+        !(d->drain_ev = evtimer_new(d->base, drain_deadline_cb, d)) ||
+        !(d->status_ev = event_new(d->base, -1, EV_PERSIST, status_cb, d))) {
+        snprintf(err, sizeof(err), "out of memory");
+        goto fail;
+    }
+    struct pd_kvx_params kp = {
+        .base = d->base, .role = PD_ROLE_P, .kv_ip = c->kv_ip, .kv_port = (uint16_t)c->kv_port,
+        .data_port_lo = lo, .data_port_hi = hi, .keyring = d->keyring, .layout = &layout,
+        .pool = pd_kvcache_pool(pd_engine_kvcache(d->engine)),
+        .pool_blocks = pd_kvcache_n_blocks(pd_engine_kvcache(d->engine)),
+        .crypto_threads = (unsigned)c->kv_crypto_threads, .no_integrity = !c->kv_integrity,
+        .lease_ms = (uint32_t)c->kv_lease_ms, .handshake_ms = (uint32_t)c->kv_handshake_ms,
+        .max_sessions = (unsigned)c->kv_max_sessions, .event = kvx_event, .arg = d};
+    if (pd_kvx_new(&kp, &d->kvx, err, sizeof(err)) < 0)
+        goto fail;
+    for (int i = 0; i < 3; i++)
+        if (!(sigs[i] = evsignal_new(d->base, signums[i], signal_cb, d)) ||
+            event_add(sigs[i], NULL) < 0) {
+            snprintf(err, sizeof(err), "cannot handle signals");
+            goto fail;
+        }
+    if (!(d->admin = evhttp_new(d->base))) {
+        snprintf(err, sizeof(err), "out of memory");
+        goto fail;
+    }
+    evhttp_set_gencb(d->admin, admin_cb, d);
+    evhttp_set_timeout(d->admin, 30);
+    evhttp_set_max_body_size(d->admin, 4096);
+    struct evhttp_bound_socket *admin_sock =
+        evhttp_bind_socket_with_handle(d->admin, c->admin_host, (uint16_t)c->admin_port);
+    if (!admin_sock) {
+        snprintf(err, sizeof(err), "cannot listen on %s:%" PRId64 " (admin address): %s",
+                 c->admin_host, c->admin_port, strerror(errno));
+        goto fail;
+    }
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    unsigned admin_port = (unsigned)c->admin_port;
+    if (getsockname(evhttp_bound_socket_get_fd(admin_sock), (struct sockaddr *)&ss, &sl) == 0)
+        admin_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                     : ((struct sockaddr_in *)&ss)->sin_port);
+    if (pd_kvx_listen(d->kvx, err, sizeof(err)) < 0 || pf_sched_start(d->sched, err, sizeof(err)) < 0)
+        goto fail;
+    if (d->watchdog_us) {
+        struct timeval tv = {.tv_sec = (time_t)(d->watchdog_us / 2000000u),
+                             .tv_usec = (suseconds_t)(d->watchdog_us / 2 % 1000000u)};
+        if (!(d->watchdog_ev = event_new(d->base, -1, EV_PERSIST, watchdog_cb, d)) ||
+            event_add(d->watchdog_ev, &tv) < 0) {
+            snprintf(err, sizeof(err), "cannot arm the watchdog timer");
+            goto fail;
+        }
+        pd_notify_watchdog();
+    }
+    struct timeval st = {.tv_sec = 10};
+    event_add(d->status_ev, &st);
+    char fp[2 * PD_MODEL_FP_LEN + 1];
+    pd_model_fingerprint_hex(pd_engine_model(d->engine), fp);
+    pd_log(PD_LOG_NOTICE, "listening on %s:%u (KV channel; model %.16s, %zu keys)", c->kv_ip,
+           pd_kvx_port(d->kvx), fp, pd_keyring_count(d->keyring));
+    pd_log(PD_LOG_NOTICE, "listening on %s:%u (admin)", c->admin_host, admin_port);
+    pd_notify_ready();
+    pd_notify_status("serving");
+
+    event_base_dispatch(d->base);
+
+    pf_sched_stop(d->sched);
+    pd_log(PD_LOG_NOTICE, "stopped");
+    rc = 0;
+    goto out;
+fail:
+    pd_log(PD_LOG_ERR, "%s", err);
+    pd_notify_status("failed: %s", err);
+out:
+    if (d->sched)
+        pf_sched_stop(d->sched);
+    /* kvx first: it delivers no more events, and its transfers are over, so
+     * the scheduler can take back every block */
+    d->kvx = pd_kvx_free(d->kvx);
+    if (d->sched) {
+        sched_events(-1, 0, d); /* the last events: their blocks go back */
+        d->sched = pf_sched_free(d->sched);
+    }
+    if (d->admin)
+        evhttp_free(d->admin);
+    for (int i = 0; i < 3; i++)
+        if (sigs[i])
+            event_free(sigs[i]);
+    if (d->wake_ev)
+        event_free(d->wake_ev);
+    if (d->drain_ev)
+        event_free(d->drain_ev);
+    if (d->status_ev)
+        event_free(d->status_ev);
+    if (d->watchdog_ev)
+        event_free(d->watchdog_ev);
+    pd_metrics_free(d->metrics);
+    if (d->base)
+        event_base_free(d->base);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    struct pf_cfg c;
+    struct pd_cfg_args a;
+    char err[512];
+    int rc;
+
+    pd_log_init("prefilld");
+    rc = pd_cfg_parse(options, &c, argc, argv, &a, err, sizeof(err));
+    if (rc < 0 || a.n_positional > 1) {
+        fprintf(stderr, "prefilld: %s\n", rc < 0 ? err : "at most one model file");
+        pd_cfg_done(options, &c);
+        return 2;
+    }
+    if (rc == PD_CFG_HELP || rc == PD_CFG_PRINT || rc == PD_CFG_VERSION) {
+        if (rc == PD_CFG_HELP)
+            pd_cfg_help(options, "prefilld", "[OPTIONS] [MODEL.gguf]", stdout);
+        else if (rc == PD_CFG_VERSION)
+            pd_cfg_version("prefilld", stdout);
+        else
+            pd_cfg_print(options, &c, stdout);
+        pd_cfg_done(options, &c);
+        return 0;
+    }
+    pd_log_set_level(PD_LOG_ERR + c.log_level);
+    if (c.gen_psk) {
+        char id[PD_KEY_ID_MAX + 1];
+        rc = pd_keyring_generate(c.gen_psk, NULL, id, err, sizeof(err));
+        if (rc < 0)
+            fprintf(stderr, "prefilld: %s\n", err);
+        else
+            printf("wrote key %s to %s (mode 0600); give the same file to decoded\n", id,
+                   c.gen_psk);
+        pd_cfg_done(options, &c);
+        return rc < 0 ? 1 : 0;
+    }
+    signal(SIGPIPE, SIG_IGN);
+
+    struct daemon d = {.cfg = &c, .rl_stall = PD_RATELIMIT_INIT(10000, 1)};
+    struct pd_model *m = NULL;
+    int exit_code = 1;
+    if (!c.kv_psk_file) {
+        snprintf(err, sizeof(err), "--kv-psk-file is required (make one with --gen-psk FILE)");
+        goto fail;
+    }
+    if (pd_keyring_open(c.kv_psk_file, &d.keyring, err, sizeof(err)) < 0)
+        goto fail;
+    if (c.device == 2) {
+        snprintf(err, sizeof(err), "--device cuda: the GPU engine is not built yet; use cpu");
+        goto fail;
+    }
+    if (c.device == 0)
+        pd_log(PD_LOG_INFO, "--device auto: the CPU (the GPU engine is not built yet)");
+    struct pd_model_params mp = {.path = a.n_positional ? a.positional[0] : c.model,
+                                 .load_format = (enum pd_load_format)c.load_format,
+                                 .shape = c.model_shape, .seed = (uint64_t)c.seed};
+    pd_notify_status("loading model %s", mp.path ? mp.path : mp.shape ? mp.shape : "?");
+    if (pd_model_load(&mp, &m, err, sizeof(err)) < 0)
+        goto fail;
+    struct pd_engine_params ep = {.model = m, .kv_cache_bytes = c.kv_cache_memory,
+                                  .block_size = (uint32_t)c.block_size,
+                                  .max_batched_tokens = (uint32_t)c.max_num_batched_tokens,
+                                  .max_model_len = (uint32_t)c.max_model_len,
+                                  .max_batch_items = (uint32_t)c.max_num_seqs};
+    if (pd_engine_new(&ep, &d.engine, err, sizeof(err)) < 0)
+        goto fail;
+    exit_code = run(&d);
+    goto out;
+fail:
+    pd_log(PD_LOG_ERR, "%s", err);
+    pd_notify_status("failed: %s", err);
+out:
+    pd_engine_free(d.engine);
+    pd_model_free(m);
+    pd_keyring_free(d.keyring);
+    pd_cfg_done(options, &c);
+    return exit_code;
+}

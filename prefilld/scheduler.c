@@ -1,0 +1,623 @@
+#include "scheduler.h"
+
+#include "metrics.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* A batch of block ids whose transfer ended, waiting for the compute thread
+ * (the pool is its alone). */
+struct unref_list {
+    struct unref_list *next;
+    uint32_t n;
+    uint32_t blocks[];
+};
+
+/* When each decode peer was last served: the fairness order. */
+struct peer_mark {
+    uint64_t peer, last;
+};
+
+struct pf_sched {
+    struct pf_sched_params p;
+    struct pd_kvcache *kc;
+    struct pd_sampler *sampler;
+    uint32_t n_vocab, block_size, max_model_len, max_batched;
+    float *logits; /* (max_running, n_vocab) */
+    struct pd_batch_item *items; /* (max_running) */
+    struct pf_job **item_job; /* (max_running) */
+    struct pf_job **active; /* (max_running) admitted jobs */
+    uint32_t n_active;
+    struct peer_mark *marks; /* (max_waiting + max_running) */
+    uint32_t n_marks;
+    uint64_t tick; /* steps taken */
+
+    pthread_t thread;
+    bool started;
+    pthread_mutex_t mu; /* queue, unrefs, stop */
+    pthread_cond_t cv;
+    struct pf_job *q_head, *q_tail;
+    uint32_t n_queued;
+    struct unref_list *unrefs;
+    atomic_uint n_running;
+    bool stop;
+
+    pthread_mutex_t out_mu;
+    struct pf_event *ev_head, *ev_tail;
+
+    _Atomic uint64_t heartbeat_ns;
+};
+
+uint64_t pf_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static double secs(uint64_t a, uint64_t b) { return b > a ? (double)(b - a) * 1e-9 : 0.0; }
+
+struct pf_job *pf_job_new(void)
+{
+    struct pf_job *j = calloc(1, sizeof(*j));
+    if (j) {
+        atomic_init(&j->refs, 1);
+        atomic_init(&j->cancelled, false);
+        pd_kvseq_init(&j->seq);
+    }
+    return j;
+}
+
+void pf_job_ref(struct pf_job *j) { atomic_fetch_add(&j->refs, 1); }
+
+void pf_job_unref(struct pf_job *j)
+{
+    if (!j || atomic_fetch_sub(&j->refs, 1) != 1)
+        return;
+    free(j->tokens);
+    free(j);
+}
+
+void pf_job_cancel(struct pf_job *j) { atomic_store(&j->cancelled, true); }
+
+void pf_event_free(struct pf_event *e)
+{
+    if (!e)
+        return;
+    pf_job_unref(e->job);
+    free(e->blocks);
+    free(e);
+}
+
+/* ---- events ---- */
+
+/* Events must not be lost (a lost END leaves a transfer handle forever, a
+ * lost RUN leaks blocks), so allocation retries: they are small and memory
+ * pressure passes. */
+static struct pf_event *event_new(struct pf_job *j, enum pf_event_type type, uint32_t n_blocks)
+{
+    struct pf_event *e;
+    while (!(e = calloc(1, sizeof(*e))) ||
+           (n_blocks && !(e->blocks = malloc((size_t)n_blocks * sizeof(*e->blocks))))) {
+        free(e);
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    pf_job_ref(j);
+    e->job = j;
+    e->type = type;
+    return e;
+}
+
+static void post(struct pf_sched *s, struct pf_event *e)
+{
+    pthread_mutex_lock(&s->out_mu);
+    if (s->ev_tail)
+        s->ev_tail->next = e;
+    else
+        s->ev_head = e;
+    s->ev_tail = e;
+    pthread_mutex_unlock(&s->out_mu);
+    s->p.notify(s->p.notify_arg);
+}
+
+struct pf_event *pf_sched_take(struct pf_sched *s)
+{
+    pthread_mutex_lock(&s->out_mu);
+    struct pf_event *e = s->ev_head;
+    s->ev_head = s->ev_tail = NULL;
+    pthread_mutex_unlock(&s->out_mu);
+    return e;
+}
+
+/* The job's prefill is over: its sequence goes (blocks in flight keep their
+ * transfer references), the compute thread's reference too. */
+static void end_job(struct pf_sched *s, struct pf_job *j, struct pf_event *e)
+{
+    pd_engine_seq_release(s->p.engine, &j->seq);
+    post(s, e);
+    pf_job_unref(j);
+}
+
+static void fail_job(struct pf_sched *s, struct pf_job *j, int reason, const char *err)
+{
+    struct pf_event *e = event_new(j, PF_EV_END, 0);
+    e->reason = reason;
+    snprintf(e->err, sizeof(e->err), "%s", err ? err : "");
+    end_job(s, j, e);
+}
+
+/* ---- fairness ---- */
+
+static struct peer_mark *mark_of(struct pf_sched *s, uint64_t peer)
+{
+    for (uint32_t i = 0; i < s->n_marks; i++)
+        if (s->marks[i].peer == peer)
+            return &s->marks[i];
+    return NULL;
+}
+
+/* Forget peers with no job left, so the table stays bounded by the jobs. */
+static void marks_gc(struct pf_sched *s)
+{
+    for (uint32_t i = 0; i < s->n_marks;) {
+        bool used = false;
+        for (uint32_t k = 0; k < s->n_active && !used; k++)
+            used = s->active[k]->peer == s->marks[i].peer;
+        pthread_mutex_lock(&s->mu);
+        for (struct pf_job *j = s->q_head; j && !used; j = j->next)
+            used = j->peer == s->marks[i].peer;
+        pthread_mutex_unlock(&s->mu);
+        if (used)
+            i++;
+        else
+            s->marks[i] = s->marks[--s->n_marks];
+    }
+}
+
+static uint64_t last_served(struct pf_sched *s, uint64_t peer)
+{
+    struct peer_mark *m = mark_of(s, peer);
+    return m ? m->last : 0;
+}
+
+static void served(struct pf_sched *s, uint64_t peer)
+{
+    struct peer_mark *m = mark_of(s, peer);
+    if (!m && s->n_marks < s->p.max_waiting + s->p.max_running) {
+        m = &s->marks[s->n_marks++];
+        m->peer = peer;
+    }
+    if (m)
+        m->last = s->tick;
+}
+
+/* ---- admission: a job takes every block of its prompt at once, so an
+ * admitted job always finishes (two half-done prompts can never deadlock
+ * over the rest of the pool). Blocks come back as transfers end. ---- */
+
+static void update_gauges(struct pf_sched *s)
+{
+    uint32_t total = pd_kvcache_n_blocks(s->kc), free_ = pd_kvcache_n_free(s->kc);
+    pd_metric_set(s->p.metrics.running, s->n_active);
+    pd_metric_set(s->p.metrics.kv_used, total - free_);
+    pd_metric_set(s->p.metrics.kv_free, free_);
+    pthread_mutex_lock(&s->mu);
+    pd_metric_set(s->p.metrics.waiting, s->n_queued);
+    pthread_mutex_unlock(&s->mu);
+    atomic_store(&s->n_running, s->n_active);
+}
+
+/* The queued job to admit next: cancelled ones first (to drop them), then
+ * the one whose peer was served least recently, oldest first among equals. */
+static struct pf_job *pick_queued(struct pf_sched *s)
+{
+    struct pf_job *best = NULL;
+    uint64_t best_last = UINT64_MAX;
+    pthread_mutex_lock(&s->mu);
+    for (struct pf_job *j = s->q_head; j; j = j->next) {
+        if (atomic_load(&j->cancelled)) {
+            best = j;
+            break;
+        }
+        uint64_t last = last_served(s, j->peer);
+        if (last < best_last) {
+            best = j;
+            best_last = last;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return best;
+}
+
+static void dequeue(struct pf_sched *s, struct pf_job *j)
+{
+    pthread_mutex_lock(&s->mu);
+    struct pf_job **pp = &s->q_head, *prev = NULL;
+    while (*pp && *pp != j) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    if (*pp) {
+        *pp = j->next;
+        if (s->q_tail == j)
+            s->q_tail = prev;
+        s->n_queued--;
+    }
+    pthread_mutex_unlock(&s->mu);
+    j->next = NULL;
+}
+
+static void admit(struct pf_sched *s)
+{
+    struct pf_job *j;
+    while ((j = pick_queued(s))) {
+        if (atomic_load(&j->cancelled)) {
+            dequeue(s, j);
+            fail_job(s, j, PD_R_CANCELLED, "cancelled while queued");
+            continue;
+        }
+        if (s->n_active == s->p.max_running)
+            return;
+        /* blocks first: a job that does not fit waits for transfers to end
+         * (the loop's unrefs), and jobs behind it wait too (FIFO per fairness
+         * order: a small job does not starve a large one) */
+        if (pd_kvseq_reserve(s->kc, &j->seq, j->n_tokens) < 0)
+            return;
+        dequeue(s, j);
+        pd_metric_observe(s->p.metrics.queue_time, secs(j->t_arrival_ns, pf_now_ns()));
+        served(s, j->peer);
+        s->active[s->n_active++] = j;
+    }
+}
+
+/* ---- unrefs from the loop ---- */
+
+static void apply_unrefs(struct pf_sched *s)
+{
+    pthread_mutex_lock(&s->mu);
+    struct unref_list *u = s->unrefs;
+    s->unrefs = NULL;
+    pthread_mutex_unlock(&s->mu);
+    while (u) {
+        struct unref_list *next = u->next;
+        for (uint32_t i = 0; i < u->n; i++)
+            pd_kvcache_unref(s->kc, u->blocks[i]); /* -EINVAL (a bug) changes nothing */
+        free(u);
+        u = next;
+    }
+}
+
+int pf_sched_unref(struct pf_sched *s, const uint32_t *blocks, uint32_t n)
+{
+    if (n == 0)
+        return 0;
+    struct unref_list *u = malloc(sizeof(*u) + (size_t)n * sizeof(*blocks));
+    if (!u)
+        return -ENOMEM;
+    u->n = n;
+    memcpy(u->blocks, blocks, (size_t)n * sizeof(*blocks));
+    pthread_mutex_lock(&s->mu);
+    u->next = s->unrefs;
+    s->unrefs = u;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+/* ---- one step ---- */
+
+static void drop_active(struct pf_sched *s, uint32_t i)
+{
+    memmove(&s->active[i], &s->active[i + 1], (s->n_active - i - 1) * sizeof(*s->active));
+    s->n_active--;
+}
+
+/* Blocks [n_sent_blocks, final) as a RUN, each with a transfer reference. */
+static void post_run(struct pf_sched *s, struct pf_job *j, bool last)
+{
+    uint32_t final = last ? j->seq.n_blocks : j->seq.n_tokens / s->block_size;
+    if (final <= j->n_sent_blocks)
+        return;
+    uint32_t n = final - j->n_sent_blocks;
+    struct pf_event *e = event_new(j, PF_EV_RUN, n);
+    e->first = j->n_sent_blocks;
+    e->n = n;
+    for (uint32_t i = 0; i < n; i++) {
+        e->blocks[i] = j->seq.blocks[e->first + i];
+        pd_kvcache_ref(s->kc, e->blocks[i]);
+    }
+    j->n_sent_blocks = final;
+    post(s, e);
+}
+
+/* Active jobs in fairness order (least recently served peer first, then
+ * admission order): a stable insertion sort of a short array. */
+static void order_active(struct pf_sched *s)
+{
+    for (uint32_t i = 1; i < s->n_active; i++) {
+        struct pf_job *j = s->active[i];
+        uint64_t lj = last_served(s, j->peer);
+        uint32_t k = i;
+        while (k > 0 && last_served(s, s->active[k - 1]->peer) > lj) {
+            s->active[k] = s->active[k - 1];
+            k--;
+        }
+        s->active[k] = j;
+    }
+}
+
+static void step(struct pf_sched *s)
+{
+    char err[256];
+    uint32_t n = 0, budget = s->max_batched, tokens = 0;
+
+    apply_unrefs(s);
+    for (uint32_t i = 0; i < s->n_active;) {
+        struct pf_job *j = s->active[i];
+        if (atomic_load(&j->cancelled)) {
+            drop_active(s, i);
+            fail_job(s, j, PD_R_CANCELLED, "cancelled");
+        } else {
+            i++;
+        }
+    }
+    admit(s);
+    order_active(s);
+    s->tick++;
+    for (uint32_t i = 0; i < s->n_active && budget > 0; i++) {
+        struct pf_job *j = s->active[i];
+        uint32_t done = j->seq.n_tokens, chunk = j->n_tokens - done;
+        if (chunk > budget)
+            chunk = budget;
+        s->items[n] = (struct pd_batch_item){.seq = &j->seq, .tokens = j->tokens + done,
+                                             .n_tokens = chunk,
+                                             .n_logits = done + chunk == j->n_tokens,
+                                             .logits = s->logits + (size_t)n * s->n_vocab};
+        s->item_job[n++] = j;
+        budget -= chunk;
+        tokens += chunk;
+        served(s, j->peer);
+    }
+    update_gauges(s);
+    if (n == 0)
+        return;
+    int rc = pd_engine_step(s->p.engine, s->items, n, err, sizeof(err));
+    atomic_store(&s->heartbeat_ns, pf_now_ns());
+    pd_metric_observe(s->p.metrics.batch_tokens, rc < 0 ? 0 : tokens);
+    for (uint32_t i = 0; i < n; i++) {
+        struct pf_job *j = s->item_job[i];
+        const struct pd_batch_item *it = &s->items[i];
+        uint32_t k = 0;
+        while (s->active[k] != j)
+            k++;
+        if (rc < 0) {
+            drop_active(s, k);
+            fail_job(s, j, PD_R_COMPUTE, err);
+            continue;
+        }
+        bool last = it->n_logits == 1;
+        post_run(s, j, last);
+        if (!last)
+            continue;
+        struct pf_event *e = event_new(j, PF_EV_DONE, 0);
+        drop_active(s, k);
+        pd_metric_add(s->p.metrics.prompt_tokens, j->n_tokens);
+        pd_metric_observe(s->p.metrics.prefill_time, secs(j->t_arrival_ns, pf_now_ns()));
+        if (pd_sample(s->sampler, &j->sampling, it->logits, j->tokens, j->n_tokens, NULL, 0,
+                      &e->token) < 0) {
+            e->type = PF_EV_END;
+            e->reason = PD_R_INVALID_REQUEST;
+            snprintf(e->err, sizeof(e->err), "invalid sampling parameters");
+        }
+        end_job(s, j, e);
+    }
+    update_gauges(s);
+}
+
+static bool has_work(struct pf_sched *s)
+{
+    if (s->unrefs || s->n_active)
+        return true;
+    /* queued jobs are work only when one could be admitted: otherwise wait
+     * for an unref (which signals) instead of spinning */
+    return s->q_head && (s->n_active < s->p.max_running || atomic_load(&s->q_head->cancelled));
+}
+
+static void cut_all(struct pf_sched *s);
+
+static void *run(void *arg)
+{
+    struct pf_sched *s = arg;
+    uint64_t steps = 0;
+    for (;;) {
+        atomic_store(&s->heartbeat_ns, pf_now_ns());
+        pthread_mutex_lock(&s->mu);
+        if (!s->stop && !has_work(s)) {
+            uint64_t tick = s->p.idle_tick_ms ? s->p.idle_tick_ms : 1000;
+            uint64_t until = pf_now_ns() + tick * 1000000u;
+            struct timespec ts = {.tv_sec = (time_t)(until / 1000000000u),
+                                  .tv_nsec = (long)(until % 1000000000u)};
+            pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+        }
+        bool stop = s->stop;
+        pthread_mutex_unlock(&s->mu);
+        if (stop)
+            break;
+        uint32_t before = pd_kvcache_n_free(s->kc);
+        step(s);
+        /* a queue that cannot be admitted (pool full of blocks in flight)
+         * makes no step: sleep until an unref or a tick instead of spinning */
+        if (s->n_active == 0 && pd_kvcache_n_free(s->kc) == before) {
+            pthread_mutex_lock(&s->mu);
+            if (!s->stop && !s->unrefs) {
+                uint64_t until = pf_now_ns() + 50000000u;
+                struct timespec ts = {.tv_sec = (time_t)(until / 1000000000u),
+                                      .tv_nsec = (long)(until % 1000000000u)};
+                pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+            }
+            pthread_mutex_unlock(&s->mu);
+        }
+        if (++steps % 64 == 0)
+            marks_gc(s);
+    }
+    cut_all(s);
+    return NULL;
+}
+
+/* Stopping: what runs or waits ends with SHUTDOWN (its events queued). */
+static void cut_all(struct pf_sched *s)
+{
+    while (s->n_active > 0) {
+        struct pf_job *j = s->active[--s->n_active];
+        fail_job(s, j, PD_R_SHUTDOWN, "prefilld is stopping");
+    }
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        struct pf_job *j = s->q_head;
+        if (j) {
+            s->q_head = j->next;
+            s->n_queued--;
+        }
+        if (!s->q_head)
+            s->q_tail = NULL;
+        pthread_mutex_unlock(&s->mu);
+        if (!j)
+            break;
+        fail_job(s, j, PD_R_SHUTDOWN, "prefilld is stopping");
+    }
+    apply_unrefs(s);
+    update_gauges(s);
+}
+
+int pf_sched_new(const struct pf_sched_params *p, struct pf_sched **out, char *err,
+                 size_t errlen)
+{
+    struct pf_sched *s = calloc(1, sizeof(*s));
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    s->p = *p;
+    s->kc = pd_engine_kvcache(p->engine);
+    s->n_vocab = pd_engine_n_vocab(p->engine);
+    s->block_size = pd_kvcache_layout(s->kc)->block_size;
+    s->max_model_len = pd_engine_max_model_len(p->engine);
+    s->max_batched = pd_engine_max_batched_tokens(p->engine);
+    uint32_t m = p->max_running;
+    s->logits = malloc((size_t)m * s->n_vocab * sizeof(float));
+    s->items = calloc(m, sizeof(*s->items));
+    s->item_job = calloc(m, sizeof(*s->item_job));
+    s->active = calloc(m, sizeof(*s->active));
+    s->marks = calloc((size_t)p->max_waiting + m, sizeof(*s->marks));
+    s->sampler = pd_sampler_new(s->n_vocab);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->out_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    atomic_init(&s->heartbeat_ns, pf_now_ns());
+    if (!s->logits || !s->items || !s->item_job || !s->active || !s->marks || !s->sampler) {
+        pf_sched_free(s);
+        snprintf(err, errlen, "out of memory for %u prefills of %u logits", m, s->n_vocab);
+        return -ENOMEM;
+    }
+    *out = s;
+    return 0;
+}
+
+int pf_sched_start(struct pf_sched *s, char *err, size_t errlen)
+{
+    int rc = pthread_create(&s->thread, NULL, run, s);
+    if (rc) {
+        snprintf(err, errlen, "cannot start the compute thread: %s", strerror(rc));
+        return -rc;
+    }
+    s->started = true;
+    return 0;
+}
+
+void pf_sched_stop(struct pf_sched *s)
+{
+    pthread_mutex_lock(&s->mu);
+    s->stop = true;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    if (s->started)
+        pthread_join(s->thread, NULL);
+    else
+        cut_all(s); /* never started: the queue still ends */
+    s->started = false;
+}
+
+struct pf_sched *pf_sched_free(struct pf_sched *s)
+{
+    if (!s)
+        return NULL;
+    pf_sched_stop(s);
+    struct pf_event *e = pf_sched_take(s);
+    while (e) {
+        struct pf_event *next = e->next;
+        if (e->type == PF_EV_RUN) /* never handed to the transport */
+            for (uint32_t i = 0; i < e->n; i++)
+                pd_kvcache_unref(s->kc, e->blocks[i]);
+        pf_event_free(e);
+        e = next;
+    }
+    apply_unrefs(s);
+    pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->out_mu);
+    pthread_cond_destroy(&s->cv);
+    pd_sampler_free(s->sampler);
+    free(s->logits);
+    free(s->items);
+    free(s->item_job);
+    free(s->active);
+    free(s->marks);
+    free(s);
+    return NULL;
+}
+
+int pf_sched_submit(struct pf_sched *s, struct pf_job *j)
+{
+    uint32_t blocks = (j->n_tokens + s->block_size - 1) / s->block_size;
+    if (j->n_tokens == 0 || j->n_tokens >= s->max_model_len ||
+        blocks > pd_kvcache_n_blocks(s->kc))
+        return -E2BIG;
+    pthread_mutex_lock(&s->mu);
+    int rc = 0;
+    if (s->stop)
+        rc = -ESHUTDOWN;
+    else if (s->n_queued >= s->p.max_waiting)
+        rc = -EAGAIN;
+    if (rc == 0) {
+        pf_job_ref(j);
+        j->next = NULL;
+        if (s->q_tail)
+            s->q_tail->next = j;
+        else
+            s->q_head = j;
+        s->q_tail = j;
+        s->n_queued++;
+        pd_metric_set(s->p.metrics.waiting, s->n_queued);
+        pthread_cond_signal(&s->cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+uint64_t pf_sched_heartbeat_ns(const struct pf_sched *s) { return atomic_load(&s->heartbeat_ns); }
+
+void pf_sched_counts(struct pf_sched *s, uint32_t *waiting, uint32_t *running)
+{
+    pthread_mutex_lock(&s->mu);
+    *waiting = s->n_queued;
+    pthread_mutex_unlock(&s->mu);
+    *running = atomic_load(&s->n_running);
+}

@@ -1,0 +1,120 @@
+/* prefilld/scheduler: the compute thread. It owns the engine and the KV pool; the
+ * loop thread hands it PREFILL jobs and gets back, per job, runs of final
+ * blocks to send and then the first token.
+ *
+ *   loop:     j = pf_job_new(...); pf_sched_submit(s, j)     (-EAGAIN: queue full)
+ *   compute:  each step takes prompt chunks of several jobs within
+ *             --max-num-batched-tokens, FIFO with fairness across decode
+ *             peers (the peer served least recently goes first); after the
+ *             step, the blocks that became final go back as a RUN event
+ *             (each block holding one extra reference for the transfer), and
+ *             a finished job's first token (sampled with the request's
+ *             parameters) as a DONE event
+ *   loop:     pf_sched_take(s) -> events in order; send; pf_event_free
+ *   loop:     when the transfer of a run ends (acknowledged or not),
+ *             pf_sched_unref(s, blocks, n): the compute thread drops the
+ *             transfer's references; a block is free when the last goes
+ *
+ * A job's own sequence is released when its prefill ends (done, failed or
+ * cancelled); blocks still in flight stay allocated through their transfer
+ * reference, so nothing the network still reads is ever reused.
+ * Cancellation: pf_job_cancel (any thread); the compute thread drops the job
+ * before its next step and posts PF_EV_END. Jobs are reference-counted (the
+ * loop, the compute thread and each event hold one).
+ */
+#ifndef PF_SCHED_H
+#define PF_SCHED_H
+
+#include "engine.h"
+#include "frame.h"
+#include "sampler.h"
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct pd_metric;
+
+struct pf_job {
+    /* set by the loop before pf_sched_submit, read-only afterwards */
+    uint64_t peer; /* fairness key: the decode peer's session */
+    uint64_t request_id;
+    uint32_t epoch;
+    char xrid[PD_PROTO_MAX_XRID + 1];
+    int32_t *tokens; /* (n_tokens), owned */
+    uint32_t n_tokens;
+    struct pd_sampling sampling;
+    bool no_eos; /* the first token may not be end-of-sequence */
+    void *owner; /* the loop's (its transfer handle); never touched by compute */
+    uint64_t t_arrival_ns;
+
+    atomic_int refs;
+    atomic_bool cancelled;
+
+    /* compute thread only */
+    struct pd_kvseq seq;
+    uint32_t n_sent_blocks; /* blocks [0, n) handed out as runs */
+    struct pf_job *next;
+};
+
+enum pf_event_type {
+    PF_EV_RUN = 1, /* blocks [first, first + n) of the job are final: send them */
+    PF_EV_DONE, /* the first token: token and its log-probabilities */
+    PF_EV_END, /* the job failed or was cancelled: reason, err */
+};
+
+struct pf_event {
+    struct pf_event *next;
+    enum pf_event_type type;
+    struct pf_job *job; /* one reference, dropped by pf_event_free */
+    uint32_t first, n; /* RUN */
+    uint32_t *blocks; /* RUN: (n) pool block ids, one transfer reference each */
+    struct pd_sample_result token; /* DONE */
+    int reason; /* END: enum pd_reason */
+    char err[200];
+};
+
+struct pf_sched_metrics {
+    struct pd_metric *running, *waiting, *kv_used, *kv_free;
+    struct pd_metric *prompt_tokens, *queue_time, *prefill_time, *batch_tokens;
+};
+
+struct pf_sched_params {
+    struct pd_engine *engine;
+    uint32_t max_waiting; /* jobs queued or running */
+    uint32_t max_running; /* jobs with KV blocks at once */
+    uint32_t idle_tick_ms; /* heartbeat while idle; 0 = 1000 */
+    struct pf_sched_metrics metrics;
+    void (*notify)(void *arg); /* events are ready: wake the loop, no I/O */
+    void *notify_arg;
+};
+
+struct pf_sched;
+
+struct pf_job *pf_job_new(void);
+void pf_job_ref(struct pf_job *j);
+void pf_job_unref(struct pf_job *j); /* accepts NULL */
+void pf_job_cancel(struct pf_job *j);
+void pf_event_free(struct pf_event *e); /* accepts NULL */
+
+int pf_sched_new(const struct pf_sched_params *p, struct pf_sched **out, char *err,
+                 size_t errlen);
+int pf_sched_start(struct pf_sched *s, char *err, size_t errlen);
+/* Ends what is left (END events, reason SHUTDOWN, queued) and joins the
+ * thread; also when it never started. Idempotent. */
+void pf_sched_stop(struct pf_sched *s);
+/* After stop; blocks whose transfer references were never dropped are
+ * reclaimed here. Accepts NULL; returns NULL. */
+struct pf_sched *pf_sched_free(struct pf_sched *s);
+/* Takes a reference. -EAGAIN: full; -E2BIG: the prompt can never fit the
+ * pool or the model's length; -ESHUTDOWN: stopping. */
+int pf_sched_submit(struct pf_sched *s, struct pf_job *j);
+struct pf_event *pf_sched_take(struct pf_sched *s);
+/* The transfer of these blocks is over: drop one reference each (copied). */
+int pf_sched_unref(struct pf_sched *s, const uint32_t *blocks, uint32_t n);
+uint64_t pf_sched_heartbeat_ns(const struct pf_sched *s);
+void pf_sched_counts(struct pf_sched *s, uint32_t *waiting, uint32_t *running);
+
+uint64_t pf_now_ns(void);
+
+#endif

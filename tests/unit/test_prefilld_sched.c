@@ -1,0 +1,394 @@
+/* prefilld's scheduler on the tiny dummy model, without the network: the
+ * blocks it hands out hold the same K/V a solo prefill writes, the first
+ * token is the one local sampling picks, runs cover every block once and in
+ * order, blocks stay allocated until the transfer drops them, decode peers
+ * take turns, and what can never fit is refused. */
+#include "default_model.h"
+#include "metrics.h"
+#include "pd_test.h"
+#include "scheduler.h"
+
+#include <errno.h>
+#include <math.h>
+#include <time.h>
+
+#define BLOCK_BYTES 8192 /* tiny: 2 layers x 2 KV heads x 16 dims x K,V x fp32 x 16 tokens */
+#define NEAR_TIE 1e-3
+
+enum { MAXJ = 16, MAXB = 64 };
+
+struct rig {
+    struct pd_model *m;
+    struct pd_engine *e;
+    struct pf_sched *s;
+    struct pd_metrics *reg;
+};
+
+/* What the events said about one job. */
+struct got {
+    uint32_t blocks[MAXB]; /* pool ids by logical block index */
+    uint32_t n_blocks; /* runs received so far cover [0, n_blocks) */
+    bool done, ended;
+    int reason;
+    struct pd_sample_result first;
+    int order; /* when DONE came, 0-based */
+};
+
+static void notify(void *arg) { (void)arg; }
+
+static struct pd_model *tiny(void)
+{
+    struct pd_model_params p = {.load_format = PD_LOAD_DUMMY, .shape = "tiny", .seed = 11};
+    return pd_test_load_model(&p);
+}
+
+static struct pd_engine *engine(const struct pd_model *m, uint32_t n_blocks, uint32_t max_items)
+{
+    struct pd_engine_params p = {.model = m, .kv_cache_bytes = (uint64_t)n_blocks * BLOCK_BYTES,
+                                 .max_batched_tokens = 48, .max_batch_items = max_items};
+    struct pd_engine *e = NULL;
+    char err[512];
+    if (pd_engine_new(&p, &e, err, sizeof(err)) < 0)
+        PD_TEST_FAIL_("%s", err);
+    return e;
+}
+
+static void rig_up(struct rig *r, uint32_t n_blocks, uint32_t max_running, uint32_t max_waiting,
+                   bool start)
+{
+    static const double b[] = {0.01, 0.1, 1};
+    char err[512];
+    memset(r, 0, sizeof(*r));
+    r->m = tiny();
+    r->e = engine(r->m, n_blocks, max_running);
+    CHECK_EQ_INT(pd_kvcache_n_blocks(pd_engine_kvcache(r->e)), n_blocks);
+    r->reg = pd_metrics_new(NULL, NULL);
+    struct pf_sched_metrics sm = {
+        .running = pd_metrics_gauge(r->reg, "t:running", NULL, "h"),
+        .waiting = pd_metrics_gauge(r->reg, "t:waiting", NULL, "h"),
+        .kv_used = pd_metrics_gauge(r->reg, "t:kv_used", NULL, "h"),
+        .kv_free = pd_metrics_gauge(r->reg, "t:kv_free", NULL, "h"),
+        .prompt_tokens = pd_metrics_counter(r->reg, "t:prompt", NULL, "h"),
+        .queue_time = pd_metrics_histogram(r->reg, "t:queue", "h", b, 3),
+        .prefill_time = pd_metrics_histogram(r->reg, "t:prefill", "h", b, 3),
+        .batch_tokens = pd_metrics_histogram(r->reg, "t:batch", "h", b, 3)};
+    struct pf_sched_params p = {.engine = r->e, .max_waiting = max_waiting,
+                                .max_running = max_running, .idle_tick_ms = 10, .metrics = sm,
+                                .notify = notify};
+    if (pf_sched_new(&p, &r->s, err, sizeof(err)) < 0)
+        PD_TEST_FAIL_("%s", err);
+    if (start && pf_sched_start(r->s, err, sizeof(err)) < 0)
+        PD_TEST_FAIL_("%s", err);
+}
+
+/* Stops the thread, then every block must be free again. */
+static void rig_down(struct rig *r)
+{
+    pf_sched_stop(r->s);
+    struct pd_kvcache *kc = pd_engine_kvcache(r->e);
+    r->s = pf_sched_free(r->s);
+    CHECK_EQ_INT(pd_kvcache_n_free(kc), pd_kvcache_n_blocks(kc));
+    pd_metrics_free(r->reg);
+    pd_engine_free(r->e);
+    pd_model_free(r->m);
+}
+
+static struct pf_job *job(uint64_t peer, uint64_t id, const int32_t *tokens, uint32_t n,
+                          struct got *g)
+{
+    struct pf_job *j = pf_job_new();
+    CHECK(j && (j->tokens = malloc(n * sizeof(int32_t))));
+    memcpy(j->tokens, tokens, n * sizeof(int32_t));
+    j->n_tokens = n;
+    j->peer = peer;
+    j->request_id = id;
+    j->sampling = PD_SAMPLING_DEFAULT;
+    j->t_arrival_ns = pf_now_ns();
+    j->owner = g;
+    snprintf(j->xrid, sizeof(j->xrid), "t-%" PRIu64, id);
+    return j;
+}
+
+static void prompt(int32_t *t, uint32_t n, uint32_t salt)
+{
+    for (uint32_t k = 0; k < n; k++)
+        t[k] = (int32_t)((k * 2654435761u + salt * 97u) % 256u);
+}
+
+/* Take events until every job is done or ended; RUN blocks are unreffed
+ * right away unless hold is set (then the caller does). */
+static void collect(struct rig *r, struct got *g, int n, bool hold, int *done_seq)
+{
+    uint64_t deadline = pf_now_ns() + 60000000000u;
+    for (;;) {
+        for (struct pf_event *e = pf_sched_take(r->s), *next; e; e = next) {
+            next = e->next;
+            struct got *x = e->job->owner;
+            if (e->type == PF_EV_RUN) {
+                CHECK(!x->done && !x->ended);
+                CHECK_EQ_INT(e->first, x->n_blocks); /* in order, no gap, no repeat */
+                CHECK(e->first + e->n <= MAXB);
+                memcpy(&x->blocks[e->first], e->blocks, e->n * sizeof(uint32_t));
+                x->n_blocks += e->n;
+                if (!hold)
+                    CHECK_EQ_INT(pf_sched_unref(r->s, e->blocks, e->n), 0);
+            } else if (e->type == PF_EV_DONE) {
+                CHECK(!x->done && !x->ended);
+                x->done = true;
+                x->first = e->token;
+                x->order = (*done_seq)++;
+            } else {
+                CHECK(!x->done && !x->ended);
+                x->ended = true;
+                x->reason = e->reason;
+            }
+            pf_event_free(e);
+        }
+        int left = 0;
+        for (int i = 0; i < n; i++)
+            left += !g[i].done && !g[i].ended;
+        if (!left)
+            return;
+        CHECK(pf_now_ns() < deadline);
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* K/V of the handed-out blocks equal a solo prefill's (normalized error: the
+ * step batches several prompts, the solo run one), and the first token is
+ * the one local sampling picks unless the top two are a near-tie. */
+static void prefilld_blocks_and_first_token_match_solo_prefill(void)
+{
+    static const uint32_t lens[] = {1, 15, 16, 17, 47, 90};
+    enum { N = sizeof(lens) / sizeof(*lens) };
+    static int32_t toks[N][96];
+    static struct got g[N];
+    struct rig r;
+    int seq = 0;
+    memset(g, 0, sizeof(g));
+    rig_up(&r, 40, 4, 16, true);
+    for (int i = 0; i < N; i++) {
+        prompt(toks[i], lens[i], (uint32_t)i);
+        struct pf_job *j = job((uint64_t)i % 2 + 1, (uint64_t)i + 1, toks[i], lens[i], &g[i]);
+        CHECK_EQ_INT(pf_sched_submit(r.s, j), 0);
+        pf_job_unref(j);
+    }
+    collect(&r, g, N, true, &seq);
+
+    struct pd_engine *solo = engine(r.m, 16, 1);
+    struct pd_kvcache *kc = pd_engine_kvcache(r.e), *skc = pd_engine_kvcache(solo);
+    const size_t per_block = pd_kvcache_block_bytes(kc) / sizeof(float);
+    const uint32_t bs = pd_kvcache_layout(kc)->block_size, V = pd_engine_n_vocab(solo);
+    float *logits = malloc(V * sizeof(float));
+    struct pd_sampler *sampler = pd_sampler_new(V);
+    char err[256];
+    for (int i = 0; i < N; i++) {
+        CHECK(g[i].done);
+        CHECK_EQ_INT(g[i].n_blocks, (lens[i] + bs - 1) / bs);
+        struct pd_kvseq q;
+        pd_kvseq_init(&q);
+        CHECK_EQ_INT(pd_engine_prefill(solo, &q, toks[i], lens[i], logits, err, sizeof(err)), 0);
+        double num = 0, den = 0;
+        for (uint32_t b = 0; b < g[i].n_blocks; b++) {
+            const float *x = pd_kvcache_pool(kc) + (size_t)g[i].blocks[b] * per_block;
+            const float *y = pd_kvcache_pool(skc) + (size_t)q.blocks[b] * per_block;
+            /* the last block holds only the prompt's tokens: compare those */
+            uint32_t used = b + 1 < g[i].n_blocks ? bs : lens[i] - b * bs;
+            const struct pd_kv_geom *geo = pd_kvcache_layout(kc);
+            for (uint32_t l = 0; l < geo->n_layer; l++)
+                for (uint32_t kv = 0; kv < 2; kv++)
+                    for (uint32_t h = 0; h < geo->n_head_kv; h++)
+                        for (uint32_t t = 0; t < used; t++) {
+                            uint64_t o = pd_kv_offset(geo, 0, l, kv, h, t);
+                            for (uint32_t d = 0; d < geo->head_dim; d++) {
+                                num = fmax(num, fabs((double)x[o + d] - y[o + d]));
+                                den = fmax(den, fabs((double)y[o + d]));
+                            }
+                        }
+        }
+        CHECK(den > 0);
+        if (num / den > 1e-5)
+            PD_TEST_FAIL_("job %d: K/V differ from a solo prefill: %g normalized", i, num / den);
+        struct pd_sample_result want;
+        const struct pd_sampling greedy = PD_SAMPLING_DEFAULT;
+        CHECK_EQ_INT(pd_sample(sampler, &greedy, logits, toks[i], lens[i], NULL, 0, &want), 0);
+        float a = -INFINITY, b2 = -INFINITY, mx = 0;
+        for (uint32_t v = 0; v < V; v++) {
+            mx = fabsf(logits[v]) > mx ? fabsf(logits[v]) : mx;
+            if (logits[v] > a)
+                b2 = a, a = logits[v];
+            else if (logits[v] > b2)
+                b2 = logits[v];
+        }
+        if (a - b2 >= NEAR_TIE * mx)
+            CHECK_EQ_INT(g[i].first.token, want.token);
+        else
+            fprintf(stderr, "  job %d: near-tie at the first token, not compared\n", i);
+        pd_engine_seq_release(solo, &q);
+        /* the transfer ends: drop its references */
+        CHECK_EQ_INT(pf_sched_unref(r.s, g[i].blocks, g[i].n_blocks), 0);
+    }
+    pd_sampler_free(sampler);
+    free(logits);
+    pd_engine_free(solo);
+    rig_down(&r);
+}
+
+/* After DONE the job's own sequence is gone but its blocks stay allocated
+ * until the transfer drops them; then every block is free. */
+static void prefilld_blocks_live_until_unref(void)
+{
+    static int32_t t[64];
+    struct got g = {0};
+    struct rig r;
+    int seq = 0;
+    rig_up(&r, 8, 2, 4, true);
+    prompt(t, 40, 3);
+    struct pf_job *j = job(1, 1, t, 40, &g);
+    CHECK_EQ_INT(pf_sched_submit(r.s, j), 0);
+    pf_job_unref(j);
+    collect(&r, &g, 1, true, &seq);
+    CHECK(g.done);
+    CHECK_EQ_INT(g.n_blocks, 3);
+    pf_sched_stop(r.s); /* the pool is ours to look at */
+    struct pd_kvcache *kc = pd_engine_kvcache(r.e);
+    CHECK_EQ_INT(pd_kvcache_n_free(kc), 8 - 3);
+    for (uint32_t b = 0; b < 3; b++)
+        CHECK_EQ_INT(pd_kvcache_refcount(kc, g.blocks[b]), 1);
+    CHECK_EQ_INT(pf_sched_unref(r.s, g.blocks, 3), 0);
+    rig_down(&r); /* applies the unref, then checks every block is free */
+}
+
+/* A pool that holds one prompt at a time: the second waits until the first
+ * one's transfer ends, then runs (nothing deadlocks, nothing fails). */
+static void prefilld_full_pool_waits_for_transfers(void)
+{
+    static int32_t t[2][64];
+    static struct got g[2];
+    struct rig r;
+    int seq = 0;
+    memset(g, 0, sizeof(g));
+    rig_up(&r, 4, 2, 4, true);
+    for (int i = 0; i < 2; i++) {
+        prompt(t[i], 60, (uint32_t)i + 7); /* 4 blocks: the whole pool */
+        struct pf_job *j = job(1, (uint64_t)i + 1, t[i], 60, &g[i]);
+        CHECK_EQ_INT(pf_sched_submit(r.s, j), 0);
+        pf_job_unref(j);
+    }
+    /* hold the first job's blocks: the second cannot start */
+    uint64_t deadline = pf_now_ns() + 30000000000u;
+    while (!g[0].done) {
+        collect(&r, g, 1, true, &seq);
+        CHECK(pf_now_ns() < deadline);
+    }
+    struct timespec ts = {0, 200000000};
+    nanosleep(&ts, NULL);
+    for (struct pf_event *e = pf_sched_take(r.s), *next; e; e = next) {
+        next = e->next;
+        CHECK(e->job->owner != &g[1]); /* nothing of the second job yet */
+        pf_event_free(e);
+    }
+    CHECK_EQ_INT(pf_sched_unref(r.s, g[0].blocks, g[0].n_blocks), 0);
+    collect(&r, g, 2, false, &seq);
+    CHECK(g[1].done);
+    CHECK_EQ_INT(g[1].n_blocks, 4);
+    rig_down(&r);
+}
+
+/* One running prefill at a time; peer 1 queues five jobs, then peer 2 one:
+ * peer 2's goes second, not last. */
+static void prefilld_peers_take_turns(void)
+{
+    static int32_t t[6][40];
+    static struct got g[6];
+    struct rig r;
+    int seq = 0;
+    memset(g, 0, sizeof(g));
+    rig_up(&r, 32, 1, 16, false); /* queue everything before the thread starts */
+    for (int i = 0; i < 6; i++) {
+        prompt(t[i], 30, (uint32_t)i);
+        struct pf_job *j = job(i < 5 ? 1 : 2, (uint64_t)i + 1, t[i], 30, &g[i]);
+        CHECK_EQ_INT(pf_sched_submit(r.s, j), 0);
+        pf_job_unref(j);
+    }
+    char err[256];
+    CHECK_EQ_INT(pf_sched_start(r.s, err, sizeof(err)), 0);
+    collect(&r, g, 6, false, &seq);
+    for (int i = 0; i < 6; i++)
+        CHECK(g[i].done);
+    CHECK_EQ_INT(g[0].order, 0);
+    CHECK_EQ_INT(g[5].order, 1);
+    rig_down(&r);
+}
+
+static void prefilld_refuses_what_never_fits_and_a_full_queue(void)
+{
+    static int32_t t[300];
+    struct got g[4];
+    memset(g, 0, sizeof(g));
+    struct rig r;
+    rig_up(&r, 4, 1, 2, false);
+    prompt(t, 300, 1);
+    struct pf_job *big = job(1, 1, t, 65, &g[0]); /* 5 blocks > a pool of 4 */
+    CHECK_EQ_INT(pf_sched_submit(r.s, big), -E2BIG);
+    pf_job_unref(big);
+    struct pf_job *empty = job(1, 2, t, 1, &g[1]);
+    empty->n_tokens = 0;
+    CHECK_EQ_INT(pf_sched_submit(r.s, empty), -E2BIG);
+    pf_job_unref(empty);
+    for (int i = 0; i < 3; i++) {
+        struct pf_job *j = job(1, (uint64_t)i + 3, t, 8, &g[i]);
+        CHECK_EQ_INT(pf_sched_submit(r.s, j), i < 2 ? 0 : -EAGAIN);
+        pf_job_unref(j);
+    }
+    pf_sched_stop(r.s); /* never started: the queued jobs end as cancelled */
+    int ended = 0;
+    for (struct pf_event *e = pf_sched_take(r.s), *next; e; e = next) {
+        next = e->next;
+        ended += e->type == PF_EV_END && e->reason == PD_R_SHUTDOWN;
+        pf_event_free(e);
+    }
+    CHECK_EQ_INT(ended, 2);
+    rig_down(&r);
+}
+
+/* A cancelled job ends with CANCELLED; runs it already handed out still
+ * come back through unref; nothing leaks. */
+static void prefilld_cancel_ends_the_job(void)
+{
+    static int32_t t[2][200];
+    static struct got g[2];
+    struct rig r;
+    int seq = 0;
+    memset(g, 0, sizeof(g));
+    rig_up(&r, 32, 1, 4, false);
+    for (int i = 0; i < 2; i++) {
+        prompt(t[i], 200, (uint32_t)i);
+        struct pf_job *j = job(1, (uint64_t)i + 1, t[i], 200, &g[i]);
+        CHECK_EQ_INT(pf_sched_submit(r.s, j), 0);
+        if (i == 1)
+            pf_job_cancel(j); /* cancelled while queued */
+        pf_job_unref(j);
+    }
+    char err[256];
+    CHECK_EQ_INT(pf_sched_start(r.s, err, sizeof(err)), 0);
+    collect(&r, g, 2, false, &seq);
+    CHECK(g[0].done);
+    CHECK(g[1].ended);
+    CHECK_EQ_INT(g[1].reason, PD_R_CANCELLED);
+    CHECK_EQ_INT(g[1].n_blocks, 0);
+    rig_down(&r);
+}
+
+static const struct pd_test tests[] = {
+    PD_TEST(prefilld_blocks_and_first_token_match_solo_prefill),
+    PD_TEST(prefilld_blocks_live_until_unref),
+    PD_TEST(prefilld_full_pool_waits_for_transfers),
+    PD_TEST(prefilld_peers_take_turns),
+    PD_TEST(prefilld_refuses_what_never_fits_and_a_full_queue),
+    PD_TEST(prefilld_cancel_ends_the_job),
+    {0},
+};
+
+int main(int argc, char **argv) { return pd_test_main(tests, argc, argv); }
