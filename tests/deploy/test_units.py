@@ -9,7 +9,9 @@ exit 0.
 The units are staged with `meson install --destdir`; ExecStart's binary is
 taken from the stage, ${CONFIGURATION_DIRECTORY} is a folder holding a config
 for a tiny dummy model (the real one is not needed to test the protocol),
-CREDENTIALS_DIRECTORY an empty folder, %i the instance "0". The sandboxing
+CREDENTIALS_DIRECTORY a folder with prefilld's key (as LoadCredential=
+provides it), %i the instance "0"; prefilld@0 reads a key directory and
+must pick up a second key on SIGHUP (rotation by reload). The sandboxing
 settings are systemd's to apply and are not exercised here (no systemd as
 PID 1): docs/operations.md."""
 import json
@@ -26,6 +28,15 @@ import time
 def fail(msg):
     print("FAIL:", msg)
     sys.exit(1)
+
+
+def add_key(folder, name, key_id=None):
+    """A key file as `prefilld --gen-psk` writes it ("ID HEX64"), 0640 as in
+    /etc/pdserve/keys.d; in a key directory the file name is the id."""
+    path = os.path.join(folder, name)
+    with open(path, "w") as f:
+        f.write(f"{key_id or name} {os.urandom(32).hex()}\n")
+    os.chmod(path, 0o640)
 
 
 def unit_service(path, instance):
@@ -74,10 +85,26 @@ def run_unit(root, prefix, unit, instance, tmp):
     creds = os.path.join(tmp, "credentials")
     os.makedirs(conf_dir, exist_ok=True)
     os.makedirs(creds, exist_ok=True)
-    name = "decoded.json" if "@" not in unit else f"decoded-{instance}.json"
+    daemon = unit.split("@")[0].split(".")[0]
+    name = f"{daemon}.json" if "@" not in unit else f"{daemon}-{instance}.json"
+    conf = {"load-format": "dummy", "model-shape": "tiny", "admin-port": 0,
+            "kv-cache-memory": "16MiB", "drain-timeout": 5}
+    keys_dir = None
+    if daemon == "decoded":
+        conf["port"] = 0
+    else:
+        conf["kv-port"] = 0
+        if "@" in unit:  # a key directory, re-read on reload
+            keys_dir = os.path.join(tmp, f"keys.d-{instance}")
+            os.makedirs(keys_dir)
+            os.chmod(keys_dir, 0o750)
+            add_key(keys_dir, "k1")
+            conf["kv-psk-file"] = keys_dir
+        else:  # LoadCredential=: a file in $CREDENTIALS_DIRECTORY
+            add_key(creds, "kv.psk", key_id="k1")
+            conf["kv-psk-file"] = os.path.join(creds, "kv.psk")
     with open(os.path.join(conf_dir, name), "w") as f:
-        json.dump({"load-format": "dummy", "model-shape": "tiny", "port": 0,
-                   "admin-port": 0, "kv-cache-memory": "16MiB", "drain-timeout": 5}, f)
+        json.dump(conf, f)
     bindir = os.path.join(prefix, "bin") + "/"
     if not argv[0].startswith(bindir):
         fail(f"{unit}: ExecStart {argv[0]} not under {bindir}")
@@ -89,15 +116,25 @@ def run_unit(root, prefix, unit, instance, tmp):
                CONFIGURATION_DIRECTORY=conf_dir, CREDENTIALS_DIRECTORY=creds, **env_extra)
     env.pop("WATCHDOG_PID", None)
     print(f"{unit}: {' '.join(argv)}")
-    proc = subprocess.Popen(argv, env=env)
+    log_path = os.path.join(tmp, f"{unit}.log")
+    log = open(log_path, "w+")
+    proc = subprocess.Popen(argv, env=env, stderr=log)
     try:
         n.expect("READY=1", 120, proc)
         n.expect("WATCHDOG=1", 5, proc)
+        if keys_dir:
+            add_key(keys_dir, "k2")  # rotation: the new key joins on reload
         proc.send_signal(signal.SIGHUP)
         lines = n.expect("RELOADING=1", 5, proc)
         if not any(x.startswith("MONOTONIC_USEC=") for x in lines):
             fail(f"{unit}: RELOADING=1 without MONOTONIC_USEC: {lines}")
         n.expect("READY=1", 5, proc)
+        if keys_dir:
+            deadline = time.monotonic() + 5
+            while "2 keys loaded" not in open(log_path).read():
+                if time.monotonic() > deadline:
+                    fail(f"{unit}: no '2 keys loaded' after SIGHUP: {open(log_path).read()}")
+                time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         n.expect("STOPPING=1", 10, proc)
         rc = proc.wait(30)
@@ -107,6 +144,9 @@ def run_unit(root, prefix, unit, instance, tmp):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        log.seek(0)
+        sys.stdout.write(log.read())
+        log.close()
     print(f"{unit}: {' | '.join(n.seen)}")
 
 
@@ -120,7 +160,8 @@ def main():
                                          check=True, capture_output=True).stdout)
         prefix = next(o["value"] for o in opts if o["name"] == "prefix")
         root = stage + prefix
-        for unit, inst in (("decoded.service", ""), ("decoded@.service", "0")):
+        for unit, inst in (("decoded.service", ""), ("decoded@.service", "0"),
+                           ("prefilld.service", ""), ("prefilld@.service", "0")):
             run_unit(root, prefix, unit, inst, tmp)
     print("units OK")
 
