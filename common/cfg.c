@@ -1303,3 +1303,32 @@ void pd_cfg_done(const struct pd_cfg_opt *table, void *cfg)
         }
     }
 }
+
+int pd_cfg_main(const struct pd_cfg_opt *table, void *cfg, int argc, char *const argv[],
+                const char *prog, const char *usage, int max_positional,
+                struct pd_cfg_args *args, int *exit_code)
+{
+    char err[512];
+    int rc = pd_cfg_parse(table, cfg, argc, argv, args, err, sizeof(err));
+    if (rc >= 0 && args->n_positional > max_positional) {
+        snprintf(err, sizeof(err), "at most %d positional argument%s (%s)", max_positional,
+                 max_positional == 1 ? "" : "s", usage);
+        rc = -EINVAL;
+    }
+    if (rc < 0) {
+        fprintf(stderr, "%s: %s\n", prog, err);
+        *exit_code = 2;
+    } else if (rc == PD_CFG_HELP) {
+        pd_cfg_help(table, prog, usage, stdout);
+        *exit_code = 0;
+    } else if (rc == PD_CFG_VERSION) {
+        pd_cfg_version(prog, stdout);
+        *exit_code = 0;
+    } else if (rc == PD_CFG_PRINT) {
+        *exit_code = pd_cfg_print(table, cfg, stdout) < 0 ? 1 : 0;
+    } else {
+        return 0;
+    }
+    pd_cfg_done(table, cfg);
+    return 1;
+}

@@ -1110,3 +1110,21 @@ struct pd_kvx *pd_kvx_free(struct pd_kvx *k)
     free(k);
     return NULL;
 }
+
+int pd_kvx_parse_ports(const char *s, uint16_t *lo, uint16_t *hi, char *err, size_t errlen)
+{
+    unsigned a, b;
+    int n = 0;
+    if (!s) {
+        *lo = *hi = 0;
+        return 0;
+    }
+    if (sscanf(s, "%u-%u%n", &a, &b, &n) != 2 || s[n] || a < 1 || b > 65535 || a > b) {
+        snprintf(err, errlen, "--kv-data-ports: \"%s\" is not LO-HI with 1 <= LO <= HI <= 65535",
+                 s);
+        return -EINVAL;
+    }
+    *lo = (uint16_t)a;
+    *hi = (uint16_t)b;
+    return 0;
+}

@@ -148,6 +148,9 @@ int pd_kvx_new(const struct pd_kvx_params *p, struct pd_kvx **out, char *err, si
 struct pd_kvx *pd_kvx_free(struct pd_kvx *kvx);
 void pd_kvx_get_stats(const struct pd_kvx *kvx, struct pd_kvx_stats *out);
 const char *pd_kvx_hs_fail_name(unsigned i);
+/* --kv-data-ports "LO-HI" (1 <= LO <= HI <= 65535) into params' data ports;
+ * NULL gives 0, 0 (UCX's choice). -EINVAL with a message naming the option. */
+int pd_kvx_parse_ports(const char *s, uint16_t *lo, uint16_t *hi, char *err, size_t errlen);
 /* The UCX transports a session's endpoint uses, e.g. "tcp/lo" or "posix/memory"
  * ("" while unknown); for benchmark reports. */
 void pd_kvx_session_transports(struct pd_kvx_session *s, char *buf, size_t len);

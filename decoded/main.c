@@ -16,6 +16,7 @@
 #include "cfg.h"
 #include "engine.h"
 #include "log.h"
+#include "kvx.h"
 #include "model.h"
 #include "notify.h"
 #include "remote.h"
@@ -282,20 +283,6 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     begin_drain(d, (int)sig);
 }
 
-static int parse_ports(const char *s, uint16_t *lo, uint16_t *hi, char *err, size_t errlen)
-{
-    unsigned a, b;
-    int n = 0;
-    if (sscanf(s, "%u-%u%n", &a, &b, &n) != 2 || s[n] || a < 1 || b > 65535 || a > b) {
-        snprintf(err, errlen, "--kv-data-ports: \"%s\" is not LO-HI with 1 <= LO <= HI <= 65535",
-                 s);
-        return -EINVAL;
-    }
-    *lo = (uint16_t)a;
-    *hi = (uint16_t)b;
-    return 0;
-}
-
 /* After the drain: give queued response bytes a moment to reach clients. */
 static void flush_output(struct daemon *d)
 {
@@ -390,7 +377,7 @@ static int run(struct dec_cfg *c, struct pd_model *m, const struct pd_tokenizer 
      * ports, which must not take the ones the listeners were given */
     if (c->prefill.n) {
         uint16_t lo = 0, hi = 0;
-        if (c->kv_data_ports && parse_ports(c->kv_data_ports, &lo, &hi, err, sizeof(err)) < 0)
+        if (pd_kvx_parse_ports(c->kv_data_ports, &lo, &hi, err, sizeof(err)) < 0)
             goto fail;
         struct dec_remote_cfg rc_ = {
             .peers = (const char *const *)c->prefill.items, .n_peers = (unsigned)c->prefill.n,
@@ -479,22 +466,8 @@ int main(int argc, char **argv)
     int rc;
 
     pd_log_init("decoded");
-    rc = pd_cfg_parse(options, &c, argc, argv, &a, err, sizeof(err));
-    if (rc < 0 || a.n_positional > 1) {
-        fprintf(stderr, "decoded: %s\n", rc < 0 ? err : "at most one model file");
-        pd_cfg_done(options, &c);
-        return 2;
-    }
-    if (rc == PD_CFG_HELP || rc == PD_CFG_PRINT || rc == PD_CFG_VERSION) {
-        if (rc == PD_CFG_HELP)
-            pd_cfg_help(options, "decoded", "[OPTIONS] [MODEL.gguf]", stdout);
-        else if (rc == PD_CFG_VERSION)
-            pd_cfg_version("decoded", stdout);
-        else
-            pd_cfg_print(options, &c, stdout);
-        pd_cfg_done(options, &c);
-        return 0;
-    }
+    if (pd_cfg_main(options, &c, argc, argv, "decoded", "[OPTIONS] [MODEL.gguf]", 1, &a, &rc))
+        return rc;
     pd_log_set_level(PD_LOG_ERR + c.log_level);
     signal(SIGPIPE, SIG_IGN); /* a client that left is a failed write, not a dead daemon */
     raise_fd_limit(&c);

@@ -458,24 +458,6 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 
 /* ---- start-up ---- */
 
-static int parse_ports(const char *s, uint16_t *lo, uint16_t *hi, char *err, size_t errlen)
-{
-    unsigned a, b;
-    int n = 0;
-    if (!s) {
-        *lo = *hi = 0;
-        return 0;
-    }
-    if (sscanf(s, "%u-%u%n", &a, &b, &n) != 2 || s[n] || a < 1 || b > 65535 || a > b) {
-        snprintf(err, errlen, "--kv-data-ports: \"%s\" is not LO-HI with 1 <= LO <= HI <= 65535",
-                 s);
-        return -EINVAL;
-    }
-    *lo = (uint16_t)a;
-    *hi = (uint16_t)b;
-    return 0;
-}
-
 static int run(struct daemon *d)
 {
     struct pf_cfg *c = d->cfg;
@@ -486,7 +468,7 @@ static int run(struct daemon *d)
     uint16_t lo, hi;
     int rc = 1;
 
-    if (parse_ports(c->kv_data_ports, &lo, &hi, err, sizeof(err)) < 0)
+    if (pd_kvx_parse_ports(c->kv_data_ports, &lo, &hi, err, sizeof(err)) < 0)
         goto fail;
     if (evthread_use_pthreads() < 0 || !(d->base = event_base_new()) || metrics_init(d) < 0) {
         snprintf(err, sizeof(err), "cannot set up libevent");
@@ -612,22 +594,8 @@ int main(int argc, char **argv)
     int rc;
 
     pd_log_init("prefilld");
-    rc = pd_cfg_parse(options, &c, argc, argv, &a, err, sizeof(err));
-    if (rc < 0 || a.n_positional > 1) {
-        fprintf(stderr, "prefilld: %s\n", rc < 0 ? err : "at most one model file");
-        pd_cfg_done(options, &c);
-        return 2;
-    }
-    if (rc == PD_CFG_HELP || rc == PD_CFG_PRINT || rc == PD_CFG_VERSION) {
-        if (rc == PD_CFG_HELP)
-            pd_cfg_help(options, "prefilld", "[OPTIONS] [MODEL.gguf]", stdout);
-        else if (rc == PD_CFG_VERSION)
-            pd_cfg_version("prefilld", stdout);
-        else
-            pd_cfg_print(options, &c, stdout);
-        pd_cfg_done(options, &c);
-        return 0;
-    }
+    if (pd_cfg_main(options, &c, argc, argv, "prefilld", "[OPTIONS] [MODEL.gguf]", 1, &a, &rc))
+        return rc;
     pd_log_set_level(PD_LOG_ERR + c.log_level);
     if (c.gen_psk) {
         char id[PD_KEY_ID_MAX + 1];

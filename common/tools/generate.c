@@ -224,22 +224,9 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "-n") == 0)
             argv[i] = (char *)"--max-tokens";
-    rc = pd_cfg_parse(options, &c, argc, argv, &a, err, sizeof(err));
-    if (rc < 0) {
-        fprintf(stderr, "pdserve-generate: %s\n", err);
-        pd_cfg_done(options, &c);
-        return 2;
-    }
-    if (rc == PD_CFG_HELP || rc == PD_CFG_PRINT || rc == PD_CFG_VERSION) {
-        if (rc == PD_CFG_HELP)
-            pd_cfg_help(options, "pdserve-generate", "[OPTIONS] [MODEL.gguf]", stdout);
-        else if (rc == PD_CFG_VERSION)
-            pd_cfg_version("pdserve-generate", stdout);
-        else
-            pd_cfg_print(options, &c, stdout);
-        pd_cfg_done(options, &c);
-        return 0;
-    }
+    if (pd_cfg_main(options, &c, argc, argv, "pdserve-generate", "[OPTIONS] [MODEL.gguf]", 1, &a,
+                    &rc))
+        return rc;
     pd_log_set_level(PD_LOG_ERR + c.log_level);
     const size_t n_prompts = c.prompt_ids.n + c.prompt.n;
     if (n_prompts == 0 || n_prompts > MAX_PROMPTS || a.n_positional > 1) {

@@ -1094,6 +1094,31 @@ static void cfg_secret_not_in_errors(void)
     pd_cfg_done(secret_opts, &p);
 }
 
+/* pd_cfg_main: what a program's main does with the parse's outcome. */
+static void cfg_main_exits_for_errors_help_version_and_extra_arguments(void)
+{
+    struct tcfg c;
+    struct pd_cfg_args a;
+    int code = -1;
+    char *bad[] = {"prog", "--no-such-option", NULL};
+    CHECK_EQ_INT(pd_cfg_main(opts, &c, 2, bad, "prog", "[X]", 1, &a, &code), 1);
+    CHECK_EQ_INT(code, 2);
+    char *ver[] = {"prog", "--version", NULL};
+    CHECK_EQ_INT(pd_cfg_main(opts, &c, 2, ver, "prog", "[X]", 1, &a, &code), 1);
+    CHECK_EQ_INT(code, 0);
+    char *extra[] = {"prog", "one", "two", NULL};
+    CHECK_EQ_INT(pd_cfg_main(opts, &c, 3, extra, "prog", "[X]", 1, &a, &code), 1);
+    CHECK_EQ_INT(code, 2);
+    char *ok[] = {"prog", "--kv-port", "1234", "one", NULL};
+    code = -1;
+    CHECK_EQ_INT(pd_cfg_main(opts, &c, 4, ok, "prog", "[X]", 1, &a, &code), 0);
+    CHECK_EQ_INT(code, -1); /* untouched: go on */
+    CHECK_EQ_INT(c.kv_port, 1234);
+    CHECK_EQ_INT(a.n_positional, 1);
+    CHECK_STR(a.positional[0], "one");
+    pd_cfg_done(opts, &c);
+}
+
 static const struct pd_test tests[] = {
     PD_TEST(cfg_defaults_apply),
     PD_TEST(cfg_file_overrides_default),
@@ -1167,6 +1192,7 @@ static const struct pd_test tests[] = {
     PD_TEST(cfg_print_round_trips_through_config),
     PD_TEST(cfg_secret_not_printed),
     PD_TEST(cfg_secret_not_in_errors),
+    PD_TEST(cfg_main_exits_for_errors_help_version_and_extra_arguments),
     {0},
 };
 

@@ -124,12 +124,30 @@ static void kvx_new_and_free_on_loopback(void)
     event_base_free(base);
 }
 
+static void kvx_parse_ports_takes_lo_hi_and_refuses_the_rest(void)
+{
+    char err[256];
+    uint16_t lo = 7, hi = 7;
+    CHECK_EQ_INT(pd_kvx_parse_ports(NULL, &lo, &hi, err, sizeof(err)), 0);
+    CHECK(lo == 0 && hi == 0);
+    CHECK_EQ_INT(pd_kvx_parse_ports("14600-14699", &lo, &hi, err, sizeof(err)), 0);
+    CHECK(lo == 14600 && hi == 14699);
+    const char *bad[] = {"", "5", "5-", "-5", "0-5", "9-8", "1-65536", "1-2x", "a-b", "1 -2"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+        lo = hi = 7;
+        CHECK_EQ_INT(pd_kvx_parse_ports(bad[i], &lo, &hi, err, sizeof(err)), -EINVAL);
+        CHECK_CONTAINS(err, "--kv-data-ports");
+        CHECK(lo == 7 && hi == 7); /* untouched on failure */
+    }
+}
+
 static const struct pd_test tests[] = {
     PD_TEST(kvx_iov_merges_adjacent_blocks),
     PD_TEST(kvx_iov_keeps_non_adjacent_blocks_apart),
     PD_TEST(kvx_crypto_tags_verify_and_catch_one_flipped_byte),
     PD_TEST(kvx_new_refuses_missing_pieces_and_free_accepts_null),
     PD_TEST(kvx_new_and_free_on_loopback),
+    PD_TEST(kvx_parse_ports_takes_lo_hi_and_refuses_the_rest),
     {0},
 };
 
