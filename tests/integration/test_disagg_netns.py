@@ -3,7 +3,10 @@ pair (192.0.2.1/24 and 192.0.2.2/24, TEST-NET-1), UCX over TCP only
 (UCX_TLS=tcp). Requests are served across it, prefilled remotely, and `ss`
 inside each namespace shows every listening socket of both daemons on its
 configured address: the KV listener and the HTTP/admin listeners on theirs,
-everything else (UCX's data sockets) on --kv-ip within --kv-data-ports.
+everything else (UCX's data sockets) on --kv-ip within --kv-data-ports. Then
+the link goes down (requests fail over to local prefill and are answered)
+and up again (decoded reconnects; prefill is remote again), neither daemon
+restarted.
 
 Needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN): without it every test is skipped
 (run_pytest.sh then exits 77 with the reason). Namespaces are removed even on
@@ -56,7 +59,7 @@ def netns():
             sh("ip", "-n", ns, "addr", "add", ip + "/24", "dev", dev)
             sh("ip", "-n", ns, "link", "set", dev, "up")
             sh("ip", "-n", ns, "link", "set", "lo", "up")
-        yield ns_p, ns_d
+        yield ns_p, ns_d, veth_d
     finally:
         sh("ip", "netns", "del", ns_p, check=False)
         sh("ip", "netns", "del", ns_d, check=False)  # the veth pair goes with it
@@ -142,7 +145,7 @@ def check_sockets(socks, fixed, kv_ip, lo, hi, who):
 
 
 def test_two_namespaces_over_tcp(netns, tmp_path):
-    ns_p, ns_d = netns
+    ns_p, ns_d, veth_d = netns
     psk = write_key(tmp_path / "k.psk")
     pre = os.environ.get("PREFILLD")
     dec = os.environ.get("DECODED")
@@ -188,6 +191,32 @@ def test_two_namespaces_over_tcp(netns, tmp_path):
                       "decoded")
         assert re.search(r"KV session up: prefill peer %s:%d" % (re.escape(P_IP), KV_PORT),
                          d.log())
+        # link down: the session's lease ends and requests fail over to local
+        # prefill (retry, then local: one peer) and are still answered; link
+        # up: decoded reconnects and prefills remotely again, with no restart
+        # of either daemon
+        sh("ip", "-n", ns_d, "link", "set", veth_d, "down")
+        deadline = time.time() + 60
+        while metric(ns_d, D_ADMIN, "pdserve:kv_peer_up") != 0:
+            assert time.time() < deadline, "the session outlived the link:\n" + d.log()
+            time.sleep(0.2)
+        local0 = metric(ns_d, D_ADMIN, "pdserve:prompt_tokens_total")
+        ids = [(11 * k) % (N_VOCAB - 2) + 1 for k in range(20)]
+        code, text = curl(ns_d, "http://127.0.0.1:%d/v1/completions" % API_PORT,
+                          {"prompt": ids, "max_tokens": 2, "temperature": 0})
+        assert code == 200, text
+        assert metric(ns_d, D_ADMIN, "pdserve:prompt_tokens_total") == local0 + 20
+        sh("ip", "-n", ns_d, "link", "set", veth_d, "up")
+        deadline = time.time() + 60
+        while metric(ns_d, D_ADMIN, "pdserve:kv_peer_up") != 1:
+            assert time.time() < deadline, "no reconnect after link up:\n" + d.log()
+            time.sleep(0.2)
+        remote0 = metric(ns_d, D_ADMIN, "pdserve:remote_prompt_tokens_total")
+        ids = [(13 * k) % (N_VOCAB - 2) + 1 for k in range(30)]
+        code, text = curl(ns_d, "http://127.0.0.1:%d/v1/completions" % API_PORT,
+                          {"prompt": ids, "max_tokens": 2, "temperature": 0})
+        assert code == 200, text
+        assert metric(ns_d, D_ADMIN, "pdserve:remote_prompt_tokens_total") == remote0 + 30
     except BaseException:
         print("---- prefilld ----\n" + p.log())
         if d:
