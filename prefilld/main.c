@@ -130,6 +130,8 @@ struct daemon {
     struct pf_sched_metrics sm;
     uint64_t watchdog_us;
     uint32_t inflight; /* requests with a transfer handle */
+    struct pf_job *held; /* those jobs (the loop's reference), until SREQ_END */
+    bool closing; /* kvx is going: scheduler events no longer reach it */
     bool draining;
     struct pd_ratelimit rl_stall;
 };
@@ -152,7 +154,8 @@ static void sched_events(evutil_socket_t fd, short what, void *arg)
     while (e) {
         struct pf_event *next = e->next;
         struct pf_job *j = e->job;
-        struct pd_kvx_sreq *r = j->owner; /* NULL once its transfer ended */
+        /* NULL once its transfer ended, or when kvx is going away */
+        struct pd_kvx_sreq *r = d->closing ? NULL : j->owner;
         if (e->type == PF_EV_RUN) {
             if (!r || pd_kvx_send_run(r, e->first, e->blocks, e->n, err, sizeof(err)) < 0) {
                 /* the transfer is gone: nobody will read these blocks */
@@ -244,11 +247,31 @@ static int take_prefill(struct daemon *d, const struct pd_kvx_event *ev)
     }
     /* the loop's reference lives until the transfer's end (SREQ_END) */
     pd_kvx_sreq_set_udata(ev->sreq, j);
+    j->lnext = d->held;
+    if (d->held)
+        d->held->lprev = j;
+    d->held = j;
     d->inflight++;
     pd_metric_add(d->m_requests, 1);
     pd_log(PD_LOG_DEBUG, "request %s: %u prompt tokens from %s", j->xrid, j->n_tokens,
            ev->peer_addr ? ev->peer_addr : "?");
     return 0;
+}
+
+/* The transfer of a held job is over: the loop lets go of it (the compute
+ * thread drops it before its next step if it still runs). */
+static void release_held(struct daemon *d, struct pf_job *j)
+{
+    if (j->lprev)
+        j->lprev->lnext = j->lnext;
+    else
+        d->held = j->lnext;
+    if (j->lnext)
+        j->lnext->lprev = j->lprev;
+    j->owner = NULL;
+    pf_job_cancel(j); /* no-op when it already finished */
+    pf_job_unref(j);
+    d->inflight--;
 }
 
 static void maybe_stop(struct daemon *d)
@@ -279,10 +302,7 @@ static void kvx_event(void *arg, const struct pd_kvx_event *ev)
     case PD_KVX_EV_SREQ_END: {
         struct pf_job *j = ev->udata;
         if (j) {
-            j->owner = NULL;
-            pf_job_cancel(j); /* no-op when it already finished */
-            pf_job_unref(j);
-            d->inflight--;
+            release_held(d, j);
             maybe_stop(d);
         }
         break;
@@ -560,11 +580,15 @@ fail:
 out:
     if (d->sched)
         pf_sched_stop(d->sched);
-    /* kvx first: it delivers no more events, and its transfers are over, so
-     * the scheduler can take back every block */
+    /* kvx goes first and delivers no more events (no SREQ_END for what was
+     * still in flight after a cut drain): the scheduler's last events only
+     * give their blocks back, and the loop lets go of every job it held */
+    d->closing = true;
     d->kvx = pd_kvx_free(d->kvx);
     if (d->sched) {
-        sched_events(-1, 0, d); /* the last events: their blocks go back */
+        sched_events(-1, 0, d);
+        while (d->held)
+            release_held(d, d->held);
         d->sched = pf_sched_free(d->sched);
     }
     if (d->admin)

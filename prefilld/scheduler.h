@@ -46,6 +46,7 @@ struct pf_job {
     struct pd_sampling sampling;
     bool no_eos; /* the first token may not be end-of-sequence */
     void *owner; /* the loop's (its transfer handle); never touched by compute */
+    struct pf_job *lprev, *lnext; /* the loop's list of jobs it holds; never touched by compute */
     uint64_t t_arrival_ns;
 
     atomic_int refs;
