@@ -400,6 +400,7 @@ def test_sighup_reloads_keys_and_rotation_needs_no_decoded_restart(tmp_path):
         port = p.kv_port
         with Decoded(*dec_args(dirs[1], p.addr)) as d:
             up(d, p.addr)
+            hs0 = p.metric("pdserve:kv_handshakes_total")
             # step 1 of a rotation: the next key on both sides, a reload each
             for kd in dirs:
                 write_key(kd / "k-new", new, "k-new")
@@ -408,6 +409,12 @@ def test_sighup_reloads_keys_and_rotation_needs_no_decoded_restart(tmp_path):
             wait_for(lambda: "SIGHUP: 2 keys loaded from" in d.log(), 10, "decoded's reload")
             assert "new sessions use key k-old" in d.log()
             assert d.request("GET", "/health")[0] == 200
+            # no session dropped by the reloads: the same session serves on
+            complete(d, body(0, prompt(12, 12)))
+            assert d.metric("pdserve:remote_prompt_tokens_total") == 12
+            assert peer_up(d, p.addr)
+            assert p.metric("pdserve:kv_handshakes_total") == hs0
+            assert "KV session down" not in d.log()
             # a new session after the reload (ring of two) still uses the key
             # decoded started with: prefilld restarts on the same port
             assert p.stop() == 0
@@ -415,7 +422,7 @@ def test_sighup_reloads_keys_and_rotation_needs_no_decoded_restart(tmp_path):
             with Prefilld(*MODEL, *MEM, psk=dirs[0], kv_port=port) as p2:
                 up(d, p2.addr)
                 complete(d, body(0, prompt(10, 10)))
-                assert d.metric("pdserve:remote_prompt_tokens_total") == 10
+                assert d.metric("pdserve:remote_prompt_tokens_total") == 22
                 assert d.log().count("(key k-old)") >= 2
     # step 2: decoded names the new key (a restart: options are read at start)
     with Prefilld(*MODEL, *MEM, psk=dirs[0]) as p3, \
