@@ -148,6 +148,24 @@ int pd_kvx_new(const struct pd_kvx_params *p, struct pd_kvx **out, char *err, si
 struct pd_kvx *pd_kvx_free(struct pd_kvx *kvx);
 void pd_kvx_get_stats(const struct pd_kvx *kvx, struct pd_kvx_stats *out);
 const char *pd_kvx_hs_fail_name(unsigned i);
+/* The channel's counters as Prometheus series in a daemon's registry
+ * (common/metrics), named alike on both daemons:
+ * pdserve:kv_handshakes_total, pdserve:kv_handshake_failures_total{reason},
+ * pdserve:kv_integrity_failures_total, pdserve:kv_sessions, and for the
+ * sender (PD_ROLE_P) pdserve:kv_bytes_sent_total and
+ * pdserve:kv_blocks_sent_total (decoded counts what it received as it
+ * verifies it). Scrape, from the loop before rendering, advances them to the
+ * transport's counters. The struct is the daemon's; a series the registry
+ * had no room for stays NULL, and updates to it are no-ops. */
+struct pd_metrics;
+struct pd_metric;
+struct pd_kvx_metrics {
+    struct pd_metric *hs_ok, *hs_fail[PD_KVX_HSF_N], *integrity, *sessions;
+    struct pd_metric *bytes_sent, *blocks_sent; /* P only */
+    struct pd_kvx_stats last;
+};
+void pd_kvx_metrics_init(struct pd_kvx_metrics *km, struct pd_metrics *m, enum pd_role role);
+void pd_kvx_metrics_scrape(struct pd_kvx_metrics *km, const struct pd_kvx *kvx);
 /* --kv-data-ports "LO-HI" (1 <= LO <= HI <= 65535) into params' data ports;
  * NULL gives 0, 0 (UCX's choice). -EINVAL with a message naming the option. */
 int pd_kvx_parse_ports(const char *s, uint16_t *lo, uint16_t *hi, char *err, size_t errlen);

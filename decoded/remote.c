@@ -59,9 +59,8 @@ struct dec_remote {
     struct rreq *inflight;
     bool stopping;
 
-    struct pd_metric *m_bytes, *m_blocks, *m_xfer, *m_hs_ok, *m_hs_fail[PD_KVX_HSF_N];
-    struct pd_metric *m_integrity, *m_sessions, *m_failover[FR_N];
-    struct pd_kvx_stats last;
+    struct pd_metric *m_bytes, *m_blocks, *m_xfer, *m_failover[FR_N];
+    struct pd_kvx_metrics km;
 };
 
 static int fr_class(int reason)
@@ -305,14 +304,7 @@ void dec_remote_scrape(struct dec_remote *r)
 {
     if (!r)
         return;
-    struct pd_kvx_stats s;
-    pd_kvx_get_stats(r->kvx, &s);
-    pd_metric_add(r->m_hs_ok, (double)(s.handshakes_ok - r->last.handshakes_ok));
-    for (int i = 0; i < PD_KVX_HSF_N; i++)
-        pd_metric_add(r->m_hs_fail[i], (double)(s.hs_fail[i] - r->last.hs_fail[i]));
-    pd_metric_add(r->m_integrity, (double)(s.integrity_failures - r->last.integrity_failures));
-    pd_metric_set(r->m_sessions, (double)s.sessions);
-    r->last = s;
+    pd_kvx_metrics_scrape(&r->km, r->kvx);
     for (unsigned i = 0; i < r->n_peers; i++)
         pd_metric_set(r->peers[i].up, pd_kvx_peer_up(r->peers[i].kp));
 }
@@ -358,18 +350,7 @@ static int metrics_init(struct dec_remote *r, struct pd_metrics *m)
     r->m_xfer = pd_metrics_histogram(m, "pdserve:kv_transfer_seconds",
                                      "Remote prefill: PREFILL sent to DONE received.", secs_b,
                                      sizeof(secs_b) / sizeof(*secs_b));
-    r->m_hs_ok = pd_metrics_counter(m, "pdserve:kv_handshakes_total", NULL,
-                                    "KV sessions authenticated.");
-    for (int i = 0; i < PD_KVX_HSF_N; i++) {
-        char labels[64];
-        snprintf(labels, sizeof(labels), "reason=\"%s\"", pd_kvx_hs_fail_name((unsigned)i));
-        r->m_hs_fail[i] = pd_metrics_counter(m, "pdserve:kv_handshake_failures_total", labels,
-                                             "KV handshakes refused, by reason.");
-    }
-    r->m_integrity = pd_metrics_counter(m, "pdserve:kv_integrity_failures_total", NULL,
-                                        "Block tags that did not verify.");
-    r->m_sessions = pd_metrics_gauge(m, "pdserve:kv_sessions", NULL,
-                                     "Authenticated KV sessions.");
+    pd_kvx_metrics_init(&r->km, m, PD_ROLE_D);
     for (int i = 0; i < FR_N; i++) {
         char labels[64];
         snprintf(labels, sizeof(labels), "reason=\"%s\"", fr_names[i]);

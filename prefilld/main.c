@@ -124,9 +124,7 @@ struct daemon {
     struct evhttp *admin;
     struct pd_metrics *metrics;
     struct pd_metric *m_requests, *m_refused, *m_failed;
-    struct pd_metric *m_bytes, *m_blocks, *m_hs_ok, *m_hs_fail[PD_KVX_HSF_N], *m_integrity;
-    struct pd_metric *m_sessions;
-    struct pd_kvx_stats last; /* stats at the last scrape: counters advance by the delta */
+    struct pd_kvx_metrics km;
     struct pf_sched_metrics sm;
     uint64_t watchdog_us;
     uint32_t inflight; /* requests with a transfer handle */
@@ -314,20 +312,6 @@ static void kvx_event(void *arg, const struct pd_kvx_event *ev)
 
 /* ---- admin HTTP ---- */
 
-static void scrape_kvx(struct daemon *d)
-{
-    struct pd_kvx_stats s;
-    pd_kvx_get_stats(d->kvx, &s);
-    pd_metric_add(d->m_bytes, (double)(s.bytes_sent - d->last.bytes_sent));
-    pd_metric_add(d->m_blocks, (double)(s.blocks_sent - d->last.blocks_sent));
-    pd_metric_add(d->m_hs_ok, (double)(s.handshakes_ok - d->last.handshakes_ok));
-    for (int i = 0; i < PD_KVX_HSF_N; i++)
-        pd_metric_add(d->m_hs_fail[i], (double)(s.hs_fail[i] - d->last.hs_fail[i]));
-    pd_metric_add(d->m_integrity, (double)(s.integrity_failures - d->last.integrity_failures));
-    pd_metric_set(d->m_sessions, (double)s.sessions);
-    d->last = s;
-}
-
 static void admin_cb(struct evhttp_request *req, void *arg)
 {
     struct daemon *d = arg;
@@ -347,7 +331,7 @@ static void admin_cb(struct evhttp_request *req, void *arg)
     if (strcmp(uri, "/metrics") == 0) {
         char *text;
         size_t len;
-        scrape_kvx(d);
+        pd_kvx_metrics_scrape(&d->km, d->kvx);
         if (pd_metrics_render(d->metrics, &text, &len) < 0) {
             pd_http_error(req, 503, "internal_error", NULL, NULL, "out of memory");
             return;
@@ -391,21 +375,7 @@ static int metrics_init(struct daemon *d)
     d->sm.batch_tokens = pd_metrics_histogram(m, "pdserve:batch_tokens",
                                               "Prompt tokens in one engine step.", tok_b,
                                               sizeof(tok_b) / sizeof(*tok_b));
-    d->m_bytes = pd_metrics_counter(m, "pdserve:kv_bytes_sent_total", NULL,
-                                    "KV block bytes sent.");
-    d->m_blocks = pd_metrics_counter(m, "pdserve:kv_blocks_sent_total", NULL, "KV blocks sent.");
-    d->m_hs_ok = pd_metrics_counter(m, "pdserve:kv_handshakes_total", NULL,
-                                    "KV sessions authenticated.");
-    for (int i = 0; i < PD_KVX_HSF_N; i++) {
-        char labels[64];
-        snprintf(labels, sizeof(labels), "reason=\"%s\"", pd_kvx_hs_fail_name((unsigned)i));
-        d->m_hs_fail[i] = pd_metrics_counter(m, "pdserve:kv_handshake_failures_total", labels,
-                                             "KV handshakes refused, by reason.");
-    }
-    d->m_integrity = pd_metrics_counter(m, "pdserve:kv_integrity_failures_total", NULL,
-                                        "Block tags that did not verify.");
-    d->m_sessions = pd_metrics_gauge(m, "pdserve:kv_sessions", NULL,
-                                     "Authenticated KV sessions.");
+    pd_kvx_metrics_init(&d->km, m, PD_ROLE_P);
     return 0;
 }
 
