@@ -327,12 +327,12 @@ void kvx_ep_err_cb(void *arg, ucp_ep_h ep, ucs_status_t status)
     struct pd_kvx_session *c = arg;
     int hsf = PD_KVX_HSF_OTHER;
     if (c->peer) {
-        /* Our handshake: a reset means the responder took the connection and
-         * then closed it (our key, layout or model refused, or a cap: its log
-         * says which; it cannot tell us unauthenticated). A connection never
-         * made (nobody listening) is not a handshake failure; the peer's
-         * backoff handles it. */
-        hsf = status == UCS_ERR_CONNECTION_RESET ? PD_KVX_HSF_REFUSED : -1;
+        /* During our handshake a reset means the responder took the
+         * connection and then closed it (our key, layout or model refused, or
+         * a cap: its log says which; it cannot tell us unauthenticated). A
+         * connection never made (nobody listening) is not a handshake
+         * failure; the peer's backoff handles it. */
+        hsf = c->state == C_HS && status == UCS_ERR_CONNECTION_RESET ? PD_KVX_HSF_REFUSED : -1;
     }
     kvx_conn_fail(c, PD_R_TRANSFER,
                   hsf == PD_KVX_HSF_REFUSED
@@ -628,7 +628,13 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         } else if (c->state == C_UP && now - c->last_rx_ms > k->lease_ms) {
             kvx_conn_fail(c, PD_R_TIMEOUT, "lease expired", -1);
         } else if (c->state == C_UP) {
-            if (now - c->last_hb_ms >= k->lease_ms / 3) {
+            /* heartbeats at a third of the shorter lease, ours or the
+             * peer's (daemons may be configured differently): the peer
+             * must hear from us well within its own lease */
+            uint32_t lease = k->lease_ms;
+            if (c->peer_lease_ms && c->peer_lease_ms < lease)
+                lease = c->peer_lease_ms;
+            if (now - c->last_hb_ms >= lease / 3) {
                 struct pd_frame f = {.type = PD_FT_HEARTBEAT};
                 f.u.heartbeat.lease_ms = k->lease_ms;
                 f.u.heartbeat.seq = ++c->hb_seq;

@@ -113,6 +113,7 @@ struct pd_kvx_session {
     char addr[128];
     char key_id[PD_KEY_ID_MAX + 1];
     uint64_t t_created_ms, last_rx_ms, last_hb_ms, hb_seq, t_connect_ns;
+    uint32_t peer_lease_ms; /* from the peer's heartbeats; 0 until the first */
     struct dl reqs; /* D: pd_kvx_req; P: pd_kvx_sreq (live ones) */
     unsigned n_reqs;
     int up_reported;

@@ -438,7 +438,12 @@ def test_retry_goes_to_another_peer_and_load_is_spread(tmp_path):
     q, ref = reference(LONG, 12)
     port_b = free_port()
     with Prefilld(*MODEL, *MEM, psk=psk) as a:
-        with Decoded(*dec_args(psk, a.addr, "127.0.0.1:%d" % port_b)) as d:
+        # a lease longer than B's start-up plus decoded's reconnect backoff
+        # (up to 5 s): A's failure must come from the kill below, once B is
+        # up, not from A's lease running out first
+        with Decoded(*dec_args(psk, a.addr, "127.0.0.1:%d" % port_b,
+                               extra=("--kv-lease-ms", "20000",
+                                      "--prefill-timeout-ms", "30000"))) as d:
             up(d, a.addr)
             # B is not up yet: the request goes to A, which stops mid-transfer
             a.send(signal.SIGSTOP)
