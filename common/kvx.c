@@ -528,10 +528,22 @@ static ucs_status_t am_ctl(void *arg, const void *header, size_t header_length, 
         return UCS_OK;
     }
     c->last_rx_ms = now_ms();
-    if (k->p.role == PD_ROLE_D)
-        kvx_on_ctl_d(c, &f);
-    else
-        kvx_on_ctl_p(c, &f, &plain);
+    /* session frames, the same for both roles; the rest is the role's */
+    switch (f.type) {
+    case PD_FT_HEARTBEAT:
+        c->peer_lease_ms = f.u.heartbeat.lease_ms; /* on_tick heartbeats at the shorter lease */
+        break;
+    case PD_FT_ABORT_ACK: /* answers an ABORT of ours: nothing more to do */
+        break;
+    case PD_FT_ERROR:
+        kvx_conn_fail(c, f.u.error.reason, f.u.error.detail, -1);
+        break;
+    default:
+        if (k->p.role == PD_ROLE_D)
+            kvx_on_ctl_d(c, &f);
+        else
+            kvx_on_ctl_p(c, &f, &plain);
+    }
     free(plain);
     return UCS_OK;
 }

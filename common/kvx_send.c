@@ -267,14 +267,6 @@ void kvx_on_ctl_p(struct pd_kvx_session *c, const struct pd_frame *f, uint8_t **
         kvx_send_reqref(c, PD_FT_ABORT_ACK, id, ep);
         return;
     }
-    case PD_FT_HEARTBEAT:
-        c->peer_lease_ms = f->u.heartbeat.lease_ms; /* kvx_heartbeat_ms */
-        return;
-    case PD_FT_ABORT_ACK:
-        return;
-    case PD_FT_ERROR:
-        kvx_conn_fail(c, f->u.error.reason, f->u.error.detail, -1);
-        return;
     default:
         k->st.protocol_errors++;
         kvx_conn_fail(c, PD_R_PROTOCOL, "unexpected frame", -1);
