@@ -303,7 +303,7 @@ struct pd_kvx_session *kvx_conn_new(struct pd_kvx *k)
     c->refs = 1;
     c->state = C_HS;
     c->t_created_ms = c->last_rx_ms = now_ms();
-    c->t_connect_ns = now_ns();
+    c->t_connect_ns = pd_now_ns();
     dl_init(&c->reqs);
     dl_add(&k->conns, &c->node);
     return c;
@@ -367,7 +367,7 @@ static void session_up(struct pd_kvx_session *c)
     k->st.sessions_total++;
     if (c->peer) {
         c->peer->backoff_ms = 100;
-        k->st.handshake_ns += now_ns() - c->t_connect_ns;
+        k->st.handshake_ns += pd_now_ns() - c->t_connect_ns;
     }
     kvx_ev_new(k, PD_KVX_EV_SESSION_UP, c);
     pd_log(PD_LOG_DEBUG, "kvx: session with %s up (key %s)", c->addr, c->key_id);
@@ -595,7 +595,7 @@ static void loop_run(struct pd_kvx *k)
          * sleep on a timer that doubles from BUSY_RETRY_US to
          * BUSY_RETRY_MAX_US until something moves again: no busy polling on
          * a stalled peer */
-        uint64_t now = now_ns();
+        uint64_t now = pd_now_ns();
         if (!k->spin_since) {
             k->spin_since = now;
         } else if (now - k->spin_since >= BUSY_SPIN_US * 1000ull) {

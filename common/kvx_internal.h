@@ -88,13 +88,7 @@ static inline void dl_del(struct dl *n)
 }
 #define DL_ENTRY(p, T, m) ((T *)(void *)((char *)(p) - offsetof(T, m)))
 
-static inline uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-static inline uint64_t now_ms(void) { return now_ns() / 1000000u; }
+static inline uint64_t now_ms(void) { return pd_now_ns() / 1000000u; }
 
 
 

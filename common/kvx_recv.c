@@ -125,7 +125,7 @@ static void req_check_complete(struct pd_kvx_req *r)
     r->status = R_OK;
     req_unlink(r);
     k->st.requests_ok++;
-    k->st.transfer_ns += now_ns() - r->t_start_ns;
+    k->st.transfer_ns += pd_now_ns() - r->t_start_ns;
     struct evq *e = kvx_ev_new(k, PD_KVX_EV_DONE, r->c);
     if (e) {
         e->ev.req = r;
@@ -441,7 +441,7 @@ int pd_kvx_request(struct pd_kvx_peer *peer, const struct pd_prefill *p, const u
     r->n = n;
     r->block_size = k->layout.block_size;
     r->udata = udata;
-    r->t_start_ns = now_ns();
+    r->t_start_ns = pd_now_ns();
     r->last_progress_ms = now_ms();
     r->linked = 1;
     dl_add(&c->reqs, &r->node);

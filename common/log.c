@@ -154,9 +154,14 @@ int pd_ratelimit_ok_at(struct pd_ratelimit *rl, int level, uint64_t now_ns)
     return 0;
 }
 
-int pd_ratelimit_ok(struct pd_ratelimit *rl, int level)
+uint64_t pd_now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return pd_ratelimit_ok_at(rl, level, (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+int pd_ratelimit_ok(struct pd_ratelimit *rl, int level)
+{
+    return pd_ratelimit_ok_at(rl, level, pd_now_ns());
 }

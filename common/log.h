@@ -67,6 +67,9 @@ struct pd_ratelimit {
 #define PD_RATELIMIT_INIT(interval_ms, burst_)                                 \
     { .interval_ns = (uint64_t)(interval_ms) * 1000000u, .burst = (burst_) }
 
+/* The monotonic clock in nanoseconds: what every module times with. */
+uint64_t pd_now_ns(void);
+
 /* 1 when a line may be emitted now, 0 when it must be suppressed. Emits the
  * "suppressed N messages" line itself when a new interval opens. */
 int pd_ratelimit_ok(struct pd_ratelimit *rl, int level);

@@ -227,7 +227,7 @@ static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
     struct daemon *d = arg;
     (void)fd;
     (void)what;
-    uint64_t age_ns = dec_now_ns() - dec_sched_heartbeat_ns(d->sched);
+    uint64_t age_ns = pd_now_ns() - dec_sched_heartbeat_ns(d->sched);
     if (age_ns < d->watchdog_us * 1000u)
         pd_notify_watchdog();
     else
@@ -286,8 +286,8 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 /* After the drain: give queued response bytes a moment to reach clients. */
 static void flush_output(struct daemon *d)
 {
-    uint64_t until = dec_now_ns() + FLUSH_GRACE_NS;
-    while (dec_server_pending_output(d->srv) > 0 && dec_now_ns() < until) {
+    uint64_t until = pd_now_ns() + FLUSH_GRACE_NS;
+    while (dec_server_pending_output(d->srv) > 0 && pd_now_ns() < until) {
         struct timeval tv = {0, 20000};
         event_base_loopexit(d->base, &tv);
         event_base_dispatch(d->base);

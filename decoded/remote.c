@@ -130,7 +130,7 @@ static void rreq_released(struct dec_remote *r, struct rreq *q)
 static void take_done(struct dec_remote *r, struct rreq *q, const struct pd_done *d)
 {
     q->done = true;
-    pd_metric_observe(r->m_xfer, (double)(dec_now_ns() - q->t0_ns) * 1e-9);
+    pd_metric_observe(r->m_xfer, (double)(pd_now_ns() - q->t0_ns) * 1e-9);
     if (d->n_prompt != q->n_prompt || d->token >= r->n_vocab || d->n_top > PD_MAX_LOGPROBS) {
         q->reason = PD_R_PROTOCOL;
         snprintf(q->detail, sizeof(q->detail), "DONE does not fit the request (token %u, %u "
@@ -243,7 +243,7 @@ void dec_remote_start(struct dec_remote *r, const struct dec_event *ev)
     snprintf(p.xrid, sizeof(p.xrid), "%s", j->id);
     q->r = r;
     q->n_prompt = j->n_prompt;
-    q->t0_ns = dec_now_ns();
+    q->t0_ns = pd_now_ns();
     dec_job_ref(j);
     q->job = j;
     uint64_t tried = j->peers_failed;

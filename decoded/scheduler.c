@@ -51,13 +51,6 @@ struct dec_sched {
     _Atomic uint64_t heartbeat_ns;
 };
 
-uint64_t dec_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 static double secs(uint64_t a, uint64_t b) { return b > a ? (double)(b - a) * 1e-9 : 0.0; }
 
 struct dec_job *dec_job_new(void)
@@ -166,7 +159,7 @@ static void finish(struct dec_sched *s, struct dec_job *j, struct dec_event *e,
     if (err)
         snprintf(e->err, sizeof(e->err), "%s", err);
     if (why == DEC_FIN_STOP || why == DEC_FIN_LENGTH)
-        pd_metric_observe(s->p.metrics.e2e, secs(j->t_arrival_ns, dec_now_ns()));
+        pd_metric_observe(s->p.metrics.e2e, secs(j->t_arrival_ns, pd_now_ns()));
     post(s, e);
     dec_job_unref(j); /* the compute thread's reference */
 }
@@ -202,7 +195,7 @@ static int flush_text(struct dec_job *j, struct dec_event *e)
 static enum dec_finish take_token(struct dec_sched *s, struct dec_job *j,
                                   const struct pd_sample_result *r, struct dec_event *e)
 {
-    const uint64_t now = dec_now_ns();
+    const uint64_t now = pd_now_ns();
     j->out[j->n_out++] = r->token;
     e->n_gen = j->n_out;
     pd_metric_add(s->p.metrics.gen_tokens, 1);
@@ -622,7 +615,7 @@ static void admit(struct dec_sched *s, uint32_t *n, uint32_t *budget)
             }
             if (!j->admitted) {
                 j->admitted = true;
-                pd_metric_observe(s->p.metrics.queue_time, secs(j->t_arrival_ns, dec_now_ns()));
+                pd_metric_observe(s->p.metrics.queue_time, secs(j->t_arrival_ns, pd_now_ns()));
             }
             continue;
         }
@@ -643,7 +636,7 @@ static void admit(struct dec_sched *s, uint32_t *n, uint32_t *budget)
         }
         if (!j->admitted) {
             j->admitted = true;
-            pd_metric_observe(s->p.metrics.queue_time, secs(j->t_arrival_ns, dec_now_ns()));
+            pd_metric_observe(s->p.metrics.queue_time, secs(j->t_arrival_ns, pd_now_ns()));
         }
         s->active[s->n_active++] = j;
         add_item(s, n, j, want);
@@ -671,7 +664,7 @@ static uint32_t step(struct dec_sched *s)
     pd_metric_observe(s->p.metrics.batch_size, n);
 
     int rc = pd_engine_step(s->p.engine, s->items, n, err, sizeof(err));
-    atomic_store(&s->heartbeat_ns, dec_now_ns());
+    atomic_store(&s->heartbeat_ns, pd_now_ns());
     for (uint32_t i = 0; i < n; i++) {
         struct dec_job *j = s->item_job[i];
         const struct pd_batch_item *it = &s->items[i];
@@ -718,11 +711,11 @@ static void *run(void *arg)
     struct dec_sched *s = arg;
     bool idle = false;
     for (;;) {
-        atomic_store(&s->heartbeat_ns, dec_now_ns());
+        atomic_store(&s->heartbeat_ns, pd_now_ns());
         pthread_mutex_lock(&s->mu);
         if (!s->stop && !s->in_head && (idle || (s->n_active == 0 && !s->q_head))) {
             uint64_t tick = s->p.idle_tick_ms ? s->p.idle_tick_ms : 1000;
-            uint64_t until = dec_now_ns() + tick * 1000000u;
+            uint64_t until = pd_now_ns() + tick * 1000000u;
             struct timespec ts = {.tv_sec = (time_t)(until / 1000000000u),
                                   .tv_nsec = (long)(until % 1000000000u)};
             pthread_cond_timedwait(&s->cv, &s->mu, &ts);
@@ -796,7 +789,7 @@ int dec_sched_new(const struct dec_sched_params *p, struct dec_sched **out, char
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&s->cv, &ca);
     pthread_condattr_destroy(&ca);
-    atomic_init(&s->heartbeat_ns, dec_now_ns());
+    atomic_init(&s->heartbeat_ns, pd_now_ns());
     if (!s->logits || !s->items || !s->item_job || !s->active || !s->sampler) {
         dec_sched_free(s);
         snprintf(err, errlen, "out of memory for %u sequences of %u logits", m, s->n_vocab);

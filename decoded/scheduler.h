@@ -40,6 +40,7 @@
 #define DEC_SCHEDULER_H
 
 #include "engine.h"
+#include "log.h" /* pd_now_ns */
 #include "http.h"
 #include "sampler.h"
 #include "stop.h"
@@ -194,6 +195,5 @@ void dec_sched_counts(struct dec_sched *s, uint32_t *waiting, uint32_t *running)
 /* Tokens of KV cache the pool holds in all (a job's worst case must fit). */
 uint64_t dec_sched_capacity_tokens(const struct dec_sched *s);
 
-uint64_t dec_now_ns(void);
 
 #endif

@@ -244,7 +244,7 @@ static const char *finish_name(enum dec_finish f)
 
 static void log_done(struct dec_http *h, int status, const struct dec_event *e)
 {
-    uint64_t now = dec_now_ns();
+    uint64_t now = pd_now_ns();
     double e2e = (double)(now - h->t_start_ns) * 1e-9;
     double ttft = e->t_first_ns ? (double)(e->t_first_ns - h->t_start_ns) * 1e-9 : -1;
     const char *why = h->cut ? "abort (slow reader cut)"
@@ -390,7 +390,7 @@ static void on_event(struct dec_server *s, struct dec_event *e)
             dec_job_cancel(h->job);
         /* libevent does not read a connection while we compute its reply:
          * look for a client that left, now and then */
-        uint64_t now = dec_now_ns();
+        uint64_t now = pd_now_ns();
         if (h->evcon && now - h->last_peek_ns > PEEK_INTERVAL_NS) {
             h->last_peek_ns = now;
             if (pd_http_peer_gone(h->evcon)) {
@@ -605,7 +605,7 @@ static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_
     if (r.sampling.top_k > (int32_t)s->cfg.n_vocab)
         r.sampling.top_k = 0; /* all of them */
     if (!r.has_seed && getrandom(&r.sampling.seed, sizeof(r.sampling.seed), 0) < 0)
-        r.sampling.seed = dec_now_ns();
+        r.sampling.seed = pd_now_ns();
     if (pd_sampling_validate(&r.sampling, s->cfg.n_vocab, msg, sizeof(msg)) < 0) {
         reject(s, req, id, 400, NULL, "invalid_value", msg);
         goto out;
@@ -618,7 +618,7 @@ static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_
     job->n_stops = r.n_stops;
     r.stops = NULL;
     r.n_stops = 0;
-    job->t_arrival_ns = dec_now_ns();
+    job->t_arrival_ns = pd_now_ns();
     job->owner = h;
     job->remote = s->remote && job->n_prompt > s->local_prefill_max;
 

@@ -215,7 +215,7 @@ static int take_prefill(struct daemon *d, const struct pd_kvx_event *ev)
         .min_p = p->min_p, .repetition_penalty = p->repetition_penalty,
         .presence_penalty = p->presence_penalty, .frequency_penalty = p->frequency_penalty,
         .seed = p->seed, .n_logprobs = p->n_logprobs};
-    j->t_arrival_ns = pf_now_ns();
+    j->t_arrival_ns = pd_now_ns();
     uint32_t n_vocab = pd_engine_n_vocab(d->engine);
     int rc = pd_sampling_validate(&j->sampling, n_vocab, err, sizeof(err));
     for (uint32_t i = 0; rc == 0 && i < j->n_tokens; i++)
@@ -386,7 +386,7 @@ static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
     struct daemon *d = arg;
     (void)fd;
     (void)what;
-    uint64_t age_ns = pf_now_ns() - pf_sched_heartbeat_ns(d->sched);
+    uint64_t age_ns = pd_now_ns() - pf_sched_heartbeat_ns(d->sched);
     if (age_ns < d->watchdog_us * 1000u)
         pd_notify_watchdog();
     else

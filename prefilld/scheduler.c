@@ -52,13 +52,6 @@ struct pf_sched {
     _Atomic uint64_t heartbeat_ns;
 };
 
-uint64_t pf_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 static double secs(uint64_t a, uint64_t b) { return b > a ? (double)(b - a) * 1e-9 : 0.0; }
 
 struct pf_job *pf_job_new(void)
@@ -269,7 +262,7 @@ static void admit(struct pf_sched *s)
         if (pd_kvseq_reserve(s->kc, &j->seq, j->n_tokens) < 0)
             return;
         dequeue(s, j);
-        pd_metric_observe(s->p.metrics.queue_time, secs(j->t_arrival_ns, pf_now_ns()));
+        pd_metric_observe(s->p.metrics.queue_time, secs(j->t_arrival_ns, pd_now_ns()));
         served(s, j->peer);
         s->active[s->n_active++] = j;
     }
@@ -387,7 +380,7 @@ static void step(struct pf_sched *s)
     if (n == 0)
         return;
     int rc = pd_engine_step(s->p.engine, s->items, n, err, sizeof(err));
-    atomic_store(&s->heartbeat_ns, pf_now_ns());
+    atomic_store(&s->heartbeat_ns, pd_now_ns());
     pd_metric_observe(s->p.metrics.batch_tokens, rc < 0 ? 0 : tokens);
     for (uint32_t i = 0; i < n; i++) {
         struct pf_job *j = s->item_job[i];
@@ -407,7 +400,7 @@ static void step(struct pf_sched *s)
         struct pf_event *e = event_new(j, PF_EV_DONE, 0);
         drop_active(s, k);
         pd_metric_add(s->p.metrics.prompt_tokens, j->n_tokens);
-        pd_metric_observe(s->p.metrics.prefill_time, secs(j->t_arrival_ns, pf_now_ns()));
+        pd_metric_observe(s->p.metrics.prefill_time, secs(j->t_arrival_ns, pd_now_ns()));
         if (pd_sample(s->sampler, &j->sampling, it->logits, j->tokens, j->n_tokens, NULL, 0,
                       &e->token) < 0) {
             e->type = PF_EV_END;
@@ -435,11 +428,11 @@ static void *run(void *arg)
     struct pf_sched *s = arg;
     uint64_t steps = 0;
     for (;;) {
-        atomic_store(&s->heartbeat_ns, pf_now_ns());
+        atomic_store(&s->heartbeat_ns, pd_now_ns());
         pthread_mutex_lock(&s->mu);
         if (!s->stop && !has_work(s)) {
             uint64_t tick = s->p.idle_tick_ms ? s->p.idle_tick_ms : 1000;
-            uint64_t until = pf_now_ns() + tick * 1000000u;
+            uint64_t until = pd_now_ns() + tick * 1000000u;
             struct timespec ts = {.tv_sec = (time_t)(until / 1000000000u),
                                   .tv_nsec = (long)(until % 1000000000u)};
             pthread_cond_timedwait(&s->cv, &s->mu, &ts);
@@ -455,7 +448,7 @@ static void *run(void *arg)
         if (s->n_active == 0 && pd_kvcache_n_free(s->kc) == before) {
             pthread_mutex_lock(&s->mu);
             if (!s->stop && !s->unrefs) {
-                uint64_t until = pf_now_ns() + 50000000u;
+                uint64_t until = pd_now_ns() + 50000000u;
                 struct timespec ts = {.tv_sec = (time_t)(until / 1000000000u),
                                       .tv_nsec = (long)(until % 1000000000u)};
                 pthread_cond_timedwait(&s->cv, &s->mu, &ts);
@@ -522,7 +515,7 @@ int pf_sched_new(const struct pf_sched_params *p, struct pf_sched **out, char *e
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&s->cv, &ca);
     pthread_condattr_destroy(&ca);
-    atomic_init(&s->heartbeat_ns, pf_now_ns());
+    atomic_init(&s->heartbeat_ns, pd_now_ns());
     if (!s->logits || !s->items || !s->item_job || !s->active || !s->marks || !s->sampler) {
         pf_sched_free(s);
         snprintf(err, errlen, "out of memory for %u prefills of %u logits", m, s->n_vocab);

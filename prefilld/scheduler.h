@@ -26,6 +26,7 @@
 #define PF_SCHED_H
 
 #include "engine.h"
+#include "log.h" /* pd_now_ns */
 #include "frame.h"
 #include "sampler.h"
 
@@ -116,6 +117,5 @@ int pf_sched_unref(struct pf_sched *s, const uint32_t *blocks, uint32_t n);
 uint64_t pf_sched_heartbeat_ns(const struct pf_sched *s);
 void pf_sched_counts(struct pf_sched *s, uint32_t *waiting, uint32_t *running);
 
-uint64_t pf_now_ns(void);
 
 #endif

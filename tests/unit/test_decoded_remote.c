@@ -110,7 +110,7 @@ static struct dec_job *job(struct result *res, uint32_t max_tokens)
     j->sampling = res->sp;
     j->ignore_eos = true;
     j->remote = res->remote;
-    j->t_arrival_ns = dec_now_ns();
+    j->t_arrival_ns = pd_now_ns();
     j->owner = res;
     snprintf(j->id, sizeof(j->id), "job-%p", (void *)res);
     return j;
@@ -196,7 +196,7 @@ static void sleep_ms(long ms)
 
 static void collect(struct rig *r, struct result *res, int n)
 {
-    uint64_t deadline = dec_now_ns() + 60000000000u;
+    uint64_t deadline = pd_now_ns() + 60000000000u;
     for (;;) {
         pump(r);
         int left = 0;
@@ -204,7 +204,7 @@ static void collect(struct rig *r, struct result *res, int n)
             left += !res[i].done;
         if (!left)
             return;
-        CHECK(dec_now_ns() < deadline);
+        CHECK(pd_now_ns() < deadline);
         sleep_ms(1);
     }
 }
@@ -327,17 +327,17 @@ static void remote_cancel_keeps_blocks_until_released(void)
                              .sp = PD_SAMPLING_DEFAULT, .plan = {ACT_HOLD}};
     struct dec_job *j = job(&res[0], 8);
     CHECK_EQ_INT(dec_sched_submit(r.s, j), 0);
-    uint64_t deadline = dec_now_ns() + 10000000000u;
+    uint64_t deadline = pd_now_ns() + 10000000000u;
     while (!res[0].held) {
         pump(&r);
-        CHECK(dec_now_ns() < deadline);
+        CHECK(pd_now_ns() < deadline);
         sleep_ms(1);
     }
     CHECK(pd_metric_value(r.sm.kv_used) == 3);
     dec_job_cancel(j);
     while (res[0].cancels == 0) {
         pump(&r);
-        CHECK(dec_now_ns() < deadline);
+        CHECK(pd_now_ns() < deadline);
         sleep_ms(1);
     }
     /* the transfer may still write them: held until it is reported over */
@@ -352,7 +352,7 @@ static void remote_cancel_keeps_blocks_until_released(void)
     CHECK_EQ_INT(res[0].fin, DEC_FIN_CANCELLED);
     CHECK_EQ_INT(res[0].cancels, 1);
     while (pd_metric_value(r.sm.kv_used) != 0) {
-        CHECK(dec_now_ns() < deadline);
+        CHECK(pd_now_ns() < deadline);
         sleep_ms(1);
     }
     dec_job_unref(j);

@@ -109,7 +109,7 @@ static struct dec_job *job(const int32_t *prompt, uint32_t n, uint32_t max_token
     j->max_tokens = max_tokens;
     j->sampling = *sp;
     j->ignore_eos = true;
-    j->t_arrival_ns = dec_now_ns();
+    j->t_arrival_ns = pd_now_ns();
     j->owner = res;
     snprintf(j->id, sizeof(j->id), "job-%p", (void *)res);
     return j;
@@ -118,7 +118,7 @@ static struct dec_job *job(const int32_t *prompt, uint32_t n, uint32_t max_token
 /* Take events until every result is done (the test fails after 60 s). */
 static void collect(struct rig *r, struct result *res, int n)
 {
-    uint64_t deadline = dec_now_ns() + 60000000000u;
+    uint64_t deadline = pd_now_ns() + 60000000000u;
     for (;;) {
         for (struct dec_event *e = dec_sched_take(r->s), *next; e; e = next) {
             next = e->next;
@@ -139,7 +139,7 @@ static void collect(struct rig *r, struct result *res, int n)
             left += !res[i].done;
         if (!left)
             return;
-        CHECK(dec_now_ns() < deadline);
+        CHECK(pd_now_ns() < deadline);
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
     }
@@ -272,9 +272,9 @@ static void sched_cancel_frees_blocks_of_running_and_queued(void)
         jobs[i] = job(prompt, 20, 200, &sp, &res[i]);
         CHECK_EQ_INT(dec_sched_submit(r.s, jobs[i]), 0);
     }
-    uint64_t deadline = dec_now_ns() + 30000000000u;
+    uint64_t deadline = pd_now_ns() + 30000000000u;
     while (pd_metric_value(r.sm.running) < 2 || pd_metric_value(r.sm.kv_used) == 0) {
-        CHECK(dec_now_ns() < deadline);
+        CHECK(pd_now_ns() < deadline);
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
     }
@@ -287,10 +287,10 @@ static void sched_cancel_frees_blocks_of_running_and_queued(void)
     for (int i = 0; i < 4; i++)
         CHECK_EQ_INT(res[i].fin, DEC_FIN_CANCELLED);
     /* the step that dropped them sets the gauges right after their events */
-    deadline = dec_now_ns() + 5000000000u;
+    deadline = pd_now_ns() + 5000000000u;
     while (pd_metric_value(r.sm.kv_used) != 0 || pd_metric_value(r.sm.running) != 0 ||
            pd_metric_value(r.sm.waiting) != 0) {
-        CHECK(dec_now_ns() < deadline);
+        CHECK(pd_now_ns() < deadline);
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
     }

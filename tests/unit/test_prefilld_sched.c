@@ -103,7 +103,7 @@ static struct pf_job *job(uint64_t peer, uint64_t id, const int32_t *tokens, uin
     j->peer = peer;
     j->request_id = id;
     j->sampling = PD_SAMPLING_DEFAULT;
-    j->t_arrival_ns = pf_now_ns();
+    j->t_arrival_ns = pd_now_ns();
     j->owner = g;
     snprintf(j->xrid, sizeof(j->xrid), "t-%" PRIu64, id);
     return j;
@@ -119,7 +119,7 @@ static void prompt(int32_t *t, uint32_t n, uint32_t salt)
  * right away unless hold is set (then the caller does). */
 static void collect(struct rig *r, struct got *g, int n, bool hold, int *done_seq)
 {
-    uint64_t deadline = pf_now_ns() + 60000000000u;
+    uint64_t deadline = pd_now_ns() + 60000000000u;
     for (;;) {
         for (struct pf_event *e = pf_sched_take(r->s), *next; e; e = next) {
             next = e->next;
@@ -149,7 +149,7 @@ static void collect(struct rig *r, struct got *g, int n, bool hold, int *done_se
             left += !g[i].done && !g[i].ended;
         if (!left)
             return;
-        CHECK(pf_now_ns() < deadline);
+        CHECK(pd_now_ns() < deadline);
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
     }
@@ -277,10 +277,10 @@ static void prefilld_full_pool_waits_for_transfers(void)
         pf_job_unref(j);
     }
     /* hold the first job's blocks: the second cannot start */
-    uint64_t deadline = pf_now_ns() + 30000000000u;
+    uint64_t deadline = pd_now_ns() + 30000000000u;
     while (!g[0].done) {
         collect(&r, g, 1, true, &seq);
-        CHECK(pf_now_ns() < deadline);
+        CHECK(pd_now_ns() < deadline);
     }
     struct timespec ts = {0, 200000000};
     nanosleep(&ts, NULL);
