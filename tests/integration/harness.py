@@ -43,42 +43,42 @@ def free_port():
         return s.getsockname()[1]
 
 
-class Decoded:
-    def __init__(self, *args, env=None, wait=True, timeout=120):
-        self.args = list(args)
-        self.extra_env = env or {}
-        self.wait = wait
-        self.timeout = timeout
-        self.proc = None
-        self.port = free_port()
-        self.admin_port = free_port()
-        while self.admin_port == self.port:
-            self.admin_port = free_port()
+class _Daemon:
+    """What starting, watching and stopping a daemon share: the environment
+    (no PDSERVE_* or NOTIFY_SOCKET from outside, plus extra_env), the log
+    file, waiting for /health, and the clean stop every `with` block checks
+    (exit 0 on SIGTERM, no sanitizer report). Subclasses set `name`, build
+    the command line and say how to GET their health and metrics."""
 
-    # -- lifecycle --
-    def start(self):
+    name = "daemon"
+
+    def _spawn(self, cmd):
         env = {k: v for k, v in os.environ.items() if not k.startswith("PDSERVE_")}
         env.pop("NOTIFY_SOCKET", None)
         env.update(self.extra_env)
-        self.logf = tempfile.NamedTemporaryFile(prefix="decoded-", suffix=".log", delete=False)
-        cmd = [binary(), "--port", str(self.port), "--admin-port", str(self.admin_port)] + self.args
+        self.logf = tempfile.NamedTemporaryFile(prefix=self.name + "-", suffix=".log",
+                                                delete=False)
         self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT, env=env)
-        if self.wait:
-            self.wait_ready()
-        return self
+
+    def _health(self):
+        raise NotImplementedError
+
+    def _admin_text(self, path):
+        raise NotImplementedError
 
     def wait_ready(self):
         deadline = time.time() + self.timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError("decoded exited with %s:\n%s" % (self.proc.returncode, self.log()))
+                raise RuntimeError("%s exited with %s:\n%s" % (self.name, self.proc.returncode,
+                                                               self.log()))
             try:
-                if self.request("GET", "/health", timeout=2)[0] == 200:
+                if self._health() == 200:
                     return
             except OSError:
                 pass
             time.sleep(0.05)
-        raise RuntimeError("decoded did not come up:\n" + self.log())
+        raise RuntimeError("%s did not come up:\n%s" % (self.name, self.log()))
 
     def stop(self, sig=signal.SIGTERM, timeout=60):
         """Send sig and wait; returns the exit status."""
@@ -102,22 +102,66 @@ class Decoded:
             try:
                 rc = self.stop(signal.SIGTERM, timeout=60)
                 if rc != 0:
-                    problem = "decoded exited with %d on SIGTERM" % rc
+                    problem = "%s exited with %d on SIGTERM" % (self.name, rc)
             except subprocess.TimeoutExpired:
-                problem = "decoded did not stop on SIGTERM"
+                problem = "%s did not stop on SIGTERM" % self.name
         log = self.log() if self.proc else ""
         for bad in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
             if bad in log:
-                problem = problem or "sanitizer report in the log"
+                problem = problem or "sanitizer report in the %s log" % self.name
         if exc[0] is not None or problem:
-            print("---- decoded log ----\n" + log)
-        os.unlink(self.logf.name)
+            print("---- %s log ----\n%s" % (self.name, log))
+        if self.proc:
+            os.unlink(self.logf.name)
         if problem and exc[0] is None:
             raise AssertionError(problem)
 
     def log(self):
         with open(self.logf.name, errors="replace") as f:
             return f.read()
+
+    def metrics(self):
+        out = {}
+        for line in self._admin_text("/metrics").splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def metric(self, prefix):
+        """Sum of every series whose name (with labels) starts with prefix."""
+        return sum(v for k, v in self.metrics().items() if k.startswith(prefix))
+
+
+class Decoded(_Daemon):
+    name = "decoded"
+
+    def __init__(self, *args, env=None, wait=True, timeout=120):
+        self.args = list(args)
+        self.extra_env = env or {}
+        self.wait = wait
+        self.timeout = timeout
+        self.proc = None
+        self.port = free_port()
+        self.admin_port = free_port()
+        while self.admin_port == self.port:
+            self.admin_port = free_port()
+
+    # -- lifecycle --
+    def start(self):
+        self._spawn([binary(), "--port", str(self.port), "--admin-port", str(self.admin_port)]
+                    + self.args)
+        if self.wait:
+            self.wait_ready()
+        return self
+
+    def _health(self):
+        return self.request("GET", "/health", timeout=2)[0]
+
+    def _admin_text(self, path):
+        status, _, data = self.request("GET", path, admin=True)
+        assert status == 200
+        return data.decode()
 
     @property
     def base_url(self):
@@ -146,20 +190,6 @@ class Decoded:
             return status, json.loads(data)
         except ValueError:
             return status, data
-
-    def metrics(self):
-        status, _, data = self.request("GET", "/metrics", admin=True)
-        assert status == 200
-        out = {}
-        for line in data.decode().splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
-
-    def metric(self, prefix):
-        """Sum of every series whose name (with labels) starts with prefix."""
-        return sum(v for k, v in self.metrics().items() if k.startswith(prefix))
 
 
 def sse_events(body):
@@ -201,10 +231,12 @@ def write_key(path, key=None, key_id="k1"):
     return str(path)
 
 
-class Prefilld:
+class Prefilld(_Daemon):
     """The real prefilld on loopback ports picked here (kv_port, admin_port),
     or on the ones given (a restart on the same port). Killed at the end of
     its `with` block; a clean stop must exit 0 with no sanitizer report."""
+
+    name = "prefilld"
 
     def __init__(self, *args, psk, kv_port=None, env=None, timeout=120):
         self.args = list(args)
@@ -218,25 +250,18 @@ class Prefilld:
         self.proc = None
 
     def start(self):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PDSERVE_")}
-        env.pop("NOTIFY_SOCKET", None)
-        env.update(self.extra_env)
-        self.logf = tempfile.NamedTemporaryFile(prefix="prefilld-", suffix=".log", delete=False)
-        cmd = [prefilld_binary(), "--kv-port", str(self.kv_port), "--admin-port",
-               str(self.admin_port), "--kv-psk-file", str(self.psk)] + self.args
-        self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT, env=env)
-        deadline = time.time() + self.timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("prefilld exited with %s:\n%s" % (self.proc.returncode,
-                                                                    self.log()))
-            try:
-                if self.request("GET", "/health", timeout=2)[0] == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("prefilld did not come up:\n" + self.log())
+        self._spawn([prefilld_binary(), "--kv-port", str(self.kv_port), "--admin-port",
+                     str(self.admin_port), "--kv-psk-file", str(self.psk)] + self.args)
+        self.wait_ready()
+        return self
+
+    def _health(self):
+        return self.request("GET", "/health", timeout=2)[0]
+
+    def _admin_text(self, path):
+        status, data = self.request("GET", path)
+        assert status == 200
+        return data.decode()
 
     @property
     def addr(self):
@@ -251,42 +276,10 @@ class Prefilld:
         self.proc.wait()
 
     def stop(self, sig=signal.SIGTERM, timeout=60):
+        """As any daemon's, but a stopped (SIGSTOP) prefilld is woken first."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        problem = None
-        if self.proc and self.proc.poll() is None:
-            try:
-                rc = self.stop(signal.SIGTERM, timeout=60)
-                if rc != 0:
-                    problem = "prefilld exited with %d on SIGTERM" % rc
-            except subprocess.TimeoutExpired:
-                problem = "prefilld did not stop on SIGTERM"
-        log = self.log() if self.proc else ""
-        for bad in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
-            if bad in log:
-                problem = problem or "sanitizer report in the prefilld log"
-        if exc[0] is not None or problem:
-            print("---- prefilld log ----\n" + log)
-        if self.proc:
-            os.unlink(self.logf.name)
-        if problem and exc[0] is None:
-            raise AssertionError(problem)
-
-    def log(self):
-        with open(self.logf.name, errors="replace") as f:
-            return f.read()
+        return super().stop(sig, timeout)
 
     def request(self, method, path, timeout=10):
         conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=timeout)
@@ -296,12 +289,3 @@ class Prefilld:
             return r.status, r.read()
         finally:
             conn.close()
-
-    def metric(self, prefix):
-        status, data = self.request("GET", "/metrics")
-        assert status == 200
-        total = 0.0
-        for line in data.decode().splitlines():
-            if line and not line.startswith("#") and line.startswith(prefix):
-                total += float(line.rpartition(" ")[2])
-        return total
