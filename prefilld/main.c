@@ -127,8 +127,7 @@ struct daemon {
     struct pd_kvx_metrics km;
     struct pf_sched_metrics sm;
     uint64_t watchdog_us;
-    uint32_t inflight; /* requests with a transfer handle */
-    struct pf_job *held; /* those jobs (the loop's reference), until SREQ_END */
+    struct pf_job *held; /* jobs with a transfer handle (the loop's reference), until SREQ_END */
     bool closing; /* kvx is going: scheduler events no longer reach it */
     bool draining;
     struct pd_ratelimit rl_stall;
@@ -249,7 +248,6 @@ static int take_prefill(struct daemon *d, const struct pd_kvx_event *ev)
     if (d->held)
         d->held->lprev = j;
     d->held = j;
-    d->inflight++;
     pd_metric_add(d->m_requests, 1);
     pd_log(PD_LOG_DEBUG, "request %s: %u prompt tokens from %s", j->xrid, j->n_tokens,
            ev->peer_addr ? ev->peer_addr : "?");
@@ -269,12 +267,19 @@ static void release_held(struct daemon *d, struct pf_job *j)
     j->owner = NULL;
     pf_job_cancel(j); /* no-op when it already finished */
     pf_job_unref(j);
-    d->inflight--;
+}
+
+static unsigned n_held(const struct daemon *d)
+{
+    unsigned n = 0;
+    for (const struct pf_job *j = d->held; j; j = j->lnext)
+        n++;
+    return n;
 }
 
 static void maybe_stop(struct daemon *d)
 {
-    if (d->draining && d->inflight == 0)
+    if (d->draining && !d->held)
         event_base_loopexit(d->base, NULL);
 }
 
@@ -413,7 +418,7 @@ static void drain_deadline_cb(evutil_socket_t fd, short what, void *arg)
     struct daemon *d = arg;
     (void)fd;
     (void)what;
-    pd_log(PD_LOG_NOTICE, "drain timeout: cutting %u prefills still running", d->inflight);
+    pd_log(PD_LOG_NOTICE, "drain timeout: cutting %u prefills still running", n_held(d));
     event_base_loopexit(d->base, NULL);
 }
 
@@ -440,7 +445,7 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     d->draining = true;
     pd_notify_stopping();
     pd_log(PD_LOG_NOTICE, "%s: stopping; %u prefills running, draining for up to %" PRId64 "s",
-           strsignal((int)sig), d->inflight, d->cfg->drain_timeout);
+           strsignal((int)sig), n_held(d), d->cfg->drain_timeout);
     struct timeval tv = {.tv_sec = d->cfg->drain_timeout};
     event_add(d->drain_ev, &tv);
     maybe_stop(d);
