@@ -1,5 +1,7 @@
 #include "quant.h"
 
+#include "bf16.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <stdbool.h>
@@ -77,81 +79,25 @@ int pd_dtype_row_size(uint32_t type, uint64_t ne0, uint64_t *nbytes)
 
 static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
 
+/* the conversions themselves are kernels/bf16.h's, shared with the kernels */
 float pd_f16_to_f32(uint16_t h)
 {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t exp = (h >> 10) & 0x1f;
-    uint32_t man = h & 0x3ff;
-    uint32_t bits;
-
-    if (exp == 0x1f) {
-        bits = sign | 0x7f800000u | (man << 13); /* inf / nan */
-    } else if (exp != 0) {
-        bits = sign | ((exp + 112) << 23) | (man << 13);
-    } else if (man == 0) {
-        bits = sign;
-    } else {
-        /* subnormal: normalise the mantissa */
-        int e = -1;
-        do {
-            e++;
-            man <<= 1;
-        } while ((man & 0x400) == 0);
-        bits = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3ff) << 13);
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
+    return pd_f16_decode(h);
 }
 
 uint16_t pd_f32_to_f16(float f)
 {
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
-    uint32_t absx = x & 0x7fffffffu;
-
-    if (absx > 0x7f800000u)
-        return sign | 0x7e00; /* nan */
-    if (absx >= 0x477ff000u) /* rounds to >= 65520: overflow to inf */
-        return sign | 0x7c00;
-    if (absx < 0x38800000u) {
-        /* result is subnormal or zero: shift the full mantissa and round */
-        if (absx < 0x33000000u) /* below half the smallest subnormal */
-            return sign;
-        uint32_t e = absx >> 23;
-        uint32_t m = (absx & 0x7fffff) | 0x800000;
-        uint32_t shift = 126 - e; /* 14 + (112 - e) + 0 */
-        uint32_t r = m >> shift;
-        uint32_t rem = m & ((1u << shift) - 1);
-        uint32_t half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (r & 1)))
-            r++;
-        return sign | (uint16_t)r;
-    }
-    uint32_t r = ((absx >> 13) - (112u << 10));
-    uint32_t rem = absx & 0x1fff;
-    if (rem > 0x1000 || (rem == 0x1000 && (r & 1)))
-        r++;
-    return sign | (uint16_t)r;
+    return pd_f16_encode(f);
 }
 
 float pd_bf16_to_f32(uint16_t h)
 {
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
+    return pd_bf16_decode(h);
 }
 
 uint16_t pd_f32_to_bf16(float f)
 {
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    if ((x & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((x >> 16) | 0x40); /* quiet nan */
-    x += 0x7fff + ((x >> 16) & 1);
-    return (uint16_t)(x >> 16);
+    return pd_bf16_encode(f);
 }
 
 int pd_dequant_row(uint32_t type, const void *src_, float *dst, uint64_t n)

@@ -14,15 +14,25 @@
 /* head_dim bound for a BF16 pool's row buffers (models allow up to 1024) */
 #define MAX_HEAD_DIM 1024
 
+/* n elements of a 16-bit pool (BF16 or F16) from element offset off, widened */
+static void widen(const struct pd_attn_args *a, uint64_t off, size_t n, float *dst)
+{
+    const uint16_t *p = (const uint16_t *)(const void *)a->pool + off;
+    if (a->pool_type == PD_DT_BF16)
+        for (size_t i = 0; i < n; i++)
+            dst[i] = pd_bf16_decode(p[i]);
+    else
+        for (size_t i = 0; i < n; i++)
+            dst[i] = pd_f16_decode(p[i]);
+}
+
 /* head_dim elements at element offset off as floats: a pointer into an F32
- * pool, or the BF16 pool's row converted into buf. */
+ * pool, or a 16-bit pool's row converted into buf. */
 static const float *kv_row(const struct pd_attn_args *a, uint64_t off, float *buf)
 {
-    if (a->pool_type != PD_DT_BF16)
+    if (a->pool_type == PD_DT_F32)
         return a->pool + off;
-    const uint16_t *p = (const uint16_t *)(const void *)a->pool + off;
-    for (uint32_t d = 0; d < a->kv.head_dim; d++)
-        buf[d] = pd_bf16_decode(p[d]);
+    widen(a, off, a->kv.head_dim, buf);
     return buf;
 }
 
@@ -78,13 +88,10 @@ static void gather(const struct pd_attn_args *a, const uint32_t *table, uint32_t
     for (uint32_t b = 0; b * bs < n_ctx; b++) {
         uint32_t n = n_ctx - b * bs < bs ? n_ctx - b * bs : bs;
         uint64_t off = pd_kv_offset(l, table[b], a->layer, kv, kvh, 0);
-        if (a->pool_type != PD_DT_BF16) {
+        if (a->pool_type == PD_DT_F32)
             memcpy(dst + (size_t)b * bs * hd, a->pool + off, (size_t)n * hd * sizeof(float));
-            continue;
-        }
-        const uint16_t *src = (const uint16_t *)(const void *)a->pool + off;
-        for (size_t i = 0; i < (size_t)n * hd; i++)
-            dst[(size_t)b * bs * hd + i] = pd_bf16_decode(src[i]);
+        else
+            widen(a, off, (size_t)n * hd, dst + (size_t)b * bs * hd);
     }
 }
 
@@ -133,9 +140,10 @@ int pd_attention_cpu(const struct pd_attn_args *a)
     size_t need_ctx = 1;
     int rc = 0;
 
-    if (a->n_head % a->kv.n_head_kv != 0)
+    if (a->n_head % a->kv.n_head_kv != 0 || a->io_type != PD_DT_F32)
         return -EINVAL;
-    if (a->pool_type != PD_DT_F32 && (a->pool_type != PD_DT_BF16 || hd > MAX_HEAD_DIM))
+    if (a->pool_type != PD_DT_F32 &&
+        ((a->pool_type != PD_DT_BF16 && a->pool_type != PD_DT_F16) || hd > MAX_HEAD_DIM))
         return -EINVAL;
     for (uint32_t t = 0; t < a->n_tokens; t++) {
         if (a->tok_pos[t] < 0 || (size_t)a->tok_pos[t] >= max_ctx)

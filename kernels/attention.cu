@@ -14,7 +14,7 @@
  * written to `out`, otherwise the piece's normalised output and log2-sum-exp
  * go to the workspace and attn_merge_kernel combines them.
  *
- * Fast paths: head_dim 64 and 128 with a 16-byte-aligned F32 or BF16 pool.
+ * Fast paths: head_dim 64 and 128 with a 16-byte-aligned F32, BF16 or F16 pool.
  * Any other head_dim up to 256 takes the generic path (scalar loads, one lane
  * per element): correct, not tuned.
  */
@@ -23,6 +23,7 @@
 #include "cuda_check.cuh"
 #include "quant.h"
 
+#include <cuda_fp16.h>
 #include <math.h>
 #include <mutex>
 #include <string.h>
@@ -85,6 +86,41 @@ template <> struct kv_vec<uint16_t, 8> {
             f[2 * i] = __uint_as_float(w[i] << 16);
             f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
         }
+    }
+};
+
+/* IEEE half elements: a type of their own so that the kernel's T tells the
+ * two 16-bit formats apart (pointer arithmetic and loads as uint16_t). */
+struct f16_elem {
+    uint16_t bits;
+};
+
+template <> struct kv_vec<f16_elem, 8> {
+    typedef uint4 raw;
+    static __device__ __forceinline__ raw load(const f16_elem *p)
+    {
+        return __ldg((const uint4 *)p);
+    }
+    static __device__ __forceinline__ void cvt(const raw &r, float *f)
+    {
+        const uint32_t w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            f[2 * i] = __half2float(__ushort_as_half((unsigned short)(w[i] & 0xffffu)));
+            f[2 * i + 1] = __half2float(__ushort_as_half((unsigned short)(w[i] >> 16)));
+        }
+    }
+};
+
+template <> struct kv_vec<f16_elem, 1> {
+    typedef unsigned short raw;
+    static __device__ __forceinline__ raw load(const f16_elem *p)
+    {
+        return __ldg((const unsigned short *)p);
+    }
+    static __device__ __forceinline__ void cvt(const raw &r, float *f)
+    {
+        f[0] = pd_f16_decode(r);
     }
 };
 
@@ -431,7 +467,7 @@ static int attn_prepare(const struct pd_attn_args *a, uint64_t ws_bytes, struct 
     if (kv->n_head_kv == 0 || a->n_head % kv->n_head_kv || kv->block_size == 0 ||
         a->layer >= kv->n_layer || a->max_blocks == 0 || kv->head_dim == 0)
         return -EINVAL;
-    if (a->pool_type != PD_DT_F32 && a->pool_type != PD_DT_BF16)
+    if (a->pool_type != PD_DT_F32 && a->pool_type != PD_DT_BF16 && a->pool_type != PD_DT_F16)
         return -EINVAL;
     if (kv->head_dim > ATT_MAX_HEAD_DIM)
         return -ENOTSUP;
@@ -440,8 +476,9 @@ static int attn_prepare(const struct pd_attn_args *a, uint64_t ws_bytes, struct 
 
     const uint32_t group = a->n_head / kv->n_head_kv;
     const int aligned = ((uintptr_t)a->pool % 16) == 0;
-    L->fn = a->pool_type == PD_DT_BF16 ? pick_kernel<uint16_t>(kv->head_dim, aligned, group, &L->hpc)
-                                       : pick_kernel<float>(kv->head_dim, aligned, group, &L->hpc);
+    L->fn = a->pool_type == PD_DT_BF16  ? pick_kernel<uint16_t>(kv->head_dim, aligned, group, &L->hpc)
+            : a->pool_type == PD_DT_F16 ? pick_kernel<f16_elem>(kv->head_dim, aligned, group, &L->hpc)
+                                        : pick_kernel<float>(kv->head_dim, aligned, group, &L->hpc);
     const uint32_t n_hchunks = (group + L->hpc - 1) / L->hpc;
     if ((uint64_t)kv->n_head_kv * n_hchunks > 65535)
         return -EINVAL;

@@ -11,15 +11,24 @@
  * block layout makes a head's tile one memcpy); a lone token (a decode step)
  * is a direct loop. `scratch` bounds the memory a call may use.
  *
- * CUDA path (attention.cu, docs/internals/cuda.md): every token is treated as
- * a decode step over its own context (prefill runs are correct, not yet
- * fast). One thread block per (token, KV head, group chunk, context split);
+ * CUDA, decode (attention.cu, docs/internals/cuda.md): every token is
+ * treated as a decode step over its own context (prefill runs are correct,
+ * not fast: use the prefill kernel for them). One thread block per (token, KV head, group chunk, context split);
  * the GQA group's query heads share each K/V load; long contexts are split
  * and merged by a second kernel when `workspace` has room
  * (pd_attention_cuda_workspace). The launcher cannot read tok_pos (device
  * memory): max_ctx must bound every tok_pos + 1 (the engine knows it); a
  * token beyond it, or outside the block table, gets NaN rows rather than a
- * read out of bounds. */
+ * read out of bounds.
+ *
+ * CUDA, prefill (attn_prefill.cu): tensor cores, for 16-bit pools (BF16,
+ * F16) at head_dim 64 and 128 on sm_80 and later. The tokens form n_runs
+ * runs (run_start, in device memory, like FlashAttention's cu_seqlens): run r
+ * is tokens [run_start[r], run_start[r + 1]) of one sequence at consecutive
+ * positions, the caller's promise. Each run attends causally over its
+ * sequence's pool, earlier chunks included, with an online softmax (no score
+ * matrix in memory). q and out are float (io_type F32) or the pool's 16-bit
+ * type. A run past max_ctx, or at a negative position, gets NaN rows. */
 #ifndef PD_ATTENTION_H
 #define PD_ATTENTION_H
 
@@ -28,7 +37,7 @@
 struct pd_attn_args {
     float *out; /* (n_tokens, n_head, head_dim) */
     const float *q; /* (n_tokens, n_head, head_dim), RoPE applied */
-    const float *pool; /* kv_layout.h; uint16_t elements when pool_type is BF16 */
+    const float *pool; /* kv_layout.h; uint16_t elements when pool_type is BF16 or F16 */
     struct pd_kv_geom kv;
     uint32_t layer;
     uint32_t n_tokens, n_head;
@@ -38,12 +47,17 @@ struct pd_attn_args {
     uint32_t max_blocks;
     float scale; /* 1 / sqrt(head_dim) */
     /* Zero = the CPU engine's behaviour. */
-    uint32_t pool_type; /* PD_DT_F32 (0) or PD_DT_BF16 (common/quant.h): pool's elements */
+    uint32_t pool_type; /* PD_DT_F32 (0), PD_DT_BF16 or PD_DT_F16 (common/quant.h) */
     /* CUDA only (the CPU reference ignores them): */
     uint32_t max_ctx; /* >= every tok_pos + 1; 0 = max_blocks * block_size */
     uint32_t split_tokens; /* context positions per split; 0 = the launcher's choice */
     void *workspace; /* device scratch for split partials; NULL = no split */
     uint64_t workspace_bytes;
+    /* CUDA prefill kernel only (pd_attention_prefill_cuda): */
+    uint32_t io_type; /* elements of q and out: PD_DT_F32 (0), or the pool's 16-bit type */
+    const int32_t *run_start; /* (n_runs + 1): first token of each run, then n_tokens */
+    uint32_t n_runs;
+    uint32_t max_run; /* >= every run's length; 0 = n_tokens */
 };
 
 /* Context splits. Positions [0, n_ctx) of a token are cut into pieces of
@@ -162,6 +176,9 @@ int pd_attention_cpu(const struct pd_attn_args *a);
  * device (SMs, resident blocks). */
 int pd_attention_cuda_workspace(const struct pd_attn_args *a, uint64_t *bytes);
 int pd_attention_cuda(const struct pd_attn_args *a, pd_stream_t stream);
+/* -ENOTSUP for an F32 pool, another head_dim or a device below sm_80 (the
+ * caller takes pd_attention_cuda); -EINVAL for bad arguments. */
+int pd_attention_prefill_cuda(const struct pd_attn_args *a, pd_stream_t stream);
 
 PD_END_DECLS
 

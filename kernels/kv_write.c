@@ -11,7 +11,7 @@ int pd_kv_write_cpu(const struct pd_kv_write_args *a)
     const struct pd_kv_geom *l = &a->kv;
     size_t hd = l->head_dim, row = (size_t)l->n_head_kv * hd;
 
-    if (a->pool_type != PD_DT_F32 && a->pool_type != PD_DT_BF16)
+    if (a->pool_type != PD_DT_F32 && a->pool_type != PD_DT_BF16 && a->pool_type != PD_DT_F16)
         return -EINVAL;
     for (uint32_t t = 0; t < a->n_tokens; t++) {
         for (uint32_t h = 0; h < l->n_head_kv; h++) {
@@ -24,9 +24,10 @@ int pd_kv_write_cpu(const struct pd_kv_write_args *a)
                 continue;
             }
             uint16_t *pool = (uint16_t *)(void *)a->pool;
+            const int bf = a->pool_type == PD_DT_BF16;
             for (size_t d = 0; d < hd; d++) {
-                pool[ko + d] = pd_bf16_encode(k[d]);
-                pool[vo + d] = pd_bf16_encode(v[d]);
+                pool[ko + d] = bf ? pd_bf16_encode(k[d]) : pd_f16_encode(k[d]);
+                pool[vo + d] = bf ? pd_bf16_encode(v[d]) : pd_f16_encode(v[d]);
             }
         }
     }

@@ -1,6 +1,6 @@
 /* kernels/kv_write.cu: one thread block per (token, KV head) writes that
  * head's K and V rows into the token's slot (pd_kv_slot_offset, as the
- * reference), as float or rounded to bf16 by pd_bf16_encode. */
+ * reference), as float or rounded to bf16 or half by kernels/bf16.h. */
 #include "bf16.h"
 #include "cuda_check.cuh"
 #include "kv_write.h"
@@ -16,7 +16,7 @@ struct kvw_params {
     const int64_t *slot;
 };
 
-template <typename T>
+template <typename T, bool BF>
 __global__ void __launch_bounds__(KVW_THREADS) kv_write_kernel(struct kvw_params p)
 {
     const uint32_t t = blockIdx.x, h = blockIdx.y, hd = p.kv.head_dim;
@@ -29,8 +29,8 @@ __global__ void __launch_bounds__(KVW_THREADS) kv_write_kernel(struct kvw_params
     T *pool = (T *)p.pool;
     for (uint32_t d = threadIdx.x; d < hd; d += KVW_THREADS) {
         if constexpr (sizeof(T) == 2) {
-            pool[ko + d] = pd_bf16_encode(p.k[src + d]);
-            pool[vo + d] = pd_bf16_encode(p.v[src + d]);
+            pool[ko + d] = BF ? pd_bf16_encode(p.k[src + d]) : pd_f16_encode(p.k[src + d]);
+            pool[vo + d] = BF ? pd_bf16_encode(p.v[src + d]) : pd_f16_encode(p.v[src + d]);
         } else {
             pool[ko + d] = p.k[src + d];
             pool[vo + d] = p.v[src + d];
@@ -40,7 +40,7 @@ __global__ void __launch_bounds__(KVW_THREADS) kv_write_kernel(struct kvw_params
 
 extern "C" int pd_kv_write_cuda(const struct pd_kv_write_args *a, pd_stream_t stream)
 {
-    if (a->pool_type != PD_DT_F32 && a->pool_type != PD_DT_BF16)
+    if (a->pool_type != PD_DT_F32 && a->pool_type != PD_DT_BF16 && a->pool_type != PD_DT_F16)
         return -EINVAL;
     if (a->n_tokens == 0 || a->kv.n_head_kv == 0)
         return 0;
@@ -50,8 +50,10 @@ extern "C" int pd_kv_write_cuda(const struct pd_kv_write_args *a, pd_stream_t st
     struct kvw_params p = {a->pool, a->kv, a->layer, a->k, a->v, a->slot};
     dim3 grid(a->n_tokens, a->kv.n_head_kv);
     if (a->pool_type == PD_DT_BF16)
-        kv_write_kernel<uint16_t><<<grid, KVW_THREADS, 0, pd_cuda_stream(stream)>>>(p);
+        kv_write_kernel<uint16_t, true><<<grid, KVW_THREADS, 0, pd_cuda_stream(stream)>>>(p);
+    else if (a->pool_type == PD_DT_F16)
+        kv_write_kernel<uint16_t, false><<<grid, KVW_THREADS, 0, pd_cuda_stream(stream)>>>(p);
     else
-        kv_write_kernel<float><<<grid, KVW_THREADS, 0, pd_cuda_stream(stream)>>>(p);
+        kv_write_kernel<float, false><<<grid, KVW_THREADS, 0, pd_cuda_stream(stream)>>>(p);
     return pd_cuda_launched("kv_write_kernel");
 }

@@ -1,19 +1,19 @@
 /* kernels/kv_write: store new tokens' K and V for one layer into their slots of
- * the block pool (kv_layout.h), as float or rounded to bf16. */
+ * the block pool (kv_layout.h), as float or rounded to bf16 or half. */
 #ifndef PD_KV_WRITE_H
 #define PD_KV_WRITE_H
 
 #include "kv_layout.h"
 
 struct pd_kv_write_args {
-    float *pool; /* (n_blocks, block elems), kv_layout.h; uint16_t elements when BF16 */
+    float *pool; /* (n_blocks, block elems), kv_layout.h; uint16_t elements when BF16/F16 */
     struct pd_kv_geom kv;
     uint32_t layer;
     const float *k; /* (n_tokens, n_head_kv, head_dim) */
     const float *v; /* (n_tokens, n_head_kv, head_dim) */
     const int64_t *slot; /* (n_tokens): block * block_size + position in block */
     uint32_t n_tokens;
-    uint32_t pool_type; /* PD_DT_F32 (0) or PD_DT_BF16 (common/quant.h); k and v stay float */
+    uint32_t pool_type; /* PD_DT_F32 (0), PD_DT_BF16 or PD_DT_F16 (common/quant.h); k, v float */
 };
 
 PD_BEGIN_DECLS

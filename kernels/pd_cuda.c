@@ -11,6 +11,7 @@ const struct pd_cuda_kernels pd_cuda_kernels = {
     .rope = pd_rope_cuda,
     .kv_write = pd_kv_write_cuda,
     .attention = pd_attention_cuda,
+    .attention_prefill = pd_attention_prefill_cuda,
     .swiglu = pd_swiglu_cuda,
 };
 

@@ -28,6 +28,7 @@ struct pd_cuda_kernels {
     int (*rope)(const struct pd_rope_args *, pd_stream_t);
     int (*kv_write)(const struct pd_kv_write_args *, pd_stream_t);
     int (*attention)(const struct pd_attn_args *, pd_stream_t);
+    int (*attention_prefill)(const struct pd_attn_args *, pd_stream_t); /* -ENOTSUP: use attention */
     int (*swiglu)(const struct pd_swiglu_args *, pd_stream_t);
 };
 

@@ -8,6 +8,8 @@
  *   sides)                                                     1e-5
  *   kv_write (a copy, or the same rounding)                    bit-exact
  *   bf16 KV end to end (GPU bf16 pool vs CPU fp32 pool)        1e-2
+ *   prefill attention (16-bit operands on tensor cores; the
+ *   pool, q and P rounded to bf16 or half)                      1e-2
  * A NaN where the reference has a number always fails.
  *
  * Without a usable GPU every device test exits 77 with the reason; the tests
@@ -192,7 +194,7 @@ static void cuda_probe_gives_a_reason(void)
 /* Argument errors come back before any CUDA call, GPU or not. */
 static void cuda_launchers_refuse_bad_args(void)
 {
-    float x[4] = {0};
+    float x[4] __attribute__((aligned(16))) = {0};
     int32_t pos[1] = {0};
 
     struct pd_rope_args ra = {.x = x, .pos = pos, .n_tokens = 1, .n_heads = 1, .head_dim = 4,
@@ -210,6 +212,9 @@ static void cuda_launchers_refuse_bad_args(void)
 
     struct pd_kv_write_args wa = {.pool = x, .kv = {1, 1, 4, 16}, .k = x, .v = x,
                                   .n_tokens = 1, .pool_type = PD_DT_F16};
+    wa.n_tokens = 0;
+    CHECK_EQ_INT(pd_kv_write_cuda(&wa, NULL), 0); /* F16 pools are fine */
+    wa.pool_type = PD_DT_Q8_0;
     CHECK_EQ_INT(pd_kv_write_cuda(&wa, NULL), -EINVAL);
 
     uint32_t table[1] = {0};
@@ -226,6 +231,28 @@ static void cuda_launchers_refuse_bad_args(void)
     aa.pool_type = PD_DT_F32;
     aa.layer = 1; /* the layout has one layer */
     CHECK_EQ_INT(pd_attention_cuda(&aa, NULL), -EINVAL);
+
+    /* the prefill kernel: 16-bit pools at head_dim 64 and 128 only; q and
+     * out float or the pool's type */
+    int32_t runs[2] = {0, 1};
+    aa.layer = 0;
+    aa.run_start = runs;
+    aa.n_runs = 1;
+    CHECK_EQ_INT(pd_attention_prefill_cuda(&aa, NULL), -ENOTSUP); /* F32 pool */
+    aa.pool_type = PD_DT_BF16;
+    aa.kv.head_dim = 80;
+    CHECK_EQ_INT(pd_attention_prefill_cuda(&aa, NULL), -ENOTSUP);
+    aa.kv.head_dim = 64;
+    aa.io_type = PD_DT_F16; /* not the pool's type */
+    CHECK_EQ_INT(pd_attention_prefill_cuda(&aa, NULL), -EINVAL);
+    aa.io_type = PD_DT_BF16;
+    aa.q = (const float *)(const void *)((const char *)x + 2); /* unaligned */
+    CHECK_EQ_INT(pd_attention_prefill_cuda(&aa, NULL), -EINVAL);
+    aa.q = x;
+    aa.run_start = NULL;
+    CHECK_EQ_INT(pd_attention_prefill_cuda(&aa, NULL), -EINVAL);
+    aa.n_runs = 0;
+    CHECK_EQ_INT(pd_attention_prefill_cuda(&aa, NULL), 0);
 
     /* nothing to do is not an error, and needs no device */
     aa.n_tokens = 0;
@@ -388,7 +415,18 @@ static void embed_cuda_matches_cpu_every_type(void)
 
 static size_t elem_size(uint32_t pool_type)
 {
-    return pool_type == PD_DT_BF16 ? 2 : 4;
+    return pool_type == PD_DT_F32 ? 4 : 2;
+}
+
+/* a float as the 16-bit type stores it, and back */
+static uint16_t enc16(uint32_t type, float x)
+{
+    return type == PD_DT_BF16 ? pd_f32_to_bf16(x) : pd_f32_to_f16(x);
+}
+
+static float dec16(uint32_t type, uint16_t h)
+{
+    return type == PD_DT_BF16 ? pd_bf16_to_f32(h) : pd_f16_to_f32(h);
 }
 
 static struct pd_kv_geom random_layout(void)
@@ -444,8 +482,8 @@ static void kv_write_case(uint32_t pool_type)
 static void kv_write_cuda_matches_cpu(void)
 {
     need_gpu();
-    for (int i = 0; i < 16; i++)
-        kv_write_case(i % 2 ? PD_DT_BF16 : PD_DT_F32);
+    for (int i = 0; i < 18; i++)
+        kv_write_case(i % 3 == 2 ? PD_DT_F16 : i % 3 ? PD_DT_BF16 : PD_DT_F32);
 }
 
 /* ---- attention ----------------------------------------------------------------- */
@@ -531,10 +569,10 @@ static void *random_pool(const struct attn_case *c, size_t n_elems)
     void *pool = host_alloc(n_elems * elem_size(c->pool_type));
     for (size_t i = 0; i < n_elems; i++) {
         float x = rndf(1.0f);
-        if (c->pool_type == PD_DT_BF16)
-            ((uint16_t *)pool)[i] = pd_f32_to_bf16(x);
-        else
+        if (c->pool_type == PD_DT_F32)
             ((float *)pool)[i] = x;
+        else
+            ((uint16_t *)pool)[i] = enc16(c->pool_type, x);
     }
     return pool;
 }
@@ -604,22 +642,28 @@ static void attn_case_run(const struct attn_case *c, int *split_used)
 
 #define MAX_POOL_ELEMS (48u << 20) /* keeps a case's host work and memory small */
 
+/* shrink a case until the blocks of every position of every sequence, all
+ * layers, fit MAX_POOL_ELEMS */
+static void fit_case(struct attn_case *c)
+{
+    while ((uint64_t)c->n_seqs * (c->max_len + c->l.block_size) * pd_kv_block_elems(&c->l) /
+               c->l.block_size > MAX_POOL_ELEMS) {
+        if (c->l.n_layer > 1)
+            c->l.n_layer--;
+        else if (c->n_seqs > 1)
+            c->n_seqs--;
+        else
+            c->max_len /= 2;
+    }
+}
+
 static struct attn_case random_attn_case(uint32_t max_run)
 {
     struct attn_case c = {.l = random_layout(), .group = PICK(1, 2, 3, 4, 8, 16),
                           .n_seqs = 1 + rnd(8), .max_len = PICK(1, 17, 300, 1000, 3000),
-                          .max_run = max_run, .pool_type = rnd(2) ? PD_DT_BF16 : PD_DT_F32,
+                          .max_run = max_run, .pool_type = PICK(PD_DT_F32, PD_DT_BF16, PD_DT_F16),
                           .split = (int)rnd(3)};
-    /* blocks of every position of every sequence, all layers */
-    while ((uint64_t)c.n_seqs * (c.max_len + c.l.block_size) * pd_kv_block_elems(&c.l) /
-               c.l.block_size > MAX_POOL_ELEMS) {
-        if (c.l.n_layer > 1)
-            c.l.n_layer--;
-        else if (c.n_seqs > 1)
-            c.n_seqs--;
-        else
-            c.max_len /= 2;
-    }
+    fit_case(&c);
     return c;
 }
 
@@ -776,6 +820,253 @@ static void attention_cuda_bf16_pool_close_to_fp32(void)
     }
 }
 
+/* ---- prefill attention (tensor cores) ----------------------------------------- */
+
+/* The emulator runs every lane of every mma as a fiber: its cases are cut down. */
+static int emulated(void)
+{
+    char info[256];
+    return pd_cuda_device_info(info, sizeof info) >= 0 && strstr(info, "emulation") != NULL;
+}
+
+/* make_batch gives each sequence one run of consecutive positions; the run
+ * table as the prefill kernel takes it (and a check that it is one) */
+static int32_t *batch_runs(const struct attn_batch *b, uint32_t *n_runs, uint32_t *max_run)
+{
+    int32_t *start = host_alloc((b->n_tokens + 1) * sizeof(int32_t));
+    uint32_t n = 0, longest = 0;
+    for (uint32_t t = 0; t < b->n_tokens; t++) {
+        if (t == 0 || b->tok_seq[t] != b->tok_seq[t - 1]) {
+            start[n++] = (int32_t)t;
+        } else {
+            CHECK(b->tok_pos[t] == b->tok_pos[t - 1] + 1);
+        }
+        uint32_t len = t + 1 - (uint32_t)start[n - 1];
+        longest = len > longest ? len : longest;
+    }
+    start[n] = (int32_t)b->n_tokens;
+    *n_runs = n;
+    *max_run = longest;
+    return start;
+}
+
+/* The kernel on the case's batch against the CPU reference over the same
+ * 16-bit pool (and, for 16-bit io, the same rounded q): bf16 operands, so
+ * TOL_BF16_KV. */
+static void prefill_case_run(const struct attn_case *c, uint32_t io_type)
+{
+    struct attn_batch b;
+    make_batch(c, &b);
+    const uint32_t n_head = c->l.n_head_kv * c->group, hd = c->l.head_dim;
+    const size_t out_n = (size_t)b.n_tokens * n_head * hd;
+    const size_t io_size = elem_size(io_type);
+    const size_t n_elems = b.n_blocks * pd_kv_block_elems(&c->l);
+    void *pool = random_pool(c, n_elems);
+    float *q = rand_floats(out_n, 6.0f), *ref = host_alloc(out_n * sizeof(float));
+    uint16_t *q16 = host_alloc(out_n * sizeof(uint16_t));
+    for (size_t i = 0; i < out_n && io_type != PD_DT_F32; i++) {
+        q16[i] = enc16(io_type, q[i]);
+        q[i] = dec16(io_type, q16[i]);
+    }
+    memset(ref, 0xff, out_n * sizeof(float));
+    uint32_t n_runs, max_run;
+    int32_t *runs = batch_runs(&b, &n_runs, &max_run);
+
+    struct pd_attn_args a = {.out = ref, .q = q, .pool = pool, .kv = c->l,
+                             .layer = rnd(c->l.n_layer), .n_tokens = b.n_tokens, .n_head = n_head,
+                             .tok_seq = b.tok_seq, .tok_pos = b.tok_pos,
+                             .block_tables = b.tables, .max_blocks = b.max_blocks,
+                             .scale = 1.0f / sqrtf((float)hd), .pool_type = c->pool_type};
+    CHECK_EQ_INT(pd_attention_cpu(&a), 0);
+
+    struct pd_attn_args g = a;
+    g.pool = dev_copy(pool, n_elems * elem_size(c->pool_type));
+    g.q = dev_copy(io_type == PD_DT_F32 ? (const void *)q : q16, out_n * io_size);
+    g.out = dev_poisoned(out_n * io_size);
+    g.tok_seq = dev_copy(b.tok_seq, b.n_tokens * sizeof(int32_t));
+    g.tok_pos = dev_copy(b.tok_pos, b.n_tokens * sizeof(int32_t));
+    g.block_tables = dev_copy(b.tables, (size_t)c->n_seqs * b.max_blocks * sizeof(uint32_t));
+    g.run_start = dev_copy(runs, (n_runs + 1) * sizeof(int32_t));
+    g.n_runs = n_runs;
+    g.max_run = rnd(2) ? max_run : 0; /* 0: n_tokens bounds every run */
+    g.io_type = io_type;
+    CHECK_EQ_INT(pd_attention_prefill_cuda(&g, NULL), 0);
+
+    void *raw = dev_fetch(g.out, out_n * io_size);
+    float *got = raw;
+    if (io_type != PD_DT_F32) { /* the poison, all bits set, widens to NaN too */
+        got = host_alloc(out_n * sizeof(float));
+        for (size_t i = 0; i < out_n; i++)
+            got[i] = dec16(io_type, ((uint16_t *)raw)[i]);
+        free(raw);
+    }
+    char what[200];
+    snprintf(what, sizeof what,
+             "prefill %s io %s hd %u group %u kv %u bs %u seqs %u runs %u tokens %u (longest %u)",
+             pd_dtype_name(c->pool_type), pd_dtype_name(io_type), hd, c->group, c->l.n_head_kv,
+             c->l.block_size, c->n_seqs, n_runs, b.n_tokens, max_run);
+    check_close(what, got, ref, out_n, TOL_BF16_KV);
+    free(pool), free(q), free(q16), free(ref), free(got), free(runs);
+    free_batch(&b);
+    dev_free_all();
+}
+
+static uint32_t random_io(uint32_t pool_type)
+{
+    return rnd(2) ? PD_DT_F32 : pool_type;
+}
+
+/* Random runs: chunks at the end of longer sequences (earlier chunks in the
+ * pool), whole prompts, single tokens, ragged lengths, every block size. */
+static void attention_prefill_cuda_matches_cpu(void)
+{
+    const int emu = emulated();
+    need_gpu();
+    for (int iter = 0; iter < (emu ? 6 : 24); iter++) {
+        struct attn_case c = {.l = random_layout(), .group = PICK(1, 2, 3, 4, 8),
+                              .n_seqs = 1 + rnd(emu ? 2 : 6),
+                              .max_len = emu ? PICK(1, 17, 90, 200) : PICK(1, 17, 300, 1000, 2500),
+                              .pool_type = rnd(2) ? PD_DT_BF16 : PD_DT_F16};
+        c.l.head_dim = PICK(64, 128);
+        c.max_run = c.max_len > 1 ? 1 + rnd(c.max_len) : 1;
+        if (emu)
+            c.l.n_layer = 1, c.group = c.group > 2 ? 2 : c.group;
+        fit_case(&c);
+        prefill_case_run(&c, random_io(c.pool_type));
+    }
+}
+
+/* The shapes that matter: the default model (GQA 3:1, head_dim 64) and GQA
+ * 8:1 at head_dim 128, block 16, a 256-token chunk after 700 tokens of
+ * context and whole prompts, both pool types, both io types. */
+static void attention_prefill_cuda_matches_cpu_on_model_shapes(void)
+{
+    static const struct {
+        uint32_t kv, group, hd;
+    } shapes[] = {{3, 3, 64}, {2, 8, 128}};
+    const int emu = emulated();
+    need_gpu();
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+        for (int pt = 0; pt < 2; pt++) {
+            struct attn_case c = {.l = {1 + !emu, shapes[s].kv, shapes[s].hd, 16},
+                                  .group = shapes[s].group, .n_seqs = emu ? 1 : 1 + rnd(3),
+                                  .max_len = emu ? 200 : 956, .max_run = emu ? 130 : 256,
+                                  .pool_type = pt ? PD_DT_BF16 : PD_DT_F16};
+            if (emu)
+                c.l.n_head_kv = 1;
+            prefill_case_run(&c, pt ? PD_DT_F32 : c.pool_type);
+        }
+}
+
+/* A run reaching past max_ctx, or starting at a negative position, gets NaN
+ * rows; the other runs are untouched by it. */
+static void attention_prefill_cuda_refuses_runs_past_max_ctx(void)
+{
+    need_gpu();
+    struct attn_case c = {.l = {1, 1, 64, 16}, .group = 2, .n_seqs = 3, .max_len = 60,
+                          .max_run = 40, .pool_type = PD_DT_BF16};
+    struct attn_batch b;
+    make_batch(&c, &b);
+    const size_t row = 2 * 64, out_n = (size_t)b.n_tokens * row;
+    void *pool = random_pool(&c, b.n_blocks * pd_kv_block_elems(&c.l));
+    float *q = rand_floats(out_n, 1.0f);
+    uint32_t n_runs, max_run;
+    int32_t *runs = batch_runs(&b, &n_runs, &max_run);
+    /* the first run ends past max_ctx = its last position (one short) */
+    const uint32_t first_end = (uint32_t)runs[1], max_ctx = (uint32_t)b.tok_pos[first_end - 1];
+    struct pd_attn_args g = {.q = dev_copy(q, out_n * sizeof(float)),
+                             .pool = dev_copy(pool, b.n_blocks * pd_kv_block_elems(&c.l) * 2),
+                             .out = dev_poisoned(out_n * sizeof(float)), .kv = c.l,
+                             .n_tokens = b.n_tokens, .n_head = 2,
+                             .tok_seq = dev_copy(b.tok_seq, b.n_tokens * sizeof(int32_t)),
+                             .tok_pos = dev_copy(b.tok_pos, b.n_tokens * sizeof(int32_t)),
+                             .block_tables = dev_copy(b.tables, 3 * b.max_blocks * sizeof(uint32_t)),
+                             .max_blocks = b.max_blocks, .scale = 0.125f, .pool_type = PD_DT_BF16,
+                             .max_ctx = max_ctx,
+                             .run_start = dev_copy(runs, (n_runs + 1) * sizeof(int32_t)),
+                             .n_runs = n_runs};
+    CHECK_EQ_INT(pd_attention_prefill_cuda(&g, NULL), 0);
+    float *got = dev_fetch(g.out, out_n * sizeof(float));
+    for (size_t i = 0; i < first_end * row; i++)
+        CHECK(isnan(got[i]));
+    for (size_t t = first_end; t < b.n_tokens; t++) /* the others: within max_ctx or not, written */
+        if ((uint32_t)b.tok_pos[t] < max_ctx)
+            for (size_t i = 0; i < row; i++)
+                CHECK(!isnan(got[t * row + i]) || (uint32_t)b.len[b.tok_seq[t]] > max_ctx);
+    free(pool), free(q), free(got), free(runs);
+    free_batch(&b);
+}
+
+/* End to end on the GPU: kv_write stores K and V into a 16-bit pool, the
+ * prefill kernel reads them, against the CPU in fp32 throughout (the pool's
+ * rounding is the difference). */
+static void attention_prefill_cuda_after_kv_write_close_to_fp32(void)
+{
+    const int emu = emulated();
+    need_gpu();
+    for (int iter = 0; iter < (emu ? 2 : 6); iter++) {
+        struct attn_case c = {.l = {1, PICK(1, 2, 3), PICK(64, 128), PICK(16, 32)},
+                              .group = PICK(1, 3, 4), .n_seqs = 1 + rnd(emu ? 1 : 3),
+                              .max_len = emu ? 150 : 1200, .max_run = emu ? 100 : 500,
+                              .pool_type = rnd(2) ? PD_DT_BF16 : PD_DT_F16};
+        struct attn_batch b;
+        make_batch(&c, &b);
+        const uint32_t n_head = c.l.n_head_kv * c.group, hd = c.l.head_dim;
+        const size_t row = (size_t)c.l.n_head_kv * hd, out_n = (size_t)b.n_tokens * n_head * hd;
+        const size_t n_elems = b.n_blocks * pd_kv_block_elems(&c.l);
+        uint32_t n_kv = 0, n_runs, max_run;
+        for (uint32_t s = 0; s < c.n_seqs; s++)
+            n_kv += b.len[s];
+        int64_t *slot = host_alloc(n_kv * sizeof(int64_t));
+        n_kv = 0;
+        for (uint32_t s = 0; s < c.n_seqs; s++)
+            for (uint32_t p = 0; p < b.len[s]; p++)
+                slot[n_kv++] = (int64_t)b.tables[s * b.max_blocks + p / c.l.block_size] *
+                                   c.l.block_size + p % c.l.block_size;
+        float *k = rand_floats(n_kv * row, 1.0f), *v = rand_floats(n_kv * row, 1.0f);
+        float *q = rand_floats(out_n, 6.0f), *ref = host_alloc(out_n * sizeof(float));
+        float *pool = host_alloc(n_elems * sizeof(float));
+        memset(pool, 0, n_elems * sizeof(float));
+        int32_t *runs = batch_runs(&b, &n_runs, &max_run);
+
+        struct pd_kv_write_args w = {.pool = pool, .kv = c.l, .k = k, .v = v, .slot = slot,
+                                     .n_tokens = n_kv};
+        CHECK_EQ_INT(pd_kv_write_cpu(&w), 0);
+        struct pd_attn_args a = {.out = ref, .q = q, .pool = pool, .kv = c.l,
+                                 .n_tokens = b.n_tokens, .n_head = n_head, .tok_seq = b.tok_seq,
+                                 .tok_pos = b.tok_pos, .block_tables = b.tables,
+                                 .max_blocks = b.max_blocks, .scale = 1.0f / sqrtf((float)hd)};
+        CHECK_EQ_INT(pd_attention_cpu(&a), 0);
+
+        struct pd_kv_write_args gw = w;
+        gw.pool_type = c.pool_type;
+        gw.pool = dev_poisoned(n_elems * 2);
+        gw.k = dev_copy(k, n_kv * row * sizeof(float));
+        gw.v = dev_copy(v, n_kv * row * sizeof(float));
+        gw.slot = dev_copy(slot, n_kv * sizeof(int64_t));
+        CHECK_EQ_INT(pd_kv_write_cuda(&gw, NULL), 0);
+        struct pd_attn_args g = a;
+        g.pool_type = c.pool_type;
+        g.pool = gw.pool;
+        g.out = dev_poisoned(out_n * sizeof(float));
+        g.q = dev_copy(q, out_n * sizeof(float));
+        g.tok_seq = dev_copy(b.tok_seq, b.n_tokens * sizeof(int32_t));
+        g.tok_pos = dev_copy(b.tok_pos, b.n_tokens * sizeof(int32_t));
+        g.block_tables = dev_copy(b.tables, (size_t)c.n_seqs * b.max_blocks * sizeof(uint32_t));
+        g.run_start = dev_copy(runs, (n_runs + 1) * sizeof(int32_t));
+        g.n_runs = n_runs;
+        g.max_run = max_run;
+        CHECK_EQ_INT(pd_attention_prefill_cuda(&g, NULL), 0);
+        float *got = dev_fetch(g.out, out_n * sizeof(float));
+        check_close(c.pool_type == PD_DT_BF16 ? "kv_write+prefill bf16 vs fp32"
+                                              : "kv_write+prefill f16 vs fp32",
+                    got, ref, out_n, TOL_BF16_KV);
+        free(got), free(slot), free(k), free(v), free(q), free(ref), free(pool), free(runs);
+        free_batch(&b);
+        dev_free_all();
+    }
+}
+
 /* ---- main ---------------------------------------------------------------------- */
 
 #define T(fn) {#fn, fn##_seeded}
@@ -801,6 +1092,10 @@ SEEDED(attention_cuda_matches_cpu_on_model_shapes)
 SEEDED(attention_cuda_generic_path_matches_cpu)
 SEEDED(attention_cuda_refuses_positions_past_max_ctx)
 SEEDED(attention_cuda_bf16_pool_close_to_fp32)
+SEEDED(attention_prefill_cuda_matches_cpu)
+SEEDED(attention_prefill_cuda_matches_cpu_on_model_shapes)
+SEEDED(attention_prefill_cuda_refuses_runs_past_max_ctx)
+SEEDED(attention_prefill_cuda_after_kv_write_close_to_fp32)
 
 static const struct pd_test tests[] = {
     T(cuda_errno_maps_statuses),
@@ -817,6 +1112,10 @@ static const struct pd_test tests[] = {
     T(attention_cuda_generic_path_matches_cpu),
     T(attention_cuda_refuses_positions_past_max_ctx),
     T(attention_cuda_bf16_pool_close_to_fp32),
+    T(attention_prefill_cuda_matches_cpu),
+    T(attention_prefill_cuda_matches_cpu_on_model_shapes),
+    T(attention_prefill_cuda_refuses_runs_past_max_ctx),
+    T(attention_prefill_cuda_after_kv_write_close_to_fp32),
     {0},
 };
 

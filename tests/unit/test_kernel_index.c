@@ -1,5 +1,5 @@
 /* kernels/: the PD_HD helpers that the CPU reference and the CUDA kernels
- * share (KV pool offsets, context splits and their workspace, bf16, RoPE
+ * share (KV pool offsets, context splits and their workspace, bf16 and half, RoPE
  * angles), checked on the CPU against formulas written out here. They are
  * the same functions nvcc compiles for the device, so these tests cover the
  * index arithmetic of both paths on every machine. */
@@ -81,23 +81,81 @@ static void kv_pos_offset_goes_through_the_block_table(void)
     }
 }
 
-static void bf16_helpers_match_common_quant(void)
+static const uint32_t special_floats[] = {
+    0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u, 0x7fc00000u, 0x7f800001u,
+    0xffffffffu, 0x00000001u, 0x007fffffu, 0x3f808000u, 0x3f818000u, 0x3f80ffffu,
+    0x7f7fffffu, 0x7f7f8000u, 0x477fe000u, 0x477ff000u, 0x477fefffu, 0x38800000u,
+    0x387fffffu, 0x33000000u, 0x33000001u, 0x33c00000u, 0xc0490fdbu,
+};
+#define N_SPECIAL (sizeof special_floats / sizeof *special_floats)
+
+static float float_at(uint64_t i)
 {
-    static const uint32_t special[] = {
-        0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u, 0x7fc00000u, 0x7f800001u,
-        0xffffffffu, 0x00000001u, 0x007fffffu, 0x3f808000u, 0x3f818000u, 0x3f80ffffu,
-        0x7f7fffffu, 0x7f7f8000u, 0x477fe000u, 0xc0490fdbu,
-    };
-    for (uint64_t i = 0; i < 200000 + sizeof special / sizeof *special; i++) {
-        uint32_t bits = i < sizeof special / sizeof *special ? special[i]
-                                                             : (uint32_t)(rnd(1u << 16) << 16 | rnd(1u << 16));
-        float f;
-        memcpy(&f, &bits, 4);
-        CHECK_EQ_INT(pd_bf16_encode(f), pd_f32_to_bf16(f));
-        uint16_t h = (uint16_t)bits;
-        float a = pd_bf16_decode(h), b = pd_bf16_to_f32(h);
-        CHECK(memcmp(&a, &b, 4) == 0);
+    uint32_t bits = i < N_SPECIAL ? special_floats[i] : (uint32_t)(rnd(1u << 16) << 16 | rnd(1u << 16));
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* bf16 by a different route: of the two bf16 values around f (its top 16
+ * bits, and one ulp further from zero), the nearer in exact double
+ * arithmetic, the even one on a tie. */
+static uint16_t bf16_nearest(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if (isnan(f))
+        return (uint16_t)((x >> 16) | 0x40);
+    const uint16_t lo = (uint16_t)(x >> 16), hi = (uint16_t)(lo + 1);
+    if ((x & 0xffffu) == 0)
+        return lo;
+    const double dlo = fabs((double)f - (double)pd_bf16_decode(lo));
+    /* past the largest finite value the next "ulp" is infinity, which
+     * IEEE rounding places at 2^128 */
+    const double vhi = (hi & 0x7fffu) == 0x7f80u ? copysign(ldexp(1.0, 128), (double)f)
+                                                 : (double)pd_bf16_decode(hi);
+    const double dhi = fabs(vhi - (double)f);
+    return dlo < dhi ? lo : dhi < dlo ? hi : (lo & 1) ? hi : lo;
+}
+
+static void bf16_helpers_round_to_nearest_even(void)
+{
+    for (uint64_t i = 0; i < 200000 + N_SPECIAL; i++) {
+        const float f = float_at(i);
+        CHECK_EQ_INT(pd_bf16_encode(f), bf16_nearest(f));
+        uint32_t x;
+        memcpy(&x, &f, 4);
+        const float d = pd_bf16_decode((uint16_t)x); /* widening is exact: the top bits */
+        const uint32_t want = (x & 0xffffu) << 16;
+        CHECK(memcmp(&d, &want, 4) == 0);
     }
+}
+
+/* half against the compiler's own _Float16 (GCC and Clang on x86-64) */
+static void f16_helpers_match_the_compilers_half(void)
+{
+#ifdef __FLT16_MAX__
+    for (uint32_t h = 0; h < 65536; h++) {
+        _Float16 c;
+        memcpy(&c, &h, 2);
+        const float want = (float)c, got = pd_f16_decode((uint16_t)h);
+        CHECK(isnan(want) ? isnan(got) : memcmp(&got, &want, 4) == 0);
+    }
+    for (uint64_t i = 0; i < 200000 + N_SPECIAL; i++) {
+        const float f = float_at(i);
+        const _Float16 c = (_Float16)f;
+        uint16_t want;
+        memcpy(&want, &c, 2);
+        if (isnan(f))
+            CHECK((pd_f16_encode(f) & 0x7c00) == 0x7c00 && (pd_f16_encode(f) & 0x3ff) != 0);
+        else
+            CHECK_EQ_INT(pd_f16_encode(f), want);
+    }
+#else
+    /* known values instead (test_quant.c checks every half's round trip) */
+    CHECK(pd_f16_decode(0x3c00) == 1.0f && pd_f16_decode(0x0001) == ldexpf(1.0f, -24));
+    CHECK_EQ_INT(pd_f16_encode(65520.0f), 0x7c00);
+#endif
 }
 
 static void rope_theta_is_the_reference_formula(void)
@@ -202,7 +260,8 @@ static const struct pd_test tests[] = {
     PD_TEST(kv_block_is_one_contiguous_run),
     PD_TEST(kv_slot_offset_splits_block_and_token),
     PD_TEST(kv_pos_offset_goes_through_the_block_table),
-    PD_TEST(bf16_helpers_match_common_quant),
+    PD_TEST(bf16_helpers_round_to_nearest_even),
+    PD_TEST(f16_helpers_match_the_compilers_half),
     PD_TEST(rope_theta_is_the_reference_formula),
     PD_TEST(attn_plan_splits_cover_the_context),
     PD_TEST(attn_plan_splits_fill_the_waves),

@@ -12,6 +12,8 @@
 #undef _FORTIFY_SOURCE /* __longjmp_chk refuses to jump between stacks */
 #include "cuda_emu.h"
 
+#include "bf16.h"
+
 #include <chrono>
 #include <setjmp.h>
 #include <stdio.h>
@@ -42,6 +44,7 @@ const std::function<void()> *body;
 unsigned long barrier_arrived, barrier_generation;
 unsigned long warp_arrived[MAX_THREADS / 32], warp_generation[MAX_THREADS / 32];
 float shuffle_slot[MAX_THREADS / 32][32];
+uint32_t mma_a[MAX_THREADS / 32][32][4], mma_b[MAX_THREADS / 32][32][2];
 
 void yield_to_scheduler()
 {
@@ -104,6 +107,34 @@ float emu_shfl_xor(float v, int lane_mask)
     const float r = shuffle_slot[w][lane ^ (unsigned)lane_mask];
     barrier(&warp_arrived[w], &warp_generation[w], 32);
     return r;
+}
+
+/* One m16n8k16 mma for the warp: every lane posts its fragments, then each
+ * computes its four outputs (kernels/mma.cuh gives the layout). */
+void emu_mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2], bool bf)
+{
+    const unsigned t = fibers[current].ids.thread.x, w = t / 32, lane = t % 32;
+    const unsigned g = lane / 4, c = lane % 4;
+    memcpy(mma_a[w][lane], a, sizeof mma_a[w][lane]);
+    memcpy(mma_b[w][lane], b, sizeof mma_b[w][lane]);
+    barrier(&warp_arrived[w], &warp_generation[w], 32);
+    auto half = [bf](uint32_t reg, unsigned k) {
+        const uint16_t h = (uint16_t)(k % 2 ? reg >> 16 : reg & 0xffffu);
+        return bf ? pd_bf16_decode(h) : pd_f16_decode(h);
+    };
+    for (unsigned i = 0; i < 4; i++) {
+        const unsigned row = g + (i >= 2 ? 8 : 0), col = 2 * c + (i & 1);
+        float acc = d[i];
+        for (unsigned k = 0; k < 16; k++) {
+            /* A[row][k]: lane (row % 8) * 4 + (k % 8) / 2, register (row >= 8) + 2 (k >= 8) */
+            const float x = half(mma_a[w][(row % 8) * 4 + (k % 8) / 2][(row >= 8) + 2 * (k >= 8)], k);
+            /* B[k][col]: lane col * 4 + (k % 8) / 2, register k >= 8 */
+            const float y = half(mma_b[w][col * 4 + (k % 8) / 2][k >= 8], k);
+            acc += x * y;
+        }
+        d[i] = acc;
+    }
+    barrier(&warp_arrived[w], &warp_generation[w], 32);
 }
 
 void emu_run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const std::function<void()> &fn)

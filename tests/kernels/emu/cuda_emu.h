@@ -2,8 +2,8 @@
  * CPU, force-included (-include cuda_emu.h) before each rewritten source
  * (xform.py). CUDA's own headers give the types (dim3, float4, uint4,
  * __half); this file turns the execution-space keywords into nothing and
- * provides threadIdx/blockIdx, __syncthreads, __shfl_xor_sync, __ldg and the
- * launch, run by cuda_emu.cpp: one block at a time, each of its threads a
+ * provides threadIdx/blockIdx, __syncthreads, __shfl_xor_sync, __ldg, the
+ * m16n8k16 mma of kernels/mma.cuh and the launch, run by cuda_emu.cpp: one block at a time, each of its threads a
  * cooperative fiber switching only at barriers and shuffles.
  *
  * What it checks: index arithmetic, the algorithm, the dispatch, every
@@ -46,6 +46,12 @@ extern unsigned char emu_dynamic_smem[];
 void emu_syncthreads(void);
 float emu_shfl_xor(float v, int lane_mask);
 #define __syncthreads() emu_syncthreads()
+
+/* kernels/mma.cuh takes this path: the warp's fragments are gathered and
+ * the product computed from the PTX fragment layout (fp32 accumulation in k
+ * order; the hardware's order is unspecified) */
+#define PD_CUDA_EMU 1
+void emu_mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2], bool bf);
 
 static inline float __shfl_xor_sync(unsigned, float v, int lane_mask)
 {
