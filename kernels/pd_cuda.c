@@ -13,6 +13,7 @@ const struct pd_cuda_kernels pd_cuda_kernels = {
     .attention = pd_attention_cuda,
     .attention_prefill = pd_attention_prefill_cuda,
     .swiglu = pd_swiglu_cuda,
+    .matmul = pd_matmul_cuda,
 };
 
 void pd_cuda_log_error(const char *line)

@@ -8,8 +8,8 @@
  *   #endif
  *
  * Each entry takes the same args struct as the CPU reference, with every
- * pointer in device memory, plus the stream to enqueue on. GEMMs (cuBLAS)
- * join with the engine's CUDA backend.
+ * pointer in device memory, plus the stream to enqueue on; GEMMs go through
+ * cuBLAS (matmul.cu).
  */
 #ifndef PD_CUDA_H
 #define PD_CUDA_H
@@ -18,6 +18,7 @@
 #include "cuda_util.h"
 #include "embed.h"
 #include "kv_write.h"
+#include "matmul.h"
 #include "rmsnorm.h"
 #include "rope.h"
 #include "swiglu.h"
@@ -30,6 +31,7 @@ struct pd_cuda_kernels {
     int (*attention)(const struct pd_attn_args *, pd_stream_t);
     int (*attention_prefill)(const struct pd_attn_args *, pd_stream_t); /* -ENOTSUP: use attention */
     int (*swiglu)(const struct pd_swiglu_args *, pd_stream_t);
+    int (*matmul)(const struct pd_matmul_args *, pd_stream_t);
 };
 
 #if PD_HAVE_CUDA

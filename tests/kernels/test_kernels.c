@@ -23,6 +23,7 @@
 #include "cuda_util.h"
 #include "embed.h"
 #include "kv_write.h"
+#include "matmul.h"
 #include "quant.h"
 #include "rmsnorm.h"
 #include "rope.h"
@@ -253,6 +254,15 @@ static void cuda_launchers_refuse_bad_args(void)
     CHECK_EQ_INT(pd_attention_prefill_cuda(&aa, NULL), -EINVAL);
     aa.n_runs = 0;
     CHECK_EQ_INT(pd_attention_prefill_cuda(&aa, NULL), 0);
+
+    /* matmul: fp32, or bf16 x and W together; the CPU takes fp32 only */
+    struct pd_matmul_args ma = {.y = x, .x = x, .w = x, .m = 1, .n = 1, .k = 1,
+                                .x_type = PD_DT_BF16};
+    CHECK_EQ_INT(pd_matmul_cuda(&ma, NULL), -EINVAL);
+    CHECK_EQ_INT(pd_matmul_cpu(&ma), -EINVAL);
+    ma.w_type = PD_DT_BF16;
+    ma.y_type = PD_DT_F16;
+    CHECK_EQ_INT(pd_matmul_cuda(&ma, NULL), -EINVAL);
 
     /* nothing to do is not an error, and needs no device */
     aa.n_tokens = 0;
@@ -820,14 +830,82 @@ static void attention_cuda_bf16_pool_close_to_fp32(void)
     }
 }
 
-/* ---- prefill attention (tensor cores) ----------------------------------------- */
+/* ---- matmul (cuBLAS) ------------------------------------------------------------- */
 
-/* The emulator runs every lane of every mma as a fiber: its cases are cut down. */
+/* The emulator runs kernels on the CPU (every lane of an mma a fiber): its
+ * cases are cut down. */
 static int emulated(void)
 {
     char info[256];
     return pd_cuda_device_info(info, sizeof info) >= 0 && strstr(info, "emulation") != NULL;
 }
+
+
+/* n floats rounded to bf16: the rounded values (in place) and their bits */
+static uint16_t *to_bf16(float *v, size_t n)
+{
+    uint16_t *h = host_alloc(n * sizeof(uint16_t));
+    for (size_t i = 0; i < n; i++) {
+        h[i] = pd_f32_to_bf16(v[i]);
+        v[i] = pd_bf16_to_f32(h[i]);
+    }
+    return h;
+}
+
+/* y = x W^T (+ y) against OpenBLAS on the same (rounded) operands; odd sizes */
+static void matmul_case(uint32_t in_type, uint32_t y_type, int accumulate, int emu)
+{
+    const uint32_t m = 1 + rnd(emu ? 24 : 300), n = 1 + rnd(emu ? 40 : 400), k = 1 + rnd(emu ? 70 : 700);
+    float *x = rand_floats((size_t)m * k, 1.0f), *w = rand_floats((size_t)n * k, 1.0f);
+    float *y0 = rand_floats((size_t)m * n, 1.0f), *ref = host_alloc((size_t)m * n * sizeof(float));
+    const int bf_in = in_type == PD_DT_BF16, bf_out = y_type == PD_DT_BF16;
+    uint16_t *x16 = bf_in ? to_bf16(x, (size_t)m * k) : NULL, *w16 = bf_in ? to_bf16(w, (size_t)n * k) : NULL;
+    uint16_t *y16 = bf_out ? to_bf16(y0, (size_t)m * n) : NULL;
+
+    memcpy(ref, y0, (size_t)m * n * sizeof(float));
+    struct pd_matmul_args a = {.y = ref, .x = x, .w = w, .m = m, .n = n, .k = k,
+                               .accumulate = accumulate};
+    CHECK_EQ_INT(pd_matmul_cpu(&a), 0);
+
+    struct pd_matmul_args g = a;
+    const size_t ysz = bf_out ? 2 : 4;
+    g.x = dev_copy(bf_in ? (const void *)x16 : x, (size_t)m * k * (bf_in ? 2 : 4));
+    g.w = dev_copy(bf_in ? (const void *)w16 : w, (size_t)n * k * (bf_in ? 2 : 4));
+    g.y = accumulate ? dev_copy(bf_out ? (const void *)y16 : y0, (size_t)m * n * ysz)
+                     : dev_poisoned((size_t)m * n * ysz);
+    g.x_type = g.w_type = in_type;
+    g.y_type = y_type;
+    CHECK_EQ_INT(pd_matmul_cuda(&g, NULL), 0);
+    void *raw = dev_fetch(g.y, (size_t)m * n * ysz);
+    float *got = raw;
+    if (bf_out) {
+        got = host_alloc((size_t)m * n * sizeof(float));
+        for (size_t i = 0; i < (size_t)m * n; i++)
+            got[i] = pd_bf16_to_f32(((uint16_t *)raw)[i]);
+        free(raw);
+    }
+    char what[128];
+    snprintf(what, sizeof what, "matmul %s -> %s m %u n %u k %u%s", pd_dtype_name(in_type),
+             pd_dtype_name(y_type), m, n, k, accumulate ? " accumulate" : "");
+    /* fp32 sums in another order; a bf16 y carries its own rounding (2^-9) */
+    check_close(what, got, ref, (size_t)m * n, bf_out ? TOL_BF16_KV : TOL_F32);
+    free(x), free(w), free(y0), free(ref), free(got), free(x16), free(w16), free(y16);
+    dev_free_all();
+}
+
+static void matmul_cuda_matches_cpu(void)
+{
+    need_gpu();
+    const int emu = emulated();
+    for (int iter = 0; iter < 12; iter++) {
+        const uint32_t in = iter % 3 ? PD_DT_BF16 : PD_DT_F32;
+        const uint32_t out = in == PD_DT_BF16 && iter % 3 == 2 ? PD_DT_BF16 : PD_DT_F32;
+        matmul_case(in, out, iter % 2, emu);
+    }
+}
+
+/* ---- prefill attention (tensor cores) ----------------------------------------- */
+
 
 /* make_batch gives each sequence one run of consecutive positions; the run
  * table as the prefill kernel takes it (and a check that it is one) */
@@ -920,8 +998,8 @@ static uint32_t random_io(uint32_t pool_type)
  * pool), whole prompts, single tokens, ragged lengths, every block size. */
 static void attention_prefill_cuda_matches_cpu(void)
 {
-    const int emu = emulated();
     need_gpu();
+    const int emu = emulated();
     for (int iter = 0; iter < (emu ? 6 : 24); iter++) {
         struct attn_case c = {.l = random_layout(), .group = PICK(1, 2, 3, 4, 8),
                               .n_seqs = 1 + rnd(emu ? 2 : 6),
@@ -944,8 +1022,8 @@ static void attention_prefill_cuda_matches_cpu_on_model_shapes(void)
     static const struct {
         uint32_t kv, group, hd;
     } shapes[] = {{3, 3, 64}, {2, 8, 128}};
-    const int emu = emulated();
     need_gpu();
+    const int emu = emulated();
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
         for (int pt = 0; pt < 2; pt++) {
             struct attn_case c = {.l = {1 + !emu, shapes[s].kv, shapes[s].hd, 16},
@@ -1002,8 +1080,8 @@ static void attention_prefill_cuda_refuses_runs_past_max_ctx(void)
  * rounding is the difference). */
 static void attention_prefill_cuda_after_kv_write_close_to_fp32(void)
 {
-    const int emu = emulated();
     need_gpu();
+    const int emu = emulated();
     for (int iter = 0; iter < (emu ? 2 : 6); iter++) {
         struct attn_case c = {.l = {1, PICK(1, 2, 3), PICK(64, 128), PICK(16, 32)},
                               .group = PICK(1, 3, 4), .n_seqs = 1 + rnd(emu ? 1 : 3),
@@ -1092,6 +1170,7 @@ SEEDED(attention_cuda_matches_cpu_on_model_shapes)
 SEEDED(attention_cuda_generic_path_matches_cpu)
 SEEDED(attention_cuda_refuses_positions_past_max_ctx)
 SEEDED(attention_cuda_bf16_pool_close_to_fp32)
+SEEDED(matmul_cuda_matches_cpu)
 SEEDED(attention_prefill_cuda_matches_cpu)
 SEEDED(attention_prefill_cuda_matches_cpu_on_model_shapes)
 SEEDED(attention_prefill_cuda_refuses_runs_past_max_ctx)
@@ -1112,6 +1191,7 @@ static const struct pd_test tests[] = {
     T(attention_cuda_generic_path_matches_cpu),
     T(attention_cuda_refuses_positions_past_max_ctx),
     T(attention_cuda_bf16_pool_close_to_fp32),
+    T(matmul_cuda_matches_cpu),
     T(attention_prefill_cuda_matches_cpu),
     T(attention_prefill_cuda_matches_cpu_on_model_shapes),
     T(attention_prefill_cuda_refuses_runs_past_max_ctx),

@@ -1,7 +1,8 @@
 /* tests/kernels/emu/cuda_emu.cpp: runs the grid of an emulated launch, and
  * stands in for the CUDA runtime functions kernels/cuda_util.cu calls (host
- * memory, a fake device 0 with 132 SMs, events on the host clock), so that
- * cuda_util.cu itself is exercised too.
+ * memory, a fake device 0 with 132 SMs, events on the host clock) and the
+ * cuBLAS calls kernels/matmul.cu makes, so that cuda_util.cu and matmul.cu
+ * themselves are exercised too.
  *
  * Threads of a block are fibers on the calling thread, run in turn; a fiber
  * gives the CPU up only at __syncthreads and inside a shuffle, so a block's
@@ -13,6 +14,8 @@
 #include "cuda_emu.h"
 
 #include "bf16.h"
+
+#include <cublas_v2.h>
 
 #include <chrono>
 #include <setjmp.h>
@@ -381,6 +384,70 @@ cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b)
 {
     *ms = std::chrono::duration<float, std::milli>(b->t - a->t).count();
     return cudaSuccess;
+}
+
+/* ---- cuBLAS, what kernels/matmul.cu calls ------------------------------------
+ * GEMM by its BLAS definition (column-major, op() per operand), fp32 or bf16
+ * elements, fp32 sums in k order: it checks matmul.cu's mapping of row-major
+ * y = x W^T onto cuBLAS (transposes, leading dimensions, types), not cuBLAS. */
+
+struct cublasContext {
+    int unused;
+};
+
+cublasStatus_t cublasCreate_v2(cublasHandle_t *h)
+{
+    *h = new cublasContext();
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasDestroy_v2(cublasHandle_t h)
+{
+    delete h;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasSetStream_v2(cublasHandle_t, cudaStream_t)
+{
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+static float gemm_elem(const void *p, cudaDataType_t t, size_t i)
+{
+    return t == CUDA_R_16BF ? pd_bf16_decode(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m,
+                            int n, int k, const void *alpha, const void *A, cudaDataType_t at,
+                            int lda, const void *B, cudaDataType_t bt, int ldb, const void *beta,
+                            void *C, cudaDataType_t ct, int ldc, cublasComputeType_t compute,
+                            cublasGemmAlgo_t)
+{
+    if (compute != CUBLAS_COMPUTE_32F || at != bt || (at != CUDA_R_32F && at != CUDA_R_16BF) ||
+        (ct != CUDA_R_32F && ct != CUDA_R_16BF) || m < 0 || n < 0 || k < 0)
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    /* op(A) is m x k, op(B) k x n, C m x n; column-major with the given lds */
+    if (lda < (ta == CUBLAS_OP_N ? m : k) || ldb < (tb == CUBLAS_OP_N ? k : n) || ldc < m)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    const float al = *(const float *)alpha, be = *(const float *)beta;
+    for (int j = 0; j < n; j++)
+        for (int i = 0; i < m; i++) {
+            float acc = 0.0f;
+            for (int l = 0; l < k; l++) {
+                const size_t ai = ta == CUBLAS_OP_N ? (size_t)l * lda + i : (size_t)i * lda + l;
+                const size_t bi = tb == CUBLAS_OP_N ? (size_t)j * ldb + l : (size_t)l * ldb + j;
+                acc += gemm_elem(A, at, ai) * gemm_elem(B, bt, bi);
+            }
+            const size_t ci = (size_t)j * ldc + i;
+            float v = al * acc;
+            if (be != 0.0f)
+                v += be * gemm_elem(C, ct, ci);
+            if (ct == CUDA_R_16BF)
+                ((uint16_t *)C)[ci] = pd_bf16_encode(v);
+            else
+                ((float *)C)[ci] = v;
+        }
+    return CUBLAS_STATUS_SUCCESS;
 }
 
 } // extern "C"
