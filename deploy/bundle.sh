@@ -63,6 +63,7 @@ programs=(
     prefilld/prefilld
     tests/kernels/test_kernels
     tests/bench/attn_bench
+    tests/bench/prefill_bench
 )
 [ -x "$build/common/tools/pdserve-inspect" ] || die "$build has no pdserve-inspect: run ninja -C $build first"
 

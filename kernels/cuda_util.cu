@@ -205,7 +205,7 @@ extern "C" int pd_cuda_sync(void)
 /* ---- random fill ------------------------------------------------------ */
 
 /* Four elements per thread from one Philox call: counter (group lo, group hi). */
-template <typename T>
+template <typename T, bool BF>
 __global__ void fill_random_kernel(T *p, uint64_t n, uint64_t seed, float amp)
 {
     const uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
@@ -216,7 +216,7 @@ __global__ void fill_random_kernel(T *p, uint64_t n, uint64_t seed, float amp)
         for (int j = 0; j < 4 && g * 4 + j < n; j++) {
             float x = amp * ((float)(o.v[j] >> 8) * (2.0f / 16777216.0f) - 1.0f);
             if constexpr (sizeof(T) == 2)
-                p[g * 4 + j] = pd_bf16_encode(x);
+                p[g * 4 + j] = BF ? pd_bf16_encode(x) : pd_f16_encode(x);
             else
                 p[g * 4 + j] = x;
         }
@@ -232,10 +232,13 @@ extern "C" int pd_cuda_fill_random(void *p, uint64_t n, uint32_t type, uint64_t 
     if (n == 0)
         return 0;
     if (type == PD_DT_F32)
-        fill_random_kernel<float><<<blocks, threads, 0, pd_cuda_stream(stream)>>>((float *)p, n,
-                                                                                   seed, amp);
+        fill_random_kernel<float, false><<<blocks, threads, 0, pd_cuda_stream(stream)>>>(
+            (float *)p, n, seed, amp);
     else if (type == PD_DT_BF16)
-        fill_random_kernel<uint16_t><<<blocks, threads, 0, pd_cuda_stream(stream)>>>(
+        fill_random_kernel<uint16_t, true><<<blocks, threads, 0, pd_cuda_stream(stream)>>>(
+            (uint16_t *)p, n, seed, amp);
+    else if (type == PD_DT_F16)
+        fill_random_kernel<uint16_t, false><<<blocks, threads, 0, pd_cuda_stream(stream)>>>(
             (uint16_t *)p, n, seed, amp);
     else
         return -EINVAL;

@@ -68,7 +68,7 @@ int pd_cuda_memset(void *p, int byte, size_t bytes);
 /* Waits for the device; reports a kernel's asynchronous failure. */
 int pd_cuda_sync(void);
 
-/* Fills n elements of type PD_DT_F32 or PD_DT_BF16 with amp * (2u - 1), u a
+/* Fills n elements of type PD_DT_F32, PD_DT_BF16 or PD_DT_F16 with amp * (2u - 1), u a
  * Philox-4x32-10 uniform of (seed, element index): the same values on every
  * device and run. */
 int pd_cuda_fill_random(void *p, uint64_t n, uint32_t type, uint64_t seed, float amp,

@@ -21,6 +21,7 @@
  * Without a usable GPU it says why and exits 1.
  */
 #include "attention.h"
+#include "gpu_bench.h"
 #include "cfg.h"
 #include "cuda_util.h"
 #include "model.h"
@@ -79,55 +80,6 @@ static const struct pd_cfg_opt options[] = {
 
 static const uint32_t def_batch[] = {16, 64}, def_context[] = {1024, 2048, 4096, 8192};
 
-#define MAX_ITEMS 8
-
-
-/* Values of a list option (repeated, or comma-separated), or the defaults;
- * 0 on a bad item or more than MAX_ITEMS. */
-static size_t list_values(const struct pd_cfg_list *l, const uint32_t *def, size_t n_def,
-                          uint32_t *out)
-{
-    size_t n = 0;
-    if (l->n == 0) {
-        memcpy(out, def, n_def * sizeof *out);
-        return n_def;
-    }
-    for (size_t i = 0; i < l->n; i++) {
-        const char *s = l->items[i];
-        char *end;
-        do {
-            unsigned long v = strtoul(s, &end, 10);
-            if (end == s || (*end && *end != ',') || v == 0 || v > (1u << 20) || n == MAX_ITEMS)
-                return 0;
-            out[n++] = (uint32_t)v;
-            s = end + 1;
-        } while (*end);
-    }
-    return n;
-}
-
-static uint32_t max_of(const uint32_t *v, size_t n)
-{
-    uint32_t m = 0;
-    for (size_t i = 0; i < n; i++)
-        m = v[i] > m ? v[i] : m;
-    return m;
-}
-
-static int cmp_f(const void *a, const void *b)
-{
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
-}
-
-static uint64_t splitmix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 #define TRY(call)                                                              \
     do {                                                                       \
         if ((rc = (call)) < 0) {                                               \
@@ -135,52 +87,6 @@ static uint64_t splitmix(uint64_t *s)
             goto out;                                                          \
         }                                                                      \
     } while (0)
-
-/* A trial: fn(arg, i, stream) for i in [0, n). */
-typedef int (*pass_fn)(void *, uint32_t, pd_stream_t);
-
-static int run_trial(pass_fn fn, void *arg, uint32_t n, pd_stream_t s)
-{
-    int rc;
-    for (uint32_t i = 0; i < n; i++)
-        if ((rc = fn(arg, i, s)) < 0)
-            return rc;
-    return 0;
-}
-
-/* Median over trials of the time per pass, a trial being n passes; with
- * graphs, a trial is captured once and replayed, so launch overhead stays out. */
-static int time_passes(pass_fn fn, void *arg, uint32_t n, int trials, int graphs, pd_stream_t s,
-                       struct pd_cuda_timer *tm, float *per_pass_ms)
-{
-    struct pd_cuda_graph *g = NULL;
-    float v[101];
-    int rc;
-
-    /* warm-up: module load, first touch, the launcher's cached queries */
-    if ((rc = run_trial(fn, arg, n < 3 ? n : 3, s)) < 0)
-        return rc;
-    if (graphs) {
-        if ((rc = pd_cuda_graph_begin(s)) < 0)
-            return rc;
-        rc = run_trial(fn, arg, n, s);
-        int rc_end = pd_cuda_graph_end(s, &g); /* ends the capture whatever happened */
-        if ((rc = rc < 0 ? rc : rc_end) < 0 || (rc = pd_cuda_graph_launch(g, s)) < 0)
-            goto out;
-    }
-    for (int t = 0; t < trials; t++) {
-        if ((rc = pd_cuda_timer_start(tm, s)) < 0 ||
-            (rc = g ? pd_cuda_graph_launch(g, s) : run_trial(fn, arg, n, s)) < 0 ||
-            (rc = pd_cuda_timer_stop(tm, s, &v[t])) < 0)
-            goto out;
-        v[t] /= (float)n;
-    }
-    qsort(v, (size_t)trials, sizeof *v, cmp_f);
-    *per_pass_ms = v[trials / 2];
-out:
-    pd_cuda_graph_free(g);
-    return rc;
-}
 
 struct copy_arg {
     void *dst;
@@ -263,7 +169,7 @@ int main(int argc, char **argv)
     void *dtables = NULL, *csrc = NULL, *cdst = NULL;
     uint32_t *tables = NULL;
     int32_t *seq = NULL, *pos = NULL;
-    uint32_t batch[MAX_ITEMS], context[MAX_ITEMS];
+    uint32_t batch[GB_MAX_ITEMS], context[GB_MAX_ITEMS];
     char err[512], why[256], dev[256];
     int rc = pd_cfg_parse(options, &c, argc, argv, &a, err, sizeof(err)), exit_code = 1;
 
@@ -279,11 +185,11 @@ int main(int argc, char **argv)
         pd_cfg_done(options, &c);
         return rc < 0 ? 2 : 0;
     }
-    const size_t n_batch = list_values(&c.batch, def_batch, 2, batch);
-    const size_t n_context = list_values(&c.context, def_context, 4, context);
+    const size_t n_batch = gb_list_values(&c.batch, def_batch, 2, batch);
+    const size_t n_context = gb_list_values(&c.context, def_context, 4, context);
     if (!n_batch || !n_context || a.n_positional) {
         fprintf(stderr, "attn_bench: --batch and --context take up to %d numbers in [1, 2^20]; "
-                "no positional arguments\n", MAX_ITEMS);
+                "no positional arguments\n", GB_MAX_ITEMS);
         pd_cfg_done(options, &c);
         return 2;
     }
@@ -314,7 +220,7 @@ int main(int argc, char **argv)
     const size_t elem = pool_type == PD_DT_BF16 ? 2 : 4;
     const struct pd_kv_geom kv = {hp->n_layer, hp->n_head_kv, hp->head_dim,
                                     (uint32_t)c.block_size};
-    const uint32_t max_b = max_of(batch, n_batch), max_ctx = max_of(context, n_context);
+    const uint32_t max_b = gb_max_of(batch, n_batch), max_ctx = gb_max_of(context, n_context);
     const uint32_t mb = (max_ctx + kv.block_size - 1) / kv.block_size;
     const uint64_t n_blocks = (uint64_t)max_b * mb, block_bytes = pd_kv_block_elems(&kv) * elem;
     const uint64_t pool_bytes = n_blocks * block_bytes;
@@ -347,14 +253,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "attn_bench: out of memory\n");
         goto out;
     }
-    uint64_t rs = (uint64_t)c.seed;
-    for (uint64_t i = 0; i < n_blocks; i++)
-        tables[i] = (uint32_t)i;
-    for (uint64_t i = n_blocks - 1; i > 0; i--) {
-        uint64_t j = splitmix(&rs) % (i + 1);
-        uint32_t t = tables[i];
-        tables[i] = tables[j], tables[j] = t;
-    }
+    gb_shuffled_ids(tables, n_blocks, (uint64_t)c.seed);
     for (uint32_t s = 0; s < max_b; s++)
         seq[s] = (int32_t)s;
     TRY(pd_cuda_malloc(&dtables, n_blocks * sizeof(uint32_t)));
@@ -372,7 +271,7 @@ int main(int argc, char **argv)
     TRY(pd_cuda_fill_random(csrc, ca.bytes / 4, PD_DT_F32, 7, 1.0f, NULL));
     ca.src = csrc, ca.dst = cdst;
     float copy_ms;
-    TRY(time_passes(copy_pass, &ca, 4, (int)c.trials, 0, stream, tm, &copy_ms));
+    TRY(gb_time_passes(copy_pass, &ca, 4, (int)c.trials, 0, stream, tm, &copy_ms));
     const double copy_gbs = 2.0 * (double)ca.bytes / (copy_ms * 1e-3) / 1e9;
     csrc = pd_cuda_free(csrc);
     cdst = pd_cuda_free(cdst);
@@ -405,7 +304,7 @@ int main(int argc, char **argv)
             const uint64_t splits = ws ? ws / ((uint64_t)B * hp->n_head * (hp->head_dim + 1) * 4) : 1;
 
             float ms;
-            TRY(time_passes(attn_pass, &g, kv.n_layer, (int)c.trials, c.graphs, stream, tm, &ms));
+            TRY(gb_time_passes(attn_pass, &g, kv.n_layer, (int)c.trials, c.graphs, stream, tm, &ms));
             const double bytes = (double)B * ctx * kv.n_head_kv * kv.head_dim * 2 * elem +
                                  (double)B * row * sizeof(float);
             const double gbs = bytes / (ms * 1e-3) / 1e9, ratio = gbs / copy_gbs;

@@ -11,6 +11,9 @@
 #                 default model's shape (GQA 3:1, head_dim 64), bf16 and f32 KV
 #                 GQA 8:1 (Llama-3-8B shape with 4 KV heads, head_dim 128), bf16 KV
 #               batch 16 and 64, context 1k to 8k, pool of real layout and size
+#   prefill-*   prefill attention (tensor cores) in TFLOP/s on FlashAttention's
+#               grid, causal, 16 heads x 128 (and x 64 in half), seqlen 512
+#               to 16k, beside a cuBLAS bf16 GEMM
 #
 # Without a usable GPU it stops at the `gpu` step with the reason and exits 2.
 # Exit 0 when every step passed, 1 when one failed. The benchmark tables and,
@@ -96,6 +99,28 @@ for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib/wsl/lib; do
     fi
 done
 
+# cuBLAS (the one CUDA toolkit library the GPU programs load, left out of the
+# bundle): where the loader does not find it, the usual places a node keeps
+# it, including a Python environment's nvidia-cublas wheel.
+cublas_missing() {
+    [ -x "$root/libexec/test_kernels" ] &&
+        "$env" ldd "$root/libexec/test_kernels" 2>/dev/null | grep -q 'libcublas.*not found'
+}
+if cublas_missing; then
+    want="$("$env" ldd "$root/libexec/test_kernels" | sed -n 's/^[[:space:]]*\(libcublas\.so\.[0-9]*\) => not found.*/\1/p' | head -1)"
+    pydir="$(python3 -c 'import nvidia.cublas, os; print(os.path.join(os.path.dirname(nvidia.cublas.__file__), "lib"))' 2>/dev/null || true)"
+    for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/*/lib \
+             /usr/local/cuda-*/lib64 /usr/local/cuda-*/lib /usr/local/cuda-*/targets/*/lib \
+             /usr/lib/x86_64-linux-gnu "$pydir"; do
+        if [ -n "$d" ] && [ -e "$d/$want" ]; then
+            export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"
+            say "cublas: $want from $d"
+            break
+        fi
+    done
+    cublas_missing && say "cublas: $want not found on this node (the GPU programs will not start)"
+fi
+
 if ! run start "a bundled program runs here" "$env" pdserve-inspect --version; then
     say "check.sh: the bundle's programs do not start on this machine (see above); nothing else was run"
     table
@@ -135,6 +160,21 @@ bench() {
 bench attn-3:1-bf16 --model-shape default --kv-dtype bf16
 bench attn-8:1-bf16 --model-shape '{"preset":"llama3-8b","n_head_kv":4}' --kv-dtype bf16
 bench attn-3:1-f32 --model-shape default --kv-dtype f32
+
+# Prefill attention on FlashAttention's grid (causal, 16 heads x 128, 16k
+# tokens per figure) beside a cuBLAS bf16 GEMM.
+prefill() {
+    local name="$1"
+    shift
+    if run "$name" "prefill attention vs cuBLAS GEMM" "$env" prefill_bench "$@"; then
+        {
+            echo "-- $name: prefill_bench $*"
+            sed -n '/^gemm: /,/^prefill_bench: /p' "$log" | awk '/^gemm: /{buf=""} {buf=buf $0 "\n"} END{printf "%s", buf}'
+        } >> "$summary"
+    fi
+}
+prefill prefill-bf16 --kv-dtype bf16
+prefill prefill-f16-64 --kv-dtype f16 --head-dim 64 --seqlen 512,2048,8192
 
 table
 exit $failed

@@ -1,0 +1,111 @@
+#include "gpu_bench.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+size_t gb_list_values(const struct pd_cfg_list *l, const uint32_t *def, size_t n_def,
+                      uint32_t *out)
+{
+    size_t n = 0;
+    if (l->n == 0) {
+        memcpy(out, def, n_def * sizeof *out);
+        return n_def;
+    }
+    for (size_t i = 0; i < l->n; i++) {
+        const char *s = l->items[i];
+        char *end;
+        do {
+            unsigned long v = strtoul(s, &end, 10);
+            if (end == s || (*end && *end != ',') || v == 0 || v > (1u << 20) || n == GB_MAX_ITEMS)
+                return 0;
+            out[n++] = (uint32_t)v;
+            s = end + 1;
+        } while (*end);
+    }
+    return n;
+}
+
+uint32_t gb_max_of(const uint32_t *v, size_t n)
+{
+    uint32_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        m = v[i] > m ? v[i] : m;
+    return m;
+}
+
+uint32_t gb_min_of(const uint32_t *v, size_t n)
+{
+    uint32_t m = UINT32_MAX;
+    for (size_t i = 0; i < n; i++)
+        m = v[i] < m ? v[i] : m;
+    return m;
+}
+
+static uint64_t splitmix(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+void gb_shuffled_ids(uint32_t *v, uint64_t n, uint64_t seed)
+{
+    for (uint64_t i = 0; i < n; i++)
+        v[i] = (uint32_t)i;
+    for (uint64_t i = n; i > 1; i--) {
+        uint64_t j = splitmix(&seed) % i;
+        uint32_t t = v[i - 1];
+        v[i - 1] = v[j], v[j] = t;
+    }
+}
+
+static int cmp_f(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+static int run_trial(gb_pass_fn fn, void *arg, uint32_t n, pd_stream_t s)
+{
+    int rc;
+    for (uint32_t i = 0; i < n; i++)
+        if ((rc = fn(arg, i, s)) < 0)
+            return rc;
+    return 0;
+}
+
+int gb_time_passes(gb_pass_fn fn, void *arg, uint32_t n, int trials, int graphs, pd_stream_t s,
+                   struct pd_cuda_timer *tm, float *per_pass_ms)
+{
+    struct pd_cuda_graph *g = NULL;
+    float v[101];
+    int rc;
+
+    if (trials < 1 || trials > 101)
+        return -EINVAL;
+    /* warm-up: module load, first touch, the launcher's cached queries */
+    if ((rc = run_trial(fn, arg, n < 3 ? n : 3, s)) < 0)
+        return rc;
+    if (graphs) {
+        if ((rc = pd_cuda_graph_begin(s)) < 0)
+            return rc;
+        rc = run_trial(fn, arg, n, s);
+        int rc_end = pd_cuda_graph_end(s, &g); /* ends the capture whatever happened */
+        if ((rc = rc < 0 ? rc : rc_end) < 0 || (rc = pd_cuda_graph_launch(g, s)) < 0)
+            goto out;
+    }
+    for (int t = 0; t < trials; t++) {
+        if ((rc = pd_cuda_timer_start(tm, s)) < 0 ||
+            (rc = g ? pd_cuda_graph_launch(g, s) : run_trial(fn, arg, n, s)) < 0 ||
+            (rc = pd_cuda_timer_stop(tm, s, &v[t])) < 0)
+            goto out;
+        v[t] /= (float)n;
+    }
+    qsort(v, (size_t)trials, sizeof *v, cmp_f);
+    *per_pass_ms = v[trials / 2];
+out:
+    pd_cuda_graph_free(g);
+    return rc;
+}

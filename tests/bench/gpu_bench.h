@@ -1,0 +1,33 @@
+/* tests/bench/gpu_bench.h: what the GPU benchmarks (attn_bench,
+ * prefill_bench) share: list options, a seeded shuffle, and timing by
+ * medians of trials, each trial optionally one CUDA graph replay. */
+#ifndef PD_GPU_BENCH_H
+#define PD_GPU_BENCH_H
+
+#include "cfg.h"
+#include "cuda_util.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define GB_MAX_ITEMS 8
+
+/* Values of a list option (repeated, or comma-separated), or the n_def
+ * defaults; 0 on a bad item (0 or above 2^20) or more than GB_MAX_ITEMS. */
+size_t gb_list_values(const struct pd_cfg_list *l, const uint32_t *def, size_t n_def,
+                      uint32_t *out);
+uint32_t gb_max_of(const uint32_t *v, size_t n);
+uint32_t gb_min_of(const uint32_t *v, size_t n);
+
+/* v[i] = i for i < n, then shuffled from seed (the same on every run) */
+void gb_shuffled_ids(uint32_t *v, uint64_t n, uint64_t seed);
+
+/* A trial: fn(arg, i, stream) for i in [0, n). */
+typedef int (*gb_pass_fn)(void *arg, uint32_t i, pd_stream_t s);
+
+/* Median over trials of the time per pass (ms), after a warm-up; with graphs,
+ * a trial is captured once and replayed, so launch overhead stays out. */
+int gb_time_passes(gb_pass_fn fn, void *arg, uint32_t n, int trials, int graphs, pd_stream_t s,
+                   struct pd_cuda_timer *tm, float *per_pass_ms);
+
+#endif

@@ -1,0 +1,302 @@
+/* prefill_bench: CUDA prefill attention (kernels/attn_prefill.cu) in TFLOP/s
+ * on FlashAttention's benchmark grid, beside a cuBLAS bf16 GEMM
+ * (kernels/matmul.cu, fp32 accumulation) measured in the same run. Timings
+ * never decide a test; the figures go to docs/perf.md.
+ *
+ *   build/tests/bench/prefill_bench                    # causal, 16 heads x 128, 16k tokens
+ *   build/tests/bench/prefill_bench --seqlen 4096 --kv-dtype f16
+ *   build/tests/bench/prefill_bench --probe            # the device, or why not
+ *
+ * The grid (FlashAttention-2's): batch = --tokens / seqlen sequences of
+ * seqlen tokens each, --heads query heads = KV heads (no GQA), head_dim 128,
+ * causal, 16-bit q, K, V and output. Here K and V live in a paged pool of the
+ * real layout (--block-size tokens per block, blocks handed out in a random
+ * order), so every key tile is gathered through a block table as in serving.
+ * FLOPs counted as FlashAttention counts them: 4 * batch * seqlen^2 * heads *
+ * head_dim / 2 for causal attention. The GEMM: m = n = k = --gemm-size, bf16
+ * operands, 2 m n k FLOPs. Medians of --trials.
+ *
+ * Without a usable GPU it says why and exits 1.
+ */
+#include "attention.h"
+#include "gpu_bench.h"
+#include "matmul.h"
+#include "quant.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct bench_cfg {
+    struct pd_cfg_list seqlen;
+    int64_t tokens, heads, head_dim, block_size, trials, gemm_size, seed;
+    int kv_dtype;
+    bool check, probe;
+};
+
+static const char *const kv_dtypes[] = {"bf16", "f16", NULL};
+
+static const struct pd_cfg_opt options[] = {
+    PD_CFG_LIST("seqlen", struct bench_cfg, seqlen, 8,
+                "sequence lengths, e.g. 512,1024,2048,4096,8192,16384 (the default)"),
+    PD_CFG_INT("tokens", struct bench_cfg, tokens, "16384", 64, 1 << 20,
+               "tokens per figure: batch = tokens / seqlen"),
+    PD_CFG_INT("heads", struct bench_cfg, heads, "16", 1, 256, "query heads (= KV heads)"),
+    PD_CFG_INT("head-dim", struct bench_cfg, head_dim, "128", 64, 128, "64 or 128"),
+    PD_CFG_INT("block-size", struct bench_cfg, block_size, "16", 1, 1024, "tokens per KV block"),
+    PD_CFG_ENUM("kv-dtype", struct bench_cfg, kv_dtype, "bf16", kv_dtypes,
+                "q, K, V and output element type"),
+    PD_CFG_INT("trials", struct bench_cfg, trials, "5", 1, 101, "timed trials per figure (median)"),
+    PD_CFG_INT("gemm-size", struct bench_cfg, gemm_size, "8192", 256, 32768,
+               "m = n = k of the reference bf16 GEMM"),
+    PD_CFG_INT("seed", struct bench_cfg, seed, "1", 0, INT64_MAX, "seed of the contents"),
+    PD_CFG_BOOL("check", struct bench_cfg, check, "true",
+                "compare the first sequence of the first figure with the CPU reference"),
+    PD_CFG_BOOL("probe", struct bench_cfg, probe, "false",
+                "print the device (or why there is none) and exit"),
+    PD_CFG_END,
+};
+
+static const uint32_t def_seqlen[] = {512, 1024, 2048, 4096, 8192, 16384};
+
+#define TRY(call)                                                              \
+    do {                                                                       \
+        if ((rc = (call)) < 0) {                                               \
+            fprintf(stderr, "prefill_bench: %s failed: %s\n", #call, strerror(-rc)); \
+            goto out;                                                          \
+        }                                                                      \
+    } while (0)
+
+static int gemm_pass(void *arg, uint32_t i, pd_stream_t s)
+{
+    (void)i;
+    return pd_matmul_cuda(arg, s);
+}
+
+static int attn_pass(void *arg, uint32_t i, pd_stream_t s)
+{
+    (void)i;
+    return pd_attention_prefill_cuda(arg, s);
+}
+
+static float widen(uint32_t type, uint16_t h)
+{
+    return type == PD_DT_BF16 ? pd_bf16_to_f32(h) : pd_f16_to_f32(h);
+}
+
+/* The first sequence recomputed on the CPU from host copies of its blocks and
+ * q: the figures are of a kernel that computes the right thing. */
+static int spot_check(const struct pd_attn_args *g, const uint32_t *tables_host, uint32_t seqlen,
+                      double *err_out)
+{
+    const struct pd_kv_geom *l = &g->kv;
+    const uint32_t nb = (seqlen + l->block_size - 1) / l->block_size;
+    const size_t block_bytes = pd_kv_block_elems(l) * 2, row = (size_t)g->n_head * l->head_dim;
+    const size_t n = (size_t)seqlen * row;
+    uint8_t *pool = malloc((size_t)nb * block_bytes);
+    uint32_t *table = malloc(nb * sizeof(uint32_t));
+    uint16_t *q16 = malloc(n * 2), *out16 = malloc(n * 2);
+    float *q = malloc(n * sizeof(float)), *ref = malloc(n * sizeof(float));
+    int32_t *seq = calloc(seqlen, sizeof(int32_t)), *pos = malloc(seqlen * sizeof(int32_t));
+    int rc = -ENOMEM;
+
+    if (!pool || !table || !q16 || !out16 || !q || !ref || !seq || !pos)
+        goto out;
+    for (uint32_t j = 0; j < nb; j++) {
+        table[j] = j;
+        rc = pd_cuda_memcpy(pool + (size_t)j * block_bytes,
+                            (const uint8_t *)(const void *)g->pool +
+                                (size_t)tables_host[j] * block_bytes,
+                            block_bytes);
+        if (rc < 0)
+            goto out;
+    }
+    if ((rc = pd_cuda_memcpy(q16, g->q, n * 2)) < 0 || (rc = pd_cuda_memcpy(out16, g->out, n * 2)) < 0)
+        goto out;
+    for (size_t i = 0; i < n; i++)
+        q[i] = widen(g->pool_type, q16[i]);
+    for (uint32_t t = 0; t < seqlen; t++)
+        pos[t] = (int32_t)t;
+    struct pd_attn_args a = {.out = ref, .q = q, .pool = (const float *)(const void *)pool,
+                             .kv = *l, .n_tokens = seqlen, .n_head = g->n_head, .tok_seq = seq,
+                             .tok_pos = pos, .block_tables = table, .max_blocks = nb,
+                             .scale = g->scale, .pool_type = g->pool_type};
+    if ((rc = pd_attention_cpu(&a)) < 0)
+        goto out;
+    double max_ref = 0, max_err = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)widen(g->pool_type, out16[i]) - ref[i]);
+        if (isnan(e))
+            e = INFINITY; /* an unwritten (NaN) output fails the check */
+        max_err = e > max_err ? e : max_err;
+        max_ref = fabs(ref[i]) > max_ref ? fabs(ref[i]) : max_ref;
+    }
+    *err_out = max_ref > 0 ? max_err / max_ref : max_err;
+out:
+    free(pool), free(table), free(q16), free(out16), free(q), free(ref), free(seq), free(pos);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    struct bench_cfg c;
+    struct pd_cfg_args a;
+    struct pd_cuda_timer *tm = NULL;
+    pd_stream_t stream = NULL;
+    void *pool = NULL, *dq = NULL, *dout = NULL, *dseq = NULL, *dpos = NULL, *druns = NULL;
+    void *dtables = NULL, *ga = NULL, *gb = NULL, *gc = NULL;
+    uint32_t *tables = NULL;
+    int32_t *seq = NULL, *pos = NULL, *runs = NULL;
+    uint32_t seqlen[GB_MAX_ITEMS];
+    char err[512], why[256], dev[256];
+    int rc = pd_cfg_parse(options, &c, argc, argv, &a, err, sizeof(err)), exit_code = 1;
+
+    if (rc < 0 || rc == PD_CFG_HELP || rc == PD_CFG_PRINT || rc == PD_CFG_VERSION) {
+        if (rc < 0)
+            fprintf(stderr, "prefill_bench: %s\n", err);
+        else if (rc == PD_CFG_HELP)
+            pd_cfg_help(options, "prefill_bench", "[OPTIONS]", stdout);
+        else if (rc == PD_CFG_PRINT)
+            pd_cfg_print(options, &c, stdout);
+        else
+            pd_cfg_version("prefill_bench", stdout);
+        pd_cfg_done(options, &c);
+        return rc < 0 ? 2 : 0;
+    }
+    const size_t n_seqlen = gb_list_values(&c.seqlen, def_seqlen, 6, seqlen);
+    if (!n_seqlen || a.n_positional || (c.head_dim != 64 && c.head_dim != 128)) {
+        fprintf(stderr, "prefill_bench: --seqlen takes up to %d numbers in [1, 2^20], --head-dim "
+                "64 or 128; no positional arguments\n", GB_MAX_ITEMS);
+        pd_cfg_done(options, &c);
+        return 2;
+    }
+    for (size_t i = 0; i < n_seqlen; i++)
+        if (seqlen[i] > (uint32_t)c.tokens) {
+            fprintf(stderr, "prefill_bench: --seqlen %u is longer than --tokens %lld\n", seqlen[i],
+                    (long long)c.tokens);
+            pd_cfg_done(options, &c);
+            return 2;
+        }
+
+    if ((rc = pd_cuda_probe(why, sizeof why)) < 0) {
+        fprintf(stderr, "prefill_bench: %s\n", why);
+        pd_cfg_done(options, &c);
+        return 1;
+    }
+    if ((rc = pd_cuda_device_info(dev, sizeof dev)) < 0)
+        goto out;
+    printf("device: %s\n", dev);
+    if (c.probe) {
+        exit_code = 0;
+        goto out;
+    }
+    if (pd_cuda_debug_build())
+        printf("WARNING: kernels built with -G (device debug): these timings mean nothing\n");
+
+    const uint32_t type = c.kv_dtype == 0 ? PD_DT_BF16 : PD_DT_F16;
+    const uint32_t T = (uint32_t)c.tokens, H = (uint32_t)c.heads, D = (uint32_t)c.head_dim;
+    const struct pd_kv_geom kv = {1, H, D, (uint32_t)c.block_size};
+    const size_t row = (size_t)H * D;
+    /* every sequence's last block may be partial: room for one more per sequence */
+    const uint32_t max_seqs = T / gb_min_of(seqlen, n_seqlen);
+    const uint64_t n_blocks = (T + (uint64_t)kv.block_size - 1) / kv.block_size + max_seqs;
+    const uint64_t pool_bytes = n_blocks * pd_kv_block_elems(&kv) * 2;
+
+    TRY(pd_cuda_timer_new(&tm));
+    TRY(pd_cuda_stream_new(&stream));
+
+    /* the reference: a cuBLAS bf16 GEMM, fp32 accumulation */
+    const uint32_t G = (uint32_t)c.gemm_size;
+    const size_t gbytes = (size_t)G * G * 2;
+    TRY(pd_cuda_malloc(&ga, gbytes));
+    TRY(pd_cuda_malloc(&gb, gbytes));
+    TRY(pd_cuda_malloc(&gc, gbytes));
+    TRY(pd_cuda_fill_random(ga, (uint64_t)G * G, PD_DT_BF16, 11, 1.0f, NULL));
+    TRY(pd_cuda_fill_random(gb, (uint64_t)G * G, PD_DT_BF16, 12, 1.0f, NULL));
+    struct pd_matmul_args mm = {.y = gc, .x = ga, .w = gb, .m = G, .n = G, .k = G,
+                                .x_type = PD_DT_BF16, .w_type = PD_DT_BF16,
+                                .y_type = PD_DT_BF16};
+    float gemm_ms;
+    TRY(gb_time_passes(gemm_pass, &mm, 3, (int)c.trials, 0, stream, tm, &gemm_ms));
+    const double gemm_tf = 2.0 * G * (double)G * G / (gemm_ms * 1e-3) / 1e12;
+    ga = pd_cuda_free(ga), gb = pd_cuda_free(gb), gc = pd_cuda_free(gc);
+    printf("gemm: cuBLAS bf16 %u x %u x %u, fp32 accumulation: %.1f TFLOP/s (%.3f ms), median of "
+           "%lld\n", G, G, G, gemm_tf, gemm_ms, (long long)c.trials);
+    printf("prefill attention: causal, %u heads x %u, %s q/K/V/out, paged pool of %.0f MiB "
+           "(block %u tokens, random order), %u tokens per figure\n",
+           H, D, kv_dtypes[c.kv_dtype], (double)pool_bytes / (1u << 20), kv.block_size, T);
+
+    TRY(pd_cuda_malloc(&pool, pool_bytes));
+    TRY(pd_cuda_fill_random(pool, pool_bytes / 2, type, (uint64_t)c.seed, 1.0f, NULL));
+    TRY(pd_cuda_malloc(&dq, (size_t)T * row * 2));
+    TRY(pd_cuda_fill_random(dq, (size_t)T * row, type, (uint64_t)c.seed + 1, 4.0f, NULL));
+    TRY(pd_cuda_malloc(&dout, (size_t)T * row * 2));
+    tables = malloc(n_blocks * sizeof(uint32_t));
+    seq = malloc(T * sizeof(int32_t));
+    pos = malloc(T * sizeof(int32_t));
+    runs = malloc((max_seqs + 1) * sizeof(int32_t));
+    if (!tables || !seq || !pos || !runs) {
+        fprintf(stderr, "prefill_bench: out of memory\n");
+        goto out;
+    }
+    gb_shuffled_ids(tables, n_blocks, (uint64_t)c.seed);
+    TRY(pd_cuda_malloc(&dtables, n_blocks * sizeof(uint32_t)));
+    TRY(pd_cuda_memcpy(dtables, tables, n_blocks * sizeof(uint32_t)));
+    TRY(pd_cuda_malloc(&dseq, T * sizeof(int32_t)));
+    TRY(pd_cuda_malloc(&dpos, T * sizeof(int32_t)));
+    TRY(pd_cuda_malloc(&druns, (max_seqs + 1) * sizeof(int32_t)));
+
+    printf("%8s %6s %10s %9s %8s\n", "seqlen", "batch", "time_ms", "TFLOP/s", "vs_gemm");
+    double worst = INFINITY, best = 0;
+    int checked = !c.check;
+    for (size_t si = 0; si < n_seqlen; si++) {
+        const uint32_t S = seqlen[si], B = T / S, N = B * S;
+        const uint32_t mb = (S + kv.block_size - 1) / kv.block_size;
+        /* sequence b: tokens [b S, (b + 1) S), its blocks tables[b mb ...] */
+        for (uint32_t t = 0; t < N; t++)
+            seq[t] = (int32_t)(t / S), pos[t] = (int32_t)(t % S);
+        for (uint32_t b = 0; b <= B; b++)
+            runs[b] = (int32_t)(b * S);
+        TRY(pd_cuda_memcpy(dseq, seq, N * sizeof(int32_t)));
+        TRY(pd_cuda_memcpy(dpos, pos, N * sizeof(int32_t)));
+        TRY(pd_cuda_memcpy(druns, runs, (B + 1) * sizeof(int32_t)));
+        struct pd_attn_args g = {.out = dout, .q = dq, .pool = pool, .kv = kv, .n_tokens = N,
+                                 .n_head = H, .tok_seq = dseq, .tok_pos = dpos,
+                                 .block_tables = dtables, .max_blocks = mb,
+                                 .scale = 1.0f / sqrtf((float)D), .pool_type = type,
+                                 .io_type = type, .run_start = druns, .n_runs = B, .max_run = S};
+        float ms;
+        TRY(gb_time_passes(attn_pass, &g, 1, (int)c.trials, 0, stream, tm, &ms));
+        const double flops = 4.0 * B * (double)S * S * H * D / 2;
+        const double tf = flops / (ms * 1e-3) / 1e12, ratio = tf / gemm_tf;
+        printf("%8u %6u %10.3f %9.1f %8.2f\n", S, B, ms, tf, ratio);
+        worst = ratio < worst ? ratio : worst;
+        best = ratio > best ? ratio : best;
+        if (!checked) {
+            double e;
+            TRY(pd_cuda_sync());
+            TRY(spot_check(&g, tables, S, &e));
+            printf("  (check: sequence 0 against the CPU reference, error %.2g)\n", e);
+            if (!(e <= 1e-2)) {
+                fprintf(stderr, "prefill_bench: the kernel disagrees with the CPU reference "
+                        "(normalized error %.3g > 1e-2)\n", e);
+                goto out;
+            }
+            checked = 1;
+        }
+    }
+    printf("prefill_bench: %s causal %ux%u: vs_gemm %.2f to %.2f\n", kv_dtypes[c.kv_dtype], H, D,
+           worst, best);
+    exit_code = 0;
+out:
+    pd_cuda_free(pool), pd_cuda_free(dq), pd_cuda_free(dout), pd_cuda_free(dseq);
+    pd_cuda_free(dpos), pd_cuda_free(druns), pd_cuda_free(dtables);
+    pd_cuda_free(ga), pd_cuda_free(gb), pd_cuda_free(gc);
+    pd_cuda_timer_free(tm);
+    pd_cuda_stream_free(stream);
+    free(tables), free(seq), free(pos), free(runs);
+    pd_cfg_done(options, &c);
+    return exit_code;
+}
