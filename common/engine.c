@@ -142,6 +142,13 @@ static int load_weights(struct pd_engine *e, char *err, size_t errlen)
             goto nomem;                                                                        \
     } while (0)
 
+const char *const pd_engine_kv_dtypes[] = {"f32", "bf16", "f16", NULL};
+
+uint32_t pd_engine_kv_dtype(int choice)
+{
+    return choice == 1 ? PD_DT_BF16 : choice == 2 ? PD_DT_F16 : PD_DT_F32;
+}
+
 int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char *err,
                   size_t errlen)
 {
@@ -183,6 +190,7 @@ int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char
         .layout = {.n_layer = hp->n_layer, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim,
                    .block_size = bs},
         .mem_bytes = p->kv_cache_bytes,
+        .dtype = p->kv_dtype,
     };
     if ((rc = pd_kvcache_new(&kp, &e->kc, err, errlen)) < 0)
         goto out_free;
@@ -333,12 +341,14 @@ static int forward(struct pd_engine *e, const struct pd_batch_item *items, uint3
         rk.x = e->kk;
         rk.n_heads = hp->n_head_kv;
         struct pd_kv_write_args wa = {.pool = pd_kvcache_pool(e->kc), .kv = kv, .layer = l,
-                                      .k = e->kk, .v = e->vv, .slot = e->slot, .n_tokens = T};
+                                      .k = e->kk, .v = e->vv, .slot = e->slot, .n_tokens = T,
+                                      .pool_type = pd_kvcache_dtype(e->kc)};
         struct pd_attn_args aa = {.out = e->att, .q = e->q, .pool = pd_kvcache_pool(e->kc),
                                   .kv = kv, .layer = l, .n_tokens = T, .n_head = hp->n_head,
                                   .tok_seq = e->tok_seq, .tok_pos = e->pos,
                                   .block_tables = e->tables, .max_blocks = e->max_blocks,
-                                  .scale = 1.0f / sqrtf((float)hp->head_dim)};
+                                  .scale = 1.0f / sqrtf((float)hp->head_dim),
+                                  .pool_type = pd_kvcache_dtype(e->kc)};
         struct pd_matmul_args mo = {.y = e->x, .x = e->att, .w = w->wo, .m = T, .n = D, .k = qd,
                                     .accumulate = 1};
         struct pd_rmsnorm_args nf = na;
@@ -476,7 +486,7 @@ void pd_engine_kv_layout(const struct pd_engine *e, struct pd_kv_layout *out)
     out->n_head_kv = g->n_head_kv;
     out->head_dim = g->head_dim;
     out->block_size = g->block_size;
-    out->kv_dtype = PD_DT_F32; /* the CPU pool; the GPU engine's pools say their own */
+    out->kv_dtype = pd_kvcache_dtype(e->kc);
     out->block_bytes = pd_kvcache_block_bytes(e->kc);
     memcpy(out->fingerprint, pd_model_fingerprint(e->model), PD_HS_FP_LEN);
 }

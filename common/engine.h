@@ -25,7 +25,9 @@
  * max_model_len, more tokens than max_batched_tokens, a sequence twice in one
  * batch, or a pool without room (-ENOSPC; the scheduler preempts).
  *
- * CPU backend: fp32 activations and KV; weights dequantized to fp32 at load
+ * CPU backend: fp32 activations; KV in fp32, or bf16 / half (--kv-cache-dtype:
+ * half the memory and the KV channel's bytes, K and V rounded as stored);
+ * weights dequantized to fp32 at load
  * (fp32 GGUF and dummy tensors are used in place); GEMMs through OpenBLAS;
  * attention, RoPE, norms in kernels/ with OpenMP. One engine is driven by one
  * thread at a time (the compute thread).
@@ -49,7 +51,13 @@ struct pd_engine_params {
     uint32_t max_batched_tokens; /* --max-num-batched-tokens; 0 = 2048 */
     uint32_t max_model_len; /* --max-model-len; 0 = the model's trained context */
     uint32_t max_batch_items; /* sequences per step; 0 = 256 */
+    uint32_t kv_dtype; /* --kv-cache-dtype: PD_DT_F32 (0), PD_DT_BF16 or PD_DT_F16 */
 };
+
+/* --kv-cache-dtype's choices (PD_CFG_ENUM, NULL-terminated) and the type of
+ * choice i: every program that makes an engine offers the same option. */
+extern const char *const pd_engine_kv_dtypes[];
+uint32_t pd_engine_kv_dtype(int choice);
 
 struct pd_batch_item {
     struct pd_kvseq *seq;

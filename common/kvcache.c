@@ -1,6 +1,7 @@
 #include "kvcache.h"
 
 #include "errf.h"
+#include "quant.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -12,6 +13,7 @@
 struct pd_kvcache {
     struct pd_kv_geom layout;
     uint64_t block_bytes;
+    uint32_t dtype;
     uint32_t n_blocks;
     float *pool;
     size_t pool_len;
@@ -30,7 +32,10 @@ int pd_kvcache_new(const struct pd_kvcache_params *p, struct pd_kvcache **out, c
         l->block_size > PD_KV_MAX_BLOCK_SIZE)
         return pd_errf(err, errlen, -EINVAL, "kvcache: bad layout (block size must be 1..%d)",
                     PD_KV_MAX_BLOCK_SIZE);
-    uint64_t block_bytes = pd_kv_block_elems(l) * sizeof(float);
+    if (p->dtype != PD_DT_F32 && p->dtype != PD_DT_BF16 && p->dtype != PD_DT_F16)
+        return pd_errf(err, errlen, -EINVAL, "kvcache: element type %s is not f32, bf16 or f16",
+                       pd_dtype_name(p->dtype));
+    uint64_t block_bytes = pd_kv_block_elems(l) * (p->dtype == PD_DT_F32 ? 4 : 2);
     uint64_t n = p->mem_bytes / block_bytes;
     if (n == 0)
         return pd_errf(err, errlen, -EINVAL,
@@ -44,6 +49,7 @@ int pd_kvcache_new(const struct pd_kvcache_params *p, struct pd_kvcache **out, c
         return pd_errf(err, errlen, -ENOMEM, "kvcache: out of memory");
     kc->layout = *l;
     kc->block_bytes = block_bytes;
+    kc->dtype = p->dtype;
     kc->n_blocks = (uint32_t)n;
     kc->pool_len = (size_t)(n * block_bytes);
     kc->pool = mmap(NULL, kc->pool_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -86,6 +92,7 @@ float *pd_kvcache_pool(struct pd_kvcache *kc) { return kc->pool; }
 uint32_t pd_kvcache_n_blocks(const struct pd_kvcache *kc) { return kc->n_blocks; }
 uint32_t pd_kvcache_n_free(const struct pd_kvcache *kc) { return kc->n_free; }
 uint64_t pd_kvcache_block_bytes(const struct pd_kvcache *kc) { return kc->block_bytes; }
+uint32_t pd_kvcache_dtype(const struct pd_kvcache *kc) { return kc->dtype; }
 
 int pd_kvcache_alloc(struct pd_kvcache *kc, uint32_t n, uint32_t *ids)
 {

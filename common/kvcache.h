@@ -13,8 +13,8 @@
  *   pd_kvseq_release(kc, &s);                                 // blocks back to the pool
  *   kc = pd_kvcache_free(kc);
  *
- * The pool is one anonymous mapping of n_blocks * block_bytes (float32
- * elements on the CPU), MADV_DONTDUMP: KV of users' prompts never lands in a
+ * The pool is one anonymous mapping of n_blocks * block_bytes (float32,
+ * bf16 or half elements, params.dtype), MADV_DONTDUMP: KV of users' prompts never lands in a
  * core dump. Blocks are reference-counted so a block can be shared (prefix
  * reuse, in-flight transfers); a block returns to the free list when its last
  * reference goes. Not thread-safe: one owner (the compute thread).
@@ -33,6 +33,7 @@
 struct pd_kvcache_params {
     struct pd_kv_geom layout;
     uint64_t mem_bytes; /* pool size; rounded down to whole blocks */
+    uint32_t dtype; /* pool elements: PD_DT_F32 (0), PD_DT_BF16 or PD_DT_F16 (common/quant.h) */
 };
 
 struct pd_kvcache;
@@ -55,6 +56,7 @@ float *pd_kvcache_pool(struct pd_kvcache *kc);
 uint32_t pd_kvcache_n_blocks(const struct pd_kvcache *kc);
 uint32_t pd_kvcache_n_free(const struct pd_kvcache *kc);
 uint64_t pd_kvcache_block_bytes(const struct pd_kvcache *kc);
+uint32_t pd_kvcache_dtype(const struct pd_kvcache *kc);
 
 /* n blocks, all or nothing: -ENOSPC (nothing taken) when fewer are free. Each
  * returned block has one reference. */

@@ -54,6 +54,7 @@ struct dec_cfg {
     int64_t max_prompt_tokens;
     int64_t max_tokens_cap;
     uint64_t kv_cache_memory;
+    int kv_cache_dtype;
     int64_t block_size;
     int64_t max_num_batched_tokens;
     int64_t max_num_seqs;
@@ -112,6 +113,9 @@ static const struct pd_cfg_opt options[] = {
     PD_CFG_SIZE("kv-cache-memory", struct dec_cfg, kv_cache_memory, "1GiB", 1 << 20,
                 INT64_C(1) << 40,
                 "KV pool size; when it is full the newest requests are preempted (recomputed)"),
+    PD_CFG_ENUM("kv-cache-dtype", struct dec_cfg, kv_cache_dtype, "f32", pd_engine_kv_dtypes,
+                "KV cache elements: f32, or bf16 / f16 (half the memory and KV channel bytes; K "
+                "and V rounded as stored; both ends of the KV channel must agree)"),
     PD_CFG_INT("block-size", struct dec_cfg, block_size, "16", 1, 1024, "tokens per KV block"),
     PD_CFG_INT("max-num-batched-tokens", struct dec_cfg, max_num_batched_tokens, "2048", 1,
                1 << 20, "tokens per engine step (decode tokens + prompt chunks)"),
@@ -305,6 +309,7 @@ static int run(struct dec_cfg *c, struct pd_model *m, const struct pd_tokenizer 
     int rc = 1;
 
     struct pd_engine_params ep = {.model = m, .kv_cache_bytes = c->kv_cache_memory,
+                                  .kv_dtype = pd_engine_kv_dtype(c->kv_cache_dtype),
                                   .block_size = (uint32_t)c->block_size,
                                   .max_batched_tokens = (uint32_t)c->max_num_batched_tokens,
                                   .max_model_len = (uint32_t)c->max_model_len,

@@ -6,6 +6,7 @@
 #include "kvcache.h"
 #include "model.h"
 #include "pd_test.h"
+#include "quant.h"
 
 #include <errno.h>
 #include <math.h>
@@ -23,15 +24,21 @@ static struct pd_model *load_dummy(const char *shape, uint64_t seed)
     return pd_test_load_model(&p);
 }
 
-static struct pd_engine *engine(const struct pd_model *m, uint64_t kv_bytes, uint32_t chunk)
+static struct pd_engine *engine_kv(const struct pd_model *m, uint64_t kv_bytes, uint32_t chunk,
+                                   uint32_t kv_dtype)
 {
     struct pd_engine_params p = {.model = m, .kv_cache_bytes = kv_bytes, .block_size = 16,
-                                 .max_batched_tokens = chunk};
+                                 .max_batched_tokens = chunk, .kv_dtype = kv_dtype};
     struct pd_engine *e = NULL;
     char err[512];
     if (pd_engine_new(&p, &e, err, sizeof(err)) < 0)
         PD_TEST_FAIL_("%s", err);
     return e;
+}
+
+static struct pd_engine *engine(const struct pd_model *m, uint64_t kv_bytes, uint32_t chunk)
+{
+    return engine_kv(m, kv_bytes, chunk, PD_DT_F32);
 }
 
 static uint32_t rd32(FILE *f)
@@ -258,11 +265,11 @@ static void paged_batch_equals_solo_contiguous(void)
 
 /* Prompt then one decode step, prefilled in chunks of `chunk`: the last
  * prompt position's logits and the decode step's, (2, V). */
-static void prefill_then_decode(const struct pd_model *m, uint32_t chunk, const int32_t *tok,
-                                uint32_t n, float *out)
+static void prefill_then_decode(const struct pd_model *m, uint32_t chunk, uint32_t kv_dtype,
+                                const int32_t *tok, uint32_t n, float *out)
 {
     const uint32_t V = pd_model_hparams(m)->n_vocab;
-    struct pd_engine *e = engine(m, 8u << 20, chunk);
+    struct pd_engine *e = engine_kv(m, 8u << 20, chunk, kv_dtype);
     struct pd_kvseq s;
     int32_t nt = 77;
     char err[512];
@@ -287,12 +294,37 @@ static void chunked_prefill_equals_whole_prompt(void)
     float *ref = malloc(2 * V * sizeof(float)), *got = malloc(2 * V * sizeof(float));
 
     prompt(tok, n, V, 99);
-    prefill_then_decode(m, 512, tok, n, ref); /* the whole prompt in one step */
+    prefill_then_decode(m, 512, PD_DT_F32, tok, n, ref); /* the whole prompt in one step */
     for (size_t c = 0; c < sizeof(chunks) / sizeof(chunks[0]); c++) {
-        prefill_then_decode(m, chunks[c], tok, n, got);
+        prefill_then_decode(m, chunks[c], PD_DT_F32, tok, n, got);
         double r = max_rel_diff(got, ref, 2 * V);
         if (r > TOL)
             PD_TEST_FAIL_("chunks of %u: %.2e from the whole-prompt logits", chunks[c], r);
+    }
+    free(ref);
+    free(got);
+    pd_model_free(m);
+}
+
+/* bf16 and half pools: K and V rounded as stored, the logits of a chunked
+ * prefill and a decode step within the 16-bit bar of the fp32 pool's (and
+ * not equal to them: the rounding is really there) */
+static void sixteen_bit_kv_pools_stay_close_to_fp32(void)
+{
+    struct pd_model *m = load_dummy("tiny-gqa4", 8);
+    const uint32_t V = pd_model_hparams(m)->n_vocab, n = 150;
+    static const uint32_t types[] = {PD_DT_BF16, PD_DT_F16};
+    int32_t tok[150];
+    float *ref = malloc(2 * V * sizeof(float)), *got = malloc(2 * V * sizeof(float));
+
+    prompt(tok, n, V, 7);
+    prefill_then_decode(m, 64, PD_DT_F32, tok, n, ref);
+    for (size_t i = 0; i < 2; i++) {
+        prefill_then_decode(m, 64, types[i], tok, n, got);
+        double r = max_rel_diff(got, ref, 2 * V);
+        if (!(r <= 1e-2) || r == 0)
+            PD_TEST_FAIL_("%s pool: %.2e from the fp32 pool's logits (want (0, 1e-2])",
+                          pd_dtype_name(types[i]), r);
     }
     free(ref);
     free(got);
@@ -371,6 +403,7 @@ static const struct pd_test tests[] = {
     PD_TEST(engine_matches_transformers_on_gqa4_untied_shape),
     PD_TEST(paged_batch_equals_solo_contiguous),
     PD_TEST(chunked_prefill_equals_whole_prompt),
+    PD_TEST(sixteen_bit_kv_pools_stay_close_to_fp32),
     PD_TEST(bad_input_refused_without_state_change),
     PD_TEST(engine_matches_transformers_on_default_model),
     {0},

@@ -1,5 +1,6 @@
 #include "kvcache.h"
 #include "pd_test.h"
+#include "quant.h"
 
 #include <errno.h>
 
@@ -34,6 +35,28 @@ static void kvcache_refuses_pool_smaller_than_a_block(void)
     p.mem_bytes = 1 << 20;
     p.layout.block_size = 0;
     CHECK_EQ_INT(pd_kvcache_new(&p, &kc, err, sizeof(err)), -EINVAL);
+    CHECK(kc == NULL);
+}
+
+/* 16-bit pools: half the bytes per block, twice the blocks in the same memory */
+static void kvcache_16bit_pools_hold_twice_the_blocks(void)
+{
+    struct pd_kvcache_params p = {.layout = {2, 3, 8, 4}, .mem_bytes = 10 * 2 * 2 * 3 * 4 * 8 * 4};
+    static const uint32_t types[] = {PD_DT_BF16, PD_DT_F16};
+    char err[256];
+    for (int i = 0; i < 2; i++) {
+        struct pd_kvcache *kc = NULL;
+        p.dtype = types[i];
+        CHECK_EQ_INT(pd_kvcache_new(&p, &kc, err, sizeof(err)), 0);
+        CHECK_EQ_INT(pd_kvcache_block_bytes(kc), 2 * 2 * 3 * 4 * 8 * 2);
+        CHECK_EQ_INT(pd_kvcache_n_blocks(kc), 20);
+        CHECK_EQ_INT(pd_kvcache_dtype(kc), types[i]);
+        pd_kvcache_free(kc);
+    }
+    struct pd_kvcache *kc = NULL;
+    p.dtype = PD_DT_Q8_0;
+    CHECK_EQ_INT(pd_kvcache_new(&p, &kc, err, sizeof(err)), -EINVAL);
+    CHECK_CONTAINS(err, "not f32, bf16 or f16");
     CHECK(kc == NULL);
 }
 
@@ -148,6 +171,7 @@ static void kvcache_pool_is_excluded_from_core_dumps(void)
 static const struct pd_test tests[] = {
     PD_TEST(kvcache_sizes_pool_in_whole_blocks),
     PD_TEST(kvcache_refuses_pool_smaller_than_a_block),
+    PD_TEST(kvcache_16bit_pools_hold_twice_the_blocks),
     PD_TEST(kvcache_alloc_is_all_or_nothing),
     PD_TEST(kvcache_block_freed_at_last_reference),
     PD_TEST(kvcache_double_free_and_bad_ids_refused),
