@@ -5,6 +5,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,6 +49,14 @@ int pd_metrics_escape(const char *value, char *out, size_t cap)
     return (int)k;
 }
 
+static void metric_free(struct pd_metric *x)
+{
+    free(x->name);
+    free(x->labels);
+    free(x->help);
+    free(x);
+}
+
 struct pd_metrics *pd_metrics_new(const char *label_name, const char *label_value)
 {
     struct pd_metrics *m = calloc(1, sizeof(*m));
@@ -71,12 +80,8 @@ struct pd_metrics *pd_metrics_free(struct pd_metrics *m)
 {
     if (!m)
         return NULL;
-    for (size_t i = 0; i < m->n; i++) {
-        free(m->m[i]->name);
-        free(m->m[i]->labels);
-        free(m->m[i]->help);
-        free(m->m[i]);
-    }
+    for (size_t i = 0; i < m->n; i++)
+        metric_free(m->m[i]);
     free(m->common);
     pthread_mutex_destroy(&m->mu);
     free(m);
@@ -98,7 +103,7 @@ static int name_ok(const char *s)
 static struct pd_metric *add(struct pd_metrics *m, enum kind kind, const char *name,
                              const char *labels, const char *help)
 {
-    if (!m || m->n == PD_METRICS_MAX || !name_ok(name))
+    if (!m || !name_ok(name))
         return NULL;
     struct pd_metric *x = calloc(1, sizeof(*x));
     if (!x)
@@ -109,13 +114,20 @@ static struct pd_metric *add(struct pd_metrics *m, enum kind kind, const char *n
     x->labels = strdup(labels ? labels : "");
     x->help = strdup(help ? help : "");
     if (!x->name || !x->labels || !x->help) {
-        free(x->name);
-        free(x->labels);
-        free(x->help);
-        free(x);
+        metric_free(x);
         return NULL;
     }
-    m->m[m->n++] = x;
+    /* a series may come while another thread renders (decoded's reload adds
+     * a peer's) */
+    pthread_mutex_lock(&m->mu);
+    bool room = m->n < PD_METRICS_MAX;
+    if (room)
+        m->m[m->n++] = x;
+    pthread_mutex_unlock(&m->mu);
+    if (!room) {
+        metric_free(x);
+        return NULL;
+    }
     return x;
 }
 

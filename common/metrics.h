@@ -12,11 +12,12 @@
  *   if (pd_metrics_render(m, &text, &len) == 0) { send; free(text); }
  *   m = pd_metrics_free(m);
  *
- * Registration (the *_counter/_gauge/_histogram calls) happens at start-up on
- * one thread; it returns NULL past PD_METRICS_MAX or on a bad name (a
- * programmer error: the update functions accept NULL and do nothing). Updates
- * and rendering may come from any thread: one mutex, never held across I/O
- * (rendering formats into memory). Series of one name share a HELP/TYPE block;
+ * Registration (the *_counter/_gauge/_histogram calls) happens mostly at
+ * start-up; it returns NULL past PD_METRICS_MAX or on a bad name (a
+ * programmer error: the update functions accept NULL and do nothing). A
+ * series is never removed. Registration, updates and rendering may come from
+ * any thread: one mutex, never held across I/O (rendering formats into
+ * memory). Series of one name share a HELP/TYPE block;
  * give them the same help and type.
  *
  * Ownership: the registry copies names, labels and help; metric handles live
