@@ -893,8 +893,11 @@ static int ucx_setup(struct pd_kvx *k, char *err, size_t errlen)
     /* A restarted prefilld must get its port back while the old connections
      * sit in TIME_WAIT (Linux still refuses a second live listener). UCX 1.13
      * does not apply ucp_config_modify to its connection managers, so this one
-     * goes through the environment, and only when the operator left it unset. */
-    setenv("UCX_TCP_CM_REUSEADDR", "y", 0);
+     * goes through the environment, and only when the operator left it unset.
+     * Only the listener needs it: decoded may make its kvx object on a reload,
+     * with its threads running, and must not write the environment then. */
+    if (k->p.role == PD_ROLE_P)
+        setenv("UCX_TCP_CM_REUSEADDR", "y", 0);
     ucp_params_t pp = {
         .field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME,
         .features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP,

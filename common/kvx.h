@@ -31,7 +31,8 @@
  * pool (which must outlive the kvx object). Block tables passed in are
  * copied. Requests, sessions and peers are owned by kvx: a request handle is
  * valid until its RELEASED (D) or SREQ_END (P) event returns; a session
- * handle until its SESSION_DOWN event returns; a peer until pd_kvx_free.
+ * handle until its SESSION_DOWN event returns; a peer until pd_kvx_peer_remove
+ * or pd_kvx_free.
  *
  * Errors: negative errno with a message in err; -ENOTCONN (no session to that
  * peer now), -EBUSY (a cap: in-flight requests, crypto queue), -E2BIG (over a
@@ -139,8 +140,9 @@ struct pd_kvx_stats {
     uint64_t handshake_ns; /* D: sum over handshakes of connect -> session up */
 };
 
-/* Call before the daemon starts other threads: it may set UCX_TCP_CM_REUSEADDR
- * in the environment (docs/internals/kvx.md, "Reconnect"). */
+/* P: call before the daemon starts other threads: it may set
+ * UCX_TCP_CM_REUSEADDR in the environment (docs/internals/kvx.md,
+ * "Reconnect"). D writes no environment and may make its object later. */
 int pd_kvx_new(const struct pd_kvx_params *p, struct pd_kvx **out, char *err, size_t errlen);
 /* Lets queued frames out (at most 500 ms), closes every endpoint (force),
  * joins the crypto threads, and frees. No events are delivered. Not from
@@ -195,6 +197,11 @@ int pd_kvx_abort(struct pd_kvx_sreq *r, int reason, const char *detail);
 int pd_kvx_peer_add(struct pd_kvx *kvx, const char *hostport, struct pd_kvx_peer **out, char *err,
                     size_t errlen);
 int pd_kvx_peer_up(const struct pd_kvx_peer *peer); /* 1 when a session is established */
+/* Stop keeping a session with the peer (a reload dropped it from the list):
+ * its session, if any, is closed (SESSION_DOWN, reason PD_R_SHUTDOWN with
+ * `why` as the detail), requests still on it fail as when a session drops
+ * (FAILED, then RELEASED), and the handle is gone on return. Accepts NULL. */
+void pd_kvx_peer_remove(struct pd_kvx_peer *peer, const char *why);
 /* Send PREFILL p (request_id, epoch, tokens ...; p->n_blocks is set from n)
  * and grant dest_blocks[n] (pool indices; copied) for its blocks in order. */
 int pd_kvx_request(struct pd_kvx_peer *peer, const struct pd_prefill *p,

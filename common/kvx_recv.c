@@ -396,6 +396,26 @@ int pd_kvx_peer_up(const struct pd_kvx_peer *peer)
     return peer->conn && peer->conn->state == C_UP;
 }
 
+void pd_kvx_peer_remove(struct pd_kvx_peer *peer, const char *why)
+{
+    if (!peer)
+        return;
+    struct pd_kvx *k = peer->kvx;
+    if (peer->conn)
+        kvx_conn_fail(peer->conn, PD_R_SHUTDOWN, why, -1); /* clears peer->conn */
+    /* events still queued name the peer: they must not point at freed memory */
+    for (struct evq *e = k->evq_head; e; e = e->next)
+        if (e->ev.peer == peer)
+            e->ev.peer = NULL;
+    for (unsigned i = 0; i < k->n_peers; i++)
+        if (k->peers[i] == peer) {
+            k->peers[i] = k->peers[--k->n_peers];
+            k->peers[k->n_peers] = NULL;
+            break;
+        }
+    free(peer);
+}
+
 int pd_kvx_request(struct pd_kvx_peer *peer, const struct pd_prefill *p, const uint32_t *dest,
                    uint32_t n, void *udata, struct pd_kvx_req **out, char *err, size_t errlen)
 {
