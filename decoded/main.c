@@ -10,7 +10,9 @@
  * compute thread (scheduler.c) runs the engine. Start-up: model, tokenizer,
  * engine, listeners, compute thread, then READY=1. SIGTERM/SIGINT: STOPPING=1,
  * stop accepting, let running requests finish for --drain-timeout seconds,
- * cut the rest, let the last bytes reach their clients, exit 0.
+ * cut the rest, let the last bytes reach their clients, exit 0. SIGHUP:
+ * RELOADING=1, the configuration read again as at start, the prefill peer
+ * list (and key id, key files) applied in place, READY=1.
  */
 #include "chat.h"
 #include "cfg.h"
@@ -168,6 +170,9 @@ static const struct pd_cfg_opt options[] = {
 
 struct daemon {
     struct dec_cfg *cfg;
+    int argc; /* main's, for a reload to read the configuration as at start */
+    char *const *argv;
+    struct pd_engine *engine;
     struct event_base *base;
     struct dec_server *srv;
     struct dec_sched *sched;
@@ -269,18 +274,74 @@ static void begin_drain(struct daemon *d, int sig)
     dec_server_drain(d->srv); /* exits the loop once nothing is in flight */
 }
 
+/* The KV channel to the peers c names (c->prefill non-empty): at start, or
+ * on the reload that names the first peers. Options other than c's KV ones
+ * (the failover policy) are the running daemon's. */
+static int remote_open(struct daemon *d, const struct dec_cfg *c, char *err, size_t errlen)
+{
+    uint16_t lo = 0, hi = 0;
+    int rc = pd_kvx_parse_ports(c->kv_data_ports, &lo, &hi, err, errlen);
+    if (rc < 0)
+        return rc;
+    struct dec_remote_cfg rc_ = {
+        .peers = (const char *const *)c->prefill.items, .n_peers = (unsigned)c->prefill.n,
+        .kv_ip = c->kv_ip, .data_port_lo = lo, .data_port_hi = hi,
+        .psk_file = c->kv_psk_file, .key_id = c->kv_key_id,
+        .lease_ms = (uint32_t)c->kv_lease_ms, .handshake_ms = (uint32_t)c->kv_handshake_ms,
+        .request_deadline_ms = (uint32_t)c->prefill_timeout_ms,
+        .crypto_threads = (unsigned)c->kv_crypto_threads, .no_integrity = !c->kv_integrity,
+        .failover = (enum dec_failover)d->cfg->prefill_failover};
+    if ((rc = dec_remote_new(&rc_, d->base, d->engine, dec_server_metrics(d->srv), &d->remote,
+                             err, errlen)) < 0)
+        return rc;
+    dec_remote_set_sched(d->remote, d->sched);
+    dec_server_set_remote(d->srv, d->remote, (uint32_t)c->local_prefill_max_tokens);
+    return 0;
+}
+
+/* SIGHUP: the configuration is read again as at start (the same flags, the
+ * config file they or $PDSERVE_CONFIG name, the environment; flags still
+ * win). The prefill peer list, --kv-key-id and --local-prefill-max-tokens
+ * take effect now, and the key file or directory is re-read; every other
+ * option keeps its value until a restart (docs/operations.md). An invalid
+ * configuration changes nothing. */
+static void reload(struct daemon *d)
+{
+    struct dec_cfg nc;
+    struct pd_cfg_args a;
+    char err[512];
+    int rc = pd_cfg_parse(options, &nc, d->argc, d->argv, &a, err, sizeof(err));
+    if (rc < 0) {
+        pd_log(PD_LOG_ERR, "SIGHUP: configuration not reloaded, nothing changed: %s", err);
+    } else if (d->remote) {
+        dec_remote_reload_keys(d->remote);
+        rc = dec_remote_reload(d->remote, (const char *const *)nc.prefill.items,
+                               (unsigned)nc.prefill.n, nc.kv_key_id, err, sizeof(err));
+        if (rc < 0)
+            pd_log(PD_LOG_ERR, "SIGHUP: prefill peers and key id not changed: %s", err);
+        else
+            dec_server_set_remote(d->srv, d->remote, (uint32_t)nc.local_prefill_max_tokens);
+    } else if (nc.prefill.n) {
+        if ((rc = remote_open(d, &nc, err, sizeof(err))) < 0)
+            pd_log(PD_LOG_ERR, "SIGHUP: prefill peers not added, still prefilling locally: %s",
+                   err);
+        else
+            pd_log(PD_LOG_NOTICE, "SIGHUP: prefill peers: added %zu (first: %s), from %s; "
+                   "prompts over %" PRId64 " tokens go to them", nc.prefill.n,
+                   nc.prefill.items[0], nc.kv_ip, nc.local_prefill_max_tokens);
+    } else {
+        pd_log(PD_LOG_NOTICE, "SIGHUP: no prefill peers before or after: nothing to change");
+    }
+    pd_cfg_done(options, &nc);
+}
+
 static void signal_cb(evutil_socket_t sig, short what, void *arg)
 {
     struct daemon *d = arg;
     (void)what;
     if (sig == SIGHUP) {
-        /* the reload protocol even with nothing to re-read, so `systemctl
-         * reload` works; the peer list is fixed at start (a restart) */
         pd_notify_reloading();
-        if (d->remote)
-            dec_remote_reload_keys(d->remote);
-        else
-            pd_log(PD_LOG_NOTICE, "SIGHUP: no prefill peers, no keys to reload");
+        reload(d);
         pd_notify_ready();
         return;
     }
@@ -298,12 +359,13 @@ static void flush_output(struct daemon *d)
     }
 }
 
-static int run(struct dec_cfg *c, struct pd_model *m, const struct pd_tokenizer *tok,
-               const struct pd_chat_template *chat)
+static int run(struct dec_cfg *c, int argc, char *const *argv, struct pd_model *m,
+               const struct pd_tokenizer *tok, const struct pd_chat_template *chat)
 {
     char err[512];
     struct pd_engine *e = NULL;
-    struct daemon d = {.cfg = c, .rl_stall = PD_RATELIMIT_INIT(10000, 1)};
+    struct daemon d = {.cfg = c, .argc = argc, .argv = argv,
+                       .rl_stall = PD_RATELIMIT_INIT(10000, 1)};
     struct event *sigs[3] = {0};
     static const int signums[3] = {SIGTERM, SIGINT, SIGHUP};
     int rc = 1;
@@ -316,6 +378,7 @@ static int run(struct dec_cfg *c, struct pd_model *m, const struct pd_tokenizer 
                                   .max_batch_items = (uint32_t)c->max_num_seqs};
     if (pd_engine_new(&ep, &e, err, sizeof(err)) < 0)
         goto fail;
+    d.engine = e;
     const uint32_t max_len = pd_engine_max_model_len(e);
     if (max_len < 2) {
         snprintf(err, sizeof(err), "--max-model-len must be at least 2");
@@ -380,24 +443,8 @@ static int run(struct dec_cfg *c, struct pd_model *m, const struct pd_tokenizer 
         goto fail;
     /* the KV channel after the listeners: its connections take ephemeral
      * ports, which must not take the ones the listeners were given */
-    if (c->prefill.n) {
-        uint16_t lo = 0, hi = 0;
-        if (pd_kvx_parse_ports(c->kv_data_ports, &lo, &hi, err, sizeof(err)) < 0)
-            goto fail;
-        struct dec_remote_cfg rc_ = {
-            .peers = (const char *const *)c->prefill.items, .n_peers = (unsigned)c->prefill.n,
-            .kv_ip = c->kv_ip, .data_port_lo = lo, .data_port_hi = hi,
-            .psk_file = c->kv_psk_file, .key_id = c->kv_key_id,
-            .lease_ms = (uint32_t)c->kv_lease_ms, .handshake_ms = (uint32_t)c->kv_handshake_ms,
-            .request_deadline_ms = (uint32_t)c->prefill_timeout_ms,
-            .crypto_threads = (unsigned)c->kv_crypto_threads, .no_integrity = !c->kv_integrity,
-            .failover = sp.failover};
-        if (dec_remote_new(&rc_, d.base, e, dec_server_metrics(d.srv), &d.remote, err,
-                           sizeof(err)) < 0)
-            goto fail;
-        dec_server_set_remote(d.srv, d.remote, (uint32_t)c->local_prefill_max_tokens);
-    }
-    dec_remote_set_sched(d.remote, d.sched);
+    if (c->prefill.n && remote_open(&d, c, err, sizeof(err)) < 0)
+        goto fail;
     if (dec_sched_start(d.sched, err, sizeof(err)) < 0)
         goto fail;
 
@@ -507,7 +554,7 @@ int main(int argc, char **argv)
             pd_log(PD_LOG_WARN, "no chat template (%s): /v1/chat/completions refuses requests; "
                    "see --chat-template", err);
     }
-    exit_code = run(&c, m, tok, chat);
+    exit_code = run(&c, argc, argv, m, tok, chat);
     goto out;
 fail:
     pd_log(PD_LOG_ERR, "%s", err);

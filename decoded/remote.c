@@ -12,6 +12,7 @@
 #include <string.h>
 
 #define MAX_PEER_GAUGES 16 /* the registry holds 64 series in all */
+#define REMOVED_WHY "removed from the peer list by a reload"
 
 /* failover reasons: a few classes of enum pd_reason, so the series stay few */
 enum { FR_TIMEOUT, FR_INTEGRITY, FR_REFUSED, FR_TRANSFER, FR_PEER_ERROR, FR_NO_PEER, FR_OTHER,
@@ -21,11 +22,21 @@ static const char *const fr_names[FR_N] = {"timeout", "integrity", "refused", "t
 
 struct peer {
     char addr[272];
-    unsigned idx;
+    unsigned idx; /* its slot in r->peers, and its bit in a job's peers_failed */
     struct pd_kvx_peer *kp;
     uint64_t outstanding; /* prompt tokens of transfers in flight */
-    struct pd_metric *up;
+    unsigned n_xfers; /* transfers in flight */
+    struct pd_metric *up; /* NULL past MAX_PEER_GAUGES addresses */
     bool warned; /* "no session" logged since it was last up */
+    bool removed; /* a reload dropped it: no new transfers; freed after the last */
+};
+
+/* kv_peer_up series by address: a series is never unregistered, so a peer
+ * that leaves and comes back (or a later one at that address) takes its old
+ * one; a removed peer's stays at 0 */
+struct peer_gauge {
+    char addr[272];
+    struct pd_metric *up;
 };
 
 /* One transfer: a job's prompt on one peer, one epoch. */
@@ -47,11 +58,16 @@ struct dec_remote {
     struct dec_remote_cfg cfg;
     struct dec_sched *sched;
     struct pd_keyring *keyring;
-    char key_id[PD_KEY_ID_MAX + 1]; /* the key this side uses (--kv-key-id, else the only one) */
+    char key_id[PD_KEY_ID_MAX + 1]; /* the key new sessions use (--kv-key-id, else the only
+                                     * one); kvx reads it at each connect */
+    char *psk_file;
     struct pd_kv_layout layout;
     struct pd_kvx *kvx;
-    struct peer *peers;
-    unsigned n_peers;
+    struct peer *peers[DEC_REMOTE_MAX_PEERS]; /* slots; NULL: free */
+    unsigned next_slot; /* where the search for a free slot starts */
+    struct pd_metrics *metrics;
+    struct peer_gauge gauges[MAX_PEER_GAUGES];
+    unsigned n_gauges;
     uint32_t block_size, n_vocab;
     uint64_t block_bytes;
     uint64_t next_id;
@@ -83,6 +99,71 @@ static const char *failover_name(enum dec_failover f)
            : f == DEC_FAILOVER_LOCAL ? "local prefill" : "the request fails";
 }
 
+/* ---- peers ---- */
+
+static struct pd_metric *peer_gauge(struct dec_remote *r, const char *addr)
+{
+    for (unsigned i = 0; i < r->n_gauges; i++)
+        if (!strcmp(r->gauges[i].addr, addr))
+            return r->gauges[i].up;
+    char labels[320], esc[300];
+    if (r->n_gauges == MAX_PEER_GAUGES || pd_metrics_escape(addr, esc, sizeof(esc)) < 0)
+        return NULL;
+    snprintf(labels, sizeof(labels), "peer=\"%s\"", esc);
+    struct peer_gauge *g = &r->gauges[r->n_gauges];
+    if (!(g->up = pd_metrics_gauge(r->metrics, "pdserve:kv_peer_up", labels,
+                                   "Prefill peer with a session (1) or without (0).")))
+        return NULL;
+    snprintf(g->addr, sizeof(g->addr), "%s", addr);
+    r->n_gauges++;
+    return g->up;
+}
+
+/* A new peer in a free slot; kvx starts connecting at once. */
+static int peer_add(struct dec_remote *r, const char *addr, struct peer **out, char *err,
+                    size_t errlen)
+{
+    unsigned slot = DEC_REMOTE_MAX_PEERS;
+    /* round the slots: a slot (a bit in peers_failed) a removed peer had
+     * is reused as late as possible */
+    for (unsigned k = 0; k < DEC_REMOTE_MAX_PEERS && slot == DEC_REMOTE_MAX_PEERS; k++)
+        if (!r->peers[(r->next_slot + k) % DEC_REMOTE_MAX_PEERS])
+            slot = (r->next_slot + k) % DEC_REMOTE_MAX_PEERS;
+    if (slot == DEC_REMOTE_MAX_PEERS) {
+        snprintf(err, errlen, "--prefill: at most %d peers (removed ones count until their "
+                 "transfers are over)", DEC_REMOTE_MAX_PEERS);
+        return -E2BIG;
+    }
+    struct peer *p = calloc(1, sizeof(*p));
+    if (!p) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    p->idx = slot;
+    snprintf(p->addr, sizeof(p->addr), "%s", addr);
+    char e2[256];
+    int rc = pd_kvx_peer_add(r->kvx, addr, &p->kp, e2, sizeof(e2));
+    if (rc < 0) {
+        snprintf(err, errlen, "--prefill %s: %s", addr, e2);
+        free(p);
+        return rc;
+    }
+    p->up = peer_gauge(r, addr);
+    r->peers[slot] = p;
+    r->next_slot = (slot + 1) % DEC_REMOTE_MAX_PEERS;
+    *out = p;
+    return 0;
+}
+
+/* No transfer of its own is left: close the session, free the slot. */
+static void peer_free(struct dec_remote *r, struct peer *p)
+{
+    pd_kvx_peer_remove(p->kp, REMOVED_WHY);
+    pd_metric_set(p->up, 0);
+    r->peers[p->idx] = NULL;
+    free(p);
+}
+
 /* ---- reports to the compute thread ---- */
 
 static void rreq_unlink(struct dec_remote *r, struct rreq *q)
@@ -107,8 +188,10 @@ static void report_failed(struct dec_remote *r, struct dec_job *j, int fr, bool 
 static void rreq_released(struct dec_remote *r, struct rreq *q)
 {
     struct dec_job *j = q->job;
+    struct peer *peer = q->peer;
     rreq_unlink(r, q);
-    q->peer->outstanding -= q->n_prompt;
+    peer->outstanding -= q->n_prompt;
+    peer->n_xfers--;
     j->remote_req = NULL;
     if (q->done && !q->reason) {
         dec_sched_remote_done(r->sched, j, &q->first);
@@ -123,6 +206,8 @@ static void rreq_released(struct dec_remote *r, struct rreq *q)
     }
     dec_job_unref(j);
     free(q);
+    if (peer->removed && !peer->n_xfers)
+        peer_free(r, peer);
 }
 
 /* ---- kvx events ---- */
@@ -200,10 +285,10 @@ static struct peer *pick(struct dec_remote *r, uint64_t exclude)
 {
     struct peer *best = NULL;
     unsigned start = r->rr++;
-    for (unsigned k = 0; k < r->n_peers; k++) {
-        unsigned i = (start + k) % r->n_peers;
-        struct peer *p = &r->peers[i];
-        if ((exclude >> i & 1) || !pd_kvx_peer_up(p->kp))
+    for (unsigned k = 0; k < DEC_REMOTE_MAX_PEERS; k++) {
+        unsigned i = (start + k) % DEC_REMOTE_MAX_PEERS;
+        struct peer *p = r->peers[i];
+        if (!p || p->removed || (exclude >> i & 1) || !pd_kvx_peer_up(p->kp))
             continue;
         if (!best || p->outstanding < best->outstanding)
             best = p;
@@ -263,16 +348,24 @@ void dec_remote_start(struct dec_remote *r, const struct dec_event *ev)
         dec_job_unref(j);
         free(q);
         size_t o = (size_t)snprintf(msg, sizeof(msg), "no healthy prefill peer for the request");
-        for (unsigned i = 0; i < r->n_peers && o < sizeof(msg); i++)
-            o += (size_t)snprintf(msg + o, sizeof(msg) - o, "%s %s: %s", i ? "," : ":",
-                                  r->peers[i].addr,
+        const char *sep = ":";
+        for (unsigned i = 0; i < DEC_REMOTE_MAX_PEERS && o < sizeof(msg); i++) {
+            const struct peer *pp = r->peers[i];
+            if (!pp || pp->removed)
+                continue;
+            o += (size_t)snprintf(msg + o, sizeof(msg) - o, "%s %s: %s", sep, pp->addr,
                                   (j->peers_failed >> i & 1) ? "failed"
                                   : (tried >> i & 1) ? "refused"
-                                  : pd_kvx_peer_up(r->peers[i].kp) ? "up" : "down");
+                                  : pd_kvx_peer_up(pp->kp) ? "up" : "down");
+            sep = ",";
+        }
+        if (*sep == ':')
+            snprintf(msg + o, sizeof(msg) - o, ": the peer list is empty");
         report_failed(r, j, FR_NO_PEER, true, 503, msg);
         return;
     }
     peer->outstanding += j->n_prompt;
+    peer->n_xfers++;
     j->remote_req = q;
     q->next = r->inflight;
     if (q->next)
@@ -305,16 +398,19 @@ void dec_remote_scrape(struct dec_remote *r)
     if (!r)
         return;
     pd_kvx_metrics_scrape(&r->km, r->kvx);
-    for (unsigned i = 0; i < r->n_peers; i++)
-        pd_metric_set(r->peers[i].up, pd_kvx_peer_up(r->peers[i].kp));
+    for (unsigned i = 0; i < DEC_REMOTE_MAX_PEERS; i++)
+        if (r->peers[i])
+            pd_metric_set(r->peers[i]->up, pd_kvx_peer_up(r->peers[i]->kp));
 }
 
 void dec_remote_tick(struct dec_remote *r)
 {
     if (!r)
         return;
-    for (unsigned i = 0; i < r->n_peers; i++) {
-        struct peer *p = &r->peers[i];
+    for (unsigned i = 0; i < DEC_REMOTE_MAX_PEERS; i++) {
+        struct peer *p = r->peers[i];
+        if (!p || p->removed)
+            continue;
         if (pd_kvx_peer_up(p->kp)) {
             p->warned = false;
         } else if (!p->warned) {
@@ -329,6 +425,14 @@ void dec_remote_tick(struct dec_remote *r)
     }
 }
 
+unsigned dec_remote_n_peers(const struct dec_remote *r)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; r && i < DEC_REMOTE_MAX_PEERS; i++)
+        n += r->peers[i] && !r->peers[i]->removed;
+    return n;
+}
+
 void dec_remote_reload_keys(struct dec_remote *r)
 {
     char err[512];
@@ -336,7 +440,115 @@ void dec_remote_reload_keys(struct dec_remote *r)
         pd_log(PD_LOG_ERR, "SIGHUP: keys not reloaded, the old ones stay: %s", err);
     else
         pd_log(PD_LOG_NOTICE, "SIGHUP: %zu keys loaded from %s (new sessions use key %s)",
-               pd_keyring_count(r->keyring), r->cfg.psk_file, r->key_id);
+               pd_keyring_count(r->keyring), r->psk_file, r->key_id);
+}
+
+/* Appends ", ADDR" (or "ADDR" first) to a NOTICE line under construction;
+ * a line that no longer fits ends in "...". */
+static void line_add(char *buf, size_t cap, size_t *o, const char *s)
+{
+    if (*o >= cap)
+        return;
+    int n = snprintf(buf + *o, cap - *o, "%s", s);
+    *o += n > 0 ? (size_t)n : 0;
+    if (*o >= cap && cap > 4)
+        memcpy(buf + cap - 4, "...", 4);
+}
+
+int dec_remote_reload(struct dec_remote *r, const char *const *peers, unsigned n_peers,
+                      const char *key_id, char *err, size_t errlen)
+{
+    if (key_id && strcmp(key_id, r->key_id)) {
+        uint8_t key[PD_PSK_LEN];
+        int rc = pd_keyring_get(r->keyring, key_id, key, NULL);
+        memset(key, 0, sizeof(key));
+        if (rc < 0) {
+            snprintf(err, errlen, "--kv-key-id %s: no such key in %s", key_id, r->psk_file);
+            return -ENOENT;
+        }
+        if (strlen(key_id) >= sizeof(r->key_id)) {
+            snprintf(err, errlen, "--kv-key-id %s: longer than %d bytes", key_id,
+                     PD_KEY_ID_MAX);
+            return -EINVAL;
+        }
+    }
+    if (n_peers > DEC_REMOTE_MAX_PEERS) {
+        snprintf(err, errlen, "--prefill: at most %d peers", DEC_REMOTE_MAX_PEERS);
+        return -E2BIG;
+    }
+    /* each entry keeps a peer at its address (one still up first, else one
+     * that was finishing its transfers after an earlier reload); the rest
+     * are new. Nothing changes until every new one is added. */
+    struct peer *keep[DEC_REMOTE_MAX_PEERS] = {0}; /* by entry */
+    bool taken[DEC_REMOTE_MAX_PEERS] = {0}; /* by slot */
+    for (int pass = 0; pass < 2; pass++)
+        for (unsigned e = 0; e < n_peers; e++)
+            for (unsigned i = 0; i < DEC_REMOTE_MAX_PEERS && !keep[e]; i++) {
+                struct peer *p = r->peers[i];
+                if (p && !taken[i] && p->removed == (pass == 1) && !strcmp(p->addr, peers[e])) {
+                    keep[e] = p;
+                    taken[i] = true;
+                }
+            }
+    struct peer *added[DEC_REMOTE_MAX_PEERS] = {0};
+    unsigned n_added = 0;
+    for (unsigned e = 0; e < n_peers; e++) {
+        if (keep[e])
+            continue;
+        int rc = peer_add(r, peers[e], &added[n_added], err, errlen);
+        if (rc < 0) {
+            while (n_added)
+                peer_free(r, added[--n_added]);
+            return rc;
+        }
+        taken[added[n_added]->idx] = true;
+        n_added++;
+    }
+    /* committed: from here nothing fails */
+    char line[1024];
+    size_t o = 0;
+    unsigned n_same = 0, n_removed = 0;
+    line_add(line, sizeof(line), &o, "SIGHUP: prefill peers:");
+    for (unsigned i = 0; i < n_added; i++) {
+        line_add(line, sizeof(line), &o, i ? ", " : " added ");
+        line_add(line, sizeof(line), &o, added[i]->addr);
+    }
+    for (unsigned e = 0; e < n_peers; e++)
+        if (keep[e] && keep[e]->removed) {
+            keep[e]->removed = false; /* back before its transfers were over */
+            line_add(line, sizeof(line), &o, n_added++ ? ", " : " added ");
+            line_add(line, sizeof(line), &o, keep[e]->addr);
+        } else if (keep[e]) {
+            n_same++;
+        }
+    for (unsigned i = 0; i < DEC_REMOTE_MAX_PEERS; i++) {
+        struct peer *p = r->peers[i];
+        if (!p || taken[i] || p->removed)
+            continue;
+        char what[320];
+        if (p->n_xfers)
+            snprintf(what, sizeof(what), "%s (closing after %u transfer%s)", p->addr,
+                     p->n_xfers, p->n_xfers == 1 ? "" : "s");
+        else
+            snprintf(what, sizeof(what), "%s (closed)", p->addr);
+        line_add(line, sizeof(line), &o, n_removed++ ? ", " : "; removed ");
+        line_add(line, sizeof(line), &o, what);
+        p->removed = true;
+        if (!p->n_xfers)
+            peer_free(r, p);
+    }
+    if (!n_added && !n_removed)
+        line_add(line, sizeof(line), &o, " unchanged");
+    char tail[128];
+    snprintf(tail, sizeof(tail), "; %u kept", n_same);
+    line_add(line, sizeof(line), &o, tail);
+    if (key_id && strcmp(key_id, r->key_id)) {
+        snprintf(r->key_id, sizeof(r->key_id), "%s", key_id);
+        snprintf(tail, sizeof(tail), "; new sessions use key %s", r->key_id);
+        line_add(line, sizeof(line), &o, tail);
+    }
+    pd_log(PD_LOG_NOTICE, "%s", line);
+    return 0;
 }
 
 static int metrics_init(struct dec_remote *r, struct pd_metrics *m)
@@ -358,14 +570,6 @@ static int metrics_init(struct dec_remote *r, struct pd_metrics *m)
                                               "Remote prefills that failed or could not start, "
                                               "handed to --prefill-failover, by reason.");
     }
-    for (unsigned i = 0; i < r->n_peers && i < MAX_PEER_GAUGES; i++) {
-        char labels[320], esc[300];
-        if (pd_metrics_escape(r->peers[i].addr, esc, sizeof(esc)) < 0)
-            continue;
-        snprintf(labels, sizeof(labels), "peer=\"%s\"", esc);
-        r->peers[i].up = pd_metrics_gauge(m, "pdserve:kv_peer_up", labels,
-                                          "Prefill peer with a session (1) or without (0).");
-    }
     return r->m_failover[FR_N - 1] ? 0 : -ENOMEM;
 }
 
@@ -385,13 +589,16 @@ int dec_remote_new(const struct dec_remote_cfg *cfg, struct event_base *base,
         return -EINVAL;
     }
     struct dec_remote *r = calloc(1, sizeof(*r));
-    if (!r || !(r->peers = calloc(cfg->n_peers, sizeof(*r->peers)))) {
+    if (!r || !(r->psk_file = strdup(cfg->psk_file))) {
         free(r);
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
     r->cfg = *cfg;
-    r->n_peers = cfg->n_peers;
+    /* the caller's strings are not kept (a reload frees them) */
+    r->cfg.peers = NULL;
+    r->cfg.n_peers = 0;
+    r->cfg.kv_ip = r->cfg.psk_file = r->cfg.key_id = NULL;
     struct pd_kvcache *kc = pd_engine_kvcache(engine);
     r->block_size = pd_kvcache_layout(kc)->block_size;
     r->block_bytes = pd_kvcache_block_bytes(kc);
@@ -431,19 +638,20 @@ int dec_remote_new(const struct dec_remote_cfg *cfg, struct event_base *base,
     if ((rc = pd_kvx_new(&kp, &r->kvx, err, errlen)) < 0)
         goto fail;
     for (unsigned i = 0; i < cfg->n_peers; i++) {
-        struct peer *p = &r->peers[i];
-        p->idx = i;
-        snprintf(p->addr, sizeof(p->addr), "%s", cfg->peers[i]);
-        char e2[256];
-        if ((rc = pd_kvx_peer_add(r->kvx, cfg->peers[i], &p->kp, e2, sizeof(e2))) < 0) {
-            snprintf(err, errlen, "--prefill %s: %s", cfg->peers[i], e2);
+        struct peer *p;
+        if ((rc = peer_add(r, cfg->peers[i], &p, err, errlen)) < 0)
             goto fail;
-        }
     }
+    /* the series last: a reload whose peer list fails here registers none
+     * (a series is never unregistered) */
     if ((rc = metrics_init(r, metrics)) < 0) {
         snprintf(err, errlen, "too many metric series");
         goto fail;
     }
+    r->metrics = metrics;
+    for (unsigned i = 0; i < DEC_REMOTE_MAX_PEERS; i++)
+        if (r->peers[i])
+            r->peers[i]->up = peer_gauge(r, r->peers[i]->addr);
     *out = r;
     return 0;
 fail:
@@ -468,8 +676,10 @@ struct dec_remote *dec_remote_free(struct dec_remote *r)
         dec_job_unref(q->job);
         free(q);
     }
+    for (unsigned i = 0; i < DEC_REMOTE_MAX_PEERS; i++)
+        free(r->peers[i]); /* their kvx handles went with kvx */
     pd_keyring_free(r->keyring);
-    free(r->peers);
+    free(r->psk_file);
     free(r);
     return NULL;
 }

@@ -620,7 +620,10 @@ static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_
     r.n_stops = 0;
     job->t_arrival_ns = pd_now_ns();
     job->owner = h;
-    job->remote = s->remote && job->n_prompt > s->local_prefill_max;
+    /* a reload may have emptied the peer list: prefill locally, as decoded
+     * started without one does */
+    job->remote = s->remote && job->n_prompt > s->local_prefill_max &&
+                  dec_remote_n_peers(s->remote) > 0;
 
     int rc = dec_sched_submit(s->sched, job);
     if (rc == -EAGAIN) {

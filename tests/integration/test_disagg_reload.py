@@ -1,0 +1,203 @@
+"""SIGHUP re-reads decoded's configuration (the --config file, the
+environment, the flags winning as at start) and applies the prefill peer
+list, --kv-key-id and --local-prefill-max-tokens in place: new peers connect,
+removed ones take no new request and close once their transfers are over,
+unchanged ones keep their sessions; an invalid configuration changes nothing.
+
+Tiny dummy weights (token-id prompts): nothing here needs the real model.
+One case alone:
+    DECODED=build/decoded/decoded PREFILLD=build/prefilld/prefilld \\
+    venv/bin/python -m pytest tests/integration/test_disagg_reload.py -k swap
+"""
+import concurrent.futures as cf
+import json
+import random
+import signal
+
+from harness import Decoded, Prefilld, free_port, write_key
+from test_disagg import peer_up, served_name, wait_for
+
+MODEL = ("--load-format", "dummy", "--model-shape", '{"preset":"tiny","n_ctx":4096}')
+MEM = ("--kv-cache-memory", "64MiB")
+N_VOCAB = 256
+
+
+def prompt(n, salt=0):
+    rng = random.Random(n * 7919 + salt)
+    return [rng.randrange(1, N_VOCAB - 1) for _ in range(n)]
+
+
+def complete(d, p, max_tokens=4, timeout=120):
+    status, out = d.json("POST", "/v1/completions",
+                         {"prompt": p, "max_tokens": max_tokens, "temperature": 0,
+                          "ignore_eos": True}, timeout=timeout)
+    assert status == 200, (status, out)
+    return out["choices"][0]["text"]
+
+
+def write_cfg(path, **opts):
+    """decoded's --config file: option names as keys ('_' for '-')."""
+    with open(path, "w") as f:
+        json.dump({k.replace("_", "-"): v for k, v in opts.items()}, f)
+
+
+def hup(d, marker, n_before):
+    """SIGHUP, then wait for the n_before+1-th line containing marker."""
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: d.log().count(marker) > n_before, 30, "decoded's reload: " + marker)
+
+
+def peer_gauge(d, addr):
+    return d.metric('pdserve:kv_peer_up{model_name="%s",peer="%s"}' % (d.model_name, addr))
+
+
+def served_by(d, peers, n, salt):
+    """n requests; how far each peer's prefill counter moved."""
+    before = [p.metric("pdserve:prefill_requests_total") for p in peers]
+    for i in range(n):
+        complete(d, prompt(20 + i, salt))
+    return [p.metric("pdserve:prefill_requests_total") - b for p, b in zip(peers, before)]
+
+
+def test_sighup_swaps_prefill_peers_and_keeps_unchanged_sessions(tmp_path):
+    psk = write_key(tmp_path / "k.psk")
+    cfg = tmp_path / "decoded.json"
+    base = dict(kv_psk_file=str(psk), local_prefill_max_tokens=0)
+    with Prefilld(*MODEL, *MEM, psk=psk) as a, Prefilld(*MODEL, *MEM, psk=psk) as b:
+        write_cfg(cfg, prefill=[a.addr], **base)
+        with Decoded(*MODEL, *MEM, "--config", str(cfg)) as d:
+            d.model_name = served_name(d)
+            wait_for(lambda: peer_up(d, a.addr), 60, "a session to A")
+            assert served_by(d, [a, b], 1, 1) == [1, 0]
+            assert d.metric("pdserve:prompt_tokens_total") == 0, "prefilled locally"
+            hs = d.metric("pdserve:kv_handshakes_total")
+
+            # the same list again: no session is dropped or made
+            hup(d, "SIGHUP: prefill peers: unchanged; 1 kept", 0)
+            assert peer_up(d, a.addr)
+            assert "KV session down" not in d.log()
+            assert served_by(d, [a, b], 1, 2) == [1, 0]
+            assert d.metric("pdserve:kv_handshakes_total") == hs
+
+            # invalid configurations change nothing: a file that does not
+            # parse, a value out of range, a peer that does not resolve, a key
+            # id the key file lacks
+            bad = [("{\"prefill\": [", "configuration not reloaded, nothing changed"),
+                   (dict(prefill=[b.addr], kv_lease_ms=1, **base), "kv-lease-ms"),
+                   (dict(prefill=[a.addr, "nohostport"], **base), "nohostport"),
+                   (dict(prefill=[b.addr], kv_key_id="nope", **base), "--kv-key-id nope")]
+            for i, (content, why) in enumerate(bad):
+                if isinstance(content, str):
+                    cfg.write_text(content)
+                else:
+                    write_cfg(cfg, **content)
+                n_err = d.log().count("SIGHUP: configuration not reloaded") + \
+                    d.log().count("SIGHUP: prefill peers and key id not changed")
+                d.proc.send_signal(signal.SIGHUP)
+                wait_for(lambda: d.log().count("SIGHUP: configuration not reloaded") +
+                         d.log().count("SIGHUP: prefill peers and key id not changed") > n_err,
+                         30, "the refused reload %d" % i)
+                line = [ln for ln in d.log().splitlines() if "not reloaded" in ln or
+                        "not changed" in ln][-1]
+                assert why in line, (i, line)
+                assert d.request("GET", "/health")[0] == 200
+                assert peer_up(d, a.addr) and not peer_up(d, b.addr)
+                assert served_by(d, [a, b], 1, 10 + i) == [1, 0], i
+                assert d.metric("pdserve:kv_handshakes_total") == hs
+                assert "KV session down" not in d.log()
+            # the peer that did not resolve left no series behind
+            assert "nohostport" not in d.request("GET", "/metrics", admin=True)[2].decode()
+
+            # B instead of A
+            write_cfg(cfg, prefill=[b.addr], **base)
+            hup(d, "SIGHUP: prefill peers: added %s; removed %s (closed); 0 kept"
+                % (b.addr, a.addr), 0)
+            wait_for(lambda: peer_up(d, b.addr), 60, "a session to B")
+            # A's session is closed on decoded's side and therefore on A's
+            assert peer_gauge(d, a.addr) == 0
+            assert d.metric("pdserve:kv_sessions") == 1
+            wait_for(lambda: a.metric("pdserve:kv_sessions") == 0, 30, "A to see it closed")
+            assert served_by(d, [a, b], 3, 3) == [0, 3]
+            assert d.metric("pdserve:prompt_tokens_total") == 0, "prefilled locally"
+            assert d.metric("pdserve:prefill_failovers_total") == 0
+
+
+def test_removed_peer_finishes_its_transfer_before_it_is_closed(tmp_path):
+    psk = write_key(tmp_path / "k.psk")
+    cfg = tmp_path / "decoded.json"
+    # leases long enough to keep A's session through the stop below
+    lease = ("--kv-lease-ms", "30000")
+    base = dict(kv_psk_file=str(psk), local_prefill_max_tokens=0, kv_lease_ms=30000,
+                prefill_timeout_ms=60000)
+    # the new list names a peer that is not there: a new request then has
+    # no peer but A, which it must not get
+    dead = "127.0.0.1:%d" % free_port()
+    with Prefilld(*MODEL, *MEM, *lease, psk=psk) as a:
+        write_cfg(cfg, prefill=[a.addr], **base)
+        with Decoded(*MODEL, *MEM, "--config", str(cfg)) as d:
+            d.model_name = served_name(d)
+            wait_for(lambda: peer_up(d, a.addr), 60, "a session to A")
+            q = prompt(200, 4)
+            a.send(signal.SIGSTOP)
+            ex = cf.ThreadPoolExecutor(1)
+            try:
+                fut = ex.submit(complete, d, q)
+                wait_for(lambda: d.metric("pdserve:num_requests_remote_prefill") == 1, 30,
+                         "the request to wait on A")
+                write_cfg(cfg, prefill=[dead], **base)
+                hup(d, "SIGHUP: prefill peers: added %s; removed %s (closing after 1 "
+                    "transfer); 0 kept" % (dead, a.addr), 0)
+                # a new request does not go to A (stopped: it would hang
+                # there) but fails over to local prefill
+                complete(d, prompt(20, 5))
+                assert d.metric("pdserve:prompt_tokens_total") == 20
+                assert d.metric('pdserve:prefill_failovers_total{model_name="%s",'
+                                'reason="no_peer"}' % d.model_name) == 1
+                assert peer_up(d, a.addr) and not fut.done()
+            finally:
+                a.send(signal.SIGCONT)
+            fut.result(timeout=120)
+            ex.shutdown()
+            # A finished its transfer (no failover for it), then was closed
+            wait_for(lambda: peer_gauge(d, a.addr) == 0, 30, "A's session to close")
+            assert a.metric("pdserve:prefill_requests_total") == 1
+            assert d.metric("pdserve:prefill_failovers_total") == 1
+            assert d.metric("pdserve:remote_prompt_tokens_total") == 200
+            assert "removed from the peer list by a reload" in d.log()
+            wait_for(lambda: a.metric("pdserve:kv_sessions") == 0, 30, "A to see it closed")
+            wait_for(lambda: d.metric("pdserve:kv_cache_blocks_used") == 0, 10, "blocks back")
+
+
+def test_first_peer_by_reload_and_an_empty_list_prefills_locally(tmp_path):
+    psk = write_key(tmp_path / "k.psk")
+    cfg = tmp_path / "decoded.json"
+    base = dict(kv_psk_file=str(psk), local_prefill_max_tokens=0)
+    with Prefilld(*MODEL, *MEM, psk=psk) as a:
+        write_cfg(cfg, **base)
+        with Decoded(*MODEL, *MEM, "--config", str(cfg)) as d:
+            d.model_name = served_name(d)
+            complete(d, prompt(10, 6))
+            assert d.metric("pdserve:prompt_tokens_total") == 10
+            hup(d, "no prefill peers before or after", 0)
+            # the first peer: the KV channel is made on the reload
+            write_cfg(cfg, prefill=[a.addr], **base)
+            hup(d, "SIGHUP: prefill peers: added 1 (first: %s)" % a.addr, 0)
+            wait_for(lambda: peer_up(d, a.addr), 60, "a session to A")
+            assert served_by(d, [a], 2, 7) == [2]
+            assert d.metric("pdserve:prompt_tokens_total") == 10
+            # and none again: prompts prefill locally, not "no healthy peer"
+            write_cfg(cfg, prefill=[], **base)
+            hup(d, "removed %s (closed); 0 kept" % a.addr, 0)
+            complete(d, prompt(12, 8))
+            assert d.metric("pdserve:prompt_tokens_total") == 22
+            assert d.metric("pdserve:prefill_failovers_total") == 0
+            assert peer_gauge(d, a.addr) == 0
+            # the flags still win over the file: --prefill on the command
+            # line is what a reload keeps
+    with Prefilld(*MODEL, *MEM, psk=psk) as a, Prefilld(*MODEL, *MEM, psk=psk) as b:
+        write_cfg(cfg, prefill=[b.addr], **base)
+        with Decoded(*MODEL, *MEM, "--config", str(cfg), "--prefill", a.addr) as d:
+            d.model_name = served_name(d)
+            wait_for(lambda: peer_up(d, a.addr), 60, "a session to A")
+            hup(d, "SIGHUP: prefill peers: unchanged; 1 kept", 0)
+            assert served_by(d, [a, b], 1, 9) == [1, 0]
