@@ -490,6 +490,12 @@ int dec_remote_reload(struct dec_remote *r, const char *const *peers, unsigned n
                     taken[i] = true;
                 }
             }
+    /* the key first: the new peers' handshakes start as they are added */
+    char old_key[sizeof(r->key_id)];
+    bool new_key = key_id && strcmp(key_id, r->key_id);
+    memcpy(old_key, r->key_id, sizeof(old_key));
+    if (new_key)
+        snprintf(r->key_id, sizeof(r->key_id), "%s", key_id);
     struct peer *added[DEC_REMOTE_MAX_PEERS] = {0};
     unsigned n_added = 0;
     for (unsigned e = 0; e < n_peers; e++) {
@@ -499,6 +505,7 @@ int dec_remote_reload(struct dec_remote *r, const char *const *peers, unsigned n
         if (rc < 0) {
             while (n_added)
                 peer_free(r, added[--n_added]);
+            memcpy(r->key_id, old_key, sizeof(old_key));
             return rc;
         }
         taken[added[n_added]->idx] = true;
@@ -542,8 +549,7 @@ int dec_remote_reload(struct dec_remote *r, const char *const *peers, unsigned n
     char tail[128];
     snprintf(tail, sizeof(tail), "; %u kept", n_same);
     line_add(line, sizeof(line), &o, tail);
-    if (key_id && strcmp(key_id, r->key_id)) {
-        snprintf(r->key_id, sizeof(r->key_id), "%s", key_id);
+    if (new_key) {
         snprintf(tail, sizeof(tail), "; new sessions use key %s", r->key_id);
         line_add(line, sizeof(line), &o, tail);
     }

@@ -11,6 +11,7 @@ One case alone:
 """
 import concurrent.futures as cf
 import json
+import os
 import random
 import signal
 
@@ -201,3 +202,33 @@ def test_first_peer_by_reload_and_an_empty_list_prefills_locally(tmp_path):
             wait_for(lambda: peer_up(d, a.addr), 60, "a session to A")
             hup(d, "SIGHUP: prefill peers: unchanged; 1 kept", 0)
             assert served_by(d, [a, b], 1, 9) == [1, 0]
+
+
+def test_reloaded_key_id_is_used_by_new_sessions_only(tmp_path):
+    # key directories (one file per key, named for its id) on both sides
+    dirs = []
+    old, new = os.urandom(32), os.urandom(32)
+    for side in ("p", "d"):
+        kd = tmp_path / side
+        kd.mkdir(mode=0o750)
+        write_key(kd / "k-old", old, "k-old")
+        write_key(kd / "k-new", new, "k-new")
+        dirs.append(kd)
+    cfg = tmp_path / "decoded.json"
+    base = dict(kv_psk_file=str(dirs[1]), local_prefill_max_tokens=0)
+    with Prefilld(*MODEL, *MEM, psk=dirs[0]) as a, Prefilld(*MODEL, *MEM, psk=dirs[0]) as b:
+        write_cfg(cfg, prefill=[a.addr], kv_key_id="k-old", **base)
+        with Decoded(*MODEL, *MEM, "--config", str(cfg)) as d:
+            d.model_name = served_name(d)
+            wait_for(lambda: peer_up(d, a.addr), 60, "a session to A")
+            hs = a.metric("pdserve:kv_handshakes_total")
+            write_cfg(cfg, prefill=[a.addr, b.addr], kv_key_id="k-new", **base)
+            hup(d, "SIGHUP: prefill peers: added %s; 1 kept; new sessions use key k-new"
+                % b.addr, 0)
+            wait_for(lambda: peer_up(d, b.addr), 60, "a session to B")
+            assert "KV session up: prefill peer %s (key k-new)" % b.addr in d.log()
+            # A's session, made with k-old, goes on
+            assert "KV session up: prefill peer %s (key k-old)" % a.addr in d.log()
+            assert a.metric("pdserve:kv_handshakes_total") == hs
+            assert "KV session down" not in d.log()
+            assert sum(served_by(d, [a, b], 4, 11)) == 4
