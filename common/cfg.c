@@ -1171,6 +1171,8 @@ void pd_cfg_help(const struct pd_cfg_opt *table, const char *prog, const char *u
     int width = (int)strlen("  --print-config");
 
     for (const struct pd_cfg_opt *o = table; o->name; o++) {
+        if (o->flags & PD_CFG_HIDDEN)
+            continue;
         int w = o->type == PD_CFG_T_BOOL ? snprintf(left, sizeof(left), "  --[no-]%s", o->name)
                                           : snprintf(left, sizeof(left), "  --%s %s", o->name, metavar(o));
         if (w > width && w <= HELP_COL_MAX)
@@ -1182,6 +1184,8 @@ void pd_cfg_help(const struct pd_cfg_opt *table, const char *prog, const char *u
     for (const struct pd_cfg_opt *o = table; o->name; o++) {
         size_t k = 0;
 
+        if (o->flags & PD_CFG_HIDDEN)
+            continue;
         if (o->type == PD_CFG_T_BOOL)
             snprintf(left, sizeof(left), "  --[no-]%s", o->name);
         else

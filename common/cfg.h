@@ -69,6 +69,8 @@ enum pd_cfg_type {
 
 enum {
     PD_CFG_SECRET = 1u << 0, /* --print-config shows "<set>" instead of the value */
+    PD_CFG_HIDDEN = 1u << 1, /* not in --help (test hooks of test builds); set and printed
+                              * like any other */
 };
 
 #define PD_CFG_STR_MAX 4096 /* hard cap for any string value */

@@ -965,6 +965,32 @@ static void cfg_help_lists_every_option(void)
     free(h);
 }
 
+static void cfg_hidden_option_parses_but_is_not_in_help(void)
+{
+    static const struct pd_cfg_opt hopts[] = {
+        PD_CFG_BOOL("verbose", struct tcfg, verbose, "false", "more logging"),
+        {.name = "test-hook", .type = PD_CFG_T_INT, .offset = offsetof(struct tcfg, kv_port),
+         .def = "0", .min = 0, .max = 9, .help = "test only", .flags = PD_CFG_HIDDEN},
+        PD_CFG_END,
+    };
+    struct tcfg c;
+    struct pd_cfg_args a;
+    char *argv[] = {"prog", "--test-hook", "3", NULL};
+    char *buf = NULL;
+    size_t len = 0;
+
+    CHECK_EQ_INT(pd_cfg_parse_env(hopts, &c, 3, argv, no_env, &a, err, sizeof(err)), PD_CFG_OK);
+    CHECK_EQ_INT(c.kv_port, 3);
+    pd_cfg_done(hopts, &c);
+    FILE *f = open_memstream(&buf, &len);
+    CHECK(f);
+    pd_cfg_help(hopts, "prog", NULL, f);
+    fclose(f);
+    CHECK_CONTAINS(buf, "--[no-]verbose");
+    CHECK(!strstr(buf, "test-hook"));
+    free(buf);
+}
+
 static void cfg_help_columns_aligned(void)
 {
     char *h = capture_help(), *line, *save = NULL;
@@ -1188,6 +1214,7 @@ static const struct pd_test tests[] = {
     PD_TEST(cfg_file_list_capped),
     PD_TEST(cfg_help_lists_every_option),
     PD_TEST(cfg_help_columns_aligned),
+    PD_TEST(cfg_hidden_option_parses_but_is_not_in_help),
     PD_TEST(cfg_print_uses_natural_json_types),
     PD_TEST(cfg_print_round_trips_through_config),
     PD_TEST(cfg_secret_not_printed),
