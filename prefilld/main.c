@@ -58,6 +58,9 @@ struct pf_cfg {
     int64_t drain_timeout;
     char *gen_psk;
     int log_level;
+#ifdef PD_TEST_HOOKS
+    int64_t test_tamper_every;
+#endif
 };
 
 static const char *const load_formats[] = {"auto", "gguf", "dummy", NULL};
@@ -114,6 +117,15 @@ static const struct pd_cfg_opt options[] = {
     PD_CFG_STR("gen-psk", struct pf_cfg, gen_psk, NULL, 4096,
                "write a new key file (id + key, mode 0600; never overwrites) and exit"),
     PD_CFG_ENUM("log-level", struct pf_cfg, log_level, "info", log_levels, "log level"),
+#ifdef PD_TEST_HOOKS
+    /* -Dtest_hooks=true builds only (meson_options.txt): decoded's handling of
+     * KV that fails its tags, tested end to end (docs/security.md) */
+    {.name = "test-tamper-every", .type = PD_CFG_T_INT,
+     .offset = offsetof(struct pf_cfg, test_tamper_every), .def = "0", .min = 0,
+     .max = UINT32_MAX, .flags = PD_CFG_HIDDEN,
+     .help = "test only: flip a byte of the KV blocks, after tagging, in every request whose "
+             "id is a multiple of N (0: never)"},
+#endif
     PD_CFG_END,
 };
 
@@ -497,6 +509,13 @@ static int run(struct daemon *d)
         .crypto_threads = (unsigned)c->kv_crypto_threads, .no_integrity = !c->kv_integrity,
         .lease_ms = (uint32_t)c->kv_lease_ms, .handshake_ms = (uint32_t)c->kv_handshake_ms,
         .max_sessions = (unsigned)c->kv_max_sessions, .event = kvx_event, .arg = d};
+#ifdef PD_TEST_HOOKS
+    kp.tamper_every = (unsigned)c->test_tamper_every;
+    if (kp.tamper_every)
+        pd_log(PD_LOG_WARN, "test hook: the KV blocks of every request whose id is a multiple of "
+               "%u are corrupted after tagging (--test-tamper-every); a test build, never for "
+               "production", kp.tamper_every);
+#endif
     if (pd_kvx_new(&kp, &d->kvx, err, sizeof(err)) < 0)
         goto fail;
     for (int i = 0; i < 3; i++)

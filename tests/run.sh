@@ -14,8 +14,12 @@ cd "$(dirname "$0")/.."
 
 BUILD="${BUILD:-build}"
 ./deploy/install-deps.sh
+# test_hooks: the daemons' test-only hooks (prefilld --test-tamper-every), which
+# the integration suite needs; a build without them skips those tests (77)
 if [ ! -f "$BUILD/build.ninja" ]; then
-    meson setup "$BUILD" -Dwerror=true ${MESON_ARGS:-} >/dev/null
+    meson setup "$BUILD" -Dwerror=true -Dtest_hooks=true ${MESON_ARGS:-} >/dev/null
+else
+    meson configure "$BUILD" -Dtest_hooks=true >/dev/null
 fi
 ninja -C "$BUILD" >/dev/null
 PDSERVE_MODEL="$(./deploy/fetch-model.sh)"
