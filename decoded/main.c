@@ -138,7 +138,8 @@ static const struct pd_cfg_opt options[] = {
     PD_CFG_INT("drain-timeout", struct dec_cfg, drain_timeout, "30", 0, 86400,
                "on SIGTERM, seconds running requests get to finish"),
     PD_CFG_LIST("prefill", struct dec_cfg, prefill, DEC_REMOTE_MAX_PEERS,
-                "a prefill peer's KV address HOST:PORT (repeatable; none: prefill locally)"),
+                "a prefill peer's KV address HOST:PORT (repeatable; none: prefill locally; "
+                "SIGHUP applies a changed list)"),
     PD_CFG_INT("local-prefill-max-tokens", struct dec_cfg, local_prefill_max_tokens, "0", 0,
                1 << 24, "with --prefill, prompts of at most this many tokens prefill locally "
                "(0: every prompt goes to a peer)"),
@@ -154,7 +155,8 @@ static const struct pd_cfg_opt options[] = {
     PD_CFG_STR("kv-psk-file", struct dec_cfg, kv_psk_file, NULL, 4096,
                "pre-shared key file or key directory (required with --prefill)"),
     PD_CFG_STR("kv-key-id", struct dec_cfg, kv_key_id, NULL, 64,
-               "the key to use when the file or directory holds several"),
+               "the key new sessions use when the file or directory holds several (SIGHUP "
+               "applies a change)"),
     PD_CFG_INT("kv-lease-ms", struct dec_cfg, kv_lease_ms, "3000", 100, 600000,
                "a silent peer's session ends after this"),
     PD_CFG_INT("kv-handshake-timeout-ms", struct dec_cfg, kv_handshake_ms, "2000", 100, 60000,

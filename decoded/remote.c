@@ -538,7 +538,8 @@ int dec_remote_reload(struct dec_remote *r, const char *const *peers, unsigned n
                      p->n_xfers, p->n_xfers == 1 ? "" : "s");
         else
             snprintf(what, sizeof(what), "%s (closed)", p->addr);
-        line_add(line, sizeof(line), &o, n_removed++ ? ", " : "; removed ");
+        line_add(line, sizeof(line), &o,
+                 n_removed++ ? ", " : n_added ? "; removed " : " removed ");
         line_add(line, sizeof(line), &o, what);
         p->removed = true;
         if (!p->n_xfers)
