@@ -312,6 +312,8 @@ static void reload(struct daemon *d)
     struct dec_cfg nc;
     struct pd_cfg_args a;
     char err[512];
+    /* on the loop thread: every cJSON parse after start-up happens here
+     * (cJSON's error pointer is a global) */
     int rc = pd_cfg_parse(options, &nc, d->argc, d->argv, &a, err, sizeof(err));
     if (rc < 0) {
         pd_log(PD_LOG_ERR, "SIGHUP: configuration not reloaded, nothing changed: %s", err);
