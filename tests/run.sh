@@ -19,7 +19,9 @@ BUILD="${BUILD:-build}"
 if [ ! -f "$BUILD/build.ninja" ]; then
     meson setup "$BUILD" -Dwerror=true -Dtest_hooks=true ${MESON_ARGS:-} >/dev/null
 else
-    meson configure "$BUILD" -Dtest_hooks=true >/dev/null
+    # a build set up before the option existed must be reconfigured first
+    meson configure "$BUILD" -Dtest_hooks=true >/dev/null 2>&1 ||
+        meson setup --reconfigure "$BUILD" -Dtest_hooks=true >/dev/null
 fi
 ninja -C "$BUILD" >/dev/null
 PDSERVE_MODEL="$(./deploy/fetch-model.sh)"

@@ -16,7 +16,8 @@ model, same machine.
     ~/.cache/pdserve/venv/bin/python tests/bench/disagg_bench.py --build build \\
         -- --model ~/.cache/pdserve/SmolLM2-135M-Instruct.Q4_1.gguf
 
-Arguments after "--" go to both daemons (the model). Prints Markdown tables.
+Arguments after "--" go to both daemons (the model, --kv-cache-dtype);
+--prefilld-arg=OPT adds one for prefilld alone (its chunk size). Prints Markdown tables.
 On one host both daemons share its cores, so (2) shows the mechanism, not the
 benefit of a second node. Timings never decide a test; this is a measuring
 tool only.
@@ -131,6 +132,11 @@ def main():
     ap.add_argument("--long-tokens", type=int, default=2048)
     ap.add_argument("--vocab", type=int, default=49152)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--prefilld-arg", action="append", default=[],
+                    help="an option for prefilld only (repeatable), e.g. "
+                         "--prefilld-arg=--max-num-batched-tokens=512")
+    ap.add_argument("--no-interference", action="store_true",
+                    help="TTFT only (skips part 2)")
     ap.add_argument("args", nargs="*", help="after --: model options for both daemons")
     o = ap.parse_args()
     lengths = [int(x) for x in o.lengths.split(",")]
@@ -140,7 +146,7 @@ def main():
     psk = os.path.join(tmp, "kv.psk")
     subprocess.run([pre, "--gen-psk", psk], check=True, stdout=subprocess.DEVNULL)
     results = {}
-    p = Prefilld(pre, o.args, psk)
+    p = Prefilld(pre, o.args + o.prefilld_arg, psk)
     try:
         for mode in ("disaggregated", "local"):
             extra = (["--prefill", "127.0.0.1:%d" % p.kv, "--kv-psk-file", psk,
@@ -150,8 +156,10 @@ def main():
                 if mode == "disaggregated":
                     wait_peer(srv)
                 t = asyncio.run(ttfts(srv.url, lengths, o.reps, o.vocab, o.seed))
-                i50, i99 = asyncio.run(interference(srv.url, o.fg_clients, o.fg_requests,
-                                                    o.long_tokens, o.vocab, o.seed))
+                i50 = i99 = float("nan")
+                if not o.no_interference:
+                    i50, i99 = asyncio.run(interference(srv.url, o.fg_clients, o.fg_requests,
+                                                        o.long_tokens, o.vocab, o.seed))
                 m = srv.metrics()
                 local = sum(v for k, v in m.items() if k.startswith("pdserve:prompt_tokens_total"))
                 remote = sum(v for k, v in m.items()
@@ -168,6 +176,8 @@ def main():
     print("|---|---|---|---|")
     for n in lengths:
         print("| %d | %.3f | %.3f | %.2f |" % (n, d[0][n], l[0][n], d[0][n] / l[0][n]))
+    if o.no_interference:
+        return
     print()
     print("| mode | ITL p50 (s) | ITL p99 (s) | prompt tokens prefilled locally / remotely |")
     print("|---|---|---|---|")
