@@ -26,6 +26,7 @@
 #include <cuda_fp16.h>
 #include <math.h>
 #include <mutex>
+#include <type_traits>
 #include <string.h>
 
 #define ATT_WARPS 4
@@ -72,69 +73,45 @@ template <> struct kv_vec<float, 1> {
     static __device__ __forceinline__ void cvt(const raw &r, float *f) { f[0] = r; }
 };
 
-template <> struct kv_vec<uint16_t, 8> {
-    typedef uint4 raw;
-    static __device__ __forceinline__ raw load(const uint16_t *p)
-    {
-        return __ldg((const uint4 *)p);
-    }
-    static __device__ __forceinline__ void cvt(const raw &r, float *f)
-    {
-        const uint32_t w[4] = {r.x, r.y, r.z, r.w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            f[2 * i] = __uint_as_float(w[i] << 16);
-            f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-        }
-    }
-};
-
 /* IEEE half elements: a type of their own so that the kernel's T tells the
  * two 16-bit formats apart (pointer arithmetic and loads as uint16_t). */
 struct f16_elem {
     uint16_t bits;
 };
 
-template <> struct kv_vec<f16_elem, 8> {
-    typedef uint4 raw;
-    static __device__ __forceinline__ raw load(const f16_elem *p)
-    {
-        return __ldg((const uint4 *)p);
-    }
+/* 16-bit elements widened: bf16 by a shift (exact), half by the hardware's
+ * conversion (exact too) */
+template <bool BF> __device__ __forceinline__ float widen16(uint32_t h)
+{
+    if constexpr (BF)
+        return __uint_as_float(h << 16);
+    else
+        return __half2float(__ushort_as_half((unsigned short)h));
+}
+
+/* 8 elements as one 16-byte load, or 1 */
+template <typename E, bool BF, int VEC> struct kv_vec16 {
+    typedef typename std::conditional<VEC == 8, uint4, unsigned short>::type raw;
+    static __device__ __forceinline__ raw load(const E *p) { return __ldg((const raw *)p); }
     static __device__ __forceinline__ void cvt(const raw &r, float *f)
     {
-        const uint32_t w[4] = {r.x, r.y, r.z, r.w};
+        if constexpr (VEC == 8) {
+            const uint32_t w[4] = {r.x, r.y, r.z, r.w};
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            f[2 * i] = __half2float(__ushort_as_half((unsigned short)(w[i] & 0xffffu)));
-            f[2 * i + 1] = __half2float(__ushort_as_half((unsigned short)(w[i] >> 16)));
+            for (int i = 0; i < 4; i++) {
+                f[2 * i] = widen16<BF>(w[i] & 0xffffu);
+                f[2 * i + 1] = widen16<BF>(w[i] >> 16);
+            }
+        } else {
+            f[0] = widen16<BF>(r);
         }
     }
 };
 
-template <> struct kv_vec<f16_elem, 1> {
-    typedef unsigned short raw;
-    static __device__ __forceinline__ raw load(const f16_elem *p)
-    {
-        return __ldg((const unsigned short *)p);
-    }
-    static __device__ __forceinline__ void cvt(const raw &r, float *f)
-    {
-        f[0] = pd_f16_decode(r);
-    }
-};
-
-template <> struct kv_vec<uint16_t, 1> {
-    typedef unsigned short raw;
-    static __device__ __forceinline__ raw load(const uint16_t *p)
-    {
-        return __ldg((const unsigned short *)p);
-    }
-    static __device__ __forceinline__ void cvt(const raw &r, float *f)
-    {
-        f[0] = pd_bf16_decode(r);
-    }
-};
+template <> struct kv_vec<uint16_t, 8> : kv_vec16<uint16_t, true, 8> {};
+template <> struct kv_vec<uint16_t, 1> : kv_vec16<uint16_t, true, 1> {};
+template <> struct kv_vec<f16_elem, 8> : kv_vec16<f16_elem, false, 8> {};
+template <> struct kv_vec<f16_elem, 1> : kv_vec16<f16_elem, false, 1> {};
 
 /* ---- the kernel -------------------------------------------------------- */
 

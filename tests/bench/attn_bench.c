@@ -170,44 +170,26 @@ int main(int argc, char **argv)
     uint32_t *tables = NULL;
     int32_t *seq = NULL, *pos = NULL;
     uint32_t batch[GB_MAX_ITEMS], context[GB_MAX_ITEMS];
-    char err[512], why[256], dev[256];
-    int rc = pd_cfg_parse(options, &c, argc, argv, &a, err, sizeof(err)), exit_code = 1;
+    char err[512];
+    int rc, exit_code = 1;
 
-    if (rc < 0 || rc == PD_CFG_HELP || rc == PD_CFG_PRINT || rc == PD_CFG_VERSION) {
-        if (rc < 0)
-            fprintf(stderr, "attn_bench: %s\n", err);
-        else if (rc == PD_CFG_HELP)
-            pd_cfg_help(options, "attn_bench", "[OPTIONS]", stdout);
-        else if (rc == PD_CFG_PRINT)
-            pd_cfg_print(options, &c, stdout);
-        else
-            pd_cfg_version("attn_bench", stdout);
-        pd_cfg_done(options, &c);
-        return rc < 0 ? 2 : 0;
-    }
+    if (pd_cfg_main(options, &c, argc, argv, "attn_bench", "[OPTIONS]", 0, &a, &exit_code))
+        return exit_code;
     const size_t n_batch = gb_list_values(&c.batch, def_batch, 2, batch);
     const size_t n_context = gb_list_values(&c.context, def_context, 4, context);
-    if (!n_batch || !n_context || a.n_positional) {
-        fprintf(stderr, "attn_bench: --batch and --context take up to %d numbers in [1, 2^20]; "
-                "no positional arguments\n", GB_MAX_ITEMS);
+    if (!n_batch || !n_context) {
+        fprintf(stderr, "attn_bench: --batch and --context take up to %d numbers in [1, 2^20]\n",
+                GB_MAX_ITEMS);
         pd_cfg_done(options, &c);
         return 2;
     }
 
-    if ((rc = pd_cuda_probe(why, sizeof why)) < 0) {
-        fprintf(stderr, "attn_bench: %s\n", why);
-        pd_cfg_done(options, &c);
-        return 1;
-    }
-    if ((rc = pd_cuda_device_info(dev, sizeof dev)) < 0)
+    if (gb_open_device("attn_bench") < 0)
         goto out;
-    printf("device: %s\n", dev);
     if (c.probe) {
         exit_code = 0;
         goto out;
     }
-    if (pd_cuda_debug_build())
-        printf("WARNING: kernels built with -G (device debug): these timings mean nothing\n");
 
     struct pd_model_params mp = {.load_format = PD_LOAD_DUMMY, .shape = c.model_shape,
                                  .seed = (uint64_t)c.seed, .flags = PD_MODEL_META_ONLY};

@@ -1,6 +1,7 @@
 #include "gpu_bench.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -59,6 +60,23 @@ void gb_shuffled_ids(uint32_t *v, uint64_t n, uint64_t seed)
         uint32_t t = v[i - 1];
         v[i - 1] = v[j], v[j] = t;
     }
+}
+
+int gb_open_device(const char *prog)
+{
+    char why[256], dev[256];
+    if (pd_cuda_probe(why, sizeof why) < 0) {
+        fprintf(stderr, "%s: %s\n", prog, why);
+        return -1;
+    }
+    if (pd_cuda_device_info(dev, sizeof dev) < 0) {
+        fprintf(stderr, "%s: the device does not answer (see the log line above)\n", prog);
+        return -1;
+    }
+    printf("device: %s\n", dev);
+    if (pd_cuda_debug_build())
+        printf("WARNING: kernels built with -G (device debug): these timings mean nothing\n");
+    return 0;
 }
 
 static int cmp_f(const void *a, const void *b)

@@ -22,6 +22,10 @@ uint32_t gb_min_of(const uint32_t *v, size_t n);
 /* v[i] = i for i < n, then shuffled from seed (the same on every run) */
 void gb_shuffled_ids(uint32_t *v, uint64_t n, uint64_t seed);
 
+/* The device, or why there is none: prints "device: ..." (and a warning for
+ * a -G build) and returns 0, or prints "prog: why" to stderr and returns -1. */
+int gb_open_device(const char *prog);
+
 /* A trial: fn(arg, i, stream) for i in [0, n). */
 typedef int (*gb_pass_fn)(void *arg, uint32_t i, pd_stream_t s);
 

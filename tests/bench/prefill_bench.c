@@ -150,25 +150,14 @@ int main(int argc, char **argv)
     uint32_t *tables = NULL;
     int32_t *seq = NULL, *pos = NULL, *runs = NULL;
     uint32_t seqlen[GB_MAX_ITEMS];
-    char err[512], why[256], dev[256];
-    int rc = pd_cfg_parse(options, &c, argc, argv, &a, err, sizeof(err)), exit_code = 1;
+    int rc, exit_code = 1;
 
-    if (rc < 0 || rc == PD_CFG_HELP || rc == PD_CFG_PRINT || rc == PD_CFG_VERSION) {
-        if (rc < 0)
-            fprintf(stderr, "prefill_bench: %s\n", err);
-        else if (rc == PD_CFG_HELP)
-            pd_cfg_help(options, "prefill_bench", "[OPTIONS]", stdout);
-        else if (rc == PD_CFG_PRINT)
-            pd_cfg_print(options, &c, stdout);
-        else
-            pd_cfg_version("prefill_bench", stdout);
-        pd_cfg_done(options, &c);
-        return rc < 0 ? 2 : 0;
-    }
+    if (pd_cfg_main(options, &c, argc, argv, "prefill_bench", "[OPTIONS]", 0, &a, &exit_code))
+        return exit_code;
     const size_t n_seqlen = gb_list_values(&c.seqlen, def_seqlen, 6, seqlen);
-    if (!n_seqlen || a.n_positional || (c.head_dim != 64 && c.head_dim != 128)) {
+    if (!n_seqlen || (c.head_dim != 64 && c.head_dim != 128)) {
         fprintf(stderr, "prefill_bench: --seqlen takes up to %d numbers in [1, 2^20], --head-dim "
-                "64 or 128; no positional arguments\n", GB_MAX_ITEMS);
+                "64 or 128\n", GB_MAX_ITEMS);
         pd_cfg_done(options, &c);
         return 2;
     }
@@ -180,20 +169,12 @@ int main(int argc, char **argv)
             return 2;
         }
 
-    if ((rc = pd_cuda_probe(why, sizeof why)) < 0) {
-        fprintf(stderr, "prefill_bench: %s\n", why);
-        pd_cfg_done(options, &c);
-        return 1;
-    }
-    if ((rc = pd_cuda_device_info(dev, sizeof dev)) < 0)
+    if (gb_open_device("prefill_bench") < 0)
         goto out;
-    printf("device: %s\n", dev);
     if (c.probe) {
         exit_code = 0;
         goto out;
     }
-    if (pd_cuda_debug_build())
-        printf("WARNING: kernels built with -G (device debug): these timings mean nothing\n");
 
     const uint32_t type = c.kv_dtype == 0 ? PD_DT_BF16 : PD_DT_F16;
     const uint32_t T = (uint32_t)c.tokens, H = (uint32_t)c.heads, D = (uint32_t)c.head_dim;

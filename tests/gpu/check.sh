@@ -146,16 +146,23 @@ gpu_line="$(grep -m1 '^device: ' "$log" | sed 's/^device: //')"
 
 run kernels "CUDA kernels against the CPU reference" "$env" test_kernels
 
+# a benchmark step; its table (from the line starting with FIRST to the
+# program's summary line, of its last run in the log) goes to the summary
+bench_step() {
+    local name="$1" what="$2" prog="$3" first="$4"
+    shift 4
+    if run "$name" "$what" "$env" "$prog" "$@"; then
+        {
+            echo "-- $name: $prog $*"
+            sed -n "/^$first/,/^$prog: /p" "$log" |
+                awk -v f="^$first" '$0 ~ f {buf=""} {buf=buf $0 "\n"} END{printf "%s", buf}'
+        } >> "$summary"
+    fi
+}
 bench() {
     local name="$1"
     shift
-    if run "$name" "decode attention vs device copy" "$env" attn_bench "$@"; then
-        {
-            echo "-- $name: attn_bench $*"
-            # the table of the last run: from the shape line to the summary line
-            sed -n '/^shape /,/^attn_bench: /p' "$log" | awk '/^shape /{buf=""} {buf=buf $0 "\n"} END{printf "%s", buf}'
-        } >> "$summary"
-    fi
+    bench_step "$name" "decode attention vs device copy" attn_bench "shape " "$@"
 }
 bench attn-3:1-bf16 --model-shape default --kv-dtype bf16
 bench attn-8:1-bf16 --model-shape '{"preset":"llama3-8b","n_head_kv":4}' --kv-dtype bf16
@@ -166,12 +173,7 @@ bench attn-3:1-f32 --model-shape default --kv-dtype f32
 prefill() {
     local name="$1"
     shift
-    if run "$name" "prefill attention vs cuBLAS GEMM" "$env" prefill_bench "$@"; then
-        {
-            echo "-- $name: prefill_bench $*"
-            sed -n '/^gemm: /,/^prefill_bench: /p' "$log" | awk '/^gemm: /{buf=""} {buf=buf $0 "\n"} END{printf "%s", buf}'
-        } >> "$summary"
-    fi
+    bench_step "$name" "prefill attention vs cuBLAS GEMM" prefill_bench "gemm: " "$@"
 }
 prefill prefill-bf16 --kv-dtype bf16
 prefill prefill-f16-64 --kv-dtype f16 --head-dim 64 --seqlen 512,2048,8192

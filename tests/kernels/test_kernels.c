@@ -573,6 +573,23 @@ static void free_batch(struct attn_batch *b)
     free(b->len), free(b->tables), free(b->tok_seq), free(b->tok_pos);
 }
 
+/* every position of every sequence of the batch, in slot terms (kv_write's
+ * slot array, n_kv of them); caller frees */
+static int64_t *batch_slots(const struct attn_case *c, const struct attn_batch *b, uint32_t *n_kv)
+{
+    uint32_t n = 0;
+    for (uint32_t s = 0; s < c->n_seqs; s++)
+        n += b->len[s];
+    int64_t *slot = host_alloc(n * sizeof(int64_t));
+    n = 0;
+    for (uint32_t s = 0; s < c->n_seqs; s++)
+        for (uint32_t p = 0; p < b->len[s]; p++)
+            slot[n++] = (int64_t)b->tables[s * b->max_blocks + p / c->l.block_size] *
+                            c->l.block_size + p % c->l.block_size;
+    *n_kv = n;
+    return slot;
+}
+
 /* random pool contents of the case's type */
 static void *random_pool(const struct attn_case *c, size_t n_elems)
 {
@@ -758,6 +775,34 @@ static void attention_cuda_refuses_positions_past_max_ctx(void)
     free_batch(&b);
 }
 
+/* On the device: the K and V of w written by kv_write into a poisoned pool
+ * of pool_type (n_elems elements), and a's attention over it, with a's q,
+ * tokens and tables copied and a poisoned output. */
+static struct pd_attn_args written_on_device(const struct attn_case *c, const struct attn_batch *b,
+                                             const struct pd_kv_write_args *w,
+                                             const struct pd_attn_args *a, uint32_t pool_type,
+                                             size_t n_elems)
+{
+    const size_t row = (size_t)c->l.n_head_kv * c->l.head_dim;
+    const size_t out_n = (size_t)a->n_tokens * a->n_head * c->l.head_dim;
+    struct pd_kv_write_args gw = *w;
+    gw.pool_type = pool_type;
+    gw.pool = dev_poisoned(n_elems * elem_size(pool_type));
+    gw.k = dev_copy(w->k, w->n_tokens * row * sizeof(float));
+    gw.v = dev_copy(w->v, w->n_tokens * row * sizeof(float));
+    gw.slot = dev_copy(w->slot, w->n_tokens * sizeof(int64_t));
+    CHECK_EQ_INT(pd_kv_write_cuda(&gw, NULL), 0);
+    struct pd_attn_args g = *a;
+    g.pool_type = pool_type;
+    g.pool = gw.pool;
+    g.out = dev_poisoned(out_n * sizeof(float));
+    g.q = dev_copy(a->q, out_n * sizeof(float));
+    g.tok_seq = dev_copy(b->tok_seq, b->n_tokens * sizeof(int32_t));
+    g.tok_pos = dev_copy(b->tok_pos, b->n_tokens * sizeof(int32_t));
+    g.block_tables = dev_copy(b->tables, (size_t)c->n_seqs * b->max_blocks * sizeof(uint32_t));
+    return g;
+}
+
 /* End to end: K/V written by kv_write, then attention; bf16 on the GPU against
  * fp32 on the CPU (the rounding of the pool is the difference), and fp32 on
  * both. */
@@ -774,16 +819,8 @@ static void attention_cuda_bf16_pool_close_to_fp32(void)
         const size_t n_elems = b.n_blocks * pd_kv_block_elems(&c.l);
         const uint32_t layer = rnd(c.l.n_layer);
 
-        /* every position of every sequence, in slot terms */
-        uint32_t n_kv = 0;
-        for (uint32_t s = 0; s < c.n_seqs; s++)
-            n_kv += b.len[s];
-        int64_t *slot = host_alloc(n_kv * sizeof(int64_t));
-        n_kv = 0;
-        for (uint32_t s = 0; s < c.n_seqs; s++)
-            for (uint32_t p = 0; p < b.len[s]; p++)
-                slot[n_kv++] = (int64_t)b.tables[s * b.max_blocks + p / c.l.block_size] *
-                                   c.l.block_size + p % c.l.block_size;
+        uint32_t n_kv;
+        int64_t *slot = batch_slots(&c, &b, &n_kv);
         float *k = rand_floats(n_kv * row, 1.0f), *v = rand_floats(n_kv * row, 1.0f);
         float *q = rand_floats(out_n, 6.0f), *ref = host_alloc(out_n * sizeof(float));
         float *pool = host_alloc(n_elems * sizeof(float));
@@ -799,21 +836,8 @@ static void attention_cuda_bf16_pool_close_to_fp32(void)
         CHECK_EQ_INT(pd_attention_cpu(&a), 0);
 
         for (int bf16 = 0; bf16 < 2; bf16++) {
-            struct pd_kv_write_args gw = w;
-            gw.pool_type = bf16 ? PD_DT_BF16 : PD_DT_F32;
-            gw.pool = dev_poisoned(n_elems * elem_size(gw.pool_type));
-            gw.k = dev_copy(k, n_kv * row * sizeof(float));
-            gw.v = dev_copy(v, n_kv * row * sizeof(float));
-            gw.slot = dev_copy(slot, n_kv * sizeof(int64_t));
-            CHECK_EQ_INT(pd_kv_write_cuda(&gw, NULL), 0);
-            struct pd_attn_args g = a;
-            g.pool_type = gw.pool_type;
-            g.pool = gw.pool;
-            g.out = dev_poisoned(out_n * sizeof(float));
-            g.q = dev_copy(q, out_n * sizeof(float));
-            g.tok_seq = dev_copy(b.tok_seq, b.n_tokens * sizeof(int32_t));
-            g.tok_pos = dev_copy(b.tok_pos, b.n_tokens * sizeof(int32_t));
-            g.block_tables = dev_copy(b.tables, (size_t)c.n_seqs * b.max_blocks * sizeof(uint32_t));
+            struct pd_attn_args g = written_on_device(&c, &b, &w, &a, bf16 ? PD_DT_BF16 : PD_DT_F32,
+                                                      n_elems);
             uint64_t ws = 0;
             CHECK_EQ_INT(pd_attention_cuda_workspace(&g, &ws), 0);
             g.workspace = ws ? dev_poisoned(ws) : NULL;
@@ -1092,15 +1116,8 @@ static void attention_prefill_cuda_after_kv_write_close_to_fp32(void)
         const uint32_t n_head = c.l.n_head_kv * c.group, hd = c.l.head_dim;
         const size_t row = (size_t)c.l.n_head_kv * hd, out_n = (size_t)b.n_tokens * n_head * hd;
         const size_t n_elems = b.n_blocks * pd_kv_block_elems(&c.l);
-        uint32_t n_kv = 0, n_runs, max_run;
-        for (uint32_t s = 0; s < c.n_seqs; s++)
-            n_kv += b.len[s];
-        int64_t *slot = host_alloc(n_kv * sizeof(int64_t));
-        n_kv = 0;
-        for (uint32_t s = 0; s < c.n_seqs; s++)
-            for (uint32_t p = 0; p < b.len[s]; p++)
-                slot[n_kv++] = (int64_t)b.tables[s * b.max_blocks + p / c.l.block_size] *
-                                   c.l.block_size + p % c.l.block_size;
+        uint32_t n_kv, n_runs, max_run;
+        int64_t *slot = batch_slots(&c, &b, &n_kv);
         float *k = rand_floats(n_kv * row, 1.0f), *v = rand_floats(n_kv * row, 1.0f);
         float *q = rand_floats(out_n, 6.0f), *ref = host_alloc(out_n * sizeof(float));
         float *pool = host_alloc(n_elems * sizeof(float));
@@ -1116,21 +1133,7 @@ static void attention_prefill_cuda_after_kv_write_close_to_fp32(void)
                                  .max_blocks = b.max_blocks, .scale = 1.0f / sqrtf((float)hd)};
         CHECK_EQ_INT(pd_attention_cpu(&a), 0);
 
-        struct pd_kv_write_args gw = w;
-        gw.pool_type = c.pool_type;
-        gw.pool = dev_poisoned(n_elems * 2);
-        gw.k = dev_copy(k, n_kv * row * sizeof(float));
-        gw.v = dev_copy(v, n_kv * row * sizeof(float));
-        gw.slot = dev_copy(slot, n_kv * sizeof(int64_t));
-        CHECK_EQ_INT(pd_kv_write_cuda(&gw, NULL), 0);
-        struct pd_attn_args g = a;
-        g.pool_type = c.pool_type;
-        g.pool = gw.pool;
-        g.out = dev_poisoned(out_n * sizeof(float));
-        g.q = dev_copy(q, out_n * sizeof(float));
-        g.tok_seq = dev_copy(b.tok_seq, b.n_tokens * sizeof(int32_t));
-        g.tok_pos = dev_copy(b.tok_pos, b.n_tokens * sizeof(int32_t));
-        g.block_tables = dev_copy(b.tables, (size_t)c.n_seqs * b.max_blocks * sizeof(uint32_t));
+        struct pd_attn_args g = written_on_device(&c, &b, &w, &a, c.pool_type, n_elems);
         g.run_start = dev_copy(runs, (n_runs + 1) * sizeof(int32_t));
         g.n_runs = n_runs;
         g.max_run = max_run;
