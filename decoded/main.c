@@ -317,7 +317,14 @@ static void reload(struct daemon *d)
     int rc = pd_cfg_parse(options, &nc, d->argc, d->argv, &a, err, sizeof(err));
     if (rc < 0) {
         pd_log(PD_LOG_ERR, "SIGHUP: configuration not reloaded, nothing changed: %s", err);
-    } else if (d->remote) {
+        pd_cfg_done(options, &nc);
+        return;
+    }
+    if (nc.log_level != d->cfg->log_level)
+        pd_log(PD_LOG_NOTICE, "SIGHUP: log level %s", log_levels[nc.log_level]);
+    d->cfg->log_level = nc.log_level;
+    pd_log_set_level(PD_LOG_ERR + nc.log_level);
+    if (d->remote) {
         dec_remote_reload_keys(d->remote);
         rc = dec_remote_reload(d->remote, (const char *const *)nc.prefill.items,
                                (unsigned)nc.prefill.n, nc.kv_key_id, err, sizeof(err));

@@ -131,6 +131,8 @@ static const struct pd_cfg_opt options[] = {
 
 struct daemon {
     struct pf_cfg *cfg;
+    int argc; /* main's, for a reload to read the configuration as at start */
+    char *const *argv;
     struct event_base *base;
     struct pd_engine *engine;
     struct pd_keyring *keyring;
@@ -438,18 +440,43 @@ static void drain_deadline_cb(evutil_socket_t fd, short what, void *arg)
     event_base_loopexit(d->base, NULL);
 }
 
+/* SIGHUP: the configuration is read again as at start (the same flags, the
+ * config file, the environment; flags still win). --log-level and
+ * --drain-timeout take effect now and the key file or directory named at
+ * start is re-read; every other option keeps its value until a restart
+ * (docs/operations.md). An invalid configuration changes nothing. */
+static void reload(struct daemon *d)
+{
+    struct pf_cfg nc;
+    struct pd_cfg_args a;
+    char err[512];
+    /* on the loop thread, as every cJSON parse after start-up */
+    if (pd_cfg_parse(options, &nc, d->argc, d->argv, &a, err, sizeof(err)) < 0) {
+        pd_log(PD_LOG_ERR, "SIGHUP: configuration not reloaded, nothing changed: %s", err);
+        pd_cfg_done(options, &nc);
+        return;
+    }
+    if (nc.log_level != d->cfg->log_level || nc.drain_timeout != d->cfg->drain_timeout)
+        pd_log(PD_LOG_NOTICE, "SIGHUP: log level %s, drain timeout %" PRId64 "s",
+               log_levels[nc.log_level], nc.drain_timeout);
+    d->cfg->log_level = nc.log_level;
+    d->cfg->drain_timeout = nc.drain_timeout;
+    pd_log_set_level(PD_LOG_ERR + nc.log_level);
+    pd_cfg_done(options, &nc);
+    if (pd_keyring_reload(d->keyring, err, sizeof(err)) < 0)
+        pd_log(PD_LOG_ERR, "SIGHUP: keys not reloaded, the old ones stay: %s", err);
+    else
+        pd_log(PD_LOG_NOTICE, "SIGHUP: %zu keys loaded from %s", pd_keyring_count(d->keyring),
+               d->cfg->kv_psk_file);
+}
+
 static void signal_cb(evutil_socket_t sig, short what, void *arg)
 {
     struct daemon *d = arg;
-    char err[512];
     (void)what;
     if (sig == SIGHUP) {
         pd_notify_reloading();
-        if (pd_keyring_reload(d->keyring, err, sizeof(err)) < 0)
-            pd_log(PD_LOG_ERR, "SIGHUP: keys not reloaded, the old ones stay: %s", err);
-        else
-            pd_log(PD_LOG_NOTICE, "SIGHUP: %zu keys loaded from %s",
-                   pd_keyring_count(d->keyring), d->cfg->kv_psk_file);
+        reload(d);
         pd_notify_ready();
         return;
     }
@@ -632,7 +659,8 @@ int main(int argc, char **argv)
     }
     signal(SIGPIPE, SIG_IGN);
 
-    struct daemon d = {.cfg = &c, .rl_stall = PD_RATELIMIT_INIT(10000, 1)};
+    struct daemon d = {.cfg = &c, .argc = argc, .argv = argv,
+                       .rl_stall = PD_RATELIMIT_INIT(10000, 1)};
     struct pd_model *m = NULL;
     int exit_code = 1;
     if (!c.kv_psk_file) {

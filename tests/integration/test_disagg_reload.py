@@ -3,6 +3,7 @@ environment, the flags winning as at start) and applies the prefill peer
 list, --kv-key-id and --local-prefill-max-tokens in place: new peers connect,
 removed ones take no new request and close once their transfers are over,
 unchanged ones keep their sessions; an invalid configuration changes nothing.
+prefilld's SIGHUP: its --log-level and --drain-timeout, and its keys.
 
 Tiny dummy weights (token-id prompts): nothing here needs the real model.
 One case alone:
@@ -45,7 +46,7 @@ def write_cfg(path, **opts):
 def hup(d, marker, n_before):
     """SIGHUP, then wait for the n_before+1-th line containing marker."""
     d.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: d.log().count(marker) > n_before, 30, "decoded's reload: " + marker)
+    wait_for(lambda: d.log().count(marker) > n_before, 30, d.name + "'s reload: " + marker)
 
 
 def peer_gauge(d, addr):
@@ -232,3 +233,34 @@ def test_reloaded_key_id_is_used_by_new_sessions_only(tmp_path):
             assert a.metric("pdserve:kv_handshakes_total") == hs
             assert "KV session down" not in d.log()
             assert sum(served_by(d, [a, b], 4, 11)) == 4
+
+
+def test_sighup_reloads_prefilld_log_level_and_drain_timeout(tmp_path):
+    """prefilld reads its configuration again on SIGHUP: --log-level and
+    --drain-timeout take effect (the drain announced at SIGTERM uses the new
+    one), the keys are re-read; an invalid file changes nothing."""
+    psk = write_key(tmp_path / "k.psk")
+    cfg = tmp_path / "prefilld.json"
+    write_cfg(cfg, log_level="info", drain_timeout=30)
+    with Prefilld(*MODEL, *MEM, "--config", str(cfg), psk=psk) as p:
+        write_cfg(cfg, log_level="debug", drain_timeout=7)
+        hup(p, "SIGHUP: log level debug, drain timeout 7s", 0)
+        assert "SIGHUP: 1 keys loaded from" in p.log()
+        with open(cfg, "w") as f:
+            f.write('{"drain-timeout": ')  # cut short: not JSON
+        hup(p, "SIGHUP: configuration not reloaded, nothing changed", 0)
+        assert p.log().count("keys loaded from") == 1, "keys re-read from a refused reload"
+        p.send(signal.SIGTERM)
+        wait_for(lambda: "draining for up to 7s" in p.log(), 30, "the drain with the new timeout")
+
+
+def test_sighup_reloads_decoded_log_level(tmp_path):
+    cfg = tmp_path / "decoded.json"
+    write_cfg(cfg, log_level="info")
+    with Decoded(*MODEL, *MEM, "--config", str(cfg)) as d:
+        write_cfg(cfg, log_level="debug")
+        hup(d, "SIGHUP: log level debug", 0)
+        assert d.request("GET", "/health")[0] == 200
+        write_cfg(cfg, log_level="loud")  # not a level: refused, nothing changes
+        hup(d, "SIGHUP: configuration not reloaded, nothing changed", 0)
+        assert "log-level" in d.log().rsplit("not reloaded", 1)[1].splitlines()[0]
