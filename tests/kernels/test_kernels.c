@@ -27,6 +27,7 @@
 #include "quant.h"
 #include "rmsnorm.h"
 #include "rope.h"
+#include "sample.h"
 #include "swiglu.h"
 
 #include <errno.h>
@@ -263,6 +264,17 @@ static void cuda_launchers_refuse_bad_args(void)
     ma.w_type = PD_DT_BF16;
     ma.y_type = PD_DT_F16;
     CHECK_EQ_INT(pd_matmul_cuda(&ma, NULL), -EINVAL);
+
+    /* sampling: a workspace too small is refused; no rows is nothing to do */
+    struct pd_sample_args sa_ = {.logits = x, .n_rows = 1, .n_vocab = 4,
+                                 .params = (const struct pd_sampling *)(const void *)x,
+                                 .hist_start = (const uint32_t *)x, .n_prompt = (const uint32_t *)x,
+                                 .workspace = x, .workspace_bytes = 8, .token = pos,
+                                 .logprob = x, .top = (struct pd_token_logprob *)(void *)x,
+                                 .n_top = (uint32_t *)x};
+    CHECK_EQ_INT(pd_sample_cuda(&sa_, NULL), -EINVAL);
+    sa_.n_rows = 0;
+    CHECK_EQ_INT(pd_sample_cuda(&sa_, NULL), 0);
 
     /* nothing to do is not an error, and needs no device */
     aa.n_tokens = 0;
@@ -928,6 +940,103 @@ static void matmul_cuda_matches_cpu(void)
     }
 }
 
+/* ---- sampling ------------------------------------------------------------------- */
+
+/* Every row's token, log-probability and top alternatives against
+ * common/sampler.c's pd_sample: greedy and seeded draws, top_k / top_p /
+ * min_p, penalties over a history, tied and -inf logits. The tokens must be
+ * identical (a draw landing within ~1e-9 of a boundary could differ; these
+ * seeds do not), log-probabilities within 1e-4. */
+static void sample_cuda_matches_cpu(void)
+{
+    need_gpu();
+    const int emu = emulated();
+    for (int iter = 0; iter < (emu ? 3 : 8); iter++) {
+        const uint32_t V = emu ? PICK(7, 50, 300, 3000) : PICK(7, 50, 300, 3000, 49152);
+        const uint32_t rows = emu ? 16 : 64;
+        float *logits = host_alloc((size_t)rows * V * sizeof(float));
+        struct pd_sampling *par = host_alloc(rows * sizeof(*par));
+        uint32_t *start = host_alloc((rows + 1) * sizeof(uint32_t));
+        uint32_t *np = host_alloc(rows * sizeof(uint32_t));
+        int32_t *hist = host_alloc((size_t)rows * 64 * sizeof(int32_t));
+        start[0] = 0;
+        for (uint32_t r = 0; r < rows; r++) {
+            const int ties = rnd(3) == 0, neg_inf = rnd(4) == 0;
+            for (uint32_t i = 0; i < V; i++) {
+                float x = rndf(4.0f);
+                logits[(size_t)r * V + i] = ties ? roundf(x) : neg_inf && rnd(3) == 0 ? -INFINITY : x;
+            }
+            struct pd_sampling p = PD_SAMPLING_DEFAULT;
+            if (rnd(4)) {
+                p.temperature = 0.3f + 0.1f * (float)rnd(13);
+                p.top_k = rnd(2) ? 0 : (int32_t)(1 + rnd(V));
+                p.top_p = rnd(2) ? 1.0f : 0.5f + 0.05f * (float)rnd(10);
+                p.min_p = rnd(3) ? 0.0f : 0.05f * (float)rnd(5);
+            }
+            if (rnd(2)) {
+                p.repetition_penalty = 1.3f;
+                p.presence_penalty = 0.5f * (float)((int)rnd(5) - 2);
+                p.frequency_penalty = 0.25f * (float)((int)rnd(5) - 2);
+            }
+            p.seed = rnd64();
+            p.n_logprobs = rnd(6);
+            CHECK_EQ_INT(pd_sampling_validate(&p, V, NULL, 0), 0);
+            par[r] = p;
+            const uint32_t n = rnd(64);
+            np[r] = rnd(n + 1);
+            for (uint32_t j = 0; j < n; j++) /* repeats: counts above 1 */
+                hist[start[r] + j] = (int32_t)rnd(V < 20 ? V : 20 + rnd(V - 19));
+            start[r + 1] = start[r] + n;
+        }
+
+        struct pd_sample_args g = {.n_rows = rows, .n_vocab = V};
+        g.logits = dev_copy(logits, (size_t)rows * V * sizeof(float));
+        g.params = dev_copy(par, rows * sizeof(*par));
+        g.hist = dev_copy(hist, (start[rows] ? start[rows] : 1) * sizeof(int32_t));
+        g.hist_start = dev_copy(start, (rows + 1) * sizeof(uint32_t));
+        g.n_prompt = dev_copy(np, rows * sizeof(uint32_t));
+        g.workspace_bytes = pd_sample_cuda_workspace(rows, V);
+        g.workspace = dev_poisoned(g.workspace_bytes);
+        g.token = dev_poisoned(rows * sizeof(int32_t));
+        g.logprob = dev_poisoned(rows * sizeof(float));
+        g.top = dev_poisoned((size_t)rows * PD_MAX_LOGPROBS * sizeof(struct pd_token_logprob));
+        g.n_top = dev_poisoned(rows * sizeof(uint32_t));
+        CHECK_EQ_INT(pd_sample_cuda(&g, NULL), 0);
+        int32_t *tok = dev_fetch(g.token, rows * sizeof(int32_t));
+        float *lp = dev_fetch(g.logprob, rows * sizeof(float));
+        struct pd_token_logprob *top =
+            dev_fetch(g.top, (size_t)rows * PD_MAX_LOGPROBS * sizeof(struct pd_token_logprob));
+        uint32_t *ntop = dev_fetch(g.n_top, rows * sizeof(uint32_t));
+
+        struct pd_sampler *smp = pd_sampler_new(V);
+        CHECK(smp != NULL);
+        for (uint32_t r = 0; r < rows; r++) {
+            struct pd_sample_result ref;
+            CHECK_EQ_INT(pd_sample(smp, &par[r], logits + (size_t)r * V, hist + start[r], np[r],
+                                   hist + start[r] + np[r], start[r + 1] - start[r] - np[r], &ref),
+                         0);
+            if (tok[r] != ref.token || !(fabsf(lp[r] - ref.logprob) <= 1e-4f))
+                PD_TEST_FAIL_("sample V %u row %u (temperature %g top_k %d top_p %g min_p %g "
+                              "penalties %g/%g/%g, %u history): GPU token %d logprob %g, CPU %d %g",
+                              V, r, (double)par[r].temperature, par[r].top_k,
+                              (double)par[r].top_p, (double)par[r].min_p,
+                              (double)par[r].repetition_penalty, (double)par[r].presence_penalty,
+                              (double)par[r].frequency_penalty, start[r + 1] - start[r], tok[r],
+                              (double)lp[r], ref.token, (double)ref.logprob);
+            CHECK_EQ_INT(ntop[r], ref.n_top);
+            for (uint32_t k = 0; k < ref.n_top; k++) {
+                const struct pd_token_logprob *t = &top[(size_t)r * PD_MAX_LOGPROBS + k];
+                CHECK_EQ_INT(t->token, ref.top[k].token);
+                CHECK(fabsf(t->logprob - ref.top[k].logprob) <= 1e-4f);
+            }
+        }
+        pd_sampler_free(smp);
+        free(logits), free(par), free(start), free(np), free(hist);
+        free(tok), free(lp), free(top), free(ntop);
+        dev_free_all();
+    }
+}
+
 /* ---- prefill attention (tensor cores) ----------------------------------------- */
 
 
@@ -1174,6 +1283,7 @@ SEEDED(attention_cuda_generic_path_matches_cpu)
 SEEDED(attention_cuda_refuses_positions_past_max_ctx)
 SEEDED(attention_cuda_bf16_pool_close_to_fp32)
 SEEDED(matmul_cuda_matches_cpu)
+SEEDED(sample_cuda_matches_cpu)
 SEEDED(attention_prefill_cuda_matches_cpu)
 SEEDED(attention_prefill_cuda_matches_cpu_on_model_shapes)
 SEEDED(attention_prefill_cuda_refuses_runs_past_max_ctx)
@@ -1195,6 +1305,7 @@ static const struct pd_test tests[] = {
     T(attention_cuda_refuses_positions_past_max_ctx),
     T(attention_cuda_bf16_pool_close_to_fp32),
     T(matmul_cuda_matches_cpu),
+    T(sample_cuda_matches_cpu),
     T(attention_prefill_cuda_matches_cpu),
     T(attention_prefill_cuda_matches_cpu_on_model_shapes),
     T(attention_prefill_cuda_refuses_runs_past_max_ctx),

@@ -68,6 +68,40 @@ static inline float emu_bits_float(uint32_t u)
     return f;
 }
 #define __uint_as_float(u) emu_bits_float((uint32_t)(u))
+static inline uint32_t __float_as_uint(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+/* Atomics: a block's fibers switch only at barriers and shuffles, so a
+ * read-modify-write is atomic as written. */
+template <class T> static inline T atomicAdd(T *p, T v)
+{
+    T old = *p;
+    *p = old + v;
+    return old;
+}
+template <class T> static inline T atomicMin(T *p, T v)
+{
+    T old = *p;
+    *p = v < old ? v : old;
+    return old;
+}
+template <class T> static inline T atomicExch(T *p, T v)
+{
+    T old = *p;
+    *p = v;
+    return old;
+}
+template <class T> static inline T atomicCAS(T *p, T cmp, T v)
+{
+    T old = *p;
+    if (old == cmp)
+        *p = v;
+    return old;
+}
 #define __int_as_float(u) emu_bits_float((uint32_t)(u))
 
 /* every block of the grid, each with block.x fibers running body */
