@@ -125,6 +125,11 @@ __device__ uint64_t select_key(struct smp_shared &sh, const float *w, const floa
     uint64_t prefix = 0;
     unsigned long long above = 0; /* weight of the ids above the current prefix */
 
+    /* ">= 0" would be met by an empty bin before any id: the first id is
+     * where a zero target is reached (top_p small enough to round to 0) */
+    if (ge && target == 0)
+        target = 1;
+
     for (int level = 7; level >= 0; level--) {
         const int shift = level * 8;
         __syncthreads();

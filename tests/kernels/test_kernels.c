@@ -970,7 +970,7 @@ static void sample_cuda_matches_cpu(void)
             if (rnd(4)) {
                 p.temperature = 0.3f + 0.1f * (float)rnd(13);
                 p.top_k = rnd(2) ? 0 : (int32_t)(1 + rnd(V));
-                p.top_p = rnd(2) ? 1.0f : 0.5f + 0.05f * (float)rnd(10);
+                p.top_p = rnd(2) ? 1.0f : rnd(8) ? 0.5f + 0.05f * (float)rnd(10) : 1e-20f;
                 p.min_p = rnd(3) ? 0.0f : 0.05f * (float)rnd(5);
             }
             if (rnd(2)) {
