@@ -71,7 +71,7 @@ struct dec_remote {
     uint32_t block_size, n_vocab;
     uint64_t block_bytes;
     uint64_t next_id;
-    unsigned rr; /* where the next pick starts */
+    unsigned rr; /* the slot picked last: the next pick's walk starts after it */
     struct rreq *inflight;
     bool stopping;
 
@@ -284,15 +284,20 @@ static void kvx_event(void *arg, const struct pd_kvx_event *ev)
 static struct peer *pick(struct dec_remote *r, uint64_t exclude)
 {
     struct peer *best = NULL;
-    unsigned start = r->rr++;
-    for (unsigned k = 0; k < DEC_REMOTE_MAX_PEERS; k++) {
-        unsigned i = (start + k) % DEC_REMOTE_MAX_PEERS;
+    unsigned best_i = 0;
+    /* from the slot after the last one picked: slots are sparse (64 of
+     * them, peers wherever a reload put them), so a counter would wrap onto
+     * the lowest live slot for most of its values */
+    for (unsigned k = 1; k <= DEC_REMOTE_MAX_PEERS; k++) {
+        unsigned i = (r->rr + k) % DEC_REMOTE_MAX_PEERS;
         struct peer *p = r->peers[i];
         if (!p || p->removed || (exclude >> i & 1) || !pd_kvx_peer_up(p->kp))
             continue;
         if (!best || p->outstanding < best->outstanding)
-            best = p;
+            best = p, best_i = i;
     }
+    if (best)
+        r->rr = best_i;
     return best;
 }
 

@@ -57,7 +57,7 @@ struct pd_attn_args {
     uint32_t io_type; /* elements of q and out: PD_DT_F32 (0), or the pool's 16-bit type */
     const int32_t *run_start; /* (n_runs + 1): first token of each run, then n_tokens */
     uint32_t n_runs;
-    uint32_t max_run; /* >= every run's length; 0 = n_tokens */
+    uint32_t max_run; /* >= every run's length (a longer run gets NaN rows); 0 = n_tokens */
 };
 
 /* Context splits. Positions [0, n_ctx) of a token are cut into pieces of

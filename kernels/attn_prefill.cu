@@ -100,11 +100,18 @@ __global__ void __launch_bounds__(PF_THREADS) attn_prefill_kernel(const struct p
     const int32_t p0 = p.tok_pos[t0];
     const uint32_t rows = n - m0 < PF_M ? n - m0 : PF_M;
 
-    if (p0 < 0 || (uint64_t)p0 + n > p.max_ctx) {
-        /* refused: NaN rows, so the caller's checks see it (no read out of bounds) */
-        for (uint32_t i = threadIdx.x; i < rows * D / 2; i += PF_THREADS) {
-            const uint64_t off = ((uint64_t)(t0 + m0 + i / (D / 2)) * p.n_head + h) * D;
-            out_pair<BF, IO16>(p, off, 2 * (i % (D / 2)), NAN, NAN);
+    const uint64_t covered = (uint64_t)gridDim.x * PF_M; /* rows max_run let the grid reach */
+    if (p0 < 0 || (uint64_t)p0 + n > p.max_ctx || n > covered) {
+        /* refused (a position out of bounds, or a run longer than max_run
+         * promised): NaN rows, so the caller's checks see it; the first tile's
+         * block also takes the rows no block reaches */
+        const uint32_t r1 = m0 == 0 && n > covered ? n : m0 + rows;
+        for (uint64_t i = threadIdx.x; i < (uint64_t)(r1 - m0) * D / 2; i += PF_THREADS) {
+            uint32_t r = m0 + (uint32_t)(i / (D / 2));
+            if (r >= m0 + rows && r < covered)
+                continue; /* another block's */
+            const uint64_t off = ((uint64_t)(t0 + r) * p.n_head + h) * D;
+            out_pair<BF, IO16>(p, off, 2 * (uint32_t)(i % (D / 2)), NAN, NAN);
         }
         return;
     }

@@ -474,6 +474,11 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 {
     struct daemon *d = arg;
     (void)what;
+    if (sig == SIGHUP && d->draining) {
+        /* READY=1 after STOPPING=1 would tell systemd the service is back */
+        pd_log(PD_LOG_NOTICE, "SIGHUP while stopping: not reloaded");
+        return;
+    }
     if (sig == SIGHUP) {
         pd_notify_reloading();
         reload(d);

@@ -107,12 +107,12 @@ cublas_missing() {
         "$env" ldd "$root/libexec/test_kernels" 2>/dev/null | grep -q 'libcublas.*not found'
 }
 if cublas_missing; then
-    want="$("$env" ldd "$root/libexec/test_kernels" | sed -n 's/^[[:space:]]*\(libcublas\.so\.[0-9]*\) => not found.*/\1/p' | head -1)"
+    want="$("$env" ldd "$root/libexec/test_kernels" | sed -n 's/^[[:space:]]*\(libcublas\(Lt\)\{0,1\}\.so\.[0-9]*\) => not found.*/\1/p' | head -1)"
     pydir="$(python3 -c 'import nvidia.cublas, os; print(os.path.join(os.path.dirname(nvidia.cublas.__file__), "lib"))' 2>/dev/null || true)"
     for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/*/lib \
              /usr/local/cuda-*/lib64 /usr/local/cuda-*/lib /usr/local/cuda-*/targets/*/lib \
              /usr/lib/x86_64-linux-gnu "$pydir"; do
-        if [ -n "$d" ] && [ -e "$d/$want" ]; then
+        if [ -n "$want" ] && [ -n "$d" ] && [ -e "$d/$want" ]; then
             export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"
             say "cublas: $want from $d"
             break

@@ -471,6 +471,11 @@ def test_retry_goes_to_another_peer_and_load_is_spread(tmp_path):
         n2 = p2.metric("pdserve:prefill_requests_total")
         assert n1 + n2 == 8 and n1 >= 1 and n2 >= 1, (n1, n2)
         assert d.metric("pdserve:prompt_tokens_total") == 0
+        # one at a time nothing is outstanding at a pick: the ties alternate
+        for i in range(6):
+            complete(d, body(0, prompt(20 + i, 14)))
+        assert (p1.metric("pdserve:prefill_requests_total") - n1,
+                p2.metric("pdserve:prefill_requests_total") - n2) == (3, 3)
 
 
 @pytest.mark.skipif(MODEL_PATH is None, reason="needs the default model (a prefill slow enough "

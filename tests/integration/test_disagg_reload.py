@@ -264,3 +264,22 @@ def test_sighup_reloads_decoded_log_level(tmp_path):
         write_cfg(cfg, log_level="loud")  # not a level: refused, nothing changes
         hup(d, "SIGHUP: configuration not reloaded, nothing changed", 0)
         assert "log-level" in d.log().rsplit("not reloaded", 1)[1].splitlines()[0]
+
+
+def test_sighup_while_stopping_is_not_a_reload(tmp_path):
+    """A SIGHUP during the drain is not answered with RELOADING/READY (READY
+    after STOPPING would tell systemd the service is back): logged, ignored."""
+    with Decoded(*MODEL, *MEM) as d:
+        ex = cf.ThreadPoolExecutor(1)
+        fut = ex.submit(d.json, "POST", "/v1/completions",
+                        {"prompt": [1, 2, 3], "max_tokens": 3000, "ignore_eos": True},
+                        timeout=120)
+        wait_for(lambda: d.metric("pdserve:num_requests_running") == 1, 30, "a running request")
+        d.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "draining for up to" in d.log(), 10, "the drain")
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "SIGHUP while stopping: not reloaded" in d.log(), 10, "the refusal")
+        assert "configuration not reloaded" not in d.log() and "SIGHUP: no prefill" not in d.log()
+        status, out = fut.result(timeout=120)
+        ex.shutdown()
+        assert status == 200 and out["usage"]["completion_tokens"] == 3000, out

@@ -1183,8 +1183,13 @@ static void attention_prefill_cuda_refuses_runs_past_max_ctx(void)
     float *q = rand_floats(out_n, 1.0f);
     uint32_t n_runs, max_run;
     int32_t *runs = batch_runs(&b, &n_runs, &max_run);
-    /* the first run ends past max_ctx = its last position (one short) */
+    /* the first run ends past max_ctx = its last position (one short); a
+     * one-token sequence at position 0 (max_ctx 0 would mean "no bound") is
+     * refused by a negative position instead */
     const uint32_t first_end = (uint32_t)runs[1], max_ctx = (uint32_t)b.tok_pos[first_end - 1];
+    if (max_ctx == 0)
+        for (uint32_t t = 0; t < first_end; t++)
+            b.tok_pos[t] = -1;
     struct pd_attn_args g = {.q = dev_copy(q, out_n * sizeof(float)),
                              .pool = dev_copy(pool, b.n_blocks * pd_kv_block_elems(&c.l) * 2),
                              .out = dev_poisoned(out_n * sizeof(float)), .kv = c.l,
@@ -1200,12 +1205,47 @@ static void attention_prefill_cuda_refuses_runs_past_max_ctx(void)
     float *got = dev_fetch(g.out, out_n * sizeof(float));
     for (size_t i = 0; i < first_end * row; i++)
         CHECK(isnan(got[i]));
-    for (size_t t = first_end; t < b.n_tokens; t++) /* the others: within max_ctx or not, written */
-        if ((uint32_t)b.tok_pos[t] < max_ctx)
-            for (size_t i = 0; i < row; i++)
-                CHECK(!isnan(got[t * row + i]) || (uint32_t)b.len[b.tok_seq[t]] > max_ctx);
+
+    /* the others: computed when their sequence fits max_ctx, NaN when not */
+    for (size_t t = first_end; t < b.n_tokens; t++) {
+        const int refused = max_ctx && b.len[b.tok_seq[t]] > max_ctx;
+        for (size_t i = 0; i < row; i++)
+            CHECK((isnan(got[t * row + i]) != 0) == refused);
+    }
     free(pool), free(q), free(got), free(runs);
     free_batch(&b);
+}
+
+/* A run longer than max_run promised (the grid cannot reach all its rows):
+ * every row of it NaN, none left unwritten. */
+static void attention_prefill_cuda_refuses_runs_longer_than_max_run(void)
+{
+    need_gpu();
+    const struct attn_case c = {.l = {1, 1, 64, 16}, .group = 2, .pool_type = PD_DT_BF16};
+    const uint32_t n = 100, nb = 7, row = 2 * 64;
+    uint32_t table[7];
+    int32_t seq[100], pos[100], runs[2] = {0, 100};
+    for (uint32_t i = 0; i < nb; i++)
+        table[i] = nb - 1 - i;
+    for (uint32_t t = 0; t < n; t++)
+        seq[t] = 0, pos[t] = (int32_t)t;
+    void *pool = random_pool(&c, nb * pd_kv_block_elems(&c.l));
+    float *q = rand_floats(n * row, 1.0f);
+    struct pd_attn_args g = {.q = dev_copy(q, n * row * sizeof(float)),
+                             .pool = dev_copy(pool, nb * pd_kv_block_elems(&c.l) * 2),
+                             .out = dev_poisoned(n * row * sizeof(float)), .kv = c.l,
+                             .n_tokens = n, .n_head = 2, .tok_seq = dev_copy(seq, sizeof seq),
+                             .tok_pos = dev_copy(pos, sizeof pos),
+                             .block_tables = dev_copy(table, sizeof table), .max_blocks = nb,
+                             .scale = 0.125f, .pool_type = PD_DT_BF16,
+                             .run_start = dev_copy(runs, sizeof runs), .n_runs = 1,
+                             .max_run = 64}; /* one tile of rows for a run of 100 */
+    CHECK_EQ_INT(pd_cuda_memset(g.out, 0, n * row * sizeof(float)), 0);
+    CHECK_EQ_INT(pd_attention_prefill_cuda(&g, NULL), 0);
+    float *got = dev_fetch(g.out, n * row * sizeof(float));
+    for (size_t i = 0; i < (size_t)n * row; i++)
+        CHECK(isnan(got[i]));
+    free(pool), free(q), free(got);
 }
 
 /* End to end on the GPU: kv_write stores K and V into a 16-bit pool, the
@@ -1287,6 +1327,7 @@ SEEDED(sample_cuda_matches_cpu)
 SEEDED(attention_prefill_cuda_matches_cpu)
 SEEDED(attention_prefill_cuda_matches_cpu_on_model_shapes)
 SEEDED(attention_prefill_cuda_refuses_runs_past_max_ctx)
+SEEDED(attention_prefill_cuda_refuses_runs_longer_than_max_run)
 SEEDED(attention_prefill_cuda_after_kv_write_close_to_fp32)
 
 static const struct pd_test tests[] = {
@@ -1309,6 +1350,7 @@ static const struct pd_test tests[] = {
     T(attention_prefill_cuda_matches_cpu),
     T(attention_prefill_cuda_matches_cpu_on_model_shapes),
     T(attention_prefill_cuda_refuses_runs_past_max_ctx),
+    T(attention_prefill_cuda_refuses_runs_longer_than_max_run),
     T(attention_prefill_cuda_after_kv_write_close_to_fp32),
     {0},
 };
