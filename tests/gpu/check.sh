@@ -22,7 +22,7 @@
 #
 #   tar -xf pdserve-*.tar.xz -C /tmp && /tmp/pdserve-*/tests/gpu/check.sh
 #
-# Budget: about 2 minutes on an H100 (most of it the kernel tests' CPU
+# Budget: about 3 minutes on an H100 (most of it the kernel tests' CPU
 # reference); each step is cut at STEP_TIMEOUT seconds (default 300).
 set -uo pipefail
 
