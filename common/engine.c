@@ -1,6 +1,7 @@
 #include "engine.h"
 
 #include "errf.h"
+#include "pd_config.h"
 
 #include "attention.h"
 #include "embed.h"
@@ -10,6 +11,10 @@
 #include "rmsnorm.h"
 #include "rope.h"
 #include "swiglu.h"
+
+#if PD_HAVE_CUDA
+#include "pd_cuda.h"
+#endif
 
 #include <errno.h>
 #include <inttypes.h>
@@ -27,7 +32,14 @@ struct pd_kernels {
     int (*kv_write)(const struct pd_kv_write_args *);
     int (*attention)(const struct pd_attn_args *);
     int (*swiglu)(const struct pd_swiglu_args *);
+    int (*copy)(void *dst, const void *src, size_t bytes); /* either side, synchronous */
 };
+
+static int cpu_copy(void *dst, const void *src, size_t bytes)
+{
+    memcpy(dst, src, bytes);
+    return 0;
+}
 
 static const struct pd_kernels cpu_kernels = {
     .embed = pd_embed_cpu,
@@ -37,7 +49,42 @@ static const struct pd_kernels cpu_kernels = {
     .kv_write = pd_kv_write_cpu,
     .attention = pd_attention_cpu,
     .swiglu = pd_swiglu_cpu,
+    .copy = cpu_copy,
 };
+
+#if PD_HAVE_CUDA
+/* The CUDA kernels on the default stream (in order with the copies, which
+ * synchronise: the logits that come down are the step's) */
+static int cu_embed(const struct pd_embed_args *a) { return pd_embed_cuda(a, NULL); }
+static int cu_rmsnorm(const struct pd_rmsnorm_args *a) { return pd_rmsnorm_cuda(a, NULL); }
+static int cu_matmul(const struct pd_matmul_args *a) { return pd_matmul_cuda(a, NULL); }
+static int cu_rope(const struct pd_rope_args *a) { return pd_rope_cuda(a, NULL); }
+static int cu_kv_write(const struct pd_kv_write_args *a) { return pd_kv_write_cuda(a, NULL); }
+static int cu_swiglu(const struct pd_swiglu_args *a) { return pd_swiglu_cuda(a, NULL); }
+
+/* a step with prefill chunks on a 16-bit pool: the tensor-core kernel, its
+ * runs being the items; otherwise (or where it declines) the decode kernel */
+static int cu_attention(const struct pd_attn_args *a)
+{
+    if (a->n_runs) {
+        int rc = pd_attention_prefill_cuda(a, NULL);
+        if (rc != -ENOTSUP)
+            return rc;
+    }
+    return pd_attention_cuda(a, NULL);
+}
+
+static const struct pd_kernels cuda_kernels = {
+    .embed = cu_embed,
+    .rmsnorm = cu_rmsnorm,
+    .matmul = cu_matmul,
+    .rope = cu_rope,
+    .kv_write = cu_kv_write,
+    .attention = cu_attention,
+    .swiglu = cu_swiglu,
+    .copy = pd_cuda_memcpy,
+};
+#endif
 
 struct layer_w {
     const float *attn_norm; /* (n_embd) */
@@ -53,14 +100,18 @@ struct pd_engine {
     const struct pd_model *model;
     struct pd_hparams hp;
     const struct pd_kernels *k;
+    enum pd_device device;
     struct layer_w *layers; /* [n_layer] */
     const struct pd_tensor *tok_embd; /* gathered in its stored type */
+    const void *embd_table; /* its rows: the mapping, or the device's copy */
     const float *out_norm; /* (n_embd) */
     const float *w_out; /* (n_vocab, n_embd) */
     const float *rope_factors; /* (rope_dim / 2) or NULL */
     float rope_scale;
     float **owned; /* dequantized weights this engine allocated */
     size_t n_owned;
+    void **dev; /* device memory this engine allocated */
+    size_t n_dev;
 
     struct pd_kvcache *kc;
     uint32_t max_tokens, max_model_len, max_items, max_blocks;
@@ -75,6 +126,14 @@ struct pd_engine {
     int32_t *tok, *pos, *tok_seq; /* (T) */
     int64_t *slot; /* (T) */
     uint32_t *tables; /* (max_items, max_blocks) */
+    int32_t *runs; /* (max_items + 1) where each item's tokens start (the prefill kernel's runs) */
+    /* the same index arrays as the step builds them on the host: the arrays
+     * above themselves on the CPU, their staging on a GPU */
+    int32_t *h_tok, *h_pos, *h_tok_seq, *h_runs;
+    int64_t *h_slot;
+    uint32_t *h_tables;
+    void *attn_ws; /* decode attention's split partials (GPU) */
+    uint64_t attn_ws_bytes;
     uint32_t *out_item, *out_row; /* (T): which item / logits row each output row is */
     float *logits; /* (LOGIT_ROWS, n_vocab) */
 };
@@ -108,6 +167,14 @@ static const float *weight_f32(struct pd_engine *e, const struct pd_tensor *t)
     return w;
 }
 
+/* where each of a layer's weights goes, by enum pd_weight */
+static void layer_slots(struct layer_w *w, const float **dst[PD_W_COUNT])
+{
+    dst[PD_W_ATTN_NORM] = &w->attn_norm, dst[PD_W_ATTN_Q] = &w->wq, dst[PD_W_ATTN_K] = &w->wk;
+    dst[PD_W_ATTN_V] = &w->wv, dst[PD_W_ATTN_OUT] = &w->wo, dst[PD_W_FFN_NORM] = &w->ffn_norm;
+    dst[PD_W_FFN_GATE] = &w->w_gate, dst[PD_W_FFN_UP] = &w->w_up, dst[PD_W_FFN_DOWN] = &w->w_down;
+}
+
 static int load_weights(struct pd_engine *e, char *err, size_t errlen)
 {
     const struct pd_model *m = e->model;
@@ -115,18 +182,15 @@ static int load_weights(struct pd_engine *e, char *err, size_t errlen)
     if (!e->layers)
         return pd_errf(err, errlen, -ENOMEM, "engine: out of memory");
     for (uint32_t l = 0; l < e->hp.n_layer; l++) {
-        struct layer_w *w = &e->layers[l];
-        const float **dst[PD_W_COUNT] = {
-            [PD_W_ATTN_NORM] = &w->attn_norm, [PD_W_ATTN_Q] = &w->wq, [PD_W_ATTN_K] = &w->wk,
-            [PD_W_ATTN_V] = &w->wv, [PD_W_ATTN_OUT] = &w->wo, [PD_W_FFN_NORM] = &w->ffn_norm,
-            [PD_W_FFN_GATE] = &w->w_gate, [PD_W_FFN_UP] = &w->w_up, [PD_W_FFN_DOWN] = &w->w_down,
-        };
+        const float **dst[PD_W_COUNT];
+        layer_slots(&e->layers[l], dst);
         for (int k = 0; k < PD_W_COUNT; k++)
             if (!(*dst[k] = weight_f32(e, pd_model_layer_tensor(m, l, (enum pd_weight)k))))
                 return pd_errf(err, errlen, -ENOMEM, "engine: out of memory for layer %" PRIu32
                             " weights", l);
     }
     e->tok_embd = pd_model_tok_embd(m);
+    e->embd_table = e->tok_embd->data;
     if (!(e->out_norm = weight_f32(e, pd_model_output_norm(m))) ||
         !(e->w_out = weight_f32(e, pd_model_output(m))))
         return pd_errf(err, errlen, -ENOMEM, "engine: out of memory for output weights");
@@ -135,12 +199,106 @@ static int load_weights(struct pd_engine *e, char *err, size_t errlen)
     return 0;
 }
 
+#if PD_HAVE_CUDA
+/* bytes of device memory the engine owns (freed with it); NULL when none is left */
+static void *dev_alloc(struct pd_engine *e, size_t bytes)
+{
+    void *p = NULL;
+    void **d = realloc(e->dev, (e->n_dev + 1) * sizeof(*d));
+    if (!d)
+        return NULL;
+    e->dev = d;
+    if (pd_cuda_malloc(&p, bytes ? bytes : 1) < 0)
+        return NULL;
+    e->dev[e->n_dev++] = p;
+    return p;
+}
+
+static void *dev_upload(struct pd_engine *e, const void *host, size_t bytes)
+{
+    void *p = dev_alloc(e, bytes);
+    return p && pd_cuda_memcpy(p, host, bytes) == 0 ? p : NULL;
+}
+
+static size_t f32_bytes(const struct pd_tensor *t)
+{
+    return (size_t)(t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]) * sizeof(float);
+}
+
+/* Every weight to the device, as load_weights left it on the host (fp32;
+ * the embedding rows in their stored type); the host's dequantized copies
+ * are freed then. */
+static int upload_weights(struct pd_engine *e, char *err, size_t errlen)
+{
+    const struct pd_model *m = e->model;
+    uint64_t row_bytes;
+    for (uint32_t l = 0; l < e->hp.n_layer; l++) {
+        const float **dst[PD_W_COUNT];
+        layer_slots(&e->layers[l], dst);
+        for (int k = 0; k < PD_W_COUNT; k++)
+            if (!(*dst[k] = dev_upload(e, *dst[k],
+                                       f32_bytes(pd_model_layer_tensor(m, l, (enum pd_weight)k)))))
+                return pd_errf(err, errlen, -ENOMEM, "engine: no device memory for layer %" PRIu32
+                               " weights", l);
+    }
+    if (pd_dtype_row_size(e->tok_embd->type, e->tok_embd->ne[0], &row_bytes) < 0)
+        return pd_errf(err, errlen, -EINVAL, "engine: the embedding's type has no row size");
+    if (!(e->out_norm = dev_upload(e, e->out_norm, f32_bytes(pd_model_output_norm(m)))) ||
+        !(e->w_out = dev_upload(e, e->w_out, f32_bytes(pd_model_output(m)))) ||
+        !(e->embd_table = dev_upload(e, e->tok_embd->data, row_bytes * e->tok_embd->ne[1])) ||
+        (e->rope_factors && !(e->rope_factors = dev_upload(e, e->rope_factors,
+                                                           f32_bytes(pd_model_rope_freqs(m))))))
+        return pd_errf(err, errlen, -ENOMEM, "engine: no device memory for the output and "
+                       "embedding weights");
+    for (size_t i = 0; i < e->n_owned; i++)
+        free(e->owned[i]);
+    e->n_owned = 0;
+    return 0;
+}
+
+#define DALLOC(ptr, n)                                                                         \
+    do {                                                                                       \
+        if (!((ptr) = dev_alloc(e, (size_t)(n) * sizeof(*(ptr)))))                             \
+            goto nomem;                                                                        \
+    } while (0)
+#endif
+
 #define ALLOC(ptr, n)                                                                          \
     do {                                                                                       \
         size_t n_ = (n);                                                                       \
         if (!((ptr) = calloc(n_ ? n_ : 1, sizeof(*(ptr)))))                                    \
             goto nomem;                                                                        \
     } while (0)
+
+const char *const pd_engine_devices[] = {"auto", "cpu", "cuda", NULL};
+
+int pd_engine_pick_device(int choice, enum pd_device *out, char *why, size_t n)
+{
+    if (why && n)
+        why[0] = '\0';
+    if (choice == 1) {
+        *out = PD_DEVICE_CPU;
+        return 0;
+    }
+#if PD_HAVE_CUDA
+    char reason[256];
+    if (pd_cuda_probe(reason, sizeof reason) < 0) {
+        if (choice == 2)
+            return pd_errf(why, n, -ENODEV, "--device cuda: %s", reason);
+        pd_errf(why, n, 0, "--device auto: the CPU (%s)", reason);
+        *out = PD_DEVICE_CPU;
+        return 0;
+    }
+    *out = PD_DEVICE_CUDA;
+    return 0;
+#else
+    if (choice == 2)
+        return pd_errf(why, n, -ENODEV, "--device cuda: this build has no CUDA");
+    pd_errf(why, n, 0, "--device auto: the CPU (this build has no CUDA)");
+    *out = PD_DEVICE_CPU;
+    return 0;
+#endif
+}
 
 const char *const pd_engine_kv_dtypes[] = {"f32", "bf16", "f16", NULL};
 
@@ -164,6 +322,19 @@ int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char
     e->hp = *pd_model_hparams(p->model);
     e->k = &cpu_kernels;
     const struct pd_hparams *hp = &e->hp;
+    if (p->device == PD_DEVICE_CUDA) {
+#if PD_HAVE_CUDA
+        e->k = &cuda_kernels;
+        e->device = PD_DEVICE_CUDA;
+#else
+        rc = pd_errf(err, errlen, -ENOTSUP, "engine: this build has no CUDA (meson setup "
+                     "-Dcuda=enabled, on a machine with nvcc)");
+        goto out_free;
+#endif
+    } else if (p->device != PD_DEVICE_CPU) {
+        rc = pd_errf(err, errlen, -EINVAL, "engine: unknown device %d", (int)p->device);
+        goto out_free;
+    }
 
     if (hp->rope_scaling == PD_ROPE_SCALING_YARN) {
         rc = pd_errf(err, errlen, -ENOTSUP, "engine: YaRN rope scaling is not supported");
@@ -192,6 +363,22 @@ int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char
         .mem_bytes = p->kv_cache_bytes,
         .dtype = p->kv_dtype,
     };
+#if PD_HAVE_CUDA
+    if (e->device == PD_DEVICE_CUDA) {
+        /* the pool in device memory, whole blocks of --kv-cache-memory */
+        const uint64_t bb = pd_kv_block_elems(&kp.layout) * (kp.dtype == PD_DT_F32 ? 4 : 2);
+        uint64_t nb = bb ? p->kv_cache_bytes / bb : 0;
+        nb = nb > PD_KV_MAX_BLOCKS ? PD_KV_MAX_BLOCKS : nb;
+        if (nb) { /* none: pd_kvcache_new says why */
+            kp.mem_bytes = nb * bb;
+            if (!(kp.pool = dev_alloc(e, kp.mem_bytes))) {
+                rc = pd_errf(err, errlen, -ENOMEM, "engine: no device memory for a KV pool of %"
+                             PRIu64 " bytes (--kv-cache-memory)", kp.mem_bytes);
+                goto out_free;
+            }
+        }
+    }
+#endif
     if ((rc = pd_kvcache_new(&kp, &e->kc, err, errlen)) < 0)
         goto out_free;
     e->max_blocks = (e->max_model_len + bs - 1) / bs;
@@ -200,22 +387,60 @@ int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char
 
     size_t T = e->max_tokens, qd = (size_t)hp->n_head * hp->head_dim;
     size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
-    ALLOC(e->x, T * hp->n_embd);
-    ALLOC(e->h, T * hp->n_embd);
-    ALLOC(e->q, T * qd);
-    ALLOC(e->kk, T * kvd);
-    ALLOC(e->vv, T * kvd);
-    ALLOC(e->att, T * qd);
-    ALLOC(e->gate, T * hp->n_ff);
-    ALLOC(e->up, T * hp->n_ff);
-    ALLOC(e->tok, T);
-    ALLOC(e->pos, T);
-    ALLOC(e->tok_seq, T);
-    ALLOC(e->slot, T);
-    ALLOC(e->tables, (size_t)e->max_items * e->max_blocks);
+    if (e->device == PD_DEVICE_CPU) {
+        ALLOC(e->x, T * hp->n_embd);
+        ALLOC(e->h, T * hp->n_embd);
+        ALLOC(e->q, T * qd);
+        ALLOC(e->kk, T * kvd);
+        ALLOC(e->vv, T * kvd);
+        ALLOC(e->att, T * qd);
+        ALLOC(e->gate, T * hp->n_ff);
+        ALLOC(e->up, T * hp->n_ff);
+        ALLOC(e->tok, T);
+        ALLOC(e->pos, T);
+        ALLOC(e->tok_seq, T);
+        ALLOC(e->slot, T);
+        ALLOC(e->tables, (size_t)e->max_items * e->max_blocks);
+        ALLOC(e->runs, (size_t)e->max_items + 1);
+        ALLOC(e->logits, (size_t)LOGIT_ROWS * hp->n_vocab);
+        e->h_tok = e->tok, e->h_pos = e->pos, e->h_tok_seq = e->tok_seq, e->h_slot = e->slot;
+        e->h_tables = e->tables, e->h_runs = e->runs;
+    }
+#if PD_HAVE_CUDA
+    else {
+        if ((rc = upload_weights(e, err, errlen)) < 0)
+            goto out_free;
+        DALLOC(e->x, T * hp->n_embd);
+        DALLOC(e->h, T * hp->n_embd);
+        DALLOC(e->q, T * qd);
+        DALLOC(e->kk, T * kvd);
+        DALLOC(e->vv, T * kvd);
+        DALLOC(e->att, T * qd);
+        DALLOC(e->gate, T * hp->n_ff);
+        DALLOC(e->up, T * hp->n_ff);
+        DALLOC(e->tok, T);
+        DALLOC(e->pos, T);
+        DALLOC(e->tok_seq, T);
+        DALLOC(e->slot, T);
+        DALLOC(e->tables, (size_t)e->max_items * e->max_blocks);
+        DALLOC(e->runs, (size_t)e->max_items + 1);
+        DALLOC(e->logits, (size_t)LOGIT_ROWS * hp->n_vocab);
+        ALLOC(e->h_tok, T);
+        ALLOC(e->h_pos, T);
+        ALLOC(e->h_tok_seq, T);
+        ALLOC(e->h_slot, T);
+        ALLOC(e->h_tables, (size_t)e->max_items * e->max_blocks);
+        ALLOC(e->h_runs, (size_t)e->max_items + 1);
+        /* decode steps (at most max_items tokens) may split their contexts;
+         * larger steps run unsplit (the launcher's rule) */
+        e->attn_ws_bytes = pd_attn_workspace_bytes(e->max_items, hp->n_head, hp->head_dim,
+                                                   PD_ATTN_MAX_SPLITS);
+        if (!(e->attn_ws = dev_alloc(e, e->attn_ws_bytes)))
+            goto nomem;
+    }
+#endif
     ALLOC(e->out_item, T);
     ALLOC(e->out_row, T);
-    ALLOC(e->logits, (size_t)LOGIT_ROWS * hp->n_vocab);
     *out = e;
     return 0;
 
@@ -235,27 +460,45 @@ struct pd_engine *pd_engine_free(struct pd_engine *e)
     free(e->owned);
     free(e->layers);
     pd_kvcache_free(e->kc);
-    free(e->x);
-    free(e->h);
-    free(e->q);
-    free(e->kk);
-    free(e->vv);
-    free(e->att);
-    free(e->gate);
-    free(e->up);
-    free(e->tok);
-    free(e->pos);
-    free(e->tok_seq);
-    free(e->slot);
-    free(e->tables);
+    if (e->device == PD_DEVICE_CPU) {
+        free(e->x);
+        free(e->h);
+        free(e->q);
+        free(e->kk);
+        free(e->vv);
+        free(e->att);
+        free(e->gate);
+        free(e->up);
+        free(e->logits);
+    } else { /* the device's are in e->dev; these are the host's staging */
+        free(e->h_tok);
+        free(e->h_pos);
+        free(e->h_tok_seq);
+        free(e->h_slot);
+        free(e->h_tables);
+        free(e->h_runs);
+    }
+#if PD_HAVE_CUDA
+    for (size_t i = 0; i < e->n_dev; i++)
+        pd_cuda_free(e->dev[i]);
+#endif
+    free(e->dev);
+    if (e->device == PD_DEVICE_CPU) {
+        free(e->tok);
+        free(e->pos);
+        free(e->tok_seq);
+        free(e->slot);
+        free(e->tables);
+        free(e->runs);
+    }
     free(e->out_item);
     free(e->out_row);
-    free(e->logits);
     free(e);
     return NULL;
 }
 
 const struct pd_model *pd_engine_model(const struct pd_engine *e) { return e->model; }
+int pd_engine_on_device(const struct pd_engine *e) { return e->device != PD_DEVICE_CPU; }
 struct pd_kvcache *pd_engine_kvcache(struct pd_engine *e) { return e->kc; }
 uint32_t pd_engine_n_vocab(const struct pd_engine *e) { return e->hp.n_vocab; }
 uint32_t pd_engine_max_model_len(const struct pd_engine *e) { return e->max_model_len; }
@@ -312,6 +555,12 @@ static int validate(const struct pd_engine *e, const struct pd_batch_item *items
 static int forward(struct pd_engine *e, const struct pd_batch_item *items, uint32_t n_items,
                    uint32_t T)
 {
+    /* a step with a prefill chunk: its items as runs for the prefill kernel
+     * (the CPU and the decode kernel ignore them) */
+    uint32_t max_run = 0;
+    for (uint32_t i = 0; i < n_items; i++)
+        max_run = items[i].n_tokens > max_run ? items[i].n_tokens : max_run;
+    const uint32_t n_runs = max_run > 1 ? n_items : 0;
     const struct pd_hparams *hp = &e->hp;
     const struct pd_kernels *k = e->k;
     const struct pd_kv_geom kv = *pd_kvcache_layout(e->kc);
@@ -321,7 +570,7 @@ static int forward(struct pd_engine *e, const struct pd_batch_item *items, uint3
     int rc = 0;
 
     pd_dtype_row_size(e->tok_embd->type, D, &row_bytes);
-    struct pd_embed_args ea = {.out = e->x, .table = e->tok_embd->data, .type = e->tok_embd->type,
+    struct pd_embed_args ea = {.out = e->x, .table = e->embd_table, .type = e->tok_embd->type,
                                .row_bytes = row_bytes, .tokens = e->tok, .n_tokens = T, .dim = D};
     if ((rc = k->embed(&ea)) < 0)
         return rc;
@@ -348,7 +597,10 @@ static int forward(struct pd_engine *e, const struct pd_batch_item *items, uint3
                                   .tok_seq = e->tok_seq, .tok_pos = e->pos,
                                   .block_tables = e->tables, .max_blocks = e->max_blocks,
                                   .scale = 1.0f / sqrtf((float)hp->head_dim),
-                                  .pool_type = pd_kvcache_dtype(e->kc)};
+                                  .pool_type = pd_kvcache_dtype(e->kc),
+                                  .max_ctx = e->max_model_len, .workspace = e->attn_ws,
+                                  .workspace_bytes = e->attn_ws_bytes, .run_start = e->runs,
+                                  .n_runs = n_runs, .max_run = max_run};
         struct pd_matmul_args mo = {.y = e->x, .x = e->att, .w = w->wo, .m = T, .n = D, .k = qd,
                                     .accumulate = 1};
         struct pd_rmsnorm_args nf = na;
@@ -383,7 +635,9 @@ static int forward(struct pd_engine *e, const struct pd_batch_item *items, uint3
         for (uint32_t j = 0; j < it->n_logits; j++, n_rows++) {
             e->out_item[n_rows] = i;
             e->out_row[n_rows] = j;
-            memcpy(e->h + (size_t)n_rows * D, e->x + (size_t)(first + j) * D, D * sizeof(float));
+            if ((rc = k->copy(e->h + (size_t)n_rows * D, e->x + (size_t)(first + j) * D,
+                              D * sizeof(float))) < 0)
+                return rc;
         }
     }
     struct pd_rmsnorm_args na = {.out = e->h, .in = e->h, .weight = e->out_norm,
@@ -398,10 +652,30 @@ static int forward(struct pd_engine *e, const struct pd_batch_item *items, uint3
             return rc;
         for (uint32_t r = 0; r < m; r++) {
             const struct pd_batch_item *it = &items[e->out_item[r0 + r]];
-            memcpy(it->logits + (size_t)e->out_row[r0 + r] * hp->n_vocab,
-                   e->logits + (size_t)r * hp->n_vocab, hp->n_vocab * sizeof(float));
+            if ((rc = k->copy(it->logits + (size_t)e->out_row[r0 + r] * hp->n_vocab,
+                              e->logits + (size_t)r * hp->n_vocab, hp->n_vocab * sizeof(float))) < 0)
+                return rc;
         }
     }
+    return 0;
+}
+
+/* the step's index arrays to where the kernels read them (nothing to do on
+ * the CPU: they are built in place) */
+static int upload_indices(struct pd_engine *e, uint32_t n_items, uint32_t T)
+{
+    int rc = 0;
+    if (e->device == PD_DEVICE_CPU)
+        return 0;
+    /* a sequence's table past its blocks is not read (positions bound it) */
+    if ((rc = e->k->copy(e->tok, e->h_tok, T * sizeof(*e->tok))) < 0 ||
+        (rc = e->k->copy(e->pos, e->h_pos, T * sizeof(*e->pos))) < 0 ||
+        (rc = e->k->copy(e->tok_seq, e->h_tok_seq, T * sizeof(*e->tok_seq))) < 0 ||
+        (rc = e->k->copy(e->slot, e->h_slot, T * sizeof(*e->slot))) < 0 ||
+        (rc = e->k->copy(e->runs, e->h_runs, (n_items + 1) * sizeof(*e->runs))) < 0 ||
+        (rc = e->k->copy(e->tables, e->h_tables,
+                         (size_t)n_items * e->max_blocks * sizeof(*e->tables))) < 0)
+        return rc;
     return 0;
 }
 
@@ -426,16 +700,18 @@ int pd_engine_step(struct pd_engine *e, const struct pd_batch_item *items, uint3
     for (uint32_t i = 0; i < n_items; i++) {
         const struct pd_batch_item *it = &items[i];
         const struct pd_kvseq *s = it->seq;
-        memcpy(e->tables + (size_t)i * e->max_blocks, s->blocks, s->n_blocks * sizeof(uint32_t));
+        memcpy(e->h_tables + (size_t)i * e->max_blocks, s->blocks, s->n_blocks * sizeof(uint32_t));
+        e->h_runs[i] = (int32_t)t;
         for (uint32_t j = 0; j < it->n_tokens; j++, t++) {
             uint32_t p = s->n_tokens + j;
-            e->tok[t] = it->tokens[j];
-            e->pos[t] = (int32_t)p;
-            e->tok_seq[t] = (int32_t)i;
-            e->slot[t] = (int64_t)s->blocks[p / bs] * bs + p % bs;
+            e->h_tok[t] = it->tokens[j];
+            e->h_pos[t] = (int32_t)p;
+            e->h_tok_seq[t] = (int32_t)i;
+            e->h_slot[t] = (int64_t)s->blocks[p / bs] * bs + p % bs;
         }
     }
-    if ((rc = forward(e, items, n_items, T)) < 0) {
+    e->h_runs[n_items] = (int32_t)t;
+    if ((rc = upload_indices(e, n_items, T)) < 0 || (rc = forward(e, items, n_items, T)) < 0) {
         pd_errf(err, errlen, rc, "engine: forward pass failed: %s", strerror(-rc));
         goto undo;
     }

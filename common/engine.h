@@ -25,6 +25,14 @@
  * max_model_len, more tokens than max_batched_tokens, a sequence twice in one
  * batch, or a pool without room (-ENOSPC; the scheduler preempts).
  *
+ * CUDA backend (--device cuda; kernels/, cuBLAS): the same pass with every
+ * buffer in device memory: fp32 weights (dequantized at load, then uploaded),
+ * fp32 activations, the KV pool of --kv-cache-memory on the device; the
+ * index arrays go up and the asked-for logits come down each step; the
+ * prefill kernel takes a step whose items are all prefill chunks on a
+ * 16-bit pool. Its pool is not reachable by the KV channel (staging through
+ * host buffers is later work): pd_engine_on_device says so.
+ *
  * CPU backend: fp32 activations; KV in fp32, or bf16 / half (--kv-cache-dtype:
  * half the memory and the KV channel's bytes, K and V rounded as stored);
  * weights dequantized to fp32 at load
@@ -44,8 +52,12 @@
 
 #define PD_ENGINE_MAX_BATCH_ITEMS 1024
 
+/* Where the engine runs. PD_DEVICE_CPU (0) is the default. */
+enum pd_device { PD_DEVICE_CPU = 0, PD_DEVICE_CUDA = 1 };
+
 struct pd_engine_params {
     const struct pd_model *model; /* must outlive the engine */
+    enum pd_device device; /* CUDA: weights, activations and the KV pool in device memory */
     uint64_t kv_cache_bytes; /* --kv-cache-memory */
     uint32_t block_size; /* --block-size; 0 = 16 */
     uint32_t max_batched_tokens; /* --max-num-batched-tokens; 0 = 2048 */
@@ -58,6 +70,14 @@ struct pd_engine_params {
  * choice i: every program that makes an engine offers the same option. */
 extern const char *const pd_engine_kv_dtypes[];
 uint32_t pd_engine_kv_dtype(int choice);
+
+/* --device's choices (PD_CFG_ENUM: auto, cpu, cuda) and what choice i means
+ * here: auto is CUDA when a usable GPU is present (this build has CUDA and
+ * pd_cuda_probe finds a device), else the CPU with the reason in why (for
+ * one log line). -ENODEV with the reason when cuda is asked for and there is
+ * none; *out untouched then. */
+extern const char *const pd_engine_devices[];
+int pd_engine_pick_device(int choice, enum pd_device *out, char *why, size_t n);
 
 struct pd_batch_item {
     struct pd_kvseq *seq;
@@ -86,6 +106,8 @@ int pd_engine_prefill(struct pd_engine *e, struct pd_kvseq *seq, const int32_t *
 void pd_engine_seq_release(struct pd_engine *e, struct pd_kvseq *seq);
 
 const struct pd_model *pd_engine_model(const struct pd_engine *e);
+/* 1 when the engine runs on a GPU (its KV pool is device memory) */
+int pd_engine_on_device(const struct pd_engine *e);
 struct pd_kvcache *pd_engine_kvcache(struct pd_engine *e);
 uint32_t pd_engine_n_vocab(const struct pd_engine *e);
 uint32_t pd_engine_max_model_len(const struct pd_engine *e);

@@ -4,6 +4,7 @@
 #include "quant.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,7 @@ struct pd_kvcache {
     struct pd_kv_geom layout;
     uint64_t block_bytes;
     uint32_t dtype;
+    bool external; /* the caller's pool */
     uint32_t n_blocks;
     float *pool;
     size_t pool_len;
@@ -52,15 +54,21 @@ int pd_kvcache_new(const struct pd_kvcache_params *p, struct pd_kvcache **out, c
     kc->dtype = p->dtype;
     kc->n_blocks = (uint32_t)n;
     kc->pool_len = (size_t)(n * block_bytes);
-    kc->pool = mmap(NULL, kc->pool_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (kc->pool == MAP_FAILED) {
-        kc->pool = NULL;
-        pd_kvcache_free(kc);
-        return pd_errf(err, errlen, -ENOMEM, "kvcache: cannot map %" PRIu64 " bytes for the pool",
-                    (uint64_t)n * block_bytes);
+    if (p->pool) {
+        kc->pool = p->pool;
+        kc->external = true;
+    } else {
+        kc->pool = mmap(NULL, kc->pool_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                        -1, 0);
+        if (kc->pool == MAP_FAILED) {
+            kc->pool = NULL;
+            pd_kvcache_free(kc);
+            return pd_errf(err, errlen, -ENOMEM, "kvcache: cannot map %" PRIu64
+                           " bytes for the pool", (uint64_t)n * block_bytes);
+        }
+        /* users' KV never belongs in a core dump */
+        madvise(kc->pool, kc->pool_len, MADV_DONTDUMP);
     }
-    /* users' KV never belongs in a core dump */
-    madvise(kc->pool, kc->pool_len, MADV_DONTDUMP);
     kc->refs = calloc(n, sizeof(*kc->refs));
     kc->free_stack = malloc(n * sizeof(*kc->free_stack));
     if (!kc->refs || !kc->free_stack) {
@@ -79,7 +87,7 @@ struct pd_kvcache *pd_kvcache_free(struct pd_kvcache *kc)
 {
     if (!kc)
         return NULL;
-    if (kc->pool)
+    if (kc->pool && !kc->external)
         munmap(kc->pool, kc->pool_len);
     free(kc->refs);
     free(kc->free_stack);

@@ -80,6 +80,7 @@ struct dec_cfg {
     int64_t kv_crypto_threads;
     bool kv_integrity;
     int log_level;
+    int device;
 };
 
 static const char *const load_formats[] = {"auto", "gguf", "dummy", NULL};
@@ -167,6 +168,9 @@ static const struct pd_cfg_opt options[] = {
                 "verify a tag on every KV block (off only for measured comparison; peers must "
                 "agree)"),
     PD_CFG_ENUM("log-level", struct dec_cfg, log_level, "info", log_levels, "log level"),
+    PD_CFG_ENUM("device", struct dec_cfg, device, "auto", pd_engine_devices,
+                "where the engine runs (auto: CUDA when usable and no --prefill peer is named, "
+                "else the CPU)"),
     PD_CFG_END,
 };
 
@@ -282,6 +286,11 @@ static void begin_drain(struct daemon *d, int sig)
 static int remote_open(struct daemon *d, const struct dec_cfg *c, char *err, size_t errlen)
 {
     uint16_t lo = 0, hi = 0;
+    if (pd_engine_on_device(d->engine)) { /* a reload naming the first peers */
+        snprintf(err, errlen, "the engine runs on the GPU and the KV channel receives into host "
+                 "memory (staging into a GPU pool is not built yet): restart with --device cpu");
+        return -ENOTSUP;
+    }
     int rc = pd_kvx_parse_ports(c->kv_data_ports, &lo, &hi, err, errlen);
     if (rc < 0)
         return rc;
@@ -386,7 +395,25 @@ static int run(struct dec_cfg *c, int argc, char *const *argv, struct pd_model *
     static const int signums[3] = {SIGTERM, SIGINT, SIGHUP};
     int rc = 1;
 
+    /* prefill peers write into the pool through the KV channel, from host
+     * memory: with peers (or to take them on a reload) the pool stays there */
+    enum pd_device device = PD_DEVICE_CPU;
+    if (c->prefill.n && c->device == 2) {
+        snprintf(err, sizeof(err), "--device cuda with --prefill: KV blocks from prefill peers "
+                 "land in host memory; receiving them into a GPU pool (staged through host "
+                 "buffers) is not built yet: use --device cpu, or no --prefill");
+        goto fail;
+    }
+    if (c->prefill.n && c->device == 0) {
+        pd_log(PD_LOG_INFO, "--device auto: the CPU (prefill peers send KV blocks to host memory)");
+    } else {
+        if (pd_engine_pick_device(c->device, &device, err, sizeof(err)) < 0)
+            goto fail;
+        if (err[0])
+            pd_log(PD_LOG_INFO, "%s", err);
+    }
     struct pd_engine_params ep = {.model = m, .kv_cache_bytes = c->kv_cache_memory,
+                                  .device = device,
                                   .kv_dtype = pd_engine_kv_dtype(c->kv_cache_dtype),
                                   .block_size = (uint32_t)c->block_size,
                                   .max_batched_tokens = (uint32_t)c->max_num_batched_tokens,

@@ -62,6 +62,7 @@ programs=(
     decoded/decoded
     prefilld/prefilld
     tests/kernels/test_kernels
+    tests/kernels/test_engine_cuda
     tests/bench/attn_bench
     tests/bench/prefill_bench
 )

@@ -64,7 +64,6 @@ struct pf_cfg {
 };
 
 static const char *const load_formats[] = {"auto", "gguf", "dummy", NULL};
-static const char *const devices[] = {"auto", "cpu", "cuda", NULL};
 static const char *const log_levels[] = {"error", "warning", "notice", "info", "debug", NULL};
 
 static const struct pd_cfg_opt options[] = {
@@ -74,7 +73,7 @@ static const struct pd_cfg_opt options[] = {
     PD_CFG_STR("model-shape", struct pf_cfg, model_shape, NULL, 4096,
                "dummy weights: preset name or JSON shape"),
     PD_CFG_INT("seed", struct pf_cfg, seed, "0", 0, INT64_MAX, "dummy weights: seed"),
-    PD_CFG_ENUM("device", struct pf_cfg, device, "auto", devices,
+    PD_CFG_ENUM("device", struct pf_cfg, device, "auto", pd_engine_devices,
                 "where the engine runs (auto: CUDA when usable, else the CPU)"),
     PD_CFG_STR("kv-ip", struct pf_cfg, kv_ip, "127.0.0.1", 256,
                "KV channel listen address (an interface's address; no wildcard unless written)"),
@@ -674,12 +673,17 @@ int main(int argc, char **argv)
     }
     if (pd_keyring_open(c.kv_psk_file, &d.keyring, err, sizeof(err)) < 0)
         goto fail;
+    /* prefilld's blocks leave through the KV channel, which reads them from
+     * host memory: a GPU pool needs staging through host buffers first */
     if (c.device == 2) {
-        snprintf(err, sizeof(err), "--device cuda: the GPU engine is not built yet; use cpu");
+        snprintf(err, sizeof(err), "--device cuda: prefilld sends its KV blocks from host memory; "
+                 "moving them from a GPU pool (staged through host buffers) is not built yet: "
+                 "use --device cpu");
         goto fail;
     }
     if (c.device == 0)
-        pd_log(PD_LOG_INFO, "--device auto: the CPU (the GPU engine is not built yet)");
+        pd_log(PD_LOG_INFO, "--device auto: the CPU (the KV channel sends from host memory; a "
+               "GPU pool is not staged yet)");
     struct pd_model_params mp = {.path = a.n_positional ? a.positional[0] : c.model,
                                  .load_format = (enum pd_load_format)c.load_format,
                                  .shape = c.model_shape, .seed = (uint64_t)c.seed};

@@ -54,6 +54,7 @@ struct gen_cfg {
     int64_t max_num_batched_tokens;
     int64_t max_model_len;
     int log_level;
+    int device;
 };
 
 static const char *const load_formats[] = {"auto", "gguf", "dummy", NULL};
@@ -100,6 +101,8 @@ static const struct pd_cfg_opt options[] = {
     PD_CFG_INT("max-model-len", struct gen_cfg, max_model_len, "0", 0, 1 << 24,
                "longest sequence; 0 = the model's context"),
     PD_CFG_ENUM("log-level", struct gen_cfg, log_level, "info", log_levels, "log level"),
+    PD_CFG_ENUM("device", struct gen_cfg, device, "auto", pd_engine_devices,
+                "where the engine runs (auto: CUDA when usable, else the CPU)"),
     PD_CFG_END,
 };
 
@@ -251,9 +254,14 @@ int main(int argc, char **argv)
     int exit_code = 1;
     if (!reqs)
         goto out;
+    enum pd_device device = PD_DEVICE_CPU;
+    if ((rc = pd_engine_pick_device(c.device, &device, err, sizeof(err))) < 0)
+        goto fail;
+    if (err[0])
+        pd_log(PD_LOG_INFO, "%s", err);
     if ((rc = pd_model_load(&mp, &m, err, sizeof(err))) < 0)
         goto fail;
-    struct pd_engine_params ep = {.model = m, .kv_cache_bytes = c.kv_cache_memory,
+    struct pd_engine_params ep = {.model = m, .kv_cache_bytes = c.kv_cache_memory, .device = device,
                                   .kv_dtype = pd_engine_kv_dtype(c.kv_cache_dtype),
                                   .block_size = (uint32_t)c.block_size,
                                   .max_batched_tokens = (uint32_t)c.max_num_batched_tokens,

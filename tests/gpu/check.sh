@@ -7,6 +7,8 @@
 #   cpu-engine  pdserve-generate on a tiny dummy model (OpenBLAS)       no GPU needed
 #   gpu         the device, or why there is none (attn_bench --probe)
 #   kernels     every CUDA kernel against its CPU reference (test_kernels)
+#   engine      the engine on CUDA against the CPU engine, dummy weights
+#               (test_engine_cuda; the logits' margins are printed)
 #   attn-*      decode-attention benchmark vs a device-to-device copy:
 #                 default model's shape (GQA 3:1, head_dim 64), bf16 and f32 KV
 #                 GQA 8:1 (Llama-3-8B shape with 4 KV heads, head_dim 128), bf16 KV
@@ -145,6 +147,7 @@ fi
 gpu_line="$(grep -m1 '^device: ' "$log" | sed 's/^device: //')"
 
 run kernels "CUDA kernels against the CPU reference" "$env" test_kernels
+run engine "the engine on CUDA against the CPU engine" env PD_TEST_VERBOSE=1 "$env" test_engine_cuda
 
 # a benchmark step; its table (from the line starting with FIRST to the
 # program's summary line, of its last run in the log) goes to the summary

@@ -183,3 +183,21 @@ def test_watchdog_fed_while_compute_thread_lives():
             status, _ = d.json("POST", "/v1/completions", {"prompt": [1], "max_tokens": 200})
             assert status == 200
             assert d.stop() == 0
+
+
+def test_device_cuda_with_prefill_peers_is_refused_and_auto_says_where():
+    # the KV channel receives into host memory: no GPU pool with peers yet
+    d = Decoded(*TINY, "--device", "cuda", "--prefill", "127.0.0.1:9",
+                "--kv-psk-file", "/nonexistent", wait=False)
+    with d:
+        assert d.proc.wait(30) == 1
+        assert "--device cuda with --prefill" in d.log()
+    # auto serves wherever it can and says where when that is not the GPU
+    with Decoded(*TINY, "--device", "auto", "--log-level", "info") as d:
+        assert d.request("GET", "/health")[0] == 200
+        on_cpu = "--device auto: the CPU (" in d.log()
+    if on_cpu:  # no usable GPU (or no CUDA in this build): cuda is refused with the reason
+        d = Decoded(*TINY, "--device", "cuda", wait=False)
+        with d:
+            assert d.proc.wait(60) == 1
+            assert "--device cuda: " in d.log(), d.log()

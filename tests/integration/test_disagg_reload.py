@@ -15,8 +15,9 @@ import json
 import os
 import random
 import signal
+import subprocess
 
-from harness import Decoded, Prefilld, free_port, write_key
+from harness import Decoded, Prefilld, free_port, prefilld_binary, write_key
 from test_disagg import peer_up, served_name, wait_for
 
 MODEL = ("--load-format", "dummy", "--model-shape", '{"preset":"tiny","n_ctx":4096}')
@@ -283,3 +284,12 @@ def test_sighup_while_stopping_is_not_a_reload(tmp_path):
         status, out = fut.result(timeout=120)
         ex.shutdown()
         assert status == 200 and out["usage"]["completion_tokens"] == 3000, out
+
+
+def test_prefilld_device_cuda_is_refused_with_the_reason(tmp_path):
+    psk = write_key(tmp_path / "k.psk")
+    r = subprocess.run([prefilld_binary(), *MODEL, *MEM, "--kv-psk-file", str(psk), "--device",
+                        "cuda", "--kv-port", str(free_port()), "--admin-port", str(free_port())],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "prefilld sends its KV blocks from host memory" in r.stderr + r.stdout

@@ -1,0 +1,165 @@
+/* The engine on CUDA (--device cuda: kernels/ and cuBLAS, every buffer in
+ * device memory) against the same engine on the CPU, on dummy weights: the
+ * same steps (prefill chunks and decode steps mixed in one batch, sequences
+ * growing across blocks) give the same logits within a per-pool bar.
+ *
+ * Built twice: against the real kernels (suite kernels; exits 77 without a
+ * GPU, like the kernel tests) and against tests/kernels/emu (the CPU
+ * emulator, in every CUDA build), which runs the engine's CUDA path -- its
+ * device buffers, uploads, index arrays, the prefill kernel's runs, the
+ * copies of the logits -- on the CPU. */
+#include "pd_test.h"
+
+#include "cuda_util.h"
+#include "default_model.h"
+#include "engine.h"
+#include "quant.h"
+
+#include <errno.h>
+#include <math.h>
+
+#define TOL_F32 1e-4 /* cuBLAS / OpenBLAS sums in other orders */
+#define TOL_16 5e-3 /* the prefill kernel's q and P in 16 bits as well (emulated: <= 1.5e-3) */
+
+static void need_gpu(void)
+{
+    char why[256];
+    if (pd_cuda_probe(why, sizeof why) < 0) {
+        const char *reason = why;
+        PD_SKIP(reason);
+    }
+}
+
+static struct pd_model *load_dummy(const char *shape)
+{
+    struct pd_model_params p = {.load_format = PD_LOAD_DUMMY, .shape = shape, .seed = 3};
+    return pd_test_load_model(&p);
+}
+
+#define N_ROWS 7 /* logits rows the script below asks for */
+
+/* Three sequences over three steps: prefill chunks of 20 and 7 tokens;
+ * then a decode step, a second chunk of 40 (across blocks) and a one-token
+ * prompt together; then three decode steps together. Every row of logits
+ * asked for goes to out, (N_ROWS, n_vocab). */
+static void script(const struct pd_model *m, enum pd_device dev, uint32_t kv_dtype, float *out)
+{
+    const uint32_t V = pd_model_hparams(m)->n_vocab;
+    struct pd_engine_params p = {.model = m, .device = dev, .kv_cache_bytes = 16u << 20,
+                                 .kv_dtype = kv_dtype, .block_size = 16,
+                                 .max_batched_tokens = 128, .max_batch_items = 8};
+    struct pd_engine *e = NULL;
+    char err[512];
+    if (pd_engine_new(&p, &e, err, sizeof err) < 0)
+        PD_TEST_FAIL_("%s", err);
+    struct pd_kvseq a, b, c;
+    pd_kvseq_init(&a), pd_kvseq_init(&b), pd_kvseq_init(&c);
+    int32_t tok[128];
+    for (uint32_t i = 0; i < 128; i++)
+        tok[i] = (int32_t)((i * 2654435761u + 17) % V);
+    float *row = out;
+
+    struct pd_batch_item s1[2] = {
+        {.seq = &a, .tokens = tok, .n_tokens = 20, .n_logits = 1, .logits = row},
+        {.seq = &b, .tokens = tok + 20, .n_tokens = 7, .n_logits = 1, .logits = row + V},
+    };
+    CHECK_EQ_INT(pd_engine_step(e, s1, 2, err, sizeof err), 0);
+    row += 2 * V;
+    struct pd_batch_item s2[3] = {
+        {.seq = &a, .tokens = tok + 27, .n_tokens = 1, .n_logits = 1, .logits = row},
+        {.seq = &b, .tokens = tok + 28, .n_tokens = 40, .n_logits = 1, .logits = row + V},
+        {.seq = &c, .tokens = tok + 68, .n_tokens = 1, .n_logits = 1, .logits = row + 2 * V},
+    };
+    CHECK_EQ_INT(pd_engine_step(e, s2, 3, err, sizeof err), 0);
+    row += 3 * V;
+    struct pd_batch_item s3[2] = {
+        {.seq = &a, .tokens = tok + 69, .n_tokens = 1, .n_logits = 1, .logits = row},
+        {.seq = &b, .tokens = tok + 70, .n_tokens = 1, .n_logits = 1, .logits = row + V},
+    };
+    CHECK_EQ_INT(pd_engine_step(e, s3, 2, err, sizeof err), 0);
+    CHECK_EQ_INT(pd_engine_on_device(e), dev == PD_DEVICE_CUDA);
+    pd_engine_seq_release(e, &a), pd_engine_seq_release(e, &b), pd_engine_seq_release(e, &c);
+    pd_engine_free(e);
+}
+
+static void compare(const char *shape, uint32_t kv_dtype, double tol)
+{
+    struct pd_model *m = load_dummy(shape);
+    const uint32_t V = pd_model_hparams(m)->n_vocab;
+    float *cpu = malloc((size_t)N_ROWS * V * sizeof(float));
+    float *gpu = malloc((size_t)N_ROWS * V * sizeof(float));
+    CHECK(cpu && gpu);
+    memset(gpu, 0xff, (size_t)N_ROWS * V * sizeof(float)); /* NaN: every row must come down */
+    script(m, PD_DEVICE_CPU, kv_dtype, cpu);
+    script(m, PD_DEVICE_CUDA, kv_dtype, gpu);
+    for (uint32_t r = 0; r < N_ROWS; r++) {
+        double md = 0, mx = 0;
+        for (uint32_t i = 0; i < V; i++) {
+            const double d = fabs((double)gpu[(size_t)r * V + i] - cpu[(size_t)r * V + i]);
+            md = isnan(d) || d > md ? (isnan(d) ? INFINITY : d) : md;
+            mx = fabs(cpu[(size_t)r * V + i]) > mx ? fabs(cpu[(size_t)r * V + i]) : mx;
+        }
+        if (getenv("PD_TEST_VERBOSE")) /* the margins, for a GPU run's report */
+            printf("%s, %s pool, row %u: %.3g\n", shape, pd_dtype_name(kv_dtype), r, md / mx);
+        if (!(md / mx <= tol))
+            PD_TEST_FAIL_("%s, %s pool, logits row %u: %.3g from the CPU engine's (bar %.0e)",
+                          shape, pd_dtype_name(kv_dtype), r, md / mx, tol);
+    }
+    free(cpu), free(gpu);
+    pd_model_free(m);
+}
+
+/* head_dim 64 (the default model's attention, GQA 3:1, 2 of its layers): on
+ * a 16-bit pool the steps with chunks take the prefill kernel */
+static const char *const SHAPE_64 = "{\"preset\":\"default\",\"n_layer\":2,\"n_vocab\":600}";
+/* head_dim 16, GQA 4:1: the decode kernel for everything */
+static const char *const SHAPE_16 = "tiny-gqa4";
+
+static void engine_cuda_matches_cpu_f32_pool(void)
+{
+    need_gpu();
+    compare(SHAPE_64, PD_DT_F32, TOL_F32);
+    compare(SHAPE_16, PD_DT_F32, TOL_F32);
+}
+
+static void engine_cuda_matches_cpu_16bit_pools(void)
+{
+    need_gpu();
+    compare(SHAPE_64, PD_DT_BF16, TOL_16);
+    compare(SHAPE_64, PD_DT_F16, TOL_16);
+    compare(SHAPE_16, PD_DT_BF16, TOL_16);
+}
+
+/* auto falls back to the CPU with a reason where there is no GPU; cuda is
+ * refused with it (no device needed to check either) */
+static void engine_device_choice_says_why(void)
+{
+    enum pd_device d = PD_DEVICE_CUDA;
+    char why[300];
+    CHECK_EQ_INT(pd_engine_pick_device(1, &d, why, sizeof why), 0);
+    CHECK_EQ_INT(d, PD_DEVICE_CPU);
+    CHECK_EQ_INT(pd_engine_pick_device(0, &d, why, sizeof why), 0);
+    char probe[256];
+    if (pd_cuda_probe(probe, sizeof probe) < 0) {
+        CHECK_EQ_INT(d, PD_DEVICE_CPU);
+        CHECK_CONTAINS(why, "--device auto: the CPU");
+        d = PD_DEVICE_CPU;
+        CHECK_EQ_INT(pd_engine_pick_device(2, &d, why, sizeof why), -ENODEV);
+        CHECK_CONTAINS(why, "--device cuda: ");
+    } else {
+        CHECK_EQ_INT(d, PD_DEVICE_CUDA);
+        CHECK_EQ_INT(pd_engine_pick_device(2, &d, why, sizeof why), 0);
+    }
+}
+
+static const struct pd_test tests[] = {
+    PD_TEST(engine_device_choice_says_why),
+    PD_TEST(engine_cuda_matches_cpu_f32_pool),
+    PD_TEST(engine_cuda_matches_cpu_16bit_pools),
+    {0},
+};
+
+int main(int argc, char **argv)
+{
+    return pd_test_main(tests, argc, argv);
+}
