@@ -18,6 +18,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -112,6 +113,8 @@ struct pd_engine {
     size_t n_owned;
     void **dev; /* device memory this engine allocated */
     size_t n_dev;
+    void **host; /* host scratch this engine allocated */
+    size_t n_host;
 
     struct pd_kvcache *kc;
     uint32_t max_tokens, max_model_len, max_items, max_blocks;
@@ -256,17 +259,32 @@ static int upload_weights(struct pd_engine *e, char *err, size_t errlen)
     return 0;
 }
 
-#define DALLOC(ptr, n)                                                                         \
-    do {                                                                                       \
-        if (!((ptr) = dev_alloc(e, (size_t)(n) * sizeof(*(ptr)))))                             \
-            goto nomem;                                                                        \
-    } while (0)
 #endif
 
-#define ALLOC(ptr, n)                                                                          \
+/* Memory freed with the engine: where the kernels run (the host on the
+ * CPU, the device on a GPU), or host memory when `host` (the index arrays'
+ * staging, the engine's own bookkeeping). NULL when there is none left. */
+static void *scratch(struct pd_engine *e, size_t bytes, bool host)
+{
+#if PD_HAVE_CUDA
+    if (!host && e->device == PD_DEVICE_CUDA)
+        return dev_alloc(e, bytes);
+#else
+    (void)host;
+#endif
+    void **h = realloc(e->host, (e->n_host + 1) * sizeof(*h));
+    if (!h)
+        return NULL;
+    e->host = h;
+    void *p = calloc(1, bytes ? bytes : 1);
+    if (p)
+        e->host[e->n_host++] = p;
+    return p;
+}
+
+#define SCRATCH(ptr, n, host)                                                                  \
     do {                                                                                       \
-        size_t n_ = (n);                                                                       \
-        if (!((ptr) = calloc(n_ ? n_ : 1, sizeof(*(ptr)))))                                    \
+        if (!((ptr) = scratch(e, (size_t)(n) * sizeof(*(ptr)), (host))))                       \
             goto nomem;                                                                        \
     } while (0)
 
@@ -387,60 +405,45 @@ int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char
 
     size_t T = e->max_tokens, qd = (size_t)hp->n_head * hp->head_dim;
     size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
-    if (e->device == PD_DEVICE_CPU) {
-        ALLOC(e->x, T * hp->n_embd);
-        ALLOC(e->h, T * hp->n_embd);
-        ALLOC(e->q, T * qd);
-        ALLOC(e->kk, T * kvd);
-        ALLOC(e->vv, T * kvd);
-        ALLOC(e->att, T * qd);
-        ALLOC(e->gate, T * hp->n_ff);
-        ALLOC(e->up, T * hp->n_ff);
-        ALLOC(e->tok, T);
-        ALLOC(e->pos, T);
-        ALLOC(e->tok_seq, T);
-        ALLOC(e->slot, T);
-        ALLOC(e->tables, (size_t)e->max_items * e->max_blocks);
-        ALLOC(e->runs, (size_t)e->max_items + 1);
-        ALLOC(e->logits, (size_t)LOGIT_ROWS * hp->n_vocab);
+#if PD_HAVE_CUDA
+    if (e->device == PD_DEVICE_CUDA && (rc = upload_weights(e, err, errlen)) < 0)
+        goto out_free;
+#endif
+    const bool here = e->device == PD_DEVICE_CPU;
+    SCRATCH(e->x, T * hp->n_embd, false);
+    SCRATCH(e->h, T * hp->n_embd, false);
+    SCRATCH(e->q, T * qd, false);
+    SCRATCH(e->kk, T * kvd, false);
+    SCRATCH(e->vv, T * kvd, false);
+    SCRATCH(e->att, T * qd, false);
+    SCRATCH(e->gate, T * hp->n_ff, false);
+    SCRATCH(e->up, T * hp->n_ff, false);
+    SCRATCH(e->logits, (size_t)LOGIT_ROWS * hp->n_vocab, false);
+    SCRATCH(e->tok, T, false);
+    SCRATCH(e->pos, T, false);
+    SCRATCH(e->tok_seq, T, false);
+    SCRATCH(e->slot, T, false);
+    SCRATCH(e->tables, (size_t)e->max_items * e->max_blocks, false);
+    SCRATCH(e->runs, (size_t)e->max_items + 1, false);
+    if (here) { /* the step builds the index arrays in place */
         e->h_tok = e->tok, e->h_pos = e->pos, e->h_tok_seq = e->tok_seq, e->h_slot = e->slot;
         e->h_tables = e->tables, e->h_runs = e->runs;
-    }
-#if PD_HAVE_CUDA
-    else {
-        if ((rc = upload_weights(e, err, errlen)) < 0)
-            goto out_free;
-        DALLOC(e->x, T * hp->n_embd);
-        DALLOC(e->h, T * hp->n_embd);
-        DALLOC(e->q, T * qd);
-        DALLOC(e->kk, T * kvd);
-        DALLOC(e->vv, T * kvd);
-        DALLOC(e->att, T * qd);
-        DALLOC(e->gate, T * hp->n_ff);
-        DALLOC(e->up, T * hp->n_ff);
-        DALLOC(e->tok, T);
-        DALLOC(e->pos, T);
-        DALLOC(e->tok_seq, T);
-        DALLOC(e->slot, T);
-        DALLOC(e->tables, (size_t)e->max_items * e->max_blocks);
-        DALLOC(e->runs, (size_t)e->max_items + 1);
-        DALLOC(e->logits, (size_t)LOGIT_ROWS * hp->n_vocab);
-        ALLOC(e->h_tok, T);
-        ALLOC(e->h_pos, T);
-        ALLOC(e->h_tok_seq, T);
-        ALLOC(e->h_slot, T);
-        ALLOC(e->h_tables, (size_t)e->max_items * e->max_blocks);
-        ALLOC(e->h_runs, (size_t)e->max_items + 1);
+    } else { /* ... or on the host, then copies them up */
+        SCRATCH(e->h_tok, T, true);
+        SCRATCH(e->h_pos, T, true);
+        SCRATCH(e->h_tok_seq, T, true);
+        SCRATCH(e->h_slot, T, true);
+        SCRATCH(e->h_tables, (size_t)e->max_items * e->max_blocks, true);
+        SCRATCH(e->h_runs, (size_t)e->max_items + 1, true);
         /* decode steps (at most max_items tokens) may split their contexts;
          * larger steps run unsplit (the launcher's rule) */
         e->attn_ws_bytes = pd_attn_workspace_bytes(e->max_items, hp->n_head, hp->head_dim,
                                                    PD_ATTN_MAX_SPLITS);
-        if (!(e->attn_ws = dev_alloc(e, e->attn_ws_bytes)))
+        if (!(e->attn_ws = scratch(e, e->attn_ws_bytes, false)))
             goto nomem;
     }
-#endif
-    ALLOC(e->out_item, T);
-    ALLOC(e->out_row, T);
+    SCRATCH(e->out_item, T, true);
+    SCRATCH(e->out_row, T, true);
     *out = e;
     return 0;
 
@@ -460,39 +463,14 @@ struct pd_engine *pd_engine_free(struct pd_engine *e)
     free(e->owned);
     free(e->layers);
     pd_kvcache_free(e->kc);
-    if (e->device == PD_DEVICE_CPU) {
-        free(e->x);
-        free(e->h);
-        free(e->q);
-        free(e->kk);
-        free(e->vv);
-        free(e->att);
-        free(e->gate);
-        free(e->up);
-        free(e->logits);
-    } else { /* the device's are in e->dev; these are the host's staging */
-        free(e->h_tok);
-        free(e->h_pos);
-        free(e->h_tok_seq);
-        free(e->h_slot);
-        free(e->h_tables);
-        free(e->h_runs);
-    }
+    for (size_t i = 0; i < e->n_host; i++)
+        free(e->host[i]);
+    free(e->host);
 #if PD_HAVE_CUDA
     for (size_t i = 0; i < e->n_dev; i++)
         pd_cuda_free(e->dev[i]);
 #endif
     free(e->dev);
-    if (e->device == PD_DEVICE_CPU) {
-        free(e->tok);
-        free(e->pos);
-        free(e->tok_seq);
-        free(e->slot);
-        free(e->tables);
-        free(e->runs);
-    }
-    free(e->out_item);
-    free(e->out_row);
     free(e);
     return NULL;
 }
