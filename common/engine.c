@@ -135,6 +135,9 @@ struct pd_engine {
     int32_t *h_tok, *h_pos, *h_tok_seq, *h_runs;
     int64_t *h_slot;
     uint32_t *h_tables;
+    uint32_t w_type; /* the matrices' elements: F32, or BF16 on a GPU */
+    void *xs; /* (max(T, LOGIT_ROWS), max(n_embd, n_head * head_dim, n_ff)) bf16: a GEMM's x
+               * rounded for bf16 matrices (GPU) */
     void *attn_ws; /* decode attention's split partials (GPU) */
     uint64_t attn_ws_bytes;
     uint32_t *out_item, *out_row; /* (T): which item / logits row each output row is */
@@ -228,6 +231,22 @@ static size_t f32_bytes(const struct pd_tensor *t)
     return (size_t)(t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]) * sizeof(float);
 }
 
+/* a matrix of the model to the device in the engine's matrix type */
+static void *upload_matrix(struct pd_engine *e, const float *w, const struct pd_tensor *t)
+{
+    if (e->w_type == PD_DT_F32)
+        return dev_upload(e, w, f32_bytes(t));
+    const size_t n = f32_bytes(t) / sizeof(float);
+    uint16_t *h = malloc(n * sizeof(uint16_t));
+    if (!h)
+        return NULL;
+    for (size_t i = 0; i < n; i++)
+        h[i] = pd_f32_to_bf16(w[i]);
+    void *d = dev_upload(e, h, n * sizeof(uint16_t));
+    free(h);
+    return d;
+}
+
 /* Every weight to the device, as load_weights left it on the host (fp32;
  * the embedding rows in their stored type); the host's dequantized copies
  * are freed then. */
@@ -238,16 +257,19 @@ static int upload_weights(struct pd_engine *e, char *err, size_t errlen)
     for (uint32_t l = 0; l < e->hp.n_layer; l++) {
         const float **dst[PD_W_COUNT];
         layer_slots(&e->layers[l], dst);
-        for (int k = 0; k < PD_W_COUNT; k++)
-            if (!(*dst[k] = dev_upload(e, *dst[k],
-                                       f32_bytes(pd_model_layer_tensor(m, l, (enum pd_weight)k)))))
+        for (int k = 0; k < PD_W_COUNT; k++) {
+            const struct pd_tensor *t = pd_model_layer_tensor(m, l, (enum pd_weight)k);
+            const bool norm = k == PD_W_ATTN_NORM || k == PD_W_FFN_NORM; /* vectors stay fp32 */
+            if (!(*dst[k] = norm ? dev_upload(e, *dst[k], f32_bytes(t))
+                                 : upload_matrix(e, *dst[k], t)))
                 return pd_errf(err, errlen, -ENOMEM, "engine: no device memory for layer %" PRIu32
                                " weights", l);
+        }
     }
     if (pd_dtype_row_size(e->tok_embd->type, e->tok_embd->ne[0], &row_bytes) < 0)
         return pd_errf(err, errlen, -EINVAL, "engine: the embedding's type has no row size");
     if (!(e->out_norm = dev_upload(e, e->out_norm, f32_bytes(pd_model_output_norm(m)))) ||
-        !(e->w_out = dev_upload(e, e->w_out, f32_bytes(pd_model_output(m)))) ||
+        !(e->w_out = upload_matrix(e, e->w_out, pd_model_output(m))) ||
         !(e->embd_table = dev_upload(e, e->tok_embd->data, row_bytes * e->tok_embd->ne[1])) ||
         (e->rope_factors && !(e->rope_factors = dev_upload(e, e->rope_factors,
                                                            f32_bytes(pd_model_rope_freqs(m))))))
@@ -289,6 +311,12 @@ static void *scratch(struct pd_engine *e, size_t bytes, bool host)
     } while (0)
 
 const char *const pd_engine_devices[] = {"auto", "cpu", "cuda", NULL};
+const char *const pd_engine_gpu_weight_dtypes[] = {"bf16", "f32", NULL};
+
+uint32_t pd_engine_gpu_weight_dtype(int choice)
+{
+    return choice == 1 ? PD_DT_F32 : PD_DT_BF16;
+}
 
 int pd_engine_pick_device(int choice, enum pd_device *out, char *why, size_t n)
 {
@@ -340,10 +368,17 @@ int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char
     e->hp = *pd_model_hparams(p->model);
     e->k = &cpu_kernels;
     const struct pd_hparams *hp = &e->hp;
+    e->w_type = PD_DT_F32;
+    if (p->gpu_weight_dtype != PD_DT_F32 && p->gpu_weight_dtype != PD_DT_BF16) {
+        rc = pd_errf(err, errlen, -EINVAL, "engine: GPU matrices in %s: f32 or bf16",
+                     pd_dtype_name(p->gpu_weight_dtype));
+        goto out_free;
+    }
     if (p->device == PD_DEVICE_CUDA) {
 #if PD_HAVE_CUDA
         e->k = &cuda_kernels;
         e->device = PD_DEVICE_CUDA;
+        e->w_type = p->gpu_weight_dtype;
 #else
         rc = pd_errf(err, errlen, -ENOTSUP, "engine: this build has no CUDA (meson setup "
                      "-Dcuda=enabled, on a machine with nvcc)");
@@ -440,6 +475,11 @@ int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char
         e->attn_ws_bytes = pd_attn_workspace_bytes(e->max_items, hp->n_head, hp->head_dim,
                                                    PD_ATTN_MAX_SPLITS);
         if (!(e->attn_ws = scratch(e, e->attn_ws_bytes, false)))
+            goto nomem;
+        size_t rows = T > LOGIT_ROWS ? T : LOGIT_ROWS, cols = hp->n_embd;
+        cols = qd > cols ? qd : cols;
+        cols = hp->n_ff > cols ? hp->n_ff : cols;
+        if (e->w_type == PD_DT_BF16 && !(e->xs = scratch(e, rows * cols * 2, false)))
             goto nomem;
     }
     SCRATCH(e->out_item, T, true);
@@ -557,9 +597,11 @@ static int forward(struct pd_engine *e, const struct pd_batch_item *items, uint3
         const struct layer_w *w = &e->layers[l];
         struct pd_rmsnorm_args na = {.out = e->h, .in = e->x, .weight = w->attn_norm,
                                      .n_rows = T, .dim = D, .eps = hp->norm_eps};
-        struct pd_matmul_args mq = {.y = e->q, .x = e->h, .w = w->wq, .m = T, .n = qd, .k = D};
-        struct pd_matmul_args mk = {.y = e->kk, .x = e->h, .w = w->wk, .m = T, .n = kvd, .k = D};
-        struct pd_matmul_args mv = {.y = e->vv, .x = e->h, .w = w->wv, .m = T, .n = kvd, .k = D};
+        struct pd_matmul_args mq = {.y = e->q, .x = e->h, .w = w->wq, .m = T, .n = qd, .k = D,
+                                    .w_type = e->w_type, .x_scratch = e->xs};
+        struct pd_matmul_args mk = mq, mv = mq;
+        mk.y = e->kk, mk.w = w->wk, mk.n = kvd;
+        mv.y = e->vv, mv.w = w->wv, mv.n = kvd;
         struct pd_rope_args rq = {.x = e->q, .pos = e->pos, .n_tokens = T, .n_heads = hp->n_head,
                                   .head_dim = hp->head_dim, .rope_dim = hp->rope_dim,
                                   .freq_base = hp->rope_freq_base, .freq_scale = e->rope_scale,
@@ -580,18 +622,20 @@ static int forward(struct pd_engine *e, const struct pd_batch_item *items, uint3
                                   .workspace_bytes = e->attn_ws_bytes, .run_start = e->runs,
                                   .n_runs = n_runs, .max_run = max_run};
         struct pd_matmul_args mo = {.y = e->x, .x = e->att, .w = w->wo, .m = T, .n = D, .k = qd,
-                                    .accumulate = 1};
+                                    .accumulate = 1, .w_type = e->w_type, .x_scratch = e->xs};
         struct pd_rmsnorm_args nf = na;
         nf.weight = w->ffn_norm;
         struct pd_matmul_args mg = {.y = e->gate, .x = e->h, .w = w->w_gate, .m = T,
-                                    .n = hp->n_ff, .k = D};
+                                    .n = hp->n_ff, .k = D, .w_type = e->w_type,
+                                    .x_scratch = e->xs};
         struct pd_matmul_args mu = mg;
         mu.y = e->up;
         mu.w = w->w_up;
         struct pd_swiglu_args sa = {.out = e->gate, .gate = e->gate, .up = e->up,
                                     .n = (uint64_t)T * hp->n_ff};
         struct pd_matmul_args md = {.y = e->x, .x = e->gate, .w = w->w_down, .m = T, .n = D,
-                                    .k = hp->n_ff, .accumulate = 1};
+                                    .k = hp->n_ff, .accumulate = 1, .w_type = e->w_type,
+                                    .x_scratch = e->xs};
 
         if ((rc = k->rmsnorm(&na)) < 0 || (rc = k->matmul(&mq)) < 0 || (rc = k->matmul(&mk)) < 0 ||
             (rc = k->matmul(&mv)) < 0 || (rc = k->rope(&rq)) < 0 || (rc = k->rope(&rk)) < 0 ||
@@ -625,7 +669,8 @@ static int forward(struct pd_engine *e, const struct pd_batch_item *items, uint3
     for (uint32_t r0 = 0; r0 < n_rows; r0 += LOGIT_ROWS) {
         uint32_t m = n_rows - r0 < LOGIT_ROWS ? n_rows - r0 : LOGIT_ROWS;
         struct pd_matmul_args mo = {.y = e->logits, .x = e->h + (size_t)r0 * D, .w = e->w_out,
-                                    .m = m, .n = hp->n_vocab, .k = D};
+                                    .m = m, .n = hp->n_vocab, .k = D, .w_type = e->w_type,
+                                    .x_scratch = e->xs};
         if ((rc = k->matmul(&mo)) < 0)
             return rc;
         for (uint32_t r = 0; r < m; r++) {

@@ -58,6 +58,8 @@ enum pd_device { PD_DEVICE_CPU = 0, PD_DEVICE_CUDA = 1 };
 struct pd_engine_params {
     const struct pd_model *model; /* must outlive the engine */
     enum pd_device device; /* CUDA: weights, activations and the KV pool in device memory */
+    uint32_t gpu_weight_dtype; /* CUDA: the matrices' elements, PD_DT_F32 (0) or PD_DT_BF16;
+                                * the CPU's are fp32 whatever this says */
     uint64_t kv_cache_bytes; /* --kv-cache-memory */
     uint32_t block_size; /* --block-size; 0 = 16 */
     uint32_t max_batched_tokens; /* --max-num-batched-tokens; 0 = 2048 */
@@ -77,6 +79,9 @@ uint32_t pd_engine_kv_dtype(int choice);
  * one log line). -ENODEV with the reason when cuda is asked for and there is
  * none; *out untouched then. */
 extern const char *const pd_engine_devices[];
+/* --gpu-weight-dtype's choices (bf16, f32) and the type of choice i */
+extern const char *const pd_engine_gpu_weight_dtypes[];
+uint32_t pd_engine_gpu_weight_dtype(int choice);
 int pd_engine_pick_device(int choice, enum pd_device *out, char *why, size_t n);
 
 struct pd_batch_item {

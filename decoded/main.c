@@ -81,6 +81,7 @@ struct dec_cfg {
     bool kv_integrity;
     int log_level;
     int device;
+    int gpu_weight_dtype;
 };
 
 static const char *const load_formats[] = {"auto", "gguf", "dummy", NULL};
@@ -171,6 +172,10 @@ static const struct pd_cfg_opt options[] = {
     PD_CFG_ENUM("device", struct dec_cfg, device, "auto", pd_engine_devices,
                 "where the engine runs (auto: CUDA when usable and no --prefill peer is named, "
                 "else the CPU)"),
+    PD_CFG_ENUM("gpu-weight-dtype", struct dec_cfg, gpu_weight_dtype, "bf16",
+                pd_engine_gpu_weight_dtypes,
+                "on the GPU, the weight matrices' elements: bf16 (half the memory, bf16 GEMMs with "
+                "fp32 accumulation) or f32 (the CPU engine's numbers)"),
     PD_CFG_END,
 };
 
@@ -414,6 +419,7 @@ static int run(struct dec_cfg *c, int argc, char *const *argv, struct pd_model *
     }
     struct pd_engine_params ep = {.model = m, .kv_cache_bytes = c->kv_cache_memory,
                                   .device = device,
+                                  .gpu_weight_dtype = pd_engine_gpu_weight_dtype(c->gpu_weight_dtype),
                                   .kv_dtype = pd_engine_kv_dtype(c->kv_cache_dtype),
                                   .block_size = (uint32_t)c->block_size,
                                   .max_batched_tokens = (uint32_t)c->max_num_batched_tokens,

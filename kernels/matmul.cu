@@ -1,6 +1,7 @@
 /* kernels/matmul.cu: y = x W^T through cuBLAS (cublasGemmEx), fp32
  * accumulation throughout; fp32 operands, or bf16 x and W (the GPU engine's
- * weights) with a float or bf16 y.
+ * weights) with a float or bf16 y; a float x with bf16 W is rounded to bf16
+ * into the caller's x_scratch first (cuBLAS wants both operands alike).
  *
  * Row-major y (m, n) = x (m, k) W^T, W (n, k) rows as ggml stores them, is in
  * cuBLAS's column-major terms y^T (n x m, ld n) = op(W') x' where W' is W
@@ -65,21 +66,40 @@ static int handle_for_this_thread(cublasHandle_t *out)
     return 0;
 }
 
+/* float x rounded to bf16 (kernels/bf16.h's rounding), for a bf16 W */
+__global__ void to_bf16_kernel(uint16_t *out, const float *in, uint64_t n)
+{
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;
+         i += (uint64_t)gridDim.x * blockDim.x)
+        out[i] = pd_bf16_encode(in[i]);
+}
+
 extern "C" int pd_matmul_cuda(const struct pd_matmul_args *a, pd_stream_t stream)
 {
     const bool f32 = a->x_type == PD_DT_F32 && a->w_type == PD_DT_F32 && a->y_type == PD_DT_F32;
-    const bool bf = a->x_type == PD_DT_BF16 && a->w_type == PD_DT_BF16 &&
+    /* a float x with a bf16 W goes through x_scratch, rounded */
+    const bool x_f32 = a->x_type == PD_DT_F32 && a->w_type == PD_DT_BF16;
+    const bool bf = (a->x_type == PD_DT_BF16 || x_f32) && a->w_type == PD_DT_BF16 &&
                     (a->y_type == PD_DT_F32 || a->y_type == PD_DT_BF16);
+    const void *x = a->x;
     cublasHandle_t h = NULL;
     cublasStatus_t s;
     int rc;
 
     if (!f32 && !bf)
         return -EINVAL;
-    if (a->m > INT32_MAX || a->n > INT32_MAX || a->k > INT32_MAX)
+    if (a->m > INT32_MAX || a->n > INT32_MAX || a->k > INT32_MAX || (x_f32 && !a->x_scratch))
         return -EINVAL;
     if (a->m == 0 || a->n == 0)
         return 0;
+    if (x_f32) {
+        const uint64_t n = (uint64_t)a->m * a->k;
+        to_bf16_kernel<<<pd_cuda_blocks(n, 256), 256, 0, pd_cuda_stream(stream)>>>(
+            (uint16_t *)a->x_scratch, a->x, n);
+        if ((rc = pd_cuda_launched("to_bf16_kernel")) < 0)
+            return rc;
+        x = a->x_scratch;
+    }
     if ((rc = handle_for_this_thread(&h)) < 0)
         return rc;
     if ((s = cublasSetStream(h, pd_cuda_stream(stream))) != CUBLAS_STATUS_SUCCESS)
@@ -88,7 +108,7 @@ extern "C" int pd_matmul_cuda(const struct pd_matmul_args *a, pd_stream_t stream
     const cudaDataType_t in = bf ? CUDA_R_16BF : CUDA_R_32F;
     const cudaDataType_t out = a->y_type == PD_DT_BF16 ? CUDA_R_16BF : CUDA_R_32F;
     s = cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)a->n, (int)a->m, (int)a->k, &alpha, a->w,
-                     in, (int)a->k, a->x, in, (int)a->k, &beta, a->y, out, (int)a->n,
+                     in, (int)a->k, x, in, (int)a->k, &beta, a->y, out, (int)a->n,
                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     return s == CUBLAS_STATUS_SUCCESS ? 0 : cublas_fail(s, "cublasGemmEx");
 }

@@ -14,8 +14,9 @@ struct pd_matmul_args {
     uint32_t m, n, k;
     int accumulate; /* y += x W^T instead of y = x W^T (residual connections) */
     /* element types; zero (F32) is the CPU engine's and the only one the CPU
-     * takes. CUDA: all F32, or x and w BF16 with y F32 or BF16 */
+     * takes. CUDA: all F32, or w BF16 with x BF16 or F32 and y F32 or BF16 */
     uint32_t x_type, w_type, y_type;
+    void *x_scratch; /* CUDA, x F32 with w BF16: (m, k) bf16, x rounded into it first */
 };
 
 PD_BEGIN_DECLS

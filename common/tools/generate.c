@@ -55,6 +55,7 @@ struct gen_cfg {
     int64_t max_model_len;
     int log_level;
     int device;
+    int gpu_weight_dtype;
 };
 
 static const char *const load_formats[] = {"auto", "gguf", "dummy", NULL};
@@ -103,6 +104,10 @@ static const struct pd_cfg_opt options[] = {
     PD_CFG_ENUM("log-level", struct gen_cfg, log_level, "info", log_levels, "log level"),
     PD_CFG_ENUM("device", struct gen_cfg, device, "auto", pd_engine_devices,
                 "where the engine runs (auto: CUDA when usable, else the CPU)"),
+    PD_CFG_ENUM("gpu-weight-dtype", struct gen_cfg, gpu_weight_dtype, "bf16",
+                pd_engine_gpu_weight_dtypes,
+                "on the GPU, the weight matrices' elements: bf16 (half the memory, bf16 GEMMs with "
+                "fp32 accumulation) or f32 (the CPU engine's numbers)"),
     PD_CFG_END,
 };
 
@@ -262,6 +267,7 @@ int main(int argc, char **argv)
     if ((rc = pd_model_load(&mp, &m, err, sizeof(err))) < 0)
         goto fail;
     struct pd_engine_params ep = {.model = m, .kv_cache_bytes = c.kv_cache_memory, .device = device,
+                                  .gpu_weight_dtype = pd_engine_gpu_weight_dtype(c.gpu_weight_dtype),
                                   .kv_dtype = pd_engine_kv_dtype(c.kv_cache_dtype),
                                   .block_size = (uint32_t)c.block_size,
                                   .max_batched_tokens = (uint32_t)c.max_num_batched_tokens,

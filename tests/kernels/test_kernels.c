@@ -264,6 +264,9 @@ static void cuda_launchers_refuse_bad_args(void)
     ma.w_type = PD_DT_BF16;
     ma.y_type = PD_DT_F16;
     CHECK_EQ_INT(pd_matmul_cuda(&ma, NULL), -EINVAL);
+    ma.x_type = PD_DT_F32; /* a float x with a bf16 W needs x_scratch */
+    ma.y_type = PD_DT_F32;
+    CHECK_EQ_INT(pd_matmul_cuda(&ma, NULL), -EINVAL);
 
     /* sampling: a workspace too small is refused; no rows is nothing to do */
     struct pd_sample_args sa_ = {.logits = x, .n_rows = 1, .n_vocab = 4,
@@ -888,13 +891,16 @@ static uint16_t *to_bf16(float *v, size_t n)
     return h;
 }
 
-/* y = x W^T (+ y) against OpenBLAS on the same (rounded) operands; odd sizes */
-static void matmul_case(uint32_t in_type, uint32_t y_type, int accumulate, int emu)
+/* y = x W^T (+ y) against OpenBLAS on the same (rounded) operands; odd sizes.
+ * x_f32: a bf16 W with a float x, which the launcher rounds into x_scratch. */
+static void matmul_case(uint32_t in_type, uint32_t y_type, int accumulate, int x_f32, int emu)
 {
     const uint32_t m = 1 + rnd(emu ? 24 : 300), n = 1 + rnd(emu ? 40 : 400), k = 1 + rnd(emu ? 70 : 700);
     float *x = rand_floats((size_t)m * k, 1.0f), *w = rand_floats((size_t)n * k, 1.0f);
     float *y0 = rand_floats((size_t)m * n, 1.0f), *ref = host_alloc((size_t)m * n * sizeof(float));
     const int bf_in = in_type == PD_DT_BF16, bf_out = y_type == PD_DT_BF16;
+    float *x_raw = host_alloc((size_t)m * k * sizeof(float));
+    memcpy(x_raw, x, (size_t)m * k * sizeof(float));
     uint16_t *x16 = bf_in ? to_bf16(x, (size_t)m * k) : NULL, *w16 = bf_in ? to_bf16(w, (size_t)n * k) : NULL;
     uint16_t *y16 = bf_out ? to_bf16(y0, (size_t)m * n) : NULL;
 
@@ -905,12 +911,17 @@ static void matmul_case(uint32_t in_type, uint32_t y_type, int accumulate, int e
 
     struct pd_matmul_args g = a;
     const size_t ysz = bf_out ? 2 : 4;
-    g.x = dev_copy(bf_in ? (const void *)x16 : x, (size_t)m * k * (bf_in ? 2 : 4));
+    g.x = bf_in && x_f32 ? dev_copy(x_raw, (size_t)m * k * sizeof(float))
+                         : dev_copy(bf_in ? (const void *)x16 : x, (size_t)m * k * (bf_in ? 2 : 4));
     g.w = dev_copy(bf_in ? (const void *)w16 : w, (size_t)n * k * (bf_in ? 2 : 4));
     g.y = accumulate ? dev_copy(bf_out ? (const void *)y16 : y0, (size_t)m * n * ysz)
                      : dev_poisoned((size_t)m * n * ysz);
     g.x_type = g.w_type = in_type;
     g.y_type = y_type;
+    if (bf_in && x_f32) {
+        g.x_type = PD_DT_F32;
+        g.x_scratch = dev_poisoned((size_t)m * k * sizeof(uint16_t));
+    }
     CHECK_EQ_INT(pd_matmul_cuda(&g, NULL), 0);
     void *raw = dev_fetch(g.y, (size_t)m * n * ysz);
     float *got = raw;
@@ -921,11 +932,12 @@ static void matmul_case(uint32_t in_type, uint32_t y_type, int accumulate, int e
         free(raw);
     }
     char what[128];
-    snprintf(what, sizeof what, "matmul %s -> %s m %u n %u k %u%s", pd_dtype_name(in_type),
-             pd_dtype_name(y_type), m, n, k, accumulate ? " accumulate" : "");
+    snprintf(what, sizeof what, "matmul %s%s -> %s m %u n %u k %u%s", pd_dtype_name(in_type),
+             bf_in && x_f32 ? " (x F32)" : "", pd_dtype_name(y_type), m, n, k,
+             accumulate ? " accumulate" : "");
     /* fp32 sums in another order; a bf16 y carries its own rounding (2^-9) */
     check_close(what, got, ref, (size_t)m * n, bf_out ? TOL_BF16_KV : TOL_F32);
-    free(x), free(w), free(y0), free(ref), free(got), free(x16), free(w16), free(y16);
+    free(x), free(x_raw), free(w), free(y0), free(ref), free(got), free(x16), free(w16), free(y16);
     dev_free_all();
 }
 
@@ -933,10 +945,10 @@ static void matmul_cuda_matches_cpu(void)
 {
     need_gpu();
     const int emu = emulated();
-    for (int iter = 0; iter < 12; iter++) {
+    for (int iter = 0; iter < 16; iter++) {
         const uint32_t in = iter % 3 ? PD_DT_BF16 : PD_DT_F32;
         const uint32_t out = in == PD_DT_BF16 && iter % 3 == 2 ? PD_DT_BF16 : PD_DT_F32;
-        matmul_case(in, out, iter % 2, emu);
+        matmul_case(in, out, iter % 2, iter % 4 >= 2, emu);
     }
 }
 

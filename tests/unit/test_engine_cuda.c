@@ -19,6 +19,7 @@
 #include <math.h>
 
 #define TOL_F32 1e-4 /* cuBLAS / OpenBLAS sums in other orders */
+#define TOL_BF16_W 2e-2 /* bf16 matrices and x (emulated: <= 7.6e-3) */
 #define TOL_16 5e-3 /* the prefill kernel's q and P in 16 bits as well (emulated: <= 1.5e-3) */
 
 static void need_gpu(void)
@@ -42,10 +43,12 @@ static struct pd_model *load_dummy(const char *shape)
  * then a decode step, a second chunk of 40 (across blocks) and a one-token
  * prompt together; then three decode steps together. Every row of logits
  * asked for goes to out, (N_ROWS, n_vocab). */
-static void script(const struct pd_model *m, enum pd_device dev, uint32_t kv_dtype, float *out)
+static void script(const struct pd_model *m, enum pd_device dev, uint32_t kv_dtype,
+                   uint32_t w_dtype, float *out)
 {
     const uint32_t V = pd_model_hparams(m)->n_vocab;
     struct pd_engine_params p = {.model = m, .device = dev, .kv_cache_bytes = 16u << 20,
+                                 .gpu_weight_dtype = w_dtype, /* the CPU's are fp32 regardless */
                                  .kv_dtype = kv_dtype, .block_size = 16,
                                  .max_batched_tokens = 128, .max_batch_items = 8};
     struct pd_engine *e = NULL;
@@ -82,7 +85,7 @@ static void script(const struct pd_model *m, enum pd_device dev, uint32_t kv_dty
     pd_engine_free(e);
 }
 
-static void compare(const char *shape, uint32_t kv_dtype, double tol)
+static void compare(const char *shape, uint32_t kv_dtype, uint32_t w_dtype, double tol)
 {
     struct pd_model *m = load_dummy(shape);
     const uint32_t V = pd_model_hparams(m)->n_vocab;
@@ -90,8 +93,9 @@ static void compare(const char *shape, uint32_t kv_dtype, double tol)
     float *gpu = malloc((size_t)N_ROWS * V * sizeof(float));
     CHECK(cpu && gpu);
     memset(gpu, 0xff, (size_t)N_ROWS * V * sizeof(float)); /* NaN: every row must come down */
-    script(m, PD_DEVICE_CPU, kv_dtype, cpu);
-    script(m, PD_DEVICE_CUDA, kv_dtype, gpu);
+    script(m, PD_DEVICE_CPU, kv_dtype, w_dtype, cpu);
+    script(m, PD_DEVICE_CUDA, kv_dtype, w_dtype, gpu);
+    double worst = 0;
     for (uint32_t r = 0; r < N_ROWS; r++) {
         double md = 0, mx = 0;
         for (uint32_t i = 0; i < V; i++) {
@@ -100,11 +104,16 @@ static void compare(const char *shape, uint32_t kv_dtype, double tol)
             mx = fabs(cpu[(size_t)r * V + i]) > mx ? fabs(cpu[(size_t)r * V + i]) : mx;
         }
         if (getenv("PD_TEST_VERBOSE")) /* the margins, for a GPU run's report */
-            printf("%s, %s pool, row %u: %.3g\n", shape, pd_dtype_name(kv_dtype), r, md / mx);
+            printf("%s, %s pool, %s matrices, row %u: %.3g\n", shape, pd_dtype_name(kv_dtype),
+                   pd_dtype_name(w_dtype), r, md / mx);
         if (!(md / mx <= tol))
-            PD_TEST_FAIL_("%s, %s pool, logits row %u: %.3g from the CPU engine's (bar %.0e)",
-                          shape, pd_dtype_name(kv_dtype), r, md / mx, tol);
+            PD_TEST_FAIL_("%s, %s pool, %s matrices, logits row %u: %.3g from the CPU engine's "
+                          "(bar %.0e)", shape, pd_dtype_name(kv_dtype), pd_dtype_name(w_dtype), r,
+                          md / mx, tol);
+        worst = md / mx > worst ? md / mx : worst;
     }
+    if (w_dtype == PD_DT_BF16 && !(worst > 1e-4)) /* the rounding is really there */
+        PD_TEST_FAIL_("%s: bf16 matrices within %.3g of fp32: were they bf16?", shape, worst);
     free(cpu), free(gpu);
     pd_model_free(m);
 }
@@ -118,16 +127,26 @@ static const char *const SHAPE_16 = "tiny-gqa4";
 static void engine_cuda_matches_cpu_f32_pool(void)
 {
     need_gpu();
-    compare(SHAPE_64, PD_DT_F32, TOL_F32);
-    compare(SHAPE_16, PD_DT_F32, TOL_F32);
+    compare(SHAPE_64, PD_DT_F32, PD_DT_F32, TOL_F32);
+    compare(SHAPE_16, PD_DT_F32, PD_DT_F32, TOL_F32);
 }
 
 static void engine_cuda_matches_cpu_16bit_pools(void)
 {
     need_gpu();
-    compare(SHAPE_64, PD_DT_BF16, TOL_16);
-    compare(SHAPE_64, PD_DT_F16, TOL_16);
-    compare(SHAPE_16, PD_DT_BF16, TOL_16);
+    compare(SHAPE_64, PD_DT_BF16, PD_DT_F32, TOL_16);
+    compare(SHAPE_64, PD_DT_F16, PD_DT_F32, TOL_16);
+    compare(SHAPE_16, PD_DT_BF16, PD_DT_F32, TOL_16);
+}
+
+/* bf16 matrices (cuBLAS bf16 GEMMs, x rounded to bf16 on the way in),
+ * against the CPU's fp32 ones */
+static void engine_cuda_bf16_matrices_close_to_cpu(void)
+{
+    need_gpu();
+    compare(SHAPE_64, PD_DT_F32, PD_DT_BF16, TOL_BF16_W);
+    compare(SHAPE_64, PD_DT_BF16, PD_DT_BF16, TOL_BF16_W);
+    compare(SHAPE_16, PD_DT_F32, PD_DT_BF16, TOL_BF16_W);
 }
 
 /* auto falls back to the CPU with a reason where there is no GPU; cuda is
@@ -156,6 +175,7 @@ static const struct pd_test tests[] = {
     PD_TEST(engine_device_choice_says_why),
     PD_TEST(engine_cuda_matches_cpu_f32_pool),
     PD_TEST(engine_cuda_matches_cpu_16bit_pools),
+    PD_TEST(engine_cuda_bf16_matrices_close_to_cpu),
     {0},
 };
 
