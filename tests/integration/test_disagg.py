@@ -166,7 +166,12 @@ def wait_for(cond, timeout=60, what="condition"):
 
 
 def dec_args(psk, *peers, extra=()):
-    args = [*MODEL, *MEM, "--kv-psk-file", str(psk), "--local-prefill-max-tokens", "0"]
+    # a generous no-progress deadline: on a loaded 2-core CI machine a
+    # 2000-token prompt queued behind others at prefilld sends its first block
+    # after more than the 10 s default, and a failover to local prefill would
+    # break the "prefilled remotely" checks (tests of the deadline set their own)
+    args = [*MODEL, *MEM, "--kv-psk-file", str(psk), "--local-prefill-max-tokens", "0",
+            "--prefill-timeout-ms", "120000"]
     for p in peers:
         args += ["--prefill", p]
     return args + list(extra)
