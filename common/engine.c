@@ -410,30 +410,6 @@ int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char
         goto out_free;
     }
 
-    struct pd_kvcache_params kp = {
-        .layout = {.n_layer = hp->n_layer, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim,
-                   .block_size = bs},
-        .mem_bytes = p->kv_cache_bytes,
-        .dtype = p->kv_dtype,
-    };
-#if PD_HAVE_CUDA
-    if (e->device == PD_DEVICE_CUDA) {
-        /* the pool in device memory, whole blocks of --kv-cache-memory */
-        const uint64_t bb = pd_kv_block_elems(&kp.layout) * (kp.dtype == PD_DT_F32 ? 4 : 2);
-        uint64_t nb = bb ? p->kv_cache_bytes / bb : 0;
-        nb = nb > PD_KV_MAX_BLOCKS ? PD_KV_MAX_BLOCKS : nb;
-        if (nb) { /* none: pd_kvcache_new says why */
-            kp.mem_bytes = nb * bb;
-            if (!(kp.pool = dev_alloc(e, kp.mem_bytes))) {
-                rc = pd_errf(err, errlen, -ENOMEM, "engine: no device memory for a KV pool of %"
-                             PRIu64 " bytes (--kv-cache-memory)", kp.mem_bytes);
-                goto out_free;
-            }
-        }
-    }
-#endif
-    if ((rc = pd_kvcache_new(&kp, &e->kc, err, errlen)) < 0)
-        goto out_free;
     e->max_blocks = (e->max_model_len + bs - 1) / bs;
     if ((rc = load_weights(e, err, errlen)) < 0)
         goto out_free;
@@ -484,6 +460,52 @@ int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char
     }
     SCRATCH(e->out_item, T, true);
     SCRATCH(e->out_row, T, true);
+
+    struct pd_kvcache_params kp = {
+        .layout = {.n_layer = hp->n_layer, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim,
+                   .block_size = bs},
+        .mem_bytes = p->kv_cache_bytes,
+        .dtype = p->kv_dtype,
+    };
+#if PD_HAVE_CUDA
+    if (e->device == PD_DEVICE_CUDA) {
+        /* the pool in device memory, whole blocks: of --kv-cache-memory, or
+         * of what the weights and scratch leave under the share of the
+         * device's memory the process may use (--gpu-memory-utilization) */
+        const uint64_t bb = pd_kv_block_elems(&kp.layout) * (kp.dtype == PD_DT_F32 ? 4 : 2);
+        uint64_t bytes = p->kv_cache_bytes;
+        if (p->gpu_memory_utilization > 0) {
+            size_t free_b = 0, total_b = 0;
+            if ((rc = pd_cuda_mem_info(&free_b, &total_b)) < 0) {
+                rc = pd_errf(err, errlen, rc, "engine: the device's memory: %s", strerror(-rc));
+                goto out_free;
+            }
+            const double cap = p->gpu_memory_utilization * (double)total_b;
+            const double used = (double)(total_b - free_b);
+            if (cap <= used) {
+                rc = pd_errf(err, errlen, -ENOMEM, "engine: --gpu-memory-utilization %.2f of %.1f "
+                             "GiB leaves no room for the KV pool: %.1f GiB are in use already",
+                             p->gpu_memory_utilization, (double)total_b / (1u << 30),
+                             used / (1u << 30));
+                goto out_free;
+            }
+            bytes = (uint64_t)(cap - used);
+        }
+        uint64_t nb = bb ? bytes / bb : 0;
+        nb = nb > PD_KV_MAX_BLOCKS ? PD_KV_MAX_BLOCKS : nb;
+        kp.mem_bytes = bytes;
+        if (nb) { /* none: pd_kvcache_new says why */
+            kp.mem_bytes = nb * bb;
+            if (!(kp.pool = dev_alloc(e, kp.mem_bytes))) {
+                rc = pd_errf(err, errlen, -ENOMEM, "engine: no device memory for a KV pool of %"
+                             PRIu64 " bytes", kp.mem_bytes);
+                goto out_free;
+            }
+        }
+    }
+#endif
+    if ((rc = pd_kvcache_new(&kp, &e->kc, err, errlen)) < 0)
+        goto out_free;
     *out = e;
     return 0;
 

@@ -60,6 +60,10 @@ struct pd_engine_params {
     enum pd_device device; /* CUDA: weights, activations and the KV pool in device memory */
     uint32_t gpu_weight_dtype; /* CUDA: the matrices' elements, PD_DT_F32 (0) or PD_DT_BF16;
                                 * the CPU's are fp32 whatever this says */
+    double gpu_memory_utilization; /* CUDA: (0, 1) the share of the device's memory the
+                                    * process may use, the KV pool taking what is left after
+                                    * the weights and scratch (vLLM's meaning); 0: the pool is
+                                    * kv_cache_bytes */
     uint64_t kv_cache_bytes; /* --kv-cache-memory */
     uint32_t block_size; /* --block-size; 0 = 16 */
     uint32_t max_batched_tokens; /* --max-num-batched-tokens; 0 = 2048 */

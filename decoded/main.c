@@ -82,6 +82,7 @@ struct dec_cfg {
     int log_level;
     int device;
     int gpu_weight_dtype;
+    double gpu_memory_utilization;
 };
 
 static const char *const load_formats[] = {"auto", "gguf", "dummy", NULL};
@@ -176,6 +177,9 @@ static const struct pd_cfg_opt options[] = {
                 pd_engine_gpu_weight_dtypes,
                 "on the GPU, the weight matrices' elements: bf16 (half the memory, bf16 GEMMs with "
                 "fp32 accumulation) or f32 (the CPU engine's numbers)"),
+    PD_CFG_DOUBLE("gpu-memory-utilization", struct dec_cfg, gpu_memory_utilization, "0", 0, 0.99,
+                  "on the GPU, the share of its memory this process may use, the KV pool taking "
+                  "what the weights leave (0: the pool is --kv-cache-memory)"),
     PD_CFG_END,
 };
 
@@ -420,6 +424,7 @@ static int run(struct dec_cfg *c, int argc, char *const *argv, struct pd_model *
     struct pd_engine_params ep = {.model = m, .kv_cache_bytes = c->kv_cache_memory,
                                   .device = device,
                                   .gpu_weight_dtype = pd_engine_gpu_weight_dtype(c->gpu_weight_dtype),
+                                  .gpu_memory_utilization = c->gpu_memory_utilization,
                                   .kv_dtype = pd_engine_kv_dtype(c->kv_cache_dtype),
                                   .block_size = (uint32_t)c->block_size,
                                   .max_batched_tokens = (uint32_t)c->max_num_batched_tokens,

@@ -13,6 +13,7 @@
 #include "cuda_util.h"
 #include "default_model.h"
 #include "engine.h"
+#include "kvcache.h"
 #include "quant.h"
 
 #include <errno.h>
@@ -149,6 +150,33 @@ static void engine_cuda_bf16_matrices_close_to_cpu(void)
     compare(SHAPE_16, PD_DT_F32, PD_DT_BF16, TOL_BF16_W);
 }
 
+/* --gpu-memory-utilization: the pool takes what is left under the share,
+ * in whole blocks; a share already used up by others is refused */
+static void engine_cuda_pool_sized_by_memory_share(void)
+{
+    need_gpu();
+    struct pd_model *m = load_dummy(SHAPE_16);
+    size_t free_b = 0, total_b = 0;
+    CHECK_EQ_INT(pd_cuda_mem_info(&free_b, &total_b), 0);
+    /* 64 MiB more than what is in use now */
+    const double share = ((double)(total_b - free_b) + (64u << 20)) / (double)total_b;
+    struct pd_engine_params p = {.model = m, .device = PD_DEVICE_CUDA, .kv_cache_bytes = 1u << 20,
+                                 .gpu_memory_utilization = share, .max_batched_tokens = 64};
+    struct pd_engine *e = NULL;
+    char err[512];
+    if (pd_engine_new(&p, &e, err, sizeof err) < 0)
+        PD_TEST_FAIL_("%s", err);
+    const struct pd_kvcache *kc = pd_engine_kvcache(e);
+    const uint64_t pool = (uint64_t)pd_kvcache_n_blocks(kc) * pd_kvcache_block_bytes(kc);
+    /* not --kv-cache-memory's 1 MiB: up to the 64 MiB less the weights and scratch */
+    CHECK(pool > (1u << 20) && pool <= (64u << 20));
+    e = pd_engine_free(e);
+    p.gpu_memory_utilization = 1e-9; /* less than the process already holds */
+    CHECK(pd_engine_new(&p, &e, err, sizeof err) < 0);
+    CHECK(e == NULL);
+    pd_model_free(m);
+}
+
 /* auto falls back to the CPU with a reason where there is no GPU; cuda is
  * refused with it (no device needed to check either) */
 static void engine_device_choice_says_why(void)
@@ -176,6 +204,7 @@ static const struct pd_test tests[] = {
     PD_TEST(engine_cuda_matches_cpu_f32_pool),
     PD_TEST(engine_cuda_matches_cpu_16bit_pools),
     PD_TEST(engine_cuda_bf16_matrices_close_to_cpu),
+    PD_TEST(engine_cuda_pool_sized_by_memory_share),
     {0},
 };
 
