@@ -86,6 +86,20 @@ extern const char *const pd_engine_devices[];
 /* --gpu-weight-dtype's choices (bf16, f32) and the type of choice i */
 extern const char *const pd_engine_gpu_weight_dtypes[];
 uint32_t pd_engine_gpu_weight_dtype(int choice);
+
+/* The device options of a program that runs an engine where it likes
+ * (decoded, pdserve-generate): entries of a common/cfg option table for a
+ * config struct T with int device, int gpu_weight_dtype and double
+ * gpu_memory_utilization. */
+#define PD_ENGINE_DEVICE_CFG(T)                                                                    \
+    PD_CFG_ENUM("device", T, device, "auto", pd_engine_devices,                                    \
+                "where the engine runs (auto: CUDA when usable, else the CPU)"),                   \
+    PD_CFG_ENUM("gpu-weight-dtype", T, gpu_weight_dtype, "bf16", pd_engine_gpu_weight_dtypes,      \
+                "on the GPU, the weight matrices' elements: bf16 (half the memory, bf16 GEMMs "    \
+                "with fp32 accumulation) or f32 (the CPU engine's numbers)"),                      \
+    PD_CFG_DOUBLE("gpu-memory-utilization", T, gpu_memory_utilization, "0", 0, 0.99,               \
+                  "on the GPU, the share of its memory this process may use, the KV pool taking "  \
+                  "what the weights leave (0: the pool is --kv-cache-memory)")
 int pd_engine_pick_device(int choice, enum pd_device *out, char *why, size_t n);
 
 struct pd_batch_item {

@@ -103,15 +103,7 @@ static const struct pd_cfg_opt options[] = {
     PD_CFG_INT("max-model-len", struct gen_cfg, max_model_len, "0", 0, 1 << 24,
                "longest sequence; 0 = the model's context"),
     PD_CFG_ENUM("log-level", struct gen_cfg, log_level, "info", log_levels, "log level"),
-    PD_CFG_ENUM("device", struct gen_cfg, device, "auto", pd_engine_devices,
-                "where the engine runs (auto: CUDA when usable, else the CPU)"),
-    PD_CFG_ENUM("gpu-weight-dtype", struct gen_cfg, gpu_weight_dtype, "bf16",
-                pd_engine_gpu_weight_dtypes,
-                "on the GPU, the weight matrices' elements: bf16 (half the memory, bf16 GEMMs with "
-                "fp32 accumulation) or f32 (the CPU engine's numbers)"),
-    PD_CFG_DOUBLE("gpu-memory-utilization", struct gen_cfg, gpu_memory_utilization, "0", 0, 0.99,
-                  "on the GPU, the share of its memory this process may use, the KV pool taking "
-                  "what the weights leave (0: the pool is --kv-cache-memory)"),
+    PD_ENGINE_DEVICE_CFG(struct gen_cfg),
     PD_CFG_END,
 };
 

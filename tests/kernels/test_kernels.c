@@ -652,6 +652,20 @@ static float *attn_on_device(const struct attn_case *c, const struct pd_attn_arg
     return g.out;
 }
 
+/* The CPU reference's args for a case's batch: out, q and pool given, a
+ * random layer, scale 1/sqrt(head_dim). */
+static struct pd_attn_args case_args(const struct attn_case *c, const struct attn_batch *b,
+                                     float *out, const float *q, const void *pool)
+{
+    struct pd_attn_args a = {.out = out, .q = q, .pool = pool, .kv = c->l,
+                             .layer = rnd(c->l.n_layer), .n_tokens = b->n_tokens,
+                             .n_head = c->l.n_head_kv * c->group, .tok_seq = b->tok_seq,
+                             .tok_pos = b->tok_pos, .block_tables = b->tables,
+                             .max_blocks = b->max_blocks,
+                             .scale = 1.0f / sqrtf((float)c->l.head_dim), .pool_type = c->pool_type};
+    return a;
+}
+
 static void attn_case_run(const struct attn_case *c, int *split_used)
 {
     struct attn_batch b;
@@ -663,11 +677,7 @@ static void attn_case_run(const struct attn_case *c, int *split_used)
     float *q = rand_floats(out_n, 6.0f), *ref = host_alloc(out_n * sizeof(float));
     memset(ref, 0xff, out_n * sizeof(float)); /* the reference must write every element too */
 
-    struct pd_attn_args a = {.out = ref, .q = q, .pool = pool, .kv = c->l,
-                             .layer = rnd(c->l.n_layer), .n_tokens = b.n_tokens, .n_head = n_head,
-                             .tok_seq = b.tok_seq, .tok_pos = b.tok_pos,
-                             .block_tables = b.tables, .max_blocks = b.max_blocks,
-                             .scale = 1.0f / sqrtf((float)hd), .pool_type = c->pool_type};
+    struct pd_attn_args a = case_args(c, &b, ref, q, pool);
     CHECK_EQ_INT(pd_attention_cpu(&a), 0);
     float *dout = attn_on_device(c, &a, &b, split_used);
     float *got = dev_fetch(dout, out_n * sizeof(float));
@@ -1095,11 +1105,7 @@ static void prefill_case_run(const struct attn_case *c, uint32_t io_type)
     uint32_t n_runs, max_run;
     int32_t *runs = batch_runs(&b, &n_runs, &max_run);
 
-    struct pd_attn_args a = {.out = ref, .q = q, .pool = pool, .kv = c->l,
-                             .layer = rnd(c->l.n_layer), .n_tokens = b.n_tokens, .n_head = n_head,
-                             .tok_seq = b.tok_seq, .tok_pos = b.tok_pos,
-                             .block_tables = b.tables, .max_blocks = b.max_blocks,
-                             .scale = 1.0f / sqrtf((float)hd), .pool_type = c->pool_type};
+    struct pd_attn_args a = case_args(c, &b, ref, q, pool);
     CHECK_EQ_INT(pd_attention_cpu(&a), 0);
 
     struct pd_attn_args g = a;
