@@ -133,6 +133,7 @@ struct pd_engine {
     /* the same index arrays as the step builds them on the host: the arrays
      * above themselves on the CPU, their staging on a GPU */
     int32_t *h_tok, *h_pos, *h_tok_seq, *h_runs;
+    float *h_logits; /* (LOGIT_ROWS, n_vocab) */
     int64_t *h_slot;
     uint32_t *h_tables;
     uint32_t w_type; /* the matrices' elements: F32, or BF16 on a GPU */
@@ -438,8 +439,9 @@ int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char
     SCRATCH(e->runs, (size_t)e->max_items + 1, false);
     if (here) { /* the step builds the index arrays in place */
         e->h_tok = e->tok, e->h_pos = e->pos, e->h_tok_seq = e->tok_seq, e->h_slot = e->slot;
-        e->h_tables = e->tables, e->h_runs = e->runs;
+        e->h_tables = e->tables, e->h_runs = e->runs, e->h_logits = e->logits;
     } else { /* ... or on the host, then copies them up */
+        SCRATCH(e->h_logits, (size_t)LOGIT_ROWS * hp->n_vocab, true);
         SCRATCH(e->h_tok, T, true);
         SCRATCH(e->h_pos, T, true);
         SCRATCH(e->h_tok_seq, T, true);
@@ -671,7 +673,9 @@ static int forward(struct pd_engine *e, const struct pd_batch_item *items, uint3
     /* logits only where asked: gather the last n_logits rows of each item and
      * run the output projection as few GEMMs (one per LOGIT_ROWS rows), since
      * the vocabulary matrix is the largest read of a decode step */
-    uint32_t t0 = 0, n_rows = 0;
+    /* the rows are gathered as runs of consecutive source rows, one copy
+     * each (a decode step's rows are all one run): on a GPU each copy waits */
+    uint32_t t0 = 0, n_rows = 0, run_src = 0, run_len = 0;
     for (uint32_t i = 0; i < n_items; i++) {
         const struct pd_batch_item *it = &items[i];
         uint32_t first = t0 + it->n_tokens - it->n_logits;
@@ -679,11 +683,20 @@ static int forward(struct pd_engine *e, const struct pd_batch_item *items, uint3
         for (uint32_t j = 0; j < it->n_logits; j++, n_rows++) {
             e->out_item[n_rows] = i;
             e->out_row[n_rows] = j;
-            if ((rc = k->copy(e->h + (size_t)n_rows * D, e->x + (size_t)(first + j) * D,
-                              D * sizeof(float))) < 0)
+            if (run_len && run_src + run_len == first + j) {
+                run_len++;
+                continue;
+            }
+            if (run_len && (rc = k->copy(e->h + (size_t)(n_rows - run_len) * D,
+                                         e->x + (size_t)run_src * D,
+                                         (size_t)run_len * D * sizeof(float))) < 0)
                 return rc;
+            run_src = first + j, run_len = 1;
         }
     }
+    if (run_len && (rc = k->copy(e->h + (size_t)(n_rows - run_len) * D, e->x + (size_t)run_src * D,
+                                 (size_t)run_len * D * sizeof(float))) < 0)
+        return rc;
     struct pd_rmsnorm_args na = {.out = e->h, .in = e->h, .weight = e->out_norm,
                                  .n_rows = n_rows, .dim = D, .eps = hp->norm_eps};
     if ((rc = k->rmsnorm(&na)) < 0)
@@ -695,11 +708,14 @@ static int forward(struct pd_engine *e, const struct pd_batch_item *items, uint3
                                     .x_scratch = e->xs};
         if ((rc = k->matmul(&mo)) < 0)
             return rc;
+        /* down from a GPU in one copy, then to each item's rows */
+        if (e->h_logits != e->logits &&
+            (rc = k->copy(e->h_logits, e->logits, (size_t)m * hp->n_vocab * sizeof(float))) < 0)
+            return rc;
         for (uint32_t r = 0; r < m; r++) {
             const struct pd_batch_item *it = &items[e->out_item[r0 + r]];
-            if ((rc = k->copy(it->logits + (size_t)e->out_row[r0 + r] * hp->n_vocab,
-                              e->logits + (size_t)r * hp->n_vocab, hp->n_vocab * sizeof(float))) < 0)
-                return rc;
+            memcpy(it->logits + (size_t)e->out_row[r0 + r] * hp->n_vocab,
+                   e->h_logits + (size_t)r * hp->n_vocab, hp->n_vocab * sizeof(float));
         }
     }
     return 0;
