@@ -87,6 +87,16 @@ extern const char *const pd_engine_devices[];
 extern const char *const pd_engine_gpu_weight_dtypes[];
 uint32_t pd_engine_gpu_weight_dtype(int choice);
 
+/* The KV pool's element type and block size, the same in every program that
+ * makes an engine (and both ends of the KV channel must agree on them):
+ * entries of a common/cfg option table for a config struct T with int
+ * kv_cache_dtype and int64_t block_size. */
+#define PD_ENGINE_KV_CFG(T)                                                                        \
+    PD_CFG_ENUM("kv-cache-dtype", T, kv_cache_dtype, "f32", pd_engine_kv_dtypes,                   \
+                "KV cache elements: f32, or bf16 / f16 (half the memory and KV channel bytes; K "  \
+                "and V rounded as stored; both ends of the KV channel must agree)"),               \
+    PD_CFG_INT("block-size", T, block_size, "16", 1, 1024, "tokens per KV block")
+
 /* The device options of a program that runs an engine where it likes
  * (decoded, pdserve-generate): entries of a common/cfg option table for a
  * config struct T with int device, int gpu_weight_dtype and double

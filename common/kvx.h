@@ -50,6 +50,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The KV channel's options that both daemons take alike: entries of a
+ * common/cfg option table for a config struct T with char *kv_data_ports
+ * and int64_t kv_lease_ms, kv_handshake_ms (pd_kvx_parse_ports reads the
+ * first). */
+#define PD_KVX_CFG(T)                                                                              \
+    PD_CFG_STR("kv-data-ports", T, kv_data_ports, NULL, 32,                                        \
+               "UCX TCP data ports as LO-HI (default: UCX's choice)"),                             \
+    PD_CFG_INT("kv-lease-ms", T, kv_lease_ms, "3000", 100, 600000,                                 \
+               "a silent peer's session ends after this"),                                         \
+    PD_CFG_INT("kv-handshake-timeout-ms", T, kv_handshake_ms, "2000", 100, 60000,                  \
+               "a connection must authenticate within this")
+
 struct event_base;
 struct pd_kvx;
 struct pd_kvx_peer; /* D: one prefilld we keep a session with */

@@ -94,10 +94,7 @@ static const struct pd_cfg_opt options[] = {
                 "keep generating past the end-of-sequence token"),
     PD_CFG_SIZE("kv-cache-memory", struct gen_cfg, kv_cache_memory, "1GiB", 1 << 20,
                 INT64_C(1) << 40, "KV pool size"),
-    PD_CFG_ENUM("kv-cache-dtype", struct gen_cfg, kv_cache_dtype, "f32", pd_engine_kv_dtypes,
-                "KV cache elements: f32, or bf16 / f16 (half the memory and KV channel bytes; K "
-                "and V rounded as stored; both ends of the KV channel must agree)"),
-    PD_CFG_INT("block-size", struct gen_cfg, block_size, "16", 1, 1024, "tokens per KV block"),
+    PD_ENGINE_KV_CFG(struct gen_cfg),
     PD_CFG_INT("max-num-batched-tokens", struct gen_cfg, max_num_batched_tokens, "2048", 1,
                1 << 20, "tokens per engine step (prefill chunk)"),
     PD_CFG_INT("max-model-len", struct gen_cfg, max_model_len, "0", 0, 1 << 24,
