@@ -117,6 +117,8 @@ struct pd_engine {
     size_t n_host;
 
     struct pd_kvcache *kc;
+    struct pd_kvcache *stage; /* GPU: the KV channel's pinned host blocks, or NULL */
+    bool stage_pinned;
     uint32_t max_tokens, max_model_len, max_items, max_blocks;
 
     /* scratch for max_tokens tokens */
@@ -508,6 +510,29 @@ int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char
 #endif
     if ((rc = pd_kvcache_new(&kp, &e->kc, err, errlen)) < 0)
         goto out_free;
+#if PD_HAVE_CUDA
+    if (e->device == PD_DEVICE_CUDA && p->kv_staging_bytes) {
+        /* the KV channel's blocks in host memory (mapped, kept out of core
+         * dumps, by common/kvcache), page-locked so that the copies between
+         * it and the device pool are DMA */
+        char why[200];
+        struct pd_kvcache_params sp = kp;
+        sp.pool = NULL;
+        sp.mem_bytes = p->kv_staging_bytes;
+        if ((rc = pd_kvcache_new(&sp, &e->stage, why, sizeof(why))) < 0) {
+            rc = pd_errf(err, errlen, rc, "engine: the KV channel's staging (%" PRIu64
+                         " bytes): %s", p->kv_staging_bytes, why);
+            goto out_free;
+        }
+        const uint64_t sb = pd_kvcache_block_bytes(e->stage) * pd_kvcache_n_blocks(e->stage);
+        if ((rc = pd_cuda_host_register(pd_kvcache_pool(e->stage), sb)) < 0) {
+            rc = pd_errf(err, errlen, rc, "engine: page-locking the KV channel's staging (%"
+                         PRIu64 " bytes): %s", sb, strerror(-rc));
+            goto out_free;
+        }
+        e->stage_pinned = true;
+    }
+#endif
     *out = e;
     return 0;
 
@@ -527,6 +552,11 @@ struct pd_engine *pd_engine_free(struct pd_engine *e)
     free(e->owned);
     free(e->layers);
     pd_kvcache_free(e->kc);
+#if PD_HAVE_CUDA
+    if (e->stage_pinned)
+        pd_cuda_host_unregister(pd_kvcache_pool(e->stage));
+#endif
+    pd_kvcache_free(e->stage);
     for (size_t i = 0; i < e->n_host; i++)
         free(e->host[i]);
     free(e->host);
@@ -542,6 +572,49 @@ struct pd_engine *pd_engine_free(struct pd_engine *e)
 const struct pd_model *pd_engine_model(const struct pd_engine *e) { return e->model; }
 int pd_engine_on_device(const struct pd_engine *e) { return e->device != PD_DEVICE_CPU; }
 struct pd_kvcache *pd_engine_kvcache(struct pd_engine *e) { return e->kc; }
+struct pd_kvcache *pd_engine_kv_staging(struct pd_engine *e) { return e->stage; }
+struct pd_kvcache *pd_engine_kv_channel_pool(struct pd_engine *e)
+{
+    return e->stage ? e->stage : e->kc;
+}
+
+int pd_engine_kv_stage(struct pd_engine *e, bool to_host, const uint32_t *pool_blocks,
+                       const uint32_t *stage_blocks, uint32_t n, char *err, size_t errlen)
+{
+    if (!e->stage)
+        return pd_errf(err, errlen, -EINVAL, "engine: no KV staging (a GPU engine made with "
+                       "kv_staging_bytes has one)");
+    const uint32_t np = pd_kvcache_n_blocks(e->kc), ns = pd_kvcache_n_blocks(e->stage);
+    for (uint32_t i = 0; i < n; i++)
+        if (pool_blocks[i] >= np || stage_blocks[i] >= ns)
+            return pd_errf(err, errlen, -EINVAL, "engine: KV staging copy of block %" PRIu32
+                           " <-> %" PRIu32 ": outside the pool (%" PRIu32 ") or staging (%"
+                           PRIu32 ")", pool_blocks[i], stage_blocks[i], np, ns);
+#if PD_HAVE_CUDA
+    /* one asynchronous copy per run of blocks consecutive on both sides, on
+     * the stream the steps run on (after every step issued so far), then
+     * one wait */
+    const uint64_t bb = pd_kvcache_block_bytes(e->kc);
+    char *dev = (char *)pd_kvcache_pool(e->kc), *host = (char *)pd_kvcache_pool(e->stage);
+    int rc = 0;
+    for (uint32_t i = 0, j; i < n && rc == 0; i = j) {
+        for (j = i + 1; j < n && pool_blocks[j] == pool_blocks[j - 1] + 1 &&
+                        stage_blocks[j] == stage_blocks[j - 1] + 1; j++)
+            ;
+        char *d = dev + pool_blocks[i] * bb, *h = host + stage_blocks[i] * bb;
+        rc = pd_cuda_memcpy_async(to_host ? h : d, to_host ? d : h, (j - i) * bb, NULL);
+    }
+    int rs = pd_cuda_sync(); /* also after a failed enqueue: nothing may still write */
+    rc = rc < 0 ? rc : rs;
+    if (rc < 0)
+        return pd_errf(err, errlen, rc, "engine: copying %" PRIu32 " KV blocks %s the GPU: %s",
+                       n, to_host ? "from" : "to", strerror(-rc));
+    return 0;
+#else
+    (void)to_host;
+    return pd_errf(err, errlen, -ENOTSUP, "engine: no KV staging without CUDA");
+#endif
+}
 uint32_t pd_engine_n_vocab(const struct pd_engine *e) { return e->hp.n_vocab; }
 uint32_t pd_engine_max_model_len(const struct pd_engine *e) { return e->max_model_len; }
 uint32_t pd_engine_max_batched_tokens(const struct pd_engine *e) { return e->max_tokens; }

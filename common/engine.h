@@ -30,8 +30,8 @@
  * fp32 activations, the KV pool of --kv-cache-memory on the device; the
  * index arrays go up and the asked-for logits come down each step; the
  * prefill kernel takes a step whose items are all prefill chunks on a
- * 16-bit pool. Its pool is not reachable by the KV channel (staging through
- * host buffers is later work): pd_engine_on_device says so.
+ * 16-bit pool. The KV channel reaches its pool through page-locked host
+ * staging (pd_engine_kv_stage, below).
  *
  * CPU backend: fp32 activations; KV in fp32, or bf16 / half (--kv-cache-dtype:
  * half the memory and the KV channel's bytes, K and V rounded as stored);
@@ -47,6 +47,7 @@
 #include "kvcache.h"
 #include "model.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -70,6 +71,8 @@ struct pd_engine_params {
     uint32_t max_model_len; /* --max-model-len; 0 = the model's trained context */
     uint32_t max_batch_items; /* sequences per step; 0 = 256 */
     uint32_t kv_dtype; /* --kv-cache-dtype: PD_DT_F32 (0), PD_DT_BF16 or PD_DT_F16 */
+    uint64_t kv_staging_bytes; /* CUDA: the KV channel's page-locked host blocks
+                                * (pd_engine_kv_staging; --kv-staging-memory); 0: none */
 };
 
 /* --kv-cache-dtype's choices (PD_CFG_ENUM, NULL-terminated) and the type of
@@ -142,6 +145,23 @@ const struct pd_model *pd_engine_model(const struct pd_engine *e);
 /* 1 when the engine runs on a GPU (its KV pool is device memory) */
 int pd_engine_on_device(const struct pd_engine *e);
 struct pd_kvcache *pd_engine_kvcache(struct pd_engine *e);
+/* The KV channel with a GPU pool (DESIGN.md: staged through pinned host
+ * buffers). A CUDA engine made with kv_staging_bytes has a second block
+ * allocator over that many bytes of page-locked host memory, of the pool's
+ * geometry and element type: the KV channel moves these blocks (register
+ * pd_engine_kv_channel_pool's memory with kvx), and pd_engine_kv_stage
+ * copies blocks between them and the device pool. Like the pool, the
+ * compute thread's alone. pd_engine_kv_staging is NULL without one;
+ * pd_engine_kv_channel_pool is the staging when there is one, else the pool
+ * itself (a CPU engine's blocks go out as they are). */
+struct pd_kvcache *pd_engine_kv_staging(struct pd_engine *e);
+struct pd_kvcache *pd_engine_kv_channel_pool(struct pd_engine *e);
+/* Copy n blocks: pool_blocks[i] -> stage_blocks[i] (to_host), or back.
+ * Ordered after every step so far; returns when the copies are complete.
+ * Runs of blocks consecutive on both sides go as one copy each. -EINVAL
+ * (nothing copied) for an id outside either, or without staging. */
+int pd_engine_kv_stage(struct pd_engine *e, bool to_host, const uint32_t *pool_blocks,
+                       const uint32_t *stage_blocks, uint32_t n, char *err, size_t errlen);
 uint32_t pd_engine_n_vocab(const struct pd_engine *e);
 uint32_t pd_engine_max_model_len(const struct pd_engine *e);
 uint32_t pd_engine_max_batched_tokens(const struct pd_engine *e);

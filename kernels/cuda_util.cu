@@ -190,6 +190,18 @@ extern "C" int pd_cuda_memcpy_async(void *dst, const void *src, size_t bytes, pd
     return 0;
 }
 
+extern "C" int pd_cuda_host_register(void *p, size_t bytes)
+{
+    PD_CUDA_TRY(cudaHostRegister(p, bytes, cudaHostRegisterDefault), "cudaHostRegister");
+    return 0;
+}
+
+extern "C" int pd_cuda_host_unregister(void *p)
+{
+    PD_CUDA_TRY(cudaHostUnregister(p), "cudaHostUnregister");
+    return 0;
+}
+
 extern "C" int pd_cuda_memset(void *p, int byte, size_t bytes)
 {
     PD_CUDA_TRY(cudaMemset(p, byte, bytes), "cudaMemset");

@@ -18,6 +18,7 @@
 #include <cublas_v2.h>
 
 #include <chrono>
+#include <mutex>
 #include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -298,6 +299,34 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcp
 {
     memcpy(dst, src, n);
     return cudaSuccess;
+}
+
+/* Registered host ranges, so that a register twice or an unregister of
+ * memory never registered fails as on a GPU. */
+static std::mutex emu_host_mu;
+static std::vector<void *> emu_host_ranges;
+
+cudaError_t cudaHostRegister(void *p, size_t n, unsigned)
+{
+    std::lock_guard<std::mutex> g(emu_host_mu);
+    if (!p || n == 0)
+        return cudaErrorInvalidValue;
+    for (void *r : emu_host_ranges)
+        if (r == p)
+            return cudaErrorHostMemoryAlreadyRegistered;
+    emu_host_ranges.push_back(p);
+    return cudaSuccess;
+}
+
+cudaError_t cudaHostUnregister(void *p)
+{
+    std::lock_guard<std::mutex> g(emu_host_mu);
+    for (size_t i = 0; i < emu_host_ranges.size(); i++)
+        if (emu_host_ranges[i] == p) {
+            emu_host_ranges.erase(emu_host_ranges.begin() + (long)i);
+            return cudaSuccess;
+        }
+    return cudaErrorHostMemoryNotRegistered;
 }
 
 cudaError_t cudaMemset(void *p, int v, size_t n)
