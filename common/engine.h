@@ -156,6 +156,10 @@ struct pd_kvcache *pd_engine_kvcache(struct pd_engine *e);
  * itself (a CPU engine's blocks go out as they are). */
 struct pd_kvcache *pd_engine_kv_staging(struct pd_engine *e);
 struct pd_kvcache *pd_engine_kv_channel_pool(struct pd_engine *e);
+/* One line naming the path KV blocks take between the KV channel and the
+ * pool (for the daemons' log): in place on the CPU, through the staging on
+ * a GPU. */
+void pd_engine_kv_path(struct pd_engine *e, char *buf, size_t n);
 /* Copy n blocks: pool_blocks[i] -> stage_blocks[i] (to_host), or back.
  * Ordered after every step so far; returns when the copies are complete.
  * Runs of blocks consecutive on both sides go as one copy each. -EINVAL

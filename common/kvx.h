@@ -51,10 +51,14 @@
 #include <stdint.h>
 
 /* The KV channel's options that both daemons take alike: entries of a
- * common/cfg option table for a config struct T with char *kv_data_ports
- * and int64_t kv_lease_ms, kv_handshake_ms (pd_kvx_parse_ports reads the
- * first). */
+ * common/cfg option table for a config struct T with char *kv_data_ports,
+ * int64_t kv_lease_ms, kv_handshake_ms and uint64_t kv_staging_memory
+ * (pd_kvx_parse_ports reads the first; the last is a GPU engine's
+ * kv_staging_bytes, common/engine.h). */
 #define PD_KVX_CFG(T)                                                                              \
+    PD_CFG_SIZE("kv-staging-memory", T, kv_staging_memory, "1GiB", 1 << 20, INT64_C(1) << 40,     \
+                "with the engine on a GPU: page-locked host memory the KV blocks pass through "    \
+                "on the channel (each transfer in flight holds its prompt's blocks)"),             \
     PD_CFG_STR("kv-data-ports", T, kv_data_ports, NULL, 32,                                        \
                "UCX TCP data ports as LO-HI (default: UCX's choice)"),                             \
     PD_CFG_INT("kv-lease-ms", T, kv_lease_ms, "3000", 100, 600000,                                 \

@@ -83,6 +83,7 @@ struct dec_cfg {
     int device;
     int gpu_weight_dtype;
     double gpu_memory_utilization;
+    uint64_t kv_staging_memory;
 };
 
 static const char *const load_formats[] = {"auto", "gguf", "dummy", NULL};
@@ -278,9 +279,11 @@ static void begin_drain(struct daemon *d, int sig)
 static int remote_open(struct daemon *d, const struct dec_cfg *c, char *err, size_t errlen)
 {
     uint16_t lo = 0, hi = 0;
-    if (pd_engine_on_device(d->engine)) { /* a reload naming the first peers */
-        snprintf(err, errlen, "the engine runs on the GPU and the KV channel receives into host "
-                 "memory (staging into a GPU pool is not built yet): restart with --device cpu");
+    if (pd_engine_on_device(d->engine) && !pd_engine_kv_staging(d->engine)) {
+        /* a reload naming the first peers: staging is made at start only */
+        snprintf(err, errlen, "the engine runs on the GPU and was started without prefill "
+                 "peers, so without the KV channel's staging (--kv-staging-memory): restart "
+                 "decoded with --prefill to take peers");
         return -ENOTSUP;
     }
     int rc = pd_kvx_parse_ports(c->kv_data_ports, &lo, &hi, err, errlen);
@@ -299,6 +302,9 @@ static int remote_open(struct daemon *d, const struct dec_cfg *c, char *err, siz
         return rc;
     dec_remote_set_sched(d->remote, d->sched);
     dec_server_set_remote(d->srv, d->remote, (uint32_t)c->local_prefill_max_tokens);
+    char path[256];
+    pd_engine_kv_path(d->engine, path, sizeof(path));
+    pd_log(PD_LOG_INFO, "%s", path);
     return 0;
 }
 
@@ -387,25 +393,16 @@ static int run(struct dec_cfg *c, int argc, char *const *argv, struct pd_model *
     static const int signums[3] = {SIGTERM, SIGINT, SIGHUP};
     int rc = 1;
 
-    /* prefill peers write into the pool through the KV channel, from host
-     * memory: with peers (or to take them on a reload) the pool stays there */
     enum pd_device device = PD_DEVICE_CPU;
-    if (c->prefill.n && c->device == 2) {
-        snprintf(err, sizeof(err), "--device cuda with --prefill: KV blocks from prefill peers "
-                 "land in host memory; receiving them into a GPU pool (staged through host "
-                 "buffers) is not built yet: use --device cpu, or no --prefill");
+    if (pd_engine_pick_device(c->device, &device, err, sizeof(err)) < 0)
         goto fail;
-    }
-    if (c->prefill.n && c->device == 0) {
-        pd_log(PD_LOG_INFO, "--device auto: the CPU (prefill peers send KV blocks to host memory)");
-    } else {
-        if (pd_engine_pick_device(c->device, &device, err, sizeof(err)) < 0)
-            goto fail;
-        if (err[0])
-            pd_log(PD_LOG_INFO, "%s", err);
-    }
+    if (err[0])
+        pd_log(PD_LOG_INFO, "%s", err);
+    /* on a GPU, prefill peers' blocks land in page-locked host staging
+     * first (made only with peers at start) */
     struct pd_engine_params ep = {.model = m, .kv_cache_bytes = c->kv_cache_memory,
                                   .device = device,
+                                  .kv_staging_bytes = c->prefill.n ? c->kv_staging_memory : 0,
                                   .gpu_weight_dtype = pd_engine_gpu_weight_dtype(c->gpu_weight_dtype),
                                   .gpu_memory_utilization = c->gpu_memory_utilization,
                                   .kv_dtype = pd_engine_kv_dtype(c->kv_cache_dtype),

@@ -611,7 +611,7 @@ int dec_remote_new(const struct dec_remote_cfg *cfg, struct event_base *base,
     r->cfg.peers = NULL;
     r->cfg.n_peers = 0;
     r->cfg.kv_ip = r->cfg.psk_file = r->cfg.key_id = NULL;
-    struct pd_kvcache *kc = pd_engine_kvcache(engine);
+    struct pd_kvcache *kc = pd_engine_kv_channel_pool(engine); /* the staging on a GPU */
     r->block_size = pd_kvcache_layout(kc)->block_size;
     r->block_bytes = pd_kvcache_block_bytes(kc);
     r->n_vocab = pd_engine_n_vocab(engine);

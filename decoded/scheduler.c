@@ -23,6 +23,7 @@ struct dec_inbox {
 struct dec_sched {
     struct dec_sched_params p;
     struct pd_kvcache *kc;
+    struct pd_kvcache *xc; /* a GPU pool's staging (REMOTE jobs' transfers land there), or NULL */
     struct pd_sampler *sampler;
     uint32_t n_vocab, block_size, max_model_len, max_batched;
     uint32_t watermark; /* blocks kept free when admitting beside running jobs */
@@ -60,6 +61,7 @@ struct dec_job *dec_job_new(void)
         atomic_init(&j->refs, 1);
         atomic_init(&j->cancelled, false);
         pd_kvseq_init(&j->seq);
+        pd_kvseq_init(&j->xseq);
     }
     return j;
 }
@@ -149,6 +151,8 @@ static void finish(struct dec_sched *s, struct dec_job *j, struct dec_event *e,
                    enum dec_finish why, const char *err)
 {
     pd_kvseq_release(s->kc, &j->seq);
+    if (s->xc)
+        pd_kvseq_release(s->xc, &j->xseq);
     while (!e && !(e = event_new(j))) {
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
@@ -245,6 +249,8 @@ static void update_gauges(struct dec_sched *s)
     pd_metric_set(s->p.metrics.kv_used, total - free_);
     pd_metric_set(s->p.metrics.kv_free, free_);
     pd_metric_set(s->p.metrics.kv_usage, total ? (double)(total - free_) / total : 0);
+    pd_metric_set(s->p.metrics.staging_used,
+                  s->xc ? pd_kvcache_n_blocks(s->xc) - pd_kvcache_n_free(s->xc) : 0);
     pd_metric_set(s->p.metrics.remote_running, s->n_remote);
     pthread_mutex_lock(&s->mu);
     pd_metric_set(s->p.metrics.waiting, s->n_queued);
@@ -392,13 +398,15 @@ static void remote_unlink(struct dec_sched *s, struct dec_job *j)
  * ask the loop to run the transfer. */
 static int remote_start(struct dec_sched *s, struct dec_job *j)
 {
+    /* the blocks the peer fills: the pool's, or on a GPU the staging's */
+    const struct pd_kvseq *dst = s->xc ? &j->xseq : &j->seq;
     struct dec_event *e = event_new(j);
-    if (!e || !(e->blocks = malloc((size_t)j->seq.n_blocks * sizeof(*e->blocks)))) {
+    if (!e || !(e->blocks = malloc((size_t)dst->n_blocks * sizeof(*e->blocks)))) {
         dec_event_free(e);
         return -ENOMEM;
     }
-    memcpy(e->blocks, j->seq.blocks, (size_t)j->seq.n_blocks * sizeof(*e->blocks));
-    e->n_blocks = j->seq.n_blocks;
+    memcpy(e->blocks, dst->blocks, (size_t)dst->n_blocks * sizeof(*e->blocks));
+    e->n_blocks = dst->n_blocks;
     e->epoch = j->remote_epoch;
     e->kind = DEC_EV_REMOTE_START;
     j->in_remote = true;
@@ -415,6 +423,17 @@ static int remote_start(struct dec_sched *s, struct dec_job *j)
 static void remote_first_token(struct dec_sched *s, struct dec_job *j,
                                const struct pd_sample_result *first)
 {
+    if (s->xc) { /* from the staging into the GPU pool */
+        char err[256];
+        int rc = pd_engine_kv_stage(s->p.engine, false, j->seq.blocks, j->xseq.blocks,
+                                    j->seq.n_blocks, err, sizeof(err));
+        pd_kvseq_release(s->xc, &j->xseq);
+        if (rc < 0) {
+            pd_log(PD_LOG_ERR, "%s: %s", j->id, err);
+            finish(s, j, NULL, DEC_FIN_ERROR, err);
+            return;
+        }
+    }
     j->seq.n_tokens = j->n_prompt;
     j->prompt_counted = true; /* not the local engine's work */
     pd_metric_add(s->p.metrics.remote_prompt_tokens, j->n_prompt);
@@ -449,6 +468,8 @@ static void remote_fallback(struct dec_sched *s, struct dec_job *j, const struct
     }
     /* local prefill into the blocks it already holds */
     pd_log(PD_LOG_DEBUG, "%s: prefilling locally after: %s", j->id, m->msg);
+    if (s->xc)
+        pd_kvseq_release(s->xc, &j->xseq);
     j->remote = false;
     j->seq.n_tokens = 0;
     s->active[s->n_active++] = j;
@@ -597,16 +618,26 @@ static void admit(struct dec_sched *s, uint32_t *n, uint32_t *budget)
             finish(s, j, NULL, DEC_FIN_CANCELLED, NULL);
             continue;
         }
+        if (wants_remote(j) && s->xc &&
+            pd_kvseq_blocks_needed(s->xc, &j->xseq, j->n_prompt) > pd_kvcache_n_blocks(s->xc)) {
+            pd_log(PD_LOG_INFO, "%s: prefilling locally: the prompt's %u tokens do not fit the "
+                   "KV channel's staging (--kv-staging-memory)", j->id, j->n_prompt);
+            j->remote = false;
+        }
         if (wants_remote(j)) {
             /* blocks for the whole prompt at once: the peer fills them */
             uint32_t need = pd_kvseq_blocks_needed(s->kc, &j->seq, j->n_prompt);
             uint32_t keep = s->n_active + s->n_remote ? s->watermark : 0;
-            if ((uint64_t)need + keep > pd_kvcache_n_free(s->kc))
+            if ((uint64_t)need + keep > pd_kvcache_n_free(s->kc) ||
+                (s->xc && pd_kvseq_blocks_needed(s->xc, &j->xseq, j->n_prompt) >
+                              pd_kvcache_n_free(s->xc)))
                 return;
             queue_pop(s);
             int rc = j->toks ? 0 : admit_prepare(s, j);
             if (rc == 0)
                 rc = pd_kvseq_reserve(s->kc, &j->seq, j->n_prompt);
+            if (rc == 0 && s->xc)
+                rc = pd_kvseq_reserve(s->xc, &j->xseq, j->n_prompt);
             if (rc == 0)
                 rc = remote_start(s, j);
             if (rc < 0) {
@@ -770,6 +801,7 @@ int dec_sched_new(const struct dec_sched_params *p, struct dec_sched **out, char
     }
     s->p = *p;
     s->kc = pd_engine_kvcache(p->engine);
+    s->xc = pd_engine_kv_staging(p->engine);
     s->n_vocab = pd_engine_n_vocab(p->engine);
     s->block_size = pd_kvcache_layout(s->kc)->block_size;
     s->max_model_len = pd_engine_max_model_len(p->engine);

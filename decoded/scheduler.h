@@ -29,6 +29,12 @@
  * or an error). A cancelled REMOTE job posts DEC_EV_REMOTE_CANCEL and keeps
  * its blocks until the loop reports the release.
  *
+ * A GPU engine (pd_engine_kv_staging): a REMOTE job also takes staging blocks
+ * for its whole prompt, and the START event carries those (the transfer
+ * lands in page-locked host memory); on dec_sched_remote_done the compute
+ * thread copies them into the job's pool blocks and gives them back. A
+ * prompt longer than the whole staging is prefilled locally.
+ *
  * Cancellation: dec_job_cancel (any thread) marks the job; the compute thread
  * drops it before its next step, releases its blocks and posts a
  * DEC_FIN_CANCELLED event. Lifetimes: a job is reference-counted (the loop,
@@ -96,6 +102,7 @@ struct dec_job {
 
     /* compute thread only */
     struct pd_kvseq seq; /* seq.n_tokens: tokens of toks[] in the KV cache */
+    struct pd_kvseq xseq; /* REMOTE on a GPU: the staging blocks the transfer fills */
     int32_t *toks; /* (n_prompt + max_tokens) owned: the prompt, then the output */
     int32_t *out; /* toks + n_prompt: (max_tokens) generated tokens */
     uint32_t n_out;
@@ -132,7 +139,7 @@ struct dec_event {
 
 /* Metrics the compute thread updates (any may be NULL). */
 struct dec_sched_metrics {
-    struct pd_metric *running, *waiting, *kv_used, *kv_free, *kv_usage;
+    struct pd_metric *running, *waiting, *kv_used, *kv_free, *kv_usage, *staging_used;
     struct pd_metric *prompt_tokens, *gen_tokens;
     struct pd_metric *ttft, *itl, *e2e, *queue_time;
     struct pd_metric *batch_size; /* histogram: sequences per engine step */

@@ -95,6 +95,9 @@ static int metrics_init(struct dec_server *s)
                                      "KV-cache blocks in use.");
     s->sm.kv_free = pd_metrics_gauge(m, "pdserve:kv_cache_blocks_free", NULL,
                                      "KV-cache blocks free.");
+    s->sm.staging_used = pd_metrics_gauge(m, "pdserve:kv_staging_blocks_used", NULL,
+                                          "KV channel staging blocks held by transfers (a GPU "
+                                          "engine's page-locked host blocks; 0 on the CPU).");
     s->sm.kv_usage = pd_metrics_gauge(m, "pdserve:kv_cache_usage_perc", NULL,
                                       "KV-cache usage, 0 to 1.");
     s->sm.prompt_tokens = pd_metrics_counter(m, "pdserve:prompt_tokens_total", NULL,

@@ -36,7 +36,9 @@ struct pf_cfg {
     int load_format;
     char *model_shape;
     int64_t seed;
-    int device;
+    int device, gpu_weight_dtype;
+    double gpu_memory_utilization;
+    uint64_t kv_staging_memory;
     char *kv_ip;
     int64_t kv_port;
     char *kv_data_ports;
@@ -73,8 +75,7 @@ static const struct pd_cfg_opt options[] = {
     PD_CFG_STR("model-shape", struct pf_cfg, model_shape, NULL, 4096,
                "dummy weights: preset name or JSON shape"),
     PD_CFG_INT("seed", struct pf_cfg, seed, "0", 0, INT64_MAX, "dummy weights: seed"),
-    PD_CFG_ENUM("device", struct pf_cfg, device, "auto", pd_engine_devices,
-                "where the engine runs (auto: CUDA when usable, else the CPU)"),
+    PD_ENGINE_DEVICE_CFG(struct pf_cfg),
     PD_CFG_STR("kv-ip", struct pf_cfg, kv_ip, "127.0.0.1", 256,
                "KV channel listen address (an interface's address; no wildcard unless written)"),
     PD_CFG_INT("kv-port", struct pf_cfg, kv_port, "14579", 0, 65535,
@@ -246,7 +247,8 @@ static int take_prefill(struct daemon *d, const struct pd_kvx_event *ev)
                      rc == -EAGAIN ? PD_R_OVERLOADED : rc == -E2BIG ? PD_R_TOO_LARGE
                                                                     : PD_R_SHUTDOWN,
                      rc == -EAGAIN ? "the prefill queue is full (--max-waiting)"
-                     : rc == -E2BIG ? "the prompt does not fit the KV pool or --max-model-len"
+                     : rc == -E2BIG ? "the prompt does not fit the KV pool, its staging "
+                                      "(--kv-staging-memory) or --max-model-len"
                                     : "prefilld is stopping");
         pf_job_unref(j);
         return rc;
@@ -380,6 +382,10 @@ static int metrics_init(struct daemon *d)
     d->sm.kv_used = pd_metrics_gauge(m, "pdserve:kv_blocks_used", NULL,
                                      "KV blocks allocated (computing or in flight).");
     d->sm.kv_free = pd_metrics_gauge(m, "pdserve:kv_blocks_free", NULL, "KV blocks free.");
+    d->sm.staging_used = pd_metrics_gauge(m, "pdserve:kv_staging_blocks_used", NULL,
+                                          "KV channel staging blocks held (prefills and "
+                                          "transfers; a GPU engine's page-locked host blocks; 0 "
+                                          "on the CPU).");
     d->sm.queue_time = pd_metrics_histogram(m, "pdserve:request_queue_time_seconds",
                                             "Time a prefill waited for admission.", secs_b,
                                             sizeof(secs_b) / sizeof(*secs_b));
@@ -527,8 +533,8 @@ static int run(struct daemon *d)
     struct pd_kvx_params kp = {
         .base = d->base, .role = PD_ROLE_P, .kv_ip = c->kv_ip, .kv_port = (uint16_t)c->kv_port,
         .data_port_lo = lo, .data_port_hi = hi, .keyring = d->keyring, .layout = &layout,
-        .pool = pd_kvcache_pool(pd_engine_kvcache(d->engine)),
-        .pool_blocks = pd_kvcache_n_blocks(pd_engine_kvcache(d->engine)),
+        .pool = pd_kvcache_pool(pd_engine_kv_channel_pool(d->engine)),
+        .pool_blocks = pd_kvcache_n_blocks(pd_engine_kv_channel_pool(d->engine)),
         .crypto_threads = (unsigned)c->kv_crypto_threads, .no_integrity = !c->kv_integrity,
         .lease_ms = (uint32_t)c->kv_lease_ms, .handshake_ms = (uint32_t)c->kv_handshake_ms,
         .max_sessions = (unsigned)c->kv_max_sessions, .event = kvx_event, .arg = d};
@@ -665,24 +671,23 @@ int main(int argc, char **argv)
     }
     if (pd_keyring_open(c.kv_psk_file, &d.keyring, err, sizeof(err)) < 0)
         goto fail;
-    /* prefilld's blocks leave through the KV channel, which reads them from
-     * host memory: a GPU pool needs staging through host buffers first */
-    if (c.device == 2) {
-        snprintf(err, sizeof(err), "--device cuda: prefilld sends its KV blocks from host memory; "
-                 "moving them from a GPU pool (staged through host buffers) is not built yet: "
-                 "use --device cpu");
+    enum pd_device device;
+    if (pd_engine_pick_device(c.device, &device, err, sizeof(err)) < 0)
         goto fail;
-    }
-    if (c.device == 0)
-        pd_log(PD_LOG_INFO, "--device auto: the CPU (the KV channel sends from host memory; a "
-               "GPU pool is not staged yet)");
+    if (err[0])
+        pd_log(PD_LOG_INFO, "%s", err);
     struct pd_model_params mp = {.path = a.n_positional ? a.positional[0] : c.model,
                                  .load_format = (enum pd_load_format)c.load_format,
                                  .shape = c.model_shape, .seed = (uint64_t)c.seed};
     pd_notify_status("loading model %s", mp.path ? mp.path : mp.shape ? mp.shape : "?");
     if (pd_model_load(&mp, &m, err, sizeof(err)) < 0)
         goto fail;
+    /* a GPU pool's blocks leave through page-locked host staging */
     struct pd_engine_params ep = {.model = m, .kv_cache_bytes = c.kv_cache_memory,
+                                  .device = device,
+                                  .gpu_weight_dtype = pd_engine_gpu_weight_dtype(c.gpu_weight_dtype),
+                                  .gpu_memory_utilization = c.gpu_memory_utilization,
+                                  .kv_staging_bytes = c.kv_staging_memory,
                                   .kv_dtype = pd_engine_kv_dtype(c.kv_cache_dtype),
                                   .block_size = (uint32_t)c.block_size,
                                   .max_batched_tokens = (uint32_t)c.max_num_batched_tokens,
@@ -690,6 +695,8 @@ int main(int argc, char **argv)
                                   .max_batch_items = (uint32_t)c.max_num_seqs};
     if (pd_engine_new(&ep, &d.engine, err, sizeof(err)) < 0)
         goto fail;
+    pd_engine_kv_path(d.engine, err, sizeof(err));
+    pd_log(PD_LOG_INFO, "%s", err);
     exit_code = run(&d);
     goto out;
 fail:

@@ -25,6 +25,8 @@ struct peer_mark {
 struct pf_sched {
     struct pf_sched_params p;
     struct pd_kvcache *kc;
+    struct pd_kvcache *xc; /* a GPU pool's staging (the blocks the KV channel sends), or NULL */
+    struct pd_kvcache *tc; /* the blocks runs carry: xc, else kc */
     struct pd_sampler *sampler;
     uint32_t n_vocab, block_size, max_model_len, max_batched;
     float *logits; /* (max_running, n_vocab) */
@@ -61,6 +63,7 @@ struct pf_job *pf_job_new(void)
         atomic_init(&j->refs, 1);
         atomic_init(&j->cancelled, false);
         pd_kvseq_init(&j->seq);
+        pd_kvseq_init(&j->xseq);
     }
     return j;
 }
@@ -132,6 +135,8 @@ struct pf_event *pf_sched_take(struct pf_sched *s)
 static void end_job(struct pf_sched *s, struct pf_job *j, struct pf_event *e)
 {
     pd_engine_seq_release(s->p.engine, &j->seq);
+    if (s->xc)
+        pd_kvseq_release(s->xc, &j->xseq);
     post(s, e);
     pf_job_unref(j);
 }
@@ -199,6 +204,8 @@ static void update_gauges(struct pf_sched *s)
     pd_metric_set(s->p.metrics.running, s->n_active);
     pd_metric_set(s->p.metrics.kv_used, total - free_);
     pd_metric_set(s->p.metrics.kv_free, free_);
+    pd_metric_set(s->p.metrics.staging_used,
+                  s->xc ? pd_kvcache_n_blocks(s->xc) - pd_kvcache_n_free(s->xc) : 0);
     pthread_mutex_lock(&s->mu);
     pd_metric_set(s->p.metrics.waiting, s->n_queued);
     pthread_mutex_unlock(&s->mu);
@@ -261,6 +268,11 @@ static void admit(struct pf_sched *s)
          * order: a small job does not starve a large one) */
         if (pd_kvseq_reserve(s->kc, &j->seq, j->n_tokens) < 0)
             return;
+        /* a GPU pool: the staging the runs will be copied into, as well */
+        if (s->xc && pd_kvseq_reserve(s->xc, &j->xseq, j->n_tokens) < 0) {
+            pd_kvseq_release(s->kc, &j->seq);
+            return;
+        }
         dequeue(s, j);
         pd_metric_observe(s->p.metrics.queue_time, secs(j->t_arrival_ns, pd_now_ns()));
         served(s, j->peer);
@@ -279,7 +291,7 @@ static void apply_unrefs(struct pf_sched *s)
     while (u) {
         struct unref_list *next = u->next;
         for (uint32_t i = 0; i < u->n; i++)
-            pd_kvcache_unref(s->kc, u->blocks[i]); /* -EINVAL (a bug) changes nothing */
+            pd_kvcache_unref(s->tc, u->blocks[i]); /* -EINVAL (a bug) changes nothing */
         free(u);
         u = next;
     }
@@ -310,22 +322,34 @@ static void drop_active(struct pf_sched *s, uint32_t i)
     s->n_active--;
 }
 
-/* Blocks [n_sent_blocks, final) as a RUN, each with a transfer reference. */
-static void post_run(struct pf_sched *s, struct pf_job *j, bool last)
+/* Blocks [n_sent_blocks, final) as a RUN, each with a transfer reference.
+ * From a GPU pool they are copied into the job's staging blocks first, and
+ * the run carries those: the copy of this run overlaps the network transfer
+ * of the runs before it (the loop sends while this thread computes). */
+static int post_run(struct pf_sched *s, struct pf_job *j, bool last, char *err, size_t errlen)
 {
     uint32_t final = last ? j->seq.n_blocks : j->seq.n_tokens / s->block_size;
     if (final <= j->n_sent_blocks)
-        return;
-    uint32_t n = final - j->n_sent_blocks;
+        return 0;
+    uint32_t first = j->n_sent_blocks, n = final - first;
+    const uint32_t *src = j->seq.blocks + first;
+    if (s->xc) {
+        int rc = pd_engine_kv_stage(s->p.engine, true, src, j->xseq.blocks + first, n, err,
+                                    errlen);
+        if (rc < 0)
+            return rc;
+        src = j->xseq.blocks + first;
+    }
     struct pf_event *e = event_new(j, PF_EV_RUN, n);
-    e->first = j->n_sent_blocks;
+    e->first = first;
     e->n = n;
     for (uint32_t i = 0; i < n; i++) {
-        e->blocks[i] = j->seq.blocks[e->first + i];
-        pd_kvcache_ref(s->kc, e->blocks[i]);
+        e->blocks[i] = src[i];
+        pd_kvcache_ref(s->tc, e->blocks[i]);
     }
     j->n_sent_blocks = final;
     post(s, e);
+    return 0;
 }
 
 /* Active jobs in fairness order (least recently served peer first, then
@@ -394,7 +418,11 @@ static void step(struct pf_sched *s)
             continue;
         }
         bool last = it->n_logits == 1;
-        post_run(s, j, last);
+        if (post_run(s, j, last, err, sizeof(err)) < 0) {
+            drop_active(s, k);
+            fail_job(s, j, PD_R_COMPUTE, err);
+            continue;
+        }
         if (!last)
             continue;
         struct pf_event *e = event_new(j, PF_EV_DONE, 0);
@@ -423,6 +451,12 @@ static bool has_work(struct pf_sched *s)
 
 static void cut_all(struct pf_sched *s);
 
+/* free blocks, the pool's and the staging's: a change means an unref came */
+static uint32_t n_free(const struct pf_sched *s)
+{
+    return pd_kvcache_n_free(s->kc) + (s->xc ? pd_kvcache_n_free(s->xc) : 0);
+}
+
 static void *run(void *arg)
 {
     struct pf_sched *s = arg;
@@ -441,11 +475,11 @@ static void *run(void *arg)
         pthread_mutex_unlock(&s->mu);
         if (stop)
             break;
-        uint32_t before = pd_kvcache_n_free(s->kc);
+        uint32_t before = n_free(s);
         step(s);
         /* a queue that cannot be admitted (pool full of blocks in flight)
          * makes no step: sleep until an unref or a tick instead of spinning */
-        if (s->n_active == 0 && pd_kvcache_n_free(s->kc) == before) {
+        if (s->n_active == 0 && n_free(s) == before) {
             pthread_mutex_lock(&s->mu);
             if (!s->stop && !s->unrefs) {
                 uint64_t until = pd_now_ns() + 50000000u;
@@ -497,6 +531,8 @@ int pf_sched_new(const struct pf_sched_params *p, struct pf_sched **out, char *e
     }
     s->p = *p;
     s->kc = pd_engine_kvcache(p->engine);
+    s->xc = pd_engine_kv_staging(p->engine);
+    s->tc = pd_engine_kv_channel_pool(p->engine);
     s->n_vocab = pd_engine_n_vocab(p->engine);
     s->block_size = pd_kvcache_layout(s->kc)->block_size;
     s->max_model_len = pd_engine_max_model_len(p->engine);
@@ -559,7 +595,7 @@ struct pf_sched *pf_sched_free(struct pf_sched *s)
         struct pf_event *next = e->next;
         if (e->type == PF_EV_RUN) /* never handed to the transport */
             for (uint32_t i = 0; i < e->n; i++)
-                pd_kvcache_unref(s->kc, e->blocks[i]);
+                pd_kvcache_unref(s->tc, e->blocks[i]);
         pf_event_free(e);
         e = next;
     }
@@ -581,7 +617,7 @@ int pf_sched_submit(struct pf_sched *s, struct pf_job *j)
 {
     uint32_t blocks = (j->n_tokens + s->block_size - 1) / s->block_size;
     if (j->n_tokens == 0 || j->n_tokens >= s->max_model_len ||
-        blocks > pd_kvcache_n_blocks(s->kc))
+        blocks > pd_kvcache_n_blocks(s->kc) || blocks > pd_kvcache_n_blocks(s->tc))
         return -E2BIG;
     pthread_mutex_lock(&s->mu);
     int rc = 0;

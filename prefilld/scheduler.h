@@ -18,6 +18,13 @@
  * A job's own sequence is released when its prefill ends (done, failed or
  * cancelled); blocks still in flight stay allocated through their transfer
  * reference, so nothing the network still reads is ever reused.
+ *
+ * A GPU engine (pd_engine_kv_staging): a job is admitted with staging blocks
+ * for its whole prompt as well as pool blocks; each run is copied from the
+ * pool into its staging blocks after the step that finished it, and the
+ * RUN event carries the staging ids (the transfer references, and
+ * pf_sched_unref, are the staging's). The pool blocks go back when the
+ * prefill ends, the staging ones as their transfers end.
  * Cancellation: pf_job_cancel (any thread); the compute thread drops the job
  * before its next step and posts PF_EV_END. Jobs are reference-counted (the
  * loop, the compute thread and each event hold one).
@@ -55,6 +62,7 @@ struct pf_job {
 
     /* compute thread only */
     struct pd_kvseq seq;
+    struct pd_kvseq xseq; /* a GPU pool's: the staging blocks its runs are copied into */
     uint32_t n_sent_blocks; /* blocks [0, n) handed out as runs */
     struct pf_job *next;
 };
@@ -70,14 +78,15 @@ struct pf_event {
     enum pf_event_type type;
     struct pf_job *job; /* one reference, dropped by pf_event_free */
     uint32_t first, n; /* RUN */
-    uint32_t *blocks; /* RUN: (n) pool block ids, one transfer reference each */
+    uint32_t *blocks; /* RUN: (n) block ids of the channel pool (the staging on a GPU), one
+                       * transfer reference each */
     struct pd_sample_result token; /* DONE */
     int reason; /* END: enum pd_reason */
     char err[200];
 };
 
 struct pf_sched_metrics {
-    struct pd_metric *running, *waiting, *kv_used, *kv_free;
+    struct pd_metric *running, *waiting, *kv_used, *kv_free, *staging_used;
     struct pd_metric *prompt_tokens, *queue_time, *prefill_time, *batch_tokens;
 };
 

@@ -7,7 +7,7 @@ import socket
 import tempfile
 import time
 
-from harness import TINY, Decoded, sse_events
+from harness import TINY, Decoded, sse_events, write_key
 
 LONG = {"prompt": [1, 2], "ignore_eos": True, "stream": True, "temperature": 0}
 
@@ -185,17 +185,17 @@ def test_watchdog_fed_while_compute_thread_lives():
             assert d.stop() == 0
 
 
-def test_device_cuda_with_prefill_peers_is_refused_and_auto_says_where():
-    # the KV channel receives into host memory: no GPU pool with peers yet
-    d = Decoded(*TINY, "--device", "cuda", "--prefill", "127.0.0.1:9",
-                "--kv-psk-file", "/nonexistent", wait=False)
-    with d:
-        assert d.proc.wait(30) == 1
-        assert "--device cuda with --prefill" in d.log()
-    # auto serves wherever it can and says where when that is not the GPU
-    with Decoded(*TINY, "--device", "auto", "--log-level", "info") as d:
+def test_device_auto_says_where_and_the_kv_path(tmp_path):
+    # auto serves wherever it can and says where when that is not the GPU;
+    # with prefill peers it names the way KV blocks take into the pool (in
+    # place on the CPU, through page-locked staging on a GPU)
+    psk = write_key(tmp_path / "k.psk")
+    with Decoded(*TINY, "--device", "auto", "--log-level", "info", "--prefill", "127.0.0.1:9",
+                 "--kv-psk-file", psk) as d:
         assert d.request("GET", "/health")[0] == 200
         on_cpu = "--device auto: the CPU (" in d.log()
+        assert ("KV channel: blocks move in place from and to the host pool" if on_cpu
+                else "KV channel: the GPU pool staged through") in d.log(), d.log()
     if on_cpu:  # no usable GPU (or no CUDA in this build): cuda is refused with the reason
         d = Decoded(*TINY, "--device", "cuda", wait=False)
         with d:

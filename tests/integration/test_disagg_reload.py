@@ -286,10 +286,18 @@ def test_sighup_while_stopping_is_not_a_reload(tmp_path):
         assert status == 200 and out["usage"]["completion_tokens"] == 3000, out
 
 
-def test_prefilld_device_cuda_is_refused_with_the_reason(tmp_path):
+def test_prefilld_says_its_device_and_kv_path(tmp_path):
+    """auto says where it runs when that is not the GPU, and the way KV blocks
+    leave the pool; without a usable GPU, cuda is refused with the reason
+    (test_disagg_gpu.py runs prefilld on a GPU, emulated or real)."""
     psk = write_key(tmp_path / "k.psk")
-    r = subprocess.run([prefilld_binary(), *MODEL, *MEM, "--kv-psk-file", str(psk), "--device",
-                        "cuda", "--kv-port", str(free_port()), "--admin-port", str(free_port())],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode != 0
-    assert "prefilld sends its KV blocks from host memory" in r.stderr + r.stdout
+    with Prefilld(*MODEL, *MEM, "--device", "auto", "--log-level", "info", psk=psk) as p:
+        on_cpu = "--device auto: the CPU (" in p.log()
+        assert ("KV channel: blocks move in place from and to the host pool" if on_cpu
+                else "KV channel: the GPU pool staged through") in p.log(), p.log()
+    if on_cpu:
+        r = subprocess.run([prefilld_binary(), *MODEL, *MEM, "--kv-psk-file", str(psk),
+                            "--device", "cuda", "--kv-port", str(free_port()), "--admin-port",
+                            str(free_port())], capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0
+        assert "--device cuda: " in r.stderr + r.stdout

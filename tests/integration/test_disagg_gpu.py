@@ -1,0 +1,261 @@
+"""prefilld and decoded both on the GPU (--device cuda), serving through the
+authenticated KV channel on loopback: KV blocks leave prefilld's device pool
+through its page-locked host staging and land in decoded's staging before
+its device pool (common/engine.h, pd_engine_kv_stage).
+
+  * the pair answers as decoded alone on the GPU does (DESIGN.md's rule; on
+    the emulated GPU, where both run the same code on the host, exactly), all
+    prompts prefilled remotely, both stagings empty afterwards;
+  * prefilld killed mid-transfer: decoded fails over to local prefill on its
+    GPU, its staging comes back, and a restarted prefilld serves again;
+  * a prompt larger than decoded's staging is prefilled locally; larger than
+    prefilld's, refused there (too large) and prefilled locally;
+  * a GPU decoded started without peers refuses a reload that names the
+    first ones (no staging was made), and keeps serving.
+
+Two ways to run it. meson's disagg_gpu_emulated: $DECODED and $PREFILLD are
+the daemons built against tests/kernels/emu (the CPU emulator of the CUDA
+runtime, kernels and cuBLAS) and $PDSERVE_GPU_EMULATED=1. On a GPU node,
+tests/gpu/check.sh runs it as a script (no pytest there) with the real
+binaries:
+    DECODED=bin/decoded PREFILLD=bin/prefilld python3 test_disagg_gpu.py
+Without a usable GPU (real binaries) every case skips, exit 77.
+"""
+import concurrent.futures as cf
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+
+from harness import Decoded, Prefilld, write_key
+
+try:
+    import pytest
+    skip = pytest.skip
+except ImportError:  # a bare GPU node: the runner at the bottom
+    pytest = None
+
+    class Skipped(Exception):
+        pass
+
+    def skip(msg):
+        raise Skipped(msg)
+
+EMULATED = os.environ.get("PDSERVE_GPU_EMULATED") == "1"
+# head_dim 64 and GQA 3:1 (the default model's attention) in 2 layers: on a
+# bf16 pool prefill steps take the tensor-core prefill kernel
+SHAPE = os.environ.get("PDSERVE_GPU_SHAPE", '{"preset":"default","n_layer":2,"n_vocab":600}')
+N_VOCAB = 600 if "PDSERVE_GPU_SHAPE" not in os.environ else 49152
+MODEL = ("--load-format", "dummy", "--model-shape", SHAPE, "--device", "cuda",
+         "--kv-cache-dtype", "bf16")
+MEM = ("--kv-cache-memory", "64MiB", "--kv-staging-memory", "16MiB")
+# a block: 2 layers x K,V x 3 heads x 16 tokens x 64 x 2 bytes = 24 KiB; 1 MiB
+# holds 42 blocks, 672 tokens
+SMALL_STAGING = ("--kv-staging-memory", "1MiB")
+LENGTHS = [1, 5, 16, 17, 40, 100, 300]
+MAX_TOKENS = 6
+NEAR_TIE_GAP = 0.05
+LOGPROB_TOL = 2e-2  # bf16 KV, and on a GPU cuBLAS may sum other batch shapes otherwise
+
+
+def prompt(n, salt=0):
+    rng = random.Random(n * 7919 + salt)
+    return [rng.randrange(1, N_VOCAB - 1) for _ in range(n)]
+
+
+def complete(d, p, timeout=300):
+    status, out = d.json("POST", "/v1/completions",
+                         {"prompt": p, "max_tokens": MAX_TOKENS, "temperature": 0,
+                          "logprobs": 2, "ignore_eos": True}, timeout=timeout)
+    assert status == 200, (status, out)
+    lp = out["choices"][0]["logprobs"]
+    return {"tokens": lp["tokens"], "lps": lp["token_logprobs"], "tops": lp["top_logprobs"]}
+
+
+def same(got, ref, what):
+    """DESIGN.md's rule: the same tokens up to a near-tie, log-probabilities
+    within the bar; exactly the same on the emulated GPU (one code path,
+    host math: the staging must move every byte as it was)."""
+    if EMULATED:
+        assert got == ref, (what, got, ref)
+        return len(ref["tokens"])
+    for k, tok in enumerate(ref["tokens"]):
+        vals = sorted(ref["tops"][k].values(), reverse=True)
+        if len(vals) > 1 and vals[0] - vals[1] < NEAR_TIE_GAP:
+            print("%s: near-tie at position %d" % (what, k))
+            return k
+        assert got["tokens"][k] == tok, (what, k, got, ref)
+        assert abs(got["lps"][k] - ref["lps"][k]) <= LOGPROB_TOL, (what, k, got, ref)
+    return len(ref["tokens"])
+
+
+def wait_for(cond, timeout=60, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def need_gpu():
+    """Real binaries without a usable GPU: skip, with decoded's reason."""
+    if EMULATED:
+        return
+    d = Decoded(*MODEL, *MEM, wait=False)
+    with d:
+        try:
+            d.wait_ready()
+        except Exception:
+            if "--device cuda: " in d.log():
+                skip("no usable GPU: " + d.log().strip().splitlines()[-1])
+            raise
+
+
+def metric(d, name):
+    return d.metric("pdserve:" + name)
+
+
+def dec_args(psk, *peers, extra=()):
+    args = [*MODEL, *MEM, "--kv-psk-file", str(psk), "--local-prefill-max-tokens", "0",
+            "--prefill-timeout-ms", "120000", "--log-level", "info"]
+    for p in peers:
+        args += ["--prefill", p]
+    return args + list(extra)
+
+
+def up(d, p):
+    wait_for(lambda: metric(d, "kv_sessions") == 1, 60, "a KV session to " + p.addr)
+
+
+def test_gpu_pair_answers_as_gpu_decoded_alone(tmp_path):
+    need_gpu()
+    psk = write_key(tmp_path / "k.psk")
+    prompts = [prompt(n) for n in LENGTHS]
+    with Prefilld(*MODEL, *MEM, "--log-level", "info", psk=psk) as p, \
+            Decoded(*dec_args(psk, p.addr)) as d:
+        up(d, p)
+        for who in (p, d):
+            assert "KV channel: the GPU pool staged through 16 MiB of page-locked host" \
+                in who.log(), who.log()
+        dis = [complete(d, x) for x in prompts]
+        # and several at once (runs of different prompts interleave in the stagings)
+        with cf.ThreadPoolExecutor(4) as ex:
+            dis_par = list(ex.map(lambda x: complete(d, x), prompts))
+        assert metric(d, "prompt_tokens_total") == 0, "a prompt was prefilled locally"
+        assert metric(d, "remote_prompt_tokens_total") == 2 * sum(LENGTHS)
+        assert metric(d, "kv_blocks_received_total") >= 2 * sum((n + 15) // 16 for n in LENGTHS)
+        assert metric(p, "prompt_tokens_total") == 2 * sum(LENGTHS)
+        wait_for(lambda: metric(p, "kv_staging_blocks_used") == 0, 30, "prefilld's staging back")
+        assert metric(d, "kv_staging_blocks_used") == 0
+        assert metric(p, "kv_blocks_used") == 0
+    with Decoded(*MODEL, *MEM) as b:
+        loc = [complete(b, x) for x in prompts]
+        assert metric(b, "prompt_tokens_total") == sum(LENGTHS)
+    n = sum(same(dis[i], loc[i], "prompt %d" % i) + same(dis_par[i], loc[i], "parallel %d" % i)
+            for i in range(len(prompts)))
+    print("GPU pair vs GPU decoded alone: %d of %d tokens compared" %
+          (n, 2 * len(prompts) * MAX_TOKENS))
+    assert n >= len(prompts) * MAX_TOKENS
+
+
+def test_gpu_prefilld_killed_mid_transfer_fails_over_and_staging_comes_back(tmp_path):
+    need_gpu()
+    psk = write_key(tmp_path / "k.psk")
+    x = prompt(300, 1)
+    with Decoded(*MODEL, *MEM) as b:
+        ref = complete(b, x)
+    with Prefilld(*MODEL, *MEM, psk=psk) as p:
+        port = p.kv_port
+        with Decoded(*dec_args(psk, p.addr)) as d:
+            up(d, p)
+            p.send(signal.SIGSTOP)
+            ex = cf.ThreadPoolExecutor(1)
+            fut = ex.submit(complete, d, x)
+            wait_for(lambda: metric(d, "num_requests_remote_prefill") == 1, 30,
+                     "the request to wait on its remote prefill")
+            assert metric(d, "kv_staging_blocks_used") == (300 + 15) // 16
+            p.kill9()
+            got = fut.result(timeout=300)
+            ex.shutdown()
+            same(got, ref, "after the failover")
+            assert metric(d, "prompt_tokens_total") == 300  # prefilled locally on its GPU
+            assert metric(d, "kv_staging_blocks_used") == 0
+            # a prefilld again on the same port: served remotely, no restart of decoded
+            with Prefilld(*MODEL, *MEM, psk=psk, kv_port=port) as p2:
+                wait_for(lambda: metric(d, "kv_sessions") == 1, 60, "the session back")
+                same(complete(d, x), ref, "from the restarted prefilld")
+                assert metric(d, "remote_prompt_tokens_total") == 300
+                assert metric(p2, "prompt_tokens_total") == 300
+                assert metric(d, "kv_staging_blocks_used") == 0
+
+
+def test_gpu_prompt_larger_than_a_staging_is_prefilled_locally(tmp_path):
+    need_gpu()
+    psk = write_key(tmp_path / "k.psk")
+    big, small = prompt(700, 2), prompt(30, 2)
+    with Decoded(*MODEL, *MEM) as b:
+        ref_big = complete(b, big)
+    # decoded's staging holds 672 tokens: the 700 go local, the 30 remote
+    with Prefilld(*MODEL, *MEM, psk=psk) as p, \
+            Decoded(*dec_args(psk, p.addr, extra=SMALL_STAGING)) as d:
+        up(d, p)
+        same(complete(d, big), ref_big, "decoded's staging too small")
+        assert "do not fit the KV channel's staging (--kv-staging-memory)" in d.log()
+        complete(d, small)
+        assert metric(d, "prompt_tokens_total") == 700
+        assert metric(d, "remote_prompt_tokens_total") == 30
+        assert metric(p, "prompt_tokens_total") == 30
+    # prefilld's does: it refuses the prompt as too large, decoded prefills it
+    with Prefilld(*MODEL, *MEM, *SMALL_STAGING, psk=psk) as p, \
+            Decoded(*dec_args(psk, p.addr)) as d:
+        up(d, p)
+        same(complete(d, big), ref_big, "prefilld's staging too small")
+        assert metric(d, "prompt_tokens_total") == 700
+        assert metric(p, "prompt_tokens_total") == 0
+        assert metric(d, "kv_staging_blocks_used") == 0
+        assert metric(p, "kv_staging_blocks_used") == 0
+
+
+def test_gpu_decoded_without_peers_refuses_its_first_peers_by_reload(tmp_path):
+    need_gpu()
+    psk = write_key(tmp_path / "k.psk")
+    cfg = tmp_path / "decoded.json"
+    with open(cfg, "w") as f:
+        f.write('{"kv-psk-file": "%s"}' % psk)
+    with Prefilld(*MODEL, *MEM, psk=psk) as p, \
+            Decoded(*MODEL, *MEM, "--config", str(cfg)) as d:
+        with open(cfg, "w") as f:
+            f.write('{"kv-psk-file": "%s", "prefill": ["%s"]}' % (psk, p.addr))
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "without the KV channel's staging" in d.log(), 30, "the refusal")
+        assert "restart decoded with --prefill" in d.log()
+        complete(d, prompt(10, 3))
+        assert metric(d, "prompt_tokens_total") == 10
+        assert metric(p, "prompt_tokens_total") == 0
+
+
+if __name__ == "__main__":
+    # tests/gpu/check.sh: no pytest on the GPU node
+    import pathlib
+    tests = [(k, v) for k, v in sorted(globals().items()) if k.startswith("test_")]
+    passed = skipped = failed = 0
+    for name, fn in tests:
+        with tempfile.TemporaryDirectory() as t:
+            try:
+                fn(pathlib.Path(t))
+                print("ok", name)
+                passed += 1
+            except Exception as e:  # noqa: BLE001 -- report and go on
+                if type(e).__name__ in ("Skipped", "Skip"):
+                    print("skip %s: %s" % (name, e))
+                    skipped += 1
+                else:
+                    import traceback
+                    traceback.print_exc()
+                    print("FAIL", name)
+                    failed += 1
+    print("%d passed, %d failed, %d skipped" % (passed, failed, skipped))
+    sys.exit(1 if failed else 77 if skipped == len(tests) else 0)
