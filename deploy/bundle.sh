@@ -22,6 +22,7 @@
 #                         runtime, libevent, libsystemd..., UCX and its transport
 #                         modules (lib/ucx/) when a program links UCX
 #   tests/gpu/check.sh    the GPU check (tests/gpu/check.sh in the source tree)
+#   tests/integration/    harness.py and test_disagg_gpu.py, which check.sh runs
 #   README, BUILDINFO, MANIFEST (sha256 of every file)
 set -euo pipefail
 
@@ -174,6 +175,10 @@ EOF
 chmod 755 "$root/bin/pdserve-env"
 
 install -m 755 "$src_root/tests/gpu/check.sh" "$root/tests/gpu/check.sh"
+# the GPU pair's end-to-end test (stdlib Python only; check.sh runs it as a script)
+mkdir -p "$root/tests/integration"
+install -m 644 "$src_root/tests/integration/harness.py" "$src_root/tests/integration/test_disagg_gpu.py" \
+    "$root/tests/integration/"
 
 git_rev="$(git -C "$src_root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 cuda_version="$(nvcc --version 2>/dev/null | sed -n 's/.*release \([0-9.]*\).*/\1/p')"

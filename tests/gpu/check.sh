@@ -9,6 +9,11 @@
 #   kernels     every CUDA kernel against its CPU reference (test_kernels)
 #   engine      the engine on CUDA against the CPU engine, dummy weights
 #               (test_engine_cuda; the logits' margins are printed)
+#   pair        prefilld and decoded both on the GPU serving completions
+#               through the authenticated KV channel on loopback (blocks staged
+#               through page-locked host memory), against decoded alone on the
+#               GPU; faults, staging limits (tests/integration/test_disagg_gpu.py
+#               as a script: python3, no pytest)
 #   attn-*      decode-attention benchmark vs a device-to-device copy:
 #                 default model's shape (GQA 3:1, head_dim 64), bf16 and f32 KV
 #                 GQA 8:1 (Llama-3-8B shape with 4 KV heads, head_dim 128), bf16 KV
@@ -148,6 +153,13 @@ gpu_line="$(grep -m1 '^device: ' "$log" | sed 's/^device: //')"
 
 run kernels "CUDA kernels against the CPU reference" "$env" test_kernels
 run engine "the engine on CUDA against the CPU engine" env PD_TEST_VERBOSE=1 "$env" test_engine_cuda
+if command -v python3 >/dev/null; then
+    run pair "prefilld + decoded on the GPU, KV channel" env DECODED="$root/bin/decoded" \
+        PREFILLD="$root/bin/prefilld" PYTHONDONTWRITEBYTECODE=1 \
+        python3 "$root/tests/integration/test_disagg_gpu.py"
+else
+    steps+=("$(printf '%-12s %-34s %5ss' pair 'NOT RUN (no python3)' 0)")
+fi
 
 # a benchmark step; its table (from the line starting with FIRST to the
 # program's summary line, of its last run in the log) goes to the summary

@@ -100,18 +100,26 @@ def wait_for(cond, timeout=60, what="condition"):
     raise AssertionError("timed out waiting for " + what)
 
 
+_no_gpu = None  # why there is none ("" when there is), asked once
+
+
 def need_gpu():
     """Real binaries without a usable GPU: skip, with decoded's reason."""
+    global _no_gpu
     if EMULATED:
         return
-    d = Decoded(*MODEL, *MEM, wait=False)
-    with d:
-        try:
-            d.wait_ready()
-        except Exception:
-            if "--device cuda: " in d.log():
-                skip("no usable GPU: " + d.log().strip().splitlines()[-1])
-            raise
+    if _no_gpu is None:
+        d = Decoded(*MODEL, *MEM, wait=False)
+        with d:
+            try:
+                d.wait_ready()
+                _no_gpu = ""
+            except RuntimeError:
+                if "--device cuda: " not in d.log():
+                    raise
+                _no_gpu = d.log().strip().splitlines()[-1]
+    if _no_gpu:
+        skip("no usable GPU: " + _no_gpu)
 
 
 def metric(d, name):
