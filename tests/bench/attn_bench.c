@@ -88,19 +88,6 @@ static const uint32_t def_batch[] = {16, 64}, def_context[] = {1024, 2048, 4096,
         }                                                                      \
     } while (0)
 
-struct copy_arg {
-    void *dst;
-    const void *src;
-    size_t bytes;
-};
-
-static int copy_pass(void *arg, uint32_t i, pd_stream_t s)
-{
-    struct copy_arg *c = arg;
-    (void)i;
-    return pd_cuda_memcpy_async(c->dst, c->src, c->bytes, s);
-}
-
 static int attn_pass(void *arg, uint32_t layer, pd_stream_t s)
 {
     struct pd_attn_args a = *(struct pd_attn_args *)arg;
@@ -166,7 +153,7 @@ int main(int argc, char **argv)
     struct pd_cuda_timer *tm = NULL;
     pd_stream_t stream = NULL;
     void *pool = NULL, *dq = NULL, *dout = NULL, *dws = NULL, *dseq = NULL, *dpos = NULL;
-    void *dtables = NULL, *csrc = NULL, *cdst = NULL;
+    void *dtables = NULL;
     uint32_t *tables = NULL;
     int32_t *seq = NULL, *pos = NULL;
     uint32_t batch[GB_MAX_ITEMS], context[GB_MAX_ITEMS];
@@ -247,16 +234,8 @@ int main(int argc, char **argv)
     TRY(pd_cuda_stream_new(&stream));
 
     /* the reference: a device-to-device copy, bytes read + bytes written */
-    struct copy_arg ca = {.bytes = (size_t)c.copy_mib << 20};
-    TRY(pd_cuda_malloc(&csrc, ca.bytes));
-    TRY(pd_cuda_malloc(&cdst, ca.bytes));
-    TRY(pd_cuda_fill_random(csrc, ca.bytes / 4, PD_DT_F32, 7, 1.0f, NULL));
-    ca.src = csrc, ca.dst = cdst;
-    float copy_ms;
-    TRY(gb_time_passes(copy_pass, &ca, 4, (int)c.trials, 0, stream, tm, &copy_ms));
-    const double copy_gbs = 2.0 * (double)ca.bytes / (copy_ms * 1e-3) / 1e9;
-    csrc = pd_cuda_free(csrc);
-    cdst = pd_cuda_free(cdst);
+    double copy_gbs;
+    TRY(gb_copy_ref((uint64_t)c.copy_mib << 20, (int)c.trials, stream, tm, &copy_gbs));
     printf("copy: device to device, %lld MiB: %.1f GB/s (read + written), median of %lld; "
            "attention %s\n", (long long)c.copy_mib, copy_gbs, (long long)c.trials,
            c.graphs ? "timed as CUDA graph replays" : "timed as plain launches");
@@ -315,7 +294,6 @@ int main(int argc, char **argv)
 out:
     pd_cuda_free(pool), pd_cuda_free(dq), pd_cuda_free(dout), pd_cuda_free(dws);
     pd_cuda_free(dseq), pd_cuda_free(dpos), pd_cuda_free(dtables);
-    pd_cuda_free(csrc), pd_cuda_free(cdst);
     pd_cuda_timer_free(tm);
     pd_cuda_stream_free(stream);
     free(tables), free(seq), free(pos);

@@ -1,5 +1,8 @@
 #include "gpu_bench.h"
 
+#include "matmul.h"
+#include "quant.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -125,5 +128,64 @@ int gb_time_passes(gb_pass_fn fn, void *arg, uint32_t n, int trials, int graphs,
     *per_pass_ms = v[trials / 2];
 out:
     pd_cuda_graph_free(g);
+    return rc;
+}
+
+static int gemm_pass(void *arg, uint32_t i, pd_stream_t s)
+{
+    (void)i;
+    return pd_matmul_cuda(arg, s);
+}
+
+int gb_gemm_ref(uint32_t size, int trials, pd_stream_t s, struct pd_cuda_timer *tm,
+                double *tflops, float *ms)
+{
+    const size_t bytes = (size_t)size * size * 2;
+    void *a = NULL, *b = NULL, *c = NULL;
+    int rc;
+    if ((rc = pd_cuda_malloc(&a, bytes)) < 0 || (rc = pd_cuda_malloc(&b, bytes)) < 0 ||
+        (rc = pd_cuda_malloc(&c, bytes)) < 0 ||
+        (rc = pd_cuda_fill_random(a, (uint64_t)size * size, PD_DT_BF16, 11, 1.0f, NULL)) < 0 ||
+        (rc = pd_cuda_fill_random(b, (uint64_t)size * size, PD_DT_BF16, 12, 1.0f, NULL)) < 0)
+        goto out;
+    struct pd_matmul_args mm = {.y = c, .x = a, .w = b, .m = size, .n = size, .k = size,
+                                .x_type = PD_DT_BF16, .w_type = PD_DT_BF16,
+                                .y_type = PD_DT_BF16};
+    if ((rc = gb_time_passes(gemm_pass, &mm, 3, trials, 0, s, tm, ms)) < 0)
+        goto out;
+    *tflops = 2.0 * size * (double)size * size / (*ms * 1e-3) / 1e12;
+out:
+    pd_cuda_free(a), pd_cuda_free(b), pd_cuda_free(c);
+    return rc;
+}
+
+struct copy_arg {
+    void *dst;
+    const void *src;
+    size_t bytes;
+};
+
+static int copy_pass(void *arg, uint32_t i, pd_stream_t s)
+{
+    struct copy_arg *c = arg;
+    (void)i;
+    return pd_cuda_memcpy_async(c->dst, c->src, c->bytes, s);
+}
+
+int gb_copy_ref(uint64_t bytes, int trials, pd_stream_t s, struct pd_cuda_timer *tm,
+                double *gbs)
+{
+    void *src = NULL, *dst = NULL;
+    float ms;
+    int rc;
+    if ((rc = pd_cuda_malloc(&src, bytes)) < 0 || (rc = pd_cuda_malloc(&dst, bytes)) < 0 ||
+        (rc = pd_cuda_fill_random(src, bytes / 4, PD_DT_F32, 7, 1.0f, NULL)) < 0)
+        goto out;
+    struct copy_arg ca = {.dst = dst, .src = src, .bytes = bytes};
+    if ((rc = gb_time_passes(copy_pass, &ca, 4, trials, 0, s, tm, &ms)) < 0)
+        goto out;
+    *gbs = 2.0 * (double)bytes / (ms * 1e-3) / 1e9;
+out:
+    pd_cuda_free(src), pd_cuda_free(dst);
     return rc;
 }

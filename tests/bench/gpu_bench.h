@@ -34,4 +34,14 @@ typedef int (*gb_pass_fn)(void *arg, uint32_t i, pd_stream_t s);
 int gb_time_passes(gb_pass_fn fn, void *arg, uint32_t n, int trials, int graphs, pd_stream_t s,
                    struct pd_cuda_timer *tm, float *per_pass_ms);
 
+/* The references the GPU benchmarks print their figures beside, measured in
+ * the same run on stream s, medians of trials: a cuBLAS bf16 GEMM m = n = k =
+ * size with fp32 accumulation (TFLOP/s and ms), and a device-to-device copy
+ * of `bytes` (GB/s counted as bytes read + bytes written). Negative errno on
+ * a CUDA failure (device memory for the operands among them). */
+int gb_gemm_ref(uint32_t size, int trials, pd_stream_t s, struct pd_cuda_timer *tm,
+                double *tflops, float *ms);
+int gb_copy_ref(uint64_t bytes, int trials, pd_stream_t s, struct pd_cuda_timer *tm,
+                double *gbs);
+
 #endif

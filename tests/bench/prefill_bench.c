@@ -69,12 +69,6 @@ static const uint32_t def_seqlen[] = {512, 1024, 2048, 4096, 8192, 16384};
         }                                                                      \
     } while (0)
 
-static int gemm_pass(void *arg, uint32_t i, pd_stream_t s)
-{
-    (void)i;
-    return pd_matmul_cuda(arg, s);
-}
-
 static int attn_pass(void *arg, uint32_t i, pd_stream_t s)
 {
     (void)i;
@@ -146,7 +140,7 @@ int main(int argc, char **argv)
     struct pd_cuda_timer *tm = NULL;
     pd_stream_t stream = NULL;
     void *pool = NULL, *dq = NULL, *dout = NULL, *dseq = NULL, *dpos = NULL, *druns = NULL;
-    void *dtables = NULL, *ga = NULL, *gb = NULL, *gc = NULL;
+    void *dtables = NULL;
     uint32_t *tables = NULL;
     int32_t *seq = NULL, *pos = NULL, *runs = NULL;
     uint32_t seqlen[GB_MAX_ITEMS];
@@ -190,19 +184,9 @@ int main(int argc, char **argv)
 
     /* the reference: a cuBLAS bf16 GEMM, fp32 accumulation */
     const uint32_t G = (uint32_t)c.gemm_size;
-    const size_t gbytes = (size_t)G * G * 2;
-    TRY(pd_cuda_malloc(&ga, gbytes));
-    TRY(pd_cuda_malloc(&gb, gbytes));
-    TRY(pd_cuda_malloc(&gc, gbytes));
-    TRY(pd_cuda_fill_random(ga, (uint64_t)G * G, PD_DT_BF16, 11, 1.0f, NULL));
-    TRY(pd_cuda_fill_random(gb, (uint64_t)G * G, PD_DT_BF16, 12, 1.0f, NULL));
-    struct pd_matmul_args mm = {.y = gc, .x = ga, .w = gb, .m = G, .n = G, .k = G,
-                                .x_type = PD_DT_BF16, .w_type = PD_DT_BF16,
-                                .y_type = PD_DT_BF16};
     float gemm_ms;
-    TRY(gb_time_passes(gemm_pass, &mm, 3, (int)c.trials, 0, stream, tm, &gemm_ms));
-    const double gemm_tf = 2.0 * G * (double)G * G / (gemm_ms * 1e-3) / 1e12;
-    ga = pd_cuda_free(ga), gb = pd_cuda_free(gb), gc = pd_cuda_free(gc);
+    double gemm_tf;
+    TRY(gb_gemm_ref(G, (int)c.trials, stream, tm, &gemm_tf, &gemm_ms));
     printf("gemm: cuBLAS bf16 %u x %u x %u, fp32 accumulation: %.1f TFLOP/s (%.3f ms), median of "
            "%lld\n", G, G, G, gemm_tf, gemm_ms, (long long)c.trials);
     printf("prefill attention: causal, %u heads x %u, %s q/K/V/out, paged pool of %.0f MiB "
@@ -274,7 +258,6 @@ int main(int argc, char **argv)
 out:
     pd_cuda_free(pool), pd_cuda_free(dq), pd_cuda_free(dout), pd_cuda_free(dseq);
     pd_cuda_free(dpos), pd_cuda_free(druns), pd_cuda_free(dtables);
-    pd_cuda_free(ga), pd_cuda_free(gb), pd_cuda_free(gc);
     pd_cuda_timer_free(tm);
     pd_cuda_stream_free(stream);
     free(tables), free(seq), free(pos), free(runs);
