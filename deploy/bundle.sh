@@ -66,6 +66,7 @@ programs=(
     tests/kernels/test_engine_cuda
     tests/bench/attn_bench
     tests/bench/prefill_bench
+    tests/bench/gpu_engine_bench
 )
 [ -x "$build/common/tools/pdserve-inspect" ] || die "$build has no pdserve-inspect: run ninja -C $build first"
 

@@ -21,6 +21,10 @@
 #   prefill-*   prefill attention (tensor cores) in TFLOP/s on FlashAttention's
 #               grid, causal, 16 heads x 128 (and x 64 in half), seqlen 512
 #               to 16k, beside a cuBLAS bf16 GEMM
+#   engine-8b   the GPU engine end to end on dummy Llama-3-8B (bf16 weights
+#               and KV): prefill tokens/s at 2k beside a cuBLAS GEMM, decode
+#               tokens/s at batch 1, 32, 128 beside a device copy
+#               (gpu_engine_bench; about a minute, half of it loading)
 #
 # Without a usable GPU it stops at the `gpu` step with the reason and exits 2.
 # Exit 0 when every step passed, 1 when one failed. The benchmark tables and,
@@ -192,6 +196,9 @@ prefill() {
 }
 prefill prefill-bf16 --kv-dtype bf16
 prefill prefill-f16-64 --kv-dtype f16 --head-dim 64 --seqlen 512,2048,8192
+
+bench_step engine-8b "GPU engine, dummy Llama-3-8B" gpu_engine_bench "gemm: " \
+    --model-shape llama3-8b --kv-cache-dtype bf16
 
 table
 exit $failed
