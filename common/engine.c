@@ -1,6 +1,7 @@
 #include "engine.h"
 
 #include "errf.h"
+#include "log.h"
 #include "pd_config.h"
 
 #include "attention.h"
@@ -24,55 +25,84 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The kernels one device provides; the engine calls only through this table. */
+/* The kernels one device provides; the engine calls only through this
+ * table, with its stream (the GPU's engine stream; NULL on the CPU). Copies
+ * are asynchronous on a GPU: `sync` waits for everything issued. */
 struct pd_kernels {
-    int (*embed)(const struct pd_embed_args *);
-    int (*rmsnorm)(const struct pd_rmsnorm_args *);
-    int (*matmul)(const struct pd_matmul_args *);
-    int (*rope)(const struct pd_rope_args *);
-    int (*kv_write)(const struct pd_kv_write_args *);
-    int (*attention)(const struct pd_attn_args *);
-    int (*swiglu)(const struct pd_swiglu_args *);
-    int (*copy)(void *dst, const void *src, size_t bytes); /* either side, synchronous */
+    int (*embed)(const struct pd_embed_args *, void *stream);
+    int (*rmsnorm)(const struct pd_rmsnorm_args *, void *stream);
+    int (*matmul)(const struct pd_matmul_args *, void *stream);
+    int (*rope)(const struct pd_rope_args *, void *stream);
+    int (*kv_write)(const struct pd_kv_write_args *, void *stream);
+    int (*attention)(const struct pd_attn_args *, void *stream);
+    int (*swiglu)(const struct pd_swiglu_args *, void *stream);
+    int (*copy)(void *dst, const void *src, size_t bytes, void *stream); /* either side */
+    int (*sync)(void *stream);
 };
 
-static int cpu_copy(void *dst, const void *src, size_t bytes)
+#define CPU_OP(op, args)                                                                       \
+    static int cpu_##op(const struct args *a, void *stream)                                    \
+    {                                                                                          \
+        (void)stream;                                                                          \
+        return pd_##op##_cpu(a);                                                               \
+    }
+CPU_OP(embed, pd_embed_args)
+CPU_OP(rmsnorm, pd_rmsnorm_args)
+CPU_OP(matmul, pd_matmul_args)
+CPU_OP(rope, pd_rope_args)
+CPU_OP(kv_write, pd_kv_write_args)
+CPU_OP(attention, pd_attn_args)
+CPU_OP(swiglu, pd_swiglu_args)
+
+static int cpu_copy(void *dst, const void *src, size_t bytes, void *stream)
 {
+    (void)stream;
     memcpy(dst, src, bytes);
     return 0;
 }
 
+static int cpu_sync(void *stream)
+{
+    (void)stream;
+    return 0;
+}
+
 static const struct pd_kernels cpu_kernels = {
-    .embed = pd_embed_cpu,
-    .rmsnorm = pd_rmsnorm_cpu,
-    .matmul = pd_matmul_cpu,
-    .rope = pd_rope_cpu,
-    .kv_write = pd_kv_write_cpu,
-    .attention = pd_attention_cpu,
-    .swiglu = pd_swiglu_cpu,
+    .embed = cpu_embed,
+    .rmsnorm = cpu_rmsnorm,
+    .matmul = cpu_matmul,
+    .rope = cpu_rope,
+    .kv_write = cpu_kv_write,
+    .attention = cpu_attention,
+    .swiglu = cpu_swiglu,
     .copy = cpu_copy,
+    .sync = cpu_sync,
 };
 
 #if PD_HAVE_CUDA
-/* The CUDA kernels on the default stream (in order with the copies, which
- * synchronise: the logits that come down are the step's) */
-static int cu_embed(const struct pd_embed_args *a) { return pd_embed_cuda(a, NULL); }
-static int cu_rmsnorm(const struct pd_rmsnorm_args *a) { return pd_rmsnorm_cuda(a, NULL); }
-static int cu_matmul(const struct pd_matmul_args *a) { return pd_matmul_cuda(a, NULL); }
-static int cu_rope(const struct pd_rope_args *a) { return pd_rope_cuda(a, NULL); }
-static int cu_kv_write(const struct pd_kv_write_args *a) { return pd_kv_write_cuda(a, NULL); }
-static int cu_swiglu(const struct pd_swiglu_args *a) { return pd_swiglu_cuda(a, NULL); }
+/* The CUDA kernels and copies, in order on the engine's stream */
+static int cu_embed(const struct pd_embed_args *a, void *s) { return pd_embed_cuda(a, s); }
+static int cu_rmsnorm(const struct pd_rmsnorm_args *a, void *s) { return pd_rmsnorm_cuda(a, s); }
+static int cu_matmul(const struct pd_matmul_args *a, void *s) { return pd_matmul_cuda(a, s); }
+static int cu_rope(const struct pd_rope_args *a, void *s) { return pd_rope_cuda(a, s); }
+static int cu_kv_write(const struct pd_kv_write_args *a, void *s) { return pd_kv_write_cuda(a, s); }
+static int cu_swiglu(const struct pd_swiglu_args *a, void *s) { return pd_swiglu_cuda(a, s); }
+static int cu_copy(void *dst, const void *src, size_t bytes, void *s)
+{
+    return pd_cuda_memcpy_async(dst, src, bytes, s);
+}
+static int cu_sync(void *s) { return pd_cuda_stream_sync(s); }
 
 /* a step with prefill chunks on a 16-bit pool: the tensor-core kernel, its
  * runs being the items; otherwise (or where it declines) the decode kernel */
-static int cu_attention(const struct pd_attn_args *a)
+static int cu_attention(const struct pd_attn_args *a, void *s)
 {
     if (a->n_runs) {
-        int rc = pd_attention_prefill_cuda(a, NULL);
+        int rc = pd_attention_prefill_cuda(a, s);
         if (rc != -ENOTSUP)
             return rc;
     }
-    return pd_attention_cuda(a, NULL);
+    return pd_attention_cuda(a, s);
 }
 
 static const struct pd_kernels cuda_kernels = {
@@ -83,7 +113,8 @@ static const struct pd_kernels cuda_kernels = {
     .kv_write = cu_kv_write,
     .attention = cu_attention,
     .swiglu = cu_swiglu,
-    .copy = pd_cuda_memcpy,
+    .copy = cu_copy,
+    .sync = cu_sync,
 };
 #endif
 
@@ -119,6 +150,12 @@ struct pd_engine {
     struct pd_kvcache *kc;
     struct pd_kvcache *stage; /* GPU: the KV channel's pinned host blocks, or NULL */
     bool stage_pinned;
+    void *stream; /* GPU: every kernel and copy of a step, in order; NULL on the CPU */
+    void **pinned; /* GPU: page-locked host scratch (index arrays, logits) */
+    size_t n_pinned;
+    uint32_t logit_cap; /* rows h_logits holds: a whole decode step's on a GPU */
+    bool graphs; /* GPU: decode steps replay CUDA graphs */
+    struct pd_cuda_graph **graph; /* (max_items + 1) by batch size, captured on first use */
     uint32_t max_tokens, max_model_len, max_items, max_blocks;
 
     /* scratch for max_tokens tokens */
@@ -286,14 +323,38 @@ static int upload_weights(struct pd_engine *e, char *err, size_t errlen)
 
 #endif
 
+#if PD_HAVE_CUDA
+/* page-locked host memory the engine owns: copies to and from it are DMA,
+ * asynchronous, and can be captured in a CUDA graph */
+static void *host_pinned(struct pd_engine *e, size_t bytes)
+{
+    const size_t pg = 4096, n = (bytes ? bytes + pg - 1 : pg) / pg * pg;
+    void *p = NULL;
+    void **l = realloc(e->pinned, (e->n_pinned + 1) * sizeof(*l));
+    if (!l)
+        return NULL;
+    e->pinned = l;
+    if (posix_memalign(&p, pg, n))
+        return NULL;
+    memset(p, 0, n);
+    if (pd_cuda_host_register(p, n) < 0) {
+        free(p);
+        return NULL;
+    }
+    e->pinned[e->n_pinned++] = p;
+    return p;
+}
+#endif
+
 /* Memory freed with the engine: where the kernels run (the host on the
  * CPU, the device on a GPU), or host memory when `host` (the index arrays'
- * staging, the engine's own bookkeeping). NULL when there is none left. */
+ * staging, the engine's own bookkeeping; page-locked on a GPU). NULL when
+ * there is none left. */
 static void *scratch(struct pd_engine *e, size_t bytes, bool host)
 {
 #if PD_HAVE_CUDA
-    if (!host && e->device == PD_DEVICE_CUDA)
-        return dev_alloc(e, bytes);
+    if (e->device == PD_DEVICE_CUDA)
+        return host ? host_pinned(e, bytes) : dev_alloc(e, bytes);
 #else
     (void)host;
 #endif
@@ -306,6 +367,7 @@ static void *scratch(struct pd_engine *e, size_t bytes, bool host)
         e->host[e->n_host++] = p;
     return p;
 }
+
 
 #define SCRATCH(ptr, n, host)                                                                  \
     do {                                                                                       \
@@ -382,6 +444,10 @@ int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char
         e->k = &cuda_kernels;
         e->device = PD_DEVICE_CUDA;
         e->w_type = p->gpu_weight_dtype;
+        if ((rc = pd_cuda_stream_new((pd_stream_t *)&e->stream)) < 0) {
+            rc = pd_errf(err, errlen, rc, "engine: a CUDA stream: %s", strerror(-rc));
+            goto out_free;
+        }
 #else
         rc = pd_errf(err, errlen, -ENOTSUP, "engine: this build has no CUDA (meson setup "
                      "-Dcuda=enabled, on a machine with nvcc)");
@@ -433,6 +499,7 @@ int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char
     SCRATCH(e->gate, T * hp->n_ff, false);
     SCRATCH(e->up, T * hp->n_ff, false);
     SCRATCH(e->logits, (size_t)LOGIT_ROWS * hp->n_vocab, false);
+    e->logit_cap = LOGIT_ROWS;
     SCRATCH(e->tok, T, false);
     SCRATCH(e->pos, T, false);
     SCRATCH(e->tok_seq, T, false);
@@ -443,7 +510,10 @@ int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char
         e->h_tok = e->tok, e->h_pos = e->pos, e->h_tok_seq = e->tok_seq, e->h_slot = e->slot;
         e->h_tables = e->tables, e->h_runs = e->runs, e->h_logits = e->logits;
     } else { /* ... or on the host, then copies them up */
-        SCRATCH(e->h_logits, (size_t)LOGIT_ROWS * hp->n_vocab, true);
+        /* a decode step's every row comes down before any is handed out
+         * (so that a step is one graph, one wait) */
+        e->logit_cap = e->max_items > LOGIT_ROWS ? e->max_items : LOGIT_ROWS;
+        SCRATCH(e->h_logits, (size_t)e->logit_cap * hp->n_vocab, true);
         SCRATCH(e->h_tok, T, true);
         SCRATCH(e->h_pos, T, true);
         SCRATCH(e->h_tok_seq, T, true);
@@ -464,6 +534,11 @@ int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char
     }
     SCRATCH(e->out_item, T, true);
     SCRATCH(e->out_row, T, true);
+    if (!here && !p->no_cuda_graphs) {
+        if (!(e->graph = calloc((size_t)e->max_items + 1, sizeof(*e->graph))))
+            goto nomem;
+        e->graphs = true;
+    }
 
     struct pd_kvcache_params kp = {
         .layout = {.n_layer = hp->n_layer, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim,
@@ -557,6 +632,17 @@ struct pd_engine *pd_engine_free(struct pd_engine *e)
         pd_cuda_host_unregister(pd_kvcache_pool(e->stage));
 #endif
     pd_kvcache_free(e->stage);
+#if PD_HAVE_CUDA
+    for (uint32_t i = 0; e->graph && i <= e->max_items; i++)
+        pd_cuda_graph_free(e->graph[i]);
+    for (size_t i = 0; i < e->n_pinned; i++) {
+        pd_cuda_host_unregister(e->pinned[i]);
+        free(e->pinned[i]);
+    }
+    pd_cuda_stream_free(e->stream);
+#endif
+    free(e->graph);
+    free(e->pinned);
     for (size_t i = 0; i < e->n_host; i++)
         free(e->host[i]);
     free(e->host);
@@ -571,6 +657,14 @@ struct pd_engine *pd_engine_free(struct pd_engine *e)
 
 const struct pd_model *pd_engine_model(const struct pd_engine *e) { return e->model; }
 int pd_engine_on_device(const struct pd_engine *e) { return e->device != PD_DEVICE_CPU; }
+
+uint32_t pd_engine_cuda_graphs(const struct pd_engine *e)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; e->graphs && i <= e->max_items; i++)
+        n += e->graph[i] != NULL;
+    return n;
+}
 struct pd_kvcache *pd_engine_kvcache(struct pd_engine *e) { return e->kc; }
 struct pd_kvcache *pd_engine_kv_staging(struct pd_engine *e) { return e->stage; }
 struct pd_kvcache *pd_engine_kv_channel_pool(struct pd_engine *e)
@@ -605,7 +699,6 @@ int pd_engine_kv_stage(struct pd_engine *e, bool to_host, const uint32_t *pool_b
             return pd_errf(err, errlen, -EINVAL, "engine: KV staging copy of block %" PRIu32
                            " <-> %" PRIu32 ": outside the pool (%" PRIu32 ") or staging (%"
                            PRIu32 ")", pool_blocks[i], stage_blocks[i], np, ns);
-#if PD_HAVE_CUDA
     /* one asynchronous copy per run of blocks consecutive on both sides, on
      * the stream the steps run on (after every step issued so far), then
      * one wait */
@@ -617,18 +710,14 @@ int pd_engine_kv_stage(struct pd_engine *e, bool to_host, const uint32_t *pool_b
                         stage_blocks[j] == stage_blocks[j - 1] + 1; j++)
             ;
         char *d = dev + pool_blocks[i] * bb, *h = host + stage_blocks[i] * bb;
-        rc = pd_cuda_memcpy_async(to_host ? h : d, to_host ? d : h, (j - i) * bb, NULL);
+        rc = e->k->copy(to_host ? h : d, to_host ? d : h, (j - i) * bb, e->stream);
     }
-    int rs = pd_cuda_sync(); /* also after a failed enqueue: nothing may still write */
+    int rs = e->k->sync(e->stream); /* also after a failed enqueue: nothing may still write */
     rc = rc < 0 ? rc : rs;
     if (rc < 0)
         return pd_errf(err, errlen, rc, "engine: copying %" PRIu32 " KV blocks %s the GPU: %s",
                        n, to_host ? "from" : "to", strerror(-rc));
     return 0;
-#else
-    (void)to_host;
-    return pd_errf(err, errlen, -ENOTSUP, "engine: no KV staging without CUDA");
-#endif
 }
 uint32_t pd_engine_n_vocab(const struct pd_engine *e) { return e->hp.n_vocab; }
 uint32_t pd_engine_max_model_len(const struct pd_engine *e) { return e->max_model_len; }
@@ -682,8 +771,25 @@ static int validate(const struct pd_engine *e, const struct pd_batch_item *items
     return 0;
 }
 
+/* Logits rows [r0, r0 + m) from src to the items that asked for them. */
+static void hand_out(struct pd_engine *e, const struct pd_batch_item *items, uint32_t r0,
+                     uint32_t m, const float *src)
+{
+    const uint32_t V = e->hp.n_vocab;
+    for (uint32_t r = 0; r < m; r++) {
+        const struct pd_batch_item *it = &items[e->out_item[r0 + r]];
+        memcpy(it->logits + (size_t)e->out_row[r0 + r] * V, src + (size_t)r * V,
+               V * sizeof(float));
+    }
+}
+
+/* The step's work, issued on the engine's stream. The logits rows asked for
+ * end in the items, or, on a GPU when they fit h_logits (every decode step),
+ * on their way to h_logits with *pending rows to hand out after the caller
+ * waits: the work then holds no wait, so that it can be captured as a CUDA
+ * graph. */
 static int forward(struct pd_engine *e, const struct pd_batch_item *items, uint32_t n_items,
-                   uint32_t T)
+                   uint32_t T, uint32_t *pending)
 {
     /* a step with a prefill chunk: its items as runs for the prefill kernel
      * (the CPU and the decode kernel ignore them) */
@@ -702,7 +808,7 @@ static int forward(struct pd_engine *e, const struct pd_batch_item *items, uint3
     pd_dtype_row_size(e->tok_embd->type, D, &row_bytes);
     struct pd_embed_args ea = {.out = e->x, .table = e->embd_table, .type = e->tok_embd->type,
                                .row_bytes = row_bytes, .tokens = e->tok, .n_tokens = T, .dim = D};
-    if ((rc = k->embed(&ea)) < 0)
+    if ((rc = k->embed(&ea, e->stream)) < 0)
         return rc;
 
     for (uint32_t l = 0; l < hp->n_layer && rc == 0; l++) {
@@ -749,12 +855,12 @@ static int forward(struct pd_engine *e, const struct pd_batch_item *items, uint3
                                     .k = hp->n_ff, .accumulate = 1, .w_type = e->w_type,
                                     .x_scratch = e->xs};
 
-        if ((rc = k->rmsnorm(&na)) < 0 || (rc = k->matmul(&mq)) < 0 || (rc = k->matmul(&mk)) < 0 ||
-            (rc = k->matmul(&mv)) < 0 || (rc = k->rope(&rq)) < 0 || (rc = k->rope(&rk)) < 0 ||
-            (rc = k->kv_write(&wa)) < 0 || (rc = k->attention(&aa)) < 0 ||
-            (rc = k->matmul(&mo)) < 0 || (rc = k->rmsnorm(&nf)) < 0 ||
-            (rc = k->matmul(&mg)) < 0 || (rc = k->matmul(&mu)) < 0 ||
-            (rc = k->swiglu(&sa)) < 0 || (rc = k->matmul(&md)) < 0)
+        if ((rc = k->rmsnorm(&na, e->stream)) < 0 || (rc = k->matmul(&mq, e->stream)) < 0 || (rc = k->matmul(&mk, e->stream)) < 0 ||
+            (rc = k->matmul(&mv, e->stream)) < 0 || (rc = k->rope(&rq, e->stream)) < 0 || (rc = k->rope(&rk, e->stream)) < 0 ||
+            (rc = k->kv_write(&wa, e->stream)) < 0 || (rc = k->attention(&aa, e->stream)) < 0 ||
+            (rc = k->matmul(&mo, e->stream)) < 0 || (rc = k->rmsnorm(&nf, e->stream)) < 0 ||
+            (rc = k->matmul(&mg, e->stream)) < 0 || (rc = k->matmul(&mu, e->stream)) < 0 ||
+            (rc = k->swiglu(&sa, e->stream)) < 0 || (rc = k->matmul(&md, e->stream)) < 0)
             return rc;
     }
 
@@ -777,35 +883,41 @@ static int forward(struct pd_engine *e, const struct pd_batch_item *items, uint3
             }
             if (run_len && (rc = k->copy(e->h + (size_t)(n_rows - run_len) * D,
                                          e->x + (size_t)run_src * D,
-                                         (size_t)run_len * D * sizeof(float))) < 0)
+                                         (size_t)run_len * D * sizeof(float), e->stream)) < 0)
                 return rc;
             run_src = first + j, run_len = 1;
         }
     }
     if (run_len && (rc = k->copy(e->h + (size_t)(n_rows - run_len) * D, e->x + (size_t)run_src * D,
-                                 (size_t)run_len * D * sizeof(float))) < 0)
+                                 (size_t)run_len * D * sizeof(float), e->stream)) < 0)
         return rc;
+    const bool defer = e->h_logits != e->logits && n_rows <= e->logit_cap;
     struct pd_rmsnorm_args na = {.out = e->h, .in = e->h, .weight = e->out_norm,
                                  .n_rows = n_rows, .dim = D, .eps = hp->norm_eps};
-    if ((rc = k->rmsnorm(&na)) < 0)
+    if ((rc = k->rmsnorm(&na, e->stream)) < 0)
         return rc;
     for (uint32_t r0 = 0; r0 < n_rows; r0 += LOGIT_ROWS) {
         uint32_t m = n_rows - r0 < LOGIT_ROWS ? n_rows - r0 : LOGIT_ROWS;
         struct pd_matmul_args mo = {.y = e->logits, .x = e->h + (size_t)r0 * D, .w = e->w_out,
                                     .m = m, .n = hp->n_vocab, .k = D, .w_type = e->w_type,
                                     .x_scratch = e->xs};
-        if ((rc = k->matmul(&mo)) < 0)
+        if ((rc = k->matmul(&mo, e->stream)) < 0)
             return rc;
-        /* down from a GPU in one copy, then to each item's rows */
-        if (e->h_logits != e->logits &&
-            (rc = k->copy(e->h_logits, e->logits, (size_t)m * hp->n_vocab * sizeof(float))) < 0)
-            return rc;
-        for (uint32_t r = 0; r < m; r++) {
-            const struct pd_batch_item *it = &items[e->out_item[r0 + r]];
-            memcpy(it->logits + (size_t)e->out_row[r0 + r] * hp->n_vocab,
-                   e->h_logits + (size_t)r * hp->n_vocab, hp->n_vocab * sizeof(float));
+        const size_t bytes = (size_t)m * hp->n_vocab * sizeof(float);
+        if (e->h_logits == e->logits) { /* the CPU: computed in place */
+            hand_out(e, items, r0, m, e->h_logits);
+        } else if (defer) { /* down from the GPU in one copy, handed out after the wait */
+            if ((rc = k->copy(e->h_logits + (size_t)r0 * hp->n_vocab, e->logits, bytes,
+                              e->stream)) < 0)
+                return rc;
+        } else { /* more rows than h_logits holds: a chunk at a time */
+            if ((rc = k->copy(e->h_logits, e->logits, bytes, e->stream)) < 0 ||
+                (rc = k->sync(e->stream)) < 0)
+                return rc;
+            hand_out(e, items, r0, m, e->h_logits);
         }
     }
+    *pending = defer ? n_rows : 0;
     return 0;
 }
 
@@ -817,14 +929,69 @@ static int upload_indices(struct pd_engine *e, uint32_t n_items, uint32_t T)
     if (e->device == PD_DEVICE_CPU)
         return 0;
     /* a sequence's table past its blocks is not read (positions bound it) */
-    if ((rc = e->k->copy(e->tok, e->h_tok, T * sizeof(*e->tok))) < 0 ||
-        (rc = e->k->copy(e->pos, e->h_pos, T * sizeof(*e->pos))) < 0 ||
-        (rc = e->k->copy(e->tok_seq, e->h_tok_seq, T * sizeof(*e->tok_seq))) < 0 ||
-        (rc = e->k->copy(e->slot, e->h_slot, T * sizeof(*e->slot))) < 0 ||
-        (rc = e->k->copy(e->runs, e->h_runs, (n_items + 1) * sizeof(*e->runs))) < 0 ||
+    void *s = e->stream;
+    if ((rc = e->k->copy(e->tok, e->h_tok, T * sizeof(*e->tok), s)) < 0 ||
+        (rc = e->k->copy(e->pos, e->h_pos, T * sizeof(*e->pos), s)) < 0 ||
+        (rc = e->k->copy(e->tok_seq, e->h_tok_seq, T * sizeof(*e->tok_seq), s)) < 0 ||
+        (rc = e->k->copy(e->slot, e->h_slot, T * sizeof(*e->slot), s)) < 0 ||
+        (rc = e->k->copy(e->runs, e->h_runs, (n_items + 1) * sizeof(*e->runs), s)) < 0 ||
         (rc = e->k->copy(e->tables, e->h_tables,
-                         (size_t)n_items * e->max_blocks * sizeof(*e->tables))) < 0)
+                         (size_t)n_items * e->max_blocks * sizeof(*e->tables), s)) < 0)
         return rc;
+    return 0;
+}
+
+/* A step on the GPU: its index arrays up, its work, then one wait; the
+ * logits rows handed out after it. A decode step (one token and one row of
+ * logits per item) replays the CUDA graph of its batch size, captured (and
+ * instantiated) the first time that size comes: the graph holds the
+ * index arrays' copies from their fixed page-locked buffers, every kernel
+ * and GEMM, and the logits' copy down. A capture that fails turns graphs
+ * off for the engine, with one log line, and the step runs as it is. */
+static int run_step(struct pd_engine *e, const struct pd_batch_item *items, uint32_t n_items,
+                    uint32_t T)
+{
+    uint32_t pending = 0;
+    int rc;
+#if PD_HAVE_CUDA
+    bool decode = e->graphs;
+    for (uint32_t i = 0; i < n_items && decode; i++)
+        decode = items[i].n_tokens == 1 && items[i].n_logits == 1;
+    if (decode && !e->graph[n_items]) {
+        struct pd_cuda_graph *g = NULL;
+        int rb = pd_cuda_graph_begin(e->stream), rf = 0, re = 0;
+        if (rb == 0) {
+            rf = upload_indices(e, n_items, T);
+            if (rf == 0)
+                rf = forward(e, items, n_items, T, &pending);
+            re = pd_cuda_graph_end(e->stream, &g);
+        }
+        if (rb < 0 || rf < 0 || re < 0 || pending != n_items) {
+            pd_cuda_graph_free(g);
+            e->graphs = decode = false;
+            pd_log(PD_LOG_WARN, "engine: CUDA graphs off (capturing a decode step of %" PRIu32
+                   " failed: %s); steps run as plain launches", n_items,
+                   strerror(-(rb < 0 ? rb : rf < 0 ? rf : re < 0 ? re : EPROTO)));
+        } else {
+            e->graph[n_items] = g;
+        }
+    }
+    if (decode) {
+        pending = n_items;
+        rc = pd_cuda_graph_launch(e->graph[n_items], e->stream);
+    } else
+#endif
+    {
+        rc = upload_indices(e, n_items, T);
+        if (rc == 0)
+            rc = forward(e, items, n_items, T, &pending);
+    }
+    /* the step ends here on every device: its errors are known, its
+     * index arrays and logits buffers free for the next */
+    int rs = e->k->sync(e->stream);
+    if ((rc = rc < 0 ? rc : rs) < 0)
+        return rc;
+    hand_out(e, items, 0, pending, e->h_logits);
     return 0;
 }
 
@@ -860,7 +1027,7 @@ int pd_engine_step(struct pd_engine *e, const struct pd_batch_item *items, uint3
         }
     }
     e->h_runs[n_items] = (int32_t)t;
-    if ((rc = upload_indices(e, n_items, T)) < 0 || (rc = forward(e, items, n_items, T)) < 0) {
+    if ((rc = run_step(e, items, n_items, T)) < 0) {
         pd_errf(err, errlen, rc, "engine: forward pass failed: %s", strerror(-rc));
         goto undo;
     }

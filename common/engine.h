@@ -26,10 +26,12 @@
  * batch, or a pool without room (-ENOSPC; the scheduler preempts).
  *
  * CUDA backend (--device cuda; kernels/, cuBLAS): the same pass with every
- * buffer in device memory: fp32 weights (dequantized at load, then uploaded),
- * fp32 activations, the KV pool of --kv-cache-memory on the device; the
- * index arrays go up and the asked-for logits come down each step; the
- * prefill kernel takes a step whose items are all prefill chunks on a
+ * buffer in device memory: bf16 (or fp32) weight matrices, fp32 activations,
+ * the KV pool of --kv-cache-memory on the device, all work on the engine's
+ * stream; the index arrays go up and the asked-for logits come down each
+ * step through page-locked buffers, one wait per step; a decode step replays
+ * the CUDA graph of its batch size (captured on first use; no_cuda_graphs:
+ * plain launches); the prefill kernel takes a step whose items are all prefill chunks on a
  * 16-bit pool. The KV channel reaches its pool through page-locked host
  * staging (pd_engine_kv_stage, below).
  *
@@ -73,6 +75,8 @@ struct pd_engine_params {
     uint32_t kv_dtype; /* --kv-cache-dtype: PD_DT_F32 (0), PD_DT_BF16 or PD_DT_F16 */
     uint64_t kv_staging_bytes; /* CUDA: the KV channel's page-locked host blocks
                                 * (pd_engine_kv_staging; --kv-staging-memory); 0: none */
+    bool no_cuda_graphs; /* CUDA: decode steps as plain launches, not graph replays
+                          * (--no-cuda-graphs; vLLM's --enforce-eager) */
 };
 
 /* --kv-cache-dtype's choices (PD_CFG_ENUM, NULL-terminated) and the type of
@@ -101,9 +105,9 @@ uint32_t pd_engine_gpu_weight_dtype(int choice);
     PD_CFG_INT("block-size", T, block_size, "16", 1, 1024, "tokens per KV block")
 
 /* The device options of a program that runs an engine where it likes
- * (decoded, pdserve-generate): entries of a common/cfg option table for a
- * config struct T with int device, int gpu_weight_dtype and double
- * gpu_memory_utilization. */
+ * (decoded, prefilld, pdserve-generate): entries of a common/cfg option table
+ * for a config struct T with int device, int gpu_weight_dtype, double
+ * gpu_memory_utilization and bool cuda_graphs. */
 #define PD_ENGINE_DEVICE_CFG(T)                                                                    \
     PD_CFG_ENUM("device", T, device, "auto", pd_engine_devices,                                    \
                 "where the engine runs (auto: CUDA when usable, else the CPU)"),                   \
@@ -112,7 +116,10 @@ uint32_t pd_engine_gpu_weight_dtype(int choice);
                 "with fp32 accumulation) or f32 (the CPU engine's numbers)"),                      \
     PD_CFG_DOUBLE("gpu-memory-utilization", T, gpu_memory_utilization, "0", 0, 0.99,               \
                   "on the GPU, the share of its memory this process may use, the KV pool taking "  \
-                  "what the weights leave (0: the pool is --kv-cache-memory)")
+                  "what the weights leave (0: the pool is --kv-cache-memory)"),                   \
+    PD_CFG_BOOL("cuda-graphs", T, cuda_graphs, "true",                                             \
+                "on the GPU, replay decode steps as CUDA graphs (one per batch size, captured "    \
+                "on first use); false: plain launches (vLLM's --enforce-eager)")
 int pd_engine_pick_device(int choice, enum pd_device *out, char *why, size_t n);
 
 struct pd_batch_item {
@@ -144,6 +151,9 @@ void pd_engine_seq_release(struct pd_engine *e, struct pd_kvseq *seq);
 const struct pd_model *pd_engine_model(const struct pd_engine *e);
 /* 1 when the engine runs on a GPU (its KV pool is device memory) */
 int pd_engine_on_device(const struct pd_engine *e);
+/* CUDA graphs captured so far (one per decode batch size that came; 0 on
+ * the CPU, with no_cuda_graphs, or after a capture failed and turned them off) */
+uint32_t pd_engine_cuda_graphs(const struct pd_engine *e);
 struct pd_kvcache *pd_engine_kvcache(struct pd_engine *e);
 /* The KV channel with a GPU pool (DESIGN.md: staged through pinned host
  * buffers). A CUDA engine made with kv_staging_bytes has a second block

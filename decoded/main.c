@@ -83,6 +83,7 @@ struct dec_cfg {
     int device;
     int gpu_weight_dtype;
     double gpu_memory_utilization;
+    bool cuda_graphs;
     uint64_t kv_staging_memory;
 };
 
@@ -405,6 +406,7 @@ static int run(struct dec_cfg *c, int argc, char *const *argv, struct pd_model *
                                   .kv_staging_bytes = c->prefill.n ? c->kv_staging_memory : 0,
                                   .gpu_weight_dtype = pd_engine_gpu_weight_dtype(c->gpu_weight_dtype),
                                   .gpu_memory_utilization = c->gpu_memory_utilization,
+                                  .no_cuda_graphs = !c->cuda_graphs,
                                   .kv_dtype = pd_engine_kv_dtype(c->kv_cache_dtype),
                                   .block_size = (uint32_t)c->block_size,
                                   .max_batched_tokens = (uint32_t)c->max_num_batched_tokens,

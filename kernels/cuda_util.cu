@@ -308,6 +308,12 @@ extern "C" int pd_cuda_timer_stop(struct pd_cuda_timer *t, pd_stream_t stream, f
 
 /* ---- streams and graphs ----------------------------------------------- */
 
+extern "C" int pd_cuda_stream_sync(pd_stream_t s)
+{
+    PD_CUDA_TRY(cudaStreamSynchronize(pd_cuda_stream(s)), "cudaStreamSynchronize");
+    return 0;
+}
+
 extern "C" int pd_cuda_stream_new(pd_stream_t *out)
 {
     cudaStream_t s;

@@ -72,6 +72,8 @@ int pd_cuda_host_register(void *p, size_t bytes);
 int pd_cuda_host_unregister(void *p);
 /* Waits for the device; reports a kernel's asynchronous failure. */
 int pd_cuda_sync(void);
+/* Waits for what was issued to one stream. */
+int pd_cuda_stream_sync(pd_stream_t s);
 
 /* Fills n elements of type PD_DT_F32, PD_DT_BF16 or PD_DT_F16 with amp * (2u - 1), u a
  * Philox-4x32-10 uniform of (seed, element index): the same values on every

@@ -38,6 +38,7 @@ struct pf_cfg {
     int64_t seed;
     int device, gpu_weight_dtype;
     double gpu_memory_utilization;
+    bool cuda_graphs;
     uint64_t kv_staging_memory;
     char *kv_ip;
     int64_t kv_port;
@@ -687,6 +688,7 @@ int main(int argc, char **argv)
                                   .device = device,
                                   .gpu_weight_dtype = pd_engine_gpu_weight_dtype(c.gpu_weight_dtype),
                                   .gpu_memory_utilization = c.gpu_memory_utilization,
+                                  .no_cuda_graphs = !c.cuda_graphs,
                                   .kv_staging_bytes = c.kv_staging_memory,
                                   .kv_dtype = pd_engine_kv_dtype(c.kv_cache_dtype),
                                   .block_size = (uint32_t)c.block_size,

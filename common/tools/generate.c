@@ -57,6 +57,7 @@ struct gen_cfg {
     int device;
     int gpu_weight_dtype;
     double gpu_memory_utilization;
+    bool cuda_graphs;
 };
 
 static const char *const load_formats[] = {"auto", "gguf", "dummy", NULL};
@@ -262,6 +263,7 @@ int main(int argc, char **argv)
     struct pd_engine_params ep = {.model = m, .kv_cache_bytes = c.kv_cache_memory, .device = device,
                                   .gpu_weight_dtype = pd_engine_gpu_weight_dtype(c.gpu_weight_dtype),
                                   .gpu_memory_utilization = c.gpu_memory_utilization,
+                                  .no_cuda_graphs = !c.cuda_graphs,
                                   .kv_dtype = pd_engine_kv_dtype(c.kv_cache_dtype),
                                   .block_size = (uint32_t)c.block_size,
                                   .max_batched_tokens = (uint32_t)c.max_num_batched_tokens,

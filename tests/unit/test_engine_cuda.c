@@ -268,6 +268,74 @@ static void engine_cuda_kv_staging_round_trip(void)
     pd_model_free(m);
 }
 
+/* Decode steps replayed as CUDA graphs (one per batch size, captured the
+ * first time) give the logits of plain launches bit for bit, step after
+ * step: the replays read each step's tokens, positions, slots and block
+ * tables (sequences crossing blocks on the way), and hand each row to its
+ * item. Batch sizes come back in another order and mixed with a prefill
+ * step (which runs as plain launches). */
+static void engine_cuda_graphs_replay_decode_steps_exactly(void)
+{
+    need_gpu();
+    struct pd_model *m = load_dummy(SHAPE_64);
+    const uint32_t V = pd_model_hparams(m)->n_vocab;
+    static const uint32_t sizes[] = {3, 3, 1, 2, 3, 1, 3, 2, 2, 3, 0 /* a prefill */, 3, 1, 3};
+    const uint32_t n_steps = sizeof sizes / sizeof *sizes;
+    float *out[2];
+    uint32_t graphs[2];
+    for (int run = 0; run < 2; run++) {
+        struct pd_engine_params p = {.model = m, .device = PD_DEVICE_CUDA,
+                                     .kv_cache_bytes = 16u << 20, .kv_dtype = PD_DT_BF16,
+                                     .block_size = 16, .max_batched_tokens = 128,
+                                     .max_batch_items = 4, .no_cuda_graphs = run == 1};
+        struct pd_engine *e = NULL;
+        char err[512];
+        if (pd_engine_new(&p, &e, err, sizeof err) < 0)
+            PD_TEST_FAIL_("%s", err);
+        struct pd_kvseq s[3];
+        int32_t tok[40];
+        for (uint32_t i = 0; i < 40; i++)
+            tok[i] = (int32_t)((i * 2654435761u + 9) % V);
+        for (uint32_t i = 0; i < 3; i++) { /* contexts of 9, 14 and 15: blocks fill up soon */
+            pd_kvseq_init(&s[i]);
+            CHECK_EQ_INT(pd_engine_prefill(e, &s[i], tok + i, 9 + 5 * i + (i == 2 ? -4 : 0),
+                                           NULL, err, sizeof err), 0);
+        }
+        out[run] = malloc((size_t)n_steps * 3 * V * sizeof(float));
+        CHECK(out[run] != NULL);
+        memset(out[run], 0, (size_t)n_steps * 3 * V * sizeof(float));
+        for (uint32_t k = 0; k < n_steps; k++) {
+            float *row = out[run] + (size_t)k * 3 * V;
+            struct pd_batch_item it[3];
+            int32_t next[3];
+            const uint32_t b = sizes[k] ? sizes[k] : 1;
+            for (uint32_t i = 0; i < b; i++) {
+                /* the last sequences first, so that items and sequences pair differently */
+                struct pd_kvseq *q = &s[(k + i) % 3];
+                next[i] = (int32_t)((q->n_tokens * 31u + i) % V);
+                it[i] = (struct pd_batch_item){.seq = q, .tokens = sizes[k] ? &next[i] : tok,
+                                               .n_tokens = sizes[k] ? 1 : 7, .n_logits = 1,
+                                               .logits = row + (size_t)i * V};
+            }
+            if (pd_engine_step(e, it, b, err, sizeof err) < 0)
+                PD_TEST_FAIL_("step %u: %s", k, err);
+        }
+        graphs[run] = pd_engine_cuda_graphs(e);
+        for (uint32_t i = 0; i < 3; i++)
+            pd_engine_seq_release(e, &s[i]);
+        pd_engine_free(e);
+    }
+    CHECK_EQ_INT(graphs[0], 3); /* batch sizes 1, 2 and 3 */
+    CHECK_EQ_INT(graphs[1], 0);
+    for (uint32_t k = 0; k < n_steps; k++)
+        if (memcmp(out[0] + (size_t)k * 3 * V, out[1] + (size_t)k * 3 * V,
+                   3 * (size_t)V * sizeof(float)) != 0)
+            PD_TEST_FAIL_("step %u (batch %u): graph replay and plain launches differ", k,
+                          sizes[k]);
+    free(out[0]), free(out[1]);
+    pd_model_free(m);
+}
+
 /* auto falls back to the CPU with a reason where there is no GPU; cuda is
  * refused with it (no device needed to check either) */
 static void engine_device_choice_says_why(void)
@@ -297,6 +365,7 @@ static const struct pd_test tests[] = {
     PD_TEST(engine_cuda_bf16_matrices_close_to_cpu),
     PD_TEST(engine_cuda_pool_sized_by_memory_share),
     PD_TEST(engine_cuda_kv_staging_round_trip),
+    PD_TEST(engine_cuda_graphs_replay_decode_steps_exactly),
     {0},
 };
 

@@ -188,16 +188,48 @@ struct CUevent_st {
     std::chrono::steady_clock::time_point t;
 };
 
-/* Launches run at once, so a "captured" graph is empty and replays as nothing. */
+/* A stream runs its work at once, except while it captures: then the work
+ * is recorded, and the graph (and its executable) is that list, replayed in
+ * order by cudaGraphLaunch. */
+typedef std::vector<std::function<void()>> emu_ops;
 struct CUstream_st {
-    int unused;
+    bool capturing = false, invalidated = false;
+    emu_ops ops;
 };
 struct CUgraph_st {
-    int unused;
+    emu_ops ops;
 };
 struct CUgraphExec_st {
-    int unused;
+    emu_ops ops;
 };
+
+/* the stream this thread captures on, if any (ThreadLocal mode), and the
+ * error a launch left for cudaGetLastError */
+static thread_local cudaStream_t emu_capturing;
+static thread_local cudaError_t emu_last_error = cudaSuccess;
+
+/* a synchronising call while this thread captures: refused, the capture is invalid */
+static bool emu_refuse_during_capture(void)
+{
+    if (!emu_capturing)
+        return false;
+    emu_capturing->invalidated = true;
+    return true;
+}
+
+bool emu_issue(cudaStream_t s, std::function<void()> op)
+{
+    if (s && s->capturing) {
+        s->ops.push_back(std::move(op));
+        return true;
+    }
+    if (!s && emu_refuse_during_capture()) { /* the legacy stream syncs with the capture */
+        emu_last_error = cudaErrorStreamCaptureImplicit;
+        return false;
+    }
+    op();
+    return true;
+}
 
 extern "C" {
 
@@ -213,7 +245,9 @@ const char *cudaGetErrorName(cudaError_t e)
 
 cudaError_t cudaGetLastError(void)
 {
-    return cudaSuccess;
+    cudaError_t e = emu_last_error;
+    emu_last_error = cudaSuccess;
+    return e;
 }
 
 cudaError_t cudaGetDeviceCount(int *n)
@@ -291,14 +325,16 @@ cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total)
 
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, enum cudaMemcpyKind)
 {
+    if (emu_refuse_during_capture())
+        return cudaErrorStreamCaptureUnsupported;
     memcpy(dst, src, n);
     return cudaSuccess;
 }
 
-cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcpyKind, cudaStream_t)
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcpyKind, cudaStream_t s)
 {
-    memcpy(dst, src, n);
-    return cudaSuccess;
+    return emu_issue(s, [=]() { memcpy(dst, src, n); }) ? cudaSuccess
+                                                         : cudaErrorStreamCaptureImplicit;
 }
 
 /* Registered host ranges, so that a register twice or an unregister of
@@ -331,13 +367,20 @@ cudaError_t cudaHostUnregister(void *p)
 
 cudaError_t cudaMemset(void *p, int v, size_t n)
 {
+    if (emu_refuse_during_capture())
+        return cudaErrorStreamCaptureUnsupported;
     memset(p, v, n);
     return cudaSuccess;
 }
 
 cudaError_t cudaDeviceSynchronize(void)
 {
-    return cudaSuccess;
+    return emu_refuse_during_capture() ? cudaErrorStreamCaptureUnsupported : cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t)
+{
+    return emu_refuse_during_capture() ? cudaErrorStreamCaptureUnsupported : cudaSuccess;
 }
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned)
@@ -352,25 +395,47 @@ cudaError_t cudaStreamDestroy(cudaStream_t s)
     return cudaSuccess;
 }
 
-cudaError_t cudaStreamBeginCapture(cudaStream_t, enum cudaStreamCaptureMode)
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, enum cudaStreamCaptureMode)
 {
+    if (!s || s->capturing || emu_capturing)
+        return cudaErrorIllegalState;
+    s->capturing = true;
+    s->invalidated = false;
+    s->ops.clear();
+    emu_capturing = s;
     return cudaSuccess;
 }
 
-cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t *g)
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g)
 {
-    *g = new CUgraph_st;
+    if (!s || !s->capturing || emu_capturing != s)
+        return cudaErrorIllegalState;
+    s->capturing = false;
+    emu_capturing = NULL;
+    if (s->invalidated) {
+        s->ops.clear();
+        *g = NULL;
+        return cudaErrorStreamCaptureInvalidated;
+    }
+    *g = new CUgraph_st{std::move(s->ops)};
+    s->ops.clear();
     return cudaSuccess;
 }
 
-cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t, unsigned long long)
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g, unsigned long long)
 {
-    *e = new CUgraphExec_st;
+    *e = new CUgraphExec_st{g->ops};
     return cudaSuccess;
 }
 
-cudaError_t cudaGraphLaunch(cudaGraphExec_t, cudaStream_t)
+cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t s)
 {
+    if (s && s->capturing)
+        return cudaErrorNotSupported;
+    if (!s && emu_refuse_during_capture())
+        return cudaErrorStreamCaptureImplicit;
+    for (auto &op : e->ops)
+        op();
     return cudaSuccess;
 }
 
@@ -436,8 +501,12 @@ cublasStatus_t cublasDestroy_v2(cublasHandle_t h)
     return CUBLAS_STATUS_SUCCESS;
 }
 
-cublasStatus_t cublasSetStream_v2(cublasHandle_t, cudaStream_t)
+/* the stream of the (one) handle: GEMMs on a capturing stream are recorded */
+static thread_local cudaStream_t emu_cublas_stream;
+
+cublasStatus_t cublasSetStream_v2(cublasHandle_t, cudaStream_t s)
 {
+    emu_cublas_stream = s;
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -458,7 +527,8 @@ cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperatio
     /* op(A) is m x k, op(B) k x n, C m x n; column-major with the given lds */
     if (lda < (ta == CUBLAS_OP_N ? m : k) || ldb < (tb == CUBLAS_OP_N ? k : n) || ldc < m)
         return CUBLAS_STATUS_INVALID_VALUE;
-    const float al = *(const float *)alpha, be = *(const float *)beta;
+    const float al = *(const float *)alpha, be = *(const float *)beta; /* host values: now */
+    emu_issue(emu_cublas_stream, [=]() {
     for (int j = 0; j < n; j++)
         for (int i = 0; i < m; i++) {
             float acc = 0.0f;
@@ -476,6 +546,7 @@ cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperatio
             else
                 ((float *)C)[ci] = v;
         }
+    });
     return CUBLAS_STATUS_SUCCESS;
 }
 

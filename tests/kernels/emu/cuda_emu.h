@@ -107,20 +107,31 @@ template <class T> static inline T atomicCAS(T *p, T cmp, T v)
 /* every block of the grid, each with block.x fibers running body */
 void emu_run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const std::function<void()> &body);
 
+/* Stream capture (CUDA graphs): work issued to a capturing stream is
+ * recorded, by value, and runs when the graph is launched; anything that
+ * would synchronise (a synchronous copy, a device or stream wait, a launch on
+ * the legacy stream) while this thread captures fails and invalidates the
+ * capture, as on a GPU. emu_issue runs op now or records it. */
+bool emu_issue(cudaStream_t s, std::function<void()> op);
+
 template <class F> struct emu_launcher {
     F kernel;
     dim3 grid, block;
     size_t smem;
+    cudaStream_t stream;
     template <class... A> void operator()(A... args) const
     {
-        emu_run_grid(grid, block, smem, [&]() { kernel(args...); });
+        const F k = kernel;
+        const dim3 g = grid, b = block;
+        const size_t sm = smem;
+        emu_issue(stream, [=]() { emu_run_grid(g, b, sm, [&]() { k(args...); }); });
     }
 };
 
 template <class F, class G, class B>
-emu_launcher<F> emu_launch(F kernel, G grid, B block, size_t smem = 0, cudaStream_t = 0)
+emu_launcher<F> emu_launch(F kernel, G grid, B block, size_t smem = 0, cudaStream_t s = 0)
 {
-    return emu_launcher<F>{kernel, dim3(grid), dim3(block), smem};
+    return emu_launcher<F>{kernel, dim3(grid), dim3(block), smem, s};
 }
 
 #endif
