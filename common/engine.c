@@ -11,6 +11,7 @@
 #include "quant.h"
 #include "rmsnorm.h"
 #include "rope.h"
+#include "sample.h"
 #include "swiglu.h"
 
 #if PD_HAVE_CUDA
@@ -155,7 +156,26 @@ struct pd_engine {
     size_t n_pinned;
     uint32_t logit_cap; /* rows h_logits holds: a whole decode step's on a GPU */
     bool graphs; /* GPU: decode steps replay CUDA graphs */
-    struct pd_cuda_graph **graph; /* (max_items + 1) by batch size, captured on first use */
+    /* (2 (max_items + 1)): by batch size, for steps handing out logits (even
+     * index) or sampling (odd), captured on first use */
+    struct pd_cuda_graph **graph;
+
+    /* sampling in the step (pd_batch_item.sampling): the CPU's sampler, or
+     * on a GPU each row's parameters, history offsets and prompt lengths
+     * (page-locked h_, device d_; logit_cap rows), the results coming back
+     * and kernels/sample.cu's workspace for a GEMM's rows. Histories go up
+     * only for steps with penalties (the kernel reads them for nothing else),
+     * into d_hist of hist_cap tokens, grown as needed. */
+    struct pd_sampler *sampler;
+    struct pd_sampling *h_sp, *d_sp;
+    uint32_t *h_hs, *d_hs, *h_np, *d_np, *h_ntop, *d_ntop;
+    int32_t *h_stok, *d_stok;
+    float *h_slp, *d_slp;
+    struct pd_token_logprob *h_top, *d_top;
+    void *d_sws;
+    uint64_t sws_bytes;
+    int32_t *h_hist, *d_hist;
+    uint64_t hist_cap;
     uint32_t max_tokens, max_model_len, max_items, max_blocks;
 
     /* scratch for max_tokens tokens */
@@ -535,10 +555,34 @@ int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char
     SCRATCH(e->out_item, T, true);
     SCRATCH(e->out_row, T, true);
     if (!here && !p->no_cuda_graphs) {
-        if (!(e->graph = calloc((size_t)e->max_items + 1, sizeof(*e->graph))))
+        if (!(e->graph = calloc(2 * ((size_t)e->max_items + 1), sizeof(*e->graph))))
             goto nomem;
         e->graphs = true;
     }
+    if (here && !(e->sampler = pd_sampler_new(hp->n_vocab)))
+        goto nomem;
+#if PD_HAVE_CUDA
+    if (!here) {
+        const size_t C = e->logit_cap;
+        SCRATCH(e->h_sp, C, true);
+        SCRATCH(e->d_sp, C, false);
+        SCRATCH(e->h_hs, C + 1, true);
+        SCRATCH(e->d_hs, C + 1, false);
+        SCRATCH(e->h_np, C, true);
+        SCRATCH(e->d_np, C, false);
+        SCRATCH(e->h_stok, C, true);
+        SCRATCH(e->d_stok, C, false);
+        SCRATCH(e->h_slp, C, true);
+        SCRATCH(e->d_slp, C, false);
+        SCRATCH(e->h_ntop, C, true);
+        SCRATCH(e->d_ntop, C, false);
+        SCRATCH(e->h_top, C * PD_MAX_LOGPROBS, true);
+        SCRATCH(e->d_top, C * PD_MAX_LOGPROBS, false);
+        e->sws_bytes = pd_sample_cuda_workspace(LOGIT_ROWS, hp->n_vocab);
+        if (!(e->d_sws = scratch(e, e->sws_bytes, false)))
+            goto nomem;
+    }
+#endif
 
     struct pd_kvcache_params kp = {
         .layout = {.n_layer = hp->n_layer, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim,
@@ -633,7 +677,7 @@ struct pd_engine *pd_engine_free(struct pd_engine *e)
 #endif
     pd_kvcache_free(e->stage);
 #if PD_HAVE_CUDA
-    for (uint32_t i = 0; e->graph && i <= e->max_items; i++)
+    for (uint32_t i = 0; e->graph && i < 2 * (e->max_items + 1); i++)
         pd_cuda_graph_free(e->graph[i]);
     for (size_t i = 0; i < e->n_pinned; i++) {
         pd_cuda_host_unregister(e->pinned[i]);
@@ -643,6 +687,14 @@ struct pd_engine *pd_engine_free(struct pd_engine *e)
 #endif
     free(e->graph);
     free(e->pinned);
+    pd_sampler_free(e->sampler);
+#if PD_HAVE_CUDA
+    pd_cuda_free(e->d_hist);
+    if (e->h_hist) {
+        pd_cuda_host_unregister(e->h_hist);
+        free(e->h_hist);
+    }
+#endif
     for (size_t i = 0; i < e->n_host; i++)
         free(e->host[i]);
     free(e->host);
@@ -661,7 +713,7 @@ int pd_engine_on_device(const struct pd_engine *e) { return e->device != PD_DEVI
 uint32_t pd_engine_cuda_graphs(const struct pd_engine *e)
 {
     uint32_t n = 0;
-    for (uint32_t i = 0; e->graphs && i <= e->max_items; i++)
+    for (uint32_t i = 0; e->graphs && i < 2 * (e->max_items + 1); i++)
         n += e->graph[i] != NULL;
     return n;
 }
@@ -734,6 +786,8 @@ static int validate(const struct pd_engine *e, const struct pd_batch_item *items
 {
     uint64_t sum = 0, blocks = 0;
 
+    bool sampled = false, plain = false;
+
     if (n == 0 || n > e->max_items)
         return pd_errf(err, errlen, -EINVAL, "engine: %" PRIu32 " sequences in one step (1..%" PRIu32
                     ")", n, e->max_items);
@@ -742,9 +796,21 @@ static int validate(const struct pd_engine *e, const struct pd_batch_item *items
         if (!it->seq || !it->tokens || it->n_tokens == 0)
             return pd_errf(err, errlen, -EINVAL, "engine: item %" PRIu32 " has no tokens (an empty "
                         "prompt)", i);
-        if (it->n_logits > it->n_tokens || (it->n_logits && !it->logits))
+        if (it->n_logits > it->n_tokens || (it->n_logits && !it->logits && !it->sampling))
             return pd_errf(err, errlen, -EINVAL, "engine: item %" PRIu32 " asks for %" PRIu32
                         " logits of %" PRIu32 " tokens", i, it->n_logits, it->n_tokens);
+        if (it->sampling) {
+            char why[160];
+            if (it->n_logits != 1 || !it->result || it->n_prompt > it->n_history ||
+                it->n_history > e->max_model_len || (it->n_history && !it->history))
+                return pd_errf(err, errlen, -EINVAL, "engine: item %" PRIu32 " samples: one row "
+                               "of logits, a result, a history of at most %" PRIu32 " tokens "
+                               "holding its prompt", i, e->max_model_len);
+            if (pd_sampling_validate(it->sampling, e->hp.n_vocab, why, sizeof(why)) < 0)
+                return pd_errf(err, errlen, -EINVAL, "engine: item %" PRIu32 ": %s", i, why);
+        }
+        sampled |= it->n_logits && it->sampling;
+        plain |= it->n_logits && !it->sampling;
         if ((uint64_t)it->seq->n_tokens + it->n_tokens > e->max_model_len)
             return pd_errf(err, errlen, -E2BIG, "engine: sequence of %" PRIu32 " + %" PRIu32
                         " tokens exceeds the maximum model length of %" PRIu32,
@@ -760,6 +826,9 @@ static int validate(const struct pd_engine *e, const struct pd_batch_item *items
         sum += it->n_tokens;
         blocks += pd_kvseq_blocks_needed(e->kc, it->seq, it->seq->n_tokens + it->n_tokens);
     }
+    if (sampled && plain)
+        return pd_errf(err, errlen, -EINVAL, "engine: in one step every row of logits is "
+                       "sampled, or none");
     if (sum > e->max_tokens)
         return pd_errf(err, errlen, -E2BIG, "engine: %" PRIu64 " tokens in one step exceed "
                     "max_batched_tokens %" PRIu32, sum, e->max_tokens);
@@ -771,16 +840,38 @@ static int validate(const struct pd_engine *e, const struct pd_batch_item *items
     return 0;
 }
 
-/* Logits rows [r0, r0 + m) from src to the items that asked for them. */
-static void hand_out(struct pd_engine *e, const struct pd_batch_item *items, uint32_t r0,
-                     uint32_t m, const float *src)
+/* Rows [r0, r0 + m) to the items that asked for them: the logits from src;
+ * in a sampling step the token sampled from src by the CPU's sampler, or on a
+ * GPU the results kernels/sample.cu brought down. */
+static int hand_out(struct pd_engine *e, const struct pd_batch_item *items, uint32_t r0,
+                    uint32_t m, const float *src)
 {
     const uint32_t V = e->hp.n_vocab;
     for (uint32_t r = 0; r < m; r++) {
         const struct pd_batch_item *it = &items[e->out_item[r0 + r]];
-        memcpy(it->logits + (size_t)e->out_row[r0 + r] * V, src + (size_t)r * V,
-               V * sizeof(float));
+        const float *row = src + (size_t)r * V;
+        if (!it->sampling) {
+            memcpy(it->logits + (size_t)e->out_row[r0 + r] * V, row, V * sizeof(float));
+            continue;
+        }
+        if (e->sampler) {
+            const int32_t *h = it->history, *out = h ? h + it->n_prompt : NULL;
+            int rc = pd_sample(e->sampler, it->sampling, row, h, it->n_prompt, out,
+                               it->n_history - it->n_prompt, it->result);
+            if (rc < 0)
+                return rc;
+            continue;
+        }
+        const uint32_t q = r0 + r;
+        if (e->h_stok[q] < 0) /* parameters the kernel refused (validated: a bug) */
+            return -EIO;
+        struct pd_sample_result *res = it->result;
+        res->token = e->h_stok[q];
+        res->logprob = e->h_slp[q];
+        res->n_top = e->h_ntop[q] <= PD_MAX_LOGPROBS ? e->h_ntop[q] : PD_MAX_LOGPROBS;
+        memcpy(res->top, e->h_top + (size_t)q * PD_MAX_LOGPROBS, res->n_top * sizeof(*res->top));
     }
+    return 0;
 }
 
 /* The step's work, issued on the engine's stream. The logits rows asked for
@@ -891,11 +982,22 @@ static int forward(struct pd_engine *e, const struct pd_batch_item *items, uint3
     if (run_len && (rc = k->copy(e->h + (size_t)(n_rows - run_len) * D, e->x + (size_t)run_src * D,
                                  (size_t)run_len * D * sizeof(float), e->stream)) < 0)
         return rc;
-    const bool defer = e->h_logits != e->logits && n_rows <= e->logit_cap;
+    const bool gpu = e->h_logits != e->logits, defer = gpu && n_rows <= e->logit_cap;
+    /* a sampling step's rows are one per item (validate), so they all fit */
+    const bool smp = n_rows && items[e->out_item[0]].sampling;
     struct pd_rmsnorm_args na = {.out = e->h, .in = e->h, .weight = e->out_norm,
                                  .n_rows = n_rows, .dim = D, .eps = hp->norm_eps};
     if ((rc = k->rmsnorm(&na, e->stream)) < 0)
         return rc;
+#if PD_HAVE_CUDA
+    /* the rows' parameters, history offsets and prompt lengths, as
+     * sampling_prepare left them in their page-locked buffers */
+    if (gpu && smp &&
+        ((rc = k->copy(e->d_sp, e->h_sp, n_rows * sizeof(*e->d_sp), e->stream)) < 0 ||
+         (rc = k->copy(e->d_hs, e->h_hs, (n_rows + 1) * sizeof(*e->d_hs), e->stream)) < 0 ||
+         (rc = k->copy(e->d_np, e->h_np, n_rows * sizeof(*e->d_np), e->stream)) < 0))
+        return rc;
+#endif
     for (uint32_t r0 = 0; r0 < n_rows; r0 += LOGIT_ROWS) {
         uint32_t m = n_rows - r0 < LOGIT_ROWS ? n_rows - r0 : LOGIT_ROWS;
         struct pd_matmul_args mo = {.y = e->logits, .x = e->h + (size_t)r0 * D, .w = e->w_out,
@@ -904,19 +1006,38 @@ static int forward(struct pd_engine *e, const struct pd_batch_item *items, uint3
         if ((rc = k->matmul(&mo, e->stream)) < 0)
             return rc;
         const size_t bytes = (size_t)m * hp->n_vocab * sizeof(float);
-        if (e->h_logits == e->logits) { /* the CPU: computed in place */
-            hand_out(e, items, r0, m, e->h_logits);
+        if (!gpu) { /* the CPU: computed in place */
+            if ((rc = hand_out(e, items, r0, m, e->h_logits)) < 0)
+                return rc;
+#if PD_HAVE_CUDA
+        } else if (smp) { /* sampled where they are: only the results come down */
+            struct pd_sample_args sa = {.logits = e->logits, .n_rows = m, .n_vocab = hp->n_vocab,
+                                        .params = e->d_sp + r0, .hist = e->d_hist,
+                                        .hist_start = e->d_hs + r0, .n_prompt = e->d_np + r0,
+                                        .workspace = e->d_sws, .workspace_bytes = e->sws_bytes,
+                                        .token = e->d_stok + r0, .logprob = e->d_slp + r0,
+                                        .top = e->d_top + (size_t)r0 * PD_MAX_LOGPROBS,
+                                        .n_top = e->d_ntop + r0};
+            if ((rc = pd_sample_cuda(&sa, e->stream)) < 0)
+                return rc;
+#endif
         } else if (defer) { /* down from the GPU in one copy, handed out after the wait */
             if ((rc = k->copy(e->h_logits + (size_t)r0 * hp->n_vocab, e->logits, bytes,
                               e->stream)) < 0)
                 return rc;
         } else { /* more rows than h_logits holds: a chunk at a time */
             if ((rc = k->copy(e->h_logits, e->logits, bytes, e->stream)) < 0 ||
-                (rc = k->sync(e->stream)) < 0)
+                (rc = k->sync(e->stream)) < 0 || (rc = hand_out(e, items, r0, m, e->h_logits)) < 0)
                 return rc;
-            hand_out(e, items, r0, m, e->h_logits);
         }
     }
+    if (gpu && smp &&
+        ((rc = k->copy(e->h_stok, e->d_stok, n_rows * sizeof(*e->h_stok), e->stream)) < 0 ||
+         (rc = k->copy(e->h_slp, e->d_slp, n_rows * sizeof(*e->h_slp), e->stream)) < 0 ||
+         (rc = k->copy(e->h_ntop, e->d_ntop, n_rows * sizeof(*e->h_ntop), e->stream)) < 0 ||
+         (rc = k->copy(e->h_top, e->d_top, (size_t)n_rows * PD_MAX_LOGPROBS * sizeof(*e->h_top),
+                       e->stream)) < 0))
+        return rc;
     *pending = defer ? n_rows : 0;
     return 0;
 }
@@ -948,16 +1069,87 @@ static int upload_indices(struct pd_engine *e, uint32_t n_items, uint32_t T)
  * index arrays' copies from their fixed page-locked buffers, every kernel
  * and GEMM, and the logits' copy down. A capture that fails turns graphs
  * off for the engine, with one log line, and the step runs as it is. */
+#if PD_HAVE_CUDA
+static bool penalised(const struct pd_sampling *p)
+{
+    return p->repetition_penalty != 1.0f || p->presence_penalty != 0.0f ||
+           p->frequency_penalty != 0.0f;
+}
+
+/* A sampling step on a GPU: each row's parameters, history offset and prompt
+ * length into their page-locked buffers (forward copies them up), and where
+ * a row has penalties the histories up into d_hist (grown as needed). *pen:
+ * whether they went (such a step is not a graph: d_hist may move). */
+static int sampling_prepare(struct pd_engine *e, const struct pd_batch_item *items,
+                            uint32_t n_items, bool *pen)
+{
+    uint64_t off = 0;
+    uint32_t r = 0;
+    *pen = false;
+    for (uint32_t i = 0; i < n_items; i++) {
+        const struct pd_batch_item *it = &items[i];
+        if (!it->n_logits)
+            continue;
+        e->h_sp[r] = *it->sampling;
+        e->h_hs[r] = (uint32_t)off;
+        e->h_np[r++] = it->n_prompt;
+        off += it->n_history;
+        *pen |= penalised(it->sampling);
+    }
+    e->h_hs[r] = (uint32_t)off;
+    if (!*pen)
+        return 0;
+    if (off > e->hist_cap) { /* the stream is idle between steps */
+        uint64_t cap = off > 2 * e->hist_cap ? off : 2 * e->hist_cap;
+        cap = cap < 4096 ? 4096 : cap;
+        const size_t bytes = (cap * sizeof(int32_t) + 4095) / 4096 * 4096;
+        void *h = NULL, *d = NULL;
+        if (posix_memalign(&h, 4096, bytes) || pd_cuda_host_register(h, bytes) < 0) {
+            free(h);
+            return -ENOMEM;
+        }
+        if (pd_cuda_malloc(&d, bytes) < 0) {
+            pd_cuda_host_unregister(h);
+            free(h);
+            return -ENOMEM;
+        }
+        if (e->h_hist) {
+            pd_cuda_host_unregister(e->h_hist);
+            free(e->h_hist);
+        }
+        pd_cuda_free(e->d_hist);
+        e->h_hist = h, e->d_hist = d, e->hist_cap = cap;
+    }
+    off = 0;
+    for (uint32_t i = 0; i < n_items; i++)
+        if (items[i].n_logits && items[i].n_history) {
+            memcpy(e->h_hist + off, items[i].history, items[i].n_history * sizeof(int32_t));
+            off += items[i].n_history;
+        }
+    return e->k->copy(e->d_hist, e->h_hist, off * sizeof(int32_t), e->stream);
+}
+#endif
+
 static int run_step(struct pd_engine *e, const struct pd_batch_item *items, uint32_t n_items,
                     uint32_t T)
 {
     uint32_t pending = 0;
     int rc;
 #if PD_HAVE_CUDA
-    bool decode = e->graphs;
+    bool smp = false; /* validate: every row samples, or none does */
+    for (uint32_t i = 0; i < n_items && e->device == PD_DEVICE_CUDA; i++)
+        if (items[i].n_logits) {
+            smp = items[i].sampling != NULL;
+            break;
+        }
+    bool pen = false;
+    if (smp && (rc = sampling_prepare(e, items, n_items, &pen)) < 0)
+        return rc;
+    bool decode = e->graphs && !pen;
     for (uint32_t i = 0; i < n_items && decode; i++)
         decode = items[i].n_tokens == 1 && items[i].n_logits == 1;
-    if (decode && !e->graph[n_items]) {
+    const uint32_t key = 2 * n_items + smp;
+    if (decode && !e->graph[key]) {
         struct pd_cuda_graph *g = NULL;
         int rb = pd_cuda_graph_begin(e->stream), rf = 0, re = 0;
         if (rb == 0) {
@@ -973,12 +1165,15 @@ static int run_step(struct pd_engine *e, const struct pd_batch_item *items, uint
                    " failed: %s); steps run as plain launches", n_items,
                    strerror(-(rb < 0 ? rb : rf < 0 ? rf : re < 0 ? re : EPROTO)));
         } else {
-            e->graph[n_items] = g;
+            e->graph[key] = g;
         }
     }
     if (decode) {
+        /* the rows as the captured forward laid them out: one per item */
+        for (uint32_t r = 0; r < n_items; r++)
+            e->out_item[r] = r, e->out_row[r] = 0;
         pending = n_items;
-        rc = pd_cuda_graph_launch(e->graph[n_items], e->stream);
+        rc = pd_cuda_graph_launch(e->graph[key], e->stream);
     } else
 #endif
     {
@@ -991,8 +1186,7 @@ static int run_step(struct pd_engine *e, const struct pd_batch_item *items, uint
     int rs = e->k->sync(e->stream);
     if ((rc = rc < 0 ? rc : rs) < 0)
         return rc;
-    hand_out(e, items, 0, pending, e->h_logits);
-    return 0;
+    return hand_out(e, items, 0, pending, e->h_logits);
 }
 
 int pd_engine_step(struct pd_engine *e, const struct pd_batch_item *items, uint32_t n_items,

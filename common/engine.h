@@ -48,6 +48,7 @@
 #include "handshake.h"
 #include "kvcache.h"
 #include "model.h"
+#include "sampler.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -128,6 +129,17 @@ struct pd_batch_item {
     uint32_t n_tokens; /* >= 1 */
     uint32_t n_logits; /* logits for the last n_logits tokens (0..n_tokens) */
     float *logits; /* (n_logits, n_vocab), caller's */
+    /* Or, with n_logits 1: the row is sampled in the step, as pd_sample
+     * (common/sampler.h) would -- on a GPU by kernels/sample.cu, so that the
+     * logits never leave the device -- with these parameters (checked by the
+     * step) over the sequence so far, history[0, n_history) of which the
+     * first n_prompt are the prompt; the token and its log-probabilities in
+     * *result, `logits` unused. In one step either every item that asks for
+     * a row samples, or none does. */
+    const struct pd_sampling *sampling;
+    const int32_t *history;
+    uint32_t n_history, n_prompt; /* n_prompt <= n_history <= the model length */
+    struct pd_sample_result *result;
 };
 
 struct pd_engine;

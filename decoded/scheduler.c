@@ -24,11 +24,10 @@ struct dec_sched {
     struct dec_sched_params p;
     struct pd_kvcache *kc;
     struct pd_kvcache *xc; /* a GPU pool's staging (REMOTE jobs' transfers land there), or NULL */
-    struct pd_sampler *sampler;
     uint32_t n_vocab, block_size, max_model_len, max_batched;
     uint32_t watermark; /* blocks kept free when admitting beside running jobs */
     struct pd_ratelimit rl_preempt;
-    float *logits; /* (max_num_seqs, n_vocab) */
+    struct pd_sample_result *results; /* (max_num_seqs): each row sampled in the step */
     struct pd_batch_item *items; /* (max_num_seqs) */
     struct dec_job **item_job; /* (max_num_seqs) job of each item */
     struct dec_job **active; /* (max_num_seqs) admitted jobs, admission order */
@@ -545,10 +544,14 @@ void dec_sched_remote_failed(struct dec_sched *s, struct dec_job *j, bool exhaus
 
 static void add_item(struct dec_sched *s, uint32_t *n, struct dec_job *j, uint32_t want)
 {
+    const bool last = j->seq.n_tokens + want == j->n_prompt + j->n_out;
+    /* the next token is sampled in the step (on a GPU, where the logits are),
+     * over the prompt and the output so far */
     s->items[*n] = (struct pd_batch_item){
         .seq = &j->seq, .tokens = j->toks + j->seq.n_tokens, .n_tokens = want,
-        .n_logits = j->seq.n_tokens + want == j->n_prompt + j->n_out,
-        .logits = s->logits + (size_t)*n * s->n_vocab};
+        .n_logits = last, .sampling = last ? &j->sampling : NULL, .history = j->toks,
+        .n_history = j->n_prompt + j->n_out, .n_prompt = j->n_prompt,
+        .result = &s->results[*n]};
     s->item_job[(*n)++] = j;
 }
 
@@ -710,14 +713,11 @@ static uint32_t step(struct dec_sched *s)
             }
             if (it->n_logits == 0)
                 continue;
-            struct pd_sample_result r;
-            if (!(e = event_new(j)) ||
-                pd_sample(s->sampler, &j->sampling, it->logits, j->toks, j->n_prompt, j->out,
-                          j->n_out, &r) < 0) {
+            if (!(e = event_new(j))) {
                 fin = DEC_FIN_ERROR;
-                snprintf(err, sizeof(err), "out of memory or invalid sampling parameters");
+                snprintf(err, sizeof(err), "out of memory");
             } else {
-                fin = take_token(s, j, &r, e);
+                fin = take_token(s, j, it->result, e);
                 if (fin == DEC_FIN_ERROR)
                     snprintf(err, sizeof(err), "out of memory producing the text");
             }
@@ -809,11 +809,10 @@ int dec_sched_new(const struct dec_sched_params *p, struct dec_sched **out, char
     s->watermark = pd_kvcache_n_blocks(s->kc) / 100; /* vLLM's 1% */
     s->rl_preempt = (struct pd_ratelimit)PD_RATELIMIT_INIT(10000, 1);
     uint32_t m = p->max_num_seqs;
-    s->logits = malloc((size_t)m * s->n_vocab * sizeof(float));
+    s->results = calloc(m, sizeof(*s->results));
     s->items = calloc(m, sizeof(*s->items));
     s->item_job = calloc(m, sizeof(*s->item_job));
     s->active = calloc(m, sizeof(*s->active));
-    s->sampler = pd_sampler_new(s->n_vocab);
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->out_mu, NULL);
     pthread_condattr_t ca;
@@ -822,9 +821,9 @@ int dec_sched_new(const struct dec_sched_params *p, struct dec_sched **out, char
     pthread_cond_init(&s->cv, &ca);
     pthread_condattr_destroy(&ca);
     atomic_init(&s->heartbeat_ns, pd_now_ns());
-    if (!s->logits || !s->items || !s->item_job || !s->active || !s->sampler) {
+    if (!s->results || !s->items || !s->item_job || !s->active) {
         dec_sched_free(s);
-        snprintf(err, errlen, "out of memory for %u sequences of %u logits", m, s->n_vocab);
+        snprintf(err, errlen, "out of memory for %u sequences", m);
         return -ENOMEM;
     }
     *out = s;
@@ -873,8 +872,7 @@ struct dec_sched *dec_sched_free(struct dec_sched *s)
     pthread_mutex_destroy(&s->mu);
     pthread_mutex_destroy(&s->out_mu);
     pthread_cond_destroy(&s->cv);
-    pd_sampler_free(s->sampler);
-    free(s->logits);
+    free(s->results);
     free(s->items);
     free(s->item_job);
     free(s->active);

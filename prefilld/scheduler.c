@@ -27,9 +27,8 @@ struct pf_sched {
     struct pd_kvcache *kc;
     struct pd_kvcache *xc; /* a GPU pool's staging (the blocks the KV channel sends), or NULL */
     struct pd_kvcache *tc; /* the blocks runs carry: xc, else kc */
-    struct pd_sampler *sampler;
     uint32_t n_vocab, block_size, max_model_len, max_batched;
-    float *logits; /* (max_running, n_vocab) */
+    struct pd_sample_result *results; /* (max_running): the first tokens, sampled in the step */
     struct pd_batch_item *items; /* (max_running) */
     struct pf_job **item_job; /* (max_running) */
     struct pf_job **active; /* (max_running) admitted jobs */
@@ -393,8 +392,13 @@ static void step(struct pf_sched *s)
             chunk = budget;
         s->items[n] = (struct pd_batch_item){.seq = &j->seq, .tokens = j->tokens + done,
                                              .n_tokens = chunk,
-                                             .n_logits = done + chunk == j->n_tokens,
-                                             .logits = s->logits + (size_t)n * s->n_vocab};
+                                             .n_logits = done + chunk == j->n_tokens};
+        if (s->items[n].n_logits) { /* the first token, sampled in the step (on a GPU, there) */
+            s->items[n].sampling = &j->sampling;
+            s->items[n].history = j->tokens;
+            s->items[n].n_history = s->items[n].n_prompt = j->n_tokens;
+            s->items[n].result = &s->results[n];
+        }
         s->item_job[n++] = j;
         budget -= chunk;
         tokens += chunk;
@@ -429,12 +433,7 @@ static void step(struct pf_sched *s)
         drop_active(s, k);
         pd_metric_add(s->p.metrics.prompt_tokens, j->n_tokens);
         pd_metric_observe(s->p.metrics.prefill_time, secs(j->t_arrival_ns, pd_now_ns()));
-        if (pd_sample(s->sampler, &j->sampling, it->logits, j->tokens, j->n_tokens, NULL, 0,
-                      &e->token) < 0) {
-            e->type = PF_EV_END;
-            e->reason = PD_R_INVALID_REQUEST;
-            snprintf(e->err, sizeof(e->err), "invalid sampling parameters");
-        }
+        e->token = *it->result;
         end_job(s, j, e);
     }
     update_gauges(s);
@@ -538,12 +537,11 @@ int pf_sched_new(const struct pf_sched_params *p, struct pf_sched **out, char *e
     s->max_model_len = pd_engine_max_model_len(p->engine);
     s->max_batched = pd_engine_max_batched_tokens(p->engine);
     uint32_t m = p->max_running;
-    s->logits = malloc((size_t)m * s->n_vocab * sizeof(float));
+    s->results = calloc(m, sizeof(*s->results));
     s->items = calloc(m, sizeof(*s->items));
     s->item_job = calloc(m, sizeof(*s->item_job));
     s->active = calloc(m, sizeof(*s->active));
     s->marks = calloc((size_t)p->max_waiting + m, sizeof(*s->marks));
-    s->sampler = pd_sampler_new(s->n_vocab);
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->out_mu, NULL);
     pthread_condattr_t ca;
@@ -552,9 +550,9 @@ int pf_sched_new(const struct pf_sched_params *p, struct pf_sched **out, char *e
     pthread_cond_init(&s->cv, &ca);
     pthread_condattr_destroy(&ca);
     atomic_init(&s->heartbeat_ns, pd_now_ns());
-    if (!s->logits || !s->items || !s->item_job || !s->active || !s->marks || !s->sampler) {
+    if (!s->results || !s->items || !s->item_job || !s->active || !s->marks) {
         pf_sched_free(s);
-        snprintf(err, errlen, "out of memory for %u prefills of %u logits", m, s->n_vocab);
+        snprintf(err, errlen, "out of memory for %u prefills", m);
         return -ENOMEM;
     }
     *out = s;
@@ -603,8 +601,7 @@ struct pf_sched *pf_sched_free(struct pf_sched *s)
     pthread_mutex_destroy(&s->mu);
     pthread_mutex_destroy(&s->out_mu);
     pthread_cond_destroy(&s->cv);
-    pd_sampler_free(s->sampler);
-    free(s->logits);
+    free(s->results);
     free(s->items);
     free(s->item_job);
     free(s->active);

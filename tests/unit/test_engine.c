@@ -375,6 +375,28 @@ static void bad_input_refused_without_state_change(void)
     CHECK_EQ_INT(pd_engine_step(e, &big, 1, err, sizeof(err)), -E2BIG);
     CHECK_CONTAINS(err, "max_batched_tokens 64");
 
+    /* sampling in the step: bad parameters, a history without its prompt,
+     * and a step mixing sampled rows with handed-out ones are refused */
+    struct pd_sampling bad = PD_SAMPLING_DEFAULT;
+    bad.top_p = 0.0f;
+    struct pd_sample_result res;
+    int32_t nt0 = 7;
+    struct pd_batch_item sm = {.seq = &s, .tokens = &nt0, .n_tokens = 1, .n_logits = 1,
+                               .sampling = &bad, .history = tok, .n_history = 20, .n_prompt = 20,
+                               .result = &res};
+    CHECK_EQ_INT(pd_engine_step(e, &sm, 1, err, sizeof(err)), -EINVAL);
+    CHECK_CONTAINS(err, "top_p");
+    struct pd_sampling good = PD_SAMPLING_DEFAULT;
+    sm.sampling = &good;
+    sm.n_prompt = 21;
+    CHECK_EQ_INT(pd_engine_step(e, &sm, 1, err, sizeof(err)), -EINVAL);
+    CHECK_CONTAINS(err, "holding its prompt");
+    sm.n_prompt = 20;
+    struct pd_batch_item mixed[2] = {sm, {.seq = &s2, .tokens = tok, .n_tokens = 3,
+                                          .n_logits = 1, .logits = logits}};
+    CHECK_EQ_INT(pd_engine_step(e, mixed, 2, err, sizeof(err)), -EINVAL);
+    CHECK_CONTAINS(err, "every row of logits is sampled, or none");
+
     /* nothing moved: s still has its 20 tokens in 2 blocks, s2 nothing */
     CHECK_EQ_INT(s.n_tokens, 20);
     CHECK_EQ_INT(s.n_blocks, 2);
@@ -397,7 +419,71 @@ static void bad_input_refused_without_state_change(void)
     pd_model_free(m);
 }
 
+/* Sampling in the step on the CPU: pd_sample over the row as the caller
+ * would run it on the logits, with the history (penalties, the draw's
+ * position) the item names; greedy, seeded and penalised rows in one step. */
+static void samples_in_the_step_as_pd_sample(void)
+{
+    struct pd_model *m = load_dummy("tiny", 2);
+    const uint32_t V = 256;
+    struct pd_sampler *smp = pd_sampler_new(V);
+    struct pd_sampling sp[3] = {PD_SAMPLING_DEFAULT, PD_SAMPLING_DEFAULT, PD_SAMPLING_DEFAULT};
+    sp[0].n_logprobs = 4;
+    sp[1].temperature = 0.8f, sp[1].top_p = 0.9f, sp[1].seed = 3, sp[1].n_logprobs = 1;
+    sp[2].temperature = 1.1f, sp[2].repetition_penalty = 1.5f, sp[2].frequency_penalty = 0.7f;
+    sp[2].seed = 9;
+    struct pd_sample_result got[2][6][3];
+    for (int run = 0; run < 2; run++) { /* 0: in the step, 1: logits, then pd_sample */
+        struct pd_engine *e = engine(m, 8u << 20, 64);
+        char err[512];
+        int32_t hist[3][32];
+        uint32_t nh[3];
+        struct pd_kvseq s[3];
+        float lg[3][256];
+        for (uint32_t i = 0; i < 3; i++) {
+            nh[i] = 5 + 4 * i;
+            prompt(hist[i], nh[i], V, 40 + i);
+            pd_kvseq_init(&s[i]);
+            CHECK_EQ_INT(pd_engine_prefill(e, &s[i], hist[i], nh[i] - 1, NULL, err, sizeof(err)),
+                         0);
+        }
+        const uint32_t np[3] = {nh[0], nh[1], nh[2]};
+        for (uint32_t k = 0; k < 6; k++) {
+            struct pd_batch_item it[3];
+            for (uint32_t i = 0; i < 3; i++) {
+                it[i] = (struct pd_batch_item){.seq = &s[i], .tokens = &hist[i][nh[i] - 1],
+                                               .n_tokens = 1, .n_logits = 1, .logits = lg[i]};
+                if (run == 0) {
+                    it[i].logits = NULL;
+                    it[i].sampling = &sp[i], it[i].history = hist[i], it[i].n_history = nh[i];
+                    it[i].n_prompt = np[i], it[i].result = &got[0][k][i];
+                }
+            }
+            CHECK_EQ_INT(pd_engine_step(e, it, 3, err, sizeof(err)), 0);
+            for (uint32_t i = 0; i < 3; i++) {
+                if (run == 1)
+                    CHECK_EQ_INT(pd_sample(smp, &sp[i], lg[i], hist[i], np[i], hist[i] + np[i],
+                                           nh[i] - np[i], &got[1][k][i]), 0);
+                hist[i][nh[i]++] = got[run][k][i].token;
+            }
+        }
+        for (uint32_t i = 0; i < 3; i++)
+            pd_engine_seq_release(e, &s[i]);
+        pd_engine_free(e);
+    }
+    for (uint32_t k = 0; k < 6; k++)
+        for (uint32_t i = 0; i < 3; i++) {
+            const struct pd_sample_result *a = &got[0][k][i], *b = &got[1][k][i];
+            CHECK(a->token == b->token && a->logprob == b->logprob && a->n_top == b->n_top);
+            CHECK(memcmp(a->top, b->top, a->n_top * sizeof(a->top[0])) == 0);
+        }
+    CHECK_EQ_INT(got[0][0][0].n_top, 4);
+    pd_sampler_free(smp);
+    pd_model_free(m);
+}
+
 static const struct pd_test tests[] = {
+    PD_TEST(samples_in_the_step_as_pd_sample),
     PD_TEST(engine_matches_transformers_on_mha_shape),
     PD_TEST(engine_matches_transformers_on_gqa3_untied_shape),
     PD_TEST(engine_matches_transformers_on_gqa4_untied_shape),

@@ -413,6 +413,100 @@ static void engine_cuda_default_model_agrees_with_cpu(void)
     pd_model_free(m);
 }
 
+/* Sampling in the step (pd_batch_item.sampling): on the GPU the logits stay
+ * there and kernels/sample.cu samples them, its results come down. Against
+ * the same engine handing the logits out and pd_sample on the host: the same
+ * tokens, log-probabilities within 1e-4, the same top alternatives; greedy,
+ * seeded top-p/top-k, and penalties (their histories go up; such steps run
+ * as plain launches, the others replay graphs). Both engines on `dev`. */
+#define SMP_STEPS 8
+static void sample_script(const struct pd_model *m, enum pd_device dev, bool in_step,
+                          struct pd_sample_result *res /* (SMP_STEPS, 3) */, uint32_t *graphs)
+{
+    const uint32_t V = pd_model_hparams(m)->n_vocab;
+    struct pd_engine_params p = {.model = m, .device = dev, .kv_cache_bytes = 16u << 20,
+                                 .kv_dtype = PD_DT_BF16, .block_size = 16,
+                                 .max_batched_tokens = 128, .max_batch_items = 4};
+    struct pd_engine *e = NULL;
+    char err[512];
+    if (pd_engine_new(&p, &e, err, sizeof err) < 0)
+        PD_TEST_FAIL_("%s", err);
+    struct pd_sampler *smp = pd_sampler_new(V);
+    float *lg = malloc(3 * (size_t)V * sizeof(float));
+    CHECK(smp && lg);
+    struct pd_sampling sp[3] = {PD_SAMPLING_DEFAULT, PD_SAMPLING_DEFAULT, PD_SAMPLING_DEFAULT};
+    sp[0].n_logprobs = 3;
+    sp[1].temperature = 0.9f, sp[1].top_p = 0.9f, sp[1].top_k = 50, sp[1].seed = 7;
+    sp[1].n_logprobs = 2;
+    sp[2].temperature = 1.2f, sp[2].min_p = 0.05f, sp[2].repetition_penalty = 1.3f;
+    sp[2].presence_penalty = 0.4f, sp[2].frequency_penalty = 0.2f, sp[2].seed = 11;
+    int32_t hist[3][64];
+    uint32_t nh[3], np[3];
+    struct pd_kvseq s[3];
+    for (uint32_t i = 0; i < 3; i++) {
+        np[i] = nh[i] = 9 + 11 * i;
+        for (uint32_t t = 0; t < nh[i]; t++)
+            hist[i][t] = (int32_t)((t * 2654435761u + 5 * i) % V);
+        pd_kvseq_init(&s[i]);
+        CHECK_EQ_INT(pd_engine_prefill(e, &s[i], hist[i], nh[i] - 1, NULL, err, sizeof err), 0);
+    }
+    for (uint32_t k = 0; k < SMP_STEPS; k++) {
+        const uint32_t b = k < SMP_STEPS / 2 ? 2 : 3; /* the third (penalties) later */
+        struct pd_batch_item it[3];
+        for (uint32_t i = 0; i < b; i++) {
+            it[i] = (struct pd_batch_item){.seq = &s[i], .tokens = &hist[i][nh[i] - 1],
+                                           .n_tokens = 1, .n_logits = 1,
+                                           .logits = lg + (size_t)i * V};
+            if (in_step) {
+                it[i].sampling = &sp[i], it[i].history = hist[i], it[i].n_history = nh[i];
+                it[i].n_prompt = np[i], it[i].result = &res[k * 3 + i];
+            }
+        }
+        if (pd_engine_step(e, it, b, err, sizeof err) < 0)
+            PD_TEST_FAIL_("step %u: %s", k, err);
+        for (uint32_t i = 0; i < b; i++) {
+            if (!in_step)
+                CHECK_EQ_INT(pd_sample(smp, &sp[i], lg + (size_t)i * V, hist[i], np[i],
+                                       hist[i] + np[i], nh[i] - np[i], &res[k * 3 + i]), 0);
+            hist[i][nh[i]++] = res[k * 3 + i].token;
+        }
+    }
+    *graphs = pd_engine_cuda_graphs(e);
+    for (uint32_t i = 0; i < 3; i++)
+        pd_engine_seq_release(e, &s[i]);
+    pd_engine_free(e);
+    pd_sampler_free(smp);
+    free(lg);
+}
+
+static void engine_cuda_samples_in_the_step_as_the_host_does(void)
+{
+    need_gpu();
+    struct pd_model *m = load_dummy(SHAPE_64);
+    struct pd_sample_result in[SMP_STEPS * 3], host[SMP_STEPS * 3];
+    uint32_t g_in, g_host;
+    memset(in, 0, sizeof in), memset(host, 0, sizeof host);
+    sample_script(m, PD_DEVICE_CUDA, true, in, &g_in);
+    sample_script(m, PD_DEVICE_CUDA, false, host, &g_host);
+    for (uint32_t k = 0; k < SMP_STEPS; k++)
+        for (uint32_t i = 0; i < (k < SMP_STEPS / 2 ? 2u : 3u); i++) {
+            const struct pd_sample_result *a = &in[k * 3 + i], *b = &host[k * 3 + i];
+            if (a->token != b->token || !(fabsf(a->logprob - b->logprob) <= 1e-4f) ||
+                a->n_top != b->n_top)
+                PD_TEST_FAIL_("step %u, sequence %u: token %d (%g, %u alternatives) in the step, "
+                              "%d (%g, %u) on the host", k, i, a->token, a->logprob, a->n_top,
+                              b->token, b->logprob, b->n_top);
+            for (uint32_t t = 0; t < a->n_top; t++)
+                CHECK(a->top[t].token == b->top[t].token &&
+                      fabsf(a->top[t].logprob - b->top[t].logprob) <= 1e-4f);
+        }
+    /* in the step: batch 2 replayed a sampling graph, the steps with
+     * penalties ran plain; handing out logits: batches 2 and 3 */
+    CHECK_EQ_INT(g_in, 1);
+    CHECK_EQ_INT(g_host, 2);
+    pd_model_free(m);
+}
+
 /* auto falls back to the CPU with a reason where there is no GPU; cuda is
  * refused with it (no device needed to check either) */
 static void engine_device_choice_says_why(void)
@@ -444,6 +538,7 @@ static const struct pd_test tests[] = {
     PD_TEST(engine_cuda_kv_staging_round_trip),
     PD_TEST(engine_cuda_graphs_replay_decode_steps_exactly),
     PD_TEST(engine_cuda_default_model_agrees_with_cpu),
+    PD_TEST(engine_cuda_samples_in_the_step_as_the_host_does),
     {0},
 };
 
