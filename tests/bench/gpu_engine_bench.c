@@ -9,7 +9,8 @@
  *             heads x head_dim per layer for causal attention), beside a cuBLAS
  *             bf16 GEMM's TFLOP/s: "vs_gemm"
  *   decode    tokens/s of steps advancing --batches sequences (default 1, 32,
- *             128) with --context tokens each, and the bytes a step must read
+ *             128) with --context tokens each, sampling in the step (greedy) as
+ *             the daemons do, and the bytes a step must read
  *             (the weights as stored on the device, once; every sequence's K/V)
  *             per second, beside a device-to-device copy's GB/s: "vs_copy"
  *
@@ -105,18 +106,21 @@ static double time_prefill(struct pd_engine *e, uint32_t n)
     return dt;
 }
 
-/* seconds per decode step of b sequences holding ctx tokens each; < 0 on failure */
+/* seconds per decode step of b sequences holding ctx tokens each, each
+ * step's tokens sampled (greedy) in the step as the daemons do; < 0 on
+ * failure */
 static double time_decode(struct pd_engine *e, uint32_t b, uint32_t ctx, uint32_t steps)
 {
     const uint32_t V = pd_engine_n_vocab(e);
+    const struct pd_sampling greedy = PD_SAMPLING_DEFAULT;
     struct pd_kvseq *s = calloc(b, sizeof(*s));
     struct pd_batch_item *it = calloc(b, sizeof(*it));
-    int32_t *next = calloc(b, sizeof(*next)), *tok = malloc(ctx * sizeof(*tok));
-    float *logits = malloc((size_t)b * V * sizeof(float));
+    struct pd_sample_result *res = calloc(b, sizeof(*res));
+    int32_t *next = calloc(b, sizeof(*next)), *tok = malloc((ctx + steps) * sizeof(*tok));
     char err[256];
     double dt = -1;
     uint32_t made = 0;
-    if (!s || !it || !next || !tok || !logits)
+    if (!s || !it || !res || !next || !tok)
         goto out;
     for (; made < b; made++) {
         fill(tok, ctx, V, made);
@@ -125,20 +129,27 @@ static double time_decode(struct pd_engine *e, uint32_t b, uint32_t ctx, uint32_
             fprintf(stderr, "gpu_engine_bench: a %u-token context: %s\n", ctx, err);
             goto out;
         }
+        /* the history's contents matter to penalties only (none here) */
         it[made] = (struct pd_batch_item){.seq = &s[made], .tokens = &next[made], .n_tokens = 1,
-                                          .n_logits = 1, .logits = logits + (size_t)made * V};
+                                          .n_logits = 1, .sampling = &greedy, .history = tok,
+                                          .n_history = ctx, .n_prompt = ctx, .result = &res[made]};
     }
     double t0 = now();
-    for (uint32_t k = 0; k < steps; k++)
+    for (uint32_t k = 0; k < steps; k++) {
         if (pd_engine_step(e, it, b, err, sizeof(err)) < 0) {
             fprintf(stderr, "gpu_engine_bench: a decode step of %u: %s\n", b, err);
             goto out;
         }
+        for (uint32_t i = 0; i < b; i++) {
+            next[i] = res[i].token;
+            it[i].n_history++;
+        }
+    }
     dt = (now() - t0) / steps;
 out:
     for (uint32_t i = 0; i < made; i++)
         pd_engine_seq_release(e, &s[i]);
-    free(s), free(it), free(next), free(tok), free(logits);
+    free(s), free(it), free(res), free(next), free(tok);
     return dt;
 }
 
