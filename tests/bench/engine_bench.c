@@ -11,6 +11,7 @@
  * weights and KV it must read / its time) beside a memcpy measured in the same
  * run. Peak RSS last. Medians of --repeat runs.
  */
+#include "bench_util.h"
 #include "cfg.h"
 #include "engine.h"
 #include "model.h"
@@ -50,27 +51,8 @@ static const struct pd_cfg_opt options[] = {
     PD_CFG_END,
 };
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* GEMMs (OpenBLAS) are where the engine's threads are */
 static void set_threads(int n) { openblas_set_num_threads(n); }
-
-static void fill(int32_t *t, uint32_t n, uint32_t vocab, uint32_t salt)
-{
-    for (uint32_t i = 0; i < n; i++)
-        t[i] = (int32_t)((i * 2654435761u + salt * 97u) % vocab);
-}
 
 /* seconds for one whole-prompt prefill of n tokens */
 static double time_prefill(struct pd_engine *e, uint32_t n)
@@ -80,14 +62,14 @@ static double time_prefill(struct pd_engine *e, uint32_t n)
     float *logits = malloc(V * sizeof(float));
     struct pd_kvseq s;
     char err[256];
-    fill(tok, n, V, 1);
+    bench_fill_tokens(tok, n, V, 1);
     pd_kvseq_init(&s);
-    double t0 = now();
+    double t0 = bench_now();
     if (pd_engine_prefill(e, &s, tok, n, logits, err, sizeof(err)) < 0) {
         fprintf(stderr, "engine_bench: %s\n", err);
         exit(1);
     }
-    double dt = now() - t0;
+    double dt = bench_now() - t0;
     pd_engine_seq_release(e, &s);
     free(tok);
     free(logits);
@@ -105,7 +87,7 @@ static double time_decode(struct pd_engine *e, uint32_t b)
     float *logits = malloc((size_t)b * V * sizeof(float));
     char err[256];
     for (uint32_t i = 0; i < b; i++) {
-        fill(tok, CTX, V, i);
+        bench_fill_tokens(tok, CTX, V, i);
         pd_kvseq_init(&s[i]);
         if (pd_engine_prefill(e, &s[i], tok, CTX, NULL, err, sizeof(err)) < 0) {
             fprintf(stderr, "engine_bench: %s\n", err);
@@ -114,13 +96,13 @@ static double time_decode(struct pd_engine *e, uint32_t b)
         it[i] = (struct pd_batch_item){.seq = &s[i], .tokens = &next[i], .n_tokens = 1,
                                        .n_logits = 1, .logits = logits + (size_t)i * V};
     }
-    double t0 = now();
+    double t0 = bench_now();
     for (int k = 0; k < STEPS; k++)
         if (pd_engine_step(e, it, b, err, sizeof(err)) < 0) {
             fprintf(stderr, "engine_bench: %s\n", err);
             exit(1);
         }
-    double dt = (now() - t0) / STEPS;
+    double dt = (bench_now() - t0) / STEPS;
     for (uint32_t i = 0; i < b; i++)
         pd_engine_seq_release(e, &s[i]);
     free(s);
@@ -155,14 +137,14 @@ static double memcpy_bw(int repeat)
     memset(a, 1, n);
     memset(b, 2, n);
     for (int r = 0; r < repeat; r++) {
-        double t0 = now();
+        double t0 = bench_now();
         memcpy(b, a, n);
-        v[r] = (double)n / (now() - t0);
+        v[r] = (double)n / (bench_now() - t0);
         a[r] ^= b[n - 1 - r]; /* keep the copy observable */
     }
     free(a);
     free(b);
-    qsort(v, (size_t)repeat, sizeof(double), cmp_d);
+    qsort(v, (size_t)repeat, sizeof(double), bench_cmp_double);
     return v[repeat / 2];
 }
 
@@ -179,7 +161,7 @@ static double median_of(double (*fn)(struct pd_engine *, uint32_t), struct pd_en
     double v[100];
     for (int r = 0; r < repeat; r++)
         v[r] = fn(e, arg);
-    qsort(v, (size_t)repeat, sizeof(double), cmp_d);
+    qsort(v, (size_t)repeat, sizeof(double), bench_cmp_double);
     return v[repeat / 2];
 }
 

@@ -21,6 +21,7 @@
  * the full Llama-3-8B shape takes about 16 GB of device memory and half a
  * minute to load. Medians of --trials. Without a GPU: the reason, exit 1.
  */
+#include "bench_util.h"
 #include "cfg.h"
 #include "engine.h"
 #include "gpu_bench.h"
@@ -64,25 +65,6 @@ static const struct pd_cfg_opt options[] = {
     PD_CFG_END,
 };
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static void fill(int32_t *t, uint32_t n, uint32_t vocab, uint32_t salt)
-{
-    for (uint32_t i = 0; i < n; i++)
-        t[i] = (int32_t)((i * 2654435761u + salt * 97u) % vocab);
-}
-
 /* seconds for one whole-prompt prefill of n tokens; < 0 on failure */
 static double time_prefill(struct pd_engine *e, uint32_t n)
 {
@@ -94,10 +76,10 @@ static double time_prefill(struct pd_engine *e, uint32_t n)
     double dt = -1;
     pd_kvseq_init(&s);
     if (tok && logits) {
-        fill(tok, n, V, 1);
-        double t0 = now();
+        bench_fill_tokens(tok, n, V, 1);
+        double t0 = bench_now();
         if (pd_engine_prefill(e, &s, tok, n, logits, err, sizeof(err)) == 0)
-            dt = now() - t0;
+            dt = bench_now() - t0;
         else
             fprintf(stderr, "gpu_engine_bench: prefill of %u: %s\n", n, err);
     }
@@ -123,7 +105,7 @@ static double time_decode(struct pd_engine *e, uint32_t b, uint32_t ctx, uint32_
     if (!s || !it || !res || !next || !tok)
         goto out;
     for (; made < b; made++) {
-        fill(tok, ctx, V, made);
+        bench_fill_tokens(tok, ctx, V, made);
         pd_kvseq_init(&s[made]);
         if (pd_engine_prefill(e, &s[made], tok, ctx, NULL, err, sizeof(err)) < 0) {
             fprintf(stderr, "gpu_engine_bench: a %u-token context: %s\n", ctx, err);
@@ -134,7 +116,7 @@ static double time_decode(struct pd_engine *e, uint32_t b, uint32_t ctx, uint32_
                                           .n_logits = 1, .sampling = &greedy, .history = tok,
                                           .n_history = ctx, .n_prompt = ctx, .result = &res[made]};
     }
-    double t0 = now();
+    double t0 = bench_now();
     for (uint32_t k = 0; k < steps; k++) {
         if (pd_engine_step(e, it, b, err, sizeof(err)) < 0) {
             fprintf(stderr, "gpu_engine_bench: a decode step of %u: %s\n", b, err);
@@ -145,18 +127,12 @@ static double time_decode(struct pd_engine *e, uint32_t b, uint32_t ctx, uint32_
             it[i].n_history++;
         }
     }
-    dt = (now() - t0) / steps;
+    dt = (bench_now() - t0) / steps;
 out:
     for (uint32_t i = 0; i < made; i++)
         pd_engine_seq_release(e, &s[i]);
     free(s), free(it), free(res), free(next), free(tok);
     return dt;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof(double), cmp_d);
-    return v[n / 2];
 }
 
 /* the matrices' parameters a token goes through (the output head counted
@@ -212,7 +188,7 @@ int main(int argc, char **argv)
 
     struct pd_model_params mp = {.load_format = PD_LOAD_DUMMY, .shape = c.model_shape,
                                  .seed = (uint64_t)c.seed};
-    double t0 = now();
+    double t0 = bench_now();
     if (pd_model_load(&mp, &m, err, sizeof(err)) < 0) {
         fprintf(stderr, "gpu_engine_bench: %s\n", err);
         goto out;
@@ -247,7 +223,7 @@ int main(int argc, char **argv)
     printf("model %s: %u layers, %.2f B matrix parameters, %s matrices (%.2f GB), %s KV (%.0f "
            "KiB per token); loaded in %.1f s\n", pd_model_name(m), hp->n_layer,
            (params + head) / 1e9, pd_dtype_name(w_type), wbytes / 1e9, pd_dtype_name(kv_type),
-           kv_tok / 1024, now() - t0);
+           kv_tok / 1024, bench_now() - t0);
     printf("medians of %d; prefill in chunks of %lld tokens; decode contexts of %u tokens, %u "
            "steps per run\n\n", trials, (long long)c.max_batched_tokens, ctx, steps);
 
@@ -259,7 +235,7 @@ int main(int argc, char **argv)
         for (int r = 0; r < trials; r++)
             if ((v[r] = time_prefill(e, plen[i])) < 0)
                 goto out;
-        const double dt = median(v, trials), n = plen[i];
+        const double dt = bench_median(v, (size_t)trials), n = plen[i];
         const double flops = 2.0 * params * n + 2.0 * head +
                              hp->n_layer * 2.0 * n * n * hp->n_head * hp->head_dim;
         printf("%-14u %12.1f %10.1f %9.2f\n", plen[i], n / dt, flops / dt / 1e12,
@@ -274,7 +250,7 @@ int main(int argc, char **argv)
         for (int r = 0; r < trials; r++)
             if ((v[r] = time_decode(e, batch[i], ctx, steps)) < 0)
                 goto out;
-        const double dt = median(v, trials);
+        const double dt = bench_median(v, (size_t)trials);
         /* the weights once, and each sequence's K/V over its context (it
          * grows by steps / 2 on average during a run) */
         const double bytes = wbytes + batch[i] * (ctx + steps / 2.0) * kv_tok;

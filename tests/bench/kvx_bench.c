@@ -16,6 +16,7 @@
  *   bw SIZE GBPS transports    lat USEC    hs USEC    tags GBPS
  * Timings never decide a test.
  */
+#include "bench_util.h"
 #include "kv_fixture.h"
 #include "kvx.h"
 
@@ -38,22 +39,9 @@ static struct pd_kvx *kvx;
 static uint8_t *pool;
 static uint32_t pool_blocks;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 static double median(double *v, unsigned n)
 {
-    qsort(v, n, sizeof *v, cmp_double);
+    qsort(v, n, sizeof *v, bench_cmp_double);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
@@ -198,7 +186,7 @@ static void recv_event(void *arg, const struct pd_kvx_event *ev)
     case PD_KVX_EV_DONE:
         done_count++;
         if (lat) {
-            lat[lat_i++] = now_s() - t_lat;
+            lat[lat_i++] = bench_now() - t_lat;
             event_base_loopbreak(base);
         }
         break;
@@ -219,9 +207,9 @@ static void recv_event(void *arg, const struct pd_kvx_event *ev)
 
 static void wait_up(void)
 {
-    double t0 = now_s();
+    double t0 = bench_now();
     while (!session_up) {
-        if (now_s() - t0 > 20)
+        if (bench_now() - t0 > 20)
             die("connect", connect_to);
         struct timeval tv = {.tv_sec = 0, .tv_usec = 100000};
         event_base_loopexit(base, &tv);
@@ -283,7 +271,7 @@ static double bw_once(uint64_t size, unsigned total, unsigned window)
     uint32_t n = (uint32_t)(size / block_bytes);
     done_count = 0;
     unsigned issued = 0;
-    double t0 = now_s();
+    double t0 = bench_now();
     while (done_count < total || outstanding) {
         while (issued < total && outstanding < window && issue(n) == 0)
             issued++;
@@ -291,7 +279,7 @@ static double bw_once(uint64_t size, unsigned total, unsigned window)
         if (failed)
             die("bw", "a request failed");
     }
-    return (double)size * total / (now_s() - t0) / 1e9;
+    return (double)size * total / (bench_now() - t0) / 1e9;
 }
 
 static int run_bw(void)
@@ -348,7 +336,7 @@ static int run_lat(void)
     lat_n = n_iter ? n_iter : 200;
     lat = calloc(lat_n + 20, sizeof *lat);
     for (unsigned i = 0; i < lat_n + 20; i++) { /* 20 warm-up requests */
-        t_lat = now_s();
+        t_lat = bench_now();
         issue(1);
         while (outstanding)
             event_base_loop(base, EVLOOP_ONCE);
@@ -377,11 +365,11 @@ static int run_hs(void)
         new_kvx(PD_ROLE_D, recv_event, kr, &l);
         session_up = 0;
         char err[512];
-        double t0 = now_s();
+        double t0 = bench_now();
         if (pd_kvx_peer_add(kvx, connect_to, &peer, err, sizeof err) < 0)
             die("peer", err);
         wait_up();
-        v[i] = now_s() - t0;
+        v[i] = bench_now() - t0;
         kvx = pd_kvx_free(kvx);
     }
     printf("hs %.1f\n", median(v, n) * 1e6);
@@ -402,10 +390,10 @@ static int run_tags(void)
     uint8_t tag[PD_BLOCK_TAG_LEN];
     double *g = calloc(reps, sizeof *g);
     for (unsigned r = 0; r < reps; r++) {
-        double t0 = now_s();
+        double t0 = bench_now();
         for (size_t i = 0; i < nb; i++)
             pd_auth_tag_block(kp.sp, 1, 1, (uint32_t)i, 7, buf + i * block_bytes, block_bytes, tag);
-        g[r] = (double)nb * block_bytes / (now_s() - t0) / 1e9;
+        g[r] = (double)nb * block_bytes / (bench_now() - t0) / 1e9;
     }
     printf("tags %" PRIu64 " %.3f\n", block_bytes, median(g, reps));
     free(g);

@@ -15,6 +15,7 @@
  * length, bytes) and write its ids as one text line (used by
  * tests/golden/check_tokenizer_unicode.py).
  */
+#include "bench_util.h"
 #include "cfg.h"
 #include "gguf.h"
 #include "tokenizer.h"
@@ -64,19 +65,6 @@ struct part {
     uint64_t tokens, digest;
     int rc;
 };
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 static void *encode_part(void *arg)
 {
@@ -190,13 +178,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "tokenizer_bench: %s: %s\n", a.positional[0], strerror(errno));
         return 1;
     }
-    double t0 = now();
+    double t0 = bench_now();
     if (pd_gguf_parse(gmap, glen, &g, err, sizeof(err)) < 0 ||
         pd_tok_load_opts(g, &to, &tok, err, sizeof(err)) < 0) {
         fprintf(stderr, "tokenizer_bench: %s\n", err);
         return 1;
     }
-    double load_s = now() - t0;
+    double load_s = bench_now() - t0;
     pd_gguf_free(g);
     munmap((void *)gmap, glen);
     unsigned flags = PD_TOK_NO_BOS | (c.parse_special ? PD_TOK_PARSE_SPECIAL : 0);
@@ -230,7 +218,7 @@ int main(int argc, char **argv)
     pthread_t th[64];
     double *times = malloc((size_t)c.repeat * sizeof(*times));
     for (int64_t r = 0; r < c.repeat; r++) {
-        double t = now();
+        double t = bench_now();
         for (int i = 0; i < nt; i++) {
             size_t lo = n_lines * (size_t)i / (size_t)nt, hi = n_lines * (size_t)(i + 1) / (size_t)nt;
             parts[i] = (struct part){tok, lines + lo, hi - lo, lo, flags, 0, 0, 0};
@@ -238,14 +226,14 @@ int main(int argc, char **argv)
         }
         for (int i = 0; i < nt; i++)
             pthread_join(th[i], NULL);
-        times[r] = now() - t;
+        times[r] = bench_now() - t;
         for (int i = 0; i < nt; i++)
             if (parts[i].rc < 0) {
                 fprintf(stderr, "tokenizer_bench: encode failed: %s\n", strerror(-parts[i].rc));
                 return 1;
             }
     }
-    qsort(times, (size_t)c.repeat, sizeof(*times), cmp_d);
+    qsort(times, (size_t)c.repeat, sizeof(*times), bench_cmp_double);
     double med = times[c.repeat / 2];
     uint64_t tokens = 0, digest = 0;
     for (int i = 0; i < nt; i++)

@@ -37,6 +37,16 @@ def default_model():
     return p if p and os.path.isfile(p) else None
 
 
+def wait_for(cond, timeout=60, what="condition", poll=0.05):
+    """Poll cond() until it is true; AssertionError naming `what` after timeout s."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(poll)
+    raise AssertionError("timed out waiting for " + what)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

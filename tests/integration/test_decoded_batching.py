@@ -29,7 +29,7 @@ import time
 import openai
 import pytest
 
-from harness import TINY, Decoded, assert_error, default_model
+from harness import Decoded, TINY, assert_error, default_model, wait_for
 
 MODEL_PATH = default_model()
 if MODEL_PATH is None:
@@ -143,15 +143,6 @@ def idle(d):
     return (d.metric("pdserve:num_requests_running") == 0 and
             d.metric("pdserve:num_requests_waiting") == 0 and
             d.metric("pdserve:kv_cache_blocks_used") == 0)
-
-
-def wait_for(cond, timeout=60, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from harness import TINY, Decoded, sse_events
+from harness import Decoded, TINY, sse_events, wait_for
 
 GOOD = {"prompt": [1, 2, 3], "max_tokens": 4, "temperature": 0}
 
@@ -24,15 +24,6 @@ def raw_post(port, body, rcvbuf=None):
     s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
               b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
     return s
-
-
-def wait_for(cond, timeout=30, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def serves(d):

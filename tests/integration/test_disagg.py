@@ -27,7 +27,8 @@ import time
 
 import pytest
 
-from harness import Decoded, Prefilld, assert_error, default_model, free_port, write_key
+from harness import (Decoded, Prefilld, assert_error, default_model, free_port, wait_for,
+                     write_key)
 
 SANITIZED = os.environ.get("PDSERVE_SANITIZE", "none") not in ("", "none")
 MODEL_PATH = None if SANITIZED else default_model()
@@ -154,15 +155,6 @@ def compare_gen(i, got, ref):
 
 def keyfile(tmp_path, name="k.psk", key=None):
     return write_key(tmp_path / name, key)
-
-
-def wait_for(cond, timeout=60, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def dec_args(psk, *peers, extra=()):

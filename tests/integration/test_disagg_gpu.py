@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 
-from harness import Decoded, Prefilld, write_key
+from harness import Decoded, Prefilld, wait_for, write_key
 
 try:
     import pytest
@@ -89,15 +89,6 @@ def same(got, ref, what):
         assert got["tokens"][k] == tok, (what, k, got, ref)
         assert abs(got["lps"][k] - ref["lps"][k]) <= LOGPROB_TOL, (what, k, got, ref)
     return len(ref["tokens"])
-
-
-def wait_for(cond, timeout=60, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for " + what)
 
 
 _no_gpu = None  # why there is none ("" when there is), asked once
