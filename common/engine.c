@@ -159,6 +159,7 @@ struct pd_engine {
     /* (2 (max_items + 1)): by batch size, for steps handing out logits (even
      * index) or sampling (odd), captured on first use */
     struct pd_cuda_graph **graph;
+    uint8_t *graph_seen; /* (as graph) ran once as plain launches: the next is captured */
 
     /* sampling in the step (pd_batch_item.sampling): the CPU's sampler, or
      * on a GPU each row's parameters, history offsets and prompt lengths
@@ -555,7 +556,8 @@ int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char
     SCRATCH(e->out_item, T, true);
     SCRATCH(e->out_row, T, true);
     if (!here && !p->no_cuda_graphs) {
-        if (!(e->graph = calloc(2 * ((size_t)e->max_items + 1), sizeof(*e->graph))))
+        if (!(e->graph = calloc(2 * ((size_t)e->max_items + 1), sizeof(*e->graph))) ||
+            !(e->graph_seen = calloc(2 * ((size_t)e->max_items + 1), 1)))
             goto nomem;
         e->graphs = true;
     }
@@ -651,6 +653,12 @@ int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char
         }
         e->stage_pinned = true;
     }
+    /* the uploads ran on the legacy stream, which the engine's (non-blocking)
+     * stream does not wait for: they are complete before any step */
+    if (e->device == PD_DEVICE_CUDA && (rc = pd_cuda_sync()) < 0) {
+        rc = pd_errf(err, errlen, rc, "engine: uploading the weights: %s", strerror(-rc));
+        goto out_free;
+    }
 #endif
     *out = e;
     return 0;
@@ -686,6 +694,7 @@ struct pd_engine *pd_engine_free(struct pd_engine *e)
     pd_cuda_stream_free(e->stream);
 #endif
     free(e->graph);
+    free(e->graph_seen);
     free(e->pinned);
     pd_sampler_free(e->sampler);
 #if PD_HAVE_CUDA
@@ -959,7 +968,7 @@ static int forward(struct pd_engine *e, const struct pd_batch_item *items, uint3
      * run the output projection as few GEMMs (one per LOGIT_ROWS rows), since
      * the vocabulary matrix is the largest read of a decode step */
     /* the rows are gathered as runs of consecutive source rows, one copy
-     * each (a decode step's rows are all one run): on a GPU each copy waits */
+     * each (a decode step's rows are all one run) */
     uint32_t t0 = 0, n_rows = 0, run_src = 0, run_len = 0;
     for (uint32_t i = 0; i < n_items; i++) {
         const struct pd_batch_item *it = &items[i];
@@ -1062,13 +1071,26 @@ static int upload_indices(struct pd_engine *e, uint32_t n_items, uint32_t T)
     return 0;
 }
 
+#if PD_HAVE_CUDA
+static void graphs_off(struct pd_engine *e, const char *what, uint32_t n, int rc)
+{
+    pd_cuda_clear_error(); /* handled here: not the next kernel's failure */
+    e->graphs = false;
+    pd_log(PD_LOG_WARN, "engine: CUDA graphs off (%s a decode step of %" PRIu32 " failed: %s); "
+           "steps run as plain launches", what, n, strerror(-rc));
+}
+#endif
+
 /* A step on the GPU: its index arrays up, its work, then one wait; the
  * logits rows handed out after it. A decode step (one token and one row of
- * logits per item) replays the CUDA graph of its batch size, captured (and
- * instantiated) the first time that size comes: the graph holds the
- * index arrays' copies from their fixed page-locked buffers, every kernel
- * and GEMM, and the logits' copy down. A capture that fails turns graphs
- * off for the engine, with one log line, and the step runs as it is. */
+ * logits per item) replays the CUDA graph of its batch size and kind
+ * (logits or sampled), captured and instantiated the second time that size
+ * comes (the first runs as plain launches, so that cuBLAS and the kernels
+ * have made what they make on first use outside the capture): the graph
+ * holds the index arrays' copies from their fixed page-locked buffers, every
+ * kernel and GEMM, and the results' copy down. A capture or a launch that
+ * fails turns graphs off for the engine, with one log line, and the step
+ * runs as plain launches. */
 #if PD_HAVE_CUDA
 static bool penalised(const struct pd_sampling *p)
 {
@@ -1149,6 +1171,10 @@ static int run_step(struct pd_engine *e, const struct pd_batch_item *items, uint
     for (uint32_t i = 0; i < n_items && decode; i++)
         decode = items[i].n_tokens == 1 && items[i].n_logits == 1;
     const uint32_t key = 2 * n_items + smp;
+    if (decode && !e->graph_seen[key]) {
+        e->graph_seen[key] = 1;
+        decode = false;
+    }
     if (decode && !e->graph[key]) {
         struct pd_cuda_graph *g = NULL;
         int rb = pd_cuda_graph_begin(e->stream), rf = 0, re = 0;
@@ -1160,21 +1186,25 @@ static int run_step(struct pd_engine *e, const struct pd_batch_item *items, uint
         }
         if (rb < 0 || rf < 0 || re < 0 || pending != n_items) {
             pd_cuda_graph_free(g);
-            e->graphs = decode = false;
-            pd_log(PD_LOG_WARN, "engine: CUDA graphs off (capturing a decode step of %" PRIu32
-                   " failed: %s); steps run as plain launches", n_items,
-                   strerror(-(rb < 0 ? rb : rf < 0 ? rf : re < 0 ? re : EPROTO)));
+            decode = false;
+            graphs_off(e, "capturing", n_items,
+                       rb < 0 ? rb : rf < 0 ? rf : re < 0 ? re : -EPROTO);
         } else {
             e->graph[key] = g;
         }
     }
+    rc = -1;
     if (decode) {
         /* the rows as the captured forward laid them out: one per item */
         for (uint32_t r = 0; r < n_items; r++)
             e->out_item[r] = r, e->out_row[r] = 0;
         pending = n_items;
-        rc = pd_cuda_graph_launch(e->graph[key], e->stream);
-    } else
+        if ((rc = pd_cuda_graph_launch(e->graph[key], e->stream)) < 0) {
+            e->graph[key] = pd_cuda_graph_free(e->graph[key]);
+            graphs_off(e, "launching the graph of", n_items, rc);
+        }
+    }
+    if (rc < 0)
 #endif
     {
         rc = upload_indices(e, n_items, T);

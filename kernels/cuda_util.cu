@@ -308,6 +308,11 @@ extern "C" int pd_cuda_timer_stop(struct pd_cuda_timer *t, pd_stream_t stream, f
 
 /* ---- streams and graphs ----------------------------------------------- */
 
+extern "C" void pd_cuda_clear_error(void)
+{
+    (void)cudaGetLastError();
+}
+
 extern "C" int pd_cuda_stream_sync(pd_stream_t s)
 {
     PD_CUDA_TRY(cudaStreamSynchronize(pd_cuda_stream(s)), "cudaStreamSynchronize");

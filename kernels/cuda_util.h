@@ -72,6 +72,9 @@ int pd_cuda_host_register(void *p, size_t bytes);
 int pd_cuda_host_unregister(void *p);
 /* Waits for the device; reports a kernel's asynchronous failure. */
 int pd_cuda_sync(void);
+/* Drops the error the runtime keeps for this thread's next check (after a
+ * failed capture or graph launch the engine has handled). */
+void pd_cuda_clear_error(void);
 /* Waits for what was issued to one stream. */
 int pd_cuda_stream_sync(pd_stream_t s);
 

@@ -336,6 +336,55 @@ static void engine_cuda_graphs_replay_decode_steps_exactly(void)
     pd_model_free(m);
 }
 
+/* A capture that fails (an operation a graph cannot hold) turns graphs off
+ * and the step runs as plain launches with the right logits; the error it
+ * left in the runtime is not the next kernel's. The emulator fails every
+ * capture on request (PD_EMU_FAIL_CAPTURE); a GPU has no such switch. */
+static void engine_cuda_failed_capture_falls_back_to_plain_launches(void)
+{
+    need_gpu();
+    char dev[256];
+    if (pd_cuda_device_info(dev, sizeof dev) < 0 || !strstr(dev, "emulation"))
+        PD_SKIP("a failing capture is forced on the emulator only");
+    struct pd_model *m = load_dummy(SHAPE_16);
+    const uint32_t V = pd_model_hparams(m)->n_vocab;
+    float *out[2];
+    for (int run = 0; run < 2; run++) {
+        struct pd_engine_params p = {.model = m, .device = PD_DEVICE_CUDA,
+                                     .kv_cache_bytes = 8u << 20, .max_batched_tokens = 64,
+                                     .max_batch_items = 4, .no_cuda_graphs = run == 1};
+        struct pd_engine *e = NULL;
+        char err[512];
+        if (pd_engine_new(&p, &e, err, sizeof err) < 0)
+            PD_TEST_FAIL_("%s", err);
+        struct pd_kvseq s[2];
+        int32_t tok[8] = {3, 1, 4, 1, 5, 9, 2, 6};
+        for (uint32_t i = 0; i < 2; i++) {
+            pd_kvseq_init(&s[i]);
+            CHECK_EQ_INT(pd_engine_prefill(e, &s[i], tok + i, 5, NULL, err, sizeof err), 0);
+        }
+        out[run] = calloc((size_t)4 * 2 * V, sizeof(float));
+        setenv("PD_EMU_FAIL_CAPTURE", "1", 1);
+        for (uint32_t k = 0; k < 4; k++) { /* plain, failed capture (plain), plain, plain */
+            struct pd_batch_item it[2];
+            for (uint32_t i = 0; i < 2; i++)
+                it[i] = (struct pd_batch_item){.seq = &s[i], .tokens = &tok[k + i], .n_tokens = 1,
+                                               .n_logits = 1,
+                                               .logits = out[run] + ((size_t)k * 2 + i) * V};
+            if (pd_engine_step(e, it, 2, err, sizeof err) < 0)
+                PD_TEST_FAIL_("step %u after a failed capture: %s", k, err);
+        }
+        unsetenv("PD_EMU_FAIL_CAPTURE");
+        CHECK_EQ_INT(pd_engine_cuda_graphs(e), 0);
+        for (uint32_t i = 0; i < 2; i++)
+            pd_engine_seq_release(e, &s[i]);
+        pd_engine_free(e);
+    }
+    CHECK(memcmp(out[0], out[1], (size_t)4 * 2 * V * sizeof(float)) == 0);
+    free(out[0]), free(out[1]);
+    pd_model_free(m);
+}
+
 /* The default model (SmolLM2-135M, Q4_1 weights dequantized; bf16 matrices
  * on the GPU, fp32 KV) on the GPU against the CPU under DESIGN.md's rule: a
  * prompt and greedy decode steps fed the CPU's tokens, the same top token at
@@ -539,6 +588,7 @@ static const struct pd_test tests[] = {
     PD_TEST(engine_cuda_graphs_replay_decode_steps_exactly),
     PD_TEST(engine_cuda_default_model_agrees_with_cpu),
     PD_TEST(engine_cuda_samples_in_the_step_as_the_host_does),
+    PD_TEST(engine_cuda_failed_capture_falls_back_to_plain_launches),
     {0},
 };
 

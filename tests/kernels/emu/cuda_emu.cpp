@@ -18,6 +18,7 @@
 #include <cublas_v2.h>
 
 #include <chrono>
+#include <map>
 #include <mutex>
 #include <setjmp.h>
 #include <stdio.h>
@@ -208,13 +209,36 @@ struct CUgraphExec_st {
 static thread_local cudaStream_t emu_capturing;
 static thread_local cudaError_t emu_last_error = cudaSuccess;
 
-/* a synchronising call while this thread captures: refused, the capture is invalid */
+/* a synchronising call while this thread captures: refused, the capture is
+ * invalid, and the error waits for cudaGetLastError, as on a GPU */
 static bool emu_refuse_during_capture(void)
 {
     if (!emu_capturing)
         return false;
     emu_capturing->invalidated = true;
+    emu_last_error = cudaErrorStreamCaptureUnsupported;
     return true;
+}
+
+/* Memory a GPU could reach asynchronously: cudaMalloc's, and host ranges
+ * cudaHostRegister page-locked (start -> length, none overlapping). */
+static std::mutex emu_mem_mu;
+static std::map<uintptr_t, size_t> emu_dev_ranges, emu_host_ranges;
+
+static bool emu_in(const std::map<uintptr_t, size_t> &m, const void *p, size_t n)
+{
+    const uintptr_t a = (uintptr_t)p;
+    auto it = m.upper_bound(a);
+    if (it == m.begin())
+        return false;
+    --it;
+    return a >= it->first && a + n <= it->first + it->second;
+}
+
+static bool emu_reachable(const void *p, size_t n)
+{
+    std::lock_guard<std::mutex> g(emu_mem_mu);
+    return emu_in(emu_dev_ranges, p, n) || emu_in(emu_host_ranges, p, n);
 }
 
 bool emu_issue(cudaStream_t s, std::function<void()> op)
@@ -307,12 +331,23 @@ cudaError_t cudaRuntimeGetVersion(int *v)
 
 cudaError_t cudaMalloc(void **p, size_t n)
 {
-    *p = aligned_alloc(256, (n + 255) / 256 * 256);
-    return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+    if (emu_refuse_during_capture())
+        return cudaErrorStreamCaptureUnsupported;
+    const size_t sz = (n + 255) / 256 * 256;
+    *p = aligned_alloc(256, sz ? sz : 256);
+    if (!*p)
+        return cudaErrorMemoryAllocation;
+    std::lock_guard<std::mutex> g(emu_mem_mu);
+    emu_dev_ranges[(uintptr_t)*p] = sz ? sz : 256;
+    return cudaSuccess;
 }
 
 cudaError_t cudaFree(void *p)
 {
+    if (p) {
+        std::lock_guard<std::mutex> g(emu_mem_mu);
+        emu_dev_ranges.erase((uintptr_t)p);
+    }
     free(p);
     return cudaSuccess;
 }
@@ -333,36 +368,43 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, enum cudaMemcpyKind
 
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcpyKind, cudaStream_t s)
 {
+    /* a graph's copy node cannot hold pageable host memory */
+    if (s && s->capturing && (!emu_reachable(dst, n) || !emu_reachable(src, n))) {
+        s->invalidated = true;
+        emu_last_error = cudaErrorStreamCaptureUnsupported;
+        return cudaErrorStreamCaptureUnsupported;
+    }
     return emu_issue(s, [=]() { memcpy(dst, src, n); }) ? cudaSuccess
                                                          : cudaErrorStreamCaptureImplicit;
 }
 
-/* Registered host ranges, so that a register twice or an unregister of
- * memory never registered fails as on a GPU. */
-static std::mutex emu_host_mu;
-static std::vector<void *> emu_host_ranges;
-
+/* Registered host ranges: registering memory that overlaps a registered
+ * range, or unregistering memory never registered, fails as on a GPU (which
+ * locks whole pages: the ranges are widened to them). */
 cudaError_t cudaHostRegister(void *p, size_t n, unsigned)
 {
-    std::lock_guard<std::mutex> g(emu_host_mu);
     if (!p || n == 0)
         return cudaErrorInvalidValue;
-    for (void *r : emu_host_ranges)
-        if (r == p)
-            return cudaErrorHostMemoryAlreadyRegistered;
-    emu_host_ranges.push_back(p);
+    const uintptr_t pg = 4096, a = (uintptr_t)p / pg * pg;
+    const size_t len = ((uintptr_t)p + n + pg - 1) / pg * pg - a;
+    std::lock_guard<std::mutex> g(emu_mem_mu);
+    auto it = emu_host_ranges.lower_bound(a);
+    if (it != emu_host_ranges.end() && it->first < a + len)
+        return cudaErrorHostMemoryAlreadyRegistered;
+    if (it != emu_host_ranges.begin() && std::prev(it)->first + std::prev(it)->second > a)
+        return cudaErrorHostMemoryAlreadyRegistered;
+    emu_host_ranges[a] = len;
     return cudaSuccess;
 }
 
 cudaError_t cudaHostUnregister(void *p)
 {
-    std::lock_guard<std::mutex> g(emu_host_mu);
-    for (size_t i = 0; i < emu_host_ranges.size(); i++)
-        if (emu_host_ranges[i] == p) {
-            emu_host_ranges.erase(emu_host_ranges.begin() + (long)i);
-            return cudaSuccess;
-        }
-    return cudaErrorHostMemoryNotRegistered;
+    std::lock_guard<std::mutex> g(emu_mem_mu);
+    auto it = emu_host_ranges.find((uintptr_t)p / 4096 * 4096);
+    if (it == emu_host_ranges.end())
+        return cudaErrorHostMemoryNotRegistered;
+    emu_host_ranges.erase(it);
+    return cudaSuccess;
 }
 
 cudaError_t cudaMemset(void *p, int v, size_t n)
@@ -412,9 +454,13 @@ cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g)
         return cudaErrorIllegalState;
     s->capturing = false;
     emu_capturing = NULL;
-    if (s->invalidated) {
+    /* tests: PD_EMU_FAIL_CAPTURE=1 fails every capture, as an operation a
+     * graph cannot hold would on a GPU */
+    const char *fail = getenv("PD_EMU_FAIL_CAPTURE");
+    if (s->invalidated || (fail && *fail == '1')) {
         s->ops.clear();
         *g = NULL;
+        emu_last_error = cudaErrorStreamCaptureInvalidated;
         return cudaErrorStreamCaptureInvalidated;
     }
     *g = new CUgraph_st{std::move(s->ops)};
