@@ -632,19 +632,28 @@ int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char
     if ((rc = pd_kvcache_new(&kp, &e->kc, err, errlen)) < 0)
         goto out_free;
 #if PD_HAVE_CUDA
-    if (e->device == PD_DEVICE_CUDA && p->kv_staging_bytes) {
+    if (e->device == PD_DEVICE_CUDA && p->kv_staging) {
         /* the KV channel's blocks in host memory (mapped, kept out of core
          * dumps, by common/kvcache), page-locked so that the copies between
-         * it and the device pool are DMA */
+         * it and the device pool are DMA; by default room for two prompts of
+         * the longest length */
         char why[200];
+        const uint64_t bb = pd_kvcache_block_bytes(e->kc), full = (uint64_t)e->max_blocks * bb;
         struct pd_kvcache_params sp = kp;
         sp.pool = NULL;
-        sp.mem_bytes = p->kv_staging_bytes;
+        sp.mem_bytes = p->kv_staging_bytes ? p->kv_staging_bytes
+                                           : (2 * full > (1u << 30) ? 2 * full : 1u << 30);
         if ((rc = pd_kvcache_new(&sp, &e->stage, why, sizeof(why))) < 0) {
             rc = pd_errf(err, errlen, rc, "engine: the KV channel's staging (%" PRIu64
-                         " bytes): %s", p->kv_staging_bytes, why);
+                         " bytes): %s", sp.mem_bytes, why);
             goto out_free;
         }
+        if (pd_kvcache_n_blocks(e->stage) < e->max_blocks)
+            pd_log(PD_LOG_WARN, "engine: the KV channel's staging (%" PRIu64 " MiB) holds a "
+                   "prompt of at most %" PRIu64 " tokens, --max-model-len is %" PRIu32 ": longer "
+                   "prompts are refused by prefilld and prefilled locally by decoded",
+                   sp.mem_bytes >> 20, (uint64_t)pd_kvcache_n_blocks(e->stage) * bs,
+                   e->max_model_len);
         const uint64_t sb = pd_kvcache_block_bytes(e->stage) * pd_kvcache_n_blocks(e->stage);
         if ((rc = pd_cuda_host_register(pd_kvcache_pool(e->stage), sb)) < 0) {
             rc = pd_errf(err, errlen, rc, "engine: page-locking the KV channel's staging (%"
@@ -753,7 +762,7 @@ int pd_engine_kv_stage(struct pd_engine *e, bool to_host, const uint32_t *pool_b
 {
     if (!e->stage)
         return pd_errf(err, errlen, -EINVAL, "engine: no KV staging (a GPU engine made with "
-                       "kv_staging_bytes has one)");
+                       "kv_staging has one)");
     const uint32_t np = pd_kvcache_n_blocks(e->kc), ns = pd_kvcache_n_blocks(e->stage);
     for (uint32_t i = 0; i < n; i++)
         if (pool_blocks[i] >= np || stage_blocks[i] >= ns)
@@ -1099,9 +1108,9 @@ static bool penalised(const struct pd_sampling *p)
 }
 
 /* A sampling step on a GPU: each row's parameters, history offset and prompt
- * length into their page-locked buffers (forward copies them up), and where
- * a row has penalties the histories up into d_hist (grown as needed). *pen:
- * whether they went (such a step is not a graph: d_hist may move). */
+ * length into their page-locked buffers (forward copies them up), and the
+ * histories of rows with penalties up into d_hist (grown as needed). *pen:
+ * whether any went (such a step is not a graph: d_hist may move). */
 static int sampling_prepare(struct pd_engine *e, const struct pd_batch_item *items,
                             uint32_t n_items, bool *pen)
 {
@@ -1142,13 +1151,22 @@ static int sampling_prepare(struct pd_engine *e, const struct pd_batch_item *ite
         pd_cuda_free(e->d_hist);
         e->h_hist = h, e->d_hist = d, e->hist_cap = cap;
     }
+    /* only the penalised rows' histories: the others' are never read (their
+     * length, the draw's position, is in the offsets) */
     off = 0;
-    for (uint32_t i = 0; i < n_items; i++)
-        if (items[i].n_logits && items[i].n_history) {
-            memcpy(e->h_hist + off, items[i].history, items[i].n_history * sizeof(int32_t));
-            off += items[i].n_history;
+    int rc = 0;
+    for (uint32_t i = 0; i < n_items && rc == 0; i++) {
+        const struct pd_batch_item *it = &items[i];
+        if (!it->n_logits)
+            continue;
+        if (it->n_history && penalised(it->sampling)) {
+            memcpy(e->h_hist + off, it->history, it->n_history * sizeof(int32_t));
+            rc = e->k->copy(e->d_hist + off, e->h_hist + off, it->n_history * sizeof(int32_t),
+                            e->stream);
         }
-    return e->k->copy(e->d_hist, e->h_hist, off * sizeof(int32_t), e->stream);
+        off += it->n_history;
+    }
+    return rc;
 }
 #endif
 

@@ -74,8 +74,9 @@ struct pd_engine_params {
     uint32_t max_model_len; /* --max-model-len; 0 = the model's trained context */
     uint32_t max_batch_items; /* sequences per step; 0 = 256 */
     uint32_t kv_dtype; /* --kv-cache-dtype: PD_DT_F32 (0), PD_DT_BF16 or PD_DT_F16 */
-    uint64_t kv_staging_bytes; /* CUDA: the KV channel's page-locked host blocks
-                                * (pd_engine_kv_staging; --kv-staging-memory); 0: none */
+    bool kv_staging; /* CUDA: page-locked host blocks for the KV channel (pd_engine_kv_staging) */
+    uint64_t kv_staging_bytes; /* their size (--kv-staging-memory); 0: room for two prompts
+                                * of max_model_len, at least 1 GiB */
     bool no_cuda_graphs; /* CUDA: decode steps as plain launches, not graph replays
                           * (--no-cuda-graphs; vLLM's --enforce-eager) */
 };
@@ -168,7 +169,7 @@ int pd_engine_on_device(const struct pd_engine *e);
 uint32_t pd_engine_cuda_graphs(const struct pd_engine *e);
 struct pd_kvcache *pd_engine_kvcache(struct pd_engine *e);
 /* The KV channel with a GPU pool (DESIGN.md: staged through pinned host
- * buffers). A CUDA engine made with kv_staging_bytes has a second block
+ * buffers). A CUDA engine made with kv_staging has a second block
  * allocator over that many bytes of page-locked host memory, of the pool's
  * geometry and element type: the KV channel moves these blocks (register
  * pd_engine_kv_channel_pool's memory with kvx), and pd_engine_kv_stage

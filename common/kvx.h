@@ -56,9 +56,10 @@
  * (pd_kvx_parse_ports reads the first; the last is a GPU engine's
  * kv_staging_bytes, common/engine.h). */
 #define PD_KVX_CFG(T)                                                                              \
-    PD_CFG_SIZE("kv-staging-memory", T, kv_staging_memory, "1GiB", 1 << 20, INT64_C(1) << 40,     \
+    PD_CFG_SIZE("kv-staging-memory", T, kv_staging_memory, "0", 0, INT64_C(1) << 40,              \
                 "with the engine on a GPU: page-locked host memory the KV blocks pass through "    \
-                "on the channel (each transfer in flight holds its prompt's blocks)"),             \
+                "on the channel, each transfer in flight holding its prompt's blocks (0: room "    \
+                "for two prompts of --max-model-len, at least 1 GiB)"),                             \
     PD_CFG_STR("kv-data-ports", T, kv_data_ports, NULL, 32,                                        \
                "UCX TCP data ports as LO-HI (default: UCX's choice)"),                             \
     PD_CFG_INT("kv-lease-ms", T, kv_lease_ms, "3000", 100, 600000,                                 \

@@ -403,7 +403,8 @@ static int run(struct dec_cfg *c, int argc, char *const *argv, struct pd_model *
      * first (made only with peers at start) */
     struct pd_engine_params ep = {.model = m, .kv_cache_bytes = c->kv_cache_memory,
                                   .device = device,
-                                  .kv_staging_bytes = c->prefill.n ? c->kv_staging_memory : 0,
+                                  .kv_staging = c->prefill.n > 0,
+                                  .kv_staging_bytes = c->kv_staging_memory,
                                   .gpu_weight_dtype = pd_engine_gpu_weight_dtype(c->gpu_weight_dtype),
                                   .gpu_memory_utilization = c->gpu_memory_utilization,
                                   .no_cuda_graphs = !c->cuda_graphs,

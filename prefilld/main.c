@@ -689,6 +689,7 @@ int main(int argc, char **argv)
                                   .gpu_weight_dtype = pd_engine_gpu_weight_dtype(c.gpu_weight_dtype),
                                   .gpu_memory_utilization = c.gpu_memory_utilization,
                                   .no_cuda_graphs = !c.cuda_graphs,
+                                  .kv_staging = true,
                                   .kv_staging_bytes = c.kv_staging_memory,
                                   .kv_dtype = pd_engine_kv_dtype(c.kv_cache_dtype),
                                   .block_size = (uint32_t)c.block_size,

@@ -201,6 +201,7 @@ def test_gpu_prompt_larger_than_a_staging_is_prefilled_locally(tmp_path):
     with Prefilld(*MODEL, *MEM, psk=psk) as p, \
             Decoded(*dec_args(psk, p.addr, extra=SMALL_STAGING)) as d:
         up(d, p)
+        assert "staging (1 MiB) holds a prompt of at most 672 tokens" in d.log(), d.log()
         same(complete(d, big), ref_big, "decoded's staging too small")
         assert "do not fit the KV channel's staging (--kv-staging-memory)" in d.log()
         complete(d, small)

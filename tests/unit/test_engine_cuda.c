@@ -189,7 +189,8 @@ static void engine_cuda_kv_staging_round_trip(void)
     struct pd_model *m = load_dummy(SHAPE_64);
     const uint32_t V = pd_model_hparams(m)->n_vocab;
     struct pd_engine_params p = {.model = m, .device = PD_DEVICE_CUDA, .kv_cache_bytes = 16u << 20,
-                                 .kv_staging_bytes = 8u << 20, .kv_dtype = PD_DT_BF16,
+                                 .kv_staging = true, .kv_staging_bytes = 8u << 20,
+                                 .kv_dtype = PD_DT_BF16,
                                  .block_size = 16, .max_batched_tokens = 128};
     struct pd_engine *e = NULL;
     char err[512];
@@ -256,6 +257,14 @@ static void engine_cuda_kv_staging_round_trip(void)
         pd_kvcache_unref(kc, gap[i]);
     pd_engine_seq_release(e, &a), pd_engine_seq_release(e, &b);
     free(la), free(lb);
+    pd_engine_free(e);
+
+    /* the default size: two prompts of the longest length, at least 1 GiB */
+    p.kv_staging_bytes = 0;
+    CHECK_EQ_INT(pd_engine_new(&p, &e, err, sizeof err), 0);
+    st = pd_engine_kv_staging(e);
+    CHECK((uint64_t)pd_kvcache_n_blocks(st) * pd_kvcache_block_bytes(st) >
+          (1u << 30) - pd_kvcache_block_bytes(st));
     pd_engine_free(e);
 
     /* a CPU engine has none: its pool is the channel's */
