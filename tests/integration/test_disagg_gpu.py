@@ -8,6 +8,7 @@ its device pool (common/engine.h, pd_engine_kv_stage).
     prompts prefilled remotely, both stagings empty afterwards;
   * prefilld killed mid-transfer: decoded fails over to local prefill on its
     GPU, its staging comes back, and a restarted prefilld serves again;
+  * a client leaving mid-transfer gives both stagings back;
   * a prompt larger than decoded's staging is prefilled locally; larger than
     prefilld's, refused there (too large) and prefilled locally;
   * a GPU decoded started without peers refuses a reload that names the
@@ -189,6 +190,39 @@ def test_gpu_prefilld_killed_mid_transfer_fails_over_and_staging_comes_back(tmp_
                 assert metric(d, "remote_prompt_tokens_total") == 300
                 assert metric(p2, "prompt_tokens_total") == 300
                 assert metric(d, "kv_staging_blocks_used") == 0
+
+
+def test_gpu_client_gone_mid_transfer_gives_both_stagings_back(tmp_path):
+    """A client that leaves while its prompt's transfer waits on a stopped
+    prefilld: decoded cancels it, its staging comes back once the KV channel
+    released the blocks; prefilld's, once it runs again and its transfer ends."""
+    need_gpu()
+    import json
+    import socket
+    psk = write_key(tmp_path / "k.psk")
+    with Prefilld(*MODEL, *MEM, psk=psk) as p, Decoded(*dec_args(psk, p.addr)) as d:
+        up(d, p)
+        p.send(signal.SIGSTOP)
+        try:
+            data = json.dumps({"prompt": prompt(200, 4), "max_tokens": 4,
+                               "stream": True}).encode()
+            c = socket.create_connection(("127.0.0.1", d.port))
+            c.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                      b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data))
+            wait_for(lambda: metric(d, "num_requests_remote_prefill") == 1, 30,
+                     "the remote prefill")
+            assert metric(d, "kv_staging_blocks_used") == (200 + 15) // 16
+            c.close()
+            wait_for(lambda: metric(d, "num_requests_remote_prefill") == 0 and
+                     metric(d, "kv_staging_blocks_used") == 0 and
+                     metric(d, "kv_cache_blocks_used") == 0, 30, "decoded's blocks back")
+        finally:
+            p.send(signal.SIGCONT)
+        wait_for(lambda: metric(p, "kv_staging_blocks_used") == 0 and
+                 metric(p, "kv_blocks_used") == 0 and
+                 metric(p, "num_requests_running") == 0, 60, "prefilld idle")
+        complete(d, prompt(20, 5))  # and the pair still works
+        assert metric(d, "remote_prompt_tokens_total") == 20
 
 
 def test_gpu_prompt_larger_than_a_staging_is_prefilled_locally(tmp_path):
