@@ -4,6 +4,7 @@
  *
  *   kvx_bench serve --ip IP --port P [--block-bytes B] [--no-integrity]      sender
  *   kvx_bench bw    --connect IP:P --ip IP [--sizes 16K,..,64M] [--reps 5]   GB/s per run size
+ *                   [--inflight-mib 16]: bytes of runs kept in flight (2 to 256 runs)
  *   kvx_bench lat   --connect IP:P --ip IP [--n 200]      one-block latency (PREFILL -> DONE)
  *   kvx_bench hs    --connect IP:P --ip IP [--n 30]       connect + handshake latency
  *   kvx_bench tags  [--block-bytes B]                     tag GB/s on one thread
@@ -31,6 +32,7 @@
 
 static const char *ip = "127.0.0.1", *connect_to, *sizes_arg = "16K,64K,256K,1M,4M,16M,64M";
 static unsigned port = 14579, reps = 5, n_iter = 0, crypto_threads = 1;
+static uint64_t inflight_mib = 16; /* bw: bytes of runs in flight (2 to 16 runs) */
 static uint64_t block_bytes = 16384, pool_mib = 256;
 static int no_integrity, no_mm_eh;
 
@@ -300,8 +302,8 @@ static int run_bw(void)
         n_slots = pool_blocks / slot_n;
         slot_busy = calloc(n_slots, sizeof *slot_busy);
         next_slot = 0;
-        unsigned window = (unsigned)((16u << 20) / size);
-        window = window < 2 ? 2 : window > 16 ? 16 : window;
+        unsigned window = (unsigned)((inflight_mib << 20) / size);
+        window = window < 2 ? 2 : window > 256 ? 256 : window;
         if (window > n_slots)
             window = n_slots;
         uint64_t want = (uint64_t)(n_iter ? n_iter : 0) * size;
@@ -438,6 +440,8 @@ int main(int argc, char **argv)
             block_bytes = parse_size(v);
         else if (!strcmp(a, "--pool-mib"))
             pool_mib = strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--inflight-mib"))
+            inflight_mib = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--crypto-threads"))
             crypto_threads = (unsigned)atoi(v);
         else

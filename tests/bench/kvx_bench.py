@@ -11,12 +11,15 @@ network-namespace pair (veth, 192.0.2.0/24; root only, else the row says
     max(256 MiB, 4 x LLC) per side, runs rotating through them), median of --reps;
   * ucx_perftest server + client for ucp_am_bw, ucp_put_bw and ucp_get with -e
     (error-handling endpoints, as kvx uses), the same UCX_TLS / NET_DEVICES /
-    MM_ERROR_HANDLING / RNDV_SCHEME=get_zcopy, the same sizes;
+    MM_ERROR_HANDLING / RNDV_SCHEME=get_zcopy, the same sizes; ucp_am_bw again
+    with -E sleep (event-driven waiting, as kvx);
   * connect + handshake latency (median of 30 connects) and the latency of one
     737,280-byte block (the default model's 16-token fp32 block), PREFILL to DONE.
 and prints one markdown table per row with the ratios:
   on/best   kvx tags on over the best perftest operation
   off/am    kvx tags off over perftest ucp_am_bw (the same operation)
+  off/sleep kvx tags off over ucp_am_bw with -E sleep (perftest waiting for events
+            after posting instead of polling: kvx's way, on its event loop)
   on/off    tags on over tags off
   on/model  tags on over min(tags off, tag GB/s x crypto threads)
 GB/s is 10^9 bytes per second. Timings never decide a test.
@@ -95,13 +98,15 @@ def run_pair(row, bench, server_args, client_args, timeout=900):
             srv.wait()
 
 
-def perftest(row, test, size):
+def perftest(row, test, size, sleep=False):
+    """GB/s of one ucx_perftest run; sleep: -E sleep (wait for events after
+    posting, as kvx does on its event loop) instead of polling the worker."""
     iters = max(20, min(20000, (256 << 20) // size))
     port = free_port()
     base_env = {"UCX_RNDV_SCHEME": "get_zcopy"}
     base_env.update(row.env)
     args = ["-t", test, "-s", str(size), "-n", str(iters), "-w", str(max(5, iters // 10)), "-e",
-            "-p", str(port)]
+            "-p", str(port)] + (["-E", "sleep"] if sleep else [])
     env_s = dict(os.environ, UCX_NET_DEVICES=row.dev_s, **base_env)
     env_r = dict(os.environ, UCX_NET_DEVICES=row.dev_r, **base_env)
     srv = subprocess.Popen(row.wrap(row.ns_s, ["ucx_perftest"] + args), stdout=subprocess.DEVNULL,
@@ -204,9 +209,9 @@ def main():
                                                   " ".join(" ".join(v) for v in hs.values()) or
                                                   next(iter(hs), "?"),
                                                   lat.get("737280", ["?"])[0]))
-            print("\n| run | kvx tags on | kvx tags off | perftest am | put | get | on/best |"
-                  " off/am | on/off | on/model |")
-            print("|---|---|---|---|---|---|---|---|---|---|")
+            print("\n| run | kvx tags on | kvx tags off | perftest am | put | get | am sleep |"
+                  " on/best | off/am | off/sleep | on/off | on/model |")
+            print("|---|---|---|---|---|---|---|---|---|---|---|---|")
             for s in sizes:
                 b = str(nbytes(s))
                 g_on = float(on[b][0])
@@ -214,11 +219,13 @@ def main():
                 pt = {t: perftest(row, t, nbytes(s)) for t in ("ucp_am_bw", "ucp_put_bw", "ucp_get")}
                 best = max([v for v in pt.values() if v] or [float("nan")])
                 am = pt["ucp_am_bw"] or float("nan")
+                am_sleep = perftest(row, "ucp_am_bw", nbytes(s), sleep=True) or float("nan")
                 model = min(g_off, tag_gbps * ct)
                 f = lambda v: "%.2f" % v if v else "n/a"
-                print("| %s | %.2f | %.2f | %s | %s | %s | %.2f | %.2f | %.2f | %.2f |" % (
-                    s, g_on, g_off, f(pt["ucp_am_bw"]), f(pt["ucp_put_bw"]), f(pt["ucp_get"]),
-                    g_on / best, g_off / am, g_on / g_off, g_on / model))
+                print("| %s | %.2f | %.2f | %s | %s | %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f |"
+                      % (s, g_on, g_off, f(pt["ucp_am_bw"]), f(pt["ucp_put_bw"]), f(pt["ucp_get"]),
+                         f(am_sleep), g_on / best, g_off / am, g_off / am_sleep, g_on / g_off,
+                         g_on / model))
                 sys.stdout.flush()
     finally:
         if ns_row:
