@@ -23,6 +23,7 @@
 #                         modules (lib/ucx/) when a program links UCX
 #   tests/gpu/check.sh    the GPU check (tests/gpu/check.sh in the source tree)
 #   tests/integration/    harness.py and test_disagg_gpu.py, which check.sh runs
+#   tests/bench/          kvx_bench.py (check.sh's kvx step, with --extra ucx_perftest)
 #   README, BUILDINFO, MANIFEST (sha256 of every file)
 set -euo pipefail
 
@@ -67,6 +68,7 @@ programs=(
     tests/bench/attn_bench
     tests/bench/prefill_bench
     tests/bench/gpu_engine_bench
+    tests/bench/kvx_bench
 )
 [ -x "$build/common/tools/pdserve-inspect" ] || die "$build has no pdserve-inspect: run ninja -C $build first"
 
@@ -176,10 +178,12 @@ EOF
 chmod 755 "$root/bin/pdserve-env"
 
 install -m 755 "$src_root/tests/gpu/check.sh" "$root/tests/gpu/check.sh"
-# the GPU pair's end-to-end test (stdlib Python only; check.sh runs it as a script)
-mkdir -p "$root/tests/integration"
+# the GPU pair's end-to-end test and the KV-transfer benchmark's driver
+# (stdlib Python only; check.sh runs them)
+mkdir -p "$root/tests/integration" "$root/tests/bench"
 install -m 644 "$src_root/tests/integration/harness.py" "$src_root/tests/integration/test_disagg_gpu.py" \
     "$root/tests/integration/"
+install -m 644 "$src_root/tests/bench/kvx_bench.py" "$root/tests/bench/"
 
 git_rev="$(git -C "$src_root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 cuda_version="$(nvcc --version 2>/dev/null | sed -n 's/.*release \([0-9.]*\).*/\1/p')"

@@ -25,6 +25,11 @@
 #               and KV): prefill tokens/s at 2k beside a cuBLAS GEMM, decode
 #               tokens/s at batch 1, 32, 128 beside a device copy
 #               (gpu_engine_bench; about a minute, half of it loading)
+#   kvx         the KV channel between two processes on this machine's cores
+#               beside ucx_perftest (kvx_bench.py --quick; only when the
+#               bundle was made with --extra "$(command -v ucx_perftest)"):
+#               the 2-core build machine cannot give the crypto threads cores
+#               of their own, this one can
 #
 # Without a usable GPU it stops at the `gpu` step with the reason and exits 2.
 # Exit 0 when every step passed, 1 when one failed. The benchmark tables and,
@@ -33,8 +38,8 @@
 #
 #   tar -xf pdserve-*.tar.xz -C /tmp && /tmp/pdserve-*/tests/gpu/check.sh
 #
-# Budget: about 3 minutes on an H100 (most of it the kernel tests' CPU
-# reference); each step is cut at STEP_TIMEOUT seconds (default 300).
+# Budget: about 5 minutes on an H100 (most of it the kernel tests' CPU
+# reference and loading the Llama-3-8B shape); each step is cut at STEP_TIMEOUT seconds (default 300).
 set -uo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -199,6 +204,16 @@ prefill prefill-f16-64 --kv-dtype f16 --head-dim 64 --seqlen 512,2048,8192
 
 bench_step engine-8b "GPU engine, dummy Llama-3-8B" gpu_engine_bench "gemm: " \
     --model-shape llama3-8b --kv-cache-dtype bf16
+
+if [ -x "$root/bin/ucx_perftest" ] && [ -x "$root/bin/kvx_bench" ] && command -v python3 >/dev/null; then
+    if run kvx "KV transfer beside ucx_perftest, $(nproc) cores" env PATH="$root/bin:$PATH" \
+        python3 "$root/tests/bench/kvx_bench.py" "$root/bin/kvx_bench" --quick; then
+        { echo "-- kvx: kvx_bench.py --quick"; sed -n '/^# KV transfer/,$p' "$log" | grep -v '^\$'; } \
+            >> "$summary"
+    fi
+else
+    steps+=("$(printf '%-12s %-34s %5ss' kvx 'NOT RUN (no ucx_perftest bundled)' 0)")
+fi
 
 table
 exit $failed
