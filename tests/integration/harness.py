@@ -47,6 +47,16 @@ def wait_for(cond, timeout=60, what="condition", poll=0.05):
     raise AssertionError("timed out waiting for " + what)
 
 
+def post_and_hold(port, path, body):
+    """POST body (JSON) on a raw connection and return the socket unread: a
+    client that can then leave mid-request (close it)."""
+    data = json.dumps(body).encode()
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(data), data))
+    return s
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -27,8 +27,8 @@ import time
 
 import pytest
 
-from harness import (Decoded, Prefilld, assert_error, default_model, free_port, wait_for,
-                     write_key)
+from harness import (Decoded, Prefilld, assert_error, default_model, free_port, post_and_hold,
+                     wait_for, write_key)
 
 SANITIZED = os.environ.get("PDSERVE_SANITIZE", "none") not in ("", "none")
 MODEL_PATH = None if SANITIZED else default_model()
@@ -353,18 +353,13 @@ def test_stopped_prefilld_past_its_lease_fails_over_then_serves_again(tmp_path):
 
 
 def test_client_gone_cancels_its_remote_prefill(tmp_path):
-    import json
-    import socket
     psk = keyfile(tmp_path)
     with Prefilld(*MODEL, *MEM, psk=psk) as p, Decoded(*dec_args(psk, p.addr)) as d:
         up(d, p.addr)
         p.send(signal.SIGSTOP)
         try:
-            data = json.dumps({"prompt": prompt(300, 8), "max_tokens": 4,
-                               "stream": True}).encode()
-            s = socket.create_connection(("127.0.0.1", d.port))
-            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                      b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data))
+            s = post_and_hold(d.port, "/v1/completions",
+                              {"prompt": prompt(300, 8), "max_tokens": 4, "stream": True})
             wait_for(lambda: d.metric("pdserve:num_requests_remote_prefill") == 1, 30,
                      "the remote prefill")
             assert d.metric("pdserve:kv_cache_blocks_used") > 0

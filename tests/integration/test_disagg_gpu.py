@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 
-from harness import Decoded, Prefilld, wait_for, write_key
+from harness import Decoded, Prefilld, post_and_hold, wait_for, write_key
 
 try:
     import pytest
@@ -197,18 +197,13 @@ def test_gpu_client_gone_mid_transfer_gives_both_stagings_back(tmp_path):
     prefilld: decoded cancels it, its staging comes back once the KV channel
     released the blocks; prefilld's, once it runs again and its transfer ends."""
     need_gpu()
-    import json
-    import socket
     psk = write_key(tmp_path / "k.psk")
     with Prefilld(*MODEL, *MEM, psk=psk) as p, Decoded(*dec_args(psk, p.addr)) as d:
         up(d, p)
         p.send(signal.SIGSTOP)
         try:
-            data = json.dumps({"prompt": prompt(200, 4), "max_tokens": 4,
-                               "stream": True}).encode()
-            c = socket.create_connection(("127.0.0.1", d.port))
-            c.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                      b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data))
+            c = post_and_hold(d.port, "/v1/completions",
+                              {"prompt": prompt(200, 4), "max_tokens": 4, "stream": True})
             wait_for(lambda: metric(d, "num_requests_remote_prefill") == 1, 30,
                      "the remote prefill")
             assert metric(d, "kv_staging_blocks_used") == (200 + 15) // 16
