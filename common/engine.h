@@ -124,6 +124,16 @@ uint32_t pd_engine_gpu_weight_dtype(int choice);
                 "on first use); false: plain launches (vLLM's --enforce-eager)")
 int pd_engine_pick_device(int choice, enum pd_device *out, char *why, size_t n);
 
+/* The engine parameters those options set, from a config value c of such a
+ * struct (the device itself comes from pd_engine_pick_device):
+ *   struct pd_engine_params p = {.model = m, .device = d, PD_ENGINE_KV_PARAMS(c),
+ *                                PD_ENGINE_DEVICE_PARAMS(c), ...}; */
+#define PD_ENGINE_KV_PARAMS(c)                                                                     \
+    .kv_dtype = pd_engine_kv_dtype((c).kv_cache_dtype), .block_size = (uint32_t)(c).block_size
+#define PD_ENGINE_DEVICE_PARAMS(c)                                                                 \
+    .gpu_weight_dtype = pd_engine_gpu_weight_dtype((c).gpu_weight_dtype),                          \
+    .gpu_memory_utilization = (c).gpu_memory_utilization, .no_cuda_graphs = !(c).cuda_graphs
+
 struct pd_batch_item {
     struct pd_kvseq *seq;
     const int32_t *tokens; /* (n_tokens) appended at seq->n_tokens */

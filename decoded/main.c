@@ -405,11 +405,8 @@ static int run(struct dec_cfg *c, int argc, char *const *argv, struct pd_model *
                                   .device = device,
                                   .kv_staging = c->prefill.n > 0,
                                   .kv_staging_bytes = c->kv_staging_memory,
-                                  .gpu_weight_dtype = pd_engine_gpu_weight_dtype(c->gpu_weight_dtype),
-                                  .gpu_memory_utilization = c->gpu_memory_utilization,
-                                  .no_cuda_graphs = !c->cuda_graphs,
-                                  .kv_dtype = pd_engine_kv_dtype(c->kv_cache_dtype),
-                                  .block_size = (uint32_t)c->block_size,
+                                  PD_ENGINE_DEVICE_PARAMS(*c),
+                                  PD_ENGINE_KV_PARAMS(*c),
                                   .max_batched_tokens = (uint32_t)c->max_num_batched_tokens,
                                   .max_model_len = (uint32_t)c->max_model_len,
                                   .max_batch_items = (uint32_t)c->max_num_seqs};

@@ -24,7 +24,7 @@ struct dec_sched {
     struct dec_sched_params p;
     struct pd_kvcache *kc;
     struct pd_kvcache *xc; /* a GPU pool's staging (REMOTE jobs' transfers land there), or NULL */
-    uint32_t n_vocab, block_size, max_model_len, max_batched;
+    uint32_t block_size, max_model_len, max_batched;
     uint32_t watermark; /* blocks kept free when admitting beside running jobs */
     struct pd_ratelimit rl_preempt;
     struct pd_sample_result *results; /* (max_num_seqs): each row sampled in the step */
@@ -802,7 +802,6 @@ int dec_sched_new(const struct dec_sched_params *p, struct dec_sched **out, char
     s->p = *p;
     s->kc = pd_engine_kvcache(p->engine);
     s->xc = pd_engine_kv_staging(p->engine);
-    s->n_vocab = pd_engine_n_vocab(p->engine);
     s->block_size = pd_kvcache_layout(s->kc)->block_size;
     s->max_model_len = pd_engine_max_model_len(p->engine);
     s->max_batched = pd_engine_max_batched_tokens(p->engine);

@@ -686,13 +686,10 @@ int main(int argc, char **argv)
     /* a GPU pool's blocks leave through page-locked host staging */
     struct pd_engine_params ep = {.model = m, .kv_cache_bytes = c.kv_cache_memory,
                                   .device = device,
-                                  .gpu_weight_dtype = pd_engine_gpu_weight_dtype(c.gpu_weight_dtype),
-                                  .gpu_memory_utilization = c.gpu_memory_utilization,
-                                  .no_cuda_graphs = !c.cuda_graphs,
+                                  PD_ENGINE_DEVICE_PARAMS(c),
                                   .kv_staging = true,
                                   .kv_staging_bytes = c.kv_staging_memory,
-                                  .kv_dtype = pd_engine_kv_dtype(c.kv_cache_dtype),
-                                  .block_size = (uint32_t)c.block_size,
+                                  PD_ENGINE_KV_PARAMS(c),
                                   .max_batched_tokens = (uint32_t)c.max_num_batched_tokens,
                                   .max_model_len = (uint32_t)c.max_model_len,
                                   .max_batch_items = (uint32_t)c.max_num_seqs};

@@ -27,7 +27,7 @@ struct pf_sched {
     struct pd_kvcache *kc;
     struct pd_kvcache *xc; /* a GPU pool's staging (the blocks the KV channel sends), or NULL */
     struct pd_kvcache *tc; /* the blocks runs carry: xc, else kc */
-    uint32_t n_vocab, block_size, max_model_len, max_batched;
+    uint32_t block_size, max_model_len, max_batched;
     struct pd_sample_result *results; /* (max_running): the first tokens, sampled in the step */
     struct pd_batch_item *items; /* (max_running) */
     struct pf_job **item_job; /* (max_running) */
@@ -532,7 +532,6 @@ int pf_sched_new(const struct pf_sched_params *p, struct pf_sched **out, char *e
     s->kc = pd_engine_kvcache(p->engine);
     s->xc = pd_engine_kv_staging(p->engine);
     s->tc = pd_engine_kv_channel_pool(p->engine);
-    s->n_vocab = pd_engine_n_vocab(p->engine);
     s->block_size = pd_kvcache_layout(s->kc)->block_size;
     s->max_model_len = pd_engine_max_model_len(p->engine);
     s->max_batched = pd_engine_max_batched_tokens(p->engine);
