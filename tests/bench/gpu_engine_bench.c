@@ -55,8 +55,9 @@ static const struct pd_cfg_opt options[] = {
                "m = n = k of the reference bf16 GEMM"),
     PD_CFG_INT("copy-mib", struct bench_cfg, copy_mib, "1024", 1, 65536,
                "size of the reference device-to-device copy"),
-    PD_CFG_SIZE("kv-cache-memory", struct bench_cfg, kv_cache_memory, "8GiB", 1 << 20,
-                INT64_C(1) << 40, "the engine's KV pool"),
+    PD_CFG_SIZE("kv-cache-memory", struct bench_cfg, kv_cache_memory, "0", 0,
+                INT64_C(1) << 40,
+                "the engine's KV pool (0: what the largest batch and prompt need)"),
     PD_ENGINE_KV_CFG(struct bench_cfg),
     PD_CFG_ENUM("gpu-weight-dtype", struct bench_cfg, gpu_weight_dtype, "bf16",
                 pd_engine_gpu_weight_dtypes, "the weight matrices on the device"),
@@ -222,6 +223,16 @@ int main(int argc, char **argv)
     }
     const uint32_t kv_type = pd_engine_kv_dtype(c.kv_cache_dtype);
     const uint32_t w_type = pd_engine_gpu_weight_dtype(c.gpu_weight_dtype);
+    const double kv_tok = 2.0 * hp->n_layer * hp->n_head_kv * hp->head_dim *
+                          (kv_type == PD_DT_F32 ? 4 : 2);
+    if (c.kv_cache_memory == 0) { /* every sequence of the largest batch, whole blocks */
+        const uint64_t bs = (uint64_t)c.block_size;
+        const uint64_t seq_blocks = (longest + bs - 1) / bs;
+        const uint64_t prompt_blocks = (gb_max_of(plen, n_plen) + bs - 1) / bs;
+        uint64_t blocks = gb_max_of(batch, n_batch) * seq_blocks;
+        blocks = (blocks > prompt_blocks ? blocks : prompt_blocks) + 1;
+        c.kv_cache_memory = (uint64_t)(blocks * bs * kv_tok);
+    }
     struct pd_engine_params ep = {.model = m, .device = PD_DEVICE_CUDA,
                                   .gpu_weight_dtype = w_type,
                                   .kv_cache_bytes = c.kv_cache_memory, .kv_dtype = kv_type,
@@ -236,8 +247,6 @@ int main(int argc, char **argv)
     const double params = layer_params(hp), head = (double)hp->n_vocab * hp->n_embd;
     const double wbytes = (params + head) * (w_type == PD_DT_BF16 ? 2 : 4) +
                           4.0 * (2.0 * hp->n_layer + 1) * hp->n_embd; /* + fp32 norms */
-    const double kv_tok = 2.0 * hp->n_layer * hp->n_head_kv * hp->head_dim *
-                          (kv_type == PD_DT_F32 ? 4 : 2);
     printf("model %s: %u layers, %.2f B matrix parameters, %s matrices (%.2f GB), %s KV (%.0f "
            "KiB per token); loaded in %.1f s\n", pd_model_name(m), hp->n_layer,
            (params + head) / 1e9, pd_dtype_name(w_type), wbytes / 1e9, pd_dtype_name(kv_type),

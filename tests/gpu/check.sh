@@ -161,7 +161,14 @@ fi
 gpu_line="$(grep -m1 '^device: ' "$log" | sed 's/^device: //')"
 
 run kernels "CUDA kernels against the CPU reference" "$env" test_kernels
-run engine "the engine on CUDA against the CPU engine" env PD_TEST_VERBOSE=1 "$env" test_engine_cuda
+# Two engine tests cannot run here and are left out by name, so that a skip
+# among the rest still fails the step: the default model does not travel (64
+# MiB), and a failing capture can be forced on the emulator only.
+engine_off="engine_cuda_default_model_agrees_with_cpu engine_cuda_failed_capture_falls_back_to_plain_launches"
+engine_tests="$("$env" test_engine_cuda --list 2>/dev/null | grep -vxF -e "${engine_off% *}" -e "${engine_off#* }")"
+say "engine: not run here (emulated in CI instead): $engine_off"
+# shellcheck disable=SC2086 # one word per test name
+run engine "the engine on CUDA against the CPU engine" env PD_TEST_VERBOSE=1 "$env" test_engine_cuda $engine_tests
 if command -v python3 >/dev/null; then
     run pair "prefilld + decoded on the GPU, KV channel" env DECODED="$root/bin/decoded" \
         PREFILLD="$root/bin/prefilld" PYTHONDONTWRITEBYTECODE=1 \
