@@ -4,21 +4,24 @@
  * Layout of the work (docs/internals/cuda.md has the reasoning):
  *   grid   (query tile, run, query head); tiles of a run launch longest first
  *   block  PF_WARPS warps, PF_M = 16 * PF_WARPS query rows; the block walks
- *          the keys its rows can see in tiles of PF_N, K and V staged in
- *          shared memory (V transposed, so both products read 32-bit pairs)
+ *          the keys its rows can see in tiles of PF_N, K and V copied into
+ *          shared memory with cp.async, two stages: tile j + 1 is in flight
+ *          while tile j is computed
  *   warp   16 query rows: S = Q K^T and O += P V with m16n8k16 mma
  *          (kernels/mma.cuh), Q held in registers as A fragments for the
- *          whole walk, the online softmax (log2 units, fp32) on the S
- *          fragments, P rounded to the pool's 16-bit type as the A fragments
- *          of the second product (the S accumulator layout is the A layout)
+ *          whole walk, the B fragments by ldmatrix (V's transposed on the
+ *          way: the tiles stay [key][dim] as the pool has them), the online
+ *          softmax (log2 units, fp32) on the S fragments, P rounded to the
+ *          pool's 16-bit type as the A fragments of the second product (the
+ *          S accumulator layout is the A layout)
  * Nothing of size rows x keys exists outside registers. Every query row of a
  * tile below the diagonal sees a whole key tile; only tiles crossing the
  * diagonal or past the run's end need masks, and a warp whose rows are all
  * before a tile skips its arithmetic.
  *
- * Not yet: cp.async double buffering of the key tiles, ldmatrix, several
- * query heads of a GQA group per block (each head reloads its KV tiles; L2
- * serves the repeats), splitting a long context when a chunk is short.
+ * Not yet: several query heads of a GQA group per block (each head reloads
+ * its KV tiles; L2 serves the repeats), splitting a long context when a
+ * chunk is short, Hopper's wgmma and TMA.
  */
 #include "attention.h"
 #include "bf16.h"
@@ -29,13 +32,21 @@
 #include <math.h>
 #include <string.h>
 
-#define PF_WARPS 4
+#define PF_WARPS 8
 #define PF_THREADS (PF_WARPS * 32)
 #define PF_M (PF_WARPS * 16) /* query rows per block */
 #define PF_N 64 /* keys per tile */
-/* 16-bit elements of padding per shared row: a fragment load's 32 lanes (8
- * rows x 4 pairs) then fall on 32 distinct banks */
+/* 16-bit elements of padding per shared row: the 8 rows an ldmatrix phase
+ * reads (16 bytes each, rows (D + 8) * 2 bytes apart) fall on 32 distinct
+ * banks */
 #define PF_PAD 8
+#define PF_STAGES 2
+
+/* dynamic shared memory: PF_STAGES x (K tile, V tile), each [PF_N][D + PF_PAD] */
+template <int D> static constexpr size_t pf_smem_bytes()
+{
+    return (size_t)PF_STAGES * 2 * PF_N * (D + PF_PAD) * sizeof(uint16_t);
+}
 
 struct pf_params {
     void *out; /* (n_tokens, n_head, head_dim) of the io type */
@@ -46,6 +57,7 @@ struct pf_params {
     struct pd_kv_geom kv;
     uint32_t layer, n_tokens, n_head, group, max_blocks, n_runs;
     uint32_t max_ctx; /* runs reaching past it are refused (NaN rows) */
+    uint32_t max_run; /* runs longer than the caller promised: refused alike */
     uint32_t bs_shift, bs_pow2; /* log2(block_size) when a power of two */
     float qscale; /* scale * log2(e): scores in log2 units */
 };
@@ -77,16 +89,18 @@ __device__ __forceinline__ void out_pair(const struct pf_params &p, uint64_t row
 /* ---- the kernel ------------------------------------------------------------ */
 
 template <int D, bool BF, bool IO16>
-__global__ void __launch_bounds__(PF_THREADS) attn_prefill_kernel(const struct pf_params p)
+__global__ void __launch_bounds__(PF_THREADS, 1) attn_prefill_kernel(const struct pf_params p)
 {
     constexpr int KS = D / 16; /* k-steps of Q K^T over head_dim */
     constexpr int NT = PF_N / 8; /* n-tiles of S (8 keys each) */
     constexpr int DT = D / 8; /* n-tiles of O (8 dims each) */
-    constexpr int LDK = D + PF_PAD; /* row stride of ks: a key's head_dim */
-    constexpr int LDV = PF_N + PF_PAD; /* row stride of vt: a dim's keys */
+    constexpr int LD = D + PF_PAD; /* row stride of a K or V tile: a key's head_dim */
     constexpr int CPR = D / 8; /* 16-byte chunks per K/V row */
-    __shared__ __align__(16) uint16_t ks[PF_N * LDK]; /* K tile, [key][dim] */
-    __shared__ __align__(16) uint16_t vt[D * LDV]; /* V tile transposed, [dim][key] */
+    constexpr int TILE = PF_N * LD; /* elements of one K or V tile */
+    static_assert(NT % 2 == 0 && DT % 2 == 0, "ldmatrix .x4 feeds two n-tiles");
+    extern __shared__ uint4 pf_smem_raw[];
+    /* stage st: its K tile at 2 st TILE, its V tile after it; both [key][dim] */
+    uint16_t *const smem = (uint16_t *)pf_smem_raw;
 
     const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const uint32_t g = lane / 4, c = lane % 4;
@@ -101,10 +115,10 @@ __global__ void __launch_bounds__(PF_THREADS) attn_prefill_kernel(const struct p
     const uint32_t rows = n - m0 < PF_M ? n - m0 : PF_M;
 
     const uint64_t covered = (uint64_t)gridDim.x * PF_M; /* rows max_run let the grid reach */
-    if (p0 < 0 || (uint64_t)p0 + n > p.max_ctx || n > covered) {
+    if (p0 < 0 || (uint64_t)p0 + n > p.max_ctx || n > p.max_run) {
         /* refused (a position out of bounds, or a run longer than max_run
          * promised): NaN rows, so the caller's checks see it; the first tile's
-         * block also takes the rows no block reaches */
+         * block also takes the rows no block reaches (max_run sized the grid) */
         const uint32_t r1 = m0 == 0 && n > covered ? n : m0 + rows;
         for (uint64_t i = threadIdx.x; i < (uint64_t)(r1 - m0) * D / 2; i += PF_THREADS) {
             uint32_t r = m0 + (uint32_t)(i / (D / 2));
@@ -147,42 +161,57 @@ __global__ void __launch_bounds__(PF_THREADS) attn_prefill_kernel(const struct p
     const bool warp_live = w0 < n;
     const uint32_t warp_last = (uint32_t)p0 + (w0 + 15 < n ? w0 + 15 : n - 1);
 
-    for (uint32_t kb = 0; kb < kv_end; kb += PF_N) {
-        __syncthreads(); /* the previous tile's readers are done */
+    /* K and V of keys kb .. kb + PF_N - 1 into stage st, in flight until a
+     * pd_cp_async_wait; zeros past kv_end (a masked weight is 0, and 0 x
+     * garbage could be NaN) */
+    auto load_tile = [&](uint32_t st, uint32_t kb) {
+        uint16_t *const ks = smem + 2 * st * TILE, *const vs = ks + TILE;
         for (uint32_t i = threadIdx.x; i < PF_N * CPR; i += PF_THREADS) {
             const uint32_t j = i / CPR, d = (i % CPR) * 8, pos = kb + j;
-            uint4 kr = make_uint4(0, 0, 0, 0), vr = kr;
+            uint64_t row = 0;
             if (pos < kv_end) {
                 const uint32_t bi = p.bs_pow2 ? pos >> p.bs_shift : pos / p.kv.block_size;
                 const uint32_t bt = p.bs_pow2 ? pos & (p.kv.block_size - 1) : pos % p.kv.block_size;
-                const uint64_t row = (uint64_t)table[bi] * block_elems + (uint64_t)bt * D + d;
-                kr = __ldg((const uint4 *)(p.pool + k_base + row));
-                vr = __ldg((const uint4 *)(p.pool + v_base + row));
+                row = (uint64_t)table[bi] * block_elems + (uint64_t)bt * D + d;
             }
-            /* zeros past the end: a masked weight is 0, and 0 x garbage could be NaN */
-            *(uint4 *)&ks[j * LDK + d] = kr;
-            const uint32_t w[4] = {vr.x, vr.y, vr.z, vr.w};
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                vt[(d + 2 * e) * LDV + j] = (uint16_t)(w[e] & 0xffffu);
-                vt[(d + 2 * e + 1) * LDV + j] = (uint16_t)(w[e] >> 16);
-            }
+            pd_cp_async16(&ks[j * LD + d], p.pool + k_base + row, pos < kv_end);
+            pd_cp_async16(&vs[j * LD + d], p.pool + v_base + row, pos < kv_end);
         }
-        __syncthreads();
-        if (!warp_live || kb > warp_last)
-            continue; /* every key of the tile is after every row of this warp */
+        pd_cp_async_commit();
+    };
 
+    /* ldmatrix: lane l gives row l % 8 of matrix l / 8 */
+    const uint32_t lr = lane % 8, lm = lane / 8;
+    const uint32_t n_tiles = (kv_end + PF_N - 1) / PF_N;
+    load_tile(0, 0);
+    for (uint32_t it = 0; it < n_tiles; it++) {
+        const uint32_t kb = it * PF_N;
+        if (it + 1 < n_tiles)
+            load_tile((it + 1) % PF_STAGES, kb + PF_N);
+        else
+            pd_cp_async_commit(); /* an empty group: the wait below counts alike */
+        pd_cp_async_wait<1>(); /* this thread's copies of tile it have landed */
+        __syncthreads(); /* and every other thread's */
+        const uint16_t *const ks = smem + 2 * (it % PF_STAGES) * TILE, *const vs = ks + TILE;
+        if (!warp_live || kb > warp_last) {
+            __syncthreads(); /* every key of the tile is after every row of this warp */
+            continue;
+        }
+
+        /* S = Q K^T: one ldmatrix gives the B fragments of n-tiles t and t + 1 */
         float s[NT][4];
 #pragma unroll
-        for (int t = 0; t < NT; t++) {
+        for (int t = 0; t < NT; t++)
             s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
 #pragma unroll
+        for (int t = 0; t < NT; t += 2)
+#pragma unroll
             for (int k = 0; k < KS; k++) {
-                const uint16_t *kp = &ks[(t * 8 + g) * LDK + k * 16 + 2 * c];
-                const uint32_t b[2] = {*(const uint32_t *)kp, *(const uint32_t *)(kp + 8)};
+                uint32_t b[4];
+                pd_ldmatrix_x4<false>(b, &ks[((t + lm / 2) * 8 + lr) * LD + k * 16 + (lm % 2) * 8]);
                 pd_mma_16816<BF>(s[t], qa[k], b);
+                pd_mma_16816<BF>(s[t + 1], qa[k], b + 2);
             }
-        }
 
         /* scale into log2 units; mask keys after a row's position, and rows
          * past the run (only the tiles that cross the diagonal need it) */
@@ -235,7 +264,8 @@ __global__ void __launch_bounds__(PF_THREADS) attn_prefill_kernel(const struct p
             o[t][2] *= alpha_hi, o[t][3] *= alpha_hi;
         }
 
-        /* O += P V, 16 keys per step: S tiles 2k and 2k+1 are the A fragment */
+        /* O += P V, 16 keys per step: S tiles 2k and 2k+1 are the A fragment;
+         * one transposing ldmatrix gives the B fragments of dims t and t + 1 */
 #pragma unroll
         for (int k = 0; k < PF_N / 16; k++) {
             const uint32_t pa[4] = {pd_pack2<BF>(s[2 * k][0], s[2 * k][1]),
@@ -243,12 +273,14 @@ __global__ void __launch_bounds__(PF_THREADS) attn_prefill_kernel(const struct p
                                     pd_pack2<BF>(s[2 * k + 1][0], s[2 * k + 1][1]),
                                     pd_pack2<BF>(s[2 * k + 1][2], s[2 * k + 1][3])};
 #pragma unroll
-            for (int t = 0; t < DT; t++) {
-                const uint16_t *vp = &vt[(t * 8 + g) * LDV + k * 16 + 2 * c];
-                const uint32_t b[2] = {*(const uint32_t *)vp, *(const uint32_t *)(vp + 8)};
+            for (int t = 0; t < DT; t += 2) {
+                uint32_t b[4];
+                pd_ldmatrix_x4<true>(b, &vs[(k * 16 + (lm % 2) * 8 + lr) * LD + (t + lm / 2) * 8]);
                 pd_mma_16816<BF>(o[t], pa, b);
+                pd_mma_16816<BF>(o[t + 1], pa, b + 2);
             }
         }
+        __syncthreads(); /* the stage is loaded again two tiles on */
     }
 
     l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
@@ -338,7 +370,13 @@ extern "C" int pd_attention_prefill_cuda(const struct pd_attn_args *a, pd_stream
     const bool bf = a->pool_type == PD_DT_BF16, io16 = a->io_type != PD_DT_F32;
     const pf_kernel_fn fn = kv->head_dim == 64 ? pick<64>(bf, io16) : pick<128>(bf, io16);
     const uint32_t max_run = a->max_run ? a->max_run : a->n_tokens;
+    p.max_run = max_run;
+    const size_t smem = kv->head_dim == 64 ? pf_smem_bytes<64>() : pf_smem_bytes<128>();
+    /* above 48 KiB a kernel must ask (per device: every launch asks, which is cheap) */
+    PD_CUDA_TRY(cudaFuncSetAttribute(reinterpret_cast<const void *>(fn),
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                "cudaFuncSetAttribute");
     dim3 grid((max_run + PF_M - 1) / PF_M, a->n_runs, a->n_head);
-    fn<<<grid, PF_THREADS, 0, pd_cuda_stream(stream)>>>(p);
+    fn<<<grid, PF_THREADS, smem, pd_cuda_stream(stream)>>>(p);
     return pd_cuda_launched("attn_prefill_kernel");
 }

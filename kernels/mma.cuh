@@ -11,7 +11,8 @@
  *   b[0] B[2c..2c+1][g]     b[1] B[2c+8..2c+9][g]                (B is k x n, 16 x 8)
  *   d[0..1] D[g][2c..2c+1]  d[2..3] D[g+8][2c..2c+1]
  * Under the CPU emulator (tests/kernels/emu) the same fragments go through
- * emu_mma_16816, which computes the product from this layout. Below sm_80
+ * emu_mma_16816, which computes the product from this layout. Below: the
+ * loads that feed it (ldmatrix, cp.async), emulated the same way. Below sm_80
  * there is no such instruction: launchers refuse those devices first. */
 #ifndef PD_MMA_CUH
 #define PD_MMA_CUH
@@ -21,6 +22,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
+#include <string.h>
 
 template <bool BF>
 __device__ __forceinline__ void pd_mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2])
@@ -40,6 +42,69 @@ __device__ __forceinline__ void pd_mma_16816(float d[4], const uint32_t a[4], co
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 #elif defined(__CUDA_ARCH__)
     __trap(); /* not reached: the launcher refuses devices below sm_80 */
+#endif
+}
+
+/* pd_ldmatrix_x4<TRANS>(r, row): four 8x8 matrices of 16-bit elements from
+ * shared memory for one warp (PTX `ldmatrix.sync.aligned.m8n8.x4[.trans]`).
+ * Lane l gives the address of row l % 8 of matrix l / 8 (16 bytes, 16-byte
+ * aligned). Without TRANS, r[i] of lane l holds matrix i's row l / 4, columns
+ * 2 (l % 4) and 2 (l % 4) + 1; with TRANS, column l / 4 of rows 2 (l % 4)
+ * and 2 (l % 4) + 1: a [k][n] tile in memory gives the B fragments of
+ * m16n8k16 directly. The lower column (row) in the low half. */
+template <bool TRANS> __device__ __forceinline__ void pd_ldmatrix_x4(uint32_t r[4], const void *row)
+{
+#if defined(PD_CUDA_EMU)
+    emu_ldmatrix_x4(r, row, TRANS);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(row);
+    if constexpr (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+#elif defined(__CUDA_ARCH__)
+    __trap();
+#endif
+}
+
+/* pd_cp_async16(dst, src, valid): 16 bytes from global to shared memory
+ * without passing through registers (PTX `cp.async.cg`, L2 only); zeros when
+ * !valid (src is then not read, but must still be a global address).
+ * pd_cp_async_commit() closes a group of them; pd_cp_async_wait<N>() waits
+ * until at most N groups are still in flight (then __syncthreads() before
+ * other threads read). The emulator copies at once. */
+__device__ __forceinline__ void pd_cp_async16(void *dst, const void *src, bool valid)
+{
+#if defined(PD_CUDA_EMU)
+    if (valid)
+        memcpy(dst, src, 16);
+    else
+        memset(dst, 0, 16);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src),
+                 "r"(valid ? 16 : 0)
+                 : "memory");
+#elif defined(__CUDA_ARCH__)
+    __trap();
+#endif
+}
+
+__device__ __forceinline__ void pd_cp_async_commit(void)
+{
+#if !defined(PD_CUDA_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+template <int N> __device__ __forceinline__ void pd_cp_async_wait(void)
+{
+#if !defined(PD_CUDA_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 #endif
 }
 

@@ -1241,36 +1241,43 @@ static void attention_prefill_cuda_refuses_runs_past_max_ctx(void)
     free_batch(&b);
 }
 
-/* A run longer than max_run promised (the grid cannot reach all its rows):
- * every row of it NaN, none left unwritten. */
+/* A run longer than max_run promised: every row of it NaN, none left
+ * unwritten, both where the grid (sized by max_run, a tile of rows) covers
+ * the run and where it reaches only its first rows. */
 static void attention_prefill_cuda_refuses_runs_longer_than_max_run(void)
 {
     need_gpu();
     const struct attn_case c = {.l = {1, 1, 64, 16}, .group = 2, .pool_type = PD_DT_BF16};
-    const uint32_t n = 100, nb = 7, row = 2 * 64;
-    uint32_t table[7];
-    int32_t seq[100], pos[100], runs[2] = {0, 100};
+    const uint32_t row = 2 * 64, nb = 40;
+    static const uint32_t lens[] = {100, 600};
+    uint32_t table[40];
+    int32_t seq[600], pos[600];
     for (uint32_t i = 0; i < nb; i++)
         table[i] = nb - 1 - i;
-    for (uint32_t t = 0; t < n; t++)
+    for (uint32_t t = 0; t < 600; t++)
         seq[t] = 0, pos[t] = (int32_t)t;
     void *pool = random_pool(&c, nb * pd_kv_block_elems(&c.l));
-    float *q = rand_floats(n * row, 1.0f);
-    struct pd_attn_args g = {.q = dev_copy(q, n * row * sizeof(float)),
-                             .pool = dev_copy(pool, nb * pd_kv_block_elems(&c.l) * 2),
-                             .out = dev_poisoned(n * row * sizeof(float)), .kv = c.l,
-                             .n_tokens = n, .n_head = 2, .tok_seq = dev_copy(seq, sizeof seq),
-                             .tok_pos = dev_copy(pos, sizeof pos),
-                             .block_tables = dev_copy(table, sizeof table), .max_blocks = nb,
-                             .scale = 0.125f, .pool_type = PD_DT_BF16,
-                             .run_start = dev_copy(runs, sizeof runs), .n_runs = 1,
-                             .max_run = 64}; /* one tile of rows for a run of 100 */
-    CHECK_EQ_INT(pd_cuda_memset(g.out, 0, n * row * sizeof(float)), 0);
-    CHECK_EQ_INT(pd_attention_prefill_cuda(&g, NULL), 0);
-    float *got = dev_fetch(g.out, n * row * sizeof(float));
-    for (size_t i = 0; i < (size_t)n * row; i++)
-        CHECK(isnan(got[i]));
-    free(pool), free(q), free(got);
+    for (size_t k = 0; k < sizeof lens / sizeof lens[0]; k++) {
+        const uint32_t n = lens[k];
+        const int32_t runs[2] = {0, (int32_t)n};
+        float *q = rand_floats(n * row, 1.0f);
+        struct pd_attn_args g = {.q = dev_copy(q, n * row * sizeof(float)),
+                                 .pool = dev_copy(pool, nb * pd_kv_block_elems(&c.l) * 2),
+                                 .out = dev_poisoned(n * row * sizeof(float)), .kv = c.l,
+                                 .n_tokens = n, .n_head = 2, .tok_seq = dev_copy(seq, n * 4),
+                                 .tok_pos = dev_copy(pos, n * 4),
+                                 .block_tables = dev_copy(table, sizeof table), .max_blocks = nb,
+                                 .scale = 0.125f, .pool_type = PD_DT_BF16,
+                                 .run_start = dev_copy(runs, sizeof runs), .n_runs = 1,
+                                 .max_run = 64};
+        CHECK_EQ_INT(pd_cuda_memset(g.out, 0, n * row * sizeof(float)), 0);
+        CHECK_EQ_INT(pd_attention_prefill_cuda(&g, NULL), 0);
+        float *got = dev_fetch(g.out, n * row * sizeof(float));
+        for (size_t i = 0; i < (size_t)n * row; i++)
+            CHECK(isnan(got[i]));
+        free(q), free(got);
+    }
+    free(pool);
 }
 
 /* End to end on the GPU: kv_write stores K and V into a 16-bit pool, the

@@ -50,6 +50,7 @@ unsigned long barrier_arrived, barrier_generation;
 unsigned long warp_arrived[MAX_THREADS / 32], warp_generation[MAX_THREADS / 32];
 float shuffle_slot[MAX_THREADS / 32][32];
 uint32_t mma_a[MAX_THREADS / 32][32][4], mma_b[MAX_THREADS / 32][32][2];
+const uint16_t *ldmatrix_rows[MAX_THREADS / 32][32];
 
 void yield_to_scheduler()
 {
@@ -138,6 +139,27 @@ void emu_mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2], bool bf
             acc += x * y;
         }
         d[i] = acc;
+    }
+    barrier(&warp_arrived[w], &warp_generation[w], 32);
+}
+
+/* ldmatrix .x4: every lane posts its row address, then each reads its four
+ * registers from the rows of the others */
+void emu_ldmatrix_x4(uint32_t r[4], const void *row, bool trans)
+{
+    const unsigned t = fibers[current].ids.thread.x, w = t / 32, lane = t % 32;
+    if ((uintptr_t)row % 16) {
+        fprintf(stderr, "cuda_emu: ldmatrix row address %p of lane %u is not 16-byte aligned\n",
+                row, lane);
+        abort();
+    }
+    ldmatrix_rows[w][lane] = (const uint16_t *)row;
+    barrier(&warp_arrived[w], &warp_generation[w], 32);
+    for (unsigned i = 0; i < 4; i++) {
+        const uint16_t *const *m = &ldmatrix_rows[w][i * 8];
+        const unsigned a = lane / 4, b = 2 * (lane % 4);
+        const uint16_t lo = trans ? m[b][a] : m[a][b], hi = trans ? m[b + 1][a] : m[a][b + 1];
+        r[i] = (uint32_t)lo | (uint32_t)hi << 16;
     }
     barrier(&warp_arrived[w], &warp_generation[w], 32);
 }
@@ -255,6 +277,22 @@ bool emu_issue(cudaStream_t s, std::function<void()> op)
     return true;
 }
 
+static std::mutex smem_mu;
+static std::map<const void *, int> smem_allowed; /* kernel -> bytes */
+
+void emu_check_smem(const void *kernel, size_t smem)
+{
+    if (smem <= 48u << 10)
+        return;
+    std::lock_guard<std::mutex> g(smem_mu);
+    auto it = smem_allowed.find(kernel);
+    if (it == smem_allowed.end() || (size_t)it->second < smem) {
+        fprintf(stderr, "cuda_emu: a launch with %zu bytes of dynamic shared memory, more than "
+                        "cudaFuncSetAttribute allowed\n", smem);
+        abort();
+    }
+}
+
 extern "C" {
 
 const char *cudaGetErrorString(cudaError_t e)
@@ -289,6 +327,17 @@ cudaError_t cudaGetDevice(int *d)
 cudaError_t cudaFuncGetAttributes(struct cudaFuncAttributes *a, const void *)
 {
     memset(a, 0, sizeof *a);
+    return cudaSuccess;
+}
+
+cudaError_t cudaFuncSetAttribute(const void *fn, enum cudaFuncAttribute attr, int value)
+{
+    if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize)
+        return cudaSuccess;
+    if (value < 0 || (size_t)value > sizeof emu_dynamic_smem)
+        return emu_last_error = cudaErrorInvalidValue;
+    std::lock_guard<std::mutex> g(smem_mu);
+    smem_allowed[fn] = value;
     return cudaSuccess;
 }
 

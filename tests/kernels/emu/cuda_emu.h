@@ -3,7 +3,7 @@
  * (xform.py). CUDA's own headers give the types (dim3, float4, uint4,
  * __half); this file turns the execution-space keywords into nothing and
  * provides threadIdx/blockIdx, __syncthreads, __shfl_xor_sync, __ldg, the
- * m16n8k16 mma of kernels/mma.cuh and the launch, run by cuda_emu.cpp: one block at a time, each of its threads a
+ * m16n8k16 mma and ldmatrix of kernels/mma.cuh and the launch, run by cuda_emu.cpp: one block at a time, each of its threads a
  * cooperative fiber switching only at barriers and shuffles.
  *
  * What it checks: index arithmetic, the algorithm, the dispatch, every
@@ -52,6 +52,9 @@ float emu_shfl_xor(float v, int lane_mask);
  * order; the hardware's order is unspecified) */
 #define PD_CUDA_EMU 1
 void emu_mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2], bool bf);
+/* ldmatrix .x4 for the warp from each lane's row address (mma.cuh has the
+ * layout); aborts on an address that is not 16-byte aligned */
+void emu_ldmatrix_x4(uint32_t r[4], const void *row, bool trans);
 
 static inline float __shfl_xor_sync(unsigned, float v, int lane_mask)
 {
@@ -114,6 +117,11 @@ void emu_run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const std::functio
  * capture, as on a GPU. emu_issue runs op now or records it. */
 bool emu_issue(cudaStream_t s, std::function<void()> op);
 
+/* A launch asking for more than 48 KiB of dynamic shared memory aborts unless
+ * cudaFuncSetAttribute(cudaFuncAttributeMaxDynamicSharedMemorySize) allowed
+ * that much for the kernel, as a GPU would refuse it. */
+void emu_check_smem(const void *kernel, size_t smem);
+
 template <class F> struct emu_launcher {
     F kernel;
     dim3 grid, block;
@@ -124,6 +132,7 @@ template <class F> struct emu_launcher {
         const F k = kernel;
         const dim3 g = grid, b = block;
         const size_t sm = smem;
+        emu_check_smem(reinterpret_cast<const void *>(k), sm);
         emu_issue(stream, [=]() { emu_run_grid(g, b, sm, [&]() { k(args...); }); });
     }
 };
