@@ -3,17 +3,19 @@
  *
  * Layout of the work (docs/internals/cuda.md has the reasoning):
  *   grid   (query tile, run, query head); tiles of a run launch longest first
- *   block  PF_WARPS warps, PF_M = 16 * PF_WARPS query rows; the block walks
- *          the keys its rows can see in tiles of PF_N, K and V copied into
- *          shared memory with cp.async, two stages: tile j + 1 is in flight
- *          while tile j is computed
- *   warp   16 query rows: S = Q K^T and O += P V with m16n8k16 mma
- *          (kernels/mma.cuh), Q held in registers as A fragments for the
- *          whole walk, the B fragments by ldmatrix (V's transposed on the
- *          way: the tiles stay [key][dim] as the pool has them), the online
- *          softmax (log2 units, fp32) on the S fragments, P rounded to the
- *          pool's 16-bit type as the A fragments of the second product (the
- *          S accumulator layout is the A layout)
+ *   block  PF_WARPS warps, PF_M = 16 * PF_MT * PF_WARPS query rows, copied
+ *          into shared memory once (16-bit); the block walks the keys its
+ *          rows can see in tiles of PF_N, K and V copied into shared memory
+ *          with cp.async, two stages: tile j + 1 is in flight while tile j
+ *          is computed
+ *   warp   PF_MT m-tiles of 16 query rows: S = Q K^T and O += P V with
+ *          m16n8k16 mma (kernels/mma.cuh), every fragment of Q, K and V by
+ *          ldmatrix (V's transposed on the way: the tiles stay [key][dim] as
+ *          the pool has them; each K or V fragment feeds both m-tiles), the
+ *          online softmax on the S fragments (fp32; weights
+ *          2^(s qscale - max qscale) by one FMA and one ex2 each), P rounded
+ *          to the pool's 16-bit type as the A fragments of the second
+ *          product (the S accumulator layout is the A layout)
  * Nothing of size rows x keys exists outside registers. Every query row of a
  * tile below the diagonal sees a whole key tile; only tiles crossing the
  * diagonal or past the run's end need masks, and a warp whose rows are all
@@ -32,20 +34,32 @@
 #include <math.h>
 #include <string.h>
 
-#define PF_WARPS 8
-#define PF_THREADS (PF_WARPS * 32)
-#define PF_M (PF_WARPS * 16) /* query rows per block */
+/* the shape of the work; a build may try others (cuda_args -DPF_N=32 ...) */
+#ifndef PF_WARPS
+#define PF_WARPS 4
+#endif
+#ifndef PF_MT
+#define PF_MT 2 /* m-tiles (16 query rows each) per warp */
+#endif
+#ifndef PF_N
 #define PF_N 64 /* keys per tile */
+#endif
+#ifndef PF_MIN_BLOCKS
+#define PF_MIN_BLOCKS 2 /* blocks per SM the registers must allow */
+#endif
+#define PF_THREADS (PF_WARPS * 32)
+#define PF_M (PF_WARPS * PF_MT * 16) /* query rows per block */
 /* 16-bit elements of padding per shared row: the 8 rows an ldmatrix phase
  * reads (16 bytes each, rows (D + 8) * 2 bytes apart) fall on 32 distinct
  * banks */
 #define PF_PAD 8
 #define PF_STAGES 2
 
-/* dynamic shared memory: PF_STAGES x (K tile, V tile), each [PF_N][D + PF_PAD] */
+/* dynamic shared memory: the Q tile [PF_M][D + PF_PAD], then PF_STAGES x
+ * (K tile, V tile), each [PF_N][D + PF_PAD] */
 template <int D> static constexpr size_t pf_smem_bytes()
 {
-    return (size_t)PF_STAGES * 2 * PF_N * (D + PF_PAD) * sizeof(uint16_t);
+    return ((size_t)PF_M + (size_t)PF_STAGES * 2 * PF_N) * (D + PF_PAD) * sizeof(uint16_t);
 }
 
 struct pf_params {
@@ -64,15 +78,24 @@ struct pf_params {
 
 /* ---- io ------------------------------------------------------------------ */
 
-/* Two elements of q (row, columns d and d + 1) as one A-fragment register. */
+/* Eight elements of q (columns d .. d + 7 of the row at row_off) into
+ * shared memory as the pool's 16-bit type: copied asynchronously when q is
+ * 16-bit already, rounded here when it is float; zeros when !valid. */
 template <bool BF, bool IO16>
-__device__ __forceinline__ uint32_t q_pair(const struct pf_params &p, uint64_t row_off, uint32_t d)
+__device__ __forceinline__ void q_chunk(const struct pf_params &p, uint16_t *dst, uint64_t row_off,
+                                        uint32_t d, bool valid)
 {
     if constexpr (IO16) {
-        return *(const uint32_t *)((const uint16_t *)p.q + row_off + d);
+        pd_cp_async16(dst, (const uint16_t *)p.q + (valid ? row_off + d : 0), valid);
     } else {
-        const float2 v = *(const float2 *)((const float *)p.q + row_off + d);
-        return pd_pack2<BF>(v.x, v.y);
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (valid) {
+            const float4 x = *(const float4 *)((const float *)p.q + row_off + d);
+            const float4 y = *(const float4 *)((const float *)p.q + row_off + d + 4);
+            v = make_uint4(pd_pack2<BF>(x.x, x.y), pd_pack2<BF>(x.z, x.w), pd_pack2<BF>(y.x, y.y),
+                           pd_pack2<BF>(y.z, y.w));
+        }
+        *(uint4 *)dst = v;
     }
 }
 
@@ -89,18 +112,20 @@ __device__ __forceinline__ void out_pair(const struct pf_params &p, uint64_t row
 /* ---- the kernel ------------------------------------------------------------ */
 
 template <int D, bool BF, bool IO16>
-__global__ void __launch_bounds__(PF_THREADS, 1) attn_prefill_kernel(const struct pf_params p)
+__global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel(const struct pf_params p)
 {
     constexpr int KS = D / 16; /* k-steps of Q K^T over head_dim */
     constexpr int NT = PF_N / 8; /* n-tiles of S (8 keys each) */
     constexpr int DT = D / 8; /* n-tiles of O (8 dims each) */
-    constexpr int LD = D + PF_PAD; /* row stride of a K or V tile: a key's head_dim */
-    constexpr int CPR = D / 8; /* 16-byte chunks per K/V row */
+    constexpr int LD = D + PF_PAD; /* row stride of a Q, K or V tile: a row's head_dim */
+    constexpr int CPR = D / 8; /* 16-byte chunks per row */
     constexpr int TILE = PF_N * LD; /* elements of one K or V tile */
     static_assert(NT % 2 == 0 && DT % 2 == 0, "ldmatrix .x4 feeds two n-tiles");
     extern __shared__ uint4 pf_smem_raw[];
-    /* stage st: its K tile at 2 st TILE, its V tile after it; both [key][dim] */
-    uint16_t *const smem = (uint16_t *)pf_smem_raw;
+    /* the Q tile, then stage st's K tile at PF_M LD + 2 st TILE and its V
+     * tile after it; all [row][dim] */
+    uint16_t *const qs = (uint16_t *)pf_smem_raw;
+    uint16_t *const kv_smem = qs + PF_M * LD;
 
     const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const uint32_t g = lane / 4, c = lane % 4;
@@ -130,42 +155,18 @@ __global__ void __launch_bounds__(PF_THREADS, 1) attn_prefill_kernel(const struc
         return;
     }
 
-    /* this lane's two rows of the warp's 16 (run-relative) and their tokens */
-    const uint32_t w0 = m0 + warp * 16;
-    const uint32_t row_lo = w0 + g, row_hi = w0 + g + 8;
-    const uint64_t q_lo = ((uint64_t)(t0 + row_lo) * p.n_head + h) * D;
-    const uint64_t q_hi = ((uint64_t)(t0 + row_hi) * p.n_head + h) * D;
-
-    uint32_t qa[KS][4];
-#pragma unroll
-    for (int k = 0; k < KS; k++) {
-        const uint32_t d = k * 16 + 2 * c;
-        qa[k][0] = row_lo < n ? q_pair<BF, IO16>(p, q_lo, d) : 0;
-        qa[k][1] = row_hi < n ? q_pair<BF, IO16>(p, q_hi, d) : 0;
-        qa[k][2] = row_lo < n ? q_pair<BF, IO16>(p, q_lo, d + 8) : 0;
-        qa[k][3] = row_hi < n ? q_pair<BF, IO16>(p, q_hi, d + 8) : 0;
-    }
-
-    float o[DT][4];
-#pragma unroll
-    for (int t = 0; t < DT; t++)
-        o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
-    float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;
-
     const uint32_t *table = p.block_tables + (uint64_t)p.tok_seq[t0] * p.max_blocks;
     const uint64_t block_elems = pd_kv_block_elems(&p.kv);
     const uint64_t k_base = pd_kv_offset(&p.kv, 0, p.layer, 0, kvh, 0);
     const uint64_t v_base = pd_kv_offset(&p.kv, 0, p.layer, 1, kvh, 0);
-    /* the last position any row of the block sees, and this warp's */
+    /* the last position any row of the block sees */
     const uint32_t kv_end = (uint32_t)p0 + m0 + rows;
-    const bool warp_live = w0 < n;
-    const uint32_t warp_last = (uint32_t)p0 + (w0 + 15 < n ? w0 + 15 : n - 1);
 
     /* K and V of keys kb .. kb + PF_N - 1 into stage st, in flight until a
      * pd_cp_async_wait; zeros past kv_end (a masked weight is 0, and 0 x
      * garbage could be NaN) */
     auto load_tile = [&](uint32_t st, uint32_t kb) {
-        uint16_t *const ks = smem + 2 * st * TILE, *const vs = ks + TILE;
+        uint16_t *const ks = kv_smem + 2 * st * TILE, *const vs = ks + TILE;
         for (uint32_t i = threadIdx.x; i < PF_N * CPR; i += PF_THREADS) {
             const uint32_t j = i / CPR, d = (i % CPR) * 8, pos = kb + j;
             uint64_t row = 0;
@@ -180,121 +181,177 @@ __global__ void __launch_bounds__(PF_THREADS, 1) attn_prefill_kernel(const struc
         pd_cp_async_commit();
     };
 
+    /* the block's query rows (zeros past the run), with the first key tile */
+    for (uint32_t i = threadIdx.x; i < PF_M * CPR; i += PF_THREADS) {
+        const uint32_t r = i / CPR, d = (i % CPR) * 8;
+        q_chunk<BF, IO16>(p, &qs[r * LD + d], ((uint64_t)(t0 + m0 + r) * p.n_head + h) * D, d,
+                          r < rows);
+    }
+    load_tile(0, 0);
+
+    /* this warp's rows: m-tile i is rows w0 + 16 i .. + 15 (run-relative);
+     * lane (g, c) holds rows + g and + g + 8 of each */
+    const uint32_t w0 = m0 + warp * (PF_MT * 16);
+    const bool warp_live = w0 < n;
+    const uint32_t warp_last = (uint32_t)p0 + (w0 + PF_MT * 16 - 1 < n ? w0 + PF_MT * 16 - 1 : n - 1);
+
+    float o[PF_MT][DT][4];
+#pragma unroll
+    for (int i = 0; i < PF_MT; i++)
+#pragma unroll
+        for (int t = 0; t < DT; t++)
+            o[i][t][0] = o[i][t][1] = o[i][t][2] = o[i][t][3] = 0.0f;
+    float m[PF_MT][2], l[PF_MT][2];
+#pragma unroll
+    for (int i = 0; i < PF_MT; i++)
+        m[i][0] = m[i][1] = -INFINITY, l[i][0] = l[i][1] = 0.0f;
+
     /* ldmatrix: lane l gives row l % 8 of matrix l / 8 */
     const uint32_t lr = lane % 8, lm = lane / 8;
     const uint32_t n_tiles = (kv_end + PF_N - 1) / PF_N;
-    load_tile(0, 0);
     for (uint32_t it = 0; it < n_tiles; it++) {
         const uint32_t kb = it * PF_N;
         if (it + 1 < n_tiles)
             load_tile((it + 1) % PF_STAGES, kb + PF_N);
         else
             pd_cp_async_commit(); /* an empty group: the wait below counts alike */
-        pd_cp_async_wait<1>(); /* this thread's copies of tile it have landed */
+        pd_cp_async_wait<1>(); /* this thread's copies of tile it (and Q) have landed */
         __syncthreads(); /* and every other thread's */
-        const uint16_t *const ks = smem + 2 * (it % PF_STAGES) * TILE, *const vs = ks + TILE;
+        const uint16_t *const ks = kv_smem + 2 * (it % PF_STAGES) * TILE, *const vs = ks + TILE;
         if (!warp_live || kb > warp_last) {
             __syncthreads(); /* every key of the tile is after every row of this warp */
             continue;
         }
 
-        /* S = Q K^T: one ldmatrix gives the B fragments of n-tiles t and t + 1 */
-        float s[NT][4];
+        /* S = Q K^T: per k-step, the A fragments of both m-tiles and, per
+         * ldmatrix, the B fragments of n-tiles t and t + 1 */
+        float s[PF_MT][NT][4];
 #pragma unroll
-        for (int t = 0; t < NT; t++)
-            s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
+        for (int i = 0; i < PF_MT; i++)
 #pragma unroll
-        for (int t = 0; t < NT; t += 2)
+            for (int t = 0; t < NT; t++)
+                s[i][t][0] = s[i][t][1] = s[i][t][2] = s[i][t][3] = 0.0f;
 #pragma unroll
-            for (int k = 0; k < KS; k++) {
+        for (int k = 0; k < KS; k++) {
+            uint32_t qa[PF_MT][4];
+#pragma unroll
+            for (int i = 0; i < PF_MT; i++)
+                pd_ldmatrix_x4<false>(qa[i], &qs[(w0 - m0 + i * 16 + (lm % 2) * 8 + lr) * LD +
+                                                 k * 16 + (lm / 2) * 8]);
+#pragma unroll
+            for (int t = 0; t < NT; t += 2) {
                 uint32_t b[4];
                 pd_ldmatrix_x4<false>(b, &ks[((t + lm / 2) * 8 + lr) * LD + k * 16 + (lm % 2) * 8]);
-                pd_mma_16816<BF>(s[t], qa[k], b);
-                pd_mma_16816<BF>(s[t + 1], qa[k], b + 2);
-            }
-
-        /* scale into log2 units; mask keys after a row's position, and rows
-         * past the run (only the tiles that cross the diagonal need it) */
-        const bool masked = kb + PF_N - 1 > (uint32_t)p0 + w0 || w0 + 16 > n;
-        float mx_lo = -INFINITY, mx_hi = -INFINITY;
 #pragma unroll
-        for (int t = 0; t < NT; t++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float v = s[t][e] * p.qscale;
-                if (masked) {
-                    const uint32_t key = kb + t * 8 + 2 * c + (e & 1);
-                    const uint32_t row = e < 2 ? row_lo : row_hi;
-                    if (row >= n || key > (uint32_t)p0 + row)
-                        v = -INFINITY;
+                for (int i = 0; i < PF_MT; i++) {
+                    pd_mma_16816<BF>(s[i][t], qa[i], b);
+                    pd_mma_16816<BF>(s[i][t + 1], qa[i], b + 2);
                 }
-                s[t][e] = v;
-                if (e < 2)
-                    mx_lo = fmaxf(mx_lo, v);
-                else
-                    mx_hi = fmaxf(mx_hi, v);
             }
-        /* a row's values live in the 4 lanes of its quad */
-        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
-        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
-        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
-        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
-        const float new_lo = fmaxf(m_lo, mx_lo), new_hi = fmaxf(m_hi, mx_hi);
-        /* a row with nothing seen yet keeps -inf; subtract 0 instead (no NaN) */
-        const float base_lo = new_lo == -INFINITY ? 0.0f : new_lo;
-        const float base_hi = new_hi == -INFINITY ? 0.0f : new_hi;
-        const float alpha_lo = exp2f(m_lo - base_lo), alpha_hi = exp2f(m_hi - base_hi);
-        m_lo = new_lo, m_hi = new_hi;
-
-        float sum_lo = 0.0f, sum_hi = 0.0f;
-#pragma unroll
-        for (int t = 0; t < NT; t++) {
-            s[t][0] = exp2f(s[t][0] - base_lo);
-            s[t][1] = exp2f(s[t][1] - base_lo);
-            s[t][2] = exp2f(s[t][2] - base_hi);
-            s[t][3] = exp2f(s[t][3] - base_hi);
-            sum_lo += s[t][0] + s[t][1];
-            sum_hi += s[t][2] + s[t][3];
-        }
-        l_lo = l_lo * alpha_lo + sum_lo; /* this lane's part; the quad sums at the end */
-        l_hi = l_hi * alpha_hi + sum_hi;
-#pragma unroll
-        for (int t = 0; t < DT; t++) {
-            o[t][0] *= alpha_lo, o[t][1] *= alpha_lo;
-            o[t][2] *= alpha_hi, o[t][3] *= alpha_hi;
         }
 
-        /* O += P V, 16 keys per step: S tiles 2k and 2k+1 are the A fragment;
-         * one transposing ldmatrix gives the B fragments of dims t and t + 1 */
+#pragma unroll
+        for (int i = 0; i < PF_MT; i++) {
+            /* mask keys after a row's position, and rows past the run (only
+             * tiles crossing the diagonal need it); the maxima of the raw
+             * scores (qscale > 0 keeps the order) */
+            const uint32_t r0 = w0 + i * 16, row_lo = r0 + g, row_hi = r0 + g + 8;
+            if (kb + PF_N - 1 > (uint32_t)p0 + r0 || r0 + 16 > n) {
+#pragma unroll
+                for (int t = 0; t < NT; t++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const uint32_t key = kb + t * 8 + 2 * c + (e & 1);
+                        const uint32_t row = e < 2 ? row_lo : row_hi;
+                        if (row >= n || key > (uint32_t)p0 + row)
+                            s[i][t][e] = -INFINITY;
+                    }
+            }
+            float mx_lo = m[i][0], mx_hi = m[i][1];
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                mx_lo = fmaxf(mx_lo, fmaxf(s[i][t][0], s[i][t][1]));
+                mx_hi = fmaxf(mx_hi, fmaxf(s[i][t][2], s[i][t][3]));
+            }
+            /* a row's values live in the 4 lanes of its quad */
+            mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
+            mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
+            mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
+            mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
+            /* weights 2^(s qscale - max qscale), one FMA and one ex2 each; a
+             * row with nothing seen yet keeps -inf and subtracts 0 (no NaN) */
+            const float base_lo = mx_lo == -INFINITY ? 0.0f : mx_lo * p.qscale;
+            const float base_hi = mx_hi == -INFINITY ? 0.0f : mx_hi * p.qscale;
+            const float alpha_lo = pd_ex2(fmaf(m[i][0], p.qscale, -base_lo));
+            const float alpha_hi = pd_ex2(fmaf(m[i][1], p.qscale, -base_hi));
+            m[i][0] = mx_lo, m[i][1] = mx_hi;
+
+            float sum_lo = 0.0f, sum_hi = 0.0f;
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                s[i][t][0] = pd_ex2(fmaf(s[i][t][0], p.qscale, -base_lo));
+                s[i][t][1] = pd_ex2(fmaf(s[i][t][1], p.qscale, -base_lo));
+                s[i][t][2] = pd_ex2(fmaf(s[i][t][2], p.qscale, -base_hi));
+                s[i][t][3] = pd_ex2(fmaf(s[i][t][3], p.qscale, -base_hi));
+                sum_lo += s[i][t][0] + s[i][t][1];
+                sum_hi += s[i][t][2] + s[i][t][3];
+            }
+            /* this lane's part of the row sums; the quad sums at the end */
+            l[i][0] = l[i][0] * alpha_lo + sum_lo;
+            l[i][1] = l[i][1] * alpha_hi + sum_hi;
+#pragma unroll
+            for (int t = 0; t < DT; t++) {
+                o[i][t][0] *= alpha_lo, o[i][t][1] *= alpha_lo;
+                o[i][t][2] *= alpha_hi, o[i][t][3] *= alpha_hi;
+            }
+        }
+
+        /* O += P V, 16 keys per step: S tiles 2k and 2k+1 are the A
+         * fragment; one transposing ldmatrix gives the B fragments of dims
+         * t and t + 1 for both m-tiles */
 #pragma unroll
         for (int k = 0; k < PF_N / 16; k++) {
-            const uint32_t pa[4] = {pd_pack2<BF>(s[2 * k][0], s[2 * k][1]),
-                                    pd_pack2<BF>(s[2 * k][2], s[2 * k][3]),
-                                    pd_pack2<BF>(s[2 * k + 1][0], s[2 * k + 1][1]),
-                                    pd_pack2<BF>(s[2 * k + 1][2], s[2 * k + 1][3])};
+            uint32_t pa[PF_MT][4];
+#pragma unroll
+            for (int i = 0; i < PF_MT; i++) {
+                pa[i][0] = pd_pack2<BF>(s[i][2 * k][0], s[i][2 * k][1]);
+                pa[i][1] = pd_pack2<BF>(s[i][2 * k][2], s[i][2 * k][3]);
+                pa[i][2] = pd_pack2<BF>(s[i][2 * k + 1][0], s[i][2 * k + 1][1]);
+                pa[i][3] = pd_pack2<BF>(s[i][2 * k + 1][2], s[i][2 * k + 1][3]);
+            }
 #pragma unroll
             for (int t = 0; t < DT; t += 2) {
                 uint32_t b[4];
                 pd_ldmatrix_x4<true>(b, &vs[(k * 16 + (lm % 2) * 8 + lr) * LD + (t + lm / 2) * 8]);
-                pd_mma_16816<BF>(o[t], pa, b);
-                pd_mma_16816<BF>(o[t + 1], pa, b + 2);
+#pragma unroll
+                for (int i = 0; i < PF_MT; i++) {
+                    pd_mma_16816<BF>(o[i][t], pa[i], b);
+                    pd_mma_16816<BF>(o[i][t + 1], pa[i], b + 2);
+                }
             }
         }
         __syncthreads(); /* the stage is loaded again two tiles on */
     }
 
-    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
-    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
-    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
-    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
-    const float inv_lo = 1.0f / l_lo, inv_hi = 1.0f / l_hi;
 #pragma unroll
-    for (int t = 0; t < DT; t++) {
-        const uint32_t d = t * 8 + 2 * c;
-        if (row_lo < n)
-            out_pair<BF, IO16>(p, q_lo, d, o[t][0] * inv_lo, o[t][1] * inv_lo);
-        if (row_hi < n)
-            out_pair<BF, IO16>(p, q_hi, d, o[t][2] * inv_hi, o[t][3] * inv_hi);
+    for (int i = 0; i < PF_MT; i++) {
+        const uint32_t row_lo = w0 + i * 16 + g, row_hi = row_lo + 8;
+        float l_lo = l[i][0], l_hi = l[i][1];
+        l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
+        l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
+        l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
+        l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
+        const float inv_lo = 1.0f / l_lo, inv_hi = 1.0f / l_hi;
+        const uint64_t o_lo = ((uint64_t)(t0 + row_lo) * p.n_head + h) * D;
+        const uint64_t o_hi = ((uint64_t)(t0 + row_hi) * p.n_head + h) * D;
+#pragma unroll
+        for (int t = 0; t < DT; t++) {
+            const uint32_t d = t * 8 + 2 * c;
+            if (row_lo < n)
+                out_pair<BF, IO16>(p, o_lo, d, o[i][t][0] * inv_lo, o[i][t][1] * inv_lo);
+            if (row_hi < n)
+                out_pair<BF, IO16>(p, o_hi, d, o[i][t][2] * inv_hi, o[i][t][3] * inv_hi);
+        }
     }
 }
 
@@ -326,6 +383,8 @@ extern "C" int pd_attention_prefill_cuda(const struct pd_attn_args *a, pd_stream
         return a->pool_type == PD_DT_F32 ? -ENOTSUP : -EINVAL;
     if (kv->head_dim != 64 && kv->head_dim != 128)
         return -ENOTSUP;
+    if (!(a->scale > 0.0f) || isinf(a->scale))
+        return -ENOTSUP; /* the softmax takes maxima of raw scores: a positive scale */
     if (a->io_type != PD_DT_F32 && a->io_type != a->pool_type)
         return -EINVAL;
     if (a->n_tokens == 0 || a->n_runs == 0)

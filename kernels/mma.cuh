@@ -21,6 +21,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -105,6 +106,20 @@ template <int N> __device__ __forceinline__ void pd_cp_async_wait(void)
 {
 #if !defined(PD_CUDA_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+/* 2^x by the special-function unit, subnormal results flushed to zero (PTX
+ * `ex2.approx.ftz.f32`, about 2 ulp; exp2f without fast math adds the
+ * subnormal handling around it); 2^-inf = 0. The emulator: exp2f. */
+__device__ __forceinline__ float pd_ex2(float x)
+{
+#if !defined(PD_CUDA_EMU) && defined(__CUDA_ARCH__)
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+#else
+    return exp2f(x);
 #endif
 }
 
