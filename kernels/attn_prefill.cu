@@ -54,6 +54,9 @@
  * banks */
 #define PF_PAD 8
 #define PF_STAGES 2
+/* how far (log2 units) a tile's maximum may pass the running one before the
+ * running one moves and O is rescaled: weights stay below 2^PF_SLACK */
+#define PF_SLACK 8.0f
 
 /* dynamic shared memory: the Q tile [PF_M][D + PF_PAD], then PF_STAGES x
  * (K tile, V tile), each [PF_N][D + PF_PAD] */
@@ -267,7 +270,7 @@ __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel
                             s[i][t][e] = -INFINITY;
                     }
             }
-            float mx_lo = m[i][0], mx_hi = m[i][1];
+            float mx_lo = -INFINITY, mx_hi = -INFINITY;
 #pragma unroll
             for (int t = 0; t < NT; t++) {
                 mx_lo = fmaxf(mx_lo, fmaxf(s[i][t][0], s[i][t][1]));
@@ -278,13 +281,30 @@ __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel
             mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
             mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
             mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
+            /* The running maximum moves only when the tile's passes it by
+             * more than PF_SLACK (log2 units) or none was set: weights stay
+             * below 2^PF_SLACK, which fp32 sums and 16-bit P hold as well as
+             * weights below 1, and most tiles then leave O unscaled. The
+             * quad agrees (its maxima are equal); -inf - -inf is NaN: no move */
+            const bool move_lo = (mx_lo - m[i][0]) * p.qscale > PF_SLACK;
+            const bool move_hi = (mx_hi - m[i][1]) * p.qscale > PF_SLACK;
+            float alpha_lo = 1.0f, alpha_hi = 1.0f;
+            if (move_lo || move_hi) {
+                if (move_lo)
+                    alpha_lo = pd_ex2((m[i][0] - mx_lo) * p.qscale), m[i][0] = mx_lo;
+                if (move_hi)
+                    alpha_hi = pd_ex2((m[i][1] - mx_hi) * p.qscale), m[i][1] = mx_hi;
+                l[i][0] *= alpha_lo, l[i][1] *= alpha_hi;
+#pragma unroll
+                for (int t = 0; t < DT; t++) {
+                    o[i][t][0] *= alpha_lo, o[i][t][1] *= alpha_lo;
+                    o[i][t][2] *= alpha_hi, o[i][t][3] *= alpha_hi;
+                }
+            }
             /* weights 2^(s qscale - max qscale), one FMA and one ex2 each; a
              * row with nothing seen yet keeps -inf and subtracts 0 (no NaN) */
-            const float base_lo = mx_lo == -INFINITY ? 0.0f : mx_lo * p.qscale;
-            const float base_hi = mx_hi == -INFINITY ? 0.0f : mx_hi * p.qscale;
-            const float alpha_lo = pd_ex2(fmaf(m[i][0], p.qscale, -base_lo));
-            const float alpha_hi = pd_ex2(fmaf(m[i][1], p.qscale, -base_hi));
-            m[i][0] = mx_lo, m[i][1] = mx_hi;
+            const float base_lo = m[i][0] == -INFINITY ? 0.0f : m[i][0] * p.qscale;
+            const float base_hi = m[i][1] == -INFINITY ? 0.0f : m[i][1] * p.qscale;
 
             float sum_lo = 0.0f, sum_hi = 0.0f;
 #pragma unroll
@@ -297,13 +317,8 @@ __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel
                 sum_hi += s[i][t][2] + s[i][t][3];
             }
             /* this lane's part of the row sums; the quad sums at the end */
-            l[i][0] = l[i][0] * alpha_lo + sum_lo;
-            l[i][1] = l[i][1] * alpha_hi + sum_hi;
-#pragma unroll
-            for (int t = 0; t < DT; t++) {
-                o[i][t][0] *= alpha_lo, o[i][t][1] *= alpha_lo;
-                o[i][t][2] *= alpha_hi, o[i][t][3] *= alpha_hi;
-            }
+            l[i][0] += sum_lo;
+            l[i][1] += sum_hi;
         }
 
         /* O += P V, 16 keys per step: S tiles 2k and 2k+1 are the A

@@ -1093,7 +1093,31 @@ static int32_t *batch_runs(const struct attn_batch *b, uint32_t *n_runs, uint32_
 /* The kernel on the case's batch against the CPU reference over the same
  * 16-bit pool (and, for 16-bit io, the same rounded q): bf16 operands, so
  * TOL_BF16_KV. */
-static void prefill_case_run(const struct attn_case *c, uint32_t io_type)
+/* Scores that climb along the keys: K's first element at position pos is
+ * pos / 2 (the pool holds it as both sides read it) and every query's first
+ * element 64 (exact in 16 bits), so each 64-key tile outscores the one
+ * before by ~180 log2 units at head_dim 128: a kernel's running maximum must
+ * move and O be rescaled tile after tile (weights against a stale maximum
+ * overflow by the second), while rounding q adds no error to that part. */
+static void ramp_keys(const struct attn_case *c, const struct attn_batch *b, void *pool, float *q,
+                      size_t n_q)
+{
+    for (uint32_t sq = 0; sq < c->n_seqs; sq++)
+        for (uint32_t pos = 0; pos < b->len[sq]; pos++)
+            for (uint32_t ly = 0; ly < c->l.n_layer; ly++)
+                for (uint32_t h = 0; h < c->l.n_head_kv; h++) {
+                    const uint64_t o = pd_kv_pos_offset(&c->l, b->tables + sq * b->max_blocks,
+                                                        pos, ly, 0, h);
+                    if (c->pool_type == PD_DT_F32)
+                        ((float *)pool)[o] = (float)pos / 2.0f;
+                    else
+                        ((uint16_t *)pool)[o] = enc16(c->pool_type, (float)pos / 2.0f);
+                }
+    for (size_t i = 0; i < n_q; i += c->l.head_dim)
+        q[i] = 64.0f;
+}
+
+static void prefill_case_run(const struct attn_case *c, uint32_t io_type, int ramp)
 {
     struct attn_batch b;
     make_batch(c, &b);
@@ -1104,6 +1128,8 @@ static void prefill_case_run(const struct attn_case *c, uint32_t io_type)
     void *pool = random_pool(c, n_elems);
     float *q = rand_floats(out_n, 6.0f), *ref = host_alloc(out_n * sizeof(float));
     uint16_t *q16 = host_alloc(out_n * sizeof(uint16_t));
+    if (ramp)
+        ramp_keys(c, &b, pool, q, out_n);
     for (size_t i = 0; i < out_n && io_type != PD_DT_F32; i++) {
         q16[i] = enc16(io_type, q[i]);
         q[i] = dec16(io_type, q16[i]);
@@ -1138,9 +1164,9 @@ static void prefill_case_run(const struct attn_case *c, uint32_t io_type)
     }
     char what[200];
     snprintf(what, sizeof what,
-             "prefill %s io %s hd %u group %u kv %u bs %u seqs %u runs %u tokens %u (longest %u)",
+             "prefill %s io %s hd %u group %u kv %u bs %u seqs %u runs %u tokens %u (longest %u)%s",
              pd_dtype_name(c->pool_type), pd_dtype_name(io_type), hd, c->group, c->l.n_head_kv,
-             c->l.block_size, c->n_seqs, n_runs, b.n_tokens, max_run);
+             c->l.block_size, c->n_seqs, n_runs, b.n_tokens, max_run, ramp ? ", scores climbing" : "");
     check_close(what, got, ref, out_n, TOL_BF16_KV);
     free(pool), free(q), free(q16), free(ref), free(got), free(runs);
     free_batch(&b);
@@ -1168,7 +1194,7 @@ static void attention_prefill_cuda_matches_cpu(void)
         if (emu)
             c.l.n_layer = 1, c.group = c.group > 2 ? 2 : c.group;
         fit_case(&c);
-        prefill_case_run(&c, random_io(c.pool_type));
+        prefill_case_run(&c, random_io(c.pool_type), iter % 2);
     }
 }
 
@@ -1190,7 +1216,7 @@ static void attention_prefill_cuda_matches_cpu_on_model_shapes(void)
                                   .pool_type = pt ? PD_DT_BF16 : PD_DT_F16};
             if (emu)
                 c.l.n_head_kv = 1;
-            prefill_case_run(&c, pt ? PD_DT_F32 : c.pool_type);
+            prefill_case_run(&c, pt ? PD_DT_F32 : c.pool_type, (int)s);
         }
 }
 
