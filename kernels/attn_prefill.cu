@@ -165,32 +165,50 @@ __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel
     /* the last position any row of the block sees */
     const uint32_t kv_end = (uint32_t)p0 + m0 + rows;
 
-    /* K and V of keys kb .. kb + PF_N - 1 into stage st, in flight until a
-     * pd_cp_async_wait; zeros past kv_end (a masked weight is 0, and 0 x
-     * garbage could be NaN) */
-    auto load_tile = [&](uint32_t st, uint32_t kb) {
-        uint16_t *const ks = kv_smem + 2 * st * TILE, *const vs = ks + TILE;
-        for (uint32_t i = threadIdx.x; i < PF_N * CPR; i += PF_THREADS) {
-            const uint32_t j = i / CPR, d = (i % CPR) * 8, pos = kb + j;
-            uint64_t row = 0;
+    /* The pool offsets of keys kb .. kb + PF_N - 1 (through the block
+     * table), UINT64_MAX past kv_end: worked out a tile ahead by one thread
+     * per key, so the copies below are an add each. */
+    __shared__ uint64_t key_off[PF_STAGES][PF_N];
+    auto key_offsets = [&](uint32_t st, uint32_t kb) {
+        for (uint32_t j = threadIdx.x; j < PF_N; j += PF_THREADS) {
+            const uint32_t pos = kb + j;
+            uint64_t off = UINT64_MAX;
             if (pos < kv_end) {
                 const uint32_t bi = p.bs_pow2 ? pos >> p.bs_shift : pos / p.kv.block_size;
                 const uint32_t bt = p.bs_pow2 ? pos & (p.kv.block_size - 1) : pos % p.kv.block_size;
-                row = (uint64_t)table[bi] * block_elems + (uint64_t)bt * D + d;
+                off = (uint64_t)table[bi] * block_elems + (uint64_t)bt * D;
             }
-            pd_cp_async16(&ks[j * LD + d], p.pool + k_base + row, pos < kv_end);
-            pd_cp_async16(&vs[j * LD + d], p.pool + v_base + row, pos < kv_end);
+            key_off[st][j] = off;
+        }
+    };
+    /* K and V of the keys of key_off[st] into stage st, in flight until a
+     * pd_cp_async_wait; zeros past kv_end (a masked weight is 0, and 0 x
+     * garbage could be NaN) */
+    auto load_tile = [&](uint32_t st) {
+        uint16_t *const ks = kv_smem + 2 * st * TILE, *const vs = ks + TILE;
+        for (uint32_t i = threadIdx.x; i < PF_N * CPR; i += PF_THREADS) {
+            const uint32_t j = i / CPR, d = (i % CPR) * 8;
+            const uint64_t off = key_off[st][j];
+            const bool valid = off != UINT64_MAX;
+            const uint64_t at = valid ? off + d : 0;
+            pd_cp_async16(&ks[j * LD + d], p.pool + k_base + at, valid);
+            pd_cp_async16(&vs[j * LD + d], p.pool + v_base + at, valid);
         }
         pd_cp_async_commit();
     };
 
     /* the block's query rows (zeros past the run), with the first key tile */
+    const uint32_t n_tiles = (kv_end + PF_N - 1) / PF_N;
+    key_offsets(0, 0);
+    if (n_tiles > 1)
+        key_offsets(1, PF_N);
+    __syncthreads();
     for (uint32_t i = threadIdx.x; i < PF_M * CPR; i += PF_THREADS) {
         const uint32_t r = i / CPR, d = (i % CPR) * 8;
         q_chunk<BF, IO16>(p, &qs[r * LD + d], ((uint64_t)(t0 + m0 + r) * p.n_head + h) * D, d,
                           r < rows);
     }
-    load_tile(0, 0);
+    load_tile(0);
 
     /* this warp's rows: m-tile i is rows w0 + 16 i .. + 15 (run-relative);
      * lane (g, c) holds rows + g and + g + 8 of each */
@@ -211,15 +229,16 @@ __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel
 
     /* ldmatrix: lane l gives row l % 8 of matrix l / 8 */
     const uint32_t lr = lane % 8, lm = lane / 8;
-    const uint32_t n_tiles = (kv_end + PF_N - 1) / PF_N;
     for (uint32_t it = 0; it < n_tiles; it++) {
         const uint32_t kb = it * PF_N;
         if (it + 1 < n_tiles)
-            load_tile((it + 1) % PF_STAGES, kb + PF_N);
+            load_tile((it + 1) % PF_STAGES);
         else
             pd_cp_async_commit(); /* an empty group: the wait below counts alike */
         pd_cp_async_wait<1>(); /* this thread's copies of tile it (and Q) have landed */
-        __syncthreads(); /* and every other thread's */
+        __syncthreads(); /* and every other thread's; key_off[it % 2] is read by all */
+        if (it + 2 < n_tiles) /* seen by load_tile past the barrier that ends this tile */
+            key_offsets(it % PF_STAGES, kb + 2 * PF_N);
         const uint16_t *const ks = kv_smem + 2 * (it % PF_STAGES) * TILE, *const vs = ks + TILE;
         if (!warp_live || kb > warp_last) {
             __syncthreads(); /* every key of the tile is after every row of this warp */
