@@ -5,8 +5,8 @@
 
 For each transport row -- shared memory (UCX's choice with
 MM_ERROR_HANDLING=y), TCP over loopback (UCX_TLS=tcp), and TCP across a
-network-namespace pair (veth, 192.0.2.0/24; root only, else the row says
-"skipped: needs root") -- it runs:
+network-namespace pair (veth, 192.0.2.0/24; root and `ip` only, else the row
+says "skipped:" and why, e.g. "needs root") -- it runs:
   * kvx_bench serve + kvx_bench bw, tags on and tags off (two processes, pools of
     max(256 MiB, 4 x LLC) per side, runs rotating through them), median of --reps;
   * ucx_perftest server + client for ucp_am_bw, ucp_put_bw and ucp_get with -e
@@ -138,8 +138,11 @@ def parse(out, key):
 
 
 def setup_netns():
-    if os.geteuid() != 0 or not shutil.which("ip"):
-        return None
+    """The namespace pair's row, or why there is none."""
+    if os.geteuid() != 0:
+        return None, "needs root (ip netns)"
+    if not shutil.which("ip"):
+        return None, "no ip command (iproute2) here"
     cmds = [["ip", "netns", "add", "pdkvA"], ["ip", "netns", "add", "pdkvB"],
             ["ip", "link", "add", "pdkvA0", "type", "veth", "peer", "name", "pdkvB0"],
             ["ip", "link", "set", "pdkvA0", "netns", "pdkvA"],
@@ -151,11 +154,12 @@ def setup_netns():
             ["ip", "-n", "pdkvA", "link", "set", "lo", "up"],
             ["ip", "-n", "pdkvB", "link", "set", "lo", "up"]]
     for c in cmds:
-        if subprocess.run(c, capture_output=True).returncode != 0:
+        r = subprocess.run(c, capture_output=True, text=True)
+        if r.returncode != 0:
             teardown_netns()
-            return None
+            return None, "`%s` failed: %s" % (" ".join(c), (r.stderr or r.stdout).strip())
     return Row("tcp, netns pair (veth)", {"UCX_TLS": "tcp"}, "192.0.2.1", "192.0.2.2",
-               "pdkvA", "pdkvB", "pdkvA0", "pdkvB0")
+               "pdkvA", "pdkvB", "pdkvA0", "pdkvB0"), None
 
 
 def teardown_netns():
@@ -185,11 +189,11 @@ def main():
     rows = [Row("shared memory (UCX default, MM_ERROR_HANDLING=y)", {"UCX_MM_ERROR_HANDLING": "y"},
                 "127.0.0.1", "127.0.0.1"),
             Row("tcp, loopback", {"UCX_TLS": "tcp"}, "127.0.0.1", "127.0.0.1")]
-    ns_row = setup_netns()
+    ns_row, ns_why = setup_netns()
     try:
         for row in rows + [ns_row or "skipped"]:
             if row == "skipped":
-                print("\n## tcp, netns pair (veth)\nskipped: needs root (ip netns)")
+                print("\n## tcp, netns pair (veth)\nskipped: %s" % ns_why)
                 continue
             sz = ",".join(sizes)
             on = parse(run_pair(row, a.bench, common, ["bw", "--sizes", sz, "--reps", str(reps)]
