@@ -20,11 +20,13 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* The kernels one device provides; the engine calls only through this
  * table, with its stream (the GPU's engine stream; NULL on the CPU). Copies
@@ -242,9 +244,18 @@ static void layer_slots(struct layer_w *w, const float **dst[PD_W_COUNT])
     dst[PD_W_FFN_GATE] = &w->w_gate, dst[PD_W_FFN_UP] = &w->w_up, dst[PD_W_FFN_DOWN] = &w->w_down;
 }
 
+static bool is_norm(enum pd_weight k)
+{
+    return k == PD_W_ATTN_NORM || k == PD_W_FFN_NORM;
+}
+
+/* The weights as the CPU engine reads them: fp32 (dequantized copies where
+ * stored otherwise). On CUDA only the norm vectors: upload_weights converts
+ * the matrices from the model's tensors straight to the device's type. */
 static int load_weights(struct pd_engine *e, char *err, size_t errlen)
 {
     const struct pd_model *m = e->model;
+    const bool matrices = e->device != PD_DEVICE_CUDA;
     e->layers = calloc(e->hp.n_layer, sizeof(*e->layers));
     if (!e->layers)
         return pd_errf(err, errlen, -ENOMEM, "engine: out of memory");
@@ -252,14 +263,15 @@ static int load_weights(struct pd_engine *e, char *err, size_t errlen)
         const float **dst[PD_W_COUNT];
         layer_slots(&e->layers[l], dst);
         for (int k = 0; k < PD_W_COUNT; k++)
-            if (!(*dst[k] = weight_f32(e, pd_model_layer_tensor(m, l, (enum pd_weight)k))))
+            if ((matrices || is_norm((enum pd_weight)k)) &&
+                !(*dst[k] = weight_f32(e, pd_model_layer_tensor(m, l, (enum pd_weight)k))))
                 return pd_errf(err, errlen, -ENOMEM, "engine: out of memory for layer %" PRIu32
                             " weights", l);
     }
     e->tok_embd = pd_model_tok_embd(m);
     e->embd_table = e->tok_embd->data;
     if (!(e->out_norm = weight_f32(e, pd_model_output_norm(m))) ||
-        !(e->w_out = weight_f32(e, pd_model_output(m))))
+        (matrices && !(e->w_out = weight_f32(e, pd_model_output(m)))))
         return pd_errf(err, errlen, -ENOMEM, "engine: out of memory for output weights");
     if (pd_model_rope_freqs(m))
         e->rope_factors = pd_model_rope_freqs(m)->data;
@@ -292,25 +304,81 @@ static size_t f32_bytes(const struct pd_tensor *t)
     return (size_t)(t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]) * sizeof(float);
 }
 
-/* a matrix of the model to the device in the engine's matrix type */
-static void *upload_matrix(struct pd_engine *e, const float *w, const struct pd_tensor *t)
+/* Rows [r0, r1) of a matrix converted to the device's type (dequantized
+ * to fp32, then rounded as pd_quant_row rounds): one thread's share. */
+struct convert_job {
+    const struct pd_tensor *t;
+    uint32_t to;
+    uint64_t in_row, out_row, r0, r1;
+    uint8_t *dst;
+    int rc;
+};
+
+static void *convert_rows(void *arg)
 {
-    if (e->w_type == PD_DT_F32)
-        return dev_upload(e, w, f32_bytes(t));
-    const size_t n = f32_bytes(t) / sizeof(float);
-    uint16_t *h = malloc(n * sizeof(uint16_t));
+    struct convert_job *j = arg;
+    const uint64_t n = j->t->ne[0];
+    float *row = malloc(n * sizeof(float));
+    j->rc = row ? 0 : -ENOMEM;
+    for (uint64_t r = j->r0; r < j->r1 && j->rc == 0; r++)
+        if ((j->rc = pd_dequant_row(j->t->type, (const uint8_t *)j->t->data + r * j->in_row, row,
+                                    n)) == 0)
+            j->rc = pd_quant_row(j->to, row, j->dst + r * j->out_row, n);
+    free(row);
+    return NULL;
+}
+
+/* A matrix of the model to the device in the engine's matrix type: as
+ * stored when that is the type already (bf16 through fp32 back to bf16 is
+ * exact), else converted on up to 16 threads into a host copy of the
+ * matrix first: no fp32 copy of the whole model on the host. */
+static void *upload_matrix(struct pd_engine *e, const struct pd_tensor *t)
+{
+    enum { MAX_THREADS = 16 };
+    const uint64_t rows = t->ne[1] * t->ne[2] * t->ne[3];
+    const size_t esize = e->w_type == PD_DT_F32 ? sizeof(float) : sizeof(uint16_t);
+    uint64_t in_row;
+    if (pd_dtype_row_size(t->type, t->ne[0], &in_row) < 0)
+        return NULL;
+    if (t->type == e->w_type)
+        return dev_upload(e, t->data, in_row * rows);
+
+    const uint64_t out_row = t->ne[0] * esize;
+    uint8_t *h = malloc(out_row * rows);
     if (!h)
         return NULL;
-    for (size_t i = 0; i < n; i++)
-        h[i] = pd_f32_to_bf16(w[i]);
-    void *d = dev_upload(e, h, n * sizeof(uint16_t));
+    struct convert_job jobs[MAX_THREADS];
+    pthread_t th[MAX_THREADS];
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned n = ncpu < 1 ? 1 : ncpu > MAX_THREADS ? MAX_THREADS : (unsigned)ncpu;
+    if (rows < 64 * (uint64_t)n)
+        n = 1; /* a vector or a small matrix: not worth threads */
+    bool started[MAX_THREADS] = {false};
+    for (unsigned k = 0; k < n; k++) {
+        jobs[k] = (struct convert_job){.t = t, .to = e->w_type, .in_row = in_row,
+                                       .out_row = out_row, .r0 = rows * k / n,
+                                       .r1 = rows * (k + 1) / n, .dst = h};
+        started[k] = k > 0 && pthread_create(&th[k], NULL, convert_rows, &jobs[k]) == 0;
+    }
+    /* this thread takes share 0 and any share whose thread did not start */
+    for (unsigned k = 0; k < n; k++)
+        if (!started[k])
+            convert_rows(&jobs[k]);
+    int rc = 0;
+    for (unsigned k = 0; k < n; k++) {
+        if (started[k])
+            pthread_join(th[k], NULL);
+        rc = rc ? rc : jobs[k].rc;
+    }
+    void *d = rc == 0 ? dev_upload(e, h, out_row * rows) : NULL;
     free(h);
     return d;
 }
 
-/* Every weight to the device, as load_weights left it on the host (fp32;
- * the embedding rows in their stored type); the host's dequantized copies
- * are freed then. */
+/* Every weight to the device: the matrices from the model's tensors
+ * (upload_matrix), the norm vectors as load_weights left them (fp32), the
+ * embedding rows in their stored type; the host's dequantized copies are
+ * freed then. */
 static int upload_weights(struct pd_engine *e, char *err, size_t errlen)
 {
     const struct pd_model *m = e->model;
@@ -320,9 +388,9 @@ static int upload_weights(struct pd_engine *e, char *err, size_t errlen)
         layer_slots(&e->layers[l], dst);
         for (int k = 0; k < PD_W_COUNT; k++) {
             const struct pd_tensor *t = pd_model_layer_tensor(m, l, (enum pd_weight)k);
-            const bool norm = k == PD_W_ATTN_NORM || k == PD_W_FFN_NORM; /* vectors stay fp32 */
-            if (!(*dst[k] = norm ? dev_upload(e, *dst[k], f32_bytes(t))
-                                 : upload_matrix(e, *dst[k], t)))
+            /* vectors stay fp32 */
+            if (!(*dst[k] = is_norm((enum pd_weight)k) ? dev_upload(e, *dst[k], f32_bytes(t))
+                                                       : upload_matrix(e, t)))
                 return pd_errf(err, errlen, -ENOMEM, "engine: no device memory for layer %" PRIu32
                                " weights", l);
         }
@@ -330,7 +398,7 @@ static int upload_weights(struct pd_engine *e, char *err, size_t errlen)
     if (pd_dtype_row_size(e->tok_embd->type, e->tok_embd->ne[0], &row_bytes) < 0)
         return pd_errf(err, errlen, -EINVAL, "engine: the embedding's type has no row size");
     if (!(e->out_norm = dev_upload(e, e->out_norm, f32_bytes(pd_model_output_norm(m)))) ||
-        !(e->w_out = upload_matrix(e, e->w_out, pd_model_output(m))) ||
+        !(e->w_out = upload_matrix(e, pd_model_output(m))) ||
         !(e->embd_table = dev_upload(e, e->tok_embd->data, row_bytes * e->tok_embd->ne[1])) ||
         (e->rope_factors && !(e->rope_factors = dev_upload(e, e->rope_factors,
                                                            f32_bytes(pd_model_rope_freqs(m))))))
