@@ -460,6 +460,23 @@ static void line_add(char *buf, size_t cap, size_t *o, const char *s)
         memcpy(buf + cap - 4, "...", 4);
 }
 
+/* A peer list decoded can take: at most DEC_REMOTE_MAX_PEERS, no address
+ * twice (two sessions to one prefilld would only double its share). */
+static int check_peers(const char *const *peers, unsigned n_peers, char *err, size_t errlen)
+{
+    if (n_peers > DEC_REMOTE_MAX_PEERS) {
+        snprintf(err, errlen, "--prefill: at most %d peers", DEC_REMOTE_MAX_PEERS);
+        return -E2BIG;
+    }
+    for (unsigned i = 0; i < n_peers; i++)
+        for (unsigned j = 0; j < i; j++)
+            if (!strcmp(peers[i], peers[j])) {
+                snprintf(err, errlen, "--prefill: %s is named twice", peers[i]);
+                return -EINVAL;
+            }
+    return 0;
+}
+
 int dec_remote_reload(struct dec_remote *r, const char *const *peers, unsigned n_peers,
                       const char *key_id, char *err, size_t errlen)
 {
@@ -477,10 +494,9 @@ int dec_remote_reload(struct dec_remote *r, const char *const *peers, unsigned n
             return -EINVAL;
         }
     }
-    if (n_peers > DEC_REMOTE_MAX_PEERS) {
-        snprintf(err, errlen, "--prefill: at most %d peers", DEC_REMOTE_MAX_PEERS);
-        return -E2BIG;
-    }
+    int rc = check_peers(peers, n_peers, err, errlen);
+    if (rc < 0)
+        return rc;
     /* each entry keeps a peer at its address (one still up first, else one
      * that was finishing its transfers after an earlier reload); the rest
      * are new. Nothing changes until every new one is added. */
@@ -506,7 +522,7 @@ int dec_remote_reload(struct dec_remote *r, const char *const *peers, unsigned n
     for (unsigned e = 0; e < n_peers; e++) {
         if (keep[e])
             continue;
-        int rc = peer_add(r, peers[e], &added[n_added], err, errlen);
+        rc = peer_add(r, peers[e], &added[n_added], err, errlen);
         if (rc < 0) {
             while (n_added)
                 peer_free(r, added[--n_added]);
@@ -591,10 +607,9 @@ int dec_remote_new(const struct dec_remote_cfg *cfg, struct event_base *base,
                    struct pd_engine *engine, struct pd_metrics *metrics, struct dec_remote **out,
                    char *err, size_t errlen)
 {
-    if (cfg->n_peers > DEC_REMOTE_MAX_PEERS) {
-        snprintf(err, errlen, "--prefill: at most %d peers", DEC_REMOTE_MAX_PEERS);
-        return -E2BIG;
-    }
+    int rc = check_peers(cfg->peers, cfg->n_peers, err, errlen);
+    if (rc < 0)
+        return rc;
     if (!cfg->psk_file) {
         snprintf(err, errlen, "--kv-psk-file is required with --prefill (the same key file "
                  "as the prefill peers'; prefilld --gen-psk FILE makes one)");
@@ -616,7 +631,7 @@ int dec_remote_new(const struct dec_remote_cfg *cfg, struct event_base *base,
     r->block_bytes = pd_kvcache_block_bytes(kc);
     r->n_vocab = pd_engine_n_vocab(engine);
     pd_engine_kv_layout(engine, &r->layout);
-    int rc = pd_keyring_open(cfg->psk_file, &r->keyring, err, errlen);
+    rc = pd_keyring_open(cfg->psk_file, &r->keyring, err, errlen);
     if (rc < 0)
         goto fail;
     if (cfg->key_id) {

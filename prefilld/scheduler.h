@@ -52,7 +52,6 @@ struct pf_job {
     int32_t *tokens; /* (n_tokens), owned */
     uint32_t n_tokens;
     struct pd_sampling sampling;
-    bool no_eos; /* the first token may not be end-of-sequence */
     void *owner; /* the loop's (its transfer handle); never touched by compute */
     struct pf_job *lprev, *lnext; /* the loop's list of jobs it holds; never touched by compute */
     uint64_t t_arrival_ns;

@@ -17,7 +17,7 @@ import random
 import signal
 import subprocess
 
-from harness import Decoded, Prefilld, free_port, prefilld_binary, write_key
+from harness import Decoded, Prefilld, binary, free_port, prefilld_binary, write_key
 from test_disagg import peer_up, served_name, wait_for
 
 MODEL = ("--load-format", "dummy", "--model-shape", '{"preset":"tiny","n_ctx":4096}')
@@ -83,11 +83,13 @@ def test_sighup_swaps_prefill_peers_and_keeps_unchanged_sessions(tmp_path):
             assert d.metric("pdserve:kv_handshakes_total") == hs
 
             # invalid configurations change nothing: a file that does not
-            # parse, a value out of range, a peer that does not resolve, a key
-            # id the key file lacks
+            # parse, a value out of range, a peer that does not resolve, a
+            # peer named twice, a key id the key file lacks
             bad = [("{\"prefill\": [", "configuration not reloaded, nothing changed"),
                    (dict(prefill=[b.addr], kv_lease_ms=1, **base), "kv-lease-ms"),
                    (dict(prefill=[a.addr, "nohostport"], **base), "nohostport"),
+                   (dict(prefill=[b.addr, a.addr, b.addr], **base),
+                    "--prefill: %s is named twice" % b.addr),
                    (dict(prefill=[b.addr], kv_key_id="nope", **base), "--kv-key-id nope")]
             for i, (content, why) in enumerate(bad):
                 if isinstance(content, str):
@@ -284,6 +286,16 @@ def test_sighup_while_stopping_is_not_a_reload(tmp_path):
         status, out = fut.result(timeout=120)
         ex.shutdown()
         assert status == 200 and out["usage"]["completion_tokens"] == 3000, out
+
+
+def test_a_peer_named_twice_is_refused_at_start(tmp_path):
+    psk = write_key(tmp_path / "k.psk")
+    peer = "127.0.0.1:%d" % free_port()
+    r = subprocess.run([binary(), *MODEL, *MEM, "--kv-psk-file", str(psk), "--prefill", peer,
+                        "--prefill", peer, "--port", str(free_port()), "--admin-port",
+                        str(free_port())], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "--prefill: %s is named twice" % peer in r.stderr + r.stdout, r.stderr
 
 
 def test_prefilld_says_its_device_and_kv_path(tmp_path):
