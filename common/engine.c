@@ -21,12 +21,12 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 /* The kernels one device provides; the engine calls only through this
  * table, with its stream (the GPU's engine stream; NULL on the CPU). Copies
@@ -332,24 +332,25 @@ static void *convert_rows(void *arg)
  * stored when that is the type already (bf16 through fp32 back to bf16 is
  * exact), else converted on up to 16 threads into a host copy of the
  * matrix first: no fp32 copy of the whole model on the host. */
-static void *upload_matrix(struct pd_engine *e, const struct pd_tensor *t)
+static int upload_matrix(struct pd_engine *e, const struct pd_tensor *t, const float **out)
 {
     enum { MAX_THREADS = 16 };
     const uint64_t rows = t->ne[1] * t->ne[2] * t->ne[3];
     const size_t esize = e->w_type == PD_DT_F32 ? sizeof(float) : sizeof(uint16_t);
     uint64_t in_row;
     if (pd_dtype_row_size(t->type, t->ne[0], &in_row) < 0)
-        return NULL;
+        return -EINVAL;
     if (t->type == e->w_type)
-        return dev_upload(e, t->data, in_row * rows);
+        return (*out = dev_upload(e, t->data, in_row * rows)) ? 0 : -ENOMEM;
 
     const uint64_t out_row = t->ne[0] * esize;
     uint8_t *h = malloc(out_row * rows);
     if (!h)
-        return NULL;
+        return -ENOMEM;
     struct convert_job jobs[MAX_THREADS];
     pthread_t th[MAX_THREADS];
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    cpu_set_t cpus; /* the CPUs this process may use (a unit's or container's limit) */
+    const int ncpu = sched_getaffinity(0, sizeof(cpus), &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
     unsigned n = ncpu < 1 ? 1 : ncpu > MAX_THREADS ? MAX_THREADS : (unsigned)ncpu;
     if (rows < 64 * (uint64_t)n)
         n = 1; /* a vector or a small matrix: not worth threads */
@@ -370,9 +371,10 @@ static void *upload_matrix(struct pd_engine *e, const struct pd_tensor *t)
             pthread_join(th[k], NULL);
         rc = rc ? rc : jobs[k].rc;
     }
-    void *d = rc == 0 ? dev_upload(e, h, out_row * rows) : NULL;
+    if (rc == 0 && !(*out = dev_upload(e, h, out_row * rows)))
+        rc = -ENOMEM;
     free(h);
-    return d;
+    return rc;
 }
 
 /* Every weight to the device: the matrices from the model's tensors
@@ -383,22 +385,28 @@ static int upload_weights(struct pd_engine *e, char *err, size_t errlen)
 {
     const struct pd_model *m = e->model;
     uint64_t row_bytes;
+    int rc;
     for (uint32_t l = 0; l < e->hp.n_layer; l++) {
         const float **dst[PD_W_COUNT];
         layer_slots(&e->layers[l], dst);
         for (int k = 0; k < PD_W_COUNT; k++) {
             const struct pd_tensor *t = pd_model_layer_tensor(m, l, (enum pd_weight)k);
-            /* vectors stay fp32 */
-            if (!(*dst[k] = is_norm((enum pd_weight)k) ? dev_upload(e, *dst[k], f32_bytes(t))
-                                                       : upload_matrix(e, t)))
-                return pd_errf(err, errlen, -ENOMEM, "engine: no device memory for layer %" PRIu32
-                               " weights", l);
+            if (is_norm((enum pd_weight)k)) /* vectors stay fp32 */
+                rc = (*dst[k] = dev_upload(e, *dst[k], f32_bytes(t))) ? 0 : -ENOMEM;
+            else
+                rc = upload_matrix(e, t, dst[k]);
+            if (rc < 0)
+                return pd_errf(err, errlen, rc, "engine: layer %" PRIu32 " weight %s to the "
+                               "device: %s", l, t->name, rc == -ENOMEM ? "out of memory"
+                               : strerror(-rc));
         }
     }
     if (pd_dtype_row_size(e->tok_embd->type, e->tok_embd->ne[0], &row_bytes) < 0)
         return pd_errf(err, errlen, -EINVAL, "engine: the embedding's type has no row size");
+    if ((rc = upload_matrix(e, pd_model_output(m), &e->w_out)) < 0)
+        return pd_errf(err, errlen, rc, "engine: the output matrix to the device: %s",
+                       rc == -ENOMEM ? "out of memory" : strerror(-rc));
     if (!(e->out_norm = dev_upload(e, e->out_norm, f32_bytes(pd_model_output_norm(m)))) ||
-        !(e->w_out = upload_matrix(e, pd_model_output(m))) ||
         !(e->embd_table = dev_upload(e, e->tok_embd->data, row_bytes * e->tok_embd->ne[1])) ||
         (e->rope_factors && !(e->rope_factors = dev_upload(e, e->rope_factors,
                                                            f32_bytes(pd_model_rope_freqs(m))))))

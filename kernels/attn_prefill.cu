@@ -3,12 +3,13 @@
  *
  * Layout of the work (docs/internals/cuda.md has the reasoning):
  *   grid   (query tile, run, query head); tiles of a run launch longest first
- *   block  PF_WARPS warps, PF_M = 16 * PF_MT * PF_WARPS query rows, copied
+ *   block  PF_WARPS warps, M = 16 * MT * PF_WARPS query rows, copied
  *          into shared memory once (16-bit); the block walks the keys its
  *          rows can see in tiles of PF_N, K and V copied into shared memory
  *          with cp.async, two stages: tile j + 1 is in flight while tile j
  *          is computed
- *   warp   PF_MT m-tiles of 16 query rows: S = Q K^T and O += P V with
+ *   warp   MT m-tiles of 16 query rows (PF_MT, or 1 where the device's
+ *          shared memory cannot hold that many rows): S = Q K^T and O += P V with
  *          m16n8k16 mma (kernels/mma.cuh), every fragment of Q, K and V by
  *          ldmatrix (V's transposed on the way: the tiles stay [key][dim] as
  *          the pool has them; each K or V fragment feeds both m-tiles), the
@@ -39,7 +40,7 @@
 #define PF_WARPS 4
 #endif
 #ifndef PF_MT
-#define PF_MT 2 /* m-tiles (16 query rows each) per warp */
+#define PF_MT 2 /* m-tiles (16 query rows each) per warp, where shared memory allows */
 #endif
 #ifndef PF_N
 #define PF_N 64 /* keys per tile */
@@ -48,7 +49,6 @@
 #define PF_MIN_BLOCKS 2 /* blocks per SM the registers must allow */
 #endif
 #define PF_THREADS (PF_WARPS * 32)
-#define PF_M (PF_WARPS * PF_MT * 16) /* query rows per block */
 /* 16-bit elements of padding per shared row: the 8 rows an ldmatrix phase
  * reads (16 bytes each, rows (D + 8) * 2 bytes apart) fall on 32 distinct
  * banks */
@@ -58,12 +58,20 @@
  * running one moves and O is rescaled: weights stay below 2^PF_SLACK */
 #define PF_SLACK 8.0f
 
-/* dynamic shared memory: the Q tile [PF_M][D + PF_PAD], then PF_STAGES x
- * (K tile, V tile), each [PF_N][D + PF_PAD] */
-template <int D> static constexpr size_t pf_smem_bytes()
+/* query rows per block with MT m-tiles per warp */
+template <int MT> __host__ __device__ static constexpr uint32_t pf_rows()
 {
-    return ((size_t)PF_M + (size_t)PF_STAGES * 2 * PF_N) * (D + PF_PAD) * sizeof(uint16_t);
+    return PF_WARPS * MT * 16;
 }
+
+/* dynamic shared memory: the Q tile [M][D + PF_PAD], then PF_STAGES x
+ * (K tile, V tile), each [PF_N][D + PF_PAD]; and the static key offsets */
+template <int D, int MT> static constexpr size_t pf_smem_bytes()
+{
+    return ((size_t)pf_rows<MT>() + (size_t)PF_STAGES * 2 * PF_N) * (D + PF_PAD) *
+           sizeof(uint16_t);
+}
+#define PF_STATIC_SMEM (PF_STAGES * PF_N * sizeof(uint64_t))
 
 struct pf_params {
     void *out; /* (n_tokens, n_head, head_dim) of the io type */
@@ -114,9 +122,10 @@ __device__ __forceinline__ void out_pair(const struct pf_params &p, uint64_t row
 
 /* ---- the kernel ------------------------------------------------------------ */
 
-template <int D, bool BF, bool IO16>
+template <int D, bool BF, bool IO16, int MT>
 __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel(const struct pf_params p)
 {
+    constexpr uint32_t M = pf_rows<MT>(); /* query rows per block */
     constexpr int KS = D / 16; /* k-steps of Q K^T over head_dim */
     constexpr int NT = PF_N / 8; /* n-tiles of S (8 keys each) */
     constexpr int DT = D / 8; /* n-tiles of O (8 dims each) */
@@ -125,24 +134,24 @@ __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel
     constexpr int TILE = PF_N * LD; /* elements of one K or V tile */
     static_assert(NT % 2 == 0 && DT % 2 == 0, "ldmatrix .x4 feeds two n-tiles");
     extern __shared__ uint4 pf_smem_raw[];
-    /* the Q tile, then stage st's K tile at PF_M LD + 2 st TILE and its V
+    /* the Q tile, then stage st's K tile at M LD + 2 st TILE and its V
      * tile after it; all [row][dim] */
     uint16_t *const qs = (uint16_t *)pf_smem_raw;
-    uint16_t *const kv_smem = qs + PF_M * LD;
+    uint16_t *const kv_smem = qs + M * LD;
 
     const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const uint32_t g = lane / 4, c = lane % 4;
     const uint32_t run = blockIdx.y, h = blockIdx.z, kvh = h / p.group;
     const int32_t t0 = p.run_start[run], t_end = p.run_start[run + 1];
-    const uint32_t m0 = (gridDim.x - 1 - blockIdx.x) * PF_M;
+    const uint32_t m0 = (gridDim.x - 1 - blockIdx.x) * M;
 
     if (t0 < 0 || t_end <= t0 || (uint32_t)t_end > p.n_tokens || m0 >= (uint32_t)(t_end - t0))
         return; /* an empty run, a tile past its end, or a table the caller broke */
     const uint32_t n = (uint32_t)(t_end - t0);
     const int32_t p0 = p.tok_pos[t0];
-    const uint32_t rows = n - m0 < PF_M ? n - m0 : PF_M;
+    const uint32_t rows = n - m0 < M ? n - m0 : M;
 
-    const uint64_t covered = (uint64_t)gridDim.x * PF_M; /* rows max_run let the grid reach */
+    const uint64_t covered = (uint64_t)gridDim.x * M; /* rows max_run let the grid reach */
     if (p0 < 0 || (uint64_t)p0 + n > p.max_ctx || n > p.max_run) {
         /* refused (a position out of bounds, or a run longer than max_run
          * promised): NaN rows, so the caller's checks see it; the first tile's
@@ -203,7 +212,7 @@ __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel
     if (n_tiles > 1)
         key_offsets(1, PF_N);
     __syncthreads();
-    for (uint32_t i = threadIdx.x; i < PF_M * CPR; i += PF_THREADS) {
+    for (uint32_t i = threadIdx.x; i < M * CPR; i += PF_THREADS) {
         const uint32_t r = i / CPR, d = (i % CPR) * 8;
         q_chunk<BF, IO16>(p, &qs[r * LD + d], ((uint64_t)(t0 + m0 + r) * p.n_head + h) * D, d,
                           r < rows);
@@ -212,20 +221,20 @@ __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel
 
     /* this warp's rows: m-tile i is rows w0 + 16 i .. + 15 (run-relative);
      * lane (g, c) holds rows + g and + g + 8 of each */
-    const uint32_t w0 = m0 + warp * (PF_MT * 16);
+    const uint32_t w0 = m0 + warp * (MT * 16);
     const bool warp_live = w0 < n;
-    const uint32_t warp_last = (uint32_t)p0 + (w0 + PF_MT * 16 - 1 < n ? w0 + PF_MT * 16 - 1 : n - 1);
+    const uint32_t warp_last = (uint32_t)p0 + (w0 + MT * 16 - 1 < n ? w0 + MT * 16 - 1 : n - 1);
 
-    float o[PF_MT][DT][4];
+    float o[MT][DT][4];
 #pragma unroll
-    for (int i = 0; i < PF_MT; i++)
+    for (int i = 0; i < MT; i++)
 #pragma unroll
         for (int t = 0; t < DT; t++)
             o[i][t][0] = o[i][t][1] = o[i][t][2] = o[i][t][3] = 0.0f;
-    float m[PF_MT][2], l[PF_MT][2];
+    float mb[MT][2], l[MT][2]; /* running maxima times qscale; row sums */
 #pragma unroll
-    for (int i = 0; i < PF_MT; i++)
-        m[i][0] = m[i][1] = -INFINITY, l[i][0] = l[i][1] = 0.0f;
+    for (int i = 0; i < MT; i++)
+        mb[i][0] = mb[i][1] = -INFINITY, l[i][0] = l[i][1] = 0.0f;
 
     /* ldmatrix: lane l gives row l % 8 of matrix l / 8 */
     const uint32_t lr = lane % 8, lm = lane / 8;
@@ -247,17 +256,17 @@ __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel
 
         /* S = Q K^T: per k-step, the A fragments of both m-tiles and, per
          * ldmatrix, the B fragments of n-tiles t and t + 1 */
-        float s[PF_MT][NT][4];
+        float s[MT][NT][4];
 #pragma unroll
-        for (int i = 0; i < PF_MT; i++)
+        for (int i = 0; i < MT; i++)
 #pragma unroll
             for (int t = 0; t < NT; t++)
                 s[i][t][0] = s[i][t][1] = s[i][t][2] = s[i][t][3] = 0.0f;
 #pragma unroll
         for (int k = 0; k < KS; k++) {
-            uint32_t qa[PF_MT][4];
+            uint32_t qa[MT][4];
 #pragma unroll
-            for (int i = 0; i < PF_MT; i++)
+            for (int i = 0; i < MT; i++)
                 pd_ldmatrix_x4<false>(qa[i], &qs[(w0 - m0 + i * 16 + (lm % 2) * 8 + lr) * LD +
                                                  k * 16 + (lm / 2) * 8]);
 #pragma unroll
@@ -265,7 +274,7 @@ __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel
                 uint32_t b[4];
                 pd_ldmatrix_x4<false>(b, &ks[((t + lm / 2) * 8 + lr) * LD + k * 16 + (lm % 2) * 8]);
 #pragma unroll
-                for (int i = 0; i < PF_MT; i++) {
+                for (int i = 0; i < MT; i++) {
                     pd_mma_16816<BF>(s[i][t], qa[i], b);
                     pd_mma_16816<BF>(s[i][t + 1], qa[i], b + 2);
                 }
@@ -273,7 +282,7 @@ __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel
         }
 
 #pragma unroll
-        for (int i = 0; i < PF_MT; i++) {
+        for (int i = 0; i < MT; i++) {
             /* mask keys after a row's position, and rows past the run (only
              * tiles crossing the diagonal need it); the maxima of the raw
              * scores (qscale > 0 keeps the order) */
@@ -300,19 +309,21 @@ __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel
             mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
             mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
             mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
-            /* The running maximum moves only when the tile's passes it by
+            /* The running maximum (kept scaled: mb = max * qscale, the base
+             * the weights subtract) moves only when the tile's passes it by
              * more than PF_SLACK (log2 units) or none was set: weights stay
              * below 2^PF_SLACK, which fp32 sums and 16-bit P hold as well as
              * weights below 1, and most tiles then leave O unscaled. The
              * quad agrees (its maxima are equal); -inf - -inf is NaN: no move */
-            const bool move_lo = (mx_lo - m[i][0]) * p.qscale > PF_SLACK;
-            const bool move_hi = (mx_hi - m[i][1]) * p.qscale > PF_SLACK;
+            const float tb_lo = mx_lo * p.qscale, tb_hi = mx_hi * p.qscale;
+            const bool move_lo = tb_lo - mb[i][0] > PF_SLACK;
+            const bool move_hi = tb_hi - mb[i][1] > PF_SLACK;
             float alpha_lo = 1.0f, alpha_hi = 1.0f;
             if (move_lo || move_hi) {
                 if (move_lo)
-                    alpha_lo = pd_ex2((m[i][0] - mx_lo) * p.qscale), m[i][0] = mx_lo;
+                    alpha_lo = pd_ex2(mb[i][0] - tb_lo), mb[i][0] = tb_lo;
                 if (move_hi)
-                    alpha_hi = pd_ex2((m[i][1] - mx_hi) * p.qscale), m[i][1] = mx_hi;
+                    alpha_hi = pd_ex2(mb[i][1] - tb_hi), mb[i][1] = tb_hi;
                 l[i][0] *= alpha_lo, l[i][1] *= alpha_hi;
 #pragma unroll
                 for (int t = 0; t < DT; t++) {
@@ -320,10 +331,10 @@ __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel
                     o[i][t][2] *= alpha_hi, o[i][t][3] *= alpha_hi;
                 }
             }
-            /* weights 2^(s qscale - max qscale), one FMA and one ex2 each; a
-             * row with nothing seen yet keeps -inf and subtracts 0 (no NaN) */
-            const float base_lo = m[i][0] == -INFINITY ? 0.0f : m[i][0] * p.qscale;
-            const float base_hi = m[i][1] == -INFINITY ? 0.0f : m[i][1] * p.qscale;
+            /* weights 2^(s qscale - mb), one FMA and one ex2 each; a row with
+             * nothing seen yet keeps -inf and subtracts 0 (no NaN) */
+            const float base_lo = mb[i][0] == -INFINITY ? 0.0f : mb[i][0];
+            const float base_hi = mb[i][1] == -INFINITY ? 0.0f : mb[i][1];
 
             float sum_lo = 0.0f, sum_hi = 0.0f;
 #pragma unroll
@@ -345,9 +356,9 @@ __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel
          * t and t + 1 for both m-tiles */
 #pragma unroll
         for (int k = 0; k < PF_N / 16; k++) {
-            uint32_t pa[PF_MT][4];
+            uint32_t pa[MT][4];
 #pragma unroll
-            for (int i = 0; i < PF_MT; i++) {
+            for (int i = 0; i < MT; i++) {
                 pa[i][0] = pd_pack2<BF>(s[i][2 * k][0], s[i][2 * k][1]);
                 pa[i][1] = pd_pack2<BF>(s[i][2 * k][2], s[i][2 * k][3]);
                 pa[i][2] = pd_pack2<BF>(s[i][2 * k + 1][0], s[i][2 * k + 1][1]);
@@ -358,7 +369,7 @@ __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel
                 uint32_t b[4];
                 pd_ldmatrix_x4<true>(b, &vs[(k * 16 + (lm % 2) * 8 + lr) * LD + (t + lm / 2) * 8]);
 #pragma unroll
-                for (int i = 0; i < PF_MT; i++) {
+                for (int i = 0; i < MT; i++) {
                     pd_mma_16816<BF>(o[i][t], pa[i], b);
                     pd_mma_16816<BF>(o[i][t + 1], pa[i], b + 2);
                 }
@@ -368,7 +379,7 @@ __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel
     }
 
 #pragma unroll
-    for (int i = 0; i < PF_MT; i++) {
+    for (int i = 0; i < MT; i++) {
         const uint32_t row_lo = w0 + i * 16 + g, row_hi = row_lo + 8;
         float l_lo = l[i][0], l_hi = l[i][1];
         l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
@@ -393,11 +404,28 @@ __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel
 
 typedef void (*pf_kernel_fn)(const struct pf_params);
 
-template <int D> static pf_kernel_fn pick(bool bf, bool io16)
+template <int D, int MT> static pf_kernel_fn pick(bool bf, bool io16)
 {
     if (bf)
-        return io16 ? attn_prefill_kernel<D, true, true> : attn_prefill_kernel<D, true, false>;
-    return io16 ? attn_prefill_kernel<D, false, true> : attn_prefill_kernel<D, false, false>;
+        return io16 ? attn_prefill_kernel<D, true, true, MT> : attn_prefill_kernel<D, true, false, MT>;
+    return io16 ? attn_prefill_kernel<D, false, true, MT> : attn_prefill_kernel<D, false, false, MT>;
+}
+
+/* the kernel for head_dim D with the most rows per block whose shared memory
+ * the device gives a block (opt-in), its rows and its dynamic shared memory;
+ * NULL when not even one m-tile per warp fits */
+template <int D>
+static pf_kernel_fn pick_shape(bool bf, bool io16, size_t optin, uint32_t *rows, size_t *smem)
+{
+    if (pf_smem_bytes<D, PF_MT>() + PF_STATIC_SMEM <= optin) {
+        *rows = pf_rows<PF_MT>(), *smem = pf_smem_bytes<D, PF_MT>();
+        return pick<D, PF_MT>(bf, io16);
+    }
+    if (pf_smem_bytes<D, 1>() + PF_STATIC_SMEM <= optin) {
+        *rows = pf_rows<1>(), *smem = pf_smem_bytes<D, 1>();
+        return pick<D, 1>(bf, io16);
+    }
+    return NULL;
 }
 
 static bool aligned16(const void *p)
@@ -408,7 +436,7 @@ static bool aligned16(const void *p)
 extern "C" int pd_attention_prefill_cuda(const struct pd_attn_args *a, pd_stream_t stream)
 {
     const struct pd_kv_geom *kv = &a->kv;
-    int dev = 0, major = 0;
+    int dev = 0, major = 0, optin = 0;
 
     if (kv->n_head_kv == 0 || a->n_head % kv->n_head_kv || kv->block_size == 0 ||
         a->layer >= kv->n_layer || a->max_blocks == 0 || kv->head_dim == 0)
@@ -434,6 +462,10 @@ extern "C" int pd_attention_prefill_cuda(const struct pd_attn_args *a, pd_stream
                 "cudaDeviceGetAttribute");
     if (major < 8)
         return -ENOTSUP; /* no bf16 / f16 m16n8k16 mma */
+    /* shared memory a block may opt into: 227 KiB on sm_90, 163 on sm_80,
+     * 99 on sm_86 / sm_89 */
+    PD_CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
+                "cudaDeviceGetAttribute");
 
     struct pf_params p;
     memset(&p, 0, sizeof p);
@@ -461,15 +493,20 @@ extern "C" int pd_attention_prefill_cuda(const struct pd_attn_args *a, pd_stream
     p.qscale = a->scale * 1.4426950408889634f; /* log2(e) */
 
     const bool bf = a->pool_type == PD_DT_BF16, io16 = a->io_type != PD_DT_F32;
-    const pf_kernel_fn fn = kv->head_dim == 64 ? pick<64>(bf, io16) : pick<128>(bf, io16);
+    uint32_t rows = 0;
+    size_t smem = 0;
+    const pf_kernel_fn fn = kv->head_dim == 64
+                                ? pick_shape<64>(bf, io16, (size_t)optin, &rows, &smem)
+                                : pick_shape<128>(bf, io16, (size_t)optin, &rows, &smem);
+    if (!fn)
+        return -ENOTSUP; /* the caller takes the decode kernel */
     const uint32_t max_run = a->max_run ? a->max_run : a->n_tokens;
     p.max_run = max_run;
-    const size_t smem = kv->head_dim == 64 ? pf_smem_bytes<64>() : pf_smem_bytes<128>();
     /* above 48 KiB a kernel must ask (per device: every launch asks, which is cheap) */
     PD_CUDA_TRY(cudaFuncSetAttribute(reinterpret_cast<const void *>(fn),
                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                 "cudaFuncSetAttribute");
-    dim3 grid((max_run + PF_M - 1) / PF_M, a->n_runs, a->n_head);
+    dim3 grid((max_run + rows - 1) / rows, a->n_runs, a->n_head);
     fn<<<grid, PF_THREADS, smem, pd_cuda_stream(stream)>>>(p);
     return pd_cuda_launched("attn_prefill_kernel");
 }

@@ -1096,7 +1096,7 @@ static int32_t *batch_runs(const struct attn_batch *b, uint32_t *n_runs, uint32_
 /* Scores that climb along the keys: K's first element at position pos is
  * pos / 2 (the pool holds it as both sides read it) and every query's first
  * element 64 (exact in 16 bits), so each 64-key tile outscores the one
- * before by ~180 log2 units at head_dim 128: a kernel's running maximum must
+ * before by ~260 log2 units at head_dim 128: a kernel's running maximum must
  * move and O be rescaled tile after tile (weights against a stale maximum
  * overflow by the second), while rounding q adds no error to that part. */
 static void ramp_keys(const struct attn_case *c, const struct attn_batch *b, void *pool, float *q,
@@ -1218,6 +1218,48 @@ static void attention_prefill_cuda_matches_cpu_on_model_shapes(void)
                 c.l.n_head_kv = 1;
             prefill_case_run(&c, pt ? PD_DT_F32 : c.pool_type, (int)s);
         }
+}
+
+/* The kernel takes the most query rows per block whose shared memory the
+ * device lets a block have: on the emulator, playing an sm_86 (99 KiB a
+ * block: head_dim 128 with one m-tile per warp), the model shapes still match
+ * the CPU, and with 40,000 bytes nothing fits: -ENOTSUP, the caller's cue to
+ * take the decode kernel. On a GPU its own limit decides. */
+static void attention_prefill_cuda_fits_the_devices_shared_memory(void)
+{
+    static const struct {
+        uint32_t kv, group, hd;
+    } shapes[] = {{1, 3, 64}, {1, 8, 128}};
+    need_gpu();
+    const int emu = emulated();
+    if (emu)
+        setenv("PD_EMU_SMEM_OPTIN", "101376", 1);
+    for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
+        struct attn_case c = {.l = {1, shapes[k].kv, shapes[k].hd, 16}, .group = shapes[k].group,
+                              .n_seqs = 1, .max_len = 300, .max_run = 200,
+                              .pool_type = PD_DT_BF16};
+        prefill_case_run(&c, PD_DT_F32, 1);
+    }
+    if (emu) {
+        setenv("PD_EMU_SMEM_OPTIN", "40000", 1);
+        for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
+            const struct attn_case c = {.l = {1, 1, shapes[k].hd, 16}, .group = 2,
+                                        .pool_type = PD_DT_BF16};
+            int32_t seq[4] = {0}, pos[4] = {0, 1, 2, 3}, runs[2] = {0, 4};
+            uint32_t table[1] = {0};
+            const size_t row = 2 * shapes[k].hd;
+            struct pd_attn_args g = {
+                .q = dev_poisoned(4 * row * 4), .out = dev_poisoned(4 * row * 4),
+                .pool = dev_poisoned(pd_kv_block_elems(&c.l) * 2), .kv = c.l, .n_tokens = 4,
+                .n_head = 2, .tok_seq = dev_copy(seq, sizeof seq),
+                .tok_pos = dev_copy(pos, sizeof pos), .block_tables = dev_copy(table, sizeof table),
+                .max_blocks = 1, .scale = 0.125f, .pool_type = PD_DT_BF16,
+                .run_start = dev_copy(runs, sizeof runs), .n_runs = 1};
+            CHECK_EQ_INT(pd_attention_prefill_cuda(&g, NULL), -ENOTSUP);
+            dev_free_all();
+        }
+        unsetenv("PD_EMU_SMEM_OPTIN");
+    }
 }
 
 /* A run reaching past max_ctx, or starting at a negative position, gets NaN
@@ -1384,6 +1426,7 @@ SEEDED(matmul_cuda_matches_cpu)
 SEEDED(sample_cuda_matches_cpu)
 SEEDED(attention_prefill_cuda_matches_cpu)
 SEEDED(attention_prefill_cuda_matches_cpu_on_model_shapes)
+SEEDED(attention_prefill_cuda_fits_the_devices_shared_memory)
 SEEDED(attention_prefill_cuda_refuses_runs_past_max_ctx)
 SEEDED(attention_prefill_cuda_refuses_runs_longer_than_max_run)
 SEEDED(attention_prefill_cuda_after_kv_write_close_to_fp32)
@@ -1407,6 +1450,7 @@ static const struct pd_test tests[] = {
     T(sample_cuda_matches_cpu),
     T(attention_prefill_cuda_matches_cpu),
     T(attention_prefill_cuda_matches_cpu_on_model_shapes),
+    T(attention_prefill_cuda_fits_the_devices_shared_memory),
     T(attention_prefill_cuda_refuses_runs_past_max_ctx),
     T(attention_prefill_cuda_refuses_runs_longer_than_max_run),
     T(attention_prefill_cuda_after_kv_write_close_to_fp32),

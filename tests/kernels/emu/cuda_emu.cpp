@@ -277,6 +277,14 @@ bool emu_issue(cudaStream_t s, std::function<void()> op)
     return true;
 }
 
+/* the shared memory a block may opt into: an H100's 227 KiB, or
+ * PD_EMU_SMEM_OPTIN bytes (tests play a smaller GPU: 101376 is sm_86's) */
+static size_t emu_smem_optin(void)
+{
+    const char *v = getenv("PD_EMU_SMEM_OPTIN");
+    return v && *v ? (size_t)strtoul(v, NULL, 10) : 227u << 10;
+}
+
 static std::mutex smem_mu;
 static std::map<const void *, int> smem_allowed; /* kernel -> bytes */
 
@@ -334,7 +342,7 @@ cudaError_t cudaFuncSetAttribute(const void *fn, enum cudaFuncAttribute attr, in
 {
     if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize)
         return cudaSuccess;
-    if (value < 0 || (size_t)value > sizeof emu_dynamic_smem)
+    if (value < 0 || (size_t)value > sizeof emu_dynamic_smem || (size_t)value > emu_smem_optin())
         return emu_last_error = cudaErrorInvalidValue;
     std::lock_guard<std::mutex> g(smem_mu);
     smem_allowed[fn] = value;
@@ -343,9 +351,10 @@ cudaError_t cudaFuncSetAttribute(const void *fn, enum cudaFuncAttribute attr, in
 
 cudaError_t cudaDeviceGetAttribute(int *v, enum cudaDeviceAttr attr, int)
 {
-    *v = attr == cudaDevAttrMultiProcessorCount      ? 132
-         : attr == cudaDevAttrComputeCapabilityMajor ? 9
-                                                     : 0;
+    *v = attr == cudaDevAttrMultiProcessorCount             ? 132
+         : attr == cudaDevAttrComputeCapabilityMajor        ? 9
+         : attr == cudaDevAttrMaxSharedMemoryPerBlockOptin ? (int)emu_smem_optin()
+                                                            : 0;
     return cudaSuccess;
 }
 

@@ -119,7 +119,9 @@ bool emu_issue(cudaStream_t s, std::function<void()> op);
 
 /* A launch asking for more than 48 KiB of dynamic shared memory aborts unless
  * cudaFuncSetAttribute(cudaFuncAttributeMaxDynamicSharedMemorySize) allowed
- * that much for the kernel, as a GPU would refuse it. */
+ * that much for the kernel, as a GPU would refuse it; the attribute is
+ * refused above the device's opt-in limit (cudaDevAttrMaxSharedMemoryPerBlockOptin:
+ * 227 KiB, or $PD_EMU_SMEM_OPTIN bytes). */
 void emu_check_smem(const void *kernel, size_t smem);
 
 template <class F> struct emu_launcher {
