@@ -3,6 +3,7 @@
 #include "errf.h"
 #include "log.h"
 #include "pd_config.h"
+#include "shares.h"
 
 #include "attention.h"
 #include "embed.h"
@@ -20,8 +21,6 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <pthread.h>
-#include <sched.h>
 #include <stdbool.h>
 #include <math.h>
 #include <stdio.h>
@@ -334,7 +333,6 @@ static void *convert_rows(void *arg)
  * matrix first: no fp32 copy of the whole model on the host. */
 static int upload_matrix(struct pd_engine *e, const struct pd_tensor *t, const float **out)
 {
-    enum { MAX_THREADS = 16 };
     const uint64_t rows = t->ne[1] * t->ne[2] * t->ne[3];
     const size_t esize = e->w_type == PD_DT_F32 ? sizeof(float) : sizeof(uint16_t);
     uint64_t in_row;
@@ -347,30 +345,18 @@ static int upload_matrix(struct pd_engine *e, const struct pd_tensor *t, const f
     uint8_t *h = malloc(out_row * rows);
     if (!h)
         return -ENOMEM;
-    struct convert_job jobs[MAX_THREADS];
-    pthread_t th[MAX_THREADS];
-    cpu_set_t cpus; /* the CPUs this process may use (a unit's or container's limit) */
-    const int ncpu = sched_getaffinity(0, sizeof(cpus), &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
-    unsigned n = ncpu < 1 ? 1 : ncpu > MAX_THREADS ? MAX_THREADS : (unsigned)ncpu;
+    struct convert_job jobs[PD_SHARES_MAX];
+    unsigned n = pd_shares_count(PD_SHARES_MAX);
     if (rows < 64 * (uint64_t)n)
         n = 1; /* a vector or a small matrix: not worth threads */
-    bool started[MAX_THREADS] = {false};
-    for (unsigned k = 0; k < n; k++) {
+    for (unsigned k = 0; k < n; k++)
         jobs[k] = (struct convert_job){.t = t, .to = e->w_type, .in_row = in_row,
                                        .out_row = out_row, .r0 = rows * k / n,
                                        .r1 = rows * (k + 1) / n, .dst = h};
-        started[k] = k > 0 && pthread_create(&th[k], NULL, convert_rows, &jobs[k]) == 0;
-    }
-    /* this thread takes share 0 and any share whose thread did not start */
-    for (unsigned k = 0; k < n; k++)
-        if (!started[k])
-            convert_rows(&jobs[k]);
+    pd_shares_run(convert_rows, jobs, sizeof(jobs[0]), n);
     int rc = 0;
-    for (unsigned k = 0; k < n; k++) {
-        if (started[k])
-            pthread_join(th[k], NULL);
-        rc = rc ? rc : jobs[k].rc;
-    }
+    for (unsigned k = 0; k < n && rc == 0; k++)
+        rc = jobs[k].rc;
     if (rc == 0 && !(*out = dev_upload(e, h, out_row * rows)))
         rc = -ENOMEM;
     free(h);

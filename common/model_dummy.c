@@ -13,17 +13,16 @@
  */
 #include "model_internal.h"
 #include "quant.h"
+#include "shares.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <unistd.h>
 
 #define ERR(rc, ...) pd_model_err(err, errlen, (rc), __VA_ARGS__)
 
@@ -259,29 +258,12 @@ static void *gen_thread(void *arg)
 
 static void generate(struct pd_model *m)
 {
-    enum { MAX_THREADS = 16 };
-    pthread_t th[MAX_THREADS];
-    struct gen_job jobs[MAX_THREADS];
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    unsigned n = ncpu < 1 ? 1 : ncpu > MAX_THREADS ? MAX_THREADS : (unsigned)ncpu;
-    unsigned started = 0;
-
+    struct gen_job jobs[PD_SHARES_MAX];
     /* small models are not worth the threads */
-    if (m->weight_bytes < (64u << 20))
-        n = 1;
+    const unsigned n = m->weight_bytes < (64u << 20) ? 1 : pd_shares_count(PD_SHARES_MAX);
     for (unsigned k = 0; k < n; k++)
         jobs[k] = (struct gen_job){.m = m, .k = k, .n_threads = n};
-    for (unsigned k = 1; k < n; k++) {
-        if (pthread_create(&th[k], NULL, gen_thread, &jobs[k]) != 0)
-            break;
-        started = k;
-    }
-    /* the caller's thread takes slice 0 and any slice whose thread did not start */
-    gen_thread(&jobs[0]);
-    for (unsigned k = started + 1; k < n; k++)
-        gen_thread(&jobs[k]);
-    for (unsigned k = 1; k <= started; k++)
-        pthread_join(th[k], NULL);
+    pd_shares_run(gen_thread, jobs, sizeof(jobs[0]), n);
 }
 
 int pd_model_load_dummy(struct pd_model *m, const struct pd_model_params *p, char *err,
