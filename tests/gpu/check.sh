@@ -165,14 +165,15 @@ run kernels "CUDA kernels against the CPU reference" "$env" test_kernels
 # Two engine tests cannot run here and are left out by name, so that a skip
 # among the rest still fails the step: the default model does not travel (64
 # MiB), and a failing capture can be forced on the emulator only.
-engine_off="engine_cuda_default_model_agrees_with_cpu engine_cuda_failed_capture_falls_back_to_plain_launches"
-engine_tests="$("$env" test_engine_cuda --list | grep -vxF -e "${engine_off% *}" -e "${engine_off#* }")"
+engine_off=(engine_cuda_default_model_agrees_with_cpu
+            engine_cuda_failed_capture_falls_back_to_plain_launches)
+engine_tests="$("$env" test_engine_cuda --list | grep -vxF -f <(printf '%s\n' "${engine_off[@]}"))"
 if [ -z "$engine_tests" ]; then
     say "engine: test_engine_cuda --list named no test (see above)"
     steps+=("$(printf '%-12s %-34s %5ss' engine 'FAIL (no test listed)' 0)")
     failed=1
 else
-    say "engine: not run here (emulated in CI instead): $engine_off"
+    say "engine: not run here (emulated in CI instead): ${engine_off[*]}"
     # shellcheck disable=SC2086 # one word per test name
     run engine "the engine on CUDA against the CPU engine" env PD_TEST_VERBOSE=1 "$env" test_engine_cuda $engine_tests
 fi
