@@ -23,8 +23,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <time.h>
 #include <ucp/api/ucp.h>
+#include <unistd.h>
 
 /* The one place a UCX status becomes an errno (STYLE.md). */
 static int ucs_errno(ucs_status_t st)
@@ -115,8 +117,15 @@ static int deliver_events(struct pd_kvx *k)
 
 struct sbuf {
     size_t len;
+    uint8_t token[PD_KVX_TOKEN_LEN]; /* the peer's, little-endian */
     uint8_t data[];
 };
+
+void kvx_token_put(uint8_t out[PD_KVX_TOKEN_LEN], uint64_t token)
+{
+    for (int i = 0; i < PD_KVX_TOKEN_LEN; i++)
+        out[i] = (uint8_t)(token >> (8 * i));
+}
 
 static void sbuf_cb(void *request, ucs_status_t status, void *user_data)
 {
@@ -125,8 +134,8 @@ static void sbuf_cb(void *request, ucs_status_t status, void *user_data)
     ucp_request_free(request);
 }
 
-/* A small eager message (handshake or sealed control frame); b is freed
- * when UCX is done with it. */
+/* A sealed control frame, eager, behind the peer's token; b is freed when
+ * UCX is done with it. */
 static int am_send_small(struct pd_kvx_session *c, unsigned id, struct sbuf *b)
 {
     ucp_request_param_t prm = {
@@ -134,9 +143,14 @@ static int am_send_small(struct pd_kvx_session *c, unsigned id, struct sbuf *b)
                         UCP_OP_ATTR_FIELD_FLAGS,
         .cb.send = sbuf_cb,
         .user_data = b,
-        .flags = UCP_AM_SEND_FLAG_REPLY | UCP_AM_SEND_FLAG_EAGER,
+        .flags = UCP_AM_SEND_FLAG_EAGER,
     };
-    ucs_status_ptr_t sp = ucp_am_send_nbx(c->ep, id, NULL, 0, b->data, b->len, &prm);
+    if (!c->ep) {
+        free(b);
+        return -ENOTCONN;
+    }
+    ucs_status_ptr_t sp = ucp_am_send_nbx(c->ep, id, b->token, sizeof b->token, b->data, b->len,
+                                          &prm);
     if (sp == NULL) {
         free(b);
         return 0;
@@ -148,18 +162,6 @@ static int am_send_small(struct pd_kvx_session *c, unsigned id, struct sbuf *b)
     return 0;
 }
 
-int kvx_send_raw(struct pd_kvx_session *c, unsigned id, const uint8_t *msg, size_t len)
-{
-    struct sbuf *b = malloc(sizeof *b + len);
-    if (!b)
-        return -ENOMEM;
-    b->len = len;
-    memcpy(b->data, msg, len);
-    int rc = am_send_small(c, id, b);
-    kick(c->kvx);
-    return rc;
-}
-
 int kvx_send_ctl(struct pd_kvx_session *c, const struct pd_frame *f)
 {
     if (c->state != C_UP)
@@ -168,6 +170,7 @@ int kvx_send_ctl(struct pd_kvx_session *c, const struct pd_frame *f)
     struct sbuf *b = malloc(sizeof *b + cap);
     if (!b)
         return -ENOMEM;
+    kvx_token_put(b->token, c->tx_token);
     char err[160];
     int rc = pd_auth_seal_frame(c->s, f, b->data, cap, &b->len, err, sizeof err);
     if (rc < 0) {
@@ -207,18 +210,19 @@ void kvx_conn_put(struct pd_kvx_session *c)
     if (--c->refs > 0)
         return;
     dl_del(&c->node);
+    kvx_boot_close(c);
     pd_auth_hs_free(c->hs);
     pd_auth_session_free(c->s);
     free(c);
 }
 
-static void conn_count_hsf(struct pd_kvx *k, struct pd_kvx_session *c, int hsf, const char *why)
+void kvx_count_hsf(struct pd_kvx *k, const char *addr, int hsf, const char *why)
 {
     if (hsf < 0)
         return;
     k->st.hs_fail[hsf]++;
     pd_log_ratelimited(&k->rl, PD_LOG_WARN, "kv channel: handshake with %s failed (%s): %s",
-                       c->addr, pd_kvx_hs_fail_name((unsigned)hsf), why);
+                       addr, pd_kvx_hs_fail_name((unsigned)hsf), why);
 }
 
 /* The session is over: every request on it fails or is released, the
@@ -230,10 +234,11 @@ void kvx_conn_fail(struct pd_kvx_session *c, int reason, const char *detail, int
     if (c->state >= C_CLOSING)
         return;
     int was_up = c->state == C_UP;
-    if (c->state == C_HS)
-        conn_count_hsf(k, c, hsf, detail);
+    if (c->state < C_UP)
+        kvx_count_hsf(k, c->addr, hsf, detail);
     c->state = C_CLOSING;
     c->want_close = 1;
+    kvx_boot_close(c); /* the KV-port connection: its end tells the peer at once */
     if (c->up_reported) {
         k->st.sessions--;
         struct evq *e = kvx_ev_new(k, PD_KVX_EV_SESSION_DOWN, c);
@@ -278,6 +283,11 @@ static int do_closes(struct pd_kvx *k)
             continue;
         c->closing_posted = 1;
         n++;
+        if (!c->ep) { /* closed before its endpoint existed */
+            c->state = C_CLOSED;
+            kvx_conn_put(c);
+            continue;
+        }
         ucp_request_param_t prm = {
             .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
                             UCP_OP_ATTR_FIELD_FLAGS,
@@ -302,6 +312,7 @@ struct pd_kvx_session *kvx_conn_new(struct pd_kvx *k)
     c->kvx = k;
     c->refs = 1;
     c->state = C_HS;
+    c->fd = -1;
     c->t_created_ms = c->last_rx_ms = now_ms();
     c->t_connect_ns = pd_now_ns();
     dl_init(&c->reqs);
@@ -309,13 +320,19 @@ struct pd_kvx_session *kvx_conn_new(struct pd_kvx *k)
     return c;
 }
 
-struct pd_kvx_session *kvx_conn_find(struct pd_kvx *k, const ucp_am_recv_param_t *param)
+struct pd_kvx_session *kvx_conn_find(struct pd_kvx *k, const void **header, size_t *header_length)
 {
-    if (!(param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP))
+    if (*header_length < PD_KVX_TOKEN_LEN)
         return NULL;
+    const uint8_t *h = *header;
+    uint64_t token = 0;
+    for (int i = 0; i < PD_KVX_TOKEN_LEN; i++)
+        token |= (uint64_t)h[i] << (8 * i);
+    *header = h + PD_KVX_TOKEN_LEN;
+    *header_length -= PD_KVX_TOKEN_LEN;
     for (struct dl *i = k->conns.next; i != &k->conns; i = i->next) {
         struct pd_kvx_session *c = DL_ENTRY(i, struct pd_kvx_session, node);
-        if (c->ep == param->reply_ep && c->state <= C_UP)
+        if (c->rx_token == token && token && c->ep && (c->state == C_ADDR || c->state == C_UP))
             return c;
     }
     return NULL;
@@ -342,23 +359,10 @@ void kvx_ep_err_cb(void *arg, ucp_ep_h ep, ucs_status_t status)
                   hsf);
 }
 
-static unsigned count_state(struct pd_kvx *k, int state)
-{
-    unsigned n = 0;
-    for (struct dl *i = k->conns.next; i != &k->conns; i = i->next)
-        n += DL_ENTRY(i, struct pd_kvx_session, node)->state == state;
-    return n;
-}
-
-static void session_up(struct pd_kvx_session *c)
+/* Both endpoints exist (kvx_boot.c): the session is usable. */
+void kvx_session_up(struct pd_kvx_session *c)
 {
     struct pd_kvx *k = c->kvx;
-    if (pd_auth_hs_take_session(c->hs, &c->s) < 0) {
-        kvx_conn_fail(c, PD_R_INTERNAL, "no session", PD_KVX_HSF_OTHER);
-        return;
-    }
-    snprintf(c->key_id, sizeof c->key_id, "%s", pd_auth_hs_key_id(c->hs));
-    c->hs = pd_auth_hs_free(c->hs);
     c->state = C_UP;
     c->up_reported = 1;
     c->last_rx_ms = c->last_hb_ms = now_ms();
@@ -433,65 +437,16 @@ size_t kvx_build_iov(uint8_t *pool, size_t bb, const uint32_t *idx, uint32_t n,
 
 /* ---- active-message handlers (inside UCX progress) ---- */
 
-static ucs_status_t am_hs(void *arg, const void *header, size_t header_length, void *data,
-                          size_t length, const ucp_am_recv_param_t *param)
-{
-    (void)header;
-    (void)header_length;
-    struct pd_kvx *k = arg;
-    struct pd_kvx_session *c = kvx_conn_find(k, param);
-    if (!c) {
-        k->st.dropped_unauth++;
-        return UCS_OK;
-    }
-    if (c->state != C_HS) {
-        k->st.protocol_errors++;
-        return UCS_OK;
-    }
-    if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) || length > PD_AUTH_MSG_MAX) {
-        kvx_conn_fail(c, PD_R_PROTOCOL, "oversized handshake message", PD_KVX_HSF_GARBAGE);
-        return UCS_OK;
-    }
-    c->last_rx_ms = now_ms();
-    uint8_t out[PD_AUTH_MSG_MAX];
-    size_t out_len = 0;
-    char err[256];
-    int rc;
-    if (k->p.role == PD_ROLE_P && !c->hs) {
-        struct pd_auth_params ap = {.keyring = k->p.keyring, .replay = k->replay,
-                                    .layout = &k->layout, .now_ms = now_ms()};
-        rc = pd_auth_hs_respond(&ap, data, length, &c->hs, out, sizeof out, &out_len, err,
-                                sizeof err);
-    } else if (c->hs) {
-        rc = pd_auth_hs_step(c->hs, data, length, out, sizeof out, &out_len, err, sizeof err);
-    } else {
-        rc = pd_errf(err, sizeof err, -EBADMSG, "unexpected handshake message");
-    }
-    if (rc < 0) {
-        kvx_conn_fail(c, rc == -EPROTO ? PD_R_LAYOUT : PD_R_AUTH, err, kvx_hsf_of(rc));
-        return UCS_OK;
-    }
-    if (out_len > 0 && kvx_send_raw(c, AM_HS, out, out_len) < 0) {
-        kvx_conn_fail(c, PD_R_TRANSFER, "send failed", PD_KVX_HSF_OTHER);
-        return UCS_OK;
-    }
-    if (rc == PD_AUTH_HS_DONE)
-        session_up(c);
-    return UCS_OK;
-}
-
-/* Traffic on an endpoint without a session: drop it (returning UCS_OK drops
- * a rendezvous descriptor without receiving it); before the handshake it is
- * garbage and closes the endpoint. */
+/* Traffic with no session's token: dropped (returning UCS_OK drops a
+ * rendezvous descriptor without receiving it) and counted. A message that
+ * names a session but does not open under its keys is dropped too, never
+ * held against the session: anyone who reaches UCX's data listener can send
+ * one. D may hear from P between its own UCX_ADDR and P's READY. */
 int kvx_gate(struct pd_kvx *k, struct pd_kvx_session *c)
 {
-    if (c && c->state == C_UP)
+    if (c && (c->state == C_UP || (c->state == C_ADDR && k->p.role == PD_ROLE_D)))
         return 1;
     k->st.dropped_unauth++;
-    /* only the listener closes: a receiver mid-handshake may see the
-     * sender's first frame before its CONFIRM (AMs are not ordered) */
-    if (c && c->state == C_HS && k->p.role == PD_ROLE_P)
-        kvx_conn_fail(c, PD_R_PROTOCOL, "traffic before the handshake", PD_KVX_HSF_GARBAGE);
     return 0;
 }
 
@@ -504,14 +459,13 @@ static ucs_status_t am_ctl(void *arg, const void *header, size_t header_length, 
     (void)header;
     (void)header_length;
     struct pd_kvx *k = arg;
-    struct pd_kvx_session *c = kvx_conn_find(k, param);
+    struct pd_kvx_session *c = kvx_conn_find(k, &header, &header_length);
     if (!kvx_gate(k, c))
         return UCS_OK;
-    if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) ||
+    if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) || header_length != 0 ||
         length > PD_FRAME_HDR_LEN + PD_FRAME_MAX_BODY + PD_FRAME_MAC_LEN ||
         length < PD_FRAME_HDR_LEN + PD_FRAME_MAC_LEN) {
-        k->st.protocol_errors++;
-        kvx_conn_fail(c, PD_R_PROTOCOL, "control frame size", -1);
+        k->st.protocol_errors++; /* not one of the peer's: dropped */
         return UCS_OK;
     }
     uint8_t *plain = malloc(length);
@@ -521,10 +475,9 @@ static ucs_status_t am_ctl(void *arg, const void *header, size_t header_length, 
     char err[256];
     int rc = pd_auth_open_frame(c->s, data, length, plain, length, &f, err, sizeof err);
     if (rc < 0) {
-        free(plain);
+        free(plain); /* forged, replayed or stale: dropped; the session is as it was */
         k->st.protocol_errors++;
-        if (rc != -EALREADY && rc != -ESTALE)
-            kvx_conn_fail(c, PD_R_AUTH, err, -1);
+        pd_log(PD_LOG_DEBUG, "kvx: %s: control frame dropped: %s", c->addr, err);
         return UCS_OK;
     }
     c->last_rx_ms = now_ms();
@@ -635,7 +588,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     for (struct dl *i = k->conns.next, *nx; i != &k->conns; i = nx) {
         nx = i->next;
         struct pd_kvx_session *c = DL_ENTRY(i, struct pd_kvx_session, node);
-        if (c->state == C_HS && now - c->t_created_ms > k->hs_ms) {
+        if (c->state < C_UP && now - c->t_created_ms > k->hs_ms) {
             kvx_conn_fail(c, PD_R_TIMEOUT, "no handshake before the deadline", PD_KVX_HSF_TIMEOUT);
         } else if (c->state == C_UP && now - c->last_rx_ms > k->lease_ms) {
             kvx_conn_fail(c, PD_R_TIMEOUT, "lease expired", -1);
@@ -687,71 +640,16 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 
 /* ---- public: P ---- */
 
-static void conn_handler(ucp_conn_request_h creq, void *arg)
-{
-    struct pd_kvx *k = arg;
-    ucp_conn_request_attr_t ca = {.field_mask = UCP_CONN_REQUEST_ATTR_FIELD_CLIENT_ADDR};
-    char addr[64] = "?";
-    if (ucp_conn_request_query(creq, &ca) == UCS_OK && ca.client_address.ss_family == AF_INET) {
-        const struct sockaddr_in *sin = (const struct sockaddr_in *)&ca.client_address;
-        char ip[INET_ADDRSTRLEN];
-        inet_ntop(AF_INET, &sin->sin_addr, ip, sizeof ip);
-        snprintf(addr, sizeof addr, "%s:%u", ip, ntohs(sin->sin_port));
-    }
-    if (k->shutting_down || count_state(k, C_HS) >= k->max_pending ||
-        count_state(k, C_UP) >= k->max_sessions) {
-        k->st.hs_fail[PD_KVX_HSF_CAP]++;
-        pd_log_ratelimited(&k->rl, PD_LOG_WARN,
-                           "kv channel: refusing %s: too many sessions or handshakes", addr);
-        ucp_listener_reject(k->listener, creq);
-        return;
-    }
-    struct pd_kvx_session *c = kvx_conn_new(k);
-    if (!c) {
-        ucp_listener_reject(k->listener, creq);
-        return;
-    }
-    snprintf(c->addr, sizeof c->addr, "%s", addr);
-    ucp_ep_params_t ep = {
-        .field_mask = UCP_EP_PARAM_FIELD_CONN_REQUEST | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
-                      UCP_EP_PARAM_FIELD_ERR_HANDLER,
-        .conn_request = creq,
-        .err_mode = UCP_ERR_HANDLING_MODE_PEER,
-        .err_handler = {.cb = kvx_ep_err_cb, .arg = c},
-    };
-    ucs_status_t st = ucp_ep_create(k->worker, &ep, &c->ep);
-    if (st != UCS_OK) {
-        c->state = C_CLOSED;
-        kvx_conn_put(c);
-        k->st.hs_fail[PD_KVX_HSF_OTHER]++;
-    }
-}
-
 int pd_kvx_listen(struct pd_kvx *k, char *err, size_t errlen)
 {
     if (k->p.role != PD_ROLE_P)
         return pd_errf(err, errlen, -EINVAL, "kvx: only prefilld listens");
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(k->p.kv_port)};
-    if (inet_pton(AF_INET, k->kv_ip, &sa.sin_addr) != 1)
-        return pd_errf(err, errlen, -EINVAL, "kvx: --kv-ip %s is not an IPv4 address", k->kv_ip);
-    ucp_listener_params_t lp = {
-        .field_mask = UCP_LISTENER_PARAM_FIELD_SOCK_ADDR | UCP_LISTENER_PARAM_FIELD_CONN_HANDLER,
-        .sockaddr = {.addr = (const struct sockaddr *)&sa, .addrlen = sizeof sa},
-        .conn_handler = {.cb = conn_handler, .arg = k},
-    };
-    ucs_status_t st = ucp_listener_create(k->worker, &lp, &k->listener);
-    if (st != UCS_OK) {
-        int rc = ucs_errno(st);
-        return pd_errf(err, errlen, rc, "kvx: listen on %s:%u: %s", k->kv_ip, k->p.kv_port,
-                       rc == -EADDRINUSE ? "address already in use" : ucs_status_string(st));
-    }
-    ucp_listener_attr_t la = {.field_mask = UCP_LISTENER_ATTR_FIELD_SOCKADDR};
-    if (ucp_listener_query(k->listener, &la) == UCS_OK && la.sockaddr.ss_family == AF_INET)
-        k->port = ntohs(((struct sockaddr_in *)&la.sockaddr)->sin_port);
-    else
-        k->port = k->p.kv_port;
-    kick(k);
-    return 0;
+    if (k->lfd >= 0)
+        return pd_errf(err, errlen, -EALREADY, "kvx: already listening");
+    int rc = kvx_boot_listen(k, err, errlen);
+    if (rc == 0)
+        kick(k);
+    return rc;
 }
 
 uint16_t pd_kvx_port(const struct pd_kvx *k) { return k->port; }
@@ -811,8 +709,12 @@ void pd_kvx_session_transports(struct pd_kvx_session *c, char *buf, size_t len)
 
 /* ---- construction ---- */
 
-/* The interface that owns ip ("lo" for loopback), for UCX's NET_DEVICES. */
-static int ifname_of(const char *ip, char *name, size_t len)
+/* The interface that owns ip ("lo" for loopback), for UCX's NET_DEVICES.
+ * UCX binds an interface's first IPv4 address (SIOCGIFADDR) and
+ * NET_DEVICES takes interface names only: a secondary address is refused
+ * (-EADDRNOTAVAIL, the primary in primary[]), or UCX's data listener would
+ * sit on another address than the one the operator firewalls. */
+static int ifname_of(const char *ip, char *name, size_t len, char primary[INET_ADDRSTRLEN])
 {
     struct in_addr want;
     if (inet_pton(AF_INET, ip, &want) != 1)
@@ -834,6 +736,23 @@ static int ifname_of(const char *ip, char *name, size_t len)
         }
     }
     freeifaddrs(ifa);
+    if (rc < 0)
+        return rc;
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    size_t nl = strnlen(name, IF_NAMESIZE - 1);
+    memcpy(ifr.ifr_name, name, nl);
+    if (ioctl(fd, SIOCGIFADDR, &ifr) == 0 && ifr.ifr_addr.sa_family == AF_INET) {
+        struct in_addr got = ((struct sockaddr_in *)&ifr.ifr_addr)->sin_addr;
+        if (got.s_addr != want.s_addr) {
+            inet_ntop(AF_INET, &got, primary, INET_ADDRSTRLEN);
+            rc = -EADDRNOTAVAIL;
+        }
+    }
+    close(fd);
     return rc;
 }
 
@@ -857,8 +776,15 @@ static size_t chunk_wire_len(uint32_t n)
 
 static int ucx_setup(struct pd_kvx *k, char *err, size_t errlen)
 {
-    char ifn[IF_NAMESIZE + 8], v[64];
-    int rc = ifname_of(k->kv_ip, ifn, sizeof ifn);
+    char ifn[IF_NAMESIZE + 8], v[64], primary[INET_ADDRSTRLEN] = "";
+    int rc = ifname_of(k->kv_ip, ifn, sizeof ifn, primary);
+    if (rc == -EADDRNOTAVAIL)
+        return pd_errf(err, errlen, rc,
+                       "kvx: --kv-ip %s is a secondary address of %s, whose first address is "
+                       "%s: UCX binds an interface's first address, so its data connections "
+                       "would not be on --kv-ip; use an interface of its own for the KV channel "
+                       "(a dedicated NIC, a dummy or macvlan interface) or that first address",
+                       k->kv_ip, ifn, primary);
     if (rc < 0)
         return pd_errf(err, errlen, rc, "kvx: no interface owns --kv-ip %s", k->kv_ip);
     ucp_config_t *cfg;
@@ -868,7 +794,12 @@ static int ucx_setup(struct pd_kvx *k, char *err, size_t errlen)
     rc = cfg_set(cfg, "NET_DEVICES", ifn, err, errlen);
     if (rc == 0 && k->p.data_port_lo) {
         snprintf(v, sizeof v, "%u-%u", k->p.data_port_lo, k->p.data_port_hi);
-        rc = cfg_set(cfg, "PORT_RANGE", v, err, errlen);
+        /* The same setting under two names: UCX 1.13 applies PORT_RANGE (it
+         * takes TCP_PORT_RANGE too but does not apply it); later versions
+         * apply TCP_PORT_RANGE and refuse PORT_RANGE as an invalid parameter */
+        rc = cfg_set(cfg, "TCP_PORT_RANGE", v, err, errlen);
+        if (rc == 0 && ucp_config_modify(cfg, "PORT_RANGE", v) != UCS_OK)
+            pd_log(PD_LOG_DEBUG, "kvx: this UCX has no PORT_RANGE; TCP_PORT_RANGE applies");
     }
     /* (only where shared memory may be used: UCX warns about a setting no
      * transport takes) */
@@ -890,14 +821,6 @@ static int ucx_setup(struct pd_kvx *k, char *err, size_t errlen)
         ucp_config_release(cfg);
         return rc;
     }
-    /* A restarted prefilld must get its port back while the old connections
-     * sit in TIME_WAIT (Linux still refuses a second live listener). UCX 1.13
-     * does not apply ucp_config_modify to its connection managers, so this one
-     * goes through the environment, and only when the operator left it unset.
-     * Only the listener needs it: decoded may make its kvx object on a reload,
-     * with its threads running, and must not write the environment then. */
-    if (k->p.role == PD_ROLE_P)
-        setenv("UCX_TCP_CM_REUSEADDR", "y", 0);
     ucp_params_t pp = {
         .field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME,
         .features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP,
@@ -919,7 +842,7 @@ static int ucx_setup(struct pd_kvx *k, char *err, size_t errlen)
     size_t max_hdr = 4096;
     if (ucp_worker_query(k->worker, &wa) == UCS_OK)
         max_hdr = wa.max_am_header;
-    size_t fixed = chunk_wire_len(0);
+    size_t fixed = PD_KVX_TOKEN_LEN + chunk_wire_len(0);
     size_t by_hdr = max_hdr > fixed ? (max_hdr - fixed) / PD_BLOCK_TAG_LEN : 0;
     if (by_hdr == 0)
         return pd_errf(err, errlen, -ENOTSUP, "kvx: UCX allows %zu header bytes", max_hdr);
@@ -929,9 +852,9 @@ static int ucx_setup(struct pd_kvx *k, char *err, size_t errlen)
     size_t by_bytes = MAX_AM_BYTES / k->block_bytes;
     if (by_bytes < k->am_blocks)
         k->am_blocks = by_bytes ? (unsigned)by_bytes : 1;
-    static const unsigned ids[3] = {AM_HS, AM_CTL, AM_DATA};
-    static const ucp_am_recv_callback_t cbs[3] = {am_hs, am_ctl, kvx_am_data};
-    for (int i = 0; i < 3; i++) {
+    static const unsigned ids[2] = {AM_CTL, AM_DATA};
+    static const ucp_am_recv_callback_t cbs[2] = {am_ctl, kvx_am_data};
+    for (int i = 0; i < 2; i++) {
         ucp_am_handler_param_t hp = {
             .field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
                           UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS,
@@ -945,6 +868,18 @@ static int ucx_setup(struct pd_kvx *k, char *err, size_t errlen)
             return pd_errf(err, errlen, ucs_errno(st), "kvx: AM handler: %s",
                            ucs_status_string(st));
     }
+    /* what the peer's endpoint is made from, sent sealed on the KV port */
+    ucp_address_t *wa_addr = NULL;
+    st = ucp_worker_get_address(k->worker, &wa_addr, &k->waddr_len);
+    if (st != UCS_OK)
+        return pd_errf(err, errlen, ucs_errno(st), "kvx: worker address: %s",
+                       ucs_status_string(st));
+    k->waddr = wa_addr;
+    if (k->waddr_len == 0 || k->waddr_len > PD_PROTO_MAX_UCX_ADDR)
+        return pd_errf(err, errlen, -E2BIG,
+                       "kvx: the UCX worker address is %zu bytes, over the protocol's %u "
+                       "(narrow UCX_TLS)",
+                       k->waddr_len, PD_PROTO_MAX_UCX_ADDR);
     return 0;
 }
 
@@ -977,6 +912,11 @@ int pd_kvx_new(const struct pd_kvx_params *p, struct pd_kvx **out, char *err, si
     k->deadline_ms = p->request_deadline_ms ? p->request_deadline_ms : 10000;
     k->max_sessions = p->max_sessions ? p->max_sessions : 64;
     k->max_pending = p->max_pending ? p->max_pending : 16;
+    k->max_pending_src = p->max_pending_per_source ? p->max_pending_per_source
+                                                   : (k->max_pending + 3) / 4;
+    if (k->max_pending_src > k->max_pending)
+        k->max_pending_src = k->max_pending;
+    k->lfd = -1;
     k->max_inflight = p->max_inflight ? p->max_inflight : 256;
     k->max_crypto = p->max_crypto_bytes ? p->max_crypto_bytes : (256u << 20);
     k->rl = (struct pd_ratelimit)PD_RATELIMIT_INIT(5000, 10);
@@ -1044,8 +984,7 @@ struct pd_kvx *pd_kvx_free(struct pd_kvx *k)
     k->shutting_down = 1;
     if (k->ev_tick)
         event_free(k->ev_tick);
-    if (k->listener)
-        ucp_listener_destroy(k->listener);
+    kvx_boot_unlisten(k);
     /* first let queued frames (a last ACK, an ABORT) go out, for a bounded
      * time; then close every endpoint (force) and progress until UCX is done
      * with them: receives into the pool fail and complete here */
@@ -1123,6 +1062,8 @@ struct pd_kvx *pd_kvx_free(struct pd_kvx *k)
         event_free(k->ev_kick);
     if (k->ev_retry)
         event_free(k->ev_retry);
+    if (k->waddr)
+        ucp_worker_release_address(k->worker, k->waddr);
     if (k->worker)
         ucp_worker_destroy(k->worker);
     if (k->ctx)

@@ -127,7 +127,8 @@ struct pd_kvx_params {
     uint32_t request_deadline_ms; /* D: no block for this long fails a request; P: runs
                                    * unacknowledged this long are taken back; 0 = 10000 */
     unsigned max_sessions; /* 0 = 64 */
-    unsigned max_pending; /* unauthenticated endpoints; 0 = 16 */
+    unsigned max_pending; /* P: unauthenticated KV-port connections; 0 = 16 */
+    unsigned max_pending_per_source; /* P: of them from one address; 0 = max_pending / 4 */
     unsigned max_inflight; /* requests in flight per session; 0 = 256 */
     size_t max_crypto_bytes; /* block bytes queued for tagging; 0 = 256 MiB */
     unsigned tamper_every; /* test only, P: flip a byte after tagging in requests id % n == 0 */

@@ -19,9 +19,13 @@
 #include <time.h>
 #include <ucp/api/ucp.h>
 
-/* Active-message ids: handshake messages, sealed control frames, block data
- * (the test peer's garbage mode sends them too). */
-enum { PD_KVX_AM_HS = 0x50, PD_KVX_AM_CTL = 0x51, PD_KVX_AM_DATA = 0x52 };
+/* Active-message ids: sealed control frames, block data. Every message's
+ * UCX header starts with the receiver's session token (PD_KVX_TOKEN_LEN
+ * bytes, little-endian), which is how the receiver finds the session; only
+ * frames that then open under that session's keys touch it. (0x50 was the
+ * handshake's, before the handshake moved to the KV port.) */
+enum { PD_KVX_AM_CTL = 0x51, PD_KVX_AM_DATA = 0x52 };
+#define PD_KVX_TOKEN_LEN 8
 
 enum { PD_KVX_JOB_TAG = 1, PD_KVX_JOB_VERIFY = 2 };
 
@@ -59,7 +63,7 @@ void pd_kvx_crypto_free(struct pd_kvx_crypto *c);
 
 /* ---- shared by kvx.c (sessions, loop), kvx_recv.c (D), kvx_send.c (P) ---- */
 
-enum { AM_HS = PD_KVX_AM_HS, AM_CTL = PD_KVX_AM_CTL, AM_DATA = PD_KVX_AM_DATA };
+enum { AM_CTL = PD_KVX_AM_CTL, AM_DATA = PD_KVX_AM_DATA };
 
 #define MAX_AM_BLOCKS 256u /* blocks per data message: bounds the sealed header */
 #define MAX_PEERS 64u
@@ -92,14 +96,35 @@ static inline uint64_t now_ms(void) { return pd_now_ns() / 1000000u; }
 
 
 
-enum { C_HS, C_UP, C_CLOSING, C_CLOSED };
+/* C_HS: the handshake on the KV port's TCP connection; C_ADDR: authenticated,
+ * UCX worker addresses being exchanged (sealed) on that connection; C_UP:
+ * both endpoints exist. The TCP connection stays open while the session
+ * lives: its end ends the session. */
+enum { C_HS, C_ADDR, C_UP, C_CLOSING, C_CLOSED };
+
+/* The KV port's buffers while a connection is in C_HS or C_ADDR (freed at
+ * C_UP): one frame in, what we queued out. */
+#define KVX_BOOT_BUF (PD_FRAME_HDR_LEN + 16 + PD_PROTO_MAX_UCX_ADDR + PD_FRAME_MAC_LEN + 512)
+struct kvx_boot {
+    uint8_t in[KVX_BOOT_BUF];
+    size_t in_len;
+    uint8_t out[KVX_BOOT_BUF];
+    size_t out_off, out_len;
+};
 
 struct pd_kvx_session {
     struct dl node; /* kvx->conns */
     struct pd_kvx *kvx;
     struct pd_kvx_peer *peer; /* D */
-    ucp_ep_h ep;
+    ucp_ep_h ep; /* ours, to the peer's worker address (from C_ADDR on) */
     int state;
+    int fd; /* the KV-port TCP connection; -1 once closed */
+    int connecting; /* D: the TCP connect is in progress */
+    struct event *ev_rd, *ev_wr;
+    struct kvx_boot *b; /* C_HS, C_ADDR */
+    uint64_t rx_token; /* ours: the peer's active messages carry it */
+    uint64_t tx_token; /* the peer's: ours carry it */
+    char src_ip[INET6_ADDRSTRLEN]; /* P: the connection's source, for per-source caps */
     int refs; /* the endpoint's own, requests, queued events */
     int want_close, closing_posted;
     struct pd_auth_hs *hs;
@@ -210,8 +235,12 @@ struct pd_kvx {
     size_t max_crypto;
     ucp_context_h ctx;
     ucp_worker_h worker;
-    ucp_listener_h listener;
+    int lfd; /* P: the KV port's listening socket */
+    struct event *ev_listen, *ev_listen_again;
     uint16_t port;
+    void *waddr; /* our UCX worker address (ucp_worker_get_address) */
+    size_t waddr_len;
+    unsigned max_pending_src;
     int efd;
     struct event *ev_efd, *ev_kick, *ev_tick, *ev_crypto, *ev_retry;
     struct pd_kvx_crypto *crypto;
@@ -235,15 +264,25 @@ static inline void kick(struct pd_kvx *k) { event_active(k->ev_kick, 0, 0); }
 
 /* kvx.c */
 struct evq *kvx_ev_new(struct pd_kvx *k, enum pd_kvx_event_type type, struct pd_kvx_session *c);
-int kvx_send_raw(struct pd_kvx_session *c, unsigned id, const uint8_t *msg, size_t len);
 int kvx_send_ctl(struct pd_kvx_session *c, const struct pd_frame *f);
+void kvx_token_put(uint8_t out[PD_KVX_TOKEN_LEN], uint64_t token);
 void kvx_send_abort(struct pd_kvx_session *c, uint64_t id, uint32_t epoch, int reason,
                     const char *detail);
 void kvx_send_reqref(struct pd_kvx_session *c, uint8_t type, uint64_t id, uint32_t epoch);
 void kvx_conn_put(struct pd_kvx_session *c);
 void kvx_conn_fail(struct pd_kvx_session *c, int reason, const char *detail, int hsf);
 struct pd_kvx_session *kvx_conn_new(struct pd_kvx *k);
-struct pd_kvx_session *kvx_conn_find(struct pd_kvx *k, const ucp_am_recv_param_t *param);
+/* The session whose receive token starts an active message's header (and
+ * the header past it), or NULL. */
+struct pd_kvx_session *kvx_conn_find(struct pd_kvx *k, const void **header, size_t *header_length);
+void kvx_session_up(struct pd_kvx_session *c);
+void kvx_count_hsf(struct pd_kvx *k, const char *addr, int hsf, const char *why);
+/* kvx_boot.c: the KV port (P: listen, accept with caps; D: connect), the
+ * handshake and the sealed exchange of UCX worker addresses on it */
+int kvx_boot_listen(struct pd_kvx *k, char *err, size_t errlen);
+void kvx_boot_unlisten(struct pd_kvx *k);
+int kvx_boot_connect(struct pd_kvx_session *c, const struct sockaddr *sa, socklen_t salen);
+void kvx_boot_close(struct pd_kvx_session *c);
 void kvx_ep_err_cb(void *arg, ucp_ep_h ep, ucs_status_t status);
 int kvx_hsf_of(int rc);
 size_t kvx_build_iov(uint8_t *pool, size_t bb, const uint32_t *idx, uint32_t n, ucp_dt_iov_t *iov,

@@ -19,37 +19,12 @@ void kvx_peer_connect(struct pd_kvx_peer *peer)
     if (!c)
         return;
     c->peer = peer;
-    snprintf(c->addr, sizeof c->addr, "%s", peer->hostport);
-    struct sockaddr_in local = {.sin_family = AF_INET};
-    inet_pton(AF_INET, k->kv_ip, &local.sin_addr);
-    ucp_ep_params_t ep = {
-        .field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR |
-                      UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER |
-                      UCP_EP_PARAM_FIELD_LOCAL_SOCK_ADDR,
-        .flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER,
-        .sockaddr = {.addr = (struct sockaddr *)&peer->sa, .addrlen = peer->salen},
-        .local_sockaddr = {.addr = (struct sockaddr *)&local, .addrlen = sizeof local},
-        .err_mode = UCP_ERR_HANDLING_MODE_PEER,
-        .err_handler = {.cb = kvx_ep_err_cb, .arg = c},
-    };
-    ucs_status_t st = ucp_ep_create(k->worker, &ep, &c->ep);
-    if (st != UCS_OK) {
-        pd_log(PD_LOG_DEBUG, "kvx: connect %s: %s", peer->hostport, ucs_status_string(st));
-        c->state = C_CLOSED;
-        kvx_conn_put(c);
-        kvx_peer_lost(peer, 0);
-        return;
-    }
     peer->conn = c;
-    uint8_t m1[PD_AUTH_MSG_MAX];
-    size_t len = 0;
-    char err[256];
-    struct pd_auth_params ap = {.keyring = k->p.keyring, .key_id = k->p.key_id,
-                                .layout = &k->layout};
-    int rc = pd_auth_hs_initiate(&ap, &c->hs, m1, sizeof m1, &len, err, sizeof err);
-    if (rc < 0 || kvx_send_raw(c, AM_HS, m1, len) < 0) {
-        kvx_conn_fail(c, PD_R_AUTH, rc < 0 ? err : "send", kvx_hsf_of(rc));
-        return;
+    snprintf(c->addr, sizeof c->addr, "%s", peer->hostport);
+    int rc = kvx_boot_connect(c, (struct sockaddr *)&peer->sa, peer->salen);
+    if (rc < 0) {
+        pd_log(PD_LOG_DEBUG, "kvx: connect %s: %s", peer->hostport, strerror(-rc));
+        kvx_conn_fail(c, PD_R_TRANSFER, strerror(-rc), -1);
     }
 }
 
@@ -270,23 +245,25 @@ ucs_status_t kvx_am_data(void *arg, const void *header, size_t header_length, vo
                             size_t length, const ucp_am_recv_param_t *param)
 {
     struct pd_kvx *k = arg;
-    struct pd_kvx_session *c = kvx_conn_find(k, param);
+    struct pd_kvx_session *c = kvx_conn_find(k, &header, &header_length);
     if (!kvx_gate(k, c))
         return UCS_OK;
     if (k->p.role != PD_ROLE_D || header_length > k->scratch_cap ||
         header_length < PD_FRAME_HDR_LEN + PD_FRAME_MAC_LEN) {
-        k->st.protocol_errors++;
-        kvx_conn_fail(c, PD_R_PROTOCOL, "data message header", -1);
+        k->st.protocol_errors++; /* not one of the peer's: dropped */
         return UCS_OK;
     }
     struct pd_frame f;
     char err[256];
     int rc = pd_auth_open_frame(c->s, header, header_length, k->scratch, k->scratch_cap, &f, err,
                                 sizeof err);
-    if (rc < 0 || f.type != PD_FT_CHUNK) {
+    if (rc < 0) {
+        k->st.protocol_errors++; /* forged, replayed or stale: dropped */
+        return UCS_OK;
+    }
+    if (f.type != PD_FT_CHUNK) { /* authentic, so the peer's own doing */
         k->st.protocol_errors++;
-        if (rc != -EALREADY && rc != -ESTALE)
-            kvx_conn_fail(c, PD_R_AUTH, rc < 0 ? err : "data message is not a CHUNK", -1);
+        kvx_conn_fail(c, PD_R_PROTOCOL, "data message is not a CHUNK", -1);
         return UCS_OK;
     }
     c->last_rx_ms = now_ms();

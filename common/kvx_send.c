@@ -143,19 +143,21 @@ void kvx_msg_send(struct msg *m)
     f.u.chunk.transfer = m->job.transfer;
     f.u.chunk.block_bytes = k->block_bytes;
     f.u.chunk.tags = m->tags;
-    size_t cap = PD_FRAME_HDR_LEN + pd_frame_body_len(&f) + PD_FRAME_MAC_LEN;
+    size_t cap = PD_KVX_TOKEN_LEN + PD_FRAME_HDR_LEN + pd_frame_body_len(&f) + PD_FRAME_MAC_LEN;
     char err[160];
     m->hdr = malloc(cap);
-    if (!m->hdr || pd_auth_seal_frame(c->s, &f, m->hdr, cap, &m->hdr_len, err, sizeof err) < 0) {
+    if (!m->hdr || pd_auth_seal_frame(c->s, &f, m->hdr + PD_KVX_TOKEN_LEN,
+                                      cap - PD_KVX_TOKEN_LEN, &m->hdr_len, err, sizeof err) < 0) {
         msg_finish(m);
         return;
     }
+    kvx_token_put(m->hdr, c->tx_token);
+    m->hdr_len += PD_KVX_TOKEN_LEN;
     ucp_request_param_t prm = {
         .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
-                        UCP_OP_ATTR_FIELD_FLAGS | UCP_OP_ATTR_FIELD_DATATYPE,
+                        UCP_OP_ATTR_FIELD_DATATYPE,
         .cb.send = msg_sent_cb,
         .user_data = m,
-        .flags = UCP_AM_SEND_FLAG_REPLY,
         .datatype = m->niov == 1 ? ucp_dt_make_contig(1) : ucp_dt_make_iov(),
     };
     const void *buf = m->niov == 1 ? m->iov[0].buffer : (const void *)m->iov;

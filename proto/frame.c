@@ -16,6 +16,8 @@
 #define ABORT_FIXED 16
 #define REQREF_LEN 12
 #define ERROR_FIXED 4
+#define UCX_ADDR_FIXED 16
+#define READY_LEN 8
 
 enum { FROM_D = 1u << PD_ROLE_D, FROM_P = 1u << PD_ROLE_P, FROM_BOTH = FROM_D | FROM_P };
 
@@ -42,6 +44,9 @@ static const struct type_info types[] = {
     [PD_FT_CANCEL] = {"CANCEL", 1, FROM_D, REQREF_LEN, REQREF_LEN},
     [PD_FT_HEARTBEAT] = {"HEARTBEAT", 1, FROM_BOTH, 16, 16},
     [PD_FT_ERROR] = {"ERROR", 1, FROM_BOTH, ERROR_FIXED, ERROR_FIXED + PD_PROTO_MAX_DETAIL},
+    [PD_FT_UCX_ADDR] = {"UCX_ADDR", 1, FROM_BOTH, UCX_ADDR_FIXED + 1,
+                        UCX_ADDR_FIXED + PD_PROTO_MAX_UCX_ADDR},
+    [PD_FT_READY] = {"READY", 1, FROM_P, READY_LEN, READY_LEN},
 };
 #define N_TYPES (sizeof(types) / sizeof(types[0]))
 
@@ -411,6 +416,31 @@ static int dec_error(const uint8_t *b, size_t n, struct pd_error *e, char *err, 
                     errlen);
 }
 
+static int check_ucx_addr(const struct pd_ucx_addr *a, char *err, size_t errlen)
+{
+    if (a->token == 0)
+        return ERR(-EBADMSG, "frame: UCX_ADDR: token 0");
+    if (a->len < 1 || a->len > PD_PROTO_MAX_UCX_ADDR)
+        return ERR(a->len ? -E2BIG : -EBADMSG,
+                   "frame: UCX_ADDR: address of %" PRIu32 " bytes (1..%u)", a->len,
+                   PD_PROTO_MAX_UCX_ADDR);
+    return 0;
+}
+
+static int dec_ucx_addr(const uint8_t *b, size_t n, struct pd_ucx_addr *a, char *err,
+                        size_t errlen)
+{
+    a->token = get_u64(b);
+    a->len = get_u32(b + 8);
+    a->addr = b + UCX_ADDR_FIXED;
+    if (!all_zero(b + 12, 4))
+        return ERR(-EBADMSG, "frame: UCX_ADDR: reserved bytes are not zero");
+    int rc = check_ucx_addr(a, err, errlen);
+    if (rc < 0)
+        return rc;
+    return expect_len("UCX_ADDR", n, UCX_ADDR_FIXED + (uint64_t)a->len, err, errlen);
+}
+
 static int dec_reqref(const uint8_t *b, const char *what, struct pd_reqref *r, char *err,
                       size_t errlen)
 {
@@ -459,6 +489,11 @@ int pd_frame_body_decode(const struct pd_frame_hdr *h, const uint8_t *body, size
             rc = ERR(-EBADMSG, "frame: HEARTBEAT: reserved bytes are not zero");
         break;
     case PD_FT_ERROR: rc = dec_error(body, body_len, &f.u.error, err, errlen); break;
+    case PD_FT_UCX_ADDR: rc = dec_ucx_addr(body, body_len, &f.u.ucx_addr, err, errlen); break;
+    case PD_FT_READY:
+        f.u.ready.token = get_u64(body);
+        rc = f.u.ready.token ? 0 : ERR(-EBADMSG, "frame: READY: token 0");
+        break;
     default: rc = ERR(-EBADMSG, "frame: type %u is not handled", h->type); break;
     }
     if (rc < 0)
@@ -495,6 +530,8 @@ size_t pd_frame_body_len(const struct pd_frame *f)
     case PD_FT_ABORT_ACK: case PD_FT_CANCEL: return REQREF_LEN;
     case PD_FT_HEARTBEAT: return 16;
     case PD_FT_ERROR: return ERROR_FIXED + strnlen(f->u.error.detail, sizeof(f->u.error.detail));
+    case PD_FT_UCX_ADDR: return UCX_ADDR_FIXED + (size_t)f->u.ucx_addr.len;
+    case PD_FT_READY: return READY_LEN;
     default: return 0;
     }
 }
@@ -540,6 +577,12 @@ static int check_frame(const struct pd_frame *f, char *err, size_t errlen)
         if ((rc = check_reason(f->u.error.reason, name, err, errlen)) < 0)
             return rc;
         return check_str(f->u.error.detail, 0, PD_PROTO_MAX_DETAIL, "ERROR detail", err, errlen);
+    case PD_FT_UCX_ADDR:
+        if ((rc = check_ucx_addr(&f->u.ucx_addr, err, errlen)) < 0)
+            return rc;
+        return f->u.ucx_addr.addr ? 0 : ERR(-EINVAL, "frame: UCX_ADDR: no address given");
+    case PD_FT_READY:
+        return f->u.ready.token ? 0 : ERR(-EINVAL, "frame: READY: token 0");
     default:
         return ERR(-EINVAL, "frame: type %u (%s) is not a control frame", f->type, name);
     }
@@ -631,6 +674,13 @@ static void enc_body(const struct pd_frame *f, uint8_t *b)
         memcpy(b + ERROR_FIXED, f->u.error.detail, dl);
         break;
     }
+    case PD_FT_UCX_ADDR:
+        put_u64(b, f->u.ucx_addr.token);
+        put_u32(b + 8, f->u.ucx_addr.len);
+        put_u32(b + 12, 0);
+        memcpy(b + UCX_ADDR_FIXED, f->u.ucx_addr.addr, f->u.ucx_addr.len);
+        break;
+    case PD_FT_READY: put_u64(b, f->u.ready.token); break;
     default: break; /* check_frame refused it */
     }
 }

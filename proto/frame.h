@@ -57,6 +57,7 @@
 #define PD_PROTO_MAX_TEMPERATURE 100.0f
 #define PD_PROTO_MAX_PENALTY 100.0f /* |presence|, |frequency|, repetition */
 #define PD_BLOCK_TAG_LEN 16
+#define PD_PROTO_MAX_UCX_ADDR 8192u /* a UCX worker address in UCX_ADDR */
 
 enum pd_frame_type {
     /* handshake, unsealed (proto/handshake.h) */
@@ -73,6 +74,10 @@ enum pd_frame_type {
     PD_FT_CANCEL = 22, /* D -> P: the client went away; stop */
     PD_FT_HEARTBEAT = 23, /* both: lease renewal */
     PD_FT_ERROR = 24, /* both: session-level failure, then close */
+    /* sealed, on the KV port's own TCP connection right after the handshake
+     * (docs/internals/kvx.md, "The KV port") */
+    PD_FT_UCX_ADDR = 25, /* both: my UCX worker address, and the token to address me by */
+    PD_FT_READY = 26, /* P -> D: my endpoint to you exists; the session is up */
 };
 
 /* Which daemon sends a frame type. */
@@ -190,6 +195,16 @@ struct pd_error { /* ERROR */
     char detail[PD_PROTO_MAX_DETAIL + 1];
 };
 
+struct pd_ucx_addr { /* UCX_ADDR */
+    uint64_t token; /* != 0: the sender's receive token; the peer's active messages carry it */
+    uint32_t len; /* 1 .. PD_PROTO_MAX_UCX_ADDR */
+    const uint8_t *addr; /* len bytes of ucp_worker_get_address; a view (decode) or input */
+};
+
+struct pd_ready { /* READY */
+    uint64_t token; /* echoes the token of D's UCX_ADDR */
+};
+
 struct pd_frame {
     uint8_t type; /* enum pd_frame_type, a control type */
     union {
@@ -202,6 +217,8 @@ struct pd_frame {
         struct pd_reqref cancel;
         struct pd_heartbeat heartbeat;
         struct pd_error error;
+        struct pd_ucx_addr ucx_addr;
+        struct pd_ready ready;
     } u;
 };
 

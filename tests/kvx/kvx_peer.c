@@ -5,7 +5,7 @@
  *            --psk-file k.psk [--tamper N] [--delay-ms D]
  *   kvx_peer --role recv --connect 127.0.0.1:14579 --kv-ip 127.0.0.1 --psk-file k.psk \
  *            --requests 200 --inflight 8 --seed 1
- *   kvx_peer --role silent|garbage --connect 127.0.0.1:14579      (misbehaving clients)
+ *   kvx_peer --role silent|garbage --connect 127.0.0.1:14579      (raw TCP: misbehaving clients)
  *
  * Block contents come from a counter-based generator keyed by (seed, request
  * id, epoch, block index): the sender fills its source blocks with it, the
@@ -23,6 +23,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <poll.h>
 #include <event2/event.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -492,17 +493,10 @@ static void on_signal(evutil_socket_t fd, short what, void *arg)
     event_base_loopbreak(base);
 }
 
-/* ---- misbehaving clients: raw UCX, no kvx ---- */
+/* ---- misbehaving clients: raw TCP to the KV port, no kvx ---- */
 
-static int closed_by_peer;
-static void bad_err_cb(void *arg, ucp_ep_h ep, ucs_status_t st)
-{
-    (void)arg;
-    (void)ep;
-    (void)st;
-    closed_by_peer = 1;
-}
-
+/* silent: connect and say nothing; garbage: send 4 KiB of random bytes.
+ * Either way, wait for the listener to close the connection. */
 static int run_bad_client(int garbage)
 {
     const char *colon = strrchr(o.connect, ':');
@@ -511,66 +505,32 @@ static int run_bad_client(int garbage)
     char host[64];
     snprintf(host, sizeof host, "%.*s", (int)(colon - o.connect), o.connect);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
-    inet_pton(AF_INET, host, &sa.sin_addr);
-    ucp_config_t *cfg;
-    ucp_config_read(NULL, NULL, &cfg);
-    ucp_params_t pp = {.field_mask = UCP_PARAM_FIELD_FEATURES, .features = UCP_FEATURE_AM};
-    ucp_context_h ctx;
-    ucp_worker_h w;
-    if (ucp_init(&pp, cfg, &ctx) != UCS_OK)
+    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1)
         return 2;
-    ucp_config_release(cfg);
-    ucp_worker_params_t wp = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
-                              .thread_mode = UCS_THREAD_MODE_SINGLE};
-    if (ucp_worker_create(ctx, &wp, &w) != UCS_OK)
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
         return 2;
-    ucp_ep_params_t ep = {
-        .field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR |
-                      UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER,
-        .flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER,
-        .sockaddr = {.addr = (struct sockaddr *)&sa, .addrlen = sizeof sa},
-        .err_mode = UCP_ERR_HANDLING_MODE_PEER,
-        .err_handler = {.cb = bad_err_cb},
-    };
-    ucp_ep_h e;
-    if (ucp_ep_create(w, &ep, &e) != UCS_OK)
-        return 2;
-    size_t big = 1u << 20;
-    uint8_t *junk = malloc(big);
-    for (size_t i = 0; i < big; i++)
-        junk[i] = (uint8_t)rnd(256);
-    void *reqs[3] = {0};
     if (garbage) {
-        ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
-                                   .flags = UCP_AM_SEND_FLAG_REPLY};
-        reqs[0] = ucp_am_send_nbx(e, PD_KVX_AM_DATA, junk, 200, junk, big, &prm);
-        reqs[1] = ucp_am_send_nbx(e, PD_KVX_AM_CTL, NULL, 0, junk, 300, &prm);
-        reqs[2] = ucp_am_send_nbx(e, PD_KVX_AM_HS, NULL, 0, junk, 252, &prm);
+        uint8_t junk[4096];
+        for (size_t i = 0; i < sizeof junk; i++)
+            junk[i] = (uint8_t)rnd(256);
+        (void)!send(fd, junk, sizeof junk, MSG_NOSIGNAL); /* closed already: fine */
     }
     uint64_t t0 = mono_ms();
-    while (!closed_by_peer && mono_ms() - t0 < o.timeout_ms) {
-        ucp_worker_progress(w);
-        usleep(1000);
+    int closed_by_peer = 0;
+    while (mono_ms() - t0 < o.timeout_ms) {
+        struct pollfd pf = {.fd = fd, .events = POLLIN};
+        if (poll(&pf, 1, 50) > 0) {
+            char b[256];
+            ssize_t r = recv(fd, b, sizeof b, 0);
+            if (r <= 0) {
+                closed_by_peer = 1;
+                break;
+            }
+        }
     }
     uint64_t waited = mono_ms() - t0;
-    for (int i = 0; i < 3; i++)
-        if (reqs[i] && !UCS_PTR_IS_ERR(reqs[i])) {
-            while (ucp_request_check_status(reqs[i]) == UCS_INPROGRESS &&
-                   mono_ms() - t0 < o.timeout_ms + 2000)
-                ucp_worker_progress(w);
-            ucp_request_free(reqs[i]);
-        }
-    ucp_request_param_t cp = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
-                              .flags = UCP_EP_CLOSE_FLAG_FORCE};
-    void *cr = ucp_ep_close_nbx(e, &cp);
-    if (cr && !UCS_PTR_IS_ERR(cr)) {
-        while (ucp_request_check_status(cr) == UCS_INPROGRESS)
-            ucp_worker_progress(w);
-        ucp_request_free(cr);
-    }
-    ucp_worker_destroy(w);
-    ucp_cleanup(ctx);
-    free(junk);
+    close(fd);
     printf("{\"role\":\"%s\",\"closed_by_peer\":%d,\"waited_ms\":%" PRIu64 "}\n",
            garbage ? "garbage" : "silent", closed_by_peer, waited);
     return closed_by_peer ? 0 : 1;

@@ -265,7 +265,7 @@ static void unknown_type_refused(void)
 {
     uint8_t buf[256];
     size_t n = golden("ack", buf, sizeof(buf));
-    const uint8_t bad[] = {0, 4, 15, 25, 255};
+    const uint8_t bad[] = {0, 4, 15, 27, 255};
     for (size_t i = 0; i < sizeof(bad); i++) {
         buf[6] = bad[i];
         REFUSED(buf, n, -EBADMSG);
@@ -686,6 +686,68 @@ static void confirm_roundtrips(void)
     CHECK_EQ_INT(pd_hs_confirm_decode(b, PD_HS_CONFIRM_LEN + 1, got, NULL, err, sizeof(err)), -EBADMSG);
 }
 
+/* UCX_ADDR as documented: token, length, 4 reserved bytes, the address. */
+static void ucx_addr_roundtrips_with_documented_layout(void)
+{
+    uint8_t addr[300], buf[PD_FRAME_HDR_LEN + 16 + 300];
+    for (size_t i = 0; i < sizeof(addr); i++)
+        addr[i] = (uint8_t)(i * 13 + 1);
+    struct pd_frame f = {.type = PD_FT_UCX_ADDR}, g;
+    f.u.ucx_addr = (struct pd_ucx_addr){.token = 0x1122334455667788ull, .len = 300, .addr = addr};
+    size_t n = 0;
+    CHECK_EQ_INT(pd_frame_encode(&f, 5, buf, sizeof(buf), &n, err, sizeof(err)), 0);
+    CHECK_EQ_INT((int)n, PD_FRAME_HDR_LEN + 16 + 300);
+    CHECK_EQ_INT(buf[PD_FRAME_HDR_LEN], 0x88);  /* token, little-endian */
+    CHECK_EQ_INT(buf[PD_FRAME_HDR_LEN + 8], 300 & 0xff);
+    CHECK_EQ_INT(buf[PD_FRAME_HDR_LEN + 9], 300 >> 8);
+    CHECK(memcmp(buf + PD_FRAME_HDR_LEN + 16, addr, 300) == 0);
+    CHECK_EQ_INT(pd_frame_decode(buf, n, &g, err, sizeof(err)), 0);
+    CHECK_EQ_INT(g.type, PD_FT_UCX_ADDR);
+    CHECK(g.u.ucx_addr.token == f.u.ucx_addr.token);
+    CHECK_EQ_INT(g.u.ucx_addr.len, 300);
+    CHECK(memcmp(g.u.ucx_addr.addr, addr, 300) == 0);
+    CHECK(pd_frame_sender_ok(PD_FT_UCX_ADDR, PD_ROLE_D) && pd_frame_sender_ok(PD_FT_UCX_ADDR, PD_ROLE_P));
+    CHECK(pd_frame_type_sealed(PD_FT_UCX_ADDR));
+}
+
+static void ucx_addr_token_length_and_reserved_checked(void)
+{
+    uint8_t addr[8] = {1, 2, 3, 4, 5, 6, 7, 8}, buf[PD_FRAME_HDR_LEN + 16 + 8];
+    struct pd_frame f = {.type = PD_FT_UCX_ADDR};
+    f.u.ucx_addr = (struct pd_ucx_addr){.token = 0, .len = 8, .addr = addr};
+    size_t n = 0;
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -EINVAL);
+    f.u.ucx_addr.len = PD_PROTO_MAX_UCX_ADDR + 1;
+    f.u.ucx_addr.token = 9;
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -E2BIG);
+    f.u.ucx_addr.len = 8;
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), 0);
+    buf[PD_FRAME_HDR_LEN + 12] = 1; /* reserved */
+    REFUSED(buf, n, -EBADMSG);
+    CHECK_CONTAINS(err, "reserved");
+    buf[PD_FRAME_HDR_LEN + 12] = 0;
+    buf[PD_FRAME_HDR_LEN + 8] = 9; /* the length says more than the body holds */
+    REFUSED(buf, n, -EBADMSG);
+    buf[PD_FRAME_HDR_LEN + 8] = 8;
+    memset(buf + PD_FRAME_HDR_LEN, 0, 8); /* token 0 */
+    REFUSED(buf, n, -EBADMSG);
+    CHECK_CONTAINS(err, "token");
+}
+
+static void ready_roundtrips_and_only_prefilld_sends_it(void)
+{
+    uint8_t buf[PD_FRAME_HDR_LEN + 8];
+    struct pd_frame f = {.type = PD_FT_READY}, g;
+    f.u.ready.token = 77;
+    size_t n = 0;
+    CHECK_EQ_INT(pd_frame_encode(&f, 2, buf, sizeof(buf), &n, err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_frame_decode(buf, n, &g, err, sizeof(err)), 0);
+    CHECK(g.type == PD_FT_READY && g.u.ready.token == 77);
+    CHECK(pd_frame_sender_ok(PD_FT_READY, PD_ROLE_P) && !pd_frame_sender_ok(PD_FT_READY, PD_ROLE_D));
+    memset(buf + PD_FRAME_HDR_LEN, 0, 8);
+    REFUSED(buf, n, -EBADMSG);
+}
+
 static const struct pd_test tests[] = {
     PD_TEST(golden_frames_decode_to_documented_values),
     PD_TEST(golden_frames_reencode_byte_identical),
@@ -722,6 +784,9 @@ static const struct pd_test tests[] = {
     PD_TEST(hello_layout_out_of_range_refused),
     PD_TEST(every_truncation_of_a_hello_refused),
     PD_TEST(confirm_roundtrips),
+    PD_TEST(ucx_addr_roundtrips_with_documented_layout),
+    PD_TEST(ucx_addr_token_length_and_reserved_checked),
+    PD_TEST(ready_roundtrips_and_only_prefilld_sends_it),
     {0},
 };
 
