@@ -281,6 +281,12 @@ static void boot_read(struct pd_kvx_session *c)
         }
         struct kvx_boot *b = c->b;
         size_t want = PD_FRAME_HDR_LEN, wire = 0;
+        if (b->in_len > 0 && b->in_len < PD_FRAME_HDR_LEN &&
+            memcmp(b->in, PD_FRAME_MAGIC, b->in_len < 4 ? b->in_len : 4) != 0) {
+            /* not ours from the first byte on: no need to wait for a header */
+            boot_fail(c, PD_R_PROTOCOL, "not a pdserve KV frame (bad magic)", PD_KVX_HSF_GARBAGE);
+            return;
+        }
         if (b->in_len >= PD_FRAME_HDR_LEN) {
             int rc = frame_allowed(c, b->in, &wire, err, sizeof err);
             if (rc < 0) {
@@ -299,12 +305,15 @@ static void boot_read(struct pd_kvx_session *c)
             if (r <= 0) {
                 /* D: P closes during our handshake when it refuses our key,
                  * model or layout, or at a cap; it cannot say so unauthenticated */
-                int hsf = c->peer ? PD_KVX_HSF_REFUSED : PD_KVX_HSF_OTHER;
+                int hsf = c->peer ? PD_KVX_HSF_REFUSED
+                          : b->in_len ? PD_KVX_HSF_GARBAGE /* a frame cut short */
+                                      : PD_KVX_HSF_OTHER;
                 boot_fail(c, PD_R_TRANSFER,
                           c->peer ? "the peer closed the connection during the handshake (a "
                                     "key, model or block layout it refuses, or a cap on its "
                                     "side: its log says which)"
-                                  : "closed during the handshake",
+                          : b->in_len ? "closed in the middle of a frame"
+                                      : "closed during the handshake",
                           hsf);
                 return;
             }
