@@ -6,7 +6,10 @@ configured address: the KV listener and the HTTP/admin listeners on theirs,
 everything else (UCX's data sockets) on --kv-ip within --kv-data-ports. Then
 the link goes down (requests fail over to local prefill and are answered)
 and up again (decoded reconnects; prefill is remote again), neither daemon
-restarted.
+restarted. A --kv-ip that is a secondary address of its interface is refused
+at start by both daemons (UCX would bind the interface's first address), and
+a flood from another address of decoded's host does not keep decoded from its
+session.
 
 Needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN): without it every test is skipped
 (run_pytest.sh then exits 77 with the reason). Namespaces are removed even on
@@ -59,7 +62,7 @@ def netns():
             sh("ip", "-n", ns, "addr", "add", ip + "/24", "dev", dev)
             sh("ip", "-n", ns, "link", "set", dev, "up")
             sh("ip", "-n", ns, "link", "set", "lo", "up")
-        yield ns_p, ns_d, veth_d
+        yield ns_p, ns_d, veth_d, veth_p
     finally:
         sh("ip", "netns", "del", ns_p, check=False)
         sh("ip", "netns", "del", ns_d, check=False)  # the veth pair goes with it
@@ -145,7 +148,7 @@ def check_sockets(socks, fixed, kv_ip, lo, hi, who):
 
 
 def test_two_namespaces_over_tcp(netns, tmp_path):
-    ns_p, ns_d, veth_d = netns
+    ns_p, ns_d, veth_d, _ = netns
     psk = write_key(tmp_path / "k.psk")
     pre = os.environ.get("PREFILLD")
     dec = os.environ.get("DECODED")
@@ -232,3 +235,80 @@ def test_two_namespaces_over_tcp(netns, tmp_path):
     for log in logs:
         for bad in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
             assert bad not in log, log
+
+
+def test_secondary_kv_ip_refused(netns, tmp_path):
+    ns_p, ns_d, veth_d, veth_p = netns
+    psk = write_key(tmp_path / "k.psk")
+    pre, dec = os.environ.get("PREFILLD"), os.environ.get("DECODED")
+    if not pre or not dec:
+        pytest.skip("set PREFILLD and DECODED")
+    sh("ip", "-n", ns_p, "addr", "add", "192.0.2.11/24", "dev", veth_p)
+    sh("ip", "-n", ns_d, "addr", "add", "192.0.2.12/24", "dev", veth_d)
+    for ns, binary, extra in ((ns_p, pre, ["--kv-ip", "192.0.2.11"]),
+                              (ns_d, dec, ["--kv-ip", "192.0.2.12", "--prefill",
+                                           "%s:%d" % (P_IP, KV_PORT)])):
+        r = subprocess.run(["ip", "netns", "exec", ns, binary, *MODEL, "--kv-cache-memory",
+                            "64MiB", "--kv-psk-file", psk, *extra], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode != 0, r.stderr
+        out = r.stderr + r.stdout
+        assert "secondary address" in out and "first address is" in out, out
+        assert "dummy or macvlan" in out, out
+
+
+def test_flood_from_another_address_does_not_keep_decoded_out(netns, tmp_path):
+    """An attacker on decoded's host, from its own address, floods prefilld's
+    KV port with silent connections; decoded (another source) still gets its
+    session within 3 s while it goes on."""
+    ns_p, ns_d, veth_d, _ = netns
+    psk = write_key(tmp_path / "k.psk")
+    pre, dec = os.environ.get("PREFILLD"), os.environ.get("DECODED")
+    if not pre or not dec:
+        pytest.skip("set PREFILLD and DECODED")
+    attacker_ip = "192.0.2.99"
+    sh("ip", "-n", ns_d, "addr", "add", attacker_ip + "/24", "dev", veth_d)
+    mem = ["--kv-cache-memory", "64MiB"]
+    p = Proc(ns_p, [pre, *MODEL, *mem, "--kv-ip", P_IP, "--kv-port", str(KV_PORT),
+                    "--kv-data-ports", "%d-%d" % P_DATA, "--admin-host", "127.0.0.1",
+                    "--admin-port", str(P_ADMIN), "--kv-psk-file", psk])
+    d = flood = None
+    try:
+        wait_health(ns_p, P_ADMIN, p)
+        script = ("import socket,sys,time\n"
+                  "held=[]\n"
+                  "for i in range(1500):\n"
+                  "    s=socket.socket(); s.bind((sys.argv[1],0))\n"
+                  "    try: s.connect((sys.argv[2],int(sys.argv[3]))); held.append(s)\n"
+                  "    except OSError: s.close()\n"
+                  "    time.sleep(0.004)\n"
+                  "time.sleep(30)\n")
+        flood = subprocess.Popen(["ip", "netns", "exec", ns_d, "python3", "-c", script,
+                                  attacker_ip, P_IP, str(KV_PORT)])
+        time.sleep(1.5)
+        d = Proc(ns_d, [dec, *MODEL, *mem, "--kv-ip", D_IP, "--kv-data-ports", "%d-%d" % D_DATA,
+                        "--prefill", "%s:%d" % (P_IP, KV_PORT), "--kv-psk-file", psk,
+                        "--host", "127.0.0.1", "--port", str(API_PORT), "--admin-host",
+                        "127.0.0.1", "--admin-port", str(D_ADMIN)])
+        wait_health(ns_d, API_PORT, d)
+        t0 = time.time()
+        while metric(ns_d, D_ADMIN, "pdserve:kv_peer_up") != 1:
+            assert time.time() - t0 < 3, "no KV session during the flood:\n" + d.log()
+            time.sleep(0.05)
+        assert flood.poll() is None  # the flood was still going on
+        assert metric(ns_p, P_ADMIN,
+                      'pdserve:kv_handshake_failures_total{daemon="prefilld",reason="cap"}') > 0
+    except BaseException:
+        print("---- prefilld ----\n" + p.log())
+        if d:
+            print("---- decoded ----\n" + d.log())
+        raise
+    finally:
+        if flood:
+            flood.kill()
+            flood.wait()
+        rcs = [x.stop() for x in (d, p) if x]
+        for x in (d, p):
+            if x:
+                os.unlink(x.logf.name)
+    assert rcs == [0] * len(rcs), rcs
