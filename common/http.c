@@ -16,6 +16,7 @@
 #include <strings.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <time.h>
 
 static const char *reason(int status)
 {
@@ -201,18 +202,38 @@ void pd_http_sse_end(struct evhttp_request *req, bool done)
 
 /* ---- connection cap ---- */
 
+/* Where a connection's input stands, as far as the deadline needs to know:
+ * the request line and headers of a request (R_HEAD), its body by
+ * Content-Length (R_BODY) or chunked (R_CHUNK_SIZE, R_CHUNK_DATA,
+ * R_CHUNK_END, R_TRAILER), or between requests (R_IDLE). evhttp parses the
+ * same bytes for itself; this tracker only times them. */
+enum { R_HEAD, R_BODY, R_CHUNK_SIZE, R_CHUNK_DATA, R_CHUNK_END, R_TRAILER, R_IDLE, R_DEAD };
+#define LINE_KEEP 64 /* bytes of a line kept: enough for the names and numbers read */
+
 struct conn {
     struct pd_http_conns *c;
     struct bufferevent *bev; /* ours until adopted: one extra reference */
     struct evhttp_connection *evcon; /* once adopted */
     struct conn *next; /* pending adoption */
     struct conn *prev_open, *next_open; /* adopted, open */
+    struct event *deadline; /* the request's head (then its body) must arrive by then */
+    int st; /* R_* */
+    bool first_line, chunked, bad_len;
+    uint64_t left; /* R_BODY, R_CHUNK_DATA: bytes to come */
+    char line[LINE_KEEP + 1];
+    size_t line_len;
+    char peer[64];
 };
 
 struct pd_http_conns {
     struct evhttp *http;
     struct event_base *base;
     unsigned max, n;
+    unsigned max_per_source; /* 0: only the total */
+    unsigned header_timeout_s; /* 0: no deadline */
+    struct pd_http_conns_stats st;
+    void (*on_refuse)(const char *why, const char *peer, void *);
+    void *refuse_arg;
     bool paused, disabled;
     uint64_t full_events;
     struct evconnlistener *lev[PD_HTTP_MAX_LISTENERS];
@@ -245,6 +266,247 @@ static void conn_gone(struct pd_http_conns *c)
     set_listening(c);
 }
 
+static evutil_socket_t conn_fd(const struct conn *k)
+{
+    struct bufferevent *bev = k->evcon ? evhttp_connection_get_bufferevent(k->evcon) : k->bev;
+    return bev ? bufferevent_getfd(bev) : -1;
+}
+
+/* Refuse what this connection sent: answer status with an OpenAI-shaped
+ * error when nothing else is queued for it (written to the socket directly:
+ * evhttp never sees the request), then shut the socket down; evhttp then
+ * fails the connection on its next read and frees it. */
+static void refuse(struct conn *k, int status, const char *code, const char *msg, bool answer)
+{
+    struct pd_http_conns *c = k->c;
+    evutil_socket_t fd = conn_fd(k);
+    struct bufferevent *bev = k->evcon ? evhttp_connection_get_bufferevent(k->evcon) : k->bev;
+    k->st = R_DEAD;
+    if (k->deadline)
+        event_del(k->deadline);
+    if (c->on_refuse)
+        c->on_refuse(msg, k->peer[0] ? k->peer : "?", c->refuse_arg);
+    if (fd < 0)
+        return;
+    if (answer && bev && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+        char *json = pd_http_error_body(msg, "invalid_request_error", NULL, code);
+        if (json) {
+            char head[256];
+            int hl = snprintf(head, sizeof(head),
+                              "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                              "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+                              status, status == 408 ? "Request Timeout" : "Bad Request",
+                              strlen(json));
+            /* small, into an idle socket's empty send buffer: one send
+             * takes it; whatever it does not take is dropped with the
+             * connection */
+            if (hl > 0 && send(fd, head, (size_t)hl, MSG_NOSIGNAL | MSG_DONTWAIT) == hl)
+                (void)!send(fd, json, strlen(json), MSG_NOSIGNAL | MSG_DONTWAIT);
+            free(json);
+        }
+    }
+    shutdown(fd, SHUT_RDWR); /* the socket reads as ended: evhttp frees the connection */
+}
+
+static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *k = arg;
+    (void)fd;
+    (void)what;
+    if (k->st == R_IDLE || k->st == R_DEAD)
+        return;
+    k->c->st.deadline_cuts++;
+    /* a connection that sent nothing is closed without a word (a browser's
+     * preconnect); one that began a request hears why */
+    refuse(k, 408, "request_timeout",
+           k->st == R_HEAD ? "the request's headers did not arrive within --header-timeout"
+                           : "the request's body did not arrive within --header-timeout",
+           k->st != R_HEAD || !k->first_line || k->line_len > 0);
+}
+
+static void arm(struct conn *k)
+{
+    if (!k->deadline || !k->c->header_timeout_s)
+        return;
+    struct timeval tv = {.tv_sec = (time_t)k->c->header_timeout_s};
+    event_add(k->deadline, &tv);
+}
+
+static bool line_is(const char *line, const char *name)
+{
+    return strncasecmp(line, name, strlen(name)) == 0;
+}
+
+/* One line of the head: the request line first, then header fields. */
+static void head_line(struct conn *k)
+{
+    const char *l = k->line;
+    if (k->first_line) {
+        k->first_line = false;
+        return;
+    }
+    if (line_is(l, "content-length:")) {
+        const char *v = l + 15;
+        while (*v == ' ' || *v == '\t')
+            v++;
+        uint64_t n = 0;
+        if (*v < '0' || *v > '9')
+            k->bad_len = true;
+        for (; *v >= '0' && *v <= '9'; v++)
+            n = n > UINT64_MAX / 10 - 10 ? UINT64_MAX : n * 10 + (uint64_t)(*v - '0');
+        k->left = n;
+    } else if (line_is(l, "transfer-encoding:") && strcasestr(l, "chunked")) {
+        k->chunked = true;
+    }
+}
+
+static void request_done(struct conn *k)
+{
+    k->st = R_IDLE;
+    if (k->deadline)
+        event_del(k->deadline);
+}
+
+static void head_done(struct conn *k)
+{
+    if (k->chunked) {
+        k->st = R_CHUNK_SIZE;
+    } else if (k->left > 0 && !k->bad_len) {
+        k->st = R_BODY;
+    } else {
+        request_done(k);
+        return;
+    }
+    arm(k); /* the body gets as long again */
+}
+
+/* Follow the bytes just read (they are evhttp's to parse; nothing is taken). */
+static void track(struct conn *k, const unsigned char *p, size_t n)
+{
+    for (size_t i = 0; i < n && k->st != R_DEAD;) {
+        unsigned char ch = p[i];
+        switch (k->st) {
+        case R_IDLE: /* the first byte of the next request */
+            k->st = R_HEAD;
+            k->first_line = true;
+            k->chunked = k->bad_len = false;
+            k->left = 0;
+            k->line_len = 0;
+            arm(k);
+            continue;
+        case R_BODY:
+        case R_CHUNK_DATA: {
+            size_t take = n - i < k->left ? n - i : (size_t)k->left;
+            k->left -= take;
+            i += take;
+            if (k->left == 0) {
+                if (k->st == R_BODY)
+                    request_done(k);
+                else
+                    k->st = R_CHUNK_END;
+                k->line_len = 0;
+            }
+            continue;
+        }
+        default:
+            break;
+        }
+        i++;
+        if (ch == 0 && k->st == R_HEAD) {
+            /* a field value cannot hold NUL (RFC 9110 5.5); evhttp would cut
+             * it at the NUL and see something else than was sent */
+            k->c->st.bad_requests++;
+            refuse(k, 400, NULL, "NUL byte in the request's headers", true);
+            return;
+        }
+        if (ch != '\n') {
+            if (ch != '\r' && k->line_len < LINE_KEEP)
+                k->line[k->line_len++] = (char)ch;
+            continue;
+        }
+        k->line[k->line_len] = 0;
+        bool empty = k->line_len == 0;
+        k->line_len = 0;
+        switch (k->st) {
+        case R_HEAD:
+            if (empty && k->first_line)
+                break; /* blank lines before a request line are skipped */
+            if (empty)
+                head_done(k);
+            else
+                head_line(k);
+            break;
+        case R_CHUNK_SIZE: {
+            uint64_t size = 0;
+            bool any = false;
+            for (const char *h = k->line; *h; h++) {
+                int d = *h >= '0' && *h <= '9'   ? *h - '0'
+                        : *h >= 'a' && *h <= 'f' ? *h - 'a' + 10
+                        : *h >= 'A' && *h <= 'F' ? *h - 'A' + 10
+                                                 : -1;
+                if (d < 0)
+                    break;
+                any = true;
+                size = size > (UINT64_MAX >> 4) ? UINT64_MAX : size * 16 + (uint64_t)d;
+            }
+            if (!any) { /* evhttp refuses it; stop timing a request it will not serve */
+                request_done(k);
+            } else if (size == 0) {
+                k->st = R_TRAILER;
+            } else {
+                k->left = size;
+                k->st = R_CHUNK_DATA;
+            }
+            break;
+        }
+        case R_CHUNK_END: k->st = R_CHUNK_SIZE; break;
+        case R_TRAILER:
+            if (empty)
+                request_done(k);
+            break;
+        default: break;
+        }
+    }
+}
+
+static void in_cb(struct evbuffer *in, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct conn *k = arg;
+    if (info->n_added == 0)
+        return;
+    if (k->st == R_DEAD) { /* refused: evhttp must not parse what still comes */
+        evbuffer_drain(in, evbuffer_get_length(in));
+        return;
+    }
+    size_t len = evbuffer_get_length(in);
+    size_t from = len >= info->n_added ? len - info->n_added : 0;
+    struct evbuffer_ptr ptr;
+    if (evbuffer_ptr_set(in, &ptr, from, EVBUFFER_PTR_SET) < 0)
+        return;
+    struct evbuffer_iovec v[8];
+    while (k->st != R_DEAD) {
+        int nv = evbuffer_peek(in, -1, &ptr, v, 8);
+        if (nv <= 0)
+            break;
+        size_t got = 0;
+        for (int i = 0; i < nv && i < 8 && k->st != R_DEAD; i++) {
+            track(k, v[i].iov_base, v[i].iov_len);
+            got += v[i].iov_len;
+        }
+        if (nv <= 8 || evbuffer_ptr_set(in, &ptr, got, EVBUFFER_PTR_ADD) < 0)
+            break;
+    }
+    if (k->st == R_DEAD) /* refused: evhttp must not parse what is left */
+        evbuffer_drain(in, evbuffer_get_length(in));
+}
+
+static void conn_free(struct conn *k)
+{
+    if (k->deadline)
+        event_free(k->deadline);
+    free(k);
+}
+
 static void closed_cb(struct evhttp_connection *evcon, void *arg)
 {
     struct conn *k = arg;
@@ -255,7 +517,7 @@ static void closed_cb(struct evhttp_connection *evcon, void *arg)
         c->open = k->next_open;
     if (k->next_open)
         k->next_open->prev_open = k->prev_open;
-    free(k);
+    conn_free(k);
     conn_gone(c);
     if (c->on_close)
         c->on_close(evcon, c->arg);
@@ -283,8 +545,22 @@ static void adopt_cb(evutil_socket_t fd, short what, void *arg)
                 c->open->prev_open = k;
             c->open = k;
             evhttp_connection_set_closecb(evcon, closed_cb, k);
+            char *host = NULL;
+            ev_uint16_t port = 0;
+            evhttp_connection_get_peer(evcon, &host, &port);
+            snprintf(k->peer, sizeof(k->peer), "%s", host ? host : "?");
+            if (c->max_per_source && k->st != R_DEAD) {
+                unsigned same = 0;
+                for (struct conn *o = c->open; o; o = o->next_open)
+                    same += !strcmp(o->peer, k->peer);
+                if (same > c->max_per_source) {
+                    c->st.per_source_refusals++;
+                    refuse(k, 429, "too_many_connections",
+                           "too many connections from this address", true);
+                }
+            }
         } else {
-            free(k);
+            conn_free(k);
             conn_gone(c);
         }
     }
@@ -449,6 +725,12 @@ static struct bufferevent *bev_cb(struct event_base *base, void *arg)
     bufferevent_incref(bev);
     evbuffer_add_cb(bufferevent_get_output(bev), out_cb, NULL);
     k->c = c;
+    k->st = R_HEAD;
+    k->first_line = true;
+    /* the first request's head is timed from the accept */
+    if (c->header_timeout_s && (k->deadline = evtimer_new(base, deadline_cb, k)))
+        arm(k);
+    evbuffer_add_cb(bufferevent_get_input(bev), in_cb, k);
     k->bev = bev;
     k->next = c->pending;
     c->pending = k;
@@ -488,7 +770,7 @@ struct pd_http_conns *pd_http_conns_free(struct pd_http_conns *c)
         struct conn *k = c->pending;
         c->pending = k->next;
         bufferevent_decref(k->bev);
-        free(k);
+        conn_free(k);
     }
     if (c->adopt_ev)
         event_free(c->adopt_ev);
@@ -526,3 +808,20 @@ size_t pd_http_conns_pending_output(const struct pd_http_conns *c)
     return n;
 }
 uint64_t pd_http_conns_full_events(const struct pd_http_conns *c) { return c->full_events; }
+
+void pd_http_conns_set_limits(struct pd_http_conns *c, unsigned header_timeout_s,
+                              unsigned max_per_source,
+                              void (*on_refuse)(const char *why, const char *peer, void *arg),
+                              void *arg)
+{
+    c->header_timeout_s = header_timeout_s;
+    c->max_per_source = max_per_source;
+    c->on_refuse = on_refuse;
+    c->refuse_arg = arg;
+}
+
+void pd_http_conns_get_stats(const struct pd_http_conns *c, struct pd_http_conns_stats *out)
+{
+    *out = c->st;
+    out->full_events = c->full_events;
+}

@@ -118,5 +118,25 @@ unsigned pd_http_conns_count(const struct pd_http_conns *c);
 size_t pd_http_conns_pending_output(const struct pd_http_conns *c);
 /* Times the cap was reached (the listeners were disabled). */
 uint64_t pd_http_conns_full_events(const struct pd_http_conns *c);
+/* Deadlines and the per-source cap (call before the listeners are added):
+ * a request's headers must arrive within header_timeout_s of its first byte
+ * (of the accept, for a connection's first request), however they trickle,
+ * and its body within as long again, else the connection gets a 408 and is
+ * closed; a connection from an address that already holds max_per_source
+ * gets a 429 and is closed (0: no per-source cap; a load balancer in front
+ * makes every client one source); a NUL byte in a request's headers gets a
+ * 400 and the connection is closed. on_refuse(why, peer, arg) (may be
+ * NULL; the caller logs, rate-limited) hears of each. */
+void pd_http_conns_set_limits(struct pd_http_conns *c, unsigned header_timeout_s,
+                              unsigned max_per_source,
+                              void (*on_refuse)(const char *why, const char *peer, void *arg),
+                              void *arg);
+struct pd_http_conns_stats {
+    uint64_t full_events; /* as pd_http_conns_full_events */
+    uint64_t deadline_cuts; /* 408: headers or body past the deadline */
+    uint64_t per_source_refusals; /* 429: over max_per_source */
+    uint64_t bad_requests; /* 400: NUL in the headers */
+};
+void pd_http_conns_get_stats(const struct pd_http_conns *c, struct pd_http_conns_stats *out);
 
 #endif

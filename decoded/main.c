@@ -61,7 +61,7 @@ struct dec_cfg {
     int64_t max_num_batched_tokens;
     int64_t max_num_seqs;
     int64_t max_waiting;
-    int64_t max_connections;
+    int64_t max_connections, max_connections_per_source;
     uint64_t max_body_size;
     uint64_t max_client_buffer;
     int64_t max_json_depth;
@@ -135,8 +135,14 @@ static const struct pd_cfg_opt options[] = {
                 INT64_C(1) << 30, "response bytes queued to one client; a slower reader is cut"),
     PD_CFG_INT("max-json-depth", struct dec_cfg, max_json_depth, "32", 2, 1000,
                "deepest JSON nesting in a request"),
+    PD_CFG_INT("max-connections-per-source", struct dec_cfg, max_connections_per_source, "0",
+               0, 1 << 20,
+               "open API connections from one address; past it 429 and closed (0: no cap; "
+               "keep 0 behind a load balancer, which is one address)"),
     PD_CFG_INT("header-timeout", struct dec_cfg, header_timeout, "30", 1, 3600,
-               "seconds a connection may take to send a request (and may sit idle, or not read)"),
+               "seconds a request's headers may take from its first byte, however they trickle "
+               "(then its body as long again; 408 past it); also how long a connection may sit "
+               "idle or not read"),
     PD_CFG_INT("drain-timeout", struct dec_cfg, drain_timeout, "30", 0, 86400,
                "on SIGTERM, seconds running requests get to finish"),
     PD_CFG_LIST("prefill", struct dec_cfg, prefill, DEC_REMOTE_MAX_PEERS,
@@ -441,7 +447,8 @@ static int run(struct dec_cfg *c, int argc, char *const *argv, struct pd_model *
         .max_tokens_cap = (uint32_t)c->max_tokens_cap, .kv_capacity_tokens = pool,
         .max_body = c->max_body_size, .max_client_buffer = c->max_client_buffer,
         .max_connections = (uint32_t)c->max_connections,
-        .header_timeout_s = (uint32_t)c->header_timeout, .json_depth = (int)c->max_json_depth};
+        .header_timeout_s = (uint32_t)c->header_timeout, .json_depth = (int)c->max_json_depth,
+        .max_connections_per_source = (uint32_t)c->max_connections_per_source};
     if (pool < 2) {
         snprintf(err, sizeof(err),
                  "the KV pool holds no room for a request; raise --kv-cache-memory");

@@ -68,7 +68,9 @@ struct dec_server {
     struct dec_sched_metrics sm;
     struct pd_metric *fin_stop, *fin_length, *fin_abort, *fin_error;
     struct pd_metric *http_2xx, *http_4xx, *http_5xx, *conns_gauge, *cut_total;
-    struct pd_ratelimit rl_cut;
+    struct pd_metric *refused[3]; /* deadline, per_source, bad_request */
+    struct pd_http_conns_stats refused_seen;
+    struct pd_ratelimit rl_cut, rl_refuse;
 };
 
 /* ---- metrics ---- */
@@ -143,6 +145,11 @@ static int metrics_init(struct dec_server *s)
                                       "Open connections on the API address.");
     s->cut_total = pd_metrics_counter(m, "pdserve:http_slow_clients_cut_total", NULL,
                                       "Streams cut because the client did not read.");
+#define REF "pdserve:http_connections_refused_total"
+#define REF_HELP "API connections closed before a request: by reason."
+    s->refused[0] = pd_metrics_counter(m, REF, "reason=\"deadline\"", REF_HELP);
+    s->refused[1] = pd_metrics_counter(m, REF, "reason=\"per_source\"", REF_HELP);
+    s->refused[2] = pd_metrics_counter(m, REF, "reason=\"bad_request\"", REF_HELP);
     return s->cut_total ? 0 : -ENOMEM;
 }
 
@@ -220,6 +227,15 @@ static void free_http(struct dec_http *h)
 /* pd_http_conns tells us a connection is gone. A request it carried is
  * either detached (libevent leaves it to us: we free it by replying) or
  * about to be freed with the connection. */
+/* A connection refused before a request reached us (common/http: a
+ * deadline, the per-source cap, a malformed head). */
+static void conn_refused(const char *why, const char *peer, void *arg)
+{
+    struct dec_server *s = arg;
+    pd_log_ratelimited(&s->rl_refuse, PD_LOG_WARN, "HTTP: closing a connection from %s: %s",
+                       peer, why);
+}
+
 static void conn_closed(struct evhttp_connection *evcon, void *arg)
 {
     struct dec_server *s = arg;
@@ -778,6 +794,13 @@ static void admin_cb(struct evhttp_request *req, void *arg)
     char *text;
     size_t len;
     pd_metric_set(s->conns_gauge, pd_http_conns_count(s->api_conns));
+    struct pd_http_conns_stats hs;
+    pd_http_conns_get_stats(s->api_conns, &hs);
+    pd_metric_add(s->refused[0], (double)(hs.deadline_cuts - s->refused_seen.deadline_cuts));
+    pd_metric_add(s->refused[1],
+                  (double)(hs.per_source_refusals - s->refused_seen.per_source_refusals));
+    pd_metric_add(s->refused[2], (double)(hs.bad_requests - s->refused_seen.bad_requests));
+    s->refused_seen = hs;
     dec_remote_scrape(s->remote);
     if (pd_metrics_render(s->metrics, &text, &len) < 0) {
         pd_http_error(req, 503, "service_unavailable", NULL, NULL, "out of memory");
@@ -823,12 +846,16 @@ int dec_server_new(const struct dec_server_cfg *cfg, struct event_base *base,
                                         .max_stop_len = 256,
                                         .max_prompt_ids = cfg->max_prompt_tokens};
     s->rl_cut = (struct pd_ratelimit)PD_RATELIMIT_INIT(5000, 5);
+    s->rl_refuse = (struct pd_ratelimit)PD_RATELIMIT_INIT(5000, 5);
     if (metrics_init(s) < 0 || !(s->wake_ev = event_new(base, -1, 0, wake_cb, s)) ||
         !(s->api = make_http(base, cfg, api_cb, s)) ||
         !(s->admin = make_http(base, cfg, admin_cb, s)) ||
         !(s->api_conns = pd_http_conns_new(s->api, base, cfg->max_connections, conn_closed, s)) ||
         !(s->admin_conns = pd_http_conns_new(s->admin, base, ADMIN_MAX_CONNECTIONS, NULL, NULL)))
         goto oom;
+    pd_http_conns_set_limits(s->api_conns, cfg->header_timeout_s, cfg->max_connections_per_source,
+                             conn_refused, s);
+    pd_http_conns_set_limits(s->admin_conns, cfg->header_timeout_s, 0, conn_refused, s);
     *out = s;
     return 0;
 oom:

@@ -40,7 +40,8 @@ struct dec_server_cfg {
     uint64_t max_body; /* bytes of a request body (413 past it) */
     uint64_t max_client_buffer; /* bytes queued to one client before it is cut */
     uint32_t max_connections;
-    uint32_t header_timeout_s;
+    uint32_t max_connections_per_source; /* 0: no per-address cap */
+    uint32_t header_timeout_s; /* a request's headers (and then body) deadline; idle timeout */
     int json_depth;
 };
 

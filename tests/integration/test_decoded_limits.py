@@ -1,10 +1,12 @@
 """Caps on what clients can make decoded hold: slow readers, idle
-connections, the connection cap, the waiting queue; cancellation when a
-client leaves; metrics. Dummy weights (fast, content irrelevant)."""
+connections, the connection cap, the header deadline (slowloris, slow
+bodies, keep-alive), the per-source cap, the waiting queue; cancellation
+when a client leaves; metrics. Dummy weights (fast, content irrelevant)."""
 import json
 import os
 import resource
 import socket
+import threading
 import time
 
 import pytest
@@ -100,6 +102,217 @@ def test_connection_cap_holds_and_idle_ones_time_out():
         finally:
             for s in idle:
                 s.close()
+        serves(d)
+
+
+def read_reply(s, timeout=10):
+    """Everything s receives until the server closes it (EOF or reset)."""
+    s.settimeout(timeout)
+    data = b""
+    try:
+        while True:
+            b = s.recv(4096)
+            if not b:
+                break
+            data += b
+    except ConnectionResetError:
+        pass
+    return data
+
+
+HEAD = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"X-Padding: " + b"a" * 200 + b"\r\n")
+
+
+class Trickle(threading.Thread):
+    """n connections, each sending `data` one byte every `every` s from its
+    connect on, until stop(); records when each was closed by the server
+    (seconds after its connect) and what it said."""
+
+    def __init__(self, port, n, data=HEAD, every=1.0):
+        super().__init__(daemon=True)
+        self.port, self.n, self.data, self.every = port, n, data, every
+        self.socks, self.born = [], []
+        self.closed = {}  # index -> (seconds after its connect, bytes received)
+        self.halt = threading.Event()
+
+    def _poke(self, i, pos):
+        s = self.socks[i]
+        try:
+            s.send(self.data[pos:pos + 1])
+            s.setblocking(False)
+            try:
+                self.closed[i] = (time.time() - self.born[i], s.recv(4096))
+            except BlockingIOError:
+                pass
+            finally:
+                s.setblocking(True)
+        except OSError:
+            self.closed[i] = (time.time() - self.born[i], b"")
+
+    def run(self):
+        for _ in range(self.n):  # each connection says its first byte at once
+            if self.halt.is_set():
+                return
+            try:
+                self.socks.append(socket.create_connection(("127.0.0.1", self.port), timeout=10))
+            except OSError:
+                continue
+            self.born.append(time.time())
+            self._poke(len(self.socks) - 1, 0)
+        pos = 1
+        while not self.halt.wait(self.every) and pos < len(self.data):
+            for i in range(len(self.socks)):
+                if i not in self.closed:
+                    self._poke(i, pos)
+            pos += 1
+
+    def stop(self):
+        self.halt.set()
+        self.join(30)
+        for s in self.socks:
+            s.close()
+
+
+def refused(d, reason):
+    return sum(v for k, v in d.metrics().items()
+               if k.startswith("pdserve:http_connections_refused_total")
+               and 'reason="%s"' % reason in k)
+
+
+def test_slowloris_headers_cut_at_the_deadline():
+    with Decoded(*TINY, "--header-timeout", "2") as d:
+        t = Trickle(d.port, 5, every=0.25)
+        t.start()
+        try:
+            wait_for(lambda: len(t.closed) == 5, 10, "the trickling connections to be cut")
+        finally:
+            t.stop()
+        for when, got in t.closed.values():
+            # at the deadline (2 s from the accept), not at the idle timeout
+            # that every trickled byte would restart
+            assert 1.5 < when < 3.5, when
+            assert got.startswith(b"HTTP/1.1 408") and b"request_timeout" in got, got
+        assert refused(d, "deadline") == 5
+        serves(d)
+
+
+def test_slowloris_at_the_connection_cap_does_not_hold_the_api():
+    """1,030 connections trickling a header byte a second, past the default
+    cap of 1,024: a real request waits at most --header-timeout + 1 s."""
+    if not raise_nofile(2400):
+        pytest.skip("cannot raise RLIMIT_NOFILE to 2400")
+    timeout = 5
+    with Decoded(*TINY, "--header-timeout", str(timeout)) as d:
+        t = Trickle(d.port, 1030, every=1.0)
+        t.start()
+        try:
+            wait_for(lambda: d.metric("pdserve:http_connections") >= 1024, 30,
+                     "the cap to be reached")
+            t0 = time.time()
+            status, body = d.json("POST", "/v1/completions", GOOD, timeout=30)
+            waited = time.time() - t0
+            assert status == 200, body
+            print("a request at the cap during a slowloris waited %.2f s" % waited)
+            assert waited < timeout + 1, waited
+            assert not t.halt.is_set() and len(t.closed) < 1030  # it was still going on
+        finally:
+            t.stop()
+        assert refused(d, "deadline") >= 1  # room was made by cutting the slow ones
+        serves(d)
+
+
+def test_slow_body_cut_and_keep_alive_requests_timed_too():
+    with Decoded(*TINY, "--header-timeout", "2") as d:
+        body = json.dumps(GOOD).encode()
+        # headers at once, the body a byte every 0.5 s: cut 2 s after the headers
+        s = socket.create_connection(("127.0.0.1", d.port))
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                  % len(body))
+        t0 = time.time()
+        for b in body[:6]:
+            s.send(bytes([b]))
+            time.sleep(0.5)
+        got = read_reply(s)
+        assert got.startswith(b"HTTP/1.1 408") and b"body" in got, got
+        assert 1.5 < time.time() - t0 < 5
+        s.close()
+        # a first request in full, then the second one's head trickled on the
+        # same connection: timed from its first byte
+        s = socket.create_connection(("127.0.0.1", d.port))
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                  % (len(body), body))
+        s.settimeout(30)
+        first = b""
+        while b'"completion_tokens"' not in first:
+            first += s.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200"), first
+        t0 = time.time()
+        for b in HEAD[:12]:
+            try:
+                s.send(bytes([b]))
+            except OSError:
+                break
+            time.sleep(0.5)
+        got = read_reply(s)
+        assert b"HTTP/1.1 408" in got, got
+        assert time.time() - t0 < 6.5
+        s.close()
+        serves(d)
+
+
+def test_chunked_body_then_keep_alive():
+    """A chunked request is followed to its end: the connection is not cut
+    while the server answers, and the next request on it is served."""
+    with Decoded(*TINY, "--header-timeout", "2") as d:
+        body = json.dumps(GOOD).encode()
+        s = socket.create_connection(("127.0.0.1", d.port))
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+        s.settimeout(30)
+        first = b""
+        while b'"completion_tokens"' not in first:
+            first += s.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200"), first
+        time.sleep(1.0)  # idle between requests is the idle timeout's, not a deadline
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        second = b""
+        while b"\r\n\r\n" not in second:
+            second += s.recv(65536)
+        assert second.startswith(b"HTTP/1.1 200"), second
+        s.close()
+
+
+def test_nul_in_headers_refused():
+    with Decoded(*TINY, "--api-key", "sekret") as d:
+        s = socket.create_connection(("127.0.0.1", d.port))
+        body = json.dumps(GOOD).encode()
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+                  b"Authorization: Bearer sekret\x00junk\r\nContent-Length: %d\r\n\r\n%s"
+                  % (len(body), body))
+        got = read_reply(s)
+        s.close()
+        assert got.startswith(b"HTTP/1.1 400") and b"NUL" in got, got
+        assert refused(d, "bad_request") == 1
+        status, out = d.json("POST", "/v1/completions", GOOD,
+                             headers={"Authorization": "Bearer sekret"})
+        assert status == 200, out
+
+
+def test_connections_per_source_capped():
+    with Decoded(*TINY, "--max-connections-per-source", "3") as d:
+        held = [socket.create_connection(("127.0.0.1", d.port)) for _ in range(3)]
+        try:
+            wait_for(lambda: d.metric("pdserve:http_connections") >= 3, 10, "3 connections")
+            s = socket.create_connection(("127.0.0.1", d.port))
+            got = read_reply(s)
+            s.close()
+            assert got.startswith(b"HTTP/1.1 429") and b"too_many_connections" in got, got
+            assert refused(d, "per_source") == 1
+        finally:
+            for h in held:
+                h.close()
+        wait_for(lambda: d.metric("pdserve:http_connections") <= 1, 10, "connections closed")
         serves(d)
 
 
