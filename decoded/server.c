@@ -749,15 +749,16 @@ static void api_cb(struct evhttp_request *req, void *arg)
         health(s, req);
         return;
     }
-    bool known = chat || strcmp(path, "/v1/completions") == 0 || strcmp(path, "/v1/models") == 0;
-    if (!known) {
-        reject(s, req, id, 404, NULL, "not_found", "no such endpoint");
-        return;
-    }
+    /* the key before the route: without it, nothing says which paths exist */
     if (!pd_http_bearer_ok(req, s->cfg.api_key)) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer");
         reject(s, req, id, 401, NULL, "invalid_api_key",
                "missing or incorrect API key (Authorization: Bearer ...)");
+        return;
+    }
+    bool known = chat || strcmp(path, "/v1/completions") == 0 || strcmp(path, "/v1/models") == 0;
+    if (!known) {
+        reject(s, req, id, 404, NULL, "not_found", "no such endpoint");
         return;
     }
     if (strcmp(path, "/v1/models") == 0) {

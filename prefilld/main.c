@@ -133,6 +133,7 @@ struct daemon {
     struct pf_sched *sched;
     struct event *wake_ev, *drain_ev, *watchdog_ev, *status_ev;
     struct evhttp *admin;
+    struct pd_http_conns *admin_conns;
     struct pd_metrics *metrics;
     struct pd_metric *m_requests, *m_refused, *m_failed;
     struct pd_kvx_metrics km;
@@ -141,7 +142,7 @@ struct daemon {
     struct pf_job *held; /* jobs with a transfer handle (the loop's reference), until SREQ_END */
     bool closing; /* kvx is going: scheduler events no longer reach it */
     bool draining;
-    struct pd_ratelimit rl_stall;
+    struct pd_ratelimit rl_stall, rl_refuse;
 };
 
 /* ---- compute thread -> loop ---- */
@@ -328,6 +329,16 @@ static void kvx_event(void *arg, const struct pd_kvx_event *ev)
 }
 
 /* ---- admin HTTP ---- */
+
+#define ADMIN_MAX_CONNECTIONS 64
+#define ADMIN_TIMEOUT_S 30
+
+static void admin_refused(const char *why, const char *peer, void *arg)
+{
+    struct daemon *d = arg;
+    pd_log_ratelimited(&d->rl_refuse, PD_LOG_WARN, "admin HTTP: closing a connection from %s: %s",
+                       peer, why);
+}
 
 static void admin_cb(struct evhttp_request *req, void *arg)
 {
@@ -559,11 +570,21 @@ static int run(struct daemon *d)
         goto fail;
     }
     evhttp_set_gencb(d->admin, admin_cb, d);
-    evhttp_set_timeout(d->admin, 30);
+    /* caps as on decoded's admin address: connections, header bytes, a
+     * deadline for a request's head however it trickles */
+    evhttp_set_timeout(d->admin, ADMIN_TIMEOUT_S);
     evhttp_set_max_body_size(d->admin, 4096);
+    evhttp_set_max_headers_size(d->admin, 16u << 10);
+    d->rl_refuse = (struct pd_ratelimit)PD_RATELIMIT_INIT(5000, 5);
+    if (!(d->admin_conns = pd_http_conns_new(d->admin, d->base, ADMIN_MAX_CONNECTIONS, NULL,
+                                             NULL))) {
+        snprintf(err, sizeof(err), "out of memory");
+        goto fail;
+    }
+    pd_http_conns_set_limits(d->admin_conns, ADMIN_TIMEOUT_S, 0, admin_refused, d);
     struct evhttp_bound_socket *admin_sock =
         evhttp_bind_socket_with_handle(d->admin, c->admin_host, (uint16_t)c->admin_port);
-    if (!admin_sock) {
+    if (!admin_sock || pd_http_conns_add_listener(d->admin_conns, admin_sock) < 0) {
         snprintf(err, sizeof(err), "cannot listen on %s:%" PRId64 " (admin address): %s",
                  c->admin_host, c->admin_port, strerror(errno));
         goto fail;
@@ -621,6 +642,7 @@ out:
     }
     if (d->admin)
         evhttp_free(d->admin);
+    d->admin_conns = pd_http_conns_free(d->admin_conns); /* after evhttp_free */
     for (int i = 0; i < 3; i++)
         if (sigs[i])
             event_free(sigs[i]);

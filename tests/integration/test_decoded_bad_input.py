@@ -294,4 +294,10 @@ def test_missing_and_wrong_api_key():
         assert status == 200, body
         # health stays open (load balancers probe it without the key)
         assert d.request("GET", "/health")[0] == 200
+        # without the key, no path says whether it exists
+        for path in ("/v1/embeddings", "/v2/anything", "/admin"):
+            status, body = d.json("GET", path)
+            assert_error(status, body, 401)
+        status, body = d.json("GET", "/v1/embeddings", headers={"Authorization": "Bearer s3cret"})
+        assert_error(status, body, 404)
         assert "s3cret" not in d.log()

@@ -285,3 +285,33 @@ def test_flood_on_ucx_data_listener(psk, mode):
         time.sleep(0.5)
         cw = sockets_in("close-wait", port)
         assert cw in (None, 0), cw
+
+
+def test_prefilld_admin_connections_capped(psk):
+    """prefilld's admin address takes at most 64 connections (more wait in
+    the kernel's backlog) and serves again once they go."""
+    with Prefilld(*MODEL, psk=psk) as p:
+        held = [socket.create_connection(("127.0.0.1", p.admin_port)) for _ in range(64)]
+        try:
+            time.sleep(0.5)
+            with pytest.raises(OSError):  # taken by the kernel, not by prefilld: no answer
+                p.request("GET", "/health", timeout=1.5)
+        finally:
+            for s in held:
+                s.close()
+        wait_for(lambda: p._health() == 200, timeout=10, what="/health after the flood")
+        # a NUL in a header: 400 and closed, as on decoded
+        s = socket.create_connection(("127.0.0.1", p.admin_port))
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n")
+        s.settimeout(5)
+        got = b""
+        try:
+            while True:
+                b = s.recv(4096)
+                if not b:
+                    break
+                got += b
+        except ConnectionResetError:
+            pass
+        s.close()
+        assert got.startswith(b"HTTP/1.1 400"), got
