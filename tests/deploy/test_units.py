@@ -150,6 +150,23 @@ def run_unit(root, prefix, unit, instance, tmp):
     print(f"{unit}: {' | '.join(n.seen)}")
 
 
+def check_limits(path):
+    """The caps every unit must carry (issue: a crash loop must not leave the
+    service failed; memory and tasks bounded)."""
+    keys = {}
+    with open(path) as f:
+        for line in f:
+            k, sep, v = line.strip().partition("=")
+            if sep and not k.startswith("#"):
+                keys.setdefault(k, v)
+    for k, want in (("StartLimitIntervalSec", "0"), ("Restart", "on-failure")):
+        if keys.get(k) != want:
+            fail("%s: %s=%s, want %s" % (path, k, keys.get(k), want))
+    for k in ("MemoryMax", "TasksMax", "RestartSec", "LimitNOFILE"):
+        if not keys.get(k):
+            fail("%s: no %s=" % (path, k))
+
+
 def main():
     build = sys.argv[1]
     with tempfile.TemporaryDirectory() as tmp:
@@ -162,6 +179,7 @@ def main():
         root = stage + prefix
         for unit, inst in (("decoded.service", ""), ("decoded@.service", "0"),
                            ("prefilld.service", ""), ("prefilld@.service", "0")):
+            check_limits(os.path.join(root, "lib/systemd/system", unit))
             run_unit(root, prefix, unit, inst, tmp)
     print("units OK")
 
