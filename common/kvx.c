@@ -211,7 +211,6 @@ void kvx_conn_put(struct pd_kvx_session *c)
         return;
     dl_del(&c->node);
     kvx_boot_close(c);
-    pd_auth_hs_free(c->hs);
     pd_auth_session_free(c->s);
     free(c);
 }
@@ -375,18 +374,6 @@ void kvx_session_up(struct pd_kvx_session *c)
     }
     kvx_ev_new(k, PD_KVX_EV_SESSION_UP, c);
     pd_log(PD_LOG_DEBUG, "kvx: session with %s up (key %s)", c->addr, c->key_id);
-}
-
-int kvx_hsf_of(int rc)
-{
-    switch (rc) {
-    case -ENOKEY: case -EKEYREJECTED: return PD_KVX_HSF_AUTH;
-    case -EPROTO: return PD_KVX_HSF_LAYOUT;
-    case -EALREADY: return PD_KVX_HSF_REPLAY;
-    case -EBUSY: return PD_KVX_HSF_CAP;
-    case -EBADMSG: case -EPROTONOSUPPORT: return PD_KVX_HSF_GARBAGE;
-    default: return PD_KVX_HSF_OTHER;
-    }
 }
 
 /* ---- D: peers (connect, reconnect with backoff) ---- */
@@ -950,6 +937,7 @@ int pd_kvx_new(const struct pd_kvx_params *p, struct pd_kvx **out, char *err, si
             goto fail;
         }
     }
+    kvx_boot_env(k); /* after the replay cache and the worker address */
     uint32_t tick = k->lease_ms / 6;
     if (tick > k->hs_ms / 4)
         tick = k->hs_ms / 4;

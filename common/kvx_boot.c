@@ -2,12 +2,9 @@
  * Nothing unauthenticated reaches UCX: the handshake of common/auth runs
  * here, and only inside the authenticated session do the peers exchange
  * their UCX worker addresses (sealed UCX_ADDR frames) and create endpoints
- * from them. docs/internals/kvx.md, "The KV port".
- *
- *   D -> P  M1            P -> D  M2
- *   D -> P  CONFIRM       P -> D  CONFIRM, UCX_ADDR(P's address, P's token)
- *   D: endpoint to P;     D -> P  UCX_ADDR(D's address, D's token)
- *   P: endpoint to D;     P -> D  READY                       -> both C_UP
+ * from them. The protocol is kvx_port.c's (no I/O); this file is its
+ * sockets: listen and accept with caps (P), connect (D), read and write.
+ * docs/internals/kvx.md, "The KV port".
  *
  * The connection then stays open, silent, for the session's life: its end
  * (EOF, reset) ends the session at once; a byte on it is a protocol error.
@@ -35,6 +32,16 @@
 static void on_rd(evutil_socket_t fd, short what, void *arg);
 static void on_wr(evutil_socket_t fd, short what, void *arg);
 
+static void boot_free(struct pd_kvx_session *c)
+{
+    if (!c->b)
+        return;
+    kvx_port_done(&c->b->port);
+    sodium_memzero(c->b->out, sizeof c->b->out);
+    free(c->b);
+    c->b = NULL;
+}
+
 void kvx_boot_close(struct pd_kvx_session *c)
 {
     if (c->ev_rd)
@@ -45,11 +52,8 @@ void kvx_boot_close(struct pd_kvx_session *c)
     if (c->fd >= 0)
         close(c->fd);
     c->fd = -1;
-    if (c->b) {
-        sodium_memzero(c->b, sizeof *c->b);
-        free(c->b);
-        c->b = NULL;
-    }
+    if (c->b && !c->b->busy)
+        boot_free(c);
 }
 
 static int boot_events(struct pd_kvx_session *c)
@@ -59,11 +63,6 @@ static int boot_events(struct pd_kvx_session *c)
     c->ev_wr = event_new(base, c->fd, EV_WRITE, on_wr, c);
     c->b = calloc(1, sizeof *c->b);
     return c->ev_rd && c->ev_wr && c->b ? 0 : -ENOMEM;
-}
-
-static void boot_fail(struct pd_kvx_session *c, int reason, const char *detail, int hsf)
-{
-    kvx_conn_fail(c, reason, detail, hsf);
 }
 
 /* Write what is queued; the rest when the socket takes it. */
@@ -79,7 +78,7 @@ static int boot_flush(struct pd_kvx_session *c)
             return 0;
         }
         if (w <= 0)
-            return -errno;
+            return w < 0 ? -errno : -EPIPE;
         b->out_off += (size_t)w;
     }
     if (b)
@@ -87,44 +86,51 @@ static int boot_flush(struct pd_kvx_session *c)
     return 0;
 }
 
-static int boot_send(struct pd_kvx_session *c, const uint8_t *msg, size_t len)
+/* ---- the port's callbacks (kvx_port.h); they never fail the session
+ * themselves: an error goes back through the port to boot_read ---- */
+
+static int cb_send(void *arg, const uint8_t *msg, size_t len)
 {
+    struct pd_kvx_session *c = arg;
     struct kvx_boot *b = c->b;
-    if (!b || len > sizeof b->out - b->out_len)
+    if (!b || c->fd < 0 || len > sizeof b->out - b->out_len)
         return -ENOBUFS;
     memcpy(b->out + b->out_len, msg, len);
     b->out_len += len;
     return boot_flush(c);
 }
 
-static int boot_send_frame(struct pd_kvx_session *c, const struct pd_frame *f)
+static unsigned count_authenticated(struct pd_kvx *k)
 {
-    uint8_t buf[KVX_BOOT_BUF];
-    size_t len = 0;
-    char err[160];
-    int rc = pd_auth_seal_frame(c->s, f, buf, sizeof buf, &len, err, sizeof err);
-    if (rc == 0)
-        rc = boot_send(c, buf, len);
-    sodium_memzero(buf, len);
-    return rc;
+    unsigned n = 0;
+    for (struct dl *i = k->conns.next; i != &k->conns; i = i->next) {
+        int st = DL_ENTRY(i, struct pd_kvx_session, node)->state;
+        n += st == C_ADDR || st == C_UP;
+    }
+    return n;
 }
 
-static int send_addr(struct pd_kvx_session *c)
+static int cb_authenticated(void *arg, struct pd_auth_session *s)
 {
-    struct pd_frame f = {.type = PD_FT_UCX_ADDR};
-    f.u.ucx_addr.token = c->rx_token;
-    f.u.ucx_addr.len = (uint32_t)c->kvx->waddr_len;
-    f.u.ucx_addr.addr = c->kvx->waddr;
-    return boot_send_frame(c, &f);
+    struct pd_kvx_session *c = arg;
+    struct pd_kvx *k = c->kvx;
+    c->s = s; /* ours now, freed with the session */
+    snprintf(c->key_id, sizeof c->key_id, "%s", pd_auth_session_key_id(s));
+    if (k->p.role == PD_ROLE_P && count_authenticated(k) >= k->max_sessions)
+        return -EBUSY;
+    c->state = C_ADDR;
+    return 0;
 }
 
 /* Our endpoint to the peer's worker address. */
-static int ep_to(struct pd_kvx_session *c, const struct pd_ucx_addr *a, char *err, size_t errlen)
+static int cb_endpoint(void *arg, const uint8_t *a, size_t len, uint64_t token, char *err,
+                       size_t errlen)
 {
-    void *addr = malloc(a->len); /* UCX reads it as it likes: give it aligned memory */
+    struct pd_kvx_session *c = arg;
+    void *addr = malloc(len); /* UCX reads it as it likes: give it aligned memory */
     if (!addr)
         return pd_errf(err, errlen, -ENOMEM, "out of memory");
-    memcpy(addr, a->addr, a->len);
+    memcpy(addr, a, len);
     ucp_ep_params_t ep = {
         .field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                       UCP_EP_PARAM_FIELD_ERR_HANDLER,
@@ -139,133 +145,27 @@ static int ep_to(struct pd_kvx_session *c, const struct pd_ucx_addr *a, char *er
         return pd_errf(err, errlen, -EIO, "UCX endpoint to the peer's address: %s",
                        ucs_status_string(st));
     }
-    c->tx_token = a->token;
+    c->tx_token = token;
+    c->rx_token = c->b->port.rx_token;
     return 0;
 }
 
-static unsigned count_authenticated(struct pd_kvx *k)
+static void cb_up(void *arg) { kvx_session_up(arg); }
+
+void kvx_boot_env(struct pd_kvx *k)
 {
-    unsigned n = 0;
-    for (struct dl *i = k->conns.next; i != &k->conns; i = i->next) {
-        int st = DL_ENTRY(i, struct pd_kvx_session, node)->state;
-        n += st == C_ADDR || st == C_UP;
-    }
-    return n;
+    k->port_env = (struct kvx_port_env){
+        .keyring = k->p.keyring, .key_id = k->p.key_id, .replay = k->replay,
+        .layout = &k->layout, .waddr = k->waddr, .waddr_len = k->waddr_len, .now_ms = now_ms,
+        .send = cb_send, .authenticated = cb_authenticated, .endpoint = cb_endpoint,
+        .up = cb_up};
 }
 
-/* The handshake finished on our side: the session's keys exist. */
-static void hs_done(struct pd_kvx_session *c)
-{
-    struct pd_kvx *k = c->kvx;
-    if (pd_auth_hs_take_session(c->hs, &c->s) < 0) {
-        boot_fail(c, PD_R_INTERNAL, "no session", PD_KVX_HSF_OTHER);
-        return;
-    }
-    snprintf(c->key_id, sizeof c->key_id, "%s", pd_auth_hs_key_id(c->hs));
-    c->hs = pd_auth_hs_free(c->hs);
-    if (k->p.role == PD_ROLE_P && count_authenticated(k) >= k->max_sessions) {
-        boot_fail(c, PD_R_OVERLOADED, "too many sessions", PD_KVX_HSF_CAP);
-        return;
-    }
-    c->state = C_ADDR;
-    do
-        randombytes_buf(&c->rx_token, sizeof c->rx_token);
-    while (c->rx_token == 0);
-    /* P speaks first: D makes its endpoint from P's address */
-    if (k->p.role == PD_ROLE_P && send_addr(c) < 0)
-        boot_fail(c, PD_R_TRANSFER, "send failed", PD_KVX_HSF_OTHER);
-}
+/* ---- reading ---- */
 
-static void on_hs_msg(struct pd_kvx_session *c, const uint8_t *msg, size_t len)
-{
-    struct pd_kvx *k = c->kvx;
-    uint8_t out[PD_AUTH_MSG_MAX];
-    size_t out_len = 0;
-    char err[256];
-    int rc;
-    if (k->p.role == PD_ROLE_P && !c->hs) {
-        struct pd_auth_params ap = {.keyring = k->p.keyring, .replay = k->replay,
-                                    .layout = &k->layout, .now_ms = now_ms()};
-        rc = pd_auth_hs_respond(&ap, msg, len, &c->hs, out, sizeof out, &out_len, err,
-                                sizeof err);
-    } else if (c->hs) {
-        rc = pd_auth_hs_step(c->hs, msg, len, out, sizeof out, &out_len, err, sizeof err);
-    } else {
-        rc = pd_errf(err, sizeof err, -EBADMSG, "unexpected handshake message");
-    }
-    if (rc < 0) {
-        boot_fail(c, rc == -EPROTO ? PD_R_LAYOUT : PD_R_AUTH, err, kvx_hsf_of(rc));
-        return;
-    }
-    if (out_len > 0 && boot_send(c, out, out_len) < 0) {
-        boot_fail(c, PD_R_TRANSFER, "send failed", PD_KVX_HSF_OTHER);
-        return;
-    }
-    if (rc == PD_AUTH_HS_DONE)
-        hs_done(c);
-}
-
-static void on_sealed(struct pd_kvx_session *c, const uint8_t *wire, size_t len)
-{
-    struct pd_kvx *k = c->kvx;
-    uint8_t plain[KVX_BOOT_BUF];
-    struct pd_frame f;
-    char err[256];
-    int rc = pd_auth_open_frame(c->s, wire, len, plain, sizeof plain, &f, err, sizeof err);
-    if (rc < 0) {
-        boot_fail(c, PD_R_AUTH, err, PD_KVX_HSF_GARBAGE);
-        return;
-    }
-    if (f.type == PD_FT_UCX_ADDR && !c->ep) {
-        if (ep_to(c, &f.u.ucx_addr, err, sizeof err) < 0) {
-            boot_fail(c, PD_R_TRANSFER, err, PD_KVX_HSF_OTHER);
-            return;
-        }
-        if (k->p.role == PD_ROLE_D) {
-            if (send_addr(c) < 0)
-                boot_fail(c, PD_R_TRANSFER, "send failed", PD_KVX_HSF_OTHER);
-            return; /* READY follows */
-        }
-        struct pd_frame r = {.type = PD_FT_READY};
-        r.u.ready.token = c->tx_token;
-        if (boot_send_frame(c, &r) < 0) {
-            boot_fail(c, PD_R_TRANSFER, "send failed", PD_KVX_HSF_OTHER);
-            return;
-        }
-        kvx_session_up(c);
-    } else if (f.type == PD_FT_READY && k->p.role == PD_ROLE_D && c->ep &&
-               f.u.ready.token == c->rx_token) {
-        kvx_session_up(c);
-    } else {
-        boot_fail(c, PD_R_PROTOCOL, "unexpected frame on the KV port", PD_KVX_HSF_GARBAGE);
-    }
-}
-
-/* What a frame with header h may be now; its whole length on the wire. */
-static int frame_allowed(struct pd_kvx_session *c, const uint8_t *hdr, size_t *wire, char *err,
-                         size_t errlen)
-{
-    struct pd_frame_hdr h;
-    int rc = pd_frame_hdr_decode(hdr, PD_FRAME_HDR_LEN, &h, err, errlen);
-    if (rc < 0)
-        return rc;
-    int sealed = pd_frame_type_sealed(h.type);
-    if (c->state == C_HS && sealed)
-        return pd_errf(err, errlen, -EBADMSG, "%s before the handshake finished",
-                       pd_frame_type_name(h.type));
-    if (c->state == C_ADDR && h.type != PD_FT_UCX_ADDR && h.type != PD_FT_READY)
-        return pd_errf(err, errlen, -EBADMSG, "%s on the KV port", pd_frame_type_name(h.type));
-    *wire = pd_frame_wire_len(&h);
-    if (*wire > KVX_BOOT_BUF)
-        return pd_errf(err, errlen, -E2BIG, "%s of %zu bytes", pd_frame_type_name(h.type), *wire);
-    return 0;
-}
-
-/* Read what the socket has, one frame at a time (exactly its bytes, so a
- * frame behind it stays in the kernel until this one is handled). */
 static void boot_read(struct pd_kvx_session *c)
 {
-    char err[256];
+    struct kvx_port_err e;
     uint8_t junk[64];
     while (c->state < C_CLOSING && c->fd >= 0) {
         if (c->state == C_UP) {
@@ -279,65 +179,34 @@ static void boot_read(struct pd_kvx_session *c)
                           -1);
             return;
         }
-        struct kvx_boot *b = c->b;
-        size_t want = PD_FRAME_HDR_LEN, wire = 0;
-        if (b->in_len > 0 && b->in_len < PD_FRAME_HDR_LEN &&
-            memcmp(b->in, PD_FRAME_MAGIC, b->in_len < 4 ? b->in_len : 4) != 0) {
-            /* not ours from the first byte on: no need to wait for a header */
-            boot_fail(c, PD_R_PROTOCOL, "not a pdserve KV frame (bad magic)", PD_KVX_HSF_GARBAGE);
+        size_t n;
+        uint8_t *room = kvx_port_room(&c->b->port, &n);
+        if (!room)
+            return;
+        ssize_t r = recv(c->fd, room, n, 0);
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            kvx_port_eof(&c->b->port, &e);
+            kvx_conn_fail(c, e.reason, e.msg, e.hsf);
             return;
         }
-        if (b->in_len >= PD_FRAME_HDR_LEN) {
-            int rc = frame_allowed(c, b->in, &wire, err, sizeof err);
-            if (rc < 0) {
-                boot_fail(c, rc == -EPROTONOSUPPORT ? PD_R_VERSION : PD_R_PROTOCOL, err,
-                          PD_KVX_HSF_GARBAGE);
-                return;
-            }
-            want = wire;
+        c->b->busy = 1;
+        int rc = kvx_port_arrived(&c->b->port, (size_t)r, &e);
+        c->b->busy = 0;
+        if (rc < 0) {
+            kvx_conn_fail(c, e.reason, e.msg, e.hsf);
+            boot_free(c);
+            return;
         }
-        if (b->in_len < want) {
-            ssize_t r = recv(c->fd, b->in + b->in_len, want - b->in_len, 0);
-            if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-                return;
-            if (r < 0 && errno == EINTR)
-                continue;
-            if (r <= 0) {
-                /* D: P closes during our handshake when it refuses our key,
-                 * model or layout, or at a cap; it cannot say so unauthenticated */
-                int hsf = c->peer ? PD_KVX_HSF_REFUSED
-                          : b->in_len ? PD_KVX_HSF_GARBAGE /* a frame cut short */
-                                      : PD_KVX_HSF_OTHER;
-                boot_fail(c, PD_R_TRANSFER,
-                          c->peer ? "the peer closed the connection during the handshake (a "
-                                    "key, model or block layout it refuses, or a cap on its "
-                                    "side: its log says which)"
-                          : b->in_len ? "closed in the middle of a frame"
-                                      : "closed during the handshake",
-                          hsf);
-                return;
-            }
-            b->in_len += (size_t)r;
-            continue;
+        if (c->state >= C_CLOSING) { /* UCX called the error handler meanwhile */
+            boot_free(c);
+            return;
         }
-        /* a whole frame */
-        b->in_len = 0;
-        if (pd_frame_type_sealed(b->in[6]))
-            on_sealed(c, b->in, wire);
-        else
-            on_hs_msg(c, b->in, wire);
-        if (c->state == C_UP) {
-            /* the exchange is over: keep the socket for its end only */
-            if (boot_flush(c) < 0) {
-                kvx_conn_fail(c, PD_R_TRANSFER, "send failed", -1);
-                return;
-            }
-            if (c->b && c->b->out_len == 0) {
-                sodium_memzero(c->b, sizeof *c->b);
-                free(c->b);
-                c->b = NULL;
-            }
-        }
+        if (c->state == C_UP && c->b->out_len == 0)
+            boot_free(c); /* the exchange is over: keep the socket for its end only */
     }
 }
 
@@ -356,19 +225,17 @@ static void on_rd(evutil_socket_t fd, short what, void *arg)
 static void connected(struct pd_kvx_session *c)
 {
     struct pd_kvx *k = c->kvx;
+    struct kvx_port_err e;
     c->connecting = 0;
     if (event_add(c->ev_rd, NULL) < 0) {
-        boot_fail(c, PD_R_INTERNAL, "libevent", -1);
+        kvx_conn_fail(c, PD_R_INTERNAL, "libevent", -1);
         return;
     }
-    uint8_t m1[PD_AUTH_MSG_MAX];
-    size_t len = 0;
-    char err[256];
-    struct pd_auth_params ap = {.keyring = k->p.keyring, .key_id = k->p.key_id,
-                                .layout = &k->layout};
-    int rc = pd_auth_hs_initiate(&ap, &c->hs, m1, sizeof m1, &len, err, sizeof err);
-    if (rc < 0 || boot_send(c, m1, len) < 0)
-        boot_fail(c, PD_R_AUTH, rc < 0 ? err : "send failed", kvx_hsf_of(rc));
+    c->b->busy = 1;
+    int rc = kvx_port_init(&c->b->port, PD_ROLE_D, &k->port_env, c, &e);
+    c->b->busy = 0;
+    if (rc < 0)
+        kvx_conn_fail(c, e.reason, e.msg, e.hsf);
 }
 
 static void on_wr(evutil_socket_t fd, short what, void *arg)
@@ -392,9 +259,7 @@ static void on_wr(evutil_socket_t fd, short what, void *arg)
     } else if (c->state < C_CLOSING && boot_flush(c) < 0) {
         kvx_conn_fail(c, PD_R_TRANSFER, "send failed", c->state < C_UP ? PD_KVX_HSF_OTHER : -1);
     } else if (c->state == C_UP && c->b && c->b->out_len == 0) {
-        sodium_memzero(c->b, sizeof *c->b);
-        free(c->b);
-        c->b = NULL;
+        boot_free(c);
     }
     kvx_conn_put(c);
     kick(k);
@@ -523,8 +388,11 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
         snprintf(c->addr, sizeof c->addr, "%s", addr);
         snprintf(c->src_ip, sizeof c->src_ip, "%s", ip);
         set_nodelay(fd);
+        struct kvx_port_err e;
         if (boot_events(c) < 0 || event_add(c->ev_rd, NULL) < 0)
             kvx_conn_fail(c, PD_R_INTERNAL, "out of memory", PD_KVX_HSF_OTHER);
+        else if (kvx_port_init(&c->b->port, PD_ROLE_P, &k->port_env, c, &e) < 0)
+            kvx_conn_fail(c, e.reason, e.msg, e.hsf);
     }
     kick(k);
 }

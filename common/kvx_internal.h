@@ -9,6 +9,7 @@
 
 #include "auth.h"
 #include "kvx.h"
+#include "kvx_port.h"
 #include "log.h"
 
 #include <event2/event.h>
@@ -102,14 +103,14 @@ static inline uint64_t now_ms(void) { return pd_now_ns() / 1000000u; }
  * lives: its end ends the session. */
 enum { C_HS, C_ADDR, C_UP, C_CLOSING, C_CLOSED };
 
-/* The KV port's buffers while a connection is in C_HS or C_ADDR (freed at
- * C_UP): one frame in, what we queued out. */
-#define KVX_BOOT_BUF (PD_FRAME_HDR_LEN + 16 + PD_PROTO_MAX_UCX_ADDR + PD_FRAME_MAC_LEN + 512)
+/* The KV port while a connection is in C_HS or C_ADDR (freed at C_UP): the
+ * protocol (kvx_port.h) and what we queued out. */
+#define KVX_BOOT_OUT (KVX_PORT_BUF + 1024)
 struct kvx_boot {
-    uint8_t in[KVX_BOOT_BUF];
-    size_t in_len;
-    uint8_t out[KVX_BOOT_BUF];
+    struct kvx_port port;
+    int busy; /* inside the port: kvx_boot_close leaves this struct to boot_read */
     size_t out_off, out_len;
+    uint8_t out[KVX_BOOT_OUT];
 };
 
 struct pd_kvx_session {
@@ -127,7 +128,6 @@ struct pd_kvx_session {
     char src_ip[INET6_ADDRSTRLEN]; /* P: the connection's source, for per-source caps */
     int refs; /* the endpoint's own, requests, queued events */
     int want_close, closing_posted;
-    struct pd_auth_hs *hs;
     struct pd_auth_session *s;
     char addr[128];
     char key_id[PD_KEY_ID_MAX + 1];
@@ -240,6 +240,7 @@ struct pd_kvx {
     uint16_t port;
     void *waddr; /* our UCX worker address (ucp_worker_get_address) */
     size_t waddr_len;
+    struct kvx_port_env port_env; /* what every KV-port connection's protocol uses */
     unsigned max_pending_src;
     int efd;
     struct event *ev_efd, *ev_kick, *ev_tick, *ev_crypto, *ev_retry;
@@ -279,12 +280,12 @@ void kvx_session_up(struct pd_kvx_session *c);
 void kvx_count_hsf(struct pd_kvx *k, const char *addr, int hsf, const char *why);
 /* kvx_boot.c: the KV port (P: listen, accept with caps; D: connect), the
  * handshake and the sealed exchange of UCX worker addresses on it */
+void kvx_boot_env(struct pd_kvx *k);
 int kvx_boot_listen(struct pd_kvx *k, char *err, size_t errlen);
 void kvx_boot_unlisten(struct pd_kvx *k);
 int kvx_boot_connect(struct pd_kvx_session *c, const struct sockaddr *sa, socklen_t salen);
 void kvx_boot_close(struct pd_kvx_session *c);
 void kvx_ep_err_cb(void *arg, ucp_ep_h ep, ucs_status_t status);
-int kvx_hsf_of(int rc);
 size_t kvx_build_iov(uint8_t *pool, size_t bb, const uint32_t *idx, uint32_t n, ucp_dt_iov_t *iov,
                      uint8_t **blocks);
 int kvx_gate(struct pd_kvx *k, struct pd_kvx_session *c);

@@ -1,6 +1,7 @@
 /* common/kvx pieces that need no UCX peer: building the iovec of a run of pool
  * blocks, the crypto worker pool (tags made on one thread verify on another;
- * one flipped byte is caught and named), and the new/free ladder. The
+ * one flipped byte is caught and named), the KV port's protocol between two
+ * in-memory parties (kvx_port.c), and the new/free ladder. The
  * transport itself is tested between real processes in
  * tests/integration/test_kvx.py. */
 #include "kv_fixture.h"
@@ -141,6 +142,277 @@ static void kvx_parse_ports_takes_lo_hi_and_refuses_the_rest(void)
     }
 }
 
+/* ---- the KV port's protocol: two parties wired back to back in memory ---- */
+
+struct party {
+    struct kvx_port port;
+    struct party *peer;
+    uint8_t wire[4 * KVX_PORT_BUF]; /* what the peer sent us, not yet read */
+    size_t wire_len;
+    struct pd_auth_session *s;
+    int eps, ups, cap;
+    uint64_t tx_token;
+    uint8_t addr[64];
+    size_t addr_len;
+};
+
+static int p_send(void *arg, const uint8_t *b, size_t n)
+{
+    struct party *me = arg, *to = me->peer;
+    if (n > sizeof to->wire - to->wire_len)
+        return -ENOBUFS;
+    memcpy(to->wire + to->wire_len, b, n);
+    to->wire_len += n;
+    return 0;
+}
+
+static int p_auth(void *arg, struct pd_auth_session *s)
+{
+    struct party *me = arg;
+    me->s = s;
+    return me->cap ? -EBUSY : 0;
+}
+
+static int p_endpoint(void *arg, const uint8_t *a, size_t n, uint64_t token, char *err,
+                      size_t errlen)
+{
+    (void)err;
+    (void)errlen;
+    struct party *me = arg;
+    me->eps++;
+    me->tx_token = token;
+    me->addr_len = n < sizeof me->addr ? n : sizeof me->addr;
+    memcpy(me->addr, a, me->addr_len);
+    return 0;
+}
+
+static void p_up(void *arg) { ((struct party *)arg)->ups++; }
+
+static uint64_t kat_now(void) { return KAT_NOW_MS; }
+
+/* Deliver what `me` has been sent, in reads of at most `chunk` bytes (as the
+ * port asks): 0, or the port's error. */
+static int pump(struct party *me, size_t chunk, struct kvx_port_err *e)
+{
+    size_t off = 0;
+    while (off < me->wire_len && me->port.state < KP_UP) {
+        size_t n;
+        uint8_t *room = kvx_port_room(&me->port, &n);
+        if (!room)
+            break;
+        if (n > chunk)
+            n = chunk;
+        if (n > me->wire_len - off)
+            n = me->wire_len - off;
+        memcpy(room, me->wire + off, n);
+        off += n;
+        int rc = kvx_port_arrived(&me->port, n, e);
+        if (rc < 0)
+            return rc;
+    }
+    memmove(me->wire, me->wire + off, me->wire_len - off);
+    me->wire_len -= off;
+    return 0;
+}
+
+struct duo {
+    struct kv_pair kp;
+    struct kvx_port_env env_d, env_p;
+    struct party d, p;
+    uint8_t waddr_d[40], waddr_p[24];
+};
+
+static void duo_init(struct duo *u)
+{
+    memset(u, 0, sizeof(*u));
+    CHECK_EQ_INT(kv_pair_init(&u->kp, 0), 0);
+    memset(u->waddr_d, 0xd0, sizeof(u->waddr_d));
+    memset(u->waddr_p, 0xb0, sizeof(u->waddr_p));
+    u->env_d = (struct kvx_port_env){.keyring = u->kp.kr, .key_id = KAT_KEY_ID,
+                                     .layout = &u->kp.layout_d, .waddr = u->waddr_d,
+                                     .waddr_len = sizeof(u->waddr_d), .now_ms = kat_now,
+                                     .send = p_send, .authenticated = p_auth,
+                                     .endpoint = p_endpoint, .up = p_up};
+    u->env_p = u->env_d;
+    u->env_p.key_id = NULL;
+    u->env_p.replay = u->kp.replay;
+    u->env_p.layout = &u->kp.layout_p;
+    u->env_p.waddr = u->waddr_p;
+    u->env_p.waddr_len = sizeof(u->waddr_p);
+    u->d.peer = &u->p;
+    u->p.peer = &u->d;
+}
+
+static void duo_free(struct duo *u)
+{
+    kvx_port_done(&u->d.port);
+    kvx_port_done(&u->p.port);
+    pd_auth_session_free(u->d.s);
+    pd_auth_session_free(u->p.s);
+    kv_pair_done(&u->kp);
+}
+
+/* Run both sides until neither has anything to read: 0 or the first error. */
+static int duo_run(struct duo *u, size_t chunk, struct kvx_port_err *e, int *who)
+{
+    for (int round = 0; round < 16; round++) {
+        int rc = pump(&u->p, chunk, e);
+        if (rc < 0) {
+            *who = 'P';
+            return rc;
+        }
+        if ((rc = pump(&u->d, chunk, e)) < 0) {
+            *who = 'D';
+            return rc;
+        }
+        if (!u->p.wire_len && !u->d.wire_len)
+            break;
+    }
+    return 0;
+}
+
+static void kv_port_brings_both_sides_up_in_any_read_size(void)
+{
+    const size_t chunks[] = {1, 7, 24, 100, KVX_PORT_BUF};
+    for (size_t i = 0; i < sizeof(chunks) / sizeof(chunks[0]); i++) {
+        struct duo u;
+        struct kvx_port_err e;
+        int who = 0;
+        duo_init(&u);
+        CHECK_EQ_INT(kvx_port_init(&u.p.port, PD_ROLE_P, &u.env_p, &u.p, &e), 0);
+        CHECK_EQ_INT(kvx_port_init(&u.d.port, PD_ROLE_D, &u.env_d, &u.d, &e), 0);
+        if (duo_run(&u, chunks[i], &e, &who) < 0)
+            PD_TEST_FAIL_("chunk %zu: %c: %s", chunks[i], who, e.msg);
+        CHECK_EQ_INT(u.p.port.state, KP_UP);
+        CHECK_EQ_INT(u.d.port.state, KP_UP);
+        CHECK(u.p.ups == 1 && u.d.ups == 1 && u.p.eps == 1 && u.d.eps == 1);
+        /* each side made its endpoint from the other's address and will
+         * address it by the other's token */
+        CHECK(u.d.addr_len == sizeof(u.waddr_p) && memcmp(u.d.addr, u.waddr_p, u.d.addr_len) == 0);
+        CHECK(u.p.addr_len == sizeof(u.waddr_d) && memcmp(u.p.addr, u.waddr_d, u.p.addr_len) == 0);
+        CHECK(u.d.tx_token == u.p.port.rx_token && u.p.tx_token == u.d.port.rx_token);
+        CHECK(u.d.port.rx_token != 0 && u.p.port.rx_token != u.d.port.rx_token);
+        /* bytes after the session began are refused */
+        size_t n = 1;
+        CHECK(kvx_port_room(&u.p.port, &n) == NULL && n == 0);
+        CHECK(kvx_port_arrived(&u.p.port, 1, &e) < 0);
+        duo_free(&u);
+    }
+}
+
+/* A stream cut or altered anywhere never brings P up: every single-byte
+ * change to what D sends is refused (or, in the last frame, keeps P from
+ * coming up), counted in a class, with a message. */
+static void kv_port_refuses_any_altered_byte_from_d(void)
+{
+    struct duo u;
+    struct kvx_port_err e;
+    int who = 0;
+    duo_init(&u);
+    /* record a genuine D stream: D's messages as P receives them */
+    CHECK_EQ_INT(kvx_port_init(&u.p.port, PD_ROLE_P, &u.env_p, &u.p, &e), 0);
+    CHECK_EQ_INT(kvx_port_init(&u.d.port, PD_ROLE_D, &u.env_d, &u.d, &e), 0);
+    uint8_t m1[PD_AUTH_MSG_MAX];
+    size_t m1_len = u.p.wire_len;
+    memcpy(m1, u.p.wire, m1_len);
+    CHECK_EQ_INT(duo_run(&u, KVX_PORT_BUF, &e, &who), 0);
+    CHECK_EQ_INT(u.p.port.state, KP_UP);
+    duo_free(&u);
+    /* M1 alone, altered byte by byte, into fresh responders */
+    for (size_t i = 0; i < m1_len; i++) {
+        struct duo v;
+        duo_init(&v);
+        CHECK_EQ_INT(kvx_port_init(&v.p.port, PD_ROLE_P, &v.env_p, &v.p, &e), 0);
+        memcpy(v.p.wire, m1, m1_len);
+        v.p.wire[i] ^= 0x01;
+        v.p.wire_len = m1_len;
+        int rc = pump(&v.p, KVX_PORT_BUF, &e);
+        if (rc >= 0 || v.p.port.state != KP_DEAD || !e.msg[0] || e.hsf < 0 ||
+            e.hsf >= PD_KVX_HSF_N)
+            PD_TEST_FAIL_("byte %zu: rc %d state %d hsf %d: \"%s\"", i, rc, v.p.port.state,
+                          e.hsf, rc < 0 ? e.msg : "");
+        CHECK(v.d.wire_len == 0); /* nothing said back to a forged M1 */
+        duo_free(&v);
+    }
+}
+
+static void kv_port_cap_and_eof_are_reported(void)
+{
+    struct duo u;
+    struct kvx_port_err e;
+    int who = 0;
+    duo_init(&u);
+    u.p.cap = 1; /* P is at its session cap */
+    CHECK_EQ_INT(kvx_port_init(&u.p.port, PD_ROLE_P, &u.env_p, &u.p, &e), 0);
+    CHECK_EQ_INT(kvx_port_init(&u.d.port, PD_ROLE_D, &u.env_d, &u.d, &e), 0);
+    CHECK(duo_run(&u, KVX_PORT_BUF, &e, &who) < 0);
+    CHECK(who == 'P' && e.hsf == PD_KVX_HSF_CAP && e.reason == PD_R_OVERLOADED);
+    CHECK_EQ_INT(u.p.ups, 0);
+    /* D, whose peer then closes: "refused" */
+    kvx_port_eof(&u.d.port, &e);
+    CHECK_EQ_INT(e.hsf, PD_KVX_HSF_REFUSED);
+    duo_free(&u);
+    /* P: EOF with nothing said, and in the middle of a frame */
+    duo_init(&u);
+    CHECK_EQ_INT(kvx_port_init(&u.p.port, PD_ROLE_P, &u.env_p, &u.p, &e), 0);
+    kvx_port_eof(&u.p.port, &e);
+    CHECK_EQ_INT(e.hsf, PD_KVX_HSF_OTHER);
+    size_t n;
+    uint8_t *room = kvx_port_room(&u.p.port, &n);
+    memcpy(room, "PDK", 3);
+    CHECK_EQ_INT(kvx_port_arrived(&u.p.port, 3, &e), 0);
+    kvx_port_eof(&u.p.port, &e);
+    CHECK_EQ_INT(e.hsf, PD_KVX_HSF_GARBAGE);
+    /* a first byte that is not the magic's is refused at once */
+    duo_free(&u);
+    duo_init(&u);
+    CHECK_EQ_INT(kvx_port_init(&u.p.port, PD_ROLE_P, &u.env_p, &u.p, &e), 0);
+    room = kvx_port_room(&u.p.port, &n);
+    room[0] = 0;
+    CHECK(kvx_port_arrived(&u.p.port, 1, &e) < 0);
+    CHECK(e.hsf == PD_KVX_HSF_GARBAGE && strstr(e.msg, "magic"));
+    duo_free(&u);
+}
+
+/* The seeds kat_auth.py writes for fuzz_kvport are genuine streams: they
+ * bring the fuzzed side up, so the fuzzer starts past the handshake. */
+static void kv_port_fuzz_seeds_are_genuine(void)
+{
+    const char *names[] = {"p_stream", "d_stream"};
+    for (int i = 0; i < 2; i++) {
+        char path[1024];
+        snprintf(path, sizeof(path), "%s/tests/fuzz/corpus/kvport/%s.bin", PD_SRCDIR, names[i]);
+        FILE *f = fopen(path, "rb");
+        CHECK(f != NULL);
+        if (!f)
+            return;
+        static uint8_t buf[2 * KVX_PORT_BUF];
+        size_t n = fread(buf, 1, sizeof(buf), f);
+        fclose(f);
+        struct duo u;
+        struct kvx_port_err e;
+        duo_init(&u);
+        kv_pair_done(&u.kp);
+        CHECK_EQ_INT(kv_pair_init(&u.kp, 1), 0); /* the fixed randomness */
+        int d_side = buf[0] & 1;
+        struct kvx_port_env env = d_side ? u.env_d : u.env_p;
+        env.keyring = u.kp.kr;
+        env.replay = d_side ? NULL : u.kp.replay;
+        env.layout = d_side ? &u.kp.layout_d : &u.kp.layout_p;
+        env.eph_sk = d_side ? u.kp.d_sk : u.kp.p_sk;
+        env.nonce = d_side ? u.kp.d_nonce : u.kp.p_nonce;
+        env.token = d_side ? 0x4444444444444444ull : 0x5555555555555555ull;
+        struct party *me = d_side ? &u.d : &u.p;
+        CHECK_EQ_INT(kvx_port_init(&me->port, d_side ? PD_ROLE_D : PD_ROLE_P, &env, me, &e), 0);
+        memcpy(me->wire, buf + 1, n - 1);
+        me->wire_len = n - 1;
+        if (pump(me, KVX_PORT_BUF, &e) < 0)
+            PD_TEST_FAIL_("%s: %s", names[i], e.msg);
+        CHECK_EQ_INT(me->port.state, KP_UP);
+        duo_free(&u);
+    }
+}
+
 static const struct pd_test tests[] = {
     PD_TEST(kvx_iov_merges_adjacent_blocks),
     PD_TEST(kvx_iov_keeps_non_adjacent_blocks_apart),
@@ -148,6 +420,10 @@ static const struct pd_test tests[] = {
     PD_TEST(kvx_new_refuses_missing_pieces_and_free_accepts_null),
     PD_TEST(kvx_new_and_free_on_loopback),
     PD_TEST(kvx_parse_ports_takes_lo_hi_and_refuses_the_rest),
+    PD_TEST(kv_port_brings_both_sides_up_in_any_read_size),
+    PD_TEST(kv_port_refuses_any_altered_byte_from_d),
+    PD_TEST(kv_port_cap_and_eof_are_reported),
+    PD_TEST(kv_port_fuzz_seeds_are_genuine),
     {0},
 };
 

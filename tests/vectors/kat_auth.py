@@ -112,6 +112,10 @@ def self_test():
 
 MAJOR, MINOR = 1, 0
 T_M1, T_M2, T_CONFIRM, T_ACK, T_HEARTBEAT = 1, 2, 3, 18, 23
+T_UCX_ADDR, T_READY = 25, 26
+# tests/fuzz/fuzz_kvport.c's fixed receive tokens and worker address
+KVPORT_P_TOKEN, KVPORT_D_TOKEN = 0x5555555555555555, 0x4444444444444444
+KVPORT_WADDR = bytes([1, 2, 3, 4, 5, 6, 7, 8]) + bytes(40)
 LABEL = b"pdserve KV handshake v1"
 CTX_HELLO, CTX_SESSION = b"pdkv-hs1", b"pdkv-ks1"
 SUBKEYS = [("key_confirm_p", 1), ("key_confirm_d", 2), ("key_ctl_d2p", 3),
@@ -229,6 +233,31 @@ def write(v):
     for name, (mode, msg) in seeds.items():
         with open(os.path.join(CORPUS, "auth", name + ".bin"), "wb") as f:
             f.write(bytes([mode]) + msg)
+    # fuzz_kvport seeds: one mode byte (bit 0: decoded's side, bit 1: a byte
+    # per read), then what that side hears on the KV port, genuine to the end
+    def ucx_addr(key, token, seq):
+        body = struct.pack("<QII", token, len(KVPORT_WADDR), 0) + KVPORT_WADDR
+        return seal(key, T_UCX_ADDR, body, seq)
+    p_hears = v["m1"] + v["confirm_d"] + ucx_addr(v["key_ctl_d2p"], KVPORT_D_TOKEN, 1)
+    d_hears = (v["m2"] + v["confirm_p"] + ucx_addr(v["key_ctl_p2d"], KVPORT_P_TOKEN, 1) +
+               seal(v["key_ctl_p2d"], T_READY, struct.pack("<Q", KVPORT_D_TOKEN), 2))
+    kv_seeds = {"p_stream": (0, p_hears), "p_stream_bytewise": (2, p_hears),
+                "d_stream": (1, d_hears), "d_stream_bytewise": (3, d_hears),
+                "p_17_zero_bytes": (0, bytes(17)), "p_http": (0, b"GET / HTTP/1.1\r\n\r\n"),
+                "p_sealed_first": (0, ucx_addr(v["key_ctl_d2p"], KVPORT_D_TOKEN, 1)),
+                "d_ready_early": (1, v["m2"] + v["confirm_p"] +
+                                  seal(v["key_ctl_p2d"], T_READY,
+                                       struct.pack("<Q", KVPORT_D_TOKEN), 1))}
+    os.makedirs(os.path.join(CORPUS, "kvport"), exist_ok=True)
+    for name, (mode, msg) in kv_seeds.items():
+        with open(os.path.join(CORPUS, "kvport", name + ".bin"), "wb") as f:
+            f.write(bytes([mode]) + msg)
+    # the new frames, plain, for fuzz_frame
+    for name, msg in (("ucx_addr", header(T_UCX_ADDR, 16 + len(KVPORT_WADDR), 1) +
+                       struct.pack("<QII", KVPORT_P_TOKEN, len(KVPORT_WADDR), 0) + KVPORT_WADDR),
+                      ("ready", header(T_READY, 8, 2) + struct.pack("<Q", KVPORT_D_TOKEN))):
+        with open(os.path.join(CORPUS, "frame", name + ".bin"), "wb") as f:
+            f.write(msg)
 
 
 def main():
