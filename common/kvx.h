@@ -34,11 +34,16 @@
  * handle until its SESSION_DOWN event returns; a peer until pd_kvx_peer_remove
  * or pd_kvx_free.
  *
+ * The KV port (--kv-ip:--kv-port) is kvx's own TCP socket: the handshake
+ * and the sealed exchange of UCX worker addresses run there before anything
+ * reaches UCX (docs/internals/kvx.md, "The KV port").
+ *
  * Errors: negative errno with a message in err; -ENOTCONN (no session to that
  * peer now), -EBUSY (a cap: in-flight requests, crypto queue), -E2BIG (over a
  * protocol cap), -EEXIST (request id in flight), -ECANCELED (the request is
  * dead: the caller still owns the blocks it offered), -EADDRINUSE (listener
- * port taken; the message names address and port).
+ * port taken; the message names address and port), -EADDRNOTAVAIL (kv_ip is
+ * a secondary address of its interface; the message names the remedy).
  */
 #ifndef PD_KVX_H
 #define PD_KVX_H
@@ -126,7 +131,7 @@ struct pd_kvx_params {
     uint32_t handshake_ms; /* 0 = 2000 */
     uint32_t request_deadline_ms; /* D: no block for this long fails a request; P: runs
                                    * unacknowledged this long are taken back; 0 = 10000 */
-    unsigned max_sessions; /* 0 = 64 */
+    unsigned max_sessions; /* P: authenticated sessions; 0 = 64 */
     unsigned max_pending; /* P: unauthenticated KV-port connections; 0 = 16 */
     unsigned max_pending_per_source; /* P: of them from one address; 0 = max_pending / 4 */
     unsigned max_inflight; /* requests in flight per session; 0 = 256 */
@@ -139,11 +144,11 @@ struct pd_kvx_params {
 /* Counters for metrics (monotonic; sessions is a gauge). */
 enum pd_kvx_hs_fail {
     PD_KVX_HSF_AUTH, /* wrong key, bad MAC, unknown key id */
-    PD_KVX_HSF_GARBAGE, /* malformed handshake, or traffic before it */
+    PD_KVX_HSF_GARBAGE, /* not our protocol on the KV port, or a malformed frame */
     PD_KVX_HSF_TIMEOUT, /* no handshake within handshake_ms (silent connect) */
     PD_KVX_HSF_LAYOUT, /* layout or model fingerprint differ */
     PD_KVX_HSF_REPLAY,
-    PD_KVX_HSF_CAP, /* refused: too many sessions or pending handshakes */
+    PD_KVX_HSF_CAP, /* too many sessions, or evicted: too many unauthenticated connections */
     PD_KVX_HSF_REFUSED, /* D: the peer closed the connection during our handshake */
     PD_KVX_HSF_OTHER,
     PD_KVX_HSF_N
@@ -158,9 +163,9 @@ struct pd_kvx_stats {
     uint64_t handshake_ns; /* D: sum over handshakes of connect -> session up */
 };
 
-/* P: call before the daemon starts other threads: it may set
- * UCX_TCP_CM_REUSEADDR in the environment (docs/internals/kvx.md,
- * "Reconnect"). D writes no environment and may make its object later. */
+/* Writes no environment: either side may make its object while the
+ * daemon's other threads run (decoded does when a reload names its first
+ * peer). */
 int pd_kvx_new(const struct pd_kvx_params *p, struct pd_kvx **out, char *err, size_t errlen);
 /* Lets queued frames out (at most 500 ms), closes every endpoint (force),
  * joins the crypto threads, and frees. No events are delivered. Not from
