@@ -295,39 +295,40 @@ int kvx_boot_connect(struct pd_kvx_session *c, const struct sockaddr *sa, sockle
 
 /* ---- P ---- */
 
-/* Make room for one more unauthenticated connection from ip. */
+static unsigned pending_from(struct pd_kvx *k, const char *ip)
+{
+    unsigned n = 0;
+    for (struct dl *i = k->conns.next; i != &k->conns; i = i->next) {
+        struct pd_kvx_session *c = DL_ENTRY(i, struct pd_kvx_session, node);
+        n += c->state == C_HS && (!ip || !strcmp(c->src_ip, ip));
+    }
+    return n;
+}
+
+/* Make room for one more unauthenticated connection from ip: at a cap, the
+ * oldest (conns is in creation order) of the source holding the most. */
 static void admit(struct pd_kvx *k, const char *ip)
 {
-    struct pd_kvx_session *hs[64];
-    unsigned n = 0;
-    for (struct dl *i = k->conns.next; i != &k->conns && n < 64; i = i->next) {
-        struct pd_kvx_session *c = DL_ENTRY(i, struct pd_kvx_session, node);
-        if (c->state == C_HS)
-            hs[n++] = c; /* oldest first: conns is in creation order */
-    }
-    unsigned same = 0;
-    for (unsigned i = 0; i < n; i++)
-        same += !strcmp(hs[i]->src_ip, ip);
     const char *victim_ip = NULL;
-    if (same >= k->max_pending_src) {
+    if (pending_from(k, ip) >= k->max_pending_src) {
         victim_ip = ip;
-    } else if (n >= k->max_pending) {
+    } else if (pending_from(k, NULL) >= k->max_pending) {
         unsigned best = 0;
-        for (unsigned i = 0; i < n; i++) {
-            unsigned cnt = 0;
-            for (unsigned j = 0; j < n; j++)
-                cnt += !strcmp(hs[j]->src_ip, hs[i]->src_ip);
-            if (cnt > best) {
-                best = cnt;
-                victim_ip = hs[i]->src_ip;
+        for (struct dl *i = k->conns.next; i != &k->conns; i = i->next) {
+            struct pd_kvx_session *c = DL_ENTRY(i, struct pd_kvx_session, node);
+            unsigned n = c->state == C_HS ? pending_from(k, c->src_ip) : 0;
+            if (n > best) {
+                best = n;
+                victim_ip = c->src_ip;
             }
         }
     }
     if (!victim_ip)
         return;
-    for (unsigned i = 0; i < n; i++) {
-        if (!strcmp(hs[i]->src_ip, victim_ip)) {
-            kvx_conn_fail(hs[i], PD_R_OVERLOADED,
+    for (struct dl *i = k->conns.next; i != &k->conns; i = i->next) {
+        struct pd_kvx_session *c = DL_ENTRY(i, struct pd_kvx_session, node);
+        if (c->state == C_HS && !strcmp(c->src_ip, victim_ip)) {
+            kvx_conn_fail(c, PD_R_OVERLOADED,
                           "too many unauthenticated connections (the oldest closed)",
                           PD_KVX_HSF_CAP);
             return;
