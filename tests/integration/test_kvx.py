@@ -128,6 +128,9 @@ def test_two_receivers_byte_exact(keys):
             assert rc == 0, err
             assert sm["ok"] == 150 and sm["failed"] == 0 and sm["mismatches"] == 0
             assert sm["bytes_checked"] > 0 and sm["free_blocks"] == sm["pool_blocks"]
+            # the UCX this run is meant for (run_ucx_wheel.sh sets it) is the one loaded
+            want = os.environ.get("PDSERVE_EXPECT_UCX")
+            assert not want or sm["ucx"].startswith(want), (sm["ucx"], want)
         ss = s.stop()
     # every request ended and every source block came back (a receiver that exits
     # right after its last DONE may take its last ACK with it: that run is reclaimed)

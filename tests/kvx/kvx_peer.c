@@ -699,13 +699,13 @@ int main(int argc, char **argv)
         uint64_t expected_tamper = 0;
         if (o.expect_tamper)
             expected_tamper = R.by_reason[PD_R_INTEGRITY];
-        printf("{\"role\":\"recv\",\"ok\":%" PRIu64 ",\"failed\":%" PRIu64
+        printf("{\"role\":\"recv\",\"ucx\":\"%s\",\"ok\":%" PRIu64 ",\"failed\":%" PRIu64
                ",\"requests\":%u,\"bytes_checked\":%" PRIu64 ",\"mismatches\":%" PRIu64
                ",\"handed_on_bad\":%" PRIu64 ",\"sessions_up\":%" PRIu64
                ",\"sessions_down\":%" PRIu64 ",\"inflight_left\":%" PRIu64
                ",\"free_blocks\":%u,\"pool_blocks\":%u,\"integrity_failures\":%" PRIu64
                ",\"handshake_ns\":%" PRIu64 ",\"failed_by\":{",
-               R.ok, R.failed, o.requests, R.bytes_checked, R.mismatches, R.handed_on_bad,
+               ucp_get_version_string(), R.ok, R.failed, o.requests, R.bytes_checked, R.mismatches, R.handed_on_bad,
                R.sessions_up, R.sessions_down, R.inflight, pool.n_free, pool.n,
                s.integrity_failures, s.handshake_ns);
         int first = 1;
