@@ -93,6 +93,12 @@ class Proc:
         return self.proc.returncode
 
 
+def dump_logs(p, d):
+    print("---- prefilld ----\n" + p.log())
+    if d:
+        print("---- decoded ----\n" + d.log())
+
+
 def curl(ns, url, body=None, timeout=300):
     cmd = ["ip", "netns", "exec", ns, "curl", "-sS", "--max-time", str(timeout), "-w",
            "\n%{http_code}", url]
@@ -221,9 +227,7 @@ def test_two_namespaces_over_tcp(netns, tmp_path):
         assert code == 200, text
         assert metric(ns_d, D_ADMIN, "pdserve:remote_prompt_tokens_total") == remote0 + 30
     except BaseException:
-        print("---- prefilld ----\n" + p.log())
-        if d:
-            print("---- decoded ----\n" + d.log())
+        dump_logs(p, d)
         raise
     finally:
         rcs = [x.stop() for x in (d, p) if x]
@@ -299,9 +303,7 @@ def test_flood_from_another_address_does_not_keep_decoded_out(netns, tmp_path):
         assert metric(ns_p, P_ADMIN,
                       'pdserve:kv_handshake_failures_total{daemon="prefilld",reason="cap"}') > 0
     except BaseException:
-        print("---- prefilld ----\n" + p.log())
-        if d:
-            print("---- decoded ----\n" + d.log())
+        dump_logs(p, d)
         raise
     finally:
         if flood:

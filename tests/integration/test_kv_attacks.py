@@ -163,6 +163,25 @@ def psk(tmp_path):
     return write_key(tmp_path / "k.psk")
 
 
+def flood_and_time(p, psk, port, mode, n=N_FLOOD, while_on=None):
+    """Flood port (Flood's modes), timing a new session a second into it and
+    again after it stopped; prefilld's CPU seconds over the flood.
+    while_on() runs as the flood ends, before its connections close."""
+    cpu0, t0 = cpu_s(p.proc.pid), time.time()
+    f = Flood(port, mode, n=n)
+    f.start()
+    time.sleep(1.0)
+    during = session_seconds(p, psk)
+    f.done.wait(60)
+    cpu = cpu_s(p.proc.pid) - cpu0
+    wall = time.time() - t0
+    if while_on:
+        while_on()
+    f.stop()
+    after = session_seconds(p, psk)
+    return f, during, after, cpu, wall
+
+
 def hs_fail(p, reason):
     return p.metric('pdserve:kv_handshake_failures_total{daemon="prefilld",reason="%s"}' % reason)
 
@@ -224,20 +243,13 @@ def test_replayed_handshake_refused(psk):
 
 @pytest.mark.parametrize("mode", ["garbage", "silent"])
 def test_flood_on_the_kv_port(psk, mode):
+    def few_descriptors():
+        # at most the caps' worth is held, whatever the attacker holds
+        assert len(os.listdir("/proc/%d/fd" % p.proc.pid)) < 200
+
     with Prefilld(*MODEL, psk=psk) as p:
-        cpu0, t0 = cpu_s(p.proc.pid), time.time()
-        f = Flood(p.kv_port, mode)
-        f.start()
-        time.sleep(1.0)
-        during = session_seconds(p, psk)
-        f.done.wait(60)
-        cpu = cpu_s(p.proc.pid) - cpu0
-        wall = time.time() - t0
-        if mode == "silent":
-            # at most the caps' worth is held, whatever the attacker holds
-            assert len(os.listdir("/proc/%d/fd" % p.proc.pid)) < 200
-        f.stop()
-        after = session_seconds(p, psk)
+        f, during, after, cpu, wall = flood_and_time(
+            p, psk, p.kv_port, mode, while_on=few_descriptors if mode == "silent" else None)
         print("%s flood: %d connections in %.1f s; a new session took %.3f s during it, "
               "%.3f s after; prefilld used %.2f CPU s" % (mode, f.made, wall, during, after, cpu))
         assert f.made >= N_FLOOD * 0.9, f.errors
@@ -266,16 +278,8 @@ def test_flood_on_ucx_data_listener(psk, mode):
     lo, hi = data_ports()
     with Prefilld(*MODEL, "--kv-data-ports", "%d-%d" % (lo, hi), psk=psk) as p:
         port = ucx_data_port(p, lo, hi)
-        cpu0, t0 = cpu_s(p.proc.pid), time.time()
-        f = Flood(port, mode, n=N_FLOOD if mode != "b17" else 50)
-        f.start()
-        time.sleep(1.0)
-        during = session_seconds(p, psk)
-        f.done.wait(60)
-        cpu = cpu_s(p.proc.pid) - cpu0
-        wall = time.time() - t0
-        f.stop()
-        after = session_seconds(p, psk)
+        f, during, after, cpu, wall = flood_and_time(p, psk, port, mode,
+                                                     n=N_FLOOD if mode != "b17" else 50)
         print("UCX data listener, %s: %d connections in %.1f s; a new session took %.3f s "
               "during it, %.3f s after; prefilld used %.2f CPU s" %
               (mode, f.made, wall, during, after, cpu))
