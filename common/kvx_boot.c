@@ -21,7 +21,6 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/tcp.h>
 #include <sodium.h>
 #include <stdio.h>

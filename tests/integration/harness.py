@@ -47,6 +47,13 @@ def wait_for(cond, timeout=60, what="condition", poll=0.05):
     raise AssertionError("timed out waiting for " + what)
 
 
+def cpu_s(pid):
+    """CPU seconds (user + system) process pid has used so far."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def post_and_hold(port, path, body):
     """POST body (JSON) on a raw connection and return the socket unread: a
     client that can then leave mid-request (close it)."""

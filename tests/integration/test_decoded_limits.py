@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from harness import Decoded, TINY, sse_events, wait_for
+from harness import Decoded, TINY, cpu_s, sse_events, wait_for
 
 GOOD = {"prompt": [1, 2, 3], "max_tokens": 4, "temperature": 0}
 
@@ -210,6 +210,7 @@ def test_slowloris_at_the_connection_cap_does_not_hold_the_api():
         pytest.skip("cannot raise RLIMIT_NOFILE to 2400")
     timeout = 5
     with Decoded(*TINY, "--header-timeout", str(timeout)) as d:
+        cpu0, t_start = cpu_s(d.proc.pid), time.time()
         t = Trickle(d.port, 1030, every=1.0)
         t.start()
         try:
@@ -222,6 +223,11 @@ def test_slowloris_at_the_connection_cap_does_not_hold_the_api():
             print("a request at the cap during a slowloris waited %.2f s" % waited)
             assert waited < timeout + 1, waited
             assert not t.halt.is_set() and len(t.closed) < 1030  # it was still going on
+            # a trickle costs the daemon little (a sanitizer build gets 3x the room)
+            cpu, wall = cpu_s(d.proc.pid) - cpu0, time.time() - t_start
+            print("decoded used %.2f CPU s over %.1f s of it" % (cpu, wall))
+            slow = 3 if os.environ.get("PDSERVE_SANITIZE", "none") not in ("", "none") else 1
+            assert cpu < 0.5 * wall * slow, (cpu, wall)
         finally:
             t.stop()
         assert refused(d, "deadline") >= 1  # room was made by cutting the slow ones

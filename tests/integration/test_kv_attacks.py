@@ -31,7 +31,7 @@ import time
 
 import pytest
 
-from harness import Decoded, Prefilld, wait_for, write_key
+from harness import Decoded, Prefilld, cpu_s, wait_for, write_key
 
 SANITIZED = os.environ.get("PDSERVE_SANITIZE", "none") not in ("", "none")
 MODEL = ("--load-format", "dummy", "--model-shape", '{"preset":"tiny","n_ctx":4096}',
@@ -92,12 +92,6 @@ class Flood(threading.Thread):
         for s in self.held:
             s.close()
         self.held = []
-
-
-def cpu_s(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def stamp(line):
