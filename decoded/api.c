@@ -1,5 +1,7 @@
 #include "api.h"
 
+#include "jstrict.h"
+
 #include "tokenizer.h"
 #include "utf8.h"
 
@@ -366,11 +368,17 @@ static int parse_sampling(const cJSON *root, struct dec_api_req *r, struct dec_a
                         "'repetition_penalty' must be in (0, 10]");
         sp->repetition_penalty = (float)d;
     }
-    /* JSON doubles hold integers exactly up to 2^53; seeds beyond are refused */
-    if ((rc = get_int(root, "seed", -(INT64_C(1) << 53), INT64_C(1) << 53, &i, e)) < 0)
-        return rc;
-    if (rc) {
-        sp->seed = (uint64_t)i;
+    /* read from its text, exactly (a double holds integers only to 2^53): any
+     * integer in [-2^63, 2^64 - 1], a negative one as its two's complement */
+    const cJSON *sv = field(root, "seed");
+    if (sv) {
+        uint64_t seed;
+        if (!cJSON_IsNumber(sv) || !r->seed_text ||
+            dec_jstrict_u64(r->seed_text, r->seed_len, &seed) < 0)
+            return fail(e, 400, "seed", "invalid_value",
+                        "'seed' must be an integer in [-2^63, 2^64 - 1], written without a "
+                        "fraction or an exponent");
+        sp->seed = seed;
         r->has_seed = true;
     }
     return 0;
@@ -429,6 +437,18 @@ int dec_api_parse(enum dec_api_kind kind, const char *body, size_t len,
         rc = fail(e, 400, NULL, "invalid_json", "the request body must be a JSON object");
         goto bad;
     }
+    /* what cJSON cannot say: duplicate keys, NUL in strings, exact integers */
+    struct dec_jstrict js;
+    const char *jfield = NULL;
+    char jmsg[sizeof e->msg];
+    if ((rc = dec_jstrict_scan(body, len, &js, jmsg, sizeof jmsg, &jfield)) < 0) {
+        rc = rc == -ENOMEM ? fail(e, 503, NULL, NULL, "out of memory")
+                           : fail(e, 400, jfield, rc == -EILSEQ ? "invalid_value" : "invalid_json",
+                                  "%s", jmsg);
+        goto bad;
+    }
+    r->seed_text = js.seed_text;
+    r->seed_len = js.seed_len;
     const cJSON *root = r->root;
     int64_t mt = -1;
     const cJSON *so;

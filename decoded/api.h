@@ -54,6 +54,8 @@ struct dec_api_req {
     int64_t max_tokens; /* -1: absent */
     struct pd_sampling sampling; /* n_logprobs = alternatives asked for */
     bool has_seed;
+    const char *seed_text; /* the body's "seed" number as written (parse only) */
+    size_t seed_len;
     char **stops; /* owned; taken by whoever sets it NULL */
     uint32_t n_stops;
     bool stream, include_usage;

@@ -45,6 +45,49 @@ def test_invalid_json(d, reference):
     assert err["code"] == "invalid_json"
 
 
+@pytest.mark.parametrize("raw,param,needle", [
+    # cJSON keeps the first of duplicate keys; proxies and validators take the
+    # last: refused, naming the key
+    (b'{"prompt":"x","prompt":[1,2,3],"max_tokens":1}', "prompt", "duplicate key 'prompt'"),
+    (b'{"prompt":[1],"max_tokens":1,"max_\\u0074okens":5}', "max_tokens", "duplicate"),
+    (b'{"prompt":[1],"max_tokens":1,"stream_options":{"include_usage":true,'
+     b'"include_usage":false}}', "stream_options", "duplicate key 'include_usage'"),
+    # a NUL would cut the string where cJSON stores it: refused, naming the field
+    (b'{"prompt":"abc\\u0000def ghi jkl","max_tokens":1}', "prompt", "NUL"),
+    (b'{"prompt":[1],"max_tokens":1,"stop":"e\\u0000zzz"}', "stop", "NUL"),
+    (b'{"prompt":[1],"max_tokens":1,"model":"smollm2\\u0000anything"}', "model", "NUL"),
+    (b'{"prompt":"a\tb","max_tokens":1}', "prompt", "control character"),
+])
+def test_json_that_cjson_would_misread(d, reference, raw, param, needle):
+    err = bad(d, reference, raw, 400, param)
+    assert needle in err["message"], err
+
+
+def test_chat_role_with_nul_refused(d, reference):
+    err = bad(d, reference, b'{"messages":[{"role":"user\\u0000admin","content":"hi"}],'
+              b'"max_tokens":1}', 400, "messages", path="/v1/chat/completions")
+    assert "NUL" in err["message"], err
+
+
+@pytest.mark.parametrize("seed", [2**53 + 1, 2**64 - 1, -2**63, -1])
+def test_seeds_beyond_a_double_are_exact_and_reproducible(d, reference, seed):
+    body = {"prompt": [5, 6, 7], "max_tokens": 8, "temperature": 1.5, "seed": seed,
+            "logprobs": 1}
+    outs = []
+    for _ in range(2):
+        status, out = d.json("POST", "/v1/completions", body)
+        assert status == 200, out
+        outs.append(out["choices"][0]["logprobs"]["tokens"])
+    assert outs[0] == outs[1]
+    still_serving(d, reference)
+
+
+@pytest.mark.parametrize("seed", [b"18446744073709551616", b"-9223372036854775809", b"1.5",
+                                  b"1e3", b'"7"'])
+def test_seed_out_of_range_or_not_an_integer(d, reference, seed):
+    bad(d, reference, b'{"prompt":[1],"max_tokens":1,"seed":' + seed + b'}', 400, "seed")
+
+
 def test_body_not_an_object(d, reference):
     bad(d, reference, b"[1, 2, 3]", 400)
 

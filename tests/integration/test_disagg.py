@@ -220,6 +220,22 @@ def test_same_answers_disaggregated_local_and_generate(tmp_path):
     assert compared >= total // 2 and gen_cmp >= len(fits) * MAX_TOKENS // 2
 
 
+def test_seeds_beyond_a_double_are_the_same_remote_and_local(tmp_path):
+    """A seed travels as its exact 64-bit value to prefilld (which samples
+    the first token) and back: remote and local answers agree."""
+    psk = keyfile(tmp_path)
+    seeds = [2**53 + 1, 2**64 - 1, -2**63]
+    bodies = [{"prompt": prompt(20, salt=k), "max_tokens": 6, "temperature": 1.5, "seed": s,
+               "logprobs": 1, "ignore_eos": True} for k, s in enumerate(seeds)]
+    with Prefilld(*MODEL, *MEM, psk=psk) as p, Decoded(*dec_args(psk, p.addr)) as a:
+        up(a, p.addr)
+        remote = [complete(a, b)["tokens"] for b in bodies]
+        assert a.metric("pdserve:remote_prompt_tokens_total") == 20 * len(seeds)
+    with Decoded(*MODEL, *MEM) as b:
+        local = [complete(b, x)["tokens"] for x in bodies]
+    assert remote == local
+
+
 # ---- 2. faults ----
 
 def stopped_prefill(d, p, b):

@@ -196,6 +196,97 @@ static void api_refuses_bad_json_utf8_depth(void)
     dec_api_req_done(&r);
 }
 
+/* What cJSON cannot say (decoded/jstrict.c): duplicate keys at any depth,
+ * the same key written two ways, NUL and raw control characters in any
+ * string, with the field named; none of it refused where it is legal. */
+static void api_json_duplicates_nul_and_control_refused(void)
+{
+    static const struct {
+        const char *body, *param, *code, *needle;
+    } cases[] = {
+        {"{\"prompt\":\"x\",\"prompt\":[1,2,3]}", "prompt", "invalid_json", "duplicate key 'prompt'"},
+        {"{\"prompt\":\"x\",\"\\u0070rompt\":\"y\"}", "prompt", "invalid_json", "duplicate"},
+        {"{\"prompt\":\"x\",\"logit_bias\":{\"5\":1,\"5\":2}}", "logit_bias", "invalid_json",
+         "duplicate key '5'"},
+        {"{\"prompt\":\"x\",\"z\":[{\"a\":1},{\"b\":1,\"b\":2}]}", NULL, "invalid_json",
+         "duplicate key 'b'"},
+        {"{\"prompt\":\"abc\\u0000def\"}", "prompt", "invalid_value", "NUL"},
+        {"{\"prompt\":\"x\",\"stop\":[\"e\\u0000zzz\"]}", "stop", "invalid_value", "NUL"},
+        {"{\"prompt\":\"x\",\"model\":\"smollm2\\u0000any\"}", "model", "invalid_value", "NUL"},
+        {"{\"prompt\":\"a\tb\"}", "prompt", "invalid_value", "control character"},
+        {"{\"prompt\":\"x\",\"k\\u0000\":1}", NULL, "invalid_value", "NUL"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+        struct dec_api_req r;
+        struct dec_api_err e;
+        if (parse(DEC_API_COMPLETIONS, cases[i].body, &r, &e) >= 0) {
+            dec_api_req_done(&r);
+            PD_TEST_FAIL_("case %zu accepted: %s", i, cases[i].body);
+        }
+        CHECK_EQ_INT(e.status, 400);
+        if (cases[i].param)
+            CHECK_STR(e.param, cases[i].param);
+        else
+            CHECK(e.param == NULL);
+        CHECK_STR(e.code, cases[i].code);
+        CHECK_CONTAINS(e.msg, cases[i].needle);
+    }
+    /* legal: the same key in different objects, escapes that are not NUL,
+     * keys that differ only in case */
+    struct dec_api_req r;
+    struct dec_api_err e;
+    CHECK_EQ_INT(parse(DEC_API_CHAT,
+                       "{\"messages\":[{\"role\":\"user\",\"content\":\"a\\u0001\\n\\ud83d\\ude00\"},"
+                       "{\"role\":\"assistant\",\"content\":\"b\"}],\"Messages\":1}",
+                       &r, &e),
+                 0);
+    CHECK_EQ_INT(r.n_msgs, 2);
+    CHECK_EQ_INT((int)r.msgs[0].len, 1 + 1 + 1 + 4);
+    dec_api_req_done(&r);
+    /* the chat role with a NUL inside is refused, not cut to "user" */
+    CHECK(parse(DEC_API_CHAT, "{\"messages\":[{\"role\":\"user\\u0000admin\",\"content\":\"x\"}]}",
+                &r, &e) < 0);
+    CHECK_STR(e.param, "messages");
+}
+
+/* The seed read from its text: every integer in [-2^63, 2^64 - 1] exactly. */
+static void api_seed_is_exact(void)
+{
+    static const struct {
+        const char *text;
+        uint64_t want;
+    } ok[] = {
+        {"0", 0},
+        {"9007199254740993", UINT64_C(9007199254740993)}, /* 2^53 + 1: a double rounds it */
+        {"18446744073709551615", UINT64_MAX},
+        {"-1", UINT64_MAX},
+        {"-9223372036854775808", UINT64_C(1) << 63},
+    };
+    for (size_t i = 0; i < sizeof(ok) / sizeof(*ok); i++) {
+        char body[128];
+        snprintf(body, sizeof(body), "{\"prompt\":[1],\"seed\":%s}", ok[i].text);
+        struct dec_api_req r;
+        struct dec_api_err e;
+        if (parse(DEC_API_COMPLETIONS, body, &r, &e) < 0)
+            PD_TEST_FAIL_("%s: %s", ok[i].text, e.msg);
+        CHECK(r.has_seed && r.sampling.seed == ok[i].want);
+        dec_api_req_done(&r);
+    }
+    const char *bad[] = {"18446744073709551616", "-9223372036854775809", "1.5", "1e3", "1.0",
+                         "\"7\"", "true"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+        char body[128];
+        snprintf(body, sizeof(body), "{\"prompt\":[1],\"seed\":%s}", bad[i]);
+        struct dec_api_req r;
+        struct dec_api_err e;
+        if (parse(DEC_API_COMPLETIONS, body, &r, &e) >= 0) {
+            dec_api_req_done(&r);
+            PD_TEST_FAIL_("seed %s accepted", bad[i]);
+        }
+        CHECK_STR(e.param, "seed");
+    }
+}
+
 static void api_chat_messages(void)
 {
     struct dec_api_req r;
@@ -264,6 +355,8 @@ static const struct pd_test tests[] = {
     PD_TEST(api_refusals_name_the_field),
     PD_TEST(api_prompt_ids_over_cap_is_413),
     PD_TEST(api_refuses_bad_json_utf8_depth),
+    PD_TEST(api_json_duplicates_nul_and_control_refused),
+    PD_TEST(api_seed_is_exact),
     PD_TEST(api_chat_messages),
     PD_TEST(api_response_shapes),
     {0},
