@@ -41,6 +41,16 @@ void pd_http_reply(struct evhttp_request *req, int status, const char *content_t
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     evhttp_remove_header(h, "Content-Type");
     evhttp_add_header(h, "Content-Type", content_type);
+    if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
+        /* the headers GET would get, no body: libevent 2.1 writes a HEAD
+         * reply's body and leaves out its length, so the next reply on the
+         * connection would be read as part of it */
+        char cl[32];
+        snprintf(cl, sizeof(cl), "%zu", len);
+        evhttp_remove_header(h, "Content-Length");
+        evhttp_add_header(h, "Content-Length", cl);
+        len = 0;
+    }
     if (b && len)
         evbuffer_add(b, body, len);
     evhttp_send_reply(req, status, reason(status), b);
@@ -381,7 +391,7 @@ static void head_done(struct conn *k)
 }
 
 /* Follow the bytes just read (they are evhttp's to parse; nothing is taken). */
-static void track(struct conn *k, const unsigned char *p, size_t n)
+static void track(struct conn *k, unsigned char *p, size_t n)
 {
     for (size_t i = 0; i < n && k->st != R_DEAD;) {
         unsigned char ch = p[i];
@@ -420,6 +430,13 @@ static void track(struct conn *k, const unsigned char *p, size_t n)
             return;
         }
         if (ch != '\n') {
+            if (ch == ';' && k->st == R_CHUNK_SIZE) {
+                /* a chunk extension (RFC 9112 7.1.1), to be ignored: libevent
+                 * 2.1 takes "1a ext" but refuses "1a;ext" as a corrupt body
+                 * (413), so the ';' becomes a space in place, before it reads */
+                p[i - 1] = ' ';
+                ch = ' ';
+            }
             if (ch != '\r' && k->line_len < LINE_KEEP)
                 k->line[k->line_len++] = (char)ch;
             continue;
@@ -438,20 +455,27 @@ static void track(struct conn *k, const unsigned char *p, size_t n)
             break;
         case R_CHUNK_SIZE: {
             uint64_t size = 0;
-            bool any = false;
-            for (const char *h = k->line; *h; h++) {
-                int d = *h >= '0' && *h <= '9'   ? *h - '0'
-                        : *h >= 'a' && *h <= 'f' ? *h - 'a' + 10
-                        : *h >= 'A' && *h <= 'F' ? *h - 'A' + 10
-                                                 : -1;
+            size_t h = 0;
+            for (; k->line[h]; h++) {
+                char c = k->line[h];
+                int d = c >= '0' && c <= '9'   ? c - '0'
+                        : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                        : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                               : -1;
                 if (d < 0)
                     break;
-                any = true;
                 size = size > (UINT64_MAX >> 4) ? UINT64_MAX : size * 16 + (uint64_t)d;
             }
-            if (!any) { /* evhttp refuses it; stop timing a request it will not serve */
-                request_done(k);
-            } else if (size == 0) {
+            /* 1*HEXDIG, then the end or whitespace (an extension follows);
+             * libevent would take "-1", "+5" or "0x10" and answer a corrupt
+             * body with 413 */
+            char after = k->line[h];
+            if (h == 0 || (after && after != ' ' && after != '\t') || size > (UINT64_C(1) << 62)) {
+                k->c->st.bad_requests++;
+                refuse(k, 400, NULL, "malformed chunk size in a chunked request body", true);
+                return;
+            }
+            if (size == 0) {
                 k->st = R_TRAILER;
             } else {
                 k->left = size;

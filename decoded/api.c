@@ -311,6 +311,8 @@ static int refuse_unsupported(const cJSON *root, struct dec_api_err *e)
         return rc;
     if (b)
         return fail(e, 400, "echo", "invalid_value", "echo is not supported");
+    if ((v = field(root, "suffix")) && !(cJSON_IsString(v) && !v->valuestring[0]))
+        return fail(e, 400, "suffix", "invalid_value", "suffix is not supported");
     if ((v = field(root, "logit_bias")) && !(cJSON_IsObject(v) && !v->child))
         return fail(e, 400, "logit_bias", "invalid_value", "logit_bias is not supported");
     if ((v = field(root, "tools")) && !(cJSON_IsArray(v) && !v->child))
@@ -482,6 +484,8 @@ int dec_api_parse(enum dec_api_kind kind, const char *body, size_t len,
             goto bad;
         }
         r->max_tokens = mt;
+    } else if (kind == DEC_API_COMPLETIONS) {
+        r->max_tokens = DEC_API_COMPLETIONS_MAX_TOKENS; /* OpenAI's and vLLM's default there */
     }
     rc = kind == DEC_API_COMPLETIONS ? parse_prompt(root, lim, r, e) : parse_messages(root, r, e);
     if (rc < 0)

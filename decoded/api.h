@@ -41,6 +41,10 @@ struct dec_api_limits {
     uint32_t max_prompt_ids; /* token ids in a token-id prompt (413 past it) */
 };
 
+/* /v1/completions without max_tokens generates this many (OpenAI's and
+ * vLLM's default); chat without it, to the end of the context. */
+#define DEC_API_COMPLETIONS_MAX_TOKENS 16
+
 struct dec_api_req {
     enum dec_api_kind kind;
     struct cJSON *root; /* owned; model and prompt point into it */
@@ -51,7 +55,7 @@ struct dec_api_req {
     uint32_t n_ids;
     struct pd_chat_msg *msgs; /* chat (owned, contents owned) */
     size_t n_msgs;
-    int64_t max_tokens; /* -1: absent */
+    int64_t max_tokens; /* -1: absent (chat); completions default to 16 */
     struct pd_sampling sampling; /* n_logprobs = alternatives asked for */
     bool has_seed;
     const char *seed_text; /* the body's "seed" number as written (parse only) */

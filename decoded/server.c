@@ -695,18 +695,27 @@ out:
 
 /* ---- routes ---- */
 
-static void models(struct dec_server *s, struct evhttp_request *req)
+/* The served model as OpenAI's model object (NULL: out of memory). */
+static cJSON *model_obj(const struct dec_server *s)
 {
-    cJSON *root = cJSON_CreateObject();
-    cJSON *data = root ? cJSON_AddArrayToObject(root, "data") : NULL;
     cJSON *m = cJSON_CreateObject();
-    if (data && m) {
-        cJSON_AddStringToObject(root, "object", "list");
+    if (m) {
         cJSON_AddStringToObject(m, "id", s->cfg.model_name);
         cJSON_AddStringToObject(m, "object", "model");
         cJSON_AddNumberToObject(m, "created", (double)time(NULL));
         cJSON_AddStringToObject(m, "owned_by", "pdserve");
         cJSON_AddNumberToObject(m, "max_model_len", s->cfg.max_model_len);
+    }
+    return m;
+}
+
+static void models(struct dec_server *s, struct evhttp_request *req)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON *data = root ? cJSON_AddArrayToObject(root, "data") : NULL;
+    cJSON *m = model_obj(s);
+    if (data && m) {
+        cJSON_AddStringToObject(root, "object", "list");
         cJSON_AddItemToArray(data, m);
         m = NULL;
     }
@@ -745,7 +754,9 @@ static void api_cb(struct evhttp_request *req, void *arg)
     bool chat = strcmp(path, "/v1/chat/completions") == 0;
     pd_http_request_id(req, chat ? "chatcmpl-" : "cmpl-", id);
 
-    if (strcmp(path, "/health") == 0 && method == EVHTTP_REQ_GET) {
+    /* HEAD is GET without the body (common/http sends its length, not it) */
+    bool get = method == EVHTTP_REQ_GET || method == EVHTTP_REQ_HEAD;
+    if (strcmp(path, "/health") == 0 && get) {
         health(s, req);
         return;
     }
@@ -756,13 +767,27 @@ static void api_cb(struct evhttp_request *req, void *arg)
                "missing or incorrect API key (Authorization: Bearer ...)");
         return;
     }
+    if (strncmp(path, "/v1/models/", 11) == 0) { /* one model: client.models.retrieve() */
+        char *name = evhttp_uridecode(path + 11, 0, NULL); /* %3A is ':' */
+        if (!get) {
+            reject(s, req, id, 405, NULL, "method_not_allowed", "use GET");
+        } else if (!name || strcmp(name, s->cfg.model_name) != 0) {
+            char msg[200];
+            snprintf(msg, sizeof(msg), "the model '%.128s' does not exist", name ? name : "?");
+            reject(s, req, id, 404, "model", "model_not_found", msg);
+        } else {
+            reply_json_obj(s, req, 200, model_obj(s));
+        }
+        free(name);
+        return;
+    }
     bool known = chat || strcmp(path, "/v1/completions") == 0 || strcmp(path, "/v1/models") == 0;
     if (!known) {
         reject(s, req, id, 404, NULL, "not_found", "no such endpoint");
         return;
     }
     if (strcmp(path, "/v1/models") == 0) {
-        if (method != EVHTTP_REQ_GET)
+        if (!get)
             reject(s, req, id, 405, NULL, "method_not_allowed", "use GET");
         else
             models(s, req);

@@ -4,6 +4,7 @@ model says does not matter here)."""
 import http.client
 import json
 import socket
+import urllib.parse
 
 import pytest
 
@@ -344,3 +345,98 @@ def test_missing_and_wrong_api_key():
         status, body = d.json("GET", "/v1/embeddings", headers={"Authorization": "Bearer s3cret"})
         assert_error(status, body, 404)
         assert "s3cret" not in d.log()
+
+
+# ---- HTTP framing through raw sockets ----
+
+def read_response(f, head=False):
+    """One response from f (a socket's makefile('rb')): (status, headers, body);
+    a HEAD response has no body whatever its Content-Length says."""
+    status = int(f.readline().split()[1])
+    headers = {}
+    while True:
+        line = f.readline().decode().rstrip("\r\n")
+        if not line:
+            break
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    if head:
+        return status, headers, b""
+    if headers.get("transfer-encoding") == "chunked":
+        body = b""
+        while True:
+            n = int(f.readline().split(b";")[0], 16)
+            if n == 0:
+                f.readline()
+                return status, headers, body
+            body += f.read(n)
+            f.readline()
+    return status, headers, f.read(int(headers["content-length"]))
+
+
+def test_head_has_length_and_no_body_and_the_connection_goes_on(d, reference):
+    s = socket.create_connection(("127.0.0.1", d.port))
+    f = s.makefile("rb")
+    for path, want in (("/health", 200), ("/v1/models", 200), ("/v1/completions", 405)):
+        s.sendall(b"HEAD %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+        st, h, _ = read_response(f, head=True)
+        assert st == want, (path, st)
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+        st2, h2, body = read_response(f)
+        # the HEAD said exactly what the GET then sent
+        assert int(h["content-length"]) == len(body) > 0, (path, h, body)
+    # and a real request on the same connection after them
+    payload = json.dumps(GOOD).encode()
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
+    st, _, body = read_response(f)
+    assert st == 200 and json.loads(body)["choices"][0]["text"] == reference
+    s.close()
+
+
+@pytest.mark.parametrize("size_line,want", [
+    (b"%x", 200),              # plain
+    (b"%x;name=value", 200),   # an extension (RFC 9112 7.1.1): ignored
+    (b"%x ; a=b;c", 200),
+    (b"zz", 400),              # not hex
+    (b"-1", 400),
+    (b"0x%x", 400),
+    (b"", 400),
+])
+def test_chunked_sizes(d, reference, size_line, want):
+    payload = json.dumps(GOOD).encode()
+    line = size_line % len(payload) if b"%" in size_line else size_line
+    s = socket.create_connection(("127.0.0.1", d.port))
+    f = s.makefile("rb")
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+              b"Content-Type: application/json\r\n\r\n" + line + b"\r\n" + payload +
+              b"\r\n0\r\n\r\n")
+    st, _, body = read_response(f)
+    s.close()
+    assert st == want, (st, body)
+    if want == 200:
+        assert json.loads(body)["choices"][0]["text"] == reference
+    else:
+        err = json.loads(body)["error"]
+        assert "chunk size" in err["message"], err
+    still_serving(d, reference)
+
+
+def test_suffix_refused(d, reference):
+    bad(d, reference, {"prompt": [1, 2], "suffix": "the end"}, 400, "suffix")
+
+
+def test_completions_default_to_16_tokens(d, reference):
+    status, body = d.json("POST", "/v1/completions", {"prompt": [1, 2, 3], "temperature": 0,
+                                                      "ignore_eos": True})
+    assert status == 200, body
+    assert body["usage"]["completion_tokens"] == 16
+
+
+def test_models_by_id(d, reference):
+    status, body = d.json("GET", "/v1/models")
+    name = body["data"][0]["id"]
+    status, one = d.json("GET", "/v1/models/" + urllib.parse.quote(name, safe=""))
+    assert status == 200 and one["id"] == name and one["object"] == "model", one
+    status, body = d.json("GET", "/v1/models/no-such-model")
+    assert_error(status, body, 404, "model")

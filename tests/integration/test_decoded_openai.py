@@ -35,6 +35,25 @@ def test_models_lists_the_served_name(client):
     assert [m.id for m in models.data] == [NAME]
 
 
+def test_models_retrieve_by_id(client):
+    m = client.models.retrieve(NAME)
+    assert m.id == NAME and m.object == "model"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("not-" + NAME)
+
+
+def test_completion_without_max_tokens_gives_16(client):
+    r = client.completions.create(model=NAME, prompt="Once upon a time", temperature=0,
+                                  extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens == 16
+
+
+def test_suffix_refused_by_the_client(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=NAME, prompt="x", suffix="y", max_tokens=2)
+    assert "suffix" in str(e.value)
+
+
 def test_chat_greedy_answers(client):
     r = client.chat.completions.create(model=NAME, messages=Q, max_tokens=20, temperature=0)
     assert r.object == "chat.completion"

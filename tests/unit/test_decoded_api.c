@@ -136,7 +136,7 @@ static void api_defaults(void)
     struct dec_api_err e;
     CHECK_EQ_INT(parse(DEC_API_COMPLETIONS, "{\"prompt\":[1,2,3],\"stop\":null}", &r, &e), 0);
     CHECK_EQ_INT(r.n_ids, 3);
-    CHECK_EQ_INT(r.max_tokens, -1);
+    CHECK_EQ_INT(r.max_tokens, 16); /* OpenAI's and vLLM's default for completions */
     CHECK(r.sampling.temperature == 1.0f);
     CHECK(!r.has_seed && !r.logprobs && !r.stream);
     dec_api_req_done(&r);
@@ -287,6 +287,21 @@ static void api_seed_is_exact(void)
     }
 }
 
+static void api_chat_max_tokens_defaults_to_the_context_and_suffix_refused(void)
+{
+    struct dec_api_req r;
+    struct dec_api_err e;
+    CHECK_EQ_INT(parse(DEC_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+                       &r, &e),
+                 0);
+    CHECK_EQ_INT(r.max_tokens, -1);
+    dec_api_req_done(&r);
+    CHECK(parse(DEC_API_COMPLETIONS, "{\"prompt\":\"x\",\"suffix\":\"end\"}", &r, &e) < 0);
+    CHECK_STR(e.param, "suffix");
+    CHECK_EQ_INT(parse(DEC_API_COMPLETIONS, "{\"prompt\":\"x\",\"suffix\":\"\"}", &r, &e), 0);
+    dec_api_req_done(&r);
+}
+
 static void api_chat_messages(void)
 {
     struct dec_api_req r;
@@ -357,6 +372,7 @@ static const struct pd_test tests[] = {
     PD_TEST(api_refuses_bad_json_utf8_depth),
     PD_TEST(api_json_duplicates_nul_and_control_refused),
     PD_TEST(api_seed_is_exact),
+    PD_TEST(api_chat_max_tokens_defaults_to_the_context_and_suffix_refused),
     PD_TEST(api_chat_messages),
     PD_TEST(api_response_shapes),
     {0},
