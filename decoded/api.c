@@ -496,6 +496,58 @@ bad:
     return rc < 0 ? rc : -EINVAL;
 }
 
+int dec_api_token_list(const char *body, size_t len, const struct dec_api_limits *lim,
+                       uint32_t n_vocab, uint32_t max, int32_t **ids, size_t *n,
+                       struct dec_api_err *e)
+{
+    struct dec_jstrict js;
+    const char *jfield = NULL;
+    char jmsg[sizeof e->msg];
+    if (len == 0 || pd_utf8_valid_prefix((const uint8_t *)body, len) != len ||
+        dec_api_json_depth(body, len, lim->json_depth) > lim->json_depth)
+        return fail(e, 400, NULL, "invalid_json", "the body must be a JSON object in UTF-8");
+    cJSON *root = cJSON_ParseWithLength(body, len);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return fail(e, 400, NULL, "invalid_json", "the body must be a JSON object");
+    }
+    int rc = dec_jstrict_scan(body, len, &js, jmsg, sizeof jmsg, &jfield);
+    if (rc < 0) {
+        cJSON_Delete(root);
+        return rc == -ENOMEM ? fail(e, 503, NULL, NULL, "out of memory")
+                             : fail(e, 400, jfield, "invalid_json", "%s", jmsg);
+    }
+    const cJSON *t = field(root, "tokens");
+    int count = cJSON_IsArray(t) ? cJSON_GetArraySize(t) : -1;
+    if (count < 0 || (uint32_t)count > max) {
+        cJSON_Delete(root);
+        return fail(e, 400, "tokens", "invalid_value",
+                    "'tokens' must be an array of at most %u token ids", max);
+    }
+    int32_t *out = malloc((size_t)(count ? count : 1) * sizeof(*out));
+    if (!out) {
+        cJSON_Delete(root);
+        return fail(e, 503, NULL, NULL, "out of memory");
+    }
+    size_t k = 0;
+    const cJSON *v;
+    cJSON_ArrayForEach(v, t)
+    {
+        double d = cJSON_IsNumber(v) ? v->valuedouble : -1;
+        if (d != floor(d) || d < 0 || d >= (double)n_vocab) {
+            free(out);
+            cJSON_Delete(root);
+            return fail(e, 400, "tokens", "invalid_value",
+                        "token %zu is not an id in [0, %u)", k, n_vocab);
+        }
+        out[k++] = (int32_t)d;
+    }
+    cJSON_Delete(root);
+    *ids = out;
+    *n = k;
+    return 0;
+}
+
 void dec_api_req_done(struct dec_api_req *r)
 {
     for (size_t i = 0; i < r->n_msgs; i++)
@@ -512,8 +564,8 @@ void dec_api_req_done(struct dec_api_req *r)
 
 /* ---- responses ---- */
 
-/* A token's text for logprobs: its bytes (may be a cut UTF-8 character, so
- * made valid for the string form) */
+/* A token's text for logprobs: its bytes when they are valid UTF-8 on their
+ * own (and hold no NUL), else "bytes:\\xNN..." as OpenAI spells them */
 static void token_text(const struct pd_tokenizer *tok, int32_t id, char *buf, size_t cap,
                        const uint8_t **bytes, size_t *n_bytes)
 {
@@ -525,9 +577,16 @@ static void token_text(const struct pd_tokenizer *tok, int32_t id, char *buf, si
         *n_bytes = strlen(buf);
         return;
     }
-    if (pd_utf8_lossy(p, n, NULL) < cap) {
-        size_t k = pd_utf8_lossy(p, n, (uint8_t *)buf);
-        buf[k] = '\0';
+    if (pd_utf8_valid_prefix(p, n) != n || memchr(p, 0, n)) {
+        /* a cut UTF-8 character: spelled by its bytes, as OpenAI does
+         * ("bytes:\\xe6\\x9d"), so that alternatives made of different
+         * bytes do not all read U+FFFD and collide as keys of top_logprobs */
+        size_t k = (size_t)snprintf(buf, cap, "bytes:");
+        for (size_t i = 0; i < n && k + 4 < cap; i++)
+            k += (size_t)snprintf(buf + k, cap - k, "\\x%02x", p[i]);
+    } else if (n < cap) {
+        memcpy(buf, p, n);
+        buf[n] = '\0';
     } else {
         snprintf(buf, cap, "[%d]", id);
     }

@@ -78,6 +78,13 @@ struct dec_api_err {
 int dec_api_parse(enum dec_api_kind kind, const char *body, size_t len,
                   const struct dec_api_limits *lim, struct dec_api_req *r, struct dec_api_err *e);
 void dec_api_req_done(struct dec_api_req *r);
+/* /detokenize's body: {"tokens": [ids], "model"?: name}, each id in
+ * [0, n_vocab), at most max of them, checked as strictly as dec_api_parse's
+ * (UTF-8, depth, duplicate keys, NUL). 0 with *ids (caller frees) and *n,
+ * or -EINVAL / -ENOMEM with *e filled. */
+int dec_api_token_list(const char *body, size_t len, const struct dec_api_limits *lim,
+                       uint32_t n_vocab, uint32_t max, int32_t **ids, size_t *n,
+                       struct dec_api_err *e);
 
 /* Deepest nesting of objects/arrays in a JSON text, scanning outside
  * strings; stops counting past limit (returns limit + 1). */

@@ -593,6 +593,93 @@ static int decide_max_tokens(struct dec_server *s, struct evhttp_request *req, c
     return 0;
 }
 
+/* vLLM's POST /tokenize: {"prompt": text} (or token ids), or {"messages":
+ * [...]} rendered as chat is, to {"count", "max_model_len", "tokens"}. */
+static void tokenize(struct dec_server *s, struct evhttp_request *req, const char *id)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
+    /* chat when the body has "messages" (dec_api_parse then checks all of it) */
+    cJSON *peek = cJSON_ParseWithLength(body, len);
+    enum dec_api_kind kind = cJSON_GetObjectItemCaseSensitive(peek, "messages")
+                                 ? DEC_API_CHAT : DEC_API_COMPLETIONS;
+    cJSON_Delete(peek);
+    struct dec_api_req r;
+    struct dec_api_err e;
+    if (dec_api_parse(kind, body, len, &s->limits, &r, &e) < 0) {
+        reject(s, req, id, e.status, e.param, e.code, e.msg);
+        return;
+    }
+    int32_t *ids = NULL;
+    uint32_t n = 0;
+    if (r.model && strcmp(r.model, s->cfg.model_name) != 0) {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "The model `%.200s` does not exist.", r.model);
+        reject(s, req, id, 404, "model", "model_not_found", msg);
+    } else if (prompt_tokens(s, req, id, &r, &ids, &n) == 0) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON *t = o ? cJSON_AddArrayToObject(o, "tokens") : NULL;
+        for (uint32_t i = 0; t && i < n; i++)
+            cJSON_AddItemToArray(t, cJSON_CreateNumber(ids[i]));
+        if (o) {
+            cJSON_AddNumberToObject(o, "count", n);
+            cJSON_AddNumberToObject(o, "max_model_len", s->cfg.max_model_len);
+        }
+        if (!t) { /* out of memory: reply_json_obj answers 503 for NULL */
+            cJSON_Delete(o);
+            o = NULL;
+        }
+        reply_json_obj(s, req, 200, o);
+    }
+    free(ids);
+    dec_api_req_done(&r);
+}
+
+/* vLLM's POST /detokenize: {"tokens": [ids]} to {"prompt": text} (valid
+ * UTF-8: a cut character becomes U+FFFD, as transformers decodes). */
+static void detokenize(struct dec_server *s, struct evhttp_request *req, const char *id)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
+    int32_t *ids = NULL;
+    char *text = NULL;
+    struct dec_api_err e;
+    if (!s->tok) {
+        reject(s, req, id, 400, "tokens", "no_tokenizer", "this model has no tokenizer");
+        return;
+    }
+    size_t n_ids = 0;
+    if (dec_api_token_list(body, len, &s->limits, s->cfg.n_vocab, s->cfg.max_model_len, &ids,
+                           &n_ids, &e) < 0) {
+        reject(s, req, id, e.status, e.param, e.code, e.msg);
+        return;
+    }
+    size_t cap = 4 * n_ids + 64, got = 0;
+    int rc = -ENOMEM;
+    for (int tries = 0; tries < 2; tries++) {
+        free(text);
+        if (!(text = malloc(cap)))
+            break;
+        rc = pd_tok_decode(s->tok, ids, n_ids, 0, text, cap, &got);
+        if (rc != -E2BIG)
+            break;
+        cap = got + 1;
+    }
+    if (rc < 0) {
+        reject(s, req, id, rc == -ENOMEM ? 503 : 400, "tokens", NULL,
+               rc == -ENOMEM ? "out of memory" : "the tokens cannot be decoded");
+    } else {
+        cJSON *o = cJSON_CreateObject();
+        if (o)
+            cJSON_AddStringToObject(o, "prompt", text);
+        reply_json_obj(s, req, 200, o);
+    }
+    free(text);
+    free(ids);
+}
+
 static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_api_kind kind,
                      const char *id)
 {
@@ -779,6 +866,16 @@ static void api_cb(struct evhttp_request *req, void *arg)
             reply_json_obj(s, req, 200, model_obj(s));
         }
         free(name);
+        return;
+    }
+    bool tok = strcmp(path, "/tokenize") == 0, detok = strcmp(path, "/detokenize") == 0;
+    if (tok || detok) { /* vLLM's, beside the OpenAI routes */
+        if (method != EVHTTP_REQ_POST)
+            reject(s, req, id, 405, NULL, "method_not_allowed", "use POST");
+        else if (tok)
+            tokenize(s, req, id);
+        else
+            detokenize(s, req, id);
         return;
     }
     bool known = chat || strcmp(path, "/v1/completions") == 0 || strcmp(path, "/v1/models") == 0;

@@ -1,6 +1,7 @@
 /* libFuzzer target: decoded's OpenAI request parser (decoded/api.c) on
- * untrusted bodies. The first byte picks the endpoint (even: completions,
- * odd: chat); the rest is the body. Whatever parses must satisfy the limits
+ * untrusted bodies. The first byte picks the endpoint (bit 1 set:
+ * /detokenize's token list; else bit 0: chat or completions); the rest is
+ * the body. Whatever parses must satisfy the limits
  * it promises, and the response builders must take its values. Built as a
  * real fuzzer with -Dfuzzing=true (clang); the seed corpus (corpus/api/:
  * good and bad requests) is replayed by `meson test --suite fuzz`. */
@@ -20,6 +21,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
+    if (data[0] & 2) { /* /detokenize's body */
+        int32_t *ids = NULL;
+        size_t n = 0;
+        struct dec_api_err te;
+        if (dec_api_token_list((const char *)data + 1, size - 1, &LIM, 1000, 64, &ids, &n, &te) <
+            0) {
+            if ((te.status != 400 && te.status != 503) || !te.msg[0])
+                __builtin_trap();
+            return 0;
+        }
+        for (size_t i = 0; i < n; i++)
+            if (ids[i] < 0 || ids[i] >= 1000)
+                __builtin_trap();
+        if (n > 64)
+            __builtin_trap();
+        free(ids);
+        return 0;
+    }
     enum dec_api_kind kind = data[0] & 1 ? DEC_API_CHAT : DEC_API_COMPLETIONS;
     struct dec_api_req r;
     struct dec_api_err e;

@@ -2,6 +2,7 @@
 (SmolLM2-135M-Instruct): completions, chat, streaming, logprobs, stop
 strings, usage, seeds; curl for the raw SSE bytes."""
 import math
+import re
 import subprocess
 
 import openai
@@ -52,6 +53,47 @@ def test_suffix_refused_by_the_client(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model=NAME, prompt="x", suffix="y", max_tokens=2)
     assert "suffix" in str(e.value)
+
+
+def test_top_logprobs_keep_tokens_that_cut_a_character(client):
+    """Japanese text is made of tokens that are not valid UTF-8 alone; they
+    are spelled by their bytes ("bytes:\\xe6\\x9d"), so the 5 alternatives at
+    each position stay 5 distinct keys (they all read U+FFFD before)."""
+    r = client.completions.create(model=NAME, prompt="日本語の文章を書いてください。東京は",
+                                  max_tokens=8, temperature=0, logprobs=5)
+    lp = r.choices[0].logprobs
+    assert all(len(alts) == 5 for alts in lp.top_logprobs), lp.top_logprobs
+    spelled = [t for alts in lp.top_logprobs for t in alts if t.startswith("bytes:")]
+    assert spelled, "no alternative cut a character: the prompt no longer tests this"
+    for t in spelled:
+        assert re.fullmatch(r"bytes:(\\x[0-9a-f]{2})+", t), t
+    assert "\ufffd" not in "".join(t for alts in lp.top_logprobs for t in alts)
+
+
+def test_tokenize_and_detokenize_as_vllm(d):
+    """vLLM's /tokenize and /detokenize: the counts the completions report,
+    and a round trip back to the text."""
+    text = "Hello, world! Bonjour, le monde. 日本語"
+    status, t = d.json("POST", "/tokenize", {"model": NAME, "prompt": text})
+    assert status == 200, t
+    assert t["count"] == len(t["tokens"]) and t["max_model_len"] == 2048
+    status, c = d.json("POST", "/v1/completions", {"model": NAME, "prompt": text,
+                                                   "max_tokens": 1, "temperature": 0})
+    assert status == 200 and c["usage"]["prompt_tokens"] == t["count"], (c, t)
+    status, back = d.json("POST", "/detokenize", {"model": NAME, "tokens": t["tokens"]})
+    assert status == 200 and back["prompt"] == text, back
+    # chat: the template's tokens, as the chat endpoint counts them
+    status, tc = d.json("POST", "/tokenize", {"model": NAME, "messages": Q})
+    status2, cc = d.json("POST", "/v1/chat/completions", {"model": NAME, "messages": Q,
+                                                          "max_tokens": 1, "temperature": 0})
+    assert status == status2 == 200 and cc["usage"]["prompt_tokens"] == tc["count"]
+    # refusals name the field
+    status, err = d.json("POST", "/detokenize", {"tokens": [1, -2]})
+    assert status == 400 and err["error"]["param"] == "tokens", err
+    status, err = d.json("POST", "/detokenize", {"tokens": [49152]})
+    assert status == 400 and err["error"]["param"] == "tokens", err
+    status, err = d.json("GET", "/tokenize")
+    assert status == 405, err
 
 
 def test_chat_greedy_answers(client):

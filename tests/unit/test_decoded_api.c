@@ -302,6 +302,30 @@ static void api_chat_max_tokens_defaults_to_the_context_and_suffix_refused(void)
     dec_api_req_done(&r);
 }
 
+static void api_token_list_for_detokenize(void)
+{
+    static const struct dec_api_limits lim = {.json_depth = 8, .max_stops = 4,
+                                              .max_stop_len = 16, .max_prompt_ids = 100};
+    int32_t *ids = NULL;
+    size_t n = 0;
+    struct dec_api_err e;
+    const char ok[] = "{\"tokens\":[0,5,99],\"model\":\"m\"}";
+    CHECK_EQ_INT(dec_api_token_list(ok, strlen(ok), &lim, 100, 10, &ids, &n, &e), 0);
+    CHECK(n == 3 && ids[0] == 0 && ids[1] == 5 && ids[2] == 99);
+    free(ids);
+    const char *bad[] = {"{\"tokens\":[100]}", "{\"tokens\":[-1]}", "{\"tokens\":[1.5]}",
+                         "{\"tokens\":\"1\"}", "{}", "{\"tokens\":[1],\"tokens\":[2]}",
+                         "{\"tokens\":[1,1,1,1,1,1,1,1,1,1,1]}", "[1]"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+        ids = NULL;
+        if (dec_api_token_list(bad[i], strlen(bad[i]), &lim, 100, 10, &ids, &n, &e) == 0) {
+            free(ids);
+            PD_TEST_FAIL_("accepted %s", bad[i]);
+        }
+        CHECK_EQ_INT(e.status, 400);
+    }
+}
+
 static void api_chat_messages(void)
 {
     struct dec_api_req r;
@@ -373,6 +397,7 @@ static const struct pd_test tests[] = {
     PD_TEST(api_json_duplicates_nul_and_control_refused),
     PD_TEST(api_seed_is_exact),
     PD_TEST(api_chat_max_tokens_defaults_to_the_context_and_suffix_refused),
+    PD_TEST(api_token_list_for_detokenize),
     PD_TEST(api_chat_messages),
     PD_TEST(api_response_shapes),
     {0},
