@@ -317,6 +317,20 @@ static int refuse_unsupported(const cJSON *root, struct dec_api_err *e)
         return fail(e, 400, "logit_bias", "invalid_value", "logit_bias is not supported");
     if ((v = field(root, "tools")) && !(cJSON_IsArray(v) && !v->child))
         return fail(e, 400, "tools", "invalid_value", "tools are not supported");
+    if ((v = field(root, "functions")) && !(cJSON_IsArray(v) && !v->child))
+        return fail(e, 400, "functions", "invalid_value", "functions are not supported");
+    /* with no tools, "none" and "auto" mean what we do anyway; anything else
+     * asks for a call we would never make */
+    static const char *const choice[2] = {"tool_choice", "function_call"};
+    for (int c = 0; c < 2; c++)
+        if ((v = field(root, choice[c])) &&
+            !(cJSON_IsString(v) &&
+              (!strcmp(v->valuestring, "none") || !strcmp(v->valuestring, "auto"))))
+            return fail(e, 400, choice[c], "invalid_value",
+                        "'%s' other than \"none\" or \"auto\" needs tools, which are not "
+                        "supported", choice[c]);
+    if (field(root, "audio"))
+        return fail(e, 400, "audio", "invalid_value", "audio output is not supported");
     if ((v = field(root, "response_format"))) {
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(v, "type");
         if (!cJSON_IsString(t) || strcmp(t->valuestring, "text") != 0)

@@ -9,7 +9,8 @@
 /* The API's top-level fields, so a refusal can name one statically. */
 static const char *const known[] = {
     "model", "prompt", "messages", "stop", "suffix", "user", "seed", "response_format",
-    "tools", "tool_choice", "logit_bias", "stream_options", "n", "best_of", "echo",
+    "tools", "tool_choice", "functions", "function_call", "audio", "logit_bias",
+    "stream_options", "n", "best_of", "echo", "tokens",
     "temperature", "top_p", "top_k", "min_p", "max_tokens", "max_completion_tokens",
     "presence_penalty", "frequency_penalty", "repetition_penalty", "logprobs",
     "top_logprobs", "stream", "ignore_eos",

@@ -159,6 +159,11 @@ static void api_refusals_name_the_field(void)
         {"{\"prompt\":\"\"}", "prompt", 400},
         {"{\"max_tokens\":3}", "prompt", 400},
         {"{\"prompt\":[[1],[2]]}", "prompt", 400},
+        {"{\"prompt\":\"x\",\"tool_choice\":\"required\"}", "tool_choice", 400},
+        {"{\"prompt\":\"x\",\"tool_choice\":{\"type\":\"function\"}}", "tool_choice", 400},
+        {"{\"prompt\":\"x\",\"function_call\":{\"name\":\"f\"}}", "function_call", 400},
+        {"{\"prompt\":\"x\",\"functions\":[{\"name\":\"f\"}]}", "functions", 400},
+        {"{\"prompt\":\"x\",\"audio\":{\"voice\":\"a\"}}", "audio", 400},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
         struct dec_api_req r;
