@@ -3,21 +3,39 @@ and the daemon serves the next request correctly (dummy weights: what the
 model says does not matter here)."""
 import http.client
 import json
+import os
 import socket
 import urllib.parse
 
 import pytest
 
-from harness import TINY, Decoded, assert_error
+from harness import TINY, Decoded, Prefilld, assert_error, wait_for, write_key
 
 GOOD = {"prompt": [1, 2, 3], "max_tokens": 4, "temperature": 0}
 
 
-@pytest.fixture(scope="module")
-def d():
-    with Decoded(*TINY, "--max-model-len", "512", "--max-prompt-tokens", "300",
-                 "--max-body-size", "1MiB") as daemon:
+MODES = ["local"] + (["disaggregated"] if os.environ.get("PREFILLD") else [])
+
+
+@pytest.fixture(scope="module", params=MODES)
+def d(request, tmp_path_factory):
+    """decoded alone, and decoded prefilling every prompt on a prefilld
+    (the same bad input must be refused the same way before it goes
+    anywhere; good input gives the same answers)."""
+    args = [*TINY, "--max-model-len", "512", "--max-prompt-tokens", "300",
+            "--max-body-size", "1MiB"]
+    if request.param == "local":
+        with Decoded(*args) as daemon:
+            yield daemon
+        return
+    psk = write_key(tmp_path_factory.mktemp("keys") / "k.psk")
+    with Prefilld(*TINY, psk=psk) as p, \
+            Decoded(*args, "--prefill", p.addr, "--kv-psk-file", psk,
+                    "--local-prefill-max-tokens", "0") as daemon:
+        wait_for(lambda: "KV session up" in daemon.log(), 60, "a KV session")
         yield daemon
+        assert daemon.metric("pdserve:remote_prompt_tokens_total") > 0
+        assert daemon.metric("pdserve:prompt_tokens_total") == 0
 
 
 @pytest.fixture(scope="module")
