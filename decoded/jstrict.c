@@ -23,6 +23,7 @@ struct key {
 
 struct scan {
     const char *s, *end;
+    size_t len;
     char *scratch; /* decoded strings; a stack, one mark per object */
     size_t used;
     struct key *keys; /* a stack too */
@@ -81,6 +82,8 @@ static int refuse(struct scan *c, int rc, const char *fmt, const char *what)
         *c->field = f;
     return rc;
 }
+
+static int malformed(struct scan *c);
 
 static unsigned hex4(const char *p)
 {
@@ -145,6 +148,8 @@ static int string(struct scan *c, struct key *k)
             d[n++] = (char)(0x80 | (u & 0x3f));
         }
     }
+    if (c->s >= c->end)
+        return malformed(c);
     c->s++; /* the closing quote */
     if (k) {
         k->p = d;
@@ -164,12 +169,42 @@ static int keycmp(const void *a, const void *b)
 
 static int value(struct scan *c, int depth);
 
+/* What cJSON took but the scan did not expect: cJSON also skips every byte
+ * below 0x21 as whitespace, which RFC 8259 does not (and a scan that
+ * followed it differently could misread the body). */
+static int malformed(struct scan *c)
+{
+    if (c->field)
+        *c->field = NULL;
+    snprintf(c->msg, c->msglen,
+             "malformed JSON near byte %zu (RFC 8259 allows only space, tab, CR and LF "
+             "between tokens)", (size_t)(c->s - (c->end - c->len)));
+    return -EINVAL;
+}
+
+static int expect(struct scan *c, char ch)
+{
+    ws(c);
+    if (c->s >= c->end || *c->s != ch)
+        return malformed(c);
+    c->s++;
+    ws(c);
+    return 0;
+}
+
 static int object(struct scan *c, int depth)
 {
     size_t mark_used = c->used, mark_keys = c->n_keys;
-    c->s++; /* { */
-    ws(c);
-    while (c->s < c->end && *c->s != '}') {
+    int rc;
+    if ((rc = expect(c, '{')) < 0)
+        return rc;
+    if (c->s < c->end && *c->s == '}') {
+        c->s++;
+        return 0;
+    }
+    for (;;) {
+        if (c->s >= c->end || *c->s != '"')
+            return malformed(c);
         if (c->n_keys == c->cap_keys) {
             size_t cap = c->cap_keys ? 2 * c->cap_keys : 64;
             struct key *k = realloc(c->keys, cap * sizeof *k);
@@ -181,17 +216,15 @@ static int object(struct scan *c, int depth)
         struct key *k = &c->keys[c->n_keys];
         if (depth == 0)
             c->top = NULL; /* a top-level key names itself in a refusal */
-        int rc = string(c, k);
-        if (rc < 0)
+        if ((rc = string(c, k)) < 0)
             return rc;
         c->n_keys++;
-        ws(c);
-        c->s++; /* : */
-        ws(c);
+        if ((rc = expect(c, ':')) < 0)
+            return rc;
         if (depth == 0) {
             c->top = k->p;
             c->top_len = k->n;
-            if (k->n == 4 && memcmp(k->p, "seed", 4) == 0 &&
+            if (k->n == 4 && memcmp(k->p, "seed", 4) == 0 && c->s < c->end &&
                 (*c->s == '-' || (*c->s >= '0' && *c->s <= '9'))) {
                 const char *t = c->s;
                 while (t < c->end && (*t == '-' || *t == '+' || *t == '.' || *t == 'e' ||
@@ -201,15 +234,20 @@ static int object(struct scan *c, int depth)
                 c->out->seed_len = (size_t)(t - c->s);
             }
         }
-        if ((rc = value(c, depth + 1)) < 0)
+        if ((rc = value(c, depth + 1)) < 0) /* (k may move: the keys grow) */
             return rc;
         ws(c);
         if (c->s < c->end && *c->s == ',') {
             c->s++;
             ws(c);
+            continue;
         }
+        if (c->s < c->end && *c->s == '}') {
+            c->s++;
+            break;
+        }
+        return malformed(c);
     }
-    c->s++; /* } */
     /* duplicates among this object's keys */
     size_t nk = c->n_keys - mark_keys;
     if (nk > 1) {
@@ -237,28 +275,39 @@ static int object(struct scan *c, int depth)
     return 0;
 }
 
+static int array(struct scan *c, int depth)
+{
+    int rc;
+    if ((rc = expect(c, '[')) < 0)
+        return rc;
+    if (c->s < c->end && *c->s == ']') {
+        c->s++;
+        return 0;
+    }
+    for (;;) {
+        if ((rc = value(c, depth + 1)) < 0)
+            return rc;
+        ws(c);
+        if (c->s < c->end && *c->s == ',') {
+            c->s++;
+            continue;
+        }
+        if (c->s < c->end && *c->s == ']') {
+            c->s++;
+            return 0;
+        }
+        return malformed(c);
+    }
+}
+
 static int value(struct scan *c, int depth)
 {
     ws(c);
     if (c->s >= c->end)
-        return 0;
+        return malformed(c);
     switch (*c->s) {
     case '{': return object(c, depth);
-    case '[': {
-        c->s++;
-        ws(c);
-        while (c->s < c->end && *c->s != ']') {
-            int rc = value(c, depth + 1);
-            if (rc < 0)
-                return rc;
-            ws(c);
-            if (c->s < c->end && *c->s == ',')
-                c->s++;
-            ws(c);
-        }
-        c->s++;
-        return 0;
-    }
+    case '[': return array(c, depth);
     case '"': {
         size_t mark = c->used;
         struct key k;
@@ -266,19 +315,21 @@ static int value(struct scan *c, int depth)
         c->used = mark;
         return rc;
     }
-    default: /* number, true, false, null: valid already */
-        while (c->s < c->end && *c->s != ',' && *c->s != '}' && *c->s != ']' && *c->s != ' ' &&
-               *c->s != '\t' && *c->s != '\r' && *c->s != '\n')
+    default: { /* a number, true, false or null: cJSON checked its spelling */
+        const char *from = c->s;
+        while (c->s < c->end && ((*c->s >= '0' && *c->s <= '9') || (*c->s >= 'a' && *c->s <= 'z') ||
+                                 *c->s == '-' || *c->s == '+' || *c->s == '.' || *c->s == 'E'))
             c->s++;
-        return 0;
+        return c->s > from ? 0 : malformed(c);
+    }
     }
 }
 
 int dec_jstrict_scan(const char *body, size_t len, struct dec_jstrict *out, char *msg,
                      size_t msglen, const char **field)
 {
-    struct scan c = {.s = body, .end = body + len, .out = out, .msg = msg, .msglen = msglen,
-                     .field = field};
+    struct scan c = {.s = body, .end = body + len, .len = len, .out = out, .msg = msg,
+                     .msglen = msglen, .field = field};
     memset(out, 0, sizeof *out);
     if (field)
         *field = NULL;
@@ -286,6 +337,11 @@ int dec_jstrict_scan(const char *body, size_t len, struct dec_jstrict *out, char
     if (!(c.scratch = malloc(len ? len : 1)))
         return -ENOMEM;
     int rc = value(&c, 0); /* the body's object: its members are the top level */
+    if (rc == 0) {
+        ws(&c);
+        if (c.s != c.end)
+            rc = malformed(&c);
+    }
     free(c.scratch);
     free(c.keys);
     return rc;

@@ -220,6 +220,10 @@ static void api_json_duplicates_nul_and_control_refused(void)
         {"{\"prompt\":\"x\",\"model\":\"smollm2\\u0000any\"}", "model", "invalid_value", "NUL"},
         {"{\"prompt\":\"a\tb\"}", "prompt", "invalid_value", "control character"},
         {"{\"prompt\":\"x\",\"k\\u0000\":1}", NULL, "invalid_value", "NUL"},
+        /* whitespace cJSON skips and RFC 8259 does not allow */
+        {"{\x01\"prompt\":\"x\"}", NULL, "invalid_json", "malformed"},
+        {"{\"prompt\":[1,\x0b" "2]}", NULL, "invalid_json", "malformed"},
+
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
         struct dec_api_req r;
