@@ -127,6 +127,14 @@ void kvx_token_put(uint8_t out[PD_KVX_TOKEN_LEN], uint64_t token)
         out[i] = (uint8_t)(token >> (8 * i));
 }
 
+static uint64_t token_get(const uint8_t in[PD_KVX_TOKEN_LEN])
+{
+    uint64_t token = 0;
+    for (int i = 0; i < PD_KVX_TOKEN_LEN; i++)
+        token |= (uint64_t)in[i] << (8 * i);
+    return token;
+}
+
 static void sbuf_cb(void *request, ucs_status_t status, void *user_data)
 {
     (void)status;
@@ -215,7 +223,7 @@ void kvx_conn_put(struct pd_kvx_session *c)
     free(c);
 }
 
-void kvx_count_hsf(struct pd_kvx *k, const char *addr, int hsf, const char *why)
+static void count_hsf(struct pd_kvx *k, const char *addr, int hsf, const char *why)
 {
     if (hsf < 0)
         return;
@@ -234,7 +242,7 @@ void kvx_conn_fail(struct pd_kvx_session *c, int reason, const char *detail, int
         return;
     int was_up = c->state == C_UP;
     if (c->state < C_UP)
-        kvx_count_hsf(k, c->addr, hsf, detail);
+        count_hsf(k, c->addr, hsf, detail);
     c->state = C_CLOSING;
     c->want_close = 1;
     kvx_boot_close(c); /* the KV-port connection: its end tells the peer at once */
@@ -324,9 +332,7 @@ struct pd_kvx_session *kvx_conn_find(struct pd_kvx *k, const void **header, size
     if (*header_length < PD_KVX_TOKEN_LEN)
         return NULL;
     const uint8_t *h = *header;
-    uint64_t token = 0;
-    for (int i = 0; i < PD_KVX_TOKEN_LEN; i++)
-        token |= (uint64_t)h[i] << (8 * i);
+    uint64_t token = token_get(h);
     *header = h + PD_KVX_TOKEN_LEN;
     *header_length -= PD_KVX_TOKEN_LEN;
     for (struct dl *i = k->conns.next; i != &k->conns; i = i->next) {
@@ -1060,6 +1066,17 @@ struct pd_kvx *pd_kvx_free(struct pd_kvx *k)
     free(k->scratch);
     free(k);
     return NULL;
+}
+
+int pd_kvx_ports_warning(const char *kv_ip, const char *ports, char *msg, size_t len)
+{
+    if (ports || !kv_ip || strncmp(kv_ip, "127.", 4) == 0)
+        return 0;
+    snprintf(msg, len,
+             "no --kv-data-ports: UCX's data listener on %s takes a port of its own choosing, "
+             "which a firewall cannot name (docs/operations.md, \"Firewall\")",
+             kv_ip);
+    return 1;
 }
 
 int pd_kvx_parse_ports(const char *s, uint16_t *lo, uint16_t *hi, char *err, size_t errlen)

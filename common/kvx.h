@@ -194,6 +194,10 @@ void pd_kvx_metrics_scrape(struct pd_kvx_metrics *km, const struct pd_kvx *kvx);
 /* --kv-data-ports "LO-HI" (1 <= LO <= HI <= 65535) into params' data ports;
  * NULL gives 0, 0 (UCX's choice). -EINVAL with a message naming the option. */
 int pd_kvx_parse_ports(const char *s, uint16_t *lo, uint16_t *hi, char *err, size_t errlen);
+/* 1 with a warning for the daemon to log when a non-loopback kv_ip has no
+ * --kv-data-ports (ports NULL): UCX's data listener then takes a port no
+ * firewall can name. 0 otherwise. */
+int pd_kvx_ports_warning(const char *kv_ip, const char *ports, char *msg, size_t len);
 /* The UCX transports a session's endpoint uses, e.g. "tcp/lo" or "posix/memory"
  * ("" while unknown); for benchmark reports. */
 void pd_kvx_session_transports(struct pd_kvx_session *s, char *buf, size_t len);

@@ -277,7 +277,6 @@ struct pd_kvx_session *kvx_conn_new(struct pd_kvx *k);
  * the header past it), or NULL. */
 struct pd_kvx_session *kvx_conn_find(struct pd_kvx *k, const void **header, size_t *header_length);
 void kvx_session_up(struct pd_kvx_session *c);
-void kvx_count_hsf(struct pd_kvx *k, const char *addr, int hsf, const char *why);
 /* kvx_boot.c: the KV port (P: listen, accept with caps; D: connect), the
  * handshake and the sealed exchange of UCX worker addresses on it */
 void kvx_boot_env(struct pd_kvx *k);

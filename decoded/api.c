@@ -422,6 +422,59 @@ static int parse_logprobs(const cJSON *root, struct dec_api_req *r, struct dec_a
     return 0;
 }
 
+/* A request body as a JSON object, checked for everything before its fields:
+ * UTF-8, depth, syntax, nothing after the value, and what cJSON cannot say
+ * (jstrict: duplicate keys, NUL, the seed's text). The root (caller deletes),
+ * or NULL with *e filled and *rc the error. */
+static cJSON *parse_object(const char *body, size_t len, const struct dec_api_limits *lim,
+                           struct dec_jstrict *js, struct dec_api_err *e, int *rc)
+{
+    if (len == 0) {
+        *rc = fail(e, 400, NULL, "invalid_json", "the request body is empty; send a JSON object");
+        return NULL;
+    }
+    if (pd_utf8_valid_prefix((const uint8_t *)body, len) != len) {
+        *rc = fail(e, 400, NULL, "invalid_utf8", "the request body is not valid UTF-8");
+        return NULL;
+    }
+    if (dec_api_json_depth(body, len, lim->json_depth) > lim->json_depth) {
+        *rc = fail(e, 400, NULL, "invalid_json", "JSON nested deeper than %d levels",
+                   lim->json_depth);
+        return NULL;
+    }
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, false);
+    if (!root) {
+        size_t at = end && end >= body ? (size_t)(end - body) : 0;
+        *rc = fail(e, 400, NULL, "invalid_json",
+                   "the request body is not valid JSON (near byte %zu)", at);
+        return NULL;
+    }
+    for (const char *p = end; p < body + len; p++)
+        if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n') {
+            *rc = fail(e, 400, NULL, "invalid_json", "trailing bytes after the JSON value");
+            goto bad;
+        }
+    if (!cJSON_IsObject(root)) {
+        *rc = fail(e, 400, NULL, "invalid_json", "the request body must be a JSON object");
+        goto bad;
+    }
+    const char *jfield = NULL;
+    char jmsg[sizeof e->msg];
+    int jrc = dec_jstrict_scan(body, len, js, jmsg, sizeof jmsg, &jfield);
+    if (jrc < 0) {
+        *rc = jrc == -ENOMEM ? fail(e, 503, NULL, NULL, "out of memory")
+                             : fail(e, 400, jfield,
+                                    jrc == -EILSEQ ? "invalid_value" : "invalid_json", "%s",
+                                    jmsg);
+        goto bad;
+    }
+    return root;
+bad:
+    cJSON_Delete(root);
+    return NULL;
+}
+
 int dec_api_parse(enum dec_api_kind kind, const char *body, size_t len,
                   const struct dec_api_limits *lim, struct dec_api_req *r, struct dec_api_err *e)
 {
@@ -429,40 +482,9 @@ int dec_api_parse(enum dec_api_kind kind, const char *body, size_t len,
     memset(r, 0, sizeof(*r));
     r->kind = kind;
     r->max_tokens = -1;
-
-    if (len == 0)
-        return fail(e, 400, NULL, "invalid_json", "the request body is empty; send a JSON object");
-    if (pd_utf8_valid_prefix((const uint8_t *)body, len) != len)
-        return fail(e, 400, NULL, "invalid_utf8", "the request body is not valid UTF-8");
-    if (dec_api_json_depth(body, len, lim->json_depth) > lim->json_depth)
-        return fail(e, 400, NULL, "invalid_json", "JSON nested deeper than %d levels",
-                    lim->json_depth);
-    const char *end = NULL;
-    r->root = cJSON_ParseWithLengthOpts(body, len, &end, false);
-    if (!r->root) {
-        size_t at = end && end >= body ? (size_t)(end - body) : 0;
-        return fail(e, 400, NULL, "invalid_json",
-                    "the request body is not valid JSON (near byte %zu)", at);
-    }
-    for (const char *p = end; p < body + len; p++)
-        if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n') {
-            rc = fail(e, 400, NULL, "invalid_json", "trailing bytes after the JSON value");
-            goto bad;
-        }
-    if (!cJSON_IsObject(r->root)) {
-        rc = fail(e, 400, NULL, "invalid_json", "the request body must be a JSON object");
-        goto bad;
-    }
-    /* what cJSON cannot say: duplicate keys, NUL in strings, exact integers */
     struct dec_jstrict js;
-    const char *jfield = NULL;
-    char jmsg[sizeof e->msg];
-    if ((rc = dec_jstrict_scan(body, len, &js, jmsg, sizeof jmsg, &jfield)) < 0) {
-        rc = rc == -ENOMEM ? fail(e, 503, NULL, NULL, "out of memory")
-                           : fail(e, 400, jfield, rc == -EILSEQ ? "invalid_value" : "invalid_json",
-                                  "%s", jmsg);
-        goto bad;
-    }
+    if (!(r->root = parse_object(body, len, lim, &js, e, &rc)))
+        return rc;
     r->seed_text = js.seed_text;
     r->seed_len = js.seed_len;
     const cJSON *root = r->root;
@@ -515,22 +537,10 @@ int dec_api_token_list(const char *body, size_t len, const struct dec_api_limits
                        struct dec_api_err *e)
 {
     struct dec_jstrict js;
-    const char *jfield = NULL;
-    char jmsg[sizeof e->msg];
-    if (len == 0 || pd_utf8_valid_prefix((const uint8_t *)body, len) != len ||
-        dec_api_json_depth(body, len, lim->json_depth) > lim->json_depth)
-        return fail(e, 400, NULL, "invalid_json", "the body must be a JSON object in UTF-8");
-    cJSON *root = cJSON_ParseWithLength(body, len);
-    if (!cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        return fail(e, 400, NULL, "invalid_json", "the body must be a JSON object");
-    }
-    int rc = dec_jstrict_scan(body, len, &js, jmsg, sizeof jmsg, &jfield);
-    if (rc < 0) {
-        cJSON_Delete(root);
-        return rc == -ENOMEM ? fail(e, 503, NULL, NULL, "out of memory")
-                             : fail(e, 400, jfield, "invalid_json", "%s", jmsg);
-    }
+    int rc;
+    cJSON *root = parse_object(body, len, lim, &js, e, &rc);
+    if (!root)
+        return rc;
     const cJSON *t = field(root, "tokens");
     int count = cJSON_IsArray(t) ? cJSON_GetArraySize(t) : -1;
     if (count < 0 || (uint32_t)count > max) {

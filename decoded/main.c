@@ -296,10 +296,9 @@ static int remote_open(struct daemon *d, const struct dec_cfg *c, char *err, siz
     int rc = pd_kvx_parse_ports(c->kv_data_ports, &lo, &hi, err, errlen);
     if (rc < 0)
         return rc;
-    if (!c->kv_data_ports && strncmp(c->kv_ip, "127.", 4) != 0)
-        pd_log(PD_LOG_WARN, "no --kv-data-ports: UCX's data listener on %s takes a port of its "
-               "own choosing, which a firewall cannot name (docs/operations.md, \"Firewall\")",
-               c->kv_ip);
+    char warn[256];
+    if (pd_kvx_ports_warning(c->kv_ip, c->kv_data_ports, warn, sizeof(warn)))
+        pd_log(PD_LOG_WARN, "%s", warn);
     struct dec_remote_cfg rc_ = {
         .peers = (const char *const *)c->prefill.items, .n_peers = (unsigned)c->prefill.n,
         .kv_ip = c->kv_ip, .data_port_lo = lo, .data_port_hi = hi,

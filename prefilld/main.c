@@ -522,10 +522,9 @@ static int run(struct daemon *d)
 
     if (pd_kvx_parse_ports(c->kv_data_ports, &lo, &hi, err, sizeof(err)) < 0)
         goto fail;
-    if (!c->kv_data_ports && strncmp(c->kv_ip, "127.", 4) != 0)
-        pd_log(PD_LOG_WARN, "no --kv-data-ports: UCX's data listener on %s takes a port of its "
-               "own choosing, which a firewall cannot name (docs/operations.md, \"Firewall\")",
-               c->kv_ip);
+    char warn[256];
+    if (pd_kvx_ports_warning(c->kv_ip, c->kv_data_ports, warn, sizeof(warn)))
+        pd_log(PD_LOG_WARN, "%s", warn);
     if (evthread_use_pthreads() < 0 || !(d->base = event_base_new()) || metrics_init(d) < 0) {
         snprintf(err, sizeof(err), "cannot set up libevent");
         goto fail;

@@ -54,6 +54,22 @@ def cpu_s(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def read_until_closed(s, timeout=10):
+    """Everything socket s receives until the server closes it (EOF or a
+    reset), waiting at most timeout s for each read."""
+    s.settimeout(timeout)
+    data = b""
+    try:
+        while True:
+            b = s.recv(4096)
+            if not b:
+                break
+            data += b
+    except ConnectionResetError:
+        pass
+    return data
+
+
 def post_and_hold(port, path, body):
     """POST body (JSON) on a raw connection and return the socket unread: a
     client that can then leave mid-request (close it)."""

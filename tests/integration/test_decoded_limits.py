@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from harness import Decoded, TINY, cpu_s, sse_events, wait_for
+from harness import Decoded, TINY, cpu_s, read_until_closed, sse_events, wait_for
 
 GOOD = {"prompt": [1, 2, 3], "max_tokens": 4, "temperature": 0}
 
@@ -103,21 +103,6 @@ def test_connection_cap_holds_and_idle_ones_time_out():
             for s in idle:
                 s.close()
         serves(d)
-
-
-def read_reply(s, timeout=10):
-    """Everything s receives until the server closes it (EOF or reset)."""
-    s.settimeout(timeout)
-    data = b""
-    try:
-        while True:
-            b = s.recv(4096)
-            if not b:
-                break
-            data += b
-    except ConnectionResetError:
-        pass
-    return data
 
 
 HEAD = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -247,7 +232,7 @@ def test_slow_body_cut_and_keep_alive_requests_timed_too():
         for b in body[:3]:
             s.send(bytes([b]))
             time.sleep(0.5)
-        got = read_reply(s)
+        got = read_until_closed(s)
         assert got.startswith(b"HTTP/1.1 408") and b"body" in got, got
         assert 1.5 < time.time() - t0 < 5
         s.close()
@@ -265,7 +250,7 @@ def test_slow_body_cut_and_keep_alive_requests_timed_too():
         for b in HEAD[:3]:
             s.send(bytes([b]))
             time.sleep(0.5)
-        got = read_reply(s)
+        got = read_until_closed(s)
         assert b"HTTP/1.1 408" in got, got
         assert 1.5 < time.time() - t0 < 5
         s.close()
@@ -301,7 +286,7 @@ def test_nul_in_headers_refused():
         s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
                   b"Authorization: Bearer sekret\x00junk\r\nContent-Length: %d\r\n\r\n%s"
                   % (len(body), body))
-        got = read_reply(s)
+        got = read_until_closed(s)
         s.close()
         assert got.startswith(b"HTTP/1.1 400") and b"NUL" in got, got
         assert refused(d, "bad_request") == 1
@@ -316,7 +301,7 @@ def test_connections_per_source_capped():
         try:
             wait_for(lambda: d.metric("pdserve:http_connections") >= 3, 10, "3 connections")
             s = socket.create_connection(("127.0.0.1", d.port))
-            got = read_reply(s)
+            got = read_until_closed(s)
             s.close()
             assert got.startswith(b"HTTP/1.1 429") and b"too_many_connections" in got, got
             assert refused(d, "per_source") == 1

@@ -31,7 +31,7 @@ import time
 
 import pytest
 
-from harness import Decoded, Prefilld, cpu_s, wait_for, write_key
+from harness import Decoded, Prefilld, cpu_s, read_until_closed, wait_for, write_key
 
 SANITIZED = os.environ.get("PDSERVE_SANITIZE", "none") not in ("", "none")
 MODEL = ("--load-format", "dummy", "--model-shape", '{"preset":"tiny","n_ctx":4096}',
@@ -301,15 +301,6 @@ def test_prefilld_admin_connections_capped(psk):
         # a NUL in a header: 400 and closed, as on decoded
         s = socket.create_connection(("127.0.0.1", p.admin_port))
         s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n")
-        s.settimeout(5)
-        got = b""
-        try:
-            while True:
-                b = s.recv(4096)
-                if not b:
-                    break
-                got += b
-        except ConnectionResetError:
-            pass
+        got = read_until_closed(s, timeout=5)
         s.close()
         assert got.startswith(b"HTTP/1.1 400"), got

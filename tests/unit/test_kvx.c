@@ -140,6 +140,11 @@ static void kvx_parse_ports_takes_lo_hi_and_refuses_the_rest(void)
         CHECK_CONTAINS(err, "--kv-data-ports");
         CHECK(lo == 7 && hi == 7); /* untouched on failure */
     }
+    /* a non-loopback --kv-ip without ports gets a warning naming it */
+    CHECK_EQ_INT(pd_kvx_ports_warning("10.0.0.5", NULL, err, sizeof(err)), 1);
+    CHECK_CONTAINS(err, "10.0.0.5");
+    CHECK_EQ_INT(pd_kvx_ports_warning("10.0.0.5", "14600-14699", err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_kvx_ports_warning("127.0.0.1", NULL, err, sizeof(err)), 0);
 }
 
 /* ---- the KV port's protocol: two parties wired back to back in memory ---- */
