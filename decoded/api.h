@@ -20,7 +20,7 @@
 #define DEC_API_H
 
 #include "chat.h"
-#include "sampler.h"
+#include "sample.h"
 
 #include <stdbool.h>
 #include <stddef.h>

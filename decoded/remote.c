@@ -4,7 +4,7 @@
 #include "keyring.h"
 #include "kvx.h"
 #include "log.h"
-#include "metrics.h"
+#include "kv_metrics.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -76,7 +76,7 @@ struct dec_remote {
     bool stopping;
 
     struct pd_metric *m_bytes, *m_blocks, *m_xfer, *m_failover[FR_N];
-    struct pd_kvx_metrics km;
+    struct pd_kv_metrics km;
 };
 
 static int fr_class(int reason)
@@ -402,7 +402,7 @@ void dec_remote_scrape(struct dec_remote *r)
 {
     if (!r)
         return;
-    pd_kvx_metrics_scrape(&r->km, r->kvx);
+    pd_kv_metrics_scrape(&r->km, r->kvx);
     for (unsigned i = 0; i < DEC_REMOTE_MAX_PEERS; i++)
         if (r->peers[i])
             pd_metric_set(r->peers[i]->up, pd_kvx_peer_up(r->peers[i]->kp));
@@ -590,7 +590,7 @@ static int metrics_init(struct dec_remote *r, struct pd_metrics *m)
     r->m_xfer = pd_metrics_histogram(m, "pdserve:kv_transfer_seconds",
                                      "Remote prefill: PREFILL sent to DONE received.", secs_b,
                                      sizeof(secs_b) / sizeof(*secs_b));
-    pd_kvx_metrics_init(&r->km, m, PD_ROLE_D);
+    pd_kv_metrics_init(&r->km, m, PD_ROLE_D);
     for (int i = 0; i < FR_N; i++) {
         char labels[64];
         snprintf(labels, sizeof(labels), "reason=\"%s\"", fr_names[i]);

@@ -48,7 +48,7 @@
 #include "engine.h"
 #include "log.h" /* pd_now_ns */
 #include "http.h"
-#include "sampler.h"
+#include "sample.h"
 #include "stop.h"
 #include "tokenizer.h"
 

@@ -51,9 +51,9 @@ case "$format" in xz) tflag=J ext=tar.xz ;; gz) tflag=z ext=tar.gz ;; *) die "--
 build="$(cd "$build" && pwd)"
 out="$(mkdir -p "${out:-$build}" && cd "${out:-$build}" && pwd)"
 
-version="$(sed -n 's/^#define PD_VERSION "\(.*\)"$/\1/p' "$build/pd_config.h")"
-cuda="$(sed -n 's/^#define PD_HAVE_CUDA \(.*\)$/\1/p' "$build/pd_config.h")"
-[ -n "$version" ] || die "$build/pd_config.h names no PD_VERSION"
+version="$(sed -n 's/^#define PD_VERSION "\(.*\)"$/\1/p' "$build/common/base/pd_config.h")"
+cuda="$(sed -n 's/^#define PD_HAVE_CUDA \(.*\)$/\1/p' "$build/common/base/pd_config.h")"
+[ -n "$version" ] || die "$build/common/base/pd_config.h names no PD_VERSION"
 arch="$(uname -m)"
 name="pdserve-$version-$arch"
 

@@ -13,7 +13,7 @@
 #include "keyring.h"
 #include "kvx.h"
 #include "log.h"
-#include "metrics.h"
+#include "kv_metrics.h"
 #include "model.h"
 #include "notify.h"
 #include "scheduler.h"
@@ -136,7 +136,7 @@ struct daemon {
     struct pd_http_conns *admin_conns;
     struct pd_metrics *metrics;
     struct pd_metric *m_requests, *m_refused, *m_failed;
-    struct pd_kvx_metrics km;
+    struct pd_kv_metrics km;
     struct pf_sched_metrics sm;
     uint64_t watchdog_us;
     struct pf_job *held; /* jobs with a transfer handle (the loop's reference), until SREQ_END */
@@ -359,7 +359,7 @@ static void admin_cb(struct evhttp_request *req, void *arg)
     if (strcmp(uri, "/metrics") == 0) {
         char *text;
         size_t len;
-        pd_kvx_metrics_scrape(&d->km, d->kvx);
+        pd_kv_metrics_scrape(&d->km, d->kvx);
         if (pd_metrics_render(d->metrics, &text, &len) < 0) {
             pd_http_error(req, 503, "internal_error", NULL, NULL, "out of memory");
             return;
@@ -407,7 +407,7 @@ static int metrics_init(struct daemon *d)
     d->sm.batch_tokens = pd_metrics_histogram(m, "pdserve:batch_tokens",
                                               "Prompt tokens in one engine step.", tok_b,
                                               sizeof(tok_b) / sizeof(*tok_b));
-    pd_kvx_metrics_init(&d->km, m, PD_ROLE_P);
+    pd_kv_metrics_init(&d->km, m, PD_ROLE_P);
     return 0;
 }
 

@@ -35,7 +35,7 @@
 #include "engine.h"
 #include "log.h" /* pd_now_ns */
 #include "frame.h"
-#include "sampler.h"
+#include "sample.h"
 
 #include <stdatomic.h>
 #include <stdbool.h>

@@ -7,8 +7,6 @@
 #include <math.h>
 #include <stdio.h>
 
-#define ERR(rc, ...) pd_proto_err(err, errlen, (rc), __VA_ARGS__)
-
 /* Fixed parts of the bodies; the variable parts follow them. */
 #define PREFILL_FIXED 68
 #define CHUNK_FIXED 40
@@ -117,33 +115,38 @@ int pd_frame_hdr_decode(const uint8_t *buf, size_t len, struct pd_frame_hdr *h, 
                         size_t errlen)
 {
     if (len < PD_FRAME_HDR_LEN)
-        return ERR(-EBADMSG, "frame: %zu bytes is shorter than the %d-byte header", len,
-                   PD_FRAME_HDR_LEN);
+        return pd_errf(err, errlen, -EBADMSG, "frame: %zu bytes is shorter than the %d-byte header",
+                       len, PD_FRAME_HDR_LEN);
     if (memcmp(buf, PD_FRAME_MAGIC, 4) != 0)
-        return ERR(-EBADMSG, "frame: bad magic %02x%02x%02x%02x (not a pdserve KV frame)", buf[0],
-                   buf[1], buf[2], buf[3]);
+        return pd_errf(err, errlen, -EBADMSG,
+                       "frame: bad magic %02x%02x%02x%02x (not a pdserve KV frame)", buf[0], buf[1],
+                       buf[2], buf[3]);
     /* before anything else: a peer of another major version gets a clear answer */
     if (buf[4] != PD_PROTO_MAJOR)
-        return ERR(-EPROTONOSUPPORT, "frame: protocol version: ours %d.%d, peer %u.%u",
-                   PD_PROTO_MAJOR, PD_PROTO_MINOR, buf[4], buf[5]);
+        return pd_errf(err, errlen, -EPROTONOSUPPORT,
+                       "frame: protocol version: ours %d.%d, peer %u.%u", PD_PROTO_MAJOR,
+                       PD_PROTO_MINOR, buf[4], buf[5]);
     const struct type_info *ti = type_info(buf[6]);
     if (!ti)
-        return ERR(-EBADMSG, "frame: unknown type %u", buf[6]);
+        return pd_errf(err, errlen, -EBADMSG, "frame: unknown type %u", buf[6]);
     if (buf[7] != 0)
-        return ERR(-EBADMSG, "frame: %s: unknown flags 0x%02x", ti->name, buf[7]);
+        return pd_errf(err, errlen, -EBADMSG, "frame: %s: unknown flags 0x%02x", ti->name, buf[7]);
     if (!all_zero(buf + 12, 4))
-        return ERR(-EBADMSG, "frame: %s: reserved header bytes are not zero", ti->name);
+        return pd_errf(err, errlen, -EBADMSG, "frame: %s: reserved header bytes are not zero",
+                       ti->name);
     uint32_t blen = get_u32(buf + 8);
     if (blen > ti->max_len)
-        return ERR(-E2BIG, "frame: %s body of %" PRIu32 " bytes exceeds the cap of %" PRIu32,
-                   ti->name, blen, ti->max_len);
+        return pd_errf(err, errlen, -E2BIG,
+                       "frame: %s body of %" PRIu32 " bytes exceeds the cap of %" PRIu32, ti->name,
+                       blen, ti->max_len);
     if (blen < ti->min_len)
-        return ERR(-EBADMSG, "frame: %s body of %" PRIu32 " bytes is shorter than %" PRIu32,
-                   ti->name, blen, ti->min_len);
+        return pd_errf(err, errlen, -EBADMSG,
+                       "frame: %s body of %" PRIu32 " bytes is shorter than %" PRIu32, ti->name,
+                       blen, ti->min_len);
     uint64_t seq = get_u64(buf + 16);
     if (!ti->sealed && seq != 0)
-        return ERR(-EBADMSG, "frame: %s: handshake messages carry seq 0, not %" PRIu64, ti->name,
-                   seq);
+        return pd_errf(err, errlen, -EBADMSG,
+                       "frame: %s: handshake messages carry seq 0, not %" PRIu64, ti->name, seq);
     h->major = buf[4];
     h->minor = buf[5];
     h->type = buf[6];
@@ -165,14 +168,14 @@ static int in_range(float v, float lo, float hi) { return isfinite(v) && v >= lo
 static int check_reqref(uint64_t request_id, const char *what, char *err, size_t errlen)
 {
     if (request_id == 0)
-        return ERR(-EBADMSG, "frame: %s: request id 0 is reserved", what);
+        return pd_errf(err, errlen, -EBADMSG, "frame: %s: request id 0 is reserved", what);
     return 0;
 }
 
 static int check_reason(unsigned reason, const char *what, char *err, size_t errlen)
 {
     if (reason < 1 || reason > PD_R_MAX)
-        return ERR(-EBADMSG, "frame: %s: unknown reason code %u", what, reason);
+        return pd_errf(err, errlen, -EBADMSG, "frame: %s: unknown reason code %u", what, reason);
     return 0;
 }
 
@@ -185,42 +188,49 @@ static int check_prefill(const struct pd_prefill *p, char *err, size_t errlen)
     if ((rc = check_reqref(p->request_id, "PREFILL", err, errlen)) < 0)
         return rc;
     if (p->n_tokens < 1 || p->n_tokens > PD_PROTO_MAX_TOKENS)
-        return ERR(p->n_tokens ? -E2BIG : -EBADMSG,
-                   "frame: PREFILL: %" PRIu32 " tokens is outside 1..%u", p->n_tokens,
-                   PD_PROTO_MAX_TOKENS);
+        return pd_errf(err, errlen, p->n_tokens ? -E2BIG : -EBADMSG,
+                       "frame: PREFILL: %" PRIu32 " tokens is outside 1..%u", p->n_tokens,
+                       PD_PROTO_MAX_TOKENS);
     if (p->block_size < 1 || p->block_size > PD_PROTO_MAX_BLOCK_SIZE)
-        return ERR(-EBADMSG, "frame: PREFILL: block size %" PRIu32 " is outside 1..%u",
-                   p->block_size, PD_PROTO_MAX_BLOCK_SIZE);
+        return pd_errf(err, errlen, -EBADMSG,
+                       "frame: PREFILL: block size %" PRIu32 " is outside 1..%u", p->block_size,
+                       PD_PROTO_MAX_BLOCK_SIZE);
     if (p->n_blocks > PD_PROTO_MAX_REQ_BLOCKS)
-        return ERR(-E2BIG, "frame: PREFILL: %" PRIu32 " blocks exceeds the cap of %u", p->n_blocks,
-                   PD_PROTO_MAX_REQ_BLOCKS);
+        return pd_errf(err, errlen, -E2BIG,
+                       "frame: PREFILL: %" PRIu32 " blocks exceeds the cap of %u", p->n_blocks,
+                       PD_PROTO_MAX_REQ_BLOCKS);
     uint32_t need = (p->n_tokens + p->block_size - 1) / p->block_size;
     if (p->n_blocks < need)
-        return ERR(-EBADMSG,
-                   "frame: PREFILL: %" PRIu32 " blocks cannot hold %" PRIu32
-                   " tokens of %" PRIu32 " per block",
-                   p->n_blocks, p->n_tokens, p->block_size);
+        return pd_errf(err, errlen, -EBADMSG,
+                       "frame: PREFILL: %" PRIu32 " blocks cannot hold %" PRIu32
+                       " tokens of %" PRIu32 " per block",
+                       p->n_blocks, p->n_tokens, p->block_size);
     if (!in_range(p->temperature, 0.0f, PD_PROTO_MAX_TEMPERATURE))
-        return ERR(-EBADMSG, "frame: PREFILL: temperature %g is outside [0, %g]",
-                   (double)p->temperature, (double)PD_PROTO_MAX_TEMPERATURE);
+        return pd_errf(err, errlen, -EBADMSG, "frame: PREFILL: temperature %g is outside [0, %g]",
+                       (double)p->temperature, (double)PD_PROTO_MAX_TEMPERATURE);
     if (!in_range(p->top_p, 0.0f, 1.0f) || p->top_p == 0.0f)
-        return ERR(-EBADMSG, "frame: PREFILL: top_p %g is outside (0, 1]", (double)p->top_p);
+        return pd_errf(err, errlen, -EBADMSG, "frame: PREFILL: top_p %g is outside (0, 1]",
+                       (double)p->top_p);
     if (!in_range(p->min_p, 0.0f, 1.0f))
-        return ERR(-EBADMSG, "frame: PREFILL: min_p %g is outside [0, 1]", (double)p->min_p);
+        return pd_errf(err, errlen, -EBADMSG, "frame: PREFILL: min_p %g is outside [0, 1]",
+                       (double)p->min_p);
     if (!in_range(p->presence_penalty, -PD_PROTO_MAX_PENALTY, PD_PROTO_MAX_PENALTY) ||
         !in_range(p->frequency_penalty, -PD_PROTO_MAX_PENALTY, PD_PROTO_MAX_PENALTY))
-        return ERR(-EBADMSG, "frame: PREFILL: presence/frequency penalty %g/%g is outside [-%g, %g]",
-                   (double)p->presence_penalty, (double)p->frequency_penalty,
-                   (double)PD_PROTO_MAX_PENALTY, (double)PD_PROTO_MAX_PENALTY);
+        return pd_errf(err, errlen, -EBADMSG,
+                       "frame: PREFILL: presence/frequency penalty %g/%g is outside [-%g, %g]",
+                       (double)p->presence_penalty, (double)p->frequency_penalty,
+                       (double)PD_PROTO_MAX_PENALTY, (double)PD_PROTO_MAX_PENALTY);
     if (!in_range(p->repetition_penalty, 0.0f, PD_PROTO_MAX_PENALTY) ||
         p->repetition_penalty == 0.0f)
-        return ERR(-EBADMSG, "frame: PREFILL: repetition penalty %g is outside (0, %g]",
-                   (double)p->repetition_penalty, (double)PD_PROTO_MAX_PENALTY);
+        return pd_errf(err, errlen, -EBADMSG,
+                       "frame: PREFILL: repetition penalty %g is outside (0, %g]",
+                       (double)p->repetition_penalty, (double)PD_PROTO_MAX_PENALTY);
     if (p->n_logprobs > PD_PROTO_MAX_LOGPROBS)
-        return ERR(-E2BIG, "frame: PREFILL: %" PRIu32 " logprobs exceeds the cap of %u",
-                   p->n_logprobs, PD_PROTO_MAX_LOGPROBS);
+        return pd_errf(err, errlen, -E2BIG,
+                       "frame: PREFILL: %" PRIu32 " logprobs exceeds the cap of %u", p->n_logprobs,
+                       PD_PROTO_MAX_LOGPROBS);
     if (p->flags & ~PD_PREFILL_F_NO_EOS)
-        return ERR(-EBADMSG, "frame: PREFILL: unknown flags 0x%04x", p->flags);
+        return pd_errf(err, errlen, -EBADMSG, "frame: PREFILL: unknown flags 0x%04x", p->flags);
     return 0;
 }
 
@@ -230,17 +240,19 @@ static int check_chunk(const struct pd_chunk *c, char *err, size_t errlen)
     if ((rc = check_reqref(c->request_id, "CHUNK", err, errlen)) < 0)
         return rc;
     if (c->n_blocks < 1 || c->n_blocks > PD_PROTO_MAX_CHUNK_BLOCKS)
-        return ERR(c->n_blocks ? -E2BIG : -EBADMSG,
-                   "frame: CHUNK: %" PRIu32 " blocks is outside 1..%u", c->n_blocks,
-                   PD_PROTO_MAX_CHUNK_BLOCKS);
+        return pd_errf(err, errlen, c->n_blocks ? -E2BIG : -EBADMSG,
+                       "frame: CHUNK: %" PRIu32 " blocks is outside 1..%u", c->n_blocks,
+                       PD_PROTO_MAX_CHUNK_BLOCKS);
     if ((uint64_t)c->first_block + c->n_blocks > PD_PROTO_MAX_REQ_BLOCKS)
-        return ERR(-E2BIG, "frame: CHUNK: blocks %" PRIu32 "..+%" PRIu32 " pass the cap of %u",
-                   c->first_block, c->n_blocks, PD_PROTO_MAX_REQ_BLOCKS);
+        return pd_errf(err, errlen, -E2BIG,
+                       "frame: CHUNK: blocks %" PRIu32 "..+%" PRIu32 " pass the cap of %u",
+                       c->first_block, c->n_blocks, PD_PROTO_MAX_REQ_BLOCKS);
     if (c->transfer == 0)
-        return ERR(-EBADMSG, "frame: CHUNK: transfer counter 0 is reserved");
+        return pd_errf(err, errlen, -EBADMSG, "frame: CHUNK: transfer counter 0 is reserved");
     if (c->block_bytes < 1 || c->block_bytes > PD_PROTO_MAX_BLOCK_BYTES)
-        return ERR(-EBADMSG, "frame: CHUNK: %" PRIu64 " bytes per block is outside 1..%llu",
-                   c->block_bytes, (unsigned long long)PD_PROTO_MAX_BLOCK_BYTES);
+        return pd_errf(err, errlen, -EBADMSG,
+                       "frame: CHUNK: %" PRIu64 " bytes per block is outside 1..%llu",
+                       c->block_bytes, (unsigned long long)PD_PROTO_MAX_BLOCK_BYTES);
     return 0;
 }
 
@@ -250,25 +262,30 @@ static int check_done(const struct pd_done *d, char *err, size_t errlen)
     if ((rc = check_reqref(d->request_id, "DONE", err, errlen)) < 0)
         return rc;
     if (d->n_prompt < 1 || d->n_prompt > PD_PROTO_MAX_TOKENS)
-        return ERR(-EBADMSG, "frame: DONE: %" PRIu32 " prompt tokens is outside 1..%u",
-                   d->n_prompt, PD_PROTO_MAX_TOKENS);
+        return pd_errf(err, errlen, -EBADMSG,
+                       "frame: DONE: %" PRIu32 " prompt tokens is outside 1..%u", d->n_prompt,
+                       PD_PROTO_MAX_TOKENS);
     if (!logprob_ok(d->logprob))
-        return ERR(-EBADMSG, "frame: DONE: logprob %g is not <= 0", (double)d->logprob);
+        return pd_errf(err, errlen, -EBADMSG, "frame: DONE: logprob %g is not <= 0",
+                       (double)d->logprob);
     if (d->n_top > PD_PROTO_MAX_LOGPROBS)
-        return ERR(-E2BIG, "frame: DONE: %" PRIu32 " alternatives exceeds the cap of %u", d->n_top,
-                   PD_PROTO_MAX_LOGPROBS);
+        return pd_errf(err, errlen, -E2BIG,
+                       "frame: DONE: %" PRIu32 " alternatives exceeds the cap of %u", d->n_top,
+                       PD_PROTO_MAX_LOGPROBS);
     for (uint32_t i = 0; i < d->n_top; i++)
         if (!logprob_ok(d->top[i].logprob))
-            return ERR(-EBADMSG, "frame: DONE: alternative %" PRIu32 " logprob %g is not <= 0", i,
-                       (double)d->top[i].logprob);
+            return pd_errf(err, errlen, -EBADMSG,
+                           "frame: DONE: alternative %" PRIu32 " logprob %g is not <= 0", i,
+                           (double)d->top[i].logprob);
     return 0;
 }
 
 static int check_heartbeat(const struct pd_heartbeat *hb, char *err, size_t errlen)
 {
     if (hb->lease_ms < 1 || hb->lease_ms > PD_PROTO_MAX_LEASE_MS)
-        return ERR(-EBADMSG, "frame: HEARTBEAT: lease %" PRIu32 " ms is outside 1..%u",
-                   hb->lease_ms, PD_PROTO_MAX_LEASE_MS);
+        return pd_errf(err, errlen, -EBADMSG,
+                       "frame: HEARTBEAT: lease %" PRIu32 " ms is outside 1..%u", hb->lease_ms,
+                       PD_PROTO_MAX_LEASE_MS);
     return 0;
 }
 
@@ -277,10 +294,10 @@ static int check_bytes(const uint8_t *s, size_t n, size_t min, size_t max, const
                        char *err, size_t errlen)
 {
     if (n < min || n > max)
-        return ERR(n > max ? -E2BIG : -EBADMSG, "frame: %s of %zu bytes is outside %zu..%zu", what,
-                   n, min, max);
+        return pd_errf(err, errlen, n > max ? -E2BIG : -EBADMSG,
+                       "frame: %s of %zu bytes is outside %zu..%zu", what, n, min, max);
     if (!printable(s, n))
-        return ERR(-EBADMSG, "frame: %s is not printable ASCII", what);
+        return pd_errf(err, errlen, -EBADMSG, "frame: %s is not printable ASCII", what);
     return 0;
 }
 
@@ -308,8 +325,8 @@ static int take_str(char *dst, const uint8_t *p, size_t n, size_t min, size_t ma
 static int expect_len(const char *what, size_t got, uint64_t want, char *err, size_t errlen)
 {
     if (got != want)
-        return ERR(-EBADMSG, "frame: %s body is %zu bytes; its counts make it %" PRIu64, what, got,
-                   want);
+        return pd_errf(err, errlen, -EBADMSG,
+                       "frame: %s body is %zu bytes; its counts make it %" PRIu64, what, got, want);
     return 0;
 }
 
@@ -355,7 +372,7 @@ static int dec_chunk(const uint8_t *b, size_t n, struct pd_chunk *c, char *err, 
     if (rc < 0)
         return rc;
     if (!all_zero(b + 20, 4))
-        return ERR(-EBADMSG, "frame: CHUNK: reserved bytes are not zero");
+        return pd_errf(err, errlen, -EBADMSG, "frame: CHUNK: reserved bytes are not zero");
     if ((rc = expect_len("CHUNK", n, CHUNK_FIXED + (uint64_t)PD_BLOCK_TAG_LEN * c->n_blocks, err,
                          errlen)) < 0)
         return rc;
@@ -373,10 +390,11 @@ static int dec_done(const uint8_t *b, size_t n, struct pd_done *d, char *err, si
     d->logprob = get_f32(b + 20);
     d->n_top = get_u32(b + 24);
     if (d->n_top > PD_PROTO_MAX_LOGPROBS) /* before the loop below reads top[] */
-        return ERR(-E2BIG, "frame: DONE: %" PRIu32 " alternatives exceeds the cap of %u", d->n_top,
-                   PD_PROTO_MAX_LOGPROBS);
+        return pd_errf(err, errlen, -E2BIG,
+                       "frame: DONE: %" PRIu32 " alternatives exceeds the cap of %u", d->n_top,
+                       PD_PROTO_MAX_LOGPROBS);
     if (!all_zero(b + 28, 4))
-        return ERR(-EBADMSG, "frame: DONE: reserved bytes are not zero");
+        return pd_errf(err, errlen, -EBADMSG, "frame: DONE: reserved bytes are not zero");
     int rc = expect_len("DONE", n, DONE_FIXED + 8ull * d->n_top, err, errlen);
     if (rc < 0)
         return rc;
@@ -419,11 +437,11 @@ static int dec_error(const uint8_t *b, size_t n, struct pd_error *e, char *err, 
 static int check_ucx_addr(const struct pd_ucx_addr *a, char *err, size_t errlen)
 {
     if (a->token == 0)
-        return ERR(-EBADMSG, "frame: UCX_ADDR: token 0");
+        return pd_errf(err, errlen, -EBADMSG, "frame: UCX_ADDR: token 0");
     if (a->len < 1 || a->len > PD_PROTO_MAX_UCX_ADDR)
-        return ERR(a->len ? -E2BIG : -EBADMSG,
-                   "frame: UCX_ADDR: address of %" PRIu32 " bytes (1..%u)", a->len,
-                   PD_PROTO_MAX_UCX_ADDR);
+        return pd_errf(err, errlen, a->len ? -E2BIG : -EBADMSG,
+                       "frame: UCX_ADDR: address of %" PRIu32 " bytes (1..%u)", a->len,
+                       PD_PROTO_MAX_UCX_ADDR);
     return 0;
 }
 
@@ -434,7 +452,7 @@ static int dec_ucx_addr(const uint8_t *b, size_t n, struct pd_ucx_addr *a, char 
     a->len = get_u32(b + 8);
     a->addr = b + UCX_ADDR_FIXED;
     if (!all_zero(b + 12, 4))
-        return ERR(-EBADMSG, "frame: UCX_ADDR: reserved bytes are not zero");
+        return pd_errf(err, errlen, -EBADMSG, "frame: UCX_ADDR: reserved bytes are not zero");
     int rc = check_ucx_addr(a, err, errlen);
     if (rc < 0)
         return rc;
@@ -457,12 +475,13 @@ int pd_frame_body_decode(const struct pd_frame_hdr *h, const uint8_t *body, size
     int rc;
 
     if (!ti || !ti->sealed)
-        return ERR(-EBADMSG, "frame: type %u (%s) is not a control frame", h->type,
-                   pd_frame_type_name(h->type));
+        return pd_errf(err, errlen, -EBADMSG, "frame: type %u (%s) is not a control frame", h->type,
+                       pd_frame_type_name(h->type));
     /* the fixed-length reads below rely on the header's bounds */
     if (body_len != h->len || body_len < ti->min_len || body_len > ti->max_len)
-        return ERR(-EBADMSG, "frame: %s body of %zu bytes does not match the header (%" PRIu32 ")",
-                   ti->name, body_len, h->len);
+        return pd_errf(err, errlen, -EBADMSG,
+                       "frame: %s body of %zu bytes does not match the header (%" PRIu32 ")",
+                       ti->name, body_len, h->len);
     memset(&f, 0, sizeof(f));
     f.type = h->type;
     switch (h->type) {
@@ -474,8 +493,9 @@ int pd_frame_body_decode(const struct pd_frame_hdr *h, const uint8_t *body, size
         f.u.ack.blocks = get_u32(body + 12);
         rc = check_reqref(f.u.ack.request_id, "ACK", err, errlen);
         if (rc == 0 && f.u.ack.blocks > PD_PROTO_MAX_REQ_BLOCKS)
-            rc = ERR(-E2BIG, "frame: ACK: %" PRIu32 " blocks exceeds the cap of %u",
-                     f.u.ack.blocks, PD_PROTO_MAX_REQ_BLOCKS);
+            rc =
+                pd_errf(err, errlen, -E2BIG, "frame: ACK: %" PRIu32 " blocks exceeds the cap of %u",
+                        f.u.ack.blocks, PD_PROTO_MAX_REQ_BLOCKS);
         break;
     case PD_FT_DONE: rc = dec_done(body, body_len, &f.u.done, err, errlen); break;
     case PD_FT_ABORT: rc = dec_abort(body, body_len, &f.u.abort, err, errlen); break;
@@ -486,15 +506,17 @@ int pd_frame_body_decode(const struct pd_frame_hdr *h, const uint8_t *body, size
         f.u.heartbeat.seq = get_u64(body + 8);
         rc = check_heartbeat(&f.u.heartbeat, err, errlen);
         if (rc == 0 && !all_zero(body + 4, 4))
-            rc = ERR(-EBADMSG, "frame: HEARTBEAT: reserved bytes are not zero");
+            rc = pd_errf(err, errlen, -EBADMSG, "frame: HEARTBEAT: reserved bytes are not zero");
         break;
     case PD_FT_ERROR: rc = dec_error(body, body_len, &f.u.error, err, errlen); break;
     case PD_FT_UCX_ADDR: rc = dec_ucx_addr(body, body_len, &f.u.ucx_addr, err, errlen); break;
     case PD_FT_READY:
         f.u.ready.token = get_u64(body);
-        rc = f.u.ready.token ? 0 : ERR(-EBADMSG, "frame: READY: token 0");
+        rc = f.u.ready.token ? 0 : pd_errf(err, errlen, -EBADMSG, "frame: READY: token 0");
         break;
-    default: rc = ERR(-EBADMSG, "frame: type %u is not handled", h->type); break;
+    default:
+        rc = pd_errf(err, errlen, -EBADMSG, "frame: type %u is not handled", h->type);
+        break;
     }
     if (rc < 0)
         return rc;
@@ -509,8 +531,8 @@ int pd_frame_decode(const uint8_t *buf, size_t len, struct pd_frame *out, char *
     if (rc < 0)
         return rc;
     if (len != PD_FRAME_HDR_LEN + (size_t)h.len)
-        return ERR(-EBADMSG, "frame: %s: %zu bytes, the header says %zu", pd_frame_type_name(h.type),
-                   len, PD_FRAME_HDR_LEN + (size_t)h.len);
+        return pd_errf(err, errlen, -EBADMSG, "frame: %s: %zu bytes, the header says %zu",
+                       pd_frame_type_name(h.type), len, PD_FRAME_HDR_LEN + (size_t)h.len);
     return pd_frame_body_decode(&h, buf + PD_FRAME_HDR_LEN, h.len, out, err, errlen);
 }
 
@@ -550,20 +572,20 @@ static int check_frame(const struct pd_frame *f, char *err, size_t errlen)
         if ((rc = check_prefill(&f->u.prefill, err, errlen)) < 0)
             return rc;
         if (!f->u.prefill.tokens && !f->u.prefill.tokens_le)
-            return ERR(-EINVAL, "frame: PREFILL: no tokens given");
+            return pd_errf(err, errlen, -EINVAL, "frame: PREFILL: no tokens given");
         return check_str(f->u.prefill.xrid, 1, PD_PROTO_MAX_XRID, "PREFILL X-Request-Id", err,
                          errlen);
     case PD_FT_CHUNK:
         if ((rc = check_chunk(&f->u.chunk, err, errlen)) < 0)
             return rc;
-        return f->u.chunk.tags ? 0 : ERR(-EINVAL, "frame: CHUNK: no tags given");
+        return f->u.chunk.tags ? 0 : pd_errf(err, errlen, -EINVAL, "frame: CHUNK: no tags given");
     case PD_FT_ACK:
         if ((rc = check_reqref(f->u.ack.request_id, name, err, errlen)) < 0)
             return rc;
         return f->u.ack.blocks <= PD_PROTO_MAX_REQ_BLOCKS
-                   ? 0
-                   : ERR(-E2BIG, "frame: ACK: %" PRIu32 " blocks exceeds the cap of %u",
-                         f->u.ack.blocks, PD_PROTO_MAX_REQ_BLOCKS);
+            ? 0
+            : pd_errf(err, errlen, -E2BIG, "frame: ACK: %" PRIu32 " blocks exceeds the cap of %u",
+                      f->u.ack.blocks, PD_PROTO_MAX_REQ_BLOCKS);
     case PD_FT_DONE: return check_done(&f->u.done, err, errlen);
     case PD_FT_ABORT:
         if ((rc = check_reqref(f->u.abort.request_id, name, err, errlen)) < 0 ||
@@ -580,11 +602,14 @@ static int check_frame(const struct pd_frame *f, char *err, size_t errlen)
     case PD_FT_UCX_ADDR:
         if ((rc = check_ucx_addr(&f->u.ucx_addr, err, errlen)) < 0)
             return rc;
-        return f->u.ucx_addr.addr ? 0 : ERR(-EINVAL, "frame: UCX_ADDR: no address given");
+        return f->u.ucx_addr.addr
+            ? 0
+            : pd_errf(err, errlen, -EINVAL, "frame: UCX_ADDR: no address given");
     case PD_FT_READY:
-        return f->u.ready.token ? 0 : ERR(-EINVAL, "frame: READY: token 0");
+        return f->u.ready.token ? 0 : pd_errf(err, errlen, -EINVAL, "frame: READY: token 0");
     default:
-        return ERR(-EINVAL, "frame: type %u (%s) is not a control frame", f->type, name);
+        return pd_errf(err, errlen, -EINVAL, "frame: type %u (%s) is not a control frame", f->type,
+                       name);
     }
 }
 
@@ -693,8 +718,8 @@ int pd_frame_encode(const struct pd_frame *f, uint64_t seq, uint8_t *buf, size_t
         return rc == -EBADMSG ? -EINVAL : rc;
     size_t blen = pd_frame_body_len(f);
     if (cap < PD_FRAME_HDR_LEN + blen)
-        return ERR(-ENOBUFS, "frame: %s needs %zu bytes, the buffer has %zu",
-                   pd_frame_type_name(f->type), PD_FRAME_HDR_LEN + blen, cap);
+        return pd_errf(err, errlen, -ENOBUFS, "frame: %s needs %zu bytes, the buffer has %zu",
+                       pd_frame_type_name(f->type), PD_FRAME_HDR_LEN + blen, cap);
     struct pd_frame_hdr h = {
         .major = PD_PROTO_MAJOR, .minor = PD_PROTO_MINOR, .type = f->type, .len = (uint32_t)blen,
         .seq = seq,

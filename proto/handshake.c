@@ -5,8 +5,6 @@
 #include <errno.h>
 #include <inttypes.h>
 
-#define ERR(rc, ...) pd_proto_err(err, errlen, (rc), __VA_ARGS__)
-
 /* Offsets in the hello body (docs/internals/proto.md has the table). */
 #define H_KEYID_LEN 0
 #define H_RESERVED 1 /* 3 bytes */
@@ -36,10 +34,11 @@ int pd_key_id_valid(const char *s)
 
 int pd_kv_layout_check(const struct pd_kv_layout *l, char *err, size_t errlen)
 {
-#define RANGE(field, lo, hi)                                                                   \
-    if (l->field < (lo) || l->field > (hi))                                                    \
-        return ERR(-EINVAL, "handshake: layout " #field " %" PRIu64 " is outside %llu..%llu", \
-                   (uint64_t)l->field, (unsigned long long)(lo), (unsigned long long)(hi));
+#define RANGE(field, lo, hi)                                                                       \
+    if (l->field < (lo) || l->field > (hi))                                                        \
+        return pd_errf(err, errlen, -EINVAL,                                                       \
+                       "handshake: layout " #field " %" PRIu64 " is outside %llu..%llu",           \
+                       (uint64_t)l->field, (unsigned long long)(lo), (unsigned long long)(hi));
     RANGE(n_layer, 1, 1024)
     RANGE(n_head_kv, 1, 1024)
     RANGE(head_dim, 1, 1024)
@@ -47,7 +46,8 @@ int pd_kv_layout_check(const struct pd_kv_layout *l, char *err, size_t errlen)
     RANGE(block_bytes, 1, PD_PROTO_MAX_BLOCK_BYTES)
 #undef RANGE
     if (l->kv_dtype > 255)
-        return ERR(-EINVAL, "handshake: layout kv_dtype %" PRIu32 " is outside 0..255", l->kv_dtype);
+        return pd_errf(err, errlen, -EINVAL,
+                       "handshake: layout kv_dtype %" PRIu32 " is outside 0..255", l->kv_dtype);
     return 0;
 }
 
@@ -58,14 +58,15 @@ int pd_hs_hello_encode(uint8_t type, const struct pd_hs_hello *h, uint8_t *buf, 
 {
     int rc;
     if (!hello_type_ok(type))
-        return ERR(-EINVAL, "handshake: type %u is not a hello", type);
+        return pd_errf(err, errlen, -EINVAL, "handshake: type %u is not a hello", type);
     if (!pd_key_id_valid(h->key_id))
-        return ERR(-EINVAL, "handshake: key id is not 1..%d of [A-Za-z0-9._-]", PD_KEY_ID_MAX);
+        return pd_errf(err, errlen, -EINVAL, "handshake: key id is not 1..%d of [A-Za-z0-9._-]",
+                       PD_KEY_ID_MAX);
     if ((rc = pd_kv_layout_check(&h->layout, err, errlen)) < 0)
         return rc;
     if (cap < PD_HS_HELLO_LEN)
-        return ERR(-ENOBUFS, "handshake: hello needs %d bytes, the buffer has %zu",
-                   PD_HS_HELLO_LEN, cap);
+        return pd_errf(err, errlen, -ENOBUFS, "handshake: hello needs %d bytes, the buffer has %zu",
+                       PD_HS_HELLO_LEN, cap);
     struct pd_frame_hdr hdr = {
         .major = PD_PROTO_MAJOR, .minor = PD_PROTO_MINOR, .type = type, .len = PD_HS_HELLO_BODY,
     };
@@ -96,11 +97,11 @@ static int hs_header(uint8_t type, const uint8_t *buf, size_t len, size_t want,
     if (rc < 0)
         return rc;
     if (h->type != type)
-        return ERR(-EBADMSG, "handshake: expected %s, got %s", pd_frame_type_name(type),
-                   pd_frame_type_name(h->type));
+        return pd_errf(err, errlen, -EBADMSG, "handshake: expected %s, got %s",
+                       pd_frame_type_name(type), pd_frame_type_name(h->type));
     if (len != want)
-        return ERR(-EBADMSG, "handshake: %s of %zu bytes; it is %zu", pd_frame_type_name(type),
-                   len, want);
+        return pd_errf(err, errlen, -EBADMSG, "handshake: %s of %zu bytes; it is %zu",
+                       pd_frame_type_name(type), len, want);
     return 0;
 }
 
@@ -112,16 +113,17 @@ int pd_hs_hello_decode(uint8_t type, const uint8_t *buf, size_t len, struct pd_h
     int rc;
 
     if (!hello_type_ok(type))
-        return ERR(-EINVAL, "handshake: type %u is not a hello", type);
+        return pd_errf(err, errlen, -EINVAL, "handshake: type %u is not a hello", type);
     if ((rc = hs_header(type, buf, len, PD_HS_HELLO_LEN, &hdr, err, errlen)) < 0)
         return rc;
     const uint8_t *b = buf + PD_FRAME_HDR_LEN;
     size_t kl = b[H_KEYID_LEN];
     if (kl < 1 || kl > PD_KEY_ID_MAX)
-        return ERR(-EBADMSG, "handshake: key id length %zu is outside 1..%d", kl, PD_KEY_ID_MAX);
+        return pd_errf(err, errlen, -EBADMSG, "handshake: key id length %zu is outside 1..%d", kl,
+                       PD_KEY_ID_MAX);
     if (!all_zero(b + H_RESERVED, 3) || !all_zero(b + H_KEYID + kl, PD_KEY_ID_MAX - kl) ||
         !all_zero(b + H_LAYOUT + 20, 4))
-        return ERR(-EBADMSG, "handshake: reserved or padding bytes are not zero");
+        return pd_errf(err, errlen, -EBADMSG, "handshake: reserved or padding bytes are not zero");
     memset(&h, 0, sizeof(h));
     h.major = hdr.major;
     h.minor = hdr.minor;
@@ -129,7 +131,7 @@ int pd_hs_hello_decode(uint8_t type, const uint8_t *buf, size_t len, struct pd_h
      * another spelling of "k1" */
     for (size_t i = 0; i < kl; i++)
         if (!key_id_char(b[H_KEYID + i]))
-            return ERR(-EBADMSG, "handshake: key id is not [A-Za-z0-9._-]");
+            return pd_errf(err, errlen, -EBADMSG, "handshake: key id is not [A-Za-z0-9._-]");
     memcpy(h.key_id, b + H_KEYID, kl);
     memcpy(h.eph_pk, b + H_PK, PD_HS_PK_LEN);
     memcpy(h.nonce, b + H_NONCE, PD_HS_NONCE_LEN);
@@ -151,8 +153,9 @@ int pd_hs_confirm_encode(const uint8_t confirm[PD_HS_TAG_LEN], uint8_t *buf, siz
                          char *err, size_t errlen)
 {
     if (cap < PD_HS_CONFIRM_LEN)
-        return ERR(-ENOBUFS, "handshake: confirmation needs %d bytes, the buffer has %zu",
-                   PD_HS_CONFIRM_LEN, cap);
+        return pd_errf(err, errlen, -ENOBUFS,
+                       "handshake: confirmation needs %d bytes, the buffer has %zu",
+                       PD_HS_CONFIRM_LEN, cap);
     struct pd_frame_hdr hdr = {
         .major = PD_PROTO_MAJOR, .minor = PD_PROTO_MINOR, .type = PD_FT_HS_CONFIRM,
         .len = PD_HS_CONFIRM_BODY,

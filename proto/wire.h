@@ -3,6 +3,7 @@
 #ifndef PD_PROTO_WIRE_H
 #define PD_PROTO_WIRE_H
 
+#include "errf.h"
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -69,9 +70,5 @@ static inline int printable(const uint8_t *s, size_t n)
             return 0;
     return 1;
 }
-
-/* Formats a message into err (when given) and returns rc. */
-#include "errf.h"
-#define pd_proto_err pd_errf /* fill err, return rc */
 
 #endif

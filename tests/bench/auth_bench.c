@@ -225,7 +225,7 @@ static void print_cpu(void)
 int main(int argc, char **argv)
 {
     int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
-    if (pd_auth_init() < 0)
+    if (pd_keyring_init() < 0)
         die("libsodium", NULL);
     print_cpu();
     bench_handshake(quick ? 20 : 500);

@@ -26,7 +26,7 @@ mkdir "$tmp/unpacked"
 tar -xf "$tarball" -C "$tmp/unpacked"
 root="$(echo "$tmp"/unpacked/pdserve-*)"
 [ -x "$root/bin/pdserve-env" ] || fail "no bin/pdserve-env in the bundle"
-version="$(sed -n 's/^#define PD_VERSION "\(.*\)"$/\1/p' "$build/pd_config.h")"
+version="$(sed -n 's/^#define PD_VERSION "\(.*\)"$/\1/p' "$build/common/base/pd_config.h")"
 
 # relocation: nothing from this shell's environment, run from elsewhere
 got="$(cd / && env -i "$root/bin/pdserve-inspect" --version)"

@@ -1046,7 +1046,7 @@ static const struct pd_test tests[] = {
 
 int main(int argc, char **argv)
 {
-    if (pd_auth_init() < 0)
+    if (pd_keyring_init() < 0)
         return 1;
     return pd_test_main(tests, argc, argv);
 }

@@ -3,7 +3,7 @@
  * greedy ties, log-probabilities, validation. */
 #include "pd_test.h"
 #include "philox.h"
-#include "sampler.h"
+#include "sample.h"
 
 #include <errno.h>
 #include <math.h>

@@ -1,0 +1,41 @@
+#include "kv_metrics.h"
+
+#include <stdio.h>
+#include <string.h>
+
+void pd_kv_metrics_init(struct pd_kv_metrics *km, struct pd_metrics *m, enum pd_role role)
+{
+    memset(km, 0, sizeof(*km));
+    km->hs_ok =
+        pd_metrics_counter(m, "pdserve:kv_handshakes_total", NULL, "KV sessions authenticated.");
+    for (int i = 0; i < PD_KVX_HSF_N; i++) {
+        char labels[64];
+        snprintf(labels, sizeof(labels), "reason=\"%s\"", pd_kvx_hs_fail_name((unsigned)i));
+        km->hs_fail[i] = pd_metrics_counter(m, "pdserve:kv_handshake_failures_total", labels,
+                                            "KV handshakes refused, by reason.");
+    }
+    km->integrity = pd_metrics_counter(m, "pdserve:kv_integrity_failures_total", NULL,
+                                       "Block tags that did not verify.");
+    km->sessions = pd_metrics_gauge(m, "pdserve:kv_sessions", NULL, "Authenticated KV sessions.");
+    if (role == PD_ROLE_P) {
+        km->bytes_sent =
+            pd_metrics_counter(m, "pdserve:kv_bytes_sent_total", NULL, "KV block bytes sent.");
+        km->blocks_sent =
+            pd_metrics_counter(m, "pdserve:kv_blocks_sent_total", NULL, "KV blocks sent.");
+    }
+}
+
+void pd_kv_metrics_scrape(struct pd_kv_metrics *km, const struct pd_kvx *kvx)
+{
+    struct pd_kvx_stats s;
+    pd_kvx_get_stats(kvx, &s);
+    /* counters advance by what happened since the last scrape */
+    pd_metric_add(km->hs_ok, (double)(s.handshakes_ok - km->last.handshakes_ok));
+    for (int i = 0; i < PD_KVX_HSF_N; i++)
+        pd_metric_add(km->hs_fail[i], (double)(s.hs_fail[i] - km->last.hs_fail[i]));
+    pd_metric_add(km->integrity, (double)(s.integrity_failures - km->last.integrity_failures));
+    pd_metric_add(km->bytes_sent, (double)(s.bytes_sent - km->last.bytes_sent));
+    pd_metric_add(km->blocks_sent, (double)(s.blocks_sent - km->last.blocks_sent));
+    pd_metric_set(km->sessions, (double)s.sessions);
+    km->last = s;
+}

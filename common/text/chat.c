@@ -1,0 +1,425 @@
+/* common/chat: chat-template families, recognised and rendered. See chat.h. */
+#include "chat.h"
+
+#include "errf.h"
+#include "tokenizer.h"
+#include "utf8.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+struct pd_chat_template {
+    enum pd_chat_family family;
+    char bos[PD_TOK_MAX_PIECE + 1]; /* text the template prints as bos_token */
+    char eos[PD_TOK_MAX_PIECE + 1];
+    char system[PD_CHAT_MAX_SYSTEM + 1]; /* ChatML default system prompt, "" if none */
+};
+
+static const char *const family_names[] = {"chatml", "llama2", "llama3"};
+static const char *const role_names[] = {"system", "user", "assistant"};
+
+const char *pd_chat_family_name(enum pd_chat_family f)
+{
+    return (unsigned)f < 3 ? family_names[f] : "?";
+}
+
+const char *pd_chat_role_name(enum pd_chat_role role)
+{
+    return (unsigned)role < 3 ? role_names[role] : "?";
+}
+
+int pd_chat_role_parse(const char *s, size_t len, enum pd_chat_role *role)
+{
+    for (int i = 0; i < 3; i++)
+        if (strlen(role_names[i]) == len && memcmp(s, role_names[i], len) == 0) {
+            *role = (enum pd_chat_role)i;
+            return 0;
+        }
+    return -EINVAL;
+}
+
+/* The token text the template prints for bos_token / eos_token. */
+static void special_text(const struct pd_tokenizer *tok, int32_t id, const char *dflt, char *out)
+{
+    size_t n = 0;
+    const char *s = tok && id >= 0 ? pd_tok_text(tok, id, &n) : NULL;
+    if (!s) {
+        s = dflt;
+        n = strlen(dflt);
+    }
+    memcpy(out, s, n);
+    out[n] = '\0';
+}
+
+static struct pd_chat_template *tmpl_new(enum pd_chat_family f, const struct pd_tokenizer *tok)
+{
+    struct pd_chat_template *ct = calloc(1, sizeof(*ct));
+    if (!ct)
+        return NULL;
+    ct->family = f;
+    special_text(tok, tok ? pd_tok_bos(tok) : -1,
+                 f == PD_CHAT_LLAMA3 ? "<|begin_of_text|>" : "<s>", ct->bos);
+    special_text(tok, tok ? pd_tok_eos(tok) : -1, f == PD_CHAT_LLAMA3 ? "<|eot_id|>" : "</s>",
+                 ct->eos);
+    return ct;
+}
+
+static const char *find(const char *h, size_t hn, const char *needle)
+{
+    return memmem(h, hn, needle, strlen(needle));
+}
+
+/* A default system prompt is a string literal in the template that opens a
+ * whole system turn: '<|im_start|>system\n...<|im_end|>' (SmolLM, Qwen).
+ * A literal that stops after "system\n" (the conversation's own system
+ * message is concatenated there) is not one. Jinja unescapes the literal
+ * like Python does. Returns 1 found, 0 not, -E2BIG too long. */
+static int chatml_default_system(const char *s, size_t n, char *out)
+{
+    static const char open[] = "<|im_start|>system";
+    const char *p = s;
+    while ((p = find(p, n - (size_t)(p - s), open))) {
+        const char *at = p;
+        p += sizeof(open) - 1;
+        if (at == s || (at[-1] != '\'' && at[-1] != '"'))
+            continue;
+        char q = at[-1];
+        const char *e = s + n;
+        if (e - p >= 1 && *p == '\n')
+            p += 1;
+        else if (e - p >= 2 && p[0] == '\\' && p[1] == 'n')
+            p += 2;
+        else
+            continue;
+        size_t o = 0;
+        for (const char *c = p; c < e; c++) {
+            if ((size_t)(e - c) >= 10 && memcmp(c, "<|im_end|>", 10) == 0) {
+                out[o] = '\0';
+                return 1;
+            }
+            if (*c == q)
+                break; /* the literal ends before the turn does */
+            char ch = *c;
+            if (ch == '\\' && c + 1 < e) {
+                c++;
+                ch = *c == 'n' ? '\n' : *c == 't' ? '\t' : *c == 'r' ? '\r' : *c;
+            }
+            if (o == PD_CHAT_MAX_SYSTEM)
+                return -E2BIG;
+            out[o++] = ch;
+        }
+    }
+    return 0;
+}
+
+int pd_chat_template_parse(const char *text, size_t len, const struct pd_tokenizer *tok,
+                           struct pd_chat_template **out, char *err, size_t errlen)
+{
+    enum pd_chat_family f;
+
+    if (!text || !out)
+        return pd_errf(err, errlen, -EINVAL, "no template");
+    if (len > PD_CHAT_MAX_FILE)
+        return pd_errf(err, errlen, -E2BIG, "chat template is %zu bytes (cap %u)", len,
+                       PD_CHAT_MAX_FILE);
+    if (find(text, len, "<|start_header_id|>") && find(text, len, "<|end_header_id|>"))
+        f = PD_CHAT_LLAMA3;
+    else if (find(text, len, "<|im_start|>") && find(text, len, "<|im_end|>"))
+        f = PD_CHAT_CHATML;
+    else if (find(text, len, "[INST]") && find(text, len, "[/INST]"))
+        f = PD_CHAT_LLAMA2;
+    else
+        return pd_errf(err, errlen, -ENOTSUP,
+                       "chat template not recognised (supported families: chatml, llama2, llama3); "
+                       "choose one with --chat-template NAME|FILE");
+    struct pd_chat_template *ct = tmpl_new(f, tok);
+    if (!ct)
+        return pd_errf(err, errlen, -ENOMEM, "out of memory");
+    if (f == PD_CHAT_CHATML && chatml_default_system(text, len, ct->system) < 0) {
+        pd_chat_template_free(ct);
+        return pd_errf(err, errlen, -E2BIG,
+                       "chat template's default system prompt is over %u bytes",
+                       PD_CHAT_MAX_SYSTEM);
+    }
+    *out = ct;
+    return 0;
+}
+
+int pd_chat_template_from_tok(const struct pd_tokenizer *tok, struct pd_chat_template **out,
+                              char *err, size_t errlen)
+{
+    size_t n;
+    const char *s = tok ? pd_tok_chat_template(tok, &n) : NULL;
+    if (!s)
+        return pd_errf(err, errlen, -ENOENT,
+                       "the model has no chat template (tokenizer.chat_template); "
+                       "choose one with --chat-template NAME|FILE");
+    return pd_chat_template_parse(s, n, tok, out, err, errlen);
+}
+
+int pd_chat_template_by_name(const char *name, const struct pd_tokenizer *tok,
+                             struct pd_chat_template **out, char *err, size_t errlen)
+{
+    for (int i = 0; i < 3; i++)
+        if (name && strcmp(name, family_names[i]) == 0) {
+            if (!(*out = tmpl_new((enum pd_chat_family)i, tok)))
+                return pd_errf(err, errlen, -ENOMEM, "out of memory");
+            return 0;
+        }
+    return pd_errf(err, errlen, -ENOTSUP,
+                   "unknown chat template '%s' (names: chatml, llama2, llama3)", name ? name : "");
+}
+
+int pd_chat_template_load(const char *arg, const struct pd_tokenizer *tok,
+                          struct pd_chat_template **out, char *err, size_t errlen)
+{
+    struct stat st;
+    if (!arg)
+        return pd_errf(err, errlen, -EINVAL, "no chat template given");
+    if (stat(arg, &st) != 0 || !S_ISREG(st.st_mode)) {
+        int rc = pd_chat_template_by_name(arg, tok, out, err, errlen);
+        if (rc == -ENOTSUP)
+            pd_errf(err, errlen, rc,
+                    "--chat-template '%s': no such file, and not a template name "
+                    "(chatml, llama2, llama3)",
+                    arg);
+        return rc;
+    }
+    if ((uint64_t)st.st_size > PD_CHAT_MAX_FILE)
+        return pd_errf(err, errlen, -E2BIG, "%s: %lld bytes (cap %u)", arg, (long long)st.st_size,
+                       PD_CHAT_MAX_FILE);
+    FILE *f = fopen(arg, "rb");
+    if (!f)
+        return pd_errf(err, errlen, -errno, "%s: %s", arg, strerror(errno));
+    char *buf = malloc(PD_CHAT_MAX_FILE + 1);
+    size_t n = buf ? fread(buf, 1, PD_CHAT_MAX_FILE + 1, f) : 0;
+    fclose(f);
+    if (!buf)
+        return pd_errf(err, errlen, -ENOMEM, "out of memory");
+    int rc;
+    if (n > PD_CHAT_MAX_FILE) {
+        rc = pd_errf(err, errlen, -E2BIG, "%s: over %u bytes", arg, PD_CHAT_MAX_FILE);
+    } else {
+        size_t b = 0, e = n; /* a name may come with a newline */
+        while (b < e && (buf[b] == ' ' || buf[b] == '\n' || buf[b] == '\t' || buf[b] == '\r'))
+            b++;
+        while (e > b && (buf[e - 1] == ' ' || buf[e - 1] == '\n' || buf[e - 1] == '\t' ||
+                         buf[e - 1] == '\r'))
+            e--;
+        buf[e] = '\0';
+        rc = -ENOTSUP;
+        for (int i = 0; i < 3; i++)
+            if (strcmp(buf + b, family_names[i]) == 0)
+                rc = pd_chat_template_by_name(buf + b, tok, out, err, errlen);
+        if (rc == -ENOTSUP)
+            rc = pd_chat_template_parse(buf, n, tok, out, err, errlen);
+    }
+    free(buf);
+    return rc;
+}
+
+struct pd_chat_template *pd_chat_template_free(struct pd_chat_template *ct)
+{
+    free(ct);
+    return NULL;
+}
+
+enum pd_chat_family pd_chat_template_family(const struct pd_chat_template *ct)
+{
+    return ct->family;
+}
+
+const char *pd_chat_template_default_system(const struct pd_chat_template *ct)
+{
+    return ct->system;
+}
+
+/* --- rendering ---------------------------------------------------------- */
+
+/* Output that keeps counting past the buffer, so -E2BIG can say how much. */
+struct wr {
+    char *out;
+    size_t cap, n;
+};
+
+static void put(struct wr *w, const char *s, size_t n)
+{
+    if (w->n < w->cap && n)
+        memcpy(w->out + w->n, s, n <= w->cap - w->n ? n : w->cap - w->n);
+    w->n += n;
+}
+
+static void puts_(struct wr *w, const char *s)
+{
+    put(w, s, strlen(s));
+}
+
+/* Python's str.strip() (Jinja's trim and .strip()): characters for which
+ * str.isspace() is true. The list is Python's definition (White_Space plus
+ * the four information separators U+001C..U+001F). */
+static bool py_space(int32_t cp)
+{
+    return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 ||
+           cp == 0xA0 || cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 ||
+           cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000;
+}
+
+static void py_strip(const char *s, size_t n, size_t *b, size_t *e)
+{
+    const uint8_t *u = (const uint8_t *)s;
+    size_t i = 0, end = 0, first = n;
+    /* forward once: the first non-space and the end of the last non-space */
+    while (i < n) {
+        int32_t cp;
+        bool cut;
+        size_t k = pd_utf8_next(u + i, n - i, &cp, &cut);
+        if (!py_space(cp)) {
+            if (first == n)
+                first = i;
+            end = i + k;
+        }
+        i += k;
+    }
+    *b = first == n ? 0 : first;
+    *e = first == n ? 0 : end;
+}
+
+static void put_stripped(struct wr *w, const char *s, size_t n)
+{
+    size_t b, e;
+    py_strip(s, n, &b, &e);
+    put(w, s + b, e - b);
+}
+
+/* meta-llama/Llama-2-7b-chat-hf's template */
+static int render_llama2(const struct pd_chat_template *ct, const struct pd_chat_msg *m, size_t n,
+                         struct wr *w, char *err, size_t errlen)
+{
+    const struct pd_chat_msg *sys = NULL;
+    if (n && m[0].role == PD_CHAT_SYSTEM)
+        sys = &m[0], m++, n--;
+    for (size_t i = 0; i < n; i++) {
+        if ((m[i].role == PD_CHAT_USER) != (i % 2 == 0))
+            return pd_errf(err, errlen, -EINVAL,
+                           "Conversation roles must alternate user/assistant/user/assistant/...");
+        if (m[i].role == PD_CHAT_USER) {
+            puts_(w, ct->bos);
+            puts_(w, "[INST] ");
+            if (i == 0 && sys) {
+                /* the template strips "<<SYS>>\n" + system + "\n<</SYS>>\n\n" +
+                 * content as one string: empty content eats the last newlines */
+                static const char a[] = "<<SYS>>\n", b[] = "\n<</SYS>>\n\n";
+                size_t tl = sizeof(a) - 1 + sys->len + sizeof(b) - 1 + m[i].len;
+                char *tmp = malloc(tl);
+                if (!tmp)
+                    return pd_errf(err, errlen, -ENOMEM, "out of memory");
+                memcpy(tmp, a, sizeof(a) - 1);
+                if (sys->len) /* content may be NULL when empty */
+                    memcpy(tmp + sizeof(a) - 1, sys->content, sys->len);
+                memcpy(tmp + sizeof(a) - 1 + sys->len, b, sizeof(b) - 1);
+                if (m[i].len)
+                    memcpy(tmp + tl - m[i].len, m[i].content, m[i].len);
+                put_stripped(w, tmp, tl);
+                free(tmp);
+            } else {
+                put_stripped(w, m[i].content, m[i].len);
+            }
+            puts_(w, " [/INST]");
+        } else if (m[i].role == PD_CHAT_ASSISTANT) {
+            puts_(w, " ");
+            put_stripped(w, m[i].content, m[i].len);
+            puts_(w, " ");
+            puts_(w, ct->eos);
+        }
+        /* a system message later on is printed by neither branch */
+    }
+    return 0;
+}
+
+/* ChatML and Llama-3 print each turn as open + role + sep + content + close;
+ * the generation prompt is the opening of an assistant turn. */
+struct turn_fmt {
+    const char *open, *sep, *close;
+    bool trim; /* Llama-3's template trims the content */
+    bool bos; /* and starts with BOS */
+};
+
+static const struct turn_fmt fmt_chatml = {"<|im_start|>", "\n", "<|im_end|>\n", false, false};
+/* meta-llama/Meta-Llama-3-8B-Instruct's template */
+static const struct turn_fmt fmt_llama3 = {"<|start_header_id|>", "<|end_header_id|>\n\n",
+                                           "<|eot_id|>", true, true};
+
+static void put_turn(struct wr *w, const struct turn_fmt *f, const char *role,
+                     const char *content, size_t len)
+{
+    puts_(w, f->open);
+    puts_(w, role);
+    puts_(w, f->sep);
+    if (f->trim)
+        put_stripped(w, content, len);
+    else
+        put(w, content, len);
+    puts_(w, f->close);
+}
+
+static void render_turns(const struct pd_chat_template *ct, const struct turn_fmt *f,
+                         const struct pd_chat_msg *m, size_t n, bool gen, struct wr *w)
+{
+    if (f->bos)
+        puts_(w, ct->bos);
+    /* ChatML's default system prompt (empty for the other families) */
+    if (ct->system[0] && m[0].role != PD_CHAT_SYSTEM)
+        put_turn(w, f, "system", ct->system, strlen(ct->system));
+    for (size_t i = 0; i < n; i++)
+        put_turn(w, f, pd_chat_role_name(m[i].role), m[i].content, m[i].len);
+    if (gen) {
+        puts_(w, f->open);
+        puts_(w, "assistant");
+        puts_(w, f->sep);
+    }
+}
+
+int pd_chat_render(const struct pd_chat_template *ct, const struct pd_chat_msg *msgs, size_t n,
+                   bool add_generation_prompt, char *out, size_t cap, size_t *len, char *err,
+                   size_t errlen)
+{
+    if (!ct || (!msgs && n) || !len || (!out && cap))
+        return pd_errf(err, errlen, -EINVAL, "bad arguments");
+    if (n == 0) /* transformers refuses an empty conversation too */
+        return pd_errf(err, errlen, -EINVAL, "no messages");
+    if (n > PD_CHAT_MAX_MSGS)
+        return pd_errf(err, errlen, -EINVAL, "%zu messages (cap %u)", n, PD_CHAT_MAX_MSGS);
+    for (size_t i = 0; i < n; i++) {
+        if ((unsigned)msgs[i].role > PD_CHAT_ASSISTANT)
+            return pd_errf(err, errlen, -EINVAL, "message %zu: unknown role", i);
+        if (msgs[i].len > PD_CHAT_MAX_CONTENT)
+            return pd_errf(err, errlen, -EINVAL, "message %zu: %zu bytes of content (cap %u)", i,
+                           msgs[i].len, PD_CHAT_MAX_CONTENT);
+        if (!msgs[i].content && msgs[i].len)
+            return pd_errf(err, errlen, -EINVAL, "message %zu: no content", i);
+    }
+    struct wr w = {out, cap, 0};
+    int rc = 0;
+    switch (ct->family) {
+    case PD_CHAT_CHATML:
+        render_turns(ct, &fmt_chatml, msgs, n, add_generation_prompt, &w);
+        break;
+    case PD_CHAT_LLAMA3:
+        render_turns(ct, &fmt_llama3, msgs, n, add_generation_prompt, &w);
+        break;
+    case PD_CHAT_LLAMA2:
+        rc = render_llama2(ct, msgs, n, &w, err, errlen);
+        break;
+    }
+    if (rc < 0)
+        return rc;
+    *len = w.n;
+    if (w.n + 1 > cap)
+        return pd_errf(err, errlen, -E2BIG, "rendered prompt needs %zu bytes", w.n + 1);
+    out[w.n] = '\0';
+    return 0;
+}
