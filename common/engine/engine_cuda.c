@@ -1,0 +1,628 @@
+/* common/engine/engine_cuda: the CUDA backend (built when PD_HAVE_CUDA).
+ * Every buffer in device memory: bf16 (or fp32) weight matrices converted at
+ * load, fp32 norm vectors, the embedding rows as stored, the KV pool; all
+ * work on the engine's stream. The index arrays go up and the asked-for
+ * logits (or sampled tokens) come down through page-locked buffers, one wait
+ * per step; a decode step replays the CUDA graph of its batch size. */
+#include "engine_internal.h"
+
+#include "errf.h"
+#include "log.h"
+#include "parallel.h"
+#include "pd_cuda.h"
+#include "quant.h"
+#include "sample.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- the kernels and copies, in order on the engine's stream ---- */
+
+static int cu_embed(const struct pd_embed_args *a, void *s) { return pd_embed_cuda(a, s); }
+static int cu_rmsnorm(const struct pd_rmsnorm_args *a, void *s) { return pd_rmsnorm_cuda(a, s); }
+static int cu_matmul(const struct pd_matmul_args *a, void *s) { return pd_matmul_cuda(a, s); }
+static int cu_rope(const struct pd_rope_args *a, void *s) { return pd_rope_cuda(a, s); }
+static int cu_kv_write(const struct pd_kv_write_args *a, void *s) { return pd_kv_write_cuda(a, s); }
+static int cu_swiglu(const struct pd_swiglu_args *a, void *s) { return pd_swiglu_cuda(a, s); }
+static int cu_copy(void *dst, const void *src, size_t bytes, void *s)
+{
+    return pd_cuda_memcpy_async(dst, src, bytes, s);
+}
+static int cu_sync(void *s) { return pd_cuda_stream_sync(s); }
+
+/* a step with prefill chunks on a 16-bit pool: the tensor-core kernel, its
+ * runs being the items; otherwise (or where it declines) the decode kernel */
+static int cu_attention(const struct pd_attn_args *a, void *s)
+{
+    if (a->n_runs) {
+        int rc = pd_attention_prefill_cuda(a, s);
+        if (rc != -ENOTSUP)
+            return rc;
+    }
+    return pd_attention_cuda(a, s);
+}
+
+int pd_backend_cuda_probe(char *why, size_t n) { return pd_cuda_probe(why, n); }
+
+/* ---- memory ---- */
+
+/* bytes of device memory the engine owns (freed with it); NULL when none is left */
+static void *dev_alloc(struct pd_engine *e, size_t bytes)
+{
+    void *p = NULL;
+    void **d = realloc(e->dev, (e->n_dev + 1) * sizeof(*d));
+    if (!d)
+        return NULL;
+    e->dev = d;
+    if (pd_cuda_malloc(&p, bytes ? bytes : 1) < 0)
+        return NULL;
+    e->dev[e->n_dev++] = p;
+    return p;
+}
+
+static void *dev_upload(struct pd_engine *e, const void *host, size_t bytes)
+{
+    void *p = dev_alloc(e, bytes);
+    return p && pd_cuda_memcpy(p, host, bytes) == 0 ? p : NULL;
+}
+
+/* page-locked host memory the engine owns: copies to and from it are DMA,
+ * asynchronous, and can be captured in a CUDA graph */
+static void *host_pinned(struct pd_engine *e, size_t bytes)
+{
+    const size_t pg = 4096, n = (bytes ? bytes + pg - 1 : pg) / pg * pg;
+    void *p = NULL;
+    void **l = realloc(e->pinned, (e->n_pinned + 1) * sizeof(*l));
+    if (!l)
+        return NULL;
+    e->pinned = l;
+    if (posix_memalign(&p, pg, n))
+        return NULL;
+    memset(p, 0, n);
+    if (pd_cuda_host_register(p, n) < 0) {
+        free(p);
+        return NULL;
+    }
+    e->pinned[e->n_pinned++] = p;
+    return p;
+}
+
+static void *cu_alloc(struct pd_engine *e, size_t bytes, bool host)
+{
+    return host ? host_pinned(e, bytes) : dev_alloc(e, bytes);
+}
+
+/* ---- weights ---- */
+
+static size_t f32_bytes(const struct pd_tensor *t)
+{
+    return (size_t)(t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]) * sizeof(float);
+}
+
+/* Rows [r0, r1) of a matrix converted to the device's type (dequantized
+ * to fp32, then rounded as pd_quant_row rounds): one thread's share. */
+struct convert_job {
+    const struct pd_tensor *t;
+    uint32_t to;
+    uint64_t in_row, out_row, r0, r1;
+    uint8_t *dst;
+    int rc;
+};
+
+static void *convert_rows(void *arg)
+{
+    struct convert_job *j = arg;
+    const uint64_t n = j->t->ne[0];
+    float *row = malloc(n * sizeof(float));
+    j->rc = row ? 0 : -ENOMEM;
+    for (uint64_t r = j->r0; r < j->r1 && j->rc == 0; r++)
+        if ((j->rc = pd_dequant_row(j->t->type, (const uint8_t *)j->t->data + r * j->in_row, row,
+                                    n)) == 0)
+            j->rc = pd_quant_row(j->to, row, j->dst + r * j->out_row, n);
+    free(row);
+    return NULL;
+}
+
+/* A matrix of the model to the device in the engine's matrix type: as
+ * stored when that is the type already (bf16 through fp32 back to bf16 is
+ * exact), else converted on up to 16 threads into a host copy of the
+ * matrix first: no fp32 copy of the whole model on the host. */
+static int upload_matrix(struct pd_engine *e, const struct pd_tensor *t, struct pd_mat *out)
+{
+    const uint64_t rows = t->ne[1] * t->ne[2] * t->ne[3];
+    const size_t esize = e->w_type == PD_DT_F32 ? sizeof(float) : sizeof(uint16_t);
+    uint64_t in_row;
+    if (pd_dtype_row_size(t->type, t->ne[0], &in_row) < 0)
+        return -EINVAL;
+    out->type = e->w_type;
+    if (t->type == e->w_type)
+        return (out->data = dev_upload(e, t->data, in_row * rows)) ? 0 : -ENOMEM;
+
+    const uint64_t out_row = t->ne[0] * esize;
+    uint8_t *h = malloc(out_row * rows);
+    if (!h)
+        return -ENOMEM;
+    struct convert_job jobs[PD_PARALLEL_MAX];
+    unsigned n = pd_parallel_count(PD_PARALLEL_MAX);
+    if (rows < 64 * (uint64_t)n)
+        n = 1; /* a vector or a small matrix: not worth threads */
+    for (unsigned k = 0; k < n; k++)
+        jobs[k] = (struct convert_job){.t = t, .to = e->w_type, .in_row = in_row,
+                                       .out_row = out_row, .r0 = rows * k / n,
+                                       .r1 = rows * (k + 1) / n, .dst = h};
+    pd_parallel_run(convert_rows, jobs, sizeof(jobs[0]), n);
+    int rc = 0;
+    for (unsigned k = 0; k < n && rc == 0; k++)
+        rc = jobs[k].rc;
+    if (rc == 0 && !(out->data = dev_upload(e, h, out_row * rows)))
+        rc = -ENOMEM;
+    free(h);
+    return rc;
+}
+
+/* a norm vector to the device in fp32 */
+static const float *upload_vector(struct pd_engine *e, const struct pd_tensor *t)
+{
+    const float *v = pd_engine_weight_f32(e, t);
+    return v ? dev_upload(e, v, f32_bytes(t)) : NULL;
+}
+
+static int upload_layer(struct pd_engine *e, uint32_t l, char *err, size_t errlen)
+{
+    static const enum pd_weight mats[] = {PD_W_ATTN_Q,    PD_W_ATTN_K,   PD_W_ATTN_V,
+                                          PD_W_ATTN_OUT,  PD_W_FFN_GATE, PD_W_FFN_UP,
+                                          PD_W_FFN_DOWN};
+    struct layer_w *w = &e->layers[l];
+    struct pd_mat *dst[] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w_gate, &w->w_up, &w->w_down};
+    const struct pd_model *m = e->model;
+    if (!(w->attn_norm = upload_vector(e, pd_model_layer_tensor(m, l, PD_W_ATTN_NORM))) ||
+        !(w->ffn_norm = upload_vector(e, pd_model_layer_tensor(m, l, PD_W_FFN_NORM))))
+        return pd_errf(err, errlen, -ENOMEM, "engine: layer %" PRIu32 " norms to the device: "
+                       "out of memory", l);
+    for (size_t i = 0; i < sizeof(mats) / sizeof(mats[0]); i++) {
+        const struct pd_tensor *t = pd_model_layer_tensor(m, l, mats[i]);
+        int rc = upload_matrix(e, t, dst[i]);
+        if (rc < 0)
+            return pd_errf(err, errlen, rc, "engine: layer %" PRIu32 " weight %s to the device: "
+                           "%s", l, t->name, rc == -ENOMEM ? "out of memory" : strerror(-rc));
+    }
+    return 0;
+}
+
+/* The device's own stream, then every weight to the device: the matrices
+ * from the model's tensors (upload_matrix), the norm vectors in fp32, the
+ * embedding rows in their stored type; the host's dequantized copies are
+ * freed then. */
+static int cu_init(struct pd_engine *e, const struct pd_engine_params *p, char *err,
+                   size_t errlen)
+{
+    const struct pd_model *m = e->model;
+    uint64_t row_bytes;
+    int rc;
+
+    e->w_type = p->gpu_weight_dtype;
+    if ((rc = pd_cuda_stream_new((pd_stream_t *)&e->stream)) < 0)
+        return pd_errf(err, errlen, rc, "engine: a CUDA stream: %s", strerror(-rc));
+    if (!(e->layers = calloc(e->hp.n_layer, sizeof(*e->layers))))
+        return pd_errf(err, errlen, -ENOMEM, "engine: out of memory");
+    for (uint32_t l = 0; l < e->hp.n_layer; l++)
+        if ((rc = upload_layer(e, l, err, errlen)) < 0)
+            return rc;
+    e->tok_embd = pd_model_tok_embd(m);
+    if (pd_dtype_row_size(e->tok_embd->type, e->tok_embd->ne[0], &row_bytes) < 0)
+        return pd_errf(err, errlen, -EINVAL, "engine: the embedding's type has no row size");
+    if ((rc = upload_matrix(e, pd_model_output(m), &e->w_out)) < 0)
+        return pd_errf(err, errlen, rc, "engine: the output matrix to the device: %s",
+                       rc == -ENOMEM ? "out of memory" : strerror(-rc));
+    const struct pd_tensor *rf = pd_model_rope_freqs(m);
+    if (!(e->out_norm = upload_vector(e, pd_model_output_norm(m))) ||
+        !(e->embd_table = dev_upload(e, e->tok_embd->data, row_bytes * e->tok_embd->ne[1])) ||
+        (rf && !(e->rope_factors = dev_upload(e, rf->data, f32_bytes(rf)))))
+        return pd_errf(err, errlen, -ENOMEM, "engine: no device memory for the output and "
+                       "embedding weights");
+    for (size_t i = 0; i < e->n_owned; i++)
+        free(e->owned[i]);
+    e->n_owned = 0;
+    return 0;
+}
+
+/* ---- scratch: the index arrays' and logits' page-locked staging, the
+ * attention and GEMM workspaces, graphs, sampling ---- */
+
+#define SCRATCH(ptr, n, host)                                                                  \
+    do {                                                                                       \
+        if (!((ptr) = cu_alloc(e, (size_t)(n) * sizeof(*(ptr)), (host))))                      \
+            return -ENOMEM;                                                                    \
+    } while (0)
+
+static int cu_scratch_sampling(struct pd_engine *e)
+{
+    const size_t C = e->logit_cap;
+    SCRATCH(e->h_sp, C, true);
+    SCRATCH(e->d_sp, C, false);
+    SCRATCH(e->h_hs, C + 1, true);
+    SCRATCH(e->d_hs, C + 1, false);
+    SCRATCH(e->h_np, C, true);
+    SCRATCH(e->d_np, C, false);
+    SCRATCH(e->h_stok, C, true);
+    SCRATCH(e->d_stok, C, false);
+    SCRATCH(e->h_slp, C, true);
+    SCRATCH(e->d_slp, C, false);
+    SCRATCH(e->h_ntop, C, true);
+    SCRATCH(e->d_ntop, C, false);
+    SCRATCH(e->h_top, C * PD_MAX_LOGPROBS, true);
+    SCRATCH(e->d_top, C * PD_MAX_LOGPROBS, false);
+    e->sws_bytes = pd_sample_cuda_workspace(LOGIT_ROWS, e->hp.n_vocab);
+    return (e->d_sws = dev_alloc(e, e->sws_bytes)) ? 0 : -ENOMEM;
+}
+
+static int cu_scratch(struct pd_engine *e, const struct pd_engine_params *p)
+{
+    const struct pd_hparams *hp = &e->hp;
+    const size_t T = e->max_tokens, qd = (size_t)hp->n_head * hp->head_dim;
+    /* a decode step's every row comes down before any is handed out (so
+     * that a step is one graph, one wait) */
+    e->logit_cap = e->max_items > LOGIT_ROWS ? e->max_items : LOGIT_ROWS;
+    SCRATCH(e->h_logits, (size_t)e->logit_cap * hp->n_vocab, true);
+    SCRATCH(e->h_tok, T, true);
+    SCRATCH(e->h_pos, T, true);
+    SCRATCH(e->h_tok_seq, T, true);
+    SCRATCH(e->h_slot, T, true);
+    SCRATCH(e->h_tables, (size_t)e->max_items * e->max_blocks, true);
+    SCRATCH(e->h_runs, (size_t)e->max_items + 1, true);
+    /* decode steps (at most max_items tokens) may split their contexts;
+     * larger steps run unsplit (the launcher's rule) */
+    e->attn_ws_bytes = pd_attn_workspace_bytes(e->max_items, hp->n_head, hp->head_dim,
+                                               PD_ATTN_MAX_SPLITS);
+    if (!(e->attn_ws = dev_alloc(e, e->attn_ws_bytes)))
+        return -ENOMEM;
+    size_t rows = T > LOGIT_ROWS ? T : LOGIT_ROWS, cols = hp->n_embd;
+    cols = qd > cols ? qd : cols;
+    cols = hp->n_ff > cols ? hp->n_ff : cols;
+    if (e->w_type == PD_DT_BF16 && !(e->xs = dev_alloc(e, rows * cols * 2)))
+        return -ENOMEM;
+    if (!p->no_cuda_graphs) {
+        if (!(e->graph = calloc(2 * ((size_t)e->max_items + 1), sizeof(*e->graph))) ||
+            !(e->graph_seen = calloc(2 * ((size_t)e->max_items + 1), 1)))
+            return -ENOMEM;
+        e->graphs = true;
+    }
+    return cu_scratch_sampling(e);
+}
+
+/* ---- the KV pool and the KV channel's staging ---- */
+
+/* the pool in device memory, whole blocks: of --kv-cache-memory, or of what
+ * the weights and scratch leave under the share of the device's memory the
+ * process may use (--gpu-memory-utilization) */
+static int cu_kv_pool(struct pd_engine *e, const struct pd_engine_params *p,
+                      struct pd_kvcache_params *kp, char *err, size_t errlen)
+{
+    const uint64_t bb = pd_kv_block_elems(&kp->layout) * (kp->dtype == PD_DT_F32 ? 4 : 2);
+    uint64_t bytes = p->kv_cache_bytes;
+    int rc;
+    if (p->gpu_memory_utilization > 0) {
+        size_t free_b = 0, total_b = 0;
+        if ((rc = pd_cuda_mem_info(&free_b, &total_b)) < 0)
+            return pd_errf(err, errlen, rc, "engine: the device's memory: %s", strerror(-rc));
+        const double cap = p->gpu_memory_utilization * (double)total_b;
+        const double used = (double)(total_b - free_b);
+        if (cap <= used)
+            return pd_errf(err, errlen, -ENOMEM, "engine: --gpu-memory-utilization %.2f of %.1f "
+                           "GiB leaves no room for the KV pool: %.1f GiB are in use already",
+                           p->gpu_memory_utilization, (double)total_b / (1u << 30),
+                           used / (1u << 30));
+        bytes = (uint64_t)(cap - used);
+    }
+    uint64_t nb = bb ? bytes / bb : 0;
+    nb = nb > PD_KV_MAX_BLOCKS ? PD_KV_MAX_BLOCKS : nb;
+    kp->mem_bytes = bytes;
+    if (nb) { /* none: pd_kvcache_new says why */
+        kp->mem_bytes = nb * bb;
+        if (!(kp->pool = dev_alloc(e, kp->mem_bytes)))
+            return pd_errf(err, errlen, -ENOMEM, "engine: no device memory for a KV pool of %"
+                           PRIu64 " bytes", kp->mem_bytes);
+    }
+    return 0;
+}
+
+/* the KV channel's blocks in host memory (mapped, kept out of core dumps,
+ * by common/kvcache), page-locked so that the copies between it and the
+ * device pool are DMA; by default room for two prompts of the longest
+ * length */
+static int stage_new(struct pd_engine *e, const struct pd_engine_params *p, char *err,
+                     size_t errlen)
+{
+    char why[200];
+    const uint64_t bb = pd_kvcache_block_bytes(e->kc), full = (uint64_t)e->max_blocks * bb;
+    const uint32_t bs = pd_kvcache_layout(e->kc)->block_size;
+    struct pd_kvcache_params sp = {.layout = *pd_kvcache_layout(e->kc),
+                                   .dtype = pd_kvcache_dtype(e->kc)};
+    int rc;
+    sp.mem_bytes = p->kv_staging_bytes ? p->kv_staging_bytes
+                                       : (2 * full > (1u << 30) ? 2 * full : 1u << 30);
+    if ((rc = pd_kvcache_new(&sp, &e->stage, why, sizeof(why))) < 0)
+        return pd_errf(err, errlen, rc, "engine: the KV channel's staging (%" PRIu64
+                       " bytes): %s", sp.mem_bytes, why);
+    if (pd_kvcache_n_blocks(e->stage) < e->max_blocks)
+        pd_log(PD_LOG_WARN, "engine: the KV channel's staging (%" PRIu64 " MiB) holds a "
+               "prompt of at most %" PRIu64 " tokens, --max-model-len is %" PRIu32 ": longer "
+               "prompts are refused by prefilld and prefilled locally by decoded",
+               sp.mem_bytes >> 20, (uint64_t)pd_kvcache_n_blocks(e->stage) * bs,
+               e->max_model_len);
+    const uint64_t sb = pd_kvcache_block_bytes(e->stage) * pd_kvcache_n_blocks(e->stage);
+    if ((rc = pd_cuda_host_register(pd_kvcache_pool(e->stage), sb)) < 0)
+        return pd_errf(err, errlen, rc, "engine: page-locking the KV channel's staging (%"
+                       PRIu64 " bytes): %s", sb, strerror(-rc));
+    e->stage_pinned = true;
+    return 0;
+}
+
+static int cu_ready(struct pd_engine *e, const struct pd_engine_params *p, char *err,
+                    size_t errlen)
+{
+    int rc;
+    if (p->kv_staging && (rc = stage_new(e, p, err, errlen)) < 0)
+        return rc;
+    /* the uploads ran on the legacy stream, which the engine's (non-blocking)
+     * stream does not wait for: they are complete before any step */
+    if ((rc = pd_cuda_sync()) < 0)
+        return pd_errf(err, errlen, rc, "engine: uploading the weights: %s", strerror(-rc));
+    return 0;
+}
+
+static void cu_done(struct pd_engine *e)
+{
+    if (e->stage_pinned)
+        pd_cuda_host_unregister(pd_kvcache_pool(e->stage));
+    e->stage = pd_kvcache_free(e->stage);
+    for (uint32_t i = 0; e->graph && i < 2 * (e->max_items + 1); i++)
+        pd_cuda_graph_free(e->graph[i]);
+    free(e->graph);
+    free(e->graph_seen);
+    for (size_t i = 0; i < e->n_pinned; i++) {
+        pd_cuda_host_unregister(e->pinned[i]);
+        free(e->pinned[i]);
+    }
+    free(e->pinned);
+    pd_cuda_stream_free(e->stream);
+    pd_cuda_free(e->d_hist);
+    if (e->h_hist) {
+        pd_cuda_host_unregister(e->h_hist);
+        free(e->h_hist);
+    }
+    for (size_t i = 0; i < e->n_dev; i++)
+        pd_cuda_free(e->dev[i]);
+    free(e->dev);
+}
+
+/* ---- sampling on the device ---- */
+
+static bool penalised(const struct pd_sampling *p)
+{
+    return p->repetition_penalty != 1.0f || p->presence_penalty != 0.0f ||
+           p->frequency_penalty != 0.0f;
+}
+
+/* d_hist (and its page-locked twin) for at least `need` tokens */
+static int hist_grow(struct pd_engine *e, uint64_t need)
+{
+    if (need <= e->hist_cap) /* the stream is idle between steps */
+        return 0;
+    uint64_t cap = need > 2 * e->hist_cap ? need : 2 * e->hist_cap;
+    cap = cap < 4096 ? 4096 : cap;
+    const size_t bytes = (cap * sizeof(int32_t) + 4095) / 4096 * 4096;
+    void *h = NULL, *d = NULL;
+    if (posix_memalign(&h, 4096, bytes) || pd_cuda_host_register(h, bytes) < 0) {
+        free(h);
+        return -ENOMEM;
+    }
+    if (pd_cuda_malloc(&d, bytes) < 0) {
+        pd_cuda_host_unregister(h);
+        free(h);
+        return -ENOMEM;
+    }
+    if (e->h_hist) {
+        pd_cuda_host_unregister(e->h_hist);
+        free(e->h_hist);
+    }
+    pd_cuda_free(e->d_hist);
+    e->h_hist = h, e->d_hist = d, e->hist_cap = cap;
+    return 0;
+}
+
+/* A sampling step: each row's parameters, history offset and prompt length
+ * into their page-locked buffers (sample_in copies them up), and the
+ * histories of rows with penalties up into d_hist (grown as needed). *pen:
+ * whether any went (such a step is not a graph: d_hist may move). */
+static int sampling_prepare(struct pd_engine *e, const struct pd_batch_item *items,
+                            uint32_t n_items, bool *pen)
+{
+    uint64_t off = 0;
+    uint32_t r = 0;
+    int rc = 0;
+    *pen = false;
+    for (uint32_t i = 0; i < n_items; i++) {
+        const struct pd_batch_item *it = &items[i];
+        if (!it->n_logits)
+            continue;
+        e->h_sp[r] = *it->sampling;
+        e->h_hs[r] = (uint32_t)off;
+        e->h_np[r++] = it->n_prompt;
+        off += it->n_history;
+        *pen |= penalised(it->sampling);
+    }
+    e->h_hs[r] = (uint32_t)off;
+    if (!*pen)
+        return 0;
+    if ((rc = hist_grow(e, off)) < 0)
+        return rc;
+    /* only the penalised rows' histories: the others' are never read (their
+     * length, the draw's position, is in the offsets) */
+    off = 0;
+    for (uint32_t i = 0; i < n_items && rc == 0; i++) {
+        const struct pd_batch_item *it = &items[i];
+        if (!it->n_logits)
+            continue;
+        if (it->n_history && penalised(it->sampling)) {
+            memcpy(e->h_hist + off, it->history, it->n_history * sizeof(int32_t));
+            rc = cu_copy(e->d_hist + off, e->h_hist + off, it->n_history * sizeof(int32_t),
+                         e->stream);
+        }
+        off += it->n_history;
+    }
+    return rc;
+}
+
+/* the rows' parameters, history offsets and prompt lengths, as
+ * sampling_prepare left them in their page-locked buffers */
+static int cu_sample_in(struct pd_engine *e, uint32_t n)
+{
+    int rc;
+    if ((rc = cu_copy(e->d_sp, e->h_sp, n * sizeof(*e->d_sp), e->stream)) < 0 ||
+        (rc = cu_copy(e->d_hs, e->h_hs, (n + 1) * sizeof(*e->d_hs), e->stream)) < 0)
+        return rc;
+    return cu_copy(e->d_np, e->h_np, n * sizeof(*e->d_np), e->stream);
+}
+
+static int cu_sample_rows(struct pd_engine *e, uint32_t r0, uint32_t m)
+{
+    struct pd_sample_args sa = {.logits = e->logits, .n_rows = m, .n_vocab = e->hp.n_vocab,
+                                .params = e->d_sp + r0, .hist = e->d_hist,
+                                .hist_start = e->d_hs + r0, .n_prompt = e->d_np + r0,
+                                .workspace = e->d_sws, .workspace_bytes = e->sws_bytes,
+                                .token = e->d_stok + r0, .logprob = e->d_slp + r0,
+                                .top = e->d_top + (size_t)r0 * PD_MAX_LOGPROBS,
+                                .n_top = e->d_ntop + r0};
+    return pd_sample_cuda(&sa, e->stream);
+}
+
+static int cu_sample_out(struct pd_engine *e, uint32_t n)
+{
+    int rc;
+    if ((rc = cu_copy(e->h_stok, e->d_stok, n * sizeof(*e->h_stok), e->stream)) < 0 ||
+        (rc = cu_copy(e->h_slp, e->d_slp, n * sizeof(*e->h_slp), e->stream)) < 0 ||
+        (rc = cu_copy(e->h_ntop, e->d_ntop, n * sizeof(*e->h_ntop), e->stream)) < 0)
+        return rc;
+    return cu_copy(e->h_top, e->d_top, (size_t)n * PD_MAX_LOGPROBS * sizeof(*e->h_top),
+                   e->stream);
+}
+
+/* ---- a step ---- */
+
+static void graphs_off(struct pd_engine *e, const char *what, uint32_t n, int rc)
+{
+    pd_cuda_clear_error(); /* handled here: not the next kernel's failure */
+    e->graphs = false;
+    pd_log(PD_LOG_WARN, "engine: CUDA graphs off (%s a decode step of %" PRIu32 " failed: %s); "
+           "steps run as plain launches", what, n, strerror(-rc));
+}
+
+/* The step's work as plain launches: its index arrays up, the pass. */
+static int launch(struct pd_engine *e, const struct pd_batch_item *items, uint32_t n_items,
+                  uint32_t T, uint32_t *pending)
+{
+    int rc = pd_engine_fwd_upload(e, n_items, T);
+    return rc < 0 ? rc : pd_engine_fwd(e, items, n_items, T, pending);
+}
+
+/* The graph of a decode step of n_items rows of this kind (key), captured
+ * the second time that size comes (the first runs as plain launches, so that
+ * cuBLAS and the kernels have made what they make on first use outside the
+ * capture), launched. -EAGAIN: run the step as plain launches (the first
+ * time, or graphs turned off by a failed capture or launch). */
+static int graph_step(struct pd_engine *e, const struct pd_batch_item *items, uint32_t n_items,
+                      uint32_t T, uint32_t key)
+{
+    uint32_t pending = 0;
+    int rc;
+    if (!e->graph_seen[key]) {
+        e->graph_seen[key] = 1;
+        return -EAGAIN;
+    }
+    if (!e->graph[key]) {
+        struct pd_cuda_graph *g = NULL;
+        int rb = pd_cuda_graph_begin(e->stream), rf = 0, re = 0;
+        if (rb == 0) {
+            rf = launch(e, items, n_items, T, &pending);
+            re = pd_cuda_graph_end(e->stream, &g);
+        }
+        if (rb < 0 || rf < 0 || re < 0 || pending != n_items) {
+            pd_cuda_graph_free(g);
+            graphs_off(e, "capturing", n_items,
+                       rb < 0 ? rb : rf < 0 ? rf : re < 0 ? re : -EPROTO);
+            return -EAGAIN;
+        }
+        e->graph[key] = g;
+    }
+    /* the rows as the captured pass laid them out: one per item */
+    for (uint32_t r = 0; r < n_items; r++)
+        e->out_item[r] = r, e->out_row[r] = 0;
+    if ((rc = pd_cuda_graph_launch(e->graph[key], e->stream)) < 0) {
+        e->graph[key] = pd_cuda_graph_free(e->graph[key]);
+        graphs_off(e, "launching the graph of", n_items, rc);
+        return -EAGAIN;
+    }
+    return 0;
+}
+
+/* A step on the GPU: its index arrays up, its work, then one wait; the
+ * logits rows handed out after it. A decode step (one token and one row of
+ * logits per item) replays the CUDA graph of its batch size and kind
+ * (logits or sampled): the graph holds the index arrays' copies from their
+ * fixed page-locked buffers, every kernel and GEMM, and the results' copy
+ * down. A capture or a launch that fails turns graphs off for the engine,
+ * with one log line, and the step runs as plain launches. */
+static int cu_step(struct pd_engine *e, const struct pd_batch_item *items, uint32_t n_items,
+                   uint32_t T)
+{
+    uint32_t pending = 0;
+    bool smp = false, pen = false; /* validate: every row samples, or none does */
+    int rc;
+    for (uint32_t i = 0; i < n_items; i++)
+        if (items[i].n_logits) {
+            smp = items[i].sampling != NULL;
+            break;
+        }
+    if (smp && (rc = sampling_prepare(e, items, n_items, &pen)) < 0)
+        return rc;
+    bool decode = e->graphs && !pen;
+    for (uint32_t i = 0; i < n_items && decode; i++)
+        decode = items[i].n_tokens == 1 && items[i].n_logits == 1;
+    rc = decode ? graph_step(e, items, n_items, T, 2 * n_items + smp) : -EAGAIN;
+    if (rc == 0)
+        pending = n_items;
+    else
+        rc = launch(e, items, n_items, T, &pending);
+    /* the step ends here: its errors are known, its index arrays and logits
+     * buffers free for the next */
+    int rs = cu_sync(e->stream);
+    if ((rc = rc < 0 ? rc : rs) < 0)
+        return rc;
+    return pd_engine_fwd_hand_out(e, items, 0, pending, e->h_logits);
+}
+
+const struct pd_backend pd_backend_cuda = {
+    .name = "cuda",
+    .embed = cu_embed,
+    .rmsnorm = cu_rmsnorm,
+    .matmul = cu_matmul,
+    .rope = cu_rope,
+    .kv_write = cu_kv_write,
+    .attention = cu_attention,
+    .swiglu = cu_swiglu,
+    .copy = cu_copy,
+    .sync = cu_sync,
+    .init = cu_init,
+    .alloc = cu_alloc,
+    .scratch = cu_scratch,
+    .kv_pool = cu_kv_pool,
+    .ready = cu_ready,
+    .done = cu_done,
+    .step = cu_step,
+    .sample_in = cu_sample_in,
+    .sample_rows = cu_sample_rows,
+    .sample_out = cu_sample_out,
+};

@@ -1,0 +1,288 @@
+/* common/engine/engine_forward: the forward pass, device-neutral. Every
+ * kernel goes through the backend's table (e->b) on the engine's stream; the
+ * pass reads in dataflow order, one checked call per step, as llama2.c's
+ * `forward` does. An architecture's difference (a bias, a norm on q and k, a
+ * rope scaling) is one more named step here, not a second pass. */
+#include "engine_internal.h"
+
+#include "quant.h"
+#include "sample.h"
+
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+
+/* What every step of one forward pass shares. */
+struct fwd {
+    struct pd_engine *e;
+    const struct pd_backend *k;
+    void *s; /* the stream */
+    uint32_t T; /* tokens in the step */
+    uint32_t n_runs, max_run; /* the items as the prefill kernel's runs (0: a decode step) */
+};
+
+/* y (m, n) = x (m, k) W^T, or y += when accumulate */
+static int mm(const struct fwd *f, float *y, const float *x, const struct pd_mat *w, uint32_t m,
+              uint32_t n, uint32_t k, int accumulate)
+{
+    struct pd_matmul_args a = {.y = y, .x = x, .w = w->data, .m = m, .n = n, .k = k,
+                               .accumulate = accumulate, .w_type = w->type,
+                               .x_scratch = f->e->xs};
+    return f->k->matmul(&a, f->s);
+}
+
+/* out (T, n_embd) = rmsnorm(in) * weight */
+static int norm(const struct fwd *f, float *out, const float *in, const float *weight,
+                uint32_t n_rows)
+{
+    const struct pd_hparams *hp = &f->e->hp;
+    struct pd_rmsnorm_args a = {.out = out, .in = in, .weight = weight, .n_rows = n_rows,
+                                .dim = hp->n_embd, .eps = hp->norm_eps};
+    return f->k->rmsnorm(&a, f->s);
+}
+
+/* x (T, n_heads * head_dim) rotated in place at the step's positions */
+static int rope(const struct fwd *f, float *x, uint32_t n_heads)
+{
+    const struct pd_engine *e = f->e;
+    const struct pd_hparams *hp = &e->hp;
+    struct pd_rope_args a = {.x = x, .pos = e->pos, .n_tokens = f->T, .n_heads = n_heads,
+                             .head_dim = hp->head_dim, .rope_dim = hp->rope_dim,
+                             .freq_base = hp->rope_freq_base, .freq_scale = e->rope_scale,
+                             .freq_factors = e->rope_factors};
+    return f->k->rope(&a, f->s);
+}
+
+static int kv_write(const struct fwd *f, uint32_t l)
+{
+    const struct pd_engine *e = f->e;
+    struct pd_kv_write_args a = {.pool = pd_kvcache_pool(e->kc), .kv = *pd_kvcache_layout(e->kc),
+                                 .layer = l, .k = e->kk, .v = e->vv, .slot = e->slot,
+                                 .n_tokens = f->T, .pool_type = pd_kvcache_dtype(e->kc)};
+    return f->k->kv_write(&a, f->s);
+}
+
+static int attend(const struct fwd *f, uint32_t l)
+{
+    const struct pd_engine *e = f->e;
+    const struct pd_hparams *hp = &e->hp;
+    struct pd_attn_args a = {.out = e->att, .q = e->q, .pool = pd_kvcache_pool(e->kc),
+                             .kv = *pd_kvcache_layout(e->kc), .layer = l, .n_tokens = f->T,
+                             .n_head = hp->n_head, .tok_seq = e->tok_seq, .tok_pos = e->pos,
+                             .block_tables = e->tables, .max_blocks = e->max_blocks,
+                             .scale = 1.0f / sqrtf((float)hp->head_dim),
+                             .pool_type = pd_kvcache_dtype(e->kc), .max_ctx = e->max_model_len,
+                             .workspace = e->attn_ws, .workspace_bytes = e->attn_ws_bytes,
+                             .run_start = e->runs, .n_runs = f->n_runs, .max_run = f->max_run};
+    return f->k->attention(&a, f->s);
+}
+
+static int swiglu(const struct fwd *f)
+{
+    struct pd_engine *e = f->e;
+    struct pd_swiglu_args a = {.out = e->gate, .gate = e->gate, .up = e->up,
+                               .n = (uint64_t)f->T * e->hp.n_ff};
+    return f->k->swiglu(&a, f->s);
+}
+
+static int embed(const struct fwd *f)
+{
+    const struct pd_engine *e = f->e;
+    const uint32_t D = e->hp.n_embd;
+    uint64_t row_bytes;
+    if (pd_dtype_row_size(e->tok_embd->type, D, &row_bytes) < 0)
+        return -EINVAL;
+    struct pd_embed_args a = {.out = e->x, .table = e->embd_table, .type = e->tok_embd->type,
+                              .row_bytes = row_bytes, .tokens = e->tok, .n_tokens = f->T,
+                              .dim = D};
+    return f->k->embed(&a, f->s);
+}
+
+/* One decoder layer: x += attention(norm(x)); x += ffn(norm(x)). */
+static int layer(const struct fwd *f, uint32_t l)
+{
+    struct pd_engine *e = f->e;
+    const struct layer_w *w = &e->layers[l];
+    const struct pd_hparams *hp = &e->hp;
+    const uint32_t T = f->T, D = hp->n_embd, qd = hp->n_head * hp->head_dim;
+    const uint32_t kvd = hp->n_head_kv * hp->head_dim, F = hp->n_ff;
+    int rc;
+
+    if ((rc = norm(f, e->h, e->x, w->attn_norm, T)) < 0)
+        return rc;
+    if ((rc = mm(f, e->q, e->h, &w->wq, T, qd, D, 0)) < 0)
+        return rc;
+    if ((rc = mm(f, e->kk, e->h, &w->wk, T, kvd, D, 0)) < 0)
+        return rc;
+    if ((rc = mm(f, e->vv, e->h, &w->wv, T, kvd, D, 0)) < 0)
+        return rc;
+    if ((rc = rope(f, e->q, hp->n_head)) < 0)
+        return rc;
+    if ((rc = rope(f, e->kk, hp->n_head_kv)) < 0)
+        return rc;
+    if ((rc = kv_write(f, l)) < 0)
+        return rc;
+    if ((rc = attend(f, l)) < 0)
+        return rc;
+    if ((rc = mm(f, e->x, e->att, &w->wo, T, D, qd, 1)) < 0) /* the residual */
+        return rc;
+
+    if ((rc = norm(f, e->h, e->x, w->ffn_norm, T)) < 0)
+        return rc;
+    if ((rc = mm(f, e->gate, e->h, &w->w_gate, T, F, D, 0)) < 0)
+        return rc;
+    if ((rc = mm(f, e->up, e->h, &w->w_up, T, F, D, 0)) < 0)
+        return rc;
+    if ((rc = swiglu(f)) < 0)
+        return rc;
+    return mm(f, e->x, e->gate, &w->w_down, T, D, F, 1); /* the residual */
+}
+
+/* The rows asked for (the last n_logits of each item) gathered from x into
+ * h, as runs of consecutive source rows, one copy each (a decode step's
+ * rows are all one run); out_item / out_row say whose each row is. */
+static int gather_rows(const struct fwd *f, const struct pd_batch_item *items, uint32_t n_items,
+                       uint32_t *n_out)
+{
+    struct pd_engine *e = f->e;
+    const size_t D = e->hp.n_embd;
+    uint32_t t0 = 0, n_rows = 0, run_src = 0, run_len = 0;
+    int rc;
+    for (uint32_t i = 0; i < n_items; i++) {
+        const struct pd_batch_item *it = &items[i];
+        uint32_t first = t0 + it->n_tokens - it->n_logits;
+        t0 += it->n_tokens;
+        for (uint32_t j = 0; j < it->n_logits; j++, n_rows++) {
+            e->out_item[n_rows] = i;
+            e->out_row[n_rows] = j;
+            if (run_len && run_src + run_len == first + j) {
+                run_len++;
+                continue;
+            }
+            if (run_len && (rc = f->k->copy(e->h + (n_rows - run_len) * D, e->x + run_src * D,
+                                            run_len * D * sizeof(float), f->s)) < 0)
+                return rc;
+            run_src = first + j, run_len = 1;
+        }
+    }
+    if (run_len && (rc = f->k->copy(e->h + (n_rows - run_len) * D, e->x + run_src * D,
+                                    run_len * D * sizeof(float), f->s)) < 0)
+        return rc;
+    *n_out = n_rows;
+    return 0;
+}
+
+/* Logits only where asked: the output projection as few GEMMs (one per
+ * LOGIT_ROWS rows), since the vocabulary matrix is the largest read of a
+ * decode step; each chunk handed out (the CPU), sampled where it is (a
+ * device that samples), or on its way down. */
+static int head(const struct fwd *f, const struct pd_batch_item *items, uint32_t n_items,
+                uint32_t *pending)
+{
+    struct pd_engine *e = f->e;
+    const struct pd_hparams *hp = &e->hp;
+    uint32_t n_rows;
+    int rc;
+
+    if ((rc = gather_rows(f, items, n_items, &n_rows)) < 0)
+        return rc;
+    const bool here = e->h_logits == e->logits, defer = !here && n_rows <= e->logit_cap;
+    /* a sampling step's rows are one per item (validate), so they all fit */
+    const bool dev_sample = n_rows && items[e->out_item[0]].sampling && e->b->sample_rows;
+    if ((rc = norm(f, e->h, e->h, e->out_norm, n_rows)) < 0)
+        return rc;
+    if (dev_sample && (rc = e->b->sample_in(e, n_rows)) < 0)
+        return rc;
+    for (uint32_t r0 = 0; r0 < n_rows; r0 += LOGIT_ROWS) {
+        uint32_t m = n_rows - r0 < LOGIT_ROWS ? n_rows - r0 : LOGIT_ROWS;
+        const size_t bytes = (size_t)m * hp->n_vocab * sizeof(float);
+        if ((rc = mm(f, e->logits, e->h + (size_t)r0 * hp->n_embd, &e->w_out, m, hp->n_vocab,
+                     hp->n_embd, 0)) < 0)
+            return rc;
+        if (here) /* computed in place */
+            rc = pd_engine_fwd_hand_out(e, items, r0, m, e->h_logits);
+        else if (dev_sample) /* only the results come down */
+            rc = e->b->sample_rows(e, r0, m);
+        else if (defer) /* down in one copy, handed out after the wait */
+            rc = f->k->copy(e->h_logits + (size_t)r0 * hp->n_vocab, e->logits, bytes, f->s);
+        else if ((rc = f->k->copy(e->h_logits, e->logits, bytes, f->s)) == 0 &&
+                 (rc = f->k->sync(f->s)) == 0) /* more rows than h_logits holds */
+            rc = pd_engine_fwd_hand_out(e, items, r0, m, e->h_logits);
+        if (rc < 0)
+            return rc;
+    }
+    if (dev_sample && (rc = e->b->sample_out(e, n_rows)) < 0)
+        return rc;
+    *pending = defer ? n_rows : 0;
+    return 0;
+}
+
+int pd_engine_fwd(struct pd_engine *e, const struct pd_batch_item *items, uint32_t n_items,
+                  uint32_t T, uint32_t *pending)
+{
+    struct fwd f = {.e = e, .k = e->b, .s = e->stream, .T = T};
+    int rc;
+
+    /* a step with a prefill chunk: its items as runs for the prefill kernel
+     * (the CPU and the decode kernel ignore them) */
+    for (uint32_t i = 0; i < n_items; i++)
+        f.max_run = items[i].n_tokens > f.max_run ? items[i].n_tokens : f.max_run;
+    f.n_runs = f.max_run > 1 ? n_items : 0;
+
+    if ((rc = embed(&f)) < 0)
+        return rc;
+    for (uint32_t l = 0; l < e->hp.n_layer; l++)
+        if ((rc = layer(&f, l)) < 0)
+            return rc;
+    return head(&f, items, n_items, pending);
+}
+
+int pd_engine_fwd_upload(struct pd_engine *e, uint32_t n_items, uint32_t T)
+{
+    int rc = 0;
+    if (e->h_tok == e->tok)
+        return 0;
+    /* a sequence's table past its blocks is not read (positions bound it) */
+    const struct pd_backend *k = e->b;
+    void *s = e->stream;
+    if ((rc = k->copy(e->tok, e->h_tok, T * sizeof(*e->tok), s)) < 0 ||
+        (rc = k->copy(e->pos, e->h_pos, T * sizeof(*e->pos), s)) < 0 ||
+        (rc = k->copy(e->tok_seq, e->h_tok_seq, T * sizeof(*e->tok_seq), s)) < 0 ||
+        (rc = k->copy(e->slot, e->h_slot, T * sizeof(*e->slot), s)) < 0 ||
+        (rc = k->copy(e->runs, e->h_runs, (n_items + 1) * sizeof(*e->runs), s)) < 0 ||
+        (rc = k->copy(e->tables, e->h_tables,
+                      (size_t)n_items * e->max_blocks * sizeof(*e->tables), s)) < 0)
+        return rc;
+    return 0;
+}
+
+int pd_engine_fwd_hand_out(struct pd_engine *e, const struct pd_batch_item *items, uint32_t r0,
+                           uint32_t m, const float *src)
+{
+    const uint32_t V = e->hp.n_vocab;
+    for (uint32_t r = 0; r < m; r++) {
+        const struct pd_batch_item *it = &items[e->out_item[r0 + r]];
+        const float *row = src + (size_t)r * V;
+        if (!it->sampling) {
+            memcpy(it->logits + (size_t)e->out_row[r0 + r] * V, row, V * sizeof(float));
+            continue;
+        }
+        if (e->sampler) {
+            const int32_t *h = it->history, *out = h ? h + it->n_prompt : NULL;
+            int rc = pd_sample(e->sampler, it->sampling, row, h, it->n_prompt, out,
+                               it->n_history - it->n_prompt, it->result);
+            if (rc < 0)
+                return rc;
+            continue;
+        }
+        const uint32_t q = r0 + r;
+        if (e->h_stok[q] < 0) /* parameters the kernel refused (validated: a bug) */
+            return -EIO;
+        struct pd_sample_result *res = it->result;
+        res->token = e->h_stok[q];
+        res->logprob = e->h_slp[q];
+        res->n_top = e->h_ntop[q] <= PD_MAX_LOGPROBS ? e->h_ntop[q] : PD_MAX_LOGPROBS;
+        memcpy(res->top, e->h_top + (size_t)q * PD_MAX_LOGPROBS, res->n_top * sizeof(*res->top));
+    }
+    return 0;
+}

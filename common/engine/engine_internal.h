@@ -1,0 +1,203 @@
+/* common/engine internals, not for use outside engine*.c: the engine's body
+ * and the backend table. Calls go down only:
+ *
+ *   engine.c (the device-neutral core: parameters, scratch, the KV pool,
+ *             a step's bookkeeping, staging)
+ *     -> engine_cpu.c | engine_cuda.c (the backends: struct pd_backend)
+ *       -> engine_forward.c (the forward pass and its logits head,
+ *                            device-neutral: kernels through the table)
+ *       -> engine_mem.c (memory the engine owns on the host)
+ *
+ * as ggml-backend does: a backend is a table of functions chosen once, at
+ * pd_engine_new, and the core never asks which device it is on. What a new
+ * device, a new weight storage or a fused step adds is a table entry.
+ */
+#ifndef PD_ENGINE_INTERNAL_H
+#define PD_ENGINE_INTERNAL_H
+
+#include "engine.h"
+#include "pd_config.h"
+
+#include "attention.h"
+#include "embed.h"
+#include "kv_write.h"
+#include "matmul.h"
+#include "rmsnorm.h"
+#include "rope.h"
+#include "swiglu.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Rows of logits computed per GEMM: bounds the scratch at LOGIT_ROWS x vocab. */
+#define LOGIT_ROWS 64
+
+/* A weight matrix as a backend placed it: where it is (host or device) and
+ * its element type there (each matrix its own: F32 on the CPU today; BF16
+ * or F32 on a GPU; quantized types as kernels learn them). */
+struct pd_mat {
+    const void *data; /* (rows, cols) row-major in `type` */
+    uint32_t type;
+};
+
+struct layer_w {
+    const float *attn_norm; /* (n_embd) */
+    struct pd_mat wq; /* (n_head * head_dim, n_embd) */
+    struct pd_mat wk, wv; /* (n_head_kv * head_dim, n_embd) */
+    struct pd_mat wo; /* (n_embd, n_head * head_dim) */
+    const float *ffn_norm; /* (n_embd) */
+    struct pd_mat w_gate, w_up; /* (n_ff, n_embd) */
+    struct pd_mat w_down; /* (n_embd, n_ff) */
+};
+
+struct pd_backend {
+    const char *name;
+    /* ---- the kernels, enqueued on the engine's stream (NULL on the CPU);
+     * copies are asynchronous on a GPU: `sync` waits for everything issued */
+    int (*embed)(const struct pd_embed_args *, void *stream);
+    int (*rmsnorm)(const struct pd_rmsnorm_args *, void *stream);
+    int (*matmul)(const struct pd_matmul_args *, void *stream);
+    int (*rope)(const struct pd_rope_args *, void *stream);
+    int (*kv_write)(const struct pd_kv_write_args *, void *stream);
+    int (*attention)(const struct pd_attn_args *, void *stream);
+    int (*swiglu)(const struct pd_swiglu_args *, void *stream);
+    int (*copy)(void *dst, const void *src, size_t bytes, void *stream); /* either side */
+    int (*sync)(void *stream);
+    /* ---- construction, in this order (pd_engine_new); `done` undoes all
+     * of it, whatever part ran */
+    /* the device's own state and the weights placed for it (e->layers,
+     * out_norm, w_out, embd_table, rope_factors) */
+    int (*init)(struct pd_engine *e, const struct pd_engine_params *p, char *err, size_t errlen);
+    /* memory freed with the engine: where the kernels run, or host memory
+     * when `host` (page-locked where the device copies from it); NULL when
+     * there is none left */
+    void *(*alloc)(struct pd_engine *e, size_t bytes, bool host);
+    /* after the core's scratch: the host side of the index arrays and of the
+     * logits (h_*), and what sampling needs. -ENOMEM */
+    int (*scratch)(struct pd_engine *e, const struct pd_engine_params *p);
+    /* NULL, or: the KV pool's memory in kp (a device pool) */
+    int (*kv_pool)(struct pd_engine *e, const struct pd_engine_params *p,
+                   struct pd_kvcache_params *kp, char *err, size_t errlen);
+    /* NULL, or: the last of construction, after the pool (staging, a wait) */
+    int (*ready)(struct pd_engine *e, const struct pd_engine_params *p, char *err, size_t errlen);
+    void (*done)(struct pd_engine *e);
+    /* ---- a step whose index arrays are built on the host (h_*): run it,
+     * wait, hand its rows out (pd_engine_fwd_hand_out) */
+    int (*step)(struct pd_engine *e, const struct pd_batch_item *items, uint32_t n_items,
+                uint32_t T);
+    /* NULL (the CPU's sampler, in hand_out), or sampling where the logits
+     * are: the rows' parameters in (sample_in), rows [r0, r0 + m) of the
+     * logits scratch sampled (sample_rows), the results out (sample_out) */
+    int (*sample_in)(struct pd_engine *e, uint32_t n_rows);
+    int (*sample_rows)(struct pd_engine *e, uint32_t r0, uint32_t m);
+    int (*sample_out)(struct pd_engine *e, uint32_t n_rows);
+};
+
+extern const struct pd_backend pd_backend_cpu;
+#if PD_HAVE_CUDA
+extern const struct pd_backend pd_backend_cuda;
+/* engine_cuda.c: 0, or -ENODEV with why (no driver, no device) */
+int pd_backend_cuda_probe(char *why, size_t n);
+#endif
+
+struct pd_engine {
+    const struct pd_model *model;
+    struct pd_hparams hp;
+    const struct pd_backend *b;
+    enum pd_device device;
+    struct layer_w *layers; /* [n_layer] */
+    const struct pd_tensor *tok_embd; /* gathered in its stored type */
+    const void *embd_table; /* its rows: the mapping, or the device's copy */
+    const float *out_norm; /* (n_embd) */
+    struct pd_mat w_out; /* (n_vocab, n_embd) */
+    const float *rope_factors; /* (rope_dim / 2) or NULL */
+    float rope_scale;
+    float **owned; /* dequantized weights this engine allocated */
+    size_t n_owned;
+    void **dev; /* device memory this engine allocated */
+    size_t n_dev;
+    void **host; /* host scratch this engine allocated */
+    size_t n_host;
+
+    struct pd_kvcache *kc;
+    struct pd_kvcache *stage; /* GPU: the KV channel's pinned host blocks, or NULL */
+    bool stage_pinned;
+    void *stream; /* GPU: every kernel and copy of a step, in order; NULL on the CPU */
+    void **pinned; /* GPU: page-locked host scratch (index arrays, logits) */
+    size_t n_pinned;
+    uint32_t logit_cap; /* rows h_logits holds: a whole decode step's on a GPU */
+    bool graphs; /* GPU: decode steps replay CUDA graphs */
+    /* (2 (max_items + 1)): by batch size, for steps handing out logits (even
+     * index) or sampling (odd), captured on first use */
+    struct pd_cuda_graph **graph;
+    uint8_t *graph_seen; /* (as graph) ran once as plain launches: the next is captured */
+
+    /* sampling in the step (pd_batch_item.sampling): the CPU's sampler, or
+     * on a GPU each row's parameters, history offsets and prompt lengths
+     * (page-locked h_, device d_; logit_cap rows), the results coming back
+     * and kernels/sample.cu's workspace for a GEMM's rows. Histories go up
+     * only for steps with penalties (the kernel reads them for nothing else),
+     * into d_hist of hist_cap tokens, grown as needed. */
+    struct pd_sampler *sampler;
+    struct pd_sampling *h_sp, *d_sp;
+    uint32_t *h_hs, *d_hs, *h_np, *d_np, *h_ntop, *d_ntop;
+    int32_t *h_stok, *d_stok;
+    float *h_slp, *d_slp;
+    struct pd_token_logprob *h_top, *d_top;
+    void *d_sws;
+    uint64_t sws_bytes;
+    int32_t *h_hist, *d_hist;
+    uint64_t hist_cap;
+    uint32_t max_tokens, max_model_len, max_items, max_blocks;
+
+    /* scratch for max_tokens tokens */
+    float *x; /* (T, n_embd) residual stream */
+    float *h; /* (T, n_embd) normed */
+    float *q; /* (T, n_head * head_dim) */
+    float *kk, *vv; /* (T, n_head_kv * head_dim) */
+    float *att; /* (T, n_head * head_dim) */
+    float *gate, *up; /* (T, n_ff) */
+    int32_t *tok, *pos, *tok_seq; /* (T) */
+    int64_t *slot; /* (T) */
+    uint32_t *tables; /* (max_items, max_blocks) */
+    int32_t *runs; /* (max_items + 1) where each item's tokens start (the prefill kernel's runs) */
+    /* the same index arrays as the step builds them on the host: the arrays
+     * above themselves on the CPU, their staging on a GPU */
+    int32_t *h_tok, *h_pos, *h_tok_seq, *h_runs;
+    float *h_logits; /* (logit_cap, n_vocab) */
+    int64_t *h_slot;
+    uint32_t *h_tables;
+    uint32_t w_type; /* the GPU's matrices' elements: F32 or BF16 */
+    void *xs; /* (max(T, LOGIT_ROWS), max(n_embd, n_head * head_dim, n_ff)) bf16: a GEMM's x
+               * rounded for bf16 matrices (GPU) */
+    void *attn_ws; /* decode attention's split partials (GPU) */
+    uint64_t attn_ws_bytes;
+    uint32_t *out_item, *out_row; /* (T): which item / logits row each output row is */
+    float *logits; /* (LOGIT_ROWS, n_vocab) */
+};
+
+/* engine_mem.c: host memory freed with the engine (the CPU backend's alloc) */
+void *pd_engine_host_alloc(struct pd_engine *e, size_t bytes);
+/* engine_mem.c: a weight as float32, in place when stored so (and aligned), else
+ * dequantized into memory the engine owns; NULL out of memory */
+const float *pd_engine_weight_f32(struct pd_engine *e, const struct pd_tensor *t);
+/* engine_mem.c: frees what the two above allocated */
+void pd_engine_mem_free(struct pd_engine *e);
+
+/* engine_forward.c: the step's work, issued on the engine's stream. The
+ * logits rows asked for end in the items, or, on a GPU when they fit
+ * h_logits (every decode step), on their way to h_logits with *pending rows
+ * to hand out after the caller waits: the work then holds no wait, so that
+ * it can be captured as a CUDA graph. */
+int pd_engine_fwd(struct pd_engine *e, const struct pd_batch_item *items, uint32_t n_items,
+                  uint32_t T, uint32_t *pending);
+/* the step's index arrays to where the kernels read them (nothing to do
+ * when they are built in place) */
+int pd_engine_fwd_upload(struct pd_engine *e, uint32_t n_items, uint32_t T);
+/* rows [r0, r0 + m) to the items that asked for them (logits from src, or a
+ * token: the CPU's sampler from src, or the results a device sampled) */
+int pd_engine_fwd_hand_out(struct pd_engine *e, const struct pd_batch_item *items, uint32_t r0,
+                           uint32_t m, const float *src);
+
+#endif

@@ -1,0 +1,57 @@
+/* common/engine/engine_mem: memory the engine owns on the host, whatever
+ * the device: scratch (the CPU backend's) and dequantized weights. */
+#include "engine_internal.h"
+
+#include "quant.h"
+
+#include <stdlib.h>
+
+void *pd_engine_host_alloc(struct pd_engine *e, size_t bytes)
+{
+    void **h = realloc(e->host, (e->n_host + 1) * sizeof(*h));
+    if (!h)
+        return NULL;
+    e->host = h;
+    void *p = calloc(1, bytes ? bytes : 1);
+    if (p)
+        e->host[e->n_host++] = p;
+    return p;
+}
+
+const float *pd_engine_weight_f32(struct pd_engine *e, const struct pd_tensor *t)
+{
+    if (t->type == PD_DT_F32 && ((uintptr_t)t->data % sizeof(float)) == 0)
+        return t->data;
+    uint64_t row_bytes, rows = t->ne[1] * t->ne[2] * t->ne[3];
+    if (pd_dtype_row_size(t->type, t->ne[0], &row_bytes) < 0)
+        return NULL;
+    float *w = malloc(t->ne[0] * rows * sizeof(float));
+    float **o = realloc(e->owned, (e->n_owned + 1) * sizeof(*o));
+    if (!w || !o) {
+        free(w);
+        if (o)
+            e->owned = o;
+        return NULL;
+    }
+    e->owned = o;
+    e->owned[e->n_owned++] = w;
+    for (uint64_t r = 0; r < rows; r++)
+        if (pd_dequant_row(t->type, (const uint8_t *)t->data + r * row_bytes, w + r * t->ne[0],
+                           t->ne[0]) < 0)
+            return NULL;
+    return w;
+}
+
+void pd_engine_mem_free(struct pd_engine *e)
+{
+    for (size_t i = 0; i < e->n_owned; i++)
+        free(e->owned[i]);
+    free(e->owned);
+    e->owned = NULL;
+    e->n_owned = 0;
+    for (size_t i = 0; i < e->n_host; i++)
+        free(e->host[i]);
+    free(e->host);
+    e->host = NULL;
+    e->n_host = 0;
+}
