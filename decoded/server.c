@@ -1,4 +1,4 @@
-#include "server.h"
+#include "server_internal.h"
 
 #include "api.h"
 #include "chat.h"
@@ -23,55 +23,6 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
-
-#define ADMIN_MAX_CONNECTIONS 64
-#define MAX_HEADERS_SIZE (16u << 10)
-#define PEEK_INTERVAL_NS 200000000u /* how often a waiting client is checked for having left */
-
-/* One API request between its arrival and its last byte. */
-struct dec_http {
-    struct dec_server *srv;
-    struct dec_http *prev, *next; /* in flight */
-    struct evhttp_request *req; /* NULL once libevent freed it */
-    struct evhttp_connection *evcon; /* NULL once the connection closed */
-    struct dec_job *job;
-    struct dec_api_out out;
-    const char *path;
-    bool stream, include_usage, started, cut, client_gone;
-    uint32_t n_top;
-    bool logprobs;
-    uint32_t n_prompt;
-    char *text; /* non-streamed: the completion so far */
-    size_t len, cap;
-    cJSON *lp; /* non-streamed: log-probabilities so far */
-    size_t text_offset;
-    uint64_t t_start_ns, last_peek_ns;
-};
-
-struct dec_server {
-    struct dec_server_cfg cfg;
-    struct event_base *base;
-    const struct pd_tokenizer *tok;
-    const struct pd_chat_template *chat;
-    struct dec_sched *sched;
-    struct dec_remote *remote; /* NULL: every prompt prefills locally */
-    uint32_t local_prefill_max;
-    struct evhttp *api, *admin;
-    struct pd_http_conns *api_conns, *admin_conns;
-    struct event *wake_ev;
-    struct dec_http *inflight;
-    uint32_t n_inflight;
-    bool draining;
-    struct dec_api_limits limits;
-
-    struct pd_metrics *metrics;
-    struct dec_sched_metrics sm;
-    struct pd_metric *fin_stop, *fin_length, *fin_abort, *fin_error;
-    struct pd_metric *http_2xx, *http_4xx, *http_5xx, *conns_gauge, *cut_total;
-    struct pd_metric *refused[3]; /* deadline, per_source, bad_request */
-    struct pd_http_conns_stats refused_seen;
-    struct pd_ratelimit rl_cut, rl_refuse;
-};
 
 /* ---- metrics ---- */
 
@@ -153,314 +104,6 @@ static int metrics_init(struct dec_server *s)
     return s->cut_total ? 0 : -ENOMEM;
 }
 
-static void count_status(struct dec_server *s, int status)
-{
-    pd_metric_add(status < 300 ? s->http_2xx : status < 500 ? s->http_4xx : s->http_5xx, 1);
-}
-
-/* ---- small replies ---- */
-
-static const char *type_for(int status)
-{
-    switch (status) {
-    case 401: return "authentication_error";
-    case 404: return "not_found_error";
-    case 429: return "rate_limit_error";
-    case 500: return "internal_error";
-    case 502: return "bad_gateway";
-    case 503: return "service_unavailable";
-    default: return "invalid_request_error";
-    }
-}
-
-/* An error for a request that never reached the scheduler; logged once. */
-static void reject(struct dec_server *s, struct evhttp_request *req, const char *id, int status,
-                   const char *param, const char *code, const char *msg)
-{
-    pd_http_error(req, status, type_for(status), param, code, "%s", msg);
-    count_status(s, status);
-    char path[128];
-    const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(req);
-    snprintf(path, sizeof(path), "%s", u && evhttp_uri_get_path(u) ? evhttp_uri_get_path(u) : "?");
-    pd_log(PD_LOG_INFO, "%s: %s %d %s%s%s", id, path, status,
-           code ? code : type_for(status), param ? " param=" : "", param ? param : "");
-}
-
-static void reply_json_obj(struct dec_server *s, struct evhttp_request *req, int status,
-                           cJSON *obj)
-{
-    char *body = obj ? cJSON_PrintUnformatted(obj) : NULL;
-    cJSON_Delete(obj);
-    if (!body) {
-        pd_http_error(req, 503, "service_unavailable", NULL, NULL, "out of memory");
-        count_status(s, 503);
-        return;
-    }
-    pd_http_reply_json(req, status, body, strlen(body));
-    count_status(s, status);
-    free(body);
-}
-
-/* ---- in-flight requests ---- */
-
-static void unlink_http(struct dec_server *s, struct dec_http *h)
-{
-    if (h->prev)
-        h->prev->next = h->next;
-    else
-        s->inflight = h->next;
-    if (h->next)
-        h->next->prev = h->prev;
-    s->n_inflight--;
-}
-
-static void free_http(struct dec_http *h)
-{
-    if (h->job)
-        h->job->owner = NULL;
-    dec_job_unref(h->job);
-    free(h->text);
-    cJSON_Delete(h->lp);
-    free(h);
-}
-
-/* pd_http_conns tells us a connection is gone. A request it carried is
- * either detached (libevent leaves it to us: we free it by replying) or
- * about to be freed with the connection. */
-/* A connection refused before a request reached us (common/http: a
- * deadline, the per-source cap, a malformed head). */
-static void conn_refused(const char *why, const char *peer, void *arg)
-{
-    struct dec_server *s = arg;
-    pd_log_ratelimited(&s->rl_refuse, PD_LOG_WARN, "HTTP: closing a connection from %s: %s",
-                       peer, why);
-}
-
-static void conn_closed(struct evhttp_connection *evcon, void *arg)
-{
-    struct dec_server *s = arg;
-    pd_metric_set(s->conns_gauge, pd_http_conns_count(s->api_conns));
-    for (struct dec_http *h = s->inflight; h; h = h->next) {
-        if (h->evcon != evcon)
-            continue;
-        h->evcon = NULL;
-        h->client_gone = true;
-        if (h->req && evhttp_request_get_connection(h->req) != NULL)
-            h->req = NULL;
-        dec_job_cancel(h->job);
-    }
-}
-
-static const char *finish_name(enum dec_finish f)
-{
-    switch (f) {
-    case DEC_FIN_STOP: return "stop";
-    case DEC_FIN_LENGTH: return "length";
-    case DEC_FIN_CANCELLED: return "abort";
-    default: return "error";
-    }
-}
-
-static void log_done(struct dec_http *h, int status, const struct dec_event *e)
-{
-    uint64_t now = pd_now_ns();
-    double e2e = (double)(now - h->t_start_ns) * 1e-9;
-    double ttft = e->t_first_ns ? (double)(e->t_first_ns - h->t_start_ns) * 1e-9 : -1;
-    const char *why = h->cut ? "abort (slow reader cut)"
-                      : h->client_gone && e->finish == DEC_FIN_CANCELLED ? "abort (client gone)"
-                                                                         : finish_name(e->finish);
-    pd_log(e->finish == DEC_FIN_ERROR ? PD_LOG_ERR : PD_LOG_INFO,
-           "%s: %s %d %s prompt=%u completion=%u ttft=%.3fs e2e=%.3fs preempted=%u%s%s",
-           h->out.id, h->path, status, why, h->n_prompt, e->n_gen, ttft, e2e, e->n_preempted,
-           e->err[0] ? ": " : "", e->err);
-}
-
-static int append_text(struct dec_http *h, const char *t, size_t n)
-{
-    if (h->len + n + 1 > h->cap) {
-        size_t cap = h->cap ? h->cap : 256;
-        while (cap < h->len + n + 1)
-            cap *= 2;
-        char *p = realloc(h->text, cap);
-        if (!p)
-            return -ENOMEM;
-        h->text = p;
-        h->cap = cap;
-    }
-    memcpy(h->text + h->len, t, n);
-    h->len += n;
-    h->text[h->len] = '\0';
-    return 0;
-}
-
-/* Stream one chunk; cut a client that lets more than the cap pile up. */
-static void stream_send(struct dec_http *h, char *json)
-{
-    struct dec_server *s = h->srv;
-    if (!json || !h->req || h->cut || h->client_gone) {
-        free(json);
-        return;
-    }
-    int rc = pd_http_sse_send(h->req, json, strlen(json), s->cfg.max_client_buffer);
-    free(json);
-    if (rc == -ENOBUFS) {
-        h->cut = true;
-        pd_metric_add(s->cut_total, 1);
-        pd_log_ratelimited(&s->rl_cut, PD_LOG_WARN,
-                           "%s: client is not reading (over %" PRIu64 " bytes queued); cutting it",
-                           h->out.id, s->cfg.max_client_buffer);
-        dec_job_cancel(h->job);
-        if (h->evcon)
-            pd_http_cut(h->evcon);
-    }
-}
-
-static void finish_stream(struct dec_http *h, const struct dec_event *e)
-{
-    struct dec_server *s = h->srv;
-    int status = 200;
-    if (e->finish == DEC_FIN_STOP || e->finish == DEC_FIN_LENGTH) {
-        stream_send(h, dec_api_chunk(&h->out, "", 0, false, NULL, finish_name(e->finish),
-                                     h->include_usage));
-        if (h->include_usage)
-            stream_send(h, dec_api_usage_chunk(&h->out, h->n_prompt, e->n_gen));
-    } else if (e->finish == DEC_FIN_ERROR || (e->finish == DEC_FIN_CANCELLED && !h->client_gone &&
-                                              !h->cut)) {
-        /* the status line is gone already: the error travels as an event */
-        bool err = e->finish == DEC_FIN_ERROR;
-        status = err ? (e->status ? e->status : 500) : 503;
-        char *body = pd_http_error_body(err ? e->err : "the server is shutting down",
-                                        type_for(status), NULL, NULL);
-        stream_send(h, body);
-    } else {
-        status = 499; /* nginx's "client closed request": for the log */
-    }
-    if (h->req)
-        pd_http_sse_end(h->req, status == 200 || status >= 500);
-    h->req = NULL;
-    count_status(s, status == 499 ? 400 : status);
-    log_done(h, status, e);
-}
-
-static void finish_whole(struct dec_http *h, const struct dec_event *e)
-{
-    struct dec_server *s = h->srv;
-    int status;
-    if (e->finish == DEC_FIN_STOP || e->finish == DEC_FIN_LENGTH) {
-        status = 200;
-        char *body = dec_api_response(&h->out, h->text ? h->text : "", h->len, h->lp,
-                                      finish_name(e->finish), h->n_prompt, e->n_gen);
-        h->lp = NULL;
-        if (h->req) {
-            if (body) {
-                pd_http_reply_json(h->req, 200, body, strlen(body));
-            } else {
-                status = 503;
-                pd_http_error(h->req, status, type_for(status), NULL, NULL, "out of memory");
-            }
-        }
-        free(body);
-    } else if (e->finish == DEC_FIN_ERROR) {
-        status = e->status ? e->status : 500;
-        if (h->req)
-            pd_http_error(h->req, status, type_for(status), NULL,
-                          e->status ? "prefill_failed" : NULL, "%s", e->err);
-    } else {
-        status = h->client_gone ? 499 : 503;
-        if (h->req)
-            pd_http_error(h->req, 503, type_for(503), NULL, "shutting_down",
-                          "the server is shutting down");
-    }
-    h->req = NULL;
-    count_status(s, status == 499 ? 400 : status);
-    log_done(h, status, e);
-}
-
-static void on_event(struct dec_server *s, struct dec_event *e)
-{
-    if (e->kind == DEC_EV_REMOTE_START) {
-        dec_remote_start(s->remote, e);
-        return;
-    }
-    if (e->kind == DEC_EV_REMOTE_CANCEL) {
-        dec_remote_cancel(s->remote, e->job);
-        return;
-    }
-    struct dec_http *h = e->job->owner;
-    if (!h)
-        return;
-    if (e->has_token && h->logprobs && !h->lp)
-        h->lp = dec_api_lp_new(h->out.kind);
-    if (e->has_token && h->lp)
-        dec_api_lp_add(h->lp, h->out.kind, s->tok, &e->token, h->n_top, h->text_offset);
-    h->text_offset += e->len;
-
-    if (h->stream) {
-        /* a chunk when there is text, log-probabilities, or the role to open with */
-        bool first = !h->started && h->out.kind == DEC_API_CHAT;
-        if (e->len || h->lp || first) {
-            stream_send(h, dec_api_chunk(&h->out, e->text, e->len, first, h->lp, NULL,
-                                         h->include_usage));
-            h->lp = NULL;
-            h->started = true;
-        }
-    } else {
-        if (append_text(h, e->text, e->len) < 0)
-            dec_job_cancel(h->job);
-        /* libevent does not read a connection while we compute its reply:
-         * look for a client that left, now and then */
-        uint64_t now = pd_now_ns();
-        if (h->evcon && now - h->last_peek_ns > PEEK_INTERVAL_NS) {
-            h->last_peek_ns = now;
-            if (pd_http_peer_gone(h->evcon)) {
-                h->client_gone = true;
-                dec_job_cancel(h->job);
-            }
-        }
-    }
-    if (e->finish == DEC_FIN_NONE)
-        return;
-    struct pd_metric *fin = e->finish == DEC_FIN_STOP     ? s->fin_stop
-                            : e->finish == DEC_FIN_LENGTH ? s->fin_length
-                            : e->finish == DEC_FIN_ERROR  ? s->fin_error
-                                                          : s->fin_abort;
-    pd_metric_add(fin, 1);
-    if (h->stream)
-        finish_stream(h, e);
-    else
-        finish_whole(h, e);
-    unlink_http(s, h);
-    free_http(h);
-    if (s->draining && s->n_inflight == 0)
-        event_base_loopexit(s->base, NULL);
-}
-
-void dec_server_take_events(struct dec_server *s)
-{
-    if (!s->sched)
-        return;
-    struct dec_event *e = dec_sched_take(s->sched);
-    while (e) {
-        struct dec_event *next = e->next;
-        on_event(s, e);
-        dec_event_free(e);
-        e = next;
-    }
-}
-
-static void wake_cb(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    dec_server_take_events(arg);
-}
-
-void dec_server_wake(void *arg)
-{
-    struct dec_server *s = arg;
-    event_active(s->wake_ev, EV_READ, 0);
-}
-
 /* ---- generation requests ---- */
 
 /* The prompt as token ids: the given ids, or text (rendered from messages
@@ -476,7 +119,7 @@ static int prompt_tokens(struct dec_server *s, struct evhttp_request *req, const
                 snprintf(err, sizeof(err),
                          "token id %d at position %u is outside the vocabulary [0, %u)",
                          r->ids[i], i, s->cfg.n_vocab);
-                reject(s, req, id, 400, "prompt", "invalid_value", err);
+                dec_reply_reject(s, req, id, 400, "prompt", "invalid_value", err);
                 return -EINVAL;
             }
         *ids = r->ids;
@@ -485,9 +128,10 @@ static int prompt_tokens(struct dec_server *s, struct evhttp_request *req, const
         return 0;
     }
     if (!s->tok) {
-        reject(s, req, id, 400, r->kind == DEC_API_CHAT ? "messages" : "prompt", "no_tokenizer",
-               "this model has no tokenizer (dummy weights): send the prompt to /v1/completions "
-               "as an array of token ids");
+        dec_reply_reject(
+            s, req, id, 400, r->kind == DEC_API_CHAT ? "messages" : "prompt", "no_tokenizer",
+            "this model has no tokenizer (dummy weights): send the prompt to /v1/completions "
+            "as an array of token ids");
         return -EINVAL;
     }
     char *text = NULL;
@@ -495,9 +139,10 @@ static int prompt_tokens(struct dec_server *s, struct evhttp_request *req, const
     size_t len = r->prompt_len;
     if (r->kind == DEC_API_CHAT) {
         if (!s->chat) {
-            reject(s, req, id, 400, "messages", "no_chat_template",
-                   "this model has no chat template the server understands; start it with "
-                   "--chat-template, or use /v1/completions");
+            dec_reply_reject(
+                s, req, id, 400, "messages", "no_chat_template",
+                "this model has no chat template the server understands; start it with "
+                "--chat-template, or use /v1/completions");
             return -EINVAL;
         }
         size_t need = 4096;
@@ -505,17 +150,17 @@ static int prompt_tokens(struct dec_server *s, struct evhttp_request *req, const
             char *t = realloc(text, need + 1);
             if (!t) {
                 free(text);
-                reject(s, req, id, 503, NULL, NULL, "out of memory");
+                dec_reply_reject(s, req, id, 503, NULL, NULL, "out of memory");
                 return -ENOMEM;
             }
             text = t;
-            int rc = pd_chat_render(s->chat, r->msgs, r->n_msgs, true, text, need + 1, &len,
-                                    err, sizeof(err));
+            int rc = pd_chat_render(s->chat, r->msgs, r->n_msgs, true, text, need + 1, &len, err,
+                                    sizeof(err));
             if (rc == 0)
                 break;
             if (rc != -E2BIG || tries == 1) {
                 free(text);
-                reject(s, req, id, 400, "messages", "invalid_value", err);
+                dec_reply_reject(s, req, id, 400, "messages", "invalid_value", err);
                 return -EINVAL;
             }
             need = len;
@@ -528,21 +173,23 @@ static int prompt_tokens(struct dec_server *s, struct evhttp_request *req, const
     free(text);
     if (rc == -E2BIG || (rc == 0 && n > cap)) {
         free(out);
-        snprintf(err, sizeof(err), "the prompt has %zu tokens; this server takes at most %u "
-                 "(--max-prompt-tokens, --max-model-len)", n, cap);
-        reject(s, req, id, 413, r->kind == DEC_API_CHAT ? "messages" : "prompt",
-               "prompt_too_long", err);
+        snprintf(err, sizeof(err),
+                 "the prompt has %zu tokens; this server takes at most %u "
+                 "(--max-prompt-tokens, --max-model-len)",
+                 n, cap);
+        dec_reply_reject(s, req, id, 413, r->kind == DEC_API_CHAT ? "messages" : "prompt",
+                         "prompt_too_long", err);
         return -E2BIG;
     }
     if (rc < 0) {
         free(out);
-        reject(s, req, id, rc == -ENOMEM ? 503 : 400, NULL, NULL,
-               rc == -ENOMEM ? "out of memory" : "the prompt cannot be tokenized");
+        dec_reply_reject(s, req, id, rc == -ENOMEM ? 503 : 400, NULL, NULL,
+                         rc == -ENOMEM ? "out of memory" : "the prompt cannot be tokenized");
         return rc;
     }
     if (n == 0) {
         free(out);
-        reject(s, req, id, 400, "prompt", "invalid_value", "the prompt is empty");
+        dec_reply_reject(s, req, id, 400, "prompt", "invalid_value", "the prompt is empty");
         return -EINVAL;
     }
     *ids = out;
@@ -562,8 +209,8 @@ static int decide_max_tokens(struct dec_server *s, struct evhttp_request *req, c
         snprintf(msg, sizeof(msg), "the prompt has %u tokens; the KV cache holds %" PRIu64
                  " tokens in all (--kv-cache-memory), and a request needs room for its prompt "
                  "and at least one generated token", n_prompt, c->kv_capacity_tokens);
-        reject(s, req, id, 413, r->kind == DEC_API_CHAT ? "messages" : "prompt",
-               "prompt_too_long", msg);
+        dec_reply_reject(s, req, id, 413, r->kind == DEC_API_CHAT ? "messages" : "prompt",
+                         "prompt_too_long", msg);
         return -E2BIG;
     }
     uint64_t room = c->max_model_len - n_prompt; /* n_prompt < max_model_len */
@@ -576,17 +223,18 @@ static int decide_max_tokens(struct dec_server *s, struct evhttp_request *req, c
     if (c->max_tokens_cap && (uint64_t)r->max_tokens > c->max_tokens_cap) {
         snprintf(msg, sizeof(msg), "max_tokens is %" PRId64 "; this server allows at most %u",
                  r->max_tokens, c->max_tokens_cap);
-        reject(s, req, id, 400, "max_tokens", "invalid_value", msg);
+        dec_reply_reject(s, req, id, 400, "max_tokens", "invalid_value", msg);
         return -EINVAL;
     }
     if ((uint64_t)r->max_tokens > room) {
-        snprintf(msg, sizeof(msg), "This model's maximum context length is %u tokens. However, you "
+        snprintf(msg, sizeof(msg),
+                 "This model's maximum context length is %u tokens. However, you "
                  "requested %" PRIu64 " tokens (%u in the prompt, %" PRId64 " in the completion). "
                  "Please reduce the length of the prompt or completion.",
                  (uint32_t)(c->kv_capacity_tokens < c->max_model_len ? c->kv_capacity_tokens
                                                                      : c->max_model_len),
                  (uint64_t)n_prompt + (uint64_t)r->max_tokens, n_prompt, r->max_tokens);
-        reject(s, req, id, 400, "max_tokens", "context_length_exceeded", msg);
+        dec_reply_reject(s, req, id, 400, "max_tokens", "context_length_exceeded", msg);
         return -EINVAL;
     }
     *out = (uint32_t)r->max_tokens;
@@ -608,7 +256,7 @@ static void tokenize(struct dec_server *s, struct evhttp_request *req, const cha
     struct dec_api_req r;
     struct dec_api_err e;
     if (dec_api_parse(kind, body, len, &s->limits, &r, &e) < 0) {
-        reject(s, req, id, e.status, e.param, e.code, e.msg);
+        dec_reply_reject(s, req, id, e.status, e.param, e.code, e.msg);
         return;
     }
     int32_t *ids = NULL;
@@ -616,7 +264,7 @@ static void tokenize(struct dec_server *s, struct evhttp_request *req, const cha
     if (r.model && strcmp(r.model, s->cfg.model_name) != 0) {
         char msg[300];
         snprintf(msg, sizeof(msg), "The model `%.200s` does not exist.", r.model);
-        reject(s, req, id, 404, "model", "model_not_found", msg);
+        dec_reply_reject(s, req, id, 404, "model", "model_not_found", msg);
     } else if (prompt_tokens(s, req, id, &r, &ids, &n) == 0) {
         cJSON *o = cJSON_CreateObject();
         cJSON *t = o ? cJSON_AddArrayToObject(o, "tokens") : NULL;
@@ -626,11 +274,11 @@ static void tokenize(struct dec_server *s, struct evhttp_request *req, const cha
             cJSON_AddNumberToObject(o, "count", n);
             cJSON_AddNumberToObject(o, "max_model_len", s->cfg.max_model_len);
         }
-        if (!t) { /* out of memory: reply_json_obj answers 503 for NULL */
+        if (!t) { /* out of memory: dec_reply_json answers 503 for NULL */
             cJSON_Delete(o);
             o = NULL;
         }
-        reply_json_obj(s, req, 200, o);
+        dec_reply_json(s, req, 200, o);
     }
     free(ids);
     dec_api_req_done(&r);
@@ -647,13 +295,13 @@ static void detokenize(struct dec_server *s, struct evhttp_request *req, const c
     char *text = NULL;
     struct dec_api_err e;
     if (!s->tok) {
-        reject(s, req, id, 400, "tokens", "no_tokenizer", "this model has no tokenizer");
+        dec_reply_reject(s, req, id, 400, "tokens", "no_tokenizer", "this model has no tokenizer");
         return;
     }
     size_t n_ids = 0;
     if (dec_api_token_list(body, len, &s->limits, s->cfg.n_vocab, s->cfg.max_model_len, &ids,
                            &n_ids, &e) < 0) {
-        reject(s, req, id, e.status, e.param, e.code, e.msg);
+        dec_reply_reject(s, req, id, e.status, e.param, e.code, e.msg);
         return;
     }
     size_t cap = 4 * n_ids + 64, got = 0;
@@ -668,13 +316,13 @@ static void detokenize(struct dec_server *s, struct evhttp_request *req, const c
         cap = got + 1;
     }
     if (rc < 0) {
-        reject(s, req, id, rc == -ENOMEM ? 503 : 400, "tokens", NULL,
-               rc == -ENOMEM ? "out of memory" : "the tokens cannot be decoded");
+        dec_reply_reject(s, req, id, rc == -ENOMEM ? 503 : 400, "tokens", NULL,
+                         rc == -ENOMEM ? "out of memory" : "the tokens cannot be decoded");
     } else {
         cJSON *o = cJSON_CreateObject();
         if (o)
             cJSON_AddStringToObject(o, "prompt", text);
-        reply_json_obj(s, req, 200, o);
+        dec_reply_json(s, req, 200, o);
     }
     free(text);
     free(ids);
@@ -693,16 +341,16 @@ static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_
     char msg[512];
 
     if (dec_api_parse(kind, body, len, &s->limits, &r, &e) < 0) {
-        reject(s, req, id, e.status, e.param, e.code, e.msg);
+        dec_reply_reject(s, req, id, e.status, e.param, e.code, e.msg);
         return;
     }
     if (r.model && strcmp(r.model, s->cfg.model_name) != 0) {
         snprintf(msg, sizeof(msg), "The model `%.200s` does not exist.", r.model);
-        reject(s, req, id, 404, "model", "model_not_found", msg);
+        dec_reply_reject(s, req, id, 404, "model", "model_not_found", msg);
         goto out;
     }
     if (!(job = dec_job_new()) || !(h = calloc(1, sizeof(*h)))) {
-        reject(s, req, id, 503, NULL, NULL, "out of memory");
+        dec_reply_reject(s, req, id, 503, NULL, NULL, "out of memory");
         goto out;
     }
     if (prompt_tokens(s, req, id, &r, &job->prompt, &job->n_prompt) < 0 ||
@@ -713,7 +361,7 @@ static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_
     if (!r.has_seed && getrandom(&r.sampling.seed, sizeof(r.sampling.seed), 0) < 0)
         r.sampling.seed = pd_now_ns();
     if (pd_sampling_validate(&r.sampling, s->cfg.n_vocab, msg, sizeof(msg)) < 0) {
-        reject(s, req, id, 400, NULL, "invalid_value", msg);
+        dec_reply_reject(s, req, id, 400, NULL, "invalid_value", msg);
         goto out;
     }
     snprintf(job->id, sizeof(job->id), "%s", id);
@@ -734,17 +382,17 @@ static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_
     int rc = dec_sched_submit(s->sched, job);
     if (rc == -EAGAIN) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
-        reject(s, req, id, 429, NULL, "too_many_requests",
-               "the server is at capacity (--max-waiting requests queued); retry later");
+        dec_reply_reject(s, req, id, 429, NULL, "too_many_requests",
+                         "the server is at capacity (--max-waiting requests queued); retry later");
         goto out;
     }
     if (rc == -E2BIG) { /* decide_max_tokens keeps this from happening */
-        reject(s, req, id, 413, NULL, "prompt_too_long",
-               "the prompt and max_tokens do not fit the KV cache (--kv-cache-memory)");
+        dec_reply_reject(s, req, id, 413, NULL, "prompt_too_long",
+                         "the prompt and max_tokens do not fit the KV cache (--kv-cache-memory)");
         goto out;
     }
     if (rc < 0) {
-        reject(s, req, id, 503, NULL, "shutting_down", "the server is shutting down");
+        dec_reply_reject(s, req, id, 503, NULL, "shutting_down", "the server is shutting down");
         goto out;
     }
     h->srv = s;
@@ -752,8 +400,8 @@ static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_
     h->evcon = evhttp_request_get_connection(req);
     h->job = job;
     job = NULL;
-    h->out = (struct dec_api_out){.kind = kind, .id = h->job->id, .model = s->cfg.model_name,
-                                  .created = (int64_t)time(NULL)};
+    h->out = (struct dec_api_out){
+        .kind = kind, .id = h->job->id, .model = s->cfg.model_name, .created = (int64_t)time(NULL)};
     h->path = kind == DEC_API_CHAT ? "/v1/chat/completions" : "/v1/completions";
     h->stream = r.stream;
     h->include_usage = r.include_usage;
@@ -807,7 +455,7 @@ static void models(struct dec_server *s, struct evhttp_request *req)
         m = NULL;
     }
     cJSON_Delete(m);
-    reply_json_obj(s, req, 200, root);
+    dec_reply_json(s, req, 200, root);
 }
 
 static void health(struct dec_server *s, struct evhttp_request *req)
@@ -850,20 +498,20 @@ static void api_cb(struct evhttp_request *req, void *arg)
     /* the key before the route: without it, nothing says which paths exist */
     if (!pd_http_bearer_ok(req, s->cfg.api_key)) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer");
-        reject(s, req, id, 401, NULL, "invalid_api_key",
-               "missing or incorrect API key (Authorization: Bearer ...)");
+        dec_reply_reject(s, req, id, 401, NULL, "invalid_api_key",
+                         "missing or incorrect API key (Authorization: Bearer ...)");
         return;
     }
     if (strncmp(path, "/v1/models/", 11) == 0) { /* one model: client.models.retrieve() */
         char *name = evhttp_uridecode(path + 11, 0, NULL); /* %3A is ':' */
         if (!get) {
-            reject(s, req, id, 405, NULL, "method_not_allowed", "use GET");
+            dec_reply_reject(s, req, id, 405, NULL, "method_not_allowed", "use GET");
         } else if (!name || strcmp(name, s->cfg.model_name) != 0) {
             char msg[200];
             snprintf(msg, sizeof(msg), "the model '%.128s' does not exist", name ? name : "?");
-            reject(s, req, id, 404, "model", "model_not_found", msg);
+            dec_reply_reject(s, req, id, 404, "model", "model_not_found", msg);
         } else {
-            reply_json_obj(s, req, 200, model_obj(s));
+            dec_reply_json(s, req, 200, model_obj(s));
         }
         free(name);
         return;
@@ -871,7 +519,7 @@ static void api_cb(struct evhttp_request *req, void *arg)
     bool tok = strcmp(path, "/tokenize") == 0, detok = strcmp(path, "/detokenize") == 0;
     if (tok || detok) { /* vLLM's, beside the OpenAI routes */
         if (method != EVHTTP_REQ_POST)
-            reject(s, req, id, 405, NULL, "method_not_allowed", "use POST");
+            dec_reply_reject(s, req, id, 405, NULL, "method_not_allowed", "use POST");
         else if (tok)
             tokenize(s, req, id);
         else
@@ -880,22 +528,22 @@ static void api_cb(struct evhttp_request *req, void *arg)
     }
     bool known = chat || strcmp(path, "/v1/completions") == 0 || strcmp(path, "/v1/models") == 0;
     if (!known) {
-        reject(s, req, id, 404, NULL, "not_found", "no such endpoint");
+        dec_reply_reject(s, req, id, 404, NULL, "not_found", "no such endpoint");
         return;
     }
     if (strcmp(path, "/v1/models") == 0) {
         if (!get)
-            reject(s, req, id, 405, NULL, "method_not_allowed", "use GET");
+            dec_reply_reject(s, req, id, 405, NULL, "method_not_allowed", "use GET");
         else
             models(s, req);
         return;
     }
     if (method != EVHTTP_REQ_POST) {
-        reject(s, req, id, 405, NULL, "method_not_allowed", "use POST");
+        dec_reply_reject(s, req, id, 405, NULL, "method_not_allowed", "use POST");
         return;
     }
     if (s->draining) {
-        reject(s, req, id, 503, NULL, "shutting_down", "the server is shutting down");
+        dec_reply_reject(s, req, id, 503, NULL, "shutting_down", "the server is shutting down");
         return;
     }
     generate(s, req, chat ? DEC_API_CHAT : DEC_API_COMPLETIONS, id);
@@ -970,15 +618,16 @@ int dec_server_new(const struct dec_server_cfg *cfg, struct event_base *base,
                                         .max_prompt_ids = cfg->max_prompt_tokens};
     s->rl_cut = (struct pd_ratelimit)PD_RATELIMIT_INIT(5000, 5);
     s->rl_refuse = (struct pd_ratelimit)PD_RATELIMIT_INIT(5000, 5);
-    if (metrics_init(s) < 0 || !(s->wake_ev = event_new(base, -1, 0, wake_cb, s)) ||
+    if (metrics_init(s) < 0 || !(s->wake_ev = event_new(base, -1, 0, dec_reply_wake_cb, s)) ||
         !(s->api = make_http(base, cfg, api_cb, s)) ||
         !(s->admin = make_http(base, cfg, admin_cb, s)) ||
-        !(s->api_conns = pd_http_conns_new(s->api, base, cfg->max_connections, conn_closed, s)) ||
+        !(s->api_conns =
+              pd_http_conns_new(s->api, base, cfg->max_connections, dec_reply_conn_closed, s)) ||
         !(s->admin_conns = pd_http_conns_new(s->admin, base, ADMIN_MAX_CONNECTIONS, NULL, NULL)))
         goto oom;
     pd_http_conns_set_limits(s->api_conns, cfg->header_timeout_s, cfg->max_connections_per_source,
-                             conn_refused, s);
-    pd_http_conns_set_limits(s->admin_conns, cfg->header_timeout_s, 0, conn_refused, s);
+                             dec_reply_conn_refused, s);
+    pd_http_conns_set_limits(s->admin_conns, cfg->header_timeout_s, 0, dec_reply_conn_refused, s);
     *out = s;
     return 0;
 oom:
@@ -1000,10 +649,10 @@ struct dec_server *dec_server_free(struct dec_server *s)
     pd_http_conns_free(s->admin_conns);
     while (s->inflight) {
         struct dec_http *h = s->inflight;
-        unlink_http(s, h);
+        dec_http_unlink(s, h);
         if (h->req)
             evhttp_request_free(h->req); /* detached: ours */
-        free_http(h);
+        dec_http_free(h);
     }
     if (s->wake_ev)
         event_free(s->wake_ev);

@@ -292,6 +292,51 @@ static int parse_tensor_info(struct rd *r, struct pd_gguf *g, size_t i)
     return 0;
 }
 
+/* The key-value section; general.alignment checked as it comes. */
+static int parse_kvs(struct rd *r, struct pd_gguf *g, uint64_t n_kv)
+{
+    int rc;
+    for (size_t i = 0; i < n_kv; i++) {
+        const uint8_t *s;
+        uint64_t sl;
+        if ((rc = rd_str(r, &s, &sl, PD_GGUF_MAX_KEY, "key")) < 0)
+            return rc;
+        if (sl == 0 || has_nul(s, sl))
+            return fail(r, "key %zu: empty or contains a NUL byte", i);
+        if (!(g->kv[i].key = arena_add(g, s, sl)))
+            return fail(r, "keys exceed the header size");
+        g->n_kv = i + 1;
+        if ((rc = rd_u32(r, &g->kv[i].type, "value type")) < 0 || (rc = parse_value(r, g, i)) < 0)
+            return rc;
+        if (strcmp(g->kv[i].key, "general.alignment") == 0) {
+            uint32_t a;
+            if ((rc = pd_gguf_get_u32(g, "general.alignment", &a)) < 0 || a == 0 ||
+                (a & (a - 1)) != 0 || a > PD_GGUF_MAX_ALIGN)
+                return fail(r, "general.alignment must be a u32 power of two up to %u",
+                            PD_GGUF_MAX_ALIGN);
+            g->alignment = a;
+        }
+    }
+    return 0;
+}
+
+/* Every tensor's data inside the file, aligned, after data_off. */
+static int place_data(struct rd *r, struct pd_gguf *g, size_t len, uint64_t data_off)
+{
+    for (size_t i = 0; i < g->n_tensors; i++) {
+        struct pd_gguf_tensor *t = &g->tensors[i];
+        if (t->offset % g->alignment != 0)
+            return fail(r, "tensor \"%s\": offset %" PRIu64 " is not aligned to %" PRIu32,
+                        t->name, t->offset, g->alignment);
+        if (t->offset > len - data_off || t->nbytes > len - data_off - t->offset)
+            return fail(r, "tensor \"%s\": data [%" PRIu64 ", +%" PRIu64 ") lies past the end of "
+                        "the file (%zu bytes of data)", t->name, t->offset, t->nbytes,
+                        len - (size_t)data_off);
+        t->data = r->base + data_off + t->offset;
+    }
+    return 0;
+}
+
 int pd_gguf_parse(const void *buf, size_t len, struct pd_gguf **out, char *err, size_t errlen)
 {
     char dummy_err[1];
@@ -349,33 +394,8 @@ int pd_gguf_parse(const void *buf, size_t len, struct pd_gguf **out, char *err, 
     }
 
     g->alignment = PD_GGUF_DEFAULT_ALIGN;
-    for (size_t i = 0; i < n_kv; i++) {
-        const uint8_t *s;
-        uint64_t sl;
-        if ((rc = rd_str(&r, &s, &sl, PD_GGUF_MAX_KEY, "key")) < 0)
-            goto out_free;
-        if (sl == 0 || has_nul(s, sl)) {
-            rc = fail(&r, "key %zu: empty or contains a NUL byte", i);
-            goto out_free;
-        }
-        if (!(g->kv[i].key = arena_add(g, s, sl))) {
-            rc = fail(&r, "keys exceed the header size");
-            goto out_free;
-        }
-        g->n_kv = i + 1;
-        if ((rc = rd_u32(&r, &g->kv[i].type, "value type")) < 0 || (rc = parse_value(&r, g, i)) < 0)
-            goto out_free;
-        if (strcmp(g->kv[i].key, "general.alignment") == 0) {
-            uint32_t a;
-            if ((rc = pd_gguf_get_u32(g, "general.alignment", &a)) < 0 || a == 0 ||
-                (a & (a - 1)) != 0 || a > PD_GGUF_MAX_ALIGN) {
-                rc = fail(&r, "general.alignment must be a u32 power of two up to %u",
-                          PD_GGUF_MAX_ALIGN);
-                goto out_free;
-            }
-            g->alignment = a;
-        }
-    }
+    if ((rc = parse_kvs(&r, g, n_kv)) < 0)
+        goto out_free;
     for (size_t i = 0; i < n_tensors; i++) {
         g->n_tensors = i + 1;
         if ((rc = parse_tensor_info(&r, g, i)) < 0)
@@ -391,21 +411,8 @@ int pd_gguf_parse(const void *buf, size_t len, struct pd_gguf **out, char *err, 
         goto out_free;
     }
     g->data_off = data_off;
-    for (size_t i = 0; i < n_tensors; i++) {
-        struct pd_gguf_tensor *t = &g->tensors[i];
-        if (t->offset % g->alignment != 0) {
-            rc = fail(&r, "tensor \"%s\": offset %" PRIu64 " is not aligned to %" PRIu32, t->name,
-                      t->offset, g->alignment);
-            goto out_free;
-        }
-        if (t->offset > len - data_off || t->nbytes > len - data_off - t->offset) {
-            rc = fail(&r, "tensor \"%s\": data [%" PRIu64 ", +%" PRIu64 ") lies past the end of "
-                      "the file (%zu bytes of data)", t->name, t->offset, t->nbytes,
-                      len - (size_t)data_off);
-            goto out_free;
-        }
-        t->data = r.base + data_off + t->offset;
-    }
+    if ((rc = place_data(&r, g, len, data_off)) < 0)
+        goto out_free;
     *out = g;
     return 0;
 

@@ -12,6 +12,7 @@
  * alternatives). Generation stops at the model's end-of-generation tokens.
  */
 #include "cfg.h"
+#include "errf.h"
 #include "chat.h"
 #include "engine.h"
 #include "generate.h"
@@ -218,6 +219,41 @@ static void print_result(uint32_t i, const struct pd_gen_request *r, bool logpro
     }
 }
 
+/* Prompt i (the text prompts first, then the id lists) as a request. */
+static int build_request(const struct gen_cfg *c, size_t i, const struct pd_tokenizer *tok,
+                         const struct pd_chat_template *ct, const int32_t *stop, uint32_t n_stop,
+                         struct pd_gen_request *r, char *err, size_t errlen)
+{
+    int32_t *ids;
+    uint32_t n;
+    int rc;
+    if (i < c->prompt.n)
+        rc = encode_text(tok, ct, c->prompt.items[i], &ids, &n, err, errlen);
+    else
+        rc = parse_ids(c->prompt_ids.items[i - c->prompt.n], &ids, &n, err, errlen);
+    if (rc < 0)
+        return rc;
+    r->prompt = ids;
+    r->n_prompt = n;
+    r->max_tokens = (uint32_t)c->max_tokens;
+    r->tokens = calloc(r->max_tokens, sizeof(*r->tokens));
+    r->results = calloc(r->max_tokens, sizeof(*r->results));
+    if (!r->tokens || !r->results)
+        return pd_errf(err, errlen, -ENOMEM, "out of memory");
+    r->sampling = (struct pd_sampling){
+        .temperature = (float)c->temperature, .top_k = (int32_t)c->top_k,
+        .top_p = (float)c->top_p, .min_p = (float)c->min_p,
+        .repetition_penalty = (float)c->repetition_penalty,
+        .presence_penalty = (float)c->presence_penalty,
+        .frequency_penalty = (float)c->frequency_penalty,
+        .seed = (uint64_t)c->sampling_seed + i, .n_logprobs = (uint32_t)c->logprobs};
+    if (!c->ignore_eos) {
+        r->stop_ids = stop;
+        r->n_stop_ids = n_stop;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     struct gen_cfg c;
@@ -284,38 +320,9 @@ int main(int argc, char **argv)
     if (c.chat && (rc = pd_chat_template_from_tok(tok, &ct, err, sizeof(err))) < 0)
         goto fail;
 
-    for (size_t i = 0; i < n_prompts; i++) {
-        struct pd_gen_request *r = &reqs[i];
-        int32_t *ids;
-        uint32_t n;
-        if (i < c.prompt.n)
-            rc = encode_text(tok, ct, c.prompt.items[i], &ids, &n, err, sizeof(err));
-        else
-            rc = parse_ids(c.prompt_ids.items[i - c.prompt.n], &ids, &n, err, sizeof(err));
-        if (rc < 0)
+    for (size_t i = 0; i < n_prompts; i++)
+        if ((rc = build_request(&c, i, tok, ct, stop, n_stop, &reqs[i], err, sizeof(err))) < 0)
             goto fail;
-        r->prompt = ids;
-        r->n_prompt = n;
-        r->max_tokens = (uint32_t)c.max_tokens;
-        r->tokens = calloc(r->max_tokens, sizeof(*r->tokens));
-        r->results = calloc(r->max_tokens, sizeof(*r->results));
-        if (!r->tokens || !r->results) {
-            rc = -ENOMEM;
-            snprintf(err, sizeof(err), "out of memory");
-            goto fail;
-        }
-        r->sampling = (struct pd_sampling){
-            .temperature = (float)c.temperature, .top_k = (int32_t)c.top_k,
-            .top_p = (float)c.top_p, .min_p = (float)c.min_p,
-            .repetition_penalty = (float)c.repetition_penalty,
-            .presence_penalty = (float)c.presence_penalty,
-            .frequency_penalty = (float)c.frequency_penalty,
-            .seed = (uint64_t)c.sampling_seed + i, .n_logprobs = (uint32_t)c.logprobs};
-        if (!c.ignore_eos) {
-            r->stop_ids = stop;
-            r->n_stop_ids = n_stop;
-        }
-    }
     if ((rc = pd_generate(e, reqs, (uint32_t)n_prompts, err, sizeof(err))) < 0)
         goto fail;
     for (size_t i = 0; i < n_prompts; i++)

@@ -1,0 +1,84 @@
+/* decoded/server internals, shared by server.c (routes, generation
+ * requests, lifecycle) and reply.c (replies, streams, the in-flight list),
+ * which is below it. Not a public header. */
+#ifndef DEC_SERVER_INTERNAL_H
+#define DEC_SERVER_INTERNAL_H
+
+#include "server.h"
+
+#include "api.h"
+#include "chat.h"
+#include "http.h"
+#include "metrics.h"
+#include "remote.h"
+#include "tokenizer.h"
+
+#include <cjson/cJSON.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#define ADMIN_MAX_CONNECTIONS 64
+#define MAX_HEADERS_SIZE (16u << 10)
+#define PEEK_INTERVAL_NS 200000000u /* how often a waiting client is checked for having left */
+
+/* One API request between its arrival and its last byte. */
+struct dec_http {
+    struct dec_server *srv;
+    struct dec_http *prev, *next; /* in flight */
+    struct evhttp_request *req; /* NULL once libevent freed it */
+    struct evhttp_connection *evcon; /* NULL once the connection closed */
+    struct dec_job *job;
+    struct dec_api_out out;
+    const char *path;
+    bool stream, include_usage, started, cut, client_gone;
+    uint32_t n_top;
+    bool logprobs;
+    uint32_t n_prompt;
+    char *text; /* non-streamed: the completion so far */
+    size_t len, cap;
+    cJSON *lp; /* non-streamed: log-probabilities so far */
+    size_t text_offset;
+    uint64_t t_start_ns, last_peek_ns;
+};
+
+struct dec_server {
+    struct dec_server_cfg cfg;
+    struct event_base *base;
+    const struct pd_tokenizer *tok;
+    const struct pd_chat_template *chat;
+    struct dec_sched *sched;
+    struct dec_remote *remote; /* NULL: every prompt prefills locally */
+    uint32_t local_prefill_max;
+    struct evhttp *api, *admin;
+    struct pd_http_conns *api_conns, *admin_conns;
+    struct event *wake_ev;
+    struct dec_http *inflight;
+    uint32_t n_inflight;
+    bool draining;
+    struct dec_api_limits limits;
+
+    struct pd_metrics *metrics;
+    struct dec_sched_metrics sm;
+    struct pd_metric *fin_stop, *fin_length, *fin_abort, *fin_error;
+    struct pd_metric *http_2xx, *http_4xx, *http_5xx, *conns_gauge, *cut_total;
+    struct pd_metric *refused[3]; /* deadline, per_source, bad_request */
+    struct pd_http_conns_stats refused_seen;
+    struct pd_ratelimit rl_cut, rl_refuse;
+};
+
+/* ---- reply.c ---- */
+/* an OpenAI-shaped error (and the request's log line) */
+void dec_reply_reject(struct dec_server *s, struct evhttp_request *req, const char *id, int status,
+                      const char *param, const char *code, const char *msg);
+/* obj as the body (freed here) */
+void dec_reply_json(struct dec_server *s, struct evhttp_request *req, int status, cJSON *obj);
+void dec_http_unlink(struct dec_server *s, struct dec_http *h);
+void dec_http_free(struct dec_http *h);
+/* pd_http_conns' callbacks, and the wake event's */
+void dec_reply_conn_refused(const char *why, const char *peer, void *arg);
+void dec_reply_conn_closed(struct evhttp_connection *evcon, void *arg);
+void dec_reply_wake_cb(evutil_socket_t fd, short what, void *arg);
+
+#endif
