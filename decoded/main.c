@@ -16,11 +16,13 @@
  */
 #include "chat.h"
 #include "cfg.h"
+#include "errf.h"
 #include "engine.h"
 #include "log.h"
 #include "kvx.h"
 #include "model.h"
 #include "notify.h"
+#include "runtime.h"
 #include "remote.h"
 #include "scheduler.h"
 #include "server.h"
@@ -29,7 +31,6 @@
 
 #include <errno.h>
 #include <event2/event.h>
-#include <event2/thread.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
@@ -179,14 +180,10 @@ struct daemon {
     int argc; /* main's, for a reload to read the configuration as at start */
     char *const *argv;
     struct pd_engine *engine;
-    struct event_base *base;
+    struct pd_runtime *rt;
     struct dec_server *srv;
     struct dec_sched *sched;
     struct dec_remote *remote;
-    struct event *drain_ev, *status_ev, *watchdog_ev;
-    uint64_t watchdog_us;
-    bool draining;
-    struct pd_ratelimit rl_stall;
 };
 
 /* Let the process hold a socket per allowed connection, with room to spare. */
@@ -222,62 +219,47 @@ static char *default_name(const struct pd_model *m)
     return strdup(slash ? slash + 1 : src);
 }
 
-static void status_cb(evutil_socket_t fd, short what, void *arg)
+/* ---- the runtime's hooks (common/daemon/runtime.h) ---- */
+
+static unsigned rt_running(void *arg)
 {
     struct daemon *d = arg;
-    uint32_t waiting, running;
-    (void)fd;
-    (void)what;
-    dec_sched_counts(d->sched, &waiting, &running);
-    dec_remote_tick(d->remote);
-    pd_notify_status("%s: %u running, %u waiting, %u connections",
-                     d->draining ? "draining" : "serving", running, waiting,
-                     dec_server_connections(d->srv));
+    return dec_server_inflight(d->srv);
 }
 
-/* Fed from the loop, and only while the compute thread shows life within
- * the watchdog interval: a stuck engine must get the service restarted. */
-static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
+/* stop accepting, 503 new requests; the loop ends with the last one */
+static void rt_drain(void *arg)
 {
     struct daemon *d = arg;
-    (void)fd;
-    (void)what;
-    uint64_t age_ns = pd_now_ns() - dec_sched_heartbeat_ns(d->sched);
-    if (age_ns < d->watchdog_us * 1000u)
-        pd_notify_watchdog();
-    else
-        pd_log_ratelimited(&d->rl_stall, PD_LOG_WARN,
-                           "compute thread silent for %.1fs; not feeding the watchdog",
-                           (double)age_ns * 1e-9);
+    dec_server_drain(d->srv);
 }
 
-static void drain_deadline_cb(evutil_socket_t fd, short what, void *arg)
+static void rt_cut(void *arg)
 {
     struct daemon *d = arg;
-    (void)fd;
-    (void)what;
-    uint32_t n = dec_server_inflight(d->srv);
-    if (n)
-        pd_log(PD_LOG_NOTICE, "drain timeout: cutting %u requests still running", n);
     dec_server_cancel_all(d->srv);
 }
 
-static void begin_drain(struct daemon *d, int sig)
+static uint64_t rt_heartbeat(void *arg)
 {
-    if (d->draining) {
-        pd_log(PD_LOG_NOTICE, "%s again: cutting running requests now", strsignal(sig));
-        dec_server_cancel_all(d->srv);
-        return;
-    }
-    d->draining = true;
-    pd_notify_stopping();
-    uint32_t n = dec_server_inflight(d->srv);
-    pd_log(PD_LOG_NOTICE, "%s: stopping; %u requests running, draining for up to %" PRId64 "s",
-           strsignal(sig), n, d->cfg->drain_timeout);
-    pd_notify_status("draining: %u requests running", n);
-    struct timeval tv = {.tv_sec = d->cfg->drain_timeout};
-    event_add(d->drain_ev, &tv);
-    dec_server_drain(d->srv); /* exits the loop once nothing is in flight */
+    struct daemon *d = arg;
+    return dec_sched_heartbeat_ns(d->sched);
+}
+
+static void rt_status(void *arg, char *buf, size_t len)
+{
+    struct daemon *d = arg;
+    uint32_t waiting, running;
+    dec_sched_counts(d->sched, &waiting, &running);
+    dec_remote_tick(d->remote);
+    snprintf(buf, len, "%u running, %u waiting, %u connections", running, waiting,
+             dec_server_connections(d->srv));
+}
+
+static void rt_scrape(void *arg)
+{
+    struct daemon *d = arg;
+    dec_server_scrape(d->srv);
 }
 
 /* The KV channel to the peers c names (c->prefill non-empty): at start, or
@@ -307,7 +289,7 @@ static int remote_open(struct daemon *d, const struct dec_cfg *c, char *err, siz
         .request_deadline_ms = (uint32_t)c->prefill_timeout_ms,
         .crypto_threads = (unsigned)c->kv_crypto_threads, .no_integrity = !c->kv_integrity,
         .failover = (enum dec_failover)d->cfg->prefill_failover};
-    if ((rc = dec_remote_new(&rc_, d->base, d->engine, dec_server_metrics(d->srv), &d->remote,
+    if ((rc = dec_remote_new(&rc_, pd_runtime_base(d->rt), d->engine, dec_server_metrics(d->srv), &d->remote,
                              err, errlen)) < 0)
         return rc;
     dec_remote_set_sched(d->remote, d->sched);
@@ -324,8 +306,9 @@ static int remote_open(struct daemon *d, const struct dec_cfg *c, char *err, siz
  * take effect now, and the key file or directory is re-read; every other
  * option keeps its value until a restart (docs/operations.md). An invalid
  * configuration changes nothing. */
-static void reload(struct daemon *d)
+static void rt_reload(void *arg)
 {
+    struct daemon *d = arg;
     struct dec_cfg nc;
     struct pd_cfg_args a;
     char err[512];
@@ -363,23 +346,15 @@ static void reload(struct daemon *d)
     pd_cfg_done(options, &nc);
 }
 
-static void signal_cb(evutil_socket_t sig, short what, void *arg)
-{
-    struct daemon *d = arg;
-    (void)what;
-    if (sig == SIGHUP && d->draining) {
-        /* READY=1 after STOPPING=1 would tell systemd the service is back */
-        pd_log(PD_LOG_NOTICE, "SIGHUP while stopping: not reloaded");
-        return;
-    }
-    if (sig == SIGHUP) {
-        pd_notify_reloading();
-        reload(d);
-        pd_notify_ready();
-        return;
-    }
-    begin_drain(d, (int)sig);
-}
+static const struct pd_runtime_ops rt_ops = {
+    .running = rt_running,
+    .drain = rt_drain,
+    .cut = rt_cut,
+    .reload = rt_reload,
+    .heartbeat_ns = rt_heartbeat,
+    .status = rt_status,
+    .scrape = rt_scrape,
+};
 
 /* After the drain: give queued response bytes a moment to reach clients. */
 static void flush_output(struct daemon *d)
@@ -387,25 +362,18 @@ static void flush_output(struct daemon *d)
     uint64_t until = pd_now_ns() + FLUSH_GRACE_NS;
     while (dec_server_pending_output(d->srv) > 0 && pd_now_ns() < until) {
         struct timeval tv = {0, 20000};
-        event_base_loopexit(d->base, &tv);
-        event_base_dispatch(d->base);
+        event_base_loopexit(pd_runtime_base(d->rt), &tv);
+        pd_runtime_run(d->rt);
     }
 }
 
-static int run(struct dec_cfg *c, int argc, char *const *argv, struct pd_model *m,
-               const struct pd_tokenizer *tok, const struct pd_chat_template *chat)
+static int engine_open(struct daemon *d, struct pd_model *m, char *err, size_t errlen)
 {
-    char err[512];
-    struct pd_engine *e = NULL;
-    struct daemon d = {.cfg = c, .argc = argc, .argv = argv,
-                       .rl_stall = PD_RATELIMIT_INIT(10000, 1)};
-    struct event *sigs[3] = {0};
-    static const int signums[3] = {SIGTERM, SIGINT, SIGHUP};
-    int rc = 1;
-
+    const struct dec_cfg *c = d->cfg;
     enum pd_device device = PD_DEVICE_CPU;
-    if (pd_engine_pick_device(c->device, &device, err, sizeof(err)) < 0)
-        goto fail;
+    int rc;
+    if ((rc = pd_engine_pick_device(c->device, &device, err, errlen)) < 0)
+        return rc;
     if (err[0])
         pd_log(PD_LOG_INFO, "%s", err);
     /* on a GPU, prefill peers' blocks land in page-locked host staging
@@ -419,32 +387,34 @@ static int run(struct dec_cfg *c, int argc, char *const *argv, struct pd_model *
                                   .max_batched_tokens = (uint32_t)c->max_num_batched_tokens,
                                   .max_model_len = (uint32_t)c->max_model_len,
                                   .max_batch_items = (uint32_t)c->max_num_seqs};
-    if (pd_engine_new(&ep, &e, err, sizeof(err)) < 0)
-        goto fail;
-    d.engine = e;
+    if ((rc = pd_engine_new(&ep, &d->engine, err, errlen)) < 0)
+        return rc;
+    if (pd_engine_max_model_len(d->engine) < 2)
+        return pd_errf(err, errlen, -EINVAL, "--max-model-len must be at least 2");
+    if (c->max_num_seqs > c->max_num_batched_tokens)
+        return pd_errf(err, errlen, -EINVAL, "--max-num-seqs (%" PRId64 ") must not exceed "
+                       "--max-num-batched-tokens (%" PRId64 "): every running request decodes "
+                       "a token each step", c->max_num_seqs, c->max_num_batched_tokens);
+    return 0;
+}
+
+/* The API server and the compute thread, on the runtime's loop. */
+static int server_open(struct daemon *d, const struct pd_tokenizer *tok,
+                       const struct pd_chat_template *chat, char *err, size_t errlen)
+{
+    const struct dec_cfg *c = d->cfg;
+    struct pd_engine *e = d->engine;
     const uint32_t max_len = pd_engine_max_model_len(e);
-    if (max_len < 2) {
-        snprintf(err, sizeof(err), "--max-model-len must be at least 2");
-        goto fail;
-    }
-    if (c->max_num_seqs > c->max_num_batched_tokens) {
-        snprintf(err, sizeof(err), "--max-num-seqs (%" PRId64 ") must not exceed "
-                 "--max-num-batched-tokens (%" PRId64 "): every running request decodes a token "
-                 "each step", c->max_num_seqs, c->max_num_batched_tokens);
-        goto fail;
-    }
     uint32_t max_prompt = c->max_prompt_tokens && c->max_prompt_tokens < max_len
                               ? (uint32_t)c->max_prompt_tokens : max_len - 1;
-
-    if (evthread_use_pthreads() < 0 || !(d.base = event_base_new())) {
-        snprintf(err, sizeof(err), "cannot set up libevent");
-        goto fail;
-    }
     uint64_t pool = (uint64_t)pd_kvcache_n_blocks(pd_engine_kvcache(e)) *
                     pd_kvcache_layout(pd_engine_kvcache(e))->block_size;
+    int rc;
+    if (pool < 2)
+        return pd_errf(err, errlen, -EINVAL,
+                       "the KV pool holds no room for a request; raise --kv-cache-memory");
     struct dec_server_cfg sc = {
-        .host = c->host, .admin_host = c->admin_host, .port = (uint16_t)c->port,
-        .admin_port = (uint16_t)c->admin_port, .api_key = c->api_key,
+        .host = c->host, .port = (uint16_t)c->port, .api_key = c->api_key,
         .model_name = c->served_model_name, .n_vocab = pd_engine_n_vocab(e),
         .max_model_len = max_len, .max_prompt_tokens = max_prompt,
         .max_tokens_cap = (uint32_t)c->max_tokens_cap, .kv_capacity_tokens = pool,
@@ -452,72 +422,67 @@ static int run(struct dec_cfg *c, int argc, char *const *argv, struct pd_model *
         .max_connections = (uint32_t)c->max_connections,
         .header_timeout_s = (uint32_t)c->header_timeout, .json_depth = (int)c->max_json_depth,
         .max_connections_per_source = (uint32_t)c->max_connections_per_source};
-    if (pool < 2) {
-        snprintf(err, sizeof(err),
-                 "the KV pool holds no room for a request; raise --kv-cache-memory");
-        goto fail;
-    }
-    if (dec_server_new(&sc, d.base, tok, chat, &d.srv, err, sizeof(err)) < 0)
-        goto fail;
-    d.watchdog_us = pd_notify_watchdog_usec();
-    /* the heartbeat must tick well within the watchdog interval */
-    uint64_t tick_ms = d.watchdog_us ? d.watchdog_us / 4000u : 1000;
-    tick_ms = tick_ms < 1 ? 1 : tick_ms > 1000 ? 1000 : tick_ms;
-    struct dec_sched_params sp = {.engine = e, .tok = tok, .idle_tick_ms = (uint32_t)tick_ms,
+    if ((rc = dec_server_new(&sc, pd_runtime_base(d->rt), tok, chat, &d->srv, err, errlen)) < 0)
+        return rc;
+    pd_runtime_set_metrics(d->rt, dec_server_metrics(d->srv));
+    struct dec_sched_params sp = {.engine = e, .tok = tok,
+                                  .idle_tick_ms = pd_runtime_tick_ms(d->rt),
                                   .max_num_seqs = (uint32_t)c->max_num_seqs,
                                   .max_waiting = (uint32_t)c->max_waiting,
-                                  .metrics = *dec_server_sched_metrics(d.srv),
-                                  .notify = dec_server_wake, .notify_arg = d.srv};
-    sp.failover = (enum dec_failover)c->prefill_failover;
-    if (dec_sched_new(&sp, &d.sched, err, sizeof(err)) < 0)
-        goto fail;
-    dec_server_set_sched(d.srv, d.sched);
-    for (int i = 0; i < 3; i++)
-        if (!(sigs[i] = evsignal_new(d.base, signums[i], signal_cb, &d)) ||
-            event_add(sigs[i], NULL) < 0) {
-            snprintf(err, sizeof(err), "cannot handle signals");
-            goto fail;
-        }
-    if (!(d.drain_ev = evtimer_new(d.base, drain_deadline_cb, &d)) ||
-        !(d.status_ev = event_new(d.base, -1, EV_PERSIST, status_cb, &d))) {
-        snprintf(err, sizeof(err), "out of memory");
-        goto fail;
-    }
-    if (dec_server_listen(d.srv, err, sizeof(err)) < 0)
+                                  .metrics = *dec_server_sched_metrics(d->srv),
+                                  .notify = dec_server_wake, .notify_arg = d->srv,
+                                  .failover = (enum dec_failover)c->prefill_failover};
+    if ((rc = dec_sched_new(&sp, &d->sched, err, errlen)) < 0)
+        return rc;
+    dec_server_set_sched(d->srv, d->sched);
+    return 0;
+}
+
+static void log_serving(const struct daemon *d, const struct pd_tokenizer *tok)
+{
+    const struct dec_cfg *c = d->cfg;
+    struct pd_kvcache *kc = pd_engine_kvcache(d->engine);
+    pd_log(PD_LOG_NOTICE, "serving %s (max-model-len %u, KV pool %" PRIu64 " tokens, %s)",
+           c->served_model_name, pd_engine_max_model_len(d->engine),
+           (uint64_t)pd_kvcache_n_blocks(kc) * pd_kvcache_layout(kc)->block_size,
+           tok ? "text and token-id prompts" : "token-id prompts only: no tokenizer");
+    if (!d->remote)
+        return;
+    pd_log(PD_LOG_NOTICE, "prefill peers:");
+    for (size_t i = 0; i < c->prefill.n; i++)
+        pd_log(PD_LOG_NOTICE, "  %s (from %s; prompts over %" PRId64 " tokens; failover %s)",
+               c->prefill.items[i], c->kv_ip, c->local_prefill_max_tokens,
+               failovers[c->prefill_failover]);
+}
+
+static int run(struct dec_cfg *c, int argc, char *const *argv, struct pd_model *m,
+               const struct pd_tokenizer *tok, const struct pd_chat_template *chat)
+{
+    char err[512] = "";
+    struct daemon d = {.cfg = c, .argc = argc, .argv = argv};
+    int rc = 1;
+
+    struct pd_runtime_params rp = {.admin_host = c->admin_host,
+                                   .admin_port = (uint16_t)c->admin_port,
+                                   .header_timeout_s = (uint32_t)c->header_timeout,
+                                   .drain_timeout_s = (uint32_t)c->drain_timeout,
+                                   .ops = &rt_ops, .arg = &d};
+    if (engine_open(&d, m, err, sizeof(err)) < 0 ||
+        pd_runtime_new(&rp, &d.rt, err, sizeof(err)) < 0 ||
+        server_open(&d, tok, chat, err, sizeof(err)) < 0 ||
+        dec_server_listen(d.srv, err, sizeof(err)) < 0 ||
+        pd_runtime_listen(d.rt, err, sizeof(err)) < 0)
         goto fail;
     /* the KV channel after the listeners: its connections take ephemeral
      * ports, which must not take the ones the listeners were given */
-    if (c->prefill.n && remote_open(&d, c, err, sizeof(err)) < 0)
+    if ((c->prefill.n && remote_open(&d, c, err, sizeof(err)) < 0) ||
+        dec_sched_start(d.sched, err, sizeof(err)) < 0)
         goto fail;
-    if (dec_sched_start(d.sched, err, sizeof(err)) < 0)
+    log_serving(&d, tok);
+    if (pd_runtime_ready(d.rt, err, sizeof(err)) < 0)
         goto fail;
 
-    if (d.watchdog_us) {
-        struct timeval tv = {.tv_sec = (time_t)(d.watchdog_us / 2000000u),
-                             .tv_usec = (suseconds_t)(d.watchdog_us / 2 % 1000000u)};
-        if (!(d.watchdog_ev = event_new(d.base, -1, EV_PERSIST, watchdog_cb, &d)) ||
-            event_add(d.watchdog_ev, &tv) < 0) {
-            snprintf(err, sizeof(err), "cannot arm the watchdog timer");
-            goto fail;
-        }
-        pd_notify_watchdog();
-    }
-    struct timeval st = {.tv_sec = 10};
-    event_add(d.status_ev, &st);
-    pd_log(PD_LOG_NOTICE, "serving %s (max-model-len %u, KV pool %" PRIu64 " tokens, %s)",
-           c->served_model_name, max_len, pool, tok ? "text and token-id prompts"
-                                                     : "token-id prompts only: no tokenizer");
-    if (d.remote) {
-        pd_log(PD_LOG_NOTICE, "prefill peers:");
-        for (size_t i = 0; i < c->prefill.n; i++)
-            pd_log(PD_LOG_NOTICE, "  %s (from %s; prompts over %" PRId64 " tokens; failover %s)",
-                   c->prefill.items[i], c->kv_ip, c->local_prefill_max_tokens,
-                   failovers[c->prefill_failover]);
-    }
-    pd_notify_ready();
-    pd_notify_status("serving %s", c->served_model_name);
-
-    event_base_dispatch(d.base);
+    pd_runtime_run(d.rt);
 
     /* drained (or cut at the deadline): deliver what the compute thread
      * still has, let the bytes go out, close */
@@ -539,18 +504,8 @@ out:
     d.remote = dec_remote_free(d.remote);
     d.srv = dec_server_free(d.srv); /* before the scheduler: jobs it holds drop refs */
     d.sched = dec_sched_free(d.sched);
-    for (int i = 0; i < 3; i++)
-        if (sigs[i])
-            event_free(sigs[i]);
-    if (d.drain_ev)
-        event_free(d.drain_ev);
-    if (d.status_ev)
-        event_free(d.status_ev);
-    if (d.watchdog_ev)
-        event_free(d.watchdog_ev);
-    if (d.base)
-        event_base_free(d.base);
-    pd_engine_free(e);
+    d.rt = pd_runtime_free(d.rt);
+    pd_engine_free(d.engine);
     return rc;
 }
 

@@ -549,21 +549,8 @@ static void api_cb(struct evhttp_request *req, void *arg)
     generate(s, req, chat ? DEC_API_CHAT : DEC_API_COMPLETIONS, id);
 }
 
-static void admin_cb(struct evhttp_request *req, void *arg)
+void dec_server_scrape(struct dec_server *s)
 {
-    struct dec_server *s = arg;
-    char path[256];
-    req_path(req, path, sizeof(path));
-    if (strcmp(path, "/health") == 0) {
-        health(s, req);
-        return;
-    }
-    if (strcmp(path, "/metrics") != 0 || evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
-        pd_http_error(req, 404, "not_found_error", NULL, "not_found", "no such endpoint");
-        return;
-    }
-    char *text;
-    size_t len;
     pd_metric_set(s->conns_gauge, pd_http_conns_count(s->api_conns));
     struct pd_http_conns_stats hs;
     pd_http_conns_get_stats(s->api_conns, &hs);
@@ -573,12 +560,6 @@ static void admin_cb(struct evhttp_request *req, void *arg)
     pd_metric_add(s->refused[2], (double)(hs.bad_requests - s->refused_seen.bad_requests));
     s->refused_seen = hs;
     dec_remote_scrape(s->remote);
-    if (pd_metrics_render(s->metrics, &text, &len) < 0) {
-        pd_http_error(req, 503, "service_unavailable", NULL, NULL, "out of memory");
-        return;
-    }
-    pd_http_reply(req, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
-    free(text);
 }
 
 /* ---- lifecycle ---- */
@@ -620,14 +601,11 @@ int dec_server_new(const struct dec_server_cfg *cfg, struct event_base *base,
     s->rl_refuse = (struct pd_ratelimit)PD_RATELIMIT_INIT(5000, 5);
     if (metrics_init(s) < 0 || !(s->wake_ev = event_new(base, -1, 0, dec_reply_wake_cb, s)) ||
         !(s->api = make_http(base, cfg, api_cb, s)) ||
-        !(s->admin = make_http(base, cfg, admin_cb, s)) ||
         !(s->api_conns =
-              pd_http_conns_new(s->api, base, cfg->max_connections, dec_reply_conn_closed, s)) ||
-        !(s->admin_conns = pd_http_conns_new(s->admin, base, ADMIN_MAX_CONNECTIONS, NULL, NULL)))
+              pd_http_conns_new(s->api, base, cfg->max_connections, dec_reply_conn_closed, s)))
         goto oom;
     pd_http_conns_set_limits(s->api_conns, cfg->header_timeout_s, cfg->max_connections_per_source,
                              dec_reply_conn_refused, s);
-    pd_http_conns_set_limits(s->admin_conns, cfg->header_timeout_s, 0, dec_reply_conn_refused, s);
     *out = s;
     return 0;
 oom:
@@ -643,10 +621,7 @@ struct dec_server *dec_server_free(struct dec_server *s)
     /* connections first (their close callbacks use the in-flight list) */
     if (s->api)
         evhttp_free(s->api);
-    if (s->admin)
-        evhttp_free(s->admin);
     pd_http_conns_free(s->api_conns);
-    pd_http_conns_free(s->admin_conns);
     while (s->inflight) {
         struct dec_http *h = s->inflight;
         dec_http_unlink(s, h);
@@ -680,32 +655,13 @@ size_t dec_server_pending_output(const struct dec_server *s)
     return pd_http_conns_pending_output(s->api_conns);
 }
 
-static int bind_one(struct evhttp *http, struct pd_http_conns *cc, const char *host,
-                    uint16_t port, const char *what, char *err, size_t errlen)
-{
-    struct evhttp_bound_socket *b = evhttp_bind_socket_with_handle(http, host, port);
-    if (!b) {
-        snprintf(err, errlen, "cannot listen on %s:%u (%s address): %s", host, port, what,
-                 strerror(errno));
-        return -EADDRINUSE;
-    }
-    pd_http_conns_add_listener(cc, b);
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof(ss);
-    uint16_t bound = port;
-    if (getsockname(evhttp_bound_socket_get_fd(b), (struct sockaddr *)&ss, &sl) == 0)
-        bound = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                               : ((struct sockaddr_in *)&ss)->sin_port);
-    pd_log(PD_LOG_NOTICE, "listening on %s:%u (%s)", host, bound, what);
-    return 0;
-}
-
 int dec_server_listen(struct dec_server *s, char *err, size_t errlen)
 {
-    int rc = bind_one(s->api, s->api_conns, s->cfg.host, s->cfg.port, "API", err, errlen);
+    uint16_t bound;
+    int rc = pd_http_bind(s->api, s->api_conns, s->cfg.host, s->cfg.port, "API", &bound, err,
+                          errlen);
     if (rc == 0)
-        rc = bind_one(s->admin, s->admin_conns, s->cfg.admin_host, s->cfg.admin_port, "admin",
-                      err, errlen);
+        pd_log(PD_LOG_NOTICE, "listening on %s:%u (API)", s->cfg.host, bound);
     return rc;
 }
 
@@ -713,7 +669,6 @@ void dec_server_drain(struct dec_server *s)
 {
     s->draining = true;
     pd_http_conns_pause(s->api_conns, true);
-    pd_http_conns_pause(s->admin_conns, true);
     if (s->n_inflight == 0)
         event_base_loopexit(s->base, NULL);
 }

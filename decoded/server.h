@@ -4,14 +4,16 @@
  *   dec_server_new(&cfg, base, tok, chat, &srv, err, sizeof err);   // metrics, wake event
  *   sched params: .metrics = *dec_server_sched_metrics(srv), .notify = dec_server_wake, arg srv
  *   dec_server_set_sched(srv, sched);
- *   dec_server_listen(srv, err, sizeof err);     // API and admin listeners bound
+ *   dec_server_listen(srv, err, sizeof err);     // the API listener bound
  *   ... event_base_dispatch ...
  *   dec_server_drain(srv);                       // SIGTERM: stop accepting, 503 new requests
  *   dec_server_inflight(srv) == 0 -> done; or dec_server_cancel_all(srv) at the drain deadline
  *   srv = dec_server_free(srv);                  // before the scheduler is freed
  *
  * Routes (API address): POST /v1/completions, POST /v1/chat/completions,
- * GET /v1/models, GET /health. Admin address: GET /metrics, GET /health.
+ * GET /v1/models, GET /health. The admin address (/metrics, /health) is the
+ * daemon runtime's (common/daemon/runtime.h), rendering this server's
+ * registry after dec_server_scrape.
  * See docs/internals/http.md for limits, errors and streaming.
  */
 #ifndef DEC_SERVER_H
@@ -29,8 +31,8 @@ struct pd_chat_template;
 struct pd_metrics;
 
 struct dec_server_cfg {
-    const char *host, *admin_host;
-    uint16_t port, admin_port; /* 0: any free port (the log says which) */
+    const char *host;
+    uint16_t port; /* 0: any free port (the log says which) */
     const char *api_key; /* NULL or "": no authentication */
     const char *model_name; /* served name */
     uint32_t n_vocab, max_model_len;
@@ -53,11 +55,14 @@ int dec_server_new(const struct dec_server_cfg *cfg, struct event_base *base,
 struct dec_server *dec_server_free(struct dec_server *s);
 const struct dec_sched_metrics *dec_server_sched_metrics(struct dec_server *s);
 struct pd_metrics *dec_server_metrics(struct dec_server *s);
+/* The series counted elsewhere (connections, refusals, the KV channel) up
+ * to date, before the registry renders. */
+void dec_server_scrape(struct dec_server *s);
 void dec_server_set_sched(struct dec_server *s, struct dec_sched *sched);
 /* Prefill peers: prompts longer than local_max tokens go to r (NULL: none). */
 struct dec_remote;
 void dec_server_set_remote(struct dec_server *s, struct dec_remote *r, uint32_t local_max);
-/* Bind the API and admin listeners. */
+/* Bind the API listener. */
 int dec_server_listen(struct dec_server *s, char *err, size_t errlen);
 /* The compute thread's notify(): wakes the loop to take events. */
 void dec_server_wake(void *arg);

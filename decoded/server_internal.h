@@ -19,7 +19,6 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define ADMIN_MAX_CONNECTIONS 64
 #define MAX_HEADERS_SIZE (16u << 10)
 #define PEEK_INTERVAL_NS 200000000u /* how often a waiting client is checked for having left */
 
@@ -51,8 +50,8 @@ struct dec_server {
     struct dec_sched *sched;
     struct dec_remote *remote; /* NULL: every prompt prefills locally */
     uint32_t local_prefill_max;
-    struct evhttp *api, *admin;
-    struct pd_http_conns *api_conns, *admin_conns;
+    struct evhttp *api;
+    struct pd_http_conns *api_conns;
     struct event *wake_ev;
     struct dec_http *inflight;
     uint32_t n_inflight;

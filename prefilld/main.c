@@ -9,27 +9,22 @@
  */
 #include "cfg.h"
 #include "engine.h"
-#include "http.h"
 #include "keyring.h"
 #include "kvx.h"
 #include "log.h"
 #include "kv_metrics.h"
 #include "model.h"
 #include "notify.h"
+#include "runtime.h"
 #include "scheduler.h"
 
 #include <errno.h>
 #include <event2/event.h>
-#include <event2/http.h>
-#include <event2/thread.h>
-#include <arpa/inet.h>
 #include <inttypes.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
 struct pf_cfg {
     char *model;
@@ -126,23 +121,18 @@ struct daemon {
     struct pf_cfg *cfg;
     int argc; /* main's, for a reload to read the configuration as at start */
     char *const *argv;
-    struct event_base *base;
+    struct pd_runtime *rt;
     struct pd_engine *engine;
     struct pd_keyring *keyring;
     struct pd_kvx *kvx;
     struct pf_sched *sched;
-    struct event *wake_ev, *drain_ev, *watchdog_ev, *status_ev;
-    struct evhttp *admin;
-    struct pd_http_conns *admin_conns;
+    struct event *wake_ev;
     struct pd_metrics *metrics;
     struct pd_metric *m_requests, *m_refused, *m_failed;
     struct pd_kv_metrics km;
     struct pf_sched_metrics sm;
-    uint64_t watchdog_us;
     struct pf_job *held; /* jobs with a transfer handle (the loop's reference), until SREQ_END */
     bool closing; /* kvx is going: scheduler events no longer reach it */
-    bool draining;
-    struct pd_ratelimit rl_stall, rl_refuse;
 };
 
 /* ---- compute thread -> loop ---- */
@@ -241,7 +231,7 @@ static int take_prefill(struct daemon *d, const struct pd_kvx_event *ev)
         return rc;
     }
     j->owner = ev->sreq;
-    rc = d->draining ? -ESHUTDOWN : pf_sched_submit(d->sched, j);
+    rc = pd_runtime_draining(d->rt) ? -ESHUTDOWN : pf_sched_submit(d->sched, j);
     if (rc < 0) {
         j->owner = NULL;
         pd_metric_add(d->m_refused, 1);
@@ -292,8 +282,8 @@ static unsigned n_held(const struct daemon *d)
 
 static void maybe_stop(struct daemon *d)
 {
-    if (d->draining && !d->held)
-        event_base_loopexit(d->base, NULL);
+    if (pd_runtime_draining(d->rt) && !d->held)
+        pd_runtime_stop(d->rt);
 }
 
 static void kvx_event(void *arg, const struct pd_kvx_event *ev)
@@ -326,49 +316,6 @@ static void kvx_event(void *arg, const struct pd_kvx_event *ev)
     default:
         break;
     }
-}
-
-/* ---- admin HTTP ---- */
-
-#define ADMIN_MAX_CONNECTIONS 64
-#define ADMIN_TIMEOUT_S 30
-
-static void admin_refused(const char *why, const char *peer, void *arg)
-{
-    struct daemon *d = arg;
-    pd_log_ratelimited(&d->rl_refuse, PD_LOG_WARN, "admin HTTP: closing a connection from %s: %s",
-                       peer, why);
-}
-
-static void admin_cb(struct evhttp_request *req, void *arg)
-{
-    struct daemon *d = arg;
-    const char *uri = evhttp_request_get_uri(req);
-    if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
-        pd_http_error(req, 405, "invalid_request_error", NULL, NULL, "only GET here");
-        return;
-    }
-    if (strcmp(uri, "/health") == 0) {
-        static const char ok[] = "{\"status\":\"ok\"}", stopping[] = "{\"status\":\"stopping\"}";
-        if (d->draining)
-            pd_http_reply_json(req, 503, stopping, sizeof(stopping) - 1);
-        else
-            pd_http_reply_json(req, 200, ok, sizeof(ok) - 1);
-        return;
-    }
-    if (strcmp(uri, "/metrics") == 0) {
-        char *text;
-        size_t len;
-        pd_kv_metrics_scrape(&d->km, d->kvx);
-        if (pd_metrics_render(d->metrics, &text, &len) < 0) {
-            pd_http_error(req, 503, "internal_error", NULL, NULL, "out of memory");
-            return;
-        }
-        pd_http_reply(req, 200, "text/plain; version=0.0.4", text, len);
-        free(text);
-        return;
-    }
-    pd_http_error(req, 404, "invalid_request_error", NULL, NULL, "no such path");
 }
 
 static int metrics_init(struct daemon *d)
@@ -411,42 +358,43 @@ static int metrics_init(struct daemon *d)
     return 0;
 }
 
-/* ---- signals, watchdog, status ---- */
+/* idle admin connections, and a request's head however it trickles */
+#define ADMIN_TIMEOUT_S 30
 
-static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
+/* ---- the runtime's hooks (common/daemon/runtime.h) ---- */
+
+static unsigned rt_running(void *arg) { return n_held(arg); }
+
+static void rt_drain(void *arg) { maybe_stop(arg); }
+
+/* the transfers still running end with the loop (kvx goes first) */
+static void rt_cut(void *arg)
 {
     struct daemon *d = arg;
-    (void)fd;
-    (void)what;
-    uint64_t age_ns = pd_now_ns() - pf_sched_heartbeat_ns(d->sched);
-    if (age_ns < d->watchdog_us * 1000u)
-        pd_notify_watchdog();
-    else
-        pd_log_ratelimited(&d->rl_stall, PD_LOG_WARN,
-                           "compute thread silent for %.1fs; not feeding the watchdog",
-                           (double)age_ns * 1e-9);
+    pd_runtime_stop(d->rt);
 }
 
-static void status_cb(evutil_socket_t fd, short what, void *arg)
+static uint64_t rt_heartbeat(void *arg)
+{
+    struct daemon *d = arg;
+    return pf_sched_heartbeat_ns(d->sched);
+}
+
+static void rt_status(void *arg, char *buf, size_t len)
 {
     struct daemon *d = arg;
     uint32_t waiting, running;
     struct pd_kvx_stats s;
-    (void)fd;
-    (void)what;
     pf_sched_counts(d->sched, &waiting, &running);
     pd_kvx_get_stats(d->kvx, &s);
-    pd_notify_status("%s: %" PRIu64 " sessions, %u prefilling, %u waiting",
-                     d->draining ? "draining" : "serving", s.sessions, running, waiting);
+    snprintf(buf, len, "%" PRIu64 " sessions, %u prefilling, %u waiting", s.sessions, running,
+             waiting);
 }
 
-static void drain_deadline_cb(evutil_socket_t fd, short what, void *arg)
+static void rt_scrape(void *arg)
 {
     struct daemon *d = arg;
-    (void)fd;
-    (void)what;
-    pd_log(PD_LOG_NOTICE, "drain timeout: cutting %u prefills still running", n_held(d));
-    event_base_loopexit(d->base, NULL);
+    pd_kv_metrics_scrape(&d->km, d->kvx);
 }
 
 /* SIGHUP: the configuration is read again as at start (the same flags, the
@@ -454,8 +402,9 @@ static void drain_deadline_cb(evutil_socket_t fd, short what, void *arg)
  * --drain-timeout take effect now and the key file or directory named at
  * start is re-read; every other option keeps its value until a restart
  * (docs/operations.md). An invalid configuration changes nothing. */
-static void reload(struct daemon *d)
+static void rt_reload(void *arg)
 {
+    struct daemon *d = arg;
     struct pf_cfg nc;
     struct pd_cfg_args a;
     char err[512];
@@ -470,6 +419,7 @@ static void reload(struct daemon *d)
                log_levels[nc.log_level], nc.drain_timeout);
     d->cfg->log_level = nc.log_level;
     d->cfg->drain_timeout = nc.drain_timeout;
+    pd_runtime_set_drain_timeout(d->rt, (uint32_t)nc.drain_timeout);
     pd_log_set_level(PD_LOG_ERR + nc.log_level);
     pd_cfg_done(options, &nc);
     if (pd_keyring_reload(d->keyring, err, sizeof(err)) < 0)
@@ -479,75 +429,34 @@ static void reload(struct daemon *d)
                d->cfg->kv_psk_file);
 }
 
-static void signal_cb(evutil_socket_t sig, short what, void *arg)
-{
-    struct daemon *d = arg;
-    (void)what;
-    if (sig == SIGHUP && d->draining) {
-        /* READY=1 after STOPPING=1 would tell systemd the service is back */
-        pd_log(PD_LOG_NOTICE, "SIGHUP while stopping: not reloaded");
-        return;
-    }
-    if (sig == SIGHUP) {
-        pd_notify_reloading();
-        reload(d);
-        pd_notify_ready();
-        return;
-    }
-    if (d->draining) {
-        pd_log(PD_LOG_NOTICE, "%s again: stopping now", strsignal((int)sig));
-        event_base_loopexit(d->base, NULL);
-        return;
-    }
-    d->draining = true;
-    pd_notify_stopping();
-    pd_log(PD_LOG_NOTICE, "%s: stopping; %u prefills running, draining for up to %" PRId64 "s",
-           strsignal((int)sig), n_held(d), d->cfg->drain_timeout);
-    struct timeval tv = {.tv_sec = d->cfg->drain_timeout};
-    event_add(d->drain_ev, &tv);
-    maybe_stop(d);
-}
+static const struct pd_runtime_ops rt_ops = {
+    .running = rt_running,
+    .drain = rt_drain,
+    .cut = rt_cut,
+    .reload = rt_reload,
+    .heartbeat_ns = rt_heartbeat,
+    .status = rt_status,
+    .scrape = rt_scrape,
+};
 
 /* ---- start-up ---- */
 
-static int run(struct daemon *d)
+static int kvx_open(struct daemon *d, char *err, size_t errlen)
 {
     struct pf_cfg *c = d->cfg;
-    char err[512];
-    struct event *sigs[3] = {0};
-    static const int signums[3] = {SIGTERM, SIGINT, SIGHUP};
     struct pd_kv_layout layout;
     uint16_t lo, hi;
-    int rc = 1;
-
-    if (pd_kvx_parse_ports(c->kv_data_ports, &lo, &hi, err, sizeof(err)) < 0)
-        goto fail;
+    int rc;
+    if ((rc = pd_kvx_parse_ports(c->kv_data_ports, &lo, &hi, err, errlen)) < 0)
+        return rc;
     char warn[256];
     if (pd_kvx_ports_warning(c->kv_ip, c->kv_data_ports, warn, sizeof(warn)))
         pd_log(PD_LOG_WARN, "%s", warn);
-    if (evthread_use_pthreads() < 0 || !(d->base = event_base_new()) || metrics_init(d) < 0) {
-        snprintf(err, sizeof(err), "cannot set up libevent");
-        goto fail;
-    }
     pd_engine_kv_layout(d->engine, &layout);
-    d->watchdog_us = pd_notify_watchdog_usec();
-    uint64_t tick_ms = d->watchdog_us ? d->watchdog_us / 4000u : 1000;
-    tick_ms = tick_ms < 1 ? 1 : tick_ms > 1000 ? 1000 : tick_ms;
-    struct pf_sched_params sp = {.engine = d->engine, .max_waiting = (uint32_t)c->max_waiting,
-                                 .max_running = (uint32_t)c->max_num_seqs,
-                                 .idle_tick_ms = (uint32_t)tick_ms,
-                                 .metrics = d->sm, .notify = wake, .notify_arg = d};
-    if (pf_sched_new(&sp, &d->sched, err, sizeof(err)) < 0)
-        goto fail;
-    if (!(d->wake_ev = event_new(d->base, -1, EV_PERSIST, sched_events, d)) ||
-        !(d->drain_ev = evtimer_new(d->base, drain_deadline_cb, d)) ||
-        !(d->status_ev = event_new(d->base, -1, EV_PERSIST, status_cb, d))) {
-        snprintf(err, sizeof(err), "out of memory");
-        goto fail;
-    }
     struct pd_kvx_params kp = {
-        .base = d->base, .role = PD_ROLE_P, .kv_ip = c->kv_ip, .kv_port = (uint16_t)c->kv_port,
-        .data_port_lo = lo, .data_port_hi = hi, .keyring = d->keyring, .layout = &layout,
+        .base = pd_runtime_base(d->rt), .role = PD_ROLE_P, .kv_ip = c->kv_ip,
+        .kv_port = (uint16_t)c->kv_port, .data_port_lo = lo, .data_port_hi = hi,
+        .keyring = d->keyring, .layout = &layout,
         .pool = pd_kvcache_pool(pd_engine_kv_channel_pool(d->engine)),
         .pool_blocks = pd_kvcache_n_blocks(pd_engine_kv_channel_pool(d->engine)),
         .crypto_threads = (unsigned)c->kv_crypto_threads, .no_integrity = !c->kv_integrity,
@@ -560,67 +469,50 @@ static int run(struct daemon *d)
                "%u are corrupted after tagging (--test-tamper-every); a test build, never for "
                "production", kp.tamper_every);
 #endif
-    if (pd_kvx_new(&kp, &d->kvx, err, sizeof(err)) < 0)
-        goto fail;
-    for (int i = 0; i < 3; i++)
-        if (!(sigs[i] = evsignal_new(d->base, signums[i], signal_cb, d)) ||
-            event_add(sigs[i], NULL) < 0) {
-            snprintf(err, sizeof(err), "cannot handle signals");
-            goto fail;
-        }
-    if (!(d->admin = evhttp_new(d->base))) {
+    return pd_kvx_new(&kp, &d->kvx, err, errlen);
+}
+
+/* The runtime's loop, the compute thread, the KV channel, the admin
+ * address; then READY=1 and the loop until the drain ends. */
+static int run(struct daemon *d)
+{
+    struct pf_cfg *c = d->cfg;
+    char err[512];
+    int rc = 1;
+
+    if (metrics_init(d) < 0) {
         snprintf(err, sizeof(err), "out of memory");
         goto fail;
     }
-    evhttp_set_gencb(d->admin, admin_cb, d);
-    /* caps as on decoded's admin address: connections, header bytes, a
-     * deadline for a request's head however it trickles */
-    evhttp_set_timeout(d->admin, ADMIN_TIMEOUT_S);
-    evhttp_set_max_body_size(d->admin, 4096);
-    evhttp_set_max_headers_size(d->admin, 16u << 10);
-    d->rl_refuse = (struct pd_ratelimit)PD_RATELIMIT_INIT(5000, 5);
-    if (!(d->admin_conns = pd_http_conns_new(d->admin, d->base, ADMIN_MAX_CONNECTIONS, NULL,
-                                             NULL))) {
+    struct pd_runtime_params rp = {.admin_host = c->admin_host,
+                                   .admin_port = (uint16_t)c->admin_port,
+                                   .header_timeout_s = ADMIN_TIMEOUT_S,
+                                   .drain_timeout_s = (uint32_t)c->drain_timeout,
+                                   .metrics = d->metrics, .ops = &rt_ops, .arg = d};
+    if (pd_runtime_new(&rp, &d->rt, err, sizeof(err)) < 0)
+        goto fail;
+    struct pf_sched_params sp = {.engine = d->engine, .max_waiting = (uint32_t)c->max_waiting,
+                                 .max_running = (uint32_t)c->max_num_seqs,
+                                 .idle_tick_ms = pd_runtime_tick_ms(d->rt),
+                                 .metrics = d->sm, .notify = wake, .notify_arg = d};
+    if (pf_sched_new(&sp, &d->sched, err, sizeof(err)) < 0)
+        goto fail;
+    if (!(d->wake_ev = event_new(pd_runtime_base(d->rt), -1, EV_PERSIST, sched_events, d))) {
         snprintf(err, sizeof(err), "out of memory");
         goto fail;
     }
-    pd_http_conns_set_limits(d->admin_conns, ADMIN_TIMEOUT_S, 0, admin_refused, d);
-    struct evhttp_bound_socket *admin_sock =
-        evhttp_bind_socket_with_handle(d->admin, c->admin_host, (uint16_t)c->admin_port);
-    if (!admin_sock || pd_http_conns_add_listener(d->admin_conns, admin_sock) < 0) {
-        snprintf(err, sizeof(err), "cannot listen on %s:%" PRId64 " (admin address): %s",
-                 c->admin_host, c->admin_port, strerror(errno));
+    if (kvx_open(d, err, sizeof(err)) < 0 || pd_runtime_listen(d->rt, err, sizeof(err)) < 0 ||
+        pd_kvx_listen(d->kvx, err, sizeof(err)) < 0 ||
+        pf_sched_start(d->sched, err, sizeof(err)) < 0)
         goto fail;
-    }
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof(ss);
-    unsigned admin_port = (unsigned)c->admin_port;
-    if (getsockname(evhttp_bound_socket_get_fd(admin_sock), (struct sockaddr *)&ss, &sl) == 0)
-        admin_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                                     : ((struct sockaddr_in *)&ss)->sin_port);
-    if (pd_kvx_listen(d->kvx, err, sizeof(err)) < 0 || pf_sched_start(d->sched, err, sizeof(err)) < 0)
-        goto fail;
-    if (d->watchdog_us) {
-        struct timeval tv = {.tv_sec = (time_t)(d->watchdog_us / 2000000u),
-                             .tv_usec = (suseconds_t)(d->watchdog_us / 2 % 1000000u)};
-        if (!(d->watchdog_ev = event_new(d->base, -1, EV_PERSIST, watchdog_cb, d)) ||
-            event_add(d->watchdog_ev, &tv) < 0) {
-            snprintf(err, sizeof(err), "cannot arm the watchdog timer");
-            goto fail;
-        }
-        pd_notify_watchdog();
-    }
-    struct timeval st = {.tv_sec = 10};
-    event_add(d->status_ev, &st);
     char fp[2 * PD_MODEL_FP_LEN + 1];
     pd_model_fingerprint_hex(pd_engine_model(d->engine), fp);
     pd_log(PD_LOG_NOTICE, "listening on %s:%u (KV channel; model %.16s, %zu keys)", c->kv_ip,
            pd_kvx_port(d->kvx), fp, pd_keyring_count(d->keyring));
-    pd_log(PD_LOG_NOTICE, "listening on %s:%u (admin)", c->admin_host, admin_port);
-    pd_notify_ready();
-    pd_notify_status("serving");
+    if (pd_runtime_ready(d->rt, err, sizeof(err)) < 0)
+        goto fail;
 
-    event_base_dispatch(d->base);
+    pd_runtime_run(d->rt);
 
     pf_sched_stop(d->sched);
     pd_log(PD_LOG_NOTICE, "stopped");
@@ -643,23 +535,10 @@ out:
             release_held(d, d->held);
         d->sched = pf_sched_free(d->sched);
     }
-    if (d->admin)
-        evhttp_free(d->admin);
-    d->admin_conns = pd_http_conns_free(d->admin_conns); /* after evhttp_free */
-    for (int i = 0; i < 3; i++)
-        if (sigs[i])
-            event_free(sigs[i]);
     if (d->wake_ev)
         event_free(d->wake_ev);
-    if (d->drain_ev)
-        event_free(d->drain_ev);
-    if (d->status_ev)
-        event_free(d->status_ev);
-    if (d->watchdog_ev)
-        event_free(d->watchdog_ev);
+    d->rt = pd_runtime_free(d->rt);
     pd_metrics_free(d->metrics);
-    if (d->base)
-        event_base_free(d->base);
     return rc;
 }
 
@@ -685,10 +564,7 @@ int main(int argc, char **argv)
         pd_cfg_done(options, &c);
         return rc < 0 ? 1 : 0;
     }
-    signal(SIGPIPE, SIG_IGN);
-
-    struct daemon d = {.cfg = &c, .argc = argc, .argv = argv,
-                       .rl_stall = PD_RATELIMIT_INIT(10000, 1)};
+    struct daemon d = {.cfg = &c, .argc = argc, .argv = argv};
     struct pd_model *m = NULL;
     int exit_code = 1;
     if (!c.kv_psk_file) {

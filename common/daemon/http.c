@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <netinet/in.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -811,6 +812,31 @@ int pd_http_conns_add_listener(struct pd_http_conns *c, struct evhttp_bound_sock
     c->lev[c->n_lev++] = evhttp_bound_socket_get_listener(h);
     if (c->disabled)
         evconnlistener_disable(c->lev[c->n_lev - 1]);
+    return 0;
+}
+
+int pd_http_bind(struct evhttp *http, struct pd_http_conns *c, const char *host, uint16_t port,
+                 const char *what, uint16_t *bound, char *err, size_t errlen)
+{
+    struct evhttp_bound_socket *b = evhttp_bind_socket_with_handle(http, host, port);
+    if (!b) {
+        snprintf(err, errlen, "cannot listen on %s:%u (%s address): %s", host, port, what,
+                 strerror(errno));
+        return -EADDRINUSE;
+    }
+    int rc = pd_http_conns_add_listener(c, b);
+    if (rc < 0) {
+        evhttp_del_accept_socket(http, b);
+        snprintf(err, errlen, "%s address %s:%u: more listeners than %d", what, host, port,
+                 PD_HTTP_MAX_LISTENERS);
+        return rc;
+    }
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    *bound = port;
+    if (getsockname(evhttp_bound_socket_get_fd(b), (struct sockaddr *)&ss, &sl) == 0)
+        *bound = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                : ((struct sockaddr_in *)&ss)->sin_port);
     return 0;
 }
 

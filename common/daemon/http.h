@@ -4,7 +4,7 @@
  * and an exact connection cap that libevent 2.1 does not have.
  *
  *   struct pd_http_conns *cc = pd_http_conns_new(http, base, 1024, on_close, arg);
- *   pd_http_conns_add_listener(cc, evhttp_bind_socket_with_handle(http, host, port));
+ *   pd_http_bind(http, cc, host, port, "API", &bound, err, sizeof err);  // port 0: any
  *
  *   handler(req):
  *     char id[PD_HTTP_ID_MAX];
@@ -110,6 +110,11 @@ struct pd_http_conns *pd_http_conns_free(struct pd_http_conns *c);
 /* A bound socket whose listener the cap controls. 0, -EINVAL (NULL handle),
  * -E2BIG past PD_HTTP_MAX_LISTENERS. */
 int pd_http_conns_add_listener(struct pd_http_conns *c, struct evhttp_bound_socket *h);
+/* Listen on host:port (0: any free port) under the cap; *bound: the port
+ * the kernel gave. -EADDRINUSE (or another bind failure; err names the
+ * address and `what` it is, "API" or "admin"), -E2BIG. */
+int pd_http_bind(struct evhttp *http, struct pd_http_conns *c, const char *host, uint16_t port,
+                 const char *what, uint16_t *bound, char *err, size_t errlen);
 /* Stop accepting for good (drain) or until resumed. */
 void pd_http_conns_pause(struct pd_http_conns *c, bool paused);
 unsigned pd_http_conns_count(const struct pd_http_conns *c);

@@ -1,0 +1,107 @@
+/* common/daemon/runtime: what both daemons run on, written once. The event
+ * loop, signals, the reload hook, the drain, the systemd watchdog fed by the
+ * compute thread's heartbeat, STATUS= lines, and the admin endpoint
+ * (GET /health, GET /metrics) with one set of caps and one error shape. A
+ * daemon brings its own work (listeners, scheduler, KV channel) and a table
+ * of hooks; the runtime decides when they run (as systemd's sd-event with
+ * sd_event_set_watchdog).
+ *
+ *   static const struct pd_runtime_ops ops = {.running = ..., .drain = ..., .cut = ...,
+ *                                             .reload = ..., .heartbeat_ns = ...,
+ *                                             .status = ..., .scrape = ...};
+ *   struct pd_runtime_params rp = {.admin_host = "127.0.0.1", .admin_port = 8001,
+ *                                  .header_timeout_s = 30, .drain_timeout_s = 30,
+ *                                  .metrics = m, .ops = &ops, .arg = d};
+ *   if (pd_runtime_new(&rp, &rt, err, sizeof err) < 0) ...   // the loop, signals, admin
+ *   base = pd_runtime_base(rt);        // the daemon's listeners, compute thread
+ *   pd_runtime_listen(rt, err, sizeof err);   // the admin address
+ *   pd_runtime_ready(rt, err, sizeof err);    // watchdog, status, READY=1
+ *   pd_runtime_run(rt);                // until the daemon ends the loop
+ *   rt = pd_runtime_free(rt);
+ *
+ * Signals (the one rule for both daemons):
+ *   SIGTERM, SIGINT: STOPPING=1, ops->drain (take no new work; end the loop
+ *     with pd_runtime_stop once nothing runs), and the drain timer;
+ *   at the drain timeout, or on a second SIGTERM/SIGINT: ops->cut (end what
+ *     still runs now);
+ *   SIGHUP: RELOADING=1, ops->reload, READY=1; ignored (with a log line)
+ *     while stopping, since READY=1 after STOPPING=1 would tell systemd the
+ *     service is back.
+ *
+ * The watchdog (WATCHDOG_USEC set by systemd) is fed from the loop at half
+ * the interval, and only while ops->heartbeat_ns is fresher than the
+ * interval: a stuck compute thread gets the service restarted. The compute
+ * thread beats at least every pd_runtime_tick_ms.
+ *
+ * The admin endpoint answers GET (and HEAD) /health: 200 {"status":"ok"}, or
+ * 503 {"status":"stopping"} while draining; GET /metrics: the registry in
+ * Prometheus text after ops->scrape; any other method 405, any other path
+ * 404, as OpenAI-shaped errors. Caps: PD_RUNTIME_ADMIN_CONNECTIONS open
+ * connections, 16 KiB of headers, 4 KiB of body, header_timeout_s for a
+ * request's head however it trickles; it stays open during the drain.
+ *
+ * The runtime is the daemon's top: its lifecycle lines (signals, drain,
+ * watchdog, the admin address) are logged here, where they are decided.
+ * Everything runs on the loop thread.
+ */
+#ifndef PD_RUNTIME_H
+#define PD_RUNTIME_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define PD_RUNTIME_ADMIN_CONNECTIONS 64
+
+struct event_base;
+struct pd_metrics;
+struct pd_runtime;
+
+struct pd_runtime_ops {
+    unsigned (*running)(void *arg); /* requests running now, for the log lines */
+    void (*drain)(void *arg); /* the first SIGTERM/SIGINT */
+    void (*cut)(void *arg); /* the drain timeout, or a second SIGTERM/SIGINT */
+    void (*reload)(void *arg); /* SIGHUP; NULL: nothing to reload */
+    uint64_t (*heartbeat_ns)(void *arg); /* the compute thread's last beat (pd_now_ns) */
+    /* the rest of the STATUS= line after "serving: " or "draining: " */
+    void (*status)(void *arg, char *buf, size_t len);
+    void (*scrape)(void *arg); /* NULL, or: bring the registry up to date for /metrics */
+};
+
+struct pd_runtime_params {
+    const char *admin_host; /* copied */
+    uint16_t admin_port; /* 0: any free port (logged) */
+    uint32_t header_timeout_s; /* admin requests' heads, idle admin connections */
+    uint32_t drain_timeout_s;
+    /* the daemon's, rendered at /metrics, outliving the runtime; may come
+     * later (pd_runtime_set_metrics), before pd_runtime_listen */
+    struct pd_metrics *metrics;
+    const struct pd_runtime_ops *ops;
+    void *arg;
+};
+
+/* The loop (libevent with pthreads), the signal handlers (SIGPIPE
+ * ignored), the admin endpoint (not yet listening). -ENOMEM, -EINVAL. */
+int pd_runtime_new(const struct pd_runtime_params *p, struct pd_runtime **out, char *err,
+                   size_t errlen);
+/* Accepts NULL; returns NULL. After the loop ended. */
+struct pd_runtime *pd_runtime_free(struct pd_runtime *rt);
+
+struct event_base *pd_runtime_base(struct pd_runtime *rt);
+/* How often the compute thread must beat (ms, 1..1000): a quarter of the
+ * watchdog interval, or a second without one. */
+uint32_t pd_runtime_tick_ms(const struct pd_runtime *rt);
+void pd_runtime_set_metrics(struct pd_runtime *rt, struct pd_metrics *m);
+/* The admin address, logged as "listening on HOST:PORT (admin)". -EINVAL
+ * without a metrics registry. */
+int pd_runtime_listen(struct pd_runtime *rt, char *err, size_t errlen);
+/* The watchdog armed, the status timer started, READY=1 and STATUS=serving. */
+int pd_runtime_ready(struct pd_runtime *rt, char *err, size_t errlen);
+/* Runs the loop until the daemon ends it (pd_runtime_stop). */
+void pd_runtime_run(struct pd_runtime *rt);
+void pd_runtime_stop(struct pd_runtime *rt);
+bool pd_runtime_draining(const struct pd_runtime *rt);
+/* A reload's new --drain-timeout, for the next drain. */
+void pd_runtime_set_drain_timeout(struct pd_runtime *rt, uint32_t s);
+
+#endif
