@@ -1,5 +1,5 @@
 /* decoded/jstrict: what cJSON 1.7 cannot say about a request body, checked on
- * the raw text (docs/internals/http.md, "What the JSON means").
+ * the raw text (docs/internals/daemon.md, "What the JSON means").
  *
  *   struct dec_jstrict js;
  *   if (dec_jstrict_scan(body, len, &js, msg, sizeof msg, &field) < 0) 400 with msg;

@@ -88,7 +88,7 @@ void dec_http_free(struct dec_http *h)
 /* pd_http_conns tells us a connection is gone. A request it carried is
  * either detached (libevent leaves it to us: we free it by replying) or
  * about to be freed with the connection. */
-/* A connection refused before a request reached us (common/http: a
+/* A connection refused before a request reached us (common/daemon/http: a
  * deadline, the per-source cap, a malformed head). */
 void dec_reply_conn_refused(const char *why, const char *peer, void *arg)
 {

@@ -489,7 +489,7 @@ static void api_cb(struct evhttp_request *req, void *arg)
     bool chat = strcmp(path, "/v1/chat/completions") == 0;
     pd_http_request_id(req, chat ? "chatcmpl-" : "cmpl-", id);
 
-    /* HEAD is GET without the body (common/http sends its length, not it) */
+    /* HEAD is GET without the body (common/daemon/http sends its length, not it) */
     bool get = method == EVHTTP_REQ_GET || method == EVHTTP_REQ_HEAD;
     if (strcmp(path, "/health") == 0 && get) {
         health(s, req);

@@ -14,7 +14,7 @@
  * GET /v1/models, GET /health. The admin address (/metrics, /health) is the
  * daemon runtime's (common/daemon/runtime.h), rendering this server's
  * registry after dec_server_scrape.
- * See docs/internals/http.md for limits, errors and streaming.
+ * See docs/internals/daemon.md for limits, errors and streaming.
  */
 #ifndef DEC_SERVER_H
 #define DEC_SERVER_H

@@ -18,7 +18,7 @@ APT_PACKAGES=(
     python3 python3-venv
     systemd
     iproute2 unzip ca-certificates curl
-    valgrind # common/kvx's leak test (tests/integration/kvx_valgrind.sh)
+    valgrind # common/kvchan/kvx's leak test (tests/integration/kvx_valgrind.sh)
 )
 # Test tooling, pinned. gguf writes the dequantization reference values.
 PIP_PACKAGES=(numpy==1.26.4 gguf==0.17.1)

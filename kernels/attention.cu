@@ -1,6 +1,6 @@
 /* kernels/attention.cu: decode attention over block tables.
  *
- * Layout of the work (docs/internals/cuda.md has the reasoning):
+ * Layout of the work (docs/internals/kernels.md has the reasoning):
  *   grid   (token, KV head x group chunk, context split)
  *   block  ATT_WARPS warps; each warp walks its own positions of the split,
  *          ATT_UNROLL at a time (all their K and V loads issued before use)

@@ -11,7 +11,7 @@
  * block layout makes a head's tile one memcpy); a lone token (a decode step)
  * is a direct loop. `scratch` bounds the memory a call may use.
  *
- * CUDA, decode (attention.cu, docs/internals/cuda.md): every token is
+ * CUDA, decode (attention.cu, docs/internals/kernels.md): every token is
  * treated as a decode step over its own context (prefill runs are correct,
  * not fast: use the prefill kernel for them). One thread block per (token, KV head, group chunk, context split);
  * the GQA group's query heads share each K/V load; long contexts are split
@@ -47,7 +47,7 @@ struct pd_attn_args {
     uint32_t max_blocks;
     float scale; /* 1 / sqrt(head_dim) */
     /* Zero = the CPU engine's behaviour. */
-    uint32_t pool_type; /* PD_DT_F32 (0), PD_DT_BF16 or PD_DT_F16 (common/quant.h) */
+    uint32_t pool_type; /* PD_DT_F32 (0), PD_DT_BF16 or PD_DT_F16 (kernels/quant.h) */
     /* CUDA only (the CPU reference ignores them): */
     uint32_t max_ctx; /* >= every tok_pos + 1; 0 = max_blocks * block_size */
     uint32_t split_tokens; /* context positions per split; 0 = the launcher's choice */

@@ -1,7 +1,7 @@
 /* kernels/attn_prefill.cu: causal prefill attention on tensor cores, reading
  * K and V from the paged pool (chunked prefill: earlier chunks are there too).
  *
- * Layout of the work (docs/internals/cuda.md has the reasoning):
+ * Layout of the work (docs/internals/kernels.md has the reasoning):
  *   grid   (query tile, run, query head); tiles of a run launch longest first
  *   block  PF_WARPS warps, M = 16 * MT * PF_WARPS query rows, copied
  *          into shared memory once (16-bit); the block walks the keys its

@@ -3,7 +3,7 @@
  *
  * Round to nearest even; a NaN stays a quiet NaN; half overflows to
  * infinity and keeps subnormals. Written PD_HD so the CPU reference kernels
- * and the CUDA kernels store and read 16-bit KV identically; common/quant.c's
+ * and the CUDA kernels store and read 16-bit KV identically; kernels/quant.c's
  * pd_bf16_to_f32 / pd_f32_to_f16 ... are these. tests/unit/test_kernel_index.c
  * checks them against the compiler's _Float16 and an independent rounding.
  */

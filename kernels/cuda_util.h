@@ -39,7 +39,7 @@ int pd_cuda_errno(int cuda_status);
 /* Logs "cuda: what: reason (cudaErrorName)" once and returns
  * pd_cuda_errno(cuda_status). For the .cu files; C code gets errnos only. */
 int pd_cuda_fail(int cuda_status, const char *what);
-/* The C side of that line (kernels/pd_cuda.c: common/log is C-only). */
+/* The C side of that line (kernels/pd_cuda.c: common/base/log is C-only). */
 void pd_cuda_log_error(const char *line);
 
 /* Number of usable devices (> 0), or a negative errno with a one-line reason

@@ -1,5 +1,5 @@
 /* kernels/embed.cu: one thread block per token, each thread dequantizes
- * elements of the row exactly as common/quant.c does. Rows of quantized
+ * elements of the row exactly as kernels/quant.c does. Rows of quantized
  * types are 18/20/34-byte blocks with no alignment, so every element is
  * assembled from bytes; the embedding is a gather of a few rows per step, not
  * worth wider loads. */

@@ -6,7 +6,7 @@
 
 struct pd_embed_args {
     float *out; /* (n_tokens, dim) */
-    const void *table; /* (n_vocab, dim) rows of `type` (common/quant.h), row_bytes apart */
+    const void *table; /* (n_vocab, dim) rows of `type` (kernels/quant.h), row_bytes apart */
     uint32_t type;
     uint64_t row_bytes;
     const int32_t *tokens; /* (n_tokens), each in [0, n_vocab) (checked by the caller) */

@@ -13,7 +13,7 @@ struct pd_kv_write_args {
     const float *v; /* (n_tokens, n_head_kv, head_dim) */
     const int64_t *slot; /* (n_tokens): block * block_size + position in block */
     uint32_t n_tokens;
-    uint32_t pool_type; /* PD_DT_F32 (0), PD_DT_BF16 or PD_DT_F16 (common/quant.h); k, v float */
+    uint32_t pool_type; /* PD_DT_F32 (0), PD_DT_BF16 or PD_DT_F16 (kernels/quant.h); k, v float */
 };
 
 PD_BEGIN_DECLS

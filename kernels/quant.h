@@ -1,4 +1,4 @@
-/* common/quant: tensor element types (ggml numbering, as stored in GGUF),
+/* kernels/quant: tensor element types (ggml numbering, as stored in GGUF),
  * their block geometry, and conversion to and from float.
  *
  *   const struct pd_dtype_info *ti = pd_dtype_info(PD_DT_Q4_1);

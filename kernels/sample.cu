@@ -1,5 +1,5 @@
 /* kernels/sample.cu: pd_sample on the GPU, one thread block per row
- * (kernels/sample.h says what and why; common/sampler.c is the reference).
+ * (kernels/sample.h says what and why; kernels/sample.c is the reference).
  *
  * Per row, in the row's workspace (w: processed logits, pr: unnormalised
  * probabilities, cnt: marks and counts, n_vocab each):

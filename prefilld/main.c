@@ -1,5 +1,5 @@
 /* prefilld: the prefill daemon. It listens on --kv-ip:--kv-port for decode
- * peers (common/kvx: authenticated sessions), computes the KV cache of the
+ * peers (common/kvchan/kvx: authenticated sessions), computes the KV cache of the
  * prompts they send (prefilld/sched: the compute thread), ships the blocks
  * back as they become final, and answers with the first token. Thin: the
  * work lives in common/.

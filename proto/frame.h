@@ -1,5 +1,5 @@
 /* proto/frame: the KV channel's frames -- header, control frames, caps.
- * Codec only: no I/O, no allocation, no crypto (common/auth seals and opens).
+ * Codec only: no I/O, no allocation, no crypto (common/kvchan/auth seals and opens).
  *
  *   struct pd_frame f = { .type = PD_FT_ACK,
  *                         .u.ack = { .request_id = 7, .epoch = 1, .blocks = 4 } };
@@ -75,7 +75,7 @@ enum pd_frame_type {
     PD_FT_HEARTBEAT = 23, /* both: lease renewal */
     PD_FT_ERROR = 24, /* both: session-level failure, then close */
     /* sealed, on the KV port's own TCP connection right after the handshake
-     * (docs/internals/kvx.md, "The KV port") */
+     * (docs/internals/kvchan.md, "The KV port") */
     PD_FT_UCX_ADDR = 25, /* both: my UCX worker address, and the token to address me by */
     PD_FT_READY = 26, /* P -> D: my endpoint to you exists; the session is up */
 };
@@ -247,7 +247,7 @@ int pd_frame_body_decode(const struct pd_frame_hdr *h, const uint8_t *body, size
                          struct pd_frame *out, char *err, size_t errlen);
 
 /* A whole plaintext control frame (header + body, nothing after): the output
- * of pd_frame_encode, or of common/auth's open. */
+ * of pd_frame_encode, or of common/kvchan/auth's open. */
 int pd_frame_decode(const uint8_t *buf, size_t len, struct pd_frame *out, char *err,
                     size_t errlen);
 

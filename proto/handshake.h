@@ -1,5 +1,5 @@
 /* proto/handshake: the KV channel's handshake messages -- codec only. The
- * MACs, key agreement and key schedule live in common/auth; this module
+ * MACs, key agreement and key schedule live in common/kvchan/auth; this module
  * lays bytes out and checks them.
  *
  *   D -> P  M1       hello: key id, ephemeral X25519 key, nonce, KV layout, tag
@@ -48,9 +48,9 @@ struct pd_kv_layout {
     uint32_t n_head_kv; /* 1..1024 */
     uint32_t head_dim; /* 1..1024 */
     uint32_t block_size; /* tokens per block, 1..PD_PROTO_MAX_BLOCK_SIZE */
-    uint32_t kv_dtype; /* enum pd_dtype (common/quant.h), < 256 */
+    uint32_t kv_dtype; /* enum pd_dtype (kernels/quant.h), < 256 */
     uint64_t block_bytes; /* 1..PD_PROTO_MAX_BLOCK_BYTES */
-    uint8_t fingerprint[PD_HS_FP_LEN]; /* the model's (common/model.h) */
+    uint8_t fingerprint[PD_HS_FP_LEN]; /* the model's (common/model/model.h) */
 };
 
 struct pd_hs_hello {

@@ -1,4 +1,4 @@
-/* common/cfg: one option table per program drives long flags, a JSON config
+/* common/base/cfg: one option table per program drives long flags, a JSON config
  * file, environment variables, --help and --print-config.
  *
  *   struct my_cfg { int64_t kv_port; char *model; bool verbose; int device; };

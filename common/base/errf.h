@@ -1,4 +1,4 @@
-/* common/errf.h: how a library function reports an error (STYLE.md: fill an
+/* common/base/errf.h: how a library function reports an error (STYLE.md: fill an
  * error buffer and return a code; the caller decides what to log).
  *
  *   return pd_errf(err, errlen, -EINVAL, "model: tensor %s is missing", name);

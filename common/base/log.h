@@ -1,4 +1,4 @@
-/* common/log: leveled, journald-friendly logging to stderr.
+/* common/base/log: leveled, journald-friendly logging to stderr.
  *
  *   pd_log_init("prefilld");                 // once, before threads start
  *   pd_log_set_level(PD_LOG_DEBUG);          // any time, from any thread

@@ -1,4 +1,4 @@
-/* common/utf8: see utf8.h. */
+/* common/base/utf8: see utf8.h. */
 #include "utf8.h"
 
 #include <string.h>

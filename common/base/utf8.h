@@ -1,4 +1,4 @@
-/* common/utf8: UTF-8 scanning by the Unicode standard's rules (Table 3-7,
+/* common/base/utf8: UTF-8 scanning by the Unicode standard's rules (Table 3-7,
  * "maximal subpart" substitution), shared by the tokenizer, streaming
  * detokenization and chat templates.
  *

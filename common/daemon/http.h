@@ -1,4 +1,4 @@
-/* common/http: helpers for libevent's evhttp servers (decoded's API, the
+/* common/daemon/http: helpers for libevent's evhttp servers (decoded's API, the
  * admin/metrics endpoint): JSON and OpenAI-shaped error replies, request
  * ids, bearer tokens, Server-Sent Events with a per-connection output cap,
  * and an exact connection cap that libevent 2.1 does not have.
@@ -30,7 +30,7 @@
  * hook for it. Every connection's output buffer gets a callback that
  * replaces such a page, as it is appended, by the OpenAI-shaped JSON error
  * with the same status (413: code "request_too_large"); see
- * docs/internals/http.md.
+ * docs/internals/daemon.md.
  *
  * Everything here runs on the loop thread that owns the evhttp. No logging
  * (common/ rule): callers log.

@@ -1,4 +1,4 @@
-/* common/metrics: counters, gauges and fixed-bucket histograms, rendered in
+/* common/daemon/metrics: counters, gauges and fixed-bucket histograms, rendered in
  * the Prometheus text format (version 0.0.4).
  *
  *   struct pd_metrics *m = pd_metrics_new("model_name", "smollm2");  // label on every series

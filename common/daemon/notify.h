@@ -1,4 +1,4 @@
-/* common/notify: the systemd service-manager protocol (Type=notify), through
+/* common/daemon/notify: the systemd service-manager protocol (Type=notify), through
  * libsystemd's sd_notify.
  *
  *   pd_notify_status("loading model %s", path);

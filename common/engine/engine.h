@@ -4,7 +4,7 @@
  *   struct pd_engine *e;
  *   if (pd_engine_new(&p, &e, err, sizeof err) < 0) ...
  *
- *   struct pd_kvseq a, b;                       // sequences (common/kvcache)
+ *   struct pd_kvseq a, b;                       // sequences (common/engine/kvcache)
  *   pd_kvseq_init(&a); pd_kvseq_init(&b);
  *   struct pd_batch_item items[2] = {
  *       {.seq = &a, .tokens = prompt, .n_tokens = 7, .n_logits = 1, .logits = la},  // a prefill chunk
@@ -98,7 +98,7 @@ uint32_t pd_engine_gpu_weight_dtype(int choice);
 
 /* The KV pool's element type and block size, the same in every program that
  * makes an engine (and both ends of the KV channel must agree on them):
- * entries of a common/cfg option table for a config struct T with int
+ * entries of a common/base/cfg option table for a config struct T with int
  * kv_cache_dtype and int64_t block_size. */
 #define PD_ENGINE_KV_CFG(T)                                                                        \
     PD_CFG_ENUM("kv-cache-dtype", T, kv_cache_dtype, "f32", pd_engine_kv_dtypes,                   \
@@ -107,7 +107,7 @@ uint32_t pd_engine_gpu_weight_dtype(int choice);
     PD_CFG_INT("block-size", T, block_size, "16", 1, 1024, "tokens per KV block")
 
 /* The device options of a program that runs an engine where it likes
- * (decoded, prefilld, pdserve-generate): entries of a common/cfg option table
+ * (decoded, prefilld, pdserve-generate): entries of a common/base/cfg option table
  * for a config struct T with int device, int gpu_weight_dtype, double
  * gpu_memory_utilization and bool cuda_graphs. */
 #define PD_ENGINE_DEVICE_CFG(T)                                                                    \
@@ -141,7 +141,7 @@ struct pd_batch_item {
     uint32_t n_logits; /* logits for the last n_logits tokens (0..n_tokens) */
     float *logits; /* (n_logits, n_vocab), caller's */
     /* Or, with n_logits 1: the row is sampled in the step, as pd_sample
-     * (common/sampler.h) would -- on a GPU by kernels/sample.cu, so that the
+     * (kernels/sample.h) would -- on a GPU by kernels/sample.cu, so that the
      * logits never leave the device -- with these parameters (checked by the
      * step) over the sequence so far, history[0, n_history) of which the
      * first n_prompt are the prompt; the token and its log-probabilities in

@@ -329,7 +329,7 @@ static int cu_kv_pool(struct pd_engine *e, const struct pd_engine_params *p,
 }
 
 /* the KV channel's blocks in host memory (mapped, kept out of core dumps,
- * by common/kvcache), page-locked so that the copies between it and the
+ * by common/engine/kvcache), page-locked so that the copies between it and the
  * device pool are DMA; by default room for two prompts of the longest
  * length */
 static int stage_new(struct pd_engine *e, const struct pd_engine_params *p, char *err,

@@ -1,4 +1,4 @@
-/* common/generate: offline batched generation on one engine (the generator
+/* common/engine/generate: offline batched generation on one engine (the generator
  * CLI and tests; the serving daemons have their own schedulers).
  *
  *   struct pd_gen_request r = {.prompt = ids, .n_prompt = n, .sampling = sp, .max_tokens = 64,

@@ -1,4 +1,4 @@
-/* common/kvcache: the paged KV pool, its block allocator, and sequences'
+/* common/engine/kvcache: the paged KV pool, its block allocator, and sequences'
  * block tables. Allocation, free and reference counts live here only
  * (DESIGN.md).
  *
@@ -33,7 +33,7 @@
 struct pd_kvcache_params {
     struct pd_kv_geom layout;
     uint64_t mem_bytes; /* pool size; rounded down to whole blocks */
-    uint32_t dtype; /* pool elements: PD_DT_F32 (0), PD_DT_BF16 or PD_DT_F16 (common/quant.h) */
+    uint32_t dtype; /* pool elements: PD_DT_F32 (0), PD_DT_BF16 or PD_DT_F16 (kernels/quant.h) */
     /* the caller's memory for the pool (a GPU engine's device memory), of
      * mem_bytes; kept by the caller, never touched here. NULL: mapped here */
     void *pool;

@@ -1,5 +1,5 @@
-/* common/auth: the KV channel's session handshake, sealed control frames and
- * per-block integrity tags (DESIGN.md, "The KV channel"; docs/internals/auth.md).
+/* common/kvchan/auth: the KV channel's session handshake, sealed control frames and
+ * per-block integrity tags (DESIGN.md, "The KV channel"; docs/internals/kvchan.md).
  *
  * Handshake (D = decoded, initiator; P = prefilld, responder), lock-step:
  *

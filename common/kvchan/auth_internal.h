@@ -1,4 +1,4 @@
-/* Private to common/auth*.c, plus the known-answer dump and the fuzz target,
+/* Private to common/kvchan/auth*.c, plus the known-answer dump and the fuzz target,
  * which read the key schedule's intermediate values. */
 #ifndef PD_AUTH_INTERNAL_H
 #define PD_AUTH_INTERNAL_H

@@ -1,4 +1,4 @@
-/* common/keyring: the KV channel's pre-shared keys (id + 32-byte key), read
+/* common/kvchan/keyring: the KV channel's pre-shared keys (id + 32-byte key), read
  * from a key file or a key directory, held in sodium_malloc memory.
  *
  *   struct pd_keyring *kr;

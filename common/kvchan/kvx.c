@@ -1,5 +1,5 @@
 /* common/kvchan/kvx: the KV channel's UCX transport. See kvx.h for the API
- * and docs/internals/kvx.md for threads, lifetimes and the block rule.
+ * and docs/internals/kvchan.md for threads, lifetimes and the block rule.
  *
  * This file, the core: delivering events, the control active-message
  * handler, the loop (progress/arm, tick), the listener, and the constructor

@@ -1,6 +1,6 @@
-/* common/kvx: the KV channel's UCX transport -- sessions, receiver-driven
+/* common/kvchan/kvx: the KV channel's UCX transport -- sessions, receiver-driven
  * block transfer, leases, faults (DESIGN.md "The KV channel";
- * docs/internals/kvx.md).
+ * docs/internals/kvchan.md).
  *
  * One kvx object per daemon, on the daemon's libevent loop; every function
  * here is called from that loop's thread. prefilld (PD_ROLE_P) listens and
@@ -36,7 +36,7 @@
  *
  * The KV port (--kv-ip:--kv-port) is kvx's own TCP socket: the handshake
  * and the sealed exchange of UCX worker addresses run there before anything
- * reaches UCX (docs/internals/kvx.md, "The KV port").
+ * reaches UCX (docs/internals/kvchan.md, "The KV port").
  *
  * Errors: negative errno with a message in err; -ENOTCONN (no session to that
  * peer now), -EBUSY (a cap: in-flight requests, crypto queue), -E2BIG (over a
@@ -56,10 +56,10 @@
 #include <stdint.h>
 
 /* The KV channel's options that both daemons take alike: entries of a
- * common/cfg option table for a config struct T with char *kv_data_ports,
+ * common/base/cfg option table for a config struct T with char *kv_data_ports,
  * int64_t kv_lease_ms, kv_handshake_ms and uint64_t kv_staging_memory
  * (pd_kvx_parse_ports reads the first; the last is a GPU engine's
- * kv_staging_bytes, common/engine.h). */
+ * kv_staging_bytes, common/engine/engine.h). */
 #define PD_KVX_CFG(T)                                                                              \
     PD_CFG_SIZE("kv-staging-memory", T, kv_staging_memory, "0", 0, INT64_C(1) << 40,              \
                 "with the engine on a GPU: page-locked host memory the KV blocks pass through "    \

@@ -1,10 +1,10 @@
-/* common/kvx, the KV port: pdserve's own TCP socket on --kv-ip:--kv-port.
- * Nothing unauthenticated reaches UCX: the handshake of common/auth runs
+/* common/kvchan/kvx, the KV port: pdserve's own TCP socket on --kv-ip:--kv-port.
+ * Nothing unauthenticated reaches UCX: the handshake of common/kvchan/auth runs
  * here, and only inside the authenticated session do the peers exchange
  * their UCX worker addresses (sealed UCX_ADDR frames) and create endpoints
  * from them. The protocol is kvx_port.c's (no I/O); this file is its
  * sockets: listen and accept with caps (P), connect (D), read and write.
- * docs/internals/kvx.md, "The KV port".
+ * docs/internals/kvchan.md, "The KV port".
  *
  * The connection then stays open, silent, for the session's life: its end
  * (EOF, reset) ends the session at once; a byte on it is a protocol error.

@@ -1,4 +1,4 @@
-/* common/kvx: crypto worker threads -- block tags off the loop thread
+/* common/kvchan/kvx: crypto worker threads -- block tags off the loop thread
  * (DESIGN.md "Process model"). A mutex-protected FIFO in, a FIFO out plus an
  * eventfd the loop watches; no lock is held while tagging. */
 #include "kvx_internal.h"

@@ -1,4 +1,4 @@
-/* common/kvx: the KV port's protocol for one connection, without I/O. See
+/* common/kvchan/kvx: the KV port's protocol for one connection, without I/O. See
  * kvx_port.h. */
 #include "kvx_port.h"
 

@@ -1,6 +1,6 @@
-/* common/kvx internals: the KV port's protocol for one TCP connection,
+/* common/kvchan/kvx internals: the KV port's protocol for one TCP connection,
  * without I/O (the socket side is kvx_boot.c; the fuzz target
- * tests/fuzz/fuzz_kvport.c drives it directly). docs/internals/kvx.md,
+ * tests/fuzz/fuzz_kvport.c drives it directly). docs/internals/kvchan.md,
  * "The KV port".
  *
  *   D -> P  M1            P -> D  M2

@@ -1,7 +1,7 @@
 /* common/kvchan/kvx, decoded's side (the role table kvx_role_d): peers (connect, reconnect with backoff), requests
  * with granted destination blocks, data received straight into them
  * (ucp_am_recv_data_nbx), verification, ACK, and the block rule: RELEASED only
- * when no receive into a request's blocks is pending. docs/internals/kvx.md. */
+ * when no receive into a request's blocks is pending. docs/internals/kvchan.md. */
 #include "errf.h"
 #include "kvx_internal.h"
 

@@ -1,7 +1,7 @@
 /* common/kvchan/kvx, prefilld's side (the role table kvx_role_p): requests from PREFILL, runs of source blocks
  * tagged on the crypto threads and sent as active messages, ACKs, and runs
  * released when acknowledged or when the request or session dies.
- * docs/internals/kvx.md. */
+ * docs/internals/kvchan.md. */
 #include "errf.h"
 #include "kvx_internal.h"
 

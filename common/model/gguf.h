@@ -1,4 +1,4 @@
-/* common/gguf: a validating parser for GGUF (v2, v3) images in memory.
+/* common/model/gguf: a validating parser for GGUF (v2, v3) images in memory.
  *
  *   struct pd_gguf *g;
  *   char err[256];
@@ -66,7 +66,7 @@ struct pd_gguf_kv {
 
 struct pd_gguf_tensor {
     const char *name; /* NUL-terminated copy, owned by the pd_gguf */
-    uint32_t type; /* enum pd_dtype (common/quant.h) */
+    uint32_t type; /* enum pd_dtype (kernels/quant.h) */
     uint32_t n_dims;
     uint64_t ne[PD_GGUF_MAX_DIMS]; /* ne[0] is the contiguous dimension; unused dims are 1 */
     uint64_t offset; /* from the start of the data section */

@@ -11,7 +11,7 @@
  *   const struct pd_tensor *wq = pd_model_layer_tensor(m, 0, PD_W_ATTN_Q);
  *   m = pd_model_free(m);
  *
- * Loading validates everything before use: the GGUF image (common/gguf), the
+ * Loading validates everything before use: the GGUF image (common/model/gguf), the
  * hyper-parameters (ranges, divisibility), and that every tensor the
  * architecture needs exists with the right shape and a supported type; an
  * unknown tensor is refused rather than ignored (a bias we do not apply would

@@ -1,4 +1,4 @@
-/* common/chat: chat-template families, recognised and rendered. See chat.h. */
+/* common/text/chat: chat-template families, recognised and rendered. See chat.h. */
 #include "chat.h"
 
 #include "errf.h"

@@ -1,4 +1,4 @@
-/* common/chat: render a conversation as the model's prompt text, in the
+/* common/text/chat: render a conversation as the model's prompt text, in the
  * format of its chat template.
  *
  *   struct pd_chat_template *ct;
@@ -24,7 +24,7 @@
  *   llama2  <s>[INST] <<SYS>>\nsystem\n<</SYS>>\n\nuser [/INST] answer </s>...
  *   llama3  <|begin_of_text|><|start_header_id|>role<|end_header_id|>\n\n...
  * A template that is none of these is an error (-ENOTSUP) naming the
- * families and the --chat-template option; docs/internals/tokenizer.md.
+ * families and the --chat-template option; docs/internals/text.md.
  *
  * Ownership: a template object owns copies of everything it needs (the
  * tokenizer may be freed first); it is immutable and may be shared by

@@ -1,4 +1,4 @@
-/* common/tokenizer: text -> ids. Control-token split, pre-tokenization
+/* common/text/tokenizer: text -> ids. Control-token split, pre-tokenization
  * (PCRE2), BPE. The BPE loop reproduces Hugging Face tokenizers' Word::merge_all
  * step by step (a heap of (rank, position), stale entries recognised by the
  * merged id), because parity means the same answer in every corner, not

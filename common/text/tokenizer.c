@@ -1,4 +1,4 @@
-/* common/tokenizer: loading from GGUF metadata, decoding, streaming
+/* common/text/tokenizer: loading from GGUF metadata, decoding, streaming
  * detokenization, accessors. Encoding is in tok_encode.c. */
 #include "tokenizer_internal.h"
 

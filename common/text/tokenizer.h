@@ -1,4 +1,4 @@
-/* common/tokenizer: the model's tokenizer, built from its GGUF metadata
+/* common/text/tokenizer: the model's tokenizer, built from its GGUF metadata
  * (tokenizer.ggml.*): byte-level BPE ("gpt2", the default model's) and
  * SentencePiece-style BPE ("llama", Llama-2 family).
  *
@@ -17,7 +17,7 @@
  * Encoding reproduces, id for id, what Hugging Face transformers 4.47.1
  * builds from the same GGUF (AutoTokenizer.from_pretrained(dir,
  * gguf_file=...)), checked on a committed corpus: see
- * docs/internals/tokenizer.md for what that means per model type, for the
+ * docs/internals/text.md for what that means per model type, for the
  * optional pre-tokenizer the GGUF declares, and for invalid UTF-8.
  *
  * Ownership and threads: loading copies everything it needs, so the GGUF (and
@@ -86,7 +86,7 @@ struct pd_tokenizer *pd_tok_free(struct pd_tokenizer *t);
  * PD_TOK_MAX_TEXT, -ENOMEM.
  * Cost: ~20-50 ns per byte of ordinary text; BPE of one pre-token of k bytes
  * is O(k log k), so a single run of millions of spaces or letters takes
- * seconds (docs/internals/tokenizer.md): callers cap what they accept. */
+ * seconds (docs/internals/text.md): callers cap what they accept. */
 int pd_tok_encode(const struct pd_tokenizer *t, const char *text, size_t len, unsigned flags,
                   int32_t *ids, size_t cap, size_t *n);
 /* A count of ids that encoding len bytes never exceeds (BOS and EOS

@@ -1,4 +1,4 @@
-/* KV transfer with common/kvx, between two processes (docs/perf.md, "KV
+/* KV transfer with common/kvchan/kvx, between two processes (docs/perf.md, "KV
  * transfer"). tests/bench/kvx_bench.py runs it beside ucx_perftest on the same
  * transports and prints the table with ratios; this program is one side:
  *

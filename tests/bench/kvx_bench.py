@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""KV transfer GB/s with common/kvx beside ucx_perftest, in one run (docs/perf.md).
+"""KV transfer GB/s with common/kvchan/kvx beside ucx_perftest, in one run (docs/perf.md).
 
     python3 tests/bench/kvx_bench.py build/tests/bench/kvx_bench [--reps 5] [--quick]
 

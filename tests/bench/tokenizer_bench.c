@@ -1,4 +1,4 @@
-/* tokenizer_bench: encode throughput of common/tokenizer on a text file, one
+/* tokenizer_bench: encode throughput of common/text/tokenizer on a text file, one
  * line per encode call (the unit transformers' encode_batch gets from
  * tests/bench/tokenizer_bench.py, which runs both side by side and prints the
  * ratio). A timing never decides a test.

@@ -1,4 +1,4 @@
-/* libFuzzer target: untrusted bytes into common/auth wherever a peer's bytes
+/* libFuzzer target: untrusted bytes into common/kvchan/auth wherever a peer's bytes
  * arrive. The first byte picks the entry point, the rest is the message:
  *
  *   0  M1 into a responder (pd_auth_hs_respond)

@@ -1,5 +1,5 @@
 /* libFuzzer target: untrusted bytes into the KV port's protocol
- * (common/kvx_port.c) as they arrive on its TCP connection, through the
+ * (common/kvchan/kvx_port.c) as they arrive on its TCP connection, through the
  * same code prefilld and decoded run, without sockets. The first byte picks
  * the side and how the bytes arrive:
  *

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# common/kvx under valgrind: a small send/recv pair (tiny pool, some requests
+# common/kvchan/kvx under valgrind: a small send/recv pair (tiny pool, some requests
 # failing their integrity check on purpose), both processes under memcheck;
 # any definite leak or memory error in either fails the test.
 #   kvx_valgrind.sh KVX_PEER SANITIZE

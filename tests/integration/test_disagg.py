@@ -207,7 +207,7 @@ def test_same_answers_disaggregated_local_and_generate(tmp_path):
         assert b.metric("pdserve:remote_prompt_tokens_total") == 0
     compared = sum(compare(i, dis[i], loc[i]) for i in range(len(PROMPTS)))
     # pdserve-generate takes a prompt as one option value of at most 4096
-    # bytes (common/cfg's cap on any string): the longest prompts cannot go
+    # bytes (common/base/cfg's cap on any string): the longest prompts cannot go
     fits = [i for i in range(len(PROMPTS)) if len(",".join(map(str, PROMPTS[i]))) <= 4096]
     gen = generate([i for i in fits if i not in SEEDED], False)
     gen.update(generate(sorted(SEEDED), True))

@@ -1,7 +1,7 @@
 """prefilld and decoded both on the GPU (--device cuda), serving through the
 authenticated KV channel on loopback: KV blocks leave prefilld's device pool
 through its page-locked host staging and land in decoded's staging before
-its device pool (common/engine.h, pd_engine_kv_stage).
+its device pool (common/engine/engine.h, pd_engine_kv_stage).
 
   * the pair answers as decoded alone on the GPU does (DESIGN.md's rule; on
     the emulated GPU, where both run the same code on the host, exactly), all

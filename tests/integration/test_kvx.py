@@ -1,4 +1,4 @@
-"""common/kvx end to end: real UCX between real processes (tests/kvx/kvx_peer.c).
+"""common/kvchan/kvx end to end: real UCX between real processes (tests/kvx/kvx_peer.c).
 
 The peer binary comes from $KVX_PEER (or $DECODED, which run_pytest.sh sets
 from its first argument). One case alone:

@@ -965,7 +965,7 @@ static void matmul_cuda_matches_cpu(void)
 /* ---- sampling ------------------------------------------------------------------- */
 
 /* Every row's token, log-probability and top alternatives against
- * common/sampler.c's pd_sample: greedy and seeded draws, top_k / top_p /
+ * kernels/sample.c's pd_sample: greedy and seeded draws, top_k / top_p /
  * min_p, penalties over a history, tied and -inf logits. The tokens must be
  * identical (a draw landing within ~1e-9 of a boundary could differ; these
  * seeds do not), log-probabilities within 1e-4 or both -inf (a -inf logit's). */

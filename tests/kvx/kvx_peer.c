@@ -1,4 +1,4 @@
-/* tests/kvx/kvx_peer: a test peer for common/kvx -- moves blocks of a pool
+/* tests/kvx/kvx_peer: a test peer for common/kvchan/kvx -- moves blocks of a pool
  * with real UCX between real processes (tests/integration/test_kvx.py).
  *
  *   kvx_peer --role send --kv-ip 127.0.0.1 --kv-port 14579 --kv-data-ports 20000-20099 \

@@ -1,4 +1,4 @@
-/* common/auth: the KV handshake between two in-memory parties, sealed control
+/* common/kvchan/auth: the KV handshake between two in-memory parties, sealed control
  * frames, block tags, and the known-answer vectors. "Refused without state
  * change" is shown by the genuine message still completing afterwards. */
 #include "kat_auth.h"

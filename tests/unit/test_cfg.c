@@ -1,4 +1,4 @@
-/* common/cfg: precedence, value syntax, file/env/flag errors, --help and
+/* common/base/cfg: precedence, value syntax, file/env/flag errors, --help and
  * --print-config. Every parse uses an explicit environment so the tests do
  * not depend on the caller's. */
 #include "cfg.h"

@@ -1,4 +1,4 @@
-/* common/chat: rendering matches transformers' apply_chat_template on the
+/* common/text/chat: rendering matches transformers' apply_chat_template on the
  * committed conversations (tests/golden/chat_golden.jsonl), recognition of
  * template families, names and files, caps. */
 #include "chat.h"

@@ -1,4 +1,4 @@
-/* common/keyring: key files, key directories, reload, generation. Each test
+/* common/kvchan/keyring: key files, key directories, reload, generation. Each test
  * works in its own temporary directory. */
 #include "auth.h"
 #include "keyring.h"

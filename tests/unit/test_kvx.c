@@ -1,4 +1,4 @@
-/* common/kvx pieces that need no UCX peer: building the iovec of a run of pool
+/* common/kvchan/kvx pieces that need no UCX peer: building the iovec of a run of pool
  * blocks, the crypto worker pool (tags made on one thread verify on another;
  * one flipped byte is caught and named), the KV port's protocol between two
  * in-memory parties (kvx_port.c), and the new/free ladder. The

@@ -1,4 +1,4 @@
-/* common/metrics and the pure parts of common/http. */
+/* common/daemon/metrics and the pure parts of common/daemon/http. */
 #include "http.h"
 #include "metrics.h"
 

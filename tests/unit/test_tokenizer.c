@@ -1,4 +1,4 @@
-/* common/tokenizer: parity with transformers on the committed corpus (default
+/* common/text/tokenizer: parity with transformers on the committed corpus (default
  * model and a SentencePiece vocabulary), special tokens, BOS, the -E2BIG
  * contract, invalid UTF-8, streaming detokenization, load errors. The
  * default model's tests skip (77) when it is absent; tests/run.sh fetches it. */

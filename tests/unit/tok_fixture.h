@@ -1,4 +1,4 @@
-/* Test helpers for common/tokenizer: the default model's tokenizer (skips
+/* Test helpers for common/text/tokenizer: the default model's tokenizer (skips
  * when the model is absent), the committed SentencePiece test vocabulary,
  * and the golden JSON-lines files written by
  * tests/golden/make_tokenizer_golden.py. Test-only: aborts on bad files. */
