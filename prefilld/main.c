@@ -1,8 +1,10 @@
 /* prefilld: the prefill daemon. It listens on --kv-ip:--kv-port for decode
- * peers (common/kvchan/kvx: authenticated sessions), computes the KV cache of the
- * prompts they send (prefilld/sched: the compute thread), ships the blocks
- * back as they become final, and answers with the first token. Thin: the
- * work lives in common/.
+ * peers (common/kvchan/kvx: authenticated sessions), computes the KV cache of
+ * the prompts they send (prefilld/scheduler.c: the compute thread), ships the
+ * blocks back as they become final, and answers with the first token. This
+ * file is prefilld's own part: its options, the KV channel's requests and
+ * the scheduler's events; the loop, signals, drain, watchdog and admin
+ * endpoint are the daemon runtime's (common/daemon/runtime.h).
  *
  * Threads: the loop (libevent: kvx, admin HTTP, signals, timers) and the
  * compute thread; crypto workers inside kvx.
@@ -555,7 +557,7 @@ int main(int argc, char **argv)
     pd_log_set_level(PD_LOG_ERR + c.log_level);
     if (c.gen_psk) {
         char id[PD_KEY_ID_MAX + 1];
-        rc = pd_keyring_generate(c.gen_psk, NULL, id, err, sizeof(err));
+        rc = pd_keyring_create(c.gen_psk, NULL, id, err, sizeof(err));
         if (rc < 0)
             fprintf(stderr, "prefilld: %s\n", err);
         else
@@ -596,8 +598,9 @@ int main(int argc, char **argv)
                                   .max_batch_items = (uint32_t)c.max_num_seqs};
     if (pd_engine_new(&ep, &d.engine, err, sizeof(err)) < 0)
         goto fail;
-    pd_engine_kv_path(d.engine, err, sizeof(err));
-    pd_log(PD_LOG_INFO, "%s", err);
+    char path[256];
+    pd_engine_kv_path(d.engine, path, sizeof(path));
+    pd_log(PD_LOG_INFO, "%s", path);
     exit_code = run(&d);
     goto out;
 fail:

@@ -67,13 +67,6 @@ int pd_log_parse_level(const char *s)
     return -EINVAL;
 }
 
-const char *pd_log_level_name(int level)
-{
-    if (level < PD_LOG_ERR || level > PD_LOG_DEBUG)
-        return "?";
-    return level_names[level];
-}
-
 void pd_log_set_journal(int on) { atomic_store(&log_journal, !!on); }
 void pd_log_set_fd(int fd) { atomic_store(&log_fd, fd); }
 

@@ -41,7 +41,6 @@ void pd_log_init(const char *ident);
 void pd_log_set_level(int level);
 /* "error", "warning", "notice", "info", "debug" (or 3..7) -> level; -EINVAL otherwise */
 int pd_log_parse_level(const char *s);
-const char *pd_log_level_name(int level);
 /* Force the journald format on or off (tests; a daemon relies on detection). */
 void pd_log_set_journal(int on);
 /* Send lines to fd instead of stderr (tests). */

@@ -857,7 +857,6 @@ size_t pd_http_conns_pending_output(const struct pd_http_conns *c)
     }
     return n;
 }
-uint64_t pd_http_conns_full_events(const struct pd_http_conns *c) { return c->full_events; }
 
 void pd_http_conns_set_limits(struct pd_http_conns *c, unsigned header_timeout_s,
                               unsigned max_per_source,

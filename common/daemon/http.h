@@ -12,7 +12,7 @@
  *     if (!pd_http_bearer_ok(req, key)) return pd_http_error(req, 401, ...);
  *     pd_http_sse_begin(req);
  *     if (pd_http_sse_send(req, json, len, cap) == -ENOBUFS) cut the slow reader;
- *     pd_http_sse_done(req);                                // "data: [DONE]", end
+ *     pd_http_sse_end(req, true);                           // "data: [DONE]", end
  *
  *   at exit: evhttp_free(http); pd_http_conns_free(cc);     // in this order
  *
@@ -121,8 +121,6 @@ unsigned pd_http_conns_count(const struct pd_http_conns *c);
 /* Bytes queued on all open connections and not yet taken by the kernel
  * (shutdown waits for this to reach 0 before closing them). */
 size_t pd_http_conns_pending_output(const struct pd_http_conns *c);
-/* Times the cap was reached (the listeners were disabled). */
-uint64_t pd_http_conns_full_events(const struct pd_http_conns *c);
 /* Deadlines and the per-source cap (call before the listeners are added):
  * a request's headers must arrive within header_timeout_s of its first byte
  * (of the accept, for a connection's first request), however they trickle,
@@ -137,7 +135,7 @@ void pd_http_conns_set_limits(struct pd_http_conns *c, unsigned header_timeout_s
                               void (*on_refuse)(const char *why, const char *peer, void *arg),
                               void *arg);
 struct pd_http_conns_stats {
-    uint64_t full_events; /* as pd_http_conns_full_events */
+    uint64_t full_events; /* times the cap was reached (the listeners were disabled) */
     uint64_t deadline_cuts; /* 408: headers or body past the deadline */
     uint64_t per_source_refusals; /* 429: over max_per_source */
     uint64_t bad_requests; /* 400: NUL in the headers */

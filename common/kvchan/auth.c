@@ -213,7 +213,6 @@ struct pd_auth_hs *pd_auth_hs_free(struct pd_auth_hs *hs)
     return NULL;
 }
 
-const char *pd_auth_hs_key_id(const struct pd_auth_hs *hs) { return hs->key_id; }
 
 static void fill_random(uint8_t *dst, const uint8_t *given, size_t n)
 {

@@ -102,8 +102,6 @@ int pd_auth_hs_step(struct pd_auth_hs *hs, const uint8_t *in, size_t in_len, uin
 /* After PD_AUTH_HS_DONE, once: the session (the caller frees it). -EINVAL otherwise. */
 struct pd_auth_session;
 int pd_auth_hs_take_session(struct pd_auth_hs *hs, struct pd_auth_session **out);
-/* The key id this handshake uses (for log lines). */
-const char *pd_auth_hs_key_id(const struct pd_auth_hs *hs);
 /* Accepts NULL; returns NULL. Wipes. */
 struct pd_auth_hs *pd_auth_hs_free(struct pd_auth_hs *hs);
 

@@ -435,8 +435,8 @@ static int write_all(int fd, const char *p, size_t n)
     return 0;
 }
 
-int pd_keyring_generate(const char *path, const char *id, char *id_out, char *err,
-                        size_t errlen)
+int pd_keyring_create(const char *path, const char *id, char *id_out, char *err,
+                      size_t errlen)
 {
     char gen_id[16], file[4096];
     struct stat st;

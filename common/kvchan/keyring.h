@@ -79,7 +79,7 @@ int pd_keyring_get(struct pd_keyring *kr, const char *id, uint8_t key[PD_PSK_LEN
  * (an existing file is never overwritten: -EEXIST). id NULL: "psk-" and 8
  * random hex digits. The id written goes to id_out (PD_KEY_ID_MAX + 1 bytes)
  * when given. For prefilld --gen-psk; the same file works on both sides. */
-int pd_keyring_generate(const char *path, const char *id, char *id_out, char *err,
-                        size_t errlen);
+int pd_keyring_create(const char *path, const char *id, char *id_out, char *err,
+                      size_t errlen);
 
 #endif

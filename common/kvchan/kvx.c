@@ -37,7 +37,7 @@ static void ev_done(struct pd_kvx *k, struct evq *e)
     k->role->ev_release(e);
     free(e->plain);
     if (e->c)
-        kvx_conn_put(e->c);
+        kvx_session_put(e->c);
     free(e);
 }
 
@@ -70,7 +70,7 @@ static void ep_close_cb(void *request, ucs_status_t status, void *user_data)
     struct pd_kvx_session *c = user_data;
     c->state = C_CLOSED;
     ucp_request_free(request);
-    kvx_conn_put(c);
+    kvx_session_put(c);
 }
 
 static int do_closes(struct pd_kvx *k)
@@ -85,7 +85,7 @@ static int do_closes(struct pd_kvx *k)
         n++;
         if (!c->ep) { /* closed before its endpoint existed */
             c->state = C_CLOSED;
-            kvx_conn_put(c);
+            kvx_session_put(c);
             continue;
         }
         ucp_request_param_t prm = {
@@ -98,7 +98,7 @@ static int do_closes(struct pd_kvx *k)
         ucs_status_ptr_t sp = ucp_ep_close_nbx(c->ep, &prm);
         if (sp == NULL || UCS_PTR_IS_ERR(sp)) {
             c->state = C_CLOSED;
-            kvx_conn_put(c);
+            kvx_session_put(c);
         }
     }
     return n;
@@ -112,7 +112,7 @@ static ucs_status_t am_ctl(void *arg, const void *header, size_t header_length, 
     (void)header;
     (void)header_length;
     struct pd_kvx *k = arg;
-    struct pd_kvx_session *c = kvx_conn_find(k, &header, &header_length);
+    struct pd_kvx_session *c = kvx_session_find(k, &header, &header_length);
     if (!kvx_gate(k, c))
         return UCS_OK;
     if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) || header_length != 0 ||
@@ -142,7 +142,7 @@ static ucs_status_t am_ctl(void *arg, const void *header, size_t header_length, 
     case PD_FT_ABORT_ACK: /* answers an ABORT of ours: nothing more to do */
         break;
     case PD_FT_ERROR:
-        kvx_conn_fail(c, f.u.error.reason, f.u.error.detail, -1);
+        kvx_session_fail(c, f.u.error.reason, f.u.error.detail, -1);
         break;
     default:
         k->role->on_ctl(c, &f, &plain);
@@ -160,7 +160,7 @@ static ucs_status_t am_data(void *arg, const void *header, size_t header_length,
     struct pd_kvx *k = arg;
     if (k->role->on_data)
         return k->role->on_data(arg, header, header_length, data, length, param);
-    if (kvx_gate(k, kvx_conn_find(k, &header, &header_length)))
+    if (kvx_gate(k, kvx_session_find(k, &header, &header_length)))
         k->st.protocol_errors++;
     return UCS_OK;
 }
@@ -247,9 +247,9 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         nx = i->next;
         struct pd_kvx_session *c = DL_ENTRY(i, struct pd_kvx_session, node);
         if (c->state < C_UP && now - c->t_created_ms > k->hs_ms) {
-            kvx_conn_fail(c, PD_R_TIMEOUT, "no handshake before the deadline", PD_KVX_HSF_TIMEOUT);
+            kvx_session_fail(c, PD_R_TIMEOUT, "no handshake before the deadline", PD_KVX_HSF_TIMEOUT);
         } else if (c->state == C_UP && now - c->last_rx_ms > k->lease_ms) {
-            kvx_conn_fail(c, PD_R_TIMEOUT, "lease expired", -1);
+            kvx_session_fail(c, PD_R_TIMEOUT, "lease expired", -1);
         } else if (c->state == C_UP) {
             /* heartbeats at a third of the shorter lease, ours or the
              * peer's (daemons may be configured differently): the peer
@@ -627,7 +627,7 @@ struct pd_kvx *pd_kvx_free(struct pd_kvx *k)
     for (struct dl *i = k->conns.next; i != &k->conns; i = i->next) {
         struct pd_kvx_session *c = DL_ENTRY(i, struct pd_kvx_session, node);
         if (c->state < C_CLOSING)
-            kvx_conn_fail(c, PD_R_SHUTDOWN, "shutting down", -1);
+            kvx_session_fail(c, PD_R_SHUTDOWN, "shutting down", -1);
     }
     if (k->worker) {
         uint64_t until = now_ms() + 3000;
@@ -656,7 +656,7 @@ struct pd_kvx *pd_kvx_free(struct pd_kvx *k)
     while (!dl_empty(&k->conns)) {
         struct pd_kvx_session *c = DL_ENTRY(k->conns.next, struct pd_kvx_session, node);
         c->refs = 1;
-        kvx_conn_put(c);
+        kvx_session_put(c);
     }
     for (unsigned i = 0; i < k->n_peers; i++)
         free(k->peers[i]);

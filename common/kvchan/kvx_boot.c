@@ -148,7 +148,7 @@ static void boot_read(struct pd_kvx_session *c)
             ssize_t r = recv(c->fd, junk, sizeof junk, 0);
             if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
                 return;
-            kvx_conn_fail(c, r > 0 ? PD_R_PROTOCOL : PD_R_TRANSFER,
+            kvx_session_fail(c, r > 0 ? PD_R_PROTOCOL : PD_R_TRANSFER,
                           r > 0 ? "bytes on the KV port after the session began"
                                 : "the peer closed the KV connection",
                           -1);
@@ -165,14 +165,14 @@ static void boot_read(struct pd_kvx_session *c)
             continue;
         if (r <= 0) {
             kvx_port_eof(&c->b->port, &e);
-            kvx_conn_fail(c, e.reason, e.msg, e.hsf);
+            kvx_session_fail(c, e.reason, e.msg, e.hsf);
             return;
         }
         c->b->busy = 1;
         int rc = kvx_port_arrived(&c->b->port, (size_t)r, &e);
         c->b->busy = 0;
         if (rc < 0) {
-            kvx_conn_fail(c, e.reason, e.msg, e.hsf);
+            kvx_session_fail(c, e.reason, e.msg, e.hsf);
             kvx_session_boot_free(c);
             return;
         }
@@ -193,7 +193,7 @@ static void on_rd(evutil_socket_t fd, short what, void *arg)
     struct pd_kvx *k = c->kvx;
     c->refs++;
     boot_read(c);
-    kvx_conn_put(c);
+    kvx_session_put(c);
     kick(k);
 }
 
@@ -203,14 +203,14 @@ static void connected(struct pd_kvx_session *c)
     struct kvx_port_err e;
     c->connecting = 0;
     if (event_add(c->ev_rd, NULL) < 0) {
-        kvx_conn_fail(c, PD_R_INTERNAL, "libevent", -1);
+        kvx_session_fail(c, PD_R_INTERNAL, "libevent", -1);
         return;
     }
     c->b->busy = 1;
     int rc = kvx_port_init(&c->b->port, PD_ROLE_D, &k->port_env, c, &e);
     c->b->busy = 0;
     if (rc < 0)
-        kvx_conn_fail(c, e.reason, e.msg, e.hsf);
+        kvx_session_fail(c, e.reason, e.msg, e.hsf);
 }
 
 static void on_wr(evutil_socket_t fd, short what, void *arg)
@@ -227,16 +227,16 @@ static void on_wr(evutil_socket_t fd, short what, void *arg)
         if (e) {
             /* nobody listening is no handshake failure: the backoff handles it */
             pd_log(PD_LOG_DEBUG, "kvx: connect %s: %s", c->addr, strerror(e));
-            kvx_conn_fail(c, PD_R_TRANSFER, strerror(e), -1);
+            kvx_session_fail(c, PD_R_TRANSFER, strerror(e), -1);
         } else {
             connected(c);
         }
     } else if (c->state < C_CLOSING && boot_flush(c) < 0) {
-        kvx_conn_fail(c, PD_R_TRANSFER, "send failed", c->state < C_UP ? PD_KVX_HSF_OTHER : -1);
+        kvx_session_fail(c, PD_R_TRANSFER, "send failed", c->state < C_UP ? PD_KVX_HSF_OTHER : -1);
     } else if (c->state == C_UP && c->b && c->b->out_len == 0) {
         kvx_session_boot_free(c);
     }
-    kvx_conn_put(c);
+    kvx_session_put(c);
     kick(k);
 }
 
@@ -303,7 +303,7 @@ static void admit(struct pd_kvx *k, const char *ip)
     for (struct dl *i = k->conns.next; i != &k->conns; i = i->next) {
         struct pd_kvx_session *c = DL_ENTRY(i, struct pd_kvx_session, node);
         if (c->state == C_HS && !strcmp(c->src_ip, victim_ip)) {
-            kvx_conn_fail(c, PD_R_OVERLOADED,
+            kvx_session_fail(c, PD_R_OVERLOADED,
                           "too many unauthenticated connections (the oldest closed)",
                           PD_KVX_HSF_CAP);
             return;
@@ -355,7 +355,7 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
             continue;
         }
         admit(k, ip);
-        struct pd_kvx_session *c = kvx_conn_new(k);
+        struct pd_kvx_session *c = kvx_session_new(k);
         if (!c) {
             close(fd);
             continue;
@@ -366,9 +366,9 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
         set_nodelay(fd);
         struct kvx_port_err e;
         if (boot_events(c) < 0 || event_add(c->ev_rd, NULL) < 0)
-            kvx_conn_fail(c, PD_R_INTERNAL, "out of memory", PD_KVX_HSF_OTHER);
+            kvx_session_fail(c, PD_R_INTERNAL, "out of memory", PD_KVX_HSF_OTHER);
         else if (kvx_port_init(&c->b->port, PD_ROLE_P, &k->port_env, c, &e) < 0)
-            kvx_conn_fail(c, e.reason, e.msg, e.hsf);
+            kvx_session_fail(c, e.reason, e.msg, e.hsf);
     }
     kick(k);
 }

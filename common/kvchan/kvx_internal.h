@@ -147,7 +147,7 @@ struct pd_kvx_peer {
     char hostport[128];
     struct sockaddr_storage sa;
     socklen_t salen;
-    struct pd_kvx_session *conn;
+    struct pd_kvx_session *session; /* NULL while none (reconnecting) */
     uint64_t next_try_ms;
     uint32_t backoff_ms;
 };
@@ -156,7 +156,7 @@ enum { R_ACTIVE, R_OK, R_FAILED };
 enum { B_EMPTY, B_RECV, B_CHECK, B_OK };
 
 struct pd_kvx_req { /* D */
-    struct dl node; /* conn->reqs while active */
+    struct dl node; /* session->reqs while active */
     struct dl all; /* kvx->all_reqs */
     struct pd_kvx_session *c;
     uint64_t id;
@@ -183,7 +183,7 @@ struct rop { /* D: one data message being received and verified */
 enum { S_ACTIVE, S_DONE_SENT, S_DEAD };
 
 struct pd_kvx_sreq { /* P */
-    struct dl node; /* conn->reqs while linked */
+    struct dl node; /* session->reqs while linked */
     struct dl all;
     struct pd_kvx_session *c;
     uint64_t id;
@@ -298,14 +298,14 @@ void kvx_token_put(uint8_t out[PD_KVX_TOKEN_LEN], uint64_t token);
 void kvx_send_abort(struct pd_kvx_session *c, uint64_t id, uint32_t epoch, int reason,
                     const char *detail);
 void kvx_send_reqref(struct pd_kvx_session *c, uint8_t type, uint64_t id, uint32_t epoch);
-struct pd_kvx_session *kvx_conn_new(struct pd_kvx *k);
-void kvx_conn_put(struct pd_kvx_session *c);
+struct pd_kvx_session *kvx_session_new(struct pd_kvx *k);
+void kvx_session_put(struct pd_kvx_session *c);
 /* The session is over (once): its requests end through the role, the
  * endpoint is closed from the loop. hsf: a handshake failure to count, or -1. */
-void kvx_conn_fail(struct pd_kvx_session *c, int reason, const char *detail, int hsf);
+void kvx_session_fail(struct pd_kvx_session *c, int reason, const char *detail, int hsf);
 /* The session whose receive token starts an active message's header (and
  * the header past it), or NULL. */
-struct pd_kvx_session *kvx_conn_find(struct pd_kvx *k, const void **header, size_t *header_length);
+struct pd_kvx_session *kvx_session_find(struct pd_kvx *k, const void **header, size_t *header_length);
 void kvx_session_up(struct pd_kvx_session *c);
 void kvx_ep_err_cb(void *arg, ucp_ep_h ep, ucs_status_t status);
 /* The KV-port connection's socket and events (and its protocol state, unless

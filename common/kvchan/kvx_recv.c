@@ -18,16 +18,16 @@ static void req_free(struct pd_kvx_req *r);
 static void peer_connect(struct pd_kvx_peer *peer)
 {
     struct pd_kvx *k = peer->kvx;
-    struct pd_kvx_session *c = kvx_conn_new(k);
+    struct pd_kvx_session *c = kvx_session_new(k);
     if (!c)
         return;
     c->peer = peer;
-    peer->conn = c;
+    peer->session = c;
     snprintf(c->addr, sizeof c->addr, "%s", peer->hostport);
     int rc = kvx_boot_connect(c, (struct sockaddr *)&peer->sa, peer->salen);
     if (rc < 0) {
         pd_log(PD_LOG_DEBUG, "kvx: connect %s: %s", peer->hostport, strerror(-rc));
-        kvx_conn_fail(c, PD_R_TRANSFER, strerror(-rc), -1);
+        kvx_session_fail(c, PD_R_TRANSFER, strerror(-rc), -1);
     }
 }
 
@@ -92,7 +92,7 @@ static void req_free(struct pd_kvx_req *r)
     free(r->dest);
     free(r->st);
     free(r);
-    kvx_conn_put(c);
+    kvx_session_put(c);
 }
 
 static void req_check_complete(struct pd_kvx_req *r)
@@ -241,7 +241,7 @@ static void on_ctl_d(struct pd_kvx_session *c, const struct pd_frame *f, uint8_t
         return;
     default:
         k->st.protocol_errors++;
-        kvx_conn_fail(c, PD_R_PROTOCOL, "unexpected frame", -1);
+        kvx_session_fail(c, PD_R_PROTOCOL, "unexpected frame", -1);
     }
 }
 
@@ -249,7 +249,7 @@ static ucs_status_t am_data(void *arg, const void *header, size_t header_length,
                             size_t length, const ucp_am_recv_param_t *param)
 {
     struct pd_kvx *k = arg;
-    struct pd_kvx_session *c = kvx_conn_find(k, &header, &header_length);
+    struct pd_kvx_session *c = kvx_session_find(k, &header, &header_length);
     if (!kvx_gate(k, c))
         return UCS_OK;
     if (k->p.role != PD_ROLE_D || header_length > k->scratch_cap ||
@@ -267,7 +267,7 @@ static ucs_status_t am_data(void *arg, const void *header, size_t header_length,
     }
     if (f.type != PD_FT_CHUNK) { /* authentic, so the peer's own doing */
         k->st.protocol_errors++;
-        kvx_conn_fail(c, PD_R_PROTOCOL, "data message is not a CHUNK", -1);
+        kvx_session_fail(c, PD_R_PROTOCOL, "data message is not a CHUNK", -1);
         return UCS_OK;
     }
     c->last_rx_ms = now_ms();
@@ -374,7 +374,7 @@ int pd_kvx_peer_add(struct pd_kvx *k, const char *hostport, struct pd_kvx_peer *
 
 int pd_kvx_peer_up(const struct pd_kvx_peer *peer)
 {
-    return peer->conn && peer->conn->state == C_UP;
+    return peer->session && peer->session->state == C_UP;
 }
 
 void pd_kvx_peer_remove(struct pd_kvx_peer *peer, const char *why)
@@ -382,8 +382,8 @@ void pd_kvx_peer_remove(struct pd_kvx_peer *peer, const char *why)
     if (!peer)
         return;
     struct pd_kvx *k = peer->kvx;
-    if (peer->conn)
-        kvx_conn_fail(peer->conn, PD_R_SHUTDOWN, why, -1); /* clears peer->conn */
+    if (peer->session)
+        kvx_session_fail(peer->session, PD_R_SHUTDOWN, why, -1); /* clears peer->session */
     /* events still queued name the peer: they must not point at freed memory */
     for (struct evq *e = k->evq_head; e; e = e->next)
         if (e->ev.peer == peer)
@@ -401,7 +401,7 @@ int pd_kvx_request(struct pd_kvx_peer *peer, const struct pd_prefill *p, const u
                    uint32_t n, void *udata, struct pd_kvx_req **out, char *err, size_t errlen)
 {
     struct pd_kvx *k = peer->kvx;
-    struct pd_kvx_session *c = peer->conn;
+    struct pd_kvx_session *c = peer->session;
     if (!c || c->state != C_UP)
         return pd_errf(err, errlen, -ENOTCONN, "kvx: no session with %s", peer->hostport);
     if (c->n_reqs >= k->max_inflight)
@@ -470,7 +470,7 @@ static void d_session_lost(struct pd_kvx_session *c, int reason, const char *det
     while (!dl_empty(&c->reqs))
         req_fail(DL_ENTRY(c->reqs.next, struct pd_kvx_req, node), reason, detail, 0);
     if (c->peer) {
-        c->peer->conn = NULL;
+        c->peer->session = NULL;
         peer_lost(c->peer, was_up);
         c->peer = NULL;
     }
@@ -491,7 +491,7 @@ static void d_tick(struct pd_kvx *k, uint64_t now)
 {
     for (unsigned i = 0; i < k->n_peers; i++) {
         struct pd_kvx_peer *peer = k->peers[i];
-        if (!peer->conn && now >= peer->next_try_ms)
+        if (!peer->session && now >= peer->next_try_ms)
             peer_connect(peer);
     }
 }

@@ -30,7 +30,7 @@ static void sreq_free(struct pd_kvx_sreq *r)
     struct pd_kvx_session *c = r->c;
     dl_del(&r->all);
     free(r);
-    kvx_conn_put(c);
+    kvx_session_put(c);
 }
 
 static void run_free(struct run *run)
@@ -274,7 +274,7 @@ static void on_ctl_p(struct pd_kvx_session *c, const struct pd_frame *f, uint8_t
     }
     default:
         k->st.protocol_errors++;
-        kvx_conn_fail(c, PD_R_PROTOCOL, "unexpected frame", -1);
+        kvx_session_fail(c, PD_R_PROTOCOL, "unexpected frame", -1);
     }
 }
 

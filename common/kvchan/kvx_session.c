@@ -160,7 +160,7 @@ void kvx_send_reqref(struct pd_kvx_session *c, uint8_t type, uint64_t id, uint32
 
 /* ---- sessions ---- */
 
-void kvx_conn_put(struct pd_kvx_session *c)
+void kvx_session_put(struct pd_kvx_session *c)
 {
     if (--c->refs > 0)
         return;
@@ -189,7 +189,7 @@ static void count_hsf(struct pd_kvx *k, const char *addr, int hsf, const char *w
 /* The session is over: every request on it fails or is released, the
  * endpoint is force-closed after UCX progress returns. hsf: a handshake
  * failure to count (-1: none). */
-void kvx_conn_fail(struct pd_kvx_session *c, int reason, const char *detail, int hsf)
+void kvx_session_fail(struct pd_kvx_session *c, int reason, const char *detail, int hsf)
 {
     struct pd_kvx *k = c->kvx;
     if (c->state >= C_CLOSING)
@@ -238,7 +238,7 @@ void kvx_session_close_socket(struct pd_kvx_session *c)
         kvx_session_boot_free(c);
 }
 
-struct pd_kvx_session *kvx_conn_new(struct pd_kvx *k)
+struct pd_kvx_session *kvx_session_new(struct pd_kvx *k)
 {
     struct pd_kvx_session *c = calloc(1, sizeof *c);
     if (!c)
@@ -254,7 +254,7 @@ struct pd_kvx_session *kvx_conn_new(struct pd_kvx *k)
     return c;
 }
 
-struct pd_kvx_session *kvx_conn_find(struct pd_kvx *k, const void **header, size_t *header_length)
+struct pd_kvx_session *kvx_session_find(struct pd_kvx *k, const void **header, size_t *header_length)
 {
     if (*header_length < PD_KVX_TOKEN_LEN)
         return NULL;
@@ -283,7 +283,7 @@ void kvx_ep_err_cb(void *arg, ucp_ep_h ep, ucs_status_t status)
          * failure; the peer's backoff handles it. */
         hsf = c->state == C_HS && status == UCS_ERR_CONNECTION_RESET ? PD_KVX_HSF_REFUSED : -1;
     }
-    kvx_conn_fail(c, PD_R_TRANSFER,
+    kvx_session_fail(c, PD_R_TRANSFER,
                   hsf == PD_KVX_HSF_REFUSED
                       ? "the peer closed the connection during the handshake (a key, model or "
                         "block layout it refuses, or a cap on its side: its log says which)"

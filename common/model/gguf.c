@@ -103,15 +103,6 @@ static const uint8_t scalar_size[PD_GGUF_TYPE_COUNT] = {
     [PD_GGUF_U64] = 8, [PD_GGUF_I64] = 8, [PD_GGUF_F64] = 8,
 };
 
-static const char *const type_names[PD_GGUF_TYPE_COUNT] = {
-    "u8", "i8", "u16", "i16", "u32", "i32", "f32", "bool", "string", "array", "u64", "i64", "f64",
-};
-
-const char *pd_gguf_type_name(uint32_t type)
-{
-    return type < PD_GGUF_TYPE_COUNT ? type_names[type] : "unknown";
-}
-
 static char *arena_add(struct pd_gguf *g, const uint8_t *s, size_t n)
 {
     /* the arena is sized up front, so pointers into it stay valid */

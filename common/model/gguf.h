@@ -92,8 +92,6 @@ size_t pd_gguf_n_tensors(const struct pd_gguf *g);
 const struct pd_gguf_tensor *pd_gguf_tensor_at(const struct pd_gguf *g, size_t i);
 const struct pd_gguf_tensor *pd_gguf_find_tensor(const struct pd_gguf *g, const char *name);
 
-const char *pd_gguf_type_name(uint32_t type);
-
 /* Typed getters: -ENOENT if the key is absent, -EINVAL if its type does not
  * convert exactly (an integer of any width that fits; F32 or F64 for floats;
  * a negative number never fits an unsigned). *out untouched on failure. */

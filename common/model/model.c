@@ -270,7 +270,6 @@ struct pd_model *pd_model_free(struct pd_model *m)
 const struct pd_hparams *pd_model_hparams(const struct pd_model *m) { return &m->hp; }
 size_t pd_model_n_tensors(const struct pd_model *m) { return m->n_tensors; }
 const struct pd_gguf *pd_model_gguf(const struct pd_model *m) { return m->gguf; }
-const char *pd_model_source(const struct pd_model *m) { return m->gguf ? "gguf" : "dummy"; }
 const char *pd_model_name(const struct pd_model *m) { return m->name; }
 uint64_t pd_model_weight_bytes(const struct pd_model *m) { return m->weight_bytes; }
 const uint8_t *pd_model_fingerprint(const struct pd_model *m) { return m->fp; }

@@ -131,8 +131,7 @@ const struct pd_tensor *pd_model_rope_freqs(const struct pd_model *m);
 /* The GGUF image for metadata beyond the hyper-parameters (tokenizer); NULL
  * for dummy models. */
 const struct pd_gguf *pd_model_gguf(const struct pd_model *m);
-/* "gguf" or "dummy"; and the name: file path or shape name. */
-const char *pd_model_source(const struct pd_model *m);
+/* The file path, or the shape's name. */
 const char *pd_model_name(const struct pd_model *m);
 /* Total bytes of weights (as stored). */
 uint64_t pd_model_weight_bytes(const struct pd_model *m);

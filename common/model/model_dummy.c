@@ -260,7 +260,7 @@ static void *gen_thread(void *arg)
     return NULL;
 }
 
-static void generate(struct pd_model *m)
+static void fill_weights(struct pd_model *m)
 {
     struct gen_job jobs[PD_PARALLEL_MAX];
     /* small models are not worth the threads */
@@ -352,7 +352,7 @@ int pd_model_load_dummy(struct pd_model *m, const struct pd_model_params *p, cha
     }
     for (size_t i = 0; i < n; i++)
         m->tensors[i].data = (uint8_t *)m->arena + m->tensors[i].offset;
-    generate(m);
+    fill_weights(m);
     mprotect(m->arena, m->arena_len, PROT_READ);
     return 0;
 }

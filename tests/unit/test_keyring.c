@@ -291,7 +291,7 @@ static void generate_writes_mode_0600_and_never_overwrites(void)
     struct pd_keyring *kr;
     fresh_dir();
     snprintf(path, sizeof(path), "%s/kv.psk", dir);
-    CHECK_EQ_INT(pd_keyring_generate(path, NULL, id, err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_keyring_create(path, NULL, id, err, sizeof(err)), 0);
     CHECK(strncmp(id, "psk-", 4) == 0 && strlen(id) == 12);
     CHECK_EQ_INT(stat(path, &st), 0);
     CHECK_EQ_INT(st.st_mode & 07777, 0600);
@@ -301,12 +301,12 @@ static void generate_writes_mode_0600_and_never_overwrites(void)
     uint8_t before[32], after[32];
     CHECK_EQ_INT(pd_keyring_get(kr, id, before, NULL), 0);
     pd_keyring_free(kr);
-    CHECK_EQ_INT(pd_keyring_generate(path, "other", NULL, err, sizeof(err)), -EEXIST);
+    CHECK_EQ_INT(pd_keyring_create(path, "other", NULL, err, sizeof(err)), -EEXIST);
     CHECK_EQ_INT(pd_keyring_open(path, &kr, err, sizeof(err)), 0);
     CHECK_EQ_INT(pd_keyring_get(kr, id, after, NULL), 0);
     CHECK(memcmp(before, after, 32) == 0);
     pd_keyring_free(kr);
-    CHECK_EQ_INT(pd_keyring_generate(path, "bad/id", NULL, err, sizeof(err)), -EINVAL);
+    CHECK_EQ_INT(pd_keyring_create(path, "bad/id", NULL, err, sizeof(err)), -EINVAL);
     remove_dir(dir);
 }
 
@@ -315,9 +315,9 @@ static void generate_into_a_key_dir_names_the_file_for_the_key(void)
     struct pd_keyring *kr;
     char id[PD_KEY_ID_MAX + 1];
     fresh_dir();
-    CHECK_EQ_INT(pd_keyring_generate(dir, "k-2026", id, err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_keyring_create(dir, "k-2026", id, err, sizeof(err)), 0);
     CHECK_STR(id, "k-2026");
-    CHECK_EQ_INT(pd_keyring_generate(dir, "k-2027", NULL, err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_keyring_create(dir, "k-2027", NULL, err, sizeof(err)), 0);
     CHECK_EQ_INT(pd_keyring_open(dir, &kr, err, sizeof(err)), 0);
     CHECK_EQ_INT(pd_keyring_count(kr), 2);
     pd_keyring_free(kr);
@@ -331,7 +331,7 @@ static void generated_key_completes_a_handshake_between_two_rings(void)
     struct kv_pair kp;
     fresh_dir();
     snprintf(path, sizeof(path), "%s/kv.psk", dir);
-    CHECK_EQ_INT(pd_keyring_generate(path, "shared", NULL, err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_keyring_create(path, "shared", NULL, err, sizeof(err)), 0);
     CHECK_EQ_INT(pd_keyring_open(path, &d_ring, err, sizeof(err)), 0);
     CHECK_EQ_INT(pd_keyring_open(path, &p_ring, err, sizeof(err)), 0);
     CHECK_EQ_INT(kv_pair_init(&kp, 0), 0);
