@@ -88,17 +88,10 @@ struct dec_cfg {
     uint64_t kv_staging_memory;
 };
 
-static const char *const load_formats[] = {"auto", "gguf", "dummy", NULL};
-static const char *const log_levels[] = {"error", "warning", "notice", "info", "debug", NULL};
 static const char *const failovers[] = {"retry", "local", "fail", NULL};
 
 static const struct pd_cfg_opt options[] = {
-    PD_CFG_STR("model", struct dec_cfg, model, NULL, 4096, "GGUF model file"),
-    PD_CFG_ENUM("load-format", struct dec_cfg, load_format, "auto", load_formats,
-                "a GGUF file, or dummy weights of --model-shape (no tokenizer: token-id prompts)"),
-    PD_CFG_STR("model-shape", struct dec_cfg, model_shape, NULL, 4096,
-               "dummy weights: preset name or JSON shape"),
-    PD_CFG_INT("seed", struct dec_cfg, seed, "0", 0, INT64_MAX, "dummy weights: seed"),
+    PD_MODEL_CFG(struct dec_cfg),
     PD_CFG_STR("served-model-name", struct dec_cfg, served_model_name, NULL, 256,
                "model name in the API (default: the GGUF's general.name, else the file name)"),
     PD_CFG_STR("chat-template", struct dec_cfg, chat_template, NULL, 4096,
@@ -170,7 +163,7 @@ static const struct pd_cfg_opt options[] = {
     PD_CFG_BOOL("kv-integrity", struct dec_cfg, kv_integrity, "true",
                 "verify a tag on every KV block (off only for measured comparison; peers must "
                 "agree)"),
-    PD_CFG_ENUM("log-level", struct dec_cfg, log_level, "info", log_levels, "log level"),
+    PD_LOG_CFG(struct dec_cfg),
     PD_ENGINE_DEVICE_CFG(struct dec_cfg),
     PD_CFG_END,
 };
@@ -321,7 +314,7 @@ static void rt_reload(void *arg)
         return;
     }
     if (nc.log_level != d->cfg->log_level)
-        pd_log(PD_LOG_NOTICE, "SIGHUP: log level %s", log_levels[nc.log_level]);
+        pd_log(PD_LOG_NOTICE, "SIGHUP: log level %s", pd_log_levels[nc.log_level]);
     d->cfg->log_level = nc.log_level;
     pd_log_set_level(PD_LOG_ERR + nc.log_level);
     if (d->remote) {

@@ -63,16 +63,9 @@ struct pf_cfg {
 #endif
 };
 
-static const char *const load_formats[] = {"auto", "gguf", "dummy", NULL};
-static const char *const log_levels[] = {"error", "warning", "notice", "info", "debug", NULL};
 
 static const struct pd_cfg_opt options[] = {
-    PD_CFG_STR("model", struct pf_cfg, model, NULL, 4096, "GGUF model file"),
-    PD_CFG_ENUM("load-format", struct pf_cfg, load_format, "auto", load_formats,
-                "a GGUF file, or dummy weights of --model-shape"),
-    PD_CFG_STR("model-shape", struct pf_cfg, model_shape, NULL, 4096,
-               "dummy weights: preset name or JSON shape"),
-    PD_CFG_INT("seed", struct pf_cfg, seed, "0", 0, INT64_MAX, "dummy weights: seed"),
+    PD_MODEL_CFG(struct pf_cfg),
     PD_ENGINE_DEVICE_CFG(struct pf_cfg),
     PD_CFG_STR("kv-ip", struct pf_cfg, kv_ip, "127.0.0.1", 256,
                "KV channel listen address (an interface's address; no wildcard unless written)"),
@@ -106,7 +99,7 @@ static const struct pd_cfg_opt options[] = {
                "on SIGTERM, seconds running prefills get to finish"),
     PD_CFG_STR("gen-psk", struct pf_cfg, gen_psk, NULL, 4096,
                "write a new key file (id + key, mode 0600; never overwrites) and exit"),
-    PD_CFG_ENUM("log-level", struct pf_cfg, log_level, "info", log_levels, "log level"),
+    PD_LOG_CFG(struct pf_cfg),
 #ifdef PD_TEST_HOOKS
     /* -Dtest_hooks=true builds only (meson_options.txt): decoded's handling of
      * KV that fails its tags, tested end to end (docs/security.md) */
@@ -418,7 +411,7 @@ static void rt_reload(void *arg)
     }
     if (nc.log_level != d->cfg->log_level || nc.drain_timeout != d->cfg->drain_timeout)
         pd_log(PD_LOG_NOTICE, "SIGHUP: log level %s, drain timeout %" PRId64 "s",
-               log_levels[nc.log_level], nc.drain_timeout);
+               pd_log_levels[nc.log_level], nc.drain_timeout);
     d->cfg->log_level = nc.log_level;
     d->cfg->drain_timeout = nc.drain_timeout;
     pd_runtime_set_drain_timeout(d->rt, (uint32_t)nc.drain_timeout);

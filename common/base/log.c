@@ -9,6 +9,8 @@
 #include <time.h>
 #include <unistd.h>
 
+const char *const pd_log_levels[] = {"error", "warning", "notice", "info", "debug", NULL};
+
 _Atomic int pd_log_level_cur = PD_LOG_INFO;
 
 static char log_ident[32] = "pdserve";

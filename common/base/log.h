@@ -36,6 +36,12 @@ enum pd_log_level {
 
 extern _Atomic int pd_log_level_cur;
 
+/* The log level option of every program, declared once: an entry of a
+ * common/base/cfg option table for a config struct T with int log_level,
+ * the level being PD_LOG_ERR + log_level. */
+extern const char *const pd_log_levels[]; /* "error" .. "debug" */
+#define PD_LOG_CFG(T) PD_CFG_ENUM("log-level", T, log_level, "info", pd_log_levels, "log level")
+
 /* ident: program name shown in plain lines (copied; may be NULL). Detects journald. */
 void pd_log_init(const char *ident);
 void pd_log_set_level(int level);

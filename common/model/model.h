@@ -40,6 +40,21 @@ enum pd_load_format {
     PD_LOAD_DUMMY, /* weights generated from (shape, seed) */
 };
 
+/* The model options of every program that loads a model (decoded, prefilld,
+ * pdserve-generate, pdserve-inspect, the benchmarks), declared once: entries
+ * of a common/base/cfg option table for a config struct T with char *model,
+ * int load_format (an enum pd_load_format), char *model_shape and int64_t
+ * seed. */
+extern const char *const pd_model_load_formats[]; /* by enum pd_load_format */
+#define PD_MODEL_CFG(T)                                                                            \
+    PD_CFG_STR("model", T, model, NULL, 4096, "GGUF model file (or the first argument)"),         \
+    PD_CFG_ENUM("load-format", T, load_format, "auto", pd_model_load_formats,                      \
+                "where weights come from: a GGUF file, or dummy weights of --model-shape (no "     \
+                "tokenizer: token-id prompts only)"),                                              \
+    PD_CFG_STR("model-shape", T, model_shape, NULL, 4096,                                          \
+               "dummy weights: preset name or JSON shape"),                                        \
+    PD_CFG_INT("seed", T, seed, "0", 0, INT64_MAX, "dummy weights: seed")
+
 enum pd_rope_scaling {
     PD_ROPE_SCALING_NONE = 0,
     PD_ROPE_SCALING_LINEAR,

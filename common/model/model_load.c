@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+const char *const pd_model_load_formats[] = {"auto", "gguf", "dummy", NULL};
+
 /* The common tail of every loader: bind tensors, fingerprint, hand over or free. */
 static int finish_load(struct pd_model *m, int rc, struct pd_model **out, char *err,
                        size_t errlen)

@@ -61,16 +61,9 @@ struct gen_cfg {
     bool cuda_graphs;
 };
 
-static const char *const load_formats[] = {"auto", "gguf", "dummy", NULL};
-static const char *const log_levels[] = {"error", "warning", "notice", "info", "debug", NULL};
 
 static const struct pd_cfg_opt options[] = {
-    PD_CFG_STR("model", struct gen_cfg, model, NULL, 4096, "GGUF model file"),
-    PD_CFG_ENUM("load-format", struct gen_cfg, load_format, "auto", load_formats,
-                "a GGUF file, or dummy weights of --model-shape"),
-    PD_CFG_STR("model-shape", struct gen_cfg, model_shape, NULL, 4096,
-               "dummy weights: preset name or JSON shape"),
-    PD_CFG_INT("seed", struct gen_cfg, seed, "0", 0, INT64_MAX, "dummy weights: seed"),
+    PD_MODEL_CFG(struct gen_cfg),
     PD_CFG_LIST("prompt-ids", struct gen_cfg, prompt_ids, MAX_PROMPTS,
                 "a prompt as comma-separated token ids (repeat for a batch)"),
     PD_CFG_LIST("prompt", struct gen_cfg, prompt, MAX_PROMPTS,
@@ -101,7 +94,7 @@ static const struct pd_cfg_opt options[] = {
                1 << 20, "tokens per engine step (prefill chunk)"),
     PD_CFG_INT("max-model-len", struct gen_cfg, max_model_len, "0", 0, 1 << 24,
                "longest sequence; 0 = the model's context"),
-    PD_CFG_ENUM("log-level", struct gen_cfg, log_level, "info", log_levels, "log level"),
+    PD_LOG_CFG(struct gen_cfg),
     PD_ENGINE_DEVICE_CFG(struct gen_cfg),
     PD_CFG_END,
 };

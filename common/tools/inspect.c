@@ -29,21 +29,13 @@ struct inspect_cfg {
     int log_level;
 };
 
-static const char *const load_formats[] = {"auto", "gguf", "dummy", NULL};
-static const char *const log_levels[] = {"error", "warning", "notice", "info", "debug", NULL};
 
 static const struct pd_cfg_opt options[] = {
-    PD_CFG_STR("model", struct inspect_cfg, model, NULL, 4096,
-               "GGUF model file (or give it as the first argument)"),
-    PD_CFG_ENUM("load-format", struct inspect_cfg, load_format, "auto", load_formats,
-                "where weights come from: a GGUF file, or dummy weights of --model-shape"),
-    PD_CFG_STR("model-shape", struct inspect_cfg, model_shape, NULL, 4096,
-               "dummy weights: preset name or JSON shape"),
-    PD_CFG_INT("seed", struct inspect_cfg, seed, "0", 0, INT64_MAX, "dummy weights: seed"),
+    PD_MODEL_CFG(struct inspect_cfg),
     PD_CFG_BOOL("tensors", struct inspect_cfg, tensors, "false", "list every tensor"),
     PD_CFG_STR("write-gguf", struct inspect_cfg, write_gguf, NULL, 4096,
                "write the model (architecture metadata and weights) to this GGUF file"),
-    PD_CFG_ENUM("log-level", struct inspect_cfg, log_level, "info", log_levels, "log level"),
+    PD_LOG_CFG(struct inspect_cfg),
     PD_CFG_END,
 };
 

@@ -35,11 +35,9 @@ struct bench_cfg {
     struct pd_cfg_list batches;
 };
 
-static const char *const load_formats[] = {"auto", "gguf", "dummy", NULL};
-
 static const struct pd_cfg_opt options[] = {
     PD_CFG_STR("model", struct bench_cfg, model, NULL, 4096, "GGUF model file"),
-    PD_CFG_ENUM("load-format", struct bench_cfg, load_format, "auto", load_formats,
+    PD_CFG_ENUM("load-format", struct bench_cfg, load_format, "auto", pd_model_load_formats,
                 "a GGUF file, or dummy weights of --model-shape"),
     PD_CFG_STR("model-shape", struct bench_cfg, model_shape, NULL, 4096, "dummy shape"),
     PD_CFG_INT("seed", struct bench_cfg, seed, "1", 0, INT64_MAX, "dummy seed"),
