@@ -4,15 +4,15 @@
 #include "metrics.h"
 
 #include <errno.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-/* A REMOTE job's transfer is over (the loop's word, for the compute thread). */
+/* A REMOTE job's transfer is over (the loop's word, for the compute thread).
+ * One per job, allocated with it: a remote prefill reports once, and the
+ * next attempt starts only after the report was read. */
 struct dec_inbox {
-    struct dec_inbox *next;
+    struct pd_wnode node; /* the scheduler's inbox, under the worker's lock */
     struct dec_job *job; /* one reference */
     bool done, exhausted;
     int status;
@@ -35,27 +35,25 @@ struct dec_sched {
     struct dec_job *remote; /* REMOTE jobs (rnext links); they count against max_num_seqs */
     uint32_t n_remote;
 
-    pthread_t thread;
-    bool started;
-    pthread_mutex_t mu; /* queue, counts, stop */
-    pthread_cond_t cv;
-    struct dec_job *q_head, *q_tail; /* waiting jobs */
-    uint32_t n_queued;
-    struct dec_inbox *in_head, *in_tail; /* finished transfers, from the loop */
+    struct pd_worker w; /* the compute thread, the queue of waiting jobs, the outbox */
+    bool w_ready; /* w initialised */
+    struct pd_wlist inbox; /* finished transfers, from the loop (dec_inbox), under w's lock */
     atomic_uint n_running;
-    bool stop;
-
-    pthread_mutex_t out_mu; /* events */
-    struct dec_event *ev_head, *ev_tail;
-
-    _Atomic uint64_t heartbeat_ns;
 };
+
+#define JOB(n) PD_WNODE_ENTRY(n, struct dec_job, qnode)
 
 static double secs(uint64_t a, uint64_t b) { return b > a ? (double)(b - a) * 1e-9 : 0.0; }
 
 struct dec_job *dec_job_new(void)
 {
     struct dec_job *j = calloc(1, sizeof(*j));
+    if (j && (!(j->final = calloc(1, sizeof(*j->final))) ||
+              !(j->report = calloc(1, sizeof(*j->report))))) {
+        free(j->final);
+        free(j);
+        return NULL;
+    }
     if (j) {
         atomic_init(&j->refs, 1);
         atomic_init(&j->cancelled, false);
@@ -78,6 +76,8 @@ void dec_job_unref(struct dec_job *j)
     free(j->toks);
     pd_detok_free(j->detok);
     dec_stop_done(&j->stop);
+    free(j->final); /* never posted */
+    free(j->report);
     free(j);
 }
 
@@ -119,43 +119,44 @@ static int event_text(struct dec_event *e, const char *s, size_t n)
     return 0;
 }
 
+/* The job's last event, allocated with the job: it cannot be lost (a lost
+ * final event would leave a client waiting for ever). Once a job. */
+static struct dec_event *final_event(struct dec_job *j)
+{
+    struct dec_event *e = j->final;
+    j->final = NULL;
+    dec_job_ref(j);
+    e->job = j;
+    e->n_gen = j->n_out;
+    e->t_first_ns = j->t_first_ns;
+    return e;
+}
+
 static void post(struct dec_sched *s, struct dec_event *e)
 {
     if (!e->text)
         event_text(e, "", 0);
-    pthread_mutex_lock(&s->out_mu);
-    if (s->ev_tail)
-        s->ev_tail->next = e;
-    else
-        s->ev_head = e;
-    s->ev_tail = e;
-    pthread_mutex_unlock(&s->out_mu);
-    s->p.notify(s->p.notify_arg);
+    pd_worker_post(&s->w, &e->node);
 }
 
 struct dec_event *dec_sched_take(struct dec_sched *s)
 {
-    pthread_mutex_lock(&s->out_mu);
-    struct dec_event *e = s->ev_head;
-    s->ev_head = s->ev_tail = NULL;
-    pthread_mutex_unlock(&s->out_mu);
-    return e;
+    struct pd_wnode *n = pd_worker_take(&s->w);
+    struct dec_event *head = n ? PD_WNODE_ENTRY(n, struct dec_event, node) : NULL;
+    for (struct dec_event *e = head; e; e = e->next) /* the loop reads the list by next */
+        e->next = e->node.next ? PD_WNODE_ENTRY(e->node.next, struct dec_event, node) : NULL;
+    return head;
 }
 
-/* A finished job's last event. When no event can be allocated the job is
- * still released; the loop then never hears of it, so we keep trying: the
- * event is tiny and memory pressure passes (a lost final event would leave
- * a client waiting forever). */
+/* A finished job's last event: e, or the one allocated with the job. */
 static void finish(struct dec_sched *s, struct dec_job *j, struct dec_event *e,
                    enum dec_finish why, const char *err)
 {
     pd_kvseq_release(s->kc, &j->seq);
     if (s->xc)
         pd_kvseq_release(s->xc, &j->xseq);
-    while (!e && !(e = event_new(j))) {
-        struct timespec ts = {0, 1000000};
-        nanosleep(&ts, NULL);
-    }
+    if (!e)
+        e = final_event(j);
     e->finish = why;
     e->n_gen = j->n_out;
     e->n_preempted = j->n_preempted;
@@ -251,9 +252,7 @@ static void update_gauges(struct dec_sched *s)
     pd_metric_set(s->p.metrics.staging_used,
                   s->xc ? pd_kvcache_n_blocks(s->xc) - pd_kvcache_n_free(s->xc) : 0);
     pd_metric_set(s->p.metrics.remote_running, s->n_remote);
-    pthread_mutex_lock(&s->mu);
-    pd_metric_set(s->p.metrics.waiting, s->n_queued);
-    pthread_mutex_unlock(&s->mu);
+    pd_metric_set(s->p.metrics.waiting, pd_worker_queued(&s->w));
     atomic_store(&s->n_running, s->n_active);
 }
 
@@ -287,17 +286,10 @@ static void drop_active(struct dec_sched *s, uint32_t i)
 
 static struct dec_job *queue_pop(struct dec_sched *s)
 {
-    pthread_mutex_lock(&s->mu);
-    struct dec_job *j = s->q_head;
-    if (j) {
-        s->q_head = j->next;
-        if (!s->q_head)
-            s->q_tail = NULL;
-        s->n_queued--;
-        j->next = NULL;
-    }
-    pthread_mutex_unlock(&s->mu);
-    return j;
+    pd_worker_lock(&s->w);
+    struct pd_wnode *n = pd_wlist_pop(pd_worker_queue(&s->w));
+    pd_worker_unlock(&s->w);
+    return n ? JOB(n) : NULL;
 }
 
 /* Recompute-mode preemption of active[i]: its blocks go back to the pool at
@@ -312,13 +304,9 @@ static void preempt(struct dec_sched *s, uint32_t i)
     pd_kvseq_release(s->kc, &j->seq);
     j->n_preempted++;
     pd_metric_add(s->p.metrics.preemptions, 1);
-    pthread_mutex_lock(&s->mu);
-    j->next = s->q_head;
-    s->q_head = j;
-    if (!s->q_tail)
-        s->q_tail = j;
-    s->n_queued++;
-    pthread_mutex_unlock(&s->mu);
+    pd_worker_lock(&s->w);
+    pd_wlist_push_front(pd_worker_queue(&s->w), &j->qnode);
+    pd_worker_unlock(&s->w);
     pd_log(PD_LOG_DEBUG, "%s: preempted (KV pool full): %u blocks released, %u tokens to "
            "recompute", j->id, had, j->n_prompt + j->n_out);
     pd_log_ratelimited(&s->rl_preempt, PD_LOG_NOTICE,
@@ -349,29 +337,21 @@ static void sweep_cancelled(struct dec_sched *s)
             i++;
         }
     }
-    struct dec_job *gone = NULL;
-    pthread_mutex_lock(&s->mu);
-    struct dec_job **link = &s->q_head, *prev = NULL;
-    while (*link) {
-        struct dec_job *j = *link;
-        if (atomic_load(&j->cancelled)) {
-            *link = j->next;
-            j->next = gone;
-            gone = j;
-            s->n_queued--;
+    struct pd_wlist gone = {0};
+    pd_worker_lock(&s->w);
+    struct pd_wlist *q = pd_worker_queue(&s->w);
+    for (struct pd_wnode *prev = NULL, *n = q->head, *next; n; n = next) {
+        next = n->next;
+        if (atomic_load(&JOB(n)->cancelled)) {
+            pd_wlist_remove(q, prev, n);
+            pd_wlist_push(&gone, n);
         } else {
-            prev = j;
-            link = &j->next;
+            prev = n;
         }
     }
-    s->q_tail = prev;
-    pthread_mutex_unlock(&s->mu);
-    while (gone) {
-        struct dec_job *j = gone;
-        gone = j->next;
-        j->next = NULL;
-        finish(s, j, NULL, DEC_FIN_CANCELLED, NULL);
-    }
+    pd_worker_unlock(&s->w);
+    for (struct pd_wnode *n; (n = pd_wlist_pop(&gone));)
+        finish(s, JOB(n), NULL, DEC_FIN_CANCELLED, NULL);
 }
 
 /* ---- remote prefill ---- */
@@ -459,9 +439,8 @@ static void remote_fallback(struct dec_sched *s, struct dec_job *j, const struct
             return;
     }
     if (s->p.failover == DEC_FAILOVER_FAIL) {
-        struct dec_event *e = event_new(j);
-        if (e)
-            e->status = m->status ? m->status : 502;
+        struct dec_event *e = final_event(j);
+        e->status = m->status ? m->status : 502;
         finish(s, j, e, DEC_FIN_ERROR, m->msg);
         return;
     }
@@ -476,70 +455,80 @@ static void remote_fallback(struct dec_sched *s, struct dec_job *j, const struct
 
 static void take_inbox(struct dec_sched *s)
 {
-    pthread_mutex_lock(&s->mu);
-    struct dec_inbox *m = s->in_head;
-    s->in_head = s->in_tail = NULL;
-    pthread_mutex_unlock(&s->mu);
-    while (m) {
-        struct dec_inbox *next = m->next;
-        struct dec_job *j = m->job;
+    pd_worker_lock(&s->w);
+    struct pd_wnode *n = pd_wlist_take(&s->inbox);
+    pd_worker_unlock(&s->w);
+    while (n) {
+        struct pd_wnode *next = n->next;
+        struct dec_inbox *r = PD_WNODE_ENTRY(n, struct dec_inbox, node);
+        struct dec_inbox m = *r;
+        struct dec_job *j = m.job;
+        /* the report goes back to the job before anything here can start
+         * its next attempt (remote_fallback), whose report it will carry */
+        if (j->report)
+            free(r);
+        else
+            j->report = r;
         if (j->in_remote) {
             remote_unlink(s, j);
             if (atomic_load(&j->cancelled))
                 finish(s, j, NULL, DEC_FIN_CANCELLED, NULL);
-            else if (m->done)
-                remote_first_token(s, j, &m->first);
+            else if (m.done)
+                remote_first_token(s, j, &m.first);
             else
-                remote_fallback(s, j, m);
+                remote_fallback(s, j, &m);
         }
         dec_job_unref(j);
-        free(m);
-        m = next;
+        n = next;
     }
 }
 
-static void inbox_push(struct dec_sched *s, struct dec_inbox *m)
+/* The loop thread: the job's report (allocated with it) for the caller to
+ * fill; a job has one report in flight at most (struct dec_inbox). */
+static struct dec_inbox *report_of(struct dec_job *j)
 {
-    pthread_mutex_lock(&s->mu);
-    if (s->in_tail)
-        s->in_tail->next = m;
-    else
-        s->in_head = m;
-    s->in_tail = m;
-    pthread_cond_signal(&s->cv);
-    pthread_mutex_unlock(&s->mu);
-}
-
-static struct dec_inbox *inbox_new(struct dec_job *j)
-{
-    struct dec_inbox *m;
-    /* as finish(): a lost report would keep the job's blocks for ever */
-    while (!(m = calloc(1, sizeof(*m)))) {
-        struct timespec ts = {0, 1000000};
-        nanosleep(&ts, NULL);
-    }
+    struct dec_inbox *m = j->report;
+    j->report = NULL;
+    if (!m && !(m = malloc(sizeof(*m)))) /* not reached while the rule holds */
+        return NULL;
+    *m = (struct dec_inbox){.job = j};
     dec_job_ref(j);
-    m->job = j;
     return m;
+}
+
+static void report_send(struct dec_sched *s, struct dec_inbox *m)
+{
+    pd_worker_lock(&s->w);
+    pd_wlist_push(&s->inbox, &m->node);
+    pd_worker_signal(&s->w);
+    pd_worker_unlock(&s->w);
 }
 
 void dec_sched_remote_done(struct dec_sched *s, struct dec_job *j,
                            const struct pd_sample_result *first)
 {
-    struct dec_inbox *m = inbox_new(j);
+    struct dec_inbox *m = report_of(j);
+    if (!m) {
+        pd_log(PD_LOG_ERR, "%s: a second remote report, and no memory for it: dropped", j->id);
+        return;
+    }
     m->done = true;
     m->first = *first;
-    inbox_push(s, m);
+    report_send(s, m);
 }
 
 void dec_sched_remote_failed(struct dec_sched *s, struct dec_job *j, bool exhausted, int status,
                              const char *msg)
 {
-    struct dec_inbox *m = inbox_new(j);
+    struct dec_inbox *m = report_of(j);
+    if (!m) {
+        pd_log(PD_LOG_ERR, "%s: a second remote report, and no memory for it: dropped", j->id);
+        return;
+    }
     m->exhausted = exhausted;
     m->status = status;
     snprintf(m->msg, sizeof(m->msg), "%s", msg ? msg : "remote prefill failed");
-    inbox_push(s, m);
+    report_send(s, m);
 }
 
 static void add_item(struct dec_sched *s, uint32_t *n, struct dec_job *j, uint32_t want)
@@ -611,11 +600,12 @@ static bool schedule_running(struct dec_sched *s, uint32_t *n, uint32_t *budget)
 static void admit(struct dec_sched *s, uint32_t *n, uint32_t *budget)
 {
     while (s->n_active + s->n_remote < s->p.max_num_seqs) {
-        pthread_mutex_lock(&s->mu);
-        struct dec_job *j = s->q_head;
-        pthread_mutex_unlock(&s->mu);
-        if (!j)
+        pd_worker_lock(&s->w);
+        struct pd_wnode *head = pd_worker_queue(&s->w)->head;
+        pd_worker_unlock(&s->w);
+        if (!head)
             return;
+        struct dec_job *j = JOB(head);
         if (atomic_load(&j->cancelled)) {
             queue_pop(s);
             finish(s, j, NULL, DEC_FIN_CANCELLED, NULL);
@@ -698,7 +688,7 @@ static uint32_t step(struct dec_sched *s)
     pd_metric_observe(s->p.metrics.batch_size, n);
 
     int rc = pd_engine_step(s->p.engine, s->items, n, err, sizeof(err));
-    atomic_store(&s->heartbeat_ns, pd_now_ns());
+    pd_worker_beat(&s->w);
     for (uint32_t i = 0; i < n; i++) {
         struct dec_job *j = s->item_job[i];
         const struct pd_batch_item *it = &s->items[i];
@@ -737,28 +727,26 @@ static uint32_t step(struct dec_sched *s)
     return n;
 }
 
-static void *run(void *arg)
+/* ---- the worker's hooks (common/daemon/worker.h) ---- */
+
+static bool w_step(void *arg) { return step(arg) > 0; }
+
+/* The lock held. Reports from the loop are work now; a step that ran
+ * nothing (everything queued was cancelled, say) waits for a submission or
+ * a tick instead of spinning. */
+static uint32_t w_wait_ms(void *arg, bool idle)
 {
     struct dec_sched *s = arg;
-    bool idle = false;
-    for (;;) {
-        atomic_store(&s->heartbeat_ns, pd_now_ns());
-        pthread_mutex_lock(&s->mu);
-        if (!s->stop && !s->in_head && (idle || (s->n_active == 0 && !s->q_head))) {
-            uint64_t tick = s->p.idle_tick_ms ? s->p.idle_tick_ms : 1000;
-            uint64_t until = pd_now_ns() + tick * 1000000u;
-            struct timespec ts = {.tv_sec = (time_t)(until / 1000000000u),
-                                  .tv_nsec = (long)(until % 1000000000u)};
-            pthread_cond_timedwait(&s->cv, &s->mu, &ts);
-        }
-        bool stop = s->stop;
-        pthread_mutex_unlock(&s->mu);
-        if (stop)
-            break;
-        /* a step that ran nothing (everything queued was cancelled, say)
-         * waits for a submission or a tick instead of spinning */
-        idle = step(s) == 0;
-    }
+    if (s->inbox.head)
+        return 0;
+    if (idle || (s->n_active == 0 && !pd_worker_queue(&s->w)->head))
+        return s->p.idle_tick_ms ? s->p.idle_tick_ms : 1000;
+    return 0;
+}
+
+static void w_cut(void *arg)
+{
+    struct dec_sched *s = arg;
     /* cut what is left: REMOTE, running, then queued. A REMOTE job's blocks
      * go back to the free list although a transfer may still write them:
      * nothing allocates from the pool any more, and the daemon frees kvx
@@ -773,23 +761,13 @@ static void *run(void *arg)
         s->n_active--;
         finish(s, j, NULL, DEC_FIN_CANCELLED, NULL);
     }
-    for (;;) {
-        pthread_mutex_lock(&s->mu);
-        struct dec_job *j = s->q_head;
-        if (j) {
-            s->q_head = j->next;
-            s->n_queued--;
-        }
-        if (!s->q_head)
-            s->q_tail = NULL;
-        pthread_mutex_unlock(&s->mu);
-        if (!j)
-            break;
+    for (struct dec_job *j; (j = queue_pop(s));)
         finish(s, j, NULL, DEC_FIN_CANCELLED, NULL);
-    }
     update_gauges(s);
-    return NULL;
 }
+
+static const struct pd_worker_ops worker_ops = {.step = w_step, .wait_ms = w_wait_ms,
+                                                .cut = w_cut};
 
 int dec_sched_new(const struct dec_sched_params *p, struct dec_sched **out, char *err,
                   size_t errlen)
@@ -812,15 +790,10 @@ int dec_sched_new(const struct dec_sched_params *p, struct dec_sched **out, char
     s->items = calloc(m, sizeof(*s->items));
     s->item_job = calloc(m, sizeof(*s->item_job));
     s->active = calloc(m, sizeof(*s->active));
-    pthread_mutex_init(&s->mu, NULL);
-    pthread_mutex_init(&s->out_mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->cv, &ca);
-    pthread_condattr_destroy(&ca);
-    atomic_init(&s->heartbeat_ns, pd_now_ns());
-    if (!s->results || !s->items || !s->item_job || !s->active) {
+    struct pd_worker_params wp = {.ops = &worker_ops, .arg = s, .max_queued = p->max_waiting,
+                                  .notify = p->notify, .notify_arg = p->notify_arg};
+    s->w_ready = pd_worker_init(&s->w, &wp) == 0;
+    if (!s->w_ready || !s->results || !s->items || !s->item_job || !s->active) {
         dec_sched_free(s);
         snprintf(err, errlen, "out of memory for %u sequences", m);
         return -ENOMEM;
@@ -831,24 +804,13 @@ int dec_sched_new(const struct dec_sched_params *p, struct dec_sched **out, char
 
 int dec_sched_start(struct dec_sched *s, char *err, size_t errlen)
 {
-    int rc = pthread_create(&s->thread, NULL, run, s);
-    if (rc) {
-        snprintf(err, errlen, "cannot start the compute thread: %s", strerror(rc));
-        return -rc;
-    }
-    s->started = true;
-    return 0;
+    return pd_worker_start(&s->w, err, errlen);
 }
 
 void dec_sched_stop(struct dec_sched *s)
 {
-    pthread_mutex_lock(&s->mu);
-    s->stop = true;
-    pthread_cond_signal(&s->cv);
-    pthread_mutex_unlock(&s->mu);
-    if (s->started)
-        pthread_join(s->thread, NULL);
-    s->started = false;
+    if (s->w_ready)
+        pd_worker_stop(&s->w);
 }
 
 struct dec_sched *dec_sched_free(struct dec_sched *s)
@@ -856,21 +818,23 @@ struct dec_sched *dec_sched_free(struct dec_sched *s)
     if (!s)
         return NULL;
     dec_sched_stop(s);
-    while (s->in_head) {
-        struct dec_inbox *m = s->in_head;
-        s->in_head = m->next;
-        dec_job_unref(m->job);
-        free(m);
+    for (struct pd_wnode *n; (n = pd_wlist_pop(&s->inbox));) {
+        struct dec_inbox *m = PD_WNODE_ENTRY(n, struct dec_inbox, node);
+        struct dec_job *j = m->job;
+        if (j->report)
+            free(m);
+        else
+            j->report = m;
+        dec_job_unref(j);
     }
-    struct dec_event *e = dec_sched_take(s);
+    struct dec_event *e = s->w_ready ? dec_sched_take(s) : NULL;
     while (e) {
         struct dec_event *next = e->next;
         dec_event_free(e);
         e = next;
     }
-    pthread_mutex_destroy(&s->mu);
-    pthread_mutex_destroy(&s->out_mu);
-    pthread_cond_destroy(&s->cv);
+    if (s->w_ready)
+        pd_worker_done(&s->w);
     free(s->results);
     free(s->items);
     free(s->item_job);
@@ -881,38 +845,25 @@ struct dec_sched *dec_sched_free(struct dec_sched *s)
 
 int dec_sched_submit(struct dec_sched *s, struct dec_job *j)
 {
-    pthread_mutex_lock(&s->mu);
-    int rc = 0;
-    if (s->stop)
-        rc = -ESHUTDOWN;
-    else if (pd_kvseq_blocks_needed(s->kc, &j->seq, j->n_prompt + j->max_tokens) >
-             pd_kvcache_n_blocks(s->kc))
-        rc = -E2BIG; /* it could never run: preempting everything else would not make room */
-    else if (s->n_queued >= s->p.max_waiting)
-        rc = -EAGAIN;
-    if (rc == 0) {
-        dec_job_ref(j);
-        j->next = NULL;
-        if (s->q_tail)
-            s->q_tail->next = j;
-        else
-            s->q_head = j;
-        s->q_tail = j;
-        s->n_queued++;
-        pd_metric_set(s->p.metrics.waiting, s->n_queued);
-        pthread_cond_signal(&s->cv);
+    /* a job that could never run: preempting everything else would not make room */
+    if (pd_kvseq_blocks_needed(s->kc, &j->seq, j->n_prompt + j->max_tokens) >
+        pd_kvcache_n_blocks(s->kc))
+        return -E2BIG;
+    dec_job_ref(j);
+    int rc = pd_worker_submit(&s->w, &j->qnode);
+    if (rc < 0) {
+        dec_job_unref(j);
+        return rc;
     }
-    pthread_mutex_unlock(&s->mu);
-    return rc;
+    pd_metric_set(s->p.metrics.waiting, (double)rc);
+    return 0;
 }
 
-uint64_t dec_sched_heartbeat_ns(const struct dec_sched *s) { return atomic_load(&s->heartbeat_ns); }
+uint64_t dec_sched_heartbeat_ns(const struct dec_sched *s) { return pd_worker_heartbeat_ns(&s->w); }
 
 void dec_sched_counts(struct dec_sched *s, uint32_t *waiting, uint32_t *running)
 {
-    pthread_mutex_lock(&s->mu);
-    *waiting = s->n_queued;
-    pthread_mutex_unlock(&s->mu);
+    *waiting = pd_worker_queued(&s->w);
     *running = atomic_load(&s->n_running);
 }
 

@@ -46,6 +46,7 @@
 #define DEC_SCHEDULER_H
 
 #include "engine.h"
+#include "worker.h"
 #include "log.h" /* pd_now_ns */
 #include "http.h"
 #include "sample.h"
@@ -78,6 +79,7 @@ enum dec_event_kind {
     DEC_EV_REMOTE_CANCEL, /* to the loop: cancel the job's transfer */
 };
 
+struct dec_inbox;
 struct dec_job {
     /* set by the loop before dec_sched_submit, read-only afterwards */
     char id[PD_HTTP_ID_MAX];
@@ -115,12 +117,15 @@ struct dec_job {
     bool in_remote; /* REMOTE state: blocks lent to a transfer */
     bool cancel_posted;
     uint32_t remote_epoch; /* bumped per retry */
-    struct dec_job *next; /* queue link */
+    struct pd_wnode qnode; /* the worker's queue */
+    struct dec_event *final; /* the last event, allocated with the job */
+    struct dec_inbox *report; /* the remote prefill's report, allocated with the job */
     struct dec_job *rnext; /* REMOTE list link */
 };
 
 struct dec_event {
-    struct dec_event *next;
+    struct dec_event *next; /* dec_sched_take's list */
+    struct pd_wnode node; /* the worker's outbox */
     enum dec_event_kind kind;
     struct dec_job *job; /* one reference, dropped by dec_event_free */
     uint32_t *blocks; /* REMOTE_START: (n_blocks) pool block ids, owned */

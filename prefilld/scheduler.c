@@ -1,13 +1,13 @@
 #include "scheduler.h"
 
+#include "errf.h"
 #include "metrics.h"
 
 #include <errno.h>
-#include <pthread.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 /* A batch of block ids whose transfer ended, waiting for the compute thread
  * (the pool is its alone). */
@@ -37,27 +37,25 @@ struct pf_sched {
     uint32_t n_marks;
     uint64_t tick; /* steps taken */
 
-    pthread_t thread;
-    bool started;
-    pthread_mutex_t mu; /* queue, unrefs, stop */
-    pthread_cond_t cv;
-    struct pf_job *q_head, *q_tail;
-    uint32_t n_queued;
-    struct unref_list *unrefs;
+    uint64_t steps;
+
+    struct pd_worker w; /* the compute thread, the queue, the outbox */
+    bool w_ready; /* w initialised */
+    struct unref_list *unrefs; /* under w's lock */
     atomic_uint n_running;
-    bool stop;
-
-    pthread_mutex_t out_mu;
-    struct pf_event *ev_head, *ev_tail;
-
-    _Atomic uint64_t heartbeat_ns;
 };
+
+#define JOB(n) PD_WNODE_ENTRY(n, struct pf_job, qnode)
 
 static double secs(uint64_t a, uint64_t b) { return b > a ? (double)(b - a) * 1e-9 : 0.0; }
 
 struct pf_job *pf_job_new(void)
 {
     struct pf_job *j = calloc(1, sizeof(*j));
+    if (j && !(j->final = calloc(1, sizeof(*j->final)))) {
+        free(j);
+        return NULL;
+    }
     if (j) {
         atomic_init(&j->refs, 1);
         atomic_init(&j->cancelled, false);
@@ -73,6 +71,7 @@ void pf_job_unref(struct pf_job *j)
 {
     if (!j || atomic_fetch_sub(&j->refs, 1) != 1)
         return;
+    free(j->final); /* never posted */
     free(j->tokens);
     free(j);
 }
@@ -90,43 +89,41 @@ void pf_event_free(struct pf_event *e)
 
 /* ---- events ---- */
 
-/* Events must not be lost (a lost END leaves a transfer handle forever, a
- * lost RUN leaks blocks), so allocation retries: they are small and memory
- * pressure passes. */
-static struct pf_event *event_new(struct pf_job *j, enum pf_event_type type, uint32_t n_blocks)
+/* A RUN: NULL when there is no memory for it (the caller fails the job). */
+static struct pf_event *run_event(struct pf_job *j, uint32_t n_blocks)
 {
-    struct pf_event *e;
-    while (!(e = calloc(1, sizeof(*e))) ||
-           (n_blocks && !(e->blocks = malloc((size_t)n_blocks * sizeof(*e->blocks))))) {
+    struct pf_event *e = calloc(1, sizeof(*e));
+    if (!e || !(e->blocks = malloc((size_t)n_blocks * sizeof(*e->blocks)))) {
         free(e);
-        struct timespec ts = {0, 1000000};
-        nanosleep(&ts, NULL);
+        return NULL;
     }
+    pf_job_ref(j);
+    e->job = j;
+    e->type = PF_EV_RUN;
+    return e;
+}
+
+/* The job's last event (DONE or END), allocated with the job: it cannot be
+ * lost (a lost END would leave a transfer handle for ever). Once a job. */
+static struct pf_event *final_event(struct pf_job *j, enum pf_event_type type)
+{
+    struct pf_event *e = j->final;
+    j->final = NULL;
     pf_job_ref(j);
     e->job = j;
     e->type = type;
     return e;
 }
 
-static void post(struct pf_sched *s, struct pf_event *e)
-{
-    pthread_mutex_lock(&s->out_mu);
-    if (s->ev_tail)
-        s->ev_tail->next = e;
-    else
-        s->ev_head = e;
-    s->ev_tail = e;
-    pthread_mutex_unlock(&s->out_mu);
-    s->p.notify(s->p.notify_arg);
-}
+static void post(struct pf_sched *s, struct pf_event *e) { pd_worker_post(&s->w, &e->node); }
 
 struct pf_event *pf_sched_take(struct pf_sched *s)
 {
-    pthread_mutex_lock(&s->out_mu);
-    struct pf_event *e = s->ev_head;
-    s->ev_head = s->ev_tail = NULL;
-    pthread_mutex_unlock(&s->out_mu);
-    return e;
+    struct pd_wnode *n = pd_worker_take(&s->w);
+    struct pf_event *head = n ? PD_WNODE_ENTRY(n, struct pf_event, node) : NULL;
+    for (struct pf_event *e = head; e; e = e->next) /* the loop reads the list by next */
+        e->next = e->node.next ? PD_WNODE_ENTRY(e->node.next, struct pf_event, node) : NULL;
+    return head;
 }
 
 /* The job's prefill is over: its sequence goes (blocks in flight keep their
@@ -142,7 +139,7 @@ static void end_job(struct pf_sched *s, struct pf_job *j, struct pf_event *e)
 
 static void fail_job(struct pf_sched *s, struct pf_job *j, int reason, const char *err)
 {
-    struct pf_event *e = event_new(j, PF_EV_END, 0);
+    struct pf_event *e = final_event(j, PF_EV_END);
     e->reason = reason;
     snprintf(e->err, sizeof(e->err), "%s", err ? err : "");
     end_job(s, j, e);
@@ -165,10 +162,10 @@ static void marks_gc(struct pf_sched *s)
         bool used = false;
         for (uint32_t k = 0; k < s->n_active && !used; k++)
             used = s->active[k]->peer == s->marks[i].peer;
-        pthread_mutex_lock(&s->mu);
-        for (struct pf_job *j = s->q_head; j && !used; j = j->next)
-            used = j->peer == s->marks[i].peer;
-        pthread_mutex_unlock(&s->mu);
+        pd_worker_lock(&s->w);
+        for (struct pd_wnode *n = pd_worker_queue(&s->w)->head; n && !used; n = n->next)
+            used = JOB(n)->peer == s->marks[i].peer;
+        pd_worker_unlock(&s->w);
         if (used)
             i++;
         else
@@ -205,9 +202,7 @@ static void update_gauges(struct pf_sched *s)
     pd_metric_set(s->p.metrics.kv_free, free_);
     pd_metric_set(s->p.metrics.staging_used,
                   s->xc ? pd_kvcache_n_blocks(s->xc) - pd_kvcache_n_free(s->xc) : 0);
-    pthread_mutex_lock(&s->mu);
-    pd_metric_set(s->p.metrics.waiting, s->n_queued);
-    pthread_mutex_unlock(&s->mu);
+    pd_metric_set(s->p.metrics.waiting, pd_worker_queued(&s->w));
     atomic_store(&s->n_running, s->n_active);
 }
 
@@ -217,8 +212,9 @@ static struct pf_job *pick_queued(struct pf_sched *s)
 {
     struct pf_job *best = NULL;
     uint64_t best_last = UINT64_MAX;
-    pthread_mutex_lock(&s->mu);
-    for (struct pf_job *j = s->q_head; j; j = j->next) {
+    pd_worker_lock(&s->w);
+    for (struct pd_wnode *n = pd_worker_queue(&s->w)->head; n; n = n->next) {
+        struct pf_job *j = JOB(n);
         if (atomic_load(&j->cancelled)) {
             best = j;
             break;
@@ -229,26 +225,21 @@ static struct pf_job *pick_queued(struct pf_sched *s)
             best_last = last;
         }
     }
-    pthread_mutex_unlock(&s->mu);
+    pd_worker_unlock(&s->w);
     return best;
 }
 
 static void dequeue(struct pf_sched *s, struct pf_job *j)
 {
-    pthread_mutex_lock(&s->mu);
-    struct pf_job **pp = &s->q_head, *prev = NULL;
-    while (*pp && *pp != j) {
-        prev = *pp;
-        pp = &(*pp)->next;
-    }
-    if (*pp) {
-        *pp = j->next;
-        if (s->q_tail == j)
-            s->q_tail = prev;
-        s->n_queued--;
-    }
-    pthread_mutex_unlock(&s->mu);
-    j->next = NULL;
+    pd_worker_lock(&s->w);
+    struct pd_wlist *q = pd_worker_queue(&s->w);
+    struct pd_wnode *prev = NULL;
+    for (struct pd_wnode *n = q->head; n; prev = n, n = n->next)
+        if (n == &j->qnode) {
+            pd_wlist_remove(q, prev, n);
+            break;
+        }
+    pd_worker_unlock(&s->w);
 }
 
 static void admit(struct pf_sched *s)
@@ -283,10 +274,10 @@ static void admit(struct pf_sched *s)
 
 static void apply_unrefs(struct pf_sched *s)
 {
-    pthread_mutex_lock(&s->mu);
+    pd_worker_lock(&s->w);
     struct unref_list *u = s->unrefs;
     s->unrefs = NULL;
-    pthread_mutex_unlock(&s->mu);
+    pd_worker_unlock(&s->w);
     while (u) {
         struct unref_list *next = u->next;
         for (uint32_t i = 0; i < u->n; i++)
@@ -305,11 +296,11 @@ int pf_sched_unref(struct pf_sched *s, const uint32_t *blocks, uint32_t n)
         return -ENOMEM;
     u->n = n;
     memcpy(u->blocks, blocks, (size_t)n * sizeof(*blocks));
-    pthread_mutex_lock(&s->mu);
+    pd_worker_lock(&s->w);
     u->next = s->unrefs;
     s->unrefs = u;
-    pthread_cond_signal(&s->cv);
-    pthread_mutex_unlock(&s->mu);
+    pd_worker_signal(&s->w);
+    pd_worker_unlock(&s->w);
     return 0;
 }
 
@@ -339,7 +330,9 @@ static int post_run(struct pf_sched *s, struct pf_job *j, bool last, char *err, 
             return rc;
         src = j->xseq.blocks + first;
     }
-    struct pf_event *e = event_new(j, PF_EV_RUN, n);
+    struct pf_event *e = run_event(j, n);
+    if (!e)
+        return pd_errf(err, errlen, -ENOMEM, "out of memory for a run of %" PRIu32 " blocks", n);
     e->first = first;
     e->n = n;
     for (uint32_t i = 0; i < n; i++) {
@@ -408,7 +401,7 @@ static void step(struct pf_sched *s)
     if (n == 0)
         return;
     int rc = pd_engine_step(s->p.engine, s->items, n, err, sizeof(err));
-    atomic_store(&s->heartbeat_ns, pd_now_ns());
+    pd_worker_beat(&s->w);
     pd_metric_observe(s->p.metrics.batch_tokens, rc < 0 ? 0 : tokens);
     for (uint32_t i = 0; i < n; i++) {
         struct pf_job *j = s->item_job[i];
@@ -429,7 +422,7 @@ static void step(struct pf_sched *s)
         }
         if (!last)
             continue;
-        struct pf_event *e = event_new(j, PF_EV_DONE, 0);
+        struct pf_event *e = final_event(j, PF_EV_DONE);
         drop_active(s, k);
         pd_metric_add(s->p.metrics.prompt_tokens, j->n_tokens);
         pd_metric_observe(s->p.metrics.prefill_time, secs(j->t_arrival_ns, pd_now_ns()));
@@ -439,16 +432,7 @@ static void step(struct pf_sched *s)
     update_gauges(s);
 }
 
-static bool has_work(struct pf_sched *s)
-{
-    if (s->unrefs || s->n_active)
-        return true;
-    /* queued jobs are work only when one could be admitted: otherwise wait
-     * for an unref (which signals) instead of spinning */
-    return s->q_head && (s->n_active < s->p.max_running || atomic_load(&s->q_head->cancelled));
-}
-
-static void cut_all(struct pf_sched *s);
+/* ---- the worker's hooks (common/daemon/worker.h) ---- */
 
 /* free blocks, the pool's and the staging's: a change means an unref came */
 static uint32_t n_free(const struct pf_sched *s)
@@ -456,65 +440,52 @@ static uint32_t n_free(const struct pf_sched *s)
     return pd_kvcache_n_free(s->kc) + (s->xc ? pd_kvcache_n_free(s->xc) : 0);
 }
 
-static void *run(void *arg)
+/* A step; false when it did nothing (a queue that cannot be admitted, the
+ * pool full of blocks in flight). */
+static bool w_step(void *arg)
 {
     struct pf_sched *s = arg;
-    uint64_t steps = 0;
-    for (;;) {
-        atomic_store(&s->heartbeat_ns, pd_now_ns());
-        pthread_mutex_lock(&s->mu);
-        if (!s->stop && !has_work(s)) {
-            uint64_t tick = s->p.idle_tick_ms ? s->p.idle_tick_ms : 1000;
-            uint64_t until = pd_now_ns() + tick * 1000000u;
-            struct timespec ts = {.tv_sec = (time_t)(until / 1000000000u),
-                                  .tv_nsec = (long)(until % 1000000000u)};
-            pthread_cond_timedwait(&s->cv, &s->mu, &ts);
-        }
-        bool stop = s->stop;
-        pthread_mutex_unlock(&s->mu);
-        if (stop)
-            break;
-        uint32_t before = n_free(s);
-        step(s);
-        /* a queue that cannot be admitted (pool full of blocks in flight)
-         * makes no step: sleep until an unref or a tick instead of spinning */
-        if (s->n_active == 0 && n_free(s) == before) {
-            pthread_mutex_lock(&s->mu);
-            if (!s->stop && !s->unrefs) {
-                uint64_t until = pd_now_ns() + 50000000u;
-                struct timespec ts = {.tv_sec = (time_t)(until / 1000000000u),
-                                      .tv_nsec = (long)(until % 1000000000u)};
-                pthread_cond_timedwait(&s->cv, &s->mu, &ts);
-            }
-            pthread_mutex_unlock(&s->mu);
-        }
-        if (++steps % 64 == 0)
-            marks_gc(s);
-    }
-    cut_all(s);
-    return NULL;
+    uint32_t before = n_free(s);
+    step(s);
+    if (++s->steps % 64 == 0)
+        marks_gc(s);
+    return s->n_active > 0 || n_free(s) != before;
 }
 
-/* Stopping: what runs or waits ends with SHUTDOWN (its events queued). */
-static void cut_all(struct pf_sched *s)
+/* The lock held. Queued jobs are work only when one could be admitted;
+ * after a step that did nothing, an unref (which signals) or 50 ms, not a
+ * spin. */
+static uint32_t w_wait_ms(void *arg, bool idle)
 {
+    struct pf_sched *s = arg;
+    const struct pd_wnode *q = pd_worker_queue(&s->w)->head;
+    bool work = s->unrefs || s->n_active ||
+                (q && (s->n_active < s->p.max_running || atomic_load(&JOB(q)->cancelled)));
+    if (!work)
+        return s->p.idle_tick_ms ? s->p.idle_tick_ms : 1000;
+    return idle && !s->unrefs ? 50 : 0;
+}
+
+static void cut_all(void *arg);
+
+static const struct pd_worker_ops worker_ops = {.step = w_step, .wait_ms = w_wait_ms,
+                                                .cut = cut_all};
+
+/* Stopping: what runs or waits ends with SHUTDOWN (its events queued). */
+static void cut_all(void *arg)
+{
+    struct pf_sched *s = arg;
     while (s->n_active > 0) {
         struct pf_job *j = s->active[--s->n_active];
         fail_job(s, j, PD_R_SHUTDOWN, "prefilld is stopping");
     }
     for (;;) {
-        pthread_mutex_lock(&s->mu);
-        struct pf_job *j = s->q_head;
-        if (j) {
-            s->q_head = j->next;
-            s->n_queued--;
-        }
-        if (!s->q_head)
-            s->q_tail = NULL;
-        pthread_mutex_unlock(&s->mu);
-        if (!j)
+        pd_worker_lock(&s->w);
+        struct pd_wnode *n = pd_wlist_pop(pd_worker_queue(&s->w));
+        pd_worker_unlock(&s->w);
+        if (!n)
             break;
-        fail_job(s, j, PD_R_SHUTDOWN, "prefilld is stopping");
+        fail_job(s, JOB(n), PD_R_SHUTDOWN, "prefilld is stopping");
     }
     apply_unrefs(s);
     update_gauges(s);
@@ -541,15 +512,10 @@ int pf_sched_new(const struct pf_sched_params *p, struct pf_sched **out, char *e
     s->item_job = calloc(m, sizeof(*s->item_job));
     s->active = calloc(m, sizeof(*s->active));
     s->marks = calloc((size_t)p->max_waiting + m, sizeof(*s->marks));
-    pthread_mutex_init(&s->mu, NULL);
-    pthread_mutex_init(&s->out_mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->cv, &ca);
-    pthread_condattr_destroy(&ca);
-    atomic_init(&s->heartbeat_ns, pd_now_ns());
-    if (!s->results || !s->items || !s->item_job || !s->active || !s->marks) {
+    struct pd_worker_params wp = {.ops = &worker_ops, .arg = s, .max_queued = p->max_waiting,
+                                  .notify = p->notify, .notify_arg = p->notify_arg};
+    s->w_ready = pd_worker_init(&s->w, &wp) == 0;
+    if (!s->w_ready || !s->results || !s->items || !s->item_job || !s->active || !s->marks) {
         pf_sched_free(s);
         snprintf(err, errlen, "out of memory for %u prefills", m);
         return -ENOMEM;
@@ -560,26 +526,13 @@ int pf_sched_new(const struct pf_sched_params *p, struct pf_sched **out, char *e
 
 int pf_sched_start(struct pf_sched *s, char *err, size_t errlen)
 {
-    int rc = pthread_create(&s->thread, NULL, run, s);
-    if (rc) {
-        snprintf(err, errlen, "cannot start the compute thread: %s", strerror(rc));
-        return -rc;
-    }
-    s->started = true;
-    return 0;
+    return pd_worker_start(&s->w, err, errlen);
 }
 
 void pf_sched_stop(struct pf_sched *s)
 {
-    pthread_mutex_lock(&s->mu);
-    s->stop = true;
-    pthread_cond_signal(&s->cv);
-    pthread_mutex_unlock(&s->mu);
-    if (s->started)
-        pthread_join(s->thread, NULL);
-    else
-        cut_all(s); /* never started: the queue still ends */
-    s->started = false;
+    if (s->w_ready)
+        pd_worker_stop(&s->w);
 }
 
 struct pf_sched *pf_sched_free(struct pf_sched *s)
@@ -587,7 +540,7 @@ struct pf_sched *pf_sched_free(struct pf_sched *s)
     if (!s)
         return NULL;
     pf_sched_stop(s);
-    struct pf_event *e = pf_sched_take(s);
+    struct pf_event *e = s->w_ready ? pf_sched_take(s) : NULL;
     while (e) {
         struct pf_event *next = e->next;
         if (e->type == PF_EV_RUN) /* never handed to the transport */
@@ -596,10 +549,10 @@ struct pf_sched *pf_sched_free(struct pf_sched *s)
         pf_event_free(e);
         e = next;
     }
-    apply_unrefs(s);
-    pthread_mutex_destroy(&s->mu);
-    pthread_mutex_destroy(&s->out_mu);
-    pthread_cond_destroy(&s->cv);
+    if (s->w_ready) {
+        apply_unrefs(s);
+        pd_worker_done(&s->w);
+    }
     free(s->results);
     free(s->items);
     free(s->item_job);
@@ -615,34 +568,20 @@ int pf_sched_submit(struct pf_sched *s, struct pf_job *j)
     if (j->n_tokens == 0 || j->n_tokens >= s->max_model_len ||
         blocks > pd_kvcache_n_blocks(s->kc) || blocks > pd_kvcache_n_blocks(s->tc))
         return -E2BIG;
-    pthread_mutex_lock(&s->mu);
-    int rc = 0;
-    if (s->stop)
-        rc = -ESHUTDOWN;
-    else if (s->n_queued >= s->p.max_waiting)
-        rc = -EAGAIN;
-    if (rc == 0) {
-        pf_job_ref(j);
-        j->next = NULL;
-        if (s->q_tail)
-            s->q_tail->next = j;
-        else
-            s->q_head = j;
-        s->q_tail = j;
-        s->n_queued++;
-        pd_metric_set(s->p.metrics.waiting, s->n_queued);
-        pthread_cond_signal(&s->cv);
+    pf_job_ref(j);
+    int rc = pd_worker_submit(&s->w, &j->qnode);
+    if (rc < 0) {
+        pf_job_unref(j);
+        return rc;
     }
-    pthread_mutex_unlock(&s->mu);
-    return rc;
+    pd_metric_set(s->p.metrics.waiting, (double)rc);
+    return 0;
 }
 
-uint64_t pf_sched_heartbeat_ns(const struct pf_sched *s) { return atomic_load(&s->heartbeat_ns); }
+uint64_t pf_sched_heartbeat_ns(const struct pf_sched *s) { return pd_worker_heartbeat_ns(&s->w); }
 
 void pf_sched_counts(struct pf_sched *s, uint32_t *waiting, uint32_t *running)
 {
-    pthread_mutex_lock(&s->mu);
-    *waiting = s->n_queued;
-    pthread_mutex_unlock(&s->mu);
+    *waiting = pd_worker_queued(&s->w);
     *running = atomic_load(&s->n_running);
 }

@@ -33,6 +33,7 @@
 #define PF_SCHED_H
 
 #include "engine.h"
+#include "worker.h"
 #include "log.h" /* pd_now_ns */
 #include "frame.h"
 #include "sample.h"
@@ -63,7 +64,8 @@ struct pf_job {
     struct pd_kvseq seq;
     struct pd_kvseq xseq; /* a GPU pool's: the staging blocks its runs are copied into */
     uint32_t n_sent_blocks; /* blocks [0, n) handed out as runs */
-    struct pf_job *next;
+    struct pd_wnode qnode; /* the worker's queue */
+    struct pf_event *final; /* the last event (DONE or END), allocated with the job */
 };
 
 enum pf_event_type {
@@ -73,7 +75,8 @@ enum pf_event_type {
 };
 
 struct pf_event {
-    struct pf_event *next;
+    struct pf_event *next; /* pf_sched_take's list */
+    struct pd_wnode node; /* the worker's outbox */
     enum pf_event_type type;
     struct pf_job *job; /* one reference, dropped by pf_event_free */
     uint32_t first, n; /* RUN */

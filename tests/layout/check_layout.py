@@ -12,7 +12,10 @@
 3. no file cycles: no two source files of the libraries or the daemons call
    (or name) each other's functions, directly or around a loop;
 4. sizes: no file over 1,000 lines and no function over 120 lines, outside
-   tests/ and kernels/.
+   tests/ and kernels/;
+5. no sleeping retry loops (nanosleep, usleep) in common/ or the daemons:
+   allocation failure costs the request, and waiting is the loop's timers or
+   the worker's condition variable.
 
     check_layout.py SOURCE_ROOT BUILD_ROOT
 Exit 0 when every rule holds, 1 with every violation listed.
@@ -150,7 +153,7 @@ def check_includes_text(src):
 
 
 def strip_comments(s):
-    s = re.sub(r"/\*.*?\*/", " ", s, flags=re.S)
+    s = re.sub(r"/\*.*?\*/", lambda m: " " + "\n" * m.group(0).count("\n"), s, flags=re.S)
     s = re.sub(r"//[^\n]*", " ", s)
     return re.sub(r'"(\\.|[^"\\])*"', '""', s)
 
@@ -240,6 +243,17 @@ def check_sizes(src):
             i += 1
 
 
+def check_no_sleeps(src):
+    folders = [WINGS[w][0] for w in WINGS] + PROGRAMS
+    for folder in folders:
+        for p in sorted(glob.glob(os.path.join(src, folder, "*.[ch]"))):
+            text = strip_comments(open(p, errors="replace").read())
+            for n, line in enumerate(text.split("\n"), 1):
+                if re.search(r"\b(nanosleep|usleep|sleep)\s*\(", line):
+                    problems.append("%s:%d: a sleep in library or daemon code" %
+                                    (os.path.relpath(p, src), n))
+
+
 def main():
     if len(sys.argv) != 3:
         print(__doc__.strip().split("\n\n")[-2], file=sys.stderr)
@@ -250,10 +264,12 @@ def main():
     check_includes_text(src)
     check_cycles(src)
     check_sizes(src)
+    check_no_sleeps(src)
     for p in problems:
         print("layout: " + p)
     if not problems:
-        print("layout: %d wings, their include paths, no file cycles, sizes: all hold" % len(WINGS))
+        print("layout: %d wings, their include paths, no file cycles, sizes, no sleeps: all hold" %
+              len(WINGS))
     return 1 if problems else 0
 
 

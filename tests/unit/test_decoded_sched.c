@@ -29,6 +29,7 @@ struct result {
     uint32_t n;
     enum dec_finish fin;
     bool done;
+    const struct dec_event *final; /* allocated with the job: a cancel's event must be it */
 };
 
 static void notify(void *arg) { (void)arg; }
@@ -111,6 +112,8 @@ static struct dec_job *job(const int32_t *prompt, uint32_t n, uint32_t max_token
     j->ignore_eos = true;
     j->t_arrival_ns = pd_now_ns();
     j->owner = res;
+    res->final = j->final;
+    CHECK(res->final != NULL && j->report != NULL);
     snprintf(j->id, sizeof(j->id), "job-%p", (void *)res);
     return j;
 }
@@ -129,6 +132,10 @@ static void collect(struct rig *r, struct result *res, int n)
             }
             if (e->finish != DEC_FIN_NONE) {
                 CHECK(!x->done);
+                /* an end with no token of its own comes in the event made
+                 * with the job: ending cannot fail for want of memory */
+                if (e->finish == DEC_FIN_CANCELLED)
+                    CHECK(e == x->final);
                 x->done = true;
                 x->fin = e->finish;
             }

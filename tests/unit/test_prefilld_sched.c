@@ -32,6 +32,7 @@ struct got {
     int reason;
     struct pd_sample_result first;
     int order; /* when DONE came, 0-based */
+    const struct pf_event *final; /* allocated with the job: DONE or END must be it */
 };
 
 static void notify(void *arg) { (void)arg; }
@@ -105,6 +106,8 @@ static struct pf_job *job(uint64_t peer, uint64_t id, const int32_t *tokens, uin
     j->sampling = PD_SAMPLING_DEFAULT;
     j->t_arrival_ns = pd_now_ns();
     j->owner = g;
+    g->final = j->final;
+    CHECK(g->final != NULL);
     snprintf(j->xrid, sizeof(j->xrid), "t-%" PRIu64, id);
     return j;
 }
@@ -134,11 +137,13 @@ static void collect(struct rig *r, struct got *g, int n, bool hold, int *done_se
                     CHECK_EQ_INT(pf_sched_unref(r->s, e->blocks, e->n), 0);
             } else if (e->type == PF_EV_DONE) {
                 CHECK(!x->done && !x->ended);
+                CHECK(e == x->final); /* no allocation at the end: it cannot fail */
                 x->done = true;
                 x->first = e->token;
                 x->order = (*done_seq)++;
             } else {
                 CHECK(!x->done && !x->ended);
+                CHECK(e == x->final);
                 x->ended = true;
                 x->reason = e->reason;
             }
