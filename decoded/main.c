@@ -233,12 +233,6 @@ static void rt_cut(void *arg)
     dec_server_cancel_all(d->srv);
 }
 
-static uint64_t rt_heartbeat(void *arg)
-{
-    struct daemon *d = arg;
-    return dec_sched_heartbeat_ns(d->sched);
-}
-
 static void rt_status(void *arg, char *buf, size_t len)
 {
     struct daemon *d = arg;
@@ -344,7 +338,6 @@ static const struct pd_runtime_ops rt_ops = {
     .drain = rt_drain,
     .cut = rt_cut,
     .reload = rt_reload,
-    .heartbeat_ns = rt_heartbeat,
     .status = rt_status,
     .scrape = rt_scrape,
 };
@@ -428,6 +421,7 @@ static int server_open(struct daemon *d, const struct pd_tokenizer *tok,
     if ((rc = dec_sched_new(&sp, &d->sched, err, errlen)) < 0)
         return rc;
     dec_server_set_sched(d->srv, d->sched);
+    pd_runtime_watch(d->rt, dec_sched_worker(d->sched));
     return 0;
 }
 

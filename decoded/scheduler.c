@@ -859,7 +859,7 @@ int dec_sched_submit(struct dec_sched *s, struct dec_job *j)
     return 0;
 }
 
-uint64_t dec_sched_heartbeat_ns(const struct dec_sched *s) { return pd_worker_heartbeat_ns(&s->w); }
+const struct pd_worker *dec_sched_worker(const struct dec_sched *s) { return &s->w; }
 
 void dec_sched_counts(struct dec_sched *s, uint32_t *waiting, uint32_t *running)
 {

@@ -201,7 +201,8 @@ void dec_sched_remote_failed(struct dec_sched *s, struct dec_job *j, bool exhaus
 struct dec_event *dec_sched_take(struct dec_sched *s);
 /* Monotonic ns of the compute thread's last sign of life (it ticks every
  * idle_tick_ms while idle, and at every step). */
-uint64_t dec_sched_heartbeat_ns(const struct dec_sched *s);
+/* The compute thread, for the runtime's watchdog (pd_runtime_watch). */
+const struct pd_worker *dec_sched_worker(const struct dec_sched *s);
 /* Jobs queued and admitted (any thread). */
 void dec_sched_counts(struct dec_sched *s, uint32_t *waiting, uint32_t *running);
 /* Tokens of KV cache the pool holds in all (a job's worst case must fit). */

@@ -369,12 +369,6 @@ static void rt_cut(void *arg)
     pd_runtime_stop(d->rt);
 }
 
-static uint64_t rt_heartbeat(void *arg)
-{
-    struct daemon *d = arg;
-    return pf_sched_heartbeat_ns(d->sched);
-}
-
 static void rt_status(void *arg, char *buf, size_t len)
 {
     struct daemon *d = arg;
@@ -429,7 +423,6 @@ static const struct pd_runtime_ops rt_ops = {
     .drain = rt_drain,
     .cut = rt_cut,
     .reload = rt_reload,
-    .heartbeat_ns = rt_heartbeat,
     .status = rt_status,
     .scrape = rt_scrape,
 };
@@ -492,6 +485,7 @@ static int run(struct daemon *d)
                                  .metrics = d->sm, .notify = wake, .notify_arg = d};
     if (pf_sched_new(&sp, &d->sched, err, sizeof(err)) < 0)
         goto fail;
+    pd_runtime_watch(d->rt, pf_sched_worker(d->sched));
     if (!(d->wake_ev = event_new(pd_runtime_base(d->rt), -1, EV_PERSIST, sched_events, d))) {
         snprintf(err, sizeof(err), "out of memory");
         goto fail;

@@ -578,7 +578,7 @@ int pf_sched_submit(struct pf_sched *s, struct pf_job *j)
     return 0;
 }
 
-uint64_t pf_sched_heartbeat_ns(const struct pf_sched *s) { return pd_worker_heartbeat_ns(&s->w); }
+const struct pd_worker *pf_sched_worker(const struct pf_sched *s) { return &s->w; }
 
 void pf_sched_counts(struct pf_sched *s, uint32_t *waiting, uint32_t *running)
 {

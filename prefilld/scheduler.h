@@ -125,7 +125,8 @@ int pf_sched_submit(struct pf_sched *s, struct pf_job *j);
 struct pf_event *pf_sched_take(struct pf_sched *s);
 /* The transfer of these blocks is over: drop one reference each (copied). */
 int pf_sched_unref(struct pf_sched *s, const uint32_t *blocks, uint32_t n);
-uint64_t pf_sched_heartbeat_ns(const struct pf_sched *s);
+/* The compute thread, for the runtime's watchdog (pd_runtime_watch). */
+const struct pd_worker *pf_sched_worker(const struct pf_sched *s);
 void pf_sched_counts(struct pf_sched *s, uint32_t *waiting, uint32_t *running);
 
 

@@ -7,6 +7,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "notify.h"
+#include "worker.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -34,6 +35,7 @@ struct pd_runtime {
     struct evhttp *admin;
     struct pd_http_conns *admin_conns;
     uint64_t watchdog_us;
+    const struct pd_worker *worker; /* its heartbeat feeds the watchdog */
     bool draining;
     struct pd_ratelimit rl_stall, rl_refuse;
 };
@@ -101,7 +103,7 @@ static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
     struct pd_runtime *rt = arg;
     (void)fd;
     (void)what;
-    uint64_t age_ns = pd_now_ns() - rt->p.ops->heartbeat_ns(rt->p.arg);
+    uint64_t age_ns = pd_now_ns() - pd_worker_heartbeat_ns(rt->worker);
     if (age_ns < rt->watchdog_us * 1000u)
         pd_notify_watchdog();
     else
@@ -186,7 +188,7 @@ int pd_runtime_new(const struct pd_runtime_params *p, struct pd_runtime **out, c
                    size_t errlen)
 {
     const struct pd_runtime_ops *o = p->ops;
-    if (!o || !o->running || !o->drain || !o->cut || !o->heartbeat_ns || !o->status ||
+    if (!o || !o->running || !o->drain || !o->cut || !o->status ||
         !p->admin_host || !p->header_timeout_s)
         return pd_errf(err, errlen, -EINVAL, "runtime: a hook or the admin address is missing");
     struct pd_runtime *rt = calloc(1, sizeof(*rt));
@@ -260,8 +262,12 @@ int pd_runtime_listen(struct pd_runtime *rt, char *err, size_t errlen)
     return rc;
 }
 
+void pd_runtime_watch(struct pd_runtime *rt, const struct pd_worker *w) { rt->worker = w; }
+
 int pd_runtime_ready(struct pd_runtime *rt, char *err, size_t errlen)
 {
+    if (!rt->worker)
+        return pd_errf(err, errlen, -EINVAL, "runtime: no compute thread to watch");
     if (rt->watchdog_us) {
         struct timeval tv = {.tv_sec = (time_t)(rt->watchdog_us / 2000000u),
                              .tv_usec = (suseconds_t)(rt->watchdog_us / 2 % 1000000u)};

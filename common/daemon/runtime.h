@@ -7,13 +7,13 @@
  * sd_event_set_watchdog).
  *
  *   static const struct pd_runtime_ops ops = {.running = ..., .drain = ..., .cut = ...,
- *                                             .reload = ..., .heartbeat_ns = ...,
- *                                             .status = ..., .scrape = ...};
+ *                                             .reload = ..., .status = ..., .scrape = ...};
  *   struct pd_runtime_params rp = {.admin_host = "127.0.0.1", .admin_port = 8001,
  *                                  .header_timeout_s = 30, .drain_timeout_s = 30,
  *                                  .metrics = m, .ops = &ops, .arg = d};
  *   if (pd_runtime_new(&rp, &rt, err, sizeof err) < 0) ...   // the loop, signals, admin
  *   base = pd_runtime_base(rt);        // the daemon's listeners, compute thread
+ *   pd_runtime_watch(rt, worker);      // the compute thread the watchdog watches
  *   pd_runtime_listen(rt, err, sizeof err);   // the admin address
  *   pd_runtime_ready(rt, err, sizeof err);    // watchdog, status, READY=1
  *   pd_runtime_run(rt);                // until the daemon ends the loop
@@ -29,9 +29,10 @@
  *     service is back.
  *
  * The watchdog (WATCHDOG_USEC set by systemd) is fed from the loop at half
- * the interval, and only while ops->heartbeat_ns is fresher than the
- * interval: a stuck compute thread gets the service restarted. The compute
- * thread beats at least every pd_runtime_tick_ms.
+ * the interval, and only while the watched worker's heartbeat
+ * (common/daemon/worker.h) is fresher than the interval: a stuck compute
+ * thread gets the service restarted. It beats at least every
+ * pd_runtime_tick_ms.
  *
  * The admin endpoint answers GET (and HEAD) /health: 200 {"status":"ok"}, or
  * 503 {"status":"stopping"} while draining; GET /metrics: the registry in
@@ -56,13 +57,13 @@
 struct event_base;
 struct pd_metrics;
 struct pd_runtime;
+struct pd_worker;
 
 struct pd_runtime_ops {
     unsigned (*running)(void *arg); /* requests running now, for the log lines */
     void (*drain)(void *arg); /* the first SIGTERM/SIGINT */
     void (*cut)(void *arg); /* the drain timeout, or a second SIGTERM/SIGINT */
     void (*reload)(void *arg); /* SIGHUP; NULL: nothing to reload */
-    uint64_t (*heartbeat_ns)(void *arg); /* the compute thread's last beat (pd_now_ns) */
     /* the rest of the STATUS= line after "serving: " or "draining: " */
     void (*status)(void *arg, char *buf, size_t len);
     void (*scrape)(void *arg); /* NULL, or: bring the registry up to date for /metrics */
@@ -95,7 +96,10 @@ void pd_runtime_set_metrics(struct pd_runtime *rt, struct pd_metrics *m);
 /* The admin address, logged as "listening on HOST:PORT (admin)". -EINVAL
  * without a metrics registry. */
 int pd_runtime_listen(struct pd_runtime *rt, char *err, size_t errlen);
-/* The watchdog armed, the status timer started, READY=1 and STATUS=serving. */
+/* The compute thread whose heartbeat feeds the watchdog (before ready). */
+void pd_runtime_watch(struct pd_runtime *rt, const struct pd_worker *w);
+/* The watchdog armed, the status timer started, READY=1 and STATUS=serving.
+ * -EINVAL when no worker is watched. */
 int pd_runtime_ready(struct pd_runtime *rt, char *err, size_t errlen);
 /* Runs the loop until the daemon ends it (pd_runtime_stop). */
 void pd_runtime_run(struct pd_runtime *rt);
