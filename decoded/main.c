@@ -463,7 +463,7 @@ static int run(struct dec_cfg *c, int argc, char *const *argv, struct pd_model *
     /* the KV channel after the listeners: its connections take ephemeral
      * ports, which must not take the ones the listeners were given */
     if ((c->prefill.n && remote_open(&d, c, err, sizeof(err)) < 0) ||
-        dec_sched_start(d.sched, err, sizeof(err)) < 0)
+        pd_worker_start(dec_sched_worker(d.sched), err, sizeof(err)) < 0)
         goto fail;
     log_serving(&d, tok);
     if (pd_runtime_ready(d.rt, err, sizeof(err)) < 0)
@@ -475,7 +475,7 @@ static int run(struct dec_cfg *c, int argc, char *const *argv, struct pd_model *
      * still has, let the bytes go out, close */
     dec_server_cancel_all(d.srv);
     dec_remote_stop(d.remote);
-    dec_sched_stop(d.sched);
+    pd_worker_stop(dec_sched_worker(d.sched));
     dec_server_take_events(d.srv);
     flush_output(&d);
     pd_log(PD_LOG_NOTICE, "stopped");
@@ -486,7 +486,7 @@ fail:
     pd_notify_status("failed: %s", err);
 out:
     if (d.sched)
-        dec_sched_stop(d.sched);
+        pd_worker_stop(dec_sched_worker(d.sched));
     /* kvx before the pool (the engine): it ends every receive into it */
     d.remote = dec_remote_free(d.remote);
     d.srv = dec_server_free(d.srv); /* before the scheduler: jobs it holds drop refs */
@@ -503,10 +503,8 @@ int main(int argc, char **argv)
     char err[512];
     int rc;
 
-    pd_log_init("decoded");
     if (pd_cfg_main(options, &c, argc, argv, "decoded", "[OPTIONS] [MODEL.gguf]", 1, &a, &rc))
         return rc;
-    pd_log_set_level(PD_LOG_ERR + c.log_level);
     signal(SIGPIPE, SIG_IGN); /* a client that left is a failed write, not a dead daemon */
     raise_fd_limit(&c);
 

@@ -592,6 +592,22 @@ static bool schedule_running(struct dec_sched *s, uint32_t *n, uint32_t *budget)
     return preempted;
 }
 
+/* A job popped from the queue, its admission's result rc: failed (it ends
+ * with an error) or admitted (its queue time observed at the first one).
+ * True when admitted. */
+static bool admitted(struct dec_sched *s, struct dec_job *j, int rc)
+{
+    if (rc < 0) {
+        finish(s, j, NULL, DEC_FIN_ERROR, "out of memory admitting the request");
+        return false;
+    }
+    if (!j->admitted) {
+        j->admitted = true;
+        pd_metric_observe(s->p.metrics.queue_time, secs(j->t_arrival_ns, pd_now_ns()));
+    }
+    return true;
+}
+
 /* Queued jobs join, first come first served, while a sequence slot and
  * budget are left and the blocks of their first chunk are free, keeping a
  * watermark of free blocks for the running jobs' growth (none needed when
@@ -633,14 +649,7 @@ static void admit(struct dec_sched *s, uint32_t *n, uint32_t *budget)
                 rc = pd_kvseq_reserve(s->xc, &j->xseq, j->n_prompt);
             if (rc == 0)
                 rc = remote_start(s, j);
-            if (rc < 0) {
-                finish(s, j, NULL, DEC_FIN_ERROR, "out of memory admitting the request");
-                continue;
-            }
-            if (!j->admitted) {
-                j->admitted = true;
-                pd_metric_observe(s->p.metrics.queue_time, secs(j->t_arrival_ns, pd_now_ns()));
-            }
+            admitted(s, j, rc);
             continue;
         }
         if (*budget == 0)
@@ -654,14 +663,8 @@ static void admit(struct dec_sched *s, uint32_t *n, uint32_t *budget)
         int rc = j->toks ? 0 : admit_prepare(s, j);
         if (rc == 0)
             rc = pd_kvseq_reserve(s->kc, &j->seq, j->seq.n_tokens + want);
-        if (rc < 0) {
-            finish(s, j, NULL, DEC_FIN_ERROR, "out of memory admitting the request");
+        if (!admitted(s, j, rc))
             continue;
-        }
-        if (!j->admitted) {
-            j->admitted = true;
-            pd_metric_observe(s->p.metrics.queue_time, secs(j->t_arrival_ns, pd_now_ns()));
-        }
         s->active[s->n_active++] = j;
         add_item(s, n, j, want);
         *budget -= want;
@@ -802,22 +805,12 @@ int dec_sched_new(const struct dec_sched_params *p, struct dec_sched **out, char
     return 0;
 }
 
-int dec_sched_start(struct dec_sched *s, char *err, size_t errlen)
-{
-    return pd_worker_start(&s->w, err, errlen);
-}
-
-void dec_sched_stop(struct dec_sched *s)
-{
-    if (s->w_ready)
-        pd_worker_stop(&s->w);
-}
-
 struct dec_sched *dec_sched_free(struct dec_sched *s)
 {
     if (!s)
         return NULL;
-    dec_sched_stop(s);
+    if (s->w_ready)
+        pd_worker_stop(&s->w);
     for (struct pd_wnode *n; (n = pd_wlist_pop(&s->inbox));) {
         struct dec_inbox *m = PD_WNODE_ENTRY(n, struct dec_inbox, node);
         struct dec_job *j = m->job;
@@ -859,7 +852,7 @@ int dec_sched_submit(struct dec_sched *s, struct dec_job *j)
     return 0;
 }
 
-const struct pd_worker *dec_sched_worker(const struct dec_sched *s) { return &s->w; }
+struct pd_worker *dec_sched_worker(struct dec_sched *s) { return &s->w; }
 
 void dec_sched_counts(struct dec_sched *s, uint32_t *waiting, uint32_t *running)
 {

@@ -179,11 +179,10 @@ int dec_sched_new(const struct dec_sched_params *p, struct dec_sched **out, char
  * frees everything but undelivered events, which dec_sched_take still
  * returns. Accepts NULL; returns NULL. */
 struct dec_sched *dec_sched_free(struct dec_sched *s);
-/* Start the compute thread. */
-int dec_sched_start(struct dec_sched *s, char *err, size_t errlen);
-/* Stop it: what is left is cancelled (its events queued); new submissions
- * get -ESHUTDOWN. Idempotent. */
-void dec_sched_stop(struct dec_sched *s);
+/* The compute thread (common/daemon/worker.h): pd_worker_start starts it;
+ * pd_worker_stop cancels what is left (its events queued; new submissions
+ * get -ESHUTDOWN) and joins it; the runtime's watchdog watches it. */
+struct pd_worker *dec_sched_worker(struct dec_sched *s);
 /* Takes a reference. -EAGAIN: --max-waiting jobs already queued;
  * -ESHUTDOWN: stopping; -E2BIG: n_prompt + max_tokens would not fit the
  * whole KV pool (the loop checks this first, with a message). */
@@ -201,8 +200,6 @@ void dec_sched_remote_failed(struct dec_sched *s, struct dec_job *j, bool exhaus
 struct dec_event *dec_sched_take(struct dec_sched *s);
 /* Monotonic ns of the compute thread's last sign of life (it ticks every
  * idle_tick_ms while idle, and at every step). */
-/* The compute thread, for the runtime's watchdog (pd_runtime_watch). */
-const struct pd_worker *dec_sched_worker(const struct dec_sched *s);
 /* Jobs queued and admitted (any thread). */
 void dec_sched_counts(struct dec_sched *s, uint32_t *waiting, uint32_t *running);
 /* Tokens of KV cache the pool holds in all (a job's worst case must fit). */

@@ -492,7 +492,7 @@ static int run(struct daemon *d)
     }
     if (kvx_open(d, err, sizeof(err)) < 0 || pd_runtime_listen(d->rt, err, sizeof(err)) < 0 ||
         pd_kvx_listen(d->kvx, err, sizeof(err)) < 0 ||
-        pf_sched_start(d->sched, err, sizeof(err)) < 0)
+        pd_worker_start(pf_sched_worker(d->sched), err, sizeof(err)) < 0)
         goto fail;
     char fp[2 * PD_MODEL_FP_LEN + 1];
     pd_model_fingerprint_hex(pd_engine_model(d->engine), fp);
@@ -503,7 +503,7 @@ static int run(struct daemon *d)
 
     pd_runtime_run(d->rt);
 
-    pf_sched_stop(d->sched);
+    pd_worker_stop(pf_sched_worker(d->sched));
     pd_log(PD_LOG_NOTICE, "stopped");
     rc = 0;
     goto out;
@@ -512,7 +512,7 @@ fail:
     pd_notify_status("failed: %s", err);
 out:
     if (d->sched)
-        pf_sched_stop(d->sched);
+        pd_worker_stop(pf_sched_worker(d->sched));
     /* kvx goes first and delivers no more events (no SREQ_END for what was
      * still in flight after a cut drain): the scheduler's last events only
      * give their blocks back, and the loop lets go of every job it held */
@@ -538,10 +538,8 @@ int main(int argc, char **argv)
     char err[512];
     int rc;
 
-    pd_log_init("prefilld");
     if (pd_cfg_main(options, &c, argc, argv, "prefilld", "[OPTIONS] [MODEL.gguf]", 1, &a, &rc))
         return rc;
-    pd_log_set_level(PD_LOG_ERR + c.log_level);
     if (c.gen_psk) {
         char id[PD_KEY_ID_MAX + 1];
         rc = pd_keyring_create(c.gen_psk, NULL, id, err, sizeof(err));

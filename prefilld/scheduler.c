@@ -524,22 +524,12 @@ int pf_sched_new(const struct pf_sched_params *p, struct pf_sched **out, char *e
     return 0;
 }
 
-int pf_sched_start(struct pf_sched *s, char *err, size_t errlen)
-{
-    return pd_worker_start(&s->w, err, errlen);
-}
-
-void pf_sched_stop(struct pf_sched *s)
-{
-    if (s->w_ready)
-        pd_worker_stop(&s->w);
-}
-
 struct pf_sched *pf_sched_free(struct pf_sched *s)
 {
     if (!s)
         return NULL;
-    pf_sched_stop(s);
+    if (s->w_ready)
+        pd_worker_stop(&s->w);
     struct pf_event *e = s->w_ready ? pf_sched_take(s) : NULL;
     while (e) {
         struct pf_event *next = e->next;
@@ -578,7 +568,7 @@ int pf_sched_submit(struct pf_sched *s, struct pf_job *j)
     return 0;
 }
 
-const struct pd_worker *pf_sched_worker(const struct pf_sched *s) { return &s->w; }
+struct pd_worker *pf_sched_worker(struct pf_sched *s) { return &s->w; }
 
 void pf_sched_counts(struct pf_sched *s, uint32_t *waiting, uint32_t *running)
 {

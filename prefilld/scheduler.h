@@ -112,10 +112,10 @@ void pf_event_free(struct pf_event *e); /* accepts NULL */
 
 int pf_sched_new(const struct pf_sched_params *p, struct pf_sched **out, char *err,
                  size_t errlen);
-int pf_sched_start(struct pf_sched *s, char *err, size_t errlen);
-/* Ends what is left (END events, reason SHUTDOWN, queued) and joins the
- * thread; also when it never started. Idempotent. */
-void pf_sched_stop(struct pf_sched *s);
+/* The compute thread (common/daemon/worker.h): pd_worker_start starts it;
+ * pd_worker_stop ends what is left (END events, reason SHUTDOWN, queued) and
+ * joins it, also when it never started; the runtime's watchdog watches it. */
+struct pd_worker *pf_sched_worker(struct pf_sched *s);
 /* After stop; blocks whose transfer references were never dropped are
  * reclaimed here. Accepts NULL; returns NULL. */
 struct pf_sched *pf_sched_free(struct pf_sched *s);
@@ -125,8 +125,6 @@ int pf_sched_submit(struct pf_sched *s, struct pf_job *j);
 struct pf_event *pf_sched_take(struct pf_sched *s);
 /* The transfer of these blocks is over: drop one reference each (copied). */
 int pf_sched_unref(struct pf_sched *s, const uint32_t *blocks, uint32_t n);
-/* The compute thread, for the runtime's watchdog (pd_runtime_watch). */
-const struct pd_worker *pf_sched_worker(const struct pf_sched *s);
 void pf_sched_counts(struct pf_sched *s, uint32_t *waiting, uint32_t *running);
 
 

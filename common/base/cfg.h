@@ -158,11 +158,13 @@ int pd_cfg_print(const struct pd_cfg_opt *table, const void *cfg, FILE *out);
 /* Free strings and lists the parser allocated; fields are left NULL/empty. */
 void pd_cfg_done(const struct pd_cfg_opt *table, void *cfg);
 
-/* The opening of a program's main: pd_cfg_parse, then what every program does
- * with the outcome. Returns 1 when main should return *exit_code at once (2
- * after printing "prog: error" or "prog: more than max_positional arguments"
- * to stderr; 0 after printing --help, --print-config or --version), with the
- * configuration already released; 0 to go on with cfg and *args filled. */
+/* The opening of a program's main: logging named for prog (pd_log_init),
+ * pd_cfg_parse, then what every program does with the outcome. Returns 1
+ * when main should return *exit_code at once (2 after printing "prog: error"
+ * or "prog: more than max_positional arguments" to stderr; 0 after printing
+ * --help, --print-config or --version), with the configuration already
+ * released; 0 to go on with cfg and *args filled, and the log level set
+ * from the table's "log-level" option (PD_LOG_CFG) when it has one. */
 int pd_cfg_main(const struct pd_cfg_opt *table, void *cfg, int argc, char *const argv[],
                 const char *prog, const char *usage, int max_positional,
                 struct pd_cfg_args *args, int *exit_code);

@@ -4,6 +4,7 @@
 #include "cfg.h"
 
 #include "cfg_internal.h"
+#include "log.h"
 #include "pd_config.h"
 
 #include <errno.h>
@@ -184,6 +185,7 @@ int pd_cfg_main(const struct pd_cfg_opt *table, void *cfg, int argc, char *const
                 struct pd_cfg_args *args, int *exit_code)
 {
     char err[512];
+    pd_log_init(prog);
     int rc = pd_cfg_parse(table, cfg, argc, argv, args, err, sizeof(err));
     if (rc >= 0 && args->n_positional > max_positional) {
         snprintf(err, sizeof(err), "at most %d positional argument%s (%s)", max_positional,
@@ -202,6 +204,9 @@ int pd_cfg_main(const struct pd_cfg_opt *table, void *cfg, int argc, char *const
     } else if (rc == PD_CFG_PRINT) {
         *exit_code = pd_cfg_print(table, cfg, stdout) < 0 ? 1 : 0;
     } else {
+        for (const struct pd_cfg_opt *o = table; o->name; o++)
+            if (strcmp(o->name, "log-level") == 0 && o->type == PD_CFG_T_ENUM)
+                pd_log_set_level(PD_LOG_ERR + *(const int *)cfg_cfield(o, cfg));
         return 0;
     }
     pd_cfg_done(table, cfg);

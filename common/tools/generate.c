@@ -254,7 +254,6 @@ int main(int argc, char **argv)
     char err[512];
     int rc;
 
-    pd_log_init("pdserve-generate");
     /* -n N is the conventional short form of --max-tokens */
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "-n") == 0)
@@ -262,7 +261,6 @@ int main(int argc, char **argv)
     if (pd_cfg_main(options, &c, argc, argv, "pdserve-generate", "[OPTIONS] [MODEL.gguf]", 1, &a,
                     &rc))
         return rc;
-    pd_log_set_level(PD_LOG_ERR + c.log_level);
     const size_t n_prompts = c.prompt_ids.n + c.prompt.n;
     if (n_prompts == 0 || n_prompts > MAX_PROMPTS || a.n_positional > 1) {
         fprintf(stderr, "pdserve-generate: give 1..%d prompts (--prompt, --prompt-ids) and at "

@@ -69,13 +69,13 @@ static void rig_up(struct rig *r, uint32_t n_blocks, uint32_t max_seqs)
     r->sm.batch_size = pd_metrics_histogram(r->reg, "t:batch_size", "h", bb, 5);
     struct dec_sched_params p = {.engine = r->e, .max_num_seqs = max_seqs, .max_waiting = 64,
                                  .idle_tick_ms = 10, .metrics = r->sm, .notify = notify};
-    if (dec_sched_new(&p, &r->s, err, sizeof(err)) < 0 || dec_sched_start(r->s, err, sizeof(err)))
+    if (dec_sched_new(&p, &r->s, err, sizeof(err)) < 0 || pd_worker_start(dec_sched_worker(r->s), err, sizeof(err)))
         PD_TEST_FAIL_("%s", err);
 }
 
 static void rig_down(struct rig *r)
 {
-    dec_sched_stop(r->s);
+    pd_worker_stop(dec_sched_worker(r->s));
     /* the compute thread is gone: the pool is ours to look at */
     struct pd_kvcache *kc = pd_engine_kvcache(r->e);
     CHECK_EQ_INT(pd_kvcache_n_free(kc), pd_kvcache_n_blocks(kc));

@@ -78,14 +78,14 @@ static void rig_up(struct rig *r, uint32_t n_blocks, uint32_t max_running, uint3
                                 .notify = notify};
     if (pf_sched_new(&p, &r->s, err, sizeof(err)) < 0)
         PD_TEST_FAIL_("%s", err);
-    if (start && pf_sched_start(r->s, err, sizeof(err)) < 0)
+    if (start && pd_worker_start(pf_sched_worker(r->s), err, sizeof(err)) < 0)
         PD_TEST_FAIL_("%s", err);
 }
 
 /* Stops the thread, then every block must be free again. */
 static void rig_down(struct rig *r)
 {
-    pf_sched_stop(r->s);
+    pd_worker_stop(pf_sched_worker(r->s));
     struct pd_kvcache *kc = pd_engine_kvcache(r->e);
     r->s = pf_sched_free(r->s);
     CHECK_EQ_INT(pd_kvcache_n_free(kc), pd_kvcache_n_blocks(kc));
@@ -256,7 +256,7 @@ static void prefilld_blocks_live_until_unref(void)
     collect(&r, &g, 1, true, &seq);
     CHECK(g.done);
     CHECK_EQ_INT(g.n_blocks, 3);
-    pf_sched_stop(r.s); /* the pool is ours to look at */
+    pd_worker_stop(pf_sched_worker(r.s)); /* the pool is ours to look at */
     struct pd_kvcache *kc = pd_engine_kvcache(r.e);
     CHECK_EQ_INT(pd_kvcache_n_free(kc), 8 - 3);
     for (uint32_t b = 0; b < 3; b++)
@@ -318,7 +318,7 @@ static void prefilld_peers_take_turns(void)
         pf_job_unref(j);
     }
     char err[256];
-    CHECK_EQ_INT(pf_sched_start(r.s, err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_worker_start(pf_sched_worker(r.s), err, sizeof(err)), 0);
     collect(&r, g, 6, false, &seq);
     for (int i = 0; i < 6; i++)
         CHECK(g[i].done);
@@ -347,7 +347,7 @@ static void prefilld_refuses_what_never_fits_and_a_full_queue(void)
         CHECK_EQ_INT(pf_sched_submit(r.s, j), i < 2 ? 0 : -EAGAIN);
         pf_job_unref(j);
     }
-    pf_sched_stop(r.s); /* never started: the queued jobs end as cancelled */
+    pd_worker_stop(pf_sched_worker(r.s)); /* never started: the queued jobs end as cancelled */
     int ended = 0;
     for (struct pf_event *e = pf_sched_take(r.s), *next; e; e = next) {
         next = e->next;
@@ -377,7 +377,7 @@ static void prefilld_cancel_ends_the_job(void)
         pf_job_unref(j);
     }
     char err[256];
-    CHECK_EQ_INT(pf_sched_start(r.s, err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_worker_start(pf_sched_worker(r.s), err, sizeof(err)), 0);
     collect(&r, g, 2, false, &seq);
     CHECK(g[0].done);
     CHECK(g[1].ended);
