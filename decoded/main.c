@@ -375,6 +375,9 @@ static int engine_open(struct daemon *d, struct pd_model *m, char *err, size_t e
                                   .max_batch_items = (uint32_t)c->max_num_seqs};
     if ((rc = pd_engine_new(&ep, &d->engine, err, errlen)) < 0)
         return rc;
+    char note[320];
+    if (pd_engine_take_note(d->engine, note, sizeof(note)))
+        pd_log(PD_LOG_WARN, "%s", note);
     if (pd_engine_max_model_len(d->engine) < 2)
         return pd_errf(err, errlen, -EINVAL, "--max-model-len must be at least 2");
     if (c->max_num_seqs > c->max_num_batched_tokens)

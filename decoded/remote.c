@@ -56,6 +56,7 @@ struct rreq {
 
 struct dec_remote {
     struct dec_remote_cfg cfg;
+    struct pd_ratelimit rl_kv; /* the KV channel's warnings */
     struct dec_sched *sched;
     struct pd_keyring *keyring;
     char key_id[PD_KEY_ID_MAX + 1]; /* the key new sessions use (--kv-key-id, else the only
@@ -239,6 +240,11 @@ static void kvx_event(void *arg, const struct pd_kvx_event *ev)
 {
     struct dec_remote *r = arg;
     struct rreq *q = ev->udata;
+    char line[512];
+    if (pd_kvx_event_warning(ev, line, sizeof(line))) {
+        pd_log_ratelimited(&r->rl_kv, PD_LOG_WARN, "%s", line);
+        return;
+    }
     switch (ev->type) {
     case PD_KVX_EV_SESSION_UP:
         pd_log(PD_LOG_NOTICE, "KV session up: prefill peer %s (key %s)",
@@ -616,6 +622,8 @@ int dec_remote_new(const struct dec_remote_cfg *cfg, struct event_base *base,
         return -EINVAL;
     }
     struct dec_remote *r = calloc(1, sizeof(*r));
+    if (r)
+        r->rl_kv = (struct pd_ratelimit)PD_RATELIMIT_INIT(5000, 10);
     if (!r || !(r->psk_file = strdup(cfg->psk_file))) {
         free(r);
         snprintf(err, errlen, "out of memory");

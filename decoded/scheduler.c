@@ -692,6 +692,9 @@ static uint32_t step(struct dec_sched *s)
 
     int rc = pd_engine_step(s->p.engine, s->items, n, err, sizeof(err));
     pd_worker_beat(&s->w);
+    char note[320];
+    if (pd_engine_take_note(s->p.engine, note, sizeof(note)))
+        pd_log(PD_LOG_WARN, "%s", note); /* CUDA graphs turned off, say */
     for (uint32_t i = 0; i < n; i++) {
         struct dec_job *j = s->item_job[i];
         const struct pd_batch_item *it = &s->items[i];

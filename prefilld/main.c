@@ -128,6 +128,7 @@ struct daemon {
     struct pf_sched_metrics sm;
     struct pf_job *held; /* jobs with a transfer handle (the loop's reference), until SREQ_END */
     bool closing; /* kvx is going: scheduler events no longer reach it */
+    struct pd_ratelimit rl_kv; /* the KV channel's warnings (a handshake flood) */
 };
 
 /* ---- compute thread -> loop ---- */
@@ -284,6 +285,11 @@ static void maybe_stop(struct daemon *d)
 static void kvx_event(void *arg, const struct pd_kvx_event *ev)
 {
     struct daemon *d = arg;
+    char line[512];
+    if (pd_kvx_event_warning(ev, line, sizeof(line))) {
+        pd_log_ratelimited(&d->rl_kv, PD_LOG_WARN, "%s", line);
+        return;
+    }
     switch (ev->type) {
     case PD_KVX_EV_SESSION_UP:
         pd_log(PD_LOG_NOTICE, "KV session up: %s (key %s)", ev->peer_addr ? ev->peer_addr : "?",
@@ -551,7 +557,8 @@ int main(int argc, char **argv)
         pd_cfg_done(options, &c);
         return rc < 0 ? 1 : 0;
     }
-    struct daemon d = {.cfg = &c, .argc = argc, .argv = argv};
+    struct daemon d = {.cfg = &c, .argc = argc, .argv = argv,
+                       .rl_kv = PD_RATELIMIT_INIT(5000, 10)};
     struct pd_model *m = NULL;
     int exit_code = 1;
     if (!c.kv_psk_file) {
@@ -583,6 +590,9 @@ int main(int argc, char **argv)
                                   .max_batch_items = (uint32_t)c.max_num_seqs};
     if (pd_engine_new(&ep, &d.engine, err, sizeof(err)) < 0)
         goto fail;
+    char note[320];
+    if (pd_engine_take_note(d.engine, note, sizeof(note)))
+        pd_log(PD_LOG_WARN, "%s", note);
     char path[256];
     pd_engine_kv_path(d.engine, path, sizeof(path));
     pd_log(PD_LOG_INFO, "%s", path);

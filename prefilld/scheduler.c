@@ -402,6 +402,9 @@ static void step(struct pf_sched *s)
         return;
     int rc = pd_engine_step(s->p.engine, s->items, n, err, sizeof(err));
     pd_worker_beat(&s->w);
+    char note[320];
+    if (pd_engine_take_note(s->p.engine, note, sizeof(note)))
+        pd_log(PD_LOG_WARN, "%s", note); /* CUDA graphs turned off, say */
     pd_metric_observe(s->p.metrics.batch_tokens, rc < 0 ? 0 : tokens);
     for (uint32_t i = 0; i < n; i++) {
         struct pf_job *j = s->item_job[i];

@@ -267,6 +267,15 @@ int pd_engine_kv_stage(struct pd_engine *e, bool to_host, const uint32_t *pool_b
                        n, to_host ? "from" : "to", strerror(-rc));
     return 0;
 }
+int pd_engine_take_note(struct pd_engine *e, char *buf, size_t len)
+{
+    if (!e->note[0])
+        return 0;
+    snprintf(buf, len, "%s", e->note);
+    e->note[0] = '\0';
+    return 1;
+}
+
 uint32_t pd_engine_n_vocab(const struct pd_engine *e) { return e->hp.n_vocab; }
 uint32_t pd_engine_max_model_len(const struct pd_engine *e) { return e->max_model_len; }
 uint32_t pd_engine_max_batched_tokens(const struct pd_engine *e) { return e->max_tokens; }

@@ -199,6 +199,11 @@ void pd_engine_kv_path(struct pd_engine *e, char *buf, size_t n);
  * (nothing copied) for an id outside either, or without staging. */
 int pd_engine_kv_stage(struct pd_engine *e, bool to_host, const uint32_t *pool_blocks,
                        const uint32_t *stage_blocks, uint32_t n, char *err, size_t errlen);
+/* A line the engine has for its caller's log (it logs nothing itself): a
+ * KV staging too small for --max-model-len (after pd_engine_new), CUDA
+ * graphs turned off after a failure (after a step). 1 with the line in buf
+ * (then cleared), 0 when there is none. The engine's thread. */
+int pd_engine_take_note(struct pd_engine *e, char *buf, size_t len);
 uint32_t pd_engine_n_vocab(const struct pd_engine *e);
 uint32_t pd_engine_max_model_len(const struct pd_engine *e);
 uint32_t pd_engine_max_batched_tokens(const struct pd_engine *e);

@@ -7,7 +7,7 @@
 #include "engine_internal.h"
 
 #include "errf.h"
-#include "log.h"
+#include "log.h" /* pd_now_ns */
 #include "parallel.h"
 #include "pd_cuda.h"
 #include "quant.h"
@@ -347,11 +347,11 @@ static int stage_new(struct pd_engine *e, const struct pd_engine_params *p, char
         return pd_errf(err, errlen, rc, "engine: the KV channel's staging (%" PRIu64
                        " bytes): %s", sp.mem_bytes, why);
     if (pd_kvcache_n_blocks(e->stage) < e->max_blocks)
-        pd_log(PD_LOG_WARN, "engine: the KV channel's staging (%" PRIu64 " MiB) holds a "
-               "prompt of at most %" PRIu64 " tokens, --max-model-len is %" PRIu32 ": longer "
-               "prompts are refused by prefilld and prefilled locally by decoded",
-               sp.mem_bytes >> 20, (uint64_t)pd_kvcache_n_blocks(e->stage) * bs,
-               e->max_model_len);
+        snprintf(e->note, sizeof(e->note), "engine: the KV channel's staging (%" PRIu64 " MiB) "
+                 "holds a prompt of at most %" PRIu64 " tokens, --max-model-len is %" PRIu32
+                 ": longer prompts are refused by prefilld and prefilled locally by decoded",
+                 sp.mem_bytes >> 20, (uint64_t)pd_kvcache_n_blocks(e->stage) * bs,
+                 e->max_model_len);
     const uint64_t sb = pd_kvcache_block_bytes(e->stage) * pd_kvcache_n_blocks(e->stage);
     if ((rc = pd_cuda_host_register(pd_kvcache_pool(e->stage), sb)) < 0)
         return pd_errf(err, errlen, rc, "engine: page-locking the KV channel's staging (%"
@@ -516,8 +516,8 @@ static void graphs_off(struct pd_engine *e, const char *what, uint32_t n, int rc
 {
     pd_cuda_clear_error(); /* handled here: not the next kernel's failure */
     e->graphs = false;
-    pd_log(PD_LOG_WARN, "engine: CUDA graphs off (%s a decode step of %" PRIu32 " failed: %s); "
-           "steps run as plain launches", what, n, strerror(-rc));
+    snprintf(e->note, sizeof(e->note), "engine: CUDA graphs off (%s a decode step of %" PRIu32
+             " failed: %s); steps run as plain launches", what, n, strerror(-rc));
 }
 
 /* The step's work as plain launches: its index arrays up, the pass. */

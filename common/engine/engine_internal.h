@@ -174,6 +174,7 @@ struct pd_engine {
     void *attn_ws; /* decode attention's split partials (GPU) */
     uint64_t attn_ws_bytes;
     uint32_t *out_item, *out_row; /* (T): which item / logits row each output row is */
+    char note[320]; /* a line for the caller's log (pd_engine_take_note), "" when none */
     float *logits; /* (LOGIT_ROWS, n_vocab) */
 };
 

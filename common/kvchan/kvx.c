@@ -544,7 +544,6 @@ int pd_kvx_new(const struct pd_kvx_params *p, struct pd_kvx **out, char *err, si
     k->lfd = -1;
     k->max_inflight = p->max_inflight ? p->max_inflight : 256;
     k->max_crypto = p->max_crypto_bytes ? p->max_crypto_bytes : (256u << 20);
-    k->rl = (struct pd_ratelimit)PD_RATELIMIT_INIT(5000, 10);
     dl_init(&k->conns);
     dl_init(&k->all_reqs);
     dl_init(&k->all_sreqs);

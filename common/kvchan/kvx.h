@@ -89,6 +89,12 @@ enum pd_kvx_event_type {
     PD_KVX_EV_DONE, /* D: req, done: every block verified and DONE received */
     PD_KVX_EV_FAILED, /* D: req, reason, detail; no VERIFIED/DONE follow */
     PD_KVX_EV_RELEASED, /* D: req: no receive into its blocks is pending any more */
+    /* something for the daemon's log at warning level, which it rate-limits
+     * (kvx logs nothing above debug): a connection's handshake failed
+     * (peer_addr, hs_fail >= 0, detail: why), or the KV port ran out of file
+     * descriptors and pauses for 100 ms (hs_fail -1, detail); the line:
+     * pd_kvx_event_warning */
+    PD_KVX_EV_WARNING,
 };
 
 struct pd_kvx_event {
@@ -109,6 +115,7 @@ struct pd_kvx_event {
     uint32_t run_first, run_n; /* RUN_RELEASED */
     const uint32_t *run_blocks;
     int acked; /* RUN_RELEASED: 1 when the receiver acknowledged the run */
+    int hs_fail; /* WARNING: enum pd_kvx_hs_fail, or -1 */
 };
 
 typedef void (*pd_kvx_event_fn)(void *arg, const struct pd_kvx_event *ev);
@@ -173,6 +180,9 @@ int pd_kvx_new(const struct pd_kvx_params *p, struct pd_kvx **out, char *err, si
 struct pd_kvx *pd_kvx_free(struct pd_kvx *kvx);
 void pd_kvx_get_stats(const struct pd_kvx *kvx, struct pd_kvx_stats *out);
 const char *pd_kvx_hs_fail_name(unsigned i);
+/* A WARNING event's log line into buf ("kv channel: handshake with ADDR
+ * failed (REASON): WHY", ...): 1, or 0 for another event. */
+int pd_kvx_event_warning(const struct pd_kvx_event *ev, char *buf, size_t len);
 /* --kv-data-ports "LO-HI" (1 <= LO <= HI <= 65535) into params' data ports;
  * NULL gives 0, 0 (UCX's choice). -EINVAL with a message naming the option. */
 int pd_kvx_parse_ports(const char *s, uint16_t *lo, uint16_t *hi, char *err, size_t errlen);

@@ -332,9 +332,10 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
                 /* out of descriptors: the backlog keeps them; stop listening for a
                  * moment instead of spinning on a socket that stays readable */
-                pd_log_ratelimited(&k->rl, PD_LOG_WARN,
-                                   "kv channel: accept: %s; pausing the KV port for 100 ms",
-                                   strerror(errno));
+                struct evq *e = kvx_ev_new(k, PD_KVX_EV_WARNING, NULL);
+                if (e)
+                    snprintf(e->detail, sizeof e->detail,
+                             "accept: %s; pausing the KV port for 100 ms", strerror(errno));
                 event_del(k->ev_listen);
                 struct timeval tv = {.tv_sec = 0, .tv_usec = 100000};
                 event_add(k->ev_listen_again, &tv);

@@ -262,7 +262,6 @@ struct pd_kvx {
     unsigned n_peers;
     int in_loop, shutting_down;
     struct pd_kvx_stats st;
-    struct pd_ratelimit rl;
     uint8_t *scratch; /* opened CHUNK headers */
     size_t scratch_cap;
 };

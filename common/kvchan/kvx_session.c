@@ -53,6 +53,7 @@ struct evq *kvx_ev_new(struct pd_kvx *k, enum pd_kvx_event_type type, struct pd_
         e->ev.key_id = e->key_id;
     }
     e->ev.detail = e->detail;
+    e->ev.hs_fail = -1;
     if (k->evq_tail)
         k->evq_tail->next = e;
     else
@@ -177,13 +178,30 @@ const char *pd_kvx_hs_fail_name(unsigned i)
     return i < PD_KVX_HSF_N ? names[i] : "unknown";
 }
 
-static void count_hsf(struct pd_kvx *k, const char *addr, int hsf, const char *why)
+int pd_kvx_event_warning(const struct pd_kvx_event *ev, char *buf, size_t len)
+{
+    if (ev->type != PD_KVX_EV_WARNING)
+        return 0;
+    if (ev->hs_fail >= 0)
+        snprintf(buf, len, "kv channel: handshake with %s failed (%s): %s",
+                 ev->peer_addr ? ev->peer_addr : "?", pd_kvx_hs_fail_name((unsigned)ev->hs_fail),
+                 ev->detail ? ev->detail : "");
+    else
+        snprintf(buf, len, "kv channel: %s", ev->detail ? ev->detail : "");
+    return 1;
+}
+
+/* A handshake failure counted, and told to the daemon (which logs it) */
+static void count_hsf(struct pd_kvx *k, struct pd_kvx_session *c, int hsf, const char *why)
 {
     if (hsf < 0)
         return;
     k->st.hs_fail[hsf]++;
-    pd_log_ratelimited(&k->rl, PD_LOG_WARN, "kv channel: handshake with %s failed (%s): %s",
-                       addr, pd_kvx_hs_fail_name((unsigned)hsf), why);
+    struct evq *e = kvx_ev_new(k, PD_KVX_EV_WARNING, c);
+    if (e) {
+        e->ev.hs_fail = hsf;
+        snprintf(e->detail, sizeof e->detail, "%s", why);
+    }
 }
 
 /* The session is over: every request on it fails or is released, the
@@ -196,7 +214,7 @@ void kvx_session_fail(struct pd_kvx_session *c, int reason, const char *detail, 
         return;
     int was_up = c->state == C_UP;
     if (c->state < C_UP)
-        count_hsf(k, c->addr, hsf, detail);
+        count_hsf(k, c, hsf, detail);
     c->state = C_CLOSING;
     c->want_close = 1;
     kvx_session_close_socket(c); /* the KV-port connection: its end tells the peer at once */

@@ -314,7 +314,11 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < n_prompts; i++)
         if ((rc = build_request(&c, i, tok, ct, stop, n_stop, &reqs[i], err, sizeof(err))) < 0)
             goto fail;
-    if ((rc = pd_generate(e, reqs, (uint32_t)n_prompts, err, sizeof(err))) < 0)
+    rc = pd_generate(e, reqs, (uint32_t)n_prompts, err, sizeof(err));
+    char note[320];
+    if (pd_engine_take_note(e, note, sizeof(note)))
+        pd_log(PD_LOG_WARN, "%s", note);
+    if (rc < 0)
         goto fail;
     for (size_t i = 0; i < n_prompts; i++)
         print_result((uint32_t)i, &reqs[i], c.logprobs > 0, tok);

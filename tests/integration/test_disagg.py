@@ -297,6 +297,11 @@ def test_wrong_key_peer_is_refused_and_the_other_serves(tmp_path):
                              and 'reason="refused"' in k) >= 1, 30,
                  "decoded to count the refused handshake")
         assert not peer_up(d, pb.addr)
+        # each side's daemon logs the channel's word for it (kvx itself logs
+        # nothing above debug)
+        wait_for(lambda: "kv channel: handshake with" in pb.log() and
+                 "failed (auth)" in pb.log(), 10, "prefilld's log line")
+        wait_for(lambda: "failed (refused)" in d.log(), 10, "decoded's log line")
         n = 6
         ps = [prompt(20 + 3 * i, 3) for i in range(n)]
         with cf.ThreadPoolExecutor(3) as ex:
