@@ -137,14 +137,14 @@ static const struct pd_cfg_opt options[] = {
                "seconds a request's headers may take from its first byte, however they trickle "
                "(then its body as long again; 408 past it); also how long a connection may sit "
                "idle or not read"),
-    PD_CFG_INT("drain-timeout", struct dec_cfg, drain_timeout, "30", 0, 86400,
-               "on SIGTERM, seconds running requests get to finish"),
-    PD_CFG_LIST("prefill", struct dec_cfg, prefill, DEC_REMOTE_MAX_PEERS,
-                "a prefill peer's KV address HOST:PORT (repeatable; none: prefill locally; "
-                "SIGHUP applies a changed list)"),
-    PD_CFG_INT("local-prefill-max-tokens", struct dec_cfg, local_prefill_max_tokens, "0", 0,
-               1 << 24, "with --prefill, prompts of at most this many tokens prefill locally "
-               "(0: every prompt goes to a peer)"),
+    PD_CFG_INT_F("drain-timeout", struct dec_cfg, drain_timeout, "30", 0, 86400,
+                 "on SIGTERM, seconds running requests get to finish", PD_CFG_RELOAD),
+    PD_CFG_LIST_F("prefill", struct dec_cfg, prefill, DEC_REMOTE_MAX_PEERS,
+                  "a prefill peer's KV address HOST:PORT (repeatable; none: prefill locally)",
+                  PD_CFG_RELOAD),
+    PD_CFG_INT_F("local-prefill-max-tokens", struct dec_cfg, local_prefill_max_tokens, "0", 0,
+                 1 << 24, "with --prefill, prompts of at most this many tokens prefill locally "
+                 "(0: every prompt goes to a peer)", PD_CFG_RELOAD),
     PD_CFG_ENUM("prefill-failover", struct dec_cfg, prefill_failover, "retry", failovers,
                 "when a peer fails a prefill: retry (another peer, then local), local, or fail "
                 "(502/503)"),
@@ -154,16 +154,16 @@ static const struct pd_cfg_opt options[] = {
                "KV channel source address (an interface's address)"),
     PD_CFG_STR("kv-psk-file", struct dec_cfg, kv_psk_file, NULL, 4096,
                "pre-shared key file or key directory (required with --prefill)"),
-    PD_CFG_STR("kv-key-id", struct dec_cfg, kv_key_id, NULL, 64,
-               "the key new sessions use when the file or directory holds several (SIGHUP "
-               "applies a change)"),
+    PD_CFG_STR_F("kv-key-id", struct dec_cfg, kv_key_id, NULL, 64,
+                 "the key new sessions use when the file or directory holds several",
+                 PD_CFG_RELOAD),
     PD_KVX_CFG(struct dec_cfg),
     PD_CFG_INT("kv-crypto-threads", struct dec_cfg, kv_crypto_threads, "1", 1, 64,
                "threads verifying block tags"),
     PD_CFG_BOOL("kv-integrity", struct dec_cfg, kv_integrity, "true",
                 "verify a tag on every KV block (off only for measured comparison; peers must "
                 "agree)"),
-    PD_LOG_CFG(struct dec_cfg),
+    PD_LOG_CFG(struct dec_cfg, PD_CFG_RELOAD),
     PD_ENGINE_DEVICE_CFG(struct dec_cfg),
     PD_CFG_END,
 };
@@ -177,14 +177,19 @@ struct daemon {
     struct dec_server *srv;
     struct dec_sched *sched;
     struct dec_remote *remote;
+    /* derived at start, kept out of cfg (a reload compares cfg with the
+     * configuration read again, which has neither) */
+    const char *served_name; /* --served-model-name, else the model's */
+    int64_t max_connections; /* --max-connections, within the descriptor limit */
 };
 
-/* Let the process hold a socket per allowed connection, with room to spare. */
-static void raise_fd_limit(struct dec_cfg *c)
+/* Let the process hold a socket per allowed connection, with room to spare:
+ * the connections it can hold. */
+static int64_t raise_fd_limit(const struct dec_cfg *c)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
-        return;
+        return c->max_connections;
     if (rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
@@ -196,8 +201,9 @@ static void raise_fd_limit(struct dec_cfg *c)
         pd_log(PD_LOG_WARN, "--max-connections %" PRId64 " needs more file descriptors than the "
                "limit of %llu; using %" PRId64, c->max_connections,
                (unsigned long long)rl.rlim_cur, fit);
-        c->max_connections = fit;
+        return fit;
     }
+    return c->max_connections;
 }
 
 static char *default_name(const struct pd_model *m)
@@ -276,8 +282,8 @@ static int remote_open(struct daemon *d, const struct dec_cfg *c, char *err, siz
         .request_deadline_ms = (uint32_t)c->prefill_timeout_ms,
         .crypto_threads = (unsigned)c->kv_crypto_threads, .no_integrity = !c->kv_integrity,
         .failover = (enum dec_failover)d->cfg->prefill_failover};
-    if ((rc = dec_remote_new(&rc_, pd_runtime_base(d->rt), d->engine, dec_server_metrics(d->srv), &d->remote,
-                             err, errlen)) < 0)
+    if ((rc = dec_remote_new(&rc_, pd_runtime_base(d->rt), d->engine, dec_server_metrics(d->srv),
+                             &d->remote, err, errlen)) < 0)
         return rc;
     dec_remote_set_sched(d->remote, d->sched);
     dec_server_set_remote(d->srv, d->remote, (uint32_t)c->local_prefill_max_tokens);
@@ -287,46 +293,37 @@ static int remote_open(struct daemon *d, const struct dec_cfg *c, char *err, siz
     return 0;
 }
 
-/* SIGHUP: the configuration is read again as at start (the same flags, the
- * config file they or $PDSERVE_CONFIG name, the environment; flags still
- * win). The prefill peer list, --kv-key-id and --local-prefill-max-tokens
- * take effect now, and the key file or directory is re-read; every other
- * option keeps its value until a restart (docs/operations.md). An invalid
- * configuration changes nothing. */
+/* SIGHUP: the configuration is read again as at start and the options the
+ * table marks PD_CFG_RELOAD take effect (pd_runtime_reload_cfg: the log
+ * level and --drain-timeout there; the prefill peer list, --kv-key-id and
+ * --local-prefill-max-tokens here), and the key file or directory is
+ * re-read; every other option keeps its value until a restart, and the log
+ * names those that changed (docs/operations.md). An invalid configuration
+ * changes nothing. */
 static void rt_reload(void *arg)
 {
     struct daemon *d = arg;
-    struct dec_cfg nc;
-    struct pd_cfg_args a;
+    struct dec_cfg *c = d->cfg, nc;
     char err[512];
-    /* on the loop thread: every cJSON parse after start-up happens here
-     * (cJSON's error pointer is a global) */
-    int rc = pd_cfg_parse(options, &nc, d->argc, d->argv, &a, err, sizeof(err));
-    if (rc < 0) {
-        pd_log(PD_LOG_ERR, "SIGHUP: configuration not reloaded, nothing changed: %s", err);
-        pd_cfg_done(options, &nc);
+    if (pd_runtime_reload_cfg(d->rt, options, c, &nc, d->argc, d->argv) < 0)
         return;
-    }
-    if (nc.log_level != d->cfg->log_level)
-        pd_log(PD_LOG_NOTICE, "SIGHUP: log level %s", pd_log_levels[nc.log_level]);
-    d->cfg->log_level = nc.log_level;
-    pd_log_set_level(PD_LOG_ERR + nc.log_level);
+    /* c holds the reloaded --prefill, --kv-key-id, --local-prefill-max-tokens */
     if (d->remote) {
         dec_remote_reload_keys(d->remote);
-        rc = dec_remote_reload(d->remote, (const char *const *)nc.prefill.items,
-                               (unsigned)nc.prefill.n, nc.kv_key_id, err, sizeof(err));
+        int rc = dec_remote_reload(d->remote, (const char *const *)c->prefill.items,
+                                   (unsigned)c->prefill.n, c->kv_key_id, err, sizeof(err));
         if (rc < 0)
             pd_log(PD_LOG_ERR, "SIGHUP: prefill peers and key id not changed: %s", err);
         else
-            dec_server_set_remote(d->srv, d->remote, (uint32_t)nc.local_prefill_max_tokens);
-    } else if (nc.prefill.n) {
-        if ((rc = remote_open(d, &nc, err, sizeof(err))) < 0)
+            dec_server_set_remote(d->srv, d->remote, (uint32_t)c->local_prefill_max_tokens);
+    } else if (c->prefill.n) {
+        if (remote_open(d, c, err, sizeof(err)) < 0)
             pd_log(PD_LOG_ERR, "SIGHUP: prefill peers not added, still prefilling locally: %s",
                    err);
         else
             pd_log(PD_LOG_NOTICE, "SIGHUP: prefill peers: added %zu (first: %s), from %s; "
-                   "prompts over %" PRId64 " tokens go to them", nc.prefill.n,
-                   nc.prefill.items[0], nc.kv_ip, nc.local_prefill_max_tokens);
+                   "prompts over %" PRId64 " tokens go to them", c->prefill.n,
+                   c->prefill.items[0], c->kv_ip, c->local_prefill_max_tokens);
     } else {
         pd_log(PD_LOG_NOTICE, "SIGHUP: no prefill peers before or after: nothing to change");
     }
@@ -404,11 +401,11 @@ static int server_open(struct daemon *d, const struct pd_tokenizer *tok,
                        "the KV pool holds no room for a request; raise --kv-cache-memory");
     struct dec_server_cfg sc = {
         .host = c->host, .port = (uint16_t)c->port, .api_key = c->api_key,
-        .model_name = c->served_model_name, .n_vocab = pd_engine_n_vocab(e),
+        .model_name = d->served_name, .n_vocab = pd_engine_n_vocab(e),
         .max_model_len = max_len, .max_prompt_tokens = max_prompt,
         .max_tokens_cap = (uint32_t)c->max_tokens_cap, .kv_capacity_tokens = pool,
         .max_body = c->max_body_size, .max_client_buffer = c->max_client_buffer,
-        .max_connections = (uint32_t)c->max_connections,
+        .max_connections = (uint32_t)d->max_connections,
         .header_timeout_s = (uint32_t)c->header_timeout, .json_depth = (int)c->max_json_depth,
         .max_connections_per_source = (uint32_t)c->max_connections_per_source};
     if ((rc = dec_server_new(&sc, pd_runtime_base(d->rt), tok, chat, &d->srv, err, errlen)) < 0)
@@ -433,7 +430,7 @@ static void log_serving(const struct daemon *d, const struct pd_tokenizer *tok)
     const struct dec_cfg *c = d->cfg;
     struct pd_kvcache *kc = pd_engine_kvcache(d->engine);
     pd_log(PD_LOG_NOTICE, "serving %s (max-model-len %u, KV pool %" PRIu64 " tokens, %s)",
-           c->served_model_name, pd_engine_max_model_len(d->engine),
+           d->served_name, pd_engine_max_model_len(d->engine),
            (uint64_t)pd_kvcache_n_blocks(kc) * pd_kvcache_layout(kc)->block_size,
            tok ? "text and token-id prompts" : "token-id prompts only: no tokenizer");
     if (!d->remote)
@@ -445,11 +442,12 @@ static void log_serving(const struct daemon *d, const struct pd_tokenizer *tok)
                failovers[c->prefill_failover]);
 }
 
-static int run(struct dec_cfg *c, int argc, char *const *argv, struct pd_model *m,
-               const struct pd_tokenizer *tok, const struct pd_chat_template *chat)
+static int run(struct daemon *dp, struct pd_model *m, const struct pd_tokenizer *tok,
+               const struct pd_chat_template *chat)
 {
     char err[512] = "";
-    struct daemon d = {.cfg = c, .argc = argc, .argv = argv};
+    struct daemon d = *dp;
+    const struct dec_cfg *c = d.cfg;
     int rc = 1;
 
     struct pd_runtime_params rp = {.admin_host = c->admin_host,
@@ -508,8 +506,9 @@ int main(int argc, char **argv)
 
     if (pd_cfg_main(options, &c, argc, argv, "decoded", "[OPTIONS] [MODEL.gguf]", 1, &a, &rc))
         return rc;
-    signal(SIGPIPE, SIG_IGN); /* a client that left is a failed write, not a dead daemon */
-    raise_fd_limit(&c);
+    struct daemon d = {.cfg = &c, .argc = argc, .argv = argv,
+                       .max_connections = raise_fd_limit(&c)};
+    char *name = NULL;
 
     struct pd_model_params mp = {.path = a.n_positional ? a.positional[0] : c.model,
                                  .load_format = (enum pd_load_format)c.load_format,
@@ -521,7 +520,7 @@ int main(int argc, char **argv)
     pd_notify_status("loading model %s", mp.path ? mp.path : mp.shape ? mp.shape : "?");
     if (pd_model_load(&mp, &m, err, sizeof(err)) < 0)
         goto fail;
-    if (!c.served_model_name && !(c.served_model_name = default_name(m))) {
+    if (!(d.served_name = c.served_model_name) && !(d.served_name = name = default_name(m))) {
         snprintf(err, sizeof(err), "out of memory");
         goto fail;
     }
@@ -541,7 +540,7 @@ int main(int argc, char **argv)
             pd_log(PD_LOG_WARN, "no chat template (%s): /v1/chat/completions refuses requests; "
                    "see --chat-template", err);
     }
-    exit_code = run(&c, argc, argv, m, tok, chat);
+    exit_code = run(&d, m, tok, chat);
     goto out;
 fail:
     pd_log(PD_LOG_ERR, "%s", err);
@@ -550,6 +549,7 @@ out:
     pd_chat_template_free(chat);
     pd_tok_free(tok);
     pd_model_free(m);
+    free(name);
     pd_cfg_done(options, &c);
     return exit_code;
 }

@@ -95,11 +95,11 @@ static const struct pd_cfg_opt options[] = {
                "admin (/health, /metrics) listen address"),
     PD_CFG_INT("admin-port", struct pf_cfg, admin_port, "14580", 0, 65535,
                "admin listen port (0: any)"),
-    PD_CFG_INT("drain-timeout", struct pf_cfg, drain_timeout, "30", 0, 86400,
-               "on SIGTERM, seconds running prefills get to finish"),
+    PD_CFG_INT_F("drain-timeout", struct pf_cfg, drain_timeout, "30", 0, 86400,
+                 "on SIGTERM, seconds running prefills get to finish", PD_CFG_RELOAD),
     PD_CFG_STR("gen-psk", struct pf_cfg, gen_psk, NULL, 4096,
                "write a new key file (id + key, mode 0600; never overwrites) and exit"),
-    PD_LOG_CFG(struct pf_cfg),
+    PD_LOG_CFG(struct pf_cfg, PD_CFG_RELOAD),
 #ifdef PD_TEST_HOOKS
     /* -Dtest_hooks=true builds only (meson_options.txt): decoded's handling of
      * KV that fails its tags, tested end to end (docs/security.md) */
@@ -392,30 +392,19 @@ static void rt_scrape(void *arg)
     pd_kv_metrics_scrape(&d->km, d->kvx);
 }
 
-/* SIGHUP: the configuration is read again as at start (the same flags, the
- * config file, the environment; flags still win). --log-level and
- * --drain-timeout take effect now and the key file or directory named at
- * start is re-read; every other option keeps its value until a restart
- * (docs/operations.md). An invalid configuration changes nothing. */
+/* SIGHUP: the configuration is read again as at start; the options the
+ * table marks PD_CFG_RELOAD (--log-level, --drain-timeout) take effect
+ * (pd_runtime_reload_cfg) and the key file or directory named at start is
+ * re-read; every other option keeps its value until a restart, and the log
+ * names those that changed (docs/operations.md). An invalid configuration
+ * changes nothing. */
 static void rt_reload(void *arg)
 {
     struct daemon *d = arg;
     struct pf_cfg nc;
-    struct pd_cfg_args a;
     char err[512];
-    /* on the loop thread, as every cJSON parse after start-up */
-    if (pd_cfg_parse(options, &nc, d->argc, d->argv, &a, err, sizeof(err)) < 0) {
-        pd_log(PD_LOG_ERR, "SIGHUP: configuration not reloaded, nothing changed: %s", err);
-        pd_cfg_done(options, &nc);
+    if (pd_runtime_reload_cfg(d->rt, options, d->cfg, &nc, d->argc, d->argv) < 0)
         return;
-    }
-    if (nc.log_level != d->cfg->log_level || nc.drain_timeout != d->cfg->drain_timeout)
-        pd_log(PD_LOG_NOTICE, "SIGHUP: log level %s, drain timeout %" PRId64 "s",
-               pd_log_levels[nc.log_level], nc.drain_timeout);
-    d->cfg->log_level = nc.log_level;
-    d->cfg->drain_timeout = nc.drain_timeout;
-    pd_runtime_set_drain_timeout(d->rt, (uint32_t)nc.drain_timeout);
-    pd_log_set_level(PD_LOG_ERR + nc.log_level);
     pd_cfg_done(options, &nc);
     if (pd_keyring_reload(d->keyring, err, sizeof(err)) < 0)
         pd_log(PD_LOG_ERR, "SIGHUP: keys not reloaded, the old ones stay: %s", err);

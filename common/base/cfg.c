@@ -567,6 +567,64 @@ int pd_cfg_set(const struct pd_cfg_opt *table, void *cfg, const char *name, cons
     return cfg_set_text(o, cfg, value, LIST_REPLACE, &s, err, errlen);
 }
 
+static size_t field_size(enum pd_cfg_type t)
+{
+    switch (t) {
+    case PD_CFG_T_BOOL: return sizeof(bool);
+    case PD_CFG_T_INT: return sizeof(int64_t);
+    case PD_CFG_T_SIZE: return sizeof(uint64_t);
+    case PD_CFG_T_DOUBLE: return sizeof(double);
+    case PD_CFG_T_STR: return sizeof(char *);
+    case PD_CFG_T_ENUM: return sizeof(int);
+    case PD_CFG_T_LIST: return sizeof(struct pd_cfg_list);
+    }
+    return 0;
+}
+
+static bool same_value(const struct pd_cfg_opt *o, const void *a, const void *b)
+{
+    const void *fa = cfg_cfield(o, a), *fb = cfg_cfield(o, b);
+    if (o->type == PD_CFG_T_STR) {
+        const char *sa = *(char *const *)fa, *sb = *(char *const *)fb;
+        return (!sa && !sb) || (sa && sb && strcmp(sa, sb) == 0);
+    }
+    if (o->type == PD_CFG_T_LIST) {
+        const struct pd_cfg_list *la = fa, *lb = fb;
+        if (la->n != lb->n)
+            return false;
+        for (size_t i = 0; i < la->n; i++)
+            if (strcmp(la->items[i], lb->items[i]) != 0)
+                return false;
+        return true;
+    }
+    return memcmp(fa, fb, field_size(o->type)) == 0;
+}
+
+int pd_cfg_reload(const struct pd_cfg_opt *table, void *cur, void *next, char *restart,
+                  size_t restart_len)
+{
+    int n = 0;
+    size_t k = 0;
+    if (restart_len)
+        restart[0] = '\0';
+    for (const struct pd_cfg_opt *o = table; o->name; o++) {
+        if (same_value(o, cur, next))
+            continue;
+        if (o->flags & PD_CFG_RELOAD) {
+            uint8_t tmp[sizeof(struct pd_cfg_list)];
+            size_t sz = field_size(o->type);
+            memcpy(tmp, cfg_field(o, cur), sz);
+            memcpy(cfg_field(o, cur), cfg_field(o, next), sz);
+            memcpy(cfg_field(o, next), tmp, sz);
+            n++;
+        } else if (k < restart_len) {
+            int w = snprintf(restart + k, restart_len - k, "%s--%s", k ? ", " : "", o->name);
+            k = w < 0 ? k : k + (size_t)w;
+        }
+    }
+    return n;
+}
+
 void pd_cfg_done(const struct pd_cfg_opt *table, void *cfg)
 {
     for (const struct pd_cfg_opt *o = table; o->name; o++) {

@@ -71,6 +71,7 @@ enum {
     PD_CFG_SECRET = 1u << 0, /* --print-config shows "<set>" instead of the value */
     PD_CFG_HIDDEN = 1u << 1, /* not in --help (test hooks of test builds); set and printed
                               * like any other */
+    PD_CFG_RELOAD = 1u << 2, /* SIGHUP applies a new value (pd_cfg_reload); --help says so */
 };
 
 #define PD_CFG_STR_MAX 4096 /* hard cap for any string value */
@@ -94,20 +95,25 @@ struct pd_cfg_opt {
     unsigned flags;
 };
 
+/* Table entries; the _F forms take flags (PD_CFG_SECRET, PD_CFG_RELOAD, ...). */
 #define PD_CFG_BOOL(n, T, f, d, h) \
     { .name = (n), .type = PD_CFG_T_BOOL, .offset = offsetof(T, f), .def = (d), .help = (h) }
-#define PD_CFG_INT(n, T, f, d, lo, hi, h) \
-    { .name = (n), .type = PD_CFG_T_INT, .offset = offsetof(T, f), .def = (d), .min = (lo), .max = (hi), .help = (h) }
+#define PD_CFG_INT_F(n, T, f, d, lo, hi, h, fl) \
+    { .name = (n), .type = PD_CFG_T_INT, .offset = offsetof(T, f), .def = (d), .min = (lo), .max = (hi), .help = (h), .flags = (fl) }
+#define PD_CFG_INT(n, T, f, d, lo, hi, h) PD_CFG_INT_F(n, T, f, d, lo, hi, h, 0)
 #define PD_CFG_SIZE(n, T, f, d, lo, hi, h) \
     { .name = (n), .type = PD_CFG_T_SIZE, .offset = offsetof(T, f), .def = (d), .min = (lo), .max = (hi), .help = (h) }
 #define PD_CFG_DOUBLE(n, T, f, d, lo, hi, h) \
     { .name = (n), .type = PD_CFG_T_DOUBLE, .offset = offsetof(T, f), .def = (d), .dmin = (lo), .dmax = (hi), .help = (h) }
-#define PD_CFG_STR(n, T, f, d, maxlen, h) \
-    { .name = (n), .type = PD_CFG_T_STR, .offset = offsetof(T, f), .def = (d), .max = (maxlen), .help = (h) }
-#define PD_CFG_ENUM(n, T, f, d, ch, h) \
-    { .name = (n), .type = PD_CFG_T_ENUM, .offset = offsetof(T, f), .def = (d), .choices = (ch), .help = (h) }
-#define PD_CFG_LIST(n, T, f, maxn, h) \
-    { .name = (n), .type = PD_CFG_T_LIST, .offset = offsetof(T, f), .max = (maxn), .help = (h) }
+#define PD_CFG_STR_F(n, T, f, d, maxlen, h, fl) \
+    { .name = (n), .type = PD_CFG_T_STR, .offset = offsetof(T, f), .def = (d), .max = (maxlen), .help = (h), .flags = (fl) }
+#define PD_CFG_STR(n, T, f, d, maxlen, h) PD_CFG_STR_F(n, T, f, d, maxlen, h, 0)
+#define PD_CFG_ENUM_F(n, T, f, d, ch, h, fl) \
+    { .name = (n), .type = PD_CFG_T_ENUM, .offset = offsetof(T, f), .def = (d), .choices = (ch), .help = (h), .flags = (fl) }
+#define PD_CFG_ENUM(n, T, f, d, ch, h) PD_CFG_ENUM_F(n, T, f, d, ch, h, 0)
+#define PD_CFG_LIST_F(n, T, f, maxn, h, fl) \
+    { .name = (n), .type = PD_CFG_T_LIST, .offset = offsetof(T, f), .max = (maxn), .help = (h), .flags = (fl) }
+#define PD_CFG_LIST(n, T, f, maxn, h) PD_CFG_LIST_F(n, T, f, maxn, h, 0)
 #define PD_CFG_END { .name = NULL }
 
 /* Positional arguments left after the flags, in order (pointers into argv). */
@@ -154,6 +160,14 @@ void pd_cfg_version(const char *prog, FILE *out);
 /* The merged configuration as a JSON object that --config accepts back
  * (secrets masked). Returns 0 or -ENOMEM. */
 int pd_cfg_print(const struct pd_cfg_opt *table, const void *cfg, FILE *out);
+
+/* A reload, table-driven: next is the configuration read again. Every
+ * PD_CFG_RELOAD option whose value differs moves into cur (next keeps the
+ * old value, for pd_cfg_done); every other option that differs keeps cur's
+ * value and is named in restart ("--max-num-seqs, --port"; "" when none).
+ * Returns how many reloadable options changed. */
+int pd_cfg_reload(const struct pd_cfg_opt *table, void *cur, void *next, char *restart,
+                  size_t restart_len);
 
 /* Free strings and lists the parser allocated; fields are left NULL/empty. */
 void pd_cfg_done(const struct pd_cfg_opt *table, void *cfg);

@@ -90,6 +90,8 @@ void pd_cfg_help(const struct pd_cfg_opt *table, const char *prog, const char *u
             k += (size_t)snprintf(text + k, sizeof(text) - k, "; at most %zu bytes", cfg_str_cap(o));
         if (o->type == PD_CFG_T_LIST && k < sizeof(text))
             k += (size_t)snprintf(text + k, sizeof(text) - k, "; repeatable, at most %" PRId64, o->max);
+        if ((o->flags & PD_CFG_RELOAD) && k < sizeof(text))
+            k += (size_t)snprintf(text + k, sizeof(text) - k, "; SIGHUP applies a change");
         if (k < sizeof(text))
             k += (size_t)snprintf(text + k, sizeof(text) - k, "; env %s%s)", env,
                                   o->type == PD_CFG_T_LIST ? ", comma-separated" : "");

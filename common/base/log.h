@@ -38,9 +38,11 @@ extern _Atomic int pd_log_level_cur;
 
 /* The log level option of every program, declared once: an entry of a
  * common/base/cfg option table for a config struct T with int log_level,
- * the level being PD_LOG_ERR + log_level. */
+ * the level being PD_LOG_ERR + log_level; fl: its flags (a daemon's
+ * PD_CFG_RELOAD). */
 extern const char *const pd_log_levels[]; /* "error" .. "debug" */
-#define PD_LOG_CFG(T) PD_CFG_ENUM("log-level", T, log_level, "info", pd_log_levels, "log level")
+#define PD_LOG_CFG(T, fl) \
+    PD_CFG_ENUM_F("log-level", T, log_level, "info", pd_log_levels, "log level", fl)
 
 /* ident: program name shown in plain lines (copied; may be NULL). Detects journald. */
 void pd_log_init(const char *ident);

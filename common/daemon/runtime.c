@@ -2,6 +2,7 @@
  * admin endpoint both daemons run on. See runtime.h. */
 #include "runtime.h"
 
+#include "cfg.h"
 #include "errf.h"
 #include "http.h"
 #include "log.h"
@@ -287,3 +288,41 @@ void pd_runtime_run(struct pd_runtime *rt) { event_base_dispatch(rt->base); }
 void pd_runtime_stop(struct pd_runtime *rt) { event_base_loopexit(rt->base, NULL); }
 bool pd_runtime_draining(const struct pd_runtime *rt) { return rt->draining; }
 void pd_runtime_set_drain_timeout(struct pd_runtime *rt, uint32_t s) { rt->p.drain_timeout_s = s; }
+
+static const struct pd_cfg_opt *find(const struct pd_cfg_opt *table, const char *name)
+{
+    for (const struct pd_cfg_opt *o = table; o->name; o++)
+        if (strcmp(o->name, name) == 0)
+            return o;
+    return NULL;
+}
+
+int pd_runtime_reload_cfg(struct pd_runtime *rt, const struct pd_cfg_opt *table, void *cur,
+                          void *next, int argc, char *const *argv)
+{
+    struct pd_cfg_args a;
+    char err[512], restart[512];
+    /* on the loop thread: every cJSON parse after start-up happens here
+     * (cJSON's error pointer is a global) */
+    if (pd_cfg_parse(table, next, argc, argv, &a, err, sizeof(err)) < 0) {
+        pd_log(PD_LOG_ERR, "SIGHUP: configuration not reloaded, nothing changed: %s", err);
+        pd_cfg_done(table, next);
+        return -EINVAL;
+    }
+    const struct pd_cfg_opt *lv = find(table, "log-level"), *dt = find(table, "drain-timeout");
+    int level_was = lv ? *(const int *)((const char *)cur + lv->offset) : 0;
+    int64_t drain_was = dt ? *(const int64_t *)((const char *)cur + dt->offset) : 0;
+    pd_cfg_reload(table, cur, next, restart, sizeof(restart));
+    if (restart[0])
+        pd_log(PD_LOG_NOTICE, "SIGHUP: %s changed: kept until a restart", restart);
+    int level = lv ? *(const int *)((const char *)cur + lv->offset) : level_was;
+    int64_t drain = dt ? *(const int64_t *)((const char *)cur + dt->offset) : drain_was;
+    if (level != level_was || drain != drain_was)
+        pd_log(PD_LOG_NOTICE, "SIGHUP: log level %s, drain timeout %" PRId64 "s",
+               pd_log_levels[level], drain);
+    if (lv)
+        pd_log_set_level(PD_LOG_ERR + level);
+    if (dt)
+        pd_runtime_set_drain_timeout(rt, (uint32_t)drain);
+    return 0;
+}

@@ -108,4 +108,17 @@ bool pd_runtime_draining(const struct pd_runtime *rt);
 /* A reload's new --drain-timeout, for the next drain. */
 void pd_runtime_set_drain_timeout(struct pd_runtime *rt, uint32_t s);
 
+/* SIGHUP's first half, the same for every daemon (its reload hook calls
+ * it): the configuration read again as at start (argc, argv: the same
+ * flags, the config file, the environment) into next. An invalid one
+ * changes nothing: logged, next released, -EINVAL. Else the options the
+ * table marks PD_CFG_RELOAD move into cur (pd_cfg_reload), those that
+ * changed and need a restart are logged, and the log level and
+ * --drain-timeout (when the table has them) take effect. The caller then
+ * applies its own reloadable options from cur and releases next
+ * (pd_cfg_done). */
+struct pd_cfg_opt;
+int pd_runtime_reload_cfg(struct pd_runtime *rt, const struct pd_cfg_opt *table, void *cur,
+                          void *next, int argc, char *const *argv);
+
 #endif

@@ -94,7 +94,7 @@ static const struct pd_cfg_opt options[] = {
                1 << 20, "tokens per engine step (prefill chunk)"),
     PD_CFG_INT("max-model-len", struct gen_cfg, max_model_len, "0", 0, 1 << 24,
                "longest sequence; 0 = the model's context"),
-    PD_LOG_CFG(struct gen_cfg),
+    PD_LOG_CFG(struct gen_cfg, 0),
     PD_ENGINE_DEVICE_CFG(struct gen_cfg),
     PD_CFG_END,
 };

@@ -35,7 +35,7 @@ static const struct pd_cfg_opt options[] = {
     PD_CFG_BOOL("tensors", struct inspect_cfg, tensors, "false", "list every tensor"),
     PD_CFG_STR("write-gguf", struct inspect_cfg, write_gguf, NULL, 4096,
                "write the model (architecture metadata and weights) to this GGUF file"),
-    PD_LOG_CFG(struct inspect_cfg),
+    PD_LOG_CFG(struct inspect_cfg, 0),
     PD_CFG_END,
 };
 

@@ -261,8 +261,10 @@ def test_sighup_reloads_decoded_log_level(tmp_path):
     cfg = tmp_path / "decoded.json"
     write_cfg(cfg, log_level="info")
     with Decoded(*MODEL, *MEM, "--config", str(cfg)) as d:
-        write_cfg(cfg, log_level="debug")
+        write_cfg(cfg, log_level="debug", max_num_seqs=7)
         hup(d, "SIGHUP: log level debug", 0)
+        # what the table does not mark reloadable is named, and kept
+        assert "SIGHUP: --max-num-seqs changed: kept until a restart" in d.log()
         assert d.request("GET", "/health")[0] == 200
         write_cfg(cfg, log_level="loud")  # not a level: refused, nothing changes
         hup(d, "SIGHUP: configuration not reloaded, nothing changed", 0)

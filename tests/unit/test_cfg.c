@@ -1145,6 +1145,53 @@ static void cfg_main_exits_for_errors_help_version_and_extra_arguments(void)
     pd_cfg_done(opts, &c);
 }
 
+/* A table for reloads: kv-port and model reload, the rest does not. */
+static const struct pd_cfg_opt ropts[] = {
+    PD_CFG_BOOL("verbose", struct tcfg, verbose, "false", "more logging"),
+    PD_CFG_INT_F("kv-port", struct tcfg, kv_port, "14579", 1, 65535, "port", PD_CFG_RELOAD),
+    PD_CFG_SIZE("kv-pool", struct tcfg, kv_pool, "1GiB", 4096, INT64_C(1) << 40, "pool"),
+    PD_CFG_STR_F("model", struct tcfg, model, NULL, 64, "file", PD_CFG_RELOAD),
+    PD_CFG_LIST_F("peer", struct tcfg, peers, 3, "peers", PD_CFG_RELOAD),
+    PD_CFG_STR("api-key", struct tcfg, api_key, NULL, 256, "token"),
+    PD_CFG_END,
+};
+
+static void cfg_reload_moves_reloadable_and_names_the_rest(void)
+{
+    struct tcfg cur, next;
+    struct pd_cfg_args a;
+    char restart[256];
+    CHECK_EQ_INT(pd_cfg_parse_env(ropts, &cur, 7, ARGV("--model", "a.gguf", "--peer", "p1",
+                                                        "--kv-pool", "1MiB"),
+                                  no_env, &a, err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_cfg_parse_env(ropts, &next, 11, ARGV("--model", "b.gguf", "--peer", "p2",
+                                                         "--peer", "p3", "--kv-pool", "2MiB",
+                                                         "--kv-port", "9"),
+                                  no_env, &a, err, sizeof(err)), 0);
+    /* kv-port, model and peer reload; kv-pool does not; verbose and api-key did not change */
+    CHECK_EQ_INT(pd_cfg_reload(ropts, &cur, &next, restart, sizeof(restart)), 3);
+    CHECK_STR(restart, "--kv-pool");
+    CHECK_EQ_INT(cur.kv_port, 9);
+    CHECK_STR(cur.model, "b.gguf");
+    CHECK_EQ_INT(cur.peers.n, 2);
+    CHECK_STR(cur.peers.items[1], "p3");
+    CHECK_EQ_INT(cur.kv_pool, 1u << 20); /* kept until a restart */
+    /* next holds what cur had, for pd_cfg_done (no leak, no double free) */
+    CHECK_STR(next.model, "a.gguf");
+    CHECK_EQ_INT(next.peers.n, 1);
+    /* the same again: nothing changes, nothing to name */
+    struct tcfg same;
+    CHECK_EQ_INT(pd_cfg_parse_env(ropts, &same, 11, ARGV("--model", "b.gguf", "--peer", "p2",
+                                                         "--peer", "p3", "--kv-pool", "1MiB",
+                                                         "--kv-port", "9"),
+                                  no_env, &a, err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_cfg_reload(ropts, &cur, &same, restart, sizeof(restart)), 0);
+    CHECK_STR(restart, "");
+    pd_cfg_done(ropts, &same);
+    pd_cfg_done(ropts, &next);
+    pd_cfg_done(ropts, &cur);
+}
+
 static const struct pd_test tests[] = {
     PD_TEST(cfg_defaults_apply),
     PD_TEST(cfg_file_overrides_default),
@@ -1220,6 +1267,7 @@ static const struct pd_test tests[] = {
     PD_TEST(cfg_secret_not_printed),
     PD_TEST(cfg_secret_not_in_errors),
     PD_TEST(cfg_main_exits_for_errors_help_version_and_extra_arguments),
+    PD_TEST(cfg_reload_moves_reloadable_and_names_the_rest),
     {0},
 };
 
