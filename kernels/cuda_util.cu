@@ -63,7 +63,7 @@ extern "C" int pd_cuda_fail(int cuda_status, const char *what)
 
     snprintf(line, sizeof line, "cuda: %s: %s (%s)", what ? what : "?", cudaGetErrorString(e),
              cudaGetErrorName(e));
-    pd_cuda_log_error(line);
+    pd_cuda_set_error(line);
     return pd_cuda_errno(cuda_status);
 }
 
@@ -311,6 +311,7 @@ extern "C" int pd_cuda_timer_stop(struct pd_cuda_timer *t, pd_stream_t stream, f
 extern "C" void pd_cuda_clear_error(void)
 {
     (void)cudaGetLastError();
+    pd_cuda_set_error("");
 }
 
 extern "C" int pd_cuda_stream_sync(pd_stream_t s)

@@ -36,11 +36,15 @@ PD_BEGIN_DECLS
  *   anything else                                -EIO */
 int pd_cuda_errno(int cuda_status);
 
-/* Logs "cuda: what: reason (cudaErrorName)" once and returns
- * pd_cuda_errno(cuda_status). For the .cu files; C code gets errnos only. */
+/* Notes "cuda: what: reason (cudaErrorName)" as this thread's last CUDA
+ * error and returns pd_cuda_errno(cuda_status). For the .cu files; C code
+ * gets errnos, and the line from pd_cuda_last_error (the kernels log
+ * nothing: the engine puts the line in its error, its caller logs). */
 int pd_cuda_fail(int cuda_status, const char *what);
-/* The C side of that line (kernels/pd_cuda.c: common/base/log is C-only). */
-void pd_cuda_log_error(const char *line);
+/* kernels/pd_cuda.c: set (the .cu files) and read this thread's last line;
+ * "" when none. pd_cuda_clear_error clears it too. */
+void pd_cuda_set_error(const char *line);
+const char *pd_cuda_last_error(void);
 
 /* Number of usable devices (> 0), or a negative errno with a one-line reason
  * in why ("no CUDA driver: ...", "no CUDA device: ...", "no kernel image for

@@ -45,7 +45,7 @@ static int cublas_fail(cublasStatus_t s, const char *what)
 {
     char line[256];
     snprintf(line, sizeof line, "cublas: %s: status %d", what, (int)s);
-    pd_cuda_log_error(line);
+    pd_cuda_set_error(line);
     return cublas_errno(s);
 }
 

@@ -263,8 +263,10 @@ int pd_engine_kv_stage(struct pd_engine *e, bool to_host, const uint32_t *pool_b
     int rs = e->b->sync(e->stream); /* also after a failed enqueue: nothing may still write */
     rc = rc < 0 ? rc : rs;
     if (rc < 0)
-        return pd_errf(err, errlen, rc, "engine: copying %" PRIu32 " KV blocks %s the GPU: %s",
-                       n, to_host ? "from" : "to", strerror(-rc));
+        return pd_errf(err, errlen, rc, "engine: copying %" PRIu32 " KV blocks %s the GPU: %s%s%s",
+                       n, to_host ? "from" : "to", strerror(-rc),
+                       e->b->last_error && *e->b->last_error() ? ": " : "",
+                       e->b->last_error ? e->b->last_error() : "");
     return 0;
 }
 int pd_engine_take_note(struct pd_engine *e, char *buf, size_t len)
@@ -381,7 +383,9 @@ int pd_engine_step(struct pd_engine *e, const struct pd_batch_item *items, uint3
     }
     e->h_runs[n_items] = (int32_t)t;
     if ((rc = e->b->step(e, items, n_items, T)) < 0) {
-        pd_errf(err, errlen, rc, "engine: forward pass failed: %s", strerror(-rc));
+        const char *why = e->b->last_error ? e->b->last_error() : "";
+        pd_errf(err, errlen, rc, "engine: forward pass failed: %s%s%s", strerror(-rc),
+                *why ? ": " : "", why);
         goto undo;
     }
     for (uint32_t i = 0; i < n_items; i++)

@@ -625,4 +625,5 @@ const struct pd_backend pd_backend_cuda = {
     .sample_in = cu_sample_in,
     .sample_rows = cu_sample_rows,
     .sample_out = cu_sample_out,
+    .last_error = pd_cuda_last_error,
 };
