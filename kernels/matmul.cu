@@ -11,7 +11,7 @@
  * One cuBLAS handle per thread and device, made on first use and kept for
  * the thread's life (the engine calls from its one compute thread); the
  * stream is set on every call. cuBLAS statuses become negative errno here,
- * logged once through the kernels' log bridge. */
+ * the status noted as the thread's last CUDA error (pd_cuda_set_error). */
 #include "bf16.h"
 #include "cuda_check.cuh"
 #include "matmul.h"
