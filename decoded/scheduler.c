@@ -55,19 +55,18 @@ struct dec_job *dec_job_new(void)
         return NULL;
     }
     if (j) {
-        atomic_init(&j->refs, 1);
-        atomic_init(&j->cancelled, false);
+        pd_wjob_init(&j->base);
         pd_kvseq_init(&j->seq);
         pd_kvseq_init(&j->xseq);
     }
     return j;
 }
 
-void dec_job_ref(struct dec_job *j) { atomic_fetch_add(&j->refs, 1); }
+void dec_job_ref(struct dec_job *j) { pd_wjob_ref(&j->base); }
 
 void dec_job_unref(struct dec_job *j)
 {
-    if (!j || atomic_fetch_sub(&j->refs, 1) != 1)
+    if (!j || !pd_wjob_unref(&j->base))
         return;
     for (uint32_t i = 0; i < j->n_stops; i++)
         free(j->stops[i]);
@@ -81,7 +80,7 @@ void dec_job_unref(struct dec_job *j)
     free(j);
 }
 
-void dec_job_cancel(struct dec_job *j) { atomic_store(&j->cancelled, true); }
+void dec_job_cancel(struct dec_job *j) { pd_wjob_cancel(&j->base); }
 
 void dec_event_free(struct dec_event *e)
 {
@@ -322,7 +321,7 @@ static void sweep_cancelled(struct dec_sched *s)
      * released: ask for the cancel, finish it then (take_inbox) */
     for (struct dec_job *j = s->remote; j; j = j->rnext) {
         struct dec_event *e;
-        if (!atomic_load(&j->cancelled) || j->cancel_posted || !(e = event_new(j)))
+        if (!pd_wjob_cancelled(&j->base) || j->cancel_posted || !(e = event_new(j)))
             continue;
         j->cancel_posted = true;
         e->kind = DEC_EV_REMOTE_CANCEL;
@@ -330,7 +329,7 @@ static void sweep_cancelled(struct dec_sched *s)
     }
     for (uint32_t i = 0; i < s->n_active;) {
         struct dec_job *j = s->active[i];
-        if (atomic_load(&j->cancelled)) {
+        if (pd_wjob_cancelled(&j->base)) {
             drop_active(s, i);
             finish(s, j, NULL, DEC_FIN_CANCELLED, NULL);
         } else {
@@ -342,7 +341,7 @@ static void sweep_cancelled(struct dec_sched *s)
     struct pd_wlist *q = pd_worker_queue(&s->w);
     for (struct pd_wnode *prev = NULL, *n = q->head, *next; n; n = next) {
         next = n->next;
-        if (atomic_load(&JOB(n)->cancelled)) {
+        if (pd_wjob_cancelled(&JOB(n)->base)) {
             pd_wlist_remove(q, prev, n);
             pd_wlist_push(&gone, n);
         } else {
@@ -471,7 +470,7 @@ static void take_inbox(struct dec_sched *s)
             j->report = r;
         if (j->in_remote) {
             remote_unlink(s, j);
-            if (atomic_load(&j->cancelled))
+            if (pd_wjob_cancelled(&j->base))
                 finish(s, j, NULL, DEC_FIN_CANCELLED, NULL);
             else if (m.done)
                 remote_first_token(s, j, &m.first);
@@ -622,7 +621,7 @@ static void admit(struct dec_sched *s, uint32_t *n, uint32_t *budget)
         if (!head)
             return;
         struct dec_job *j = JOB(head);
-        if (atomic_load(&j->cancelled)) {
+        if (pd_wjob_cancelled(&j->base)) {
             queue_pop(s);
             finish(s, j, NULL, DEC_FIN_CANCELLED, NULL);
             continue;

@@ -99,8 +99,7 @@ struct dec_job {
     uint64_t remote_id; /* PREFILL request id (0: none chosen yet) */
     uint64_t peers_failed; /* bit i: peer i failed this request */
 
-    atomic_int refs;
-    atomic_bool cancelled;
+    struct pd_wjob base; /* references, the cancel flag */
 
     /* compute thread only */
     struct pd_kvseq seq; /* seq.n_tokens: tokens of toks[] in the KV cache */

@@ -57,26 +57,25 @@ struct pf_job *pf_job_new(void)
         return NULL;
     }
     if (j) {
-        atomic_init(&j->refs, 1);
-        atomic_init(&j->cancelled, false);
+        pd_wjob_init(&j->base);
         pd_kvseq_init(&j->seq);
         pd_kvseq_init(&j->xseq);
     }
     return j;
 }
 
-void pf_job_ref(struct pf_job *j) { atomic_fetch_add(&j->refs, 1); }
+void pf_job_ref(struct pf_job *j) { pd_wjob_ref(&j->base); }
 
 void pf_job_unref(struct pf_job *j)
 {
-    if (!j || atomic_fetch_sub(&j->refs, 1) != 1)
+    if (!j || !pd_wjob_unref(&j->base))
         return;
     free(j->final); /* never posted */
     free(j->tokens);
     free(j);
 }
 
-void pf_job_cancel(struct pf_job *j) { atomic_store(&j->cancelled, true); }
+void pf_job_cancel(struct pf_job *j) { pd_wjob_cancel(&j->base); }
 
 void pf_event_free(struct pf_event *e)
 {
@@ -215,7 +214,7 @@ static struct pf_job *pick_queued(struct pf_sched *s)
     pd_worker_lock(&s->w);
     for (struct pd_wnode *n = pd_worker_queue(&s->w)->head; n; n = n->next) {
         struct pf_job *j = JOB(n);
-        if (atomic_load(&j->cancelled)) {
+        if (pd_wjob_cancelled(&j->base)) {
             best = j;
             break;
         }
@@ -246,7 +245,7 @@ static void admit(struct pf_sched *s)
 {
     struct pf_job *j;
     while ((j = pick_queued(s))) {
-        if (atomic_load(&j->cancelled)) {
+        if (pd_wjob_cancelled(&j->base)) {
             dequeue(s, j);
             fail_job(s, j, PD_R_CANCELLED, "cancelled while queued");
             continue;
@@ -368,7 +367,7 @@ static void step(struct pf_sched *s)
     apply_unrefs(s);
     for (uint32_t i = 0; i < s->n_active;) {
         struct pf_job *j = s->active[i];
-        if (atomic_load(&j->cancelled)) {
+        if (pd_wjob_cancelled(&j->base)) {
             drop_active(s, i);
             fail_job(s, j, PD_R_CANCELLED, "cancelled");
         } else {
@@ -463,7 +462,7 @@ static uint32_t w_wait_ms(void *arg, bool idle)
     struct pf_sched *s = arg;
     const struct pd_wnode *q = pd_worker_queue(&s->w)->head;
     bool work = s->unrefs || s->n_active ||
-                (q && (s->n_active < s->p.max_running || atomic_load(&JOB(q)->cancelled)));
+                (q && (s->n_active < s->p.max_running || pd_wjob_cancelled(&JOB(q)->base)));
     if (!work)
         return s->p.idle_tick_ms ? s->p.idle_tick_ms : 1000;
     return idle && !s->unrefs ? 50 : 0;

@@ -57,8 +57,7 @@ struct pf_job {
     struct pf_job *lprev, *lnext; /* the loop's list of jobs it holds; never touched by compute */
     uint64_t t_arrival_ns;
 
-    atomic_int refs;
-    atomic_bool cancelled;
+    struct pd_wjob base; /* references, the cancel flag */
 
     /* compute thread only */
     struct pd_kvseq seq;

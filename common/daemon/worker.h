@@ -32,6 +32,7 @@
 #define PD_WORKER_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -40,6 +41,23 @@ struct pd_wnode {
     struct pd_wnode *next;
 };
 #define PD_WNODE_ENTRY(p, T, m) ((T *)(void *)((char *)(p) - offsetof(T, m)))
+
+/* What every job a worker runs carries: its references (the loop's, the
+ * compute thread's, one per event) and its cancel flag, both atomic. */
+struct pd_wjob {
+    atomic_int refs;
+    atomic_bool cancelled;
+};
+static inline void pd_wjob_init(struct pd_wjob *j)
+{
+    atomic_init(&j->refs, 1);
+    atomic_init(&j->cancelled, false);
+}
+static inline void pd_wjob_ref(struct pd_wjob *j) { atomic_fetch_add(&j->refs, 1); }
+/* True when that was the last reference: the caller frees the job. */
+static inline bool pd_wjob_unref(struct pd_wjob *j) { return atomic_fetch_sub(&j->refs, 1) == 1; }
+static inline void pd_wjob_cancel(struct pd_wjob *j) { atomic_store(&j->cancelled, true); }
+static inline bool pd_wjob_cancelled(struct pd_wjob *j) { return atomic_load(&j->cancelled); }
 
 /* A FIFO of nodes; the caller serialises access (pd_worker_lock for the queue). */
 struct pd_wlist {
