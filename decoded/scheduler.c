@@ -48,17 +48,21 @@ static double secs(uint64_t a, uint64_t b) { return b > a ? (double)(b - a) * 1e
 struct dec_job *dec_job_new(void)
 {
     struct dec_job *j = calloc(1, sizeof(*j));
-    if (j && (!(j->final = calloc(1, sizeof(*j->final))) ||
-              !(j->report = calloc(1, sizeof(*j->report))))) {
+    if (!j)
+        return NULL;
+    /* its last event and its remote report come with it: ending a request
+     * or reporting a prefill never waits for memory */
+    j->final = calloc(1, sizeof(*j->final));
+    j->report = calloc(1, sizeof(*j->report));
+    if (!j->final || !j->report) {
         free(j->final);
+        free(j->report);
         free(j);
         return NULL;
     }
-    if (j) {
-        pd_wjob_init(&j->base);
-        pd_kvseq_init(&j->seq);
-        pd_kvseq_init(&j->xseq);
-    }
+    pd_wjob_init(&j->base);
+    pd_kvseq_init(&j->seq);
+    pd_kvseq_init(&j->xseq);
     return j;
 }
 

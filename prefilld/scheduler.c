@@ -52,14 +52,14 @@ static double secs(uint64_t a, uint64_t b) { return b > a ? (double)(b - a) * 1e
 struct pf_job *pf_job_new(void)
 {
     struct pf_job *j = calloc(1, sizeof(*j));
+    /* its last event (DONE or END) comes with it: ending never waits for memory */
     if (j && !(j->final = calloc(1, sizeof(*j->final)))) {
         free(j);
-        return NULL;
-    }
-    if (j) {
+        j = NULL;
+    } else if (j) {
         pd_wjob_init(&j->base);
-        pd_kvseq_init(&j->seq);
-        pd_kvseq_init(&j->xseq);
+        pd_kvseq_init(&j->seq); /* the pool's blocks */
+        pd_kvseq_init(&j->xseq); /* a GPU pool's staging */
     }
     return j;
 }
