@@ -36,7 +36,6 @@ struct dec_sched {
     uint32_t n_remote;
 
     struct pd_worker w; /* the compute thread, the queue of waiting jobs, the outbox */
-    bool w_ready; /* w initialised */
     struct pd_wlist inbox; /* finished transfers, from the loop (dec_inbox), under w's lock */
     atomic_uint n_running;
 };
@@ -787,6 +786,14 @@ int dec_sched_new(const struct dec_sched_params *p, struct dec_sched **out, char
         return -ENOMEM;
     }
     s->p = *p;
+    const struct pd_worker_params wp = {.ops = &worker_ops, .arg = s,
+                                        .max_queued = p->max_waiting, .notify = p->notify,
+                                        .notify_arg = p->notify_arg};
+    if (pd_worker_init(&s->w, &wp) < 0) {
+        free(s);
+        snprintf(err, errlen, "cannot set up the compute thread's lock");
+        return -ENOMEM;
+    }
     s->kc = pd_engine_kvcache(p->engine);
     s->xc = pd_engine_kv_staging(p->engine);
     s->block_size = pd_kvcache_layout(s->kc)->block_size;
@@ -799,10 +806,7 @@ int dec_sched_new(const struct dec_sched_params *p, struct dec_sched **out, char
     s->items = calloc(m, sizeof(*s->items));
     s->item_job = calloc(m, sizeof(*s->item_job));
     s->active = calloc(m, sizeof(*s->active));
-    struct pd_worker_params wp = {.ops = &worker_ops, .arg = s, .max_queued = p->max_waiting,
-                                  .notify = p->notify, .notify_arg = p->notify_arg};
-    s->w_ready = pd_worker_init(&s->w, &wp) == 0;
-    if (!s->w_ready || !s->results || !s->items || !s->item_job || !s->active) {
+    if (!s->results || !s->items || !s->item_job || !s->active) {
         dec_sched_free(s);
         snprintf(err, errlen, "out of memory for %u sequences", m);
         return -ENOMEM;
@@ -815,8 +819,7 @@ struct dec_sched *dec_sched_free(struct dec_sched *s)
 {
     if (!s)
         return NULL;
-    if (s->w_ready)
-        pd_worker_stop(&s->w);
+    pd_worker_stop(&s->w); /* the compute thread ends what is left */
     for (struct pd_wnode *n; (n = pd_wlist_pop(&s->inbox));) {
         struct dec_inbox *m = PD_WNODE_ENTRY(n, struct dec_inbox, node);
         struct dec_job *j = m->job;
@@ -826,14 +829,13 @@ struct dec_sched *dec_sched_free(struct dec_sched *s)
             j->report = m;
         dec_job_unref(j);
     }
-    struct dec_event *e = s->w_ready ? dec_sched_take(s) : NULL;
+    struct dec_event *e = dec_sched_take(s);
     while (e) {
         struct dec_event *next = e->next;
         dec_event_free(e);
         e = next;
     }
-    if (s->w_ready)
-        pd_worker_done(&s->w);
+    pd_worker_done(&s->w);
     free(s->results);
     free(s->items);
     free(s->item_job);

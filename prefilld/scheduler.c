@@ -40,7 +40,6 @@ struct pf_sched {
     uint64_t steps;
 
     struct pd_worker w; /* the compute thread, the queue, the outbox */
-    bool w_ready; /* w initialised */
     struct unref_list *unrefs; /* under w's lock */
     atomic_uint n_running;
 };
@@ -497,7 +496,10 @@ int pf_sched_new(const struct pf_sched_params *p, struct pf_sched **out, char *e
                  size_t errlen)
 {
     struct pf_sched *s = calloc(1, sizeof(*s));
-    if (!s) {
+    struct pd_worker_params wp = {.ops = &worker_ops, .arg = s, .max_queued = p->max_waiting,
+                                  .notify = p->notify, .notify_arg = p->notify_arg};
+    if (!s || pd_worker_init(&s->w, &wp) < 0) { /* first: pf_sched_free stops and frees it */
+        free(s);
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
@@ -514,10 +516,7 @@ int pf_sched_new(const struct pf_sched_params *p, struct pf_sched **out, char *e
     s->item_job = calloc(m, sizeof(*s->item_job));
     s->active = calloc(m, sizeof(*s->active));
     s->marks = calloc((size_t)p->max_waiting + m, sizeof(*s->marks));
-    struct pd_worker_params wp = {.ops = &worker_ops, .arg = s, .max_queued = p->max_waiting,
-                                  .notify = p->notify, .notify_arg = p->notify_arg};
-    s->w_ready = pd_worker_init(&s->w, &wp) == 0;
-    if (!s->w_ready || !s->results || !s->items || !s->item_job || !s->active || !s->marks) {
+    if (!s->results || !s->items || !s->item_job || !s->active || !s->marks) {
         pf_sched_free(s);
         snprintf(err, errlen, "out of memory for %u prefills", m);
         return -ENOMEM;
@@ -530,9 +529,8 @@ struct pf_sched *pf_sched_free(struct pf_sched *s)
 {
     if (!s)
         return NULL;
-    if (s->w_ready)
-        pd_worker_stop(&s->w);
-    struct pf_event *e = s->w_ready ? pf_sched_take(s) : NULL;
+    pd_worker_stop(&s->w); /* what ran or waited ends with SHUTDOWN */
+    struct pf_event *e = pf_sched_take(s);
     while (e) {
         struct pf_event *next = e->next;
         if (e->type == PF_EV_RUN) /* never handed to the transport */
@@ -541,10 +539,8 @@ struct pf_sched *pf_sched_free(struct pf_sched *s)
         pf_event_free(e);
         e = next;
     }
-    if (s->w_ready) {
-        apply_unrefs(s);
-        pd_worker_done(&s->w);
-    }
+    apply_unrefs(s);
+    pd_worker_done(&s->w);
     free(s->results);
     free(s->items);
     free(s->item_job);

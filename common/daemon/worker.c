@@ -90,7 +90,6 @@ int pd_worker_init(struct pd_worker *w, const struct pd_worker_params *p)
     if (!p->ops || !p->ops->step || !p->ops->wait_ms || !p->ops->cut || !p->notify ||
         !p->max_queued)
         return -EINVAL;
-    w->p = *p;
     pthread_condattr_t ca;
     int rc = pthread_condattr_init(&ca);
     if (rc == 0)
@@ -105,11 +104,15 @@ int pd_worker_init(struct pd_worker *w, const struct pd_worker_params *p)
     }
     pthread_condattr_destroy(&ca);
     atomic_init(&w->heartbeat_ns, pd_now_ns());
+    if (rc == 0)
+        w->p = *p; /* from here on stop and done have something to undo */
     return -rc;
 }
 
 void pd_worker_done(struct pd_worker *w)
 {
+    if (!w->p.ops) /* never initialised (a zeroed struct) */
+        return;
     pthread_mutex_destroy(&w->mu);
     pthread_mutex_destroy(&w->out_mu);
     pthread_cond_destroy(&w->cv);
@@ -126,6 +129,8 @@ int pd_worker_start(struct pd_worker *w, char *err, size_t errlen)
 
 void pd_worker_stop(struct pd_worker *w)
 {
+    if (!w->p.ops) /* never initialised (a zeroed struct) */
+        return;
     pthread_mutex_lock(&w->mu);
     bool was = w->stop;
     w->stop = true;

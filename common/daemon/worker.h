@@ -104,7 +104,9 @@ struct pd_worker {
 
 /* 0, or -EINVAL (no ops, no notify, max_queued 0), -ENOMEM / -EAGAIN from pthreads. */
 int pd_worker_init(struct pd_worker *w, const struct pd_worker_params *p);
-/* After pd_worker_stop; what is still queued or posted is the caller's. */
+/* After pd_worker_stop; what is still queued or posted is the caller's.
+ * pd_worker_stop and pd_worker_done do nothing on a zeroed worker whose
+ * init failed or never ran. */
 void pd_worker_done(struct pd_worker *w);
 int pd_worker_start(struct pd_worker *w, char *err, size_t errlen);
 /* Idempotent. Returns once ops->cut ran. */
