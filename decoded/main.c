@@ -300,6 +300,31 @@ static int remote_open(struct daemon *d, const struct dec_cfg *c, char *err, siz
  * re-read; every other option keeps its value until a restart, and the log
  * names those that changed (docs/operations.md). An invalid configuration
  * changes nothing. */
+/* The options the KV channel is made with, when a reload makes it. */
+static void kv_swap(struct dec_cfg *a, struct dec_cfg *b)
+{
+    struct dec_cfg t = *a;
+    a->kv_ip = b->kv_ip, a->kv_data_ports = b->kv_data_ports, a->kv_psk_file = b->kv_psk_file;
+    a->kv_lease_ms = b->kv_lease_ms, a->kv_handshake_ms = b->kv_handshake_ms;
+    a->kv_crypto_threads = b->kv_crypto_threads, a->kv_integrity = b->kv_integrity;
+    a->prefill_timeout_ms = b->prefill_timeout_ms;
+    b->kv_ip = t.kv_ip, b->kv_data_ports = t.kv_data_ports, b->kv_psk_file = t.kv_psk_file;
+    b->kv_lease_ms = t.kv_lease_ms, b->kv_handshake_ms = t.kv_handshake_ms;
+    b->kv_crypto_threads = t.kv_crypto_threads, b->kv_integrity = t.kv_integrity;
+    b->prefill_timeout_ms = t.prefill_timeout_ms;
+}
+
+/* The three reloadable peer options back and forth between a and b. */
+static void peers_swap(struct dec_cfg *a, struct dec_cfg *b)
+{
+    struct pd_cfg_list l = a->prefill;
+    char *k = a->kv_key_id;
+    int64_t m = a->local_prefill_max_tokens;
+    a->prefill = b->prefill, a->kv_key_id = b->kv_key_id;
+    a->local_prefill_max_tokens = b->local_prefill_max_tokens;
+    b->prefill = l, b->kv_key_id = k, b->local_prefill_max_tokens = m;
+}
+
 static void rt_reload(void *arg)
 {
     struct daemon *d = arg;
@@ -307,23 +332,32 @@ static void rt_reload(void *arg)
     char err[512];
     if (pd_runtime_reload_cfg(d->rt, options, c, &nc, d->argc, d->argv) < 0)
         return;
-    /* c holds the reloaded --prefill, --kv-key-id, --local-prefill-max-tokens */
+    /* c holds the reloaded --prefill, --kv-key-id, --local-prefill-max-tokens
+     * (and nc what c had) */
     if (d->remote) {
         dec_remote_reload_keys(d->remote);
         int rc = dec_remote_reload(d->remote, (const char *const *)c->prefill.items,
                                    (unsigned)c->prefill.n, c->kv_key_id, err, sizeof(err));
-        if (rc < 0)
+        if (rc < 0) {
             pd_log(PD_LOG_ERR, "SIGHUP: prefill peers and key id not changed: %s", err);
-        else
+            peers_swap(c, &nc); /* c says what runs */
+        } else {
             dec_server_set_remote(d->srv, d->remote, (uint32_t)c->local_prefill_max_tokens);
+        }
     } else if (c->prefill.n) {
-        if (remote_open(d, c, err, sizeof(err)) < 0)
+        /* the first peers: the channel is made now, with the kv-* options of
+         * the configuration just read (nc's), which c takes if it works */
+        peers_swap(c, &nc);
+        if (remote_open(d, &nc, err, sizeof(err)) < 0) {
             pd_log(PD_LOG_ERR, "SIGHUP: prefill peers not added, still prefilling locally: %s",
                    err);
-        else
+        } else {
             pd_log(PD_LOG_NOTICE, "SIGHUP: prefill peers: added %zu (first: %s), from %s; "
-                   "prompts over %" PRId64 " tokens go to them", c->prefill.n,
-                   c->prefill.items[0], c->kv_ip, c->local_prefill_max_tokens);
+                   "prompts over %" PRId64 " tokens go to them", nc.prefill.n,
+                   nc.prefill.items[0], nc.kv_ip, nc.local_prefill_max_tokens);
+            peers_swap(c, &nc); /* what runs now: c takes the peers and the kv-* options */
+            kv_swap(c, &nc);
+        }
     } else {
         pd_log(PD_LOG_NOTICE, "SIGHUP: no prefill peers before or after: nothing to change");
     }

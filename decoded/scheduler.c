@@ -1,5 +1,6 @@
 #include "scheduler.h"
 
+#include "errf.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -789,10 +790,10 @@ int dec_sched_new(const struct dec_sched_params *p, struct dec_sched **out, char
     const struct pd_worker_params wp = {.ops = &worker_ops, .arg = s,
                                         .max_queued = p->max_waiting, .notify = p->notify,
                                         .notify_arg = p->notify_arg};
-    if (pd_worker_init(&s->w, &wp) < 0) {
+    int rc = pd_worker_init(&s->w, &wp);
+    if (rc < 0) {
         free(s);
-        snprintf(err, errlen, "cannot set up the compute thread's lock");
-        return -ENOMEM;
+        return pd_errf(err, errlen, rc, "cannot set up the compute thread: %s", strerror(-rc));
     }
     s->kc = pd_engine_kvcache(p->engine);
     s->xc = pd_engine_kv_staging(p->engine);

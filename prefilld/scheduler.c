@@ -416,9 +416,10 @@ static void step(struct pf_sched *s)
             continue;
         }
         bool last = it->n_logits == 1;
-        if (post_run(s, j, last, err, sizeof(err)) < 0) {
+        int pr = post_run(s, j, last, err, sizeof(err));
+        if (pr < 0) {
             drop_active(s, k);
-            fail_job(s, j, PD_R_COMPUTE, err);
+            fail_job(s, j, pr == -ENOMEM ? PD_R_OVERLOADED : PD_R_COMPUTE, err);
             continue;
         }
         if (!last)
@@ -498,10 +499,10 @@ int pf_sched_new(const struct pf_sched_params *p, struct pf_sched **out, char *e
     struct pf_sched *s = calloc(1, sizeof(*s));
     struct pd_worker_params wp = {.ops = &worker_ops, .arg = s, .max_queued = p->max_waiting,
                                   .notify = p->notify, .notify_arg = p->notify_arg};
-    if (!s || pd_worker_init(&s->w, &wp) < 0) { /* first: pf_sched_free stops and frees it */
+    int rc = s ? pd_worker_init(&s->w, &wp) : -ENOMEM; /* first: pf_sched_free undoes it */
+    if (rc < 0) {
         free(s);
-        snprintf(err, errlen, "out of memory");
-        return -ENOMEM;
+        return pd_errf(err, errlen, rc, "cannot set up the compute thread: %s", strerror(-rc));
     }
     s->p = *p;
     s->kc = pd_engine_kvcache(p->engine);

@@ -158,8 +158,10 @@ static void admin_cb(struct evhttp_request *req, void *arg)
 
     if (!health && !metrics)
         pd_http_error(req, 404, "not_found_error", NULL, "not_found", "no such endpoint");
-    else if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD)
+    else if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
         pd_http_error(req, 405, "invalid_request_error", NULL, "method_not_allowed", "use GET");
+    }
     else if (metrics)
         admin_metrics(rt, req);
     else if (rt->draining)
@@ -176,6 +178,10 @@ static int admin_new(struct pd_runtime *rt)
     evhttp_set_timeout(rt->admin, (int)rt->p.header_timeout_s);
     evhttp_set_max_body_size(rt->admin, ADMIN_MAX_BODY);
     evhttp_set_max_headers_size(rt->admin, ADMIN_MAX_HEADERS);
+    /* every method reaches admin_cb, so each gets the one error shape */
+    evhttp_set_allowed_methods(rt->admin, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                              EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+                                              EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
     if (!(rt->admin_conns = pd_http_conns_new(rt->admin, rt->base, PD_RUNTIME_ADMIN_CONNECTIONS,
                                               NULL, NULL)))
         return -ENOMEM;

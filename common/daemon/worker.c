@@ -92,9 +92,10 @@ int pd_worker_init(struct pd_worker *w, const struct pd_worker_params *p)
         return -EINVAL;
     pthread_condattr_t ca;
     int rc = pthread_condattr_init(&ca);
-    if (rc == 0)
-        rc = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    if (rc == 0 && (rc = pthread_cond_init(&w->cv, &ca)) == 0) {
+    if (rc != 0)
+        return -rc;
+    if ((rc = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC)) == 0 &&
+        (rc = pthread_cond_init(&w->cv, &ca)) == 0) {
         if ((rc = pthread_mutex_init(&w->mu, NULL)) != 0) {
             pthread_cond_destroy(&w->cv);
         } else if ((rc = pthread_mutex_init(&w->out_mu, NULL)) != 0) {

@@ -247,6 +247,8 @@ int pd_engine_kv_stage(struct pd_engine *e, bool to_host, const uint32_t *pool_b
             return pd_errf(err, errlen, -EINVAL, "engine: KV staging copy of block %" PRIu32
                            " <-> %" PRIu32 ": outside the pool (%" PRIu32 ") or staging (%"
                            PRIu32 ")", pool_blocks[i], stage_blocks[i], np, ns);
+    if (e->b->forget_error)
+        e->b->forget_error();
     /* one asynchronous copy per run of blocks consecutive on both sides, on
      * the stream the steps run on (after every step issued so far), then
      * one wait */
@@ -359,6 +361,8 @@ int pd_engine_step(struct pd_engine *e, const struct pd_batch_item *items, uint3
 
     if ((rc = validate(e, items, n_items, &T, err, errlen)) < 0)
         return rc;
+    if (e->b->forget_error) /* a line from an earlier failure is not this one's */
+        e->b->forget_error();
     for (; reserved < n_items; reserved++) {
         const struct pd_batch_item *it = &items[reserved];
         if ((rc = pd_kvseq_reserve(e->kc, it->seq, it->seq->n_tokens + it->n_tokens)) < 0) {

@@ -46,6 +46,8 @@ static int cu_attention(const struct pd_attn_args *a, void *s)
 
 int pd_backend_cuda_probe(char *why, size_t n) { return pd_cuda_probe(why, n); }
 
+static void cu_forget_error(void) { pd_cuda_set_error(""); }
+
 /* ---- memory ---- */
 
 /* bytes of device memory the engine owns (freed with it); NULL when none is left */
@@ -626,4 +628,5 @@ const struct pd_backend pd_backend_cuda = {
     .sample_rows = cu_sample_rows,
     .sample_out = cu_sample_out,
     .last_error = pd_cuda_last_error,
+    .forget_error = cu_forget_error,
 };

@@ -92,8 +92,10 @@ struct pd_backend {
     int (*sample_in)(struct pd_engine *e, uint32_t n_rows);
     int (*sample_rows)(struct pd_engine *e, uint32_t r0, uint32_t m);
     int (*sample_out)(struct pd_engine *e, uint32_t n_rows);
-    /* NULL, or: the device's own words for this thread's last failure ("" none) */
+    /* NULL, or: the device's own words for this thread's last failure ("" none),
+     * and forgetting them (at the start of a step) */
     const char *(*last_error)(void);
+    void (*forget_error)(void);
 };
 
 extern const struct pd_backend pd_backend_cpu;

@@ -332,10 +332,11 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
                 /* out of descriptors: the backlog keeps them; stop listening for a
                  * moment instead of spinning on a socket that stays readable */
+                int why = errno;
                 struct evq *e = kvx_ev_new(k, PD_KVX_EV_WARNING, NULL);
                 if (e)
                     snprintf(e->detail, sizeof e->detail,
-                             "accept: %s; pausing the KV port for 100 ms", strerror(errno));
+                             "accept: %s; pausing the KV port for 100 ms", strerror(why));
                 event_del(k->ev_listen);
                 struct timeval tv = {.tv_sec = 0, .tv_usec = 100000};
                 event_add(k->ev_listen_again, &tv);

@@ -178,13 +178,14 @@ def test_first_peer_by_reload_and_an_empty_list_prefills_locally(tmp_path):
     cfg = tmp_path / "decoded.json"
     base = dict(kv_psk_file=str(psk), local_prefill_max_tokens=0)
     with Prefilld(*MODEL, *MEM, psk=psk) as a:
-        write_cfg(cfg, **base)
+        write_cfg(cfg, local_prefill_max_tokens=0)  # no key file yet: no channel to make
         with Decoded(*MODEL, *MEM, "--config", str(cfg)) as d:
             d.model_name = served_name(d)
             complete(d, prompt(10, 6))
             assert d.metric("pdserve:prompt_tokens_total") == 10
             hup(d, "no prefill peers before or after", 0)
-            # the first peer: the KV channel is made on the reload
+            # the first peer: the KV channel is made on the reload, with the
+            # kv-* options of the configuration read then (the key file too)
             write_cfg(cfg, prefill=[a.addr], **base)
             hup(d, "SIGHUP: prefill peers: added 1 (first: %s)" % a.addr, 0)
             wait_for(lambda: peer_up(d, a.addr), 60, "a session to A")

@@ -58,16 +58,17 @@ def test_admin_answers(daemon):
     assert status == 404
     err = json.loads(body)["error"]
     assert (err["type"], err["code"]) == ("not_found_error", "not_found")
-    status, _, body = admin(port, "POST", "/metrics")
-    assert status == 405
-    err = json.loads(body)["error"]
-    assert (err["type"], err["code"]) == ("invalid_request_error", "method_not_allowed")
+    for method in ("POST", "OPTIONS", "PATCH"):  # every method gets the one shape
+        status, headers, body = admin(port, method, "/metrics")
+        assert status == 405 and headers.get("Allow") == "GET, HEAD", (method, status, headers)
+        err = json.loads(body)["error"]
+        assert (err["type"], err["code"]) == ("invalid_request_error", "method_not_allowed")
 
 
 def test_admin_answers_alike_on_both(tmp_path):
     with Decoded(*TINY) as d, Prefilld(*TINY, psk=write_key(tmp_path / "k.psk")) as p:
         for method, path in (("GET", "/nope"), ("POST", "/health"), ("DELETE", "/metrics"),
-                             ("GET", "/health")):
+                             ("OPTIONS", "/health"), ("GET", "/health")):
             a = admin(d.admin_port, method, path)
             b = admin(p.admin_port, method, path)
             assert (a[0], a[2]) == (b[0], b[2]), (method, path, a, b)
