@@ -151,7 +151,10 @@ struct dec_event *dec_sched_take(struct dec_sched *s)
     return head;
 }
 
-/* A finished job's last event: e, or the one allocated with the job. */
+static void update_gauges(struct dec_sched *s);
+
+/* A finished job's last event: e, or the one allocated with the job. The
+ * gauges first: a client that has its answer sees them without the job. */
 static void finish(struct dec_sched *s, struct dec_job *j, struct dec_event *e,
                    enum dec_finish why, const char *err)
 {
@@ -160,6 +163,7 @@ static void finish(struct dec_sched *s, struct dec_job *j, struct dec_event *e,
         pd_kvseq_release(s->xc, &j->xseq);
     if (!e)
         e = final_event(j);
+    update_gauges(s);
     e->finish = why;
     e->n_gen = j->n_out;
     e->n_preempted = j->n_preempted;
@@ -255,7 +259,6 @@ static void update_gauges(struct dec_sched *s)
     pd_metric_set(s->p.metrics.staging_used,
                   s->xc ? pd_kvcache_n_blocks(s->xc) - pd_kvcache_n_free(s->xc) : 0);
     pd_metric_set(s->p.metrics.remote_running, s->n_remote);
-    pd_metric_set(s->p.metrics.waiting, pd_worker_queued(&s->w));
     atomic_store(&s->n_running, s->n_active);
 }
 
@@ -789,7 +792,8 @@ int dec_sched_new(const struct dec_sched_params *p, struct dec_sched **out, char
     s->p = *p;
     const struct pd_worker_params wp = {.ops = &worker_ops, .arg = s,
                                         .max_queued = p->max_waiting, .notify = p->notify,
-                                        .notify_arg = p->notify_arg};
+                                        .notify_arg = p->notify_arg,
+                                        .queued = p->metrics.waiting};
     int rc = pd_worker_init(&s->w, &wp);
     if (rc < 0) {
         free(s);
@@ -857,7 +861,6 @@ int dec_sched_submit(struct dec_sched *s, struct dec_job *j)
         dec_job_unref(j);
         return rc;
     }
-    pd_metric_set(s->p.metrics.waiting, (double)rc);
     return 0;
 }
 

@@ -124,13 +124,17 @@ struct pf_event *pf_sched_take(struct pf_sched *s)
     return head;
 }
 
+static void update_gauges(struct pf_sched *s);
+
 /* The job's prefill is over: its sequence goes (blocks in flight keep their
- * transfer references), the compute thread's reference too. */
+ * transfer references), the compute thread's reference too; the gauges
+ * before the event, which the loop may answer at once. */
 static void end_job(struct pf_sched *s, struct pf_job *j, struct pf_event *e)
 {
     pd_engine_seq_release(s->p.engine, &j->seq);
     if (s->xc)
         pd_kvseq_release(s->xc, &j->xseq);
+    update_gauges(s);
     post(s, e);
     pf_job_unref(j);
 }
@@ -200,7 +204,6 @@ static void update_gauges(struct pf_sched *s)
     pd_metric_set(s->p.metrics.kv_free, free_);
     pd_metric_set(s->p.metrics.staging_used,
                   s->xc ? pd_kvcache_n_blocks(s->xc) - pd_kvcache_n_free(s->xc) : 0);
-    pd_metric_set(s->p.metrics.waiting, pd_worker_queued(&s->w));
     atomic_store(&s->n_running, s->n_active);
 }
 
@@ -498,7 +501,8 @@ int pf_sched_new(const struct pf_sched_params *p, struct pf_sched **out, char *e
 {
     struct pf_sched *s = calloc(1, sizeof(*s));
     struct pd_worker_params wp = {.ops = &worker_ops, .arg = s, .max_queued = p->max_waiting,
-                                  .notify = p->notify, .notify_arg = p->notify_arg};
+                                  .notify = p->notify, .notify_arg = p->notify_arg,
+                                  .queued = p->metrics.waiting};
     int rc = s ? pd_worker_init(&s->w, &wp) : -ENOMEM; /* first: pf_sched_free undoes it */
     if (rc < 0) {
         free(s);
@@ -563,7 +567,6 @@ int pf_sched_submit(struct pf_sched *s, struct pf_job *j)
         pf_job_unref(j);
         return rc;
     }
-    pd_metric_set(s->p.metrics.waiting, (double)rc);
     return 0;
 }
 

@@ -3,6 +3,7 @@
 
 #include "errf.h"
 #include "log.h"
+#include "metrics.h"
 
 #include <errno.h>
 #include <stdatomic.h>
@@ -159,7 +160,7 @@ int pd_worker_submit(struct pd_worker *w, struct pd_wnode *n)
         rc = (int)w->queue.n;
         pthread_cond_signal(&w->cv);
     }
-    pthread_mutex_unlock(&w->mu);
+    pd_worker_unlock(w);
     return rc;
 }
 
@@ -172,7 +173,17 @@ uint32_t pd_worker_queued(struct pd_worker *w)
 }
 
 void pd_worker_lock(struct pd_worker *w) { pthread_mutex_lock(&w->mu); }
-void pd_worker_unlock(struct pd_worker *w) { pthread_mutex_unlock(&w->mu); }
+static void queued_gauge(struct pd_worker *w)
+{
+    if (w->p.queued)
+        pd_metric_set(w->p.queued, w->queue.n);
+}
+
+void pd_worker_unlock(struct pd_worker *w)
+{
+    queued_gauge(w);
+    pthread_mutex_unlock(&w->mu);
+}
 void pd_worker_signal(struct pd_worker *w) { pthread_cond_signal(&w->cv); }
 struct pd_wlist *pd_worker_queue(struct pd_worker *w) { return &w->queue; }
 

@@ -37,6 +37,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct pd_metric;
+
 struct pd_wnode {
     struct pd_wnode *next;
 };
@@ -87,6 +89,9 @@ struct pd_worker_params {
     uint32_t max_queued; /* submitted jobs waiting at most (>= 1) */
     void (*notify)(void *arg); /* an event was posted (the compute thread) */
     void *notify_arg;
+    /* NULL, or a gauge the worker keeps at the queue's length: set with the
+     * lock held whenever it is released, so the last write is the truth */
+    struct pd_metric *queued;
 };
 
 /* Embedded in a scheduler; the fields are the worker's. */

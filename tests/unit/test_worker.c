@@ -5,6 +5,7 @@
  * stopping runs the cut (also when the worker never started), and the
  * intrusive lists keep their order through every operation. */
 #include "log.h"
+#include "metrics.h"
 #include "pd_test.h"
 #include "worker.h"
 
@@ -54,8 +55,10 @@ static void cut(void *arg)
 {
     struct rig *r = arg;
     atomic_fetch_add(&r->cuts, 1);
+    pd_worker_lock(&r->w); /* the queue is read under the lock, as the schedulers do */
     for (struct pd_wnode *n; (n = pd_wlist_pop(pd_worker_queue(&r->w)));)
         JOB(n)->cut = true;
+    pd_worker_unlock(&r->w);
 }
 
 static void notify(void *arg)
@@ -154,6 +157,34 @@ static void worker_wakes_on_submit_not_at_its_tick(void)
     pd_worker_done(&r.w);
 }
 
+/* The queue's gauge is written with the lock held whenever the lock is
+ * released: whichever thread writes last, it says the length then. */
+static void worker_keeps_its_queue_gauge(void)
+{
+    struct rig r;
+    struct job j[3] = {0};
+    struct pd_metrics *m = pd_metrics_new(NULL, NULL);
+    struct pd_metric *g = pd_metrics_gauge(m, "t:waiting", NULL, "h");
+    atomic_init(&r.notified, 0);
+    atomic_init(&r.steps, 0);
+    atomic_init(&r.cuts, 0);
+    r.sleep_ms = 1000;
+    struct pd_worker_params p = {.ops = &ops, .arg = &r, .max_queued = 4, .notify = notify,
+                                 .notify_arg = &r, .queued = g};
+    CHECK_EQ_INT(pd_worker_init(&r.w, &p), 0);
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ_INT(pd_worker_submit(&r.w, &j[i].qnode), i + 1);
+    CHECK(pd_metric_value(g) == 3);
+    pd_worker_lock(&r.w);
+    pd_wlist_pop(pd_worker_queue(&r.w));
+    pd_worker_unlock(&r.w);
+    CHECK(pd_metric_value(g) == 2);
+    pd_worker_stop(&r.w); /* never started: the cut empties the queue */
+    CHECK(pd_metric_value(g) == 0);
+    pd_worker_done(&r.w);
+    pd_metrics_free(m);
+}
+
 static void wlist_keeps_order_through_every_operation(void)
 {
     struct pd_wlist l = {0};
@@ -182,6 +213,7 @@ static const struct pd_test tests[] = {
     PD_TEST(worker_runs_jobs_in_order_and_posts_their_events),
     PD_TEST(worker_refuses_past_its_cap_and_when_stopping),
     PD_TEST(worker_wakes_on_submit_not_at_its_tick),
+    PD_TEST(worker_keeps_its_queue_gauge),
     PD_TEST(wlist_keeps_order_through_every_operation),
     {0},
 };
