@@ -220,26 +220,26 @@ static char *default_name(const struct pd_model *m)
 
 /* ---- the runtime's hooks (common/daemon/runtime.h) ---- */
 
-static unsigned rt_running(void *arg)
+static unsigned dec_rt_running(void *arg)
 {
     struct daemon *d = arg;
     return dec_server_inflight(d->srv);
 }
 
 /* stop accepting, 503 new requests; the loop ends with the last one */
-static void rt_drain(void *arg)
+static void dec_rt_drain(void *arg)
 {
     struct daemon *d = arg;
     dec_server_drain(d->srv);
 }
 
-static void rt_cut(void *arg)
+static void dec_rt_cut(void *arg)
 {
     struct daemon *d = arg;
     dec_server_cancel_all(d->srv);
 }
 
-static void rt_status(void *arg, char *buf, size_t len)
+static void dec_rt_status(void *arg, char *buf, size_t len)
 {
     struct daemon *d = arg;
     uint32_t waiting, running;
@@ -249,7 +249,7 @@ static void rt_status(void *arg, char *buf, size_t len)
              dec_server_connections(d->srv));
 }
 
-static void rt_scrape(void *arg)
+static void dec_rt_scrape(void *arg)
 {
     struct daemon *d = arg;
     dec_server_scrape(d->srv);
@@ -325,7 +325,7 @@ static void peers_swap(struct dec_cfg *a, struct dec_cfg *b)
     b->prefill = l, b->kv_key_id = k, b->local_prefill_max_tokens = m;
 }
 
-static void rt_reload(void *arg)
+static void dec_rt_reload(void *arg)
 {
     struct daemon *d = arg;
     struct dec_cfg *c = d->cfg, nc;
@@ -364,13 +364,13 @@ static void rt_reload(void *arg)
     pd_cfg_done(options, &nc);
 }
 
-static const struct pd_runtime_ops rt_ops = {
-    .running = rt_running,
-    .drain = rt_drain,
-    .cut = rt_cut,
-    .reload = rt_reload,
-    .status = rt_status,
-    .scrape = rt_scrape,
+static const struct pd_runtime_ops dec_rt_ops = {
+    .running = dec_rt_running,
+    .drain = dec_rt_drain,
+    .cut = dec_rt_cut,
+    .reload = dec_rt_reload,
+    .status = dec_rt_status,
+    .scrape = dec_rt_scrape,
 };
 
 /* After the drain: give queued response bytes a moment to reach clients. */
@@ -488,7 +488,7 @@ static int run(struct daemon *dp, struct pd_model *m, const struct pd_tokenizer 
                                    .admin_port = (uint16_t)c->admin_port,
                                    .header_timeout_s = (uint32_t)c->header_timeout,
                                    .drain_timeout_s = (uint32_t)c->drain_timeout,
-                                   .ops = &rt_ops, .arg = &d};
+                                   .ops = &dec_rt_ops, .arg = &d};
     if (engine_open(&d, m, err, sizeof(err)) < 0 ||
         pd_runtime_new(&rp, &d.rt, err, sizeof(err)) < 0 ||
         server_open(&d, tok, chat, err, sizeof(err)) < 0 ||

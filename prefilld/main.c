@@ -364,18 +364,18 @@ static int metrics_init(struct daemon *d)
 
 /* ---- the runtime's hooks (common/daemon/runtime.h) ---- */
 
-static unsigned rt_running(void *arg) { return n_held(arg); }
+static unsigned pf_rt_running(void *arg) { return n_held(arg); }
 
-static void rt_drain(void *arg) { maybe_stop(arg); }
+static void pf_rt_drain(void *arg) { maybe_stop(arg); }
 
 /* the transfers still running end with the loop (kvx goes first) */
-static void rt_cut(void *arg)
+static void pf_rt_cut(void *arg)
 {
     struct daemon *d = arg;
     pd_runtime_stop(d->rt);
 }
 
-static void rt_status(void *arg, char *buf, size_t len)
+static void pf_rt_status(void *arg, char *buf, size_t len)
 {
     struct daemon *d = arg;
     uint32_t waiting, running;
@@ -386,7 +386,7 @@ static void rt_status(void *arg, char *buf, size_t len)
              waiting);
 }
 
-static void rt_scrape(void *arg)
+static void pf_rt_scrape(void *arg)
 {
     struct daemon *d = arg;
     pd_kv_metrics_scrape(&d->km, d->kvx);
@@ -398,7 +398,7 @@ static void rt_scrape(void *arg)
  * re-read; every other option keeps its value until a restart, and the log
  * names those that changed (docs/operations.md). An invalid configuration
  * changes nothing. */
-static void rt_reload(void *arg)
+static void pf_rt_reload(void *arg)
 {
     struct daemon *d = arg;
     struct pf_cfg nc;
@@ -413,13 +413,13 @@ static void rt_reload(void *arg)
                d->cfg->kv_psk_file);
 }
 
-static const struct pd_runtime_ops rt_ops = {
-    .running = rt_running,
-    .drain = rt_drain,
-    .cut = rt_cut,
-    .reload = rt_reload,
-    .status = rt_status,
-    .scrape = rt_scrape,
+static const struct pd_runtime_ops pf_rt_ops = {
+    .running = pf_rt_running,
+    .drain = pf_rt_drain,
+    .cut = pf_rt_cut,
+    .reload = pf_rt_reload,
+    .status = pf_rt_status,
+    .scrape = pf_rt_scrape,
 };
 
 /* ---- start-up ---- */
@@ -471,7 +471,7 @@ static int run(struct daemon *d)
                                    .admin_port = (uint16_t)c->admin_port,
                                    .header_timeout_s = ADMIN_TIMEOUT_S,
                                    .drain_timeout_s = (uint32_t)c->drain_timeout,
-                                   .metrics = d->metrics, .ops = &rt_ops, .arg = d};
+                                   .metrics = d->metrics, .ops = &pf_rt_ops, .arg = d};
     if (pd_runtime_new(&rp, &d->rt, err, sizeof(err)) < 0)
         goto fail;
     struct pf_sched_params sp = {.engine = d->engine, .max_waiting = (uint32_t)c->max_waiting,
