@@ -169,6 +169,9 @@ int pd_cfg_print(const struct pd_cfg_opt *table, const void *cfg, FILE *out);
 int pd_cfg_reload(const struct pd_cfg_opt *table, void *cur, void *next, char *restart,
                   size_t restart_len);
 
+/* The table's entry for an option name (without dashes), or NULL. */
+const struct pd_cfg_opt *pd_cfg_find(const struct pd_cfg_opt *table, const char *name);
+
 /* Free strings and lists the parser allocated; fields are left NULL/empty. */
 void pd_cfg_done(const struct pd_cfg_opt *table, void *cfg);
 

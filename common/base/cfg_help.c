@@ -206,9 +206,9 @@ int pd_cfg_main(const struct pd_cfg_opt *table, void *cfg, int argc, char *const
     } else if (rc == PD_CFG_PRINT) {
         *exit_code = pd_cfg_print(table, cfg, stdout) < 0 ? 1 : 0;
     } else {
-        for (const struct pd_cfg_opt *o = table; o->name; o++)
-            if (strcmp(o->name, "log-level") == 0 && o->type == PD_CFG_T_ENUM)
-                pd_log_set_level(PD_LOG_ERR + *(const int *)cfg_cfield(o, cfg));
+        const struct pd_cfg_opt *o = pd_cfg_find(table, "log-level");
+        if (o && o->type == PD_CFG_T_ENUM)
+            pd_log_set_level(PD_LOG_ERR + *(const int *)cfg_cfield(o, cfg));
         return 0;
     }
     pd_cfg_done(table, cfg);

@@ -40,6 +40,11 @@ const struct pd_cfg_opt *cfg_find_opt(const struct pd_cfg_opt *table, const char
     return NULL;
 }
 
+const struct pd_cfg_opt *pd_cfg_find(const struct pd_cfg_opt *table, const char *name)
+{
+    return cfg_find_opt(table, name, strlen(name));
+}
+
 bool cfg_is_name(const char *s, size_t len, const char *name)
 {
     return strlen(name) == len && memcmp(s, name, len) == 0;

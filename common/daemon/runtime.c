@@ -295,14 +295,6 @@ void pd_runtime_stop(struct pd_runtime *rt) { event_base_loopexit(rt->base, NULL
 bool pd_runtime_draining(const struct pd_runtime *rt) { return rt->draining; }
 void pd_runtime_set_drain_timeout(struct pd_runtime *rt, uint32_t s) { rt->p.drain_timeout_s = s; }
 
-static const struct pd_cfg_opt *find(const struct pd_cfg_opt *table, const char *name)
-{
-    for (const struct pd_cfg_opt *o = table; o->name; o++)
-        if (strcmp(o->name, name) == 0)
-            return o;
-    return NULL;
-}
-
 int pd_runtime_reload_cfg(struct pd_runtime *rt, const struct pd_cfg_opt *table, void *cur,
                           void *next, int argc, char *const *argv)
 {
@@ -315,7 +307,8 @@ int pd_runtime_reload_cfg(struct pd_runtime *rt, const struct pd_cfg_opt *table,
         pd_cfg_done(table, next);
         return -EINVAL;
     }
-    const struct pd_cfg_opt *lv = find(table, "log-level"), *dt = find(table, "drain-timeout");
+    const struct pd_cfg_opt *lv = pd_cfg_find(table, "log-level");
+    const struct pd_cfg_opt *dt = pd_cfg_find(table, "drain-timeout");
     int level_was = lv ? *(const int *)((const char *)cur + lv->offset) : 0;
     int64_t drain_was = dt ? *(const int64_t *)((const char *)cur + dt->offset) : 0;
     pd_cfg_reload(table, cur, next, restart, sizeof(restart));
