@@ -235,6 +235,15 @@ void pd_engine_kv_path(struct pd_engine *e, char *buf, size_t n)
         snprintf(buf, n, "KV channel: none (the GPU engine has no staging)");
 }
 
+/* The backend's own words for this thread's last failure, and ": " before
+ * them when there are any (both "" otherwise), for an error message. */
+static const char *device_error(const struct pd_engine *e)
+{
+    return e->b->last_error ? e->b->last_error() : "";
+}
+
+static const char *device_sep(const struct pd_engine *e) { return *device_error(e) ? ": " : ""; }
+
 int pd_engine_kv_stage(struct pd_engine *e, bool to_host, const uint32_t *pool_blocks,
                        const uint32_t *stage_blocks, uint32_t n, char *err, size_t errlen)
 {
@@ -266,9 +275,7 @@ int pd_engine_kv_stage(struct pd_engine *e, bool to_host, const uint32_t *pool_b
     rc = rc < 0 ? rc : rs;
     if (rc < 0)
         return pd_errf(err, errlen, rc, "engine: copying %" PRIu32 " KV blocks %s the GPU: %s%s%s",
-                       n, to_host ? "from" : "to", strerror(-rc),
-                       e->b->last_error && *e->b->last_error() ? ": " : "",
-                       e->b->last_error ? e->b->last_error() : "");
+                       n, to_host ? "from" : "to", strerror(-rc), device_sep(e), device_error(e));
     return 0;
 }
 int pd_engine_take_note(struct pd_engine *e, char *buf, size_t len)
@@ -387,9 +394,8 @@ int pd_engine_step(struct pd_engine *e, const struct pd_batch_item *items, uint3
     }
     e->h_runs[n_items] = (int32_t)t;
     if ((rc = e->b->step(e, items, n_items, T)) < 0) {
-        const char *why = e->b->last_error ? e->b->last_error() : "";
         pd_errf(err, errlen, rc, "engine: forward pass failed: %s%s%s", strerror(-rc),
-                *why ? ": " : "", why);
+                device_sep(e), device_error(e));
         goto undo;
     }
     for (uint32_t i = 0; i < n_items; i++)
