@@ -1,6 +1,6 @@
 /* Batched generation against solo generation under DESIGN.md's "same output"
  * rule, seeded sampling across batch compositions, stop conditions. */
-#include "default_model.h"
+#include "engine_fixture.h"
 #include "generate.h"
 #include "model.h"
 #include "pd_test.h"
@@ -9,24 +9,16 @@
 #include <math.h>
 #include <unistd.h>
 
-#define NEAR_TIE 1e-3 /* top-2 gap below this x max|logit|: a near-tie */
 #define LOGPROB_TOL 1e-3
 
 static struct pd_model *load(const char *shape)
 {
-    struct pd_model_params p = {.load_format = PD_LOAD_DUMMY, .shape = shape, .seed = 21};
-    return shape ? pd_test_load_model(&p) : pd_test_load_default_model();
+    return shape ? fx_dummy_model(shape, 21) : pd_test_load_default_model();
 }
 
 static struct pd_engine *engine(const struct pd_model *m)
 {
-    struct pd_engine_params p = {.model = m, .kv_cache_bytes = 256u << 20,
-                                 .max_batched_tokens = 256};
-    struct pd_engine *e = NULL;
-    char err[512];
-    if (pd_engine_new(&p, &e, err, sizeof(err)) < 0)
-        PD_TEST_FAIL_("%s", err);
-    return e;
+    return fx_engine(m, 256u << 20, 256, 0);
 }
 
 enum { NREQ = 8, MAXT = 24 };
@@ -35,43 +27,6 @@ static void make_prompt(int32_t *t, uint32_t n, uint32_t vocab, uint32_t salt)
 {
     for (uint32_t i = 0; i < n; i++)
         t[i] = (int32_t)(((i + 1) * 2654435761u + salt * 97u) % vocab);
-}
-
-/* Solo reference, written against the engine directly so it shares no loop
- * with pd_generate: prefill, then one token at a time, keeping each step's
- * near-tie status. Sampling as in r->sampling. */
-static void reference(struct pd_engine *e, const struct pd_gen_request *r, int32_t *tok,
-                      int *near_tie, float *logprob)
-{
-    const uint32_t V = pd_engine_n_vocab(e);
-    float *l = malloc(V * sizeof(float));
-    struct pd_sampler *s = pd_sampler_new(V);
-    struct pd_kvseq q;
-    char err[256];
-    pd_kvseq_init(&q);
-    CHECK_EQ_INT(pd_engine_prefill(e, &q, r->prompt, r->n_prompt, l, err, sizeof(err)), 0);
-    for (uint32_t k = 0; k < r->max_tokens; k++) {
-        float a = -INFINITY, b = -INFINITY, mx = 0;
-        for (uint32_t v = 0; v < V; v++) {
-            mx = fabsf(l[v]) > mx ? fabsf(l[v]) : mx;
-            if (l[v] > a)
-                b = a, a = l[v];
-            else if (l[v] > b)
-                b = l[v];
-        }
-        near_tie[k] = a - b < NEAR_TIE * mx;
-        struct pd_sample_result res;
-        CHECK_EQ_INT(pd_sample(s, &r->sampling, l, r->prompt, r->n_prompt, tok, k, &res), 0);
-        tok[k] = res.token;
-        logprob[k] = res.logprob;
-        struct pd_batch_item it = {.seq = &q, .tokens = &tok[k], .n_tokens = 1, .n_logits = 1,
-                                   .logits = l};
-        if (k + 1 < r->max_tokens)
-            CHECK_EQ_INT(pd_engine_step(e, &it, 1, err, sizeof(err)), 0);
-    }
-    pd_engine_seq_release(e, &q);
-    pd_sampler_free(s);
-    free(l);
 }
 
 /* Compare one batched result with its solo reference under the rule; returns
@@ -116,7 +71,8 @@ static void batch_equals_solo(const char *shape, float temperature)
         r[i].sampling.temperature = temperature;
         r[i].sampling.top_p = temperature > 0 ? 0.9f : 1.0f;
         r[i].sampling.seed = 1000 + (uint64_t)i;
-        reference(e, &r[i], ref[i], near_tie[i], ref_lp[i]);
+        fx_solo_reference(e, &r[i].sampling, r[i].prompt, n, MAXT, ref[i], near_tie[i],
+                          ref_lp[i]);
     }
     CHECK_EQ_INT(pd_generate(e, r, NREQ, err, sizeof(err)), 0);
     uint32_t compared = 0;
@@ -128,8 +84,7 @@ static void batch_equals_solo(const char *shape, float temperature)
     printf("  %s, temperature %g: %u of %u generated tokens compared\n", shape ? shape : "default",
            (double)temperature, compared, NREQ * MAXT);
     CHECK(compared >= NREQ * MAXT / 2); /* a rule that compares nothing proves nothing */
-    struct pd_kvcache *kc = pd_engine_kvcache(e);
-    CHECK_EQ_INT(pd_kvcache_n_free(kc), pd_kvcache_n_blocks(kc));
+    CHECK(fx_all_blocks_free(e));
     pd_engine_free(e);
     pd_model_free(m);
 }
@@ -212,8 +167,7 @@ static void generate_refuses_bad_requests_and_frees_everything(void)
     r.sampling.top_p = 1.0f;
     r.max_tokens = 0;
     CHECK_EQ_INT(pd_generate(e, &r, 1, err, sizeof(err)), -EINVAL);
-    struct pd_kvcache *kc = pd_engine_kvcache(e);
-    CHECK_EQ_INT(pd_kvcache_n_free(kc), pd_kvcache_n_blocks(kc));
+    CHECK(fx_all_blocks_free(e));
     pd_engine_free(e);
     pd_model_free(m);
 }
