@@ -7,17 +7,10 @@
  * run (DESIGN.md's "same output" rule), REMOTE blocks must survive
  * preemption pressure, and a cancelled REMOTE job keeps its blocks until the
  * transfer is reported over. */
-#include "default_model.h"
-#include "metrics.h"
+#include "dec_fixture.h"
 #include "pd_test.h"
-#include "scheduler.h"
 
 #include <errno.h>
-#include <math.h>
-#include <time.h>
-
-#define NEAR_TIE 1e-3
-#define BLOCK_BYTES 8192 /* tiny: 2 layers x 2 KV heads x 16 dims x K,V x fp32 x 16 tokens */
 
 enum { NJOB = 12, MAXT = 24 };
 
@@ -42,78 +35,38 @@ struct result {
 };
 
 struct rig {
-    struct pd_model *m;
-    struct pd_engine *e, *peer;
-    struct dec_sched *s;
-    struct pd_metrics *reg;
-    struct dec_sched_metrics sm;
-    struct pd_sampler *sampler;
+    struct dec_rig d;
+    struct pd_engine *peer; /* the prefill peer; also runs the solo references */
+    struct pd_sampler *sampler; /* the peer's, for the first token */
 };
-
-static void notify(void *arg) { (void)arg; }
-
-static struct pd_engine *engine(const struct pd_model *m, uint64_t kv_bytes, uint32_t max_seqs)
-{
-    struct pd_engine_params p = {.model = m, .kv_cache_bytes = kv_bytes,
-                                 .max_batched_tokens = 64, .max_batch_items = max_seqs};
-    struct pd_engine *e = NULL;
-    char err[512];
-    if (pd_engine_new(&p, &e, err, sizeof(err)) < 0)
-        PD_TEST_FAIL_("%s", err);
-    return e;
-}
 
 static void rig_up(struct rig *r, uint32_t n_blocks, uint32_t max_seqs, enum dec_failover f)
 {
-    char err[512];
-    memset(r, 0, sizeof(*r));
-    struct pd_model_params mp = {.load_format = PD_LOAD_DUMMY, .shape = "tiny", .seed = 5};
-    r->m = pd_test_load_model(&mp);
-    r->e = engine(r->m, (uint64_t)n_blocks * BLOCK_BYTES, max_seqs);
-    r->peer = engine(r->m, 64u << 20, 1);
-    CHECK_EQ_INT(pd_kvcache_block_bytes(pd_engine_kvcache(r->e)), BLOCK_BYTES);
-    r->reg = pd_metrics_new(NULL, NULL);
-    r->sm.preemptions = pd_metrics_counter(r->reg, "t:preemptions", NULL, "h");
-    r->sm.kv_used = pd_metrics_gauge(r->reg, "t:kv_used", NULL, "h");
-    r->sm.running = pd_metrics_gauge(r->reg, "t:running", NULL, "h");
-    r->sm.prompt_tokens = pd_metrics_counter(r->reg, "t:prompt", NULL, "h");
-    r->sm.remote_prompt_tokens = pd_metrics_counter(r->reg, "t:remote_prompt", NULL, "h");
-    r->sm.remote_running = pd_metrics_gauge(r->reg, "t:remote_running", NULL, "h");
-    r->sampler = pd_sampler_new(pd_engine_n_vocab(r->e));
-    struct dec_sched_params p = {.engine = r->e, .max_num_seqs = max_seqs, .max_waiting = 64,
-                                 .idle_tick_ms = 10, .metrics = r->sm, .notify = notify,
-                                 .failover = f};
-    if (dec_sched_new(&p, &r->s, err, sizeof(err)) < 0 || pd_worker_start(dec_sched_worker(r->s), err, sizeof(err)))
-        PD_TEST_FAIL_("%s", err);
+    dec_rig_up(&r->d, n_blocks, max_seqs, f);
+    r->peer = fx_engine(r->d.m, 64u << 20, 64, 1);
+    r->sampler = pd_sampler_new(pd_engine_n_vocab(r->d.e));
 }
 
 static void rig_down(struct rig *r)
 {
-    pd_worker_stop(dec_sched_worker(r->s));
-    struct pd_kvcache *kc = pd_engine_kvcache(r->e);
-    CHECK_EQ_INT(pd_kvcache_n_free(kc), pd_kvcache_n_blocks(kc));
-    dec_sched_free(r->s);
-    pd_metrics_free(r->reg);
     pd_sampler_free(r->sampler);
     pd_engine_free(r->peer);
-    pd_engine_free(r->e);
-    pd_model_free(r->m);
+    dec_rig_down(&r->d);
 }
 
 static struct dec_job *job(struct result *res, uint32_t max_tokens)
 {
-    struct dec_job *j = dec_job_new();
-    CHECK(j && (j->prompt = malloc(res->n_prompt * sizeof(int32_t))));
-    memcpy(j->prompt, res->prompt, res->n_prompt * sizeof(int32_t));
-    j->n_prompt = res->n_prompt;
-    j->max_tokens = max_tokens;
-    j->sampling = res->sp;
-    j->ignore_eos = true;
+    struct dec_job *j = dec_rig_job(res->prompt, res->n_prompt, max_tokens, &res->sp, res);
     j->remote = res->remote;
-    j->t_arrival_ns = pd_now_ns();
-    j->owner = res;
-    snprintf(j->id, sizeof(j->id), "job-%p", (void *)res);
     return j;
+}
+
+/* A job for res, submitted; the scheduler holds the only reference. */
+static void submit(struct rig *r, struct result *res, uint32_t max_tokens)
+{
+    struct dec_job *j = job(res, max_tokens);
+    CHECK_EQ_INT(dec_sched_submit(r->d.s, j), 0);
+    dec_job_unref(j);
 }
 
 /* The peer: the prompt's KV into the granted blocks, the first token. */
@@ -128,16 +81,16 @@ static void peer_prefill(struct rig *r, const struct dec_event *e, struct result
     CHECK(l);
     CHECK_EQ_INT(pd_engine_prefill(r->peer, &q, x->prompt, x->n_prompt, l, err, sizeof(err)), 0);
     CHECK_EQ_INT(q.n_blocks, e->n_blocks);
-    char *dst = (char *)pd_kvcache_pool(pd_engine_kvcache(r->e));
+    char *dst = (char *)pd_kvcache_pool(pd_engine_kvcache(r->d.e));
     const char *src = (const char *)pd_kvcache_pool(pkc);
     for (uint32_t b = 0; b < e->n_blocks; b++)
-        memcpy(dst + (size_t)e->blocks[b] * BLOCK_BYTES, src + (size_t)q.blocks[b] * BLOCK_BYTES,
-               BLOCK_BYTES);
+        memcpy(dst + (size_t)e->blocks[b] * DEC_BLOCK_BYTES, src + (size_t)q.blocks[b] * DEC_BLOCK_BYTES,
+               DEC_BLOCK_BYTES);
     struct pd_sample_result first;
     CHECK_EQ_INT(pd_sample(r->sampler, &x->sp, l, x->prompt, x->n_prompt, NULL, 0, &first), 0);
     pd_engine_seq_release(r->peer, &q);
     free(l);
-    dec_sched_remote_done(r->s, e->job, &first);
+    dec_sched_remote_done(r->d.s, e->job, &first);
 }
 
 static void on_event(struct rig *r, struct dec_event *e)
@@ -153,9 +106,9 @@ static void on_event(struct rig *r, struct dec_event *e)
         if (a == ACT_DONE)
             peer_prefill(r, e, x);
         else if (a == ACT_FAIL)
-            dec_sched_remote_failed(r->s, e->job, false, 502, "peer p1 failed: timeout");
+            dec_sched_remote_failed(r->d.s, e->job, false, 502, "peer p1 failed: timeout");
         else if (a == ACT_FAIL_EXHAUSTED)
-            dec_sched_remote_failed(r->s, e->job, true, 503, "no healthy prefill peer");
+            dec_sched_remote_failed(r->d.s, e->job, true, 503, "no healthy prefill peer");
         else {
             dec_job_ref(e->job);
             x->held = e->job;
@@ -181,22 +134,16 @@ static void on_event(struct rig *r, struct dec_event *e)
 
 static void pump(struct rig *r)
 {
-    for (struct dec_event *e = dec_sched_take(r->s), *next; e; e = next) {
+    for (struct dec_event *e = dec_sched_take(r->d.s), *next; e; e = next) {
         next = e->next;
         on_event(r, e);
         dec_event_free(e);
     }
 }
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
 static void collect(struct rig *r, struct result *res, int n)
 {
-    uint64_t deadline = pd_now_ns() + 60000000000u;
+    uint64_t deadline = fx_deadline(60);
     for (;;) {
         pump(r);
         int left = 0;
@@ -204,42 +151,8 @@ static void collect(struct rig *r, struct result *res, int n)
             left += !res[i].done;
         if (!left)
             return;
-        CHECK(pd_now_ns() < deadline);
-        sleep_ms(1);
+        fx_poll(deadline);
     }
-}
-
-static void reference(struct pd_engine *e, const struct result *x, uint32_t max_tokens,
-                      int32_t *tok, int *near_tie)
-{
-    const uint32_t V = pd_engine_n_vocab(e);
-    float *l = malloc(V * sizeof(float));
-    struct pd_sampler *s = pd_sampler_new(V);
-    struct pd_kvseq q;
-    char err[256];
-    pd_kvseq_init(&q);
-    CHECK_EQ_INT(pd_engine_prefill(e, &q, x->prompt, x->n_prompt, l, err, sizeof(err)), 0);
-    for (uint32_t k = 0; k < max_tokens; k++) {
-        float a = -INFINITY, b = -INFINITY, mx = 0;
-        for (uint32_t v = 0; v < V; v++) {
-            mx = fabsf(l[v]) > mx ? fabsf(l[v]) : mx;
-            if (l[v] > a)
-                b = a, a = l[v];
-            else if (l[v] > b)
-                b = l[v];
-        }
-        near_tie[k] = a - b < NEAR_TIE * mx;
-        struct pd_sample_result res;
-        CHECK_EQ_INT(pd_sample(s, &x->sp, l, x->prompt, x->n_prompt, tok, k, &res), 0);
-        tok[k] = res.token;
-        struct pd_batch_item it = {.seq = &q, .tokens = &tok[k], .n_tokens = 1, .n_logits = 1,
-                                   .logits = l};
-        if (k + 1 < max_tokens)
-            CHECK_EQ_INT(pd_engine_step(e, &it, 1, err, sizeof(err)), 0);
-    }
-    pd_engine_seq_release(e, &q);
-    pd_sampler_free(s);
-    free(l);
 }
 
 static uint32_t compare(const struct result *x, int i, const int32_t *ref, const int *near_tie)
@@ -286,13 +199,11 @@ static void remote_jobs_equal_local_under_preemption_and_failover(void)
         memcpy(x->plan, plans[i % 3], sizeof(x->plan));
         if (x->remote && i % 3 != 2)
             remote_tokens += x->n_prompt;
-        reference(r.peer, x, MAXT, ref[i], near_tie[i]);
+        fx_solo_reference(r.peer, &x->sp, x->prompt, x->n_prompt, MAXT, ref[i], near_tie[i],
+                          NULL);
     }
-    for (int i = 0; i < NJOB; i++) {
-        struct dec_job *j = job(&res[i], MAXT);
-        CHECK_EQ_INT(dec_sched_submit(r.s, j), 0);
-        dec_job_unref(j);
-    }
+    for (int i = 0; i < NJOB; i++)
+        submit(&r, &res[i], MAXT);
     collect(&r, res, NJOB);
     uint32_t compared = 0;
     for (int i = 0; i < NJOB; i++) {
@@ -305,56 +216,50 @@ static void remote_jobs_equal_local_under_preemption_and_failover(void)
             local_tokens += res[i].n_prompt;
     }
     printf("  %u of %u tokens compared; %.0f preemptions\n", compared, NJOB * MAXT,
-           pd_metric_value(r.sm.preemptions));
+           pd_metric_value(r.d.sm.preemptions));
     CHECK(compared >= NJOB * MAXT / 2);
-    CHECK(pd_metric_value(r.sm.remote_prompt_tokens) == remote_tokens);
+    CHECK(pd_metric_value(r.d.sm.remote_prompt_tokens) == remote_tokens);
     /* a preempted job recomputes locally, but its prompt counts once */
-    CHECK(pd_metric_value(r.sm.prompt_tokens) == local_tokens);
-    CHECK(pd_metric_value(r.sm.remote_running) == 0);
+    CHECK(pd_metric_value(r.d.sm.prompt_tokens) == local_tokens);
+    CHECK(pd_metric_value(r.d.sm.remote_running) == 0);
     rig_down(&r);
 }
 
 static void remote_cancel_keeps_blocks_until_released(void)
 {
     static int32_t prompt[40];
-    struct result res[1];
-    struct rig r;
-    rig_up(&r, 32, 4, DEC_FAILOVER_RETRY);
-    memset(res, 0, sizeof(res));
     for (int k = 0; k < 40; k++)
         prompt[k] = k + 1;
-    res[0] = (struct result){.remote = true, .prompt = prompt, .n_prompt = 40,
-                             .sp = PD_SAMPLING_DEFAULT, .plan = {ACT_HOLD}};
+    struct result res[1] = {{.remote = true, .prompt = prompt, .n_prompt = 40,
+                             .sp = PD_SAMPLING_DEFAULT, .plan = {ACT_HOLD}}};
+    struct rig r;
+    rig_up(&r, 32, 4, DEC_FAILOVER_RETRY);
     struct dec_job *j = job(&res[0], 8);
-    CHECK_EQ_INT(dec_sched_submit(r.s, j), 0);
-    uint64_t deadline = pd_now_ns() + 10000000000u;
+    CHECK_EQ_INT(dec_sched_submit(r.d.s, j), 0);
+    uint64_t deadline = fx_deadline(10);
     while (!res[0].held) {
         pump(&r);
-        CHECK(pd_now_ns() < deadline);
-        sleep_ms(1);
+        fx_poll(deadline);
     }
-    CHECK(pd_metric_value(r.sm.kv_used) == 3);
+    CHECK(pd_metric_value(r.d.sm.kv_used) == 3);
     dec_job_cancel(j);
     while (res[0].cancels == 0) {
         pump(&r);
-        CHECK(pd_now_ns() < deadline);
-        sleep_ms(1);
+        fx_poll(deadline);
     }
     /* the transfer may still write them: held until it is reported over */
-    sleep_ms(50);
+    fx_sleep_ms(50);
     pump(&r);
     CHECK(!res[0].done);
-    CHECK(pd_metric_value(r.sm.kv_used) == 3);
-    CHECK(pd_metric_value(r.sm.remote_running) == 1);
-    dec_sched_remote_failed(r.s, res[0].held, true, 499, "cancelled");
+    CHECK(pd_metric_value(r.d.sm.kv_used) == 3);
+    CHECK(pd_metric_value(r.d.sm.remote_running) == 1);
+    dec_sched_remote_failed(r.d.s, res[0].held, true, 499, "cancelled");
     dec_job_unref(res[0].held);
     collect(&r, res, 1);
     CHECK_EQ_INT(res[0].fin, DEC_FIN_CANCELLED);
     CHECK_EQ_INT(res[0].cancels, 1);
-    while (pd_metric_value(r.sm.kv_used) != 0) {
-        CHECK(pd_now_ns() < deadline);
-        sleep_ms(1);
-    }
+    while (pd_metric_value(r.d.sm.kv_used) != 0)
+        fx_poll(deadline);
     dec_job_unref(j);
     rig_down(&r);
 }
@@ -362,23 +267,19 @@ static void remote_cancel_keeps_blocks_until_released(void)
 static void remote_fail_policy_finishes_with_the_status(void)
 {
     static int32_t prompt[20];
-    struct result res[1];
-    struct rig r;
-    rig_up(&r, 32, 4, DEC_FAILOVER_FAIL);
-    memset(res, 0, sizeof(res));
     for (int k = 0; k < 20; k++)
         prompt[k] = 3 * k + 1;
-    res[0] = (struct result){.remote = true, .prompt = prompt, .n_prompt = 20,
-                             .sp = PD_SAMPLING_DEFAULT, .plan = {ACT_FAIL}};
-    struct dec_job *j = job(&res[0], 8);
-    CHECK_EQ_INT(dec_sched_submit(r.s, j), 0);
-    dec_job_unref(j);
+    struct result res[1] = {{.remote = true, .prompt = prompt, .n_prompt = 20,
+                             .sp = PD_SAMPLING_DEFAULT, .plan = {ACT_FAIL}}};
+    struct rig r;
+    rig_up(&r, 32, 4, DEC_FAILOVER_FAIL);
+    submit(&r, &res[0], 8);
     collect(&r, res, 1);
     CHECK_EQ_INT(res[0].fin, DEC_FIN_ERROR);
     CHECK_EQ_INT(res[0].status, 502);
     CHECK(strstr(res[0].err, "peer p1 failed: timeout") != NULL);
     CHECK_EQ_INT(res[0].starts, 1);
-    CHECK(pd_metric_value(r.sm.prompt_tokens) == 0);
+    CHECK(pd_metric_value(r.d.sm.prompt_tokens) == 0);
     rig_down(&r);
 }
 
@@ -386,23 +287,19 @@ static void remote_local_policy_prefills_locally_at_once(void)
 {
     static int32_t prompt[33], ref[MAXT];
     static int near_tie[MAXT];
-    struct result res[1];
-    struct rig r;
-    rig_up(&r, 32, 4, DEC_FAILOVER_LOCAL);
-    memset(res, 0, sizeof(res));
     for (int k = 0; k < 33; k++)
         prompt[k] = (7 * k + 2) % 256;
-    res[0] = (struct result){.remote = true, .prompt = prompt, .n_prompt = 33,
-                             .sp = PD_SAMPLING_DEFAULT, .plan = {ACT_FAIL, ACT_DONE}};
-    reference(r.peer, &res[0], MAXT, ref, near_tie);
-    struct dec_job *j = job(&res[0], MAXT);
-    CHECK_EQ_INT(dec_sched_submit(r.s, j), 0);
-    dec_job_unref(j);
+    struct result res[1] = {{.remote = true, .prompt = prompt, .n_prompt = 33,
+                             .sp = PD_SAMPLING_DEFAULT, .plan = {ACT_FAIL, ACT_DONE}}};
+    struct rig r;
+    rig_up(&r, 32, 4, DEC_FAILOVER_LOCAL);
+    fx_solo_reference(r.peer, &res[0].sp, prompt, 33, MAXT, ref, near_tie, NULL);
+    submit(&r, &res[0], MAXT);
     collect(&r, res, 1);
     compare(&res[0], 0, ref, near_tie);
     CHECK_EQ_INT(res[0].starts, 1); /* no retry under "local" */
-    CHECK(pd_metric_value(r.sm.prompt_tokens) == 33);
-    CHECK(pd_metric_value(r.sm.remote_prompt_tokens) == 0);
+    CHECK(pd_metric_value(r.d.sm.prompt_tokens) == 33);
+    CHECK(pd_metric_value(r.d.sm.remote_prompt_tokens) == 0);
     rig_down(&r);
 }
 

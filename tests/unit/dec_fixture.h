@@ -1,0 +1,82 @@
+/* decoded's scheduler on the tiny dummy model, for the tests that play its
+ * loop (test_decoded_sched, test_decoded_remote): the model, the engine, the
+ * scheduler with its thread running and the metrics it reports, and jobs.
+ * dec_rig_down stops the thread, checks that every block came back and frees
+ * it all. Include after decoded's scheduler.h is on the include path. */
+#ifndef PD_TEST_DEC_FIXTURE_H
+#define PD_TEST_DEC_FIXTURE_H
+
+#include "engine_fixture.h"
+#include "metrics.h"
+#include "scheduler.h"
+
+#define DEC_BLOCK_BYTES 8192 /* tiny: 2 layers x 2 KV heads x 16 dims x K,V x fp32 x 16 tokens */
+
+struct dec_rig {
+    struct pd_model *m;
+    struct pd_engine *e; /* n_blocks of DEC_BLOCK_BYTES */
+    struct dec_sched *s;
+    struct pd_metrics *reg;
+    struct dec_sched_metrics sm; /* in reg */
+};
+
+static inline void dec_rig_notify(void *arg) { (void)arg; }
+
+static inline void dec_rig_up(struct dec_rig *r, uint32_t n_blocks, uint32_t max_seqs,
+                              enum dec_failover f)
+{
+    static const double qb[] = {0.001, 0.01, 0.1, 1, 10};
+    static const double bb[] = {1, 2, 4, 8, 16};
+    char err[512];
+    memset(r, 0, sizeof(*r));
+    r->m = fx_dummy_model("tiny", 5);
+    r->e = fx_engine(r->m, (uint64_t)n_blocks * DEC_BLOCK_BYTES, 64, max_seqs);
+    CHECK_EQ_INT(pd_kvcache_block_bytes(pd_engine_kvcache(r->e)), DEC_BLOCK_BYTES);
+    CHECK_EQ_INT(pd_kvcache_n_blocks(pd_engine_kvcache(r->e)), n_blocks);
+    r->reg = pd_metrics_new(NULL, NULL);
+    r->sm.preemptions = pd_metrics_counter(r->reg, "t:preemptions", NULL, "h");
+    r->sm.kv_used = pd_metrics_gauge(r->reg, "t:kv_used", NULL, "h");
+    r->sm.running = pd_metrics_gauge(r->reg, "t:running", NULL, "h");
+    r->sm.waiting = pd_metrics_gauge(r->reg, "t:waiting", NULL, "h");
+    r->sm.queue_time = pd_metrics_histogram(r->reg, "t:queue_time", "h", qb, 5);
+    r->sm.batch_size = pd_metrics_histogram(r->reg, "t:batch_size", "h", bb, 5);
+    r->sm.prompt_tokens = pd_metrics_counter(r->reg, "t:prompt", NULL, "h");
+    r->sm.remote_prompt_tokens = pd_metrics_counter(r->reg, "t:remote_prompt", NULL, "h");
+    r->sm.remote_running = pd_metrics_gauge(r->reg, "t:remote_running", NULL, "h");
+    struct dec_sched_params p = {.engine = r->e, .max_num_seqs = max_seqs, .max_waiting = 64,
+                                 .idle_tick_ms = 10, .metrics = r->sm, .notify = dec_rig_notify,
+                                 .failover = f};
+    if (dec_sched_new(&p, &r->s, err, sizeof(err)) < 0 ||
+        pd_worker_start(dec_sched_worker(r->s), err, sizeof(err)))
+        PD_TEST_FAIL_("%s", err);
+}
+
+static inline void dec_rig_down(struct dec_rig *r)
+{
+    pd_worker_stop(dec_sched_worker(r->s));
+    /* the compute thread is gone: the pool is ours to look at */
+    CHECK(fx_all_blocks_free(r->e));
+    dec_sched_free(r->s);
+    pd_metrics_free(r->reg);
+    pd_engine_free(r->e);
+    pd_model_free(r->m);
+}
+
+/* A job of these prompt tokens, ignoring EOS, for owner; caller unrefs. */
+static inline struct dec_job *dec_rig_job(const int32_t *prompt, uint32_t n, uint32_t max_tokens,
+                                          const struct pd_sampling *sp, void *owner)
+{
+    struct dec_job *j = dec_job_new();
+    CHECK(j && (j->prompt = malloc(n * sizeof(int32_t))));
+    memcpy(j->prompt, prompt, n * sizeof(int32_t));
+    j->n_prompt = n;
+    j->max_tokens = max_tokens;
+    j->sampling = *sp;
+    j->ignore_eos = true;
+    j->t_arrival_ns = pd_now_ns();
+    j->owner = owner;
+    snprintf(j->id, sizeof(j->id), "job-%p", owner);
+    return j;
+}
+
+#endif
