@@ -1,6 +1,7 @@
 /* decoded's scheduler on the tiny dummy model, for the tests that play its
  * loop (test_decoded_sched, test_decoded_remote): the model, the engine, the
- * scheduler with its thread running and the metrics it reports, and jobs.
+ * scheduler with its thread running and the metrics it reports; jobs, and
+ * the loop's side: taking events and recording each job's tokens and end.
  * dec_rig_down stops the thread, checks that every block came back and frees
  * it all. Include after decoded's scheduler.h is on the include path. */
 #ifndef PD_TEST_DEC_FIXTURE_H
@@ -18,6 +19,18 @@ struct dec_rig {
     struct dec_sched *s;
     struct pd_metrics *reg;
     struct dec_sched_metrics sm; /* in reg */
+    uint32_t n_finished; /* events taken that finished their job */
+};
+
+/* What the events said about one job. */
+struct dec_out {
+    int32_t tok[256];
+    uint32_t n;
+    bool done;
+    enum dec_finish fin;
+    int status;
+    char err[256];
+    const struct dec_event *final; /* allocated with the job: a cancel's event must be it */
 };
 
 static inline void dec_rig_notify(void *arg) { (void)arg; }
@@ -62,9 +75,11 @@ static inline void dec_rig_down(struct dec_rig *r)
     pd_model_free(r->m);
 }
 
-/* A job of these prompt tokens, ignoring EOS, for owner; caller unrefs. */
+/* A job of these prompt tokens, ignoring EOS, for owner, whose events out
+ * records; caller unrefs. */
 static inline struct dec_job *dec_rig_job(const int32_t *prompt, uint32_t n, uint32_t max_tokens,
-                                          const struct pd_sampling *sp, void *owner)
+                                          const struct pd_sampling *sp, void *owner,
+                                          struct dec_out *out)
 {
     struct dec_job *j = dec_job_new();
     CHECK(j && (j->prompt = malloc(n * sizeof(int32_t))));
@@ -75,8 +90,56 @@ static inline struct dec_job *dec_rig_job(const int32_t *prompt, uint32_t n, uin
     j->ignore_eos = true;
     j->t_arrival_ns = pd_now_ns();
     j->owner = owner;
+    out->final = j->final;
+    CHECK(out->final != NULL && j->report != NULL);
     snprintf(j->id, sizeof(j->id), "job-%p", owner);
     return j;
+}
+
+/* A token appends to out; an end is recorded, once. */
+static inline void dec_out_record(struct dec_out *x, const struct dec_event *e)
+{
+    if (e->has_token) {
+        CHECK(x->n < 256);
+        x->tok[x->n++] = e->token.token;
+    }
+    if (e->finish != DEC_FIN_NONE) {
+        CHECK(!x->done);
+        /* an end with no token of its own comes in the event made with the
+         * job: ending cannot fail for want of memory */
+        if (e->finish == DEC_FIN_CANCELLED)
+            CHECK(e == x->final);
+        x->done = true;
+        x->fin = e->finish;
+        x->status = e->status;
+        snprintf(x->err, sizeof(x->err), "%s", e->err);
+    }
+}
+
+/* Takes the events that are ready: each to on_event(arg, e), then freed. */
+static inline void dec_rig_pump(struct dec_rig *r,
+                                void (*on_event)(void *arg, const struct dec_event *e), void *arg)
+{
+    for (struct dec_event *e = dec_sched_take(r->s), *next; e; e = next) {
+        next = e->next;
+        on_event(arg, e);
+        r->n_finished += e->finish != DEC_FIN_NONE;
+        dec_event_free(e);
+    }
+}
+
+/* Pumps until n jobs in all have finished (the test fails after 60 s). */
+static inline void dec_rig_collect(struct dec_rig *r, uint32_t n,
+                                   void (*on_event)(void *arg, const struct dec_event *e),
+                                   void *arg)
+{
+    uint64_t deadline = fx_deadline(60);
+    for (;;) {
+        dec_rig_pump(r, on_event, arg);
+        if (r->n_finished >= n)
+            return;
+        fx_poll(deadline);
+    }
 }
 
 #endif

@@ -18,12 +18,7 @@ enum { NJOB = 12, MAXT = 24 };
 enum act { ACT_DONE, ACT_FAIL, ACT_FAIL_EXHAUSTED, ACT_HOLD };
 
 struct result {
-    int32_t tok[256];
-    uint32_t n;
-    enum dec_finish fin;
-    int status;
-    char err[256];
-    bool done;
+    struct dec_out out; /* tokens and end */
     bool remote; /* submit as remote */
     enum act plan[4]; /* per START, in order */
     uint32_t starts, cancels;
@@ -56,7 +51,8 @@ static void rig_down(struct rig *r)
 
 static struct dec_job *job(struct result *res, uint32_t max_tokens)
 {
-    struct dec_job *j = dec_rig_job(res->prompt, res->n_prompt, max_tokens, &res->sp, res);
+    struct dec_job *j =
+        dec_rig_job(res->prompt, res->n_prompt, max_tokens, &res->sp, res, &res->out);
     j->remote = res->remote;
     return j;
 }
@@ -93,8 +89,9 @@ static void peer_prefill(struct rig *r, const struct dec_event *e, struct result
     dec_sched_remote_done(r->d.s, e->job, &first);
 }
 
-static void on_event(struct rig *r, struct dec_event *e)
+static void on_event(void *arg, const struct dec_event *e)
 {
+    struct rig *r = arg;
     struct result *x = e->job->owner;
     if (e->kind == DEC_EV_REMOTE_START) {
         CHECK(x->remote);
@@ -119,53 +116,25 @@ static void on_event(struct rig *r, struct dec_event *e)
         x->cancels++;
         return;
     }
-    if (e->has_token) {
-        CHECK(x->n < 256);
-        x->tok[x->n++] = e->token.token;
-    }
-    if (e->finish != DEC_FIN_NONE) {
-        CHECK(!x->done);
-        x->done = true;
-        x->fin = e->finish;
-        x->status = e->status;
-        snprintf(x->err, sizeof(x->err), "%s", e->err);
-    }
+    dec_out_record(&x->out, e);
 }
 
-static void pump(struct rig *r)
-{
-    for (struct dec_event *e = dec_sched_take(r->d.s), *next; e; e = next) {
-        next = e->next;
-        on_event(r, e);
-        dec_event_free(e);
-    }
-}
+static void pump(struct rig *r) { dec_rig_pump(&r->d, on_event, r); }
 
-static void collect(struct rig *r, struct result *res, int n)
-{
-    uint64_t deadline = fx_deadline(60);
-    for (;;) {
-        pump(r);
-        int left = 0;
-        for (int i = 0; i < n; i++)
-            left += !res[i].done;
-        if (!left)
-            return;
-        fx_poll(deadline);
-    }
-}
+/* Pumps until n jobs in all have finished (the test fails after 60 s). */
+static void collect(struct rig *r, uint32_t n) { dec_rig_collect(&r->d, n, on_event, r); }
 
 static uint32_t compare(const struct result *x, int i, const int32_t *ref, const int *near_tie)
 {
-    CHECK_EQ_INT(x->fin, DEC_FIN_LENGTH);
-    CHECK_EQ_INT(x->n, MAXT);
+    CHECK_EQ_INT(x->out.fin, DEC_FIN_LENGTH);
+    CHECK_EQ_INT(x->out.n, MAXT);
     for (uint32_t k = 0; k < MAXT; k++) {
         if (near_tie[k]) {
             printf("  job %d: near-tie at generated position %u\n", i, k);
             return k;
         }
-        if (x->tok[k] != ref[k])
-            PD_TEST_FAIL_("job %d position %u: got %d, solo %d", i, k, x->tok[k], ref[k]);
+        if (x->out.tok[k] != ref[k])
+            PD_TEST_FAIL_("job %d position %u: got %d, solo %d", i, k, x->out.tok[k], ref[k]);
     }
     return MAXT;
 }
@@ -204,7 +173,7 @@ static void remote_jobs_equal_local_under_preemption_and_failover(void)
     }
     for (int i = 0; i < NJOB; i++)
         submit(&r, &res[i], MAXT);
-    collect(&r, res, NJOB);
+    collect(&r, NJOB);
     uint32_t compared = 0;
     for (int i = 0; i < NJOB; i++) {
         compared += compare(&res[i], i, ref[i], near_tie[i]);
@@ -250,13 +219,13 @@ static void remote_cancel_keeps_blocks_until_released(void)
     /* the transfer may still write them: held until it is reported over */
     fx_sleep_ms(50);
     pump(&r);
-    CHECK(!res[0].done);
+    CHECK(!res[0].out.done);
     CHECK(pd_metric_value(r.d.sm.kv_used) == 3);
     CHECK(pd_metric_value(r.d.sm.remote_running) == 1);
     dec_sched_remote_failed(r.d.s, res[0].held, true, 499, "cancelled");
     dec_job_unref(res[0].held);
-    collect(&r, res, 1);
-    CHECK_EQ_INT(res[0].fin, DEC_FIN_CANCELLED);
+    collect(&r, 1);
+    CHECK_EQ_INT(res[0].out.fin, DEC_FIN_CANCELLED);
     CHECK_EQ_INT(res[0].cancels, 1);
     while (pd_metric_value(r.d.sm.kv_used) != 0)
         fx_poll(deadline);
@@ -274,10 +243,10 @@ static void remote_fail_policy_finishes_with_the_status(void)
     struct rig r;
     rig_up(&r, 32, 4, DEC_FAILOVER_FAIL);
     submit(&r, &res[0], 8);
-    collect(&r, res, 1);
-    CHECK_EQ_INT(res[0].fin, DEC_FIN_ERROR);
-    CHECK_EQ_INT(res[0].status, 502);
-    CHECK(strstr(res[0].err, "peer p1 failed: timeout") != NULL);
+    collect(&r, 1);
+    CHECK_EQ_INT(res[0].out.fin, DEC_FIN_ERROR);
+    CHECK_EQ_INT(res[0].out.status, 502);
+    CHECK(strstr(res[0].out.err, "peer p1 failed: timeout") != NULL);
     CHECK_EQ_INT(res[0].starts, 1);
     CHECK(pd_metric_value(r.d.sm.prompt_tokens) == 0);
     rig_down(&r);
@@ -295,7 +264,7 @@ static void remote_local_policy_prefills_locally_at_once(void)
     rig_up(&r, 32, 4, DEC_FAILOVER_LOCAL);
     fx_solo_reference(r.peer, &res[0].sp, prompt, 33, MAXT, ref, near_tie, NULL);
     submit(&r, &res[0], MAXT);
-    collect(&r, res, 1);
+    collect(&r, 1);
     compare(&res[0], 0, ref, near_tie);
     CHECK_EQ_INT(res[0].starts, 1); /* no retry under "local" */
     CHECK(pd_metric_value(r.d.sm.prompt_tokens) == 33);

@@ -9,14 +9,6 @@
 
 enum { NJOB = 16, MAXT = 40 };
 
-struct result {
-    int32_t tok[256];
-    uint32_t n;
-    enum dec_finish fin;
-    bool done;
-    const struct dec_event *final; /* allocated with the job: a cancel's event must be it */
-};
-
 /* A histogram's _count from the rendered text. */
 static double hist_count(struct pd_metrics *reg, const char *name)
 {
@@ -33,51 +25,25 @@ static double hist_count(struct pd_metrics *reg, const char *name)
 }
 
 static struct dec_job *job(const int32_t *prompt, uint32_t n, uint32_t max_tokens,
-                           const struct pd_sampling *sp, struct result *res)
+                           const struct pd_sampling *sp, struct dec_out *res)
 {
-    struct dec_job *j = dec_rig_job(prompt, n, max_tokens, sp, res);
-    res->final = j->final;
-    CHECK(res->final != NULL && j->report != NULL);
-    return j;
+    return dec_rig_job(prompt, n, max_tokens, sp, res, res);
 }
 
-/* Take events until every result is done (the test fails after 60 s). */
-static void collect(struct dec_rig *r, struct result *res, int n)
+static void record(void *arg, const struct dec_event *e)
 {
-    uint64_t deadline = fx_deadline(60);
-    for (;;) {
-        for (struct dec_event *e = dec_sched_take(r->s), *next; e; e = next) {
-            next = e->next;
-            struct result *x = e->job->owner;
-            if (e->has_token) {
-                CHECK(x->n < 256);
-                x->tok[x->n++] = e->token.token;
-            }
-            if (e->finish != DEC_FIN_NONE) {
-                CHECK(!x->done);
-                /* an end with no token of its own comes in the event made
-                 * with the job: ending cannot fail for want of memory */
-                if (e->finish == DEC_FIN_CANCELLED)
-                    CHECK(e == x->final);
-                x->done = true;
-                x->fin = e->finish;
-            }
-            dec_event_free(e);
-        }
-        int left = 0;
-        for (int i = 0; i < n; i++)
-            left += !res[i].done;
-        if (!left)
-            return;
-        fx_poll(deadline);
-    }
+    (void)arg;
+    dec_out_record(e->job->owner, e);
 }
+
+/* Take events until n jobs have finished (the test fails after 60 s). */
+static void collect(struct dec_rig *r, uint32_t n) { dec_rig_collect(r, n, record, NULL); }
 
 static void sched_small_pool_preempts_and_outputs_equal_solo(void)
 {
     static int32_t prompts[NJOB][40], ref[NJOB][MAXT];
     static int near_tie[NJOB][MAXT];
-    static struct result res[NJOB];
+    static struct dec_out res[NJOB];
     struct pd_sampling sp[NJOB];
     uint32_t np[NJOB];
     struct dec_rig r;
@@ -103,7 +69,7 @@ static void sched_small_pool_preempts_and_outputs_equal_solo(void)
         CHECK_EQ_INT(dec_sched_submit(r.s, j), 0);
         dec_job_unref(j);
     }
-    collect(&r, res, NJOB);
+    collect(&r, NJOB);
     uint32_t compared = 0;
     for (int i = 0; i < NJOB; i++) {
         CHECK_EQ_INT(res[i].fin, DEC_FIN_LENGTH);
@@ -133,7 +99,7 @@ static void sched_small_pool_preempts_and_outputs_equal_solo(void)
 static void sched_refuses_what_can_never_fit(void)
 {
     struct dec_rig r;
-    struct result res[1] = {0};
+    struct dec_out res[1] = {0};
     struct pd_sampling sp = PD_SAMPLING_DEFAULT;
     int32_t prompt[10] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
     dec_rig_up(&r, 8, 4, DEC_FAILOVER_RETRY); /* 128 tokens */
@@ -144,7 +110,7 @@ static void sched_refuses_what_can_never_fit(void)
     j = job(prompt, 10, 118, &sp, &res[0]);
     CHECK_EQ_INT(dec_sched_submit(r.s, j), 0);
     dec_job_unref(j);
-    collect(&r, res, 1);
+    collect(&r, 1);
     CHECK_EQ_INT(res[0].fin, DEC_FIN_LENGTH);
     CHECK_EQ_INT(res[0].n, 118);
     dec_rig_down(&r);
@@ -153,7 +119,7 @@ static void sched_refuses_what_can_never_fit(void)
 static void sched_cancel_frees_blocks_of_running_and_queued(void)
 {
     struct dec_rig r;
-    static struct result res[4];
+    static struct dec_out res[4];
     struct dec_job *jobs[4];
     struct pd_sampling sp = PD_SAMPLING_DEFAULT;
     int32_t prompt[20] = {0};
@@ -172,7 +138,7 @@ static void sched_cancel_frees_blocks_of_running_and_queued(void)
         dec_job_cancel(jobs[i]);
         dec_job_unref(jobs[i]);
     }
-    collect(&r, res, 4);
+    collect(&r, 4);
     for (int i = 0; i < 4; i++)
         CHECK_EQ_INT(res[i].fin, DEC_FIN_CANCELLED);
     /* the step that dropped them sets the gauges right after their events */

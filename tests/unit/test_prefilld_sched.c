@@ -3,25 +3,25 @@
  * token is the one local sampling picks, runs cover every block once and in
  * order, blocks stay allocated until the transfer drops them, decode peers
  * take turns, and what can never fit is refused. */
-#include "default_model.h"
+#include "engine_fixture.h"
 #include "metrics.h"
 #include "pd_test.h"
 #include "scheduler.h"
 
 #include <errno.h>
 #include <math.h>
-#include <time.h>
 
 #define BLOCK_BYTES 8192 /* tiny: 2 layers x 2 KV heads x 16 dims x K,V x fp32 x 16 tokens */
-#define NEAR_TIE 1e-3
 
-enum { MAXJ = 16, MAXB = 64 };
+enum { MAXB = 64 };
 
 struct rig {
     struct pd_model *m;
     struct pd_engine *e;
     struct pf_sched *s;
     struct pd_metrics *reg;
+    int done_seq; /* DONE events taken so far: the next one's order */
+    int n_finished; /* DONE and END events taken so far */
 };
 
 /* What the events said about one job. */
@@ -37,21 +37,9 @@ struct got {
 
 static void notify(void *arg) { (void)arg; }
 
-static struct pd_model *tiny(void)
-{
-    struct pd_model_params p = {.load_format = PD_LOAD_DUMMY, .shape = "tiny", .seed = 11};
-    return pd_test_load_model(&p);
-}
-
 static struct pd_engine *engine(const struct pd_model *m, uint32_t n_blocks, uint32_t max_items)
 {
-    struct pd_engine_params p = {.model = m, .kv_cache_bytes = (uint64_t)n_blocks * BLOCK_BYTES,
-                                 .max_batched_tokens = 48, .max_batch_items = max_items};
-    struct pd_engine *e = NULL;
-    char err[512];
-    if (pd_engine_new(&p, &e, err, sizeof(err)) < 0)
-        PD_TEST_FAIL_("%s", err);
-    return e;
+    return fx_engine(m, (uint64_t)n_blocks * BLOCK_BYTES, 48, max_items);
 }
 
 static void rig_up(struct rig *r, uint32_t n_blocks, uint32_t max_running, uint32_t max_waiting,
@@ -60,7 +48,7 @@ static void rig_up(struct rig *r, uint32_t n_blocks, uint32_t max_running, uint3
     static const double b[] = {0.01, 0.1, 1};
     char err[512];
     memset(r, 0, sizeof(*r));
-    r->m = tiny();
+    r->m = fx_dummy_model("tiny", 11);
     r->e = engine(r->m, n_blocks, max_running);
     CHECK_EQ_INT(pd_kvcache_n_blocks(pd_engine_kvcache(r->e)), n_blocks);
     r->reg = pd_metrics_new(NULL, NULL);
@@ -80,6 +68,13 @@ static void rig_up(struct rig *r, uint32_t n_blocks, uint32_t max_running, uint3
         PD_TEST_FAIL_("%s", err);
     if (start && pd_worker_start(pf_sched_worker(r->s), err, sizeof(err)) < 0)
         PD_TEST_FAIL_("%s", err);
+}
+
+/* For a rig made with start unset, once its queue is as the test wants it. */
+static void start(struct rig *r)
+{
+    char err[256];
+    CHECK_EQ_INT(pd_worker_start(pf_sched_worker(r->s), err, sizeof(err)), 0);
 }
 
 /* Stops the thread, then every block must be free again. */
@@ -112,17 +107,24 @@ static struct pf_job *job(uint64_t peer, uint64_t id, const int32_t *tokens, uin
     return j;
 }
 
+/* Submits j, which must be accepted; the scheduler holds the only reference. */
+static void submit(struct rig *r, struct pf_job *j)
+{
+    CHECK_EQ_INT(pf_sched_submit(r->s, j), 0);
+    pf_job_unref(j);
+}
+
 static void prompt(int32_t *t, uint32_t n, uint32_t salt)
 {
     for (uint32_t k = 0; k < n; k++)
         t[k] = (int32_t)((k * 2654435761u + salt * 97u) % 256u);
 }
 
-/* Take events until every job is done or ended; RUN blocks are unreffed
- * right away unless hold is set (then the caller does). */
-static void collect(struct rig *r, struct got *g, int n, bool hold, int *done_seq)
+/* Take events until n jobs in all are done or ended; RUN blocks are
+ * unreffed right away unless hold is set (then the caller does). */
+static void collect(struct rig *r, int n, bool hold)
 {
-    uint64_t deadline = pd_now_ns() + 60000000000u;
+    uint64_t deadline = fx_deadline(60);
     for (;;) {
         for (struct pf_event *e = pf_sched_take(r->s), *next; e; e = next) {
             next = e->next;
@@ -140,23 +142,20 @@ static void collect(struct rig *r, struct got *g, int n, bool hold, int *done_se
                 CHECK(e == x->final); /* no allocation at the end: it cannot fail */
                 x->done = true;
                 x->first = e->token;
-                x->order = (*done_seq)++;
+                x->order = r->done_seq++;
+                r->n_finished++;
             } else {
                 CHECK(!x->done && !x->ended);
                 CHECK(e == x->final);
                 x->ended = true;
                 x->reason = e->reason;
+                r->n_finished++;
             }
             pf_event_free(e);
         }
-        int left = 0;
-        for (int i = 0; i < n; i++)
-            left += !g[i].done && !g[i].ended;
-        if (!left)
+        if (r->n_finished >= n)
             return;
-        CHECK(pd_now_ns() < deadline);
-        struct timespec ts = {0, 1000000};
-        nanosleep(&ts, NULL);
+        fx_poll(deadline);
     }
 }
 
@@ -168,18 +167,14 @@ static void prefilld_blocks_and_first_token_match_solo_prefill(void)
     static const uint32_t lens[] = {1, 15, 16, 17, 47, 90};
     enum { N = sizeof(lens) / sizeof(*lens) };
     static int32_t toks[N][96];
-    static struct got g[N];
+    struct got g[N] = {0};
     struct rig r;
-    int seq = 0;
-    memset(g, 0, sizeof(g));
     rig_up(&r, 40, 4, 16, true);
     for (int i = 0; i < N; i++) {
         prompt(toks[i], lens[i], (uint32_t)i);
-        struct pf_job *j = job((uint64_t)i % 2 + 1, (uint64_t)i + 1, toks[i], lens[i], &g[i]);
-        CHECK_EQ_INT(pf_sched_submit(r.s, j), 0);
-        pf_job_unref(j);
+        submit(&r, job((uint64_t)i % 2 + 1, (uint64_t)i + 1, toks[i], lens[i], &g[i]));
     }
-    collect(&r, g, N, true, &seq);
+    collect(&r, N, true);
 
     struct pd_engine *solo = engine(r.m, 16, 1);
     struct pd_kvcache *kc = pd_engine_kvcache(r.e), *skc = pd_engine_kvcache(solo);
@@ -218,15 +213,7 @@ static void prefilld_blocks_and_first_token_match_solo_prefill(void)
         struct pd_sample_result want;
         const struct pd_sampling greedy = PD_SAMPLING_DEFAULT;
         CHECK_EQ_INT(pd_sample(sampler, &greedy, logits, toks[i], lens[i], NULL, 0, &want), 0);
-        float a = -INFINITY, b2 = -INFINITY, mx = 0;
-        for (uint32_t v = 0; v < V; v++) {
-            mx = fabsf(logits[v]) > mx ? fabsf(logits[v]) : mx;
-            if (logits[v] > a)
-                b2 = a, a = logits[v];
-            else if (logits[v] > b2)
-                b2 = logits[v];
-        }
-        if (a - b2 >= NEAR_TIE * mx)
+        if (!fx_near_tie(logits, V))
             CHECK_EQ_INT(g[i].first.token, want.token);
         else
             fprintf(stderr, "  job %d: near-tie at the first token, not compared\n", i);
@@ -247,13 +234,10 @@ static void prefilld_blocks_live_until_unref(void)
     static int32_t t[64];
     struct got g = {0};
     struct rig r;
-    int seq = 0;
     rig_up(&r, 8, 2, 4, true);
     prompt(t, 40, 3);
-    struct pf_job *j = job(1, 1, t, 40, &g);
-    CHECK_EQ_INT(pf_sched_submit(r.s, j), 0);
-    pf_job_unref(j);
-    collect(&r, &g, 1, true, &seq);
+    submit(&r, job(1, 1, t, 40, &g));
+    collect(&r, 1, true);
     CHECK(g.done);
     CHECK_EQ_INT(g.n_blocks, 3);
     pd_worker_stop(pf_sched_worker(r.s)); /* the pool is ours to look at */
@@ -270,32 +254,24 @@ static void prefilld_blocks_live_until_unref(void)
 static void prefilld_full_pool_waits_for_transfers(void)
 {
     static int32_t t[2][64];
-    static struct got g[2];
+    struct got g[2] = {0};
     struct rig r;
-    int seq = 0;
-    memset(g, 0, sizeof(g));
     rig_up(&r, 4, 2, 4, true);
     for (int i = 0; i < 2; i++) {
         prompt(t[i], 60, (uint32_t)i + 7); /* 4 blocks: the whole pool */
-        struct pf_job *j = job(1, (uint64_t)i + 1, t[i], 60, &g[i]);
-        CHECK_EQ_INT(pf_sched_submit(r.s, j), 0);
-        pf_job_unref(j);
+        submit(&r, job(1, (uint64_t)i + 1, t[i], 60, &g[i]));
     }
     /* hold the first job's blocks: the second cannot start */
-    uint64_t deadline = pd_now_ns() + 30000000000u;
-    while (!g[0].done) {
-        collect(&r, g, 1, true, &seq);
-        CHECK(pd_now_ns() < deadline);
-    }
-    struct timespec ts = {0, 200000000};
-    nanosleep(&ts, NULL);
+    collect(&r, 1, true);
+    CHECK(g[0].done);
+    fx_sleep_ms(200);
     for (struct pf_event *e = pf_sched_take(r.s), *next; e; e = next) {
         next = e->next;
         CHECK(e->job->owner != &g[1]); /* nothing of the second job yet */
         pf_event_free(e);
     }
     CHECK_EQ_INT(pf_sched_unref(r.s, g[0].blocks, g[0].n_blocks), 0);
-    collect(&r, g, 2, false, &seq);
+    collect(&r, 2, false);
     CHECK(g[1].done);
     CHECK_EQ_INT(g[1].n_blocks, 4);
     rig_down(&r);
@@ -306,20 +282,15 @@ static void prefilld_full_pool_waits_for_transfers(void)
 static void prefilld_peers_take_turns(void)
 {
     static int32_t t[6][40];
-    static struct got g[6];
+    struct got g[6] = {0};
     struct rig r;
-    int seq = 0;
-    memset(g, 0, sizeof(g));
     rig_up(&r, 32, 1, 16, false); /* queue everything before the thread starts */
     for (int i = 0; i < 6; i++) {
         prompt(t[i], 30, (uint32_t)i);
-        struct pf_job *j = job(i < 5 ? 1 : 2, (uint64_t)i + 1, t[i], 30, &g[i]);
-        CHECK_EQ_INT(pf_sched_submit(r.s, j), 0);
-        pf_job_unref(j);
+        submit(&r, job(i < 5 ? 1 : 2, (uint64_t)i + 1, t[i], 30, &g[i]));
     }
-    char err[256];
-    CHECK_EQ_INT(pd_worker_start(pf_sched_worker(r.s), err, sizeof(err)), 0);
-    collect(&r, g, 6, false, &seq);
+    start(&r);
+    collect(&r, 6, false);
     for (int i = 0; i < 6; i++)
         CHECK(g[i].done);
     CHECK_EQ_INT(g[0].order, 0);
@@ -330,8 +301,7 @@ static void prefilld_peers_take_turns(void)
 static void prefilld_refuses_what_never_fits_and_a_full_queue(void)
 {
     static int32_t t[300];
-    struct got g[4];
-    memset(g, 0, sizeof(g));
+    struct got g[4] = {0};
     struct rig r;
     rig_up(&r, 4, 1, 2, false);
     prompt(t, 300, 1);
@@ -363,10 +333,8 @@ static void prefilld_refuses_what_never_fits_and_a_full_queue(void)
 static void prefilld_cancel_ends_the_job(void)
 {
     static int32_t t[2][200];
-    static struct got g[2];
+    struct got g[2] = {0};
     struct rig r;
-    int seq = 0;
-    memset(g, 0, sizeof(g));
     rig_up(&r, 32, 1, 4, false);
     for (int i = 0; i < 2; i++) {
         prompt(t[i], 200, (uint32_t)i);
@@ -376,9 +344,8 @@ static void prefilld_cancel_ends_the_job(void)
             pf_job_cancel(j); /* cancelled while queued */
         pf_job_unref(j);
     }
-    char err[256];
-    CHECK_EQ_INT(pd_worker_start(pf_sched_worker(r.s), err, sizeof(err)), 0);
-    collect(&r, g, 2, false, &seq);
+    start(&r);
+    collect(&r, 2, false);
     CHECK(g[0].done);
     CHECK(g[1].ended);
     CHECK_EQ_INT(g[1].reason, PD_R_CANCELLED);
