@@ -13,16 +13,7 @@
 
 #define BLOCK_BYTES 8192 /* tiny: 2 layers x 2 KV heads x 16 dims x K,V x fp32 x 16 tokens */
 
-enum { MAXB = 64 };
-
-struct rig {
-    struct pd_model *m;
-    struct pd_engine *e;
-    struct pf_sched *s;
-    struct pd_metrics *reg;
-    int done_seq; /* DONE events taken so far: the next one's order */
-    int n_finished; /* DONE and END events taken so far */
-};
+enum { MAXB = 64, MAXJ = 8 };
 
 /* What the events said about one job. */
 struct got {
@@ -33,6 +24,16 @@ struct got {
     struct pd_sample_result first;
     int order; /* when DONE came, 0-based */
     const struct pf_event *final; /* allocated with the job: DONE or END must be it */
+};
+
+struct rig {
+    struct pd_model *m;
+    struct pd_engine *e;
+    struct pf_sched *s;
+    struct pd_metrics *reg;
+    struct got g[MAXJ]; /* g[id - 1]: job id's */
+    int done_seq; /* DONE events taken so far: the next one's order */
+    int n_finished; /* DONE and END events taken so far */
 };
 
 static void notify(void *arg) { (void)arg; }
@@ -89,12 +90,21 @@ static void rig_down(struct rig *r)
     pd_model_free(r->m);
 }
 
-static struct pf_job *job(uint64_t peer, uint64_t id, const int32_t *tokens, uint32_t n,
-                          struct got *g)
+static void prompt(int32_t *t, uint32_t n, uint32_t salt)
 {
+    for (uint32_t k = 0; k < n; k++)
+        t[k] = (int32_t)((k * 2654435761u + salt * 97u) % 256u);
+}
+
+/* Job id (1 to MAXJ) from peer, of n prompt tokens (prompt(salt)); its
+ * events go to r->g[id - 1]. */
+static struct pf_job *job(struct rig *r, uint64_t peer, uint64_t id, uint32_t n, uint32_t salt)
+{
+    CHECK(id >= 1 && id <= MAXJ);
+    struct got *g = &r->g[id - 1];
     struct pf_job *j = pf_job_new();
     CHECK(j && (j->tokens = malloc(n * sizeof(int32_t))));
-    memcpy(j->tokens, tokens, n * sizeof(int32_t));
+    prompt(j->tokens, n, salt);
     j->n_tokens = n;
     j->peer = peer;
     j->request_id = id;
@@ -112,12 +122,6 @@ static void submit(struct rig *r, struct pf_job *j)
 {
     CHECK_EQ_INT(pf_sched_submit(r->s, j), 0);
     pf_job_unref(j);
-}
-
-static void prompt(int32_t *t, uint32_t n, uint32_t salt)
-{
-    for (uint32_t k = 0; k < n; k++)
-        t[k] = (int32_t)((k * 2654435761u + salt * 97u) % 256u);
 }
 
 /* Take events until n jobs in all are done or ended; RUN blocks are
@@ -166,15 +170,12 @@ static void prefilld_blocks_and_first_token_match_solo_prefill(void)
 {
     static const uint32_t lens[] = {1, 15, 16, 17, 47, 90};
     enum { N = sizeof(lens) / sizeof(*lens) };
-    static int32_t toks[N][96];
-    struct got g[N] = {0};
     struct rig r;
     rig_up(&r, 40, 4, 16, true);
-    for (int i = 0; i < N; i++) {
-        prompt(toks[i], lens[i], (uint32_t)i);
-        submit(&r, job((uint64_t)i % 2 + 1, (uint64_t)i + 1, toks[i], lens[i], &g[i]));
-    }
+    for (int i = 0; i < N; i++)
+        submit(&r, job(&r, (uint64_t)i % 2 + 1, (uint64_t)i + 1, lens[i], (uint32_t)i));
     collect(&r, N, true);
+    const struct got *g = r.g;
 
     struct pd_engine *solo = engine(r.m, 16, 1);
     struct pd_kvcache *kc = pd_engine_kvcache(r.e), *skc = pd_engine_kvcache(solo);
@@ -184,11 +185,13 @@ static void prefilld_blocks_and_first_token_match_solo_prefill(void)
     struct pd_sampler *sampler = pd_sampler_new(V);
     char err[256];
     for (int i = 0; i < N; i++) {
+        int32_t toks[96];
+        prompt(toks, lens[i], (uint32_t)i);
         CHECK(g[i].done);
         CHECK_EQ_INT(g[i].n_blocks, (lens[i] + bs - 1) / bs);
         struct pd_kvseq q;
         pd_kvseq_init(&q);
-        CHECK_EQ_INT(pd_engine_prefill(solo, &q, toks[i], lens[i], logits, err, sizeof(err)), 0);
+        CHECK_EQ_INT(pd_engine_prefill(solo, &q, toks, lens[i], logits, err, sizeof(err)), 0);
         double num = 0, den = 0;
         for (uint32_t b = 0; b < g[i].n_blocks; b++) {
             const float *x = pd_kvcache_pool(kc) + (size_t)g[i].blocks[b] * per_block;
@@ -212,7 +215,7 @@ static void prefilld_blocks_and_first_token_match_solo_prefill(void)
             PD_TEST_FAIL_("job %d: K/V differ from a solo prefill: %g normalized", i, num / den);
         struct pd_sample_result want;
         const struct pd_sampling greedy = PD_SAMPLING_DEFAULT;
-        CHECK_EQ_INT(pd_sample(sampler, &greedy, logits, toks[i], lens[i], NULL, 0, &want), 0);
+        CHECK_EQ_INT(pd_sample(sampler, &greedy, logits, toks, lens[i], NULL, 0, &want), 0);
         if (!fx_near_tie(logits, V))
             CHECK_EQ_INT(g[i].first.token, want.token);
         else
@@ -231,21 +234,19 @@ static void prefilld_blocks_and_first_token_match_solo_prefill(void)
  * until the transfer drops them; then every block is free. */
 static void prefilld_blocks_live_until_unref(void)
 {
-    static int32_t t[64];
-    struct got g = {0};
     struct rig r;
     rig_up(&r, 8, 2, 4, true);
-    prompt(t, 40, 3);
-    submit(&r, job(1, 1, t, 40, &g));
+    submit(&r, job(&r, 1, 1, 40, 3));
     collect(&r, 1, true);
-    CHECK(g.done);
-    CHECK_EQ_INT(g.n_blocks, 3);
+    const struct got *g = &r.g[0];
+    CHECK(g->done);
+    CHECK_EQ_INT(g->n_blocks, 3);
     pd_worker_stop(pf_sched_worker(r.s)); /* the pool is ours to look at */
     struct pd_kvcache *kc = pd_engine_kvcache(r.e);
     CHECK_EQ_INT(pd_kvcache_n_free(kc), 8 - 3);
     for (uint32_t b = 0; b < 3; b++)
-        CHECK_EQ_INT(pd_kvcache_refcount(kc, g.blocks[b]), 1);
-    CHECK_EQ_INT(pf_sched_unref(r.s, g.blocks, 3), 0);
+        CHECK_EQ_INT(pd_kvcache_refcount(kc, g->blocks[b]), 1);
+    CHECK_EQ_INT(pf_sched_unref(r.s, g->blocks, 3), 0);
     rig_down(&r); /* applies the unref, then checks every block is free */
 }
 
@@ -253,27 +254,23 @@ static void prefilld_blocks_live_until_unref(void)
  * one's transfer ends, then runs (nothing deadlocks, nothing fails). */
 static void prefilld_full_pool_waits_for_transfers(void)
 {
-    static int32_t t[2][64];
-    struct got g[2] = {0};
     struct rig r;
     rig_up(&r, 4, 2, 4, true);
-    for (int i = 0; i < 2; i++) {
-        prompt(t[i], 60, (uint32_t)i + 7); /* 4 blocks: the whole pool */
-        submit(&r, job(1, (uint64_t)i + 1, t[i], 60, &g[i]));
-    }
+    for (int i = 0; i < 2; i++) /* 4 blocks each: the whole pool */
+        submit(&r, job(&r, 1, (uint64_t)i + 1, 60, (uint32_t)i + 7));
     /* hold the first job's blocks: the second cannot start */
     collect(&r, 1, true);
-    CHECK(g[0].done);
+    CHECK(r.g[0].done);
     fx_sleep_ms(200);
     for (struct pf_event *e = pf_sched_take(r.s), *next; e; e = next) {
         next = e->next;
-        CHECK(e->job->owner != &g[1]); /* nothing of the second job yet */
+        CHECK(e->job->owner != &r.g[1]); /* nothing of the second job yet */
         pf_event_free(e);
     }
-    CHECK_EQ_INT(pf_sched_unref(r.s, g[0].blocks, g[0].n_blocks), 0);
+    CHECK_EQ_INT(pf_sched_unref(r.s, r.g[0].blocks, r.g[0].n_blocks), 0);
     collect(&r, 2, false);
-    CHECK(g[1].done);
-    CHECK_EQ_INT(g[1].n_blocks, 4);
+    CHECK(r.g[1].done);
+    CHECK_EQ_INT(r.g[1].n_blocks, 4);
     rig_down(&r);
 }
 
@@ -281,39 +278,32 @@ static void prefilld_full_pool_waits_for_transfers(void)
  * peer 2's goes second, not last. */
 static void prefilld_peers_take_turns(void)
 {
-    static int32_t t[6][40];
-    struct got g[6] = {0};
     struct rig r;
     rig_up(&r, 32, 1, 16, false); /* queue everything before the thread starts */
-    for (int i = 0; i < 6; i++) {
-        prompt(t[i], 30, (uint32_t)i);
-        submit(&r, job(i < 5 ? 1 : 2, (uint64_t)i + 1, t[i], 30, &g[i]));
-    }
+    for (int i = 0; i < 6; i++)
+        submit(&r, job(&r, i < 5 ? 1 : 2, (uint64_t)i + 1, 30, (uint32_t)i));
     start(&r);
     collect(&r, 6, false);
     for (int i = 0; i < 6; i++)
-        CHECK(g[i].done);
-    CHECK_EQ_INT(g[0].order, 0);
-    CHECK_EQ_INT(g[5].order, 1);
+        CHECK(r.g[i].done);
+    CHECK_EQ_INT(r.g[0].order, 0);
+    CHECK_EQ_INT(r.g[5].order, 1);
     rig_down(&r);
 }
 
 static void prefilld_refuses_what_never_fits_and_a_full_queue(void)
 {
-    static int32_t t[300];
-    struct got g[4] = {0};
     struct rig r;
     rig_up(&r, 4, 1, 2, false);
-    prompt(t, 300, 1);
-    struct pf_job *big = job(1, 1, t, 65, &g[0]); /* 5 blocks > a pool of 4 */
+    struct pf_job *big = job(&r, 1, 1, 65, 1); /* 5 blocks > a pool of 4 */
     CHECK_EQ_INT(pf_sched_submit(r.s, big), -E2BIG);
     pf_job_unref(big);
-    struct pf_job *empty = job(1, 2, t, 1, &g[1]);
+    struct pf_job *empty = job(&r, 1, 2, 1, 1);
     empty->n_tokens = 0;
     CHECK_EQ_INT(pf_sched_submit(r.s, empty), -E2BIG);
     pf_job_unref(empty);
     for (int i = 0; i < 3; i++) {
-        struct pf_job *j = job(1, (uint64_t)i + 3, t, 8, &g[i]);
+        struct pf_job *j = job(&r, 1, (uint64_t)i + 3, 8, 1);
         CHECK_EQ_INT(pf_sched_submit(r.s, j), i < 2 ? 0 : -EAGAIN);
         pf_job_unref(j);
     }
@@ -332,24 +322,19 @@ static void prefilld_refuses_what_never_fits_and_a_full_queue(void)
  * come back through unref; nothing leaks. */
 static void prefilld_cancel_ends_the_job(void)
 {
-    static int32_t t[2][200];
-    struct got g[2] = {0};
     struct rig r;
     rig_up(&r, 32, 1, 4, false);
-    for (int i = 0; i < 2; i++) {
-        prompt(t[i], 200, (uint32_t)i);
-        struct pf_job *j = job(1, (uint64_t)i + 1, t[i], 200, &g[i]);
-        CHECK_EQ_INT(pf_sched_submit(r.s, j), 0);
-        if (i == 1)
-            pf_job_cancel(j); /* cancelled while queued */
-        pf_job_unref(j);
-    }
+    submit(&r, job(&r, 1, 1, 200, 0));
+    struct pf_job *j = job(&r, 1, 2, 200, 1);
+    CHECK_EQ_INT(pf_sched_submit(r.s, j), 0);
+    pf_job_cancel(j); /* cancelled while queued */
+    pf_job_unref(j);
     start(&r);
     collect(&r, 2, false);
-    CHECK(g[0].done);
-    CHECK(g[1].ended);
-    CHECK_EQ_INT(g[1].reason, PD_R_CANCELLED);
-    CHECK_EQ_INT(g[1].n_blocks, 0);
+    CHECK(r.g[0].done);
+    CHECK(r.g[1].ended);
+    CHECK_EQ_INT(r.g[1].reason, PD_R_CANCELLED);
+    CHECK_EQ_INT(r.g[1].n_blocks, 0);
     rig_down(&r);
 }
 
