@@ -3,7 +3,7 @@
  * scheduler with its thread running and the metrics it reports; jobs, and
  * the loop's side: taking events and recording each job's tokens and end.
  * dec_rig_down stops the thread, checks that every block came back and frees
- * it all. Include after decoded's scheduler.h is on the include path. */
+ * it all. Builds with decoded's include directory (for its scheduler.h). */
 #ifndef PD_TEST_DEC_FIXTURE_H
 #define PD_TEST_DEC_FIXTURE_H
 
@@ -18,7 +18,7 @@ struct dec_rig {
     struct pd_engine *e; /* n_blocks of DEC_BLOCK_BYTES */
     struct dec_sched *s;
     struct pd_metrics *reg;
-    struct dec_sched_metrics sm; /* in reg */
+    struct dec_sched_metrics sm; /* in reg: those either test reads, the others NULL */
     uint32_t n_finished; /* events taken that finished their job */
 };
 

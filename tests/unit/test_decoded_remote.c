@@ -80,8 +80,8 @@ static void peer_prefill(struct rig *r, const struct dec_event *e, struct result
     char *dst = (char *)pd_kvcache_pool(pd_engine_kvcache(r->d.e));
     const char *src = (const char *)pd_kvcache_pool(pkc);
     for (uint32_t b = 0; b < e->n_blocks; b++)
-        memcpy(dst + (size_t)e->blocks[b] * DEC_BLOCK_BYTES, src + (size_t)q.blocks[b] * DEC_BLOCK_BYTES,
-               DEC_BLOCK_BYTES);
+        memcpy(dst + (size_t)e->blocks[b] * DEC_BLOCK_BYTES,
+               src + (size_t)q.blocks[b] * DEC_BLOCK_BYTES, DEC_BLOCK_BYTES);
     struct pd_sample_result first;
     CHECK_EQ_INT(pd_sample(r->sampler, &x->sp, l, x->prompt, x->n_prompt, NULL, 0, &first), 0);
     pd_engine_seq_release(r->peer, &q);
