@@ -25,6 +25,14 @@ static void step_ok(struct kv_pair *kp, int rc, int want)
         PD_TEST_FAIL_("rc %d, wanted %d: %s", rc, want, kp->err);
 }
 
+/* "Refused without state change": what was refused took no replay-cache
+ * entry, and the genuine messages still complete the handshake. */
+static void genuine_handshake_still_completes(struct kv_pair *kp)
+{
+    CHECK_EQ_INT(pd_auth_replay_live(kp->replay, KAT_NOW_MS), 0);
+    HANDSHAKE(*kp);
+}
+
 /* ---- handshake ---- */
 
 static void handshake_completes_between_two_parties(void)
@@ -321,8 +329,7 @@ static void every_truncation_of_m1_refused(void)
     SETUP(kp, 1);
     step_ok(&kp, kv_pair_m1(&kp), 0);
     all_refused(&kp, kp.m1, kp.m1_len, feed_m1, 0);
-    CHECK_EQ_INT(pd_auth_replay_live(kp.replay, KAT_NOW_MS), 0);
-    HANDSHAKE(kp);
+    genuine_handshake_still_completes(&kp);
     kv_pair_done(&kp);
 }
 
@@ -374,9 +381,8 @@ static void layout_mismatch_names_both_values(void)
     CHECK_CONTAINS(kp.err, "KV layout");
     CHECK_CONTAINS(kp.err, "block_size: ours 32, peer 16");
     CHECK_CONTAINS(kp.err, "kv_dtype: ours F32, peer F16");
-    CHECK_EQ_INT(pd_auth_replay_live(kp.replay, KAT_NOW_MS), 0);
     kp.layout_p = kat_layout();
-    HANDSHAKE(kp);
+    genuine_handshake_still_completes(&kp);
     kv_pair_done(&kp);
 }
 
@@ -457,8 +463,7 @@ static void low_order_point_refused(void)
         CHECK_EQ_INT(feed_to_d(&kp, m, sizeof(m)), -EKEYREJECTED);
         CHECK_CONTAINS(kp.err, "low-order");
     }
-    CHECK_EQ_INT(pd_auth_replay_live(kp.replay, KAT_NOW_MS), 0);
-    HANDSHAKE(kp);
+    genuine_handshake_still_completes(&kp);
     kv_pair_done(&kp);
 }
 
@@ -527,6 +532,38 @@ static int open_on_p(struct kv_pair *kp, const uint8_t *w, size_t n, struct pd_f
     return pd_auth_open_frame(kp->sp, w, n, plain, sizeof(plain), f, kp->err, sizeof(kp->err));
 }
 
+/* A handshaken pair, and n ACK frames D sealed for P: wire[i] (len[i] bytes)
+ * carries blocks = i under counter i + 1. */
+struct sealed {
+    struct kv_pair kp;
+    uint8_t (*wire)[64]; /* (n, 64) */
+    size_t *len; /* (n) */
+    struct pd_frame f; /* the frame sealed_open opened last */
+};
+
+static void sealed_init(struct sealed *s, int n)
+{
+    CHECK_EQ_INT(kv_pair_init(&s->kp, 0), 0);
+    HANDSHAKE(s->kp);
+    s->wire = calloc((size_t)n, sizeof(*s->wire));
+    s->len = calloc((size_t)n, sizeof(*s->len));
+    CHECK(s->wire && s->len);
+    seal_many(&s->kp, s->wire, s->len, n);
+}
+
+/* frame i opened at P, into s->f */
+static int sealed_open(struct sealed *s, int i)
+{
+    return open_on_p(&s->kp, s->wire[i], s->len[i], &s->f);
+}
+
+static void sealed_done(struct sealed *s)
+{
+    free(s->wire);
+    free(s->len);
+    kv_pair_done(&s->kp);
+}
+
 static void sealed_frames_of_every_type_open_at_the_peer(void)
 {
     SETUP(kp, 0);
@@ -570,155 +607,128 @@ static void sealed_frames_of_every_type_open_at_the_peer(void)
 
 static void seal_assigns_increasing_counters(void)
 {
-    SETUP(kp, 0);
-    HANDSHAKE(kp);
-    uint8_t w[4][64];
-    size_t n[4];
-    seal_many(&kp, w, n, 4);
+    struct sealed s;
+    sealed_init(&s, 4);
     for (int i = 0; i < 4; i++) {
         struct pd_frame_hdr h;
-        CHECK_EQ_INT(pd_frame_hdr_decode(w[i], n[i], &h, NULL, 0), 0);
+        CHECK_EQ_INT(pd_frame_hdr_decode(s.wire[i], s.len[i], &h, NULL, 0), 0);
         CHECK(h.seq == (uint64_t)i + 1);
     }
-    kv_pair_done(&kp);
+    sealed_done(&s);
 }
 
 static void sealed_frame_replay_refused(void)
 {
-    SETUP(kp, 0);
-    HANDSHAKE(kp);
-    uint8_t w[2][64];
-    size_t n[2];
-    struct pd_frame f;
-    seal_many(&kp, w, n, 2);
-    CHECK_EQ_INT(open_on_p(&kp, w[0], n[0], &f), 0);
-    CHECK_EQ_INT(open_on_p(&kp, w[0], n[0], &f), -EALREADY);
-    CHECK_CONTAINS(kp.err, "replay");
-    CHECK_EQ_INT(open_on_p(&kp, w[1], n[1], &f), 0);
-    CHECK_EQ_INT(f.u.ack.blocks, 1);
-    CHECK_EQ_INT(open_on_p(&kp, w[1], n[1], &f), -EALREADY);
-    kv_pair_done(&kp);
+    struct sealed s;
+    sealed_init(&s, 2);
+    CHECK_EQ_INT(sealed_open(&s, 0), 0);
+    CHECK_EQ_INT(sealed_open(&s, 0), -EALREADY);
+    CHECK_CONTAINS(s.kp.err, "replay");
+    CHECK_EQ_INT(sealed_open(&s, 1), 0);
+    CHECK_EQ_INT(s.f.u.ack.blocks, 1);
+    CHECK_EQ_INT(sealed_open(&s, 1), -EALREADY);
+    sealed_done(&s);
 }
 
 static void reorder_within_window_accepted(void)
 {
-    SETUP(kp, 0);
-    HANDSHAKE(kp);
     enum { N = 64 };
-    static uint8_t w[N][64];
-    size_t n[N];
-    struct pd_frame f;
-    seal_many(&kp, w, n, N);
+    struct sealed s;
+    sealed_init(&s, N);
     /* newest first, then the rest in a scrambled order: all accepted once */
-    CHECK_EQ_INT(open_on_p(&kp, w[N - 1], n[N - 1], &f), 0);
+    CHECK_EQ_INT(sealed_open(&s, N - 1), 0);
     for (int k = 0; k < N - 1; k++) {
         int i = (k * 37) % (N - 1);
-        CHECK_EQ_INT(open_on_p(&kp, w[i], n[i], &f), 0);
-        CHECK_EQ_INT(f.u.ack.blocks, i);
+        CHECK_EQ_INT(sealed_open(&s, i), 0);
+        CHECK_EQ_INT(s.f.u.ack.blocks, i);
     }
     for (int i = 0; i < N; i++)
-        CHECK_EQ_INT(open_on_p(&kp, w[i], n[i], &f), -EALREADY);
-    kv_pair_done(&kp);
+        CHECK_EQ_INT(sealed_open(&s, i), -EALREADY);
+    sealed_done(&s);
 }
 
 static void too_old_frame_refused(void)
 {
-    SETUP(kp, 0);
-    HANDSHAKE(kp);
     enum { N = PD_AUTH_WINDOW + 2 };
-    static uint8_t w[N][64];
-    static size_t n[N];
-    struct pd_frame f;
-    seal_many(&kp, w, n, N); /* counters 1 .. WINDOW + 2 */
-    CHECK_EQ_INT(open_on_p(&kp, w[N - 1], n[N - 1], &f), 0);
+    struct sealed s;
+    sealed_init(&s, N); /* counters 1 .. WINDOW + 2 */
+    CHECK_EQ_INT(sealed_open(&s, N - 1), 0);
     /* newest is WINDOW + 2: counter 2 is exactly WINDOW behind, 3 is inside */
-    CHECK_EQ_INT(open_on_p(&kp, w[0], n[0], &f), -ESTALE);
-    CHECK_EQ_INT(open_on_p(&kp, w[1], n[1], &f), -ESTALE);
-    CHECK_CONTAINS(kp.err, "older than the window");
-    CHECK_EQ_INT(open_on_p(&kp, w[2], n[2], &f), 0);
-    CHECK_EQ_INT(open_on_p(&kp, w[N - 2], n[N - 2], &f), 0);
-    kv_pair_done(&kp);
+    CHECK_EQ_INT(sealed_open(&s, 0), -ESTALE);
+    CHECK_EQ_INT(sealed_open(&s, 1), -ESTALE);
+    CHECK_CONTAINS(s.kp.err, "older than the window");
+    CHECK_EQ_INT(sealed_open(&s, 2), 0);
+    CHECK_EQ_INT(sealed_open(&s, N - 2), 0);
+    sealed_done(&s);
 }
 
 static void window_slides_and_forgets_nothing_inside_it(void)
 {
-    SETUP(kp, 0);
-    HANDSHAKE(kp);
     enum { N = 3 * PD_AUTH_WINDOW };
-    static uint8_t w[N][64];
-    static size_t n[N];
-    struct pd_frame f;
-    seal_many(&kp, w, n, N);
+    struct sealed s;
+    sealed_init(&s, N);
     /* every other frame in order, then the skipped ones that are still inside */
     for (int i = 0; i < N; i += 2)
-        CHECK_EQ_INT(open_on_p(&kp, w[i], n[i], &f), 0);
+        CHECK_EQ_INT(sealed_open(&s, i), 0);
     for (int i = 1; i < N; i += 2) {
-        uint64_t c = (uint64_t)i + 1, top = N - 1; /* counter of w[i]; newest seen is N-1 */
+        uint64_t c = (uint64_t)i + 1, top = N - 1; /* counter of frame i; newest seen is N-1 */
         int want = c > top || top - c < PD_AUTH_WINDOW ? 0 : -ESTALE;
-        CHECK_EQ_INT(open_on_p(&kp, w[i], n[i], &f), want);
+        CHECK_EQ_INT(sealed_open(&s, i), want);
     }
-    kv_pair_done(&kp);
+    sealed_done(&s);
 }
 
 static void forged_frame_does_not_move_the_window(void)
 {
-    SETUP(kp, 0);
-    HANDSHAKE(kp);
     enum { N = 2 * PD_AUTH_WINDOW };
-    static uint8_t w[N][64];
-    static size_t n[N];
-    struct pd_frame f;
-    seal_many(&kp, w, n, N);
+    struct sealed s;
+    sealed_init(&s, N);
     /* a far-future counter with a bad MAC must not slide frame 1 out */
-    w[N - 1][n[N - 1] - 1] ^= 1;
-    CHECK_EQ_INT(open_on_p(&kp, w[N - 1], n[N - 1], &f), -EKEYREJECTED);
-    CHECK_EQ_INT(open_on_p(&kp, w[0], n[0], &f), 0);
+    s.wire[N - 1][s.len[N - 1] - 1] ^= 1;
+    CHECK_EQ_INT(sealed_open(&s, N - 1), -EKEYREJECTED);
+    CHECK_EQ_INT(sealed_open(&s, 0), 0);
     /* nor may a forged copy of an unseen counter burn it */
-    w[5][PD_FRAME_HDR_LEN] ^= 0x80;
-    CHECK_EQ_INT(open_on_p(&kp, w[5], n[5], &f), -EKEYREJECTED);
-    w[5][PD_FRAME_HDR_LEN] ^= 0x80;
-    CHECK_EQ_INT(open_on_p(&kp, w[5], n[5], &f), 0);
-    kv_pair_done(&kp);
+    s.wire[5][PD_FRAME_HDR_LEN] ^= 0x80;
+    CHECK_EQ_INT(sealed_open(&s, 5), -EKEYREJECTED);
+    s.wire[5][PD_FRAME_HDR_LEN] ^= 0x80;
+    CHECK_EQ_INT(sealed_open(&s, 5), 0);
+    sealed_done(&s);
 }
 
 static void every_bit_flip_and_truncation_of_a_sealed_frame_refused(void)
 {
-    SETUP(kp, 0);
-    HANDSHAKE(kp);
-    uint8_t w[1][64], m[64];
-    size_t n[1];
-    struct pd_frame f;
-    seal_many(&kp, w, n, 1);
-    for (size_t i = 0; i < 8 * n[0]; i++) {
-        memcpy(m, w[0], n[0]);
+    struct sealed s;
+    uint8_t m[64];
+    sealed_init(&s, 1);
+    const size_t n = s.len[0];
+    for (size_t i = 0; i < 8 * n; i++) {
+        memcpy(m, s.wire[0], n);
         m[i / 8] ^= (uint8_t)(1u << (i % 8));
-        if (open_on_p(&kp, m, n[0], &f) >= 0)
+        if (open_on_p(&s.kp, m, n, &s.f) >= 0)
             PD_TEST_FAIL_("bit %zu flipped: accepted", i);
     }
-    for (size_t k = 0; k < n[0]; k++) {
+    for (size_t k = 0; k < n; k++) {
         uint8_t *cut = malloc(k ? k : 1);
-        memcpy(cut, w[0], k);
-        int rc = open_on_p(&kp, cut, k, &f);
+        memcpy(cut, s.wire[0], k);
+        int rc = open_on_p(&s.kp, cut, k, &s.f);
         free(cut);
         CHECK(rc < 0);
     }
-    CHECK_EQ_INT(open_on_p(&kp, w[0], n[0], &f), 0);
-    kv_pair_done(&kp);
+    CHECK_EQ_INT(sealed_open(&s, 0), 0);
+    sealed_done(&s);
 }
 
 static void frame_sealed_for_one_direction_refused_in_the_other(void)
 {
-    SETUP(kp, 0);
-    HANDSHAKE(kp);
-    uint8_t w[1][64], plain[64];
-    size_t n[1], pn;
-    seal_many(&kp, w, n, 1);
+    struct sealed s;
+    uint8_t plain[64];
+    size_t pn;
+    sealed_init(&s, 1);
     /* D's own frame reflected back to D: D's receive key is P's send key */
-    CHECK_EQ_INT(pd_auth_open(kp.sd, w[0], n[0], plain, sizeof(plain), &pn, kp.err,
-                              sizeof(kp.err)), -EKEYREJECTED);
-    struct pd_frame f;
-    CHECK_EQ_INT(open_on_p(&kp, w[0], n[0], &f), 0);
-    kv_pair_done(&kp);
+    CHECK_EQ_INT(pd_auth_open(s.kp.sd, s.wire[0], s.len[0], plain, sizeof(plain), &pn, s.kp.err,
+                              sizeof(s.kp.err)), -EKEYREJECTED);
+    CHECK_EQ_INT(sealed_open(&s, 0), 0);
+    sealed_done(&s);
 }
 
 static void seal_refuses_frames_our_role_does_not_send(void)
@@ -762,19 +772,21 @@ static void counter_exhaustion_refused(void)
 
 static void open_needs_room_and_leaves_wire_intact(void)
 {
-    SETUP(kp, 0);
-    HANDSHAKE(kp);
-    uint8_t w[1][64], copy[64], plain[64];
-    size_t n[1], pn;
-    seal_many(&kp, w, n, 1);
-    memcpy(copy, w[0], sizeof(copy));
-    CHECK_EQ_INT(pd_auth_open(kp.sp, w[0], n[0], plain, n[0] - PD_FRAME_MAC_LEN - 1, &pn, kp.err,
-                              sizeof(kp.err)), -ENOBUFS);
-    CHECK_EQ_INT(pd_auth_open(kp.sp, w[0], n[0], plain, sizeof(plain), &pn, kp.err,
-                              sizeof(kp.err)), 0);
-    CHECK_EQ_INT(pn, n[0] - PD_FRAME_MAC_LEN);
-    CHECK(memcmp(copy, w[0], sizeof(copy)) == 0);
-    kv_pair_done(&kp);
+    struct sealed s;
+    uint8_t copy[64], plain[64];
+    size_t pn;
+    sealed_init(&s, 1);
+    struct kv_pair *kp = &s.kp;
+    const uint8_t *w = s.wire[0];
+    const size_t n = s.len[0];
+    memcpy(copy, w, sizeof(copy));
+    CHECK_EQ_INT(pd_auth_open(kp->sp, w, n, plain, n - PD_FRAME_MAC_LEN - 1, &pn, kp->err,
+                              sizeof(kp->err)), -ENOBUFS);
+    CHECK_EQ_INT(pd_auth_open(kp->sp, w, n, plain, sizeof(plain), &pn, kp->err,
+                              sizeof(kp->err)), 0);
+    CHECK_EQ_INT(pn, n - PD_FRAME_MAC_LEN);
+    CHECK(memcmp(copy, w, sizeof(copy)) == 0);
+    sealed_done(&s);
 }
 
 /* ---- block tags ---- */
@@ -799,43 +811,57 @@ static int verify_of(const struct pd_auth_session *s, const struct tag_in *t, co
 
 #define TAG_DATA 1000
 
+/* A handshaken pair, and a block of TAG_DATA bytes P tagged under t. */
+struct tagged {
+    struct kv_pair kp;
+    struct tag_in t;
+    uint8_t d[TAG_DATA], tag[16];
+};
+
+static void tagged_init(struct tagged *b)
+{
+    CHECK_EQ_INT(kv_pair_init(&b->kp, 0), 0);
+    HANDSHAKE(b->kp);
+    b->t = (struct tag_in){0x1234, 3, 9, 1};
+    kat_block_data(b->d, sizeof(b->d));
+    tag_of(b->kp.sp, &b->t, b->d, sizeof(b->d), b->tag);
+}
+
+/* D's verdict on the first len bytes of the block under its tag */
+static int tagged_verify(const struct tagged *b, size_t len)
+{
+    return verify_of(b->kp.sd, &b->t, b->d, len, b->tag);
+}
+
 static void tag_verifies_at_the_receiver(void)
 {
-    SETUP(kp, 0);
-    HANDSHAKE(kp);
-    uint8_t d[TAG_DATA], tag[16];
-    struct tag_in t = {0x1234, 3, 9, 1};
-    kat_block_data(d, sizeof(d));
-    tag_of(kp.sp, &t, d, sizeof(d), tag);
-    CHECK_EQ_INT(verify_of(kp.sd, &t, d, sizeof(d), tag), 0);
+    struct tagged b;
+    tagged_init(&b);
+    CHECK_EQ_INT(tagged_verify(&b, TAG_DATA), 0);
     /* an empty block is authenticated too (its length is in the tag) */
-    tag_of(kp.sp, &t, d, 0, tag);
-    CHECK_EQ_INT(verify_of(kp.sd, &t, d, 0, tag), 0);
-    CHECK_EQ_INT(verify_of(kp.sd, &t, d, 1, tag), -EKEYREJECTED);
-    kv_pair_done(&kp);
+    tag_of(b.kp.sp, &b.t, b.d, 0, b.tag);
+    CHECK_EQ_INT(tagged_verify(&b, 0), 0);
+    CHECK_EQ_INT(tagged_verify(&b, 1), -EKEYREJECTED);
+    kv_pair_done(&b.kp);
 }
 
 static void tag_detects_flip_in_data(void)
 {
-    SETUP(kp, 0);
-    HANDSHAKE(kp);
-    uint8_t d[TAG_DATA], tag[16];
-    struct tag_in t = {0x1234, 3, 9, 1};
-    kat_block_data(d, sizeof(d));
-    tag_of(kp.sp, &t, d, sizeof(d), tag);
-    for (size_t i = 0; i < 8 * sizeof(d); i++) {
-        d[i / 8] ^= (uint8_t)(1u << (i % 8));
-        if (verify_of(kp.sd, &t, d, sizeof(d), tag) != -EKEYREJECTED)
+    struct tagged b;
+    tagged_init(&b);
+    for (size_t i = 0; i < 8 * TAG_DATA; i++) {
+        b.d[i / 8] ^= (uint8_t)(1u << (i % 8));
+        if (tagged_verify(&b, TAG_DATA) != -EKEYREJECTED)
             PD_TEST_FAIL_("data bit %zu flipped: verified", i);
-        d[i / 8] ^= (uint8_t)(1u << (i % 8));
+        b.d[i / 8] ^= (uint8_t)(1u << (i % 8));
     }
     for (size_t i = 0; i < 8 * 16; i++) {
-        tag[i / 8] ^= (uint8_t)(1u << (i % 8));
-        CHECK_EQ_INT(verify_of(kp.sd, &t, d, sizeof(d), tag), -EKEYREJECTED);
-        tag[i / 8] ^= (uint8_t)(1u << (i % 8));
+        b.tag[i / 8] ^= (uint8_t)(1u << (i % 8));
+        CHECK_EQ_INT(tagged_verify(&b, TAG_DATA), -EKEYREJECTED);
+        b.tag[i / 8] ^= (uint8_t)(1u << (i % 8));
     }
-    CHECK_EQ_INT(verify_of(kp.sd, &t, d, sizeof(d), tag), 0);
-    kv_pair_done(&kp);
+    CHECK_EQ_INT(tagged_verify(&b, TAG_DATA), 0);
+    kv_pair_done(&b.kp);
 }
 
 /* Every single-bit change of one field of the tag's inputs fails. */

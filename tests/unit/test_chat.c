@@ -243,7 +243,4 @@ static const struct pd_test tests[] = {
     {0},
 };
 
-int main(int argc, char **argv)
-{
-    return pd_test_main(tests, argc, argv);
-}
+int main(int argc, char **argv) { return pd_test_main(tests, argc, argv); }

@@ -38,6 +38,16 @@ static struct pd_model *load_dummy(const char *shape)
     return pd_test_load_model(&p);
 }
 
+/* The engine p describes; the test fails with its reason when it cannot be built. */
+static struct pd_engine *engine_new(const struct pd_engine_params *p)
+{
+    struct pd_engine *e = NULL;
+    char err[512];
+    if (pd_engine_new(p, &e, err, sizeof err) < 0)
+        PD_TEST_FAIL_("%s", err);
+    return e;
+}
+
 #define N_ROWS 7 /* logits rows the script below asks for */
 
 /* Three sequences over three steps: prefill chunks of 20 and 7 tokens;
@@ -52,10 +62,8 @@ static void script(const struct pd_model *m, enum pd_device dev, uint32_t kv_dty
                                  .gpu_weight_dtype = w_dtype, /* the CPU's are fp32 regardless */
                                  .kv_dtype = kv_dtype, .block_size = 16,
                                  .max_batched_tokens = 128, .max_batch_items = 8};
-    struct pd_engine *e = NULL;
+    struct pd_engine *e = engine_new(&p);
     char err[512];
-    if (pd_engine_new(&p, &e, err, sizeof err) < 0)
-        PD_TEST_FAIL_("%s", err);
     struct pd_kvseq a, b, c;
     pd_kvseq_init(&a), pd_kvseq_init(&b), pd_kvseq_init(&c);
     int32_t tok[128];
@@ -162,10 +170,8 @@ static void engine_cuda_pool_sized_by_memory_share(void)
     const double share = ((double)(total_b - free_b) + (64u << 20)) / (double)total_b;
     struct pd_engine_params p = {.model = m, .device = PD_DEVICE_CUDA, .kv_cache_bytes = 1u << 20,
                                  .gpu_memory_utilization = share, .max_batched_tokens = 64};
-    struct pd_engine *e = NULL;
+    struct pd_engine *e = engine_new(&p);
     char err[512];
-    if (pd_engine_new(&p, &e, err, sizeof err) < 0)
-        PD_TEST_FAIL_("%s", err);
     const struct pd_kvcache *kc = pd_engine_kvcache(e);
     const uint64_t pool = (uint64_t)pd_kvcache_n_blocks(kc) * pd_kvcache_block_bytes(kc);
     /* not --kv-cache-memory's 1 MiB: up to the 64 MiB less the weights and scratch */
@@ -192,10 +198,8 @@ static void engine_cuda_kv_staging_round_trip(void)
                                  .kv_staging = true, .kv_staging_bytes = 8u << 20,
                                  .kv_dtype = PD_DT_BF16,
                                  .block_size = 16, .max_batched_tokens = 128};
-    struct pd_engine *e = NULL;
+    struct pd_engine *e = engine_new(&p);
     char err[512];
-    if (pd_engine_new(&p, &e, err, sizeof err) < 0)
-        PD_TEST_FAIL_("%s", err);
     struct pd_kvcache *kc = pd_engine_kvcache(e), *st = pd_engine_kv_staging(e);
     CHECK(st != NULL && st != kc);
     CHECK(pd_engine_kv_channel_pool(e) == st);
@@ -297,10 +301,8 @@ static void engine_cuda_graphs_replay_decode_steps_exactly(void)
                                      .kv_cache_bytes = 16u << 20, .kv_dtype = PD_DT_BF16,
                                      .block_size = 16, .max_batched_tokens = 128,
                                      .max_batch_items = 4, .no_cuda_graphs = run == 1};
-        struct pd_engine *e = NULL;
+        struct pd_engine *e = engine_new(&p);
         char err[512];
-        if (pd_engine_new(&p, &e, err, sizeof err) < 0)
-            PD_TEST_FAIL_("%s", err);
         struct pd_kvseq s[3];
         int32_t tok[40];
         for (uint32_t i = 0; i < 40; i++)
@@ -362,10 +364,8 @@ static void engine_cuda_failed_capture_falls_back_to_plain_launches(void)
         struct pd_engine_params p = {.model = m, .device = PD_DEVICE_CUDA,
                                      .kv_cache_bytes = 8u << 20, .max_batched_tokens = 64,
                                      .max_batch_items = 4, .no_cuda_graphs = run == 1};
-        struct pd_engine *e = NULL;
+        struct pd_engine *e = engine_new(&p);
         char err[512];
-        if (pd_engine_new(&p, &e, err, sizeof err) < 0)
-            PD_TEST_FAIL_("%s", err);
         struct pd_kvseq s[2];
         int32_t tok[8] = {3, 1, 4, 1, 5, 9, 2, 6};
         for (uint32_t i = 0; i < 2; i++) {
@@ -414,10 +414,8 @@ static void engine_cuda_default_model_agrees_with_cpu(void)
                                      .kv_cache_bytes = 64u << 20, .max_batched_tokens = 64,
                                      .max_batch_items = 4, .max_model_len = 256,
                                      .gpu_weight_dtype = PD_DT_BF16};
-        struct pd_engine *e = NULL;
+        struct pd_engine *e = engine_new(&p);
         char err[512];
-        if (pd_engine_new(&p, &e, err, sizeof err) < 0)
-            PD_TEST_FAIL_("%s", err);
         lg[dev] = malloc((size_t)ROWS * V * sizeof(float));
         CHECK(lg[dev] != NULL);
         struct pd_kvseq s;
@@ -485,10 +483,8 @@ static void sample_script(const struct pd_model *m, enum pd_device dev, bool in_
     struct pd_engine_params p = {.model = m, .device = dev, .kv_cache_bytes = 16u << 20,
                                  .kv_dtype = PD_DT_BF16, .block_size = 16,
                                  .max_batched_tokens = 128, .max_batch_items = 4};
-    struct pd_engine *e = NULL;
+    struct pd_engine *e = engine_new(&p);
     char err[512];
-    if (pd_engine_new(&p, &e, err, sizeof err) < 0)
-        PD_TEST_FAIL_("%s", err);
     struct pd_sampler *smp = pd_sampler_new(V);
     float *lg = malloc(3 * (size_t)V * sizeof(float));
     CHECK(smp && lg);
@@ -601,7 +597,4 @@ static const struct pd_test tests[] = {
     {0},
 };
 
-int main(int argc, char **argv)
-{
-    return pd_test_main(tests, argc, argv);
-}
+int main(int argc, char **argv) { return pd_test_main(tests, argc, argv); }

@@ -3,6 +3,7 @@
  * angles), checked on the CPU against formulas written out here. They are
  * the same functions nvcc compiles for the device, so these tests cover the
  * index arithmetic of both paths on every machine. */
+#include "float_bits.h"
 #include "pd_test.h"
 
 #include "attention.h"
@@ -91,10 +92,8 @@ static const uint32_t special_floats[] = {
 
 static float float_at(uint64_t i)
 {
-    uint32_t bits = i < N_SPECIAL ? special_floats[i] : (uint32_t)(rnd(1u << 16) << 16 | rnd(1u << 16));
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
+    return f32_from_bits(i < N_SPECIAL ? special_floats[i]
+                                       : (uint32_t)(rnd(1u << 16) << 16 | rnd(1u << 16)));
 }
 
 /* bf16 by a different route: of the two bf16 values around f (its top 16
@@ -102,8 +101,7 @@ static float float_at(uint64_t i)
  * arithmetic, the even one on a tie. */
 static uint16_t bf16_nearest(float f)
 {
-    uint32_t x;
-    memcpy(&x, &f, 4);
+    const uint32_t x = f32_bits(f);
     if (isnan(f))
         return (uint16_t)((x >> 16) | 0x40);
     const uint16_t lo = (uint16_t)(x >> 16), hi = (uint16_t)(lo + 1);
@@ -123,8 +121,7 @@ static void bf16_helpers_round_to_nearest_even(void)
     for (uint64_t i = 0; i < 200000 + N_SPECIAL; i++) {
         const float f = float_at(i);
         CHECK_EQ_INT(pd_bf16_encode(f), bf16_nearest(f));
-        uint32_t x;
-        memcpy(&x, &f, 4);
+        const uint32_t x = f32_bits(f);
         const float d = pd_bf16_decode((uint16_t)x); /* widening is exact: the top bits */
         const uint32_t want = (x & 0xffffu) << 16;
         CHECK(memcmp(&d, &want, 4) == 0);
@@ -270,7 +267,4 @@ static const struct pd_test tests[] = {
     {0},
 };
 
-int main(int argc, char **argv)
-{
-    return pd_test_main(tests, argc, argv);
-}
+int main(int argc, char **argv) { return pd_test_main(tests, argc, argv); }

@@ -16,6 +16,21 @@ static struct pd_kvcache *pool(uint32_t n_blocks)
     return kc;
 }
 
+/* Every block is back on the free list (nothing leaked); then the pool goes. */
+static void pool_free_drained(struct pd_kvcache *kc)
+{
+    CHECK_EQ_INT(pd_kvcache_n_free(kc), pd_kvcache_n_blocks(kc));
+    pd_kvcache_free(kc);
+}
+
+/* one block allocated from kc */
+static uint32_t alloc_one(struct pd_kvcache *kc)
+{
+    uint32_t id;
+    CHECK_EQ_INT(pd_kvcache_alloc(kc, 1, &id), 0);
+    return id;
+}
+
 static void kvcache_sizes_pool_in_whole_blocks(void)
 {
     struct pd_kvcache *kc = pool(10);
@@ -75,29 +90,25 @@ static void kvcache_alloc_is_all_or_nothing(void)
             CHECK(ids[i] != ids[j]);
     for (int i = 0; i < 5; i++)
         CHECK_EQ_INT(pd_kvcache_unref(kc, ids[i]), 0);
-    CHECK_EQ_INT(pd_kvcache_n_free(kc), 5);
-    pd_kvcache_free(kc);
+    pool_free_drained(kc);
 }
 
 static void kvcache_block_freed_at_last_reference(void)
 {
     struct pd_kvcache *kc = pool(2);
-    uint32_t id;
-    CHECK_EQ_INT(pd_kvcache_alloc(kc, 1, &id), 0);
+    const uint32_t id = alloc_one(kc);
     CHECK_EQ_INT(pd_kvcache_ref(kc, id), 0);
     CHECK_EQ_INT(pd_kvcache_refcount(kc, id), 2);
     CHECK_EQ_INT(pd_kvcache_unref(kc, id), 1);
     CHECK_EQ_INT(pd_kvcache_n_free(kc), 1);
     CHECK_EQ_INT(pd_kvcache_unref(kc, id), 0);
-    CHECK_EQ_INT(pd_kvcache_n_free(kc), 2);
-    pd_kvcache_free(kc);
+    pool_free_drained(kc);
 }
 
 static void kvcache_double_free_and_bad_ids_refused(void)
 {
     struct pd_kvcache *kc = pool(2);
-    uint32_t id;
-    CHECK_EQ_INT(pd_kvcache_alloc(kc, 1, &id), 0);
+    const uint32_t id = alloc_one(kc);
     CHECK_EQ_INT(pd_kvcache_unref(kc, id), 0);
     CHECK_EQ_INT(pd_kvcache_unref(kc, id), -EINVAL); /* would corrupt the free list */
     CHECK_EQ_INT(pd_kvcache_n_free(kc), 2);
@@ -128,8 +139,7 @@ static void kvseq_reserve_grows_by_blocks_and_trim_undoes(void)
     pd_kvseq_release(kc, &s);
     CHECK_EQ_INT(s.n_blocks, 0);
     CHECK(s.blocks == NULL);
-    CHECK_EQ_INT(pd_kvcache_n_free(kc), 6);
-    pd_kvcache_free(kc);
+    pool_free_drained(kc);
 }
 
 static void kv_offset_places_layers_heads_tokens(void)

@@ -45,6 +45,17 @@ static char *tmp_path(const char *tag)
     return path;
 }
 
+/* d written as a GGUF file under tmp_path(tag); returns the path. */
+static const char *write_tmp(const struct pd_model *d, const char *tag)
+{
+    char err[512];
+    const char *path = tmp_path(tag);
+    unlink(path);
+    if (pd_model_write_gguf(d, path, err, sizeof(err)) < 0)
+        PD_TEST_FAIL_("write %s: %s", path, err);
+    return path;
+}
+
 static void model_dummy_tiny_has_its_shape(void)
 {
     struct pd_model *m = dummy("tiny", 1, 0);
@@ -168,32 +179,31 @@ static void model_shape_json_overrides_preset(void)
 
 static void model_shape_json_errors_name_the_problem(void)
 {
+    static const struct {
+        const char *shape, *why;
+    } bad[] = {
+        {"{\"preset\":\"tiny\",\"n_layers\":2}", "unknown key \"n_layers\""},
+        {"{\"preset\":\"tiny\",\"n_layer\":-1}", "\"n_layer\" must be a positive integer"},
+        {"{\"n_layer\":2}", "are required"},
+        {"{\"preset\":\"tiny\",\"dtype\":\"q4_1\"}", "f32, f16, bf16"},
+        {"{\"preset\":\"tiny\",\"n_head_kv\":3}", "n_head_kv"},
+        {"{\"preset\":\"tiny\"", "not a preset name or a JSON object"},
+        {"llama-9000", "unknown model shape \"llama-9000\""},
+    };
     char err[512];
-    CHECK_EQ_INT(dummy_err("{\"preset\":\"tiny\",\"n_layers\":2}", err, sizeof(err)), -EINVAL);
-    CHECK_CONTAINS(err, "unknown key \"n_layers\"");
-    CHECK_EQ_INT(dummy_err("{\"preset\":\"tiny\",\"n_layer\":-1}", err, sizeof(err)), -EINVAL);
-    CHECK_CONTAINS(err, "\"n_layer\" must be a positive integer");
-    CHECK_EQ_INT(dummy_err("{\"n_layer\":2}", err, sizeof(err)), -EINVAL);
-    CHECK_CONTAINS(err, "are required");
-    CHECK_EQ_INT(dummy_err("{\"preset\":\"tiny\",\"dtype\":\"q4_1\"}", err, sizeof(err)), -EINVAL);
-    CHECK_CONTAINS(err, "f32, f16, bf16");
-    CHECK_EQ_INT(dummy_err("{\"preset\":\"tiny\",\"n_head_kv\":3}", err, sizeof(err)), -EINVAL);
-    CHECK_CONTAINS(err, "n_head_kv");
-    CHECK_EQ_INT(dummy_err("{\"preset\":\"tiny\"", err, sizeof(err)), -EINVAL);
-    CHECK_CONTAINS(err, "not a preset name or a JSON object");
-    CHECK_EQ_INT(dummy_err("llama-9000", err, sizeof(err)), -EINVAL);
-    CHECK_CONTAINS(err, "unknown model shape \"llama-9000\"");
-    CHECK_CONTAINS(err, "smollm2-135m");
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        CHECK_EQ_INT(dummy_err(bad[i].shape, err, sizeof(err)), -EINVAL);
+        CHECK_CONTAINS(err, bad[i].why);
+    }
+    CHECK_CONTAINS(err, "smollm2-135m"); /* an unknown name is answered with the known ones */
 }
 
 static void model_write_gguf_round_trips(void)
 {
     char err[512];
-    const char *path = tmp_path("rt");
     struct pd_model *d = dummy("tiny-gqa3", 11, 0), *g = NULL, *g2 = NULL;
+    const char *path = write_tmp(d, "rt");
 
-    unlink(path);
-    CHECK_EQ_INT(pd_model_write_gguf(d, path, err, sizeof(err)), 0);
     CHECK_EQ_INT(load_file(path, &g, err, sizeof(err)), 0);
     CHECK(memcmp(pd_model_hparams(d), pd_model_hparams(g), sizeof(struct pd_hparams)) == 0);
     CHECK_EQ_INT(pd_model_n_tensors(g), pd_model_n_tensors(d));
@@ -232,6 +242,17 @@ static struct gb build_llama(const struct pd_model *m, const struct llama_opts *
     const struct pd_hparams *hp = pd_model_hparams(m);
     struct gb b = {0};
     size_t nt = 0;
+    const struct {
+        const char *key;
+        uint32_t value;
+    } u32s[] = {
+        {"llama.block_count", hp->n_layer},
+        {"llama.context_length", hp->n_ctx_train},
+        {"llama.embedding_length", hp->n_embd},
+        {"llama.feed_forward_length", hp->n_ff},
+        {"llama.attention.head_count", hp->n_head},
+        {"llama.attention.head_count_kv", hp->n_head_kv},
+    };
 
     for (size_t i = 0; i < pd_model_n_tensors(m); i++)
         nt += !(o->drop && strcmp(pd_model_tensor_at(m, i)->name, o->drop) == 0);
@@ -240,12 +261,8 @@ static struct gb build_llama(const struct pd_model *m, const struct llama_opts *
     gb_u64(&b, nt);
     gb_u64(&b, o->drop_eps ? 7 : 8);
     gb_kv_str(&b, "general.architecture", o->arch ? o->arch : "llama");
-    gb_kv_u32(&b, "llama.block_count", hp->n_layer);
-    gb_kv_u32(&b, "llama.context_length", hp->n_ctx_train);
-    gb_kv_u32(&b, "llama.embedding_length", hp->n_embd);
-    gb_kv_u32(&b, "llama.feed_forward_length", hp->n_ff);
-    gb_kv_u32(&b, "llama.attention.head_count", hp->n_head);
-    gb_kv_u32(&b, "llama.attention.head_count_kv", hp->n_head_kv);
+    for (size_t i = 0; i < sizeof(u32s) / sizeof(u32s[0]); i++)
+        gb_kv_u32(&b, u32s[i].key, u32s[i].value);
     if (o->eps_as_string)
         gb_kv_str(&b, "llama.attention.layer_norm_rms_epsilon", "1e-5");
     else if (!o->drop_eps)
@@ -296,6 +313,14 @@ static int load_llama(const struct llama_opts *o, char *err, size_t n)
     return rc;
 }
 
+/* The image o describes is refused with -EINVAL, the message naming why. */
+static void llama_refused(const struct llama_opts *o, const char *why)
+{
+    char err[512];
+    CHECK_EQ_INT(load_llama(o, err, sizeof(err)), -EINVAL);
+    CHECK_CONTAINS(err, why);
+}
+
 static void model_gguf_builder_baseline_loads(void)
 {
     char err[512];
@@ -307,29 +332,22 @@ static void model_gguf_builder_baseline_loads(void)
 
 static void model_rejects_missing_tensor(void)
 {
-    char err[512];
     struct llama_opts o = {.drop = "blk.1.ffn_up.weight"};
-    CHECK_EQ_INT(load_llama(&o, err, sizeof(err)), -EINVAL);
-    CHECK_CONTAINS(err, "blk.1.ffn_up.weight is missing");
+    llama_refused(&o, "blk.1.ffn_up.weight is missing");
 }
 
 static void model_rejects_unknown_tensor(void)
 {
-    char err[512];
     struct llama_opts o = {.rename_from = "blk.0.ffn_up.weight", .rename_to = "blk.0.ffn_up.bias"};
-    CHECK_EQ_INT(load_llama(&o, err, sizeof(err)), -EINVAL);
-    CHECK_CONTAINS(err, "unknown tensor blk.0.ffn_up.bias");
+    llama_refused(&o, "unknown tensor blk.0.ffn_up.bias");
     o.rename_to = "blk.7.ffn_up.weight"; /* a layer the model does not have */
-    CHECK_EQ_INT(load_llama(&o, err, sizeof(err)), -EINVAL);
-    CHECK_CONTAINS(err, "unknown tensor blk.7.ffn_up.weight");
+    llama_refused(&o, "unknown tensor blk.7.ffn_up.weight");
 }
 
 static void model_rejects_wrong_shape(void)
 {
-    char err[512];
     struct llama_opts o = {.reshape = "blk.0.attn_k.weight"};
-    CHECK_EQ_INT(load_llama(&o, err, sizeof(err)), -EINVAL);
-    CHECK_CONTAINS(err, "blk.0.attn_k.weight has shape [64, 33, 1, 1], expected [64, 32]");
+    llama_refused(&o, "blk.0.attn_k.weight has shape [64, 33, 1, 1], expected [64, 32]");
 }
 
 static void model_rejects_unsupported_type(void)
@@ -342,21 +360,16 @@ static void model_rejects_unsupported_type(void)
 
 static void model_rejects_other_architectures(void)
 {
-    char err[512];
     struct llama_opts o = {.arch = "gpt2"};
-    CHECK_EQ_INT(load_llama(&o, err, sizeof(err)), -EINVAL);
-    CHECK_CONTAINS(err, "architecture \"gpt2\" is not supported");
+    llama_refused(&o, "architecture \"gpt2\" is not supported");
 }
 
 static void model_rejects_missing_or_mistyped_keys(void)
 {
-    char err[512];
     struct llama_opts o = {.drop_eps = 1};
-    CHECK_EQ_INT(load_llama(&o, err, sizeof(err)), -EINVAL);
-    CHECK_CONTAINS(err, "layer_norm_rms_epsilon is missing");
+    llama_refused(&o, "layer_norm_rms_epsilon is missing");
     o = (struct llama_opts){.eps_as_string = 1};
-    CHECK_EQ_INT(load_llama(&o, err, sizeof(err)), -EINVAL);
-    CHECK_CONTAINS(err, "layer_norm_rms_epsilon is not a float");
+    llama_refused(&o, "layer_norm_rms_epsilon is not a float");
 }
 
 static void model_rejects_missing_and_non_gguf_files(void)
@@ -380,10 +393,8 @@ static void model_rejects_missing_and_non_gguf_files(void)
 static void model_fingerprint_sees_tensor_content(void)
 {
     char err[512];
-    const char *path = tmp_path("fp");
     struct pd_model *d = dummy("tiny", 3, 0), *a = NULL, *b = NULL;
-    unlink(path);
-    CHECK_EQ_INT(pd_model_write_gguf(d, path, err, sizeof(err)), 0);
+    const char *path = write_tmp(d, "fp");
     CHECK_EQ_INT(load_file(path, &a, err, sizeof(err)), 0);
     /* flip one weight byte in place */
     const struct pd_tensor *t = pd_model_find(a, "blk.1.ffn_down.weight");

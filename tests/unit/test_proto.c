@@ -351,6 +351,14 @@ static void trailing_byte_refused(void)
     CHECK_CONTAINS(err, "header says");
 }
 
+/* f encoded into a scratch buffer: the encoder's return (its reason in err) */
+static int encode_rc(const struct pd_frame *f)
+{
+    uint8_t buf[4096];
+    size_t n;
+    return pd_frame_encode(f, 1, buf, sizeof(buf), &n, err, sizeof(err));
+}
+
 /* Encode a PREFILL with one field changed by `edit`, decode it raw. */
 static struct pd_frame prefill_base(uint8_t tags[48]) { return expected("prefill", tags); }
 
@@ -387,15 +395,14 @@ static void prefill_token_count_over_cap_refused(void)
 
 static void prefill_with_too_few_blocks_refused(void)
 {
-    uint8_t tags[48], buf[4096];
-    size_t n;
+    uint8_t tags[48];
     struct pd_frame f = prefill_base(tags);
     f.u.prefill.block_size = 2; /* 5 tokens need 3 blocks of 2 */
     f.u.prefill.n_blocks = 2;
-    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -EINVAL);
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL);
     CHECK_CONTAINS(err, "cannot hold");
     f.u.prefill.n_blocks = 3;
-    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), 0);
+    CHECK_EQ_INT(encode_rc(&f), 0);
 }
 
 static void prefill_nonfinite_or_out_of_range_sampling_refused(void)
@@ -406,18 +413,18 @@ static void prefill_nonfinite_or_out_of_range_sampling_refused(void)
     for (size_t i = 0; i < 4; i++) {
         struct pd_frame f = prefill_base(tags);
         f.u.prefill.temperature = bad_temp[i];
-        CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -EINVAL);
+        CHECK_EQ_INT(encode_rc(&f), -EINVAL);
         CHECK_CONTAINS(err, "temperature");
     }
     struct pd_frame f = prefill_base(tags);
     f.u.prefill.top_p = 0.0f;
-    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -EINVAL);
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL);
     f = prefill_base(tags);
     f.u.prefill.repetition_penalty = 0.0f;
-    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -EINVAL);
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL);
     f = prefill_base(tags);
     f.u.prefill.presence_penalty = -INFINITY;
-    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -EINVAL);
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL);
     /* a NaN in a real frame's min_p */
     n = golden("prefill", buf, sizeof(buf));
     memcpy(buf + PD_FRAME_HDR_LEN + 32, "\x00\x00\xc0\x7f", 4);
@@ -434,10 +441,10 @@ static void prefill_request_id_must_be_printable_and_bounded(void)
     CHECK_CONTAINS(err, "printable");
     struct pd_frame f = prefill_base(tags);
     f.u.prefill.xrid[0] = '\0';
-    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -EINVAL);
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL);
     memset(f.u.prefill.xrid, 'a', PD_PROTO_MAX_XRID);
     f.u.prefill.xrid[PD_PROTO_MAX_XRID] = '\0';
-    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), 0);
+    CHECK_EQ_INT(encode_rc(&f), 0);
     /* one byte more on the wire */
     uint8_t g[4096];
     size_t m = golden("prefill", g, sizeof(g));
@@ -456,39 +463,38 @@ static void prefill_unknown_flags_refused(void)
 
 static void chunk_limits_refused(void)
 {
-    uint8_t tags[48], buf[4096];
-    size_t n;
+    uint8_t tags[48];
     struct pd_frame f = expected("chunk", tags);
     f.u.chunk.transfer = 0;
-    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -EINVAL);
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL);
     CHECK_CONTAINS(err, "transfer counter 0");
     f = expected("chunk", tags);
     f.u.chunk.first_block = PD_PROTO_MAX_REQ_BLOCKS - 2; /* 3 blocks run past the cap */
-    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -E2BIG);
+    CHECK_EQ_INT(encode_rc(&f), -E2BIG);
     f = expected("chunk", tags);
     f.u.chunk.block_bytes = PD_PROTO_MAX_BLOCK_BYTES + 1;
-    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -EINVAL);
-    n = golden("chunk", buf, sizeof(buf));
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL);
+    uint8_t buf[4096];
+    size_t n = golden("chunk", buf, sizeof(buf));
     buf[PD_FRAME_HDR_LEN + 17] = 0x10; /* 4099 blocks */
     REFUSED(buf, n, -E2BIG);
 }
 
 static void done_logprob_must_be_a_log_probability(void)
 {
-    uint8_t tags[48], buf[4096];
-    size_t n;
+    uint8_t tags[48];
     const float bad[] = {NAN, 0.5f, INFINITY};
     for (size_t i = 0; i < 3; i++) {
         struct pd_frame f = expected("done", tags);
         f.u.done.top[1].logprob = bad[i];
-        CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -EINVAL);
+        CHECK_EQ_INT(encode_rc(&f), -EINVAL);
         CHECK_CONTAINS(err, "alternative 1");
     }
     struct pd_frame f = expected("done", tags);
     f.u.done.logprob = -INFINITY; /* a filtered-out token: legitimate */
-    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), 0);
+    CHECK_EQ_INT(encode_rc(&f), 0);
     f.u.done.n_top = PD_PROTO_MAX_LOGPROBS + 1;
-    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -E2BIG);
+    CHECK_EQ_INT(encode_rc(&f), -E2BIG);
 }
 
 static void unknown_reason_code_refused(void)
@@ -615,33 +621,46 @@ static void hello_roundtrips_with_documented_offsets(void)
     CHECK_EQ_INT(g.major, PD_PROTO_MAJOR);
 }
 
+/* sample_hello() encoded as an HS_M1 into b */
+static void sample_m1(uint8_t b[PD_HS_HELLO_LEN])
+{
+    struct pd_hs_hello h = sample_hello();
+    CHECK_EQ_INT(pd_hs_hello_encode(PD_FT_HS_M1, &h, b, PD_HS_HELLO_LEN, err, sizeof(err)), 0);
+}
+
+/* b (len bytes) decoded as an HS_M1: the decoder's return (its reason in err) */
+static int m1_decode_rc(const uint8_t *b, size_t len)
+{
+    struct pd_hs_hello g;
+    return pd_hs_hello_decode(PD_FT_HS_M1, b, len, &g, err, sizeof(err));
+}
+
 static void hello_of_the_other_type_refused(void)
 {
-    struct pd_hs_hello h = sample_hello(), g;
+    struct pd_hs_hello h = sample_hello();
     uint8_t b[PD_HS_HELLO_LEN];
     CHECK_EQ_INT(pd_hs_hello_encode(PD_FT_HS_M2, &h, b, sizeof(b), err, sizeof(err)), 0);
-    CHECK_EQ_INT(pd_hs_hello_decode(PD_FT_HS_M1, b, sizeof(b), &g, err, sizeof(err)), -EBADMSG);
+    CHECK_EQ_INT(m1_decode_rc(b, sizeof(b)), -EBADMSG);
     CHECK_CONTAINS(err, "expected HS_M1, got HS_M2");
 }
 
 static void hello_key_id_rules_enforced(void)
 {
-    struct pd_hs_hello h = sample_hello(), g;
     uint8_t b[PD_HS_HELLO_LEN];
-    CHECK_EQ_INT(pd_hs_hello_encode(PD_FT_HS_M1, &h, b, sizeof(b), err, sizeof(err)), 0);
+    sample_m1(b);
     uint8_t *body = b + PD_FRAME_HDR_LEN;
     body[4 + 60] = 'x'; /* padding after the id */
-    CHECK_EQ_INT(pd_hs_hello_decode(PD_FT_HS_M1, b, sizeof(b), &g, err, sizeof(err)), -EBADMSG);
+    CHECK_EQ_INT(m1_decode_rc(b, sizeof(b)), -EBADMSG);
     body[4 + 60] = 0;
     body[4 + 2] = '/';
-    CHECK_EQ_INT(pd_hs_hello_decode(PD_FT_HS_M1, b, sizeof(b), &g, err, sizeof(err)), -EBADMSG);
+    CHECK_EQ_INT(m1_decode_rc(b, sizeof(b)), -EBADMSG);
     body[4 + 2] = '\0'; /* a NUL inside the stated length: "no" + "\0" + ... */
-    CHECK_EQ_INT(pd_hs_hello_decode(PD_FT_HS_M1, b, sizeof(b), &g, err, sizeof(err)), -EBADMSG);
+    CHECK_EQ_INT(m1_decode_rc(b, sizeof(b)), -EBADMSG);
     body[4 + 2] = 'd';
     body[0] = 0;
-    CHECK_EQ_INT(pd_hs_hello_decode(PD_FT_HS_M1, b, sizeof(b), &g, err, sizeof(err)), -EBADMSG);
+    CHECK_EQ_INT(m1_decode_rc(b, sizeof(b)), -EBADMSG);
     body[0] = 65;
-    CHECK_EQ_INT(pd_hs_hello_decode(PD_FT_HS_M1, b, sizeof(b), &g, err, sizeof(err)), -EBADMSG);
+    CHECK_EQ_INT(m1_decode_rc(b, sizeof(b)), -EBADMSG);
     CHECK(pd_key_id_valid("a") && !pd_key_id_valid("") && !pd_key_id_valid("a b"));
     char long_id[66];
     memset(long_id, 'k', 65);
@@ -653,7 +672,7 @@ static void hello_key_id_rules_enforced(void)
 
 static void hello_layout_out_of_range_refused(void)
 {
-    struct pd_hs_hello h = sample_hello(), g;
+    struct pd_hs_hello h = sample_hello();
     uint8_t b[PD_HS_HELLO_LEN];
     h.layout.block_size = 0;
     CHECK_EQ_INT(pd_hs_hello_encode(PD_FT_HS_M1, &h, b, sizeof(b), err, sizeof(err)), -EINVAL);
@@ -661,17 +680,16 @@ static void hello_layout_out_of_range_refused(void)
     h = sample_hello();
     CHECK_EQ_INT(pd_hs_hello_encode(PD_FT_HS_M1, &h, b, sizeof(b), err, sizeof(err)), 0);
     b[PD_FRAME_HDR_LEN + 132 + 3] = 0x80; /* n_layer 2^31 + 30 */
-    CHECK_EQ_INT(pd_hs_hello_decode(PD_FT_HS_M1, b, sizeof(b), &g, err, sizeof(err)), -EBADMSG);
+    CHECK_EQ_INT(m1_decode_rc(b, sizeof(b)), -EBADMSG);
     CHECK_CONTAINS(err, "n_layer");
 }
 
 static void every_truncation_of_a_hello_refused(void)
 {
-    struct pd_hs_hello h = sample_hello(), g;
     uint8_t b[PD_HS_HELLO_LEN];
-    CHECK_EQ_INT(pd_hs_hello_encode(PD_FT_HS_M1, &h, b, sizeof(b), err, sizeof(err)), 0);
+    sample_m1(b);
     for (size_t k = 0; k < sizeof(b); k++)
-        CHECK_EQ_INT(pd_hs_hello_decode(PD_FT_HS_M1, b, k, &g, err, sizeof(err)), -EBADMSG);
+        CHECK_EQ_INT(m1_decode_rc(b, k), -EBADMSG);
 }
 
 static void confirm_roundtrips(void)

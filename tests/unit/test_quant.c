@@ -1,23 +1,10 @@
+#include "float_bits.h"
 #include "golden.h"
 #include "pd_test.h"
 #include "quant.h"
 
 #include <errno.h>
 #include <math.h>
-
-static uint32_t bits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-
-static float from_bits(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
 
 static void f16_round_trips_every_half(void)
 {
@@ -53,11 +40,11 @@ static void f16_known_values(void)
 static void bf16_rounds_to_nearest_even(void)
 {
     CHECK_EQ_INT(pd_f32_to_bf16(1.0f), 0x3f80);
-    CHECK_EQ_INT(pd_f32_to_bf16(from_bits(0x3f808000)), 0x3f80); /* tie, even stays */
-    CHECK_EQ_INT(pd_f32_to_bf16(from_bits(0x3f818000)), 0x3f82); /* tie, odd rounds up */
-    CHECK_EQ_INT(pd_f32_to_bf16(from_bits(0x3f808001)), 0x3f81);
+    CHECK_EQ_INT(pd_f32_to_bf16(f32_from_bits(0x3f808000)), 0x3f80); /* tie, even stays */
+    CHECK_EQ_INT(pd_f32_to_bf16(f32_from_bits(0x3f818000)), 0x3f82); /* tie, odd rounds up */
+    CHECK_EQ_INT(pd_f32_to_bf16(f32_from_bits(0x3f808001)), 0x3f81);
     CHECK(isnan(pd_bf16_to_f32(pd_f32_to_bf16(NAN))));
-    CHECK(bits(pd_bf16_to_f32(0xc0a0)) == 0xc0a00000u);
+    CHECK(f32_bits(pd_bf16_to_f32(0xc0a0)) == 0xc0a00000u);
 }
 
 static void dtype_row_size_checks_block_multiple(void)
@@ -97,7 +84,7 @@ static void dequant_matches_gguf_package(void)
         float *got = malloc(r.n * sizeof(float));
         CHECK_EQ_INT(pd_dequant_row(r.type, r.raw, got, r.n), 0);
         for (uint64_t i = 0; i < r.n; i++)
-            if (bits(got[i]) != bits(r.want[i]))
+            if (f32_bits(got[i]) != f32_bits(r.want[i]))
                 PD_TEST_FAIL_("%s[%llu]: got %.9g, gguf says %.9g", r.name, (unsigned long long)i,
                               (double)got[i], (double)r.want[i]);
         types_seen |= 1u << r.type;

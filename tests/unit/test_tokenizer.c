@@ -185,21 +185,37 @@ static void tok_eog_tokens(void)
     tok_fix_done(&f);
 }
 
-static void tok_parse_special_only_on_request(void)
-{
+/* The default model's tokenizer, and one text's ids. */
+struct tok_text {
     struct tok_fix f;
+    const char *s;
     int32_t ids[64];
     size_t n;
-    static const char s[] = "<|im_start|>user\nHi<|im_end|>";
-    tok_fix_default(&f, PD_TOK_PRE_HF_GGUF);
-    CHECK_EQ_INT(pd_tok_encode(f.tok, s, strlen(s), PD_TOK_PARSE_SPECIAL, ids, 64, &n), 0);
-    CHECK(n >= 3);
-    CHECK_EQ_INT(ids[0], 1);
-    CHECK_EQ_INT(ids[n - 1], 2);
-    CHECK_EQ_INT(pd_tok_encode(f.tok, s, strlen(s), 0, ids, 64, &n), 0);
-    for (size_t i = 0; i < n; i++)
-        CHECK(!pd_tok_is_special(f.tok, ids[i]));
-    tok_fix_done(&f);
+};
+
+static void tok_text_encode(struct tok_text *t, unsigned flags)
+{
+    CHECK_EQ_INT(pd_tok_encode(t->f.tok, t->s, strlen(t->s), flags, t->ids, 64, &t->n), 0);
+}
+
+static void tok_text_default(struct tok_text *t, const char *s, unsigned flags)
+{
+    tok_fix_default(&t->f, PD_TOK_PRE_HF_GGUF);
+    t->s = s;
+    tok_text_encode(t, flags);
+}
+
+static void tok_parse_special_only_on_request(void)
+{
+    struct tok_text t;
+    tok_text_default(&t, "<|im_start|>user\nHi<|im_end|>", PD_TOK_PARSE_SPECIAL);
+    CHECK(t.n >= 3);
+    CHECK_EQ_INT(t.ids[0], 1);
+    CHECK_EQ_INT(t.ids[t.n - 1], 2);
+    tok_text_encode(&t, 0);
+    for (size_t i = 0; i < t.n; i++)
+        CHECK(!pd_tok_is_special(t.f.tok, t.ids[i]));
+    tok_fix_done(&t.f);
 }
 
 static void tok_bos_follows_metadata_unless_asked(void)
@@ -266,39 +282,35 @@ static void tok_encode_refuses_text_over_cap(void)
 
 static void tok_decode_e2big_and_bad_ids(void)
 {
-    struct tok_fix f;
-    int32_t ids[64];
-    size_t n, len;
+    struct tok_text t;
+    size_t len;
     char out[128];
-    static const char s[] = "Hello, world";
-    tok_fix_default(&f, PD_TOK_PRE_HF_GGUF);
-    CHECK_EQ_INT(pd_tok_encode(f.tok, s, strlen(s), 0, ids, 64, &n), 0);
-    CHECK_EQ_INT(pd_tok_decode(f.tok, ids, n, 0, out, 5, &len), -E2BIG);
-    CHECK_EQ_INT(len, strlen(s));
-    CHECK_EQ_INT(pd_tok_decode(f.tok, ids, n, 0, out, len, &len), -E2BIG); /* room for the NUL */
-    CHECK_EQ_INT(pd_tok_decode(f.tok, ids, n, 0, out, len + 1, &len), 0);
-    CHECK_STR(out, s);
-    int32_t bad[2] = {ids[0], 49152};
-    CHECK_EQ_INT(pd_tok_decode(f.tok, bad, 2, 0, out, sizeof(out), &len), -EINVAL);
+    tok_text_default(&t, "Hello, world", 0);
+    const struct pd_tokenizer *tok = t.f.tok;
+    CHECK_EQ_INT(pd_tok_decode(tok, t.ids, t.n, 0, out, 5, &len), -E2BIG);
+    CHECK_EQ_INT(len, strlen(t.s));
+    CHECK_EQ_INT(pd_tok_decode(tok, t.ids, t.n, 0, out, len, &len), -E2BIG); /* room for the NUL */
+    CHECK_EQ_INT(pd_tok_decode(tok, t.ids, t.n, 0, out, len + 1, &len), 0);
+    CHECK_STR(out, t.s);
+    int32_t bad[2] = {t.ids[0], 49152};
+    CHECK_EQ_INT(pd_tok_decode(tok, bad, 2, 0, out, sizeof(out), &len), -EINVAL);
     bad[1] = -5;
-    CHECK_EQ_INT(pd_tok_decode(f.tok, bad, 2, 0, out, sizeof(out), &len), -EINVAL);
-    tok_fix_done(&f);
+    CHECK_EQ_INT(pd_tok_decode(tok, bad, 2, 0, out, sizeof(out), &len), -EINVAL);
+    tok_fix_done(&t.f);
 }
 
 static void tok_skip_special_on_decode(void)
 {
-    struct tok_fix f;
-    int32_t ids[64];
-    size_t n, len;
+    struct tok_text t;
+    size_t len;
     char out[256];
-    static const char s[] = "<|im_start|>user\nHi<|im_end|>\n";
-    tok_fix_default(&f, PD_TOK_PRE_HF_GGUF);
-    CHECK_EQ_INT(pd_tok_encode(f.tok, s, strlen(s), PD_TOK_PARSE_SPECIAL, ids, 64, &n), 0);
-    CHECK_EQ_INT(pd_tok_decode(f.tok, ids, n, 0, out, sizeof(out), &len), 0);
-    CHECK_STR(out, s);
-    CHECK_EQ_INT(pd_tok_decode(f.tok, ids, n, PD_TOK_SKIP_SPECIAL, out, sizeof(out), &len), 0);
+    tok_text_default(&t, "<|im_start|>user\nHi<|im_end|>\n", PD_TOK_PARSE_SPECIAL);
+    CHECK_EQ_INT(pd_tok_decode(t.f.tok, t.ids, t.n, 0, out, sizeof(out), &len), 0);
+    CHECK_STR(out, t.s);
+    CHECK_EQ_INT(pd_tok_decode(t.f.tok, t.ids, t.n, PD_TOK_SKIP_SPECIAL, out, sizeof(out), &len),
+                 0);
     CHECK_STR(out, "user\nHi\n");
-    tok_fix_done(&f);
+    tok_fix_done(&t.f);
 }
 
 /* Byte-level, ill-formed UTF-8: each run of bytes that is not UTF-8 is a
@@ -701,7 +713,4 @@ static const struct pd_test tests[] = {
     {0},
 };
 
-int main(int argc, char **argv)
-{
-    return pd_test_main(tests, argc, argv);
-}
+int main(int argc, char **argv) { return pd_test_main(tests, argc, argv); }
