@@ -80,13 +80,7 @@ static const struct pd_cfg_opt options[] = {
 
 static const uint32_t def_batch[] = {16, 64}, def_context[] = {1024, 2048, 4096, 8192};
 
-#define TRY(call)                                                              \
-    do {                                                                       \
-        if ((rc = (call)) < 0) {                                               \
-            fprintf(stderr, "attn_bench: %s failed: %s\n", #call, strerror(-rc)); \
-            goto out;                                                          \
-        }                                                                      \
-    } while (0)
+#define TRY(call) GB_TRY("attn_bench", #call, call)
 
 static int attn_pass(void *arg, uint32_t layer, pd_stream_t s)
 {
@@ -131,15 +125,7 @@ static int spot_check(const struct pd_attn_args *g, const uint32_t *tables_host,
     a.tok_seq = seq, a.tok_pos = pos, a.block_tables = tables;
     if ((rc = pd_attention_cpu(&a)) < 0)
         goto out;
-    double max_ref = 0, max_err = 0;
-    for (size_t i = 0; i < n * row; i++) {
-        double e = fabs((double)got[i] - ref[i]);
-        if (isnan(e))
-            e = INFINITY; /* an unwritten (NaN) output fails the check */
-        max_err = e > max_err ? e : max_err;
-        max_ref = fabs(ref[i]) > max_ref ? fabs(ref[i]) : max_ref;
-    }
-    *err_out = max_ref > 0 ? max_err / max_ref : max_err;
+    *err_out = gb_normalized_error(got, ref, n * row);
 out:
     free(pool), free(tables), free(q), free(ref), free(got);
     return rc;
@@ -150,8 +136,7 @@ int main(int argc, char **argv)
     struct bench_cfg c;
     struct pd_cfg_args a;
     struct pd_model *m = NULL;
-    struct pd_cuda_timer *tm = NULL;
-    pd_stream_t stream = NULL;
+    struct gb_clock clk = {0};
     void *pool = NULL, *dq = NULL, *dout = NULL, *dws = NULL, *dseq = NULL, *dpos = NULL;
     void *dtables = NULL;
     uint32_t *tables = NULL;
@@ -171,10 +156,8 @@ int main(int argc, char **argv)
         return 2;
     }
 
-    if (gb_open_device("attn_bench") < 0)
-        goto out;
-    if (c.probe) {
-        exit_code = 0;
+    if ((rc = gb_open_device("attn_bench", c.probe)) != 0) {
+        exit_code = rc < 0; /* 0 after --probe */
         goto out;
     }
 
@@ -210,32 +193,26 @@ int main(int argc, char **argv)
     }
 
     /* the pool, q, and block tables handing out the blocks in a random order */
-    TRY(pd_cuda_malloc(&pool, pool_bytes));
-    TRY(pd_cuda_fill_random(pool, pool_bytes / elem, pool_type, (uint64_t)c.seed, 1.0f, NULL));
-    TRY(pd_cuda_malloc(&dq, (size_t)max_b * row * sizeof(float)));
-    TRY(pd_cuda_fill_random(dq, (size_t)max_b * row, PD_DT_F32, (uint64_t)c.seed + 1, 4.0f, NULL));
+    TRY(gb_random_buffer(&pool, pool_bytes / elem, pool_type, (uint64_t)c.seed, 1.0f));
+    TRY(gb_random_buffer(&dq, (size_t)max_b * row, PD_DT_F32, (uint64_t)c.seed + 1, 4.0f));
     TRY(pd_cuda_malloc(&dout, (size_t)max_b * row * sizeof(float)));
-    tables = malloc(n_blocks * sizeof(uint32_t));
+    TRY(gb_block_tables(n_blocks, (uint64_t)c.seed, &tables, &dtables));
     seq = malloc(max_b * sizeof(int32_t));
     pos = malloc(max_b * sizeof(int32_t));
-    if (!tables || !seq || !pos) {
+    if (!seq || !pos) {
         fprintf(stderr, "attn_bench: out of memory\n");
         goto out;
     }
-    gb_shuffled_ids(tables, n_blocks, (uint64_t)c.seed);
     for (uint32_t s = 0; s < max_b; s++)
         seq[s] = (int32_t)s;
-    TRY(pd_cuda_malloc(&dtables, n_blocks * sizeof(uint32_t)));
-    TRY(pd_cuda_memcpy(dtables, tables, n_blocks * sizeof(uint32_t)));
     TRY(pd_cuda_malloc(&dseq, max_b * sizeof(int32_t)));
     TRY(pd_cuda_memcpy(dseq, seq, max_b * sizeof(int32_t)));
     TRY(pd_cuda_malloc(&dpos, max_b * sizeof(int32_t)));
-    TRY(pd_cuda_timer_new(&tm));
-    TRY(pd_cuda_stream_new(&stream));
+    TRY(gb_clock_init(&clk));
 
     /* the reference: a device-to-device copy, bytes read + bytes written */
     double copy_gbs;
-    TRY(gb_copy_ref((uint64_t)c.copy_mib << 20, (int)c.trials, stream, tm, &copy_gbs));
+    TRY(gb_copy_ref((uint64_t)c.copy_mib << 20, (int)c.trials, &clk, &copy_gbs));
     printf("copy: device to device, %lld MiB: %.1f GB/s (read + written), median of %lld; "
            "attention %s\n", (long long)c.copy_mib, copy_gbs, (long long)c.trials,
            c.graphs ? "timed as CUDA graph replays" : "timed as plain launches");
@@ -265,7 +242,7 @@ int main(int argc, char **argv)
             const uint64_t splits = ws ? ws / ((uint64_t)B * hp->n_head * (hp->head_dim + 1) * 4) : 1;
 
             float ms;
-            TRY(gb_time_passes(attn_pass, &g, kv.n_layer, (int)c.trials, c.graphs, stream, tm, &ms));
+            TRY(gb_time_passes(attn_pass, &g, kv.n_layer, (int)c.trials, c.graphs, &clk, &ms));
             const double bytes = (double)B * ctx * kv.n_head_kv * kv.head_dim * 2 * elem +
                                  (double)B * row * sizeof(float);
             const double gbs = bytes / (ms * 1e-3) / 1e9, ratio = gbs / copy_gbs;
@@ -279,12 +256,8 @@ int main(int argc, char **argv)
                 TRY(pd_attention_cuda(&g, NULL));
                 TRY(pd_cuda_sync());
                 TRY(spot_check(&g, tables, elem, ctx, &e));
-                printf("  (check: 2 sequences against the CPU reference, error %.2g)\n", e);
-                if (!(e <= 1e-5)) {
-                    fprintf(stderr, "attn_bench: the kernel disagrees with the CPU reference "
-                            "(normalized error %.3g > 1e-5)\n", e);
+                if (gb_check_error("attn_bench", "2 sequences", e, "1e-5") < 0)
                     goto out;
-                }
                 checked = 1;
             }
         }
@@ -294,8 +267,7 @@ int main(int argc, char **argv)
 out:
     pd_cuda_free(pool), pd_cuda_free(dq), pd_cuda_free(dout), pd_cuda_free(dws);
     pd_cuda_free(dseq), pd_cuda_free(dpos), pd_cuda_free(dtables);
-    pd_cuda_timer_free(tm);
-    pd_cuda_stream_free(stream);
+    gb_clock_done(&clk);
     free(tables), free(seq), free(pos);
     pd_model_free(m);
     pd_cfg_done(options, &c);

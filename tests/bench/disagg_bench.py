@@ -35,43 +35,17 @@ import time
 import httpx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_bench import Server, free_port, one_request, pct  # noqa: E402
+from serve_bench import Daemon, Server, free_port, one_request, pct  # noqa: E402
 
 
-class Prefilld:
+class Prefilld(Daemon):
     """prefilld on free loopback ports with a fresh key."""
 
     def __init__(self, binary, args, psk, timeout=300):
         self.kv, self.admin = free_port(), free_port()
-        self.log = tempfile.NamedTemporaryFile(prefix="disagg_bench-", suffix=".log",
-                                               delete=False)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PDSERVE_")}
-        env.pop("NOTIFY_SOCKET", None)
-        self.proc = subprocess.Popen([binary, "--kv-port", str(self.kv), "--admin-port",
-                                      str(self.admin), "--kv-psk-file", psk] + args,
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit("prefilld exited:\n" + open(self.log.name).read())
-            try:
-                if httpx.get("http://127.0.0.1:%d/health" % self.admin,
-                             timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise SystemExit("prefilld did not come up")
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        os.unlink(self.log.name)
+        self.start("prefilld", [binary, "--kv-port", str(self.kv), "--admin-port",
+                                str(self.admin), "--kv-psk-file", psk] + args,
+                   "http://127.0.0.1:%d/health" % self.admin, timeout, "disagg_bench-")
 
 
 def wait_peer(srv, timeout=60):

@@ -78,20 +78,24 @@ static double time_prefill(struct pd_engine *e, uint32_t n)
 static double time_decode(struct pd_engine *e, uint32_t b)
 {
     enum { CTX = 128, STEPS = 8 };
+    struct slot {
+        struct pd_kvseq seq;
+        int32_t next; /* the token each step appends */
+    };
     uint32_t V = pd_engine_n_vocab(e);
-    struct pd_kvseq *s = calloc(b, sizeof(*s));
-    struct pd_batch_item *it = calloc(b, sizeof(*it));
-    int32_t *next = calloc(b, sizeof(*next)), tok[CTX];
+    struct slot *s = calloc(b, sizeof(*s));
+    struct pd_batch_item *it = calloc(b, sizeof(*it)); /* (b) the step's items, item i on s[i] */
+    int32_t tok[CTX];
     float *logits = malloc((size_t)b * V * sizeof(float));
     char err[256];
     for (uint32_t i = 0; i < b; i++) {
         bench_fill_tokens(tok, CTX, V, i);
-        pd_kvseq_init(&s[i]);
-        if (pd_engine_prefill(e, &s[i], tok, CTX, NULL, err, sizeof(err)) < 0) {
+        pd_kvseq_init(&s[i].seq);
+        if (pd_engine_prefill(e, &s[i].seq, tok, CTX, NULL, err, sizeof(err)) < 0) {
             fprintf(stderr, "engine_bench: %s\n", err);
             exit(1);
         }
-        it[i] = (struct pd_batch_item){.seq = &s[i], .tokens = &next[i], .n_tokens = 1,
+        it[i] = (struct pd_batch_item){.seq = &s[i].seq, .tokens = &s[i].next, .n_tokens = 1,
                                        .n_logits = 1, .logits = logits + (size_t)i * V};
     }
     double t0 = bench_now();
@@ -102,10 +106,9 @@ static double time_decode(struct pd_engine *e, uint32_t b)
         }
     double dt = (bench_now() - t0) / STEPS;
     for (uint32_t i = 0; i < b; i++)
-        pd_engine_seq_release(e, &s[i]);
+        pd_engine_seq_release(e, &s[i].seq);
     free(s);
     free(it);
-    free(next);
     free(logits);
     return dt;
 }
@@ -163,6 +166,16 @@ static double median_of(double (*fn)(struct pd_engine *, uint32_t), struct pd_en
     return v[repeat / 2];
 }
 
+/* median_of on one thread (*t1) and on nmax threads (*tn) */
+static void median_1_and_n(double (*fn)(struct pd_engine *, uint32_t), struct pd_engine *e,
+                           uint32_t arg, int repeat, int nmax, double *t1, double *tn)
+{
+    set_threads(1);
+    *t1 = median_of(fn, e, arg, repeat);
+    set_threads(nmax);
+    *tn = median_of(fn, e, arg, repeat);
+}
+
 int main(int argc, char **argv)
 {
     struct bench_cfg c;
@@ -208,10 +221,8 @@ int main(int argc, char **argv)
         uint32_t n = list_item(&c.prefill, i, plen, 3);
         if (n == 0 || n > pd_engine_max_model_len(e))
             continue;
-        set_threads(1);
-        double t1 = median_of(time_prefill, e, n, repeat);
-        set_threads(nmax);
-        double tn = median_of(time_prefill, e, n, repeat);
+        double t1, tn;
+        median_1_and_n(time_prefill, e, n, repeat, nmax, &t1, &tn);
         printf("prefill %5u tok/s     %14.1f %14.1f %7.2fx\n", n, n / t1, n / tn, t1 / tn);
     }
     const struct pd_hparams *hp = pd_model_hparams(m);
@@ -222,10 +233,8 @@ int main(int argc, char **argv)
         uint32_t b = list_item(&c.batches, i, batch, 3);
         if (b == 0)
             continue;
-        set_threads(1);
-        double t1 = median_of(time_decode, e, b, repeat);
-        set_threads(nmax);
-        double tn = median_of(time_decode, e, b, repeat);
+        double t1, tn;
+        median_1_and_n(time_decode, e, b, repeat, nmax, &t1, &tn);
         printf("decode batch %2u tok/s  %14.1f %14.1f %7.2fx\n", b, b / t1, b / tn, t1 / tn);
         double bytes = step_weight_bytes(hp) + b * 129.0 * kv_bytes_per_token(hp);
         snprintf(bw[n_bw++], sizeof(bw[0]), "decode batch %2u        %8.2f GB/s   %5.2f of memcpy",

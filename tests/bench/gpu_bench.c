@@ -4,6 +4,7 @@
 #include "quant.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,7 +66,46 @@ void gb_shuffled_ids(uint32_t *v, uint64_t n, uint64_t seed)
     }
 }
 
-int gb_open_device(const char *prog)
+int gb_block_tables(uint64_t n_blocks, uint64_t seed, uint32_t **host, void **dev)
+{
+    const size_t bytes = n_blocks * sizeof(uint32_t);
+    uint32_t *h = malloc(bytes);
+    void *d = NULL;
+    int rc = -ENOMEM;
+    if (!h)
+        goto fail;
+    gb_shuffled_ids(h, n_blocks, seed);
+    if ((rc = pd_cuda_malloc(&d, bytes)) < 0 || (rc = pd_cuda_memcpy(d, h, bytes)) < 0)
+        goto fail;
+    *host = h, *dev = d;
+    return 0;
+fail:
+    free(h);
+    pd_cuda_free(d);
+    *host = NULL, *dev = NULL;
+    return rc;
+}
+
+int gb_random_buffer(void **p, uint64_t n, uint32_t type, uint64_t seed, float amp)
+{
+    int rc = pd_cuda_malloc(p, n * (type == PD_DT_F32 ? 4 : 2));
+    return rc < 0 ? rc : pd_cuda_fill_random(*p, n, type, seed, amp, NULL);
+}
+
+double gb_normalized_error(const float *got, const float *ref, size_t n)
+{
+    double max_ref = 0, max_err = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)got[i] - ref[i]);
+        if (isnan(e))
+            e = INFINITY;
+        max_err = e > max_err ? e : max_err;
+        max_ref = fabs(ref[i]) > max_ref ? fabs(ref[i]) : max_ref;
+    }
+    return max_ref > 0 ? max_err / max_ref : max_err;
+}
+
+int gb_open_device(const char *prog, int probe)
 {
     char why[256], dev[256];
     if (pd_cuda_probe(why, sizeof why) < 0) {
@@ -79,7 +119,32 @@ int gb_open_device(const char *prog)
     printf("device: %s\n", dev);
     if (pd_cuda_debug_build())
         printf("WARNING: kernels built with -G (device debug): these timings mean nothing\n");
-    return 0;
+    return probe ? 1 : 0;
+}
+
+int gb_check_error(const char *prog, const char *what, double e, const char *tol)
+{
+    printf("  (check: %s against the CPU reference, error %.2g)\n", what, e);
+    if (e <= strtod(tol, NULL)) /* false for NaN */
+        return 0;
+    fprintf(stderr, "%s: the kernel disagrees with the CPU reference (normalized error %.3g > %s)\n",
+            prog, e, tol);
+    return -1;
+}
+
+int gb_clock_init(struct gb_clock *clk)
+{
+    int rc;
+    clk->stream = NULL, clk->tm = NULL;
+    if ((rc = pd_cuda_timer_new(&clk->tm)) < 0 || (rc = pd_cuda_stream_new(&clk->stream)) < 0)
+        gb_clock_done(clk);
+    return rc;
+}
+
+void gb_clock_done(struct gb_clock *clk)
+{
+    clk->stream = pd_cuda_stream_free(clk->stream);
+    clk->tm = pd_cuda_timer_free(clk->tm);
 }
 
 static int cmp_f(const void *a, const void *b)
@@ -97,9 +162,11 @@ static int run_trial(gb_pass_fn fn, void *arg, uint32_t n, pd_stream_t s)
     return 0;
 }
 
-int gb_time_passes(gb_pass_fn fn, void *arg, uint32_t n, int trials, int graphs, pd_stream_t s,
-                   struct pd_cuda_timer *tm, float *per_pass_ms)
+int gb_time_passes(gb_pass_fn fn, void *arg, uint32_t n, int trials, int graphs,
+                   const struct gb_clock *clk, float *per_pass_ms)
 {
+    pd_stream_t s = clk->stream;
+    struct pd_cuda_timer *tm = clk->tm;
     struct pd_cuda_graph *g = NULL;
     float v[101];
     int rc;
@@ -137,21 +204,20 @@ static int gemm_pass(void *arg, uint32_t i, pd_stream_t s)
     return pd_matmul_cuda(arg, s);
 }
 
-int gb_gemm_ref(uint32_t size, int trials, pd_stream_t s, struct pd_cuda_timer *tm,
-                double *tflops, float *ms)
+int gb_gemm_ref(uint32_t size, int trials, const struct gb_clock *clk, double *tflops,
+                float *ms)
 {
-    const size_t bytes = (size_t)size * size * 2;
+    const uint64_t n = (uint64_t)size * size;
     void *a = NULL, *b = NULL, *c = NULL;
     int rc;
-    if ((rc = pd_cuda_malloc(&a, bytes)) < 0 || (rc = pd_cuda_malloc(&b, bytes)) < 0 ||
-        (rc = pd_cuda_malloc(&c, bytes)) < 0 ||
-        (rc = pd_cuda_fill_random(a, (uint64_t)size * size, PD_DT_BF16, 11, 1.0f, NULL)) < 0 ||
-        (rc = pd_cuda_fill_random(b, (uint64_t)size * size, PD_DT_BF16, 12, 1.0f, NULL)) < 0)
+    if ((rc = gb_random_buffer(&a, n, PD_DT_BF16, 11, 1.0f)) < 0 ||
+        (rc = gb_random_buffer(&b, n, PD_DT_BF16, 12, 1.0f)) < 0 ||
+        (rc = pd_cuda_malloc(&c, n * 2)) < 0)
         goto out;
     struct pd_matmul_args mm = {.y = c, .x = a, .w = b, .m = size, .n = size, .k = size,
                                 .x_type = PD_DT_BF16, .w_type = PD_DT_BF16,
                                 .y_type = PD_DT_BF16};
-    if ((rc = gb_time_passes(gemm_pass, &mm, 3, trials, 0, s, tm, ms)) < 0)
+    if ((rc = gb_time_passes(gemm_pass, &mm, 3, trials, 0, clk, ms)) < 0)
         goto out;
     *tflops = 2.0 * size * (double)size * size / (*ms * 1e-3) / 1e12;
 out:
@@ -172,17 +238,16 @@ static int copy_pass(void *arg, uint32_t i, pd_stream_t s)
     return pd_cuda_memcpy_async(c->dst, c->src, c->bytes, s);
 }
 
-int gb_copy_ref(uint64_t bytes, int trials, pd_stream_t s, struct pd_cuda_timer *tm,
-                double *gbs)
+int gb_copy_ref(uint64_t bytes, int trials, const struct gb_clock *clk, double *gbs)
 {
     void *src = NULL, *dst = NULL;
     float ms;
     int rc;
-    if ((rc = pd_cuda_malloc(&src, bytes)) < 0 || (rc = pd_cuda_malloc(&dst, bytes)) < 0 ||
-        (rc = pd_cuda_fill_random(src, bytes / 4, PD_DT_F32, 7, 1.0f, NULL)) < 0)
+    if ((rc = gb_random_buffer(&src, bytes / 4, PD_DT_F32, 7, 1.0f)) < 0 ||
+        (rc = pd_cuda_malloc(&dst, bytes)) < 0)
         goto out;
     struct copy_arg ca = {.dst = dst, .src = src, .bytes = bytes};
-    if ((rc = gb_time_passes(copy_pass, &ca, 4, trials, 0, s, tm, &ms)) < 0)
+    if ((rc = gb_time_passes(copy_pass, &ca, 4, trials, 0, clk, &ms)) < 0)
         goto out;
     *gbs = 2.0 * (double)bytes / (ms * 1e-3) / 1e9;
 out:

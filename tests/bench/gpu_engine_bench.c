@@ -168,8 +168,7 @@ int main(int argc, char **argv)
     struct pd_cfg_args a;
     struct pd_model *m = NULL;
     struct pd_engine *e = NULL;
-    struct pd_cuda_timer *tm = NULL;
-    pd_stream_t stream = NULL;
+    struct gb_clock clk = {0};
     char err[512];
     int rc, exit_code = 1;
     uint32_t plen[GB_MAX_ITEMS], batch[GB_MAX_ITEMS];
@@ -185,17 +184,17 @@ int main(int argc, char **argv)
         pd_cfg_done(options, &c);
         return 2;
     }
-    if (gb_open_device("gpu_engine_bench") < 0)
+    if (gb_open_device("gpu_engine_bench", 0) < 0)
         goto out;
-    if ((rc = pd_cuda_timer_new(&tm)) < 0 || (rc = pd_cuda_stream_new(&stream)) < 0) {
+    if ((rc = gb_clock_init(&clk)) < 0) {
         fprintf(stderr, "gpu_engine_bench: a CUDA timer or stream: %s\n", strerror(-rc));
         goto out;
     }
     const int trials = (int)c.trials;
     double gemm_tf, copy_gbs;
     float gemm_ms;
-    if ((rc = gb_gemm_ref((uint32_t)c.gemm_size, trials, stream, tm, &gemm_tf, &gemm_ms)) < 0 ||
-        (rc = gb_copy_ref((uint64_t)c.copy_mib << 20, trials, stream, tm, &copy_gbs)) < 0) {
+    if ((rc = gb_gemm_ref((uint32_t)c.gemm_size, trials, &clk, &gemm_tf, &gemm_ms)) < 0 ||
+        (rc = gb_copy_ref((uint64_t)c.copy_mib << 20, trials, &clk, &copy_gbs)) < 0) {
         fprintf(stderr, "gpu_engine_bench: the references: %s\n", strerror(-rc));
         goto out;
     }
@@ -292,8 +291,7 @@ int main(int argc, char **argv)
 out:
     pd_engine_free(e);
     pd_model_free(m);
-    pd_cuda_stream_free(stream);
-    pd_cuda_timer_free(tm);
+    gb_clock_done(&clk);
     pd_cfg_done(options, &c);
     return exit_code;
 }

@@ -38,6 +38,10 @@ static int no_integrity, no_mm_eh;
 
 static struct event_base *base;
 static struct pd_kvx *kvx;
+/* made in main for every mode but tags: the key both processes derive, and
+ * the layout both sides announce (from --block-bytes) */
+static struct pd_keyring *keys;
+static struct pd_kv_layout layout;
 static uint8_t *pool;
 static uint32_t pool_blocks;
 
@@ -73,13 +77,12 @@ static struct pd_keyring *bench_keys(void)
     return kr;
 }
 
-static void new_kvx(enum pd_role role, pd_kvx_event_fn fn, struct pd_keyring *kr,
-                    const struct pd_kv_layout *l)
+static void new_kvx(enum pd_role role, pd_kvx_event_fn fn)
 {
     char err[512];
     struct pd_kvx_params p = {
-        .base = base, .role = role, .kv_ip = ip, .kv_port = (uint16_t)port, .keyring = kr,
-        .layout = l, .pool = pool, .pool_blocks = pool_blocks, .crypto_threads = crypto_threads,
+        .base = base, .role = role, .kv_ip = ip, .kv_port = (uint16_t)port, .keyring = keys,
+        .layout = &layout, .pool = pool, .pool_blocks = pool_blocks, .crypto_threads = crypto_threads,
         .no_integrity = no_integrity, .no_mm_error_handling = no_mm_eh, .lease_ms = 10000, .request_deadline_ms = 60000,
         .max_inflight = 1024, .event = fn,
     };
@@ -136,11 +139,8 @@ static void on_signal(evutil_socket_t fd, short what, void *arg)
 
 static int run_serve(void)
 {
-    struct pd_keyring *kr = bench_keys();
-    struct pd_kv_layout l;
-    layout_of(&l);
     alloc_pool();
-    new_kvx(PD_ROLE_P, serve_event, kr, &l);
+    new_kvx(PD_ROLE_P, serve_event);
     char err[512];
     if (pd_kvx_listen(kvx, err, sizeof err) < 0)
         die("listen", err);
@@ -153,8 +153,6 @@ static int run_serve(void)
     event_base_dispatch(base);
     event_free(s1);
     event_free(s2);
-    pd_kvx_free(kvx);
-    pd_keyring_free(kr);
     return 0;
 }
 
@@ -259,13 +257,22 @@ static uint64_t parse_size(const char *s)
     return v;
 }
 
-static void connect_peer(struct pd_keyring *kr, const struct pd_kv_layout *l)
+static void connect_peer(void)
 {
     char err[512];
-    new_kvx(PD_ROLE_D, recv_event, kr, l);
+    new_kvx(PD_ROLE_D, recv_event);
     if (pd_kvx_peer_add(kvx, connect_to, &peer, err, sizeof err) < 0)
         die("peer", err);
     wait_up();
+}
+
+/* requests of `blocks` blocks each, into the pool's slots of that size */
+static void slots_init(uint32_t blocks)
+{
+    slot_n = blocks;
+    n_slots = pool_blocks / slot_n;
+    slot_busy = calloc(n_slots, sizeof *slot_busy);
+    next_slot = 0;
 }
 
 static double bw_once(uint64_t size, unsigned total, unsigned window)
@@ -286,11 +293,8 @@ static double bw_once(uint64_t size, unsigned total, unsigned window)
 
 static int run_bw(void)
 {
-    struct pd_keyring *kr = bench_keys();
-    struct pd_kv_layout l;
-    layout_of(&l);
     alloc_pool();
-    connect_peer(kr, &l);
+    connect_peer();
     char tl[256];
     pd_kvx_session_transports(session, tl, sizeof tl);
     char *list = strdup(sizes_arg);
@@ -298,10 +302,7 @@ static int run_bw(void)
         uint64_t size = parse_size(tok);
         if (size < block_bytes || size % block_bytes)
             die("size", "must be a multiple of --block-bytes");
-        slot_n = (uint32_t)(size / block_bytes);
-        n_slots = pool_blocks / slot_n;
-        slot_busy = calloc(n_slots, sizeof *slot_busy);
-        next_slot = 0;
+        slots_init((uint32_t)(size / block_bytes));
         unsigned window = (unsigned)((inflight_mib << 20) / size);
         window = window < 2 ? 2 : window > 256 ? 256 : window;
         if (window > n_slots)
@@ -320,21 +321,14 @@ static int run_bw(void)
         free(slot_busy);
     }
     free(list);
-    pd_kvx_free(kvx);
-    pd_keyring_free(kr);
     return 0;
 }
 
 static int run_lat(void)
 {
-    struct pd_keyring *kr = bench_keys();
-    struct pd_kv_layout l;
-    layout_of(&l);
     alloc_pool();
-    connect_peer(kr, &l);
-    slot_n = 1;
-    n_slots = pool_blocks;
-    slot_busy = calloc(n_slots, sizeof *slot_busy);
+    connect_peer();
+    slots_init(1);
     lat_n = n_iter ? n_iter : 200;
     lat = calloc(lat_n + 20, sizeof *lat);
     for (unsigned i = 0; i < lat_n + 20; i++) { /* 20 warm-up requests */
@@ -348,23 +342,19 @@ static int run_lat(void)
     printf("lat %" PRIu64 " %.1f\n", block_bytes, median(lat, lat_n) * 1e6);
     free(lat);
     free(slot_busy);
-    pd_kvx_free(kvx);
-    pd_keyring_free(kr);
     return 0;
 }
 
 static int run_hs(void)
 {
-    struct pd_keyring *kr = bench_keys();
-    struct pd_kv_layout l;
-    layout_of(&l);
+    /* small pool blocks; the layout announced keeps --block-bytes */
     block_bytes = 4096;
     pool_mib = 1;
     alloc_pool();
     unsigned n = n_iter ? n_iter : 30;
     double *v = calloc(n, sizeof *v);
     for (unsigned i = 0; i < n; i++) {
-        new_kvx(PD_ROLE_D, recv_event, kr, &l);
+        new_kvx(PD_ROLE_D, recv_event);
         session_up = 0;
         char err[512];
         double t0 = bench_now();
@@ -376,7 +366,6 @@ static int run_hs(void)
     }
     printf("hs %.1f\n", median(v, n) * 1e6);
     free(v);
-    pd_keyring_free(kr);
     return 0;
 }
 
@@ -451,6 +440,8 @@ int main(int argc, char **argv)
     if (!strcmp(mode, "tags"))
         return run_tags();
     base = event_base_new();
+    keys = bench_keys();
+    layout_of(&layout);
     int rc = 0;
     if (!strcmp(mode, "serve"))
         rc = run_serve();
@@ -464,6 +455,8 @@ int main(int argc, char **argv)
         rc = run_hs();
     else if (strcmp(mode, "serve"))
         die("unknown mode", mode);
+    kvx = pd_kvx_free(kvx);
+    keys = pd_keyring_free(keys);
     event_base_free(base);
     return rc;
 }

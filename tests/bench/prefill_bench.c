@@ -61,13 +61,7 @@ static const struct pd_cfg_opt options[] = {
 
 static const uint32_t def_seqlen[] = {512, 1024, 2048, 4096, 8192, 16384};
 
-#define TRY(call)                                                              \
-    do {                                                                       \
-        if ((rc = (call)) < 0) {                                               \
-            fprintf(stderr, "prefill_bench: %s failed: %s\n", #call, strerror(-rc)); \
-            goto out;                                                          \
-        }                                                                      \
-    } while (0)
+#define TRY(call) GB_TRY("prefill_bench", #call, call)
 
 static int attn_pass(void *arg, uint32_t i, pd_stream_t s)
 {
@@ -93,10 +87,11 @@ static int spot_check(const struct pd_attn_args *g, const uint32_t *tables_host,
     uint32_t *table = malloc(nb * sizeof(uint32_t));
     uint16_t *q16 = malloc(n * 2), *out16 = malloc(n * 2);
     float *q = malloc(n * sizeof(float)), *ref = malloc(n * sizeof(float));
+    float *got = malloc(n * sizeof(float));
     int32_t *seq = calloc(seqlen, sizeof(int32_t)), *pos = malloc(seqlen * sizeof(int32_t));
     int rc = -ENOMEM;
 
-    if (!pool || !table || !q16 || !out16 || !q || !ref || !seq || !pos)
+    if (!pool || !table || !q16 || !out16 || !q || !ref || !got || !seq || !pos)
         goto out;
     for (uint32_t j = 0; j < nb; j++) {
         table[j] = j;
@@ -109,8 +104,10 @@ static int spot_check(const struct pd_attn_args *g, const uint32_t *tables_host,
     }
     if ((rc = pd_cuda_memcpy(q16, g->q, n * 2)) < 0 || (rc = pd_cuda_memcpy(out16, g->out, n * 2)) < 0)
         goto out;
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         q[i] = widen(g->pool_type, q16[i]);
+        got[i] = widen(g->pool_type, out16[i]);
+    }
     for (uint32_t t = 0; t < seqlen; t++)
         pos[t] = (int32_t)t;
     struct pd_attn_args a = {.out = ref, .q = q, .pool = (const float *)(const void *)pool,
@@ -119,17 +116,10 @@ static int spot_check(const struct pd_attn_args *g, const uint32_t *tables_host,
                              .scale = g->scale, .pool_type = g->pool_type};
     if ((rc = pd_attention_cpu(&a)) < 0)
         goto out;
-    double max_ref = 0, max_err = 0;
-    for (size_t i = 0; i < n; i++) {
-        double e = fabs((double)widen(g->pool_type, out16[i]) - ref[i]);
-        if (isnan(e))
-            e = INFINITY; /* an unwritten (NaN) output fails the check */
-        max_err = e > max_err ? e : max_err;
-        max_ref = fabs(ref[i]) > max_ref ? fabs(ref[i]) : max_ref;
-    }
-    *err_out = max_ref > 0 ? max_err / max_ref : max_err;
+    *err_out = gb_normalized_error(got, ref, n);
 out:
-    free(pool), free(table), free(q16), free(out16), free(q), free(ref), free(seq), free(pos);
+    free(pool), free(table), free(q16), free(out16), free(q), free(ref), free(got);
+    free(seq), free(pos);
     return rc;
 }
 
@@ -137,8 +127,7 @@ int main(int argc, char **argv)
 {
     struct bench_cfg c;
     struct pd_cfg_args a;
-    struct pd_cuda_timer *tm = NULL;
-    pd_stream_t stream = NULL;
+    struct gb_clock clk = {0};
     void *pool = NULL, *dq = NULL, *dout = NULL, *dseq = NULL, *dpos = NULL, *druns = NULL;
     void *dtables = NULL;
     uint32_t *tables = NULL;
@@ -163,10 +152,8 @@ int main(int argc, char **argv)
             return 2;
         }
 
-    if (gb_open_device("prefill_bench") < 0)
-        goto out;
-    if (c.probe) {
-        exit_code = 0;
+    if ((rc = gb_open_device("prefill_bench", c.probe)) != 0) {
+        exit_code = rc < 0; /* 0 after --probe */
         goto out;
     }
 
@@ -179,36 +166,30 @@ int main(int argc, char **argv)
     const uint64_t n_blocks = (T + (uint64_t)kv.block_size - 1) / kv.block_size + max_seqs;
     const uint64_t pool_bytes = n_blocks * pd_kv_block_elems(&kv) * 2;
 
-    TRY(pd_cuda_timer_new(&tm));
-    TRY(pd_cuda_stream_new(&stream));
+    TRY(gb_clock_init(&clk));
 
     /* the reference: a cuBLAS bf16 GEMM, fp32 accumulation */
     const uint32_t G = (uint32_t)c.gemm_size;
     float gemm_ms;
     double gemm_tf;
-    TRY(gb_gemm_ref(G, (int)c.trials, stream, tm, &gemm_tf, &gemm_ms));
+    TRY(gb_gemm_ref(G, (int)c.trials, &clk, &gemm_tf, &gemm_ms));
     printf("gemm: cuBLAS bf16 %u x %u x %u, fp32 accumulation: %.1f TFLOP/s (%.3f ms), median of "
            "%lld\n", G, G, G, gemm_tf, gemm_ms, (long long)c.trials);
     printf("prefill attention: causal, %u heads x %u, %s q/K/V/out, paged pool of %.0f MiB "
            "(block %u tokens, random order), %u tokens per figure\n",
            H, D, kv_dtypes[c.kv_dtype], (double)pool_bytes / (1u << 20), kv.block_size, T);
 
-    TRY(pd_cuda_malloc(&pool, pool_bytes));
-    TRY(pd_cuda_fill_random(pool, pool_bytes / 2, type, (uint64_t)c.seed, 1.0f, NULL));
-    TRY(pd_cuda_malloc(&dq, (size_t)T * row * 2));
-    TRY(pd_cuda_fill_random(dq, (size_t)T * row, type, (uint64_t)c.seed + 1, 4.0f, NULL));
+    TRY(gb_random_buffer(&pool, pool_bytes / 2, type, (uint64_t)c.seed, 1.0f));
+    TRY(gb_random_buffer(&dq, (size_t)T * row, type, (uint64_t)c.seed + 1, 4.0f));
     TRY(pd_cuda_malloc(&dout, (size_t)T * row * 2));
-    tables = malloc(n_blocks * sizeof(uint32_t));
+    TRY(gb_block_tables(n_blocks, (uint64_t)c.seed, &tables, &dtables));
     seq = malloc(T * sizeof(int32_t));
     pos = malloc(T * sizeof(int32_t));
     runs = malloc((max_seqs + 1) * sizeof(int32_t));
-    if (!tables || !seq || !pos || !runs) {
+    if (!seq || !pos || !runs) {
         fprintf(stderr, "prefill_bench: out of memory\n");
         goto out;
     }
-    gb_shuffled_ids(tables, n_blocks, (uint64_t)c.seed);
-    TRY(pd_cuda_malloc(&dtables, n_blocks * sizeof(uint32_t)));
-    TRY(pd_cuda_memcpy(dtables, tables, n_blocks * sizeof(uint32_t)));
     TRY(pd_cuda_malloc(&dseq, T * sizeof(int32_t)));
     TRY(pd_cuda_malloc(&dpos, T * sizeof(int32_t)));
     TRY(pd_cuda_malloc(&druns, (max_seqs + 1) * sizeof(int32_t)));
@@ -233,7 +214,7 @@ int main(int argc, char **argv)
                                  .scale = 1.0f / sqrtf((float)D), .pool_type = type,
                                  .io_type = type, .run_start = druns, .n_runs = B, .max_run = S};
         float ms;
-        TRY(gb_time_passes(attn_pass, &g, 1, (int)c.trials, 0, stream, tm, &ms));
+        TRY(gb_time_passes(attn_pass, &g, 1, (int)c.trials, 0, &clk, &ms));
         const double flops = 4.0 * B * (double)S * S * H * D / 2;
         const double tf = flops / (ms * 1e-3) / 1e12, ratio = tf / gemm_tf;
         printf("%8u %6u %10.3f %9.1f %8.2f\n", S, B, ms, tf, ratio);
@@ -243,12 +224,8 @@ int main(int argc, char **argv)
             double e;
             TRY(pd_cuda_sync());
             TRY(spot_check(&g, tables, S, &e));
-            printf("  (check: sequence 0 against the CPU reference, error %.2g)\n", e);
-            if (!(e <= 1e-2)) {
-                fprintf(stderr, "prefill_bench: the kernel disagrees with the CPU reference "
-                        "(normalized error %.3g > 1e-2)\n", e);
+            if (gb_check_error("prefill_bench", "sequence 0", e, "1e-2") < 0)
                 goto out;
-            }
             checked = 1;
         }
     }
@@ -258,8 +235,7 @@ int main(int argc, char **argv)
 out:
     pd_cuda_free(pool), pd_cuda_free(dq), pd_cuda_free(dout), pd_cuda_free(dseq);
     pd_cuda_free(dpos), pd_cuda_free(druns), pd_cuda_free(dtables);
-    pd_cuda_timer_free(tm);
-    pd_cuda_stream_free(stream);
+    gb_clock_done(&clk);
     free(tables), free(seq), free(pos), free(runs);
     pd_cfg_done(options, &c);
     return exit_code;

@@ -47,29 +47,46 @@ def pct(xs, p):
     return xs[k]
 
 
-class Server:
-    """decoded started on free loopback ports; its log in a temporary file."""
+class Daemon:
+    """A daemon on free loopback ports, its log in a temporary file; start()
+    returns once its health URL answers 200."""
 
-    def __init__(self, binary, args, timeout):
-        self.port, self.admin = free_port(), free_port()
-        self.log = tempfile.NamedTemporaryFile(prefix="serve_bench-", suffix=".log", delete=False)
+    def start(self, name, argv, health_url, timeout, log_prefix):
+        self.log = tempfile.NamedTemporaryFile(prefix=log_prefix, suffix=".log", delete=False)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PDSERVE_")}
         env.pop("NOTIFY_SOCKET", None)
-        self.proc = subprocess.Popen([binary, "--port", str(self.port), "--admin-port",
-                                      str(self.admin)] + args, stdout=self.log,
-                                     stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise SystemExit("decoded exited:\n" + open(self.log.name).read())
+                raise SystemExit(name + " exited:\n" + open(self.log.name).read())
             try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                if httpx.get(health_url, timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
         self.stop()
-        raise SystemExit("decoded did not come up")
+        raise SystemExit(name + " did not come up")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.unlink(self.log.name)
+
+
+class Server(Daemon):
+    """decoded started on free loopback ports; its log in a temporary file."""
+
+    def __init__(self, binary, args, timeout):
+        self.port, self.admin = free_port(), free_port()
+        self.start("decoded", [binary, "--port", str(self.port), "--admin-port",
+                               str(self.admin)] + args,
+                   self.url + "/health", timeout, "serve_bench-")
 
     @property
     def url(self):
@@ -83,15 +100,6 @@ class Server:
                 k, _, v = line.rpartition(" ")
                 out[k] = float(v)
         return out
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        os.unlink(self.log.name)
 
 
 async def one_request(client, url, model, prompt, max_tokens, headers):

@@ -524,6 +524,11 @@ struct attn_case {
     uint32_t misalign; /* pool elements to shift by (forces the generic path) */
 };
 
+/* A model's attention shape: KV heads, query heads per KV head, head_dim. */
+struct gqa_shape {
+    uint32_t kv, group, hd;
+};
+
 /* A batch over a pool: sequences of random lengths whose blocks are scattered
  * over the pool (a random permutation), table entries past a sequence's end
  * set to an invalid id (reading one would fault), tokens in random order. */
@@ -746,9 +751,7 @@ static void attention_cuda_prefill_runs_match_cpu(void)
  * default model (GQA 3:1, head_dim 64), GQA 8:1 at head_dim 128, block 16. */
 static void attention_cuda_matches_cpu_on_model_shapes(void)
 {
-    static const struct {
-        uint32_t kv, group, hd;
-    } shapes[] = {{3, 3, 64}, {4, 8, 128}, {8, 4, 128}};
+    static const struct gqa_shape shapes[] = {{3, 3, 64}, {4, 8, 128}, {8, 4, 128}};
     int used;
     need_gpu();
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
@@ -1203,9 +1206,7 @@ static void attention_prefill_cuda_matches_cpu(void)
  * context and whole prompts, both pool types, both io types. */
 static void attention_prefill_cuda_matches_cpu_on_model_shapes(void)
 {
-    static const struct {
-        uint32_t kv, group, hd;
-    } shapes[] = {{3, 3, 64}, {2, 8, 128}};
+    static const struct gqa_shape shapes[] = {{3, 3, 64}, {2, 8, 128}};
     need_gpu();
     const int emu = emulated();
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
@@ -1227,9 +1228,7 @@ static void attention_prefill_cuda_matches_cpu_on_model_shapes(void)
  * take the decode kernel. On a GPU its own limit decides. */
 static void attention_prefill_cuda_fits_the_devices_shared_memory(void)
 {
-    static const struct {
-        uint32_t kv, group, hd;
-    } shapes[] = {{1, 3, 64}, {1, 8, 128}};
+    static const struct gqa_shape shapes[] = {{1, 3, 64}, {1, 8, 128}};
     need_gpu();
     const int emu = emulated();
     if (emu)

@@ -146,6 +146,34 @@ static struct pool pool;
 
 static const uint32_t BLOCK_SIZE = 16; /* tokens per block */
 
+/* sessions going up and down, counted alike on either side (on_event) */
+static uint64_t sessions_up, sessions_down;
+
+/* What a side has live (the receiver's requests, the sender's PREFILL
+ * states), listed to be freed at the exit: each starts with its link. */
+struct live_link {
+    struct live_link *prev, *next;
+};
+
+static void live_add(struct live_link **head, struct live_link *n)
+{
+    n->prev = NULL;
+    n->next = *head;
+    if (*head)
+        (*head)->prev = n;
+    *head = n;
+}
+
+static void live_remove(struct live_link **head, struct live_link *n)
+{
+    if (n->prev)
+        n->prev->next = n->next;
+    else
+        *head = n->next;
+    if (n->next)
+        n->next->prev = n->prev;
+}
+
 static void layout_of(struct pd_kv_layout *l)
 {
     memset(l, 0, sizeof *l);
@@ -161,7 +189,7 @@ static void layout_of(struct pd_kv_layout *l)
 /* ---- receiver ---- */
 
 struct rreq {
-    struct rreq *prev, *next; /* every live request, for the exit */
+    struct live_link link; /* first: on R.live, every live request, for the exit */
     uint64_t id;
     uint32_t n;
     uint32_t verified;
@@ -173,30 +201,12 @@ static struct {
     struct pd_kvx_peer *peer;
     uint64_t started, ok, failed, inflight, bytes_checked, mismatches, handed_on_bad;
     uint64_t by_reason[PD_R_MAX + 1];
-    uint64_t sessions_up, sessions_down, next_id;
+    uint64_t next_id;
     uint64_t t0;
     int finished;
     struct event *timer;
-    struct rreq *live;
+    struct live_link *live; /* struct rreq */
 } R;
-
-static void rreq_link(struct rreq *q)
-{
-    q->next = R.live;
-    if (R.live)
-        R.live->prev = q;
-    R.live = q;
-}
-
-static void rreq_unlink(struct rreq *q)
-{
-    if (q->prev)
-        q->prev->next = q->next;
-    else
-        R.live = q->next;
-    if (q->next)
-        q->next->prev = q->prev;
-}
 
 static uint64_t mono_ms(void)
 {
@@ -239,7 +249,7 @@ static void recv_start_more(void)
                 fprintf(stderr, "kvx_peer: request: %s\n", err);
             return;
         }
-        rreq_link(q);
+        live_add(&R.live, &q->link);
         R.started++;
         R.inflight++;
     }
@@ -257,17 +267,10 @@ static void recv_maybe_finish(void)
         event_base_loopbreak(base);
 }
 
-static void recv_event(void *arg, const struct pd_kvx_event *ev)
+static void recv_event(const struct pd_kvx_event *ev)
 {
-    (void)arg;
     struct rreq *q = ev->udata;
     switch (ev->type) {
-    case PD_KVX_EV_SESSION_UP:
-        R.sessions_up++;
-        break;
-    case PD_KVX_EV_SESSION_DOWN:
-        R.sessions_down++;
-        break;
     case PD_KVX_EV_VERIFIED:
         q->verified = ev->blocks;
         break;
@@ -295,7 +298,7 @@ static void recv_event(void *arg, const struct pd_kvx_event *ev)
         break;
     case PD_KVX_EV_RELEASED:
         pool_put(&pool, q->dest, q->n);
-        rreq_unlink(q);
+        live_remove(&R.live, &q->link);
         free(q->dest);
         free(q);
         R.inflight--;
@@ -323,6 +326,7 @@ static void recv_tick(evutil_socket_t fd, short what, void *arg)
 /* ---- sender ---- */
 
 struct sreq_state {
+    struct live_link link; /* first: on S.live, every live state, for the exit */
     struct pd_kvx_sreq *sreq;
     uint64_t id;
     uint32_t epoch, need, sent, n_prompt;
@@ -330,24 +334,18 @@ struct sreq_state {
     int waiting, dead, ended;
     struct event *timer;
     struct sreq_state *next_wait;
-    struct sreq_state *prev, *next; /* every live state, for the exit */
 };
 
 static struct {
-    uint64_t prefills, ended_ok, ended_failed, runs_acked, runs_unacked, sessions_up, sessions_down;
+    uint64_t prefills, ended_ok, ended_failed, runs_acked, runs_unacked;
     struct sreq_state *wait_head, *wait_tail;
     struct event *sig_term, *sig_int;
-    struct sreq_state *live;
+    struct live_link *live; /* struct sreq_state */
 } S;
 
 static void send_free_state(struct sreq_state *st)
 {
-    if (st->prev)
-        st->prev->next = st->next;
-    else
-        S.live = st->next;
-    if (st->next)
-        st->next->prev = st->prev;
+    live_remove(&S.live, &st->link);
     if (st->src && st->sent < st->need && !st->waiting)
         pool_put(&pool, st->src + st->sent, st->need - st->sent);
     if (st->timer)
@@ -420,17 +418,10 @@ static void send_serve_waiting(void)
     }
 }
 
-static void send_event(void *arg, const struct pd_kvx_event *ev)
+static void send_event(const struct pd_kvx_event *ev)
 {
-    (void)arg;
     struct sreq_state *st = ev->udata;
     switch (ev->type) {
-    case PD_KVX_EV_SESSION_UP:
-        S.sessions_up++;
-        break;
-    case PD_KVX_EV_SESSION_DOWN:
-        S.sessions_down++;
-        break;
     case PD_KVX_EV_PREFILL: {
         const struct pd_prefill *p = ev->prefill;
         S.prefills++;
@@ -442,10 +433,7 @@ static void send_event(void *arg, const struct pd_kvx_event *ev)
         st->need = (p->n_tokens + BLOCK_SIZE - 1) / BLOCK_SIZE;
         st->src = malloc(st->need * sizeof *st->src);
         st->timer = evtimer_new(base, send_step, st);
-        st->next = S.live;
-        if (S.live)
-            S.live->prev = st;
-        S.live = st;
+        live_add(&S.live, &st->link);
         pd_kvx_sreq_set_udata(ev->sreq, st);
         if (st->need > pool.n) {
             pd_kvx_abort(ev->sreq, PD_R_TOO_LARGE, "more blocks than the pool");
@@ -483,6 +471,19 @@ static void send_event(void *arg, const struct pd_kvx_event *ev)
         break;
     }
     send_serve_waiting();
+}
+
+/* kvx's events on either side (arg: the int `sender`): sessions counted,
+ * then the side's own handler */
+static void on_event(void *arg, const struct pd_kvx_event *ev)
+{
+    const int *sender = arg;
+    sessions_up += ev->type == PD_KVX_EV_SESSION_UP;
+    sessions_down += ev->type == PD_KVX_EV_SESSION_DOWN;
+    if (*sender)
+        send_event(ev);
+    else
+        recv_event(ev);
 }
 
 static void on_signal(evutil_socket_t fd, short what, void *arg)
@@ -634,7 +635,7 @@ int main(int argc, char **argv)
         .layout = &layout, .pool = pool.mem, .pool_blocks = pool.n,
         .crypto_threads = o.crypto_threads, .no_integrity = o.no_integrity,
         .lease_ms = o.lease_ms, .handshake_ms = o.hs_ms, .request_deadline_ms = o.deadline_ms,
-        .tamper_every = o.tamper, .event = sender ? send_event : recv_event,
+        .tamper_every = o.tamper, .event = on_event, .arg = &sender,
     };
     int rc = pd_kvx_new(&p, &kvx, err, sizeof err);
     int status = 0;
@@ -664,7 +665,7 @@ int main(int argc, char **argv)
                ",\"free_blocks\":%u,\"pool_blocks\":%u,\"handshakes_ok\":%" PRIu64
                ",\"dropped_unauth\":%" PRIu64 ",\"blocks_sent\":%" PRIu64,
                S.prefills, S.ended_ok, S.ended_failed, S.runs_acked, S.runs_unacked,
-               S.sessions_up, S.sessions_down, pool.n_free, pool.n, s.handshakes_ok,
+               sessions_up, sessions_down, pool.n_free, pool.n, s.handshakes_ok,
                s.dropped_unauth, s.blocks_sent);
         printf(",\"hs_fail\":{");
         for (unsigned i = 0; i < PD_KVX_HSF_N; i++)
@@ -673,8 +674,9 @@ int main(int argc, char **argv)
         event_free(S.sig_term);
         event_free(S.sig_int);
         while (S.live) {
-            S.live->waiting = 1; /* its blocks are the pool's; it goes with it */
-            send_free_state(S.live);
+            struct sreq_state *st = (struct sreq_state *)S.live;
+            st->waiting = 1; /* its blocks are the pool's; it goes with it */
+            send_free_state(st);
         }
     } else {
         R.next_id = o.id_base;
@@ -706,7 +708,7 @@ int main(int argc, char **argv)
                ",\"free_blocks\":%u,\"pool_blocks\":%u,\"integrity_failures\":%" PRIu64
                ",\"handshake_ns\":%" PRIu64 ",\"failed_by\":{",
                ucp_get_version_string(), R.ok, R.failed, o.requests, R.bytes_checked, R.mismatches, R.handed_on_bad,
-               R.sessions_up, R.sessions_down, R.inflight, pool.n_free, pool.n,
+               sessions_up, sessions_down, R.inflight, pool.n_free, pool.n,
                s.integrity_failures, s.handshake_ns);
         int first = 1;
         for (unsigned i = 0; i <= PD_R_MAX; i++)
@@ -716,8 +718,8 @@ int main(int argc, char **argv)
             }
         printf("}}\n");
         while (R.live) { /* in flight at a timeout: kvx is freed below without events */
-            struct rreq *q = R.live;
-            rreq_unlink(q);
+            struct rreq *q = (struct rreq *)R.live;
+            live_remove(&R.live, &q->link);
             free(q->dest);
             free(q);
         }
