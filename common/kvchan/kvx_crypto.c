@@ -11,19 +11,34 @@
 
 #define PD_KVX_MAX_CRYPTO_THREADS 64
 
-/* A FIFO of jobs, linked through their next. */
+/* A FIFO of jobs linked through their next; tail points at the link the
+ * next job goes in (at head while the FIFO is empty). */
 struct job_fifo {
-    struct pd_kvx_job *head, *tail;
+    struct pd_kvx_job *head, **tail;
 };
+
+static void fifo_init(struct job_fifo *q)
+{
+    q->head = NULL;
+    q->tail = &q->head;
+}
 
 static void fifo_push(struct job_fifo *q, struct pd_kvx_job *j)
 {
     j->next = NULL;
-    if (q->tail)
-        q->tail->next = j;
-    else
-        q->head = j;
-    q->tail = j;
+    *q->tail = j;
+    q->tail = &j->next;
+}
+
+static struct pd_kvx_job *fifo_pop(struct job_fifo *q)
+{
+    struct pd_kvx_job *j = q->head;
+    if (j) {
+        q->head = j->next;
+        if (!q->head)
+            q->tail = &q->head;
+    }
+    return j;
 }
 
 struct pd_kvx_crypto {
@@ -60,12 +75,9 @@ static void *worker(void *arg)
     for (;;) {
         while (!c->in.head && !c->stop)
             pthread_cond_wait(&c->cv, &c->mu);
-        if (!c->in.head)
+        struct pd_kvx_job *j = fifo_pop(&c->in);
+        if (!j)
             break; /* stop, and nothing queued */
-        struct pd_kvx_job *j = c->in.head;
-        c->in.head = j->next;
-        if (!c->in.head)
-            c->in.tail = NULL;
         pthread_mutex_unlock(&c->mu);
         run_job(j);
         pthread_mutex_lock(&c->mu);
@@ -87,6 +99,8 @@ int pd_kvx_crypto_new(unsigned threads, struct pd_kvx_crypto **out, int *notify_
     struct pd_kvx_crypto *c = calloc(1, sizeof *c);
     if (!c)
         return -ENOMEM;
+    fifo_init(&c->in);
+    fifo_init(&c->out);
     c->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (c->efd < 0) {
         int rc = -errno;
@@ -122,7 +136,7 @@ struct pd_kvx_job *pd_kvx_crypto_take(struct pd_kvx_crypto *c)
     (void)r; /* EAGAIN when nothing was signalled: fine */
     pthread_mutex_lock(&c->mu);
     struct pd_kvx_job *j = c->out.head;
-    c->out.head = c->out.tail = NULL;
+    fifo_init(&c->out);
     pthread_mutex_unlock(&c->mu);
     return j;
 }
