@@ -159,13 +159,12 @@ int cfg_fail_opt(int rc, char *err, size_t errlen, const struct src *s,
 
     if (!err || !errlen)
         return rc;
+    /* SRC_FILE's path, SRC_API's source name: user input, so escaped */
+    const char *origin =
+        s->what ? cfg_escape(what, sizeof(what), s->what, strlen(s->what), false) : "";
     switch (s->kind) {
     case SRC_DEFAULT:
         k = snprintf(err, errlen, "table default of \"%s\": ", o->name);
-        break;
-    case SRC_FILE:
-        k = snprintf(err, errlen, "config file %s: key \"%s\": ",
-                     cfg_escape(what, sizeof(what), s->what, strlen(s->what), false), o->name);
         break;
     case SRC_ENV:
         cfg_env_name(env, sizeof(env), o->name);
@@ -174,9 +173,11 @@ int cfg_fail_opt(int rc, char *err, size_t errlen, const struct src *s,
     case SRC_FLAG:
         k = snprintf(err, errlen, "--%s: ", o->name);
         break;
+    case SRC_FILE:
+        k = snprintf(err, errlen, "config file %s: key \"%s\": ", origin, o->name);
+        break;
     case SRC_API:
-        k = snprintf(err, errlen, "%s: %s: ",
-                     cfg_escape(what, sizeof(what), s->what, strlen(s->what), false), o->name);
+        k = snprintf(err, errlen, "%s: %s: ", origin, o->name);
         break;
     }
     if (k < 0 || (size_t)k >= errlen)
@@ -285,15 +286,21 @@ out:
 
 /* ---- scalar parsing: text and JSON share the range checks --------------- */
 
-int cfg_check_int(const struct pd_cfg_opt *o, void *cfg, int64_t v, const char *shown,
-                     const struct src *s, char *err, size_t errlen)
+/* The refusal of a value (as shown) outside o's range. */
+static int fail_range(const struct pd_cfg_opt *o, const char *shown, const struct src *s, char *err,
+                      size_t errlen)
 {
     char range[96];
 
-    if (v < o->min || v > o->max) {
-        cfg_fmt_range(range, sizeof(range), o);
-        return cfg_fail_opt(-EINVAL, err, errlen, s, o, "%s is out of range %s", shown, range);
-    }
+    cfg_fmt_range(range, sizeof(range), o);
+    return cfg_fail_opt(-EINVAL, err, errlen, s, o, "%s is out of range %s", shown, range);
+}
+
+int cfg_check_int(const struct pd_cfg_opt *o, void *cfg, int64_t v, const char *shown,
+                  const struct src *s, char *err, size_t errlen)
+{
+    if (v < o->min || v > o->max)
+        return fail_range(o, shown, s, err, errlen);
     *(int64_t *)cfg_field(o, cfg) = v;
     return 0;
 }
@@ -301,12 +308,8 @@ int cfg_check_int(const struct pd_cfg_opt *o, void *cfg, int64_t v, const char *
 int cfg_check_size(const struct pd_cfg_opt *o, void *cfg, uint64_t v, const char *shown,
                       const struct src *s, char *err, size_t errlen)
 {
-    char range[96];
-
-    if (v < (uint64_t)o->min || v > (uint64_t)o->max) {
-        cfg_fmt_range(range, sizeof(range), o);
-        return cfg_fail_opt(-EINVAL, err, errlen, s, o, "%s is out of range %s", shown, range);
-    }
+    if (v < (uint64_t)o->min || v > (uint64_t)o->max)
+        return fail_range(o, shown, s, err, errlen);
     *(uint64_t *)cfg_field(o, cfg) = v;
     return 0;
 }
@@ -314,13 +317,15 @@ int cfg_check_size(const struct pd_cfg_opt *o, void *cfg, uint64_t v, const char
 int cfg_check_double(const struct pd_cfg_opt *o, void *cfg, double v, const char *shown,
                         const struct src *s, char *err, size_t errlen)
 {
-    char range[96];
+    if (!isfinite(v)) {
+        char range[96];
 
-    cfg_fmt_range(range, sizeof(range), o);
-    if (!isfinite(v))
-        return cfg_fail_opt(-EINVAL, err, errlen, s, o, "%s is not a finite number (range %s)", shown, range);
+        cfg_fmt_range(range, sizeof(range), o);
+        return cfg_fail_opt(-EINVAL, err, errlen, s, o, "%s is not a finite number (range %s)",
+                            shown, range);
+    }
     if (v < o->dmin || v > o->dmax)
-        return cfg_fail_opt(-EINVAL, err, errlen, s, o, "%s is out of range %s", shown, range);
+        return fail_range(o, shown, s, err, errlen);
     *(double *)cfg_field(o, cfg) = v;
     return 0;
 }

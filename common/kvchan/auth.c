@@ -23,18 +23,16 @@ struct replay_entry {
 struct pd_auth_replay {
     size_t cap, head, n;
     uint64_t ttl_ms;
-    struct replay_entry *e; /* [cap] */
+    struct replay_entry e[]; /* [cap] */
 };
 
 int pd_auth_replay_new(size_t capacity, uint64_t ttl_ms, struct pd_auth_replay **out)
 {
     if (capacity == 0 || capacity > (1u << 20) || ttl_ms == 0)
         return -EINVAL;
-    struct pd_auth_replay *rc = calloc(1, sizeof(*rc));
-    if (!rc || !(rc->e = calloc(capacity, sizeof(*rc->e)))) {
-        free(rc);
+    struct pd_auth_replay *rc = calloc(1, sizeof(*rc) + capacity * sizeof(rc->e[0]));
+    if (!rc)
         return -ENOMEM;
-    }
     rc->cap = capacity;
     rc->ttl_ms = ttl_ms;
     *out = rc;
@@ -43,10 +41,7 @@ int pd_auth_replay_new(size_t capacity, uint64_t ttl_ms, struct pd_auth_replay *
 
 struct pd_auth_replay *pd_auth_replay_free(struct pd_auth_replay *rc)
 {
-    if (rc) {
-        free(rc->e);
-        free(rc);
-    }
+    free(rc);
     return NULL;
 }
 
@@ -197,16 +192,6 @@ static int layout_compare(const struct pd_kv_layout *ours, const struct pd_kv_la
 
 /* ---- handshake ---- */
 
-static struct pd_auth_hs *hs_new(enum pd_role role)
-{
-    struct pd_auth_hs *hs = sodium_malloc(sizeof(*hs));
-    if (hs) {
-        sodium_memzero(hs, sizeof(*hs));
-        hs->role = role;
-    }
-    return hs;
-}
-
 struct pd_auth_hs *pd_auth_hs_free(struct pd_auth_hs *hs)
 {
     sodium_free(hs); /* wipes; accepts NULL */
@@ -255,15 +240,30 @@ static int check_params(const struct pd_auth_params *p, enum pd_role role, size_
     return pd_kv_layout_check(p->layout, err, errlen);
 }
 
+/* Either side's start: the parameters checked, then a zeroed handshake
+ * (sodium_malloc: guarded, and wiped by pd_auth_hs_free). */
+static int hs_new(const struct pd_auth_params *p, enum pd_role role, size_t cap,
+                  struct pd_auth_hs **out, char *err, size_t errlen)
+{
+    int rc = check_params(p, role, cap, err, errlen);
+    if (rc < 0)
+        return rc;
+    struct pd_auth_hs *hs = sodium_malloc(sizeof(*hs));
+    if (!hs)
+        return pd_errf(err, errlen, -ENOMEM, "handshake: out of memory");
+    sodium_memzero(hs, sizeof(*hs));
+    hs->role = role;
+    *out = hs;
+    return 0;
+}
+
 int pd_auth_hs_initiate(const struct pd_auth_params *p, struct pd_auth_hs **out, uint8_t *msg,
                         size_t cap, size_t *msg_len, char *err, size_t errlen)
 {
-    int rc = check_params(p, PD_ROLE_D, cap, err, errlen);
+    struct pd_auth_hs *hs;
+    int rc = hs_new(p, PD_ROLE_D, cap, &hs, err, errlen);
     if (rc < 0)
         return rc;
-    struct pd_auth_hs *hs = hs_new(PD_ROLE_D);
-    if (!hs)
-        return pd_errf(err, errlen, -ENOMEM, "handshake: out of memory");
     rc = pd_keyring_get(p->keyring, p->key_id, hs->psk, hs->key_id);
     if (rc == -ENOENT)
         rc = pd_errf(err, errlen, -ENOKEY, "handshake: no key \"%s\" in the keyring",
@@ -325,12 +325,10 @@ int pd_auth_hs_respond(const struct pd_auth_params *p, const uint8_t *m1, size_t
 {
     struct pd_hs_hello h1;
     uint8_t eph_sk[32], dh[32], m2[PD_HS_HELLO_LEN];
-    int rc = check_params(p, PD_ROLE_P, cap, err, errlen);
+    struct pd_auth_hs *hs;
+    int rc = hs_new(p, PD_ROLE_P, cap, &hs, err, errlen);
     if (rc < 0)
         return rc;
-    struct pd_auth_hs *hs = hs_new(PD_ROLE_P);
-    if (!hs)
-        return pd_errf(err, errlen, -ENOMEM, "handshake: out of memory");
     if ((rc = respond_check_m1(p, m1, m1_len, &h1, hs, err, errlen)) < 0)
         goto fail;
 

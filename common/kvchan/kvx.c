@@ -88,13 +88,7 @@ static int do_closes(struct pd_kvx *k)
             kvx_session_put(c);
             continue;
         }
-        ucp_request_param_t prm = {
-            .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
-                            UCP_OP_ATTR_FIELD_FLAGS,
-            .cb.send = ep_close_cb,
-            .user_data = c,
-            .flags = UCP_EP_CLOSE_FLAG_FORCE,
-        };
+        ucp_request_param_t prm = kvx_cb_param(ep_close_cb, c, UCP_EP_CLOSE_FLAG_FORCE);
         ucs_status_ptr_t sp = ucp_ep_close_nbx(c->ep, &prm);
         if (sp == NULL || UCS_PTR_IS_ERR(sp)) {
             c->state = C_CLOSED;
@@ -602,17 +596,12 @@ fail:
     return rc;
 }
 
-struct pd_kvx *pd_kvx_free(struct pd_kvx *k)
+/* pd_kvx_free's first step: queued frames (a last ACK, an ABORT) go out,
+ * for a bounded time; then every endpoint is closed (force) and UCX
+ * progressed until it is done with them: receives into the pool fail and
+ * complete here. */
+static void drain(struct pd_kvx *k)
 {
-    if (!k)
-        return NULL;
-    k->shutting_down = 1;
-    if (k->ev_tick)
-        event_free(k->ev_tick);
-    kvx_boot_unlisten(k);
-    /* first let queued frames (a last ACK, an ABORT) go out, for a bounded
-     * time; then close every endpoint (force) and progress until UCX is done
-     * with them: receives into the pool fail and complete here */
     if (k->worker) {
         ucp_request_param_t fp = {.op_attr_mask = 0};
         void *fr = ucp_worker_flush_nbx(k->worker, &fp);
@@ -642,6 +631,16 @@ struct pd_kvx *pd_kvx_free(struct pd_kvx *k)
                 break;
         }
     }
+}
+
+struct pd_kvx *pd_kvx_free(struct pd_kvx *k)
+{
+    if (!k)
+        return NULL;
+    k->shutting_down = 1;
+    kvx_event_free(&k->ev_tick);
+    kvx_boot_unlisten(k);
+    drain(k);
     pd_kvx_crypto_free(k->crypto);
     k->crypto = NULL;
     /* events are not delivered now; free what they own */
@@ -659,14 +658,10 @@ struct pd_kvx *pd_kvx_free(struct pd_kvx *k)
     }
     for (unsigned i = 0; i < k->n_peers; i++)
         free(k->peers[i]);
-    if (k->ev_efd)
-        event_free(k->ev_efd);
-    if (k->ev_crypto)
-        event_free(k->ev_crypto);
-    if (k->ev_kick)
-        event_free(k->ev_kick);
-    if (k->ev_retry)
-        event_free(k->ev_retry);
+    kvx_event_free(&k->ev_efd);
+    kvx_event_free(&k->ev_crypto);
+    kvx_event_free(&k->ev_kick);
+    kvx_event_free(&k->ev_retry);
     if (k->waddr)
         ucp_worker_release_address(k->worker, k->waddr);
     if (k->worker)

@@ -409,12 +409,5 @@ int kvx_boot_listen(struct pd_kvx *k, char *err, size_t errlen)
 
 void kvx_boot_unlisten(struct pd_kvx *k)
 {
-    if (k->ev_listen)
-        event_free(k->ev_listen);
-    if (k->ev_listen_again)
-        event_free(k->ev_listen_again);
-    k->ev_listen = k->ev_listen_again = NULL;
-    if (k->lfd >= 0)
-        close(k->lfd);
-    k->lfd = -1;
+    kvx_socket_close(&k->lfd, &k->ev_listen, &k->ev_listen_again);
 }

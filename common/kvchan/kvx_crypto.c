@@ -11,11 +11,40 @@
 
 #define PD_KVX_MAX_CRYPTO_THREADS 64
 
+/* A FIFO of jobs linked through their next; tail points at the link the
+ * next job goes in (at head while the FIFO is empty). */
+struct job_fifo {
+    struct pd_kvx_job *head, **tail;
+};
+
+static void fifo_init(struct job_fifo *q)
+{
+    q->head = NULL;
+    q->tail = &q->head;
+}
+
+static void fifo_push(struct job_fifo *q, struct pd_kvx_job *j)
+{
+    j->next = NULL;
+    *q->tail = j;
+    q->tail = &j->next;
+}
+
+static struct pd_kvx_job *fifo_pop(struct job_fifo *q)
+{
+    struct pd_kvx_job *j = q->head;
+    if (j) {
+        q->head = j->next;
+        if (!q->head)
+            q->tail = &q->head;
+    }
+    return j;
+}
+
 struct pd_kvx_crypto {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    struct pd_kvx_job *in_head, *in_tail;
-    struct pd_kvx_job *out_head, *out_tail;
+    struct job_fifo in, out;
     int stop;
     int efd;
     unsigned n_threads;
@@ -44,23 +73,15 @@ static void *worker(void *arg)
     struct pd_kvx_crypto *c = arg;
     pthread_mutex_lock(&c->mu);
     for (;;) {
-        while (!c->in_head && !c->stop)
+        while (!c->in.head && !c->stop)
             pthread_cond_wait(&c->cv, &c->mu);
-        if (!c->in_head)
+        struct pd_kvx_job *j = fifo_pop(&c->in);
+        if (!j)
             break; /* stop, and nothing queued */
-        struct pd_kvx_job *j = c->in_head;
-        c->in_head = j->next;
-        if (!c->in_head)
-            c->in_tail = NULL;
         pthread_mutex_unlock(&c->mu);
         run_job(j);
-        j->next = NULL;
         pthread_mutex_lock(&c->mu);
-        if (c->out_tail)
-            c->out_tail->next = j;
-        else
-            c->out_head = j;
-        c->out_tail = j;
+        fifo_push(&c->out, j);
         uint64_t one = 1;
         ssize_t w = write(c->efd, &one, sizeof one);
         (void)w; /* an eventfd write only fails at 2^64 - 1 */
@@ -78,6 +99,8 @@ int pd_kvx_crypto_new(unsigned threads, struct pd_kvx_crypto **out, int *notify_
     struct pd_kvx_crypto *c = calloc(1, sizeof *c);
     if (!c)
         return -ENOMEM;
+    fifo_init(&c->in);
+    fifo_init(&c->out);
     c->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (c->efd < 0) {
         int rc = -errno;
@@ -100,13 +123,8 @@ int pd_kvx_crypto_new(unsigned threads, struct pd_kvx_crypto **out, int *notify_
 
 void pd_kvx_crypto_submit(struct pd_kvx_crypto *c, struct pd_kvx_job *j)
 {
-    j->next = NULL;
     pthread_mutex_lock(&c->mu);
-    if (c->in_tail)
-        c->in_tail->next = j;
-    else
-        c->in_head = j;
-    c->in_tail = j;
+    fifo_push(&c->in, j);
     pthread_cond_signal(&c->cv);
     pthread_mutex_unlock(&c->mu);
 }
@@ -117,8 +135,8 @@ struct pd_kvx_job *pd_kvx_crypto_take(struct pd_kvx_crypto *c)
     ssize_t r = read(c->efd, &v, sizeof v);
     (void)r; /* EAGAIN when nothing was signalled: fine */
     pthread_mutex_lock(&c->mu);
-    struct pd_kvx_job *j = c->out_head;
-    c->out_head = c->out_tail = NULL;
+    struct pd_kvx_job *j = c->out.head;
+    fifo_init(&c->out);
     pthread_mutex_unlock(&c->mu);
     return j;
 }

@@ -99,7 +99,27 @@ static inline void dl_del(struct dl *n)
 
 static inline uint64_t now_ms(void) { return pd_now_ns() / 1000000u; }
 
+/* Free *ev if set (event_free does not take NULL), and unset it. */
+static inline void kvx_event_free(struct event **ev)
+{
+    if (*ev)
+        event_free(*ev);
+    *ev = NULL;
+}
 
+/* A UCX call's parameters: its flags, and cb(request, status, arg) when it
+ * completes after the call returns. */
+static inline ucp_request_param_t kvx_cb_param(ucp_send_nbx_callback_t cb, void *arg,
+                                               uint32_t flags)
+{
+    return (ucp_request_param_t){
+        .op_attr_mask =
+            UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS,
+        .cb.send = cb,
+        .user_data = arg,
+        .flags = flags,
+    };
+}
 
 /* C_HS: the handshake on the KV port's TCP connection; C_ADDR: authenticated,
  * UCX worker addresses being exchanged (sealed) on that connection; C_UP:
@@ -310,6 +330,13 @@ void kvx_ep_err_cb(void *arg, ucp_ep_h ep, ucs_status_t status);
 /* The KV-port connection's socket and events (and its protocol state, unless
  * the protocol is running: kvx_boot.c frees it when it returns). */
 void kvx_session_close_socket(struct pd_kvx_session *c);
+/* A socket's teardown: its two events (either may be unset) freed, then fd
+ * closed; all three left unset. */
+void kvx_socket_close(int *fd, struct event **ev_a, struct event **ev_b);
+/* A request joins or leaves its session's live list (c->reqs, counted in
+ * n_reqs); *linked says whether it is on it, so leaving twice is harmless. */
+void kvx_session_link(struct pd_kvx_session *c, struct dl *node, int *linked);
+void kvx_session_unlink(struct pd_kvx_session *c, struct dl *node, int *linked);
 void kvx_session_boot_free(struct pd_kvx_session *c);
 size_t kvx_build_iov(uint8_t *pool, size_t bb, const uint32_t *idx, uint32_t n, ucp_dt_iov_t *iov,
                      uint8_t **blocks);

@@ -56,14 +56,7 @@ static void req_maybe_release(struct pd_kvx_req *r)
     }
 }
 
-static void req_unlink(struct pd_kvx_req *r)
-{
-    if (r->linked) {
-        dl_del(&r->node);
-        r->c->n_reqs--;
-        r->linked = 0;
-    }
-}
+static void req_unlink(struct pd_kvx_req *r) { kvx_session_unlink(r->c, &r->node, &r->linked); }
 
 static void req_fail(struct pd_kvx_req *r, int reason, const char *detail, int abort_peer)
 {
@@ -444,10 +437,8 @@ int pd_kvx_request(struct pd_kvx_peer *peer, const struct pd_prefill *p, const u
     r->udata = udata;
     r->t_start_ns = pd_now_ns();
     r->last_progress_ms = now_ms();
-    r->linked = 1;
-    dl_add(&c->reqs, &r->node);
+    kvx_session_link(c, &r->node, &r->linked);
     dl_add(&k->all_reqs, &r->all);
-    c->n_reqs++;
     *out = r;
     return 0;
 }

@@ -40,14 +40,7 @@ static void run_free(struct run *run)
     free(run);
 }
 
-static void sreq_unlink(struct pd_kvx_sreq *r)
-{
-    if (r->linked) {
-        dl_del(&r->node);
-        r->c->n_reqs--;
-        r->linked = 0;
-    }
-}
+static void sreq_unlink(struct pd_kvx_sreq *r) { kvx_session_unlink(r->c, &r->node, &r->linked); }
 
 static void sreq_maybe_end(struct pd_kvx_sreq *r)
 {
@@ -221,11 +214,9 @@ static void on_prefill(struct pd_kvx_session *c, const struct pd_frame *f, uint8
     r->id = p->request_id;
     r->epoch = p->epoch;
     r->n_granted = p->n_blocks;
-    r->linked = 1;
     dl_init(&r->runs);
-    dl_add(&c->reqs, &r->node);
+    kvx_session_link(c, &r->node, &r->linked);
     dl_add(&k->all_sreqs, &r->all);
-    c->n_reqs++;
     e->ev.sreq = r;
     e->pf = *p;
     e->ev.prefill = &e->pf;

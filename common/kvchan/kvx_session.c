@@ -95,13 +95,7 @@ static void sbuf_cb(void *request, ucs_status_t status, void *user_data)
  * UCX is done with it. */
 static int am_send_small(struct pd_kvx_session *c, unsigned id, struct sbuf *b)
 {
-    ucp_request_param_t prm = {
-        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
-                        UCP_OP_ATTR_FIELD_FLAGS,
-        .cb.send = sbuf_cb,
-        .user_data = b,
-        .flags = UCP_AM_SEND_FLAG_EAGER,
-    };
+    ucp_request_param_t prm = kvx_cb_param(sbuf_cb, b, UCP_AM_SEND_FLAG_EAGER);
     if (!c->ep) {
         free(b);
         return -ENOTCONN;
@@ -242,18 +236,36 @@ void kvx_session_boot_free(struct pd_kvx_session *c)
     c->b = NULL;
 }
 
+void kvx_socket_close(int *fd, struct event **ev_a, struct event **ev_b)
+{
+    kvx_event_free(ev_a);
+    kvx_event_free(ev_b);
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+}
+
 void kvx_session_close_socket(struct pd_kvx_session *c)
 {
-    if (c->ev_rd)
-        event_free(c->ev_rd);
-    if (c->ev_wr)
-        event_free(c->ev_wr);
-    c->ev_rd = c->ev_wr = NULL;
-    if (c->fd >= 0)
-        close(c->fd);
-    c->fd = -1;
+    kvx_socket_close(&c->fd, &c->ev_rd, &c->ev_wr);
     if (c->b && !c->b->busy)
         kvx_session_boot_free(c);
+}
+
+void kvx_session_link(struct pd_kvx_session *c, struct dl *node, int *linked)
+{
+    dl_add(&c->reqs, node);
+    c->n_reqs++;
+    *linked = 1;
+}
+
+void kvx_session_unlink(struct pd_kvx_session *c, struct dl *node, int *linked)
+{
+    if (*linked) {
+        dl_del(node);
+        c->n_reqs--;
+        *linked = 0;
+    }
 }
 
 struct pd_kvx_session *kvx_session_new(struct pd_kvx *k)

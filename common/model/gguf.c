@@ -23,6 +23,7 @@ struct pd_gguf {
     struct pd_gguf_tensor *tensors;
     char *names; /* arena holding every key and tensor name */
     size_t names_len, names_cap;
+    /* kv, str_offs, tensors and names share one block (tables_alloc), freed through kv */
 };
 
 /* A cursor over the image: every read is checked against the end first. */
@@ -60,25 +61,27 @@ static uint64_t le(const uint8_t *p, int n)
     return v;
 }
 
-static int rd_u32(struct rd *r, uint32_t *v, const char *what)
+/* An n-byte little-endian integer at the cursor. */
+static int rd_le(struct rd *r, int n, uint64_t *v, const char *what)
 {
-    int rc = need(r, 4, what);
+    int rc = need(r, (uint64_t)n, what);
     if (rc < 0)
         return rc;
-    *v = (uint32_t)le(r->base + r->pos, 4);
-    r->pos += 4;
+    *v = le(r->base + r->pos, n);
+    r->pos += (size_t)n;
     return 0;
 }
 
-static int rd_u64(struct rd *r, uint64_t *v, const char *what)
+static int rd_u32(struct rd *r, uint32_t *v, const char *what)
 {
-    int rc = need(r, 8, what);
-    if (rc < 0)
-        return rc;
-    *v = le(r->base + r->pos, 8);
-    r->pos += 8;
-    return 0;
+    uint64_t x;
+    int rc = rd_le(r, 4, &x, what);
+    if (rc == 0)
+        *v = (uint32_t)x;
+    return rc;
 }
+
+static int rd_u64(struct rd *r, uint64_t *v, const char *what) { return rd_le(r, 8, v, what); }
 
 /* A length-prefixed string: returns its bytes in place. */
 static int rd_str(struct rd *r, const uint8_t **s, uint64_t *n, uint64_t max, const char *what)
@@ -113,6 +116,38 @@ static char *arena_add(struct pd_gguf *g, const uint8_t *s, size_t n)
     p[n] = '\0';
     g->names_len += n + 1;
     return p;
+}
+
+/* One zeroed block for the tables a header's counts size: kv and str_offs
+ * [n_kv], tensors [n_tensors], then the names arena. */
+static int tables_alloc(struct pd_gguf *g, size_t n_kv, size_t n_tensors, size_t names_cap)
+{
+    _Static_assert(sizeof(struct pd_gguf_kv) % _Alignof(uint64_t *) == 0 &&
+                       sizeof(uint64_t *) % _Alignof(struct pd_gguf_tensor) == 0,
+                   "each table starts aligned after the one before");
+    size_t kv_bytes = n_kv * sizeof(*g->kv), offs_bytes = n_kv * sizeof(*g->str_offs);
+    size_t tensor_bytes = n_tensors * sizeof(*g->tensors);
+    char *p = calloc(1, kv_bytes + offs_bytes + tensor_bytes + names_cap);
+    if (!p)
+        return -ENOMEM;
+    g->kv = (struct pd_gguf_kv *)(void *)p;
+    g->str_offs = (uint64_t **)(void *)(p + kv_bytes);
+    g->tensors = (struct pd_gguf_tensor *)(void *)(p + kv_bytes + offs_bytes);
+    g->names = p + kv_bytes + offs_bytes + tensor_bytes;
+    g->names_cap = names_cap;
+    return 0;
+}
+
+struct pd_gguf *pd_gguf_free(struct pd_gguf *g)
+{
+    if (!g)
+        return NULL;
+    if (g->str_offs)
+        for (size_t i = 0; i < g->n_kv; i++)
+            free(g->str_offs[i]);
+    free(g->kv); /* and the other tables: one block */
+    free(g);
+    return NULL;
 }
 
 static int has_nul(const uint8_t *s, uint64_t n) { return memchr(s, 0, n) != NULL; }
@@ -373,16 +408,9 @@ int pd_gguf_parse(const void *buf, size_t len, struct pd_gguf **out, char *err, 
                   n_kv, n_tensors, len - r.pos);
         goto out_free;
     }
-    g->kv = calloc(n_kv ? n_kv : 1, sizeof(*g->kv));
-    g->str_offs = calloc(n_kv ? n_kv : 1, sizeof(*g->str_offs));
-    g->tensors = calloc(n_tensors ? n_tensors : 1, sizeof(*g->tensors));
     /* every name lives in the header, so the header's size bounds the arena */
-    g->names_cap = len - r.pos + n_kv + n_tensors + 1;
-    g->names = malloc(g->names_cap);
-    if (!g->kv || !g->str_offs || !g->tensors || !g->names) {
-        rc = -ENOMEM;
+    if ((rc = tables_alloc(g, n_kv, n_tensors, len - r.pos + n_kv + n_tensors + 1)) < 0)
         goto out_free;
-    }
 
     g->alignment = PD_GGUF_DEFAULT_ALIGN;
     if ((rc = parse_kvs(&r, g, n_kv)) < 0)
@@ -410,21 +438,6 @@ int pd_gguf_parse(const void *buf, size_t len, struct pd_gguf **out, char *err, 
 out_free:
     pd_gguf_free(g);
     return rc;
-}
-
-struct pd_gguf *pd_gguf_free(struct pd_gguf *g)
-{
-    if (!g)
-        return NULL;
-    if (g->str_offs)
-        for (size_t i = 0; i < g->n_kv; i++)
-            free(g->str_offs[i]);
-    free(g->str_offs);
-    free(g->kv);
-    free(g->tensors);
-    free(g->names);
-    free(g);
-    return NULL;
 }
 
 uint32_t pd_gguf_version(const struct pd_gguf *g) { return g->version; }
@@ -538,39 +551,46 @@ int pd_gguf_get_f32(const struct pd_gguf *g, const char *key, float *out)
     return 0;
 }
 
+/* The getters' lookup: key's entry when it has type t; -ENOENT without the
+ * key, -EINVAL when its value has another type. */
+static int find_typed(const struct pd_gguf *g, const char *key, uint32_t t,
+                      const struct pd_gguf_kv **kv)
+{
+    *kv = pd_gguf_find_kv(g, key);
+    if (!*kv)
+        return -ENOENT;
+    return (*kv)->type == t ? 0 : -EINVAL;
+}
+
 int pd_gguf_get_bool(const struct pd_gguf *g, const char *key, int *out)
 {
-    const struct pd_gguf_kv *kv = pd_gguf_find_kv(g, key);
-    if (!kv)
-        return -ENOENT;
-    if (kv->type != PD_GGUF_BOOL)
-        return -EINVAL;
-    *out = kv->val[0] != 0;
-    return 0;
+    const struct pd_gguf_kv *kv;
+    int rc = find_typed(g, key, PD_GGUF_BOOL, &kv);
+    if (rc == 0)
+        *out = kv->val[0] != 0;
+    return rc;
 }
 
 int pd_gguf_get_str(const struct pd_gguf *g, const char *key, const char **s, size_t *len)
 {
-    const struct pd_gguf_kv *kv = pd_gguf_find_kv(g, key);
-    if (!kv)
-        return -ENOENT;
-    if (kv->type != PD_GGUF_STRING)
-        return -EINVAL;
-    *s = (const char *)kv->val;
-    *len = (size_t)kv->val_len;
-    return 0;
+    const struct pd_gguf_kv *kv;
+    int rc = find_typed(g, key, PD_GGUF_STRING, &kv);
+    if (rc == 0) {
+        *s = (const char *)kv->val;
+        *len = (size_t)kv->val_len;
+    }
+    return rc;
 }
 
 int pd_gguf_get_arr(const struct pd_gguf *g, const char *key, uint32_t *elem_type, uint64_t *n)
 {
-    const struct pd_gguf_kv *kv = pd_gguf_find_kv(g, key);
-    if (!kv)
-        return -ENOENT;
-    if (kv->type != PD_GGUF_ARRAY)
-        return -EINVAL;
-    *elem_type = kv->arr_type;
-    *n = kv->arr_n;
-    return 0;
+    const struct pd_gguf_kv *kv;
+    int rc = find_typed(g, key, PD_GGUF_ARRAY, &kv);
+    if (rc == 0) {
+        *elem_type = kv->arr_type;
+        *n = kv->arr_n;
+    }
+    return rc;
 }
 
 int pd_gguf_arr_str(const struct pd_gguf *g, const struct pd_gguf_kv *kv, uint64_t i,
@@ -587,32 +607,37 @@ int pd_gguf_arr_str(const struct pd_gguf *g, const struct pd_gguf_kv *kv, uint64
     return 0;
 }
 
-int pd_gguf_arr_i64(const struct pd_gguf_kv *kv, uint64_t i, int64_t *out)
+/* Element i of a scalar array: -EINVAL for another kind of value, -ERANGE
+ * past its end. */
+static int scalar_elem(const struct pd_gguf_kv *kv, uint64_t i, const uint8_t **p)
 {
-    int64_t sv;
-    uint64_t uv;
-    bool neg;
     if (kv->type != PD_GGUF_ARRAY || kv->arr_type >= PD_GGUF_TYPE_COUNT ||
         kv->arr_type == PD_GGUF_STRING)
         return -EINVAL;
     if (i >= kv->arr_n)
         return -ERANGE;
-    if (int_value(kv->arr_type, kv->val + i * scalar_size[kv->arr_type], &sv, &uv, &neg) < 0)
-        return -EINVAL;
-    *out = sv;
+    *p = kv->val + i * scalar_size[kv->arr_type];
     return 0;
+}
+
+int pd_gguf_arr_i64(const struct pd_gguf_kv *kv, uint64_t i, int64_t *out)
+{
+    const uint8_t *p;
+    int64_t sv;
+    uint64_t uv;
+    bool neg;
+    int rc = scalar_elem(kv, i, &p);
+    if (rc == 0 && (rc = int_value(kv->arr_type, p, &sv, &uv, &neg)) == 0)
+        *out = sv;
+    return rc;
 }
 
 int pd_gguf_arr_f32(const struct pd_gguf_kv *kv, uint64_t i, float *out)
 {
+    const uint8_t *p;
     double d;
-    if (kv->type != PD_GGUF_ARRAY || kv->arr_type >= PD_GGUF_TYPE_COUNT ||
-        kv->arr_type == PD_GGUF_STRING)
-        return -EINVAL;
-    if (i >= kv->arr_n)
-        return -ERANGE;
-    if (float_value(kv->arr_type, kv->val + i * scalar_size[kv->arr_type], &d) < 0)
-        return -EINVAL;
-    *out = (float)d;
-    return 0;
+    int rc = scalar_elem(kv, i, &p);
+    if (rc == 0 && (rc = float_value(kv->arr_type, p, &d)) == 0)
+        *out = (float)d;
+    return rc;
 }

@@ -261,7 +261,6 @@ struct pd_model *pd_model_free(struct pd_model *m)
         munmap(m->arena, m->arena_len);
     free(m->layer);
     free(m->tensors);
-    free(m->names);
     free(m->name);
     free(m);
     return NULL;

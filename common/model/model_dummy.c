@@ -306,16 +306,17 @@ int pd_model_load_dummy(struct pd_model *m, const struct pd_model_params *p, cha
 
     /* canonical tensor order: embedding, layers, final norm, output */
     size_t n = 2 + (size_t)hp->n_layer * PD_W_COUNT + (hp->tied_output ? 0 : 1);
-    m->tensors = calloc(n, sizeof(*m->tensors));
-    m->names = malloc(n * 32);
-    if (!m->tensors || !m->names)
+    /* each tensor's name (32 bytes) after the tensors, in the same block */
+    m->tensors = calloc(n, sizeof(*m->tensors) + 32);
+    if (!m->tensors)
         return pd_errf(err, errlen, -ENOMEM, "model: out of memory");
+    char *names = (char *)(m->tensors + n);
     m->n_tensors = n;
     size_t esize = m->dtype == PD_DT_F32 ? 4 : 2;
     uint64_t off = 0;
     for (size_t i = 0; i < n; i++) {
         struct pd_tensor *t = &m->tensors[i];
-        char *nm = m->names + i * 32;
+        char *nm = names + i * 32;
         uint64_t ne[2] = {hp->n_embd, hp->n_vocab};
         uint32_t nd = 2;
         if (i == 0) {

@@ -15,31 +15,31 @@
 
 /* ---- GGUF metadata -> hyper-parameters ---- */
 
-static int meta_u32(const struct pd_gguf *g, const char *key, uint32_t *v, int required,
-                    char *err, size_t errlen)
+/* A getter's result for key as the meta_* readers return it: 1 read, 0
+ * absent but optional, else the error naming the key and the type it needs. */
+static int meta_result(int rc, const char *key, int required, const char *type, char *err,
+                       size_t errlen)
 {
-    int rc = pd_gguf_get_u32(g, key, v);
     if (rc == -ENOENT && !required)
         return 0;
     if (rc == -ENOENT)
         return pd_errf(err, errlen, -EINVAL, "model: required key %s is missing", key);
     if (rc < 0)
-        return pd_errf(err, errlen, -EINVAL, "model: key %s is not an unsigned 32-bit integer",
-                       key);
+        return pd_errf(err, errlen, -EINVAL, "model: key %s is not %s", key, type);
     return 1;
+}
+
+static int meta_u32(const struct pd_gguf *g, const char *key, uint32_t *v, int required, char *err,
+                    size_t errlen)
+{
+    return meta_result(pd_gguf_get_u32(g, key, v), key, required, "an unsigned 32-bit integer", err,
+                       errlen);
 }
 
 static int meta_f32(const struct pd_gguf *g, const char *key, float *v, int required, char *err,
                     size_t errlen)
 {
-    int rc = pd_gguf_get_f32(g, key, v);
-    if (rc == -ENOENT && !required)
-        return 0;
-    if (rc == -ENOENT)
-        return pd_errf(err, errlen, -EINVAL, "model: required key %s is missing", key);
-    if (rc < 0)
-        return pd_errf(err, errlen, -EINVAL, "model: key %s is not a float", key);
-    return 1;
+    return meta_result(pd_gguf_get_f32(g, key, v), key, required, "a float", err, errlen);
 }
 
 static int hparams_from_gguf(const struct pd_gguf *g, struct pd_hparams *hp, char *err,

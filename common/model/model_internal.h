@@ -16,7 +16,8 @@
 struct pd_model {
     char *name; /* path or shape name */
     struct pd_hparams hp;
-    struct pd_tensor *tensors; /* [n_tensors], file order (GGUF) or canonical order (dummy) */
+    /* [n_tensors], file order (GGUF) or canonical order (dummy; the names follow) */
+    struct pd_tensor *tensors;
     size_t n_tensors;
     uint64_t weight_bytes;
     const struct pd_tensor **layer; /* [n_layer][PD_W_COUNT] into tensors */
@@ -26,7 +27,6 @@ struct pd_model {
     size_t map_len;
     struct pd_gguf *gguf;
     /* dummy */
-    char *names; /* arena of tensor names */
     void *arena; /* weights: anonymous mapping, read-only once generated */
     size_t arena_len;
     uint32_t dtype;

@@ -300,13 +300,9 @@ static int get_id(const struct pd_gguf *g, const char *key, uint32_t n_vocab, in
 static int get_flag(const struct pd_gguf *g, const char *key, bool dflt, bool *out, char *err,
                     size_t errlen)
 {
-    int v;
+    int v = dflt; /* the getter leaves it when the key is absent */
     int rc = pd_gguf_get_bool(g, key, &v);
-    if (rc == -ENOENT) {
-        *out = dflt;
-        return 0;
-    }
-    if (rc < 0)
+    if (rc < 0 && rc != -ENOENT)
         return pd_errf(err, errlen, -EINVAL, "%s is not a boolean", key);
     *out = v != 0;
     return 0;
