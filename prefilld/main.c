@@ -11,6 +11,7 @@
  */
 #include "cfg.h"
 #include "engine.h"
+#include "errf.h"
 #include "keyring.h"
 #include "kvx.h"
 #include "log.h"
@@ -457,54 +458,50 @@ static int kvx_open(struct daemon *d, char *err, size_t errlen)
 
 /* The runtime's loop, the compute thread, the KV channel, the admin
  * address; then READY=1 and the loop until the drain ends. */
-static int run(struct daemon *d)
+/* Every failure fills err and returns a negative errno (pd_runtime_main
+ * reports it, after the teardown here). */
+static int run(struct daemon *d, char *err, size_t errlen)
 {
     struct pf_cfg *c = d->cfg;
-    char err[512];
-    int rc = 1;
+    int rc;
 
     if (metrics_init(d) < 0) {
-        snprintf(err, sizeof(err), "out of memory");
-        goto fail;
+        rc = pd_errf(err, errlen, -ENOMEM, "out of memory");
+        goto out;
     }
     struct pd_runtime_params rp = {.admin_host = c->admin_host,
                                    .admin_port = (uint16_t)c->admin_port,
                                    .header_timeout_s = ADMIN_TIMEOUT_S,
                                    .drain_timeout_s = (uint32_t)c->drain_timeout,
                                    .metrics = d->metrics, .ops = &pf_rt_ops, .arg = d};
-    if (pd_runtime_new(&rp, &d->rt, err, sizeof(err)) < 0)
-        goto fail;
+    if ((rc = pd_runtime_new(&rp, &d->rt, err, errlen)) < 0)
+        goto out;
     struct pf_sched_params sp = {.engine = d->engine, .max_waiting = (uint32_t)c->max_waiting,
                                  .max_running = (uint32_t)c->max_num_seqs,
                                  .idle_tick_ms = pd_runtime_tick_ms(d->rt),
                                  .metrics = d->sm, .notify = wake, .notify_arg = d};
-    if (pf_sched_new(&sp, &d->sched, err, sizeof(err)) < 0)
-        goto fail;
+    if ((rc = pf_sched_new(&sp, &d->sched, err, errlen)) < 0)
+        goto out;
     pd_runtime_watch(d->rt, pf_sched_worker(d->sched));
     if (!(d->wake_ev = event_new(pd_runtime_base(d->rt), -1, EV_PERSIST, sched_events, d))) {
-        snprintf(err, sizeof(err), "out of memory");
-        goto fail;
+        rc = pd_errf(err, errlen, -ENOMEM, "out of memory");
+        goto out;
     }
-    if (kvx_open(d, err, sizeof(err)) < 0 || pd_runtime_listen(d->rt, err, sizeof(err)) < 0 ||
-        pd_kvx_listen(d->kvx, err, sizeof(err)) < 0 ||
-        pd_worker_start(pf_sched_worker(d->sched), err, sizeof(err)) < 0)
-        goto fail;
+    if ((rc = kvx_open(d, err, errlen)) < 0 || (rc = pd_runtime_listen(d->rt, err, errlen)) < 0 ||
+        (rc = pd_kvx_listen(d->kvx, err, errlen)) < 0 ||
+        (rc = pd_worker_start(pf_sched_worker(d->sched), err, errlen)) < 0)
+        goto out;
     char fp[2 * PD_MODEL_FP_LEN + 1];
     pd_model_fingerprint_hex(pd_engine_model(d->engine), fp);
     pd_log(PD_LOG_NOTICE, "listening on %s:%u (KV channel; model %.16s, %zu keys)", c->kv_ip,
            pd_kvx_port(d->kvx), fp, pd_keyring_count(d->keyring));
-    if (pd_runtime_ready(d->rt, err, sizeof(err)) < 0)
-        goto fail;
+    if ((rc = pd_runtime_ready(d->rt, err, errlen)) < 0)
+        goto out;
 
     pd_runtime_run(d->rt);
 
     pd_worker_stop(pf_sched_worker(d->sched));
     pd_log(PD_LOG_NOTICE, "stopped");
-    rc = 0;
-    goto out;
-fail:
-    pd_log(PD_LOG_ERR, "%s", err);
-    pd_notify_status("failed: %s", err);
 out:
     if (d->sched)
         pd_worker_stop(pf_sched_worker(d->sched));
@@ -526,74 +523,74 @@ out:
     return rc;
 }
 
-int main(int argc, char **argv)
+/* --gen-psk FILE: a new key file, and exit. */
+static int gen_psk(const char *path)
 {
-    struct pf_cfg c;
-    struct pd_cfg_args a;
-    char err[512];
-    int rc;
+    char id[PD_KEY_ID_MAX + 1], err[512];
+    int rc = pd_keyring_create(path, NULL, id, err, sizeof(err));
+    if (rc < 0)
+        fprintf(stderr, "prefilld: %s\n", err);
+    else
+        printf("wrote key %s to %s (mode 0600); give the same file to decoded\n", id, path);
+    return rc < 0 ? 1 : 0;
+}
 
-    if (pd_cfg_main(options, &c, argc, argv, "prefilld", "[OPTIONS] [MODEL.gguf]", 1, &a, &rc))
-        return rc;
-    if (c.gen_psk) {
-        char id[PD_KEY_ID_MAX + 1];
-        rc = pd_keyring_create(c.gen_psk, NULL, id, err, sizeof(err));
-        if (rc < 0)
-            fprintf(stderr, "prefilld: %s\n", err);
-        else
-            printf("wrote key %s to %s (mode 0600); give the same file to decoded\n", id,
-                   c.gen_psk);
-        pd_cfg_done(options, &c);
-        return rc < 0 ? 1 : 0;
-    }
-    struct daemon d = {.cfg = &c, .argc = argc, .argv = argv,
+/* pd_runtime_main's serve: the key ring, the model and the engine, then the
+ * daemon. */
+static int serve(void *cfg, const struct pd_cfg_args *a, int argc, char **argv, char *err,
+                 size_t errlen)
+{
+    struct pf_cfg *c = cfg;
+    if (c->gen_psk)
+        return gen_psk(c->gen_psk);
+    struct daemon d = {.cfg = c, .argc = argc, .argv = argv,
                        .rl_kv = PD_RATELIMIT_INIT(5000, 10)};
     struct pd_model *m = NULL;
-    int exit_code = 1;
-    if (!c.kv_psk_file) {
-        snprintf(err, sizeof(err), "--kv-psk-file is required (make one with --gen-psk FILE)");
-        goto fail;
-    }
-    if (pd_keyring_open(c.kv_psk_file, &d.keyring, err, sizeof(err)) < 0)
-        goto fail;
     enum pd_device device;
-    if (pd_engine_pick_device(c.device, &device, err, sizeof(err)) < 0)
-        goto fail;
+    int rc;
+    if (!c->kv_psk_file) {
+        rc = pd_errf(err, errlen, -EINVAL,
+                     "--kv-psk-file is required (make one with --gen-psk FILE)");
+        goto out;
+    }
+    if ((rc = pd_keyring_open(c->kv_psk_file, &d.keyring, err, errlen)) < 0 ||
+        (rc = pd_engine_pick_device(c->device, &device, err, errlen)) < 0)
+        goto out;
     if (err[0])
         pd_log(PD_LOG_INFO, "%s", err);
-    struct pd_model_params mp = {.path = a.n_positional ? a.positional[0] : c.model,
-                                 .load_format = (enum pd_load_format)c.load_format,
-                                 .shape = c.model_shape, .seed = (uint64_t)c.seed};
-    pd_notify_status("loading model %s", mp.path ? mp.path : mp.shape ? mp.shape : "?");
-    if (pd_model_load(&mp, &m, err, sizeof(err)) < 0)
-        goto fail;
+    struct pd_model_params mp = {.path = a->n_positional ? a->positional[0] : c->model,
+                                 .load_format = (enum pd_load_format)c->load_format,
+                                 .shape = c->model_shape, .seed = (uint64_t)c->seed};
+    if ((rc = pd_runtime_load_model(&mp, &m, err, errlen)) < 0)
+        goto out;
     /* a GPU pool's blocks leave through page-locked host staging */
-    struct pd_engine_params ep = {.model = m, .kv_cache_bytes = c.kv_cache_memory,
+    struct pd_engine_params ep = {.model = m, .kv_cache_bytes = c->kv_cache_memory,
                                   .device = device,
-                                  PD_ENGINE_DEVICE_PARAMS(c),
+                                  PD_ENGINE_DEVICE_PARAMS(*c),
                                   .kv_staging = true,
-                                  .kv_staging_bytes = c.kv_staging_memory,
-                                  PD_ENGINE_KV_PARAMS(c),
-                                  .max_batched_tokens = (uint32_t)c.max_num_batched_tokens,
-                                  .max_model_len = (uint32_t)c.max_model_len,
-                                  .max_batch_items = (uint32_t)c.max_num_seqs};
-    if (pd_engine_new(&ep, &d.engine, err, sizeof(err)) < 0)
-        goto fail;
+                                  .kv_staging_bytes = c->kv_staging_memory,
+                                  PD_ENGINE_KV_PARAMS(*c),
+                                  .max_batched_tokens = (uint32_t)c->max_num_batched_tokens,
+                                  .max_model_len = (uint32_t)c->max_model_len,
+                                  .max_batch_items = (uint32_t)c->max_num_seqs};
+    if ((rc = pd_engine_new(&ep, &d.engine, err, errlen)) < 0)
+        goto out;
     char note[320];
     if (pd_engine_take_note(d.engine, note, sizeof(note)))
         pd_log(PD_LOG_WARN, "%s", note);
     char path[256];
     pd_engine_kv_path(d.engine, path, sizeof(path));
     pd_log(PD_LOG_INFO, "%s", path);
-    exit_code = run(&d);
-    goto out;
-fail:
-    pd_log(PD_LOG_ERR, "%s", err);
-    pd_notify_status("failed: %s", err);
+    rc = run(&d, err, errlen);
 out:
     pd_engine_free(d.engine);
     pd_model_free(m);
     pd_keyring_free(d.keyring);
-    pd_cfg_done(options, &c);
-    return exit_code;
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    struct pf_cfg c;
+    return pd_runtime_main(options, &c, "prefilld", argc, argv, serve);
 }
