@@ -410,16 +410,12 @@ static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_
     h->n_prompt = h->job->n_prompt;
     h->t_start_ns = h->job->t_arrival_ns;
     h->last_peek_ns = h->t_start_ns;
-    h->next = s->inflight;
-    if (s->inflight)
-        s->inflight->prev = h;
-    s->inflight = h;
-    s->n_inflight++;
+    pd_dlist_push(&s->inflight, &h->link);
+    pd_log(PD_LOG_DEBUG, "%s: accepted, %u prompt tokens, max_tokens %u", id, h->n_prompt,
+           h->job->max_tokens);
     h = NULL;
     if (r.stream)
         pd_http_sse_begin(req);
-    pd_log(PD_LOG_DEBUG, "%s: accepted, %u prompt tokens, max_tokens %u", id, s->inflight->n_prompt,
-           s->inflight->job->max_tokens);
 out:
     if (job)
         job->owner = NULL;
@@ -622,8 +618,8 @@ struct dec_server *dec_server_free(struct dec_server *s)
     if (s->api)
         evhttp_free(s->api);
     pd_http_conns_free(s->api_conns);
-    while (s->inflight) {
-        struct dec_http *h = s->inflight;
+    while (s->inflight.head) {
+        struct dec_http *h = PD_DNODE_ENTRY(s->inflight.head, struct dec_http, link);
         dec_http_unlink(s, h);
         if (h->req)
             evhttp_request_free(h->req); /* detached: ours */
@@ -644,7 +640,7 @@ void dec_server_set_remote(struct dec_server *s, struct dec_remote *r, uint32_t 
     s->remote = r;
     s->local_prefill_max = local_max;
 }
-uint32_t dec_server_inflight(const struct dec_server *s) { return s->n_inflight; }
+uint32_t dec_server_inflight(const struct dec_server *s) { return s->inflight.n; }
 unsigned dec_server_connections(const struct dec_server *s)
 {
     return pd_http_conns_count(s->api_conns);
@@ -669,12 +665,12 @@ void dec_server_drain(struct dec_server *s)
 {
     s->draining = true;
     pd_http_conns_pause(s->api_conns, true);
-    if (s->n_inflight == 0)
+    if (s->inflight.n == 0)
         event_base_loopexit(s->base, NULL);
 }
 
 void dec_server_cancel_all(struct dec_server *s)
 {
-    for (struct dec_http *h = s->inflight; h; h = h->next)
-        dec_job_cancel(h->job);
+    for (struct pd_dnode *n = s->inflight.head; n; n = n->next)
+        dec_job_cancel(PD_DNODE_ENTRY(n, struct dec_http, link)->job);
 }

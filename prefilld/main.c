@@ -127,7 +127,8 @@ struct daemon {
     struct pd_metric *m_requests, *m_refused, *m_failed;
     struct pd_kv_metrics km;
     struct pf_sched_metrics sm;
-    struct pf_job *held; /* jobs with a transfer handle (the loop's reference), until SREQ_END */
+    /* pf_job: jobs with a transfer handle (the loop's reference), until SREQ_END */
+    struct pd_dlist held;
     bool closing; /* kvx is going: scheduler events no longer reach it */
     struct pd_ratelimit rl_kv; /* the KV channel's warnings (a handshake flood) */
 };
@@ -244,10 +245,7 @@ static int take_prefill(struct daemon *d, const struct pd_kvx_event *ev)
     }
     /* the loop's reference lives until the transfer's end (SREQ_END) */
     pd_kvx_sreq_set_udata(ev->sreq, j);
-    j->lnext = d->held;
-    if (d->held)
-        d->held->lprev = j;
-    d->held = j;
+    pd_dlist_push(&d->held, &j->held);
     pd_metric_add(d->m_requests, 1);
     pd_log(PD_LOG_DEBUG, "request %s: %u prompt tokens from %s", j->xrid, j->n_tokens,
            ev->peer_addr ? ev->peer_addr : "?");
@@ -258,28 +256,15 @@ static int take_prefill(struct daemon *d, const struct pd_kvx_event *ev)
  * thread drops it before its next step if it still runs). */
 static void release_held(struct daemon *d, struct pf_job *j)
 {
-    if (j->lprev)
-        j->lprev->lnext = j->lnext;
-    else
-        d->held = j->lnext;
-    if (j->lnext)
-        j->lnext->lprev = j->lprev;
+    pd_dlist_remove(&d->held, &j->held);
     j->owner = NULL;
     pf_job_cancel(j); /* no-op when it already finished */
     pf_job_unref(j);
 }
 
-static unsigned n_held(const struct daemon *d)
-{
-    unsigned n = 0;
-    for (const struct pf_job *j = d->held; j; j = j->lnext)
-        n++;
-    return n;
-}
-
 static void maybe_stop(struct daemon *d)
 {
-    if (pd_runtime_draining(d->rt) && !d->held)
+    if (pd_runtime_draining(d->rt) && !d->held.n)
         pd_runtime_stop(d->rt);
 }
 
@@ -365,7 +350,11 @@ static int metrics_init(struct daemon *d)
 
 /* ---- the runtime's hooks (common/daemon/runtime.h) ---- */
 
-static unsigned pf_rt_running(void *arg) { return n_held(arg); }
+static unsigned pf_rt_running(void *arg)
+{
+    const struct daemon *d = arg;
+    return d->held.n;
+}
 
 static void pf_rt_drain(void *arg) { maybe_stop(arg); }
 
@@ -512,8 +501,8 @@ out:
     d->kvx = pd_kvx_free(d->kvx);
     if (d->sched) {
         sched_events(-1, 0, d);
-        while (d->held)
-            release_held(d, d->held);
+        while (d->held.head)
+            release_held(d, PD_DNODE_ENTRY(d->held.head, struct pf_job, held));
         d->sched = pf_sched_free(d->sched);
     }
     if (d->wake_ev)
