@@ -231,11 +231,8 @@ static void kvx_event(void *arg, const struct pd_kvx_event *ev)
 {
     struct dec_remote *r = arg;
     struct rreq *q = ev->udata;
-    char line[512];
-    if (pd_kvx_event_warning(ev, line, sizeof(line))) {
-        pd_log_ratelimited(&r->rl_kv, PD_LOG_WARN, "%s", line);
+    if (pd_kv_log_warning(ev, &r->rl_kv))
         return;
-    }
     switch (ev->type) {
     case PD_KVX_EV_SESSION_UP:
         pd_log(PD_LOG_NOTICE, "KV session up: prefill peer %s (key %s)",

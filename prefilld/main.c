@@ -271,11 +271,8 @@ static void maybe_stop(struct daemon *d)
 static void kvx_event(void *arg, const struct pd_kvx_event *ev)
 {
     struct daemon *d = arg;
-    char line[512];
-    if (pd_kvx_event_warning(ev, line, sizeof(line))) {
-        pd_log_ratelimited(&d->rl_kv, PD_LOG_WARN, "%s", line);
+    if (pd_kv_log_warning(ev, &d->rl_kv))
         return;
-    }
     switch (ev->type) {
     case PD_KVX_EV_SESSION_UP:
         pd_log(PD_LOG_NOTICE, "KV session up: %s (key %s)", ev->peer_addr ? ev->peer_addr : "?",
@@ -350,11 +347,7 @@ static int metrics_init(struct daemon *d)
 
 /* ---- the runtime's hooks (common/daemon/runtime.h) ---- */
 
-static unsigned pf_rt_running(void *arg)
-{
-    const struct daemon *d = arg;
-    return d->held.n;
-}
+static unsigned pf_rt_running(void *arg) { return ((const struct daemon *)arg)->held.n; }
 
 static void pf_rt_drain(void *arg) { maybe_stop(arg); }
 
