@@ -310,34 +310,33 @@ static int metrics_init(struct daemon *d)
     static const double secs_b[] = {0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10,
                                     30, 60};
     static const double tok_b[] = {16, 64, 256, 512, 1024, 2048, 4096, 8192};
-    d->m_requests = pd_metrics_counter(m, "pdserve:prefill_requests_total", NULL,
-                                       "PREFILL requests accepted.");
-    d->m_refused = pd_metrics_counter(m, "pdserve:prefill_refused_total", NULL,
-                                      "PREFILL requests refused (queue full, too large, stopping).");
-    d->m_failed = pd_metrics_counter(m, "pdserve:prefill_failed_total", NULL,
-                                     "Accepted prefills that failed or were cancelled.");
-    d->sm.prompt_tokens = pd_metrics_counter(m, "pdserve:prompt_tokens_total", NULL,
-                                             "Prompt tokens prefilled.");
-    d->sm.running = pd_metrics_gauge(m, "pdserve:num_requests_running", NULL,
-                                     "Prefills holding KV blocks and computing.");
-    d->sm.waiting = pd_metrics_gauge(m, "pdserve:num_requests_waiting", NULL,
-                                     "Prefills queued.");
-    d->sm.kv_used = pd_metrics_gauge(m, "pdserve:kv_blocks_used", NULL,
-                                     "KV blocks allocated (computing or in flight).");
-    d->sm.kv_free = pd_metrics_gauge(m, "pdserve:kv_blocks_free", NULL, "KV blocks free.");
-    d->sm.staging_used = pd_metrics_gauge(m, "pdserve:kv_staging_blocks_used", NULL,
-                                          "KV channel staging blocks held (prefills and "
-                                          "transfers; a GPU engine's page-locked host blocks; 0 "
-                                          "on the CPU).");
-    d->sm.queue_time = pd_metrics_histogram(m, "pdserve:request_queue_time_seconds",
-                                            "Time a prefill waited for admission.", secs_b,
-                                            sizeof(secs_b) / sizeof(*secs_b));
-    d->sm.prefill_time = pd_metrics_histogram(m, "pdserve:request_prefill_time_seconds",
-                                              "PREFILL received to first token.", secs_b,
-                                              sizeof(secs_b) / sizeof(*secs_b));
-    d->sm.batch_tokens = pd_metrics_histogram(m, "pdserve:batch_tokens",
-                                              "Prompt tokens in one engine step.", tok_b,
-                                              sizeof(tok_b) / sizeof(*tok_b));
+    const struct pd_metric_def defs[] = {
+        {&d->m_requests, PD_METRIC_COUNTER, "pdserve:prefill_requests_total",
+         .help = "PREFILL requests accepted."},
+        {&d->m_refused, PD_METRIC_COUNTER, "pdserve:prefill_refused_total",
+         .help = "PREFILL requests refused (queue full, too large, stopping)."},
+        {&d->m_failed, PD_METRIC_COUNTER, "pdserve:prefill_failed_total",
+         .help = "Accepted prefills that failed or were cancelled."},
+        {&d->sm.prompt_tokens, PD_METRIC_COUNTER, "pdserve:prompt_tokens_total",
+         .help = "Prompt tokens prefilled."},
+        {&d->sm.running, PD_METRIC_GAUGE, "pdserve:num_requests_running",
+         .help = "Prefills holding KV blocks and computing."},
+        {&d->sm.waiting, PD_METRIC_GAUGE, "pdserve:num_requests_waiting",
+         .help = "Prefills queued."},
+        {&d->sm.kv_used, PD_METRIC_GAUGE, "pdserve:kv_blocks_used",
+         .help = "KV blocks allocated (computing or in flight)."},
+        {&d->sm.kv_free, PD_METRIC_GAUGE, "pdserve:kv_blocks_free", .help = "KV blocks free."},
+        {&d->sm.staging_used, PD_METRIC_GAUGE, "pdserve:kv_staging_blocks_used",
+         .help = "KV channel staging blocks held (prefills and transfers; a GPU engine's "
+                 "page-locked host blocks; 0 on the CPU)."},
+        {&d->sm.queue_time, PD_METRIC_HISTOGRAM, "pdserve:request_queue_time_seconds",
+         .help = "Time a prefill waited for admission.", PD_METRIC_BOUNDS(secs_b)},
+        {&d->sm.prefill_time, PD_METRIC_HISTOGRAM, "pdserve:request_prefill_time_seconds",
+         .help = "PREFILL received to first token.", PD_METRIC_BOUNDS(secs_b)},
+        {&d->sm.batch_tokens, PD_METRIC_HISTOGRAM, "pdserve:batch_tokens",
+         .help = "Prompt tokens in one engine step.", PD_METRIC_BOUNDS(tok_b)},
+    };
+    pd_metrics_register(m, defs, sizeof(defs) / sizeof(*defs));
     pd_kv_metrics_init(&d->km, m, PD_ROLE_P);
     return 0;
 }
