@@ -476,33 +476,34 @@ static void log_serving(const struct daemon *d, const struct pd_tokenizer *tok)
                failovers[c->prefill_failover]);
 }
 
+/* Every failure fills err and returns a negative errno (pd_runtime_main
+ * reports it, after the teardown here). */
 static int run(struct daemon *dp, struct pd_model *m, const struct pd_tokenizer *tok,
-               const struct pd_chat_template *chat)
+               const struct pd_chat_template *chat, char *err, size_t errlen)
 {
-    char err[512] = "";
     struct daemon d = *dp;
     const struct dec_cfg *c = d.cfg;
-    int rc = 1;
+    int rc;
 
     struct pd_runtime_params rp = {.admin_host = c->admin_host,
                                    .admin_port = (uint16_t)c->admin_port,
                                    .header_timeout_s = (uint32_t)c->header_timeout,
                                    .drain_timeout_s = (uint32_t)c->drain_timeout,
                                    .ops = &dec_rt_ops, .arg = &d};
-    if (engine_open(&d, m, err, sizeof(err)) < 0 ||
-        pd_runtime_new(&rp, &d.rt, err, sizeof(err)) < 0 ||
-        server_open(&d, tok, chat, err, sizeof(err)) < 0 ||
-        dec_server_listen(d.srv, err, sizeof(err)) < 0 ||
-        pd_runtime_listen(d.rt, err, sizeof(err)) < 0)
-        goto fail;
+    if ((rc = engine_open(&d, m, err, errlen)) < 0 ||
+        (rc = pd_runtime_new(&rp, &d.rt, err, errlen)) < 0 ||
+        (rc = server_open(&d, tok, chat, err, errlen)) < 0 ||
+        (rc = dec_server_listen(d.srv, err, errlen)) < 0 ||
+        (rc = pd_runtime_listen(d.rt, err, errlen)) < 0)
+        goto out;
     /* the KV channel after the listeners: its connections take ephemeral
      * ports, which must not take the ones the listeners were given */
-    if ((c->prefill.n && remote_open(&d, c, err, sizeof(err)) < 0) ||
-        pd_worker_start(dec_sched_worker(d.sched), err, sizeof(err)) < 0)
-        goto fail;
+    if ((c->prefill.n && (rc = remote_open(&d, c, err, errlen)) < 0) ||
+        (rc = pd_worker_start(dec_sched_worker(d.sched), err, errlen)) < 0)
+        goto out;
     log_serving(&d, tok);
-    if (pd_runtime_ready(d.rt, err, sizeof(err)) < 0)
-        goto fail;
+    if ((rc = pd_runtime_ready(d.rt, err, errlen)) < 0)
+        goto out;
 
     pd_runtime_run(d.rt);
 
@@ -514,11 +515,6 @@ static int run(struct daemon *dp, struct pd_model *m, const struct pd_tokenizer 
     dec_server_take_events(d.srv);
     flush_output(&d);
     pd_log(PD_LOG_NOTICE, "stopped");
-    rc = 0;
-    goto out;
-fail:
-    pd_log(PD_LOG_ERR, "%s", err);
-    pd_notify_status("failed: %s", err);
 out:
     if (d.sched)
         pd_worker_stop(dec_sched_worker(d.sched));
@@ -531,59 +527,55 @@ out:
     return rc;
 }
 
-int main(int argc, char **argv)
+/* pd_runtime_main's serve: the model, its tokenizer and chat template, then
+ * the daemon. */
+static int serve(void *cfg, const struct pd_cfg_args *a, int argc, char **argv, char *err,
+                 size_t errlen)
 {
-    struct dec_cfg c;
-    struct pd_cfg_args a;
-    char err[512];
-    int rc;
-
-    if (pd_cfg_main(options, &c, argc, argv, "decoded", "[OPTIONS] [MODEL.gguf]", 1, &a, &rc))
-        return rc;
-    struct daemon d = {.cfg = &c, .argc = argc, .argv = argv,
-                       .max_connections = raise_fd_limit(&c)};
-    char *name = NULL;
-
-    struct pd_model_params mp = {.path = a.n_positional ? a.positional[0] : c.model,
-                                 .load_format = (enum pd_load_format)c.load_format,
-                                 .shape = c.model_shape, .seed = (uint64_t)c.seed};
+    struct dec_cfg *c = cfg;
+    struct daemon d = {.cfg = c, .argc = argc, .argv = argv,
+                       .max_connections = raise_fd_limit(c)};
     struct pd_model *m = NULL;
     struct pd_tokenizer *tok = NULL;
     struct pd_chat_template *chat = NULL;
-    int exit_code = 1;
-    pd_notify_status("loading model %s", mp.path ? mp.path : mp.shape ? mp.shape : "?");
-    if (pd_model_load(&mp, &m, err, sizeof(err)) < 0)
-        goto fail;
-    if (!(d.served_name = c.served_model_name) && !(d.served_name = name = default_name(m))) {
-        snprintf(err, sizeof(err), "out of memory");
-        goto fail;
+    char *name = NULL;
+    struct pd_model_params mp = {.path = a->n_positional ? a->positional[0] : c->model,
+                                 .load_format = (enum pd_load_format)c->load_format,
+                                 .shape = c->model_shape, .seed = (uint64_t)c->seed};
+    int rc = pd_runtime_load_model(&mp, &m, err, errlen);
+    if (rc < 0)
+        goto out;
+    if (!(d.served_name = c->served_model_name) && !(d.served_name = name = default_name(m))) {
+        rc = pd_errf(err, errlen, -ENOMEM, "out of memory");
+        goto out;
     }
     if (pd_model_gguf(m)) {
-        rc = pd_tok_load(pd_model_gguf(m), &tok, err, sizeof(err));
+        rc = pd_tok_load(pd_model_gguf(m), &tok, err, errlen);
         if (rc < 0 && rc != -ENOENT)
-            goto fail;
+            goto out;
         if (rc == -ENOENT)
             pd_log(PD_LOG_WARN, "the model has no tokenizer: token-id prompts only");
     }
     if (tok) {
-        rc = c.chat_template ? pd_chat_template_load(c.chat_template, tok, &chat, err, sizeof(err))
-                             : pd_chat_template_from_tok(tok, &chat, err, sizeof(err));
-        if (rc < 0 && c.chat_template)
-            goto fail;
+        rc = c->chat_template ? pd_chat_template_load(c->chat_template, tok, &chat, err, errlen)
+                              : pd_chat_template_from_tok(tok, &chat, err, errlen);
+        if (rc < 0 && c->chat_template)
+            goto out;
         if (rc < 0)
             pd_log(PD_LOG_WARN, "no chat template (%s): /v1/chat/completions refuses requests; "
                    "see --chat-template", err);
     }
-    exit_code = run(&d, m, tok, chat);
-    goto out;
-fail:
-    pd_log(PD_LOG_ERR, "%s", err);
-    pd_notify_status("failed: %s", err);
+    rc = run(&d, m, tok, chat, err, errlen);
 out:
     pd_chat_template_free(chat);
     pd_tok_free(tok);
     pd_model_free(m);
     free(name);
-    pd_cfg_done(options, &c);
-    return exit_code;
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    struct dec_cfg c;
+    return pd_runtime_main(options, &c, "decoded", argc, argv, serve);
 }

@@ -1,5 +1,6 @@
 #include "remote.h"
 
+#include "dlist.h"
 #include "engine.h"
 #include "keyring.h"
 #include "kvx.h"
@@ -42,7 +43,7 @@ struct peer_gauge {
 /* One transfer: a job's prompt on one peer, one epoch. */
 struct rreq {
     struct dec_remote *r;
-    struct rreq *prev, *next;
+    struct pd_dnode link; /* in the in-flight list */
     struct dec_job *job; /* one reference */
     struct peer *peer;
     struct pd_kvx_req *req;
@@ -73,7 +74,7 @@ struct dec_remote {
     uint64_t block_bytes;
     uint64_t next_id;
     unsigned rr; /* the slot picked last: the next pick's walk starts after it */
-    struct rreq *inflight;
+    struct pd_dlist inflight; /* rreq */
     bool stopping;
 
     struct pd_metric *m_bytes, *m_blocks, *m_xfer, *m_failover[FR_N];
@@ -167,16 +168,6 @@ static void peer_free(struct dec_remote *r, struct peer *p)
 
 /* ---- reports to the compute thread ---- */
 
-static void rreq_unlink(struct dec_remote *r, struct rreq *q)
-{
-    if (q->prev)
-        q->prev->next = q->next;
-    else
-        r->inflight = q->next;
-    if (q->next)
-        q->next->prev = q->prev;
-}
-
 static void report_failed(struct dec_remote *r, struct dec_job *j, int fr, bool exhausted,
                           int status, const char *msg)
 {
@@ -190,7 +181,7 @@ static void rreq_released(struct dec_remote *r, struct rreq *q)
 {
     struct dec_job *j = q->job;
     struct peer *peer = q->peer;
-    rreq_unlink(r, q);
+    pd_dlist_remove(&r->inflight, &q->link);
     peer->outstanding -= q->n_prompt;
     peer->n_xfers--;
     j->remote_req = NULL;
@@ -240,11 +231,8 @@ static void kvx_event(void *arg, const struct pd_kvx_event *ev)
 {
     struct dec_remote *r = arg;
     struct rreq *q = ev->udata;
-    char line[512];
-    if (pd_kvx_event_warning(ev, line, sizeof(line))) {
-        pd_log_ratelimited(&r->rl_kv, PD_LOG_WARN, "%s", line);
+    if (pd_kv_log_warning(ev, &r->rl_kv))
         return;
-    }
     switch (ev->type) {
     case PD_KVX_EV_SESSION_UP:
         pd_log(PD_LOG_NOTICE, "KV session up: prefill peer %s (key %s)",
@@ -378,10 +366,7 @@ void dec_remote_start(struct dec_remote *r, const struct dec_event *ev)
     peer->outstanding += j->n_prompt;
     peer->n_xfers++;
     j->remote_req = q;
-    q->next = r->inflight;
-    if (q->next)
-        q->next->prev = q;
-    r->inflight = q;
+    pd_dlist_push(&r->inflight, &q->link);
     pd_log(PD_LOG_DEBUG, "%s: prefill of %u tokens on %s (request %llu, epoch %u)", j->id,
            j->n_prompt, peer->addr, (unsigned long long)j->remote_id, ev->epoch);
 }
@@ -705,9 +690,9 @@ struct dec_remote *dec_remote_free(struct dec_remote *r)
     if (!r)
         return NULL;
     r->kvx = pd_kvx_free(r->kvx); /* every receive over; no events */
-    while (r->inflight) {
-        struct rreq *q = r->inflight;
-        rreq_unlink(r, q);
+    while (r->inflight.head) {
+        struct rreq *q = PD_DNODE_ENTRY(r->inflight.head, struct rreq, link);
+        pd_dlist_remove(&r->inflight, &q->link);
         dec_job_unref(q->job);
         free(q);
     }

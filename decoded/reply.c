@@ -66,13 +66,7 @@ void dec_reply_json(struct dec_server *s, struct evhttp_request *req, int status
 
 void dec_http_unlink(struct dec_server *s, struct dec_http *h)
 {
-    if (h->prev)
-        h->prev->next = h->next;
-    else
-        s->inflight = h->next;
-    if (h->next)
-        h->next->prev = h->prev;
-    s->n_inflight--;
+    pd_dlist_remove(&s->inflight, &h->link);
 }
 
 void dec_http_free(struct dec_http *h)
@@ -101,7 +95,8 @@ void dec_reply_conn_closed(struct evhttp_connection *evcon, void *arg)
 {
     struct dec_server *s = arg;
     pd_metric_set(s->conns_gauge, pd_http_conns_count(s->api_conns));
-    for (struct dec_http *h = s->inflight; h; h = h->next) {
+    for (struct pd_dnode *n = s->inflight.head; n; n = n->next) {
+        struct dec_http *h = PD_DNODE_ENTRY(n, struct dec_http, link);
         if (h->evcon != evcon)
             continue;
         h->evcon = NULL;
@@ -292,7 +287,7 @@ static void on_event(struct dec_server *s, struct dec_event *e)
         finish_whole(h, e);
     dec_http_unlink(s, h);
     dec_http_free(h);
-    if (s->draining && s->n_inflight == 0)
+    if (s->draining && s->inflight.n == 0)
         event_base_loopexit(s->base, NULL);
 }
 

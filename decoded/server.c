@@ -40,67 +40,71 @@ static int metrics_init(struct dec_server *s)
         return -ENOMEM;
 #define FIN "pdserve:request_success_total"
 #define FIN_HELP "Requests finished, by finish reason."
-    s->sm.running = pd_metrics_gauge(m, "pdserve:num_requests_running", NULL,
-                                     "Requests admitted to the engine.");
-    s->sm.waiting = pd_metrics_gauge(m, "pdserve:num_requests_waiting", NULL,
-                                     "Requests waiting for admission.");
-    s->sm.kv_used = pd_metrics_gauge(m, "pdserve:kv_cache_blocks_used", NULL,
-                                     "KV-cache blocks in use.");
-    s->sm.kv_free = pd_metrics_gauge(m, "pdserve:kv_cache_blocks_free", NULL,
-                                     "KV-cache blocks free.");
-    s->sm.staging_used = pd_metrics_gauge(m, "pdserve:kv_staging_blocks_used", NULL,
-                                          "KV channel staging blocks held by transfers (a GPU "
-                                          "engine's page-locked host blocks; 0 on the CPU).");
-    s->sm.kv_usage = pd_metrics_gauge(m, "pdserve:kv_cache_usage_perc", NULL,
-                                      "KV-cache usage, 0 to 1.");
-    s->sm.prompt_tokens = pd_metrics_counter(m, "pdserve:prompt_tokens_total", NULL,
-                                             "Prompt tokens prefilled by this engine.");
-    s->sm.remote_prompt_tokens = pd_metrics_counter(m, "pdserve:remote_prompt_tokens_total", NULL,
-                                                    "Prompt tokens prefilled by prefill peers.");
-    s->sm.remote_running = pd_metrics_gauge(m, "pdserve:num_requests_remote_prefill", NULL,
-                                            "Requests whose prompt a prefill peer is computing.");
-    s->sm.gen_tokens = pd_metrics_counter(m, "pdserve:generation_tokens_total", NULL,
-                                          "Tokens generated.");
-    s->sm.ttft = pd_metrics_histogram(m, "pdserve:time_to_first_token_seconds",
-                                      "Time from arrival to the first generated token.", ttft_b,
-                                      sizeof(ttft_b) / sizeof(*ttft_b));
-    s->sm.itl = pd_metrics_histogram(m, "pdserve:inter_token_latency_seconds",
-                                     "Time between consecutive generated tokens.", itl_b,
-                                     sizeof(itl_b) / sizeof(*itl_b));
-    s->sm.e2e = pd_metrics_histogram(m, "pdserve:e2e_request_latency_seconds",
-                                     "Time from arrival to the last generated token.", e2e_b,
-                                     sizeof(e2e_b) / sizeof(*e2e_b));
-    s->sm.queue_time = pd_metrics_histogram(m, "pdserve:request_queue_time_seconds",
-                                            "Time waiting for admission.", e2e_b,
-                                            sizeof(e2e_b) / sizeof(*e2e_b));
-    /* vLLM has no such histogram; powers of two with 48 between 32 and 64,
-     * the batch sizes people tune --max-num-seqs to */
-    static const double batch_b[] = {1, 2, 4, 8, 16, 32, 48, 64, 128, 256, 512, 1024};
-    s->sm.batch_size = pd_metrics_histogram(m, "pdserve:batch_size",
-                                            "Sequences in one engine step (decode tokens and "
-                                            "prompt chunks).", batch_b,
-                                            sizeof(batch_b) / sizeof(*batch_b));
-    s->sm.preemptions = pd_metrics_counter(m, "pdserve:num_preemptions_total", NULL,
-                                           "Running requests preempted for KV-cache room (their "
-                                           "blocks freed, recomputed later).");
-    s->fin_stop = pd_metrics_counter(m, FIN, "finished_reason=\"stop\"", FIN_HELP);
-    s->fin_length = pd_metrics_counter(m, FIN, "finished_reason=\"length\"", FIN_HELP);
-    s->fin_abort = pd_metrics_counter(m, FIN, "finished_reason=\"abort\"", FIN_HELP);
-    s->fin_error = pd_metrics_counter(m, FIN, "finished_reason=\"error\"", FIN_HELP);
 #define HTTP "pdserve:http_responses_total"
 #define HTTP_HELP "API responses, by status class."
-    s->http_2xx = pd_metrics_counter(m, HTTP, "code=\"2xx\"", HTTP_HELP);
-    s->http_4xx = pd_metrics_counter(m, HTTP, "code=\"4xx\"", HTTP_HELP);
-    s->http_5xx = pd_metrics_counter(m, HTTP, "code=\"5xx\"", HTTP_HELP);
-    s->conns_gauge = pd_metrics_gauge(m, "pdserve:http_connections", NULL,
-                                      "Open connections on the API address.");
-    s->cut_total = pd_metrics_counter(m, "pdserve:http_slow_clients_cut_total", NULL,
-                                      "Streams cut because the client did not read.");
 #define REF "pdserve:http_connections_refused_total"
 #define REF_HELP "API connections closed before a request: by reason."
-    s->refused[0] = pd_metrics_counter(m, REF, "reason=\"deadline\"", REF_HELP);
-    s->refused[1] = pd_metrics_counter(m, REF, "reason=\"per_source\"", REF_HELP);
-    s->refused[2] = pd_metrics_counter(m, REF, "reason=\"bad_request\"", REF_HELP);
+    /* vLLM has no batch_size histogram; powers of two with 48 between 32
+     * and 64, the batch sizes people tune --max-num-seqs to */
+    static const double batch_b[] = {1, 2, 4, 8, 16, 32, 48, 64, 128, 256, 512, 1024};
+    const struct pd_metric_def defs[] = {
+        {&s->sm.running, PD_METRIC_GAUGE, "pdserve:num_requests_running",
+         .help = "Requests admitted to the engine."},
+        {&s->sm.waiting, PD_METRIC_GAUGE, "pdserve:num_requests_waiting",
+         .help = "Requests waiting for admission."},
+        {&s->sm.kv_used, PD_METRIC_GAUGE, "pdserve:kv_cache_blocks_used",
+         .help = "KV-cache blocks in use."},
+        {&s->sm.kv_free, PD_METRIC_GAUGE, "pdserve:kv_cache_blocks_free",
+         .help = "KV-cache blocks free."},
+        {&s->sm.staging_used, PD_METRIC_GAUGE, "pdserve:kv_staging_blocks_used",
+         .help = "KV channel staging blocks held by transfers (a GPU engine's page-locked "
+                 "host blocks; 0 on the CPU)."},
+        {&s->sm.kv_usage, PD_METRIC_GAUGE, "pdserve:kv_cache_usage_perc",
+         .help = "KV-cache usage, 0 to 1."},
+        {&s->sm.prompt_tokens, PD_METRIC_COUNTER, "pdserve:prompt_tokens_total",
+         .help = "Prompt tokens prefilled by this engine."},
+        {&s->sm.remote_prompt_tokens, PD_METRIC_COUNTER, "pdserve:remote_prompt_tokens_total",
+         .help = "Prompt tokens prefilled by prefill peers."},
+        {&s->sm.remote_running, PD_METRIC_GAUGE, "pdserve:num_requests_remote_prefill",
+         .help = "Requests whose prompt a prefill peer is computing."},
+        {&s->sm.gen_tokens, PD_METRIC_COUNTER, "pdserve:generation_tokens_total",
+         .help = "Tokens generated."},
+        {&s->sm.ttft, PD_METRIC_HISTOGRAM, "pdserve:time_to_first_token_seconds",
+         .help = "Time from arrival to the first generated token.", PD_METRIC_BOUNDS(ttft_b)},
+        {&s->sm.itl, PD_METRIC_HISTOGRAM, "pdserve:inter_token_latency_seconds",
+         .help = "Time between consecutive generated tokens.", PD_METRIC_BOUNDS(itl_b)},
+        {&s->sm.e2e, PD_METRIC_HISTOGRAM, "pdserve:e2e_request_latency_seconds",
+         .help = "Time from arrival to the last generated token.", PD_METRIC_BOUNDS(e2e_b)},
+        {&s->sm.queue_time, PD_METRIC_HISTOGRAM, "pdserve:request_queue_time_seconds",
+         .help = "Time waiting for admission.", PD_METRIC_BOUNDS(e2e_b)},
+        {&s->sm.batch_size, PD_METRIC_HISTOGRAM, "pdserve:batch_size",
+         .help = "Sequences in one engine step (decode tokens and prompt chunks).",
+         PD_METRIC_BOUNDS(batch_b)},
+        {&s->sm.preemptions, PD_METRIC_COUNTER, "pdserve:num_preemptions_total",
+         .help = "Running requests preempted for KV-cache room (their blocks freed, recomputed "
+                 "later)."},
+        {&s->fin_stop, PD_METRIC_COUNTER, FIN, .labels = "finished_reason=\"stop\"",
+         .help = FIN_HELP},
+        {&s->fin_length, PD_METRIC_COUNTER, FIN, .labels = "finished_reason=\"length\"",
+         .help = FIN_HELP},
+        {&s->fin_abort, PD_METRIC_COUNTER, FIN, .labels = "finished_reason=\"abort\"",
+         .help = FIN_HELP},
+        {&s->fin_error, PD_METRIC_COUNTER, FIN, .labels = "finished_reason=\"error\"",
+         .help = FIN_HELP},
+        {&s->http_2xx, PD_METRIC_COUNTER, HTTP, .labels = "code=\"2xx\"", .help = HTTP_HELP},
+        {&s->http_4xx, PD_METRIC_COUNTER, HTTP, .labels = "code=\"4xx\"", .help = HTTP_HELP},
+        {&s->http_5xx, PD_METRIC_COUNTER, HTTP, .labels = "code=\"5xx\"", .help = HTTP_HELP},
+        {&s->conns_gauge, PD_METRIC_GAUGE, "pdserve:http_connections",
+         .help = "Open connections on the API address."},
+        {&s->cut_total, PD_METRIC_COUNTER, "pdserve:http_slow_clients_cut_total",
+         .help = "Streams cut because the client did not read."},
+        {&s->refused[0], PD_METRIC_COUNTER, REF, .labels = "reason=\"deadline\"", .help = REF_HELP},
+        {&s->refused[1], PD_METRIC_COUNTER, REF, .labels = "reason=\"per_source\"",
+         .help = REF_HELP},
+        {&s->refused[2], PD_METRIC_COUNTER, REF, .labels = "reason=\"bad_request\"",
+         .help = REF_HELP},
+    };
+    pd_metrics_register(m, defs, sizeof(defs) / sizeof(*defs));
     return s->cut_total ? 0 : -ENOMEM;
 }
 
@@ -410,16 +414,12 @@ static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_
     h->n_prompt = h->job->n_prompt;
     h->t_start_ns = h->job->t_arrival_ns;
     h->last_peek_ns = h->t_start_ns;
-    h->next = s->inflight;
-    if (s->inflight)
-        s->inflight->prev = h;
-    s->inflight = h;
-    s->n_inflight++;
+    pd_dlist_push(&s->inflight, &h->link);
+    pd_log(PD_LOG_DEBUG, "%s: accepted, %u prompt tokens, max_tokens %u", id, h->n_prompt,
+           h->job->max_tokens);
     h = NULL;
     if (r.stream)
         pd_http_sse_begin(req);
-    pd_log(PD_LOG_DEBUG, "%s: accepted, %u prompt tokens, max_tokens %u", id, s->inflight->n_prompt,
-           s->inflight->job->max_tokens);
 out:
     if (job)
         job->owner = NULL;
@@ -622,8 +622,8 @@ struct dec_server *dec_server_free(struct dec_server *s)
     if (s->api)
         evhttp_free(s->api);
     pd_http_conns_free(s->api_conns);
-    while (s->inflight) {
-        struct dec_http *h = s->inflight;
+    while (s->inflight.head) {
+        struct dec_http *h = PD_DNODE_ENTRY(s->inflight.head, struct dec_http, link);
         dec_http_unlink(s, h);
         if (h->req)
             evhttp_request_free(h->req); /* detached: ours */
@@ -644,7 +644,7 @@ void dec_server_set_remote(struct dec_server *s, struct dec_remote *r, uint32_t 
     s->remote = r;
     s->local_prefill_max = local_max;
 }
-uint32_t dec_server_inflight(const struct dec_server *s) { return s->n_inflight; }
+uint32_t dec_server_inflight(const struct dec_server *s) { return s->inflight.n; }
 unsigned dec_server_connections(const struct dec_server *s)
 {
     return pd_http_conns_count(s->api_conns);
@@ -669,12 +669,12 @@ void dec_server_drain(struct dec_server *s)
 {
     s->draining = true;
     pd_http_conns_pause(s->api_conns, true);
-    if (s->n_inflight == 0)
+    if (s->inflight.n == 0)
         event_base_loopexit(s->base, NULL);
 }
 
 void dec_server_cancel_all(struct dec_server *s)
 {
-    for (struct dec_http *h = s->inflight; h; h = h->next)
-        dec_job_cancel(h->job);
+    for (struct pd_dnode *n = s->inflight.head; n; n = n->next)
+        dec_job_cancel(PD_DNODE_ENTRY(n, struct dec_http, link)->job);
 }

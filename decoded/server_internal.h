@@ -8,6 +8,7 @@
 
 #include "api.h"
 #include "chat.h"
+#include "dlist.h"
 #include "http.h"
 #include "metrics.h"
 #include "remote.h"
@@ -25,7 +26,7 @@
 /* One API request between its arrival and its last byte. */
 struct dec_http {
     struct dec_server *srv;
-    struct dec_http *prev, *next; /* in flight */
+    struct pd_dnode link; /* in the server's in-flight list */
     struct evhttp_request *req; /* NULL once libevent freed it */
     struct evhttp_connection *evcon; /* NULL once the connection closed */
     struct dec_job *job;
@@ -53,8 +54,7 @@ struct dec_server {
     struct evhttp *api;
     struct pd_http_conns *api_conns;
     struct event *wake_ev;
-    struct dec_http *inflight;
-    uint32_t n_inflight;
+    struct pd_dlist inflight; /* dec_http */
     bool draining;
     struct dec_api_limits limits;
 

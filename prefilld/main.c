@@ -11,6 +11,7 @@
  */
 #include "cfg.h"
 #include "engine.h"
+#include "errf.h"
 #include "keyring.h"
 #include "kvx.h"
 #include "log.h"
@@ -126,7 +127,8 @@ struct daemon {
     struct pd_metric *m_requests, *m_refused, *m_failed;
     struct pd_kv_metrics km;
     struct pf_sched_metrics sm;
-    struct pf_job *held; /* jobs with a transfer handle (the loop's reference), until SREQ_END */
+    /* pf_job: jobs with a transfer handle (the loop's reference), until SREQ_END */
+    struct pd_dlist held;
     bool closing; /* kvx is going: scheduler events no longer reach it */
     struct pd_ratelimit rl_kv; /* the KV channel's warnings (a handshake flood) */
 };
@@ -243,10 +245,7 @@ static int take_prefill(struct daemon *d, const struct pd_kvx_event *ev)
     }
     /* the loop's reference lives until the transfer's end (SREQ_END) */
     pd_kvx_sreq_set_udata(ev->sreq, j);
-    j->lnext = d->held;
-    if (d->held)
-        d->held->lprev = j;
-    d->held = j;
+    pd_dlist_push(&d->held, &j->held);
     pd_metric_add(d->m_requests, 1);
     pd_log(PD_LOG_DEBUG, "request %s: %u prompt tokens from %s", j->xrid, j->n_tokens,
            ev->peer_addr ? ev->peer_addr : "?");
@@ -257,39 +256,23 @@ static int take_prefill(struct daemon *d, const struct pd_kvx_event *ev)
  * thread drops it before its next step if it still runs). */
 static void release_held(struct daemon *d, struct pf_job *j)
 {
-    if (j->lprev)
-        j->lprev->lnext = j->lnext;
-    else
-        d->held = j->lnext;
-    if (j->lnext)
-        j->lnext->lprev = j->lprev;
+    pd_dlist_remove(&d->held, &j->held);
     j->owner = NULL;
     pf_job_cancel(j); /* no-op when it already finished */
     pf_job_unref(j);
 }
 
-static unsigned n_held(const struct daemon *d)
-{
-    unsigned n = 0;
-    for (const struct pf_job *j = d->held; j; j = j->lnext)
-        n++;
-    return n;
-}
-
 static void maybe_stop(struct daemon *d)
 {
-    if (pd_runtime_draining(d->rt) && !d->held)
+    if (pd_runtime_draining(d->rt) && !d->held.n)
         pd_runtime_stop(d->rt);
 }
 
 static void kvx_event(void *arg, const struct pd_kvx_event *ev)
 {
     struct daemon *d = arg;
-    char line[512];
-    if (pd_kvx_event_warning(ev, line, sizeof(line))) {
-        pd_log_ratelimited(&d->rl_kv, PD_LOG_WARN, "%s", line);
+    if (pd_kv_log_warning(ev, &d->rl_kv))
         return;
-    }
     switch (ev->type) {
     case PD_KVX_EV_SESSION_UP:
         pd_log(PD_LOG_NOTICE, "KV session up: %s (key %s)", ev->peer_addr ? ev->peer_addr : "?",
@@ -327,34 +310,33 @@ static int metrics_init(struct daemon *d)
     static const double secs_b[] = {0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10,
                                     30, 60};
     static const double tok_b[] = {16, 64, 256, 512, 1024, 2048, 4096, 8192};
-    d->m_requests = pd_metrics_counter(m, "pdserve:prefill_requests_total", NULL,
-                                       "PREFILL requests accepted.");
-    d->m_refused = pd_metrics_counter(m, "pdserve:prefill_refused_total", NULL,
-                                      "PREFILL requests refused (queue full, too large, stopping).");
-    d->m_failed = pd_metrics_counter(m, "pdserve:prefill_failed_total", NULL,
-                                     "Accepted prefills that failed or were cancelled.");
-    d->sm.prompt_tokens = pd_metrics_counter(m, "pdserve:prompt_tokens_total", NULL,
-                                             "Prompt tokens prefilled.");
-    d->sm.running = pd_metrics_gauge(m, "pdserve:num_requests_running", NULL,
-                                     "Prefills holding KV blocks and computing.");
-    d->sm.waiting = pd_metrics_gauge(m, "pdserve:num_requests_waiting", NULL,
-                                     "Prefills queued.");
-    d->sm.kv_used = pd_metrics_gauge(m, "pdserve:kv_blocks_used", NULL,
-                                     "KV blocks allocated (computing or in flight).");
-    d->sm.kv_free = pd_metrics_gauge(m, "pdserve:kv_blocks_free", NULL, "KV blocks free.");
-    d->sm.staging_used = pd_metrics_gauge(m, "pdserve:kv_staging_blocks_used", NULL,
-                                          "KV channel staging blocks held (prefills and "
-                                          "transfers; a GPU engine's page-locked host blocks; 0 "
-                                          "on the CPU).");
-    d->sm.queue_time = pd_metrics_histogram(m, "pdserve:request_queue_time_seconds",
-                                            "Time a prefill waited for admission.", secs_b,
-                                            sizeof(secs_b) / sizeof(*secs_b));
-    d->sm.prefill_time = pd_metrics_histogram(m, "pdserve:request_prefill_time_seconds",
-                                              "PREFILL received to first token.", secs_b,
-                                              sizeof(secs_b) / sizeof(*secs_b));
-    d->sm.batch_tokens = pd_metrics_histogram(m, "pdserve:batch_tokens",
-                                              "Prompt tokens in one engine step.", tok_b,
-                                              sizeof(tok_b) / sizeof(*tok_b));
+    const struct pd_metric_def defs[] = {
+        {&d->m_requests, PD_METRIC_COUNTER, "pdserve:prefill_requests_total",
+         .help = "PREFILL requests accepted."},
+        {&d->m_refused, PD_METRIC_COUNTER, "pdserve:prefill_refused_total",
+         .help = "PREFILL requests refused (queue full, too large, stopping)."},
+        {&d->m_failed, PD_METRIC_COUNTER, "pdserve:prefill_failed_total",
+         .help = "Accepted prefills that failed or were cancelled."},
+        {&d->sm.prompt_tokens, PD_METRIC_COUNTER, "pdserve:prompt_tokens_total",
+         .help = "Prompt tokens prefilled."},
+        {&d->sm.running, PD_METRIC_GAUGE, "pdserve:num_requests_running",
+         .help = "Prefills holding KV blocks and computing."},
+        {&d->sm.waiting, PD_METRIC_GAUGE, "pdserve:num_requests_waiting",
+         .help = "Prefills queued."},
+        {&d->sm.kv_used, PD_METRIC_GAUGE, "pdserve:kv_blocks_used",
+         .help = "KV blocks allocated (computing or in flight)."},
+        {&d->sm.kv_free, PD_METRIC_GAUGE, "pdserve:kv_blocks_free", .help = "KV blocks free."},
+        {&d->sm.staging_used, PD_METRIC_GAUGE, "pdserve:kv_staging_blocks_used",
+         .help = "KV channel staging blocks held (prefills and transfers; a GPU engine's "
+                 "page-locked host blocks; 0 on the CPU)."},
+        {&d->sm.queue_time, PD_METRIC_HISTOGRAM, "pdserve:request_queue_time_seconds",
+         .help = "Time a prefill waited for admission.", PD_METRIC_BOUNDS(secs_b)},
+        {&d->sm.prefill_time, PD_METRIC_HISTOGRAM, "pdserve:request_prefill_time_seconds",
+         .help = "PREFILL received to first token.", PD_METRIC_BOUNDS(secs_b)},
+        {&d->sm.batch_tokens, PD_METRIC_HISTOGRAM, "pdserve:batch_tokens",
+         .help = "Prompt tokens in one engine step.", PD_METRIC_BOUNDS(tok_b)},
+    };
+    pd_metrics_register(m, defs, sizeof(defs) / sizeof(*defs));
     pd_kv_metrics_init(&d->km, m, PD_ROLE_P);
     return 0;
 }
@@ -364,7 +346,7 @@ static int metrics_init(struct daemon *d)
 
 /* ---- the runtime's hooks (common/daemon/runtime.h) ---- */
 
-static unsigned pf_rt_running(void *arg) { return n_held(arg); }
+static unsigned pf_rt_running(void *arg) { return ((const struct daemon *)arg)->held.n; }
 
 static void pf_rt_drain(void *arg) { maybe_stop(arg); }
 
@@ -457,54 +439,50 @@ static int kvx_open(struct daemon *d, char *err, size_t errlen)
 
 /* The runtime's loop, the compute thread, the KV channel, the admin
  * address; then READY=1 and the loop until the drain ends. */
-static int run(struct daemon *d)
+/* Every failure fills err and returns a negative errno (pd_runtime_main
+ * reports it, after the teardown here). */
+static int run(struct daemon *d, char *err, size_t errlen)
 {
     struct pf_cfg *c = d->cfg;
-    char err[512];
-    int rc = 1;
+    int rc;
 
     if (metrics_init(d) < 0) {
-        snprintf(err, sizeof(err), "out of memory");
-        goto fail;
+        rc = pd_errf(err, errlen, -ENOMEM, "out of memory");
+        goto out;
     }
     struct pd_runtime_params rp = {.admin_host = c->admin_host,
                                    .admin_port = (uint16_t)c->admin_port,
                                    .header_timeout_s = ADMIN_TIMEOUT_S,
                                    .drain_timeout_s = (uint32_t)c->drain_timeout,
                                    .metrics = d->metrics, .ops = &pf_rt_ops, .arg = d};
-    if (pd_runtime_new(&rp, &d->rt, err, sizeof(err)) < 0)
-        goto fail;
+    if ((rc = pd_runtime_new(&rp, &d->rt, err, errlen)) < 0)
+        goto out;
     struct pf_sched_params sp = {.engine = d->engine, .max_waiting = (uint32_t)c->max_waiting,
                                  .max_running = (uint32_t)c->max_num_seqs,
                                  .idle_tick_ms = pd_runtime_tick_ms(d->rt),
                                  .metrics = d->sm, .notify = wake, .notify_arg = d};
-    if (pf_sched_new(&sp, &d->sched, err, sizeof(err)) < 0)
-        goto fail;
+    if ((rc = pf_sched_new(&sp, &d->sched, err, errlen)) < 0)
+        goto out;
     pd_runtime_watch(d->rt, pf_sched_worker(d->sched));
     if (!(d->wake_ev = event_new(pd_runtime_base(d->rt), -1, EV_PERSIST, sched_events, d))) {
-        snprintf(err, sizeof(err), "out of memory");
-        goto fail;
+        rc = pd_errf(err, errlen, -ENOMEM, "out of memory");
+        goto out;
     }
-    if (kvx_open(d, err, sizeof(err)) < 0 || pd_runtime_listen(d->rt, err, sizeof(err)) < 0 ||
-        pd_kvx_listen(d->kvx, err, sizeof(err)) < 0 ||
-        pd_worker_start(pf_sched_worker(d->sched), err, sizeof(err)) < 0)
-        goto fail;
+    if ((rc = kvx_open(d, err, errlen)) < 0 || (rc = pd_runtime_listen(d->rt, err, errlen)) < 0 ||
+        (rc = pd_kvx_listen(d->kvx, err, errlen)) < 0 ||
+        (rc = pd_worker_start(pf_sched_worker(d->sched), err, errlen)) < 0)
+        goto out;
     char fp[2 * PD_MODEL_FP_LEN + 1];
     pd_model_fingerprint_hex(pd_engine_model(d->engine), fp);
     pd_log(PD_LOG_NOTICE, "listening on %s:%u (KV channel; model %.16s, %zu keys)", c->kv_ip,
            pd_kvx_port(d->kvx), fp, pd_keyring_count(d->keyring));
-    if (pd_runtime_ready(d->rt, err, sizeof(err)) < 0)
-        goto fail;
+    if ((rc = pd_runtime_ready(d->rt, err, errlen)) < 0)
+        goto out;
 
     pd_runtime_run(d->rt);
 
     pd_worker_stop(pf_sched_worker(d->sched));
     pd_log(PD_LOG_NOTICE, "stopped");
-    rc = 0;
-    goto out;
-fail:
-    pd_log(PD_LOG_ERR, "%s", err);
-    pd_notify_status("failed: %s", err);
 out:
     if (d->sched)
         pd_worker_stop(pf_sched_worker(d->sched));
@@ -515,8 +493,8 @@ out:
     d->kvx = pd_kvx_free(d->kvx);
     if (d->sched) {
         sched_events(-1, 0, d);
-        while (d->held)
-            release_held(d, d->held);
+        while (d->held.head)
+            release_held(d, PD_DNODE_ENTRY(d->held.head, struct pf_job, held));
         d->sched = pf_sched_free(d->sched);
     }
     if (d->wake_ev)
@@ -526,74 +504,74 @@ out:
     return rc;
 }
 
-int main(int argc, char **argv)
+/* --gen-psk FILE: a new key file, and exit. */
+static int gen_psk(const char *path)
 {
-    struct pf_cfg c;
-    struct pd_cfg_args a;
-    char err[512];
-    int rc;
+    char id[PD_KEY_ID_MAX + 1], err[512];
+    int rc = pd_keyring_create(path, NULL, id, err, sizeof(err));
+    if (rc < 0)
+        fprintf(stderr, "prefilld: %s\n", err);
+    else
+        printf("wrote key %s to %s (mode 0600); give the same file to decoded\n", id, path);
+    return rc < 0 ? 1 : 0;
+}
 
-    if (pd_cfg_main(options, &c, argc, argv, "prefilld", "[OPTIONS] [MODEL.gguf]", 1, &a, &rc))
-        return rc;
-    if (c.gen_psk) {
-        char id[PD_KEY_ID_MAX + 1];
-        rc = pd_keyring_create(c.gen_psk, NULL, id, err, sizeof(err));
-        if (rc < 0)
-            fprintf(stderr, "prefilld: %s\n", err);
-        else
-            printf("wrote key %s to %s (mode 0600); give the same file to decoded\n", id,
-                   c.gen_psk);
-        pd_cfg_done(options, &c);
-        return rc < 0 ? 1 : 0;
-    }
-    struct daemon d = {.cfg = &c, .argc = argc, .argv = argv,
+/* pd_runtime_main's serve: the key ring, the model and the engine, then the
+ * daemon. */
+static int serve(void *cfg, const struct pd_cfg_args *a, int argc, char **argv, char *err,
+                 size_t errlen)
+{
+    struct pf_cfg *c = cfg;
+    if (c->gen_psk)
+        return gen_psk(c->gen_psk);
+    struct daemon d = {.cfg = c, .argc = argc, .argv = argv,
                        .rl_kv = PD_RATELIMIT_INIT(5000, 10)};
     struct pd_model *m = NULL;
-    int exit_code = 1;
-    if (!c.kv_psk_file) {
-        snprintf(err, sizeof(err), "--kv-psk-file is required (make one with --gen-psk FILE)");
-        goto fail;
-    }
-    if (pd_keyring_open(c.kv_psk_file, &d.keyring, err, sizeof(err)) < 0)
-        goto fail;
     enum pd_device device;
-    if (pd_engine_pick_device(c.device, &device, err, sizeof(err)) < 0)
-        goto fail;
+    int rc;
+    if (!c->kv_psk_file) {
+        rc = pd_errf(err, errlen, -EINVAL,
+                     "--kv-psk-file is required (make one with --gen-psk FILE)");
+        goto out;
+    }
+    if ((rc = pd_keyring_open(c->kv_psk_file, &d.keyring, err, errlen)) < 0 ||
+        (rc = pd_engine_pick_device(c->device, &device, err, errlen)) < 0)
+        goto out;
     if (err[0])
         pd_log(PD_LOG_INFO, "%s", err);
-    struct pd_model_params mp = {.path = a.n_positional ? a.positional[0] : c.model,
-                                 .load_format = (enum pd_load_format)c.load_format,
-                                 .shape = c.model_shape, .seed = (uint64_t)c.seed};
-    pd_notify_status("loading model %s", mp.path ? mp.path : mp.shape ? mp.shape : "?");
-    if (pd_model_load(&mp, &m, err, sizeof(err)) < 0)
-        goto fail;
+    struct pd_model_params mp = {.path = a->n_positional ? a->positional[0] : c->model,
+                                 .load_format = (enum pd_load_format)c->load_format,
+                                 .shape = c->model_shape, .seed = (uint64_t)c->seed};
+    if ((rc = pd_runtime_load_model(&mp, &m, err, errlen)) < 0)
+        goto out;
     /* a GPU pool's blocks leave through page-locked host staging */
-    struct pd_engine_params ep = {.model = m, .kv_cache_bytes = c.kv_cache_memory,
+    struct pd_engine_params ep = {.model = m, .kv_cache_bytes = c->kv_cache_memory,
                                   .device = device,
-                                  PD_ENGINE_DEVICE_PARAMS(c),
+                                  PD_ENGINE_DEVICE_PARAMS(*c),
                                   .kv_staging = true,
-                                  .kv_staging_bytes = c.kv_staging_memory,
-                                  PD_ENGINE_KV_PARAMS(c),
-                                  .max_batched_tokens = (uint32_t)c.max_num_batched_tokens,
-                                  .max_model_len = (uint32_t)c.max_model_len,
-                                  .max_batch_items = (uint32_t)c.max_num_seqs};
-    if (pd_engine_new(&ep, &d.engine, err, sizeof(err)) < 0)
-        goto fail;
+                                  .kv_staging_bytes = c->kv_staging_memory,
+                                  PD_ENGINE_KV_PARAMS(*c),
+                                  .max_batched_tokens = (uint32_t)c->max_num_batched_tokens,
+                                  .max_model_len = (uint32_t)c->max_model_len,
+                                  .max_batch_items = (uint32_t)c->max_num_seqs};
+    if ((rc = pd_engine_new(&ep, &d.engine, err, errlen)) < 0)
+        goto out;
     char note[320];
     if (pd_engine_take_note(d.engine, note, sizeof(note)))
         pd_log(PD_LOG_WARN, "%s", note);
     char path[256];
     pd_engine_kv_path(d.engine, path, sizeof(path));
     pd_log(PD_LOG_INFO, "%s", path);
-    exit_code = run(&d);
-    goto out;
-fail:
-    pd_log(PD_LOG_ERR, "%s", err);
-    pd_notify_status("failed: %s", err);
+    rc = run(&d, err, errlen);
 out:
     pd_engine_free(d.engine);
     pd_model_free(m);
     pd_keyring_free(d.keyring);
-    pd_cfg_done(options, &c);
-    return exit_code;
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    struct pf_cfg c;
+    return pd_runtime_main(options, &c, "prefilld", argc, argv, serve);
 }

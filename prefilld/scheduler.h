@@ -32,6 +32,7 @@
 #ifndef PF_SCHED_H
 #define PF_SCHED_H
 
+#include "dlist.h"
 #include "engine.h"
 #include "worker.h"
 #include "log.h" /* pd_now_ns */
@@ -54,7 +55,7 @@ struct pf_job {
     uint32_t n_tokens;
     struct pd_sampling sampling;
     void *owner; /* the loop's (its transfer handle); never touched by compute */
-    struct pf_job *lprev, *lnext; /* the loop's list of jobs it holds; never touched by compute */
+    struct pd_dnode held; /* in the loop's list of jobs it holds; never touched by compute */
     uint64_t t_arrival_ns;
 
     struct pd_wjob base; /* references, the cancel flag */

@@ -1,5 +1,7 @@
 #include "http.h"
 
+#include "dlist.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <event2/buffer.h>
@@ -226,7 +228,7 @@ struct conn {
     struct bufferevent *bev; /* ours until adopted: one extra reference */
     struct evhttp_connection *evcon; /* once adopted */
     struct conn *next; /* pending adoption */
-    struct conn *prev_open, *next_open; /* adopted, open */
+    struct pd_dnode link; /* in the open list once adopted */
     struct event *deadline; /* the request's head (then its body) must arrive by then */
     int st; /* R_* */
     bool first_line, chunked, bad_len;
@@ -251,7 +253,7 @@ struct pd_http_conns {
     size_t n_lev;
     struct event *adopt_ev;
     struct conn *pending;
-    struct conn *open; /* adopted connections */
+    struct pd_dlist open; /* adopted connections */
     void (*on_close)(struct evhttp_connection *, void *);
     void *arg;
 };
@@ -536,12 +538,7 @@ static void closed_cb(struct evhttp_connection *evcon, void *arg)
 {
     struct conn *k = arg;
     struct pd_http_conns *c = k->c;
-    if (k->prev_open)
-        k->prev_open->next_open = k->next_open;
-    else
-        c->open = k->next_open;
-    if (k->next_open)
-        k->next_open->prev_open = k->prev_open;
+    pd_dlist_remove(&c->open, &k->link);
     conn_free(k);
     conn_gone(c);
     if (c->on_close)
@@ -565,10 +562,7 @@ static void adopt_cb(evutil_socket_t fd, short what, void *arg)
         k->bev = NULL;
         if (evcon) {
             k->evcon = evcon;
-            k->next_open = c->open;
-            if (c->open)
-                c->open->prev_open = k;
-            c->open = k;
+            pd_dlist_push(&c->open, &k->link);
             evhttp_connection_set_closecb(evcon, closed_cb, k);
             char *host = NULL;
             ev_uint16_t port = 0;
@@ -576,8 +570,8 @@ static void adopt_cb(evutil_socket_t fd, short what, void *arg)
             snprintf(k->peer, sizeof(k->peer), "%s", host ? host : "?");
             if (c->max_per_source && k->st != R_DEAD) {
                 unsigned same = 0;
-                for (struct conn *o = c->open; o; o = o->next_open)
-                    same += !strcmp(o->peer, k->peer);
+                for (struct pd_dnode *n = c->open.head; n; n = n->next)
+                    same += !strcmp(PD_DNODE_ENTRY(n, struct conn, link)->peer, k->peer);
                 if (same > c->max_per_source) {
                     c->st.per_source_refusals++;
                     refuse(k, 429, "too_many_connections",
@@ -851,7 +845,8 @@ unsigned pd_http_conns_count(const struct pd_http_conns *c) { return c->n; }
 size_t pd_http_conns_pending_output(const struct pd_http_conns *c)
 {
     size_t n = 0;
-    for (const struct conn *k = c->open; k; k = k->next_open) {
+    for (const struct pd_dnode *o = c->open.head; o; o = o->next) {
+        const struct conn *k = PD_DNODE_ENTRY(o, const struct conn, link);
         struct bufferevent *bev = evhttp_connection_get_bufferevent(k->evcon);
         n += bev ? evbuffer_get_length(bufferevent_get_output(bev)) : 0;
     }

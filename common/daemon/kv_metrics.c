@@ -39,3 +39,12 @@ void pd_kv_metrics_scrape(struct pd_kv_metrics *km, const struct pd_kvx *kvx)
     pd_metric_set(km->sessions, (double)s.sessions);
     km->last = s;
 }
+
+bool pd_kv_log_warning(const struct pd_kvx_event *ev, struct pd_ratelimit *rl)
+{
+    char line[512];
+    if (!pd_kvx_event_warning(ev, line, sizeof(line)))
+        return false;
+    pd_log_ratelimited(rl, PD_LOG_WARN, "%s", line);
+    return true;
+}

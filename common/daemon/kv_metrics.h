@@ -7,12 +7,16 @@
  * pdserve:kv_blocks_sent_total (decoded counts what it received as it
  * verifies it). Scrape, from the loop before rendering, advances them to the
  * transport's counters. The struct is the daemon's; a series the registry
- * had no room for stays NULL, and updates to it are no-ops. */
+ * had no room for stays NULL, and updates to it are no-ops. Also the one
+ * way both daemons log the channel's warnings (pd_kv_log_warning). */
 #ifndef PD_KV_METRICS_H
 #define PD_KV_METRICS_H
 
 #include "kvx.h"
+#include "log.h"
 #include "metrics.h"
+
+#include <stdbool.h>
 
 struct pd_kv_metrics {
     struct pd_metric *hs_ok, *hs_fail[PD_KVX_HSF_N], *integrity, *sessions;
@@ -21,5 +25,10 @@ struct pd_kv_metrics {
 };
 void pd_kv_metrics_init(struct pd_kv_metrics *km, struct pd_metrics *m, enum pd_role role);
 void pd_kv_metrics_scrape(struct pd_kv_metrics *km, const struct pd_kvx *kvx);
+
+/* A WARNING event (a failed handshake, the KV port out of descriptors):
+ * its line (pd_kvx_event_warning) logged under rl, and true: the daemon's
+ * event handler is done with it. False for every other event. */
+bool pd_kv_log_warning(const struct pd_kvx_event *ev, struct pd_ratelimit *rl);
 
 #endif

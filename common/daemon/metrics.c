@@ -159,6 +159,18 @@ struct pd_metric *pd_metrics_histogram(struct pd_metrics *m, const char *name, c
     return x;
 }
 
+void pd_metrics_register(struct pd_metrics *m, const struct pd_metric_def *defs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        const struct pd_metric_def *d = &defs[i];
+        if (d->kind == PD_METRIC_HISTOGRAM)
+            *d->out = pd_metrics_histogram(m, d->name, d->help, d->bounds, d->n_bounds);
+        else
+            *d->out = add(m, d->kind == PD_METRIC_GAUGE ? K_GAUGE : K_COUNTER, d->name, d->labels,
+                          d->help);
+    }
+}
+
 void pd_metric_add(struct pd_metric *c, double v)
 {
     if (!c || c->kind == K_HISTOGRAM || (c->kind == K_COUNTER && !(v >= 0)))

@@ -49,6 +49,34 @@ struct pd_metric *pd_metrics_gauge(struct pd_metrics *m, const char *name, const
 struct pd_metric *pd_metrics_histogram(struct pd_metrics *m, const char *name, const char *help,
                                        const double *bounds, size_t n);
 
+/* A daemon's series as a table, registered in its order (the order
+ * /metrics lists them), each handle into *out:
+ *
+ *   const struct pd_metric_def defs[] = {
+ *       {&s->running, PD_METRIC_GAUGE, "pdserve:num_requests_running", .help = "Admitted."},
+ *       {&s->fin_stop, PD_METRIC_COUNTER, "pdserve:request_success_total",
+ *        .labels = "finished_reason=\"stop\"", .help = "Requests finished."},
+ *       {&s->ttft, PD_METRIC_HISTOGRAM, "pdserve:time_to_first_token_seconds",
+ *        .help = "Arrival to first token.", PD_METRIC_BOUNDS(ttft_b)},
+ *   };
+ *   pd_metrics_register(m, defs, sizeof(defs) / sizeof(*defs));
+ *
+ * A row that cannot be registered leaves NULL in *out, as the calls above
+ * return it. */
+enum pd_metric_kind { PD_METRIC_COUNTER, PD_METRIC_GAUGE, PD_METRIC_HISTOGRAM };
+struct pd_metric_def {
+    struct pd_metric **out;
+    enum pd_metric_kind kind;
+    const char *name;
+    const char *labels; /* counters and gauges: NULL or the series' own labels */
+    const char *help;
+    const double *bounds; /* histograms: their upper bounds, n_bounds of them */
+    size_t n_bounds;
+};
+/* A static array of upper bounds as a histogram row's bounds and n_bounds. */
+#define PD_METRIC_BOUNDS(b) .bounds = (b), .n_bounds = sizeof(b) / sizeof(*(b))
+void pd_metrics_register(struct pd_metrics *m, const struct pd_metric_def *defs, size_t n);
+
 void pd_metric_add(struct pd_metric *c, double v); /* counter (v >= 0) or gauge */
 void pd_metric_set(struct pd_metric *g, double v); /* gauge */
 void pd_metric_observe(struct pd_metric *h, double v); /* histogram */

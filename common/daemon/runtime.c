@@ -7,6 +7,7 @@
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
+#include "model.h"
 #include "notify.h"
 #include "worker.h"
 
@@ -324,4 +325,29 @@ int pd_runtime_reload_cfg(struct pd_runtime *rt, const struct pd_cfg_opt *table,
     if (dt)
         pd_runtime_set_drain_timeout(rt, (uint32_t)drain);
     return 0;
+}
+
+int pd_runtime_main(const struct pd_cfg_opt *table, void *cfg, const char *name, int argc,
+                    char **argv, pd_runtime_serve_fn serve)
+{
+    struct pd_cfg_args a;
+    char err[512] = "";
+    int rc;
+    if (pd_cfg_main(table, cfg, argc, argv, name, "[OPTIONS] [MODEL.gguf]", 1, &a, &rc))
+        return rc;
+    rc = serve(cfg, &a, argc, argv, err, sizeof(err));
+    if (rc < 0) {
+        pd_log(PD_LOG_ERR, "%s", err);
+        pd_notify_status("failed: %s", err);
+        rc = 1;
+    }
+    pd_cfg_done(table, cfg);
+    return rc;
+}
+
+int pd_runtime_load_model(const struct pd_model_params *mp, struct pd_model **m, char *err,
+                          size_t errlen)
+{
+    pd_notify_status("loading model %s", mp->path ? mp->path : mp->shape ? mp->shape : "?");
+    return pd_model_load(mp, m, err, errlen);
 }

@@ -55,6 +55,7 @@
 #define PD_RUNTIME_ADMIN_CONNECTIONS 64
 
 struct event_base;
+struct pd_cfg_opt;
 struct pd_metrics;
 struct pd_runtime;
 struct pd_worker;
@@ -108,6 +109,32 @@ bool pd_runtime_draining(const struct pd_runtime *rt);
 /* A reload's new --drain-timeout, for the next drain. */
 void pd_runtime_set_drain_timeout(struct pd_runtime *rt, uint32_t s);
 
+/* A daemon's main(), the part every daemon writes the same: logging named
+ * for name and the options read (pd_cfg_main; usage "[OPTIONS]
+ * [MODEL.gguf]": --help, --print-config, --version or a bad option end
+ * here with their exit code), then serve with them, then the options
+ * released. serve returns main's exit code (0: it served and stopped), or
+ * a negative errno with err filled when the daemon could not start: that
+ * is logged and sent as STATUS=failed: ..., and main exits 1.
+ *
+ *   int main(int argc, char **argv)
+ *   {
+ *       struct my_cfg c;
+ *       return pd_runtime_main(options, &c, "prefilld", argc, argv, serve);
+ *   } */
+struct pd_cfg_args;
+typedef int (*pd_runtime_serve_fn)(void *cfg, const struct pd_cfg_args *a, int argc,
+                                   char **argv, char *err, size_t errlen);
+int pd_runtime_main(const struct pd_cfg_opt *table, void *cfg, const char *name, int argc,
+                    char **argv, pd_runtime_serve_fn serve);
+
+/* The model pd_model_load reads, announced first as STATUS=loading model
+ * PATH (or the dummy weights' shape). */
+struct pd_model;
+struct pd_model_params;
+int pd_runtime_load_model(const struct pd_model_params *mp, struct pd_model **m, char *err,
+                          size_t errlen);
+
 /* SIGHUP's first half, the same for every daemon (its reload hook calls
  * it): the configuration read again as at start (argc, argv: the same
  * flags, the config file, the environment) into next. An invalid one
@@ -117,7 +144,6 @@ void pd_runtime_set_drain_timeout(struct pd_runtime *rt, uint32_t s);
  * --drain-timeout (when the table has them) take effect. The caller then
  * applies its own reloadable options from cur and releases next
  * (pd_cfg_done). */
-struct pd_cfg_opt;
 int pd_runtime_reload_cfg(struct pd_runtime *rt, const struct pd_cfg_opt *table, void *cur,
                           void *next, int argc, char *const *argv);
 
