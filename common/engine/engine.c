@@ -153,6 +153,22 @@ static int kv_pool(struct pd_engine *e, const struct pd_engine_params *p, char *
     return pd_kvcache_new(&kp, &e->kc, err, errlen);
 }
 
+/* The engine's parts, in order; what a failure leaves built, pd_engine_free
+ * takes (it accepts any part). */
+static int build(struct pd_engine *e, const struct pd_engine_params *p, char *err, size_t errlen)
+{
+    int rc;
+    if (!(e->b = backend(p->device, err, errlen)))
+        return p->device == PD_DEVICE_CUDA ? -ENOTSUP : -EINVAL;
+    if ((rc = sizes(e, p, err, errlen)) < 0 || (rc = e->b->init(e, p, err, errlen)) < 0)
+        return rc;
+    if (scratch(e, p) < 0)
+        return pd_errf(err, errlen, -ENOMEM, "engine: out of memory for scratch buffers");
+    if ((rc = kv_pool(e, p, err, errlen)) < 0)
+        return rc;
+    return e->b->ready ? e->b->ready(e, p, err, errlen) : 0;
+}
+
 int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char *err,
                   size_t errlen)
 {
@@ -168,25 +184,12 @@ int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char
     e->hp = *pd_model_hparams(p->model);
     e->device = p->device;
     e->w_type = PD_DT_F32;
-    if (!(e->b = backend(p->device, err, errlen))) {
-        rc = p->device == PD_DEVICE_CUDA ? -ENOTSUP : -EINVAL;
-        goto out_free;
+    if ((rc = build(e, p, err, errlen)) < 0) {
+        pd_engine_free(e);
+        return rc;
     }
-    if ((rc = sizes(e, p, err, errlen)) < 0 || (rc = e->b->init(e, p, err, errlen)) < 0)
-        goto out_free;
-    if ((rc = scratch(e, p)) < 0) {
-        rc = pd_errf(err, errlen, -ENOMEM, "engine: out of memory for scratch buffers");
-        goto out_free;
-    }
-    if ((rc = kv_pool(e, p, err, errlen)) < 0 ||
-        (e->b->ready && (rc = e->b->ready(e, p, err, errlen)) < 0))
-        goto out_free;
     *out = e;
     return 0;
-
-out_free:
-    pd_engine_free(e);
-    return rc;
 }
 
 struct pd_engine *pd_engine_free(struct pd_engine *e)
