@@ -126,12 +126,9 @@ static int scratch(struct pd_engine *e, const struct pd_engine_params *p)
     SCRATCH(e->up, T * hp->n_ff, false);
     SCRATCH(e->logits, (size_t)LOGIT_ROWS * hp->n_vocab, false);
     e->logit_cap = LOGIT_ROWS;
-    SCRATCH(e->tok, T, false);
-    SCRATCH(e->pos, T, false);
-    SCRATCH(e->tok_seq, T, false);
-    SCRATCH(e->slot, T, false);
-    SCRATCH(e->tables, (size_t)e->max_items * e->max_blocks, false);
-    SCRATCH(e->runs, (size_t)e->max_items + 1, false);
+    int rc = pd_engine_index_alloc(e, &e->ix, false);
+    if (rc < 0)
+        return rc;
     SCRATCH(e->out_item, T, true);
     SCRATCH(e->out_row, T, true);
     return e->b->scratch(e, p);
@@ -385,17 +382,18 @@ int pd_engine_step(struct pd_engine *e, const struct pd_batch_item *items, uint3
     for (uint32_t i = 0; i < n_items; i++) {
         const struct pd_batch_item *it = &items[i];
         const struct pd_kvseq *s = it->seq;
-        memcpy(e->h_tables + (size_t)i * e->max_blocks, s->blocks, s->n_blocks * sizeof(uint32_t));
-        e->h_runs[i] = (int32_t)t;
+        memcpy(e->h_ix.tables + (size_t)i * e->max_blocks, s->blocks,
+               s->n_blocks * sizeof(uint32_t));
+        e->h_ix.runs[i] = (int32_t)t;
         for (uint32_t j = 0; j < it->n_tokens; j++, t++) {
             uint32_t p = s->n_tokens + j;
-            e->h_tok[t] = it->tokens[j];
-            e->h_pos[t] = (int32_t)p;
-            e->h_tok_seq[t] = (int32_t)i;
-            e->h_slot[t] = (int64_t)s->blocks[p / bs] * bs + p % bs;
+            e->h_ix.tok[t] = it->tokens[j];
+            e->h_ix.pos[t] = (int32_t)p;
+            e->h_ix.tok_seq[t] = (int32_t)i;
+            e->h_ix.slot[t] = (int64_t)s->blocks[p / bs] * bs + p % bs;
         }
     }
-    e->h_runs[n_items] = (int32_t)t;
+    e->h_ix.runs[n_items] = (int32_t)t;
     if ((rc = e->b->step(e, items, n_items, T)) < 0) {
         pd_errf(err, errlen, rc, "engine: forward pass failed: %s%s%s", strerror(-rc),
                 device_sep(e), device_error(e));
