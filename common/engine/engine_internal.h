@@ -127,7 +127,7 @@ struct pd_engine {
     struct pd_mat w_out; /* (n_vocab, n_embd) */
     const float *rope_factors; /* (rope_dim / 2) or NULL */
     float rope_scale;
-    float **owned; /* dequantized weights this engine allocated */
+    void **owned; /* dequantized weights (float) this engine allocated */
     size_t n_owned;
     void **dev; /* device memory this engine allocated */
     size_t n_dev;
