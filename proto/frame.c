@@ -291,15 +291,22 @@ static int check_reason(unsigned reason, const char *what, char *err, size_t err
 /* NaN and +inf are never log-probabilities; -inf is (a filtered-out token). */
 static int logprob_ok(float lp) { return !isnan(lp) && lp <= 0.0f; }
 
+/* A count in 1..max: none is malformed, more than max too large. */
+static int check_num(const char *what, uint32_t n, const char *of, unsigned max, char *err,
+                     size_t errlen)
+{
+    if (n < 1 || n > max)
+        return pd_errf(err, errlen, n ? -E2BIG : -EBADMSG,
+                       "frame: %s: %" PRIu32 " %s is outside 1..%u", what, n, of, max);
+    return 0;
+}
+
 static int check_prefill(const struct pd_prefill *p, char *err, size_t errlen)
 {
     int rc;
-    if ((rc = check_reqref(p->request_id, "PREFILL", err, errlen)) < 0)
+    if ((rc = check_reqref(p->request_id, "PREFILL", err, errlen)) < 0 ||
+        (rc = check_num("PREFILL", p->n_tokens, "tokens", PD_PROTO_MAX_TOKENS, err, errlen)) < 0)
         return rc;
-    if (p->n_tokens < 1 || p->n_tokens > PD_PROTO_MAX_TOKENS)
-        return pd_errf(err, errlen, p->n_tokens ? -E2BIG : -EBADMSG,
-                       "frame: PREFILL: %" PRIu32 " tokens is outside 1..%u", p->n_tokens,
-                       PD_PROTO_MAX_TOKENS);
     if (p->block_size < 1 || p->block_size > PD_PROTO_MAX_BLOCK_SIZE)
         return pd_errf(err, errlen, -EBADMSG,
                        "frame: PREFILL: block size %" PRIu32 " is outside 1..%u", p->block_size,
@@ -348,10 +355,9 @@ static int check_chunk(const struct pd_chunk *c, char *err, size_t errlen)
     int rc;
     if ((rc = check_reqref(c->request_id, "CHUNK", err, errlen)) < 0)
         return rc;
-    if (c->n_blocks < 1 || c->n_blocks > PD_PROTO_MAX_CHUNK_BLOCKS)
-        return pd_errf(err, errlen, c->n_blocks ? -E2BIG : -EBADMSG,
-                       "frame: CHUNK: %" PRIu32 " blocks is outside 1..%u", c->n_blocks,
-                       PD_PROTO_MAX_CHUNK_BLOCKS);
+    rc = check_num("CHUNK", c->n_blocks, "blocks", PD_PROTO_MAX_CHUNK_BLOCKS, err, errlen);
+    if (rc < 0)
+        return rc;
     if ((uint64_t)c->first_block + c->n_blocks > PD_PROTO_MAX_REQ_BLOCKS)
         return pd_errf(err, errlen, -E2BIG,
                        "frame: CHUNK: blocks %" PRIu32 "..+%" PRIu32 " pass the cap of %u",
