@@ -120,6 +120,16 @@ __device__ __forceinline__ void out_pair(const struct pf_params &p, uint64_t row
         *(float2 *)((float *)p.out + row_off + d) = make_float2(x, y);
 }
 
+/* An accumulator of MMA fragments (A x B tiles of 4 floats a lane) to zero. */
+template <int A, int B> __device__ __forceinline__ void zero_frags(float (&x)[A][B][4])
+{
+#pragma unroll
+    for (int i = 0; i < A; i++)
+#pragma unroll
+        for (int t = 0; t < B; t++)
+            x[i][t][0] = x[i][t][1] = x[i][t][2] = x[i][t][3] = 0.0f;
+}
+
 /* ---- the kernel ------------------------------------------------------------ */
 
 template <int D, bool BF, bool IO16, int MT>
@@ -226,11 +236,7 @@ __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel
     const uint32_t warp_last = (uint32_t)p0 + (w0 + MT * 16 - 1 < n ? w0 + MT * 16 - 1 : n - 1);
 
     float o[MT][DT][4];
-#pragma unroll
-    for (int i = 0; i < MT; i++)
-#pragma unroll
-        for (int t = 0; t < DT; t++)
-            o[i][t][0] = o[i][t][1] = o[i][t][2] = o[i][t][3] = 0.0f;
+    zero_frags(o);
     float mb[MT][2], l[MT][2]; /* running maxima times qscale; row sums */
 #pragma unroll
     for (int i = 0; i < MT; i++)
@@ -257,11 +263,7 @@ __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel
         /* S = Q K^T: per k-step, the A fragments of both m-tiles and, per
          * ldmatrix, the B fragments of n-tiles t and t + 1 */
         float s[MT][NT][4];
-#pragma unroll
-        for (int i = 0; i < MT; i++)
-#pragma unroll
-            for (int t = 0; t < NT; t++)
-                s[i][t][0] = s[i][t][1] = s[i][t][2] = s[i][t][3] = 0.0f;
+        zero_frags(s);
 #pragma unroll
         for (int k = 0; k < KS; k++) {
             uint32_t qa[MT][4];

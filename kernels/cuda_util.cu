@@ -67,6 +67,14 @@ extern "C" int pd_cuda_fail(int cuda_status, const char *what)
     return pd_cuda_errno(cuda_status);
 }
 
+/* A release on the way out (a destructor returns nothing): its failure is
+ * recorded for pd_cuda_last_error, not returned. */
+static void released(cudaError_t e, const char *what)
+{
+    if (e != cudaSuccess)
+        pd_cuda_fail((int)e, what);
+}
+
 /* The smallest kernel, to ask whether this build's image loads on the device. */
 __global__ void pd_probe_kernel(int *p)
 {
@@ -163,11 +171,8 @@ extern "C" int pd_cuda_malloc(void **p, size_t bytes)
 
 extern "C" void *pd_cuda_free(void *p)
 {
-    if (p) {
-        cudaError_t e = cudaFree(p);
-        if (e != cudaSuccess)
-            pd_cuda_fail((int)e, "cudaFree");
-    }
+    if (p)
+        released(cudaFree(p), "cudaFree");
     return NULL;
 }
 
@@ -265,13 +270,12 @@ struct pd_cuda_timer {
 
 extern "C" struct pd_cuda_timer *pd_cuda_timer_free(struct pd_cuda_timer *t)
 {
-    cudaError_t e;
     if (!t)
         return NULL;
-    if (t->start && (e = cudaEventDestroy(t->start)) != cudaSuccess)
-        pd_cuda_fail((int)e, "cudaEventDestroy");
-    if (t->stop && (e = cudaEventDestroy(t->stop)) != cudaSuccess)
-        pd_cuda_fail((int)e, "cudaEventDestroy");
+    if (t->start)
+        released(cudaEventDestroy(t->start), "cudaEventDestroy");
+    if (t->stop)
+        released(cudaEventDestroy(t->stop), "cudaEventDestroy");
     free(t);
     return NULL;
 }
@@ -330,9 +334,8 @@ extern "C" int pd_cuda_stream_new(pd_stream_t *out)
 
 extern "C" pd_stream_t pd_cuda_stream_free(pd_stream_t s)
 {
-    cudaError_t e;
-    if (s && (e = cudaStreamDestroy(pd_cuda_stream(s))) != cudaSuccess)
-        pd_cuda_fail((int)e, "cudaStreamDestroy");
+    if (s)
+        released(cudaStreamDestroy(pd_cuda_stream(s)), "cudaStreamDestroy");
     return NULL;
 }
 
@@ -352,13 +355,12 @@ extern "C" int pd_cuda_graph_begin(pd_stream_t s)
 
 extern "C" struct pd_cuda_graph *pd_cuda_graph_free(struct pd_cuda_graph *g)
 {
-    cudaError_t e;
     if (!g)
         return NULL;
-    if (g->exec && (e = cudaGraphExecDestroy(g->exec)) != cudaSuccess)
-        pd_cuda_fail((int)e, "cudaGraphExecDestroy");
-    if (g->graph && (e = cudaGraphDestroy(g->graph)) != cudaSuccess)
-        pd_cuda_fail((int)e, "cudaGraphDestroy");
+    if (g->exec)
+        released(cudaGraphExecDestroy(g->exec), "cudaGraphExecDestroy");
+    if (g->graph)
+        released(cudaGraphDestroy(g->graph), "cudaGraphDestroy");
     free(g);
     return NULL;
 }

@@ -11,14 +11,6 @@
 
 #define EMBED_THREADS 256
 
-struct embed_params {
-    float *out;
-    const uint8_t *table;
-    const int32_t *tokens;
-    uint64_t row_bytes;
-    uint32_t type, dim;
-};
-
 __device__ __forceinline__ uint16_t rd16(const uint8_t *p)
 {
     return (uint16_t)(p[0] | (p[1] << 8));
@@ -57,9 +49,9 @@ __device__ __forceinline__ float dequant_one(const uint8_t *row, uint32_t type, 
     }
 }
 
-__global__ void __launch_bounds__(EMBED_THREADS) embed_kernel(struct embed_params p)
+__global__ void __launch_bounds__(EMBED_THREADS) embed_kernel(struct pd_embed_args p)
 {
-    const uint8_t *row = p.table + (uint64_t)p.tokens[blockIdx.x] * p.row_bytes;
+    const uint8_t *row = (const uint8_t *)p.table + (uint64_t)p.tokens[blockIdx.x] * p.row_bytes;
     float *y = p.out + (uint64_t)blockIdx.x * p.dim;
     for (uint32_t i = threadIdx.x; i < p.dim; i += EMBED_THREADS)
         y[i] = dequant_one(row, p.type, i);
@@ -85,8 +77,6 @@ extern "C" int pd_embed_cuda(const struct pd_embed_args *a, pd_stream_t stream)
         return 0;
     if (a->n_tokens > INT32_MAX)
         return -EINVAL;
-    struct embed_params p = {a->out, (const uint8_t *)a->table, a->tokens, a->row_bytes, a->type,
-                             a->dim};
-    embed_kernel<<<a->n_tokens, EMBED_THREADS, 0, pd_cuda_stream(stream)>>>(p);
+    embed_kernel<<<a->n_tokens, EMBED_THREADS, 0, pd_cuda_stream(stream)>>>(*a);
     return pd_cuda_launched("embed_kernel");
 }

@@ -8,16 +8,8 @@
 
 #define KVW_THREADS 128
 
-struct kvw_params {
-    void *pool;
-    struct pd_kv_geom kv;
-    uint32_t layer;
-    const float *k, *v;
-    const int64_t *slot;
-};
-
 template <typename T, bool BF>
-__global__ void __launch_bounds__(KVW_THREADS) kv_write_kernel(struct kvw_params p)
+__global__ void __launch_bounds__(KVW_THREADS) kv_write_kernel(struct pd_kv_write_args p)
 {
     const uint32_t t = blockIdx.x, h = blockIdx.y, hd = p.kv.head_dim;
     const int64_t slot = p.slot[t];
@@ -47,13 +39,12 @@ extern "C" int pd_kv_write_cuda(const struct pd_kv_write_args *a, pd_stream_t st
     if (a->n_tokens > INT32_MAX || a->kv.n_head_kv > 65535 || a->kv.block_size == 0 ||
         a->layer >= a->kv.n_layer)
         return -EINVAL;
-    struct kvw_params p = {a->pool, a->kv, a->layer, a->k, a->v, a->slot};
     dim3 grid(a->n_tokens, a->kv.n_head_kv);
     if (a->pool_type == PD_DT_BF16)
-        kv_write_kernel<uint16_t, true><<<grid, KVW_THREADS, 0, pd_cuda_stream(stream)>>>(p);
+        kv_write_kernel<uint16_t, true><<<grid, KVW_THREADS, 0, pd_cuda_stream(stream)>>>(*a);
     else if (a->pool_type == PD_DT_F16)
-        kv_write_kernel<uint16_t, false><<<grid, KVW_THREADS, 0, pd_cuda_stream(stream)>>>(p);
+        kv_write_kernel<uint16_t, false><<<grid, KVW_THREADS, 0, pd_cuda_stream(stream)>>>(*a);
     else
-        kv_write_kernel<float, false><<<grid, KVW_THREADS, 0, pd_cuda_stream(stream)>>>(p);
+        kv_write_kernel<float, false><<<grid, KVW_THREADS, 0, pd_cuda_stream(stream)>>>(*a);
     return pd_cuda_launched("kv_write_kernel");
 }

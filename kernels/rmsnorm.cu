@@ -9,15 +9,7 @@
 
 #define RMS_THREADS 256
 
-struct rms_params {
-    float *out;
-    const float *in;
-    const float *weight;
-    uint32_t dim;
-    float eps;
-};
-
-__global__ void __launch_bounds__(RMS_THREADS) rmsnorm_kernel(struct rms_params p)
+__global__ void __launch_bounds__(RMS_THREADS) rmsnorm_kernel(struct pd_rmsnorm_args p)
 {
     __shared__ float warp_sums[RMS_THREADS / 32];
     const float *x = p.in + (uint64_t)blockIdx.x * p.dim;
@@ -45,7 +37,6 @@ extern "C" int pd_rmsnorm_cuda(const struct pd_rmsnorm_args *a, pd_stream_t stre
         return 0;
     if (a->dim == 0 || a->n_rows > INT32_MAX)
         return -EINVAL;
-    struct rms_params p = {a->out, a->in, a->weight, a->dim, a->eps};
-    rmsnorm_kernel<<<a->n_rows, RMS_THREADS, 0, pd_cuda_stream(stream)>>>(p);
+    rmsnorm_kernel<<<a->n_rows, RMS_THREADS, 0, pd_cuda_stream(stream)>>>(*a);
     return pd_cuda_launched("rmsnorm_kernel");
 }

@@ -15,7 +15,8 @@ struct pd_rmsnorm_args {
 PD_BEGIN_DECLS
 
 int pd_rmsnorm_cpu(const struct pd_rmsnorm_args *a);
-int pd_rmsnorm_cuda(const struct pd_rmsnorm_args *a, pd_stream_t stream); /* PD_HAVE_CUDA */
+/* CUDA (PD_HAVE_CUDA builds): -EINVAL for dim 0 or more than INT32_MAX rows */
+int pd_rmsnorm_cuda(const struct pd_rmsnorm_args *a, pd_stream_t stream);
 
 PD_END_DECLS
 

@@ -5,15 +5,7 @@
 
 #define ROPE_THREADS 64
 
-struct rope_params {
-    float *x;
-    const int32_t *pos;
-    const float *freq_factors;
-    uint32_t n_heads, head_dim, rope_dim;
-    float freq_base, freq_scale;
-};
-
-__global__ void __launch_bounds__(ROPE_THREADS) rope_kernel(struct rope_params p)
+__global__ void __launch_bounds__(ROPE_THREADS) rope_kernel(struct pd_rope_args p)
 {
     const uint32_t t = blockIdx.x;
     const uint32_t i = blockIdx.y * ROPE_THREADS + threadIdx.x;
@@ -42,9 +34,7 @@ extern "C" int pd_rope_cuda(const struct pd_rope_args *a, pd_stream_t stream)
         return 0;
     if (a->n_tokens > INT32_MAX)
         return -EINVAL;
-    struct rope_params p = {a->x, a->pos, a->freq_factors, a->n_heads, a->head_dim,
-                            a->rope_dim, a->freq_base, a->freq_scale};
     dim3 grid(a->n_tokens, (half + ROPE_THREADS - 1) / ROPE_THREADS);
-    rope_kernel<<<grid, ROPE_THREADS, 0, pd_cuda_stream(stream)>>>(p);
+    rope_kernel<<<grid, ROPE_THREADS, 0, pd_cuda_stream(stream)>>>(*a);
     return pd_cuda_launched("rope_kernel");
 }

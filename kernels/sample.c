@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* One allocation: the struct, then its four arrays (4-byte elements, so
+ * each starts aligned), freed with one free. */
 struct pd_sampler {
     uint32_t n_vocab;
     float *w; /* (n_vocab) processed logits */
@@ -19,27 +21,22 @@ struct pd_sampler {
 
 struct pd_sampler *pd_sampler_new(uint32_t n_vocab)
 {
-    struct pd_sampler *s = calloc(1, sizeof(*s));
-    if (!s || n_vocab == 0)
-        return pd_sampler_free(s);
+    const size_t per_token = sizeof(float) + sizeof(float) + sizeof(int32_t) + sizeof(uint32_t);
+    if (n_vocab == 0)
+        return NULL;
+    struct pd_sampler *s = calloc(1, sizeof(*s) + per_token * n_vocab);
+    if (!s)
+        return NULL;
     s->n_vocab = n_vocab;
-    s->w = malloc(n_vocab * sizeof(*s->w));
-    s->prob = malloc(n_vocab * sizeof(*s->prob));
-    s->idx = malloc(n_vocab * sizeof(*s->idx));
-    s->count = calloc(n_vocab, sizeof(*s->count));
-    if (!s->w || !s->prob || !s->idx || !s->count)
-        return pd_sampler_free(s);
+    s->w = (float *)(s + 1);
+    s->prob = s->w + n_vocab;
+    s->idx = (int32_t *)(s->prob + n_vocab);
+    s->count = (uint32_t *)(s->idx + n_vocab);
     return s;
 }
 
 struct pd_sampler *pd_sampler_free(struct pd_sampler *s)
 {
-    if (!s)
-        return NULL;
-    free(s->w);
-    free(s->prob);
-    free(s->idx);
-    free(s->count);
     free(s);
     return NULL;
 }

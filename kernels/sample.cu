@@ -44,18 +44,25 @@ struct smp_shared {
     int32_t taken[PD_MAX_LOGPROBS];
 };
 
-__device__ __forceinline__ double block_sum_d(struct smp_shared &sh, double v)
+/* op over every thread's v, through slot[SMP_THREADS] */
+template <typename T, typename Op>
+__device__ __forceinline__ T block_reduce(T *slot, T v, Op op)
 {
     const unsigned t = threadIdx.x;
     __syncthreads();
-    sh.d[t] = v;
+    slot[t] = v;
     __syncthreads();
     for (unsigned s = SMP_THREADS / 2; s > 0; s /= 2) {
         if (t < s)
-            sh.d[t] += sh.d[t + s];
+            slot[t] = op(slot[t], slot[t + s]);
         __syncthreads();
     }
-    return sh.d[0];
+    return slot[0];
+}
+
+__device__ __forceinline__ double block_sum_d(struct smp_shared &sh, double v)
+{
+    return block_reduce(sh.d, v, [](double a, double b) { return a + b; });
 }
 
 /* (value, id) with the larger value, the lower id on a tie; -inf / UINT32_MAX = none */
@@ -86,16 +93,7 @@ __device__ __forceinline__ uint32_t block_argmax(struct smp_shared &sh, float v,
 
 __device__ __forceinline__ float block_max(struct smp_shared &sh, float v)
 {
-    const unsigned t = threadIdx.x;
-    __syncthreads();
-    sh.f[t] = v;
-    __syncthreads();
-    for (unsigned s = SMP_THREADS / 2; s > 0; s /= 2) {
-        if (t < s)
-            sh.f[t] = fmaxf(sh.f[t], sh.f[t + s]);
-        __syncthreads();
-    }
-    return sh.f[0];
+    return block_reduce(sh.f, v, [](float a, float b) { return fmaxf(a, b); });
 }
 
 /* ---- the order of the CPU's sort, as keys ---------------------------------- */

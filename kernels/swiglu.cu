@@ -5,14 +5,7 @@
 
 #define SWIGLU_THREADS 256
 
-struct swiglu_params {
-    float *out;
-    const float *gate;
-    const float *up;
-    uint64_t n;
-};
-
-__global__ void __launch_bounds__(SWIGLU_THREADS) swiglu_kernel(struct swiglu_params p)
+__global__ void __launch_bounds__(SWIGLU_THREADS) swiglu_kernel(struct pd_swiglu_args p)
 {
     for (uint64_t i = blockIdx.x * (uint64_t)SWIGLU_THREADS + threadIdx.x; i < p.n;
          i += (uint64_t)gridDim.x * SWIGLU_THREADS) {
@@ -25,8 +18,7 @@ extern "C" int pd_swiglu_cuda(const struct pd_swiglu_args *a, pd_stream_t stream
 {
     if (a->n == 0)
         return 0;
-    struct swiglu_params p = {a->out, a->gate, a->up, a->n};
     swiglu_kernel<<<pd_cuda_blocks(a->n, SWIGLU_THREADS), SWIGLU_THREADS, 0,
-                    pd_cuda_stream(stream)>>>(p);
+                    pd_cuda_stream(stream)>>>(*a);
     return pd_cuda_launched("swiglu_kernel");
 }

@@ -19,12 +19,64 @@
 
 enum { FROM_D = 1u << PD_ROLE_D, FROM_P = 1u << PD_ROLE_P, FROM_BOTH = FROM_D | FROM_P };
 
-/* One row per type: what the header check needs before the body is touched. */
+/* A fixed-size field of a control body: `size` bytes at `at`, little-endian,
+ * and the member of the same width in the type's struct (a float travels as
+ * the bits of its binary32). The encoder and the decoder both take a body's
+ * fixed part from these tables; the bytes between fields are reserved, zero.
+ * What follows a fixed part (tokens, tags, strings) and the length fields
+ * that count it are each codec's own. */
+struct field {
+    uint16_t mem; /* offset of the member in struct <type> */
+    uint8_t at, size; /* size 0 ends a table */
+};
+/* (the tables packed, a few fields a line, not one a line) */
+/* clang-format off */
+#define FIELD(s, m, at) {offsetof(struct s, m), (at), sizeof(((struct s *)0)->m)}
+
+/* PREFILL; the X-Request-Id's length is the u16 at 64 */
+static const struct field prefill_fields[] = {
+    FIELD(pd_prefill, request_id, 0), FIELD(pd_prefill, epoch, 8), FIELD(pd_prefill, n_tokens, 12),
+    FIELD(pd_prefill, n_blocks, 16), FIELD(pd_prefill, block_size, 20),
+    FIELD(pd_prefill, temperature, 24), FIELD(pd_prefill, top_p, 28), FIELD(pd_prefill, min_p, 32),
+    FIELD(pd_prefill, top_k, 36), FIELD(pd_prefill, presence_penalty, 40),
+    FIELD(pd_prefill, frequency_penalty, 44), FIELD(pd_prefill, repetition_penalty, 48),
+    FIELD(pd_prefill, n_logprobs, 52), FIELD(pd_prefill, seed, 56), FIELD(pd_prefill, flags, 66),
+    {0}};
+/* CHUNK; 20..23 reserved */
+static const struct field chunk_fields[] = {
+    FIELD(pd_chunk, request_id, 0), FIELD(pd_chunk, epoch, 8), FIELD(pd_chunk, first_block, 12),
+    FIELD(pd_chunk, n_blocks, 16), FIELD(pd_chunk, transfer, 24),
+    FIELD(pd_chunk, block_bytes, 32), {0}};
+static const struct field ack_fields[] = {
+    FIELD(pd_ack, request_id, 0), FIELD(pd_ack, epoch, 8), FIELD(pd_ack, blocks, 12), {0}};
+/* DONE; 28..31 reserved */
+static const struct field done_fields[] = {
+    FIELD(pd_done, request_id, 0), FIELD(pd_done, epoch, 8), FIELD(pd_done, n_prompt, 12),
+    FIELD(pd_done, token, 16), FIELD(pd_done, logprob, 20), FIELD(pd_done, n_top, 24), {0}};
+/* ABORT; the detail's length is the u16 at 14 */
+static const struct field abort_fields[] = {
+    FIELD(pd_abort, request_id, 0), FIELD(pd_abort, epoch, 8), FIELD(pd_abort, reason, 12), {0}};
+static const struct field reqref_fields[] = {
+    FIELD(pd_reqref, request_id, 0), FIELD(pd_reqref, epoch, 8), {0}};
+/* HEARTBEAT; 4..7 reserved */
+static const struct field heartbeat_fields[] = {
+    FIELD(pd_heartbeat, lease_ms, 0), FIELD(pd_heartbeat, seq, 8), {0}};
+/* ERROR; the detail's length is the u16 at 2 */
+static const struct field error_fields[] = {FIELD(pd_error, reason, 0), {0}};
+/* UCX_ADDR; 12..15 reserved */
+static const struct field ucx_addr_fields[] = {
+    FIELD(pd_ucx_addr, token, 0), FIELD(pd_ucx_addr, len, 8), {0}};
+static const struct field ready_fields[] = {FIELD(pd_ready, token, 0), {0}};
+/* clang-format on */
+
+/* One row per type: what the header check needs before the body is touched,
+ * and the layout of a control body's fixed part. */
 struct type_info {
     const char *name;
     uint8_t sealed;
     uint8_t senders;
     uint32_t min_len, max_len; /* body */
+    const struct field *fields; /* in the struct of its pd_frame.u member */
 };
 
 static const struct type_info types[] = {
@@ -32,19 +84,22 @@ static const struct type_info types[] = {
     [PD_FT_HS_M2] = {"HS_M2", 0, FROM_P, 228, 228},
     [PD_FT_HS_CONFIRM] = {"HS_CONFIRM", 0, FROM_BOTH, 32, 32},
     [PD_FT_PREFILL] = {"PREFILL", 1, FROM_D, PREFILL_FIXED + 4 + 1,
-                       PREFILL_FIXED + 4 * PD_PROTO_MAX_TOKENS + PD_PROTO_MAX_XRID},
+                       PREFILL_FIXED + 4 * PD_PROTO_MAX_TOKENS + PD_PROTO_MAX_XRID, prefill_fields},
     [PD_FT_CHUNK] = {"CHUNK", 1, FROM_P, CHUNK_FIXED + PD_BLOCK_TAG_LEN,
-                     CHUNK_FIXED + PD_BLOCK_TAG_LEN * PD_PROTO_MAX_CHUNK_BLOCKS},
-    [PD_FT_ACK] = {"ACK", 1, FROM_D, 16, 16},
-    [PD_FT_DONE] = {"DONE", 1, FROM_P, DONE_FIXED, DONE_FIXED + 8 * PD_PROTO_MAX_LOGPROBS},
-    [PD_FT_ABORT] = {"ABORT", 1, FROM_BOTH, ABORT_FIXED, ABORT_FIXED + PD_PROTO_MAX_DETAIL},
-    [PD_FT_ABORT_ACK] = {"ABORT_ACK", 1, FROM_BOTH, REQREF_LEN, REQREF_LEN},
-    [PD_FT_CANCEL] = {"CANCEL", 1, FROM_D, REQREF_LEN, REQREF_LEN},
-    [PD_FT_HEARTBEAT] = {"HEARTBEAT", 1, FROM_BOTH, 16, 16},
-    [PD_FT_ERROR] = {"ERROR", 1, FROM_BOTH, ERROR_FIXED, ERROR_FIXED + PD_PROTO_MAX_DETAIL},
+                     CHUNK_FIXED + PD_BLOCK_TAG_LEN *PD_PROTO_MAX_CHUNK_BLOCKS, chunk_fields},
+    [PD_FT_ACK] = {"ACK", 1, FROM_D, 16, 16, ack_fields},
+    [PD_FT_DONE] = {"DONE", 1, FROM_P, DONE_FIXED, DONE_FIXED + 8 * PD_PROTO_MAX_LOGPROBS,
+                    done_fields},
+    [PD_FT_ABORT] = {"ABORT", 1, FROM_BOTH, ABORT_FIXED, ABORT_FIXED + PD_PROTO_MAX_DETAIL,
+                     abort_fields},
+    [PD_FT_ABORT_ACK] = {"ABORT_ACK", 1, FROM_BOTH, REQREF_LEN, REQREF_LEN, reqref_fields},
+    [PD_FT_CANCEL] = {"CANCEL", 1, FROM_D, REQREF_LEN, REQREF_LEN, reqref_fields},
+    [PD_FT_HEARTBEAT] = {"HEARTBEAT", 1, FROM_BOTH, 16, 16, heartbeat_fields},
+    [PD_FT_ERROR] = {"ERROR", 1, FROM_BOTH, ERROR_FIXED, ERROR_FIXED + PD_PROTO_MAX_DETAIL,
+                     error_fields},
     [PD_FT_UCX_ADDR] = {"UCX_ADDR", 1, FROM_BOTH, UCX_ADDR_FIXED + 1,
-                        UCX_ADDR_FIXED + PD_PROTO_MAX_UCX_ADDR},
-    [PD_FT_READY] = {"READY", 1, FROM_P, READY_LEN, READY_LEN},
+                        UCX_ADDR_FIXED + PD_PROTO_MAX_UCX_ADDR, ucx_addr_fields},
+    [PD_FT_READY] = {"READY", 1, FROM_P, READY_LEN, READY_LEN, ready_fields},
 };
 #define N_TYPES (sizeof(types) / sizeof(types[0]))
 
@@ -161,6 +216,60 @@ size_t pd_frame_wire_len(const struct pd_frame_hdr *h)
     return PD_FRAME_HDR_LEN + (size_t)h->len + (pd_frame_type_sealed(h->type) ? PD_FRAME_MAC_LEN : 0);
 }
 
+/* ---- fixed fields: the tables above, read and written ---- */
+
+/* A member of 2, 4 or 8 bytes as an integer of its width, and back (a float
+ * as its binary32's bits). */
+static uint64_t member_get(const unsigned char *m, unsigned size)
+{
+    uint16_t v2;
+    uint32_t v4;
+    uint64_t v8;
+    switch (size) {
+    case 2:
+        memcpy(&v2, m, 2);
+        return v2;
+    case 4:
+        memcpy(&v4, m, 4);
+        return v4;
+    default:
+        memcpy(&v8, m, 8);
+        return v8;
+    }
+}
+
+static void member_set(unsigned char *m, unsigned size, uint64_t v)
+{
+    const uint16_t v2 = (uint16_t)v;
+    const uint32_t v4 = (uint32_t)v;
+    memcpy(m,
+           size == 2       ? (const void *)&v2
+               : size == 4 ? (const void *)&v4
+                           : (const void *)&v,
+           size);
+}
+
+/* The body's fixed fields into the struct at s (the frame's union member). */
+static void get_fields(const struct type_info *ti, const uint8_t *b, void *s)
+{
+    for (const struct field *f = ti->fields; f && f->size; f++) {
+        uint64_t v = 0;
+        for (unsigned k = f->size; k-- > 0;)
+            v = v << 8 | b[f->at + k];
+        member_set((unsigned char *)s + f->mem, f->size, v);
+    }
+}
+
+/* The struct's fixed fields into the body at b (its reserved bytes left as they are). */
+static void put_fields(const struct type_info *ti, const void *s, uint8_t *b)
+{
+    for (const struct field *f = ti->fields; f && f->size; f++) {
+        const uint64_t v = member_get((const unsigned char *)s + f->mem, f->size);
+        for (unsigned k = 0; k < f->size; k++)
+            b[f->at + k] = (uint8_t)(v >> 8 * k);
+    }
+}
+
 /* ---- field checks shared by the encoder and the decoder ---- */
 
 static int in_range(float v, float lo, float hi) { return isfinite(v) && v >= lo && v <= hi; }
@@ -182,15 +291,22 @@ static int check_reason(unsigned reason, const char *what, char *err, size_t err
 /* NaN and +inf are never log-probabilities; -inf is (a filtered-out token). */
 static int logprob_ok(float lp) { return !isnan(lp) && lp <= 0.0f; }
 
+/* A count in 1..max: none is malformed, more than max too large. */
+static int check_num(const char *what, uint32_t n, const char *of, unsigned max, char *err,
+                     size_t errlen)
+{
+    if (n < 1 || n > max)
+        return pd_errf(err, errlen, n ? -E2BIG : -EBADMSG,
+                       "frame: %s: %" PRIu32 " %s is outside 1..%u", what, n, of, max);
+    return 0;
+}
+
 static int check_prefill(const struct pd_prefill *p, char *err, size_t errlen)
 {
     int rc;
-    if ((rc = check_reqref(p->request_id, "PREFILL", err, errlen)) < 0)
+    if ((rc = check_reqref(p->request_id, "PREFILL", err, errlen)) < 0 ||
+        (rc = check_num("PREFILL", p->n_tokens, "tokens", PD_PROTO_MAX_TOKENS, err, errlen)) < 0)
         return rc;
-    if (p->n_tokens < 1 || p->n_tokens > PD_PROTO_MAX_TOKENS)
-        return pd_errf(err, errlen, p->n_tokens ? -E2BIG : -EBADMSG,
-                       "frame: PREFILL: %" PRIu32 " tokens is outside 1..%u", p->n_tokens,
-                       PD_PROTO_MAX_TOKENS);
     if (p->block_size < 1 || p->block_size > PD_PROTO_MAX_BLOCK_SIZE)
         return pd_errf(err, errlen, -EBADMSG,
                        "frame: PREFILL: block size %" PRIu32 " is outside 1..%u", p->block_size,
@@ -239,10 +355,9 @@ static int check_chunk(const struct pd_chunk *c, char *err, size_t errlen)
     int rc;
     if ((rc = check_reqref(c->request_id, "CHUNK", err, errlen)) < 0)
         return rc;
-    if (c->n_blocks < 1 || c->n_blocks > PD_PROTO_MAX_CHUNK_BLOCKS)
-        return pd_errf(err, errlen, c->n_blocks ? -E2BIG : -EBADMSG,
-                       "frame: CHUNK: %" PRIu32 " blocks is outside 1..%u", c->n_blocks,
-                       PD_PROTO_MAX_CHUNK_BLOCKS);
+    rc = check_num("CHUNK", c->n_blocks, "blocks", PD_PROTO_MAX_CHUNK_BLOCKS, err, errlen);
+    if (rc < 0)
+        return rc;
     if ((uint64_t)c->first_block + c->n_blocks > PD_PROTO_MAX_REQ_BLOCKS)
         return pd_errf(err, errlen, -E2BIG,
                        "frame: CHUNK: blocks %" PRIu32 "..+%" PRIu32 " pass the cap of %u",
@@ -330,25 +445,11 @@ static int expect_len(const char *what, size_t got, uint64_t want, char *err, si
     return 0;
 }
 
+/* The dec_* below complete a body whose fixed fields get_fields has read. */
+
 static int dec_prefill(const uint8_t *b, size_t n, struct pd_prefill *p, char *err, size_t errlen)
 {
-    memset(p, 0, sizeof(*p));
-    p->request_id = get_u64(b);
-    p->epoch = get_u32(b + 8);
-    p->n_tokens = get_u32(b + 12);
-    p->n_blocks = get_u32(b + 16);
-    p->block_size = get_u32(b + 20);
-    p->temperature = get_f32(b + 24);
-    p->top_p = get_f32(b + 28);
-    p->min_p = get_f32(b + 32);
-    p->top_k = get_u32(b + 36);
-    p->presence_penalty = get_f32(b + 40);
-    p->frequency_penalty = get_f32(b + 44);
-    p->repetition_penalty = get_f32(b + 48);
-    p->n_logprobs = get_u32(b + 52);
-    p->seed = get_u64(b + 56);
     uint16_t xlen = get_u16(b + 64);
-    p->flags = get_u16(b + 66);
     int rc = check_prefill(p, err, errlen);
     if (rc < 0)
         return rc;
@@ -361,13 +462,6 @@ static int dec_prefill(const uint8_t *b, size_t n, struct pd_prefill *p, char *e
 
 static int dec_chunk(const uint8_t *b, size_t n, struct pd_chunk *c, char *err, size_t errlen)
 {
-    memset(c, 0, sizeof(*c));
-    c->request_id = get_u64(b);
-    c->epoch = get_u32(b + 8);
-    c->first_block = get_u32(b + 12);
-    c->n_blocks = get_u32(b + 16);
-    c->transfer = get_u64(b + 24);
-    c->block_bytes = get_u64(b + 32);
     int rc = check_chunk(c, err, errlen);
     if (rc < 0)
         return rc;
@@ -382,13 +476,6 @@ static int dec_chunk(const uint8_t *b, size_t n, struct pd_chunk *c, char *err, 
 
 static int dec_done(const uint8_t *b, size_t n, struct pd_done *d, char *err, size_t errlen)
 {
-    memset(d, 0, sizeof(*d));
-    d->request_id = get_u64(b);
-    d->epoch = get_u32(b + 8);
-    d->n_prompt = get_u32(b + 12);
-    d->token = get_u32(b + 16);
-    d->logprob = get_f32(b + 20);
-    d->n_top = get_u32(b + 24);
     if (d->n_top > PD_PROTO_MAX_LOGPROBS) /* before the loop below reads top[] */
         return pd_errf(err, errlen, -E2BIG,
                        "frame: DONE: %" PRIu32 " alternatives exceeds the cap of %u", d->n_top,
@@ -407,10 +494,6 @@ static int dec_done(const uint8_t *b, size_t n, struct pd_done *d, char *err, si
 
 static int dec_abort(const uint8_t *b, size_t n, struct pd_abort *a, char *err, size_t errlen)
 {
-    memset(a, 0, sizeof(*a));
-    a->request_id = get_u64(b);
-    a->epoch = get_u32(b + 8);
-    a->reason = get_u16(b + 12);
     uint16_t dl = get_u16(b + 14);
     int rc;
     if ((rc = check_reqref(a->request_id, "ABORT", err, errlen)) < 0 ||
@@ -423,8 +506,6 @@ static int dec_abort(const uint8_t *b, size_t n, struct pd_abort *a, char *err, 
 
 static int dec_error(const uint8_t *b, size_t n, struct pd_error *e, char *err, size_t errlen)
 {
-    memset(e, 0, sizeof(*e));
-    e->reason = get_u16(b);
     uint16_t dl = get_u16(b + 2);
     int rc;
     if ((rc = check_reason(e->reason, "ERROR", err, errlen)) < 0 ||
@@ -448,8 +529,6 @@ static int check_ucx_addr(const struct pd_ucx_addr *a, char *err, size_t errlen)
 static int dec_ucx_addr(const uint8_t *b, size_t n, struct pd_ucx_addr *a, char *err,
                         size_t errlen)
 {
-    a->token = get_u64(b);
-    a->len = get_u32(b + 8);
     a->addr = b + UCX_ADDR_FIXED;
     if (!all_zero(b + 12, 4))
         return pd_errf(err, errlen, -EBADMSG, "frame: UCX_ADDR: reserved bytes are not zero");
@@ -457,14 +536,6 @@ static int dec_ucx_addr(const uint8_t *b, size_t n, struct pd_ucx_addr *a, char 
     if (rc < 0)
         return rc;
     return expect_len("UCX_ADDR", n, UCX_ADDR_FIXED + (uint64_t)a->len, err, errlen);
-}
-
-static int dec_reqref(const uint8_t *b, const char *what, struct pd_reqref *r, char *err,
-                      size_t errlen)
-{
-    r->request_id = get_u64(b);
-    r->epoch = get_u32(b + 8);
-    return check_reqref(r->request_id, what, err, errlen);
 }
 
 int pd_frame_body_decode(const struct pd_frame_hdr *h, const uint8_t *body, size_t body_len,
@@ -484,13 +555,11 @@ int pd_frame_body_decode(const struct pd_frame_hdr *h, const uint8_t *body, size
                        ti->name, body_len, h->len);
     memset(&f, 0, sizeof(f));
     f.type = h->type;
+    get_fields(ti, body, &f.u);
     switch (h->type) {
     case PD_FT_PREFILL: rc = dec_prefill(body, body_len, &f.u.prefill, err, errlen); break;
     case PD_FT_CHUNK: rc = dec_chunk(body, body_len, &f.u.chunk, err, errlen); break;
     case PD_FT_ACK:
-        f.u.ack.request_id = get_u64(body);
-        f.u.ack.epoch = get_u32(body + 8);
-        f.u.ack.blocks = get_u32(body + 12);
         rc = check_reqref(f.u.ack.request_id, "ACK", err, errlen);
         if (rc == 0 && f.u.ack.blocks > PD_PROTO_MAX_REQ_BLOCKS)
             rc =
@@ -499,11 +568,13 @@ int pd_frame_body_decode(const struct pd_frame_hdr *h, const uint8_t *body, size
         break;
     case PD_FT_DONE: rc = dec_done(body, body_len, &f.u.done, err, errlen); break;
     case PD_FT_ABORT: rc = dec_abort(body, body_len, &f.u.abort, err, errlen); break;
-    case PD_FT_ABORT_ACK: rc = dec_reqref(body, "ABORT_ACK", &f.u.abort_ack, err, errlen); break;
-    case PD_FT_CANCEL: rc = dec_reqref(body, "CANCEL", &f.u.cancel, err, errlen); break;
+    case PD_FT_ABORT_ACK:
+        rc = check_reqref(f.u.abort_ack.request_id, ti->name, err, errlen);
+        break;
+    case PD_FT_CANCEL:
+        rc = check_reqref(f.u.cancel.request_id, ti->name, err, errlen);
+        break;
     case PD_FT_HEARTBEAT:
-        f.u.heartbeat.lease_ms = get_u32(body);
-        f.u.heartbeat.seq = get_u64(body + 8);
         rc = check_heartbeat(&f.u.heartbeat, err, errlen);
         if (rc == 0 && !all_zero(body + 4, 4))
             rc = pd_errf(err, errlen, -EBADMSG, "frame: HEARTBEAT: reserved bytes are not zero");
@@ -511,7 +582,6 @@ int pd_frame_body_decode(const struct pd_frame_hdr *h, const uint8_t *body, size
     case PD_FT_ERROR: rc = dec_error(body, body_len, &f.u.error, err, errlen); break;
     case PD_FT_UCX_ADDR: rc = dec_ucx_addr(body, body_len, &f.u.ucx_addr, err, errlen); break;
     case PD_FT_READY:
-        f.u.ready.token = get_u64(body);
         rc = f.u.ready.token ? 0 : pd_errf(err, errlen, -EBADMSG, "frame: READY: token 0");
         break;
     default:
@@ -613,100 +683,48 @@ static int check_frame(const struct pd_frame *f, char *err, size_t errlen)
     }
 }
 
-static void enc_body(const struct pd_frame *f, uint8_t *b)
+/* The fixed fields from the table, then what follows them, into the n
+ * bytes (pd_frame_body_len) at b. */
+static void enc_body(const struct pd_frame *f, uint8_t *b, size_t n)
 {
+    memset(b, 0, n); /* the reserved bytes */
+    put_fields(type_info(f->type), &f->u, b);
     switch (f->type) {
     case PD_FT_PREFILL: {
         const struct pd_prefill *p = &f->u.prefill;
         size_t xl = strlen(p->xrid);
-        put_u64(b, p->request_id);
-        put_u32(b + 8, p->epoch);
-        put_u32(b + 12, p->n_tokens);
-        put_u32(b + 16, p->n_blocks);
-        put_u32(b + 20, p->block_size);
-        put_f32(b + 24, p->temperature);
-        put_f32(b + 28, p->top_p);
-        put_f32(b + 32, p->min_p);
-        put_u32(b + 36, p->top_k);
-        put_f32(b + 40, p->presence_penalty);
-        put_f32(b + 44, p->frequency_penalty);
-        put_f32(b + 48, p->repetition_penalty);
-        put_u32(b + 52, p->n_logprobs);
-        put_u64(b + 56, p->seed);
         put_u16(b + 64, (uint16_t)xl);
-        put_u16(b + 66, p->flags);
         for (uint32_t i = 0; i < p->n_tokens; i++)
             put_u32(b + PREFILL_FIXED + 4 * (size_t)i, pd_prefill_token(p, i));
         memcpy(b + PREFILL_FIXED + 4 * (size_t)p->n_tokens, p->xrid, xl);
         break;
     }
-    case PD_FT_CHUNK: {
-        const struct pd_chunk *c = &f->u.chunk;
-        put_u64(b, c->request_id);
-        put_u32(b + 8, c->epoch);
-        put_u32(b + 12, c->first_block);
-        put_u32(b + 16, c->n_blocks);
-        put_u32(b + 20, 0);
-        put_u64(b + 24, c->transfer);
-        put_u64(b + 32, c->block_bytes);
-        memcpy(b + CHUNK_FIXED, c->tags, PD_BLOCK_TAG_LEN * (size_t)c->n_blocks);
+    case PD_FT_CHUNK:
+        memcpy(b + CHUNK_FIXED, f->u.chunk.tags, PD_BLOCK_TAG_LEN * (size_t)f->u.chunk.n_blocks);
         break;
-    }
-    case PD_FT_ACK:
-        put_u64(b, f->u.ack.request_id);
-        put_u32(b + 8, f->u.ack.epoch);
-        put_u32(b + 12, f->u.ack.blocks);
-        break;
-    case PD_FT_DONE: {
-        const struct pd_done *d = &f->u.done;
-        put_u64(b, d->request_id);
-        put_u32(b + 8, d->epoch);
-        put_u32(b + 12, d->n_prompt);
-        put_u32(b + 16, d->token);
-        put_f32(b + 20, d->logprob);
-        put_u32(b + 24, d->n_top);
-        put_u32(b + 28, 0);
-        for (uint32_t i = 0; i < d->n_top; i++) {
-            put_u32(b + DONE_FIXED + 8 * i, d->top[i].token);
-            put_f32(b + DONE_FIXED + 8 * i + 4, d->top[i].logprob);
+    case PD_FT_DONE:
+        for (uint32_t i = 0; i < f->u.done.n_top; i++) {
+            put_u32(b + DONE_FIXED + 8 * i, f->u.done.top[i].token);
+            put_f32(b + DONE_FIXED + 8 * i + 4, f->u.done.top[i].logprob);
         }
         break;
-    }
     case PD_FT_ABORT: {
         size_t dl = strlen(f->u.abort.detail);
-        put_u64(b, f->u.abort.request_id);
-        put_u32(b + 8, f->u.abort.epoch);
-        put_u16(b + 12, f->u.abort.reason);
         put_u16(b + 14, (uint16_t)dl);
         memcpy(b + ABORT_FIXED, f->u.abort.detail, dl);
         break;
     }
-    case PD_FT_ABORT_ACK: case PD_FT_CANCEL: {
-        const struct pd_reqref *r = f->type == PD_FT_CANCEL ? &f->u.cancel : &f->u.abort_ack;
-        put_u64(b, r->request_id);
-        put_u32(b + 8, r->epoch);
-        break;
-    }
-    case PD_FT_HEARTBEAT:
-        put_u32(b, f->u.heartbeat.lease_ms);
-        put_u32(b + 4, 0);
-        put_u64(b + 8, f->u.heartbeat.seq);
-        break;
     case PD_FT_ERROR: {
         size_t dl = strlen(f->u.error.detail);
-        put_u16(b, f->u.error.reason);
         put_u16(b + 2, (uint16_t)dl);
         memcpy(b + ERROR_FIXED, f->u.error.detail, dl);
         break;
     }
     case PD_FT_UCX_ADDR:
-        put_u64(b, f->u.ucx_addr.token);
-        put_u32(b + 8, f->u.ucx_addr.len);
-        put_u32(b + 12, 0);
         memcpy(b + UCX_ADDR_FIXED, f->u.ucx_addr.addr, f->u.ucx_addr.len);
         break;
-    case PD_FT_READY: put_u64(b, f->u.ready.token); break;
-    default: break; /* check_frame refused it */
+    default:
+        break; /* the fixed fields are the whole body */
     }
 }
 
@@ -725,7 +743,7 @@ int pd_frame_encode(const struct pd_frame *f, uint64_t seq, uint8_t *buf, size_t
         .seq = seq,
     };
     pd_frame_hdr_encode(&h, buf);
-    enc_body(f, buf + PD_FRAME_HDR_LEN);
+    enc_body(f, buf + PD_FRAME_HDR_LEN, blen);
     *out_len = PD_FRAME_HDR_LEN + blen;
     return 0;
 }

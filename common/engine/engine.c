@@ -126,12 +126,9 @@ static int scratch(struct pd_engine *e, const struct pd_engine_params *p)
     SCRATCH(e->up, T * hp->n_ff, false);
     SCRATCH(e->logits, (size_t)LOGIT_ROWS * hp->n_vocab, false);
     e->logit_cap = LOGIT_ROWS;
-    SCRATCH(e->tok, T, false);
-    SCRATCH(e->pos, T, false);
-    SCRATCH(e->tok_seq, T, false);
-    SCRATCH(e->slot, T, false);
-    SCRATCH(e->tables, (size_t)e->max_items * e->max_blocks, false);
-    SCRATCH(e->runs, (size_t)e->max_items + 1, false);
+    int rc = pd_engine_index_alloc(e, &e->ix, false);
+    if (rc < 0)
+        return rc;
     SCRATCH(e->out_item, T, true);
     SCRATCH(e->out_row, T, true);
     return e->b->scratch(e, p);
@@ -153,6 +150,22 @@ static int kv_pool(struct pd_engine *e, const struct pd_engine_params *p, char *
     return pd_kvcache_new(&kp, &e->kc, err, errlen);
 }
 
+/* The engine's parts, in order; what a failure leaves built, pd_engine_free
+ * takes (it accepts any part). */
+static int build(struct pd_engine *e, const struct pd_engine_params *p, char *err, size_t errlen)
+{
+    int rc;
+    if (!(e->b = backend(p->device, err, errlen)))
+        return p->device == PD_DEVICE_CUDA ? -ENOTSUP : -EINVAL;
+    if ((rc = sizes(e, p, err, errlen)) < 0 || (rc = e->b->init(e, p, err, errlen)) < 0)
+        return rc;
+    if (scratch(e, p) < 0)
+        return pd_errf(err, errlen, -ENOMEM, "engine: out of memory for scratch buffers");
+    if ((rc = kv_pool(e, p, err, errlen)) < 0)
+        return rc;
+    return e->b->ready ? e->b->ready(e, p, err, errlen) : 0;
+}
+
 int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char *err,
                   size_t errlen)
 {
@@ -168,25 +181,12 @@ int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char
     e->hp = *pd_model_hparams(p->model);
     e->device = p->device;
     e->w_type = PD_DT_F32;
-    if (!(e->b = backend(p->device, err, errlen))) {
-        rc = p->device == PD_DEVICE_CUDA ? -ENOTSUP : -EINVAL;
-        goto out_free;
+    if ((rc = build(e, p, err, errlen)) < 0) {
+        pd_engine_free(e);
+        return rc;
     }
-    if ((rc = sizes(e, p, err, errlen)) < 0 || (rc = e->b->init(e, p, err, errlen)) < 0)
-        goto out_free;
-    if ((rc = scratch(e, p)) < 0) {
-        rc = pd_errf(err, errlen, -ENOMEM, "engine: out of memory for scratch buffers");
-        goto out_free;
-    }
-    if ((rc = kv_pool(e, p, err, errlen)) < 0 ||
-        (e->b->ready && (rc = e->b->ready(e, p, err, errlen)) < 0))
-        goto out_free;
     *out = e;
     return 0;
-
-out_free:
-    pd_engine_free(e);
-    return rc;
 }
 
 struct pd_engine *pd_engine_free(struct pd_engine *e)
@@ -382,17 +382,18 @@ int pd_engine_step(struct pd_engine *e, const struct pd_batch_item *items, uint3
     for (uint32_t i = 0; i < n_items; i++) {
         const struct pd_batch_item *it = &items[i];
         const struct pd_kvseq *s = it->seq;
-        memcpy(e->h_tables + (size_t)i * e->max_blocks, s->blocks, s->n_blocks * sizeof(uint32_t));
-        e->h_runs[i] = (int32_t)t;
+        memcpy(e->h_ix.tables + (size_t)i * e->max_blocks, s->blocks,
+               s->n_blocks * sizeof(uint32_t));
+        e->h_ix.runs[i] = (int32_t)t;
         for (uint32_t j = 0; j < it->n_tokens; j++, t++) {
             uint32_t p = s->n_tokens + j;
-            e->h_tok[t] = it->tokens[j];
-            e->h_pos[t] = (int32_t)p;
-            e->h_tok_seq[t] = (int32_t)i;
-            e->h_slot[t] = (int64_t)s->blocks[p / bs] * bs + p % bs;
+            e->h_ix.tok[t] = it->tokens[j];
+            e->h_ix.pos[t] = (int32_t)p;
+            e->h_ix.tok_seq[t] = (int32_t)i;
+            e->h_ix.slot[t] = (int64_t)s->blocks[p / bs] * bs + p % bs;
         }
     }
-    e->h_runs[n_items] = (int32_t)t;
+    e->h_ix.runs[n_items] = (int32_t)t;
     if ((rc = e->b->step(e, items, n_items, T)) < 0) {
         pd_errf(err, errlen, rc, "engine: forward pass failed: %s%s%s", strerror(-rc),
                 device_sep(e), device_error(e));

@@ -96,8 +96,7 @@ static void *cpu_alloc(struct pd_engine *e, size_t bytes, bool host)
 static int cpu_scratch(struct pd_engine *e, const struct pd_engine_params *p)
 {
     (void)p;
-    e->h_tok = e->tok, e->h_pos = e->pos, e->h_tok_seq = e->tok_seq, e->h_slot = e->slot;
-    e->h_tables = e->tables, e->h_runs = e->runs, e->h_logits = e->logits;
+    e->h_ix = e->ix, e->h_logits = e->logits;
     return (e->sampler = pd_sampler_new(e->hp.n_vocab)) ? 0 : -ENOMEM;
 }
 

@@ -268,12 +268,8 @@ static int cu_scratch(struct pd_engine *e, const struct pd_engine_params *p)
      * that a step is one graph, one wait) */
     e->logit_cap = e->max_items > LOGIT_ROWS ? e->max_items : LOGIT_ROWS;
     SCRATCH(e->h_logits, (size_t)e->logit_cap * hp->n_vocab, true);
-    SCRATCH(e->h_tok, T, true);
-    SCRATCH(e->h_pos, T, true);
-    SCRATCH(e->h_tok_seq, T, true);
-    SCRATCH(e->h_slot, T, true);
-    SCRATCH(e->h_tables, (size_t)e->max_items * e->max_blocks, true);
-    SCRATCH(e->h_runs, (size_t)e->max_items + 1, true);
+    if (pd_engine_index_alloc(e, &e->h_ix, true) < 0)
+        return -ENOMEM;
     /* decode steps (at most max_items tokens) may split their contexts;
      * larger steps run unsplit (the launcher's rule) */
     e->attn_ws_bytes = pd_attn_workspace_bytes(e->max_items, hp->n_head, hp->head_dim,

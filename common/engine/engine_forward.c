@@ -46,9 +46,14 @@ static int rope(const struct fwd *f, float *x, uint32_t n_heads)
 {
     const struct pd_engine *e = f->e;
     const struct pd_hparams *hp = &e->hp;
-    struct pd_rope_args a = {.x = x, .pos = e->pos, .n_tokens = f->T, .n_heads = n_heads,
-                             .head_dim = hp->head_dim, .rope_dim = hp->rope_dim,
-                             .freq_base = hp->rope_freq_base, .freq_scale = e->rope_scale,
+    struct pd_rope_args a = {.x = x,
+                             .pos = e->ix.pos,
+                             .n_tokens = f->T,
+                             .n_heads = n_heads,
+                             .head_dim = hp->head_dim,
+                             .rope_dim = hp->rope_dim,
+                             .freq_base = hp->rope_freq_base,
+                             .freq_scale = e->rope_scale,
                              .freq_factors = e->rope_factors};
     return f->k->rope(&a, f->s);
 }
@@ -56,9 +61,14 @@ static int rope(const struct fwd *f, float *x, uint32_t n_heads)
 static int kv_write(const struct fwd *f, uint32_t l)
 {
     const struct pd_engine *e = f->e;
-    struct pd_kv_write_args a = {.pool = pd_kvcache_pool(e->kc), .kv = *pd_kvcache_layout(e->kc),
-                                 .layer = l, .k = e->kk, .v = e->vv, .slot = e->slot,
-                                 .n_tokens = f->T, .pool_type = pd_kvcache_dtype(e->kc)};
+    struct pd_kv_write_args a = {.pool = pd_kvcache_pool(e->kc),
+                                 .kv = *pd_kvcache_layout(e->kc),
+                                 .layer = l,
+                                 .k = e->kk,
+                                 .v = e->vv,
+                                 .slot = e->ix.slot,
+                                 .n_tokens = f->T,
+                                 .pool_type = pd_kvcache_dtype(e->kc)};
     return f->k->kv_write(&a, f->s);
 }
 
@@ -66,14 +76,25 @@ static int attend(const struct fwd *f, uint32_t l)
 {
     const struct pd_engine *e = f->e;
     const struct pd_hparams *hp = &e->hp;
-    struct pd_attn_args a = {.out = e->att, .q = e->q, .pool = pd_kvcache_pool(e->kc),
-                             .kv = *pd_kvcache_layout(e->kc), .layer = l, .n_tokens = f->T,
-                             .n_head = hp->n_head, .tok_seq = e->tok_seq, .tok_pos = e->pos,
-                             .block_tables = e->tables, .max_blocks = e->max_blocks,
+    struct pd_attn_args a = {.out = e->att,
+                             .q = e->q,
+                             .pool = pd_kvcache_pool(e->kc),
+                             .kv = *pd_kvcache_layout(e->kc),
+                             .layer = l,
+                             .n_tokens = f->T,
+                             .n_head = hp->n_head,
+                             .tok_seq = e->ix.tok_seq,
+                             .tok_pos = e->ix.pos,
+                             .block_tables = e->ix.tables,
+                             .max_blocks = e->max_blocks,
                              .scale = 1.0f / sqrtf((float)hp->head_dim),
-                             .pool_type = pd_kvcache_dtype(e->kc), .max_ctx = e->max_model_len,
-                             .workspace = e->attn_ws, .workspace_bytes = e->attn_ws_bytes,
-                             .run_start = e->runs, .n_runs = f->n_runs, .max_run = f->max_run};
+                             .pool_type = pd_kvcache_dtype(e->kc),
+                             .max_ctx = e->max_model_len,
+                             .workspace = e->attn_ws,
+                             .workspace_bytes = e->attn_ws_bytes,
+                             .run_start = e->ix.runs,
+                             .n_runs = f->n_runs,
+                             .max_run = f->max_run};
     return f->k->attention(&a, f->s);
 }
 
@@ -92,8 +113,12 @@ static int embed(const struct fwd *f)
     uint64_t row_bytes;
     if (pd_dtype_row_size(e->tok_embd->type, D, &row_bytes) < 0)
         return -EINVAL;
-    struct pd_embed_args a = {.out = e->x, .table = e->embd_table, .type = e->tok_embd->type,
-                              .row_bytes = row_bytes, .tokens = e->tok, .n_tokens = f->T,
+    struct pd_embed_args a = {.out = e->x,
+                              .table = e->embd_table,
+                              .type = e->tok_embd->type,
+                              .row_bytes = row_bytes,
+                              .tokens = e->ix.tok,
+                              .n_tokens = f->T,
                               .dim = D};
     return f->k->embed(&a, f->s);
 }
@@ -237,21 +262,34 @@ int pd_engine_fwd(struct pd_engine *e, const struct pd_batch_item *items, uint32
     return head(&f, items, n_items, pending);
 }
 
+int pd_engine_index_alloc(struct pd_engine *e, struct pd_step_index *ix, bool host)
+{
+    const size_t T = e->max_tokens, items = e->max_items;
+    void *(*alloc)(struct pd_engine *, size_t, bool) = e->b->alloc; /* freed with e */
+    ix->tok = alloc(e, T * sizeof(*ix->tok), host);
+    ix->pos = alloc(e, T * sizeof(*ix->pos), host);
+    ix->tok_seq = alloc(e, T * sizeof(*ix->tok_seq), host);
+    ix->slot = alloc(e, T * sizeof(*ix->slot), host);
+    ix->tables = alloc(e, items * e->max_blocks * sizeof(*ix->tables), host);
+    ix->runs = alloc(e, (items + 1) * sizeof(*ix->runs), host);
+    return ix->tok && ix->pos && ix->tok_seq && ix->slot && ix->tables && ix->runs ? 0 : -ENOMEM;
+}
+
 int pd_engine_fwd_upload(struct pd_engine *e, uint32_t n_items, uint32_t T)
 {
     int rc = 0;
-    if (e->h_tok == e->tok)
+    if (e->h_ix.tok == e->ix.tok)
         return 0;
     /* a sequence's table past its blocks is not read (positions bound it) */
     const struct pd_backend *k = e->b;
     void *s = e->stream;
-    if ((rc = k->copy(e->tok, e->h_tok, T * sizeof(*e->tok), s)) < 0 ||
-        (rc = k->copy(e->pos, e->h_pos, T * sizeof(*e->pos), s)) < 0 ||
-        (rc = k->copy(e->tok_seq, e->h_tok_seq, T * sizeof(*e->tok_seq), s)) < 0 ||
-        (rc = k->copy(e->slot, e->h_slot, T * sizeof(*e->slot), s)) < 0 ||
-        (rc = k->copy(e->runs, e->h_runs, (n_items + 1) * sizeof(*e->runs), s)) < 0 ||
-        (rc = k->copy(e->tables, e->h_tables,
-                      (size_t)n_items * e->max_blocks * sizeof(*e->tables), s)) < 0)
+    if ((rc = k->copy(e->ix.tok, e->h_ix.tok, T * sizeof(*e->ix.tok), s)) < 0 ||
+        (rc = k->copy(e->ix.pos, e->h_ix.pos, T * sizeof(*e->ix.pos), s)) < 0 ||
+        (rc = k->copy(e->ix.tok_seq, e->h_ix.tok_seq, T * sizeof(*e->ix.tok_seq), s)) < 0 ||
+        (rc = k->copy(e->ix.slot, e->h_ix.slot, T * sizeof(*e->ix.slot), s)) < 0 ||
+        (rc = k->copy(e->ix.runs, e->h_ix.runs, (n_items + 1) * sizeof(*e->ix.runs), s)) < 0 ||
+        (rc = k->copy(e->ix.tables, e->h_ix.tables,
+                      (size_t)n_items * e->max_blocks * sizeof(*e->ix.tables), s)) < 0)
         return rc;
     return 0;
 }

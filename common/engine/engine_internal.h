@@ -51,6 +51,16 @@ struct layer_w {
     struct pd_mat w_down; /* (n_embd, n_ff) */
 };
 
+/* A step's index arrays: where the kernels read them (struct pd_engine's ix)
+ * and as the step builds them on the host (h_ix: ix itself on the CPU, its
+ * page-locked staging on a GPU). */
+struct pd_step_index {
+    int32_t *tok, *pos, *tok_seq; /* (T) */
+    int64_t *slot; /* (T) */
+    uint32_t *tables; /* (max_items, max_blocks) */
+    int32_t *runs; /* (max_items + 1) where each item's tokens start (the prefill kernel's runs) */
+};
+
 struct pd_backend {
     const char *name;
     /* ---- the kernels, enqueued on the engine's stream (NULL on the CPU);
@@ -117,7 +127,7 @@ struct pd_engine {
     struct pd_mat w_out; /* (n_vocab, n_embd) */
     const float *rope_factors; /* (rope_dim / 2) or NULL */
     float rope_scale;
-    float **owned; /* dequantized weights this engine allocated */
+    void **owned; /* dequantized weights (float) this engine allocated */
     size_t n_owned;
     void **dev; /* device memory this engine allocated */
     size_t n_dev;
@@ -162,16 +172,8 @@ struct pd_engine {
     float *kk, *vv; /* (T, n_head_kv * head_dim) */
     float *att; /* (T, n_head * head_dim) */
     float *gate, *up; /* (T, n_ff) */
-    int32_t *tok, *pos, *tok_seq; /* (T) */
-    int64_t *slot; /* (T) */
-    uint32_t *tables; /* (max_items, max_blocks) */
-    int32_t *runs; /* (max_items + 1) where each item's tokens start (the prefill kernel's runs) */
-    /* the same index arrays as the step builds them on the host: the arrays
-     * above themselves on the CPU, their staging on a GPU */
-    int32_t *h_tok, *h_pos, *h_tok_seq, *h_runs;
+    struct pd_step_index ix, h_ix;
     float *h_logits; /* (logit_cap, n_vocab) */
-    int64_t *h_slot;
-    uint32_t *h_tables;
     uint32_t w_type; /* the GPU's matrices' elements: F32 or BF16 */
     void *xs; /* (max(T, LOGIT_ROWS), max(n_embd, n_head * head_dim, n_ff)) bf16: a GEMM's x
                * rounded for bf16 matrices (GPU) */
@@ -197,6 +199,9 @@ void pd_engine_mem_free(struct pd_engine *e);
  * it can be captured as a CUDA graph. */
 int pd_engine_fwd(struct pd_engine *e, const struct pd_batch_item *items, uint32_t n_items,
                   uint32_t T, uint32_t *pending);
+/* index arrays for max_tokens tokens (e->ix, or e->h_ix when host) from
+ * e->b->alloc; -ENOMEM */
+int pd_engine_index_alloc(struct pd_engine *e, struct pd_step_index *ix, bool host);
 /* the step's index arrays to where the kernels read them (nothing to do
  * when they are built in place) */
 int pd_engine_fwd_upload(struct pd_engine *e, uint32_t n_items, uint32_t T);

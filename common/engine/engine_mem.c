@@ -26,7 +26,7 @@ const float *pd_engine_weight_f32(struct pd_engine *e, const struct pd_tensor *t
     if (pd_dtype_row_size(t->type, t->ne[0], &row_bytes) < 0)
         return NULL;
     float *w = malloc(t->ne[0] * rows * sizeof(float));
-    float **o = realloc(e->owned, (e->n_owned + 1) * sizeof(*o));
+    void **o = realloc(e->owned, (e->n_owned + 1) * sizeof(*o));
     if (!w || !o) {
         free(w);
         if (o)
@@ -42,16 +42,18 @@ const float *pd_engine_weight_f32(struct pd_engine *e, const struct pd_tensor *t
     return w;
 }
 
+/* the n blocks of a list, then the list */
+static void free_all(void **list, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(list[i]);
+    free(list);
+}
+
 void pd_engine_mem_free(struct pd_engine *e)
 {
-    for (size_t i = 0; i < e->n_owned; i++)
-        free(e->owned[i]);
-    free(e->owned);
-    e->owned = NULL;
-    e->n_owned = 0;
-    for (size_t i = 0; i < e->n_host; i++)
-        free(e->host[i]);
-    free(e->host);
-    e->host = NULL;
-    e->n_host = 0;
+    free_all(e->owned, e->n_owned);
+    free_all(e->host, e->n_host);
+    e->owned = e->host = NULL;
+    e->n_owned = e->n_host = 0;
 }
