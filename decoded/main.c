@@ -158,8 +158,6 @@ static const struct pd_cfg_opt options[] = {
                  "the key new sessions use when the file or directory holds several",
                  PD_CFG_RELOAD),
     PD_KVX_CFG(struct dec_cfg),
-    PD_CFG_INT("kv-crypto-threads", struct dec_cfg, kv_crypto_threads, "1", 1, 64,
-               "threads verifying block tags"),
     PD_CFG_BOOL("kv-integrity", struct dec_cfg, kv_integrity, "true",
                 "verify a tag on every KV block (off only for measured comparison; peers must "
                 "agree)"),

@@ -75,8 +75,6 @@ static const struct pd_cfg_opt options[] = {
     PD_CFG_STR("kv-psk-file", struct pf_cfg, kv_psk_file, NULL, 4096,
                "pre-shared key file or key directory (required)"),
     PD_KVX_CFG(struct pf_cfg),
-    PD_CFG_INT("kv-crypto-threads", struct pf_cfg, kv_crypto_threads, "1", 1, 64,
-               "threads computing block tags"),
     PD_CFG_BOOL("kv-integrity", struct pf_cfg, kv_integrity, "true",
                 "tag every KV block (off only for measured comparison; peers must agree)"),
     PD_CFG_INT("kv-max-sessions", struct pf_cfg, kv_max_sessions, "64", 1, 4096,

@@ -57,7 +57,8 @@
 
 /* The KV channel's options that both daemons take alike: entries of a
  * common/base/cfg option table for a config struct T with char *kv_data_ports,
- * int64_t kv_lease_ms, kv_handshake_ms and uint64_t kv_staging_memory
+ * int64_t kv_lease_ms, kv_handshake_ms, kv_crypto_threads and uint64_t
+ * kv_staging_memory
  * (pd_kvx_parse_ports reads the first; the last is a GPU engine's
  * kv_staging_bytes, common/engine/engine.h). */
 #define PD_KVX_CFG(T)                                                                              \
@@ -70,7 +71,10 @@
     PD_CFG_INT("kv-lease-ms", T, kv_lease_ms, "3000", 100, 600000,                                 \
                "a silent peer's session ends after this"),                                         \
     PD_CFG_INT("kv-handshake-timeout-ms", T, kv_handshake_ms, "2000", 100, 60000,                  \
-               "a connection must authenticate within this")
+               "a connection must authenticate within this"),                                      \
+    PD_CFG_INT("kv-crypto-threads", T, kv_crypto_threads, "0", 0, PD_KVX_MAX_CRYPTO_THREADS,       \
+               "threads computing and checking block tags on the CPU (0: a quarter of the CPUs "   \
+               "this process may run on, at least 1)")
 
 struct event_base;
 struct pd_kvx;
@@ -131,7 +135,7 @@ struct pd_kvx_params {
     const struct pd_kv_layout *layout; /* the handshake's; block_bytes is the block size */
     void *pool; /* pool_blocks * layout->block_bytes bytes */
     uint32_t pool_blocks;
-    unsigned crypto_threads; /* 0 = 1 */
+    unsigned crypto_threads; /* 0 = pd_kvx_default_crypto_threads() */
     int no_integrity; /* 1: no block tags (benchmarks only; both sides must agree) */
     int no_mm_error_handling; /* 1: leave UCX posix/sysv shared memory off in PEER mode */
     uint32_t lease_ms; /* 0 = 3000 */
@@ -169,6 +173,12 @@ struct pd_kvx_stats {
     uint64_t transfer_ns; /* D: sum over completed requests of PREFILL sent -> DONE */
     uint64_t handshake_ns; /* D: sum over handshakes of connect -> session up */
 };
+
+/* Threads tagging and verifying blocks on the CPU when the parameters say
+ * 0: a quarter of the CPUs this process may run on (its affinity mask),
+ * at least 1, at most PD_KVX_MAX_CRYPTO_THREADS. */
+#define PD_KVX_MAX_CRYPTO_THREADS 64
+unsigned pd_kvx_default_crypto_threads(void);
 
 /* Writes no environment: either side may make its object while the
  * daemon's other threads run (decoded does when a reload names its first

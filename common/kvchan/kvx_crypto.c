@@ -5,11 +5,10 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
-
-#define PD_KVX_MAX_CRYPTO_THREADS 64
 
 /* A FIFO of jobs linked through their next; tail points at the link the
  * next job goes in (at head while the FIFO is empty). */
@@ -90,10 +89,19 @@ static void *worker(void *arg)
     return NULL;
 }
 
+unsigned pd_kvx_default_crypto_threads(void)
+{
+    cpu_set_t set;
+    long n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set)
+                                                         : sysconf(_SC_NPROCESSORS_ONLN);
+    n /= 4;
+    return n < 1 ? 1 : n > PD_KVX_MAX_CRYPTO_THREADS ? PD_KVX_MAX_CRYPTO_THREADS : (unsigned)n;
+}
+
 int pd_kvx_crypto_new(unsigned threads, struct pd_kvx_crypto **out, int *notify_fd)
 {
     if (threads == 0)
-        threads = 1;
+        threads = pd_kvx_default_crypto_threads();
     if (threads > PD_KVX_MAX_CRYPTO_THREADS)
         return -E2BIG;
     struct pd_kvx_crypto *c = calloc(1, sizeof *c);

@@ -7,14 +7,17 @@
  *                   [--inflight-mib 16]: bytes of runs kept in flight (2 to 256 runs)
  *   kvx_bench lat   --connect IP:P --ip IP [--n 200]      one-block latency (PREFILL -> DONE)
  *   kvx_bench hs    --connect IP:P --ip IP [--n 30]       connect + handshake latency
- *   kvx_bench tags  [--block-bytes B]                     tag GB/s on one thread
+ *   kvx_bench tags  [--block-bytes B]                     tag GB/s on one thread, and
+ *                                                         kvx's default crypto threads here
  *   (--no-mm-error-handling: leave UCX's shared memory off in PEER mode, to compare)
  *
  * Both sides need the same --block-bytes and --no-integrity. Pools are larger
  * than the last-level cache (--pool-mib, default 256 MiB each side) and runs
  * rotate through them, so no run is served from the cache. Block contents are
  * not checked here (tests/integration/test_kvx.py does that). Output lines:
- *   bw SIZE GBPS transports    lat USEC    hs USEC    tags GBPS
+ *   bw SIZE GBPS transports    lat USEC    hs USEC    tags GBPS    crypto-threads N
+ * --crypto-threads N sets both sides' threads (default 0: kvx's default, a
+ * quarter of the CPUs the process may run on).
  * Timings never decide a test.
  */
 #include "bench_util.h"
@@ -31,7 +34,7 @@
 #include <time.h>
 
 static const char *ip = "127.0.0.1", *connect_to, *sizes_arg = "16K,64K,256K,1M,4M,16M,64M";
-static unsigned port = 14579, reps = 5, n_iter = 0, crypto_threads = 1;
+static unsigned port = 14579, reps = 5, n_iter = 0, crypto_threads; /* 0: kvx's default */
 static uint64_t inflight_mib = 16; /* bw: bytes of runs in flight (2 to 16 runs) */
 static uint64_t block_bytes = 16384, pool_mib = 256;
 static int no_integrity, no_mm_eh;
@@ -387,6 +390,7 @@ static int run_tags(void)
         g[r] = (double)nb * block_bytes / (bench_now() - t0) / 1e9;
     }
     printf("tags %" PRIu64 " %.3f\n", block_bytes, median(g, reps));
+    printf("crypto-threads %u\n", pd_kvx_default_crypto_threads());
     free(g);
     free(buf);
     kv_pair_done(&kp);

@@ -171,20 +171,24 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("bench")
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--crypto-threads", type=int, default=1)
+    ap.add_argument("--crypto-threads", type=int, default=0,
+                    help="both sides' tag threads (0: kvx's default, a quarter of the CPUs)")
     ap.add_argument("--quick", action="store_true", help="1M and 16M only, 2 reps")
     a = ap.parse_args()
     sizes = ["1M", "16M"] if a.quick else SIZES
     reps = 2 if a.quick else a.reps
     pool_mib = max(256, 4 * llc_bytes() >> 20)
-    ct = a.crypto_threads
+    out = subprocess.run([a.bench, "tags", "--reps", "3"], capture_output=True, text=True,
+                         check=True).stdout
+    tags = parse(out, "tags")
+    tag_gbps = float(tags["16384"][0])
+    default_ct = int(next(iter(parse(out, "crypto-threads"))))
+    ct = a.crypto_threads or default_ct
     common = ["--pool-mib", str(pool_mib), "--crypto-threads", str(ct)]
     print("# KV transfer: kvx_bench beside ucx_perftest (-e), %d cores, LLC %d MiB, pools %d MiB,"
-          " crypto threads %d, medians of %d" % (os.cpu_count(), llc_bytes() >> 20, pool_mib,
-                                                 ct, reps))
-    tags = parse(subprocess.run([a.bench, "tags", "--reps", "3"], capture_output=True, text=True,
-                                check=True).stdout, "tags")
-    tag_gbps = float(tags["16384"][0])
+          " crypto threads %d%s, medians of %d"
+          % (os.cpu_count(), llc_bytes() >> 20, pool_mib, ct,
+             " (kvx's default here)" if ct == default_ct else "", reps))
     print("# block tags, one thread, 16 KiB blocks: %.2f GB/s" % tag_gbps)
     rows = [Row("shared memory (UCX default, MM_ERROR_HANDLING=y)", {"UCX_MM_ERROR_HANDLING": "y"},
                 "127.0.0.1", "127.0.0.1"),

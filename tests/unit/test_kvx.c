@@ -1,6 +1,7 @@
 /* common/kvchan/kvx pieces that need no UCX peer: building the iovec of a run of pool
  * blocks, the crypto worker pool (tags made on one thread verify on another;
- * one flipped byte is caught and named), the KV port's protocol between two
+ * one flipped byte is caught and named; how many threads it takes by
+ * default), the KV port's protocol between two
  * in-memory parties (kvx_port.c), and the new/free ladder. The
  * transport itself is tested between real processes in
  * tests/integration/test_kvx.py. */
@@ -11,6 +12,7 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <poll.h>
+#include <sched.h>
 
 enum { BB = 64 };
 static uint8_t pool[16 * BB];
@@ -420,10 +422,33 @@ static void kv_port_fuzz_seeds_are_genuine(void)
     }
 }
 
+/* 0 crypto threads: a quarter of the CPUs this process may run on, at least
+ * one; pinned to one CPU, one */
+static void kvx_crypto_threads_default_to_a_quarter_of_the_cpus(void)
+{
+    cpu_set_t all, one;
+    CHECK(sched_getaffinity(0, sizeof all, &all) == 0);
+    int n = CPU_COUNT(&all);
+    CHECK_EQ_INT(pd_kvx_default_crypto_threads(),
+                 n / 4 < 1 ? 1 : n / 4 > PD_KVX_MAX_CRYPTO_THREADS ? PD_KVX_MAX_CRYPTO_THREADS
+                                                                 : n / 4);
+    CPU_ZERO(&one);
+    for (int c = 0; c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, &all)) {
+            CPU_SET(c, &one);
+            break;
+        }
+    CHECK(sched_setaffinity(0, sizeof one, &one) == 0);
+    unsigned pinned = pd_kvx_default_crypto_threads();
+    CHECK(sched_setaffinity(0, sizeof all, &all) == 0);
+    CHECK_EQ_INT(pinned, 1);
+}
+
 static const struct pd_test tests[] = {
     PD_TEST(kvx_iov_merges_adjacent_blocks),
     PD_TEST(kvx_iov_keeps_non_adjacent_blocks_apart),
     PD_TEST(kvx_crypto_tags_verify_and_catch_one_flipped_byte),
+    PD_TEST(kvx_crypto_threads_default_to_a_quarter_of_the_cpus),
     PD_TEST(kvx_new_refuses_missing_pieces_and_free_accepts_null),
     PD_TEST(kvx_new_and_free_on_loopback),
     PD_TEST(kvx_parse_ports_takes_lo_hi_and_refuses_the_rest),
