@@ -1,0 +1,364 @@
+/* tests/kernels/test_tag.c: the GPU block tags (kernels/tag.cu) against
+ *   - known answers from an implementation independent of ours and of
+ *     libsodium: OpenSSL's Poly1305 (Python's `cryptography`, 48.0), over
+ *     the message stream gen() below with the key key_kat(), at the sizes the
+ *     KV channel meets (0, 1, 15, 16, 17 bytes, 16 KiB, a 2 MiB block, with
+ *     and without the 24-byte authenticated prefix), and RFC 8439's vectors
+ *     (2.5.2, and A.3's 5-11 for the final reduction's corners);
+ *     PyNaCl 1.5 has no crypto_onetimeauth binding, so it could not be the
+ *     source;
+ *   - libsodium's crypto_onetimeauth (the CPU peer's tags) on random keys,
+ *     lengths, prefixes and data alignments;
+ *   - its own verify launcher: a match, a flipped bit in data, tag, key or
+ *     prefix, and an impossible prefix length.
+ * Without a usable GPU the device tests exit 77 with the reason; the same
+ * program built against tests/kernels/emu/ (tag_emulated) runs the kernel's
+ * code on the CPU, bit for bit. PD_TEST_SEED=N draws other cases.
+ */
+#include "pd_test.h"
+
+#include "cuda_util.h"
+#include "tag.h"
+
+#include <errno.h>
+#include <sodium.h>
+
+static void need_gpu(void)
+{
+    static int rc = 1;
+    static char why[256];
+    if (rc == 1)
+        rc = pd_cuda_probe(why, sizeof why);
+    const char *reason = why;
+    if (rc < 0)
+        PD_SKIP(reason);
+}
+
+static uint64_t rng_state;
+
+static uint64_t rnd64(void)
+{
+    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static void rnd_bytes(uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        p[i] = (uint8_t)(rnd64() >> 24);
+}
+
+/* the known-answer message stream and key (the generator in the comment of
+ * kats[] below computes the same bytes) */
+static uint8_t gen(uint64_t i)
+{
+    return (uint8_t)((i * 167 + 13) ^ (i >> 11));
+}
+
+static void key_kat(uint8_t key[PD_TAG_KEY_LEN])
+{
+    for (int i = 0; i < PD_TAG_KEY_LEN; i++)
+        key[i] = (uint8_t)(0xA5 ^ (i * 37));
+}
+
+/* One message as the kernel sees it: a job on the host, its data in host
+ * memory at offset `align` of an allocation, to be copied to the device at
+ * the same offset. */
+struct msg {
+    struct pd_tag_job job;
+    uint8_t *host; /* align + len bytes */
+    size_t align;
+};
+
+static void msg_set(struct msg *m, const uint8_t key[PD_TAG_KEY_LEN], const uint8_t *prefix,
+                    uint32_t plen, const uint8_t *data, size_t len, size_t align)
+{
+    memset(m, 0, sizeof(*m));
+    memcpy(m->job.key, key, PD_TAG_KEY_LEN);
+    if (plen <= PD_TAG_PREFIX_MAX)
+        memcpy(m->job.prefix, prefix, plen);
+    m->job.prefix_len = plen;
+    m->job.len = len;
+    m->align = align;
+    m->host = malloc(align + len + 1);
+    if (!m->host)
+        abort();
+    memcpy(m->host + align, data, len);
+}
+
+/* Device copies of n messages' data and jobs; tags (and, with want, ok
+ * flags) back to the host. Returns the launcher's errno or 0. */
+static int run_gpu(struct msg *m, uint32_t n, const uint8_t *want, uint8_t *tags, uint8_t *ok)
+{
+    struct pd_tag_job *jobs = calloc(n, sizeof(*jobs));
+    void **dd = calloc(n, sizeof(*dd));
+    void *djobs = NULL, *dout = NULL, *dwant = NULL;
+    CHECK(jobs && dd);
+    for (uint32_t i = 0; i < n; i++) {
+        CHECK(pd_cuda_malloc(&dd[i], m[i].align + m[i].job.len + 1) == 0);
+        CHECK(pd_cuda_memcpy(dd[i], m[i].host, m[i].align + m[i].job.len) == 0);
+        jobs[i] = m[i].job;
+        jobs[i].data = (uint8_t *)dd[i] + m[i].align;
+    }
+    CHECK(pd_cuda_malloc(&djobs, n * sizeof(*jobs)) == 0);
+    CHECK(pd_cuda_memcpy(djobs, jobs, n * sizeof(*jobs)) == 0);
+    CHECK(pd_cuda_malloc(&dout, (size_t)n * PD_TAG_LEN) == 0);
+    CHECK(pd_cuda_memset(dout, 0xee, (size_t)n * PD_TAG_LEN) == 0);
+    int rc;
+    if (want) {
+        CHECK(pd_cuda_malloc(&dwant, (size_t)n * PD_TAG_LEN) == 0);
+        CHECK(pd_cuda_memcpy(dwant, want, (size_t)n * PD_TAG_LEN) == 0);
+        rc = pd_tag_verify_cuda(djobs, n, dwant, dout, NULL);
+    } else {
+        rc = pd_tag_cuda(djobs, n, dout, NULL);
+    }
+    if (rc == 0)
+        rc = pd_cuda_sync();
+    if (rc == 0)
+        CHECK(pd_cuda_memcpy(want ? ok : tags, dout, want ? n : (size_t)n * PD_TAG_LEN) == 0);
+    for (uint32_t i = 0; i < n; i++)
+        pd_cuda_free(dd[i]);
+    pd_cuda_free(djobs);
+    pd_cuda_free(dout);
+    pd_cuda_free(dwant);
+    free(dd);
+    free(jobs);
+    return rc;
+}
+
+static void msgs_free(struct msg *m, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        free(m[i].host);
+}
+
+/* libsodium's tag of prefix || data */
+static void cpu_tag(const struct msg *m, uint8_t tag[PD_TAG_LEN])
+{
+    crypto_onetimeauth_state st;
+    crypto_onetimeauth_init(&st, m->job.key);
+    crypto_onetimeauth_update(&st, m->job.prefix, m->job.prefix_len);
+    crypto_onetimeauth_update(&st, m->host + m->align, m->job.len);
+    crypto_onetimeauth_final(&st, tag);
+}
+
+static void hex(const uint8_t *b, char out[2 * PD_TAG_LEN + 1])
+{
+    for (int i = 0; i < PD_TAG_LEN; i++)
+        snprintf(out + 2 * i, 3, "%02x", b[i]);
+}
+
+/* OpenSSL's tags, from:
+ *   from cryptography.hazmat.primitives.poly1305 import Poly1305
+ *   gen = lambda n: bytes(((i * 167 + 13) ^ (i >> 11)) & 0xff for i in range(n))
+ *   key = bytes((0xA5 ^ (i * 37)) & 0xff for i in range(32))
+ *   Poly1305.generate_tag(key, gen(prefix + size)).hex()
+ * the first `prefix` bytes of the stream go in the job's prefix. */
+static const struct {
+    uint32_t prefix;
+    uint32_t size;
+    const char *tag;
+} kats[] = {
+    {0, 0, "f5d03f1a41ac8bf6dd386742a994f3de"},
+    {0, 1, "65fee997bc4ae8c50094463fe4218240"},
+    {0, 15, "019bc53ca21ef61c2a0c9412a5f96f5d"},
+    {0, 16, "5d93d041ef8bcdc674fc160f555cf5c7"},
+    {0, 17, "1764ed04c8809e79fb68a157ff11af88"},
+    {0, 16384, "1bb985efefdb97cc16e67166847c63fc"},
+    {0, 2097152, "646b83bfad3dc10d69b79c8329177e3a"},
+    {24, 0, "19ffa648355e069bfa4c5f98f2eef7ff"},
+    {24, 8, "3d6057e9758c57404476c94ffe0eb79e"},
+    {24, 2097152, "1f8d11a2afcf17daa0bc12c8453b987f"},
+    {32, 100, "750b97b850800672c0ff69032d00a476"},
+};
+#define N_KATS (sizeof kats / sizeof kats[0])
+
+static void tag_known_answers(void)
+{
+    need_gpu();
+    struct msg m[N_KATS];
+    uint8_t key[PD_TAG_KEY_LEN], tags[N_KATS * PD_TAG_LEN];
+    key_kat(key);
+    for (size_t i = 0; i < N_KATS; i++) {
+        size_t total = kats[i].prefix + kats[i].size;
+        uint8_t *s = malloc(total + 1);
+        CHECK(s);
+        for (size_t k = 0; k < total; k++)
+            s[k] = gen(k);
+        msg_set(&m[i], key, s, kats[i].prefix, s + kats[i].prefix, kats[i].size, 0);
+        free(s);
+    }
+    CHECK_EQ_INT(run_gpu(m, N_KATS, NULL, tags, NULL), 0);
+    char got[2 * PD_TAG_LEN + 1];
+    for (size_t i = 0; i < N_KATS; i++) {
+        hex(tags + i * PD_TAG_LEN, got);
+        if (strcmp(got, kats[i].tag) != 0)
+            fprintf(stderr, "  prefix %u, size %u\n", kats[i].prefix, kats[i].size);
+        CHECK_STR(got, kats[i].tag);
+    }
+    msgs_free(m, N_KATS);
+}
+
+/* RFC 8439: 2.5.2, and appendix A.3's vectors 5-11, which reach the final
+ * reduction's corners (h at or above p, a carry out of h + s) */
+static const struct {
+    const char *key, *msg, *tag;
+} rfc[] = {
+    {"85d6be7857556d337f4452fe42d506a80103808afb0db2fd4abff6af4149f51b",
+     "43727970746f6772617068696320466f72756d2052657365617263682047726f7570",
+     "a8061dc1305136c6c22b8baf0c0127a9"},
+    {"0200000000000000000000000000000000000000000000000000000000000000",
+     "ffffffffffffffffffffffffffffffff", "03000000000000000000000000000000"},
+    {"02000000000000000000000000000000ffffffffffffffffffffffffffffffff",
+     "02000000000000000000000000000000", "03000000000000000000000000000000"},
+    {"0100000000000000000000000000000000000000000000000000000000000000",
+     "fffffffffffffffffffffffffffffffff0ffffffffffffffffffffffffffffff"
+     "11000000000000000000000000000000",
+     "05000000000000000000000000000000"},
+    {"0100000000000000000000000000000000000000000000000000000000000000",
+     "fffffffffffffffffffffffffffffffffbfefefefefefefefefefefefefefefe"
+     "01010101010101010101010101010101",
+     "00000000000000000000000000000000"},
+    {"0200000000000000000000000000000000000000000000000000000000000000",
+     "fdffffffffffffffffffffffffffffff", "faffffffffffffffffffffffffffffff"},
+    {"0100000000000000040000000000000000000000000000000000000000000000",
+     "e33594d7505e43b900000000000000003394d7505e4379cd0100000000000000"
+     "0000000000000000000000000000000001000000000000000000000000000000",
+     "14000000000000005500000000000000"},
+    {"0100000000000000040000000000000000000000000000000000000000000000",
+     "e33594d7505e43b900000000000000003394d7505e4379cd0100000000000000"
+     "00000000000000000000000000000000",
+     "13000000000000000000000000000000"},
+};
+#define N_RFC (sizeof rfc / sizeof rfc[0])
+
+static size_t unhex(const char *h, uint8_t *out)
+{
+    size_t n = strlen(h) / 2;
+    for (size_t i = 0; i < n; i++) {
+        unsigned v;
+        sscanf(h + 2 * i, "%2x", &v);
+        out[i] = (uint8_t)v;
+    }
+    return n;
+}
+
+static void tag_rfc8439_vectors(void)
+{
+    need_gpu();
+    struct msg m[N_RFC];
+    uint8_t tags[N_RFC * PD_TAG_LEN], key[PD_TAG_KEY_LEN], msg[64];
+    for (size_t i = 0; i < N_RFC; i++) {
+        CHECK_EQ_INT(unhex(rfc[i].key, key), PD_TAG_KEY_LEN);
+        size_t len = unhex(rfc[i].msg, msg);
+        /* split where a block tag splits: up to 24 bytes in the prefix */
+        uint32_t plen = (uint32_t)(len < 24 ? len / 2 : 24);
+        msg_set(&m[i], key, msg, plen, msg + plen, len - plen, i % 8);
+    }
+    CHECK_EQ_INT(run_gpu(m, N_RFC, NULL, tags, NULL), 0);
+    char got[2 * PD_TAG_LEN + 1];
+    for (size_t i = 0; i < N_RFC; i++) {
+        hex(tags + i * PD_TAG_LEN, got);
+        CHECK_STR(got, rfc[i].tag);
+    }
+    msgs_free(m, N_RFC);
+}
+
+/* Random keys (including r and s with every bit set, where the final
+ * reduction and the carry out of s are exercised), lengths around the chunk
+ * and lane boundaries, every prefix length, data at every alignment. */
+static void tag_matches_libsodium(void)
+{
+    need_gpu();
+    enum { N = 96 };
+    static const uint32_t sizes[] = {0, 1, 7, 8, 15, 16, 17, 31, 33, 100, 8191, 8192,
+                                     8200, 16 * PD_TAG_LANES - 24, 16 * PD_TAG_LANES + 5,
+                                     65536, 262144 + 3};
+    struct msg m[N];
+    uint8_t tags[N * PD_TAG_LEN], want[PD_TAG_LEN];
+    for (uint32_t i = 0; i < N; i++) {
+        uint8_t key[PD_TAG_KEY_LEN], prefix[PD_TAG_PREFIX_MAX];
+        rnd_bytes(key, sizeof key);
+        if (i % 8 == 0)
+            memset(key, 0xff, sizeof key);
+        rnd_bytes(prefix, sizeof prefix);
+        size_t len = i < 2 * 17 ? sizes[i % 17] : rnd64() % 3000;
+        uint8_t *data = malloc(len + 1);
+        CHECK(data);
+        rnd_bytes(data, len);
+        if (i % 16 == 1)
+            memset(data, 0xff, len);
+        msg_set(&m[i], key, prefix, (uint32_t)(i % 4 == 0 ? 24 : rnd64() % 33), data, len,
+                (size_t)(rnd64() % 8));
+        free(data);
+    }
+    CHECK_EQ_INT(run_gpu(m, N, NULL, tags, NULL), 0);
+    for (uint32_t i = 0; i < N; i++) {
+        cpu_tag(&m[i], want);
+        if (memcmp(tags + i * PD_TAG_LEN, want, PD_TAG_LEN) != 0)
+            fprintf(stderr, "  job %u: prefix %u, len %llu, align %zu\n", i, m[i].job.prefix_len,
+                    (unsigned long long)m[i].job.len, m[i].align);
+        CHECK(memcmp(tags + i * PD_TAG_LEN, want, PD_TAG_LEN) == 0);
+    }
+    msgs_free(m, N);
+}
+
+/* verify: 1 for the genuine tag; 0 for a flipped bit anywhere it covers,
+ * for another key, and for a prefix length no job can have */
+static void tag_verify_fails_closed(void)
+{
+    need_gpu();
+    enum { N = 6 };
+    struct msg m[N];
+    uint8_t key[PD_TAG_KEY_LEN], prefix[24], data[4096], want[N * PD_TAG_LEN], ok[N];
+    rnd_bytes(key, sizeof key);
+    rnd_bytes(prefix, sizeof prefix);
+    rnd_bytes(data, sizeof data);
+    for (int i = 0; i < N; i++) {
+        msg_set(&m[i], key, prefix, 24, data, sizeof data, 0);
+        cpu_tag(&m[i], want + i * PD_TAG_LEN);
+    }
+    m[1].host[1000] ^= 0x10;     /* the data */
+    want[2 * PD_TAG_LEN + 15] ^= 1; /* the tag */
+    m[3].job.key[5] ^= 0x80;     /* the key (r) */
+    m[4].job.prefix[9] ^= 4;     /* the prefix: another block */
+    m[5].job.prefix_len = PD_TAG_PREFIX_MAX + 1;
+    memset(ok, 0xee, sizeof ok);
+    CHECK_EQ_INT(run_gpu(m, N, want, NULL, ok), 0);
+    static const uint8_t expect[N] = {1, 0, 0, 0, 0, 0};
+    for (int i = 0; i < N; i++)
+        CHECK_EQ_INT(ok[i], expect[i]);
+    msgs_free(m, N);
+}
+
+/* argument errors come back before any CUDA call, GPU or not */
+static void tag_launchers_refuse_bad_args(void)
+{
+    uint8_t b[PD_TAG_LEN];
+    struct pd_tag_job j = {0};
+    CHECK_EQ_INT(pd_tag_cuda(&j, 0, b, NULL), -EINVAL);
+    CHECK_EQ_INT(pd_tag_cuda(NULL, 1, b, NULL), -EINVAL);
+    CHECK_EQ_INT(pd_tag_cuda(&j, 1, NULL, NULL), -EINVAL);
+    CHECK_EQ_INT(pd_tag_verify_cuda(&j, 1, NULL, b, NULL), -EINVAL);
+    CHECK_EQ_INT(pd_tag_verify_cuda(&j, 1, b, NULL, NULL), -EINVAL);
+}
+
+static const struct pd_test tests[] = {
+    PD_TEST(tag_launchers_refuse_bad_args),
+    PD_TEST(tag_known_answers),
+    PD_TEST(tag_rfc8439_vectors),
+    PD_TEST(tag_matches_libsodium),
+    PD_TEST(tag_verify_fails_closed),
+    {0},
+};
+
+int main(int argc, char **argv)
+{
+    const char *seed = getenv("PD_TEST_SEED");
+    rng_state = seed ? strtoull(seed, NULL, 10) : 1;
+    if (sodium_init() < 0)
+        return 1;
+    return pd_test_main(tests, argc, argv);
+}
