@@ -65,6 +65,7 @@ programs=(
     prefilld/prefilld
     tests/kernels/test_kernels
     tests/kernels/test_engine_cuda
+    tests/kernels/test_tag
     tests/bench/attn_bench
     tests/bench/prefill_bench
     tests/bench/gpu_engine_bench

@@ -7,6 +7,8 @@
 #   cpu-engine  pdserve-generate on a tiny dummy model (OpenBLAS)       no GPU needed
 #   gpu         the device, or why there is none (attn_bench --probe)
 #   kernels     every CUDA kernel against its CPU reference (test_kernels)
+#   tags        the KV channel's block tags on the GPU, bit for bit against
+#               libsodium and known answers (test_tag)
 #   engine      the engine on CUDA against the CPU engine, dummy weights
 #               (test_engine_cuda; the logits' margins are printed)
 #   pair        prefilld and decoded both on the GPU serving completions
@@ -162,6 +164,7 @@ fi
 gpu_line="$(grep -m1 '^device: ' "$log" | sed 's/^device: //')"
 
 run kernels "CUDA kernels against the CPU reference" "$env" test_kernels
+run tags "block tags on the GPU = libsodium's" "$env" test_tag
 # Two engine tests cannot run here and are left out by name, so that a skip
 # among the rest still fails the step: the default model does not travel (64
 # MiB), and a failing capture can be forced on the emulator only.
