@@ -152,6 +152,14 @@ int pd_auth_transfer_next(struct pd_auth_session *s, uint64_t *transfer);
 void pd_auth_tag_block(const struct pd_auth_session *s, uint64_t request_id, uint32_t epoch,
                        uint32_t block, uint64_t transfer, const void *data, size_t len,
                        uint8_t tag[PD_BLOCK_TAG_LEN]);
+/* What pd_auth_tag_block feeds Poly1305, for a tagger elsewhere (kernels/tag
+ * on a GPU): tag = crypto_onetimeauth(otk, prefix || data). The caller wipes
+ * otk after use. */
+#define PD_AUTH_TAG_KEY_LEN 32
+#define PD_AUTH_TAG_PREFIX_LEN 24
+void pd_auth_tag_key(const struct pd_auth_session *s, uint64_t request_id, uint32_t epoch,
+                     uint32_t block, uint64_t transfer, size_t len,
+                     uint8_t otk[PD_AUTH_TAG_KEY_LEN], uint8_t prefix[PD_AUTH_TAG_PREFIX_LEN]);
 /* 0, or -EKEYREJECTED (constant-time compare). */
 int pd_auth_tag_verify(const struct pd_auth_session *s, uint64_t request_id, uint32_t epoch,
                        uint32_t block, uint64_t transfer, const void *data, size_t len,

@@ -219,13 +219,11 @@ int pd_auth_transfer_next(struct pd_auth_session *s, uint64_t *transfer)
     return 0;
 }
 
-void pd_auth_tag_block(const struct pd_auth_session *s, uint64_t request_id, uint32_t epoch,
-                       uint32_t block, uint64_t transfer, const void *data, size_t len,
-                       uint8_t tag[PD_BLOCK_TAG_LEN])
+void pd_auth_tag_key(const struct pd_auth_session *s, uint64_t request_id, uint32_t epoch,
+                     uint32_t block, uint64_t transfer, size_t len,
+                     uint8_t otk[PD_AUTH_TAG_KEY_LEN], uint8_t prefix[PD_AUTH_TAG_PREFIX_LEN])
 {
-    uint8_t nonce[crypto_stream_chacha20_ietf_NONCEBYTES], otk[crypto_onetimeauth_KEYBYTES];
-    uint8_t hdr[24];
-    crypto_onetimeauth_state st;
+    uint8_t nonce[crypto_stream_chacha20_ietf_NONCEBYTES];
 
     /* one-time key: (block, transfer) is unique in the session, so no two
      * tags ever share a Poly1305 key */
@@ -233,21 +231,31 @@ void pd_auth_tag_block(const struct pd_auth_session *s, uint64_t request_id, uin
         nonce[i] = (uint8_t)(block >> (8 * i));
     for (int i = 0; i < 8; i++)
         nonce[4 + i] = (uint8_t)(transfer >> (8 * i));
-    crypto_stream_chacha20_ietf(otk, sizeof(otk), nonce, s->k_tag);
+    crypto_stream_chacha20_ietf(otk, PD_AUTH_TAG_KEY_LEN, nonce, s->k_tag);
 
     /* request id and epoch repeat on retries, so they are authenticated but
      * are not part of the nonce */
     for (int i = 0; i < 8; i++)
-        hdr[i] = (uint8_t)(request_id >> (8 * i));
+        prefix[i] = (uint8_t)(request_id >> (8 * i));
     for (int i = 0; i < 4; i++) {
-        hdr[8 + i] = (uint8_t)(epoch >> (8 * i));
-        hdr[12 + i] = (uint8_t)(block >> (8 * i));
+        prefix[8 + i] = (uint8_t)(epoch >> (8 * i));
+        prefix[12 + i] = (uint8_t)(block >> (8 * i));
     }
     for (int i = 0; i < 8; i++)
-        hdr[16 + i] = (uint8_t)((uint64_t)len >> (8 * i));
+        prefix[16 + i] = (uint8_t)((uint64_t)len >> (8 * i));
+}
 
+void pd_auth_tag_block(const struct pd_auth_session *s, uint64_t request_id, uint32_t epoch,
+                       uint32_t block, uint64_t transfer, const void *data, size_t len,
+                       uint8_t tag[PD_BLOCK_TAG_LEN])
+{
+    uint8_t otk[PD_AUTH_TAG_KEY_LEN], prefix[PD_AUTH_TAG_PREFIX_LEN];
+    crypto_onetimeauth_state st;
+    _Static_assert(PD_AUTH_TAG_KEY_LEN == crypto_onetimeauth_KEYBYTES, "Poly1305 key");
+
+    pd_auth_tag_key(s, request_id, epoch, block, transfer, len, otk, prefix);
     crypto_onetimeauth_init(&st, otk);
-    crypto_onetimeauth_update(&st, hdr, sizeof(hdr));
+    crypto_onetimeauth_update(&st, prefix, sizeof(prefix));
     crypto_onetimeauth_update(&st, data, len);
     crypto_onetimeauth_final(&st, tag);
     sodium_memzero(otk, sizeof(otk));

@@ -10,7 +10,11 @@
  *   - libsodium's crypto_onetimeauth (the CPU peer's tags) on random keys,
  *     lengths, prefixes and data alignments;
  *   - its own verify launcher: a match, a flipped bit in data, tag, key or
- *     prefix, and an impossible prefix length.
+ *     prefix, and an impossible prefix length;
+ *   - the KV channel's own block tags: keys and prefixes from a real
+ *     session (pd_auth_tag_key) tagged on the GPU equal pd_auth_tag_block's,
+ *     and the peer's pd_auth_tag_verify accepts them (a GPU prefilld and a
+ *     CPU decoded interoperate, and the reverse).
  * Without a usable GPU the device tests exit 77 with the reason; the same
  * program built against tests/kernels/emu/ (tag_emulated) runs the kernel's
  * code on the CPU, bit for bit. PD_TEST_SEED=N draws other cases.
@@ -18,6 +22,7 @@
 #include "pd_test.h"
 
 #include "cuda_util.h"
+#include "kv_fixture.h"
 #include "tag.h"
 
 #include <errno.h>
@@ -333,6 +338,63 @@ static void tag_verify_fails_closed(void)
     msgs_free(m, N);
 }
 
+/* A handshaken pair's P side keys blocks as the channel does; the GPU's tags
+ * are pd_auth_tag_block's, and D's CPU accepts them. Then the reverse: CPU
+ * tags from P, verified on the GPU with keys from D's session. */
+static void tag_interoperates_with_session_tags(void)
+{
+    need_gpu();
+    enum { N = 12 };
+    struct kv_pair kp;
+    CHECK(kv_pair_init(&kp, 0) == 0);
+    if (kv_pair_handshake(&kp) < 0)
+        PD_TEST_FAIL_("handshake: %s", kp.err);
+    struct msg m[N], v[N];
+    uint8_t tags[N * PD_TAG_LEN], cpu[N * PD_TAG_LEN], ok[N];
+    uint64_t transfer[N];
+    for (uint32_t i = 0; i < N; i++) {
+        size_t len = i == 0 ? 2097152 : 16 * (1 + rnd64() % 4096);
+        uint8_t *data = malloc(len), key[PD_TAG_KEY_LEN], prefix[PD_AUTH_TAG_PREFIX_LEN];
+        CHECK(data);
+        rnd_bytes(data, len);
+        CHECK(pd_auth_transfer_next(kp.sp, &transfer[i]) == 0);
+        uint64_t req = rnd64();
+        uint32_t epoch = (uint32_t)rnd64(), block = i * 7 + 3;
+        pd_auth_tag_key(kp.sp, req, epoch, block, transfer[i], len, key, prefix);
+        msg_set(&m[i], key, prefix, PD_AUTH_TAG_PREFIX_LEN, data, len, 0);
+        pd_auth_tag_block(kp.sp, req, epoch, block, transfer[i], data, len, cpu + i * PD_TAG_LEN);
+        pd_auth_tag_key(kp.sd, req, epoch, block, transfer[i], len, key, prefix);
+        msg_set(&v[i], key, prefix, PD_AUTH_TAG_PREFIX_LEN, data, len, 0);
+        free(data);
+    }
+    CHECK_EQ_INT(run_gpu(m, N, NULL, tags, NULL), 0);
+    CHECK(memcmp(tags, cpu, sizeof tags) == 0);
+    for (uint32_t i = 0; i < N; i++) {
+        const struct msg *x = &m[i];
+        uint64_t req = 0, len = 0;
+        uint32_t epoch = 0, block = 0;
+        for (int k = 7; k >= 0; k--) {
+            req = req << 8 | x->job.prefix[k];
+            len = len << 8 | x->job.prefix[16 + k];
+        }
+        for (int k = 3; k >= 0; k--) {
+            epoch = epoch << 8 | x->job.prefix[8 + k];
+            block = block << 8 | x->job.prefix[12 + k];
+        }
+        CHECK_EQ_INT(len, x->job.len);
+        CHECK_EQ_INT(pd_auth_tag_verify(kp.sd, req, epoch, block, transfer[i], x->host,
+                                        x->job.len, tags + i * PD_TAG_LEN),
+                     0);
+    }
+    cpu[5 * PD_TAG_LEN] ^= 0x40; /* one forged tag among the CPU's */
+    CHECK_EQ_INT(run_gpu(v, N, cpu, NULL, ok), 0);
+    for (uint32_t i = 0; i < N; i++)
+        CHECK_EQ_INT(ok[i], i != 5);
+    msgs_free(m, N);
+    msgs_free(v, N);
+    kv_pair_done(&kp);
+}
+
 /* argument errors come back before any CUDA call, GPU or not */
 static void tag_launchers_refuse_bad_args(void)
 {
@@ -351,6 +413,7 @@ static const struct pd_test tests[] = {
     PD_TEST(tag_rfc8439_vectors),
     PD_TEST(tag_matches_libsodium),
     PD_TEST(tag_verify_fails_closed),
+    PD_TEST(tag_interoperates_with_session_tags),
     {0},
 };
 
