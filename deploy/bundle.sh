@@ -69,6 +69,7 @@ programs=(
     tests/bench/attn_bench
     tests/bench/prefill_bench
     tests/bench/gpu_engine_bench
+    tests/bench/tag_bench
     tests/bench/kvx_bench
 )
 [ -x "$build/common/tools/pdserve-inspect" ] || die "$build has no pdserve-inspect: run ninja -C $build first"

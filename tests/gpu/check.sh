@@ -27,6 +27,8 @@
 #               and KV): prefill tokens/s at 2k beside a cuBLAS GEMM, decode
 #               tokens/s at batch 1, 32, 128 beside a device copy
 #               (gpu_engine_bench; about a minute, half of it loading)
+#   tag-bench   the block tags' kernel alone, 2 MiB blocks (Llama-3-8B's),
+#               8 / 128 / 512 per launch, beside a device copy (tag_bench)
 #   kvx         the KV channel between two processes on this machine's cores
 #               beside ucx_perftest (kvx_bench.py --quick; only when the
 #               bundle was made with --extra "$(command -v ucx_perftest)"):
@@ -222,6 +224,8 @@ prefill prefill-f16-64 --kv-dtype f16 --head-dim 64 --seqlen 512,2048,8192
 
 bench_step engine-8b "GPU engine, dummy Llama-3-8B" gpu_engine_bench "gemm: " \
     --model-shape llama3-8b --kv-cache-dtype bf16
+# Llama-3-8B's blocks (2 MiB): 8, a 2k-token prompt's 128, an 8k-token one's 512
+bench_step tag-bench "block tags on the GPU vs device copy" tag_bench "blocks of "
 
 if [ -x "$root/bin/ucx_perftest" ] && [ -x "$root/bin/kvx_bench" ] && command -v python3 >/dev/null; then
     if run kvx "KV transfer beside ucx_perftest, $(nproc) cores" env PATH="$root/bin:$PATH" \
