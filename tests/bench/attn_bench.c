@@ -212,10 +212,7 @@ int main(int argc, char **argv)
 
     /* the reference: a device-to-device copy, bytes read + bytes written */
     double copy_gbs;
-    TRY(gb_copy_ref((uint64_t)c.copy_mib << 20, (int)c.trials, &clk, &copy_gbs));
-    printf("copy: device to device, %lld MiB: %.1f GB/s (read + written), median of %lld; "
-           "attention %s\n", (long long)c.copy_mib, copy_gbs, (long long)c.trials,
-           c.graphs ? "timed as CUDA graph replays" : "timed as plain launches");
+    TRY(gb_copy_line(c.copy_mib, (int)c.trials, &clk, c.graphs, "attention", &copy_gbs));
 
     printf("%6s %8s %7s %10s %9s %8s\n", "batch", "context", "splits", "time_us", "GB/s",
            "vs_copy");

@@ -254,3 +254,14 @@ out:
     pd_cuda_free(src), pd_cuda_free(dst);
     return rc;
 }
+
+int gb_copy_line(int64_t copy_mib, int trials, const struct gb_clock *clk, int graphs,
+                 const char *what, double *gbs)
+{
+    int rc = gb_copy_ref((uint64_t)copy_mib << 20, trials, clk, gbs);
+    if (rc == 0)
+        printf("copy: device to device, %lld MiB: %.1f GB/s (read + written), median of %d; "
+               "%s %s\n", (long long)copy_mib, *gbs, trials, what,
+               graphs ? "timed as CUDA graph replays" : "timed as plain launches");
+    return rc;
+}

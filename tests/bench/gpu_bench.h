@@ -90,5 +90,10 @@ int gb_time_passes(gb_pass_fn fn, void *arg, uint32_t n, int trials, int graphs,
 int gb_gemm_ref(uint32_t size, int trials, const struct gb_clock *clk, double *tflops,
                 float *ms);
 int gb_copy_ref(uint64_t bytes, int trials, const struct gb_clock *clk, double *gbs);
+/* gb_copy_ref of copy_mib MiB, then its line: "copy: device to device, N MiB:
+ * X GB/s (read + written), median of T; <what> timed as CUDA graph replays"
+ * (or "as plain launches" without graphs). */
+int gb_copy_line(int64_t copy_mib, int trials, const struct gb_clock *clk, int graphs,
+                 const char *what, double *gbs);
 
 #endif

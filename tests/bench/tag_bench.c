@@ -172,10 +172,7 @@ int main(int argc, char **argv)
     TRY(gb_clock_init(&clk));
 
     double copy_gbs;
-    TRY(gb_copy_ref((uint64_t)c.copy_mib << 20, (int)c.trials, &clk, &copy_gbs));
-    printf("copy: device to device, %lld MiB: %.1f GB/s (read + written), median of %lld; "
-           "tags %s\n", (long long)c.copy_mib, copy_gbs, (long long)c.trials,
-           c.graphs ? "timed as CUDA graph replays" : "timed as plain launches");
+    TRY(gb_copy_line(c.copy_mib, (int)c.trials, &clk, c.graphs, "tags", &copy_gbs));
     printf("%8s %10s %10s %9s %8s\n", "blocks", "MiB", "time_us", "GB/s", "vs_copy");
     double worst = 1e300, best = 0;
     for (size_t bi = 0; bi < n_blocks; bi++) {

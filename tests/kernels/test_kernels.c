@@ -17,6 +17,7 @@
  * same program built against tests/kernels/emu/ (kernels_emulated) runs the
  * kernels' code on the CPU. PD_TEST_SEED=N draws other shapes (default 1).
  */
+#include "kernel_test.h"
 #include "pd_test.h"
 
 #include "attention.h"
@@ -36,17 +37,7 @@
 #define TOL_F32 1e-5
 #define TOL_BF16_KV 1e-2
 
-/* ---- randomness ---------------------------------------------------------- */
-
-static uint64_t rng_state;
-
-static uint64_t rnd64(void)
-{
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
+/* ---- randomness (rnd64 in kernel_test.h) ----------------------------------- */
 
 /* uniform in [0, n) */
 static uint32_t rnd(uint32_t n)
@@ -74,18 +65,7 @@ static void seed_for(const char *test)
         rng_state = rng_state * 131 + (unsigned char)*p;
 }
 
-/* ---- device ---------------------------------------------------------------- */
-
-static void need_gpu(void)
-{
-    static int rc = 1;
-    static char why[256];
-    if (rc == 1)
-        rc = pd_cuda_probe(why, sizeof why);
-    const char *reason = why;
-    if (rc < 0)
-        PD_SKIP(reason);
-}
+/* ---- device (need_gpu in kernel_test.h) ------------------------------------ */
 
 /* Device buffers of the running test, freed when the next test starts. */
 static void *dev_bufs[64];

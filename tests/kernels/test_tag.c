@@ -19,6 +19,7 @@
  * program built against tests/kernels/emu/ (tag_emulated) runs the kernel's
  * code on the CPU, bit for bit. PD_TEST_SEED=N draws other cases.
  */
+#include "kernel_test.h"
 #include "pd_test.h"
 
 #include "cuda_util.h"
@@ -27,27 +28,6 @@
 
 #include <errno.h>
 #include <sodium.h>
-
-static void need_gpu(void)
-{
-    static int rc = 1;
-    static char why[256];
-    if (rc == 1)
-        rc = pd_cuda_probe(why, sizeof why);
-    const char *reason = why;
-    if (rc < 0)
-        PD_SKIP(reason);
-}
-
-static uint64_t rng_state;
-
-static uint64_t rnd64(void)
-{
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
 
 static void rnd_bytes(uint8_t *p, size_t n)
 {
