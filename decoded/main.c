@@ -79,6 +79,7 @@ struct dec_cfg {
     int64_t kv_lease_ms;
     int64_t kv_handshake_ms;
     int64_t kv_crypto_threads;
+    bool kv_gpu_tags;
     bool kv_integrity;
     int log_level;
     int device;
@@ -272,14 +273,20 @@ static int remote_open(struct daemon *d, const struct dec_cfg *c, char *err, siz
     char warn[256];
     if (pd_kvx_ports_warning(c->kv_ip, c->kv_data_ports, warn, sizeof(warn)))
         pd_log(PD_LOG_WARN, "%s", warn);
-    struct dec_remote_cfg rc_ = {
-        .peers = (const char *const *)c->prefill.items, .n_peers = (unsigned)c->prefill.n,
-        .kv_ip = c->kv_ip, .data_port_lo = lo, .data_port_hi = hi,
-        .psk_file = c->kv_psk_file, .key_id = c->kv_key_id,
-        .lease_ms = (uint32_t)c->kv_lease_ms, .handshake_ms = (uint32_t)c->kv_handshake_ms,
-        .request_deadline_ms = (uint32_t)c->prefill_timeout_ms,
-        .crypto_threads = (unsigned)c->kv_crypto_threads, .no_integrity = !c->kv_integrity,
-        .failover = (enum dec_failover)d->cfg->prefill_failover};
+    struct dec_remote_cfg rc_ = {.peers = (const char *const *)c->prefill.items,
+                                 .n_peers = (unsigned)c->prefill.n,
+                                 .kv_ip = c->kv_ip,
+                                 .data_port_lo = lo,
+                                 .data_port_hi = hi,
+                                 .psk_file = c->kv_psk_file,
+                                 .key_id = c->kv_key_id,
+                                 .lease_ms = (uint32_t)c->kv_lease_ms,
+                                 .handshake_ms = (uint32_t)c->kv_handshake_ms,
+                                 .request_deadline_ms = (uint32_t)c->prefill_timeout_ms,
+                                 .crypto_threads = (unsigned)c->kv_crypto_threads,
+                                 .no_integrity = !c->kv_integrity,
+                                 .gpu_tags = c->kv_gpu_tags,
+                                 .failover = (enum dec_failover)d->cfg->prefill_failover};
     if ((rc = dec_remote_new(&rc_, pd_runtime_base(d->rt), d->engine, dec_server_metrics(d->srv),
                              &d->remote, err, errlen)) < 0)
         return rc;
@@ -305,10 +312,12 @@ static void kv_swap(struct dec_cfg *a, struct dec_cfg *b)
     a->kv_ip = b->kv_ip, a->kv_data_ports = b->kv_data_ports, a->kv_psk_file = b->kv_psk_file;
     a->kv_lease_ms = b->kv_lease_ms, a->kv_handshake_ms = b->kv_handshake_ms;
     a->kv_crypto_threads = b->kv_crypto_threads, a->kv_integrity = b->kv_integrity;
+    a->kv_gpu_tags = b->kv_gpu_tags;
     a->prefill_timeout_ms = b->prefill_timeout_ms;
     b->kv_ip = t.kv_ip, b->kv_data_ports = t.kv_data_ports, b->kv_psk_file = t.kv_psk_file;
     b->kv_lease_ms = t.kv_lease_ms, b->kv_handshake_ms = t.kv_handshake_ms;
     b->kv_crypto_threads = t.kv_crypto_threads, b->kv_integrity = t.kv_integrity;
+    b->kv_gpu_tags = t.kv_gpu_tags;
     b->prefill_timeout_ms = t.prefill_timeout_ms;
 }
 

@@ -50,6 +50,7 @@ struct dec_remote_cfg {
     uint32_t lease_ms, handshake_ms, request_deadline_ms;
     unsigned crypto_threads;
     bool no_integrity;
+    bool gpu_tags; /* with the engine on a GPU: tags there (--kv-gpu-tags) */
     enum dec_failover failover;
 };
 

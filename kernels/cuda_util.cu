@@ -201,6 +201,12 @@ extern "C" int pd_cuda_host_register(void *p, size_t bytes)
     return 0;
 }
 
+extern "C" int pd_cuda_host_device_ptr(void *host, void **dev)
+{
+    PD_CUDA_TRY(cudaHostGetDevicePointer(dev, host, 0), "cudaHostGetDevicePointer");
+    return 0;
+}
+
 extern "C" int pd_cuda_host_unregister(void *p)
 {
     PD_CUDA_TRY(cudaHostUnregister(p), "cudaHostUnregister");
@@ -210,6 +216,12 @@ extern "C" int pd_cuda_host_unregister(void *p)
 extern "C" int pd_cuda_memset(void *p, int byte, size_t bytes)
 {
     PD_CUDA_TRY(cudaMemset(p, byte, bytes), "cudaMemset");
+    return 0;
+}
+
+extern "C" int pd_cuda_memset_async(void *p, int byte, size_t bytes, pd_stream_t stream)
+{
+    PD_CUDA_TRY(cudaMemsetAsync(p, byte, bytes, pd_cuda_stream(stream)), "cudaMemsetAsync");
     return 0;
 }
 

@@ -69,11 +69,16 @@ int pd_cuda_mem_info(size_t *free_bytes, size_t *total_bytes);
 int pd_cuda_memcpy(void *dst, const void *src, size_t bytes);
 int pd_cuda_memcpy_async(void *dst, const void *src, size_t bytes, pd_stream_t stream);
 int pd_cuda_memset(void *p, int byte, size_t bytes);
+int pd_cuda_memset_async(void *p, int byte, size_t bytes, pd_stream_t stream);
 /* Page-lock host memory the caller mapped (the KV channel's staging), so
  * copies to and from it run as DMA and asynchronously; undone by
  * pd_cuda_host_unregister before the memory is unmapped. */
 int pd_cuda_host_register(void *p, size_t bytes);
 int pd_cuda_host_unregister(void *p);
+/* The address a kernel reads registered host memory at (page-locked by
+ * pd_cuda_host_register, mapped: unified addressing maps it). -EINVAL for
+ * memory not registered. */
+int pd_cuda_host_device_ptr(void *host, void **dev);
 /* Waits for the device; reports a kernel's asynchronous failure. */
 int pd_cuda_sync(void);
 /* Drops the error the runtime keeps for this thread's next check (after a

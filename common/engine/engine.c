@@ -225,9 +225,10 @@ void pd_engine_kv_path(struct pd_engine *e, char *buf, size_t n)
     const struct pd_kvcache *c = pd_engine_kv_channel_pool(e);
     const uint64_t bb = pd_kvcache_block_bytes(c), nb = pd_kvcache_n_blocks(c);
     if (e->stage)
-        snprintf(buf, n, "KV channel: the GPU pool staged through %.0f MiB of page-locked host "
-                 "memory (%" PRIu64 " blocks of %" PRIu64 " bytes; copies by cudaMemcpyAsync, "
-                 "tags on the host)", (double)(bb * nb) / (1u << 20), nb, bb);
+        snprintf(buf, n,
+                 "KV channel: the GPU pool staged through %.0f MiB of page-locked host "
+                 "memory (%" PRIu64 " blocks of %" PRIu64 " bytes; copies by cudaMemcpyAsync)",
+                 (double)(bb * nb) / (1u << 20), nb, bb);
     else if (e->device == PD_DEVICE_CPU)
         snprintf(buf, n, "KV channel: blocks move in place from and to the host pool (%" PRIu64
                  " blocks of %" PRIu64 " bytes)", nb, bb);

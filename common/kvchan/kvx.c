@@ -501,6 +501,19 @@ static int ucx_setup(struct pd_kvx *k, char *err, size_t errlen)
     return 0;
 }
 
+void pd_kvx_tags_line(const struct pd_kvx *k, char *buf, size_t n)
+{
+    unsigned t = k->p.crypto_threads ? k->p.crypto_threads : pd_kvx_default_crypto_threads();
+    if (k->p.no_integrity)
+        snprintf(buf, n, "KV channel: block tags off (--no-kv-integrity: measurement only)");
+    else if (k->p.gpu_tags)
+        snprintf(buf, n,
+                 "KV channel: block tags made and checked on the GPU (kernels/tag), "
+                 "which reads the blocks in page-locked host memory");
+    else
+        snprintf(buf, n, "KV channel: block tags on %u CPU thread%s", t, t == 1 ? "" : "s");
+}
+
 int pd_kvx_new(const struct pd_kvx_params *p, struct pd_kvx **out, char *err, size_t errlen)
 {
     char e2[256];
@@ -558,6 +571,12 @@ int pd_kvx_new(const struct pd_kvx_params *p, struct pd_kvx **out, char *err, si
     rc = pd_kvx_crypto_new(p->crypto_threads, &k->crypto, &cfd);
     if (rc < 0) {
         pd_errf(err, errlen, rc, "kvx: crypto threads: %s", strerror(-rc));
+        goto fail;
+    }
+    if (p->gpu_tags &&
+        (rc = pd_kvx_crypto_gpu(k->crypto, p->pool, (size_t)p->pool_blocks * k->block_bytes)) < 0) {
+        pd_errf(err, errlen, rc, "kvx: block tags on the GPU: the device cannot read the pool: %s",
+                rc == -ENOTSUP ? "this build has no CUDA" : strerror(-rc));
         goto fail;
     }
     if (p->role == PD_ROLE_P) {

@@ -57,8 +57,8 @@
 
 /* The KV channel's options that both daemons take alike: entries of a
  * common/base/cfg option table for a config struct T with char *kv_data_ports,
- * int64_t kv_lease_ms, kv_handshake_ms, kv_crypto_threads and uint64_t
- * kv_staging_memory
+ * int64_t kv_lease_ms, kv_handshake_ms, kv_crypto_threads, bool kv_gpu_tags and
+ * uint64_t kv_staging_memory
  * (pd_kvx_parse_ports reads the first; the last is a GPU engine's
  * kv_staging_bytes, common/engine/engine.h). */
 #define PD_KVX_CFG(T)                                                                              \
@@ -74,7 +74,10 @@
                "a connection must authenticate within this"),                                      \
     PD_CFG_INT("kv-crypto-threads", T, kv_crypto_threads, "0", 0, PD_KVX_MAX_CRYPTO_THREADS,       \
                "threads computing and checking block tags on the CPU (0: a quarter of the CPUs "   \
-               "this process may run on, at least 1)")
+               "this process may run on, at least 1)"),                                            \
+    PD_CFG_BOOL("kv-gpu-tags", T, kv_gpu_tags, "true",                                             \
+                "with the engine on a GPU: block tags computed and checked by the GPU, which "     \
+                "reads the staged blocks in page-locked memory (off: on the CPU threads)")
 
 struct event_base;
 struct pd_kvx;
@@ -136,6 +139,8 @@ struct pd_kvx_params {
     void *pool; /* pool_blocks * layout->block_bytes bytes */
     uint32_t pool_blocks;
     unsigned crypto_threads; /* 0 = pd_kvx_default_crypto_threads() */
+    int gpu_tags; /* 1: tags made and checked on the GPU (kernels/tag, CUDA builds): pool is
+                   * page-locked (pd_cuda_host_register) and the device reads it there */
     int no_integrity; /* 1: no block tags (benchmarks only; both sides must agree) */
     int no_mm_error_handling; /* 1: leave UCX posix/sysv shared memory off in PEER mode */
     uint32_t lease_ms; /* 0 = 3000 */
@@ -179,6 +184,10 @@ struct pd_kvx_stats {
  * at least 1, at most PD_KVX_MAX_CRYPTO_THREADS. */
 #define PD_KVX_MAX_CRYPTO_THREADS 64
 unsigned pd_kvx_default_crypto_threads(void);
+
+/* "KV channel: block tags ..." -- where they are made and checked (the GPU,
+ * N CPU threads, or off), for the daemons' log. */
+void pd_kvx_tags_line(const struct pd_kvx *k, char *buf, size_t n);
 
 /* Writes no environment: either side may make its object while the
  * daemon's other threads run (decoded does when a reload names its first

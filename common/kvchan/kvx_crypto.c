@@ -1,14 +1,27 @@
 /* common/kvchan/kvx: crypto worker threads -- block tags off the loop thread
  * (DESIGN.md "Process model"). A mutex-protected FIFO in, a FIFO out plus an
- * eventfd the loop watches; no lock is held while tagging. */
+ * eventfd the loop watches; no lock is held while tagging. With a GPU
+ * (pd_kvx_crypto_gpu) a worker derives each block's one-time key and hands
+ * the blocks to kernels/tag on a stream of its own: the tags are computed or
+ * checked on the device, reading the blocks where the device sees them. */
 #include "kvx_internal.h"
+
+#include "pd_config.h"
 
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sodium.h>
+#include <stdbool.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
+
+#if PD_HAVE_CUDA
+#include "cuda_util.h"
+#include "tag.h"
+#endif
 
 /* A FIFO of jobs linked through their next; tail points at the link the
  * next job goes in (at head while the FIFO is empty). */
@@ -48,6 +61,10 @@ struct pd_kvx_crypto {
     int efd;
     unsigned n_threads;
     pthread_t threads[PD_KVX_MAX_CRYPTO_THREADS];
+    /* GPU tags: the pool as the loop names its blocks, and where the device
+     * reads it (set before the first job, read-only after) */
+    const uint8_t *gpu_host, *gpu_dev;
+    size_t gpu_bytes;
 };
 
 static void run_job(struct pd_kvx_job *j)
@@ -67,9 +84,130 @@ static void run_job(struct pd_kvx_job *j)
     }
 }
 
+#if PD_HAVE_CUDA
+/* One worker's device side: its stream, and room for cap blocks' jobs,
+ * tags and verdicts on both sides. */
+struct gpu_worker {
+    pd_stream_t stream;
+    uint32_t cap;
+    struct pd_tag_job *h_jobs;
+    uint8_t *h_ok;
+    void *d_jobs;
+    uint8_t *d_tags, *d_ok;
+};
+
+static void gpu_worker_done(struct gpu_worker *g)
+{
+    free(g->h_jobs), free(g->h_ok);
+    pd_cuda_free(g->d_jobs), pd_cuda_free(g->d_tags), pd_cuda_free(g->d_ok);
+    pd_cuda_stream_free(g->stream);
+    memset(g, 0, sizeof(*g));
+}
+
+static int gpu_worker_fit(struct gpu_worker *g, uint32_t n)
+{
+    int rc = 0;
+    if (!g->stream && (rc = pd_cuda_stream_new(&g->stream)) < 0)
+        return rc;
+    if (n <= g->cap)
+        return 0;
+    pd_stream_t s = g->stream;
+    g->stream = NULL;
+    gpu_worker_done(g);
+    g->stream = s;
+    uint32_t cap = n < 64 ? 64 : n;
+    g->h_jobs = calloc(cap, sizeof(*g->h_jobs));
+    g->h_ok = malloc(cap);
+    if (!g->h_jobs || !g->h_ok)
+        return -ENOMEM;
+    if ((rc = pd_cuda_malloc(&g->d_jobs, cap * sizeof(*g->h_jobs))) < 0 ||
+        (rc = pd_cuda_malloc((void **)&g->d_tags, (size_t)cap * PD_TAG_LEN)) < 0 ||
+        (rc = pd_cuda_malloc((void **)&g->d_ok, cap)) < 0)
+        return rc;
+    g->cap = cap;
+    return 0;
+}
+
+/* The job's tags made (TAG) or checked (VERIFY) on the device: 0,
+ * -EKEYREJECTED with j->bad, or the CUDA call's errno (the job fails). */
+static int gpu_run(const struct pd_kvx_crypto *c, struct gpu_worker *g, struct pd_kvx_job *j)
+{
+    if (j->n == 0)
+        return 0;
+    int rc = gpu_worker_fit(g, j->n);
+    if (rc < 0)
+        return rc;
+    const size_t jb = (size_t)j->n * sizeof(*g->h_jobs), tb = (size_t)j->n * PD_TAG_LEN;
+    for (uint32_t i = 0; i < j->n; i++) {
+        struct pd_tag_job *t = &g->h_jobs[i];
+        uintptr_t b = (uintptr_t)j->blocks[i], base = (uintptr_t)c->gpu_host;
+        size_t off = (size_t)(b - base);
+        if (b < base || off > c->gpu_bytes || j->block_bytes > c->gpu_bytes - off) {
+            sodium_memzero(g->h_jobs, jb); /* the keys made so far */
+            return -EINVAL; /* not the pool's: a bug, and nothing the device may read */
+        }
+        pd_auth_tag_key(j->s, j->request_id, j->epoch, j->first + i, j->transfer, j->block_bytes,
+                        t->key, t->prefix);
+        t->prefix_len = PD_AUTH_TAG_PREFIX_LEN;
+        t->data = c->gpu_dev + off;
+        t->len = j->block_bytes;
+    }
+    bool verify = j->kind == PD_KVX_JOB_VERIFY;
+    if ((rc = pd_cuda_memcpy_async(g->d_jobs, g->h_jobs, jb, g->stream)) == 0 && verify)
+        rc = pd_cuda_memcpy_async(g->d_tags, j->tags, tb, g->stream);
+    sodium_memzero(g->h_jobs, jb); /* a copy from pageable memory is done on return */
+    if (rc == 0)
+        rc = verify ? pd_tag_verify_cuda(g->d_jobs, j->n, g->d_tags, g->d_ok, g->stream)
+                    : pd_tag_cuda(g->d_jobs, j->n, g->d_tags, g->stream);
+    if (rc == 0)
+        rc = verify ? pd_cuda_memcpy_async(g->h_ok, g->d_ok, j->n, g->stream)
+                    : pd_cuda_memcpy_async(j->tags, g->d_tags, tb, g->stream);
+    int rc_wipe = pd_cuda_memset_async(g->d_jobs, 0, jb, g->stream); /* the keys, on the device */
+    int rc_sync = pd_cuda_stream_sync(g->stream);
+    if (rc == 0)
+        rc = rc_wipe < 0 ? rc_wipe : rc_sync;
+    if (rc < 0 || !verify)
+        return rc;
+    for (uint32_t i = 0; i < j->n; i++)
+        if (!g->h_ok[i]) {
+            j->bad = i;
+            return -EKEYREJECTED;
+        }
+    return 0;
+}
+#else
+struct gpu_worker {
+    int unused;
+};
+static void gpu_worker_done(struct gpu_worker *g) { (void)g; }
+static int gpu_run(const struct pd_kvx_crypto *c, struct gpu_worker *g, struct pd_kvx_job *j)
+{
+    (void)c, (void)g, (void)j;
+    return -ENOTSUP;
+}
+#endif
+
+int pd_kvx_crypto_gpu(struct pd_kvx_crypto *c, void *pool, size_t bytes)
+{
+#if PD_HAVE_CUDA
+    void *dev;
+    int rc = pd_cuda_host_device_ptr(pool, &dev);
+    if (rc < 0)
+        return rc;
+    pthread_mutex_lock(&c->mu);
+    c->gpu_host = pool, c->gpu_dev = dev, c->gpu_bytes = bytes;
+    pthread_mutex_unlock(&c->mu);
+    return 0;
+#else
+    (void)c, (void)pool, (void)bytes;
+    return -ENOTSUP;
+#endif
+}
+
 static void *worker(void *arg)
 {
     struct pd_kvx_crypto *c = arg;
+    struct gpu_worker g = {0};
     pthread_mutex_lock(&c->mu);
     for (;;) {
         while (!c->in.head && !c->stop)
@@ -77,8 +215,12 @@ static void *worker(void *arg)
         struct pd_kvx_job *j = fifo_pop(&c->in);
         if (!j)
             break; /* stop, and nothing queued */
+        const int gpu = c->gpu_dev != NULL;
         pthread_mutex_unlock(&c->mu);
-        run_job(j);
+        if (gpu)
+            j->result = gpu_run(c, &g, j);
+        else
+            run_job(j);
         pthread_mutex_lock(&c->mu);
         fifo_push(&c->out, j);
         uint64_t one = 1;
@@ -86,6 +228,7 @@ static void *worker(void *arg)
         (void)w; /* an eventfd write only fails at 2^64 - 1 */
     }
     pthread_mutex_unlock(&c->mu);
+    gpu_worker_done(&g);
     return NULL;
 }
 

@@ -50,7 +50,7 @@ struct pd_kvx_job {
     size_t block_bytes;
     uint8_t *const *blocks; /* [n] block addresses */
     uint8_t *tags; /* [n * PD_BLOCK_TAG_LEN]: written (TAG) or checked (VERIFY) */
-    int result; /* VERIFY: 0 or -EKEYREJECTED */
+    int result; /* 0; VERIFY: -EKEYREJECTED; with GPU tags, either kind: a CUDA errno */
     uint32_t bad; /* VERIFY: first block (offset in the run) that failed */
     void *owner;
 };
@@ -62,6 +62,12 @@ int pd_kvx_crypto_new(unsigned threads, struct pd_kvx_crypto **out, int *notify_
 void pd_kvx_crypto_submit(struct pd_kvx_crypto *c, struct pd_kvx_job *j);
 /* All finished jobs, oldest first; clears the notify fd. */
 struct pd_kvx_job *pd_kvx_crypto_take(struct pd_kvx_crypto *c);
+/* Tags made and checked on the GPU from now on (CUDA builds): pool is the
+ * page-locked memory (pd_cuda_host_register) or device memory every job's
+ * blocks lie in, bytes long. A job then fails with the CUDA call's errno
+ * where the device does (VERIFY's mismatch stays -EKEYREJECTED). -ENOTSUP
+ * without CUDA, or the errno of finding the device's address of pool. */
+int pd_kvx_crypto_gpu(struct pd_kvx_crypto *c, void *pool, size_t bytes);
 /* Joins the threads after they finish queued jobs; finished jobs not taken
  * are dropped (not freed: the caller owns jobs). Accepts NULL. */
 void pd_kvx_crypto_free(struct pd_kvx_crypto *c);

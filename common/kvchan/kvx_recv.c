@@ -181,11 +181,15 @@ static void rop_verified(struct rop *o)
     struct pd_kvx_req *r = o->r;
     struct pd_kvx *k = r->c->kvx;
     if (r->status == R_ACTIVE && !k->shutting_down) {
-        if (o->job.result < 0) {
+        if (o->job.result == -EKEYREJECTED) {
             k->st.integrity_failures++;
             char d[80];
             snprintf(d, sizeof d, "block %u: tag did not verify", o->first + o->job.bad);
             req_fail(r, PD_R_INTEGRITY, d, 1);
+        } else if (o->job.result < 0) { /* the GPU could not check them: not trusted */
+            char d[80];
+            snprintf(d, sizeof d, "block tags could not be checked: %s", strerror(-o->job.result));
+            req_fail(r, PD_R_INTERNAL, d, 1);
         } else {
             req_blocks_ok(r, o->first, o->n);
         }

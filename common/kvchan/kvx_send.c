@@ -389,6 +389,15 @@ static void p_job_done(struct pd_kvx *k, struct pd_kvx_job *j)
 {
     struct msg *m = j->owner; /* P's jobs tag */
     k->crypto_queued -= m->bytes;
+    if (j->result < 0) { /* tags on the GPU can fail: the request, not the session */
+        struct pd_kvx_sreq *r = m->run->r;
+        if (r->status != S_DEAD) {
+            kvx_send_abort(r->c, r->id, r->epoch, PD_R_INTERNAL, "block tags failed");
+            sreq_kill(r, PD_R_INTERNAL);
+        }
+        msg_finish(m);
+        return;
+    }
     msg_send(m);
 }
 

@@ -14,7 +14,9 @@
  *   - the KV channel's own block tags: keys and prefixes from a real
  *     session (pd_auth_tag_key) tagged on the GPU equal pd_auth_tag_block's,
  *     and the peer's pd_auth_tag_verify accepts them (a GPU prefilld and a
- *     CPU decoded interoperate, and the reverse).
+ *     CPU decoded interoperate, and the reverse);
+ *   - kvx's crypto workers on the GPU (pd_kvx_crypto_gpu) over a page-locked
+ *     pool, against its CPU workers: the same tags, a flipped byte named.
  * Without a usable GPU the device tests exit 77 with the reason; the same
  * program built against tests/kernels/emu/ (tag_emulated) runs the kernel's
  * code on the CPU, bit for bit. PD_TEST_SEED=N draws other cases.
@@ -24,9 +26,11 @@
 
 #include "cuda_util.h"
 #include "kv_fixture.h"
+#include "kvx_internal.h"
 #include "tag.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <sodium.h>
 
 static void rnd_bytes(uint8_t *p, size_t n)
@@ -51,13 +55,13 @@ static void key_kat(uint8_t key[PD_TAG_KEY_LEN])
 /* One message as the kernel sees it: a job on the host, its data in host
  * memory at offset `align` of an allocation, to be copied to the device at
  * the same offset. */
-struct msg {
+struct tag_msg {
     struct pd_tag_job job;
     uint8_t *host; /* align + len bytes */
     size_t align;
 };
 
-static void msg_set(struct msg *m, const uint8_t key[PD_TAG_KEY_LEN], const uint8_t *prefix,
+static void msg_set(struct tag_msg *m, const uint8_t key[PD_TAG_KEY_LEN], const uint8_t *prefix,
                     uint32_t plen, const uint8_t *data, size_t len, size_t align)
 {
     memset(m, 0, sizeof(*m));
@@ -75,7 +79,7 @@ static void msg_set(struct msg *m, const uint8_t key[PD_TAG_KEY_LEN], const uint
 
 /* Device copies of n messages' data and jobs; tags (and, with want, ok
  * flags) back to the host. Returns the launcher's errno or 0. */
-static int run_gpu(struct msg *m, uint32_t n, const uint8_t *want, uint8_t *tags, uint8_t *ok)
+static int run_gpu(struct tag_msg *m, uint32_t n, const uint8_t *want, uint8_t *tags, uint8_t *ok)
 {
     struct pd_tag_job *jobs = calloc(n, sizeof(*jobs));
     void **dd = calloc(n, sizeof(*dd));
@@ -113,14 +117,14 @@ static int run_gpu(struct msg *m, uint32_t n, const uint8_t *want, uint8_t *tags
     return rc;
 }
 
-static void msgs_free(struct msg *m, uint32_t n)
+static void msgs_free(struct tag_msg *m, uint32_t n)
 {
     for (uint32_t i = 0; i < n; i++)
         free(m[i].host);
 }
 
 /* libsodium's tag of prefix || data */
-static void cpu_tag(const struct msg *m, uint8_t tag[PD_TAG_LEN])
+static void cpu_tag(const struct tag_msg *m, uint8_t tag[PD_TAG_LEN])
 {
     crypto_onetimeauth_state st;
     crypto_onetimeauth_init(&st, m->job.key);
@@ -163,7 +167,7 @@ static const struct {
 static void tag_known_answers(void)
 {
     need_gpu();
-    struct msg m[N_KATS];
+    struct tag_msg m[N_KATS];
     uint8_t key[PD_TAG_KEY_LEN], tags[N_KATS * PD_TAG_LEN];
     key_kat(key);
     for (size_t i = 0; i < N_KATS; i++) {
@@ -233,7 +237,7 @@ static size_t unhex(const char *h, uint8_t *out)
 static void tag_rfc8439_vectors(void)
 {
     need_gpu();
-    struct msg m[N_RFC];
+    struct tag_msg m[N_RFC];
     uint8_t tags[N_RFC * PD_TAG_LEN], key[PD_TAG_KEY_LEN], msg[64];
     for (size_t i = 0; i < N_RFC; i++) {
         CHECK_EQ_INT(unhex(rfc[i].key, key), PD_TAG_KEY_LEN);
@@ -261,7 +265,7 @@ static void tag_matches_libsodium(void)
     static const uint32_t sizes[] = {0, 1, 7, 8, 15, 16, 17, 31, 33, 100, 8191, 8192,
                                      8200, 16 * PD_TAG_LANES - 24, 16 * PD_TAG_LANES + 5,
                                      65536, 262144 + 3};
-    struct msg m[N];
+    struct tag_msg m[N];
     uint8_t tags[N * PD_TAG_LEN], want[PD_TAG_LEN];
     for (uint32_t i = 0; i < N; i++) {
         uint8_t key[PD_TAG_KEY_LEN], prefix[PD_TAG_PREFIX_MAX];
@@ -296,7 +300,7 @@ static void tag_verify_fails_closed(void)
 {
     need_gpu();
     enum { N = 6 };
-    struct msg m[N];
+    struct tag_msg m[N];
     uint8_t key[PD_TAG_KEY_LEN], prefix[24], data[4096], want[N * PD_TAG_LEN], ok[N];
     rnd_bytes(key, sizeof key);
     rnd_bytes(prefix, sizeof prefix);
@@ -329,7 +333,7 @@ static void tag_interoperates_with_session_tags(void)
     CHECK(kv_pair_init(&kp, 0) == 0);
     if (kv_pair_handshake(&kp) < 0)
         PD_TEST_FAIL_("handshake: %s", kp.err);
-    struct msg m[N], v[N];
+    struct tag_msg m[N], v[N];
     uint8_t tags[N * PD_TAG_LEN], cpu[N * PD_TAG_LEN], ok[N];
     uint64_t transfer[N];
     for (uint32_t i = 0; i < N; i++) {
@@ -350,7 +354,7 @@ static void tag_interoperates_with_session_tags(void)
     CHECK_EQ_INT(run_gpu(m, N, NULL, tags, NULL), 0);
     CHECK(memcmp(tags, cpu, sizeof tags) == 0);
     for (uint32_t i = 0; i < N; i++) {
-        const struct msg *x = &m[i];
+        const struct tag_msg *x = &m[i];
         uint64_t req = 0, len = 0;
         uint32_t epoch = 0, block = 0;
         for (int k = 7; k >= 0; k--) {
@@ -375,6 +379,88 @@ static void tag_interoperates_with_session_tags(void)
     kv_pair_done(&kp);
 }
 
+/* One job back from a crypto pool (its notify fd says when), or NULL. */
+static struct pd_kvx_job *take_one(struct pd_kvx_crypto *c, int fd)
+{
+    for (int tries = 0; tries < 100; tries++) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 100) == 1) {
+            struct pd_kvx_job *j = pd_kvx_crypto_take(c);
+            if (j)
+                return j;
+        }
+    }
+    return NULL;
+}
+
+static int crypto_run(struct pd_kvx_crypto *c, int fd, struct pd_kvx_job *j)
+{
+    pd_kvx_crypto_submit(c, j);
+    return take_one(c, fd) == j ? j->result : -ETIMEDOUT;
+}
+
+/* kvx's crypto workers with GPU tags over a registered pool, beside its CPU
+ * workers: the GPU's TAG job makes the CPU's tags, its VERIFY accepts the
+ * CPU's and names the block whose byte was flipped, and a block outside the
+ * pool is refused, never read. */
+static void kvx_crypto_workers_on_the_gpu_match_the_cpu(void)
+{
+    need_gpu();
+    enum {
+        NB = 6,
+        BB = 4096
+    };
+    struct kv_pair kp;
+    CHECK(kv_pair_init(&kp, 0) == 0);
+    if (kv_pair_handshake(&kp) < 0)
+        PD_TEST_FAIL_("handshake: %s", kp.err);
+    uint8_t *pool = aligned_alloc(4096, NB * BB), *blocks[NB];
+    uint8_t tg[NB * PD_TAG_LEN], tc[NB * PD_TAG_LEN];
+    CHECK(pool);
+    rnd_bytes(pool, NB * BB);
+    CHECK_EQ_INT(pd_cuda_host_register(pool, NB * BB), 0);
+    struct pd_kvx_crypto *g, *cpu;
+    int gfd, cfd;
+    CHECK_EQ_INT(pd_kvx_crypto_new(2, &g, &gfd), 0);
+    CHECK_EQ_INT(pd_kvx_crypto_new(1, &cpu, &cfd), 0);
+    CHECK_EQ_INT(pd_kvx_crypto_gpu(g, pool, NB * BB), 0);
+    for (int i = 0; i < NB; i++)
+        blocks[i] = pool + (size_t)((i * 5) % NB) * BB; /* out of order, as a run's may be */
+    struct pd_kvx_job jg = {.kind = PD_KVX_JOB_TAG,
+                            .s = kp.sp,
+                            .request_id = 77,
+                            .epoch = 3,
+                            .first = 10,
+                            .n = NB,
+                            .transfer = 5,
+                            .block_bytes = BB,
+                            .blocks = blocks,
+                            .tags = tg};
+    struct pd_kvx_job jc = jg;
+    jc.tags = tc;
+    CHECK_EQ_INT(crypto_run(g, gfd, &jg), 0);
+    CHECK_EQ_INT(crypto_run(cpu, cfd, &jc), 0);
+    CHECK(memcmp(tg, tc, sizeof tg) == 0);
+
+    struct pd_kvx_job v = jg;
+    v.kind = PD_KVX_JOB_VERIFY, v.s = kp.sd, v.tags = tc;
+    CHECK_EQ_INT(crypto_run(g, gfd, &v), 0);
+    blocks[2][100] ^= 0x08;
+    v.result = 0, v.bad = 0;
+    CHECK_EQ_INT(crypto_run(g, gfd, &v), -EKEYREJECTED);
+    CHECK_EQ_INT(v.bad, 2);
+    blocks[2][100] ^= 0x08;
+    uint8_t outside[BB];
+    blocks[4] = outside;
+    CHECK_EQ_INT(crypto_run(g, gfd, &v), -EINVAL);
+
+    pd_kvx_crypto_free(g);
+    pd_kvx_crypto_free(cpu);
+    CHECK_EQ_INT(pd_cuda_host_unregister(pool), 0);
+    free(pool);
+    kv_pair_done(&kp);
+}
+
 /* argument errors come back before any CUDA call, GPU or not */
 static void tag_launchers_refuse_bad_args(void)
 {
@@ -394,6 +480,7 @@ static const struct pd_test tests[] = {
     PD_TEST(tag_matches_libsodium),
     PD_TEST(tag_verify_fails_closed),
     PD_TEST(tag_interoperates_with_session_tags),
+    PD_TEST(kvx_crypto_workers_on_the_gpu_match_the_cpu),
     {0},
 };
 

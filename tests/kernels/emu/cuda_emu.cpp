@@ -4,7 +4,8 @@
  * cuBLAS calls kernels/matmul.cu makes, so that cuda_util.cu and matmul.cu
  * themselves are exercised too.
  *
- * Threads of a block are fibers on the calling thread, run in turn; a fiber
+ * Threads of a block are fibers on the calling thread, run in turn (grids
+ * launched from several host threads run one after another); a fiber
  * gives the CPU up only at __syncthreads and inside a shuffle, so a block's
  * run is deterministic. Blocks run one after another. A fiber is entered the
  * first time with setcontext (its own stack) and switched with _setjmp /
@@ -164,7 +165,12 @@ void emu_ldmatrix_x4(uint32_t r[4], const void *row, bool trans)
     barrier(&warp_arrived[w], &warp_generation[w], 32);
 }
 
-void emu_run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const std::function<void()> &fn)
+/* one grid at a time, whichever host thread launches it (the fibers, the
+ * barriers and the kernels' static __shared__ are this file's globals): a
+ * daemon's compute thread and its KV crypto threads both launch */
+static std::mutex grid_mu;
+
+static void run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const std::function<void()> &fn)
 {
     const unsigned n = block.x;
     if (block.y != 1 || block.z != 1 || n == 0 || n % 32 || n > MAX_THREADS ||
@@ -203,6 +209,12 @@ void emu_run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const std::functio
                         }
                 current = -1;
             }
+}
+
+void emu_run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const std::function<void()> &fn)
+{
+    std::lock_guard<std::mutex> one_grid(grid_mu);
+    run_grid(grid, block, dynamic_smem, fn);
 }
 
 /* ---- the CUDA runtime, on the host ------------------------------------------ */
@@ -455,6 +467,20 @@ cudaError_t cudaHostRegister(void *p, size_t n, unsigned)
     return cudaSuccess;
 }
 
+/* Registered host memory is read where it is (unified addressing). */
+cudaError_t cudaHostGetDevicePointer(void **dev, void *host, unsigned flags)
+{
+    if (!dev || flags)
+        return cudaErrorInvalidValue;
+    const uintptr_t h = (uintptr_t)host;
+    std::lock_guard<std::mutex> g(emu_mem_mu);
+    auto it = emu_host_ranges.upper_bound(h);
+    if (it == emu_host_ranges.begin() || h >= std::prev(it)->first + std::prev(it)->second)
+        return cudaErrorInvalidValue;
+    *dev = host;
+    return cudaSuccess;
+}
+
 cudaError_t cudaHostUnregister(void *p)
 {
     std::lock_guard<std::mutex> g(emu_mem_mu);
@@ -463,6 +489,11 @@ cudaError_t cudaHostUnregister(void *p)
         return cudaErrorHostMemoryNotRegistered;
     emu_host_ranges.erase(it);
     return cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t s)
+{
+    return emu_issue(s, [=]() { memset(p, v, n); }) ? cudaSuccess : cudaErrorStreamCaptureImplicit;
 }
 
 cudaError_t cudaMemset(void *p, int v, size_t n)
