@@ -26,11 +26,12 @@ import concurrent.futures as cf
 import os
 import random
 import signal
+import subprocess
 import sys
 import tempfile
 import time
 
-from harness import Decoded, Prefilld, post_and_hold, wait_for, write_key
+from harness import Decoded, Prefilld, post_and_hold, prefilld_binary, wait_for, write_key
 
 try:
     import pytest
@@ -140,6 +141,7 @@ def test_gpu_pair_answers_as_gpu_decoded_alone(tmp_path):
         for who in (p, d):
             assert "KV channel: the GPU pool staged through 16 MiB of page-locked host" \
                 in who.log(), who.log()
+            assert "KV channel: block tags made and checked on the GPU" in who.log(), who.log()
         dis = [complete(d, x) for x in prompts]
         # and several at once (runs of different prompts interleave in the stagings)
         with cf.ThreadPoolExecutor(4) as ex:
@@ -159,6 +161,33 @@ def test_gpu_pair_answers_as_gpu_decoded_alone(tmp_path):
     print("GPU pair vs GPU decoded alone: %d of %d tokens compared" %
           (n, 2 * len(prompts) * MAX_TOKENS))
     assert n >= len(prompts) * MAX_TOKENS
+
+
+def test_gpu_tampered_blocks_fail_on_the_gpu_never_a_200(tmp_path):
+    """decoded's GPU checks the tags: against a prefilld that corrupts a byte
+    of every request's blocks after its GPU tagged them (--test-tamper-every,
+    in test builds only), each request fails as an integrity failure, never a
+    200, and both stagings come back."""
+    need_gpu()
+    hooks = subprocess.run([prefilld_binary(), "--test-tamper-every", "1", "--print-config"],
+                           capture_output=True, text=True, timeout=60)
+    if hooks.returncode != 0:
+        skip("prefilld was built without the test hooks (--test-tamper-every)")
+    psk = write_key(tmp_path / "k.psk")
+    with Prefilld(*MODEL, *MEM, "--test-tamper-every", "1", "--log-level", "info", psk=psk) as p, \
+            Decoded(*dec_args(psk, p.addr, extra=("--prefill-failover", "fail"))) as d:
+        up(d, p)
+        for who in (p, d):
+            assert "KV channel: block tags made and checked on the GPU" in who.log(), who.log()
+        for n in (5, 40):
+            status, out = d.json("POST", "/v1/completions",
+                                 {"prompt": prompt(n), "max_tokens": 2, "temperature": 0},
+                                 timeout=300)
+            assert status == 502 and "integrity" in out["error"]["message"], (status, out)
+        assert metric(d, "kv_integrity_failures_total") >= 2
+        assert metric(d, "prompt_tokens_total") == 0, "a prompt was prefilled locally"
+        wait_for(lambda: metric(p, "kv_staging_blocks_used") == 0, 30, "prefilld's staging back")
+        wait_for(lambda: metric(d, "kv_staging_blocks_used") == 0, 30, "decoded's staging back")
 
 
 def test_gpu_prefilld_killed_mid_transfer_fails_over_and_staging_comes_back(tmp_path):
