@@ -273,20 +273,14 @@ static int remote_open(struct daemon *d, const struct dec_cfg *c, char *err, siz
     char warn[256];
     if (pd_kvx_ports_warning(c->kv_ip, c->kv_data_ports, warn, sizeof(warn)))
         pd_log(PD_LOG_WARN, "%s", warn);
-    struct dec_remote_cfg rc_ = {.peers = (const char *const *)c->prefill.items,
-                                 .n_peers = (unsigned)c->prefill.n,
-                                 .kv_ip = c->kv_ip,
-                                 .data_port_lo = lo,
-                                 .data_port_hi = hi,
-                                 .psk_file = c->kv_psk_file,
-                                 .key_id = c->kv_key_id,
-                                 .lease_ms = (uint32_t)c->kv_lease_ms,
-                                 .handshake_ms = (uint32_t)c->kv_handshake_ms,
-                                 .request_deadline_ms = (uint32_t)c->prefill_timeout_ms,
-                                 .crypto_threads = (unsigned)c->kv_crypto_threads,
-                                 .no_integrity = !c->kv_integrity,
-                                 .gpu_tags = c->kv_gpu_tags,
-                                 .failover = (enum dec_failover)d->cfg->prefill_failover};
+    struct dec_remote_cfg rc_ = {
+        .peers = (const char *const *)c->prefill.items, .n_peers = (unsigned)c->prefill.n,
+        .kv_ip = c->kv_ip, .data_port_lo = lo, .data_port_hi = hi,
+        .psk_file = c->kv_psk_file, .key_id = c->kv_key_id,
+        .lease_ms = (uint32_t)c->kv_lease_ms, .handshake_ms = (uint32_t)c->kv_handshake_ms,
+        .request_deadline_ms = (uint32_t)c->prefill_timeout_ms,
+        .crypto_threads = (unsigned)c->kv_crypto_threads, .no_integrity = !c->kv_integrity,
+        .gpu_tags = c->kv_gpu_tags, .failover = (enum dec_failover)d->cfg->prefill_failover};
     if ((rc = dec_remote_new(&rc_, pd_runtime_base(d->rt), d->engine, dec_server_metrics(d->srv),
                              &d->remote, err, errlen)) < 0)
         return rc;

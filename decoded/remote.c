@@ -648,24 +648,14 @@ int dec_remote_new(const struct dec_remote_cfg *cfg, struct event_base *base,
     }
     /* the key is pinned by id: a reload that adds the next key for a
      * rotation must not leave kvx with a ring of two and no choice */
-    struct pd_kvx_params kp = {.base = base,
-                               .role = PD_ROLE_D,
-                               .kv_ip = cfg->kv_ip,
-                               .data_port_lo = cfg->data_port_lo,
-                               .data_port_hi = cfg->data_port_hi,
-                               .keyring = r->keyring,
-                               .key_id = r->key_id,
-                               .layout = &r->layout,
-                               .pool = pd_kvcache_pool(kc),
-                               .pool_blocks = pd_kvcache_n_blocks(kc),
-                               .crypto_threads = cfg->crypto_threads,
-                               .no_integrity = cfg->no_integrity,
-                               .gpu_tags = cfg->gpu_tags && pd_engine_on_device(engine),
-                               .lease_ms = cfg->lease_ms,
-                               .handshake_ms = cfg->handshake_ms,
-                               .request_deadline_ms = cfg->request_deadline_ms,
-                               .event = kvx_event,
-                               .arg = r};
+    struct pd_kvx_params kp = {
+        .base = base, .role = PD_ROLE_D, .kv_ip = cfg->kv_ip, .data_port_lo = cfg->data_port_lo,
+        .data_port_hi = cfg->data_port_hi, .keyring = r->keyring, .key_id = r->key_id,
+        .layout = &r->layout, .pool = pd_kvcache_pool(kc), .pool_blocks = pd_kvcache_n_blocks(kc),
+        .crypto_threads = cfg->crypto_threads, .no_integrity = cfg->no_integrity,
+        .gpu_tags = cfg->gpu_tags && pd_engine_on_device(engine),
+        .lease_ms = cfg->lease_ms, .handshake_ms = cfg->handshake_ms,
+        .request_deadline_ms = cfg->request_deadline_ms, .event = kvx_event, .arg = r};
     if ((rc = pd_kvx_new(&kp, &r->kvx, err, errlen)) < 0)
         goto fail;
     char line[160];

@@ -417,25 +417,16 @@ static int kvx_open(struct daemon *d, char *err, size_t errlen)
     if (pd_kvx_ports_warning(c->kv_ip, c->kv_data_ports, warn, sizeof(warn)))
         pd_log(PD_LOG_WARN, "%s", warn);
     pd_engine_kv_layout(d->engine, &layout);
-    struct pd_kvx_params kp = {.base = pd_runtime_base(d->rt),
-                               .role = PD_ROLE_P,
-                               .kv_ip = c->kv_ip,
-                               .kv_port = (uint16_t)c->kv_port,
-                               .data_port_lo = lo,
-                               .data_port_hi = hi,
-                               .keyring = d->keyring,
-                               .layout = &layout,
-                               .pool = pd_kvcache_pool(pd_engine_kv_channel_pool(d->engine)),
-                               .pool_blocks =
-                                   pd_kvcache_n_blocks(pd_engine_kv_channel_pool(d->engine)),
-                               .crypto_threads = (unsigned)c->kv_crypto_threads,
-                               .no_integrity = !c->kv_integrity,
-                               .gpu_tags = c->kv_gpu_tags && pd_engine_on_device(d->engine),
-                               .lease_ms = (uint32_t)c->kv_lease_ms,
-                               .handshake_ms = (uint32_t)c->kv_handshake_ms,
-                               .max_sessions = (unsigned)c->kv_max_sessions,
-                               .event = kvx_event,
-                               .arg = d};
+    struct pd_kvx_params kp = {
+        .base = pd_runtime_base(d->rt), .role = PD_ROLE_P, .kv_ip = c->kv_ip,
+        .kv_port = (uint16_t)c->kv_port, .data_port_lo = lo, .data_port_hi = hi,
+        .keyring = d->keyring, .layout = &layout,
+        .pool = pd_kvcache_pool(pd_engine_kv_channel_pool(d->engine)),
+        .pool_blocks = pd_kvcache_n_blocks(pd_engine_kv_channel_pool(d->engine)),
+        .crypto_threads = (unsigned)c->kv_crypto_threads, .no_integrity = !c->kv_integrity,
+        .gpu_tags = c->kv_gpu_tags && pd_engine_on_device(d->engine),
+        .lease_ms = (uint32_t)c->kv_lease_ms, .handshake_ms = (uint32_t)c->kv_handshake_ms,
+        .max_sessions = (unsigned)c->kv_max_sessions, .event = kvx_event, .arg = d};
 #ifdef PD_TEST_HOOKS
     kp.tamper_every = (unsigned)c->test_tamper_every;
     if (kp.tamper_every)
