@@ -116,6 +116,8 @@ def test_prefilld_health_stopping_then_second_signal_cuts(tmp_path):
             Decoded(*WIDE, "--kv-psk-file", psk, "--prefill", p.addr,
                     "--local-prefill-max-tokens", "0", "--prefill-timeout-ms", "600000",
                     "--prefill-failover", "fail") as d:
+        # the session first: a prompt sent before it is up fails at once (no peer)
+        wait_for(lambda: d.metric("pdserve:kv_sessions") == 1, 60, "the KV session")
         done = []
         t = threading.Thread(target=lambda: done.append(d.json(
             "POST", "/v1/completions", {"prompt": LONG_PROMPT, "max_tokens": 1}, timeout=600)))
