@@ -503,7 +503,7 @@ static int ucx_setup(struct pd_kvx *k, char *err, size_t errlen)
 
 void pd_kvx_tags_line(const struct pd_kvx *k, char *buf, size_t n)
 {
-    unsigned t = k->p.crypto_threads ? k->p.crypto_threads : pd_kvx_default_crypto_threads();
+    unsigned t = pd_kvx_crypto_threads(k->crypto);
     if (k->p.no_integrity)
         snprintf(buf, n, "KV channel: block tags off (--no-kv-integrity: measurement only)");
     else if (k->p.gpu_tags)

@@ -96,12 +96,18 @@ struct gpu_worker {
     uint8_t *d_tags, *d_ok;
 };
 
-static void gpu_worker_done(struct gpu_worker *g)
+static void gpu_buffers_free(struct gpu_worker *g)
 {
     free(g->h_jobs), free(g->h_ok);
     pd_cuda_free(g->d_jobs), pd_cuda_free(g->d_tags), pd_cuda_free(g->d_ok);
-    pd_cuda_stream_free(g->stream);
-    memset(g, 0, sizeof(*g));
+    g->h_jobs = NULL, g->h_ok = NULL, g->d_jobs = NULL, g->d_tags = NULL, g->d_ok = NULL;
+    g->cap = 0;
+}
+
+static void gpu_worker_done(struct gpu_worker *g)
+{
+    gpu_buffers_free(g);
+    g->stream = pd_cuda_stream_free(g->stream);
 }
 
 static int gpu_worker_fit(struct gpu_worker *g, uint32_t n)
@@ -111,10 +117,7 @@ static int gpu_worker_fit(struct gpu_worker *g, uint32_t n)
         return rc;
     if (n <= g->cap)
         return 0;
-    pd_stream_t s = g->stream;
-    g->stream = NULL;
-    gpu_worker_done(g);
-    g->stream = s;
+    gpu_buffers_free(g);
     uint32_t cap = n < 64 ? 64 : n;
     g->h_jobs = calloc(cap, sizeof(*g->h_jobs));
     g->h_ok = malloc(cap);
@@ -270,6 +273,11 @@ int pd_kvx_crypto_new(unsigned threads, struct pd_kvx_crypto **out, int *notify_
     *out = c;
     *notify_fd = c->efd;
     return 0;
+}
+
+unsigned pd_kvx_crypto_threads(const struct pd_kvx_crypto *c)
+{
+    return c->n_threads;
 }
 
 void pd_kvx_crypto_submit(struct pd_kvx_crypto *c, struct pd_kvx_job *j)

@@ -60,6 +60,8 @@ struct pd_kvx_crypto;
  * returned notify fd (an eventfd) becomes readable. */
 int pd_kvx_crypto_new(unsigned threads, struct pd_kvx_crypto **out, int *notify_fd);
 void pd_kvx_crypto_submit(struct pd_kvx_crypto *c, struct pd_kvx_job *j);
+/* The threads it runs (set by pd_kvx_crypto_new, fixed after). */
+unsigned pd_kvx_crypto_threads(const struct pd_kvx_crypto *c);
 /* All finished jobs, oldest first; clears the notify fd. */
 struct pd_kvx_job *pd_kvx_crypto_take(struct pd_kvx_crypto *c);
 /* Tags made and checked on the GPU from now on (CUDA builds): pool is the
