@@ -249,7 +249,8 @@ def test_sighup_reloads_prefilld_log_level_and_drain_timeout(tmp_path):
     with Prefilld(*MODEL, *MEM, "--config", str(cfg), psk=psk) as p:
         write_cfg(cfg, log_level="debug", drain_timeout=7)
         hup(p, "SIGHUP: log level debug, drain timeout 7s", 0)
-        assert "SIGHUP: 1 keys loaded from" in p.log()
+        # the keys' line follows the options' line
+        wait_for(lambda: "SIGHUP: 1 keys loaded from" in p.log(), 30, "the keys re-read")
         with open(cfg, "w") as f:
             f.write('{"drain-timeout": ')  # cut short: not JSON
         hup(p, "SIGHUP: configuration not reloaded, nothing changed", 0)
