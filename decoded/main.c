@@ -80,6 +80,7 @@ struct dec_cfg {
     int64_t kv_handshake_ms;
     int64_t kv_crypto_threads;
     bool kv_gpu_tags;
+    bool kv_direct;
     bool kv_integrity;
     int log_level;
     int device;
@@ -260,7 +261,8 @@ static void dec_rt_scrape(void *arg)
 static int remote_open(struct daemon *d, const struct dec_cfg *c, char *err, size_t errlen)
 {
     uint16_t lo = 0, hi = 0;
-    if (pd_engine_on_device(d->engine) && !pd_engine_kv_staging(d->engine)) {
+    if (pd_engine_on_device(d->engine) && !pd_engine_kv_staging(d->engine) &&
+        !pd_engine_kv_direct(d->engine)) {
         /* a reload naming the first peers: staging is made at start only */
         snprintf(err, errlen, "the engine runs on the GPU and was started without prefill "
                  "peers, so without the KV channel's staging (--kv-staging-memory): restart "
@@ -394,11 +396,16 @@ static int engine_open(struct daemon *d, struct pd_model *m, char *err, size_t e
         return rc;
     if (err[0])
         pd_log(PD_LOG_INFO, "%s", err);
-    /* on a GPU, prefill peers' blocks land in page-locked host staging
-     * first (made only with peers at start) */
+    /* on a GPU, prefill peers' blocks land in the device pool, or in
+     * page-locked host staging first (made only with peers at start) */
+    char kvline[320];
+    const bool direct = pd_runtime_kv_direct(device != PD_DEVICE_CPU, c->kv_direct,
+                                             c->kv_gpu_tags, kvline, sizeof(kvline));
+    if (kvline[0])
+        pd_log(PD_LOG_INFO, "%s", kvline);
     struct pd_engine_params ep = {.model = m, .kv_cache_bytes = c->kv_cache_memory,
                                   .device = device,
-                                  .kv_staging = c->prefill.n > 0,
+                                  .kv_staging = c->prefill.n > 0 && !direct, .kv_direct = direct,
                                   .kv_staging_bytes = c->kv_staging_memory,
                                   PD_ENGINE_DEVICE_PARAMS(*c),
                                   PD_ENGINE_KV_PARAMS(*c),

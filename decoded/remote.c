@@ -653,12 +653,15 @@ int dec_remote_new(const struct dec_remote_cfg *cfg, struct event_base *base,
         .data_port_hi = cfg->data_port_hi, .keyring = r->keyring, .key_id = r->key_id,
         .layout = &r->layout, .pool = pd_kvcache_pool(kc), .pool_blocks = pd_kvcache_n_blocks(kc),
         .crypto_threads = cfg->crypto_threads, .no_integrity = cfg->no_integrity,
-        .gpu_tags = cfg->gpu_tags && pd_engine_on_device(engine),
+        /* a device pool the host reads none of: tags on the GPU whatever a
+         * reload says (the path was chosen at start) */
+        .gpu_tags = pd_engine_kv_direct(engine) || (cfg->gpu_tags && pd_engine_on_device(engine)),
+        .pool_on_device = pd_engine_kv_direct(engine),
         .lease_ms = cfg->lease_ms, .handshake_ms = cfg->handshake_ms,
         .request_deadline_ms = cfg->request_deadline_ms, .event = kvx_event, .arg = r};
     if ((rc = pd_kvx_new(&kp, &r->kvx, err, errlen)) < 0)
         goto fail;
-    char line[160];
+    char line[256];
     pd_kvx_tags_line(r->kvx, line, sizeof(line));
     pd_log(PD_LOG_INFO, "%s", line);
     for (unsigned i = 0; i < cfg->n_peers; i++) {

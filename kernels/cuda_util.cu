@@ -161,6 +161,15 @@ extern "C" int pd_cuda_debug_build(void)
 #endif
 }
 
+extern "C" int pd_cuda_emulated(void)
+{
+#ifdef PD_CUDA_EMU
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 extern "C" int pd_cuda_malloc(void **p, size_t bytes)
 {
     void *d = NULL;

@@ -60,6 +60,9 @@ int pd_cuda_sm_count(uint32_t *n);
 /* True when the kernels were compiled with -G (device debug): timings of
  * such a build mean nothing. */
 int pd_cuda_debug_build(void);
+/* True in the CPU emulator of the CUDA runtime (tests/kernels/emu), where
+ * "device" memory is host memory that any library may read and write. */
+int pd_cuda_emulated(void);
 
 int pd_cuda_malloc(void **p, size_t bytes);
 /* Accepts NULL; returns NULL. */

@@ -46,6 +46,7 @@ struct pf_cfg {
     int64_t kv_handshake_ms;
     int64_t kv_crypto_threads;
     bool kv_gpu_tags;
+    bool kv_direct;
     bool kv_integrity;
     int64_t kv_max_sessions;
     uint64_t kv_cache_memory;
@@ -425,6 +426,7 @@ static int kvx_open(struct daemon *d, char *err, size_t errlen)
         .pool_blocks = pd_kvcache_n_blocks(pd_engine_kv_channel_pool(d->engine)),
         .crypto_threads = (unsigned)c->kv_crypto_threads, .no_integrity = !c->kv_integrity,
         .gpu_tags = c->kv_gpu_tags && pd_engine_on_device(d->engine),
+        .pool_on_device = pd_engine_kv_direct(d->engine),
         .lease_ms = (uint32_t)c->kv_lease_ms, .handshake_ms = (uint32_t)c->kv_handshake_ms,
         .max_sessions = (unsigned)c->kv_max_sessions, .event = kvx_event, .arg = d};
 #ifdef PD_TEST_HOOKS
@@ -436,7 +438,7 @@ static int kvx_open(struct daemon *d, char *err, size_t errlen)
 #endif
     rc = pd_kvx_new(&kp, &d->kvx, err, errlen);
     if (rc == 0) {
-        char line[160];
+        char line[256];
         pd_kvx_tags_line(d->kvx, line, sizeof(line));
         pd_log(PD_LOG_INFO, "%s", line);
     }
@@ -550,11 +552,16 @@ static int serve(void *cfg, const struct pd_cfg_args *a, int argc, char **argv, 
                                  .shape = c->model_shape, .seed = (uint64_t)c->seed};
     if ((rc = pd_runtime_load_model(&mp, &m, err, errlen)) < 0)
         goto out;
-    /* a GPU pool's blocks leave through page-locked host staging */
+    /* a GPU pool's blocks leave from there, or through page-locked host staging */
+    char kvline[320];
+    const bool direct = pd_runtime_kv_direct(device != PD_DEVICE_CPU, c->kv_direct,
+                                             c->kv_gpu_tags, kvline, sizeof(kvline));
+    if (kvline[0])
+        pd_log(PD_LOG_INFO, "%s", kvline);
     struct pd_engine_params ep = {.model = m, .kv_cache_bytes = c->kv_cache_memory,
                                   .device = device,
                                   PD_ENGINE_DEVICE_PARAMS(*c),
-                                  .kv_staging = true,
+                                  .kv_staging = !direct, .kv_direct = direct,
                                   .kv_staging_bytes = c->kv_staging_memory,
                                   PD_ENGINE_KV_PARAMS(*c),
                                   .max_batched_tokens = (uint32_t)c->max_num_batched_tokens,

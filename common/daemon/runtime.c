@@ -5,6 +5,7 @@
 #include "cfg.h"
 #include "errf.h"
 #include "http.h"
+#include "kvx.h"
 #include "log.h"
 #include "metrics.h"
 #include "model.h"
@@ -343,6 +344,27 @@ int pd_runtime_main(const struct pd_cfg_opt *table, void *cfg, const char *name,
     }
     pd_cfg_done(table, cfg);
     return rc;
+}
+
+int pd_runtime_kv_direct(bool on_gpu, bool want, bool gpu_tags, char *line, size_t n)
+{
+    char why[200];
+    line[0] = 0;
+    if (!on_gpu)
+        return 0;
+    if (!want || !gpu_tags) {
+        snprintf(line, n, "KV channel: blocks staged through page-locked host memory (%s)",
+                 !want ? "--kv-direct is off" : "--kv-gpu-tags is off: the CPU tags them there");
+        return 0;
+    }
+    int rc = pd_kvx_device_path(why, sizeof(why));
+    snprintf(line, n, "KV channel: %s: %s",
+             rc > 0 ? "the device pool goes to UCX as it is (direct)"
+                    : "blocks staged through page-locked host memory",
+             rc < 0 ? "UCX did not start to say which memory it takes" : why);
+    if (rc < 0)
+        snprintf(line + strlen(line), n - strlen(line), " (%s)", why);
+    return rc > 0;
 }
 
 int pd_runtime_load_model(const struct pd_model_params *mp, struct pd_model **m, char *err,

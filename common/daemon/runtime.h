@@ -135,6 +135,15 @@ struct pd_model_params;
 int pd_runtime_load_model(const struct pd_model_params *mp, struct pd_model **m, char *err,
                           size_t errlen);
 
+/* The KV channel's path for an engine on a GPU (on_gpu), decided before
+ * the engine is made: 1 for the direct path (the device pool is the
+ * channel's: engine params kv_direct, kvx's pool_on_device) when want
+ * (--kv-direct) and gpu_tags (--kv-gpu-tags: the host reads no device block)
+ * allow it and the UCX in use takes CUDA memory (pd_kvx_device_path); 0 to
+ * stage through page-locked host memory. line gets the log line that says
+ * which and why ("" on the CPU). */
+int pd_runtime_kv_direct(bool on_gpu, bool want, bool gpu_tags, char *line, size_t n);
+
 /* SIGHUP's first half, the same for every daemon (its reload hook calls
  * it): the configuration read again as at start (argc, argv: the same
  * flags, the config file, the environment) into next. An invalid one

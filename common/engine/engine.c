@@ -180,6 +180,7 @@ int pd_engine_new(const struct pd_engine_params *p, struct pd_engine **out, char
     e->model = p->model;
     e->hp = *pd_model_hparams(p->model);
     e->device = p->device;
+    e->kv_direct = p->device != PD_DEVICE_CPU && p->kv_direct && !p->kv_staging;
     e->w_type = PD_DT_F32;
     if ((rc = build(e, p, err, errlen)) < 0) {
         pd_engine_free(e);
@@ -205,6 +206,7 @@ struct pd_engine *pd_engine_free(struct pd_engine *e)
 
 const struct pd_model *pd_engine_model(const struct pd_engine *e) { return e->model; }
 int pd_engine_on_device(const struct pd_engine *e) { return e->device != PD_DEVICE_CPU; }
+int pd_engine_kv_direct(const struct pd_engine *e) { return e->kv_direct; }
 
 uint32_t pd_engine_cuda_graphs(const struct pd_engine *e)
 {
@@ -229,6 +231,9 @@ void pd_engine_kv_path(struct pd_engine *e, char *buf, size_t n)
                  "KV channel: the GPU pool staged through %.0f MiB of page-locked host "
                  "memory (%" PRIu64 " blocks of %" PRIu64 " bytes; copies by cudaMemcpyAsync)",
                  (double)(bb * nb) / (1u << 20), nb, bb);
+    else if (e->kv_direct)
+        snprintf(buf, n, "KV channel: blocks move straight from and to the GPU pool (%" PRIu64
+                 " blocks of %" PRIu64 " bytes; UCX sends and receives device memory)", nb, bb);
     else if (e->device == PD_DEVICE_CPU)
         snprintf(buf, n, "KV channel: blocks move in place from and to the host pool (%" PRIu64
                  " blocks of %" PRIu64 " bytes)", nb, bb);

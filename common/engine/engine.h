@@ -75,6 +75,8 @@ struct pd_engine_params {
     uint32_t max_batch_items; /* sequences per step; 0 = 256 */
     uint32_t kv_dtype; /* --kv-cache-dtype: PD_DT_F32 (0), PD_DT_BF16 or PD_DT_F16 */
     bool kv_staging; /* CUDA: page-locked host blocks for the KV channel (pd_engine_kv_staging) */
+    bool kv_direct; /* CUDA, instead: the KV channel takes the device pool itself (the UCX
+                     * in use moves CUDA memory: kvchan's pd_kvx_device_path) */
     uint64_t kv_staging_bytes; /* their size (--kv-staging-memory); 0: room for two prompts
                                 * of max_model_len, at least 1 GiB */
     bool no_cuda_graphs; /* CUDA: decode steps as plain launches, not graph replays
@@ -174,6 +176,9 @@ void pd_engine_seq_release(struct pd_engine *e, struct pd_kvseq *seq);
 const struct pd_model *pd_engine_model(const struct pd_engine *e);
 /* 1 when the engine runs on a GPU (its KV pool is device memory) */
 int pd_engine_on_device(const struct pd_engine *e);
+/* 1 when the engine's pool is on a GPU and the KV channel takes it as it is
+ * (made with kv_direct): kvx's pool_on_device. */
+int pd_engine_kv_direct(const struct pd_engine *e);
 /* CUDA graphs captured so far (one per decode batch size that came; 0 on
  * the CPU, with no_cuda_graphs, or after a capture failed and turned them off) */
 uint32_t pd_engine_cuda_graphs(const struct pd_engine *e);
@@ -186,12 +191,13 @@ struct pd_kvcache *pd_engine_kvcache(struct pd_engine *e);
  * copies blocks between them and the device pool. Like the pool, the
  * compute thread's alone. pd_engine_kv_staging is NULL without one;
  * pd_engine_kv_channel_pool is the staging when there is one, else the pool
- * itself (a CPU engine's blocks go out as they are). */
+ * itself (a CPU engine's blocks go out as they are; a GPU engine's, made
+ * with kv_direct, in device memory). */
 struct pd_kvcache *pd_engine_kv_staging(struct pd_engine *e);
 struct pd_kvcache *pd_engine_kv_channel_pool(struct pd_engine *e);
 /* One line naming the path KV blocks take between the KV channel and the
- * pool (for the daemons' log): in place on the CPU, through the staging on
- * a GPU. */
+ * pool (for the daemons' log): in place on the CPU, and on a GPU straight
+ * from the device pool (kv_direct) or through the staging. */
 void pd_engine_kv_path(struct pd_engine *e, char *buf, size_t n);
 /* Copy n blocks: pool_blocks[i] -> stage_blocks[i] (to_host), or back.
  * Ordered after every step so far; returns when the copies are complete.

@@ -136,6 +136,7 @@ struct pd_engine {
 
     struct pd_kvcache *kc;
     struct pd_kvcache *stage; /* GPU: the KV channel's pinned host blocks, or NULL */
+    bool kv_direct; /* GPU: the KV channel takes the device pool (no stage) */
     bool stage_pinned;
     void *stream; /* GPU: every kernel and copy of a step, in order; NULL on the CPU */
     void **pinned; /* GPU: page-locked host scratch (index arrays, logits) */

@@ -13,6 +13,11 @@
 #include "errf.h"
 #include "kvx_internal.h"
 #include "log.h"
+#include "pd_config.h"
+
+#if PD_HAVE_CUDA
+#include "cuda_util.h"
+#endif
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -392,6 +397,90 @@ static size_t chunk_wire_len(uint32_t n)
     return PD_FRAME_HDR_LEN + pd_frame_body_len(&f) + PD_FRAME_MAC_LEN;
 }
 
+/* (types past this header's last are a later UCX's) */
+static const char *mem_type_name(int t)
+{
+    return t >= 0 && t < UCS_MEMORY_TYPE_LAST ? ucs_memory_type_names[t] : "unknown";
+}
+
+/* The memory types ctx moves (ucp_context_query), as a bit mask of
+ * UCS_MEMORY_TYPE_*; host memory only when it does not say. */
+static uint64_t ucx_memory_types(ucp_context_h ctx)
+{
+    ucp_context_attr_t a = {.field_mask = UCP_ATTR_FIELD_MEMORY_TYPES};
+    if (ucp_context_query(ctx, &a) != UCS_OK)
+        return UCS_BIT(UCS_MEMORY_TYPE_HOST);
+    return a.memory_types;
+}
+
+static int device_memory_is_host(void)
+{
+#if PD_HAVE_CUDA
+    return pd_cuda_emulated();
+#else
+    return 0;
+#endif
+}
+
+int pd_kvx_device_path(char *why, size_t len)
+{
+    unsigned maj = 0, min = 0, rel = 0;
+    ucp_get_version(&maj, &min, &rel);
+    if (device_memory_is_host()) {
+        snprintf(why, len, "the emulated GPU's device memory is host memory, which UCX %u.%u.%u "
+                 "moves", maj, min, rel);
+        return 1;
+    }
+    ucp_config_t *cfg;
+    ucs_status_t st = ucp_config_read(NULL, NULL, &cfg);
+    if (st != UCS_OK)
+        return pd_errf(why, len, kvx_ucs_errno(st), "UCX config: %s", ucs_status_string(st));
+    ucp_params_t pp = {.field_mask = UCP_PARAM_FIELD_FEATURES, .features = UCP_FEATURE_AM};
+    ucp_context_h ctx;
+    st = ucp_init(&pp, cfg, &ctx);
+    ucp_config_release(cfg);
+    if (st != UCS_OK)
+        return pd_errf(why, len, kvx_ucs_errno(st), "ucp_init: %s", ucs_status_string(st));
+    const uint64_t types = ucx_memory_types(ctx);
+    ucp_cleanup(ctx);
+    if (types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) {
+        snprintf(why, len, "UCX %u.%u.%u takes CUDA memory", maj, min, rel);
+        return 1;
+    }
+    size_t used = (size_t)snprintf(why, len, "UCX %u.%u.%u does not take CUDA memory (it moves",
+                                   maj, min, rel);
+    for (int t = 0; t < UCS_MEMORY_TYPE_LAST && used < len; t++)
+        if (types & UCS_BIT(t))
+            used += (size_t)snprintf(why + used, len - used, " %s", mem_type_name(t));
+    if (used < len)
+        snprintf(why + used, len - used, ")");
+    return 0;
+}
+
+/* The direct path: the device pool registered with UCX, which must move
+ * its memory type (the emulator's is host memory). */
+static int pool_map(struct pd_kvx *k, char *err, size_t errlen)
+{
+    const uint64_t types = ucx_memory_types(k->ctx);
+    if (!(types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) && !device_memory_is_host())
+        return pd_errf(err, errlen, -ENOTSUP, "kvx: this UCX does not take CUDA memory, so the "
+                       "device pool cannot be the channel's (stage it: --no-kv-direct)");
+    ucp_mem_map_params_t mp = {
+        .field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH,
+        .address = k->p.pool,
+        .length = (size_t)k->p.pool_blocks * k->block_bytes,
+    };
+    ucs_status_t st = ucp_mem_map(k->ctx, &mp, &k->pool_memh);
+    if (st != UCS_OK) {
+        k->pool_memh = NULL;
+        return pd_errf(err, errlen, kvx_ucs_errno(st), "kvx: registering the device pool with "
+                       "UCX (%zu bytes): %s", mp.length, ucs_status_string(st));
+    }
+    ucp_mem_attr_t ma = {.field_mask = UCP_MEM_ATTR_FIELD_MEM_TYPE};
+    k->pool_mem_type = ucp_mem_query(k->pool_memh, &ma) == UCS_OK ? (int)ma.mem_type : -1;
+    return 0;
+}
+
 static int ucx_setup(struct pd_kvx *k, char *err, size_t errlen)
 {
     char ifn[IF_NAMESIZE + 8], v[64], primary[INET_ADDRSTRLEN] = "";
@@ -448,6 +537,8 @@ static int ucx_setup(struct pd_kvx *k, char *err, size_t errlen)
     ucp_config_release(cfg);
     if (st != UCS_OK)
         return pd_errf(err, errlen, kvx_ucs_errno(st), "kvx: ucp_init: %s", ucs_status_string(st));
+    if (k->p.pool_on_device && (rc = pool_map(k, err, errlen)) < 0)
+        return rc;
     ucp_worker_params_t wp = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
                               .thread_mode = UCS_THREAD_MODE_SINGLE};
     st = ucp_worker_create(k->ctx, &wp, &k->worker);
@@ -506,6 +597,10 @@ void pd_kvx_tags_line(const struct pd_kvx *k, char *buf, size_t n)
     unsigned t = pd_kvx_crypto_threads(k->crypto);
     if (k->p.no_integrity)
         snprintf(buf, n, "KV channel: block tags off (--no-kv-integrity: measurement only)");
+    else if (k->p.gpu_tags && k->p.pool_on_device)
+        snprintf(buf, n, "KV channel: block tags made and checked on the GPU (kernels/tag) in "
+                 "its own pool, which UCX sends from and receives into (%s memory)",
+                 mem_type_name(k->pool_mem_type));
     else if (k->p.gpu_tags)
         snprintf(buf, n,
                  "KV channel: block tags made and checked on the GPU (kernels/tag), "
@@ -527,6 +622,9 @@ int pd_kvx_new(const struct pd_kvx_params *p, struct pd_kvx **out, char *err, si
     if (p->lease_ms > PD_PROTO_MAX_LEASE_MS)
         return pd_errf(err, errlen, -EINVAL, "kvx: lease %u ms over %u", p->lease_ms,
                        PD_PROTO_MAX_LEASE_MS);
+    if (p->pool_on_device && (!p->gpu_tags || p->no_integrity))
+        return pd_errf(err, errlen, -EINVAL, "kvx: a pool in device memory needs its tags made "
+                       "and checked on the GPU (the host reads no device block)");
     if (pd_keyring_init() < 0)
         return pd_errf(err, errlen, -EIO, "kvx: libsodium did not initialise");
     struct pd_kvx *k = calloc(1, sizeof *k);
@@ -573,8 +671,9 @@ int pd_kvx_new(const struct pd_kvx_params *p, struct pd_kvx **out, char *err, si
         pd_errf(err, errlen, rc, "kvx: crypto threads: %s", strerror(-rc));
         goto fail;
     }
-    if (p->gpu_tags &&
-        (rc = pd_kvx_crypto_gpu(k->crypto, p->pool, (size_t)p->pool_blocks * k->block_bytes)) < 0) {
+    if (p->gpu_tags && (rc = pd_kvx_crypto_gpu(k->crypto, p->pool,
+                                               (size_t)p->pool_blocks * k->block_bytes,
+                                               p->pool_on_device)) < 0) {
         pd_errf(err, errlen, rc, "kvx: block tags on the GPU: the device cannot read the pool: %s",
                 rc == -ENOTSUP ? "this build has no CUDA" : strerror(-rc));
         goto fail;
@@ -685,6 +784,8 @@ struct pd_kvx *pd_kvx_free(struct pd_kvx *k)
         ucp_worker_release_address(k->worker, k->waddr);
     if (k->worker)
         ucp_worker_destroy(k->worker);
+    if (k->pool_memh)
+        ucp_mem_unmap(k->ctx, k->pool_memh);
     if (k->ctx)
         ucp_cleanup(k->ctx);
     pd_auth_replay_free(k->replay);

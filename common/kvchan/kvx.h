@@ -57,8 +57,8 @@
 
 /* The KV channel's options that both daemons take alike: entries of a
  * common/base/cfg option table for a config struct T with char *kv_data_ports,
- * int64_t kv_lease_ms, kv_handshake_ms, kv_crypto_threads, bool kv_gpu_tags and
- * uint64_t kv_staging_memory
+ * int64_t kv_lease_ms, kv_handshake_ms, kv_crypto_threads, bool kv_gpu_tags,
+ * kv_direct and uint64_t kv_staging_memory
  * (pd_kvx_parse_ports reads the first; the last is a GPU engine's
  * kv_staging_bytes, common/engine/engine.h). */
 #define PD_KVX_CFG(T)                                                                              \
@@ -76,8 +76,12 @@
                "threads computing and checking block tags on the CPU (0: a quarter of the CPUs "   \
                "this process may run on, at least 1)"),                                            \
     PD_CFG_BOOL("kv-gpu-tags", T, kv_gpu_tags, "true",                                             \
-                "with the engine on a GPU: block tags computed and checked by the GPU, which "     \
-                "reads the staged blocks in page-locked memory (off: on the CPU threads)")
+                "with the engine on a GPU: block tags computed and checked by the GPU, where the "  \
+                "blocks are (off: on the CPU threads, and the blocks always staged)"),              \
+    PD_CFG_BOOL("kv-direct", T, kv_direct, "true",                                                 \
+                "with the engine on a GPU and a UCX that takes CUDA memory: the device pool is "   \
+                "the channel's, blocks go to UCX from there (off: always staged through "          \
+                "--kv-staging-memory)")
 
 struct event_base;
 struct pd_kvx;
@@ -141,6 +145,9 @@ struct pd_kvx_params {
     unsigned crypto_threads; /* 0 = pd_kvx_default_crypto_threads() */
     int gpu_tags; /* 1: tags made and checked on the GPU (kernels/tag, CUDA builds): pool is
                    * page-locked (pd_cuda_host_register) and the device reads it there */
+    int pool_on_device; /* 1: pool is device memory (a GPU engine's pool; needs gpu_tags and a
+                         * UCX that takes it, pd_kvx_device_path): registered with UCX, blocks
+                         * sent and received there by rendezvous, tags made and checked there */
     int no_integrity; /* 1: no block tags (benchmarks only; both sides must agree) */
     int no_mm_error_handling; /* 1: leave UCX posix/sysv shared memory off in PEER mode */
     uint32_t lease_ms; /* 0 = 3000 */
@@ -188,6 +195,15 @@ unsigned pd_kvx_default_crypto_threads(void);
 /* "KV channel: block tags ..." -- where they are made and checked (the GPU,
  * N CPU threads, or off), for the daemons' log. */
 void pd_kvx_tags_line(const struct pd_kvx *k, char *buf, size_t n);
+
+/* Whether a GPU engine's device pool can be the channel's pool (the direct
+ * path, params.pool_on_device): 1 when the UCX this process loaded moves CUDA
+ * memory (ucp_context_query's memory types, under the process's UCX_*
+ * settings) or the GPU is the emulator's (its device memory is host memory),
+ * else 0: blocks are staged through page-locked host memory. why gets the
+ * reason either way ("UCX 1.22.0 takes CUDA memory", "UCX 1.13.1 does not
+ * take CUDA memory (host only)"). Negative errno when UCX cannot start. */
+int pd_kvx_device_path(char *why, size_t len);
 
 /* Writes no environment: either side may make its object while the
  * daemon's other threads run (decoded does when a reload names its first

@@ -190,11 +190,11 @@ static int gpu_run(const struct pd_kvx_crypto *c, struct gpu_worker *g, struct p
 }
 #endif
 
-int pd_kvx_crypto_gpu(struct pd_kvx_crypto *c, void *pool, size_t bytes)
+int pd_kvx_crypto_gpu(struct pd_kvx_crypto *c, void *pool, size_t bytes, int on_device)
 {
 #if PD_HAVE_CUDA
-    void *dev;
-    int rc = pd_cuda_host_device_ptr(pool, &dev);
+    void *dev = pool;
+    int rc = on_device ? 0 : pd_cuda_host_device_ptr(pool, &dev);
     if (rc < 0)
         return rc;
     pthread_mutex_lock(&c->mu);
@@ -202,7 +202,36 @@ int pd_kvx_crypto_gpu(struct pd_kvx_crypto *c, void *pool, size_t bytes)
     pthread_mutex_unlock(&c->mu);
     return 0;
 #else
-    (void)c, (void)pool, (void)bytes;
+    (void)c, (void)pool, (void)bytes, (void)on_device;
+    return -ENOTSUP;
+#endif
+}
+
+int pd_kvx_pool_write(int on_device, void *dst, const void *src, size_t n)
+{
+    if (!on_device) {
+        memcpy(dst, src, n);
+        return 0;
+    }
+#if PD_HAVE_CUDA
+    return pd_cuda_memcpy(dst, src, n);
+#else
+    return -ENOTSUP;
+#endif
+}
+
+int pd_kvx_pool_flip(int on_device, uint8_t *p)
+{
+    if (!on_device) {
+        *p ^= 0x01;
+        return 0;
+    }
+#if PD_HAVE_CUDA
+    uint8_t b = 0;
+    int rc = pd_cuda_memcpy(&b, p, 1);
+    b ^= 0x01;
+    return rc < 0 ? rc : pd_cuda_memcpy(p, &b, 1);
+#else
     return -ENOTSUP;
 #endif
 }

@@ -69,7 +69,14 @@ struct pd_kvx_job *pd_kvx_crypto_take(struct pd_kvx_crypto *c);
  * blocks lie in, bytes long. A job then fails with the CUDA call's errno
  * where the device does (VERIFY's mismatch stays -EKEYREJECTED). -ENOTSUP
  * without CUDA, or the errno of finding the device's address of pool. */
-int pd_kvx_crypto_gpu(struct pd_kvx_crypto *c, void *pool, size_t bytes);
+int pd_kvx_crypto_gpu(struct pd_kvx_crypto *c, void *pool, size_t bytes, int on_device);
+/* Writes into the pool from the loop, which reads no block: n bytes from
+ * host memory (an eager payload), with memcpy, or with the CUDA runtime when
+ * the pool is device memory (on_device: the direct path, pd_kvx_params).
+ * pd_kvx_pool_flip: one byte inverted in place (--test-tamper-every).
+ * 0 or the CUDA call's errno. */
+int pd_kvx_pool_write(int on_device, void *dst, const void *src, size_t n);
+int pd_kvx_pool_flip(int on_device, uint8_t *p);
 /* Joins the threads after they finish queued jobs; finished jobs not taken
  * are dropped (not freed: the caller owns jobs). Accepts NULL. */
 void pd_kvx_crypto_free(struct pd_kvx_crypto *c);
@@ -269,6 +276,8 @@ struct pd_kvx {
     size_t max_crypto;
     ucp_context_h ctx;
     ucp_worker_h worker;
+    ucp_mem_h pool_memh; /* the direct path (p.pool_on_device): the pool, registered */
+    int pool_mem_type; /* what UCX took it for (ucs_memory_type_t: cuda; host on the emulator) */
     int lfd; /* P: the KV port's listening socket */
     struct event *ev_listen, *ev_listen_again;
     uint16_t port;
@@ -295,6 +304,17 @@ struct pd_kvx {
 };
 
 static inline void kick(struct pd_kvx *k) { event_active(k->ev_kick, 0, 0); }
+
+/* The registered pool's handle on a data send or receive (the direct path),
+ * where UCX takes one: a contiguous buffer (for an IOV it finds the
+ * registration itself). */
+static inline void kvx_param_memh(ucp_request_param_t *prm, ucp_mem_h memh, size_t niov)
+{
+    if (memh && niov == 1) {
+        prm->op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
+        prm->memh = memh;
+    }
+}
 
 /* ---- the roles: what differs between decoded's side (kvx_recv.c) and
  * prefilld's (kvx_send.c), chosen once at pd_kvx_new, as curl's protocol

@@ -306,13 +306,15 @@ static ucs_status_t am_data(void *arg, const void *header, size_t header_length,
     r->ops++;
     r->last_progress_ms = now_ms();
     if (!(param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)) {
-        /* eager: the bytes are here for the duration of this call */
+        /* eager: the bytes are here for the duration of this call (a device
+         * pool's sender sends by rendezvous; a host pool's may not) */
         const uint8_t *src = data;
-        for (size_t i = 0; i < o->niov; i++) {
-            memcpy(o->iov[i].buffer, src, o->iov[i].length);
+        int wrc = 0;
+        for (size_t i = 0; i < o->niov && wrc == 0; i++) {
+            wrc = pd_kvx_pool_write(k->p.pool_on_device, o->iov[i].buffer, src, o->iov[i].length);
             src += o->iov[i].length;
         }
-        rop_received(o, UCS_OK);
+        rop_received(o, wrc == 0 ? UCS_OK : UCS_ERR_IO_ERROR);
         return UCS_OK;
     }
     ucp_request_param_t prm = {
@@ -322,6 +324,7 @@ static ucs_status_t am_data(void *arg, const void *header, size_t header_length,
         .user_data = o,
         .datatype = o->niov == 1 ? ucp_dt_make_contig(1) : ucp_dt_make_iov(),
     };
+    kvx_param_memh(&prm, k->pool_memh, o->niov);
     void *buf = o->niov == 1 ? o->iov[0].buffer : (void *)o->iov;
     size_t count = o->niov == 1 ? o->iov[0].length : o->niov;
     ucs_status_ptr_t sp = ucp_am_recv_data_nbx(k->worker, data, buf, count, &prm);

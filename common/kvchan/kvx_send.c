@@ -130,7 +130,8 @@ static void msg_send(struct msg *m)
         return;
     }
     if (k->p.tamper_every && r->id % k->p.tamper_every == 0)
-        m->blocks[0][0] ^= 0x01; /* test only: the receiver must catch this */
+        (void)pd_kvx_pool_flip(k->p.pool_on_device, m->blocks[0]); /* test only: the receiver
+                                                                    * must catch this */
     struct pd_frame f = {.type = PD_FT_CHUNK};
     f.u.chunk.request_id = r->id;
     f.u.chunk.epoch = r->epoch;
@@ -156,6 +157,13 @@ static void msg_send(struct msg *m)
         .user_data = m,
         .datatype = m->niov == 1 ? ucp_dt_make_contig(1) : ucp_dt_make_iov(),
     };
+    if (k->pool_memh) {
+        /* device memory: by rendezvous, which the receiver pulls with its
+         * UCX (cuda_ipc on one host), never an eager copy through ours */
+        prm.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
+        prm.flags = UCP_AM_SEND_FLAG_RNDV;
+        kvx_param_memh(&prm, k->pool_memh, m->niov);
+    }
     const void *buf = m->niov == 1 ? m->iov[0].buffer : (const void *)m->iov;
     size_t count = m->niov == 1 ? m->iov[0].length : m->niov;
     k->st.blocks_sent += m->n;

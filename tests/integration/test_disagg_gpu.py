@@ -1,7 +1,13 @@
 """prefilld and decoded both on the GPU (--device cuda), serving through the
-authenticated KV channel on loopback: KV blocks leave prefilld's device pool
-through its page-locked host staging and land in decoded's staging before
-its device pool (common/engine/engine.h, pd_engine_kv_stage).
+authenticated KV channel on loopback, on one of its two paths
+($PDSERVE_KV_PATH):
+
+  * staged (--no-kv-direct): KV blocks leave prefilld's device pool through
+    its page-locked host staging and land in decoded's staging before its
+    device pool (common/engine/engine.h, pd_engine_kv_stage);
+  * direct: UCX sends them from prefilld's device pool and receives them
+    into decoded's, where the GPUs tag and check them (a UCX that takes CUDA
+    memory; on the emulated GPU, whose device memory is host memory, any UCX).
 
   * the pair answers as decoded alone on the GPU does (DESIGN.md's rule; on
     the emulated GPU, where both run the same code on the host, exactly), all
@@ -9,18 +15,20 @@ its device pool (common/engine/engine.h, pd_engine_kv_stage).
   * prefilld killed mid-transfer: decoded fails over to local prefill on its
     GPU, its staging comes back, and a restarted prefilld serves again;
   * a client leaving mid-transfer gives both stagings back;
-  * a prompt larger than decoded's staging is prefilled locally; larger than
-    prefilld's, refused there (too large) and prefilled locally;
-  * a GPU decoded started without peers refuses a reload that names the
-    first ones (no staging was made), and keeps serving.
+  * staged: a prompt larger than decoded's staging is prefilled locally;
+    larger than prefilld's, refused there (too large) and prefilled locally;
+  * a GPU decoded started without peers: staged, it refuses a reload that
+    names the first ones (no staging was made) and keeps serving; direct, it
+    takes them and serves through them.
 
 Two ways to run it. meson's disagg_gpu_emulated: $DECODED and $PREFILLD are
 the daemons built against tests/kernels/emu (the CPU emulator of the CUDA
 runtime, kernels and cuBLAS) and $PDSERVE_GPU_EMULATED=1. On a GPU node,
 tests/gpu/check.sh runs it as a script (no pytest there) with the real
 binaries:
-    DECODED=bin/decoded PREFILLD=bin/prefilld python3 test_disagg_gpu.py
-Without a usable GPU (real binaries) every case skips, exit 77.
+    DECODED=bin/decoded PREFILLD=bin/prefilld PDSERVE_KV_PATH=direct python3 test_disagg_gpu.py
+Without a usable GPU (real binaries) every case skips, exit 77; so does the
+direct path where the UCX loaded does not take CUDA memory.
 """
 import concurrent.futures as cf
 import os
@@ -46,13 +54,16 @@ except ImportError:  # a bare GPU node: the runner at the bottom
         raise Skipped(msg)
 
 EMULATED = os.environ.get("PDSERVE_GPU_EMULATED") == "1"
+DIRECT = os.environ.get("PDSERVE_KV_PATH", "staged") == "direct"
+assert os.environ.get("PDSERVE_KV_PATH", "staged") in ("staged", "direct")
 # head_dim 64 and GQA 3:1 (the default model's attention) in 2 layers: on a
 # bf16 pool prefill steps take the tensor-core prefill kernel
 SHAPE = os.environ.get("PDSERVE_GPU_SHAPE", '{"preset":"default","n_layer":2,"n_vocab":600}')
 N_VOCAB = 600 if "PDSERVE_GPU_SHAPE" not in os.environ else 49152
 MODEL = ("--load-format", "dummy", "--model-shape", SHAPE, "--device", "cuda",
          "--kv-cache-dtype", "bf16")
-MEM = ("--kv-cache-memory", "64MiB", "--kv-staging-memory", "16MiB")
+MEM = ("--kv-cache-memory", "64MiB", "--kv-staging-memory", "16MiB") + \
+    (() if DIRECT else ("--no-kv-direct",))
 # a block: 2 layers x K,V x 3 heads x 16 tokens x 64 x 2 bytes = 24 KiB; 1 MiB
 # holds 42 blocks, 672 tokens
 SMALL_STAGING = ("--kv-staging-memory", "1MiB")
@@ -113,6 +124,35 @@ def need_gpu():
                 _no_gpu = d.log().strip().splitlines()[-1]
     if _no_gpu:
         skip("no usable GPU: " + _no_gpu)
+    if DIRECT and _no_direct is None:
+        d = Decoded(*MODEL, *MEM, "--log-level", "info")
+        with d:
+            _set_no_direct("" if "(direct)" in d.log() else d.log())
+    if DIRECT and _no_direct:
+        skip("the direct path is not taken here: " + _no_direct)
+
+
+_no_direct = None  # DIRECT: why the daemons stage instead ("" when they do not)
+
+
+def _set_no_direct(why):
+    global _no_direct
+    _no_direct = why
+
+
+PATH_LINES = (("KV channel: the device pool goes to UCX as it is (direct)",
+               "KV channel: blocks move straight from and to the GPU pool",
+               "KV channel: block tags made and checked on the GPU (kernels/tag) in its own pool")
+              if DIRECT else
+              ("--kv-direct is off",
+               "KV channel: the GPU pool staged through 16 MiB of page-locked host",
+               "KV channel: block tags made and checked on the GPU"))
+
+
+def held(d):
+    """The KV channel's blocks decoded holds for transfers: its staging's,
+    or on the direct path its pool's (a remote prompt's blocks)."""
+    return metric(d, "kv_cache_blocks_used" if DIRECT else "kv_staging_blocks_used")
 
 
 def metric(d, name):
@@ -139,9 +179,8 @@ def test_gpu_pair_answers_as_gpu_decoded_alone(tmp_path):
             Decoded(*dec_args(psk, p.addr)) as d:
         up(d, p)
         for who in (p, d):
-            assert "KV channel: the GPU pool staged through 16 MiB of page-locked host" \
-                in who.log(), who.log()
-            assert "KV channel: block tags made and checked on the GPU" in who.log(), who.log()
+            for line in PATH_LINES:
+                assert line in who.log(), (line, who.log())
         dis = [complete(d, x) for x in prompts]
         # and several at once (runs of different prompts interleave in the stagings)
         with cf.ThreadPoolExecutor(4) as ex:
@@ -205,13 +244,13 @@ def test_gpu_prefilld_killed_mid_transfer_fails_over_and_staging_comes_back(tmp_
             fut = ex.submit(complete, d, x)
             wait_for(lambda: metric(d, "num_requests_remote_prefill") == 1, 30,
                      "the request to wait on its remote prefill")
-            assert metric(d, "kv_staging_blocks_used") == (300 + 15) // 16
+            assert held(d) == (300 + 15) // 16
             p.kill9()
             got = fut.result(timeout=300)
             ex.shutdown()
             same(got, ref, "after the failover")
             assert metric(d, "prompt_tokens_total") == 300  # prefilled locally on its GPU
-            assert metric(d, "kv_staging_blocks_used") == 0
+            wait_for(lambda: held(d) == 0, 30, "decoded's blocks back")
             # a prefilld again on the same port: served remotely, no restart of decoded
             with Prefilld(*MODEL, *MEM, psk=psk, kv_port=port) as p2:
                 wait_for(lambda: metric(d, "kv_sessions") == 1, 60, "the session back")
@@ -235,7 +274,7 @@ def test_gpu_client_gone_mid_transfer_gives_both_stagings_back(tmp_path):
                               {"prompt": prompt(200, 4), "max_tokens": 4, "stream": True})
             wait_for(lambda: metric(d, "num_requests_remote_prefill") == 1, 30,
                      "the remote prefill")
-            assert metric(d, "kv_staging_blocks_used") == (200 + 15) // 16
+            assert held(d) == (200 + 15) // 16
             c.close()
             wait_for(lambda: metric(d, "num_requests_remote_prefill") == 0 and
                      metric(d, "kv_staging_blocks_used") == 0 and
@@ -250,6 +289,8 @@ def test_gpu_client_gone_mid_transfer_gives_both_stagings_back(tmp_path):
 
 
 def test_gpu_prompt_larger_than_a_staging_is_prefilled_locally(tmp_path):
+    if DIRECT:
+        skip("the direct path has no staging")
     need_gpu()
     psk = write_key(tmp_path / "k.psk")
     big, small = prompt(700, 2), prompt(30, 2)
@@ -277,17 +318,24 @@ def test_gpu_prompt_larger_than_a_staging_is_prefilled_locally(tmp_path):
         assert metric(p, "kv_staging_blocks_used") == 0
 
 
-def test_gpu_decoded_without_peers_refuses_its_first_peers_by_reload(tmp_path):
+def test_gpu_decoded_without_peers_takes_its_first_peers_by_reload_only_direct(tmp_path):
     need_gpu()
     psk = write_key(tmp_path / "k.psk")
     cfg = tmp_path / "decoded.json"
     with open(cfg, "w") as f:
-        f.write('{"kv-psk-file": "%s"}' % psk)
+        f.write('{"kv-psk-file": "%s", "local-prefill-max-tokens": 0}' % psk)
     with Prefilld(*MODEL, *MEM, psk=psk) as p, \
             Decoded(*MODEL, *MEM, "--config", str(cfg)) as d:
         with open(cfg, "w") as f:
-            f.write('{"kv-psk-file": "%s", "prefill": ["%s"]}' % (psk, p.addr))
+            f.write('{"kv-psk-file": "%s", "local-prefill-max-tokens": 0, "prefill": ["%s"]}'
+                    % (psk, p.addr))
         d.proc.send_signal(signal.SIGHUP)
+        if DIRECT:  # nothing to stage through: the peer is taken
+            wait_for(lambda: metric(d, "kv_sessions") == 1, 60, "the new peer's session")
+            complete(d, prompt(10, 3))
+            assert metric(d, "remote_prompt_tokens_total") == 10
+            assert metric(p, "prompt_tokens_total") == 10
+            return
         wait_for(lambda: "without the KV channel's staging" in d.log(), 30, "the refusal")
         assert "restart decoded with --prefill" in d.log()
         complete(d, prompt(10, 3))

@@ -423,7 +423,7 @@ static void kvx_crypto_workers_on_the_gpu_match_the_cpu(void)
     int gfd, cfd;
     CHECK_EQ_INT(pd_kvx_crypto_new(2, &g, &gfd), 0);
     CHECK_EQ_INT(pd_kvx_crypto_new(1, &cpu, &cfd), 0);
-    CHECK_EQ_INT(pd_kvx_crypto_gpu(g, pool, NB * BB), 0);
+    CHECK_EQ_INT(pd_kvx_crypto_gpu(g, pool, NB * BB, 0), 0);
     for (int i = 0; i < NB; i++)
         blocks[i] = pool + (size_t)((i * 5) % NB) * BB; /* out of order, as a run's may be */
     struct pd_kvx_job jg = {.kind = PD_KVX_JOB_TAG,
@@ -461,6 +461,64 @@ static void kvx_crypto_workers_on_the_gpu_match_the_cpu(void)
     kv_pair_done(&kp);
 }
 
+/* The direct path: the pool in device memory (kvx's pool_on_device). The
+ * GPU's tags of the device blocks are the CPU's of the same bytes on the
+ * host; a byte flipped in place (pd_kvx_pool_flip, as --test-tamper-every
+ * does) is caught in the block it was flipped in, and an eager payload
+ * written in (pd_kvx_pool_write) verifies again. */
+static void kvx_crypto_workers_tag_a_device_pool(void)
+{
+    need_gpu();
+    enum {
+        NB = 5,
+        BB = 8192
+    };
+    struct kv_pair kp;
+    CHECK(kv_pair_init(&kp, 0) == 0);
+    if (kv_pair_handshake(&kp) < 0)
+        PD_TEST_FAIL_("handshake: %s", kp.err);
+    uint8_t *host = malloc(NB * BB), *hb[NB], *db[NB], tg[NB * PD_TAG_LEN], tc[NB * PD_TAG_LEN];
+    void *dev = NULL;
+    CHECK(host);
+    rnd_bytes(host, NB * BB);
+    CHECK_EQ_INT(pd_cuda_malloc(&dev, NB * BB), 0);
+    CHECK_EQ_INT(pd_cuda_memcpy(dev, host, NB * BB), 0);
+    struct pd_kvx_crypto *g, *cpu;
+    int gfd, cfd;
+    CHECK_EQ_INT(pd_kvx_crypto_new(1, &g, &gfd), 0);
+    CHECK_EQ_INT(pd_kvx_crypto_new(1, &cpu, &cfd), 0);
+    CHECK_EQ_INT(pd_kvx_crypto_gpu(g, dev, NB * BB, 1), 0);
+    for (int i = 0; i < NB; i++) {
+        hb[i] = host + (size_t)((i * 3) % NB) * BB;
+        db[i] = (uint8_t *)dev + (size_t)((i * 3) % NB) * BB;
+    }
+    struct pd_kvx_job jg = {.kind = PD_KVX_JOB_TAG, .s = kp.sp, .request_id = 9, .epoch = 1,
+                            .first = 0, .n = NB, .transfer = 2, .block_bytes = BB,
+                            .blocks = db, .tags = tg};
+    struct pd_kvx_job jc = jg;
+    jc.blocks = hb, jc.tags = tc;
+    CHECK_EQ_INT(crypto_run(g, gfd, &jg), 0);
+    CHECK_EQ_INT(crypto_run(cpu, cfd, &jc), 0);
+    CHECK(memcmp(tg, tc, sizeof tg) == 0);
+
+    struct pd_kvx_job v = jg;
+    v.kind = PD_KVX_JOB_VERIFY, v.s = kp.sd;
+    CHECK_EQ_INT(crypto_run(g, gfd, &v), 0);
+    CHECK_EQ_INT(pd_kvx_pool_flip(1, db[3] + 77), 0);
+    v.result = 0, v.bad = 0;
+    CHECK_EQ_INT(crypto_run(g, gfd, &v), -EKEYREJECTED);
+    CHECK_EQ_INT(v.bad, 3);
+    CHECK_EQ_INT(pd_kvx_pool_write(1, db[3], hb[3], BB), 0);
+    v.result = 0;
+    CHECK_EQ_INT(crypto_run(g, gfd, &v), 0);
+
+    pd_kvx_crypto_free(g);
+    pd_kvx_crypto_free(cpu);
+    pd_cuda_free(dev);
+    free(host);
+    kv_pair_done(&kp);
+}
+
 /* argument errors come back before any CUDA call, GPU or not */
 static void tag_launchers_refuse_bad_args(void)
 {
@@ -481,6 +539,7 @@ static const struct pd_test tests[] = {
     PD_TEST(tag_verify_fails_closed),
     PD_TEST(tag_interoperates_with_session_tags),
     PD_TEST(kvx_crypto_workers_on_the_gpu_match_the_cpu),
+    PD_TEST(kvx_crypto_workers_tag_a_device_pool),
     {0},
 };
 
