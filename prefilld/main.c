@@ -274,10 +274,14 @@ static void kvx_event(void *arg, const struct pd_kvx_event *ev)
     if (pd_kv_log_warning(ev, &d->rl_kv))
         return;
     switch (ev->type) {
-    case PD_KVX_EV_SESSION_UP:
-        pd_log(PD_LOG_NOTICE, "KV session up: %s (key %s)", ev->peer_addr ? ev->peer_addr : "?",
-               ev->key_id ? ev->key_id : "?");
+    case PD_KVX_EV_SESSION_UP: {
+        char tl[160];
+        pd_kvx_session_transports(ev->session, tl, sizeof(tl));
+        pd_log(PD_LOG_NOTICE, "KV session up: %s (key %s; UCX transports %s)",
+               ev->peer_addr ? ev->peer_addr : "?", ev->key_id ? ev->key_id : "?",
+               tl[0] ? tl : "not known yet");
         break;
+    }
     case PD_KVX_EV_SESSION_DOWN:
         pd_log(PD_LOG_NOTICE, "KV session down: %s: %s%s%s", ev->peer_addr ? ev->peer_addr : "?",
                pd_reason_name((unsigned)ev->reason), ev->detail ? ": " : "",

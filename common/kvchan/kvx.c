@@ -622,7 +622,7 @@ int pd_kvx_new(const struct pd_kvx_params *p, struct pd_kvx **out, char *err, si
     if (p->lease_ms > PD_PROTO_MAX_LEASE_MS)
         return pd_errf(err, errlen, -EINVAL, "kvx: lease %u ms over %u", p->lease_ms,
                        PD_PROTO_MAX_LEASE_MS);
-    if (p->pool_on_device && (!p->gpu_tags || p->no_integrity))
+    if (p->pool_on_device && !p->gpu_tags && !p->no_integrity)
         return pd_errf(err, errlen, -EINVAL, "kvx: a pool in device memory needs its tags made "
                        "and checked on the GPU (the host reads no device block)");
     if (pd_keyring_init() < 0)

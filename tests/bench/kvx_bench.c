@@ -10,6 +10,11 @@
  *   kvx_bench tags  [--block-bytes B]                     tag GB/s on one thread, and
  *                                                         kvx's default crypto threads here
  *   (--no-mm-error-handling: leave UCX's shared memory off in PEER mode, to compare)
+ *   --pool host|pinned|device (CUDA builds, both sides alike): where the pools
+ *       are and who tags -- host memory and the CPU's crypto threads (default);
+ *       page-locked host memory the GPU tags over PCIe (the staged path's
+ *       channel); device memory UCX moves itself, tagged on the GPU (the
+ *       direct path: needs a UCX that takes CUDA memory)
  *
  * Both sides need the same --block-bytes and --no-integrity. Pools are larger
  * than the last-level cache (--pool-mib, default 256 MiB each side) and runs
@@ -24,6 +29,8 @@
 #include "kv_fixture.h"
 #include "kvx.h"
 
+#include "pd_config.h"
+
 #include <event2/event.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -33,11 +40,16 @@
 #include <sys/mman.h>
 #include <time.h>
 
+#if PD_HAVE_CUDA
+#include "cuda_util.h"
+#endif
+
 static const char *ip = "127.0.0.1", *connect_to, *sizes_arg = "16K,64K,256K,1M,4M,16M,64M";
 static unsigned port = 14579, reps = 5, n_iter = 0, crypto_threads; /* 0: kvx's default */
 static uint64_t inflight_mib = 16; /* bw: bytes of runs in flight (2 to 16 runs) */
 static uint64_t block_bytes = 16384, pool_mib = 256;
 static int no_integrity, no_mm_eh;
+static const char *pool_kind = "host";
 
 static struct event_base *base;
 static struct pd_kvx *kvx;
@@ -89,6 +101,10 @@ static void new_kvx(enum pd_role role, pd_kvx_event_fn fn)
         .no_integrity = no_integrity, .no_mm_error_handling = no_mm_eh, .lease_ms = 10000, .request_deadline_ms = 60000,
         .max_inflight = 1024, .event = fn,
     };
+    if (strcmp(pool_kind, "host")) { /* the GPU's pools: tagged there */
+        p.gpu_tags = !no_integrity;
+        p.pool_on_device = !strcmp(pool_kind, "device");
+    }
     if (pd_kvx_new(&p, &kvx, err, sizeof err) < 0)
         die("kvx", err);
 }
@@ -97,6 +113,28 @@ static void alloc_pool(void)
 {
     size_t bytes = (size_t)pool_mib << 20;
     pool_blocks = (uint32_t)(bytes / block_bytes);
+    if (strcmp(pool_kind, "host")) {
+#if PD_HAVE_CUDA
+        char why[256];
+        if (pd_cuda_probe(why, sizeof why) < 0)
+            die("--pool", why);
+        void *d = NULL;
+        bytes = (size_t)pool_blocks * block_bytes;
+        int rc = !strcmp(pool_kind, "device") ? pd_cuda_malloc(&d, bytes) : 0;
+        if (rc == 0 && !d) {
+            d = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            rc = d == MAP_FAILED ? -ENOMEM : pd_cuda_host_register(d, bytes);
+        }
+        if (rc == 0)
+            rc = pd_cuda_memset(d, 0x11, bytes);
+        if (rc < 0)
+            die("--pool", strerror(-rc));
+        pool = d;
+        return;
+#else
+        die("--pool", "this build has no CUDA");
+#endif
+    }
     pool = mmap(NULL, (size_t)pool_blocks * block_bytes, PROT_READ | PROT_WRITE,
                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (pool == MAP_FAILED)
@@ -437,6 +475,9 @@ int main(int argc, char **argv)
             inflight_mib = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--crypto-threads"))
             crypto_threads = (unsigned)atoi(v);
+        else if (!strcmp(a, "--pool") &&
+                 (!strcmp(v, "host") || !strcmp(v, "pinned") || !strcmp(v, "device")))
+            pool_kind = v;
         else
             die("unknown option", a);
     }

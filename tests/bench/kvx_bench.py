@@ -23,6 +23,17 @@ and prints one markdown table per row with the ratios:
   on/off    tags on over tags off
   on/model  tags on over min(tags off, tag GB/s x crypto threads)
 GB/s is 10^9 bytes per second. Timings never decide a test.
+
+With --pool pinned or device (a CUDA build on a GPU machine) the pools are
+the GPU's, as the daemons' two GPU paths have them, in blocks of
+--block-bytes (default 2 MiB: Llama-3-8B's 16-token bf16 block), runs of 16
+and 256 MiB (128 blocks: one 2k-token prompt's KV), tagged on the GPU; the rows are
+the same host (UCX's choice: cuda_ipc for device pools where UCX takes CUDA
+memory) and UCX_TLS=tcp, each tags on beside tags off, without perftest:
+  pinned  page-locked host pools the GPU tags over PCIe (the staged path's
+          channel, without the copies between staging and device pool)
+  device  device pools UCX moves itself (the direct path; needs a UCX that
+          takes CUDA memory, e.g. PyPI's libucx-cu13)
 """
 import argparse
 import os
@@ -174,7 +185,15 @@ def main():
     ap.add_argument("--crypto-threads", type=int, default=0,
                     help="both sides' tag threads (0: kvx's default, a quarter of the CPUs)")
     ap.add_argument("--quick", action="store_true", help="1M and 16M only, 2 reps")
+    ap.add_argument("--pool", choices=("host", "pinned", "device"), default="host",
+                    help="where the pools are (pinned, device: the GPU's paths, see above)")
+    ap.add_argument("--block-bytes", default="2M", help="--pool pinned/device: the block size")
+    ap.add_argument("--gpu-sizes", default="16M,256M", help="--pool pinned/device: run sizes")
+    ap.add_argument("--gpu-pool-mib", type=int, default=1024,
+                    help="--pool pinned/device: each side's pool")
     a = ap.parse_args()
+    if a.pool != "host":
+        return gpu_pools(a)
     sizes = ["1M", "16M"] if a.quick else SIZES
     reps = 2 if a.quick else a.reps
     pool_mib = max(256, 4 * llc_bytes() >> 20)
@@ -238,6 +257,33 @@ def main():
     finally:
         if ns_row:
             teardown_netns()
+
+
+def gpu_pools(a):
+    reps = 2 if a.quick else a.reps
+    sizes = a.gpu_sizes.split(",")
+    common = ["--pool", a.pool, "--block-bytes", str(nbytes(a.block_bytes)), "--pool-mib",
+              str(a.gpu_pool_mib)]
+    print("# KV transfer, GPU pools (--pool %s), blocks of %s, medians of %d"
+          % (a.pool, a.block_bytes, reps))
+    rows = [Row("same host (UCX's choice)", {}, "127.0.0.1", "127.0.0.1"),
+            Row("tcp, loopback", {"UCX_TLS": "tcp"}, "127.0.0.1", "127.0.0.1")]
+    print("\n| row | run | kvx transports | tags on (GB/s) | tags off (GB/s) | on/off |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        sz = ",".join(sizes)
+        on = parse(run_pair(row, a.bench, common, ["bw", "--sizes", sz, "--reps", str(reps)]
+                            + common), "bw")
+        off = parse(run_pair(row, a.bench, common + ["--no-integrity"],
+                             ["bw", "--sizes", sz, "--reps", str(reps), "--no-integrity"]
+                             + common), "bw")
+        for s in sizes:
+            b = str(nbytes(s))
+            g_on, g_off = float(on[b][0]), float(off[b][0])
+            tl = on[b][1] if len(on[b]) > 1 else "?"
+            print("| %s | %s | %s | %.2f | %.2f | %.2f |" % (row.name, s, tl, g_on, g_off,
+                                                             g_on / g_off))
+            sys.stdout.flush()
 
 
 if __name__ == "__main__":

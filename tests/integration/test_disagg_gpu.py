@@ -33,6 +33,7 @@ direct path where the UCX loaded does not take CUDA memory.
 import concurrent.futures as cf
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -181,6 +182,9 @@ def test_gpu_pair_answers_as_gpu_decoded_alone(tmp_path):
         for who in (p, d):
             for line in PATH_LINES:
                 assert line in who.log(), (line, who.log())
+        # the transports UCX chose, named when the session came up
+        assert re.search(r"KV session up: .*UCX transports [a-z_]+/", d.log()), d.log()
+        print([x for x in d.log().splitlines() if "KV session up" in x][0])
         dis = [complete(d, x) for x in prompts]
         # and several at once (runs of different prompts interleave in the stagings)
         with cf.ThreadPoolExecutor(4) as ex:
