@@ -3,12 +3,16 @@
 # pdserve's libraries (a GPU node with only the NVIDIA driver and CUDA):
 #
 #   deploy/bundle.sh [--build DIR] [--out DIR] [--format xz|gz] [--extra PROGRAM]...
+#                    [--ucx-cuda DIR]
 #
 # Builds nothing: DIR (default build/) must hold a finished build. Writes
 # OUT/pdserve-VERSION-ARCH.tar.xz (OUT defaults to DIR) and prints its path on
 # the last line. Fails if the tarball is over 25 MiB. --extra adds a program
 # from outside the build with its libraries (ucx_info, ucx_perftest: the node
-# has no UCX tools either).
+# has no UCX tools either). --ucx-cuda adds a second UCX that takes CUDA memory
+# (DIR: its lib/, e.g. PyPI's libucx-cu13 wheel's libucx/lib, as
+# deploy/install-deps.sh installs it in the test venv) for the KV channel's
+# direct path (docs/operations.md, "Which UCX").
 #
 # Inside, under pdserve-VERSION/:
 #   bin/pdserve-env       runs a bundled program (or any command) with lib/ on
@@ -21,6 +25,11 @@
 #                         statically): libsodium, cJSON, OpenBLAS and its Fortran
 #                         runtime, libevent, libsystemd..., UCX and its transport
 #                         modules (lib/ucx/) when a program links UCX
+#   lib/ucx-cuda/         with --ucx-cuda: that UCX, its CUDA transports
+#                         (lib/ucx-cuda/ucx/) and their libraries; pdserve-env
+#                         puts it first where the node has an NVIDIA driver
+#                         (/dev/nvidiactl), or when PD_UCX=cuda (PD_UCX=host:
+#                         the build's UCX always)
 #   tests/gpu/check.sh    the GPU check (tests/gpu/check.sh in the source tree)
 #   tests/integration/    harness.py and test_disagg_gpu.py, which check.sh runs
 #   tests/bench/          kvx_bench.py (check.sh's kvx step, with --extra ucx_perftest)
@@ -33,6 +42,7 @@ build="build"
 out=""
 format="xz"
 extras=()
+ucx_cuda=""
 
 die() { echo "bundle.sh: $*" >&2; exit 1; }
 
@@ -42,6 +52,7 @@ while [ $# -gt 0 ]; do
         --out) out="${2:?--out needs a directory}"; shift 2 ;;
         --format) format="${2:?--format needs xz or gz}"; shift 2 ;;
         --extra) extras+=("${2:?--extra needs a program}"); shift 2 ;;
+        --ucx-cuda) ucx_cuda="${2:?--ucx-cuda needs a directory}"; shift 2 ;;
         -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
@@ -146,6 +157,34 @@ if [ -n "$ucx_dir" ] && [ -d "$ucx_dir" ]; then
     done
 fi
 
+# A UCX that takes CUDA memory, beside the build's: its libraries, its
+# transports, and what they load that the node lacks (a vendored CUDA
+# runtime; libnuma), not the driver's.
+if [ -n "$ucx_cuda" ]; then
+    [ -e "$ucx_cuda/libucp.so.0" ] || die "--ucx-cuda $ucx_cuda: no libucp.so.0 there"
+    [ -e "$ucx_cuda/ucx/libuct_cuda.so.0" ] || die "--ucx-cuda $ucx_cuda: no CUDA transport (ucx/libuct_cuda.so.0)"
+    uc="$root/lib/ucx-cuda"
+    mkdir -p "$uc/ucx"
+    for f in libucp libucs libuct libucm libucs_signal; do
+        [ -e "$ucx_cuda/$f.so.0" ] && cp -L "$ucx_cuda/$f.so.0" "$uc/"
+    done
+    for f in "$ucx_cuda"/ucx/lib*.so.0; do
+        case "$f" in *perftest*) continue ;; esac
+        cp -L "$f" "$uc/ucx/"
+    done
+    for f in "$uc"/*.so.0 "$uc"/ucx/*.so.0; do
+        orig="$ucx_cuda/${f#"$uc"/}" # where its RPATH finds what the wheel vendors
+        while IFS= read -r line; do
+            case "$line" in *" => "/*) ;; *) continue ;; esac
+            soname="${line%% =>*}"; soname="${soname//[[:space:]]/}"
+            path="${line#*=> }"; path="${path%% (*}"
+            case "$soname" in libuc[mpst]*.so.0) continue ;; esac
+            skip_lib "$soname" && continue
+            [ -e "$root/lib/$soname" ] || [ -e "$uc/$soname" ] || cp -L "$path" "$uc/$soname"
+        done < <(LD_LIBRARY_PATH="$ucx_cuda" ldd "$orig")
+    done
+fi
+
 cat > "$root/bin/pdserve-env" <<'EOF'
 #!/bin/sh
 # pdserve-env: run a program of this bundle, or any command, with the bundle's
@@ -161,6 +200,13 @@ PDSERVE_BUNDLE=$root
 export LD_LIBRARY_PATH PDSERVE_BUNDLE
 if [ -d "$root/lib/ucx" ]; then
     UCX_MODULE_DIR="$root/lib/ucx"
+    export UCX_MODULE_DIR
+fi
+# the bundle's UCX that takes CUDA memory, where there is a GPU (or PD_UCX=cuda)
+if [ -d "$root/lib/ucx-cuda" ] && [ "${PD_UCX:-}" != host ] &&
+   { [ "${PD_UCX:-}" = cuda ] || [ -e /dev/nvidiactl ]; }; then
+    LD_LIBRARY_PATH="$root/lib/ucx-cuda:$LD_LIBRARY_PATH"
+    UCX_MODULE_DIR="$root/lib/ucx-cuda/ucx"
     export UCX_MODULE_DIR
 fi
 if [ $# -eq 0 ]; then
@@ -185,7 +231,8 @@ install -m 755 "$src_root/tests/gpu/check.sh" "$root/tests/gpu/check.sh"
 mkdir -p "$root/tests/integration" "$root/tests/bench"
 install -m 644 "$src_root/tests/integration/harness.py" "$src_root/tests/integration/test_disagg_gpu.py" \
     "$root/tests/integration/"
-install -m 644 "$src_root/tests/bench/kvx_bench.py" "$root/tests/bench/"
+install -m 644 "$src_root/tests/bench/kvx_bench.py" "$src_root/tests/bench/disagg_gpu_bench.py" \
+    "$root/tests/bench/"
 
 git_rev="$(git -C "$src_root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 cuda_version="$(nvcc --version 2>/dev/null | sed -n 's/.*release \([0-9.]*\).*/\1/p')"
@@ -200,6 +247,7 @@ git_dirty="$(git -C "$src_root" status --porcelain 2>/dev/null | head -1)"
     echo "gpu archs: $(python3 -c 'import json, sys
 print(next((o["value"] for o in json.load(open(sys.argv[1])) if o["name"] == "gpu_archs"), "?"))' \
         "$build/meson-info/intro-buildoptions.json" 2>/dev/null || echo '?')"
+    echo "ucx: $(sed -n 's/^Version: //p' "$(pkg-config --variable=pcfiledir ucx 2>/dev/null)/ucx.pc" 2>/dev/null || echo '?')$([ -n "$ucx_cuda" ] && echo "; lib/ucx-cuda: $(sed -n 's/^Version: //p' "$ucx_cuda/pkgconfig/ucx.pc" 2>/dev/null || echo '?') (takes CUDA memory)")"
     echo "bundled: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "programs: ${bundled[*]}"
 } > "$root/BUILDINFO"
@@ -233,7 +281,7 @@ EOF
 tarball="$out/$name.$ext"
 XZ_OPT="${XZ_OPT:--6 -T0}" tar -C "$stage" --owner=0 --group=0 --numeric-owner -c${tflag}f "$tarball" "$name"
 size="$(stat -c %s "$tarball")"
-echo "bundle.sh: ${#bundled[@]} programs (${bundled[*]}), $(find "$root/lib" -maxdepth 1 -type f | wc -l) libraries$([ -d "$root/lib/ucx" ] && echo " + UCX modules"), $((size / 1024)) KiB"
+echo "bundle.sh: ${#bundled[@]} programs (${bundled[*]}), $(find "$root/lib" -maxdepth 1 -type f | wc -l) libraries$([ -d "$root/lib/ucx" ] && echo " + UCX modules")$([ -d "$root/lib/ucx-cuda" ] && echo " + a UCX that takes CUDA memory"), $((size / 1024)) KiB"
 if [ "$size" -gt "$MAX_BYTES" ]; then
     die "$tarball is $size bytes, over the 25 MiB limit"
 fi

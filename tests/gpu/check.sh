@@ -16,6 +16,18 @@
 #               through page-locked host memory), against decoded alone on the
 #               GPU; faults, staging limits (tests/integration/test_disagg_gpu.py
 #               as a script: python3, no pytest)
+#   pair-direct the same on the direct path: the device pools to UCX (the
+#               bundle's lib/ucx-cuda, deploy/bundle.sh --ucx-cuda; skips, 77,
+#               where no UCX here takes CUDA memory)
+#   kvx-gpu     the KV channel between two processes with the GPU's pools:
+#               page-locked (staged) and device (direct), 2 MiB blocks, runs of
+#               16 and 256 MiB, same host and UCX_TLS=tcp, tags on beside off
+#               (kvx_bench.py --pool pinned / device --quick)
+#   disagg-gpu  time to first token on dummy Llama-3-8B at 2k and 8k tokens,
+#               prefilled by decoded itself and by a prefilld on this GPU through
+#               the KV channel with tags on: (a) same host, direct where UCX
+#               takes CUDA memory; (b) UCX_TLS=tcp, staged, prefilld chunks of
+#               2048 and 512; start-up of each daemon (disagg_gpu_bench.py)
 #   attn-*      decode-attention benchmark vs a device-to-device copy:
 #                 default model's shape (GQA 3:1, head_dim 64), bf16 and f32 KV
 #                 GQA 8:1 (Llama-3-8B shape with 4 KV heads, head_dim 128), bf16 KV
@@ -43,8 +55,11 @@
 #   tar -xf pdserve-*.tar.xz -C /tmp && /tmp/pdserve-*/tests/gpu/check.sh
 #
 # Budget: about 2 minutes on an H100 (119 s in session 5, half of it
-# loading the Llama-3-8B shape); each step is cut at STEP_TIMEOUT seconds
-# (default 300).
+# loading the Llama-3-8B shape) before the KV channel's GPU steps (pair-direct,
+# kvx-gpu, disagg-gpu: several Llama-3-8B start-ups); each step is cut at
+# STEP_TIMEOUT seconds (default 300). STEPS="pair-direct disagg-gpu" runs only
+# the steps named (start and gpu always run), so one device session can take
+# the new steps first.
 set -uo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -59,15 +74,19 @@ summary="$logdir/summary.txt"
 
 say() { echo "$@" | tee -a "$log"; }
 
+# STEPS (space-separated names): run only those; empty: every step
+want() { [ -z "${STEPS:-}" ] || case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
 steps=()
 failed=0
 t_all=$SECONDS
 
 # run STEP DESCRIPTION CMD...: output to the log (and the screen), one row in
-# the table; returns the command's status
+# the table; returns the command's status (78, no row: a step STEPS leaves out)
 run() {
     local name="$1" what="$2" rc t0=$SECONDS
     shift 2
+    case "$name" in start|gpu) ;; *) want "$name" || return 78 ;; esac  # not asked for
     say ""
     say "== $name: $what"
     say "\$ $*"
@@ -184,8 +203,24 @@ else
 fi
 if command -v python3 >/dev/null; then
     run pair "prefilld + decoded on the GPU, KV channel" env DECODED="$root/bin/decoded" \
-        PREFILLD="$root/bin/prefilld" PYTHONDONTWRITEBYTECODE=1 \
+        PREFILLD="$root/bin/prefilld" PYTHONDONTWRITEBYTECODE=1 PDSERVE_KV_PATH=staged \
         python3 "$root/tests/integration/test_disagg_gpu.py"
+    run pair-direct "the same, device pools to UCX" env DECODED="$root/bin/decoded" \
+        PREFILLD="$root/bin/prefilld" PYTHONDONTWRITEBYTECODE=1 PDSERVE_KV_PATH=direct \
+        python3 "$root/tests/integration/test_disagg_gpu.py"
+    for pool in pinned device; do
+        if run kvx-gpu "KV channel, GPU pools ($pool)" env PATH="$root/bin:$PATH" \
+            python3 "$root/tests/bench/kvx_bench.py" "$root/bin/kvx_bench" --pool "$pool" --quick; then
+            { echo "-- kvx-gpu: kvx_bench.py --pool $pool --quick"
+              sed -n "/^# KV transfer, GPU pools (--pool $pool)/,/^\$/p" "$log" | grep '^[#|]'; } >> "$summary"
+        fi
+    done
+    if run disagg-gpu "TTFT, disaggregated / local, Llama-3-8B" env DECODED="$root/bin/decoded" \
+        PREFILLD="$root/bin/prefilld" PYTHONDONTWRITEBYTECODE=1 \
+        python3 "$root/tests/bench/disagg_gpu_bench.py"; then
+        { echo "-- disagg-gpu: disagg_gpu_bench.py"
+          sed -n '/^# disagg_gpu_bench/,/^disagg_gpu_bench: /p' "$log"; } >> "$summary"
+    fi
 else
     steps+=("$(printf '%-12s %-34s %5ss' pair 'NOT RUN (no python3)' 0)")
 fi
