@@ -71,6 +71,29 @@ def line_with(log, text):
     return next((x.split(": ", 2)[-1] for x in log.splitlines() if text in x), "?")
 
 
+def am_protocols(log):
+    """UCX_PROTO_INFO's tables for active messages as kvx sends its CHUNKs
+    (ucp_am_send*, not the reply-flag or fast-completion variants) out of the
+    daemons' logs, each (configuration, memory type)'s once."""
+    out, seen, keep, cfg = [], set(), False, ""
+    for x in log.splitlines():
+        x = re.sub(r"^\[[0-9.]+\] \[[^]]*\]", "", x).strip()
+        if not x.startswith("|"):
+            continue
+        if re.search(r" cfg#\d+", x):
+            cfg = x.strip(" |")
+        elif re.search(r"\| [^|]* by ucp_", x):
+            head = cfg + ": " + x.strip(" |")
+            keep = ("active message by ucp_am_send*" in x and "reply" not in x and
+                    "fast-completion" not in x and head not in seen)
+            seen.add(head)
+            if keep:
+                out.append(head)
+        elif keep and "Range" not in x:
+            out.append("  " + re.sub(r"\s+", " ", x))
+    return "\n".join(out)
+
+
 def metric_sum(d, name):
     return sum(v for k, v in d.metrics().items() if k.startswith("pdserve:" + name))
 
@@ -123,7 +146,9 @@ def main():
     rows = []
     for row in o.rows.split(","):
         chunks = o.chunks.split(",") if row == "b" else [None]
-        env = {"UCX_TLS": "tcp"} if row == "b" else {}
+        # UCX_PROTO_INFO (UCX >= 1.15): the protocols UCX picked, per memory type,
+        # in the daemons' logs -- what RNDV_SCHEME=get_zcopy becomes on CUDA memory
+        env = dict({"UCX_TLS": "tcp"} if row == "b" else {}, UCX_PROTO_INFO="y")
         staged = ["--no-kv-direct"] if row == "b" else []
         for chunk in chunks:
             pre = model + staged + (["--max-num-batched-tokens", chunk] if chunk else [])
@@ -146,6 +171,9 @@ def main():
                     tl = re.search(r"UCX transports ([^)]*)\)", d.log())
                     rows.append((row, chunk, path, tags, tl.group(1) if tl else "?", dis,
                                  got, t_p, t_d))
+                    proto = am_protocols(p.log() + d.log())
+                    print("UCX protocols, row (%s):%s" % (row, "\n" + proto if proto else
+                          " none logged (UCX_PROTO_INFO needs UCX >= 1.15)"))
                     print("row (%s)%s: %s; transports %s; prefilld up in %.1f s, decoded "
                           "in %.1f s" % (row, " chunk %s" % chunk if chunk else "", path,
                                          rows[-1][4], t_p, t_d))
