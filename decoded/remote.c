@@ -76,6 +76,7 @@ struct dec_remote {
     unsigned rr; /* the slot picked last: the next pick's walk starts after it */
     struct pd_dlist inflight; /* rreq */
     bool stopping;
+    bool twins; /* a GPU engine's staging: blocks are copied up and checked by kvx (twin pool) */
 
     struct pd_metric *m_bytes, *m_blocks, *m_xfer, *m_failover[FR_N];
     struct pd_kv_metrics km;
@@ -186,7 +187,7 @@ static void rreq_released(struct dec_remote *r, struct rreq *q)
     peer->n_xfers--;
     j->remote_req = NULL;
     if (q->done && !q->reason) {
-        dec_sched_remote_done(r->sched, j, &q->first);
+        dec_sched_remote_done(r->sched, j, &q->first, r->twins);
     } else if (q->cancelled || q->reason == PD_R_CANCELLED) {
         dec_sched_remote_failed(r->sched, j, true, 499, "cancelled");
     } else {
@@ -339,7 +340,8 @@ void dec_remote_start(struct dec_remote *r, const struct dec_event *ev)
     int rc = -ENOTCONN;
     while ((peer = pick(r, tried))) {
         q->peer = peer;
-        rc = pd_kvx_request(peer->kp, &p, ev->blocks, ev->n_blocks, q, &q->req, err, sizeof(err));
+        rc = pd_kvx_request(peer->kp, &p, ev->blocks, r->twins ? ev->twins : NULL, ev->n_blocks, q,
+                            &q->req, err, sizeof(err));
         if (rc == 0)
             break;
         pd_log(PD_LOG_INFO, "%s: prefill peer %s refused the request: %s", j->id, peer->addr,
@@ -661,8 +663,16 @@ int dec_remote_new(const struct dec_remote_cfg *cfg, struct event_base *base,
          * reload says (the path was chosen at start) */
         .gpu_tags = pd_engine_kv_direct(engine) || (cfg->gpu_tags && pd_engine_on_device(engine)),
         .pool_on_device = pd_engine_kv_direct(engine),
+        /* staged with tags on the GPU: the blocks go up into the device pool as they land,
+         * and are checked there (verified where the engine reads them) */
+        .twin_pool = pd_engine_kv_staging(engine) && cfg->gpu_tags && !cfg->no_integrity
+                         ? pd_kvcache_pool(pd_engine_kvcache(engine)) : NULL,
+        .twin_pool_blocks = pd_kvcache_n_blocks(pd_engine_kvcache(engine)),
         .lease_ms = cfg->lease_ms, .handshake_ms = cfg->handshake_ms,
         .request_deadline_ms = cfg->request_deadline_ms, .event = kvx_event, .arg = r};
+    if (!kp.twin_pool)
+        kp.twin_pool_blocks = 0;
+    r->twins = kp.twin_pool != NULL;
     if ((rc = pd_kvx_new(&kp, &r->kvx, err, errlen)) < 0)
         goto fail;
     char line[256];

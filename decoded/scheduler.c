@@ -15,7 +15,7 @@
 struct dec_inbox {
     struct pd_wnode node; /* the scheduler's inbox, under the worker's lock */
     struct dec_job *job; /* one reference */
-    bool done, exhausted;
+    bool done, exhausted, in_pool;
     int status;
     struct pd_sample_result first;
     char msg[256];
@@ -92,6 +92,7 @@ void dec_event_free(struct dec_event *e)
         return;
     dec_job_unref(e->job);
     free(e->blocks);
+    free(e->twins);
     free(e->text);
     free(e);
 }
@@ -391,6 +392,13 @@ static int remote_start(struct dec_sched *s, struct dec_job *j)
         return -ENOMEM;
     }
     memcpy(e->blocks, dst->blocks, (size_t)dst->n_blocks * sizeof(*e->blocks));
+    if (s->xc) { /* and the device pool's blocks they stand for */
+        if (!(e->twins = malloc((size_t)dst->n_blocks * sizeof(*e->twins)))) {
+            dec_event_free(e);
+            return -ENOMEM;
+        }
+        memcpy(e->twins, j->seq.blocks, (size_t)dst->n_blocks * sizeof(*e->twins));
+    }
     e->n_blocks = dst->n_blocks;
     e->epoch = j->remote_epoch;
     e->kind = DEC_EV_REMOTE_START;
@@ -406,9 +414,11 @@ static int remote_start(struct dec_sched *s, struct dec_job *j)
 /* The peer's KV is verified in j's blocks: j continues as if it had just
  * prefilled locally and sampled `first`. */
 static void remote_first_token(struct dec_sched *s, struct dec_job *j,
-                               const struct pd_sample_result *first)
+                               const struct pd_sample_result *first, bool in_pool)
 {
-    if (s->xc) { /* from the staging into the GPU pool */
+    if (s->xc && in_pool) {
+        pd_kvseq_release(s->xc, &j->xseq);
+    } else if (s->xc) { /* from the staging into the GPU pool */
         char err[256];
         int rc = pd_engine_kv_stage(s->p.engine, false, j->seq.blocks, j->xseq.blocks,
                                     j->seq.n_blocks, err, sizeof(err));
@@ -480,7 +490,7 @@ static void take_inbox(struct dec_sched *s)
             if (pd_wjob_cancelled(&j->base))
                 finish(s, j, NULL, DEC_FIN_CANCELLED, NULL);
             else if (m.done)
-                remote_first_token(s, j, &m.first);
+                remote_first_token(s, j, &m.first, m.in_pool);
             else
                 remote_fallback(s, j, &m);
         }
@@ -511,7 +521,7 @@ static void report_send(struct dec_sched *s, struct dec_inbox *m)
 }
 
 void dec_sched_remote_done(struct dec_sched *s, struct dec_job *j,
-                           const struct pd_sample_result *first)
+                           const struct pd_sample_result *first, bool in_pool)
 {
     struct dec_inbox *m = report_of(j);
     if (!m) {
@@ -519,6 +529,7 @@ void dec_sched_remote_done(struct dec_sched *s, struct dec_job *j,
         return;
     }
     m->done = true;
+    m->in_pool = in_pool;
     m->first = *first;
     report_send(s, m);
 }

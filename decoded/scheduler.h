@@ -127,7 +127,10 @@ struct dec_event {
     struct pd_wnode node; /* the worker's outbox */
     enum dec_event_kind kind;
     struct dec_job *job; /* one reference, dropped by dec_event_free */
-    uint32_t *blocks; /* REMOTE_START: (n_blocks) pool block ids, owned */
+    uint32_t *blocks; /* REMOTE_START: (n_blocks) block ids the transfer fills, owned: the
+                       * pool's, or on a GPU the staging's */
+    uint32_t *twins; /* REMOTE_START on a GPU with staging: (n_blocks) the device pool's blocks
+                      * they stand for, owned (kvx's twin blocks); NULL otherwise */
     uint32_t n_blocks, epoch;
     char *text; /* released text, NUL-terminated (may be "") */
     size_t len;
@@ -188,11 +191,13 @@ struct pd_worker *dec_sched_worker(struct dec_sched *s);
 int dec_sched_submit(struct dec_sched *s, struct dec_job *j);
 /* The loop, once kvx RELEASED a job's transfer (any thread; takes a reference):
  * done -- the prompt's KV is verified in the job's blocks and `first` is the
- * first token, sampled as the local path would; failed -- nothing usable
+ * first token, sampled as the local path would (in_pool: on a GPU with
+ * staging, the channel already copied it into the device pool, where it was
+ * verified; else the staging is copied up now); failed -- nothing usable
  * arrived: `exhausted` when no other healthy peer is left, `status` (502/503)
  * and `msg` for a request that fails under --prefill-failover=fail. */
 void dec_sched_remote_done(struct dec_sched *s, struct dec_job *j,
-                           const struct pd_sample_result *first);
+                           const struct pd_sample_result *first, bool in_pool);
 void dec_sched_remote_failed(struct dec_sched *s, struct dec_job *j, bool exhausted, int status,
                              const char *msg);
 /* Every event posted so far, oldest first (the caller frees them). */

@@ -601,6 +601,9 @@ void pd_kvx_tags_line(const struct pd_kvx *k, char *buf, size_t n)
         snprintf(buf, n, "KV channel: block tags made and checked on the GPU (kernels/tag) in "
                  "its own pool, which UCX sends from and receives into (%s memory)",
                  mem_type_name(k->pool_mem_type));
+    else if (k->p.gpu_tags && k->p.twin_pool)
+        snprintf(buf, n, "KV channel: block tags checked on the GPU (kernels/tag) in its own "
+                 "pool, into which each run is copied from page-locked host memory as it lands");
     else if (k->p.gpu_tags)
         snprintf(buf, n,
                  "KV channel: block tags made and checked on the GPU (kernels/tag), "
@@ -625,6 +628,10 @@ int pd_kvx_new(const struct pd_kvx_params *p, struct pd_kvx **out, char *err, si
     if (p->pool_on_device && !p->gpu_tags && !p->no_integrity)
         return pd_errf(err, errlen, -EINVAL, "kvx: a pool in device memory needs its tags made "
                        "and checked on the GPU (the host reads no device block)");
+    if (p->twin_pool && (p->role != PD_ROLE_D || !p->gpu_tags || p->no_integrity ||
+                         p->pool_on_device || !p->twin_pool_blocks))
+        return pd_errf(err, errlen, -EINVAL, "kvx: a twin pool is decoded's, beside a staged "
+                       "pool whose tags the GPU checks");
     if (pd_keyring_init() < 0)
         return pd_errf(err, errlen, -EIO, "kvx: libsodium did not initialise");
     struct pd_kvx *k = calloc(1, sizeof *k);
@@ -678,6 +685,9 @@ int pd_kvx_new(const struct pd_kvx_params *p, struct pd_kvx **out, char *err, si
                 rc == -ENOTSUP ? "this build has no CUDA" : strerror(-rc));
         goto fail;
     }
+    if (p->twin_pool)
+        pd_kvx_crypto_gpu_twins(k->crypto, p->twin_pool,
+                                (size_t)p->twin_pool_blocks * k->block_bytes);
     if (p->role == PD_ROLE_P) {
         rc = pd_auth_replay_new(PD_AUTH_REPLAY_DEFAULT, k->hs_ms > 10000 ? k->hs_ms : 10000,
                                 &k->replay);

@@ -148,6 +148,11 @@ struct pd_kvx_params {
     int pool_on_device; /* 1: pool is device memory (a GPU engine's pool; needs gpu_tags and a
                          * UCX that takes it, pd_kvx_device_path): registered with UCX, blocks
                          * sent and received there by rendezvous, tags made and checked there */
+    void *twin_pool; /* D, a staged pool (gpu_tags, integrity on): the device pool the staging
+                      * feeds, twin_pool_blocks blocks of block_bytes. A request's blocks,
+                      * as they land, are copied up into its twins (pd_kvx_request) on the
+                      * GPU and their tags checked there: VERIFIED means in the twins */
+    uint32_t twin_pool_blocks;
     int no_integrity; /* 1: no block tags (benchmarks only; both sides must agree) */
     int no_mm_error_handling; /* 1: leave UCX posix/sysv shared memory off in PEER mode */
     uint32_t lease_ms; /* 0 = 3000 */
@@ -257,10 +262,12 @@ int pd_kvx_peer_up(const struct pd_kvx_peer *peer); /* 1 when a session is estab
  * (FAILED, then RELEASED), and the handle is gone on return. Accepts NULL. */
 void pd_kvx_peer_remove(struct pd_kvx_peer *peer, const char *why);
 /* Send PREFILL p (request_id, epoch, tokens ...; p->n_blocks is set from n)
- * and grant dest_blocks[n] (pool indices; copied) for its blocks in order. */
+ * and grant dest_blocks[n] (pool indices; copied) for its blocks in order.
+ * twin_blocks[n]: indices in params.twin_pool the blocks are copied up to
+ * and checked in (copied), or NULL (always NULL without a twin pool). */
 int pd_kvx_request(struct pd_kvx_peer *peer, const struct pd_prefill *p,
-                   const uint32_t *dest_blocks, uint32_t n, void *udata, struct pd_kvx_req **out,
-                   char *err, size_t errlen);
+                   const uint32_t *dest_blocks, const uint32_t *twin_blocks, uint32_t n,
+                   void *udata, struct pd_kvx_req **out, char *err, size_t errlen);
 /* CANCEL: the request fails with PD_R_CANCELLED (FAILED, then RELEASED). */
 int pd_kvx_cancel(struct pd_kvx_req *r);
 

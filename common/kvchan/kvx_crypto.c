@@ -65,7 +65,17 @@ struct pd_kvx_crypto {
      * reads it (set before the first job, read-only after) */
     const uint8_t *gpu_host, *gpu_dev;
     size_t gpu_bytes;
+    const uint8_t *twins; /* VERIFY's copies go there (pd_kvx_crypto_gpu_twins), or NULL */
+    size_t twin_bytes;
 };
+
+/* p .. p + len inside [base, base + bytes): the offset, or SIZE_MAX */
+static size_t inside(const uint8_t *base, size_t bytes, const uint8_t *p, size_t len)
+{
+    uintptr_t b = (uintptr_t)p, lo = (uintptr_t)base;
+    size_t off = (size_t)(b - lo);
+    return base && b >= lo && off <= bytes && len <= bytes - off ? off : SIZE_MAX;
+}
 
 static void run_job(struct pd_kvx_job *j)
 {
@@ -141,22 +151,30 @@ static int gpu_run(const struct pd_kvx_crypto *c, struct gpu_worker *g, struct p
     if (rc < 0)
         return rc;
     const size_t jb = (size_t)j->n * sizeof(*g->h_jobs), tb = (size_t)j->n * PD_TAG_LEN;
+    bool verify = j->kind == PD_KVX_JOB_VERIFY;
+    const bool up = verify && j->twins; /* copied up, checked there */
+    if (j->twins && (!verify || !c->twins))
+        return -EINVAL; /* a bug: nothing is copied or read */
     for (uint32_t i = 0; i < j->n; i++) {
         struct pd_tag_job *t = &g->h_jobs[i];
-        uintptr_t b = (uintptr_t)j->blocks[i], base = (uintptr_t)c->gpu_host;
-        size_t off = (size_t)(b - base);
-        if (b < base || off > c->gpu_bytes || j->block_bytes > c->gpu_bytes - off) {
+        size_t off = inside(c->gpu_host, c->gpu_bytes, j->blocks[i], j->block_bytes);
+        size_t toff = up ? inside(c->twins, c->twin_bytes, j->twins[i], j->block_bytes) : 0;
+        if (off == SIZE_MAX || toff == SIZE_MAX) {
             sodium_memzero(g->h_jobs, jb); /* the keys made so far */
-            return -EINVAL; /* not the pool's: a bug, and nothing the device may read */
+            return -EINVAL; /* not the pools': a bug, and nothing the device may touch */
         }
         pd_auth_tag_key(j->s, j->request_id, j->epoch, j->first + i, j->transfer, j->block_bytes,
                         t->key, t->prefix);
         t->prefix_len = PD_AUTH_TAG_PREFIX_LEN;
-        t->data = c->gpu_dev + off;
+        t->data = up ? j->twins[i] : c->gpu_dev + off;
         t->len = j->block_bytes;
     }
-    bool verify = j->kind == PD_KVX_JOB_VERIFY;
-    if ((rc = pd_cuda_memcpy_async(g->d_jobs, g->h_jobs, jb, g->stream)) == 0 && verify)
+    /* up: each block into its twin first, on the stream the check runs on
+     * (the staging is page-locked: DMA) */
+    for (uint32_t i = 0; up && i < j->n && rc == 0; i++)
+        rc = pd_cuda_memcpy_async(j->twins[i], c->gpu_dev + (j->blocks[i] - c->gpu_host),
+                                  j->block_bytes, g->stream);
+    if (rc == 0 && (rc = pd_cuda_memcpy_async(g->d_jobs, g->h_jobs, jb, g->stream)) == 0 && verify)
         rc = pd_cuda_memcpy_async(g->d_tags, j->tags, tb, g->stream);
     sodium_memzero(g->h_jobs, jb); /* a copy from pageable memory is done on return */
     if (rc == 0)
@@ -205,6 +223,13 @@ int pd_kvx_crypto_gpu(struct pd_kvx_crypto *c, void *pool, size_t bytes, int on_
     (void)c, (void)pool, (void)bytes, (void)on_device;
     return -ENOTSUP;
 #endif
+}
+
+void pd_kvx_crypto_gpu_twins(struct pd_kvx_crypto *c, void *twins, size_t bytes)
+{
+    pthread_mutex_lock(&c->mu);
+    c->twins = twins, c->twin_bytes = bytes;
+    pthread_mutex_unlock(&c->mu);
 }
 
 int pd_kvx_pool_write(int on_device, void *dst, const void *src, size_t n)

@@ -49,6 +49,8 @@ struct pd_kvx_job {
     uint64_t transfer;
     size_t block_bytes;
     uint8_t *const *blocks; /* [n] block addresses */
+    uint8_t *const *twins; /* GPU VERIFY with a device twin pool, or NULL: [n] device blocks
+                            * each block is first copied up to, and checked in */
     uint8_t *tags; /* [n * PD_BLOCK_TAG_LEN]: written (TAG) or checked (VERIFY) */
     int result; /* 0; VERIFY: -EKEYREJECTED; with GPU tags, either kind: a CUDA errno */
     uint32_t bad; /* VERIFY: first block (offset in the run) that failed */
@@ -70,6 +72,10 @@ struct pd_kvx_job *pd_kvx_crypto_take(struct pd_kvx_crypto *c);
  * where the device does (VERIFY's mismatch stays -EKEYREJECTED). -ENOTSUP
  * without CUDA, or the errno of finding the device's address of pool. */
 int pd_kvx_crypto_gpu(struct pd_kvx_crypto *c, void *pool, size_t bytes, int on_device);
+/* And a device pool of bytes at twins (after pd_kvx_crypto_gpu): a VERIFY
+ * job with twins copies each block there on the device's stream, then checks
+ * the copy (the job fails with the copy's errno where it fails). */
+void pd_kvx_crypto_gpu_twins(struct pd_kvx_crypto *c, void *twins, size_t bytes);
 /* Writes into the pool from the loop, which reads no block: n bytes from
  * host memory (an eager payload), with memcpy, or with the CUDA runtime when
  * the pool is device memory (on_device: the direct path, pd_kvx_params).
@@ -197,6 +203,7 @@ struct pd_kvx_req { /* D */
     uint64_t id;
     uint32_t epoch, n, prefix, need, block_size;
     uint32_t *dest; /* [n] pool indices */
+    uint32_t *twins; /* [n] indices in p.twin_pool, or NULL */
     uint8_t *st; /* [n] B_* */
     int status, have_done, release_queued, linked;
     unsigned ops; /* receives and verifications in flight */
@@ -212,6 +219,7 @@ struct rop { /* D: one data message being received and verified */
     size_t niov;
     ucp_dt_iov_t *iov;
     uint8_t **blocks;
+    uint8_t **twins; /* the request's device twins of blocks, or NULL */
     uint8_t *tags;
 };
 

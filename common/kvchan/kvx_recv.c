@@ -83,6 +83,7 @@ static void req_free(struct pd_kvx_req *r)
     struct pd_kvx_session *c = r->c;
     dl_del(&r->all);
     free(r->dest);
+    free(r->twins);
     free(r->st);
     free(r);
     kvx_session_put(c);
@@ -283,7 +284,7 @@ static ucs_status_t am_data(void *arg, const void *header, size_t header_length,
         return UCS_OK;
     }
     uint32_t n = ch->n_blocks;
-    struct rop *o = calloc(1, sizeof *o + n * (sizeof(ucp_dt_iov_t) + sizeof(uint8_t *) +
+    struct rop *o = calloc(1, sizeof *o + n * (sizeof(ucp_dt_iov_t) + 2 * sizeof(uint8_t *) +
                                                PD_BLOCK_TAG_LEN));
     if (!o) {
         req_fail(r, PD_R_INTERNAL, "out of memory", 1);
@@ -291,16 +292,23 @@ static ucs_status_t am_data(void *arg, const void *header, size_t header_length,
     }
     o->iov = (ucp_dt_iov_t *)(o + 1);
     o->blocks = (uint8_t **)(o->iov + n);
-    o->tags = (uint8_t *)(o->blocks + n);
+    o->tags = (uint8_t *)(o->blocks + 2 * (size_t)n);
     o->r = r;
     o->first = ch->first_block;
     o->n = n;
+    if (r->twins) {
+        o->twins = o->blocks + n;
+        for (uint32_t i = 0; i < n; i++)
+            o->twins[i] = (uint8_t *)k->p.twin_pool +
+                          (size_t)r->twins[o->first + i] * k->block_bytes;
+    }
     memcpy(o->tags, ch->tags, (size_t)n * PD_BLOCK_TAG_LEN);
     o->niov = kvx_build_iov(k->p.pool, k->block_bytes, r->dest + o->first, n, o->iov, o->blocks);
     o->job = (struct pd_kvx_job){.kind = PD_KVX_JOB_VERIFY, .s = c->s, .request_id = r->id,
                                  .epoch = r->epoch, .first = o->first, .n = n,
                                  .transfer = ch->transfer, .block_bytes = k->block_bytes,
-                                 .blocks = o->blocks, .tags = o->tags, .owner = o};
+                                 .blocks = o->blocks, .twins = o->twins, .tags = o->tags,
+                                 .owner = o};
     for (uint32_t i = 0; i < n; i++)
         r->st[o->first + i] = B_RECV;
     r->ops++;
@@ -398,7 +406,8 @@ void pd_kvx_peer_remove(struct pd_kvx_peer *peer, const char *why)
 }
 
 int pd_kvx_request(struct pd_kvx_peer *peer, const struct pd_prefill *p, const uint32_t *dest,
-                   uint32_t n, void *udata, struct pd_kvx_req **out, char *err, size_t errlen)
+                   const uint32_t *twins, uint32_t n, void *udata, struct pd_kvx_req **out,
+                   char *err, size_t errlen)
 {
     struct pd_kvx *k = peer->kvx;
     struct pd_kvx_session *c = peer->session;
@@ -412,6 +421,12 @@ int pd_kvx_request(struct pd_kvx_peer *peer, const struct pd_prefill *p, const u
     for (uint32_t i = 0; i < n; i++)
         if (dest[i] >= k->p.pool_blocks)
             return pd_errf(err, errlen, -EINVAL, "kvx: block %u outside the pool", dest[i]);
+    if (twins && !k->p.twin_pool)
+        return pd_errf(err, errlen, -EINVAL, "kvx: twin blocks without a twin pool");
+    for (uint32_t i = 0; twins && i < n; i++)
+        if (twins[i] >= k->p.twin_pool_blocks)
+            return pd_errf(err, errlen, -EINVAL, "kvx: twin block %u outside the twin pool",
+                           twins[i]);
     if (req_find(c, p->request_id))
         return pd_errf(err, errlen, -EEXIST, "kvx: request %llu in flight",
                        (unsigned long long)p->request_id);
@@ -420,21 +435,27 @@ int pd_kvx_request(struct pd_kvx_peer *peer, const struct pd_prefill *p, const u
     f.u.prefill.n_blocks = n;
     f.u.prefill.block_size = k->layout.block_size;
     struct pd_kvx_req *r = calloc(1, sizeof *r);
-    if (!r || !(r->dest = malloc(n * sizeof *r->dest)) || !(r->st = calloc(n, 1))) {
-        if (r)
+    if (!r || !(r->dest = malloc(n * sizeof *r->dest)) || !(r->st = calloc(n, 1)) ||
+        (twins && !(r->twins = malloc(n * sizeof *r->twins)))) {
+        if (r) {
             free(r->dest);
+            free(r->st);
+        }
         free(r);
         return pd_errf(err, errlen, -ENOMEM, "kvx: out of memory");
     }
     int rc = kvx_send_ctl(c, &f);
     if (rc < 0) {
         free(r->dest);
+        free(r->twins);
         free(r->st);
         free(r);
         return pd_errf(err, errlen, rc, "kvx: PREFILL to %s: %s", peer->hostport,
                        rc == -EINVAL ? "invalid request" : strerror(-rc));
     }
     memcpy(r->dest, dest, n * sizeof *dest);
+    if (twins)
+        memcpy(r->twins, twins, n * sizeof *twins);
     r->c = c;
     c->refs++;
     r->id = p->request_id;

@@ -275,7 +275,7 @@ static int issue(uint32_t n)
                            .repetition_penalty = 1, .tokens = tok};
     snprintf(p.xrid, sizeof p.xrid, "bench");
     struct pd_kvx_req *r;
-    int rc = pd_kvx_request(peer, &p, dest, n, (void *)(uintptr_t)s, &r, err, sizeof err);
+    int rc = pd_kvx_request(peer, &p, dest, NULL, n, (void *)(uintptr_t)s, &r, err, sizeof err);
     free(dest);
     free(tok);
     if (rc < 0)

@@ -146,8 +146,13 @@ PATH_LINES = (("KV channel: the device pool goes to UCX as it is (direct)",
                "KV channel: block tags made and checked on the GPU (kernels/tag) in its own pool")
               if DIRECT else
               ("--kv-direct is off",
-               "KV channel: the GPU pool staged through 16 MiB of page-locked host",
-               "KV channel: block tags made and checked on the GPU"))
+               "KV channel: the GPU pool staged through 16 MiB of page-locked host"))
+# staged: prefilld's GPU tags the staged blocks; decoded's copies each run up into
+# its device pool as it lands and checks it there
+GPU_TAGS = {"p": "KV channel: block tags made and checked on the GPU (kernels/tag)",
+            "d": ("KV channel: block tags made and checked on the GPU (kernels/tag) in its own"
+                  if DIRECT else "KV channel: block tags checked on the GPU (kernels/tag) in its "
+                  "own pool, into which each run is copied from page-locked host memory")}
 
 
 def held(d):
@@ -179,8 +184,8 @@ def test_gpu_pair_answers_as_gpu_decoded_alone(tmp_path):
     with Prefilld(*MODEL, *MEM, "--log-level", "info", psk=psk) as p, \
             Decoded(*dec_args(psk, p.addr)) as d:
         up(d, p)
-        for who in (p, d):
-            for line in PATH_LINES:
+        for who, tags in ((p, GPU_TAGS["p"]), (d, GPU_TAGS["d"])):
+            for line in PATH_LINES + (tags,):
                 assert line in who.log(), (line, who.log())
         # the transports UCX chose, named when the session came up
         assert re.search(r"KV session up: .*UCX transports [a-z_]+/", d.log()), d.log()
@@ -220,8 +225,8 @@ def test_gpu_tampered_blocks_fail_on_the_gpu_never_a_200(tmp_path):
     with Prefilld(*MODEL, *MEM, "--test-tamper-every", "1", "--log-level", "info", psk=psk) as p, \
             Decoded(*dec_args(psk, p.addr, extra=("--prefill-failover", "fail"))) as d:
         up(d, p)
-        for who in (p, d):
-            assert "KV channel: block tags made and checked on the GPU" in who.log(), who.log()
+        for who, tags in ((p, GPU_TAGS["p"]), (d, GPU_TAGS["d"])):
+            assert tags in who.log(), (tags, who.log())
         for n in (5, 40):
             status, out = d.json("POST", "/v1/completions",
                                  {"prompt": prompt(n), "max_tokens": 2, "temperature": 0},

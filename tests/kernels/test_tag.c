@@ -519,6 +519,71 @@ static void kvx_crypto_workers_tag_a_device_pool(void)
     kv_pair_done(&kp);
 }
 
+/* decoded's staged path (kvx's twin pool): a VERIFY job copies each staged
+ * block up into its twin in device memory and checks the twin. The twins
+ * then hold the staged bytes; a byte flipped in the staging is caught in
+ * the block it was flipped in; a twin outside the twin pool, or twins on a
+ * TAG job, are refused before anything is copied. */
+static void kvx_crypto_verify_copies_up_into_twins(void)
+{
+    need_gpu();
+    enum {
+        NB = 4,
+        BB = 8192
+    };
+    struct kv_pair kp;
+    CHECK(kv_pair_init(&kp, 0) == 0);
+    if (kv_pair_handshake(&kp) < 0)
+        PD_TEST_FAIL_("handshake: %s", kp.err);
+    uint8_t *stage = aligned_alloc(4096, NB * BB), *back = malloc(NB * BB), *sb[NB], *tw[NB];
+    uint8_t tags[NB * PD_TAG_LEN];
+    void *dev = NULL;
+    CHECK(stage && back);
+    rnd_bytes(stage, NB * BB);
+    CHECK_EQ_INT(pd_cuda_host_register(stage, NB * BB), 0);
+    CHECK_EQ_INT(pd_cuda_malloc(&dev, (NB + 1) * BB), 0);
+    CHECK_EQ_INT(pd_cuda_memset(dev, 0, (NB + 1) * BB), 0);
+    struct pd_kvx_crypto *g, *cpu;
+    int gfd, cfd;
+    CHECK_EQ_INT(pd_kvx_crypto_new(1, &g, &gfd), 0);
+    CHECK_EQ_INT(pd_kvx_crypto_new(1, &cpu, &cfd), 0);
+    CHECK_EQ_INT(pd_kvx_crypto_gpu(g, stage, NB * BB, 0), 0);
+    pd_kvx_crypto_gpu_twins(g, dev, NB * BB); /* the last block of dev is outside */
+    for (int i = 0; i < NB; i++) {
+        sb[i] = stage + (size_t)i * BB;
+        tw[i] = (uint8_t *)dev + (size_t)((i + 2) % NB) * BB; /* twins in another order */
+    }
+    struct pd_kvx_job t = {.kind = PD_KVX_JOB_TAG, .s = kp.sp, .request_id = 4, .epoch = 2,
+                           .first = 3, .n = NB, .transfer = 8, .block_bytes = BB,
+                           .blocks = sb, .tags = tags};
+    CHECK_EQ_INT(crypto_run(cpu, cfd, &t), 0);
+    struct pd_kvx_job v = t;
+    v.kind = PD_KVX_JOB_VERIFY, v.s = kp.sd, v.twins = tw;
+    CHECK_EQ_INT(crypto_run(g, gfd, &v), 0);
+    for (int i = 0; i < NB; i++) {
+        CHECK_EQ_INT(pd_cuda_memcpy(back, tw[i], BB), 0);
+        CHECK(memcmp(back, sb[i], BB) == 0);
+    }
+    sb[1][5] ^= 0x40;
+    v.result = 0, v.bad = 0;
+    CHECK_EQ_INT(crypto_run(g, gfd, &v), -EKEYREJECTED);
+    CHECK_EQ_INT(v.bad, 1);
+    sb[1][5] ^= 0x40;
+    tw[3] = (uint8_t *)dev + (size_t)NB * BB;
+    v.result = 0;
+    CHECK_EQ_INT(crypto_run(g, gfd, &v), -EINVAL);
+    t.twins = tw;
+    CHECK_EQ_INT(crypto_run(g, gfd, &t), -EINVAL);
+
+    pd_kvx_crypto_free(g);
+    pd_kvx_crypto_free(cpu);
+    pd_cuda_free(dev);
+    CHECK_EQ_INT(pd_cuda_host_unregister(stage), 0);
+    free(stage);
+    free(back);
+    kv_pair_done(&kp);
+}
+
 /* argument errors come back before any CUDA call, GPU or not */
 static void tag_launchers_refuse_bad_args(void)
 {
@@ -540,6 +605,7 @@ static const struct pd_test tests[] = {
     PD_TEST(tag_interoperates_with_session_tags),
     PD_TEST(kvx_crypto_workers_on_the_gpu_match_the_cpu),
     PD_TEST(kvx_crypto_workers_tag_a_device_pool),
+    PD_TEST(kvx_crypto_verify_copies_up_into_twins),
     {0},
 };
 

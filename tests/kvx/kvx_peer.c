@@ -239,7 +239,7 @@ static void recv_start_more(void)
                                .tokens = tok};
         snprintf(p.xrid, sizeof p.xrid, "kvx-peer-%" PRIu64, q->id);
         struct pd_kvx_req *r;
-        int rc = pd_kvx_request(R.peer, &p, q->dest, n, q, &r, err, sizeof err);
+        int rc = pd_kvx_request(R.peer, &p, q->dest, NULL, n, q, &r, err, sizeof err);
         free(tok);
         if (rc < 0) {
             pool_put(&pool, q->dest, n);

@@ -86,7 +86,7 @@ static void peer_prefill(struct rig *r, const struct dec_event *e, struct result
     CHECK_EQ_INT(pd_sample(r->sampler, &x->sp, l, x->prompt, x->n_prompt, NULL, 0, &first), 0);
     pd_engine_seq_release(r->peer, &q);
     free(l);
-    dec_sched_remote_done(r->d.s, e->job, &first);
+    dec_sched_remote_done(r->d.s, e->job, &first, false);
 }
 
 static void on_event(void *arg, const struct dec_event *e)
