@@ -154,13 +154,14 @@ static void sched_events(evutil_socket_t fd, short what, void *arg)
         /* NULL once its transfer ended, or when kvx is going away */
         struct pd_kvx_sreq *r = d->closing ? NULL : j->owner;
         if (e->type == PF_EV_RUN) {
-            if (!r || pd_kvx_send_run(r, e->first, e->blocks, e->n, err, sizeof(err)) < 0) {
+            if (!r || pd_kvx_send_run(r, e->first, e->blocks, e->twins, e->n, err,
+                                      sizeof(err)) < 0) {
                 /* the transfer is gone: nobody will read these blocks */
                 if (r) {
                     pd_log(PD_LOG_INFO, "request %s: cannot send blocks: %s", j->xrid, err);
                     pd_kvx_abort(r, PD_R_TRANSFER, "the send failed");
                 }
-                pf_sched_unref(d->sched, e->blocks, e->n);
+                pf_sched_unref(d->sched, e->blocks, e->twins, e->n);
             }
         } else if (e->type == PF_EV_DONE && r) {
             struct pd_done dn = {.request_id = j->request_id, .epoch = j->epoch,
@@ -291,7 +292,7 @@ static void kvx_event(void *arg, const struct pd_kvx_event *ev)
         take_prefill(d, ev);
         break;
     case PD_KVX_EV_RUN_RELEASED:
-        pf_sched_unref(d->sched, ev->run_blocks, ev->run_n);
+        pf_sched_unref(d->sched, ev->run_blocks, ev->run_twins, ev->run_n);
         break;
     case PD_KVX_EV_SREQ_END: {
         struct pf_job *j = ev->udata;
@@ -410,6 +411,14 @@ static const struct pd_runtime_ops pf_rt_ops = {
 
 /* ---- start-up ---- */
 
+/* A GPU pool with staging whose tags the GPU makes: the KV channel tags each
+ * run in the pool and copies it down itself (kvx's twin pool); the scheduler
+ * then copies nothing. */
+static bool kv_twins(const struct daemon *d)
+{
+    return pd_engine_kv_staging(d->engine) && d->cfg->kv_gpu_tags && d->cfg->kv_integrity;
+}
+
 static int kvx_open(struct daemon *d, char *err, size_t errlen)
 {
     struct pf_cfg *c = d->cfg;
@@ -431,6 +440,9 @@ static int kvx_open(struct daemon *d, char *err, size_t errlen)
         .crypto_threads = (unsigned)c->kv_crypto_threads, .no_integrity = !c->kv_integrity,
         .gpu_tags = c->kv_gpu_tags && pd_engine_on_device(d->engine),
         .pool_on_device = pd_engine_kv_direct(d->engine),
+        /* staged with tags on the GPU: tagged in the device pool, copied down by the channel */
+        .twin_pool = kv_twins(d) ? pd_kvcache_pool(pd_engine_kvcache(d->engine)) : NULL,
+        .twin_pool_blocks = kv_twins(d) ? pd_kvcache_n_blocks(pd_engine_kvcache(d->engine)) : 0,
         .lease_ms = (uint32_t)c->kv_lease_ms, .handshake_ms = (uint32_t)c->kv_handshake_ms,
         .max_sessions = (unsigned)c->kv_max_sessions, .event = kvx_event, .arg = d};
 #ifdef PD_TEST_HOOKS
@@ -472,6 +484,7 @@ static int run(struct daemon *d, char *err, size_t errlen)
     struct pf_sched_params sp = {.engine = d->engine, .max_waiting = (uint32_t)c->max_waiting,
                                  .max_running = (uint32_t)c->max_num_seqs,
                                  .idle_tick_ms = pd_runtime_tick_ms(d->rt),
+                                 .kv_twins = kv_twins(d),
                                  .metrics = d->sm, .notify = wake, .notify_arg = d};
     if ((rc = pf_sched_new(&sp, &d->sched, err, errlen)) < 0)
         goto out;

@@ -14,6 +14,7 @@
 struct unref_list {
     struct unref_list *next;
     uint32_t n;
+    bool twins; /* blocks[n .. 2n) are the pool's twins of blocks[0 .. n) */
     uint32_t blocks[];
 };
 
@@ -82,16 +83,20 @@ void pf_event_free(struct pf_event *e)
         return;
     pf_job_unref(e->job);
     free(e->blocks);
+    free(e->twins);
     free(e);
 }
 
 /* ---- events ---- */
 
 /* A RUN: NULL when there is no memory for it (the caller fails the job). */
-static struct pf_event *run_event(struct pf_job *j, uint32_t n_blocks)
+static struct pf_event *run_event(struct pf_job *j, uint32_t n_blocks, bool twins)
 {
     struct pf_event *e = calloc(1, sizeof(*e));
-    if (!e || !(e->blocks = malloc((size_t)n_blocks * sizeof(*e->blocks)))) {
+    if (!e || !(e->blocks = malloc((size_t)n_blocks * sizeof(*e->blocks))) ||
+        (twins && !(e->twins = malloc((size_t)n_blocks * sizeof(*e->twins))))) {
+        if (e)
+            free(e->blocks);
         free(e);
         return NULL;
     }
@@ -281,22 +286,28 @@ static void apply_unrefs(struct pf_sched *s)
     pd_worker_unlock(&s->w);
     while (u) {
         struct unref_list *next = u->next;
-        for (uint32_t i = 0; i < u->n; i++)
+        for (uint32_t i = 0; i < u->n; i++) {
             pd_kvcache_unref(s->tc, u->blocks[i]); /* -EINVAL (a bug) changes nothing */
+            if (u->twins)
+                pd_kvcache_unref(s->kc, u->blocks[u->n + i]);
+        }
         free(u);
         u = next;
     }
 }
 
-int pf_sched_unref(struct pf_sched *s, const uint32_t *blocks, uint32_t n)
+int pf_sched_unref(struct pf_sched *s, const uint32_t *blocks, const uint32_t *twins, uint32_t n)
 {
     if (n == 0)
         return 0;
-    struct unref_list *u = malloc(sizeof(*u) + (size_t)n * sizeof(*blocks));
+    struct unref_list *u = malloc(sizeof(*u) + (twins ? 2 : 1) * (size_t)n * sizeof(*blocks));
     if (!u)
         return -ENOMEM;
     u->n = n;
+    u->twins = twins != NULL;
     memcpy(u->blocks, blocks, (size_t)n * sizeof(*blocks));
+    if (twins)
+        memcpy(u->blocks + n, twins, (size_t)n * sizeof(*twins));
     pd_worker_lock(&s->w);
     u->next = s->unrefs;
     s->unrefs = u;
@@ -316,22 +327,27 @@ static void drop_active(struct pf_sched *s, uint32_t i)
 /* Blocks [n_sent_blocks, final) as a RUN, each with a transfer reference.
  * From a GPU pool they are copied into the job's staging blocks first, and
  * the run carries those: the copy of this run overlaps the network transfer
- * of the runs before it (the loop sends while this thread computes). */
+ * of the runs before it (the loop sends while this thread computes). With
+ * kv_twins the KV channel copies them (after tagging them in the pool): the
+ * run carries both, each referenced. */
 static int post_run(struct pf_sched *s, struct pf_job *j, bool last, char *err, size_t errlen)
 {
     uint32_t final = last ? j->seq.n_blocks : j->seq.n_tokens / s->block_size;
     if (final <= j->n_sent_blocks)
         return 0;
     uint32_t first = j->n_sent_blocks, n = final - first;
-    const uint32_t *src = j->seq.blocks + first;
-    if (s->xc) {
+    const uint32_t *src = j->seq.blocks + first, *pool = src;
+    const bool twins = s->xc && s->p.kv_twins;
+    if (twins) {
+        src = j->xseq.blocks + first;
+    } else if (s->xc) {
         int rc = pd_engine_kv_stage(s->p.engine, true, src, j->xseq.blocks + first, n, err,
                                     errlen);
         if (rc < 0)
             return rc;
         src = j->xseq.blocks + first;
     }
-    struct pf_event *e = run_event(j, n);
+    struct pf_event *e = run_event(j, n, twins);
     if (!e)
         return pd_errf(err, errlen, -ENOMEM, "out of memory for a run of %" PRIu32 " blocks", n);
     e->first = first;
@@ -339,6 +355,10 @@ static int post_run(struct pf_sched *s, struct pf_job *j, bool last, char *err, 
     for (uint32_t i = 0; i < n; i++) {
         e->blocks[i] = src[i];
         pd_kvcache_ref(s->tc, e->blocks[i]);
+        if (twins) {
+            e->twins[i] = pool[i];
+            pd_kvcache_ref(s->kc, pool[i]);
+        }
     }
     j->n_sent_blocks = final;
     post(s, e);

@@ -24,7 +24,11 @@
  * pool into its staging blocks after the step that finished it, and the
  * RUN event carries the staging ids (the transfer references, and
  * pf_sched_unref, are the staging's). The pool blocks go back when the
- * prefill ends, the staging ones as their transfers end.
+ * prefill ends, the staging ones as their transfers end. With kv_twins (the
+ * KV channel tags on the GPU in the pool and copies down itself: kvx's twin
+ * pool) nothing is copied here: the RUN carries the pool ids as well
+ * (twins), each with a transfer reference too, so they outlive the prefill
+ * until the transfer ends.
  * Cancellation: pf_job_cancel (any thread); the compute thread drops the job
  * before its next step and posts PF_EV_END. Jobs are reference-counted (the
  * loop, the compute thread and each event hold one).
@@ -82,6 +86,8 @@ struct pf_event {
     uint32_t first, n; /* RUN */
     uint32_t *blocks; /* RUN: (n) block ids of the channel pool (the staging on a GPU), one
                        * transfer reference each */
+    uint32_t *twins; /* RUN with kv_twins: (n) the pool blocks the staging ones stand for, one
+                      * transfer reference each; NULL otherwise */
     struct pd_sample_result token; /* DONE */
     int reason; /* END: enum pd_reason */
     char err[200];
@@ -97,6 +103,7 @@ struct pf_sched_params {
     uint32_t max_waiting; /* jobs queued or running */
     uint32_t max_running; /* jobs with KV blocks at once */
     uint32_t idle_tick_ms; /* heartbeat while idle; 0 = 1000 */
+    bool kv_twins; /* a GPU pool with staging: the KV channel copies runs down (see above) */
     struct pf_sched_metrics metrics;
     void (*notify)(void *arg); /* events are ready: wake the loop, no I/O */
     void *notify_arg;
@@ -123,8 +130,9 @@ struct pf_sched *pf_sched_free(struct pf_sched *s);
  * pool or the model's length; -ESHUTDOWN: stopping. */
 int pf_sched_submit(struct pf_sched *s, struct pf_job *j);
 struct pf_event *pf_sched_take(struct pf_sched *s);
-/* The transfer of these blocks is over: drop one reference each (copied). */
-int pf_sched_unref(struct pf_sched *s, const uint32_t *blocks, uint32_t n);
+/* The transfer of these blocks is over: drop one reference each (copied),
+ * and of twins[n] when not NULL (a RUN's twins). */
+int pf_sched_unref(struct pf_sched *s, const uint32_t *blocks, const uint32_t *twins, uint32_t n);
 void pf_sched_counts(struct pf_sched *s, uint32_t *waiting, uint32_t *running);
 
 

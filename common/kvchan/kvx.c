@@ -601,9 +601,12 @@ void pd_kvx_tags_line(const struct pd_kvx *k, char *buf, size_t n)
         snprintf(buf, n, "KV channel: block tags made and checked on the GPU (kernels/tag) in "
                  "its own pool, which UCX sends from and receives into (%s memory)",
                  mem_type_name(k->pool_mem_type));
-    else if (k->p.gpu_tags && k->p.twin_pool)
+    else if (k->p.gpu_tags && k->p.twin_pool && k->p.role == PD_ROLE_D)
         snprintf(buf, n, "KV channel: block tags checked on the GPU (kernels/tag) in its own "
                  "pool, into which each run is copied from page-locked host memory as it lands");
+    else if (k->p.gpu_tags && k->p.twin_pool)
+        snprintf(buf, n, "KV channel: block tags made on the GPU (kernels/tag) in its own pool, "
+                 "from which each run is then copied down into page-locked host memory");
     else if (k->p.gpu_tags)
         snprintf(buf, n,
                  "KV channel: block tags made and checked on the GPU (kernels/tag), "
@@ -628,10 +631,10 @@ int pd_kvx_new(const struct pd_kvx_params *p, struct pd_kvx **out, char *err, si
     if (p->pool_on_device && !p->gpu_tags && !p->no_integrity)
         return pd_errf(err, errlen, -EINVAL, "kvx: a pool in device memory needs its tags made "
                        "and checked on the GPU (the host reads no device block)");
-    if (p->twin_pool && (p->role != PD_ROLE_D || !p->gpu_tags || p->no_integrity ||
-                         p->pool_on_device || !p->twin_pool_blocks))
-        return pd_errf(err, errlen, -EINVAL, "kvx: a twin pool is decoded's, beside a staged "
-                       "pool whose tags the GPU checks");
+    if (p->twin_pool && (!p->gpu_tags || p->no_integrity || p->pool_on_device ||
+                         !p->twin_pool_blocks))
+        return pd_errf(err, errlen, -EINVAL, "kvx: a twin pool goes beside a staged pool whose "
+                       "tags the GPU makes and checks");
     if (pd_keyring_init() < 0)
         return pd_errf(err, errlen, -EIO, "kvx: libsodium did not initialise");
     struct pd_kvx *k = calloc(1, sizeof *k);

@@ -125,6 +125,7 @@ struct pd_kvx_event {
     const struct pd_done *done; /* DONE */
     uint32_t run_first, run_n; /* RUN_RELEASED */
     const uint32_t *run_blocks;
+    const uint32_t *run_twins; /* RUN_RELEASED: the run's twin blocks, or NULL */
     int acked; /* RUN_RELEASED: 1 when the receiver acknowledged the run */
     int hs_fail; /* WARNING: enum pd_kvx_hs_fail, or -1 */
 };
@@ -148,10 +149,13 @@ struct pd_kvx_params {
     int pool_on_device; /* 1: pool is device memory (a GPU engine's pool; needs gpu_tags and a
                          * UCX that takes it, pd_kvx_device_path): registered with UCX, blocks
                          * sent and received there by rendezvous, tags made and checked there */
-    void *twin_pool; /* D, a staged pool (gpu_tags, integrity on): the device pool the staging
-                      * feeds, twin_pool_blocks blocks of block_bytes. A request's blocks,
-                      * as they land, are copied up into its twins (pd_kvx_request) on the
-                      * GPU and their tags checked there: VERIFIED means in the twins */
+    void *twin_pool; /* a staged pool (gpu_tags, integrity on): the device pool the staging
+                      * mirrors, twin_pool_blocks blocks of block_bytes, where the GPU
+                      * makes and checks the tags. D: a request's blocks, as they land, are
+                      * copied up into its twins (pd_kvx_request) and checked there:
+                      * VERIFIED means in the twins. P: a run's blocks are tagged in their
+                      * twins (pd_kvx_send_run) and copied down from them into the staged
+                      * blocks, which the caller need not fill */
     uint32_t twin_pool_blocks;
     int no_integrity; /* 1: no block tags (benchmarks only; both sides must agree) */
     int no_mm_error_handling; /* 1: leave UCX posix/sysv shared memory off in PEER mode */
@@ -242,9 +246,10 @@ void pd_kvx_sreq_set_udata(struct pd_kvx_sreq *r, void *udata);
  * indices; copied). Tags are computed on the crypto threads, then the run goes
  * out as one or more active messages. The blocks stay in use until
  * PD_KVX_EV_RUN_RELEASED. -ECANCELED when the request is dead (blocks stay the
- * caller's). */
-int pd_kvx_send_run(struct pd_kvx_sreq *r, uint32_t first, const uint32_t *src_blocks, uint32_t n,
-                    char *err, size_t errlen);
+ * caller's). twin_blocks[n]: with a twin pool, where the blocks' bytes are
+ * (tagged there, copied into src_blocks), held as long; else NULL. */
+int pd_kvx_send_run(struct pd_kvx_sreq *r, uint32_t first, const uint32_t *src_blocks,
+                    const uint32_t *twin_blocks, uint32_t n, char *err, size_t errlen);
 /* The first token; the last frame of the request. */
 int pd_kvx_send_done(struct pd_kvx_sreq *r, const struct pd_done *d, char *err, size_t errlen);
 /* ABORT the request (reason enum pd_reason); SREQ_END follows. */

@@ -152,13 +152,14 @@ static int gpu_run(const struct pd_kvx_crypto *c, struct gpu_worker *g, struct p
         return rc;
     const size_t jb = (size_t)j->n * sizeof(*g->h_jobs), tb = (size_t)j->n * PD_TAG_LEN;
     bool verify = j->kind == PD_KVX_JOB_VERIFY;
-    const bool up = verify && j->twins; /* copied up, checked there */
-    if (j->twins && (!verify || !c->twins))
+    const bool up = verify && j->twins, down = !verify && j->twins; /* copied up or down */
+    if (j->twins && !c->twins)
         return -EINVAL; /* a bug: nothing is copied or read */
     for (uint32_t i = 0; i < j->n; i++) {
         struct pd_tag_job *t = &g->h_jobs[i];
         size_t off = inside(c->gpu_host, c->gpu_bytes, j->blocks[i], j->block_bytes);
-        size_t toff = up ? inside(c->twins, c->twin_bytes, j->twins[i], j->block_bytes) : 0;
+        size_t toff = j->twins ? inside(c->twins, c->twin_bytes, j->twins[i], j->block_bytes)
+                               : 0;
         if (off == SIZE_MAX || toff == SIZE_MAX) {
             sodium_memzero(g->h_jobs, jb); /* the keys made so far */
             return -EINVAL; /* not the pools': a bug, and nothing the device may touch */
@@ -166,7 +167,7 @@ static int gpu_run(const struct pd_kvx_crypto *c, struct gpu_worker *g, struct p
         pd_auth_tag_key(j->s, j->request_id, j->epoch, j->first + i, j->transfer, j->block_bytes,
                         t->key, t->prefix);
         t->prefix_len = PD_AUTH_TAG_PREFIX_LEN;
-        t->data = up ? j->twins[i] : c->gpu_dev + off;
+        t->data = j->twins ? j->twins[i] : c->gpu_dev + off;
         t->len = j->block_bytes;
     }
     /* up: each block into its twin first, on the stream the check runs on
@@ -183,6 +184,9 @@ static int gpu_run(const struct pd_kvx_crypto *c, struct gpu_worker *g, struct p
     if (rc == 0)
         rc = verify ? pd_cuda_memcpy_async(g->h_ok, g->d_ok, j->n, g->stream)
                     : pd_cuda_memcpy_async(j->tags, g->d_tags, tb, g->stream);
+    /* down: the tagged twins into the staged blocks the message sends */
+    for (uint32_t i = 0; down && i < j->n && rc == 0; i++)
+        rc = pd_cuda_memcpy_async(j->blocks[i], j->twins[i], j->block_bytes, g->stream);
     int rc_wipe = pd_cuda_memset_async(g->d_jobs, 0, jb, g->stream); /* the keys, on the device */
     int rc_sync = pd_cuda_stream_sync(g->stream);
     if (rc == 0)

@@ -49,8 +49,9 @@ struct pd_kvx_job {
     uint64_t transfer;
     size_t block_bytes;
     uint8_t *const *blocks; /* [n] block addresses */
-    uint8_t *const *twins; /* GPU VERIFY with a device twin pool, or NULL: [n] device blocks
-                            * each block is first copied up to, and checked in */
+    uint8_t *const *twins; /* GPU, with a device twin pool, or NULL: [n] device blocks. VERIFY
+                            * copies each block up into its twin and checks the twin; TAG
+                            * tags the twin and copies it down into the block */
     uint8_t *tags; /* [n * PD_BLOCK_TAG_LEN]: written (TAG) or checked (VERIFY) */
     int result; /* 0; VERIFY: -EKEYREJECTED; with GPU tags, either kind: a CUDA errno */
     uint32_t bad; /* VERIFY: first block (offset in the run) that failed */
@@ -74,7 +75,8 @@ struct pd_kvx_job *pd_kvx_crypto_take(struct pd_kvx_crypto *c);
 int pd_kvx_crypto_gpu(struct pd_kvx_crypto *c, void *pool, size_t bytes, int on_device);
 /* And a device pool of bytes at twins (after pd_kvx_crypto_gpu): a VERIFY
  * job with twins copies each block there on the device's stream, then checks
- * the copy (the job fails with the copy's errno where it fails). */
+ * the copy; a TAG job with twins tags them and copies each down into its
+ * block (either fails with the copy's errno where it fails). */
 void pd_kvx_crypto_gpu_twins(struct pd_kvx_crypto *c, void *twins, size_t bytes);
 /* Writes into the pool from the loop, which reads no block: n bytes from
  * host memory (an eager payload), with memcpy, or with the CUDA runtime when
@@ -243,6 +245,7 @@ struct run { /* P: one pd_kvx_send_run */
     struct pd_kvx_sreq *r;
     uint32_t first, n;
     uint32_t *src;
+    uint32_t *twins; /* [n] in p.twin_pool, or NULL */
     unsigned msgs; /* messages not yet finished (tagging or sending) */
     int acked, released;
 };
@@ -255,6 +258,7 @@ struct msg { /* P: one data message of a run */
     size_t niov, hdr_len, bytes;
     ucp_dt_iov_t *iov;
     uint8_t **blocks;
+    uint8_t **twins; /* the run's twins of blocks, or NULL */
     uint8_t *tags;
     uint8_t *hdr;
 };

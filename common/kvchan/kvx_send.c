@@ -37,6 +37,7 @@ static void run_free(struct run *run)
 {
     dl_del(&run->all);
     free(run->src);
+    free(run->twins);
     free(run);
 }
 
@@ -78,6 +79,7 @@ static void run_maybe_release(struct run *run)
         e->ev.run_first = run->first;
         e->ev.run_n = run->n;
         e->ev.run_blocks = run->src;
+        e->ev.run_twins = run->twins;
         e->ev.acked = run->acked;
         e->run = run;
     } else {
@@ -279,8 +281,8 @@ static void on_ctl_p(struct pd_kvx_session *c, const struct pd_frame *f, uint8_t
 
 void pd_kvx_sreq_set_udata(struct pd_kvx_sreq *r, void *udata) { r->udata = udata; }
 
-int pd_kvx_send_run(struct pd_kvx_sreq *r, uint32_t first, const uint32_t *src, uint32_t n,
-                    char *err, size_t errlen)
+int pd_kvx_send_run(struct pd_kvx_sreq *r, uint32_t first, const uint32_t *src,
+                    const uint32_t *twins, uint32_t n, char *err, size_t errlen)
 {
     struct pd_kvx_session *c = r->c;
     struct pd_kvx *k = c->kvx;
@@ -293,23 +295,33 @@ int pd_kvx_send_run(struct pd_kvx_sreq *r, uint32_t first, const uint32_t *src, 
     for (uint32_t i = 0; i < n; i++)
         if (src[i] >= k->p.pool_blocks)
             return pd_errf(err, errlen, -EINVAL, "kvx: block %u outside the pool", src[i]);
+    if (!twins != !k->p.twin_pool)
+        return pd_errf(err, errlen, -EINVAL, "kvx: twin blocks %s", twins ? "without a twin pool"
+                                                                         : "missing");
+    for (uint32_t i = 0; twins && i < n; i++)
+        if (twins[i] >= k->p.twin_pool_blocks)
+            return pd_errf(err, errlen, -EINVAL, "kvx: twin block %u outside the twin pool",
+                           twins[i]);
     struct run *run = calloc(1, sizeof *run);
-    uint32_t *copy = malloc(n * sizeof *copy);
-    if (!run || !copy) {
+    uint32_t *copy = malloc(n * sizeof *copy), *tcopy = twins ? malloc(n * sizeof *tcopy) : NULL;
+    if (!run || !copy || (twins && !tcopy)) {
         free(run);
         free(copy);
+        free(tcopy);
         return pd_errf(err, errlen, -ENOMEM, "kvx: out of memory");
     }
     memcpy(copy, src, n * sizeof *copy);
-    *run = (struct run){.r = r, .first = first, .n = n, .src = copy};
+    if (twins)
+        memcpy(tcopy, twins, n * sizeof *tcopy);
+    *run = (struct run){.r = r, .first = first, .n = n, .src = copy, .twins = tcopy};
     r->last_progress_ms = now_ms();
     dl_add(&r->runs, &run->node);
     dl_add(&k->all_runs, &run->all);
     run->msgs = 1; /* held while messages are created */
     for (uint32_t off = 0; off < n; off += k->am_blocks) {
         uint32_t m_n = n - off < k->am_blocks ? n - off : k->am_blocks;
-        struct msg *m = calloc(1, sizeof *m + m_n * (sizeof(ucp_dt_iov_t) + sizeof(uint8_t *) +
-                                                      PD_BLOCK_TAG_LEN));
+        struct msg *m = calloc(1, sizeof *m + m_n * (sizeof(ucp_dt_iov_t) +
+                                                      2 * sizeof(uint8_t *) + PD_BLOCK_TAG_LEN));
         uint64_t transfer = 0;
         if (!m || pd_auth_transfer_next(c->s, &transfer) < 0) {
             free(m);
@@ -319,7 +331,12 @@ int pd_kvx_send_run(struct pd_kvx_sreq *r, uint32_t first, const uint32_t *src, 
         }
         m->iov = (ucp_dt_iov_t *)(m + 1);
         m->blocks = (uint8_t **)(m->iov + m_n);
-        m->tags = (uint8_t *)(m->blocks + m_n);
+        m->tags = (uint8_t *)(m->blocks + 2 * (size_t)m_n);
+        if (tcopy) {
+            m->twins = m->blocks + m_n;
+            for (uint32_t i = 0; i < m_n; i++)
+                m->twins[i] = (uint8_t *)k->p.twin_pool + (size_t)tcopy[off + i] * k->block_bytes;
+        }
         m->run = run;
         m->first = first + off;
         m->n = m_n;
@@ -328,7 +345,8 @@ int pd_kvx_send_run(struct pd_kvx_sreq *r, uint32_t first, const uint32_t *src, 
         m->job = (struct pd_kvx_job){.kind = PD_KVX_JOB_TAG, .s = c->s, .request_id = r->id,
                                      .epoch = r->epoch, .first = m->first, .n = m_n,
                                      .transfer = transfer, .block_bytes = k->block_bytes,
-                                     .blocks = m->blocks, .tags = m->tags, .owner = m};
+                                     .blocks = m->blocks, .twins = m->twins, .tags = m->tags,
+                                     .owner = m};
         run->msgs++;
         if (k->p.no_integrity) {
             msg_send(m);

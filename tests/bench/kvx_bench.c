@@ -12,9 +12,11 @@
  *   (--no-mm-error-handling: leave UCX's shared memory off in PEER mode, to compare)
  *   --pool host|pinned|device (CUDA builds, both sides alike): where the pools
  *       are and who tags -- host memory and the CPU's crypto threads (default);
- *       page-locked host memory the GPU tags over PCIe (the staged path's
- *       channel); device memory UCX moves itself, tagged on the GPU (the
- *       direct path: needs a UCX that takes CUDA memory)
+ *       page-locked host memory beside a device pool of twins (the staged
+ *       path: the sender's GPU tags each run in the twins and copies it down,
+ *       the receiver's copies it up and checks it there; block i's twin is
+ *       device block i); device memory UCX moves itself, tagged on the GPU
+ *       (the direct path: needs a UCX that takes CUDA memory)
  *
  * Both sides need the same --block-bytes and --no-integrity. Pools are larger
  * than the last-level cache (--pool-mib, default 256 MiB each side) and runs
@@ -59,6 +61,7 @@ static struct pd_keyring *keys;
 static struct pd_kv_layout layout;
 static uint8_t *pool;
 static uint32_t pool_blocks;
+static void *twin_pool; /* --pool pinned: the device twins, block for block */
 
 static double median(double *v, unsigned n)
 {
@@ -104,6 +107,8 @@ static void new_kvx(enum pd_role role, pd_kvx_event_fn fn)
     if (strcmp(pool_kind, "host")) { /* the GPU's pools: tagged there */
         p.gpu_tags = !no_integrity;
         p.pool_on_device = !strcmp(pool_kind, "device");
+        p.twin_pool = no_integrity ? NULL : twin_pool;
+        p.twin_pool_blocks = p.twin_pool ? pool_blocks : 0;
     }
     if (pd_kvx_new(&p, &kvx, err, sizeof err) < 0)
         die("kvx", err);
@@ -124,6 +129,8 @@ static void alloc_pool(void)
         if (rc == 0 && !d) {
             d = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
             rc = d == MAP_FAILED ? -ENOMEM : pd_cuda_host_register(d, bytes);
+            if (rc == 0 && (rc = pd_cuda_malloc(&twin_pool, bytes)) == 0)
+                rc = pd_cuda_memset(twin_pool, 0x11, bytes);
         }
         if (rc == 0)
             rc = pd_cuda_memset(d, 0x11, bytes);
@@ -163,7 +170,8 @@ static void serve_event(void *arg, const struct pd_kvx_event *ev)
     for (uint32_t i = 0; i < n; i++)
         src[i] = serve_next + i;
     serve_next += n;
-    if (pd_kvx_send_run(ev->sreq, 0, src, n, err, sizeof err) == 0) {
+    if (pd_kvx_send_run(ev->sreq, 0, src, twin_pool && !no_integrity ? src : NULL, n, err,
+                        sizeof err) == 0) {
         struct pd_done d = {.n_prompt = n, .token = 1};
         pd_kvx_send_done(ev->sreq, &d, err, sizeof err);
     }
@@ -275,7 +283,8 @@ static int issue(uint32_t n)
                            .repetition_penalty = 1, .tokens = tok};
     snprintf(p.xrid, sizeof p.xrid, "bench");
     struct pd_kvx_req *r;
-    int rc = pd_kvx_request(peer, &p, dest, NULL, n, (void *)(uintptr_t)s, &r, err, sizeof err);
+    int rc = pd_kvx_request(peer, &p, dest, twin_pool && !no_integrity ? dest : NULL, n,
+                            (void *)(uintptr_t)s, &r, err, sizeof err);
     free(dest);
     free(tok);
     if (rc < 0)

@@ -30,8 +30,9 @@ the GPU's, as the daemons' two GPU paths have them, in blocks of
 and 256 MiB (128 blocks: one 2k-token prompt's KV), tagged on the GPU; the rows are
 the same host (UCX's choice: cuda_ipc for device pools where UCX takes CUDA
 memory) and UCX_TLS=tcp, each tags on beside tags off, without perftest:
-  pinned  page-locked host pools the GPU tags over PCIe (the staged path's
-          channel, without the copies between staging and device pool)
+  pinned  page-locked host pools beside device pools of twins: the staged path
+          (the sender's GPU tags each run in the device pool and copies it down,
+          the receiver's copies it up and checks it there; tags off: no copies)
   device  device pools UCX moves itself (the direct path; needs a UCX that
           takes CUDA memory, e.g. PyPI's libucx-cu13)
 """

@@ -147,9 +147,12 @@ PATH_LINES = (("KV channel: the device pool goes to UCX as it is (direct)",
               if DIRECT else
               ("--kv-direct is off",
                "KV channel: the GPU pool staged through 16 MiB of page-locked host"))
-# staged: prefilld's GPU tags the staged blocks; decoded's copies each run up into
-# its device pool as it lands and checks it there
-GPU_TAGS = {"p": "KV channel: block tags made and checked on the GPU (kernels/tag)",
+# staged: prefilld's GPU tags each run in its device pool and copies it down into
+# the staging; decoded's copies each run up into its device pool as it lands and
+# checks it there
+GPU_TAGS = {"p": ("KV channel: block tags made and checked on the GPU (kernels/tag) in its own"
+                  if DIRECT else "KV channel: block tags made on the GPU (kernels/tag) in its "
+                  "own pool, from which each run is then copied down into page-locked host"),
             "d": ("KV channel: block tags made and checked on the GPU (kernels/tag) in its own"
                   if DIRECT else "KV channel: block tags checked on the GPU (kernels/tag) in its "
                   "own pool, into which each run is copied from page-locked host memory")}

@@ -519,12 +519,14 @@ static void kvx_crypto_workers_tag_a_device_pool(void)
     kv_pair_done(&kp);
 }
 
-/* decoded's staged path (kvx's twin pool): a VERIFY job copies each staged
- * block up into its twin in device memory and checks the twin. The twins
- * then hold the staged bytes; a byte flipped in the staging is caught in
- * the block it was flipped in; a twin outside the twin pool, or twins on a
- * TAG job, are refused before anything is copied. */
-static void kvx_crypto_verify_copies_up_into_twins(void)
+/* The staged path's twin pool. decoded's side: a VERIFY job copies each
+ * staged block up into its twin in device memory and checks the twin; the
+ * twins then hold the staged bytes, and a byte flipped in the staging is
+ * caught in the block it was flipped in. prefilld's side: a TAG job tags the
+ * twins (the CPU's tags of the same bytes) and copies them down into the
+ * staged blocks. A twin outside the twin pool is refused before anything is
+ * copied or read. */
+static void kvx_crypto_twins_are_copied_up_and_down(void)
 {
     need_gpu();
     enum {
@@ -569,11 +571,24 @@ static void kvx_crypto_verify_copies_up_into_twins(void)
     CHECK_EQ_INT(crypto_run(g, gfd, &v), -EKEYREJECTED);
     CHECK_EQ_INT(v.bad, 1);
     sb[1][5] ^= 0x40;
+    uint8_t *keep = tw[3];
     tw[3] = (uint8_t *)dev + (size_t)NB * BB;
     v.result = 0;
     CHECK_EQ_INT(crypto_run(g, gfd, &v), -EINVAL);
     t.twins = tw;
     CHECK_EQ_INT(crypto_run(g, gfd, &t), -EINVAL);
+    tw[3] = keep;
+    v.result = 0; /* the flipped byte went up with its block: up again */
+    CHECK_EQ_INT(crypto_run(g, gfd, &v), 0);
+
+    /* down: the twins hold the bytes, the staging is cleared */
+    uint8_t gtags[NB * PD_TAG_LEN];
+    memcpy(back, stage, NB * BB);
+    memset(stage, 0, NB * BB);
+    t.tags = gtags, t.result = 0;
+    CHECK_EQ_INT(crypto_run(g, gfd, &t), 0);
+    CHECK(memcmp(gtags, tags, sizeof tags) == 0);
+    CHECK(memcmp(stage, back, NB * BB) == 0);
 
     pd_kvx_crypto_free(g);
     pd_kvx_crypto_free(cpu);
@@ -605,7 +620,7 @@ static const struct pd_test tests[] = {
     PD_TEST(tag_interoperates_with_session_tags),
     PD_TEST(kvx_crypto_workers_on_the_gpu_match_the_cpu),
     PD_TEST(kvx_crypto_workers_tag_a_device_pool),
-    PD_TEST(kvx_crypto_verify_copies_up_into_twins),
+    PD_TEST(kvx_crypto_twins_are_copied_up_and_down),
     {0},
 };
 

@@ -364,7 +364,7 @@ static void send_progress(struct sreq_state *st)
         uint32_t k = 1 + rnd(4);
         if (k > st->need - st->sent)
             k = st->need - st->sent;
-        if (pd_kvx_send_run(st->sreq, st->sent, st->src + st->sent, k, err, sizeof err) < 0) {
+        if (pd_kvx_send_run(st->sreq, st->sent, st->src + st->sent, NULL, k, err, sizeof err) < 0) {
             st->dead = 1;
             return;
         }

@@ -140,7 +140,7 @@ static void collect(struct rig *r, int n, bool hold)
                 memcpy(&x->blocks[e->first], e->blocks, e->n * sizeof(uint32_t));
                 x->n_blocks += e->n;
                 if (!hold)
-                    CHECK_EQ_INT(pf_sched_unref(r->s, e->blocks, e->n), 0);
+                    CHECK_EQ_INT(pf_sched_unref(r->s, e->blocks, e->twins, e->n), 0);
             } else if (e->type == PF_EV_DONE) {
                 CHECK(!x->done && !x->ended);
                 CHECK(e == x->final); /* no allocation at the end: it cannot fail */
@@ -222,7 +222,7 @@ static void prefilld_blocks_and_first_token_match_solo_prefill(void)
             fprintf(stderr, "  job %d: near-tie at the first token, not compared\n", i);
         pd_engine_seq_release(solo, &q);
         /* the transfer ends: drop its references */
-        CHECK_EQ_INT(pf_sched_unref(r.s, g[i].blocks, g[i].n_blocks), 0);
+        CHECK_EQ_INT(pf_sched_unref(r.s, g[i].blocks, NULL, g[i].n_blocks), 0);
     }
     pd_sampler_free(sampler);
     free(logits);
@@ -246,7 +246,7 @@ static void prefilld_blocks_live_until_unref(void)
     CHECK_EQ_INT(pd_kvcache_n_free(kc), 8 - 3);
     for (uint32_t b = 0; b < 3; b++)
         CHECK_EQ_INT(pd_kvcache_refcount(kc, g->blocks[b]), 1);
-    CHECK_EQ_INT(pf_sched_unref(r.s, g->blocks, 3), 0);
+    CHECK_EQ_INT(pf_sched_unref(r.s, g->blocks, NULL, 3), 0);
     rig_down(&r); /* applies the unref, then checks every block is free */
 }
 
@@ -267,7 +267,7 @@ static void prefilld_full_pool_waits_for_transfers(void)
         CHECK(e->job->owner != &r.g[1]); /* nothing of the second job yet */
         pf_event_free(e);
     }
-    CHECK_EQ_INT(pf_sched_unref(r.s, r.g[0].blocks, r.g[0].n_blocks), 0);
+    CHECK_EQ_INT(pf_sched_unref(r.s, r.g[0].blocks, NULL, r.g[0].n_blocks), 0);
     collect(&r, 2, false);
     CHECK(r.g[1].done);
     CHECK_EQ_INT(r.g[1].n_blocks, 4);
