@@ -69,14 +69,6 @@ struct pd_kvx_crypto {
     size_t twin_bytes;
 };
 
-/* p .. p + len inside [base, base + bytes): the offset, or SIZE_MAX */
-static size_t inside(const uint8_t *base, size_t bytes, const uint8_t *p, size_t len)
-{
-    uintptr_t b = (uintptr_t)p, lo = (uintptr_t)base;
-    size_t off = (size_t)(b - lo);
-    return base && b >= lo && off <= bytes && len <= bytes - off ? off : SIZE_MAX;
-}
-
 static void run_job(struct pd_kvx_job *j)
 {
     j->result = 0;
@@ -95,6 +87,14 @@ static void run_job(struct pd_kvx_job *j)
 }
 
 #if PD_HAVE_CUDA
+/* p .. p + len inside [base, base + bytes): the offset, or SIZE_MAX */
+static size_t inside(const uint8_t *base, size_t bytes, const uint8_t *p, size_t len)
+{
+    uintptr_t b = (uintptr_t)p, lo = (uintptr_t)base;
+    size_t off = (size_t)(b - lo);
+    return base && b >= lo && off <= bytes && len <= bytes - off ? off : SIZE_MAX;
+}
+
 /* One worker's device side: its stream, and room for cap blocks' jobs,
  * tags and verdicts on both sides. */
 struct gpu_worker {

@@ -127,6 +127,40 @@ static void kvx_new_and_free_on_loopback(void)
     event_base_free(base);
 }
 
+/* The GPU paths' parameters that cannot work are refused before UCX
+ * starts: a device pool whose tags the host would have to read, a twin pool
+ * beside CPU tags, without integrity, or beside a device pool. */
+static void kvx_new_refuses_gpu_pools_the_host_would_read(void)
+{
+    struct event_base *base = event_base_new();
+    struct pd_keyring *kr;
+    uint8_t key[PD_PSK_LEN] = {1};
+    char err[512];
+    CHECK(pd_keyring_new(&kr) == 0 && pd_keyring_add(kr, "k1", key, err, sizeof err) == 0);
+    struct pd_kv_layout l = {.n_layer = 1, .n_head_kv = 1, .head_dim = 1, .block_size = 16,
+                             .block_bytes = BB};
+    struct pd_kvx_params ok = {.base = base, .role = PD_ROLE_D, .kv_ip = "127.0.0.1",
+                               .keyring = kr, .layout = &l, .pool = pool, .pool_blocks = 16};
+    struct pd_kvx *k = NULL;
+    struct pd_kvx_params p = ok;
+    p.pool_on_device = 1; /* CPU tags */
+    CHECK_EQ_INT(pd_kvx_new(&p, &k, err, sizeof err), -EINVAL);
+    CHECK(k == NULL && strstr(err, "on the GPU"));
+    p = ok;
+    p.twin_pool = pool, p.twin_pool_blocks = 16; /* CPU tags */
+    CHECK_EQ_INT(pd_kvx_new(&p, &k, err, sizeof err), -EINVAL);
+    CHECK(k == NULL && strstr(err, "twin pool"));
+    p.gpu_tags = 1, p.no_integrity = 1;
+    CHECK_EQ_INT(pd_kvx_new(&p, &k, err, sizeof err), -EINVAL);
+    p.no_integrity = 0, p.pool_on_device = 1;
+    CHECK_EQ_INT(pd_kvx_new(&p, &k, err, sizeof err), -EINVAL);
+    p.pool_on_device = 0, p.twin_pool_blocks = 0;
+    CHECK_EQ_INT(pd_kvx_new(&p, &k, err, sizeof err), -EINVAL);
+    CHECK(k == NULL);
+    pd_keyring_free(kr);
+    event_base_free(base);
+}
+
 static void kvx_parse_ports_takes_lo_hi_and_refuses_the_rest(void)
 {
     char err[256];
@@ -451,6 +485,7 @@ static const struct pd_test tests[] = {
     PD_TEST(kvx_crypto_threads_default_to_a_quarter_of_the_cpus),
     PD_TEST(kvx_new_refuses_missing_pieces_and_free_accepts_null),
     PD_TEST(kvx_new_and_free_on_loopback),
+    PD_TEST(kvx_new_refuses_gpu_pools_the_host_would_read),
     PD_TEST(kvx_parse_ports_takes_lo_hi_and_refuses_the_rest),
     PD_TEST(kv_port_brings_both_sides_up_in_any_read_size),
     PD_TEST(kv_port_refuses_any_altered_byte_from_d),
