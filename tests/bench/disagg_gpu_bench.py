@@ -109,6 +109,10 @@ def main():
     ap.add_argument("--vocab", type=int, default=500, help="token ids drawn below this "
                     "(any shape's vocabulary is larger; the time does not depend on them)")
     ap.add_argument("--rows", default="a,b")
+    ap.add_argument("--budget-s", type=float, default=0,
+                    help="the run's share of a device session: after decoded alone started "
+                         "(its start-up is each daemon's), row (b)'s later chunk sizes are "
+                         "dropped while the daemons still to start would not fit (0: no limit)")
     ap.add_argument("--emulated", action="store_true", help="a dry run on the emulator")
     o = ap.parse_args()
     lengths = [int(x) for x in o.lengths.split(",")]
@@ -123,7 +127,7 @@ def main():
                                                                             o.reps))
     sys.stdout.flush()
 
-    t0 = time.perf_counter()
+    t_start = t0 = time.perf_counter()
     loc = Decoded(*model, wait=False, timeout=600)
     with loc:
         try:
@@ -138,46 +142,56 @@ def main():
                    for n in lengths]
         t0 = time.perf_counter()
         local = measure(loc, prompts, o.reps)
+        t_local_reqs = time.perf_counter() - t0
         print("local: %s (%.1f s)" % (", ".join("%d tokens %.3f s" % (n, local[n])
-                                                for n in lengths), time.perf_counter() - t0))
+                                                for n in lengths), t_local_reqs))
     print("start-up: decoded alone %.1f s" % t_loc)
     sys.stdout.flush()
 
+    plan = [(row, chunk) for row in o.rows.split(",")
+            for chunk in (o.chunks.split(",") if row == "b" else [None])]
+    spent = time.perf_counter() - t_start
+    # two daemons per row, each about as long to start as decoded alone, and
+    # each row's requests about as long as the local ones
+    per_row = 2 * t_loc + (t_local_reqs if t_local_reqs else 0)
+    while o.budget_s and len(plan) > 2 and spent + len(plan) * per_row > o.budget_s:
+        print("dropped row (%s) chunk %s: %d rows at about %.0f s each would pass "
+              "--budget-s %.0f after %.0f s" % (plan[-1][0], plan[-1][1], len(plan), per_row,
+                                                o.budget_s, spent))
+        plan.pop()
     rows = []
-    for row in o.rows.split(","):
-        chunks = o.chunks.split(",") if row == "b" else [None]
+    for row, chunk in plan:
         # UCX_PROTO_INFO (UCX >= 1.15): the protocols UCX picked, per memory type,
         # in the daemons' logs -- what RNDV_SCHEME=get_zcopy becomes on CUDA memory
         env = dict({"UCX_TLS": "tcp"} if row == "b" else {}, UCX_PROTO_INFO="y")
         staged = ["--no-kv-direct"] if row == "b" else []
-        for chunk in chunks:
-            pre = model + staged + (["--max-num-batched-tokens", chunk] if chunk else [])
+        pre = model + staged + (["--max-num-batched-tokens", chunk] if chunk else [])
+        t0 = time.perf_counter()
+        with Prefilld(*pre, psk=psk, env=env, timeout=600) as p:
+            t_p = time.perf_counter() - t0
             t0 = time.perf_counter()
-            with Prefilld(*pre, psk=psk, env=env, timeout=600) as p:
-                t_p = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                with Decoded(*model, *staged, "--kv-psk-file", psk, "--prefill", p.addr,
-                             "--local-prefill-max-tokens", "0", "--prefill-timeout-ms", "600000",
-                             env=env, timeout=600) as d:
-                    t_d = time.perf_counter() - t0
-                    wait_for(lambda: metric_sum(d, "kv_sessions") == 1, 60, "a KV session")
-                    b0 = metric_sum(p, "kv_bytes_sent_total")
-                    dis = measure(d, prompts, o.reps)
-                    got = metric_sum(p, "kv_bytes_sent_total") - b0
-                    assert metric_sum(d, "prompt_tokens_total") == 0, "a prompt went local"
-                    path = line_with(d.log(), "KV channel: the device pool goes") \
-                        if "(direct)" in d.log() else line_with(d.log(), "KV channel: blocks staged")
-                    tags = line_with(d.log(), "KV channel: block tags")
-                    tl = re.search(r"UCX transports ([^)]*)\)", d.log())
-                    rows.append((row, chunk, path, tags, tl.group(1) if tl else "?", dis,
-                                 got, t_p, t_d))
-                    proto = am_protocols(p.log() + d.log())
-                    print("UCX protocols, row (%s):%s" % (row, "\n" + proto if proto else
-                          " none logged (UCX_PROTO_INFO needs UCX >= 1.15)"))
-                    print("row (%s)%s: %s; transports %s; prefilld up in %.1f s, decoded "
-                          "in %.1f s" % (row, " chunk %s" % chunk if chunk else "", path,
-                                         rows[-1][4], t_p, t_d))
-                    sys.stdout.flush()
+            with Decoded(*model, *staged, "--kv-psk-file", psk, "--prefill", p.addr,
+                         "--local-prefill-max-tokens", "0", "--prefill-timeout-ms", "600000",
+                         env=env, timeout=600) as d:
+                t_d = time.perf_counter() - t0
+                wait_for(lambda: metric_sum(d, "kv_sessions") == 1, 60, "a KV session")
+                b0 = metric_sum(p, "kv_bytes_sent_total")
+                dis = measure(d, prompts, o.reps)
+                got = metric_sum(p, "kv_bytes_sent_total") - b0
+                assert metric_sum(d, "prompt_tokens_total") == 0, "a prompt went local"
+                path = line_with(d.log(), "KV channel: the device pool goes") \
+                    if "(direct)" in d.log() else line_with(d.log(), "KV channel: blocks staged")
+                tags = line_with(d.log(), "KV channel: block tags")
+                tl = re.search(r"UCX transports ([^)]*)\)", d.log())
+                rows.append((row, chunk, path, tags, tl.group(1) if tl else "?", dis,
+                             got, t_p, t_d))
+                proto = am_protocols(p.log() + d.log())
+                print("UCX protocols, row (%s):%s" % (row, "\n" + proto if proto else
+                      " none logged (UCX_PROTO_INFO needs UCX >= 1.15)"))
+                print("row (%s)%s: %s; transports %s; prefilld up in %.1f s, decoded "
+                      "in %.1f s" % (row, " chunk %s" % chunk if chunk else "", path,
+                                     rows[-1][4], t_p, t_d))
+                sys.stdout.flush()
 
     print()
     print("| row | prefilld chunk | tokens | TTFT local (s) | TTFT disaggregated (s) | ratio "

@@ -27,7 +27,9 @@
 #               prefilled by decoded itself and by a prefilld on this GPU through
 #               the KV channel with tags on: (a) same host, direct where UCX
 #               takes CUDA memory; (b) UCX_TLS=tcp, staged, prefilld chunks of
-#               2048 and 512; start-up of each daemon (disagg_gpu_bench.py)
+#               2048 and 512 (the second dropped when the daemons' start-up
+#               would pass DISAGG_BUDGET_S, default 200 s); start-up of each
+#               daemon (disagg_gpu_bench.py)
 #   attn-*      decode-attention benchmark vs a device-to-device copy:
 #                 default model's shape (GQA 3:1, head_dim 64), bf16 and f32 KV
 #                 GQA 8:1 (Llama-3-8B shape with 4 KV heads, head_dim 128), bf16 KV
@@ -217,7 +219,7 @@ if command -v python3 >/dev/null; then
     done
     if run disagg-gpu "TTFT, disaggregated / local, Llama-3-8B" env DECODED="$root/bin/decoded" \
         PREFILLD="$root/bin/prefilld" PYTHONDONTWRITEBYTECODE=1 \
-        python3 "$root/tests/bench/disagg_gpu_bench.py"; then
+        python3 "$root/tests/bench/disagg_gpu_bench.py" --budget-s "${DISAGG_BUDGET_S:-200}"; then
         { echo "-- disagg-gpu: disagg_gpu_bench.py"
           sed -n '/^# disagg_gpu_bench/,/^disagg_gpu_bench: /p' "$log"; } >> "$summary"
     fi

@@ -123,6 +123,23 @@ class _Daemon:
             time.sleep(0.05)
         raise RuntimeError("%s did not come up:\n%s" % (self.name, self.log()))
 
+    def _start_ready(self, spawn, repick):
+        """spawn() and wait until ready. A port picked here can be taken
+        between free_port and the daemon's bind (UCX's data listeners of
+        daemons in tests running beside this one take random ports): when the
+        daemon exits saying so, repick() names new ports (False: they were
+        given, not picked) and it starts again, at most three times."""
+        for attempt in range(3):
+            spawn()
+            try:
+                self.wait_ready()
+                return
+            except RuntimeError:
+                if (attempt == 2 or self.proc.poll() is None or
+                        "Address already in use" not in self.log() or not repick()):
+                    raise
+                os.unlink(self.logf.name)
+
     def stop(self, sig=signal.SIGTERM, timeout=60):
         """Send sig and wait; returns the exit status."""
         if self.proc.poll() is None:
@@ -185,17 +202,24 @@ class Decoded(_Daemon):
         self.wait = wait
         self.timeout = timeout
         self.proc = None
+        self._pick_ports()
+
+    def _pick_ports(self):
         self.port = free_port()
         self.admin_port = free_port()
         while self.admin_port == self.port:
             self.admin_port = free_port()
+        return True
 
     # -- lifecycle --
     def start(self):
-        self._spawn([binary(), "--port", str(self.port), "--admin-port", str(self.admin_port)]
-                    + self.args)
+        def spawn():
+            self._spawn([binary(), "--port", str(self.port), "--admin-port",
+                         str(self.admin_port)] + self.args)
         if self.wait:
-            self.wait_ready()
+            self._start_ready(spawn, self._pick_ports)
+        else:
+            spawn()
         return self
 
     def _health(self):
@@ -284,18 +308,30 @@ class Prefilld(_Daemon):
     def __init__(self, *args, psk, kv_port=None, env=None, timeout=120):
         self.args = list(args)
         self.psk = psk
-        self.kv_port = kv_port or free_port()
-        self.admin_port = free_port()
-        while self.admin_port == self.kv_port:
-            self.admin_port = free_port()
+        self.given_kv_port = kv_port
+        self._pick_ports()
         self.extra_env = env or {}
         self.timeout = timeout
         self.proc = None
 
+    def _pick_ports(self):
+        """The KV port given (a restart on the same port) stays; the rest are picked."""
+        self.kv_port = self.given_kv_port or free_port()
+        self.admin_port = free_port()
+        while self.admin_port == self.kv_port:
+            self.admin_port = free_port()
+
+    def _repick(self):
+        if self.given_kv_port and "(admin address): Address already in use" not in self.log():
+            return False  # the KV port given is the one taken
+        self._pick_ports()
+        return True
+
     def start(self):
-        self._spawn([prefilld_binary(), "--kv-port", str(self.kv_port), "--admin-port",
-                     str(self.admin_port), "--kv-psk-file", str(self.psk)] + self.args)
-        self.wait_ready()
+        def spawn():
+            self._spawn([prefilld_binary(), "--kv-port", str(self.kv_port), "--admin-port",
+                         str(self.admin_port), "--kv-psk-file", str(self.psk)] + self.args)
+        self._start_ready(spawn, self._repick)
         return self
 
     def _health(self):
