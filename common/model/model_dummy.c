@@ -351,6 +351,9 @@ int pd_model_load_dummy(struct pd_model *m, const struct pd_model_params *p, cha
                        "model: cannot allocate %" PRIu64 " bytes of dummy weights",
                        (uint64_t)m->arena_len);
     }
+    /* huge pages where the kernel gives them: 16 GB of 4 KiB first-touch
+     * faults cost more than generating the values (a failure costs only that) */
+    (void)madvise(m->arena, m->arena_len, MADV_HUGEPAGE);
     for (size_t i = 0; i < n; i++)
         m->tensors[i].data = (uint8_t *)m->arena + m->tensors[i].offset;
     fill_weights(m);
