@@ -12,7 +12,15 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
-if ! "$src/deploy/bundle.sh" --build "$build" --out "$tmp" > "$tmp/bundle.out" 2>&1; then
+# with PyPI's CUDA UCX beside the build's, where the test venv has it
+# (deploy/install-deps.sh), as the GPU session's bundle is made
+venv="${PDSERVE_VENV:-${HOME}/.cache/pdserve/venv}"
+wheel="$("$venv/bin/python" -c 'import importlib.util, os
+s = importlib.util.find_spec("libucx")
+print(os.path.join(os.path.dirname(s.origin), "lib") if s and s.origin else "")' 2>/dev/null || true)"
+extra=()
+[ -n "$wheel" ] && [ -e "$wheel/ucx/libuct_cuda.so.0" ] && extra=(--ucx-cuda "$wheel")
+if ! "$src/deploy/bundle.sh" --build "$build" --out "$tmp" "${extra[@]}" > "$tmp/bundle.out" 2>&1; then
     cat "$tmp/bundle.out" >&2
     fail "bundle.sh failed"
 fi
@@ -45,6 +53,18 @@ echo "ok: libsodium, cJSON, OpenBLAS resolve into the bundle"
 env -i "$root/bin/pdserve-generate" --load-format dummy --model-shape tiny --prompt-ids 5,6 -n 2 \
     > "$tmp/gen.out" 2>&1 || { cat "$tmp/gen.out" >&2; fail "pdserve-generate from the bundle failed"; }
 echo "ok: pdserve-generate runs from the bundle"
+
+# the second UCX: loaded where asked (a GPU node: /dev/nvidiactl), the build's otherwise
+if [ ${#extra[@]} -gt 0 ] && [ -x "$root/libexec/prefilld" ]; then
+    [ -e "$root/lib/ucx-cuda/libucp.so.0" ] && [ -e "$root/lib/ucx-cuda/ucx/libuct_cuda.so.0" ] ||
+        fail "--ucx-cuda left no lib/ucx-cuda/ with its CUDA transport"
+    grep -q "^ucx: .*lib/ucx-cuda: .*takes CUDA memory" "$root/BUILDINFO" || fail "BUILDINFO names no CUDA UCX"
+    got="$(env -i PD_UCX=cuda "$root/bin/pdserve-env" /usr/bin/ldd "$root/libexec/prefilld")"
+    echo "$got" | grep -q "libucp.so.0 => $root/lib/ucx-cuda/" || fail "PD_UCX=cuda: libucp is not the bundle's CUDA UCX: $got"
+    got="$(env -i PD_UCX=host "$root/bin/pdserve-env" /usr/bin/ldd "$root/libexec/prefilld")"
+    echo "$got" | grep -q "libucp.so.0 => $root/lib/libucp" || fail "PD_UCX=host: libucp is not the build's: $got"
+    echo "ok: the bundle's CUDA UCX is loaded with PD_UCX=cuda, the build's with PD_UCX=host"
+fi
 
 # check.sh: where there is a GPU it would run the whole check (minutes), so
 # only the no-GPU path is tested here
