@@ -559,8 +559,11 @@ struct pf_sched *pf_sched_free(struct pf_sched *s)
     while (e) {
         struct pf_event *next = e->next;
         if (e->type == PF_EV_RUN) /* never handed to the transport */
-            for (uint32_t i = 0; i < e->n; i++)
+            for (uint32_t i = 0; i < e->n; i++) {
                 pd_kvcache_unref(s->tc, e->blocks[i]);
+                if (e->twins)
+                    pd_kvcache_unref(s->kc, e->twins[i]);
+            }
         pf_event_free(e);
         e = next;
     }
