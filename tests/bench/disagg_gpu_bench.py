@@ -189,8 +189,11 @@ def main():
                 print("UCX protocols, row (%s):%s" % (row, "\n" + proto if proto else
                       " none logged (UCX_PROTO_INFO needs UCX >= 1.15)"))
                 print("row (%s)%s: %s; transports %s; prefilld up in %.1f s, decoded "
-                      "in %.1f s" % (row, " chunk %s" % chunk if chunk else "", path,
-                                     rows[-1][4], t_p, t_d))
+                      "in %.1f s; %s" % (row, " chunk %s" % chunk if chunk else "", path,
+                                         rows[-1][4], t_p, t_d, ", ".join(
+                                             "%d tokens %.3f s (ratio %.3f, target %.2f)" %
+                                             (n, dis[n], dis[n] / local[n], target(row, n))
+                                             for n in lengths)))
                 sys.stdout.flush()
 
     print()
