@@ -6,6 +6,7 @@
 #include "kvx.h"
 #include "log.h"
 #include "kv_metrics.h"
+#include "runtime.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -235,14 +236,9 @@ static void kvx_event(void *arg, const struct pd_kvx_event *ev)
     if (pd_kv_log_warning(ev, &r->rl_kv))
         return;
     switch (ev->type) {
-    case PD_KVX_EV_SESSION_UP: {
-        char tl[160];
-        pd_kvx_session_transports(ev->session, tl, sizeof(tl));
-        pd_log(PD_LOG_NOTICE, "KV session up: prefill peer %s (key %s; UCX transports %s)",
-               ev->peer_addr ? ev->peer_addr : "?", ev->key_id ? ev->key_id : "?",
-               tl[0] ? tl : "not known yet");
+    case PD_KVX_EV_SESSION_UP:
+        pd_kv_log_session_up(ev, "prefill peer ");
         break;
-    }
     case PD_KVX_EV_SESSION_DOWN:
         pd_log(PD_LOG_NOTICE, "KV session down: prefill peer %s: %s%s%s",
                ev->peer_addr ? ev->peer_addr : "?", pd_reason_name((unsigned)ev->reason),
@@ -657,22 +653,13 @@ int dec_remote_new(const struct dec_remote_cfg *cfg, struct event_base *base,
     struct pd_kvx_params kp = {
         .base = base, .role = PD_ROLE_D, .kv_ip = cfg->kv_ip, .data_port_lo = cfg->data_port_lo,
         .data_port_hi = cfg->data_port_hi, .keyring = r->keyring, .key_id = r->key_id,
-        .layout = &r->layout, .pool = pd_kvcache_pool(kc), .pool_blocks = pd_kvcache_n_blocks(kc),
-        .crypto_threads = cfg->crypto_threads, .no_integrity = cfg->no_integrity,
-        /* a device pool the host reads none of: tags on the GPU whatever a
-         * reload says (the path was chosen at start) */
-        .gpu_tags = pd_engine_kv_direct(engine) || (cfg->gpu_tags && pd_engine_on_device(engine)),
-        .pool_on_device = pd_engine_kv_direct(engine),
-        /* staged with tags on the GPU: the blocks go up into the device pool as they land,
-         * and are checked there (verified where the engine reads them) */
-        .twin_pool = pd_engine_kv_staging(engine) && cfg->gpu_tags && !cfg->no_integrity
-                         ? pd_kvcache_pool(pd_engine_kvcache(engine)) : NULL,
-        .twin_pool_blocks = pd_kvcache_n_blocks(pd_engine_kvcache(engine)),
-        .lease_ms = cfg->lease_ms, .handshake_ms = cfg->handshake_ms,
-        .request_deadline_ms = cfg->request_deadline_ms, .event = kvx_event, .arg = r};
-    if (!kp.twin_pool)
-        kp.twin_pool_blocks = 0;
-    r->twins = kp.twin_pool != NULL;
+        .layout = &r->layout, .crypto_threads = cfg->crypto_threads,
+        .no_integrity = cfg->no_integrity, .lease_ms = cfg->lease_ms,
+        .handshake_ms = cfg->handshake_ms, .request_deadline_ms = cfg->request_deadline_ms,
+        .event = kvx_event, .arg = r};
+    /* staged with tags on the GPU, the blocks go up into the device pool as they
+     * land and are checked there (verified where the engine reads them) */
+    r->twins = pd_runtime_kv_pools(engine, cfg->gpu_tags, !cfg->no_integrity, &kp);
     if ((rc = pd_kvx_new(&kp, &r->kvx, err, errlen)) < 0)
         goto fail;
     char line[256];

@@ -275,14 +275,9 @@ static void kvx_event(void *arg, const struct pd_kvx_event *ev)
     if (pd_kv_log_warning(ev, &d->rl_kv))
         return;
     switch (ev->type) {
-    case PD_KVX_EV_SESSION_UP: {
-        char tl[160];
-        pd_kvx_session_transports(ev->session, tl, sizeof(tl));
-        pd_log(PD_LOG_NOTICE, "KV session up: %s (key %s; UCX transports %s)",
-               ev->peer_addr ? ev->peer_addr : "?", ev->key_id ? ev->key_id : "?",
-               tl[0] ? tl : "not known yet");
+    case PD_KVX_EV_SESSION_UP:
+        pd_kv_log_session_up(ev, "");
         break;
-    }
     case PD_KVX_EV_SESSION_DOWN:
         pd_log(PD_LOG_NOTICE, "KV session down: %s: %s%s%s", ev->peer_addr ? ev->peer_addr : "?",
                pd_reason_name((unsigned)ev->reason), ev->detail ? ": " : "",
@@ -411,14 +406,6 @@ static const struct pd_runtime_ops pf_rt_ops = {
 
 /* ---- start-up ---- */
 
-/* A GPU pool with staging whose tags the GPU makes: the KV channel tags each
- * run in the pool and copies it down itself (kvx's twin pool); the scheduler
- * then copies nothing. */
-static bool kv_twins(const struct daemon *d)
-{
-    return pd_engine_kv_staging(d->engine) && d->cfg->kv_gpu_tags && d->cfg->kv_integrity;
-}
-
 static int kvx_open(struct daemon *d, char *err, size_t errlen)
 {
     struct pf_cfg *c = d->cfg;
@@ -435,16 +422,12 @@ static int kvx_open(struct daemon *d, char *err, size_t errlen)
         .base = pd_runtime_base(d->rt), .role = PD_ROLE_P, .kv_ip = c->kv_ip,
         .kv_port = (uint16_t)c->kv_port, .data_port_lo = lo, .data_port_hi = hi,
         .keyring = d->keyring, .layout = &layout,
-        .pool = pd_kvcache_pool(pd_engine_kv_channel_pool(d->engine)),
-        .pool_blocks = pd_kvcache_n_blocks(pd_engine_kv_channel_pool(d->engine)),
         .crypto_threads = (unsigned)c->kv_crypto_threads, .no_integrity = !c->kv_integrity,
-        .gpu_tags = c->kv_gpu_tags && pd_engine_on_device(d->engine),
-        .pool_on_device = pd_engine_kv_direct(d->engine),
-        /* staged with tags on the GPU: tagged in the device pool, copied down by the channel */
-        .twin_pool = kv_twins(d) ? pd_kvcache_pool(pd_engine_kvcache(d->engine)) : NULL,
-        .twin_pool_blocks = kv_twins(d) ? pd_kvcache_n_blocks(pd_engine_kvcache(d->engine)) : 0,
         .lease_ms = (uint32_t)c->kv_lease_ms, .handshake_ms = (uint32_t)c->kv_handshake_ms,
         .max_sessions = (unsigned)c->kv_max_sessions, .event = kvx_event, .arg = d};
+    /* staged with tags on the GPU, the channel tags runs in the device pool and
+     * copies them down (the scheduler, made with the same answer, copies nothing) */
+    pd_runtime_kv_pools(d->engine, c->kv_gpu_tags, c->kv_integrity, &kp);
 #ifdef PD_TEST_HOOKS
     kp.tamper_every = (unsigned)c->test_tamper_every;
     if (kp.tamper_every)
@@ -484,7 +467,8 @@ static int run(struct daemon *d, char *err, size_t errlen)
     struct pf_sched_params sp = {.engine = d->engine, .max_waiting = (uint32_t)c->max_waiting,
                                  .max_running = (uint32_t)c->max_num_seqs,
                                  .idle_tick_ms = pd_runtime_tick_ms(d->rt),
-                                 .kv_twins = kv_twins(d),
+                                 .kv_twins = pd_runtime_kv_twins(d->engine, c->kv_gpu_tags,
+                                                                 c->kv_integrity),
                                  .metrics = d->sm, .notify = wake, .notify_arg = d};
     if ((rc = pf_sched_new(&sp, &d->sched, err, errlen)) < 0)
         goto out;

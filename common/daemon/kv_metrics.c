@@ -40,6 +40,15 @@ void pd_kv_metrics_scrape(struct pd_kv_metrics *km, const struct pd_kvx *kvx)
     km->last = s;
 }
 
+void pd_kv_log_session_up(const struct pd_kvx_event *ev, const char *who)
+{
+    char tl[160];
+    pd_kvx_session_transports(ev->session, tl, sizeof(tl));
+    pd_log(PD_LOG_NOTICE, "KV session up: %s%s (key %s; UCX transports %s)", who,
+           ev->peer_addr ? ev->peer_addr : "?", ev->key_id ? ev->key_id : "?",
+           tl[0] ? tl : "not known yet");
+}
+
 bool pd_kv_log_warning(const struct pd_kvx_event *ev, struct pd_ratelimit *rl)
 {
     char line[512];

@@ -8,7 +8,8 @@
  * verifies it). Scrape, from the loop before rendering, advances them to the
  * transport's counters. The struct is the daemon's; a series the registry
  * had no room for stays NULL, and updates to it are no-ops. Also the one
- * way both daemons log the channel's warnings (pd_kv_log_warning). */
+ * way both daemons log the channel's warnings (pd_kv_log_warning) and its
+ * sessions coming up (pd_kv_log_session_up). */
 #ifndef PD_KV_METRICS_H
 #define PD_KV_METRICS_H
 
@@ -30,5 +31,8 @@ void pd_kv_metrics_scrape(struct pd_kv_metrics *km, const struct pd_kvx *kvx);
  * its line (pd_kvx_event_warning) logged under rl, and true: the daemon's
  * event handler is done with it. False for every other event. */
 bool pd_kv_log_warning(const struct pd_kvx_event *ev, struct pd_ratelimit *rl);
+/* A SESSION_UP event's notice: "KV session up: <who><address> (key K; UCX
+ * transports T)", who naming the peer's role ("" or "prefill peer "). */
+void pd_kv_log_session_up(const struct pd_kvx_event *ev, const char *who);
 
 #endif

@@ -4,6 +4,7 @@
 
 #include "cfg.h"
 #include "errf.h"
+#include "engine.h"
 #include "http.h"
 #include "kvx.h"
 #include "log.h"
@@ -365,6 +366,25 @@ int pd_runtime_kv_direct(bool on_gpu, bool want, bool gpu_tags, char *line, size
     if (rc < 0)
         snprintf(line + strlen(line), n - strlen(line), " (%s)", why);
     return rc > 0;
+}
+
+bool pd_runtime_kv_twins(struct pd_engine *e, bool gpu_tags, bool integrity)
+{
+    return pd_engine_kv_staging(e) && gpu_tags && integrity;
+}
+
+bool pd_runtime_kv_pools(struct pd_engine *e, bool gpu_tags, bool integrity,
+                         struct pd_kvx_params *kp)
+{
+    struct pd_kvcache *ch = pd_engine_kv_channel_pool(e), *dev = pd_engine_kvcache(e);
+    const bool twins = pd_runtime_kv_twins(e, gpu_tags, integrity);
+    kp->pool = pd_kvcache_pool(ch);
+    kp->pool_blocks = pd_kvcache_n_blocks(ch);
+    kp->gpu_tags = pd_engine_kv_direct(e) || (gpu_tags && pd_engine_on_device(e));
+    kp->pool_on_device = pd_engine_kv_direct(e);
+    kp->twin_pool = twins ? pd_kvcache_pool(dev) : NULL;
+    kp->twin_pool_blocks = twins ? pd_kvcache_n_blocks(dev) : 0;
+    return twins;
 }
 
 int pd_runtime_load_model(const struct pd_model_params *mp, struct pd_model **m, char *err,

@@ -144,6 +144,19 @@ int pd_runtime_load_model(const struct pd_model_params *mp, struct pd_model **m,
  * which and why ("" on the CPU). */
 int pd_runtime_kv_direct(bool on_gpu, bool want, bool gpu_tags, char *line, size_t n);
 
+/* The pools a daemon's KV channel takes from its engine e, set in kp: the
+ * channel's pool (pd_engine_kv_channel_pool); on a GPU, tags there when
+ * gpu_tags (--kv-gpu-tags; always on the direct path, whose device pool the
+ * host reads none of), the device pool as kvx's pool_on_device (direct) or,
+ * staged with GPU tags and integrity on, as its twin_pool. Returns whether
+ * the twin pool is set (pd_runtime_kv_twins): prefilld's scheduler then
+ * copies nothing, decoded's remote blocks arrive in the device pool. */
+struct pd_engine;
+struct pd_kvx_params;
+bool pd_runtime_kv_twins(struct pd_engine *e, bool gpu_tags, bool integrity);
+bool pd_runtime_kv_pools(struct pd_engine *e, bool gpu_tags, bool integrity,
+                         struct pd_kvx_params *kp);
+
 /* SIGHUP's first half, the same for every daemon (its reload hook calls
  * it): the configuration read again as at start (argc, argv: the same
  * flags, the config file, the environment) into next. An invalid one
