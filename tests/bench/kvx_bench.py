@@ -179,6 +179,18 @@ def teardown_netns():
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
+def bw_on_off(row, bench, common, sizes, reps):
+    """kvx_bench bw on row, tags on and tags off (both sides alike): the two
+    parsed results."""
+    sz = ",".join(sizes)
+    on = parse(run_pair(row, bench, common, ["bw", "--sizes", sz, "--reps", str(reps)]
+                        + common), "bw")
+    off = parse(run_pair(row, bench, common + ["--no-integrity"],
+                         ["bw", "--sizes", sz, "--reps", str(reps), "--no-integrity"]
+                         + common), "bw")
+    return on, off
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("bench")
@@ -219,12 +231,7 @@ def main():
             if row == "skipped":
                 print("\n## tcp, netns pair (veth)\nskipped: %s" % ns_why)
                 continue
-            sz = ",".join(sizes)
-            on = parse(run_pair(row, a.bench, common, ["bw", "--sizes", sz, "--reps", str(reps)]
-                                + common), "bw")
-            off = parse(run_pair(row, a.bench, common + ["--no-integrity"],
-                                 ["bw", "--sizes", sz, "--reps", str(reps), "--no-integrity"]
-                                 + common), "bw")
+            on, off = bw_on_off(row, a.bench, common, sizes, reps)
             lat = parse(run_pair(row, a.bench, ["--block-bytes", "737280", "--pool-mib", "64"],
                                  ["lat", "--block-bytes", "737280", "--pool-mib", "64", "--n",
                                   "100" if a.quick else "300"]), "lat")
@@ -272,12 +279,7 @@ def gpu_pools(a):
     print("\n| row | run | kvx transports | tags on (GB/s) | tags off (GB/s) | on/off |")
     print("|---|---|---|---|---|---|")
     for row in rows:
-        sz = ",".join(sizes)
-        on = parse(run_pair(row, a.bench, common, ["bw", "--sizes", sz, "--reps", str(reps)]
-                            + common), "bw")
-        off = parse(run_pair(row, a.bench, common + ["--no-integrity"],
-                             ["bw", "--sizes", sz, "--reps", str(reps), "--no-integrity"]
-                             + common), "bw")
+        on, off = bw_on_off(row, a.bench, common, sizes, reps)
         for s in sizes:
             b = str(nbytes(s))
             g_on, g_off = float(on[b][0]), float(off[b][0])

@@ -399,6 +399,41 @@ static int crypto_run(struct pd_kvx_crypto *c, int fd, struct pd_kvx_job *j)
     return take_one(c, fd) == j ? j->result : -ETIMEDOUT;
 }
 
+/* kvx's crypto workers, gpu_threads of them for the GPU (pd_kvx_crypto_gpu
+ * is the test's to call) beside one on the CPU, and a session pair whose
+ * sp tags and sd verifies. */
+struct crypto_rig {
+    struct kv_pair kp;
+    struct pd_kvx_crypto *g, *cpu;
+    int gfd, cfd;
+};
+
+static void rig_init(struct crypto_rig *r, unsigned gpu_threads)
+{
+    CHECK(kv_pair_init(&r->kp, 0) == 0);
+    if (kv_pair_handshake(&r->kp) < 0)
+        PD_TEST_FAIL_("handshake: %s", r->kp.err);
+    CHECK_EQ_INT(pd_kvx_crypto_new(gpu_threads, &r->g, &r->gfd), 0);
+    CHECK_EQ_INT(pd_kvx_crypto_new(1, &r->cpu, &r->cfd), 0);
+}
+
+static void rig_done(struct crypto_rig *r)
+{
+    pd_kvx_crypto_free(r->g);
+    pd_kvx_crypto_free(r->cpu);
+    kv_pair_done(&r->kp);
+}
+
+static int on_gpu(struct crypto_rig *r, struct pd_kvx_job *j)
+{
+    return crypto_run(r->g, r->gfd, j);
+}
+
+static int on_cpu(struct crypto_rig *r, struct pd_kvx_job *j)
+{
+    return crypto_run(r->cpu, r->cfd, j);
+}
+
 /* kvx's crypto workers with GPU tags over a registered pool, beside its CPU
  * workers: the GPU's TAG job makes the CPU's tags, its VERIFY accepts the
  * CPU's and names the block whose byte was flipped, and a block outside the
@@ -410,24 +445,18 @@ static void kvx_crypto_workers_on_the_gpu_match_the_cpu(void)
         NB = 6,
         BB = 4096
     };
-    struct kv_pair kp;
-    CHECK(kv_pair_init(&kp, 0) == 0);
-    if (kv_pair_handshake(&kp) < 0)
-        PD_TEST_FAIL_("handshake: %s", kp.err);
     uint8_t *pool = aligned_alloc(4096, NB * BB), *blocks[NB];
     uint8_t tg[NB * PD_TAG_LEN], tc[NB * PD_TAG_LEN];
     CHECK(pool);
     rnd_bytes(pool, NB * BB);
     CHECK_EQ_INT(pd_cuda_host_register(pool, NB * BB), 0);
-    struct pd_kvx_crypto *g, *cpu;
-    int gfd, cfd;
-    CHECK_EQ_INT(pd_kvx_crypto_new(2, &g, &gfd), 0);
-    CHECK_EQ_INT(pd_kvx_crypto_new(1, &cpu, &cfd), 0);
-    CHECK_EQ_INT(pd_kvx_crypto_gpu(g, pool, NB * BB, 0), 0);
+    struct crypto_rig r;
+    rig_init(&r, 2);
+    CHECK_EQ_INT(pd_kvx_crypto_gpu(r.g, pool, NB * BB, 0), 0);
     for (int i = 0; i < NB; i++)
         blocks[i] = pool + (size_t)((i * 5) % NB) * BB; /* out of order, as a run's may be */
     struct pd_kvx_job jg = {.kind = PD_KVX_JOB_TAG,
-                            .s = kp.sp,
+                            .s = r.kp.sp,
                             .request_id = 77,
                             .epoch = 3,
                             .first = 10,
@@ -438,27 +467,25 @@ static void kvx_crypto_workers_on_the_gpu_match_the_cpu(void)
                             .tags = tg};
     struct pd_kvx_job jc = jg;
     jc.tags = tc;
-    CHECK_EQ_INT(crypto_run(g, gfd, &jg), 0);
-    CHECK_EQ_INT(crypto_run(cpu, cfd, &jc), 0);
+    CHECK_EQ_INT(on_gpu(&r, &jg), 0);
+    CHECK_EQ_INT(on_cpu(&r, &jc), 0);
     CHECK(memcmp(tg, tc, sizeof tg) == 0);
 
     struct pd_kvx_job v = jg;
-    v.kind = PD_KVX_JOB_VERIFY, v.s = kp.sd, v.tags = tc;
-    CHECK_EQ_INT(crypto_run(g, gfd, &v), 0);
+    v.kind = PD_KVX_JOB_VERIFY, v.s = r.kp.sd, v.tags = tc;
+    CHECK_EQ_INT(on_gpu(&r, &v), 0);
     blocks[2][100] ^= 0x08;
     v.result = 0, v.bad = 0;
-    CHECK_EQ_INT(crypto_run(g, gfd, &v), -EKEYREJECTED);
+    CHECK_EQ_INT(on_gpu(&r, &v), -EKEYREJECTED);
     CHECK_EQ_INT(v.bad, 2);
     blocks[2][100] ^= 0x08;
     uint8_t outside[BB];
     blocks[4] = outside;
-    CHECK_EQ_INT(crypto_run(g, gfd, &v), -EINVAL);
+    CHECK_EQ_INT(on_gpu(&r, &v), -EINVAL);
 
-    pd_kvx_crypto_free(g);
-    pd_kvx_crypto_free(cpu);
     CHECK_EQ_INT(pd_cuda_host_unregister(pool), 0);
     free(pool);
-    kv_pair_done(&kp);
+    rig_done(&r);
 }
 
 /* The direct path: the pool in device memory (kvx's pool_on_device). The
@@ -473,50 +500,42 @@ static void kvx_crypto_workers_tag_a_device_pool(void)
         NB = 5,
         BB = 8192
     };
-    struct kv_pair kp;
-    CHECK(kv_pair_init(&kp, 0) == 0);
-    if (kv_pair_handshake(&kp) < 0)
-        PD_TEST_FAIL_("handshake: %s", kp.err);
     uint8_t *host = malloc(NB * BB), *hb[NB], *db[NB], tg[NB * PD_TAG_LEN], tc[NB * PD_TAG_LEN];
     void *dev = NULL;
     CHECK(host);
     rnd_bytes(host, NB * BB);
     CHECK_EQ_INT(pd_cuda_malloc(&dev, NB * BB), 0);
     CHECK_EQ_INT(pd_cuda_memcpy(dev, host, NB * BB), 0);
-    struct pd_kvx_crypto *g, *cpu;
-    int gfd, cfd;
-    CHECK_EQ_INT(pd_kvx_crypto_new(1, &g, &gfd), 0);
-    CHECK_EQ_INT(pd_kvx_crypto_new(1, &cpu, &cfd), 0);
-    CHECK_EQ_INT(pd_kvx_crypto_gpu(g, dev, NB * BB, 1), 0);
+    struct crypto_rig r;
+    rig_init(&r, 1);
+    CHECK_EQ_INT(pd_kvx_crypto_gpu(r.g, dev, NB * BB, 1), 0);
     for (int i = 0; i < NB; i++) {
         hb[i] = host + (size_t)((i * 3) % NB) * BB;
         db[i] = (uint8_t *)dev + (size_t)((i * 3) % NB) * BB;
     }
-    struct pd_kvx_job jg = {.kind = PD_KVX_JOB_TAG, .s = kp.sp, .request_id = 9, .epoch = 1,
+    struct pd_kvx_job jg = {.kind = PD_KVX_JOB_TAG, .s = r.kp.sp, .request_id = 9, .epoch = 1,
                             .first = 0, .n = NB, .transfer = 2, .block_bytes = BB,
                             .blocks = db, .tags = tg};
     struct pd_kvx_job jc = jg;
     jc.blocks = hb, jc.tags = tc;
-    CHECK_EQ_INT(crypto_run(g, gfd, &jg), 0);
-    CHECK_EQ_INT(crypto_run(cpu, cfd, &jc), 0);
+    CHECK_EQ_INT(on_gpu(&r, &jg), 0);
+    CHECK_EQ_INT(on_cpu(&r, &jc), 0);
     CHECK(memcmp(tg, tc, sizeof tg) == 0);
 
     struct pd_kvx_job v = jg;
-    v.kind = PD_KVX_JOB_VERIFY, v.s = kp.sd;
-    CHECK_EQ_INT(crypto_run(g, gfd, &v), 0);
+    v.kind = PD_KVX_JOB_VERIFY, v.s = r.kp.sd;
+    CHECK_EQ_INT(on_gpu(&r, &v), 0);
     CHECK_EQ_INT(pd_kvx_pool_flip(1, db[3] + 77), 0);
     v.result = 0, v.bad = 0;
-    CHECK_EQ_INT(crypto_run(g, gfd, &v), -EKEYREJECTED);
+    CHECK_EQ_INT(on_gpu(&r, &v), -EKEYREJECTED);
     CHECK_EQ_INT(v.bad, 3);
     CHECK_EQ_INT(pd_kvx_pool_write(1, db[3], hb[3], BB), 0);
     v.result = 0;
-    CHECK_EQ_INT(crypto_run(g, gfd, &v), 0);
+    CHECK_EQ_INT(on_gpu(&r, &v), 0);
 
-    pd_kvx_crypto_free(g);
-    pd_kvx_crypto_free(cpu);
     pd_cuda_free(dev);
     free(host);
-    kv_pair_done(&kp);
+    rig_done(&r);
 }
 
 /* The staged path's twin pool. decoded's side: a VERIFY job copies each
@@ -533,10 +552,6 @@ static void kvx_crypto_twins_are_copied_up_and_down(void)
         NB = 4,
         BB = 8192
     };
-    struct kv_pair kp;
-    CHECK(kv_pair_init(&kp, 0) == 0);
-    if (kv_pair_handshake(&kp) < 0)
-        PD_TEST_FAIL_("handshake: %s", kp.err);
     uint8_t *stage = aligned_alloc(4096, NB * BB), *back = malloc(NB * BB), *sb[NB], *tw[NB];
     uint8_t tags[NB * PD_TAG_LEN];
     void *dev = NULL;
@@ -545,58 +560,54 @@ static void kvx_crypto_twins_are_copied_up_and_down(void)
     CHECK_EQ_INT(pd_cuda_host_register(stage, NB * BB), 0);
     CHECK_EQ_INT(pd_cuda_malloc(&dev, (NB + 1) * BB), 0);
     CHECK_EQ_INT(pd_cuda_memset(dev, 0, (NB + 1) * BB), 0);
-    struct pd_kvx_crypto *g, *cpu;
-    int gfd, cfd;
-    CHECK_EQ_INT(pd_kvx_crypto_new(1, &g, &gfd), 0);
-    CHECK_EQ_INT(pd_kvx_crypto_new(1, &cpu, &cfd), 0);
-    CHECK_EQ_INT(pd_kvx_crypto_gpu(g, stage, NB * BB, 0), 0);
-    pd_kvx_crypto_gpu_twins(g, dev, NB * BB); /* the last block of dev is outside */
+    struct crypto_rig r;
+    rig_init(&r, 1);
+    CHECK_EQ_INT(pd_kvx_crypto_gpu(r.g, stage, NB * BB, 0), 0);
+    pd_kvx_crypto_gpu_twins(r.g, dev, NB * BB); /* the last block of dev is outside */
     for (int i = 0; i < NB; i++) {
         sb[i] = stage + (size_t)i * BB;
         tw[i] = (uint8_t *)dev + (size_t)((i + 2) % NB) * BB; /* twins in another order */
     }
-    struct pd_kvx_job t = {.kind = PD_KVX_JOB_TAG, .s = kp.sp, .request_id = 4, .epoch = 2,
+    struct pd_kvx_job t = {.kind = PD_KVX_JOB_TAG, .s = r.kp.sp, .request_id = 4, .epoch = 2,
                            .first = 3, .n = NB, .transfer = 8, .block_bytes = BB,
                            .blocks = sb, .tags = tags};
-    CHECK_EQ_INT(crypto_run(cpu, cfd, &t), 0);
+    CHECK_EQ_INT(on_cpu(&r, &t), 0);
     struct pd_kvx_job v = t;
-    v.kind = PD_KVX_JOB_VERIFY, v.s = kp.sd, v.twins = tw;
-    CHECK_EQ_INT(crypto_run(g, gfd, &v), 0);
+    v.kind = PD_KVX_JOB_VERIFY, v.s = r.kp.sd, v.twins = tw;
+    CHECK_EQ_INT(on_gpu(&r, &v), 0);
     for (int i = 0; i < NB; i++) {
         CHECK_EQ_INT(pd_cuda_memcpy(back, tw[i], BB), 0);
         CHECK(memcmp(back, sb[i], BB) == 0);
     }
     sb[1][5] ^= 0x40;
     v.result = 0, v.bad = 0;
-    CHECK_EQ_INT(crypto_run(g, gfd, &v), -EKEYREJECTED);
+    CHECK_EQ_INT(on_gpu(&r, &v), -EKEYREJECTED);
     CHECK_EQ_INT(v.bad, 1);
     sb[1][5] ^= 0x40;
     uint8_t *keep = tw[3];
     tw[3] = (uint8_t *)dev + (size_t)NB * BB;
     v.result = 0;
-    CHECK_EQ_INT(crypto_run(g, gfd, &v), -EINVAL);
+    CHECK_EQ_INT(on_gpu(&r, &v), -EINVAL);
     t.twins = tw;
-    CHECK_EQ_INT(crypto_run(g, gfd, &t), -EINVAL);
+    CHECK_EQ_INT(on_gpu(&r, &t), -EINVAL);
     tw[3] = keep;
     v.result = 0; /* the flipped byte went up with its block: up again */
-    CHECK_EQ_INT(crypto_run(g, gfd, &v), 0);
+    CHECK_EQ_INT(on_gpu(&r, &v), 0);
 
     /* down: the twins hold the bytes, the staging is cleared */
     uint8_t gtags[NB * PD_TAG_LEN];
     memcpy(back, stage, NB * BB);
     memset(stage, 0, NB * BB);
     t.tags = gtags, t.result = 0;
-    CHECK_EQ_INT(crypto_run(g, gfd, &t), 0);
+    CHECK_EQ_INT(on_gpu(&r, &t), 0);
     CHECK(memcmp(gtags, tags, sizeof tags) == 0);
     CHECK(memcmp(stage, back, NB * BB) == 0);
 
-    pd_kvx_crypto_free(g);
-    pd_kvx_crypto_free(cpu);
     pd_cuda_free(dev);
     CHECK_EQ_INT(pd_cuda_host_unregister(stage), 0);
     free(stage);
     free(back);
-    kv_pair_done(&kp);
+    rig_done(&r);
 }
 
 /* argument errors come back before any CUDA call, GPU or not */

@@ -104,27 +104,53 @@ static void kvx_new_refuses_missing_pieces_and_free_accepts_null(void)
     CHECK(!strcmp(pd_kvx_hs_fail_name(PD_KVX_HSF_TIMEOUT), "timeout"));
 }
 
+/* What a kvx object on loopback needs: a loop, a one-key ring, a layout of
+ * the pool's blocks; params() fills the rest for role. */
+struct rig {
+    struct event_base *base;
+    struct pd_keyring *kr;
+    struct pd_kv_layout l;
+};
+
+static void rig_init(struct rig *r)
+{
+    uint8_t key[PD_PSK_LEN] = {1};
+    char err[256];
+    r->base = event_base_new();
+    CHECK(r->base && pd_keyring_new(&r->kr) == 0 &&
+          pd_keyring_add(r->kr, "k1", key, err, sizeof err) == 0);
+    r->l = (struct pd_kv_layout){.n_layer = 1, .n_head_kv = 1, .head_dim = 1, .block_size = 16,
+                                 .block_bytes = BB};
+}
+
+static struct pd_kvx_params rig_params(struct rig *r, enum pd_role role)
+{
+    return (struct pd_kvx_params){.base = r->base, .role = role, .kv_ip = "127.0.0.1",
+                                  .keyring = r->kr, .layout = &r->l, .pool = pool,
+                                  .pool_blocks = 16};
+}
+
+static void rig_done(struct rig *r)
+{
+    pd_keyring_free(r->kr);
+    event_base_free(r->base);
+}
+
 static void kvx_new_and_free_on_loopback(void)
 {
-    struct event_base *base = event_base_new();
-    struct pd_keyring *kr;
-    uint8_t key[PD_PSK_LEN] = {1};
-    char err[512];
-    CHECK(pd_keyring_new(&kr) == 0 && pd_keyring_add(kr, "k1", key, err, sizeof err) == 0);
-    struct pd_kv_layout l = {.n_layer = 1, .n_head_kv = 1, .head_dim = 1, .block_size = 16,
-                             .block_bytes = BB};
-    struct pd_kvx_params p = {.base = base, .role = PD_ROLE_P, .kv_ip = "127.0.0.1",
-                              .keyring = kr, .layout = &l, .pool = pool, .pool_blocks = 16};
+    struct rig g;
+    rig_init(&g);
+    struct pd_kvx_params p = rig_params(&g, PD_ROLE_P);
     struct pd_kvx *k;
+    char err[512];
     int rc = pd_kvx_new(&p, &k, err, sizeof err);
     if (rc < 0)
         PD_TEST_FAIL_("%s", err);
     CHECK_EQ_INT(pd_kvx_listen(k, err, sizeof err), 0);
     CHECK(pd_kvx_port(k) != 0);
-    event_base_loop(base, EVLOOP_NONBLOCK);
+    event_base_loop(g.base, EVLOOP_NONBLOCK);
     pd_kvx_free(k);
-    pd_keyring_free(kr);
-    event_base_free(base);
+    rig_done(&g);
 }
 
 /* The GPU paths' parameters that cannot work are refused before UCX
@@ -132,16 +158,11 @@ static void kvx_new_and_free_on_loopback(void)
  * beside CPU tags, without integrity, or beside a device pool. */
 static void kvx_new_refuses_gpu_pools_the_host_would_read(void)
 {
-    struct event_base *base = event_base_new();
-    struct pd_keyring *kr;
-    uint8_t key[PD_PSK_LEN] = {1};
-    char err[512];
-    CHECK(pd_keyring_new(&kr) == 0 && pd_keyring_add(kr, "k1", key, err, sizeof err) == 0);
-    struct pd_kv_layout l = {.n_layer = 1, .n_head_kv = 1, .head_dim = 1, .block_size = 16,
-                             .block_bytes = BB};
-    struct pd_kvx_params ok = {.base = base, .role = PD_ROLE_D, .kv_ip = "127.0.0.1",
-                               .keyring = kr, .layout = &l, .pool = pool, .pool_blocks = 16};
+    struct rig g;
+    rig_init(&g);
+    const struct pd_kvx_params ok = rig_params(&g, PD_ROLE_D);
     struct pd_kvx *k = NULL;
+    char err[512];
     struct pd_kvx_params p = ok;
     p.pool_on_device = 1; /* CPU tags */
     CHECK_EQ_INT(pd_kvx_new(&p, &k, err, sizeof err), -EINVAL);
@@ -157,8 +178,7 @@ static void kvx_new_refuses_gpu_pools_the_host_would_read(void)
     p.pool_on_device = 0, p.twin_pool_blocks = 0;
     CHECK_EQ_INT(pd_kvx_new(&p, &k, err, sizeof err), -EINVAL);
     CHECK(k == NULL);
-    pd_keyring_free(kr);
-    event_base_free(base);
+    rig_done(&g);
 }
 
 static void kvx_parse_ports_takes_lo_hi_and_refuses_the_rest(void)
