@@ -1,27 +1,52 @@
 /* kernels/matmul: y = x W^T (+ y when accumulate), the projection of every
  * linear layer. W is stored as ggml stores it: n rows of k contiguous inputs
- * (ne = {k, n}). The CPU path is OpenBLAS sgemm (fp32 only); the CUDA path
- * cuBLAS (matmul.cu), fp32 or bf16 operands, always accumulating in fp32. */
+ * (ne = {k, n}).
+ *
+ * CPU (matmul.c): W in any type kernels/qdot knows (Q4_0, Q4_1, Q8_0, Q4_K,
+ * Q6_K, F16, BF16) or F32, x and y fp32. Each thread of `pool` takes a share
+ * of W's rows and reads it once for all m rows of x:
+ *   - m <= pd_matmul_qdot_max_m(type): kernels/qdot's dots (x quantized per
+ *     block of 32 into ws first, for the quantized types), the decode path;
+ *   - else, and always for F32: W's rows dequantized a tile at a time into
+ *     ws and multiplied by OpenBLAS sgemm on one thread (the engine keeps
+ *     OpenBLAS to one thread: the pool's threads are the only ones).
+ * ws holds pd_matmul_cpu_ws_bytes for the largest m, k and pool size it is
+ * used with. The CUDA path is cuBLAS (matmul.cu), fp32 or bf16 operands,
+ * always accumulating in fp32.
+ */
 #ifndef PD_MATMUL_H
 #define PD_MATMUL_H
 
 #include "pd_kernel.h"
 
+#include <stddef.h>
+
+struct pd_pool;
+
 struct pd_matmul_args {
     float *y; /* (m, n) */
     const float *x; /* (m, k) */
-    const float *w; /* (n, k) */
+    const void *w; /* (n, k) in w_type */
     uint32_t m, n, k;
     int accumulate; /* y += x W^T instead of y = x W^T (residual connections) */
-    /* element types; zero (F32) is the CPU engine's and the only one the CPU
-     * takes. CUDA: all F32, or w BF16 with x BF16 or F32 and y F32 or BF16 */
+    /* element types. CPU: x and y F32, w as above. CUDA: all F32, or w BF16
+     * with x BF16 or F32 and y F32 or BF16 */
     uint32_t x_type, w_type, y_type;
     void *x_scratch; /* CUDA, x F32 with w BF16: (m, k) bf16, x rounded into it first */
+    /* CPU */
+    struct pd_pool *pool; /* the threads (common/base/parallel); NULL: the caller's */
+    void *ws; /* pd_matmul_cpu_ws_bytes(m, k, pd_pool_size(pool)) bytes, 64-aligned */
+    int isa; /* enum pd_isa of the dots; 0 the scalar reference (pd_isa_best() in engines) */
+    uint32_t qdot_max_m; /* 0: pd_matmul_qdot_max_m's; else the crossover (benches, tests) */
 };
 
 PD_BEGIN_DECLS
 
 int pd_matmul_cpu(const struct pd_matmul_args *a);
+/* workspace for up to m rows of x of k inputs on `threads` threads */
+size_t pd_matmul_cpu_ws_bytes(uint32_t m, uint32_t k, unsigned threads);
+/* the largest m the dots take (above it: dequantized tiles and sgemm) */
+uint32_t pd_matmul_qdot_max_m(uint32_t w_type);
 int pd_matmul_cuda(const struct pd_matmul_args *a, pd_stream_t stream); /* PD_HAVE_CUDA */
 
 PD_END_DECLS

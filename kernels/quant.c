@@ -1,6 +1,7 @@
 #include "quant.h"
 
 #include "bf16.h"
+#include "quant_blocks.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -8,11 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
-/* Block layouts (ggml's, little-endian, packed):
- *   Q4_0: f16 d; u8 qs[16]          x = ((nibble) - 8) * d
- *   Q4_1: f16 d; f16 m; u8 qs[16]   x = (nibble) * d + m
- *   Q8_0: f16 d; i8 qs[32]          x = q * d
- * Low nibbles of qs[j] are element j, high nibbles element j + 16. */
+/* Block layouts: kernels/quant_blocks.h */
 static const struct pd_dtype_info dtypes[PD_DT_COUNT] = {
     [PD_DT_F32] = {"F32", 1, 4, 1},
     [PD_DT_F16] = {"F16", 1, 2, 1},
@@ -24,9 +21,9 @@ static const struct pd_dtype_info dtypes[PD_DT_COUNT] = {
     [PD_DT_Q8_1] = {"Q8_1", 32, 36, 0},
     [PD_DT_Q2_K] = {"Q2_K", 256, 84, 0},
     [PD_DT_Q3_K] = {"Q3_K", 256, 110, 0},
-    [PD_DT_Q4_K] = {"Q4_K", 256, 144, 0},
+    [PD_DT_Q4_K] = {"Q4_K", 256, 144, 1},
     [PD_DT_Q5_K] = {"Q5_K", 256, 176, 0},
-    [PD_DT_Q6_K] = {"Q6_K", 256, 210, 0},
+    [PD_DT_Q6_K] = {"Q6_K", 256, 210, 1},
     [PD_DT_Q8_K] = {"Q8_K", 256, 292, 0},
     [PD_DT_I8] = {"I8", 1, 1, 0},
     [PD_DT_I16] = {"I16", 1, 2, 0},
@@ -140,6 +137,32 @@ int pd_dequant_row(uint32_t type, const void *src_, float *dst, uint64_t n)
             float d = pd_f16_to_f32(rd16(src));
             for (int j = 0; j < 32; j++)
                 dst[j] = (float)(int8_t)src[2 + j] * d;
+        }
+        return 0;
+    case PD_DT_Q4_K:
+        for (uint64_t b = 0; b < n / PD_QK; b++, src += 144, dst += PD_QK) {
+            const uint8_t *sc = src + 4, *qs = src + 16;
+            float d = pd_f16_to_f32(rd16(src)), dmin = pd_f16_to_f32(rd16(src + 2));
+            for (int j = 0; j < 8; j++) {
+                uint8_t s6, m6;
+                pd_q4k_scale_min(j, sc, &s6, &m6);
+                const float ds = d * s6, dm = dmin * m6;
+                const uint8_t *q = qs + 32 * (j / 2);
+                for (int l = 0; l < 32; l++)
+                    dst[32 * j + l] = ds * (float)(j & 1 ? q[l] >> 4 : q[l] & 0xF) - dm;
+            }
+        }
+        return 0;
+    case PD_DT_Q6_K:
+        for (uint64_t b = 0; b < n / PD_QK; b++, src += 210, dst += PD_QK) {
+            const float d = pd_f16_to_f32(rd16(src + 208));
+            const int8_t *sc = (const int8_t *)(src + 192);
+            for (int h = 0; h < 2; h++)
+                for (int i = 0; i < 4; i++)
+                    for (int l = 0; l < 32; l++)
+                        dst[128 * h + 32 * i + l] =
+                            d * (float)sc[8 * h + 2 * i + l / 16] *
+                            (float)(pd_q6k_value(src + 64 * h, src + 128 + 32 * h, i, l) - 32);
         }
         return 0;
     default:

@@ -1,6 +1,7 @@
 /* common/base/parallel: a parallel-for. One job split into shares run on
  * threads, for the loaders' bulk work (generating dummy weights, converting
- * matrices for the GPU).
+ * matrices for the GPU); and a pool of threads kept for the CPU engine's
+ * kernels, which split hundreds of small jobs per step.
  *
  *   struct my_job jobs[PD_PARALLEL_MAX];
  *   unsigned n = pd_parallel_count(PD_PARALLEL_MAX);   // CPUs this process may use
@@ -25,5 +26,32 @@ unsigned pd_parallel_count(unsigned max);
 
 /* n <= PD_PARALLEL_MAX (more are run on the caller's thread). */
 void pd_parallel_run(void *(*fn)(void *), void *jobs, size_t stride, unsigned n);
+
+/* A pool of n - 1 threads kept waiting, plus the caller's, for jobs too
+ * small to start threads for (a decode step's 200 matrix-vector products,
+ * each a few microseconds to a millisecond):
+ *
+ *   struct pd_pool *p = pd_pool_new(pd_parallel_count(PD_PARALLEL_MAX));
+ *   pd_pool_run(p, fn, arg);        // fn(arg, k, n) for k < n, k = 0 on the caller
+ *   p = pd_pool_free(p);
+ *
+ * A worker that found no job spins for a while (PD_POOL_SPIN_US: a decode
+ * step's kernels follow each other closer than a wake-up from a futex takes)
+ * and then sleeps on a condition variable, so an idle pool costs nothing.
+ * One thread at a time calls pd_pool_run (the engine's compute thread); fn
+ * must not call it again. A pool whose threads could not all start runs
+ * with the ones it has (pd_pool_size says how many shares). NULL pool: fn
+ * runs once on the caller as share 0 of 1. */
+#define PD_POOL_SPIN_US 2000
+
+struct pd_pool;
+typedef void pd_pool_fn(void *arg, unsigned share, unsigned n_shares);
+
+/* NULL only when out of memory; n is clamped to 1 .. PD_PARALLEL_MAX */
+struct pd_pool *pd_pool_new(unsigned n);
+/* accepts NULL; returns NULL */
+struct pd_pool *pd_pool_free(struct pd_pool *p);
+unsigned pd_pool_size(const struct pd_pool *p); /* 1 for NULL */
+void pd_pool_run(struct pd_pool *p, pd_pool_fn *fn, void *arg);
 
 #endif

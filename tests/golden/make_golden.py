@@ -45,12 +45,14 @@ def random_blocks(rng, qtype, n_blocks):
     if qtype == QT.BF16:
         v = rng.standard_normal(n_blocks * 32).astype(np.float32)
         return (v.view(np.uint32) >> 16).astype(np.uint16).tobytes()
-    size = {QT.Q8_0: 34, QT.Q4_0: 18, QT.Q4_1: 20}[qtype]
+    size = {QT.Q8_0: 34, QT.Q4_0: 18, QT.Q4_1: 20, QT.Q4_K: 144, QT.Q6_K: 210}[qtype]
     raw = bytearray(rng.integers(0, 256, n_blocks * size, dtype=np.uint8).tobytes())
     for b in range(n_blocks):
         off = b * size
+        if qtype == QT.Q6_K:  # d is last
+            off += 208
         raw[off:off + 2] = np.float16(rng.uniform(-0.1, 0.1)).tobytes()
-        if qtype == QT.Q4_1:
+        if qtype in (QT.Q4_1, QT.Q4_K):  # m, dmin
             raw[off + 2:off + 4] = np.float16(rng.uniform(-1, 1)).tobytes()
     return bytes(raw)
 
@@ -58,11 +60,12 @@ def random_blocks(rng, qtype, n_blocks):
 def dequant_vectors():
     rng = np.random.default_rng(20261126)
     with open(f"{GOLDEN}/dequant_vectors.bin", "wb") as out:
-        for qtype in (QT.F16, QT.BF16, QT.Q8_0, QT.Q4_0, QT.Q4_1):
+        for qtype in (QT.F16, QT.BF16, QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q4_K, QT.Q6_K):
+            per = 256 if qtype in (QT.Q4_K, QT.Q6_K) else 32
             for n_blocks in (1, 7):
                 raw = random_blocks(rng, qtype, n_blocks)
                 vals = dequantize(np.frombuffer(raw, dtype=np.uint8), qtype).reshape(-1)
-                record(out, f"{qtype.name}x{n_blocks}", qtype, n_blocks * 32, raw, vals)
+                record(out, f"{qtype.name}x{n_blocks}", qtype, n_blocks * per, raw, vals)
 
 
 def default_model_rows(path):

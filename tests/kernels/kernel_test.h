@@ -4,20 +4,10 @@
 #define PD_KERNEL_TEST_H
 
 #include "cuda_util.h"
+#include "kernel_rng.h"
 #include "pd_test.h"
 
 #include <stdint.h>
-
-static uint64_t rng_state;
-
-/* splitmix64 */
-static inline uint64_t rnd64(void)
-{
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
 
 /* Ends the test as skipped, with the probe's reason, without a usable GPU. */
 static inline void need_gpu(void)

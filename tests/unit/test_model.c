@@ -231,7 +231,7 @@ struct llama_opts {
     const char *drop; /* tensor left out */
     const char *rename_from, *rename_to;
     const char *reshape; /* tensor whose ne[1] grows by 1 */
-    const char *retype; /* tensor declared Q6_K */
+    const char *retype; /* tensor declared Q5_K (known, not computed with) */
     const char *arch;
     int drop_eps; /* leave out a required key */
     int eps_as_string;
@@ -280,7 +280,7 @@ static struct gb build_llama(const struct pd_model *m, const struct llama_opts *
         if (o->reshape && strcmp(name, o->reshape) == 0)
             ne[1] += 1;
         if (o->retype && strcmp(name, o->retype) == 0) {
-            type = PD_DT_Q6_K;
+            type = PD_DT_Q5_K;
             ne[0] = 256, ne[1] = 1;
         }
         gb_tensor(&b, name, t->n_dims, ne, type, off);

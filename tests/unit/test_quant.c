@@ -66,10 +66,11 @@ static void dtype_names_and_support(void)
     CHECK_EQ_INT(pd_dtype_parse("bf16"), PD_DT_BF16);
     CHECK_EQ_INT(pd_dtype_parse("nope"), -EINVAL);
     CHECK(pd_dtype_supported(PD_DT_Q8_0));
-    CHECK(!pd_dtype_supported(PD_DT_Q6_K));
+    CHECK(pd_dtype_supported(PD_DT_Q6_K));
+    CHECK(!pd_dtype_supported(PD_DT_Q5_K));
     float out[256];
-    uint8_t in[210] = {0};
-    CHECK_EQ_INT(pd_dequant_row(PD_DT_Q6_K, in, out, 256), -ENOTSUP);
+    uint8_t in[176] = {0};
+    CHECK_EQ_INT(pd_dequant_row(PD_DT_Q5_K, in, out, 256), -ENOTSUP);
 }
 
 static void dequant_matches_gguf_package(void)
@@ -95,9 +96,10 @@ static void dequant_matches_gguf_package(void)
     }
     fclose(f);
     CHECK_EQ_INT(rc, 0);
-    CHECK_EQ_INT(n_rec, 10);
+    CHECK_EQ_INT(n_rec, 14);
     CHECK_EQ_INT(types_seen, (1u << PD_DT_F16) | (1u << PD_DT_BF16) | (1u << PD_DT_Q8_0) |
-                                 (1u << PD_DT_Q4_0) | (1u << PD_DT_Q4_1));
+                                 (1u << PD_DT_Q4_0) | (1u << PD_DT_Q4_1) | (1u << PD_DT_Q4_K) |
+                                 (1u << PD_DT_Q6_K));
 }
 
 static void quant_row_writes_f16_and_bf16(void)

@@ -1,0 +1,206 @@
+/* kernels/qdot: activation quantization, the portable C reference of every
+ * dot, and the choice of version by CPU (qdot.h). */
+#include "qdot.h"
+
+#include "bf16.h"
+#include "quant.h"
+#include "quant_blocks.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+void pd_q8_quantize(const float *x, struct pd_q8 *q, uint32_t k)
+{
+    for (uint32_t b = 0; b < k / PD_Q8_BLOCK; b++, x += PD_Q8_BLOCK, q++) {
+        float amax = 0;
+        for (int j = 0; j < PD_Q8_BLOCK; j++)
+            amax = fmaxf(amax, fabsf(x[j]));
+        const float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
+        int32_t sum = 0;
+        for (int j = 0; j < PD_Q8_BLOCK; j++) {
+            const int v = (int)lrintf(x[j] * id);
+            q->q[j] = (int8_t)v;
+            sum += v;
+        }
+        q->d = d;
+        q->sum = sum;
+    }
+}
+
+/* ---- the reference: each block's dot as an exact integer, scaled in float */
+
+static inline int nib(const uint8_t *qs, int j) { return j < 16 ? qs[j] & 0xF : qs[j - 16] >> 4; }
+
+static float dot_q4_0(const void *w, const void *x, uint32_t k)
+{
+    const struct pd_blk_q4_0 *b = w;
+    const struct pd_q8 *a = x;
+    float s = 0;
+    for (uint32_t i = 0; i < k / 32; i++) {
+        int32_t d = 0;
+        for (int j = 0; j < 32; j++)
+            d += nib(b[i].qs, j) * a[i].q[j];
+        s += pd_f16_decode(b[i].d) * a[i].d * (float)(d - 8 * a[i].sum);
+    }
+    return s;
+}
+
+static float dot_q4_1(const void *w, const void *x, uint32_t k)
+{
+    const struct pd_blk_q4_1 *b = w;
+    const struct pd_q8 *a = x;
+    float s = 0;
+    for (uint32_t i = 0; i < k / 32; i++) {
+        int32_t d = 0;
+        for (int j = 0; j < 32; j++)
+            d += nib(b[i].qs, j) * a[i].q[j];
+        s += pd_f16_decode(b[i].d) * a[i].d * (float)d +
+             pd_f16_decode(b[i].m) * a[i].d * (float)a[i].sum;
+    }
+    return s;
+}
+
+static float dot_q8_0(const void *w, const void *x, uint32_t k)
+{
+    const struct pd_blk_q8_0 *b = w;
+    const struct pd_q8 *a = x;
+    float s = 0;
+    for (uint32_t i = 0; i < k / 32; i++) {
+        int32_t d = 0;
+        for (int j = 0; j < 32; j++)
+            d += b[i].qs[j] * a[i].q[j];
+        s += pd_f16_decode(b[i].d) * a[i].d * (float)d;
+    }
+    return s;
+}
+
+static float dot_q4_k(const void *w, const void *x, uint32_t k)
+{
+    const struct pd_blk_q4_k *b = w;
+    const struct pd_q8 *a = x;
+    float s = 0;
+    for (uint32_t i = 0; i < k / PD_QK; i++, a += 8) {
+        const float d = pd_f16_decode(b[i].d), dmin = pd_f16_decode(b[i].dmin);
+        for (int j = 0; j < 8; j++) {
+            uint8_t sc, mn;
+            pd_q4k_scale_min(j, b[i].scales, &sc, &mn);
+            const uint8_t *q = b[i].qs + 32 * (j / 2);
+            int32_t dq = 0;
+            for (int l = 0; l < 32; l++)
+                dq += (j & 1 ? q[l] >> 4 : q[l] & 0xF) * a[j].q[l];
+            s += d * a[j].d * (float)(sc * dq) - dmin * a[j].d * (float)(mn * a[j].sum);
+        }
+    }
+    return s;
+}
+
+static float dot_q6_k(const void *w, const void *x, uint32_t k)
+{
+    const struct pd_blk_q6_k *b = w;
+    const struct pd_q8 *a = x;
+    float s = 0;
+    for (uint32_t i = 0; i < k / PD_QK; i++, a += 8) {
+        const float d = pd_f16_decode(b[i].d);
+        for (int h = 0; h < 2; h++)
+            for (int g = 0; g < 4; g++) {
+                const struct pd_q8 *ab = &a[4 * h + g];
+                int32_t half[2] = {0, 0};
+                for (int l = 0; l < 32; l++)
+                    half[l / 16] +=
+                        (pd_q6k_value(b[i].ql + 64 * h, b[i].qh + 32 * h, g, l) - 32) * ab->q[l];
+                const int8_t *sc = b[i].scales + 8 * h + 2 * g;
+                s += d * ab->d * (float)(sc[0] * half[0] + sc[1] * half[1]);
+            }
+    }
+    return s;
+}
+
+static float dot_f16(const void *w, const void *x, uint32_t k)
+{
+    const uint16_t *h = w;
+    const float *a = x;
+    float s = 0;
+    for (uint32_t i = 0; i < k; i++)
+        s += pd_f16_decode(h[i]) * a[i];
+    return s;
+}
+
+static float dot_bf16(const void *w, const void *x, uint32_t k)
+{
+    const uint16_t *h = w;
+    const float *a = x;
+    float s = 0;
+    for (uint32_t i = 0; i < k; i++)
+        s += pd_bf16_decode(h[i]) * a[i];
+    return s;
+}
+
+static pd_qdot_fn *const scalar[31] = {
+    [PD_DT_Q4_0] = dot_q4_0, [PD_DT_Q4_1] = dot_q4_1, [PD_DT_Q8_0] = dot_q8_0,
+    [PD_DT_Q4_K] = dot_q4_k, [PD_DT_Q6_K] = dot_q6_k, [PD_DT_F16] = dot_f16,
+    [PD_DT_BF16] = dot_bf16,
+};
+
+bool pd_qdot_takes_q8(uint32_t type)
+{
+    return type == PD_DT_Q4_0 || type == PD_DT_Q4_1 || type == PD_DT_Q8_0 ||
+           type == PD_DT_Q4_K || type == PD_DT_Q6_K;
+}
+
+pd_qdot_fn *pd_qdot_get(uint32_t type, enum pd_isa isa)
+{
+    if (type >= 31)
+        return NULL;
+    if (isa == PD_ISA_SCALAR)
+        return scalar[type];
+    const pd_qdot_table *t = pd_qdot_x86(isa);
+    return t ? (*t)[type] : NULL;
+}
+
+bool pd_isa_runs(enum pd_isa isa)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    switch (isa) {
+    case PD_ISA_SCALAR:
+        return true;
+    case PD_ISA_AVX2:
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c") && pd_qdot_x86(isa);
+    case PD_ISA_AVX512VNNI:
+        return pd_isa_runs(PD_ISA_AVX2) && __builtin_cpu_supports("avx512vnni") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+               pd_qdot_x86(isa);
+    default:
+        return false;
+    }
+#else
+    return isa == PD_ISA_SCALAR;
+#endif
+}
+
+static const char *const isa_names[PD_ISA_COUNT] = {"scalar", "avx2", "avx512vnni"};
+
+const char *pd_isa_name(enum pd_isa isa)
+{
+    return (unsigned)isa < PD_ISA_COUNT ? isa_names[isa] : "unknown";
+}
+
+enum pd_isa pd_isa_best(void)
+{
+    static _Atomic int best = -1; /* every thread would compute the same */
+    if (best >= 0)
+        return (enum pd_isa)best;
+    enum pd_isa cap = PD_ISA_COUNT - 1;
+    const char *env = getenv("PD_CPU_ISA");
+    for (int i = 0; env && i < PD_ISA_COUNT; i++)
+        if (strcmp(env, isa_names[i]) == 0)
+            cap = (enum pd_isa)i;
+    int b = PD_ISA_SCALAR;
+    for (int i = PD_ISA_SCALAR; i <= (int)cap; i++)
+        if (pd_isa_runs((enum pd_isa)i))
+            b = i;
+    best = b;
+    return (enum pd_isa)b;
+}
