@@ -84,7 +84,8 @@ struct dec_cfg {
     bool kv_integrity;
     int log_level;
     int device;
-    int gpu_weight_dtype;
+    int gpu_weight_dtype, cpu_weight_dtype;
+    int64_t threads;
     double gpu_memory_utilization;
     bool cuda_graphs;
     uint64_t kv_staging_memory;

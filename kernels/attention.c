@@ -1,11 +1,14 @@
 #include "attention.h"
 
+#include "parallel.h"
+
 #include "bf16.h"
 #include "quant.h"
 
 #include <cblas.h>
 #include <errno.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -65,19 +68,85 @@ static void attend_one(const struct pd_attn_args *a, uint32_t t, uint32_t h, flo
 
     for (uint32_t j = 0; j < n_ctx; j++) {
         const float *k = kv_row(a, pd_kv_pos_offset(l, table, j, a->layer, 0, kvh), row);
-        float s = 0.0f;
-        for (uint32_t d = 0; d < hd; d++)
+        /* eight partial sums: a vector's lanes, without reassociating */
+        float p[8] = {0};
+        uint32_t d = 0;
+        for (; d + 8 <= hd; d += 8)
+            for (int i = 0; i < 8; i++)
+                p[i] += q[d + i] * k[d + i];
+        float s = ((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7]));
+        for (; d < hd; d++)
             s += q[d] * k[d];
         scores[j] = s * a->scale;
     }
     softmax_row(scores, n_ctx);
-    memset(o, 0, hd * sizeof(float));
+    /* summed where nothing can alias the pool, so that it vectorizes */
+    float acc[MAX_HEAD_DIM];
+    memset(acc, 0, hd * sizeof(float));
     for (uint32_t j = 0; j < n_ctx; j++) {
         const float *v = kv_row(a, pd_kv_pos_offset(l, table, j, a->layer, 1, kvh), row);
-        for (uint32_t d = 0; d < hd; d++)
-            o[d] += scores[j] * v[d];
+        const float w = scores[j];
+        uint32_t d = 0;
+        for (; d + 8 <= hd; d += 8) /* in eights: one vector each */
+            for (int i = 0; i < 8; i++)
+                acc[d + i] += w * v[d + i];
+        for (; d < hd; d++)
+            acc[d] += w * v[d];
+    }
+    memcpy(o, acc, hd * sizeof(float));
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+/* attend_one for fp32 pools with head_dim a multiple of 8, in AVX2 (the
+ * portable loops above do not vectorize well at this ISA baseline); the
+ * same sums in another order */
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+static void attend_one_avx2(const struct pd_attn_args *a, uint32_t t, uint32_t h, float *scores)
+{
+    const struct pd_kv_geom *l = &a->kv;
+    const uint32_t hd = l->head_dim;
+    const uint32_t kvh = h / (a->n_head / l->n_head_kv);
+    const uint32_t *table = a->block_tables + (size_t)a->tok_seq[t] * a->max_blocks;
+    const uint32_t n_ctx = (uint32_t)a->tok_pos[t] + 1;
+    const float *q = a->q + ((size_t)t * a->n_head + h) * hd;
+    float *o = a->out + ((size_t)t * a->n_head + h) * hd;
+    for (uint32_t j = 0; j < n_ctx; j++) {
+        const float *k = a->pool + pd_kv_pos_offset(l, table, j, a->layer, 0, kvh);
+        __m256 acc = _mm256_setzero_ps();
+        for (uint32_t d = 0; d < hd; d += 8)
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(k + d), acc);
+        __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+        scores[j] = _mm_cvtss_f32(s4) * a->scale;
+    }
+    softmax_row(scores, n_ctx);
+    for (uint32_t d0 = 0; d0 < hd; d0 += 32) { /* 32 outputs in registers at a time */
+        const uint32_t nd = hd - d0 < 32 ? hd - d0 : 32;
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                         _mm256_setzero_ps()};
+        for (uint32_t j = 0; j < n_ctx; j++) {
+            const float *v = a->pool + pd_kv_pos_offset(l, table, j, a->layer, 1, kvh) + d0;
+            const __m256 w = _mm256_set1_ps(scores[j]);
+            for (uint32_t g = 0; g < nd / 8; g++)
+                acc[g] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8 * g), acc[g]);
+        }
+        for (uint32_t g = 0; g < nd / 8; g++)
+            _mm256_storeu_ps(o + d0 + 8 * g, acc[g]);
     }
 }
+#pragma GCC pop_options
+
+static bool have_avx2(void)
+{
+    static _Atomic int yes = -1;
+    if (yes < 0)
+        yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return yes;
+}
+#endif
 
 /* Copy K or V of one head for positions [0, n_ctx) into (n_ctx, head_dim). */
 static void gather(const struct pd_attn_args *a, const uint32_t *table, uint32_t kvh, uint32_t kv,
@@ -133,6 +202,29 @@ static int attend_run(const struct pd_attn_args *a, uint32_t t0, uint32_t n, flo
     return 0;
 }
 
+/* The decode tokens' (token, head) pairs, shared among the pool's threads */
+struct decode_job {
+    const struct pd_attn_args *a;
+    const uint32_t *tok; /* (n_tok) the tokens attended alone */
+    uint32_t n_tok;
+    float *scores; /* need_ctx floats per share */
+    size_t need_ctx;
+};
+
+static void decode_share(void *arg, unsigned s, unsigned ns)
+{
+    const struct decode_job *j = arg;
+    const uint32_t n_pairs = j->n_tok * j->a->n_head;
+    const uint32_t per = (n_pairs + ns - 1) / ns, p0 = s * per;
+    void (*one)(const struct pd_attn_args *, uint32_t, uint32_t, float *) = attend_one;
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (j->a->pool_type == PD_DT_F32 && j->a->kv.head_dim % 8 == 0 && have_avx2())
+        one = attend_one_avx2;
+#endif
+    for (uint32_t p = p0; p < n_pairs && p < p0 + per; p++)
+        one(j->a, j->tok[p / j->a->n_head], p % j->a->n_head, j->scores + s * j->need_ctx);
+}
+
 int pd_attention_cpu(const struct pd_attn_args *a)
 {
     const size_t max_ctx = (size_t)a->max_blocks * a->kv.block_size;
@@ -151,11 +243,15 @@ int pd_attention_cpu(const struct pd_attn_args *a)
         if ((size_t)a->tok_pos[t] + 1 > need_ctx)
             need_ctx = (size_t)a->tok_pos[t] + 1;
     }
-    /* sized for the longest context in this call */
-    float *scores = malloc((size_t)QTILE * need_ctx * sizeof(float));
+    /* sized for the longest context in this call, and a row per thread */
+    const unsigned ns = pd_pool_size(a->threads);
+    const size_t rows = ns > QTILE ? ns : QTILE;
+    float *scores = malloc(rows * need_ctx * sizeof(float));
     float *kbuf = malloc(need_ctx * hd * sizeof(float));
     float *vbuf = malloc(need_ctx * hd * sizeof(float));
-    if (!scores || !kbuf || !vbuf)
+    uint32_t *alone = malloc(a->n_tokens * sizeof(uint32_t) + 1);
+    uint32_t n_alone = 0;
+    if (!scores || !kbuf || !vbuf || !alone)
         rc = -ENOMEM;
 
     for (uint32_t t = 0; t < a->n_tokens && rc == 0;) {
@@ -164,14 +260,18 @@ int pd_attention_cpu(const struct pd_attn_args *a)
         while (t + n < a->n_tokens && a->tok_seq[t + n] == a->tok_seq[t] &&
                a->tok_pos[t + n] == a->tok_pos[t] + (int32_t)n)
             n++;
-        if (n == 1) {
-            for (uint32_t h = 0; h < a->n_head; h++)
-                attend_one(a, t, h, scores);
-        } else {
+        if (n == 1)
+            alone[n_alone++] = t; /* below, on the pool's threads */
+        else
             rc = attend_run(a, t, n, kbuf, vbuf, scores);
-        }
         t += n;
     }
+    if (rc == 0 && n_alone) {
+        struct decode_job j = {.a = a, .tok = alone, .n_tok = n_alone, .scores = scores,
+                               .need_ctx = need_ctx};
+        pd_pool_run(a->threads, decode_share, &j);
+    }
+    free(alone);
     free(scores);
     free(kbuf);
     free(vbuf);

@@ -34,6 +34,8 @@
 
 #include "kv_layout.h"
 
+struct pd_pool;
+
 struct pd_attn_args {
     float *out; /* (n_tokens, n_head, head_dim) */
     const float *q; /* (n_tokens, n_head, head_dim), RoPE applied */
@@ -48,6 +50,9 @@ struct pd_attn_args {
     float scale; /* 1 / sqrt(head_dim) */
     /* Zero = the CPU engine's behaviour. */
     uint32_t pool_type; /* PD_DT_F32 (0), PD_DT_BF16 or PD_DT_F16 (kernels/quant.h) */
+    /* CPU only: threads for the decode tokens' (token, head) pairs
+     * (common/base/parallel; NULL: the caller's) */
+    struct pd_pool *threads;
     /* CUDA only (the CPU reference ignores them): */
     uint32_t max_ctx; /* >= every tok_pos + 1; 0 = max_blocks * block_size */
     uint32_t split_tokens; /* context positions per split; 0 = the launcher's choice */

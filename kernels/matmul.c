@@ -33,16 +33,21 @@ size_t pd_matmul_cpu_ws_bytes(uint32_t m, uint32_t k, unsigned threads)
     return xq + (size_t)(threads ? threads : 1) * tile * sizeof(float);
 }
 
-/* Measured (tests/bench/qmatmul_bench, docs/perf.md): above this many rows
- * of x, dequantizing W and OpenBLAS's sgemm beat the dots */
-uint32_t pd_matmul_qdot_max_m(uint32_t w_type)
+/* Measured (engine_bench --qdot-max-m, docs/perf.md): above this many rows
+ * of x, unpacking W into tiles and OpenBLAS's sgemm beat the dots. The
+ * float dots unpack each row for every row of x, so they pay only for one. */
+uint32_t pd_matmul_dots_max_m(uint32_t w_type, bool act_q8)
 {
-    return w_type == PD_DT_F32 ? 0 : 32;
+    if (w_type == PD_DT_F32)
+        return 0;
+    return act_q8 ? 32 : 8;
 }
 
 struct mm_job {
     const struct pd_matmul_args *a;
-    pd_qdot_fn *dot;
+    pd_qdot_fn *dot; /* one row of x at a time */
+    pd_qdot_rows_fn *rows; /* or all of them (float x, m > 1) */
+    pd_unpack_fn *unpack;
     const void *x; /* what the dots take: the pd_q8 blocks, or the float x */
     size_t x_row; /* bytes between rows of x */
     size_t w_row; /* bytes of a row of W */
@@ -66,12 +71,18 @@ static void mm_dots(void *arg, unsigned s, unsigned ns)
     uint32_t r0, r1;
     share_rows(a->n, s, ns, &r0, &r1);
     const char *w = (const char *)a->w + r0 * j->w_row;
-    for (uint32_t r = r0; r < r1; r++, w += j->w_row)
+    float v[PD_QDOT_MAX_ROWS];
+    for (uint32_t r = r0; r < r1; r++, w += j->w_row) {
+        if (j->rows)
+            j->rows(a->w_type, w, a->x, a->k, a->m, a->k, v, 1);
+        else
+            for (uint32_t i = 0; i < a->m; i++)
+                v[i] = j->dot(w, (const char *)j->x + i * j->x_row, a->k);
         for (uint32_t i = 0; i < a->m; i++) {
-            const float v = j->dot(w, (const char *)j->x + i * j->x_row, a->k);
             float *y = a->y + (size_t)i * a->n + r;
-            *y = a->accumulate ? *y + v : v;
+            *y = a->accumulate ? *y + v[i] : v[i];
         }
+    }
 }
 
 static void mm_gemm(void *arg, unsigned s, unsigned ns)
@@ -86,9 +97,9 @@ static void mm_gemm(void *arg, unsigned s, unsigned ns)
         const uint32_t nr = r1 - r < rows_per ? r1 - r : rows_per;
         const float *wt = (const float *)((const char *)a->w + r * j->w_row);
         if (a->w_type != PD_DT_F32) {
-            for (uint32_t t = 0; t < nr; t++) /* the type was checked: cannot fail */
-                (void)pd_dequant_row(a->w_type, (const char *)a->w + (r + t) * j->w_row,
-                                     tile + (size_t)t * a->k, a->k);
+            for (uint32_t t = 0; t < nr; t++)
+                j->unpack((const char *)a->w + (r + t) * j->w_row, tile + (size_t)t * a->k,
+                          a->k);
             wt = tile;
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)a->m, (int)nr, (int)a->k, 1.0f,
@@ -97,7 +108,7 @@ static void mm_gemm(void *arg, unsigned s, unsigned ns)
     }
 }
 
-/* OpenBLAS to one thread, once, before a pool's threads call it: its own
+/* OpenBLAS to one thread, once, before the first sgemm: its own
  * threads and the pool's would fight over the cores (decode ran 3x slower
  * when they met), and 0.3.21's pthread build crashes in sgemm called from
  * several threads while its own are on */
@@ -121,9 +132,14 @@ int pd_matmul_cpu(const struct pd_matmul_args *a)
         return -EINVAL;
     struct mm_job j = {.a = a, .x = a->x, .x_row = (size_t)a->k * sizeof(float),
                        .w_row = (size_t)w_row};
-    const uint32_t max_m = a->qdot_max_m ? a->qdot_max_m : pd_matmul_qdot_max_m(a->w_type);
-    if (a->m <= max_m && (j.dot = pd_qdot_get(a->w_type, (enum pd_isa)a->isa))) {
-        if (pd_qdot_takes_q8(a->w_type)) {
+    const uint32_t max_m = a->dots_max_m ? a->dots_max_m
+                                         : pd_matmul_dots_max_m(a->w_type, a->act_q8);
+    j.dot = a->act_q8 ? pd_qdot_get(a->w_type, (enum pd_isa)a->isa)
+                      : pd_qdotf_get(a->w_type, (enum pd_isa)a->isa);
+    if (!a->act_q8 && a->m > 1)
+        j.rows = pd_qdot_rows_get(a->w_type, (enum pd_isa)a->isa);
+    if (a->m <= max_m && a->m <= PD_QDOT_MAX_ROWS && j.dot) {
+        if (a->act_q8 && pd_qdot_takes_q8(a->w_type)) {
             if (!a->ws)
                 return -EINVAL;
             struct pd_q8 *xq = a->ws;
@@ -141,12 +157,12 @@ int pd_matmul_cpu(const struct pd_matmul_args *a)
             return -EINVAL;
         size_t xq;
         ws_layout(a->m, a->k, &xq, &j.tile);
+        j.unpack = pd_unpack_get(a->w_type, (enum pd_isa)a->isa);
         j.tiles = (float *)((char *)a->ws + xq);
     } else {
         j.tile = (size_t)a->n * a->k; /* W used in place: the share is one tile */
     }
-    if (pd_pool_size(a->pool) > 1)
-        blas_one_thread();
+    blas_one_thread();
     pd_pool_run(a->pool, mm_gemm, &j);
     return 0;
 }

@@ -5,11 +5,13 @@
  * CPU (matmul.c): W in any type kernels/qdot knows (Q4_0, Q4_1, Q8_0, Q4_K,
  * Q6_K, F16, BF16) or F32, x and y fp32. Each thread of `pool` takes a share
  * of W's rows and reads it once for all m rows of x:
- *   - m <= pd_matmul_qdot_max_m(type): kernels/qdot's dots (x quantized per
- *     block of 32 into ws first, for the quantized types), the decode path;
- *   - else, and always for F32: W's rows dequantized a tile at a time into
- *     ws and multiplied by OpenBLAS sgemm on one thread (the engine keeps
- *     OpenBLAS to one thread: the pool's threads are the only ones).
+ *   - m <= pd_matmul_dots_max_m(type, act_q8): kernels/qdot's dots, with
+ *     float activations (each row unpacked a chunk at a time in L1), or with
+ *     act_q8 x quantized per block of 32 into ws first (llama.cpp's numbers:
+ *     faster, and further from the float model's);
+ *   - else, and always for F32: W's rows unpacked a tile at a time into ws
+ *     and multiplied by OpenBLAS sgemm on one thread (matmul keeps OpenBLAS
+ *     to one thread: the pool's threads are the only ones).
  * ws holds pd_matmul_cpu_ws_bytes for the largest m, k and pool size it is
  * used with. The CUDA path is cuBLAS (matmul.cu), fp32 or bf16 operands,
  * always accumulating in fp32.
@@ -19,6 +21,7 @@
 
 #include "pd_kernel.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 
 struct pd_pool;
@@ -35,9 +38,10 @@ struct pd_matmul_args {
     void *x_scratch; /* CUDA, x F32 with w BF16: (m, k) bf16, x rounded into it first */
     /* CPU */
     struct pd_pool *pool; /* the threads (common/base/parallel); NULL: the caller's */
-    void *ws; /* pd_matmul_cpu_ws_bytes(m, k, pd_pool_size(pool)) bytes, 64-aligned */
+    void *ws; /* pd_matmul_cpu_ws_bytes(m, k, pd_pool_size(pool)) bytes */
     int isa; /* enum pd_isa of the dots; 0 the scalar reference (pd_isa_best() in engines) */
-    uint32_t qdot_max_m; /* 0: pd_matmul_qdot_max_m's; else the crossover (benches, tests) */
+    int act_q8; /* the dots quantize x to 8 bits per block of 32 */
+    uint32_t dots_max_m; /* 0: pd_matmul_dots_max_m's; else the crossover (benches, tests) */
 };
 
 PD_BEGIN_DECLS
@@ -45,8 +49,8 @@ PD_BEGIN_DECLS
 int pd_matmul_cpu(const struct pd_matmul_args *a);
 /* workspace for up to m rows of x of k inputs on `threads` threads */
 size_t pd_matmul_cpu_ws_bytes(uint32_t m, uint32_t k, unsigned threads);
-/* the largest m the dots take (above it: dequantized tiles and sgemm) */
-uint32_t pd_matmul_qdot_max_m(uint32_t w_type);
+/* the largest m the dots take (above it: unpacked tiles and sgemm) */
+uint32_t pd_matmul_dots_max_m(uint32_t w_type, bool act_q8);
 int pd_matmul_cuda(const struct pd_matmul_args *a, pd_stream_t stream); /* PD_HAVE_CUDA */
 
 PD_END_DECLS

@@ -136,10 +136,57 @@ static float dot_bf16(const void *w, const void *x, uint32_t k)
     return s;
 }
 
-static pd_qdot_fn *const scalar[31] = {
-    [PD_DT_Q4_0] = dot_q4_0, [PD_DT_Q4_1] = dot_q4_1, [PD_DT_Q8_0] = dot_q8_0,
-    [PD_DT_Q4_K] = dot_q4_k, [PD_DT_Q6_K] = dot_q6_k, [PD_DT_F16] = dot_f16,
-    [PD_DT_BF16] = dot_bf16,
+/* the float-activation reference: the row dequantized a chunk at a time */
+static float dotf(uint32_t type, const void *w, const float *x, uint32_t k)
+{
+    float buf[256];
+    const struct pd_dtype_info *ti = pd_dtype_info(type);
+    float s = 0;
+    for (uint32_t i = 0; i < k; i += 256) {
+        const uint32_t n = k - i < 256 ? k - i : 256;
+        (void)pd_dequant_row(type, (const char *)w + (size_t)i / ti->block * ti->bytes, buf, n);
+        for (uint32_t j = 0; j < n; j++)
+            s += buf[j] * x[i + j];
+    }
+    return s;
+}
+
+#define SCALAR_TYPE(t, lc)                                                                         \
+    static float dotf_##lc(const void *w, const void *x, uint32_t k)                             \
+    {                                                                                              \
+        return dotf(PD_DT_##t, w, x, k);                                                           \
+    }                                                                                              \
+    static void unpack_##lc(const void *w, float *o, uint32_t k)                                  \
+    {                                                                                              \
+        (void)pd_dequant_row(PD_DT_##t, w, o, k);                                                  \
+    }
+SCALAR_TYPE(Q4_0, q4_0)
+SCALAR_TYPE(Q4_1, q4_1)
+SCALAR_TYPE(Q8_0, q8_0)
+SCALAR_TYPE(Q4_K, q4_k)
+SCALAR_TYPE(Q6_K, q6_k)
+SCALAR_TYPE(F16, f16)
+SCALAR_TYPE(BF16, bf16)
+#undef SCALAR_TYPE
+
+static void rows(uint32_t type, const void *w, const float *x, size_t x_stride, uint32_t m,
+                 uint32_t k, float *y, size_t y_stride)
+{
+    for (uint32_t i = 0; i < m; i++)
+        y[i * y_stride] = dotf(type, w, x + i * x_stride, k);
+}
+
+static const struct pd_qdot_x86_tables scalar = {
+    .rows = rows,
+    .q8 = {[PD_DT_Q4_0] = dot_q4_0, [PD_DT_Q4_1] = dot_q4_1, [PD_DT_Q8_0] = dot_q8_0,
+           [PD_DT_Q4_K] = dot_q4_k, [PD_DT_Q6_K] = dot_q6_k, [PD_DT_F16] = dot_f16,
+           [PD_DT_BF16] = dot_bf16},
+    .f32 = {[PD_DT_Q4_0] = dotf_q4_0, [PD_DT_Q4_1] = dotf_q4_1, [PD_DT_Q8_0] = dotf_q8_0,
+            [PD_DT_Q4_K] = dotf_q4_k, [PD_DT_Q6_K] = dotf_q6_k, [PD_DT_F16] = dotf_f16,
+            [PD_DT_BF16] = dotf_bf16},
+    .unpack = {[PD_DT_Q4_0] = unpack_q4_0, [PD_DT_Q4_1] = unpack_q4_1,
+               [PD_DT_Q8_0] = unpack_q8_0, [PD_DT_Q4_K] = unpack_q4_k,
+               [PD_DT_Q6_K] = unpack_q6_k, [PD_DT_F16] = unpack_f16, [PD_DT_BF16] = unpack_bf16},
 };
 
 bool pd_qdot_takes_q8(uint32_t type)
@@ -148,14 +195,35 @@ bool pd_qdot_takes_q8(uint32_t type)
            type == PD_DT_Q4_K || type == PD_DT_Q6_K;
 }
 
-pd_qdot_fn *pd_qdot_get(uint32_t type, enum pd_isa isa)
+static const struct pd_qdot_x86_tables *tables(uint32_t type, enum pd_isa isa)
 {
     if (type >= 31)
         return NULL;
-    if (isa == PD_ISA_SCALAR)
-        return scalar[type];
-    const pd_qdot_table *t = pd_qdot_x86(isa);
-    return t ? (*t)[type] : NULL;
+    return isa == PD_ISA_SCALAR ? &scalar : pd_qdot_x86(isa);
+}
+
+pd_qdot_fn *pd_qdot_get(uint32_t type, enum pd_isa isa)
+{
+    const struct pd_qdot_x86_tables *t = tables(type, isa);
+    return t ? t->q8[type] : NULL;
+}
+
+pd_qdot_fn *pd_qdotf_get(uint32_t type, enum pd_isa isa)
+{
+    const struct pd_qdot_x86_tables *t = tables(type, isa);
+    return t ? t->f32[type] : NULL;
+}
+
+pd_qdot_rows_fn *pd_qdot_rows_get(uint32_t type, enum pd_isa isa)
+{
+    const struct pd_qdot_x86_tables *t = tables(type, isa);
+    return t && t->unpack[type] ? t->rows : NULL;
+}
+
+pd_unpack_fn *pd_unpack_get(uint32_t type, enum pd_isa isa)
+{
+    const struct pd_qdot_x86_tables *t = tables(type, isa);
+    return t ? t->unpack[type] : NULL;
 }
 
 bool pd_isa_runs(enum pd_isa isa)

@@ -24,6 +24,7 @@
 #define PD_QDOT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define PD_Q8_BLOCK 32
@@ -51,10 +52,26 @@ typedef float pd_qdot_fn(const void *w, const void *x, uint32_t k);
 /* x (k floats, k a multiple of 32) -> q (k / 32 blocks), round to nearest */
 void pd_q8_quantize(const float *x, struct pd_q8 *q, uint32_t k);
 
-/* The dot for a weight type on an ISA; NULL when the type has none here
- * (F32: kernels/matmul.c uses OpenBLAS) or the ISA is not built in. */
+/* The dot for a weight type on an ISA, with 8-bit activations (x: pd_q8
+ * blocks) for quantized types and float ones for F16 / BF16; NULL when the
+ * type has none here (F32: kernels/matmul.c uses OpenBLAS). */
 pd_qdot_fn *pd_qdot_get(uint32_t type, enum pd_isa isa);
-/* Whether type's dot takes pd_q8 activations (quantized types) */
+/* The dot for a weight type on an ISA with float activations (x: float[k]),
+ * the weights unpacked to float a chunk at a time in L1; NULL as above */
+pd_qdot_fn *pd_qdotf_get(uint32_t type, enum pd_isa isa);
+/* Rows to float, k elements of type (a multiple of its block): the same
+ * values as pd_dequant_row, bit for bit; NULL as above */
+typedef void pd_unpack_fn(const void *w, float *out, uint32_t k);
+pd_unpack_fn *pd_unpack_get(uint32_t type, enum pd_isa isa);
+/* y[i * y_stride] = (row w of k elements of type) . x[i * x_stride .. + k)
+ * for i < m <= PD_QDOT_MAX_ROWS, float activations: the row unpacked once
+ * for the whole batch (matmul's small batches) */
+#define PD_QDOT_MAX_ROWS 32
+typedef void pd_qdot_rows_fn(uint32_t type, const void *w, const float *x, size_t x_stride,
+                             uint32_t m, uint32_t k, float *y, size_t y_stride);
+/* NULL for F32 or an ISA not built in */
+pd_qdot_rows_fn *pd_qdot_rows_get(uint32_t type, enum pd_isa isa);
+/* Whether type's pd_qdot_get dot takes pd_q8 activations (quantized types) */
 bool pd_qdot_takes_q8(uint32_t type);
 /* The best ISA this CPU runs (CPUID), lowered by PD_CPU_ISA; decided once */
 enum pd_isa pd_isa_best(void);
@@ -62,9 +79,14 @@ enum pd_isa pd_isa_best(void);
 bool pd_isa_runs(enum pd_isa isa);
 const char *pd_isa_name(enum pd_isa isa);
 
-/* qdot_x86.c: the versions for one ISA, by type id (NULL: none); NULL table
- * when not built for x86-64 */
-typedef pd_qdot_fn *const pd_qdot_table[31];
-const pd_qdot_table *pd_qdot_x86(enum pd_isa isa);
+/* qdot_x86.c: one ISA's versions, by type id (NULL: none); NULL when not
+ * built for x86-64 */
+struct pd_qdot_x86_tables {
+    pd_qdot_fn *q8[31]; /* pd_qdot_get's */
+    pd_qdot_fn *f32[31]; /* pd_qdotf_get's */
+    pd_unpack_fn *unpack[31];
+    pd_qdot_rows_fn *rows; /* for every type with an unpack */
+};
+const struct pd_qdot_x86_tables *pd_qdot_x86(enum pd_isa isa);
 
 #endif

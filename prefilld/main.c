@@ -34,7 +34,8 @@ struct pf_cfg {
     int load_format;
     char *model_shape;
     int64_t seed;
-    int device, gpu_weight_dtype;
+    int device, gpu_weight_dtype, cpu_weight_dtype;
+    int64_t threads;
     double gpu_memory_utilization;
     bool cuda_graphs;
     uint64_t kv_staging_memory;

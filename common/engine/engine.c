@@ -16,6 +16,7 @@
 
 const char *const pd_engine_devices[] = {"auto", "cpu", "cuda", NULL};
 const char *const pd_engine_gpu_weight_dtypes[] = {"bf16", "f32", NULL};
+const char *const pd_engine_cpu_weight_dtypes[] = {"stored", "stored-q8", "f32", NULL};
 
 uint32_t pd_engine_gpu_weight_dtype(int choice)
 {

@@ -59,6 +59,15 @@
 /* Where the engine runs. PD_DEVICE_CPU (0) is the default. */
 enum pd_device { PD_DEVICE_CPU = 0, PD_DEVICE_CUDA = 1 };
 
+/* How the CPU engine keeps and multiplies its weight matrices
+ * (--cpu-weight-dtype; docs/internals/quant.md) */
+enum pd_cpu_weights {
+    PD_CPU_W_STORED = 0, /* as the model stores them, float activations */
+    PD_CPU_W_STORED_Q8, /* as stored, activations quantized to 8 bits per block of 32 for
+                         * small batches (llama.cpp's numbers: faster, further from float) */
+    PD_CPU_W_F32, /* dequantized to fp32 at load (5x the memory; the golden tests' numbers) */
+};
+
 struct pd_engine_params {
     const struct pd_model *model; /* must outlive the engine */
     enum pd_device device; /* CUDA: weights, activations and the KV pool in device memory */
@@ -81,6 +90,9 @@ struct pd_engine_params {
                                 * of max_model_len, at least 1 GiB */
     bool no_cuda_graphs; /* CUDA: decode steps as plain launches, not graph replays
                           * (--no-cuda-graphs; vLLM's --enforce-eager) */
+    enum pd_cpu_weights cpu_weights; /* CPU: --cpu-weight-dtype */
+    uint32_t cpu_threads; /* CPU: the kernels' threads (--threads); 0: the CPUs this process
+                           * may run on, at most 16 */
 };
 
 /* --kv-cache-dtype's choices (PD_CFG_ENUM, NULL-terminated) and the type of
@@ -94,6 +106,8 @@ uint32_t pd_engine_kv_dtype(int choice);
  * one log line). -ENODEV with the reason when cuda is asked for and there is
  * none; *out untouched then. */
 extern const char *const pd_engine_devices[];
+/* --cpu-weight-dtype's choices (stored, stored-q8, f32: enum pd_cpu_weights) */
+extern const char *const pd_engine_cpu_weight_dtypes[];
 /* --gpu-weight-dtype's choices (bf16, f32) and the type of choice i */
 extern const char *const pd_engine_gpu_weight_dtypes[];
 uint32_t pd_engine_gpu_weight_dtype(int choice);
@@ -111,7 +125,8 @@ uint32_t pd_engine_gpu_weight_dtype(int choice);
 /* The device options of a program that runs an engine where it likes
  * (decoded, prefilld, pdserve-generate): entries of a common/base/cfg option table
  * for a config struct T with int device, int gpu_weight_dtype, double
- * gpu_memory_utilization and bool cuda_graphs. */
+ * gpu_memory_utilization, bool cuda_graphs, int cpu_weight_dtype and int64_t
+ * threads. */
 #define PD_ENGINE_DEVICE_CFG(T)                                                                    \
     PD_CFG_ENUM("device", T, device, "auto", pd_engine_devices,                                    \
                 "where the engine runs (auto: CUDA when usable, else the CPU)"),                   \
@@ -123,7 +138,13 @@ uint32_t pd_engine_gpu_weight_dtype(int choice);
                   "what the weights leave (0: the pool is --kv-cache-memory)"),                   \
     PD_CFG_BOOL("cuda-graphs", T, cuda_graphs, "true",                                             \
                 "on the GPU, replay decode steps as CUDA graphs (one per batch size, captured "    \
-                "on first use); false: plain launches (vLLM's --enforce-eager)")
+                "on first use); false: plain launches (vLLM's --enforce-eager)"),                 \
+    PD_CFG_ENUM("cpu-weight-dtype", T, cpu_weight_dtype, "stored", pd_engine_cpu_weight_dtypes,    \
+                "on the CPU, the weight matrices: stored (as the model file keeps them), "         \
+                "stored-q8 (and 8-bit activations in small batches: faster, further from the "     \
+                "float model) or f32 (dequantized at load: 5x the memory)"),                       \
+    PD_CFG_INT("threads", T, threads, "0", 0, 16,                                                  \
+               "on the CPU, the engine's threads (0: the CPUs this process may run on)")
 int pd_engine_pick_device(int choice, enum pd_device *out, char *why, size_t n);
 
 /* The engine parameters those options set, from a config value c of such a
@@ -134,7 +155,8 @@ int pd_engine_pick_device(int choice, enum pd_device *out, char *why, size_t n);
     .kv_dtype = pd_engine_kv_dtype((c).kv_cache_dtype), .block_size = (uint32_t)(c).block_size
 #define PD_ENGINE_DEVICE_PARAMS(c)                                                                 \
     .gpu_weight_dtype = pd_engine_gpu_weight_dtype((c).gpu_weight_dtype),                          \
-    .gpu_memory_utilization = (c).gpu_memory_utilization, .no_cuda_graphs = !(c).cuda_graphs
+    .gpu_memory_utilization = (c).gpu_memory_utilization, .no_cuda_graphs = !(c).cuda_graphs,      \
+    .cpu_weights = (enum pd_cpu_weights)(c).cpu_weight_dtype, .cpu_threads = (uint32_t)(c).threads
 
 struct pd_batch_item {
     struct pd_kvseq *seq;

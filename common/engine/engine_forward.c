@@ -27,7 +27,8 @@ static int mm(const struct fwd *f, float *y, const float *x, const struct pd_mat
 {
     struct pd_matmul_args a = {.y = y, .x = x, .w = w->data, .m = m, .n = n, .k = k,
                                .accumulate = accumulate, .w_type = w->type,
-                               .x_scratch = f->e->xs};
+                               .x_scratch = f->e->xs, .pool = f->e->pool, .ws = f->e->mm_ws,
+                               .isa = f->e->isa, .act_q8 = f->e->act_q8};
     return f->k->matmul(&a, f->s);
 }
 
@@ -94,7 +95,8 @@ static int attend(const struct fwd *f, uint32_t l)
                              .workspace_bytes = e->attn_ws_bytes,
                              .run_start = e->ix.runs,
                              .n_runs = f->n_runs,
-                             .max_run = f->max_run};
+                             .max_run = f->max_run,
+                             .threads = e->pool};
     return f->k->attention(&a, f->s);
 }
 

@@ -34,8 +34,8 @@
 #define LOGIT_ROWS 64
 
 /* A weight matrix as a backend placed it: where it is (host or device) and
- * its element type there (each matrix its own: F32 on the CPU today; BF16
- * or F32 on a GPU; quantized types as kernels learn them). */
+ * its element type there (each matrix its own: on the CPU as the model
+ * stores it, or F32; BF16 or F32 on a GPU). */
 struct pd_mat {
     const void *data; /* (rows, cols) row-major in `type` */
     uint32_t type;
@@ -127,7 +127,7 @@ struct pd_engine {
     struct pd_mat w_out; /* (n_vocab, n_embd) */
     const float *rope_factors; /* (rope_dim / 2) or NULL */
     float rope_scale;
-    void **owned; /* dequantized weights (float) this engine allocated */
+    void **owned; /* dequantized weights (float) this engine allocated (CPU: f32 mode) */
     size_t n_owned;
     void **dev; /* device memory this engine allocated */
     size_t n_dev;
@@ -179,6 +179,10 @@ struct pd_engine {
     void *xs; /* (max(T, LOGIT_ROWS), max(n_embd, n_head * head_dim, n_ff)) bf16: a GEMM's x
                * rounded for bf16 matrices (GPU) */
     void *attn_ws; /* decode attention's split partials (GPU) */
+    struct pd_pool *pool; /* CPU: the kernels' threads (common/base/parallel) */
+    void *mm_ws; /* CPU: the matmul's workspace (pd_matmul_cpu_ws_bytes) */
+    int isa; /* CPU: the dots' enum pd_isa (kernels/qdot) */
+    bool act_q8; /* CPU: 8-bit activations in the dots (PD_CPU_W_STORED_Q8) */
     uint64_t attn_ws_bytes;
     uint32_t *out_item, *out_row; /* (T): which item / logits row each output row is */
     char note[320]; /* a line for the caller's log (pd_engine_take_note), "" when none */

@@ -93,7 +93,7 @@ static int check_shape(const struct pd_tensor *t, uint64_t ne0, uint64_t ne1, ch
     if (!pd_dtype_supported(t->type))
         return pd_errf(err, errlen, -ENOTSUP,
                        "model: tensor %s has type %s, which this build cannot compute "
-                       "with (F32, F16, BF16, Q8_0, Q4_0, Q4_1 are supported)",
+                       "with (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K are supported)",
                        t->name, pd_dtype_name(t->type));
     return 0;
 }

@@ -56,7 +56,8 @@ struct gen_cfg {
     int64_t max_model_len;
     int log_level;
     int device;
-    int gpu_weight_dtype;
+    int gpu_weight_dtype, cpu_weight_dtype;
+    int64_t threads;
     double gpu_memory_utilization;
     bool cuda_graphs;
 };

@@ -1,22 +1,29 @@
-/* engine_bench: CPU engine throughput, single-threaded beside all cores in one
- * run, so the table shows what the threads buy (a timing never decides a test).
+/* engine_bench: the CPU engine beside llama.cpp on the same GGUF, same
+ * threads, in one run (a timing never decides a test; docs/perf.md).
  *
- *   build/tests/bench/engine_bench MODEL.gguf
+ *   tests/bench/llama_cpp_build.sh      # llama.cpp into ~/.cache/pdserve (once)
+ *   build/tests/bench/engine_bench --threads 2 \
+ *       --llama-cpp ~/.cache/pdserve/llama.cpp-0.3.36/bin MODEL.gguf
  *   build/tests/bench/engine_bench --load-format dummy --model-shape smollm2-135m
  *
- * Prefill: tokens/s for whole prompts of --prefill lengths (default 128, 512,
- * 2048; chunks of --max-num-batched-tokens). Decode: tokens/s of steps
- * advancing a batch of --batches sequences (default 1, 8, 32), each with a
- * 128-token context, and the memory bandwidth a decode step achieves (bytes of
- * weights and KV it must read / its time) beside a memcpy measured in the same
- * run. Peak RSS last. Medians of --repeat runs.
+ * Prefill: tokens/s of whole prompts of --prefill lengths (default 512;
+ * llama-bench -p N -n 0). Decode: tokens/s of --steps steps advancing a batch
+ * of --batches sequences (default 1, 8, 32) from --ctx-token contexts
+ * (llama-batched-bench -npp CTX -ntg STEPS -npl B, its S_TG). Each figure is
+ * the median of --repeat runs, ours and theirs interleaved (ours, theirs,
+ * ours, ...), with the spread (min-max); the ratio is ours over theirs.
+ * Then the memory bandwidth a decode step achieves (the bytes of weights as
+ * the engine holds them, and of KV, it must read / its time) beside a
+ * memcpy measured in the same run, and the peak RSS before the memcpy.
  */
 #include "bench_util.h"
 #include "cfg.h"
 #include "engine.h"
 #include "model.h"
+#include "parallel.h"
 
-#include <cblas.h>
+#include <stdbool.h>
+
 #include <unistd.h>
 #include <stdio.h>
 #include <sys/resource.h>
@@ -33,6 +40,10 @@ struct bench_cfg {
     int64_t max_batched_tokens;
     struct pd_cfg_list prefill;
     struct pd_cfg_list batches;
+    int64_t ctx, steps;
+    int64_t threads;
+    int cpu_weight_dtype;
+    char *llama_cpp;
 };
 
 static const struct pd_cfg_opt options[] = {
@@ -41,16 +52,23 @@ static const struct pd_cfg_opt options[] = {
                 "a GGUF file, or dummy weights of --model-shape"),
     PD_CFG_STR("model-shape", struct bench_cfg, model_shape, NULL, 4096, "dummy shape"),
     PD_CFG_INT("seed", struct bench_cfg, seed, "1", 0, INT64_MAX, "dummy seed"),
-    PD_CFG_INT("repeat", struct bench_cfg, repeat, "3", 1, 100, "runs per figure (median)"),
+    PD_CFG_INT("repeat", struct bench_cfg, repeat, "5", 1, 100, "runs per figure (median)"),
     PD_CFG_INT("max-num-batched-tokens", struct bench_cfg, max_batched_tokens, "512", 1, 65536,
                "prefill chunk"),
-    PD_CFG_LIST("prefill", struct bench_cfg, prefill, 8, "prompt lengths (default 128, 512, 2048)"),
+    PD_CFG_LIST("prefill", struct bench_cfg, prefill, 8, "prompt lengths (default 512)"),
     PD_CFG_LIST("batches", struct bench_cfg, batches, 8, "decode batch sizes (default 1, 8, 32)"),
+    PD_CFG_INT("ctx", struct bench_cfg, ctx, "128", 1, 4096, "decode: tokens of context"),
+    PD_CFG_INT("steps", struct bench_cfg, steps, "32", 1, 1024, "decode: steps timed"),
+    PD_CFG_INT("threads", struct bench_cfg, threads, "0", 0, 16,
+               "the engine's threads, and llama.cpp's (0: the CPUs this process may use)"),
+    PD_CFG_ENUM("cpu-weight-dtype", struct bench_cfg, cpu_weight_dtype, "stored",
+                pd_engine_cpu_weight_dtypes, "the engine's weight matrices"),
+    PD_CFG_STR("llama-cpp", struct bench_cfg, llama_cpp, NULL, 4096,
+               "llama.cpp's bin directory (tests/bench/llama_cpp_build.sh): compare with it"),
     PD_CFG_END,
 };
 
-/* GEMMs (OpenBLAS) are where the engine's threads are */
-static void set_threads(int n) { openblas_set_num_threads(n); }
+static uint32_t g_ctx = 128, g_steps = 32;
 
 /* seconds for one whole-prompt prefill of n tokens */
 static double time_prefill(struct pd_engine *e, uint32_t n)
@@ -74,10 +92,10 @@ static double time_prefill(struct pd_engine *e, uint32_t n)
     return dt;
 }
 
-/* seconds per decode step of a batch of b sequences with 128-token contexts */
+/* seconds per decode step of a batch of b sequences from g_ctx-token contexts */
 static double time_decode(struct pd_engine *e, uint32_t b)
 {
-    enum { CTX = 128, STEPS = 8 };
+    const uint32_t CTX = g_ctx, STEPS = g_steps;
     struct slot {
         struct pd_kvseq seq;
         int32_t next; /* the token each step appends */
@@ -85,7 +103,7 @@ static double time_decode(struct pd_engine *e, uint32_t b)
     uint32_t V = pd_engine_n_vocab(e);
     struct slot *s = calloc(b, sizeof(*s));
     struct pd_batch_item *it = calloc(b, sizeof(*it)); /* (b) the step's items, item i on s[i] */
-    int32_t tok[CTX];
+    int32_t *tok = malloc(CTX * sizeof(int32_t));
     float *logits = malloc((size_t)b * V * sizeof(float));
     char err[256];
     for (uint32_t i = 0; i < b; i++) {
@@ -99,7 +117,7 @@ static double time_decode(struct pd_engine *e, uint32_t b)
                                        .n_logits = 1, .logits = logits + (size_t)i * V};
     }
     double t0 = bench_now();
-    for (int k = 0; k < STEPS; k++)
+    for (uint32_t k = 0; k < STEPS; k++)
         if (pd_engine_step(e, it, b, err, sizeof(err)) < 0) {
             fprintf(stderr, "engine_bench: %s\n", err);
             exit(1);
@@ -110,18 +128,27 @@ static double time_decode(struct pd_engine *e, uint32_t b)
     free(s);
     free(it);
     free(logits);
+    free(tok);
     return dt;
 }
 
-/* Bytes one decode step must read per sequence-independent part (the fp32
- * weights the engine multiplies with; the embedding only a row) and per
- * context token (its K and V in every layer). */
-static double step_weight_bytes(const struct pd_hparams *hp)
+/* Bytes one decode step must read whatever the batch: the weights as the
+ * engine holds them (stored, or fp32), the embedding only a row unless the
+ * output is tied to it */
+static double step_weight_bytes(const struct pd_model *m, bool f32)
 {
-    double e = hp->n_embd, q = (double)hp->n_head * hp->head_dim;
-    double kv = (double)hp->n_head_kv * hp->head_dim, f = hp->n_ff;
-    double layer = 2 * e + e * q + 2 * e * kv + q * e + 3 * e * f;
-    return 4.0 * (hp->n_layer * layer + (double)hp->n_vocab * e + e);
+    const struct pd_tensor *embd = pd_model_tok_embd(m);
+    double bytes = 0;
+    for (size_t i = 0; i < pd_model_n_tensors(m); i++) {
+        const struct pd_tensor *t = pd_model_tensor_at(m, i);
+        const double n = (double)t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+        const double b = f32 ? 4 * n : (double)t->nbytes;
+        if (t == embd && !pd_model_hparams(m)->tied_output)
+            bytes += b / t->ne[1];
+        else
+            bytes += b;
+    }
+    return bytes;
 }
 
 static double kv_bytes_per_token(const struct pd_hparams *hp)
@@ -156,24 +183,73 @@ static uint32_t list_item(const struct pd_cfg_list *l, size_t i, const uint32_t 
     return i < l->n ? (uint32_t)strtoul(l->items[i], NULL, 10) : 0;
 }
 
-static double median_of(double (*fn)(struct pd_engine *, uint32_t), struct pd_engine *e,
-                        uint32_t arg, int repeat)
+/* ---- llama.cpp, run as its own programs: one figure per run */
+
+/* the number after "key": in the first line of cmd's output that has it; < 0 none */
+static double run_for(const char *cmd, const char *key, bool csv_last)
 {
-    double v[100];
-    for (int r = 0; r < repeat; r++)
-        v[r] = fn(e, arg);
-    qsort(v, (size_t)repeat, sizeof(double), bench_cmp_double);
-    return v[repeat / 2];
+    FILE *f = popen(cmd, "r");
+    if (!f)
+        return -1;
+    char line[8192];
+    double v = -1;
+    while (fgets(line, sizeof(line), f)) {
+        if (csv_last) { /* llama-bench -o csv: avg_ts is the second-last field */
+            char *last = strrchr(line, ','), *prev;
+            if (!last || strncmp(line, "build_commit", 12) == 0)
+                continue;
+            *last = '\0';
+            prev = strrchr(line, ',');
+            if (prev && prev[1] == '"')
+                v = strtod(prev + 2, NULL);
+            continue;
+        }
+        char *k = strstr(line, key);
+        if (k && v < 0)
+            v = strtod(k + strlen(key), NULL);
+    }
+    return pclose(f) == 0 ? v : -1;
 }
 
-/* median_of on one thread (*t1) and on nmax threads (*tn) */
-static void median_1_and_n(double (*fn)(struct pd_engine *, uint32_t), struct pd_engine *e,
-                           uint32_t arg, int repeat, int nmax, double *t1, double *tn)
+/* llama.cpp's tokens/s for prefill of n (batch 0) or decode of batch b */
+static double llama_tps(const struct bench_cfg *c, const char *model, int threads, uint32_t n,
+                        uint32_t b)
 {
-    set_threads(1);
-    *t1 = median_of(fn, e, arg, repeat);
-    set_threads(nmax);
-    *tn = median_of(fn, e, arg, repeat);
+    char cmd[8192];
+    if (!b) {
+        snprintf(cmd, sizeof(cmd), "'%s/llama-bench' -m '%s' -t %d -p %u -n 0 -r 1 -o csv "
+                 "2>/dev/null", c->llama_cpp, model, threads, n);
+        return run_for(cmd, NULL, true);
+    }
+    snprintf(cmd, sizeof(cmd), "'%s/llama-batched-bench' -m '%s' -t %d -c %u -b 2048 -ub 512 "
+             "-npp %u -ntg %u -npl %u --output-format jsonl 2>/dev/null", c->llama_cpp, model,
+             threads, (g_ctx + g_steps) * b + 16, g_ctx, g_steps, b);
+    return run_for(cmd, "\"speed_tg\": ", false);
+}
+
+struct figure {
+    double ours[100], theirs[100];
+};
+
+static double med(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof(double), bench_cmp_double);
+    return v[n / 2];
+}
+
+static void print_row(const char *work, struct figure *f, int n, bool llama)
+{
+    char a[64], b[64] = "";
+    const double mo = med(f->ours, n);
+    snprintf(a, sizeof(a), "%8.1f (%.1f-%.1f)", mo, f->ours[0], f->ours[n - 1]);
+    if (llama) {
+        const double mt = med(f->theirs, n);
+        snprintf(b, sizeof(b), "%8.1f (%.1f-%.1f)", mt, f->theirs[0], f->theirs[n - 1]);
+        printf("%-22s %-26s %-26s %6.2fx\n", work, a, b, mo / mt);
+    } else {
+        printf("%-22s %-26s\n", work, a);
+    }
+    fflush(stdout);
 }
 
 int main(int argc, char **argv)
@@ -194,7 +270,8 @@ int main(int argc, char **argv)
         pd_cfg_done(options, &c);
         return rc < 0 ? 2 : 0;
     }
-    struct pd_model_params mp = {.path = a.n_positional ? a.positional[0] : c.model,
+    const char *path = a.n_positional ? a.positional[0] : c.model;
+    struct pd_model_params mp = {.path = path,
                                  .load_format = (enum pd_load_format)c.load_format,
                                  .shape = c.model_shape, .seed = (uint64_t)c.seed};
     struct pd_model *m = NULL;
@@ -202,53 +279,88 @@ int main(int argc, char **argv)
         fprintf(stderr, "engine_bench: %s\n", err);
         return 1;
     }
-    struct pd_engine_params ep = {.model = m, .kv_cache_bytes = 3ull << 30,
+    const bool llama = c.llama_cpp != NULL;
+    if (llama && (mp.load_format == PD_LOAD_DUMMY || !path)) {
+        fprintf(stderr, "engine_bench: --llama-cpp needs a GGUF file\n");
+        return 2;
+    }
+    g_ctx = (uint32_t)c.ctx, g_steps = (uint32_t)c.steps;
+    const int threads = c.threads ? (int)c.threads : (int)pd_parallel_count(PD_PARALLEL_MAX);
+    struct pd_engine_params ep = {.model = m, .kv_cache_bytes = 1ull << 30,
                                   .max_batched_tokens = (uint32_t)c.max_batched_tokens,
                                   .max_model_len = 4096 < pd_model_hparams(m)->n_ctx_train
-                                                       ? 4096 : pd_model_hparams(m)->n_ctx_train};
+                                                       ? 4096 : pd_model_hparams(m)->n_ctx_train,
+                                  .cpu_weights = (enum pd_cpu_weights)c.cpu_weight_dtype,
+                                  .cpu_threads = (uint32_t)threads};
     struct pd_engine *e = NULL;
     if (pd_engine_new(&ep, &e, err, sizeof(err)) < 0) {
         fprintf(stderr, "engine_bench: %s\n", err);
         return 1;
     }
-    int nmax = (int)sysconf(_SC_NPROCESSORS_ONLN);
-    int repeat = (int)c.repeat;
-    printf("model %s, %d cores, medians of %d, prefill chunks of %lld tokens\n",
-           pd_model_name(m), nmax, repeat, (long long)c.max_batched_tokens);
-    printf("%-22s %14s %14s %8s\n", "work", "1 thread", "all threads", "ratio");
-    static const uint32_t plen[] = {128, 512, 2048}, batch[] = {1, 8, 32};
+    char note[320];
+    if (pd_engine_take_note(e, note, sizeof(note)))
+        printf("%s\n", note);
+    const int repeat = (int)c.repeat;
+    printf("model %s, %d threads%s, medians of %d%s (min-max), prefill chunks of %lld, decode "
+           "from %u-token contexts, %u steps\n", pd_model_name(m), threads,
+           llama ? " each" : "", repeat, llama ? " interleaved" : "",
+           (long long)c.max_batched_tokens, g_ctx, g_steps);
+    printf("%-22s %-26s %-26s %7s\n", "work (tok/s)", "pdserve", llama ? "llama.cpp" : "",
+           llama ? "ratio" : "");
+    static const uint32_t plen[] = {512}, batch[] = {1, 8, 32};
+    struct figure f;
+    char work[64];
     for (size_t i = 0; i < 8; i++) {
-        uint32_t n = list_item(&c.prefill, i, plen, 3);
+        uint32_t n = list_item(&c.prefill, i, plen, 1);
         if (n == 0 || n > pd_engine_max_model_len(e))
             continue;
-        double t1, tn;
-        median_1_and_n(time_prefill, e, n, repeat, nmax, &t1, &tn);
-        printf("prefill %5u tok/s     %14.1f %14.1f %7.2fx\n", n, n / t1, n / tn, t1 / tn);
+        for (int r = 0; r < repeat; r++) {
+            f.ours[r] = n / time_prefill(e, n);
+            if (llama && (f.theirs[r] = llama_tps(&c, path, threads, n, 0)) <= 0) {
+                fprintf(stderr, "engine_bench: llama-bench failed\n");
+                return 1;
+            }
+        }
+        snprintf(work, sizeof(work), "prefill %u", n);
+        print_row(work, &f, repeat, llama);
     }
     const struct pd_hparams *hp = pd_model_hparams(m);
-    double mc = memcpy_bw(repeat);
-    char bw[8][96];
+    char bw[8][128];
     int n_bw = 0;
+    const double wbytes = step_weight_bytes(m, c.cpu_weight_dtype == PD_CPU_W_F32);
+    double step_s[8];
+    uint32_t bs[8];
     for (size_t i = 0; i < 8; i++) {
         uint32_t b = list_item(&c.batches, i, batch, 3);
         if (b == 0)
             continue;
-        double t1, tn;
-        median_1_and_n(time_decode, e, b, repeat, nmax, &t1, &tn);
-        printf("decode batch %2u tok/s  %14.1f %14.1f %7.2fx\n", b, b / t1, b / tn, t1 / tn);
-        double bytes = step_weight_bytes(hp) + b * 129.0 * kv_bytes_per_token(hp);
-        snprintf(bw[n_bw++], sizeof(bw[0]), "decode batch %2u        %8.2f GB/s   %5.2f of memcpy",
-                 b, bytes / tn / 1e9, bytes / tn / mc);
+        for (int r = 0; r < repeat; r++) {
+            f.ours[r] = b / time_decode(e, b);
+            if (llama && (f.theirs[r] = llama_tps(&c, path, threads, 0, b)) <= 0) {
+                fprintf(stderr, "engine_bench: llama-batched-bench failed\n");
+                return 1;
+            }
+        }
+        snprintf(work, sizeof(work), "decode batch %u", b);
+        print_row(work, &f, repeat, llama);
+        step_s[n_bw] = b / med(f.ours, repeat);
+        bs[n_bw++] = b;
     }
-    printf("\nmemory bandwidth (bytes a decode step reads / its time, all threads)\n");
-    printf("memcpy (512 MiB, 1 thread) %8.2f GB/s\n", mc / 1e9);
-    for (int i = 0; i < n_bw; i++)
-        printf("%s\n", bw[i]);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    printf("peak RSS %.1f MiB (weights as loaded %.1f MiB, fp32 as computed %.1f MiB)\n",
-           ru.ru_maxrss / 1024.0, pd_model_weight_bytes(m) / 1048576.0,
-           step_weight_bytes(hp) / 1048576.0);
+    const double rss = ru.ru_maxrss / 1024.0;
+    const double mc = memcpy_bw(repeat);
+    printf("\nmemory bandwidth (bytes a decode step reads / its time)\n");
+    printf("memcpy (512 MiB, 1 thread) %8.2f GB/s\n", mc / 1e9);
+    for (int i = 0; i < n_bw; i++) {
+        const double bytes = wbytes + bs[i] * (g_ctx + g_steps / 2.0) * kv_bytes_per_token(hp);
+        snprintf(bw[i], sizeof(bw[0]), "decode batch %2u        %8.2f GB/s   %5.2f of memcpy "
+                 "(%.1f MiB a step)", bs[i], bytes / step_s[i] / 1e9, bytes / step_s[i] / mc,
+                 bytes / 1048576.0);
+        printf("%s\n", bw[i]);
+    }
+    printf("peak RSS before the memcpy %.1f MiB (weights as stored %.1f MiB, as the engine holds "
+           "them %.1f MiB)\n", rss, pd_model_weight_bytes(m) / 1048576.0, wbytes / 1048576.0);
     pd_engine_free(e);
     pd_model_free(m);
     pd_cfg_done(options, &c);

@@ -37,6 +37,6 @@ mkdir -p "$OUT/bin.tmp"
 for t in llama-bench llama-batched-bench llama-quantize; do
     cp "$work/build/bin/$t" "$OUT/bin.tmp/"
 done
-(cd "$src" && git rev-parse HEAD 2>/dev/null || echo "sdist $VERSION") >"$OUT/bin.tmp/VERSION"
+echo "llama-cpp-python $VERSION sdist, vendor/llama.cpp" >"$OUT/bin.tmp/VERSION"
 rm -rf "$OUT/bin" && mv "$OUT/bin.tmp" "$OUT/bin"
 echo "llama.cpp built in $OUT/bin"

@@ -11,6 +11,7 @@
 #include "quant.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -70,15 +71,16 @@ static float *rand_floats(size_t n)
 }
 
 /* What the dot of row w with x computes, in double: the dequantized weights
- * times the activations as the dot sees them (quantized for Q types), and
- * the sum of |terms| the float error is relative to */
-static double ref_dot(uint32_t type, const void *w, const float *x, uint32_t k, double *mag)
+ * times the activations as the dot sees them (quantized for Q types when
+ * q8), and the sum of |terms| the float error is relative to */
+static double ref_dot(uint32_t type, bool q8, const void *w, const float *x, uint32_t k,
+                      double *mag)
 {
     float *wf = malloc(k * sizeof(float)), *xf = malloc(k * sizeof(float));
     struct pd_q8 *xq = malloc(k / 32 * sizeof(*xq) + 1);
     CHECK_EQ_INT(pd_dequant_row(type, w, wf, k), 0);
     memcpy(xf, x, k * sizeof(float));
-    if (pd_qdot_takes_q8(type)) {
+    if (q8 && pd_qdot_takes_q8(type)) {
         pd_q8_quantize(x, xq, k);
         for (uint32_t i = 0; i < k; i++)
             xf[i] = xq[i / 32].d * xq[i / 32].q[i % 32];
@@ -120,42 +122,77 @@ static void q8_quantize_rounds_within_half_a_step(void)
     CHECK(q[2].d == 0 && q[2].sum == 0);
 }
 
+/* Both kinds of dot (8-bit and float activations) on every ISA this CPU
+ * runs, every type, lengths of whole blocks with tails of chunks */
 static void qdot_every_isa_matches_reference_on_every_type(void)
 {
     int tested = 0;
     for (int isa = 0; isa < PD_ISA_COUNT; isa++) {
         if (!pd_isa_runs((enum pd_isa)isa))
             continue;
-        for (size_t t = 0; t < sizeof(types) / sizeof(types[0]); t++) {
-            const uint32_t type = types[t];
-            pd_qdot_fn *dot = pd_qdot_get(type, (enum pd_isa)isa);
-            if (type == PD_DT_F32) {
-                CHECK(dot == NULL); /* sgemm's */
-                continue;
+        for (size_t t = 0; t < sizeof(types) / sizeof(types[0]); t++)
+            for (int q8 = 0; q8 < 2; q8++) {
+                const uint32_t type = types[t];
+                pd_qdot_fn *dot = q8 ? pd_qdot_get(type, (enum pd_isa)isa)
+                                     : pd_qdotf_get(type, (enum pd_isa)isa);
+                if (type == PD_DT_F32) {
+                    CHECK(dot == NULL); /* sgemm's */
+                    continue;
+                }
+                CHECK(dot != NULL);
+                const uint32_t block =
+                    pd_dtype_info(type)->block < 32 ? 32 : pd_dtype_info(type)->block;
+                for (uint32_t k = block; k <= 6 * 256;
+                     k += block * (1 + (uint32_t)(rnd64() % 3))) {
+                    void *w = rand_rows(type, 1, k);
+                    float *x = rand_floats(k);
+                    struct pd_q8 *xq = malloc(k / 32 * sizeof(*xq));
+                    pd_q8_quantize(x, xq, k);
+                    double mag, want = ref_dot(type, q8, w, x, k, &mag);
+                    double got = dot(w, q8 && pd_qdot_takes_q8(type) ? (const void *)xq : x, k);
+                    if (!(fabs(got - want) <= 1e-5 * mag + 1e-30))
+                        PD_TEST_FAIL_("%s on %s (%s activations), k %u: got %.9g, reference "
+                                      "%.9g (terms %.3g)", pd_dtype_name(type),
+                                      pd_isa_name((enum pd_isa)isa), q8 ? "8-bit" : "float", k,
+                                      got, want, mag);
+                    free(w);
+                    free(x);
+                    free(xq);
+                    tested++;
+                }
             }
-            CHECK(dot != NULL);
-            const uint32_t block = pd_dtype_info(type)->block < 32 ? 32 : pd_dtype_info(type)->block;
-            for (uint32_t k = block; k <= 6 * 256; k += block * (1 + (uint32_t)(rnd64() % 3))) {
-                void *w = rand_rows(type, 1, k);
-                float *x = rand_floats(k);
-                struct pd_q8 *xq = malloc(k / 32 * sizeof(*xq));
-                pd_q8_quantize(x, xq, k);
-                double mag, want = ref_dot(type, w, x, k, &mag);
-                double got = dot(w, pd_qdot_takes_q8(type) ? (const void *)xq : x, k);
-                if (!(fabs(got - want) <= 1e-5 * mag + 1e-30))
-                    PD_TEST_FAIL_("%s on %s, k %u: got %.9g, reference %.9g (terms %.3g)",
-                                  pd_dtype_name(type), pd_isa_name((enum pd_isa)isa), k, got,
-                                  want, mag);
-                free(w);
-                free(x);
-                free(xq);
-                tested++;
-            }
-        }
         printf("  %s: every type checked\n", pd_isa_name((enum pd_isa)isa));
     }
     CHECK(tested > 0);
     CHECK(pd_isa_runs(pd_isa_best()));
+}
+
+/* The unpackers the tiles and float dots use write what pd_dequant_row
+ * writes (checked against the gguf package by test_quant), bit for bit */
+static void unpack_every_isa_equals_dequant_bit_for_bit(void)
+{
+    for (int isa = 0; isa < PD_ISA_COUNT; isa++) {
+        if (!pd_isa_runs((enum pd_isa)isa))
+            continue;
+        for (size_t t = 0; t + 1 < sizeof(types) / sizeof(types[0]); t++) {
+            const uint32_t type = types[t], k = 3 * 256 + (pd_dtype_info(type)->block == 1 ? 5 : 0);
+            pd_unpack_fn *unpack = pd_unpack_get(type, (enum pd_isa)isa);
+            CHECK(unpack != NULL);
+            void *w = rand_rows(type, 1, k);
+            float *want = malloc(k * sizeof(float)), *got = malloc(k * sizeof(float));
+            CHECK_EQ_INT(pd_dequant_row(type, w, want, k), 0);
+            unpack(w, got, k);
+            for (uint32_t i = 0; i < k; i++)
+                if (memcmp(&got[i], &want[i], sizeof(float)) != 0)
+                    PD_TEST_FAIL_("%s on %s [%u]: %.9g, dequant %.9g", pd_dtype_name(type),
+                                  pd_isa_name((enum pd_isa)isa), i, (double)got[i],
+                                  (double)want[i]);
+            free(w);
+            free(want);
+            free(got);
+        }
+    }
+    CHECK(pd_unpack_get(PD_DT_F32, PD_ISA_SCALAR) == NULL);
 }
 
 /* The error the 8-bit activations add, bounded: each x is off by at most
@@ -205,32 +242,23 @@ static void matmul_cpu_matches_reference_on_both_paths(void)
             float *x = rand_floats((size_t)m * k), *y = rand_floats((size_t)m * n);
             float *y0 = malloc((size_t)m * n * sizeof(float));
             memcpy(y0, y, (size_t)m * n * sizeof(float));
-            const int acc = (int)(rnd64() & 1);
+            const int acc = (int)(rnd64() & 1), q8 = (int)(rnd64() & 1);
             struct pd_matmul_args a = {.y = y, .x = x, .w = w, .m = m, .n = n, .k = k,
                                        .accumulate = acc, .pool = mi & 1 ? NULL : pool,
-                                       .w_type = type, .ws = ws, .isa = isa};
+                                       .w_type = type, .ws = ws, .isa = isa, .act_q8 = q8};
             CHECK_EQ_INT(pd_matmul_cpu(&a), 0);
-            const int dots = m <= pd_matmul_qdot_max_m(type) && type != PD_DT_F32;
+            /* only the 8-bit dots see a quantized x */
+            const bool xq = q8 && m <= pd_matmul_dots_max_m(type, true);
             for (uint32_t i = 0; i < m; i++)
                 for (uint32_t r = 0; r < n; r++) {
                     double mag;
-                    double want = ref_dot(type, (const char *)w + r * row, x + (size_t)i * k, k,
-                                          &mag);
-                    if (!dots && pd_qdot_takes_q8(type)) { /* tiles: float x, not quantized */
-                        float *wf = malloc(k * sizeof(float));
-                        CHECK_EQ_INT(pd_dequant_row(type, (const char *)w + r * row, wf, k), 0);
-                        want = mag = 0;
-                        for (uint32_t j = 0; j < k; j++) {
-                            want += (double)wf[j] * x[(size_t)i * k + j];
-                            mag += fabs((double)wf[j] * x[(size_t)i * k + j]);
-                        }
-                        free(wf);
-                    }
+                    double want = ref_dot(type, xq, (const char *)w + r * row, x + (size_t)i * k,
+                                          k, &mag);
                     const double base = acc ? y0[(size_t)i * n + r] : 0;
                     const double got = y[(size_t)i * n + r];
                     if (!(fabs(got - base - want) <= 1e-5 * (mag + fabs(base)) + 1e-30))
                         PD_TEST_FAIL_("%s m %u (%s, %s) y[%u][%u]: got %.9g, want %.9g",
-                                      pd_dtype_name(type), m, dots ? "dots" : "tiles",
+                                      pd_dtype_name(type), m, q8 ? "8-bit x" : "float x",
                                       pd_isa_name((enum pd_isa)isa), i, r, got - base, want);
                 }
             free(w);
@@ -244,13 +272,16 @@ static void matmul_cpu_matches_reference_on_both_paths(void)
 
 static void matmul_cpu_refuses_bad_args(void)
 {
-    float x[256], y[1];
+    float x[512], y[2];
     uint8_t w[210] = {0};
     struct pd_matmul_args a = {.y = y, .x = x, .w = w, .m = 1, .n = 1, .k = 128,
                                .w_type = PD_DT_Q6_K, .ws = NULL};
     CHECK_EQ_INT(pd_matmul_cpu(&a), -EINVAL); /* k not a whole super-block */
-    a.k = 256;
-    CHECK_EQ_INT(pd_matmul_cpu(&a), -EINVAL); /* a quantized W needs the workspace */
+    a.k = 256, a.act_q8 = 1;
+    CHECK_EQ_INT(pd_matmul_cpu(&a), -EINVAL); /* x's 8-bit blocks go in the workspace */
+    a.act_q8 = 0, a.m = PD_QDOT_MAX_ROWS + 1; /* refused before x or y is read */
+    CHECK_EQ_INT(pd_matmul_cpu(&a), -EINVAL); /* and tiles of W */
+    a.m = 1;
     a.w_type = PD_DT_Q5_K;
     CHECK_EQ_INT(pd_matmul_cpu(&a), -EINVAL); /* known, not computed with */
     a.w_type = 4;
@@ -301,6 +332,7 @@ static void pool_runs_every_share_once_spinning_or_asleep(void)
 static const struct pd_test tests[] = {
     PD_TEST(q8_quantize_rounds_within_half_a_step),
     PD_TEST(qdot_every_isa_matches_reference_on_every_type),
+    PD_TEST(unpack_every_isa_equals_dequant_bit_for_bit),
     PD_TEST(qdot_q8_error_within_half_step_bound),
     PD_TEST(matmul_cpu_matches_reference_on_both_paths),
     PD_TEST(matmul_cpu_refuses_bad_args),
