@@ -415,6 +415,8 @@ static int engine_open(struct daemon *d, struct pd_model *m, char *err, size_t e
                                   .max_batch_items = (uint32_t)c->max_num_seqs};
     if ((rc = pd_engine_new(&ep, &d->engine, err, errlen)) < 0)
         return rc;
+    if (pd_engine_describe(d->engine)[0])
+        pd_log(PD_LOG_INFO, "%s", pd_engine_describe(d->engine));
     char note[320];
     if (pd_engine_take_note(d->engine, note, sizeof(note)))
         pd_log(PD_LOG_WARN, "%s", note);

@@ -103,6 +103,14 @@ static void attend_one(const struct pd_attn_args *a, uint32_t t, uint32_t h, flo
  * same sums in another order */
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+static inline float hsum8(__m256 v)
+{
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+    return _mm_cvtss_f32(s4);
+}
+
 static void attend_one_avx2(const struct pd_attn_args *a, uint32_t t, uint32_t h, float *scores)
 {
     const struct pd_kv_geom *l = &a->kv;
@@ -112,24 +120,38 @@ static void attend_one_avx2(const struct pd_attn_args *a, uint32_t t, uint32_t h
     const uint32_t n_ctx = (uint32_t)a->tok_pos[t] + 1;
     const float *q = a->q + ((size_t)t * a->n_head + h) * hd;
     float *o = a->out + ((size_t)t * a->n_head + h) * hd;
-    for (uint32_t j = 0; j < n_ctx; j++) {
+    /* four positions at a time: four independent FMA chains */
+    uint32_t j = 0;
+    for (; j + 4 <= n_ctx; j += 4) {
+        const float *k[4];
+        __m256 acc[4];
+        for (int i = 0; i < 4; i++) {
+            k[i] = a->pool + pd_kv_pos_offset(l, table, j + (uint32_t)i, a->layer, 0, kvh);
+            acc[i] = _mm256_setzero_ps();
+        }
+        for (uint32_t d = 0; d < hd; d += 8) {
+            const __m256 qv = _mm256_loadu_ps(q + d);
+            for (int i = 0; i < 4; i++)
+                acc[i] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k[i] + d), acc[i]);
+        }
+        for (int i = 0; i < 4; i++)
+            scores[j + (uint32_t)i] = hsum8(acc[i]) * a->scale;
+    }
+    for (; j < n_ctx; j++) {
         const float *k = a->pool + pd_kv_pos_offset(l, table, j, a->layer, 0, kvh);
         __m256 acc = _mm256_setzero_ps();
         for (uint32_t d = 0; d < hd; d += 8)
             acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(k + d), acc);
-        __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-        s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
-        scores[j] = _mm_cvtss_f32(s4) * a->scale;
+        scores[j] = hsum8(acc) * a->scale;
     }
     softmax_row(scores, n_ctx);
     for (uint32_t d0 = 0; d0 < hd; d0 += 32) { /* 32 outputs in registers at a time */
         const uint32_t nd = hd - d0 < 32 ? hd - d0 : 32;
         __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                          _mm256_setzero_ps()};
-        for (uint32_t j = 0; j < n_ctx; j++) {
-            const float *v = a->pool + pd_kv_pos_offset(l, table, j, a->layer, 1, kvh) + d0;
-            const __m256 w = _mm256_set1_ps(scores[j]);
+        for (uint32_t pos = 0; pos < n_ctx; pos++) {
+            const float *v = a->pool + pd_kv_pos_offset(l, table, pos, a->layer, 1, kvh) + d0;
+            const __m256 w = _mm256_set1_ps(scores[pos]);
             for (uint32_t g = 0; g < nd / 8; g++)
                 acc[g] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8 * g), acc[g]);
         }
@@ -207,11 +229,11 @@ struct decode_job {
     const struct pd_attn_args *a;
     const uint32_t *tok; /* (n_tok) the tokens attended alone */
     uint32_t n_tok;
-    float *scores; /* need_ctx floats per share */
+    float *scores; /* need_ctx floats per thread */
     size_t need_ctx;
 };
 
-static void decode_share(void *arg, unsigned s, unsigned ns)
+static void decode_share(void *arg, unsigned s, unsigned ns, unsigned thread)
 {
     const struct decode_job *j = arg;
     const uint32_t n_pairs = j->n_tok * j->a->n_head;
@@ -222,7 +244,7 @@ static void decode_share(void *arg, unsigned s, unsigned ns)
         one = attend_one_avx2;
 #endif
     for (uint32_t p = p0; p < n_pairs && p < p0 + per; p++)
-        one(j->a, j->tok[p / j->a->n_head], p % j->a->n_head, j->scores + s * j->need_ctx);
+        one(j->a, j->tok[p / j->a->n_head], p % j->a->n_head, j->scores + thread * j->need_ctx);
 }
 
 int pd_attention_cpu(const struct pd_attn_args *a)

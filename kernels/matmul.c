@@ -55,7 +55,8 @@ struct mm_job {
     size_t tile; /* floats of a share's tile */
 };
 
-/* rows [*r0, *r1) of n for share s of ns, whole cache lines of y apart */
+/* rows [*r0, *r1) of n for share s of ns, whole cache lines of y apart
+ * (shares past the end get none) */
 static void share_rows(uint32_t n, unsigned s, unsigned ns, uint32_t *r0, uint32_t *r1)
 {
     uint32_t per = (n + ns - 1) / ns;
@@ -64,8 +65,9 @@ static void share_rows(uint32_t n, unsigned s, unsigned ns, uint32_t *r0, uint32
     *r1 = *r0 + per < n ? *r0 + per : n;
 }
 
-static void mm_dots(void *arg, unsigned s, unsigned ns)
+static void mm_dots(void *arg, unsigned s, unsigned ns, unsigned thread)
 {
+    (void)thread;
     struct mm_job *j = arg;
     const struct pd_matmul_args *a = j->a;
     uint32_t r0, r1;
@@ -85,14 +87,14 @@ static void mm_dots(void *arg, unsigned s, unsigned ns)
     }
 }
 
-static void mm_gemm(void *arg, unsigned s, unsigned ns)
+static void mm_gemm(void *arg, unsigned s, unsigned ns, unsigned thread)
 {
     struct mm_job *j = arg;
     const struct pd_matmul_args *a = j->a;
     uint32_t r0, r1;
     share_rows(a->n, s, ns, &r0, &r1);
     const uint32_t rows_per = (uint32_t)(j->tile / a->k);
-    float *tile = j->tiles + s * j->tile;
+    float *tile = j->tiles + thread * j->tile; /* the thread's own */
     for (uint32_t r = r0; r < r1; r += rows_per) {
         const uint32_t nr = r1 - r < rows_per ? r1 - r : rows_per;
         const float *wt = (const float *)((const char *)a->w + r * j->w_row);

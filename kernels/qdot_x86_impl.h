@@ -5,6 +5,10 @@
  * the callers keep |u| <= 63 or pair a 128 with a sign-folded operand;
  * AVX-512 VNNI: VPDPBUSD). */
 
+/* a half to float with F16C (exact, as pd_f16_decode, without its branches:
+ * two a block in the hottest loops) */
+#define F16(h) _cvtsh_ss(h)
+
 /* 16 bytes of nibbles -> 32 unsigned bytes in element order (the low
  * nibbles are elements 0..15, the high 16..31) */
 static inline __m256i V(unpack_q4)(const uint8_t *qs)
@@ -36,7 +40,7 @@ static float V(dot_q4_0)(const void *w, const void *x, uint32_t k)
     __m256 acc = _mm256_setzero_ps();
     float off = 0; /* the -8 of every nibble, from the activations' sums */
     for (uint32_t i = 0; i < k / 32; i++) {
-        const float s = pd_f16_decode(b[i].d) * a[i].d;
+        const float s = F16(b[i].d) * a[i].d;
         const __m256i p = DPBUSD(_mm256_setzero_si256(), V(unpack_q4)(b[i].qs), V(ld)(a[i].q));
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s), acc);
         off += s * (float)a[i].sum;
@@ -52,9 +56,9 @@ static float V(dot_q4_1)(const void *w, const void *x, uint32_t k)
     float off = 0; /* m . x of every block */
     for (uint32_t i = 0; i < k / 32; i++) {
         const __m256i p = DPBUSD(_mm256_setzero_si256(), V(unpack_q4)(b[i].qs), V(ld)(a[i].q));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(pd_f16_decode(b[i].d) * a[i].d),
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(F16(b[i].d) * a[i].d),
                               acc);
-        off += pd_f16_decode(b[i].m) * a[i].d * (float)a[i].sum;
+        off += F16(b[i].m) * a[i].d * (float)a[i].sum;
     }
     return V(hsum)(acc) + off;
 }
@@ -66,7 +70,7 @@ static float V(dot_q8_0)(const void *w, const void *x, uint32_t k)
     __m256 acc = _mm256_setzero_ps();
     for (uint32_t i = 0; i < k / 32; i++) {
         const __m256i p = V(dot_s8)(V(ld)(b[i].qs), V(ld)(a[i].q));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(pd_f16_decode(b[i].d) * a[i].d),
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(F16(b[i].d) * a[i].d),
                               acc);
     }
     return V(hsum)(acc);
@@ -80,7 +84,7 @@ static float V(dot_q4_k)(const void *w, const void *x, uint32_t k)
     __m256 acc = _mm256_setzero_ps();
     float off = 0; /* dmin mn . x of every sub-block */
     for (uint32_t i = 0; i < k / PD_QK; i++, a += 8) {
-        const float d = pd_f16_decode(b[i].d), dmin = pd_f16_decode(b[i].dmin);
+        const float d = F16(b[i].d), dmin = F16(b[i].dmin);
         for (int c = 0; c < 4; c++) {
             uint8_t sc0, mn0, sc1, mn1;
             pd_q4k_scale_min(2 * c, b[i].scales, &sc0, &mn0);
@@ -110,7 +114,7 @@ static float V(dot_q6_k)(const void *w, const void *x, uint32_t k)
     const __m256i c32 = _mm256_set1_epi8(32);
     __m256 acc = _mm256_setzero_ps();
     for (uint32_t i = 0; i < k / PD_QK; i++) {
-        const float d = pd_f16_decode(b[i].d);
+        const float d = F16(b[i].d);
         for (int h = 0; h < 2; h++) {
             const __m256i l0 = V(ld)(b[i].ql + 64 * h), l1 = V(ld)(b[i].ql + 64 * h + 32);
             const __m256i qh = V(ld)(b[i].qh + 32 * h);
@@ -149,7 +153,7 @@ static float V(dot_f16)(const void *w, const void *x, uint32_t k)
     }
     float s = V(hsum)(_mm256_add_ps(acc0, acc1));
     for (; i < k; i++)
-        s += pd_f16_decode(h[i]) * a[i];
+        s += F16(h[i]) * a[i];
     return s;
 }
 
@@ -196,7 +200,7 @@ static void V(unpack_q4_0)(const void *w, float *o, uint32_t k)
     const __m128i m = _mm_set1_epi8(0xF);
     for (uint32_t i = 0; i < k / 32; i++, o += 32) {
         const __m128i q = _mm_loadu_si128((const __m128i *)b[i].qs);
-        const __m256 d = _mm256_set1_ps(pd_f16_decode(b[i].d));
+        const __m256 d = _mm256_set1_ps(F16(b[i].d));
         V(store_u8x16)(o, _mm_and_si128(q, m), d, NULL, 8);
         V(store_u8x16)(o + 16, _mm_and_si128(_mm_srli_epi16(q, 4), m), d, NULL, 8);
     }
@@ -208,8 +212,8 @@ static void V(unpack_q4_1)(const void *w, float *o, uint32_t k)
     const __m128i m = _mm_set1_epi8(0xF);
     for (uint32_t i = 0; i < k / 32; i++, o += 32) {
         const __m128i q = _mm_loadu_si128((const __m128i *)b[i].qs);
-        const __m256 d = _mm256_set1_ps(pd_f16_decode(b[i].d));
-        const __m256 mn = _mm256_set1_ps(pd_f16_decode(b[i].m));
+        const __m256 d = _mm256_set1_ps(F16(b[i].d));
+        const __m256 mn = _mm256_set1_ps(F16(b[i].m));
         V(store_u8x16)(o, _mm_and_si128(q, m), d, &mn, 0);
         V(store_u8x16)(o + 16, _mm_and_si128(_mm_srli_epi16(q, 4), m), d, &mn, 0);
     }
@@ -219,7 +223,7 @@ static void V(unpack_q8_0)(const void *w, float *o, uint32_t k)
 {
     const struct pd_blk_q8_0 *b = w;
     for (uint32_t i = 0; i < k / 32; i++, o += 32) {
-        const __m256 d = _mm256_set1_ps(pd_f16_decode(b[i].d));
+        const __m256 d = _mm256_set1_ps(F16(b[i].d));
         for (int g = 0; g < 4; g++) {
             const __m256i v = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b[i].qs + 8 * g)));
             _mm256_storeu_ps(o + 8 * g, _mm256_mul_ps(_mm256_cvtepi32_ps(v), d));
@@ -232,7 +236,7 @@ static void V(unpack_q4_k)(const void *w, float *o, uint32_t k)
     const struct pd_blk_q4_k *b = w;
     const __m128i m = _mm_set1_epi8(0xF);
     for (uint32_t i = 0; i < k / PD_QK; i++) {
-        const float d = pd_f16_decode(b[i].d), dmin = pd_f16_decode(b[i].dmin);
+        const float d = F16(b[i].d), dmin = F16(b[i].dmin);
         for (int j = 0; j < 8; j++, o += 32) {
             uint8_t sc, mn;
             pd_q4k_scale_min(j, b[i].scales, &sc, &mn);
@@ -252,7 +256,7 @@ static void V(unpack_q6_k)(const void *w, float *o, uint32_t k)
     const __m256i m4 = _mm256_set1_epi8(0xF), m2 = _mm256_set1_epi8(3);
     const __m256i c32 = _mm256_set1_epi8(32);
     for (uint32_t i = 0; i < k / PD_QK; i++) {
-        const float d = pd_f16_decode(b[i].d);
+        const float d = F16(b[i].d);
         for (int h = 0; h < 2; h++) {
             const __m256i l0 = V(ld)(b[i].ql + 64 * h), l1 = V(ld)(b[i].ql + 64 * h + 32);
             const __m256i qh = V(ld)(b[i].qh + 32 * h);
@@ -284,7 +288,7 @@ static void V(unpack_f16)(const void *w, float *o, uint32_t k)
     for (; i + 8 <= k; i += 8)
         _mm256_storeu_ps(o + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
     for (; i < k; i++)
-        o[i] = pd_f16_decode(h[i]);
+        o[i] = F16(h[i]);
 }
 
 static void V(unpack_bf16)(const void *w, float *o, uint32_t k)
@@ -352,40 +356,45 @@ static float V(dotf_q4)(const uint8_t *w, size_t bytes, int has_m, float off, co
         memcpy(&d16, w, 2);
         if (has_m)
             memcpy(&m16, w + 2, 2);
-        const float d = pd_f16_decode(d16);
+        const float d = F16(d16);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_add_ps(lo, hi), acc);
         /* Q4_1: + m sum(x); Q4_0: - 8 d sum(x) */
-        const float c = has_m ? pd_f16_decode(m16) : off * d;
+        const float c = has_m ? F16(m16) : off * d;
         accm = _mm256_fmadd_ps(_mm256_set1_ps(c), _mm256_add_ps(xs0, xs1), accm);
     }
     return V(hsum)(_mm256_add_ps(acc, accm));
 }
 
 #else
-/* the same with 16 values a register: half the conversions and FMAs
- * (the decode step's hottest loop) */
+/* the same with 16 values a register, the scale and offset folded into a
+ * 16-entry table per block: w = table[nibble] = d nibble + m (Q4_0:
+ * d (nibble - 8)), looked up with VPERMPS, so each 16 weights cost a
+ * zero-extension, a lookup and an FMA (the decode step's hottest loop) */
 static float V(dotf_q4_512)(const uint8_t *w, size_t bytes, int has_m, float off, const float *x,
                             uint32_t k)
 {
+    (void)off;
     const __m128i m4 = _mm_set1_epi8(0xF);
-    __m512 acc = _mm512_setzero_ps(), accm = _mm512_setzero_ps();
+    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512 iota8 = _mm512_sub_ps(iota, _mm512_set1_ps(8));
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     for (uint32_t i = 0; i < k / 32; i++, w += bytes, x += 32) {
+        uint32_t dm;
+        memcpy(&dm, w, 4); /* d, and m when has_m */
+        const __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dm));
+        const __m512 d = _mm512_broadcastss_ps(f);
+        const __m512 table = has_m ? _mm512_fmadd_ps(iota, d, _mm512_broadcastss_ps(
+                                                                   _mm_movehdup_ps(f)))
+                                   : _mm512_mul_ps(iota8, d);
         const __m128i q = _mm_loadu_si128((const __m128i *)(w + 2 + 2 * has_m));
-        const __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
-        const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, m4)));
-        const __m512 hi =
-            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), m4)));
-        uint16_t d16, m16 = 0;
-        memcpy(&d16, w, 2);
-        if (has_m)
-            memcpy(&m16, w + 2, 2);
-        const float d = pd_f16_decode(d16);
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_fmadd_ps(hi, x1, _mm512_mul_ps(lo, x0)),
-                              acc);
-        const float c = has_m ? pd_f16_decode(m16) : off * d;
-        accm = _mm512_fmadd_ps(_mm512_set1_ps(c), _mm512_add_ps(x0, x1), accm);
+        const __m512 lo =
+            _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, m4)), table);
+        const __m512 hi = _mm512_permutexvar_ps(
+            _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), m4)), table);
+        acc0 = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x), acc0);
+        acc1 = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + 16), acc1);
     }
-    return _mm512_reduce_add_ps(_mm512_add_ps(acc, accm));
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
 #define DOTF_Q4 V(dotf_q4_512)
 #endif
@@ -417,7 +426,7 @@ static float V(dotf_Q8_0)(const void *w, const void *x_, uint32_t k)
                                          _mm512_loadu_ps(x + 16),
                                          _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)),
                                                        _mm512_loadu_ps(x)));
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(pd_f16_decode(b[i].d)), t, acc);
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(F16(b[i].d)), t, acc);
     }
     return _mm512_reduce_add_ps(acc);
 #else
@@ -431,7 +440,7 @@ static float V(dotf_Q8_0)(const void *w, const void *x_, uint32_t k)
                 _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b[i].qs + 8 * g)));
             t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), _mm256_loadu_ps(x + 8 * g), t);
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(pd_f16_decode(b[i].d)), t, acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(F16(b[i].d)), t, acc);
     }
     return V(hsum)(acc);
 #endif

@@ -571,6 +571,8 @@ static int serve(void *cfg, const struct pd_cfg_args *a, int argc, char **argv, 
                                   .max_batch_items = (uint32_t)c->max_num_seqs};
     if ((rc = pd_engine_new(&ep, &d.engine, err, errlen)) < 0)
         goto out;
+    if (pd_engine_describe(d.engine)[0])
+        pd_log(PD_LOG_INFO, "%s", pd_engine_describe(d.engine));
     char note[320];
     if (pd_engine_take_note(d.engine, note, sizeof(note)))
         pd_log(PD_LOG_WARN, "%s", note);

@@ -31,29 +31,39 @@ void pd_parallel_run(void *(*fn)(void *), void *jobs, size_t stride, unsigned n)
             pthread_join(th[k], NULL);
 }
 
-/* ---- the pool. Jobs are published by bumping `gen`; a worker runs share
- * k of every generation it sees and counts `left` down. Sleeping is under
- * `mu`: a worker counts itself in `sleepers` and re-checks `gen` under the
- * lock, and pd_pool_run signals only when it sees a sleeper after bumping
- * `gen` (both sequentially consistent, so one of the two sees the other). */
+/* ---- the pool. A job is published in `state` (its generation in the high
+ * 32 bits, the next share to claim in the low 32); every thread, the caller
+ * too, claims shares with a compare-and-swap that names the generation, and
+ * counts each share it ran in `done`. A worker that wakes late for a job
+ * finds it over (the generation moved, or nothing left) and claims nothing,
+ * so the caller waits only for shares actually claimed: a worker the kernel
+ * has not scheduled (another busy process on the same cores) costs the job
+ * nothing. fn, arg and n_shares change only after every share of the last
+ * job ran. Sleeping is under `mu`: a worker counts itself in `sleepers` and
+ * re-checks the generation under the lock, and pd_pool_run signals only
+ * when it sees a sleeper after publishing (both sequentially consistent,
+ * so one of the two sees the other). */
 struct pd_pool_worker {
     struct pd_pool *pool;
-    unsigned share;
+    unsigned thread;
     pthread_t th;
 };
 
 struct pd_pool {
-    unsigned n; /* shares: started workers + the caller */
+    unsigned n; /* threads: started workers + the caller */
+    unsigned n_shares; /* of every job (pd_pool_shares), fixed at pd_pool_new */
     pd_pool_fn *fn;
     void *arg;
-    atomic_uint gen;
-    atomic_uint left; /* workers still running this generation */
+    atomic_uint_fast64_t state; /* generation << 32 | next share */
+    atomic_uint done; /* shares of the current job run */
     atomic_uint sleepers;
     atomic_bool stop;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     struct pd_pool_worker w[PD_PARALLEL_MAX];
 };
+
+static unsigned gen_of(uint64_t state) { return (unsigned)(state >> 32); }
 
 static inline void cpu_relax(void)
 {
@@ -76,12 +86,13 @@ static unsigned pool_wait(struct pd_pool *p, unsigned seen)
 {
     uint64_t t0 = 0;
     for (unsigned i = 0;; i++) {
-        unsigned g = atomic_load(&p->gen);
+        unsigned g = gen_of(atomic_load(&p->state));
         if (g != seen || atomic_load(&p->stop))
             return g;
         cpu_relax();
         if ((i & 255) != 255)
             continue;
+        sched_yield(); /* another process may want this core more */
         uint64_t t = now_us();
         if (!t0)
             t0 = t;
@@ -91,11 +102,26 @@ static unsigned pool_wait(struct pd_pool *p, unsigned seen)
     pthread_mutex_lock(&p->mu);
     atomic_fetch_add(&p->sleepers, 1);
     unsigned g;
-    while ((g = atomic_load(&p->gen)) == seen && !atomic_load(&p->stop))
+    while ((g = gen_of(atomic_load(&p->state))) == seen && !atomic_load(&p->stop))
         pthread_cond_wait(&p->cv, &p->mu);
     atomic_fetch_sub(&p->sleepers, 1);
     pthread_mutex_unlock(&p->mu);
     return g;
+}
+
+/* shares of job `gen` until none is left (or the job is over) */
+static void pool_claim(struct pd_pool *p, unsigned gen, unsigned thread)
+{
+    uint64_t st = atomic_load(&p->state);
+    for (;;) {
+        if (gen_of(st) != gen || (unsigned)st >= p->n_shares)
+            return;
+        if (!atomic_compare_exchange_weak(&p->state, &st, st + 1))
+            continue; /* st reloaded */
+        p->fn(p->arg, (unsigned)st, p->n_shares, thread);
+        atomic_fetch_add(&p->done, 1);
+        st = atomic_load(&p->state);
+    }
 }
 
 static void *pool_main(void *arg)
@@ -107,8 +133,7 @@ static void *pool_main(void *arg)
         seen = pool_wait(p, seen);
         if (atomic_load(&p->stop))
             return NULL;
-        p->fn(p->arg, w->share, p->n);
-        atomic_fetch_sub(&p->left, 1);
+        pool_claim(p, seen, w->thread);
     }
 }
 
@@ -124,11 +149,12 @@ struct pd_pool *pd_pool_new(unsigned n)
     for (unsigned k = 1; k < n; k++) {
         struct pd_pool_worker *w = &p->w[p->n];
         w->pool = p;
-        w->share = p->n;
+        w->thread = p->n;
         if (pthread_create(&w->th, NULL, pool_main, w) != 0)
             break; /* run with the threads we have */
         p->n++;
     }
+    p->n_shares = pd_pool_shares(p);
     return p;
 }
 
@@ -150,24 +176,31 @@ struct pd_pool *pd_pool_free(struct pd_pool *p)
 
 unsigned pd_pool_size(const struct pd_pool *p) { return p ? p->n : 1; }
 
+unsigned pd_pool_shares(const struct pd_pool *p)
+{
+    return p && p->n > 1 ? p->n * PD_POOL_SHARES_PER_THREAD : 1;
+}
+
 void pd_pool_run(struct pd_pool *p, pd_pool_fn *fn, void *arg)
 {
     if (!p || p->n == 1) {
-        fn(arg, 0, 1);
+        fn(arg, 0, 1, 0);
         return;
     }
+    /* every share of the last job ran: nobody reads fn and arg now */
     p->fn = fn;
     p->arg = arg;
-    atomic_store(&p->left, p->n - 1);
-    atomic_fetch_add(&p->gen, 1);
+    atomic_store(&p->done, 0);
+    const unsigned gen = gen_of(atomic_load(&p->state)) + 1;
+    atomic_store(&p->state, (uint64_t)gen << 32);
     if (atomic_load(&p->sleepers)) {
         pthread_mutex_lock(&p->mu);
         pthread_cond_broadcast(&p->cv);
         pthread_mutex_unlock(&p->mu);
     }
-    fn(arg, 0, p->n);
-    /* a worker the kernel preempted gets the core back sooner if we yield */
-    for (unsigned i = 0; atomic_load(&p->left); i++)
+    pool_claim(p, gen, 0);
+    /* the shares others claimed and still run */
+    for (unsigned i = 0; atomic_load(&p->done) < p->n_shares; i++)
         if ((i & 1023) == 1023)
             sched_yield();
         else

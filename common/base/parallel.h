@@ -32,26 +32,32 @@ void pd_parallel_run(void *(*fn)(void *), void *jobs, size_t stride, unsigned n)
  * each a few microseconds to a millisecond):
  *
  *   struct pd_pool *p = pd_pool_new(pd_parallel_count(PD_PARALLEL_MAX));
- *   pd_pool_run(p, fn, arg);        // fn(arg, k, n) for k < n, k = 0 on the caller
+ *   pd_pool_run(p, fn, arg);   // fn(arg, k, n, thread) for every share k < n
  *   p = pd_pool_free(p);
  *
- * A worker that found no job spins for a while (PD_POOL_SPIN_US: a decode
- * step's kernels follow each other closer than a wake-up from a futex takes)
- * and then sleeps on a condition variable, so an idle pool costs nothing.
- * One thread at a time calls pd_pool_run (the engine's compute thread); fn
- * must not call it again. A pool whose threads could not all start runs
- * with the ones it has (pd_pool_size says how many shares). NULL pool: fn
- * runs once on the caller as share 0 of 1. */
-#define PD_POOL_SPIN_US 2000
+ * A job is cut into pd_pool_shares(p) shares (PD_POOL_SHARES_PER_THREAD a
+ * thread) that the threads claim as they come, the caller too: a thread the
+ * kernel has not scheduled (another busy process on the same cores) costs
+ * the job nothing, the others take its shares. `thread` (< pd_pool_size)
+ * says whose scratch a share may use. A worker that found no job spins for
+ * a while (PD_POOL_SPIN_US: a decode step's kernels follow each other closer
+ * than a wake-up from a futex takes) and then sleeps on a condition
+ * variable, so an idle pool costs nothing. One thread at a time calls
+ * pd_pool_run (the engine's compute thread); fn must not call it again. A
+ * pool whose threads could not all start runs with the ones it has. NULL
+ * pool: fn runs once on the caller as share 0 of 1, thread 0. */
+#define PD_POOL_SPIN_US 500
+#define PD_POOL_SHARES_PER_THREAD 4
 
 struct pd_pool;
-typedef void pd_pool_fn(void *arg, unsigned share, unsigned n_shares);
+typedef void pd_pool_fn(void *arg, unsigned share, unsigned n_shares, unsigned thread);
 
 /* NULL only when out of memory; n is clamped to 1 .. PD_PARALLEL_MAX */
 struct pd_pool *pd_pool_new(unsigned n);
 /* accepts NULL; returns NULL */
 struct pd_pool *pd_pool_free(struct pd_pool *p);
-unsigned pd_pool_size(const struct pd_pool *p); /* 1 for NULL */
+unsigned pd_pool_size(const struct pd_pool *p); /* threads; 1 for NULL */
+unsigned pd_pool_shares(const struct pd_pool *p); /* shares of a job; 1 for NULL or 1 thread */
 void pd_pool_run(struct pd_pool *p, pd_pool_fn *fn, void *arg);
 
 #endif

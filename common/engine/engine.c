@@ -285,6 +285,8 @@ int pd_engine_kv_stage(struct pd_engine *e, bool to_host, const uint32_t *pool_b
                        n, to_host ? "from" : "to", strerror(-rc), device_sep(e), device_error(e));
     return 0;
 }
+const char *pd_engine_describe(const struct pd_engine *e) { return e->desc; }
+
 int pd_engine_take_note(struct pd_engine *e, char *buf, size_t len)
 {
     if (!e->note[0])

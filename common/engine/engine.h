@@ -232,6 +232,10 @@ int pd_engine_kv_stage(struct pd_engine *e, bool to_host, const uint32_t *pool_b
  * graphs turned off after a failure (after a step). 1 with the line in buf
  * (then cleared), 0 when there is none. The engine's thread. */
 int pd_engine_take_note(struct pd_engine *e, char *buf, size_t len);
+/* One line on how the engine runs, for the caller's info log ("engine: CPU,
+ * matrices as stored, float activations (Q4_1 x210, Q8_0 x1), 2 threads,
+ * avx512vnni dots"); "" when the backend says nothing */
+const char *pd_engine_describe(const struct pd_engine *e);
 uint32_t pd_engine_n_vocab(const struct pd_engine *e);
 uint32_t pd_engine_max_model_len(const struct pd_engine *e);
 uint32_t pd_engine_max_batched_tokens(const struct pd_engine *e);

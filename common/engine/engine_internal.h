@@ -186,6 +186,7 @@ struct pd_engine {
     uint64_t attn_ws_bytes;
     uint32_t *out_item, *out_row; /* (T): which item / logits row each output row is */
     char note[320]; /* a line for the caller's log (pd_engine_take_note), "" when none */
+    char desc[256]; /* what the backend made of the weights and threads (pd_engine_describe) */
     float *logits; /* (LOGIT_ROWS, n_vocab) */
 };
 

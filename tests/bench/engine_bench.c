@@ -297,9 +297,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "engine_bench: %s\n", err);
         return 1;
     }
-    char note[320];
-    if (pd_engine_take_note(e, note, sizeof(note)))
-        printf("%s\n", note);
+    printf("%s\n", pd_engine_describe(e));
     const int repeat = (int)c.repeat;
     printf("model %s, %d threads%s, medians of %d%s (min-max), prefill chunks of %lld, decode "
            "from %u-token contexts, %u steps\n", pd_model_name(m), threads,

@@ -291,23 +291,28 @@ static void matmul_cpu_refuses_bad_args(void)
 }
 
 struct count_job {
-    atomic_uint runs[PD_PARALLEL_MAX];
+    atomic_uint runs[PD_PARALLEL_MAX * PD_POOL_SHARES_PER_THREAD];
+    atomic_uint bad; /* a share or thread out of range */
     unsigned n_seen;
 };
 
-static void count_share(void *arg, unsigned s, unsigned n)
+static void count_share(void *arg, unsigned s, unsigned n, unsigned thread)
 {
     struct count_job *j = arg;
     j->n_seen = n;
-    atomic_fetch_add(&j->runs[s], 1);
+    if (s >= n || thread >= PD_PARALLEL_MAX)
+        atomic_fetch_add(&j->bad, 1);
+    else
+        atomic_fetch_add(&j->runs[s], 1);
 }
 
 static void pool_runs_every_share_once_spinning_or_asleep(void)
 {
     struct pd_pool *p = pd_pool_new(4);
     CHECK(p != NULL);
-    const unsigned n = pd_pool_size(p);
-    CHECK(n >= 1 && n <= 4);
+    const unsigned n = pd_pool_shares(p);
+    CHECK(pd_pool_size(p) >= 1 && pd_pool_size(p) <= 4);
+    CHECK(n == (pd_pool_size(p) > 1 ? pd_pool_size(p) * PD_POOL_SHARES_PER_THREAD : 1));
     struct count_job j = {0};
     for (int r = 0; r < 2000; r++) {
         pd_pool_run(p, count_share, &j);
@@ -317,6 +322,7 @@ static void pool_runs_every_share_once_spinning_or_asleep(void)
         }
     }
     CHECK_EQ_INT(j.n_seen, n);
+    CHECK_EQ_INT(atomic_load(&j.bad), 0);
     for (unsigned s = 0; s < n; s++)
         CHECK_EQ_INT(atomic_load(&j.runs[s]), 2000);
     p = pd_pool_free(p);

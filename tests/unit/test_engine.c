@@ -17,6 +17,8 @@
 #error "tests need PD_SRCDIR"
 #endif
 
+static double max_rel_diff(const float *a, const float *b, size_t n);
+
 #define TOL 1e-4 /* max |ours - ref| / max |ref| at every position (the bar) */
 
 static struct pd_model *load_dummy(const char *shape, uint64_t seed)
@@ -260,6 +262,87 @@ static void engine_greedy_matches_transformers_with_f32_weights(void)
 {
     struct pd_model *m = pd_test_load_default_model();
     check_greedy(m, PD_CPU_W_F32);
+    pd_model_free(m);
+}
+
+/* Logits of prompts of 1, 5 and 40 tokens (the matmul's three paths: the
+ * fused dot of a decode step, a row unpacked once for a small batch,
+ * unpacked tiles and sgemm), from an engine on weights as stored and from
+ * one on them dequantized to fp32: the same weights, the same float
+ * activations, only the sums' order differs */
+static void compare_stored_f32(const struct pd_model *m, const char *name)
+{
+    struct pd_engine *e[2];
+    for (int i = 0; i < 2; i++) {
+        struct pd_engine_params p = {.model = m, .kv_cache_bytes = 16u << 20, .block_size = 16,
+                                     .max_batched_tokens = 64,
+                                     .cpu_weights = i ? PD_CPU_W_F32 : PD_CPU_W_STORED};
+        char err[512];
+        if (pd_engine_new(&p, &e[i], err, sizeof(err)) < 0)
+            PD_TEST_FAIL_("%s", err);
+    }
+    const uint32_t V = pd_model_hparams(m)->n_vocab;
+    static const uint32_t lens[] = {1, 5, 40};
+    double worst = 0;
+    for (size_t li = 0; li < 3; li++) {
+        const uint32_t n = lens[li];
+        int32_t tok[40];
+        for (uint32_t t = 0; t < n; t++)
+            tok[t] = (int32_t)((t * 7919u + li * 104729u) % V);
+        float *l[2];
+        struct pd_kvseq s[2];
+        for (int i = 0; i < 2; i++) {
+            l[i] = malloc((size_t)n * V * sizeof(float));
+            pd_kvseq_init(&s[i]);
+            struct pd_batch_item it = {.seq = &s[i], .tokens = tok, .n_tokens = n,
+                                       .n_logits = n, .logits = l[i]};
+            char err[512];
+            if (pd_engine_step(e[i], &it, 1, err, sizeof(err)) < 0)
+                PD_TEST_FAIL_("%s", err);
+        }
+        for (uint32_t t = 0; t < n; t++) {
+            double r = max_rel_diff(l[0] + (size_t)t * V, l[1] + (size_t)t * V, V);
+            worst = r > worst ? r : worst;
+        }
+        for (int i = 0; i < 2; i++) {
+            pd_engine_seq_release(e[i], &s[i]);
+            free(l[i]);
+        }
+    }
+    printf("  %s: weights as stored vs fp32, worst max|diff|/max|ref| = %.2e\n", name, worst);
+    CHECK(worst <= 1e-5);
+    for (int i = 0; i < 2; i++)
+        pd_engine_free(e[i]);
+}
+
+/* Q4_K and Q6_K files from llama.cpp's llama-quantize (make_kquant_models.sh):
+ * absent here, the test is skipped with how to make them */
+static void engine_kquants_match_f32(void)
+{
+    char dir[1024];
+    const char *home = getenv("HOME");
+    snprintf(dir, sizeof(dir), "%s/.cache/pdserve/kquant", home ? home : ".");
+    for (int i = 0; i < 2; i++) {
+        char path[1100];
+        snprintf(path, sizeof(path), "%s/%s.gguf", dir, i ? "Q6_K" : "Q4_K");
+        if (access(path, R_OK) != 0)
+            PD_SKIP("no k-quant models in ~/.cache/pdserve/kquant (tests/bench/llama_cpp_build.sh, "
+                    "then tests/golden/make_kquant_models.sh)");
+        struct pd_model_params mp = {.path = path};
+        struct pd_model *m = pd_test_load_model(&mp);
+        for (size_t t = 0; t < pd_model_n_tensors(m); t++)
+            if (pd_model_tensor_at(m, t)->n_dims == 2)
+                CHECK_EQ_INT(pd_model_tensor_at(m, t)->type, i ? PD_DT_Q6_K : PD_DT_Q4_K);
+        compare_stored_f32(m, i ? "Q6_K" : "Q4_K");
+        pd_model_free(m);
+    }
+}
+
+/* The default model (Q4_1 matrices, a Q8_0 embedding) the same way */
+static void engine_stored_weights_match_f32_on_default_model(void)
+{
+    struct pd_model *m = pd_test_load_default_model();
+    compare_stored_f32(m, "default");
     pd_model_free(m);
 }
 
@@ -615,6 +698,8 @@ static const struct pd_test tests[] = {
     PD_TEST(engine_matches_transformers_on_default_model),
     PD_TEST(engine_greedy_matches_transformers_on_default_model),
     PD_TEST(engine_greedy_matches_transformers_with_f32_weights),
+    PD_TEST(engine_stored_weights_match_f32_on_default_model),
+    PD_TEST(engine_kquants_match_f32),
     {0},
 };
 
