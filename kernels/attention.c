@@ -55,15 +55,33 @@ static void softmax_row(float *s, uint32_t n)
 
 /* A decode step: one (token, head), scores over the context, softmax,
  * weighted sum of V. */
+/* What one (token, head) of a decode step reads and writes */
+struct one {
+    const uint32_t *table; /* its sequence's blocks */
+    uint32_t hd, kvh, n_ctx;
+    const float *q; /* (hd) */
+    float *o; /* (hd) */
+};
+
+static struct one one_at(const struct pd_attn_args *a, uint32_t t, uint32_t h)
+{
+    const uint32_t hd = a->kv.head_dim;
+    return (struct one){.table = a->block_tables + (size_t)a->tok_seq[t] * a->max_blocks,
+                        .hd = hd,
+                        .kvh = h / (a->n_head / a->kv.n_head_kv),
+                        .n_ctx = (uint32_t)a->tok_pos[t] + 1,
+                        .q = a->q + ((size_t)t * a->n_head + h) * hd,
+                        .o = a->out + ((size_t)t * a->n_head + h) * hd};
+}
+
 static void attend_one(const struct pd_attn_args *a, uint32_t t, uint32_t h, float *scores)
 {
     const struct pd_kv_geom *l = &a->kv;
-    const uint32_t hd = l->head_dim;
-    const uint32_t kvh = h / (a->n_head / l->n_head_kv);
-    const uint32_t *table = a->block_tables + (size_t)a->tok_seq[t] * a->max_blocks;
-    const uint32_t n_ctx = (uint32_t)a->tok_pos[t] + 1;
-    const float *q = a->q + ((size_t)t * a->n_head + h) * hd;
-    float *o = a->out + ((size_t)t * a->n_head + h) * hd;
+    const struct one w1 = one_at(a, t, h);
+    const uint32_t hd = w1.hd, kvh = w1.kvh, n_ctx = w1.n_ctx;
+    const uint32_t *table = w1.table;
+    const float *q = w1.q;
+    float *o = w1.o;
     float row[MAX_HEAD_DIM];
 
     for (uint32_t j = 0; j < n_ctx; j++) {
@@ -114,12 +132,11 @@ static inline float hsum8(__m256 v)
 static void attend_one_avx2(const struct pd_attn_args *a, uint32_t t, uint32_t h, float *scores)
 {
     const struct pd_kv_geom *l = &a->kv;
-    const uint32_t hd = l->head_dim;
-    const uint32_t kvh = h / (a->n_head / l->n_head_kv);
-    const uint32_t *table = a->block_tables + (size_t)a->tok_seq[t] * a->max_blocks;
-    const uint32_t n_ctx = (uint32_t)a->tok_pos[t] + 1;
-    const float *q = a->q + ((size_t)t * a->n_head + h) * hd;
-    float *o = a->out + ((size_t)t * a->n_head + h) * hd;
+    const struct one w1 = one_at(a, t, h);
+    const uint32_t hd = w1.hd, kvh = w1.kvh, n_ctx = w1.n_ctx;
+    const uint32_t *table = w1.table;
+    const float *q = w1.q;
+    float *o = w1.o;
     /* four positions at a time: four independent FMA chains */
     uint32_t j = 0;
     for (; j + 4 <= n_ctx; j += 4) {

@@ -7,6 +7,7 @@
 #include "quant_blocks.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,34 +33,30 @@ void pd_q8_quantize(const float *x, struct pd_q8 *q, uint32_t k)
 
 static inline int nib(const uint8_t *qs, int j) { return j < 16 ? qs[j] & 0xF : qs[j - 16] >> 4; }
 
-static float dot_q4_0(const void *w, const void *x, uint32_t k)
+/* Q4_0 (offset -8, no m) and Q4_1 (m at bytes 2-3): blocks of `bytes` whose
+ * nibbles start at byte `qs` */
+static float dot_q4(const uint8_t *w, size_t bytes, int has_m, const void *x, uint32_t k)
 {
-    const struct pd_blk_q4_0 *b = w;
     const struct pd_q8 *a = x;
     float s = 0;
-    for (uint32_t i = 0; i < k / 32; i++) {
+    for (uint32_t i = 0; i < k / 32; i++, w += bytes) {
+        const uint8_t *qs = w + (has_m ? 4 : 2);
         int32_t d = 0;
         for (int j = 0; j < 32; j++)
-            d += nib(b[i].qs, j) * a[i].q[j];
-        s += pd_f16_decode(b[i].d) * a[i].d * (float)(d - 8 * a[i].sum);
+            d += nib(qs, j) * a[i].q[j];
+        const float dw = pd_f16_decode((uint16_t)(w[0] | w[1] << 8));
+        if (has_m)
+            s += dw * a[i].d * (float)d +
+                 pd_f16_decode((uint16_t)(w[2] | w[3] << 8)) * a[i].d * (float)a[i].sum;
+        else
+            s += dw * a[i].d * (float)(d - 8 * a[i].sum);
     }
     return s;
 }
 
-static float dot_q4_1(const void *w, const void *x, uint32_t k)
-{
-    const struct pd_blk_q4_1 *b = w;
-    const struct pd_q8 *a = x;
-    float s = 0;
-    for (uint32_t i = 0; i < k / 32; i++) {
-        int32_t d = 0;
-        for (int j = 0; j < 32; j++)
-            d += nib(b[i].qs, j) * a[i].q[j];
-        s += pd_f16_decode(b[i].d) * a[i].d * (float)d +
-             pd_f16_decode(b[i].m) * a[i].d * (float)a[i].sum;
-    }
-    return s;
-}
+static float dot_q4_0(const void *w, const void *x, uint32_t k) { return dot_q4(w, 18, 0, x, k); }
+
+static float dot_q4_1(const void *w, const void *x, uint32_t k) { return dot_q4(w, 20, 1, x, k); }
 
 static float dot_q8_0(const void *w, const void *x, uint32_t k)
 {

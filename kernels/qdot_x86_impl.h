@@ -139,44 +139,39 @@ static float V(dot_q6_k)(const void *w, const void *x, uint32_t k)
     return V(hsum)(acc);
 }
 
-static float V(dot_f16)(const void *w, const void *x, uint32_t k)
-{
-    const uint16_t *h = w;
-    const float *a = x;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    uint32_t i = 0;
-    for (; i + 16 <= k; i += 16) {
-        acc0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))),
-                               _mm256_loadu_ps(a + i), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i + 8))),
-                               _mm256_loadu_ps(a + i + 8), acc1);
-    }
-    float s = V(hsum)(_mm256_add_ps(acc0, acc1));
-    for (; i < k; i++)
-        s += F16(h[i]) * a[i];
-    return s;
-}
-
 static inline __m256 V(bf16x8)(const uint16_t *h)
 {
     const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)h));
     return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
 }
 
-static float V(dot_bf16)(const void *w, const void *x, uint32_t k)
+/* 16-bit weights (halves, or bfloat16 when bf) . float x */
+static inline float V(dot_h16)(const uint16_t *h, const float *a, uint32_t k, int bf)
 {
-    const uint16_t *h = w;
-    const float *a = x;
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     uint32_t i = 0;
     for (; i + 16 <= k; i += 16) {
-        acc0 = _mm256_fmadd_ps(V(bf16x8)(h + i), _mm256_loadu_ps(a + i), acc0);
-        acc1 = _mm256_fmadd_ps(V(bf16x8)(h + i + 8), _mm256_loadu_ps(a + i + 8), acc1);
+        const __m256 w0 = bf ? V(bf16x8)(h + i)
+                             : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i)));
+        const __m256 w1 = bf ? V(bf16x8)(h + i + 8)
+                             : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i + 8)));
+        acc0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(a + i), acc0);
+        acc1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(a + i + 8), acc1);
     }
     float s = V(hsum)(_mm256_add_ps(acc0, acc1));
     for (; i < k; i++)
-        s += pd_bf16_decode(h[i]) * a[i];
+        s += (bf ? pd_bf16_decode(h[i]) : F16(h[i])) * a[i];
     return s;
+}
+
+static float V(dot_f16)(const void *w, const void *x, uint32_t k)
+{
+    return V(dot_h16)(w, x, k, 0);
+}
+
+static float V(dot_bf16)(const void *w, const void *x, uint32_t k)
+{
+    return V(dot_h16)(w, x, k, 1);
 }
 
 /* ---- unpacking rows to float, bit for bit what pd_dequant_row writes (the

@@ -44,6 +44,18 @@ static struct pd_engine *engine(const struct pd_model *m, uint64_t kv_bytes, uin
     return engine_kv(m, kv_bytes, chunk, PD_DT_F32);
 }
 
+/* 64 MiB of fp32 KV, chunks of 512, the CPU's weights kept as `mode` says */
+static struct pd_engine *engine_mode(const struct pd_model *m, enum pd_cpu_weights mode)
+{
+    struct pd_engine_params p = {.model = m, .kv_cache_bytes = 64u << 20, .block_size = 16,
+                                 .max_batched_tokens = 512, .cpu_weights = mode};
+    struct pd_engine *e = NULL;
+    char err[512];
+    if (pd_engine_new(&p, &e, err, sizeof(err)) < 0)
+        PD_TEST_FAIL_("%s", err);
+    return e;
+}
+
 static uint32_t rd32(FILE *f)
 {
     uint32_t v = 0;
@@ -76,13 +88,8 @@ static void check_golden(const struct pd_model *m, const char *name, enum pd_cpu
     CHECK(n_prompts >= 8 && topk == 64);
 
     /* float activations, weights as stored or fp32: one bar (stored-q8's
-     * 8-bit activations have check_greedy's only) */
-    struct pd_engine_params ep = {.model = m, .kv_cache_bytes = 64u << 20, .block_size = 16,
-                                  .max_batched_tokens = 512, .cpu_weights = mode};
-    struct pd_engine *e = NULL;
-    char e_err[512];
-    if (pd_engine_new(&ep, &e, e_err, sizeof(e_err)) < 0)
-        PD_TEST_FAIL_("%s", e_err);
+     * 8-bit activations would need a looser one) */
+    struct pd_engine *e = engine_mode(m, mode);
     double worst = 0;
     uint32_t worst_prompt = 0, worst_pos = 0, max_len = 0;
     for (uint32_t p = 0; p < n_prompts; p++) {
@@ -168,12 +175,8 @@ static void check_greedy(const struct pd_model *m, enum pd_cpu_weights mode)
     const uint32_t n_p = rd32(f), n_gen = rd32(f);
     CHECK(n_p >= 16 && n_p <= 64 && n_gen >= 64 && n_gen <= 256);
     const uint32_t V = pd_model_hparams(m)->n_vocab;
-    struct pd_engine_params ep = {.model = m, .kv_cache_bytes = 64u << 20, .block_size = 16,
-                                  .max_batched_tokens = 512, .cpu_weights = mode};
-    struct pd_engine *e = NULL;
+    struct pd_engine *e = engine_mode(m, mode);
     char err[512];
-    if (pd_engine_new(&ep, &e, err, sizeof(err)) < 0)
-        PD_TEST_FAIL_("%s", err);
     struct pd_kvseq *seq = calloc(n_p, sizeof(*seq));
     int32_t *want = calloc((size_t)n_p * n_gen, sizeof(int32_t)), *next = calloc(n_p, 4);
     float *tie = calloc((size_t)n_p * n_gen, sizeof(float)); /* gap / max|logit| */
@@ -272,15 +275,7 @@ static void engine_greedy_matches_transformers_with_f32_weights(void)
  * activations, only the sums' order differs */
 static void compare_stored_f32(const struct pd_model *m, const char *name)
 {
-    struct pd_engine *e[2];
-    for (int i = 0; i < 2; i++) {
-        struct pd_engine_params p = {.model = m, .kv_cache_bytes = 16u << 20, .block_size = 16,
-                                     .max_batched_tokens = 64,
-                                     .cpu_weights = i ? PD_CPU_W_F32 : PD_CPU_W_STORED};
-        char err[512];
-        if (pd_engine_new(&p, &e[i], err, sizeof(err)) < 0)
-            PD_TEST_FAIL_("%s", err);
-    }
+    struct pd_engine *e[2] = {engine_mode(m, PD_CPU_W_STORED), engine_mode(m, PD_CPU_W_F32)};
     const uint32_t V = pd_model_hparams(m)->n_vocab;
     static const uint32_t lens[] = {1, 5, 40};
     double worst = 0;
