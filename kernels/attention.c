@@ -77,41 +77,37 @@ static struct one one_at(const struct pd_attn_args *a, uint32_t t, uint32_t h)
 static void attend_one(const struct pd_attn_args *a, uint32_t t, uint32_t h, float *scores)
 {
     const struct pd_kv_geom *l = &a->kv;
-    const struct one w1 = one_at(a, t, h);
-    const uint32_t hd = w1.hd, kvh = w1.kvh, n_ctx = w1.n_ctx;
-    const uint32_t *table = w1.table;
-    const float *q = w1.q;
-    float *o = w1.o;
+    const struct one at = one_at(a, t, h);
     float row[MAX_HEAD_DIM];
 
-    for (uint32_t j = 0; j < n_ctx; j++) {
-        const float *k = kv_row(a, pd_kv_pos_offset(l, table, j, a->layer, 0, kvh), row);
+    for (uint32_t j = 0; j < at.n_ctx; j++) {
+        const float *k = kv_row(a, pd_kv_pos_offset(l, at.table, j, a->layer, 0, at.kvh), row);
         /* eight partial sums: a vector's lanes, without reassociating */
         float p[8] = {0};
         uint32_t d = 0;
-        for (; d + 8 <= hd; d += 8)
+        for (; d + 8 <= at.hd; d += 8)
             for (int i = 0; i < 8; i++)
-                p[i] += q[d + i] * k[d + i];
+                p[i] += at.q[d + i] * k[d + i];
         float s = ((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7]));
-        for (; d < hd; d++)
-            s += q[d] * k[d];
+        for (; d < at.hd; d++)
+            s += at.q[d] * k[d];
         scores[j] = s * a->scale;
     }
-    softmax_row(scores, n_ctx);
+    softmax_row(scores, at.n_ctx);
     /* summed where nothing can alias the pool, so that it vectorizes */
     float acc[MAX_HEAD_DIM];
-    memset(acc, 0, hd * sizeof(float));
-    for (uint32_t j = 0; j < n_ctx; j++) {
-        const float *v = kv_row(a, pd_kv_pos_offset(l, table, j, a->layer, 1, kvh), row);
+    memset(acc, 0, at.hd * sizeof(float));
+    for (uint32_t j = 0; j < at.n_ctx; j++) {
+        const float *v = kv_row(a, pd_kv_pos_offset(l, at.table, j, a->layer, 1, at.kvh), row);
         const float w = scores[j];
         uint32_t d = 0;
-        for (; d + 8 <= hd; d += 8) /* in eights: one vector each */
+        for (; d + 8 <= at.hd; d += 8) /* in eights: one vector each */
             for (int i = 0; i < 8; i++)
                 acc[d + i] += w * v[d + i];
-        for (; d < hd; d++)
+        for (; d < at.hd; d++)
             acc[d] += w * v[d];
     }
-    memcpy(o, acc, hd * sizeof(float));
+    memcpy(at.o, acc, at.hd * sizeof(float));
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -132,48 +128,44 @@ static inline float hsum8(__m256 v)
 static void attend_one_avx2(const struct pd_attn_args *a, uint32_t t, uint32_t h, float *scores)
 {
     const struct pd_kv_geom *l = &a->kv;
-    const struct one w1 = one_at(a, t, h);
-    const uint32_t hd = w1.hd, kvh = w1.kvh, n_ctx = w1.n_ctx;
-    const uint32_t *table = w1.table;
-    const float *q = w1.q;
-    float *o = w1.o;
+    const struct one at = one_at(a, t, h);
     /* four positions at a time: four independent FMA chains */
     uint32_t j = 0;
-    for (; j + 4 <= n_ctx; j += 4) {
+    for (; j + 4 <= at.n_ctx; j += 4) {
         const float *k[4];
         __m256 acc[4];
         for (int i = 0; i < 4; i++) {
-            k[i] = a->pool + pd_kv_pos_offset(l, table, j + (uint32_t)i, a->layer, 0, kvh);
+            k[i] = a->pool + pd_kv_pos_offset(l, at.table, j + (uint32_t)i, a->layer, 0, at.kvh);
             acc[i] = _mm256_setzero_ps();
         }
-        for (uint32_t d = 0; d < hd; d += 8) {
-            const __m256 qv = _mm256_loadu_ps(q + d);
+        for (uint32_t d = 0; d < at.hd; d += 8) {
+            const __m256 qv = _mm256_loadu_ps(at.q + d);
             for (int i = 0; i < 4; i++)
                 acc[i] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k[i] + d), acc[i]);
         }
         for (int i = 0; i < 4; i++)
             scores[j + (uint32_t)i] = hsum8(acc[i]) * a->scale;
     }
-    for (; j < n_ctx; j++) {
-        const float *k = a->pool + pd_kv_pos_offset(l, table, j, a->layer, 0, kvh);
+    for (; j < at.n_ctx; j++) {
+        const float *k = a->pool + pd_kv_pos_offset(l, at.table, j, a->layer, 0, at.kvh);
         __m256 acc = _mm256_setzero_ps();
-        for (uint32_t d = 0; d < hd; d += 8)
-            acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(k + d), acc);
+        for (uint32_t d = 0; d < at.hd; d += 8)
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(at.q + d), _mm256_loadu_ps(k + d), acc);
         scores[j] = hsum8(acc) * a->scale;
     }
-    softmax_row(scores, n_ctx);
-    for (uint32_t d0 = 0; d0 < hd; d0 += 32) { /* 32 outputs in registers at a time */
-        const uint32_t nd = hd - d0 < 32 ? hd - d0 : 32;
+    softmax_row(scores, at.n_ctx);
+    for (uint32_t d0 = 0; d0 < at.hd; d0 += 32) { /* 32 outputs in registers at a time */
+        const uint32_t nd = at.hd - d0 < 32 ? at.hd - d0 : 32;
         __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                          _mm256_setzero_ps()};
-        for (uint32_t pos = 0; pos < n_ctx; pos++) {
-            const float *v = a->pool + pd_kv_pos_offset(l, table, pos, a->layer, 1, kvh) + d0;
+        for (uint32_t pos = 0; pos < at.n_ctx; pos++) {
+            const float *v = a->pool + pd_kv_pos_offset(l, at.table, pos, a->layer, 1, at.kvh) + d0;
             const __m256 w = _mm256_set1_ps(scores[pos]);
             for (uint32_t g = 0; g < nd / 8; g++)
                 acc[g] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8 * g), acc[g]);
         }
         for (uint32_t g = 0; g < nd / 8; g++)
-            _mm256_storeu_ps(o + d0 + 8 * g, acc[g]);
+            _mm256_storeu_ps(at.o + d0 + 8 * g, acc[g]);
     }
 }
 #pragma GCC pop_options

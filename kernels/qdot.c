@@ -113,24 +113,23 @@ static float dot_q6_k(const void *w, const void *x, uint32_t k)
     return s;
 }
 
-static float dot_f16(const void *w, const void *x, uint32_t k)
+/* 16-bit weights . float x, each weight decoded by dec */
+static float dot_h16(const uint16_t *h, const float *a, uint32_t k, float (*dec)(uint16_t))
 {
-    const uint16_t *h = w;
-    const float *a = x;
     float s = 0;
     for (uint32_t i = 0; i < k; i++)
-        s += pd_f16_decode(h[i]) * a[i];
+        s += dec(h[i]) * a[i];
     return s;
+}
+
+static float dot_f16(const void *w, const void *x, uint32_t k)
+{
+    return dot_h16(w, x, k, pd_f16_decode);
 }
 
 static float dot_bf16(const void *w, const void *x, uint32_t k)
 {
-    const uint16_t *h = w;
-    const float *a = x;
-    float s = 0;
-    for (uint32_t i = 0; i < k; i++)
-        s += pd_bf16_decode(h[i]) * a[i];
-    return s;
+    return dot_h16(w, x, k, pd_bf16_decode);
 }
 
 /* the float-activation reference: the row dequantized a chunk at a time */

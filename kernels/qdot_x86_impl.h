@@ -183,35 +183,38 @@ static inline void V(store_u8x16)(float *o, __m128i q, __m256 scale, const __m25
 {
     for (int g = 0; g < 2; g++) {
         __m256i v = _mm256_cvtepu8_epi32(g ? _mm_srli_si128(q, 8) : q);
-        const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(v, _mm256_set1_epi32(sub))),
-                                       scale);
+        v = _mm256_sub_epi32(v, _mm256_set1_epi32(sub));
+        const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(v), scale);
         _mm256_storeu_ps(o + 8 * g, add ? _mm256_add_ps(f, *add) : f);
+    }
+}
+
+/* Q4_0 (nibble - 8) d and Q4_1 nibble d + m: blocks of `bytes`, d at 0, m
+ * at 2 when has_m, the nibbles after */
+static inline void V(unpack_q4f)(const uint8_t *w, size_t bytes, int has_m, float *o,
+                                 uint32_t k)
+{
+    const __m128i m = _mm_set1_epi8(0xF);
+    for (uint32_t i = 0; i < k / 32; i++, o += 32, w += bytes) {
+        uint16_t h[2];
+        memcpy(h, w, sizeof(h));
+        const __m128i q = _mm_loadu_si128((const __m128i *)(w + (has_m ? 4 : 2)));
+        const __m256 d = _mm256_set1_ps(F16(h[0]));
+        const __m256 mn = _mm256_set1_ps(has_m ? F16(h[1]) : 0.0f);
+        V(store_u8x16)(o, _mm_and_si128(q, m), d, has_m ? &mn : NULL, has_m ? 0 : 8);
+        V(store_u8x16)(o + 16, _mm_and_si128(_mm_srli_epi16(q, 4), m), d, has_m ? &mn : NULL,
+                       has_m ? 0 : 8);
     }
 }
 
 static void V(unpack_q4_0)(const void *w, float *o, uint32_t k)
 {
-    const struct pd_blk_q4_0 *b = w;
-    const __m128i m = _mm_set1_epi8(0xF);
-    for (uint32_t i = 0; i < k / 32; i++, o += 32) {
-        const __m128i q = _mm_loadu_si128((const __m128i *)b[i].qs);
-        const __m256 d = _mm256_set1_ps(F16(b[i].d));
-        V(store_u8x16)(o, _mm_and_si128(q, m), d, NULL, 8);
-        V(store_u8x16)(o + 16, _mm_and_si128(_mm_srli_epi16(q, 4), m), d, NULL, 8);
-    }
+    V(unpack_q4f)(w, 18, 0, o, k);
 }
 
 static void V(unpack_q4_1)(const void *w, float *o, uint32_t k)
 {
-    const struct pd_blk_q4_1 *b = w;
-    const __m128i m = _mm_set1_epi8(0xF);
-    for (uint32_t i = 0; i < k / 32; i++, o += 32) {
-        const __m128i q = _mm_loadu_si128((const __m128i *)b[i].qs);
-        const __m256 d = _mm256_set1_ps(F16(b[i].d));
-        const __m256 mn = _mm256_set1_ps(F16(b[i].m));
-        V(store_u8x16)(o, _mm_and_si128(q, m), d, &mn, 0);
-        V(store_u8x16)(o + 16, _mm_and_si128(_mm_srli_epi16(q, 4), m), d, &mn, 0);
-    }
+    V(unpack_q4f)(w, 20, 1, o, k);
 }
 
 static void V(unpack_q8_0)(const void *w, float *o, uint32_t k)
@@ -220,7 +223,8 @@ static void V(unpack_q8_0)(const void *w, float *o, uint32_t k)
     for (uint32_t i = 0; i < k / 32; i++, o += 32) {
         const __m256 d = _mm256_set1_ps(F16(b[i].d));
         for (int g = 0; g < 4; g++) {
-            const __m256i v = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b[i].qs + 8 * g)));
+            const __m128i q8 = _mm_loadl_epi64((const __m128i *)(b[i].qs + 8 * g));
+            const __m256i v = _mm256_cvtepi8_epi32(q8);
             _mm256_storeu_ps(o + 8 * g, _mm256_mul_ps(_mm256_cvtepi32_ps(v), d));
         }
     }

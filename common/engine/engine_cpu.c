@@ -124,10 +124,12 @@ static int cpu_init(struct pd_engine *e, const struct pd_engine_params *p, char 
     e->isa = pd_isa_best();
     char types[160];
     type_list(counts, types, sizeof(types));
-    snprintf(e->desc, sizeof(e->desc),
-             "engine: CPU, matrices %s (%s), %u thread%s, %s dots", f32 ? "as fp32"
-             : e->act_q8 ? "as stored, 8-bit activations" : "as stored, float activations", types, pd_pool_size(e->pool), pd_pool_size(e->pool) == 1 ? "" : "s",
-             pd_isa_name((enum pd_isa)e->isa));
+    const char *how = f32         ? "as fp32"
+                      : e->act_q8 ? "as stored, 8-bit activations"
+                                  : "as stored, float activations";
+    const unsigned n = pd_pool_size(e->pool);
+    snprintf(e->desc, sizeof(e->desc), "engine: CPU, matrices %s (%s), %u thread%s, %s dots", how,
+             types, n, n == 1 ? "" : "s", pd_isa_name((enum pd_isa)e->isa));
     return 0;
 }
 

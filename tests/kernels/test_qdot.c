@@ -22,7 +22,11 @@
 static const uint32_t types[] = {PD_DT_Q4_0, PD_DT_Q4_1, PD_DT_Q8_0, PD_DT_Q4_K,
                                  PD_DT_Q6_K, PD_DT_F16,  PD_DT_BF16, PD_DT_F32};
 
-static float rnd_unit(void) { return (float)((double)(rnd64() >> 11) / 9007199254740992.0 * 2 - 1); }
+/* uniform in [-1, 1) */
+static float rnd_unit(void)
+{
+    return (float)((double)(rnd64() >> 11) / 9007199254740992.0 * 2 - 1);
+}
 
 static void put16(uint8_t *p, float v)
 {

@@ -146,7 +146,9 @@ static void check_golden(const struct pd_model *m, const char *name, enum pd_cpu
     }
     fclose(f);
     printf("  %s, weights %s: %u prompts up to %u tokens, worst max|diff|/max|ref| = %.2e "
-           "(prompt %u, position %u)\n", name, pd_engine_cpu_weight_dtypes[mode], n_prompts, max_len, worst, worst_prompt, worst_pos);
+           "(prompt %u, position %u)\n",
+           name, pd_engine_cpu_weight_dtypes[mode], n_prompts, max_len, worst, worst_prompt,
+           worst_pos);
     CHECK(worst <= TOL);
     CHECK_EQ_INT(pd_kvcache_n_free(pd_engine_kvcache(e)), pd_kvcache_n_blocks(pd_engine_kvcache(e)));
     pd_engine_free(e);
