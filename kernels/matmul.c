@@ -33,9 +33,10 @@ size_t pd_matmul_cpu_ws_bytes(uint32_t m, uint32_t k, unsigned threads)
     return xq + (size_t)(threads ? threads : 1) * tile * sizeof(float);
 }
 
-/* Measured (engine_bench --qdot-max-m, docs/perf.md): above this many rows
- * of x, unpacking W into tiles and OpenBLAS's sgemm beat the dots. The
- * float dots unpack each row for every row of x, so they pay only for one. */
+/* Measured with engine_bench (docs/internals/quant.md): above this many rows
+ * of x, unpacking W into tiles and OpenBLAS's sgemm beat the dots (with
+ * float x the row kernel, 4 rows of x a pass, loses to sgemm's register
+ * blocking past 8) */
 uint32_t pd_matmul_dots_max_m(uint32_t w_type, bool act_q8)
 {
     if (w_type == PD_DT_F32)
@@ -51,8 +52,8 @@ struct mm_job {
     const void *x; /* what the dots take: the pd_q8 blocks, or the float x */
     size_t x_row; /* bytes between rows of x */
     size_t w_row; /* bytes of a row of W */
-    float *tiles; /* `tile` floats per share */
-    size_t tile; /* floats of a share's tile */
+    float *tiles; /* `tile` floats per thread */
+    size_t tile; /* floats of a thread's tile */
 };
 
 /* rows [*r0, *r1) of n for share s of ns, whole cache lines of y apart
@@ -125,7 +126,8 @@ int pd_matmul_cpu(const struct pd_matmul_args *a)
 {
     const struct pd_dtype_info *ti = pd_dtype_info(a->w_type);
     if (a->x_type != PD_DT_F32 || a->y_type != PD_DT_F32 || !ti || !ti->supported ||
-        a->k % ti->block != 0 || (unsigned)a->isa >= PD_ISA_COUNT)
+        a->k % ti->block != 0 || (unsigned)a->isa >= PD_ISA_COUNT ||
+        !pd_isa_runs((enum pd_isa)a->isa))
         return -EINVAL;
     if (a->m == 0 || a->n == 0)
         return 0;

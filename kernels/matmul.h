@@ -39,7 +39,8 @@ struct pd_matmul_args {
     /* CPU */
     struct pd_pool *pool; /* the threads (common/base/parallel); NULL: the caller's */
     void *ws; /* pd_matmul_cpu_ws_bytes(m, k, pd_pool_size(pool)) bytes */
-    int isa; /* enum pd_isa of the dots; 0 the scalar reference (pd_isa_best() in engines) */
+    int isa; /* enum pd_isa of the dots, one this CPU runs (else -EINVAL); 0 the scalar
+              * reference (pd_isa_best() in engines) */
     int act_q8; /* the dots quantize x to 8 bits per block of 32 */
     uint32_t dots_max_m; /* 0: pd_matmul_dots_max_m's; else the crossover (benches, tests) */
 };

@@ -37,10 +37,11 @@
  *
  * CPU backend: fp32 activations; KV in fp32, or bf16 / half (--kv-cache-dtype:
  * half the memory and the KV channel's bytes, K and V rounded as stored);
- * weights dequantized to fp32 at load
- * (fp32 GGUF and dummy tensors are used in place); GEMMs through OpenBLAS;
- * attention, RoPE, norms in kernels/ with OpenMP. One engine is driven by one
- * thread at a time (the compute thread).
+ * weight matrices as the model stores them, read through the mapping
+ * (cpu_weights; docs/internals/quant.md), multiplied on the engine's own
+ * pool of threads (cpu_threads) with OpenBLAS on one thread for large
+ * batches; decode attention on the pool; RoPE and norms on the caller. One
+ * engine is driven by one thread at a time (the compute thread).
  */
 #ifndef PD_ENGINE_H
 #define PD_ENGINE_H

@@ -1,11 +1,11 @@
 /* common/engine/engine_cpu: the CPU backend. The kernels' CPU references
  * (kernels/<op>.c); weight matrices kept as the model stores them and
- * multiplied by kernels/matmul.c on the engine's pool of threads (quantized
- * types with 8-bit activations for small batches, dequantized tiles and
- * OpenBLAS for large ones), or dequantized to fp32 at load when asked
- * (cpu_weights_f32); norms and the like as fp32; host scratch, the index
- * arrays built in place, sampling by the CPU's sampler as rows are handed
- * out. */
+ * multiplied by kernels/matmul.c on the engine's pool of threads (float
+ * activations: kernels/qdot's dots for small batches, unpacked tiles and
+ * OpenBLAS above; 8-bit activations with PD_CPU_W_STORED_Q8), or
+ * dequantized to fp32 at load (PD_CPU_W_F32); norms and the like as fp32;
+ * host scratch, the index arrays built in place, sampling by the CPU's
+ * sampler as rows are handed out. docs/internals/quant.md. */
 #include "engine_internal.h"
 
 #include "errf.h"
