@@ -129,40 +129,46 @@ static void attend_one_avx2(const struct pd_attn_args *a, uint32_t t, uint32_t h
 {
     const struct pd_kv_geom *l = &a->kv;
     const struct one at = one_at(a, t, h);
-    /* four positions at a time: four independent FMA chains */
-    uint32_t j = 0;
-    for (; j + 4 <= at.n_ctx; j += 4) {
-        const float *k[4];
-        __m256 acc[4];
-        for (int i = 0; i < 4; i++) {
-            k[i] = a->pool + pd_kv_pos_offset(l, at.table, j + (uint32_t)i, a->layer, 0, at.kvh);
-            acc[i] = _mm256_setzero_ps();
+    const uint32_t bs = l->block_size, hd = at.hd;
+    /* a block's K (and V) rows of this head are one (bs, hd) tile: walk the
+     * blocks, not each position through the table (two divisions each) */
+    for (uint32_t b = 0; b * bs < at.n_ctx; b++) {
+        const float *kt = a->pool + pd_kv_offset(l, at.table[b], a->layer, 0, at.kvh, 0);
+        const uint32_t n = at.n_ctx - b * bs < bs ? at.n_ctx - b * bs : bs;
+        float *sc = scores + b * bs;
+        uint32_t i = 0;
+        for (; i + 4 <= n; i += 4) { /* four rows at a time: four independent FMA chains */
+            __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                             _mm256_setzero_ps()};
+            for (uint32_t d = 0; d < hd; d += 8) {
+                const __m256 qv = _mm256_loadu_ps(at.q + d);
+                for (uint32_t r = 0; r < 4; r++)
+                    acc[r] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kt + (i + r) * hd + d), acc[r]);
+            }
+            for (uint32_t r = 0; r < 4; r++)
+                sc[i + r] = hsum8(acc[r]) * a->scale;
         }
-        for (uint32_t d = 0; d < at.hd; d += 8) {
-            const __m256 qv = _mm256_loadu_ps(at.q + d);
-            for (int i = 0; i < 4; i++)
-                acc[i] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k[i] + d), acc[i]);
+        for (; i < n; i++) {
+            __m256 acc = _mm256_setzero_ps();
+            for (uint32_t d = 0; d < hd; d += 8)
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(at.q + d), _mm256_loadu_ps(kt + i * hd + d),
+                                      acc);
+            sc[i] = hsum8(acc) * a->scale;
         }
-        for (int i = 0; i < 4; i++)
-            scores[j + (uint32_t)i] = hsum8(acc[i]) * a->scale;
-    }
-    for (; j < at.n_ctx; j++) {
-        const float *k = a->pool + pd_kv_pos_offset(l, at.table, j, a->layer, 0, at.kvh);
-        __m256 acc = _mm256_setzero_ps();
-        for (uint32_t d = 0; d < at.hd; d += 8)
-            acc = _mm256_fmadd_ps(_mm256_loadu_ps(at.q + d), _mm256_loadu_ps(k + d), acc);
-        scores[j] = hsum8(acc) * a->scale;
     }
     softmax_row(scores, at.n_ctx);
-    for (uint32_t d0 = 0; d0 < at.hd; d0 += 32) { /* 32 outputs in registers at a time */
-        const uint32_t nd = at.hd - d0 < 32 ? at.hd - d0 : 32;
+    for (uint32_t d0 = 0; d0 < hd; d0 += 32) { /* 32 outputs in registers at a time */
+        const uint32_t nd = hd - d0 < 32 ? hd - d0 : 32;
         __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                          _mm256_setzero_ps()};
-        for (uint32_t pos = 0; pos < at.n_ctx; pos++) {
-            const float *v = a->pool + pd_kv_pos_offset(l, at.table, pos, a->layer, 1, at.kvh) + d0;
-            const __m256 w = _mm256_set1_ps(scores[pos]);
-            for (uint32_t g = 0; g < nd / 8; g++)
-                acc[g] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8 * g), acc[g]);
+        for (uint32_t b = 0; b * bs < at.n_ctx; b++) {
+            const float *vt = a->pool + pd_kv_offset(l, at.table[b], a->layer, 1, at.kvh, 0) + d0;
+            const uint32_t n = at.n_ctx - b * bs < bs ? at.n_ctx - b * bs : bs;
+            for (uint32_t i = 0; i < n; i++) {
+                const __m256 w = _mm256_set1_ps(scores[b * bs + i]);
+                for (uint32_t g = 0; g < nd / 8; g++)
+                    acc[g] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vt + i * hd + 8 * g), acc[g]);
+            }
         }
         for (uint32_t g = 0; g < nd / 8; g++)
             _mm256_storeu_ps(at.o + d0 + 8 * g, acc[g]);

@@ -347,6 +347,7 @@ static const struct pd_test tests[] = {
     PD_TEST(matmul_cpu_matches_reference_on_both_paths),
     PD_TEST(matmul_cpu_refuses_bad_args),
     PD_TEST(pool_runs_every_share_once_spinning_or_asleep),
+    {0},
 };
 
 int main(int argc, char **argv)
