@@ -106,12 +106,21 @@ static float V(dot_q4_k)(const void *w, const void *x, uint32_t k)
     return V(hsum)(acc) - off;
 }
 
+/* Q6_K: group g (0..3) of a half, 32 values q - 32 in -32..31, from the
+ * half's ql (l0: bytes 0..31, l1: 32..63) and qh (32 bytes) */
+static inline __m256i V(q6k_group)(__m256i l0, __m256i l1, __m256i qh, int g)
+{
+    const __m256i m4 = _mm256_set1_epi8(0xF), m2 = _mm256_set1_epi8(3);
+    const __m256i l = g & 1 ? l1 : l0;
+    const __m256i lo = _mm256_and_si256(g < 2 ? l : _mm256_srli_epi16(l, 4), m4);
+    const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), m2), 4);
+    return _mm256_sub_epi8(_mm256_or_si256(lo, hi), _mm256_set1_epi8(32));
+}
+
 static float V(dot_q6_k)(const void *w, const void *x, uint32_t k)
 {
     const struct pd_blk_q6_k *b = w;
     const struct pd_q8 *a = x;
-    const __m256i m4 = _mm256_set1_epi8(0xF), m2 = _mm256_set1_epi8(3);
-    const __m256i c32 = _mm256_set1_epi8(32);
     __m256 acc = _mm256_setzero_ps();
     for (uint32_t i = 0; i < k / PD_QK; i++) {
         const float d = F16(b[i].d);
@@ -119,13 +128,7 @@ static float V(dot_q6_k)(const void *w, const void *x, uint32_t k)
             const __m256i l0 = V(ld)(b[i].ql + 64 * h), l1 = V(ld)(b[i].ql + 64 * h + 32);
             const __m256i qh = V(ld)(b[i].qh + 32 * h);
             for (int g = 0; g < 4; g++) {
-                const __m256i lo = g == 0 ? _mm256_and_si256(l0, m4)
-                                 : g == 1 ? _mm256_and_si256(l1, m4)
-                                 : g == 2 ? _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4)
-                                          : _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4);
-                const __m256i hi =
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), m2), 4);
-                const __m256i q = _mm256_sub_epi8(_mm256_or_si256(lo, hi), c32); /* -32..31 */
+                const __m256i q = V(q6k_group)(l0, l1, qh, g); /* -32..31 */
                 const struct pd_q8 *ab = &a[8 * i + 4 * h + g];
                 /* lanes 0-3 are elements 0..15 (scale sc[0]), lanes 4-7 16..31 (sc[1]) */
                 const int8_t *sc = b[i].scales + 8 * h + 2 * g;
@@ -252,21 +255,13 @@ static void V(unpack_q4_k)(const void *w, float *o, uint32_t k)
 static void V(unpack_q6_k)(const void *w, float *o, uint32_t k)
 {
     const struct pd_blk_q6_k *b = w;
-    const __m256i m4 = _mm256_set1_epi8(0xF), m2 = _mm256_set1_epi8(3);
-    const __m256i c32 = _mm256_set1_epi8(32);
     for (uint32_t i = 0; i < k / PD_QK; i++) {
         const float d = F16(b[i].d);
         for (int h = 0; h < 2; h++) {
             const __m256i l0 = V(ld)(b[i].ql + 64 * h), l1 = V(ld)(b[i].ql + 64 * h + 32);
             const __m256i qh = V(ld)(b[i].qh + 32 * h);
             for (int g = 0; g < 4; g++, o += 32) {
-                const __m256i lo = g == 0 ? _mm256_and_si256(l0, m4)
-                                 : g == 1 ? _mm256_and_si256(l1, m4)
-                                 : g == 2 ? _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4)
-                                          : _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4);
-                const __m256i hi =
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), m2), 4);
-                const __m256i q = _mm256_sub_epi8(_mm256_or_si256(lo, hi), c32);
+                const __m256i q = V(q6k_group)(l0, l1, qh, g);
                 const int8_t *sc = b[i].scales + 8 * h + 2 * g;
                 for (int s = 0; s < 4; s++) { /* 8 elements; s / 2 picks the 16's scale */
                     const __m128i q16 = s < 2 ? _mm256_castsi256_si128(q)
