@@ -1,6 +1,7 @@
 #include "attention.h"
 
 #include "parallel.h"
+#include "qdot.h"
 
 #include "bf16.h"
 #include "quant.h"
@@ -8,7 +9,6 @@
 #include <cblas.h>
 #include <errno.h>
 #include <math.h>
-#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -175,14 +175,6 @@ static void attend_one_avx2(const struct pd_attn_args *a, uint32_t t, uint32_t h
     }
 }
 #pragma GCC pop_options
-
-static bool have_avx2(void)
-{
-    static _Atomic int yes = -1;
-    if (yes < 0)
-        yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    return yes;
-}
 #endif
 
 /* Copy K or V of one head for positions [0, n_ctx) into (n_ctx, head_dim). */
@@ -255,7 +247,8 @@ static void decode_share(void *arg, unsigned s, unsigned ns, unsigned thread)
     const uint32_t per = (n_pairs + ns - 1) / ns, p0 = s * per;
     void (*one)(const struct pd_attn_args *, uint32_t, uint32_t, float *) = attend_one;
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (j->a->pool_type == PD_DT_F32 && j->a->kv.head_dim % 8 == 0 && have_avx2())
+    if (j->a->pool_type == PD_DT_F32 && j->a->kv.head_dim % 8 == 0 &&
+        pd_isa_best() >= PD_ISA_AVX2) /* kernels/qdot's choice, PD_CPU_ISA included */
         one = attend_one_avx2;
 #endif
     for (uint32_t p = p0; p < n_pairs && p < p0 + per; p++)

@@ -33,8 +33,8 @@ void pd_q8_quantize(const float *x, struct pd_q8 *q, uint32_t k)
 
 static inline int nib(const uint8_t *qs, int j) { return j < 16 ? qs[j] & 0xF : qs[j - 16] >> 4; }
 
-/* Q4_0 (offset -8, no m) and Q4_1 (m at bytes 2-3): blocks of `bytes` whose
- * nibbles start at byte `qs` */
+/* Q4_0 (offset -8, no m) and Q4_1 (m at bytes 2-3): blocks of `bytes`, d at
+ * byte 0, the nibbles after d (and m) */
 static float dot_q4(const uint8_t *w, size_t bytes, int has_m, const void *x, uint32_t k)
 {
     const struct pd_q8 *a = x;
@@ -172,7 +172,7 @@ static void rows(uint32_t type, const void *w, const float *x, size_t x_stride, 
         y[i * y_stride] = dotf(type, w, x + i * x_stride, k);
 }
 
-static const struct pd_qdot_x86_tables scalar = {
+static const struct pd_qdot_tables scalar = {
     .rows = rows,
     .q8 = {[PD_DT_Q4_0] = dot_q4_0, [PD_DT_Q4_1] = dot_q4_1, [PD_DT_Q8_0] = dot_q8_0,
            [PD_DT_Q4_K] = dot_q4_k, [PD_DT_Q6_K] = dot_q6_k, [PD_DT_F16] = dot_f16,
@@ -191,57 +191,62 @@ bool pd_qdot_takes_q8(uint32_t type)
            type == PD_DT_Q4_K || type == PD_DT_Q6_K;
 }
 
-static const struct pd_qdot_x86_tables *tables(uint32_t type, enum pd_isa isa)
+static const struct pd_qdot_tables *tables(uint32_t type, enum pd_isa isa)
 {
-    if (type >= 31)
+    if (type >= PD_DT_COUNT)
         return NULL;
     return isa == PD_ISA_SCALAR ? &scalar : pd_qdot_x86(isa);
 }
 
 pd_qdot_fn *pd_qdot_get(uint32_t type, enum pd_isa isa)
 {
-    const struct pd_qdot_x86_tables *t = tables(type, isa);
+    const struct pd_qdot_tables *t = tables(type, isa);
     return t ? t->q8[type] : NULL;
 }
 
 pd_qdot_fn *pd_qdotf_get(uint32_t type, enum pd_isa isa)
 {
-    const struct pd_qdot_x86_tables *t = tables(type, isa);
+    const struct pd_qdot_tables *t = tables(type, isa);
     return t ? t->f32[type] : NULL;
 }
 
 pd_qdot_rows_fn *pd_qdot_rows_get(uint32_t type, enum pd_isa isa)
 {
-    const struct pd_qdot_x86_tables *t = tables(type, isa);
+    const struct pd_qdot_tables *t = tables(type, isa);
     return t && t->unpack[type] ? t->rows : NULL;
 }
 
 pd_unpack_fn *pd_unpack_get(uint32_t type, enum pd_isa isa)
 {
-    const struct pd_qdot_x86_tables *t = tables(type, isa);
+    const struct pd_qdot_tables *t = tables(type, isa);
     return t ? t->unpack[type] : NULL;
+}
+
+/* The ISAs this CPU runs, as bits by enum pd_isa (CPUID, asked once: the
+ * matmul checks its caller's choice on every call) */
+static unsigned isa_mask(void)
+{
+    static _Atomic int mask = -1; /* every thread would compute the same */
+    if (mask >= 0)
+        return (unsigned)mask;
+    unsigned m = 1u << PD_ISA_SCALAR;
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                      __builtin_cpu_supports("f16c") && pd_qdot_x86(PD_ISA_AVX2);
+    if (avx2)
+        m |= 1u << PD_ISA_AVX2;
+    if (avx2 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && pd_qdot_x86(PD_ISA_AVX512VNNI))
+        m |= 1u << PD_ISA_AVX512VNNI;
+#endif
+    mask = (int)m;
+    return m;
 }
 
 bool pd_isa_runs(enum pd_isa isa)
 {
-#if defined(__x86_64__) && defined(__GNUC__)
-    __builtin_cpu_init();
-    switch (isa) {
-    case PD_ISA_SCALAR:
-        return true;
-    case PD_ISA_AVX2:
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-               __builtin_cpu_supports("f16c") && pd_qdot_x86(isa);
-    case PD_ISA_AVX512VNNI:
-        return pd_isa_runs(PD_ISA_AVX2) && __builtin_cpu_supports("avx512vnni") &&
-               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
-               pd_qdot_x86(isa);
-    default:
-        return false;
-    }
-#else
-    return isa == PD_ISA_SCALAR;
-#endif
+    return (unsigned)isa < PD_ISA_COUNT && (isa_mask() >> isa & 1u);
 }
 
 static const char *const isa_names[PD_ISA_COUNT] = {"scalar", "avx2", "avx512vnni"};

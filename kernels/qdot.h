@@ -23,6 +23,8 @@
 #ifndef PD_QDOT_H
 #define PD_QDOT_H
 
+#include "quant.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -79,14 +81,14 @@ enum pd_isa pd_isa_best(void);
 bool pd_isa_runs(enum pd_isa isa);
 const char *pd_isa_name(enum pd_isa isa);
 
-/* qdot_x86.c: one ISA's versions, by type id (NULL: none); NULL when not
- * built for x86-64 */
-struct pd_qdot_x86_tables {
-    pd_qdot_fn *q8[31]; /* pd_qdot_get's */
-    pd_qdot_fn *f32[31]; /* pd_qdotf_get's */
-    pd_unpack_fn *unpack[31];
+/* One ISA's versions, by type id (NULL: none): qdot.c's reference, and
+ * qdot_x86.c's (pd_qdot_x86: NULL when not built for x86-64) */
+struct pd_qdot_tables {
+    pd_qdot_fn *q8[PD_DT_COUNT]; /* pd_qdot_get's */
+    pd_qdot_fn *f32[PD_DT_COUNT]; /* pd_qdotf_get's */
+    pd_unpack_fn *unpack[PD_DT_COUNT];
     pd_qdot_rows_fn *rows; /* for every type with an unpack */
 };
-const struct pd_qdot_x86_tables *pd_qdot_x86(enum pd_isa isa);
+const struct pd_qdot_tables *pd_qdot_x86(enum pd_isa isa);
 
 #endif

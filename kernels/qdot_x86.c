@@ -34,12 +34,12 @@
 #undef DPBUSD
 #pragma GCC pop_options
 
-const struct pd_qdot_x86_tables *pd_qdot_x86(enum pd_isa isa)
+const struct pd_qdot_tables *pd_qdot_x86(enum pd_isa isa)
 {
     return isa == PD_ISA_AVX2 ? &tables_avx2 : isa == PD_ISA_AVX512VNNI ? &tables_vnni : NULL;
 }
 #else
-const struct pd_qdot_x86_tables *pd_qdot_x86(enum pd_isa isa)
+const struct pd_qdot_tables *pd_qdot_x86(enum pd_isa isa)
 {
     (void)isa;
     return NULL;

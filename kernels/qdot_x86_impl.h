@@ -179,7 +179,7 @@ static float V(dot_bf16)(const void *w, const void *x, uint32_t k)
 
 /* ---- unpacking rows to float, bit for bit what pd_dequant_row writes (the
  * same products, unfused), for the float-activation path: a tile for
- * sgemm, or a chunk for dotf */
+ * sgemm, or a chunk for the row kernel (the k-quants' float dots too) */
 
 /* 16 unsigned bytes -> floats (q - sub) * scale (+ add when `add`) */
 static inline void V(store_u8x16)(float *o, __m128i q, __m256 scale, const __m256 *add, int sub)
@@ -295,33 +295,7 @@ static void V(unpack_bf16)(const void *w, float *o, uint32_t k)
         o[i] = pd_bf16_decode(h[i]);
 }
 
-static const struct pd_qdot_x86_tables V(tables); /* below */
-
-/* weight row w (k elements of type) . float x: unpacked a chunk at a time
- * into a buffer that stays in L1, then multiplied */
-static inline float V(dotf)(uint32_t type, uint32_t block, uint32_t bytes, const void *w,
-                            const float *x, uint32_t k)
-{
-    enum { CHUNK = 256 };
-    float buf[CHUNK] __attribute__((aligned(32)));
-    pd_unpack_fn *unpack = V(tables).unpack[type];
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    float tail = 0;
-    const char *wb = w;
-    for (uint32_t i = 0; i < k; i += CHUNK) {
-        const uint32_t n = k - i < CHUNK ? k - i : CHUNK;
-        unpack(wb + (size_t)i / block * bytes, buf, n);
-        uint32_t j = 0;
-        for (; j + 16 <= n; j += 16) {
-            acc0 = _mm256_fmadd_ps(_mm256_load_ps(buf + j), _mm256_loadu_ps(x + i + j), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_load_ps(buf + j + 8), _mm256_loadu_ps(x + i + j + 8),
-                                   acc1);
-        }
-        for (; j < n; j++)
-            tail += buf[j] * x[i + j];
-    }
-    return V(hsum)(_mm256_add_ps(acc0, acc1)) + tail;
-}
+static const struct pd_qdot_tables V(tables); /* below */
 
 /* Q4_0, Q4_1 and Q8_0 . float x, fused: each block's 32 values converted in
  * registers and multiplied, sum (q x) scaled by d once per block (and, for
@@ -440,15 +414,6 @@ static float V(dotf_Q8_0)(const void *w, const void *x_, uint32_t k)
 #endif
 }
 
-#define DOTF(t, blk, sz)                                                                           \
-    static float V(dotf_##t)(const void *w, const void *x, uint32_t k)                           \
-    {                                                                                              \
-        return V(dotf)(PD_DT_##t, blk, sz, w, x, k);                                               \
-    }
-DOTF(Q4_K, 256, 144)
-DOTF(Q6_K, 256, 210)
-#undef DOTF
-
 /* y[i * y_stride] = w . x[i * x_stride] for i < m (m <= PD_QDOT_MAX_ROWS):
  * W's row unpacked a chunk at a time into L1 and multiplied by four rows of
  * x at once (five loads a four FMAs), so that it is read once for the batch */
@@ -496,7 +461,20 @@ static void V(rows)(uint32_t type, const void *w, const float *x, size_t x_strid
         y[i * y_stride] = V(hsum)(acc[i]) + tail[i];
 }
 
-static const struct pd_qdot_x86_tables V(tables) = {
+/* the k-quants . float x: their row unpacked a chunk at a time into L1, the
+ * row kernel's one-row case */
+#define DOTF(t)                                                                                    \
+    static float V(dotf_##t)(const void *w, const void *x, uint32_t k)                           \
+    {                                                                                              \
+        float y;                                                                                   \
+        V(rows)(PD_DT_##t, w, x, k, 1, k, &y, 1);                                                  \
+        return y;                                                                                  \
+    }
+DOTF(Q4_K)
+DOTF(Q6_K)
+#undef DOTF
+
+static const struct pd_qdot_tables V(tables) = {
     .rows = V(rows),
     .q8 = {[PD_DT_Q4_0] = V(dot_q4_0), [PD_DT_Q4_1] = V(dot_q4_1), [PD_DT_Q8_0] = V(dot_q8_0),
            [PD_DT_Q4_K] = V(dot_q4_k), [PD_DT_Q6_K] = V(dot_q6_k), [PD_DT_F16] = V(dot_f16),

@@ -352,10 +352,9 @@ static const struct pd_test tests[] = {
 
 int main(int argc, char **argv)
 {
-    const char *seed = getenv("PD_TEST_SEED");
-    rng_state = seed ? strtoull(seed, NULL, 10) : 1;
+    const char *seed = rng_seed_from_env();
     if (argc < 2 || strcmp(argv[1], "--list") != 0)
-        printf("random weights from PD_TEST_SEED=%s; best ISA here: %s\n", seed ? seed : "1",
+        printf("random weights from PD_TEST_SEED=%s; best ISA here: %s\n", seed,
                pd_isa_name(pd_isa_best()));
     return pd_test_main(tests, argc, argv);
 }

@@ -637,8 +637,7 @@ static const struct pd_test tests[] = {
 
 int main(int argc, char **argv)
 {
-    const char *seed = getenv("PD_TEST_SEED");
-    rng_state = seed ? strtoull(seed, NULL, 10) : 1;
+    (void)rng_seed_from_env();
     if (sodium_init() < 0)
         return 1;
     return pd_test_main(tests, argc, argv);
