@@ -210,9 +210,12 @@ def test_chunked_body_over_the_cap_is_413_json(d, reference):
         s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
                   b"\r\nTransfer-Encoding: chunked\r\n\r\n")
         chunk = b"x" * 65536
-        for _ in range(32):  # 2 MiB, over the 1 MiB cap, no Content-Length
-            s.sendall(b"10000\r\n" + chunk + b"\r\n")
-        s.sendall(b"0\r\n\r\n")
+        try:
+            for _ in range(32):  # 2 MiB, over the 1 MiB cap, no Content-Length
+                s.sendall(b"10000\r\n" + chunk + b"\r\n")
+            s.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # decoded answered at the cap and closed before the rest was sent
         r = http.client.HTTPResponse(s)
         r.begin()
         assert r.status == 413
