@@ -19,9 +19,11 @@ int pd_rope_cpu(const struct pd_rope_args *a)
         for (uint32_t h = 0; h < a->n_heads; h++) {
             float *v = a->x + ((size_t)t * a->n_heads + h) * a->head_dim;
             for (uint32_t i = 0; i < half; i++) {
-                float x0 = v[2 * i], x1 = v[2 * i + 1];
-                v[2 * i] = x0 * c[i] - x1 * s[i];
-                v[2 * i + 1] = x0 * s[i] + x1 * c[i];
+                uint32_t i0, i1;
+                pd_rope_pair(a, i, &i0, &i1);
+                float x0 = v[i0], x1 = v[i1];
+                v[i0] = x0 * c[i] - x1 * s[i];
+                v[i1] = x0 * s[i] + x1 * c[i];
             }
         }
     }

@@ -16,11 +16,13 @@ __global__ void __launch_bounds__(ROPE_THREADS) rope_kernel(struct pd_rope_args 
                                  p.freq_factors);
     const float c = (float)cos(theta), s = (float)sin(theta);
     float *row = p.x + (uint64_t)t * p.n_heads * p.head_dim;
+    uint32_t i0, i1;
+    pd_rope_pair(&p, i, &i0, &i1);
     for (uint32_t h = 0; h < p.n_heads; h++) {
         float *v = row + (uint64_t)h * p.head_dim;
-        float x0 = v[2 * i], x1 = v[2 * i + 1];
-        v[2 * i] = x0 * c - x1 * s;
-        v[2 * i + 1] = x0 * s + x1 * c;
+        float x0 = v[i0], x1 = v[i1];
+        v[i0] = x0 * c - x1 * s;
+        v[i1] = x0 * s + x1 * c;
     }
 }
 

@@ -1,8 +1,10 @@
-/* kernels/rope: rotary position embedding, in place, ggml's "normal" mode:
- * adjacent pairs (x[2i], x[2i+1]) of each head's first rope_dim dims rotate by
+/* kernels/rope: rotary position embedding, in place. Pair i of each head's
+ * first rope_dim dims rotates by
  *     theta_i = pos * freq_scale * base^(-2i / rope_dim) / factor_i
- * (GGUF files from Hugging Face checkpoints store Q/K rows permuted so this
- * equals HF's rotate-half form). Angles are computed in double. */
+ * where pair i is (x[2i], x[2i+1]) (ggml's "normal" mode: GGUF's Llama files
+ * store Q/K rows permuted for it) or, with halves, (x[i], x[i + rope_dim/2])
+ * (Hugging Face's rotate_half, NeoX's form: checkpoints and GGUF's Qwen).
+ * Angles are computed in double. */
 #ifndef PD_ROPE_H
 #define PD_ROPE_H
 
@@ -17,7 +19,15 @@ struct pd_rope_args {
     float freq_base;
     float freq_scale; /* 1 / linear scaling factor */
     const float *freq_factors; /* (rope_dim / 2) or NULL */
+    uint32_t halves; /* 0: adjacent pairs; 1: the two halves of rope_dim */
 };
+
+/* Where pair i's two elements are in a head. */
+PD_HD void pd_rope_pair(const struct pd_rope_args *a, uint32_t i, uint32_t *i0, uint32_t *i1)
+{
+    *i0 = a->halves ? i : 2 * i;
+    *i1 = a->halves ? i + a->rope_dim / 2 : 2 * i + 1;
+}
 
 #define PD_ROPE_MAX_HALF 1024 /* rope_dim / 2 at most */
 

@@ -28,6 +28,7 @@
 #include "quant.h"
 #include "rmsnorm.h"
 #include "rope.h"
+#include "bias.h"
 #include "sample.h"
 #include "swiglu.h"
 
@@ -319,7 +320,8 @@ static void rope_cuda_matches_cpu(void)
         struct pd_rope_args a = {.x = x, .pos = pos, .n_tokens = tokens, .n_heads = heads,
                                  .head_dim = hd, .rope_dim = rope_dim,
                                  .freq_base = rnd(2) ? 10000.0f : 500000.0f,
-                                 .freq_scale = rnd(2) ? 1.0f : 0.25f, .freq_factors = factors};
+                                 .freq_scale = rnd(2) ? 1.0f : 0.25f, .freq_factors = factors,
+                                 .halves = rnd(2)};
         struct pd_rope_args g = a;
         g.x = dev_copy(x, n * sizeof(float));
         g.pos = dev_copy(pos, tokens * sizeof(int32_t));
@@ -329,6 +331,27 @@ static void rope_cuda_matches_cpu(void)
         float *got = dev_fetch(g.x, n * sizeof(float));
         check_close("rope", got, x, n, TOL_F32);
         free(x), free(pos), free(factors), free(got);
+        dev_free_all();
+    }
+}
+
+/* Qwen2's q/k/v bias over the rows of a step */
+static void bias_cuda_matches_cpu(void)
+{
+    need_gpu();
+    for (int iter = 0; iter < 12; iter++) {
+        const uint32_t rows = 1 + rnd(rnd(2) ? 8 : 300), dim = PICK(16, 96, 384, 3584);
+        const size_t n = (size_t)rows * dim;
+        float *x = rand_floats(n, 3.0f), *b = rand_floats(dim, 1.0f);
+        struct pd_bias_args g = {.x = dev_copy(x, n * sizeof(float)),
+                                 .bias = dev_copy(b, dim * sizeof(float)), .n_rows = rows,
+                                 .dim = dim};
+        struct pd_bias_args c = {.x = x, .bias = b, .n_rows = rows, .dim = dim};
+        CHECK_EQ_INT(pd_bias_cpu(&c), 0);
+        CHECK_EQ_INT(pd_bias_cuda(&g, NULL), 0);
+        float *got = dev_fetch(g.x, n * sizeof(float));
+        check_close("bias", got, x, n, 0); /* one addition: exact */
+        free(x), free(b), free(got);
         dev_free_all();
     }
 }
@@ -1392,6 +1415,7 @@ SEEDED(cuda_probe_gives_a_reason)
 SEEDED(cuda_launchers_refuse_bad_args)
 SEEDED(rmsnorm_cuda_matches_cpu)
 SEEDED(rope_cuda_matches_cpu)
+SEEDED(bias_cuda_matches_cpu)
 SEEDED(swiglu_cuda_matches_cpu)
 SEEDED(embed_cuda_matches_cpu_every_type)
 SEEDED(kv_write_cuda_matches_cpu)
@@ -1416,6 +1440,7 @@ static const struct pd_test tests[] = {
     T(cuda_launchers_refuse_bad_args),
     T(rmsnorm_cuda_matches_cpu),
     T(rope_cuda_matches_cpu),
+    T(bias_cuda_matches_cpu),
     T(swiglu_cuda_matches_cpu),
     T(embed_cuda_matches_cpu_every_type),
     T(kv_write_cuda_matches_cpu),
