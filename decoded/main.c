@@ -214,9 +214,15 @@ static char *default_name(const struct pd_model *m)
     if (pd_model_gguf(m) && pd_gguf_get_str(pd_model_gguf(m), "general.name", &s, &n) == 0 && n &&
         n < 256)
         return strndup(s, n);
+    /* a file's or a checkpoint directory's last component ("Qwen3-8B/" too) */
     const char *src = pd_model_name(m);
-    const char *slash = strrchr(src, '/');
-    return strdup(slash ? slash + 1 : src);
+    size_t len = strlen(src);
+    while (len > 1 && src[len - 1] == '/')
+        len--;
+    size_t start = len;
+    while (start > 0 && src[start - 1] != '/')
+        start--;
+    return strndup(src + start, len - start);
 }
 
 /* ---- the runtime's hooks (common/daemon/runtime.h) ---- */

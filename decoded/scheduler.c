@@ -203,6 +203,21 @@ static int flush_text(struct dec_job *j, struct dec_event *e)
     return event_text(e, out, out_len);
 }
 
+/* An end-of-generation token: the tokenizer's, or one the checkpoint's
+ * generation_config.json names (a checkpoint has no tokenizer here yet;
+ * Llama-3.1 names three). */
+static bool is_end(const struct dec_sched *s, int32_t token)
+{
+    size_t n;
+    const int32_t *eos = pd_model_eos(pd_engine_model(s->p.engine), &n);
+    if (s->p.tok && pd_tok_is_eog(s->p.tok, token))
+        return true;
+    for (size_t i = 0; i < n; i++)
+        if (eos[i] == token)
+            return true;
+    return false;
+}
+
 /* Record a sampled token; returns the finish it causes (or NONE), fills e. */
 static enum dec_finish take_token(struct dec_sched *s, struct dec_job *j,
                                   const struct pd_sample_result *r, struct dec_event *e)
@@ -220,7 +235,7 @@ static enum dec_finish take_token(struct dec_sched *s, struct dec_job *j,
     j->t_last_ns = now;
     e->t_first_ns = j->t_first_ns;
 
-    if (s->p.tok && !j->ignore_eos && pd_tok_is_eog(s->p.tok, r->token))
+    if (!j->ignore_eos && is_end(s, r->token))
         return flush_text(j, e) < 0 ? DEC_FIN_ERROR : DEC_FIN_STOP;
     e->has_token = true;
     e->token = *r;

@@ -31,6 +31,7 @@ PIP_PACKAGES+=(openai==1.109.1 pytest==8.3.5)
 # PyPI's UCX wheel (1.22, no dependencies): the KV-channel tests run on it too
 # (tests/integration/run_ucx_wheel.sh), beside Debian's UCX that the build uses
 PIP_PACKAGES+=(libucx-cu13==1.22.0)
+PIP_PACKAGES+=(safetensors==0.8.0) # tests/golden/make_smollm2_checkpoint.py: the default model as a HF checkpoint
 
 VENV="${PDSERVE_VENV:-${HOME}/.cache/pdserve/venv}"
 

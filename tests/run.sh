@@ -26,6 +26,13 @@ fi
 ninja -C "$BUILD" >/dev/null
 PDSERVE_MODEL="$(./deploy/fetch-model.sh)"
 export PDSERVE_MODEL
+# the default model as a Hugging Face checkpoint (bf16), for the checkpoint
+# tests: transformers' conversion reproduced bit for bit from the GGUF and
+# checked tensor by tensor against its SHA-256s (a few seconds; kept)
+PDSERVE_HF_MODEL="${PDSERVE_HF_MODEL:-${HOME}/.cache/pdserve/hf/smollm2-135m-instruct}"
+"${PDSERVE_VENV:-${HOME}/.cache/pdserve/venv}/bin/python" tests/golden/make_smollm2_checkpoint.py \
+    "$PDSERVE_MODEL" "$PDSERVE_HF_MODEL" >&2
+export PDSERVE_HF_MODEL
 
 rc=0
 meson test -C "$BUILD" --no-rebuild --print-errorlogs "$@" || rc=$?

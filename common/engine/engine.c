@@ -99,6 +99,13 @@ static int sizes(struct pd_engine *e, const struct pd_engine_params *p, char *er
     if (e->max_model_len > hp->n_ctx_train)
         return pd_errf(err, errlen, -EINVAL, "engine: max_model_len %" PRIu32 " exceeds the "
                        "model's context of %" PRIu32, e->max_model_len, hp->n_ctx_train);
+    if (hp->sliding_window && hp->sliding_window < e->max_model_len)
+        return pd_errf(err, errlen, -ENOTSUP,
+                       "engine: the model attends to a sliding window of %" PRIu32
+                       " tokens, shorter than max_model_len %" PRIu32
+                       "; sliding-window attention is not implemented: start with "
+                       "--max-model-len %" PRIu32 " or less",
+                       hp->sliding_window, e->max_model_len, hp->sliding_window);
     uint32_t bs = p->block_size ? p->block_size : 16;
     e->max_blocks = (e->max_model_len + bs - 1) / bs;
     return 0;

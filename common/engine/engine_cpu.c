@@ -30,6 +30,7 @@ CPU_OP(embed, pd_embed_args)
 CPU_OP(rmsnorm, pd_rmsnorm_args)
 CPU_OP(matmul, pd_matmul_args)
 CPU_OP(rope, pd_rope_args)
+CPU_OP(bias, pd_bias_args)
 CPU_OP(kv_write, pd_kv_write_args)
 CPU_OP(attention, pd_attn_args)
 CPU_OP(swiglu, pd_swiglu_args)
@@ -104,7 +105,8 @@ static int cpu_init(struct pd_engine *e, const struct pd_engine_params *p, char 
         struct pd_mat *dst[] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w_gate, &w->w_up,
                                 &w->w_down};
         if (!(w->attn_norm = layer_f32(e, l, PD_W_ATTN_NORM)) ||
-            !(w->ffn_norm = layer_f32(e, l, PD_W_FFN_NORM)))
+            !(w->ffn_norm = layer_f32(e, l, PD_W_FFN_NORM)) ||
+            pd_engine_layer_vectors(e, l, w, pd_engine_weight_f32) < 0)
             return pd_errf(err, errlen, -ENOMEM, "engine: out of memory for layer %" PRIu32, l);
         for (size_t i = 0; i < sizeof(mats) / sizeof(mats[0]); i++)
             if (cpu_mat(e, f32, pd_model_layer_tensor(m, l, mats[i]), dst[i], counts) < 0)
@@ -116,8 +118,7 @@ static int cpu_init(struct pd_engine *e, const struct pd_engine_params *p, char 
     if (!(e->out_norm = pd_engine_weight_f32(e, pd_model_output_norm(m))) ||
         cpu_mat(e, f32, pd_model_output(m), &e->w_out, counts) < 0)
         return pd_errf(err, errlen, -ENOMEM, "engine: out of memory for output weights");
-    if (pd_model_rope_freqs(m))
-        e->rope_factors = pd_model_rope_freqs(m)->data;
+    e->rope_factors = pd_model_rope_factors(m);
     const unsigned threads = p->cpu_threads ? p->cpu_threads : pd_parallel_count(PD_PARALLEL_MAX);
     if (!(e->pool = pd_pool_new(threads)))
         return pd_errf(err, errlen, -ENOMEM, "engine: out of memory for the thread pool");
@@ -177,6 +178,7 @@ const struct pd_backend pd_backend_cpu = {
     .rmsnorm = cpu_rmsnorm,
     .matmul = cpu_matmul,
     .rope = cpu_rope,
+    .bias = cpu_bias,
     .kv_write = cpu_kv_write,
     .attention = cpu_attention,
     .swiglu = cpu_swiglu,

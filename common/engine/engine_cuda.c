@@ -24,6 +24,7 @@ static int cu_embed(const struct pd_embed_args *a, void *s) { return pd_embed_cu
 static int cu_rmsnorm(const struct pd_rmsnorm_args *a, void *s) { return pd_rmsnorm_cuda(a, s); }
 static int cu_matmul(const struct pd_matmul_args *a, void *s) { return pd_matmul_cuda(a, s); }
 static int cu_rope(const struct pd_rope_args *a, void *s) { return pd_rope_cuda(a, s); }
+static int cu_bias(const struct pd_bias_args *a, void *s) { return pd_bias_cuda(a, s); }
 static int cu_kv_write(const struct pd_kv_write_args *a, void *s) { return pd_kv_write_cuda(a, s); }
 static int cu_swiglu(const struct pd_swiglu_args *a, void *s) { return pd_swiglu_cuda(a, s); }
 static int cu_copy(void *dst, const void *src, size_t bytes, void *s)
@@ -180,8 +181,9 @@ static int upload_layer(struct pd_engine *e, uint32_t l, char *err, size_t errle
     struct pd_mat *dst[] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w_gate, &w->w_up, &w->w_down};
     const struct pd_model *m = e->model;
     if (!(w->attn_norm = upload_vector(e, pd_model_layer_tensor(m, l, PD_W_ATTN_NORM))) ||
-        !(w->ffn_norm = upload_vector(e, pd_model_layer_tensor(m, l, PD_W_FFN_NORM))))
-        return pd_errf(err, errlen, -ENOMEM, "engine: layer %" PRIu32 " norms to the device: "
+        !(w->ffn_norm = upload_vector(e, pd_model_layer_tensor(m, l, PD_W_FFN_NORM))) ||
+        pd_engine_layer_vectors(e, l, w, upload_vector) < 0)
+        return pd_errf(err, errlen, -ENOMEM, "engine: layer %" PRIu32 " vectors to the device: "
                        "out of memory", l);
     for (size_t i = 0; i < sizeof(mats) / sizeof(mats[0]); i++) {
         const struct pd_tensor *t = pd_model_layer_tensor(m, l, mats[i]);
@@ -218,10 +220,10 @@ static int cu_init(struct pd_engine *e, const struct pd_engine_params *p, char *
     if ((rc = upload_matrix(e, pd_model_output(m), &e->w_out)) < 0)
         return pd_errf(err, errlen, rc, "engine: the output matrix to the device: %s",
                        rc == -ENOMEM ? "out of memory" : strerror(-rc));
-    const struct pd_tensor *rf = pd_model_rope_freqs(m);
+    const float *rf = pd_model_rope_factors(m);
     if (!(e->out_norm = upload_vector(e, pd_model_output_norm(m))) ||
         !(e->embd_table = dev_upload(e, e->tok_embd->data, row_bytes * e->tok_embd->ne[1])) ||
-        (rf && !(e->rope_factors = dev_upload(e, rf->data, f32_bytes(rf)))))
+        (rf && !(e->rope_factors = dev_upload(e, rf, e->hp.rope_dim / 2 * sizeof(float)))))
         return pd_errf(err, errlen, -ENOMEM, "engine: no device memory for the output and "
                        "embedding weights");
     for (size_t i = 0; i < e->n_owned; i++)
@@ -608,6 +610,7 @@ const struct pd_backend pd_backend_cuda = {
     .rmsnorm = cu_rmsnorm,
     .matmul = cu_matmul,
     .rope = cu_rope,
+    .bias = cu_bias,
     .kv_write = cu_kv_write,
     .attention = cu_attention,
     .swiglu = cu_swiglu,

@@ -32,14 +32,35 @@ static int mm(const struct fwd *f, float *y, const float *x, const struct pd_mat
     return f->k->matmul(&a, f->s);
 }
 
+/* out (n_rows, dim) = rmsnorm(in) * weight */
+static int norm_dim(const struct fwd *f, float *out, const float *in, const float *weight,
+                    uint32_t n_rows, uint32_t dim)
+{
+    struct pd_rmsnorm_args a = {.out = out, .in = in, .weight = weight, .n_rows = n_rows,
+                                .dim = dim, .eps = f->e->hp.norm_eps};
+    return f->k->rmsnorm(&a, f->s);
+}
+
 /* out (T, n_embd) = rmsnorm(in) * weight */
 static int norm(const struct fwd *f, float *out, const float *in, const float *weight,
                 uint32_t n_rows)
 {
-    const struct pd_hparams *hp = &f->e->hp;
-    struct pd_rmsnorm_args a = {.out = out, .in = in, .weight = weight, .n_rows = n_rows,
-                                .dim = hp->n_embd, .eps = hp->norm_eps};
-    return f->k->rmsnorm(&a, f->s);
+    return norm_dim(f, out, in, weight, n_rows, f->e->hp.n_embd);
+}
+
+/* Qwen2: x (T, n_heads * head_dim) += b, after its projection; no bias, no step */
+static int bias(const struct fwd *f, float *x, const float *b, uint32_t n_heads)
+{
+    struct pd_bias_args a = {.x = x, .bias = b, .n_rows = f->T,
+                             .dim = n_heads * f->e->hp.head_dim};
+    return b ? f->k->bias(&a, f->s) : 0;
+}
+
+/* Qwen3: each head of x (T, n_heads, head_dim) RMS-normed with w before rope;
+ * no weight, no step */
+static int head_norm(const struct fwd *f, float *x, const float *w, uint32_t n_heads)
+{
+    return w ? norm_dim(f, x, x, w, f->T * n_heads, f->e->hp.head_dim) : 0;
 }
 
 /* x (T, n_heads * head_dim) rotated in place at the step's positions */
@@ -55,7 +76,8 @@ static int rope(const struct fwd *f, float *x, uint32_t n_heads)
                              .rope_dim = hp->rope_dim,
                              .freq_base = hp->rope_freq_base,
                              .freq_scale = e->rope_scale,
-                             .freq_factors = e->rope_factors};
+                             .freq_factors = e->rope_factors,
+                             .halves = hp->rope_style == PD_ROPE_HALVES};
     return f->k->rope(&a, f->s);
 }
 
@@ -142,6 +164,13 @@ static int layer(const struct fwd *f, uint32_t l)
     if ((rc = mm(f, e->kk, e->h, &w->wk, T, kvd, D, 0)) < 0)
         return rc;
     if ((rc = mm(f, e->vv, e->h, &w->wv, T, kvd, D, 0)) < 0)
+        return rc;
+    if ((rc = bias(f, e->q, w->bq, hp->n_head)) < 0 ||
+        (rc = bias(f, e->kk, w->bk, hp->n_head_kv)) < 0 ||
+        (rc = bias(f, e->vv, w->bv, hp->n_head_kv)) < 0)
+        return rc;
+    if ((rc = head_norm(f, e->q, w->q_norm, hp->n_head)) < 0 ||
+        (rc = head_norm(f, e->kk, w->k_norm, hp->n_head_kv)) < 0)
         return rc;
     if ((rc = rope(f, e->q, hp->n_head)) < 0)
         return rc;

@@ -19,6 +19,7 @@
 #include "pd_config.h"
 
 #include "attention.h"
+#include "bias.h"
 #include "embed.h"
 #include "kv_write.h"
 #include "matmul.h"
@@ -45,6 +46,9 @@ struct layer_w {
     const float *attn_norm; /* (n_embd) */
     struct pd_mat wq; /* (n_head * head_dim, n_embd) */
     struct pd_mat wk, wv; /* (n_head_kv * head_dim, n_embd) */
+    const float *bq; /* (n_head * head_dim) or NULL: qkv_bias */
+    const float *bk, *bv; /* (n_head_kv * head_dim) or NULL */
+    const float *q_norm, *k_norm; /* (head_dim) or NULL: qk_norm */
     struct pd_mat wo; /* (n_embd, n_head * head_dim) */
     const float *ffn_norm; /* (n_embd) */
     struct pd_mat w_gate, w_up; /* (n_ff, n_embd) */
@@ -69,6 +73,7 @@ struct pd_backend {
     int (*rmsnorm)(const struct pd_rmsnorm_args *, void *stream);
     int (*matmul)(const struct pd_matmul_args *, void *stream);
     int (*rope)(const struct pd_rope_args *, void *stream);
+    int (*bias)(const struct pd_bias_args *, void *stream);
     int (*kv_write)(const struct pd_kv_write_args *, void *stream);
     int (*attention)(const struct pd_attn_args *, void *stream);
     int (*swiglu)(const struct pd_swiglu_args *, void *stream);
@@ -195,6 +200,11 @@ void *pd_engine_host_alloc(struct pd_engine *e, size_t bytes);
 /* engine_mem.c: a weight as float32, in place when stored so (and aligned), else
  * dequantized into memory the engine owns; NULL out of memory */
 const float *pd_engine_weight_f32(struct pd_engine *e, const struct pd_tensor *t);
+/* engine_mem.c: layer l's vectors beside the matrices that the architecture
+ * has (biases, q/k norms) into w, each from get (fp32 where the kernels read
+ * it); 0, or -ENOMEM */
+int pd_engine_layer_vectors(struct pd_engine *e, uint32_t l, struct layer_w *w,
+                            const float *(*get)(struct pd_engine *, const struct pd_tensor *));
 /* engine_mem.c: frees what the two above allocated */
 void pd_engine_mem_free(struct pd_engine *e);
 

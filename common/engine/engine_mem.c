@@ -4,6 +4,7 @@
 
 #include "quant.h"
 
+#include <errno.h>
 #include <stdlib.h>
 
 void *pd_engine_host_alloc(struct pd_engine *e, size_t bytes)
@@ -56,4 +57,19 @@ void pd_engine_mem_free(struct pd_engine *e)
     free_all(e->host, e->n_host);
     e->owned = e->host = NULL;
     e->n_owned = e->n_host = 0;
+}
+
+/* The architecture's vectors beside the matrices (biases, q/k norms) in
+ * fp32: 0, or -ENOMEM; those it has not stay NULL. */
+int pd_engine_layer_vectors(struct pd_engine *e, uint32_t l, struct layer_w *w,
+                            const float *(*get)(struct pd_engine *, const struct pd_tensor *))
+{
+    const struct { enum pd_weight w; const float **dst; } v[] = {
+        {PD_W_ATTN_Q_BIAS, &w->bq},     {PD_W_ATTN_K_BIAS, &w->bk}, {PD_W_ATTN_V_BIAS, &w->bv},
+        {PD_W_ATTN_Q_NORM, &w->q_norm}, {PD_W_ATTN_K_NORM, &w->k_norm}};
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++)
+        if (pd_model_weight_used(&e->hp, v[i].w) &&
+            !(*v[i].dst = get(e, pd_model_layer_tensor(e->model, l, v[i].w))))
+            return -ENOMEM;
+    return 0;
 }

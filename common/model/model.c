@@ -3,6 +3,7 @@
 #include "gguf.h"
 #include "model_internal.h"
 #include "quant.h"
+#include "safetensors.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -11,7 +12,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 int pd_hparams_validate(const struct pd_hparams *hp, char *err, size_t errlen)
 {
@@ -30,6 +34,9 @@ int pd_hparams_validate(const struct pd_hparams *hp, char *err, size_t errlen)
     RANGE(n_vocab, 1, 1u << 22)
     RANGE(n_ctx_train, 1, 1u << 24)
 #undef RANGE
+    if (hp->sliding_window > (1u << 24))
+        return pd_errf(err, errlen, -EINVAL, "model: sliding_window %" PRIu32 " is above 2^24",
+                       hp->sliding_window);
     if (hp->n_head % hp->n_head_kv != 0)
         return pd_errf(err, errlen, -EINVAL,
                        "model: n_head %" PRIu32 " is not a multiple of n_head_kv %" PRIu32,
@@ -53,13 +60,44 @@ int pd_hparams_validate(const struct pd_hparams *hp, char *err, size_t errlen)
 
 /* ---- binding tensors to their roles, with shape checks ---- */
 
+static const char *const arch_names[PD_ARCH_COUNT] = {
+    [PD_ARCH_LLAMA] = "llama", [PD_ARCH_QWEN2] = "qwen2", [PD_ARCH_QWEN3] = "qwen3",
+    [PD_ARCH_MISTRAL] = "mistral"};
+
+const char *pd_arch_name(enum pd_arch a)
+{
+    return (unsigned)a < PD_ARCH_COUNT ? arch_names[a] : "?";
+}
+
+void pd_hparams_set_arch(struct pd_hparams *hp, enum pd_arch a)
+{
+    hp->arch_id = a;
+    snprintf(hp->arch, sizeof(hp->arch), "%s", pd_arch_name(a));
+    hp->qkv_bias = a == PD_ARCH_QWEN2;
+    hp->qk_norm = a == PD_ARCH_QWEN3;
+}
+
+/* each layer's weights as GGUF names them after "blk.N." */
 static const char *const weight_names[PD_W_COUNT] = {
-    [PD_W_ATTN_NORM] = "attn_norm", [PD_W_ATTN_Q] = "attn_q",     [PD_W_ATTN_K] = "attn_k",
-    [PD_W_ATTN_V] = "attn_v",       [PD_W_ATTN_OUT] = "attn_output", [PD_W_FFN_NORM] = "ffn_norm",
-    [PD_W_FFN_GATE] = "ffn_gate",   [PD_W_FFN_UP] = "ffn_up",     [PD_W_FFN_DOWN] = "ffn_down",
+    [PD_W_ATTN_NORM] = "attn_norm.weight",     [PD_W_ATTN_Q] = "attn_q.weight",
+    [PD_W_ATTN_K] = "attn_k.weight",           [PD_W_ATTN_V] = "attn_v.weight",
+    [PD_W_ATTN_OUT] = "attn_output.weight",    [PD_W_FFN_NORM] = "ffn_norm.weight",
+    [PD_W_FFN_GATE] = "ffn_gate.weight",       [PD_W_FFN_UP] = "ffn_up.weight",
+    [PD_W_FFN_DOWN] = "ffn_down.weight",       [PD_W_ATTN_Q_BIAS] = "attn_q.bias",
+    [PD_W_ATTN_K_BIAS] = "attn_k.bias",        [PD_W_ATTN_V_BIAS] = "attn_v.bias",
+    [PD_W_ATTN_Q_NORM] = "attn_q_norm.weight", [PD_W_ATTN_K_NORM] = "attn_k_norm.weight",
 };
 
 const char *pd_model_weight_name(enum pd_weight w) { return weight_names[w]; }
+
+bool pd_model_weight_used(const struct pd_hparams *hp, enum pd_weight w)
+{
+    switch (w) {
+    case PD_W_ATTN_Q_BIAS: case PD_W_ATTN_K_BIAS: case PD_W_ATTN_V_BIAS: return hp->qkv_bias;
+    case PD_W_ATTN_Q_NORM: case PD_W_ATTN_K_NORM: return hp->qk_norm;
+    default: return (unsigned)w < PD_W_COUNT;
+    }
+}
 
 void pd_model_weight_shape(const struct pd_hparams *hp, enum pd_weight w, uint32_t *n_dims,
                            uint64_t ne[2])
@@ -75,6 +113,9 @@ void pd_model_weight_shape(const struct pd_hparams *hp, enum pd_weight w, uint32
     case PD_W_ATTN_OUT: ne[0] = q, ne[1] = hp->n_embd; break;
     case PD_W_FFN_GATE: case PD_W_FFN_UP: ne[0] = hp->n_embd, ne[1] = hp->n_ff; break;
     case PD_W_FFN_DOWN: ne[0] = hp->n_ff, ne[1] = hp->n_embd; break;
+    case PD_W_ATTN_Q_BIAS: *n_dims = 1, ne[0] = q, ne[1] = 1; break;
+    case PD_W_ATTN_K_BIAS: case PD_W_ATTN_V_BIAS: *n_dims = 1, ne[0] = kv, ne[1] = 1; break;
+    case PD_W_ATTN_Q_NORM: case PD_W_ATTN_K_NORM: *n_dims = 1, ne[0] = hp->head_dim, ne[1] = 1; break;
     default: break;
     }
 }
@@ -98,6 +139,19 @@ static int check_shape(const struct pd_tensor *t, uint64_t ne0, uint64_t ne1, ch
     return 0;
 }
 
+/* "blk.N.<weight>" of hp's architecture: the slot, or -1 */
+static int layer_weight(const struct pd_hparams *hp, const char *n, unsigned *layer)
+{
+    int pos = 0;
+    if (!(sscanf(n, "blk.%u.%n", layer, &pos) == 1 && pos > 0 && n[4] >= '0' && n[4] <= '9' &&
+          *layer < hp->n_layer))
+        return -1;
+    for (int k = 0; k < PD_W_COUNT; k++)
+        if (strcmp(n + pos, weight_names[k]) == 0)
+            return pd_model_weight_used(hp, (enum pd_weight)k) ? k : -1;
+    return -1;
+}
+
 int pd_model_bind(struct pd_model *m, char *err, size_t errlen)
 {
     struct pd_hparams *hp = &m->hp;
@@ -110,7 +164,7 @@ int pd_model_bind(struct pd_model *m, char *err, size_t errlen)
         const struct pd_tensor *t = &m->tensors[i];
         const char *n = t->name;
         unsigned layer;
-        int pos = 0;
+        int found;
 
         if (strcmp(n, "token_embd.weight") == 0) {
             m->tok_embd = t;
@@ -120,32 +174,18 @@ int pd_model_bind(struct pd_model *m, char *err, size_t errlen)
             m->output = t;
         } else if (strcmp(n, "rope_freqs.weight") == 0) {
             m->rope_freqs = t;
-        } else if (sscanf(n, "blk.%u.%n", &layer, &pos) == 1 && pos > 0 && n[4] >= '0' &&
-                   n[4] <= '9' && layer < hp->n_layer) {
-            const char *w = n + pos;
-            size_t wl = strlen(w);
-            int found = -1;
-            for (int k = 0; k < PD_W_COUNT; k++) {
-                size_t kl = strlen(weight_names[k]);
-                if (wl == kl + 7 && strncmp(w, weight_names[k], kl) == 0 &&
-                    strcmp(w + kl, ".weight") == 0)
-                    found = k;
-            }
-            if (found < 0)
-                return pd_errf(err, errlen, -EINVAL,
-                               "model: unknown tensor %s (not part of the llama "
-                               "architecture this build computes)",
-                               n);
+        } else if ((found = layer_weight(hp, n, &layer)) >= 0) {
             const struct pd_tensor **slot = &m->layer[(size_t)layer * PD_W_COUNT + (size_t)found];
             if (*slot)
                 return pd_errf(err, errlen, -EINVAL,
                                "model: tensors %s and %s name the same weight", (*slot)->name, n);
             *slot = t;
         } else {
+            /* a bias or norm we would not apply would serve wrong text silently */
             return pd_errf(err, errlen, -EINVAL,
-                           "model: unknown tensor %s (not part of the llama architecture "
-                           "this build computes, or a layer index >= %" PRIu32 ")",
-                           n, hp->n_layer);
+                           "model: unknown tensor %s (not part of the %s architecture this "
+                           "build computes, or a layer index >= %" PRIu32 ")",
+                           n, hp->arch, hp->n_layer);
         }
     }
     if (!m->tok_embd)
@@ -158,7 +198,10 @@ int pd_model_bind(struct pd_model *m, char *err, size_t errlen)
     hp->tied_output = m->output == NULL;
     if (m->output && (rc = check_shape(m->output, hp->n_embd, hp->n_vocab, err, errlen)) < 0)
         return rc;
-    hp->has_rope_freqs = m->rope_freqs != NULL;
+    if (m->rope_freqs && hp->rope_scaling == PD_ROPE_SCALING_LLAMA3)
+        return pd_errf(err, errlen, -EINVAL,
+                       "model: rope_freqs.weight and Llama-3.1 rope scaling both given");
+    hp->has_rope_freqs = m->rope_freqs != NULL || m->rope_factors != NULL;
     if (m->rope_freqs) {
         if ((rc = check_shape(m->rope_freqs, hp->rope_dim / 2, 1, err, errlen)) < 0)
             return rc;
@@ -170,14 +213,49 @@ int pd_model_bind(struct pd_model *m, char *err, size_t errlen)
             const struct pd_tensor *t = m->layer[(size_t)l * PD_W_COUNT + (size_t)k];
             uint32_t nd;
             uint64_t ne[2];
+            if (!pd_model_weight_used(hp, (enum pd_weight)k))
+                continue;
             if (!t)
-                return pd_errf(err, errlen, -EINVAL,
-                               "model: tensor blk.%" PRIu32 ".%s.weight is missing", l,
-                               weight_names[k]);
+                return pd_errf(err, errlen, -EINVAL, "model: tensor blk.%" PRIu32 ".%s is missing",
+                               l, weight_names[k]);
             pd_model_weight_shape(hp, (enum pd_weight)k, &nd, ne);
             if ((rc = check_shape(t, ne[0], ne[1], err, errlen)) < 0)
                 return rc;
         }
+    return 0;
+}
+
+int pd_model_map_file(int dirfd, const char *name, size_t min, void **map, size_t *len,
+                      char *err, size_t errlen)
+{
+    struct stat st;
+    int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOCTTY), rc;
+
+    if (fd < 0)
+        return pd_errf(err, errlen, -errno, "model: cannot open %s: %s", name, strerror(errno));
+    if (fstat(fd, &st) < 0) {
+        rc = -errno;
+        close(fd);
+        return pd_errf(err, errlen, rc, "model: cannot stat %s: %s", name, strerror(-rc));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return pd_errf(err, errlen, -EINVAL, "model: %s is not a regular file", name);
+    }
+    if ((uint64_t)st.st_size < min || st.st_size == 0) {
+        close(fd);
+        return pd_errf(err, errlen, -EINVAL, "model: %s is too small (%lld bytes)", name,
+                       (long long)st.st_size);
+    }
+    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    rc = -errno;
+    close(fd);
+    if (p == MAP_FAILED)
+        return pd_errf(err, errlen, rc, "model: cannot map %s: %s", name, strerror(-rc));
+    /* weights are read once at load time by the engine, then mostly from caches */
+    madvise(p, (size_t)st.st_size, MADV_WILLNEED);
+    *map = p;
+    *len = (size_t)st.st_size;
     return 0;
 }
 
@@ -213,7 +291,7 @@ void pd_model_compute_fingerprint(struct pd_model *m)
     crypto_generichash_state st;
 
     crypto_generichash_init(&st, NULL, 0, PD_MODEL_FP_LEN);
-    fp_str(&st, "pdserve.model-fingerprint.v1");
+    fp_str(&st, "pdserve.model-fingerprint.v2");
     fp_str(&st, hp->arch);
     fp_u64(&st, hp->n_layer), fp_u64(&st, hp->n_embd), fp_u64(&st, hp->n_ff);
     fp_u64(&st, hp->n_head), fp_u64(&st, hp->n_head_kv), fp_u64(&st, hp->head_dim);
@@ -221,6 +299,9 @@ void pd_model_compute_fingerprint(struct pd_model *m)
     fp_f32(&st, hp->rope_freq_base), fp_u64(&st, hp->rope_scaling);
     fp_f32(&st, hp->rope_scale_factor), fp_u64(&st, hp->rope_orig_ctx);
     fp_f32(&st, hp->norm_eps), fp_u64(&st, hp->tied_output);
+    fp_f32(&st, hp->rope_low_freq_factor), fp_f32(&st, hp->rope_high_freq_factor);
+    fp_u64(&st, hp->rope_style), fp_u64(&st, hp->qkv_bias), fp_u64(&st, hp->qk_norm);
+    fp_u64(&st, hp->sliding_window);
     fp_u64(&st, m->n_tensors);
     for (size_t i = 0; i < m->n_tensors; i++) {
         const struct pd_tensor *t = &m->tensors[i];
@@ -230,10 +311,10 @@ void pd_model_compute_fingerprint(struct pd_model *m)
             fp_u64(&st, t->ne[d]);
         fp_u64(&st, t->offset), fp_u64(&st, t->nbytes);
     }
-    if (m->gguf) {
+    if (m->gguf || m->dir) {
         /* content, cheaply: both ends of every tensor (a full hash of a large
          * file at every start is what DESIGN.md rules out) */
-        fp_str(&st, "gguf-sampled");
+        fp_str(&st, m->gguf ? "gguf-sampled" : "safetensors-sampled");
         for (size_t i = 0; i < m->n_tensors; i++) {
             const struct pd_tensor *t = &m->tensors[i];
             uint64_t head = t->nbytes < FP_SAMPLE ? t->nbytes : FP_SAMPLE;
@@ -257,6 +338,16 @@ struct pd_model *pd_model_free(struct pd_model *m)
     pd_gguf_free(m->gguf);
     if (m->map)
         munmap(m->map, m->map_len);
+    for (size_t i = 0; i < m->n_shards; i++) {
+        pd_st_free(m->shards[i].st);
+        free(m->shards[i].file);
+        if (m->shards[i].map)
+            munmap(m->shards[i].map, m->shards[i].len);
+    }
+    free(m->shards);
+    free(m->tensor_names);
+    free(m->rope_factors);
+    free(m->dir);
     if (m->arena)
         munmap(m->arena, m->arena_len);
     free(m->layer);
@@ -269,6 +360,52 @@ struct pd_model *pd_model_free(struct pd_model *m)
 const struct pd_hparams *pd_model_hparams(const struct pd_model *m) { return &m->hp; }
 size_t pd_model_n_tensors(const struct pd_model *m) { return m->n_tensors; }
 const struct pd_gguf *pd_model_gguf(const struct pd_model *m) { return m->gguf; }
+const char *pd_model_dir(const struct pd_model *m) { return m->dir; }
+
+const int32_t *pd_model_eos(const struct pd_model *m, size_t *n)
+{
+    *n = m->n_eos;
+    return m->eos;
+}
+
+const float *pd_model_rope_factors(const struct pd_model *m)
+{
+    return m->rope_factors ? m->rope_factors : m->rope_freqs ? m->rope_freqs->data : NULL;
+}
+
+/* Llama-3.1's rule (its reference code and transformers' "llama3" rope):
+ * wavelengths shorter than orig/high_freq_factor keep their frequency,
+ * longer than orig/low_freq_factor are slowed by factor, and the band
+ * between is interpolated. As a divisor of each pair's angle. */
+int pd_model_llama3_factors(struct pd_model *m, char *err, size_t errlen)
+{
+    const struct pd_hparams *hp = &m->hp;
+    const uint32_t half = hp->rope_dim / 2;
+    const double lo = hp->rope_low_freq_factor, hi = hp->rope_high_freq_factor;
+    const double factor = hp->rope_scale_factor, orig = hp->rope_orig_ctx;
+
+    if (!(lo > 0 && hi > lo && factor > 0 && orig > 0 && isfinite(hi) && isfinite(factor)))
+        return pd_errf(err, errlen, -EINVAL,
+                       "model: llama3 rope scaling needs factor > 0, 0 < low_freq_factor < "
+                       "high_freq_factor and original_max_position_embeddings > 0");
+    if (!(m->rope_factors = malloc(half * sizeof(float))))
+        return pd_errf(err, errlen, -ENOMEM, "model: out of memory");
+    for (uint32_t i = 0; i < half; i++) {
+        const double inv = pow((double)hp->rope_freq_base, -2.0 * i / hp->rope_dim);
+        const double wavelen = 2 * M_PI / inv;
+        double scaled;
+        if (wavelen < orig / hi)
+            scaled = inv;
+        else if (wavelen > orig / lo)
+            scaled = inv / factor;
+        else {
+            const double smooth = (orig / wavelen - lo) / (hi - lo);
+            scaled = (1 - smooth) * inv / factor + smooth * inv;
+        }
+        m->rope_factors[i] = (float)(inv / scaled);
+    }
+    return 0;
+}
 const char *pd_model_name(const struct pd_model *m) { return m->name; }
 uint64_t pd_model_weight_bytes(const struct pd_model *m) { return m->weight_bytes; }
 const uint8_t *pd_model_fingerprint(const struct pd_model *m) { return m->fp; }

@@ -1,7 +1,9 @@
-/* common/model: a Llama-architecture model's hyper-parameters and weights,
- * from a GGUF file (memory-mapped) or from dummy weights of any shape.
+/* common/model: a decoder of the Llama family's (Llama, Qwen2, Qwen3,
+ * Mistral) hyper-parameters and weights, from a GGUF file or a Hugging Face
+ * checkpoint directory (memory-mapped) or from dummy weights of any shape.
  *
  *   struct pd_model_params p = { .path = "m.gguf" };                // GGUF
+ *   struct pd_model_params p = { .path = "Qwen3-8B/" };             // checkpoint
  *   struct pd_model_params p = { .load_format = PD_LOAD_DUMMY,     // dummy
  *                                .shape = "smollm2-135m", .seed = 1 };
  *   struct pd_model *m;
@@ -35,9 +37,10 @@
 struct pd_gguf;
 
 enum pd_load_format {
-    PD_LOAD_AUTO = 0, /* GGUF file at path */
+    PD_LOAD_AUTO = 0, /* a GGUF file, or a checkpoint directory, at path */
     PD_LOAD_GGUF,
     PD_LOAD_DUMMY, /* weights generated from (shape, seed) */
+    PD_LOAD_SAFETENSORS, /* a Hugging Face checkpoint directory at path */
 };
 
 /* The model options of every program that loads a model (decoded, prefilld,
@@ -47,9 +50,11 @@ enum pd_load_format {
  * seed. */
 extern const char *const pd_model_load_formats[]; /* by enum pd_load_format */
 #define PD_MODEL_CFG(T)                                                                            \
-    PD_CFG_STR("model", T, model, NULL, 4096, "GGUF model file (or the first argument)"),         \
+    PD_CFG_STR("model", T, model, NULL, 4096,                                                      \
+               "GGUF model file or Hugging Face checkpoint directory (or the first argument)"),     \
     PD_CFG_ENUM("load-format", T, load_format, "auto", pd_model_load_formats,                      \
-                "where weights come from: a GGUF file, or dummy weights of --model-shape (no "     \
+                "where weights come from: auto (a GGUF file or a checkpoint directory), gguf, "    \
+                "safetensors (a checkpoint directory), or dummy weights of --model-shape (no "     \
                 "tokenizer: token-id prompts only)"),                                              \
     PD_CFG_STR("model-shape", T, model_shape, NULL, 4096,                                          \
                "dummy weights: preset name or JSON shape"),                                        \
@@ -59,10 +64,33 @@ enum pd_rope_scaling {
     PD_ROPE_SCALING_NONE = 0,
     PD_ROPE_SCALING_LINEAR,
     PD_ROPE_SCALING_YARN,
+    PD_ROPE_SCALING_LLAMA3, /* per-dimension factors (rope_factors) from Llama-3.1's rule */
 };
 
+/* Which dims of a head rotate together: GGUF's Llama files store Q and K
+ * rows permuted for adjacent pairs (ggml's "normal" rope); Hugging Face
+ * checkpoints, and GGUF's Qwen files, rotate the two halves (NeoX's form). */
+enum pd_rope_style {
+    PD_ROPE_ADJACENT = 0, /* (x[2i], x[2i+1]) */
+    PD_ROPE_HALVES, /* (x[i], x[i + rope_dim/2]) */
+};
+
+/* The architectures: each difference from Llama is a flag of pd_hparams
+ * (qkv_bias, qk_norm, sliding_window) that the forward pass reads as one
+ * named step. */
+enum pd_arch {
+    PD_ARCH_LLAMA = 0,
+    PD_ARCH_QWEN2, /* bias on q, k, v */
+    PD_ARCH_QWEN3, /* RMSNorm of each head of q and k; explicit head_dim */
+    PD_ARCH_MISTRAL, /* a sliding window (refused when shorter than the context) */
+    PD_ARCH_COUNT,
+};
+/* "llama", "qwen2", "qwen3", "mistral" (GGUF's general.architecture spelling) */
+const char *pd_arch_name(enum pd_arch a);
+
 struct pd_hparams {
-    char arch[16]; /* "llama" */
+    char arch[16]; /* pd_arch_name(arch_id) */
+    enum pd_arch arch_id;
     uint32_t n_layer;
     uint32_t n_embd; /* model width */
     uint32_t n_ff; /* SwiGLU hidden width */
@@ -76,9 +104,14 @@ struct pd_hparams {
     enum pd_rope_scaling rope_scaling;
     float rope_scale_factor; /* 1 when none */
     uint32_t rope_orig_ctx; /* original context for scaled ropes; 0 when none */
+    float rope_low_freq_factor, rope_high_freq_factor; /* LLAMA3 scaling; 0 otherwise */
+    enum pd_rope_style rope_style;
     float norm_eps;
     bool tied_output; /* no output.weight: the embedding is reused */
-    bool has_rope_freqs; /* per-dimension frequency factors tensor (Llama-3.1 style) */
+    bool has_rope_freqs; /* per-dimension frequency factors (rope_freqs.weight, or LLAMA3) */
+    bool qkv_bias; /* attn_{q,k,v}.bias (Qwen2) */
+    bool qk_norm; /* attn_{q,k}_norm.weight, (head_dim) each (Qwen3) */
+    uint32_t sliding_window; /* keys attended at most (Mistral); 0: the whole context */
 };
 
 /* Per-layer weights, in a fixed order. */
@@ -92,8 +125,16 @@ enum pd_weight {
     PD_W_FFN_GATE,
     PD_W_FFN_UP,
     PD_W_FFN_DOWN,
+    PD_W_ATTN_Q_BIAS, /* qkv_bias only */
+    PD_W_ATTN_K_BIAS,
+    PD_W_ATTN_V_BIAS,
+    PD_W_ATTN_Q_NORM, /* qk_norm only */
+    PD_W_ATTN_K_NORM,
     PD_W_COUNT,
 };
+
+/* Whether the architecture of hp has weight w in every layer. */
+bool pd_model_weight_used(const struct pd_hparams *hp, enum pd_weight w);
 
 struct pd_tensor {
     const char *name; /* "blk.0.attn_q.weight" */
@@ -112,7 +153,7 @@ enum {
 };
 
 struct pd_model_params {
-    const char *path; /* GGUF file (PD_LOAD_AUTO / PD_LOAD_GGUF) */
+    const char *path; /* GGUF file or checkpoint directory */
     enum pd_load_format load_format;
     const char *shape; /* dummy: preset name or JSON object (see docs/internals/model.md) */
     uint64_t seed; /* dummy */
@@ -142,10 +183,20 @@ const struct pd_tensor *pd_model_output_norm(const struct pd_model *m);
 const struct pd_tensor *pd_model_output(const struct pd_model *m);
 /* NULL unless has_rope_freqs */
 const struct pd_tensor *pd_model_rope_freqs(const struct pd_model *m);
+/* (rope_dim / 2) F32 factors that divide each pair's angle (the
+ * rope_freqs.weight tensor, or Llama-3.1's rule computed at load), or NULL */
+const float *pd_model_rope_factors(const struct pd_model *m);
 
 /* The GGUF image for metadata beyond the hyper-parameters (tokenizer); NULL
- * for dummy models. */
+ * for dummy models and checkpoints. */
 const struct pd_gguf *pd_model_gguf(const struct pd_model *m);
+/* The checkpoint directory's path; NULL for GGUF and dummy models. */
+const char *pd_model_dir(const struct pd_model *m);
+/* End-of-sequence ids a checkpoint names (generation_config.json, else
+ * config.json's eos_token_id); *n = 0 for GGUF (its tokenizer says) and dummy
+ * models. The array lives as long as the model. */
+#define PD_MODEL_MAX_EOS 16
+const int32_t *pd_model_eos(const struct pd_model *m, size_t *n);
 /* The file path, or the shape's name. */
 const char *pd_model_name(const struct pd_model *m);
 /* Total bytes of weights (as stored). */

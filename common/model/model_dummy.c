@@ -31,17 +31,27 @@ struct preset {
     const char *about;
 };
 
-#define HP(L, E, F, H, KV, HD, V, C, BASE, TIED)                                         \
-    { .arch = "llama", .n_layer = (L), .n_embd = (E), .n_ff = (F), .n_head = (H),          \
+#define HP_ARCH(ARCH, ID, L, E, F, H, KV, HD, V, C, BASE, TIED)                             \
+    { .arch = ARCH, .arch_id = (ID), .qkv_bias = (ID) == PD_ARCH_QWEN2,                       \
+      .qk_norm = (ID) == PD_ARCH_QWEN3,                                                        \
+      .rope_style = (ID) == PD_ARCH_LLAMA ? PD_ROPE_ADJACENT : PD_ROPE_HALVES, .n_layer = (L),  \
+      .n_embd = (E), .n_ff = (F), .n_head = (H),          \
       .n_head_kv = (KV), .head_dim = (HD), .rope_dim = (HD), .n_vocab = (V), .n_ctx_train = (C), \
       .rope_freq_base = (BASE), .rope_scale_factor = 1.0f, .norm_eps = 1e-5f,              \
       .tied_output = (TIED) }
+#define HP(...) HP_ARCH("llama", PD_ARCH_LLAMA, __VA_ARGS__)
 
 static const struct preset presets[] = {
     {"smollm2-135m", HP(30, 576, 1536, 9, 3, 64, 49152, 8192, 100000.0f, true), PD_DT_F32,
      "the default model's shape (SmolLM2-135M-Instruct)"},
     {"llama3-8b", HP(32, 4096, 14336, 32, 8, 128, 128256, 8192, 500000.0f, false), PD_DT_BF16,
      "Llama-3-8B's shape, bf16 (16 GB; use {\"preset\":\"llama3-8b\",\"n_layer\":N} for fewer layers)"},
+    {"qwen2-7b",
+     HP_ARCH("qwen2", PD_ARCH_QWEN2, 28, 3584, 18944, 28, 4, 128, 152064, 32768, 1e6f, false),
+     PD_DT_BF16, "Qwen2.5-7B's shape (q/k/v bias), bf16 (15 GB)"},
+    {"qwen3-8b",
+     HP_ARCH("qwen3", PD_ARCH_QWEN3, 36, 4096, 12288, 32, 8, 128, 151936, 40960, 1e6f, false),
+     PD_DT_BF16, "Qwen3-8B's shape (q/k norms), bf16 (16 GB)"},
     {"tiny", HP(2, 64, 128, 4, 2, 16, 256, 256, 10000.0f, true), PD_DT_F32,
      "tests: GQA 2, head dim 16, tied"},
     {"tiny-mha", HP(2, 96, 192, 3, 3, 32, 300, 512, 10000.0f, true), PD_DT_F32,
@@ -50,6 +60,10 @@ static const struct preset presets[] = {
      "tests: GQA 3, head dim 24, untied, odd vocab"},
     {"tiny-gqa4", HP(2, 128, 320, 8, 2, 16, 1001, 512, 500000.0f, false), PD_DT_F32,
      "tests: GQA 4, head dim 16, untied, odd vocab"},
+    {"tiny-qwen2", HP_ARCH("qwen2", PD_ARCH_QWEN2, 2, 96, 192, 6, 2, 16, 300, 512, 1e6f, true),
+     PD_DT_F32, "tests: Qwen2 steps (q/k/v bias, rotated halves), GQA 3"},
+    {"tiny-qwen3", HP_ARCH("qwen3", PD_ARCH_QWEN3, 2, 64, 160, 4, 2, 32, 300, 512, 1e6f, false),
+     PD_DT_F32, "tests: Qwen3 steps (q/k norms, head dim 32 x 4 heads > width 64), GQA 2"},
 };
 
 size_t pd_model_dummy_n_presets(void) { return sizeof(presets) / sizeof(presets[0]); }
@@ -85,6 +99,21 @@ static void list_presets(char *buf, size_t n)
     }
 }
 
+/* "arch": its flags, and GGUF's rope style for it */
+static int shape_arch(const cJSON *it, struct pd_hparams *hp, char *err, size_t errlen)
+{
+    int a = 0;
+    while (a < PD_ARCH_COUNT &&
+           !(cJSON_IsString(it) && strcmp(it->valuestring, pd_arch_name((enum pd_arch)a)) == 0))
+        a++;
+    if (a == PD_ARCH_COUNT)
+        return pd_errf(err, errlen, -EINVAL,
+                       "model shape: \"arch\" must be one of llama, qwen2, qwen3, mistral");
+    pd_hparams_set_arch(hp, (enum pd_arch)a);
+    hp->rope_style = a == PD_ARCH_LLAMA ? PD_ROPE_ADJACENT : PD_ROPE_HALVES;
+    return 0;
+}
+
 /* JSON shape: {"preset": NAME, "n_layer": 2, ...}; see docs/internals/model.md. */
 static int shape_from_json(const char *text, struct pd_hparams *hp, uint32_t *dtype,
                            char *name, size_t name_len, char *err, size_t errlen)
@@ -117,7 +146,7 @@ static int shape_from_json(const char *text, struct pd_hparams *hp, uint32_t *dt
         has_preset = has_head_dim = has_rope_dim = has_kv = 1;
     } else {
         memset(hp, 0, sizeof(*hp));
-        snprintf(hp->arch, sizeof(hp->arch), "llama");
+        pd_hparams_set_arch(hp, PD_ARCH_LLAMA);
         hp->rope_freq_base = 10000.0f;
         hp->rope_scale_factor = 1.0f;
         hp->norm_eps = 1e-5f;
@@ -151,6 +180,9 @@ static int shape_from_json(const char *text, struct pd_hparams *hp, uint32_t *dt
                 goto out;
             }
             *(k[0] == 'r' ? &hp->rope_freq_base : &hp->norm_eps) = (float)it->valuedouble;
+        } else if (strcmp(k, "arch") == 0) {
+            if ((rc = shape_arch(it, hp, err, errlen)) < 0)
+                goto out;
         } else if (strcmp(k, "tied_output") == 0) {
             if (!cJSON_IsBool(it)) {
                 rc = pd_errf(err, errlen, -EINVAL,
@@ -168,7 +200,7 @@ static int shape_from_json(const char *text, struct pd_hparams *hp, uint32_t *dt
             *dtype = (uint32_t)t;
         } else {
             rc = pd_errf(err, errlen, -EINVAL,
-                         "model shape: unknown key \"%s\" (known: preset, n_layer, n_embd, "
+                         "model shape: unknown key \"%s\" (known: preset, arch, n_layer, n_embd, "
                          "n_ff, n_head, n_head_kv, head_dim, rope_dim, n_vocab, n_ctx, "
                          "rope_freq_base, norm_eps, tied_output, dtype)",
                          k);
@@ -304,8 +336,12 @@ int pd_model_load_dummy(struct pd_model *m, const struct pd_model_params *p, cha
         return pd_errf(err, errlen, -ENOMEM, "model: out of memory");
     }
 
-    /* canonical tensor order: embedding, layers, final norm, output */
-    size_t n = 2 + (size_t)hp->n_layer * PD_W_COUNT + (hp->tied_output ? 0 : 1);
+    /* canonical tensor order: embedding, layers (the architecture's weights
+     * in enum order), final norm, output */
+    size_t per_layer = 0;
+    for (int w = 0; w < PD_W_COUNT; w++)
+        per_layer += pd_model_weight_used(hp, (enum pd_weight)w);
+    size_t n = 2 + (size_t)hp->n_layer * per_layer + (hp->tied_output ? 0 : 1);
     /* each tensor's name (32 bytes) after the tensors, in the same block */
     m->tensors = calloc(n, sizeof(*m->tensors) + 32);
     if (!m->tensors)
@@ -314,6 +350,7 @@ int pd_model_load_dummy(struct pd_model *m, const struct pd_model_params *p, cha
     m->n_tensors = n;
     size_t esize = m->dtype == PD_DT_F32 ? 4 : 2;
     uint64_t off = 0;
+    int w = -1;
     for (size_t i = 0; i < n; i++) {
         struct pd_tensor *t = &m->tensors[i];
         char *nm = names + i * 32;
@@ -321,11 +358,13 @@ int pd_model_load_dummy(struct pd_model *m, const struct pd_model_params *p, cha
         uint32_t nd = 2;
         if (i == 0) {
             snprintf(nm, 32, "token_embd.weight");
-        } else if (i <= (size_t)hp->n_layer * PD_W_COUNT) {
-            size_t l = (i - 1) / PD_W_COUNT, w = (i - 1) % PD_W_COUNT;
-            snprintf(nm, 32, "blk.%zu.%s.weight", l, pd_model_weight_name((enum pd_weight)w));
+        } else if (i <= (size_t)hp->n_layer * per_layer) {
+            do /* the next weight this architecture has */
+                w = (w + 1) % PD_W_COUNT;
+            while (!pd_model_weight_used(hp, (enum pd_weight)w));
+            snprintf(nm, 32, "blk.%zu.%s", (i - 1) / per_layer, pd_model_weight_name((enum pd_weight)w));
             pd_model_weight_shape(hp, (enum pd_weight)w, &nd, ne);
-        } else if (i == (size_t)hp->n_layer * PD_W_COUNT + 1) {
+        } else if (i == (size_t)hp->n_layer * per_layer + 1) {
             snprintf(nm, 32, "output_norm.weight");
             nd = 1, ne[1] = 1;
         } else {

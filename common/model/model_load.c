@@ -4,17 +4,23 @@
 #include "model_internal.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-const char *const pd_model_load_formats[] = {"auto", "gguf", "dummy", NULL};
+const char *const pd_model_load_formats[] = {"auto", "gguf", "dummy", "safetensors", NULL};
+
 
 /* The common tail of every loader: bind tensors, fingerprint, hand over or free. */
 static int finish_load(struct pd_model *m, int rc, struct pd_model **out, char *err,
                        size_t errlen)
 {
-    if (rc == 0)
-        rc = pd_model_bind(m, err, errlen);
+    if (rc == 0 && (rc = pd_model_bind(m, err, errlen)) < 0 && m->name && err) {
+        /* name the file or directory: binding's messages cannot */
+        char inner[512];
+        snprintf(inner, sizeof(inner), "%s", err);
+        pd_errf(err, errlen, rc, "%s: %s", m->name, inner);
+    }
     if (rc < 0) {
         pd_model_free(m);
         return rc;
@@ -31,10 +37,15 @@ int pd_model_load(const struct pd_model_params *p, struct pd_model **out, char *
 
     if (!m)
         return pd_errf(err, errlen, -ENOMEM, "model: out of memory");
-    return finish_load(m, p->load_format == PD_LOAD_DUMMY
-                           ? pd_model_load_dummy(m, p, err, errlen)
-                           : pd_model_load_gguf(m, p->path, err, errlen),
-                       out, err, errlen);
+    int rc;
+    if (p->load_format == PD_LOAD_DUMMY)
+        rc = pd_model_load_dummy(m, p, err, errlen);
+    else if (p->load_format == PD_LOAD_SAFETENSORS ||
+             (p->load_format == PD_LOAD_AUTO && pd_model_path_is_dir(p->path)))
+        rc = pd_model_load_hf(m, p->path, err, errlen);
+    else
+        rc = pd_model_load_gguf(m, p->path, err, errlen);
+    return finish_load(m, rc, out, err, errlen);
 }
 
 int pd_model_load_image(const void *buf, size_t len, const char *name, struct pd_model **out,

@@ -65,13 +65,71 @@ static void kv_str(struct wr *w, const char *k, const char *v)
     put_str(w, k), put_u32(w, PD_GGUF_STRING), put_str(w, v);
 }
 
+/* The header and the architecture's metadata. */
+static void put_meta(struct wr *w, const struct pd_model *m, const char *arch, bool factors)
+{
+    const struct pd_hparams *hp = &m->hp;
+    uint32_t n_kv = 14;
+    if (!m->gguf && !m->dir)
+        n_kv += 2;
+    if (hp->rope_scaling == PD_ROPE_SCALING_LINEAR || hp->rope_scaling == PD_ROPE_SCALING_YARN)
+        n_kv += 3;
+    put_u32(w, 0x46554747u);
+    put_u32(w, 3);
+    put_u64(w, m->n_tensors + factors);
+    put_u64(w, n_kv);
+    char k[96];
+#define KEY(name) (snprintf(k, sizeof(k), "%s." name, arch), k)
+    kv_str(w, "general.architecture", arch);
+    kv_str(w, "general.name", m->name);
+    kv_u32(w, "general.alignment", ALIGN);
+    kv_u32(w, KEY("block_count"), hp->n_layer);
+    kv_u32(w, KEY("vocab_size"), hp->n_vocab);
+    kv_u32(w, KEY("context_length"), hp->n_ctx_train);
+    kv_u32(w, KEY("embedding_length"), hp->n_embd);
+    kv_u32(w, KEY("feed_forward_length"), hp->n_ff);
+    kv_u32(w, KEY("attention.head_count"), hp->n_head);
+    kv_u32(w, KEY("attention.head_count_kv"), hp->n_head_kv);
+    kv_u32(w, KEY("attention.key_length"), hp->head_dim);
+    kv_u32(w, KEY("rope.dimension_count"), hp->rope_dim);
+    kv_f32(w, KEY("rope.freq_base"), hp->rope_freq_base);
+    kv_f32(w, KEY("attention.layer_norm_rms_epsilon"), hp->norm_eps);
+    if (hp->rope_scaling == PD_ROPE_SCALING_LINEAR || hp->rope_scaling == PD_ROPE_SCALING_YARN) {
+        kv_str(w, KEY("rope.scaling.type"),
+               hp->rope_scaling == PD_ROPE_SCALING_LINEAR ? "linear" : "yarn");
+        kv_f32(w, KEY("rope.scaling.factor"), hp->rope_scale_factor);
+        kv_u32(w, KEY("rope.scaling.original_context_length"), hp->rope_orig_ctx);
+    }
+#undef KEY
+    if (!m->gguf && !m->dir) {
+        /* provenance: which generator and seed made these weights */
+        kv_u64(w, "pdserve.dummy.seed", m->seed);
+        kv_u32(w, "pdserve.dummy.generator", PD_DUMMY_GENERATOR_VERSION);
+    }
+
+}
+
+/* Q or K of a checkpoint that rotates halves, as GGUF's Llama files store it:
+ * in each head, output row 2i is the checkpoint's row i and row 2i + 1 its
+ * row i + rope_dim/2 (the rows past rope_dim stay). A common permutation of
+ * q's and k's dims within a head leaves q.k unchanged. */
+static void put_permuted(struct wr *w, const struct pd_tensor *t, const struct pd_hparams *hp)
+{
+    const uint64_t rows = t->ne[1], row_bytes = t->nbytes / rows, half = hp->rope_dim / 2;
+    for (uint64_t r = 0; r < rows; r++) {
+        uint64_t head = r / hp->head_dim, d = r % hp->head_dim, src = r;
+        if (d < hp->rope_dim)
+            src = head * hp->head_dim + (d % 2 ? half + d / 2 : d / 2);
+        put(w, (const uint8_t *)t->data + src * row_bytes, row_bytes);
+    }
+}
+
 int pd_model_write_gguf(const struct pd_model *m, const char *path, char *err, size_t errlen)
 {
     const struct pd_hparams *hp = &m->hp;
     struct wr w = {0};
     char *tmp = NULL;
     int rc = 0;
-    uint32_t n_kv = 14;
     static const uint8_t zeros[ALIGN];
 
     for (size_t i = 0; i < m->n_tensors; i++)
@@ -87,39 +145,18 @@ int pd_model_write_gguf(const struct pd_model *m, const char *path, char *err, s
         return rc;
     }
 
-    if (!m->gguf)
-        n_kv += 2;
-    if (hp->rope_scaling != PD_ROPE_SCALING_NONE)
-        n_kv += 3;
-    put_u32(&w, 0x46554747u);
-    put_u32(&w, 3);
-    put_u64(&w, m->n_tensors);
-    put_u64(&w, n_kv);
-    kv_str(&w, "general.architecture", "llama");
-    kv_str(&w, "general.name", m->name);
-    kv_u32(&w, "general.alignment", ALIGN);
-    kv_u32(&w, "llama.block_count", hp->n_layer);
-    kv_u32(&w, "llama.vocab_size", hp->n_vocab);
-    kv_u32(&w, "llama.context_length", hp->n_ctx_train);
-    kv_u32(&w, "llama.embedding_length", hp->n_embd);
-    kv_u32(&w, "llama.feed_forward_length", hp->n_ff);
-    kv_u32(&w, "llama.attention.head_count", hp->n_head);
-    kv_u32(&w, "llama.attention.head_count_kv", hp->n_head_kv);
-    kv_u32(&w, "llama.attention.key_length", hp->head_dim);
-    kv_u32(&w, "llama.rope.dimension_count", hp->rope_dim);
-    kv_f32(&w, "llama.rope.freq_base", hp->rope_freq_base);
-    kv_f32(&w, "llama.attention.layer_norm_rms_epsilon", hp->norm_eps);
-    if (hp->rope_scaling != PD_ROPE_SCALING_NONE) {
-        kv_str(&w, "llama.rope.scaling.type",
-               hp->rope_scaling == PD_ROPE_SCALING_LINEAR ? "linear" : "yarn");
-        kv_f32(&w, "llama.rope.scaling.factor", hp->rope_scale_factor);
-        kv_u32(&w, "llama.rope.scaling.original_context_length", hp->rope_orig_ctx);
+    /* GGUF's Llama files rotate adjacent pairs (llama.cpp permutes Q and K
+     * rows when it converts a checkpoint); Qwen's rotate halves */
+    const char *arch = hp->arch_id == PD_ARCH_MISTRAL ? "llama" : hp->arch;
+    const bool permute = strcmp(arch, "llama") == 0 && hp->rope_style == PD_ROPE_HALVES;
+    const bool factors = m->rope_factors != NULL; /* written as rope_freqs.weight */
+    if (hp->sliding_window) {
+        fclose(w.f), unlink(tmp), free(tmp);
+        return pd_errf(err, errlen, -ENOTSUP,
+                       "model: GGUF's llama architecture has no sliding window (%" PRIu32 ")",
+                       hp->sliding_window);
     }
-    if (!m->gguf) {
-        /* provenance: which generator and seed made these weights */
-        kv_u64(&w, "pdserve.dummy.seed", m->seed);
-        kv_u32(&w, "pdserve.dummy.generator", PD_DUMMY_GENERATOR_VERSION);
-    }
+    put_meta(&w, m, arch, factors);
 
     uint64_t off = 0;
     for (size_t i = 0; i < m->n_tensors; i++) {
@@ -132,15 +169,31 @@ int pd_model_write_gguf(const struct pd_model *m, const char *path, char *err, s
         put_u64(&w, off);
         off += (t->nbytes + ALIGN - 1) / ALIGN * ALIGN;
     }
+    const uint64_t fbytes = (uint64_t)(hp->rope_dim / 2) * sizeof(float);
+    if (factors) {
+        put_str(&w, "rope_freqs.weight");
+        put_u32(&w, 1);
+        put_u64(&w, hp->rope_dim / 2);
+        put_u32(&w, PD_DT_F32);
+        put_u64(&w, off);
+    }
     long pos = w.failed ? 0 : ftell(w.f);
     if (pos < 0)
         w.failed = 1;
     put(&w, zeros, (size_t)((ALIGN - pos % ALIGN) % ALIGN));
     for (size_t i = 0; i < m->n_tensors; i++) {
         const struct pd_tensor *t = &m->tensors[i];
-        put(&w, t->data, t->nbytes);
+        size_t nl = strlen(t->name);
+        if (permute && nl > 13 &&
+            (strcmp(t->name + nl - 13, "attn_q.weight") == 0 ||
+             strcmp(t->name + nl - 13, "attn_k.weight") == 0))
+            put_permuted(&w, t, hp);
+        else
+            put(&w, t->data, t->nbytes);
         put(&w, zeros, (size_t)((ALIGN - t->nbytes % ALIGN) % ALIGN));
     }
+    if (factors)
+        put(&w, m->rope_factors, fbytes);
     if (fflush(w.f) != 0)
         w.failed = 1;
     if (fclose(w.f) != 0)

@@ -55,7 +55,7 @@ static void print_model(const struct pd_model *m, bool list_tensors)
 {
     const struct pd_hparams *hp = pd_model_hparams(m);
     const struct pd_gguf *g = pd_model_gguf(m);
-    static const char *const scaling[] = {"none", "linear", "yarn"};
+    static const char *const scaling[] = {"none", "linear", "yarn", "llama3"};
     char buf[64], fp[2 * PD_MODEL_FP_LEN + 1];
 
     if (g) {
@@ -64,6 +64,8 @@ static void print_model(const struct pd_model *m, bool list_tensors)
         printf("model         %s (GGUF v%" PRIu32 ")\n", pd_model_name(m), pd_gguf_version(g));
         if (pd_gguf_get_str(g, "general.name", &s, &sl) == 0)
             printf("name          %.*s\n", (int)(sl > 200 ? 200 : sl), s);
+    } else if (pd_model_dir(m)) {
+        printf("model         %s (Hugging Face checkpoint, safetensors)\n", pd_model_name(m));
     } else {
         printf("model         %s (dummy weights)\n", pd_model_name(m));
     }
@@ -78,9 +80,26 @@ static void print_model(const struct pd_model *m, bool list_tensors)
     if (hp->rope_scaling != PD_ROPE_SCALING_NONE)
         printf(" x%g (original context %" PRIu32 ")", (double)hp->rope_scale_factor,
                hp->rope_orig_ctx);
-    printf("%s\n", hp->has_rope_freqs ? ", per-dimension factors" : "");
-    printf("norm          RMSNorm, eps %g\n", (double)hp->norm_eps);
+    if (hp->rope_scaling == PD_ROPE_SCALING_LLAMA3)
+        printf(", low/high frequency factors %g/%g", (double)hp->rope_low_freq_factor,
+               (double)hp->rope_high_freq_factor);
+    printf("%s, %s\n", hp->has_rope_freqs ? ", per-dimension factors" : "",
+           hp->rope_style == PD_ROPE_HALVES ? "rotating halves" : "rotating adjacent pairs");
+    printf("norm          RMSNorm, eps %g%s\n", (double)hp->norm_eps,
+           hp->qk_norm ? "; and on each head of q and k" : "");
+    if (hp->qkv_bias)
+        printf("bias          on q, k and v\n");
+    if (hp->sliding_window)
+        printf("attention     sliding window of %" PRIu32 " tokens\n", hp->sliding_window);
     printf("output        %s\n", hp->tied_output ? "tied to the token embedding" : "own matrix");
+    size_t n_eos;
+    const int32_t *eos = pd_model_eos(m, &n_eos);
+    if (n_eos) {
+        printf("end ids      ");
+        for (size_t i = 0; i < n_eos; i++)
+            printf(" %" PRId32, eos[i]);
+        printf(" (generation_config.json)\n");
+    }
 
     uint64_t count[PD_DT_COUNT] = {0}, bytes[PD_DT_COUNT] = {0};
     for (size_t i = 0; i < pd_model_n_tensors(m); i++) {

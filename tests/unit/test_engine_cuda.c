@@ -140,6 +140,17 @@ static void engine_cuda_matches_cpu_f32_pool(void)
     compare(SHAPE_16, PD_DT_F32, PD_DT_F32, TOL_F32);
 }
 
+/* the architectures' steps: Qwen2's q/k/v bias (bias kernel), Qwen3's q/k
+ * norms (rmsnorm over heads, head_dim x heads above the width), both with
+ * rotated halves */
+static void engine_cuda_matches_cpu_qwen_steps(void)
+{
+    need_gpu();
+    compare("tiny-qwen2", PD_DT_F32, PD_DT_F32, TOL_F32);
+    compare("tiny-qwen3", PD_DT_F32, PD_DT_F32, TOL_F32);
+    compare("tiny-qwen3", PD_DT_BF16, PD_DT_BF16, TOL_BF16_W);
+}
+
 static void engine_cuda_matches_cpu_16bit_pools(void)
 {
     need_gpu();
@@ -586,6 +597,7 @@ static void engine_device_choice_says_why(void)
 static const struct pd_test tests[] = {
     PD_TEST(engine_device_choice_says_why),
     PD_TEST(engine_cuda_matches_cpu_f32_pool),
+    PD_TEST(engine_cuda_matches_cpu_qwen_steps),
     PD_TEST(engine_cuda_matches_cpu_16bit_pools),
     PD_TEST(engine_cuda_bf16_matrices_close_to_cpu),
     PD_TEST(engine_cuda_pool_sized_by_memory_share),
