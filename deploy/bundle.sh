@@ -230,7 +230,14 @@ install -m 755 "$src_root/tests/gpu/check.sh" "$root/tests/gpu/check.sh"
 # (stdlib Python only; check.sh runs them)
 mkdir -p "$root/tests/integration" "$root/tests/bench"
 install -m 644 "$src_root/tests/integration/harness.py" "$src_root/tests/integration/test_disagg_gpu.py" \
-    "$root/tests/integration/"
+    "$src_root/tests/integration/test_disagg_checkpoint.py" "$root/tests/integration/"
+# the Hugging Face test checkpoints (about 5 MiB) and their greedy goldens:
+# test_engine_cuda (PD_TEST_HF_DIR) and test_disagg_checkpoint.py on the GPU
+for m in llama31 qwen2 qwen3 mistral; do
+    mkdir -p "$root/tests/golden/hf/$m"
+    install -m 644 "$src_root/tests/golden/hf/$m"/* "$root/tests/golden/hf/$m/"
+    install -m 644 "$src_root/tests/golden/greedy_hf-$m.bin" "$root/tests/golden/"
+done
 install -m 644 "$src_root/tests/bench/kvx_bench.py" "$src_root/tests/bench/disagg_gpu_bench.py" \
     "$root/tests/bench/"
 

@@ -363,18 +363,24 @@ static const struct {
  * determines; lm_head when the embedding is tied), -1 unknown. */
 static int gguf_name(const char *hf, bool tied, char *out)
 {
-    unsigned layer;
-    int pos = 0;
     if (strcmp(hf, "model.embed_tokens.weight") == 0)
         return snprintf(out, NAME_ROOM, "token_embd.weight"), 1;
     if (strcmp(hf, "model.norm.weight") == 0)
         return snprintf(out, NAME_ROOM, "output_norm.weight"), 1;
     if (strcmp(hf, "lm_head.weight") == 0)
         return tied ? 0 : (snprintf(out, NAME_ROOM, "output.weight"), 1);
-    if (sscanf(hf, "model.layers.%u.%n", &layer, &pos) != 1 || pos == 0 || hf[13] < '0' ||
-        hf[13] > '9' || (hf[13] == '0' && hf[14] != '.'))
+    /* "model.layers.N." with N in decimal, no leading zeros, below 2^20
+     * (binding checks it against the layer count) */
+    static const char pre[] = "model.layers.";
+    if (strncmp(hf, pre, sizeof(pre) - 1) != 0)
         return -1;
-    const char *rest = hf + pos;
+    const char *d = hf + sizeof(pre) - 1, *rest = d;
+    unsigned layer = 0;
+    while (*rest >= '0' && *rest <= '9' && rest - d < 7)
+        layer = layer * 10 + (unsigned)(*rest++ - '0');
+    if (rest == d || *rest != '.' || (*d == '0' && rest - d > 1))
+        return -1;
+    rest++;
     if (strcmp(rest, "self_attn.rotary_emb.inv_freq") == 0)
         return 0;
     for (size_t i = 0; i < sizeof(layer_names) / sizeof(layer_names[0]); i++)

@@ -16,6 +16,9 @@
 #               through page-locked host memory), against decoded alone on the
 #               GPU; faults, staging limits (tests/integration/test_disagg_gpu.py
 #               as a script: python3, no pytest)
+#   checkpoint  the Hugging Face test checkpoints (Llama-3.1, Qwen2, Qwen3,
+#               Mistral) served by decoded alone and by the pair on the GPU,
+#               greedy tokens against transformers' (test_disagg_checkpoint.py)
 #   pair-direct the same on the direct path: the device pools to UCX (the
 #               bundle's lib/ucx-cuda, deploy/bundle.sh --ucx-cuda; skips, 77,
 #               where no UCX here takes CUDA memory)
@@ -201,7 +204,8 @@ if [ -z "$engine_tests" ]; then
 else
     say "engine: not run here (emulated in CI instead): ${engine_off[*]}"
     # shellcheck disable=SC2086 # one word per test name
-    run engine "the engine on CUDA against the CPU engine" env PD_TEST_VERBOSE=1 "$env" test_engine_cuda $engine_tests
+    run engine "the engine on CUDA against the CPU engine" env PD_TEST_VERBOSE=1 \
+        PD_TEST_HF_DIR="$root/tests/golden/hf" "$env" test_engine_cuda $engine_tests
 fi
 if command -v python3 >/dev/null; then
     run pair "prefilld + decoded on the GPU, KV channel" env DECODED="$root/bin/decoded" \
@@ -210,6 +214,9 @@ if command -v python3 >/dev/null; then
     run pair-direct "the same, device pools to UCX" env DECODED="$root/bin/decoded" \
         PREFILLD="$root/bin/prefilld" PYTHONDONTWRITEBYTECODE=1 PDSERVE_KV_PATH=direct \
         python3 "$root/tests/integration/test_disagg_gpu.py"
+    run checkpoint "HF checkpoints served on the GPU" env DECODED="$root/bin/decoded" \
+        PREFILLD="$root/bin/prefilld" PYTHONDONTWRITEBYTECODE=1 PDSERVE_CHECKPOINT_DEVICE=cuda \
+        python3 "$root/tests/integration/test_disagg_checkpoint.py"
     for pool in pinned device; do
         if run kvx-gpu "KV channel, GPU pools ($pool)" env PATH="$root/bin:$PATH" \
             python3 "$root/tests/bench/kvx_bench.py" "$root/bin/kvx_bench" --pool "$pool" --quick; then

@@ -122,6 +122,28 @@ static void checkpoint_written_as_gguf_matches_transformers(void)
     }
 }
 
+/* GGUF files from llama.cpp's own converter (make_hf_gguf.py: an
+ * independent producer) of the same checkpoints, their weights kept exactly:
+ * qwen2's and qwen3's keys and tensor names, Llama-3.1's rope_freqs.weight
+ * and permuted Q/K; the checkpoints' goldens hold for them */
+static void checkpoint_llama_cpp_gguf_matches_transformers(void)
+{
+    static const char *const names[] = {"llama31", "qwen2", "qwen3"};
+    static const enum pd_arch arch[] = {PD_ARCH_LLAMA, PD_ARCH_QWEN2, PD_ARCH_QWEN3};
+    for (size_t i = 0; i < 3; i++) {
+        char path[1024], golden[64];
+        snprintf(path, sizeof(path), "%s/tests/golden/gguf/hf-%s.gguf", PD_SRCDIR, names[i]);
+        snprintf(golden, sizeof(golden), "hf-%s", names[i]);
+        struct pd_model *m = load_path(path);
+        const struct pd_hparams *hp = pd_model_hparams(m);
+        CHECK_EQ_INT(hp->arch_id, arch[i]);
+        CHECK_EQ_INT(hp->rope_style, i == 0 ? PD_ROPE_ADJACENT : PD_ROPE_HALVES);
+        CHECK_EQ_INT(hp->has_rope_freqs, i == 0);
+        check_golden(m, golden, PD_CPU_W_STORED);
+        pd_model_free(m);
+    }
+}
+
 /* The default model as a checkpoint (bf16), made by transformers and
  * reproduced bit for bit by tests/golden/make_smollm2_checkpoint.py
  * (tests/run.sh makes it and sets PDSERVE_HF_MODEL); without it here the
@@ -385,6 +407,7 @@ static const struct pd_test tests[] = {
     PD_TEST(checkpoint_mistral_matches_transformers),
     PD_TEST(checkpoint_mistral_refuses_context_past_window),
     PD_TEST(checkpoint_written_as_gguf_matches_transformers),
+    PD_TEST(checkpoint_llama_cpp_gguf_matches_transformers),
     PD_TEST(checkpoint_default_model_matches_transformers),
     PD_TEST(checkpoint_refuses_unknown_architecture_by_name),
     PD_TEST(checkpoint_refuses_settings_it_would_compute_wrong),

@@ -18,6 +18,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <unistd.h>
 
 #define TOL_F32 1e-4 /* cuBLAS / OpenBLAS sums in other orders */
 #define TOL_BF16_W 2e-2 /* bf16 matrices and x (emulated: <= 7.6e-3) */
@@ -32,9 +33,12 @@ static void need_gpu(void)
     }
 }
 
+/* a dummy shape, or a checkpoint directory (a path) */
 static struct pd_model *load_dummy(const char *shape)
 {
     struct pd_model_params p = {.load_format = PD_LOAD_DUMMY, .shape = shape, .seed = 3};
+    if (shape[0] == '/')
+        p = (struct pd_model_params){.path = shape};
     return pd_test_load_model(&p);
 }
 
@@ -61,7 +65,11 @@ static void script(const struct pd_model *m, enum pd_device dev, uint32_t kv_dty
     struct pd_engine_params p = {.model = m, .device = dev, .kv_cache_bytes = 16u << 20,
                                  .gpu_weight_dtype = w_dtype, /* the CPU's are fp32 regardless */
                                  .kv_dtype = kv_dtype, .block_size = 16,
-                                 .max_batched_tokens = 128, .max_batch_items = 8};
+                                 .max_batched_tokens = 128, .max_batch_items = 8,
+                                 /* within Mistral's window */
+                                 .max_model_len = pd_model_hparams(m)->n_ctx_train < 4096
+                                                      ? pd_model_hparams(m)->n_ctx_train
+                                                      : 4096};
     struct pd_engine *e = engine_new(&p);
     char err[512];
     struct pd_kvseq a, b, c;
@@ -149,6 +157,31 @@ static void engine_cuda_matches_cpu_qwen_steps(void)
     compare("tiny-qwen2", PD_DT_F32, PD_DT_F32, TOL_F32);
     compare("tiny-qwen3", PD_DT_F32, PD_DT_F32, TOL_F32);
     compare("tiny-qwen3", PD_DT_BF16, PD_DT_BF16, TOL_BF16_W);
+}
+
+/* The Hugging Face test checkpoints (tests/golden/hf/): Llama-3.1's rope
+ * factors computed at load and uploaded, Qwen2's biases (bf16 as stored:
+ * fp32 on the device is exact), Qwen3's norms (fp16), Mistral's shards;
+ * skipped where the source tree is not (the GPU bundle) */
+static void engine_cuda_matches_cpu_on_checkpoints(void)
+{
+    need_gpu();
+    static const char *const names[] = {"llama31", "qwen2", "qwen3", "mistral"};
+    char dir[1024];
+#ifdef PD_SRCDIR
+    snprintf(dir, sizeof(dir), "%s/tests/golden/hf", PD_SRCDIR);
+#else
+    dir[0] = '\0';
+#endif
+    if (getenv("PD_TEST_HF_DIR"))
+        snprintf(dir, sizeof(dir), "%s", getenv("PD_TEST_HF_DIR"));
+    if (!dir[0] || access(dir, R_OK) != 0)
+        PD_SKIP("the test checkpoints (tests/golden/hf) are not here: set PD_TEST_HF_DIR");
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        char path[1100];
+        snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+        compare(path, PD_DT_F32, PD_DT_F32, TOL_F32);
+    }
 }
 
 static void engine_cuda_matches_cpu_16bit_pools(void)
@@ -598,6 +631,7 @@ static const struct pd_test tests[] = {
     PD_TEST(engine_device_choice_says_why),
     PD_TEST(engine_cuda_matches_cpu_f32_pool),
     PD_TEST(engine_cuda_matches_cpu_qwen_steps),
+    PD_TEST(engine_cuda_matches_cpu_on_checkpoints),
     PD_TEST(engine_cuda_matches_cpu_16bit_pools),
     PD_TEST(engine_cuda_bf16_matrices_close_to_cpu),
     PD_TEST(engine_cuda_pool_sized_by_memory_share),
