@@ -7,7 +7,8 @@
 #
 # Builds nothing: DIR (default build/) must hold a finished build. Writes
 # OUT/pdserve-VERSION-ARCH.tar.xz (OUT defaults to DIR) and prints its path on
-# the last line. Fails if the tarball is over 25 MiB. --extra adds a program
+# the last line. Fails if the tarball is over 32 MiB (half of the 64 MiB a GPU
+# session carries, the rest left for results). --extra adds a program
 # from outside the build with its libraries (ucx_info, ucx_perftest: the node
 # has no UCX tools either). --ucx-cuda adds a second UCX that takes CUDA memory
 # (DIR: its lib/, e.g. PyPI's libucx-cu13 wheel's libucx/lib, as
@@ -36,7 +37,7 @@
 #   README, BUILDINFO, MANIFEST (sha256 of every file)
 set -euo pipefail
 
-MAX_BYTES=$((25 * 1024 * 1024))
+MAX_BYTES=$((32 * 1024 * 1024))
 src_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="build"
 out=""
@@ -290,6 +291,6 @@ XZ_OPT="${XZ_OPT:--6 -T0}" tar -C "$stage" --owner=0 --group=0 --numeric-owner -
 size="$(stat -c %s "$tarball")"
 echo "bundle.sh: ${#bundled[@]} programs (${bundled[*]}), $(find "$root/lib" -maxdepth 1 -type f | wc -l) libraries$([ -d "$root/lib/ucx" ] && echo " + UCX modules")$([ -d "$root/lib/ucx-cuda" ] && echo " + a UCX that takes CUDA memory"), $((size / 1024)) KiB"
 if [ "$size" -gt "$MAX_BYTES" ]; then
-    die "$tarball is $size bytes, over the 25 MiB limit"
+    die "$tarball is $size bytes, over the 32 MiB limit"
 fi
 echo "$tarball"

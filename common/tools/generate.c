@@ -305,9 +305,19 @@ int main(int argc, char **argv)
             if (pd_tok_is_eog(tok, (int32_t)id))
                 stop[n_stop++] = (int32_t)id;
     } else if (c.prompt.n > 0) {
-        snprintf(err, sizeof(err), "--prompt needs a model with a tokenizer (dummy weights have "
-                 "none: use --prompt-ids)");
+        snprintf(err, sizeof(err), "--prompt needs a model with a tokenizer (dummy weights and "
+                 "checkpoints have none yet: use --prompt-ids)");
         goto fail;
+    }
+    /* and the ids a checkpoint's generation_config.json names */
+    size_t n_eos;
+    const int32_t *eos = pd_model_eos(m, &n_eos);
+    for (size_t i = 0; i < n_eos && n_stop < 16; i++) {
+        uint32_t k = 0;
+        while (k < n_stop && stop[k] != eos[i])
+            k++;
+        if (k == n_stop)
+            stop[n_stop++] = eos[i];
     }
     if (c.chat && (rc = pd_chat_template_from_tok(tok, &ct, err, sizeof(err))) < 0)
         goto fail;

@@ -28,7 +28,7 @@ cat "$tmp/bundle.out"
 tarball="$(tail -n 1 "$tmp/bundle.out")"
 [ -f "$tarball" ] || fail "bundle.sh did not print the tarball's path last"
 size="$(stat -c %s "$tarball")"
-[ "$size" -le $((25 * 1024 * 1024)) ] || fail "$tarball is $size bytes, over 25 MiB"
+[ "$size" -le $((32 * 1024 * 1024)) ] || fail "$tarball is $size bytes, over 32 MiB"
 
 mkdir "$tmp/unpacked"
 tar -xf "$tarball" -C "$tmp/unpacked"

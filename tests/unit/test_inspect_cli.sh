@@ -70,5 +70,24 @@ check written_gguf_lists_tensors grep -q "blk.2.ffn_down.weight" <<<"$out2"
 out=$(PDSERVE_MODEL=/nonexistent.gguf "$inspect" "$tmp/t.gguf"); rc=$?
 check argument_beats_env_model test $rc -eq 0
 
+# a Hugging Face checkpoint directory (the test models; $2: the source tree)
+hf="${2:-}/tests/golden/hf"
+out=$("$inspect" "$hf/qwen3"); rc=$?
+check checkpoint_exits_0 test $rc -eq 0
+check checkpoint_says_so grep -q "(Hugging Face checkpoint, safetensors)" <<<"$out"
+check checkpoint_arch grep -q "qwen3: 2 layers, width 128, ffn 384, 4 heads (2 kv, GQA 2), head dim 64" <<<"$out"
+check checkpoint_qk_norm grep -q "and on each head of q and k" <<<"$out"
+check checkpoint_f16 grep -q "F16 *25 tensors" <<<"$out"
+out=$("$inspect" --tensors "$hf/mistral/"); rc=$?
+check sharded_checkpoint_loads test $rc -eq 0
+check sharded_checkpoint_tensors grep -q "blk.2.attn_q.weight" <<<"$out"
+out=$("$inspect" "$hf/llama31" --write-gguf "$tmp/l.gguf"); rc=$?
+check checkpoint_written_as_gguf test $rc -eq 0
+out2=$("$inspect" "$tmp/l.gguf"); rc=$?
+check checkpoint_gguf_has_factors grep -q "per-dimension factors, rotating adjacent pairs" <<<"$out2"
+err=$("$inspect" --load-format safetensors "$tmp/l.gguf" 2>&1); rc=$?
+check safetensors_format_needs_directory test $rc -eq 1
+check safetensors_format_names_it grep -q "l.gguf" <<<"$err"
+
 echo "$passes passed, $fails failed"
 [ "$fails" -eq 0 ]
