@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_engine_golden  # noqa: E402  (asserts transformers 4.47.1)
 import make_greedy_golden  # noqa: E402
 from make_hf_models import enable_f64, write_engine_golden, write_greedy_golden  # noqa: E402
+from make_smollm2_checkpoint import sha256_file  # noqa: E402
 
 CKPT = os.path.expanduser("~/.cache/pdserve/hf/smollm2-135m-instruct")
 TOKDIR = os.path.expanduser("~/.cache/pdserve/hf/smollm2-135m-instruct-tokenizer")
@@ -43,14 +44,6 @@ NAME_OR_PATH = "HuggingFaceTB/SmolLM2-135M-Instruct"
 COMMITTED = "tests/golden/hf/smollm2"
 MANIFEST = "tests/golden/hf/smollm2.manifest.json"
 JSON_FILES = ("config.json", "generation_config.json")
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def safetensors_tensors(path):
