@@ -566,12 +566,12 @@ static int serve(void *cfg, const struct pd_cfg_args *a, int argc, char **argv, 
         rc = pd_errf(err, errlen, -ENOMEM, "out of memory");
         goto out;
     }
-    if (pd_model_gguf(m)) {
-        rc = pd_tok_load(pd_model_gguf(m), &tok, err, errlen);
+    if (pd_model_gguf(m) || pd_model_dir(m)) {
+        rc = pd_tok_load_model(m, &tok, err, errlen);
         if (rc < 0 && rc != -ENOENT)
             goto out;
         if (rc == -ENOENT)
-            pd_log(PD_LOG_WARN, "the model has no tokenizer: token-id prompts only");
+            pd_log(PD_LOG_WARN, "the model has no tokenizer (%s): token-id prompts only", err);
     }
     if (tok) {
         rc = c->chat_template ? pd_chat_template_load(c->chat_template, tok, &chat, err, errlen)

@@ -69,16 +69,56 @@ int tok_pretok_init(struct pd_tokenizer *t, char *err, size_t errlen)
             return -ENOTSUP;
         }
     }
-    for (int i = 0; i < PD_TOK_MAX_RE && chain[i]; i++) {
+    int n = 0;
+    while (n < PD_TOK_MAX_RE && chain[n])
+        n++;
+    return tok_pretok_compile(t, chain, n, err, errlen);
+}
+
+/* tokenizers' patterns (Oniguruma) for PCRE2: \s and \S outside and inside
+ * classes become the White_Space property, as Oniguruma reads them under
+ * Unicode; everything else is the same syntax. out: 4 * n + 1 bytes. */
+static void onig_to_pcre2(const char *in, char *out)
+{
+    size_t o = 0;
+    for (size_t i = 0; in[i]; i++) {
+        if (in[i] == '\\' && (in[i + 1] == 's' || in[i + 1] == 'S')) {
+            const char *p = in[i + 1] == 's' ? WS : NOT_WS;
+            memcpy(out + o, p, strlen(p));
+            o += strlen(p);
+            i++;
+        } else if (in[i] == '\\' && in[i + 1]) {
+            out[o++] = in[i++];
+            out[o++] = in[i];
+        } else {
+            out[o++] = in[i];
+        }
+    }
+    out[o] = '\0';
+}
+
+int tok_pretok_compile(struct pd_tokenizer *t, const char *const *chain, int n, char *err,
+                       size_t errlen)
+{
+    if (n > PD_TOK_MAX_RE)
+        return pd_errf(err, errlen, -ENOTSUP, "more than %d pre-tokenizer patterns",
+                       PD_TOK_MAX_RE);
+    for (int i = 0; i < n; i++) {
         int ec;
         PCRE2_SIZE eoff;
-        t->re[i] = pcre2_compile((PCRE2_SPTR)chain[i], PCRE2_ZERO_TERMINATED,
+        size_t len = strlen(chain[i]);
+        char *pat = malloc(8 * len + 1);
+        if (!pat)
+            return -ENOMEM;
+        onig_to_pcre2(chain[i], pat);
+        t->re[i] = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED,
                                  PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK, &ec, &eoff, NULL);
+        free(pat);
         if (!t->re[i]) {
             PCRE2_UCHAR msg[128];
             pcre2_get_error_message(ec, msg, sizeof(msg));
-            snprintf(err, errlen, "pre-tokenizer regex: %s at %zu", (char *)msg, (size_t)eoff);
-            return -EINVAL;
+            return pd_errf(err, errlen, -EINVAL, "pre-tokenizer regex: %s at %zu", (char *)msg,
+                           (size_t)eoff);
         }
         /* JIT is several times faster; without it (no JIT on this CPU) the
          * interpreter gives the same matches. */
@@ -112,6 +152,8 @@ struct enc {
     uint8_t *norm; /* SPM: the normalized segment */
     size_t norm_cap;
     pcre2_match_data *md;
+    const uint8_t *text0; /* the whole text: a segment at its start is the first */
+    bool parse_special;
 };
 
 static void emit(struct enc *e, int32_t id)
@@ -249,6 +291,19 @@ static int bpe_word(struct enc *e, const uint8_t *s, size_t n)
     const struct pd_tokenizer *t = e->t;
     bool unk = false;
 
+    if (t->ignore_merges && n <= PD_TOK_MAX_PIECE) {
+        /* the pre-token in the byte alphabet, looked up as a vocabulary
+         * entry (tokenizers' ignore_merges) */
+        uint8_t w[2 * PD_TOK_MAX_PIECE];
+        size_t o = 0;
+        for (size_t i = 0; i < n; i++)
+            o += pd_utf8_put(t->byte_cp[s[i]], w + o);
+        int32_t id = tok_strtab_get(t, &t->by_text, false, w, o);
+        if (id >= 0) {
+            emit(e, id);
+            return 0;
+        }
+    }
     if (n <= t->max_piece) {
         int32_t id = tok_strtab_get(t, &t->by_piece, true, s, n);
         if (id >= 0) { /* by_piece holds only tokens that BPE rebuilds whole */
@@ -272,6 +327,8 @@ static int bpe_word(struct enc *e, const uint8_t *s, size_t n)
                 sym_push(e, t->byte_sym[b][k]);
         } else {
             unk = t->unk >= 0;
+            if (t->unk_each)
+                unk_flush(e, &unk);
         }
     }
     unk_flush(e, &unk);
@@ -308,6 +365,8 @@ static int bpe_chars(struct enc *e, const uint8_t *s, size_t n)
                     sym_push(e, t->byte_tok[s[i + j]]);
             else
                 unk = t->unk >= 0;
+            if (!all && t->unk_each)
+                unk_flush(e, &unk);
         }
         i += k;
     }
@@ -369,7 +428,13 @@ static int segment(struct enc *e, const uint8_t *s, size_t n)
         if (grow((void **)&e->norm, &e->norm_cap, need, 1) < 0)
             return -ENOMEM;
         size_t o = 0;
-        if (t->add_prefix_space)
+        /* Metaspace prepends only to text not already starting with a
+         * space ("first": only at the start of the whole text) */
+        const bool meta = t->spm_prefix == TOK_PREFIX_META_ALWAYS ||
+                          t->spm_prefix == TOK_PREFIX_META_FIRST;
+        if (t->spm_prefix == TOK_PREFIX_EACH ||
+            (meta && s[0] != ' ' && !(n >= 3 && memcmp(s, "\xE2\x96\x81", 3) == 0) &&
+             (t->spm_prefix == TOK_PREFIX_META_ALWAYS || s == e->text0)))
             memcpy(e->norm, "\xE2\x96\x81", 3), o = 3;
         for (size_t i = 0; i < n; i++) {
             if (s[i] == ' ')
@@ -417,6 +482,8 @@ static int split_special(struct enc *e, const uint8_t *s, size_t n)
         for (uint32_t k = lo; k < hi; k++) {
             int32_t id = t->spec[k];
             size_t tl = t->tok[id].text_len;
+            if (!e->parse_special && (t->tok[id].flags & TF_SPECIAL))
+                continue; /* a special token's text is text unless asked */
             if (tl > n - i || memcmp(s + i, tok_text(t, (uint32_t)id), tl) != 0)
                 continue;
             if ((rc = segment(e, s + start, i - start)) < 0)
@@ -446,20 +513,22 @@ int pd_tok_encode(const struct pd_tokenizer *t, const char *text, size_t len, un
     if (len > PD_TOK_MAX_TEXT)
         return -EMSGSIZE;
 
-    struct enc e = {.t = t, .ids = ids, .cap = cap};
     const uint8_t *s = (const uint8_t *)text;
+    struct enc e = {.t = t, .ids = ids, .cap = cap, .text0 = s,
+                    .parse_special = (flags & PD_TOK_PARSE_SPECIAL) != 0};
     bool bos = (flags & PD_TOK_ADD_BOS) ? true : (flags & PD_TOK_NO_BOS) ? false : t->add_bos;
     int rc = 0;
 
     if (t->n_re && !(e.md = pcre2_match_data_create(1, NULL)))
         return -ENOMEM;
-    if (bos && t->bos >= 0)
-        emit(&e, t->bos);
+    for (uint8_t i = 0; bos && i < t->n_prefix; i++)
+        emit(&e, t->prefix[i]);
     if (len)
-        rc = (flags & PD_TOK_PARSE_SPECIAL) && t->n_spec ? split_special(&e, s, len)
-                                                          : segment(&e, s, len);
-    if (rc == 0 && t->add_eos && t->eos >= 0)
-        emit(&e, t->eos);
+        rc = t->n_spec && (e.parse_special || t->has_plain_added) ? split_special(&e, s, len)
+                                                                  : segment(&e, s, len);
+    for (uint8_t i = 0; rc == 0 && (t->suffix_with_prefix ? bos : t->add_eos) && i < t->n_suffix;
+         i++)
+        emit(&e, t->suffix[i]);
     enc_done(&e);
     if (rc < 0)
         return rc;

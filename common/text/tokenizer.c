@@ -13,7 +13,7 @@
 
 /* --- string -> id tables ----------------------------------------------- */
 
-static int strtab_init(struct strtab *st, uint32_t n)
+int tok_strtab_init(struct strtab *st, uint32_t n)
 {
     uint32_t size = 16;
     while (size < 2 * n)
@@ -27,7 +27,7 @@ static int strtab_init(struct strtab *st, uint32_t n)
 
 /* Insert id under its key; a later id replaces an earlier one with the same
  * key (transformers builds the vocabulary as {token: id} in order). */
-static void strtab_put(struct pd_tokenizer *t, struct strtab *st, bool by_piece, uint32_t id)
+void tok_strtab_put(struct pd_tokenizer *t, struct strtab *st, bool by_piece, uint32_t id)
 {
     const void *k;
     size_t n;
@@ -49,7 +49,7 @@ static void strtab_put(struct pd_tokenizer *t, struct strtab *st, bool by_piece,
 
 /* --- merges ------------------------------------------------------------- */
 
-static int merges_init(struct pd_tokenizer *t, uint32_t n)
+int tok_merges_init(struct pd_tokenizer *t, uint32_t n)
 {
     uint32_t size = 16;
     while (size < 2 * n)
@@ -65,7 +65,7 @@ static int merges_init(struct pd_tokenizer *t, uint32_t n)
 
 /* A later merge of the same pair replaces the earlier (tokenizers collects
  * the merge list into a map). */
-static void merges_put(struct pd_tokenizer *t, int32_t a, int32_t b, uint32_t rank, int32_t id)
+void tok_merges_put(struct pd_tokenizer *t, int32_t a, int32_t b, uint32_t rank, int32_t id)
 {
     uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
     uint64_t h = key * 0x9E3779B97F4A7C15ull;
@@ -88,7 +88,7 @@ static int merges_from_gguf(struct pd_tokenizer *t, const struct pd_gguf *g,
     if (kv->arr_n > PD_TOK_MAX_MERGES)
         return pd_errf(err, errlen, -E2BIG, "tokenizer.ggml.merges: %llu merges (cap %u)",
                        (unsigned long long)kv->arr_n, PD_TOK_MAX_MERGES);
-    if (merges_init(t, (uint32_t)kv->arr_n) < 0)
+    if (tok_merges_init(t, (uint32_t)kv->arr_n) < 0)
         return -ENOMEM;
     char buf[2 * PD_TOK_MAX_PIECE + 2];
     for (uint32_t i = 0; i < kv->arr_n; i++) {
@@ -113,7 +113,7 @@ static int merges_from_gguf(struct pd_tokenizer *t, const struct pd_gguf *g,
                            a < 0       ? "the left part"
                                : b < 0 ? "the right part"
                                        : "the merged token");
-        merges_put(t, a, b, i, ab);
+        tok_merges_put(t, a, b, i, ab);
     }
     return 0;
 }
@@ -192,10 +192,10 @@ static int merges_from_scores(struct pd_tokenizer *t, char *err, size_t errlen)
         order++;
     }
     qsort(c, nc, sizeof(*c), cand_cmp);
-    if ((rc = merges_init(t, (uint32_t)nc)) < 0)
+    if ((rc = tok_merges_init(t, (uint32_t)nc)) < 0)
         goto out;
     for (size_t i = 0; i < nc; i++)
-        merges_put(t, c[i].l, c[i].r, (uint32_t)i, c[i].id);
+        tok_merges_put(t, c[i].l, c[i].r, (uint32_t)i, c[i].id);
     rc = 0;
 out:
     free(c);
@@ -245,7 +245,7 @@ static size_t make_piece(const struct pd_tokenizer *t, const int16_t *cp_to_byte
 {
     const char *s = tok_text(t, id);
     size_t n = t->tok[id].text_len, o = 0;
-    int bv = byte_token_value(s, n);
+    int bv = t->bytes_literal ? -1 : byte_token_value(s, n);
     if (bv >= 0) {
         out[0] = (uint8_t)bv;
         return 1;
@@ -385,10 +385,10 @@ static int load_tokens(struct pd_tokenizer *t, const struct pd_gguf *g, char *er
         t->tok[i].type = (uint8_t)ty;
         t->tok[i].score = sc;
     }
-    if (strtab_init(&t->by_text, t->n_vocab) < 0)
+    if (tok_strtab_init(&t->by_text, t->n_vocab) < 0)
         return -ENOMEM;
     for (uint32_t i = 0; i < t->n_vocab; i++)
-        strtab_put(t, &t->by_text, false, i);
+        tok_strtab_put(t, &t->by_text, false, i);
     return scores ? 1 : 0;
 }
 
@@ -412,13 +412,16 @@ static int spec_cmp(const void *pa, const void *pb, void *ctx)
 /* Special tokens as transformers' GGUF conversion registers them: token
  * type 3 (control), plus the unknown and BOS tokens that the fast
  * tokenizer's constructor adds (its eos_token is tokens[bos] too). */
-static int setup_special(struct pd_tokenizer *t, const int32_t *eot)
+int tok_setup_special(struct pd_tokenizer *t, const int32_t *eot)
 {
     for (uint32_t i = 0; i < t->n_vocab; i++) {
         bool sp = t->tok[i].type == TT_CONTROL || (int32_t)i == t->unk || (int32_t)i == t->bos;
-        if (!sp)
+        if (t->tok[i].flags & TF_ADDED) /* tokenizer.json says which are special */
+            sp = t->tok[i].type == TT_CONTROL;
+        if (!sp && !(t->tok[i].flags & TF_ADDED))
             continue;
-        t->tok[i].flags |= TF_SPECIAL;
+        if (sp)
+            t->tok[i].flags |= TF_SPECIAL;
         for (size_t k = 0; k < sizeof(eog_texts) / sizeof(eog_texts[0]); k++)
             if (strcmp(tok_text(t, i), eog_texts[k]) == 0)
                 t->tok[i].flags |= TF_EOG;
@@ -435,7 +438,7 @@ static int setup_special(struct pd_tokenizer *t, const int32_t *eot)
         return -ENOMEM;
     uint32_t k = 0;
     for (uint32_t i = 0; i < t->n_vocab; i++)
-        if ((t->tok[i].flags & TF_SPECIAL) && t->tok[i].text_len)
+        if ((t->tok[i].flags & (TF_SPECIAL | TF_ADDED)) && t->tok[i].text_len)
             t->spec[k++] = (int32_t)i;
     qsort_r(t->spec, t->n_spec, sizeof(*t->spec), spec_cmp, t);
     uint32_t j = 0;
@@ -447,12 +450,14 @@ static int setup_special(struct pd_tokenizer *t, const int32_t *eot)
     return 0;
 }
 
-static int setup_pieces(struct pd_tokenizer *t)
+int tok_setup_pieces(struct pd_tokenizer *t)
 {
     int16_t cp_to_byte[324];
     memset(cp_to_byte, -1, sizeof(cp_to_byte));
-    for (int b = 0; b < 256; b++)
-        cp_to_byte[byte_to_cp((uint8_t)b)] = (int16_t)b;
+    for (int b = 0; b < 256; b++) {
+        t->byte_cp[b] = byte_to_cp((uint8_t)b);
+        cp_to_byte[t->byte_cp[b]] = (int16_t)b;
+    }
 
     size_t off = 0;
     for (uint32_t i = 0; i < t->n_vocab; i++) {
@@ -481,7 +486,7 @@ static int setup_pieces(struct pd_tokenizer *t)
             t->byte_nsym[b] = 1;
             continue;
         }
-        bool all = true;
+        bool all = !t->no_byte_fallback;
         for (size_t j = 0; j < k; j++)
             all = all && t->byte_tok[ch[j]] >= 0;
         if (all) {
@@ -496,7 +501,7 @@ static int setup_pieces(struct pd_tokenizer *t)
 
 /* Tokens that BPE rebuilds whole from their own bytes can be looked up
  * directly when a pre-token equals them: most words are one such token. */
-static int setup_whole(struct pd_tokenizer *t)
+int tok_setup_whole(struct pd_tokenizer *t)
 {
     int32_t ids[2];
     for (uint32_t i = 0; i < t->n_vocab; i++) {
@@ -508,11 +513,11 @@ static int setup_whole(struct pd_tokenizer *t)
         if (n == 1 && ids[0] == (int32_t)i)
             t->tok[i].flags |= TF_WHOLE;
     }
-    if (strtab_init(&t->by_piece, t->n_vocab) < 0)
+    if (tok_strtab_init(&t->by_piece, t->n_vocab) < 0)
         return -ENOMEM;
     for (uint32_t i = 0; i < t->n_vocab; i++)
         if (t->tok[i].flags & TF_WHOLE)
-            strtab_put(t, &t->by_piece, true, i);
+            tok_strtab_put(t, &t->by_piece, true, i);
     return 0;
 }
 
@@ -584,8 +589,14 @@ static int load(struct pd_tokenizer *t, const struct pd_gguf *g, char *err, size
         return pd_errf(err, errlen, -EINVAL, "tokenizer.chat_template is not a string");
     }
 
-    if ((rc = setup_special(t, eot)) < 0 || (rc = setup_pieces(t)) < 0)
+    if ((rc = tok_setup_special(t, eot)) < 0 || (rc = tok_setup_pieces(t)) < 0)
         return rc;
+    if (t->bos >= 0)
+        t->prefix[t->n_prefix++] = t->bos;
+    if (t->eos >= 0)
+        t->suffix[t->n_suffix++] = t->eos;
+    t->strip_first_space = t->kind == TOK_SPM && t->add_prefix_space;
+    t->spm_prefix = t->add_prefix_space ? TOK_PREFIX_EACH : TOK_PREFIX_NONE;
 
     const struct pd_gguf_kv *mkv = pd_gguf_find_kv(g, "tokenizer.ggml.merges");
     if (mkv)
@@ -599,7 +610,7 @@ static int load(struct pd_tokenizer *t, const struct pd_gguf *g, char *err, size
         return rc;
 
     if (t->kind == TOK_BYTE_LEVEL) {
-        if ((rc = tok_pretok_init(t, err, errlen)) < 0 || (rc = setup_whole(t)) < 0)
+        if ((rc = tok_pretok_init(t, err, errlen)) < 0 || (rc = tok_setup_whole(t)) < 0)
             return rc;
     } else {
         t->pre_used = "none (SentencePiece)";
@@ -664,7 +675,7 @@ static bool bad_id(const struct pd_tokenizer *t, int32_t id)
 /* SentencePiece's decoder strips the space its normalizer put first. */
 static bool strips_first_space(const struct pd_tokenizer *t)
 {
-    return t->kind == TOK_SPM && t->add_prefix_space;
+    return t->strip_first_space;
 }
 
 int pd_tok_decode(const struct pd_tokenizer *t, const int32_t *ids, size_t n, unsigned flags,

@@ -77,6 +77,25 @@ struct pd_tok_opts {
 int pd_tok_load(const struct pd_gguf *g, struct pd_tokenizer **out, char *err, size_t errlen);
 int pd_tok_load_opts(const struct pd_gguf *g, const struct pd_tok_opts *opts,
                      struct pd_tokenizer **out, char *err, size_t errlen);
+/* From a Hugging Face tokenizer.json (json[0..len), not NUL-terminated) and
+ * optionally tokenizer_config.json's text (config may be NULL): byte-level
+ * and SentencePiece-style BPE as the `tokenizers` library reads them
+ * (docs/internals/text.md, "tokenizer.json"). Add-special-tokens follows the
+ * post-processor (PD_TOK_ADD_BOS / PD_TOK_NO_BOS override it: both ends).
+ * -ENOTSUP names a component not implemented; -EINVAL a malformed file;
+ * -E2BIG past PD_TOK_MAX_JSON or another cap. The fuzz target's entry. */
+#define PD_TOK_MAX_JSON (64u << 20)
+int pd_tok_load_json(const char *json, size_t len, const char *config, size_t config_len,
+                     struct pd_tokenizer **out, char *err, size_t errlen);
+/* The same from a checkpoint directory's tokenizer.json and (when there)
+ * tokenizer_config.json; -ENOENT when there is no tokenizer.json. */
+int pd_tok_load_dir(const char *dir, struct pd_tokenizer **out, char *err, size_t errlen);
+/* The model's own: its GGUF's metadata, or its checkpoint directory's
+ * tokenizer.json; -ENOENT when it has none (dummy weights, a directory
+ * without tokenizer.json). */
+struct pd_model;
+int pd_tok_load_model(const struct pd_model *m, struct pd_tokenizer **out, char *err,
+                      size_t errlen);
 /* Accepts NULL; returns NULL. */
 struct pd_tokenizer *pd_tok_free(struct pd_tokenizer *t);
 

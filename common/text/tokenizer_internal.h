@@ -35,6 +35,8 @@ enum {
     TF_SPECIAL = 1u << 0, /* control: matched in text only on request, skipped on request */
     TF_EOG = 1u << 1,
     TF_WHOLE = 1u << 2, /* byte-level: BPE of the token's own bytes gives exactly this token */
+    TF_ADDED = 1u << 3, /* tokenizer.json's added token: split out of text before the rest
+                         * (always when not TF_SPECIAL; a special one on request) */
 };
 
 struct tok_entry {
@@ -59,7 +61,16 @@ struct merge_slot {
     int32_t id;
 };
 
-#define PD_TOK_MAX_RE 2
+#define PD_TOK_MAX_RE 4
+#define PD_TOK_MAX_AFFIX 4 /* tokens a post-processor puts before or after a text */
+
+/* How SentencePiece-style text gets its leading "▁". */
+enum tok_prefix {
+    TOK_PREFIX_EACH = 0, /* transformers' legacy normalizer: Prepend("▁") on every segment */
+    TOK_PREFIX_NONE, /* none */
+    TOK_PREFIX_META_ALWAYS, /* Metaspace "always": each segment not already starting with it */
+    TOK_PREFIX_META_FIRST, /* Metaspace "first": only the text's first segment, likewise */
+};
 
 struct pd_tokenizer {
     enum tok_kind kind;
@@ -84,6 +95,8 @@ struct pd_tokenizer {
     uint8_t byte_fb[256];
     /* <0xNN> token of each byte, or -1 (SentencePiece byte fallback) */
     int32_t byte_tok[256];
+    /* each byte's character in GPT-2's byte alphabet (byte-level) */
+    uint32_t byte_cp[256];
 
     /* Control tokens matched in text, ordered by first byte then longest
      * first; spec_first[b]..spec_first[b+1] index those starting with b. */
@@ -97,6 +110,19 @@ struct pd_tokenizer {
     int32_t bos, eos, unk, pad;
     bool add_bos, add_eos;
     bool add_prefix_space; /* SPM: "▁" before each text segment, one space stripped at decode */
+    /* the ids the encoder adds: prefix when BOS is on, suffix when add_eos
+     * (GGUF: BOS and EOS; tokenizer.json: its post-processor's template,
+     * both governed by the BOS flag, as add_special_tokens) */
+    int32_t prefix[PD_TOK_MAX_AFFIX], suffix[PD_TOK_MAX_AFFIX];
+    uint8_t n_prefix, n_suffix;
+    bool suffix_with_prefix; /* the suffix follows the BOS flag, not add_eos */
+    enum tok_prefix spm_prefix; /* SPM: what add_prefix_space means */
+    bool strip_first_space; /* decode: one leading space removed (SPM's decoders) */
+    bool no_byte_fallback; /* byte-level: a byte not in the alphabet is unknown, never <0xNN> */
+    bool unk_each; /* each unknown character its own unknown token (fuse_unk false) */
+    bool ignore_merges; /* a pre-token that is a vocabulary token is taken whole (Llama-3) */
+    bool has_plain_added; /* an added token that is not special: split out always */
+    bool bytes_literal; /* decode: <0xNN> tokens as their text (no ByteFallback decoder) */
 
     char *chat_template; /* NUL-terminated copy or NULL */
     size_t chat_template_len;
@@ -168,6 +194,21 @@ static inline const struct merge_slot *tok_merge_get(const struct pd_tokenizer *
 
 /* tok_encode.c: compile the pre-tokenizer regexes (byte-level) for t->pre. */
 int tok_pretok_init(struct pd_tokenizer *t, char *err, size_t errlen);
+/* tok_encode.c: compile chain[0..n) (tokenizers' patterns: \s and \S read as
+ * Oniguruma's Unicode whitespace) into t->re */
+int tok_pretok_compile(struct pd_tokenizer *t, const char *const *chain, int n, char *err,
+                       size_t errlen);
+/* tokenizer.c: the builders both loaders use (GGUF's, tok_json.c's) */
+int tok_strtab_init(struct strtab *st, uint32_t n);
+void tok_strtab_put(struct pd_tokenizer *t, struct strtab *st, bool by_piece, uint32_t id);
+int tok_merges_init(struct pd_tokenizer *t, uint32_t n);
+void tok_merges_put(struct pd_tokenizer *t, int32_t a, int32_t b, uint32_t rank, int32_t id);
+/* special-token table and end-of-generation flags (eot: two more EOG ids or -1) */
+int tok_setup_special(struct pd_tokenizer *t, const int32_t *eot);
+/* pieces (the bytes each token decodes to), byte tokens, byte-level symbols */
+int tok_setup_pieces(struct pd_tokenizer *t);
+/* byte-level: tokens BPE rebuilds whole, looked up directly */
+int tok_setup_whole(struct pd_tokenizer *t);
 /* tok_encode.c: byte-level BPE of one pre-token (used at load to find the
  * TF_WHOLE tokens). Returns the number of ids (the first cap written to ids)
  * or -ENOMEM. */

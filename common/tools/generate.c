@@ -300,13 +300,15 @@ int main(int argc, char **argv)
      * every end-of-generation token as a stop id */
     int32_t stop[16];
     uint32_t n_stop = 0;
-    if (pd_model_gguf(m) && pd_tok_load(pd_model_gguf(m), &tok, err, sizeof(err)) == 0) {
+    if ((rc = pd_tok_load_model(m, &tok, err, sizeof(err))) == 0) {
         for (uint32_t id = 0; id < pd_tok_n_vocab(tok) && n_stop < 16; id++)
             if (pd_tok_is_eog(tok, (int32_t)id))
                 stop[n_stop++] = (int32_t)id;
+    } else if (rc != -ENOENT) {
+        goto fail; /* a tokenizer that is there but wrong */
     } else if (c.prompt.n > 0) {
         snprintf(err, sizeof(err), "--prompt needs a model with a tokenizer (dummy weights and "
-                 "checkpoints have none yet: use --prompt-ids)");
+                 "checkpoints without tokenizer.json have none: use --prompt-ids)");
         goto fail;
     }
     /* and the ids a checkpoint's generation_config.json names */

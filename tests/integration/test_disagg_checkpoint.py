@@ -117,6 +117,50 @@ def test_checkpoint_served_disaggregated_matches_transformers(tmp_path, name):
         assert d.metric("pdserve:prompt_tokens_total") == 0, "a prompt was prefilled locally"
 
 
+def corpus_and_golden(name, every=97):
+    """(text, ids with add_special_tokens) of every `every`-th corpus line
+    without a NUL, from tests/golden/tokjson/<name>.jsonl"""
+    import json
+    g = os.path.join(SRC, "tests", "golden")
+    with open(os.path.join(g, "tokenizer_corpus.jsonl"), encoding="utf-8") as f:
+        corpus = [json.loads(ln) for ln in f]
+    with open(os.path.join(g, "tokjson", name + ".jsonl"), encoding="utf-8") as f:
+        gold = [json.loads(ln) for ln in f]
+    return [(c["text"], g.get("sp", g["ids"])) for c, g in zip(corpus[::every], gold[::every])
+            if "text_hex" not in c and c["text"]]
+
+
+def test_checkpoint_with_tokenizer_json_serves_text(tmp_path):
+    """The default model as a checkpoint, with the tokenizer.json (and
+    tokenizer_config.json) transformers writes for it: decoded reads them,
+    /tokenize gives the `tokenizers` library's ids (add_special_tokens, as
+    vLLM's /tokenize), completions count them and answer in text."""
+    src = os.environ.get("PDSERVE_HF_MODEL")
+    if not src or not os.path.isdir(src):
+        if pytest:
+            pytest.skip("PDSERVE_HF_MODEL (tests/run.sh makes the default model as a checkpoint)")
+        return
+    ck = tmp_path / "smollm2"
+    ck.mkdir()
+    for f in ("config.json", "generation_config.json", "model.safetensors"):
+        os.symlink(os.path.join(src, f), ck / f)
+    tj = os.path.join(SRC, "tests", "golden", "tokjson", "smollm2")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        os.symlink(os.path.join(tj, f), ck / f)
+    with Decoded("--model", str(ck), *ARGS) as d:
+        for text, want in corpus_and_golden("smollm2"):
+            status, t = d.json("POST", "/tokenize", {"prompt": text})
+            assert status == 200 and t["tokens"] == want, (text, t, want)
+        text = "The capital of France is"
+        status, out = d.json("POST", "/v1/completions",
+                             {"prompt": text, "max_tokens": 8, "temperature": 0})
+        assert status == 200, out
+        status, t = d.json("POST", "/tokenize", {"prompt": text})
+        assert out["usage"]["prompt_tokens"] == t["count"]
+        got = out["choices"][0]["text"]
+        assert got and not re.fullmatch(r"(\[\d+\])+", got), got  # text, not ids
+
+
 def test_different_checkpoints_refuse_each_other_naming_both(tmp_path):
     psk = write_key(tmp_path / "k.psk")
     with Prefilld("--model", model_dir("qwen2"), *ARGS, psk=psk) as p, \
