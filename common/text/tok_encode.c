@@ -4,6 +4,7 @@
  * merged id), because parity means the same answer in every corner, not
  * only on well-formed merge lists. */
 #include "tokenizer_internal.h"
+#include "nfc.h"
 #include "utf8.h"
 
 #include <errno.h>
@@ -153,6 +154,8 @@ struct enc {
     size_t norm_cap;
     pcre2_match_data *md;
     const uint8_t *text0; /* the whole text: a segment at its start is the first */
+    uint8_t *nfc; /* the segment in NFC (t->nfc) */
+    size_t nfc_cap;
     bool parse_special;
 };
 
@@ -418,6 +421,13 @@ static int segment(struct enc *e, const uint8_t *s, size_t n)
 
     if (n == 0)
         return 0;
+    const bool first = s == e->text0;
+    if (t->nfc && !pd_nfc_quick(s, n)) {
+        if (grow((void **)&e->nfc, &e->nfc_cap, pd_nfc_max(n), 1) < 0 ||
+            pd_nfc(s, n, e->nfc, &n) < 0)
+            return -ENOMEM;
+        s = e->nfc;
+    }
     if (t->kind == TOK_SPM) {
         /* transformers' legacy Llama normalizer: Prepend("▁") on a non-empty
          * segment, Replace(" ", "▁") */
@@ -434,7 +444,7 @@ static int segment(struct enc *e, const uint8_t *s, size_t n)
                           t->spm_prefix == TOK_PREFIX_META_FIRST;
         if (t->spm_prefix == TOK_PREFIX_EACH ||
             (meta && s[0] != ' ' && !(n >= 3 && memcmp(s, "\xE2\x96\x81", 3) == 0) &&
-             (t->spm_prefix == TOK_PREFIX_META_ALWAYS || s == e->text0)))
+             (t->spm_prefix == TOK_PREFIX_META_ALWAYS || first)))
             memcpy(e->norm, "\xE2\x96\x81", 3), o = 3;
         for (size_t i = 0; i < n; i++) {
             if (s[i] == ' ')
@@ -499,6 +509,7 @@ static int split_special(struct enc *e, const uint8_t *s, size_t n)
 
 static void enc_done(struct enc *e)
 {
+    free(e->nfc);
     free(e->sym);
     free(e->heap);
     free(e->norm);

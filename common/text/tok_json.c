@@ -196,6 +196,12 @@ static int load_merges(struct pd_tokenizer *t, const cJSON *merges, char *err, s
     return 0;
 }
 
+/* absent, null or "" (Qwen2's files say "", which tokenizers reads as none) */
+static bool no_affix(const cJSON *v)
+{
+    return !v || cJSON_IsNull(v) || str_is(v, "");
+}
+
 static int load_model(struct pd_tokenizer *t, const cJSON *root, char *err, size_t errlen)
 {
     const cJSON *m = get(root, "model");
@@ -210,9 +216,8 @@ static int load_model(struct pd_tokenizer *t, const cJSON *root, char *err, size
     if (!cJSON_IsObject(vocab) || (added && !cJSON_IsArray(added)))
         return pd_errf(err, errlen, -EINVAL,
                        "model.vocab must be an object and added_tokens a list");
-    if (!off(m, "dropout") || (get(m, "continuing_subword_prefix") &&
-                               !cJSON_IsNull(get(m, "continuing_subword_prefix"))) ||
-        (get(m, "end_of_word_suffix") && !cJSON_IsNull(get(m, "end_of_word_suffix"))))
+    if (!off(m, "dropout") || !no_affix(get(m, "continuing_subword_prefix")) ||
+        !no_affix(get(m, "end_of_word_suffix")))
         return pd_errf(err, errlen, -ENOTSUP,
                        "model: dropout, continuing_subword_prefix and end_of_word_suffix are not "
                        "supported");
@@ -244,15 +249,18 @@ static int load_normalizer(struct pd_tokenizer *t, const cJSON *nz, char *err, s
         return 0;
     const cJSON *it = items(nz, "normalizers", &n);
     for (int i = 0; i < n; i++, it = it->next) {
-        if (is_type(it, "Prepend") && str_is(get(it, "prepend"), "\xE2\x96\x81") && !prepend)
+        if (is_type(it, "NFC"))
+            t->nfc = true;
+        else if (is_type(it, "Prepend") && str_is(get(it, "prepend"), "\xE2\x96\x81") && !prepend)
             prepend = true;
         else if (is_type(it, "Replace") && str_is(get(get(it, "pattern"), "String"), " ") &&
                  str_is(get(it, "content"), "\xE2\x96\x81") && !replace)
             replace = true;
         else
             return pd_errf(err, errlen, -ENOTSUP,
-                           "normalizer %.32s is not supported (SentencePiece's Prepend(\"\xE2\x96\x81\") "
-                           "and Replace(\" \", \"\xE2\x96\x81\") are; NFC, NFKC, Lowercase, ... are not)",
+                           "normalizer %.32s is not supported (NFC, and SentencePiece's "
+                           "Prepend(\"\xE2\x96\x81\") and Replace(\" \", \"\xE2\x96\x81\") are; NFKC, "
+                           "NFD, Lowercase, ... are not)",
                            type_of(it));
     }
     if (n < 0 || (prepend && !replace))

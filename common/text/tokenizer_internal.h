@@ -123,6 +123,7 @@ struct pd_tokenizer {
     bool ignore_merges; /* a pre-token that is a vocabulary token is taken whole (Llama-3) */
     bool has_plain_added; /* an added token that is not special: split out always */
     bool bytes_literal; /* decode: <0xNN> tokens as their text (no ByteFallback decoder) */
+    bool nfc; /* tokenizer.json's NFC normalizer: each segment to NFC first (common/text/nfc) */
 
     char *chat_template; /* NUL-terminated copy or NULL */
     size_t chat_template_len;

@@ -9,7 +9,11 @@ from the repo root with the golden venv of make_tokenizer_golden.py after
 changing the corpus, the vocabularies or the configurations below:
 
     ~/.cache/pdserve/golden-venv/bin/python tests/golden/make_tokjson_golden.py \\
-        ~/.cache/pdserve/SmolLM2-135M-Instruct.Q4_1.gguf
+        ~/.cache/pdserve/SmolLM2-135M-Instruct.Q4_1.gguf [--only NAME[,NAME...]]
+
+--only rewrites just the named configurations (and their goldens), leaving the
+other files as they are; a byte-level one other than smollm2 then takes its
+vocabulary and merges from the smollm2/tokenizer.json already on disk.
 
 Writes, under tests/golden/tokjson/:
   smollm2/tokenizer.json         what transformers writes for the default model's
@@ -38,6 +42,19 @@ Writes, under tests/golden/tokjson/:
                                  then merge ("!\\x04!" is "!!", 10095) -- where the
                                  transformers file (unk "<|endoftext|>", fuse_unk)
                                  gives id 0
+  qwen2/tokenizer.json           the same vocabulary and merges configured as
+                                 Qwen2/Qwen2.5's tokenizer.json (transformers'
+                                 Qwen2Converter): normalizer NFC; Split(QWEN2_PATTERN,
+                                 isolated) then ByteLevel(add_prefix_space, trim_offsets,
+                                 use_regex all false); BPE unk_token null,
+                                 continuing_subword_prefix and end_of_word_suffix ""
+                                 (not null: as Qwen2's file), no ignore_merges, no
+                                 byte_fallback; post-processor ByteLevel (all false; no
+                                 BOS); ByteLevel decoder (all false). NFC is applied
+                                 to the text between added tokens, before the Split.
+                                 Its ids differ from llama3's only where NFC changes
+                                 the text (the vocabulary has no multi-digit piece,
+                                 so \\p{N} vs \\p{N}{1,3} changes nothing)
   spm/tokenizer.json             SentencePiece-style BPE over tests/golden/tok_spm.gguf
                                  configured as Llama-2's tokenizer.json ("legacy"):
                                  normalizer Sequence[Prepend("▁"), Replace(" ", "▁")],
@@ -94,6 +111,7 @@ import os
 import shutil
 import sys
 import tempfile
+import unicodedata
 
 import gguf
 import tokenizers
@@ -115,6 +133,12 @@ OUT = os.path.join(HERE, "tokjson")
 # next word.
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
                   r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+# Qwen2's (and Qwen2.5's), as in their tokenizer.json and transformers 4.47.1's
+# models/qwen2/tokenization_qwen2.py PRETOKENIZE_REGEX (= Qwen2Converter's):
+# Llama-3's but with single digits (\p{N}, not \p{N}{1,3}).
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
+                 r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
 def sha256_file(path):
@@ -227,6 +251,26 @@ def write_smollm2_declared(vocab, merges, added):
     return save(tok, "smollm2_declared")
 
 
+def write_qwen2(vocab, merges, added):
+    tok = Tokenizer(BPE(vocab, merges, dropout=None, unk_token=None, continuing_subword_prefix="",
+                        end_of_word_suffix="", fuse_unk=False, byte_fallback=False, ignore_merges=False))
+    tok.normalizer = normalizers.NFC()
+    # the bindings' ByteLevel pre-tokenizer takes no trim_offsets argument (it is
+    # swallowed by **kwargs) and their ByteLevel decoder takes none at all: the
+    # pre-tokenizer's is set as a property, the decoder is read from its JSON
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    byte_level.trim_offsets = False
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False), byte_level])
+    tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    dec = decoders.ByteLevel()
+    dec.__setstate__(json.dumps({"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+                                 "use_regex": False}).encode())
+    tok.decoder = dec
+    add_tokens(tok, added)
+    return save(tok, "qwen2")
+
+
 def spm_parts(path):
     """tok_spm.gguf's pieces; merges derived from the scores by transformers'
     own GGUF code (the file has none), so the order of tied scores is
@@ -328,45 +372,73 @@ def compare(what, a_rows, b_rows, a_get, b_get):
     return n
 
 
-def main():
-    if len(sys.argv) != 2:
+BYTE_LEVEL = {"llama3": write_llama3, "smollm2_declared": write_smollm2_declared, "qwen2": write_qwen2}
+SPM = {"spm": write_spm, "spm_metaspace": write_spm_metaspace}
+NAMES = ["smollm2", *BYTE_LEVEL, *SPM]
+
+
+def args():
+    a = sys.argv[1:]
+    only = NAMES
+    if len(a) == 3 and a[1] == "--only":
+        only = a[2].split(",")
+        if not only or any(n not in NAMES for n in only):
+            sys.exit(f"--only takes names from {', '.join(NAMES)}")
+    elif len(a) != 1:
         sys.exit(__doc__)
-    gguf_path = sys.argv[1]
+    return a[0], [n for n in NAMES if n in only]
+
+
+def main():
+    gguf_path, names = args()
     corpus_path = os.path.join(HERE, "tokenizer_corpus.jsonl")
     texts = [row_text(r) for r in read_jsonl(corpus_path)]
     corpus_sha = sha256_file(corpus_path)
     os.makedirs(OUT, exist_ok=True)
 
     smol_src = {"gguf": os.path.basename(gguf_path), "gguf_sha256": sha256_file(gguf_path)}
-    smol = write_smollm2(gguf_path)
-    vocab, merges, added = byte_level_parts(smol)
-    paths = {"smollm2": smol,
-             "llama3": write_llama3(vocab, merges, added),
-             "smollm2_declared": write_smollm2_declared(vocab, merges, added)}
+    paths = {}
+    if "smollm2" in names:
+        paths["smollm2"] = write_smollm2(gguf_path)
+    if any(n in BYTE_LEVEL for n in names):
+        # the vocabulary of the smollm2 file just written, or (--only) of the one on disk
+        vocab, merges, added = byte_level_parts(paths.get("smollm2", os.path.join(OUT, "smollm2", "tokenizer.json")))
+        for n, write in BYTE_LEVEL.items():
+            if n in names:
+                paths[n] = write(vocab, merges, added)
     spm_gguf = os.path.join(HERE, "tok_spm.gguf")
-    parts = spm_parts(spm_gguf)
-    paths["spm"] = write_spm(parts)
-    paths["spm_metaspace"] = write_spm_metaspace(parts)
     spm_src = {"gguf": "tests/golden/tok_spm.gguf", "gguf_sha256": sha256_file(spm_gguf)}
+    if any(n in SPM for n in names):
+        parts = spm_parts(spm_gguf)
+        for n, write in SPM.items():
+            if n in names:
+                paths[n] = write(parts)
 
     rows = {}
     for name, path in paths.items():
         rows[name] = golden(name, path, texts, corpus_sha, spm_src if name.startswith("spm") else smol_src)
+    for name in NAMES:  # the goldens on disk of the configurations not rewritten (--only)
+        if name not in rows:
+            rows[name] = read_jsonl(os.path.join(OUT, name + ".jsonl"))
 
     # added-token text is parsed without add_special_tokens (see the docstring)
-    t = Tokenizer.from_file(paths["smollm2"])
-    assert t.encode("a<|im_start|>b", add_special_tokens=False).ids[1] == 1
-    t = Tokenizer.from_file(paths["spm"])
-    assert t.encode("<ctl>", add_special_tokens=False).ids == [t.token_to_id("<ctl>")]
+    if "smollm2" in paths:
+        t = Tokenizer.from_file(paths["smollm2"])
+        assert t.encode("a<|im_start|>b", add_special_tokens=False).ids[1] == 1
+    if "spm" in paths:
+        t = Tokenizer.from_file(paths["spm"])
+        assert t.encode("<ctl>", add_special_tokens=False).ids == [t.token_to_id("<ctl>")]
 
     print("checks against the transformers goldens (expected 0):")
     old = read_jsonl(os.path.join(HERE, "tokenizer_smollm.jsonl"))
     old_spm = read_jsonl(os.path.join(HERE, "tokenizer_spm.jsonl"))
     ids = lambda r: r.get("ids")  # noqa: E731
     raw = lambda r: r.get("raw", r.get("ids"))  # noqa: E731
-    bad = compare("smollm2 ids vs tokenizer_smollm sp", rows["smollm2"], old,
-                  ids, lambda r: r.get("sp", r["ids"]))
-    bad += compare("smollm2 raw vs tokenizer_smollm ids", rows["smollm2"], old, raw, lambda r: r["ids"])
+    bad = 0
+    if "smollm2" in paths:
+        bad += compare("smollm2 ids vs tokenizer_smollm sp", rows["smollm2"], old,
+                       ids, lambda r: r.get("sp", r["ids"]))
+        bad += compare("smollm2 raw vs tokenizer_smollm ids", rows["smollm2"], old, raw, lambda r: r["ids"])
     # SmolLM2's own file has unk_token null: a byte its vocabulary lacks (21 of
     # 256: 0x04, 0x06, ...) is dropped, where transformers' GGUF conversion
     # (unk "<|endoftext|>", fuse_unk) writes a 0 -- and with it dropped, the
@@ -376,27 +448,31 @@ def main():
     decl_sp = lambda r: r.get("decl_sp", r.get("sp", r["ids"]))  # noqa: E731
     clean = [0 not in decl(r) for r in old]
     pick = lambda rs: [r for r, c in zip(rs, clean) if c]  # noqa: E731
-    bad += compare("smollm2_declared ids vs tokenizer_smollm decl_sp (texts without absent bytes)",
-                   pick(rows["smollm2_declared"]), pick(old), ids, decl_sp)
-    bad += compare("smollm2_declared raw vs tokenizer_smollm decl (texts without absent bytes)",
-                   pick(rows["smollm2_declared"]), pick(old), raw, decl)
-    unk = [(a, b) for a, b, c in zip(rows["smollm2_declared"], old, clean) if not c]
-    print(f"  (for information) {len(unk)} texts with bytes absent from the vocabulary: raw differs from "
-          f"decl on {sum(1 for a, b in unk if raw(a) != decl(b))}, differs from decl without its 0s on "
-          f"{sum(1 for a, b in unk if raw(a) != [x for x in decl(b) if x != 0])} (pieces merged across "
-          "a dropped byte)")
-    bad += compare("spm ids vs tokenizer_spm sp", rows["spm"][::3], old_spm, ids,
-                   lambda r: r.get("sp", r["ids"]))
-    bad += compare("spm raw vs tokenizer_spm ids", rows["spm"][::3], old_spm, raw, lambda r: r["ids"])
-    print("  (for information) smollm2 ids vs tokenizer_smollm ids (control text not parsed): "
-          f"{sum(1 for a, b in zip(rows['smollm2'], old) if a['ids'] != b['ids'])} differ")
+    if "smollm2_declared" in paths:
+        bad += compare("smollm2_declared ids vs tokenizer_smollm decl_sp (texts without absent bytes)",
+                       pick(rows["smollm2_declared"]), pick(old), ids, decl_sp)
+        bad += compare("smollm2_declared raw vs tokenizer_smollm decl (texts without absent bytes)",
+                       pick(rows["smollm2_declared"]), pick(old), raw, decl)
+        unk = [(a, b) for a, b, c in zip(rows["smollm2_declared"], old, clean) if not c]
+        print(f"  (for information) {len(unk)} texts with bytes absent from the vocabulary: raw differs from "
+              f"decl on {sum(1 for a, b in unk if raw(a) != decl(b))}, differs from decl without its 0s on "
+              f"{sum(1 for a, b in unk if raw(a) != [x for x in decl(b) if x != 0])} (pieces merged across "
+              "a dropped byte)")
+    if "spm" in paths:
+        bad += compare("spm ids vs tokenizer_spm sp", rows["spm"][::3], old_spm, ids,
+                       lambda r: r.get("sp", r["ids"]))
+        bad += compare("spm raw vs tokenizer_spm ids", rows["spm"][::3], old_spm, raw, lambda r: r["ids"])
+    if "smollm2" in paths:
+        print("  (for information) smollm2 ids vs tokenizer_smollm ids (control text not parsed): "
+              f"{sum(1 for a, b in zip(rows['smollm2'], old) if a['ids'] != b['ids'])} differ")
     print("between configurations (ids):")
     for a, b in [("llama3", "smollm2"), ("smollm2_declared", "smollm2"), ("llama3", "smollm2_declared"),
-                 ("spm_metaspace", "spm")]:
+                 ("qwen2", "llama3"), ("qwen2", "smollm2_declared"), ("spm_metaspace", "spm")]:
         compare(f"{a} vs {b}", rows[a], rows[b], ids, ids)
+    print(f"  (for information) NFC changes {sum(1 for t in texts if unicodedata.normalize('NFC', t) != t)} "
+          f"of {len(texts)} corpus texts")
     if bad:
         sys.exit("the goldens disagree with the transformers goldens")
-
 
 if __name__ == "__main__":
     main()

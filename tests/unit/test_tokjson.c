@@ -3,6 +3,7 @@
  * corpus (tests/golden/tokjson/<name>.jsonl, make_tokjson_golden.py): the
  * file transformers writes for the default model, SmolLM2's own
  * configuration, Llama-3's (a Split regex, ignore_merges, a BOS template),
+ * Qwen2's (NFC, its Split regex),
  * and SentencePiece-style ones (legacy normalizer; Metaspace). Plus the
  * loader's refusals. */
 #include "pd_test.h"
@@ -126,6 +127,8 @@ static void tokjson_smollm2_as_transformers_writes_it(void) { check_file("smollm
 static void tokjson_smollm2_own_configuration(void) { check_file("smollm2_declared"); }
 static void tokjson_llama3_configuration(void) { check_file("llama3"); }
 static void tokjson_sentencepiece_legacy_normalizer(void) { check_file("spm"); }
+/* Qwen2's: NFC (common/text/nfc), its own Split regex, no BOS */
+static void tokjson_qwen2_configuration(void) { check_file("qwen2"); }
 static void tokjson_sentencepiece_metaspace(void) { check_file("spm_metaspace"); }
 
 /* ---- refusals: each names what it refuses ---- */
@@ -160,8 +163,8 @@ static void tokjson_minimal_byte_level_loads(void)
 static void tokjson_refuses_unsupported_components_by_name(void)
 {
     refused("{\"model\":{\"type\":\"WordPiece\",\"vocab\":{}}}", -ENOTSUP, "WordPiece");
-    refused("{" BL_MODEL ",\"normalizer\":{\"type\":\"NFC\"}," BL_PRE "," BL_DEC "}", -ENOTSUP,
-            "normalizer NFC");
+    refused("{" BL_MODEL ",\"normalizer\":{\"type\":\"NFKC\"}," BL_PRE "," BL_DEC "}", -ENOTSUP,
+            "normalizer NFKC");
     refused("{" BL_MODEL ",\"pre_tokenizer\":{\"type\":\"Whitespace\"}," BL_DEC "}", -ENOTSUP,
             "pre_tokenizer Whitespace");
     refused("{" BL_MODEL "," BL_PRE ",\"decoder\":{\"type\":\"WordPiece\"}}", -ENOTSUP,
@@ -260,6 +263,7 @@ static const struct pd_test tests[] = {
     PD_TEST(tokjson_smollm2_as_transformers_writes_it),
     PD_TEST(tokjson_smollm2_own_configuration),
     PD_TEST(tokjson_llama3_configuration),
+    PD_TEST(tokjson_qwen2_configuration),
     PD_TEST(tokjson_sentencepiece_legacy_normalizer),
     PD_TEST(tokjson_sentencepiece_metaspace),
     PD_TEST(tokjson_minimal_byte_level_loads),

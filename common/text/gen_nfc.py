@@ -1,0 +1,542 @@
+#!/usr/bin/env python3
+"""Generate common/text/nfc_table.h: Unicode canonical-normalization (NFC) data.
+
+Usage:
+    python3 gen_nfc.py            # (re)write nfc_table.h next to this script
+    python3 gen_nfc.py -o PATH    # write the header to PATH instead
+    python3 gen_nfc.py --check    # verify the header: it must match what this
+                                  # Python's unicodedata generates, and an NFC
+                                  # implemented from the parsed tables must agree
+                                  # with unicodedata.normalize('NFC', ...)
+
+Python 3 standard library only. The tables are derived from the `unicodedata`
+module, so the Unicode version is that of the Python running this script
+(recorded in the header as PD_NFC_UNICODE_VERSION).
+
+Hangul syllables (U+AC00..U+D7A3) and conjoining-jamo compositions are left
+out of the decomposition / composition tables: the C code handles them
+algorithmically. The Hangul V and T jamo are still listed in the quick-check
+table, since they can combine with a preceding character.
+"""
+
+import argparse
+import os
+import random
+import re
+import sys
+import unicodedata
+
+MAX_CP = 0x10FFFF
+
+S_BASE, L_BASE, V_BASE, T_BASE = 0xAC00, 0x1100, 0x1161, 0x11A7
+L_COUNT, V_COUNT, T_COUNT = 19, 21, 28
+N_COUNT = V_COUNT * T_COUNT
+S_COUNT = L_COUNT * N_COUNT
+S_LAST = S_BASE + S_COUNT - 1                      # U+D7A3
+HANGUL_V = (0x1161, 0x1175)
+HANGUL_T = (0x11A8, 0x11C2)
+
+LINE_MAX = 99     # lines are kept strictly under 100 characters
+
+
+def is_surrogate(cp):
+    return 0xD800 <= cp <= 0xDFFF
+
+
+def is_hangul_syllable(cp):
+    return S_BASE <= cp <= S_LAST
+
+
+def all_code_points():
+    for cp in range(MAX_CP + 1):
+        if not is_surrogate(cp):
+            yield cp
+
+
+def canonical_mapping(cp):
+    """Single-step canonical decomposition mapping of cp, or None."""
+    d = unicodedata.decomposition(chr(cp))
+    if not d or d.startswith('<'):
+        return None
+    return [int(x, 16) for x in d.split()]
+
+
+def full_decomposition(cp):
+    """Recursive canonical decomposition of cp, or None if cp has none."""
+    m = canonical_mapping(cp)
+    if m is None:
+        return None
+    out = []
+    for c in m:
+        sub = full_decomposition(c)
+        out.extend(sub if sub is not None else [c])
+    return out
+
+
+# --------------------------------------------------------------------------
+# table construction
+# --------------------------------------------------------------------------
+
+def build_tables():
+    decomp = []          # (cp, [expansion])
+    ccc_ranges = []      # [lo, hi, ccc]
+    comp = []            # (first, second, composite)
+
+    for cp in all_code_points():
+        if is_hangul_syllable(cp):
+            continue
+        full = full_decomposition(cp)
+        if full is not None:
+            decomp.append((cp, full))
+            m = canonical_mapping(cp)
+            if len(m) == 2 and unicodedata.normalize(
+                    'NFC', chr(m[0]) + chr(m[1])) == chr(cp):
+                comp.append((m[0], m[1], cp))
+        k = unicodedata.combining(chr(cp))
+        if k:
+            if ccc_ranges and ccc_ranges[-1][1] == cp - 1 and ccc_ranges[-1][2] == k:
+                ccc_ranges[-1][1] = cp
+            else:
+                ccc_ranges.append([cp, cp, k])
+
+    comp.sort()
+
+    seconds = {s for (_, s, _) in comp}
+    seconds.update(range(HANGUL_V[0], HANGUL_V[1] + 1))
+    seconds.update(range(HANGUL_T[0], HANGUL_T[1] + 1))
+    qc = []              # [lo, hi]
+    for cp in all_code_points():
+        if cp in seconds or not unicodedata.is_normalized('NFC', chr(cp)):
+            if qc and qc[-1][1] == cp - 1:
+                qc[-1][1] = cp
+            else:
+                qc.append([cp, cp])
+
+    return decomp, ccc_ranges, comp, qc
+
+
+# --------------------------------------------------------------------------
+# header output
+# --------------------------------------------------------------------------
+
+def wrap(items, indent='    '):
+    """Join C initializer items with ', ' into lines under 100 chars."""
+    lines, cur = [], indent
+    for i, it in enumerate(items):
+        piece = it + (',' if i + 1 < len(items) else '')
+        if cur != indent and len(cur) + 1 + len(piece) > LINE_MAX:
+            lines.append(cur.rstrip())
+            cur = indent
+        cur += ('' if cur == indent else ' ') + piece
+    if cur.strip():
+        lines.append(cur.rstrip())
+    return '\n'.join(lines)
+
+
+def hx(cp):
+    return '0x%04X' % cp
+
+
+def render_header(decomp, ccc_ranges, comp, qc):
+    data, entries = [], []
+    for cp, exp in decomp:
+        off = len(data)
+        assert off <= 0xFFFF and len(exp) <= 0xFF
+        entries.append('{%s,%d,%d}' % (hx(cp), off, len(exp)))
+        data.extend(exp)
+    assert len(data) <= 0x10000
+
+    v = unicodedata.unidata_version
+    out = []
+    w = out.append
+    w('/* nfc_table.h -- Unicode canonical normalization (NFC) data.')
+    w(' *')
+    w(' * GENERATED by common/text/gen_nfc.py from Python\'s unicodedata')
+    w(' * (Unicode %s). DO NOT EDIT: edit and rerun gen_nfc.py instead' % v)
+    w(' * (python3 common/text/gen_nfc.py; verify with --check).')
+    w(' *')
+    w(' * Hangul syllables (U+AC00..U+D7A3) and conjoining jamo compositions are')
+    w(' * not in the decomposition/composition tables: handle them algorithmically.')
+    w(' * static const data: include this header in exactly one .c file. */')
+    w('#ifndef PD_NFC_TABLE_H')
+    w('#define PD_NFC_TABLE_H')
+    w('')
+    w('#include <stdint.h>')
+    w('')
+    w('#define PD_NFC_UNICODE_VERSION "%s"' % v)
+    w('')
+    w('#define PD_NFC_N_DECOMP %d' % len(entries))
+    w('#define PD_NFC_N_DECOMP_DATA %d' % len(data))
+    w('#define PD_NFC_N_CCC %d' % len(ccc_ranges))
+    w('#define PD_NFC_N_COMP %d' % len(comp))
+    w('#define PD_NFC_N_QC_NOT_YES %d' % len(qc))
+    w('#define PD_NFC_MAX_DECOMP_LEN %d' % max(len(e) for _, e in decomp))
+    w('')
+    w('/* full canonical decomposition of each code point that has one (recursively')
+    w(' * expanded, canonical only: no compatibility <tag> mappings; not reordered,')
+    w(' * so apply canonical ordering afterwards), sorted by cp;')
+    w(' * the expansion is pd_nfc_decomp_data[off .. off + len) */')
+    w('struct pd_nfc_decomp { uint32_t cp; uint16_t off; uint8_t len; };')
+    w('static const struct pd_nfc_decomp pd_nfc_decomp[] = {')
+    w(wrap(entries))
+    w('};')
+    w('static const uint32_t pd_nfc_decomp_data[] = {')
+    w(wrap([hx(c) for c in data]))
+    w('};')
+    w('')
+    w('/* canonical combining class, nonzero only, as sorted non-overlapping ranges')
+    w(' * [lo, hi] of one class each */')
+    w('struct pd_nfc_ccc { uint32_t lo, hi; uint8_t ccc; };')
+    w('static const struct pd_nfc_ccc pd_nfc_ccc[] = {')
+    w(wrap(['{%s,%s,%d}' % (hx(lo), hx(hi), k) for lo, hi, k in ccc_ranges]))
+    w('};')
+    w('')
+    w('/* primary composites: (first, second) -> composite, for every canonical')
+    w(' * decomposition of exactly two code points that is not a composition')
+    w(' * exclusion (i.e. unicodedata.normalize(\'NFC\', first+second) == composite),')
+    w(' * sorted by (first, second) */')
+    w('struct pd_nfc_comp { uint32_t first, second, composite; };')
+    w('static const struct pd_nfc_comp pd_nfc_comp[] = {')
+    w(wrap(['{%s,%s,%s}' % (hx(a), hx(b), hx(c)) for a, b, c in comp]))
+    w('};')
+    w('')
+    w('/* code points whose NFC_Quick_Check is not Yes (No or Maybe): text without')
+    w(' * any of these (and without Hangul jamo/syllable interplay) is already NFC;')
+    w(' * sorted non-overlapping ranges. Includes Hangul V (U+1161..U+1175) and')
+    w(' * T (U+11A8..U+11C2) jamo. NOTE: the quick check also needs the combining')
+    w(' * marks in canonical order: if ccc(prev) > ccc(cur) > 0 anywhere, the text')
+    w(' * is not NFC even when no code point is in this table (UAX #15 sec. 9). */')
+    w('struct pd_nfc_range { uint32_t lo, hi; };')
+    w('static const struct pd_nfc_range pd_nfc_qc_not_yes[] = {')
+    w(wrap(['{%s,%s}' % (hx(lo), hx(hi)) for lo, hi in qc]))
+    w('};')
+    w('')
+    w('#endif /* PD_NFC_TABLE_H */')
+    return '\n'.join(out) + '\n'
+
+
+# --------------------------------------------------------------------------
+# verification: parse the header back and implement NFC from it
+# --------------------------------------------------------------------------
+
+def parse_array(text, name):
+    m = re.search(r'\b%s\[\]\s*=\s*\{(.*?)\n\};' % re.escape(name), text, re.S)
+    if not m:
+        raise SystemExit('check: array %s not found in header' % name)
+    body = m.group(1)
+    if '{' in body:
+        return [tuple(int(x, 0) for x in grp.split(','))
+                for grp in re.findall(r'\{([^{}]*)\}', body)]
+    return [int(x, 0) for x in body.replace('\n', ' ').split(',') if x.strip()]
+
+
+def parse_define(text, name):
+    m = re.search(r'#define %s (\S+)' % name, text)
+    if not m:
+        raise SystemExit('check: #define %s not found in header' % name)
+    return m.group(1)
+
+
+class TableNFC:
+    """NFC implemented only from the header's tables plus the Hangul algorithm."""
+
+    def __init__(self, text):
+        import bisect
+        self._bisect = bisect
+        self.decomp_entries = parse_array(text, 'pd_nfc_decomp')
+        self.decomp_data = parse_array(text, 'pd_nfc_decomp_data')
+        self.ccc = parse_array(text, 'pd_nfc_ccc')
+        self.comp = parse_array(text, 'pd_nfc_comp')
+        self.qc = parse_array(text, 'pd_nfc_qc_not_yes')
+
+        # structural checks
+        cps = [e[0] for e in self.decomp_entries]
+        assert cps == sorted(set(cps)), 'decomp not sorted/unique'
+        for cp, off, n in self.decomp_entries:
+            assert 1 <= n and off + n <= len(self.decomp_data)
+            assert not is_hangul_syllable(cp)
+        for name, rs in (('ccc', self.ccc), ('qc', self.qc)):
+            for i, r in enumerate(rs):
+                assert r[0] <= r[1], name + ' bad range'
+                assert i == 0 or rs[i - 1][1] < r[0], name + ' ranges overlap/unsorted'
+        assert all(1 <= r[2] <= 255 for r in self.ccc)
+        assert [c[:2] for c in self.comp] == sorted(set(c[:2] for c in self.comp))
+        for a, b, c in self.comp:
+            assert not (0x1100 <= a <= 0x11FF or is_hangul_syllable(a)
+                        or is_hangul_syllable(c)), 'Hangul in comp table'
+
+        for name, arr in (('PD_NFC_N_DECOMP', self.decomp_entries),
+                          ('PD_NFC_N_DECOMP_DATA', self.decomp_data),
+                          ('PD_NFC_N_CCC', self.ccc),
+                          ('PD_NFC_N_COMP', self.comp),
+                          ('PD_NFC_N_QC_NOT_YES', self.qc)):
+            assert int(parse_define(text, name)) == len(arr), name + ' count mismatch'
+
+        self.dmap = {cp: self.decomp_data[off:off + n]
+                     for cp, off, n in self.decomp_entries}
+        self.cmap = {(a, b): c for a, b, c in self.comp}
+        self.ccc_lo = [r[0] for r in self.ccc]
+        self.qc_lo = [r[0] for r in self.qc]
+
+    def _range_lookup(self, los, ranges, cp):
+        i = self._bisect.bisect_right(los, cp) - 1
+        if i >= 0 and ranges[i][0] <= cp <= ranges[i][1]:
+            return ranges[i]
+        return None
+
+    def ccc_of(self, cp):
+        r = self._range_lookup(self.ccc_lo, self.ccc, cp)
+        return r[2] if r else 0
+
+    def qc_not_yes(self, cp):
+        return self._range_lookup(self.qc_lo, self.qc, cp) is not None
+
+    def decompose(self, cps):
+        out = []
+        for cp in cps:
+            if is_hangul_syllable(cp):
+                s = cp - S_BASE
+                out.append(L_BASE + s // N_COUNT)
+                out.append(V_BASE + (s % N_COUNT) // T_COUNT)
+                if s % T_COUNT:
+                    out.append(T_BASE + s % T_COUNT)
+            else:
+                d = self.dmap.get(cp)
+                if d is None:
+                    out.append(cp)
+                else:
+                    out.extend(d)
+        return out
+
+    def reorder(self, cps):
+        cps = list(cps)
+        n, i = len(cps), 0
+        while i < n:
+            if self.ccc_of(cps[i]) == 0:
+                i += 1
+                continue
+            j = i
+            while j < n and self.ccc_of(cps[j]) != 0:
+                j += 1
+            cps[i:j] = sorted(cps[i:j], key=self.ccc_of)   # stable sort
+            i = j
+        return cps
+
+    def compose(self, cps):
+        if not cps:
+            return []
+        out = []
+        starter = None          # index in out of the last starter
+        last_ccc = -1           # ccc of the last char appended after starter
+        for cp in cps:
+            k = self.ccc_of(cp)
+            if starter is not None:
+                s = out[starter]
+                # Hangul (adjacent only: jamo V/T have ccc 0)
+                if starter == len(out) - 1:
+                    if (L_BASE <= s < L_BASE + L_COUNT
+                            and V_BASE <= cp < V_BASE + V_COUNT):
+                        out[starter] = S_BASE + ((s - L_BASE) * V_COUNT
+                                                 + (cp - V_BASE)) * T_COUNT
+                        continue
+                    if (is_hangul_syllable(s) and (s - S_BASE) % T_COUNT == 0
+                            and T_BASE < cp < T_BASE + T_COUNT):
+                        out[starter] = s + (cp - T_BASE)
+                        continue
+                blocked = (starter != len(out) - 1) and (last_ccc == 0 or last_ccc >= k)
+                if not blocked:
+                    c = self.cmap.get((s, cp))
+                    if c is not None:
+                        out[starter] = c
+                        continue
+            if k == 0:
+                starter = len(out)
+                last_ccc = -1
+            else:
+                last_ccc = k
+            out.append(cp)
+        return out
+
+    def nfc(self, s):
+        cps = [ord(c) for c in s]
+        return ''.join(map(chr, self.compose(self.reorder(self.decompose(cps)))))
+
+
+def fmt(s):
+    return ' '.join('U+%04X' % ord(c) for c in s)
+
+
+def run_check(path):
+    print('Python %s, unicodedata.unidata_version %s'
+          % (sys.version.split()[0], unicodedata.unidata_version))
+    with open(path, encoding='utf-8') as f:
+        text = f.read()
+    ok = True
+
+    hv = parse_define(text, 'PD_NFC_UNICODE_VERSION').strip('"')
+    if hv != unicodedata.unidata_version:
+        print('WARNING: header is Unicode %s, this Python has %s'
+              % (hv, unicodedata.unidata_version))
+        ok = False
+    regenerated = render_header(*build_tables())
+    if regenerated != text:
+        print('MISMATCH: %s differs from freshly generated output' % path)
+        ok = False
+    else:
+        print('header is up to date with the generator (%d bytes)' % len(text.encode()))
+    long_lines = [i + 1 for i, l in enumerate(text.split('\n')) if len(l) >= 100]
+    if long_lines:
+        print('lines >= 100 chars: %s' % long_lines[:10])
+        ok = False
+
+    try:
+        t = TableNFC(text)
+    except AssertionError as e:
+        print('STRUCTURE ERROR in %s: %s' % (path, e))
+        return False
+    print('tables: decomp %d entries / %d data words, ccc %d ranges, comp %d pairs, '
+          'qc_not_yes %d ranges' % (len(t.decomp_entries), len(t.decomp_data),
+                                    len(t.ccc), len(t.comp), len(t.qc)))
+
+    mism = {}
+    examples = []
+
+    def test(group, s):
+        want = unicodedata.normalize('NFC', s)
+        got = t.nfc(s)
+        n = mism.setdefault(group, [0, 0])
+        n[0] += 1
+        if got != want:
+            n[1] += 1
+            if len(examples) < 20:
+                examples.append((group, s, got, want))
+        # quick-check property (UAX #15 sec. 9): no QC!=Yes code point and
+        # combining marks in canonical order => already NFC
+        ks = [t.ccc_of(ord(c)) for c in s]
+        ordered = all(not (ks[i - 1] > ks[i] > 0) for i in range(1, len(ks)))
+        if ordered and not any(t.qc_not_yes(ord(c)) for c in s):
+            qn = mism.setdefault(group + ' [qc says Yes => NFC]', [0, 0])
+            qn[0] += 1
+            if want == s:
+                return
+            qn[1] += 1
+            if len(examples) < 20:
+                examples.append((group + ' [qc says Yes => NFC]', s, s, want))
+
+    # 1. every code point, plus direct table cross-checks per code point
+    table_errs = 0
+    for cp in all_code_points():
+        c = chr(cp)
+        test('single code points', c)
+        if t.ccc_of(cp) != unicodedata.combining(c):
+            table_errs += 1
+        nfd = unicodedata.normalize('NFD', c)
+        if t.reorder(t.decompose([cp])) != [ord(x) for x in nfd]:
+            table_errs += 1
+        qc_expect = (not unicodedata.is_normalized('NFC', c)
+                     or HANGUL_V[0] <= cp <= HANGUL_V[1]
+                     or HANGUL_T[0] <= cp <= HANGUL_T[1])  # seconds: below
+        if qc_expect and not t.qc_not_yes(cp):
+            table_errs += 1
+    seconds = {b for (_, b, _) in t.comp}
+    for cp in seconds:
+        if not t.qc_not_yes(cp):
+            table_errs += 1
+    for lo, hi in t.qc:
+        for cp in range(lo, hi + 1):
+            if not (cp in seconds or not unicodedata.is_normalized('NFC', chr(cp))
+                    or HANGUL_V[0] <= cp <= HANGUL_V[1]
+                    or HANGUL_T[0] <= cp <= HANGUL_T[1]):
+                table_errs += 1
+    mism['table cross-checks (ccc, NFD, qc set)'] = [0x110000 - 0x800, table_errs]
+
+    # 2. (base, mark) pairs
+    marks = [cp for lo, hi, _ in t.ccc for cp in range(lo, hi + 1)]
+    bases = sorted({a for a, _, _ in t.comp}
+                   | {c for _, _, c in t.comp if unicodedata.combining(chr(c)) == 0}
+                   | set(range(0x41, 0x5B)) | set(range(0x61, 0x7B))
+                   | {0x0915, 0x0627, 0x05D0, 0x0E01, 0x3042, 0x4E00, 0xAC00, 0x1100})
+    rng = random.Random(20240515)
+    if len(bases) > 400:
+        extra = [b for b in bases if not (0x41 <= b <= 0x7A)]
+        keep = set(range(0x41, 0x5B)) | set(range(0x61, 0x7B))
+        keep.update(rng.sample(extra, 400 - len(keep)))
+        bases = sorted(keep)
+    for b in bases:
+        for m in marks:
+            test('(base, mark) pairs', chr(b) + chr(m))
+    n_bases = len(bases)
+
+    # 3. Hangul
+    for l in range(L_BASE, L_BASE + L_COUNT + 1):          # includes one past L
+        for v in range(V_BASE - 1, V_BASE + V_COUNT + 1):  # includes boundaries
+            test('Hangul L+V', chr(l) + chr(v))
+    for li in range(L_COUNT):
+        for vi in range(V_COUNT):
+            lv = S_BASE + (li * V_COUNT + vi) * T_COUNT
+            for tt in range(T_BASE, T_BASE + T_COUNT + 1):  # 11A7 and 11C3 too
+                test('Hangul LV+T', chr(lv) + chr(tt))
+                test('Hangul L+V+T', chr(L_BASE + li) + chr(V_BASE + vi) + chr(tt))
+            test('Hangul LVT+T', chr(lv + 1) + chr(T_BASE + 1))
+
+    # 4. random strings
+    pools = {
+        'marks': marks,
+        'latin': list(range(0x41, 0x5B)) + list(range(0x61, 0x7B))
+        + list(range(0xC0, 0x250)) + list(range(0x1E00, 0x1F00)),
+        'greek': list(range(0x370, 0x400)) + list(range(0x1F00, 0x2000)),
+        'cyrillic': list(range(0x400, 0x530)),
+        'hangul': list(range(0x1100, 0x1200)) + list(range(0xAC00, 0xAC00 + 600))
+        + list(range(0xD700, 0xD7A4)),
+        'devanagari': list(range(0x900, 0x980)),
+        'arabic': list(range(0x600, 0x700)),
+        'comp': sorted({x for tup in t.comp for x in tup}),
+    }
+    names = sorted(pools)
+    rng = random.Random(12345)
+    for _ in range(20000):
+        n = rng.randint(1, 8)
+        s = []
+        for _ in range(n):
+            r = rng.random()
+            if r < 0.15:
+                cp = rng.randint(0, MAX_CP)
+                while is_surrogate(cp):
+                    cp = rng.randint(0, MAX_CP)
+            elif r < 0.45:
+                cp = rng.choice(pools['marks'])
+            else:
+                cp = rng.choice(pools[rng.choice(names)])
+            s.append(chr(cp))
+        test('random strings', ''.join(s))
+
+    total = 0
+    print('%-44s %9s %10s' % ('test', 'cases', 'mismatches'))
+    for g, (n, bad) in mism.items():
+        print('%-44s %9d %10d' % (g, n, bad))
+        total += bad
+    print('(pairs used %d bases x %d marks)' % (n_bases, len(marks)))
+    for g, s, got, want in examples:
+        print('  %s: input %s -> got %s, want %s' % (g, fmt(s), fmt(got), fmt(want)))
+    print('TOTAL MISMATCHES: %d' % total)
+    return ok and total == 0
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('-o', '--output', default=os.path.join(here, 'nfc_table.h'))
+    ap.add_argument('--check', action='store_true',
+                    help='verify the existing header instead of writing it')
+    args = ap.parse_args()
+    if args.check:
+        sys.exit(0 if run_check(args.output) else 1)
+    text = render_header(*build_tables())
+    with open(args.output, 'w', encoding='utf-8', newline='\n') as f:
+        f.write(text)
+    print('wrote %s (%d bytes, Unicode %s)'
+          % (args.output, len(text.encode()), unicodedata.unidata_version))
+
+
+if __name__ == '__main__':
+    main()
