@@ -576,7 +576,9 @@ static int serve(void *cfg, const struct pd_cfg_args *a, int argc, char **argv, 
     if (tok) {
         rc = c->chat_template ? pd_chat_template_load(c->chat_template, tok, &chat, err, errlen)
                               : pd_chat_template_from_tok(tok, &chat, err, errlen);
-        if (rc < 0 && c->chat_template)
+        /* a template we cannot render exactly is refused now, not served
+         * wrong; a model without one serves completions only */
+        if (rc < 0 && (c->chat_template || rc != -ENOENT))
             goto out;
         if (rc < 0)
             pd_log(PD_LOG_WARN, "no chat template (%s): /v1/chat/completions refuses requests; "

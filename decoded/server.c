@@ -173,7 +173,11 @@ static int prompt_tokens(struct dec_server *s, struct evhttp_request *req, const
     }
     size_t n = 0, room = len + 2 < (size_t)cap + 1 ? len + 2 : (size_t)cap + 1;
     int32_t *out = malloc(room * sizeof(*out));
-    int rc = out ? pd_tok_encode(s->tok, src, len, PD_TOK_PARSE_SPECIAL, out, room, &n) : -ENOMEM;
+    /* a chat prompt is encoded as transformers' apply_chat_template(tokenize=True)
+     * and vLLM do, without the tokenizer's own BOS: the template writes it
+     * when the model wants it (a second one is the double-BOS trap) */
+    const unsigned flags = PD_TOK_PARSE_SPECIAL | (r->kind == DEC_API_CHAT ? PD_TOK_NO_BOS : 0);
+    int rc = out ? pd_tok_encode(s->tok, src, len, flags, out, room, &n) : -ENOMEM;
     free(text);
     if (rc == -E2BIG || (rc == 0 && n > cap)) {
         free(out);

@@ -6,6 +6,7 @@
 #include "utf8.h"
 
 #include <errno.h>
+#include <sodium.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,12 +20,13 @@ struct pd_chat_template {
     char system[PD_CHAT_MAX_SYSTEM + 1]; /* ChatML default system prompt, "" if none */
 };
 
-static const char *const family_names[] = {"chatml", "llama2", "llama3"};
+static const char *const family_names[PD_CHAT_FAMILIES] = {"chatml",  "llama2",  "llama3",
+                                                            "qwen3",   "llama31", "mistral"};
 static const char *const role_names[] = {"system", "user", "assistant"};
 
 const char *pd_chat_family_name(enum pd_chat_family f)
 {
-    return (unsigned)f < 3 ? family_names[f] : "?";
+    return (unsigned)f < PD_CHAT_FAMILIES ? family_names[f] : "?";
 }
 
 const char *pd_chat_role_name(enum pd_chat_role role)
@@ -61,10 +63,9 @@ static struct pd_chat_template *tmpl_new(enum pd_chat_family f, const struct pd_
     if (!ct)
         return NULL;
     ct->family = f;
-    special_text(tok, tok ? pd_tok_bos(tok) : -1,
-                 f == PD_CHAT_LLAMA3 ? "<|begin_of_text|>" : "<s>", ct->bos);
-    special_text(tok, tok ? pd_tok_eos(tok) : -1, f == PD_CHAT_LLAMA3 ? "<|eot_id|>" : "</s>",
-                 ct->eos);
+    const bool l3 = f == PD_CHAT_LLAMA3 || f == PD_CHAT_LLAMA31;
+    special_text(tok, tok ? pd_tok_bos(tok) : -1, l3 ? "<|begin_of_text|>" : "<s>", ct->bos);
+    special_text(tok, tok ? pd_tok_eos(tok) : -1, l3 ? "<|eot_id|>" : "</s>", ct->eos);
     return ct;
 }
 
@@ -116,6 +117,50 @@ static int chatml_default_system(const char *s, size_t n, char *out)
     return 0;
 }
 
+/* The models' own templates, byte for byte (tests/golden/chat/hf/, from the
+ * model repositories by way of llama.cpp's copies): SHA-256 -> family. */
+static const struct {
+    const char *sha256, *model;
+    enum pd_chat_family family;
+} known[] = {
+#include "chat_known.h"
+};
+
+static bool known_template(const char *text, size_t len, enum pd_chat_family *f)
+{
+    uint8_t h[crypto_hash_sha256_BYTES];
+    char hex[2 * crypto_hash_sha256_BYTES + 1];
+    crypto_hash_sha256(h, (const uint8_t *)text, len);
+    sodium_bin2hex(hex, sizeof(hex), h, sizeof(h));
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+        if (strcmp(hex, known[i].sha256) == 0) {
+            *f = known[i].family;
+            return true;
+        }
+    return false;
+}
+
+/* Failing an exact match, the markers (docs/internals/text.md):
+ *   <|start_header_id|> and <|end_header_id|>: llama31 when the template
+ *     writes "Cutting Knowledge Date", else llama3;
+ *   <|im_start|> and <|im_end|>: qwen3 when it handles </think>, else chatml;
+ *   [INST] and [/INST]: llama2 when it has <<SYS>> or "[INST] " (a space
+ *     after: Llama-2 and Mistral's first instruct models), else mistral
+ *     (v3: [INST] directly against the content). */
+static bool marked_template(const char *text, size_t len, enum pd_chat_family *f)
+{
+    if (find(text, len, "<|start_header_id|>") && find(text, len, "<|end_header_id|>"))
+        *f = find(text, len, "Cutting Knowledge Date") ? PD_CHAT_LLAMA31 : PD_CHAT_LLAMA3;
+    else if (find(text, len, "<|im_start|>") && find(text, len, "<|im_end|>"))
+        *f = find(text, len, "</think>") ? PD_CHAT_QWEN3 : PD_CHAT_CHATML;
+    else if (find(text, len, "[INST]") && find(text, len, "[/INST]"))
+        *f = find(text, len, "<<SYS>>") || find(text, len, "[INST] ") ? PD_CHAT_LLAMA2
+                                                                      : PD_CHAT_MISTRAL;
+    else
+        return false;
+    return true;
+}
+
 int pd_chat_template_parse(const char *text, size_t len, const struct pd_tokenizer *tok,
                            struct pd_chat_template **out, char *err, size_t errlen)
 {
@@ -126,16 +171,10 @@ int pd_chat_template_parse(const char *text, size_t len, const struct pd_tokeniz
     if (len > PD_CHAT_MAX_FILE)
         return pd_errf(err, errlen, -E2BIG, "chat template is %zu bytes (cap %u)", len,
                        PD_CHAT_MAX_FILE);
-    if (find(text, len, "<|start_header_id|>") && find(text, len, "<|end_header_id|>"))
-        f = PD_CHAT_LLAMA3;
-    else if (find(text, len, "<|im_start|>") && find(text, len, "<|im_end|>"))
-        f = PD_CHAT_CHATML;
-    else if (find(text, len, "[INST]") && find(text, len, "[/INST]"))
-        f = PD_CHAT_LLAMA2;
-    else
+    if (!known_template(text, len, &f) && !marked_template(text, len, &f))
         return pd_errf(err, errlen, -ENOTSUP,
-                       "chat template not recognised (supported families: chatml, llama2, llama3); "
-                       "choose one with --chat-template NAME|FILE");
+                       "chat template not recognised (supported families: chatml, llama2, llama3, "
+                       "qwen3, llama31, mistral); choose one with --chat-template NAME|FILE");
     struct pd_chat_template *ct = tmpl_new(f, tok);
     if (!ct)
         return pd_errf(err, errlen, -ENOMEM, "out of memory");
@@ -164,14 +203,16 @@ int pd_chat_template_from_tok(const struct pd_tokenizer *tok, struct pd_chat_tem
 int pd_chat_template_by_name(const char *name, const struct pd_tokenizer *tok,
                              struct pd_chat_template **out, char *err, size_t errlen)
 {
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < PD_CHAT_FAMILIES; i++)
         if (name && strcmp(name, family_names[i]) == 0) {
             if (!(*out = tmpl_new((enum pd_chat_family)i, tok)))
                 return pd_errf(err, errlen, -ENOMEM, "out of memory");
             return 0;
         }
     return pd_errf(err, errlen, -ENOTSUP,
-                   "unknown chat template '%s' (names: chatml, llama2, llama3)", name ? name : "");
+                   "unknown chat template '%s' (names: chatml, llama2, llama3, qwen3, llama31, "
+                   "mistral)",
+                   name ? name : "");
 }
 
 int pd_chat_template_load(const char *arg, const struct pd_tokenizer *tok,
@@ -185,7 +226,7 @@ int pd_chat_template_load(const char *arg, const struct pd_tokenizer *tok,
         if (rc == -ENOTSUP)
             pd_errf(err, errlen, rc,
                     "--chat-template '%s': no such file, and not a template name "
-                    "(chatml, llama2, llama3)",
+                    "(chatml, llama2, llama3, qwen3, llama31, mistral)",
                     arg);
         return rc;
     }
@@ -212,7 +253,7 @@ int pd_chat_template_load(const char *arg, const struct pd_tokenizer *tok,
             e--;
         buf[e] = '\0';
         rc = -ENOTSUP;
-        for (int i = 0; i < 3; i++)
+        for (int i = 0; i < PD_CHAT_FAMILIES; i++)
             if (strcmp(buf + b, family_names[i]) == 0)
                 rc = pd_chat_template_by_name(buf + b, tok, out, err, errlen);
         if (rc == -ENOTSUP)
@@ -383,6 +424,127 @@ static void render_turns(const struct pd_chat_template *ct, const struct turn_fm
     }
 }
 
+/* Qwen/Qwen3-0.6B's template, without tools: ChatML, the first system message
+ * as its own turn, no default one; an assistant turn after the last user
+ * turn that is the last message (or that carries reasoning) is written with
+ * its <think> block, any other with the reasoning cut: the content after the
+ * last </think>, its leading newlines stripped. */
+static void render_qwen3(const struct pd_chat_msg *m, size_t n, bool gen, struct wr *w)
+{
+    size_t last_query = n - 1;
+    for (size_t i = n; i-- > 0;)
+        if (m[i].role == PD_CHAT_USER) {
+            last_query = i;
+            break;
+        }
+    for (size_t i = 0; i < n; i++) {
+        if (m[i].role != PD_CHAT_ASSISTANT) {
+            put_turn(w, &fmt_chatml, pd_chat_role_name(m[i].role), m[i].content, m[i].len);
+            continue;
+        }
+        const char *c = m[i].content, *close = c ? memmem(c, m[i].len, "</think>", 8) : NULL;
+        size_t cl = m[i].len;
+        const char *r = "";
+        size_t rl = 0;
+        if (close) {
+            /* content: after the last </think>, lstrip('\n') */
+            const char *last = close, *p;
+            while ((p = memmem(last + 8, cl - (size_t)(last + 8 - c), "</think>", 8)))
+                last = p;
+            const char *body = last + 8, *end = c + cl;
+            while (body < end && *body == '\n')
+                body++;
+            /* reasoning: before the first </think>, rstrip('\n'), after the
+             * last <think> there, lstrip('\n') */
+            const char *rb = c, *re_ = close, *o;
+            while (re_ > rb && re_[-1] == '\n')
+                re_--;
+            while ((o = memmem(rb, (size_t)(re_ - rb), "<think>", 7)))
+                rb = o + 7;
+            while (rb < re_ && *rb == '\n')
+                rb++;
+            r = rb, rl = (size_t)(re_ - rb);
+            c = body, cl = (size_t)(end - body);
+        }
+        puts_(w, "<|im_start|>assistant\n");
+        if (i > last_query && (i == n - 1 || rl)) {
+            /* '<think>\n' + reasoning.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') */
+            while (rl && r[0] == '\n')
+                r++, rl--;
+            while (rl && r[rl - 1] == '\n')
+                rl--;
+            puts_(w, "<think>\n");
+            put(w, r, rl);
+            puts_(w, "\n</think>\n\n");
+            while (cl && c[0] == '\n')
+                c++, cl--;
+        }
+        put(w, c, cl);
+        puts_(w, "<|im_end|>\n");
+    }
+    if (gen)
+        puts_(w, "<|im_start|>assistant\n");
+}
+
+/* meta-llama/Llama-3.1-8B-Instruct's (and 3.3's) template, without tools:
+ * BOS, a system turn always (the knowledge and date lines, then the first
+ * system message trimmed), then each message trimmed as Llama-3 writes it. */
+static void render_llama31(const struct pd_chat_template *ct, const struct pd_chat_msg *m,
+                           size_t n, bool gen, struct wr *w)
+{
+    puts_(w, ct->bos);
+    puts_(w, "<|start_header_id|>system<|end_header_id|>\n\n"
+             "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n");
+    if (n && m[0].role == PD_CHAT_SYSTEM) {
+        put_stripped(w, m[0].content, m[0].len);
+        m++, n--;
+    }
+    puts_(w, "<|eot_id|>");
+    for (size_t i = 0; i < n; i++)
+        put_turn(w, &fmt_llama3, pd_chat_role_name(m[i].role), m[i].content, m[i].len);
+    if (gen)
+        puts_(w, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+}
+
+/* mistralai/Mistral-Nemo-Instruct-2407's template, without tools: after an
+ * optional system message the roles alternate user/assistant (checked
+ * first, as the template does); BOS, then [INST]user[/INST] (the system
+ * message joining the last message when it is a user's) and answer + EOS.
+ * The template has no generation prompt. */
+static int render_mistral(const struct pd_chat_template *ct, const struct pd_chat_msg *m,
+                          size_t n, struct wr *w, char *err, size_t errlen)
+{
+    const struct pd_chat_msg *sys = NULL;
+    if (n && m[0].role == PD_CHAT_SYSTEM)
+        sys = &m[0], m++, n--;
+    for (size_t i = 0; i < n; i++)
+        if ((m[i].role == PD_CHAT_USER) != (i % 2 == 0))
+            return pd_errf(err, errlen, -EINVAL,
+                           "After the optional system message, conversation roles must alternate "
+                           "user/assistant/user/assistant/...");
+    for (size_t i = 0; i < n; i++)
+        if (m[i].role == PD_CHAT_SYSTEM)
+            return pd_errf(err, errlen, -EINVAL,
+                           "Only user and assistant roles are supported, with the exception of "
+                           "an initial optional system message!");
+    puts_(w, ct->bos);
+    for (size_t i = 0; i < n; i++) {
+        if (m[i].role == PD_CHAT_USER) {
+            puts_(w, "[INST]");
+            if (i == n - 1 && sys) {
+                put(w, sys->content, sys->len);
+                puts_(w, "\n\n");
+            }
+            put(w, m[i].content, m[i].len);
+            puts_(w, "[/INST]");
+        } else {
+            put(w, m[i].content, m[i].len);
+            puts_(w, ct->eos);
+        }
+    }
+    return 0;
+}
+
 int pd_chat_render(const struct pd_chat_template *ct, const struct pd_chat_msg *msgs, size_t n,
                    bool add_generation_prompt, char *out, size_t cap, size_t *len, char *err,
                    size_t errlen)
@@ -413,6 +575,17 @@ int pd_chat_render(const struct pd_chat_template *ct, const struct pd_chat_msg *
         break;
     case PD_CHAT_LLAMA2:
         rc = render_llama2(ct, msgs, n, &w, err, errlen);
+        break;
+    case PD_CHAT_QWEN3:
+        render_qwen3(msgs, n, add_generation_prompt, &w);
+        break;
+    case PD_CHAT_LLAMA31:
+        render_llama31(ct, msgs, n, add_generation_prompt, &w);
+        break;
+    case PD_CHAT_MISTRAL:
+        rc = render_mistral(ct, msgs, n, &w, err, errlen);
+        break;
+    case PD_CHAT_FAMILIES:
         break;
     }
     if (rc < 0)

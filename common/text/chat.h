@@ -23,8 +23,13 @@
  *           the conversation does not start with a system message
  *   llama2  <s>[INST] <<SYS>>\nsystem\n<</SYS>>\n\nuser [/INST] answer </s>...
  *   llama3  <|begin_of_text|><|start_header_id|>role<|end_header_id|>\n\n...
- * A template that is none of these is an error (-ENOTSUP) naming the
- * families and the --chat-template option; docs/internals/text.md.
+ *   qwen3   ChatML with Qwen3's reasoning rules
+ *   llama31 Llama-3 with Llama-3.1's system turn (knowledge and date lines)
+ *   mistral [INST]user[/INST]answer</s> with the system message in the last user turn
+ * Known templates (the models' own, byte for byte) are recognised exactly;
+ * others by a few documented markers. A template that is none of these is
+ * an error (-ENOTSUP) naming the families and the --chat-template option;
+ * docs/internals/text.md.
  *
  * Ownership: a template object owns copies of everything it needs (the
  * tokenizer may be freed first); it is immutable and may be shared by
@@ -50,6 +55,12 @@ enum pd_chat_family {
     PD_CHAT_CHATML,
     PD_CHAT_LLAMA2,
     PD_CHAT_LLAMA3,
+    PD_CHAT_QWEN3, /* ChatML; an assistant turn's <think> reasoning kept only after the last
+                    * user turn (Qwen3's template) */
+    PD_CHAT_LLAMA31, /* Llama-3.1/3.3: a system turn always, with its knowledge and date lines */
+    PD_CHAT_MISTRAL, /* Mistral's v3 [INST]...[/INST] (Nemo): the system message joins the
+                      * last user turn */
+    PD_CHAT_FAMILIES,
 };
 
 enum pd_chat_role {
@@ -76,7 +87,8 @@ int pd_chat_template_parse(const char *text, size_t len, const struct pd_tokeniz
 /* From tokenizer.chat_template; -ENOENT when the model has none. */
 int pd_chat_template_from_tok(const struct pd_tokenizer *tok, struct pd_chat_template **out,
                               char *err, size_t errlen);
-/* "chatml", "llama2", "llama3" (no default system prompt). -ENOTSUP otherwise. */
+/* "chatml", "llama2", "llama3", "qwen3", "llama31", "mistral" (no default
+ * system prompt). -ENOTSUP otherwise. */
 int pd_chat_template_by_name(const char *name, const struct pd_tokenizer *tok,
                              struct pd_chat_template **out, char *err, size_t errlen);
 /* --chat-template ARG: a readable file holds either a family name or a Jinja

@@ -156,9 +156,10 @@ static int encode_text(const struct pd_tokenizer *tok, const struct pd_chat_temp
     }
     cap = pd_tok_max_ids(tok, len);
     int32_t *ids = malloc((cap ? cap : 1) * sizeof(*ids));
-    /* the template's markers are control tokens; a plain prompt's text is text */
-    rc = ids ? pd_tok_encode(tok, text, len, ct ? PD_TOK_PARSE_SPECIAL : 0, ids, cap, &got)
-             : -ENOMEM;
+    /* the template's markers are control tokens, and it writes any BOS itself
+     * (transformers' apply_chat_template); a plain prompt's text is text */
+    const unsigned flags = ct ? PD_TOK_PARSE_SPECIAL | PD_TOK_NO_BOS : 0;
+    rc = ids ? pd_tok_encode(tok, text, len, flags, ids, cap, &got) : -ENOMEM;
     free(rendered);
     if (rc < 0) {
         snprintf(err, errlen, "--prompt: cannot tokenize: %s", strerror(-rc));

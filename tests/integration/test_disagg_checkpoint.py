@@ -134,7 +134,8 @@ def test_checkpoint_with_tokenizer_json_serves_text(tmp_path):
     """The default model as a checkpoint, with the tokenizer.json (and
     tokenizer_config.json) transformers writes for it: decoded reads them,
     /tokenize gives the `tokenizers` library's ids (add_special_tokens, as
-    vLLM's /tokenize), completions count them and answer in text."""
+    vLLM's /tokenize), chat prompts are transformers' apply_chat_template ids
+    (no second BOS), completions count them and answer in text."""
     src = os.environ.get("PDSERVE_HF_MODEL")
     if not src or not os.path.isdir(src):
         if pytest:
@@ -151,6 +152,18 @@ def test_checkpoint_with_tokenizer_json_serves_text(tmp_path):
         for text, want in corpus_and_golden("smollm2"):
             status, t = d.json("POST", "/tokenize", {"prompt": text})
             assert status == 200 and t["tokens"] == want, (text, t, want)
+        # chat: the prompt ids transformers' apply_chat_template(tokenize=True)
+        # makes with the checkpoint's template (tests/golden/make_chat_ids_golden.py)
+        import json
+        with open(os.path.join(SRC, "tests", "golden", "chat_ids_smollm2.jsonl"),
+                  encoding="utf-8") as f:
+            for row in map(json.loads, f):
+                status, t = d.json("POST", "/tokenize", {"messages": row["messages"]})
+                assert status == 200 and t["tokens"] == row["ids"], (row, t)
+                status, out = d.json("POST", "/v1/chat/completions",
+                                     {"messages": row["messages"], "max_tokens": 4,
+                                      "temperature": 0})
+                assert status == 200 and out["usage"]["prompt_tokens"] == len(row["ids"]), out
         text = "The capital of France is"
         status, out = d.json("POST", "/v1/completions",
                              {"prompt": text, "max_tokens": 8, "temperature": 0})
