@@ -53,11 +53,27 @@ static void check_row(const struct pd_chat_template *ct, const cJSON *row, size_
  * prompt), Qwen3 (reasoning kept or cut), Llama-3.1/3.3 (the system turn with
  * its date lines), Mistral Nemo ([INST] with the system message in the last
  * user turn, its alternation and role errors). */
+/* tokjson/<name>'s tokenizer (tests/golden/tokjson/) */
+static struct pd_tokenizer *tokjson(const char *name)
+{
+    char dir[1024], err[256];
+    struct pd_tokenizer *t = NULL;
+    snprintf(dir, sizeof(dir), "%s/tests/golden/tokjson/%s", PD_SRCDIR, name);
+    if (pd_tok_load_dir(dir, &t, err, sizeof(err)) < 0)
+        PD_TEST_FAIL_("%s", err);
+    return t;
+}
+
 static void chat_model_templates_match_transformers(void)
 {
-    struct jl gold;
-    size_t checked = 0;
+    struct jl gold, ids;
+    size_t checked = 0, encoded = 0;
+    struct pd_tokenizer *qwen = tokjson("qwen2"), *llama = tokjson("llama3");
     jl_load(&gold, "chat_hf_golden.jsonl");
+    /* the renderings' ids with apply_chat_template(tokenize=True)'s encoding
+     * (make_chat_hf_ids.py): rendered text, then ids without a second BOS */
+    jl_load(&ids, "chat_hf_ids.jsonl");
+    CHECK_EQ_INT(ids.n, gold.n);
     for (size_t i = 0; i < gold.n; i++) {
         const char *name = jl_str(gold.row[i], "template");
         if (!name || !cJSON_GetObjectItemCaseSensitive(gold.row[i], "messages"))
@@ -72,13 +88,31 @@ static void chat_model_templates_match_transformers(void)
         if (pd_chat_template_parse(text, tl, NULL, &ct, err, sizeof(err)) != 0)
             PD_TEST_FAIL_("%s: %s", name, err);
         check_row(ct, gold.row[i], i + 1);
+        size_t nw;
+        int32_t *want = jl_ids(ids.row[i], "ids", &nw);
+        if (want) {
+            const struct pd_tokenizer *t = name[0] == 'Q' ? qwen : llama;
+            const char *r = jl_str(gold.row[i], "out");
+            int32_t got[2048];
+            size_t n;
+            CHECK_EQ_INT(pd_tok_encode(t, r, strlen(r), PD_TOK_PARSE_SPECIAL | PD_TOK_NO_BOS, got,
+                                       2048, &n),
+                         0);
+            if (n != nw || memcmp(got, want, n * sizeof(*got)) != 0)
+                PD_TEST_FAIL_("line %zu (%s): the rendered prompt's ids differ", i + 1, name);
+            encoded++;
+            free(want);
+        }
         pd_chat_template_free(ct);
         free(text);
         checked++;
     }
     jl_free(&gold);
-    printf("  %zu renders checked\n", checked);
-    CHECK(checked >= 40);
+    jl_free(&ids);
+    pd_tok_free(qwen);
+    pd_tok_free(llama);
+    printf("  %zu renders checked, %zu of them as token ids\n", checked, encoded);
+    CHECK(checked >= 40 && encoded >= 200);
 }
 
 static size_t check_golden(const struct pd_tokenizer *model_tok)
