@@ -23,19 +23,31 @@ size_t pd_nfc_max(size_t n) { return 3 * n + 4; }
 
 const char *pd_nfc_unicode_version(void) { return PD_NFC_UNICODE_VERSION; }
 
-static uint8_t ccc(uint32_t cp)
+/* The entry of a table of sorted [lo, hi] ranges (each entry's first two
+ * uint32_t) that holds cp, or NULL. */
+static const void *range_find(const void *table, size_t n, size_t size, uint32_t cp)
 {
-    size_t lo = 0, hi = sizeof(pd_nfc_ccc) / sizeof(pd_nfc_ccc[0]);
+    size_t lo = 0, hi = n;
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
-        if (cp < pd_nfc_ccc[mid].lo)
+        const uint8_t *e = (const uint8_t *)table + mid * size;
+        uint32_t r[2];
+        memcpy(r, e, sizeof(r));
+        if (cp < r[0])
             hi = mid;
-        else if (cp > pd_nfc_ccc[mid].hi)
+        else if (cp > r[1])
             lo = mid + 1;
         else
-            return pd_nfc_ccc[mid].ccc;
+            return e;
     }
-    return 0;
+    return NULL;
+}
+
+static uint8_t ccc(uint32_t cp)
+{
+    const struct pd_nfc_ccc *c = range_find(pd_nfc_ccc, sizeof(pd_nfc_ccc) / sizeof(pd_nfc_ccc[0]),
+                                            sizeof(pd_nfc_ccc[0]), cp);
+    return c ? c->ccc : 0;
 }
 
 static const struct pd_nfc_decomp *decomp(uint32_t cp)
@@ -77,17 +89,8 @@ static uint32_t compose(uint32_t a, uint32_t b)
 
 static bool qc_not_yes(uint32_t cp)
 {
-    size_t lo = 0, hi = sizeof(pd_nfc_qc_not_yes) / sizeof(pd_nfc_qc_not_yes[0]);
-    while (lo < hi) {
-        size_t mid = (lo + hi) / 2;
-        if (cp < pd_nfc_qc_not_yes[mid].lo)
-            hi = mid;
-        else if (cp > pd_nfc_qc_not_yes[mid].hi)
-            lo = mid + 1;
-        else
-            return true;
-    }
-    return false;
+    return range_find(pd_nfc_qc_not_yes, sizeof(pd_nfc_qc_not_yes) / sizeof(pd_nfc_qc_not_yes[0]),
+                      sizeof(pd_nfc_qc_not_yes[0]), cp) != NULL;
 }
 
 bool pd_nfc_quick(const uint8_t *s, size_t n)
