@@ -9,7 +9,6 @@
 #include "model_internal.h"
 #include "quant.h"
 #include "safetensors.h"
-#include "utf8.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -37,29 +36,6 @@ int pd_model_path_is_dir(const char *path)
 
 /* ---- JSON files ---- */
 
-/* A key twice in any object (cJSON keeps both; readers disagree on which
- * counts), or nesting past JSON_DEPTH (cJSON recurses without our cap):
- * the problem, or NULL. */
-static const char *json_problem(const cJSON *it, int depth, char *buf, size_t n)
-{
-    const char *dup;
-    if (depth > JSON_DEPTH)
-        return "nested too deeply";
-    if (cJSON_IsObject(it)) {
-        int rc = pd_st_json_dup_key(it, &dup);
-        if (rc < 0)
-            return "out of memory";
-        if (rc > 0)
-            return snprintf(buf, n, "key \"%.64s\" appears twice in one object", dup), buf;
-    }
-    for (const cJSON *c = it->child; c; c = c->next) {
-        const char *p = json_problem(c, depth + 1, buf, n);
-        if (p)
-            return p;
-    }
-    return NULL;
-}
-
 /* The file `name` in dirfd as a JSON object: 0, 1 when absent and optional,
  * or an error naming the file. */
 static int read_json(int dirfd, const char *name, size_t cap, bool optional, cJSON **out,
@@ -79,22 +55,12 @@ static int read_json(int dirfd, const char *name, size_t cap, bool optional, cJS
         return pd_errf(err, errlen, -E2BIG, "model: %s is %zu bytes, above the cap of %zu", name,
                        len, cap);
     }
-    const char *why = NULL;
-    char buf[160];
+    char why[160];
     cJSON *root = NULL;
-    if (pd_utf8_valid_prefix(map, len) != len)
-        why = "not valid UTF-8";
-    else if (pd_st_json_check_text(map, len, false, buf, sizeof(buf)) < 0)
-        why = buf;
-    else if (!(root = cJSON_ParseWithLength(map, len)) || !cJSON_IsObject(root))
-        why = "not a JSON object";
-    else
-        why = json_problem(root, 0, buf, sizeof(buf));
+    rc = pd_st_json_parse(map, len, JSON_DEPTH, &root, why, sizeof(why));
     munmap(map, len);
-    if (why) {
-        cJSON_Delete(root);
-        return pd_errf(err, errlen, -EINVAL, "model: %s: %s", name, why);
-    }
+    if (rc < 0)
+        return pd_errf(err, errlen, rc, "model: %s: %s", name, why);
     *out = root;
     return 0;
 }

@@ -78,6 +78,44 @@ int pd_st_json_dup_key(const cJSON *obj, const char **dup)
     return *dup ? 1 : 0;
 }
 
+/* no key twice in any object, nesting at most max_depth */
+static int json_tree_ok(const cJSON *it, int depth, int max_depth, char *why, size_t whylen)
+{
+    const char *dup;
+    int rc;
+    if (depth > max_depth)
+        return pd_errf(why, whylen, -EINVAL, "nested too deeply");
+    if (cJSON_IsObject(it) && (rc = pd_st_json_dup_key(it, &dup)) != 0)
+        return rc < 0 ? pd_errf(why, whylen, -ENOMEM, "out of memory")
+                      : pd_errf(why, whylen, -EINVAL, "key \"%.64s\" appears twice in one object",
+                                dup);
+    for (const cJSON *c = it->child; c; c = c->next)
+        if ((rc = json_tree_ok(c, depth + 1, max_depth, why, whylen)) < 0)
+            return rc;
+    return 0;
+}
+
+int pd_st_json_parse(const char *text, size_t len, int max_depth, cJSON **out, char *why,
+                     size_t whylen)
+{
+    cJSON *root;
+    int rc;
+    if (pd_utf8_valid_prefix((const uint8_t *)text, len) != len)
+        return pd_errf(why, whylen, -EINVAL, "not valid UTF-8");
+    if ((rc = pd_st_json_check_text(text, len, false, why, whylen)) < 0)
+        return rc;
+    if (!(root = cJSON_ParseWithLength(text, len)) || !cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return pd_errf(why, whylen, -EINVAL, "not a JSON object");
+    }
+    if ((rc = json_tree_ok(root, 0, max_depth, why, whylen)) < 0) {
+        cJSON_Delete(root);
+        return rc;
+    }
+    *out = root;
+    return 0;
+}
+
 int pd_st_json_check_text(const char *s, size_t n, bool integers_only, char *err, size_t errlen)
 {
     bool in_str = false;

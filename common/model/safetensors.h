@@ -67,5 +67,12 @@ int pd_st_json_check_text(const char *s, size_t n, bool integers_only, char *err
  * them, 0 none, -ENOMEM. */
 struct cJSON;
 int pd_st_json_dup_key(const struct cJSON *obj, const char **dup);
+/* A JSON file's text (a checkpoint's config.json, a tokenizer.json) as a
+ * cJSON object, refused unless it is UTF-8, passes pd_st_json_check_text,
+ * is one object, has no key twice in any object and nests at most
+ * max_depth: 0 with *out (the caller cJSON_Deletes it), -EINVAL with why
+ * (no prefix), -ENOMEM. */
+int pd_st_json_parse(const char *text, size_t len, int max_depth, struct cJSON **out, char *why,
+                     size_t whylen);
 
 #endif

@@ -7,7 +7,6 @@
 
 #include "model.h"
 #include "safetensors.h" /* pd_st_json_*: what cJSON lets through */
-#include "utf8.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -471,43 +470,14 @@ static int load_config(struct pd_tokenizer *t, const cJSON *cfg, char *err, size
 
 /* ---- the whole ---- */
 
-/* no key twice in any object, nesting at most JSON_DEPTH */
-static int check_tree(const cJSON *it, int depth, const char *what, char *err, size_t errlen)
-{
-    const char *dup;
-    int rc;
-    if (depth > JSON_DEPTH)
-        return pd_errf(err, errlen, -EINVAL, "%s: nested too deeply", what);
-    if (cJSON_IsObject(it) && (rc = pd_st_json_dup_key(it, &dup)) != 0)
-        return rc < 0 ? -ENOMEM
-                      : pd_errf(err, errlen, -EINVAL, "%s: key \"%.64s\" appears twice", what, dup);
-    for (const cJSON *c = it->child; c; c = c->next)
-        if ((rc = check_tree(c, depth + 1, what, err, errlen)) < 0)
-            return rc;
-    return 0;
-}
-
 static int parse(const char *what, const char *text, size_t len, cJSON **out, char *err,
                  size_t errlen)
 {
+    /* the duplicate check covers every object: the vocabulary's keys are
+     * what a duplicate would hide in */
     char why[160];
-    int rc;
-    cJSON *root = NULL;
-    if (pd_utf8_valid_prefix((const uint8_t *)text, len) != len)
-        return pd_errf(err, errlen, -EINVAL, "%s: not valid UTF-8", what);
-    if (pd_st_json_check_text(text, len, false, why, sizeof(why)) < 0)
-        return pd_errf(err, errlen, -EINVAL, "%s: %s", what, why);
-    if (!(root = cJSON_ParseWithLength(text, len)) || !cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        return pd_errf(err, errlen, -EINVAL, "%s: not a JSON object", what);
-    }
-    /* every object: the vocabulary's keys are what a duplicate would hide in */
-    if ((rc = check_tree(root, 0, what, err, errlen)) < 0) {
-        cJSON_Delete(root);
-        return rc;
-    }
-    *out = root;
-    return 0;
+    int rc = pd_st_json_parse(text, len, JSON_DEPTH, out, why, sizeof(why));
+    return rc < 0 ? pd_errf(err, errlen, rc, "%s: %s", what, why) : 0;
 }
 
 static int load(struct pd_tokenizer *t, const cJSON *root, const cJSON *cfg, char *err,
@@ -529,7 +499,6 @@ static int load(struct pd_tokenizer *t, const cJSON *root, const cJSON *cfg, cha
         return pd_errf(err, errlen, -ENOTSUP,
                        "pre_tokenizer: patterns before SentencePiece-style BPE are not supported");
     t->kind = bytelevel ? TOK_BYTE_LEVEL : TOK_SPM;
-    t->add_prefix_space = t->spm_prefix != TOK_PREFIX_NONE;
     if ((rc = load_post(t, get(root, "post_processor"), err, errlen)) < 0 ||
         (rc = load_decoder(t, get(root, "decoder"), err, errlen)) < 0 ||
         (rc = load_config(t, cfg, err, errlen)) < 0)
