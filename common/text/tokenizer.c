@@ -559,6 +559,7 @@ static int load(struct pd_tokenizer *t, const struct pd_gguf *g, char *err, size
         return have_scores;
 
     int32_t eot[2];
+    bool space_prefix = true; /* tokenizer.ggml.add_space_prefix, when absent */
     if ((rc = get_id(g, "tokenizer.ggml.bos_token_id", t->n_vocab, &t->bos, err, errlen)) < 0 ||
         (rc = get_id(g, "tokenizer.ggml.eos_token_id", t->n_vocab, &t->eos, err, errlen)) < 0 ||
         (rc = get_id(g, "tokenizer.ggml.unknown_token_id", t->n_vocab, &t->unk, err, errlen)) <
@@ -571,7 +572,7 @@ static int load(struct pd_tokenizer *t, const struct pd_gguf *g, char *err, size
     if ((rc = get_flag(g, "tokenizer.ggml.add_bos_token", t->kind == TOK_SPM, &t->add_bos, err,
                        errlen)) < 0 ||
         (rc = get_flag(g, "tokenizer.ggml.add_eos_token", false, &t->add_eos, err, errlen)) < 0 ||
-        (rc = get_flag(g, "tokenizer.ggml.add_space_prefix", true, &t->add_prefix_space, err,
+        (rc = get_flag(g, "tokenizer.ggml.add_space_prefix", true, &space_prefix, err,
                        errlen)) < 0)
         return rc;
 
@@ -595,8 +596,9 @@ static int load(struct pd_tokenizer *t, const struct pd_gguf *g, char *err, size
         t->prefix[t->n_prefix++] = t->bos;
     if (t->eos >= 0)
         t->suffix[t->n_suffix++] = t->eos;
-    t->strip_first_space = t->kind == TOK_SPM && t->add_prefix_space;
-    t->spm_prefix = t->add_prefix_space ? TOK_PREFIX_EACH : TOK_PREFIX_NONE;
+    /* SentencePiece: "▁" before each segment, and one space stripped at decode */
+    t->strip_first_space = t->kind == TOK_SPM && space_prefix;
+    t->spm_prefix = space_prefix ? TOK_PREFIX_EACH : TOK_PREFIX_NONE;
 
     const struct pd_gguf_kv *mkv = pd_gguf_find_kv(g, "tokenizer.ggml.merges");
     if (mkv)

@@ -109,14 +109,13 @@ struct pd_tokenizer {
 
     int32_t bos, eos, unk, pad;
     bool add_bos, add_eos;
-    bool add_prefix_space; /* SPM: "▁" before each text segment, one space stripped at decode */
     /* the ids the encoder adds: prefix when BOS is on, suffix when add_eos
      * (GGUF: BOS and EOS; tokenizer.json: its post-processor's template,
      * both governed by the BOS flag, as add_special_tokens) */
     int32_t prefix[PD_TOK_MAX_AFFIX], suffix[PD_TOK_MAX_AFFIX];
     uint8_t n_prefix, n_suffix;
     bool suffix_with_prefix; /* the suffix follows the BOS flag, not add_eos */
-    enum tok_prefix spm_prefix; /* SPM: what add_prefix_space means */
+    enum tok_prefix spm_prefix; /* SPM: where a "▁" goes before the text */
     bool strip_first_space; /* decode: one leading space removed (SPM's decoders) */
     bool no_byte_fallback; /* byte-level: a byte not in the alphabet is unknown, never <0xNN> */
     bool unk_each; /* each unknown character its own unknown token (fuse_unk false) */
