@@ -70,6 +70,27 @@ static const char *pd_test_skip_reason;
     } while (0)
 
 /* 0 passed, 1 failed, 2 skipped. setjmp lives here, away from the counters. */
+/* A whole file in memory, NUL-terminated (caller frees); NULL if unreadable. */
+static inline char *pd_test_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
+    if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        fclose(f);
+        return NULL;
+    }
+    fclose(f);
+    buf[n] = '\0';
+    *len = (size_t)n;
+    return buf;
+}
+
 static inline int pd_test_run_one(const struct pd_test *t)
 {
     if (setjmp(pd_test_jmp) == 0) {

@@ -174,16 +174,8 @@ static void checkpoint_default_model_matches_transformers(void)
 
 static char *slurp(const char *path, size_t *len)
 {
-    FILE *f = fopen(path, "rb");
-    CHECK(f != NULL);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    CHECK(fread(b, 1, (size_t)n, f) == (size_t)n);
-    b[n] = '\0';
-    fclose(f);
-    *len = (size_t)n;
+    char *b = pd_test_read_file(path, len);
+    CHECK(b != NULL);
     return b;
 }
 

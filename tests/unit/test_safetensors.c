@@ -761,23 +761,7 @@ static char *slurp(const char *file, size_t *n)
 {
     char path[1024];
     snprintf(path, sizeof(path), "%s/tests/golden/%s", PD_SRCDIR, file);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *p = len >= 0 ? malloc((size_t)len + 1) : NULL;
-    if (p && fread(p, 1, (size_t)len, f) != (size_t)len) {
-        free(p);
-        p = NULL;
-    }
-    fclose(f);
-    if (p) {
-        p[len] = '\0';
-        *n = (size_t)len;
-    }
-    return p;
+    return pd_test_read_file(path, n);
 }
 
 static void st_parses_file_written_by_python_safetensors(void)

@@ -20,26 +20,7 @@
 
 #define tok_default_model_path pd_test_default_model_path
 
-/* A whole file in memory (caller frees); NULL if unreadable. */
-static inline char *tok_read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc(n > 0 ? (size_t)n + 1 : 1);
-    if (!buf || n < 0 || fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        fclose(f);
-        return NULL;
-    }
-    fclose(f);
-    buf[n] = '\0';
-    *len = (size_t)n;
-    return buf;
-}
+#define tok_read_file pd_test_read_file
 
 struct tok_fix {
     struct pd_model *model; /* default model, or NULL */
