@@ -105,7 +105,6 @@ smollm2_declared's equal "decl_sp"/"decl" there on every text without a byte
 the vocabulary lacks (see main()), and spm's equal
 tokenizer_spm.jsonl's on its lines (every 3rd corpus line); it fails otherwise.
 """
-import hashlib
 import json
 import os
 import shutil
@@ -115,6 +114,7 @@ import unicodedata
 
 import gguf
 import tokenizers
+from make_smollm2_checkpoint import sha256_file  # (this folder is on sys.path)
 import transformers
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE
@@ -139,14 +139,6 @@ LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{
 # Llama-3's but with single digits (\p{N}, not \p{N}{1,3}).
 QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
                  r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
 
 
 def read_jsonl(path):
