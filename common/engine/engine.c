@@ -151,6 +151,7 @@ static int kv_pool(struct pd_engine *e, const struct pd_engine_params *p, char *
                    .block_size = p->block_size ? p->block_size : 16},
         .mem_bytes = p->kv_cache_bytes,
         .dtype = p->kv_dtype,
+        .prefix_cache = p->prefix_cache,
     };
     int rc;
     if (e->b->kv_pool && (rc = e->b->kv_pool(e, p, &kp, err, errlen)) < 0)
@@ -312,6 +313,46 @@ void pd_engine_seq_release(struct pd_engine *e, struct pd_kvseq *seq)
     pd_kvseq_release(e->kc, seq);
 }
 
+/* Blocks that item `it` writes into and holds already but may not write:
+ * shared with another sequence or published under a name (kvcache.h). */
+static uint32_t cow_needed(const struct pd_kvcache *kc, const struct pd_batch_item *it)
+{
+    const uint32_t bs = pd_kvcache_layout(kc)->block_size;
+    const struct pd_kvseq *s = it->seq;
+    uint64_t end = ((uint64_t)s->n_tokens + it->n_tokens + bs - 1) / bs;
+    uint32_t n = 0;
+    for (uint64_t b = s->n_tokens / bs; b < end && b < s->n_blocks; b++)
+        n += !pd_kvcache_writable(kc, s->blocks[b]);
+    return n;
+}
+
+/* Copy-on-write: each such block is replaced in the item's table by a copy
+ * of its own (the pool has room: validate counted them). The sequence's
+ * contents do not change, only which blocks hold them, so a step that fails
+ * later leaves it as good as it was. */
+static int cow(struct pd_engine *e, const struct pd_batch_item *it)
+{
+    const uint32_t bs = pd_kvcache_layout(e->kc)->block_size;
+    const uint64_t bytes = pd_kvcache_block_bytes(e->kc);
+    uint8_t *pool = (uint8_t *)pd_kvcache_pool(e->kc);
+    struct pd_kvseq *s = it->seq;
+    uint64_t end = ((uint64_t)s->n_tokens + it->n_tokens + bs - 1) / bs;
+    for (uint64_t b = s->n_tokens / bs; b < end && b < s->n_blocks; b++) {
+        uint32_t old = s->blocks[b], id;
+        if (pd_kvcache_writable(e->kc, old))
+            continue;
+        int rc = pd_kvcache_alloc(e->kc, 1, &id);
+        if (rc == 0 && (rc = e->b->copy(pool + id * bytes, pool + old * bytes, bytes,
+                                        e->stream)) < 0)
+            pd_kvcache_unref(e->kc, id);
+        if (rc < 0)
+            return rc;
+        s->blocks[b] = id;
+        pd_kvcache_unref(e->kc, old);
+    }
+    return 0;
+}
+
 /* Everything that can be wrong with a batch, checked before any state changes. */
 static int validate(const struct pd_engine *e, const struct pd_batch_item *items, uint32_t n,
                     uint32_t *total, char *err, size_t errlen)
@@ -359,6 +400,7 @@ static int validate(const struct pd_engine *e, const struct pd_batch_item *items
                                "engine: a sequence appears twice in one step");
         sum += it->n_tokens;
         blocks += pd_kvseq_blocks_needed(e->kc, it->seq, it->seq->n_tokens + it->n_tokens);
+        blocks += cow_needed(e->kc, it);
     }
     if (sampled && plain)
         return pd_errf(err, errlen, -EINVAL, "engine: in one step every row of logits is "
@@ -386,6 +428,10 @@ int pd_engine_step(struct pd_engine *e, const struct pd_batch_item *items, uint3
         return rc;
     if (e->b->forget_error) /* a line from an earlier failure is not this one's */
         e->b->forget_error();
+    for (uint32_t i = 0; i < n_items; i++)
+        if ((rc = cow(e, &items[i])) < 0)
+            return pd_errf(err, errlen, rc, "engine: cannot copy a shared KV block: %s%s%s",
+                           strerror(-rc), device_sep(e), device_error(e));
     for (; reserved < n_items; reserved++) {
         const struct pd_batch_item *it = &items[reserved];
         if ((rc = pd_kvseq_reserve(e->kc, it->seq, it->seq->n_tokens + it->n_tokens)) < 0) {

@@ -25,6 +25,11 @@
  * max_model_len, more tokens than max_batched_tokens, a sequence twice in one
  * batch, or a pool without room (-ENOSPC; the scheduler preempts).
  *
+ * A block an item writes into that is shared (another reference) or
+ * published in the prefix index is first copied to a block of its own
+ * (copy-on-write; kvcache.h), so sequences that map the same cached prefix
+ * never see each other's writes.
+ *
  * CUDA backend (--device cuda; kernels/, cuBLAS): the same pass with every
  * buffer in device memory: bf16 (or fp32) weight matrices, fp32 activations,
  * the KV pool of --kv-cache-memory on the device, all work on the engine's
@@ -84,6 +89,8 @@ struct pd_engine_params {
     uint32_t max_model_len; /* --max-model-len; 0 = the model's trained context */
     uint32_t max_batch_items; /* sequences per step; 0 = 256 */
     uint32_t kv_dtype; /* --kv-cache-dtype: PD_DT_F32 (0), PD_DT_BF16 or PD_DT_F16 */
+    bool prefix_cache; /* --enable-prefix-caching: the pool keeps published blocks
+                        * (kvcache.h); a step copies a shared block before writing it */
     bool kv_staging; /* CUDA: page-locked host blocks for the KV channel (pd_engine_kv_staging) */
     bool kv_direct; /* CUDA, instead: the KV channel takes the device pool itself (the UCX
                      * in use moves CUDA memory: kvchan's pd_kvx_device_path) */
@@ -122,6 +129,15 @@ uint32_t pd_engine_gpu_weight_dtype(int choice);
                 "KV cache elements: f32, or bf16 / f16 (half the memory and KV channel bytes; K "  \
                 "and V rounded as stored; both ends of the KV channel must agree)"),               \
     PD_CFG_INT("block-size", T, block_size, "16", 1, 1024, "tokens per KV block")
+
+/* Prefix caching (vLLM's spelling: --enable-prefix-caching, on by default;
+ * --no-enable-prefix-caching turns it off): an entry of a common/base/cfg
+ * option table for a config struct T with bool enable_prefix_caching. */
+#define PD_ENGINE_PREFIX_CFG(T)                                                                    \
+    PD_CFG_BOOL("enable-prefix-caching", T, enable_prefix_caching, "true",                         \
+                "keep the KV blocks of prompts after their requests and reuse them for prompts "   \
+                "that start alike (requests share them only within one cache_salt; "              \
+                "docs/security.md)")
 
 /* The device options of a program that runs an engine where it likes
  * (decoded, prefilld, pdserve-generate): entries of a common/base/cfg option table

@@ -18,12 +18,27 @@
  * core dump. Blocks are reference-counted so a block can be shared (prefix
  * reuse, in-flight transfers); a block returns to the free list when its last
  * reference goes. Not thread-safe: one owner (the compute thread).
+ *
+ * Prefix caching (params.prefix_cache; docs/internals/prefix.md): a full
+ * block whose K/V is final can be published under its name (a chain hash,
+ * common/engine/prefix.h). A published block whose last reference goes is
+ * kept, idle, instead of freed; a sequence that starts with the same tokens
+ * maps it (pd_kvseq_map_prefix) and computes only the rest. Idle blocks
+ * count as free: alloc takes truly free blocks first, then evicts idle ones,
+ * least recently released first; a referenced block is never evicted. A
+ * published or shared block is read-only (pd_kvcache_writable): the engine
+ * copies a shared block before it writes into it (copy-on-write).
+ *
+ *   int k = pd_kvseq_map_prefix(kc, &s, ph.h, n_full_blocks_to_try); // s.n_tokens = k * bs
+ *   ... compute positions [s.n_tokens, n) ...
+ *   n_pub = pd_kvseq_publish(kc, &s, ph.h, n_pub, ph.n);   // blocks that became full
  */
 #ifndef PD_KVCACHE_H
 #define PD_KVCACHE_H
 
 #include "kv_layout.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -37,6 +52,15 @@ struct pd_kvcache_params {
     /* the caller's memory for the pool (a GPU engine's device memory), of
      * mem_bytes; kept by the caller, never touched here. NULL: mapped here */
     void *pool;
+    bool prefix_cache; /* keep published blocks after their last reference (see above) */
+};
+
+#define PD_KV_HASH_LEN 32 /* a block's name: PD_PREFIX_HASH_LEN */
+
+struct pd_kvcache_stats {
+    uint32_t cached; /* blocks in the prefix index (referenced or idle) */
+    uint32_t idle; /* of those, unreferenced: evicted when the pool needs room */
+    uint64_t evictions; /* idle blocks taken for new data since start */
 };
 
 struct pd_kvcache;
@@ -60,6 +84,7 @@ uint32_t pd_kvcache_n_blocks(const struct pd_kvcache *kc);
 uint32_t pd_kvcache_n_free(const struct pd_kvcache *kc);
 uint64_t pd_kvcache_block_bytes(const struct pd_kvcache *kc);
 uint32_t pd_kvcache_dtype(const struct pd_kvcache *kc);
+bool pd_kvcache_prefix(const struct pd_kvcache *kc); /* made with prefix_cache */
 
 /* n blocks, all or nothing: -ENOSPC (nothing taken) when fewer are free. Each
  * returned block has one reference. */
@@ -71,6 +96,22 @@ int pd_kvcache_ref(struct pd_kvcache *kc, uint32_t id);
  * reports rather than corrupts the free list with). */
 int pd_kvcache_unref(struct pd_kvcache *kc, uint32_t id);
 int pd_kvcache_refcount(const struct pd_kvcache *kc, uint32_t id);
+/* true when a sequence holding id may write into it: its only reference and
+ * not published (a name promises contents) */
+bool pd_kvcache_writable(const struct pd_kvcache *kc, uint32_t id);
+
+/* The longest run of names[0, n) that the index holds, in order: their ids
+ * into ids, a reference taken on each (an idle one is no longer idle).
+ * Returns the run's length; 0 without prefix caching. */
+uint32_t pd_kvcache_lookup(struct pd_kvcache *kc, const uint8_t (*names)[PD_KV_HASH_LEN],
+                           uint32_t n, uint32_t *ids);
+/* Index the allocated block id under name: its K/V must be final and be
+ * what name says (every token of its chain computed or verified). 1 when
+ * indexed; 0 when prefix caching is off, id is already indexed, or another
+ * block holds name (the first stays; id is freed as usual); -EINVAL for a
+ * free or bad id. */
+int pd_kvcache_publish(struct pd_kvcache *kc, uint32_t id, const uint8_t name[PD_KV_HASH_LEN]);
+void pd_kvcache_stats(const struct pd_kvcache *kc, struct pd_kvcache_stats *st);
 
 void pd_kvseq_init(struct pd_kvseq *s);
 /* Make room for n_tokens positions: allocates the missing blocks, all or
@@ -81,6 +122,16 @@ uint32_t pd_kvseq_blocks_needed(const struct pd_kvcache *kc, const struct pd_kvs
                                 uint32_t n_tokens);
 /* Give back blocks past those n_tokens needs (undo a reserve). */
 void pd_kvseq_trim(struct pd_kvcache *kc, struct pd_kvseq *s, uint32_t n_tokens);
+/* An empty sequence starts with the longest cached prefix of names[0, n):
+ * its blocks mapped (one reference each), n_tokens that many full blocks.
+ * Returns how many (0 when s is not empty or caching is off), -ENOMEM. */
+int pd_kvseq_map_prefix(struct pd_kvcache *kc, struct pd_kvseq *s,
+                        const uint8_t (*names)[PD_KV_HASH_LEN], uint32_t n);
+/* Publish s's blocks [from, n) under names[from, n), stopping at the first
+ * block not full yet (s->n_tokens); returns the index to pass as `from`
+ * next time. */
+uint32_t pd_kvseq_publish(struct pd_kvcache *kc, struct pd_kvseq *s,
+                          const uint8_t (*names)[PD_KV_HASH_LEN], uint32_t from, uint32_t n);
 /* Release every block and reset the sequence to empty. */
 void pd_kvseq_release(struct pd_kvcache *kc, struct pd_kvseq *s);
 

@@ -8,6 +8,7 @@
 #include "kvcache.h"
 #include "model.h"
 #include "pd_test.h"
+#include "prefix.h"
 #include "quant.h"
 
 #include <errno.h>
@@ -496,6 +497,348 @@ static void samples_in_the_step_as_pd_sample(void)
     pd_model_free(m);
 }
 
+/* ---- prefix caching: copy-on-write (engine.c's cow) ---- */
+
+static struct pd_engine *engine_prefix(const struct pd_model *m, uint64_t kv_bytes)
+{
+    struct pd_engine_params p = {.model = m, .kv_cache_bytes = kv_bytes, .block_size = 16,
+                                 .max_batched_tokens = 512, .prefix_cache = true};
+    struct pd_engine *e = NULL;
+    char err[512];
+    if (pd_engine_new(&p, &e, err, sizeof(err)) < 0)
+        PD_TEST_FAIL_("%s", err);
+    return e;
+}
+
+/* One step of tokens[0, n) on s, the last position's logits into out. */
+static void step_tokens(struct pd_engine *e, struct pd_kvseq *s, const int32_t *tok, uint32_t n,
+                        float *out)
+{
+    char err[512];
+    struct pd_batch_item it = {.seq = s, .tokens = tok, .n_tokens = n, .n_logits = 1,
+                               .logits = out};
+    if (pd_engine_step(e, &it, 1, err, sizeof(err)) < 0)
+        PD_TEST_FAIL_("%s", err);
+}
+
+/* A fresh sequence prefilled in the same two steps (chunking changes the
+ * float sums, blocks do not): the last position's logits of the second. */
+static void fresh_two_steps(struct pd_engine *e, const int32_t *tok, uint32_t n1, uint32_t n2,
+                            float *out)
+{
+    struct pd_kvseq f;
+    pd_kvseq_init(&f);
+    step_tokens(e, &f, tok, n1, out);
+    step_tokens(e, &f, tok + n1, n2, out);
+    pd_engine_seq_release(e, &f);
+}
+
+/* The names of the full blocks of tok[0, n) under the engine's layout, no salt. */
+static void block_names(struct pd_engine *e, const int32_t *tok, uint32_t n,
+                        struct pd_prefix_seq *ph)
+{
+    struct pd_kv_layout l;
+    uint8_t salt[PD_PREFIX_HASH_LEN] = {0}, root[PD_PREFIX_HASH_LEN];
+    pd_engine_kv_layout(e, &l);
+    pd_prefix_root(&l, salt, root);
+    pd_prefix_seq_init(ph, root);
+    CHECK_EQ_INT(pd_prefix_seq_extend(ph, tok, n, l.block_size), 0);
+}
+
+/* Every block free or idle: no sequence kept a reference. */
+static int pool_drained(struct pd_engine *e)
+{
+    struct pd_kvcache *kc = pd_engine_kvcache(e);
+    return pd_kvcache_n_free(kc) == pd_kvcache_n_blocks(kc);
+}
+
+/* Block id's bytes in the pool. */
+static uint8_t *block_bytes(struct pd_engine *e, uint32_t id)
+{
+    struct pd_kvcache *kc = pd_engine_kvcache(e);
+    return (uint8_t *)pd_kvcache_pool(kc) + (size_t)id * pd_kvcache_block_bytes(kc);
+}
+
+/* B holds A's three blocks (two full, one with 8 of 16 tokens) and appends:
+ * the partial block is copied before B writes into it, A sees nothing. */
+static void step_copies_shared_partial_block_before_writing(void)
+{
+    struct pd_model *m = load_dummy("tiny-gqa4", 8);
+    const uint32_t V = pd_model_hparams(m)->n_vocab;
+    struct pd_engine *e = engine_prefix(m, 8u << 20);
+    struct pd_kvcache *kc = pd_engine_kvcache(e);
+    const struct pd_kv_geom *g = pd_kvcache_layout(kc);
+    const uint64_t bb = pd_kvcache_block_bytes(kc);
+    float *la = malloc(V * sizeof(float)), *lb = malloc(V * sizeof(float));
+    float *lf = malloc(V * sizeof(float));
+    uint8_t *before = malloc(3 * bb);
+    int32_t tok[60];
+    CHECK(la && lb && lf && before);
+    prompt(tok, 60, V, 11);
+
+    struct pd_kvseq a, b;
+    pd_kvseq_init(&a);
+    pd_kvseq_init(&b);
+    step_tokens(e, &a, tok, 40, la);
+    CHECK_EQ_INT(a.n_blocks, 3);
+    for (uint32_t i = 0; i < 3; i++)
+        memcpy(before + i * bb, block_bytes(e, a.blocks[i]), bb);
+    b.blocks = malloc(8 * sizeof(uint32_t)); /* the table is kvcache's: freed with free() */
+    CHECK(b.blocks);
+    b.cap = 8;
+    for (uint32_t i = 0; i < 3; i++) {
+        CHECK_EQ_INT(pd_kvcache_ref(kc, a.blocks[i]), 0);
+        b.blocks[b.n_blocks++] = a.blocks[i];
+    }
+    b.n_tokens = 40;
+    const uint32_t free_before = pd_kvcache_n_free(kc);
+
+    step_tokens(e, &b, tok + 40, 20, lb);
+    CHECK_EQ_INT(b.n_tokens, 60);
+    CHECK_EQ_INT(b.n_blocks, 4);
+    CHECK_EQ_INT(b.blocks[0], a.blocks[0]); /* full blocks, not written: still shared */
+    CHECK_EQ_INT(b.blocks[1], a.blocks[1]);
+    CHECK(b.blocks[2] != a.blocks[2]);
+    CHECK_EQ_INT(pd_kvcache_n_free(kc), free_before - 2); /* the copy and block 3 */
+    CHECK_EQ_INT(pd_kvcache_refcount(kc, a.blocks[0]), 2);
+    CHECK_EQ_INT(pd_kvcache_refcount(kc, a.blocks[1]), 2);
+    CHECK_EQ_INT(pd_kvcache_refcount(kc, a.blocks[2]), 1); /* B's reference moved to its copy */
+    CHECK_EQ_INT(pd_kvcache_refcount(kc, b.blocks[2]), 1);
+    for (uint32_t i = 0; i < 3; i++)
+        if (memcmp(before + i * bb, block_bytes(e, a.blocks[i]), bb) != 0)
+            PD_TEST_FAIL_("A's block %u changed", i);
+    /* the copy carried A's 8 positions of block 2 over */
+    const float *pool = pd_kvcache_pool(kc);
+    for (uint32_t l = 0; l < g->n_layer; l++)
+        for (uint32_t kv = 0; kv < 2; kv++)
+            for (uint32_t h = 0; h < g->n_head_kv; h++)
+                CHECK(memcmp(pool + pd_kv_offset(g, b.blocks[2], l, kv, h, 0),
+                             pool + pd_kv_offset(g, a.blocks[2], l, kv, h, 0),
+                             8 * g->head_dim * sizeof(float)) == 0);
+    fresh_two_steps(e, tok, 40, 20, lf);
+    CHECK(memcmp(lb, lf, V * sizeof(float)) == 0);
+
+    pd_engine_seq_release(e, &a);
+    pd_engine_seq_release(e, &b);
+    CHECK(pool_drained(e));
+    pd_engine_free(e);
+    free(la);
+    free(lb);
+    free(lf);
+    free(before);
+    pd_model_free(m);
+}
+
+/* A published its two full blocks; its third, partial one is its own and
+ * still writable: appending to it copies nothing. */
+static void step_writes_own_partial_block_after_publishing_full_ones(void)
+{
+    struct pd_model *m = load_dummy("tiny-gqa4", 8);
+    const uint32_t V = pd_model_hparams(m)->n_vocab;
+    struct pd_engine *e = engine_prefix(m, 8u << 20);
+    struct pd_kvcache *kc = pd_engine_kvcache(e);
+    const uint64_t bb = pd_kvcache_block_bytes(kc);
+    float *l = malloc(V * sizeof(float));
+    uint8_t *before = malloc(2 * bb);
+    int32_t tok[48];
+    CHECK(l && before);
+    prompt(tok, 48, V, 12);
+
+    struct pd_kvseq a;
+    struct pd_prefix_seq ph;
+    pd_kvseq_init(&a);
+    step_tokens(e, &a, tok, 40, l);
+    block_names(e, tok, 40, &ph);
+    CHECK_EQ_INT(ph.n, 2);
+    CHECK_EQ_INT(pd_kvseq_publish(kc, &a, (const uint8_t(*)[PD_KV_HASH_LEN])ph.h, 0, ph.n), 2);
+    struct pd_kvcache_stats st;
+    pd_kvcache_stats(kc, &st);
+    CHECK_EQ_INT(st.cached, 2);
+    const uint32_t ids[3] = {a.blocks[0], a.blocks[1], a.blocks[2]};
+    for (uint32_t i = 0; i < 2; i++)
+        memcpy(before + i * bb, block_bytes(e, ids[i]), bb);
+    CHECK(pd_kvcache_writable(kc, ids[2]));
+    const uint32_t free_before = pd_kvcache_n_free(kc);
+
+    step_tokens(e, &a, tok + 40, 8, l); /* fills block 2 exactly */
+    CHECK_EQ_INT(a.n_blocks, 3);
+    for (uint32_t i = 0; i < 3; i++)
+        CHECK_EQ_INT(a.blocks[i], ids[i]);
+    CHECK_EQ_INT(pd_kvcache_n_free(kc), free_before);
+    for (uint32_t i = 0; i < 2; i++)
+        CHECK(memcmp(before + i * bb, block_bytes(e, ids[i]), bb) == 0);
+
+    pd_prefix_seq_done(&ph);
+    pd_engine_seq_release(e, &a);
+    pd_kvcache_stats(kc, &st);
+    CHECK_EQ_INT(st.idle, 2);
+    CHECK(pool_drained(e));
+    pd_engine_free(e);
+    free(l);
+    free(before);
+    pd_model_free(m);
+}
+
+/* C starts with A's two published blocks (pd_kvseq_map_prefix) and computes
+ * only the rest: the logits of a fresh prefill in the same chunks, bit for
+ * bit (A computed its first 32 positions in one step of 32, as the fresh
+ * one does: a step of 40 rounds them differently), and those of the whole
+ * prompt in one step within TOL. */
+static void mapped_prefix_then_step_equals_fresh_prefill(void)
+{
+    struct pd_model *m = load_dummy("tiny-gqa4", 8);
+    const uint32_t V = pd_model_hparams(m)->n_vocab;
+    struct pd_engine *e = engine_prefix(m, 8u << 20);
+    struct pd_kvcache *kc = pd_engine_kvcache(e);
+    const uint64_t bb = pd_kvcache_block_bytes(kc);
+    float *la = malloc(V * sizeof(float)), *lc = malloc(V * sizeof(float));
+    float *lf = malloc(V * sizeof(float));
+    uint8_t *before = malloc(2 * bb);
+    int32_t tok[60];
+    CHECK(la && lc && lf && before);
+    prompt(tok, 60, V, 13);
+
+    struct pd_kvseq a, c;
+    struct pd_prefix_seq pa, pc;
+    pd_kvseq_init(&a);
+    pd_kvseq_init(&c);
+    step_tokens(e, &a, tok, 32, la);
+    step_tokens(e, &a, tok + 32, 8, la);
+    block_names(e, tok, 40, &pa);
+    CHECK_EQ_INT(pd_kvseq_publish(kc, &a, (const uint8_t(*)[PD_KV_HASH_LEN])pa.h, 0, pa.n), 2);
+    for (uint32_t i = 0; i < 2; i++)
+        memcpy(before + i * bb, block_bytes(e, a.blocks[i]), bb);
+
+    block_names(e, tok, 60, &pc); /* 3 names; A published the first 2 */
+    CHECK_EQ_INT(pc.n, 3);
+    CHECK_EQ_INT(pd_kvseq_map_prefix(kc, &c, (const uint8_t(*)[PD_KV_HASH_LEN])pc.h, pc.n), 2);
+    CHECK_EQ_INT(c.n_tokens, 32);
+    CHECK_EQ_INT(c.blocks[0], a.blocks[0]);
+    CHECK_EQ_INT(c.blocks[1], a.blocks[1]);
+    CHECK_EQ_INT(pd_kvcache_refcount(kc, a.blocks[0]), 2);
+    step_tokens(e, &c, tok + 32, 28, lc);
+    CHECK_EQ_INT(c.n_blocks, 4);
+    CHECK_EQ_INT(c.blocks[0], a.blocks[0]); /* read, never written */
+    CHECK_EQ_INT(c.blocks[1], a.blocks[1]);
+    for (uint32_t i = 0; i < 2; i++)
+        CHECK(memcmp(before + i * bb, block_bytes(e, a.blocks[i]), bb) == 0);
+    fresh_two_steps(e, tok, 32, 28, lf);
+    CHECK(memcmp(lc, lf, V * sizeof(float)) == 0);
+    struct pd_kvseq f;
+    pd_kvseq_init(&f);
+    step_tokens(e, &f, tok, 60, lf);
+    pd_engine_seq_release(e, &f);
+    const double r = max_rel_diff(lc, lf, V);
+    if (r > TOL)
+        PD_TEST_FAIL_("%.2e from the whole prompt's logits", r);
+
+    pd_prefix_seq_done(&pa);
+    pd_prefix_seq_done(&pc);
+    pd_engine_seq_release(e, &a);
+    pd_engine_seq_release(e, &c);
+    CHECK(pool_drained(e));
+    pd_engine_free(e);
+    free(la);
+    free(lc);
+    free(lf);
+    free(before);
+    pd_model_free(m);
+}
+
+/* A prompt cached whole: C maps both blocks, then recomputes its last
+ * position for logits. The published block it writes into is copied even
+ * with C's as its only reference (a name promises contents). */
+static void step_copies_published_block_it_writes_into(void)
+{
+    struct pd_model *m = load_dummy("tiny-gqa4", 8);
+    const uint32_t V = pd_model_hparams(m)->n_vocab;
+    struct pd_engine *e = engine_prefix(m, 8u << 20);
+    struct pd_kvcache *kc = pd_engine_kvcache(e);
+    const uint64_t bb = pd_kvcache_block_bytes(kc);
+    float *lc = malloc(V * sizeof(float)), *lf = malloc(V * sizeof(float));
+    uint8_t *before = malloc(bb);
+    int32_t tok[32];
+    CHECK(lc && lf && before);
+    prompt(tok, 32, V, 14);
+
+    struct pd_kvseq a, c;
+    struct pd_prefix_seq ph;
+    pd_kvseq_init(&a);
+    pd_kvseq_init(&c);
+    step_tokens(e, &a, tok, 31, lc); /* the chunks of the fresh run below */
+    step_tokens(e, &a, tok + 31, 1, lc);
+    block_names(e, tok, 32, &ph);
+    CHECK_EQ_INT(pd_kvseq_publish(kc, &a, (const uint8_t(*)[PD_KV_HASH_LEN])ph.h, 0, ph.n), 2);
+    pd_engine_seq_release(e, &a); /* both blocks idle */
+    CHECK_EQ_INT(pd_kvseq_map_prefix(kc, &c, (const uint8_t(*)[PD_KV_HASH_LEN])ph.h, ph.n), 2);
+    const uint32_t pub1 = c.blocks[1];
+    CHECK_EQ_INT(pd_kvcache_refcount(kc, pub1), 1);
+    CHECK(!pd_kvcache_writable(kc, pub1));
+    memcpy(before, block_bytes(e, pub1), bb);
+
+    c.n_tokens = 31;
+    step_tokens(e, &c, tok + 31, 1, lc);
+    CHECK(c.blocks[1] != pub1);
+    CHECK(memcmp(before, block_bytes(e, pub1), bb) == 0);
+    CHECK_EQ_INT(pd_kvcache_refcount(kc, pub1), 0); /* idle again, still cached */
+    struct pd_kvcache_stats st;
+    pd_kvcache_stats(kc, &st);
+    CHECK_EQ_INT(st.cached, 2);
+    CHECK_EQ_INT(st.idle, 1);
+    fresh_two_steps(e, tok, 31, 1, lf);
+    CHECK(memcmp(lc, lf, V * sizeof(float)) == 0);
+
+    pd_prefix_seq_done(&ph);
+    pd_engine_seq_release(e, &c);
+    CHECK(pool_drained(e));
+    pd_engine_free(e);
+    free(lc);
+    free(lf);
+    free(before);
+    pd_model_free(m);
+}
+
+/* Idle cached blocks count as free, so a step may take them when no block
+ * is truly free (evicting least recently released first). */
+static void step_evicts_idle_cached_blocks_when_pool_is_full(void)
+{
+    struct pd_model *m = load_dummy("tiny", 1);
+    struct pd_kvcache_params kp = {.layout = {2, 2, 16, 16}};
+    struct pd_engine *e = engine_prefix(m, pd_kv_block_elems(&kp.layout) * sizeof(float) * 4);
+    struct pd_kvcache *kc = pd_engine_kvcache(e);
+    CHECK_EQ_INT(pd_kvcache_n_blocks(kc), 4);
+    int32_t tok[64], other[20];
+    float l[256];
+    char err[512];
+    prompt(tok, 64, 256, 15);
+    prompt(other, 20, 256, 16);
+
+    struct pd_kvseq a, b;
+    struct pd_prefix_seq ph;
+    pd_kvseq_init(&a);
+    pd_kvseq_init(&b);
+    step_tokens(e, &a, tok, 64, l);
+    block_names(e, tok, 64, &ph);
+    CHECK_EQ_INT(pd_kvseq_publish(kc, &a, (const uint8_t(*)[PD_KV_HASH_LEN])ph.h, 0, ph.n), 4);
+    pd_engine_seq_release(e, &a);
+    CHECK_EQ_INT(pd_kvcache_n_free(kc), 4);
+
+    int rc = pd_engine_prefill(e, &b, other, 20, l, err, sizeof(err));
+    if (rc < 0)
+        PD_TEST_FAIL_("%s", err);
+    CHECK_EQ_INT(b.n_blocks, 2);
+    struct pd_kvcache_stats st;
+    pd_kvcache_stats(kc, &st);
+    CHECK_EQ_INT(st.evictions, 2);
+    CHECK_EQ_INT(st.cached, 2);
+
+    pd_prefix_seq_done(&ph);
+    pd_engine_seq_release(e, &b);
+    CHECK(pool_drained(e));
+    pd_engine_free(e);
+    pd_model_free(m);
+}
+
 static const struct pd_test tests[] = {
     PD_TEST(samples_in_the_step_as_pd_sample),
     PD_TEST(engine_matches_transformers_on_mha_shape),
@@ -505,6 +848,11 @@ static const struct pd_test tests[] = {
     PD_TEST(chunked_prefill_equals_whole_prompt),
     PD_TEST(sixteen_bit_kv_pools_stay_close_to_fp32),
     PD_TEST(bad_input_refused_without_state_change),
+    PD_TEST(step_copies_shared_partial_block_before_writing),
+    PD_TEST(step_writes_own_partial_block_after_publishing_full_ones),
+    PD_TEST(mapped_prefix_then_step_equals_fresh_prefill),
+    PD_TEST(step_copies_published_block_it_writes_into),
+    PD_TEST(step_evicts_idle_cached_blocks_when_pool_is_full),
     PD_TEST(engine_matches_transformers_on_default_model),
     PD_TEST(engine_greedy_matches_transformers_on_default_model),
     PD_TEST(engine_greedy_matches_transformers_with_f32_weights),
