@@ -1,6 +1,7 @@
 #include "api.h"
 
 #include "jstrict.h"
+#include "prefix.h"
 
 #include "tokenizer.h"
 #include "utf8.h"
@@ -475,6 +476,20 @@ bad:
     return NULL;
 }
 
+/* vLLM's cache_salt: requests share cached prefix blocks only with requests
+ * of the same salt (docs/security.md, the prefix cache's side channel) */
+static int parse_cache_salt(const cJSON *root, struct dec_api_req *r, struct dec_api_err *e)
+{
+    int rc = get_str(root, "cache_salt", &r->cache_salt, e);
+    if (rc <= 0)
+        return rc;
+    size_t n = strlen(r->cache_salt);
+    if (n == 0 || n > PD_PREFIX_MAX_SALT)
+        return fail(e, 400, "cache_salt", "invalid_value",
+                    "'cache_salt' must be a string of 1 to %d bytes", PD_PREFIX_MAX_SALT);
+    return 0;
+}
+
 int dec_api_parse(enum dec_api_kind kind, const char *body, size_t len,
                   const struct dec_api_limits *lim, struct dec_api_req *r, struct dec_api_err *e)
 {
@@ -494,7 +509,8 @@ int dec_api_parse(enum dec_api_kind kind, const char *body, size_t len,
         (rc = parse_sampling(root, r, e)) < 0 || (rc = parse_logprobs(root, r, e)) < 0 ||
         (rc = parse_stop(root, lim, r, e)) < 0 ||
         (rc = get_bool(root, "stream", &r->stream, e)) < 0 ||
-        (rc = get_bool(root, "ignore_eos", &r->ignore_eos, e)) < 0)
+        (rc = get_bool(root, "ignore_eos", &r->ignore_eos, e)) < 0 ||
+        (rc = parse_cache_salt(root, r, e)) < 0)
         goto bad;
     if ((so = field(root, "stream_options"))) {
         if (!cJSON_IsObject(so)) {

@@ -65,6 +65,7 @@ struct dec_api_req {
     bool stream, include_usage;
     bool logprobs; /* report log-probabilities */
     bool ignore_eos;
+    const char *cache_salt; /* NULL: absent; else 1..PD_PREFIX_MAX_SALT bytes (into root) */
 };
 
 struct dec_api_err {

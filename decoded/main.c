@@ -82,6 +82,7 @@ struct dec_cfg {
     bool kv_gpu_tags;
     bool kv_direct;
     bool kv_integrity;
+    bool enable_prefix_caching;
     int log_level;
     int device;
     int gpu_weight_dtype, cpu_weight_dtype;
@@ -164,6 +165,7 @@ static const struct pd_cfg_opt options[] = {
     PD_CFG_BOOL("kv-integrity", struct dec_cfg, kv_integrity, "true",
                 "verify a tag on every KV block (off only for measured comparison; peers must "
                 "agree)"),
+    PD_ENGINE_PREFIX_CFG(struct dec_cfg),
     PD_LOG_CFG(struct dec_cfg, PD_CFG_RELOAD),
     PD_ENGINE_DEVICE_CFG(struct dec_cfg),
     PD_CFG_END,
@@ -416,6 +418,7 @@ static int engine_open(struct daemon *d, struct pd_model *m, char *err, size_t e
                                   .kv_staging_bytes = c->kv_staging_memory,
                                   PD_ENGINE_DEVICE_PARAMS(*c),
                                   PD_ENGINE_KV_PARAMS(*c),
+                                  .prefix_cache = c->enable_prefix_caching,
                                   .max_batched_tokens = (uint32_t)c->max_num_batched_tokens,
                                   .max_model_len = (uint32_t)c->max_model_len,
                                   .max_batch_items = (uint32_t)c->max_num_seqs};
@@ -468,7 +471,8 @@ static int server_open(struct daemon *d, const struct pd_tokenizer *tok,
                                   .max_waiting = (uint32_t)c->max_waiting,
                                   .metrics = *dec_server_sched_metrics(d->srv),
                                   .notify = dec_server_wake, .notify_arg = d->srv,
-                                  .failover = (enum dec_failover)c->prefill_failover};
+                                  .failover = (enum dec_failover)c->prefill_failover,
+                                  .cache_remote = c->kv_integrity};
     if ((rc = dec_sched_new(&sp, &d->sched, err, errlen)) < 0)
         return rc;
     dec_server_set_sched(d->srv, d->sched);

@@ -9,12 +9,17 @@
 #include "runtime.h"
 
 #include <errno.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_PEER_GAUGES 16 /* the registry holds 64 series in all */
+#define MAX_PEER_GAUGES 16 /* the registry holds PD_METRICS_MAX series in all */
 #define REMOVED_WHY "removed from the peer list by a reload"
+/* Which peer computed which prompt blocks (the peer choice): a direct-mapped
+ * table of block names, a newer entry taking an older one's slot. 2^16
+ * slots of 40 bytes: 2.5 MiB, a million tokens of prompts at 16 a block. */
+#define PREFIX_MAP_SLOTS (1u << 16)
 
 /* failover reasons: a few classes of enum pd_reason, so the series stay few */
 enum { FR_TIMEOUT, FR_INTEGRITY, FR_REFUSED, FR_TRANSFER, FR_PEER_ERROR, FR_NO_PEER, FR_OTHER,
@@ -25,6 +30,7 @@ static const char *const fr_names[FR_N] = {"timeout", "integrity", "refused", "t
 struct peer {
     char addr[272];
     unsigned idx; /* its slot in r->peers, and its bit in a job's peers_failed */
+    uint32_t gen; /* which peer in that slot (slots are reused after a reload) */
     struct pd_kvx_peer *kp;
     uint64_t outstanding; /* prompt tokens of transfers in flight */
     unsigned n_xfers; /* transfers in flight */
@@ -51,6 +57,9 @@ struct rreq {
     uint32_t n_prompt, verified; /* blocks verified so far */
     uint64_t t0_ns;
     bool done, cancelled;
+    uint32_t n_cached; /* prompt blocks decoded held: not asked for */
+    uint8_t (*names)[PD_PREFIX_HASH_LEN]; /* (n_names) the prompt's full blocks', owned */
+    uint32_t n_names;
     int reason; /* FAILED's, or ours (a bad DONE) */
     char detail[200];
     struct pd_sample_result first;
@@ -80,8 +89,55 @@ struct dec_remote {
     bool twins; /* a GPU engine's staging: blocks are copied up and checked by kvx (twin pool) */
 
     struct pd_metric *m_bytes, *m_blocks, *m_xfer, *m_failover[FR_N];
+    struct pd_metric *m_not_sent, *m_bytes_not_sent;
     struct pd_kv_metrics km;
+    /* the peer choice's memory (PREFIX_MAP_SLOTS, allocated at the first
+     * prefix recorded); slots picked by a keyed hash of the name, so a
+     * client cannot aim its prompts at one slot */
+    struct prefix_slot {
+        uint8_t name[PD_PREFIX_HASH_LEN];
+        uint32_t gen; /* the peer's; 0: empty */
+        uint32_t idx;
+    } *pmap;
+    uint8_t pmap_key[crypto_shorthash_KEYBYTES];
+    uint32_t next_gen;
 };
+
+static struct prefix_slot *pmap_slot(struct dec_remote *r, const uint8_t *name)
+{
+    uint8_t h[crypto_shorthash_BYTES];
+    crypto_shorthash(h, name, PD_PREFIX_HASH_LEN, r->pmap_key);
+    return &r->pmap[((uint32_t)h[0] | (uint32_t)h[1] << 8) & (PREFIX_MAP_SLOTS - 1)];
+}
+
+/* peer computed these blocks (its cache holds them now, until it evicts) */
+static void pmap_record(struct dec_remote *r, const struct peer *peer,
+                        const uint8_t (*names)[PD_PREFIX_HASH_LEN], uint32_t n)
+{
+    if (!r->pmap && !(r->pmap = calloc(PREFIX_MAP_SLOTS, sizeof(*r->pmap))))
+        return; /* the choice goes by load alone */
+    for (uint32_t i = 0; i < n; i++) {
+        struct prefix_slot *sl = pmap_slot(r, names[i]);
+        memcpy(sl->name, names[i], PD_PREFIX_HASH_LEN);
+        sl->gen = peer->gen;
+        sl->idx = peer->idx;
+    }
+}
+
+/* For each live peer, how many of the prompt's first blocks it computed
+ * (the longest prefix on record): match[slot]. */
+static void pmap_match(struct dec_remote *r, const uint8_t (*names)[PD_PREFIX_HASH_LEN],
+                       uint32_t n, uint32_t *match)
+{
+    memset(match, 0, DEC_REMOTE_MAX_PEERS * sizeof(*match));
+    for (uint32_t i = n; r->pmap && i > 0; i--) {
+        const struct prefix_slot *sl = pmap_slot(r, names[i - 1]);
+        const struct peer *p = sl->gen ? r->peers[sl->idx] : NULL;
+        if (p && p->gen == sl->gen && !match[sl->idx] &&
+            memcmp(sl->name, names[i - 1], PD_PREFIX_HASH_LEN) == 0)
+            match[sl->idx] = i;
+    }
+}
 
 static int fr_class(int reason)
 {
@@ -144,6 +200,7 @@ static int peer_add(struct dec_remote *r, const char *addr, struct peer **out, c
         return -ENOMEM;
     }
     p->idx = slot;
+    p->gen = ++r->next_gen;
     snprintf(p->addr, sizeof(p->addr), "%s", addr);
     char e2[256];
     int rc = pd_kvx_peer_add(r->kvx, addr, &p->kp, e2, sizeof(e2));
@@ -188,6 +245,9 @@ static void rreq_released(struct dec_remote *r, struct rreq *q)
     peer->n_xfers--;
     j->remote_req = NULL;
     if (q->done && !q->reason) {
+        pmap_record(r, peer, q->names, q->n_names);
+        pd_metric_add(r->m_not_sent, q->n_cached);
+        pd_metric_add(r->m_bytes_not_sent, (double)q->n_cached * (double)r->block_bytes);
         dec_sched_remote_done(r->sched, j, &q->first, r->twins);
     } else if (q->cancelled || q->reason == PD_R_CANCELLED) {
         dec_sched_remote_failed(r->sched, j, true, 499, "cancelled");
@@ -199,6 +259,7 @@ static void rreq_released(struct dec_remote *r, struct rreq *q)
         report_failed(r, j, fr_class(q->reason), false, 502, msg);
     }
     dec_job_unref(j);
+    free(q->names);
     free(q);
     if (peer->removed && !peer->n_xfers)
         peer_free(r, peer);
@@ -273,13 +334,20 @@ static void kvx_event(void *arg, const struct pd_kvx_event *ev)
 
 /* ---- starting and cancelling ---- */
 
-/* The healthy peer with the fewest prompt tokens outstanding; ties go round
- * the peers in turn (short prompts finish before the next arrives, so the
- * counts are often all 0). */
-static struct peer *pick(struct dec_remote *r, uint64_t exclude)
+/* The healthy peer where the prompt costs least: the prompt tokens it has
+ * outstanding, plus those of this prompt it must compute, the blocks it
+ * computed for an earlier prompt (pmap) being likely in its cache still. A
+ * cold or failed peer is only a miss: it computes the whole prompt. Ties go
+ * round the peers in turn (short prompts finish before the next arrives, so
+ * the costs are often alike). */
+static struct peer *pick(struct dec_remote *r, uint64_t exclude, const struct dec_event *ev,
+                         uint32_t n_prompt)
 {
     struct peer *best = NULL;
     unsigned best_i = 0;
+    uint64_t best_cost = 0;
+    uint32_t match[DEC_REMOTE_MAX_PEERS];
+    pmap_match(r, (const uint8_t(*)[PD_PREFIX_HASH_LEN])ev->names, ev->n_names, match);
     /* from the slot after the last one picked: slots are sparse (64 of
      * them, peers wherever a reload put them), so a counter would wrap onto
      * the lowest live slot for most of its values */
@@ -288,8 +356,10 @@ static struct peer *pick(struct dec_remote *r, uint64_t exclude)
         struct peer *p = r->peers[i];
         if (!p || p->removed || (exclude >> i & 1) || !pd_kvx_peer_up(p->kp))
             continue;
-        if (!best || p->outstanding < best->outstanding)
-            best = p, best_i = i;
+        uint64_t have = (uint64_t)match[i] * r->block_size;
+        uint64_t cost = p->outstanding + (have < n_prompt ? n_prompt - have : 0);
+        if (!best || cost < best_cost)
+            best = p, best_i = i, best_cost = cost;
     }
     if (best)
         r->rr = best_i;
@@ -324,20 +394,32 @@ void dec_remote_start(struct dec_remote *r, const struct dec_event *ev)
         .presence_penalty = j->sampling.presence_penalty,
         .frequency_penalty = j->sampling.frequency_penalty,
         .repetition_penalty = j->sampling.repetition_penalty,
-        .n_logprobs = j->sampling.n_logprobs, .seed = j->sampling.seed, .tokens = toks};
+        .n_logprobs = j->sampling.n_logprobs, .seed = j->sampling.seed, .tokens = toks,
+        .flags = PD_PREFILL_F_PREFIX, .n_cached = ev->n_cached};
+    memcpy(p.salt, j->salt, sizeof(p.salt));
+    memcpy(p.cached_name, ev->cached_name, sizeof(p.cached_name));
     snprintf(p.xrid, sizeof(p.xrid), "%s", j->id);
     q->r = r;
     q->n_prompt = j->n_prompt;
+    q->n_cached = ev->n_cached;
     q->t0_ns = pd_now_ns();
     dec_job_ref(j);
     q->job = j;
     uint64_t tried = j->peers_failed;
     struct peer *peer;
     int rc = -ENOTCONN;
-    while ((peer = pick(r, tried))) {
+    while ((peer = pick(r, tried, ev, j->n_prompt))) {
         q->peer = peer;
         rc = pd_kvx_request(peer->kp, &p, ev->blocks, r->twins ? ev->twins : NULL, ev->n_blocks, q,
                             &q->req, err, sizeof(err));
+        if (rc == -EPROTONOSUPPORT && !p.n_cached) { /* a 1.0 peer: the prompt in full */
+            p.flags &= (uint16_t)~PD_PREFILL_F_PREFIX;
+            memset(p.salt, 0, sizeof(p.salt));
+            rc = pd_kvx_request(peer->kp, &p, ev->blocks, r->twins ? ev->twins : NULL,
+                                ev->n_blocks, q, &q->req, err, sizeof(err));
+            p.flags |= PD_PREFILL_F_PREFIX;
+            memcpy(p.salt, j->salt, sizeof(p.salt));
+        }
         if (rc == 0)
             break;
         pd_log(PD_LOG_INFO, "%s: prefill peer %s refused the request: %s", j->id, peer->addr,
@@ -368,6 +450,10 @@ void dec_remote_start(struct dec_remote *r, const struct dec_event *ev)
     peer->outstanding += j->n_prompt;
     peer->n_xfers++;
     j->remote_req = q;
+    if (ev->n_names && (q->names = malloc((size_t)ev->n_names * sizeof(*q->names)))) {
+        memcpy(q->names, ev->names, (size_t)ev->n_names * sizeof(*q->names));
+        q->n_names = ev->n_names;
+    }
     pd_dlist_push(&r->inflight, &q->link);
     pd_log(PD_LOG_DEBUG, "%s: prefill of %u tokens on %s (request %llu, epoch %u)", j->id,
            j->n_prompt, peer->addr, (unsigned long long)j->remote_id, ev->epoch);
@@ -583,6 +669,11 @@ static int metrics_init(struct dec_remote *r, struct pd_metrics *m)
     r->m_xfer = pd_metrics_histogram(m, "pdserve:kv_transfer_seconds",
                                      "Remote prefill: PREFILL sent to DONE received.", secs_b,
                                      sizeof(secs_b) / sizeof(*secs_b));
+    r->m_not_sent = pd_metrics_counter(
+        m, "pdserve:kv_blocks_not_sent_total", NULL,
+        "Prompt KV blocks not asked of prefill peers: this decoded held them (prefix caching).");
+    r->m_bytes_not_sent = pd_metrics_counter(m, "pdserve:kv_bytes_not_sent_total", NULL,
+                                             "Bytes of those blocks.");
     pd_kv_metrics_init(&r->km, m, PD_ROLE_D);
     for (int i = 0; i < FR_N; i++) {
         char labels[64];
@@ -617,6 +708,7 @@ int dec_remote_new(const struct dec_remote_cfg *cfg, struct event_base *base,
         return -ENOMEM;
     }
     r->cfg = *cfg;
+    randombytes_buf(r->pmap_key, sizeof(r->pmap_key));
     /* the caller's strings are not kept (a reload frees them) */
     r->cfg.peers = NULL;
     r->cfg.n_peers = 0;
@@ -702,12 +794,14 @@ struct dec_remote *dec_remote_free(struct dec_remote *r)
         struct rreq *q = PD_DNODE_ENTRY(r->inflight.head, struct rreq, link);
         pd_dlist_remove(&r->inflight, &q->link);
         dec_job_unref(q->job);
+        free(q->names);
         free(q);
     }
     for (unsigned i = 0; i < DEC_REMOTE_MAX_PEERS; i++)
         free(r->peers[i]); /* their kvx handles went with kvx */
     pd_keyring_free(r->keyring);
     free(r->psk_file);
+    free(r->pmap);
     free(r);
     return NULL;
 }

@@ -27,6 +27,8 @@ struct dec_sched {
     struct pd_kvcache *xc; /* a GPU pool's staging (REMOTE jobs' transfers land there), or NULL */
     uint32_t block_size, max_model_len, max_batched;
     uint32_t watermark; /* blocks kept free when admitting beside running jobs */
+    bool prefix; /* the pool caches prefixes */
+    struct pd_kv_layout layout; /* the prefix names' namespace (with each job's salt) */
     struct pd_ratelimit rl_preempt;
     struct pd_sample_result *results; /* (max_num_seqs): each row sampled in the step */
     struct pd_batch_item *items; /* (max_num_seqs) */
@@ -79,6 +81,7 @@ void dec_job_unref(struct dec_job *j)
     free(j->toks);
     pd_detok_free(j->detok);
     dec_stop_done(&j->stop);
+    pd_prefix_seq_done(&j->names);
     free(j->final); /* never posted */
     free(j->report);
     free(j);
@@ -93,6 +96,7 @@ void dec_event_free(struct dec_event *e)
     dec_job_unref(e->job);
     free(e->blocks);
     free(e->twins);
+    free(e->names);
     free(e->text);
     free(e);
 }
@@ -275,6 +279,7 @@ static void update_gauges(struct dec_sched *s)
     pd_metric_set(s->p.metrics.staging_used,
                   s->xc ? pd_kvcache_n_blocks(s->xc) - pd_kvcache_n_free(s->xc) : 0);
     pd_metric_set(s->p.metrics.remote_running, s->n_remote);
+    pd_prefix_metrics_pool(s->p.metrics.prefix, s->kc);
     atomic_store(&s->n_running, s->n_active);
 }
 
@@ -286,6 +291,9 @@ static int admit_prepare(struct dec_sched *s, struct dec_job *j)
         return -ENOMEM;
     memcpy(j->toks, j->prompt, (size_t)j->n_prompt * sizeof(*j->toks));
     j->out = j->toks + j->n_prompt;
+    uint8_t root[PD_PREFIX_HASH_LEN];
+    pd_prefix_root(&s->layout, j->salt, root);
+    pd_prefix_seq_init(&j->names, root);
     if (s->p.tok && pd_detok_new(s->p.tok, PD_TOK_SKIP_SPECIAL, &j->detok) < 0)
         return -ENOMEM;
     dec_stop_init(&j->stop, j->stops, j->n_stops);
@@ -298,6 +306,32 @@ static int admit_prepare(struct dec_sched *s, struct dec_job *j)
 static uint32_t pending(const struct dec_job *j)
 {
     return j->n_prompt + j->n_out - j->seq.n_tokens;
+}
+
+/* An empty sequence starts from the longest cached prefix of the job's
+ * tokens, full blocks only and never the last token (its logits are the
+ * point). Counted in the metrics by the caller once admitted. */
+static void map_prefix(struct dec_sched *s, struct dec_job *j, uint32_t *q_blocks)
+{
+    uint32_t total = j->n_prompt + j->n_out;
+    *q_blocks = 0;
+    if (!s->prefix || j->seq.n_blocks || total < 2)
+        return;
+    uint32_t full = (total - 1) / s->block_size;
+    if (pd_prefix_seq_extend(&j->names, j->toks, full * s->block_size, s->block_size) < 0)
+        return; /* out of memory: computed in full, as without the cache */
+    int k = pd_kvseq_map_prefix(s->kc, &j->seq, j->names.h, full);
+    *q_blocks = full;
+    j->n_pub = k > 0 ? (uint32_t)k : 0;
+}
+
+/* After a step: the job's blocks that became full are published. */
+static void publish(struct dec_sched *s, struct dec_job *j)
+{
+    if (!s->prefix || j->unverified ||
+        pd_prefix_seq_extend(&j->names, j->toks, j->seq.n_tokens, s->block_size) < 0)
+        return;
+    j->n_pub = pd_kvseq_publish(s->kc, &j->seq, j->names.h, j->n_pub, j->names.n);
 }
 
 static void drop_active(struct dec_sched *s, uint32_t i)
@@ -323,7 +357,9 @@ static void preempt(struct dec_sched *s, uint32_t i)
     struct dec_job *j = s->active[i];
     drop_active(s, i);
     uint32_t had = j->seq.n_blocks;
-    pd_kvseq_release(s->kc, &j->seq);
+    pd_kvseq_release(s->kc, &j->seq); /* its published blocks stay cached, idle */
+    j->n_pub = 0;
+    j->unverified = false; /* recomputed here when readmitted */
     j->n_preempted++;
     pd_metric_add(s->p.metrics.preemptions, 1);
     pd_worker_lock(&s->w);
@@ -399,22 +435,34 @@ static void remote_unlink(struct dec_sched *s, struct dec_job *j)
  * ask the loop to run the transfer. */
 static int remote_start(struct dec_sched *s, struct dec_job *j)
 {
-    /* the blocks the peer fills: the pool's, or on a GPU the staging's */
-    const struct pd_kvseq *dst = s->xc ? &j->xseq : &j->seq;
+    /* the blocks the peer fills: the pool's past the cached prefix, or on a
+     * GPU the staging's for them */
+    const uint32_t k = j->n_mapped, n = j->seq.n_blocks - k;
+    const uint32_t *dst = s->xc ? j->xseq.blocks : j->seq.blocks + k;
     struct dec_event *e = event_new(j);
-    if (!e || !(e->blocks = malloc((size_t)dst->n_blocks * sizeof(*e->blocks)))) {
+    if (!e || !(e->blocks = malloc((size_t)n * sizeof(*e->blocks)))) {
         dec_event_free(e);
         return -ENOMEM;
     }
-    memcpy(e->blocks, dst->blocks, (size_t)dst->n_blocks * sizeof(*e->blocks));
+    memcpy(e->blocks, dst, (size_t)n * sizeof(*e->blocks));
     if (s->xc) { /* and the device pool's blocks they stand for */
-        if (!(e->twins = malloc((size_t)dst->n_blocks * sizeof(*e->twins)))) {
+        if (!(e->twins = malloc((size_t)n * sizeof(*e->twins)))) {
             dec_event_free(e);
             return -ENOMEM;
         }
-        memcpy(e->twins, j->seq.blocks, (size_t)dst->n_blocks * sizeof(*e->twins));
+        memcpy(e->twins, j->seq.blocks + k, (size_t)n * sizeof(*e->twins));
     }
-    e->n_blocks = dst->n_blocks;
+    /* the names of the prompt's full blocks: the loop picks the peer that
+     * computed the longest of them, and remembers who computed them */
+    if (pd_prefix_seq_extend(&j->names, j->toks, j->n_prompt, s->block_size) == 0 &&
+        j->names.n && (e->names = malloc((size_t)j->names.n * sizeof(*e->names)))) {
+        memcpy(e->names, j->names.h, (size_t)j->names.n * sizeof(*e->names));
+        e->n_names = j->names.n;
+    }
+    e->n_cached = k;
+    if (k)
+        memcpy(e->cached_name, j->names.h[k - 1], PD_PREFIX_HASH_LEN);
+    e->n_blocks = n;
     e->epoch = j->remote_epoch;
     e->kind = DEC_EV_REMOTE_START;
     j->in_remote = true;
@@ -435,8 +483,9 @@ static void remote_first_token(struct dec_sched *s, struct dec_job *j,
         pd_kvseq_release(s->xc, &j->xseq);
     } else if (s->xc) { /* from the staging into the GPU pool */
         char err[256];
-        int rc = pd_engine_kv_stage(s->p.engine, false, j->seq.blocks, j->xseq.blocks,
-                                    j->seq.n_blocks, err, sizeof(err));
+        int rc = pd_engine_kv_stage(s->p.engine, false, j->seq.blocks + j->n_mapped,
+                                    j->xseq.blocks, j->seq.n_blocks - j->n_mapped, err,
+                                    sizeof(err));
         pd_kvseq_release(s->xc, &j->xseq);
         if (rc < 0) {
             pd_log(PD_LOG_ERR, "%s: %s", j->id, err);
@@ -445,6 +494,8 @@ static void remote_first_token(struct dec_sched *s, struct dec_job *j,
         }
     }
     j->seq.n_tokens = j->n_prompt;
+    j->unverified = !s->p.cache_remote;
+    publish(s, j); /* verified as it landed (kvx's tags), or nothing */
     j->prompt_counted = true; /* not the local engine's work */
     pd_metric_add(s->p.metrics.remote_prompt_tokens, j->n_prompt);
     struct dec_event *e = event_new(j);
@@ -480,7 +531,7 @@ static void remote_fallback(struct dec_sched *s, struct dec_job *j, const struct
     if (s->xc)
         pd_kvseq_release(s->xc, &j->xseq);
     j->remote = false;
-    j->seq.n_tokens = 0;
+    j->seq.n_tokens = j->n_mapped * s->block_size; /* the cached prefix stays */
     s->active[s->n_active++] = j;
 }
 
@@ -665,38 +716,62 @@ static void admit(struct dec_sched *s, uint32_t *n, uint32_t *budget)
                    "KV channel's staging (--kv-staging-memory)", j->id, j->n_prompt);
             j->remote = false;
         }
+        if (!j->toks && admit_prepare(s, j) < 0) {
+            queue_pop(s);
+            admitted(s, j, -ENOMEM);
+            continue;
+        }
         if (wants_remote(j)) {
-            /* blocks for the whole prompt at once: the peer fills them */
+            /* the cached prefix, then blocks for the rest of the prompt at
+             * once: the peer fills them */
+            uint32_t q_blocks;
+            map_prefix(s, j, &q_blocks);
+            uint32_t k = j->seq.n_blocks, rest = j->n_prompt - k * s->block_size;
             uint32_t need = pd_kvseq_blocks_needed(s->kc, &j->seq, j->n_prompt);
             uint32_t keep = s->n_active + s->n_remote ? s->watermark : 0;
             if ((uint64_t)need + keep > pd_kvcache_n_free(s->kc) ||
-                (s->xc && pd_kvseq_blocks_needed(s->xc, &j->xseq, j->n_prompt) >
-                              pd_kvcache_n_free(s->xc)))
+                (s->xc && pd_kvseq_blocks_needed(s->xc, &j->xseq, rest) >
+                              pd_kvcache_n_free(s->xc))) {
+                pd_kvseq_release(s->kc, &j->seq); /* the prefix back to the idle list */
+                j->n_pub = 0;
                 return;
+            }
             queue_pop(s);
-            int rc = j->toks ? 0 : admit_prepare(s, j);
-            if (rc == 0)
-                rc = pd_kvseq_reserve(s->kc, &j->seq, j->n_prompt);
+            j->n_mapped = k;
+            int rc = pd_kvseq_reserve(s->kc, &j->seq, j->n_prompt);
             if (rc == 0 && s->xc)
-                rc = pd_kvseq_reserve(s->xc, &j->xseq, j->n_prompt);
+                rc = pd_kvseq_reserve(s->xc, &j->xseq, rest);
             if (rc == 0)
                 rc = remote_start(s, j);
-            admitted(s, j, rc);
+            if (admitted(s, j, rc) && q_blocks)
+                pd_prefix_metrics_lookup(s->p.metrics.prefix, j->n_prompt, k * s->block_size,
+                                         q_blocks, k);
             continue;
         }
         if (*budget == 0)
             return;
+        /* the cached prefix first: its blocks leave the idle list, so the
+         * room check below counts what is really left */
+        uint32_t q_blocks, hit = j->seq.n_tokens;
+        map_prefix(s, j, &q_blocks);
+        hit = j->seq.n_tokens - hit;
         uint32_t p = pending(j), want = p < *budget ? p : *budget;
         uint32_t need = pd_kvseq_blocks_needed(s->kc, &j->seq, j->seq.n_tokens + want);
         uint32_t keep = s->n_active + s->n_remote ? s->watermark : 0;
-        if ((uint64_t)need + keep > pd_kvcache_n_free(s->kc))
+        if ((uint64_t)need + keep > pd_kvcache_n_free(s->kc)) {
+            if (hit) { /* back to the idle list, and tried again next step */
+                pd_kvseq_release(s->kc, &j->seq);
+                j->n_pub = 0;
+            }
             return;
+        }
         queue_pop(s);
-        int rc = j->toks ? 0 : admit_prepare(s, j);
-        if (rc == 0)
-            rc = pd_kvseq_reserve(s->kc, &j->seq, j->seq.n_tokens + want);
+        int rc = pd_kvseq_reserve(s->kc, &j->seq, j->seq.n_tokens + want);
         if (!admitted(s, j, rc))
             continue;
+        if (q_blocks)
+            pd_prefix_metrics_lookup(s->p.metrics.prefix, j->n_prompt + j->n_out, hit, q_blocks,
+                                     hit / s->block_size);
         s->active[s->n_active++] = j;
         add_item(s, n, j, want);
         *budget -= want;
@@ -735,6 +810,7 @@ static uint32_t step(struct dec_sched *s)
         if (rc < 0) {
             fin = DEC_FIN_ERROR;
         } else {
+            publish(s, j);
             if (!j->prompt_counted && j->seq.n_tokens >= j->n_prompt) {
                 j->prompt_counted = true;
                 pd_metric_add(s->p.metrics.prompt_tokens, j->n_prompt);
@@ -831,6 +907,8 @@ int dec_sched_new(const struct dec_sched_params *p, struct dec_sched **out, char
     s->max_model_len = pd_engine_max_model_len(p->engine);
     s->max_batched = pd_engine_max_batched_tokens(p->engine);
     s->watermark = pd_kvcache_n_blocks(s->kc) / 100; /* vLLM's 1% */
+    s->prefix = pd_kvcache_prefix(s->kc);
+    pd_engine_kv_layout(p->engine, &s->layout);
     s->rl_preempt = (struct pd_ratelimit)PD_RATELIMIT_INIT(10000, 1);
     uint32_t m = p->max_num_seqs;
     s->results = calloc(m, sizeof(*s->results));

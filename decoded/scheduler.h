@@ -35,6 +35,16 @@
  * thread copies them into the job's pool blocks and gives them back. A
  * prompt longer than the whole staging is prefilled locally.
  *
+ * Prefix caching (the engine made with prefix_cache; docs/internals/prefix.md):
+ * a job prefilled here starts from the longest cached prefix of its tokens
+ * (the prompt, and after a preemption the output too; in its cache_salt's
+ * namespace), mapped from the pool, and computes only the rest; every block
+ * of its that becomes full after a step is published, and a remote prompt's
+ * blocks once verified (cache_remote). The last token is always computed:
+ * a prompt found whole still runs its last block's token for the logits.
+ * A REMOTE job maps its cached prefix too and asks the peer only for the
+ * blocks from there (REMOTE_START's n_cached; the PREFILL's prefix part).
+ *
  * Cancellation: dec_job_cancel (any thread) marks the job; the compute thread
  * drops it before its next step, releases its blocks and posts a
  * DEC_FIN_CANCELLED event. Lifetimes: a job is reference-counted (the loop,
@@ -46,6 +56,8 @@
 #define DEC_SCHEDULER_H
 
 #include "engine.h"
+#include "kv_metrics.h"
+#include "prefix.h"
 #include "worker.h"
 #include "log.h" /* pd_now_ns */
 #include "http.h"
@@ -89,6 +101,7 @@ struct dec_job {
     struct pd_sampling sampling;
     bool logprobs; /* report each token's log-probability */
     bool ignore_eos;
+    uint8_t salt[PD_PREFIX_HASH_LEN]; /* cache_salt's digest (pd_prefix_salt), zeros: none */
     char **stops; /* (n_stops) owned strings */
     uint32_t n_stops;
     uint64_t t_arrival_ns;
@@ -104,6 +117,12 @@ struct dec_job {
     /* compute thread only */
     struct pd_kvseq seq; /* seq.n_tokens: tokens of toks[] in the KV cache */
     struct pd_kvseq xseq; /* REMOTE on a GPU: the staging blocks the transfer fills */
+    struct pd_prefix_seq names; /* prefix caching: the names of toks[]'s full blocks */
+    uint32_t n_pub; /* seq's blocks [0, n_pub) are published (or were mapped from the cache) */
+    uint32_t n_mapped; /* REMOTE: seq's blocks [0, n_mapped) came from the cache: not asked
+                        * of the peer */
+    bool unverified; /* its prompt's KV came unverified (--kv-integrity=off): it publishes
+                      * nothing, since every later block is computed on top of it */
     int32_t *toks; /* (n_prompt + max_tokens) owned: the prompt, then the output */
     int32_t *out; /* toks + n_prompt: (max_tokens) generated tokens */
     uint32_t n_out;
@@ -132,6 +151,13 @@ struct dec_event {
     uint32_t *twins; /* REMOTE_START on a GPU with staging: (n_blocks) the device pool's blocks
                       * they stand for, owned (kvx's twin blocks); NULL otherwise */
     uint32_t n_blocks, epoch;
+    /* REMOTE_START with prefix caching: the prompt's first n_cached blocks are
+     * in the pool already (blocks[] are those from n_cached on), cached_name
+     * names the last of them; names: (n_names) the names of the prompt's full
+     * blocks (the peer choice), owned */
+    uint32_t n_cached, n_names;
+    uint8_t cached_name[PD_PREFIX_HASH_LEN];
+    uint8_t (*names)[PD_PREFIX_HASH_LEN];
     char *text; /* released text, NUL-terminated (may be "") */
     size_t len;
     bool has_token; /* a token was sampled (not an end-of-generation one) */
@@ -153,6 +179,7 @@ struct dec_sched_metrics {
     struct pd_metric *preemptions; /* counter */
     struct pd_metric *remote_prompt_tokens; /* counter: prompts prefilled by a peer */
     struct pd_metric *remote_running; /* gauge: jobs in the REMOTE state */
+    struct pd_prefix_metrics *prefix; /* the prefix cache's (kv_metrics.h) */
 };
 
 struct dec_sched_params {
@@ -162,6 +189,8 @@ struct dec_sched_params {
     uint32_t max_waiting;
     uint32_t idle_tick_ms; /* heartbeat while idle; 0 = 1000 */
     enum dec_failover failover;
+    bool cache_remote; /* publish the prompt blocks a peer sent once verified (false with
+                        * --kv-integrity=off: nothing unverified enters the cache) */
     struct dec_sched_metrics metrics;
     void (*notify)(void *arg); /* events are ready */
     void *notify_arg;

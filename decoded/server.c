@@ -105,7 +105,9 @@ static int metrics_init(struct dec_server *s)
          .help = REF_HELP},
     };
     pd_metrics_register(m, defs, sizeof(defs) / sizeof(*defs));
-    return s->cut_total ? 0 : -ENOMEM;
+    pd_prefix_metrics_init(&s->pm, m);
+    s->sm.prefix = &s->pm;
+    return s->pm.evictions ? 0 : -ENOMEM;
 }
 
 /* ---- generation requests ---- */
@@ -376,6 +378,8 @@ static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_
     job->sampling = r.sampling;
     job->logprobs = r.logprobs;
     job->ignore_eos = r.ignore_eos;
+    if (r.cache_salt) /* zeros otherwise: the unsalted namespace */
+        pd_prefix_salt(r.cache_salt, strlen(r.cache_salt), job->salt);
     job->stops = r.stops;
     job->n_stops = r.n_stops;
     r.stops = NULL;

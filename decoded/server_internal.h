@@ -60,6 +60,7 @@ struct dec_server {
 
     struct pd_metrics *metrics;
     struct dec_sched_metrics sm;
+    struct pd_prefix_metrics pm; /* sm.prefix */
     struct pd_metric *fin_stop, *fin_length, *fin_abort, *fin_error;
     struct pd_metric *http_2xx, *http_4xx, *http_5xx, *conns_gauge, *cut_total;
     struct pd_metric *refused[3]; /* deadline, per_source, bad_request */

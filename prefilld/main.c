@@ -49,6 +49,7 @@ struct pf_cfg {
     bool kv_gpu_tags;
     bool kv_direct;
     bool kv_integrity;
+    bool enable_prefix_caching;
     int64_t kv_max_sessions;
     uint64_t kv_cache_memory;
     int kv_cache_dtype;
@@ -80,6 +81,7 @@ static const struct pd_cfg_opt options[] = {
     PD_KVX_CFG(struct pf_cfg),
     PD_CFG_BOOL("kv-integrity", struct pf_cfg, kv_integrity, "true",
                 "tag every KV block (off only for measured comparison; peers must agree)"),
+    PD_ENGINE_PREFIX_CFG(struct pf_cfg),
     PD_CFG_INT("kv-max-sessions", struct pf_cfg, kv_max_sessions, "64", 1, 4096,
                "authenticated decode peers at once"),
     PD_CFG_SIZE("kv-cache-memory", struct pf_cfg, kv_cache_memory, "1GiB", 1 << 20,
@@ -124,10 +126,12 @@ struct daemon {
     struct pd_kvx *kvx;
     struct pf_sched *sched;
     struct event *wake_ev;
+    struct event *progress_ev; /* PROGRESS frames for the held jobs, every PROGRESS_MS */
     struct pd_metrics *metrics;
     struct pd_metric *m_requests, *m_refused, *m_failed;
     struct pd_kv_metrics km;
     struct pf_sched_metrics sm;
+    struct pd_prefix_metrics pm; /* sm.prefix */
     /* pf_job: jobs with a transfer handle (the loop's reference), until SREQ_END */
     struct pd_dlist held;
     bool closing; /* kvx is going: scheduler events no longer reach it */
@@ -165,6 +169,7 @@ static void sched_events(evutil_socket_t fd, short what, void *arg)
                 pf_sched_unref(d->sched, e->blocks, e->twins, e->n);
             }
         } else if (e->type == PF_EV_DONE && r) {
+            j->loop_done = true;
             struct pd_done dn = {.request_id = j->request_id, .epoch = j->epoch,
                                  .n_prompt = j->n_tokens, .token = (uint32_t)e->token.token,
                                  .logprob = e->token.logprob, .n_top = e->token.n_top};
@@ -176,6 +181,7 @@ static void sched_events(evutil_socket_t fd, short what, void *arg)
                 pd_kvx_abort(r, PD_R_TRANSFER, "DONE could not be sent");
             }
         } else if (e->type == PF_EV_END && r) {
+            j->loop_done = true;
             pd_metric_add(d->m_failed, 1);
             pd_log(PD_LOG_INFO, "request %s: prefill ended: %s: %s", j->xrid,
                    pd_reason_name((unsigned)e->reason), e->err);
@@ -183,6 +189,36 @@ static void sched_events(evutil_socket_t fd, short what, void *arg)
         }
         pf_event_free(e);
         e = next;
+    }
+}
+
+/* How often a held job's PROGRESS goes out: well inside decoded's
+ * --prefill-timeout-ms (default 10 s, at least 1 s when the peer is a
+ * prefilld of protocol 1.1; docs/operations.md). */
+#define PROGRESS_MS 500
+
+/* Every held job still queued or computing says so: decoded's deadline
+ * then fails over on silence (a dead or stuck prefilld), not on a long
+ * queue or a long prompt. */
+static void send_progress(evutil_socket_t fd, short what, void *arg)
+{
+    struct daemon *d = arg;
+    char err[256];
+    (void)fd;
+    (void)what;
+    if (d->closing)
+        return;
+    for (struct pd_dnode *n = d->held.head; n; n = n->next) {
+        struct pf_job *j = PD_DNODE_ENTRY(n, struct pf_job, held);
+        if (!j->owner || j->loop_done)
+            continue;
+        struct pd_progress pg = {
+            .state = atomic_load(&j->computing) ? PD_PROGRESS_COMPUTING : PD_PROGRESS_QUEUED,
+            .tokens_done = atomic_load(&j->tokens_done), .n_tokens = j->n_tokens};
+        if (pg.tokens_done > pg.n_tokens)
+            pg.tokens_done = pg.n_tokens;
+        if (pd_kvx_send_progress(j->owner, &pg, err, sizeof(err)) < 0)
+            pd_log(PD_LOG_DEBUG, "request %s: %s", j->xrid, err);
     }
 }
 
@@ -194,7 +230,7 @@ static int take_prefill(struct daemon *d, const struct pd_kvx_event *ev)
     const struct pd_kv_geom *g = pd_kvcache_layout(pd_engine_kvcache(d->engine));
     char err[256];
     if (p->block_size != g->block_size ||
-        p->n_blocks < (p->n_tokens + g->block_size - 1) / g->block_size) {
+        p->n_blocks < (p->n_tokens + g->block_size - 1) / g->block_size - p->n_cached) {
         pd_kvx_abort(ev->sreq, PD_R_INVALID_REQUEST, "fewer blocks granted than the prompt needs");
         return -EINVAL;
     }
@@ -209,6 +245,9 @@ static int take_prefill(struct daemon *d, const struct pd_kvx_event *ev)
     j->epoch = p->epoch;
     snprintf(j->xrid, sizeof(j->xrid), "%s", p->xrid);
     j->n_tokens = p->n_tokens;
+    memcpy(j->salt, p->salt, sizeof(j->salt));
+    j->n_cached = p->n_cached;
+    memcpy(j->cached_name, p->cached_name, sizeof(j->cached_name));
     for (uint32_t i = 0; i < p->n_tokens; i++)
         j->tokens[i] = (int32_t)pd_prefill_token(p, i);
     j->sampling = (struct pd_sampling){
@@ -339,7 +378,18 @@ static int metrics_init(struct daemon *d)
     };
     pd_metrics_register(m, defs, sizeof(defs) / sizeof(*defs));
     pd_kv_metrics_init(&d->km, m, PD_ROLE_P);
-    return 0;
+    pd_prefix_metrics_init(&d->pm, m);
+    d->sm.prefix = &d->pm;
+    d->sm.blocks_not_sent = pd_metrics_counter(
+        m, "pdserve:kv_blocks_not_sent_total", NULL,
+        "Prompt KV blocks not sent because the decode peer held them (prefix caching).");
+    d->sm.bytes_not_sent = pd_metrics_counter(m, "pdserve:kv_bytes_not_sent_total", NULL,
+                                              "Bytes of those blocks.");
+    d->sm.recomputed = pd_metrics_counter(
+        m, "pdserve:prefix_cache_recomputed_tokens_total", NULL,
+        "Prompt tokens the decode peer held cached but this prefilld did not (a cold cache): "
+        "computed again to extend the prompt.");
+    return d->sm.recomputed ? 0 : -ENOMEM;
 }
 
 /* idle admin connections, and a request's head however it trickles */
@@ -474,7 +524,11 @@ static int run(struct daemon *d, char *err, size_t errlen)
     if ((rc = pf_sched_new(&sp, &d->sched, err, errlen)) < 0)
         goto out;
     pd_runtime_watch(d->rt, pf_sched_worker(d->sched));
-    if (!(d->wake_ev = event_new(pd_runtime_base(d->rt), -1, EV_PERSIST, sched_events, d))) {
+    const struct timeval every = {.tv_sec = PROGRESS_MS / 1000,
+                                  .tv_usec = PROGRESS_MS % 1000 * 1000};
+    if (!(d->wake_ev = event_new(pd_runtime_base(d->rt), -1, EV_PERSIST, sched_events, d)) ||
+        !(d->progress_ev = event_new(pd_runtime_base(d->rt), -1, EV_PERSIST, send_progress, d)) ||
+        event_add(d->progress_ev, &every) < 0) {
         rc = pd_errf(err, errlen, -ENOMEM, "out of memory");
         goto out;
     }
@@ -509,6 +563,8 @@ out:
     }
     if (d->wake_ev)
         event_free(d->wake_ev);
+    if (d->progress_ev)
+        event_free(d->progress_ev);
     d->rt = pd_runtime_free(d->rt);
     pd_metrics_free(d->metrics);
     return rc;
@@ -566,6 +622,7 @@ static int serve(void *cfg, const struct pd_cfg_args *a, int argc, char **argv, 
                                   .kv_staging = !direct, .kv_direct = direct,
                                   .kv_staging_bytes = c->kv_staging_memory,
                                   PD_ENGINE_KV_PARAMS(*c),
+                                  .prefix_cache = c->enable_prefix_caching,
                                   .max_batched_tokens = (uint32_t)c->max_num_batched_tokens,
                                   .max_model_len = (uint32_t)c->max_model_len,
                                   .max_batch_items = (uint32_t)c->max_num_seqs};

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,8 @@ struct pf_sched {
     struct pd_kvcache *xc; /* a GPU pool's staging (the blocks the KV channel sends), or NULL */
     struct pd_kvcache *tc; /* the blocks runs carry: xc, else kc */
     uint32_t block_size, max_model_len, max_batched;
+    bool prefix; /* the pool caches prefixes */
+    struct pd_kv_layout layout; /* the prefix names' namespace (with each job's salt) */
     struct pd_sample_result *results; /* (max_running): the first tokens, sampled in the step */
     struct pd_batch_item *items; /* (max_running) */
     struct pf_job **item_job; /* (max_running) */
@@ -72,6 +75,7 @@ void pf_job_unref(struct pf_job *j)
         return;
     free(j->final); /* never posted */
     free(j->tokens);
+    pd_prefix_seq_done(&j->names);
     free(j);
 }
 
@@ -209,6 +213,7 @@ static void update_gauges(struct pf_sched *s)
     pd_metric_set(s->p.metrics.kv_free, free_);
     pd_metric_set(s->p.metrics.staging_used,
                   s->xc ? pd_kvcache_n_blocks(s->xc) - pd_kvcache_n_free(s->xc) : 0);
+    pd_prefix_metrics_pool(s->p.metrics.prefix, s->kc);
     atomic_store(&s->n_running, s->n_active);
 }
 
@@ -248,9 +253,35 @@ static void dequeue(struct pf_sched *s, struct pf_job *j)
     pd_worker_unlock(&s->w);
 }
 
+/* The names of the prompt's full blocks but the last token's, and decoded's
+ * word on the prefix it holds checked against them: -EBADMSG (with err)
+ * when decoded names another prefix (another salt, model or tokens: it would
+ * splice our blocks after KV that is not theirs), -ENOMEM. */
+static int prepare(struct pf_sched *s, struct pf_job *j, char *err, size_t errlen)
+{
+    uint8_t root[PD_PREFIX_HASH_LEN];
+    uint32_t full = (j->n_tokens - 1) / s->block_size; /* the most a lookup may map */
+    pd_prefix_root(&s->layout, j->salt, root);
+    pd_prefix_seq_init(&j->names, root);
+    if ((s->prefix || j->n_cached) &&
+        pd_prefix_seq_extend(&j->names, j->tokens, j->n_tokens, s->block_size) < 0)
+        return pd_errf(err, errlen, -ENOMEM, "out of memory naming the prompt's blocks");
+    if (j->n_cached > full) /* the frame's check keeps this from happening */
+        return pd_errf(err, errlen, -EBADMSG, "%" PRIu32 " cached blocks of a %" PRIu32
+                       "-token prompt", j->n_cached, j->n_tokens);
+    if (j->n_cached && sodium_memcmp(j->names.h[j->n_cached - 1], j->cached_name,
+                                     PD_PREFIX_HASH_LEN) != 0)
+        return pd_errf(err, errlen, -EBADMSG, "decoded's %" PRIu32 " cached blocks are not this "
+                       "prompt's prefix here (another cache_salt, model or KV layout)",
+                       j->n_cached);
+    j->prepared = true;
+    return 0;
+}
+
 static void admit(struct pf_sched *s)
 {
     struct pf_job *j;
+    char err[200];
     while ((j = pick_queued(s))) {
         if (pd_wjob_cancelled(&j->base)) {
             dequeue(s, j);
@@ -259,16 +290,44 @@ static void admit(struct pf_sched *s)
         }
         if (s->n_active == s->p.max_running)
             return;
-        /* blocks first: a job that does not fit waits for transfers to end
-         * (the loop's unrefs), and jobs behind it wait too (FIFO per fairness
-         * order: a small job does not starve a large one) */
-        if (pd_kvseq_reserve(s->kc, &j->seq, j->n_tokens) < 0)
+        int rc = j->prepared ? 0 : prepare(s, j, err, sizeof(err));
+        if (rc < 0) {
+            dequeue(s, j);
+            fail_job(s, j, rc == -ENOMEM ? PD_R_OVERLOADED : PD_R_INVALID_REQUEST, err);
+            continue;
+        }
+        /* the longest prefix this pool holds, then blocks for the rest: a
+         * job that does not fit waits for transfers to end (the loop's
+         * unrefs), and jobs behind it wait too (FIFO per fairness order: a
+         * small job does not starve a large one) */
+        uint32_t full = (j->n_tokens - 1) / s->block_size; /* the last token is computed */
+        int hit = s->prefix ? pd_kvseq_map_prefix(s->kc, &j->seq, j->names.h, full) : 0;
+        if (pd_kvseq_reserve(s->kc, &j->seq, j->n_tokens) < 0) {
+            pd_kvseq_release(s->kc, &j->seq); /* the mapped prefix back to the idle list */
             return;
-        /* a GPU pool: the staging the runs will be copied into, as well */
-        if (s->xc && pd_kvseq_reserve(s->xc, &j->xseq, j->n_tokens) < 0) {
+        }
+        /* a GPU pool: the staging the runs will be copied into, as well
+         * (for the blocks decoded lacks) */
+        if (s->xc && pd_kvseq_reserve(s->xc, &j->xseq,
+                                      j->n_tokens - j->n_cached * s->block_size) < 0) {
             pd_kvseq_release(s->kc, &j->seq);
             return;
         }
+        if (hit < 0)
+            hit = 0;
+        j->n_pub = (uint32_t)hit;
+        j->n_sent_blocks = j->n_cached;
+        if (s->prefix)
+            pd_prefix_metrics_lookup(s->p.metrics.prefix, j->n_tokens, (uint32_t)hit *
+                                     s->block_size, full, (uint32_t)hit);
+        if ((uint32_t)hit < j->n_cached)
+            pd_metric_add(s->p.metrics.recomputed,
+                          (double)(j->n_cached - (uint32_t)hit) * s->block_size);
+        pd_metric_add(s->p.metrics.blocks_not_sent, j->n_cached);
+        pd_metric_add(s->p.metrics.bytes_not_sent,
+                      (double)j->n_cached * (double)pd_kvcache_block_bytes(s->kc));
+        atomic_store(&j->tokens_done, j->seq.n_tokens);
+        atomic_store(&j->computing, true);
         dequeue(s, j);
         pd_metric_observe(s->p.metrics.queue_time, secs(j->t_arrival_ns, pd_now_ns()));
         served(s, j->peer);
@@ -335,22 +394,23 @@ static int post_run(struct pf_sched *s, struct pf_job *j, bool last, char *err, 
     uint32_t final = last ? j->seq.n_blocks : j->seq.n_tokens / s->block_size;
     if (final <= j->n_sent_blocks)
         return 0;
-    uint32_t first = j->n_sent_blocks, n = final - first;
+    /* the request's numbering, and the staging's, start at block n_cached */
+    uint32_t first = j->n_sent_blocks, n = final - first, rel = first - j->n_cached;
     const uint32_t *src = j->seq.blocks + first, *pool = src;
     const bool twins = s->xc && s->p.kv_twins;
     if (twins) {
-        src = j->xseq.blocks + first;
+        src = j->xseq.blocks + rel;
     } else if (s->xc) {
-        int rc = pd_engine_kv_stage(s->p.engine, true, src, j->xseq.blocks + first, n, err,
+        int rc = pd_engine_kv_stage(s->p.engine, true, src, j->xseq.blocks + rel, n, err,
                                     errlen);
         if (rc < 0)
             return rc;
-        src = j->xseq.blocks + first;
+        src = j->xseq.blocks + rel;
     }
     struct pf_event *e = run_event(j, n, twins);
     if (!e)
         return pd_errf(err, errlen, -ENOMEM, "out of memory for a run of %" PRIu32 " blocks", n);
-    e->first = first;
+    e->first = rel;
     e->n = n;
     for (uint32_t i = 0; i < n; i++) {
         e->blocks[i] = src[i];
@@ -439,6 +499,9 @@ static void step(struct pf_sched *s)
             continue;
         }
         bool last = it->n_logits == 1;
+        if (s->prefix) /* its full blocks are final: named for the next prompt like it */
+            j->n_pub = pd_kvseq_publish(s->kc, &j->seq, j->names.h, j->n_pub, j->names.n);
+        atomic_store(&j->tokens_done, j->seq.n_tokens);
         int pr = post_run(s, j, last, err, sizeof(err));
         if (pr < 0) {
             drop_active(s, k);
@@ -535,6 +598,8 @@ int pf_sched_new(const struct pf_sched_params *p, struct pf_sched **out, char *e
     s->block_size = pd_kvcache_layout(s->kc)->block_size;
     s->max_model_len = pd_engine_max_model_len(p->engine);
     s->max_batched = pd_engine_max_batched_tokens(p->engine);
+    s->prefix = pd_kvcache_prefix(s->kc);
+    pd_engine_kv_layout(p->engine, &s->layout);
     uint32_t m = p->max_running;
     s->results = calloc(m, sizeof(*s->results));
     s->items = calloc(m, sizeof(*s->items));

@@ -29,6 +29,16 @@
  * pool) nothing is copied here: the RUN carries the pool ids as well
  * (twins), each with a transfer reference too, so they outlive the prefill
  * until the transfer ends.
+ * Prefix caching (the engine made with prefix_cache; docs/internals/prefix.md):
+ * a job first checks decoded's word on the prefix it holds (its n_cached
+ * blocks and the name of the last: a different name fails the job,
+ * PD_R_INVALID_REQUEST), then starts from the longest prefix of its prompt
+ * this pool has cached, computes the rest, and publishes its blocks as
+ * they become full. Blocks decoded holds are never sent: runs start at
+ * block n_cached, numbered from there. What decoded holds and this pool
+ * does not is computed all the same (a cold cache after a restart) and
+ * counted (metrics.recomputed).
+ *
  * Cancellation: pf_job_cancel (any thread); the compute thread drops the job
  * before its next step and posts PF_EV_END. Jobs are reference-counted (the
  * loop, the compute thread and each event hold one).
@@ -38,6 +48,8 @@
 
 #include "dlist.h"
 #include "engine.h"
+#include "kv_metrics.h"
+#include "prefix.h"
 #include "worker.h"
 #include "log.h" /* pd_now_ns */
 #include "frame.h"
@@ -58,16 +70,28 @@ struct pf_job {
     int32_t *tokens; /* (n_tokens), owned */
     uint32_t n_tokens;
     struct pd_sampling sampling;
+    /* prefix caching: PREFILL's prefix part (zeros without it) */
+    uint8_t salt[PD_PREFIX_HASH_LEN]; /* the request's cache_salt digest */
+    uint32_t n_cached; /* blocks [0, n_cached) decoded holds: not sent, runs count from it */
+    uint8_t cached_name[PD_PREFIX_HASH_LEN]; /* decoded's name of block n_cached - 1 */
     void *owner; /* the loop's (its transfer handle); never touched by compute */
+    bool loop_done; /* the loop's: DONE or END went out (no more PROGRESS) */
     struct pd_dnode held; /* in the loop's list of jobs it holds; never touched by compute */
     uint64_t t_arrival_ns;
 
     struct pd_wjob base; /* references, the cancel flag */
 
+    /* the compute thread writes, the loop reads (PROGRESS frames) */
+    atomic_bool computing; /* admitted: it holds blocks and computes */
+    atomic_uint tokens_done; /* prompt tokens in the cache (mapped or computed) */
+
     /* compute thread only */
+    struct pd_prefix_seq names; /* the names of the prompt's full blocks */
+    uint32_t n_pub; /* seq's blocks [0, n_pub) are published or were mapped */
+    bool prepared; /* names made and decoded's checked */
     struct pd_kvseq seq;
     struct pd_kvseq xseq; /* a GPU pool's: the staging blocks its runs are copied into */
-    uint32_t n_sent_blocks; /* blocks [0, n) handed out as runs */
+    uint32_t n_sent_blocks; /* blocks [n_cached, n) handed out as runs */
     struct pd_wnode qnode; /* the worker's queue */
     struct pf_event *final; /* the last event (DONE or END), allocated with the job */
 };
@@ -83,7 +107,8 @@ struct pf_event {
     struct pd_wnode node; /* the worker's outbox */
     enum pf_event_type type;
     struct pf_job *job; /* one reference, dropped by pf_event_free */
-    uint32_t first, n; /* RUN */
+    uint32_t first, n; /* RUN: blocks of the request as the PREFILL numbered them (from
+                        * n_cached on: first 0 is the prompt's block n_cached) */
     uint32_t *blocks; /* RUN: (n) block ids of the channel pool (the staging on a GPU), one
                        * transfer reference each */
     uint32_t *twins; /* RUN with kv_twins: (n) the pool blocks the staging ones stand for, one
@@ -96,6 +121,10 @@ struct pf_event {
 struct pf_sched_metrics {
     struct pd_metric *running, *waiting, *kv_used, *kv_free, *staging_used;
     struct pd_metric *prompt_tokens, *queue_time, *prefill_time, *batch_tokens;
+    struct pd_prefix_metrics *prefix; /* the prefix cache's (kv_metrics.h) */
+    struct pd_metric *blocks_not_sent, *bytes_not_sent; /* counters: decoded held them */
+    struct pd_metric *recomputed; /* counter: tokens decoded held but this pool did not
+                                   * (a cold cache: computed to extend the prompt) */
 };
 
 struct pf_sched_params {

@@ -9,6 +9,7 @@
 
 /* Fixed parts of the bodies; the variable parts follow them. */
 #define PREFILL_FIXED 68
+#define PREFIX_PART 72 /* PREFILL's with PD_PREFILL_F_PREFIX: salt, n_cached, 4 zero, name */
 #define CHUNK_FIXED 40
 #define DONE_FIXED 32
 #define ABORT_FIXED 16
@@ -16,6 +17,7 @@
 #define ERROR_FIXED 4
 #define UCX_ADDR_FIXED 16
 #define READY_LEN 8
+#define PROGRESS_LEN 24
 
 enum { FROM_D = 1u << PD_ROLE_D, FROM_P = 1u << PD_ROLE_P, FROM_BOTH = FROM_D | FROM_P };
 
@@ -67,6 +69,10 @@ static const struct field error_fields[] = {FIELD(pd_error, reason, 0), {0}};
 static const struct field ucx_addr_fields[] = {
     FIELD(pd_ucx_addr, token, 0), FIELD(pd_ucx_addr, len, 8), {0}};
 static const struct field ready_fields[] = {FIELD(pd_ready, token, 0), {0}};
+/* PROGRESS; 14..15 reserved */
+static const struct field progress_fields[] = {
+    FIELD(pd_progress, request_id, 0), FIELD(pd_progress, epoch, 8), FIELD(pd_progress, state, 12),
+    FIELD(pd_progress, tokens_done, 16), FIELD(pd_progress, n_tokens, 20), {0}};
 /* clang-format on */
 
 /* One row per type: what the header check needs before the body is touched,
@@ -84,7 +90,8 @@ static const struct type_info types[] = {
     [PD_FT_HS_M2] = {"HS_M2", 0, FROM_P, 228, 228},
     [PD_FT_HS_CONFIRM] = {"HS_CONFIRM", 0, FROM_BOTH, 32, 32},
     [PD_FT_PREFILL] = {"PREFILL", 1, FROM_D, PREFILL_FIXED + 4 + 1,
-                       PREFILL_FIXED + 4 * PD_PROTO_MAX_TOKENS + PD_PROTO_MAX_XRID, prefill_fields},
+                       PREFILL_FIXED + PREFIX_PART + 4 * PD_PROTO_MAX_TOKENS + PD_PROTO_MAX_XRID,
+                       prefill_fields},
     [PD_FT_CHUNK] = {"CHUNK", 1, FROM_P, CHUNK_FIXED + PD_BLOCK_TAG_LEN,
                      CHUNK_FIXED + PD_BLOCK_TAG_LEN *PD_PROTO_MAX_CHUNK_BLOCKS, chunk_fields},
     [PD_FT_ACK] = {"ACK", 1, FROM_D, 16, 16, ack_fields},
@@ -100,6 +107,7 @@ static const struct type_info types[] = {
     [PD_FT_UCX_ADDR] = {"UCX_ADDR", 1, FROM_BOTH, UCX_ADDR_FIXED + 1,
                         UCX_ADDR_FIXED + PD_PROTO_MAX_UCX_ADDR, ucx_addr_fields},
     [PD_FT_READY] = {"READY", 1, FROM_P, READY_LEN, READY_LEN, ready_fields},
+    [PD_FT_PROGRESS] = {"PROGRESS", 1, FROM_P, PROGRESS_LEN, PROGRESS_LEN, progress_fields},
 };
 #define N_TYPES (sizeof(types) / sizeof(types[0]))
 
@@ -315,12 +323,6 @@ static int check_prefill(const struct pd_prefill *p, char *err, size_t errlen)
         return pd_errf(err, errlen, -E2BIG,
                        "frame: PREFILL: %" PRIu32 " blocks exceeds the cap of %u", p->n_blocks,
                        PD_PROTO_MAX_REQ_BLOCKS);
-    uint32_t need = (p->n_tokens + p->block_size - 1) / p->block_size;
-    if (p->n_blocks < need)
-        return pd_errf(err, errlen, -EBADMSG,
-                       "frame: PREFILL: %" PRIu32 " blocks cannot hold %" PRIu32
-                       " tokens of %" PRIu32 " per block",
-                       p->n_blocks, p->n_tokens, p->block_size);
     if (!in_range(p->temperature, 0.0f, PD_PROTO_MAX_TEMPERATURE))
         return pd_errf(err, errlen, -EBADMSG, "frame: PREFILL: temperature %g is outside [0, %g]",
                        (double)p->temperature, (double)PD_PROTO_MAX_TEMPERATURE);
@@ -345,8 +347,44 @@ static int check_prefill(const struct pd_prefill *p, char *err, size_t errlen)
         return pd_errf(err, errlen, -E2BIG,
                        "frame: PREFILL: %" PRIu32 " logprobs exceeds the cap of %u", p->n_logprobs,
                        PD_PROTO_MAX_LOGPROBS);
-    if (p->flags & ~PD_PREFILL_F_NO_EOS)
+    if (p->flags & ~(PD_PREFILL_F_NO_EOS | PD_PREFILL_F_PREFIX))
         return pd_errf(err, errlen, -EBADMSG, "frame: PREFILL: unknown flags 0x%04x", p->flags);
+    uint64_t total = ((uint64_t)p->n_tokens + p->block_size - 1) / p->block_size;
+    if (!(p->flags & PD_PREFILL_F_PREFIX) &&
+        (p->n_cached || !all_zero(p->salt, sizeof(p->salt)) ||
+         !all_zero(p->cached_name, sizeof(p->cached_name))))
+        return pd_errf(err, errlen, -EINVAL, "frame: PREFILL: a salt or cached blocks without "
+                       "the prefix part");
+    if (!p->n_cached && !all_zero(p->cached_name, sizeof(p->cached_name)))
+        return pd_errf(err, errlen, -EBADMSG, "frame: PREFILL: a cached block's name without "
+                       "cached blocks");
+    /* the block holding the last token is always computed: its logits are the point */
+    if ((uint64_t)p->n_cached * p->block_size >= p->n_tokens)
+        return pd_errf(err, errlen, -EBADMSG,
+                       "frame: PREFILL: %" PRIu32 " cached blocks of %" PRIu32
+                       " tokens leave none of the %" PRIu32 " to compute",
+                       p->n_cached, p->block_size, p->n_tokens);
+    if (p->n_blocks < total - p->n_cached)
+        return pd_errf(err, errlen, -EBADMSG,
+                       "frame: PREFILL: %" PRIu32 " blocks cannot hold %" PRIu32
+                       " tokens of %" PRIu32 " per block past %" PRIu32 " cached blocks",
+                       p->n_blocks, p->n_tokens, p->block_size, p->n_cached);
+    return 0;
+}
+
+static int check_progress(const struct pd_progress *p, char *err, size_t errlen)
+{
+    int rc;
+    if ((rc = check_reqref(p->request_id, "PROGRESS", err, errlen)) < 0 ||
+        (rc = check_num("PROGRESS", p->n_tokens, "tokens", PD_PROTO_MAX_TOKENS, err, errlen)) < 0)
+        return rc;
+    if (p->state != PD_PROGRESS_QUEUED && p->state != PD_PROGRESS_COMPUTING)
+        return pd_errf(err, errlen, -EBADMSG, "frame: PROGRESS: state %u is not 1 or 2",
+                       (unsigned)p->state);
+    if (p->tokens_done > p->n_tokens)
+        return pd_errf(err, errlen, -EBADMSG,
+                       "frame: PROGRESS: %" PRIu32 " tokens done of %" PRIu32, p->tokens_done,
+                       p->n_tokens);
     return 0;
 }
 
@@ -450,14 +488,23 @@ static int expect_len(const char *what, size_t got, uint64_t want, char *err, si
 static int dec_prefill(const uint8_t *b, size_t n, struct pd_prefill *p, char *err, size_t errlen)
 {
     uint16_t xlen = get_u16(b + 64);
+    const size_t ext = p->flags & PD_PREFILL_F_PREFIX ? PREFIX_PART : 0;
+    if (ext && n >= PREFILL_FIXED + ext && !all_zero(b + PREFILL_FIXED + 36, 4))
+        return pd_errf(err, errlen, -EBADMSG, "frame: PREFILL: reserved bytes are not zero");
+    if (ext && n >= PREFILL_FIXED + ext) { /* the length is checked below, after the counts */
+        memcpy(p->salt, b + PREFILL_FIXED, PD_PREFIX_NAME_LEN);
+        p->n_cached = get_u32(b + PREFILL_FIXED + 32);
+        memcpy(p->cached_name, b + PREFILL_FIXED + 40, PD_PREFIX_NAME_LEN);
+    }
     int rc = check_prefill(p, err, errlen);
     if (rc < 0)
         return rc;
-    if ((rc = expect_len("PREFILL", n, PREFILL_FIXED + 4ull * p->n_tokens + xlen, err, errlen)) < 0)
+    if ((rc = expect_len("PREFILL", n, PREFILL_FIXED + ext + 4ull * p->n_tokens + xlen, err,
+                         errlen)) < 0)
         return rc;
-    p->tokens_le = b + PREFILL_FIXED;
-    return take_str(p->xrid, b + PREFILL_FIXED + 4ull * p->n_tokens, xlen, 1, PD_PROTO_MAX_XRID,
-                    "PREFILL X-Request-Id", err, errlen);
+    p->tokens_le = b + PREFILL_FIXED + ext;
+    return take_str(p->xrid, b + PREFILL_FIXED + ext + 4ull * p->n_tokens, xlen, 1,
+                    PD_PROTO_MAX_XRID, "PREFILL X-Request-Id", err, errlen);
 }
 
 static int dec_chunk(const uint8_t *b, size_t n, struct pd_chunk *c, char *err, size_t errlen)
@@ -584,6 +631,11 @@ int pd_frame_body_decode(const struct pd_frame_hdr *h, const uint8_t *body, size
     case PD_FT_READY:
         rc = f.u.ready.token ? 0 : pd_errf(err, errlen, -EBADMSG, "frame: READY: token 0");
         break;
+    case PD_FT_PROGRESS:
+        rc = check_progress(&f.u.progress, err, errlen);
+        if (rc == 0 && !all_zero(body + 14, 2))
+            rc = pd_errf(err, errlen, -EBADMSG, "frame: PROGRESS: reserved bytes are not zero");
+        break;
     default:
         rc = pd_errf(err, errlen, -EBADMSG, "frame: type %u is not handled", h->type);
         break;
@@ -612,7 +664,8 @@ size_t pd_frame_body_len(const struct pd_frame *f)
 {
     switch (f->type) {
     case PD_FT_PREFILL:
-        return PREFILL_FIXED + 4 * (size_t)f->u.prefill.n_tokens +
+        return PREFILL_FIXED + (f->u.prefill.flags & PD_PREFILL_F_PREFIX ? PREFIX_PART : 0) +
+               4 * (size_t)f->u.prefill.n_tokens +
                strnlen(f->u.prefill.xrid, sizeof(f->u.prefill.xrid));
     case PD_FT_CHUNK: return CHUNK_FIXED + PD_BLOCK_TAG_LEN * (size_t)f->u.chunk.n_blocks;
     case PD_FT_ACK: return 16;
@@ -624,6 +677,7 @@ size_t pd_frame_body_len(const struct pd_frame *f)
     case PD_FT_ERROR: return ERROR_FIXED + strnlen(f->u.error.detail, sizeof(f->u.error.detail));
     case PD_FT_UCX_ADDR: return UCX_ADDR_FIXED + (size_t)f->u.ucx_addr.len;
     case PD_FT_READY: return READY_LEN;
+    case PD_FT_PROGRESS: return PROGRESS_LEN;
     default: return 0;
     }
 }
@@ -677,6 +731,7 @@ static int check_frame(const struct pd_frame *f, char *err, size_t errlen)
             : pd_errf(err, errlen, -EINVAL, "frame: UCX_ADDR: no address given");
     case PD_FT_READY:
         return f->u.ready.token ? 0 : pd_errf(err, errlen, -EINVAL, "frame: READY: token 0");
+    case PD_FT_PROGRESS: return check_progress(&f->u.progress, err, errlen);
     default:
         return pd_errf(err, errlen, -EINVAL, "frame: type %u (%s) is not a control frame", f->type,
                        name);
@@ -692,11 +747,17 @@ static void enc_body(const struct pd_frame *f, uint8_t *b, size_t n)
     switch (f->type) {
     case PD_FT_PREFILL: {
         const struct pd_prefill *p = &f->u.prefill;
-        size_t xl = strlen(p->xrid);
+        size_t xl = strlen(p->xrid), at = PREFILL_FIXED;
         put_u16(b + 64, (uint16_t)xl);
+        if (p->flags & PD_PREFILL_F_PREFIX) {
+            memcpy(b + at, p->salt, PD_PREFIX_NAME_LEN);
+            put_u32(b + at + 32, p->n_cached);
+            memcpy(b + at + 40, p->cached_name, PD_PREFIX_NAME_LEN);
+            at += PREFIX_PART;
+        }
         for (uint32_t i = 0; i < p->n_tokens; i++)
-            put_u32(b + PREFILL_FIXED + 4 * (size_t)i, pd_prefill_token(p, i));
-        memcpy(b + PREFILL_FIXED + 4 * (size_t)p->n_tokens, p->xrid, xl);
+            put_u32(b + at + 4 * (size_t)i, pd_prefill_token(p, i));
+        memcpy(b + at + 4 * (size_t)p->n_tokens, p->xrid, xl);
         break;
     }
     case PD_FT_CHUNK:

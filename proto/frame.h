@@ -37,7 +37,7 @@
 #include <stdint.h>
 
 #define PD_PROTO_MAJOR 1
-#define PD_PROTO_MINOR 0
+#define PD_PROTO_MINOR 1 /* 1: PREFILL's prefix part, PROGRESS */
 #define PD_FRAME_MAGIC "PDKV"
 
 #define PD_FRAME_HDR_LEN 24
@@ -78,6 +78,8 @@ enum pd_frame_type {
      * (docs/internals/kvchan.md, "The KV port") */
     PD_FT_UCX_ADDR = 25, /* both: my UCX worker address, and the token to address me by */
     PD_FT_READY = 26, /* P -> D: my endpoint to you exists; the session is up */
+    /* minor 1 */
+    PD_FT_PROGRESS = 27, /* P -> D: this request is queued / computing (not silent) */
 };
 
 /* Which daemon sends a frame type. */
@@ -117,12 +119,16 @@ struct pd_frame_hdr {
 };
 
 #define PD_PREFILL_F_NO_EOS 0x0001u /* end-of-sequence may not be the first token */
+/* minor 1: the prefix part follows the fixed fields (prefix caching,
+ * docs/internals/prefix.md). Sent only on a session of minor >= 1. */
+#define PD_PREFILL_F_PREFIX 0x0002u
+#define PD_PREFIX_NAME_LEN 32
 
 struct pd_prefill {
     uint64_t request_id; /* != 0; chosen by decoded, unique in the session */
     uint32_t epoch; /* bumped on each retry of the request */
     uint32_t n_tokens; /* 1 .. PD_PROTO_MAX_TOKENS */
-    uint32_t n_blocks; /* destination blocks granted: >= ceil(n_tokens / block_size) */
+    uint32_t n_blocks; /* destination blocks granted: >= ceil(n_tokens / block_size) - n_cached */
     uint32_t block_size; /* tokens per block, 1 .. PD_PROTO_MAX_BLOCK_SIZE */
     float temperature; /* [0, PD_PROTO_MAX_TEMPERATURE]; 0 = greedy */
     float top_p; /* (0, 1] */
@@ -134,6 +140,14 @@ struct pd_prefill {
     uint32_t n_logprobs; /* 0 .. PD_PROTO_MAX_LOGPROBS */
     uint64_t seed;
     uint16_t flags; /* PD_PREFILL_F_* */
+    /* The prefix part (PD_PREFILL_F_PREFIX; zeros without it): */
+    uint8_t salt[PD_PREFIX_NAME_LEN]; /* the request's cache_salt digest, zeros: none */
+    uint32_t n_cached; /* blocks [0, n_cached) of the prompt decoded holds already: they are
+                        * not sent, and the granted blocks (n_blocks) hold the prompt's
+                        * blocks from n_cached on; n_cached * block_size < n_tokens */
+    uint8_t cached_name[PD_PREFIX_NAME_LEN]; /* the chain name of block n_cached - 1, as
+                                              * decoded computed it (zeros when n_cached 0):
+                                              * prefilld checks it names the same prefix */
     /* Tokens: the encoder reads `tokens` (host order) when set, else
      * `tokens_le`; the decoder sets tokens_le (a view of n_tokens LE u32 in
      * the input, unaligned) and tokens = NULL. Read with pd_prefill_token. */
@@ -201,6 +215,19 @@ struct pd_ucx_addr { /* UCX_ADDR */
     const uint8_t *addr; /* len bytes of ucp_worker_get_address; a view (decode) or input */
 };
 
+enum pd_progress_state {
+    PD_PROGRESS_QUEUED = 1, /* waiting for room to compute */
+    PD_PROGRESS_COMPUTING = 2,
+};
+
+struct pd_progress { /* PROGRESS */
+    uint64_t request_id;
+    uint32_t epoch;
+    uint16_t state; /* enum pd_progress_state */
+    uint32_t tokens_done; /* prompt tokens computed (cached ones included), <= n_tokens */
+    uint32_t n_tokens; /* the prompt's, 1 .. MAX_TOKENS */
+};
+
 struct pd_ready { /* READY */
     uint64_t token; /* echoes the token of D's UCX_ADDR */
 };
@@ -219,6 +246,7 @@ struct pd_frame {
         struct pd_error error;
         struct pd_ucx_addr ucx_addr;
         struct pd_ready ready;
+        struct pd_progress progress;
     } u;
 };
 

@@ -40,6 +40,45 @@ void pd_kv_metrics_scrape(struct pd_kv_metrics *km, const struct pd_kvx *kvx)
     km->last = s;
 }
 
+void pd_prefix_metrics_init(struct pd_prefix_metrics *pm, struct pd_metrics *m)
+{
+    memset(pm, 0, sizeof(*pm));
+    pm->q_tokens = pd_metrics_counter(m, "pdserve:prefix_cache_queries_total", NULL,
+                                      "Prompt tokens looked up in the prefix cache.");
+    pm->hit_tokens = pd_metrics_counter(m, "pdserve:prefix_cache_hits_total", NULL,
+                                        "Prompt tokens found in the prefix cache (not computed).");
+    pm->q_blocks = pd_metrics_counter(m, "pdserve:prefix_cache_block_queries_total", NULL,
+                                      "Full prompt blocks looked up in the prefix cache.");
+    pm->hit_blocks = pd_metrics_counter(m, "pdserve:prefix_cache_block_hits_total", NULL,
+                                        "Full prompt blocks found in the prefix cache.");
+    pm->cached = pd_metrics_gauge(m, "pdserve:prefix_cache_blocks", NULL,
+                                  "KV blocks in the prefix cache (in use or idle).");
+    pm->evictions = pd_metrics_counter(m, "pdserve:prefix_cache_evictions_total", NULL,
+                                       "Idle cached blocks evicted for new data.");
+}
+
+void pd_prefix_metrics_lookup(struct pd_prefix_metrics *pm, uint32_t q_tokens, uint32_t hit_tokens,
+                              uint32_t q_blocks, uint32_t hit_blocks)
+{
+    if (!pm)
+        return;
+    pd_metric_add(pm->q_tokens, q_tokens);
+    pd_metric_add(pm->hit_tokens, hit_tokens);
+    pd_metric_add(pm->q_blocks, q_blocks);
+    pd_metric_add(pm->hit_blocks, hit_blocks);
+}
+
+void pd_prefix_metrics_pool(struct pd_prefix_metrics *pm, const struct pd_kvcache *kc)
+{
+    if (!pm)
+        return;
+    struct pd_kvcache_stats st;
+    pd_kvcache_stats(kc, &st);
+    pd_metric_set(pm->cached, st.cached);
+    pd_metric_add(pm->evictions, (double)(st.evictions - pm->last_evictions));
+    pm->last_evictions = st.evictions;
+}
+
 void pd_kv_log_session_up(const struct pd_kvx_event *ev, const char *who)
 {
     char tl[160];

@@ -13,6 +13,7 @@
 #ifndef PD_KV_METRICS_H
 #define PD_KV_METRICS_H
 
+#include "kvcache.h"
 #include "kvx.h"
 #include "log.h"
 #include "metrics.h"
@@ -26,6 +27,25 @@ struct pd_kv_metrics {
 };
 void pd_kv_metrics_init(struct pd_kv_metrics *km, struct pd_metrics *m, enum pd_role role);
 void pd_kv_metrics_scrape(struct pd_kv_metrics *km, const struct pd_kvx *kvx);
+
+/* The prefix cache's series (docs/internals/prefix.md), alike on both
+ * daemons, updated by the compute thread:
+ * pdserve:prefix_cache_queries_total and pdserve:prefix_cache_hits_total
+ * (tokens: vLLM's names and meaning), pdserve:prefix_cache_block_queries_total
+ * and pdserve:prefix_cache_block_hits_total (full blocks),
+ * pdserve:prefix_cache_blocks (blocks in the index) and
+ * pdserve:prefix_cache_evictions_total. */
+struct pd_prefix_metrics {
+    struct pd_metric *q_tokens, *hit_tokens, *q_blocks, *hit_blocks, *cached, *evictions;
+    uint64_t last_evictions;
+};
+void pd_prefix_metrics_init(struct pd_prefix_metrics *pm, struct pd_metrics *m);
+/* One lookup: q_tokens tokens asked for, hit_tokens of them found cached;
+ * likewise in full blocks. pm may be NULL. */
+void pd_prefix_metrics_lookup(struct pd_prefix_metrics *pm, uint32_t q_tokens, uint32_t hit_tokens,
+                              uint32_t q_blocks, uint32_t hit_blocks);
+/* The index's size and evictions from the pool's counters. pm may be NULL. */
+void pd_prefix_metrics_pool(struct pd_prefix_metrics *pm, const struct pd_kvcache *kc);
 
 /* A WARNING event (a failed handshake, the KV port out of descriptors):
  * its line (pd_kvx_event_warning) logged under rl, and true: the daemon's

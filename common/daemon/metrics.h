@@ -28,7 +28,7 @@
 
 #include <stddef.h>
 
-#define PD_METRICS_MAX 64 /* series per registry */
+#define PD_METRICS_MAX 128 /* series per registry */
 #define PD_METRICS_MAX_BUCKETS 32 /* finite bounds per histogram (+Inf is implicit) */
 
 struct pd_metrics;

@@ -250,6 +250,11 @@ void pd_kvx_sreq_set_udata(struct pd_kvx_sreq *r, void *udata);
  * (tagged there, copied into src_blocks), held as long; else NULL. */
 int pd_kvx_send_run(struct pd_kvx_sreq *r, uint32_t first, const uint32_t *src_blocks,
                     const uint32_t *twin_blocks, uint32_t n, char *err, size_t errlen);
+/* Queued or computing, and how far (protocol 1.1; nothing is sent to a 1.0
+ * peer): decoded's deadline then counts silence, not a long prompt's work.
+ * request_id and epoch are the request's own. */
+int pd_kvx_send_progress(struct pd_kvx_sreq *r, const struct pd_progress *pg, char *err,
+                         size_t errlen);
 /* The first token; the last frame of the request. */
 int pd_kvx_send_done(struct pd_kvx_sreq *r, const struct pd_done *d, char *err, size_t errlen);
 /* ABORT the request (reason enum pd_reason); SREQ_END follows. */

@@ -204,6 +204,7 @@ struct pd_kvx_req { /* D */
     struct pd_kvx_session *c;
     uint64_t id;
     uint32_t epoch, n, prefix, need, block_size;
+    uint32_t n_cached; /* the prompt's blocks the receiver holds already (not granted) */
     uint32_t *dest; /* [n] pool indices */
     uint32_t *twins; /* [n] indices in p.twin_pool, or NULL */
     uint8_t *st; /* [n] B_* */

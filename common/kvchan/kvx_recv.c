@@ -223,6 +223,7 @@ static void on_ctl_d(struct pd_kvx_session *c, const struct pd_frame *f, uint8_t
             return;
         }
         r->need = (f->u.done.n_prompt + r->block_size - 1) / r->block_size;
+        r->need = r->need > r->n_cached ? r->need - r->n_cached : 0; /* those were not asked for */
         if (r->need > r->n) {
             req_fail(r, PD_R_PROTOCOL, "DONE names more blocks than granted", 1);
             return;
@@ -230,6 +231,11 @@ static void on_ctl_d(struct pd_kvx_session *c, const struct pd_frame *f, uint8_t
         r->have_done = 1;
         r->done = f->u.done;
         req_check_complete(r);
+        return;
+    case PD_FT_PROGRESS: /* queued or computing: the deadline counts silence, not work */
+        r = req_find(c, f->u.progress.request_id);
+        if (r && r->epoch == f->u.progress.epoch)
+            r->last_progress_ms = now_ms();
         return;
     case PD_FT_ABORT:
         r = req_find(c, f->u.abort.request_id);
@@ -418,6 +424,10 @@ int pd_kvx_request(struct pd_kvx_peer *peer, const struct pd_prefill *p, const u
                        peer->hostport);
     if (n == 0 || n > PD_PROTO_MAX_REQ_BLOCKS)
         return pd_errf(err, errlen, -E2BIG, "kvx: %u blocks (1..%u)", n, PD_PROTO_MAX_REQ_BLOCKS);
+    if ((p->flags & PD_PREFILL_F_PREFIX) && pd_auth_session_minor(c->s) < 1)
+        return pd_errf(err, errlen, -EPROTONOSUPPORT,
+                       "kvx: %s speaks protocol 1.%u, without prefix caching (1.1)",
+                       peer->hostport, pd_auth_session_minor(c->s));
     for (uint32_t i = 0; i < n; i++)
         if (dest[i] >= k->p.pool_blocks)
             return pd_errf(err, errlen, -EINVAL, "kvx: block %u outside the pool", dest[i]);
@@ -461,6 +471,7 @@ int pd_kvx_request(struct pd_kvx_peer *peer, const struct pd_prefill *p, const u
     r->id = p->request_id;
     r->epoch = p->epoch;
     r->n = n;
+    r->n_cached = p->n_cached;
     r->block_size = k->layout.block_size;
     r->udata = udata;
     r->t_start_ns = pd_now_ns();

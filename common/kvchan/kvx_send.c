@@ -196,7 +196,7 @@ static void on_prefill(struct pd_kvx_session *c, const struct pd_frame *f, uint8
     struct pd_kvx *k = c->kvx;
     const struct pd_prefill *p = &f->u.prefill;
     uint32_t bs = k->layout.block_size;
-    if (p->block_size != bs || p->n_blocks < (p->n_tokens + bs - 1) / bs) {
+    if (p->block_size != bs || p->n_blocks < (p->n_tokens + bs - 1) / bs - p->n_cached) {
         kvx_send_abort(c, p->request_id, p->epoch, PD_R_INVALID_REQUEST, "block size or count");
         free(plain);
         return;
@@ -361,18 +361,40 @@ int pd_kvx_send_run(struct pd_kvx_sreq *r, uint32_t first, const uint32_t *src,
     return 0;
 }
 
-int pd_kvx_send_done(struct pd_kvx_sreq *r, const struct pd_done *d, char *err, size_t errlen)
+/* A control frame of a live request: -ECANCELED once it is over. */
+static int sreq_send_ctl(struct pd_kvx_sreq *r, struct pd_frame *f, char *err, size_t errlen)
 {
     if (r->status != S_ACTIVE)
         return pd_errf(err, errlen, -ECANCELED, "kvx: request %llu is over",
                        (unsigned long long)r->id);
+    int rc = kvx_send_ctl(r->c, f);
+    if (rc < 0)
+        return pd_errf(err, errlen, rc, "kvx: %s: %s", pd_frame_type_name(f->type),
+                       strerror(-rc));
+    return 0;
+}
+
+int pd_kvx_send_progress(struct pd_kvx_sreq *r, const struct pd_progress *pg, char *err,
+                         size_t errlen)
+{
+    if (pd_auth_session_minor(r->c->s) < 1)
+        return 0; /* a 1.0 peer knows no PROGRESS: its deadline counts what it did before */
+    struct pd_frame f = {.type = PD_FT_PROGRESS};
+    f.u.progress = *pg;
+    f.u.progress.request_id = r->id;
+    f.u.progress.epoch = r->epoch;
+    return sreq_send_ctl(r, &f, err, errlen);
+}
+
+int pd_kvx_send_done(struct pd_kvx_sreq *r, const struct pd_done *d, char *err, size_t errlen)
+{
     struct pd_frame f = {.type = PD_FT_DONE};
     f.u.done = *d;
     f.u.done.request_id = r->id;
     f.u.done.epoch = r->epoch;
-    int rc = kvx_send_ctl(r->c, &f);
+    int rc = sreq_send_ctl(r, &f, err, errlen);
     if (rc < 0)
-        return pd_errf(err, errlen, rc, "kvx: DONE: %s", strerror(-rc));
+        return rc;
     r->status = S_DONE_SENT; /* complete once every run is acknowledged */
     sreq_maybe_end(r);
     return 0;

@@ -108,7 +108,7 @@ async def one_request(client, url, model, prompt, max_tokens, headers):
     if model:
         body["model"] = model
     t0 = time.perf_counter()
-    stamps, n_out = [], 0
+    stamps, n_out, text = [], 0, []
     async with client.stream("POST", url + "/v1/completions", json=body,
                              headers=headers) as r:
         if r.status_code != 200:
@@ -123,11 +123,12 @@ async def one_request(client, url, model, prompt, max_tokens, headers):
                 n_out = ev["usage"]["completion_tokens"]
             if ev.get("choices") and ev["choices"][0].get("text"):
                 stamps.append(time.perf_counter())
+                text.append(ev["choices"][0]["text"])
     t1 = time.perf_counter()
     if not stamps:
         raise RuntimeError("no text streamed")
     return {"ttft": stamps[0] - t0, "itl": [b - a for a, b in zip(stamps, stamps[1:])],
-            "e2e": t1 - t0, "n_out": n_out}
+            "e2e": t1 - t0, "n_out": n_out, "text": "".join(text)}
 
 
 async def level(url, model, c, per_client, prompt_tokens, max_tokens, vocab, seed, headers):

@@ -98,6 +98,13 @@ def test_retry_gives_the_local_answer_from_the_honest_peer(tmp_path):
         wait_for(lambda: d.metric("pdserve:kv_cache_blocks_used") == 0, 10, "decoded's blocks")
         for p in (bad, good):
             wait_for(lambda: p.metric("pdserve:kv_blocks_used") == 0, 30, "prefilld's blocks")
+        # asked again, the prompts come from decoded's prefix cache (only the
+        # honest peer's verified blocks are in it) and the answers are the same
+        h0 = d.metric("pdserve:prefix_cache_hits_total")
+        for i, p in enumerate(PROMPTS):
+            compare(i, complete(d, body(p)), ref[i])
+        assert d.metric("pdserve:prefix_cache_hits_total") - h0 == \
+            sum((n - 1) // 16 * 16 for n in LENGTHS)
 
 
 def test_fail_policy_answers_a_clear_error_never_a_200(tmp_path):
@@ -138,3 +145,9 @@ def test_fail_policy_answers_a_clear_error_never_a_200(tmp_path):
         wait_for(lambda: bad.metric("pdserve:kv_blocks_used") == 0, 30, "prefilld's blocks")
         # the session survives a bad transfer (the peer's fault is per request)
         assert peer_up(d, bad.addr)
+        # nothing of a failed transfer entered decoded's prefix cache, not even
+        # the blocks that verified before the tampered one: asked again, every
+        # prompt is asked of the peer in full
+        assert d.metric("pdserve:prefix_cache_blocks") == 0
+        assert d.metric("pdserve:prefix_cache_hits_total") == 0
+        assert d.metric("pdserve:kv_blocks_not_sent_total") == 0

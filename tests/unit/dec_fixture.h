@@ -3,7 +3,9 @@
  * scheduler with its thread running and the metrics it reports; jobs, and
  * the loop's side: taking events and recording each job's tokens and end.
  * dec_rig_down stops the thread, checks that every block came back and frees
- * it all. Builds with decoded's include directory (for its scheduler.h). */
+ * it all. dec_rig_up_prefix makes a rig whose registry also has the prefix
+ * cache's series (kv_metrics.h), with the cache on or off (the reference).
+ * Builds with decoded's include directory (for its scheduler.h). */
 #ifndef PD_TEST_DEC_FIXTURE_H
 #define PD_TEST_DEC_FIXTURE_H
 
@@ -19,12 +21,15 @@ struct dec_rig {
     struct dec_sched *s;
     struct pd_metrics *reg;
     struct dec_sched_metrics sm; /* in reg: those either test reads, the others NULL */
+    struct pd_prefix_metrics pm; /* in reg (dec_rig_up_prefix only; sm.prefix points here) */
+    bool prefix_cache; /* the engine caches prefixes */
     uint32_t n_finished; /* events taken that finished their job */
 };
 
 /* What the events said about one job. */
 struct dec_out {
     int32_t tok[256];
+    float logprob[256]; /* of each token in tok */
     uint32_t n;
     bool done;
     enum dec_finish fin;
@@ -35,15 +40,24 @@ struct dec_out {
 
 static inline void dec_rig_notify(void *arg) { (void)arg; }
 
-static inline void dec_rig_up(struct dec_rig *r, uint32_t n_blocks, uint32_t max_seqs,
-                              enum dec_failover f)
+/* prefix_metrics: the prefix cache's series in the registry; prefix_cache:
+ * the engine made with the cache on. */
+static inline void dec_rig_up_ex(struct dec_rig *r, uint32_t n_blocks, uint32_t max_seqs,
+                                 enum dec_failover f, bool prefix_metrics, bool prefix_cache)
 {
     static const double qb[] = {0.001, 0.01, 0.1, 1, 10};
     static const double bb[] = {1, 2, 4, 8, 16};
     char err[512];
     memset(r, 0, sizeof(*r));
     r->m = fx_dummy_model("tiny", 5);
-    r->e = fx_engine(r->m, (uint64_t)n_blocks * DEC_BLOCK_BYTES, 64, max_seqs);
+    struct pd_engine_params ep = {.model = r->m,
+                                  .kv_cache_bytes = (uint64_t)n_blocks * DEC_BLOCK_BYTES,
+                                  .max_batched_tokens = 64, .max_batch_items = max_seqs,
+                                  .prefix_cache = prefix_cache};
+    if (pd_engine_new(&ep, &r->e, err, sizeof(err)) < 0)
+        PD_TEST_FAIL_("%s", err);
+    r->prefix_cache = prefix_cache;
+    CHECK(pd_kvcache_prefix(pd_engine_kvcache(r->e)) == prefix_cache);
     CHECK_EQ_INT(pd_kvcache_block_bytes(pd_engine_kvcache(r->e)), DEC_BLOCK_BYTES);
     CHECK_EQ_INT(pd_kvcache_n_blocks(pd_engine_kvcache(r->e)), n_blocks);
     r->reg = pd_metrics_new(NULL, NULL);
@@ -56,6 +70,10 @@ static inline void dec_rig_up(struct dec_rig *r, uint32_t n_blocks, uint32_t max
     r->sm.prompt_tokens = pd_metrics_counter(r->reg, "t:prompt", NULL, "h");
     r->sm.remote_prompt_tokens = pd_metrics_counter(r->reg, "t:remote_prompt", NULL, "h");
     r->sm.remote_running = pd_metrics_gauge(r->reg, "t:remote_running", NULL, "h");
+    if (prefix_metrics) {
+        pd_prefix_metrics_init(&r->pm, r->reg);
+        r->sm.prefix = &r->pm;
+    }
     struct dec_sched_params p = {.engine = r->e, .max_num_seqs = max_seqs, .max_waiting = 64,
                                  .idle_tick_ms = 10, .metrics = r->sm, .notify = dec_rig_notify,
                                  .failover = f};
@@ -64,11 +82,49 @@ static inline void dec_rig_up(struct dec_rig *r, uint32_t n_blocks, uint32_t max
         PD_TEST_FAIL_("%s", err);
 }
 
+static inline void dec_rig_up(struct dec_rig *r, uint32_t n_blocks, uint32_t max_seqs,
+                              enum dec_failover f)
+{
+    dec_rig_up_ex(r, n_blocks, max_seqs, f, false, false);
+}
+
+/* A rig with the prefix cache's series, the cache on or off. */
+static inline void dec_rig_up_prefix(struct dec_rig *r, uint32_t n_blocks, uint32_t max_seqs,
+                                     bool prefix_cache)
+{
+    dec_rig_up_ex(r, n_blocks, max_seqs, DEC_FAILOVER_RETRY, true, prefix_cache);
+}
+
+/* A rig with the prefix cache's series, the failover policy f and the
+ * scheduler's cache_remote (publish the prompt blocks a peer sent once
+ * verified), which the rigs above leave false: dec_rig_up_ex's rig, its
+ * scheduler made again with these (the first one never saw a job). */
+static inline void dec_rig_up_remote(struct dec_rig *r, uint32_t n_blocks, uint32_t max_seqs,
+                                     enum dec_failover f, bool prefix_cache, bool cache_remote)
+{
+    char err[512];
+    dec_rig_up_ex(r, n_blocks, max_seqs, f, true, prefix_cache);
+    pd_worker_stop(dec_sched_worker(r->s));
+    r->s = dec_sched_free(r->s);
+    struct dec_sched_params p = {.engine = r->e, .max_num_seqs = max_seqs, .max_waiting = 64,
+                                 .idle_tick_ms = 10, .metrics = r->sm, .notify = dec_rig_notify,
+                                 .failover = f, .cache_remote = cache_remote};
+    if (dec_sched_new(&p, &r->s, err, sizeof(err)) < 0 ||
+        pd_worker_start(dec_sched_worker(r->s), err, sizeof(err)))
+        PD_TEST_FAIL_("%s", err);
+}
+
 static inline void dec_rig_down(struct dec_rig *r)
 {
     pd_worker_stop(dec_sched_worker(r->s));
-    /* the compute thread is gone: the pool is ours to look at */
+    /* the compute thread is gone: the pool is ours to look at. Idle cached
+     * blocks count as free; none may still be referenced */
     CHECK(fx_all_blocks_free(r->e));
+    struct pd_kvcache_stats st;
+    pd_kvcache_stats(pd_engine_kvcache(r->e), &st);
+    CHECK_EQ_INT(st.idle, st.cached);
+    if (!r->prefix_cache)
+        CHECK_EQ_INT(st.cached, 0);
     dec_sched_free(r->s);
     pd_metrics_free(r->reg);
     pd_engine_free(r->e);
@@ -101,6 +157,7 @@ static inline void dec_out_record(struct dec_out *x, const struct dec_event *e)
 {
     if (e->has_token) {
         CHECK(x->n < 256);
+        x->logprob[x->n] = e->token.logprob;
         x->tok[x->n++] = e->token.token;
     }
     if (e->finish != DEC_FIN_NONE) {

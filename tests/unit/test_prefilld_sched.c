@@ -2,7 +2,11 @@
  * blocks it hands out hold the same K/V a solo prefill writes, the first
  * token is the one local sampling picks, runs cover every block once and in
  * order, blocks stay allocated until the transfer drops them, decode peers
- * take turns, and what can never fit is refused. */
+ * take turns, and what can never fit is refused. Prefix caching: a prompt
+ * maps what its pool cached before (never its last token's block), blocks
+ * decoded holds are checked by name and never sent (runs count from
+ * n_cached), a cold cache is counted, salts keep tenants apart, and the
+ * progress atomics reach the prompt's end. */
 #include "engine_fixture.h"
 #include "metrics.h"
 #include "pd_test.h"
@@ -31,6 +35,8 @@ struct rig {
     struct pd_engine *e;
     struct pf_sched *s;
     struct pd_metrics *reg;
+    struct pf_sched_metrics sm; /* in reg */
+    struct pd_prefix_metrics pm; /* in reg; sm.prefix points here */
     struct got g[MAXJ]; /* g[id - 1]: job id's */
     int done_seq; /* DONE events taken so far: the next one's order */
     int n_finished; /* DONE and END events taken so far */
@@ -43,17 +49,34 @@ static struct pd_engine *engine(const struct pd_model *m, uint32_t n_blocks, uin
     return fx_engine(m, (uint64_t)n_blocks * BLOCK_BYTES, 48, max_items);
 }
 
-static void rig_up(struct rig *r, uint32_t n_blocks, uint32_t max_running, uint32_t max_waiting,
-                   bool start)
+/* engine() with the prefix cache on or off */
+static struct pd_engine *engine_ex(const struct pd_model *m, uint32_t n_blocks, uint32_t max_items,
+                                   bool prefix_cache)
+{
+    struct pd_engine_params p = {.model = m, .kv_cache_bytes = (uint64_t)n_blocks * BLOCK_BYTES,
+                                 .max_batched_tokens = 48, .max_batch_items = max_items,
+                                 .prefix_cache = prefix_cache};
+    struct pd_engine *e = NULL;
+    char err[512];
+    if (pd_engine_new(&p, &e, err, sizeof(err)) < 0)
+        PD_TEST_FAIL_("%s", err);
+    CHECK(pd_kvcache_prefix(pd_engine_kvcache(e)) == prefix_cache);
+    return e;
+}
+
+static void rig_up_ex(struct rig *r, uint32_t n_blocks, uint32_t max_running, uint32_t max_waiting,
+                      bool start, bool prefix_cache)
 {
     static const double b[] = {0.01, 0.1, 1};
     char err[512];
     memset(r, 0, sizeof(*r));
     r->m = fx_dummy_model("tiny", 11);
-    r->e = engine(r->m, n_blocks, max_running);
+    r->e = engine_ex(r->m, n_blocks, max_running, prefix_cache);
     CHECK_EQ_INT(pd_kvcache_n_blocks(pd_engine_kvcache(r->e)), n_blocks);
+    CHECK_EQ_INT(pd_kvcache_block_bytes(pd_engine_kvcache(r->e)), BLOCK_BYTES);
     r->reg = pd_metrics_new(NULL, NULL);
-    struct pf_sched_metrics sm = {
+    pd_prefix_metrics_init(&r->pm, r->reg);
+    r->sm = (struct pf_sched_metrics){
         .running = pd_metrics_gauge(r->reg, "t:running", NULL, "h"),
         .waiting = pd_metrics_gauge(r->reg, "t:waiting", NULL, "h"),
         .kv_used = pd_metrics_gauge(r->reg, "t:kv_used", NULL, "h"),
@@ -61,14 +84,25 @@ static void rig_up(struct rig *r, uint32_t n_blocks, uint32_t max_running, uint3
         .prompt_tokens = pd_metrics_counter(r->reg, "t:prompt", NULL, "h"),
         .queue_time = pd_metrics_histogram(r->reg, "t:queue", "h", b, 3),
         .prefill_time = pd_metrics_histogram(r->reg, "t:prefill", "h", b, 3),
-        .batch_tokens = pd_metrics_histogram(r->reg, "t:batch", "h", b, 3)};
+        .batch_tokens = pd_metrics_histogram(r->reg, "t:batch", "h", b, 3),
+        .prefix = &r->pm,
+        .blocks_not_sent = pd_metrics_counter(r->reg, "t:blocks_not_sent", NULL, "h"),
+        .bytes_not_sent = pd_metrics_counter(r->reg, "t:bytes_not_sent", NULL, "h"),
+        .recomputed = pd_metrics_counter(r->reg, "t:recomputed", NULL, "h")};
+    CHECK(r->pm.hit_tokens && r->sm.blocks_not_sent && r->sm.bytes_not_sent && r->sm.recomputed);
     struct pf_sched_params p = {.engine = r->e, .max_waiting = max_waiting,
-                                .max_running = max_running, .idle_tick_ms = 10, .metrics = sm,
+                                .max_running = max_running, .idle_tick_ms = 10, .metrics = r->sm,
                                 .notify = notify};
     if (pf_sched_new(&p, &r->s, err, sizeof(err)) < 0)
         PD_TEST_FAIL_("%s", err);
     if (start && pd_worker_start(pf_sched_worker(r->s), err, sizeof(err)) < 0)
         PD_TEST_FAIL_("%s", err);
+}
+
+static void rig_up(struct rig *r, uint32_t n_blocks, uint32_t max_running, uint32_t max_waiting,
+                   bool start)
+{
+    rig_up_ex(r, n_blocks, max_running, max_waiting, start, false);
 }
 
 /* For a rig made with start unset, once its queue is as the test wants it. */
@@ -338,6 +372,298 @@ static void prefilld_cancel_ends_the_job(void)
     rig_down(&r);
 }
 
+/* ---- prefix caching ---- */
+
+enum { BS = 16 }; /* the engine's default block size */
+
+/* Decoded's name of block k of toks[0, n) under salt: the chain from
+ * pd_prefix_root over this engine's KV layout. */
+static void block_name(struct rig *r, const uint8_t salt[PD_PREFIX_HASH_LEN], const int32_t *toks,
+                       uint32_t n, uint32_t k, uint8_t out[PD_PREFIX_HASH_LEN])
+{
+    struct pd_kv_layout l;
+    uint8_t root[PD_PREFIX_HASH_LEN];
+    struct pd_prefix_seq ps;
+    CHECK_EQ_INT(pd_kvcache_layout(pd_engine_kvcache(r->e))->block_size, BS);
+    pd_engine_kv_layout(r->e, &l);
+    pd_prefix_root(&l, salt, root);
+    pd_prefix_seq_init(&ps, root);
+    CHECK_EQ_INT(pd_prefix_seq_extend(&ps, toks, n, BS), 0);
+    CHECK(k < ps.n);
+    memcpy(out, ps.h[k], PD_PREFIX_HASH_LEN);
+    pd_prefix_seq_done(&ps);
+}
+
+/* Job id (peer 1) of toks[0, n) (copied), with salt (NULL: none) and
+ * n_cached blocks decoded holds, cached_name as decoded names them. */
+static struct pf_job *pjob(struct rig *r, uint64_t id, const int32_t *toks, uint32_t n,
+                           const uint8_t *salt, uint32_t n_cached)
+{
+    struct pf_job *j = job(r, 1, id, n, 0);
+    memcpy(j->tokens, toks, n * sizeof(*toks));
+    if (salt)
+        memcpy(j->salt, salt, PD_PREFIX_HASH_LEN);
+    j->n_cached = n_cached;
+    if (n_cached)
+        block_name(r, j->salt, toks, n, n_cached - 1, j->cached_name);
+    return j;
+}
+
+/* The transfer of g's runs ends (they were collected with hold). */
+static void release(struct rig *r, const struct got *g)
+{
+    CHECK_EQ_INT(pf_sched_unref(r->s, g->blocks, NULL, g->n_blocks), 0);
+}
+
+/* g's runs (numbered from the prompt's block first) hold the K/V a solo
+ * prefill of toks[0, n) on a fresh engine with the cache off writes in its
+ * blocks [first, ...) (normalized error, as above: the solo run batches
+ * differently), and the first token is the one local sampling picks unless
+ * the top two are a near-tie. The runs' blocks must still be held. */
+static void check_matches_solo(struct rig *r, const struct got *g, const int32_t *toks, uint32_t n,
+                               uint32_t first)
+{
+    struct pd_engine *solo = engine(r->m, 16, 1);
+    struct pd_kvcache *tc = pd_engine_kv_channel_pool(r->e), *skc = pd_engine_kvcache(solo);
+    const struct pd_kv_geom *geo = pd_kvcache_layout(skc);
+    const size_t per_block = pd_kvcache_block_bytes(skc) / sizeof(float);
+    const uint32_t V = pd_engine_n_vocab(solo);
+    float *logits = malloc(V * sizeof(float));
+    struct pd_sampler *sampler = pd_sampler_new(V);
+    struct pd_kvseq q;
+    char err[256];
+    CHECK(logits && sampler);
+    CHECK(!pd_kvcache_prefix(skc));
+    CHECK_EQ_INT(pd_kvcache_block_bytes(tc), pd_kvcache_block_bytes(skc));
+    CHECK(g->done);
+    CHECK_EQ_INT(first + g->n_blocks, (n + BS - 1) / BS);
+    pd_kvseq_init(&q);
+    CHECK_EQ_INT(pd_engine_prefill(solo, &q, toks, n, logits, err, sizeof(err)), 0);
+    double num = 0, den = 0;
+    for (uint32_t b = 0; b < g->n_blocks; b++) {
+        const uint32_t k = first + b; /* the prompt's block */
+        const float *x = pd_kvcache_pool(tc) + (size_t)g->blocks[b] * per_block;
+        const float *y = pd_kvcache_pool(skc) + (size_t)q.blocks[k] * per_block;
+        /* the last block holds only the prompt's tokens: compare those */
+        const uint32_t used = (k + 1) * BS <= n ? BS : n - k * BS;
+        for (uint32_t l = 0; l < geo->n_layer; l++)
+            for (uint32_t kv = 0; kv < 2; kv++)
+                for (uint32_t h = 0; h < geo->n_head_kv; h++)
+                    for (uint32_t t = 0; t < used; t++) {
+                        uint64_t o = pd_kv_offset(geo, 0, l, kv, h, t);
+                        for (uint32_t d = 0; d < geo->head_dim; d++) {
+                            num = fmax(num, fabs((double)x[o + d] - y[o + d]));
+                            den = fmax(den, fabs((double)y[o + d]));
+                        }
+                    }
+    }
+    CHECK(den > 0);
+    if (num / den > 1e-5)
+        PD_TEST_FAIL_("K/V differ from a solo prefill's blocks [%u, %u): %g normalized", first,
+                      first + g->n_blocks, num / den);
+    struct pd_sample_result want;
+    const struct pd_sampling greedy = PD_SAMPLING_DEFAULT;
+    CHECK_EQ_INT(pd_sample(sampler, &greedy, logits, toks, n, NULL, 0, &want), 0);
+    if (!fx_near_tie(logits, V))
+        CHECK_EQ_INT(g->first.token, want.token);
+    else
+        fprintf(stderr, "  near-tie at the first token, not compared\n");
+    pd_engine_seq_release(solo, &q);
+    pd_sampler_free(sampler);
+    free(logits);
+    pd_engine_free(solo);
+}
+
+/* B shares A's first 80 tokens (5 full blocks, all below B's last token's
+ * block): B maps A's 5 blocks and its K/V is a solo prefill's. */
+static void second_prompt_with_shared_prefix_maps_cached_blocks(void)
+{
+    int32_t a[100], b[120];
+    prompt(a, 100, 1);
+    prompt(b, 120, 2);
+    memcpy(b, a, 80 * sizeof(*a)); /* b differs from token 80 on: block 5 */
+    struct rig r;
+    rig_up_ex(&r, 40, 2, 4, true, true);
+    submit(&r, pjob(&r, 1, a, 100, NULL, 0));
+    collect(&r, 1, false);
+    CHECK(r.g[0].done);
+    CHECK(pd_metric_value(r.pm.hit_tokens) == 0); /* a cold pool */
+    submit(&r, pjob(&r, 2, b, 120, NULL, 0));
+    collect(&r, 2, true);
+    CHECK(pd_metric_value(r.pm.q_tokens) == 100 + 120);
+    CHECK(pd_metric_value(r.pm.q_blocks) == 99 / BS + 119 / BS);
+    CHECK(pd_metric_value(r.pm.hit_tokens) == 5 * BS);
+    CHECK(pd_metric_value(r.pm.hit_blocks) == 5);
+    for (uint32_t k = 0; k < 5; k++) /* A's own blocks, not copies */
+        CHECK_EQ_INT(r.g[1].blocks[k], r.g[0].blocks[k]);
+    check_matches_solo(&r, &r.g[1], b, 120, 0);
+    release(&r, &r.g[1]);
+    rig_down(&r);
+}
+
+/* B is exactly A's first 80 tokens: its last token lies in block 4, so it
+ * maps blocks 0-3 only (64 tokens) and computes block 4 in a block of its
+ * own; its K/V is a solo prefill's. */
+static void cached_prompt_still_computes_its_last_tokens_block(void)
+{
+    int32_t a[100];
+    prompt(a, 100, 4);
+    struct rig r;
+    rig_up_ex(&r, 40, 2, 4, true, true);
+    submit(&r, pjob(&r, 1, a, 100, NULL, 0));
+    collect(&r, 1, false);
+    submit(&r, pjob(&r, 2, a, 80, NULL, 0));
+    collect(&r, 2, true);
+    CHECK(r.g[1].done);
+    CHECK(pd_metric_value(r.pm.hit_tokens) == 4 * BS);
+    CHECK(pd_metric_value(r.pm.hit_blocks) == 4);
+    for (uint32_t k = 0; k < 4; k++)
+        CHECK_EQ_INT(r.g[1].blocks[k], r.g[0].blocks[k]);
+    CHECK(r.g[1].blocks[4] != r.g[0].blocks[4]);
+    check_matches_solo(&r, &r.g[1], a, 80, 0);
+    release(&r, &r.g[1]);
+    rig_down(&r);
+}
+
+/* Decoded holds blocks 0-2 of a 90-token prompt (6 blocks): the runs cover
+ * relative blocks [0, 3) once each, in order (collect checks it), holding
+ * the prompt's blocks [3, 6); the 3 blocks are counted as not sent. */
+static void n_cached_blocks_are_not_sent_and_runs_are_relative(void)
+{
+    int32_t t[90];
+    prompt(t, 90, 3);
+    struct rig r;
+    rig_up_ex(&r, 40, 2, 4, true, true);
+    submit(&r, pjob(&r, 1, t, 90, NULL, 3));
+    collect(&r, 1, true);
+    CHECK(r.g[0].done);
+    CHECK_EQ_INT(r.g[0].n_blocks, 6 - 3);
+    check_matches_solo(&r, &r.g[0], t, 90, 3);
+    CHECK(pd_metric_value(r.sm.blocks_not_sent) == 3);
+    CHECK(pd_metric_value(r.sm.bytes_not_sent) == 3.0 * BLOCK_BYTES);
+    release(&r, &r.g[0]);
+    rig_down(&r);
+}
+
+/* A cached_name one byte off, and one made under another salt than the
+ * job's: both end INVALID_REQUEST before any run; every block comes back
+ * (rig_down). */
+static void wrong_cached_name_is_refused(void)
+{
+    int32_t t[90];
+    prompt(t, 90, 5);
+    uint8_t other[PD_PREFIX_HASH_LEN];
+    pd_prefix_salt("tenant-b", 8, other);
+    struct rig r;
+    rig_up_ex(&r, 40, 2, 4, false, true);
+    struct pf_job *j = pjob(&r, 1, t, 90, NULL, 3);
+    j->cached_name[PD_PREFIX_HASH_LEN - 1] ^= 1;
+    submit(&r, j);
+    j = pjob(&r, 2, t, 90, NULL, 3);
+    block_name(&r, other, t, 90, 2, j->cached_name); /* decoded's under its salt, j has none */
+    submit(&r, j);
+    start(&r);
+    collect(&r, 2, false);
+    for (int i = 0; i < 2; i++) {
+        CHECK(r.g[i].ended);
+        CHECK_EQ_INT(r.g[i].reason, PD_R_INVALID_REQUEST);
+        CHECK_EQ_INT(r.g[i].n_blocks, 0);
+    }
+    rig_down(&r);
+}
+
+/* Decoded holds 3 blocks the fresh pool does not: 48 tokens recomputed.
+ * The same prompt again finds them in its own cache: no more. */
+static void cold_cache_counts_recomputed_tokens(void)
+{
+    int32_t t[60];
+    prompt(t, 60, 6);
+    struct rig r;
+    rig_up_ex(&r, 40, 2, 4, true, true);
+    submit(&r, pjob(&r, 1, t, 60, NULL, 3));
+    collect(&r, 1, false);
+    CHECK(r.g[0].done);
+    CHECK(pd_metric_value(r.sm.recomputed) == 3 * BS);
+    submit(&r, pjob(&r, 2, t, 60, NULL, 3));
+    collect(&r, 2, false);
+    CHECK(r.g[1].done);
+    CHECK(pd_metric_value(r.pm.hit_tokens) == 3 * BS);
+    CHECK(pd_metric_value(r.sm.recomputed) == 3 * BS);
+    rig_down(&r);
+}
+
+/* The same tokens under another salt find nothing; under the same salt
+ * again they do (the cache works). */
+static void salt_separates_prefilld_cache(void)
+{
+    int32_t t[60];
+    prompt(t, 60, 7);
+    uint8_t salt[PD_PREFIX_HASH_LEN];
+    pd_prefix_salt("tenant-b", 8, salt);
+    struct rig r;
+    rig_up_ex(&r, 40, 2, 4, true, true);
+    submit(&r, pjob(&r, 1, t, 60, NULL, 0));
+    collect(&r, 1, false);
+    submit(&r, pjob(&r, 2, t, 60, salt, 0));
+    collect(&r, 2, false);
+    CHECK(r.g[1].done);
+    CHECK(pd_metric_value(r.pm.hit_tokens) == 0);
+    submit(&r, pjob(&r, 3, t, 60, salt, 0));
+    collect(&r, 3, false);
+    CHECK(r.g[2].done);
+    CHECK(pd_metric_value(r.pm.hit_tokens) == 3 * BS);
+    rig_down(&r);
+}
+
+/* With the cache off, decoded's name is checked all the same: the right one
+ * gets runs from block n_cached (relative) holding a solo prefill's blocks,
+ * a wrong one is refused; the pool is never looked up. */
+static void cache_off_still_checks_cached_name_and_sends_only_missing_blocks(void)
+{
+    int32_t t[70];
+    prompt(t, 70, 8);
+    struct rig r;
+    rig_up_ex(&r, 40, 2, 4, false, false);
+    submit(&r, pjob(&r, 1, t, 70, NULL, 2));
+    struct pf_job *j = pjob(&r, 2, t, 70, NULL, 2);
+    j->cached_name[0] ^= 0x80;
+    submit(&r, j);
+    start(&r);
+    collect(&r, 2, true);
+    CHECK(r.g[0].done);
+    CHECK_EQ_INT(r.g[0].n_blocks, 5 - 2);
+    check_matches_solo(&r, &r.g[0], t, 70, 2);
+    CHECK(r.g[1].ended);
+    CHECK_EQ_INT(r.g[1].reason, PD_R_INVALID_REQUEST);
+    CHECK_EQ_INT(r.g[1].n_blocks, 0);
+    CHECK(pd_metric_value(r.sm.blocks_not_sent) == 2);
+    CHECK(pd_metric_value(r.pm.q_tokens) == 0);
+    release(&r, &r.g[0]);
+    rig_down(&r);
+}
+
+/* What PROGRESS reads: nothing before admission; after DONE the job was
+ * admitted (computing) and every prompt token is in the cache. */
+static void progress_atomics(void)
+{
+    int32_t t[100];
+    prompt(t, 100, 9);
+    struct rig r;
+    rig_up_ex(&r, 40, 2, 4, false, true);
+    struct pf_job *j = pjob(&r, 1, t, 100, NULL, 0);
+    pf_job_ref(j); /* ours, to read it after DONE */
+    submit(&r, j);
+    CHECK(!atomic_load(&j->computing));
+    CHECK_EQ_INT(atomic_load(&j->tokens_done), 0);
+    start(&r);
+    collect(&r, 1, false);
+    CHECK(r.g[0].done);
+    CHECK(atomic_load(&j->computing));
+    CHECK_EQ_INT(atomic_load(&j->tokens_done), 100);
+    pf_job_unref(j);
+    rig_down(&r);
+}
+
 static const struct pd_test tests[] = {
     PD_TEST(prefilld_blocks_and_first_token_match_solo_prefill),
     PD_TEST(prefilld_blocks_live_until_unref),
@@ -345,6 +671,14 @@ static const struct pd_test tests[] = {
     PD_TEST(prefilld_peers_take_turns),
     PD_TEST(prefilld_refuses_what_never_fits_and_a_full_queue),
     PD_TEST(prefilld_cancel_ends_the_job),
+    PD_TEST(second_prompt_with_shared_prefix_maps_cached_blocks),
+    PD_TEST(cached_prompt_still_computes_its_last_tokens_block),
+    PD_TEST(n_cached_blocks_are_not_sent_and_runs_are_relative),
+    PD_TEST(wrong_cached_name_is_refused),
+    PD_TEST(cold_cache_counts_recomputed_tokens),
+    PD_TEST(salt_separates_prefilld_cache),
+    PD_TEST(cache_off_still_checks_cached_name_and_sends_only_missing_blocks),
+    PD_TEST(progress_atomics),
     {0},
 };
 

@@ -35,10 +35,20 @@ static size_t golden(const char *name, uint8_t *buf, size_t cap)
 
 static const char *const golden_names[] = {
     "prefill", "chunk", "ack", "done", "abort", "abort_ack", "cancel", "heartbeat", "error",
+    "prefill_prefix", "progress", /* minor 1 */
 };
 #define N_GOLDEN (sizeof(golden_names) / sizeof(golden_names[0]))
 
 static const uint32_t prefill_tokens[] = {1, 9906, 1917, 30, 128000};
+
+/* prefill_prefix's 40 tokens, as make_frames.py computes them */
+static const uint32_t *prefix_tokens(void)
+{
+    static uint32_t t[40];
+    for (uint32_t i = 0; i < 40; i++)
+        t[i] = (i * 7919u + 3u) % 128256u;
+    return t;
+}
 
 /* The frames make_frames.py writes, as structs. */
 static struct pd_frame expected(const char *name, uint8_t tags[48])
@@ -55,6 +65,24 @@ static struct pd_frame expected(const char *name, uint8_t tags[48])
             .tokens = prefill_tokens,
         };
         strcpy(f.u.prefill.xrid, "req-7f3a9c");
+    } else if (strcmp(name, "prefill_prefix") == 0) {
+        /* 2 cached blocks of 16: the one granted block holds tokens 32..39 */
+        f.type = PD_FT_PREFILL;
+        f.u.prefill = (struct pd_prefill){
+            .request_id = REQ, .epoch = EPOCH, .n_tokens = 40, .n_blocks = 1, .block_size = 16,
+            .temperature = 0.0f, .top_p = 1.0f, .repetition_penalty = 1.0f, .seed = 7,
+            .flags = PD_PREFILL_F_PREFIX, .n_cached = 2, .tokens = prefix_tokens(),
+        };
+        for (int i = 0; i < PD_PREFIX_NAME_LEN; i++) {
+            f.u.prefill.salt[i] = (uint8_t)(0x20 + i);
+            f.u.prefill.cached_name[i] = (uint8_t)(0xa0 + i);
+        }
+        strcpy(f.u.prefill.xrid, "req-prefix-2");
+    } else if (strcmp(name, "progress") == 0) {
+        f.type = PD_FT_PROGRESS;
+        f.u.progress = (struct pd_progress){.request_id = REQ, .epoch = EPOCH,
+                                            .state = PD_PROGRESS_COMPUTING, .tokens_done = 32,
+                                            .n_tokens = 40};
     } else if (strcmp(name, "chunk") == 0) {
         for (int i = 0; i < 48; i++)
             tags[i] = (uint8_t)(i ^ 0x5a);
@@ -111,6 +139,9 @@ static void check_same(const struct pd_frame *a, const struct pd_frame *b)
         CHECK_EQ_INT(x->n_logprobs, y->n_logprobs);
         CHECK(x->seed == y->seed);
         CHECK_EQ_INT(x->flags, y->flags);
+        CHECK(memcmp(x->salt, y->salt, PD_PREFIX_NAME_LEN) == 0);
+        CHECK_EQ_INT(x->n_cached, y->n_cached);
+        CHECK(memcmp(x->cached_name, y->cached_name, PD_PREFIX_NAME_LEN) == 0);
         for (uint32_t i = 0; i < x->n_tokens; i++)
             CHECK_EQ_INT(pd_prefill_token(x, i), pd_prefill_token(y, i));
         CHECK_STR(x->xrid, y->xrid);
@@ -165,6 +196,15 @@ static void check_same(const struct pd_frame *a, const struct pd_frame *b)
         CHECK_EQ_INT(a->u.error.reason, b->u.error.reason);
         CHECK_STR(a->u.error.detail, b->u.error.detail);
         break;
+    case PD_FT_PROGRESS: {
+        const struct pd_progress *x = &a->u.progress, *y = &b->u.progress;
+        CHECK(x->request_id == y->request_id);
+        CHECK_EQ_INT(x->epoch, y->epoch);
+        CHECK_EQ_INT(x->state, y->state);
+        CHECK_EQ_INT(x->tokens_done, y->tokens_done);
+        CHECK_EQ_INT(x->n_tokens, y->n_tokens);
+        break;
+    }
     default: CHECK(!"unexpected type");
     }
 }
@@ -238,7 +278,7 @@ static void other_major_version_refused_naming_both(void)
     buf[4] = 2;
     buf[5] = 3;
     REFUSED(buf, n, -EPROTONOSUPPORT);
-    CHECK_CONTAINS(err, "ours 1.0");
+    CHECK_CONTAINS(err, "ours 1.1");
     CHECK_CONTAINS(err, "peer 2.3");
 }
 
@@ -265,7 +305,7 @@ static void unknown_type_refused(void)
 {
     uint8_t buf[256];
     size_t n = golden("ack", buf, sizeof(buf));
-    const uint8_t bad[] = {0, 4, 15, 27, 255};
+    const uint8_t bad[] = {0, 4, 15, 28, 255}; /* 27 is PROGRESS since minor 1 */
     for (size_t i = 0; i < sizeof(bad); i++) {
         buf[6] = bad[i];
         REFUSED(buf, n, -EBADMSG);
@@ -456,7 +496,11 @@ static void prefill_unknown_flags_refused(void)
 {
     uint8_t buf[4096];
     size_t n = golden("prefill", buf, sizeof(buf));
-    buf[PD_FRAME_HDR_LEN + 66] = 0x03;
+    buf[PD_FRAME_HDR_LEN + 66] = 0x05; /* NO_EOS and 0x04, which no minor defines */
+    REFUSED(buf, n, -EBADMSG);
+    CHECK_CONTAINS(err, "flags");
+    buf[PD_FRAME_HDR_LEN + 66] = 0x01;
+    buf[PD_FRAME_HDR_LEN + 67] = 0x80; /* 0x8001 */
     REFUSED(buf, n, -EBADMSG);
     CHECK_CONTAINS(err, "flags");
 }
@@ -531,7 +575,8 @@ static void heartbeat_lease_out_of_range_refused(void)
 
 static void request_id_zero_refused(void)
 {
-    const char *names[] = {"prefill", "chunk", "ack", "done", "abort", "abort_ack", "cancel"};
+    const char *names[] = {"prefill", "chunk", "ack", "done", "abort", "abort_ack", "cancel",
+                           "prefill_prefix", "progress"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         uint8_t buf[4096];
         size_t n = golden(names[i], buf, sizeof(buf));
@@ -766,6 +811,204 @@ static void ready_roundtrips_and_only_prefilld_sends_it(void)
     REFUSED(buf, n, -EBADMSG);
 }
 
+/* ---- minor 1: PREFILL's prefix part, PROGRESS ---- */
+
+/* Body offsets of the prefix part (docs/internals/proto.md). */
+#define PREFILL_FIXED_LEN 68
+#define PFX_SALT 68
+#define PFX_N_CACHED 100
+#define PFX_RESERVED 104
+#define PFX_NAME 108
+#define PFX_TOKENS 140
+
+static void prefill_prefix_roundtrip(void)
+{
+    uint8_t tags[48], buf[4096];
+    struct pd_frame f = expected("prefill_prefix", tags), g;
+    f.u.prefill.n_cached = 1; /* differs from the golden: 16 cached, 24 sent */
+    f.u.prefill.n_blocks = 2;
+    f.u.prefill.cached_name[31] = 0x5c;
+    size_t n = 0;
+    CHECK_EQ_INT(pd_frame_encode(&f, 3, buf, sizeof(buf), &n, err, sizeof(err)), 0);
+    CHECK_EQ_INT(n, PD_FRAME_HDR_LEN + PFX_TOKENS + 4 * 40 + strlen("req-prefix-2"));
+    const uint8_t *b = buf + PD_FRAME_HDR_LEN;
+    CHECK(memcmp(b + PFX_SALT, f.u.prefill.salt, PD_PREFIX_NAME_LEN) == 0);
+    CHECK_EQ_INT(b[PFX_N_CACHED], 1);
+    CHECK(b[PFX_RESERVED] == 0 && b[PFX_RESERVED + 1] == 0 && b[PFX_RESERVED + 2] == 0 &&
+          b[PFX_RESERVED + 3] == 0);
+    CHECK(memcmp(b + PFX_NAME, f.u.prefill.cached_name, PD_PREFIX_NAME_LEN) == 0);
+    CHECK_EQ_INT(b[PFX_TOKENS], 3); /* the first token, (0 * 7919 + 3) */
+    CHECK_EQ_INT(pd_frame_decode(buf, n, &g, err, sizeof(err)), 0);
+    check_same(&g, &f);
+}
+
+static void prefill_cached_without_flag_refused_on_encode(void)
+{
+    uint8_t tags[48];
+    struct pd_frame f = expected("prefill_prefix", tags);
+    f.u.prefill.flags = 0; /* n_cached 2 stays */
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL);
+    CHECK_CONTAINS(err, "without the prefix part");
+    f.u.prefill.n_cached = 0;
+    f.u.prefill.n_blocks = 3;
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL); /* the salt and name are still set */
+    memset(f.u.prefill.salt, 0, sizeof(f.u.prefill.salt));
+    memset(f.u.prefill.cached_name, 0, sizeof(f.u.prefill.cached_name));
+    CHECK_EQ_INT(encode_rc(&f), 0);
+}
+
+static void prefill_name_without_cached_blocks_refused(void)
+{
+    uint8_t tags[48];
+    struct pd_frame f = expected("prefill_prefix", tags);
+    f.u.prefill.n_cached = 0;
+    f.u.prefill.n_blocks = 3;
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL);
+    CHECK_CONTAINS(err, "name without cached blocks");
+    memset(f.u.prefill.cached_name, 0, sizeof(f.u.prefill.cached_name));
+    CHECK_EQ_INT(encode_rc(&f), 0); /* a salt alone is a prefix part with nothing cached */
+}
+
+/* The block holding the last token is always computed: n_cached * block_size < n_tokens. */
+static void prefill_cached_covering_all_tokens_refused(void)
+{
+    uint8_t tags[48], buf[4096];
+    struct pd_frame f = expected("prefill_prefix", tags);
+    f.u.prefill.n_tokens = 32; /* exactly the 2 cached blocks */
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL);
+    CHECK_CONTAINS(err, "leave none");
+    f.u.prefill.n_tokens = 33;
+    CHECK_EQ_INT(encode_rc(&f), 0);
+    /* on the wire: 3 cached blocks of 16 cover all 40; 2^28 of 16 wraps a u32 to 0 */
+    const uint8_t bad[][4] = {{3, 0, 0, 0}, {0, 0, 0, 0x10}};
+    for (size_t i = 0; i < 2; i++) {
+        size_t n = golden("prefill_prefix", buf, sizeof(buf));
+        memcpy(buf + PD_FRAME_HDR_LEN + PFX_N_CACHED, bad[i], 4);
+        REFUSED(buf, n, -EBADMSG);
+        CHECK_CONTAINS(err, "leave none");
+    }
+}
+
+static void prefill_prefix_too_few_blocks_refused(void)
+{
+    uint8_t tags[48], buf[4096];
+    struct pd_frame f = expected("prefill_prefix", tags);
+    f.u.prefill.n_cached = 1; /* 40 tokens of 16: 3 blocks, 1 cached, 2 to grant */
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL);
+    CHECK_CONTAINS(err, "cannot hold");
+    f.u.prefill.n_blocks = 2;
+    CHECK_EQ_INT(encode_rc(&f), 0);
+    size_t n = golden("prefill_prefix", buf, sizeof(buf));
+    memset(buf + PD_FRAME_HDR_LEN + 16, 0, 4); /* n_blocks 0 */
+    REFUSED(buf, n, -EBADMSG);
+    CHECK_CONTAINS(err, "cannot hold");
+}
+
+static void prefill_prefix_reserved_nonzero_refused(void)
+{
+    for (size_t k = 0; k < 4; k++) {
+        uint8_t buf[4096];
+        size_t n = golden("prefill_prefix", buf, sizeof(buf));
+        buf[PD_FRAME_HDR_LEN + PFX_RESERVED + k] = 1;
+        REFUSED(buf, n, -EBADMSG);
+        CHECK_CONTAINS(err, "reserved");
+    }
+}
+
+/* The header's length ends inside the prefix part: no field is read past it. */
+static void prefill_prefix_truncated_refused(void)
+{
+    uint8_t buf[4096];
+    size_t n = golden("prefill_prefix", buf, sizeof(buf));
+    struct pd_frame_hdr h;
+    CHECK_EQ_INT(pd_frame_hdr_decode(buf, n, &h, err, sizeof(err)), 0);
+    buf[PD_FRAME_HDR_LEN + 16] = 3; /* blocks for all 40 tokens: only the length can fail */
+    /* from the shortest PREFILL the header admits (one token, a 1-byte id) */
+    for (size_t body = PREFILL_FIXED_LEN + 4 + 1; body < PFX_TOKENS; body++) {
+        struct pd_frame f;
+        h.len = (uint32_t)body;
+        pd_frame_hdr_encode(&h, buf);
+        uint8_t *cut = malloc(PD_FRAME_HDR_LEN + body); /* exact, for ASan */
+        memcpy(cut, buf, PD_FRAME_HDR_LEN + body);
+        int rc = pd_frame_decode(cut, PD_FRAME_HDR_LEN + body, &f, err, sizeof(err));
+        free(cut);
+        if (rc != -EBADMSG || !strstr(err, "counts make it"))
+            PD_TEST_FAIL_("body cut to %zu bytes: rc %d (%s)", body, rc, err);
+    }
+}
+
+static void progress_roundtrip(void)
+{
+    uint8_t tags[48], buf[PD_FRAME_HDR_LEN + 24];
+    struct pd_frame f = expected("progress", tags), g;
+    f.u.progress = (struct pd_progress){.request_id = 0x1112131415161718ull, .epoch = 0x21222324,
+                                        .state = PD_PROGRESS_QUEUED, .tokens_done = 0,
+                                        .n_tokens = PD_PROTO_MAX_TOKENS};
+    size_t n = 0;
+    CHECK_EQ_INT(pd_frame_encode(&f, 4, buf, sizeof(buf), &n, err, sizeof(err)), 0);
+    CHECK_EQ_INT(n, PD_FRAME_HDR_LEN + 24);
+    static const uint8_t want[24] = {
+        0x18, 0x17, 0x16, 0x15, 0x14, 0x13, 0x12, 0x11, 0x24, 0x23, 0x22, 0x21,
+        PD_PROGRESS_QUEUED, 0, 0, 0, 0, 0, 0, 0,
+        PD_PROTO_MAX_TOKENS & 0xff, (PD_PROTO_MAX_TOKENS >> 8) & 0xff,
+        (PD_PROTO_MAX_TOKENS >> 16) & 0xff, (PD_PROTO_MAX_TOKENS >> 24) & 0xff,
+    };
+    CHECK(memcmp(buf + PD_FRAME_HDR_LEN, want, 24) == 0);
+    CHECK_EQ_INT(pd_frame_decode(buf, n, &g, err, sizeof(err)), 0);
+    check_same(&g, &f);
+    CHECK(pd_frame_type_known(PD_FT_PROGRESS) && pd_frame_type_sealed(PD_FT_PROGRESS));
+    CHECK_STR(pd_frame_type_name(PD_FT_PROGRESS), "PROGRESS");
+}
+
+static void progress_bad_state_refused(void)
+{
+    uint8_t tags[48], buf[256];
+    const uint16_t bad[] = {0, 3, 0xffff};
+    for (size_t i = 0; i < 3; i++) {
+        struct pd_frame f = expected("progress", tags);
+        f.u.progress.state = bad[i];
+        CHECK_EQ_INT(encode_rc(&f), -EINVAL);
+        CHECK_CONTAINS(err, "state");
+        size_t n = golden("progress", buf, sizeof(buf));
+        buf[PD_FRAME_HDR_LEN + 12] = (uint8_t)bad[i];
+        buf[PD_FRAME_HDR_LEN + 13] = (uint8_t)(bad[i] >> 8);
+        REFUSED(buf, n, -EBADMSG);
+        CHECK_CONTAINS(err, "state");
+    }
+}
+
+static void progress_done_over_total_refused(void)
+{
+    uint8_t tags[48], buf[256];
+    struct pd_frame f = expected("progress", tags);
+    f.u.progress.tokens_done = 41;
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL);
+    CHECK_CONTAINS(err, "tokens done");
+    f.u.progress.tokens_done = 40; /* all of them: legitimate */
+    CHECK_EQ_INT(encode_rc(&f), 0);
+    size_t n = golden("progress", buf, sizeof(buf));
+    buf[PD_FRAME_HDR_LEN + 16] = 41;
+    REFUSED(buf, n, -EBADMSG);
+    CHECK_CONTAINS(err, "tokens done");
+}
+
+static void progress_reserved_nonzero_refused(void)
+{
+    for (size_t k = 14; k < 16; k++) {
+        uint8_t buf[256];
+        size_t n = golden("progress", buf, sizeof(buf));
+        buf[PD_FRAME_HDR_LEN + k] = 1;
+        REFUSED(buf, n, -EBADMSG);
+        CHECK_CONTAINS(err, "reserved");
+    }
+}
+
+static void progress_from_d_not_allowed(void)
+{
+    CHECK(pd_frame_sender_ok(PD_FT_PROGRESS, PD_ROLE_P));
+    CHECK(!pd_frame_sender_ok(PD_FT_PROGRESS, PD_ROLE_D));
+}
+
 static const struct pd_test tests[] = {
     PD_TEST(golden_frames_decode_to_documented_values),
     PD_TEST(golden_frames_reencode_byte_identical),
@@ -805,6 +1048,18 @@ static const struct pd_test tests[] = {
     PD_TEST(ucx_addr_roundtrips_with_documented_layout),
     PD_TEST(ucx_addr_token_length_and_reserved_checked),
     PD_TEST(ready_roundtrips_and_only_prefilld_sends_it),
+    PD_TEST(prefill_prefix_roundtrip),
+    PD_TEST(prefill_cached_without_flag_refused_on_encode),
+    PD_TEST(prefill_name_without_cached_blocks_refused),
+    PD_TEST(prefill_cached_covering_all_tokens_refused),
+    PD_TEST(prefill_prefix_too_few_blocks_refused),
+    PD_TEST(prefill_prefix_reserved_nonzero_refused),
+    PD_TEST(prefill_prefix_truncated_refused),
+    PD_TEST(progress_roundtrip),
+    PD_TEST(progress_bad_state_refused),
+    PD_TEST(progress_done_over_total_refused),
+    PD_TEST(progress_reserved_nonzero_refused),
+    PD_TEST(progress_from_d_not_allowed),
     {0},
 };
 

@@ -20,9 +20,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "frames")
 CORPUS = os.path.join(HERE, "..", "fuzz", "corpus", "frame")
 
-MAJOR, MINOR = 1, 0
+MAJOR, MINOR = 1, 1
 T = dict(PREFILL=16, CHUNK=17, ACK=18, DONE=19, ABORT=20, ABORT_ACK=21, CANCEL=22,
-         HEARTBEAT=23, ERROR=24)
+         HEARTBEAT=23, ERROR=24, PROGRESS=27)
 REQ = 0x0123456789ABCDEF
 EPOCH = 2
 
@@ -40,6 +40,21 @@ def prefill():
     body += struct.pack("<HH", len(xrid), 0x0001)  # flags: PD_PREFILL_F_NO_EOS
     body += struct.pack("<%dI" % len(tokens), *tokens) + xrid
     return header(T["PREFILL"], body, 1)
+
+
+def prefill_prefix():
+    # minor 1: PD_PREFILL_F_PREFIX, 2 cached blocks of 16 of a 40-token prompt;
+    # the one granted block holds tokens 32..39 (ceil(40 / 16) - 2 = 1)
+    tokens = [(i * 7919 + 3) % 128256 for i in range(40)]
+    xrid = b"req-prefix-2"
+    salt = bytes(0x20 + i for i in range(32))
+    name = bytes(0xA0 + i for i in range(32))
+    body = struct.pack("<QIIII", REQ, EPOCH, len(tokens), 1, 16)
+    body += struct.pack("<fffIfffIQ", 0.0, 1.0, 0.0, 0, 0.0, 0.0, 1.0, 0, 7)
+    body += struct.pack("<HH", len(xrid), 0x0002)  # flags: PD_PREFILL_F_PREFIX
+    body += salt + struct.pack("<I4x", 2) + name  # the prefix part: n_cached 2, 4 zero
+    body += struct.pack("<%dI" % len(tokens), *tokens) + xrid
+    return header(T["PREFILL"], body, 10)
 
 
 def chunk():
@@ -83,8 +98,14 @@ def error():
     return header(T["ERROR"], struct.pack("<HH", 6, len(detail)) + detail, 9)  # 6: model
 
 
+def progress():
+    # minor 1: state 2 (computing), 2 reserved zero bytes, 32 of 40 tokens done
+    return header(T["PROGRESS"], struct.pack("<QIH2xII", REQ, EPOCH, 2, 32, 40), 11)
+
+
 FRAMES = dict(prefill=prefill, chunk=chunk, ack=ack, done=done, abort=abort,
-              abort_ack=abort_ack, cancel=cancel, heartbeat=heartbeat, error=error)
+              abort_ack=abort_ack, cancel=cancel, heartbeat=heartbeat, error=error,
+              prefill_prefix=prefill_prefix, progress=progress)
 
 
 def main():
