@@ -9,8 +9,10 @@ prefilld processes, real UCX and keys, on loopback.
   * prefilld restarted (a cold cache) with decoded holding the prefix: the
     prompt is still right, and the recompute is counted;
   * cache_salt: requests of different salts share nothing;
-  * PROGRESS: a prompt that computes for longer than --prefill-timeout-ms
-    is not failed over while prefilld says it is computing.
+  * PROGRESS: a prompt queued at prefilld for longer than
+    --prefill-timeout-ms is not failed over while prefilld says it is queued;
+  * peer choice: a conversation's next turn goes to the prefilld that
+    computed its prefix.
 
 The default model ($PDSERVE_MODEL) when present, tiny dummy weights in
 sanitizer builds or without it (token-id prompts either way). One case alone:
@@ -176,3 +178,32 @@ def test_queued_prefill_is_not_failed_over_while_prefilld_reports_progress(tmp_p
                         (10, 11)))
         assert d.metric('pdserve:prefill_failovers_total{reason="timeout"}') == 0
         assert d.metric("pdserve:remote_prompt_tokens_total") - t == 2 * n, "failed over"
+
+
+def test_prompt_goes_to_the_peer_that_holds_its_prefix(tmp_path):
+    """decoded remembers which peer computed which blocks: the next turn of
+    a conversation goes back to that peer (whose cache holds them), while
+    unrelated prompts still spread over both."""
+    psk = keyfile(tmp_path)
+    with Prefilld(*MODEL, *MEM, psk=psk) as a, Prefilld(*MODEL, *MEM, psk=psk) as b, \
+            Decoded(*dec_args(psk, a.addr, b.addr)) as d:
+        up(d, a.addr)
+        up(d, b.addr)
+        peers = (a, b)
+        for conv in range(4):
+            base = toks(5 * BS + 3, 100 + conv)
+            n0 = [p.metric("pdserve:prefill_requests_total") for p in peers]
+            complete(d, body(base))
+            first = [p.metric("pdserve:prefill_requests_total") - n for p, n in zip(peers, n0)]
+            assert sorted(first) == [0, 1], first
+            holder = peers[first.index(1)]
+            h0 = holder.metric("pdserve:prefix_cache_hits_total")
+            for turn in range(3):
+                base = base + toks(20, 1000 * conv + turn)
+                before = holder.metric("pdserve:prefill_requests_total")
+                complete(d, body(base))
+                assert holder.metric("pdserve:prefill_requests_total") == before + 1, \
+                    (conv, turn, "went to the other peer")
+            assert holder.metric("pdserve:prefix_cache_hits_total") > h0
+        # four conversations, started round the peers in turn: both got some
+        assert all(p.metric("pdserve:prefill_requests_total") >= 4 for p in peers)
