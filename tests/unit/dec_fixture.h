@@ -38,6 +38,21 @@ struct dec_out {
     const struct dec_event *final; /* allocated with the job: a cancel's event must be it */
 };
 
+/* A histogram's _count from the rendered text. */
+static inline double dec_hist_count(struct pd_metrics *reg, const char *name)
+{
+    char *text, key[128];
+    size_t len;
+    double v = -1;
+    CHECK_EQ_INT(pd_metrics_render(reg, &text, &len), 0);
+    snprintf(key, sizeof(key), "%s_count ", name);
+    const char *p = strstr(text, key);
+    if (p)
+        v = strtod(p + strlen(key), NULL);
+    free(text);
+    return v;
+}
+
 static inline void dec_rig_notify(void *arg) { (void)arg; }
 
 /* prefix_metrics: the prefix cache's series in the registry; prefix_cache:

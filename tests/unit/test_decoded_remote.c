@@ -367,21 +367,6 @@ static uint32_t names_of(struct rig *r, const uint8_t salt[PD_PREFIX_HASH_LEN],
     return k;
 }
 
-/* A histogram's _count from the rendered text. */
-static double hist_count(struct pd_metrics *reg, const char *name)
-{
-    char *text, key[128];
-    size_t len;
-    double v = -1;
-    CHECK_EQ_INT(pd_metrics_render(reg, &text, &len), 0);
-    snprintf(key, sizeof(key), "%s_count ", name);
-    const char *p = strstr(text, key);
-    if (p)
-        v = strtod(p + strlen(key), NULL);
-    free(text);
-    return v;
-}
-
 static void record(void *arg, const struct dec_event *e)
 {
     (void)arg;
@@ -545,7 +530,7 @@ static void remote_failure_then_local_fallback_keeps_cached_prefix(void)
     const double prompt0 = pd_metric_value(r.d.sm.prompt_tokens);
     const double hit0 = pd_metric_value(r.d.pm.hit_tokens);
     const double hitb0 = pd_metric_value(r.d.pm.hit_blocks);
-    const double steps0 = hist_count(r.d.reg, "t:batch_size");
+    const double steps0 = dec_hist_count(r.d.reg, "t:batch_size");
     submit(&r, &res[1], MAXT);
     collect(&r, 2);
     CHECK_EQ_INT(res[1].starts, 2);
@@ -559,7 +544,7 @@ static void remote_failure_then_local_fallback_keeps_cached_prefix(void)
     CHECK(pd_metric_value(r.d.pm.hit_blocks) - hitb0 == 80 / BS);
     /* the 40 tokens past the prefix in one step with the first token, then
      * a step per token; from scratch the 120 would take two (64 a step) */
-    const double steps = hist_count(r.d.reg, "t:batch_size") - steps0;
+    const double steps = dec_hist_count(r.d.reg, "t:batch_size") - steps0;
     if (steps != MAXT)
         PD_TEST_FAIL_("the fallback took %.0f steps for %u tokens (want %u: only the 40 "
                       "tokens past the cached prefix computed)", steps, MAXT, MAXT);

@@ -9,21 +9,6 @@
 
 enum { NJOB = 16, MAXT = 40 };
 
-/* A histogram's _count from the rendered text. */
-static double hist_count(struct pd_metrics *reg, const char *name)
-{
-    char *text, key[128];
-    size_t len;
-    double v = -1;
-    CHECK_EQ_INT(pd_metrics_render(reg, &text, &len), 0);
-    snprintf(key, sizeof(key), "%s_count ", name);
-    const char *p = strstr(text, key);
-    if (p)
-        v = strtod(p + strlen(key), NULL);
-    free(text);
-    return v;
-}
-
 static struct dec_job *job(const int32_t *prompt, uint32_t n, uint32_t max_tokens,
                            const struct pd_sampling *sp, struct dec_out *res)
 {
@@ -91,7 +76,7 @@ static void sched_small_pool_preempts_and_outputs_equal_solo(void)
     CHECK(pre > 0);
     CHECK(compared >= NJOB * MAXT / 2);
     /* queue time once per job, not again at readmission */
-    CHECK(hist_count(r.reg, "t:queue_time") == NJOB);
+    CHECK(dec_hist_count(r.reg, "t:queue_time") == NJOB);
     pd_engine_free(solo);
     dec_rig_down(&r);
 }
