@@ -117,8 +117,8 @@ static int get_str(const cJSON *root, const char *name, const char **out, struct
 
 /* ---- prompt, messages, stop ---- */
 
-static int parse_ids(const cJSON *arr, const struct dec_api_limits *lim, struct dec_api_req *r,
-                     struct dec_api_err *e)
+static int parse_ids(const cJSON *arr, const struct dec_api_limits *lim,
+                     struct dec_api_prompt *pr, struct dec_api_err *e)
 {
     int n = cJSON_GetArraySize(arr);
     if (n <= 0)
@@ -127,7 +127,7 @@ static int parse_ids(const cJSON *arr, const struct dec_api_limits *lim, struct 
         return fail(e, 413, "prompt", "prompt_too_long",
                     "the prompt has %d tokens; this server takes at most %u", n,
                     lim->max_prompt_ids);
-    if (!(r->ids = malloc((size_t)n * sizeof(*r->ids))))
+    if (!(pr->ids = malloc((size_t)n * sizeof(*pr->ids))))
         return fail(e, 503, NULL, NULL, "out of memory");
     const cJSON *v;
     cJSON_ArrayForEach(v, arr)
@@ -136,39 +136,57 @@ static int parse_ids(const cJSON *arr, const struct dec_api_limits *lim, struct 
         if (d != floor(d) || d < 0 || d > INT32_MAX)
             return fail(e, 400, "prompt", "invalid_type",
                         "'prompt' must be a string or an array of token ids (integers >= 0)");
-        r->ids[r->n_ids++] = (int32_t)d;
+        pr->ids[pr->n_ids++] = (int32_t)d;
     }
     return 0;
 }
 
+static int parse_text(const cJSON *v, struct dec_api_prompt *pr, struct dec_api_err *e)
+{
+    pr->text = v->valuestring;
+    pr->len = strlen(v->valuestring);
+    if (pr->len == 0)
+        return fail(e, 400, "prompt", "invalid_value", "'prompt' is empty");
+    return 0;
+}
+
+/* "prompt": a string, an array of token ids, or an array of either (several
+ * prompts: one choice each, as OpenAI's API), all of one kind */
 static int parse_prompt(const cJSON *root, const struct dec_api_limits *lim,
                         struct dec_api_req *r, struct dec_api_err *e)
 {
     const cJSON *p = field(root, "prompt");
     if (!p)
         return fail(e, 400, "prompt", "missing_required_parameter", "'prompt' is required");
-    if (cJSON_IsArray(p)) {
-        const cJSON *first = p->child;
-        if (first && (cJSON_IsString(first) || cJSON_IsArray(first))) {
-            /* a list of prompts: one is fine, several would be several choices */
-            if (cJSON_GetArraySize(p) != 1)
-                return fail(e, 400, "prompt", "invalid_value",
-                            "one prompt per request is supported (n=1); got %d",
-                            cJSON_GetArraySize(p));
-            p = first;
-            if (cJSON_IsArray(p))
-                return parse_ids(p, lim, r, e);
-        } else {
-            return parse_ids(p, lim, r, e);
-        }
-    }
-    if (!cJSON_IsString(p))
+    const bool list = cJSON_IsArray(p) && p->child &&
+                      (cJSON_IsString(p->child) || cJSON_IsArray(p->child));
+    int n = list ? cJSON_GetArraySize(p) : 1;
+    if (!list && !cJSON_IsString(p) && !cJSON_IsArray(p))
         return fail(e, 400, "prompt", "invalid_type",
-                    "'prompt' must be a string or an array of token ids");
-    r->prompt = p->valuestring;
-    r->prompt_len = strlen(p->valuestring);
-    if (r->prompt_len == 0)
-        return fail(e, 400, "prompt", "invalid_value", "'prompt' is empty");
+                    "'prompt' must be a string, an array of token ids, or an array of either");
+    if (n > DEC_API_MAX_PROMPTS)
+        return fail(e, 400, "prompt", "invalid_value",
+                    "%d prompts in one request; this server takes at most %d", n,
+                    DEC_API_MAX_PROMPTS);
+    if (!(r->prompts = calloc((size_t)n, sizeof(*r->prompts))))
+        return fail(e, 503, NULL, NULL, "out of memory");
+    r->n_prompts = (uint32_t)n;
+    if (!list)
+        return cJSON_IsString(p) ? parse_text(p, &r->prompts[0], e)
+                                 : parse_ids(p, lim, &r->prompts[0], e);
+    const bool text = cJSON_IsString(p->child);
+    uint32_t i = 0;
+    const cJSON *v;
+    cJSON_ArrayForEach(v, p)
+    {
+        if (text ? !cJSON_IsString(v) : !cJSON_IsArray(v))
+            return fail(e, 400, "prompt", "invalid_type",
+                        "a list of prompts must hold only strings or only arrays of token ids");
+        int rc = text ? parse_text(v, &r->prompts[i], e) : parse_ids(v, lim, &r->prompts[i], e);
+        if (rc < 0)
+            return rc;
+        i++;
+    }
     return 0;
 }
 
@@ -597,7 +615,9 @@ void dec_api_req_done(struct dec_api_req *r)
         for (uint32_t i = 0; i < r->n_stops; i++)
             free(r->stops[i]);
     free(r->stops);
-    free(r->ids);
+    for (uint32_t i = 0; i < r->n_prompts; i++)
+        free(r->prompts[i].ids);
+    free(r->prompts);
     cJSON_Delete(r->root);
     memset(r, 0, sizeof(*r));
 }
@@ -763,15 +783,15 @@ static char *print_free(cJSON *root)
     return s;
 }
 
-static cJSON *choice(const struct dec_api_out *o, const char *text, size_t len, bool first,
-                     bool chunk, cJSON *lp, const char *finish)
+static cJSON *choice(const struct dec_api_out *o, uint32_t index, const char *text, size_t len,
+                     bool first, bool chunk, cJSON *lp, const char *finish)
 {
     cJSON *c = cJSON_CreateObject();
     if (!c) {
         cJSON_Delete(lp);
         return NULL;
     }
-    cJSON_AddNumberToObject(c, "index", 0);
+    cJSON_AddNumberToObject(c, "index", index);
     if (o->kind == DEC_API_COMPLETIONS) {
         cJSON_AddItemToObject(c, "text", string_n(text, len));
     } else {
@@ -792,23 +812,31 @@ static cJSON *choice(const struct dec_api_out *o, const char *text, size_t len, 
     return c;
 }
 
-char *dec_api_response(const struct dec_api_out *o, const char *text, size_t len, cJSON *lp,
-                       const char *finish, uint32_t n_prompt, uint32_t n_gen)
+char *dec_api_response(const struct dec_api_out *o, struct dec_api_choice *ch, uint32_t n,
+                       uint32_t n_prompt, uint32_t n_gen)
 {
     cJSON *root = envelope(o, false);
     cJSON *choices = root ? cJSON_AddArrayToObject(root, "choices") : NULL;
+    for (uint32_t i = 0; i < n; i++) {
+        cJSON *c = choices ? choice(o, i, ch[i].text, ch[i].len, true, false, ch[i].lp,
+                                    ch[i].finish)
+                           : (cJSON_Delete(ch[i].lp), NULL);
+        ch[i].lp = NULL;
+        if (!c || !cJSON_AddItemToArray(choices, c)) {
+            cJSON_Delete(c);
+            choices = NULL; /* out of memory: the rest are only freed */
+        }
+    }
     if (!choices) {
-        cJSON_Delete(lp);
         cJSON_Delete(root);
         return NULL;
     }
-    cJSON_AddItemToArray(choices, choice(o, text, len, true, false, lp, finish));
     cJSON_AddItemToObject(root, "usage", usage(n_prompt, n_gen));
     return print_free(root);
 }
 
-char *dec_api_chunk(const struct dec_api_out *o, const char *text, size_t len, bool first,
-                    cJSON *lp, const char *finish, bool usage_null)
+char *dec_api_chunk(const struct dec_api_out *o, uint32_t index, const char *text, size_t len,
+                    bool first, cJSON *lp, const char *finish, bool usage_null)
 {
     cJSON *root = envelope(o, true);
     cJSON *choices = root ? cJSON_AddArrayToObject(root, "choices") : NULL;
@@ -817,7 +845,7 @@ char *dec_api_chunk(const struct dec_api_out *o, const char *text, size_t len, b
         cJSON_Delete(root);
         return NULL;
     }
-    cJSON_AddItemToArray(choices, choice(o, text, len, first, true, lp, finish));
+    cJSON_AddItemToArray(choices, choice(o, index, text, len, first, true, lp, finish));
     if (usage_null)
         cJSON_AddNullToObject(root, "usage");
     return print_free(root);

@@ -45,14 +45,27 @@ struct dec_api_limits {
  * vLLM's default); chat without it, to the end of the context. */
 #define DEC_API_COMPLETIONS_MAX_TOKENS 16
 
+/* Prompts in one /v1/completions request (a list of strings or of token-id
+ * lists: one choice each, as OpenAI's API). */
+#define DEC_API_MAX_PROMPTS 64
+
+/* One completions prompt: text (into the request's JSON, NUL-terminated) or
+ * token ids (owned by the request until taken: ids set NULL). */
+struct dec_api_prompt {
+    const char *text;
+    size_t len;
+    int32_t *ids;
+    uint32_t n_ids;
+};
+
 struct dec_api_req {
     enum dec_api_kind kind;
     struct cJSON *root; /* owned; model and prompt point into it */
     const char *model; /* NULL: absent */
-    const char *prompt; /* completions, text prompt (NUL-terminated) */
-    size_t prompt_len;
-    int32_t *ids; /* completions, token-id prompt (owned) */
-    uint32_t n_ids;
+    /* completions: the prompts, 1..DEC_API_MAX_PROMPTS (a list of them makes
+     * one choice each); chat: none */
+    struct dec_api_prompt *prompts; /* (n_prompts) owned */
+    uint32_t n_prompts;
     struct pd_chat_msg *msgs; /* chat (owned, contents owned) */
     size_t n_msgs;
     int64_t max_tokens; /* -1: absent (chat); completions default to 16 */
@@ -105,15 +118,25 @@ struct cJSON *dec_api_lp_new(enum dec_api_kind kind);
 int dec_api_lp_add(struct cJSON *lp, enum dec_api_kind kind, const struct pd_tokenizer *tok,
                    const struct pd_sample_result *r, uint32_t n_top, size_t text_offset);
 
-/* The whole non-streamed response. lp (may be NULL) is consumed.
- * Returns malloc'd JSON or NULL (out of memory). */
-char *dec_api_response(const struct dec_api_out *o, const char *text, size_t len,
-                       struct cJSON *lp, const char *finish, uint32_t n_prompt, uint32_t n_gen);
-/* One stream chunk: text delta (chat: role on the first), lp consumed,
- * finish NULL until the last; usage_null adds "usage": null (when the client
- * asked for usage, every chunk carries the key). */
-char *dec_api_chunk(const struct dec_api_out *o, const char *text, size_t len, bool first,
-                    struct cJSON *lp, const char *finish, bool usage_null);
+/* One choice of a response: its text, log-probabilities (may be NULL;
+ * consumed) and finish reason. */
+struct dec_api_choice {
+    const char *text;
+    size_t len;
+    struct cJSON *lp;
+    const char *finish;
+};
+
+/* The whole non-streamed response: choices[i] has index i; usage sums the
+ * prompts and the generated tokens. Every lp is consumed. Returns malloc'd
+ * JSON or NULL (out of memory). */
+char *dec_api_response(const struct dec_api_out *o, struct dec_api_choice *choices, uint32_t n,
+                       uint32_t n_prompt, uint32_t n_gen);
+/* One stream chunk of choice `index`: text delta (chat: role on the first),
+ * lp consumed, finish NULL until its last; usage_null adds "usage": null
+ * (when the client asked for usage, every chunk carries the key). */
+char *dec_api_chunk(const struct dec_api_out *o, uint32_t index, const char *text, size_t len,
+                    bool first, struct cJSON *lp, const char *finish, bool usage_null);
 /* The last chunk when usage was asked for: no choices, the usage. */
 char *dec_api_usage_chunk(const struct dec_api_out *o, uint32_t n_prompt, uint32_t n_gen);
 

@@ -71,12 +71,21 @@ void dec_http_unlink(struct dec_server *s, struct dec_http *h)
 
 void dec_http_free(struct dec_http *h)
 {
-    if (h->job)
-        h->job->owner = NULL;
-    dec_job_unref(h->job);
-    free(h->text);
-    cJSON_Delete(h->lp);
+    for (uint32_t i = 0; i < h->n_ch; i++) {
+        struct dec_choice *c = &h->ch[i];
+        c->job->owner = NULL;
+        dec_job_unref(c->job);
+        free(c->text);
+        cJSON_Delete(c->lp);
+    }
+    free(h->ch);
     free(h);
+}
+
+void dec_http_cancel(struct dec_http *h)
+{
+    for (uint32_t i = 0; i < h->n_ch; i++)
+        dec_job_cancel(h->ch[i].job);
 }
 
 /* pd_http_conns tells us a connection is gone. A request it carried is
@@ -103,7 +112,7 @@ void dec_reply_conn_closed(struct evhttp_connection *evcon, void *arg)
         h->client_gone = true;
         if (h->req && evhttp_request_get_connection(h->req) != NULL)
             h->req = NULL;
-        dec_job_cancel(h->job);
+        dec_http_cancel(h);
     }
 }
 
@@ -117,35 +126,40 @@ static const char *finish_name(enum dec_finish f)
     }
 }
 
-static void log_done(struct dec_http *h, int status, const struct dec_event *e)
+/* The request's one log line: how it ended (the failing choice's finish
+ * and error, else the last one's) */
+static void log_done(struct dec_http *h, int status, enum dec_finish f, const char *err)
 {
     uint64_t now = pd_now_ns();
     double e2e = (double)(now - h->t_start_ns) * 1e-9;
-    double ttft = e->t_first_ns ? (double)(e->t_first_ns - h->t_start_ns) * 1e-9 : -1;
+    double ttft = h->t_first_ns ? (double)(h->t_first_ns - h->t_start_ns) * 1e-9 : -1;
     const char *why = h->cut ? "abort (slow reader cut)"
-                      : h->client_gone && e->finish == DEC_FIN_CANCELLED ? "abort (client gone)"
-                                                                         : finish_name(e->finish);
-    pd_log(e->finish == DEC_FIN_ERROR ? PD_LOG_ERR : PD_LOG_INFO,
-           "%s: %s %d %s prompt=%u completion=%u ttft=%.3fs e2e=%.3fs preempted=%u%s%s",
-           h->out.id, h->path, status, why, h->n_prompt, e->n_gen, ttft, e2e, e->n_preempted,
-           e->err[0] ? ": " : "", e->err);
+                      : h->client_gone && f == DEC_FIN_CANCELLED ? "abort (client gone)"
+                                                                 : finish_name(f);
+    char n[32] = "";
+    if (h->n_ch > 1)
+        snprintf(n, sizeof(n), " choices=%u", h->n_ch);
+    pd_log(status >= 500 ? PD_LOG_ERR : PD_LOG_INFO,
+           "%s: %s %d %s prompt=%u completion=%u%s ttft=%.3fs e2e=%.3fs preempted=%u%s%s",
+           h->out.id, h->path, status, why, h->n_prompt, h->n_gen, n, ttft, e2e, h->n_preempted,
+           err[0] ? ": " : "", err);
 }
 
-static int append_text(struct dec_http *h, const char *t, size_t n)
+static int append_text(struct dec_choice *c, const char *t, size_t n)
 {
-    if (h->len + n + 1 > h->cap) {
-        size_t cap = h->cap ? h->cap : 256;
-        while (cap < h->len + n + 1)
+    if (c->len + n + 1 > c->cap) {
+        size_t cap = c->cap ? c->cap : 256;
+        while (cap < c->len + n + 1)
             cap *= 2;
-        char *p = realloc(h->text, cap);
+        char *p = realloc(c->text, cap);
         if (!p)
             return -ENOMEM;
-        h->text = p;
-        h->cap = cap;
+        c->text = p;
+        c->cap = cap;
     }
-    memcpy(h->text + h->len, t, n);
-    h->len += n;
-    h->text[h->len] = '\0';
+    memcpy(c->text + c->len, t, n);
+    c->len += n;
+    c->text[c->len] = '\0';
     return 0;
 }
 
@@ -153,7 +167,7 @@ static int append_text(struct dec_http *h, const char *t, size_t n)
 static void stream_send(struct dec_http *h, char *json)
 {
     struct dec_server *s = h->srv;
-    if (!json || !h->req || h->cut || h->client_gone) {
+    if (!json || !h->req || h->cut || h->client_gone || h->failed) {
         free(json);
         return;
     }
@@ -165,71 +179,83 @@ static void stream_send(struct dec_http *h, char *json)
         pd_log_ratelimited(&s->rl_cut, PD_LOG_WARN,
                            "%s: client is not reading (over %" PRIu64 " bytes queued); cutting it",
                            h->out.id, s->cfg.max_client_buffer);
-        dec_job_cancel(h->job);
+        dec_http_cancel(h);
         if (h->evcon)
             pd_http_cut(h->evcon);
     }
 }
 
-static void finish_stream(struct dec_http *h, const struct dec_event *e)
+/* A choice failed (an engine or prefill error, or the server stopping):
+ * the request's error goes out at once -- a reply, or on a stream whose
+ * status line is gone the stream's last event -- and its other choices are
+ * cancelled; their last events only count down. */
+static void fail_request(struct dec_http *h, const struct dec_event *e)
 {
-    struct dec_server *s = h->srv;
-    int status = 200;
-    if (e->finish == DEC_FIN_STOP || e->finish == DEC_FIN_LENGTH) {
-        stream_send(h, dec_api_chunk(&h->out, "", 0, false, NULL, finish_name(e->finish),
-                                     h->include_usage));
-        if (h->include_usage)
-            stream_send(h, dec_api_usage_chunk(&h->out, h->n_prompt, e->n_gen));
-    } else if (e->finish == DEC_FIN_ERROR || (e->finish == DEC_FIN_CANCELLED && !h->client_gone &&
-                                              !h->cut)) {
-        /* the status line is gone already: the error travels as an event */
-        bool err = e->finish == DEC_FIN_ERROR;
-        status = err ? (e->status ? e->status : 500) : 503;
+    bool err = e->finish == DEC_FIN_ERROR;
+    h->status = err ? (e->status ? e->status : 500) : 503;
+    if (h->stream) {
         char *body = pd_http_error_body(err ? e->err : "the server is shutting down",
-                                        type_for(status), NULL, NULL);
+                                        type_for(h->status), NULL, NULL);
         stream_send(h, body);
-    } else {
-        status = 499; /* nginx's "client closed request": for the log */
-    }
-    if (h->req)
-        pd_http_sse_end(h->req, status == 200 || status >= 500);
-    h->req = NULL;
-    count_status(s, status == 499 ? 400 : status);
-    log_done(h, status, e);
-}
-
-static void finish_whole(struct dec_http *h, const struct dec_event *e)
-{
-    struct dec_server *s = h->srv;
-    int status;
-    if (e->finish == DEC_FIN_STOP || e->finish == DEC_FIN_LENGTH) {
-        status = 200;
-        char *body = dec_api_response(&h->out, h->text ? h->text : "", h->len, h->lp,
-                                      finish_name(e->finish), h->n_prompt, e->n_gen);
-        h->lp = NULL;
-        if (h->req) {
-            if (body) {
-                pd_http_reply_json(h->req, 200, body, strlen(body));
-            } else {
-                status = 503;
-                pd_http_error(h->req, status, type_for(status), NULL, NULL, "out of memory");
-            }
-        }
-        free(body);
-    } else if (e->finish == DEC_FIN_ERROR) {
-        status = e->status ? e->status : 500;
         if (h->req)
-            pd_http_error(h->req, status, type_for(status), NULL,
+            pd_http_sse_end(h->req, true);
+    } else if (h->req) {
+        if (err)
+            pd_http_error(h->req, h->status, type_for(h->status), NULL,
                           e->status ? "prefill_failed" : NULL, "%s", e->err);
-    } else {
-        status = h->client_gone ? 499 : 503;
-        if (h->req)
+        else
             pd_http_error(h->req, 503, type_for(503), NULL, "shutting_down",
                           "the server is shutting down");
     }
     h->req = NULL;
-    count_status(s, status == 499 ? 400 : status);
-    log_done(h, status, e);
+    h->failed = true;
+    h->fail_finish = e->finish;
+    snprintf(h->err, sizeof(h->err), "%s", e->err);
+    dec_http_cancel(h);
+}
+
+/* Every choice ended well (or the client went): the end of the stream with
+ * the usage when asked for, or the whole response. */
+static void complete_request(struct dec_http *h)
+{
+    if (h->client_gone || h->cut) {
+        h->status = 499; /* nginx's "client closed request": for the log */
+        if (h->stream && h->req)
+            pd_http_sse_end(h->req, false);
+        h->req = NULL;
+        return;
+    }
+    h->status = 200;
+    if (h->stream) {
+        if (h->include_usage)
+            stream_send(h, dec_api_usage_chunk(&h->out, h->n_prompt, h->n_gen));
+        if (h->req)
+            pd_http_sse_end(h->req, true);
+        h->req = NULL;
+        return;
+    }
+    struct dec_api_choice *cs = calloc(h->n_ch, sizeof(*cs));
+    char *body = NULL;
+    if (cs) {
+        for (uint32_t i = 0; i < h->n_ch; i++) {
+            struct dec_choice *c = &h->ch[i];
+            cs[i] = (struct dec_api_choice){.text = c->text ? c->text : "", .len = c->len,
+                                            .lp = c->lp, .finish = finish_name(c->finish)};
+            c->lp = NULL; /* the response takes it */
+        }
+        body = dec_api_response(&h->out, cs, h->n_ch, h->n_prompt, h->n_gen);
+        free(cs);
+    }
+    if (h->req) {
+        if (body) {
+            pd_http_reply_json(h->req, 200, body, strlen(body));
+        } else {
+            h->status = 503;
+            pd_http_error(h->req, 503, type_for(503), NULL, NULL, "out of memory");
+        }
+    }
+    free(body);
+    h->req = NULL;
 }
 
 static void on_event(struct dec_server *s, struct dec_event *e)
@@ -245,24 +271,27 @@ static void on_event(struct dec_server *s, struct dec_event *e)
     struct dec_http *h = e->job->owner;
     if (!h)
         return;
-    if (e->has_token && h->logprobs && !h->lp)
-        h->lp = dec_api_lp_new(h->out.kind);
-    if (e->has_token && h->lp)
-        dec_api_lp_add(h->lp, h->out.kind, s->tok, &e->token, h->n_top, h->text_offset);
-    h->text_offset += e->len;
+    struct dec_choice *c = &h->ch[e->job->choice];
+    if (e->t_first_ns && (!h->t_first_ns || e->t_first_ns < h->t_first_ns))
+        h->t_first_ns = e->t_first_ns;
+    if (e->has_token && h->logprobs && !c->lp)
+        c->lp = dec_api_lp_new(h->out.kind);
+    if (e->has_token && c->lp)
+        dec_api_lp_add(c->lp, h->out.kind, s->tok, &e->token, h->n_top, c->text_offset);
+    c->text_offset += e->len;
 
     if (h->stream) {
         /* a chunk when there is text, log-probabilities, or the role to open with */
-        bool first = !h->started && h->out.kind == DEC_API_CHAT;
-        if (e->len || h->lp || first) {
-            stream_send(h, dec_api_chunk(&h->out, e->text, e->len, first, h->lp, NULL,
-                                         h->include_usage));
-            h->lp = NULL;
-            h->started = true;
+        bool first = !c->started && h->out.kind == DEC_API_CHAT;
+        if (e->len || c->lp || first) {
+            stream_send(h, dec_api_chunk(&h->out, e->job->choice, e->text, e->len, first, c->lp,
+                                         NULL, h->include_usage));
+            c->lp = NULL;
+            c->started = true;
         }
     } else {
-        if (append_text(h, e->text, e->len) < 0)
-            dec_job_cancel(h->job);
+        if (append_text(c, e->text, e->len) < 0)
+            dec_http_cancel(h);
         /* libevent does not read a connection while we compute its reply:
          * look for a client that left, now and then */
         uint64_t now = pd_now_ns();
@@ -270,7 +299,7 @@ static void on_event(struct dec_server *s, struct dec_event *e)
             h->last_peek_ns = now;
             if (pd_http_peer_gone(h->evcon)) {
                 h->client_gone = true;
-                dec_job_cancel(h->job);
+                dec_http_cancel(h);
             }
         }
     }
@@ -281,10 +310,23 @@ static void on_event(struct dec_server *s, struct dec_event *e)
                             : e->finish == DEC_FIN_ERROR  ? s->fin_error
                                                           : s->fin_abort;
     pd_metric_add(fin, 1);
-    if (h->stream)
-        finish_stream(h, e);
-    else
-        finish_whole(h, e);
+    c->done = true;
+    c->finish = e->finish;
+    h->n_done++;
+    h->n_gen += e->n_gen;
+    h->n_preempted += e->n_preempted;
+    bool ok = e->finish == DEC_FIN_STOP || e->finish == DEC_FIN_LENGTH;
+    if (!h->failed && !ok && (e->finish == DEC_FIN_ERROR || (!h->client_gone && !h->cut)))
+        fail_request(h, e);
+    else if (ok && h->stream) /* this choice's finish_reason */
+        stream_send(h, dec_api_chunk(&h->out, e->job->choice, "", 0, false, NULL,
+                                     finish_name(e->finish), h->include_usage));
+    if (h->n_done < h->n_ch)
+        return;
+    if (!h->failed)
+        complete_request(h);
+    count_status(s, h->status == 499 ? 400 : h->status);
+    log_done(h, h->status, h->failed ? h->fail_finish : e->finish, h->failed ? h->err : e->err);
     dec_http_unlink(s, h);
     dec_http_free(h);
     if (s->draining && s->inflight.n == 0)

@@ -107,6 +107,7 @@ struct dec_job {
     uint64_t t_arrival_ns;
     bool remote; /* prefill on a peer (the loop decided) */
     void *owner; /* the loop's; never touched by the compute thread */
+    uint32_t choice; /* the loop's: which choice of its request this job is */
     /* the loop's remote-prefill state; never touched by the compute thread */
     void *remote_req; /* the transfer in flight, NULL when none */
     uint64_t remote_id; /* PREFILL request id (0: none chosen yet) */

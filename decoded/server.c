@@ -115,22 +115,26 @@ static int metrics_init(struct dec_server *s)
 /* The prompt as token ids: the given ids, or text (rendered from messages
  * for chat) through the tokenizer. 0, or an error already replied. */
 static int prompt_tokens(struct dec_server *s, struct evhttp_request *req, const char *id,
-                         struct dec_api_req *r, int32_t **ids, uint32_t *n_ids)
+                         struct dec_api_req *r, struct dec_api_prompt *pr, int32_t **ids,
+                         uint32_t *n_ids)
 {
     const uint32_t cap = s->cfg.max_prompt_tokens;
     char err[256];
-    if (r->ids) {
-        for (uint32_t i = 0; i < r->n_ids; i++)
-            if ((uint32_t)r->ids[i] >= s->cfg.n_vocab) {
+    char which[32] = ""; /* which prompt, when there are several */
+    if (pr && r->n_prompts > 1)
+        snprintf(which, sizeof(which), "prompt %u: ", (unsigned)(pr - r->prompts));
+    if (pr && pr->ids) {
+        for (uint32_t i = 0; i < pr->n_ids; i++)
+            if ((uint32_t)pr->ids[i] >= s->cfg.n_vocab) {
                 snprintf(err, sizeof(err),
-                         "token id %d at position %u is outside the vocabulary [0, %u)",
-                         r->ids[i], i, s->cfg.n_vocab);
+                         "%stoken id %d at position %u is outside the vocabulary [0, %u)",
+                         which, pr->ids[i], i, s->cfg.n_vocab);
                 dec_reply_reject(s, req, id, 400, "prompt", "invalid_value", err);
                 return -EINVAL;
             }
-        *ids = r->ids;
-        *n_ids = r->n_ids;
-        r->ids = NULL;
+        *ids = pr->ids;
+        *n_ids = pr->n_ids;
+        pr->ids = NULL;
         return 0;
     }
     if (!s->tok) {
@@ -141,8 +145,8 @@ static int prompt_tokens(struct dec_server *s, struct evhttp_request *req, const
         return -EINVAL;
     }
     char *text = NULL;
-    const char *src = r->prompt;
-    size_t len = r->prompt_len;
+    const char *src = pr ? pr->text : NULL;
+    size_t len = pr ? pr->len : 0;
     if (r->kind == DEC_API_CHAT) {
         if (!s->chat) {
             dec_reply_reject(
@@ -184,9 +188,9 @@ static int prompt_tokens(struct dec_server *s, struct evhttp_request *req, const
     if (rc == -E2BIG || (rc == 0 && n > cap)) {
         free(out);
         snprintf(err, sizeof(err),
-                 "the prompt has %zu tokens; this server takes at most %u "
+                 "%sthe prompt has %zu tokens; this server takes at most %u "
                  "(--max-prompt-tokens, --max-model-len)",
-                 n, cap);
+                 which, n, cap);
         dec_reply_reject(s, req, id, 413, r->kind == DEC_API_CHAT ? "messages" : "prompt",
                          "prompt_too_long", err);
         return -E2BIG;
@@ -275,7 +279,11 @@ static void tokenize(struct dec_server *s, struct evhttp_request *req, const cha
         char msg[300];
         snprintf(msg, sizeof(msg), "The model `%.200s` does not exist.", r.model);
         dec_reply_reject(s, req, id, 404, "model", "model_not_found", msg);
-    } else if (prompt_tokens(s, req, id, &r, &ids, &n) == 0) {
+    } else if (r.n_prompts > 1) {
+        dec_reply_reject(s, req, id, 400, "prompt", "invalid_value",
+                         "/tokenize takes one prompt");
+    } else if (prompt_tokens(s, req, id, &r, r.n_prompts ? &r.prompts[0] : NULL, &ids, &n) ==
+               0) {
         cJSON *o = cJSON_CreateObject();
         cJSON *t = o ? cJSON_AddArrayToObject(o, "tokens") : NULL;
         for (uint32_t i = 0; t && i < n; i++)
@@ -338,6 +346,49 @@ static void detokenize(struct dec_server *s, struct evhttp_request *req, const c
     free(ids);
 }
 
+/* A job for choice i of a request, from its parsed body: the prompt's
+ * tokens (prompt i, or the rendered chat) and the request's parameters.
+ * NULL when refused (the reply sent) or out of memory (likewise). */
+static struct dec_job *choice_job(struct dec_server *s, struct evhttp_request *req,
+                                  const char *id, struct dec_api_req *r, uint32_t i)
+{
+    struct dec_job *job = dec_job_new();
+    if (!job) {
+        dec_reply_reject(s, req, id, 503, NULL, NULL, "out of memory");
+        return NULL;
+    }
+    if (prompt_tokens(s, req, id, r, r->n_prompts ? &r->prompts[i] : NULL, &job->prompt,
+                      &job->n_prompt) < 0 ||
+        decide_max_tokens(s, req, id, r, job->n_prompt, &job->max_tokens) < 0) {
+        dec_job_unref(job);
+        return NULL;
+    }
+    job->choice = i;
+    job->sampling = r->sampling;
+    job->logprobs = r->logprobs;
+    job->ignore_eos = r->ignore_eos;
+    if (r->cache_salt) /* zeros otherwise: the unsalted namespace */
+        pd_prefix_salt(r->cache_salt, strlen(r->cache_salt), job->salt);
+    /* each job its own copy of the stop strings */
+    if (r->n_stops && !(job->stops = calloc(r->n_stops, sizeof(*job->stops)))) {
+        dec_job_unref(job);
+        dec_reply_reject(s, req, id, 503, NULL, NULL, "out of memory");
+        return NULL;
+    }
+    for (uint32_t k = 0; k < r->n_stops; k++, job->n_stops++)
+        if (!(job->stops[k] = strdup(r->stops[k]))) {
+            dec_job_unref(job);
+            dec_reply_reject(s, req, id, 503, NULL, NULL, "out of memory");
+            return NULL;
+        }
+    snprintf(job->id, sizeof(job->id), "%s", id);
+    /* a reload may have emptied the peer list: prefill locally, as decoded
+     * started without one does */
+    job->remote = s->remote && job->n_prompt > s->local_prefill_max &&
+                  dec_remote_n_peers(s->remote) > 0;
+    return job;
+}
+
 static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_api_kind kind,
                      const char *id)
 {
@@ -346,7 +397,6 @@ static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_
     const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
     struct dec_api_req r;
     struct dec_api_err e;
-    struct dec_job *job = NULL;
     struct dec_http *h = NULL;
     char msg[512];
 
@@ -359,13 +409,6 @@ static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_
         dec_reply_reject(s, req, id, 404, "model", "model_not_found", msg);
         goto out;
     }
-    if (!(job = dec_job_new()) || !(h = calloc(1, sizeof(*h)))) {
-        dec_reply_reject(s, req, id, 503, NULL, NULL, "out of memory");
-        goto out;
-    }
-    if (prompt_tokens(s, req, id, &r, &job->prompt, &job->n_prompt) < 0 ||
-        decide_max_tokens(s, req, id, &r, job->n_prompt, &job->max_tokens) < 0)
-        goto out;
     if (r.sampling.top_k > (int32_t)s->cfg.n_vocab)
         r.sampling.top_k = 0; /* all of them */
     if (!r.has_seed && getrandom(&r.sampling.seed, sizeof(r.sampling.seed), 0) < 0)
@@ -374,65 +417,73 @@ static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_
         dec_reply_reject(s, req, id, 400, NULL, "invalid_value", msg);
         goto out;
     }
-    snprintf(job->id, sizeof(job->id), "%s", id);
-    job->sampling = r.sampling;
-    job->logprobs = r.logprobs;
-    job->ignore_eos = r.ignore_eos;
-    if (r.cache_salt) /* zeros otherwise: the unsalted namespace */
-        pd_prefix_salt(r.cache_salt, strlen(r.cache_salt), job->salt);
-    job->stops = r.stops;
-    job->n_stops = r.n_stops;
-    r.stops = NULL;
-    r.n_stops = 0;
-    job->t_arrival_ns = pd_now_ns();
-    job->owner = h;
-    /* a reload may have emptied the peer list: prefill locally, as decoded
-     * started without one does */
-    job->remote = s->remote && job->n_prompt > s->local_prefill_max &&
-                  dec_remote_n_peers(s->remote) > 0;
-
-    int rc = dec_sched_submit(s->sched, job);
-    if (rc == -EAGAIN) {
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
-        dec_reply_reject(s, req, id, 429, NULL, "too_many_requests",
-                         "the server is at capacity (--max-waiting requests queued); retry later");
-        goto out;
-    }
-    if (rc == -E2BIG) { /* decide_max_tokens keeps this from happening */
-        dec_reply_reject(s, req, id, 413, NULL, "prompt_too_long",
-                         "the prompt and max_tokens do not fit the KV cache (--kv-cache-memory)");
-        goto out;
-    }
-    if (rc < 0) {
-        dec_reply_reject(s, req, id, 503, NULL, "shutting_down", "the server is shutting down");
+    const uint32_t n_ch = kind == DEC_API_COMPLETIONS ? r.n_prompts : 1;
+    if (!(h = calloc(1, sizeof(*h))) || !(h->ch = calloc(n_ch, sizeof(*h->ch)))) {
+        dec_reply_reject(s, req, id, 503, NULL, NULL, "out of memory");
         goto out;
     }
     h->srv = s;
+    /* every prompt is checked before any job is queued: a request is
+     * refused whole or runs whole */
+    for (; h->n_ch < n_ch; h->n_ch++) {
+        struct dec_job *job = choice_job(s, req, id, &r, h->n_ch);
+        if (!job)
+            goto out;
+        job->owner = h;
+        h->ch[h->n_ch].job = job;
+        h->n_prompt += job->n_prompt;
+    }
+    const uint64_t now = pd_now_ns();
+    for (uint32_t i = 0; i < n_ch; i++) {
+        struct dec_job *job = h->ch[i].job;
+        job->t_arrival_ns = now;
+        int rc = dec_sched_submit(s->sched, job);
+        if (rc == 0)
+            continue;
+        /* the ones queued already are cancelled: they end with their final
+         * events, which find no owner */
+        for (uint32_t k = 0; k < i; k++)
+            dec_job_cancel(h->ch[k].job);
+        if (rc == -EAGAIN) {
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
+            dec_reply_reject(s, req, id, 429, NULL, "too_many_requests", "the server is at "
+                             "capacity (--max-waiting requests queued); retry later");
+        } else if (rc == -E2BIG) { /* decide_max_tokens keeps this from happening */
+            dec_reply_reject(s, req, id, 413, NULL, "prompt_too_long", "the prompt and "
+                             "max_tokens do not fit the KV cache (--kv-cache-memory)");
+        } else {
+            dec_reply_reject(s, req, id, 503, NULL, "shutting_down",
+                             "the server is shutting down");
+        }
+        goto out;
+    }
     h->req = req;
     h->evcon = evhttp_request_get_connection(req);
-    h->job = job;
-    job = NULL;
     h->out = (struct dec_api_out){
-        .kind = kind, .id = h->job->id, .model = s->cfg.model_name, .created = (int64_t)time(NULL)};
+        .kind = kind, .id = h->ch[0].job->id, .model = s->cfg.model_name,
+        .created = (int64_t)time(NULL)};
     h->path = kind == DEC_API_CHAT ? "/v1/chat/completions" : "/v1/completions";
     h->stream = r.stream;
     h->include_usage = r.include_usage;
     h->logprobs = r.logprobs;
     h->n_top = r.sampling.n_logprobs;
-    h->n_prompt = h->job->n_prompt;
-    h->t_start_ns = h->job->t_arrival_ns;
-    h->last_peek_ns = h->t_start_ns;
+    h->t_start_ns = now;
+    h->last_peek_ns = now;
     pd_dlist_push(&s->inflight, &h->link);
-    pd_log(PD_LOG_DEBUG, "%s: accepted, %u prompt tokens, max_tokens %u", id, h->n_prompt,
-           h->job->max_tokens);
+    pd_log(PD_LOG_DEBUG, "%s: accepted, %u prompt(s), %u prompt tokens, max_tokens %u", id,
+           h->n_ch, h->n_prompt, h->ch[0].job->max_tokens);
     h = NULL;
     if (r.stream)
         pd_http_sse_begin(req);
 out:
-    if (job)
-        job->owner = NULL;
-    dec_job_unref(job);
-    free(h);
+    if (h) { /* refused: its jobs, queued or not, have no owner */
+        for (uint32_t i = 0; i < h->n_ch; i++) {
+            h->ch[i].job->owner = NULL;
+            dec_job_unref(h->ch[i].job);
+        }
+        free(h->ch);
+        free(h);
+    }
     dec_api_req_done(&r);
 }
 
@@ -684,5 +735,5 @@ void dec_server_drain(struct dec_server *s)
 void dec_server_cancel_all(struct dec_server *s)
 {
     for (struct pd_dnode *n = s->inflight.head; n; n = n->next)
-        dec_job_cancel(PD_DNODE_ENTRY(n, struct dec_http, link)->job);
+        dec_http_cancel(PD_DNODE_ENTRY(n, struct dec_http, link));
 }

@@ -23,25 +23,44 @@
 #define MAX_HEADERS_SIZE (16u << 10)
 #define PEEK_INTERVAL_NS 200000000u /* how often a waiting client is checked for having left */
 
+/* One choice of a request (one per prompt of a completions request): its
+ * job and what it produced so far. */
+struct dec_choice {
+    struct dec_job *job; /* one reference; job->choice is this one's index */
+    char *text; /* non-streamed: the completion so far */
+    size_t len, cap;
+    cJSON *lp; /* log-probabilities not yet sent (streamed) or so far (not) */
+    size_t text_offset;
+    bool started; /* streamed chat: the role went out */
+    bool done; /* its job's last event came */
+    enum dec_finish finish;
+};
+
 /* One API request between its arrival and its last byte. */
 struct dec_http {
     struct dec_server *srv;
     struct pd_dnode link; /* in the server's in-flight list */
     struct evhttp_request *req; /* NULL once libevent freed it */
     struct evhttp_connection *evcon; /* NULL once the connection closed */
-    struct dec_job *job;
+    struct dec_choice *ch; /* (n_ch) */
+    uint32_t n_ch, n_done; /* choices, and those whose job ended */
     struct dec_api_out out;
     const char *path;
-    bool stream, include_usage, started, cut, client_gone;
+    bool stream, include_usage, cut, client_gone;
+    bool failed; /* a choice failed: the error went out, the others were cancelled */
+    enum dec_finish fail_finish; /* the failing choice's, and its error (for the log) */
+    char err[256];
+    int status; /* for the log, once decided */
     uint32_t n_top;
     bool logprobs;
-    uint32_t n_prompt;
-    char *text; /* non-streamed: the completion so far */
-    size_t len, cap;
-    cJSON *lp; /* non-streamed: log-probabilities so far */
-    size_t text_offset;
+    uint32_t n_prompt, n_gen; /* summed over the choices */
+    uint32_t n_preempted;
+    uint64_t t_first_ns; /* the first token of any choice */
     uint64_t t_start_ns, last_peek_ns;
 };
+
+/* Cancel every job of h (the client left, was cut, or a choice failed). */
+void dec_http_cancel(struct dec_http *h);
 
 struct dec_server {
     struct dec_server_cfg cfg;

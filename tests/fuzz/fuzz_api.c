@@ -48,10 +48,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
     if (kind == DEC_API_COMPLETIONS) {
-        if (!!r.prompt == !!r.ids || (r.ids && (r.n_ids == 0 || r.n_ids > LIM.max_prompt_ids)) ||
-            (r.prompt && r.prompt_len == 0))
+        if (r.n_prompts == 0 || r.n_prompts > DEC_API_MAX_PROMPTS || !r.prompts)
             __builtin_trap();
-    } else if (r.n_msgs == 0 || !r.msgs) {
+        for (uint32_t i = 0; i < r.n_prompts; i++) {
+            const struct dec_api_prompt *p = &r.prompts[i];
+            if (!!p->text == !!p->ids ||
+                (p->ids && (p->n_ids == 0 || p->n_ids > LIM.max_prompt_ids)) ||
+                (p->text && p->len == 0) || (p->ids && r.prompts[0].text) ||
+                (p->text && r.prompts[0].ids))
+                __builtin_trap(); /* one kind of prompt, none empty */
+        }
+    } else if (r.n_msgs == 0 || !r.msgs || r.n_prompts) {
         __builtin_trap();
     }
     if (r.n_stops > LIM.max_stops || r.max_tokens == 0 || r.max_tokens < -1 ||
@@ -65,12 +72,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     struct dec_api_out o = {.kind = kind, .id = "fuzz", .model = r.model ? r.model : "m",
                             .created = 1};
-    const char *text = r.prompt ? r.prompt : "";
-    cJSON *lp = r.logprobs ? dec_api_lp_new(kind) : NULL;
+    /* a choice per prompt, each echoing its text */
+    struct dec_api_choice ch[DEC_API_MAX_PROMPTS];
+    uint32_t n_ch = r.n_prompts ? r.n_prompts : 1;
     struct pd_sample_result s = {.token = 1, .logprob = -1.0f, .n_top = 1, .top = {{1, -1.0f}}};
-    if (lp)
-        dec_api_lp_add(lp, kind, NULL, &s, r.sampling.n_logprobs, 0);
-    char *out = dec_api_response(&o, text, strlen(text), lp, "stop", 1, 1);
+    for (uint32_t i = 0; i < n_ch; i++) {
+        const char *text = r.n_prompts && r.prompts[i].text ? r.prompts[i].text : "";
+        ch[i] = (struct dec_api_choice){.text = text, .len = strlen(text), .finish = "stop",
+                                        .lp = r.logprobs ? dec_api_lp_new(kind) : NULL};
+        if (ch[i].lp)
+            dec_api_lp_add(ch[i].lp, kind, NULL, &s, r.sampling.n_logprobs, 0);
+    }
+    char *out = dec_api_response(&o, ch, n_ch, 1, 1);
     cJSON *back = out ? cJSON_Parse(out) : NULL;
     if (!back)
         __builtin_trap(); /* what we send is JSON */

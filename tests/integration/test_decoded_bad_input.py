@@ -159,8 +159,18 @@ def test_missing_prompt(d, reference):
     bad(d, reference, {"max_tokens": 3}, 400, "prompt")
 
 
-def test_several_prompts_refused(d, reference):
-    bad(d, reference, dict(GOOD, prompt=[[1, 2], [3, 4]]), 400, "prompt")
+@pytest.mark.parametrize("prompts", [[[1, 2], "ab"], ["ab", [1, 2]], [[1, 2], [3], "ab"]])
+def test_mixed_prompt_list_refused(d, reference, prompts):
+    # a list of prompts holds strings or id lists, not both (whichever comes
+    # first); refused for the mix, not for the strings this tokenizer-less
+    # model could not read anyway
+    err = bad(d, reference, dict(GOOD, prompt=prompts), 400, "prompt")
+    assert err["code"] != "no_tokenizer", err
+
+
+def test_too_many_prompts_refused(d, reference):
+    err = bad(d, reference, dict(GOOD, prompt=[[1, 2]] * 65), 400, "prompt")
+    assert "64" in err["message"], err
 
 
 def test_token_id_outside_vocabulary(d, reference):

@@ -352,6 +352,22 @@ def test_client_gone_cancels_stream():
         serves(d)
 
 
+def test_client_gone_cancels_every_choice_of_several_prompts():
+    for stream in (False, True):
+        with Decoded(*TINY) as d:
+            s = raw_post(d.port, {"prompt": [[1, 2], [3, 4, 5], [6]], "max_tokens": 15000,
+                                  "ignore_eos": True, "stream": stream})
+            wait_for(lambda: d.metric("pdserve:num_requests_running") == 3, 30, "3 choices")
+            s.close()
+            wait_for(lambda: d.metric("pdserve:num_requests_running") == 0, 30, "the cancels")
+            wait_for(lambda: "abort (client gone)" in d.log(), 10, "the log line")
+            assert "choices=3" in d.log()
+            assert d.metric('pdserve:request_success_total{model_name="dummy:tiny+custom",'
+                            'finished_reason="abort"}') == 3
+            wait_for(lambda: d.metric("pdserve:kv_cache_blocks_used") == 0, 10, "the blocks")
+            serves(d)
+
+
 def test_metrics_named_like_vllm():
     with Decoded(*TINY) as d:
         serves(d)

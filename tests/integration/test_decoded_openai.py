@@ -1,14 +1,18 @@
 """The official openai client against decoded serving the default model
 (SmolLM2-135M-Instruct): completions, chat, streaming, logprobs, stop
-strings, usage, seeds; curl for the raw SSE bytes."""
+strings, usage, seeds, several prompts in one request (locally and through
+a prefilld peer); curl for the raw SSE bytes."""
+import asyncio
 import math
+import os
+import random
 import re
 import subprocess
 
 import openai
 import pytest
 
-from harness import Decoded, default_model, sse_events
+from harness import Decoded, Prefilld, default_model, sse_events, wait_for, write_key
 
 MODEL_PATH = default_model()
 if MODEL_PATH is None:
@@ -276,3 +280,195 @@ def test_api_key_with_the_client():
         good = openai.OpenAI(base_url=d.base_url, api_key="k-123", max_retries=0)
         r = good.completions.create(model=NAME, prompt="Hello", max_tokens=2, temperature=0)
         assert r.usage.completion_tokens == 2
+
+
+# ---- several prompts in one /v1/completions request ----
+#
+# Choice i must equal the single request of prompt i with the same parameters
+# (the sampler is keyed by seed and position, not by choice). The choices of
+# one request run batched together and the single requests do not, so "equal"
+# is test_decoded_batching.py's "same output" rule (which explains the
+# threshold): identical tokens up to the reference's first near-tie,
+# log-probabilities within LOGPROB_TOL up to there. ignore_eos: every position
+# then has log-probabilities, and every choice has max_tokens tokens whatever
+# follows a near-tie, so the usage sums are exact.
+
+NEAR_TIE_GAP = 0.05
+LOGPROB_TOL = 1e-3
+TEXTS = ["The capital of France is", "Once upon a time", "1, 2, 3, 4,"]
+_rng = random.Random(7)
+IDS = [[_rng.randrange(100, 49151) for _ in range(n)] for n in (3, 6, 11, 17)]
+GREEDY = dict(max_tokens=8, temperature=0, logprobs=2, extra_body={"ignore_eos": True})
+SEEDED = dict(max_tokens=8, temperature=0.8, seed=7, logprobs=2,
+              extra_body={"ignore_eos": True})
+
+
+def result(choice):
+    lp = choice.logprobs
+    return {"text": choice.text, "finish": choice.finish_reason, "tokens": list(lp.tokens),
+            "lps": list(lp.token_logprobs), "tops": [dict(t) for t in lp.top_logprobs]}
+
+
+def near_tie(top):
+    # two alternatives with the same text are one key: a near-tie too
+    if len(top) < 2:
+        return True
+    a, b = sorted(top.values(), reverse=True)[:2]
+    return a - b < NEAR_TIE_GAP
+
+
+def compare(i, got, ref):
+    """Assert the rule; return the number of tokens compared."""
+    for k, tok in enumerate(ref["tokens"]):
+        if near_tie(ref["tops"][k]):
+            print("choice %d: near-tie at position %d" % (i, k))
+            return k
+        assert k < len(got["tokens"]) and got["tokens"][k] == tok, \
+            (i, k, got["tokens"][:k + 1], ref["tokens"][:k + 1])
+        assert abs(got["lps"][k] - ref["lps"][k]) <= LOGPROB_TOL, \
+            (i, k, got["lps"][k], ref["lps"][k])
+    assert got["tokens"] == ref["tokens"] and got["text"] == ref["text"], (i, got, ref)
+    assert got["finish"] == ref["finish"], (i, got["finish"], ref["finish"])
+    return len(ref["tokens"])
+
+
+def check_choices(got, refs):
+    """got: one choice per prompt, index i for prompt i (in any order);
+    refs: the results of the single requests, in prompt order."""
+    by_index = sorted(got, key=lambda r: r["index"])
+    assert [r["index"] for r in by_index] == list(range(len(refs)))
+    compared = sum(compare(i, g, ref) for i, (g, ref) in enumerate(zip(by_index, refs)))
+    total = sum(len(ref["tokens"]) for ref in refs)
+    # a rule that compares nothing proves nothing
+    assert compared >= total // 2, (compared, total)
+
+
+def choices(response):
+    return [dict(result(c), index=c.index) for c in response.choices]
+
+
+def singles(client, prompts, params):
+    """(results, usages) of one request per prompt."""
+    rs = [client.completions.create(model=NAME, prompt=p, **params) for p in prompts]
+    return [result(r.choices[0]) for r in rs], [r.usage for r in rs]
+
+
+@pytest.fixture(scope="module")
+def text_singles(client):
+    return singles(client, TEXTS, GREEDY)
+
+
+@pytest.fixture(scope="module")
+def ids_singles(client):
+    return singles(client, IDS, SEEDED)
+
+
+def assert_usage_sums(usage, usages):
+    assert usage.prompt_tokens == sum(u.prompt_tokens for u in usages)
+    assert usage.completion_tokens == sum(u.completion_tokens for u in usages)
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_several_text_prompts_give_one_choice_each(client, text_singles):
+    refs, usages = text_singles
+    r = client.completions.create(model=NAME, prompt=TEXTS, **GREEDY)
+    assert len(r.choices) == len(TEXTS)
+    check_choices(choices(r), refs)
+    assert_usage_sums(r.usage, usages)
+    assert r.usage.completion_tokens == 8 * len(TEXTS)
+
+
+def test_several_token_id_prompts_seeded_sampling_equals_single_requests(client, ids_singles):
+    refs, usages = ids_singles
+    r = client.completions.create(model=NAME, prompt=IDS, **SEEDED)
+    check_choices(choices(r), refs)
+    assert_usage_sums(r.usage, usages)
+
+
+def test_several_prompts_streamed_interleave_with_indices(client):
+    whole = client.completions.create(model=NAME, prompt=TEXTS, **GREEDY)
+    chunks = list(client.completions.create(model=NAME, prompt=TEXTS, stream=True,
+                                             stream_options={"include_usage": True},
+                                             **GREEDY))
+    per, order = {}, []
+    for chunk in chunks[:-1]:
+        assert chunk.usage is None and len(chunk.choices) == 1, chunk
+        c = chunk.choices[0]
+        p = per.setdefault(c.index, {"text": "", "tokens": [], "lps": [], "tops": [],
+                                     "finishes": []})
+        assert not p["finishes"], "a chunk of choice %d after its finish_reason" % c.index
+        order.append(c.index)
+        p["text"] += c.text
+        if c.logprobs:
+            p["tokens"] += c.logprobs.tokens
+            p["lps"] += c.logprobs.token_logprobs
+            p["tops"] += [dict(t) for t in c.logprobs.top_logprobs]
+        if c.finish_reason:
+            p["finishes"].append(c.finish_reason)
+    assert sorted(per) == list(range(len(TEXTS)))
+    assert all(len(p["finishes"]) == 1 for p in per.values()), per
+    # the choices advance together, not one after another
+    assert order != sorted(order), order
+    got = [dict(p, finish=p["finishes"][0], index=i) for i, p in per.items()]
+    check_choices(got, [result(c) for c in sorted(whole.choices, key=lambda c: c.index)])
+    last = chunks[-1]
+    assert last.choices == []
+    assert last.usage.prompt_tokens == whole.usage.prompt_tokens
+    assert last.usage.completion_tokens == whole.usage.completion_tokens == 8 * len(TEXTS)
+
+
+def test_several_prompts_async(d, text_singles, ids_singles):
+    async def both():
+        async with openai.AsyncOpenAI(base_url=d.base_url, api_key="unused", max_retries=0,
+                                      timeout=120) as c:
+            return await asyncio.gather(
+                c.completions.create(model=NAME, prompt=TEXTS, **GREEDY),
+                c.completions.create(model=NAME, prompt=IDS, **SEEDED))
+    texts, ids = asyncio.run(both())
+    check_choices(choices(texts), text_singles[0])
+    check_choices(choices(ids), ids_singles[0])
+    assert_usage_sums(texts.usage, text_singles[1])
+    assert_usage_sums(ids.usage, ids_singles[1])
+
+
+def test_a_bad_prompt_refuses_the_whole_request(d, client):
+    def counters():
+        return (d.metric("pdserve:prompt_tokens_total"),
+                d.metric("pdserve:generation_tokens_total"))
+    before = counters()
+    bad = [IDS[0], IDS[1][:3] + [49152], IDS[2]]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=NAME, prompt=bad, max_tokens=64, temperature=0)
+    assert e.value.body["param"] == "prompt", e.value.body
+    assert "vocabulary" in e.value.body["message"], e.value.body
+    assert counters() == before
+    assert d.metric("pdserve:num_requests_running") == 0
+    assert d.metric("pdserve:num_requests_waiting") == 0
+    # a good prompt would have been prefilled at once and generated beside
+    # this one: the counters move by this request's usage alone
+    fresh = [random.Random(99).randrange(100, 49151) for _ in range(5)]
+    r = client.completions.create(model=NAME, prompt=fresh, max_tokens=4, temperature=0,
+                                  extra_body={"ignore_eos": True})
+    after = counters()
+    assert after == (before[0] + r.usage.prompt_tokens, before[1] + r.usage.completion_tokens)
+
+
+def test_several_prompts_prefilled_by_a_peer_equal_local(tmp_path, text_singles):
+    if not os.environ.get("PREFILLD"):
+        pytest.skip("set PREFILLD to the prefilld binary")
+    refs, usages = text_singles
+    psk = write_key(tmp_path / "k.psk")
+    mem = ("--kv-cache-memory", "256MiB")
+    with Prefilld("--model", MODEL_PATH, *mem, psk=psk) as p, \
+            Decoded("--model", MODEL_PATH, *mem, "--served-model-name", NAME,
+                    "--max-model-len", "2048", "--kv-psk-file", psk, "--prefill", p.addr,
+                    "--local-prefill-max-tokens", "0",
+                    # test_disagg.py's dec_args says why the deadline is generous
+                    "--prefill-timeout-ms", "120000") as a:
+        wait_for(lambda: "KV session up" in a.log(), 60, "a KV session")
+        c = openai.OpenAI(base_url=a.base_url, api_key="unused", max_retries=0, timeout=120)
+        r = c.completions.create(model=NAME, prompt=TEXTS, **GREEDY)
+        assert a.metric("pdserve:prompt_tokens_total") == 0, "a prompt was prefilled locally"
+        assert a.metric("pdserve:remote_prompt_tokens_total") == r.usage.prompt_tokens
+    check_choices(choices(r), refs)
+    assert_usage_sums(r.usage, usages)

@@ -119,7 +119,8 @@ static void api_parses_a_full_completion(void)
                        &r, &e),
                  0);
     CHECK_STR(r.model, "m");
-    CHECK_STR(r.prompt, "hi");
+    CHECK_EQ_INT(r.n_prompts, 1);
+    CHECK_STR(r.prompts[0].text, "hi");
     CHECK_EQ_INT(r.max_tokens, 7);
     CHECK(r.sampling.temperature == 0.5f);
     CHECK_EQ_INT(r.sampling.top_k, 0);
@@ -135,11 +136,71 @@ static void api_defaults(void)
     struct dec_api_req r;
     struct dec_api_err e;
     CHECK_EQ_INT(parse(DEC_API_COMPLETIONS, "{\"prompt\":[1,2,3],\"stop\":null}", &r, &e), 0);
-    CHECK_EQ_INT(r.n_ids, 3);
+    CHECK_EQ_INT(r.n_prompts, 1);
+    CHECK_EQ_INT(r.prompts[0].n_ids, 3);
     CHECK_EQ_INT(r.max_tokens, 16); /* OpenAI's and vLLM's default for completions */
     CHECK(r.sampling.temperature == 1.0f);
     CHECK(!r.has_seed && !r.logprobs && !r.stream);
     dec_api_req_done(&r);
+}
+
+static void api_several_prompts_make_a_list(void)
+{
+    struct dec_api_req r;
+    struct dec_api_err e;
+    CHECK_EQ_INT(parse(DEC_API_COMPLETIONS, "{\"prompt\":[\"ab\",\"c\"]}", &r, &e), 0);
+    CHECK_EQ_INT(r.n_prompts, 2);
+    CHECK_STR(r.prompts[0].text, "ab");
+    CHECK_STR(r.prompts[1].text, "c");
+    CHECK(!r.prompts[0].ids && r.prompts[1].len == 1);
+    dec_api_req_done(&r);
+    CHECK_EQ_INT(parse(DEC_API_COMPLETIONS, "{\"prompt\":[[1,2],[3]]}", &r, &e), 0);
+    CHECK_EQ_INT(r.n_prompts, 2);
+    CHECK_EQ_INT(r.prompts[0].n_ids, 2);
+    CHECK_EQ_INT(r.prompts[1].ids[0], 3);
+    dec_api_req_done(&r);
+    /* at most DEC_API_MAX_PROMPTS */
+    char body[1024] = "{\"prompt\":[";
+    for (int i = 0; i <= DEC_API_MAX_PROMPTS; i++)
+        strcat(body, i ? ",[1]" : "[1]");
+    strcat(body, "]}");
+    CHECK_EQ_INT(parse(DEC_API_COMPLETIONS, body, &r, &e), -EINVAL);
+    CHECK_STR(e.param, "prompt");
+    CHECK_CONTAINS(e.msg, "at most 64");
+    body[strlen(body) - 6] = '\0'; /* one fewer: 64 */
+    strcat(body, "]}");
+    CHECK_EQ_INT(parse(DEC_API_COMPLETIONS, body, &r, &e), 0);
+    CHECK_EQ_INT(r.n_prompts, DEC_API_MAX_PROMPTS);
+    dec_api_req_done(&r);
+}
+
+static void api_response_numbers_choices(void)
+{
+    struct dec_api_out o = {.kind = DEC_API_COMPLETIONS, .id = "x", .model = "m", .created = 5};
+    struct dec_api_choice ch[2] = {{.text = "a", .len = 1, .finish = "stop"},
+                                   {.text = "bc", .len = 2, .finish = "length"}};
+    char *s = dec_api_response(&o, ch, 2, 7, 3);
+    cJSON *j = cJSON_Parse(s);
+    CHECK(j);
+    cJSON *cs = cJSON_GetObjectItem(j, "choices");
+    CHECK_EQ_INT(cJSON_GetArraySize(cs), 2);
+    for (int i = 0; i < 2; i++) {
+        cJSON *c = cJSON_GetArrayItem(cs, i);
+        CHECK_EQ_INT(cJSON_GetObjectItem(c, "index")->valueint, i);
+        CHECK_STR(cJSON_GetObjectItem(c, "text")->valuestring, i ? "bc" : "a");
+        CHECK_STR(cJSON_GetObjectItem(c, "finish_reason")->valuestring, i ? "length" : "stop");
+    }
+    cJSON *u = cJSON_GetObjectItem(j, "usage");
+    CHECK_EQ_INT(cJSON_GetObjectItem(u, "prompt_tokens")->valueint, 7);
+    CHECK_EQ_INT(cJSON_GetObjectItem(u, "completion_tokens")->valueint, 3);
+    cJSON_Delete(j);
+    free(s);
+    s = dec_api_chunk(&o, 5, "z", 1, false, NULL, NULL, false);
+    j = cJSON_Parse(s);
+    CHECK_EQ_INT(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0),
+                                     "index")->valueint, 5);
+    cJSON_Delete(j);
+    free(s);
 }
 
 static void api_refusals_name_the_field(void)
@@ -158,7 +219,10 @@ static void api_refusals_name_the_field(void)
         {"{\"prompt\":[]}", "prompt", 400},
         {"{\"prompt\":\"\"}", "prompt", 400},
         {"{\"max_tokens\":3}", "prompt", 400},
-        {"{\"prompt\":[[1],[2]]}", "prompt", 400},
+        {"{\"prompt\":[[1],\"a\"]}", "prompt", 400},
+        {"{\"prompt\":[\"a\",[1]]}", "prompt", 400},
+        {"{\"prompt\":[\"a\",\"\"]}", "prompt", 400},
+        {"{\"prompt\":[[1],[]]}", "prompt", 400},
         {"{\"prompt\":\"x\",\"tool_choice\":\"required\"}", "tool_choice", 400},
         {"{\"prompt\":\"x\",\"tool_choice\":{\"type\":\"function\"}}", "tool_choice", 400},
         {"{\"prompt\":\"x\",\"function_call\":{\"name\":\"f\"}}", "function_call", 400},
@@ -363,7 +427,8 @@ static void api_chat_messages(void)
 static void api_response_shapes(void)
 {
     struct dec_api_out o = {.kind = DEC_API_CHAT, .id = "x1", .model = "m", .created = 5};
-    char *s = dec_api_response(&o, "hi", 2, NULL, "stop", 3, 2);
+    struct dec_api_choice one = {.text = "hi", .len = 2, .finish = "stop"};
+    char *s = dec_api_response(&o, &one, 1, 3, 2);
     cJSON *j = cJSON_Parse(s);
     CHECK(j);
     CHECK_STR(cJSON_GetObjectItem(j, "object")->valuestring, "chat.completion");
@@ -379,7 +444,7 @@ static void api_response_shapes(void)
     cJSON *lp = dec_api_lp_new(DEC_API_COMPLETIONS);
     CHECK(dec_api_lp_add(lp, DEC_API_COMPLETIONS, NULL, &r, 2, 0) == 0);
     o.kind = DEC_API_COMPLETIONS;
-    s = dec_api_chunk(&o, "[7]", 3, false, lp, NULL, true);
+    s = dec_api_chunk(&o, 0, "[7]", 3, false, lp, NULL, true);
     j = cJSON_Parse(s);
     CHECK(j);
     CHECK(cJSON_IsNull(cJSON_GetObjectItem(j, "usage")));
@@ -409,6 +474,8 @@ static const struct pd_test tests[] = {
     PD_TEST(api_token_list_for_detokenize),
     PD_TEST(api_chat_messages),
     PD_TEST(api_response_shapes),
+    PD_TEST(api_several_prompts_make_a_list),
+    PD_TEST(api_response_numbers_choices),
     {0},
 };
 
