@@ -312,20 +312,25 @@ static int parse_stop(const cJSON *root, const struct dec_api_limits *lim, struc
 
 /* Fields we know and refuse rather than silently ignore: ignoring them would
  * change what the client gets. */
-static int refuse_unsupported(const cJSON *root, struct dec_api_err *e)
+static int refuse_unsupported(const cJSON *root, struct dec_api_req *r, struct dec_api_err *e)
 {
     bool b = false;
     int64_t i = 1;
     const cJSON *v;
     int rc;
-    if ((rc = get_int(root, "n", INT32_MIN, INT32_MAX, &i, e)) < 0)
+    int64_t n = 1;
+    if ((rc = get_int(root, "n", INT32_MIN, INT32_MAX, &n, e)) < 0)
         return rc;
-    if (i != 1)
-        return fail(e, 400, "n", "invalid_value", "only n=1 is supported");
+    if (n < 1 || n > DEC_API_MAX_N)
+        return fail(e, 400, "n", "invalid_value", "n must be 1..%d, got %lld", DEC_API_MAX_N,
+                    (long long)n);
+    r->n = (uint32_t)n;
     if ((rc = get_int(root, "best_of", INT32_MIN, INT32_MAX, &i, e)) < 0)
         return rc;
-    if (rc && i != 1)
-        return fail(e, 400, "best_of", "invalid_value", "only best_of=1 is supported");
+    if (rc && i != n) /* more candidates than choices, the best kept: not built */
+        return fail(e, 400, "best_of", "invalid_value",
+                    "best_of must equal n (%lld): choosing the best of more is not supported",
+                    (long long)n);
     if ((rc = get_bool(root, "echo", &b, e)) < 0)
         return rc;
     if (b)
@@ -523,7 +528,8 @@ int dec_api_parse(enum dec_api_kind kind, const char *body, size_t len,
     const cJSON *root = r->root;
     int64_t mt = -1;
     const cJSON *so;
-    if ((rc = get_str(root, "model", &r->model, e)) < 0 || (rc = refuse_unsupported(root, e)) < 0 ||
+    if ((rc = get_str(root, "model", &r->model, e)) < 0 ||
+        (rc = refuse_unsupported(root, r, e)) < 0 ||
         (rc = parse_sampling(root, r, e)) < 0 || (rc = parse_logprobs(root, r, e)) < 0 ||
         (rc = parse_stop(root, lim, r, e)) < 0 ||
         (rc = get_bool(root, "stream", &r->stream, e)) < 0 ||
@@ -560,6 +566,12 @@ int dec_api_parse(enum dec_api_kind kind, const char *body, size_t len,
     rc = kind == DEC_API_COMPLETIONS ? parse_prompt(root, lim, r, e) : parse_messages(root, r, e);
     if (rc < 0)
         goto bad;
+    if ((r->n_prompts ? r->n_prompts : 1) * r->n > DEC_API_MAX_PROMPTS) {
+        rc = fail(e, 400, "n", "invalid_value",
+                  "%u prompts x n=%u choices; this server makes at most %d in one request",
+                  r->n_prompts, r->n, DEC_API_MAX_PROMPTS);
+        goto bad;
+    }
     return 0;
 bad:
     dec_api_req_done(r);

@@ -47,7 +47,8 @@ struct dec_api_limits {
 
 /* Prompts in one /v1/completions request (a list of strings or of token-id
  * lists: one choice each, as OpenAI's API). */
-#define DEC_API_MAX_PROMPTS 64
+#define DEC_API_MAX_PROMPTS 64 /* also: choices (prompts x n) in one request */
+#define DEC_API_MAX_N 16 /* "n": choices per prompt */
 
 /* One completions prompt: text (into the request's JSON, NUL-terminated) or
  * token ids (owned by the request until taken: ids set NULL). */
@@ -66,6 +67,8 @@ struct dec_api_req {
      * one choice each); chat: none */
     struct dec_api_prompt *prompts; /* (n_prompts) owned */
     uint32_t n_prompts;
+    uint32_t n; /* choices per prompt, 1..DEC_API_MAX_N; choice i * n + k is prompt i's k-th,
+                 * sampled with seed + k */
     struct pd_chat_msg *msgs; /* chat (owned, contents owned) */
     size_t n_msgs;
     int64_t max_tokens; /* -1: absent (chat); completions default to 16 */

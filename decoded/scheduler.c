@@ -1,4 +1,4 @@
-#include "scheduler.h"
+#include "sched_internal.h"
 
 #include "errf.h"
 #include "log.h"
@@ -8,40 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* A REMOTE job's transfer is over (the loop's word, for the compute thread).
- * One per job, allocated with it: a remote prefill reports once, and the
- * next attempt starts only after the report was read. */
-struct dec_inbox {
-    struct pd_wnode node; /* the scheduler's inbox, under the worker's lock */
-    struct dec_job *job; /* one reference */
-    bool done, exhausted, in_pool;
-    int status;
-    struct pd_sample_result first;
-    char msg[256];
-};
-
-struct dec_sched {
-    struct dec_sched_params p;
-    struct pd_kvcache *kc;
-    struct pd_kvcache *xc; /* a GPU pool's staging (REMOTE jobs' transfers land there), or NULL */
-    uint32_t block_size, max_model_len, max_batched;
-    uint32_t watermark; /* blocks kept free when admitting beside running jobs */
-    bool prefix; /* the pool caches prefixes */
-    struct pd_kv_layout layout; /* the prefix names' namespace (with each job's salt) */
-    struct pd_ratelimit rl_preempt;
-    struct pd_sample_result *results; /* (max_num_seqs): each row sampled in the step */
-    struct pd_batch_item *items; /* (max_num_seqs) */
-    struct dec_job **item_job; /* (max_num_seqs) job of each item */
-    struct dec_job **active; /* (max_num_seqs) admitted jobs, admission order */
-    uint32_t n_active;
-    struct dec_job *remote; /* REMOTE jobs (rnext links); they count against max_num_seqs */
-    uint32_t n_remote;
-
-    struct pd_worker w; /* the compute thread, the queue of waiting jobs, the outbox */
-    struct pd_wlist inbox; /* finished transfers, from the loop (dec_inbox), under w's lock */
-    atomic_uint n_running;
-};
 
 #define JOB(n) PD_WNODE_ENTRY(n, struct dec_job, qnode)
 
@@ -82,6 +48,7 @@ void dec_job_unref(struct dec_job *j)
     pd_detok_free(j->detok);
     dec_stop_done(&j->stop);
     pd_prefix_seq_done(&j->names);
+    dec_job_unref(j->leader);
     free(j->final); /* never posted */
     free(j->report);
     free(j);
@@ -163,6 +130,7 @@ static void update_gauges(struct dec_sched *s);
 static void finish(struct dec_sched *s, struct dec_job *j, struct dec_event *e,
                    enum dec_finish why, const char *err)
 {
+    j->ended = true;
     pd_kvseq_release(s->kc, &j->seq);
     if (s->xc)
         pd_kvseq_release(s->xc, &j->xseq);
@@ -306,32 +274,6 @@ static int admit_prepare(struct dec_sched *s, struct dec_job *j)
 static uint32_t pending(const struct dec_job *j)
 {
     return j->n_prompt + j->n_out - j->seq.n_tokens;
-}
-
-/* An empty sequence starts from the longest cached prefix of the job's
- * tokens, full blocks only and never the last token (its logits are the
- * point). Counted in the metrics by the caller once admitted. */
-static void map_prefix(struct dec_sched *s, struct dec_job *j, uint32_t *q_blocks)
-{
-    uint32_t total = j->n_prompt + j->n_out;
-    *q_blocks = 0;
-    if (!s->prefix || j->seq.n_blocks || total < 2)
-        return;
-    uint32_t full = (total - 1) / s->block_size;
-    if (pd_prefix_seq_extend(&j->names, j->toks, full * s->block_size, s->block_size) < 0)
-        return; /* out of memory: computed in full, as without the cache */
-    int k = pd_kvseq_map_prefix(s->kc, &j->seq, j->names.h, full);
-    *q_blocks = full;
-    j->n_pub = k > 0 ? (uint32_t)k : 0;
-}
-
-/* After a step: the job's blocks that became full are published. */
-static void publish(struct dec_sched *s, struct dec_job *j)
-{
-    if (!s->prefix || j->unverified ||
-        pd_prefix_seq_extend(&j->names, j->toks, j->seq.n_tokens, s->block_size) < 0)
-        return;
-    j->n_pub = pd_kvseq_publish(s->kc, &j->seq, j->names.h, j->n_pub, j->names.n);
 }
 
 static void drop_active(struct dec_sched *s, uint32_t i)
@@ -495,7 +437,7 @@ static void remote_first_token(struct dec_sched *s, struct dec_job *j,
     }
     j->seq.n_tokens = j->n_prompt;
     j->unverified = !s->p.cache_remote;
-    publish(s, j); /* verified as it landed (kvx's tags), or nothing */
+    dec_sched_publish(s, j); /* verified as it landed (kvx's tags), or nothing */
     j->prompt_counted = true; /* not the local engine's work */
     pd_metric_add(s->p.metrics.remote_prompt_tokens, j->n_prompt);
     struct dec_event *e = event_new(j);
@@ -653,7 +595,8 @@ static bool schedule_running(struct dec_sched *s, uint32_t *n, uint32_t *budget)
         if (want == 0)
             continue;
         int rc;
-        while ((rc = pd_kvseq_reserve(s->kc, &j->seq, j->seq.n_tokens + want)) == -ENOSPC) {
+        while ((rc = pd_engine_seq_prepare(s->p.engine, &j->seq, j->seq.n_tokens + want)) ==
+               -ENOSPC) {
             uint32_t victim = s->n_active - 1;
             if (victim != i && pending(s->active[victim]) == 1)
                 n_dec--;
@@ -666,7 +609,8 @@ static bool schedule_running(struct dec_sched *s, uint32_t *n, uint32_t *budget)
             break; /* j was the last one */
         if (rc < 0) {
             drop_active(s, i--);
-            finish(s, j, NULL, DEC_FIN_ERROR, "out of memory growing the block table");
+            finish(s, j, NULL, DEC_FIN_ERROR, rc == -ENOMEM ? "out of memory growing the block "
+                   "table" : "cannot copy a shared KV block");
             continue;
         }
         add_item(s, n, j, want);
@@ -725,7 +669,7 @@ static void admit(struct dec_sched *s, uint32_t *n, uint32_t *budget)
             /* the cached prefix, then blocks for the rest of the prompt at
              * once: the peer fills them */
             uint32_t q_blocks;
-            map_prefix(s, j, &q_blocks);
+            dec_sched_map_prefix(s, j, &q_blocks);
             uint32_t k = j->seq.n_blocks, rest = j->n_prompt - k * s->block_size;
             uint32_t need = pd_kvseq_blocks_needed(s->kc, &j->seq, j->n_prompt);
             uint32_t keep = s->n_active + s->n_remote ? s->watermark : 0;
@@ -750,23 +694,26 @@ static void admit(struct dec_sched *s, uint32_t *n, uint32_t *budget)
         }
         if (*budget == 0)
             return;
+        /* n > 1: the prompt's KV shared with the request's first choice */
+        if (j->leader && dec_sched_follow(s, j) == -EAGAIN)
+            return; /* its leader's prompt is not in yet: first come first served */
         /* the cached prefix first: its blocks leave the idle list, so the
          * room check below counts what is really left */
         uint32_t q_blocks, hit = j->seq.n_tokens;
-        map_prefix(s, j, &q_blocks);
+        dec_sched_map_prefix(s, j, &q_blocks);
         hit = j->seq.n_tokens - hit;
         uint32_t p = pending(j), want = p < *budget ? p : *budget;
-        uint32_t need = pd_kvseq_blocks_needed(s->kc, &j->seq, j->seq.n_tokens + want);
+        uint32_t need = pd_engine_seq_blocks_needed(s->p.engine, &j->seq, j->seq.n_tokens + want);
         uint32_t keep = s->n_active + s->n_remote ? s->watermark : 0;
         if ((uint64_t)need + keep > pd_kvcache_n_free(s->kc)) {
-            if (hit) { /* back to the idle list, and tried again next step */
-                pd_kvseq_release(s->kc, &j->seq);
-                j->n_pub = 0;
-            }
+            /* a mapped or forked prefix back (to the idle list), tried again
+             * next step */
+            pd_kvseq_release(s->kc, &j->seq);
+            j->n_pub = 0;
             return;
         }
         queue_pop(s);
-        int rc = pd_kvseq_reserve(s->kc, &j->seq, j->seq.n_tokens + want);
+        int rc = pd_engine_seq_prepare(s->p.engine, &j->seq, j->seq.n_tokens + want);
         if (!admitted(s, j, rc))
             continue;
         if (q_blocks)
@@ -810,7 +757,7 @@ static uint32_t step(struct dec_sched *s)
         if (rc < 0) {
             fin = DEC_FIN_ERROR;
         } else {
-            publish(s, j);
+            dec_sched_publish(s, j);
             if (!j->prompt_counted && j->seq.n_tokens >= j->n_prompt) {
                 j->prompt_counted = true;
                 pd_metric_add(s->p.metrics.prompt_tokens, j->n_prompt);

@@ -45,6 +45,12 @@
  * A REMOTE job maps its cached prefix too and asks the peer only for the
  * blocks from there (REMOTE_START's n_cached; the PREFILL's prefix part).
  *
+ * n > 1: a job with a leader (the first choice of the same prompt, submitted
+ * before it) waits in the queue until the leader's prompt is in the cache,
+ * then forks the leader's blocks (pd_kvseq_fork) and computes only the last
+ * prompt position itself; blocks are shared until one writes (copy-on-write,
+ * pd_engine_seq_prepare).
+ *
  * Cancellation: dec_job_cancel (any thread) marks the job; the compute thread
  * drops it before its next step, releases its blocks and posts a
  * DEC_FIN_CANCELLED event. Lifetimes: a job is reference-counted (the loop,
@@ -108,6 +114,8 @@ struct dec_job {
     bool remote; /* prefill on a peer (the loop decided) */
     void *owner; /* the loop's; never touched by the compute thread */
     uint32_t choice; /* the loop's: which choice of its request this job is */
+    struct dec_job *leader; /* n > 1: the first choice of the same prompt (one reference),
+                             * whose prompt KV this job shares; NULL otherwise */
     /* the loop's remote-prefill state; never touched by the compute thread */
     void *remote_req; /* the transfer in flight, NULL when none */
     uint64_t remote_id; /* PREFILL request id (0: none chosen yet) */
@@ -134,6 +142,7 @@ struct dec_job {
     struct dec_stop stop;
     uint64_t t_first_ns, t_last_ns;
     bool in_remote; /* REMOTE state: blocks lent to a transfer */
+    bool ended; /* finished: its blocks are gone (a follower cannot fork them) */
     bool cancel_posted;
     uint32_t remote_epoch; /* bumped per retry */
     struct pd_wnode qnode; /* the worker's queue */

@@ -346,25 +346,40 @@ static void detokenize(struct dec_server *s, struct evhttp_request *req, const c
     free(ids);
 }
 
-/* A job for choice i of a request, from its parsed body: the prompt's
- * tokens (prompt i, or the rendered chat) and the request's parameters.
- * NULL when refused (the reply sent) or out of memory (likewise). */
+/* A job for choice c of a request, from its parsed body: prompt c / n
+ * (or the rendered chat) and the request's parameters, its seed + c % n.
+ * The first choice of a prompt tokenizes it; the others (n > 1) copy its
+ * tokens and follow it (scheduler.h: they share its prompt KV). NULL when
+ * refused (the reply sent) or out of memory (likewise). */
 static struct dec_job *choice_job(struct dec_server *s, struct evhttp_request *req,
-                                  const char *id, struct dec_api_req *r, uint32_t i)
+                                  const char *id, struct dec_api_req *r, uint32_t c,
+                                  struct dec_job *leader)
 {
     struct dec_job *job = dec_job_new();
     if (!job) {
         dec_reply_reject(s, req, id, 503, NULL, NULL, "out of memory");
         return NULL;
     }
-    if (prompt_tokens(s, req, id, r, r->n_prompts ? &r->prompts[i] : NULL, &job->prompt,
-                      &job->n_prompt) < 0 ||
-        decide_max_tokens(s, req, id, r, job->n_prompt, &job->max_tokens) < 0) {
+    if (leader) {
+        if (!(job->prompt = malloc((size_t)leader->n_prompt * sizeof(*job->prompt)))) {
+            dec_job_unref(job);
+            dec_reply_reject(s, req, id, 503, NULL, NULL, "out of memory");
+            return NULL;
+        }
+        memcpy(job->prompt, leader->prompt, (size_t)leader->n_prompt * sizeof(*job->prompt));
+        job->n_prompt = leader->n_prompt;
+        job->max_tokens = leader->max_tokens;
+        dec_job_ref(leader);
+        job->leader = leader;
+    } else if (prompt_tokens(s, req, id, r, r->n_prompts ? &r->prompts[c / r->n] : NULL,
+                             &job->prompt, &job->n_prompt) < 0 ||
+               decide_max_tokens(s, req, id, r, job->n_prompt, &job->max_tokens) < 0) {
         dec_job_unref(job);
         return NULL;
     }
-    job->choice = i;
+    job->choice = c;
     job->sampling = r->sampling;
+    job->sampling.seed += c % r->n; /* n > 1: each choice its own stream */
     job->logprobs = r->logprobs;
     job->ignore_eos = r->ignore_eos;
     if (r->cache_salt) /* zeros otherwise: the unsalted namespace */
@@ -383,8 +398,8 @@ static struct dec_job *choice_job(struct dec_server *s, struct evhttp_request *r
         }
     snprintf(job->id, sizeof(job->id), "%s", id);
     /* a reload may have emptied the peer list: prefill locally, as decoded
-     * started without one does */
-    job->remote = s->remote && job->n_prompt > s->local_prefill_max &&
+     * started without one does; a follower takes its leader's prompt KV */
+    job->remote = !leader && s->remote && job->n_prompt > s->local_prefill_max &&
                   dec_remote_n_peers(s->remote) > 0;
     return job;
 }
@@ -417,7 +432,7 @@ static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_
         dec_reply_reject(s, req, id, 400, NULL, "invalid_value", msg);
         goto out;
     }
-    const uint32_t n_ch = kind == DEC_API_COMPLETIONS ? r.n_prompts : 1;
+    const uint32_t n_ch = (kind == DEC_API_COMPLETIONS ? r.n_prompts : 1) * r.n;
     if (!(h = calloc(1, sizeof(*h))) || !(h->ch = calloc(n_ch, sizeof(*h->ch)))) {
         dec_reply_reject(s, req, id, 503, NULL, NULL, "out of memory");
         goto out;
@@ -426,12 +441,15 @@ static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_
     /* every prompt is checked before any job is queued: a request is
      * refused whole or runs whole */
     for (; h->n_ch < n_ch; h->n_ch++) {
-        struct dec_job *job = choice_job(s, req, id, &r, h->n_ch);
+        const uint32_t k = h->n_ch % r.n; /* choice k of its prompt */
+        struct dec_job *job = choice_job(s, req, id, &r, h->n_ch,
+                                         k ? h->ch[h->n_ch - k].job : NULL);
         if (!job)
             goto out;
         job->owner = h;
         h->ch[h->n_ch].job = job;
-        h->n_prompt += job->n_prompt;
+        if (k == 0) /* usage counts a prompt once, whatever n (OpenAI's) */
+            h->n_prompt += job->n_prompt;
     }
     const uint64_t now = pd_now_ns();
     for (uint32_t i = 0; i < n_ch; i++) {

@@ -313,30 +313,30 @@ void pd_engine_seq_release(struct pd_engine *e, struct pd_kvseq *seq)
     pd_kvseq_release(e->kc, seq);
 }
 
-/* Blocks that item `it` writes into and holds already but may not write:
- * shared with another sequence or published under a name (kvcache.h). */
-static uint32_t cow_needed(const struct pd_kvcache *kc, const struct pd_batch_item *it)
+/* Blocks of seq's write range [seq->n_tokens, n_tokens) that it holds
+ * already but may not write: shared with another sequence or published
+ * under a name (kvcache.h). */
+static uint32_t cow_needed(const struct pd_kvcache *kc, const struct pd_kvseq *s,
+                           uint32_t n_tokens)
 {
     const uint32_t bs = pd_kvcache_layout(kc)->block_size;
-    const struct pd_kvseq *s = it->seq;
-    uint64_t end = ((uint64_t)s->n_tokens + it->n_tokens + bs - 1) / bs;
+    uint64_t end = ((uint64_t)n_tokens + bs - 1) / bs;
     uint32_t n = 0;
     for (uint64_t b = s->n_tokens / bs; b < end && b < s->n_blocks; b++)
         n += !pd_kvcache_writable(kc, s->blocks[b]);
     return n;
 }
 
-/* Copy-on-write: each such block is replaced in the item's table by a copy
- * of its own (the pool has room: validate counted them). The sequence's
- * contents do not change, only which blocks hold them, so a step that fails
- * later leaves it as good as it was. */
-static int cow(struct pd_engine *e, const struct pd_batch_item *it)
+/* Copy-on-write: each such block is replaced in seq's table by a copy of
+ * its own (the caller checked the room). The sequence's contents do not
+ * change, only which blocks hold them, so a step that fails later leaves it
+ * as good as it was. */
+static int cow(struct pd_engine *e, struct pd_kvseq *s, uint32_t n_tokens)
 {
     const uint32_t bs = pd_kvcache_layout(e->kc)->block_size;
     const uint64_t bytes = pd_kvcache_block_bytes(e->kc);
     uint8_t *pool = (uint8_t *)pd_kvcache_pool(e->kc);
-    struct pd_kvseq *s = it->seq;
-    uint64_t end = ((uint64_t)s->n_tokens + it->n_tokens + bs - 1) / bs;
+    uint64_t end = ((uint64_t)n_tokens + bs - 1) / bs;
     for (uint64_t b = s->n_tokens / bs; b < end && b < s->n_blocks; b++) {
         uint32_t old = s->blocks[b], id;
         if (pd_kvcache_writable(e->kc, old))
@@ -351,6 +351,20 @@ static int cow(struct pd_engine *e, const struct pd_batch_item *it)
         pd_kvcache_unref(e->kc, old);
     }
     return 0;
+}
+
+uint32_t pd_engine_seq_blocks_needed(const struct pd_engine *e, const struct pd_kvseq *seq,
+                                     uint32_t n_tokens)
+{
+    return pd_kvseq_blocks_needed(e->kc, seq, n_tokens) + cow_needed(e->kc, seq, n_tokens);
+}
+
+int pd_engine_seq_prepare(struct pd_engine *e, struct pd_kvseq *seq, uint32_t n_tokens)
+{
+    if (pd_engine_seq_blocks_needed(e, seq, n_tokens) > pd_kvcache_n_free(e->kc))
+        return -ENOSPC;
+    int rc = cow(e, seq, n_tokens);
+    return rc < 0 ? rc : pd_kvseq_reserve(e->kc, seq, n_tokens);
 }
 
 /* Everything that can be wrong with a batch, checked before any state changes. */
@@ -399,8 +413,7 @@ static int validate(const struct pd_engine *e, const struct pd_batch_item *items
                 return pd_errf(err, errlen, -EINVAL,
                                "engine: a sequence appears twice in one step");
         sum += it->n_tokens;
-        blocks += pd_kvseq_blocks_needed(e->kc, it->seq, it->seq->n_tokens + it->n_tokens);
-        blocks += cow_needed(e->kc, it);
+        blocks += pd_engine_seq_blocks_needed(e, it->seq, it->seq->n_tokens + it->n_tokens);
     }
     if (sampled && plain)
         return pd_errf(err, errlen, -EINVAL, "engine: in one step every row of logits is "
@@ -429,7 +442,7 @@ int pd_engine_step(struct pd_engine *e, const struct pd_batch_item *items, uint3
     if (e->b->forget_error) /* a line from an earlier failure is not this one's */
         e->b->forget_error();
     for (uint32_t i = 0; i < n_items; i++)
-        if ((rc = cow(e, &items[i])) < 0)
+        if ((rc = cow(e, items[i].seq, items[i].seq->n_tokens + items[i].n_tokens)) < 0)
             return pd_errf(err, errlen, rc, "engine: cannot copy a shared KV block: %s%s%s",
                            strerror(-rc), device_sep(e), device_error(e));
     for (; reserved < n_items; reserved++) {

@@ -211,6 +211,15 @@ int pd_engine_prefill(struct pd_engine *e, struct pd_kvseq *seq, const int32_t *
                       uint32_t n, float *last_logits, char *err, size_t errlen);
 
 void pd_engine_seq_release(struct pd_engine *e, struct pd_kvseq *seq);
+/* Room for seq to grow to n_tokens positions: the blocks it lacks, and a
+ * copy of each block of the write range [seq->n_tokens, n_tokens) it holds
+ * but may not write (shared, as after pd_kvseq_fork, or published). What a
+ * step would do itself, done ahead so that a scheduler can preempt on
+ * -ENOSPC (nothing changed then) instead of failing the step. */
+int pd_engine_seq_prepare(struct pd_engine *e, struct pd_kvseq *seq, uint32_t n_tokens);
+/* The free blocks pd_engine_seq_prepare would take. */
+uint32_t pd_engine_seq_blocks_needed(const struct pd_engine *e, const struct pd_kvseq *seq,
+                                     uint32_t n_tokens);
 
 const struct pd_model *pd_engine_model(const struct pd_engine *e);
 /* 1 when the engine runs on a GPU (its KV pool is device memory) */

@@ -353,6 +353,27 @@ int pd_kvseq_map_prefix(struct pd_kvcache *kc, struct pd_kvseq *s,
     return (int)k;
 }
 
+int pd_kvseq_fork(struct pd_kvcache *kc, struct pd_kvseq *dst, const struct pd_kvseq *src,
+                  uint32_t n_tokens)
+{
+    uint32_t n = (uint32_t)(((uint64_t)n_tokens + kc->layout.block_size - 1) /
+                            kc->layout.block_size);
+    if (dst->n_blocks || dst->n_tokens || n_tokens > src->n_tokens || n > src->n_blocks)
+        return -EINVAL;
+    if (seq_room(dst, n) < 0)
+        return -ENOMEM;
+    for (uint32_t i = 0; i < n; i++)
+        if (pd_kvcache_ref(kc, src->blocks[i]) < 0) { /* at UINT16_MAX references */
+            while (i-- > 0)
+                pd_kvcache_unref(kc, src->blocks[i]);
+            return -EMLINK;
+        }
+    memcpy(dst->blocks, src->blocks, n * sizeof(*dst->blocks));
+    dst->n_blocks = n;
+    dst->n_tokens = n_tokens;
+    return 0;
+}
+
 uint32_t pd_kvseq_publish(struct pd_kvcache *kc, struct pd_kvseq *s,
                           const uint8_t (*names)[PD_KV_HASH_LEN], uint32_t from, uint32_t n)
 {

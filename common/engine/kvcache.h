@@ -127,6 +127,12 @@ void pd_kvseq_trim(struct pd_kvcache *kc, struct pd_kvseq *s, uint32_t n_tokens)
  * Returns how many (0 when s is not empty or caching is off), -ENOMEM. */
 int pd_kvseq_map_prefix(struct pd_kvcache *kc, struct pd_kvseq *s,
                         const uint8_t (*names)[PD_KV_HASH_LEN], uint32_t n);
+/* dst (empty) shares src's first n_tokens positions: a reference on each of
+ * their blocks (the last may be partial: whoever writes into it first gets
+ * a copy, pd_kvcache_writable). -EINVAL when dst is not empty or src holds
+ * fewer, -ENOMEM, -EMLINK (a block at its reference cap); dst unchanged. */
+int pd_kvseq_fork(struct pd_kvcache *kc, struct pd_kvseq *dst, const struct pd_kvseq *src,
+                  uint32_t n_tokens);
 /* Publish s's blocks [from, n) under names[from, n), stopping at the first
  * block not full yet (s->n_tokens); returns the index to pass as `from`
  * next time. */

@@ -259,14 +259,33 @@ def test_json_too_deep(d, reference):
     bad(d, reference, body, 400)
 
 
-def test_n_other_than_1(d, reference):
-    err = bad(d, reference, dict(GOOD, n=2), 400, "n")
-    assert "n=1" in err["message"]
+@pytest.mark.parametrize("n", [0, 17])
+def test_n_out_of_range_refused(d, reference, n):
+    err = bad(d, reference, dict(GOOD, n=n), 400, "n")
+    assert "1..16" in err["message"], err
+
+
+def test_best_of_other_than_n_refused(d, reference):
+    bad(d, reference, dict(GOOD, n=2, best_of=3), 400, "best_of")
+    # best_of equal to n is n choices, nothing picked among them
+    status, body = d.json("POST", "/v1/completions", dict(GOOD, n=2, best_of=2))
+    assert status == 200, body
+    assert sorted(c["index"] for c in body["choices"]) == [0, 1]
+    still_serving(d, reference)
+
+
+def test_too_many_choices_refused(d, reference):
+    # prompts x n choices, at most 64 in one request: 4 x 16 is the cap itself
+    status, body = d.json("POST", "/v1/completions", dict(GOOD, prompt=[[1, 2]] * 4, n=16))
+    assert status == 200, body
+    assert sorted(c["index"] for c in body["choices"]) == list(range(64))
+    err = bad(d, reference, dict(GOOD, prompt=[[1, 2]] * 5, n=16), 400, "n")
+    assert "64" in err["message"], err
 
 
 def test_unsupported_features_named(d, reference):
     bad(d, reference, dict(GOOD, echo=True), 400, "echo")
-    bad(d, reference, dict(GOOD, best_of=3), 400, "best_of")
+    bad(d, reference, dict(GOOD, best_of=3), 400, "best_of")  # n absent: 1
     bad(d, reference, dict(GOOD, logit_bias={"5": 10}), 400, "logit_bias")
 
 

@@ -1,7 +1,7 @@
 """The official openai client against decoded serving the default model
 (SmolLM2-135M-Instruct): completions, chat, streaming, logprobs, stop
-strings, usage, seeds, several prompts in one request (locally and through
-a prefilld peer); curl for the raw SSE bytes."""
+strings, usage, seeds, several prompts in one request and n choices per
+prompt (locally and through a prefilld peer); curl for the raw SSE bytes."""
 import asyncio
 import math
 import os
@@ -229,12 +229,6 @@ def test_penalties_and_min_p_accepted(client):
                                        seed=5, presence_penalty=1.0, frequency_penalty=0.5,
                                        extra_body={"min_p": 0.05, "top_k": 20})
     assert r.choices[0].message.content
-
-
-def test_n_2_refused(client):
-    with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=NAME, messages=Q, max_tokens=3, n=2)
-    assert e.value.body["param"] == "n"
 
 
 def test_wrong_model_404(client):
@@ -472,3 +466,170 @@ def test_several_prompts_prefilled_by_a_peer_equal_local(tmp_path, text_singles)
         assert a.metric("pdserve:remote_prompt_tokens_total") == r.usage.prompt_tokens
     check_choices(choices(r), refs)
     assert_usage_sums(r.usage, usages)
+
+
+# ---- n choices per prompt ----
+#
+# Choice k of a prompt is sampled with seed + k, so it must equal the single
+# request (n=1) with seed + k; with several prompts choice i * n + k is prompt
+# i's k-th. The choices run batched (the others fork the first's prompt KV
+# and compute only its last position), the single requests do not: "equal"
+# is the near-tie rule above. logprobs=2, not 1: the rule needs the two best
+# alternatives at each position to see a near-tie.
+
+N_SEEDED = dict(max_tokens=12, temperature=0.9, logprobs=2, extra_body={"ignore_eos": True})
+LONG = ("Here is the story of a small town by the sea, told by the people who lived there. " +
+        " ".join("On day %d the boats went out and came back with fish." % i
+                 for i in range(1, 13)))
+
+
+def seeded_singles(client, prompts, n, seed, params):
+    """(results, usages) of the single requests choice i * n + k stands for:
+    prompt i with seed + k, in choice order."""
+    rs = [client.completions.create(model=NAME, prompt=p, **dict(params, seed=seed + k))
+          for p in prompts for k in range(n)]
+    return [result(r.choices[0]) for r in rs], [r.usage for r in rs]
+
+
+def chat_result(choice):
+    """A chat choice in result()'s shape (tops keyed by token text)."""
+    content = choice.logprobs.content
+    return {"text": choice.message.content, "finish": choice.finish_reason,
+            "tokens": [t.token for t in content], "lps": [t.logprob for t in content],
+            "tops": [{x.token: x.logprob for x in t.top_logprobs} for t in content]}
+
+
+def test_n_choices_equal_single_requests_with_seed_plus_k(client):
+    refs, usages = seeded_singles(client, ["Once upon a time"], 3, 11, N_SEEDED)
+    r = client.completions.create(model=NAME, prompt="Once upon a time", n=3, seed=11,
+                                  **N_SEEDED)
+    assert len(r.choices) == 3
+    check_choices(choices(r), refs)
+    # the prompt counted once (OpenAI's), every choice's tokens
+    assert r.usage.prompt_tokens == usages[0].prompt_tokens
+    assert r.usage.completion_tokens == 3 * 12
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    # seeds 11, 12, 13: not three copies of one sample
+    assert len({ref["text"] for ref in refs}) > 1, refs
+
+
+def test_chat_n_greedy_choices_are_identical(client):
+    params = dict(model=NAME, messages=Q, max_tokens=20, temperature=0, logprobs=True,
+                  top_logprobs=2)
+    one = chat_result(client.chat.completions.create(**params).choices[0])
+    r = client.chat.completions.create(n=2, **params)
+    assert sorted(c.index for c in r.choices) == [0, 1]
+    got = [chat_result(c) for c in sorted(r.choices, key=lambda c: c.index)]
+    assert compare(1, got[1], got[0]) >= len(got[0]["tokens"]) // 2
+    check_choices([dict(g, index=i) for i, g in enumerate(got)], [one, one])
+    assert "Paris" in got[0]["text"]
+
+
+def test_n_with_several_prompts_numbers_choices(client):
+    prompts = TEXTS[:2]
+    refs, usages = seeded_singles(client, prompts, 2, 7, SEEDED)
+    r = client.completions.create(model=NAME, prompt=prompts, n=2, **SEEDED)
+    assert len(r.choices) == 4
+    check_choices(choices(r), refs)  # index i * 2 + k: prompt i, seed 7 + k
+    # each prompt once (usages[i * 2] is prompt i's), every choice's tokens
+    assert r.usage.prompt_tokens == usages[0].prompt_tokens + usages[2].prompt_tokens
+    assert r.usage.completion_tokens == 4 * 8
+
+
+def streamed(chunks, chat):
+    """Per choice index, what the chunks of a stream carried: text, tokens,
+    log-probabilities, finish reasons, and (chat) the roles of its deltas."""
+    per = {}
+    for chunk in chunks:
+        for c in chunk.choices:
+            p = per.setdefault(c.index, {"text": "", "tokens": [], "lps": [], "tops": [],
+                                         "finishes": [], "roles": [], "first_role": None})
+            assert not p["finishes"], "a chunk of choice %d after its finish_reason" % c.index
+            if chat:
+                if not (p["text"] or p["roles"]):
+                    p["first_role"] = c.delta.role
+                if c.delta.role:
+                    p["roles"].append(c.delta.role)
+                p["text"] += c.delta.content or ""
+                lps = c.logprobs.content if c.logprobs and c.logprobs.content else []
+                p["tokens"] += [t.token for t in lps]
+                p["lps"] += [t.logprob for t in lps]
+                p["tops"] += [{x.token: x.logprob for x in t.top_logprobs} for t in lps]
+            else:
+                p["text"] += c.text
+                if c.logprobs:
+                    p["tokens"] += c.logprobs.tokens
+                    p["lps"] += c.logprobs.token_logprobs
+                    p["tops"] += [dict(t) for t in c.logprobs.top_logprobs]
+            if c.finish_reason:
+                p["finishes"].append(c.finish_reason)
+    return per
+
+
+def check_streamed(per, n, whole):
+    """Every index 0..n-1 has text and exactly one finish_reason, and the
+    reassembled choices equal the non-streamed ones (whole: results by index)."""
+    assert sorted(per) == list(range(n)), sorted(per)
+    for i, p in per.items():
+        assert p["text"], (i, p)
+        assert len(p["finishes"]) == 1, (i, p["finishes"])
+    check_choices([dict(p, finish=p["finishes"][0], index=i) for i, p in per.items()], whole)
+
+
+def test_n_streamed_completion(client):
+    params = dict(model=NAME, prompt="Once upon a time", n=3, seed=11, **N_SEEDED)
+    whole = client.completions.create(**params)
+    per = streamed(client.completions.create(stream=True, **params), chat=False)
+    check_streamed(per, 3, [result(c) for c in sorted(whole.choices, key=lambda c: c.index)])
+
+
+def test_n_streamed_chat(client):
+    params = dict(model=NAME, messages=Q, n=3, max_tokens=12, temperature=0.9, seed=11,
+                  logprobs=True, top_logprobs=2)
+    whole = client.chat.completions.create(**params)
+    per = streamed(client.chat.completions.create(stream=True, **params), chat=True)
+    # each choice opens with its role, once
+    for i, p in per.items():
+        assert p["first_role"] == "assistant" and p["roles"] == ["assistant"], (i, p)
+    check_streamed(per, 3, [chat_result(c) for c in sorted(whole.choices,
+                                                             key=lambda c: c.index)])
+
+
+def test_n_disaggregated_ships_the_prompt_once(tmp_path, client):
+    if not os.environ.get("PREFILLD"):
+        pytest.skip("set PREFILLD to the prefilld binary")
+    params = dict(SEEDED, model=NAME, prompt=LONG, n=3, seed=5)
+    local = client.completions.create(**params)
+    psk = write_key(tmp_path / "k.psk")
+    mem = ("--kv-cache-memory", "256MiB")
+    with Prefilld("--model", MODEL_PATH, *mem, psk=psk) as p, \
+            Decoded("--model", MODEL_PATH, *mem, "--served-model-name", NAME,
+                    "--max-model-len", "2048", "--kv-psk-file", psk, "--prefill", p.addr,
+                    "--local-prefill-max-tokens", "0",
+                    # test_disagg.py's dec_args says why the deadline is generous
+                    "--prefill-timeout-ms", "120000") as a:
+        wait_for(lambda: "KV session up" in a.log(), 60, "a KV session")
+        requests0 = p.metric("pdserve:prefill_requests_total")
+        blocks0 = a.metric("pdserve:kv_blocks_received_total")
+        c = openai.OpenAI(base_url=a.base_url, api_key="unused", max_retries=0, timeout=120)
+        r = c.completions.create(**params)
+        n_prompt = r.usage.prompt_tokens
+        assert 150 <= n_prompt <= 260, n_prompt
+        # one PREFILL, the prompt's blocks once (the others fork them)
+        assert p.metric("pdserve:prefill_requests_total") - requests0 == 1
+        assert a.metric("pdserve:kv_blocks_received_total") - blocks0 == (n_prompt + 15) // 16
+        assert a.metric("pdserve:remote_prompt_tokens_total") == n_prompt
+        assert a.metric("pdserve:prompt_tokens_total") == 0, "a prompt was prefilled locally"
+    assert n_prompt == local.usage.prompt_tokens
+    check_choices(choices(r), [result(c) for c in sorted(local.choices, key=lambda c: c.index)])
+
+
+def test_n_shares_the_prompt_kv_locally(d, client):
+    # ids no other test sends: no prefix of it is cached
+    prompt = [random.Random(61).randrange(100, 49151) for _ in range(40)]
+    before = d.metric("pdserve:prompt_tokens_total")
+    r = client.completions.create(model=NAME, prompt=prompt, n=4, max_tokens=4,
+                                  temperature=0.8, seed=3, extra_body={"ignore_eos": True})
+    assert len(r.choices) == 4 and r.usage.prompt_tokens == 40
+    # computed for the first choice alone; the others fork its blocks
+    assert d.metric("pdserve:prompt_tokens_total") - before == 40

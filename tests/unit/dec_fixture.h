@@ -5,6 +5,8 @@
  * dec_rig_down stops the thread, checks that every block came back and frees
  * it all. dec_rig_up_prefix makes a rig whose registry also has the prefix
  * cache's series (kv_metrics.h), with the cache on or off (the reference).
+ * n > 1: dec_rig_follower makes choice k of a leader's prompt, and
+ * dec_rig_up_watch a rig whose notify watches the KV pool (dec_pool_watch).
  * Builds with decoded's include directory (for its scheduler.h). */
 #ifndef PD_TEST_DEC_FIXTURE_H
 #define PD_TEST_DEC_FIXTURE_H
@@ -165,6 +167,114 @@ static inline struct dec_job *dec_rig_job(const int32_t *prompt, uint32_t n, uin
     CHECK(out->final != NULL && j->report != NULL);
     snprintf(j->id, sizeof(j->id), "job-%p", owner);
     return j;
+}
+
+/* n > 1: choice k of leader's prompt as decoded's loop makes it (server.c
+ * choice_job): the leader's tokens and sampling with seed + k, one reference
+ * on the leader (dec_job_unref drops it), prefilled here (remote false).
+ * max_tokens is the caller's: the loop copies the leader's, a test may give
+ * the leader fewer to end it early, as a stop would. Caller unrefs. */
+static inline struct dec_job *dec_rig_follower(struct dec_job *leader, uint32_t k,
+                                               uint32_t max_tokens, void *owner,
+                                               struct dec_out *out)
+{
+    struct pd_sampling sp = leader->sampling;
+    sp.seed += k;
+    struct dec_job *j = dec_rig_job(leader->prompt, leader->n_prompt, max_tokens, &sp, owner, out);
+    memcpy(j->salt, leader->salt, sizeof(j->salt));
+    j->choice = k;
+    j->remote = false;
+    dec_job_ref(leader);
+    j->leader = leader;
+    return j;
+}
+
+/* What the KV pool held, seen from the compute thread at each event it
+ * posts (notify runs there, after the step: the pool is the thread's own):
+ * the most blocks in use, and the blocks in use at the first event posted
+ * while `target` jobs were running (the step that admitted the last of
+ * them), UINT32_MAX until then. Idle cached blocks count as free.
+ * The gate (dec_pool_watch_hold) holds the compute thread in notify. */
+struct dec_pool_watch {
+    struct dec_rig *r;
+    uint32_t target;
+    atomic_uint peak, at_target;
+    atomic_bool gate, held;
+};
+
+static inline void dec_pool_watch_notify(void *arg)
+{
+    struct dec_pool_watch *w = arg;
+    struct pd_kvcache *kc = pd_engine_kvcache(w->r->e);
+    uint32_t used = pd_kvcache_n_blocks(kc) - pd_kvcache_n_free(kc), waiting, running;
+    if (used > atomic_load(&w->peak))
+        atomic_store(&w->peak, used);
+    dec_sched_counts(w->r->s, &waiting, &running);
+    if (running >= w->target && atomic_load(&w->at_target) == UINT32_MAX)
+        atomic_store(&w->at_target, used);
+    if (atomic_load(&w->gate)) {
+        /* bounded: a test that failed while holding must still stop the rig */
+        uint64_t deadline = fx_deadline(60);
+        atomic_store(&w->held, true);
+        while (atomic_load(&w->gate) && pd_now_ns() < deadline)
+            fx_sleep_ms(1);
+        atomic_store(&w->gate, false);
+    }
+}
+
+/* Holds the compute thread of a watched rig between two steps: submits a
+ * job of one prompt token and one output token (out records it; it counts
+ * as one finished job), whose end event keeps the thread in notify, its
+ * block already released, until dec_pool_watch_release. What the test
+ * submits meanwhile is all queued when the next step runs: a leader and its
+ * followers meet the scheduler together on a machine of 2 CPUs too, where
+ * the leader could otherwise run to its end before the test thread submits
+ * the next job. Returns once the thread is held. */
+static inline void dec_pool_watch_hold(struct dec_rig *r, struct dec_pool_watch *w,
+                                       struct dec_out *out)
+{
+    static const int32_t one = 1;
+    struct pd_sampling sp = PD_SAMPLING_DEFAULT;
+    CHECK(w->r == r);
+    atomic_store(&w->held, false);
+    atomic_store(&w->gate, true);
+    struct dec_job *j = dec_rig_job(&one, 1, 1, &sp, out, out);
+    CHECK_EQ_INT(dec_sched_submit(r->s, j), 0);
+    dec_job_unref(j);
+    uint64_t deadline = fx_deadline(60);
+    while (!atomic_load(&w->held))
+        fx_poll(deadline);
+}
+
+static inline void dec_pool_watch_release(struct dec_pool_watch *w)
+{
+    atomic_store(&w->gate, false);
+}
+
+/* A rig (the prefix cache's series, the cache on or off) whose scheduler
+ * reports to w (watching for target running jobs): dec_rig_up_ex's rig, its
+ * scheduler made again with the watch as notify (the first one never saw a
+ * job). w must outlive the rig. */
+static inline void dec_rig_up_watch(struct dec_rig *r, uint32_t n_blocks, uint32_t max_seqs,
+                                    bool prefix_cache, struct dec_pool_watch *w, uint32_t target)
+{
+    char err[512];
+    dec_rig_up_ex(r, n_blocks, max_seqs, DEC_FAILOVER_RETRY, true, prefix_cache);
+    pd_worker_stop(dec_sched_worker(r->s));
+    r->s = dec_sched_free(r->s);
+    w->r = r;
+    w->target = target;
+    atomic_init(&w->peak, 0);
+    atomic_init(&w->at_target, UINT32_MAX);
+    atomic_init(&w->gate, false);
+    atomic_init(&w->held, false);
+    struct dec_sched_params p = {.engine = r->e, .max_num_seqs = max_seqs, .max_waiting = 64,
+                                 .idle_tick_ms = 10, .metrics = r->sm,
+                                 .notify = dec_pool_watch_notify, .notify_arg = w,
+                                 .failover = DEC_FAILOVER_RETRY};
+    if (dec_sched_new(&p, &r->s, err, sizeof(err)) < 0 ||
+        pd_worker_start(dec_sched_worker(r->s), err, sizeof(err)))
+        PD_TEST_FAIL_("%s", err);
 }
 
 /* A token appends to out; an end is recorded, once. */

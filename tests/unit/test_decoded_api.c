@@ -144,6 +144,24 @@ static void api_defaults(void)
     dec_api_req_done(&r);
 }
 
+static void api_n_and_best_of(void)
+{
+    struct dec_api_req r;
+    struct dec_api_err e;
+    CHECK_EQ_INT(parse(DEC_API_COMPLETIONS, "{\"prompt\":\"x\"}", &r, &e), 0);
+    CHECK_EQ_INT(r.n, 1);
+    dec_api_req_done(&r);
+    CHECK_EQ_INT(parse(DEC_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                                     "\"n\":16,\"best_of\":16}", &r, &e), 0);
+    CHECK_EQ_INT(r.n, 16);
+    dec_api_req_done(&r);
+    /* 4 prompts x 16 = 64 choices: the most one request makes */
+    CHECK_EQ_INT(parse(DEC_API_COMPLETIONS, "{\"prompt\":[[1],[2],[3],[4]],\"n\":16}", &r, &e),
+                 0);
+    CHECK_EQ_INT(r.n * r.n_prompts, DEC_API_MAX_PROMPTS);
+    dec_api_req_done(&r);
+}
+
 static void api_several_prompts_make_a_list(void)
 {
     struct dec_api_req r;
@@ -209,7 +227,10 @@ static void api_refusals_name_the_field(void)
         const char *body, *param;
         int status;
     } cases[] = {
-        {"{\"prompt\":\"x\",\"n\":3}", "n", 400},
+        {"{\"prompt\":\"x\",\"n\":17}", "n", 400},
+        {"{\"prompt\":\"x\",\"n\":0}", "n", 400},
+        {"{\"prompt\":\"x\",\"n\":2,\"best_of\":3}", "best_of", 400},
+        {"{\"prompt\":[[1],[2],[3],[4],[5]],\"n\":16}", "n", 400},
         {"{\"prompt\":\"x\",\"max_tokens\":0}", "max_tokens", 400},
         {"{\"prompt\":\"x\",\"max_tokens\":1.5}", "max_tokens", 400},
         {"{\"prompt\":\"x\",\"temperature\":\"1\"}", "temperature", 400},
@@ -475,6 +496,7 @@ static const struct pd_test tests[] = {
     PD_TEST(api_chat_messages),
     PD_TEST(api_response_shapes),
     PD_TEST(api_several_prompts_make_a_list),
+    PD_TEST(api_n_and_best_of),
     PD_TEST(api_response_numbers_choices),
     {0},
 };

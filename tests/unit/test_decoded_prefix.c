@@ -6,7 +6,8 @@
  * occur); the prefix cache's series say what was found: full blocks only,
  * never a prompt's last token, generated tokens' blocks too, nothing across
  * cache_salts, eviction under pressure, preemption with shared blocks, and
- * nothing at all with the cache off. */
+ * nothing at all with the cache off. Then n > 1: followers that fork their
+ * leader's prompt blocks, each choice held to a single job of its seed. */
 #include "dec_fixture.h"
 #include "pd_test.h"
 
@@ -423,6 +424,431 @@ static void prefix_cache_off_never_looks_up(void)
     compare(&sc, sc.off, sc.off);
 }
 
+/* ---- n > 1: followers fork their leader's prompt KV ---- */
+
+/* One prompt, n choices as decoded's loop submits them (server.c
+ * choice_job): the leader (choice 0, seed S) first, then the followers
+ * (choice k, seed S + k, a reference on the leader). Each choice is held to
+ * a single job of its seed run alone on a fresh rig (the prefix cache off),
+ * and both to the solo run of that seed, under the "same output" rule. */
+enum { N_SEED = 1234 };
+
+struct choices {
+    struct scenario sc; /* job[k]: choice k's prompt and max_tokens; on[k]: its output; solo
+                         * and near_tie with seed S + k */
+    uint32_t n; /* choices */
+    struct pd_sampling sp; /* choice 0's (seed S) */
+    struct dec_job *job[MAXJ]; /* submitted, one reference each (choices_drop) */
+    struct dec_out single[MAXJ];
+    struct dec_out gate; /* dec_pool_watch_hold's job */
+};
+
+static struct pd_sampling choice_sampling(const struct choices *c, uint32_t k)
+{
+    struct pd_sampling sp = c->sp;
+    sp.seed += k;
+    return sp;
+}
+
+/* n choices of a prompt of n_prompt tokens (from fill's seed), the leader
+ * max_tokens lead_max, the followers max_tokens; sampled at temperature 0.9. */
+static void choices_init(struct choices *c, uint32_t n_prompt, uint32_t fill_seed, uint32_t n,
+                         uint32_t lead_max, uint32_t max_tokens)
+{
+    int32_t p[MAXP];
+    memset(c, 0, sizeof(*c));
+    CHECK(n <= MAXJ);
+    fill(p, n_prompt, fill_seed);
+    c->n = n;
+    for (uint32_t k = 0; k < n; k++)
+        add(&c->sc, 0, p, n_prompt, k ? max_tokens : lead_max);
+    c->sp = PD_SAMPLING_DEFAULT;
+    c->sp.temperature = 0.9f;
+    c->sp.seed = N_SEED;
+    c->sp.n_logprobs = 2;
+}
+
+/* The solo run of each choice's seed (the near-ties from its logits), and
+ * each choice as a single job alone on a fresh rig (cache off). */
+static void choices_refs(struct choices *c)
+{
+    struct scenario *sc = &c->sc;
+    struct pd_model *m = fx_dummy_model("tiny", 5);
+    struct pd_engine *solo = fx_engine(m, 64u << 20, 64, 1);
+    for (uint32_t k = 0; k < c->n; k++) {
+        struct pd_sampling sp = choice_sampling(c, k);
+        fx_solo_reference(solo, &sp, sc->job[k].prompt, sc->job[k].n, sc->job[k].max_tokens,
+                          sc->solo[k], sc->near_tie[k], NULL);
+    }
+    pd_engine_free(solo);
+    pd_model_free(m);
+    memset(c->single, 0, sizeof(c->single));
+    for (uint32_t k = 0; k < c->n; k++) {
+        struct dec_rig r;
+        struct pd_sampling sp = choice_sampling(c, k);
+        dec_rig_up_prefix(&r, 64, 4, false);
+        struct dec_job *j = dec_rig_job(sc->job[k].prompt, sc->job[k].n, sc->job[k].max_tokens,
+                                        &sp, &c->single[k], &c->single[k]);
+        CHECK_EQ_INT(dec_sched_submit(r.s, j), 0);
+        dec_job_unref(j);
+        dec_rig_collect(&r, 1, record, NULL);
+        dec_rig_down(&r);
+    }
+}
+
+/* The leader, then its followers, on r; their outputs into sc.on. With a
+ * watch w, all of them while its gate holds the compute thread (one more
+ * job to collect): the followers are queued behind their leader before it
+ * is admitted, whatever the machine's speed. */
+static void choices_submit(struct dec_rig *r, struct choices *c, struct dec_pool_watch *w)
+{
+    struct scenario *sc = &c->sc;
+    memset(sc->on, 0, sizeof(sc->on));
+    memset(&c->gate, 0, sizeof(c->gate));
+    if (w)
+        dec_pool_watch_hold(r, w, &c->gate);
+    c->job[0] = dec_rig_job(sc->job[0].prompt, sc->job[0].n, sc->job[0].max_tokens, &c->sp,
+                            &sc->on[0], &sc->on[0]);
+    CHECK_EQ_INT(dec_sched_submit(r->s, c->job[0]), 0);
+    for (uint32_t k = 1; k < c->n; k++) {
+        c->job[k] = dec_rig_follower(c->job[0], k, sc->job[k].max_tokens, &sc->on[k],
+                                     &sc->on[k]);
+        CHECK_EQ_INT(c->job[k]->sampling.seed, N_SEED + k);
+        CHECK_EQ_INT(dec_sched_submit(r->s, c->job[k]), 0);
+    }
+    if (w)
+        dec_pool_watch_release(w);
+}
+
+static void choices_drop(struct choices *c)
+{
+    for (uint32_t k = 0; k < c->n; k++) {
+        dec_job_unref(c->job[k]);
+        c->job[k] = NULL;
+    }
+}
+
+/* Choice k's output against its single job, and that against the solo run,
+ * up to the first near-tie; returns tokens compared. */
+static uint32_t choice_equal(const struct choices *c, uint32_t k, const struct dec_out *got)
+{
+    const struct scenario *sc = &c->sc;
+    const struct dec_out *ref = &c->single[k];
+    const uint32_t mt = sc->job[k].max_tokens;
+    uint32_t compared = 0;
+    CHECK_EQ_INT(ref->fin, DEC_FIN_LENGTH);
+    CHECK_EQ_INT(ref->n, mt);
+    if (got->fin != DEC_FIN_LENGTH)
+        PD_TEST_FAIL_("choice %u: finish %d (want LENGTH %d), status %d: \"%s\"", k, got->fin,
+                      DEC_FIN_LENGTH, got->status, got->err);
+    CHECK_EQ_INT(got->n, mt); /* each token once */
+    for (uint32_t i = 0; i < mt; i++) {
+        if (sc->near_tie[k][i]) {
+            printf("  choice %u: near-tie at generated position %u; compared up to there\n", k,
+                   i);
+            break;
+        }
+        if (ref->tok[i] != sc->solo[k][i])
+            PD_TEST_FAIL_("choice %u position %u: single job %d, solo %d", k, i, ref->tok[i],
+                          sc->solo[k][i]);
+        if (got->tok[i] != ref->tok[i])
+            PD_TEST_FAIL_("choice %u position %u: with its leader %d, single job %d", k, i,
+                          got->tok[i], ref->tok[i]);
+        if (!lp_close(got->logprob[i], ref->logprob[i]))
+            PD_TEST_FAIL_("choice %u position %u: logprob with its leader %.9g, single job "
+                          "%.9g", k, i, got->logprob[i], ref->logprob[i]);
+        compared++;
+    }
+    return compared;
+}
+
+/* Every choice not in skip (bit k: choice k) against its single job; at
+ * least half their tokens compared (near-ties aside). */
+static void choices_equal(const struct choices *c, const struct dec_out *got, uint32_t skip)
+{
+    uint32_t total = 0, compared = 0, identical = 0;
+    float worst = 0;
+    for (uint32_t k = 0; k < c->n; k++) {
+        if (skip & (1u << k))
+            continue;
+        uint32_t m = choice_equal(c, k, &got[k]);
+        for (uint32_t i = 0; i < m; i++) {
+            float d = fabsf(got[k].logprob[i] - c->single[k].logprob[i]);
+            worst = d > worst ? d : worst;
+            identical += got[k].logprob[i] == c->single[k].logprob[i];
+        }
+        compared += m;
+        total += c->sc.job[k].max_tokens;
+    }
+    printf("  %u tokens compared, %u logprobs bit-identical, largest difference %.3g\n", compared,
+           identical, worst);
+    CHECK(compared >= total / 2);
+}
+
+/* Seeds S + k do make different choices: a follower that took its leader's
+ * first token (or stream) would show it here too. */
+static void choices_differ(const struct choices *c)
+{
+    uint32_t differ = 0;
+    for (uint32_t k = 1; k < c->n; k++)
+        differ += memcmp(c->single[k].tok, c->single[0].tok,
+                         c->single[k].n * sizeof(int32_t)) != 0;
+    printf("  %u of %u followers' single jobs differ from the leader's\n", differ, c->n - 1);
+    CHECK(differ > 0);
+}
+
+/* record, and the most times each choice of c (arg) was preempted. */
+static uint32_t choice_preempted[MAXJ];
+static void record_preempted(void *arg, const struct dec_event *e)
+{
+    const struct choices *c = arg;
+    const struct dec_out *o = e->job->owner;
+    if (o >= c->sc.on && o < c->sc.on + MAXJ && e->n_preempted > choice_preempted[o - c->sc.on])
+        choice_preempted[o - c->sc.on] = e->n_preempted;
+    record(NULL, e);
+}
+
+/* Pumps until every follower has its first token (the fork is done). */
+static void choices_wait_followers(struct dec_rig *r, const struct choices *c)
+{
+    uint64_t deadline = fx_deadline(60);
+    for (;;) {
+        dec_rig_pump(r, record, NULL);
+        uint32_t k = 1;
+        while (k < c->n && (c->sc.on[k].n > 0 || c->sc.on[k].done))
+            k++;
+        if (k == c->n)
+            return;
+        fx_poll(deadline);
+    }
+}
+
+static void followers_equal_single_jobs_with_their_seeds(void)
+{
+    static struct choices c;
+    struct dec_rig r;
+    static struct dec_pool_watch w;
+    choices_init(&c, 70, 56, 4, 24, 24);
+    choices_refs(&c);
+    choices_differ(&c);
+    dec_rig_up_watch(&r, 64, 4, false, &w, 4);
+    choices_submit(&r, &c, &w);
+    dec_rig_collect(&r, c.n + 1, record, NULL);
+    dec_rig_down(&r);
+    choices_drop(&c);
+    CHECK_EQ_INT(atomic_load(&w.at_target), 8); /* they forked (see the next test) */
+    choices_equal(&c, c.sc.on, 0);
+}
+
+/* 70 tokens: blocks 0-3 full, block 4 partial (64-69). A follower forks
+ * positions [0, 69): blocks 0-4, and copies block 4 to write position 69.
+ * Admitted together: 4 blocks shared + 4 blocks 4 = 8, not 4 x 5 = 20; at
+ * most 4 + 4 x 2 = 12 once each has grown into block 5 (position 80; 94
+ * tokens of K/V at most), not 4 x 6 = 24. */
+static void followers_share_the_leaders_prompt_blocks(void)
+{
+    static struct choices c;
+    static struct dec_pool_watch w;
+    struct dec_rig r;
+    choices_init(&c, 70, 63, 4, 24, 24);
+    dec_rig_up_watch(&r, 64, 4, false, &w, 4);
+    choices_submit(&r, &c, &w);
+    dec_rig_collect(&r, c.n + 1, record, NULL);
+    double prompt = pd_metric_value(r.sm.prompt_tokens) - 1; /* the gate's one token */
+    dec_rig_down(&r);
+    choices_drop(&c);
+    printf("  blocks in use: %u when all 4 ran (unshared: %u), %u at most (unshared: %u); "
+           "prompt tokens %.0f\n", atomic_load(&w.at_target), 4 * 5, atomic_load(&w.peak),
+           4 * 6, prompt);
+    for (uint32_t k = 0; k < c.n; k++)
+        CHECK_EQ_INT(c.sc.on[k].fin, DEC_FIN_LENGTH);
+    CHECK_EQ_INT(atomic_load(&w.at_target), 4 + 4);
+    CHECK(atomic_load(&w.peak) <= 4 + 4 * 2);
+    CHECK(prompt == 70); /* the prompt once, not 4 times */
+}
+
+/* 64 tokens: the leader's prefill fills blocks 0-3 exactly. A follower
+ * forks positions [0, 63): the same 4 blocks, the last partial from its
+ * view, and copies block 3 to write position 63. Admitted together: the
+ * leader's 5 (its first decode in block 4), blocks 0-2 shared, 3 copies. */
+static void block_aligned_prompt_fork(void)
+{
+    static struct choices c;
+    static struct dec_pool_watch w;
+    struct dec_rig r;
+    choices_init(&c, 64, 52, 4, 24, 24);
+    choices_refs(&c);
+    dec_rig_up_watch(&r, 64, 4, false, &w, 4);
+    choices_submit(&r, &c, &w);
+    dec_rig_collect(&r, c.n + 1, record, NULL);
+    dec_rig_down(&r);
+    choices_drop(&c);
+    printf("  blocks in use when all 4 ran: %u\n", atomic_load(&w.at_target));
+    choices_equal(&c, c.sc.on, 0);
+    CHECK_EQ_INT(atomic_load(&w.at_target), 5 + 3);
+}
+
+/* One sequence at a time: each follower is admitted only after the one
+ * before has ended, the leader first (1 token, as a stop would end it):
+ * nothing left to fork, each prefills on its own. */
+static void leader_finished_before_follower_forks(void)
+{
+    static struct choices c;
+    struct dec_rig r;
+    choices_init(&c, 70, 66, 4, 1, 24);
+    choices_refs(&c);
+    dec_rig_up_prefix(&r, 64, 1, false);
+    choices_submit(&r, &c, NULL);
+    dec_rig_collect(&r, c.n, record, NULL);
+    double prompt = pd_metric_value(r.sm.prompt_tokens);
+    dec_rig_down(&r);
+    choices_drop(&c);
+    printf("  prompt tokens %.0f\n", prompt);
+    choices_equal(&c, c.sc.on, 0);
+}
+
+/* The leader cancelled right after submission, before the compute thread
+ * sees any of them (the gate holds it): it ends in the queue, and the
+ * followers waiting for its prompt prefill on their own and finish as
+ * single jobs; every block comes back. */
+static void cancelling_the_leader_does_not_strand_followers(void)
+{
+    static struct choices c;
+    static struct dec_pool_watch w;
+    struct dec_rig r;
+    choices_init(&c, 70, 68, 4, MAXT, 24);
+    choices_refs(&c);
+    dec_rig_up_watch(&r, 64, 4, false, &w, 3);
+    dec_pool_watch_hold(&r, &w, &c.gate);
+    choices_submit(&r, &c, NULL);
+    dec_job_cancel(c.job[0]);
+    dec_pool_watch_release(&w);
+    dec_rig_collect(&r, c.n + 1, record, NULL);
+    double prompt = pd_metric_value(r.sm.prompt_tokens) - 1;
+    dec_rig_down(&r);
+    choices_drop(&c);
+    printf("  leader: finish %d after %u tokens; blocks when 3 ran %u; prompt tokens %.0f\n",
+           c.sc.on[0].fin, c.sc.on[0].n, atomic_load(&w.at_target), prompt);
+    CHECK_EQ_INT(c.sc.on[0].fin, DEC_FIN_CANCELLED);
+    CHECK_EQ_INT(c.sc.on[0].n, 0);
+    choices_equal(&c, c.sc.on, 1u);
+}
+
+/* The leader cancelled once every follower has forked (its first token
+ * out): its blocks are released while the followers still hold the shared
+ * prompt blocks, which must stay theirs. */
+static void cancelling_the_leader_after_the_fork_keeps_followers(void)
+{
+    static struct choices c;
+    static struct dec_pool_watch w;
+    struct dec_rig r;
+    choices_init(&c, 70, 71, 4, MAXT, 40);
+    choices_refs(&c);
+    dec_rig_up_watch(&r, 64, 4, false, &w, 4);
+    choices_submit(&r, &c, &w);
+    choices_wait_followers(&r, &c);
+    dec_job_cancel(c.job[0]);
+    dec_rig_collect(&r, c.n + 1, record, NULL);
+    dec_rig_down(&r);
+    choices_drop(&c);
+    printf("  leader: finish %d after %u tokens; blocks when all 4 ran %u\n", c.sc.on[0].fin,
+           c.sc.on[0].n, atomic_load(&w.at_target));
+    CHECK_EQ_INT(atomic_load(&w.at_target), 8); /* they did fork */
+    CHECK(c.sc.on[0].fin == DEC_FIN_CANCELLED || c.sc.on[0].fin == DEC_FIN_LENGTH);
+    choices_equal(&c, c.sc.on, c.sc.on[0].fin == DEC_FIN_CANCELLED ? 1u : 0u);
+}
+
+/* The leader and two followers cancelled after the fork: those end
+ * cancelled, the last follower finishes as its single job, and every block
+ * (shared, copied, grown) comes back. */
+static void cancelling_leader_and_followers_returns_every_block(void)
+{
+    static struct choices c;
+    static struct dec_pool_watch w;
+    struct dec_rig r;
+    choices_init(&c, 70, 72, 4, MAXT, 40);
+    choices_refs(&c);
+    dec_rig_up_watch(&r, 64, 4, false, &w, 4);
+    choices_submit(&r, &c, &w);
+    choices_wait_followers(&r, &c);
+    for (uint32_t k = 0; k < 3; k++)
+        dec_job_cancel(c.job[k]);
+    dec_rig_collect(&r, c.n + 1, record, NULL);
+    dec_rig_down(&r); /* every block back */
+    choices_drop(&c);
+    uint32_t skip = 0;
+    for (uint32_t k = 0; k < 3; k++) {
+        printf("  choice %u: finish %d after %u tokens\n", k, c.sc.on[k].fin, c.sc.on[k].n);
+        CHECK(c.sc.on[k].fin == DEC_FIN_CANCELLED || c.sc.on[k].fin == DEC_FIN_LENGTH);
+        skip |= (c.sc.on[k].fin == DEC_FIN_CANCELLED) << k;
+    }
+    CHECK(skip != 0);
+    CHECK_EQ_INT(atomic_load(&w.at_target), 8); /* they forked */
+    choices_equal(&c, c.sc.on, skip);
+}
+
+/* 16 blocks: 4 choices of 70 + 60 tokens need 4 + 4 x 5 = 24 even shared
+ * (9 blocks alone): the newest are preempted while they share the leader's
+ * blocks, and recompute (prompt + output) on their own when readmitted. */
+static void preemption_with_forked_blocks(void)
+{
+    static struct choices c;
+    static struct dec_pool_watch w;
+    struct dec_rig r;
+    choices_init(&c, 70, 73, 4, 60, 60);
+    choices_refs(&c);
+    dec_rig_up_watch(&r, 16, 4, false, &w, 4);
+    memset(choice_preempted, 0, sizeof(choice_preempted));
+    choices_submit(&r, &c, &w);
+    dec_rig_collect(&r, c.n + 1, record_preempted, &c);
+    double preemptions = pd_metric_value(r.sm.preemptions);
+    dec_rig_down(&r);
+    choices_drop(&c);
+    printf("  preemptions %.0f (choices: %u %u %u %u); blocks when all 4 ran %u, at most %u of "
+           "16\n", preemptions, choice_preempted[0], choice_preempted[1], choice_preempted[2],
+           choice_preempted[3], atomic_load(&w.at_target), atomic_load(&w.peak));
+    CHECK(preemptions > 0);
+    /* the newest go first: the leader runs on, its prompt blocks still
+     * shared with the followers that are not preempted */
+    CHECK_EQ_INT(choice_preempted[0], 0);
+    CHECK(choice_preempted[3] > 0);
+    CHECK_EQ_INT(atomic_load(&w.at_target), 8); /* they forked before the pool ran short */
+    choices_equal(&c, c.sc.on, 0);
+}
+
+/* The prefix cache on: the same request twice. The first forks as with the
+ * cache off (publishing the leader's blocks and the followers' own); the
+ * second's leader finds the prompt's full blocks cached and its followers
+ * fork from it. Both equal the single jobs. */
+static void followers_with_the_prefix_cache_equal_single_jobs(void)
+{
+    static struct choices c;
+    static struct dec_out first[MAXJ];
+    static struct dec_pool_watch w;
+    struct dec_rig r;
+    choices_init(&c, 70, 77, 4, 24, 24);
+    choices_refs(&c);
+    dec_rig_up_watch(&r, 64, 4, true, &w, 4);
+    choices_submit(&r, &c, &w);
+    dec_rig_collect(&r, c.n + 1, record, NULL);
+    struct snap s0 = read_snap(&r);
+    memcpy(first, c.sc.on, sizeof(first));
+    choices_drop(&c);
+    choices_submit(&r, &c, &w);
+    dec_rig_collect(&r, 2 * (c.n + 1), record, NULL);
+    struct snap s1 = read_snap(&r);
+    dec_rig_down(&r);
+    choices_drop(&c);
+    printf("  request 1: block queries %.0f hits %.0f cached %.0f; request 2: block queries "
+           "%.0f hits %.0f cached %.0f\n", s0.qb, s0.hitb, s0.blocks, s1.qb, s1.hitb, s1.blocks);
+    choices_equal(&c, first, 0);
+    choices_equal(&c, c.sc.on, 0);
+    /* only the leaders look up (the gate's one token never does): the
+     * followers forked, the second leader found the prompt's full blocks */
+    CHECK(s0.qb == 69 / BS && s0.hitb == 0);
+    CHECK(s1.qb - s0.qb == 69 / BS && s1.hitb - s0.hitb == 69 / BS);
+}
+
 static const struct pd_test tests[] = {
     PD_TEST(prefix_no_shared_block_no_hits),
     PD_TEST(prefix_one_shared_block_hits_16_tokens),
@@ -433,6 +859,15 @@ static const struct pd_test tests[] = {
     PD_TEST(prefix_preemption_with_shared_blocks_keeps_outputs),
     PD_TEST(prefix_cache_salt_isolates),
     PD_TEST(prefix_cache_off_never_looks_up),
+    PD_TEST(followers_equal_single_jobs_with_their_seeds),
+    PD_TEST(followers_share_the_leaders_prompt_blocks),
+    PD_TEST(block_aligned_prompt_fork),
+    PD_TEST(leader_finished_before_follower_forks),
+    PD_TEST(cancelling_the_leader_does_not_strand_followers),
+    PD_TEST(cancelling_the_leader_after_the_fork_keeps_followers),
+    PD_TEST(cancelling_leader_and_followers_returns_every_block),
+    PD_TEST(preemption_with_forked_blocks),
+    PD_TEST(followers_with_the_prefix_cache_equal_single_jobs),
     {0},
 };
 

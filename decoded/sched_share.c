@@ -1,0 +1,60 @@
+/* decoded/sched_share: what a job of decoded's scheduler shares with others
+ * -- the prefix cache (docs/internals/prefix.md) and, for n > 1, its
+ * leader's prompt blocks (docs/internals/scheduler.md). Compute thread only. */
+#include "sched_internal.h"
+
+#include <errno.h>
+
+/* An empty sequence starts from the longest cached prefix of the job's
+ * tokens, full blocks only and never the last token (its logits are the
+ * point). Counted in the metrics by the caller once admitted. */
+void dec_sched_map_prefix(struct dec_sched *s, struct dec_job *j, uint32_t *q_blocks)
+{
+    uint32_t total = j->n_prompt + j->n_out;
+    *q_blocks = 0;
+    if (!s->prefix || j->seq.n_blocks || total < 2)
+        return;
+    uint32_t full = (total - 1) / s->block_size;
+    if (pd_prefix_seq_extend(&j->names, j->toks, full * s->block_size, s->block_size) < 0)
+        return; /* out of memory: computed in full, as without the cache */
+    int k = pd_kvseq_map_prefix(s->kc, &j->seq, j->names.h, full);
+    *q_blocks = full;
+    j->n_pub = k > 0 ? (uint32_t)k : 0;
+}
+
+/* n > 1: a job after its leader (the first choice of the same prompt)
+ * shares the leader's prompt KV: the blocks of positions [0, n_prompt - 1)
+ * forked from the leader's sequence (a shared partial block is copied by
+ * whichever writes into it first), the last prompt position computed by the
+ * job itself, whose logits give its own first token with its own seed.
+ * Returns -EAGAIN while the leader's prompt is not in its cache yet (queued,
+ * prefilling, or with a prefill peer); 0 otherwise, forked or not (a leader
+ * that ended: the prefix cache, or a prefill of its own). */
+int dec_sched_follow(struct dec_sched *s, struct dec_job *j)
+{
+    struct dec_job *l = j->leader;
+    if (l->ended || j->seq.n_blocks || j->n_out)
+        return 0;
+    for (uint32_t i = 0; i < s->n_active; i++) {
+        if (s->active[i] != l)
+            continue;
+        if (l->seq.n_tokens < l->n_prompt)
+            return -EAGAIN;
+        /* failing (no memory): a prefill of its own */
+        if (pd_kvseq_fork(s->kc, &j->seq, &l->seq, j->n_prompt - 1) == 0)
+            j->prompt_counted = true; /* the leader's prompt, counted once */
+        j->n_pub = 0;
+        return 0;
+    }
+    return -EAGAIN;
+}
+
+/* After a step: the job's blocks that became full are published. */
+void dec_sched_publish(struct dec_sched *s, struct dec_job *j)
+{
+    if (!s->prefix || j->unverified ||
+        pd_prefix_seq_extend(&j->names, j->toks, j->seq.n_tokens, s->block_size) < 0)
+        return;
+    j->n_pub = pd_kvseq_publish(s->kc, &j->seq, j->names.h, j->n_pub, j->names.n);
+}
+
