@@ -3,6 +3,7 @@
 strings, usage, seeds, several prompts in one request and n choices per
 prompt (locally and through a prefilld peer); curl for the raw SSE bytes."""
 import asyncio
+import contextlib
 import math
 import os
 import random
@@ -447,10 +448,9 @@ def test_a_bad_prompt_refuses_the_whole_request(d, client):
     assert after == (before[0] + r.usage.prompt_tokens, before[1] + r.usage.completion_tokens)
 
 
-def test_several_prompts_prefilled_by_a_peer_equal_local(tmp_path, text_singles):
-    if not os.environ.get("PREFILLD"):
-        pytest.skip("set PREFILLD to the prefilld binary")
-    refs, usages = text_singles
+@contextlib.contextmanager
+def disagg_pair(tmp_path):
+    """A prefilld and a decoded prefilling every prompt on it, the session up."""
     psk = write_key(tmp_path / "k.psk")
     mem = ("--kv-cache-memory", "256MiB")
     with Prefilld("--model", MODEL_PATH, *mem, psk=psk) as p, \
@@ -460,6 +460,14 @@ def test_several_prompts_prefilled_by_a_peer_equal_local(tmp_path, text_singles)
                     # test_disagg.py's dec_args says why the deadline is generous
                     "--prefill-timeout-ms", "120000") as a:
         wait_for(lambda: "KV session up" in a.log(), 60, "a KV session")
+        yield p, a
+
+
+def test_several_prompts_prefilled_by_a_peer_equal_local(tmp_path, text_singles):
+    if not os.environ.get("PREFILLD"):
+        pytest.skip("set PREFILLD to the prefilld binary")
+    refs, usages = text_singles
+    with disagg_pair(tmp_path) as (p, a):
         c = openai.OpenAI(base_url=a.base_url, api_key="unused", max_retries=0, timeout=120)
         r = c.completions.create(model=NAME, prompt=TEXTS, **GREEDY)
         assert a.metric("pdserve:prompt_tokens_total") == 0, "a prompt was prefilled locally"
@@ -600,15 +608,7 @@ def test_n_disaggregated_ships_the_prompt_once(tmp_path, client):
         pytest.skip("set PREFILLD to the prefilld binary")
     params = dict(SEEDED, model=NAME, prompt=LONG, n=3, seed=5)
     local = client.completions.create(**params)
-    psk = write_key(tmp_path / "k.psk")
-    mem = ("--kv-cache-memory", "256MiB")
-    with Prefilld("--model", MODEL_PATH, *mem, psk=psk) as p, \
-            Decoded("--model", MODEL_PATH, *mem, "--served-model-name", NAME,
-                    "--max-model-len", "2048", "--kv-psk-file", psk, "--prefill", p.addr,
-                    "--local-prefill-max-tokens", "0",
-                    # test_disagg.py's dec_args says why the deadline is generous
-                    "--prefill-timeout-ms", "120000") as a:
-        wait_for(lambda: "KV session up" in a.log(), 60, "a KV session")
+    with disagg_pair(tmp_path) as (p, a):
         requests0 = p.metric("pdserve:prefill_requests_total")
         blocks0 = a.metric("pdserve:kv_blocks_received_total")
         c = openai.OpenAI(base_url=a.base_url, api_key="unused", max_retries=0, timeout=120)
