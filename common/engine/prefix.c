@@ -1,9 +1,16 @@
 #include "prefix.h"
 
+#include "frame.h"
+#include "kvcache.h"
+
 #include <errno.h>
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* one name, three spellings: the pool's index, the chain, the PREFILL frame */
+_Static_assert(PD_PREFIX_HASH_LEN == PD_KV_HASH_LEN && PD_PREFIX_HASH_LEN == PD_PREFIX_NAME_LEN,
+               "a block's name is 32 bytes everywhere");
 
 static void put_u32(crypto_generichash_state *st, uint32_t v)
 {

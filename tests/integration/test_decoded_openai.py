@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from harness import Decoded, Prefilld, default_model, sse_events, wait_for, write_key
+from test_disagg import compare
 
 MODEL_PATH = default_model()
 if MODEL_PATH is None:
@@ -288,8 +289,7 @@ def test_api_key_with_the_client():
 # then has log-probabilities, and every choice has max_tokens tokens whatever
 # follows a near-tie, so the usage sums are exact.
 
-NEAR_TIE_GAP = 0.05
-LOGPROB_TOL = 1e-3
+LOGPROB_TOL = 1e-3  # DESIGN.md's rule as test_disagg.compare applies it (near-tie gap 0.05)
 TEXTS = ["The capital of France is", "Once upon a time", "1, 2, 3, 4,"]
 _rng = random.Random(7)
 IDS = [[_rng.randrange(100, 49151) for _ in range(n)] for n in (3, 6, 11, 17)]
@@ -304,35 +304,13 @@ def result(choice):
             "lps": list(lp.token_logprobs), "tops": [dict(t) for t in lp.top_logprobs]}
 
 
-def near_tie(top):
-    # two alternatives with the same text are one key: a near-tie too
-    if len(top) < 2:
-        return True
-    a, b = sorted(top.values(), reverse=True)[:2]
-    return a - b < NEAR_TIE_GAP
-
-
-def compare(i, got, ref):
-    """Assert the rule; return the number of tokens compared."""
-    for k, tok in enumerate(ref["tokens"]):
-        if near_tie(ref["tops"][k]):
-            print("choice %d: near-tie at position %d" % (i, k))
-            return k
-        assert k < len(got["tokens"]) and got["tokens"][k] == tok, \
-            (i, k, got["tokens"][:k + 1], ref["tokens"][:k + 1])
-        assert abs(got["lps"][k] - ref["lps"][k]) <= LOGPROB_TOL, \
-            (i, k, got["lps"][k], ref["lps"][k])
-    assert got["tokens"] == ref["tokens"] and got["text"] == ref["text"], (i, got, ref)
-    assert got["finish"] == ref["finish"], (i, got["finish"], ref["finish"])
-    return len(ref["tokens"])
-
-
 def check_choices(got, refs):
     """got: one choice per prompt, index i for prompt i (in any order);
     refs: the results of the single requests, in prompt order."""
     by_index = sorted(got, key=lambda r: r["index"])
     assert [r["index"] for r in by_index] == list(range(len(refs)))
-    compared = sum(compare(i, g, ref) for i, (g, ref) in enumerate(zip(by_index, refs)))
+    compared = sum(compare(i, g, ref, LOGPROB_TOL)
+                   for i, (g, ref) in enumerate(zip(by_index, refs)))
     total = sum(len(ref["tokens"]) for ref in refs)
     # a rule that compares nothing proves nothing
     assert compared >= total // 2, (compared, total)
@@ -385,21 +363,10 @@ def test_several_prompts_streamed_interleave_with_indices(client):
     chunks = list(client.completions.create(model=NAME, prompt=TEXTS, stream=True,
                                              stream_options={"include_usage": True},
                                              **GREEDY))
-    per, order = {}, []
     for chunk in chunks[:-1]:
         assert chunk.usage is None and len(chunk.choices) == 1, chunk
-        c = chunk.choices[0]
-        p = per.setdefault(c.index, {"text": "", "tokens": [], "lps": [], "tops": [],
-                                     "finishes": []})
-        assert not p["finishes"], "a chunk of choice %d after its finish_reason" % c.index
-        order.append(c.index)
-        p["text"] += c.text
-        if c.logprobs:
-            p["tokens"] += c.logprobs.tokens
-            p["lps"] += c.logprobs.token_logprobs
-            p["tops"] += [dict(t) for t in c.logprobs.top_logprobs]
-        if c.finish_reason:
-            p["finishes"].append(c.finish_reason)
+    order = [chunk.choices[0].index for chunk in chunks[:-1]]
+    per = streamed(chunks[:-1], False)
     assert sorted(per) == list(range(len(TEXTS)))
     assert all(len(p["finishes"]) == 1 for p in per.values()), per
     # the choices advance together, not one after another
@@ -528,7 +495,7 @@ def test_chat_n_greedy_choices_are_identical(client):
     r = client.chat.completions.create(n=2, **params)
     assert sorted(c.index for c in r.choices) == [0, 1]
     got = [chat_result(c) for c in sorted(r.choices, key=lambda c: c.index)]
-    assert compare(1, got[1], got[0]) >= len(got[0]["tokens"]) // 2
+    assert compare(1, got[1], got[0], LOGPROB_TOL) >= len(got[0]["tokens"]) // 2
     check_choices([dict(g, index=i) for i, g in enumerate(got)], [one, one])
     assert "Paris" in got[0]["text"]
 

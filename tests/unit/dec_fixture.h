@@ -59,9 +59,19 @@ static inline void dec_rig_notify(void *arg) { (void)arg; }
 
 /* prefix_metrics: the prefix cache's series in the registry; prefix_cache:
  * the engine made with the cache on. */
+/* How a rig is made: the failover policy, the prefix cache (and its
+ * series), the scheduler's cache_remote, and a notify hook (NULL: none). */
+struct dec_rig_opts {
+    enum dec_failover failover;
+    bool prefix_metrics, prefix_cache, cache_remote;
+    void (*notify)(void *arg);
+    void *notify_arg;
+};
+
 static inline void dec_rig_up_ex(struct dec_rig *r, uint32_t n_blocks, uint32_t max_seqs,
-                                 enum dec_failover f, bool prefix_metrics, bool prefix_cache)
+                                 const struct dec_rig_opts *o)
 {
+    const bool prefix_cache = o->prefix_cache;
     static const double qb[] = {0.001, 0.01, 0.1, 1, 10};
     static const double bb[] = {1, 2, 4, 8, 16};
     char err[512];
@@ -87,13 +97,15 @@ static inline void dec_rig_up_ex(struct dec_rig *r, uint32_t n_blocks, uint32_t 
     r->sm.prompt_tokens = pd_metrics_counter(r->reg, "t:prompt", NULL, "h");
     r->sm.remote_prompt_tokens = pd_metrics_counter(r->reg, "t:remote_prompt", NULL, "h");
     r->sm.remote_running = pd_metrics_gauge(r->reg, "t:remote_running", NULL, "h");
-    if (prefix_metrics) {
+    if (o->prefix_metrics) {
         pd_prefix_metrics_init(&r->pm, r->reg);
         r->sm.prefix = &r->pm;
     }
     struct dec_sched_params p = {.engine = r->e, .max_num_seqs = max_seqs, .max_waiting = 64,
-                                 .idle_tick_ms = 10, .metrics = r->sm, .notify = dec_rig_notify,
-                                 .failover = f};
+                                 .idle_tick_ms = 10, .metrics = r->sm,
+                                 .notify = o->notify ? o->notify : dec_rig_notify,
+                                 .notify_arg = o->notify_arg, .failover = o->failover,
+                                 .cache_remote = o->cache_remote};
     if (dec_sched_new(&p, &r->s, err, sizeof(err)) < 0 ||
         pd_worker_start(dec_sched_worker(r->s), err, sizeof(err)))
         PD_TEST_FAIL_("%s", err);
@@ -102,33 +114,28 @@ static inline void dec_rig_up_ex(struct dec_rig *r, uint32_t n_blocks, uint32_t 
 static inline void dec_rig_up(struct dec_rig *r, uint32_t n_blocks, uint32_t max_seqs,
                               enum dec_failover f)
 {
-    dec_rig_up_ex(r, n_blocks, max_seqs, f, false, false);
+    dec_rig_up_ex(r, n_blocks, max_seqs, &(struct dec_rig_opts){.failover = f});
 }
 
 /* A rig with the prefix cache's series, the cache on or off. */
 static inline void dec_rig_up_prefix(struct dec_rig *r, uint32_t n_blocks, uint32_t max_seqs,
                                      bool prefix_cache)
 {
-    dec_rig_up_ex(r, n_blocks, max_seqs, DEC_FAILOVER_RETRY, true, prefix_cache);
+    dec_rig_up_ex(r, n_blocks, max_seqs,
+                  &(struct dec_rig_opts){.failover = DEC_FAILOVER_RETRY, .prefix_metrics = true,
+                                         .prefix_cache = prefix_cache});
 }
 
 /* A rig with the prefix cache's series, the failover policy f and the
  * scheduler's cache_remote (publish the prompt blocks a peer sent once
- * verified), which the rigs above leave false: dec_rig_up_ex's rig, its
- * scheduler made again with these (the first one never saw a job). */
+ * verified), which the rigs above leave false. */
 static inline void dec_rig_up_remote(struct dec_rig *r, uint32_t n_blocks, uint32_t max_seqs,
                                      enum dec_failover f, bool prefix_cache, bool cache_remote)
 {
-    char err[512];
-    dec_rig_up_ex(r, n_blocks, max_seqs, f, true, prefix_cache);
-    pd_worker_stop(dec_sched_worker(r->s));
-    r->s = dec_sched_free(r->s);
-    struct dec_sched_params p = {.engine = r->e, .max_num_seqs = max_seqs, .max_waiting = 64,
-                                 .idle_tick_ms = 10, .metrics = r->sm, .notify = dec_rig_notify,
-                                 .failover = f, .cache_remote = cache_remote};
-    if (dec_sched_new(&p, &r->s, err, sizeof(err)) < 0 ||
-        pd_worker_start(dec_sched_worker(r->s), err, sizeof(err)))
-        PD_TEST_FAIL_("%s", err);
+    dec_rig_up_ex(r, n_blocks, max_seqs,
+                  &(struct dec_rig_opts){.failover = f, .prefix_metrics = true,
+                                         .prefix_cache = prefix_cache,
+                                         .cache_remote = cache_remote});
 }
 
 static inline void dec_rig_down(struct dec_rig *r)
@@ -252,29 +259,20 @@ static inline void dec_pool_watch_release(struct dec_pool_watch *w)
 }
 
 /* A rig (the prefix cache's series, the cache on or off) whose scheduler
- * reports to w (watching for target running jobs): dec_rig_up_ex's rig, its
- * scheduler made again with the watch as notify (the first one never saw a
- * job). w must outlive the rig. */
+ * reports to w (watching for target running jobs). w must outlive the rig. */
 static inline void dec_rig_up_watch(struct dec_rig *r, uint32_t n_blocks, uint32_t max_seqs,
                                     bool prefix_cache, struct dec_pool_watch *w, uint32_t target)
 {
-    char err[512];
-    dec_rig_up_ex(r, n_blocks, max_seqs, DEC_FAILOVER_RETRY, true, prefix_cache);
-    pd_worker_stop(dec_sched_worker(r->s));
-    r->s = dec_sched_free(r->s);
     w->r = r;
     w->target = target;
     atomic_init(&w->peak, 0);
     atomic_init(&w->at_target, UINT32_MAX);
     atomic_init(&w->gate, false);
     atomic_init(&w->held, false);
-    struct dec_sched_params p = {.engine = r->e, .max_num_seqs = max_seqs, .max_waiting = 64,
-                                 .idle_tick_ms = 10, .metrics = r->sm,
-                                 .notify = dec_pool_watch_notify, .notify_arg = w,
-                                 .failover = DEC_FAILOVER_RETRY};
-    if (dec_sched_new(&p, &r->s, err, sizeof(err)) < 0 ||
-        pd_worker_start(dec_sched_worker(r->s), err, sizeof(err)))
-        PD_TEST_FAIL_("%s", err);
+    dec_rig_up_ex(r, n_blocks, max_seqs,
+                  &(struct dec_rig_opts){.failover = DEC_FAILOVER_RETRY, .prefix_metrics = true,
+                                         .prefix_cache = prefix_cache,
+                                         .notify = dec_pool_watch_notify, .notify_arg = w});
 }
 
 /* A token appends to out; an end is recorded, once. */
