@@ -337,8 +337,6 @@ static int refuse_unsupported(const cJSON *root, struct dec_api_req *r, struct d
         return fail(e, 400, "echo", "invalid_value", "echo is not supported");
     if ((v = field(root, "suffix")) && !(cJSON_IsString(v) && !v->valuestring[0]))
         return fail(e, 400, "suffix", "invalid_value", "suffix is not supported");
-    if ((v = field(root, "logit_bias")) && !(cJSON_IsObject(v) && !v->child))
-        return fail(e, 400, "logit_bias", "invalid_value", "logit_bias is not supported");
     if ((v = field(root, "tools")) && !(cJSON_IsArray(v) && !v->child))
         return fail(e, 400, "tools", "invalid_value", "tools are not supported");
     if ((v = field(root, "functions")) && !(cJSON_IsArray(v) && !v->child))
@@ -421,6 +419,47 @@ static int parse_sampling(const cJSON *root, struct dec_api_req *r, struct dec_a
         sp->seed = seed;
         r->has_seed = true;
     }
+    return 0;
+}
+
+/* logit_bias: {"token id": bias, ...}, ids as decimal strings (OpenAI's),
+ * at most PD_MAX_LOGIT_BIAS of them, each bias a number in [-100, 100].
+ * Whether an id is in the vocabulary is the caller's to check (it knows
+ * the model). Entries keep the body's order: the sampler adds them in it. */
+static int parse_logit_bias(const cJSON *root, struct dec_api_req *r, struct dec_api_err *e)
+{
+    const cJSON *v = field(root, "logit_bias"), *b;
+    if (!v)
+        return 0;
+    if (!cJSON_IsObject(v))
+        return fail(e, 400, "logit_bias", "invalid_type",
+                    "'logit_bias' must be an object of token ids to biases");
+    int n = cJSON_GetArraySize(v);
+    if (n > PD_MAX_LOGIT_BIAS)
+        return fail(e, 400, "logit_bias", "invalid_value",
+                    "'logit_bias' has %d entries; at most %d", n, PD_MAX_LOGIT_BIAS);
+    if (n == 0)
+        return 0;
+    if (!(r->bias = calloc((size_t)n, sizeof(*r->bias))))
+        return fail(e, 503, NULL, NULL, "out of memory");
+    cJSON_ArrayForEach(b, v)
+    {
+        const char *k = b->string;
+        char *end = NULL;
+        errno = 0;
+        long id = (k[0] >= '0' && k[0] <= '9') ? strtol(k, &end, 10) : -1;
+        if (id < 0 || errno || *end || id > INT32_MAX || (k[0] == '0' && k[1]))
+            return fail(e, 400, "logit_bias", "invalid_value",
+                        "'logit_bias' keys must be token ids written as decimal integers, "
+                        "got \"%.40s\"", k);
+        if (!cJSON_IsNumber(b) || !(b->valuedouble >= -PD_MAX_BIAS &&
+                                    b->valuedouble <= PD_MAX_BIAS))
+            return fail(e, 400, "logit_bias", "invalid_value",
+                        "'logit_bias' of token %ld must be a number in [-100, 100]", id);
+        r->bias[r->sampling.n_bias++] = (struct pd_logit_bias){
+            .token = (int32_t)id, .bias = (float)b->valuedouble};
+    }
+    r->sampling.bias = r->bias;
     return 0;
 }
 
@@ -530,7 +569,8 @@ int dec_api_parse(enum dec_api_kind kind, const char *body, size_t len,
     const cJSON *so;
     if ((rc = get_str(root, "model", &r->model, e)) < 0 ||
         (rc = refuse_unsupported(root, r, e)) < 0 ||
-        (rc = parse_sampling(root, r, e)) < 0 || (rc = parse_logprobs(root, r, e)) < 0 ||
+        (rc = parse_sampling(root, r, e)) < 0 || (rc = parse_logit_bias(root, r, e)) < 0 ||
+        (rc = parse_logprobs(root, r, e)) < 0 ||
         (rc = parse_stop(root, lim, r, e)) < 0 ||
         (rc = get_bool(root, "stream", &r->stream, e)) < 0 ||
         (rc = get_bool(root, "ignore_eos", &r->ignore_eos, e)) < 0 ||
@@ -630,6 +670,7 @@ void dec_api_req_done(struct dec_api_req *r)
     for (uint32_t i = 0; i < r->n_prompts; i++)
         free(r->prompts[i].ids);
     free(r->prompts);
+    free(r->bias);
     cJSON_Delete(r->root);
     memset(r, 0, sizeof(*r));
 }

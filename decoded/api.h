@@ -12,9 +12,11 @@
  *
  * What is refused (400, naming the field): invalid JSON or UTF-8, nesting
  * deeper than limits->json_depth, a root that is not an object, wrong JSON
- * types, values out of range, n != 1, several prompts, echo, best_of != 1,
- * logit_bias, tools, response_format other than text, logprobs beyond
- * PD_MAX_LOGPROBS. Unknown fields are ignored; null is the same as absent.
+ * types, values out of range, more than DEC_API_MAX_PROMPTS choices, echo,
+ * best_of != n, a logit_bias of more than PD_MAX_LOGIT_BIAS entries or
+ * biases outside [-100, 100], tools, response_format other than text,
+ * logprobs beyond PD_MAX_LOGPROBS. Unknown fields are ignored; null is the
+ * same as absent.
  */
 #ifndef DEC_API_H
 #define DEC_API_H
@@ -72,7 +74,8 @@ struct dec_api_req {
     struct pd_chat_msg *msgs; /* chat (owned, contents owned) */
     size_t n_msgs;
     int64_t max_tokens; /* -1: absent (chat); completions default to 16 */
-    struct pd_sampling sampling; /* n_logprobs = alternatives asked for */
+    struct pd_sampling sampling; /* n_logprobs = alternatives asked for; bias = this bias */
+    struct pd_logit_bias *bias; /* (sampling.n_bias) owned: logit_bias, in the body's order */
     bool has_seed;
     const char *seed_text; /* the body's "seed" number as written (parse only) */
     size_t seed_len;

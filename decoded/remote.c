@@ -384,6 +384,10 @@ void dec_remote_start(struct dec_remote *r, const struct dec_event *ev)
     }
     for (uint32_t i = 0; i < j->n_prompt; i++)
         toks[i] = (uint32_t)j->prompt[i];
+    /* the bias part: the same layout as the sampler's entries, ids checked there */
+    struct pd_bias bias[PD_MAX_LOGIT_BIAS];
+    for (uint32_t i = 0; i < j->sampling.n_bias; i++)
+        bias[i] = (struct pd_bias){(uint32_t)j->sampling.bias[i].token, j->sampling.bias[i].bias};
     if (!j->remote_id)
         j->remote_id = ++r->next_id;
     struct pd_prefill p = {
@@ -395,7 +399,9 @@ void dec_remote_start(struct dec_remote *r, const struct dec_event *ev)
         .frequency_penalty = j->sampling.frequency_penalty,
         .repetition_penalty = j->sampling.repetition_penalty,
         .n_logprobs = j->sampling.n_logprobs, .seed = j->sampling.seed, .tokens = toks,
-        .flags = PD_PREFILL_F_PREFIX, .n_cached = ev->n_cached};
+        .flags = PD_PREFILL_F_PREFIX | (j->sampling.n_bias ? PD_PREFILL_F_BIAS : 0),
+        .n_cached = ev->n_cached, .n_bias = j->sampling.n_bias,
+        .bias = j->sampling.n_bias ? bias : NULL};
     memcpy(p.salt, j->salt, sizeof(p.salt));
     memcpy(p.cached_name, ev->cached_name, sizeof(p.cached_name));
     snprintf(p.xrid, sizeof(p.xrid), "%s", j->id);
@@ -412,7 +418,8 @@ void dec_remote_start(struct dec_remote *r, const struct dec_event *ev)
         q->peer = peer;
         rc = pd_kvx_request(peer->kp, &p, ev->blocks, r->twins ? ev->twins : NULL, ev->n_blocks, q,
                             &q->req, err, sizeof(err));
-        if (rc == -EPROTONOSUPPORT && !p.n_cached) { /* a 1.0 peer: the prompt in full */
+        /* a 1.0 peer: the prompt in full (a bias it cannot apply: refused, the next peer) */
+        if (rc == -EPROTONOSUPPORT && !p.n_cached && !p.n_bias) {
             p.flags &= (uint16_t)~PD_PREFILL_F_PREFIX;
             memset(p.salt, 0, sizeof(p.salt));
             rc = pd_kvx_request(peer->kp, &p, ev->blocks, r->twins ? ev->twins : NULL,

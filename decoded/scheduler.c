@@ -43,6 +43,7 @@ void dec_job_unref(struct dec_job *j)
     for (uint32_t i = 0; i < j->n_stops; i++)
         free(j->stops[i]);
     free(j->stops);
+    free(j->bias);
     free(j->prompt);
     free(j->toks);
     pd_detok_free(j->detok);

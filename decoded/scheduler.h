@@ -104,7 +104,8 @@ struct dec_job {
     int32_t *prompt; /* (n_prompt), owned */
     uint32_t n_prompt;
     uint32_t max_tokens; /* >= 1; n_prompt + max_tokens <= max_model_len */
-    struct pd_sampling sampling;
+    struct pd_sampling sampling; /* .bias = bias */
+    struct pd_logit_bias *bias; /* (sampling.n_bias) owned */
     bool logprobs; /* report each token's log-probability */
     bool ignore_eos;
     uint8_t salt[PD_PREFIX_HASH_LEN]; /* cache_salt's digest (pd_prefix_salt), zeros: none */

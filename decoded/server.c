@@ -380,6 +380,16 @@ static struct dec_job *choice_job(struct dec_server *s, struct evhttp_request *r
     job->choice = c;
     job->sampling = r->sampling;
     job->sampling.seed += c % r->n; /* n > 1: each choice its own stream */
+    job->sampling.bias = NULL;
+    if (r->sampling.n_bias) {
+        if (!(job->bias = malloc(r->sampling.n_bias * sizeof(*job->bias)))) {
+            dec_job_unref(job);
+            dec_reply_reject(s, req, id, 503, NULL, NULL, "out of memory");
+            return NULL;
+        }
+        memcpy(job->bias, r->bias, r->sampling.n_bias * sizeof(*job->bias));
+        job->sampling.bias = job->bias;
+    }
     job->logprobs = r->logprobs;
     job->ignore_eos = r->ignore_eos;
     if (r->cache_salt) /* zeros otherwise: the unsalted namespace */
@@ -429,7 +439,9 @@ static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_
     if (!r.has_seed && getrandom(&r.sampling.seed, sizeof(r.sampling.seed), 0) < 0)
         r.sampling.seed = pd_now_ns();
     if (pd_sampling_validate(&r.sampling, s->cfg.n_vocab, msg, sizeof(msg)) < 0) {
-        dec_reply_reject(s, req, id, 400, NULL, "invalid_value", msg);
+        /* the parse checked the rest; a bias's token is checked against the model here */
+        dec_reply_reject(s, req, id, 400, strncmp(msg, "logit_bias", 10) ? NULL : "logit_bias",
+                         "invalid_value", msg);
         goto out;
     }
     const uint32_t n_ch = (kind == DEC_API_COMPLETIONS ? r.n_prompts : 1) * r.n;

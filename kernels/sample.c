@@ -66,6 +66,17 @@ int pd_sampling_validate(const struct pd_sampling *p, uint32_t n_vocab, char *er
     if (p->n_logprobs > PD_MAX_LOGPROBS)
         return pd_errf(err, errlen, -EINVAL, "logprobs %u is out of range [0, %d]", p->n_logprobs,
                        PD_MAX_LOGPROBS);
+    if (p->n_bias > PD_MAX_LOGIT_BIAS || (p->n_bias && !p->bias))
+        return pd_errf(err, errlen, -EINVAL, "logit_bias has %u entries (at most %d)", p->n_bias,
+                       PD_MAX_LOGIT_BIAS);
+    for (uint32_t i = 0; i < p->n_bias; i++) {
+        if (p->bias[i].token < 0 || (uint32_t)p->bias[i].token >= n_vocab)
+            return pd_errf(err, errlen, -EINVAL, "logit_bias token %d is not an id in [0, %u)",
+                           p->bias[i].token, n_vocab);
+        if (!(p->bias[i].bias >= -PD_MAX_BIAS && p->bias[i].bias <= PD_MAX_BIAS))
+            return pd_errf(err, errlen, -EINVAL, "logit_bias of token %d: %g is out of range "
+                           "[-100, 100]", p->bias[i].token, (double)p->bias[i].bias);
+    }
     return 0;
 }
 
@@ -172,6 +183,8 @@ int pd_sample(struct pd_sampler *s, const struct pd_sampling *p, const float *lo
         return -EINVAL;
     for (uint32_t i = 0; i < V; i++)
         w[i] = isnan(logits[i]) ? -INFINITY : logits[i];
+    for (uint32_t i = 0; i < p->n_bias; i++)
+        w[p->bias[i].token] += p->bias[i].bias;
     apply_penalties(s, p, prompt, n_prompt, output, n_output);
 
     if (p->temperature == 0.0f) {

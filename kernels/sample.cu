@@ -3,7 +3,8 @@
  *
  * Per row, in the row's workspace (w: processed logits, pr: unnormalised
  * probabilities, cnt: marks and counts, n_vocab each):
- *   1. w = logits (NaN as -inf); repetition penalty once per distinct token
+ *   1. w = logits (NaN as -inf); the logit bias (one thread, in the
+ *      entries' order, as the CPU adds them); repetition penalty once per distinct token
  *      of the history (a CAS on its mark), presence / frequency penalties
  *      once per distinct output token with its count (atomic counts, then an
  *      exchange that hands each token's count to one thread)
@@ -219,7 +220,8 @@ __global__ void __launch_bounds__(SMP_THREADS) sample_kernel(const struct smp_pa
     const bool valid = P.temperature >= 0.0f && P.temperature <= 100.0f && P.top_k >= 0 &&
                        P.top_p > 0.0f && P.top_p <= 1.0f && P.min_p >= 0.0f && P.min_p <= 1.0f &&
                        P.repetition_penalty > 0.0f && P.n_logprobs <= PD_MAX_LOGPROBS &&
-                       np <= nh && a.hist_start[r + 1] >= h0;
+                       np <= nh && a.hist_start[r + 1] >= h0 &&
+                       (!a.bias || a.bias_start[r + 1] - a.bias_start[r] <= PD_MAX_LOGIT_BIAS);
     if (!valid) {
         if (t == 0)
             a.token[r] = -1, a.logprob[r] = NAN, a.n_top[r] = 0;
@@ -231,6 +233,11 @@ __global__ void __launch_bounds__(SMP_THREADS) sample_kernel(const struct smp_pa
         w[i] = isnan(lg[i]) ? -INFINITY : lg[i];
         cnt[i] = 0;
     }
+    __syncthreads();
+    if (a.bias && t == 0) /* at most PD_MAX_LOGIT_BIAS: one thread keeps the CPU's sums */
+        for (uint32_t j = a.bias_start[r]; j < a.bias_start[r + 1]; j++)
+            if ((uint32_t)a.bias[j].token < V)
+                w[a.bias[j].token] += a.bias[j].bias;
     __syncthreads();
     if (P.repetition_penalty != 1.0f) {
         for (uint32_t j = t; j < nh; j += SMP_THREADS) {
@@ -359,7 +366,7 @@ extern "C" int pd_sample_cuda(const struct pd_sample_args *a, pd_stream_t stream
         return 0;
     if (a->n_vocab == 0 || a->n_vocab > (1u << 24) || a->n_rows > INT32_MAX || !a->logits ||
         !a->params || !a->hist_start || !a->n_prompt || !a->token || !a->logprob || !a->top ||
-        !a->n_top || !a->workspace ||
+        !a->n_top || !a->workspace || (a->bias && !a->bias_start) ||
         a->workspace_bytes < pd_sample_cuda_workspace(a->n_rows, a->n_vocab))
         return -EINVAL;
     struct smp_params sp;

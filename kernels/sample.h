@@ -8,7 +8,9 @@
  *   pd_sample(s, &p, logits, prompt, n_prompt, out, n_out, &r);   // r.token, r.logprob, r.top[]
  *   s = pd_sampler_free(s);
  *
- * Order (as vLLM): repetition penalty over prompt and output tokens (a positive
+ * Order (as vLLM): the logit bias (OpenAI's logit_bias: bias[i].bias added to
+ * the logit of bias[i].token, in order), repetition penalty over prompt and
+ * output tokens (a positive
  * logit divided by it, a negative one multiplied), presence and frequency
  * penalties over output tokens (OpenAI's: logit -= frequency * count +
  * presence * [count > 0]); then greedy (temperature 0: the highest logit, ties
@@ -59,6 +61,13 @@
 #include <stdint.h>
 
 #define PD_MAX_LOGPROBS 20
+#define PD_MAX_LOGIT_BIAS 300 /* entries of a logit bias (OpenAI's cap) */
+#define PD_MAX_BIAS 100.0f /* |bias| */
+
+struct pd_logit_bias {
+    int32_t token; /* [0, n_vocab) */
+    float bias; /* [-PD_MAX_BIAS, PD_MAX_BIAS] */
+};
 
 struct pd_sampling {
     float temperature; /* 0 = greedy; (0, 100] */
@@ -70,6 +79,11 @@ struct pd_sampling {
     float frequency_penalty; /* [-2, 2] */
     uint64_t seed;
     uint32_t n_logprobs; /* top alternatives reported, 0..PD_MAX_LOGPROBS */
+    uint32_t n_bias; /* entries of bias, 0..PD_MAX_LOGIT_BIAS */
+    /* (n_bias) the caller's, host memory, alive while the parameters are
+     * used (copies of the struct share it). The GPU never reads this
+     * pointer: its rows' entries come in pd_sample_args.bias. */
+    const struct pd_logit_bias *bias;
 };
 
 #define PD_SAMPLING_DEFAULT                                                                        \
@@ -115,6 +129,9 @@ struct pd_sample_args {
     const int32_t *hist; /* every row's sequence so far, prompt then output, concatenated */
     const uint32_t *hist_start; /* (n_rows + 1) row r's history: [hist_start[r], hist_start[r+1]) */
     const uint32_t *n_prompt; /* (n_rows) how many of a row's history are prompt tokens */
+    const struct pd_logit_bias *bias; /* every row's bias entries, concatenated (NULL: none) */
+    const uint32_t *bias_start; /* (n_rows + 1) row r's: [bias_start[r], bias_start[r+1]);
+                                 * NULL when bias is */
     void *workspace; /* pd_sample_cuda_workspace bytes */
     uint64_t workspace_bytes;
     int32_t *token; /* (n_rows) out */

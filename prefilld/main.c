@@ -255,6 +255,18 @@ static int take_prefill(struct daemon *d, const struct pd_kvx_event *ev)
         .min_p = p->min_p, .repetition_penalty = p->repetition_penalty,
         .presence_penalty = p->presence_penalty, .frequency_penalty = p->frequency_penalty,
         .seed = p->seed, .n_logprobs = p->n_logprobs};
+    if (p->n_bias && !(j->bias = malloc(p->n_bias * sizeof(*j->bias)))) {
+        pf_job_unref(j);
+        pd_kvx_abort(ev->sreq, PD_R_OVERLOADED, "out of memory");
+        return -ENOMEM;
+    }
+    for (uint32_t i = 0; i < p->n_bias; i++) { /* an id past INT32_MAX fails validation */
+        const struct pd_bias b = pd_prefill_bias(p, i);
+        j->bias[i] = (struct pd_logit_bias){
+            .token = b.token > INT32_MAX ? -1 : (int32_t)b.token, .bias = b.bias};
+    }
+    j->sampling.bias = j->bias;
+    j->sampling.n_bias = p->n_bias;
     j->t_arrival_ns = pd_now_ns();
     uint32_t n_vocab = pd_engine_n_vocab(d->engine);
     int rc = pd_sampling_validate(&j->sampling, n_vocab, err, sizeof(err));

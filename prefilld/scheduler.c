@@ -75,6 +75,7 @@ void pf_job_unref(struct pf_job *j)
         return;
     free(j->final); /* never posted */
     free(j->tokens);
+    free(j->bias);
     pd_prefix_seq_done(&j->names);
     free(j);
 }

@@ -69,7 +69,8 @@ struct pf_job {
     char xrid[PD_PROTO_MAX_XRID + 1];
     int32_t *tokens; /* (n_tokens), owned */
     uint32_t n_tokens;
-    struct pd_sampling sampling;
+    struct pd_sampling sampling; /* .bias = bias */
+    struct pd_logit_bias *bias; /* (sampling.n_bias) owned: PREFILL's bias part */
     /* prefix caching: PREFILL's prefix part (zeros without it) */
     uint8_t salt[PD_PREFIX_HASH_LEN]; /* the request's cache_salt digest */
     uint32_t n_cached; /* blocks [0, n_cached) decoded holds: not sent, runs count from it */

@@ -10,6 +10,7 @@
 /* Fixed parts of the bodies; the variable parts follow them. */
 #define PREFILL_FIXED 68
 #define PREFIX_PART 72 /* PREFILL's with PD_PREFILL_F_PREFIX: salt, n_cached, 4 zero, name */
+#define BIAS_HEAD 8 /* PREFILL's with PD_PREFILL_F_BIAS: n_bias, 4 zero, then 8 bytes each */
 #define CHUNK_FIXED 40
 #define DONE_FIXED 32
 #define ABORT_FIXED 16
@@ -90,7 +91,8 @@ static const struct type_info types[] = {
     [PD_FT_HS_M2] = {"HS_M2", 0, FROM_P, 228, 228},
     [PD_FT_HS_CONFIRM] = {"HS_CONFIRM", 0, FROM_BOTH, 32, 32},
     [PD_FT_PREFILL] = {"PREFILL", 1, FROM_D, PREFILL_FIXED + 4 + 1,
-                       PREFILL_FIXED + PREFIX_PART + 4 * PD_PROTO_MAX_TOKENS + PD_PROTO_MAX_XRID,
+                       PREFILL_FIXED + PREFIX_PART + BIAS_HEAD + 8 * PD_PROTO_MAX_BIAS +
+                           4 * PD_PROTO_MAX_TOKENS + PD_PROTO_MAX_XRID,
                        prefill_fields},
     [PD_FT_CHUNK] = {"CHUNK", 1, FROM_P, CHUNK_FIXED + PD_BLOCK_TAG_LEN,
                      CHUNK_FIXED + PD_BLOCK_TAG_LEN *PD_PROTO_MAX_CHUNK_BLOCKS, chunk_fields},
@@ -347,8 +349,23 @@ static int check_prefill(const struct pd_prefill *p, char *err, size_t errlen)
         return pd_errf(err, errlen, -E2BIG,
                        "frame: PREFILL: %" PRIu32 " logprobs exceeds the cap of %u", p->n_logprobs,
                        PD_PROTO_MAX_LOGPROBS);
-    if (p->flags & ~(PD_PREFILL_F_NO_EOS | PD_PREFILL_F_PREFIX))
+    if (p->flags & ~(PD_PREFILL_F_NO_EOS | PD_PREFILL_F_PREFIX | PD_PREFILL_F_BIAS))
         return pd_errf(err, errlen, -EBADMSG, "frame: PREFILL: unknown flags 0x%04x", p->flags);
+    if (p->flags & PD_PREFILL_F_BIAS) {
+        if ((rc = check_num("PREFILL", p->n_bias, "bias entries", PD_PROTO_MAX_BIAS, err,
+                            errlen)) < 0)
+            return rc;
+        for (uint32_t i = 0; (p->bias || p->bias_le) && i < p->n_bias; i++) {
+            const struct pd_bias b = pd_prefill_bias(p, i);
+            if (!in_range(b.bias, -PD_PROTO_MAX_BIAS_VALUE, PD_PROTO_MAX_BIAS_VALUE))
+                return pd_errf(err, errlen, -EBADMSG, "frame: PREFILL: bias %g of token %" PRIu32
+                               " is outside [-%g, %g]", (double)b.bias, b.token,
+                               (double)PD_PROTO_MAX_BIAS_VALUE, (double)PD_PROTO_MAX_BIAS_VALUE);
+        }
+    } else if (p->n_bias) {
+        return pd_errf(err, errlen, -EINVAL, "frame: PREFILL: bias entries without the bias "
+                       "part");
+    }
     uint64_t total = ((uint64_t)p->n_tokens + p->block_size - 1) / p->block_size;
     if (!(p->flags & PD_PREFILL_F_PREFIX) &&
         (p->n_cached || !all_zero(p->salt, sizeof(p->salt)) ||
@@ -488,13 +505,26 @@ static int expect_len(const char *what, size_t got, uint64_t want, char *err, si
 static int dec_prefill(const uint8_t *b, size_t n, struct pd_prefill *p, char *err, size_t errlen)
 {
     uint16_t xlen = get_u16(b + 64);
-    const size_t ext = p->flags & PD_PREFILL_F_PREFIX ? PREFIX_PART : 0;
+    size_t ext = p->flags & PD_PREFILL_F_PREFIX ? PREFIX_PART : 0;
     if (ext && n >= PREFILL_FIXED + ext && !all_zero(b + PREFILL_FIXED + 36, 4))
         return pd_errf(err, errlen, -EBADMSG, "frame: PREFILL: reserved bytes are not zero");
     if (ext && n >= PREFILL_FIXED + ext) { /* the length is checked below, after the counts */
         memcpy(p->salt, b + PREFILL_FIXED, PD_PREFIX_NAME_LEN);
         p->n_cached = get_u32(b + PREFILL_FIXED + 32);
         memcpy(p->cached_name, b + PREFILL_FIXED + 40, PD_PREFIX_NAME_LEN);
+    }
+    if (p->flags & PD_PREFILL_F_BIAS) {
+        const uint8_t *h = b + PREFILL_FIXED + ext;
+        if (n < PREFILL_FIXED + ext + BIAS_HEAD)
+            return pd_errf(err, errlen, -EBADMSG, "frame: PREFILL: %zu bytes end before the "
+                           "bias part", n);
+        if (!all_zero(h + 4, 4))
+            return pd_errf(err, errlen, -EBADMSG, "frame: PREFILL: reserved bytes are not zero");
+        p->n_bias = get_u32(h);
+        /* entries read (by check_prefill) only when the length holds them */
+        if (p->n_bias <= PD_PROTO_MAX_BIAS && n >= PREFILL_FIXED + ext + BIAS_HEAD + 8ull * p->n_bias)
+            p->bias_le = h + BIAS_HEAD;
+        ext += BIAS_HEAD + 8 * (size_t)(p->n_bias <= PD_PROTO_MAX_BIAS ? p->n_bias : 0);
     }
     int rc = check_prefill(p, err, errlen);
     if (rc < 0)
@@ -665,6 +695,8 @@ size_t pd_frame_body_len(const struct pd_frame *f)
     switch (f->type) {
     case PD_FT_PREFILL:
         return PREFILL_FIXED + (f->u.prefill.flags & PD_PREFILL_F_PREFIX ? PREFIX_PART : 0) +
+               (f->u.prefill.flags & PD_PREFILL_F_BIAS ? BIAS_HEAD + 8 * (size_t)f->u.prefill.n_bias
+                                                       : 0) +
                4 * (size_t)f->u.prefill.n_tokens +
                strnlen(f->u.prefill.xrid, sizeof(f->u.prefill.xrid));
     case PD_FT_CHUNK: return CHUNK_FIXED + PD_BLOCK_TAG_LEN * (size_t)f->u.chunk.n_blocks;
@@ -687,6 +719,14 @@ uint32_t pd_prefill_token(const struct pd_prefill *p, uint32_t i)
     return p->tokens ? p->tokens[i] : get_u32(p->tokens_le + 4 * (size_t)i);
 }
 
+struct pd_bias pd_prefill_bias(const struct pd_prefill *p, uint32_t i)
+{
+    if (p->bias)
+        return p->bias[i];
+    return (struct pd_bias){get_u32(p->bias_le + 8 * (size_t)i),
+                            get_f32(p->bias_le + 8 * (size_t)i + 4)};
+}
+
 static int check_frame(const struct pd_frame *f, char *err, size_t errlen)
 {
     const char *name = pd_frame_type_name(f->type);
@@ -697,6 +737,9 @@ static int check_frame(const struct pd_frame *f, char *err, size_t errlen)
             return rc;
         if (!f->u.prefill.tokens && !f->u.prefill.tokens_le)
             return pd_errf(err, errlen, -EINVAL, "frame: PREFILL: no tokens given");
+        if ((f->u.prefill.flags & PD_PREFILL_F_BIAS) && !f->u.prefill.bias &&
+            !f->u.prefill.bias_le)
+            return pd_errf(err, errlen, -EINVAL, "frame: PREFILL: no bias entries given");
         return check_str(f->u.prefill.xrid, 1, PD_PROTO_MAX_XRID, "PREFILL X-Request-Id", err,
                          errlen);
     case PD_FT_CHUNK:
@@ -754,6 +797,15 @@ static void enc_body(const struct pd_frame *f, uint8_t *b, size_t n)
             put_u32(b + at + 32, p->n_cached);
             memcpy(b + at + 40, p->cached_name, PD_PREFIX_NAME_LEN);
             at += PREFIX_PART;
+        }
+        if (p->flags & PD_PREFILL_F_BIAS) {
+            put_u32(b + at, p->n_bias);
+            for (uint32_t i = 0; i < p->n_bias; i++) {
+                const struct pd_bias e = pd_prefill_bias(p, i);
+                put_u32(b + at + BIAS_HEAD + 8 * (size_t)i, e.token);
+                put_f32(b + at + BIAS_HEAD + 8 * (size_t)i + 4, e.bias);
+            }
+            at += BIAS_HEAD + 8 * (size_t)p->n_bias;
         }
         for (uint32_t i = 0; i < p->n_tokens; i++)
             put_u32(b + at + 4 * (size_t)i, pd_prefill_token(p, i));

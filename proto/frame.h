@@ -37,7 +37,7 @@
 #include <stdint.h>
 
 #define PD_PROTO_MAJOR 1
-#define PD_PROTO_MINOR 1 /* 1: PREFILL's prefix part, PROGRESS */
+#define PD_PROTO_MINOR 2 /* 1: PREFILL's prefix part, PROGRESS; 2: PREFILL's bias part */
 #define PD_FRAME_MAGIC "PDKV"
 
 #define PD_FRAME_HDR_LEN 24
@@ -51,6 +51,8 @@
 #define PD_PROTO_MAX_BLOCK_SIZE 1024u /* tokens per KV block */
 #define PD_PROTO_MAX_BLOCK_BYTES (256ull << 20) /* bytes per KV block */
 #define PD_PROTO_MAX_LOGPROBS 20u /* top log-probabilities in DONE */
+#define PD_PROTO_MAX_BIAS 300u /* logit bias entries in PREFILL */
+#define PD_PROTO_MAX_BIAS_VALUE 100.0f /* |bias| */
 #define PD_PROTO_MAX_XRID 128u /* X-Request-Id bytes */
 #define PD_PROTO_MAX_DETAIL 200u /* ABORT / ERROR detail bytes */
 #define PD_PROTO_MAX_LEASE_MS 600000u /* HEARTBEAT lease */
@@ -123,6 +125,14 @@ struct pd_frame_hdr {
  * docs/internals/prefix.md). Sent only on a session of minor >= 1. */
 #define PD_PREFILL_F_PREFIX 0x0002u
 #define PD_PREFIX_NAME_LEN 32
+/* minor 2: the bias part follows the prefix part (OpenAI's logit_bias, for
+ * the first token prefilld samples). Sent only on a session of minor >= 2. */
+#define PD_PREFILL_F_BIAS 0x0004u
+
+struct pd_bias {
+    uint32_t token;
+    float bias; /* [-PD_PROTO_MAX_BIAS_VALUE, PD_PROTO_MAX_BIAS_VALUE] */
+};
 
 struct pd_prefill {
     uint64_t request_id; /* != 0; chosen by decoded, unique in the session */
@@ -148,6 +158,15 @@ struct pd_prefill {
     uint8_t cached_name[PD_PREFIX_NAME_LEN]; /* the chain name of block n_cached - 1, as
                                               * decoded computed it (zeros when n_cached 0):
                                               * prefilld checks it names the same prefix */
+    /* The bias part (PD_PREFILL_F_BIAS): n_bias entries, 1..PD_PROTO_MAX_BIAS,
+     * in the order the sampler adds them. As tokens: the encoder reads
+     * `bias` when set, else `bias_le`; the decoder sets bias_le (n_bias x
+     * (LE u32 token, LE f32 bias), unaligned) and bias = NULL. Read with
+     * pd_prefill_bias. Whether a token is in the vocabulary is the
+     * receiver's to check. */
+    uint32_t n_bias;
+    const struct pd_bias *bias;
+    const uint8_t *bias_le;
     /* Tokens: the encoder reads `tokens` (host order) when set, else
      * `tokens_le`; the decoder sets tokens_le (a view of n_tokens LE u32 in
      * the input, unaligned) and tokens = NULL. Read with pd_prefill_token. */
@@ -289,5 +308,7 @@ size_t pd_frame_body_len(const struct pd_frame *f);
 
 /* Token i (< n_tokens) of a PREFILL, from whichever of tokens / tokens_le is set. */
 uint32_t pd_prefill_token(const struct pd_prefill *p, uint32_t i);
+/* Bias entry i (< n_bias) of a PREFILL, from whichever of bias / bias_le is set. */
+struct pd_bias pd_prefill_bias(const struct pd_prefill *p, uint32_t i);
 
 #endif

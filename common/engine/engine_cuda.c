@@ -248,6 +248,8 @@ static int cu_scratch_sampling(struct pd_engine *e)
     SCRATCH(e->d_sp, C, false);
     SCRATCH(e->h_hs, C + 1, true);
     SCRATCH(e->d_hs, C + 1, false);
+    SCRATCH(e->h_bs, C + 1, true);
+    SCRATCH(e->d_bs, C + 1, false);
     SCRATCH(e->h_np, C, true);
     SCRATCH(e->d_np, C, false);
     SCRATCH(e->h_stok, C, true);
@@ -393,6 +395,11 @@ static void cu_done(struct pd_engine *e)
         pd_cuda_host_unregister(e->h_hist);
         free(e->h_hist);
     }
+    pd_cuda_free(e->d_bias);
+    if (e->h_bias) {
+        pd_cuda_host_unregister(e->h_bias);
+        free(e->h_bias);
+    }
     for (size_t i = 0; i < e->n_dev; i++)
         pd_cuda_free(e->dev[i]);
     free(e->dev);
@@ -406,14 +413,15 @@ static bool penalised(const struct pd_sampling *p)
            p->frequency_penalty != 0.0f;
 }
 
-/* d_hist (and its page-locked twin) for at least `need` tokens */
-static int hist_grow(struct pd_engine *e, uint64_t need)
+/* A device buffer and its page-locked twin (*h, *d, *cap elements of
+ * elem bytes) for at least `need` elements; what they held is not kept. */
+static int pair_grow(void **hp, void **dp, uint64_t *capp, uint64_t need, size_t elem)
 {
-    if (need <= e->hist_cap) /* the stream is idle between steps */
+    if (need <= *capp) /* the stream is idle between steps */
         return 0;
-    uint64_t cap = need > 2 * e->hist_cap ? need : 2 * e->hist_cap;
+    uint64_t cap = need > 2 * *capp ? need : 2 * *capp;
     cap = cap < 4096 ? 4096 : cap;
-    const size_t bytes = (cap * sizeof(int32_t) + 4095) / 4096 * 4096;
+    const size_t bytes = (cap * elem + 4095) / 4096 * 4096;
     void *h = NULL, *d = NULL;
     if (posix_memalign(&h, 4096, bytes) || pd_cuda_host_register(h, bytes) < 0) {
         free(h);
@@ -424,19 +432,50 @@ static int hist_grow(struct pd_engine *e, uint64_t need)
         free(h);
         return -ENOMEM;
     }
-    if (e->h_hist) {
-        pd_cuda_host_unregister(e->h_hist);
-        free(e->h_hist);
+    if (*hp) {
+        pd_cuda_host_unregister(*hp);
+        free(*hp);
     }
-    pd_cuda_free(e->d_hist);
-    e->h_hist = h, e->d_hist = d, e->hist_cap = cap;
+    pd_cuda_free(*dp);
+    *hp = h, *dp = d, *capp = cap;
     return 0;
 }
 
+/* every row's logit bias entries up into d_bias (grown as needed), their
+ * offsets into d_bs; e->step_bias says whether this step has any */
+static int bias_prepare(struct pd_engine *e, const struct pd_batch_item *items, uint32_t n_items)
+{
+    uint32_t off = 0, r = 0;
+    int rc;
+    for (uint32_t i = 0; i < n_items; i++)
+        if (items[i].n_logits)
+            off += items[i].sampling->n_bias;
+    e->step_bias = off > 0;
+    if (!e->step_bias)
+        return 0;
+    if ((rc = pair_grow((void **)&e->h_bias, (void **)&e->d_bias, &e->bias_cap, off,
+                        sizeof(*e->h_bias))) < 0)
+        return rc;
+    off = 0;
+    for (uint32_t i = 0; i < n_items; i++) {
+        const struct pd_sampling *sp = items[i].sampling;
+        if (!items[i].n_logits)
+            continue;
+        e->h_bs[r++] = off;
+        memcpy(e->h_bias + off, sp->bias, sp->n_bias * sizeof(*e->h_bias));
+        off += sp->n_bias;
+    }
+    e->h_bs[r] = off;
+    if ((rc = cu_copy(e->d_bias, e->h_bias, off * sizeof(*e->h_bias), e->stream)) < 0)
+        return rc;
+    return cu_copy(e->d_bs, e->h_bs, (r + 1) * sizeof(*e->d_bs), e->stream);
+}
+
 /* A sampling step: each row's parameters, history offset and prompt length
- * into their page-locked buffers (sample_in copies them up), and the
- * histories of rows with penalties up into d_hist (grown as needed). *pen:
- * whether any went (such a step is not a graph: d_hist may move). */
+ * into their page-locked buffers (sample_in copies them up), the
+ * histories of rows with penalties up into d_hist (grown as needed), and the
+ * logit biases (bias_prepare). *pen: whether any history or bias went (such
+ * a step is not a graph: d_hist and d_bias may move). */
 static int sampling_prepare(struct pd_engine *e, const struct pd_batch_item *items,
                             uint32_t n_items, bool *pen)
 {
@@ -455,9 +494,14 @@ static int sampling_prepare(struct pd_engine *e, const struct pd_batch_item *ite
         *pen |= penalised(it->sampling);
     }
     e->h_hs[r] = (uint32_t)off;
-    if (!*pen)
+    if ((rc = bias_prepare(e, items, n_items)) < 0)
+        return rc;
+    if (!*pen) {
+        *pen = e->step_bias;
         return 0;
-    if ((rc = hist_grow(e, off)) < 0)
+    }
+    if ((rc = pair_grow((void **)&e->h_hist, (void **)&e->d_hist, &e->hist_cap, off,
+                        sizeof(*e->h_hist))) < 0)
         return rc;
     /* only the penalised rows' histories: the others' are never read (their
      * length, the draw's position, is in the offsets) */
@@ -492,6 +536,8 @@ static int cu_sample_rows(struct pd_engine *e, uint32_t r0, uint32_t m)
     struct pd_sample_args sa = {.logits = e->logits, .n_rows = m, .n_vocab = e->hp.n_vocab,
                                 .params = e->d_sp + r0, .hist = e->d_hist,
                                 .hist_start = e->d_hs + r0, .n_prompt = e->d_np + r0,
+                                .bias = e->step_bias ? e->d_bias : NULL,
+                                .bias_start = e->step_bias ? e->d_bs + r0 : NULL,
                                 .workspace = e->d_sws, .workspace_bytes = e->sws_bytes,
                                 .token = e->d_stok + r0, .logprob = e->d_slp + r0,
                                 .top = e->d_top + (size_t)r0 * PD_MAX_LOGPROBS,

@@ -169,6 +169,13 @@ struct pd_engine {
     uint64_t sws_bytes;
     int32_t *h_hist, *d_hist;
     uint64_t hist_cap;
+    /* the step's logit biases (when any row has one: step_bias), every
+     * row's entries concatenated in d_bias of bias_cap entries (grown as
+     * needed), row r's from d_bs[r] to d_bs[r + 1] */
+    struct pd_logit_bias *h_bias, *d_bias;
+    uint64_t bias_cap;
+    uint32_t *h_bs, *d_bs;
+    bool step_bias;
     uint32_t max_tokens, max_model_len, max_items, max_blocks;
 
     /* scratch for max_tokens tokens */

@@ -473,7 +473,7 @@ static void other_major_version_refused_naming_both(void)
     step_ok(&kp, kv_pair_m1(&kp), 0);
     kp.m1[4] = 2;
     CHECK_EQ_INT(kv_pair_m2(&kp), -EPROTONOSUPPORT);
-    CHECK_CONTAINS(kp.err, "ours 1.1, peer 2.1");
+    CHECK_CONTAINS(kp.err, "ours 1.2, peer 2.2");
     kv_pair_done(&kp);
 }
 

@@ -278,7 +278,7 @@ static void other_major_version_refused_naming_both(void)
     buf[4] = 2;
     buf[5] = 3;
     REFUSED(buf, n, -EPROTONOSUPPORT);
-    CHECK_CONTAINS(err, "ours 1.1");
+    CHECK_CONTAINS(err, "ours 1.2");
     CHECK_CONTAINS(err, "peer 2.3");
 }
 
@@ -496,7 +496,7 @@ static void prefill_unknown_flags_refused(void)
 {
     uint8_t buf[4096];
     size_t n = golden("prefill", buf, sizeof(buf));
-    buf[PD_FRAME_HDR_LEN + 66] = 0x05; /* NO_EOS and 0x04, which no minor defines */
+    buf[PD_FRAME_HDR_LEN + 66] = 0x41; /* NO_EOS and 0x40, which no minor defines */
     REFUSED(buf, n, -EBADMSG);
     CHECK_CONTAINS(err, "flags");
     buf[PD_FRAME_HDR_LEN + 66] = 0x01;

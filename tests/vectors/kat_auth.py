@@ -110,7 +110,7 @@ def self_test():
 
 # ---- the construction (docs/internals/auth.md) ----
 
-MAJOR, MINOR = 1, 1
+MAJOR, MINOR = 1, 2
 T_M1, T_M2, T_CONFIRM, T_ACK, T_HEARTBEAT = 1, 2, 3, 18, 23
 T_UCX_ADDR, T_READY = 25, 26
 # tests/fuzz/fuzz_kvport.c's fixed receive tokens and worker address

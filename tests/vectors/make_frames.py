@@ -20,7 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "frames")
 CORPUS = os.path.join(HERE, "..", "fuzz", "corpus", "frame")
 
-MAJOR, MINOR = 1, 1
+MAJOR, MINOR = 1, 2
 T = dict(PREFILL=16, CHUNK=17, ACK=18, DONE=19, ABORT=20, ABORT_ACK=21, CANCEL=22,
          HEARTBEAT=23, ERROR=24, PROGRESS=27)
 REQ = 0x0123456789ABCDEF
@@ -55,6 +55,23 @@ def prefill_prefix():
     body += salt + struct.pack("<I4x", 2) + name  # the prefix part: n_cached 2, 4 zero
     body += struct.pack("<%dI" % len(tokens), *tokens) + xrid
     return header(T["PREFILL"], body, 10)
+
+
+def prefill_bias():
+    # minor 2: PD_PREFILL_F_PREFIX | PD_PREFILL_F_BIAS, no cached blocks; the
+    # bias part (n_bias 3, 4 zero, then token/bias pairs) follows the prefix part
+    tokens = [5, 6, 7]
+    xrid = b"req-bias-3"
+    bias = [(42, -100.0), (7, 2.5), (128000, 100.0)]
+    body = struct.pack("<QIIII", REQ, EPOCH, len(tokens), 1, 16)
+    body += struct.pack("<fffIfffIQ", 0.0, 1.0, 0.0, 0, 0.0, 0.0, 1.0, 2, 9)
+    body += struct.pack("<HH", len(xrid), 0x0006)  # flags: PD_PREFILL_F_PREFIX | BIAS
+    body += bytes(32) + struct.pack("<I4x", 0) + bytes(32)  # the prefix part: nothing cached
+    body += struct.pack("<I4x", len(bias))
+    for tok, b in bias:
+        body += struct.pack("<If", tok, b)
+    body += struct.pack("<%dI" % len(tokens), *tokens) + xrid
+    return header(T["PREFILL"], body, 12)
 
 
 def chunk():
@@ -105,7 +122,7 @@ def progress():
 
 FRAMES = dict(prefill=prefill, chunk=chunk, ack=ack, done=done, abort=abort,
               abort_ack=abort_ack, cancel=cancel, heartbeat=heartbeat, error=error,
-              prefill_prefix=prefill_prefix, progress=progress)
+              prefill_prefix=prefill_prefix, progress=progress, prefill_bias=prefill_bias)
 
 
 def main():
