@@ -314,7 +314,6 @@ static int parse_stop(const cJSON *root, const struct dec_api_limits *lim, struc
  * change what the client gets. */
 static int refuse_unsupported(const cJSON *root, struct dec_api_req *r, struct dec_api_err *e)
 {
-    bool b = false;
     int64_t i = 1;
     const cJSON *v;
     int rc;
@@ -331,10 +330,11 @@ static int refuse_unsupported(const cJSON *root, struct dec_api_req *r, struct d
         return fail(e, 400, "best_of", "invalid_value",
                     "best_of must equal n (%lld): choosing the best of more is not supported",
                     (long long)n);
-    if ((rc = get_bool(root, "echo", &b, e)) < 0)
+    if ((rc = get_bool(root, "echo", &r->echo, e)) < 0)
         return rc;
-    if (b)
-        return fail(e, 400, "echo", "invalid_value", "echo is not supported");
+    if (r->echo && r->kind == DEC_API_CHAT)
+        return fail(e, 400, "echo", "invalid_value",
+                    "echo is for /v1/completions; chat completions do not echo");
     if ((v = field(root, "suffix")) && !(cJSON_IsString(v) && !v->valuestring[0]))
         return fail(e, 400, "suffix", "invalid_value", "suffix is not supported");
     if ((v = field(root, "tools")) && !(cJSON_IsArray(v) && !v->child))
@@ -593,10 +593,12 @@ int dec_api_parse(enum dec_api_kind kind, const char *body, size_t len,
     if (mt == -1 && (rc = get_int(root, "max_tokens", INT32_MIN, INT32_MAX, &mt, e)) < 0)
         goto bad;
     if (field(root, "max_tokens") || field(root, "max_completion_tokens")) {
-        if (mt < 1) {
+        /* 0 with echo: the prompt scored, nothing generated (lm-eval-harness's call) */
+        if (mt < 1 && !(mt == 0 && r->echo)) {
             rc = fail(e, 400, kind == DEC_API_CHAT && field(root, "max_completion_tokens")
                                   ? "max_completion_tokens" : "max_tokens",
-                      "invalid_value", "max_tokens must be at least 1, got %lld", (long long)mt);
+                      "invalid_value", "max_tokens must be at least 1 (0 only with echo), got %lld",
+                      (long long)mt);
             goto bad;
         }
         r->max_tokens = mt;
@@ -793,6 +795,37 @@ int dec_api_lp_add(cJSON *lp, enum dec_api_kind kind, const struct pd_tokenizer 
     cJSON_AddItemToObject(item, "top_logprobs", tops);
     cJSON_AddItemToArray(cJSON_GetObjectItem(lp, "content"), item);
     return 0;
+}
+
+int dec_api_lp_add_first(cJSON *lp, const struct pd_tokenizer *tok, int32_t token,
+                         size_t text_offset)
+{
+    char text[4 * PD_TOK_MAX_PIECE + 16];
+    const uint8_t *bytes;
+    size_t n_bytes;
+    token_text(tok, token, text, sizeof(text), &bytes, &n_bytes);
+    cJSON *a[4] = {cJSON_CreateString(text), cJSON_CreateNull(), cJSON_CreateNull(),
+                   cJSON_CreateNumber((double)text_offset)};
+    static const char *const keys[4] = {"tokens", "token_logprobs", "top_logprobs",
+                                        "text_offset"};
+    int rc = 0;
+    for (int i = 0; i < 4; i++) {
+        if (!a[i]) {
+            rc = -ENOMEM;
+            continue;
+        }
+        cJSON_AddItemToArray(cJSON_GetObjectItem(lp, keys[i]), a[i]);
+    }
+    return rc;
+}
+
+size_t dec_api_token_len(const struct pd_tokenizer *tok, int32_t token)
+{
+    char text[4 * PD_TOK_MAX_PIECE + 16];
+    const uint8_t *bytes;
+    size_t n_bytes;
+    token_text(tok, token, text, sizeof(text), &bytes, &n_bytes);
+    return n_bytes;
 }
 
 static cJSON *envelope(const struct dec_api_out *o, bool chunk)

@@ -12,7 +12,7 @@
  *
  * What is refused (400, naming the field): invalid JSON or UTF-8, nesting
  * deeper than limits->json_depth, a root that is not an object, wrong JSON
- * types, values out of range, more than DEC_API_MAX_PROMPTS choices, echo,
+ * types, values out of range, more than DEC_API_MAX_PROMPTS choices, echo in chat,
  * best_of != n, a logit_bias of more than PD_MAX_LOGIT_BIAS entries or
  * biases outside [-100, 100], tools, response_format other than text,
  * logprobs beyond PD_MAX_LOGPROBS. Unknown fields are ignored; null is the
@@ -73,7 +73,7 @@ struct dec_api_req {
                  * sampled with seed + k */
     struct pd_chat_msg *msgs; /* chat (owned, contents owned) */
     size_t n_msgs;
-    int64_t max_tokens; /* -1: absent (chat); completions default to 16 */
+    int64_t max_tokens; /* -1: absent (chat); completions default to 16; 0 only with echo */
     struct pd_sampling sampling; /* n_logprobs = alternatives asked for; bias = this bias */
     struct pd_logit_bias *bias; /* (sampling.n_bias) owned: logit_bias, in the body's order */
     bool has_seed;
@@ -83,6 +83,8 @@ struct dec_api_req {
     uint32_t n_stops;
     bool stream, include_usage;
     bool logprobs; /* report log-probabilities */
+    bool echo; /* completions: the prompt before its completion (with logprobs, the prompt's
+                * tokens' too); max_tokens may then be 0 */
     bool ignore_eos;
     const char *cache_salt; /* NULL: absent; else 1..PD_PREFIX_MAX_SALT bytes (into root) */
 };
@@ -123,6 +125,12 @@ struct dec_api_out {
 struct cJSON *dec_api_lp_new(enum dec_api_kind kind);
 int dec_api_lp_add(struct cJSON *lp, enum dec_api_kind kind, const struct pd_tokenizer *tok,
                    const struct pd_sample_result *r, uint32_t n_top, size_t text_offset);
+/* Echo's first prompt token (completions): its text and offset, null for its
+ * log-probability and alternatives (nothing comes before it). */
+int dec_api_lp_add_first(struct cJSON *lp, const struct pd_tokenizer *tok, int32_t token,
+                         size_t text_offset);
+/* The bytes of a token's text (what text_offset advances by). */
+size_t dec_api_token_len(const struct pd_tokenizer *tok, int32_t token);
 
 /* One choice of a response: its text, log-probabilities (may be NULL;
  * consumed) and finish reason. */

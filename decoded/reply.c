@@ -76,6 +76,7 @@ void dec_http_free(struct dec_http *h)
         c->job->owner = NULL;
         dec_job_unref(c->job);
         free(c->text);
+        free(c->echo);
         cJSON_Delete(c->lp);
     }
     free(h->ch);
@@ -258,6 +259,36 @@ static void complete_request(struct dec_http *h)
     h->req = NULL;
 }
 
+/* echo: the prompt's text first, and with logprobs its tokens' (the first
+ * null, as OpenAI's; the others scored by the prefill, the leader's for a
+ * follower); offsets count from the prompt's start, the completion's after
+ * it. On the choice's first event: the scores are complete by then. */
+static int echo_prompt(struct dec_server *s, struct dec_http *h, struct dec_choice *c)
+{
+    const struct dec_job *j = c->job, *scorer = j->leader ? j->leader : j;
+    c->echoed = true;
+    if (h->logprobs && scorer->plp) {
+        if (!c->lp && !(c->lp = dec_api_lp_new(h->out.kind)))
+            return -ENOMEM;
+        size_t off = 0;
+        for (uint32_t i = 0; i < j->n_prompt; i++) {
+            int rc = i ? dec_api_lp_add(c->lp, h->out.kind, s->tok, &scorer->plp[i], h->n_top, off)
+                       : dec_api_lp_add_first(c->lp, s->tok, j->prompt[0], off);
+            if (rc < 0)
+                return rc;
+            off += dec_api_token_len(s->tok, j->prompt[i]);
+        }
+    }
+    c->text_offset = c->echo_len;
+    if (h->stream) {
+        stream_send(h, dec_api_chunk(&h->out, j->choice, c->echo, c->echo_len, false, c->lp,
+                                     NULL, h->include_usage));
+        c->lp = NULL;
+        return 0;
+    }
+    return append_text(c, c->echo, c->echo_len);
+}
+
 static void on_event(struct dec_server *s, struct dec_event *e)
 {
     if (e->kind == DEC_EV_REMOTE_START) {
@@ -274,6 +305,11 @@ static void on_event(struct dec_server *s, struct dec_event *e)
     struct dec_choice *c = &h->ch[e->job->choice];
     if (e->t_first_ns && (!h->t_first_ns || e->t_first_ns < h->t_first_ns))
         h->t_first_ns = e->t_first_ns;
+    /* a choice that fails before its first token echoes nothing: the request fails */
+    if (c->echo && !c->echoed && (e->finish == DEC_FIN_NONE || e->finish == DEC_FIN_STOP ||
+                                  e->finish == DEC_FIN_LENGTH) &&
+        echo_prompt(s, h, c) < 0)
+        dec_http_cancel(h);
     if (e->has_token && h->logprobs && !c->lp)
         c->lp = dec_api_lp_new(h->out.kind);
     if (e->has_token && c->lp)

@@ -12,8 +12,8 @@ void dec_sched_map_prefix(struct dec_sched *s, struct dec_job *j, uint32_t *q_bl
 {
     uint32_t total = j->n_prompt + j->n_out;
     *q_blocks = 0;
-    if (!s->prefix || j->seq.n_blocks || total < 2)
-        return;
+    if (!s->prefix || j->seq.n_blocks || total < 2 || (j->plp && !j->n_out))
+        return; /* echo scores every prompt position: none may be skipped */
     uint32_t full = (total - 1) / s->block_size;
     if (pd_prefix_seq_extend(&j->names, j->toks, full * s->block_size, s->block_size) < 0)
         return; /* out of memory: computed in full, as without the cache */

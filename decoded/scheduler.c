@@ -44,6 +44,7 @@ void dec_job_unref(struct dec_job *j)
         free(j->stops[i]);
     free(j->stops);
     free(j->bias);
+    free(j->plp);
     free(j->prompt);
     free(j->toks);
     pd_detok_free(j->detok);
@@ -196,6 +197,8 @@ static enum dec_finish take_token(struct dec_sched *s, struct dec_job *j,
                                   const struct pd_sample_result *r, struct dec_event *e)
 {
     const uint64_t now = pd_now_ns();
+    if (j->score_only) /* echo with max_tokens 0: the prompt was the point */
+        return DEC_FIN_LENGTH;
     j->out[j->n_out++] = r->token;
     e->n_gen = j->n_out;
     pd_metric_add(s->p.metrics.gen_tokens, 1);
@@ -559,14 +562,25 @@ void dec_sched_remote_failed(struct dec_sched *s, struct dec_job *j, bool exhaus
 
 static void add_item(struct dec_sched *s, uint32_t *n, struct dec_job *j, uint32_t want)
 {
-    const bool last = j->seq.n_tokens + want == j->n_prompt + j->n_out;
+    const uint32_t p0 = j->seq.n_tokens;
+    const bool last = p0 + want == j->n_prompt + j->n_out;
     /* the next token is sampled in the step (on a GPU, where the logits are),
      * over the prompt and the output so far */
-    s->items[*n] = (struct pd_batch_item){
-        .seq = &j->seq, .tokens = j->toks + j->seq.n_tokens, .n_tokens = want,
+    struct pd_batch_item *it = &s->items[*n];
+    *it = (struct pd_batch_item){
+        .seq = &j->seq, .tokens = j->toks + p0, .n_tokens = want,
         .n_logits = last, .sampling = last ? &j->sampling : NULL, .history = j->toks,
         .n_history = j->n_prompt + j->n_out, .n_prompt = j->n_prompt,
         .result = &s->results[*n]};
+    if (j->plp && !j->n_out) {
+        /* echo: each position of the chunk scores the prompt token after it
+         * (the last prompt position has none: it draws the first token) */
+        it->n_forced = want - last;
+        it->n_logits = want;
+        it->forced = j->toks + p0 + 1;
+        it->sampling = &j->sampling;
+        it->result = j->plp + p0 + 1;
+    }
     s->item_job[(*n)++] = j;
 }
 
@@ -763,13 +777,13 @@ static uint32_t step(struct dec_sched *s)
                 j->prompt_counted = true;
                 pd_metric_add(s->p.metrics.prompt_tokens, j->n_prompt);
             }
-            if (it->n_logits == 0)
+            if (it->n_logits == it->n_forced) /* nothing drawn: a prompt chunk */
                 continue;
             if (!(e = event_new(j))) {
                 fin = DEC_FIN_ERROR;
                 snprintf(err, sizeof(err), "out of memory");
             } else {
-                fin = take_token(s, j, it->result, e);
+                fin = take_token(s, j, &it->result[it->n_logits - 1], e);
                 if (fin == DEC_FIN_ERROR)
                     snprintf(err, sizeof(err), "out of memory producing the text");
             }

@@ -107,6 +107,16 @@ struct dec_job {
     struct pd_sampling sampling; /* .bias = bias */
     struct pd_logit_bias *bias; /* (sampling.n_bias) owned */
     bool logprobs; /* report each token's log-probability */
+    /* echo with logprobs: the prompt's log-probabilities, scored as its
+     * prefill computes each position (pd_batch_item.forced): plp[i], i >= 1,
+     * is prompt token i's given those before it (plp[0] unused, as OpenAI's
+     * null), plp[n_prompt] the drawn first token's scratch. (n_prompt + 1)
+     * owned, or NULL. Complete once the job's first event is posted; the
+     * loop reads it only then. Such a job maps nothing from the prefix cache
+     * before its prompt is scored (a mapped block has no logits). */
+    struct pd_sample_result *plp;
+    bool score_only; /* max_tokens 0 (echo): the prompt scored, nothing generated; it runs
+                      * with max_tokens 1 and its token is dropped */
     bool ignore_eos;
     uint8_t salt[PD_PREFIX_HASH_LEN]; /* cache_salt's digest (pd_prefix_salt), zeros: none */
     char **stops; /* (n_stops) owned strings */

@@ -230,6 +230,10 @@ static int decide_max_tokens(struct dec_server *s, struct evhttp_request *req, c
     uint64_t room = c->max_model_len - n_prompt; /* n_prompt < max_model_len */
     if (c->kv_capacity_tokens - n_prompt < room)
         room = c->kv_capacity_tokens - n_prompt;
+    if (r->max_tokens == 0) { /* echo's scoring: it runs for one token, dropped (scheduler.h) */
+        *out = 1;
+        return 0;
+    }
     if (r->max_tokens < 0) {
         *out = (uint32_t)(c->max_tokens_cap && c->max_tokens_cap < room ? c->max_tokens_cap : room);
         return 0;
@@ -302,6 +306,39 @@ static void tokenize(struct dec_server *s, struct evhttp_request *req, const cha
     dec_api_req_done(&r);
 }
 
+/* Ids to text, malloc'd and NUL-terminated (*len without the NUL): the
+ * tokenizer's decoding (a cut character as U+FFFD, as transformers), or
+ * "[id]" per token with a dummy model. NULL: -ENOMEM, or *rc the error. */
+static char *decode_ids(const struct dec_server *s, const int32_t *ids, size_t n, size_t *len,
+                        int *rc)
+{
+    size_t cap = 4 * n + 64;
+    char *text = NULL;
+    *rc = -ENOMEM;
+    for (int tries = 0; tries < 2; tries++) {
+        free(text);
+        if (!(text = malloc(cap)))
+            return NULL;
+        if (!s->tok) {
+            size_t o = 0;
+            for (size_t i = 0; i < n && o < cap; i++)
+                o += (size_t)snprintf(text + o, cap - o, "[%d]", ids[i]);
+            *rc = o < cap ? 0 : -E2BIG;
+            *len = o;
+        } else {
+            *rc = pd_tok_decode(s->tok, ids, n, 0, text, cap, len);
+        }
+        if (*rc != -E2BIG)
+            break;
+        cap = *len + 1;
+    }
+    if (*rc < 0) {
+        free(text);
+        return NULL;
+    }
+    return text;
+}
+
 /* vLLM's POST /detokenize: {"tokens": [ids]} to {"prompt": text} (valid
  * UTF-8: a cut character becomes U+FFFD, as transformers decodes). */
 static void detokenize(struct dec_server *s, struct evhttp_request *req, const char *id)
@@ -322,17 +359,9 @@ static void detokenize(struct dec_server *s, struct evhttp_request *req, const c
         dec_reply_reject(s, req, id, e.status, e.param, e.code, e.msg);
         return;
     }
-    size_t cap = 4 * n_ids + 64, got = 0;
-    int rc = -ENOMEM;
-    for (int tries = 0; tries < 2; tries++) {
-        free(text);
-        if (!(text = malloc(cap)))
-            break;
-        rc = pd_tok_decode(s->tok, ids, n_ids, 0, text, cap, &got);
-        if (rc != -E2BIG)
-            break;
-        cap = got + 1;
-    }
+    size_t got = 0;
+    int rc;
+    text = decode_ids(s, ids, n_ids, &got, &rc);
     if (rc < 0) {
         dec_reply_reject(s, req, id, rc == -ENOMEM ? 503 : 400, "tokens", NULL,
                          rc == -ENOMEM ? "out of memory" : "the tokens cannot be decoded");
@@ -344,6 +373,25 @@ static void detokenize(struct dec_server *s, struct evhttp_request *req, const c
     }
     free(text);
     free(ids);
+}
+
+/* echo: choice c's prompt as the client wrote it (a string), or decoded
+ * (token ids). NULL: out of memory (or undecodable ids, checked before). */
+static char *echo_text(const struct dec_server *s, const struct dec_api_req *r, uint32_t c,
+                       const struct dec_job *job, size_t *len)
+{
+    const struct dec_api_prompt *pr = &r->prompts[c / r->n];
+    int rc;
+    if (pr->text) {
+        char *t = malloc(pr->len + 1);
+        if (t) {
+            memcpy(t, pr->text, pr->len);
+            t[pr->len] = '\0';
+            *len = pr->len;
+        }
+        return t;
+    }
+    return decode_ids(s, job->prompt, job->n_prompt, len, &rc);
 }
 
 /* A job for choice c of a request, from its parsed body: prompt c / n
@@ -378,6 +426,15 @@ static struct dec_job *choice_job(struct dec_server *s, struct evhttp_request *r
         return NULL;
     }
     job->choice = c;
+    job->score_only = r->max_tokens == 0;
+    /* echo with logprobs: the first choice of a prompt scores it, the others
+     * (n > 1) report the same numbers, their leader's */
+    if (r->echo && r->logprobs && !leader &&
+        !(job->plp = calloc((size_t)job->n_prompt + 1, sizeof(*job->plp)))) {
+        dec_job_unref(job);
+        dec_reply_reject(s, req, id, 503, NULL, NULL, "out of memory");
+        return NULL;
+    }
     job->sampling = r->sampling;
     job->sampling.seed += c % r->n; /* n > 1: each choice its own stream */
     job->sampling.bias = NULL;
@@ -408,8 +465,10 @@ static struct dec_job *choice_job(struct dec_server *s, struct evhttp_request *r
         }
     snprintf(job->id, sizeof(job->id), "%s", id);
     /* a reload may have emptied the peer list: prefill locally, as decoded
-     * started without one does; a follower takes its leader's prompt KV */
-    job->remote = !leader && s->remote && job->n_prompt > s->local_prefill_max &&
+     * started without one does; a follower takes its leader's prompt KV; a
+     * prompt to score (echo with logprobs) is prefilled here, where its
+     * logits are */
+    job->remote = !leader && !job->plp && s->remote && job->n_prompt > s->local_prefill_max &&
                   dec_remote_n_peers(s->remote) > 0;
     return job;
 }
@@ -460,6 +519,12 @@ static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_
             goto out;
         job->owner = h;
         h->ch[h->n_ch].job = job;
+        if (r.echo && !(h->ch[h->n_ch].echo = echo_text(s, &r, h->n_ch, job,
+                                                          &h->ch[h->n_ch].echo_len))) {
+            h->n_ch++; /* its job goes with the others' */
+            dec_reply_reject(s, req, id, 503, NULL, NULL, "out of memory");
+            goto out;
+        }
         if (k == 0) /* usage counts a prompt once, whatever n (OpenAI's) */
             h->n_prompt += job->n_prompt;
     }

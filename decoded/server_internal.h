@@ -31,6 +31,10 @@ struct dec_choice {
     size_t len, cap;
     cJSON *lp; /* log-probabilities not yet sent (streamed) or so far (not) */
     size_t text_offset;
+    char *echo; /* echo: the prompt's text, owned (NULL: no echo); goes out before the
+                 * completion, at the choice's first event */
+    size_t echo_len;
+    bool echoed;
     bool started; /* streamed chat: the role went out */
     bool done; /* its job's last event came */
     enum dec_finish finish;

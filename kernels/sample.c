@@ -141,10 +141,9 @@ static void apply_penalties(struct pd_sampler *s, const struct pd_sampling *p,
     }
 }
 
-static void raw_logprobs(struct pd_sampler *s, const struct pd_sampling *p, const float *logits,
+static void raw_logprobs(uint32_t V, uint32_t n_logprobs, const float *logits,
                          struct pd_sample_result *r)
 {
-    const uint32_t V = s->n_vocab;
     float mx = -INFINITY;
     double sum = 0.0;
     for (uint32_t i = 0; i < V; i++)
@@ -154,10 +153,10 @@ static void raw_logprobs(struct pd_sampler *s, const struct pd_sampling *p, cons
     double lse = mx + log(sum);
     r->logprob = (float)(logits[r->token] - lse);
     r->n_top = 0;
-    if (p->n_logprobs == 0)
+    if (n_logprobs == 0)
         return;
     /* the n most probable, by selection: n <= 20, so n passes beat a sort */
-    for (uint32_t k = 0; k < p->n_logprobs && k < V; k++) {
+    for (uint32_t k = 0; k < n_logprobs && k < V; k++) {
         int32_t best = -1;
         for (uint32_t i = 0; i < V; i++) {
             int taken = 0;
@@ -170,6 +169,16 @@ static void raw_logprobs(struct pd_sampler *s, const struct pd_sampling *p, cons
         r->top[k].logprob = (float)(logits[best] - lse);
         r->n_top = k + 1;
     }
+}
+
+int pd_sample_score(uint32_t n_vocab, const float *logits, int32_t token, uint32_t n_top,
+                    struct pd_sample_result *r)
+{
+    if (token < 0 || (uint32_t)token >= n_vocab || n_top > PD_MAX_LOGPROBS)
+        return -EINVAL;
+    r->token = token;
+    raw_logprobs(n_vocab, n_top, logits, r);
+    return 0;
 }
 
 int pd_sample(struct pd_sampler *s, const struct pd_sampling *p, const float *logits,
@@ -193,7 +202,7 @@ int pd_sample(struct pd_sampler *s, const struct pd_sampling *p, const float *lo
             if (w[i] > w[best])
                 best = i;
         r->token = (int32_t)best;
-        raw_logprobs(s, p, logits, r);
+        raw_logprobs(V, p->n_logprobs, logits, r);
         return 0;
     }
 
@@ -240,6 +249,6 @@ int pd_sample(struct pd_sampler *s, const struct pd_sampling *p, const float *lo
         }
     }
     r->token = s->idx[pick];
-    raw_logprobs(s, p, logits, r);
+    raw_logprobs(V, p->n_logprobs, logits, r);
     return 0;
 }

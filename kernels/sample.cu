@@ -14,6 +14,8 @@
  *      (order(w) << 32 | ~id, descending = the CPU's sort order): the top_k-th
  *      key by count, the top_p cut by mass, and the draw by mass; min_p is a
  *      threshold on pr, a prefix of the same order
+ *   A row with a forced token (scoring) skips 3: the token is given (its
+ *   history and bias are empty, so 1 is one pass).
  *   4. the chosen token's log-probability and the n_logprobs most probable,
  *      by repeated block argmax (n <= 20)
  * Block reductions use one shared slot per thread and a fixed tree, so
@@ -214,6 +216,7 @@ __global__ void __launch_bounds__(SMP_THREADS) sample_kernel(const struct smp_pa
     float *pr = w + V;
     uint32_t *cnt = (uint32_t *)(pr + V);
     const struct pd_sampling P = a.params[r];
+    const int32_t forced = a.forced ? a.forced[r] : -1;
     const uint32_t h0 = a.hist_start[r], nh = a.hist_start[r + 1] - h0, np = a.n_prompt[r];
     const int32_t *hist = a.hist + h0;
 
@@ -221,7 +224,8 @@ __global__ void __launch_bounds__(SMP_THREADS) sample_kernel(const struct smp_pa
                        P.top_p > 0.0f && P.top_p <= 1.0f && P.min_p >= 0.0f && P.min_p <= 1.0f &&
                        P.repetition_penalty > 0.0f && P.n_logprobs <= PD_MAX_LOGPROBS &&
                        np <= nh && a.hist_start[r + 1] >= h0 &&
-                       (!a.bias || a.bias_start[r + 1] - a.bias_start[r] <= PD_MAX_LOGIT_BIAS);
+                       (!a.bias || a.bias_start[r + 1] - a.bias_start[r] <= PD_MAX_LOGIT_BIAS) &&
+                       (forced < 0 || (uint32_t)forced < V);
     if (!valid) {
         if (t == 0)
             a.token[r] = -1, a.logprob[r] = NAN, a.n_top[r] = 0;
@@ -279,7 +283,9 @@ __global__ void __launch_bounds__(SMP_THREADS) sample_kernel(const struct smp_pa
 
     /* 3. the token */
     uint32_t token;
-    if (P.temperature == 0.0f) {
+    if (forced >= 0) {
+        token = (uint32_t)forced;
+    } else if (P.temperature == 0.0f) {
         float bv = -INFINITY;
         uint32_t bi = UINT32_MAX;
         for (uint32_t i = t; i < V; i += SMP_THREADS)

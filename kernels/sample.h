@@ -23,13 +23,19 @@
  * batch, device or mode.
  *
  * Log-probabilities are the model's own: log-softmax of the raw logits,
- * before penalties and temperature (what OpenAI-style clients compare across
- * requests); the chosen token's and the n_logprobs most probable.
+ * before bias, penalties and temperature (what OpenAI-style clients compare
+ * across requests); the chosen token's and the n_logprobs most probable.
+ *
+ * Scoring (echo's prompt log-probabilities): pd_sample_score reports, for a
+ * token given rather than drawn, the same numbers -- its raw log-probability
+ * and the n_logprobs most probable -- with one pass for the log-sum-exp and
+ * n_logprobs selection passes over one row: never more than a row at once.
  *
  * The GPU (sample.cu): the same function as pd_sample, for a batch of rows:
  * penalties, greedy or temperature / top_k / top_p / min_p and the draw with
  * pd_rng_uniform(seed, history length) from kernels/philox.h, and the raw
- * log-probabilities (the chosen token's and the n_logprobs most probable).
+ * log-probabilities (the chosen token's and the n_logprobs most probable);
+ * rows with a forced token are scored instead.
  *
  * The CPU sorts the vocabulary; the GPU never does. Every cut the CPU makes
  * is a prefix of the order (probability descending, lower id first on a
@@ -120,6 +126,11 @@ int pd_sample(struct pd_sampler *s, const struct pd_sampling *p, const float *lo
               const int32_t *prompt, uint32_t n_prompt, const int32_t *output, uint32_t n_output,
               struct pd_sample_result *r);
 
+/* logits: (n_vocab) raw; token in [0, n_vocab). r->token = token, its raw
+ * log-probability and the n_top (<= PD_MAX_LOGPROBS) most probable. */
+int pd_sample_score(uint32_t n_vocab, const float *logits, int32_t token, uint32_t n_top,
+                    struct pd_sample_result *r);
+
 /* ---- the GPU ---- */
 
 struct pd_sample_args {
@@ -132,6 +143,9 @@ struct pd_sample_args {
     const struct pd_logit_bias *bias; /* every row's bias entries, concatenated (NULL: none) */
     const uint32_t *bias_start; /* (n_rows + 1) row r's: [bias_start[r], bias_start[r+1]);
                                  * NULL when bias is */
+    const int32_t *forced; /* (n_rows) or NULL: a row with forced[r] >= 0 is scored, as
+                            * pd_sample_score: that token, not a draw (its parameters'
+                            * n_logprobs alone matter) */
     void *workspace; /* pd_sample_cuda_workspace bytes */
     uint64_t workspace_bytes;
     int32_t *token; /* (n_rows) out */

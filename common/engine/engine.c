@@ -387,13 +387,24 @@ static int validate(const struct pd_engine *e, const struct pd_batch_item *items
         if (it->n_logits > it->n_tokens || (it->n_logits && !it->logits && !it->sampling))
             return pd_errf(err, errlen, -EINVAL, "engine: item %" PRIu32 " asks for %" PRIu32
                         " logits of %" PRIu32 " tokens", i, it->n_logits, it->n_tokens);
+        if (it->n_forced && (!it->sampling || !it->forced || it->n_forced > it->n_logits ||
+                             it->n_logits - it->n_forced > 1))
+            return pd_errf(err, errlen, -EINVAL, "engine: item %" PRIu32 " scores %" PRIu32
+                           " of %" PRIu32 " rows: all of them or all but the last, with "
+                           "sampling parameters and the tokens", i, it->n_forced, it->n_logits);
+        for (uint32_t t = 0; t < it->n_forced; t++)
+            if (it->forced[t] < 0 || (uint32_t)it->forced[t] >= e->hp.n_vocab)
+                return pd_errf(err, errlen, -EINVAL, "engine: item %" PRIu32 " scores token "
+                               "%" PRId32 ", outside [0, %" PRIu32 ")", i, it->forced[t],
+                               e->hp.n_vocab);
         if (it->sampling) {
             char why[160];
-            if (it->n_logits != 1 || !it->result || it->n_prompt > it->n_history ||
-                it->n_history > e->max_model_len || (it->n_history && !it->history))
+            if (it->n_logits != it->n_forced + (it->n_forced < it->n_logits) || !it->result ||
+                it->n_prompt > it->n_history || it->n_history > e->max_model_len ||
+                (it->n_history && !it->history))
                 return pd_errf(err, errlen, -EINVAL, "engine: item %" PRIu32 " samples: one row "
-                               "of logits, a result, a history of at most %" PRIu32 " tokens "
-                               "holding its prompt", i, e->max_model_len);
+                               "of logits past those it scores, results, a history of at most "
+                               "%" PRIu32 " tokens holding its prompt", i, e->max_model_len);
             if (pd_sampling_validate(it->sampling, e->hp.n_vocab, why, sizeof(why)) < 0)
                 return pd_errf(err, errlen, -EINVAL, "engine: item %" PRIu32 ": %s", i, why);
         }

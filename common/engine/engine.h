@@ -187,11 +187,20 @@ struct pd_batch_item {
      * step) over the sequence so far, history[0, n_history) of which the
      * first n_prompt are the prompt; the token and its log-probabilities in
      * *result, `logits` unused. In one step either every item that asks for
-     * a row samples, or none does. */
+     * a row samples, or none does.
+     * Scoring (echo's prompt log-probabilities): with sampling, the first
+     * n_forced of the n_logits rows are scored, as pd_sample_score: row j
+     * reports forced[j] (the token that follows its position) with its raw
+     * log-probability and the sampling's n_logprobs most probable, into
+     * result[j]; n_forced is n_logits (nothing drawn) or n_logits - 1 (the
+     * last row drawn as above, into result[n_logits - 1]). The logits never
+     * exist for more rows at once than the head computes (LOGIT_ROWS). */
     const struct pd_sampling *sampling;
     const int32_t *history;
     uint32_t n_history, n_prompt; /* n_prompt <= n_history <= the model length */
-    struct pd_sample_result *result;
+    struct pd_sample_result *result; /* (n_logits) */
+    const int32_t *forced; /* (n_forced) tokens in [0, n_vocab) */
+    uint32_t n_forced;
 };
 
 struct pd_engine;

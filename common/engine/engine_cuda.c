@@ -243,11 +243,14 @@ static int cu_init(struct pd_engine *e, const struct pd_engine_params *p, char *
 
 static int cu_scratch_sampling(struct pd_engine *e)
 {
-    const size_t C = e->logit_cap;
+    /* a step samples a row per item, or scores one per token */
+    const size_t C = e->logit_cap > e->max_tokens ? e->logit_cap : e->max_tokens;
     SCRATCH(e->h_sp, C, true);
     SCRATCH(e->d_sp, C, false);
     SCRATCH(e->h_hs, C + 1, true);
     SCRATCH(e->d_hs, C + 1, false);
+    SCRATCH(e->h_force, C, true);
+    SCRATCH(e->d_force, C, false);
     SCRATCH(e->h_bs, C + 1, true);
     SCRATCH(e->d_bs, C + 1, false);
     SCRATCH(e->h_np, C, true);
@@ -441,14 +444,15 @@ static int pair_grow(void **hp, void **dp, uint64_t *capp, uint64_t need, size_t
     return 0;
 }
 
-/* every row's logit bias entries up into d_bias (grown as needed), their
- * offsets into d_bs; e->step_bias says whether this step has any */
+/* every sampled row's logit bias entries up into d_bias (grown as needed),
+ * every row's offsets into d_bs (a scored row has none); e->step_bias says
+ * whether this step has any */
 static int bias_prepare(struct pd_engine *e, const struct pd_batch_item *items, uint32_t n_items)
 {
     uint32_t off = 0, r = 0;
     int rc;
     for (uint32_t i = 0; i < n_items; i++)
-        if (items[i].n_logits)
+        if (items[i].n_logits > items[i].n_forced)
             off += items[i].sampling->n_bias;
     e->step_bias = off > 0;
     if (!e->step_bias)
@@ -458,12 +462,15 @@ static int bias_prepare(struct pd_engine *e, const struct pd_batch_item *items, 
         return rc;
     off = 0;
     for (uint32_t i = 0; i < n_items; i++) {
-        const struct pd_sampling *sp = items[i].sampling;
-        if (!items[i].n_logits)
-            continue;
-        e->h_bs[r++] = off;
-        memcpy(e->h_bias + off, sp->bias, sp->n_bias * sizeof(*e->h_bias));
-        off += sp->n_bias;
+        const struct pd_batch_item *it = &items[i];
+        for (uint32_t j = 0; j < it->n_logits; j++) {
+            e->h_bs[r++] = off;
+            if (j < it->n_forced)
+                continue;
+            memcpy(e->h_bias + off, it->sampling->bias,
+                   it->sampling->n_bias * sizeof(*e->h_bias));
+            off += it->sampling->n_bias;
+        }
     }
     e->h_bs[r] = off;
     if ((rc = cu_copy(e->d_bias, e->h_bias, off * sizeof(*e->h_bias), e->stream)) < 0)
@@ -471,11 +478,12 @@ static int bias_prepare(struct pd_engine *e, const struct pd_batch_item *items, 
     return cu_copy(e->d_bs, e->h_bs, (r + 1) * sizeof(*e->d_bs), e->stream);
 }
 
-/* A sampling step: each row's parameters, history offset and prompt length
- * into their page-locked buffers (sample_in copies them up), the
- * histories of rows with penalties up into d_hist (grown as needed), and the
- * logit biases (bias_prepare). *pen: whether any history or bias went (such
- * a step is not a graph: d_hist and d_bias may move). */
+/* A sampling step: each row's parameters, history offset, prompt length and
+ * forced token (scored rows; -1 for a draw) into their page-locked buffers
+ * (sample_in copies them up), the histories of drawn rows with penalties up
+ * into d_hist (grown as needed), and the logit biases (bias_prepare). A
+ * scored row has an empty history. *pen: whether any history or bias went
+ * (such a step is not a graph: d_hist and d_bias may move). */
 static int sampling_prepare(struct pd_engine *e, const struct pd_batch_item *items,
                             uint32_t n_items, bool *pen)
 {
@@ -483,15 +491,21 @@ static int sampling_prepare(struct pd_engine *e, const struct pd_batch_item *ite
     uint32_t r = 0;
     int rc = 0;
     *pen = false;
+    e->step_forced = false;
     for (uint32_t i = 0; i < n_items; i++) {
         const struct pd_batch_item *it = &items[i];
-        if (!it->n_logits)
-            continue;
-        e->h_sp[r] = *it->sampling;
-        e->h_hs[r] = (uint32_t)off;
-        e->h_np[r++] = it->n_prompt;
-        off += it->n_history;
-        *pen |= penalised(it->sampling);
+        for (uint32_t j = 0; j < it->n_logits; j++, r++) {
+            const bool scored = j < it->n_forced;
+            e->h_sp[r] = *it->sampling;
+            e->h_hs[r] = (uint32_t)off;
+            e->h_np[r] = scored ? 0 : it->n_prompt;
+            e->h_force[r] = scored ? it->forced[j] : -1;
+            e->step_forced |= scored;
+            if (scored)
+                continue;
+            off += it->n_history;
+            *pen |= penalised(it->sampling);
+        }
     }
     e->h_hs[r] = (uint32_t)off;
     if ((rc = bias_prepare(e, items, n_items)) < 0)
@@ -508,7 +522,7 @@ static int sampling_prepare(struct pd_engine *e, const struct pd_batch_item *ite
     off = 0;
     for (uint32_t i = 0; i < n_items && rc == 0; i++) {
         const struct pd_batch_item *it = &items[i];
-        if (!it->n_logits)
+        if (it->n_logits == it->n_forced)
             continue;
         if (it->n_history && penalised(it->sampling)) {
             memcpy(e->h_hist + off, it->history, it->n_history * sizeof(int32_t));
@@ -520,11 +534,14 @@ static int sampling_prepare(struct pd_engine *e, const struct pd_batch_item *ite
     return rc;
 }
 
-/* the rows' parameters, history offsets and prompt lengths, as
- * sampling_prepare left them in their page-locked buffers */
+/* the rows' parameters, history offsets, prompt lengths and forced tokens,
+ * as sampling_prepare left them in their page-locked buffers */
 static int cu_sample_in(struct pd_engine *e, uint32_t n)
 {
     int rc;
+    if (e->step_forced &&
+        (rc = cu_copy(e->d_force, e->h_force, n * sizeof(*e->d_force), e->stream)) < 0)
+        return rc;
     if ((rc = cu_copy(e->d_sp, e->h_sp, n * sizeof(*e->d_sp), e->stream)) < 0 ||
         (rc = cu_copy(e->d_hs, e->h_hs, (n + 1) * sizeof(*e->d_hs), e->stream)) < 0)
         return rc;
@@ -538,6 +555,7 @@ static int cu_sample_rows(struct pd_engine *e, uint32_t r0, uint32_t m)
                                 .hist_start = e->d_hs + r0, .n_prompt = e->d_np + r0,
                                 .bias = e->step_bias ? e->d_bias : NULL,
                                 .bias_start = e->step_bias ? e->d_bs + r0 : NULL,
+                                .forced = e->step_forced ? e->d_force + r0 : NULL,
                                 .workspace = e->d_sws, .workspace_bytes = e->sws_bytes,
                                 .token = e->d_stok + r0, .logprob = e->d_slp + r0,
                                 .top = e->d_top + (size_t)r0 * PD_MAX_LOGPROBS,
@@ -636,7 +654,7 @@ static int cu_step(struct pd_engine *e, const struct pd_batch_item *items, uint3
         return rc;
     bool decode = e->graphs && !pen;
     for (uint32_t i = 0; i < n_items && decode; i++)
-        decode = items[i].n_tokens == 1 && items[i].n_logits == 1;
+        decode = items[i].n_tokens == 1 && items[i].n_logits == 1 && !items[i].n_forced;
     rc = decode ? graph_step(e, items, n_items, T, 2 * n_items + smp) : -EAGAIN;
     if (rc == 0)
         pending = n_items;

@@ -243,7 +243,8 @@ static int head(const struct fwd *f, const struct pd_batch_item *items, uint32_t
     if ((rc = gather_rows(f, items, n_items, &n_rows)) < 0)
         return rc;
     const bool here = e->h_logits == e->logits, defer = !here && n_rows <= e->logit_cap;
-    /* a sampling step's rows are one per item (validate), so they all fit */
+    /* a sampling step's rows are one per item, or one per scored token
+     * (validate); the device's sampling buffers hold max(T, logit_cap) */
     const bool dev_sample = n_rows && items[e->out_item[0]].sampling && e->b->sample_rows;
     if ((rc = norm(f, e->h, e->h, e->out_norm, n_rows)) < 0)
         return rc;
@@ -269,7 +270,8 @@ static int head(const struct fwd *f, const struct pd_batch_item *items, uint32_t
     }
     if (dev_sample && (rc = e->b->sample_out(e, n_rows)) < 0)
         return rc;
-    *pending = defer ? n_rows : 0;
+    /* sampled rows' results wait in the page-locked buffers whatever their number */
+    *pending = defer || dev_sample ? n_rows : 0;
     return 0;
 }
 
@@ -331,15 +333,18 @@ int pd_engine_fwd_hand_out(struct pd_engine *e, const struct pd_batch_item *item
     const uint32_t V = e->hp.n_vocab;
     for (uint32_t r = 0; r < m; r++) {
         const struct pd_batch_item *it = &items[e->out_item[r0 + r]];
+        const uint32_t j = e->out_row[r0 + r];
         const float *row = src + (size_t)r * V;
         if (!it->sampling) {
-            memcpy(it->logits + (size_t)e->out_row[r0 + r] * V, row, V * sizeof(float));
+            memcpy(it->logits + (size_t)j * V, row, V * sizeof(float));
             continue;
         }
         if (e->sampler) {
             const int32_t *h = it->history, *out = h ? h + it->n_prompt : NULL;
-            int rc = pd_sample(e->sampler, it->sampling, row, h, it->n_prompt, out,
-                               it->n_history - it->n_prompt, it->result);
+            int rc = j < it->n_forced
+                ? pd_sample_score(V, row, it->forced[j], it->sampling->n_logprobs, &it->result[j])
+                : pd_sample(e->sampler, it->sampling, row, h, it->n_prompt, out,
+                            it->n_history - it->n_prompt, &it->result[j]);
             if (rc < 0)
                 return rc;
             continue;
@@ -347,7 +352,7 @@ int pd_engine_fwd_hand_out(struct pd_engine *e, const struct pd_batch_item *item
         const uint32_t q = r0 + r;
         if (e->h_stok[q] < 0) /* parameters the kernel refused (validated: a bug) */
             return -EIO;
-        struct pd_sample_result *res = it->result;
+        struct pd_sample_result *res = &it->result[j];
         res->token = e->h_stok[q];
         res->logprob = e->h_slp[q];
         res->n_top = e->h_ntop[q] <= PD_MAX_LOGPROBS ? e->h_ntop[q] : PD_MAX_LOGPROBS;

@@ -155,7 +155,8 @@ struct pd_engine {
 
     /* sampling in the step (pd_batch_item.sampling): the CPU's sampler, or
      * on a GPU each row's parameters, history offsets and prompt lengths
-     * (page-locked h_, device d_; logit_cap rows), the results coming back
+     * (page-locked h_, device d_; max(logit_cap, max_tokens) rows), the
+     * results coming back
      * and kernels/sample.cu's workspace for a GEMM's rows. Histories go up
      * only for steps with penalties (the kernel reads them for nothing else),
      * into d_hist of hist_cap tokens, grown as needed. */
@@ -176,6 +177,10 @@ struct pd_engine {
     uint64_t bias_cap;
     uint32_t *h_bs, *d_bs;
     bool step_bias;
+    /* scoring rows (pd_batch_item.forced): each row's token, -1 for a draw;
+     * step_forced when the step has any */
+    int32_t *h_force, *d_force;
+    bool step_forced;
     uint32_t max_tokens, max_model_len, max_items, max_blocks;
 
     /* scratch for max_tokens tokens */
