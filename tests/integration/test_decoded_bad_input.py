@@ -4,6 +4,7 @@ model says does not matter here)."""
 import http.client
 import json
 import os
+import re
 import socket
 import urllib.parse
 
@@ -284,9 +285,130 @@ def test_too_many_choices_refused(d, reference):
 
 
 def test_unsupported_features_named(d, reference):
-    bad(d, reference, dict(GOOD, echo=True), 400, "echo")
+    # echo is for completions; chat completions have no prompt to echo
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "echo": True}
+    bad(d, reference, chat, 400, "echo", path="/v1/chat/completions")
+    # max_tokens 0 scores the prompt: only with echo
+    err = bad(d, reference, dict(GOOD, max_tokens=0), 400, "max_tokens")
+    assert "echo" in err["message"], err
     bad(d, reference, dict(GOOD, best_of=3), 400, "best_of")  # n absent: 1
-    bad(d, reference, dict(GOOD, logit_bias={"5": 10}), 400, "logit_bias")
+
+
+# ---- logit_bias: {"token id": bias}, ids in [0, n_vocab) as decimal strings,
+# biases in [-100, 100], at most 300 entries (OpenAI's rules). The tiny model's
+# vocabulary is 256 ids. A refused request changes nothing: no token counted,
+# nothing sent to the peer (disaggregated), and the next request is served as
+# before. ----
+
+COUNTERS = ("pdserve:prompt_tokens_total", "pdserve:remote_prompt_tokens_total",
+            "pdserve:generation_tokens_total", "pdserve:request_success_total",
+            "pdserve:num_requests_running", "pdserve:num_requests_waiting")
+
+
+def counters(d):
+    return {name: d.metric(name) for name in COUNTERS}
+
+
+def bad_bias(d, reference, logit_bias, needle, raw=False):
+    """A request whose logit_bias (a JSON value, or its raw bytes) is refused:
+    400 naming logit_bias, needle in the message, no counter moved."""
+    before = counters(d)
+    body = (b'{"prompt":[1,2,3],"max_tokens":4,"temperature":0,"logit_bias":' + logit_bias + b"}"
+            if raw else dict(GOOD, logit_bias=logit_bias))
+    status, out = d.json("POST", "/v1/completions", body)
+    err = assert_error(status, out, 400, "logit_bias")
+    assert needle in err["message"], err
+    assert counters(d) == before
+    still_serving(d, reference)
+    return err
+
+
+@pytest.mark.parametrize("token", [256, 257, 4096, 2**31 - 1])
+def test_logit_bias_token_outside_vocabulary(d, reference, token):
+    err = bad_bias(d, reference, {str(token): 5}, "logit_bias token")
+    assert str(token) in err["message"] and "256" in err["message"], err
+    # one bad id among good ones refuses the whole request
+    bad_bias(d, reference, {"1": 5, str(token): -5, "2": 0}, "logit_bias token")
+
+
+@pytest.mark.parametrize("key", ["01", "00", "-1", "abc", "", " 5", "5 ", "+5", "1.0", "1e2",
+                                 "0x5", "5a", "2147483648", "99999999999999999999"])
+def test_logit_bias_key_not_a_decimal_id(d, reference, key):
+    err = bad_bias(d, reference, {key: 1}, "decimal")
+    assert err["code"] == "invalid_value", err
+
+
+@pytest.mark.parametrize("value", [100.5, -100.001, 101, -1000, 1e300, "10", None, True, [1],
+                                   {"x": 1}])
+def test_logit_bias_value_not_a_number_in_range(d, reference, value):
+    bad_bias(d, reference, {"5": value}, "[-100, 100]")
+
+
+def test_logit_bias_value_too_large_for_a_double(d, reference):
+    bad_bias(d, reference, b'{"5":1e999}', "[-100, 100]", raw=True)
+    bad_bias(d, reference, b'{"5":-1e999}', "[-100, 100]", raw=True)
+
+
+@pytest.mark.parametrize("value", [[1], "x", 5, True, [{"5": 1}]])
+def test_logit_bias_not_an_object(d, reference, value):
+    err = bad_bias(d, reference, value, "object")
+    assert err["code"] == "invalid_type", err
+
+
+def test_logit_bias_over_300_entries(d, reference):
+    # 301 keys cannot all be ids of a 256-token vocabulary: the count is what
+    # is refused (checked first), whatever the ids
+    err = bad_bias(d, reference, {str(i): 1 for i in range(301)}, "300")
+    assert "301" in err["message"], err
+
+
+def test_logit_bias_duplicate_id(d, reference):
+    # cJSON would keep the first of the two; refused, naming logit_bias
+    bad_bias(d, reference, b'{"5":1,"5":100}', "duplicate key '5'", raw=True)
+    bad_bias(d, reference, b'{"5":1,"\\u0035":100}', "duplicate key '5'", raw=True)
+
+
+def test_logit_bias_key_with_nul(d, reference):
+    bad_bias(d, reference, b'{"5\\u0000":1}', "NUL", raw=True)
+
+
+@pytest.mark.parametrize("logit_bias", [None, {}, {"0": 0}, {"5": -0.0}, {"17": 1e-9}])
+def test_logit_bias_accepted_without_effect(d, reference, logit_bias):
+    """null, empty, zero biases: the reference's answer."""
+    status, out = d.json("POST", "/v1/completions", dict(GOOD, logit_bias=logit_bias))
+    assert status == 200, out
+    assert out["choices"][0]["text"] == reference
+    still_serving(d, reference)
+
+
+def test_logit_bias_bans_and_unused_bans(d, reference):
+    """The dummy model spells token i "[i]". -100 on an id greedy does not
+    pick changes nothing; -100 on every id the reference emitted: none of
+    them comes out."""
+    emitted = {int(t) for t in re.findall(r"\[(\d+)\]", reference)}
+    assert reference == "".join("[%s]" % t for t in re.findall(r"\[(\d+)\]", reference))
+    unused = next(i for i in range(255, -1, -1) if i not in emitted)
+    status, out = d.json("POST", "/v1/completions", dict(GOOD, logit_bias={str(unused): -100}))
+    assert status == 200 and out["choices"][0]["text"] == reference, out
+    status, out = d.json("POST", "/v1/completions",
+                         dict(GOOD, logit_bias={str(i): -100 for i in emitted}))
+    assert status == 200, out
+    got = {int(t) for t in re.findall(r"\[(\d+)\]", out["choices"][0]["text"])}
+    assert len(re.findall(r"\[(\d+)\]", out["choices"][0]["text"])) == 4, out
+    assert not got & emitted, (got, emitted)
+    still_serving(d, reference)
+
+
+@pytest.mark.parametrize("token", [0, 5, 255])
+def test_logit_bias_at_the_edges_forces_the_token(d, reference, token):
+    """+100 (the cap) on one id, the first and last of the vocabulary
+    included: greedy emits it at every position (disaggregated, the first
+    token is prefilld's, sampled with the bias it was sent)."""
+    for key_body in ({str(token): 100}, {str(token): 100.0}, {str(token): 1e2}):
+        status, out = d.json("POST", "/v1/completions", dict(GOOD, logit_bias=key_body))
+        assert status == 200, out
+        assert out["choices"][0]["text"] == "[%d]" % token * 4, out
+    still_serving(d, reference)
 
 
 def test_text_prompt_without_tokenizer(d, reference):

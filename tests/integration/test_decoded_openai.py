@@ -1,9 +1,11 @@
 """The official openai client against decoded serving the default model
 (SmolLM2-135M-Instruct): completions, chat, streaming, logprobs, stop
-strings, usage, seeds, several prompts in one request and n choices per
-prompt (locally and through a prefilld peer); curl for the raw SSE bytes."""
+strings, usage, seeds, several prompts in one request, n choices per
+prompt and logit_bias (locally and through a prefilld peer); curl for the
+raw SSE bytes."""
 import asyncio
 import contextlib
+import itertools
 import math
 import os
 import random
@@ -600,3 +602,353 @@ def test_n_shares_the_prompt_kv_locally(d, client):
     assert len(r.choices) == 4 and r.usage.prompt_tokens == 40
     # computed for the first choice alone; the others fork its blocks
     assert d.metric("pdserve:prompt_tokens_total") - before == 40
+
+
+# ---- logit_bias ----
+#
+# OpenAI's {"token id": bias}: the sampler adds the bias to the logits before
+# the penalties and the temperature, while the log-probabilities reported stay
+# the model's own. Every case runs on decoded alone and on a decoded whose
+# prompts a prefilld peer prefills: there prefilld samples the first token
+# (with the bias decoded sent it in the PREFILL frame), and every answer must
+# equal the local one exactly (same engine, same arithmetic: tokens, text and
+# log-probabilities to the bit). Each request has a cache_salt of its own, so
+# that every prompt is computed whole: a prompt resuming from cached prefix
+# blocks gets log-probabilities a few 1e-6 off a whole one's, and which
+# prompts are cached depends on what ran before.
+
+B_PROMPT = "The capital of France is"
+B_GREEDY = dict(max_tokens=8, temperature=0, logprobs=5, extra_body={"ignore_eos": True})
+B_CHAT = dict(messages=Q, max_tokens=6, temperature=0, logprobs=True, top_logprobs=5)
+
+
+class Served:
+    """Where a logit_bias case runs: d serves the API (p: its prefilld, or None)."""
+
+    def __init__(self, d, p):
+        self.d, self.p = d, p
+        self.client = openai.OpenAI(base_url=d.base_url, api_key="unused", max_retries=0,
+                                    timeout=120)
+
+    def aclient(self):
+        return openai.AsyncOpenAI(base_url=self.d.base_url, api_key="unused", max_retries=0,
+                                  timeout=120)
+
+
+@pytest.fixture(scope="module")
+def bias_pair(tmp_path_factory):
+    if not os.environ.get("PREFILLD"):
+        pytest.skip("set PREFILLD to the prefilld binary")
+    with disagg_pair(tmp_path_factory.mktemp("bias")) as pa:
+        yield pa
+
+
+@pytest.fixture(params=["local", "disaggregated"])
+def on(request, d):
+    if request.param == "local":
+        yield Served(d, None)
+        return
+    p, a = request.getfixturevalue("bias_pair")
+    yield Served(a, p)
+    assert a.metric("pdserve:prompt_tokens_total") == 0, "a prompt was prefilled locally"
+    assert a.metric("pdserve:prefill_failovers_total") == 0
+
+
+def token_id(d, text):
+    """The id of the one token text is: /tokenize says so, /detokenize agrees."""
+    status, t = d.json("POST", "/tokenize", {"model": NAME, "prompt": text})
+    assert status == 200 and len(t["tokens"]) == 1, (text, t)
+    status, back = d.json("POST", "/detokenize", {"model": NAME, "tokens": t["tokens"]})
+    assert status == 200 and back["prompt"] == text, (text, back)
+    return t["tokens"][0]
+
+
+_salts = itertools.count()
+
+
+def salted(kw):
+    """kw with a cache_salt no other request has."""
+    extra = dict(kw.get("extra_body") or {}, cache_salt="logit-bias-%d" % next(_salts))
+    return dict(kw, extra_body=extra)
+
+
+def _ask(c, kw):
+    """One request's choices (result()'s shape, with index), in index order."""
+    kw = salted(kw)
+    if "messages" in kw:
+        r = c.chat.completions.create(model=NAME, **kw)
+        out = [dict(chat_result(ch), index=ch.index) for ch in r.choices]
+    else:
+        r = c.completions.create(model=NAME, **kw)
+        out = choices(r)
+    return sorted(out, key=lambda ch: ch["index"])
+
+
+_LOCAL_ANSWERS = {}
+
+
+def ask(on, client, **kw):
+    """The choices of one request on `on`. Disaggregated: every prompt went to
+    the peer (one PREFILL each), and the answer equals decoded alone's (client):
+    exactly for one choice; several choices decode batched, and the rows join
+    the batch at other steps when their prompts come from the peer, so there
+    the rule is test_decoded_batching.py's, the tokens equal all the same."""
+    if on.p is None:
+        return _ask(on.client, kw)
+    prompts = kw.get("prompt")
+    n_prompts = len(prompts) if isinstance(prompts, list) and isinstance(prompts[0], str) else 1
+    before = on.p.metric("pdserve:prefill_requests_total")
+    got = _ask(on.client, kw)
+    assert on.p.metric("pdserve:prefill_requests_total") - before == n_prompts
+    key = repr(sorted(kw.items()))
+    if key not in _LOCAL_ANSWERS:
+        _LOCAL_ANSWERS[key] = _ask(client, kw)
+    local = _LOCAL_ANSWERS[key]
+    if len(local) == 1:
+        assert got == local, (got, local)
+    else:
+        check_choices(got, local)
+        assert [ch["tokens"] for ch in got] == [ch["tokens"] for ch in local]
+        assert [ch["text"] for ch in got] == [ch["text"] for ch in local]
+    return got
+
+
+def without(tops, texts):
+    """Top alternatives without the banned ones: what the biased sampler chose
+    among (its near-ties are only visible there)."""
+    return [{t: v for t, v in top.items() if t not in texts} for top in tops]
+
+
+def test_logit_bias_minus_100_bans_every_greedy_token(on, client):
+    plain = ask(on, client, prompt=B_PROMPT, **B_GREEDY)[0]
+    banned = {token_id(on.d, t) for t in plain["tokens"]}
+    bias = {str(i): -100 for i in banned}
+    got = ask(on, client, prompt=B_PROMPT, logit_bias=bias, **B_GREEDY)[0]
+    assert len(got["tokens"]) == 8 and got["text"] == "".join(got["tokens"])
+    assert not set(got["tokens"]) & set(plain["tokens"]), (got["tokens"], plain["tokens"])
+    assert not {token_id(on.d, t) for t in got["tokens"]} & banned
+    # position 0 has the same context: the model's own alternatives, the banned
+    # greedy token first among them; the pick is the best of the others
+    assert got["tops"][0] == plain["tops"][0]
+    assert max(got["tops"][0], key=got["tops"][0].get) == plain["tokens"][0]
+    allowed = without(plain["tops"][:1], set(plain["tokens"]))[0]
+    assert allowed, plain["tops"][0]
+    assert got["tokens"][0] == max(allowed, key=allowed.get)
+    assert got["lps"][0] == allowed[got["tokens"][0]]
+    # every reported value is the model's: the pick is never better than the
+    # best alternative, and sums with them to at most 1
+    for k, (tok, lp, top) in enumerate(zip(got["tokens"], got["lps"], got["tops"])):
+        assert lp <= max(top.values()) + 1e-6, (k, tok, lp, top)
+        if tok not in top:
+            assert math.exp(lp) + sum(math.exp(v) for v in top.values()) <= 1 + 1e-4, k
+
+
+def test_logit_bias_plus_100_forces_one_token(on, client):
+    banana = token_id(on.d, " banana")
+    plain = ask(on, client, prompt=B_PROMPT, **B_GREEDY)[0]
+    assert " banana" not in plain["tokens"] and " banana" not in plain["tops"][0], plain
+    got = ask(on, client, prompt=B_PROMPT, logit_bias={str(banana): 100}, **B_GREEDY)[0]
+    assert got["tokens"] == [" banana"] * 8 and got["text"] == " banana" * 8, got
+    assert got["finish"] == "length"
+    # the logprobs are the raw model's: the first is far from the ~0 the biased
+    # distribution would give, and its alternatives are the plain request's
+    assert got["lps"][0] < -1, got["lps"]
+    assert got["tops"][0] == plain["tops"][0]
+    for k, (lp, top) in enumerate(zip(got["lps"], got["tops"])):
+        if " banana" in top:  # the model has come to expect it: the same value
+            assert top[" banana"] == lp, (k, lp, top)
+        else:
+            assert math.exp(lp) + sum(math.exp(v) for v in top.values()) <= 1 + 1e-4, k
+            assert lp < min(top.values()), (k, lp, top)
+
+
+def test_logit_bias_forced_logprob_is_what_the_prompt_gives(on, client):
+    """The forced token's value at position k is the model's for that context:
+    the same prompt ending in k forced tokens, unbiased, reports the same
+    alternatives (prefill against decode: LOGPROB_TOL)."""
+    status, t = on.d.json("POST", "/tokenize", {"model": NAME, "prompt": B_PROMPT})
+    assert status == 200, t
+    prompt = t["tokens"]
+    banana = token_id(on.d, " banana")
+    forced = ask(on, client, prompt=prompt, logit_bias={str(banana): 100},
+                 **dict(B_GREEDY, max_tokens=4))[0]
+    assert forced["tokens"] == [" banana"] * 4
+    for k in (1, 3):
+        alone = ask(on, client, prompt=prompt + [banana] * k, **dict(B_GREEDY, max_tokens=1))[0]
+        assert alone["tops"][0].keys() == forced["tops"][k].keys(), (k, alone, forced)
+        for t, v in alone["tops"][0].items():
+            assert abs(forced["tops"][k][t] - v) <= LOGPROB_TOL, (k, t)
+        again = ask(on, client, prompt=prompt + [banana] * k, logit_bias={str(banana): 100},
+                    **dict(B_GREEDY, max_tokens=1))[0]
+        assert again["tokens"] == [" banana"]
+        assert abs(again["lps"][0] - forced["lps"][k]) <= LOGPROB_TOL, (k, again, forced)
+
+
+def test_logit_bias_adds_exactly_the_bias(on, client):
+    """Greedy's first pick flips exactly where a bias passes the gap between
+    the two best logits (the gap between their logprobs): the bias is added to
+    the raw logits, in logit units (disaggregated: by prefilld)."""
+    one = dict(B_GREEDY, max_tokens=1)
+    plain = ask(on, client, prompt=B_PROMPT, **one)[0]
+    (best, lp1), (second, lp2) = sorted(plain["tops"][0].items(), key=lambda kv: -kv[1])[:2]
+    gap = lp1 - lp2
+    assert gap > 0.2, plain  # a clear winner: 0.05 either side is well apart
+    b, s = token_id(on.d, best), token_id(on.d, second)
+    for bias, want in [({s: gap + 0.05}, second), ({s: gap - 0.05}, best),
+                       ({b: -(gap + 0.05)}, second), ({b: -(gap - 0.05)}, best),
+                       ({b: -1.0, s: gap - 0.95}, second), ({b: 1.0, s: gap + 0.95}, best)]:
+        got = ask(on, client, prompt=B_PROMPT, logit_bias={str(k): v for k, v in bias.items()},
+                  **one)[0]
+        assert got["tokens"] == [want], (bias, got)
+        assert got["lps"][0] == plain["tops"][0][want], (bias, got)  # the raw value
+        assert got["tops"][0] == plain["tops"][0]
+
+
+def test_logit_bias_chat(on, client):
+    banana = token_id(on.d, " banana")
+    plain = ask(on, client, **B_CHAT)[0]
+    assert "Paris" in plain["text"], plain
+    forced = ask(on, client, logit_bias={str(banana): 100}, **B_CHAT)[0]
+    assert forced["tokens"] == [" banana"] * 6 and forced["text"] == " banana" * 6, forced
+    assert forced["finish"] == "length"
+    assert forced["lps"][0] < -1 and forced["tops"][0] == plain["tops"][0], (forced, plain)
+    # ban what the plain answer said: none of it comes back
+    banned = {token_id(on.d, t) for t in plain["tokens"]}
+    got = ask(on, client, logit_bias={str(i): -100 for i in banned}, **B_CHAT)[0]
+    assert got["tokens"] and not set(got["tokens"]) & set(plain["tokens"]), (got, plain)
+    assert got["tops"][0] == plain["tops"][0]
+
+
+def test_logit_bias_streamed_equals_whole(on, client):
+    banana = token_id(on.d, " banana")
+    bias = {str(banana): 100}
+    for kw, chat in [(dict(prompt=B_PROMPT, logit_bias=bias, **B_GREEDY), False),
+                     (dict(logit_bias=bias, **B_CHAT), True)]:
+        whole = ask(on, client, **kw)
+        create = on.client.chat.completions.create if chat else on.client.completions.create
+        stream = create(model=NAME, stream=True, stream_options={"include_usage": True},
+                        **salted(kw))
+        chunks = list(stream)
+        assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(
+            whole[0]["tokens"])
+        per = streamed(chunks[:-1], chat)
+        assert sorted(per) == [0] and per[0]["finishes"] == ["length"], per
+        if chat:
+            assert per[0]["roles"] == ["assistant"]
+        assert per[0]["tokens"] == whole[0]["tokens"] == [" banana"] * len(whole[0]["tokens"])
+        assert per[0]["text"] == whole[0]["text"]
+        assert per[0]["lps"] == whole[0]["lps"] and per[0]["tops"] == whole[0]["tops"]
+
+
+def test_logit_bias_async_batched_with_unbiased(on, client):
+    """Biased and unbiased requests at once (batched together): each keeps its
+    own bias, and each answer is the one it gets alone."""
+    banana = token_id(on.d, " banana")
+    plain = ask(on, client, prompt=B_PROMPT, **B_GREEDY)[0]
+    banned = {token_id(on.d, t) for t in plain["tokens"]}
+    cases = [dict(prompt=B_PROMPT, **B_GREEDY),
+             dict(prompt=B_PROMPT, logit_bias={str(banana): 100}, **B_GREEDY),
+             dict(prompt=B_PROMPT, logit_bias={str(i): -100 for i in banned}, **B_GREEDY),
+             dict(prompt=TEXTS[1], logit_bias={str(banana): 100}, **B_GREEDY),
+             dict(logit_bias={str(banana): 100}, **B_CHAT),
+             dict(**B_CHAT)]
+    alone = [ask(on, client, **kw)[0] for kw in cases]
+
+    async def all_at_once():
+        async with on.aclient() as c:
+            async def one(kw):
+                kw = salted(kw)
+                if "messages" in kw:
+                    r = await c.chat.completions.create(model=NAME, **kw)
+                    return chat_result(r.choices[0])
+                r = await c.completions.create(model=NAME, **kw)
+                return result(r.choices[0])
+
+            async def one_streamed(kw):
+                s = await c.completions.create(model=NAME, stream=True, **salted(kw))
+                return streamed([chunk async for chunk in s], False)[0]
+            return await asyncio.gather(*(one(kw) for kw in cases),
+                                        one_streamed(cases[1]), one_streamed(cases[2]))
+    got = asyncio.run(all_at_once())
+    streams = got[len(cases):]
+    got = got[:len(cases)]
+    assert got[1]["tokens"] == got[3]["tokens"] == [" banana"] * 8
+    assert got[4]["tokens"] == [" banana"] * 6
+    assert streams[0]["tokens"] == [" banana"] * 8
+    assert not set(got[2]["tokens"]) & set(plain["tokens"])
+    assert not set(streams[1]["tokens"]) & set(plain["tokens"])
+    # batched against alone: test_decoded_batching.py's "same output" rule,
+    # the banned ones' near-ties read among what they could pick
+    bans = set(plain["tokens"])
+    for i, (g, a) in enumerate(zip(got, alone)):
+        if i == 2:
+            a = dict(a, tops=without(a["tops"], bans))
+        compare(i, g, a, LOGPROB_TOL)
+    compare(1, dict(streams[0], finish="length"), alone[1], LOGPROB_TOL)
+    compare(2, dict(streams[1], finish="length"),
+            dict(alone[2], tops=without(alone[2]["tops"], bans)), LOGPROB_TOL)
+
+
+def test_logit_bias_with_n_and_several_prompts_sampled(on, client):
+    """Every choice of every prompt carries the bias (the n > 1 forks and the
+    other prompts' choices too), sampled at temperature 0.8: +100 / 0.8
+    still outweighs every other logit."""
+    banana = token_id(on.d, " banana")
+    got = ask(on, client, prompt=TEXTS[:2], n=2, max_tokens=4, temperature=0.8, seed=3,
+              logprobs=2, logit_bias={str(banana): 100}, extra_body={"ignore_eos": True})
+    assert [ch["index"] for ch in got] == [0, 1, 2, 3]
+    for ch in got:
+        assert ch["tokens"] == [" banana"] * 4 and ch["lps"][0] < -1, ch
+    # the same with no bias: none of it is bananas
+    free = ask(on, client, prompt=TEXTS[:2], n=2, max_tokens=4, temperature=0.8, seed=3,
+               logprobs=2, extra_body={"ignore_eos": True})
+    assert all(" banana" not in ch["tokens"] for ch in free), free
+
+
+def test_logit_bias_300_entries_is_the_cap(on, client):
+    """300 entries (OpenAI's cap) are taken: zeros change nothing, and -100 on
+    300 ids that include the plain answer's bans it; 301 are refused."""
+    plain = ask(on, client, prompt=B_PROMPT, **B_GREEDY)[0]
+    banned = {token_id(on.d, t) for t in plain["tokens"]}
+    others = [i for i in range(1000, 49152, 97) if i not in banned]
+    zeros = {str(i): 0 for i in sorted(banned) + others[:300 - len(banned)]}
+    assert len(zeros) == 300
+    assert ask(on, client, prompt=B_PROMPT, logit_bias=zeros, **B_GREEDY)[0] == plain
+    bans = {k: -100 for k in zeros}
+    got = ask(on, client, prompt=B_PROMPT, logit_bias=bans, **B_GREEDY)[0]
+    assert not set(got["tokens"]) & set(plain["tokens"]), got
+    with pytest.raises(openai.BadRequestError) as e:
+        on.client.completions.create(model=NAME, prompt=B_PROMPT,
+                                     logit_bias=dict(zeros, **{str(others[300]): 0}),
+                                     **B_GREEDY)
+    assert e.value.body["param"] == "logit_bias" and "300" in e.value.body["message"], e.value.body
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_logit_bias_refusals_with_the_client(on, chat):
+    """The model's vocabulary is 49152 ids: 49152 is refused (49151 is not),
+    and so are the other bad forms, on both endpoints; nothing is counted,
+    nothing reaches the peer."""
+    create = on.client.chat.completions.create if chat else on.client.completions.create
+    where = dict(messages=Q) if chat else dict(prompt=B_PROMPT)
+
+    def counts():
+        return (on.d.metric("pdserve:prompt_tokens_total"),
+                on.d.metric("pdserve:remote_prompt_tokens_total"),
+                on.d.metric("pdserve:generation_tokens_total"),
+                on.p.metric("pdserve:prefill_requests_total") if on.p else 0)
+    before = counts()
+    for bias, needle in [({"49152": 1}, "logit_bias token"), ({"7042": 1, "100000": -1},
+                                                               "logit_bias token"),
+                         ({"01": 1}, "decimal"), ({"-1": 1}, "decimal"), ({"abc": 1}, "decimal"),
+                         ({"5": 100.5}, "[-100, 100]"), ({"5": -101}, "[-100, 100]"),
+                         ({"5": "1"}, "[-100, 100]"),
+                         ({str(i): 1 for i in range(301)}, "300")]:
+        with pytest.raises(openai.BadRequestError) as e:
+            create(model=NAME, max_tokens=2, temperature=0, logit_bias=bias, **where)
+        assert e.value.body["param"] == "logit_bias", (bias, e.value.body)
+        assert needle in e.value.body["message"], (bias, e.value.body)
+    assert counts() == before
+    r = create(model=NAME, max_tokens=2, temperature=0, logit_bias={"49151": 100},
+               extra_body={"ignore_eos": True}, **where)
+    assert r.usage.completion_tokens == 2

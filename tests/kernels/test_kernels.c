@@ -980,7 +980,64 @@ static int same_logprob(float gpu, float cpu)
     return gpu == cpu || fabsf(gpu - cpu) <= 1e-4f; /* -inf == -inf: a -inf logit's */
 }
 
-static void sample_cuda_matches_cpu(void)
+/* the highest raw logit of a row, the lower id on a tie (greedy without bias) */
+static uint32_t row_argmax(const float *l, uint32_t V)
+{
+    uint32_t best = 0;
+    for (uint32_t i = 1; i < V; i++)
+        if (l[i] > l[best])
+            best = i;
+    return best;
+}
+
+/* A row's logit bias (with_bias) into b, p made to fit it: row 0 greedy with
+ * -100 on its argmax (the choice flips), row 1 a plain draw with +100 on a
+ * low finite-logit token (it wins), row 2 the cap of 300 entries over the
+ * vocabulary (duplicates add up), the others none or up to 5 entries, some
+ * repeated, some +-100. Returns the row's entries; *forced: the token row 0
+ * must not and row 1 must produce (-1: no such token to check). */
+static uint32_t sample_row_bias(uint32_t r, uint32_t V, const float *l, struct pd_sampling *p,
+                                struct pd_logit_bias *b, int32_t *forced)
+{
+    uint32_t n = 0;
+    *forced = -1;
+    if (r == 0) {
+        *p = PD_SAMPLING_DEFAULT;
+        const uint32_t top = row_argmax(l, V);
+        b[n++] = (struct pd_logit_bias){(int32_t)top, -100.0f};
+        for (uint32_t i = 0; i < V; i++) /* it loses where another logit is finite */
+            if (i != top && isfinite(l[i]))
+                *forced = (int32_t)top;
+        b[n++] = (struct pd_logit_bias){(int32_t)rnd(V), rndf(1.0f)};
+    } else if (r == 1) {
+        *p = PD_SAMPLING_DEFAULT;
+        p->temperature = 1.0f;
+        uint32_t low = rnd(V); /* the lowest finite logit at or after a random id */
+        while (!isfinite(l[low]))
+            low = (low + 1) % V;
+        for (uint32_t i = 0; i < V; i++)
+            if (isfinite(l[i]) && l[i] < l[low])
+                low = i;
+        *forced = (int32_t)low;
+        b[n++] = (struct pd_logit_bias){(int32_t)rnd(V), rndf(2.0f)};
+        b[n++] = (struct pd_logit_bias){(int32_t)low, 100.0f};
+    } else if (r == 2) {
+        for (; n < PD_MAX_LOGIT_BIAS; n++)
+            b[n] = (struct pd_logit_bias){(int32_t)rnd(V < 40 ? V : 40), rndf(1.0f)};
+    } else if (rnd(3)) {
+        const uint32_t k = rnd(6);
+        for (; n < k; n++) {
+            const int32_t tok = n && rnd(3) == 0 ? b[n - 1].token : (int32_t)rnd(V);
+            const float v = rnd(8) == 0 ? (rnd(2) ? 100.0f : -100.0f) : rndf(3.0f);
+            b[n] = (struct pd_logit_bias){tok, v};
+        }
+    }
+    return n;
+}
+
+/* with_bias: the rows carry logit biases (sample_row_bias), the GPU's
+ * concatenated in pd_sample_args.bias, the CPU's in pd_sampling.bias */
+static void sample_rows_match_cpu(int with_bias)
 {
     need_gpu();
     for (int iter = 0; iter < 8; iter++) { /* under a second emulated: the same cases */
@@ -991,7 +1048,12 @@ static void sample_cuda_matches_cpu(void)
         uint32_t *start = host_alloc((rows + 1) * sizeof(uint32_t));
         uint32_t *np = host_alloc(rows * sizeof(uint32_t));
         int32_t *hist = host_alloc((size_t)rows * 64 * sizeof(int32_t));
+        /* a row at the cap and at most 6 entries for each other */
+        struct pd_logit_bias *bias = host_alloc((PD_MAX_LOGIT_BIAS + 6 * rows) * sizeof(*bias));
+        uint32_t *bstart = host_alloc((rows + 1) * sizeof(uint32_t));
+        int32_t forced[2] = {-1, -1};
         start[0] = 0;
+        bstart[0] = 0;
         for (uint32_t r = 0; r < rows; r++) {
             const int ties = rnd(3) == 0, neg_inf = rnd(4) == 0;
             for (uint32_t i = 0; i < V; i++) {
@@ -1012,6 +1074,20 @@ static void sample_cuda_matches_cpu(void)
             }
             p.seed = rnd64();
             p.n_logprobs = rnd(6);
+            bstart[r + 1] = bstart[r];
+            if (with_bias) {
+                int32_t f;
+                const uint64_t seed = p.seed;
+                const uint32_t n_logprobs = p.n_logprobs;
+                const uint32_t nb =
+                    sample_row_bias(r, V, logits + (size_t)r * V, &p, bias + bstart[r], &f);
+                p.seed = seed, p.n_logprobs = n_logprobs;
+                p.n_bias = nb;
+                p.bias = nb ? bias + bstart[r] : NULL; /* the CPU's; the GPU never reads it */
+                bstart[r + 1] = bstart[r] + nb;
+                if (r < 2)
+                    forced[r] = f;
+            }
             CHECK_EQ_INT(pd_sampling_validate(&p, V, NULL, 0), 0);
             par[r] = p;
             const uint32_t n = rnd(64);
@@ -1027,6 +1103,10 @@ static void sample_cuda_matches_cpu(void)
         g.hist = dev_copy(hist, (start[rows] ? start[rows] : 1) * sizeof(int32_t));
         g.hist_start = dev_copy(start, (rows + 1) * sizeof(uint32_t));
         g.n_prompt = dev_copy(np, rows * sizeof(uint32_t));
+        if (with_bias) {
+            g.bias = dev_copy(bias, (bstart[rows] ? bstart[rows] : 1) * sizeof(*bias));
+            g.bias_start = dev_copy(bstart, (rows + 1) * sizeof(uint32_t));
+        }
         g.workspace_bytes = pd_sample_cuda_workspace(rows, V);
         g.workspace = dev_poisoned(g.workspace_bytes);
         g.token = dev_poisoned(rows * sizeof(int32_t));
@@ -1049,12 +1129,18 @@ static void sample_cuda_matches_cpu(void)
                          0);
             if (tok[r] != ref.token || !same_logprob(lp[r], ref.logprob))
                 PD_TEST_FAIL_("sample V %u row %u (temperature %g top_k %d top_p %g min_p %g "
-                              "penalties %g/%g/%g, %u history): GPU token %d logprob %g, CPU %d %g",
-                              V, r, (double)par[r].temperature, par[r].top_k,
-                              (double)par[r].top_p, (double)par[r].min_p,
-                              (double)par[r].repetition_penalty, (double)par[r].presence_penalty,
-                              (double)par[r].frequency_penalty, start[r + 1] - start[r], tok[r],
-                              (double)lp[r], ref.token, (double)ref.logprob);
+                              "penalties %g/%g/%g, %u history, %u bias): GPU token %d logprob %g, "
+                              "CPU %d %g",
+                              V, r, (double)par[r].temperature, par[r].top_k, (double)par[r].top_p,
+                              (double)par[r].min_p, (double)par[r].repetition_penalty,
+                              (double)par[r].presence_penalty, (double)par[r].frequency_penalty,
+                              start[r + 1] - start[r], par[r].n_bias, tok[r], (double)lp[r],
+                              ref.token, (double)ref.logprob);
+            if (with_bias && r == 0 && forced[0] >= 0 && tok[r] == forced[0]) /* it lost */
+                PD_TEST_FAIL_("sample V %u row 0: the -100 bias left token %d chosen", V, tok[r]);
+            if (with_bias && r == 1 && tok[r] != forced[1]) /* +100 on a low token: it won */
+                PD_TEST_FAIL_("sample V %u row 1: token %d drawn, not the +100 token %d", V, tok[r],
+                              forced[1]);
             CHECK_EQ_INT(ntop[r], ref.n_top);
             for (uint32_t k = 0; k < ref.n_top; k++) {
                 const struct pd_token_logprob *t = &top[(size_t)r * PD_MAX_LOGPROBS + k];
@@ -1066,11 +1152,17 @@ static void sample_cuda_matches_cpu(void)
             }
         }
         pd_sampler_free(smp);
-        free(logits), free(par), free(start), free(np), free(hist);
+        free(logits), free(par), free(start), free(np), free(hist), free(bias), free(bstart);
         free(tok), free(lp), free(top), free(ntop);
         dev_free_all();
     }
 }
+
+static void sample_cuda_matches_cpu(void) { sample_rows_match_cpu(0); }
+
+/* OpenAI's logit_bias on both: added in order before the penalties and the
+ * temperature, the reported log-probabilities raw */
+static void sample_cuda_logit_bias_matches_cpu(void) { sample_rows_match_cpu(1); }
 
 /* ---- prefill attention (tensor cores) ----------------------------------------- */
 
@@ -1427,6 +1519,7 @@ SEEDED(attention_cuda_refuses_positions_past_max_ctx)
 SEEDED(attention_cuda_bf16_pool_close_to_fp32)
 SEEDED(matmul_cuda_matches_cpu)
 SEEDED(sample_cuda_matches_cpu)
+SEEDED(sample_cuda_logit_bias_matches_cpu)
 SEEDED(attention_prefill_cuda_matches_cpu)
 SEEDED(attention_prefill_cuda_matches_cpu_on_model_shapes)
 SEEDED(attention_prefill_cuda_fits_the_devices_shared_memory)
@@ -1452,6 +1545,7 @@ static const struct pd_test tests[] = {
     T(attention_cuda_bf16_pool_close_to_fp32),
     T(matmul_cuda_matches_cpu),
     T(sample_cuda_matches_cpu),
+    T(sample_cuda_logit_bias_matches_cpu),
     T(attention_prefill_cuda_matches_cpu),
     T(attention_prefill_cuda_matches_cpu_on_model_shapes),
     T(attention_prefill_cuda_fits_the_devices_shared_memory),

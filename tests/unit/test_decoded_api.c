@@ -478,6 +478,145 @@ static void api_response_shapes(void)
     free(s);
 }
 
+/* OpenAI's logit_bias: {"token id": bias}, kept in the body's order (the
+ * sampler adds the entries in it) */
+static void api_logit_bias_entries_in_body_order(void)
+{
+    struct dec_api_req r;
+    struct dec_api_err e;
+    CHECK_EQ_INT(parse(DEC_API_COMPLETIONS,
+                       "{\"prompt\":\"x\",\"logit_bias\":{\"42\":-100,\"7\":2.5,\"0\":100,"
+                       "\"2147483647\":-0.25,\"9\":0}}",
+                       &r, &e),
+                 0);
+    CHECK_EQ_INT(r.sampling.n_bias, 5);
+    CHECK(r.bias != NULL && r.sampling.bias == r.bias);
+    static const struct pd_logit_bias want[5] = {
+        {42, -100.0f}, {7, 2.5f}, {0, 100.0f}, {INT32_MAX, -0.25f}, {9, 0.0f}};
+    for (int i = 0; i < 5; i++) {
+        CHECK_EQ_INT(r.bias[i].token, want[i].token);
+        CHECK(r.bias[i].bias == want[i].bias);
+    }
+    CHECK_EQ_INT(pd_sampling_validate(&r.sampling, (uint32_t)INT32_MAX + 1u, NULL, 0), 0);
+    dec_api_req_done(&r);
+    /* chat too; an empty object and null are no bias */
+    CHECK_EQ_INT(parse(DEC_API_CHAT,
+                       "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                       "\"logit_bias\":{\"5\":-1.5}}",
+                       &r, &e),
+                 0);
+    CHECK(r.sampling.n_bias == 1 && r.sampling.bias[0].token == 5 &&
+          r.sampling.bias[0].bias == -1.5f);
+    dec_api_req_done(&r);
+    CHECK_EQ_INT(parse(DEC_API_COMPLETIONS, "{\"prompt\":\"x\",\"logit_bias\":{}}", &r, &e), 0);
+    CHECK_EQ_INT(r.sampling.n_bias, 0);
+    dec_api_req_done(&r);
+    CHECK_EQ_INT(parse(DEC_API_COMPLETIONS, "{\"prompt\":\"x\",\"logit_bias\":null}", &r, &e), 0);
+    CHECK_EQ_INT(r.sampling.n_bias, 0);
+    dec_api_req_done(&r);
+    CHECK_EQ_INT(parse(DEC_API_COMPLETIONS, "{\"prompt\":\"x\"}", &r, &e), 0);
+    CHECK(r.sampling.n_bias == 0 && r.sampling.bias == NULL && r.bias == NULL);
+    dec_api_req_done(&r);
+}
+
+/* {"prompt":"x","logit_bias":{"0":1,"1":1,...}} with n entries */
+static char *bias_body(int n)
+{
+    char *b = malloc(64 + 16 * (size_t)n);
+    CHECK(b);
+    int k = sprintf(b, "{\"prompt\":\"x\",\"logit_bias\":{");
+    for (int i = 0; i < n; i++)
+        k += sprintf(b + k, "%s\"%d\":%d", i ? "," : "", i, i % 201 - 100);
+    strcpy(b + k, "}}");
+    return b;
+}
+
+static void api_logit_bias_at_most_300_entries(void)
+{
+    struct dec_api_req r;
+    struct dec_api_err e;
+    char *b = bias_body(PD_MAX_LOGIT_BIAS);
+    CHECK_EQ_INT(parse(DEC_API_COMPLETIONS, b, &r, &e), 0);
+    free(b);
+    CHECK_EQ_INT(r.sampling.n_bias, PD_MAX_LOGIT_BIAS);
+    for (int i = 0; i < PD_MAX_LOGIT_BIAS; i++)
+        CHECK(r.bias[i].token == i && r.bias[i].bias == (float)(i % 201 - 100));
+    dec_api_req_done(&r);
+    b = bias_body(PD_MAX_LOGIT_BIAS + 1);
+    int rc = parse(DEC_API_COMPLETIONS, b, &r, &e);
+    free(b);
+    CHECK_EQ_INT(rc, -EINVAL);
+    CHECK_EQ_INT(e.status, 400);
+    CHECK_STR(e.param, "logit_bias");
+    CHECK_STR(e.code, "invalid_value");
+    CHECK_CONTAINS(e.msg, "at most 300");
+}
+
+static void api_logit_bias_refusals_name_the_field(void)
+{
+    static const struct {
+        const char *bias, *code;
+    } cases[] = {
+        /* not an object */
+        {"[1]", "invalid_type"},
+        {"[]", "invalid_type"},
+        {"\"5\"", "invalid_type"},
+        {"5", "invalid_type"},
+        {"true", "invalid_type"},
+        /* keys: decimal integers in [0, INT32_MAX], no leading zeros or signs */
+        {"{\"01\":1}", "invalid_value"},
+        {"{\"00\":1}", "invalid_value"},
+        {"{\"-1\":1}", "invalid_value"},
+        {"{\"+1\":1}", "invalid_value"},
+        {"{\"x\":1}", "invalid_value"},
+        {"{\"1x\":1}", "invalid_value"},
+        {"{\"1.5\":1}", "invalid_value"},
+        {"{\"1e3\":1}", "invalid_value"},
+        {"{\"\":1}", "invalid_value"},
+        {"{\" 1\":1}", "invalid_value"},
+        {"{\"1 \":1}", "invalid_value"},
+        {"{\"0x10\":1}", "invalid_value"},
+        {"{\"2147483648\":1}", "invalid_value"},
+        {"{\"99999999999999999999\":1}", "invalid_value"},
+        {"{\"5\":1,\"x\":1}", "invalid_value"}, /* a bad key after a good one */
+        /* values: numbers in [-100, 100] */
+        {"{\"5\":100.5}", "invalid_value"},
+        {"{\"5\":-100.001}", "invalid_value"},
+        {"{\"5\":1e300}", "invalid_value"},
+        {"{\"5\":\"1\"}", "invalid_value"},
+        {"{\"5\":true}", "invalid_value"},
+        {"{\"5\":null}", "invalid_value"},
+        {"{\"5\":[1]}", "invalid_value"},
+        {"{\"5\":{}}", "invalid_value"},
+        {"{\"5\":1,\"6\":101}", "invalid_value"}, /* a bad value after a good one */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+        char body[256];
+        snprintf(body, sizeof(body), "{\"prompt\":\"x\",\"logit_bias\":%s}", cases[i].bias);
+        struct dec_api_req r;
+        struct dec_api_err e;
+        if (parse(DEC_API_COMPLETIONS, body, &r, &e) >= 0) {
+            dec_api_req_done(&r);
+            PD_TEST_FAIL_("logit_bias %s accepted", cases[i].bias);
+        }
+        if (e.status != 400 || !e.param || strcmp(e.param, "logit_bias") != 0 || !e.code ||
+            strcmp(e.code, cases[i].code) != 0)
+            PD_TEST_FAIL_("logit_bias %s: %d %s %s (%s)", cases[i].bias, e.status,
+                          e.param ? e.param : "(null)", e.code ? e.code : "(null)", e.msg);
+        CHECK_CONTAINS(e.msg, "logit_bias");
+    }
+    /* the edges are fine */
+    struct dec_api_req r;
+    struct dec_api_err e;
+    CHECK_EQ_INT(parse(DEC_API_COMPLETIONS,
+                       "{\"prompt\":\"x\",\"logit_bias\":{\"0\":-100.0,\"10\":1e2,\"7\":-0}}", &r,
+                       &e),
+                 0);
+    CHECK_EQ_INT(r.sampling.n_bias, 3);
+    CHECK(r.bias[0].bias == -100.0f && r.bias[1].bias == 100.0f && r.bias[2].bias == 0.0f);
+    dec_api_req_done(&r);
+}
+
 static const struct pd_test tests[] = {
     PD_TEST(stop_matches_across_pieces),
     PD_TEST(stop_holds_back_longest_minus_one),
@@ -498,6 +637,9 @@ static const struct pd_test tests[] = {
     PD_TEST(api_several_prompts_make_a_list),
     PD_TEST(api_n_and_best_of),
     PD_TEST(api_response_numbers_choices),
+    PD_TEST(api_logit_bias_entries_in_body_order),
+    PD_TEST(api_logit_bias_at_most_300_entries),
+    PD_TEST(api_logit_bias_refusals_name_the_field),
     {0},
 };
 

@@ -36,6 +36,7 @@ static size_t golden(const char *name, uint8_t *buf, size_t cap)
 static const char *const golden_names[] = {
     "prefill", "chunk", "ack", "done", "abort", "abort_ack", "cancel", "heartbeat", "error",
     "prefill_prefix", "progress", /* minor 1 */
+    "prefill_bias", /* minor 2 */
 };
 #define N_GOLDEN (sizeof(golden_names) / sizeof(golden_names[0]))
 
@@ -49,6 +50,10 @@ static const uint32_t *prefix_tokens(void)
         t[i] = (i * 7919u + 3u) % 128256u;
     return t;
 }
+
+/* prefill_bias's entries, as make_frames.py writes them */
+static const struct pd_bias prefill_bias_entries[] = {{42, -100.0f}, {7, 2.5f}, {128000, 100.0f}};
+static const uint32_t bias_tokens[] = {5, 6, 7};
 
 /* The frames make_frames.py writes, as structs. */
 static struct pd_frame expected(const char *name, uint8_t tags[48])
@@ -78,6 +83,16 @@ static struct pd_frame expected(const char *name, uint8_t tags[48])
             f.u.prefill.cached_name[i] = (uint8_t)(0xa0 + i);
         }
         strcpy(f.u.prefill.xrid, "req-prefix-2");
+    } else if (strcmp(name, "prefill_bias") == 0) {
+        /* the prefix part with nothing cached, then the bias part */
+        f.type = PD_FT_PREFILL;
+        f.u.prefill = (struct pd_prefill){
+            .request_id = REQ, .epoch = EPOCH, .n_tokens = 3, .n_blocks = 1, .block_size = 16,
+            .temperature = 0.0f, .top_p = 1.0f, .repetition_penalty = 1.0f, .n_logprobs = 2,
+            .seed = 9, .flags = PD_PREFILL_F_PREFIX | PD_PREFILL_F_BIAS, .n_bias = 3,
+            .bias = prefill_bias_entries, .tokens = bias_tokens,
+        };
+        strcpy(f.u.prefill.xrid, "req-bias-3");
     } else if (strcmp(name, "progress") == 0) {
         f.type = PD_FT_PROGRESS;
         f.u.progress = (struct pd_progress){.request_id = REQ, .epoch = EPOCH,
@@ -144,6 +159,12 @@ static void check_same(const struct pd_frame *a, const struct pd_frame *b)
         CHECK(memcmp(x->cached_name, y->cached_name, PD_PREFIX_NAME_LEN) == 0);
         for (uint32_t i = 0; i < x->n_tokens; i++)
             CHECK_EQ_INT(pd_prefill_token(x, i), pd_prefill_token(y, i));
+        CHECK_EQ_INT(x->n_bias, y->n_bias);
+        for (uint32_t i = 0; i < x->n_bias; i++) {
+            const struct pd_bias bx = pd_prefill_bias(x, i), by = pd_prefill_bias(y, i);
+            CHECK_EQ_INT(bx.token, by.token);
+            CHECK(bx.bias == by.bias);
+        }
         CHECK_STR(x->xrid, y->xrid);
         break;
     }
@@ -305,7 +326,7 @@ static void unknown_type_refused(void)
 {
     uint8_t buf[256];
     size_t n = golden("ack", buf, sizeof(buf));
-    const uint8_t bad[] = {0, 4, 15, 28, 255}; /* 27 is PROGRESS since minor 1 */
+    const uint8_t bad[] = {0, 4, 15, 29, 255}; /* 27 is PROGRESS (minor 1), 28 PROMPT_LP (2) */
     for (size_t i = 0; i < sizeof(bad); i++) {
         buf[6] = bad[i];
         REFUSED(buf, n, -EBADMSG);
@@ -576,7 +597,7 @@ static void heartbeat_lease_out_of_range_refused(void)
 static void request_id_zero_refused(void)
 {
     const char *names[] = {"prefill", "chunk", "ack", "done", "abort", "abort_ack", "cancel",
-                           "prefill_prefix", "progress"};
+                           "prefill_prefix", "progress", "prefill_bias"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         uint8_t buf[4096];
         size_t n = golden(names[i], buf, sizeof(buf));
@@ -1009,6 +1030,300 @@ static void progress_from_d_not_allowed(void)
     CHECK(!pd_frame_sender_ok(PD_FT_PROGRESS, PD_ROLE_D));
 }
 
+/* ---- minor 2: PREFILL's bias part ---- */
+
+/* Body offsets of the bias part after the prefix part (prefill_bias.bin),
+ * and of one without it (flags PD_PREFILL_F_BIAS alone). */
+#define BIAS_N 140
+#define BIAS_RESERVED 144
+#define BIAS_ENTRIES 148
+#define BIAS_TOKENS 172 /* 3 entries of 8 */
+#define BIAS_ONLY_N 68
+#define BIAS_ONLY_ENTRIES 76
+
+static void put_le32(uint8_t *b, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        b[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint32_t get_le32(const uint8_t *b)
+{
+    return b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+}
+
+static void put_lef32(uint8_t *b, float v)
+{
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    put_le32(b, u);
+}
+
+static void prefill_bias_golden_decodes_every_field(void)
+{
+    uint8_t buf[4096];
+    size_t n = golden("prefill_bias", buf, sizeof(buf));
+    struct pd_frame f;
+    struct pd_frame_hdr h;
+    CHECK_EQ_INT(n, PD_FRAME_HDR_LEN + BIAS_TOKENS + 4 * 3 + strlen("req-bias-3"));
+    CHECK_EQ_INT(pd_frame_hdr_decode(buf, n, &h, err, sizeof(err)), 0);
+    CHECK_EQ_INT(h.major, 1);
+    CHECK_EQ_INT(h.minor, 2);
+    CHECK_EQ_INT(PD_PROTO_MINOR, 2);
+    CHECK_EQ_INT(h.type, PD_FT_PREFILL);
+    CHECK(h.seq == 12);
+    if (pd_frame_decode(buf, n, &f, err, sizeof(err)) < 0)
+        PD_TEST_FAIL_("prefill_bias: %s", err);
+    const struct pd_prefill *p = &f.u.prefill;
+    CHECK_EQ_INT(f.type, PD_FT_PREFILL);
+    CHECK(p->request_id == REQ);
+    CHECK_EQ_INT(p->epoch, EPOCH);
+    CHECK_EQ_INT(p->n_tokens, 3);
+    CHECK_EQ_INT(p->n_blocks, 1);
+    CHECK_EQ_INT(p->block_size, 16);
+    CHECK(p->temperature == 0.0f && p->top_p == 1.0f && p->min_p == 0.0f);
+    CHECK_EQ_INT(p->top_k, 0);
+    CHECK(p->presence_penalty == 0.0f && p->frequency_penalty == 0.0f);
+    CHECK(p->repetition_penalty == 1.0f);
+    CHECK_EQ_INT(p->n_logprobs, 2);
+    CHECK(p->seed == 9);
+    CHECK_EQ_INT(p->flags, 0x0006);
+    CHECK_EQ_INT(p->flags, PD_PREFILL_F_PREFIX | PD_PREFILL_F_BIAS);
+    static const uint8_t zero[PD_PREFIX_NAME_LEN];
+    CHECK(memcmp(p->salt, zero, sizeof(zero)) == 0);
+    CHECK_EQ_INT(p->n_cached, 0);
+    CHECK(memcmp(p->cached_name, zero, sizeof(zero)) == 0);
+    /* the entries: a view of the input, read through pd_prefill_bias */
+    CHECK_EQ_INT(p->n_bias, 3);
+    CHECK(p->bias == NULL);
+    CHECK(p->bias_le == buf + PD_FRAME_HDR_LEN + BIAS_ENTRIES);
+    const struct pd_bias b0 = pd_prefill_bias(p, 0), b1 = pd_prefill_bias(p, 1),
+                         b2 = pd_prefill_bias(p, 2);
+    CHECK_EQ_INT(b0.token, 42);
+    CHECK(b0.bias == -100.0f);
+    CHECK_EQ_INT(b1.token, 7);
+    CHECK(b1.bias == 2.5f);
+    CHECK_EQ_INT(b2.token, 128000);
+    CHECK(b2.bias == 100.0f);
+    /* the tokens follow the bias part */
+    CHECK(p->tokens == NULL && p->tokens_le == buf + PD_FRAME_HDR_LEN + BIAS_TOKENS);
+    for (uint32_t i = 0; i < 3; i++)
+        CHECK_EQ_INT(pd_prefill_token(p, i), 5 + i);
+    CHECK_STR(p->xrid, "req-bias-3");
+}
+
+static void prefill_bias_golden_reencodes_byte_identical(void)
+{
+    uint8_t buf[4096], out[4096], tags[48];
+    size_t n = golden("prefill_bias", buf, sizeof(buf)), m = 0;
+    struct pd_frame want = expected("prefill_bias", tags), got;
+    CHECK_EQ_INT(pd_frame_encode(&want, 12, out, sizeof(out), &m, err, sizeof(err)), 0);
+    CHECK_EQ_INT(m, n);
+    CHECK(memcmp(out, buf, n) == 0);
+    CHECK_EQ_INT(pd_frame_body_len(&want), n - PD_FRAME_HDR_LEN);
+    /* and from the decoder's view of the entries */
+    CHECK_EQ_INT(pd_frame_decode(buf, n, &got, err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_frame_body_len(&got), n - PD_FRAME_HDR_LEN);
+    CHECK_EQ_INT(pd_frame_encode(&got, 12, out, sizeof(out), &m, err, sizeof(err)), 0);
+    CHECK(m == n && memcmp(out, buf, n) == 0);
+}
+
+/* PD_PREFILL_F_BIAS without the prefix part: the bias part right after the
+ * fixed fields, the tokens after it */
+static void prefill_bias_without_prefix_roundtrip(void)
+{
+    uint8_t tags[48], buf[4096];
+    static const struct pd_bias e[2] = {{128255, -0.5f}, {0, 99.75f}};
+    struct pd_frame f = prefill_base(tags), g;
+    f.u.prefill.flags = PD_PREFILL_F_NO_EOS | PD_PREFILL_F_BIAS;
+    f.u.prefill.n_bias = 2;
+    f.u.prefill.bias = e;
+    size_t n = 0;
+    CHECK_EQ_INT(pd_frame_encode(&f, 3, buf, sizeof(buf), &n, err, sizeof(err)), 0);
+    CHECK_EQ_INT(n, PD_FRAME_HDR_LEN + BIAS_ONLY_ENTRIES + 8 * 2 + 4 * 5 + strlen("req-7f3a9c"));
+    const uint8_t *b = buf + PD_FRAME_HDR_LEN;
+    CHECK_EQ_INT(get_le32(b + 66) & 0xffff, PD_PREFILL_F_NO_EOS | PD_PREFILL_F_BIAS);
+    CHECK_EQ_INT(get_le32(b + BIAS_ONLY_N), 2);
+    CHECK_EQ_INT(get_le32(b + BIAS_ONLY_N + 4), 0);
+    CHECK_EQ_INT(get_le32(b + BIAS_ONLY_ENTRIES), 128255);
+    CHECK_EQ_INT(get_le32(b + BIAS_ONLY_ENTRIES + 4), 0xbf000000); /* -0.5f */
+    CHECK_EQ_INT(get_le32(b + BIAS_ONLY_ENTRIES + 8), 0);
+    float v;
+    uint32_t u = get_le32(b + BIAS_ONLY_ENTRIES + 12);
+    memcpy(&v, &u, 4);
+    CHECK(v == 99.75f);
+    CHECK_EQ_INT(get_le32(b + BIAS_ONLY_ENTRIES + 16), prefill_tokens[0]);
+    CHECK_EQ_INT(pd_frame_decode(buf, n, &g, err, sizeof(err)), 0);
+    check_same(&g, &f);
+    CHECK(g.u.prefill.bias_le == b + BIAS_ONLY_ENTRIES);
+}
+
+/* 300 entries (the cap) travel; one more does not */
+static void prefill_bias_at_the_cap_roundtrips(void)
+{
+    uint8_t tags[48];
+    static uint8_t buf[PD_FRAME_HDR_LEN + 4096];
+    static struct pd_bias e[PD_PROTO_MAX_BIAS + 1];
+    for (uint32_t i = 0; i <= PD_PROTO_MAX_BIAS; i++)
+        e[i] = (struct pd_bias){.token = i * 427u % 128256u, .bias = (float)i / 3.0f - 50.0f};
+    struct pd_frame f = expected("prefill_bias", tags), g;
+    f.u.prefill.bias = e;
+    f.u.prefill.n_bias = PD_PROTO_MAX_BIAS;
+    size_t n = 0;
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), 0);
+    CHECK_EQ_INT(n, PD_FRAME_HDR_LEN + BIAS_ENTRIES + 8 * PD_PROTO_MAX_BIAS + 4 * 3 +
+                        strlen("req-bias-3"));
+    CHECK_EQ_INT(pd_frame_decode(buf, n, &g, err, sizeof(err)), 0);
+    check_same(&g, &f);
+    f.u.prefill.n_bias = PD_PROTO_MAX_BIAS + 1;
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -E2BIG);
+    CHECK_CONTAINS(err, "bias entries");
+}
+
+static void prefill_bias_value_out_of_range_refused_on_the_wire(void)
+{
+    const float bad[] = {100.5f, -100.5f, 1e30f, NAN, INFINITY, -INFINITY};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++)
+        for (uint32_t k = 0; k < 3; k++) { /* in each of the three entries */
+            uint8_t buf[4096];
+            size_t n = golden("prefill_bias", buf, sizeof(buf));
+            put_lef32(buf + PD_FRAME_HDR_LEN + BIAS_ENTRIES + 8 * k + 4, bad[i]);
+            REFUSED(buf, n, -EBADMSG);
+            CHECK_CONTAINS(err, "bias");
+            CHECK_CONTAINS(err, "outside [-100, 100]");
+        }
+    /* the smallest step past 100 is refused; 100 itself (the golden's) is not */
+    uint8_t buf[4096];
+    size_t n = golden("prefill_bias", buf, sizeof(buf));
+    put_lef32(buf + PD_FRAME_HDR_LEN + BIAS_ENTRIES + 16 + 4, nextafterf(100.0f, 200.0f));
+    REFUSED(buf, n, -EBADMSG);
+    put_lef32(buf + PD_FRAME_HDR_LEN + BIAS_ENTRIES + 16 + 4, -100.0f);
+    struct pd_frame f;
+    CHECK_EQ_INT(pd_frame_decode(buf, n, &f, err, sizeof(err)), 0);
+    CHECK(pd_prefill_bias(&f.u.prefill, 2).bias == -100.0f);
+}
+
+static void prefill_bias_count_zero_or_over_cap_refused_on_the_wire(void)
+{
+    uint8_t buf[4096];
+    size_t n = golden("prefill_bias", buf, sizeof(buf));
+    put_le32(buf + PD_FRAME_HDR_LEN + BIAS_N, 0); /* the flag with no entries */
+    REFUSED(buf, n, -EBADMSG);
+    CHECK_CONTAINS(err, "0 bias entries");
+    /* over the cap: refused as too large, and no entry is read past the body */
+    const uint32_t big[] = {PD_PROTO_MAX_BIAS + 1, 0x10000000u, UINT32_MAX};
+    for (size_t i = 0; i < sizeof(big) / sizeof(*big); i++) {
+        put_le32(buf + PD_FRAME_HDR_LEN + BIAS_N, big[i]);
+        REFUSED(buf, n, -E2BIG);
+        CHECK_CONTAINS(err, "bias entries");
+    }
+    /* a count the body does not hold, either way */
+    const uint32_t wrong[] = {2, 4, PD_PROTO_MAX_BIAS};
+    for (size_t i = 0; i < sizeof(wrong) / sizeof(*wrong); i++) {
+        put_le32(buf + PD_FRAME_HDR_LEN + BIAS_N, wrong[i]);
+        REFUSED(buf, n, -EBADMSG);
+        CHECK_CONTAINS(err, "counts make it");
+    }
+}
+
+static void prefill_bias_reserved_nonzero_refused(void)
+{
+    for (size_t k = 0; k < 4; k++) {
+        uint8_t buf[4096];
+        size_t n = golden("prefill_bias", buf, sizeof(buf));
+        buf[PD_FRAME_HDR_LEN + BIAS_RESERVED + k] = 0x80;
+        REFUSED(buf, n, -EBADMSG);
+        CHECK_CONTAINS(err, "reserved");
+    }
+}
+
+/* The header's length ends before or inside the bias part: refused on the
+ * length, no field read past it (exact copies, for ASan). */
+static void prefill_bias_truncated_refused(void)
+{
+    uint8_t buf[4096];
+    size_t n = golden("prefill_bias", buf, sizeof(buf));
+    struct pd_frame_hdr h;
+    CHECK_EQ_INT(pd_frame_hdr_decode(buf, n, &h, err, sizeof(err)), 0);
+    for (size_t body = PREFILL_FIXED_LEN + 4 + 1; body < n - PD_FRAME_HDR_LEN; body++) {
+        struct pd_frame f;
+        h.len = (uint32_t)body;
+        pd_frame_hdr_encode(&h, buf);
+        uint8_t *cut = malloc(PD_FRAME_HDR_LEN + body);
+        memcpy(cut, buf, PD_FRAME_HDR_LEN + body);
+        int rc = pd_frame_decode(cut, PD_FRAME_HDR_LEN + body, &f, err, sizeof(err));
+        free(cut);
+        if (rc != -EBADMSG ||
+            (!strstr(err, "counts make it") && !strstr(err, "end before the bias part")))
+            PD_TEST_FAIL_("body cut to %zu bytes: rc %d (%s)", body, rc, err);
+        if (body < BIAS_ENTRIES)
+            CHECK_CONTAINS(err, "end before the bias part");
+    }
+    /* the same without the prefix part: the bias part's head at 68 */
+    uint8_t tags[48], whole[4096];
+    static const struct pd_bias e[1] = {{3, 1.0f}};
+    struct pd_frame f = prefill_base(tags);
+    f.u.prefill.flags = PD_PREFILL_F_BIAS;
+    f.u.prefill.n_bias = 1;
+    f.u.prefill.bias = e;
+    size_t m = 0;
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, whole, sizeof(whole), &m, err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_frame_hdr_decode(whole, m, &h, err, sizeof(err)), 0);
+    for (size_t body = PREFILL_FIXED_LEN + 4 + 1; body < m - PD_FRAME_HDR_LEN; body++) {
+        struct pd_frame g;
+        h.len = (uint32_t)body;
+        pd_frame_hdr_encode(&h, whole);
+        uint8_t *cut = malloc(PD_FRAME_HDR_LEN + body);
+        memcpy(cut, whole, PD_FRAME_HDR_LEN + body);
+        int rc = pd_frame_decode(cut, PD_FRAME_HDR_LEN + body, &g, err, sizeof(err));
+        free(cut);
+        if (rc != -EBADMSG)
+            PD_TEST_FAIL_("without the prefix part, body cut to %zu bytes: rc %d (%s)", body, rc,
+                          err);
+        if (body < BIAS_ONLY_ENTRIES)
+            CHECK_CONTAINS(err, "end before the bias part");
+    }
+}
+
+static void prefill_bias_encoder_refusals(void)
+{
+    uint8_t tags[48];
+    /* a value out of range, or not a number */
+    const float bad[] = {100.5f, -101.0f, NAN, INFINITY, -INFINITY};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+        struct pd_bias e[3] = {{42, -100.0f}, {7, bad[i]}, {128000, 100.0f}};
+        struct pd_frame f = expected("prefill_bias", tags);
+        f.u.prefill.bias = e;
+        CHECK_EQ_INT(encode_rc(&f), -EINVAL);
+        CHECK_CONTAINS(err, "bias");
+    }
+    /* the flag with no entries */
+    struct pd_frame f = expected("prefill_bias", tags);
+    f.u.prefill.n_bias = 0;
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL);
+    CHECK_CONTAINS(err, "bias entries");
+    /* over the cap */
+    f = expected("prefill_bias", tags);
+    f.u.prefill.n_bias = PD_PROTO_MAX_BIAS + 1;
+    CHECK_EQ_INT(encode_rc(&f), -E2BIG);
+    /* entries without the flag */
+    f = expected("prefill_bias", tags);
+    f.u.prefill.flags = PD_PREFILL_F_PREFIX;
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL);
+    CHECK_CONTAINS(err, "without the bias part");
+    f = prefill_base(tags);
+    f.u.prefill.n_bias = 1;
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL);
+    /* the flag with a count and no entries to read */
+    f = expected("prefill_bias", tags);
+    f.u.prefill.bias = NULL;
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL);
+    CHECK_CONTAINS(err, "no bias entries given");
+    /* and what the decoder accepts, the encoder does */
+    f = expected("prefill_bias", tags);
+    CHECK_EQ_INT(encode_rc(&f), 0);
+}
+
 static const struct pd_test tests[] = {
     PD_TEST(golden_frames_decode_to_documented_values),
     PD_TEST(golden_frames_reencode_byte_identical),
@@ -1060,6 +1375,15 @@ static const struct pd_test tests[] = {
     PD_TEST(progress_done_over_total_refused),
     PD_TEST(progress_reserved_nonzero_refused),
     PD_TEST(progress_from_d_not_allowed),
+    PD_TEST(prefill_bias_golden_decodes_every_field),
+    PD_TEST(prefill_bias_golden_reencodes_byte_identical),
+    PD_TEST(prefill_bias_without_prefix_roundtrip),
+    PD_TEST(prefill_bias_at_the_cap_roundtrips),
+    PD_TEST(prefill_bias_value_out_of_range_refused_on_the_wire),
+    PD_TEST(prefill_bias_count_zero_or_over_cap_refused_on_the_wire),
+    PD_TEST(prefill_bias_reserved_nonzero_refused),
+    PD_TEST(prefill_bias_truncated_refused),
+    PD_TEST(prefill_bias_encoder_refusals),
     {0},
 };
 

@@ -266,6 +266,227 @@ static void sampling_validate_names_field_and_range(void)
     CHECK_EQ_INT(pd_sampling_validate(&sp, 100, err, sizeof(err)), 0);
 }
 
+/* ---- logit_bias (OpenAI's): added to the raw logits, in order, before the
+ * penalties and the temperature; the reported log-probabilities stay raw ---- */
+
+static void sampling_validate_refuses_bad_logit_bias(void)
+{
+    char err[256];
+    static struct pd_logit_bias many[PD_MAX_LOGIT_BIAS + 1];
+    for (int i = 0; i <= PD_MAX_LOGIT_BIAS; i++)
+        many[i] = (struct pd_logit_bias){.token = i % 100, .bias = 1.0f};
+    struct pd_sampling sp = PD_SAMPLING_DEFAULT;
+    /* the cap: 300 entries pass, 301 do not */
+    sp.bias = many;
+    sp.n_bias = PD_MAX_LOGIT_BIAS;
+    CHECK_EQ_INT(pd_sampling_validate(&sp, 100, err, sizeof(err)), 0);
+    sp.n_bias = PD_MAX_LOGIT_BIAS + 1;
+    CHECK_EQ_INT(pd_sampling_validate(&sp, 100, err, sizeof(err)), -EINVAL);
+    CHECK(strncmp(err, "logit_bias", 10) == 0);
+    CHECK_CONTAINS(err, "301");
+    /* entries promised, none given */
+    sp.n_bias = 1;
+    sp.bias = NULL;
+    CHECK_EQ_INT(pd_sampling_validate(&sp, 100, err, sizeof(err)), -EINVAL);
+    CHECK(strncmp(err, "logit_bias", 10) == 0);
+    sp.n_bias = 0; /* none is fine without a pointer */
+    CHECK_EQ_INT(pd_sampling_validate(&sp, 100, err, sizeof(err)), 0);
+    /* a token outside [0, n_vocab) */
+    const int32_t bad_tok[] = {-1, 100, INT32_MAX, INT32_MIN};
+    for (size_t i = 0; i < sizeof(bad_tok) / sizeof(*bad_tok); i++) {
+        struct pd_logit_bias b[2] = {{3, 1.0f}, {bad_tok[i], 1.0f}};
+        sp.bias = b;
+        sp.n_bias = 2;
+        CHECK_EQ_INT(pd_sampling_validate(&sp, 100, err, sizeof(err)), -EINVAL);
+        CHECK(strncmp(err, "logit_bias", 10) == 0);
+        CHECK_CONTAINS(err, "token");
+    }
+    /* a bias outside [-100, 100], or not a number */
+    const float bad_bias[] = {100.001f, -100.001f, 1e30f, NAN, -NAN, INFINITY, -INFINITY};
+    for (size_t i = 0; i < sizeof(bad_bias) / sizeof(*bad_bias); i++) {
+        struct pd_logit_bias b[2] = {{0, -100.0f}, {99, bad_bias[i]}};
+        sp.bias = b;
+        sp.n_bias = 2;
+        CHECK_EQ_INT(pd_sampling_validate(&sp, 100, err, sizeof(err)), -EINVAL);
+        CHECK(strncmp(err, "logit_bias", 10) == 0);
+        CHECK_CONTAINS(err, "[-100, 100]");
+    }
+    /* the edges are in range; pd_sample refuses what validate refuses */
+    struct pd_logit_bias edge[3] = {{0, -100.0f}, {99, 100.0f}, {50, -0.0f}};
+    sp.bias = edge;
+    sp.n_bias = 3;
+    CHECK_EQ_INT(pd_sampling_validate(&sp, 100, err, sizeof(err)), 0);
+    struct pd_sampler *s = pd_sampler_new(4);
+    float l[4] = {0, 1, 2, 3};
+    struct pd_sample_result r;
+    struct pd_logit_bias off[1] = {{4, 1.0f}}; /* token 4 of a vocabulary of 4 */
+    sp.bias = off;
+    sp.n_bias = 1;
+    CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &r), -EINVAL);
+    pd_sampler_free(s);
+}
+
+static void greedy_bias_minus_100_on_argmax_lets_second_win(void)
+{
+    float l[5] = {1.0f, 5.0f, 3.0f, 2.0f, -1.0f};
+    struct pd_sampler *s = pd_sampler_new(5);
+    struct pd_sampling sp = PD_SAMPLING_DEFAULT;
+    struct pd_sample_result r;
+    CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &r), 0);
+    CHECK_EQ_INT(r.token, 1);
+    struct pd_logit_bias b[1] = {{1, -100.0f}};
+    sp.bias = b;
+    sp.n_bias = 1;
+    CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &r), 0);
+    CHECK_EQ_INT(r.token, 2);
+    pd_sampler_free(s);
+}
+
+static void greedy_bias_plus_100_makes_a_low_token_win(void)
+{
+    float l[5] = {1.0f, 5.0f, 3.0f, 2.0f, -50.0f};
+    struct pd_sampler *s = pd_sampler_new(5);
+    struct pd_sampling sp = PD_SAMPLING_DEFAULT;
+    struct pd_sample_result r;
+    struct pd_logit_bias b[1] = {{4, 100.0f}}; /* -50 + 100 = 50 > 5 */
+    sp.bias = b;
+    sp.n_bias = 1;
+    CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &r), 0);
+    CHECK_EQ_INT(r.token, 4);
+    /* and a sampled draw: the others keep about e^-45 of the mass */
+    sp.temperature = 1.0f;
+    for (uint64_t seed = 0; seed < 200; seed++) {
+        sp.seed = seed;
+        CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &r), 0);
+        CHECK_EQ_INT(r.token, 4);
+    }
+    pd_sampler_free(s);
+}
+
+static void bias_leaves_reported_logprobs_raw(void)
+{
+    float l[7];
+    struct pd_sampler *s = pd_sampler_new(7);
+    struct pd_sampling sp = PD_SAMPLING_DEFAULT;
+    struct pd_sample_result raw, biased;
+    logits_of(l);
+    sp.n_logprobs = 5;
+    CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &raw), 0);
+    CHECK_EQ_INT(raw.token, 0);
+    /* token 0 pushed down, token 6 (0.02) up: greedy takes 6 */
+    struct pd_logit_bias b[2] = {{0, -100.0f}, {6, 50.0f}};
+    sp.bias = b;
+    sp.n_bias = 2;
+    CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &biased), 0);
+    CHECK_EQ_INT(biased.token, 6);
+    CHECK(fabs(biased.logprob - log(P[6])) < 1e-6); /* the model's 0.02, not ~1 */
+    /* the alternatives are the call without bias's, to the bit */
+    CHECK_EQ_INT(biased.n_top, raw.n_top);
+    for (uint32_t k = 0; k < raw.n_top; k++) {
+        CHECK_EQ_INT(biased.top[k].token, raw.top[k].token);
+        CHECK(biased.top[k].logprob == raw.top[k].logprob);
+    }
+    CHECK(raw.logprob == raw.top[0].logprob);
+    /* sampled too: whichever token is drawn, its raw log-probability */
+    sp.temperature = 0.7f;
+    sp.top_k = 3;
+    for (uint64_t seed = 0; seed < 50; seed++) {
+        sp.seed = seed;
+        CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &biased), 0);
+        CHECK(fabs(biased.logprob - log(P[biased.token])) < 1e-6);
+        for (uint32_t k = 0; k < raw.n_top; k++)
+            CHECK(biased.top[k].token == raw.top[k].token &&
+                  biased.top[k].logprob == raw.top[k].logprob);
+    }
+    pd_sampler_free(s);
+}
+
+/* Token 0 (logit 1, in the prompt), repetition penalty 2, bias -3 on it:
+ * bias first gives (1 - 3) * 2 = -4, penalty first 1 / 2 - 3 = -2.5.
+ * Token 1 sits at -3, between the two: greedy says which order ran. */
+static void bias_applies_before_repetition_penalty(void)
+{
+    float l[2] = {1.0f, -3.0f};
+    static const int32_t prompt[1] = {0};
+    struct pd_sampler *s = pd_sampler_new(2);
+    struct pd_sampling sp = PD_SAMPLING_DEFAULT;
+    struct pd_sample_result r;
+    struct pd_logit_bias b[1] = {{0, -3.0f}};
+    sp.repetition_penalty = 2.0f;
+    CHECK_EQ_INT(pd_sample(s, &sp, l, prompt, 1, NULL, 0, &r), 0);
+    CHECK_EQ_INT(r.token, 0); /* 0.5 > -3 */
+    sp.bias = b;
+    sp.n_bias = 1;
+    CHECK_EQ_INT(pd_sample(s, &sp, l, prompt, 1, NULL, 0, &r), 0);
+    CHECK_EQ_INT(r.token, 1); /* -4 < -3; penalty first would keep 0 at -2.5 */
+    /* the same from the output side */
+    CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, prompt, 1, &r), 0);
+    CHECK_EQ_INT(r.token, 1);
+    /* and a positive turn: token 1 (-3, seen) with +4 is 1 / 2 = 0.5 bias
+     * first, against -3 * 2 + 4 = -2 penalty first; token 0 (0.25, unseen)
+     * lies between */
+    float l2[2] = {0.25f, -3.0f};
+    static const int32_t seen1[1] = {1};
+    struct pd_logit_bias up[1] = {{1, 4.0f}};
+    sp.bias = up;
+    CHECK_EQ_INT(pd_sample(s, &sp, l2, seen1, 1, NULL, 0, &r), 0);
+    CHECK_EQ_INT(r.token, 1);
+    pd_sampler_free(s);
+}
+
+/* At temperature 2 the bias divides with the logit: p ~ (P * e^b)^(1/2),
+ * not P^(1/2) * e^b */
+static void sample_bias_applies_before_temperature(void)
+{
+    static const struct pd_logit_bias b[2] = {{0, -1.0f}, {4, 1.5f}};
+    struct pd_sampling sp = PD_SAMPLING_DEFAULT;
+    double want[7], z = 0;
+    sp.temperature = 2.0f;
+    sp.bias = b;
+    sp.n_bias = 2;
+    for (int i = 0; i < 7; i++)
+        z += want[i] = sqrt(P[i] * (i == 0 ? exp(-1.0) : i == 4 ? exp(1.5) : 1.0));
+    for (int i = 0; i < 7; i++)
+        want[i] /= z;
+    check_distribution(sp, NULL, 0, want, CRIT[6], "bias then temperature 2");
+}
+
+static void duplicate_bias_entries_add_up(void)
+{
+    float l[3] = {0.0f, 1.0f, 2.0f};
+    struct pd_sampler *s = pd_sampler_new(3);
+    struct pd_sampling sp = PD_SAMPLING_DEFAULT;
+    struct pd_sample_result r;
+    /* +1.5 alone leaves token 0 at 1.5 < 2; twice over it is 3 > 2 */
+    struct pd_logit_bias once[1] = {{0, 1.5f}};
+    struct pd_logit_bias twice[3] = {{0, 1.5f}, {1, -0.5f}, {0, 1.5f}};
+    sp.bias = once;
+    sp.n_bias = 1;
+    CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &r), 0);
+    CHECK_EQ_INT(r.token, 2);
+    sp.bias = twice;
+    sp.n_bias = 3;
+    CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &r), 0);
+    CHECK_EQ_INT(r.token, 0);
+    /* +100 then -100 on the same token cancel: the raw argmax stays */
+    struct pd_logit_bias cancel[2] = {{2, 100.0f}, {2, -100.0f}};
+    sp.bias = cancel;
+    sp.n_bias = 2;
+    CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &r), 0);
+    CHECK_EQ_INT(r.token, 2);
+    /* two -100s take token 2 below a -150 token: one alone would not */
+    float l3[3] = {-150.0f, -160.0f, 2.0f};
+    struct pd_logit_bias down[2] = {{2, -100.0f}, {2, -100.0f}};
+    sp.bias = down;
+    sp.n_bias = 1;
+    CHECK_EQ_INT(pd_sample(s, &sp, l3, NULL, 0, NULL, 0, &r), 0);
+    CHECK_EQ_INT(r.token, 2); /* -98 */
+    sp.n_bias = 2;
+    CHECK_EQ_INT(pd_sample(s, &sp, l3, NULL, 0, NULL, 0, &r), 0);
+    CHECK_EQ_INT(r.token, 0); /* -198 < -150 */
+    pd_sampler_free(s);
+}
+
 static const struct pd_test tests[] = {
     PD_TEST(philox_matches_random123_vectors),
     PD_TEST(rng_uniform_in_unit_interval_and_keyed),
@@ -280,6 +501,13 @@ static const struct pd_test tests[] = {
     PD_TEST(same_seed_and_position_same_token),
     PD_TEST(logprobs_are_raw_log_softmax),
     PD_TEST(sampling_validate_names_field_and_range),
+    PD_TEST(sampling_validate_refuses_bad_logit_bias),
+    PD_TEST(greedy_bias_minus_100_on_argmax_lets_second_win),
+    PD_TEST(greedy_bias_plus_100_makes_a_low_token_win),
+    PD_TEST(bias_leaves_reported_logprobs_raw),
+    PD_TEST(bias_applies_before_repetition_penalty),
+    PD_TEST(sample_bias_applies_before_temperature),
+    PD_TEST(duplicate_bias_entries_add_up),
     {0},
 };
 
