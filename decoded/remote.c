@@ -290,6 +290,34 @@ static void take_done(struct dec_remote *r, struct rreq *q, const struct pd_done
     }
 }
 
+/* Rows of the prompt's log-probabilities into the job's (kvx checked the
+ * positions, each once, and their number of alternatives; the tokens are
+ * ours to check). The compute thread leaves them alone while the job is
+ * REMOTE. */
+static void take_prompt_lp(struct dec_remote *r, struct rreq *q, const struct pd_prompt_lp *lp)
+{
+    struct dec_job *j = q->job;
+    if (!j->plp || (uint64_t)lp->first + lp->n_rows > j->n_prompt || q->reason)
+        return; /* kvx refuses those; a bad token seen before fails the request already */
+    for (uint32_t i = 0; i < lp->n_rows; i++) {
+        struct pd_lp_row row;
+        struct pd_sample_result *d = &j->plp[lp->first + i];
+        pd_prompt_lp_row(lp, i, &row);
+        d->token = j->prompt[lp->first + i];
+        d->logprob = row.logprob;
+        d->n_top = lp->n_top;
+        for (uint32_t k = 0; k < lp->n_top; k++) {
+            if (row.top[k].token >= r->n_vocab) {
+                q->reason = PD_R_PROTOCOL;
+                snprintf(q->detail, sizeof(q->detail), "PROMPT_LP names token %u",
+                         row.top[k].token);
+                return; /* the transfer runs out; its release reports the failure */
+            }
+            d->top[k] = (struct pd_token_logprob){(int32_t)row.top[k].token, row.top[k].logprob};
+        }
+    }
+}
+
 static void kvx_event(void *arg, const struct pd_kvx_event *ev)
 {
     struct dec_remote *r = arg;
@@ -312,6 +340,10 @@ static void kvx_event(void *arg, const struct pd_kvx_event *ev)
             pd_metric_add(r->m_blocks, n);
             pd_metric_add(r->m_bytes, (double)n * (double)r->block_bytes);
         }
+        break;
+    case PD_KVX_EV_PROMPT_LP:
+        if (q)
+            take_prompt_lp(r, q, ev->prompt_lp);
         break;
     case PD_KVX_EV_DONE:
         if (q)
@@ -399,7 +431,8 @@ void dec_remote_start(struct dec_remote *r, const struct dec_event *ev)
         .frequency_penalty = j->sampling.frequency_penalty,
         .repetition_penalty = j->sampling.repetition_penalty,
         .n_logprobs = j->sampling.n_logprobs, .seed = j->sampling.seed, .tokens = toks,
-        .flags = PD_PREFILL_F_PREFIX | (j->sampling.n_bias ? PD_PREFILL_F_BIAS : 0),
+        .flags = PD_PREFILL_F_PREFIX | (j->sampling.n_bias ? PD_PREFILL_F_BIAS : 0) |
+                 (j->plp ? PD_PREFILL_F_PROMPT_LP : 0),
         .n_cached = ev->n_cached, .n_bias = j->sampling.n_bias,
         .bias = j->sampling.n_bias ? bias : NULL};
     memcpy(p.salt, j->salt, sizeof(p.salt));
@@ -418,8 +451,9 @@ void dec_remote_start(struct dec_remote *r, const struct dec_event *ev)
         q->peer = peer;
         rc = pd_kvx_request(peer->kp, &p, ev->blocks, r->twins ? ev->twins : NULL, ev->n_blocks, q,
                             &q->req, err, sizeof(err));
-        /* a 1.0 peer: the prompt in full (a bias it cannot apply: refused, the next peer) */
-        if (rc == -EPROTONOSUPPORT && !p.n_cached && !p.n_bias) {
+        /* a 1.0 peer: the prompt in full (a bias or prompt log-probabilities it
+         * cannot give: refused, the next peer) */
+        if (rc == -EPROTONOSUPPORT && !p.n_cached && !(p.flags & ~PD_PREFILL_F_PREFIX)) {
             p.flags &= (uint16_t)~PD_PREFILL_F_PREFIX;
             memset(p.salt, 0, sizeof(p.salt));
             rc = pd_kvx_request(peer->kp, &p, ev->blocks, r->twins ? ev->twins : NULL,

@@ -465,10 +465,8 @@ static struct dec_job *choice_job(struct dec_server *s, struct evhttp_request *r
         }
     snprintf(job->id, sizeof(job->id), "%s", id);
     /* a reload may have emptied the peer list: prefill locally, as decoded
-     * started without one does; a follower takes its leader's prompt KV; a
-     * prompt to score (echo with logprobs) is prefilled here, where its
-     * logits are */
-    job->remote = !leader && !job->plp && s->remote && job->n_prompt > s->local_prefill_max &&
+     * started without one does; a follower takes its leader's prompt KV */
+    job->remote = !leader && s->remote && job->n_prompt > s->local_prefill_max &&
                   dec_remote_n_peers(s->remote) > 0;
     return job;
 }

@@ -146,6 +146,31 @@ static void wake(void *arg)
     event_active(d->wake_ev, EV_READ, 0);
 }
 
+/* The prompt's log-probabilities (PD_PREFILL_F_PROMPT_LP), positions
+ * [1, n_tokens) in frames of at most PD_PROTO_MAX_LP_ROWS rows, before DONE. */
+static int send_prompt_lp(struct pd_kvx_sreq *r, const struct pf_job *j, char *err, size_t errlen)
+{
+    const uint32_t n_top = j->sampling.n_logprobs;
+    struct pd_lp_row *rows = malloc(PD_PROTO_MAX_LP_ROWS * sizeof(*rows));
+    int rc = rows ? 0 : -ENOMEM;
+    if (!rows)
+        snprintf(err, errlen, "out of memory");
+    for (uint32_t first = 1; rc == 0 && first < j->n_tokens; first += PD_PROTO_MAX_LP_ROWS) {
+        uint32_t n = j->n_tokens - first;
+        n = n < PD_PROTO_MAX_LP_ROWS ? n : PD_PROTO_MAX_LP_ROWS;
+        for (uint32_t i = 0; i < n; i++) {
+            const struct pd_sample_result *s = &j->plp[first + i];
+            rows[i].logprob = s->logprob;
+            for (uint32_t k = 0; k < n_top; k++) /* scored with n_logprobs: all there */
+                rows[i].top[k] = (struct pd_logprob){(uint32_t)s->top[k].token, s->top[k].logprob};
+        }
+        struct pd_prompt_lp lp = {.first = first, .n_rows = n, .n_top = n_top, .rows = rows};
+        rc = pd_kvx_send_prompt_lp(r, &lp, err, errlen);
+    }
+    free(rows);
+    return rc;
+}
+
 static void sched_events(evutil_socket_t fd, short what, void *arg)
 {
     struct daemon *d = arg;
@@ -170,6 +195,13 @@ static void sched_events(evutil_socket_t fd, short what, void *arg)
             }
         } else if (e->type == PF_EV_DONE && r) {
             j->loop_done = true;
+            if (j->plp && send_prompt_lp(r, j, err, sizeof(err)) < 0) {
+                pd_log(PD_LOG_INFO, "request %s: cannot send PROMPT_LP: %s", j->xrid, err);
+                pd_kvx_abort(r, PD_R_TRANSFER, "PROMPT_LP could not be sent");
+                pf_event_free(e);
+                e = next;
+                continue;
+            }
             struct pd_done dn = {.request_id = j->request_id, .epoch = j->epoch,
                                  .n_prompt = j->n_tokens, .token = (uint32_t)e->token.token,
                                  .logprob = e->token.logprob, .n_top = e->token.n_top};
@@ -267,6 +299,12 @@ static int take_prefill(struct daemon *d, const struct pd_kvx_event *ev)
     }
     j->sampling.bias = j->bias;
     j->sampling.n_bias = p->n_bias;
+    if ((p->flags & PD_PREFILL_F_PROMPT_LP) &&
+        !(j->plp = calloc((size_t)p->n_tokens + 1, sizeof(*j->plp)))) {
+        pf_job_unref(j);
+        pd_kvx_abort(ev->sreq, PD_R_OVERLOADED, "out of memory");
+        return -ENOMEM;
+    }
     j->t_arrival_ns = pd_now_ns();
     uint32_t n_vocab = pd_engine_n_vocab(d->engine);
     int rc = pd_sampling_validate(&j->sampling, n_vocab, err, sizeof(err));

@@ -76,6 +76,7 @@ void pf_job_unref(struct pf_job *j)
     free(j->final); /* never posted */
     free(j->tokens);
     free(j->bias);
+    free(j->plp);
     pd_prefix_seq_done(&j->names);
     free(j);
 }
@@ -302,7 +303,9 @@ static void admit(struct pf_sched *s)
          * unrefs), and jobs behind it wait too (FIFO per fairness order: a
          * small job does not starve a large one) */
         uint32_t full = (j->n_tokens - 1) / s->block_size; /* the last token is computed */
-        int hit = s->prefix ? pd_kvseq_map_prefix(s->kc, &j->seq, j->names.h, full) : 0;
+        /* a prompt to score computes every position */
+        int hit = s->prefix && !j->plp ? pd_kvseq_map_prefix(s->kc, &j->seq, j->names.h, full)
+                                       : 0;
         if (pd_kvseq_reserve(s->kc, &j->seq, j->n_tokens) < 0) {
             pd_kvseq_release(s->kc, &j->seq); /* the mapped prefix back to the idle list */
             return;
@@ -474,6 +477,16 @@ static void step(struct pf_sched *s)
             s->items[n].n_history = s->items[n].n_prompt = j->n_tokens;
             s->items[n].result = &s->results[n];
         }
+        if (j->plp) { /* every position scores the token after it; the last draws */
+            const bool last = s->items[n].n_logits;
+            s->items[n].n_forced = chunk - last;
+            s->items[n].n_logits = chunk;
+            s->items[n].forced = j->tokens + done + 1;
+            s->items[n].sampling = &j->sampling;
+            s->items[n].history = j->tokens;
+            s->items[n].n_history = s->items[n].n_prompt = j->n_tokens;
+            s->items[n].result = j->plp + done + 1;
+        }
         s->item_job[n++] = j;
         budget -= chunk;
         tokens += chunk;
@@ -499,7 +512,7 @@ static void step(struct pf_sched *s)
             fail_job(s, j, PD_R_COMPUTE, err);
             continue;
         }
-        bool last = it->n_logits == 1;
+        bool last = it->n_logits > it->n_forced;
         if (s->prefix) /* its full blocks are final: named for the next prompt like it */
             j->n_pub = pd_kvseq_publish(s->kc, &j->seq, j->names.h, j->n_pub, j->names.n);
         atomic_store(&j->tokens_done, j->seq.n_tokens);
@@ -515,7 +528,7 @@ static void step(struct pf_sched *s)
         drop_active(s, k);
         pd_metric_add(s->p.metrics.prompt_tokens, j->n_tokens);
         pd_metric_observe(s->p.metrics.prefill_time, secs(j->t_arrival_ns, pd_now_ns()));
-        e->token = *it->result;
+        e->token = it->result[it->n_logits - 1];
         end_job(s, j, e);
     }
     update_gauges(s);

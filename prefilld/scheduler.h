@@ -71,6 +71,12 @@ struct pf_job {
     uint32_t n_tokens;
     struct pd_sampling sampling; /* .bias = bias */
     struct pd_logit_bias *bias; /* (sampling.n_bias) owned: PREFILL's bias part */
+    /* PD_PREFILL_F_PROMPT_LP: the prompt's log-probabilities, scored as the
+     * prefill computes each position: plp[i], i in [1, n_tokens), prompt
+     * token i's given those before; plp[n_tokens] the drawn first token.
+     * (n_tokens + 1) owned, or NULL; the loop reads it after DONE's event.
+     * Such a job maps nothing from the prefix cache. */
+    struct pd_sample_result *plp;
     /* prefix caching: PREFILL's prefix part (zeros without it) */
     uint8_t salt[PD_PREFIX_HASH_LEN]; /* the request's cache_salt digest */
     uint32_t n_cached; /* blocks [0, n_cached) decoded holds: not sent, runs count from it */

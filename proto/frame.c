@@ -19,6 +19,8 @@
 #define UCX_ADDR_FIXED 16
 #define READY_LEN 8
 #define PROGRESS_LEN 24
+#define PROMPT_LP_FIXED 24
+#define LP_ROW(n_top) (4 + 8 * (size_t)(n_top)) /* a PROMPT_LP row's bytes */
 
 enum { FROM_D = 1u << PD_ROLE_D, FROM_P = 1u << PD_ROLE_P, FROM_BOTH = FROM_D | FROM_P };
 
@@ -74,6 +76,11 @@ static const struct field ready_fields[] = {FIELD(pd_ready, token, 0), {0}};
 static const struct field progress_fields[] = {
     FIELD(pd_progress, request_id, 0), FIELD(pd_progress, epoch, 8), FIELD(pd_progress, state, 12),
     FIELD(pd_progress, tokens_done, 16), FIELD(pd_progress, n_tokens, 20), {0}};
+/* PROMPT_LP; the rows follow */
+static const struct field prompt_lp_fields[] = {
+    FIELD(pd_prompt_lp, request_id, 0), FIELD(pd_prompt_lp, epoch, 8),
+    FIELD(pd_prompt_lp, first, 12), FIELD(pd_prompt_lp, n_rows, 16),
+    FIELD(pd_prompt_lp, n_top, 20), {0}};
 /* clang-format on */
 
 /* One row per type: what the header check needs before the body is touched,
@@ -110,6 +117,9 @@ static const struct type_info types[] = {
                         UCX_ADDR_FIXED + PD_PROTO_MAX_UCX_ADDR, ucx_addr_fields},
     [PD_FT_READY] = {"READY", 1, FROM_P, READY_LEN, READY_LEN, ready_fields},
     [PD_FT_PROGRESS] = {"PROGRESS", 1, FROM_P, PROGRESS_LEN, PROGRESS_LEN, progress_fields},
+    [PD_FT_PROMPT_LP] = {"PROMPT_LP", 1, FROM_P, PROMPT_LP_FIXED + 4,
+                         PROMPT_LP_FIXED + PD_PROTO_MAX_LP_ROWS * (4 + 8 * PD_PROTO_MAX_LOGPROBS),
+                         prompt_lp_fields},
 };
 #define N_TYPES (sizeof(types) / sizeof(types[0]))
 
@@ -349,8 +359,13 @@ static int check_prefill(const struct pd_prefill *p, char *err, size_t errlen)
         return pd_errf(err, errlen, -E2BIG,
                        "frame: PREFILL: %" PRIu32 " logprobs exceeds the cap of %u", p->n_logprobs,
                        PD_PROTO_MAX_LOGPROBS);
-    if (p->flags & ~(PD_PREFILL_F_NO_EOS | PD_PREFILL_F_PREFIX | PD_PREFILL_F_BIAS))
+    if (p->flags & ~(PD_PREFILL_F_NO_EOS | PD_PREFILL_F_PREFIX | PD_PREFILL_F_BIAS |
+                     PD_PREFILL_F_PROMPT_LP))
         return pd_errf(err, errlen, -EBADMSG, "frame: PREFILL: unknown flags 0x%04x", p->flags);
+    if ((p->flags & PD_PREFILL_F_PROMPT_LP) && p->n_cached)
+        return pd_errf(err, errlen, -EBADMSG, "frame: PREFILL: the prompt's log-probabilities "
+                       "with %" PRIu32 " cached blocks (every position must be computed)",
+                       p->n_cached);
     if (p->flags & PD_PREFILL_F_BIAS) {
         if ((rc = check_num("PREFILL", p->n_bias, "bias entries", PD_PROTO_MAX_BIAS, err,
                             errlen)) < 0)
@@ -386,6 +401,33 @@ static int check_prefill(const struct pd_prefill *p, char *err, size_t errlen)
                        "frame: PREFILL: %" PRIu32 " blocks cannot hold %" PRIu32
                        " tokens of %" PRIu32 " per block past %" PRIu32 " cached blocks",
                        p->n_blocks, p->n_tokens, p->block_size, p->n_cached);
+    return 0;
+}
+
+/* the counts, and the rows when there are any to read */
+static int check_prompt_lp(const struct pd_prompt_lp *p, char *err, size_t errlen)
+{
+    int rc;
+    if ((rc = check_reqref(p->request_id, "PROMPT_LP", err, errlen)) < 0 ||
+        (rc = check_num("PROMPT_LP", p->n_rows, "rows", PD_PROTO_MAX_LP_ROWS, err, errlen)) < 0)
+        return rc;
+    if (p->n_top > PD_PROTO_MAX_LOGPROBS)
+        return pd_errf(err, errlen, -E2BIG, "frame: PROMPT_LP: %" PRIu32 " alternatives exceeds "
+                       "the cap of %u", p->n_top, PD_PROTO_MAX_LOGPROBS);
+    if (p->first < 1 || (uint64_t)p->first + p->n_rows > PD_PROTO_MAX_TOKENS)
+        return pd_errf(err, errlen, -EBADMSG, "frame: PROMPT_LP: rows %" PRIu32 "..%" PRIu64
+                       " are outside 1..%u", p->first, (uint64_t)p->first + p->n_rows - 1,
+                       PD_PROTO_MAX_TOKENS - 1);
+    for (uint32_t i = 0; (p->rows || p->rows_le) && i < p->n_rows; i++) {
+        struct pd_lp_row row;
+        pd_prompt_lp_row(p, i, &row);
+        int ok = logprob_ok(row.logprob);
+        for (uint32_t k = 0; k < p->n_top; k++)
+            ok = ok && logprob_ok(row.top[k].logprob);
+        if (!ok)
+            return pd_errf(err, errlen, -EBADMSG, "frame: PROMPT_LP: row %" PRIu32 " holds a "
+                           "value that is not a log-probability", p->first + i);
+    }
     return 0;
 }
 
@@ -537,6 +579,19 @@ static int dec_prefill(const uint8_t *b, size_t n, struct pd_prefill *p, char *e
                     PD_PROTO_MAX_XRID, "PREFILL X-Request-Id", err, errlen);
 }
 
+static int dec_prompt_lp(const uint8_t *b, size_t n, struct pd_prompt_lp *p, char *err,
+                         size_t errlen)
+{
+    int rc;
+    /* the counts first (rows_le unset: none read), then the length, then the rows */
+    if ((rc = check_prompt_lp(p, err, errlen)) < 0 ||
+        (rc = expect_len("PROMPT_LP", n, PROMPT_LP_FIXED + (uint64_t)p->n_rows * LP_ROW(p->n_top),
+                         err, errlen)) < 0)
+        return rc;
+    p->rows_le = b + PROMPT_LP_FIXED;
+    return check_prompt_lp(p, err, errlen);
+}
+
 static int dec_chunk(const uint8_t *b, size_t n, struct pd_chunk *c, char *err, size_t errlen)
 {
     int rc = check_chunk(c, err, errlen);
@@ -666,6 +721,9 @@ int pd_frame_body_decode(const struct pd_frame_hdr *h, const uint8_t *body, size
         if (rc == 0 && !all_zero(body + 14, 2))
             rc = pd_errf(err, errlen, -EBADMSG, "frame: PROGRESS: reserved bytes are not zero");
         break;
+    case PD_FT_PROMPT_LP:
+        rc = dec_prompt_lp(body, body_len, &f.u.prompt_lp, err, errlen);
+        break;
     default:
         rc = pd_errf(err, errlen, -EBADMSG, "frame: type %u is not handled", h->type);
         break;
@@ -710,6 +768,8 @@ size_t pd_frame_body_len(const struct pd_frame *f)
     case PD_FT_UCX_ADDR: return UCX_ADDR_FIXED + (size_t)f->u.ucx_addr.len;
     case PD_FT_READY: return READY_LEN;
     case PD_FT_PROGRESS: return PROGRESS_LEN;
+    case PD_FT_PROMPT_LP:
+        return PROMPT_LP_FIXED + (size_t)f->u.prompt_lp.n_rows * LP_ROW(f->u.prompt_lp.n_top);
     default: return 0;
     }
 }
@@ -717,6 +777,20 @@ size_t pd_frame_body_len(const struct pd_frame *f)
 uint32_t pd_prefill_token(const struct pd_prefill *p, uint32_t i)
 {
     return p->tokens ? p->tokens[i] : get_u32(p->tokens_le + 4 * (size_t)i);
+}
+
+void pd_prompt_lp_row(const struct pd_prompt_lp *p, uint32_t i, struct pd_lp_row *out)
+{
+    const uint32_t n_top = p->n_top <= PD_PROTO_MAX_LOGPROBS ? p->n_top : PD_PROTO_MAX_LOGPROBS;
+    if (p->rows) {
+        out->logprob = p->rows[i].logprob;
+        memcpy(out->top, p->rows[i].top, n_top * sizeof(out->top[0]));
+        return;
+    }
+    const uint8_t *b = p->rows_le + (size_t)i * LP_ROW(p->n_top);
+    out->logprob = get_f32(b);
+    for (uint32_t k = 0; k < n_top; k++)
+        out->top[k] = (struct pd_logprob){get_u32(b + 4 + 8 * k), get_f32(b + 8 + 8 * k)};
 }
 
 struct pd_bias pd_prefill_bias(const struct pd_prefill *p, uint32_t i)
@@ -775,6 +849,12 @@ static int check_frame(const struct pd_frame *f, char *err, size_t errlen)
     case PD_FT_READY:
         return f->u.ready.token ? 0 : pd_errf(err, errlen, -EINVAL, "frame: READY: token 0");
     case PD_FT_PROGRESS: return check_progress(&f->u.progress, err, errlen);
+    case PD_FT_PROMPT_LP:
+        if ((rc = check_prompt_lp(&f->u.prompt_lp, err, errlen)) < 0)
+            return rc;
+        return f->u.prompt_lp.rows || f->u.prompt_lp.rows_le
+            ? 0
+            : pd_errf(err, errlen, -EINVAL, "frame: PROMPT_LP: no rows given");
     default:
         return pd_errf(err, errlen, -EINVAL, "frame: type %u (%s) is not a control frame", f->type,
                        name);
@@ -836,6 +916,20 @@ static void enc_body(const struct pd_frame *f, uint8_t *b, size_t n)
     case PD_FT_UCX_ADDR:
         memcpy(b + UCX_ADDR_FIXED, f->u.ucx_addr.addr, f->u.ucx_addr.len);
         break;
+    case PD_FT_PROMPT_LP: {
+        const struct pd_prompt_lp *p = &f->u.prompt_lp;
+        for (uint32_t i = 0; i < p->n_rows; i++) {
+            struct pd_lp_row row;
+            uint8_t *o = b + PROMPT_LP_FIXED + (size_t)i * LP_ROW(p->n_top);
+            pd_prompt_lp_row(p, i, &row);
+            put_f32(o, row.logprob);
+            for (uint32_t k = 0; k < p->n_top; k++) {
+                put_u32(o + 4 + 8 * k, row.top[k].token);
+                put_f32(o + 8 + 8 * k, row.top[k].logprob);
+            }
+        }
+        break;
+    }
     default:
         break; /* the fixed fields are the whole body */
     }

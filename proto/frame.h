@@ -37,7 +37,8 @@
 #include <stdint.h>
 
 #define PD_PROTO_MAJOR 1
-#define PD_PROTO_MINOR 2 /* 1: PREFILL's prefix part, PROGRESS; 2: PREFILL's bias part */
+#define PD_PROTO_MINOR 2 /* 1: PREFILL's prefix part, PROGRESS; 2: PREFILL's bias part, prompt
+                          * log-probabilities (PD_PREFILL_F_PROMPT_LP, PROMPT_LP) */
 #define PD_FRAME_MAGIC "PDKV"
 
 #define PD_FRAME_HDR_LEN 24
@@ -52,6 +53,7 @@
 #define PD_PROTO_MAX_BLOCK_BYTES (256ull << 20) /* bytes per KV block */
 #define PD_PROTO_MAX_LOGPROBS 20u /* top log-probabilities in DONE */
 #define PD_PROTO_MAX_BIAS 300u /* logit bias entries in PREFILL */
+#define PD_PROTO_MAX_LP_ROWS 1024u /* prompt positions in one PROMPT_LP */
 #define PD_PROTO_MAX_BIAS_VALUE 100.0f /* |bias| */
 #define PD_PROTO_MAX_XRID 128u /* X-Request-Id bytes */
 #define PD_PROTO_MAX_DETAIL 200u /* ABORT / ERROR detail bytes */
@@ -82,6 +84,8 @@ enum pd_frame_type {
     PD_FT_READY = 26, /* P -> D: my endpoint to you exists; the session is up */
     /* minor 1 */
     PD_FT_PROGRESS = 27, /* P -> D: this request is queued / computing (not silent) */
+    /* minor 2 */
+    PD_FT_PROMPT_LP = 28, /* P -> D: log-probabilities of prompt tokens (asked for), before DONE */
 };
 
 /* Which daemon sends a frame type. */
@@ -128,6 +132,11 @@ struct pd_frame_hdr {
 /* minor 2: the bias part follows the prefix part (OpenAI's logit_bias, for
  * the first token prefilld samples). Sent only on a session of minor >= 2. */
 #define PD_PREFILL_F_BIAS 0x0004u
+
+/* minor 2: prefilld reports the log-probability of every prompt token after
+ * the first (OpenAI's echo with logprobs) in PROMPT_LP frames, each position
+ * once, before DONE; every position is then computed: no cached blocks. */
+#define PD_PREFILL_F_PROMPT_LP 0x0008u
 
 struct pd_bias {
     uint32_t token;
@@ -206,6 +215,28 @@ struct pd_done {
     struct pd_logprob top[PD_PROTO_MAX_LOGPROBS];
 };
 
+/* One prompt position's row of PROMPT_LP: the log-probability of the prompt
+ * token there (the receiver knows which) and the n_top most probable. */
+struct pd_lp_row {
+    float logprob; /* <= 0, not NaN */
+    struct pd_logprob top[PD_PROTO_MAX_LOGPROBS];
+};
+
+struct pd_prompt_lp { /* PROMPT_LP */
+    uint64_t request_id;
+    uint32_t epoch;
+    uint32_t first; /* the prompt position of the first row: >= 1 (position 0 has none) */
+    uint32_t n_rows; /* 1 .. PD_PROTO_MAX_LP_ROWS; first + n_rows <= PD_PROTO_MAX_TOKENS */
+    uint32_t n_top; /* 0 .. PD_PROTO_MAX_LOGPROBS alternatives in every row (the PREFILL's
+                     * n_logprobs) */
+    /* Rows: the encoder reads `rows` when set, else `rows_le`; the decoder
+     * sets rows_le (n_rows x (LE f32 logprob, n_top x (LE u32 token, LE f32
+     * logprob)), unaligned, every logprob checked) and rows = NULL. Read
+     * with pd_prompt_lp_row. Tokens are the receiver's to check. */
+    const struct pd_lp_row *rows;
+    const uint8_t *rows_le;
+};
+
 struct pd_abort { /* ABORT */
     uint64_t request_id;
     uint32_t epoch;
@@ -266,6 +297,7 @@ struct pd_frame {
         struct pd_ucx_addr ucx_addr;
         struct pd_ready ready;
         struct pd_progress progress;
+        struct pd_prompt_lp prompt_lp;
     } u;
 };
 
@@ -310,5 +342,7 @@ size_t pd_frame_body_len(const struct pd_frame *f);
 uint32_t pd_prefill_token(const struct pd_prefill *p, uint32_t i);
 /* Bias entry i (< n_bias) of a PREFILL, from whichever of bias / bias_le is set. */
 struct pd_bias pd_prefill_bias(const struct pd_prefill *p, uint32_t i);
+/* Row i (< n_rows) of a PROMPT_LP into *out (its first n_top alternatives). */
+void pd_prompt_lp_row(const struct pd_prompt_lp *p, uint32_t i, struct pd_lp_row *out);
 
 #endif

@@ -13,7 +13,8 @@
  *   D: pd_kvx_peer_add(kvx, "10.0.0.5:14579", &peer, err, sizeof err);
  *      ... PD_KVX_EV_SESSION_UP ...
  *      pd_kvx_request(peer, &prefill, dest_blocks, n, udata, &req, err, sizeof err);
- *      ... PD_KVX_EV_VERIFIED (prefix), then PD_KVX_EV_DONE or PD_KVX_EV_FAILED,
+ *      ... PD_KVX_EV_VERIFIED (prefix), PD_KVX_EV_PROMPT_LP (asked for: the
+ *      ... prompt's log-probabilities), then PD_KVX_EV_DONE or PD_KVX_EV_FAILED,
  *      ... and always last PD_KVX_EV_RELEASED: only now may dest_blocks be reused.
  *   P: pd_kvx_listen(kvx, err, sizeof err);
  *      ... PD_KVX_EV_PREFILL (ev->sreq, ev->prefill) ...
@@ -97,9 +98,15 @@ enum pd_kvx_event_type {
     PD_KVX_EV_RUN_RELEASED, /* P: sreq, run_first, run_blocks[run_n], acked */
     PD_KVX_EV_SREQ_END, /* P: sreq; reason 0 = completed and acknowledged */
     PD_KVX_EV_VERIFIED, /* D: req, blocks = verified prefix [0, blocks) */
-    PD_KVX_EV_DONE, /* D: req, done: every block verified and DONE received */
+    PD_KVX_EV_DONE, /* D: req, done: every block verified, every prompt log-probability
+                     * (asked for) and DONE received */
     PD_KVX_EV_FAILED, /* D: req, reason, detail; no VERIFIED/DONE follow */
     PD_KVX_EV_RELEASED, /* D: req: no receive into its blocks is pending any more */
+    /* D: req, prompt_lp: rows of the prompt's log-probabilities (PREFILL with
+     * PD_PREFILL_F_PROMPT_LP), each position once, within [1, n_tokens), n_top
+     * the PREFILL's n_logprobs (kvx checked these; the tokens are the
+     * caller's to check); views valid in the callback; all before DONE */
+    PD_KVX_EV_PROMPT_LP,
     /* something for the daemon's log at warning level, which it rate-limits
      * (kvx logs nothing above debug): a connection's handshake failed
      * (peer_addr, hs_fail >= 0, detail: why), or the KV port ran out of file
@@ -123,6 +130,7 @@ struct pd_kvx_event {
     uint32_t blocks; /* VERIFIED */
     const struct pd_prefill *prefill; /* PREFILL */
     const struct pd_done *done; /* DONE */
+    const struct pd_prompt_lp *prompt_lp; /* PROMPT_LP */
     uint32_t run_first, run_n; /* RUN_RELEASED */
     const uint32_t *run_blocks;
     const uint32_t *run_twins; /* RUN_RELEASED: the run's twin blocks, or NULL */
@@ -255,6 +263,11 @@ int pd_kvx_send_run(struct pd_kvx_sreq *r, uint32_t first, const uint32_t *src_b
  * request_id and epoch are the request's own. */
 int pd_kvx_send_progress(struct pd_kvx_sreq *r, const struct pd_progress *pg, char *err,
                          size_t errlen);
+/* Rows of the prompt's log-probabilities, for a PREFILL that asked
+ * (PD_PREFILL_F_PROMPT_LP; protocol 1.2), before DONE; request_id and epoch
+ * are the request's own. -EINVAL for one that did not ask. */
+int pd_kvx_send_prompt_lp(struct pd_kvx_sreq *r, const struct pd_prompt_lp *lp, char *err,
+                          size_t errlen);
 /* The first token; the last frame of the request. */
 int pd_kvx_send_done(struct pd_kvx_sreq *r, const struct pd_done *d, char *err, size_t errlen);
 /* ABORT the request (reason enum pd_reason); SREQ_END follows. */

@@ -205,6 +205,10 @@ struct pd_kvx_req { /* D */
     uint64_t id;
     uint32_t epoch, n, prefix, need, block_size;
     uint32_t n_cached; /* the prompt's blocks the receiver holds already (not granted) */
+    /* PD_PREFILL_F_PROMPT_LP: positions [1, n_tokens) each come once (lp_seen),
+     * with the PREFILL's n_logprobs alternatives; DONE waits for all */
+    uint8_t *lp_seen; /* [n_tokens] or NULL */
+    uint32_t n_tokens, lp_got, n_logprobs;
     uint32_t *dest; /* [n] pool indices */
     uint32_t *twins; /* [n] indices in p.twin_pool, or NULL */
     uint8_t *st; /* [n] B_* */
@@ -234,6 +238,8 @@ struct pd_kvx_sreq { /* P */
     struct pd_kvx_session *c;
     uint64_t id;
     uint32_t epoch, n_granted, acked;
+    uint32_t n_tokens, n_logprobs; /* the PREFILL's */
+    int prompt_lp; /* it asked for PROMPT_LP (PD_PREFILL_F_PROMPT_LP) */
     int status, end_reason, end_queued, linked;
     struct dl runs;
     void *udata;
@@ -272,6 +278,7 @@ struct evq {
     uint8_t *plain; /* PREFILL's frame, freed after delivery */
     struct pd_prefill pf;
     struct pd_done done;
+    struct pd_prompt_lp prompt_lp; /* its rows view `plain` */
     char detail[PD_PROTO_MAX_DETAIL + 1];
     char addr[128];
     char key_id[PD_KEY_ID_MAX + 1];

@@ -85,13 +85,15 @@ static void req_free(struct pd_kvx_req *r)
     free(r->dest);
     free(r->twins);
     free(r->st);
+    free(r->lp_seen);
     free(r);
     kvx_session_put(c);
 }
 
 static void req_check_complete(struct pd_kvx_req *r)
 {
-    if (r->status != R_ACTIVE || !r->have_done || r->prefix < r->need)
+    if (r->status != R_ACTIVE || !r->have_done || r->prefix < r->need ||
+        (r->lp_seen && r->lp_got < r->n_tokens - 1))
         return;
     struct pd_kvx *k = r->c->kvx;
     r->status = R_OK;
@@ -208,12 +210,51 @@ static struct pd_kvx_req *req_find(struct pd_kvx_session *c, uint64_t id)
     return NULL;
 }
 
+/* Rows of the prompt's log-probabilities: checked against what the request
+ * asked (positions once each, inside the prompt, its alternatives), handed
+ * on with the frame's plaintext (the rows view it). */
+static void on_prompt_lp(struct pd_kvx_session *c, const struct pd_prompt_lp *lp,
+                         uint8_t **plain)
+{
+    struct pd_kvx_req *r = req_find(c, lp->request_id);
+    if (!r || r->epoch != lp->epoch)
+        return; /* late: the request is gone */
+    const char *bad = !r->lp_seen ? "PROMPT_LP for a request that did not ask"
+                      : r->have_done ? "PROMPT_LP after DONE"
+                      : lp->n_top != r->n_logprobs ? "PROMPT_LP with other alternatives than asked"
+                      : (uint64_t)lp->first + lp->n_rows > r->n_tokens ? "PROMPT_LP past the prompt"
+                                                                         : NULL;
+    for (uint32_t i = 0; !bad && i < lp->n_rows; i++)
+        if (r->lp_seen[lp->first + i])
+            bad = "PROMPT_LP repeats a position";
+    if (bad) {
+        req_fail(r, PD_R_PROTOCOL, bad, 1);
+        return;
+    }
+    memset(r->lp_seen + lp->first, 1, lp->n_rows);
+    r->lp_got += lp->n_rows;
+    r->last_progress_ms = now_ms();
+    struct evq *e = kvx_ev_new(c->kvx, PD_KVX_EV_PROMPT_LP, c);
+    if (!e) { /* the rows cannot reach the caller: the request cannot complete */
+        req_fail(r, PD_R_INTERNAL, "out of memory", 1);
+        return;
+    }
+    e->ev.req = r;
+    e->ev.udata = r->udata;
+    e->prompt_lp = *lp;
+    e->ev.prompt_lp = &e->prompt_lp;
+    e->plain = *plain;
+    *plain = NULL;
+}
+
 static void on_ctl_d(struct pd_kvx_session *c, const struct pd_frame *f, uint8_t **plain)
 {
-    (void)plain;
     struct pd_kvx *k = c->kvx;
     struct pd_kvx_req *r;
     switch (f->type) {
+    case PD_FT_PROMPT_LP:
+        on_prompt_lp(c, &f->u.prompt_lp, plain);
+        return;
     case PD_FT_DONE:
         r = req_find(c, f->u.done.request_id);
         if (!r || r->epoch != f->u.done.epoch)
@@ -428,10 +469,11 @@ int pd_kvx_request(struct pd_kvx_peer *peer, const struct pd_prefill *p, const u
         return pd_errf(err, errlen, -EPROTONOSUPPORT,
                        "kvx: %s speaks protocol 1.%u, without prefix caching (1.1)",
                        peer->hostport, pd_auth_session_minor(c->s));
-    if ((p->flags & PD_PREFILL_F_BIAS) && pd_auth_session_minor(c->s) < 2)
+    if ((p->flags & (PD_PREFILL_F_BIAS | PD_PREFILL_F_PROMPT_LP)) &&
+        pd_auth_session_minor(c->s) < 2)
         return pd_errf(err, errlen, -EPROTONOSUPPORT,
-                       "kvx: %s speaks protocol 1.%u, without logit bias (1.2)",
-                       peer->hostport, pd_auth_session_minor(c->s));
+                       "kvx: %s speaks protocol 1.%u, without logit bias or prompt "
+                       "log-probabilities (1.2)", peer->hostport, pd_auth_session_minor(c->s));
     for (uint32_t i = 0; i < n; i++)
         if (dest[i] >= k->p.pool_blocks)
             return pd_errf(err, errlen, -EINVAL, "kvx: block %u outside the pool", dest[i]);
@@ -450,10 +492,13 @@ int pd_kvx_request(struct pd_kvx_peer *peer, const struct pd_prefill *p, const u
     f.u.prefill.block_size = k->layout.block_size;
     struct pd_kvx_req *r = calloc(1, sizeof *r);
     if (!r || !(r->dest = malloc(n * sizeof *r->dest)) || !(r->st = calloc(n, 1)) ||
-        (twins && !(r->twins = malloc(n * sizeof *r->twins)))) {
+        (twins && !(r->twins = malloc(n * sizeof *r->twins))) ||
+        ((p->flags & PD_PREFILL_F_PROMPT_LP) && !(r->lp_seen = calloc(p->n_tokens, 1)))) {
         if (r) {
             free(r->dest);
             free(r->st);
+            free(r->twins);
+            free(r->lp_seen);
         }
         free(r);
         return pd_errf(err, errlen, -ENOMEM, "kvx: out of memory");
@@ -463,6 +508,7 @@ int pd_kvx_request(struct pd_kvx_peer *peer, const struct pd_prefill *p, const u
         free(r->dest);
         free(r->twins);
         free(r->st);
+        free(r->lp_seen);
         free(r);
         return pd_errf(err, errlen, rc, "kvx: PREFILL to %s: %s", peer->hostport,
                        rc == -EINVAL ? "invalid request" : strerror(-rc));
@@ -476,6 +522,8 @@ int pd_kvx_request(struct pd_kvx_peer *peer, const struct pd_prefill *p, const u
     r->epoch = p->epoch;
     r->n = n;
     r->n_cached = p->n_cached;
+    r->n_tokens = p->n_tokens;
+    r->n_logprobs = p->n_logprobs;
     r->block_size = k->layout.block_size;
     r->udata = udata;
     r->t_start_ns = pd_now_ns();

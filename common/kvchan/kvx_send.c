@@ -224,6 +224,9 @@ static void on_prefill(struct pd_kvx_session *c, const struct pd_frame *f, uint8
     r->id = p->request_id;
     r->epoch = p->epoch;
     r->n_granted = p->n_blocks;
+    r->n_tokens = p->n_tokens;
+    r->n_logprobs = p->n_logprobs;
+    r->prompt_lp = (p->flags & PD_PREFILL_F_PROMPT_LP) != 0;
     dl_init(&r->runs);
     kvx_session_link(c, &r->node, &r->linked);
     dl_add(&k->all_sreqs, &r->all);
@@ -383,6 +386,20 @@ int pd_kvx_send_progress(struct pd_kvx_sreq *r, const struct pd_progress *pg, ch
     f.u.progress = *pg;
     f.u.progress.request_id = r->id;
     f.u.progress.epoch = r->epoch;
+    return sreq_send_ctl(r, &f, err, errlen);
+}
+
+int pd_kvx_send_prompt_lp(struct pd_kvx_sreq *r, const struct pd_prompt_lp *lp, char *err,
+                          size_t errlen)
+{
+    if (!r->prompt_lp || lp->n_top != r->n_logprobs ||
+        (uint64_t)lp->first + lp->n_rows > r->n_tokens)
+        return pd_errf(err, errlen, -EINVAL, "kvx: PROMPT_LP rows %u..%u do not fit the request",
+                       lp->first, lp->first + lp->n_rows);
+    struct pd_frame f = {.type = PD_FT_PROMPT_LP};
+    f.u.prompt_lp = *lp;
+    f.u.prompt_lp.request_id = r->id;
+    f.u.prompt_lp.epoch = r->epoch;
     return sreq_send_ctl(r, &f, err, errlen);
 }
 
