@@ -155,20 +155,26 @@ static void raw_logprobs(uint32_t V, uint32_t n_logprobs, const float *logits,
     r->n_top = 0;
     if (n_logprobs == 0)
         return;
-    /* the n most probable, by selection: n <= 20, so n passes beat a sort */
-    for (uint32_t k = 0; k < n_logprobs && k < V; k++) {
-        int32_t best = -1;
-        for (uint32_t i = 0; i < V; i++) {
-            int taken = 0;
-            for (uint32_t j = 0; j < k && !taken; j++)
-                taken = r->top[j].token == (int32_t)i;
-            if (!taken && (best < 0 || logits[i] > logits[best]))
-                best = (int32_t)i;
+    /* the n most probable, most probable first, the lower id on a tie: one
+     * pass keeping them sorted (an id is compared with the n-th best and
+     * almost always stops there), not n passes: echo scores every prompt
+     * position this way */
+    uint32_t n = 0;
+    const uint32_t want = n_logprobs < V ? n_logprobs : V;
+    for (uint32_t i = 0; i < V; i++) {
+        const float v = isnan(logits[i]) ? -INFINITY : logits[i];
+        if (n == want && !(v > r->top[n - 1].logprob))
+            continue; /* ids come in increasing order: an equal value loses the tie */
+        uint32_t k = n < want ? n++ : n - 1;
+        while (k > 0 && v > r->top[k - 1].logprob) {
+            r->top[k] = r->top[k - 1];
+            k--;
         }
-        r->top[k].token = best;
-        r->top[k].logprob = (float)(logits[best] - lse);
-        r->n_top = k + 1;
+        r->top[k] = (struct pd_token_logprob){(int32_t)i, v};
     }
+    for (uint32_t k = 0; k < n; k++)
+        r->top[k].logprob = (float)(r->top[k].logprob - lse);
+    r->n_top = n;
 }
 
 int pd_sample_score(uint32_t n_vocab, const float *logits, int32_t token, uint32_t n_top,
