@@ -219,8 +219,9 @@ static void on_prompt_lp(struct pd_kvx_session *c, const struct pd_prompt_lp *lp
     struct pd_kvx_req *r = req_find(c, lp->request_id);
     if (!r || r->epoch != lp->epoch)
         return; /* late: the request is gone */
+    /* DONE may overtake the last rows (active messages are not ordered):
+     * it waits for them, and the last to come completes the request */
     const char *bad = !r->lp_seen ? "PROMPT_LP for a request that did not ask"
-                      : r->have_done ? "PROMPT_LP after DONE"
                       : lp->n_top != r->n_logprobs ? "PROMPT_LP with other alternatives than asked"
                       : (uint64_t)lp->first + lp->n_rows > r->n_tokens ? "PROMPT_LP past the prompt"
                                                                          : NULL;
@@ -245,6 +246,7 @@ static void on_prompt_lp(struct pd_kvx_session *c, const struct pd_prompt_lp *lp
     e->ev.prompt_lp = &e->prompt_lp;
     e->plain = *plain;
     *plain = NULL;
+    req_check_complete(r); /* after the event: PROMPT_LP events come before DONE's */
 }
 
 static void on_ctl_d(struct pd_kvx_session *c, const struct pd_frame *f, uint8_t **plain)
