@@ -1164,6 +1164,127 @@ static void sample_cuda_matches_cpu(void) { sample_rows_match_cpu(0); }
  * temperature, the reported log-probabilities raw */
 static void sample_cuda_logit_bias_matches_cpu(void) { sample_rows_match_cpu(1); }
 
+/* Echo's prompt log-probabilities on the GPU: rows with a forced token are
+ * scored (pd_sample_score: that token's raw log-probability, their
+ * parameters' n_logprobs most probable), whatever else their parameters
+ * say, in the same launch as rows drawn as pd_sample draws them; a forced
+ * token outside the vocabulary is refused for its row alone (token -1) */
+static void sample_cuda_forced_rows_score_as_cpu(void)
+{
+    need_gpu();
+    for (int iter = 0; iter < 6; iter++) {
+        const uint32_t V = iter < 2 ? (iter ? 7u : 50u) : PICK(50, 300, 3000, 49152);
+        const uint32_t rows = 40;
+        float *logits = host_alloc((size_t)rows * V * sizeof(float));
+        struct pd_sampling *par = host_alloc(rows * sizeof(*par));
+        uint32_t *start = host_alloc((rows + 1) * sizeof(uint32_t));
+        uint32_t *np = host_alloc(rows * sizeof(uint32_t));
+        int32_t *hist = host_alloc((size_t)rows * 32 * sizeof(int32_t));
+        int32_t *forced = host_alloc(rows * sizeof(int32_t));
+        start[0] = 0;
+        for (uint32_t r = 0; r < rows; r++) {
+            const int ties = rnd(3) == 0, neg_inf = rnd(4) == 0;
+            float *row = logits + (size_t)r * V;
+            for (uint32_t i = 0; i < V; i++) {
+                float x = rndf(6.0f);
+                row[i] = ties ? roundf(x) : neg_inf && rnd(3) == 0 ? -INFINITY : x;
+            }
+            struct pd_sampling p = PD_SAMPLING_DEFAULT;
+            if (rnd(2)) { /* a forced row keeps whatever its item samples with */
+                p.temperature = 0.3f + 0.1f * (float)rnd(13);
+                p.top_k = rnd(2) ? 0 : (int32_t)(1 + rnd(V));
+                p.top_p = rnd(2) ? 1.0f : 0.5f + 0.05f * (float)rnd(10);
+                p.min_p = rnd(3) ? 0.0f : 0.05f * (float)rnd(5);
+            }
+            if (rnd(3) == 0)
+                p.repetition_penalty = 1.3f, p.presence_penalty = 0.5f,
+                p.frequency_penalty = -0.25f;
+            p.seed = rnd64();
+            p.n_logprobs = r % 5 == 0 ? PD_MAX_LOGPROBS : rnd(8);
+            par[r] = p;
+            /* rows 0 mod 3 draw; the others are scored: a random token, the
+             * row's argmax, or a -inf logit's token where the row has one */
+            forced[r] = -1;
+            if (r % 3) {
+                forced[r] = (int32_t)rnd(V);
+                if (r % 7 == 1)
+                    forced[r] = (int32_t)row_argmax(row, V);
+                for (uint32_t i = 0; r % 7 == 2 && i < V; i++)
+                    if (isinf(row[i]))
+                        forced[r] = (int32_t)i;
+            }
+            /* a drawn row's history; a scored row has none (as the engine sends it) */
+            const uint32_t n = forced[r] < 0 ? rnd(32) : 0;
+            np[r] = rnd(n + 1);
+            for (uint32_t j = 0; j < n; j++)
+                hist[start[r] + j] = (int32_t)rnd(V);
+            start[r + 1] = start[r] + n;
+        }
+        forced[rows - 1] = (int32_t)V; /* outside the vocabulary: refused, that row alone */
+
+        struct pd_sample_args g = {.n_rows = rows, .n_vocab = V};
+        g.logits = dev_copy(logits, (size_t)rows * V * sizeof(float));
+        g.params = dev_copy(par, rows * sizeof(*par));
+        g.hist = dev_copy(hist, (start[rows] ? start[rows] : 1) * sizeof(int32_t));
+        g.hist_start = dev_copy(start, (rows + 1) * sizeof(uint32_t));
+        g.n_prompt = dev_copy(np, rows * sizeof(uint32_t));
+        g.forced = dev_copy(forced, rows * sizeof(int32_t));
+        g.workspace_bytes = pd_sample_cuda_workspace(rows, V);
+        g.workspace = dev_poisoned(g.workspace_bytes);
+        g.token = dev_poisoned(rows * sizeof(int32_t));
+        g.logprob = dev_poisoned(rows * sizeof(float));
+        g.top = dev_poisoned((size_t)rows * PD_MAX_LOGPROBS * sizeof(struct pd_token_logprob));
+        g.n_top = dev_poisoned(rows * sizeof(uint32_t));
+        CHECK_EQ_INT(pd_sample_cuda(&g, NULL), 0);
+        int32_t *tok = dev_fetch(g.token, rows * sizeof(int32_t));
+        float *lp = dev_fetch(g.logprob, rows * sizeof(float));
+        struct pd_token_logprob *top =
+            dev_fetch(g.top, (size_t)rows * PD_MAX_LOGPROBS * sizeof(struct pd_token_logprob));
+        uint32_t *ntop = dev_fetch(g.n_top, rows * sizeof(uint32_t));
+
+        struct pd_sampler *smp = pd_sampler_new(V);
+        CHECK(smp != NULL);
+        uint32_t scored = 0, drawn = 0;
+        for (uint32_t r = 0; r + 1 < rows; r++) {
+            const float *row = logits + (size_t)r * V;
+            struct pd_sample_result ref;
+            if (forced[r] >= 0) {
+                CHECK_EQ_INT(pd_sample_score(V, row, forced[r], par[r].n_logprobs, &ref), 0);
+                scored++;
+            } else {
+                CHECK_EQ_INT(pd_sample(smp, &par[r], row, hist + start[r], np[r],
+                                       hist + start[r] + np[r], start[r + 1] - start[r] - np[r],
+                                       &ref),
+                             0);
+                drawn++;
+            }
+            if (tok[r] != ref.token || !same_logprob(lp[r], ref.logprob))
+                PD_TEST_FAIL_("sample V %u row %u (%s %d, temperature %g): GPU token %d logprob "
+                              "%g, CPU %d %g", V, r, forced[r] >= 0 ? "forced" : "drawn",
+                              forced[r], (double)par[r].temperature, tok[r], (double)lp[r],
+                              ref.token, (double)ref.logprob);
+            CHECK_EQ_INT(ntop[r], ref.n_top);
+            CHECK_EQ_INT(ntop[r], par[r].n_logprobs < V ? par[r].n_logprobs : V);
+            for (uint32_t k = 0; k < ref.n_top; k++) {
+                const struct pd_token_logprob *t = &top[(size_t)r * PD_MAX_LOGPROBS + k];
+                CHECK_EQ_INT(t->token, ref.top[k].token);
+                if (!same_logprob(t->logprob, ref.top[k].logprob))
+                    PD_TEST_FAIL_("sample V %u row %u, alternative %u (token %d): GPU logprob %g, "
+                                  "CPU %g", V, r, k, t->token, (double)t->logprob,
+                                  (double)ref.top[k].logprob);
+            }
+        }
+        CHECK(scored > 0 && drawn > 0);
+        CHECK_EQ_INT(tok[rows - 1], -1);
+        CHECK(isnan(lp[rows - 1]));
+        CHECK_EQ_INT(ntop[rows - 1], 0);
+        pd_sampler_free(smp);
+        free(logits), free(par), free(start), free(np), free(hist), free(forced);
+        free(tok), free(lp), free(top), free(ntop);
+        dev_free_all();
+    }
+}
+
 /* ---- prefill attention (tensor cores) ----------------------------------------- */
 
 
@@ -1520,6 +1641,7 @@ SEEDED(attention_cuda_bf16_pool_close_to_fp32)
 SEEDED(matmul_cuda_matches_cpu)
 SEEDED(sample_cuda_matches_cpu)
 SEEDED(sample_cuda_logit_bias_matches_cpu)
+SEEDED(sample_cuda_forced_rows_score_as_cpu)
 SEEDED(attention_prefill_cuda_matches_cpu)
 SEEDED(attention_prefill_cuda_matches_cpu_on_model_shapes)
 SEEDED(attention_prefill_cuda_fits_the_devices_shared_memory)
@@ -1546,6 +1668,7 @@ static const struct pd_test tests[] = {
     T(matmul_cuda_matches_cpu),
     T(sample_cuda_matches_cpu),
     T(sample_cuda_logit_bias_matches_cpu),
+    T(sample_cuda_forced_rows_score_as_cpu),
     T(attention_prefill_cuda_matches_cpu),
     T(attention_prefill_cuda_matches_cpu_on_model_shapes),
     T(attention_prefill_cuda_fits_the_devices_shared_memory),

@@ -617,6 +617,127 @@ static void api_logit_bias_refusals_name_the_field(void)
     dec_api_req_done(&r);
 }
 
+/* OpenAI's echo (completions): parsed into r->echo; absent, null and false
+ * are no echo; with it max_tokens may be 0 (the prompt scored, nothing
+ * generated: lm-eval-harness's call), and logprobs goes with it */
+static void api_echo_parsed_for_completions(void)
+{
+    struct dec_api_req r;
+    struct dec_api_err e;
+    CHECK_EQ_INT(parse(DEC_API_COMPLETIONS, "{\"prompt\":\"x\",\"echo\":true}", &r, &e), 0);
+    CHECK(r.echo);
+    CHECK_EQ_INT(r.max_tokens, 16); /* the default stays */
+    dec_api_req_done(&r);
+    CHECK_EQ_INT(parse(DEC_API_COMPLETIONS,
+                       "{\"prompt\":[5,6,7],\"echo\":true,\"max_tokens\":0,\"logprobs\":3}", &r,
+                       &e),
+                 0);
+    CHECK(r.echo && r.logprobs);
+    CHECK_EQ_INT(r.max_tokens, 0);
+    CHECK_EQ_INT(r.sampling.n_logprobs, 3);
+    CHECK_EQ_INT(r.prompts[0].n_ids, 3);
+    dec_api_req_done(&r);
+    /* several prompts, each echoed */
+    CHECK_EQ_INT(parse(DEC_API_COMPLETIONS, "{\"prompt\":[\"a\",\"b\"],\"echo\":true,"
+                                            "\"max_tokens\":0,\"logprobs\":0}", &r, &e),
+                 0);
+    CHECK(r.echo && r.n_prompts == 2 && r.max_tokens == 0);
+    dec_api_req_done(&r);
+    static const char *const off[] = {"{\"prompt\":\"x\"}", "{\"prompt\":\"x\",\"echo\":false}",
+                                      "{\"prompt\":\"x\",\"echo\":null}"};
+    for (size_t i = 0; i < sizeof(off) / sizeof(*off); i++) {
+        CHECK_EQ_INT(parse(DEC_API_COMPLETIONS, off[i], &r, &e), 0);
+        CHECK(!r.echo);
+        dec_api_req_done(&r);
+    }
+    /* not a boolean */
+    static const char *const bad[] = {"\"true\"", "1", "0", "[]", "{}"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+        char body[64];
+        snprintf(body, sizeof(body), "{\"prompt\":\"x\",\"echo\":%s}", bad[i]);
+        CHECK_EQ_INT(parse(DEC_API_COMPLETIONS, body, &r, &e), -EINVAL);
+        CHECK_EQ_INT(e.status, 400);
+        CHECK_STR(e.param, "echo");
+        CHECK_STR(e.code, "invalid_type");
+    }
+}
+
+/* Chat completions do not echo: refused, naming the field; echo false is
+ * harmless there */
+static void api_echo_refused_in_chat(void)
+{
+    struct dec_api_req r;
+    struct dec_api_err e;
+    CHECK_EQ_INT(parse(DEC_API_CHAT,
+                       "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"echo\":true}", &r,
+                       &e),
+                 -EINVAL);
+    CHECK_EQ_INT(e.status, 400);
+    CHECK_STR(e.param, "echo");
+    CHECK_STR(e.code, "invalid_value");
+    CHECK_CONTAINS(e.msg, "/v1/completions");
+    /* with max_tokens 0 too: echo is what is named */
+    CHECK_EQ_INT(parse(DEC_API_CHAT,
+                       "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"echo\":true,"
+                       "\"max_tokens\":0}",
+                       &r, &e),
+                 -EINVAL);
+    CHECK_STR(e.param, "echo");
+    CHECK_EQ_INT(parse(DEC_API_CHAT,
+                       "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"echo\":false}", &r,
+                       &e),
+                 0);
+    CHECK(!r.echo);
+    dec_api_req_done(&r);
+}
+
+/* max_tokens 0 only with echo; otherwise 400 naming max_tokens (or chat's
+ * max_completion_tokens), the message saying echo is the way; below 0 never */
+static void api_max_tokens_zero_only_with_echo(void)
+{
+    static const struct {
+        enum dec_api_kind kind;
+        const char *body, *param;
+    } cases[] = {
+        {DEC_API_COMPLETIONS, "{\"prompt\":\"x\",\"max_tokens\":0}", "max_tokens"},
+        {DEC_API_COMPLETIONS, "{\"prompt\":\"x\",\"max_tokens\":0,\"echo\":false}", "max_tokens"},
+        {DEC_API_COMPLETIONS, "{\"prompt\":\"x\",\"max_tokens\":0,\"echo\":null}", "max_tokens"},
+        {DEC_API_COMPLETIONS, "{\"prompt\":\"x\",\"max_tokens\":-1,\"echo\":true}", "max_tokens"},
+        {DEC_API_COMPLETIONS, "{\"prompt\":\"x\",\"max_tokens\":-2147483648,\"echo\":true}",
+         "max_tokens"},
+        {DEC_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":0}",
+         "max_tokens"},
+        {DEC_API_CHAT,
+         "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_completion_tokens\":0}",
+         "max_completion_tokens"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+        struct dec_api_req r;
+        struct dec_api_err e;
+        if (parse(cases[i].kind, cases[i].body, &r, &e) >= 0) {
+            dec_api_req_done(&r);
+            PD_TEST_FAIL_("%s accepted", cases[i].body);
+        }
+        if (e.status != 400 || !e.param || strcmp(e.param, cases[i].param) != 0 ||
+            !strstr(e.msg, "echo"))
+            PD_TEST_FAIL_("%s: %d %s (%s)", cases[i].body, e.status,
+                          e.param ? e.param : "(null)", e.msg);
+        CHECK_STR(e.code, "invalid_value");
+    }
+    /* the field order does not matter: echo after max_tokens */
+    struct dec_api_req r;
+    struct dec_api_err e;
+    CHECK_EQ_INT(parse(DEC_API_COMPLETIONS, "{\"max_tokens\":0,\"prompt\":\"x\",\"echo\":true}",
+                       &r, &e),
+                 0);
+    CHECK(r.echo && r.max_tokens == 0);
+    dec_api_req_done(&r);
+    /* and 1 needs no echo */
+    CHECK_EQ_INT(parse(DEC_API_COMPLETIONS, "{\"prompt\":\"x\",\"max_tokens\":1}", &r, &e), 0);
+    CHECK(!r.echo && r.max_tokens == 1);
+    dec_api_req_done(&r);
+}
+
 static const struct pd_test tests[] = {
     PD_TEST(stop_matches_across_pieces),
     PD_TEST(stop_holds_back_longest_minus_one),
@@ -640,6 +761,9 @@ static const struct pd_test tests[] = {
     PD_TEST(api_logit_bias_entries_in_body_order),
     PD_TEST(api_logit_bias_at_most_300_entries),
     PD_TEST(api_logit_bias_refusals_name_the_field),
+    PD_TEST(api_echo_parsed_for_completions),
+    PD_TEST(api_echo_refused_in_chat),
+    PD_TEST(api_max_tokens_zero_only_with_echo),
     {0},
 };
 

@@ -1,6 +1,7 @@
 /* The CPU engine against Hugging Face transformers (float64) on the default
  * model and three dummy shapes, plus paged == contiguous, chunked == whole,
- * batched == solo, and refusal of bad input without state change. */
+ * batched == solo, refusal of bad input without state change, and scoring a
+ * prompt (echo's forced rows) as the log-softmax of its logits. */
 #include "default_model.h"
 #include "engine.h"
 #include "engine_golden.h"
@@ -839,8 +840,341 @@ static void step_evicts_idle_cached_blocks_when_pool_is_full(void)
     pd_model_free(m);
 }
 
+/* ---- scoring a prompt (echo's prompt log-probabilities): the forced rows ---- */
+
+/* The top two of V logits within 1e-3 x max|logit|: a near-tie, where
+ * steps of other shapes may order them either way */
+static int near_tie(const float *l, uint32_t V)
+{
+    float a = -INFINITY, b = -INFINITY, mx = 0;
+    for (uint32_t v = 0; v < V; v++) {
+        mx = fabsf(l[v]) > mx ? fabsf(l[v]) : mx;
+        if (l[v] > a)
+            b = a, a = l[v];
+        else if (l[v] > b)
+            b = l[v];
+    }
+    return a - b < 1e-3f * mx;
+}
+
+/* log-softmax of row[0, V) at token, in double */
+static double log_softmax_at(const float *row, uint32_t V, int32_t token)
+{
+    double mx = -INFINITY, sum = 0;
+    for (uint32_t i = 0; i < V; i++)
+        mx = row[i] > mx ? row[i] : mx;
+    for (uint32_t i = 0; i < V; i++)
+        sum += exp((double)row[i] - mx);
+    return (double)row[token] - mx - log(sum);
+}
+
+/* One item of the prompt toks[done, done + chunk) on q: its rows scored
+ * (each the token after it), the last drawn when the chunk ends the prompt
+ * of n; results into res[done...] */
+static struct pd_batch_item score_item(struct pd_kvseq *q, const int32_t *toks, uint32_t n,
+                                       uint32_t done, uint32_t chunk, const struct pd_sampling *sp,
+                                       struct pd_sample_result *res)
+{
+    const uint32_t last = done + chunk == n;
+    return (struct pd_batch_item){.seq = q, .tokens = toks + done, .n_tokens = chunk,
+                                  .n_logits = chunk, .sampling = sp, .history = toks,
+                                  .n_history = n, .n_prompt = n, .result = res + done,
+                                  .forced = toks + done + 1, .n_forced = chunk - last};
+}
+
+/* Every prompt position's raw logits in one step, no sampling: (n, V) */
+static float *prompt_logits(struct pd_engine *e, const int32_t *toks, uint32_t n)
+{
+    const uint32_t V = pd_engine_n_vocab(e);
+    float *l = malloc((size_t)n * V * sizeof(float));
+    struct pd_kvseq q;
+    char err[512];
+    CHECK(l);
+    pd_kvseq_init(&q);
+    struct pd_batch_item it = {.seq = &q, .tokens = toks, .n_tokens = n, .n_logits = n,
+                               .logits = l};
+    if (pd_engine_step(e, &it, 1, err, sizeof(err)) < 0)
+        PD_TEST_FAIL_("%s", err);
+    pd_engine_seq_release(e, &q);
+    return l;
+}
+
+/* res[j] (j < n - 1) is row j's score of toks[j + 1] as pd_sample_score
+ * gives it on l's row j, to the bit, and within 1e-5 of the log-softmax the
+ * test computes; the n_top alternatives likewise */
+static void check_scores_exact(const float *l, uint32_t V, const int32_t *toks, uint32_t n,
+                               uint32_t n_top, const struct pd_sample_result *res)
+{
+    for (uint32_t j = 0; j + 1 < n; j++) {
+        const float *row = l + (size_t)j * V;
+        struct pd_sample_result want;
+        CHECK_EQ_INT(pd_sample_score(V, row, toks[j + 1], n_top, &want), 0);
+        const struct pd_sample_result *r = &res[j];
+        if (r->token != toks[j + 1] || r->logprob != want.logprob || r->n_top != n_top)
+            PD_TEST_FAIL_("row %u: token %d logprob %.9g n_top %u; want %d %.9g %u", j, r->token,
+                          (double)r->logprob, r->n_top, toks[j + 1], (double)want.logprob, n_top);
+        if (!(fabs(r->logprob - log_softmax_at(row, V, toks[j + 1])) <= 1e-5))
+            PD_TEST_FAIL_("row %u: logprob %.9g, log-softmax %.9g", j, (double)r->logprob,
+                          log_softmax_at(row, V, toks[j + 1]));
+        for (uint32_t k = 0; k < n_top; k++)
+            CHECK(r->top[k].token == want.top[k].token &&
+                  r->top[k].logprob == want.top[k].logprob);
+    }
+}
+
+/* A 150-token prompt in one step (three GEMMs of the head: 64 + 64 + 22
+ * rows): the scored rows are pd_sample_score of the plain logits of the same
+ * step shape, the last row is drawn as pd_sample draws it from the last
+ * row's logits, and as an ordinary sampled prefill draws it */
+static void engine_scores_prompt_rows_in_one_step_as_log_softmax(void)
+{
+    struct pd_model *m = load_dummy("tiny", 21);
+    const uint32_t V = pd_model_hparams(m)->n_vocab, n = 150;
+    struct pd_engine *e = engine(m, 8u << 20, 512);
+    int32_t toks[150];
+    prompt(toks, n, V, 17);
+    float *l = prompt_logits(e, toks, n);
+    struct pd_sampling sp = PD_SAMPLING_DEFAULT;
+    sp.n_logprobs = 5;
+    sp.repetition_penalty = 1.3f; /* the drawn row's, with the prompt as its history */
+    struct pd_sample_result res[150];
+    memset(res, 0xa5, sizeof(res));
+    struct pd_kvseq q;
+    char err[512];
+    pd_kvseq_init(&q);
+    struct pd_batch_item it = score_item(&q, toks, n, 0, n, &sp, res);
+    CHECK_EQ_INT(it.n_forced, n - 1);
+    if (pd_engine_step(e, &it, 1, err, sizeof(err)) < 0)
+        PD_TEST_FAIL_("%s", err);
+    CHECK_EQ_INT(q.n_tokens, n);
+    check_scores_exact(l, V, toks, n, 5, res);
+    /* the last row: drawn from its logits with the prompt as history */
+    struct pd_sampler *smp = pd_sampler_new(V);
+    struct pd_sample_result want;
+    CHECK_EQ_INT(pd_sample(smp, &sp, l + (size_t)(n - 1) * V, toks, n, NULL, 0, &want), 0);
+    CHECK_EQ_INT(res[n - 1].token, want.token);
+    CHECK(res[n - 1].logprob == want.logprob && res[n - 1].n_top == 5);
+    CHECK(memcmp(res[n - 1].top, want.top, 5 * sizeof(want.top[0])) == 0);
+    pd_engine_seq_release(e, &q);
+    /* an ordinary prefill sampling its one row draws the same token */
+    struct pd_sample_result plain;
+    pd_kvseq_init(&q);
+    struct pd_batch_item one = {.seq = &q, .tokens = toks, .n_tokens = n, .n_logits = 1,
+                                .sampling = &sp, .history = toks, .n_history = n, .n_prompt = n,
+                                .result = &plain};
+    CHECK_EQ_INT(pd_engine_step(e, &one, 1, err, sizeof(err)), 0);
+    if (!near_tie(l + (size_t)(n - 1) * V, V))
+        CHECK_EQ_INT(plain.token, res[n - 1].token);
+    CHECK(fabs(plain.logprob - res[n - 1].logprob) <= 1e-4);
+    pd_engine_seq_release(e, &q);
+    CHECK_EQ_INT(pd_kvcache_n_free(pd_engine_kvcache(e)), pd_kvcache_n_blocks(pd_engine_kvcache(e)));
+    pd_sampler_free(smp);
+    free(l);
+    pd_engine_free(e);
+    pd_model_free(m);
+}
+
+/* The same prompt over several steps of uneven chunks (every row scored but
+ * the prompt's last, which draws), beside another sequence's sampled decode
+ * step in the same steps: each chunk's rows are pd_sample_score of the
+ * plain logits of the same schedule, and within float rounding of the
+ * one-step prompt's log-softmax; the decode item draws as it would alone */
+static void engine_scores_prompt_rows_across_chunks_beside_a_decode(void)
+{
+    struct pd_model *m = load_dummy("tiny", 22);
+    const uint32_t V = pd_model_hparams(m)->n_vocab, n = 150;
+    static const uint32_t chunks[] = {37, 64, 1, 47, 1}; /* 150 */
+    enum { NC = sizeof(chunks) / sizeof(*chunks) };
+    struct pd_engine *e = engine(m, 8u << 20, 512);
+    int32_t toks[150], other[40];
+    prompt(toks, n, V, 18);
+    prompt(other, 40, V, 19);
+    float *whole = prompt_logits(e, toks, n);
+    struct pd_sampling sp = PD_SAMPLING_DEFAULT, dsp = PD_SAMPLING_DEFAULT;
+    sp.n_logprobs = 3;
+    sp.temperature = 0.8f, sp.seed = 4; /* the drawn row's; scoring ignores it */
+    dsp.temperature = 1.0f, dsp.seed = 77, dsp.n_logprobs = 2;
+    struct pd_sampler *smp = pd_sampler_new(V);
+    char err[512];
+    /* run 0: the plain logits of the schedule; run 1: scored and sampled */
+    float *l = malloc((size_t)n * V * sizeof(float)), dl[NC][256];
+    struct pd_sample_result res[150], dres[NC];
+    int32_t dtok[NC + 1];
+    for (int run = 0; run < 2; run++) {
+        struct pd_kvseq q, d;
+        pd_kvseq_init(&q);
+        pd_kvseq_init(&d);
+        CHECK_EQ_INT(pd_engine_prefill(e, &d, other, 39, NULL, err, sizeof(err)), 0);
+        dtok[0] = other[39];
+        int32_t hist[40 + NC];
+        memcpy(hist, other, sizeof(other));
+        uint32_t done = 0;
+        for (uint32_t c = 0; c < NC; c++) {
+            struct pd_batch_item it[2];
+            it[1] = (struct pd_batch_item){.seq = &d, .tokens = &dtok[c], .n_tokens = 1,
+                                           .n_logits = 1};
+            if (run == 0) {
+                it[0] = (struct pd_batch_item){.seq = &q, .tokens = toks + done,
+                                               .n_tokens = chunks[c], .n_logits = chunks[c],
+                                               .logits = l + (size_t)done * V};
+                it[1].logits = dl[c];
+            } else {
+                it[0] = score_item(&q, toks, n, done, chunks[c], &sp, res);
+                it[1].sampling = &dsp, it[1].history = hist, it[1].n_history = 40 + c;
+                it[1].n_prompt = 40, it[1].result = &dres[c];
+            }
+            if (pd_engine_step(e, it, 2, err, sizeof(err)) < 0)
+                PD_TEST_FAIL_("run %d chunk %u: %s", run, c, err);
+            struct pd_sample_result want;
+            if (run == 0) /* the token the sampled run draws, drawn here from its logits */
+                CHECK_EQ_INT(pd_sample(smp, &dsp, dl[c], hist, 40, hist + 40, c, &want), 0);
+            else
+                want = dres[c];
+            hist[40 + c] = dtok[c + 1] = want.token;
+            if (run == 1) { /* the decode item: as pd_sample on its plain logits */
+                struct pd_sample_result ref;
+                CHECK_EQ_INT(pd_sample(smp, &dsp, dl[c], hist, 40, hist + 40, c, &ref), 0);
+                CHECK(ref.token == dres[c].token && ref.logprob == dres[c].logprob);
+                CHECK(dres[c].n_top == 2 &&
+                      memcmp(ref.top, dres[c].top, 2 * sizeof(ref.top[0])) == 0);
+            }
+            done += chunks[c];
+        }
+        CHECK_EQ_INT(done, n);
+        CHECK_EQ_INT(q.n_tokens, n);
+        pd_engine_seq_release(e, &q);
+        pd_engine_seq_release(e, &d);
+    }
+    check_scores_exact(l, V, toks, n, 3, res);
+    struct pd_sample_result want;
+    CHECK_EQ_INT(pd_sample(smp, &sp, l + (size_t)(n - 1) * V, toks, n, NULL, 0, &want), 0);
+    CHECK(res[n - 1].token == want.token && res[n - 1].logprob == want.logprob);
+    /* against the prompt computed in one step: the same numbers but for the
+     * sums' order */
+    double worst = 0;
+    for (uint32_t j = 0; j + 1 < n; j++) {
+        const double d =
+            fabs(res[j].logprob - log_softmax_at(whole + (size_t)j * V, V, toks[j + 1]));
+        worst = d > worst ? d : worst;
+    }
+    printf("  chunked scores vs one step: worst |diff| %.2e\n", worst);
+    CHECK(worst <= 1e-4);
+    pd_sampler_free(smp);
+    free(l);
+    free(whole);
+    pd_engine_free(e);
+    pd_model_free(m);
+}
+
+/* Only the prompt (n_forced == n_logits): every row scored, nothing drawn,
+ * the sequence holds the prompt */
+static void engine_scores_every_row_without_a_draw(void)
+{
+    struct pd_model *m = load_dummy("tiny", 23);
+    const uint32_t V = pd_model_hparams(m)->n_vocab, n = 70;
+    struct pd_engine *e = engine(m, 8u << 20, 128);
+    int32_t toks[71];
+    prompt(toks, n + 1, V, 20); /* toks[n]: the token after the chunk's last */
+    float *l = prompt_logits(e, toks, n);
+    struct pd_sampling sp = PD_SAMPLING_DEFAULT;
+    struct pd_sample_result res[70];
+    struct pd_kvseq q;
+    char err[512];
+    pd_kvseq_init(&q);
+    struct pd_batch_item it = {.seq = &q, .tokens = toks, .n_tokens = n, .n_logits = n,
+                               .sampling = &sp, .history = toks, .n_history = n, .n_prompt = n,
+                               .result = res, .forced = toks + 1, .n_forced = n};
+    CHECK_EQ_INT(pd_engine_step(e, &it, 1, err, sizeof(err)), 0);
+    check_scores_exact(l, V, toks, n, 0, res);
+    struct pd_sample_result want;
+    CHECK_EQ_INT(pd_sample_score(V, l + (size_t)(n - 1) * V, toks[n], 0, &want), 0);
+    CHECK(res[n - 1].token == toks[n] && res[n - 1].logprob == want.logprob);
+    CHECK_EQ_INT(res[n - 1].n_top, 0);
+    CHECK_EQ_INT(q.n_tokens, n);
+    pd_engine_seq_release(e, &q);
+    free(l);
+    pd_engine_free(e);
+    pd_model_free(m);
+}
+
+/* Scoring items the engine refuses, each without a change to the pool or
+ * the sequence: forced rows without sampling or without their tokens, more
+ * forced than rows, more than one row drawn, a token outside the vocabulary */
+static void engine_refuses_bad_scoring_items_without_state_change(void)
+{
+    struct pd_model *m = load_dummy("tiny", 24);
+    struct pd_engine *e = engine(m, 8u << 20, 64);
+    struct pd_kvcache *kc = pd_engine_kvcache(e);
+    int32_t toks[40];
+    prompt(toks, 40, 256, 5);
+    float logits[4 * 256];
+    struct pd_kvseq s;
+    char err[512];
+    pd_kvseq_init(&s);
+    CHECK_EQ_INT(pd_engine_prefill(e, &s, toks, 20, NULL, err, sizeof(err)), 0);
+    const uint32_t free0 = pd_kvcache_n_free(kc);
+    struct pd_sampling sp = PD_SAMPLING_DEFAULT;
+    struct pd_sample_result res[4];
+    const struct pd_batch_item good = {.seq = &s, .tokens = toks + 20, .n_tokens = 3,
+                                       .n_logits = 3, .sampling = &sp, .history = toks,
+                                       .n_history = 23, .n_prompt = 23, .result = res,
+                                       .forced = toks + 21, .n_forced = 2};
+    struct pd_batch_item it = good;
+    it.sampling = NULL, it.logits = logits; /* forced rows without sampling */
+    CHECK_EQ_INT(pd_engine_step(e, &it, 1, err, sizeof(err)), -EINVAL);
+    CHECK_CONTAINS(err, "scores 2 of 3 rows");
+    it = good;
+    it.forced = NULL; /* without the tokens */
+    CHECK_EQ_INT(pd_engine_step(e, &it, 1, err, sizeof(err)), -EINVAL);
+    CHECK_CONTAINS(err, "scores 2 of 3 rows");
+    it = good;
+    it.n_forced = 4; /* more than the rows */
+    CHECK_EQ_INT(pd_engine_step(e, &it, 1, err, sizeof(err)), -EINVAL);
+    CHECK_CONTAINS(err, "scores 4 of 3 rows");
+    it = good;
+    it.n_forced = 1; /* two rows drawn */
+    CHECK_EQ_INT(pd_engine_step(e, &it, 1, err, sizeof(err)), -EINVAL);
+    CHECK_CONTAINS(err, "all of them or all but the last");
+    it = good;
+    it.n_forced = 0; /* sampling: one row past those scored */
+    CHECK_EQ_INT(pd_engine_step(e, &it, 1, err, sizeof(err)), -EINVAL);
+    CHECK_CONTAINS(err, "one row of logits past those it scores");
+    const int32_t bad_tok[] = {-1, 256, INT32_MAX, INT32_MIN};
+    for (size_t i = 0; i < sizeof(bad_tok) / sizeof(*bad_tok); i++) {
+        int32_t forced[2] = {toks[21], bad_tok[i]};
+        it = good;
+        it.forced = forced;
+        CHECK_EQ_INT(pd_engine_step(e, &it, 1, err, sizeof(err)), -EINVAL);
+        CHECK_CONTAINS(err, "outside [0, 256)");
+    }
+    /* a second item may not be bad either: the good one does not run */
+    struct pd_kvseq s2;
+    pd_kvseq_init(&s2);
+    struct pd_batch_item two[2] = {good, good};
+    two[1].seq = &s2, two[1].n_forced = 1; /* two rows drawn */
+    CHECK_EQ_INT(pd_engine_step(e, two, 2, err, sizeof(err)), -EINVAL);
+    /* nothing moved */
+    CHECK_EQ_INT(s.n_tokens, 20);
+    CHECK_EQ_INT(s2.n_tokens, 0);
+    CHECK_EQ_INT(pd_kvcache_n_free(kc), free0);
+    /* and the good item runs: rows 0 and 1 scored, row 2 drawn */
+    CHECK_EQ_INT(pd_engine_step(e, &good, 1, err, sizeof(err)), 0);
+    CHECK_EQ_INT(s.n_tokens, 23);
+    CHECK(res[0].token == toks[21] && res[1].token == toks[22]);
+    CHECK(res[0].logprob <= 0.0f && res[1].logprob <= 0.0f);
+    CHECK(res[2].token >= 0 && res[2].token < 256);
+    pd_engine_seq_release(e, &s);
+    CHECK_EQ_INT(pd_kvcache_n_free(kc), pd_kvcache_n_blocks(kc));
+    pd_engine_free(e);
+    pd_model_free(m);
+}
+
 static const struct pd_test tests[] = {
     PD_TEST(samples_in_the_step_as_pd_sample),
+    PD_TEST(engine_scores_prompt_rows_in_one_step_as_log_softmax),
+    PD_TEST(engine_scores_prompt_rows_across_chunks_beside_a_decode),
+    PD_TEST(engine_scores_every_row_without_a_draw),
+    PD_TEST(engine_refuses_bad_scoring_items_without_state_change),
     PD_TEST(engine_matches_transformers_on_mha_shape),
     PD_TEST(engine_matches_transformers_on_gqa3_untied_shape),
     PD_TEST(engine_matches_transformers_on_gqa4_untied_shape),

@@ -2,15 +2,18 @@
  * blocks, the crypto worker pool (tags made on one thread verify on another;
  * one flipped byte is caught and named; how many threads it takes by
  * default), the KV port's protocol between two
- * in-memory parties (kvx_port.c), and the new/free ladder. The
- * transport itself is tested between real processes in
- * tests/integration/test_kvx.py. */
+ * in-memory parties (kvx_port.c), and the new/free ladder. Then a real pair
+ * (P and D on one loop, UCX on loopback) for echo's prompt log-probabilities:
+ * PROMPT_LP rows up as events before DONE, DONE held for the last ones, what
+ * D refuses and what P refuses to send. The transport itself is tested
+ * between real processes in tests/integration/test_kvx.py. */
 #include "kv_fixture.h"
 #include "kvx_internal.h"
 #include "pd_test.h"
 
 #include <errno.h>
 #include <event2/event.h>
+#include <math.h>
 #include <poll.h>
 #include <sched.h>
 
@@ -498,6 +501,473 @@ static void kvx_crypto_threads_default_to_a_quarter_of_the_cpus(void)
     CHECK_EQ_INT(pinned, 1);
 }
 
+/* ---- a real pair on loopback: prefilld's kvx (P) and decoded's (D) on one
+ * loop, real UCX between them; echo's prompt log-probabilities
+ * (PD_PREFILL_F_PROMPT_LP, PROMPT_LP frames) ---- */
+
+static uint8_t pool_d[16 * BB]; /* D's pool; P sends from `pool` */
+
+enum { PT = 40, PMAX_ROWS = 64 }; /* the prompt: 40 tokens, 3 blocks of 16 */
+
+struct pair {
+    struct rig g;
+    struct pd_kvx *p, *d;
+    struct pd_kvx_peer *peer;
+    int p_up, d_up;
+    /* P: the request it holds */
+    struct pd_kvx_sreq *sreq;
+    struct pd_kvx_session *p_session; /* the request's: it outlives the handle */
+    uint64_t pf_id;
+    uint32_t pf_epoch;
+    uint16_t pf_flags;
+    uint32_t pf_n_logprobs, pf_n_tokens;
+    int sreq_end, sreq_end_reason;
+    /* D: what the events said, numbered in arrival order (0: not yet) */
+    int seq, done_at, failed_at, released_at, last_lp_at, n_lp_events;
+    int failed_reason;
+    char failed_detail[PD_PROTO_MAX_DETAIL + 1];
+    struct pd_done done;
+    uint32_t lp_count[PMAX_ROWS], lp_n_top[PMAX_ROWS];
+    struct pd_lp_row lp[PMAX_ROWS];
+};
+
+static void pair_p_event(void *arg, const struct pd_kvx_event *ev)
+{
+    struct pair *u = arg;
+    switch (ev->type) {
+    case PD_KVX_EV_SESSION_UP: u->p_up = 1; break;
+    case PD_KVX_EV_PREFILL:
+        u->sreq = ev->sreq;
+        u->p_session = ev->session;
+        u->pf_id = ev->prefill->request_id;
+        u->pf_epoch = ev->prefill->epoch;
+        u->pf_flags = ev->prefill->flags;
+        u->pf_n_logprobs = ev->prefill->n_logprobs;
+        u->pf_n_tokens = ev->prefill->n_tokens;
+        break;
+    case PD_KVX_EV_SREQ_END:
+        if (ev->sreq == u->sreq)
+            u->sreq = NULL;
+        u->sreq_end = 1;
+        u->sreq_end_reason = ev->reason;
+        break;
+    default: break;
+    }
+}
+
+static void pair_d_event(void *arg, const struct pd_kvx_event *ev)
+{
+    struct pair *u = arg;
+    switch (ev->type) {
+    case PD_KVX_EV_SESSION_UP: u->d_up = 1; break;
+    case PD_KVX_EV_PROMPT_LP: {
+        const struct pd_prompt_lp *lp = ev->prompt_lp;
+        u->last_lp_at = ++u->seq;
+        u->n_lp_events++;
+        for (uint32_t i = 0; i < lp->n_rows; i++) {
+            const uint32_t pos = lp->first + i;
+            if (pos >= PMAX_ROWS) {
+                u->lp_count[0]++; /* position 0 never comes: check_rows fails on it */
+                continue;
+            }
+            u->lp_count[pos]++;
+            u->lp_n_top[pos] = lp->n_top;
+            pd_prompt_lp_row(lp, i, &u->lp[pos]);
+        }
+        break;
+    }
+    case PD_KVX_EV_DONE:
+        u->done_at = ++u->seq;
+        u->done = *ev->done;
+        break;
+    case PD_KVX_EV_FAILED:
+        u->failed_at = ++u->seq;
+        u->failed_reason = ev->reason;
+        snprintf(u->failed_detail, sizeof u->failed_detail, "%s", ev->detail ? ev->detail : "");
+        break;
+    case PD_KVX_EV_RELEASED: u->released_at = ++u->seq; break;
+    default: break;
+    }
+}
+
+/* Run the loop until *flag is set (10 s at most) */
+static void pair_wait(struct pair *u, const int *flag)
+{
+    uint64_t deadline = pd_now_ns() + 10000000000ull;
+    while (!*flag) {
+        if (pd_now_ns() > deadline)
+            PD_TEST_FAIL_("kvx pair: still waiting at the deadline");
+        event_base_loop(u->g.base, EVLOOP_NONBLOCK);
+        if (!*flag)
+            poll(NULL, 0, 1);
+    }
+}
+
+/* Run the loop for ms milliseconds */
+static void pair_run_for(struct pair *u, unsigned ms)
+{
+    uint64_t end = pd_now_ns() + ms * 1000000ull;
+    while (pd_now_ns() < end) {
+        event_base_loop(u->g.base, EVLOOP_NONBLOCK);
+        poll(NULL, 0, 1);
+    }
+}
+
+/* P listening, D connected to it, both sessions up */
+static void pair_up(struct pair *u)
+{
+    char err[512], hp[64];
+    memset(u, 0, sizeof(*u));
+    rig_init(&u->g);
+    struct pd_kvx_params pp = rig_params(&u->g, PD_ROLE_P), dp = rig_params(&u->g, PD_ROLE_D);
+    pp.event = pair_p_event, pp.arg = u;
+    dp.event = pair_d_event, dp.arg = u;
+    dp.pool = pool_d;
+    if (pd_kvx_new(&pp, &u->p, err, sizeof err) < 0 || pd_kvx_listen(u->p, err, sizeof err) < 0 ||
+        pd_kvx_new(&dp, &u->d, err, sizeof err) < 0)
+        PD_TEST_FAIL_("%s", err);
+    snprintf(hp, sizeof hp, "127.0.0.1:%u", pd_kvx_port(u->p));
+    if (pd_kvx_peer_add(u->d, hp, &u->peer, err, sizeof err) < 0)
+        PD_TEST_FAIL_("%s", err);
+    pair_wait(u, &u->d_up);
+    pair_wait(u, &u->p_up);
+    CHECK(pd_kvx_peer_up(u->peer));
+    CHECK_EQ_INT(pd_auth_session_minor(u->peer->session->s), 2);
+}
+
+static void pair_down(struct pair *u)
+{
+    pd_kvx_free(u->d);
+    pd_kvx_free(u->p);
+    rig_done(&u->g);
+}
+
+/* D's record of a request cleared for the next one */
+static void pair_next(struct pair *u)
+{
+    u->sreq = NULL;
+    u->sreq_end = u->sreq_end_reason = 0;
+    u->seq = u->done_at = u->failed_at = u->released_at = u->last_lp_at = u->n_lp_events = 0;
+    u->failed_reason = 0;
+    u->failed_detail[0] = '\0';
+    memset(u->lp_count, 0, sizeof u->lp_count);
+}
+
+static const uint32_t ptoks[PT] = {
+    1, 5, 9, 13, 17, 21, 25, 29, 33, 37, 41, 45, 49, 53, 57, 61, 65, 69, 73, 77,
+    81, 85, 89, 93, 97, 101, 105, 109, 113, 117, 121, 125, 129, 133, 137, 141, 145, 149, 153, 157};
+
+/* D asks for request id's 40-token prompt (3 blocks, into D's blocks 3, 5,
+ * 9), with flags and n_logprobs; then waits for P to have it. 0 or
+ * pd_kvx_request's error (P then has nothing). */
+static int pair_request(struct pair *u, uint64_t id, uint16_t flags, uint32_t n_logprobs,
+                        char *err, size_t errlen)
+{
+    static const uint32_t dest[3] = {3, 5, 9};
+    struct pd_prefill p = {.request_id = id, .epoch = 1, .n_tokens = PT, .top_p = 1.0f,
+                           .repetition_penalty = 1.0f, .n_logprobs = n_logprobs, .seed = 3,
+                           .flags = flags, .tokens = ptoks};
+    snprintf(p.xrid, sizeof p.xrid, "plp-%" PRIu64, id);
+    struct pd_kvx_req *req;
+    pair_next(u);
+    int rc = pd_kvx_request(u->peer, &p, dest, NULL, 3, u, &req, err, errlen);
+    if (rc < 0)
+        return rc;
+    const uint64_t deadline = pd_now_ns() + 10000000000ull;
+    while (!u->sreq) { /* as pair_wait, on a pointer */
+        if (pd_now_ns() > deadline)
+            PD_TEST_FAIL_("request %" PRIu64 ": no PREFILL at P by the deadline", id);
+        pair_run_for(u, 1);
+        if (u->failed_at)
+            PD_TEST_FAIL_("request %" PRIu64 " failed before P had it: %s", id, u->failed_detail);
+    }
+    CHECK_EQ_INT(u->pf_flags, flags);
+    CHECK_EQ_INT(u->pf_n_logprobs, n_logprobs);
+    CHECK_EQ_INT(u->pf_n_tokens, PT);
+    return 0;
+}
+
+/* Position pos's row as P sends it: numbers made up, exact in float */
+static struct pd_lp_row lp_row(uint32_t pos, uint32_t n_top)
+{
+    struct pd_lp_row r;
+    memset(&r, 0, sizeof r);
+    r.logprob = -(float)pos / 8.0f;
+    for (uint32_t k = 0; k < n_top; k++)
+        r.top[k] = (struct pd_logprob){.token = pos * 100 + k, .logprob = -0.5f * (float)k -
+                                                                          (float)pos / 64.0f};
+    if (pos == 7 && n_top)
+        r.top[n_top - 1].logprob = -INFINITY; /* a filtered-out token is a log-probability */
+    return r;
+}
+
+/* P sends rows [first, first + n) through pd_kvx_send_prompt_lp */
+static int send_rows(struct pair *u, uint32_t first, uint32_t n, uint32_t n_top, char *err,
+                     size_t errlen)
+{
+    struct pd_lp_row rows[PMAX_ROWS];
+    for (uint32_t i = 0; i < n && i < PMAX_ROWS; i++)
+        rows[i] = lp_row(first + i, n_top);
+    struct pd_prompt_lp lp = {.first = first, .n_rows = n, .n_top = n_top, .rows = rows};
+    return pd_kvx_send_prompt_lp(u->sreq, &lp, err, errlen);
+}
+
+/* The same frame sealed and sent on the request's session whatever P's
+ * request asked, or after it ended (a peer that does not check, or a frame
+ * the network delivers late) */
+static void send_rows_unchecked(struct pair *u, uint32_t first, uint32_t n, uint32_t n_top)
+{
+    struct pd_lp_row rows[PMAX_ROWS];
+    for (uint32_t i = 0; i < n && i < PMAX_ROWS; i++)
+        rows[i] = lp_row(first + i, n_top);
+    struct pd_frame f = {.type = PD_FT_PROMPT_LP};
+    f.u.prompt_lp = (struct pd_prompt_lp){.request_id = u->pf_id, .epoch = u->pf_epoch,
+                                          .first = first, .n_rows = n, .n_top = n_top,
+                                          .rows = rows};
+    CHECK_EQ_INT(kvx_send_ctl(u->p_session, &f), 0);
+}
+
+/* P sends the prompt's 3 blocks (its pool's 1, 2, 4, filled with a pattern) */
+static void send_blocks(struct pair *u)
+{
+    static const uint32_t src[3] = {1, 2, 4};
+    char err[256];
+    for (int b = 0; b < 3; b++)
+        for (int i = 0; i < BB; i++)
+            pool[src[b] * BB + i] = (uint8_t)(b * 37 + i);
+    CHECK_EQ_INT(pd_kvx_send_run(u->sreq, 0, src, NULL, 3, err, sizeof err), 0);
+}
+
+static void send_done(struct pair *u)
+{
+    char err[256];
+    struct pd_done d = {.request_id = u->sreq->id, .epoch = u->sreq->epoch, .n_prompt = PT,
+                        .token = 4242, .logprob = -0.25f, .n_top = 1, .top = {{4242, -0.25f}}};
+    CHECK_EQ_INT(pd_kvx_send_done(u->sreq, &d, err, sizeof err), 0);
+}
+
+/* D got every position [1, PT) exactly once, each as P sent it */
+static void check_rows(const struct pair *u, uint32_t n_top)
+{
+    CHECK_EQ_INT(u->lp_count[0], 0);
+    for (uint32_t pos = 1; pos < PT; pos++) {
+        const struct pd_lp_row want = lp_row(pos, n_top), *got = &u->lp[pos];
+        if (u->lp_count[pos] != 1)
+            PD_TEST_FAIL_("position %u came %u times", pos, u->lp_count[pos]);
+        CHECK_EQ_INT(u->lp_n_top[pos], n_top);
+        CHECK(got->logprob == want.logprob);
+        for (uint32_t k = 0; k < n_top; k++)
+            CHECK(got->top[k].token == want.top[k].token &&
+                  got->top[k].logprob == want.top[k].logprob);
+    }
+}
+
+/* The blocks D was granted hold what P sent */
+static void check_blocks(void)
+{
+    static const uint32_t src[3] = {1, 2, 4}, dest[3] = {3, 5, 9};
+    for (int b = 0; b < 3; b++)
+        CHECK(memcmp(pool_d + dest[b] * BB, pool + src[b] * BB, BB) == 0);
+}
+
+/* Rows in two frames (1024 rows at most each, here 20 and 19), blocks,
+ * DONE: every position comes up once as a PROMPT_LP event with P's numbers,
+ * all before DONE; then RELEASED */
+static void kvx_prompt_lp_rows_arrive_before_done(void)
+{
+    struct pair u;
+    char err[512];
+    pair_up(&u);
+    if (pair_request(&u, 11, PD_PREFILL_F_PREFIX | PD_PREFILL_F_PROMPT_LP, 2, err, sizeof err) < 0)
+        PD_TEST_FAIL_("%s", err);
+    send_blocks(&u);
+    CHECK_EQ_INT(send_rows(&u, 1, 20, 2, err, sizeof err), 0);
+    CHECK_EQ_INT(send_rows(&u, 21, PT - 21, 2, err, sizeof err), 0);
+    send_done(&u);
+    pair_wait(&u, &u.released_at);
+    if (u.failed_at)
+        PD_TEST_FAIL_("request failed: %s (%d)", u.failed_detail, u.failed_reason);
+    CHECK(u.done_at > 0);
+    CHECK_EQ_INT(u.n_lp_events, 2);
+    CHECK(u.last_lp_at < u.done_at && u.done_at < u.released_at);
+    CHECK(u.done.token == 4242 && u.done.logprob == -0.25f && u.done.n_prompt == PT);
+    check_rows(&u, 2);
+    check_blocks();
+    pair_wait(&u, &u.sreq_end);
+    CHECK_EQ_INT(u.sreq_end_reason, 0);
+    /* and without alternatives: rows of 4 bytes */
+    if (pair_request(&u, 12, PD_PREFILL_F_PROMPT_LP, 0, err, sizeof err) < 0)
+        PD_TEST_FAIL_("%s", err);
+    send_blocks(&u);
+    CHECK_EQ_INT(send_rows(&u, 1, PT - 1, 0, err, sizeof err), 0);
+    send_done(&u);
+    pair_wait(&u, &u.released_at);
+    CHECK(u.done_at > 0 && !u.failed_at);
+    CHECK_EQ_INT(u.n_lp_events, 1);
+    check_rows(&u, 0);
+    pair_wait(&u, &u.sreq_end);
+    pair_down(&u);
+}
+
+/* DONE with positions still to come is held: no DONE event until every
+ * position [1, n_tokens) has come, then DONE (proto.md: "DONE waits until
+ * every position has come (frames may arrive out of order)"; UCX's active
+ * messages are not ordered). P sends the last rows after DONE, as the
+ * network may deliver them: on the session, P's handle being gone once its
+ * DONE went and its runs were acknowledged. */
+static void kvx_done_waits_for_every_prompt_position(void)
+{
+    struct pair u;
+    char err[512];
+    pair_up(&u);
+    if (pair_request(&u, 21, PD_PREFILL_F_PROMPT_LP, 3, err, sizeof err) < 0)
+        PD_TEST_FAIL_("%s", err);
+    send_blocks(&u);
+    CHECK_EQ_INT(send_rows(&u, 1, 30, 3, err, sizeof err), 0);
+    send_done(&u);
+    pair_run_for(&u, 300); /* blocks verified, DONE in, 9 positions missing */
+    CHECK_EQ_INT(u.lp_count[30], 1);
+    CHECK(!u.done_at && !u.failed_at && !u.released_at);
+    send_rows_unchecked(&u, 31, PT - 31, 3);
+    pair_wait(&u, &u.released_at);
+    if (u.failed_at)
+        PD_TEST_FAIL_("the last rows after DONE failed the request: %s (%s)", u.failed_detail,
+                      pd_reason_name((unsigned)u.failed_reason));
+    CHECK(u.done_at > u.last_lp_at);
+    check_rows(&u, 3);
+    check_blocks();
+    pair_down(&u);
+}
+
+/* What D's kvx refuses from a peer, each failing the request (protocol):
+ * rows for a request that did not ask, another number of alternatives than
+ * asked, rows past the prompt, a position twice. No DONE follows; the
+ * request is released and P's ends (D aborts it). */
+static void kvx_bad_prompt_lp_fails_the_request(void)
+{
+    static const struct {
+        uint16_t flags;
+        uint32_t first, n_rows, n_top; /* the bad frame */
+        int repeat; /* rows [1, 20) first, then the bad frame through the public call */
+        const char *detail;
+    } cases[] = {
+        {PD_PREFILL_F_PREFIX, 1, 5, 2, 0, "did not ask"},
+        {PD_PREFILL_F_PROMPT_LP, 1, 5, 3, 0, "other alternatives than asked"},
+        {PD_PREFILL_F_PROMPT_LP, 1, 5, 1, 0, "other alternatives than asked"},
+        {PD_PREFILL_F_PROMPT_LP, 35, 6, 2, 0, "past the prompt"}, /* 35..40 of 40 */
+        {PD_PREFILL_F_PROMPT_LP, 19, 3, 2, 1, "repeats a position"},
+        {PD_PREFILL_F_PROMPT_LP, 1, 1, 2, 1, "repeats a position"},
+    };
+    struct pair u;
+    char err[512];
+    pair_up(&u);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+        if (pair_request(&u, 31 + i, cases[i].flags, 2, err, sizeof err) < 0)
+            PD_TEST_FAIL_("%s", err);
+        send_blocks(&u);
+        if (cases[i].repeat) {
+            CHECK_EQ_INT(send_rows(&u, 1, 20, 2, err, sizeof err), 0);
+            /* P's own check passes a repeat: only D knows what came */
+            CHECK_EQ_INT(send_rows(&u, cases[i].first, cases[i].n_rows, cases[i].n_top, err,
+                                   sizeof err),
+                         0);
+        } else {
+            send_rows_unchecked(&u, cases[i].first, cases[i].n_rows, cases[i].n_top);
+        }
+        /* no DONE: the bad frame alone ends the request */
+        pair_wait(&u, &u.released_at);
+        if (!u.failed_at || u.done_at)
+            PD_TEST_FAIL_("case %zu (%s): failed %d done %d", i, cases[i].detail, u.failed_at,
+                          u.done_at);
+        CHECK_EQ_INT(u.failed_reason, PD_R_PROTOCOL);
+        CHECK_CONTAINS(u.failed_detail, cases[i].detail);
+        CHECK(u.failed_at < u.released_at);
+        /* nothing of the bad frame went up */
+        CHECK_EQ_INT(u.n_lp_events, cases[i].repeat ? 1 : 0);
+        pair_wait(&u, &u.sreq_end);
+        CHECK_EQ_INT(u.sreq_end_reason, PD_R_PROTOCOL);
+    }
+    /* the session lives on: a good request after them completes */
+    if (pair_request(&u, 40, PD_PREFILL_F_PROMPT_LP, 2, err, sizeof err) < 0)
+        PD_TEST_FAIL_("%s", err);
+    send_blocks(&u);
+    CHECK_EQ_INT(send_rows(&u, 1, PT - 1, 2, err, sizeof err), 0);
+    send_done(&u);
+    pair_wait(&u, &u.released_at);
+    CHECK(u.done_at && !u.failed_at);
+    check_rows(&u, 2);
+    pair_down(&u);
+}
+
+/* P's pd_kvx_send_prompt_lp refuses what D would: a request that did not
+ * ask, other alternatives than asked, rows past the prompt; the request
+ * goes on */
+static void kvx_p_refuses_prompt_lp_the_request_did_not_ask_for(void)
+{
+    struct pair u;
+    char err[512];
+    pair_up(&u);
+    if (pair_request(&u, 51, PD_PREFILL_F_PREFIX, 2, err, sizeof err) < 0)
+        PD_TEST_FAIL_("%s", err);
+    CHECK_EQ_INT(send_rows(&u, 1, 5, 2, err, sizeof err), -EINVAL);
+    CHECK_CONTAINS(err, "PROMPT_LP");
+    send_blocks(&u);
+    send_done(&u);
+    pair_wait(&u, &u.released_at);
+    CHECK(u.done_at && !u.failed_at && u.n_lp_events == 0);
+    pair_wait(&u, &u.sreq_end);
+    if (pair_request(&u, 52, PD_PREFILL_F_PROMPT_LP, 2, err, sizeof err) < 0)
+        PD_TEST_FAIL_("%s", err);
+    CHECK_EQ_INT(send_rows(&u, 1, 5, 3, err, sizeof err), -EINVAL); /* 3 alternatives, 2 asked */
+    CHECK_EQ_INT(send_rows(&u, 1, 5, 0, err, sizeof err), -EINVAL);
+    CHECK_EQ_INT(send_rows(&u, 35, 6, 2, err, sizeof err), -EINVAL); /* past position 39 */
+    CHECK_CONTAINS(err, "do not fit the request");
+    CHECK_EQ_INT(send_rows(&u, PT, 1, 2, err, sizeof err), -EINVAL);
+    /* what fits goes: to the last position */
+    CHECK_EQ_INT(send_rows(&u, 1, PT - 1, 2, err, sizeof err), 0);
+    send_blocks(&u);
+    send_done(&u);
+    pair_wait(&u, &u.released_at);
+    CHECK(u.done_at && !u.failed_at);
+    CHECK_EQ_INT(u.n_lp_events, 1);
+    check_rows(&u, 2);
+    pair_down(&u);
+}
+
+/* A session of protocol 1.1 knows neither the bias part nor prompt
+ * log-probabilities: pd_kvx_request refuses both (-EPROTONOSUPPORT, naming
+ * 1.2) and sends nothing; the prefix part alone (1.1) goes */
+static void kvx_request_refuses_prompt_lp_below_minor_2(void)
+{
+    struct pair u;
+    char err[512];
+    pair_up(&u);
+    struct pd_auth_session *s = u.peer->session->s;
+    s->minor = 1; /* as the handshake with a 1.1 peer leaves it */
+    static const uint16_t refused[] = {PD_PREFILL_F_PROMPT_LP,
+                                       PD_PREFILL_F_PREFIX | PD_PREFILL_F_PROMPT_LP,
+                                       PD_PREFILL_F_PROMPT_LP | PD_PREFILL_F_BIAS};
+    for (size_t i = 0; i < sizeof(refused) / sizeof(*refused); i++) {
+        static const struct pd_bias b[1] = {{3, 1.0f}};
+        static const uint32_t dest[3] = {3, 5, 9};
+        struct pd_prefill p = {.request_id = 61 + i, .epoch = 1, .n_tokens = PT, .top_p = 1.0f,
+                               .repetition_penalty = 1.0f, .n_logprobs = 2, .flags = refused[i],
+                               .tokens = ptoks, .xrid = "old-peer"};
+        if (refused[i] & PD_PREFILL_F_BIAS)
+            p.n_bias = 1, p.bias = b;
+        struct pd_kvx_req *req = NULL;
+        CHECK_EQ_INT(pd_kvx_request(u.peer, &p, dest, NULL, 3, &u, &req, err, sizeof err),
+                     -EPROTONOSUPPORT);
+        CHECK_CONTAINS(err, "protocol 1.1");
+        CHECK_CONTAINS(err, "(1.2)");
+        CHECK(req == NULL);
+    }
+    pair_run_for(&u, 100);
+    CHECK(u.sreq == NULL); /* nothing reached P */
+    s->minor = 2;
+    pair_down(&u);
+}
+
 static const struct pd_test tests[] = {
     PD_TEST(kvx_iov_merges_adjacent_blocks),
     PD_TEST(kvx_iov_keeps_non_adjacent_blocks_apart),
@@ -511,6 +981,11 @@ static const struct pd_test tests[] = {
     PD_TEST(kv_port_refuses_any_altered_byte_from_d),
     PD_TEST(kv_port_cap_and_eof_are_reported),
     PD_TEST(kv_port_fuzz_seeds_are_genuine),
+    PD_TEST(kvx_prompt_lp_rows_arrive_before_done),
+    PD_TEST(kvx_done_waits_for_every_prompt_position),
+    PD_TEST(kvx_bad_prompt_lp_fails_the_request),
+    PD_TEST(kvx_p_refuses_prompt_lp_the_request_did_not_ask_for),
+    PD_TEST(kvx_request_refuses_prompt_lp_below_minor_2),
     {0},
 };
 

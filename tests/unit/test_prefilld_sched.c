@@ -6,7 +6,9 @@
  * maps what its pool cached before (never its last token's block), blocks
  * decoded holds are checked by name and never sent (runs count from
  * n_cached), a cold cache is counted, salts keep tenants apart, and the
- * progress atomics reach the prompt's end. */
+ * progress atomics reach the prompt's end. Echo's prompt log-probabilities:
+ * every position scored as a solo prefill's logits say, mapping nothing
+ * from the cache. */
 #include "engine_fixture.h"
 #include "metrics.h"
 #include "pd_test.h"
@@ -664,6 +666,174 @@ static void progress_atomics(void)
     rig_down(&r);
 }
 
+/* ---- echo's prompt log-probabilities (PD_PREFILL_F_PROMPT_LP): j->plp ---- */
+
+/* j asks for its prompt scored, with n_top alternatives */
+static void ask_plp(struct pf_job *j, uint32_t n_top)
+{
+    CHECK((j->plp = calloc((size_t)j->n_tokens + 1, sizeof(*j->plp))) != NULL);
+    j->sampling.n_logprobs = n_top;
+}
+
+/* Every prompt position's raw logits of toks[0, n), one step on a fresh
+ * engine of the rig's model: (n, V) */
+static float *solo_logits(struct rig *r, const int32_t *toks, uint32_t n)
+{
+    struct pd_engine *solo = fx_engine(r->m, 16ull * BLOCK_BYTES, 256, 1);
+    const uint32_t V = pd_engine_n_vocab(solo);
+    float *l = malloc((size_t)n * V * sizeof(float));
+    struct pd_kvseq q;
+    char err[256];
+    CHECK(l);
+    pd_kvseq_init(&q);
+    struct pd_batch_item it = {.seq = &q, .tokens = toks, .n_tokens = n, .n_logits = n,
+                               .logits = l};
+    if (pd_engine_step(solo, &it, 1, err, sizeof(err)) < 0)
+        PD_TEST_FAIL_("%s", err);
+    pd_engine_seq_release(solo, &q);
+    pd_engine_free(solo);
+    return l;
+}
+
+/* log-softmax of row[0, V) at token, in double */
+static double log_softmax_at(const float *row, uint32_t V, int32_t token)
+{
+    double mx = -INFINITY, sum = 0;
+    for (uint32_t i = 0; i < V; i++)
+        mx = row[i] > mx ? row[i] : mx;
+    for (uint32_t i = 0; i < V; i++)
+        sum += exp((double)row[i] - mx);
+    return (double)row[token] - mx - log(sum);
+}
+
+#define PLP_TOL 1e-4 /* the scheduler's steps batch other than the solo step */
+
+/* plp[i], i in [1, n), is prompt token i's log-probability given those
+ * before it, as the solo logits' row i - 1 says (within PLP_TOL), with the
+ * n_top most probable of that row (each alternative's number is its token's
+ * there, in descending order); plp[0] is untouched; plp[n] is the DONE
+ * event's token */
+static void check_plp(struct rig *r, const struct pf_job *j, const struct got *g, uint32_t n_top)
+{
+    const uint32_t n = j->n_tokens;
+    float *l = solo_logits(r, j->tokens, n);
+    const uint32_t V = pd_model_hparams(r->m)->n_vocab;
+    const struct pd_sample_result *p = j->plp;
+    CHECK(g->done);
+    CHECK(p[0].token == 0 && p[0].logprob == 0.0f && p[0].n_top == 0);
+    for (uint32_t i = 1; i < n; i++) {
+        const float *row = l + (size_t)(i - 1) * V;
+        const double want = log_softmax_at(row, V, j->tokens[i]);
+        if (p[i].token != j->tokens[i] || !(fabs(p[i].logprob - want) <= PLP_TOL))
+            PD_TEST_FAIL_("position %u: token %d logprob %.7g; want %d %.7g", i, p[i].token,
+                          (double)p[i].logprob, j->tokens[i], want);
+        CHECK_EQ_INT(p[i].n_top, n_top);
+        struct pd_sample_result ref;
+        CHECK_EQ_INT(pd_sample_score(V, row, j->tokens[i], n_top, &ref), 0);
+        for (uint32_t k = 0; k < n_top; k++) {
+            CHECK(fabs(p[i].top[k].logprob - ref.top[k].logprob) <= PLP_TOL);
+            CHECK(fabs(p[i].top[k].logprob - log_softmax_at(row, V, p[i].top[k].token)) <=
+                  PLP_TOL);
+            CHECK(k == 0 || p[i].top[k].logprob <= p[i].top[k - 1].logprob);
+        }
+    }
+    /* the drawn first token: the DONE event's, the last row's draw */
+    CHECK(p[n].token == g->first.token && p[n].logprob == g->first.logprob);
+    CHECK_EQ_INT(g->first.n_top, n_top);
+    CHECK(fabs(p[n].logprob - log_softmax_at(l + (size_t)(n - 1) * V, V, p[n].token)) <=
+          PLP_TOL);
+    free(l);
+}
+
+/* Prompts of 100 tokens (three steps of the rig's 48), 1 token (nothing to
+ * score, only the draw), 17 tokens drawn at temperature 0.9, beside a plain
+ * job in the same steps: every position scored as a solo prefill's logits
+ * say, the first tokens as ever (greedy: local sampling's), the plain job's
+ * unchanged */
+static void prefilld_scores_every_prompt_position(void)
+{
+    struct rig r;
+    rig_up(&r, 40, 4, 16, false);
+    struct pf_job *a = job(&r, 1, 1, 100, 21), *b = job(&r, 2, 2, 1, 22),
+                  *c = job(&r, 1, 3, 17, 23), *plain = job(&r, 2, 4, 60, 24);
+    ask_plp(a, 2);
+    ask_plp(b, 5);
+    ask_plp(c, 0);
+    c->sampling.temperature = 0.9f;
+    c->sampling.seed = 31;
+    struct pf_job *all[3] = {a, b, c};
+    for (int i = 0; i < 3; i++)
+        pf_job_ref(all[i]); /* ours, to read plp after DONE */
+    submit(&r, a);
+    submit(&r, b);
+    submit(&r, c);
+    submit(&r, plain);
+    start(&r);
+    collect(&r, 4, false);
+    for (int i = 0; i < 4; i++)
+        CHECK(r.g[i].done);
+    CHECK_EQ_INT(r.g[0].n_blocks, 7); /* every block of the prompt sent, as ever */
+    CHECK_EQ_INT(r.g[1].n_blocks, 1);
+    check_plp(&r, a, &r.g[0], 2);
+    check_plp(&r, b, &r.g[1], 5);
+    check_plp(&r, c, &r.g[2], 0);
+    /* greedy first tokens are local sampling's, scored or not */
+    struct pd_sampler *smp = pd_sampler_new(pd_model_hparams(r.m)->n_vocab);
+    const uint32_t V = pd_model_hparams(r.m)->n_vocab;
+    int32_t toks[100];
+    static const uint32_t lens[4] = {100, 1, 17, 60}, salts[4] = {21, 22, 23, 24};
+    for (int i = 0; i < 4; i++) {
+        if (i == 2)
+            continue; /* drawn at temperature: compared above with its own row */
+        prompt(toks, lens[i], salts[i]);
+        float *l = solo_logits(&r, toks, lens[i]);
+        const float *last = l + (size_t)(lens[i] - 1) * V;
+        struct pd_sample_result want;
+        const struct pd_sampling greedy = PD_SAMPLING_DEFAULT;
+        CHECK_EQ_INT(pd_sample(smp, &greedy, last, toks, lens[i], NULL, 0, &want), 0);
+        if (!fx_near_tie(last, V))
+            CHECK_EQ_INT(r.g[i].first.token, want.token);
+        free(l);
+    }
+    pd_sampler_free(smp);
+    for (int i = 0; i < 3; i++)
+        pf_job_unref(all[i]);
+    rig_down(&r);
+}
+
+/* With the prefix cache on, a prompt to score maps nothing from it (every
+ * position is computed, so scored), even with the whole prompt cached; a
+ * plain job of the same tokens after it still does */
+static void prefilld_scoring_job_maps_nothing_from_the_prefix_cache(void)
+{
+    int32_t t[100];
+    prompt(t, 100, 25);
+    struct rig r;
+    rig_up_ex(&r, 40, 2, 4, true, true);
+    submit(&r, pjob(&r, 1, t, 100, NULL, 0));
+    collect(&r, 1, true);
+    CHECK(r.g[0].done);
+    release(&r, &r.g[0]);
+    CHECK(pd_metric_value(r.pm.hit_tokens) == 0);
+    struct pf_job *j = pjob(&r, 2, t, 100, NULL, 0);
+    ask_plp(j, 3);
+    pf_job_ref(j);
+    submit(&r, j);
+    collect(&r, 2, true);
+    CHECK(r.g[1].done);
+    CHECK(pd_metric_value(r.pm.hit_tokens) == 0); /* 6 full blocks were there to map */
+    CHECK_EQ_INT(r.g[1].n_blocks, 7);
+    check_plp(&r, j, &r.g[1], 3);
+    check_matches_solo(&r, &r.g[1], t, 100, 0);
+    release(&r, &r.g[1]);
+    pf_job_unref(j);
+    submit(&r, pjob(&r, 3, t, 100, NULL, 0));
+    collect(&r, 3, false);
+    CHECK(r.g[2].done);
+    CHECK(pd_metric_value(r.pm.hit_tokens) == 6 * BS);
+    rig_down(&r);
+}
+
 static const struct pd_test tests[] = {
     PD_TEST(prefilld_blocks_and_first_token_match_solo_prefill),
     PD_TEST(prefilld_blocks_live_until_unref),
@@ -679,6 +849,8 @@ static const struct pd_test tests[] = {
     PD_TEST(salt_separates_prefilld_cache),
     PD_TEST(cache_off_still_checks_cached_name_and_sends_only_missing_blocks),
     PD_TEST(progress_atomics),
+    PD_TEST(prefilld_scores_every_prompt_position),
+    PD_TEST(prefilld_scoring_job_maps_nothing_from_the_prefix_cache),
     {0},
 };
 

@@ -36,7 +36,7 @@ static size_t golden(const char *name, uint8_t *buf, size_t cap)
 static const char *const golden_names[] = {
     "prefill", "chunk", "ack", "done", "abort", "abort_ack", "cancel", "heartbeat", "error",
     "prefill_prefix", "progress", /* minor 1 */
-    "prefill_bias", /* minor 2 */
+    "prefill_bias", "prompt_lp", "prefill_prompt_lp", /* minor 2 */
 };
 #define N_GOLDEN (sizeof(golden_names) / sizeof(golden_names[0]))
 
@@ -54,6 +54,13 @@ static const uint32_t *prefix_tokens(void)
 /* prefill_bias's entries, as make_frames.py writes them */
 static const struct pd_bias prefill_bias_entries[] = {{42, -100.0f}, {7, 2.5f}, {128000, 100.0f}};
 static const uint32_t bias_tokens[] = {5, 6, 7};
+
+/* prefill_prompt_lp's tokens, and prompt_lp's rows, as make_frames.py writes them */
+static const uint32_t plp_tokens[] = {11, 22, 33, 44};
+static const struct pd_lp_row prompt_lp_rows[] = {
+    {.logprob = -1.5f, .top = {{791, -0.125f}, {578, -2.5f}}},
+    {.logprob = -3.25f, .top = {{128000, -0.0625f}, {7, -INFINITY}}},
+};
 
 /* The frames make_frames.py writes, as structs. */
 static struct pd_frame expected(const char *name, uint8_t tags[48])
@@ -93,6 +100,22 @@ static struct pd_frame expected(const char *name, uint8_t tags[48])
             .bias = prefill_bias_entries, .tokens = bias_tokens,
         };
         strcpy(f.u.prefill.xrid, "req-bias-3");
+    } else if (strcmp(name, "prefill_prompt_lp") == 0) {
+        /* the prefix part (a salt, nothing cached: the flag refuses cached blocks) */
+        f.type = PD_FT_PREFILL;
+        f.u.prefill = (struct pd_prefill){
+            .request_id = REQ, .epoch = EPOCH, .n_tokens = 4, .n_blocks = 1, .block_size = 16,
+            .temperature = 0.0f, .top_p = 1.0f, .repetition_penalty = 1.0f, .n_logprobs = 3,
+            .seed = 5, .flags = PD_PREFILL_F_PREFIX | PD_PREFILL_F_PROMPT_LP,
+            .tokens = plp_tokens,
+        };
+        for (int i = 0; i < PD_PREFIX_NAME_LEN; i++)
+            f.u.prefill.salt[i] = (uint8_t)(0x30 + i);
+        strcpy(f.u.prefill.xrid, "req-plp-4");
+    } else if (strcmp(name, "prompt_lp") == 0) {
+        f.type = PD_FT_PROMPT_LP;
+        f.u.prompt_lp = (struct pd_prompt_lp){.request_id = REQ, .epoch = EPOCH, .first = 3,
+                                              .n_rows = 2, .n_top = 2, .rows = prompt_lp_rows};
     } else if (strcmp(name, "progress") == 0) {
         f.type = PD_FT_PROGRESS;
         f.u.progress = (struct pd_progress){.request_id = REQ, .epoch = EPOCH,
@@ -224,6 +247,24 @@ static void check_same(const struct pd_frame *a, const struct pd_frame *b)
         CHECK_EQ_INT(x->state, y->state);
         CHECK_EQ_INT(x->tokens_done, y->tokens_done);
         CHECK_EQ_INT(x->n_tokens, y->n_tokens);
+        break;
+    }
+    case PD_FT_PROMPT_LP: {
+        const struct pd_prompt_lp *x = &a->u.prompt_lp, *y = &b->u.prompt_lp;
+        CHECK(x->request_id == y->request_id);
+        CHECK_EQ_INT(x->epoch, y->epoch);
+        CHECK_EQ_INT(x->first, y->first);
+        CHECK_EQ_INT(x->n_rows, y->n_rows);
+        CHECK_EQ_INT(x->n_top, y->n_top);
+        for (uint32_t i = 0; i < x->n_rows; i++) {
+            struct pd_lp_row rx, ry;
+            pd_prompt_lp_row(x, i, &rx);
+            pd_prompt_lp_row(y, i, &ry);
+            CHECK(rx.logprob == ry.logprob);
+            for (uint32_t k = 0; k < x->n_top; k++)
+                CHECK(rx.top[k].token == ry.top[k].token &&
+                      rx.top[k].logprob == ry.top[k].logprob);
+        }
         break;
     }
     default: CHECK(!"unexpected type");
@@ -597,7 +638,8 @@ static void heartbeat_lease_out_of_range_refused(void)
 static void request_id_zero_refused(void)
 {
     const char *names[] = {"prefill", "chunk", "ack", "done", "abort", "abort_ack", "cancel",
-                           "prefill_prefix", "progress", "prefill_bias"};
+                           "prefill_prefix", "progress", "prefill_bias", "prompt_lp",
+                           "prefill_prompt_lp"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         uint8_t buf[4096];
         size_t n = golden(names[i], buf, sizeof(buf));
@@ -1324,6 +1366,401 @@ static void prefill_bias_encoder_refusals(void)
     CHECK_EQ_INT(encode_rc(&f), 0);
 }
 
+/* ---- minor 2: prompt log-probabilities (PD_PREFILL_F_PROMPT_LP, PROMPT_LP) ---- */
+
+/* Body offsets of PROMPT_LP (prompt_lp.bin: 2 rows of 2 alternatives, 20 bytes each) */
+#define PLP_FIRST 12
+#define PLP_N_ROWS 16
+#define PLP_N_TOP 20
+#define PLP_ROWS 24
+#define PLP_ROW_LEN 20
+
+static float get_lef32(const uint8_t *b)
+{
+    uint32_t u = get_le32(b);
+    float v;
+    memcpy(&v, &u, 4);
+    return v;
+}
+
+static void prompt_lp_golden_decodes_every_field(void)
+{
+    uint8_t buf[4096];
+    size_t n = golden("prompt_lp", buf, sizeof(buf));
+    struct pd_frame f;
+    struct pd_frame_hdr h;
+    CHECK_EQ_INT(n, PD_FRAME_HDR_LEN + PLP_ROWS + 2 * PLP_ROW_LEN);
+    CHECK_EQ_INT(pd_frame_hdr_decode(buf, n, &h, err, sizeof(err)), 0);
+    CHECK_EQ_INT(h.major, 1);
+    CHECK_EQ_INT(h.minor, 2);
+    CHECK_EQ_INT(h.type, PD_FT_PROMPT_LP);
+    CHECK_EQ_INT(PD_FT_PROMPT_LP, 28);
+    CHECK_EQ_INT(h.len, PLP_ROWS + 2 * PLP_ROW_LEN);
+    CHECK(h.seq == 13);
+    if (pd_frame_decode(buf, n, &f, err, sizeof(err)) < 0)
+        PD_TEST_FAIL_("prompt_lp: %s", err);
+    const struct pd_prompt_lp *p = &f.u.prompt_lp;
+    CHECK_EQ_INT(f.type, PD_FT_PROMPT_LP);
+    CHECK(p->request_id == REQ);
+    CHECK_EQ_INT(p->epoch, EPOCH);
+    CHECK_EQ_INT(p->first, 3);
+    CHECK_EQ_INT(p->n_rows, 2);
+    CHECK_EQ_INT(p->n_top, 2);
+    /* the rows: a view of the input, read through pd_prompt_lp_row */
+    CHECK(p->rows == NULL);
+    CHECK(p->rows_le == buf + PD_FRAME_HDR_LEN + PLP_ROWS);
+    struct pd_lp_row r0, r1;
+    pd_prompt_lp_row(p, 0, &r0);
+    pd_prompt_lp_row(p, 1, &r1);
+    CHECK(r0.logprob == -1.5f);
+    CHECK(r0.top[0].token == 791 && r0.top[0].logprob == -0.125f);
+    CHECK(r0.top[1].token == 578 && r0.top[1].logprob == -2.5f);
+    CHECK(r1.logprob == -3.25f);
+    CHECK(r1.top[0].token == 128000 && r1.top[0].logprob == -0.0625f);
+    CHECK(r1.top[1].token == 7 && isinf(r1.top[1].logprob) && r1.top[1].logprob < 0);
+    /* the layout as documented: request id, epoch, first, n_rows, n_top, rows */
+    const uint8_t *b = buf + PD_FRAME_HDR_LEN;
+    CHECK_EQ_INT(get_le32(b + PLP_FIRST), 3);
+    CHECK_EQ_INT(get_le32(b + PLP_N_ROWS), 2);
+    CHECK_EQ_INT(get_le32(b + PLP_N_TOP), 2);
+    CHECK(get_lef32(b + PLP_ROWS + PLP_ROW_LEN) == -3.25f);
+    CHECK_EQ_INT(get_le32(b + PLP_ROWS + PLP_ROW_LEN + 4), 128000);
+    CHECK(pd_frame_type_known(PD_FT_PROMPT_LP) && pd_frame_type_sealed(PD_FT_PROMPT_LP));
+    CHECK_STR(pd_frame_type_name(PD_FT_PROMPT_LP), "PROMPT_LP");
+}
+
+static void prompt_lp_golden_reencodes_byte_identical(void)
+{
+    uint8_t buf[4096], out[4096], tags[48];
+    size_t n = golden("prompt_lp", buf, sizeof(buf)), m = 0;
+    struct pd_frame want = expected("prompt_lp", tags), got;
+    CHECK_EQ_INT(pd_frame_encode(&want, 13, out, sizeof(out), &m, err, sizeof(err)), 0);
+    CHECK_EQ_INT(m, n);
+    CHECK(memcmp(out, buf, n) == 0);
+    CHECK_EQ_INT(pd_frame_body_len(&want), n - PD_FRAME_HDR_LEN);
+    /* and from the decoder's view of the rows */
+    CHECK_EQ_INT(pd_frame_decode(buf, n, &got, err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_frame_body_len(&got), n - PD_FRAME_HDR_LEN);
+    CHECK_EQ_INT(pd_frame_encode(&got, 13, out, sizeof(out), &m, err, sizeof(err)), 0);
+    CHECK(m == n && memcmp(out, buf, n) == 0);
+}
+
+/* 1024 rows of 20 alternatives (168 KiB, the largest PROMPT_LP), ending at
+ * the last prompt position the protocol has, travel; rows without
+ * alternatives are 4 bytes each */
+static void prompt_lp_at_the_caps_roundtrips(void)
+{
+    enum { ROWS = PD_PROTO_MAX_LP_ROWS, TOP = PD_PROTO_MAX_LOGPROBS };
+    static struct pd_lp_row rows[ROWS];
+    static uint8_t buf[PD_FRAME_HDR_LEN + 24 + ROWS * (4 + 8 * TOP)];
+    for (uint32_t i = 0; i < ROWS; i++) {
+        rows[i].logprob = -(float)i / 8.0f;
+        for (uint32_t k = 0; k < TOP; k++)
+            rows[i].top[k] = (struct pd_logprob){.token = (i * 31u + k) % 128256u,
+                                                 .logprob = -(float)k - (float)i / 1024.0f};
+    }
+    struct pd_frame f = {.type = PD_FT_PROMPT_LP}, g;
+    f.u.prompt_lp = (struct pd_prompt_lp){.request_id = REQ, .epoch = 9,
+                                          .first = PD_PROTO_MAX_TOKENS - ROWS, .n_rows = ROWS,
+                                          .n_top = TOP, .rows = rows};
+    size_t n = 0;
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), 0);
+    CHECK_EQ_INT(n, sizeof(buf));
+    CHECK_EQ_INT(n - PD_FRAME_HDR_LEN, 167960); /* 24 + 1024 x 164: proto.md's 168 KiB */
+    CHECK_EQ_INT(pd_frame_decode(buf, n, &g, err, sizeof(err)), 0);
+    check_same(&g, &f);
+    struct pd_lp_row last;
+    pd_prompt_lp_row(&g.u.prompt_lp, ROWS - 1, &last);
+    CHECK(last.logprob == -1023.0f / 8.0f);
+    CHECK(last.top[TOP - 1].token == (1023u * 31u + 19u) % 128256u);
+    /* one position further runs past the protocol's prompt */
+    f.u.prompt_lp.first++;
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -EINVAL);
+    CHECK_CONTAINS(err, "outside");
+    /* no alternatives: the smallest frame, one row of 4 bytes */
+    f.u.prompt_lp.first = 1;
+    f.u.prompt_lp.n_rows = 1;
+    f.u.prompt_lp.n_top = 0;
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), 0);
+    CHECK_EQ_INT(n, PD_FRAME_HDR_LEN + 28);
+    CHECK(get_lef32(buf + PD_FRAME_HDR_LEN + PLP_ROWS) == 0.0f);
+    CHECK_EQ_INT(pd_frame_decode(buf, n, &g, err, sizeof(err)), 0);
+    check_same(&g, &f);
+}
+
+/* The counts on the wire: no rows, more than 1024, more than 20
+ * alternatives, position 0, positions past the protocol's prompt, and counts
+ * the body does not hold, either way */
+static void prompt_lp_counts_refused_on_the_wire(void)
+{
+    static const struct {
+        size_t off;
+        uint32_t v;
+        int rc;
+        const char *msg;
+    } cases[] = {
+        {PLP_N_ROWS, 0, -EBADMSG, "0 rows is outside 1..1024"},
+        {PLP_N_ROWS, PD_PROTO_MAX_LP_ROWS + 1, -E2BIG, "1025 rows is outside 1..1024"},
+        {PLP_N_ROWS, UINT32_MAX, -E2BIG, "rows"},
+        {PLP_N_TOP, PD_PROTO_MAX_LOGPROBS + 1, -E2BIG, "21 alternatives"},
+        {PLP_N_TOP, UINT32_MAX, -E2BIG, "alternatives"},
+        {PLP_FIRST, 0, -EBADMSG, "outside 1.."},
+        {PLP_FIRST, PD_PROTO_MAX_TOKENS - 1, -EBADMSG, "outside 1.."}, /* + 2 rows */
+        {PLP_FIRST, UINT32_MAX, -EBADMSG, "outside 1.."},
+        {PLP_N_ROWS, 1, -EBADMSG, "counts make it"},
+        {PLP_N_ROWS, 3, -EBADMSG, "counts make it"},
+        {PLP_N_ROWS, PD_PROTO_MAX_LP_ROWS, -EBADMSG, "counts make it"},
+        {PLP_N_TOP, 0, -EBADMSG, "counts make it"},
+        {PLP_N_TOP, 1, -EBADMSG, "counts make it"},
+        {PLP_N_TOP, 3, -EBADMSG, "counts make it"},
+        {PLP_N_TOP, PD_PROTO_MAX_LOGPROBS, -EBADMSG, "counts make it"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+        uint8_t buf[4096];
+        size_t n = golden("prompt_lp", buf, sizeof(buf));
+        put_le32(buf + PD_FRAME_HDR_LEN + cases[i].off, cases[i].v);
+        struct pd_frame f;
+        int rc = pd_frame_decode(buf, n, &f, err, sizeof(err));
+        if (rc != cases[i].rc || !strstr(err, cases[i].msg))
+            PD_TEST_FAIL_("field at %zu = %u: rc %d (%s), want %d \"%s\"", cases[i].off,
+                          cases[i].v, rc, err, cases[i].rc, cases[i].msg);
+    }
+    /* the last position the protocol has, and the first, are fine */
+    uint8_t buf[4096];
+    size_t n = golden("prompt_lp", buf, sizeof(buf));
+    struct pd_frame f;
+    put_le32(buf + PD_FRAME_HDR_LEN + PLP_FIRST, PD_PROTO_MAX_TOKENS - 2);
+    CHECK_EQ_INT(pd_frame_decode(buf, n, &f, err, sizeof(err)), 0);
+    put_le32(buf + PD_FRAME_HDR_LEN + PLP_FIRST, 1);
+    CHECK_EQ_INT(pd_frame_decode(buf, n, &f, err, sizeof(err)), 0);
+    CHECK_EQ_INT(f.u.prompt_lp.first, 1);
+}
+
+/* Every log-probability in every row -- the row's own and each
+ * alternative's -- must be <= 0 and not NaN; -inf and -0 are log-probabilities */
+static void prompt_lp_value_not_a_log_probability_refused_on_the_wire(void)
+{
+    static const size_t slots[] = {0, 8, 16, PLP_ROW_LEN, PLP_ROW_LEN + 8, PLP_ROW_LEN + 16};
+    const float bad[] = {0.5f, 1e-45f /* the smallest positive */, INFINITY, NAN, -NAN};
+    for (size_t s = 0; s < sizeof(slots) / sizeof(*slots); s++) {
+        for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+            uint8_t buf[4096];
+            size_t n = golden("prompt_lp", buf, sizeof(buf));
+            put_lef32(buf + PD_FRAME_HDR_LEN + PLP_ROWS + slots[s], bad[i]);
+            REFUSED(buf, n, -EBADMSG);
+            CHECK_CONTAINS(err, "not a log-probability");
+            CHECK_CONTAINS(err, slots[s] < PLP_ROW_LEN ? "row 3" : "row 4");
+        }
+        const float ok[] = {0.0f, -0.0f, -INFINITY, -1e30f};
+        for (size_t i = 0; i < sizeof(ok) / sizeof(*ok); i++) {
+            uint8_t buf[4096];
+            size_t n = golden("prompt_lp", buf, sizeof(buf));
+            put_lef32(buf + PD_FRAME_HDR_LEN + PLP_ROWS + slots[s], ok[i]);
+            struct pd_frame f;
+            if (pd_frame_decode(buf, n, &f, err, sizeof(err)) < 0)
+                PD_TEST_FAIL_("slot %zu = %g refused: %s", slots[s], (double)ok[i], err);
+        }
+    }
+    /* a token is any u32 on the wire: the receiver checks it against its vocabulary */
+    uint8_t buf[4096];
+    size_t n = golden("prompt_lp", buf, sizeof(buf));
+    put_le32(buf + PD_FRAME_HDR_LEN + PLP_ROWS + 4, UINT32_MAX);
+    struct pd_frame f;
+    CHECK_EQ_INT(pd_frame_decode(buf, n, &f, err, sizeof(err)), 0);
+    struct pd_lp_row r;
+    pd_prompt_lp_row(&f.u.prompt_lp, 0, &r);
+    CHECK(r.top[0].token == UINT32_MAX);
+}
+
+/* The header's length cut anywhere inside the rows, or one byte long:
+ * refused on the length, no row read past it (exact copies, for ASan) */
+static void prompt_lp_truncated_or_padded_refused(void)
+{
+    uint8_t buf[4096];
+    size_t n = golden("prompt_lp", buf, sizeof(buf));
+    struct pd_frame_hdr h;
+    CHECK_EQ_INT(pd_frame_hdr_decode(buf, n, &h, err, sizeof(err)), 0);
+    buf[n] = 0; /* the padding byte */
+    for (size_t body = 0; body <= n - PD_FRAME_HDR_LEN + 1; body++) {
+        if (body == n - PD_FRAME_HDR_LEN)
+            continue;
+        struct pd_frame f;
+        h.len = (uint32_t)body;
+        pd_frame_hdr_encode(&h, buf);
+        uint8_t *cut = malloc(PD_FRAME_HDR_LEN + body);
+        memcpy(cut, buf, PD_FRAME_HDR_LEN + body);
+        int rc = pd_frame_decode(cut, PD_FRAME_HDR_LEN + body, &f, err, sizeof(err));
+        free(cut);
+        if (rc != -EBADMSG)
+            PD_TEST_FAIL_("body of %zu bytes: rc %d (%s)", body, rc, err);
+        if (body >= 28)
+            CHECK_CONTAINS(err, "counts make it");
+    }
+}
+
+static void prompt_lp_encoder_refusals(void)
+{
+    uint8_t tags[48];
+    struct pd_frame f = expected("prompt_lp", tags);
+    f.u.prompt_lp.n_rows = 0;
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL);
+    CHECK_CONTAINS(err, "rows");
+    f = expected("prompt_lp", tags);
+    f.u.prompt_lp.n_rows = PD_PROTO_MAX_LP_ROWS + 1;
+    CHECK_EQ_INT(encode_rc(&f), -E2BIG);
+    f = expected("prompt_lp", tags);
+    f.u.prompt_lp.n_top = PD_PROTO_MAX_LOGPROBS + 1;
+    CHECK_EQ_INT(encode_rc(&f), -E2BIG);
+    CHECK_CONTAINS(err, "alternatives");
+    f = expected("prompt_lp", tags);
+    f.u.prompt_lp.first = 0; /* position 0 has no log-probability */
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL);
+    f = expected("prompt_lp", tags);
+    f.u.prompt_lp.request_id = 0;
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL);
+    CHECK_CONTAINS(err, "request id 0");
+    f = expected("prompt_lp", tags);
+    f.u.prompt_lp.rows = NULL; /* counts and nothing to read */
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL);
+    CHECK_CONTAINS(err, "no rows given");
+    /* a value that is not a log-probability, in the row or an alternative */
+    const float bad[] = {0.25f, NAN, INFINITY};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++)
+        for (int slot = 0; slot < 3; slot++) {
+            struct pd_lp_row rows[2];
+            memcpy(rows, prompt_lp_rows, sizeof(rows));
+            if (slot == 0)
+                rows[1].logprob = bad[i];
+            else
+                rows[1].top[slot - 1].logprob = bad[i];
+            f = expected("prompt_lp", tags);
+            f.u.prompt_lp.rows = rows;
+            CHECK_EQ_INT(encode_rc(&f), -EINVAL);
+            CHECK_CONTAINS(err, "row 4 holds a value that is not a log-probability");
+        }
+    /* an alternative past n_top is not sent, so not checked */
+    struct pd_lp_row rows[2];
+    memcpy(rows, prompt_lp_rows, sizeof(rows));
+    rows[0].top[2].logprob = NAN;
+    f = expected("prompt_lp", tags);
+    f.u.prompt_lp.rows = rows;
+    CHECK_EQ_INT(encode_rc(&f), 0);
+    /* and what the decoder accepts, the encoder does */
+    f = expected("prompt_lp", tags);
+    CHECK_EQ_INT(encode_rc(&f), 0);
+}
+
+/* Only prefilld sends PROMPT_LP */
+static void prompt_lp_from_d_not_allowed(void)
+{
+    CHECK(pd_frame_sender_ok(PD_FT_PROMPT_LP, PD_ROLE_P));
+    CHECK(!pd_frame_sender_ok(PD_FT_PROMPT_LP, PD_ROLE_D));
+}
+
+/* Body offsets of prefill_prompt_lp.bin: the prefix part, then the tokens */
+#define PLP_PREFILL_TOKENS 140
+
+static void prefill_prompt_lp_golden_decodes_every_field(void)
+{
+    uint8_t buf[4096];
+    size_t n = golden("prefill_prompt_lp", buf, sizeof(buf));
+    struct pd_frame f;
+    struct pd_frame_hdr h;
+    CHECK_EQ_INT(n, PD_FRAME_HDR_LEN + PLP_PREFILL_TOKENS + 4 * 4 + strlen("req-plp-4"));
+    CHECK_EQ_INT(pd_frame_hdr_decode(buf, n, &h, err, sizeof(err)), 0);
+    CHECK_EQ_INT(h.minor, 2);
+    CHECK_EQ_INT(h.type, PD_FT_PREFILL);
+    CHECK(h.seq == 14);
+    if (pd_frame_decode(buf, n, &f, err, sizeof(err)) < 0)
+        PD_TEST_FAIL_("prefill_prompt_lp: %s", err);
+    const struct pd_prefill *p = &f.u.prefill;
+    CHECK(p->request_id == REQ);
+    CHECK_EQ_INT(p->epoch, EPOCH);
+    CHECK_EQ_INT(p->n_tokens, 4);
+    CHECK_EQ_INT(p->n_blocks, 1);
+    CHECK_EQ_INT(p->block_size, 16);
+    CHECK(p->temperature == 0.0f && p->top_p == 1.0f && p->min_p == 0.0f);
+    CHECK(p->repetition_penalty == 1.0f);
+    CHECK_EQ_INT(p->n_logprobs, 3);
+    CHECK(p->seed == 5);
+    CHECK_EQ_INT(PD_PREFILL_F_PROMPT_LP, 0x0008);
+    CHECK_EQ_INT(p->flags, 0x000A);
+    CHECK_EQ_INT(p->flags, PD_PREFILL_F_PREFIX | PD_PREFILL_F_PROMPT_LP);
+    for (int i = 0; i < PD_PREFIX_NAME_LEN; i++)
+        CHECK_EQ_INT(p->salt[i], 0x30 + i);
+    static const uint8_t zero[PD_PREFIX_NAME_LEN];
+    CHECK_EQ_INT(p->n_cached, 0);
+    CHECK(memcmp(p->cached_name, zero, sizeof(zero)) == 0);
+    CHECK(p->n_bias == 0 && p->bias == NULL && p->bias_le == NULL); /* no bias part */
+    CHECK(p->tokens == NULL && p->tokens_le == buf + PD_FRAME_HDR_LEN + PLP_PREFILL_TOKENS);
+    for (uint32_t i = 0; i < 4; i++)
+        CHECK_EQ_INT(pd_prefill_token(p, i), 11 * (i + 1));
+    CHECK_STR(p->xrid, "req-plp-4");
+}
+
+static void prefill_prompt_lp_golden_reencodes_byte_identical(void)
+{
+    uint8_t buf[4096], out[4096], tags[48];
+    size_t n = golden("prefill_prompt_lp", buf, sizeof(buf)), m = 0;
+    struct pd_frame want = expected("prefill_prompt_lp", tags);
+    CHECK_EQ_INT(pd_frame_encode(&want, 14, out, sizeof(out), &m, err, sizeof(err)), 0);
+    CHECK_EQ_INT(m, n);
+    CHECK(memcmp(out, buf, n) == 0);
+    CHECK_EQ_INT(pd_frame_body_len(&want), n - PD_FRAME_HDR_LEN);
+}
+
+/* Every position computed: PD_PREFILL_F_PROMPT_LP with cached blocks is
+ * refused, on the wire and by the encoder; the flag alone (no prefix part)
+ * travels */
+static void prefill_prompt_lp_with_cached_blocks_refused(void)
+{
+    uint8_t buf[4096], tags[48];
+    /* prefill_prefix (2 cached blocks of a 40-token prompt) asking for them */
+    size_t n = golden("prefill_prefix", buf, sizeof(buf));
+    CHECK_EQ_INT(pd_frame_decode(buf, n, &(struct pd_frame){0}, err, sizeof(err)), 0);
+    buf[PD_FRAME_HDR_LEN + 66] |= PD_PREFILL_F_PROMPT_LP;
+    REFUSED(buf, n, -EBADMSG);
+    CHECK_CONTAINS(err, "log-probabilities with 2 cached blocks");
+    /* the golden with one cached block (its name still zero) */
+    n = golden("prefill_prompt_lp", buf, sizeof(buf));
+    put_le32(buf + PD_FRAME_HDR_LEN + PFX_N_CACHED, 1);
+    REFUSED(buf, n, -EBADMSG);
+    CHECK_CONTAINS(err, "log-probabilities with 1 cached blocks");
+    struct pd_frame f = expected("prefill_prefix", tags);
+    f.u.prefill.flags |= PD_PREFILL_F_PROMPT_LP;
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL);
+    CHECK_CONTAINS(err, "cached blocks");
+    f.u.prefill.n_cached = 0; /* every block granted, the name zero: fine */
+    memset(f.u.prefill.cached_name, 0, sizeof(f.u.prefill.cached_name));
+    f.u.prefill.n_blocks = 3;
+    CHECK_EQ_INT(encode_rc(&f), 0);
+    /* the flag without the prefix part: the tokens right after the fixed fields */
+    struct pd_frame g;
+    f = prefill_base(tags);
+    f.u.prefill.flags = PD_PREFILL_F_NO_EOS | PD_PREFILL_F_PROMPT_LP;
+    size_t m = 0;
+    CHECK_EQ_INT(pd_frame_encode(&f, 2, buf, sizeof(buf), &m, err, sizeof(err)), 0);
+    CHECK_EQ_INT(m, PD_FRAME_HDR_LEN + PREFILL_FIXED_LEN + 4 * 5 + strlen("req-7f3a9c"));
+    CHECK_EQ_INT(get_le32(buf + PD_FRAME_HDR_LEN + 64) >> 16, 0x0009);
+    CHECK_EQ_INT(get_le32(buf + PD_FRAME_HDR_LEN + PREFILL_FIXED_LEN), prefill_tokens[0]);
+    CHECK_EQ_INT(pd_frame_decode(buf, m, &g, err, sizeof(err)), 0);
+    check_same(&g, &f);
+    /* and beside the bias part */
+    static const struct pd_bias e[1] = {{3, -2.0f}};
+    f.u.prefill.flags |= PD_PREFILL_F_BIAS;
+    f.u.prefill.n_bias = 1;
+    f.u.prefill.bias = e;
+    CHECK_EQ_INT(pd_frame_encode(&f, 2, buf, sizeof(buf), &m, err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_frame_decode(buf, m, &g, err, sizeof(err)), 0);
+    check_same(&g, &f);
+    CHECK_EQ_INT(g.u.prefill.flags, PD_PREFILL_F_NO_EOS | PD_PREFILL_F_BIAS | PD_PREFILL_F_PROMPT_LP);
+    /* the next bit is still unknown */
+    n = golden("prefill_prompt_lp", buf, sizeof(buf));
+    buf[PD_FRAME_HDR_LEN + 66] |= 0x10;
+    REFUSED(buf, n, -EBADMSG);
+    CHECK_CONTAINS(err, "unknown flags 0x001a");
+}
+
 static const struct pd_test tests[] = {
     PD_TEST(golden_frames_decode_to_documented_values),
     PD_TEST(golden_frames_reencode_byte_identical),
@@ -1384,6 +1821,17 @@ static const struct pd_test tests[] = {
     PD_TEST(prefill_bias_reserved_nonzero_refused),
     PD_TEST(prefill_bias_truncated_refused),
     PD_TEST(prefill_bias_encoder_refusals),
+    PD_TEST(prompt_lp_golden_decodes_every_field),
+    PD_TEST(prompt_lp_golden_reencodes_byte_identical),
+    PD_TEST(prompt_lp_at_the_caps_roundtrips),
+    PD_TEST(prompt_lp_counts_refused_on_the_wire),
+    PD_TEST(prompt_lp_value_not_a_log_probability_refused_on_the_wire),
+    PD_TEST(prompt_lp_truncated_or_padded_refused),
+    PD_TEST(prompt_lp_encoder_refusals),
+    PD_TEST(prompt_lp_from_d_not_allowed),
+    PD_TEST(prefill_prompt_lp_golden_decodes_every_field),
+    PD_TEST(prefill_prompt_lp_golden_reencodes_byte_identical),
+    PD_TEST(prefill_prompt_lp_with_cached_blocks_refused),
     {0},
 };
 

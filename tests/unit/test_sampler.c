@@ -1,6 +1,7 @@
 /* Sampling: the Philox generator against its published answers, each sampler
  * against its exact target distribution (chi-square, fixed seed), penalties,
- * greedy ties, log-probabilities, validation. */
+ * greedy ties, log-probabilities, validation, logit bias, and scoring a given
+ * token (pd_sample_score) against a log-softmax of its own. */
 #include "pd_test.h"
 #include "philox.h"
 #include "sample.h"
@@ -487,6 +488,158 @@ static void duplicate_bias_entries_add_up(void)
     pd_sampler_free(s);
 }
 
+/* ---- scoring (echo's prompt log-probabilities): pd_sample_score reports a
+ * given token's raw log-probability and the most probable, as pd_sample does
+ * for the token it draws ---- */
+
+/* log-softmax of l[0, V) in double, into out */
+static void log_softmax(const float *l, uint32_t V, double *out)
+{
+    double mx = -INFINITY, sum = 0;
+    for (uint32_t i = 0; i < V; i++)
+        mx = l[i] > mx ? l[i] : mx;
+    for (uint32_t i = 0; i < V; i++)
+        sum += exp((double)l[i] - mx);
+    for (uint32_t i = 0; i < V; i++)
+        out[i] = (double)l[i] - mx - log(sum);
+}
+
+static void score_matches_log_softmax_for_every_token(void)
+{
+    enum { V = 97 };
+    float l[V];
+    double want[V];
+    uint64_t x = 12345;
+    for (uint32_t i = 0; i < V; i++) { /* spread over [-20, 20), some far below the rest */
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        l[i] = (float)((double)(x >> 11) / 9007199254740992.0 * 40.0 - 20.0);
+        if (i % 13 == 5)
+            l[i] -= 200.0f;
+    }
+    log_softmax(l, V, want);
+    /* the n_top most probable, by the test's own sort (no ties here) */
+    uint32_t order[V];
+    for (uint32_t i = 0; i < V; i++)
+        order[i] = i;
+    for (uint32_t i = 1; i < V; i++)
+        for (uint32_t k = i; k > 0 && l[order[k]] > l[order[k - 1]]; k--) {
+            uint32_t t = order[k];
+            order[k] = order[k - 1];
+            order[k - 1] = t;
+        }
+    double mass = 0;
+    for (int32_t tok = 0; tok < V; tok++) {
+        struct pd_sample_result r;
+        memset(&r, 0xa5, sizeof(r));
+        const uint32_t n_top = (uint32_t)tok % (PD_MAX_LOGPROBS + 1);
+        CHECK_EQ_INT(pd_sample_score(V, l, tok, n_top, &r), 0);
+        CHECK_EQ_INT(r.token, tok);
+        if (!(fabs(r.logprob - want[tok]) <= 1e-5 * fmax(1.0, fabs(want[tok]))))
+            PD_TEST_FAIL_("token %d: logprob %.9g, log-softmax %.9g", tok, (double)r.logprob,
+                          want[tok]);
+        CHECK(r.logprob <= 0.0f);
+        mass += exp(r.logprob);
+        CHECK_EQ_INT(r.n_top, n_top);
+        for (uint32_t k = 0; k < n_top; k++) {
+            CHECK_EQ_INT(r.top[k].token, order[k]);
+            CHECK(fabs(r.top[k].logprob - want[order[k]]) <= 1e-5);
+        }
+    }
+    CHECK(fabs(mass - 1.0) < 1e-4); /* the scores of every token make a distribution */
+}
+
+/* Alternatives in descending probability, the lower id first on a tie; a
+ * -inf logit scores -inf; a shift of every logit changes nothing */
+static void score_ties_take_the_lower_id_first(void)
+{
+    float l[8] = {1.0f, 3.0f, -INFINITY, 3.0f, 2.0f, 3.0f, 2.0f, 0.5f};
+    struct pd_sample_result r;
+    CHECK_EQ_INT(pd_sample_score(8, l, 5, 8, &r), 0);
+    static const int32_t want[8] = {1, 3, 5, 4, 6, 0, 7, 2};
+    CHECK_EQ_INT(r.n_top, 8);
+    for (int k = 0; k < 8; k++)
+        CHECK_EQ_INT(r.top[k].token, want[k]);
+    /* the tied tokens report the same number, which is the scored one's */
+    const double lse = 3.0 + log(3.0 + 2.0 * exp(-1.0) + exp(-2.0) + exp(-2.5));
+    CHECK(fabs(r.logprob - (3.0 - lse)) < 1e-6);
+    CHECK(r.top[0].logprob == r.logprob && r.top[1].logprob == r.logprob &&
+          r.top[2].logprob == r.logprob);
+    CHECK(r.top[3].logprob == r.top[4].logprob);
+    CHECK(isinf(r.top[7].logprob) && r.top[7].logprob < 0);
+    CHECK_EQ_INT(pd_sample_score(8, l, 2, 0, &r), 0);
+    CHECK(isinf(r.logprob) && r.logprob < 0);
+    CHECK_EQ_INT(r.n_top, 0);
+    /* all equal: uniform, the alternatives in id order */
+    float flat[5] = {7.5f, 7.5f, 7.5f, 7.5f, 7.5f};
+    CHECK_EQ_INT(pd_sample_score(5, flat, 4, 3, &r), 0);
+    CHECK(fabs(r.logprob - log(0.2)) < 1e-6);
+    for (int k = 0; k < 3; k++)
+        CHECK(r.top[k].token == k && fabs(r.top[k].logprob - log(0.2)) < 1e-6);
+    float shifted[8];
+    struct pd_sample_result a, b;
+    for (int i = 0; i < 8; i++)
+        shifted[i] = l[i] + 100.0f; /* exact in float for these values */
+    CHECK_EQ_INT(pd_sample_score(8, l, 4, 3, &a), 0);
+    CHECK_EQ_INT(pd_sample_score(8, shifted, 4, 3, &b), 0);
+    CHECK(fabs(a.logprob - b.logprob) < 1e-6);
+    for (int k = 0; k < 3; k++)
+        CHECK(a.top[k].token == b.top[k].token);
+}
+
+/* n_top over the vocabulary gives the whole vocabulary; a token outside it
+ * or more than PD_MAX_LOGPROBS alternatives are refused */
+static void score_refuses_tokens_outside_the_vocabulary_and_too_many_alternatives(void)
+{
+    float l[4] = {0.0f, 1.0f, 2.0f, 3.0f};
+    struct pd_sample_result r;
+    const int32_t bad[] = {-1, 4, 5, INT32_MAX, INT32_MIN};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++)
+        CHECK_EQ_INT(pd_sample_score(4, l, bad[i], 1, &r), -EINVAL);
+    CHECK_EQ_INT(pd_sample_score(4, l, 0, PD_MAX_LOGPROBS + 1, &r), -EINVAL);
+    CHECK_EQ_INT(pd_sample_score(4, l, 0, UINT32_MAX, &r), -EINVAL);
+    CHECK_EQ_INT(pd_sample_score(0, l, 0, 0, &r), -EINVAL);
+    CHECK_EQ_INT(pd_sample_score(4, l, 3, PD_MAX_LOGPROBS, &r), 0);
+    CHECK_EQ_INT(r.n_top, 4); /* only 4 tokens to list */
+    CHECK(r.top[0].token == 3 && r.top[3].token == 0);
+    CHECK_EQ_INT(pd_sample_score(1, l, 0, PD_MAX_LOGPROBS, &r), 0);
+    CHECK(r.token == 0 && r.logprob == 0.0f && r.n_top == 1 && r.top[0].logprob == 0.0f);
+}
+
+/* What pd_sample reports for the token it draws, whatever the bias,
+ * penalties, temperature and cuts: the score of that token, to the bit */
+static void score_reports_what_sample_reports_for_its_token(void)
+{
+    float l[7];
+    logits_of(l);
+    l[2] += 0.3f, l[5] -= 1.0f;
+    struct pd_sampler *s = pd_sampler_new(7);
+    static const int32_t prompt[3] = {0, 2, 2}, out[2] = {1, 0};
+    struct pd_logit_bias b[2] = {{6, 4.0f}, {0, -2.0f}};
+    for (int mode = 0; mode < 4; mode++)
+        for (uint64_t seed = 0; seed < 40; seed++) {
+            struct pd_sampling sp = PD_SAMPLING_DEFAULT;
+            sp.seed = seed;
+            sp.n_logprobs = (uint32_t)(seed % 8);
+            if (mode >= 1)
+                sp.temperature = 0.9f, sp.top_k = 5, sp.top_p = 0.95f;
+            if (mode >= 2)
+                sp.repetition_penalty = 1.4f, sp.presence_penalty = 0.3f,
+                sp.frequency_penalty = 0.2f;
+            if (mode >= 3)
+                sp.bias = b, sp.n_bias = 2;
+            struct pd_sample_result drawn, scored;
+            CHECK_EQ_INT(pd_sample(s, &sp, l, prompt, 3, out, 2, &drawn), 0);
+            CHECK_EQ_INT(pd_sample_score(7, l, drawn.token, sp.n_logprobs, &scored), 0);
+            CHECK_EQ_INT(scored.token, drawn.token);
+            CHECK(scored.logprob == drawn.logprob);
+            CHECK_EQ_INT(scored.n_top, drawn.n_top);
+            for (uint32_t k = 0; k < drawn.n_top; k++)
+                CHECK(scored.top[k].token == drawn.top[k].token &&
+                      scored.top[k].logprob == drawn.top[k].logprob);
+        }
+    pd_sampler_free(s);
+}
+
 static const struct pd_test tests[] = {
     PD_TEST(philox_matches_random123_vectors),
     PD_TEST(rng_uniform_in_unit_interval_and_keyed),
@@ -508,6 +661,10 @@ static const struct pd_test tests[] = {
     PD_TEST(bias_applies_before_repetition_penalty),
     PD_TEST(sample_bias_applies_before_temperature),
     PD_TEST(duplicate_bias_entries_add_up),
+    PD_TEST(score_matches_log_softmax_for_every_token),
+    PD_TEST(score_ties_take_the_lower_id_first),
+    PD_TEST(score_refuses_tokens_outside_the_vocabulary_and_too_many_alternatives),
+    PD_TEST(score_reports_what_sample_reports_for_its_token),
     {0},
 };
 

@@ -22,7 +22,7 @@ CORPUS = os.path.join(HERE, "..", "fuzz", "corpus", "frame")
 
 MAJOR, MINOR = 1, 2
 T = dict(PREFILL=16, CHUNK=17, ACK=18, DONE=19, ABORT=20, ABORT_ACK=21, CANCEL=22,
-         HEARTBEAT=23, ERROR=24, PROGRESS=27)
+         HEARTBEAT=23, ERROR=24, PROGRESS=27, PROMPT_LP=28)
 REQ = 0x0123456789ABCDEF
 EPOCH = 2
 
@@ -74,6 +74,33 @@ def prefill_bias():
     return header(T["PREFILL"], body, 12)
 
 
+def prefill_prompt_lp():
+    # minor 2: PD_PREFILL_F_PREFIX | PD_PREFILL_F_PROMPT_LP, nothing cached (the
+    # flag refuses cached blocks): a salt, an all-zero name, no bias part
+    tokens = [11, 22, 33, 44]
+    xrid = b"req-plp-4"
+    salt = bytes(0x30 + i for i in range(32))
+    body = struct.pack("<QIIII", REQ, EPOCH, len(tokens), 1, 16)
+    body += struct.pack("<fffIfffIQ", 0.0, 1.0, 0.0, 0, 0.0, 0.0, 1.0, 3, 5)
+    body += struct.pack("<HH", len(xrid), 0x000A)  # flags: PD_PREFILL_F_PREFIX | PROMPT_LP
+    body += salt + struct.pack("<I4x", 0) + bytes(32)  # the prefix part: nothing cached
+    body += struct.pack("<%dI" % len(tokens), *tokens) + xrid
+    return header(T["PREFILL"], body, 14)
+
+
+def prompt_lp():
+    # minor 2: prompt positions 3 and 4, 2 alternatives each; the second row
+    # holds a -inf alternative (a filtered-out token: a log-probability)
+    rows = [(-1.5, [(791, -0.125), (578, -2.5)]),
+            (-3.25, [(128000, -0.0625), (7, float("-inf"))])]
+    body = struct.pack("<QIIII", REQ, EPOCH, 3, len(rows), 2)  # first 3, n_rows, n_top
+    for lp, top in rows:
+        body += struct.pack("<f", lp)
+        for tok, tlp in top:
+            body += struct.pack("<If", tok, tlp)
+    return header(T["PROMPT_LP"], body, 13)
+
+
 def chunk():
     tags = bytes(((i * 16 + j) ^ 0x5A) & 0xFF for i in range(3) for j in range(16))
     body = struct.pack("<QIIIIQQ", REQ, EPOCH, 4, 3, 0, 9, 368640) + tags
@@ -122,7 +149,8 @@ def progress():
 
 FRAMES = dict(prefill=prefill, chunk=chunk, ack=ack, done=done, abort=abort,
               abort_ack=abort_ack, cancel=cancel, heartbeat=heartbeat, error=error,
-              prefill_prefix=prefill_prefix, progress=progress, prefill_bias=prefill_bias)
+              prefill_prefix=prefill_prefix, progress=progress, prefill_bias=prefill_bias,
+              prompt_lp=prompt_lp, prefill_prompt_lp=prefill_prompt_lp)
 
 
 def main():
