@@ -48,6 +48,25 @@ static inline bool fx_all_blocks_free(struct pd_engine *e)
     return pd_kvcache_n_free(kc) == pd_kvcache_n_blocks(kc);
 }
 
+/* Every position's raw logits of toks[0, n) in one step on a fresh
+ * sequence, no sampling: (n, V), the caller frees. The test fails on an
+ * engine error. */
+static inline float *fx_prompt_logits(struct pd_engine *e, const int32_t *toks, uint32_t n)
+{
+    const uint32_t V = pd_engine_n_vocab(e);
+    float *l = malloc((size_t)n * V * sizeof(float));
+    struct pd_kvseq q;
+    char err[512];
+    CHECK(l);
+    pd_kvseq_init(&q);
+    struct pd_batch_item it = {.seq = &q, .tokens = toks, .n_tokens = n, .n_logits = n,
+                               .logits = l};
+    if (pd_engine_step(e, &it, 1, err, sizeof(err)) < 0)
+        PD_TEST_FAIL_("%s", err);
+    pd_engine_seq_release(e, &q);
+    return l;
+}
+
 /* The top two of V logits are a near-tie. */
 static inline bool fx_near_tie(const float *l, uint32_t V)
 {

@@ -4,6 +4,7 @@
  * prompt (echo's forced rows) as the log-softmax of its logits. */
 #include "default_model.h"
 #include "engine.h"
+#include "engine_fixture.h"
 #include "engine_golden.h"
 #include "golden.h"
 #include "kvcache.h"
@@ -882,23 +883,6 @@ static struct pd_batch_item score_item(struct pd_kvseq *q, const int32_t *toks, 
                                   .forced = toks + done + 1, .n_forced = chunk - last};
 }
 
-/* Every prompt position's raw logits in one step, no sampling: (n, V) */
-static float *prompt_logits(struct pd_engine *e, const int32_t *toks, uint32_t n)
-{
-    const uint32_t V = pd_engine_n_vocab(e);
-    float *l = malloc((size_t)n * V * sizeof(float));
-    struct pd_kvseq q;
-    char err[512];
-    CHECK(l);
-    pd_kvseq_init(&q);
-    struct pd_batch_item it = {.seq = &q, .tokens = toks, .n_tokens = n, .n_logits = n,
-                               .logits = l};
-    if (pd_engine_step(e, &it, 1, err, sizeof(err)) < 0)
-        PD_TEST_FAIL_("%s", err);
-    pd_engine_seq_release(e, &q);
-    return l;
-}
-
 /* res[j] (j < n - 1) is row j's score of toks[j + 1] as pd_sample_score
  * gives it on l's row j, to the bit, and within 1e-5 of the log-softmax the
  * test computes; the n_top alternatives likewise */
@@ -933,7 +917,7 @@ static void engine_scores_prompt_rows_in_one_step_as_log_softmax(void)
     struct pd_engine *e = engine(m, 8u << 20, 512);
     int32_t toks[150];
     prompt(toks, n, V, 17);
-    float *l = prompt_logits(e, toks, n);
+    float *l = fx_prompt_logits(e, toks, n);
     struct pd_sampling sp = PD_SAMPLING_DEFAULT;
     sp.n_logprobs = 5;
     sp.repetition_penalty = 1.3f; /* the drawn row's, with the prompt as its history */
@@ -989,7 +973,7 @@ static void engine_scores_prompt_rows_across_chunks_beside_a_decode(void)
     int32_t toks[150], other[40];
     prompt(toks, n, V, 18);
     prompt(other, 40, V, 19);
-    float *whole = prompt_logits(e, toks, n);
+    float *whole = fx_prompt_logits(e, toks, n);
     struct pd_sampling sp = PD_SAMPLING_DEFAULT, dsp = PD_SAMPLING_DEFAULT;
     sp.n_logprobs = 3;
     sp.temperature = 0.8f, sp.seed = 4; /* the drawn row's; scoring ignores it */
@@ -1075,7 +1059,7 @@ static void engine_scores_every_row_without_a_draw(void)
     struct pd_engine *e = engine(m, 8u << 20, 128);
     int32_t toks[71];
     prompt(toks, n + 1, V, 20); /* toks[n]: the token after the chunk's last */
-    float *l = prompt_logits(e, toks, n);
+    float *l = fx_prompt_logits(e, toks, n);
     struct pd_sampling sp = PD_SAMPLING_DEFAULT;
     struct pd_sample_result res[70];
     struct pd_kvseq q;

@@ -680,17 +680,7 @@ static void ask_plp(struct pf_job *j, uint32_t n_top)
 static float *solo_logits(struct rig *r, const int32_t *toks, uint32_t n)
 {
     struct pd_engine *solo = fx_engine(r->m, 16ull * BLOCK_BYTES, 256, 1);
-    const uint32_t V = pd_engine_n_vocab(solo);
-    float *l = malloc((size_t)n * V * sizeof(float));
-    struct pd_kvseq q;
-    char err[256];
-    CHECK(l);
-    pd_kvseq_init(&q);
-    struct pd_batch_item it = {.seq = &q, .tokens = toks, .n_tokens = n, .n_logits = n,
-                               .logits = l};
-    if (pd_engine_step(solo, &it, 1, err, sizeof(err)) < 0)
-        PD_TEST_FAIL_("%s", err);
-    pd_engine_seq_release(solo, &q);
+    float *l = fx_prompt_logits(solo, toks, n);
     pd_engine_free(solo);
     return l;
 }

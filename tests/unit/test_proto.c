@@ -967,15 +967,21 @@ static void prefill_prefix_too_few_blocks_refused(void)
     CHECK_CONTAINS(err, "cannot hold");
 }
 
-static void prefill_prefix_reserved_nonzero_refused(void)
+/* Each of a golden's reserved body bytes [off, off + len) set alone: refused. */
+static void reserved_refused(const char *name, size_t off, size_t len)
 {
-    for (size_t k = 0; k < 4; k++) {
+    for (size_t k = off; k < off + len; k++) {
         uint8_t buf[4096];
-        size_t n = golden("prefill_prefix", buf, sizeof(buf));
-        buf[PD_FRAME_HDR_LEN + PFX_RESERVED + k] = 1;
+        size_t n = golden(name, buf, sizeof(buf));
+        buf[PD_FRAME_HDR_LEN + k] = 0x80;
         REFUSED(buf, n, -EBADMSG);
         CHECK_CONTAINS(err, "reserved");
     }
+}
+
+static void prefill_prefix_reserved_nonzero_refused(void)
+{
+    reserved_refused("prefill_prefix", PFX_RESERVED, 4);
 }
 
 /* The header's length ends inside the prefix part: no field is read past it. */
@@ -1055,16 +1061,7 @@ static void progress_done_over_total_refused(void)
     CHECK_CONTAINS(err, "tokens done");
 }
 
-static void progress_reserved_nonzero_refused(void)
-{
-    for (size_t k = 14; k < 16; k++) {
-        uint8_t buf[256];
-        size_t n = golden("progress", buf, sizeof(buf));
-        buf[PD_FRAME_HDR_LEN + k] = 1;
-        REFUSED(buf, n, -EBADMSG);
-        CHECK_CONTAINS(err, "reserved");
-    }
-}
+static void progress_reserved_nonzero_refused(void) { reserved_refused("progress", 14, 2); }
 
 static void progress_from_d_not_allowed(void)
 {
@@ -1270,13 +1267,7 @@ static void prefill_bias_count_zero_or_over_cap_refused_on_the_wire(void)
 
 static void prefill_bias_reserved_nonzero_refused(void)
 {
-    for (size_t k = 0; k < 4; k++) {
-        uint8_t buf[4096];
-        size_t n = golden("prefill_bias", buf, sizeof(buf));
-        buf[PD_FRAME_HDR_LEN + BIAS_RESERVED + k] = 0x80;
-        REFUSED(buf, n, -EBADMSG);
-        CHECK_CONTAINS(err, "reserved");
-    }
+    reserved_refused("prefill_bias", BIAS_RESERVED, 4);
 }
 
 /* The header's length ends before or inside the bias part: refused on the
