@@ -355,9 +355,15 @@ static int refuse_unsupported(const cJSON *root, struct dec_api_req *r, struct d
         return fail(e, 400, "audio", "invalid_value", "audio output is not supported");
     if ((v = field(root, "response_format"))) {
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(v, "type");
-        if (!cJSON_IsString(t) || strcmp(t->valuestring, "text") != 0)
+        if (!cJSON_IsObject(v) || !cJSON_IsString(t))
+            return fail(e, 400, "response_format", "invalid_type",
+                        "'response_format' must be an object with a string 'type'");
+        if (!strcmp(t->valuestring, "json_object"))
+            r->json_object = true;
+        else if (strcmp(t->valuestring, "text") != 0)
             return fail(e, 400, "response_format", "invalid_value",
-                        "only response_format {\"type\": \"text\"} is supported");
+                        "response_format type \"%.40s\" is not supported (\"text\" and "
+                        "\"json_object\" are)", t->valuestring);
     }
     return 0;
 }

@@ -14,7 +14,8 @@
  * deeper than limits->json_depth, a root that is not an object, wrong JSON
  * types, values out of range, more than DEC_API_MAX_PROMPTS choices, echo in chat,
  * best_of != n, a logit_bias of more than PD_MAX_LOGIT_BIAS entries or
- * biases outside [-100, 100], tools, response_format other than text,
+ * biases outside [-100, 100], tools, response_format other than text or
+ * json_object,
  * logprobs beyond PD_MAX_LOGPROBS. Unknown fields are ignored; null is the
  * same as absent.
  */
@@ -86,6 +87,7 @@ struct dec_api_req {
     bool echo; /* completions: the prompt before its completion (with logprobs, the prompt's
                 * tokens' too); max_tokens may then be 0 */
     bool ignore_eos;
+    bool json_object; /* response_format {"type": "json_object"}: the output is one JSON object */
     const char *cache_salt; /* NULL: absent; else 1..PD_PREFIX_MAX_SALT bytes (into root) */
 };
 

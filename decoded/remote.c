@@ -432,7 +432,8 @@ void dec_remote_start(struct dec_remote *r, const struct dec_event *ev)
         .repetition_penalty = j->sampling.repetition_penalty,
         .n_logprobs = j->sampling.n_logprobs, .seed = j->sampling.seed, .tokens = toks,
         .flags = PD_PREFILL_F_PREFIX | (j->sampling.n_bias ? PD_PREFILL_F_BIAS : 0) |
-                 (j->plp ? PD_PREFILL_F_PROMPT_LP : 0),
+                 (j->plp ? PD_PREFILL_F_PROMPT_LP : 0) | (ev->mask ? PD_PREFILL_F_MASK : 0),
+        .mask_words = ev->mask ? ev->mask_words : 0, .mask = ev->mask,
         .n_cached = ev->n_cached, .n_bias = j->sampling.n_bias,
         .bias = j->sampling.n_bias ? bias : NULL};
     memcpy(p.salt, j->salt, sizeof(p.salt));

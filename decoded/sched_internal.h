@@ -36,6 +36,9 @@ struct dec_sched {
     struct dec_job *remote; /* REMOTE jobs (rnext links); they count against max_num_seqs */
     uint32_t n_remote;
 
+    struct pd_grammar *grammar; /* the vocabulary's trie and mask cache: made at the first
+                                 * constrained job (sched_share.c) */
+
     struct pd_worker w; /* the compute thread, the queue of waiting jobs, the outbox */
     struct pd_wlist inbox; /* finished transfers, from the loop (dec_inbox), under w's lock */
     atomic_uint n_running;
@@ -50,5 +53,11 @@ void dec_sched_map_prefix(struct dec_sched *s, struct dec_job *j, uint32_t *q_bl
 void dec_sched_publish(struct dec_sched *s, struct dec_job *j);
 /* n > 1: fork the leader's prompt blocks; -EAGAIN while they are not in yet. */
 int dec_sched_follow(struct dec_sched *s, struct dec_job *j);
+/* A constrained job's mask for its next token into j->mask (and
+ * j->sampling.mask); -ENOMEM (sampling.mask NULL: its token will be refused). */
+int dec_sched_mask(struct dec_sched *s, struct dec_job *j);
+/* A constrained job's token taken by its grammar: 1 when the value is now
+ * complete, 0 when it goes on, -EINVAL when the token is not allowed. */
+int dec_sched_grammar_take(struct dec_sched *s, struct dec_job *j, int32_t token);
 
 #endif

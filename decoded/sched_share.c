@@ -1,9 +1,15 @@
 /* decoded/sched_share: what a job of decoded's scheduler shares with others
- * -- the prefix cache (docs/internals/prefix.md) and, for n > 1, its
- * leader's prompt blocks (docs/internals/scheduler.md). Compute thread only. */
+ * -- the prefix cache (docs/internals/prefix.md), for n > 1 its leader's
+ * prompt blocks (docs/internals/scheduler.md), and for constrained decoding
+ * the vocabulary's trie and mask cache (common/text/grammar). Compute
+ * thread only. */
 #include "sched_internal.h"
 
+#include "log.h"
+
 #include <errno.h>
+#include <stdlib.h>
+#include <string.h>
 
 /* An empty sequence starts from the longest cached prefix of the job's
  * tokens, full blocks only and never the last token (its logits are the
@@ -58,3 +64,31 @@ void dec_sched_publish(struct dec_sched *s, struct dec_job *j)
     j->n_pub = pd_kvseq_publish(s->kc, &j->seq, j->names.h, j->n_pub, j->names.n);
 }
 
+
+int dec_sched_mask(struct dec_sched *s, struct dec_job *j)
+{
+    char err[160];
+    j->sampling.mask = NULL;
+    if (!s->grammar && s->p.tok && pd_grammar_new(s->p.tok, &s->grammar, err, sizeof(err)) < 0) {
+        pd_log(PD_LOG_ERR, "%s: %s", j->id, err);
+        return -ENOMEM;
+    }
+    if (!s->grammar)
+        return -EINVAL; /* no tokenizer: the loop refuses such requests */
+    const uint32_t words = pd_grammar_mask_words(s->grammar);
+    if (!j->mask && !(j->mask = malloc(words * sizeof(*j->mask))))
+        return -ENOMEM;
+    const uint32_t *m = pd_grammar_mask(s->grammar, &j->gs);
+    if (!m)
+        return -ENOMEM;
+    memcpy(j->mask, m, words * sizeof(*j->mask));
+    j->sampling.mask = j->mask;
+    return 0;
+}
+
+int dec_sched_grammar_take(struct dec_sched *s, struct dec_job *j, int32_t token)
+{
+    if (!s->grammar || pd_gstate_advance(s->grammar, &j->gs, token) < 0)
+        return -EINVAL;
+    return pd_gstate_done(&j->gs);
+}

@@ -45,6 +45,7 @@ void dec_job_unref(struct dec_job *j)
     free(j->stops);
     free(j->bias);
     free(j->plp);
+    free(j->mask);
     free(j->prompt);
     free(j->toks);
     pd_detok_free(j->detok);
@@ -66,6 +67,7 @@ void dec_event_free(struct dec_event *e)
     free(e->blocks);
     free(e->twins);
     free(e->names);
+    free(e->mask);
     free(e->text);
     free(e);
 }
@@ -199,6 +201,12 @@ static enum dec_finish take_token(struct dec_sched *s, struct dec_job *j,
     const uint64_t now = pd_now_ns();
     if (j->score_only) /* echo with max_tokens 0: the prompt was the point */
         return DEC_FIN_LENGTH;
+    int done = j->constrained ? dec_sched_grammar_take(s, j, r->token) : 0;
+    if (done < 0) { /* its mask allowed it not: no memory for the mask, or a peer's token */
+        j->why = "the token broke the response format (out of memory for its mask, or a "
+                 "prefill peer's first token outside it)";
+        return DEC_FIN_ERROR;
+    }
     j->out[j->n_out++] = r->token;
     e->n_gen = j->n_out;
     pd_metric_add(s->p.metrics.gen_tokens, 1);
@@ -232,6 +240,8 @@ static enum dec_finish take_token(struct dec_sched *s, struct dec_job *j,
         return DEC_FIN_ERROR;
     if (hit)
         return DEC_FIN_STOP;
+    if (done) /* the object is complete: only its end could follow */
+        return flush_text(j, e) < 0 ? DEC_FIN_ERROR : DEC_FIN_STOP;
     if (j->n_out >= j->max_tokens || j->n_prompt + j->n_out >= s->max_model_len) {
         hit = flush_text(j, e);
         return hit < 0 ? DEC_FIN_ERROR : hit ? DEC_FIN_STOP : DEC_FIN_LENGTH;
@@ -408,6 +418,16 @@ static int remote_start(struct dec_sched *s, struct dec_job *j)
     e->n_cached = k;
     if (k)
         memcpy(e->cached_name, j->names.h[k - 1], PD_PREFIX_HASH_LEN);
+    /* constrained: the peer draws the first token, within this */
+    if (j->constrained) {
+        if (dec_sched_mask(s, j) < 0 ||
+            !(e->mask = malloc(pd_grammar_mask_words(s->grammar) * sizeof(*e->mask)))) {
+            dec_event_free(e);
+            return -ENOMEM;
+        }
+        e->mask_words = pd_grammar_mask_words(s->grammar);
+        memcpy(e->mask, j->mask, e->mask_words * sizeof(*e->mask));
+    }
     e->n_blocks = n;
     e->epoch = j->remote_epoch;
     e->kind = DEC_EV_REMOTE_START;
@@ -758,6 +778,10 @@ static uint32_t step(struct dec_sched *s)
     if (n == 0)
         return 0;
     pd_metric_observe(s->p.metrics.batch_size, n);
+    /* constrained jobs that draw: their masks, where their output stands */
+    for (uint32_t i = 0; i < n; i++)
+        if (s->item_job[i]->constrained && s->items[i].n_logits > s->items[i].n_forced)
+            dec_sched_mask(s, s->item_job[i]); /* failing: no mask, the token is refused */
 
     int rc = pd_engine_step(s->p.engine, s->items, n, err, sizeof(err));
     pd_worker_beat(&s->w);
@@ -785,7 +809,8 @@ static uint32_t step(struct dec_sched *s)
             } else {
                 fin = take_token(s, j, &it->result[it->n_logits - 1], e);
                 if (fin == DEC_FIN_ERROR)
-                    snprintf(err, sizeof(err), "out of memory producing the text");
+                    snprintf(err, sizeof(err), "%s", j->why ? j->why : "out of memory producing "
+                             "the text");
             }
         }
         if (fin == DEC_FIN_NONE) {
@@ -907,6 +932,7 @@ struct dec_sched *dec_sched_free(struct dec_sched *s)
         e = next;
     }
     pd_worker_done(&s->w);
+    pd_grammar_free(s->grammar);
     free(s->results);
     free(s->items);
     free(s->item_job);

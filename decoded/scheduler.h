@@ -63,6 +63,7 @@
 
 #include "engine.h"
 #include "kv_metrics.h"
+#include "grammar.h"
 #include "prefix.h"
 #include "worker.h"
 #include "log.h" /* pd_now_ns */
@@ -117,6 +118,14 @@ struct dec_job {
     struct pd_sample_result *plp;
     bool score_only; /* max_tokens 0 (echo): the prompt scored, nothing generated; it runs
                       * with max_tokens 1 and its token is dropped */
+    /* constrained decoding (response_format json_object; common/text/grammar):
+     * the output so far in gs; before each token it draws, the tokens allowed
+     * there in mask (sampling.mask; compute thread, allocated on first use);
+     * it ends (stop) as the value completes */
+    bool constrained;
+    struct pd_gstate gs;
+    uint32_t *mask;
+    const char *why; /* compute thread: why take_token failed, when not out of memory */
     bool ignore_eos;
     uint8_t salt[PD_PREFIX_HASH_LEN]; /* cache_salt's digest (pd_prefix_salt), zeros: none */
     char **stops; /* (n_stops) owned strings */
@@ -179,6 +188,9 @@ struct dec_event {
     uint32_t n_cached, n_names;
     uint8_t cached_name[PD_PREFIX_HASH_LEN];
     uint8_t (*names)[PD_PREFIX_HASH_LEN];
+    uint32_t *mask; /* REMOTE_START of a constrained job: (mask_words) the first token's
+                     * allowed set, owned; NULL otherwise */
+    uint32_t mask_words;
     char *text; /* released text, NUL-terminated (may be "") */
     size_t len;
     bool has_token; /* a token was sampled (not an end-of-generation one) */

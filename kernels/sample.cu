@@ -3,7 +3,8 @@
  *
  * Per row, in the row's workspace (w: processed logits, pr: unnormalised
  * probabilities, cnt: marks and counts, n_vocab each):
- *   1. w = logits (NaN as -inf); the logit bias (one thread, in the
+ *   1. w = logits (NaN, and a token the row's mask leaves out, as -inf); the
+ *      logit bias (one thread, in the
  *      entries' order, as the CPU adds them); repetition penalty once per distinct token
  *      of the history (a CAS on its mark), presence / frequency penalties
  *      once per distinct output token with its count (atomic counts, then an
@@ -233,8 +234,11 @@ __global__ void __launch_bounds__(SMP_THREADS) sample_kernel(const struct smp_pa
     }
 
     /* 1. processed logits and penalties */
+    const uint32_t *mask = a.mask && a.mask_row[r] != UINT32_MAX
+                               ? a.mask + (uint64_t)a.mask_row[r] * ((V + 31) / 32)
+                               : NULL;
     for (uint32_t i = t; i < V; i += SMP_THREADS) {
-        w[i] = isnan(lg[i]) ? -INFINITY : lg[i];
+        w[i] = isnan(lg[i]) || (mask && !(mask[i / 32] >> (i % 32) & 1u)) ? -INFINITY : lg[i];
         cnt[i] = 0;
     }
     __syncthreads();
@@ -372,7 +376,7 @@ extern "C" int pd_sample_cuda(const struct pd_sample_args *a, pd_stream_t stream
         return 0;
     if (a->n_vocab == 0 || a->n_vocab > (1u << 24) || a->n_rows > INT32_MAX || !a->logits ||
         !a->params || !a->hist_start || !a->n_prompt || !a->token || !a->logprob || !a->top ||
-        !a->n_top || !a->workspace || (a->bias && !a->bias_start) ||
+        !a->n_top || !a->workspace || (a->bias && !a->bias_start) || (a->mask && !a->mask_row) ||
         a->workspace_bytes < pd_sample_cuda_workspace(a->n_rows, a->n_vocab))
         return -EINVAL;
     struct smp_params sp;

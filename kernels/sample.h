@@ -8,8 +8,10 @@
  *   pd_sample(s, &p, logits, prompt, n_prompt, out, n_out, &r);   // r.token, r.logprob, r.top[]
  *   s = pd_sampler_free(s);
  *
- * Order (as vLLM): the logit bias (OpenAI's logit_bias: bias[i].bias added to
- * the logit of bias[i].token, in order), repetition penalty over prompt and
+ * Order (as vLLM): the mask (constrained decoding, common/text/grammar: a
+ * token whose bit is clear is never drawn), the logit bias (OpenAI's
+ * logit_bias: bias[i].bias added to the logit of bias[i].token, in order),
+ * repetition penalty over prompt and
  * output tokens (a positive
  * logit divided by it, a negative one multiplied), presence and frequency
  * penalties over output tokens (OpenAI's: logit -= frequency * count +
@@ -90,6 +92,10 @@ struct pd_sampling {
      * used (copies of the struct share it). The GPU never reads this
      * pointer: its rows' entries come in pd_sample_args.bias. */
     const struct pd_logit_bias *bias;
+    /* (ceil(n_vocab / 32)) the tokens that may be drawn, bit t % 32 of word
+     * t / 32; NULL: all. The caller's, host memory, as bias (the GPU's come
+     * in pd_sample_args.mask). At least one bit must be set. */
+    const uint32_t *mask;
 };
 
 #define PD_SAMPLING_DEFAULT                                                                        \
@@ -143,6 +149,9 @@ struct pd_sample_args {
     const struct pd_logit_bias *bias; /* every row's bias entries, concatenated (NULL: none) */
     const uint32_t *bias_start; /* (n_rows + 1) row r's: [bias_start[r], bias_start[r+1]);
                                  * NULL when bias is */
+    const uint32_t *mask; /* masks of ceil(n_vocab / 32) words, concatenated (NULL: none) */
+    const uint32_t *mask_row; /* (n_rows) row r's mask: mask + mask_row[r] * words, or
+                               * UINT32_MAX for none; NULL when mask is */
     const int32_t *forced; /* (n_rows) or NULL: a row with forced[r] >= 0 is scored, as
                             * pd_sample_score: that token, not a draw (its parameters'
                             * n_logprobs alone matter) */

@@ -299,6 +299,20 @@ static int take_prefill(struct daemon *d, const struct pd_kvx_event *ev)
     }
     j->sampling.bias = j->bias;
     j->sampling.n_bias = p->n_bias;
+    const uint32_t words = (pd_engine_n_vocab(d->engine) + 31) / 32;
+    if ((p->flags & PD_PREFILL_F_MASK) && p->mask_words != words) {
+        pf_job_unref(j);
+        pd_kvx_abort(ev->sreq, PD_R_INVALID_REQUEST, "the token mask does not fit the vocabulary");
+        return -EINVAL;
+    }
+    if ((p->flags & PD_PREFILL_F_MASK) && !(j->mask = malloc(words * sizeof(*j->mask)))) {
+        pf_job_unref(j);
+        pd_kvx_abort(ev->sreq, PD_R_OVERLOADED, "out of memory");
+        return -ENOMEM;
+    }
+    for (uint32_t i = 0; j->mask && i < words; i++)
+        j->mask[i] = pd_prefill_mask_word(p, i);
+    j->sampling.mask = j->mask;
     if ((p->flags & PD_PREFILL_F_PROMPT_LP) &&
         !(j->plp = calloc((size_t)p->n_tokens + 1, sizeof(*j->plp)))) {
         pf_job_unref(j);

@@ -77,6 +77,7 @@ void pf_job_unref(struct pf_job *j)
     free(j->tokens);
     free(j->bias);
     free(j->plp);
+    free(j->mask);
     pd_prefix_seq_done(&j->names);
     free(j);
 }

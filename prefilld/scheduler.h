@@ -77,6 +77,8 @@ struct pf_job {
      * (n_tokens + 1) owned, or NULL; the loop reads it after DONE's event.
      * Such a job maps nothing from the prefix cache. */
     struct pd_sample_result *plp;
+    uint32_t *mask; /* PREFILL's mask part (constrained decoding): the first token's allowed
+                     * set, owned, or NULL; sampling.mask */
     /* prefix caching: PREFILL's prefix part (zeros without it) */
     uint8_t salt[PD_PREFIX_HASH_LEN]; /* the request's cache_salt digest */
     uint32_t n_cached; /* blocks [0, n_cached) decoded holds: not sent, runs count from it */

@@ -11,6 +11,7 @@
 #define PREFILL_FIXED 68
 #define PREFIX_PART 72 /* PREFILL's with PD_PREFILL_F_PREFIX: salt, n_cached, 4 zero, name */
 #define BIAS_HEAD 8 /* PREFILL's with PD_PREFILL_F_BIAS: n_bias, 4 zero, then 8 bytes each */
+#define MASK_HEAD 8 /* PREFILL's with PD_PREFILL_F_MASK: words, 4 zero, then 4 bytes each */
 #define CHUNK_FIXED 40
 #define DONE_FIXED 32
 #define ABORT_FIXED 16
@@ -99,7 +100,8 @@ static const struct type_info types[] = {
     [PD_FT_HS_CONFIRM] = {"HS_CONFIRM", 0, FROM_BOTH, 32, 32},
     [PD_FT_PREFILL] = {"PREFILL", 1, FROM_D, PREFILL_FIXED + 4 + 1,
                        PREFILL_FIXED + PREFIX_PART + BIAS_HEAD + 8 * PD_PROTO_MAX_BIAS +
-                           4 * PD_PROTO_MAX_TOKENS + PD_PROTO_MAX_XRID,
+                           MASK_HEAD + 4 * PD_PROTO_MAX_MASK_WORDS + 4 * PD_PROTO_MAX_TOKENS +
+                           PD_PROTO_MAX_XRID,
                        prefill_fields},
     [PD_FT_CHUNK] = {"CHUNK", 1, FROM_P, CHUNK_FIXED + PD_BLOCK_TAG_LEN,
                      CHUNK_FIXED + PD_BLOCK_TAG_LEN *PD_PROTO_MAX_CHUNK_BLOCKS, chunk_fields},
@@ -360,7 +362,7 @@ static int check_prefill(const struct pd_prefill *p, char *err, size_t errlen)
                        "frame: PREFILL: %" PRIu32 " logprobs exceeds the cap of %u", p->n_logprobs,
                        PD_PROTO_MAX_LOGPROBS);
     if (p->flags & ~(PD_PREFILL_F_NO_EOS | PD_PREFILL_F_PREFIX | PD_PREFILL_F_BIAS |
-                     PD_PREFILL_F_PROMPT_LP))
+                     PD_PREFILL_F_PROMPT_LP | PD_PREFILL_F_MASK))
         return pd_errf(err, errlen, -EBADMSG, "frame: PREFILL: unknown flags 0x%04x", p->flags);
     if ((p->flags & PD_PREFILL_F_PROMPT_LP) && p->n_cached)
         return pd_errf(err, errlen, -EBADMSG, "frame: PREFILL: the prompt's log-probabilities "
@@ -380,6 +382,13 @@ static int check_prefill(const struct pd_prefill *p, char *err, size_t errlen)
     } else if (p->n_bias) {
         return pd_errf(err, errlen, -EINVAL, "frame: PREFILL: bias entries without the bias "
                        "part");
+    }
+    if (p->flags & PD_PREFILL_F_MASK) {
+        if ((rc = check_num("PREFILL", p->mask_words, "mask words", PD_PROTO_MAX_MASK_WORDS,
+                            err, errlen)) < 0)
+            return rc;
+    } else if (p->mask_words) {
+        return pd_errf(err, errlen, -EINVAL, "frame: PREFILL: a mask without the mask part");
     }
     uint64_t total = ((uint64_t)p->n_tokens + p->block_size - 1) / p->block_size;
     if (!(p->flags & PD_PREFILL_F_PREFIX) &&
@@ -568,6 +577,18 @@ static int dec_prefill(const uint8_t *b, size_t n, struct pd_prefill *p, char *e
             p->bias_le = h + BIAS_HEAD;
         ext += BIAS_HEAD + 8 * (size_t)(p->n_bias <= PD_PROTO_MAX_BIAS ? p->n_bias : 0);
     }
+    if (p->flags & PD_PREFILL_F_MASK) {
+        const uint8_t *h = b + PREFILL_FIXED + ext;
+        if (n < PREFILL_FIXED + ext + MASK_HEAD)
+            return pd_errf(err, errlen, -EBADMSG, "frame: PREFILL: %zu bytes end before the "
+                           "mask part", n);
+        if (!all_zero(h + 4, 4))
+            return pd_errf(err, errlen, -EBADMSG, "frame: PREFILL: reserved bytes are not zero");
+        p->mask_words = get_u32(h);
+        const size_t words = p->mask_words <= PD_PROTO_MAX_MASK_WORDS ? p->mask_words : 0;
+        p->mask_le = h + MASK_HEAD;
+        ext += MASK_HEAD + 4 * words; /* the length check below covers the words */
+    }
     int rc = check_prefill(p, err, errlen);
     if (rc < 0)
         return rc;
@@ -755,6 +776,9 @@ size_t pd_frame_body_len(const struct pd_frame *f)
         return PREFILL_FIXED + (f->u.prefill.flags & PD_PREFILL_F_PREFIX ? PREFIX_PART : 0) +
                (f->u.prefill.flags & PD_PREFILL_F_BIAS ? BIAS_HEAD + 8 * (size_t)f->u.prefill.n_bias
                                                        : 0) +
+               (f->u.prefill.flags & PD_PREFILL_F_MASK
+                    ? MASK_HEAD + 4 * (size_t)f->u.prefill.mask_words
+                    : 0) +
                4 * (size_t)f->u.prefill.n_tokens +
                strnlen(f->u.prefill.xrid, sizeof(f->u.prefill.xrid));
     case PD_FT_CHUNK: return CHUNK_FIXED + PD_BLOCK_TAG_LEN * (size_t)f->u.chunk.n_blocks;
@@ -777,6 +801,11 @@ size_t pd_frame_body_len(const struct pd_frame *f)
 uint32_t pd_prefill_token(const struct pd_prefill *p, uint32_t i)
 {
     return p->tokens ? p->tokens[i] : get_u32(p->tokens_le + 4 * (size_t)i);
+}
+
+uint32_t pd_prefill_mask_word(const struct pd_prefill *p, uint32_t i)
+{
+    return p->mask ? p->mask[i] : get_u32(p->mask_le + 4 * (size_t)i);
 }
 
 void pd_prompt_lp_row(const struct pd_prompt_lp *p, uint32_t i, struct pd_lp_row *out)
@@ -814,6 +843,9 @@ static int check_frame(const struct pd_frame *f, char *err, size_t errlen)
         if ((f->u.prefill.flags & PD_PREFILL_F_BIAS) && !f->u.prefill.bias &&
             !f->u.prefill.bias_le)
             return pd_errf(err, errlen, -EINVAL, "frame: PREFILL: no bias entries given");
+        if ((f->u.prefill.flags & PD_PREFILL_F_MASK) && !f->u.prefill.mask &&
+            !f->u.prefill.mask_le)
+            return pd_errf(err, errlen, -EINVAL, "frame: PREFILL: no mask given");
         return check_str(f->u.prefill.xrid, 1, PD_PROTO_MAX_XRID, "PREFILL X-Request-Id", err,
                          errlen);
     case PD_FT_CHUNK:
@@ -886,6 +918,12 @@ static void enc_body(const struct pd_frame *f, uint8_t *b, size_t n)
                 put_f32(b + at + BIAS_HEAD + 8 * (size_t)i + 4, e.bias);
             }
             at += BIAS_HEAD + 8 * (size_t)p->n_bias;
+        }
+        if (p->flags & PD_PREFILL_F_MASK) {
+            put_u32(b + at, p->mask_words);
+            for (uint32_t i = 0; i < p->mask_words; i++)
+                put_u32(b + at + MASK_HEAD + 4 * (size_t)i, pd_prefill_mask_word(p, i));
+            at += MASK_HEAD + 4 * (size_t)p->mask_words;
         }
         for (uint32_t i = 0; i < p->n_tokens; i++)
             put_u32(b + at + 4 * (size_t)i, pd_prefill_token(p, i));

@@ -37,8 +37,8 @@
 #include <stdint.h>
 
 #define PD_PROTO_MAJOR 1
-#define PD_PROTO_MINOR 2 /* 1: PREFILL's prefix part, PROGRESS; 2: PREFILL's bias part, prompt
-                          * log-probabilities (PD_PREFILL_F_PROMPT_LP, PROMPT_LP) */
+#define PD_PROTO_MINOR 2 /* 1: PREFILL's prefix part, PROGRESS; 2: PREFILL's bias and mask
+                          * parts, prompt log-probabilities (PD_PREFILL_F_PROMPT_LP, PROMPT_LP) */
 #define PD_FRAME_MAGIC "PDKV"
 
 #define PD_FRAME_HDR_LEN 24
@@ -54,6 +54,7 @@
 #define PD_PROTO_MAX_LOGPROBS 20u /* top log-probabilities in DONE */
 #define PD_PROTO_MAX_BIAS 300u /* logit bias entries in PREFILL */
 #define PD_PROTO_MAX_LP_ROWS 1024u /* prompt positions in one PROMPT_LP */
+#define PD_PROTO_MAX_MASK_WORDS 65536u /* 32-bit words of PREFILL's token mask (2^21 tokens) */
 #define PD_PROTO_MAX_BIAS_VALUE 100.0f /* |bias| */
 #define PD_PROTO_MAX_XRID 128u /* X-Request-Id bytes */
 #define PD_PROTO_MAX_DETAIL 200u /* ABORT / ERROR detail bytes */
@@ -137,6 +138,10 @@ struct pd_frame_hdr {
  * the first (OpenAI's echo with logprobs) in PROMPT_LP frames, each position
  * once, before DONE; every position is then computed: no cached blocks. */
 #define PD_PREFILL_F_PROMPT_LP 0x0008u
+/* minor 2: the mask part follows the bias part: the tokens the first token
+ * may be (constrained decoding), a bit each. Sent only on a session of
+ * minor >= 2. */
+#define PD_PREFILL_F_MASK 0x0010u
 
 struct pd_bias {
     uint32_t token;
@@ -176,6 +181,14 @@ struct pd_prefill {
     uint32_t n_bias;
     const struct pd_bias *bias;
     const uint8_t *bias_le;
+    /* The mask part (PD_PREFILL_F_MASK): mask_words words (1..
+     * PD_PROTO_MAX_MASK_WORDS), bit t % 32 of word t / 32 set when token t
+     * may be the first; the receiver checks the count against its
+     * vocabulary. Encoder: `mask` (host order) or `mask_le`; decoder:
+     * mask_le (LE u32, unaligned), read with pd_prefill_mask_word. */
+    uint32_t mask_words;
+    const uint32_t *mask;
+    const uint8_t *mask_le;
     /* Tokens: the encoder reads `tokens` (host order) when set, else
      * `tokens_le`; the decoder sets tokens_le (a view of n_tokens LE u32 in
      * the input, unaligned) and tokens = NULL. Read with pd_prefill_token. */
@@ -342,6 +355,8 @@ size_t pd_frame_body_len(const struct pd_frame *f);
 uint32_t pd_prefill_token(const struct pd_prefill *p, uint32_t i);
 /* Bias entry i (< n_bias) of a PREFILL, from whichever of bias / bias_le is set. */
 struct pd_bias pd_prefill_bias(const struct pd_prefill *p, uint32_t i);
+/* Word i (< mask_words) of a PREFILL's mask part. */
+uint32_t pd_prefill_mask_word(const struct pd_prefill *p, uint32_t i);
 /* Row i (< n_rows) of a PROMPT_LP into *out (its first n_top alternatives). */
 void pd_prompt_lp_row(const struct pd_prompt_lp *p, uint32_t i, struct pd_lp_row *out);
 

@@ -249,6 +249,8 @@ static int cu_scratch_sampling(struct pd_engine *e)
     SCRATCH(e->d_sp, C, false);
     SCRATCH(e->h_hs, C + 1, true);
     SCRATCH(e->d_hs, C + 1, false);
+    SCRATCH(e->h_mrow, C, true);
+    SCRATCH(e->d_mrow, C, false);
     SCRATCH(e->h_force, C, true);
     SCRATCH(e->d_force, C, false);
     SCRATCH(e->h_bs, C + 1, true);
@@ -398,6 +400,11 @@ static void cu_done(struct pd_engine *e)
         pd_cuda_host_unregister(e->h_hist);
         free(e->h_hist);
     }
+    pd_cuda_free(e->d_mask);
+    if (e->h_mask) {
+        pd_cuda_host_unregister(e->h_mask);
+        free(e->h_mask);
+    }
     pd_cuda_free(e->d_bias);
     if (e->h_bias) {
         pd_cuda_host_unregister(e->h_bias);
@@ -478,12 +485,46 @@ static int bias_prepare(struct pd_engine *e, const struct pd_batch_item *items, 
     return cu_copy(e->d_bs, e->h_bs, (r + 1) * sizeof(*e->d_bs), e->stream);
 }
 
+/* every drawn row's token mask up into d_mask (grown as needed), every row's
+ * index into d_mrow (UINT32_MAX: none); e->step_mask says whether any */
+static int mask_prepare(struct pd_engine *e, const struct pd_batch_item *items, uint32_t n_items)
+{
+    const uint32_t words = (e->hp.n_vocab + 31) / 32;
+    uint32_t n_masks = 0, r = 0;
+    int rc;
+    for (uint32_t i = 0; i < n_items; i++)
+        n_masks += items[i].n_logits > items[i].n_forced && items[i].sampling->mask;
+    e->step_mask = n_masks > 0;
+    if (!e->step_mask)
+        return 0;
+    if ((rc = pair_grow((void **)&e->h_mask, (void **)&e->d_mask, &e->mask_cap,
+                        (uint64_t)n_masks * words, sizeof(*e->h_mask))) < 0)
+        return rc;
+    n_masks = 0;
+    for (uint32_t i = 0; i < n_items; i++) {
+        const struct pd_batch_item *it = &items[i];
+        for (uint32_t j = 0; j < it->n_logits; j++, r++) {
+            e->h_mrow[r] = UINT32_MAX;
+            if (j < it->n_forced || !it->sampling->mask)
+                continue;
+            memcpy(e->h_mask + (size_t)n_masks * words, it->sampling->mask,
+                   words * sizeof(*e->h_mask));
+            e->h_mrow[r] = n_masks++;
+        }
+    }
+    if ((rc = cu_copy(e->d_mask, e->h_mask, (size_t)n_masks * words * sizeof(*e->h_mask),
+                      e->stream)) < 0)
+        return rc;
+    return cu_copy(e->d_mrow, e->h_mrow, r * sizeof(*e->d_mrow), e->stream);
+}
+
 /* A sampling step: each row's parameters, history offset, prompt length and
  * forced token (scored rows; -1 for a draw) into their page-locked buffers
  * (sample_in copies them up), the histories of drawn rows with penalties up
- * into d_hist (grown as needed), and the logit biases (bias_prepare). A
- * scored row has an empty history. *pen: whether any history or bias went
- * (such a step is not a graph: d_hist and d_bias may move). */
+ * into d_hist (grown as needed), the logit biases (bias_prepare) and the
+ * token masks (mask_prepare). A scored row has an empty history. *pen:
+ * whether any history, bias or mask went (such a step is not a graph:
+ * d_hist, d_bias and d_mask may move). */
 static int sampling_prepare(struct pd_engine *e, const struct pd_batch_item *items,
                             uint32_t n_items, bool *pen)
 {
@@ -508,10 +549,10 @@ static int sampling_prepare(struct pd_engine *e, const struct pd_batch_item *ite
         }
     }
     e->h_hs[r] = (uint32_t)off;
-    if ((rc = bias_prepare(e, items, n_items)) < 0)
+    if ((rc = bias_prepare(e, items, n_items)) < 0 || (rc = mask_prepare(e, items, n_items)) < 0)
         return rc;
     if (!*pen) {
-        *pen = e->step_bias;
+        *pen = e->step_bias || e->step_mask;
         return 0;
     }
     if ((rc = pair_grow((void **)&e->h_hist, (void **)&e->d_hist, &e->hist_cap, off,
@@ -556,6 +597,8 @@ static int cu_sample_rows(struct pd_engine *e, uint32_t r0, uint32_t m)
                                 .bias = e->step_bias ? e->d_bias : NULL,
                                 .bias_start = e->step_bias ? e->d_bs + r0 : NULL,
                                 .forced = e->step_forced ? e->d_force + r0 : NULL,
+                                .mask = e->step_mask ? e->d_mask : NULL,
+                                .mask_row = e->step_mask ? e->d_mrow + r0 : NULL,
                                 .workspace = e->d_sws, .workspace_bytes = e->sws_bytes,
                                 .token = e->d_stok + r0, .logprob = e->d_slp + r0,
                                 .top = e->d_top + (size_t)r0 * PD_MAX_LOGPROBS,

@@ -177,6 +177,13 @@ struct pd_engine {
     uint64_t bias_cap;
     uint32_t *h_bs, *d_bs;
     bool step_bias;
+    /* the step's token masks (constrained decoding; step_mask when any row
+     * has one): the masked rows' masks in d_mask (mask_cap words, grown as
+     * needed), row r's at d_mask + d_mrow[r] * words (UINT32_MAX: none) */
+    uint32_t *h_mask, *d_mask;
+    uint64_t mask_cap;
+    uint32_t *h_mrow, *d_mrow;
+    bool step_mask;
     /* scoring rows (pd_batch_item.forced): each row's token, -1 for a draw;
      * step_forced when the step has any */
     int32_t *h_force, *d_force;

@@ -471,11 +471,12 @@ int pd_kvx_request(struct pd_kvx_peer *peer, const struct pd_prefill *p, const u
         return pd_errf(err, errlen, -EPROTONOSUPPORT,
                        "kvx: %s speaks protocol 1.%u, without prefix caching (1.1)",
                        peer->hostport, pd_auth_session_minor(c->s));
-    if ((p->flags & (PD_PREFILL_F_BIAS | PD_PREFILL_F_PROMPT_LP)) &&
+    if ((p->flags & (PD_PREFILL_F_BIAS | PD_PREFILL_F_PROMPT_LP | PD_PREFILL_F_MASK)) &&
         pd_auth_session_minor(c->s) < 2)
         return pd_errf(err, errlen, -EPROTONOSUPPORT,
-                       "kvx: %s speaks protocol 1.%u, without logit bias or prompt "
-                       "log-probabilities (1.2)", peer->hostport, pd_auth_session_minor(c->s));
+                       "kvx: %s speaks protocol 1.%u, without logit bias, token masks or "
+                       "prompt log-probabilities (1.2)", peer->hostport,
+                       pd_auth_session_minor(c->s));
     for (uint32_t i = 0; i < n; i++)
         if (dest[i] >= k->p.pool_blocks)
             return pd_errf(err, errlen, -EINVAL, "kvx: block %u outside the pool", dest[i]);

@@ -1745,11 +1745,11 @@ static void prefill_prompt_lp_with_cached_blocks_refused(void)
     CHECK_EQ_INT(pd_frame_decode(buf, m, &g, err, sizeof(err)), 0);
     check_same(&g, &f);
     CHECK_EQ_INT(g.u.prefill.flags, PD_PREFILL_F_NO_EOS | PD_PREFILL_F_BIAS | PD_PREFILL_F_PROMPT_LP);
-    /* the next bit is still unknown */
+    /* the bit after the mask part's is still unknown */
     n = golden("prefill_prompt_lp", buf, sizeof(buf));
-    buf[PD_FRAME_HDR_LEN + 66] |= 0x10;
+    buf[PD_FRAME_HDR_LEN + 66] |= 0x20;
     REFUSED(buf, n, -EBADMSG);
-    CHECK_CONTAINS(err, "unknown flags 0x001a");
+    CHECK_CONTAINS(err, "unknown flags 0x002a");
 }
 
 static const struct pd_test tests[] = {

@@ -1,0 +1,84 @@
+/* common/text/grammar: constrained decoding -- what a model's output may be
+ * (OpenAI's response_format {"type": "json_object"}: one JSON object), as a
+ * byte-level matcher, and the tokens of a vocabulary that keep the output
+ * on it (a mask for the sampler, kernels/sample.h).
+ *
+ *   struct pd_grammar *g;                       // one per tokenizer: its trie, a mask cache
+ *   pd_grammar_new(tok, &g, err, sizeof err);
+ *   struct pd_gstate s;
+ *   pd_gstate_json_object(&s);                  // a request's state: a small value
+ *   for each step:
+ *       const uint32_t *m = pd_grammar_mask(g, &s);   // (pd_grammar_mask_words) bits: allowed
+ *       ... sample with the mask ...
+ *       pd_gstate_advance(g, &s, token);              // -EINVAL: the token is not allowed
+ *       if (pd_gstate_done(&s)) only end-of-generation is allowed (the mask says so)
+ *   g = pd_grammar_free(g);
+ *
+ * The matcher takes bytes (RFC 8259 JSON, valid UTF-8 in strings, no raw
+ * control characters): a token is allowed when every one of its bytes is, so
+ * a token may close a string and open the next key, carry half a UTF-8
+ * character, or end a number with the comma after it. A mask walks a trie
+ * of the vocabulary's byte strings from the state, cutting a branch at its
+ * first refused byte; masks are cached by state (a request's states repeat:
+ * inside a string at one depth the mask is the same), so a step mostly costs
+ * a lookup. Caps: nesting depth PD_GRAMMAR_MAX_DEPTH, whitespace runs of
+ * PD_GRAMMAR_MAX_WS bytes (a model cannot stall in blank lines), numbers of
+ * PD_GRAMMAR_MAX_NUMBER bytes. End-of-generation tokens are allowed exactly
+ * when the value is complete, and then nothing else is; other control tokens
+ * never are.
+ *
+ * Ownership and threads: a pd_grammar is its caller's thread's (the mask
+ * cache changes on every call); it copies what it needs from the tokenizer.
+ * A mask points into the cache: valid until the next pd_grammar_mask call.
+ */
+#ifndef PD_GRAMMAR_H
+#define PD_GRAMMAR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct pd_tokenizer;
+struct pd_grammar;
+
+#define PD_GRAMMAR_MAX_DEPTH 32 /* objects and arrays open at once */
+#define PD_GRAMMAR_MAX_WS 16 /* whitespace bytes in a row */
+#define PD_GRAMMAR_MAX_NUMBER 64 /* bytes of one number */
+
+/* A request's place in the output: plain data, copied freely. */
+struct pd_gstate {
+    uint32_t stack; /* bit i: container i (from the outside) is an object, else an array */
+    uint8_t depth; /* containers open */
+    uint8_t mode; /* what may come next (grammar.c's enum) */
+    uint8_t sub; /* within a string, number or literal: where */
+    uint8_t ws; /* whitespace bytes in the current run */
+    uint8_t need, lo, hi; /* a string's UTF-8 character: continuation bytes to come, and the
+                           * range of the next one */
+    uint8_t len; /* bytes of the current number */
+};
+
+int pd_grammar_new(const struct pd_tokenizer *tok, struct pd_grammar **out, char *err,
+                   size_t errlen);
+/* Accepts NULL; returns NULL. */
+struct pd_grammar *pd_grammar_free(struct pd_grammar *g);
+/* 32-bit words of a mask: ceil(n_vocab / 32). Bit t % 32 of word t / 32. */
+uint32_t pd_grammar_mask_words(const struct pd_grammar *g);
+
+/* The start of one JSON object, leading whitespace allowed. */
+void pd_gstate_json_object(struct pd_gstate *s);
+/* The tokens allowed in state s; NULL when out of memory. */
+const uint32_t *pd_grammar_mask(struct pd_grammar *g, const struct pd_gstate *s);
+/* s after token: 0, or -EINVAL (s unchanged) when the token is not allowed. */
+int pd_gstate_advance(const struct pd_grammar *g, struct pd_gstate *s, int32_t token);
+/* s after bytes (no tokens): 0, or -EINVAL (s unchanged). */
+int pd_gstate_feed(struct pd_gstate *s, const uint8_t *b, size_t n);
+/* The value is complete: only end-of-generation may follow. */
+bool pd_gstate_done(const struct pd_gstate *s);
+
+/* Mask cache counters, for the tests and the bench. */
+struct pd_grammar_stats {
+    uint64_t masks, hits, nodes; /* masks asked for, found cached, trie nodes walked */
+};
+void pd_grammar_stats(const struct pd_grammar *g, struct pd_grammar_stats *st);
+
+#endif
