@@ -1,0 +1,167 @@
+/* tests/bench/grammar_bench: what constrained decoding (response_format
+ * json_object, common/text/grammar) costs a decode step, measured side by
+ * side in one run on the same engine: b sequences decoding greedily, every
+ * row sampled in the step, without masks and then with one per row -- each
+ * row's own JSON state, its mask computed before the step (as decoded's
+ * scheduler does) and advanced by the token drawn; a row whose object
+ * completes starts the next one. Three runs of each, alternating; printed
+ * per batch size: the median ms per step of each, the ratio, the masks' own
+ * time per step, the mask cache's hit rate and the trie nodes walked per
+ * computed mask.
+ *
+ *   build/tests/bench/grammar_bench [MODEL.gguf] [--steps N] [--ctx N]
+ *
+ * MODEL defaults to $PDSERVE_MODEL, else ~/.cache/pdserve's default model.
+ * Timings never decide a test; this is a measuring tool only.
+ */
+#include "bench_util.h"
+#include "engine.h"
+#include "grammar.h"
+#include "model.h"
+#include "sample.h"
+#include "tokenizer.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct row {
+    struct pd_kvseq seq;
+    int32_t next; /* the token the step appends */
+    int32_t hist[1]; /* unused: greedy, no penalties */
+    struct pd_gstate gs;
+    uint32_t *mask;
+    struct pd_sampling sp;
+    struct pd_sample_result res;
+};
+
+static void die(const char *what, const char *err)
+{
+    fprintf(stderr, "grammar_bench: %s: %s\n", what, err);
+    exit(1);
+}
+
+/* seconds per step of b rows; masks: constrained rows (g) */
+static double run(struct pd_engine *e, struct pd_grammar *g, uint32_t b, uint32_t ctx,
+                  uint32_t steps, bool masks, double *mask_s)
+{
+    const uint32_t V = pd_engine_n_vocab(e), words = pd_grammar_mask_words(g);
+    struct row *r = calloc(b, sizeof(*r));
+    struct pd_batch_item *it = calloc(b, sizeof(*it));
+    int32_t *tok = malloc(ctx * sizeof(*tok));
+    char err[256];
+    if (!r || !it || !tok)
+        die("memory", "out of memory");
+    for (uint32_t i = 0; i < b; i++) {
+        bench_fill_tokens(tok, ctx, V, i + 1);
+        pd_kvseq_init(&r[i].seq);
+        if (pd_engine_prefill(e, &r[i].seq, tok, ctx, NULL, err, sizeof(err)) < 0)
+            die("prefill", err);
+        r[i].next = tok[ctx - 1];
+        r[i].sp = PD_SAMPLING_DEFAULT;
+        pd_gstate_json_object(&r[i].gs);
+        if (!(r[i].mask = malloc(words * sizeof(*r[i].mask))))
+            die("memory", "out of memory");
+        if (masks)
+            r[i].sp.mask = r[i].mask;
+        it[i] = (struct pd_batch_item){.seq = &r[i].seq, .tokens = &r[i].next, .n_tokens = 1,
+                                       .n_logits = 1, .sampling = &r[i].sp, .result = &r[i].res};
+    }
+    double total = 0, in_masks = 0;
+    for (uint32_t k = 0; k < steps; k++) {
+        double t0 = bench_now();
+        for (uint32_t i = 0; masks && i < b; i++) {
+            const uint32_t *m = pd_grammar_mask(g, &r[i].gs);
+            if (!m)
+                die("mask", "out of memory");
+            memcpy(r[i].mask, m, words * sizeof(*m));
+        }
+        double t1 = bench_now();
+        if (pd_engine_step(e, it, b, err, sizeof(err)) < 0)
+            die("step", err);
+        total += bench_now() - t0;
+        in_masks += t1 - t0;
+        for (uint32_t i = 0; i < b; i++) {
+            r[i].next = r[i].res.token;
+            if (!masks)
+                continue;
+            if (pd_gstate_advance(g, &r[i].gs, r[i].res.token) < 0)
+                die("advance", "a drawn token broke the grammar");
+            if (pd_gstate_done(&r[i].gs))
+                pd_gstate_json_object(&r[i].gs); /* the next object */
+        }
+    }
+    for (uint32_t i = 0; i < b; i++) {
+        pd_engine_seq_release(e, &r[i].seq);
+        free(r[i].mask);
+    }
+    free(r);
+    free(it);
+    free(tok);
+    *mask_s = in_masks / steps;
+    return total / steps;
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = getenv("PDSERVE_MODEL");
+    char def[512], err[512];
+    uint32_t steps = 24, ctx = 64;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--steps") && i + 1 < argc)
+            steps = (uint32_t)atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--ctx") && i + 1 < argc)
+            ctx = (uint32_t)atoi(argv[++i]);
+        else
+            path = argv[i];
+    }
+    if (!path) {
+        snprintf(def, sizeof(def), "%s/.cache/pdserve/SmolLM2-135M-Instruct.Q4_1.gguf",
+                 getenv("HOME") ? getenv("HOME") : ".");
+        path = def;
+    }
+    struct pd_model *m = NULL;
+    struct pd_tokenizer *tok = NULL;
+    struct pd_engine *e = NULL;
+    struct pd_grammar *g = NULL;
+    struct pd_model_params mp = {.path = path};
+    if (pd_model_load(&mp, &m, err, sizeof(err)) < 0)
+        die(path, err);
+    if (pd_tok_load(pd_model_gguf(m), &tok, err, sizeof(err)) < 0)
+        die("tokenizer", err);
+    struct pd_engine_params ep = {.model = m, .kv_cache_bytes = 512ull << 20};
+    if (pd_engine_new(&ep, &e, err, sizeof(err)) < 0)
+        die("engine", err);
+    double t0 = bench_now();
+    if (pd_grammar_new(tok, &g, err, sizeof(err)) < 0)
+        die("grammar", err);
+    printf("grammar_bench: %s, vocabulary %u, trie built in %.1f ms; %u steps from %u-token "
+           "contexts, greedy, sampled in the step (CPU engine)\n",
+           path, pd_tok_n_vocab(tok), (bench_now() - t0) * 1e3, steps, ctx);
+    printf("%6s %14s %14s %7s %13s %9s %12s\n", "batch", "plain ms/step", "json ms/step",
+           "ratio", "masks ms/step", "hit rate", "nodes/mask");
+    static const uint32_t batch[] = {1, 32};
+    enum { REPS = 3 }; /* alternating, medians: a machine's drift falls on both */
+    for (size_t k = 0; k < sizeof(batch) / sizeof(*batch); k++) {
+        struct pd_grammar_stats a, z;
+        double unused, p[REPS], j[REPS], mk[REPS];
+        pd_grammar_stats(g, &a);
+        for (int rep = 0; rep < REPS; rep++) {
+            p[rep] = run(e, g, batch[k], ctx, steps, false, &unused);
+            j[rep] = run(e, g, batch[k], ctx, steps, true, &mk[rep]);
+        }
+        pd_grammar_stats(g, &z);
+        const double plain = bench_median(p, REPS), json = bench_median(j, REPS),
+                     ms = bench_median(mk, REPS);
+        const double asked = (double)(z.masks - a.masks), hits = (double)(z.hits - a.hits);
+        printf("%6u %14.2f %14.2f %6.2fx %13.3f %8.1f%% %12.0f\n", batch[k], plain * 1e3,
+               json * 1e3, json / plain, ms * 1e3, asked ? 100.0 * hits / asked : 0.0,
+               asked > hits ? (double)(z.nodes - a.nodes) / (asked - hits) : 0.0);
+    }
+    pd_grammar_free(g);
+    pd_engine_free(e);
+    pd_tok_free(tok);
+    pd_model_free(m);
+    return 0;
+}
