@@ -732,6 +732,14 @@ static void admit(struct dec_sched *s, uint32_t *n, uint32_t *budget)
         /* n > 1: the prompt's KV shared with the request's first choice */
         if (j->leader && dec_sched_follow(s, j) == -EAGAIN)
             return; /* its leader's prompt is not in yet: first come first served */
+        if (j->leader && j->score_only) {
+            /* echo's scoring, n > 1: the leader's scores are every choice's
+             * answer, and there is nothing to generate */
+            queue_pop(s);
+            admitted(s, j, 0);
+            finish(s, j, NULL, DEC_FIN_LENGTH, NULL);
+            continue;
+        }
         /* the cached prefix first: its blocks leave the idle list, so the
          * room check below counts what is really left */
         uint32_t q_blocks, hit = j->seq.n_tokens;

@@ -312,7 +312,8 @@ static void tokenize(struct dec_server *s, struct evhttp_request *req, const cha
 static char *decode_ids(const struct dec_server *s, const int32_t *ids, size_t n, size_t *len,
                         int *rc)
 {
-    size_t cap = 4 * n + 64;
+    /* "[id]" is at most 13 bytes ("[-2147483648]"): a dummy model's fits at once */
+    size_t cap = (s->tok ? 4 : 13) * n + 64;
     char *text = NULL;
     *rc = -ENOMEM;
     for (int tries = 0; tries < 2; tries++) {
