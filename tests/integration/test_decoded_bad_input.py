@@ -4,13 +4,14 @@ model says does not matter here)."""
 import http.client
 import json
 import os
+import random
 import re
 import socket
 import urllib.parse
 
 import pytest
 
-from harness import TINY, Decoded, Prefilld, assert_error, wait_for, write_key
+from harness import TINY, Decoded, Prefilld, assert_error, sse_events, wait_for, write_key
 
 GOOD = {"prompt": [1, 2, 3], "max_tokens": 4, "temperature": 0}
 
@@ -409,6 +410,245 @@ def test_logit_bias_at_the_edges_forces_the_token(d, reference, token):
         assert status == 200, out
         assert out["choices"][0]["text"] == "[%d]" % token * 4, out
     still_serving(d, reference)
+
+
+# ---- echo (completions): the prompt before the completion; with logprobs
+# its tokens' log-probabilities (the first null, as OpenAI's); max_tokens 0
+# only with echo (the prompt scored, nothing generated). The dummy model
+# spells token i "[i]". Disaggregated, prefilld scores the prompt (PROMPT_LP
+# frames): the same numbers as decoded alone (`alone`). ----
+
+@pytest.fixture(scope="module")
+def alone(d):
+    """decoded alone: d itself, or (d disaggregated) one started beside it."""
+    if "--prefill" not in d.args:
+        yield d
+        return
+    with Decoded(*TINY, "--max-model-len", "512", "--max-prompt-tokens", "300",
+                 "--max-body-size", "1MiB") as daemon:
+        yield daemon
+
+
+def same_as_alone(d, alone, body):
+    """body's 200 answer on d; disaggregated, equal to decoded alone's (the
+    same engine and arithmetic: exactly, but for the ids)."""
+    status, out = d.json("POST", "/v1/completions", body)
+    assert status == 200, out
+    if alone is not d:
+        status, ref = alone.json("POST", "/v1/completions", body)
+        assert status == 200, ref
+        assert out["choices"] == ref["choices"] and out["usage"] == ref["usage"], (out, ref)
+    return out
+
+
+def ids_text(ids):
+    return "".join("[%d]" % i for i in ids)
+
+
+def check_prompt_lp(lp, ids, n_top):
+    assert lp["tokens"][:len(ids)] == ["[%d]" % i for i in ids], lp
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None, lp
+    assert lp["text_offset"][:len(ids)] == [len(ids_text(ids[:k])) for k in range(len(ids))]
+    for k in range(1, len(ids)):
+        v, top = lp["token_logprobs"][k], lp["top_logprobs"][k]
+        assert isinstance(v, float) and v <= 0, (k, v)
+        assert len(top) == n_top, (k, top)
+        assert all(re.fullmatch(r"\[\d+\]", t) and x <= 0 for t, x in top.items()), (k, top)
+        if lp["tokens"][k] in top:
+            assert top[lp["tokens"][k]] == v, (k, v, top)
+        elif top:
+            assert v <= min(top.values()) + 1e-6, (k, v, top)
+
+
+def test_echo_max_tokens_0_on_token_ids(d, alone, reference):
+    """The prompt's text and log-probabilities, the first null; finish
+    "length", no completion token counted or generated; the prompt counted
+    once (here or at the peer)."""
+    before = counters(d)
+    for ids, n_top in (([1, 2, 3], 1), ([1, 2, 3], 0), ([200, 0, 255, 7, 7, 7, 9], 3), ([42], 2)):
+        out = same_as_alone(d, alone, {"prompt": ids, "max_tokens": 0, "echo": True,
+                                       "logprobs": n_top})
+        ch = out["choices"][0]
+        assert ch["text"] == ids_text(ids) and ch["finish_reason"] == "length", out
+        assert len(ch["logprobs"]["tokens"]) == len(ids)
+        check_prompt_lp(ch["logprobs"], ids, n_top)
+        assert out["usage"] == {"prompt_tokens": len(ids), "completion_tokens": 0,
+                                "total_tokens": len(ids)}
+    # without logprobs: the text alone
+    out = same_as_alone(d, alone, {"prompt": [1, 2, 3], "max_tokens": 0, "echo": True})
+    assert out["choices"][0]["text"] == "[1][2][3]" and out["choices"][0]["logprobs"] is None
+    after = counters(d)
+    assert after["pdserve:generation_tokens_total"] == before["pdserve:generation_tokens_total"]
+    counted = sum(after[k] - before[k] for k in ("pdserve:prompt_tokens_total",
+                                                 "pdserve:remote_prompt_tokens_total"))
+    assert counted == 3 + 3 + 7 + 1 + 3, counted
+    still_serving(d, reference)
+
+
+def test_echo_then_the_completion(d, alone, reference):
+    """echo with max_tokens 4: the prompt, then the reference's completion
+    (what GOOD gives without echo); offsets go on after the prompt's text."""
+    out = same_as_alone(d, alone, dict(GOOD, echo=True, logprobs=2))
+    ch = out["choices"][0]
+    assert ch["text"] == "[1][2][3]" + reference, ch
+    lp = ch["logprobs"]
+    check_prompt_lp(lp, [1, 2, 3], 2)
+    assert "".join(lp["tokens"]) == ch["text"] and len(lp["tokens"]) == 7
+    assert lp["text_offset"] == [len("".join(lp["tokens"][:k])) for k in range(7)]
+    assert out["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    # several prompts and n=2: each choice its prompt, then what it gives alone
+    out = same_as_alone(d, alone, dict(GOOD, prompt=[[1, 2, 3], [9, 8]], n=2, echo=True,
+                                       logprobs=1, ignore_eos=True))
+    chs = sorted(out["choices"], key=lambda c: c["index"])
+    assert [c["index"] for c in chs] == [0, 1, 2, 3]
+    status, ref98 = d.json("POST", "/v1/completions", dict(GOOD, prompt=[9, 8], ignore_eos=True))
+    assert status == 200, ref98
+    for c, ids, completion in ((chs[0], [1, 2, 3], reference), (chs[1], [1, 2, 3], reference),
+                               (chs[2], [9, 8], ref98["choices"][0]["text"]),
+                               (chs[3], [9, 8], ref98["choices"][0]["text"])):
+        assert c["text"] == ids_text(ids) + completion, (c, completion)
+        check_prompt_lp(c["logprobs"], ids, 1)
+    # greedy: a prompt's two choices are the same tokens; the prompt's numbers
+    # are the same (the first choice's), the completion's within batching's
+    for a, b, n in ((chs[0], chs[1], 3), (chs[2], chs[3], 2)):
+        la, lb = a["logprobs"], b["logprobs"]
+        assert la["tokens"] == lb["tokens"] and la["text_offset"] == lb["text_offset"]
+        assert la["token_logprobs"][:n] == lb["token_logprobs"][:n]
+        assert la["top_logprobs"][:n] == lb["top_logprobs"][:n]
+        for x, y in zip(la["token_logprobs"][n:], lb["token_logprobs"][n:]):
+            assert abs(x - y) <= 1e-4, (la, lb)
+    assert out["usage"] == {"prompt_tokens": 5, "completion_tokens": 16, "total_tokens": 21}
+    still_serving(d, reference)
+
+
+def test_echo_streamed_first_event_is_the_prompt(d, reference):
+    for body in (dict(GOOD, echo=True, stream=True, logprobs=1),
+                 dict(GOOD, echo=True, stream=True, max_tokens=0, logprobs=1),
+                 dict(GOOD, echo=True, stream=True)):
+        status, _, raw = d.request("POST", "/v1/completions", body)
+        events = sse_events(raw)
+        assert status == 200 and events[-1] == "[DONE]", raw
+        chunks = [json.loads(e)["choices"][0] for e in events[:-1]]
+        assert chunks[0]["text"] == "[1][2][3]" and chunks[0]["finish_reason"] is None, chunks
+        if "logprobs" in body:
+            check_prompt_lp(chunks[0]["logprobs"], [1, 2, 3], 1)
+            assert len(chunks[0]["logprobs"]["tokens"]) == 3
+        else:
+            assert chunks[0]["logprobs"] is None
+        want = "[1][2][3]" + (reference if body["max_tokens"] else "")
+        assert "".join(c["text"] for c in chunks) == want, chunks
+        assert [c["finish_reason"] for c in chunks][-1] == "length"
+    still_serving(d, reference)
+
+
+def test_echo_with_logprobs_20_the_cap(d, alone, reference):
+    """logprobs=20 (the cap) on the longest prompt this server takes (300
+    ids): every position after the first has 20 distinct alternatives in
+    order, the prompt's own value where it is among them; n=2 sampled
+    choices echo the same numbers; disaggregated, all decoded alone's. (Ids
+    below 100: see test_echo_text_of_long_spelled_ids.)"""
+    rng = random.Random(20)
+    ids = [rng.randrange(0, 100) for _ in range(300)]
+    out = same_as_alone(d, alone, {"prompt": ids, "max_tokens": 0, "echo": True,
+                                   "logprobs": 20})
+    lp = out["choices"][0]["logprobs"]
+    assert len(lp["tokens"]) == 300
+    check_prompt_lp(lp, ids, 20)
+    for k in range(1, 300):
+        vals = list(lp["top_logprobs"][k].values())
+        assert vals == sorted(vals, reverse=True), (k, vals)
+    out2 = same_as_alone(d, alone, {"prompt": ids, "max_tokens": 3, "echo": True, "logprobs": 20,
+                                    "n": 2, "temperature": 1.0, "seed": 7, "ignore_eos": True})
+    for c in out2["choices"]:
+        got = c["logprobs"]
+        assert {k: v[:300] for k, v in got.items()} == lp, c["index"]
+        assert len(got["tokens"]) == 303 and all(len(t) == 20 for t in got["top_logprobs"][300:])
+        assert got["text_offset"][300] == len(ids_text(ids))
+    still_serving(d, reference)
+
+
+def test_echo_text_of_long_spelled_ids(d, reference):
+    """The dummy model's echo of ids spelled in 5 bytes ("[200]"): 100 of
+    them are 500 bytes, more than decode_ids' first buffer (4 x 100 + 64)."""
+    for ids in ([200] * 100, [255] * 300, list(range(100, 256))):
+        status, out = d.json("POST", "/v1/completions", {"prompt": ids, "max_tokens": 0,
+                                                         "echo": True})
+        assert status == 200, out
+        assert out["choices"][0]["text"] == ids_text(ids)
+    still_serving(d, reference)
+
+
+@pytest.mark.parametrize("body,status,param", [
+    # chat has no prompt to echo
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "echo": True}, 400, "echo"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0, "echo": True}, 400, "echo"),
+    # max_tokens 0 needs echo; below 0 never
+    (dict(GOOD, max_tokens=0), 400, "max_tokens"),
+    (dict(GOOD, max_tokens=0, echo=False), 400, "max_tokens"),
+    (dict(GOOD, max_tokens=0, echo=None), 400, "max_tokens"),
+    (dict(GOOD, max_tokens=-1, echo=True), 400, "max_tokens"),
+    # echo is a boolean
+    (dict(GOOD, echo=1), 400, "echo"),
+    (dict(GOOD, echo="true"), 400, "echo"),
+    (dict(GOOD, echo=[True]), 400, "echo"),
+    # the other fields' rules hold with echo
+    (dict(GOOD, max_tokens=0, echo=True, logprobs=21), 400, "logprobs"),
+    (dict(GOOD, max_tokens=0, echo=True, prompt=[1, 256]), 400, "prompt"),
+    (dict(GOOD, max_tokens=0, echo=True, prompt=[1] * 301), 413, "prompt"),
+    (dict(GOOD, max_tokens=0, echo=True, prompt=[[1, 2], [3, 999]]), 400, "prompt"),
+    (dict(GOOD, max_tokens=0, echo=True, prompt="text"), 400, "prompt"),
+    (dict(GOOD, max_tokens=600, echo=True), 400, "max_tokens"),
+    (dict(GOOD, max_tokens=0, echo=True, n=17), 400, "n"),
+    (dict(GOOD, max_tokens=0, echo=True, logit_bias={"256": 1}), 400, "logit_bias"),
+])
+def test_echo_refusals_change_nothing(d, reference, body, status, param):
+    """Refused (naming the field), nothing counted, nothing sent to the peer,
+    and the next request served as before."""
+    before = counters(d)
+    path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+    got, out = d.json("POST", path, body)
+    err = assert_error(got, out, status, param)
+    if param == "max_tokens" and body["max_tokens"] < 1:
+        assert "echo" in err["message"], err
+    assert counters(d) == before
+    still_serving(d, reference)
+
+
+def test_echo_prompt_lp_in_full_frames(tmp_path):
+    """The largest PROMPT_LP frames: a prompt of 2100 ids scored with
+    logprobs=20 sends 2099 rows in frames of 1024, 1024 and 51 rows of 20
+    alternatives (the frame's largest body); disaggregated equals decoded
+    alone exactly. The longest prompt a context takes (max-model-len - 1:
+    max_tokens 0 runs for one token) is scored too, and one more is refused."""
+    if not os.environ.get("PREFILLD"):
+        pytest.skip("set PREFILLD to the prefilld binary")
+    args = [*TINY, "--max-model-len", "2200"]
+    rng = random.Random(2100)  # ids below 100: test_echo_text_of_long_spelled_ids
+    bodies = [{"prompt": [rng.randrange(0, 100) for _ in range(n)], "max_tokens": mt,
+               "echo": True, "logprobs": 20, "ignore_eos": True, "temperature": 0}
+              for n, mt in ((2100, 0), (2100, 3), (2199, 0))]
+    with Decoded(*args) as loc:
+        local = [loc.json("POST", "/v1/completions", b, timeout=300) for b in bodies]
+    psk = write_key(tmp_path / "k.psk")
+    with Prefilld(*TINY, psk=psk) as p, \
+            Decoded(*args, "--prefill", p.addr, "--kv-psk-file", psk,
+                    "--local-prefill-max-tokens", "0") as a:
+        wait_for(lambda: "KV session up" in a.log(), 60, "a KV session")
+        for b, (status, ref) in zip(bodies, local):
+            assert status == 200, ref
+            status, out = a.json("POST", "/v1/completions", b, timeout=300)
+            assert status == 200, out
+            assert out["choices"] == ref["choices"] and out["usage"] == ref["usage"]
+            lp = out["choices"][0]["logprobs"]
+            n = len(b["prompt"])
+            assert len(lp["tokens"]) == n + b["max_tokens"]
+            check_prompt_lp(lp, b["prompt"], 20)
+        status, out = a.json("POST", "/v1/completions", dict(bodies[2], prompt=[1] * 2200))
+        assert_error(status, out, 413, "prompt")
+        assert a.metric("pdserve:prompt_tokens_total") == 0
+        assert a.metric("pdserve:remote_prompt_tokens_total") == 2100 + 2100 + 2199
+        assert p.metric("pdserve:prefill_requests_total") == 3
+        assert a.metric("pdserve:prefill_failovers_total") == 0
 
 
 def test_text_prompt_without_tokenizer(d, reference):

@@ -1,8 +1,8 @@
 """The official openai client against decoded serving the default model
 (SmolLM2-135M-Instruct): completions, chat, streaming, logprobs, stop
 strings, usage, seeds, several prompts in one request, n choices per
-prompt and logit_bias (locally and through a prefilld peer); curl for the
-raw SSE bytes."""
+prompt, logit_bias and echo (locally and through a prefilld peer); curl for
+the raw SSE bytes."""
 import asyncio
 import contextlib
 import itertools
@@ -952,3 +952,539 @@ def test_logit_bias_refusals_with_the_client(on, chat):
     r = create(model=NAME, max_tokens=2, temperature=0, logit_bias={"49151": 100},
                extra_body={"ignore_eos": True}, **where)
     assert r.usage.completion_tokens == 2
+
+
+# ---- echo ----
+#
+# OpenAI's echo on /v1/completions: a choice's text is its prompt (as written;
+# token ids decoded) followed by its completion. With logprobs the logprobs
+# object starts with the prompt's tokens: the first has null for its
+# log-probability and its alternatives, each later one its log-probability
+# given the tokens before it and its top alternatives; text_offset counts from
+# the prompt's start. max_tokens 0 is allowed with echo alone: the prompt
+# scored, nothing generated (lm-eval-harness's loglikelihood call).
+#
+# The numbers are the prefill's: every prompt position is computed (a prompt
+# to score maps nothing from the prefix cache). Disaggregated, prefilld scores
+# the prompt and sends PROMPT_LP frames (at most 1024 positions each) before
+# DONE. The cases run on decoded alone and on a decoded whose prompts a
+# prefilld prefills (`on`, above: there the fixture checks that nothing was
+# prefilled locally). A request of one choice must give disaggregated what it
+# gives locally exactly (the same engine and arithmetic: observed bit-equal).
+# A prefill row against a decode step of the same context, or the same
+# position scored in a longer prompt, differs by a few 1e-6 (observed at most
+# ~2e-5): ECHO_TOL. Rows batched with others (several prompts, n > 1,
+# concurrent requests; disaggregated, they join the batch at other steps)
+# move by ~1e-5, up to 2e-4 on a prompt of random token ids: there the
+# prompt's scores are held to LOGPROB_TOL (the batching rule's) and the
+# completions to the near-tie rule (compare).
+
+ECHO_TOL = 1e-4
+E_TEXTS = ["The capital of France is", "Once upon a time", "1, 2, 3, 4,",
+           "def fibonacci(n):\n", LONG]
+
+
+def echoed(choice):
+    """A choice of an echo request as plain values (tops' first entry None)."""
+    lp = choice.logprobs
+    out = {"index": choice.index, "text": choice.text, "finish": choice.finish_reason,
+           "tokens": None, "lps": None, "tops": None, "offs": None}
+    if lp is not None:
+        out.update(tokens=list(lp.tokens), lps=list(lp.token_logprobs),
+                   tops=[None if t is None else dict(t) for t in lp.top_logprobs],
+                   offs=list(lp.text_offset))
+    return out
+
+
+def tops_close(got, ref, tol, where=""):
+    """Two top-alternative dicts: the same tokens with values within tol,
+    except where the last alternatives are a near tie (a token only one side
+    has is within tol of the other side's last value)."""
+    assert len(got) == len(ref), (where, got, ref)
+    for t in got.keys() & ref.keys():
+        assert abs(got[t] - ref[t]) <= tol, (where, t, got, ref)
+    for a, b in ((got, ref), (ref, got)):
+        for t in a.keys() - b.keys():
+            assert abs(a[t] - min(b.values())) <= tol, ("not a near tie", where, t, got, ref)
+
+
+def n_tokens(d, prompt):
+    if isinstance(prompt, list):
+        return len(prompt)
+    status, t = d.json("POST", "/tokenize", {"model": NAME, "prompt": prompt})
+    assert status == 200, t
+    return t["count"]
+
+
+def prompt_text(d, prompt):
+    """What echo writes for a prompt: a string as is, token ids decoded."""
+    if isinstance(prompt, str):
+        return prompt
+    status, back = d.json("POST", "/detokenize", {"model": NAME, "tokens": prompt})
+    assert status == 200, back
+    return back["prompt"]
+
+
+def split_echo(ch, n_prompt, text):
+    """(prompt part, completion part) of an echoed choice with logprobs."""
+    assert ch["text"].startswith(text), (ch["text"], text)
+    k = n_prompt
+    head = {"tokens": ch["tokens"][:k], "lps": ch["lps"][:k], "tops": ch["tops"][:k],
+            "offs": ch["offs"][:k]}
+    tail = {"text": ch["text"][len(text):], "finish": ch["finish"], "tokens": ch["tokens"][k:],
+            "lps": ch["lps"][k:], "tops": ch["tops"][k:], "offs": ch["offs"][k:]}
+    return head, tail
+
+
+def check_prompt_part(i, got, ref, tol):
+    assert got["tokens"] == ref["tokens"], (i, got["tokens"], ref["tokens"])
+    assert got["lps"][0] is None and got["tops"][0] is None, (i, got)
+    assert got["offs"] == ref["offs"], i
+    for k in range(1, len(ref["tokens"])):
+        assert abs(got["lps"][k] - ref["lps"][k]) <= tol, (i, k, got["lps"][k], ref["lps"][k])
+        tops_close(got["tops"][k], ref["tops"][k], tol, (i, k))
+
+
+def check_echo_choice(i, got, ref, n_prompt, text, tol=LOGPROB_TOL):
+    """got against ref, two echoed choices of one prompt (with logprobs):
+    the prompt part within tol, the completion by the near-tie rule."""
+    gh, gt = split_echo(got, n_prompt, text)
+    rh, rt = split_echo(ref, n_prompt, text)
+    check_prompt_part(i, gh, rh, tol)
+    compare(i, gt, rt, tol)
+
+
+def prompt_list(prompt):
+    return prompt if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) \
+        else [prompt]
+
+
+_LOCAL_ECHO = {}
+
+
+def _echo(c, kw):
+    r = c.completions.create(model=NAME, **salted(kw))
+    return sorted((echoed(ch) for ch in r.choices), key=lambda ch: ch["index"]), r.usage
+
+
+def eask(on, client, **kw):
+    """(choices by index, usage) of one completions request on `on`.
+    Disaggregated: one PREFILL per prompt, and the answer is decoded alone's
+    (client): exactly for one choice; with several (batched), the texts'
+    prompt parts and the prompt tokens exactly, their log-probabilities within
+    LOGPROB_TOL and the completions by the near-tie rule."""
+    if on.p is None:
+        return _echo(on.client, kw)
+    before = on.p.metric("pdserve:prefill_requests_total")
+    got, usage = _echo(on.client, kw)
+    prompts = prompt_list(kw["prompt"])
+    assert on.p.metric("pdserve:prefill_requests_total") - before == len(prompts)
+    key = repr(sorted(kw.items()))
+    if key not in _LOCAL_ECHO:
+        _LOCAL_ECHO[key] = _echo(client, kw)
+    local, local_usage = _LOCAL_ECHO[key]
+    assert usage.model_dump() == local_usage.model_dump()
+    if len(local) == 1:
+        assert got == local
+    else:
+        assert [ch["index"] for ch in got] == [ch["index"] for ch in local]
+        n = kw.get("n", 1)
+        for g, ref in zip(got, local):
+            p = prompts[g["index"] // n]
+            text = prompt_text(on.d, p)
+            if g["tokens"] is None:
+                assert g["text"].startswith(text) and ref["text"].startswith(text)
+                continue
+            check_echo_choice(g["index"], g, ref, n_tokens(on.d, p), text)
+    return got, usage
+
+
+def ids_of(d, text):
+    status, t = d.json("POST", "/tokenize", {"model": NAME, "prompt": text})
+    assert status == 200, t
+    return t["tokens"]
+
+
+def test_echo_text_is_the_prompt_then_the_completion(on, client):
+    """Without logprobs: the prompt as written (token ids: their decoding,
+    /detokenize's), then exactly what the same request without echo
+    completes; the usage is the same."""
+    kw = dict(max_tokens=6, temperature=0, extra_body={"ignore_eos": True})
+    # ids of long pieces: a decoding longer than decoded's first guess (4
+    # bytes an id) takes its second try
+    long_pieces = [45855, 46778, 15069, 45855]
+    for prompt in (E_TEXTS[0], E_TEXTS[3], ids_of(on.d, E_TEXTS[1]), IDS[2], long_pieces):
+        plain = on.client.completions.create(model=NAME, prompt=prompt, **salted(kw))
+        got, usage = eask(on, client, prompt=prompt, echo=True, **kw)
+        text = prompt_text(on.d, prompt)
+        assert got[0]["text"] == text + plain.choices[0].text, (prompt, got[0]["text"])
+        assert got[0]["tokens"] is None and got[0]["finish"] == "length"
+        assert usage.model_dump() == plain.usage.model_dump()
+    # echo false (or null) is no echo
+    for echo in (False, None):
+        plain = on.client.completions.create(model=NAME, prompt=E_TEXTS[0], **salted(kw))
+        got = on.client.completions.create(model=NAME, prompt=E_TEXTS[0], echo=echo,
+                                           **salted(kw))
+        assert got.choices[0].text == plain.choices[0].text
+        assert not got.choices[0].text.startswith(E_TEXTS[0])
+
+
+def test_echo_logprobs_are_what_a_continuation_reports(on, client):
+    """The key property: generate k tokens from prompt A (logprobs=5), then
+    score A + those tokens (token ids, echo, max_tokens 0, logprobs=5): the
+    last k echoed positions report the generated tokens' log-probabilities
+    and alternatives (a prefill row against a decode step: ECHO_TOL; top
+    alternatives the same but for near ties at the last). Greedy, and one
+    seeded sampled prompt (the log-probabilities are the model's, whatever
+    the temperature)."""
+    k = 8
+    cases = [(a, dict(temperature=0)) for a in E_TEXTS] + \
+        [(E_TEXTS[1], dict(temperature=0.8, seed=11))]
+    for a_text, sampling in cases:
+        a = ids_of(on.d, a_text)
+        gen, _ = eask(on, client, prompt=a, max_tokens=k, logprobs=5,
+                      extra_body={"ignore_eos": True}, **sampling)
+        gen = gen[0]
+        assert len(gen["tokens"]) == k and gen["lps"][0] is not None, gen
+        gen_ids = [token_id(on.d, t) for t in gen["tokens"]]
+        whole = a + gen_ids
+        got, usage = eask(on, client, prompt=whole, echo=True, max_tokens=0, logprobs=5)
+        e = got[0]
+        assert usage.prompt_tokens == len(whole) and usage.completion_tokens == 0
+        assert e["finish"] == "length"
+        assert e["text"] == prompt_text(on.d, a) + gen["text"], (e["text"], gen["text"])
+        assert len(e["tokens"]) == len(whole)
+        assert e["tokens"][-k:] == gen["tokens"], (a_text, e["tokens"][-k:], gen["tokens"])
+        for i in range(k):
+            where = (a_text, sampling, i)
+            assert abs(e["lps"][len(a) + i] - gen["lps"][i]) <= ECHO_TOL, \
+                (where, e["lps"][len(a) + i], gen["lps"][i])
+            tops_close(e["tops"][len(a) + i], gen["tops"][i], ECHO_TOL, where)
+        # the prompt's own positions: what scoring A alone reports
+        alone, _ = eask(on, client, prompt=a, echo=True, max_tokens=0, logprobs=5)
+        check_prompt_part(a_text, {key: e[key][:len(a)] for key in ("tokens", "lps", "tops",
+                                                                       "offs")},
+                          alone[0], ECHO_TOL)
+
+
+def test_echo_max_tokens_0_scores_the_prompt(on, client):
+    """max_tokens 0: the prompt's text and scores, finish "length", no
+    completion token counted or generated; with logprobs=3 every position
+    after the first has 3 alternatives, the prompt token's value is the
+    model's (equal to its entry when among them, else below them all)."""
+    gen0 = on.d.metric("pdserve:generation_tokens_total")
+    for prompt in (E_TEXTS[0], IDS[3], LONG):
+        n = n_tokens(on.d, prompt)
+        got, usage = eask(on, client, prompt=prompt, echo=True, max_tokens=0, logprobs=3)
+        e = got[0]
+        assert e["text"] == prompt_text(on.d, prompt) and e["finish"] == "length", e
+        assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (n, 0, n)
+        assert len(e["tokens"]) == len(e["lps"]) == len(e["tops"]) == len(e["offs"]) == n
+        assert e["lps"][0] is None and e["tops"][0] is None
+        for i in range(1, n):
+            lp, top = e["lps"][i], e["tops"][i]
+            assert lp <= 0 and len(top) == 3, (i, lp, top)
+            if e["tokens"][i] in top:
+                assert top[e["tokens"][i]] == lp, (i, lp, top)
+            else:
+                assert lp <= min(top.values()) + 1e-6, (i, lp, top)
+            assert sum(math.exp(v) for v in top.values()) <= 1 + 1e-4
+        # no logprobs: the text alone
+        got, usage = eask(on, client, prompt=prompt, echo=True, max_tokens=0)
+        assert got[0]["text"] == prompt_text(on.d, prompt) and got[0]["tokens"] is None
+        assert got[0]["finish"] == "length" and usage.completion_tokens == 0
+    # logprobs=0: each token's value, no alternatives
+    got, _ = eask(on, client, prompt=E_TEXTS[0], echo=True, max_tokens=0, logprobs=0)
+    assert got[0]["tops"] == [None] + [{}] * 4 and all(v <= 0 for v in got[0]["lps"][1:])
+    # the single-token prompt: nothing to score
+    got, usage = eask(on, client, prompt=[7042], echo=True, max_tokens=0, logprobs=2)
+    assert got[0]["lps"] == [None] and got[0]["tops"] == [None] and got[0]["offs"] == [0]
+    assert (usage.prompt_tokens, usage.completion_tokens) == (1, 0)
+    assert on.d.metric("pdserve:generation_tokens_total") == gen0, "a scoring request generated"
+
+
+def test_echo_scores_are_the_models_whatever_the_sampling(on, client):
+    """The prompt's log-probabilities are the raw model's: temperature,
+    top-p/k, min-p, penalties and logit_bias change none of them."""
+    kw = dict(prompt=E_TEXTS[4][:120], echo=True, max_tokens=0, logprobs=4)
+    base, _ = eask(on, client, **kw)
+    banana = token_id(on.d, " banana")
+    for extra in (dict(temperature=0), dict(temperature=1.7, seed=3), dict(top_p=0.3),
+                  dict(presence_penalty=2.0, frequency_penalty=-2.0),
+                  dict(extra_body={"top_k": 2, "min_p": 0.5, "repetition_penalty": 1.5}),
+                  dict(logit_bias={str(banana): 100, str(token_id(on.d, " the")): -100})):
+        got, _ = eask(on, client, **dict(kw, **extra))
+        assert got == base, extra
+
+
+def test_echo_n_choices_each_echo(on, client):
+    """n=2: each choice starts with the prompt and its scores (the first
+    choice's, the same numbers in both), and its completion is the one the
+    request without echo gives that choice (seed + k)."""
+    prompt = E_TEXTS[1]
+    n_prompt = n_tokens(on.d, prompt)
+    kw = dict(prompt=prompt, n=2, seed=5, temperature=0.9, max_tokens=6, logprobs=2,
+              extra_body={"ignore_eos": True})
+    got, usage = eask(on, client, echo=True, **kw)
+    plain = sorted((dict(result(c), index=c.index)
+                    for c in on.client.completions.create(model=NAME, **salted(kw)).choices),
+                   key=lambda c: c["index"])
+    assert [ch["index"] for ch in got] == [0, 1]
+    heads = []
+    for ch, ref in zip(got, plain):
+        head, tail = split_echo(ch, n_prompt, prompt)
+        heads.append(head)
+        compare(ch["index"], tail, ref, LOGPROB_TOL)
+        assert tail["offs"][0] == len(prompt)
+    assert heads[0] == heads[1]
+    assert usage.prompt_tokens == n_prompt and usage.completion_tokens == 12
+    if on.p is None:  # disaggregated: test_echo_n_scoring_disaggregated
+        check_n_scoring(on, client, prompt)
+
+
+def check_n_scoring(on, client, prompt):
+    """n=2, max_tokens 0: two identical echoes, nothing generated."""
+    got, usage = eask(on, client, prompt=prompt, n=2, echo=True, max_tokens=0, logprobs=2)
+    assert got[0]["text"] == got[1]["text"] == prompt_text(on.d, prompt)
+    assert len(got[0]["tokens"]) == n_tokens(on.d, prompt)
+    assert {k: v for k, v in got[0].items() if k != "index"} == \
+        {k: v for k, v in got[1].items() if k != "index"}
+    assert (usage.prompt_tokens, usage.completion_tokens) == (n_tokens(on.d, prompt), 0)
+
+
+def test_echo_n_scoring_disaggregated(tmp_path, client):
+    """n=2 with max_tokens 0 through a prefilld: both choices echo the
+    prompt's scores (decoded alone's), computed once, by the peer: the
+    followers report their leader's scores and compute nothing (a pair of
+    its own, so that a regression does not fail the shared pair's later
+    cases)."""
+    if not os.environ.get("PREFILLD"):
+        pytest.skip("set PREFILLD to the prefilld binary")
+    with disagg_pair(tmp_path) as (p, a):
+        on = Served(a, p)
+        for prompt in (E_TEXTS[1], LONG):
+            check_n_scoring(on, client, prompt)
+        assert a.metric("pdserve:prompt_tokens_total") == 0
+        assert a.metric("pdserve:prefill_failovers_total") == 0
+
+
+def test_echo_several_prompts_each_echo_their_own(on, client):
+    """Several prompts (strings; token-id lists): choice i echoes prompt i
+    and equals the request of prompt i alone (batched: LOGPROB_TOL and the
+    near-tie rule); the usage sums them."""
+    for prompts in (E_TEXTS[:4], IDS):
+        for max_tokens in (0, 4):
+            kw = dict(echo=True, max_tokens=max_tokens, temperature=0, logprobs=2,
+                      extra_body={"ignore_eos": True})
+            got, usage = eask(on, client, prompt=prompts, **kw)
+            assert [ch["index"] for ch in got] == list(range(len(prompts)))
+            total = 0
+            for i, p in enumerate(prompts):
+                alone, u = eask(on, client, prompt=p, **kw)
+                total += u.prompt_tokens
+                check_echo_choice(i, got[i], alone[0], n_tokens(on.d, p), prompt_text(on.d, p))
+            assert usage.prompt_tokens == total
+            assert usage.completion_tokens == max_tokens * len(prompts)
+
+
+def echo_stream(c, kw):
+    """Per index, the choice's chunks as echoed() values, and the usage chunk's usage."""
+    chunks = list(c.completions.create(model=NAME, stream=True,
+                                       stream_options={"include_usage": True}, **salted(kw)))
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    per = {}
+    for chunk in chunks[:-1]:
+        assert chunk.usage is None and len(chunk.choices) == 1, chunk
+        per.setdefault(chunk.choices[0].index, []).append(echoed(chunk.choices[0]))
+    return per, chunks[-1].usage
+
+
+def join_chunks(parts):
+    out = {"text": "".join(p["text"] for p in parts), "tokens": [], "lps": [], "tops": [],
+           "offs": []}
+    for p in parts:
+        for key in ("tokens", "lps", "tops", "offs"):
+            out[key] += p[key] or []
+    finishes = [p["finish"] for p in parts if p["finish"]]
+    assert len(finishes) == 1 and parts[-1]["finish"], parts
+    out["finish"] = finishes[0]
+    return out
+
+
+def test_echo_streamed_first_chunk_carries_the_prompt(on, client):
+    """Streamed: each choice's first chunk is its prompt exactly (text, and
+    with logprobs the prompt's tokens, the first null); the chunks joined
+    are the whole (non-streamed) answer: batched, the prompt's scores within
+    LOGPROB_TOL and the completions by the near-tie rule; one prompt alone,
+    exactly."""
+    prompts = [E_TEXTS[0], E_TEXTS[2]]
+    kw = dict(prompt=prompts, n=2, seed=9, temperature=0.7, max_tokens=5, logprobs=2, echo=True,
+              extra_body={"ignore_eos": True})
+    whole, usage = eask(on, client, **kw)
+    per, s_usage = echo_stream(on.client, kw)
+    assert sorted(per) == [0, 1, 2, 3]
+    assert s_usage.model_dump() == usage.model_dump()
+    for i, parts in per.items():
+        p = prompts[i // 2]
+        n_prompt = n_tokens(on.d, p)
+        first = parts[0]
+        assert first["text"] == p and first["finish"] is None, (i, first)
+        assert len(first["tokens"]) == n_prompt and first["lps"][0] is None, (i, first)
+        assert first["tops"][0] is None and first["offs"][0] == 0
+        joined = join_chunks(parts)
+        check_echo_choice(i, joined, whole[i], n_prompt, p)
+    # max_tokens 0: the prompt's chunk, then its finish alone
+    per, s_usage = echo_stream(on.client, dict(prompt=E_TEXTS[3], echo=True, max_tokens=0,
+                                               logprobs=1))
+    n_prompt = n_tokens(on.d, E_TEXTS[3])
+    assert list(per) == [0] and len(per[0]) == 2, per
+    assert per[0][0]["text"] == E_TEXTS[3] and len(per[0][0]["tokens"]) == n_prompt
+    assert per[0][1]["text"] == "" and per[0][1]["finish"] == "length"
+    assert not per[0][1]["tokens"]
+    assert (s_usage.prompt_tokens, s_usage.completion_tokens) == (n_prompt, 0)
+    whole, _ = eask(on, client, prompt=E_TEXTS[3], echo=True, max_tokens=0, logprobs=1)
+    assert {k: v for k, v in join_chunks(per[0]).items()} == \
+        {k: v for k, v in whole[0].items() if k != "index"}
+    # without logprobs: text only, the prompt first
+    per, _ = echo_stream(on.client, dict(prompt=E_TEXTS[0], echo=True, max_tokens=3,
+                                         temperature=0))
+    assert per[0][0]["text"] == E_TEXTS[0] and per[0][0]["tokens"] is None
+
+
+def test_echo_async_beside_generation(on, client):
+    """Echo requests (scoring and generating, streamed and not) at once with
+    plain generating ones, through the async client: each echo is what it
+    is alone (batched: LOGPROB_TOL, near-tie rule), the plain ones are
+    untouched (nothing of the scoring leaks into them)."""
+    echo_cases = [dict(prompt=E_TEXTS[0], echo=True, max_tokens=0, logprobs=3),
+                  dict(prompt=LONG, echo=True, max_tokens=0, logprobs=3),
+                  dict(prompt=E_TEXTS[2], echo=True, max_tokens=6, logprobs=3, temperature=0,
+                       extra_body={"ignore_eos": True}),
+                  dict(prompt=IDS[3], echo=True, max_tokens=4, logprobs=2, temperature=0.8,
+                       seed=4, extra_body={"ignore_eos": True})]
+    plain_cases = [dict(prompt=E_TEXTS[1], max_tokens=8, logprobs=2, temperature=0,
+                        extra_body={"ignore_eos": True}),
+                   dict(prompt=LONG, max_tokens=8, logprobs=2, temperature=0,
+                        extra_body={"ignore_eos": True})]
+    alone = [eask(on, client, **kw)[0][0] for kw in echo_cases]
+    plain_alone = [_ask(on.client, kw)[0] for kw in plain_cases]
+
+    async def all_at_once():
+        async with on.aclient() as c:
+            async def one(kw):
+                r = await c.completions.create(model=NAME, **salted(kw))
+                return echoed(r.choices[0])
+
+            async def one_streamed(kw):
+                s = await c.completions.create(model=NAME, stream=True, **salted(kw))
+                return join_chunks([echoed(chunk.choices[0]) async for chunk in s])
+            return await asyncio.gather(*(one(kw) for kw in echo_cases + plain_cases),
+                                        *(one_streamed(kw) for kw in echo_cases))
+    got = asyncio.run(all_at_once())
+    n = len(echo_cases)
+    for i, kw in enumerate(echo_cases):
+        p = kw["prompt"]
+        for g in (got[i], got[n + len(plain_cases) + i]):
+            check_echo_choice(i, g, alone[i], n_tokens(on.d, p), prompt_text(on.d, p))
+    for i, ref in enumerate(plain_alone):
+        g = got[n + i]
+        compare(i, {"text": g["text"], "finish": g["finish"], "tokens": g["tokens"],
+                    "lps": g["lps"], "tops": g["tops"]}, ref, LOGPROB_TOL)
+
+
+def test_echo_long_prompt_in_several_frames(on, client):
+    """A prompt of 1300 token ids with logprobs=5: disaggregated, its 1299
+    scored positions come in two PROMPT_LP frames (1024 + 275); the answer is
+    decoded alone's exactly (eask), every position has its 5 alternatives,
+    and the completion goes on from it."""
+    rng = random.Random(1300)
+    prompt = [rng.randrange(100, 49151) for _ in range(1300)]
+    got, usage = eask(on, client, prompt=prompt, echo=True, max_tokens=2, logprobs=5,
+                      temperature=0, extra_body={"ignore_eos": True}, timeout=300)
+    e = got[0]
+    assert (usage.prompt_tokens, usage.completion_tokens) == (1300, 2)
+    assert len(e["tokens"]) == 1302 and e["lps"][0] is None and e["tops"][0] is None
+    assert all(len(t) == 5 for t in e["tops"][1:])
+    assert all(v <= 0 for v in e["lps"][1:])
+    assert e["text"].startswith(prompt_text(on.d, prompt))
+    # the positions around the frames' seam are no different from the others
+    for i in (1023, 1024, 1025, 1026):
+        assert e["tokens"][i] in e["tops"][i] or e["lps"][i] <= min(e["tops"][i].values()) + 1e-6
+
+
+def test_echo_text_offsets_follow_the_token_strings(on, client):
+    """ASCII prompts (where a byte is a character): text_offset[i] is where
+    token i's string sits in the choice's text, from the prompt's start, the
+    completion's after the prompt's text; each prompt of several counts from
+    its own start; the streamed offsets are the same."""
+    kw = dict(echo=True, max_tokens=6, logprobs=1, temperature=0, extra_body={"ignore_eos": True})
+    prompts = [E_TEXTS[0], E_TEXTS[3], "a  b\t\tc\n\n d", E_TEXTS[4][:200]]
+    got, _ = eask(on, client, prompt=prompts, **kw)
+    per, _ = echo_stream(on.client, dict(kw, prompt=prompts))
+    for i, (ch, p) in enumerate(zip(got, prompts)):
+        n_prompt = n_tokens(on.d, p)
+        assert ch["offs"][0] == 0 and ch["offs"][n_prompt] == len(p), (i, ch["offs"])
+        assert "".join(ch["tokens"][:n_prompt]) == p
+        for k, (tok, off) in enumerate(zip(ch["tokens"], ch["offs"])):
+            assert ch["text"][off:off + len(tok)] == tok, (i, k, tok, off, ch["text"])
+            if k + 1 < len(ch["offs"]):
+                assert ch["offs"][k + 1] == off + len(tok), (i, k, ch["offs"])
+        assert join_chunks(per[i])["offs"] == ch["offs"], i
+    # token ids: the same, over their decoding
+    ids = ids_of(on.d, E_TEXTS[3])
+    got, _ = eask(on, client, prompt=ids, **kw)
+    ch = got[0]
+    assert ch["offs"][:len(ids) + 1] == [len("".join(ch["tokens"][:k]))
+                                         for k in range(len(ids) + 1)]
+
+
+def test_echo_with_logprobs_never_uses_the_prefix_cache(on, client):
+    """A prompt to score is computed whole even where its blocks are cached
+    (the same salt): no prefix-cache hit, on decoded nor on prefilld, and the
+    same numbers as the prompt under another salt; a plain request of it
+    after hits (the blocks were there)."""
+    prompt = " ".join("Line %d of a text that fills several blocks." % i for i in range(12))
+    salt = {"cache_salt": "echo-cache-%d" % next(_salts)}
+    hits = [on.d] + ([on.p] if on.p else [])
+
+    def hit_counts():
+        return [x.metric("pdserve:prefix_cache_hits_total") for x in hits]
+    one = dict(model=NAME, prompt=prompt, max_tokens=1, temperature=0, extra_body=salt)
+    on.client.completions.create(**one)
+    before = hit_counts()
+    scored = on.client.completions.create(model=NAME, prompt=prompt, echo=True, max_tokens=0,
+                                          logprobs=3, extra_body=salt)
+    assert hit_counts() == before, "a prompt to score mapped cached blocks"
+    fresh, _ = eask(on, client, prompt=prompt, echo=True, max_tokens=0, logprobs=3)
+    assert echoed(scored.choices[0]) == fresh[0]
+    on.client.completions.create(**one)
+    assert sum(hit_counts()) > sum(before), "nothing was cached: the case tests nothing"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_echo_refusals_with_the_client(on, stream):
+    """Chat refuses echo (400 naming it); max_tokens 0 needs echo; a
+    negative max_tokens is refused with it; nothing is counted or sent to
+    the peer."""
+    def counts():
+        return (on.d.metric("pdserve:prompt_tokens_total"),
+                on.d.metric("pdserve:remote_prompt_tokens_total"),
+                on.d.metric("pdserve:generation_tokens_total"),
+                on.p.metric("pdserve:prefill_requests_total") if on.p else 0)
+    before = counts()
+    with pytest.raises(openai.BadRequestError) as e:
+        on.client.chat.completions.create(model=NAME, messages=Q, max_tokens=2, stream=stream,
+                                          extra_body={"echo": True})
+    assert e.value.body["param"] == "echo", e.value.body
+    for kw, param in [(dict(max_tokens=0), "max_tokens"),
+                      (dict(max_tokens=0, echo=False), "max_tokens"),
+                      (dict(max_tokens=-1, echo=True), "max_tokens"),
+                      (dict(max_tokens=1, echo="yes"), "echo"),
+                      (dict(max_tokens=0, echo=True, logprobs=21), "logprobs")]:
+        with pytest.raises(openai.BadRequestError) as e:
+            on.client.completions.create(model=NAME, prompt=E_TEXTS[0], stream=stream, **kw)
+        assert e.value.body["param"] == param, (kw, e.value.body)
+    with pytest.raises(openai.BadRequestError) as e:
+        on.client.completions.create(model=NAME, prompt=E_TEXTS[0], max_tokens=0, stream=stream)
+    assert "echo" in e.value.body["message"], e.value.body
+    assert counts() == before

@@ -151,3 +151,98 @@ def test_fail_policy_answers_a_clear_error_never_a_200(tmp_path):
         assert d.metric("pdserve:prefix_cache_blocks") == 0
         assert d.metric("pdserve:prefix_cache_hits_total") == 0
         assert d.metric("pdserve:kv_blocks_not_sent_total") == 0
+
+
+# ---- echo with logprobs: prefilld scores the prompt and sends its
+# log-probabilities in PROMPT_LP frames before DONE. Those frames are control
+# frames of the authenticated channel: no hook corrupts them (the tamper hook
+# flips a byte of KV blocks after tagging), and no test peer can stand in for
+# prefilld (kvx_peer's layout is not a model's), so a forged or corrupt
+# PROMPT_LP cannot be made here without a new hook in prefilld. What can be:
+# the KV of a scored prompt tampered with. The scores then never reach the
+# client from a transfer that failed: under retry the answer is the honest
+# peer's (decoded alone's, exactly: the honest peer's frames cover every
+# position again), under fail a clean error, streamed too, with no echoed
+# prompt sent before it. Ids below 100: the dummy model spells them in at
+# most 4 bytes (test_decoded_bad_input.py's test_echo_text_of_long_spelled_ids). ----
+
+ECHO_PROMPTS = [[random.Random(n * 31).randrange(1, 100) for _ in range(n)]
+                for n in (2, 17, 100, 300)]
+
+
+def echo_body(p, max_tokens):
+    return {"prompt": p, "max_tokens": max_tokens, "echo": True, "logprobs": 5,
+            "temperature": 0, "ignore_eos": True}
+
+
+ECHO_BODIES = [echo_body(p, mt) for p in ECHO_PROMPTS for mt in (0, 3)]
+
+
+def test_echo_scores_after_tampering_are_the_honest_peers(tmp_path):
+    psk = write_key(tmp_path / "k.psk")
+    with Decoded(*MODEL, *MEM) as loc:
+        ref = []
+        for b in ECHO_BODIES:
+            status, out = loc.json("POST", "/v1/completions", b)
+            assert status == 200, out
+            ref.append(out)
+    with Prefilld(*MODEL, *MEM, *TAMPER, psk=psk) as bad, \
+            Prefilld(*MODEL, *MEM, psk=psk) as good, \
+            Decoded(*MODEL, *MEM, "--kv-psk-file", psk, "--local-prefill-max-tokens", "0",
+                    "--prefill", bad.addr, "--prefill", good.addr,
+                    "--prefill-failover", "retry") as d:
+        d.model_name = served_name(d)
+        wait_for(lambda: peer_up(d, bad.addr) and peer_up(d, good.addr), 60, "both sessions")
+        # one at a time: the peers are taken in turn, and each answer is the
+        # one a request alone gets (exactly)
+        for b, r in zip(ECHO_BODIES, ref):
+            status, out = d.json("POST", "/v1/completions", b)
+            assert status == 200, out
+            assert out["choices"] == r["choices"] and out["usage"] == r["usage"], (b, out, r)
+            lp = out["choices"][0]["logprobs"]
+            assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+        n_bad = bad.metric("pdserve:prefill_requests_total")
+        n_good = good.metric("pdserve:prefill_requests_total")
+        assert n_bad >= 1 and n_good == len(ECHO_BODIES), (n_bad, n_good)
+        assert d.metric("pdserve:prompt_tokens_total") == 0
+        assert d.metric('pdserve:prefill_failovers_total{model_name="%s",reason="integrity"}'
+                        % d.model_name) == n_bad
+        assert d.metric("pdserve:kv_integrity_failures_total") >= n_bad
+        wait_for(lambda: d.metric("pdserve:kv_cache_blocks_used") == 0, 10, "decoded's blocks")
+        for p in (bad, good):
+            wait_for(lambda: p.metric("pdserve:kv_blocks_used") == 0, 30, "prefilld's blocks")
+
+
+def test_echo_fail_policy_answers_an_error_never_the_scores(tmp_path):
+    psk = write_key(tmp_path / "k.psk")
+    with Prefilld(*MODEL, *MEM, *TAMPER, psk=psk) as bad, \
+            Decoded(*MODEL, *MEM, "--kv-psk-file", psk, "--local-prefill-max-tokens", "0",
+                    "--prefill", bad.addr, "--prefill-failover", "fail") as d:
+        d.model_name = served_name(d)
+        wait_for(lambda: peer_up(d, bad.addr), 60, "the session")
+        with cf.ThreadPoolExecutor(3) as ex:
+            res = list(ex.map(lambda b: d.json("POST", "/v1/completions", b), ECHO_BODIES))
+        for status, out in res:
+            err = assert_error(status, out, 502)
+            assert "integrity" in err["message"] and bad.addr in err["message"], err
+        # streamed: the error is the stream's only event; the echoed prompt
+        # (sent with a choice's first event) never went out
+        for b in (ECHO_BODIES[4], ECHO_BODIES[7], dict(ECHO_BODIES[5], logprobs=None)):
+            status, _, raw = d.request("POST", "/v1/completions", dict(b, stream=True))
+            events = [e for e in sse_events(raw) if e != "[DONE]"]
+            assert status == 200 and len(events) == 1, (status, raw)
+            ev = json.loads(events[0])
+            assert set(ev) == {"error"} and ev["error"]["type"] == "bad_gateway", ev
+        n = len(ECHO_BODIES) + 3
+        assert bad.metric("pdserve:prefill_requests_total") == n
+        assert d.metric('pdserve:prefill_failovers_total{model_name="%s",reason="integrity"}'
+                        % d.model_name) == n
+        assert d.metric("pdserve:prompt_tokens_total") == 0, "prefilled locally"
+        assert d.metric("pdserve:generation_tokens_total") == 0
+        fin = '{model_name="%s",finished_reason="%%s"}' % d.model_name
+        assert d.metric("pdserve:request_success_total" + fin % "error") == n
+        assert d.metric("pdserve:request_success_total" + fin % "length") == 0
+        wait_for(lambda: d.metric("pdserve:kv_cache_blocks_used") == 0 and
+                 d.metric("pdserve:num_requests_remote_prefill") == 0, 10, "decoded's blocks")
+        wait_for(lambda: bad.metric("pdserve:kv_blocks_used") == 0, 30, "prefilld's blocks")
+        assert peer_up(d, bad.addr)
