@@ -825,13 +825,21 @@ int dec_api_lp_add_first(cJSON *lp, const struct pd_tokenizer *tok, int32_t toke
     return rc;
 }
 
-size_t dec_api_token_len(const struct pd_tokenizer *tok, int32_t token)
+size_t dec_api_chars(const char *s, size_t n)
+{
+    size_t c = 0;
+    for (size_t i = 0; i < n; i++)
+        c += ((uint8_t)s[i] & 0xC0) != 0x80;
+    return c;
+}
+
+size_t dec_api_token_chars(const struct pd_tokenizer *tok, int32_t token)
 {
     char text[4 * PD_TOK_MAX_PIECE + 16];
     const uint8_t *bytes;
     size_t n_bytes;
     token_text(tok, token, text, sizeof(text), &bytes, &n_bytes);
-    return n_bytes;
+    return dec_api_chars((const char *)bytes, n_bytes);
 }
 
 static cJSON *envelope(const struct dec_api_out *o, bool chunk)

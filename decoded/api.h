@@ -131,8 +131,12 @@ int dec_api_lp_add(struct cJSON *lp, enum dec_api_kind kind, const struct pd_tok
  * log-probability and alternatives (nothing comes before it). */
 int dec_api_lp_add_first(struct cJSON *lp, const struct pd_tokenizer *tok, int32_t token,
                          size_t text_offset);
-/* The bytes of a token's text (what text_offset advances by). */
-size_t dec_api_token_len(const struct pd_tokenizer *tok, int32_t token);
+/* text_offset counts characters, as OpenAI's and vLLM's (Python string
+ * indices): the UTF-8 lead bytes of s[0, n) -- a character cut between two
+ * tokens counts where it starts. */
+size_t dec_api_chars(const char *s, size_t n);
+/* The characters a token's text adds to text_offset (its lead bytes). */
+size_t dec_api_token_chars(const struct pd_tokenizer *tok, int32_t token);
 
 /* One choice of a response: its text, log-probabilities (may be NULL;
  * consumed) and finish reason. */

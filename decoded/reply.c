@@ -276,10 +276,10 @@ static int echo_prompt(struct dec_server *s, struct dec_http *h, struct dec_choi
                        : dec_api_lp_add_first(c->lp, s->tok, j->prompt[0], off);
             if (rc < 0)
                 return rc;
-            off += dec_api_token_len(s->tok, j->prompt[i]);
+            off += dec_api_token_chars(s->tok, j->prompt[i]);
         }
     }
-    c->text_offset = c->echo_len;
+    c->text_offset = dec_api_chars(c->echo, c->echo_len);
     if (h->stream) {
         stream_send(h, dec_api_chunk(&h->out, j->choice, c->echo, c->echo_len, false, c->lp,
                                      NULL, h->include_usage));
@@ -314,7 +314,7 @@ static void on_event(struct dec_server *s, struct dec_event *e)
         c->lp = dec_api_lp_new(h->out.kind);
     if (e->has_token && c->lp)
         dec_api_lp_add(c->lp, h->out.kind, s->tok, &e->token, h->n_top, c->text_offset);
-    c->text_offset += e->len;
+    c->text_offset += dec_api_chars(e->text, e->len);
 
     if (h->stream) {
         /* a chunk when there is text, log-probabilities, or the role to open with */

@@ -30,7 +30,7 @@ struct dec_choice {
     char *text; /* non-streamed: the completion so far */
     size_t len, cap;
     cJSON *lp; /* log-probabilities not yet sent (streamed) or so far (not) */
-    size_t text_offset;
+    size_t text_offset; /* characters of the text so far (dec_api_chars) */
     char *echo; /* echo: the prompt's text, owned (NULL: no echo); goes out before the
                  * completion, at the choice's first event */
     size_t echo_len;

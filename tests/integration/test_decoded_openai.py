@@ -1129,6 +1129,27 @@ def test_echo_text_is_the_prompt_then_the_completion(on, client):
         assert not got.choices[0].text.startswith(E_TEXTS[0])
 
 
+def test_text_offset_counts_characters(on, client):
+    """text_offset indexes the text as a Python string (OpenAI's, vLLM's):
+    characters, not UTF-8 bytes -- in the echoed prompt and in the
+    completion after it."""
+    prompt = "Le café coûte 3 €. 日本語のテキストです。Ünïcödé"
+    got, _ = eask(on, client, prompt=prompt, echo=True, max_tokens=6, temperature=0, logprobs=0,
+                  extra_body={"ignore_eos": True})
+    ch = got[0]
+    text, offs, toks = ch["text"], ch["offs"], ch["tokens"]
+    assert text.startswith(prompt) and offs[0] == 0
+    assert offs == sorted(offs) and offs[-1] <= len(text)
+    whole = 0
+    for k, (o, t) in enumerate(zip(offs, toks)):
+        if t.startswith("bytes:"):
+            continue  # part of a character: it counts where the character starts
+        assert text[o:o + len(t)] == t, (k, o, t, text[o:o + len(t)])
+        whole += 1
+    assert whole >= len(toks) // 2  # most tokens here are whole characters
+    assert any(ord(c) > 127 for c in text[:len(prompt)])
+
+
 def test_echo_logprobs_are_what_a_continuation_reports(on, client):
     """The key property: generate k tokens from prompt A (logprobs=5), then
     score A + those tokens (token ids, echo, max_tokens 0, logprobs=5): the
