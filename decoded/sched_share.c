@@ -69,7 +69,9 @@ int dec_sched_mask(struct dec_sched *s, struct dec_job *j)
 {
     char err[160];
     j->sampling.mask = NULL;
-    if (!s->grammar && s->p.tok && pd_grammar_new(s->p.tok, &s->grammar, err, sizeof(err)) < 0) {
+    if (!s->grammar && s->p.tok &&
+        pd_grammar_new(s->p.tok, pd_engine_n_vocab(s->p.engine), &s->grammar, err,
+                       sizeof(err)) < 0) {
         pd_log(PD_LOG_ERR, "%s: %s", j->id, err);
         return -ENOMEM;
     }

@@ -475,7 +475,9 @@ static void remote_first_token(struct dec_sched *s, struct dec_job *j,
         s->active[s->n_active++] = j; /* a slot is there: REMOTE jobs count as admitted */
         return;
     }
-    finish(s, j, e, fin, fin == DEC_FIN_ERROR ? "out of memory producing the text" : NULL);
+    finish(s, j, e, fin, fin != DEC_FIN_ERROR ? NULL
+                         : j->why                ? j->why
+                                                 : "out of memory producing the text");
 }
 
 /* Nothing usable arrived: --prefill-failover decides. */

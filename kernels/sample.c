@@ -212,10 +212,15 @@ int pd_sample(struct pd_sampler *s, const struct pd_sampling *p, const float *lo
         w[p->bias[i].token] += p->bias[i].bias;
     apply_penalties(s, p, prompt, n_prompt, output, n_output);
 
+    /* a masked token is never drawn, even where every allowed one is -inf
+     * too (a model that gives NaN): then the lowest allowed id */
+    uint32_t first = 0;
+    while (p->mask && !(p->mask[first / 32] >> (first % 32) & 1u))
+        first++; /* validate: one is set below V */
     if (p->temperature == 0.0f) {
-        uint32_t best = 0;
-        for (uint32_t i = 1; i < V; i++)
-            if (w[i] > w[best])
+        uint32_t best = first;
+        for (uint32_t i = first + 1; i < V; i++)
+            if (w[i] > w[best] && (!p->mask || (p->mask[i / 32] >> (i % 32) & 1u)))
                 best = i;
         r->token = (int32_t)best;
         raw_logprobs(V, p->n_logprobs, logits, r);
@@ -228,10 +233,15 @@ int pd_sample(struct pd_sampler *s, const struct pd_sampling *p, const float *lo
     }
     sort_ids(s->idx, V, w);
     const float wmax = w[s->idx[0]];
+    if (wmax == -INFINITY) { /* nothing has any probability: the lowest allowed id */
+        r->token = (int32_t)first;
+        raw_logprobs(V, p->n_logprobs, logits, r);
+        return 0;
+    }
     uint32_t n = p->top_k > 0 ? (uint32_t)p->top_k : V;
     double total = 0.0;
     for (uint32_t i = 0; i < n; i++) {
-        s->prob[i] = wmax == -INFINITY ? (i == 0) : expf(w[s->idx[i]] - wmax);
+        s->prob[i] = expf(w[s->idx[i]] - wmax);
         total += s->prob[i];
     }
     if (p->top_p < 1.0f) {

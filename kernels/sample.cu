@@ -293,7 +293,8 @@ __global__ void __launch_bounds__(SMP_THREADS) sample_kernel(const struct smp_pa
         float bv = -INFINITY;
         uint32_t bi = UINT32_MAX;
         for (uint32_t i = t; i < V; i += SMP_THREADS)
-            better(bv, bi, w[i], i);
+            if (!mask || (mask[i / 32] >> (i % 32) & 1u)) /* never a masked token */
+                better(bv, bi, w[i], i);
         token = block_argmax(sh, bv, bi);
     } else {
         float wm = -INFINITY;
@@ -305,8 +306,13 @@ __global__ void __launch_bounds__(SMP_THREADS) sample_kernel(const struct smp_pa
         for (uint32_t i = t; i < V; i += SMP_THREADS)
             pr[i] = wm == -INFINITY ? (i == 0) : expf(w[i] - wm);
         __syncthreads();
-        if (wm == -INFINITY) {
-            token = 0; /* every logit -inf: the CPU's order starts at id 0 */
+        if (wm == -INFINITY) { /* every logit -inf: the lowest allowed id, as the CPU */
+            uint32_t lo = UINT32_MAX;
+            for (uint32_t i = t; i < V && lo == UINT32_MAX; i += SMP_THREADS)
+                if (!mask || (mask[i / 32] >> (i % 32) & 1u))
+                    lo = i;
+            token = block_reduce(sh.u, lo, [](uint32_t a, uint32_t b) { return a < b ? a : b; });
+            token = token == UINT32_MAX ? 0 : token;
         } else {
             uint64_t floor = 0;
             if (P.top_k > 0 && (uint32_t)P.top_k < V)

@@ -335,17 +335,17 @@ static int64_t child(struct pd_grammar *g, uint32_t node, uint8_t b, uint32_t ca
     return c;
 }
 
-int pd_grammar_new(const struct pd_tokenizer *tok, struct pd_grammar **out, char *err,
-                   size_t errlen)
+int pd_grammar_new(const struct pd_tokenizer *tok, uint32_t n_vocab, struct pd_grammar **out,
+                   char *err, size_t errlen)
 {
-    const uint32_t V = pd_tok_n_vocab(tok);
+    const uint32_t V = n_vocab, tok_v = pd_tok_n_vocab(tok);
     struct pd_grammar *g = calloc(1, sizeof(*g));
     if (!g || !V)
         goto nomem;
     g->n_vocab = V;
     g->words = (V + 31) / 32;
     size_t total = 0;
-    for (uint32_t t = 0; t < V; t++) {
+    for (uint32_t t = 0; t < V && t < tok_v; t++) {
         size_t n = 0;
         pd_tok_piece(tok, (int32_t)t, &n);
         total += n;
@@ -368,9 +368,11 @@ int pd_grammar_new(const struct pd_tokenizer *tok, struct pd_grammar **out, char
     size_t at = 0;
     for (uint32_t t = 0; t < V; t++) {
         size_t n = 0;
-        const uint8_t *p = pd_tok_piece(tok, (int32_t)t, &n);
         g->off[t] = (uint32_t)at;
         g->tok_next[t] = -1;
+        if (t >= tok_v)
+            continue; /* the model's, not the tokenizer's: no text, never allowed */
+        const uint8_t *p = pd_tok_piece(tok, (int32_t)t, &n);
         if (pd_tok_is_eog(tok, (int32_t)t)) {
             g->eog[g->n_eog++] = (int32_t)t;
             continue;

@@ -4,7 +4,7 @@
  * on it (a mask for the sampler, kernels/sample.h).
  *
  *   struct pd_grammar *g;                       // one per tokenizer: its trie, a mask cache
- *   pd_grammar_new(tok, &g, err, sizeof err);
+ *   pd_grammar_new(tok, n_vocab, &g, err, sizeof err);   // n_vocab: the model's
  *   struct pd_gstate s;
  *   pd_gstate_json_object(&s);                  // a request's state: a small value
  *   for each step:
@@ -57,11 +57,14 @@ struct pd_gstate {
     uint8_t len; /* bytes of the current number */
 };
 
-int pd_grammar_new(const struct pd_tokenizer *tok, struct pd_grammar **out, char *err,
-                   size_t errlen);
+/* n_vocab: the model's vocabulary, the sampler's rows (a checkpoint's may
+ * be larger than its tokenizer's, or smaller): masks cover it, a token the
+ * tokenizer lacks is never allowed, the tokenizer's past it are ignored. */
+int pd_grammar_new(const struct pd_tokenizer *tok, uint32_t n_vocab, struct pd_grammar **out,
+                   char *err, size_t errlen);
 /* Accepts NULL; returns NULL. */
 struct pd_grammar *pd_grammar_free(struct pd_grammar *g);
-/* 32-bit words of a mask: ceil(n_vocab / 32). Bit t % 32 of word t / 32. */
+/* 32-bit words of a mask: ceil(n_vocab / 32), the model's. Bit t % 32 of word t / 32. */
 uint32_t pd_grammar_mask_words(const struct pd_grammar *g);
 
 /* The start of one JSON object, leading whitespace allowed. */

@@ -134,7 +134,7 @@ int main(int argc, char **argv)
     if (pd_engine_new(&ep, &e, err, sizeof(err)) < 0)
         die("engine", err);
     double t0 = bench_now();
-    if (pd_grammar_new(tok, &g, err, sizeof(err)) < 0)
+    if (pd_grammar_new(tok, pd_engine_n_vocab(e), &g, err, sizeof(err)) < 0)
         die("grammar", err);
     printf("grammar_bench: %s, vocabulary %u, trie built in %.1f ms; %u steps from %u-token "
            "contexts, greedy, sampled in the step (CPU engine)\n",

@@ -257,6 +257,10 @@ static void cuda_launchers_refuse_bad_args(void)
                                  .logprob = x, .top = (struct pd_token_logprob *)(void *)x,
                                  .n_top = (uint32_t *)x};
     CHECK_EQ_INT(pd_sample_cuda(&sa_, NULL), -EINVAL);
+    /* masks without each row's index into them (checked before any launch) */
+    sa_.workspace_bytes = pd_sample_cuda_workspace(1, 4);
+    sa_.mask = (const uint32_t *)x;
+    CHECK_EQ_INT(pd_sample_cuda(&sa_, NULL), -EINVAL);
     sa_.n_rows = 0;
     CHECK_EQ_INT(pd_sample_cuda(&sa_, NULL), 0);
 
@@ -1285,6 +1289,204 @@ static void sample_cuda_forced_rows_score_as_cpu(void)
     }
 }
 
+/* Token masks (constrained decoding): rows with masks -- some sharing one,
+ * the masks in another order than their rows, one allowing a single token,
+ * one leaving out the row's argmax, one with stray bits past the vocabulary,
+ * some under a +100 bias on a masked token -- and rows without (UINT32_MAX)
+ * in one launch, against pd_sample with the same mask: the same token and
+ * log-probabilities (raw: the masked tokens among the alternatives), every
+ * masked row's token allowed by its mask; and a launch whose rows all say
+ * UINT32_MAX draws as one without masks */
+static void sample_cuda_masked_rows_match_cpu(void)
+{
+    need_gpu();
+    for (int iter = 0; iter < 6; iter++) {
+        const uint32_t V = iter < 2 ? (iter ? 70u : 7u) : PICK(50, 300, 3000, 49152);
+        const uint32_t W = (V + 31) / 32, rows = 48;
+        float *logits = host_alloc((size_t)rows * V * sizeof(float));
+        struct pd_sampling *par = host_alloc(rows * sizeof(*par));
+        uint32_t *start = host_alloc((rows + 1) * sizeof(uint32_t));
+        uint32_t *np = host_alloc(rows * sizeof(uint32_t));
+        int32_t *hist = host_alloc((size_t)rows * 32 * sizeof(int32_t));
+        uint32_t *masks = host_alloc((size_t)rows * W * sizeof(uint32_t));
+        uint32_t *mrow = host_alloc(rows * sizeof(uint32_t));
+        struct pd_logit_bias *bias = host_alloc(rows * sizeof(*bias));
+        uint32_t *bstart = host_alloc((rows + 1) * sizeof(uint32_t));
+        uint32_t n_masks = 0, n_masked = 0, flipped = 0;
+        start[0] = 0;
+        bstart[0] = 0;
+        /* rows 0 mod 3 have no mask; the others one each, stored from the end
+         * of masks backwards, every fifth sharing the previous row's */
+        uint8_t *shares = host_alloc(rows);
+        for (uint32_t r = 0; r < rows; r++) {
+            shares[r] = r % 3 != 0 && r % 5 == 0 && r > 1 && mrow[r - 1] != UINT32_MAX;
+            mrow[r] = r % 3 == 0 ? UINT32_MAX : shares[r] ? mrow[r - 1] : n_masks++;
+        }
+        for (uint32_t r = 0; r < rows; r++)
+            if (mrow[r] != UINT32_MAX)
+                mrow[r] = n_masks - 1 - mrow[r];
+        for (uint32_t r = 0; r < rows; r++) {
+            float *row = logits + (size_t)r * V;
+            const int ties = rnd(3) == 0, neg_inf = rnd(4) == 0;
+            for (uint32_t i = 0; i < V; i++) {
+                const float x = rndf(4.0f);
+                row[i] = ties ? roundf(x) : neg_inf && rnd(3) == 0 ? -INFINITY : x;
+            }
+            struct pd_sampling p = PD_SAMPLING_DEFAULT;
+            if (rnd(3)) {
+                p.temperature = 0.3f + 0.1f * (float)rnd(13);
+                p.top_k = rnd(2) ? 0 : (int32_t)(1 + rnd(V));
+                p.top_p = rnd(2) ? 1.0f : 0.5f + 0.05f * (float)rnd(10);
+                p.min_p = rnd(3) ? 0.0f : 0.05f * (float)rnd(5);
+            }
+            if (rnd(3) == 0)
+                p.repetition_penalty = 1.3f, p.presence_penalty = -1.0f,
+                p.frequency_penalty = -0.5f;
+            p.seed = rnd64();
+            p.n_logprobs = rnd(6);
+            uint32_t *m = mrow[r] != UINT32_MAX ? masks + (size_t)mrow[r] * W : NULL;
+            const uint32_t top = row_argmax(row, V);
+            if (m && !shares[r]) { /* this row makes its mask */
+                memset(m, 0, W * sizeof(*m));
+                switch (r % 4) {
+                case 0: m[top / 32] |= 1u << (top % 32); break; /* the argmax alone */
+                case 1: /* a single token, somewhere else */
+                {
+                    const uint32_t t = rnd(V);
+                    m[t / 32] |= 1u << (t % 32);
+                    break;
+                }
+                case 2: /* everything but the argmax, and stray bits past the vocabulary */
+                    for (uint32_t i = 0; i < V; i++)
+                        if (i != top)
+                            m[i / 32] |= 1u << (i % 32);
+                    if (V % 32)
+                        m[W - 1] |= ~0u << (V % 32);
+                    break;
+                default: /* about a third of the tokens, the argmax out */
+                    for (uint32_t i = 0; i < V; i++)
+                        if (i != top && rnd(3) == 0)
+                            m[i / 32] |= 1u << (i % 32);
+                    if (!m[0] && V > 1) /* at least one token */
+                        m[0] |= top == 0 ? 2u : 1u;
+                }
+            }
+            if (m) {
+                /* an allowed token with a finite logit (a row whose every
+                 * allowed logit is -inf draws no allowed token) */
+                bool finite = false;
+                for (uint32_t i = 0; i < V; i++)
+                    if (m[i / 32] >> (i % 32) & 1u) {
+                        if (!isfinite(row[i]))
+                            row[i] = rndf(4.0f);
+                        finite = true;
+                    }
+                CHECK(finite);
+                p.mask = m; /* the CPU's; the GPU reads masks + mrow[r] * W */
+                n_masked++;
+            }
+            bstart[r + 1] = bstart[r];
+            if (m && rnd(2)) { /* +100 on a masked token */
+                for (uint32_t i = rnd(V), k = 0; k < V; k++, i = (i + 1) % V)
+                    if (!(m[i / 32] >> (i % 32) & 1u)) {
+                        bias[bstart[r]] = (struct pd_logit_bias){(int32_t)i, 100.0f};
+                        bstart[r + 1]++;
+                        break;
+                    }
+                p.bias = bias + bstart[r];
+                p.n_bias = bstart[r + 1] - bstart[r];
+            }
+            CHECK_EQ_INT(pd_sampling_validate(&p, V, NULL, 0), 0);
+            par[r] = p;
+            const uint32_t n = rnd(32);
+            np[r] = rnd(n + 1);
+            for (uint32_t j = 0; j < n; j++)
+                hist[start[r] + j] = (int32_t)rnd(V);
+            start[r + 1] = start[r] + n;
+        }
+
+        for (int with_masks = 1; with_masks >= 0; with_masks--) {
+            struct pd_sample_args g = {.n_rows = rows, .n_vocab = V};
+            uint32_t *mrow_none = host_alloc(rows * sizeof(uint32_t));
+            for (uint32_t r = 0; r < rows; r++)
+                mrow_none[r] = UINT32_MAX;
+            g.logits = dev_copy(logits, (size_t)rows * V * sizeof(float));
+            g.params = dev_copy(par, rows * sizeof(*par));
+            g.hist = dev_copy(hist, (start[rows] ? start[rows] : 1) * sizeof(int32_t));
+            g.hist_start = dev_copy(start, (rows + 1) * sizeof(uint32_t));
+            g.n_prompt = dev_copy(np, rows * sizeof(uint32_t));
+            g.bias = dev_copy(bias, (bstart[rows] ? bstart[rows] : 1) * sizeof(*bias));
+            g.bias_start = dev_copy(bstart, (rows + 1) * sizeof(uint32_t));
+            /* the second launch: the masks there, every row's index UINT32_MAX */
+            g.mask = dev_copy(masks, (size_t)n_masks * W * sizeof(uint32_t));
+            g.mask_row = dev_copy(with_masks ? mrow : mrow_none, rows * sizeof(uint32_t));
+            g.workspace_bytes = pd_sample_cuda_workspace(rows, V);
+            g.workspace = dev_poisoned(g.workspace_bytes);
+            g.token = dev_poisoned(rows * sizeof(int32_t));
+            g.logprob = dev_poisoned(rows * sizeof(float));
+            g.top = dev_poisoned((size_t)rows * PD_MAX_LOGPROBS * sizeof(struct pd_token_logprob));
+            g.n_top = dev_poisoned(rows * sizeof(uint32_t));
+            CHECK_EQ_INT(pd_sample_cuda(&g, NULL), 0);
+            int32_t *tok = dev_fetch(g.token, rows * sizeof(int32_t));
+            float *lp = dev_fetch(g.logprob, rows * sizeof(float));
+            struct pd_token_logprob *top =
+                dev_fetch(g.top, (size_t)rows * PD_MAX_LOGPROBS * sizeof(struct pd_token_logprob));
+            uint32_t *ntop = dev_fetch(g.n_top, rows * sizeof(uint32_t));
+
+            struct pd_sampler *smp = pd_sampler_new(V);
+            CHECK(smp != NULL);
+            for (uint32_t r = 0; r < rows; r++) {
+                struct pd_sampling p = par[r];
+                struct pd_sample_result ref, unmasked;
+                if (!with_masks)
+                    p.mask = NULL;
+                CHECK_EQ_INT(pd_sample(smp, &p, logits + (size_t)r * V, hist + start[r], np[r],
+                                       hist + start[r] + np[r], start[r + 1] - start[r] - np[r],
+                                       &ref),
+                             0);
+                if (tok[r] != ref.token || !same_logprob(lp[r], ref.logprob))
+                    PD_TEST_FAIL_("masked sample V %u row %u (mask %s, temperature %g top_k %d "
+                                  "top_p %g, %u bias): GPU token %d logprob %g, CPU %d %g",
+                                  V, r, p.mask ? "yes" : "no", (double)p.temperature, p.top_k,
+                                  (double)p.top_p, p.n_bias, tok[r], (double)lp[r], ref.token,
+                                  (double)ref.logprob);
+                if (p.mask) {
+                    const uint32_t t = (uint32_t)tok[r];
+                    if (!(t < V && (p.mask[t / 32] >> (t % 32) & 1u)))
+                        PD_TEST_FAIL_("masked sample V %u row %u: token %d is masked", V, r,
+                                      tok[r]);
+                    /* the same row without its mask: the alternatives are the same */
+                    p.mask = NULL;
+                    CHECK_EQ_INT(pd_sample(smp, &p, logits + (size_t)r * V, hist + start[r],
+                                           np[r], hist + start[r] + np[r],
+                                           start[r + 1] - start[r] - np[r], &unmasked),
+                                 0);
+                    flipped += unmasked.token != ref.token;
+                    CHECK_EQ_INT(unmasked.n_top, ref.n_top);
+                    for (uint32_t k = 0; k < ref.n_top; k++)
+                        CHECK(unmasked.top[k].token == ref.top[k].token);
+                }
+                CHECK_EQ_INT(ntop[r], ref.n_top);
+                for (uint32_t k = 0; k < ref.n_top; k++) {
+                    const struct pd_token_logprob *t = &top[(size_t)r * PD_MAX_LOGPROBS + k];
+                    CHECK_EQ_INT(t->token, ref.top[k].token);
+                    if (!same_logprob(t->logprob, ref.top[k].logprob))
+                        PD_TEST_FAIL_("masked sample V %u row %u, alternative %u: GPU %g, CPU %g",
+                                      V, r, k, (double)t->logprob, (double)ref.top[k].logprob);
+                }
+            }
+            pd_sampler_free(smp);
+            free(tok), free(lp), free(top), free(ntop), free(mrow_none);
+            dev_free_all();
+        }
+        CHECK(n_masked > rows / 2 && n_masks < n_masked);
+        if (V > 7)
+            CHECK(flipped > 0); /* the masks changed some draws */
+        free(logits), free(par), free(start), free(np), free(hist), free(masks), free(mrow);
+        free(bias), free(bstart), free(shares);
+    }
+}
+
 /* ---- prefill attention (tensor cores) ----------------------------------------- */
 
 
@@ -1642,6 +1844,7 @@ SEEDED(matmul_cuda_matches_cpu)
 SEEDED(sample_cuda_matches_cpu)
 SEEDED(sample_cuda_logit_bias_matches_cpu)
 SEEDED(sample_cuda_forced_rows_score_as_cpu)
+SEEDED(sample_cuda_masked_rows_match_cpu)
 SEEDED(attention_prefill_cuda_matches_cpu)
 SEEDED(attention_prefill_cuda_matches_cpu_on_model_shapes)
 SEEDED(attention_prefill_cuda_fits_the_devices_shared_memory)
@@ -1669,6 +1872,7 @@ static const struct pd_test tests[] = {
     T(sample_cuda_matches_cpu),
     T(sample_cuda_logit_bias_matches_cpu),
     T(sample_cuda_forced_rows_score_as_cpu),
+    T(sample_cuda_masked_rows_match_cpu),
     T(attention_prefill_cuda_matches_cpu),
     T(attention_prefill_cuda_matches_cpu_on_model_shapes),
     T(attention_prefill_cuda_fits_the_devices_shared_memory),

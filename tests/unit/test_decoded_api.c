@@ -738,6 +738,129 @@ static void api_max_tokens_zero_only_with_echo(void)
     dec_api_req_done(&r);
 }
 
+/* response_format: {"type": "json_object"} asks for constrained decoding
+ * (r->json_object), {"type": "text"} is the default; null or absent is
+ * text. Completions and chat alike */
+static void api_response_format_json_object_and_text(void)
+{
+    static const struct {
+        enum dec_api_kind kind;
+        const char *body;
+        bool json;
+    } cases[] = {
+        {DEC_API_COMPLETIONS, "{\"prompt\":\"x\",\"response_format\":{\"type\":\"json_object\"}}",
+         true},
+        {DEC_API_CHAT,
+         "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+         "\"response_format\":{\"type\":\"json_object\"}}",
+         true},
+        {DEC_API_CHAT,
+         "{\"response_format\":{\"extra\":[1,2],\"type\":\"json_object\"},"
+         "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":3,\"logprobs\":true}",
+         true},
+        {DEC_API_COMPLETIONS, "{\"prompt\":\"x\",\"response_format\":{\"type\":\"text\"}}", false},
+        {DEC_API_CHAT,
+         "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+         "\"response_format\":{\"type\":\"text\"}}",
+         false},
+        {DEC_API_COMPLETIONS, "{\"prompt\":\"x\",\"response_format\":null}", false},
+        {DEC_API_COMPLETIONS, "{\"prompt\":\"x\"}", false},
+        {DEC_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", false},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+        struct dec_api_req r;
+        struct dec_api_err e;
+        if (parse(cases[i].kind, cases[i].body, &r, &e) < 0)
+            PD_TEST_FAIL_("%s: %d %s (%s)", cases[i].body, e.status, e.param ? e.param : "(null)",
+                          e.msg);
+        if (r.json_object != cases[i].json)
+            PD_TEST_FAIL_("%s: json_object %d", cases[i].body, r.json_object);
+        dec_api_req_done(&r);
+    }
+    /* the rest of the request is parsed as without it */
+    struct dec_api_req r;
+    struct dec_api_err e;
+    CHECK_EQ_INT(parse(DEC_API_CHAT,
+                       "{\"response_format\":{\"type\":\"json_object\"},\"n\":3,\"max_tokens\":9,"
+                       "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"seed\":5}",
+                       &r, &e),
+                 0);
+    CHECK(r.json_object);
+    CHECK_EQ_INT(r.n, 3);
+    CHECK_EQ_INT(r.max_tokens, 9);
+    CHECK(r.has_seed && r.sampling.seed == 5);
+    dec_api_req_done(&r);
+}
+
+/* Another type (OpenAI's json_schema, anything else, another case) is 400
+ * invalid_value naming response_format and what is supported; a
+ * response_format that is not an object with a string type is 400
+ * invalid_type */
+static void api_response_format_refusals_name_the_field(void)
+{
+    static const struct {
+        const char *format, *code, *says;
+    } cases[] = {
+        {"{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"n\",\"schema\":{}}}",
+         "invalid_value", "\"json_schema\""},
+        {"{\"type\":\"xml\"}", "invalid_value", "\"xml\""},
+        {"{\"type\":\"JSON_OBJECT\"}", "invalid_value", "\"JSON_OBJECT\""},
+        {"{\"type\":\"json_object \"}", "invalid_value", "json_object "},
+        {"{\"type\":\"\"}", "invalid_value", "\"\""},
+        {"{\"type\":\"text\\u0000\"}", NULL, NULL}, /* a NUL: refused, whatever names it */
+        {"\"json_object\"", "invalid_type", "must be an object"},
+        {"[{\"type\":\"json_object\"}]", "invalid_type", "must be an object"},
+        {"{}", "invalid_type", "string 'type'"},
+        {"{\"Type\":\"json_object\"}", "invalid_type", "string 'type'"},
+        {"{\"type\":null}", "invalid_type", "string 'type'"},
+        {"{\"type\":1}", "invalid_type", "string 'type'"},
+        {"{\"type\":true}", "invalid_type", "string 'type'"},
+        {"{\"type\":[\"json_object\"]}", "invalid_type", "string 'type'"},
+        {"{\"type\":{\"type\":\"json_object\"}}", "invalid_type", "string 'type'"},
+        {"true", "invalid_type", "must be an object"},
+        {"1", "invalid_type", "must be an object"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++)
+        for (int kind = 0; kind < 2; kind++) {
+            char body[512];
+            struct dec_api_req r;
+            struct dec_api_err e;
+            if (kind)
+                snprintf(body, sizeof(body),
+                         "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                         "\"response_format\":%s}",
+                         cases[i].format);
+            else
+                snprintf(body, sizeof(body), "{\"prompt\":\"x\",\"response_format\":%s}",
+                         cases[i].format);
+            if (parse(kind ? DEC_API_CHAT : DEC_API_COMPLETIONS, body, &r, &e) >= 0) {
+                dec_api_req_done(&r);
+                PD_TEST_FAIL_("%s accepted", body);
+            }
+            CHECK_EQ_INT(e.status, 400);
+            if (!cases[i].code)
+                continue;
+            if (!e.param || strcmp(e.param, "response_format") != 0 || !e.code ||
+                strcmp(e.code, cases[i].code) != 0 || !strstr(e.msg, cases[i].says))
+                PD_TEST_FAIL_("%s: %d %s %s (%s)", body, e.status, e.param ? e.param : "(null)",
+                              e.code ? e.code : "(null)", e.msg);
+            if (!strcmp(cases[i].code, "invalid_value")) /* says what is supported */
+                CHECK_CONTAINS(e.msg, "\"text\" and \"json_object\"");
+        }
+    /* a long type is named, cut to 40 bytes */
+    char body[512], type[101];
+    memset(type, 'a', 100);
+    type[100] = '\0';
+    snprintf(body, sizeof(body), "{\"prompt\":\"x\",\"response_format\":{\"type\":\"%s\"}}", type);
+    struct dec_api_req r;
+    struct dec_api_err e;
+    CHECK_EQ_INT(parse(DEC_API_COMPLETIONS, body, &r, &e), -EINVAL);
+    CHECK_STR(e.param, "response_format");
+    char want[128];
+    snprintf(want, sizeof(want), "\"%.40s\" is not supported", type);
+    CHECK_CONTAINS(e.msg, want);
+}
+
 static const struct pd_test tests[] = {
     PD_TEST(stop_matches_across_pieces),
     PD_TEST(stop_holds_back_longest_minus_one),
@@ -764,6 +887,8 @@ static const struct pd_test tests[] = {
     PD_TEST(api_echo_parsed_for_completions),
     PD_TEST(api_echo_refused_in_chat),
     PD_TEST(api_max_tokens_zero_only_with_echo),
+    PD_TEST(api_response_format_json_object_and_text),
+    PD_TEST(api_response_format_refusals_name_the_field),
     {0},
 };
 

@@ -36,7 +36,7 @@ static size_t golden(const char *name, uint8_t *buf, size_t cap)
 static const char *const golden_names[] = {
     "prefill", "chunk", "ack", "done", "abort", "abort_ack", "cancel", "heartbeat", "error",
     "prefill_prefix", "progress", /* minor 1 */
-    "prefill_bias", "prompt_lp", "prefill_prompt_lp", /* minor 2 */
+    "prefill_bias", "prompt_lp", "prefill_prompt_lp", "prefill_mask", /* minor 2 */
 };
 #define N_GOLDEN (sizeof(golden_names) / sizeof(golden_names[0]))
 
@@ -54,6 +54,11 @@ static const uint32_t *prefix_tokens(void)
 /* prefill_bias's entries, as make_frames.py writes them */
 static const struct pd_bias prefill_bias_entries[] = {{42, -100.0f}, {7, 2.5f}, {128000, 100.0f}};
 static const uint32_t bias_tokens[] = {5, 6, 7};
+
+/* prefill_mask's words (tokens 0, 31, 35, 36, 38, 41, 44, 60, 69) and tokens, as
+ * make_frames.py writes them */
+static const uint32_t mask_words3[] = {0x80000001u, 0x10001258u, 0x00000020u};
+static const uint32_t mask_tokens[] = {8, 9};
 
 /* prefill_prompt_lp's tokens, and prompt_lp's rows, as make_frames.py writes them */
 static const uint32_t plp_tokens[] = {11, 22, 33, 44};
@@ -112,6 +117,16 @@ static struct pd_frame expected(const char *name, uint8_t tags[48])
         for (int i = 0; i < PD_PREFIX_NAME_LEN; i++)
             f.u.prefill.salt[i] = (uint8_t)(0x30 + i);
         strcpy(f.u.prefill.xrid, "req-plp-4");
+    } else if (strcmp(name, "prefill_mask") == 0) {
+        /* the prefix part with nothing cached, then the mask part */
+        f.type = PD_FT_PREFILL;
+        f.u.prefill = (struct pd_prefill){
+            .request_id = REQ, .epoch = EPOCH, .n_tokens = 2, .n_blocks = 1, .block_size = 16,
+            .temperature = 0.0f, .top_p = 1.0f, .repetition_penalty = 1.0f, .n_logprobs = 1,
+            .seed = 11, .flags = PD_PREFILL_F_PREFIX | PD_PREFILL_F_MASK, .mask_words = 3,
+            .mask = mask_words3, .tokens = mask_tokens,
+        };
+        strcpy(f.u.prefill.xrid, "req-mask-3");
     } else if (strcmp(name, "prompt_lp") == 0) {
         f.type = PD_FT_PROMPT_LP;
         f.u.prompt_lp = (struct pd_prompt_lp){.request_id = REQ, .epoch = EPOCH, .first = 3,
@@ -188,6 +203,9 @@ static void check_same(const struct pd_frame *a, const struct pd_frame *b)
             CHECK_EQ_INT(bx.token, by.token);
             CHECK(bx.bias == by.bias);
         }
+        CHECK_EQ_INT(x->mask_words, y->mask_words);
+        for (uint32_t i = 0; i < x->mask_words; i++)
+            CHECK_EQ_INT(pd_prefill_mask_word(x, i), pd_prefill_mask_word(y, i));
         CHECK_STR(x->xrid, y->xrid);
         break;
     }
@@ -639,7 +657,7 @@ static void request_id_zero_refused(void)
 {
     const char *names[] = {"prefill", "chunk", "ack", "done", "abort", "abort_ack", "cancel",
                            "prefill_prefix", "progress", "prefill_bias", "prompt_lp",
-                           "prefill_prompt_lp"};
+                           "prefill_prompt_lp", "prefill_mask"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         uint8_t buf[4096];
         size_t n = golden(names[i], buf, sizeof(buf));
@@ -1752,6 +1770,332 @@ static void prefill_prompt_lp_with_cached_blocks_refused(void)
     CHECK_CONTAINS(err, "unknown flags 0x002a");
 }
 
+/* ---- minor 2: the mask part (PD_PREFILL_F_MASK; constrained decoding) ---- */
+
+/* Body offsets of prefill_mask.bin: the prefix part, the mask part (3 words), the tokens */
+#define MASK_W 140
+#define MASK_RESERVED 144
+#define MASK_WORDS 148
+#define MASK_TOKENS 160 /* 3 words of 4 */
+#define MASK_ONLY_W 68
+#define MASK_ONLY_WORDS 76
+
+static void prefill_mask_golden_decodes_every_field(void)
+{
+    uint8_t buf[4096];
+    size_t n = golden("prefill_mask", buf, sizeof(buf));
+    struct pd_frame f;
+    struct pd_frame_hdr h;
+    CHECK_EQ_INT(n, PD_FRAME_HDR_LEN + MASK_TOKENS + 4 * 2 + strlen("req-mask-3"));
+    CHECK_EQ_INT(pd_frame_hdr_decode(buf, n, &h, err, sizeof(err)), 0);
+    CHECK_EQ_INT(h.major, 1);
+    CHECK_EQ_INT(h.minor, 2);
+    CHECK_EQ_INT(h.type, PD_FT_PREFILL);
+    CHECK(h.seq == 15);
+    if (pd_frame_decode(buf, n, &f, err, sizeof(err)) < 0)
+        PD_TEST_FAIL_("prefill_mask: %s", err);
+    const struct pd_prefill *p = &f.u.prefill;
+    CHECK_EQ_INT(f.type, PD_FT_PREFILL);
+    CHECK(p->request_id == REQ);
+    CHECK_EQ_INT(p->epoch, EPOCH);
+    CHECK_EQ_INT(p->n_tokens, 2);
+    CHECK_EQ_INT(p->n_blocks, 1);
+    CHECK_EQ_INT(p->block_size, 16);
+    CHECK(p->temperature == 0.0f && p->top_p == 1.0f && p->min_p == 0.0f);
+    CHECK_EQ_INT(p->top_k, 0);
+    CHECK(p->presence_penalty == 0.0f && p->frequency_penalty == 0.0f);
+    CHECK(p->repetition_penalty == 1.0f);
+    CHECK_EQ_INT(p->n_logprobs, 1);
+    CHECK(p->seed == 11);
+    CHECK_EQ_INT(PD_PREFILL_F_MASK, 0x0010);
+    CHECK_EQ_INT(p->flags, 0x0012);
+    CHECK_EQ_INT(p->flags, PD_PREFILL_F_PREFIX | PD_PREFILL_F_MASK);
+    static const uint8_t zero[PD_PREFIX_NAME_LEN];
+    CHECK(memcmp(p->salt, zero, sizeof(zero)) == 0);
+    CHECK_EQ_INT(p->n_cached, 0);
+    CHECK(memcmp(p->cached_name, zero, sizeof(zero)) == 0);
+    CHECK(p->n_bias == 0 && p->bias == NULL && p->bias_le == NULL); /* no bias part */
+    /* the words: a view of the input, read through pd_prefill_mask_word */
+    CHECK_EQ_INT(p->mask_words, 3);
+    CHECK(p->mask == NULL);
+    CHECK(p->mask_le == buf + PD_FRAME_HDR_LEN + MASK_WORDS);
+    CHECK_EQ_INT(pd_prefill_mask_word(p, 0), 0x80000001u);
+    CHECK_EQ_INT(pd_prefill_mask_word(p, 1), 0x10001258u);
+    CHECK_EQ_INT(pd_prefill_mask_word(p, 2), 0x00000020u);
+    static const uint32_t want_tokens[] = {0, 31, 35, 36, 38, 41, 44, 60, 69};
+    uint32_t k = 0;
+    for (uint32_t t = 0; t < 96; t++)
+        if (pd_prefill_mask_word(p, t / 32) >> (t % 32) & 1u) {
+            CHECK(k < 9);
+            CHECK_EQ_INT(t, want_tokens[k++]);
+        }
+    CHECK_EQ_INT(k, 9);
+    /* the tokens follow the mask part */
+    CHECK(p->tokens == NULL && p->tokens_le == buf + PD_FRAME_HDR_LEN + MASK_TOKENS);
+    CHECK_EQ_INT(pd_prefill_token(p, 0), 8);
+    CHECK_EQ_INT(pd_prefill_token(p, 1), 9);
+    CHECK_STR(p->xrid, "req-mask-3");
+}
+
+static void prefill_mask_golden_reencodes_byte_identical(void)
+{
+    uint8_t buf[4096], out[4096], tags[48];
+    size_t n = golden("prefill_mask", buf, sizeof(buf)), m = 0;
+    struct pd_frame want = expected("prefill_mask", tags), got;
+    CHECK_EQ_INT(pd_frame_encode(&want, 15, out, sizeof(out), &m, err, sizeof(err)), 0);
+    CHECK_EQ_INT(m, n);
+    CHECK(memcmp(out, buf, n) == 0);
+    CHECK_EQ_INT(pd_frame_body_len(&want), n - PD_FRAME_HDR_LEN);
+    /* from the decoder's view of the words */
+    CHECK_EQ_INT(pd_frame_decode(buf, n, &got, err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_frame_body_len(&got), n - PD_FRAME_HDR_LEN);
+    memset(out, 0, sizeof(out));
+    CHECK_EQ_INT(pd_frame_encode(&got, 15, out, sizeof(out), &m, err, sizeof(err)), 0);
+    CHECK(m == n && memcmp(out, buf, n) == 0);
+    /* and from words given little-endian (mask_le) rather than in host order */
+    uint8_t le[12];
+    for (int i = 0; i < 3; i++)
+        put_le32(le + 4 * i, mask_words3[i]);
+    want.u.prefill.mask = NULL;
+    want.u.prefill.mask_le = le;
+    CHECK_EQ_INT(pd_frame_encode(&want, 15, out, sizeof(out), &m, err, sizeof(err)), 0);
+    CHECK(m == n && memcmp(out, buf, n) == 0);
+}
+
+/* The parts in their order: prefix, bias, mask, then the tokens; and the
+ * mask part alone right after the fixed fields */
+static void prefill_mask_follows_the_bias_part(void)
+{
+    uint8_t tags[48], buf[4096];
+    static const struct pd_bias e[2] = {{7, -1.5f}, {69, 100.0f}};
+    static const uint32_t words[2] = {0xdeadbeefu, 0x00000001u};
+    struct pd_frame f = expected("prefill_mask", tags), g;
+    f.u.prefill.flags |= PD_PREFILL_F_BIAS;
+    f.u.prefill.n_bias = 2;
+    f.u.prefill.bias = e;
+    size_t n = 0;
+    CHECK_EQ_INT(pd_frame_encode(&f, 4, buf, sizeof(buf), &n, err, sizeof(err)), 0);
+    const uint8_t *b = buf + PD_FRAME_HDR_LEN;
+    const size_t mask_at = BIAS_ENTRIES + 8 * 2;
+    CHECK_EQ_INT(n, PD_FRAME_HDR_LEN + mask_at + 8 + 4 * 3 + 4 * 2 + strlen("req-mask-3"));
+    CHECK_EQ_INT(get_le32(b + 64) >> 16, 0x0016);
+    CHECK_EQ_INT(get_le32(b + BIAS_N), 2);
+    CHECK_EQ_INT(get_le32(b + BIAS_ENTRIES), 7);
+    CHECK_EQ_INT(get_le32(b + BIAS_ENTRIES + 8), 69);
+    CHECK_EQ_INT(get_le32(b + mask_at), 3);
+    CHECK_EQ_INT(get_le32(b + mask_at + 4), 0);
+    for (uint32_t i = 0; i < 3; i++)
+        CHECK_EQ_INT(get_le32(b + mask_at + 8 + 4 * i), mask_words3[i]);
+    CHECK_EQ_INT(get_le32(b + mask_at + 8 + 12), 8); /* the first token */
+    CHECK_EQ_INT(pd_frame_decode(buf, n, &g, err, sizeof(err)), 0);
+    check_same(&g, &f);
+    CHECK(g.u.prefill.bias_le == b + BIAS_ENTRIES);
+    CHECK(g.u.prefill.mask_le == b + mask_at + 8);
+    CHECK_EQ_INT(pd_prefill_bias(&g.u.prefill, 1).token, 69);
+    /* with PROMPT_LP too (a flag, no part): the same layout */
+    f.u.prefill.flags |= PD_PREFILL_F_PROMPT_LP;
+    CHECK_EQ_INT(pd_frame_encode(&f, 4, buf, sizeof(buf), &n, err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_frame_decode(buf, n, &g, err, sizeof(err)), 0);
+    check_same(&g, &f);
+    /* the mask part alone: its head at 68, the tokens after its words */
+    f = prefill_base(tags);
+    f.u.prefill.flags = PD_PREFILL_F_NO_EOS | PD_PREFILL_F_MASK;
+    f.u.prefill.mask_words = 2;
+    f.u.prefill.mask = words;
+    CHECK_EQ_INT(pd_frame_encode(&f, 3, buf, sizeof(buf), &n, err, sizeof(err)), 0);
+    CHECK_EQ_INT(n, PD_FRAME_HDR_LEN + MASK_ONLY_WORDS + 4 * 2 + 4 * 5 + strlen("req-7f3a9c"));
+    CHECK_EQ_INT(get_le32(b + 64) >> 16, 0x0011);
+    CHECK_EQ_INT(get_le32(b + MASK_ONLY_W), 2);
+    CHECK_EQ_INT(get_le32(b + MASK_ONLY_W + 4), 0);
+    CHECK(b[MASK_ONLY_WORDS] == 0xef && b[MASK_ONLY_WORDS + 1] == 0xbe &&
+          b[MASK_ONLY_WORDS + 2] == 0xad && b[MASK_ONLY_WORDS + 3] == 0xde); /* little-endian */
+    CHECK_EQ_INT(get_le32(b + MASK_ONLY_WORDS + 4), 1);
+    CHECK_EQ_INT(get_le32(b + MASK_ONLY_WORDS + 8), prefill_tokens[0]);
+    CHECK_EQ_INT(pd_frame_decode(buf, n, &g, err, sizeof(err)), 0);
+    check_same(&g, &f);
+    CHECK(g.u.prefill.mask_le == b + MASK_ONLY_WORDS);
+    CHECK_EQ_INT(pd_prefill_mask_word(&g.u.prefill, 0), 0xdeadbeefu);
+}
+
+/* 65536 words (2^21 tokens, the cap) travel; one more does not, either way */
+static void prefill_mask_at_the_cap_roundtrips(void)
+{
+    uint8_t tags[48];
+    static uint8_t buf[PD_FRAME_HDR_LEN + 4 * PD_PROTO_MAX_MASK_WORDS + 4096];
+    static uint32_t words[PD_PROTO_MAX_MASK_WORDS + 1];
+    CHECK_EQ_INT(PD_PROTO_MAX_MASK_WORDS, 65536);
+    for (uint32_t i = 0; i <= PD_PROTO_MAX_MASK_WORDS; i++)
+        words[i] = i * 2654435761u;
+    struct pd_frame f = expected("prefill_mask", tags), g;
+    f.u.prefill.mask = words;
+    f.u.prefill.mask_words = PD_PROTO_MAX_MASK_WORDS;
+    size_t n = 0;
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), 0);
+    CHECK_EQ_INT(n, PD_FRAME_HDR_LEN + MASK_WORDS + 4 * PD_PROTO_MAX_MASK_WORDS + 4 * 2 +
+                        strlen("req-mask-3"));
+    CHECK_EQ_INT(pd_frame_decode(buf, n, &g, err, sizeof(err)), 0);
+    check_same(&g, &f);
+    CHECK_EQ_INT(pd_prefill_mask_word(&g.u.prefill, PD_PROTO_MAX_MASK_WORDS - 1),
+                 words[PD_PROTO_MAX_MASK_WORDS - 1]);
+    /* with every other part at its cap too: still under the frame's cap */
+    static struct pd_bias e[PD_PROTO_MAX_BIAS];
+    static uint32_t toks[PD_PROTO_MAX_TOKENS];
+    static uint8_t big[PD_FRAME_HDR_LEN + PD_FRAME_MAX_BODY];
+    for (uint32_t i = 0; i < PD_PROTO_MAX_BIAS; i++)
+        e[i] = (struct pd_bias){.token = i, .bias = 1.0f};
+    for (uint32_t i = 0; i < PD_PROTO_MAX_TOKENS; i++)
+        toks[i] = i;
+    struct pd_frame full = f;
+    full.u.prefill.flags |= PD_PREFILL_F_BIAS;
+    full.u.prefill.n_bias = PD_PROTO_MAX_BIAS;
+    full.u.prefill.bias = e;
+    full.u.prefill.n_tokens = PD_PROTO_MAX_TOKENS;
+    full.u.prefill.tokens = toks;
+    full.u.prefill.n_blocks = PD_PROTO_MAX_TOKENS / 16;
+    memset(full.u.prefill.xrid, 'x', PD_PROTO_MAX_XRID);
+    full.u.prefill.xrid[PD_PROTO_MAX_XRID] = '\0';
+    CHECK_EQ_INT(pd_frame_encode(&full, 1, big, sizeof(big), &n, err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_frame_decode(big, n, &g, err, sizeof(err)), 0);
+    check_same(&g, &full);
+    /* one word more: the encoder refuses it as too large */
+    f.u.prefill.mask_words = PD_PROTO_MAX_MASK_WORDS + 1;
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, buf, sizeof(buf), &n, err, sizeof(err)), -E2BIG);
+    CHECK_CONTAINS(err, "mask words");
+}
+
+static void prefill_mask_count_zero_or_over_cap_refused_on_the_wire(void)
+{
+    uint8_t buf[4096];
+    size_t n = golden("prefill_mask", buf, sizeof(buf));
+    put_le32(buf + PD_FRAME_HDR_LEN + MASK_W, 0); /* the flag with no words */
+    REFUSED(buf, n, -EBADMSG);
+    CHECK_CONTAINS(err, "0 mask words");
+    /* over the cap: refused as too large, no word read past the body */
+    const uint32_t big[] = {PD_PROTO_MAX_MASK_WORDS + 1, 0x10000000u, UINT32_MAX};
+    for (size_t i = 0; i < sizeof(big) / sizeof(*big); i++) {
+        put_le32(buf + PD_FRAME_HDR_LEN + MASK_W, big[i]);
+        REFUSED(buf, n, -E2BIG);
+        CHECK_CONTAINS(err, "mask words");
+    }
+    /* a count the body does not hold, either way */
+    const uint32_t wrong[] = {1, 2, 4, 5, PD_PROTO_MAX_MASK_WORDS};
+    for (size_t i = 0; i < sizeof(wrong) / sizeof(*wrong); i++) {
+        put_le32(buf + PD_FRAME_HDR_LEN + MASK_W, wrong[i]);
+        REFUSED(buf, n, -EBADMSG);
+        CHECK_CONTAINS(err, "counts make it");
+    }
+    /* the count right again: the golden decodes */
+    put_le32(buf + PD_FRAME_HDR_LEN + MASK_W, 3);
+    CHECK_EQ_INT(pd_frame_decode(buf, n, &(struct pd_frame){0}, err, sizeof(err)), 0);
+}
+
+static void prefill_mask_reserved_nonzero_refused(void)
+{
+    reserved_refused("prefill_mask", MASK_RESERVED, 4);
+}
+
+/* The header's length ends before or inside the mask part: refused on the
+ * length, no field read past it (exact copies, for ASan) */
+static void prefill_mask_truncated_refused(void)
+{
+    uint8_t buf[4096];
+    size_t n = golden("prefill_mask", buf, sizeof(buf));
+    struct pd_frame_hdr h;
+    CHECK_EQ_INT(pd_frame_hdr_decode(buf, n, &h, err, sizeof(err)), 0);
+    for (size_t body = PREFILL_FIXED_LEN + 4 + 1; body < n - PD_FRAME_HDR_LEN; body++) {
+        struct pd_frame f;
+        h.len = (uint32_t)body;
+        pd_frame_hdr_encode(&h, buf);
+        uint8_t *cut = malloc(PD_FRAME_HDR_LEN + body);
+        memcpy(cut, buf, PD_FRAME_HDR_LEN + body);
+        int rc = pd_frame_decode(cut, PD_FRAME_HDR_LEN + body, &f, err, sizeof(err));
+        free(cut);
+        if (rc != -EBADMSG ||
+            (!strstr(err, "counts make it") && !strstr(err, "end before the mask part")))
+            PD_TEST_FAIL_("body cut to %zu bytes: rc %d (%s)", body, rc, err);
+        if (body < MASK_WORDS)
+            CHECK_CONTAINS(err, "end before the mask part");
+    }
+    /* and after the bias part: the mask part's head moves with it */
+    uint8_t tags[48], whole[4096];
+    static const struct pd_bias e[1] = {{3, 1.0f}};
+    struct pd_frame f = prefill_base(tags);
+    f.u.prefill.flags = PD_PREFILL_F_BIAS | PD_PREFILL_F_MASK;
+    f.u.prefill.n_bias = 1;
+    f.u.prefill.bias = e;
+    f.u.prefill.mask_words = 3;
+    f.u.prefill.mask = mask_words3;
+    size_t m = 0;
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, whole, sizeof(whole), &m, err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_frame_hdr_decode(whole, m, &h, err, sizeof(err)), 0);
+    const size_t mask_words_at = BIAS_ONLY_ENTRIES + 8 + 8;
+    for (size_t body = PREFILL_FIXED_LEN + 4 + 1; body < m - PD_FRAME_HDR_LEN; body++) {
+        struct pd_frame g;
+        h.len = (uint32_t)body;
+        pd_frame_hdr_encode(&h, whole);
+        uint8_t *cut = malloc(PD_FRAME_HDR_LEN + body);
+        memcpy(cut, whole, PD_FRAME_HDR_LEN + body);
+        int rc = pd_frame_decode(cut, PD_FRAME_HDR_LEN + body, &g, err, sizeof(err));
+        free(cut);
+        if (rc != -EBADMSG)
+            PD_TEST_FAIL_("after the bias part, body cut to %zu bytes: rc %d (%s)", body, rc,
+                          err);
+        if (body < BIAS_ONLY_ENTRIES)
+            CHECK_CONTAINS(err, "end before the bias part");
+        else if (body < mask_words_at)
+            CHECK_CONTAINS(err, "end before the mask part");
+    }
+}
+
+static void prefill_mask_encoder_refusals(void)
+{
+    uint8_t tags[48];
+    /* words without the flag */
+    struct pd_frame f = prefill_base(tags);
+    f.u.prefill.mask_words = 3;
+    f.u.prefill.mask = mask_words3;
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL);
+    CHECK_CONTAINS(err, "a mask without the mask part");
+    f = expected("prefill_mask", tags);
+    f.u.prefill.flags = PD_PREFILL_F_PREFIX;
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL);
+    CHECK_CONTAINS(err, "without the mask part");
+    f.u.prefill.mask = NULL; /* a count alone is refused as well */
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL);
+    /* the flag with no words */
+    f = expected("prefill_mask", tags);
+    f.u.prefill.mask_words = 0;
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL);
+    CHECK_CONTAINS(err, "mask words");
+    /* over the cap */
+    f = expected("prefill_mask", tags);
+    f.u.prefill.mask_words = PD_PROTO_MAX_MASK_WORDS + 1;
+    CHECK_EQ_INT(encode_rc(&f), -E2BIG);
+    f.u.prefill.mask_words = UINT32_MAX;
+    CHECK_EQ_INT(encode_rc(&f), -E2BIG);
+    /* the flag with a count and no words to read */
+    f = expected("prefill_mask", tags);
+    f.u.prefill.mask = NULL;
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL);
+    CHECK_CONTAINS(err, "no mask given");
+    /* the buffer must hold the words too */
+    f = expected("prefill_mask", tags);
+    uint8_t small[PD_FRAME_HDR_LEN + MASK_TOKENS];
+    size_t n = 0;
+    CHECK_EQ_INT(pd_frame_encode(&f, 1, small, sizeof(small), &n, err, sizeof(err)), -ENOBUFS);
+    /* and what the decoder accepts, the encoder does */
+    f = expected("prefill_mask", tags);
+    CHECK_EQ_INT(encode_rc(&f), 0);
+    /* the next flag bit (0x20) is unknown, on the wire and to the encoder */
+    uint8_t buf[4096];
+    n = golden("prefill_mask", buf, sizeof(buf));
+    buf[PD_FRAME_HDR_LEN + 66] |= 0x20;
+    REFUSED(buf, n, -EBADMSG);
+    CHECK_CONTAINS(err, "unknown flags 0x0032");
+    f.u.prefill.flags |= 0x20;
+    CHECK_EQ_INT(encode_rc(&f), -EINVAL);
+}
+
 static const struct pd_test tests[] = {
     PD_TEST(golden_frames_decode_to_documented_values),
     PD_TEST(golden_frames_reencode_byte_identical),
@@ -1823,6 +2167,14 @@ static const struct pd_test tests[] = {
     PD_TEST(prefill_prompt_lp_golden_decodes_every_field),
     PD_TEST(prefill_prompt_lp_golden_reencodes_byte_identical),
     PD_TEST(prefill_prompt_lp_with_cached_blocks_refused),
+    PD_TEST(prefill_mask_golden_decodes_every_field),
+    PD_TEST(prefill_mask_golden_reencodes_byte_identical),
+    PD_TEST(prefill_mask_follows_the_bias_part),
+    PD_TEST(prefill_mask_at_the_cap_roundtrips),
+    PD_TEST(prefill_mask_count_zero_or_over_cap_refused_on_the_wire),
+    PD_TEST(prefill_mask_reserved_nonzero_refused),
+    PD_TEST(prefill_mask_truncated_refused),
+    PD_TEST(prefill_mask_encoder_refusals),
     {0},
 };
 

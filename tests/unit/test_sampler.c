@@ -1,7 +1,7 @@
 /* Sampling: the Philox generator against its published answers, each sampler
  * against its exact target distribution (chi-square, fixed seed), penalties,
- * greedy ties, log-probabilities, validation, logit bias, and scoring a given
- * token (pd_sample_score) against a log-softmax of its own. */
+ * greedy ties, log-probabilities, validation, logit bias, token masks, and
+ * scoring a given token (pd_sample_score) against a log-softmax of its own. */
 #include "pd_test.h"
 #include "philox.h"
 #include "sample.h"
@@ -640,6 +640,257 @@ static void score_reports_what_sample_reports_for_its_token(void)
     pd_sampler_free(s);
 }
 
+/* ---- the token mask (constrained decoding, common/text/grammar): a token
+ * whose bit is clear is never drawn, whatever its logit, bias or penalties;
+ * the reported log-probabilities stay raw ---- */
+
+static void mask_set(uint32_t *m, uint32_t words, const int *allowed, size_t n)
+{
+    memset(m, 0, words * sizeof(*m));
+    for (size_t i = 0; i < n; i++)
+        m[allowed[i] / 32] |= 1u << (allowed[i] % 32);
+}
+
+static void greedy_never_picks_a_masked_token(void)
+{
+    /* 70 tokens (a partial last word), the argmax at 40, masked */
+    enum { V = 70, W = (V + 31) / 32 };
+    float l[V];
+    uint32_t m[W];
+    struct pd_sampler *s = pd_sampler_new(V);
+    struct pd_sampling sp = PD_SAMPLING_DEFAULT;
+    struct pd_sample_result r;
+    for (int i = 0; i < V; i++)
+        l[i] = (float)(i % 13) - 6.0f;
+    l[40] = 50.0f;
+    l[3] = 49.0f;
+    l[69] = 48.0f;
+    CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &r), 0);
+    CHECK_EQ_INT(r.token, 40);
+    sp.mask = m;
+    mask_set(m, W, (const int[]){3, 10, 69}, 3);
+    CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &r), 0);
+    CHECK_EQ_INT(r.token, 3); /* the best allowed */
+    mask_set(m, W, (const int[]){0, 10, 69}, 3);
+    CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &r), 0);
+    CHECK_EQ_INT(r.token, 69); /* in the last, partial word */
+    mask_set(m, W, (const int[]){0}, 1);
+    CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &r), 0);
+    CHECK_EQ_INT(r.token, 0); /* the only one, however low */
+    /* ties among the allowed: the lower id */
+    l[10] = l[20] = l[30] = 7.0f;
+    mask_set(m, W, (const int[]){30, 20, 12}, 3);
+    CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &r), 0);
+    CHECK_EQ_INT(r.token, 20);
+    /* random masks over random logits: greedy is the argmax of the allowed */
+    uint64_t x = 12345;
+    for (int iter = 0; iter < 500; iter++) {
+        uint32_t best = UINT32_MAX;
+        memset(m, 0, sizeof(m));
+        for (int i = 0; i < V; i++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            l[i] = (float)((x >> 40) % 2001) / 100.0f - 10.0f;
+            if ((x >> 20) % 5 == 0 || (i == iter % V)) {
+                m[i / 32] |= 1u << (i % 32);
+                if (best == UINT32_MAX || l[i] > l[best])
+                    best = (uint32_t)i;
+            }
+        }
+        CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &r), 0);
+        CHECK_EQ_INT(r.token, best);
+    }
+    pd_sampler_free(s);
+}
+
+/* Sampled: only allowed tokens, in proportion to their probabilities among
+ * themselves; top_k, top_p and min_p then cut the allowed ones */
+static void sample_draws_only_allowed_tokens(void)
+{
+    uint32_t m[1];
+    int allowed[] = {1, 3, 4, 6};
+    mask_set(m, 1, allowed, 4);
+    struct pd_sampling sp = PD_SAMPLING_DEFAULT;
+    double want[7] = {0}, z = 0;
+    sp.temperature = 1.0f;
+    sp.mask = m;
+    for (int i = 0; i < 4; i++)
+        z += P[allowed[i]];
+    for (int i = 0; i < 4; i++)
+        want[allowed[i]] = P[allowed[i]] / z;
+    check_distribution(sp, NULL, 0, want, CRIT[3], "mask {1, 3, 4, 6}");
+    /* top_k 2: the two most probable allowed (1 and 3), not tokens 0 and 1 */
+    double want_k[7] = {0, 0.25 / 0.35, 0, 0.1 / 0.35, 0, 0, 0};
+    sp.top_k = 2;
+    check_distribution(sp, NULL, 0, want_k, CRIT[1], "mask and top_k 2");
+    /* top_p 0.6 of the allowed mass (0.42): 0.25 alone is 59.5%, with 0.1 83% */
+    double want_p[7] = {0, 0.25 / 0.35, 0, 0.1 / 0.35, 0, 0, 0};
+    sp.top_k = 0;
+    sp.top_p = 0.6f;
+    check_distribution(sp, NULL, 0, want_p, CRIT[1], "mask and top_p 0.6");
+    /* min_p 0.3 of the best allowed (0.25): 0.1 stays, 0.05 and 0.02 go */
+    double want_min[7] = {0, 0.25 / 0.35, 0, 0.1 / 0.35, 0, 0, 0};
+    sp.top_p = 1.0f;
+    sp.min_p = 0.3f;
+    check_distribution(sp, NULL, 0, want_min, CRIT[1], "mask and min_p 0.3");
+    /* a mask of one token: it, every time, even at temperature 100 */
+    struct pd_sampler *s = pd_sampler_new(7);
+    float l[7];
+    struct pd_sample_result r;
+    logits_of(l);
+    mask_set(m, 1, (const int[]){5}, 1);
+    sp = PD_SAMPLING_DEFAULT;
+    sp.temperature = 100.0f;
+    sp.mask = m;
+    for (uint64_t seed = 0; seed < 500; seed++) {
+        sp.seed = seed;
+        CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &r), 0);
+        CHECK_EQ_INT(r.token, 5);
+    }
+    pd_sampler_free(s);
+}
+
+/* The reported log-probabilities are the model's: the drawn token's raw
+ * log-softmax (not renormalized over the allowed), the alternatives those
+ * of the call without the mask, masked tokens among them */
+static void mask_leaves_reported_logprobs_raw(void)
+{
+    float l[7];
+    uint32_t m[1];
+    struct pd_sampler *s = pd_sampler_new(7);
+    struct pd_sampling sp = PD_SAMPLING_DEFAULT;
+    struct pd_sample_result raw, masked;
+    logits_of(l);
+    sp.n_logprobs = 5;
+    CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &raw), 0);
+    mask_set(m, 1, (const int[]){2, 5}, 2);
+    sp.mask = m;
+    CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &masked), 0);
+    CHECK_EQ_INT(masked.token, 2);
+    CHECK(fabs(masked.logprob - log(P[2])) < 1e-6); /* 0.15, not 0.15 / 0.18 */
+    CHECK_EQ_INT(masked.n_top, raw.n_top);
+    for (uint32_t k = 0; k < raw.n_top; k++)
+        CHECK(masked.top[k].token == raw.top[k].token &&
+              masked.top[k].logprob == raw.top[k].logprob);
+    CHECK_EQ_INT(masked.top[0].token, 0); /* the most probable, though masked */
+    sp.temperature = 0.8f;
+    for (uint64_t seed = 0; seed < 100; seed++) {
+        sp.seed = seed;
+        CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &masked), 0);
+        CHECK(masked.token == 2 || masked.token == 5);
+        CHECK(fabs(masked.logprob - log(P[masked.token])) < 1e-6);
+        CHECK(masked.top[0].token == 0 && masked.top[0].logprob == raw.top[0].logprob);
+    }
+    pd_sampler_free(s);
+}
+
+/* A mask must allow some token below n_vocab: bits past the vocabulary do
+ * not count; pd_sample refuses what validate refuses */
+static void sampling_validate_refuses_an_empty_mask(void)
+{
+    char err[256];
+    uint32_t m[3] = {0, 0, 0};
+    struct pd_sampling sp = PD_SAMPLING_DEFAULT;
+    sp.mask = m;
+    CHECK_EQ_INT(pd_sampling_validate(&sp, 70, err, sizeof(err)), -EINVAL);
+    CHECK_CONTAINS(err, "the token mask allows no token");
+    m[2] = ~0u << 6; /* tokens 70..95: none in a vocabulary of 70 */
+    CHECK_EQ_INT(pd_sampling_validate(&sp, 70, err, sizeof(err)), -EINVAL);
+    CHECK_CONTAINS(err, "mask");
+    m[2] |= 1u << 5; /* token 69 */
+    CHECK_EQ_INT(pd_sampling_validate(&sp, 70, err, sizeof(err)), 0);
+    m[2] = 0;
+    m[0] = 1; /* token 0 */
+    CHECK_EQ_INT(pd_sampling_validate(&sp, 70, err, sizeof(err)), 0);
+    m[0] = 0;
+    m[1] = 0x80000000u; /* token 63 */
+    CHECK_EQ_INT(pd_sampling_validate(&sp, 70, err, sizeof(err)), 0);
+    /* a whole number of words: the last bit counts */
+    CHECK_EQ_INT(pd_sampling_validate(&sp, 64, err, sizeof(err)), 0);
+    m[1] = 0;
+    CHECK_EQ_INT(pd_sampling_validate(&sp, 64, err, sizeof(err)), -EINVAL);
+    /* NULL: every token */
+    sp.mask = NULL;
+    CHECK_EQ_INT(pd_sampling_validate(&sp, 64, err, sizeof(err)), 0);
+    /* pd_sample refuses an empty mask, and one whose bits are all past the vocabulary */
+    struct pd_sampler *s = pd_sampler_new(7);
+    float l[7];
+    struct pd_sample_result r;
+    uint32_t m7[1] = {0};
+    logits_of(l);
+    sp.mask = m7;
+    CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &r), -EINVAL);
+    m7[0] = ~0u << 7;
+    CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &r), -EINVAL);
+    sp.temperature = 1.0f;
+    CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &r), -EINVAL);
+    m7[0] |= 1u << 6;
+    CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &r), 0);
+    CHECK_EQ_INT(r.token, 6);
+    pd_sampler_free(s);
+}
+
+/* The mask comes before the bias and the penalties: +100 on a masked token,
+ * or negative penalties on one seen many times, never bring it back; -100 on
+ * the one allowed token leaves it the one drawn */
+static void mask_wins_over_bias_and_penalties(void)
+{
+    float l[7];
+    uint32_t m[1];
+    struct pd_sampler *s = pd_sampler_new(7);
+    struct pd_sampling sp = PD_SAMPLING_DEFAULT;
+    struct pd_sample_result r;
+    logits_of(l);
+    mask_set(m, 1, (const int[]){1, 2}, 2);
+    struct pd_logit_bias up[2] = {{6, 100.0f}, {0, 100.0f}};
+    sp.mask = m;
+    sp.bias = up;
+    sp.n_bias = 2;
+    CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &r), 0);
+    CHECK_EQ_INT(r.token, 1);
+    sp.temperature = 1.0f;
+    uint32_t seen[7] = {0};
+    for (uint64_t seed = 0; seed < 2000; seed++) {
+        sp.seed = seed;
+        CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &r), 0);
+        CHECK(r.token == 1 || r.token == 2);
+        seen[r.token]++;
+    }
+    CHECK(seen[1] > seen[2] && seen[2] > 0); /* 0.25 : 0.15 */
+    /* -100 on the one allowed token */
+    mask_set(m, 1, (const int[]){4}, 1);
+    struct pd_logit_bias down[1] = {{4, -100.0f}};
+    sp.bias = down;
+    sp.n_bias = 1;
+    for (int t = 0; t < 2; t++) {
+        sp.temperature = t ? 0.7f : 0.0f;
+        for (uint64_t seed = 0; seed < 50; seed++) {
+            sp.seed = seed;
+            CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, NULL, 0, &r), 0);
+            CHECK_EQ_INT(r.token, 4);
+        }
+    }
+    /* penalties that would raise a masked token (seen 20 times, negative
+     * presence and frequency, repetition on a negative logit) */
+    int32_t out[20];
+    for (int i = 0; i < 20; i++)
+        out[i] = 0;
+    mask_set(m, 1, (const int[]){5, 6}, 2);
+    sp = PD_SAMPLING_DEFAULT;
+    sp.mask = m;
+    sp.presence_penalty = -2.0f;
+    sp.frequency_penalty = -2.0f;
+    sp.repetition_penalty = 0.1f;
+    for (int t = 0; t < 2; t++) {
+        sp.temperature = t ? 1.5f : 0.0f;
+        for (uint64_t seed = 0; seed < 200; seed++) {
+            sp.seed = seed;
+            CHECK_EQ_INT(pd_sample(s, &sp, l, NULL, 0, out, 20, &r), 0);
+            CHECK(r.token == 5 || r.token == 6);
+        }
+    }
+    pd_sampler_free(s);
+}
+
 static const struct pd_test tests[] = {
     PD_TEST(philox_matches_random123_vectors),
     PD_TEST(rng_uniform_in_unit_interval_and_keyed),
@@ -665,6 +916,11 @@ static const struct pd_test tests[] = {
     PD_TEST(score_ties_take_the_lower_id_first),
     PD_TEST(score_refuses_tokens_outside_the_vocabulary_and_too_many_alternatives),
     PD_TEST(score_reports_what_sample_reports_for_its_token),
+    PD_TEST(greedy_never_picks_a_masked_token),
+    PD_TEST(sample_draws_only_allowed_tokens),
+    PD_TEST(mask_leaves_reported_logprobs_raw),
+    PD_TEST(sampling_validate_refuses_an_empty_mask),
+    PD_TEST(mask_wins_over_bias_and_penalties),
     {0},
 };
 

@@ -88,6 +88,23 @@ def prefill_prompt_lp():
     return header(T["PREFILL"], body, 14)
 
 
+def prefill_mask():
+    # minor 2: PD_PREFILL_F_PREFIX | PD_PREFILL_F_MASK, nothing cached; the mask
+    # part (w 3, 4 zero, then w u32 words, bit t % 32 of word t / 32: token t
+    # may be the first) follows the prefix part: tokens 0, 31, 35, 36, 38, 41,
+    # 44, 60 and 69 of a 70-token vocabulary
+    tokens = [8, 9]
+    xrid = b"req-mask-3"
+    words = [0x80000001, 0x10001258, 0x00000020]
+    body = struct.pack("<QIIII", REQ, EPOCH, len(tokens), 1, 16)
+    body += struct.pack("<fffIfffIQ", 0.0, 1.0, 0.0, 0, 0.0, 0.0, 1.0, 1, 11)
+    body += struct.pack("<HH", len(xrid), 0x0012)  # flags: PD_PREFILL_F_PREFIX | MASK
+    body += bytes(32) + struct.pack("<I4x", 0) + bytes(32)  # the prefix part: nothing cached
+    body += struct.pack("<I4x", len(words)) + struct.pack("<%dI" % len(words), *words)
+    body += struct.pack("<%dI" % len(tokens), *tokens) + xrid
+    return header(T["PREFILL"], body, 15)
+
+
 def prompt_lp():
     # minor 2: prompt positions 3 and 4, 2 alternatives each; the second row
     # holds a -inf alternative (a filtered-out token: a log-probability)
@@ -150,7 +167,8 @@ def progress():
 FRAMES = dict(prefill=prefill, chunk=chunk, ack=ack, done=done, abort=abort,
               abort_ack=abort_ack, cancel=cancel, heartbeat=heartbeat, error=error,
               prefill_prefix=prefill_prefix, progress=progress, prefill_bias=prefill_bias,
-              prompt_lp=prompt_lp, prefill_prompt_lp=prefill_prompt_lp)
+              prompt_lp=prompt_lp, prefill_prompt_lp=prefill_prompt_lp,
+              prefill_mask=prefill_mask)
 
 
 def main():
