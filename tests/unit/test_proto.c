@@ -1288,6 +1288,29 @@ static void prefill_bias_reserved_nonzero_refused(void)
     reserved_refused("prefill_bias", BIAS_RESERVED, 4);
 }
 
+/* A PREFILL of n bytes (header h) with its body cut at every length from
+ * the shortest the header admits: each refused on its length, "end before
+ * the <part> part" while the cut is before `part_at` (exact copies, for ASan). */
+static void prefill_cuts_refused(uint8_t *buf, size_t n, struct pd_frame_hdr *h,
+                                 const char *part, size_t part_at)
+{
+    char before[64];
+    snprintf(before, sizeof(before), "end before the %s part", part);
+    for (size_t body = PREFILL_FIXED_LEN + 4 + 1; body < n - PD_FRAME_HDR_LEN; body++) {
+        struct pd_frame f;
+        h->len = (uint32_t)body;
+        pd_frame_hdr_encode(h, buf);
+        uint8_t *cut = malloc(PD_FRAME_HDR_LEN + body);
+        memcpy(cut, buf, PD_FRAME_HDR_LEN + body);
+        int rc = pd_frame_decode(cut, PD_FRAME_HDR_LEN + body, &f, err, sizeof(err));
+        free(cut);
+        if (rc != -EBADMSG || (!strstr(err, "counts make it") && !strstr(err, before)))
+            PD_TEST_FAIL_("body cut to %zu bytes: rc %d (%s)", body, rc, err);
+        if (body < part_at)
+            CHECK_CONTAINS(err, before);
+    }
+}
+
 /* The header's length ends before or inside the bias part: refused on the
  * length, no field read past it (exact copies, for ASan). */
 static void prefill_bias_truncated_refused(void)
@@ -1296,20 +1319,7 @@ static void prefill_bias_truncated_refused(void)
     size_t n = golden("prefill_bias", buf, sizeof(buf));
     struct pd_frame_hdr h;
     CHECK_EQ_INT(pd_frame_hdr_decode(buf, n, &h, err, sizeof(err)), 0);
-    for (size_t body = PREFILL_FIXED_LEN + 4 + 1; body < n - PD_FRAME_HDR_LEN; body++) {
-        struct pd_frame f;
-        h.len = (uint32_t)body;
-        pd_frame_hdr_encode(&h, buf);
-        uint8_t *cut = malloc(PD_FRAME_HDR_LEN + body);
-        memcpy(cut, buf, PD_FRAME_HDR_LEN + body);
-        int rc = pd_frame_decode(cut, PD_FRAME_HDR_LEN + body, &f, err, sizeof(err));
-        free(cut);
-        if (rc != -EBADMSG ||
-            (!strstr(err, "counts make it") && !strstr(err, "end before the bias part")))
-            PD_TEST_FAIL_("body cut to %zu bytes: rc %d (%s)", body, rc, err);
-        if (body < BIAS_ENTRIES)
-            CHECK_CONTAINS(err, "end before the bias part");
-    }
+    prefill_cuts_refused(buf, n, &h, "bias", BIAS_ENTRIES);
     /* the same without the prefix part: the bias part's head at 68 */
     uint8_t tags[48], whole[4096];
     static const struct pd_bias e[1] = {{3, 1.0f}};
@@ -2002,20 +2012,7 @@ static void prefill_mask_truncated_refused(void)
     size_t n = golden("prefill_mask", buf, sizeof(buf));
     struct pd_frame_hdr h;
     CHECK_EQ_INT(pd_frame_hdr_decode(buf, n, &h, err, sizeof(err)), 0);
-    for (size_t body = PREFILL_FIXED_LEN + 4 + 1; body < n - PD_FRAME_HDR_LEN; body++) {
-        struct pd_frame f;
-        h.len = (uint32_t)body;
-        pd_frame_hdr_encode(&h, buf);
-        uint8_t *cut = malloc(PD_FRAME_HDR_LEN + body);
-        memcpy(cut, buf, PD_FRAME_HDR_LEN + body);
-        int rc = pd_frame_decode(cut, PD_FRAME_HDR_LEN + body, &f, err, sizeof(err));
-        free(cut);
-        if (rc != -EBADMSG ||
-            (!strstr(err, "counts make it") && !strstr(err, "end before the mask part")))
-            PD_TEST_FAIL_("body cut to %zu bytes: rc %d (%s)", body, rc, err);
-        if (body < MASK_WORDS)
-            CHECK_CONTAINS(err, "end before the mask part");
-    }
+    prefill_cuts_refused(buf, n, &h, "mask", MASK_WORDS);
     /* and after the bias part: the mask part's head moves with it */
     uint8_t tags[48], whole[4096];
     static const struct pd_bias e[1] = {{3, 1.0f}};
