@@ -53,6 +53,10 @@ void dec_sched_map_prefix(struct dec_sched *s, struct dec_job *j, uint32_t *q_bl
 void dec_sched_publish(struct dec_sched *s, struct dec_job *j);
 /* n > 1: fork the leader's prompt blocks; -EAGAIN while they are not in yet. */
 int dec_sched_follow(struct dec_sched *s, struct dec_job *j);
+/* A leader that ends (max_tokens 1 ends it in the step its prompt is done,
+ * before its followers can be admitted): its queued followers fork its
+ * prompt blocks now, as dec_sched_follow would at their admission. */
+void dec_sched_hand_down(struct dec_sched *s, struct dec_job *l);
 /* A constrained job's mask for its next token into j->mask (and
  * j->sampling.mask); -ENOMEM (sampling.mask NULL: its token will be refused). */
 int dec_sched_mask(struct dec_sched *s, struct dec_job *j);

@@ -55,6 +55,24 @@ int dec_sched_follow(struct dec_sched *s, struct dec_job *j)
     return -EAGAIN;
 }
 
+void dec_sched_hand_down(struct dec_sched *s, struct dec_job *l)
+{
+    if (l->leader || l->seq.n_tokens < l->n_prompt)
+        return; /* not a leader, or its prompt is not in the cache */
+    pd_worker_lock(&s->w);
+    for (struct pd_wnode *n = pd_worker_queue(&s->w)->head; n; n = n->next) {
+        struct dec_job *j = PD_WNODE_ENTRY(n, struct dec_job, qnode);
+        /* the job's sequence is the compute thread's (this one), the list
+         * the lock's; failing (no memory), a prefill of its own */
+        if (j->leader == l && !j->seq.n_blocks && !j->n_out &&
+            pd_kvseq_fork(s->kc, &j->seq, &l->seq, j->n_prompt - 1) == 0) {
+            j->prompt_counted = true;
+            j->n_pub = 0;
+        }
+    }
+    pd_worker_unlock(&s->w);
+}
+
 /* After a step: the job's blocks that became full are published. */
 void dec_sched_publish(struct dec_sched *s, struct dec_job *j)
 {

@@ -135,6 +135,8 @@ static void finish(struct dec_sched *s, struct dec_job *j, struct dec_event *e,
                    enum dec_finish why, const char *err)
 {
     j->ended = true;
+    if (why == DEC_FIN_STOP || why == DEC_FIN_LENGTH)
+        dec_sched_hand_down(s, j);
     pd_kvseq_release(s->kc, &j->seq);
     if (s->xc)
         pd_kvseq_release(s->xc, &j->xseq);

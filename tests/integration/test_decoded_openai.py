@@ -604,6 +604,28 @@ def test_n_shares_the_prompt_kv_locally(d, client):
     assert d.metric("pdserve:prompt_tokens_total") - before == 40
 
 
+def test_n_forks_a_leader_that_ends_at_its_first_token(on, client):
+    """max_tokens 1: the first choice ends in the step its prompt is done,
+    before the others are admitted; they still fork its prompt's blocks
+    (handed down as it ends) instead of prefilling the prompt again -- here,
+    or on decoded itself when a peer prefilled it (`on` checks that nothing
+    was prefilled locally there). Each choice equals the single request with
+    its seed."""
+    prompt = [random.Random(67).randrange(100, 49151) for _ in range(40)]
+    kw = dict(model=NAME, prompt=prompt, max_tokens=1, temperature=0.9, logprobs=2,
+              extra_body={"ignore_eos": True, "cache_salt": "hand-down-%d" % next(_salts)})
+    before = on.d.metric("pdserve:prompt_tokens_total")
+    r = on.client.completions.create(n=4, seed=11, **kw)
+    assert len(r.choices) == 4 and r.usage.prompt_tokens == 40
+    if on.p is None:
+        assert on.d.metric("pdserve:prompt_tokens_total") - before == 40
+    got = sorted(r.choices, key=lambda c: c.index)
+    for k, ch in enumerate(got):
+        alone = client.completions.create(n=1, seed=11 + k, **kw).choices[0]
+        assert ch.text == alone.text, k
+        assert abs(ch.logprobs.token_logprobs[0] - alone.logprobs.token_logprobs[0]) < 1e-3
+
+
 # ---- logit_bias ----
 #
 # OpenAI's {"token id": bias}: the sampler adds the bias to the logits before
