@@ -255,125 +255,124 @@ __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel
         if (it + 2 < n_tiles) /* seen by load_tile past the barrier that ends this tile */
             key_offsets(it % PF_STAGES, kb + 2 * PF_N);
         const uint16_t *const ks = kv_smem + 2 * (it % PF_STAGES) * TILE, *const vs = ks + TILE;
-        if (!warp_live || kb > warp_last) {
-            __syncthreads(); /* every key of the tile is after every row of this warp */
-            continue;
-        }
-
-        /* S = Q K^T: per k-step, the A fragments of both m-tiles and, per
-         * ldmatrix, the B fragments of n-tiles t and t + 1 */
-        float s[MT][NT][4];
-        zero_frags(s);
+        /* a warp whose rows all come before the tile's keys skips the work,
+         * not the barrier: every thread reaches the one below */
+        if (warp_live && kb <= warp_last) {
+            /* S = Q K^T: per k-step, the A fragments of both m-tiles and, per
+             * ldmatrix, the B fragments of n-tiles t and t + 1 */
+            float s[MT][NT][4];
+            zero_frags(s);
 #pragma unroll
-        for (int k = 0; k < KS; k++) {
-            uint32_t qa[MT][4];
+            for (int k = 0; k < KS; k++) {
+                uint32_t qa[MT][4];
 #pragma unroll
-            for (int i = 0; i < MT; i++)
-                pd_ldmatrix_x4<false>(qa[i], &qs[(w0 - m0 + i * 16 + (lm % 2) * 8 + lr) * LD +
-                                                 k * 16 + (lm / 2) * 8]);
+                for (int i = 0; i < MT; i++)
+                    pd_ldmatrix_x4<false>(qa[i], &qs[(w0 - m0 + i * 16 + (lm % 2) * 8 + lr) * LD +
+                                                     k * 16 + (lm / 2) * 8]);
 #pragma unroll
-            for (int t = 0; t < NT; t += 2) {
-                uint32_t b[4];
-                pd_ldmatrix_x4<false>(b, &ks[((t + lm / 2) * 8 + lr) * LD + k * 16 + (lm % 2) * 8]);
+                for (int t = 0; t < NT; t += 2) {
+                    uint32_t b[4];
+                    pd_ldmatrix_x4<false>(b, &ks[((t + lm / 2) * 8 + lr) * LD + k * 16 + (lm % 2) * 8]);
 #pragma unroll
-                for (int i = 0; i < MT; i++) {
-                    pd_mma_16816<BF>(s[i][t], qa[i], b);
-                    pd_mma_16816<BF>(s[i][t + 1], qa[i], b + 2);
-                }
-            }
-        }
-
-#pragma unroll
-        for (int i = 0; i < MT; i++) {
-            /* mask keys after a row's position, and rows past the run (only
-             * tiles crossing the diagonal need it); the maxima of the raw
-             * scores (qscale > 0 keeps the order) */
-            const uint32_t r0 = w0 + i * 16, row_lo = r0 + g, row_hi = r0 + g + 8;
-            if (kb + PF_N - 1 > (uint32_t)p0 + r0 || r0 + 16 > n) {
-#pragma unroll
-                for (int t = 0; t < NT; t++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const uint32_t key = kb + t * 8 + 2 * c + (e & 1);
-                        const uint32_t row = e < 2 ? row_lo : row_hi;
-                        if (row >= n || key > (uint32_t)p0 + row)
-                            s[i][t][e] = -INFINITY;
+                    for (int i = 0; i < MT; i++) {
+                        pd_mma_16816<BF>(s[i][t], qa[i], b);
+                        pd_mma_16816<BF>(s[i][t + 1], qa[i], b + 2);
                     }
-            }
-            float mx_lo = -INFINITY, mx_hi = -INFINITY;
-#pragma unroll
-            for (int t = 0; t < NT; t++) {
-                mx_lo = fmaxf(mx_lo, fmaxf(s[i][t][0], s[i][t][1]));
-                mx_hi = fmaxf(mx_hi, fmaxf(s[i][t][2], s[i][t][3]));
-            }
-            /* a row's values live in the 4 lanes of its quad */
-            mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
-            mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
-            mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
-            mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
-            /* The running maximum (kept scaled: mb = max * qscale, the base
-             * the weights subtract) moves only when the tile's passes it by
-             * more than PF_SLACK (log2 units) or none was set: weights stay
-             * below 2^PF_SLACK, which fp32 sums and 16-bit P hold as well as
-             * weights below 1, and most tiles then leave O unscaled. The
-             * quad agrees (its maxima are equal); -inf - -inf is NaN: no move */
-            const float tb_lo = mx_lo * p.qscale, tb_hi = mx_hi * p.qscale;
-            const bool move_lo = tb_lo - mb[i][0] > PF_SLACK;
-            const bool move_hi = tb_hi - mb[i][1] > PF_SLACK;
-            float alpha_lo = 1.0f, alpha_hi = 1.0f;
-            if (move_lo || move_hi) {
-                if (move_lo)
-                    alpha_lo = pd_ex2(mb[i][0] - tb_lo), mb[i][0] = tb_lo;
-                if (move_hi)
-                    alpha_hi = pd_ex2(mb[i][1] - tb_hi), mb[i][1] = tb_hi;
-                l[i][0] *= alpha_lo, l[i][1] *= alpha_hi;
-#pragma unroll
-                for (int t = 0; t < DT; t++) {
-                    o[i][t][0] *= alpha_lo, o[i][t][1] *= alpha_lo;
-                    o[i][t][2] *= alpha_hi, o[i][t][3] *= alpha_hi;
                 }
             }
-            /* weights 2^(s qscale - mb), one FMA and one ex2 each; a row with
-             * nothing seen yet keeps -inf and subtracts 0 (no NaN) */
-            const float base_lo = mb[i][0] == -INFINITY ? 0.0f : mb[i][0];
-            const float base_hi = mb[i][1] == -INFINITY ? 0.0f : mb[i][1];
 
-            float sum_lo = 0.0f, sum_hi = 0.0f;
-#pragma unroll
-            for (int t = 0; t < NT; t++) {
-                s[i][t][0] = pd_ex2(fmaf(s[i][t][0], p.qscale, -base_lo));
-                s[i][t][1] = pd_ex2(fmaf(s[i][t][1], p.qscale, -base_lo));
-                s[i][t][2] = pd_ex2(fmaf(s[i][t][2], p.qscale, -base_hi));
-                s[i][t][3] = pd_ex2(fmaf(s[i][t][3], p.qscale, -base_hi));
-                sum_lo += s[i][t][0] + s[i][t][1];
-                sum_hi += s[i][t][2] + s[i][t][3];
-            }
-            /* this lane's part of the row sums; the quad sums at the end */
-            l[i][0] += sum_lo;
-            l[i][1] += sum_hi;
-        }
-
-        /* O += P V, 16 keys per step: S tiles 2k and 2k+1 are the A
-         * fragment; one transposing ldmatrix gives the B fragments of dims
-         * t and t + 1 for both m-tiles */
-#pragma unroll
-        for (int k = 0; k < PF_N / 16; k++) {
-            uint32_t pa[MT][4];
 #pragma unroll
             for (int i = 0; i < MT; i++) {
-                pa[i][0] = pd_pack2<BF>(s[i][2 * k][0], s[i][2 * k][1]);
-                pa[i][1] = pd_pack2<BF>(s[i][2 * k][2], s[i][2 * k][3]);
-                pa[i][2] = pd_pack2<BF>(s[i][2 * k + 1][0], s[i][2 * k + 1][1]);
-                pa[i][3] = pd_pack2<BF>(s[i][2 * k + 1][2], s[i][2 * k + 1][3]);
-            }
+                /* mask keys after a row's position, and rows past the run (only
+                 * tiles crossing the diagonal need it); the maxima of the raw
+                 * scores (qscale > 0 keeps the order) */
+                const uint32_t r0 = w0 + i * 16, row_lo = r0 + g, row_hi = r0 + g + 8;
+                if (kb + PF_N - 1 > (uint32_t)p0 + r0 || r0 + 16 > n) {
 #pragma unroll
-            for (int t = 0; t < DT; t += 2) {
-                uint32_t b[4];
-                pd_ldmatrix_x4<true>(b, &vs[(k * 16 + (lm % 2) * 8 + lr) * LD + (t + lm / 2) * 8]);
+                    for (int t = 0; t < NT; t++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            const uint32_t key = kb + t * 8 + 2 * c + (e & 1);
+                            const uint32_t row = e < 2 ? row_lo : row_hi;
+                            if (row >= n || key > (uint32_t)p0 + row)
+                                s[i][t][e] = -INFINITY;
+                        }
+                }
+                float mx_lo = -INFINITY, mx_hi = -INFINITY;
+#pragma unroll
+                for (int t = 0; t < NT; t++) {
+                    mx_lo = fmaxf(mx_lo, fmaxf(s[i][t][0], s[i][t][1]));
+                    mx_hi = fmaxf(mx_hi, fmaxf(s[i][t][2], s[i][t][3]));
+                }
+                /* a row's values live in the 4 lanes of its quad */
+                mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
+                mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
+                mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
+                mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
+                /* The running maximum (kept scaled: mb = max * qscale, the base
+                 * the weights subtract) moves only when the tile's passes it by
+                 * more than PF_SLACK (log2 units) or none was set: weights stay
+                 * below 2^PF_SLACK, which fp32 sums and 16-bit P hold as well as
+                 * weights below 1, and most tiles then leave O unscaled. The
+                 * quad agrees (its maxima are equal); -inf - -inf is NaN: no move */
+                const float tb_lo = mx_lo * p.qscale, tb_hi = mx_hi * p.qscale;
+                const bool move_lo = tb_lo - mb[i][0] > PF_SLACK;
+                const bool move_hi = tb_hi - mb[i][1] > PF_SLACK;
+                float alpha_lo = 1.0f, alpha_hi = 1.0f;
+                if (move_lo || move_hi) {
+                    if (move_lo)
+                        alpha_lo = pd_ex2(mb[i][0] - tb_lo), mb[i][0] = tb_lo;
+                    if (move_hi)
+                        alpha_hi = pd_ex2(mb[i][1] - tb_hi), mb[i][1] = tb_hi;
+                    l[i][0] *= alpha_lo, l[i][1] *= alpha_hi;
+#pragma unroll
+                    for (int t = 0; t < DT; t++) {
+                        o[i][t][0] *= alpha_lo, o[i][t][1] *= alpha_lo;
+                        o[i][t][2] *= alpha_hi, o[i][t][3] *= alpha_hi;
+                    }
+                }
+                /* weights 2^(s qscale - mb), one FMA and one ex2 each; a row with
+                 * nothing seen yet keeps -inf and subtracts 0 (no NaN) */
+                const float base_lo = mb[i][0] == -INFINITY ? 0.0f : mb[i][0];
+                const float base_hi = mb[i][1] == -INFINITY ? 0.0f : mb[i][1];
+
+                float sum_lo = 0.0f, sum_hi = 0.0f;
+#pragma unroll
+                for (int t = 0; t < NT; t++) {
+                    s[i][t][0] = pd_ex2(fmaf(s[i][t][0], p.qscale, -base_lo));
+                    s[i][t][1] = pd_ex2(fmaf(s[i][t][1], p.qscale, -base_lo));
+                    s[i][t][2] = pd_ex2(fmaf(s[i][t][2], p.qscale, -base_hi));
+                    s[i][t][3] = pd_ex2(fmaf(s[i][t][3], p.qscale, -base_hi));
+                    sum_lo += s[i][t][0] + s[i][t][1];
+                    sum_hi += s[i][t][2] + s[i][t][3];
+                }
+                /* this lane's part of the row sums; the quad sums at the end */
+                l[i][0] += sum_lo;
+                l[i][1] += sum_hi;
+            }
+
+            /* O += P V, 16 keys per step: S tiles 2k and 2k+1 are the A
+             * fragment; one transposing ldmatrix gives the B fragments of dims
+             * t and t + 1 for both m-tiles */
+#pragma unroll
+            for (int k = 0; k < PF_N / 16; k++) {
+                uint32_t pa[MT][4];
 #pragma unroll
                 for (int i = 0; i < MT; i++) {
-                    pd_mma_16816<BF>(o[i][t], pa[i], b);
-                    pd_mma_16816<BF>(o[i][t + 1], pa[i], b + 2);
+                    pa[i][0] = pd_pack2<BF>(s[i][2 * k][0], s[i][2 * k][1]);
+                    pa[i][1] = pd_pack2<BF>(s[i][2 * k][2], s[i][2 * k][3]);
+                    pa[i][2] = pd_pack2<BF>(s[i][2 * k + 1][0], s[i][2 * k + 1][1]);
+                    pa[i][3] = pd_pack2<BF>(s[i][2 * k + 1][2], s[i][2 * k + 1][3]);
+                }
+#pragma unroll
+                for (int t = 0; t < DT; t += 2) {
+                    uint32_t b[4];
+                    pd_ldmatrix_x4<true>(b, &vs[(k * 16 + (lm % 2) * 8 + lr) * LD + (t + lm / 2) * 8]);
+#pragma unroll
+                    for (int i = 0; i < MT; i++) {
+                        pd_mma_16816<BF>(o[i][t], pa[i], b);
+                        pd_mma_16816<BF>(o[i][t + 1], pa[i], b + 2);
+                    }
                 }
             }
         }
