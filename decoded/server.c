@@ -582,6 +582,7 @@ out:
         for (uint32_t i = 0; i < h->n_ch; i++) {
             h->ch[i].job->owner = NULL;
             dec_job_unref(h->ch[i].job);
+            free(h->ch[i].echo);
         }
         free(h->ch);
         free(h);
