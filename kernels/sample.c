@@ -206,8 +206,7 @@ int pd_sample(struct pd_sampler *s, const struct pd_sampling *p, const float *lo
     if (pd_sampling_validate(p, V, NULL, 0) < 0)
         return -EINVAL;
     for (uint32_t i = 0; i < V; i++)
-        w[i] = isnan(logits[i]) || (p->mask && !(p->mask[i / 32] >> (i % 32) & 1u)) ? -INFINITY
-                                                                                   : logits[i];
+        w[i] = isnan(logits[i]) || !pd_mask_allows(p->mask, i) ? -INFINITY : logits[i];
     for (uint32_t i = 0; i < p->n_bias; i++)
         w[p->bias[i].token] += p->bias[i].bias;
     apply_penalties(s, p, prompt, n_prompt, output, n_output);
@@ -215,12 +214,12 @@ int pd_sample(struct pd_sampler *s, const struct pd_sampling *p, const float *lo
     /* a masked token is never drawn, even where every allowed one is -inf
      * too (a model that gives NaN): then the lowest allowed id */
     uint32_t first = 0;
-    while (p->mask && !(p->mask[first / 32] >> (first % 32) & 1u))
+    while (!pd_mask_allows(p->mask, first))
         first++; /* validate: one is set below V */
     if (p->temperature == 0.0f) {
         uint32_t best = first;
         for (uint32_t i = first + 1; i < V; i++)
-            if (w[i] > w[best] && (!p->mask || (p->mask[i / 32] >> (i % 32) & 1u)))
+            if (w[i] > w[best] && pd_mask_allows(p->mask, i))
                 best = i;
         r->token = (int32_t)best;
         raw_logprobs(V, p->n_logprobs, logits, r);

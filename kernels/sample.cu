@@ -238,7 +238,7 @@ __global__ void __launch_bounds__(SMP_THREADS) sample_kernel(const struct smp_pa
                                ? a.mask + (uint64_t)a.mask_row[r] * ((V + 31) / 32)
                                : NULL;
     for (uint32_t i = t; i < V; i += SMP_THREADS) {
-        w[i] = isnan(lg[i]) || (mask && !(mask[i / 32] >> (i % 32) & 1u)) ? -INFINITY : lg[i];
+        w[i] = isnan(lg[i]) || !pd_mask_allows(mask, i) ? -INFINITY : lg[i];
         cnt[i] = 0;
     }
     __syncthreads();
@@ -293,7 +293,7 @@ __global__ void __launch_bounds__(SMP_THREADS) sample_kernel(const struct smp_pa
         float bv = -INFINITY;
         uint32_t bi = UINT32_MAX;
         for (uint32_t i = t; i < V; i += SMP_THREADS)
-            if (!mask || (mask[i / 32] >> (i % 32) & 1u)) /* never a masked token */
+            if (pd_mask_allows(mask, i)) /* never a masked token */
                 better(bv, bi, w[i], i);
         token = block_argmax(sh, bv, bi);
     } else {
@@ -309,7 +309,7 @@ __global__ void __launch_bounds__(SMP_THREADS) sample_kernel(const struct smp_pa
         if (wm == -INFINITY) { /* every logit -inf: the lowest allowed id, as the CPU */
             uint32_t lo = UINT32_MAX;
             for (uint32_t i = t; i < V && lo == UINT32_MAX; i += SMP_THREADS)
-                if (!mask || (mask[i / 32] >> (i % 32) & 1u))
+                if (pd_mask_allows(mask, i))
                     lo = i;
             token = block_reduce(sh.u, lo, [](uint32_t a, uint32_t b) { return a < b ? a : b; });
             token = token == UINT32_MAX ? 0 : token;

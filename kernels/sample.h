@@ -105,6 +105,13 @@ struct pd_sampling {
                           .min_p = 0.0f,                                                           \
                           .repetition_penalty = 1.0f})
 
+/* Whether a token mask (pd_sampling.mask; NULL: none) lets token t be drawn:
+ * bit t % 32 of word t / 32. The CPU's and the GPU's one test. */
+PD_HD bool pd_mask_allows(const uint32_t *mask, uint32_t t)
+{
+    return !mask || (mask[t / 32] >> (t % 32) & 1u);
+}
+
 struct pd_token_logprob {
     int32_t token;
     float logprob;
