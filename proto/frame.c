@@ -10,8 +10,7 @@
 /* Fixed parts of the bodies; the variable parts follow them. */
 #define PREFILL_FIXED 68
 #define PREFIX_PART 72 /* PREFILL's with PD_PREFILL_F_PREFIX: salt, n_cached, 4 zero, name */
-#define BIAS_HEAD 8 /* PREFILL's with PD_PREFILL_F_BIAS: n_bias, 4 zero, then 8 bytes each */
-#define MASK_HEAD 8 /* PREFILL's with PD_PREFILL_F_MASK: words, 4 zero, then 4 bytes each */
+#define PART_HEAD 8 /* PREFILL's bias and mask parts: the count, 4 zero; then the entries */
 #define CHUNK_FIXED 40
 #define DONE_FIXED 32
 #define ABORT_FIXED 16
@@ -99,8 +98,8 @@ static const struct type_info types[] = {
     [PD_FT_HS_M2] = {"HS_M2", 0, FROM_P, 228, 228},
     [PD_FT_HS_CONFIRM] = {"HS_CONFIRM", 0, FROM_BOTH, 32, 32},
     [PD_FT_PREFILL] = {"PREFILL", 1, FROM_D, PREFILL_FIXED + 4 + 1,
-                       PREFILL_FIXED + PREFIX_PART + BIAS_HEAD + 8 * PD_PROTO_MAX_BIAS +
-                           MASK_HEAD + 4 * PD_PROTO_MAX_MASK_WORDS + 4 * PD_PROTO_MAX_TOKENS +
+                       PREFILL_FIXED + PREFIX_PART + PART_HEAD + 8 * PD_PROTO_MAX_BIAS +
+                           PART_HEAD + 4 * PD_PROTO_MAX_MASK_WORDS + 4 * PD_PROTO_MAX_TOKENS +
                            PD_PROTO_MAX_XRID,
                        prefill_fields},
     [PD_FT_CHUNK] = {"CHUNK", 1, FROM_P, CHUNK_FIXED + PD_BLOCK_TAG_LEN,
@@ -553,10 +552,30 @@ static int expect_len(const char *what, size_t got, uint64_t want, char *err, si
 
 /* The dec_* below complete a body whose fixed fields get_fields has read. */
 
+/* The bias or mask part at b + *at: *count as written (check_prefill judges
+ * it), *view the entries only when the body holds them (check_prefill reads
+ * the bias's), *at past them (none past max: the length check fails). */
+static int dec_part(const uint8_t *b, size_t n, size_t *at, const char *what, size_t size,
+                    uint32_t max, uint32_t *count, const uint8_t **view, char *err,
+                    size_t errlen)
+{
+    if (n < *at + PART_HEAD)
+        return pd_errf(err, errlen, -EBADMSG, "frame: PREFILL: %zu bytes end before the %s part",
+                       n, what);
+    if (!all_zero(b + *at + 4, 4))
+        return pd_errf(err, errlen, -EBADMSG, "frame: PREFILL: reserved bytes are not zero");
+    *count = get_u32(b + *at);
+    const size_t entries = size * (*count <= max ? *count : 0);
+    if (n >= *at + PART_HEAD + entries)
+        *view = b + *at + PART_HEAD;
+    *at += PART_HEAD + entries;
+    return 0;
+}
+
 static int dec_prefill(const uint8_t *b, size_t n, struct pd_prefill *p, char *err, size_t errlen)
 {
     uint16_t xlen = get_u16(b + 64);
-    size_t ext = p->flags & PD_PREFILL_F_PREFIX ? PREFIX_PART : 0;
+    const size_t ext = p->flags & PD_PREFILL_F_PREFIX ? PREFIX_PART : 0;
     if (ext && n >= PREFILL_FIXED + ext && !all_zero(b + PREFILL_FIXED + 36, 4))
         return pd_errf(err, errlen, -EBADMSG, "frame: PREFILL: reserved bytes are not zero");
     if (ext && n >= PREFILL_FIXED + ext) { /* the length is checked below, after the counts */
@@ -564,40 +583,23 @@ static int dec_prefill(const uint8_t *b, size_t n, struct pd_prefill *p, char *e
         p->n_cached = get_u32(b + PREFILL_FIXED + 32);
         memcpy(p->cached_name, b + PREFILL_FIXED + 40, PD_PREFIX_NAME_LEN);
     }
-    if (p->flags & PD_PREFILL_F_BIAS) {
-        const uint8_t *h = b + PREFILL_FIXED + ext;
-        if (n < PREFILL_FIXED + ext + BIAS_HEAD)
-            return pd_errf(err, errlen, -EBADMSG, "frame: PREFILL: %zu bytes end before the "
-                           "bias part", n);
-        if (!all_zero(h + 4, 4))
-            return pd_errf(err, errlen, -EBADMSG, "frame: PREFILL: reserved bytes are not zero");
-        p->n_bias = get_u32(h);
-        /* entries read (by check_prefill) only when the length holds them */
-        if (p->n_bias <= PD_PROTO_MAX_BIAS && n >= PREFILL_FIXED + ext + BIAS_HEAD + 8ull * p->n_bias)
-            p->bias_le = h + BIAS_HEAD;
-        ext += BIAS_HEAD + 8 * (size_t)(p->n_bias <= PD_PROTO_MAX_BIAS ? p->n_bias : 0);
-    }
-    if (p->flags & PD_PREFILL_F_MASK) {
-        const uint8_t *h = b + PREFILL_FIXED + ext;
-        if (n < PREFILL_FIXED + ext + MASK_HEAD)
-            return pd_errf(err, errlen, -EBADMSG, "frame: PREFILL: %zu bytes end before the "
-                           "mask part", n);
-        if (!all_zero(h + 4, 4))
-            return pd_errf(err, errlen, -EBADMSG, "frame: PREFILL: reserved bytes are not zero");
-        p->mask_words = get_u32(h);
-        const size_t words = p->mask_words <= PD_PROTO_MAX_MASK_WORDS ? p->mask_words : 0;
-        p->mask_le = h + MASK_HEAD;
-        ext += MASK_HEAD + 4 * words; /* the length check below covers the words */
-    }
-    int rc = check_prefill(p, err, errlen);
-    if (rc < 0)
+    size_t at = PREFILL_FIXED + ext;
+    int rc;
+    if ((p->flags & PD_PREFILL_F_BIAS) &&
+        (rc = dec_part(b, n, &at, "bias", 8, PD_PROTO_MAX_BIAS, &p->n_bias, &p->bias_le, err,
+                       errlen)) < 0)
         return rc;
-    if ((rc = expect_len("PREFILL", n, PREFILL_FIXED + ext + 4ull * p->n_tokens + xlen, err,
-                         errlen)) < 0)
+    if ((p->flags & PD_PREFILL_F_MASK) &&
+        (rc = dec_part(b, n, &at, "mask", 4, PD_PROTO_MAX_MASK_WORDS, &p->mask_words,
+                       &p->mask_le, err, errlen)) < 0)
         return rc;
-    p->tokens_le = b + PREFILL_FIXED + ext;
-    return take_str(p->xrid, b + PREFILL_FIXED + ext + 4ull * p->n_tokens, xlen, 1,
-                    PD_PROTO_MAX_XRID, "PREFILL X-Request-Id", err, errlen);
+    if ((rc = check_prefill(p, err, errlen)) < 0)
+        return rc;
+    if ((rc = expect_len("PREFILL", n, at + 4ull * p->n_tokens + xlen, err, errlen)) < 0)
+        return rc;
+    p->tokens_le = b + at;
+    return take_str(p->xrid, b + at + 4ull * p->n_tokens, xlen, 1, PD_PROTO_MAX_XRID,
+                    "PREFILL X-Request-Id", err, errlen);
 }
 
 static int dec_prompt_lp(const uint8_t *b, size_t n, struct pd_prompt_lp *p, char *err,
@@ -774,10 +776,10 @@ size_t pd_frame_body_len(const struct pd_frame *f)
     switch (f->type) {
     case PD_FT_PREFILL:
         return PREFILL_FIXED + (f->u.prefill.flags & PD_PREFILL_F_PREFIX ? PREFIX_PART : 0) +
-               (f->u.prefill.flags & PD_PREFILL_F_BIAS ? BIAS_HEAD + 8 * (size_t)f->u.prefill.n_bias
+               (f->u.prefill.flags & PD_PREFILL_F_BIAS ? PART_HEAD + 8 * (size_t)f->u.prefill.n_bias
                                                        : 0) +
                (f->u.prefill.flags & PD_PREFILL_F_MASK
-                    ? MASK_HEAD + 4 * (size_t)f->u.prefill.mask_words
+                    ? PART_HEAD + 4 * (size_t)f->u.prefill.mask_words
                     : 0) +
                4 * (size_t)f->u.prefill.n_tokens +
                strnlen(f->u.prefill.xrid, sizeof(f->u.prefill.xrid));
@@ -914,16 +916,16 @@ static void enc_body(const struct pd_frame *f, uint8_t *b, size_t n)
             put_u32(b + at, p->n_bias);
             for (uint32_t i = 0; i < p->n_bias; i++) {
                 const struct pd_bias e = pd_prefill_bias(p, i);
-                put_u32(b + at + BIAS_HEAD + 8 * (size_t)i, e.token);
-                put_f32(b + at + BIAS_HEAD + 8 * (size_t)i + 4, e.bias);
+                put_u32(b + at + PART_HEAD + 8 * (size_t)i, e.token);
+                put_f32(b + at + PART_HEAD + 8 * (size_t)i + 4, e.bias);
             }
-            at += BIAS_HEAD + 8 * (size_t)p->n_bias;
+            at += PART_HEAD + 8 * (size_t)p->n_bias;
         }
         if (p->flags & PD_PREFILL_F_MASK) {
             put_u32(b + at, p->mask_words);
             for (uint32_t i = 0; i < p->mask_words; i++)
-                put_u32(b + at + MASK_HEAD + 4 * (size_t)i, pd_prefill_mask_word(p, i));
-            at += MASK_HEAD + 4 * (size_t)p->mask_words;
+                put_u32(b + at + PART_HEAD + 4 * (size_t)i, pd_prefill_mask_word(p, i));
+            at += PART_HEAD + 4 * (size_t)p->mask_words;
         }
         for (uint32_t i = 0; i < p->n_tokens; i++)
             put_u32(b + at + 4 * (size_t)i, pd_prefill_token(p, i));
