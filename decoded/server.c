@@ -405,16 +405,11 @@ static struct dec_job *choice_job(struct dec_server *s, struct evhttp_request *r
                                   struct dec_job *leader)
 {
     struct dec_job *job = dec_job_new();
-    if (!job) {
-        dec_reply_reject(s, req, id, 503, NULL, NULL, "out of memory");
-        return NULL;
-    }
+    if (!job)
+        goto nomem;
     if (leader) {
-        if (!(job->prompt = malloc((size_t)leader->n_prompt * sizeof(*job->prompt)))) {
-            dec_job_unref(job);
-            dec_reply_reject(s, req, id, 503, NULL, NULL, "out of memory");
-            return NULL;
-        }
+        if (!(job->prompt = malloc((size_t)leader->n_prompt * sizeof(*job->prompt))))
+            goto nomem;
         memcpy(job->prompt, leader->prompt, (size_t)leader->n_prompt * sizeof(*job->prompt));
         job->n_prompt = leader->n_prompt;
         job->max_tokens = leader->max_tokens;
@@ -423,7 +418,7 @@ static struct dec_job *choice_job(struct dec_server *s, struct evhttp_request *r
     } else if (prompt_tokens(s, req, id, r, r->n_prompts ? &r->prompts[c / r->n] : NULL,
                              &job->prompt, &job->n_prompt) < 0 ||
                decide_max_tokens(s, req, id, r, job->n_prompt, &job->max_tokens) < 0) {
-        dec_job_unref(job);
+        dec_job_unref(job); /* refused: the reply went */
         return NULL;
     }
     job->choice = c;
@@ -433,20 +428,14 @@ static struct dec_job *choice_job(struct dec_server *s, struct evhttp_request *r
     /* echo with logprobs: the first choice of a prompt scores it, the others
      * (n > 1) report the same numbers, their leader's */
     if (r->echo && r->logprobs && !leader &&
-        !(job->plp = calloc((size_t)job->n_prompt + 1, sizeof(*job->plp)))) {
-        dec_job_unref(job);
-        dec_reply_reject(s, req, id, 503, NULL, NULL, "out of memory");
-        return NULL;
-    }
+        !(job->plp = calloc((size_t)job->n_prompt + 1, sizeof(*job->plp))))
+        goto nomem;
     job->sampling = r->sampling;
     job->sampling.seed += c % r->n; /* n > 1: each choice its own stream */
     job->sampling.bias = NULL;
     if (r->sampling.n_bias) {
-        if (!(job->bias = malloc(r->sampling.n_bias * sizeof(*job->bias)))) {
-            dec_job_unref(job);
-            dec_reply_reject(s, req, id, 503, NULL, NULL, "out of memory");
-            return NULL;
-        }
+        if (!(job->bias = malloc(r->sampling.n_bias * sizeof(*job->bias))))
+            goto nomem;
         memcpy(job->bias, r->bias, r->sampling.n_bias * sizeof(*job->bias));
         job->sampling.bias = job->bias;
     }
@@ -455,23 +444,21 @@ static struct dec_job *choice_job(struct dec_server *s, struct evhttp_request *r
     if (r->cache_salt) /* zeros otherwise: the unsalted namespace */
         pd_prefix_salt(r->cache_salt, strlen(r->cache_salt), job->salt);
     /* each job its own copy of the stop strings */
-    if (r->n_stops && !(job->stops = calloc(r->n_stops, sizeof(*job->stops)))) {
-        dec_job_unref(job);
-        dec_reply_reject(s, req, id, 503, NULL, NULL, "out of memory");
-        return NULL;
-    }
+    if (r->n_stops && !(job->stops = calloc(r->n_stops, sizeof(*job->stops))))
+        goto nomem;
     for (uint32_t k = 0; k < r->n_stops; k++, job->n_stops++)
-        if (!(job->stops[k] = strdup(r->stops[k]))) {
-            dec_job_unref(job);
-            dec_reply_reject(s, req, id, 503, NULL, NULL, "out of memory");
-            return NULL;
-        }
+        if (!(job->stops[k] = strdup(r->stops[k])))
+            goto nomem;
     snprintf(job->id, sizeof(job->id), "%s", id);
     /* a reload may have emptied the peer list: prefill locally, as decoded
      * started without one does; a follower takes its leader's prompt KV */
     job->remote = !leader && s->remote && job->n_prompt > s->local_prefill_max &&
                   dec_remote_n_peers(s->remote) > 0;
     return job;
+nomem:
+    dec_job_unref(job);
+    dec_reply_reject(s, req, id, 503, NULL, NULL, "out of memory");
+    return NULL;
 }
 
 static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_api_kind kind,

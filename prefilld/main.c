@@ -266,8 +266,18 @@ static int take_prefill(struct daemon *d, const struct pd_kvx_event *ev)
         pd_kvx_abort(ev->sreq, PD_R_INVALID_REQUEST, "fewer blocks granted than the prompt needs");
         return -EINVAL;
     }
+    const uint32_t n_vocab = pd_engine_n_vocab(d->engine), words = (n_vocab + 31) / 32;
+    const bool masked = p->flags & PD_PREFILL_F_MASK;
+    if (masked && p->mask_words != words) {
+        pd_kvx_abort(ev->sreq, PD_R_INVALID_REQUEST, "the token mask does not fit the vocabulary");
+        return -EINVAL;
+    }
     struct pf_job *j = pf_job_new();
-    if (!j || !(j->tokens = malloc((size_t)p->n_tokens * sizeof(*j->tokens)))) {
+    if (!j || !(j->tokens = malloc((size_t)p->n_tokens * sizeof(*j->tokens))) ||
+        (p->n_bias && !(j->bias = malloc(p->n_bias * sizeof(*j->bias)))) ||
+        (masked && !(j->mask = malloc(words * sizeof(*j->mask)))) ||
+        ((p->flags & PD_PREFILL_F_PROMPT_LP) &&
+         !(j->plp = calloc((size_t)p->n_tokens + 1, sizeof(*j->plp))))) {
         pf_job_unref(j);
         pd_kvx_abort(ev->sreq, PD_R_OVERLOADED, "out of memory");
         return -ENOMEM;
@@ -286,41 +296,16 @@ static int take_prefill(struct daemon *d, const struct pd_kvx_event *ev)
         .temperature = p->temperature, .top_k = (int32_t)p->top_k, .top_p = p->top_p,
         .min_p = p->min_p, .repetition_penalty = p->repetition_penalty,
         .presence_penalty = p->presence_penalty, .frequency_penalty = p->frequency_penalty,
-        .seed = p->seed, .n_logprobs = p->n_logprobs};
-    if (p->n_bias && !(j->bias = malloc(p->n_bias * sizeof(*j->bias)))) {
-        pf_job_unref(j);
-        pd_kvx_abort(ev->sreq, PD_R_OVERLOADED, "out of memory");
-        return -ENOMEM;
-    }
+        .seed = p->seed, .n_logprobs = p->n_logprobs, .n_bias = p->n_bias, .bias = j->bias,
+        .mask = j->mask};
     for (uint32_t i = 0; i < p->n_bias; i++) { /* an id past INT32_MAX fails validation */
         const struct pd_bias b = pd_prefill_bias(p, i);
         j->bias[i] = (struct pd_logit_bias){
             .token = b.token > INT32_MAX ? -1 : (int32_t)b.token, .bias = b.bias};
     }
-    j->sampling.bias = j->bias;
-    j->sampling.n_bias = p->n_bias;
-    const uint32_t words = (pd_engine_n_vocab(d->engine) + 31) / 32;
-    if ((p->flags & PD_PREFILL_F_MASK) && p->mask_words != words) {
-        pf_job_unref(j);
-        pd_kvx_abort(ev->sreq, PD_R_INVALID_REQUEST, "the token mask does not fit the vocabulary");
-        return -EINVAL;
-    }
-    if ((p->flags & PD_PREFILL_F_MASK) && !(j->mask = malloc(words * sizeof(*j->mask)))) {
-        pf_job_unref(j);
-        pd_kvx_abort(ev->sreq, PD_R_OVERLOADED, "out of memory");
-        return -ENOMEM;
-    }
-    for (uint32_t i = 0; j->mask && i < words; i++)
+    for (uint32_t i = 0; masked && i < words; i++)
         j->mask[i] = pd_prefill_mask_word(p, i);
-    j->sampling.mask = j->mask;
-    if ((p->flags & PD_PREFILL_F_PROMPT_LP) &&
-        !(j->plp = calloc((size_t)p->n_tokens + 1, sizeof(*j->plp)))) {
-        pf_job_unref(j);
-        pd_kvx_abort(ev->sreq, PD_R_OVERLOADED, "out of memory");
-        return -ENOMEM;
-    }
     j->t_arrival_ns = pd_now_ns();
-    uint32_t n_vocab = pd_engine_n_vocab(d->engine);
     int rc = pd_sampling_validate(&j->sampling, n_vocab, err, sizeof(err));
     for (uint32_t i = 0; rc == 0 && i < j->n_tokens; i++)
         if ((uint32_t)j->tokens[i] >= n_vocab) {
