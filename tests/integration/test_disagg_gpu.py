@@ -10,7 +10,8 @@ authenticated KV channel on loopback, on one of its two paths
     memory; on the emulated GPU, whose device memory is host memory, any UCX).
 
   * the pair answers as decoded alone on the GPU does (DESIGN.md's rule; on
-    the emulated GPU, where both run the same code on the host, exactly), all
+    the emulated GPU, where both run the same code on the host, exactly one
+    request at a time, and by the rule for requests side by side), all
     prompts prefilled remotely, both stagings empty afterwards;
   * prefilld killed mid-transfer: decoded fails over to local prefill on its
     GPU, its staging comes back, and a restarted prefilld serves again;
@@ -88,11 +89,14 @@ def complete(d, p, timeout=300):
     return {"tokens": lp["tokens"], "lps": lp["token_logprobs"], "tops": lp["top_logprobs"]}
 
 
-def same(got, ref, what):
+def same(got, ref, what, exact=EMULATED):
     """DESIGN.md's rule: the same tokens up to a near-tie, log-probabilities
     within the bar; exactly the same on the emulated GPU (one code path,
-    host math: the staging must move every byte as it was)."""
-    if EMULATED:
+    host math: the staging must move every byte as it was) unless exact is
+    False: requests run side by side share steps whose make-up depends on
+    timing (a decode token beside a prompt chunk takes the prefill kernel),
+    which moves the last bits of bf16 KV even emulated."""
+    if exact:
         assert got == ref, (what, got, ref)
         return len(ref["tokens"])
     for k, tok in enumerate(ref["tokens"]):
@@ -211,7 +215,8 @@ def test_gpu_pair_answers_as_gpu_decoded_alone(tmp_path):
     with Decoded(*MODEL, *MEM) as b:
         loc = [complete(b, x) for x in prompts]
         assert metric(b, "prompt_tokens_total") == sum(LENGTHS)
-    n = sum(same(dis[i], loc[i], "prompt %d" % i) + same(dis_par[i], loc[i], "parallel %d" % i)
+    n = sum(same(dis[i], loc[i], "prompt %d" % i) +
+            same(dis_par[i], loc[i], "parallel %d" % i, exact=False)
             for i in range(len(prompts)))
     print("GPU pair vs GPU decoded alone: %d of %d tokens compared" %
           (n, 2 * len(prompts) * MAX_TOKENS))

@@ -40,6 +40,10 @@ struct snap {
 struct scenario {
     struct spec job[MAXJ];
     uint32_t n_jobs, n_waves;
+    /* hold the compute thread while each wave goes in, so that the wave
+     * meets the scheduler whole (a job of one token per wave, which the
+     * series count: one query token each) */
+    bool hold;
     struct dec_out on[MAXJ], off[MAXJ];
     struct snap son[MAXJ], soff[MAXJ]; /* after each wave */
     int32_t solo[MAXJ][MAXT];
@@ -83,15 +87,21 @@ static struct snap read_snap(const struct dec_rig *r)
 }
 
 /* Every job of sc on r, wave by wave (greedy), into out; the series after
- * each wave into snaps. */
-static void run_waves(struct dec_rig *r, const struct scenario *sc, struct dec_out *out,
-                      struct snap *snaps)
+ * each wave into snaps. With a watch, each wave goes in while the compute
+ * thread is held (dec_pool_watch_hold). */
+static void run_waves(struct dec_rig *r, struct dec_pool_watch *watch, const struct scenario *sc,
+                      struct dec_out *out, struct snap *snaps)
 {
     struct pd_sampling sp = PD_SAMPLING_DEFAULT;
+    static struct dec_out held[MAXJ];
+    uint32_t holds = 0;
     sp.n_logprobs = 2;
     memset(out, 0, MAXJ * sizeof(*out));
+    memset(held, 0, sizeof(held));
     uint32_t i = 0;
     for (uint32_t w = 0; w < sc->n_waves; w++) {
+        if (watch)
+            dec_pool_watch_hold(r, watch, &held[holds++]);
         for (; i < sc->n_jobs && sc->job[i].wave == w; i++) {
             const struct spec *s = &sc->job[i];
             struct dec_job *j = dec_rig_job(s->prompt, s->n, s->max_tokens, &sp, &out[i], &out[i]);
@@ -99,7 +109,9 @@ static void run_waves(struct dec_rig *r, const struct scenario *sc, struct dec_o
             CHECK_EQ_INT(dec_sched_submit(r->s, j), 0);
             dec_job_unref(j);
         }
-        dec_rig_collect(r, i, record, NULL);
+        if (watch)
+            dec_pool_watch_release(watch);
+        dec_rig_collect(r, i + holds, record, NULL);
         snaps[w] = read_snap(r);
     }
     CHECK_EQ_INT(i, sc->n_jobs); /* waves in order, none empty */
@@ -121,13 +133,17 @@ static void solo_refs(struct scenario *sc, const struct pd_model *m)
 static void run_both(struct scenario *sc, uint32_t n_blocks, uint32_t max_seqs)
 {
     struct dec_rig r;
-    dec_rig_up_prefix(&r, n_blocks, max_seqs, false);
-    solo_refs(sc, r.m);
-    run_waves(&r, sc, sc->off, sc->soff);
-    dec_rig_down(&r);
-    dec_rig_up_prefix(&r, n_blocks, max_seqs, true);
-    run_waves(&r, sc, sc->on, sc->son);
-    dec_rig_down(&r);
+    static struct dec_pool_watch w;
+    for (int on = 0; on < 2; on++) {
+        if (sc->hold)
+            dec_rig_up_watch(&r, n_blocks, max_seqs, on, &w, UINT32_MAX);
+        else
+            dec_rig_up_prefix(&r, n_blocks, max_seqs, on);
+        if (!on)
+            solo_refs(sc, r.m);
+        run_waves(&r, sc->hold ? &w : NULL, sc, on ? sc->on : sc->off, on ? sc->son : sc->soff);
+        dec_rig_down(&r);
+    }
 }
 
 static bool lp_close(float a, float b)
@@ -366,6 +382,7 @@ static void prefix_preemption_with_shared_blocks_keeps_outputs(void)
         fill(p + 2 * BS, NP - 2 * BS, 21 + i);
         add(&sc, 1, p, NP, T);
     }
+    sc.hold = true; /* the four together, or the first may finish before the last comes */
     run_both(&sc, 16, NJ);
     print_snaps(&sc);
     CHECK(sc.son[1].preemptions > 0);
@@ -408,7 +425,7 @@ static void prefix_cache_off_never_looks_up(void)
     struct dec_rig r;
     dec_rig_up_prefix(&r, 64, 4, false);
     solo_refs(&sc, r.m);
-    run_waves(&r, &sc, sc.off, sc.soff);
+    run_waves(&r, NULL, &sc, sc.off, sc.soff);
     char *text;
     size_t len;
     CHECK_EQ_INT(pd_metrics_render(r.reg, &text, &len), 0);
