@@ -312,6 +312,38 @@ static int parse_stop(const cJSON *root, const struct dec_api_limits *lim, struc
 
 /* Fields we know and refuse rather than silently ignore: ignoring them would
  * change what the client gets. */
+/* response_format {"type": "json_schema", "json_schema": {"name", "schema",
+ * "strict"?, "description"?}}: the schema compiled (common/text/schema.h);
+ * what it cannot follow is refused, naming the keyword and where it is */
+static int parse_json_schema(const cJSON *rf, struct dec_api_req *r, struct dec_api_err *e)
+{
+    const cJSON *js = cJSON_GetObjectItemCaseSensitive(rf, "json_schema");
+    const cJSON *name = js ? cJSON_GetObjectItemCaseSensitive(js, "name") : NULL;
+    const cJSON *schema = js ? cJSON_GetObjectItemCaseSensitive(js, "schema") : NULL;
+    const cJSON *strict = js ? cJSON_GetObjectItemCaseSensitive(js, "strict") : NULL;
+    char err[300];
+    if (!cJSON_IsObject(js))
+        return fail(e, 400, "response_format", "invalid_type",
+                    "response_format json_schema needs a 'json_schema' object");
+    if (!cJSON_IsString(name) || !*name->valuestring || strlen(name->valuestring) > 64 ||
+        strspn(name->valuestring, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                  "0123456789_-") != strlen(name->valuestring))
+        return fail(e, 400, "response_format", "invalid_value",
+                    "json_schema's 'name' must be 1 to 64 letters, digits, '_' or '-'");
+    if (strict && !cJSON_IsBool(strict) && !cJSON_IsNull(strict))
+        return fail(e, 400, "response_format", "invalid_type",
+                    "json_schema's 'strict' must be a boolean");
+    if (!cJSON_IsObject(schema))
+        return fail(e, 400, "response_format", "invalid_type",
+                    "json_schema's 'schema' must be an object");
+    int rc = pd_schema_compile(schema, &r->schema, err, sizeof(err));
+    if (rc == -ENOMEM)
+        return fail(e, 503, "response_format", "server_error", "out of memory for the schema");
+    if (rc < 0)
+        return fail(e, 400, "response_format", "invalid_value", "%s", err);
+    return 0;
+}
+
 static int refuse_unsupported(const cJSON *root, struct dec_api_req *r, struct dec_api_err *e)
 {
     int64_t i = 1;
@@ -359,11 +391,13 @@ static int refuse_unsupported(const cJSON *root, struct dec_api_req *r, struct d
             return fail(e, 400, "response_format", "invalid_type",
                         "'response_format' must be an object with a string 'type'");
         if (!strcmp(t->valuestring, "json_object"))
-            r->json_object = true;
+            r->schema = pd_schema_json_object();
+        else if (!strcmp(t->valuestring, "json_schema"))
+            return parse_json_schema(v, r, e);
         else if (strcmp(t->valuestring, "text") != 0)
             return fail(e, 400, "response_format", "invalid_value",
-                        "response_format type \"%.40s\" is not supported (\"text\" and "
-                        "\"json_object\" are)", t->valuestring);
+                        "response_format type \"%.40s\" is not supported (\"text\", "
+                        "\"json_object\" and \"json_schema\" are)", t->valuestring);
     }
     return 0;
 }
@@ -679,6 +713,7 @@ void dec_api_req_done(struct dec_api_req *r)
         free(r->prompts[i].ids);
     free(r->prompts);
     free(r->bias);
+    pd_schema_unref(r->schema);
     cJSON_Delete(r->root);
     memset(r, 0, sizeof(*r));
 }

@@ -14,8 +14,8 @@
  * deeper than limits->json_depth, a root that is not an object, wrong JSON
  * types, values out of range, more than DEC_API_MAX_PROMPTS choices, echo in chat,
  * best_of != n, a logit_bias of more than PD_MAX_LOGIT_BIAS entries or
- * biases outside [-100, 100], tools, response_format other than text or
- * json_object,
+ * biases outside [-100, 100], tools, response_format other than text,
+ * json_object or json_schema, a schema with what common/text/schema.h refuses,
  * logprobs beyond PD_MAX_LOGPROBS. Unknown fields are ignored; null is the
  * same as absent.
  */
@@ -24,6 +24,7 @@
 
 #include "chat.h"
 #include "sample.h"
+#include "schema.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -87,7 +88,9 @@ struct dec_api_req {
     bool echo; /* completions: the prompt before its completion (with logprobs, the prompt's
                 * tokens' too); max_tokens may then be 0 */
     bool ignore_eos;
-    bool json_object; /* response_format {"type": "json_object"}: the output is one JSON object */
+    /* response_format json_object (pd_schema_json_object()) or json_schema: what the
+     * output must be; a reference, dropped by dec_api_req_done; NULL: text */
+    struct pd_schema *schema;
     const char *cache_salt; /* NULL: absent; else 1..PD_PREFIX_MAX_SALT bytes (into root) */
 };
 

@@ -46,6 +46,7 @@ void dec_job_unref(struct dec_job *j)
     free(j->bias);
     free(j->plp);
     free(j->mask);
+    pd_schema_unref(j->schema);
     free(j->prompt);
     free(j->toks);
     pd_detok_free(j->detok);

@@ -65,6 +65,7 @@
 #include "kv_metrics.h"
 #include "grammar.h"
 #include "prefix.h"
+#include "schema.h"
 #include "worker.h"
 #include "log.h" /* pd_now_ns */
 #include "http.h"
@@ -118,11 +119,13 @@ struct dec_job {
     struct pd_sample_result *plp;
     bool score_only; /* max_tokens 0 (echo): the prompt scored, nothing generated; it runs
                       * with max_tokens 1 and its token is dropped */
-    /* constrained decoding (response_format json_object; common/text/grammar):
+    /* constrained decoding (response_format json_object or json_schema;
+     * common/text/grammar): schema (a reference; NULL with json_object) and
      * the output so far in gs; before each token it draws, the tokens allowed
      * there in mask (sampling.mask; compute thread, allocated on first use);
      * it ends (stop) as the value completes */
     bool constrained;
+    struct pd_schema *schema;
     struct pd_gstate gs;
     uint32_t *mask;
     const char *why; /* compute thread: why take_token failed, when not out of memory */

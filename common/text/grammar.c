@@ -1,6 +1,7 @@
 #include "grammar.h"
 
 #include "errf.h"
+#include "schema_impl.h"
 #include "tokenizer.h"
 
 #include <errno.h>
@@ -9,28 +10,30 @@
 
 /* What may come next. */
 enum {
-    G_TOP, /* before the object: whitespace or '{' */
+    G_TOP, /* before the value: whitespace or its first byte */
     G_VALUE, /* a value (after ':' or an array's ',') */
     G_ARR_FIRST, /* after '[': a value or ']' */
     G_OBJ_FIRST, /* after '{': a key or '}' */
     G_OBJ_KEY, /* after an object's ',': a key */
     G_COLON, /* after a key */
     G_AFTER, /* after a value inside a container: ',' or its closing bracket */
-    G_STR_KEY, /* inside a key */
+    G_STR_KEY, /* inside a key of an object the schema does not type */
     G_STR_VAL, /* inside a string value */
     G_NUMBER,
-    G_LITERAL, /* true, false, null */
-    G_DONE, /* the object is complete */
+    G_LIT, /* one of some texts: true, false, null, an enum's values, a typed object's keys */
+    G_DONE, /* the value is complete */
 };
 
 /* a string's sub: 0 plain, 1 after '\', 2..5 hex digits of \u to come (sub - 1) */
 enum { S_PLAIN = 0, S_ESC = 1 };
 /* a number's sub */
 enum { N_MINUS, N_ZERO, N_INT, N_DOT, N_FRAC, N_E, N_ESIGN, N_EXP };
+/* flags */
+enum { F_NEG = 1, F_KEY = 2 };
 
-static const char *const literals[3] = {"true", "false", "null"};
+typedef struct pd_gthread th_t;
 
-#define CACHE 64 /* masks kept, by state */
+#define CACHE 128 /* masks kept, by reading */
 
 struct pd_grammar {
     uint32_t n_vocab, words;
@@ -49,250 +52,566 @@ struct pd_grammar {
     /* the DFS's pending nodes, grown as needed */
     struct pend {
         uint32_t node;
-        struct pd_gstate st;
+        th_t th;
     } *pend;
     size_t pend_cap;
-    /* the cache: CACHE states and their masks, replaced round robin */
-    struct pd_gstate key[CACHE];
+    /* the cache: CACHE readings (with their schema's id) and their masks,
+     * replaced round robin */
+    struct key {
+        uint64_t id, hash;
+        th_t th;
+    } key[CACHE];
     uint32_t *masks; /* (CACHE, words) */
+    uint32_t *either; /* (words) the union of several readings' masks */
     uint32_t n_cached, next;
     struct pd_grammar_stats st;
 };
 
-/* ---- the matcher ---- */
+/* ---- the matcher: one reading, one byte ---- */
 
 static bool is_ws(uint8_t b) { return b == ' ' || b == '\t' || b == '\n' || b == '\r'; }
+static bool is_digit(uint8_t b) { return b >= '0' && b <= '9'; }
 
-static void value_done(struct pd_gstate *s)
+static const struct pd_snode *nd_of(const struct pd_schema *sc, uint16_t n) { return &sc->nodes[n]; }
+
+/* the typed container that holds the next value (NULL: none, or untyped) */
+static const struct pd_gframe *top_frame(const th_t *t)
 {
-    s->mode = s->depth ? G_AFTER : G_DONE;
-    s->sub = 0;
-    s->ws = 0;
+    return t->depth && t->depth == t->fdepth ? &t->frame[t->fdepth - 1] : NULL;
 }
 
-static bool top_is_object(const struct pd_gstate *s)
+static void value_done(const struct pd_schema *sc, th_t *t)
 {
-    return s->depth && (s->stack >> (s->depth - 1) & 1u);
+    t->mode = t->depth ? G_AFTER : G_DONE;
+    t->sub = 0;
+    t->ws = 0;
+    struct pd_gframe *f = t->depth && t->depth == t->fdepth ? &t->frame[t->fdepth - 1] : NULL;
+    if (f && nd_of(sc, f->node)->kind == PD_SK_ARRAY && f->count < UINT16_MAX)
+        f->count++;
 }
 
-static int push(struct pd_gstate *s, bool object)
+static bool top_is_object(const th_t *t) { return t->depth && (t->stack >> (t->depth - 1) & 1u); }
+
+/* node: the schema node of a typed container, or PD_SNODE_ANY */
+static int push(th_t *t, bool object, uint16_t node)
 {
-    if (s->depth >= PD_GRAMMAR_MAX_DEPTH)
+    if (t->depth >= PD_GRAMMAR_MAX_DEPTH)
         return -EINVAL;
+    if (node != PD_SNODE_ANY) {
+        if (t->fdepth != t->depth || t->fdepth >= PD_GRAMMAR_MAX_FRAMES)
+            return -EINVAL; /* cannot happen: the schema's nesting is checked */
+        t->frame[t->fdepth++] = (struct pd_gframe){node, 0};
+    }
     if (object)
-        s->stack |= 1u << s->depth;
+        t->stack |= 1u << t->depth;
     else
-        s->stack &= ~(1u << s->depth);
-    s->depth++;
-    s->mode = object ? G_OBJ_FIRST : G_ARR_FIRST;
-    s->ws = 0;
+        t->stack &= ~(1u << t->depth);
+    t->depth++;
+    t->mode = object ? G_OBJ_FIRST : G_ARR_FIRST;
+    t->ws = 0;
     return 0;
 }
 
-static int pop(struct pd_gstate *s, bool object)
+static int pop(const struct pd_schema *sc, th_t *t, bool object)
 {
-    if (!s->depth || top_is_object(s) != object)
+    if (!t->depth || top_is_object(t) != object)
         return -EINVAL;
-    s->depth--;
-    s->stack &= ~(1u << s->depth);
-    value_done(s);
+    t->depth--;
+    t->stack &= ~(1u << t->depth);
+    if (t->fdepth > t->depth) {
+        t->fdepth--;
+        t->frame[t->fdepth] = (struct pd_gframe){0, 0};
+    }
+    value_done(sc, t);
     return 0;
 }
 
-/* A value's first byte. */
-static int value_start(struct pd_gstate *s, uint8_t b)
+/* A typed object's properties the next key may name: from the one after
+ * the last written up to the first required one (bit i: property i). */
+static uint64_t key_window(const struct pd_schema *sc, const struct pd_gframe *f)
 {
-    s->ws = 0;
-    if (b == '{' || b == '[')
-        return push(s, b == '{');
-    if (b == '"') {
-        s->mode = G_STR_VAL;
-        s->sub = S_PLAIN;
-        return 0;
+    const struct pd_snode *o = nd_of(sc, f->node);
+    uint64_t w = 0;
+    for (uint32_t i = f->count; i < o->n; i++) {
+        w |= 1ull << i;
+        if (sc->props[o->a + i].required)
+            break;
     }
-    if (b == '-' || (b >= '0' && b <= '9')) {
-        s->mode = G_NUMBER;
-        s->sub = b == '-' ? N_MINUS : b == '0' ? N_ZERO : N_INT;
-        s->len = 1;
-        return 0;
-    }
-    for (uint8_t l = 0; l < 3; l++)
-        if (b == (uint8_t)literals[l][0]) {
-            s->mode = G_LITERAL;
-            s->sub = (uint8_t)(l << 4 | 1);
-            return 0;
-        }
-    return -EINVAL;
+    return w;
 }
 
-static int string_byte(struct pd_gstate *s, uint8_t b)
+/* whether a typed object may close: no required property is left */
+static bool may_close(const struct pd_schema *sc, const struct pd_gframe *f)
 {
-    if (s->need) { /* inside a UTF-8 character */
-        if (b < s->lo || b > s->hi)
-            return -EINVAL;
-        s->need--;
-        s->lo = 0x80, s->hi = 0xBF;
-        return 0;
-    }
-    if (s->sub == S_ESC) {
-        if (b == 'u') {
-            s->sub = 5;
-            return 0;
-        }
-        if (!strchr("\"\\/bfnrt", b) || !b)
-            return -EINVAL;
-        s->sub = S_PLAIN;
-        return 0;
-    }
-    if (s->sub >= 2) { /* \u's hex digits */
-        if (!((b >= '0' && b <= '9') || (b >= 'a' && b <= 'f') || (b >= 'A' && b <= 'F')))
-            return -EINVAL;
-        s->sub = s->sub == 2 ? S_PLAIN : s->sub - 1;
-        return 0;
-    }
-    if (b == '"') {
-        if (s->mode == G_STR_KEY) {
-            s->mode = G_COLON;
-            s->ws = 0;
-        } else {
-            value_done(s);
-        }
-        return 0;
-    }
-    if (b == '\\') {
-        s->sub = S_ESC;
-        return 0;
-    }
-    if (b < 0x20)
-        return -EINVAL; /* raw control characters are not JSON */
-    if (b < 0x80)
-        return 0;
-    /* the first byte of a multi-byte character: RFC 3629's ranges */
-    s->lo = 0x80, s->hi = 0xBF;
-    if (b >= 0xC2 && b <= 0xDF)
-        s->need = 1;
-    else if (b == 0xE0)
-        s->need = 2, s->lo = 0xA0;
-    else if (b == 0xED)
-        s->need = 2, s->hi = 0x9F;
-    else if (b >= 0xE1 && b <= 0xEF)
-        s->need = 2;
-    else if (b == 0xF0)
-        s->need = 3, s->lo = 0x90;
-    else if (b >= 0xF1 && b <= 0xF3)
-        s->need = 3;
-    else if (b == 0xF4)
-        s->need = 3, s->hi = 0x8F;
-    else
-        return -EINVAL;
-    return 0;
+    const struct pd_snode *o = nd_of(sc, f->node);
+    for (uint32_t i = f->count; i < o->n; i++)
+        if (sc->props[o->a + i].required)
+            return false;
+    return true;
 }
 
-static int step(struct pd_gstate *s, uint8_t b);
-
-static int number_byte(struct pd_gstate *s, uint8_t b)
+/* the schema node of the value that starts now */
+static uint16_t ctx_node(const struct pd_schema *sc, const th_t *t)
 {
-    const bool digit = b >= '0' && b <= '9';
-    uint8_t next;
-    switch (s->sub) {
-    case N_MINUS: next = digit ? (b == '0' ? N_ZERO : N_INT) : 0xFF; break;
-    case N_ZERO: next = b == '.' ? N_DOT : (b == 'e' || b == 'E') ? N_E : 0xFE; break;
+    if (!t->depth)
+        return sc->root;
+    const struct pd_gframe *f = top_frame(t);
+    if (!f)
+        return PD_SNODE_ANY;
+    const struct pd_snode *c = nd_of(sc, f->node);
+    return c->kind == PD_SK_ARRAY ? c->a : sc->props[c->a + f->count - 1].node;
+}
+
+static uint32_t lit_len(const struct pd_schema *sc, uint32_t i)
+{
+    return sc->lit_off[i + 1] - sc->lit_off[i];
+}
+
+enum { TAKEN = 1, ENDED = 0, REFUSED = -1 }; /* ENDED: what came before is complete; b is next */
+
+static void lit_finish(const struct pd_schema *sc, th_t *t, uint32_t i)
+{
+    if (t->flags & F_KEY) { /* a typed object's key: property i */
+        t->frame[t->fdepth - 1].count = (uint16_t)(i + 1);
+        t->mode = G_COLON;
+        t->ws = 0;
+    } else {
+        value_done(sc, t);
+    }
+    t->cand = 0;
+    t->pos = 0;
+    t->lit0 = 0;
+    t->flags = 0;
+}
+
+static int lit_byte(const struct pd_schema *sc, th_t *t, uint8_t b)
+{
+    uint64_t ext = 0, done = 0;
+    bool longer = false;
+    for (uint64_t c = t->cand; c; c &= c - 1) {
+        const uint32_t i = (uint32_t)__builtin_ctzll(c), l = t->lit0 + i, n = lit_len(sc, l);
+        if (t->pos < n && sc->text[sc->lit_off[l] + t->pos] == b) {
+            ext |= 1ull << i;
+            longer |= t->pos + 1 < n;
+        } else if (t->pos == n) {
+            done |= 1ull << i;
+        }
+    }
+    if (ext) {
+        t->cand = ext;
+        t->pos++;
+        if (!longer) /* one text, all of it (texts are distinct) */
+            lit_finish(sc, t, (uint32_t)__builtin_ctzll(ext));
+        return TAKEN;
+    }
+    if (!done)
+        return REFUSED;
+    lit_finish(sc, t, (uint32_t)__builtin_ctzll(done)); /* "1" of "1" and "12", then b */
+    return ENDED;
+}
+
+static int lit_start(const struct pd_schema *sc, th_t *t, uint16_t lit0, uint64_t cand,
+                     uint8_t flags, uint8_t b)
+{
+    t->mode = G_LIT;
+    t->lit0 = lit0;
+    t->cand = cand;
+    t->pos = 0;
+    t->flags = flags;
+    t->ws = 0;
+    return lit_byte(sc, t, b) == TAKEN ? 0 : -EINVAL; /* a key's texts start with its quote */
+}
+
+/* ---- bounded numbers: can the digits so far still end within the bounds? ---- */
+
+static pd_fix pow10x(uint32_t k)
+{
+    pd_fix p = 1;
+    while (k--)
+        p *= 10;
+    return p;
+}
+
+/* [a, b] (a_in, b_in: ends included) meets the node's bounds */
+static bool meets(const struct pd_snode *nd, pd_fix a, bool a_in, pd_fix b, bool b_in)
+{
+    pd_fix lo = nd->lo, hi = nd->hi;
+    bool lo_in = !nd->lo_x, hi_in = !nd->hi_x;
+    if (a > lo || (a == lo && !a_in))
+        lo = a, lo_in = a_in;
+    if (b < hi || (b == hi && !b_in))
+        hi = b, hi_in = b_in;
+    return lo < hi || (lo == hi && lo_in && hi_in);
+}
+
+/* the values [a, b] (in the number's own units: 1 for an integer, 1e-18
+ * for a number; b_in: b included) reachable, with the sign applied */
+static bool meets_signed(const struct pd_snode *nd, const th_t *t, pd_fix a, pd_fix b, bool b_in)
+{
+    if (nd->kind == PD_SK_INTEGER) {
+        pd_fix lo = t->flags & F_NEG ? -b : a, hi = t->flags & F_NEG ? -a : b;
+        return lo <= nd->ihi && hi >= nd->ilo && (lo > nd->ilo ? lo : nd->ilo) <=
+                                                     (hi < nd->ihi ? hi : nd->ihi);
+    }
+    return t->flags & F_NEG ? meets(nd, -b, b_in, -a, true) : meets(nd, a, true, b, b_in);
+}
+
+static bool feasible(const struct pd_snode *nd, const th_t *t)
+{
+    const bool integer = nd->kind == PD_SK_INTEGER;
+    const pd_fix unit = integer ? 1 : PD_FIX_ONE, m = t->mant;
+    const uint32_t room = PD_NUM_DIGITS - t->ndig; /* digits still allowed */
+    switch (t->sub) {
+    case N_MINUS: { /* any magnitude of up to 18 digits */
+        const pd_fix top = pow10x(PD_NUM_DIGITS);
+        return meets_signed(nd, t, 0, integer ? top - 1 : top * unit, integer);
+    }
+    case N_ZERO: return integer ? meets_signed(nd, t, 0, 0, true)
+                                : meets_signed(nd, t, 0, room ? unit : 0, !room);
     case N_INT:
-        next = digit ? N_INT : b == '.' ? N_DOT : (b == 'e' || b == 'E') ? N_E : 0xFE;
-        break;
+        for (uint32_t j = 0; j <= room; j++) {
+            const pd_fix p = pow10x(j), a = m * p;
+            if (integer ? meets_signed(nd, t, a, a + p - 1, true)
+                        : (j < room ? meets_signed(nd, t, a * unit, (a + p) * unit, false)
+                                    : meets_signed(nd, t, a * unit, a * unit, true)))
+                return true;
+        }
+        return false;
+    case N_DOT:
+    case N_FRAC: {
+        const pd_fix u = pow10x(PD_NUM_DIGITS - t->scale), a = m * u; /* m / 10^scale */
+        if (!room)
+            return t->sub == N_FRAC && meets_signed(nd, t, a, a, true);
+        return meets_signed(nd, t, a, a + u, false) ||
+               (t->sub == N_FRAC && meets_signed(nd, t, a, a, true));
+    }
+    default: return false;
+    }
+}
+
+/* a bounded number that ends here is within its bounds */
+static bool in_bounds(const struct pd_snode *nd, const th_t *t)
+{
+    if (nd->kind == PD_SK_INTEGER)
+        return meets_signed(nd, t, t->mant, t->mant, true);
+    const pd_fix v = (pd_fix)t->mant * pow10x(PD_NUM_DIGITS - t->scale);
+    return meets_signed(nd, t, v, v, true);
+}
+
+static int number_start(const struct pd_schema *sc, th_t *t, uint16_t node, uint8_t b)
+{
+    const struct pd_snode *nd = nd_of(sc, node);
+    if (b != '-' && !is_digit(b))
+        return -EINVAL;
+    t->mode = G_NUMBER;
+    t->node = node;
+    t->sub = b == '-' ? N_MINUS : b == '0' ? N_ZERO : N_INT;
+    t->len = 1;
+    t->flags = b == '-' ? F_NEG : 0;
+    if (nd->kind == PD_SK_ANY || !nd->bounded)
+        return 0; /* the digits are not kept: a free number's readings repeat (the cache) */
+    t->mant = b == '-' ? 0 : b - '0';
+    t->ndig = b != '-';
+    t->scale = 0;
+    return feasible(nd, t) ? 0 : -EINVAL;
+}
+
+static int number_byte(const struct pd_schema *sc, th_t *t, uint8_t b)
+{
+    const struct pd_snode *nd = nd_of(sc, t->node);
+    const bool digit = is_digit(b), integer = nd->kind == PD_SK_INTEGER,
+               bounded = nd->kind != PD_SK_ANY && nd->bounded;
+    const bool dot = b == '.' && !integer, e = (b == 'e' || b == 'E') && !integer && !bounded;
+    uint8_t next;
+    switch (t->sub) {
+    case N_MINUS: next = digit ? (b == '0' ? N_ZERO : N_INT) : 0xFF; break;
+    case N_ZERO: next = dot ? N_DOT : e ? N_E : 0xFE; break;
+    case N_INT: next = digit ? N_INT : dot ? N_DOT : e ? N_E : 0xFE; break;
     case N_DOT: next = digit ? N_FRAC : 0xFF; break;
-    case N_FRAC: next = digit ? N_FRAC : (b == 'e' || b == 'E') ? N_E : 0xFE; break;
+    case N_FRAC: next = digit ? N_FRAC : e ? N_E : 0xFE; break;
     case N_E: next = digit ? N_EXP : (b == '+' || b == '-') ? N_ESIGN : 0xFF; break;
     case N_ESIGN: next = digit ? N_EXP : 0xFF; break;
     default: next = digit ? N_EXP : 0xFE; break; /* N_EXP */
     }
     if (next == 0xFF)
-        return -EINVAL;
+        return REFUSED;
     if (next == 0xFE) { /* the number ended before b: a complete one, b is what follows */
-        if (s->sub == N_ZERO && digit)
-            return -EINVAL; /* no leading zeros */
-        value_done(s);
-        return step(s, b);
+        if ((t->sub == N_ZERO && digit) || (bounded && !in_bounds(nd, t)))
+            return REFUSED; /* no leading zeros */
+        t->mant = 0;
+        t->ndig = t->scale = t->len = 0;
+        t->node = 0;
+        t->flags = 0;
+        value_done(sc, t);
+        return ENDED;
     }
-    if (s->len >= PD_GRAMMAR_MAX_NUMBER)
+    if (t->len >= PD_GRAMMAR_MAX_NUMBER)
+        return REFUSED;
+    t->len++;
+    t->sub = next;
+    if (bounded && digit) {
+        if (t->ndig >= PD_NUM_DIGITS)
+            return REFUSED;
+        t->ndig++;
+        t->mant = t->mant * 10 + (b - '0');
+        t->scale += next == N_FRAC;
+    }
+    if (bounded && !feasible(nd, t))
+        return REFUSED;
+    return TAKEN;
+}
+
+static int string_byte(const struct pd_schema *sc, th_t *t, uint8_t b)
+{
+    const struct pd_snode *nd = nd_of(sc, t->node);
+    const bool counted = nd->kind == PD_SK_STRING && (nd->min || nd->max != UINT32_MAX);
+    if (t->need) { /* inside a UTF-8 character */
+        if (b < t->lo || b > t->hi)
+            return -EINVAL;
+        t->need--;
+        t->lo = 0x80, t->hi = 0xBF;
+        return 0;
+    }
+    if (t->sub == S_ESC) {
+        if (b == 'u' && !counted) {
+            t->sub = 5;
+            return 0;
+        }
+        if (!strchr("\"\\/bfnrt", b) || !b)
+            return -EINVAL;
+        t->sub = S_PLAIN;
+        return 0;
+    }
+    if (t->sub >= 2) { /* \u's hex digits */
+        if (!(is_digit(b) || (b >= 'a' && b <= 'f') || (b >= 'A' && b <= 'F')))
+            return -EINVAL;
+        t->sub = t->sub == 2 ? S_PLAIN : t->sub - 1;
+        return 0;
+    }
+    if (b == '"') {
+        if (t->mode == G_STR_KEY) {
+            t->mode = G_COLON;
+            t->ws = 0;
+        } else {
+            if (counted && t->pos < nd->min)
+                return -EINVAL;
+            t->pos = 0;
+            t->node = 0;
+            value_done(sc, t);
+        }
+        return 0;
+    }
+    if (b < 0x20)
+        return -EINVAL; /* raw control characters are not JSON */
+    if (counted) { /* a character starts: an escape, or a plain or lead byte */
+        if (t->pos >= nd->max)
+            return -EINVAL;
+        t->pos++;
+    }
+    if (b == '\\') {
+        t->sub = S_ESC;
+        return 0;
+    }
+    if (b < 0x80)
+        return 0;
+    /* the first byte of a multi-byte character: RFC 3629's ranges */
+    t->lo = 0x80, t->hi = 0xBF;
+    if (b >= 0xC2 && b <= 0xDF)
+        t->need = 1;
+    else if (b == 0xE0)
+        t->need = 2, t->lo = 0xA0;
+    else if (b == 0xED)
+        t->need = 2, t->hi = 0x9F;
+    else if (b >= 0xE1 && b <= 0xEF)
+        t->need = 2;
+    else if (b == 0xF0)
+        t->need = 3, t->lo = 0x90;
+    else if (b >= 0xF1 && b <= 0xF3)
+        t->need = 3;
+    else if (b == 0xF4)
+        t->need = 3, t->hi = 0x8F;
+    else
         return -EINVAL;
-    s->len++;
-    s->sub = next;
     return 0;
 }
 
-/* One byte: 0, or -EINVAL (s is then garbage: callers step copies). */
-static int step(struct pd_gstate *s, uint8_t b)
+/* A value of node starting with b, from t: its readings appended to out
+ * (n of them so far); the new count. */
+static uint32_t vstart(const struct pd_schema *sc, const th_t *t, uint16_t node, uint8_t b,
+                       th_t *out, uint32_t n)
 {
-    switch (s->mode) {
-    case G_STR_KEY:
-    case G_STR_VAL: return string_byte(s, b);
-    case G_NUMBER: return number_byte(s, b);
-    case G_LITERAL: {
-        const char *lit = literals[s->sub >> 4];
-        const uint8_t pos = s->sub & 15;
-        if (b != (uint8_t)lit[pos])
-            return -EINVAL;
-        if (!lit[pos + 1])
-            value_done(s);
-        else
-            s->sub++;
-        return 0;
+    const struct pd_snode *nd = nd_of(sc, node);
+    if (nd->kind == PD_SK_ANYOF) {
+        for (uint32_t i = 0; i < nd->n; i++)
+            n = vstart(sc, t, sc->alts[nd->a + i], b, out, n);
+        return n;
     }
-    case G_DONE: return -EINVAL;
+    if (n >= PD_GRAMMAR_MAX_ALTS)
+        return n; /* more readings than are followed: the rest are dropped */
+    th_t u = *t;
+    int rc = -EINVAL;
+    u.ws = 0;
+    switch (nd->kind) {
+    case PD_SK_ANY:
+        if (b == '{' || b == '[')
+            rc = push(&u, b == '{', PD_SNODE_ANY);
+        else if (b == '"')
+            u.mode = G_STR_VAL, u.sub = S_PLAIN, u.node = PD_SNODE_ANY, rc = 0;
+        else if (b == '-' || is_digit(b))
+            rc = number_start(sc, &u, PD_SNODE_ANY, b);
+        else
+            rc = lit_start(sc, &u, PD_SLIT_TRUE, 7, 0, b);
+        break;
+    case PD_SK_OBJ_FREE: rc = b == '{' ? push(&u, true, PD_SNODE_ANY) : -EINVAL; break;
+    case PD_SK_OBJECT: rc = b == '{' ? push(&u, true, node) : -EINVAL; break;
+    case PD_SK_ARRAY: rc = b == '[' ? push(&u, false, node) : -EINVAL; break;
+    case PD_SK_STRING:
+        if (b == '"')
+            u.mode = G_STR_VAL, u.sub = S_PLAIN, u.node = node, u.pos = 0, rc = 0;
+        break;
+    case PD_SK_INTEGER:
+    case PD_SK_NUMBER: rc = number_start(sc, &u, node, b); break;
+    case PD_SK_LIT:
+        rc = lit_start(sc, &u, nd->lit, nd->n == 64 ? ~0ull : (1ull << nd->n) - 1, 0, b);
+        break;
     default: break;
     }
-    if (is_ws(b)) /* between tokens */
-        return ++s->ws > PD_GRAMMAR_MAX_WS ? -EINVAL : 0;
-    s->ws = 0;
-    switch (s->mode) {
-    case G_TOP: return b == '{' ? push(s, true) : -EINVAL;
+    if (rc == 0)
+        out[n++] = u;
+    return n;
+}
+
+/* One byte from t: its readings into out (PD_GRAMMAR_MAX_ALTS at most);
+ * how many (0: b is refused). */
+static uint32_t step(const struct pd_schema *sc, const th_t *in, uint8_t b, th_t *out)
+{
+    th_t t = *in;
+    const struct pd_gframe *f;
+    switch (t.mode) {
+    case G_STR_KEY:
+    case G_STR_VAL:
+        if (string_byte(sc, &t, b) < 0)
+            return 0;
+        out[0] = t;
+        return 1;
+    case G_NUMBER:
+    case G_LIT: {
+        int r = t.mode == G_NUMBER ? number_byte(sc, &t, b) : lit_byte(sc, &t, b);
+        if (r == REFUSED)
+            return 0;
+        if (r == ENDED)
+            return step(sc, &t, b, out);
+        out[0] = t;
+        return 1;
+    }
+    case G_DONE: return 0;
+    default: break;
+    }
+    if (is_ws(b)) { /* between tokens */
+        if (++t.ws > PD_GRAMMAR_MAX_WS)
+            return 0;
+        out[0] = t;
+        return 1;
+    }
+    t.ws = 0;
+    int rc = -EINVAL;
+    f = top_frame(&t);
+    switch (t.mode) {
+    case G_TOP: return vstart(sc, &t, sc->root, b, out, 0);
+    case G_VALUE: return vstart(sc, &t, ctx_node(sc, &t), b, out, 0);
     case G_ARR_FIRST:
         if (b == ']')
-            return pop(s, false);
-        return value_start(s, b);
-    case G_VALUE: return value_start(s, b);
+            rc = f && f->count < nd_of(sc, f->node)->min ? -EINVAL : pop(sc, &t, false);
+        else if (!f || nd_of(sc, f->node)->max > 0)
+            return vstart(sc, &t, ctx_node(sc, &t), b, out, 0);
+        break;
     case G_OBJ_FIRST:
     case G_OBJ_KEY:
-        if (b == '}' && s->mode == G_OBJ_FIRST)
-            return pop(s, true);
-        if (b != '"')
-            return -EINVAL;
-        s->mode = G_STR_KEY;
-        s->sub = S_PLAIN;
-        return 0;
+        if (b == '}' && t.mode == G_OBJ_FIRST)
+            rc = f && !may_close(sc, f) ? -EINVAL : pop(sc, &t, true);
+        else if (b == '"' && f)
+            rc = lit_start(sc, &t, nd_of(sc, f->node)->lit, key_window(sc, f), F_KEY, b);
+        else if (b == '"')
+            t.mode = G_STR_KEY, t.sub = S_PLAIN, t.node = PD_SNODE_ANY, rc = 0;
+        break;
     case G_COLON:
-        if (b != ':')
-            return -EINVAL;
-        s->mode = G_VALUE;
-        return 0;
+        if (b == ':')
+            t.mode = G_VALUE, rc = 0;
+        break;
     case G_AFTER:
         if (b == ',') {
-            s->mode = top_is_object(s) ? G_OBJ_KEY : G_VALUE;
-            return 0;
+            if (!f)
+                t.mode = top_is_object(&t) ? G_OBJ_KEY : G_VALUE, rc = 0;
+            else if (top_is_object(&t))
+                rc = key_window(sc, f) ? (t.mode = G_OBJ_KEY, 0) : -EINVAL;
+            else
+                rc = f->count < nd_of(sc, f->node)->max ? (t.mode = G_VALUE, 0) : -EINVAL;
+        } else if (b == '}' || b == ']') {
+            if (f && (b == '}' ? !may_close(sc, f) : f->count < nd_of(sc, f->node)->min))
+                rc = -EINVAL;
+            else
+                rc = pop(sc, &t, b == '}');
         }
-        if (b == '}' || b == ']')
-            return pop(s, b == '}');
-        return -EINVAL;
-    default: return -EINVAL;
+        break;
+    default: break;
     }
+    if (rc < 0)
+        return 0;
+    out[0] = t;
+    return 1;
 }
 
-void pd_gstate_json_object(struct pd_gstate *s)
+/* ---- readings ---- */
+
+void pd_gstate_init(struct pd_gstate *s, const struct pd_schema *sc)
 {
     memset(s, 0, sizeof(*s));
-    s->mode = G_TOP;
+    s->sc = sc;
+    s->n = 1;
+    s->t[0].mode = G_TOP;
 }
 
-bool pd_gstate_done(const struct pd_gstate *s) { return s->mode == G_DONE; }
+void pd_gstate_json_object(struct pd_gstate *s) { pd_gstate_init(s, pd_schema_json_object()); }
+
+bool pd_gstate_done(const struct pd_gstate *s)
+{
+    for (uint32_t i = 0; i < s->n; i++)
+        if (s->t[i].mode == G_DONE)
+            return true;
+    return false;
+}
+
+/* s after byte b into o: 0, or -EINVAL when no reading takes it */
+static int state_step(const struct pd_gstate *s, uint8_t b, struct pd_gstate *o)
+{
+    th_t out[PD_GRAMMAR_MAX_ALTS];
+    uint32_t n = 0;
+    memset(o, 0, sizeof(*o)); /* padding too: states compare as bytes */
+    o->sc = s->sc;
+    for (uint32_t i = 0; i < s->n; i++) {
+        uint32_t k = step(s->sc, &s->t[i], b, out);
+        for (uint32_t j = 0; j < k; j++) {
+            bool dup = false; /* readings that met again are one */
+            for (uint32_t x = 0; x < n && !dup; x++)
+                dup = !memcmp(&o->t[x], &out[j], sizeof(out[j]));
+            if (!dup && n < PD_GRAMMAR_MAX_ALTS)
+                o->t[n++] = out[j];
+        }
+    }
+    if (!n)
+        return -EINVAL;
+    o->n = n;
+    return 0;
+}
 
 int pd_gstate_feed(struct pd_gstate *s, const uint8_t *b, size_t n)
 {
-    struct pd_gstate t = *s;
+    struct pd_gstate t[2];
+    t[0] = *s;
     for (size_t i = 0; i < n; i++)
-        if (step(&t, b[i]) < 0)
+        if (state_step(&t[i & 1], b[i], &t[(i + 1) & 1]) < 0)
             return -EINVAL;
-    *s = t;
+    *s = t[n & 1];
     return 0;
 }
 
@@ -359,7 +678,8 @@ int pd_grammar_new(const struct pd_tokenizer *tok, uint32_t n_vocab, struct pd_g
         !(g->first_child = malloc(cap * sizeof(*g->first_child))) ||
         !(g->next_sibling = malloc(cap * sizeof(*g->next_sibling))) ||
         !(g->byte = malloc(cap)) || !(g->tok_head = malloc(cap * sizeof(*g->tok_head))) ||
-        !(g->masks = malloc((size_t)CACHE * g->words * sizeof(*g->masks))))
+        !(g->masks = malloc((size_t)CACHE * g->words * sizeof(*g->masks))) ||
+        !(g->either = malloc(g->words * sizeof(*g->either))))
         goto nomem;
     g->n_nodes = 1;
     g->first_child[0] = 0;
@@ -415,12 +735,13 @@ struct pd_grammar *pd_grammar_free(struct pd_grammar *g)
     free(g->byte);
     free(g->tok_head);
     free(g->masks);
+    free(g->either);
     free(g->pend);
     free(g);
     return NULL;
 }
 
-static int pend_push(struct pd_grammar *g, size_t *n, uint32_t node, const struct pd_gstate *st)
+static int pend_push(struct pd_grammar *g, size_t *n, uint32_t node, const th_t *th)
 {
     if (*n == g->pend_cap) {
         size_t cap = g->pend_cap ? 2 * g->pend_cap : 1024;
@@ -429,53 +750,83 @@ static int pend_push(struct pd_grammar *g, size_t *n, uint32_t node, const struc
             return -ENOMEM;
         g->pend = p, g->pend_cap = cap;
     }
-    g->pend[(*n)++] = (struct pend){node, *st};
+    g->pend[*n].node = node;
+    g->pend[(*n)++].th = *th;
     return 0;
 }
 
-/* The mask of state s into m: a depth-first walk of the trie from s, each
- * branch cut at its first refused byte. */
-static int compute(struct pd_grammar *g, const struct pd_gstate *s, uint32_t *m)
+/* The mask of reading th into m: a depth-first walk of the trie from th,
+ * each branch cut at its first refused byte. */
+static int compute(struct pd_grammar *g, const struct pd_schema *sc, const th_t *th, uint32_t *m)
 {
     memset(m, 0, g->words * sizeof(*m));
-    if (pd_gstate_done(s)) { /* only the end */
+    if (th->mode == G_DONE) { /* only the end */
         for (uint32_t i = 0; i < g->n_eog; i++)
             m[g->eog[i] / 32] |= 1u << (g->eog[i] % 32);
         return 0;
     }
     size_t n = 0;
-    if (pend_push(g, &n, 0, s) < 0)
+    if (pend_push(g, &n, 0, th) < 0)
         return -ENOMEM;
     while (n) {
-        const struct pend p = g->pend[--n];
+        const uint32_t node = g->pend[--n].node;
+        const th_t at = g->pend[n].th;
+        th_t out[PD_GRAMMAR_MAX_ALTS];
         g->st.nodes++;
-        for (int32_t t = g->tok_head[p.node]; t >= 0; t = g->tok_next[t])
+        for (int32_t t = g->tok_head[node]; t >= 0; t = g->tok_next[t])
             m[t / 32] |= 1u << (t % 32);
-        for (uint32_t c = g->first_child[p.node]; c; c = g->next_sibling[c]) {
-            struct pd_gstate t = p.st;
-            if (step(&t, g->byte[c]) == 0 && pend_push(g, &n, c, &t) < 0)
-                return -ENOMEM;
+        for (uint32_t c = g->first_child[node]; c; c = g->next_sibling[c]) {
+            const uint32_t k = step(sc, &at, g->byte[c], out);
+            for (uint32_t j = 0; j < k; j++)
+                if (pend_push(g, &n, c, &out[j]) < 0)
+                    return -ENOMEM;
         }
     }
     return 0;
 }
 
-const uint32_t *pd_grammar_mask(struct pd_grammar *g, const struct pd_gstate *s)
+static uint64_t hash_of(uint64_t id, const th_t *th)
 {
+    uint64_t h = 1469598103934665603ull ^ id;
+    const uint8_t *p = (const uint8_t *)th;
+    for (size_t i = 0; i < sizeof(*th); i++)
+        h = (h ^ p[i]) * 1099511628211ull;
+    return h;
+}
+
+/* The cached mask of one reading, computed when absent. */
+static const uint32_t *mask_of(struct pd_grammar *g, const struct pd_schema *sc, const th_t *th)
+{
+    const uint64_t h = hash_of(sc->id, th);
     g->st.masks++;
     for (uint32_t i = 0; i < g->n_cached; i++)
-        if (!memcmp(&g->key[i], s, sizeof(*s))) {
+        if (g->key[i].hash == h && g->key[i].id == sc->id &&
+            !memcmp(&g->key[i].th, th, sizeof(*th))) {
             g->st.hits++;
             return g->masks + (size_t)i * g->words;
         }
     const uint32_t slot = g->n_cached < CACHE ? g->n_cached++ : g->next++ % CACHE;
     uint32_t *m = g->masks + (size_t)slot * g->words;
-    if (compute(g, s, m) < 0) {
-        memset(&g->key[slot], 0xFF, sizeof(g->key[slot])); /* no state matches it */
+    g->key[slot].id = 0; /* no schema has id 0: matches nothing until filled */
+    if (compute(g, sc, th, m) < 0)
         return NULL;
-    }
-    g->key[slot] = *s;
+    g->key[slot] = (struct key){sc->id, h, *th};
     return m;
+}
+
+const uint32_t *pd_grammar_mask(struct pd_grammar *g, const struct pd_gstate *s)
+{
+    if (s->n == 1)
+        return mask_of(g, s->sc, &s->t[0]);
+    memset(g->either, 0, g->words * sizeof(*g->either));
+    for (uint32_t i = 0; i < s->n; i++) {
+        const uint32_t *m = mask_of(g, s->sc, &s->t[i]);
+        if (!m)
+            return NULL;
+        for (uint32_t w = 0; w < g->words; w++)
+            g->either[w] |= m[w];
+    }
+    return g->either;
 }
 
 uint32_t pd_grammar_mask_words(const struct pd_grammar *g) { return g->words; }

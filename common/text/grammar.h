@@ -1,12 +1,14 @@
 /* common/text/grammar: constrained decoding -- what a model's output may be
- * (OpenAI's response_format {"type": "json_object"}: one JSON object), as a
+ * (OpenAI's response_format {"type": "json_object"}: one JSON object; or
+ * "json_schema": an instance of a schema, common/text/schema.h), as a
  * byte-level matcher, and the tokens of a vocabulary that keep the output
  * on it (a mask for the sampler, kernels/sample.h).
  *
  *   struct pd_grammar *g;                       // one per tokenizer: its trie, a mask cache
  *   pd_grammar_new(tok, n_vocab, &g, err, sizeof err);   // n_vocab: the model's
  *   struct pd_gstate s;
- *   pd_gstate_json_object(&s);                  // a request's state: a small value
+ *   pd_gstate_json_object(&s);                  // a request's state: a value
+ *   (or pd_gstate_init(&s, schema))
  *   for each step:
  *       const uint32_t *m = pd_grammar_mask(g, &s);   // (pd_grammar_mask_words) bits: allowed
  *       ... sample with the mask ...
@@ -25,7 +27,9 @@
  * PD_GRAMMAR_MAX_WS bytes (a model cannot stall in blank lines), numbers of
  * PD_GRAMMAR_MAX_NUMBER bytes. End-of-generation tokens are allowed exactly
  * when the value is complete, and then nothing else is; other control tokens
- * never are.
+ * never are. A schema narrows each step (schema.h says how); where several
+ * readings are open (anyOf), a token is allowed when one of them allows it,
+ * and each reading's mask is cached on its own.
  *
  * Ownership and threads: a pd_grammar is its caller's thread's (the mask
  * cache changes on every call); it copies what it needs from the tokenizer.
@@ -44,17 +48,46 @@ struct pd_grammar;
 #define PD_GRAMMAR_MAX_DEPTH 32 /* objects and arrays open at once */
 #define PD_GRAMMAR_MAX_WS 16 /* whitespace bytes in a row */
 #define PD_GRAMMAR_MAX_NUMBER 64 /* bytes of one number */
+#define PD_GRAMMAR_MAX_FRAMES 12 /* objects and arrays a schema types, nested */
+#define PD_GRAMMAR_MAX_ALTS 8 /* readings followed at once (anyOf) */
 
-/* A request's place in the output: plain data, copied freely. */
-struct pd_gstate {
+/* An object or array the schema types: its node, and for an object the
+ * properties passed (the next key's index), for an array its items. */
+struct pd_gframe {
+    uint16_t node, count;
+};
+
+/* One reading of the output so far (grammar.c). Plain data: compared as
+ * bytes for the mask cache, so always made from a zeroed one. */
+struct pd_gthread {
+    int64_t mant; /* a bounded number's digits so far */
+    uint64_t cand; /* a literal's (an enum value's, a key's) candidates: bit i is literal lit0 + i */
     uint32_t stack; /* bit i: container i (from the outside) is an object, else an array */
+    uint32_t pos; /* a literal: bytes matched; a string: characters */
+    struct pd_gframe frame[PD_GRAMMAR_MAX_FRAMES]; /* containers 0..fdepth-1 */
+    uint16_t node; /* the schema node of the string, number or literal being read */
+    uint16_t lit0;
     uint8_t depth; /* containers open */
+    uint8_t fdepth; /* of them typed by the schema: always the outermost */
     uint8_t mode; /* what may come next (grammar.c's enum) */
     uint8_t sub; /* within a string, number or literal: where */
     uint8_t ws; /* whitespace bytes in the current run */
     uint8_t need, lo, hi; /* a string's UTF-8 character: continuation bytes to come, and the
                            * range of the next one */
     uint8_t len; /* bytes of the current number */
+    uint8_t ndig, scale; /* a bounded number's digits, and of them after the point */
+    uint8_t flags; /* grammar.c's F_* */
+};
+
+struct pd_schema;
+
+/* A request's place in the output: the readings still possible (more than
+ * one only inside an anyOf's alternatives), and the schema it follows
+ * (borrowed: it must outlive the state). */
+struct pd_gstate {
+    const struct pd_schema *sc;
+    uint32_t n;
+    struct pd_gthread t[PD_GRAMMAR_MAX_ALTS];
 };
 
 /* n_vocab: the model's vocabulary, the sampler's rows (a checkpoint's may
@@ -69,6 +102,8 @@ uint32_t pd_grammar_mask_words(const struct pd_grammar *g);
 
 /* The start of one JSON object, leading whitespace allowed. */
 void pd_gstate_json_object(struct pd_gstate *s);
+/* The start of an instance of sc (common/text/schema.h; borrowed). */
+void pd_gstate_init(struct pd_gstate *s, const struct pd_schema *sc);
 /* The tokens allowed in state s; NULL when out of memory. */
 const uint32_t *pd_grammar_mask(struct pd_grammar *g, const struct pd_gstate *s);
 /* s after token: 0, or -EINVAL (s unchanged) when the token is not allowed. */

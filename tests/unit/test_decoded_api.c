@@ -773,8 +773,9 @@ static void api_response_format_json_object_and_text(void)
         if (parse(cases[i].kind, cases[i].body, &r, &e) < 0)
             PD_TEST_FAIL_("%s: %d %s (%s)", cases[i].body, e.status, e.param ? e.param : "(null)",
                           e.msg);
-        if (r.json_object != cases[i].json)
-            PD_TEST_FAIL_("%s: json_object %d", cases[i].body, r.json_object);
+        if ((r.schema == pd_schema_json_object()) != cases[i].json ||
+            (!cases[i].json && r.schema))
+            PD_TEST_FAIL_("%s: schema %p", cases[i].body, (void *)r.schema);
         dec_api_req_done(&r);
     }
     /* the rest of the request is parsed as without it */
@@ -785,24 +786,32 @@ static void api_response_format_json_object_and_text(void)
                        "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"seed\":5}",
                        &r, &e),
                  0);
-    CHECK(r.json_object);
+    CHECK(r.schema == pd_schema_json_object());
     CHECK_EQ_INT(r.n, 3);
     CHECK_EQ_INT(r.max_tokens, 9);
     CHECK(r.has_seed && r.sampling.seed == 5);
     dec_api_req_done(&r);
 }
 
-/* Another type (OpenAI's json_schema, anything else, another case) is 400
- * invalid_value naming response_format and what is supported; a
- * response_format that is not an object with a string type is 400
- * invalid_type */
+/* Another type (anything else, another case; a json_schema with a keyword
+ * the matcher cannot follow) is 400 invalid_value naming response_format and
+ * what is supported or refused; a response_format that is not an object
+ * with a string type is 400 invalid_type */
 static void api_response_format_refusals_name_the_field(void)
 {
     static const struct {
         const char *format, *code, *says;
     } cases[] = {
+        {"{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"n\",\"schema\":{\"type\":"
+         "\"object\",\"properties\":{\"d\":{\"type\":\"string\",\"format\":\"date\"}}}}}",
+         "invalid_value", "$.properties.d: \"format\" is not supported"},
         {"{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"n\",\"schema\":{}}}",
-         "invalid_value", "\"json_schema\""},
+         "invalid_value", "the root must be an object"},
+        {"{\"type\":\"json_schema\",\"json_schema\":{\"schema\":{\"type\":\"object\"}}}",
+         "invalid_value", "'name'"},
+        {"{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"n\"}}", "invalid_type",
+         "'schema'"},
+        {"{\"type\":\"json_schema\"}", "invalid_type", "'json_schema' object"},
         {"{\"type\":\"xml\"}", "invalid_value", "\"xml\""},
         {"{\"type\":\"JSON_OBJECT\"}", "invalid_value", "\"JSON_OBJECT\""},
         {"{\"type\":\"json_object \"}", "invalid_value", "json_object "},
@@ -844,8 +853,9 @@ static void api_response_format_refusals_name_the_field(void)
                 strcmp(e.code, cases[i].code) != 0 || !strstr(e.msg, cases[i].says))
                 PD_TEST_FAIL_("%s: %d %s %s (%s)", body, e.status, e.param ? e.param : "(null)",
                               e.code ? e.code : "(null)", e.msg);
-            if (!strcmp(cases[i].code, "invalid_value")) /* says what is supported */
-                CHECK_CONTAINS(e.msg, "\"text\" and \"json_object\"");
+            if (!strstr(cases[i].format, "json_schema\",") &&
+                !strcmp(cases[i].code, "invalid_value")) /* an unknown type: what is supported */
+                CHECK_CONTAINS(e.msg, "\"text\", \"json_object\" and \"json_schema\"");
         }
     /* a long type is named, cut to 40 bytes */
     char body[512], type[101];

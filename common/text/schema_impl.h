@@ -1,0 +1,60 @@
+/* common/text/schema_impl.h: a compiled schema's layout, shared by
+ * schema.c (which builds it) and grammar.c (whose matcher walks it). Not
+ * for other modules: they hold struct pd_schema as an opaque handle. */
+#ifndef PD_SCHEMA_IMPL_H
+#define PD_SCHEMA_IMPL_H
+
+#include "schema.h"
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Numbers in a bounded number's node: fixed point in units of 1e-18, so
+ * every value of at most 18 digits is exact and compares as an integer. */
+typedef __int128 pd_fix;
+#define PD_FIX_ONE ((pd_fix)1000000000000000000LL) /* 1 */
+#define PD_NUM_DIGITS 18 /* digits of a bounded number */
+
+enum pd_snode_kind {
+    PD_SK_ANY, /* any JSON value */
+    PD_SK_OBJ_FREE, /* any object */
+    PD_SK_OBJECT, /* props [a, a + n) of sc->props, in order; key texts lits [lit, lit + n) */
+    PD_SK_ARRAY, /* items node a; count within [min, max] */
+    PD_SK_STRING, /* characters within [min, max] */
+    PD_SK_INTEGER, /* within [ilo, ihi] */
+    PD_SK_NUMBER, /* within lo..hi (lo_x, hi_x: exclusive), or free when !bounded */
+    PD_SK_LIT, /* one of the texts lits [lit, lit + n) (enum, const, true/false, null) */
+    PD_SK_ANYOF, /* one of the nodes alts [a, a + n) */
+};
+
+struct pd_snode {
+    uint8_t kind; /* enum pd_snode_kind */
+    bool bounded, lo_x, hi_x; /* number: has bounds; exclusive ends */
+    uint16_t a, n, lit; /* by kind, above */
+    uint32_t min, max; /* string characters, array items */
+    int64_t ilo, ihi; /* integer bounds */
+    pd_fix lo, hi; /* number bounds */
+};
+
+struct pd_sprop {
+    uint16_t node;
+    bool required;
+};
+
+/* Node 0 is PD_SK_ANY and node 1 PD_SK_OBJ_FREE in every schema; literals
+ * 0..2 are true, false and null (any value's literals). */
+enum { PD_SNODE_ANY = 0, PD_SNODE_OBJ_FREE = 1, PD_SLIT_TRUE = 0, PD_SLIT_NULL = 2 };
+
+struct pd_schema {
+    atomic_uint refs; /* 0: static */
+    uint64_t id; /* unique among the schemas of this process: the mask cache's key */
+    uint16_t root, n_nodes, n_props, n_alts, n_lits;
+    struct pd_snode *nodes;
+    struct pd_sprop *props;
+    uint16_t *alts;
+    uint32_t *lit_off; /* (n_lits + 1) literal i: text[lit_off[i], lit_off[i + 1]) */
+    uint8_t *text;
+};
+
+#endif
