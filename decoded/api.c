@@ -340,7 +340,7 @@ static int parse_json_schema(const cJSON *rf, struct dec_api_req *r, struct dec_
     if (rc == -ENOMEM)
         return fail(e, 503, "response_format", "server_error", "out of memory for the schema");
     if (rc < 0)
-        return fail(e, 400, "response_format", "invalid_value", "%s", err);
+        return fail(e, 400, "response_format", "invalid_value", "response_format %s", err);
     return 0;
 }
 

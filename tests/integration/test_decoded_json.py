@@ -688,8 +688,10 @@ def test_logprobs_of_a_whole_object_are_raw(on):
 
 # ---- refusals ----
 
+# json_schema itself is test_decoded_schema.py's; here one it refuses
+UNSUPPORTED_SCHEMA = {"type": "object", "properties": {"d": {"type": "string", "format": "date"}}}
 BAD_FORMATS = [
-    {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
+    {"type": "json_schema", "json_schema": {"name": "x", "schema": UNSUPPORTED_SCHEMA}},
     {"type": "xml"},
     "json_object",
     {},
@@ -720,7 +722,7 @@ def test_other_response_formats_refused(on, path):
             on.client.chat.completions.create(
                 model=NAME, messages=user("Hi"), max_tokens=4,
                 response_format={"type": "json_schema",
-                                 "json_schema": {"name": "x", "schema": {"type": "object"}}})
+                                 "json_schema": {"name": "x", "schema": UNSUPPORTED_SCHEMA}})
         assert e.value.body["param"] == "response_format", e.value.body
     assert counters(on.d) == before
     if on.p:
