@@ -49,20 +49,23 @@ struct pd_grammar {
     uint8_t *in_trie; /* (n_vocab) 1: a text token a mask may allow */
     int32_t *eog; /* (n_eog) end-of-generation ids */
     uint32_t n_eog;
-    /* the DFS's pending nodes, grown as needed */
+    /* the DFS's pending (trie node, readings): a stack of heads, the readings
+     * in an arena beside it, both grown as needed */
     struct pend {
-        uint32_t node;
-        th_t th;
+        uint32_t node, n;
     } *pend;
-    size_t pend_cap;
+    th_t *arena;
+    size_t pend_cap, arena_cap;
     /* the cache: CACHE readings (with their schema's id) and their masks,
      * replaced round robin */
     struct key {
-        uint64_t id, hash;
-        th_t th;
-    } key[CACHE];
+        uint8_t digest[PD_SCHEMA_DIGEST];
+        uint64_t hash;
+        uint32_t n; /* readings; 0: unused */
+        th_t th[PD_GRAMMAR_MAX_ALTS];
+    } *key; /* (CACHE) */
     uint32_t *masks; /* (CACHE, words) */
-    uint32_t *either; /* (words) the union of several readings' masks */
+    uint32_t longest; /* bytes of the longest token */
     uint32_t n_cached, next;
     struct pd_grammar_stats st;
 };
@@ -80,11 +83,16 @@ static const struct pd_gframe *top_frame(const th_t *t)
     return t->depth && t->depth == t->fdepth ? &t->frame[t->fdepth - 1] : NULL;
 }
 
+/* A value is complete: what reading it needed is cleared (readings that
+ * agree from here on must compare equal, and the cache sees one key). */
 static void value_done(const struct pd_schema *sc, th_t *t)
 {
     t->mode = t->depth ? G_AFTER : G_DONE;
-    t->sub = 0;
-    t->ws = 0;
+    t->mant = 0;
+    t->cand = 0;
+    t->pos = 0;
+    t->node = t->lit0 = 0;
+    t->sub = t->ws = t->need = t->lo = t->hi = t->len = t->ndig = t->scale = t->flags = 0;
     struct pd_gframe *f = t->depth && t->depth == t->fdepth ? &t->frame[t->fdepth - 1] : NULL;
     if (f && nd_of(sc, f->node)->kind == PD_SK_ARRAY && f->count < UINT16_MAX)
         f->count++;
@@ -222,68 +230,49 @@ static int lit_start(const struct pd_schema *sc, th_t *t, uint16_t lit0, uint64_
     return lit_byte(sc, t, b) == TAKEN ? 0 : -EINVAL; /* a key's texts start with its quote */
 }
 
-/* ---- bounded numbers: can the digits so far still end within the bounds? ---- */
-
-static pd_fix pow10x(uint32_t k)
-{
-    pd_fix p = 1;
-    while (k--)
-        p *= 10;
-    return p;
-}
-
-/* [a, b] (a_in, b_in: ends included) meets the node's bounds */
-static bool meets(const struct pd_snode *nd, pd_fix a, bool a_in, pd_fix b, bool b_in)
-{
-    pd_fix lo = nd->lo, hi = nd->hi;
-    bool lo_in = !nd->lo_x, hi_in = !nd->hi_x;
-    if (a > lo || (a == lo && !a_in))
-        lo = a, lo_in = a_in;
-    if (b < hi || (b == hi && !b_in))
-        hi = b, hi_in = b_in;
-    return lo < hi || (lo == hi && lo_in && hi_in);
-}
-
-/* the values [a, b] (in the number's own units: 1 for an integer, 1e-18
- * for a number; b_in: b included) reachable, with the sign applied */
-static bool meets_signed(const struct pd_snode *nd, const th_t *t, pd_fix a, pd_fix b, bool b_in)
-{
-    if (nd->kind == PD_SK_INTEGER) {
-        pd_fix lo = t->flags & F_NEG ? -b : a, hi = t->flags & F_NEG ? -a : b;
-        return lo <= nd->ihi && hi >= nd->ilo && (lo > nd->ilo ? lo : nd->ilo) <=
-                                                     (hi < nd->ihi ? hi : nd->ihi);
-    }
-    return t->flags & F_NEG ? meets(nd, -b, b_in, -a, true) : meets(nd, a, true, b, b_in);
-}
+/* ---- bounded numbers: can the digits so far still end within the bounds? ----
+ *
+ * A number's values are exact: integers in units of 1, numbers in units of
+ * 1e-18 (pd_fix). From a prefix, the values still reachable are the points
+ * of a grid (the finest step the digits left allow) in a half-open range;
+ * the prefix is allowed while one of them is within the bounds, so a bounded
+ * number never reaches a dead end. */
 
 static bool feasible(const struct pd_snode *nd, const th_t *t)
 {
     const bool integer = nd->kind == PD_SK_INTEGER;
-    const pd_fix unit = integer ? 1 : PD_FIX_ONE, m = t->mant;
+    const struct pd_span bd = pd_bounds_of(nd, t->flags & F_NEG);
     const uint32_t room = PD_NUM_DIGITS - t->ndig; /* digits still allowed */
+    const pd_fix m = t->mant;
     switch (t->sub) {
-    case N_MINUS: { /* any magnitude of up to 18 digits */
-        const pd_fix top = pow10x(PD_NUM_DIGITS);
-        return meets_signed(nd, t, 0, integer ? top - 1 : top * unit, integer);
-    }
-    case N_ZERO: return integer ? meets_signed(nd, t, 0, 0, true)
-                                : meets_signed(nd, t, 0, room ? unit : 0, !room);
-    case N_INT:
-        for (uint32_t j = 0; j <= room; j++) {
-            const pd_fix p = pow10x(j), a = m * p;
-            if (integer ? meets_signed(nd, t, a, a + p - 1, true)
-                        : (j < room ? meets_signed(nd, t, a * unit, (a + p) * unit, false)
-                                    : meets_signed(nd, t, a * unit, a * unit, true)))
+    case N_MINUS: /* the first digit decides: try each */
+        for (uint8_t d = 0; d < 10; d++) {
+            th_t u = *t;
+            u.sub = d ? N_INT : N_ZERO;
+            u.mant = d;
+            u.ndig = 1;
+            if (feasible(nd, &u))
                 return true;
         }
         return false;
-    case N_DOT:
+    case N_ZERO: /* 0, and for a number 0.x with up to room fraction digits */
+        return integer ? pd_grid_meets(&bd, 0, 1, 1)
+                       : pd_grid_meets(&bd, 0, PD_FIX_ONE, pd_pow10x(PD_NUM_DIGITS - room));
+    case N_INT: /* j more integer digits, then for a number room - j fraction digits */
+        for (uint32_t j = 0; j <= room; j++) {
+            const pd_fix p = pd_pow10x(j), a = m * p;
+            if (integer ? pd_grid_meets(&bd, a, a + p, 1)
+                        : pd_grid_meets(&bd, a * PD_FIX_ONE, (a + p) * PD_FIX_ONE,
+                                     pd_pow10x(PD_NUM_DIGITS - (room - j))))
+                return true;
+        }
+        return false;
+    case N_DOT: /* at least one fraction digit to come */
     case N_FRAC: {
-        const pd_fix u = pow10x(PD_NUM_DIGITS - t->scale), a = m * u; /* m / 10^scale */
-        if (!room)
-            return t->sub == N_FRAC && meets_signed(nd, t, a, a, true);
-        return meets_signed(nd, t, a, a + u, false) ||
-               (t->sub == N_FRAC && meets_signed(nd, t, a, a, true));
+        const pd_fix u = pd_pow10x(PD_NUM_DIGITS - t->scale), a = m * u; /* m / 10^scale */
+        if (t->sub == N_FRAC && pd_grid_meets(&bd, a, a + 1, 1))
+            return true; /* it may end here */
+        return room && pd_grid_meets(&bd, a, a + u, pd_pow10x(PD_NUM_DIGITS - t->scale - room));
     }
     default: return false;
     }
@@ -292,10 +281,11 @@ static bool feasible(const struct pd_snode *nd, const th_t *t)
 /* a bounded number that ends here is within its bounds */
 static bool in_bounds(const struct pd_snode *nd, const th_t *t)
 {
-    if (nd->kind == PD_SK_INTEGER)
-        return meets_signed(nd, t, t->mant, t->mant, true);
-    const pd_fix v = (pd_fix)t->mant * pow10x(PD_NUM_DIGITS - t->scale);
-    return meets_signed(nd, t, v, v, true);
+    const struct pd_span bd = pd_bounds_of(nd, t->flags & F_NEG);
+    const pd_fix v = nd->kind == PD_SK_INTEGER
+                         ? (pd_fix)t->mant
+                         : (pd_fix)t->mant * pd_pow10x(PD_NUM_DIGITS - t->scale);
+    return pd_grid_meets(&bd, v, v + 1, 1);
 }
 
 static int number_start(const struct pd_schema *sc, th_t *t, uint16_t node, uint8_t b)
@@ -338,10 +328,6 @@ static int number_byte(const struct pd_schema *sc, th_t *t, uint8_t b)
     if (next == 0xFE) { /* the number ended before b: a complete one, b is what follows */
         if ((t->sub == N_ZERO && digit) || (bounded && !in_bounds(nd, t)))
             return REFUSED; /* no leading zeros */
-        t->mant = 0;
-        t->ndig = t->scale = t->len = 0;
-        t->node = 0;
-        t->flags = 0;
         value_done(sc, t);
         return ENDED;
     }
@@ -392,11 +378,10 @@ static int string_byte(const struct pd_schema *sc, th_t *t, uint8_t b)
         if (t->mode == G_STR_KEY) {
             t->mode = G_COLON;
             t->ws = 0;
+            t->lo = t->hi = 0;
         } else {
             if (counted && t->pos < nd->min)
                 return -EINVAL;
-            t->pos = 0;
-            t->node = 0;
             value_done(sc, t);
         }
         return 0;
@@ -581,12 +566,13 @@ bool pd_gstate_done(const struct pd_gstate *s)
     return false;
 }
 
-/* s after byte b into o: 0, or -EINVAL when no reading takes it */
+/* s after byte b into o (its readings 0..n-1 only): 0, or -EINVAL when no
+ * reading takes it. Readings past the cap are dropped, the same way here
+ * for a token's advance as for a mask's walk, so the two always agree. */
 static int state_step(const struct pd_gstate *s, uint8_t b, struct pd_gstate *o)
 {
     th_t out[PD_GRAMMAR_MAX_ALTS];
     uint32_t n = 0;
-    memset(o, 0, sizeof(*o)); /* padding too: states compare as bytes */
     o->sc = s->sc;
     for (uint32_t i = 0; i < s->n; i++) {
         uint32_t k = step(s->sc, &s->t[i], b, out);
@@ -598,10 +584,19 @@ static int state_step(const struct pd_gstate *s, uint8_t b, struct pd_gstate *o)
                 o->t[n++] = out[j];
         }
     }
-    if (!n)
-        return -EINVAL;
     o->n = n;
-    return 0;
+    return n ? 0 : -EINVAL;
+}
+
+/* the unused readings (and the padding) zeroed: states compare as bytes */
+static void tidy(struct pd_gstate *s)
+{
+    struct pd_gstate t;
+    memset(&t, 0, sizeof(t));
+    t.sc = s->sc;
+    t.n = s->n;
+    memcpy(t.t, s->t, s->n * sizeof(*s->t));
+    *s = t;
 }
 
 int pd_gstate_feed(struct pd_gstate *s, const uint8_t *b, size_t n)
@@ -612,6 +607,7 @@ int pd_gstate_feed(struct pd_gstate *s, const uint8_t *b, size_t n)
         if (state_step(&t[i & 1], b[i], &t[(i + 1) & 1]) < 0)
             return -EINVAL;
     *s = t[n & 1];
+    tidy(s);
     return 0;
 }
 
@@ -679,7 +675,7 @@ int pd_grammar_new(const struct pd_tokenizer *tok, uint32_t n_vocab, struct pd_g
         !(g->next_sibling = malloc(cap * sizeof(*g->next_sibling))) ||
         !(g->byte = malloc(cap)) || !(g->tok_head = malloc(cap * sizeof(*g->tok_head))) ||
         !(g->masks = malloc((size_t)CACHE * g->words * sizeof(*g->masks))) ||
-        !(g->either = malloc(g->words * sizeof(*g->either))))
+        !(g->key = calloc(CACHE, sizeof(*g->key))))
         goto nomem;
     g->n_nodes = 1;
     g->first_child[0] = 0;
@@ -701,6 +697,8 @@ int pd_grammar_new(const struct pd_tokenizer *tok, uint32_t n_vocab, struct pd_g
             continue; /* never allowed: not text */
         memcpy(g->bytes + at, p, n);
         at += n;
+        if (n > g->longest)
+            g->longest = (uint32_t)n;
         uint32_t node = 0;
         for (size_t i = 0; i < n; i++) {
             int64_t c = child(g, node, p[i], (uint32_t)cap);
@@ -735,13 +733,15 @@ struct pd_grammar *pd_grammar_free(struct pd_grammar *g)
     free(g->byte);
     free(g->tok_head);
     free(g->masks);
-    free(g->either);
+    free(g->key);
     free(g->pend);
+    free(g->arena);
     free(g);
     return NULL;
 }
 
-static int pend_push(struct pd_grammar *g, size_t *n, uint32_t node, const th_t *th)
+static int pend_push(struct pd_grammar *g, size_t *n, size_t *used, uint32_t node,
+                     const struct pd_gstate *st)
 {
     if (*n == g->pend_cap) {
         size_t cap = g->pend_cap ? 2 * g->pend_cap : 1024;
@@ -750,83 +750,108 @@ static int pend_push(struct pd_grammar *g, size_t *n, uint32_t node, const th_t 
             return -ENOMEM;
         g->pend = p, g->pend_cap = cap;
     }
-    g->pend[*n].node = node;
-    g->pend[(*n)++].th = *th;
+    if (*used + st->n > g->arena_cap) {
+        size_t cap = g->arena_cap ? 2 * g->arena_cap : 1024;
+        th_t *a = realloc(g->arena, cap * sizeof(*a));
+        if (!a)
+            return -ENOMEM;
+        g->arena = a, g->arena_cap = cap;
+    }
+    memcpy(g->arena + *used, st->t, st->n * sizeof(*st->t));
+    *used += st->n;
+    g->pend[(*n)++] = (struct pend){node, st->n};
     return 0;
 }
 
-/* The mask of reading th into m: a depth-first walk of the trie from th,
- * each branch cut at its first refused byte. */
-static int compute(struct pd_grammar *g, const struct pd_schema *sc, const th_t *th, uint32_t *m)
+/* The mask of state s into m: a depth-first walk of the trie from s, each
+ * branch cut at its first byte no reading takes (state_step, as a token's
+ * advance does it). */
+static int compute(struct pd_grammar *g, const struct pd_gstate *s, uint32_t *m)
 {
     memset(m, 0, g->words * sizeof(*m));
-    if (th->mode == G_DONE) { /* only the end */
+    if (pd_gstate_done(s)) /* the end; bytes nothing takes (readings agree on JSON's syntax) */
         for (uint32_t i = 0; i < g->n_eog; i++)
             m[g->eog[i] / 32] |= 1u << (g->eog[i] % 32);
-        return 0;
-    }
-    size_t n = 0;
-    if (pend_push(g, &n, 0, th) < 0)
+    size_t n = 0, used = 0;
+    if (pend_push(g, &n, &used, 0, s) < 0)
         return -ENOMEM;
+    struct pd_gstate at, next;
+    at.sc = s->sc;
     while (n) {
-        const uint32_t node = g->pend[--n].node;
-        const th_t at = g->pend[n].th;
-        th_t out[PD_GRAMMAR_MAX_ALTS];
+        const struct pend p = g->pend[--n];
+        used -= p.n;
+        at.n = p.n;
+        memcpy(at.t, g->arena + used, p.n * sizeof(*at.t));
         g->st.nodes++;
-        for (int32_t t = g->tok_head[node]; t >= 0; t = g->tok_next[t])
+        for (int32_t t = g->tok_head[p.node]; t >= 0; t = g->tok_next[t])
             m[t / 32] |= 1u << (t % 32);
-        for (uint32_t c = g->first_child[node]; c; c = g->next_sibling[c]) {
-            const uint32_t k = step(sc, &at, g->byte[c], out);
-            for (uint32_t j = 0; j < k; j++)
-                if (pend_push(g, &n, c, &out[j]) < 0)
-                    return -ENOMEM;
-        }
+        for (uint32_t c = g->first_child[p.node]; c; c = g->next_sibling[c])
+            if (state_step(&at, g->byte[c], &next) == 0 &&
+                pend_push(g, &n, &used, c, &next) < 0)
+                return -ENOMEM;
     }
     return 0;
 }
 
-static uint64_t hash_of(uint64_t id, const th_t *th)
+/* A reading as the cache knows it. Inside a string with a length bound,
+ * the mask depends on the characters written only through how far they are
+ * from the bounds, and not at all once both are further than the longest
+ * token: the distances, capped there, stand for the count (or every
+ * character of such a string would be a mask not cached). */
+static th_t cache_key(const struct pd_grammar *g, const struct pd_schema *sc, const th_t *th)
 {
-    uint64_t h = 1469598103934665603ull ^ id;
+    th_t k = *th;
+    if (th->mode != G_STR_VAL || nd_of(sc, th->node)->kind != PD_SK_STRING)
+        return k;
+    const struct pd_snode *nd = nd_of(sc, th->node);
+    const uint32_t cap = g->longest + 1;
+    uint32_t to_min = nd->min > th->pos ? nd->min - th->pos : 0,
+             to_max = nd->max - th->pos; /* pos <= max always */
+    to_min = to_min < cap ? to_min : cap;
+    to_max = to_max < cap ? to_max : cap;
+    k.pos = to_min << 16 | to_max; /* tokens are far shorter than 65535 bytes */
+    return k;
+}
+
+static uint64_t hash_of(const uint8_t *digest, const th_t *th, uint32_t n)
+{
+    uint64_t h = 1469598103934665603ull ^ n;
+    for (size_t i = 0; i < PD_SCHEMA_DIGEST; i++)
+        h = (h ^ digest[i]) * 1099511628211ull;
     const uint8_t *p = (const uint8_t *)th;
-    for (size_t i = 0; i < sizeof(*th); i++)
+    for (size_t i = 0; i < n * sizeof(*th); i++)
         h = (h ^ p[i]) * 1099511628211ull;
     return h;
 }
 
-/* The cached mask of one reading, computed when absent. */
-static const uint32_t *mask_of(struct pd_grammar *g, const struct pd_schema *sc, const th_t *th)
+const uint32_t *pd_grammar_mask(struct pd_grammar *g, const struct pd_gstate *s)
 {
-    const uint64_t h = hash_of(sc->id, th);
+    const struct pd_schema *sc = s->sc;
+    th_t key[PD_GRAMMAR_MAX_ALTS];
+    const size_t kb = s->n * sizeof(*key);
+    for (uint32_t i = 0; i < s->n; i++)
+        key[i] = cache_key(g, sc, &s->t[i]);
+    const uint64_t h = hash_of(sc->digest, key, s->n);
     g->st.masks++;
-    for (uint32_t i = 0; i < g->n_cached; i++)
-        if (g->key[i].hash == h && g->key[i].id == sc->id &&
-            !memcmp(&g->key[i].th, th, sizeof(*th))) {
+    for (uint32_t i = 0; i < g->n_cached; i++) {
+        const struct key *k = &g->key[i];
+        if (k->n == s->n && k->hash == h && !memcmp(k->digest, sc->digest, PD_SCHEMA_DIGEST) &&
+            !memcmp(k->th, key, kb)) {
             g->st.hits++;
             return g->masks + (size_t)i * g->words;
         }
+    }
     const uint32_t slot = g->n_cached < CACHE ? g->n_cached++ : g->next++ % CACHE;
     uint32_t *m = g->masks + (size_t)slot * g->words;
-    g->key[slot].id = 0; /* no schema has id 0: matches nothing until filled */
-    if (compute(g, sc, th, m) < 0)
+    struct key *k = &g->key[slot];
+    k->n = 0; /* matches nothing until filled */
+    if (compute(g, s, m) < 0)
         return NULL;
-    g->key[slot] = (struct key){sc->id, h, *th};
+    memcpy(k->digest, sc->digest, PD_SCHEMA_DIGEST);
+    k->hash = h;
+    memcpy(k->th, key, kb);
+    k->n = s->n;
     return m;
-}
-
-const uint32_t *pd_grammar_mask(struct pd_grammar *g, const struct pd_gstate *s)
-{
-    if (s->n == 1)
-        return mask_of(g, s->sc, &s->t[0]);
-    memset(g->either, 0, g->words * sizeof(*g->either));
-    for (uint32_t i = 0; i < s->n; i++) {
-        const uint32_t *m = mask_of(g, s->sc, &s->t[i]);
-        if (!m)
-            return NULL;
-        for (uint32_t w = 0; w < g->words; w++)
-            g->either[w] |= m[w];
-    }
-    return g->either;
 }
 
 uint32_t pd_grammar_mask_words(const struct pd_grammar *g) { return g->words; }

@@ -5,6 +5,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <sodium.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,10 +17,8 @@ static const char any_text[] = "truefalsenull";
 static uint32_t any_off[] = {0, 4, 9, 13};
 static struct pd_snode any_nodes[2] = {{.kind = PD_SK_ANY}, {.kind = PD_SK_OBJ_FREE}};
 static struct pd_schema json_object = {
-    .id = 1, .root = PD_SNODE_OBJ_FREE, .n_nodes = 2, .n_lits = 3, .nodes = any_nodes,
+    .root = PD_SNODE_OBJ_FREE, .n_nodes = 2, .n_lits = 3, .nodes = any_nodes,
     .lit_off = any_off, .text = (uint8_t *)any_text};
-
-static atomic_ulong next_id = 2;
 
 struct pd_schema *pd_schema_json_object(void) { return &json_object; }
 
@@ -138,6 +137,8 @@ static int new_node(struct cc *c, const char *path, const struct pd_snode *n, ui
     if (grow((void **)&sc->nodes, &c->cap_nodes, sc->n_nodes + 1u, sizeof(*sc->nodes)) < 0)
         return nomem(c);
     sc->nodes[sc->n_nodes] = *n;
+    if (!sc->nodes[sc->n_nodes].width)
+        sc->nodes[sc->n_nodes].width = 1;
     *out = sc->n_nodes++;
     return 0;
 }
@@ -203,6 +204,33 @@ static int ref_node(struct cc *c, const cJSON *js, const char *path, uint32_t de
     return rc;
 }
 
+/* One of the nodes alt[0..n) (n >= 1): an anyOf node, unless n is 1. Its
+ * width is the sum of theirs: more readings than PD_GRAMMAR_MAX_ALTS at once
+ * is refused here, so the matcher never drops one (and never refuses a
+ * valid document for want of room). */
+static int anyof_of(struct cc *c, const char *path, const uint16_t *alt, uint32_t n,
+                    uint16_t *out)
+{
+    struct pd_schema *sc = c->sc;
+    if (n == 1) {
+        *out = alt[0];
+        return 0;
+    }
+    uint32_t width = 0;
+    for (uint32_t i = 0; i < n; i++)
+        width += sc->nodes[alt[i]].width;
+    if (width > PD_GRAMMAR_MAX_ALTS)
+        return REFUSE(c, path, "\"anyOf\" whose alternatives need %u readings at once (at most "
+                               "%d: nested anyOf multiply)", width, PD_GRAMMAR_MAX_ALTS);
+    if (grow((void **)&sc->alts, &c->cap_alts, sc->n_alts + n, sizeof(*sc->alts)) < 0)
+        return nomem(c);
+    struct pd_snode nd = {.kind = PD_SK_ANYOF, .a = sc->n_alts, .n = (uint16_t)n,
+                          .width = (uint16_t)width};
+    memcpy(sc->alts + sc->n_alts, alt, n * sizeof(*alt));
+    sc->n_alts += (uint16_t)n;
+    return new_node(c, path, &nd, out);
+}
+
 static int anyof_node(struct cc *c, const cJSON *js, const char *path, uint32_t depth,
                       uint16_t *out)
 {
@@ -229,17 +257,7 @@ static int anyof_node(struct cc *c, const cJSON *js, const char *path, uint32_t 
         for (uint32_t k = 0; k < m; k++)
             alt[n++] = nd->kind == PD_SK_ANYOF ? c->sc->alts[nd->a + k] : id;
     }
-    if (n == 1) {
-        *out = alt[0];
-        return 0;
-    }
-    struct pd_schema *sc = c->sc;
-    if (grow((void **)&sc->alts, &c->cap_alts, sc->n_alts + n, sizeof(*sc->alts)) < 0)
-        return nomem(c);
-    struct pd_snode nd = {.kind = PD_SK_ANYOF, .a = sc->n_alts, .n = (uint16_t)n};
-    memcpy(sc->alts + sc->n_alts, alt, n * sizeof(*alt));
-    sc->n_alts += (uint16_t)n;
-    return new_node(c, path, &nd, out);
+    return anyof_of(c, path, alt, n, out);
 }
 
 /* the categories of "type" (a name or names) into *types; C_NONE + 16
@@ -309,8 +327,6 @@ static int enum_node(struct cc *c, const cJSON *js, const char *path, uint16_t *
         if (!value_has_type(v, types))
             continue; /* the instance must match both */
         uint16_t id;
-        if (nd.n == PD_SCHEMA_MAX_ENUM)
-            return REFUSE(c, path, "\"enum\" of more than %d values", PD_SCHEMA_MAX_ENUM);
         int rc = add_lit(c, path, v, NULL, &id);
         if (rc < 0)
             return rc;
@@ -323,8 +339,8 @@ static int enum_node(struct cc *c, const cJSON *js, const char *path, uint16_t *
         if (dup) {
             c->sc->n_lits--;
             c->n_text -= len;
-        } else {
-            nd.n++;
+        } else if (++nd.n > PD_SCHEMA_MAX_ENUM) { /* distinct values */
+            return REFUSE(c, path, "\"enum\" of more than %d values", PD_SCHEMA_MAX_ENUM);
         }
     }
     if (!nd.n)
@@ -344,12 +360,21 @@ static int count_kw(struct cc *c, const cJSON *js, const char *k, const char *pa
     return 0;
 }
 
-/* v in units of 1e-18, exactly: 1 when |v| is 1e18 or more (*f then the
- * sign's infinity), -EINVAL when it needs more than 18 decimal places */
+/* v in units of 1e-18, exactly as written: 1 when |v| is 1e18 or more (*f
+ * then the sign's infinity), -EINVAL when it needs more than 18 decimal
+ * places */
 static int to_fix(double v, pd_fix *f)
 {
     char buf[40];
-    snprintf(buf, sizeof(buf), "%.15e", fabs(v)); /* d.ddddddddddddddde+XX: 16 digits */
+    /* the shortest digits that read back as v (as Python's repr): the number
+     * the schema's author wrote, 0.1 and not 0.1000000000000000055... */
+    for (int p = 0; p < 17; p++) {
+        snprintf(buf, sizeof(buf), "%.*e", p, fabs(v));
+        if (strtod(buf, NULL) == fabs(v))
+            break;
+    }
+    const char *dot = strchr(buf, '.');
+    const int frac = dot ? (int)(strchr(buf, 'e') - dot - 1) : 0; /* digits after the point */
     long long digits = 0;
     int e = atoi(strchr(buf, 'e') + 1);
     for (const char *p = buf; *p != 'e'; p++)
@@ -360,7 +385,7 @@ static int to_fix(double v, pd_fix *f)
         return 1;
     }
     pd_fix x = digits;
-    int sh = e + 3; /* digits x 10^(e - 15) in units of 10^-18 */
+    int sh = e - frac + PD_NUM_DIGITS; /* digits x 10^(e - frac) in units of 10^-18 */
     for (; sh > 0; sh--)
         x *= 10;
     for (; sh < 0; sh++) {
@@ -376,6 +401,22 @@ static pd_fix fix_floor(pd_fix x) /* in units of 1 */
 {
     pd_fix q = x / PD_FIX_ONE;
     return (x % PD_FIX_ONE && x < 0) ? q - 1 : q;
+}
+
+/* Whether a number of at most 18 digits is within nd's bounds: with j
+ * integer digits, 18 - j after the point, of either sign. */
+static bool some_number(const struct pd_snode *nd)
+{
+    for (int neg = 0; neg < 2; neg++) {
+        const struct pd_span bd = pd_bounds_of(nd, neg);
+        for (uint32_t j = 1; j <= PD_NUM_DIGITS; j++) {
+            const pd_fix a = j == 1 ? 0 : pd_pow10x(j - 1) * PD_FIX_ONE,
+                         b = pd_pow10x(j) * PD_FIX_ONE;
+            if (pd_grid_meets(&bd, a, b, pd_pow10x(j)))
+                return true;
+        }
+    }
+    return false;
 }
 
 static int number_node(struct cc *c, const cJSON *js, const char *path, bool integer,
@@ -416,8 +457,9 @@ static int number_node(struct cc *c, const cJSON *js, const char *path, bool int
         nd.ihi = h > lim ? lim : h < -lim ? -lim - 1 : (int64_t)h;
         if (nd.ilo > nd.ihi)
             return REFUSE(c, path, "no integer is within the bounds");
-    } else if (lo > hi || (lo == hi && (nd.lo_x || nd.hi_x))) {
-        return REFUSE(c, path, "no number is within the bounds");
+    } else if (!some_number(&nd)) {
+        return REFUSE(c, path, "no number of at most %d digits is within the bounds",
+                      PD_NUM_DIGITS);
     }
     return new_node(c, path, &nd, out);
 }
@@ -474,8 +516,11 @@ static int object_node(struct cc *c, const cJSON *js, const char *path, uint32_t
     if (grow((void **)&sc->props, &c->cap_props, sc->n_props + n, sizeof(*sc->props)) < 0)
         return nomem(c);
     nd.a = sc->n_props;
-    for (i = 0; i < n; i++)
+    for (i = 0; i < n; i++) { /* one property's value is read at a time */
         sc->props[sc->n_props++] = (struct pd_sprop){node_of[i], required[i]};
+        if (sc->nodes[node_of[i]].width > nd.width)
+            nd.width = sc->nodes[node_of[i]].width;
+    }
     return new_node(c, path, &nd, out);
 }
 
@@ -503,6 +548,7 @@ static int typed_node(struct cc *c, const cJSON *js, const char *path, uint32_t 
         snprintf(sub, sizeof(sub), "%.200s.items", path);
         if (items && (rc = node(c, items, sub, depth + 1, &nd.a)) < 0)
             return rc;
+        nd.width = c->sc->nodes[nd.a].width; /* one item at a time */
         return new_node(c, path, &nd, out);
     }
     case T_STRING:
@@ -572,17 +618,36 @@ static int node(struct cc *c, const cJSON *js, const char *path, uint32_t depth,
                 return rc;
             n++;
         }
-    if (n == 1) {
-        *out = alt[0];
-        return 0;
+    return anyof_of(c, path, alt, n, out);
+}
+
+/* The content's digest, field by field (a node's padding is not content). */
+static void digest(struct pd_schema *sc)
+{
+    crypto_generichash_state h;
+#define ADD(x) crypto_generichash_update(&h, (const unsigned char *)&(x), sizeof(x))
+    crypto_generichash_init(&h, NULL, 0, PD_SCHEMA_DIGEST);
+    ADD(sc->root);
+    ADD(sc->n_nodes);
+    ADD(sc->n_props);
+    ADD(sc->n_alts);
+    ADD(sc->n_lits);
+    for (uint32_t i = 0; i < sc->n_nodes; i++) {
+        const struct pd_snode *n = &sc->nodes[i];
+        ADD(n->kind), ADD(n->bounded), ADD(n->lo_x), ADD(n->hi_x), ADD(n->a), ADD(n->n);
+        ADD(n->lit), ADD(n->min), ADD(n->max), ADD(n->ilo), ADD(n->ihi), ADD(n->lo), ADD(n->hi);
     }
-    struct pd_schema *sc = c->sc;
-    if (grow((void **)&sc->alts, &c->cap_alts, sc->n_alts + n, sizeof(*sc->alts)) < 0)
-        return nomem(c);
-    struct pd_snode nd = {.kind = PD_SK_ANYOF, .a = sc->n_alts, .n = (uint16_t)n};
-    memcpy(sc->alts + sc->n_alts, alt, n * sizeof(*alt));
-    sc->n_alts += (uint16_t)n;
-    return new_node(c, path, &nd, out);
+    for (uint32_t i = 0; i < sc->n_props; i++)
+        ADD(sc->props[i].node), ADD(sc->props[i].required);
+    for (uint32_t i = 0; i < sc->n_alts; i++)
+        ADD(sc->alts[i]);
+    for (uint32_t i = 0; i <= sc->n_lits; i++)
+        ADD(sc->lit_off[i]);
+#undef ADD
+    crypto_generichash_update(&h, sc->text, sc->lit_off[sc->n_lits]);
+    crypto_generichash_final(&h, sc->digest, PD_SCHEMA_DIGEST);
+    if (sodium_is_zero(sc->digest, PD_SCHEMA_DIGEST)) /* json_object's; never in practice */
+        sc->digest[0] = 1;
 }
 
 int pd_schema_compile(const cJSON *js, struct pd_schema **out, char *err, size_t errlen)
@@ -592,7 +657,6 @@ int pd_schema_compile(const cJSON *js, struct pd_schema **out, char *err, size_t
     if (!sc)
         return pd_errf(err, errlen, -ENOMEM, "json_schema: out of memory");
     atomic_init(&sc->refs, 1);
-    sc->id = atomic_fetch_add(&next_id, 1);
     uint16_t id;
     int rc = grow((void **)&sc->lit_off, &c.cap_lits, 1, sizeof(*sc->lit_off)) < 0 ? nomem(&c) : 0;
     if (rc == 0) {
@@ -617,6 +681,7 @@ int pd_schema_compile(const cJSON *js, struct pd_schema **out, char *err, size_t
         pd_schema_unref(sc);
         return rc;
     }
+    digest(sc);
     *out = sc;
     return 0;
 }

@@ -25,7 +25,11 @@
  * value is written as cJSON prints it; a string with a length bound has no
  * \u escapes (its characters are counted as a validator counts them);
  * a bounded number has no exponent and at most 18 digits; anyOf follows
- * every alternative that still matches, up to PD_GRAMMAR_MAX_ALTS at once.
+ * every alternative that still matches (a reading each): a schema that could
+ * need more than PD_GRAMMAR_MAX_ALTS readings at once (nested anyOf
+ * multiply) is refused, so none is ever dropped. Bounds are read as
+ * written (the shortest decimal that gives the JSON number back); bounds
+ * no number of at most 18 digits meets are refused.
  * Caps: PD_SCHEMA_MAX_NODES nodes (after $ref expansion), PD_SCHEMA_MAX_ENUM
  * values per enum and properties per object, PD_SCHEMA_MAX_LIT bytes of
  * keys and values, typed nesting PD_GRAMMAR_MAX_FRAMES deep.

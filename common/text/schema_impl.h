@@ -10,6 +10,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#define PD_SCHEMA_DIGEST 16
+
 /* Numbers in a bounded number's node: fixed point in units of 1e-18, so
  * every value of at most 18 digits is exact and compares as an integer. */
 typedef __int128 pd_fix;
@@ -32,6 +34,7 @@ struct pd_snode {
     uint8_t kind; /* enum pd_snode_kind */
     bool bounded, lo_x, hi_x; /* number: has bounds; exclusive ends */
     uint16_t a, n, lit; /* by kind, above */
+    uint16_t width; /* the most readings a value of it can need at once (anyOf) */
     uint32_t min, max; /* string characters, array items */
     int64_t ilo, ihi; /* integer bounds */
     pd_fix lo, hi; /* number bounds */
@@ -48,7 +51,9 @@ enum { PD_SNODE_ANY = 0, PD_SNODE_OBJ_FREE = 1, PD_SLIT_TRUE = 0, PD_SLIT_NULL =
 
 struct pd_schema {
     atomic_uint refs; /* 0: static */
-    uint64_t id; /* unique among the schemas of this process: the mask cache's key */
+    /* BLAKE2b-128 of the compiled content (json_object's: zeros): the mask
+     * cache's key, so equal schemas of different requests share masks */
+    uint8_t digest[PD_SCHEMA_DIGEST];
     uint16_t root, n_nodes, n_props, n_alts, n_lits;
     struct pd_snode *nodes;
     struct pd_sprop *props;
@@ -56,5 +61,41 @@ struct pd_schema {
     uint32_t *lit_off; /* (n_lits + 1) literal i: text[lit_off[i], lit_off[i + 1]) */
     uint8_t *text;
 };
+
+static inline pd_fix pd_pow10x(uint32_t k)
+{
+    pd_fix p = 1;
+    while (k--)
+        p *= 10;
+    return p;
+}
+
+/* A number node's bounds in its own units (integers: 1; numbers: 1e-18),
+ * as seen by a magnitude: mirrored for a negative number. */
+struct pd_span {
+    pd_fix lo, hi;
+    bool lo_x, hi_x;
+};
+
+static inline struct pd_span pd_bounds_of(const struct pd_snode *nd, bool neg)
+{
+    struct pd_span b = nd->kind == PD_SK_INTEGER
+                           ? (struct pd_span){nd->ilo, nd->ihi, false, false}
+                           : (struct pd_span){nd->lo, nd->hi, nd->lo_x, nd->hi_x};
+    if (neg)
+        b = (struct pd_span){-b.hi, -b.lo, b.hi_x, b.lo_x};
+    return b;
+}
+
+/* Whether a point a + j*g (j >= 0) below b is within the bounds. */
+static inline bool pd_grid_meets(const struct pd_span *bd, pd_fix a, pd_fix b, pd_fix g)
+{
+    pd_fix x = a;
+    if (bd->lo > a) /* the first grid point at or above lo */
+        x = a + (bd->lo - a + g - 1) / g * g;
+    if (bd->lo_x && x == bd->lo)
+        x += g;
+    return x < b && (x < bd->hi || (x == bd->hi && !bd->hi_x));
+}
 
 #endif

@@ -1,13 +1,17 @@
 /* tests/bench/grammar_bench: what constrained decoding (response_format
- * json_object, common/text/grammar) costs a decode step, measured side by
- * side in one run on the same engine: b sequences decoding greedily, every
- * row sampled in the step, without masks and then with one per row -- each
- * row's own JSON state, its mask computed before the step (as decoded's
- * scheduler does) and advanced by the token drawn; a row whose object
- * completes starts the next one. Three runs of each, alternating; printed
- * per batch size: the median ms per step of each, the ratio, the masks' own
- * time per step, the mask cache's hit rate and the trie nodes walked per
- * computed mask; first, what one mask costs when not cached.
+ * json_object and json_schema, common/text/grammar) costs a decode step,
+ * measured side by side in one run on the same engine: b sequences decoding
+ * greedily, every row sampled in the step, without masks and then with one
+ * per row -- each row's own state, its mask computed before the step (as
+ * decoded's scheduler does) and advanced by the token drawn; a row whose
+ * value completes starts the next one. Constrained four ways: json_object;
+ * one schema (SCHEMA below: bounded strings and numbers, an enum array, an
+ * optional anyOf) for every row; and each row its own compiled copy of it
+ * (distinct schemas share no cached masks: the cache's worst case). Three
+ * runs of each, alternating; printed per batch size and mode: the median ms
+ * per step, the ratio to plain, the masks' own time per step, the mask
+ * cache's hit rate and the trie nodes walked per computed mask; first, what
+ * one mask costs when not cached.
  *
  *   build/tests/bench/grammar_bench [MODEL.gguf] [--steps N] [--ctx N]
  *
@@ -19,6 +23,7 @@
 #include "grammar.h"
 #include "model.h"
 #include "sample.h"
+#include "schema.h"
 #include "tokenizer.h"
 
 #include <stdbool.h>
@@ -36,16 +41,31 @@ struct row {
     struct pd_sample_result res;
 };
 
+static const char SCHEMA[] =
+    "{\"type\":\"object\",\"properties\":{"
+    "\"name\":{\"type\":\"string\",\"maxLength\":24},"
+    "\"age\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":150},"
+    "\"score\":{\"type\":\"number\",\"minimum\":-1,\"maximum\":1},"
+    "\"tags\":{\"type\":\"array\",\"items\":{\"enum\":[\"red\",\"green\",\"blue\"]},"
+    "\"maxItems\":4},"
+    "\"email\":{\"anyOf\":[{\"type\":\"string\",\"maxLength\":40},{\"type\":\"null\"}]},"
+    "\"ok\":{\"type\":\"boolean\"}},"
+    "\"required\":[\"name\",\"age\",\"score\",\"tags\",\"email\",\"ok\"]}";
+
+enum mode { PLAIN, JSON_OBJECT, SCHEMA_ONE, SCHEMA_EACH, N_MODES };
+static const char *const mode_name[N_MODES] = {"plain", "json_object", "schema", "schema/row"};
+
 static void die(const char *what, const char *err)
 {
     fprintf(stderr, "grammar_bench: %s: %s\n", what, err);
     exit(1);
 }
 
-/* seconds per step of b rows; masks: constrained rows (g) */
+/* seconds per step of b rows; constrained (g) unless PLAIN, row i by sc[i] */
 static double run(struct pd_engine *e, struct pd_grammar *g, uint32_t b, uint32_t ctx,
-                  uint32_t steps, bool masks, double *mask_s)
+                  uint32_t steps, enum mode mode, struct pd_schema *const *sc, double *mask_s)
 {
+    const bool masks = mode != PLAIN;
     const uint32_t V = pd_engine_n_vocab(e), words = pd_grammar_mask_words(g);
     struct row *r = calloc(b, sizeof(*r));
     struct pd_batch_item *it = calloc(b, sizeof(*it));
@@ -60,7 +80,7 @@ static double run(struct pd_engine *e, struct pd_grammar *g, uint32_t b, uint32_
             die("prefill", err);
         r[i].next = tok[ctx - 1];
         r[i].sp = PD_SAMPLING_DEFAULT;
-        pd_gstate_json_object(&r[i].gs);
+        pd_gstate_init(&r[i].gs, sc[i]);
         if (!(r[i].mask = malloc(words * sizeof(*r[i].mask))))
             die("memory", "out of memory");
         if (masks)
@@ -89,7 +109,7 @@ static double run(struct pd_engine *e, struct pd_grammar *g, uint32_t b, uint32_
             if (pd_gstate_advance(g, &r[i].gs, r[i].res.token) < 0)
                 die("advance", "a drawn token broke the grammar");
             if (pd_gstate_done(&r[i].gs))
-                pd_gstate_json_object(&r[i].gs); /* the next object */
+                pd_gstate_init(&r[i].gs, sc[i]); /* the next value */
         }
     }
     for (uint32_t i = 0; i < b; i++) {
@@ -155,26 +175,42 @@ int main(int argc, char **argv)
         cold += bench_now() - c0;
     }
     printf("a mask not cached (inside a string, the largest): %.3f ms\n", cold / 10 * 1e3);
-    printf("%6s %14s %14s %7s %13s %9s %12s\n", "batch", "plain ms/step", "json ms/step",
-           "ratio", "masks ms/step", "hit rate", "nodes/mask");
-    static const uint32_t batch[] = {1, 32};
-    enum { REPS = 3 }; /* alternating, medians: a machine's drift falls on both */
-    for (size_t k = 0; k < sizeof(batch) / sizeof(*batch); k++) {
-        struct pd_grammar_stats a, z;
-        double unused, p[REPS], j[REPS], mk[REPS];
-        pd_grammar_stats(g, &a);
-        for (int rep = 0; rep < REPS; rep++) {
-            p[rep] = run(e, g, batch[k], ctx, steps, false, &unused);
-            j[rep] = run(e, g, batch[k], ctx, steps, true, &mk[rep]);
-        }
-        pd_grammar_stats(g, &z);
-        const double plain = bench_median(p, REPS), json = bench_median(j, REPS),
-                     ms = bench_median(mk, REPS);
-        const double asked = (double)(z.masks - a.masks), hits = (double)(z.hits - a.hits);
-        printf("%6u %14.2f %14.2f %6.2fx %13.3f %8.1f%% %12.0f\n", batch[k], plain * 1e3,
-               json * 1e3, json / plain, ms * 1e3, asked ? 100.0 * hits / asked : 0.0,
-               asked > hits ? (double)(z.nodes - a.nodes) / (asked - hits) : 0.0);
+    enum { MAXB = 32, REPS = 3 }; /* alternating, medians: a machine's drift falls on all */
+    static const uint32_t batch[] = {1, MAXB};
+    struct pd_schema *sc[N_MODES][MAXB];
+    for (uint32_t i = 0; i < MAXB; i++) {
+        sc[PLAIN][i] = sc[JSON_OBJECT][i] = pd_schema_json_object();
+        if (pd_schema_compile_text(SCHEMA, sizeof(SCHEMA) - 1, &sc[SCHEMA_EACH][i], err,
+                                   sizeof(err)) < 0)
+            die("schema", err);
+        sc[SCHEMA_ONE][i] = sc[SCHEMA_EACH][0];
     }
+    printf("%6s %12s %10s %7s %13s %9s %12s\n", "batch", "mode", "ms/step", "ratio",
+           "masks ms/step", "hit rate", "nodes/mask");
+    for (size_t k = 0; k < sizeof(batch) / sizeof(*batch); k++) {
+        struct pd_grammar_stats a[N_MODES] = {0}, z;
+        double t[N_MODES][REPS], mk[N_MODES][REPS];
+        for (int rep = 0; rep < REPS; rep++)
+            for (int md = 0; md < N_MODES; md++) {
+                struct pd_grammar_stats before;
+                pd_grammar_stats(g, &before);
+                t[md][rep] = run(e, g, batch[k], ctx, steps, md, sc[md], &mk[md][rep]);
+                pd_grammar_stats(g, &z);
+                a[md].masks += z.masks - before.masks;
+                a[md].hits += z.hits - before.hits;
+                a[md].nodes += z.nodes - before.nodes;
+            }
+        const double plain = bench_median(t[PLAIN], REPS);
+        for (int md = 0; md < N_MODES; md++) {
+            const double ms = bench_median(t[md], REPS), mks = bench_median(mk[md], REPS);
+            const double asked = (double)a[md].masks, hits = (double)a[md].hits;
+            printf("%6u %12s %10.2f %6.2fx %13.3f %8.1f%% %12.0f\n", batch[k], mode_name[md],
+                   ms * 1e3, ms / plain, mks * 1e3, asked ? 100.0 * hits / asked : 0.0,
+                   asked > hits ? (double)a[md].nodes / (asked - hits) : 0.0);
+        }
+    }
+    for (uint32_t i = 0; i < MAXB; i++)
+        pd_schema_unref(sc[SCHEMA_EACH][i]);
     pd_grammar_free(g);
     pd_engine_free(e);
     pd_tok_free(tok);
