@@ -3,7 +3,7 @@
 # pdserve's libraries (a GPU node with only the NVIDIA driver and CUDA):
 #
 #   deploy/bundle.sh [--build DIR] [--out DIR] [--format xz|gz] [--extra PROGRAM]...
-#                    [--ucx-cuda DIR]
+#                    [--ucx-cuda DIR] [--sanitizer WHEEL|DIR]
 #
 # Builds nothing: DIR (default build/) must hold a finished build. Writes
 # OUT/pdserve-VERSION-ARCH.tar.xz (OUT defaults to DIR) and prints its path on
@@ -13,7 +13,11 @@
 # has no UCX tools either). --ucx-cuda adds a second UCX that takes CUDA memory
 # (DIR: its lib/, e.g. PyPI's libucx-cu13 wheel's libucx/lib, as
 # deploy/install-deps.sh installs it in the test venv) for the KV channel's
-# direct path (docs/operations.md, "Which UCX").
+# direct path (docs/operations.md, "Which UCX"). --sanitizer adds NVIDIA's
+# compute-sanitizer for check.sh's `sanitize` step (the GPU node has none):
+# PyPI's wheel (`pip download --no-deps nvidia-cuda-sanitizer-api==13.5.25`,
+# about 18 MiB) or its unpacked nvidia/cu13/compute-sanitizer directory; the
+# tool and its libraries only (about 12 MiB packed), not its docs or headers.
 #
 # Inside, under pdserve-VERSION/:
 #   bin/pdserve-env       runs a bundled program (or any command) with lib/ on
@@ -31,6 +35,7 @@
 #                         puts it first where the node has an NVIDIA driver
 #                         (/dev/nvidiactl), or when PD_UCX=cuda (PD_UCX=host:
 #                         the build's UCX always)
+#   tools/compute-sanitizer/  with --sanitizer: the tool, its launchers and libraries
 #   tests/gpu/check.sh    the GPU check (tests/gpu/check.sh in the source tree)
 #   tests/integration/    harness.py and test_disagg_gpu.py, which check.sh runs
 #   tests/bench/          kvx_bench.py (check.sh's kvx step, with --extra ucx_perftest)
@@ -44,6 +49,7 @@ out=""
 format="xz"
 extras=()
 ucx_cuda=""
+sanitizer=""
 
 die() { echo "bundle.sh: $*" >&2; exit 1; }
 
@@ -54,6 +60,7 @@ while [ $# -gt 0 ]; do
         --format) format="${2:?--format needs xz or gz}"; shift 2 ;;
         --extra) extras+=("${2:?--extra needs a program}"); shift 2 ;;
         --ucx-cuda) ucx_cuda="${2:?--ucx-cuda needs a directory}"; shift 2 ;;
+        --sanitizer) sanitizer="${2:?--sanitizer needs a wheel or a directory}"; shift 2 ;;
         -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
@@ -183,6 +190,24 @@ if [ -n "$ucx_cuda" ]; then
             skip_lib "$soname" && continue
             [ -e "$root/lib/$soname" ] || [ -e "$uc/$soname" ] || cp -L "$path" "$uc/$soname"
         done < <(LD_LIBRARY_PATH="$ucx_cuda" ldd "$orig")
+    done
+fi
+
+# compute-sanitizer: the launcher, its helper programs and libraries (the
+# 64-bit ones; x86/ is for 32-bit targets), found beside it at run time
+if [ -n "$sanitizer" ]; then
+    sdir="$sanitizer"
+    if [ -f "$sanitizer" ]; then
+        tmp_san="$(mktemp -d)"
+        trap 'rm -rf "$tmp_san"' EXIT
+        (cd "$tmp_san" && python3 -m zipfile -e "$sanitizer" .) ||
+            die "--sanitizer $sanitizer: not a wheel python3's zipfile can open"
+        sdir="$(dirname "$(find "$tmp_san" -name compute-sanitizer -type f | head -1)")"
+    fi
+    [ -f "$sdir/compute-sanitizer" ] || die "--sanitizer $sanitizer: no compute-sanitizer there"
+    mkdir -p "$root/tools/compute-sanitizer"
+    for f in "$sdir"/*; do
+        [ -f "$f" ] && install -m 755 "$f" "$root/tools/compute-sanitizer/"
     done
 fi
 

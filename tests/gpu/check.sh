@@ -7,6 +7,8 @@
 #   cpu-engine  pdserve-generate on a tiny dummy model (OpenBLAS)       no GPU needed
 #   gpu         the device, or why there is none (attn_bench --probe)
 #   kernels     every CUDA kernel against its CPU reference (test_kernels)
+#   sanitize    compute-sanitizer synccheck and racecheck over the attention
+#               kernels' tests (the tool from deploy/bundle.sh --sanitizer)
 #   tags        the KV channel's block tags on the GPU, bit for bit against
 #               libsodium and known answers (test_tag)
 #   engine      the engine on CUDA against the CPU engine, dummy weights
@@ -190,6 +192,28 @@ fi
 gpu_line="$(grep -m1 '^device: ' "$log" | sed 's/^device: //')"
 
 run kernels "CUDA kernels against the CPU reference" "$env" test_kernels
+# compute-sanitizer's synccheck (barriers every thread of a block must reach)
+# and racecheck (shared-memory hazards) over the attention kernels' tests,
+# the kernels with __syncthreads() (issue 31): each must report 0 errors. The
+# tool travels in the bundle (deploy/bundle.sh --sanitizer); without it the
+# step says so and fails, since a skip is not a pass.
+sanitizer="$root/tools/compute-sanitizer/compute-sanitizer"
+san_tests=(attention_cuda_decode_matches_cpu attention_prefill_cuda_matches_cpu
+           attention_prefill_cuda_matches_cpu_on_model_shapes sample_cuda_matches_cpu)
+sanitize() {
+    if [ ! -x "$sanitizer" ]; then
+        echo "no compute-sanitizer in this bundle (deploy/bundle.sh --sanitizer WHEEL)"
+        return 1
+    fi
+    local tool rc=0
+    for tool in synccheck racecheck; do
+        echo "-- compute-sanitizer --tool $tool (${san_tests[*]})"
+        "$env" "$sanitizer" --tool "$tool" --error-exitcode 9 --print-limit 20 \
+            "$root/libexec/test_kernels" "${san_tests[@]}" || rc=1
+    done
+    return $rc
+}
+run sanitize "synccheck and racecheck: the attention kernels" sanitize
 run tags "block tags on the GPU = libsodium's" "$env" test_tag
 # Two engine tests cannot run here and are left out by name, so that a skip
 # among the rest still fails the step: the default model does not travel (64
