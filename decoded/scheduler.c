@@ -205,9 +205,11 @@ static enum dec_finish take_token(struct dec_sched *s, struct dec_job *j,
     if (j->score_only) /* echo with max_tokens 0: the prompt was the point */
         return DEC_FIN_LENGTH;
     int done = j->constrained ? dec_sched_grammar_take(s, j, r->token) : 0;
-    if (done < 0) { /* its mask allowed it not: no memory for the mask, or a peer's token */
-        j->why = "the token broke the response format (out of memory for its mask, or a "
-                 "prefill peer's first token outside it)";
+    if (done < 0) { /* its mask allowed it not: no memory for the mask, no token allowed,
+                     * or a peer's token */
+        if (!j->why)
+            j->why = "the token broke the response format (out of memory for its mask, or a "
+                     "prefill peer's first token outside it)";
         return DEC_FIN_ERROR;
     }
     j->out[j->n_out++] = r->token;

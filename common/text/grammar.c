@@ -242,7 +242,7 @@ static bool feasible(const struct pd_snode *nd, const th_t *t)
 {
     const bool integer = nd->kind == PD_SK_INTEGER;
     const struct pd_span bd = pd_bounds_of(nd, t->flags & F_NEG);
-    const uint32_t room = PD_NUM_DIGITS - t->ndig; /* digits still allowed */
+    const uint32_t room = pd_digits_of(nd->kind) - t->ndig; /* digits still allowed */
     const pd_fix m = t->mant;
     switch (t->sub) {
     case N_MINUS: /* the first digit decides: try each */
@@ -336,7 +336,7 @@ static int number_byte(const struct pd_schema *sc, th_t *t, uint8_t b)
     t->len++;
     t->sub = next;
     if (bounded && digit) {
-        if (t->ndig >= PD_NUM_DIGITS)
+        if (t->ndig >= pd_digits_of(nd->kind))
             return REFUSED;
         t->ndig++;
         t->mant = t->mant * 10 + (b - '0');

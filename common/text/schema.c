@@ -143,18 +143,105 @@ static int new_node(struct cc *c, const char *path, const struct pd_snode *n, ui
     return 0;
 }
 
-/* A literal: the text of v as cJSON prints it (or of the string s). */
+/* ---- literal texts: JSON written so that it reads back as the value ---- */
+
+struct text {
+    char *p;
+    size_t n, cap;
+    bool oom;
+};
+
+static void put(struct text *t, const char *s, size_t n)
+{
+    if (t->oom)
+        return;
+    if (t->n + n + 1 > t->cap) {
+        size_t cap = t->cap ? t->cap : 64;
+        while (cap < t->n + n + 1)
+            cap *= 2;
+        char *q = realloc(t->p, cap);
+        if (!q) {
+            t->oom = true;
+            return;
+        }
+        t->p = q, t->cap = cap;
+    }
+    memcpy(t->p + t->n, s, n);
+    t->n += n;
+}
+
+static void put_string(struct text *t, const char *s)
+{
+    put(t, "\"", 1);
+    for (; *s; s++) {
+        const unsigned char ch = (unsigned char)*s;
+        char esc[8];
+        if (ch == '"' || ch == '\\')
+            esc[0] = '\\', esc[1] = (char)ch, put(t, esc, 2);
+        else if (ch < 0x20)
+            put(t, esc, (size_t)snprintf(esc, sizeof(esc), "\\u%04x", ch));
+        else
+            put(t, s, 1);
+    }
+    put(t, "\"", 1);
+}
+
+/* A number as the shortest text that reads back as it (cJSON's printer
+ * rounds to 15 digits and calls that equal: 0.30000000000000004 became 0.3) */
+static void put_number(struct text *t, double v)
+{
+    char buf[40];
+    if (v == floor(v) && fabs(v) < 1e17) {
+        snprintf(buf, sizeof(buf), "%.0f", v);
+    } else {
+        for (int p = 1; p <= 17; p++) {
+            snprintf(buf, sizeof(buf), "%.*g", p, v);
+            if (strtod(buf, NULL) == v)
+                break;
+        }
+    }
+    put(t, buf, strlen(buf));
+}
+
+static void put_value(struct text *t, const cJSON *v)
+{
+    if (cJSON_IsObject(v) || cJSON_IsArray(v)) {
+        const bool obj = cJSON_IsObject(v);
+        put(t, obj ? "{" : "[", 1);
+        for (const cJSON *x = v->child; x; x = x->next) {
+            if (x != v->child)
+                put(t, ",", 1);
+            if (obj) {
+                put_string(t, x->string);
+                put(t, ":", 1);
+            }
+            put_value(t, x);
+        }
+        put(t, obj ? "}" : "]", 1);
+    } else if (cJSON_IsString(v)) {
+        put_string(t, v->valuestring);
+    } else if (cJSON_IsNumber(v)) {
+        put_number(t, v->valuedouble);
+    } else {
+        const char *w = cJSON_IsTrue(v) ? "true" : cJSON_IsFalse(v) ? "false" : "null";
+        put(t, w, strlen(w));
+    }
+}
+
+/* A literal: the text of v (or of the string s). */
 static int add_lit(struct cc *c, const char *path, const cJSON *v, const char *s, uint16_t *out)
 {
     struct pd_schema *sc = c->sc;
-    cJSON *tmp = NULL;
-    if (s && !(tmp = cJSON_CreateString(s)))
+    struct text t = {0};
+    if (s)
+        put_string(&t, s);
+    else
+        put_value(&t, v);
+    if (t.oom) {
+        free(t.p);
         return nomem(c);
-    char *p = cJSON_PrintUnformatted(s ? tmp : v);
-    cJSON_Delete(tmp);
-    if (!p)
-        return nomem(c);
-    const size_t n = strlen(p);
+    }
+    const size_t n = t.n;
     int rc = 0;
     if (c->n_text + n > PD_SCHEMA_MAX_LIT || sc->n_lits >= UINT16_MAX)
         rc = REFUSE(c, path, "more than %d bytes of keys and values", PD_SCHEMA_MAX_LIT);
@@ -162,12 +249,12 @@ static int add_lit(struct cc *c, const char *path, const cJSON *v, const char *s
              grow((void **)&sc->lit_off, &c->cap_lits, sc->n_lits + 2u, sizeof(*sc->lit_off)) < 0)
         rc = nomem(c);
     if (rc == 0) {
-        memcpy(sc->text + c->n_text, p, n);
+        memcpy(sc->text + c->n_text, t.p, n);
         c->n_text += (uint32_t)n;
         *out = sc->n_lits++;
         sc->lit_off[sc->n_lits] = c->n_text;
     }
-    free(p);
+    free(t.p);
     return rc;
 }
 
@@ -403,16 +490,16 @@ static pd_fix fix_floor(pd_fix x) /* in units of 1 */
     return (x % PD_FIX_ONE && x < 0) ? q - 1 : q;
 }
 
-/* Whether a number of at most 18 digits is within nd's bounds: with j
- * integer digits, 18 - j after the point, of either sign. */
+/* Whether a number of at most PD_NUMBER_DIGITS digits is within nd's
+ * bounds: with j integer digits, the rest after the point, of either sign. */
 static bool some_number(const struct pd_snode *nd)
 {
     for (int neg = 0; neg < 2; neg++) {
         const struct pd_span bd = pd_bounds_of(nd, neg);
-        for (uint32_t j = 1; j <= PD_NUM_DIGITS; j++) {
+        for (uint32_t j = 1; j <= PD_NUMBER_DIGITS; j++) {
             const pd_fix a = j == 1 ? 0 : pd_pow10x(j - 1) * PD_FIX_ONE,
                          b = pd_pow10x(j) * PD_FIX_ONE;
-            if (pd_grid_meets(&bd, a, b, pd_pow10x(j)))
+            if (pd_grid_meets(&bd, a, b, pd_pow10x(PD_NUM_DIGITS - (PD_NUMBER_DIGITS - j))))
                 return true;
         }
     }
@@ -459,7 +546,7 @@ static int number_node(struct cc *c, const cJSON *js, const char *path, bool int
             return REFUSE(c, path, "no integer is within the bounds");
     } else if (!some_number(&nd)) {
         return REFUSE(c, path, "no number of at most %d digits is within the bounds",
-                      PD_NUM_DIGITS);
+                      PD_NUMBER_DIGITS);
     }
     return new_node(c, path, &nd, out);
 }

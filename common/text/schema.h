@@ -22,14 +22,16 @@
  *
  * What the matcher makes of it: properties come in the schema's order, each
  * optional one may be left out, no others are written; an enum's or const's
- * value is written as cJSON prints it; a string with a length bound has no
- * \u escapes (its characters are counted as a validator counts them);
- * a bounded number has no exponent and at most 18 digits; anyOf follows
+ * value is written so that it reads back as given (numbers: the shortest
+ * such text); a string with a length bound has no \u escapes (its
+ * characters are counted as a validator counts them); a bounded integer has
+ * at most 18 digits, a bounded number at most 15 (a double keeps them) and
+ * no exponent; anyOf follows
  * every alternative that still matches (a reading each): a schema that could
  * need more than PD_GRAMMAR_MAX_ALTS readings at once (nested anyOf
  * multiply) is refused, so none is ever dropped. Bounds are read as
  * written (the shortest decimal that gives the JSON number back); bounds
- * no number of at most 18 digits meets are refused.
+ * no number of those digits meets are refused.
  * Caps: PD_SCHEMA_MAX_NODES nodes (after $ref expansion), PD_SCHEMA_MAX_ENUM
  * values per enum and properties per object, PD_SCHEMA_MAX_LIT bytes of
  * keys and values, typed nesting PD_GRAMMAR_MAX_FRAMES deep.

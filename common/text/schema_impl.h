@@ -16,7 +16,13 @@
  * every value of at most 18 digits is exact and compares as an integer. */
 typedef __int128 pd_fix;
 #define PD_FIX_ONE ((pd_fix)1000000000000000000LL) /* 1 */
-#define PD_NUM_DIGITS 18 /* digits of a bounded number */
+#define PD_NUM_DIGITS 18 /* digits of a bounded integer; the units' scale */
+/* digits of a bounded number (kind number): at most 15 significant digits
+ * read back as a double that keeps their order against the bounds (even an
+ * exclusive one), as validators, Pydantic and JavaScript read them; 17 would
+ * not (0.99999999999999999 reads as 1.0) */
+#define PD_NUMBER_DIGITS 15
+
 
 enum pd_snode_kind {
     PD_SK_ANY, /* any JSON value */
@@ -29,6 +35,11 @@ enum pd_snode_kind {
     PD_SK_LIT, /* one of the texts lits [lit, lit + n) (enum, const, true/false, null) */
     PD_SK_ANYOF, /* one of the nodes alts [a, a + n) */
 };
+
+static inline uint32_t pd_digits_of(uint8_t kind)
+{
+    return kind == PD_SK_INTEGER ? PD_NUM_DIGITS : PD_NUMBER_DIGITS;
+}
 
 struct pd_snode {
     uint8_t kind; /* enum pd_snode_kind */

@@ -636,30 +636,31 @@ static void schema_number_bounds_exact_to_the_thousandth(void)
     range("{'type':'number','minimum':-2.5}", 3, -2500, 1, 5000, 1);
 }
 
-/* A bounded number has no exponent and at most 18 digits (a 0 before the
- * point counts); an unbounded one takes exponents; an unbounded integer
- * more digits, but no point or exponent */
-static void schema_bounded_numbers_refuse_exponents_and_19_digits(void)
+/* A bounded number has no exponent and at most 15 digits, a bounded integer
+ * 18 (a 0 before the point counts); an unbounded one takes exponents; an
+ * unbounded integer more digits, but no point or exponent */
+static void schema_bounded_numbers_refuse_exponents_and_too_many_digits(void)
 {
     struct pd_schema *sc =
         compile_q(OBJ "{'x':{'type':'number','minimum':-1e18},'i':{'type':'integer','minimum':0},"
                       "'n':{'type':'number'},'u':{'type':'integer'}}}");
+    /* a bounded number: 15 digits (what a double keeps); a bounded integer: 18 */
     docs_q(sc, NULL,
-           "{'x':123456789012345678}|{'x':-123456789012345678}|{'x':0.12345678901234567}|{'x':1.0"
-           "0000000000000000}|{'i':999999999999999999}|{'n':1e5}|{'n':-2.5E-3}|{'n':0e+00}|{'n':1"
+           "{'x':123456789012345}|{'x':-123456789012345}|{'x':0.12345678901234}|{'x':1.0"
+           "0000000000000}|{'i':999999999999999999}|{'n':1e5}|{'n':-2.5E-3}|{'n':0e+00}|{'n':1"
            "234567890123456789012.5}|{'u':-12345678901234567890123}",
            true);
     docs_q(
         sc, NULL,
-        "{'x':1e0}|{'x':1E0}|{'x':0.5e1}|{'x':2.0E-1}|{'x':1234567890123456789}|{'x':0.1234567890"
-        "12345678}|{'x':1.000000000000000000}|{'i':1000000000000000000}|{'i':1e3}|{'u':1.5}|{'u"
+        "{'x':1e0}|{'x':1E0}|{'x':0.5e1}|{'x':2.0E-1}|{'x':1234567890123456}|{'x':0.1234567890"
+        "12345}|{'x':1.000000000000000}|{'i':1000000000000000000}|{'i':1e3}|{'u':1.5}|{'u"
         "':1e3}|{'n':1e}|{'n':1e+}",
         false);
     pd_schema_unref(sc);
 }
 
 /* A bound the compiler takes (at most 18 decimals) may need a number that
- * 18 digits cannot write (0.000000000000000001 is 19 with its 0): then the
+ * 15 digits cannot write (0.000000000000000001 is 19 with its 0): then the
  * schema is refused, or no state the matcher reaches is a dead end */
 static void schema_number_bounds_past_18_digits_leave_no_dead_end(void)
 {
@@ -694,9 +695,10 @@ static void schema_bounds_of_17_digits_are_exact(void)
 {
     struct pd_schema *sc = compile_q(OBJ "{'i':{'type':'integer','maximum':12345678901234568}"
                                          ",'x':{'type':'number','minimum':1.0000000000000002}}}");
-    docs_q(sc, NULL, "{'i':12345678901234568}|{'x':1.0000000000000002}", true);
+    docs_q(sc, NULL, "{'i':12345678901234568}|{'x':1.00000000000001}", true); /* 15 digits */
     docs_q(sc, NULL,
-           "{'i':12345678901234569}|{'i':12345678901234570}|{'x':1}|{'x':1.0000000000000001}",
+           "{'i':12345678901234569}|{'i':12345678901234570}|{'x':1}|{'x':1.0000000000000002}|"
+           "{'x':1.0000000000000001}",
            false);
     pd_schema_unref(sc);
 }
@@ -981,7 +983,7 @@ static const struct pd_test tests[] = {
     PD_TEST(schema_instances_valid_accepted_invalid_refused),
     PD_TEST(schema_integer_bounds_exhaustive),
     PD_TEST(schema_number_bounds_exact_to_the_thousandth),
-    PD_TEST(schema_bounded_numbers_refuse_exponents_and_19_digits),
+    PD_TEST(schema_bounded_numbers_refuse_exponents_and_too_many_digits),
     PD_TEST(schema_number_bounds_past_18_digits_leave_no_dead_end),
     PD_TEST(schema_bounds_of_17_digits_are_exact),
     PD_TEST(schema_string_lengths_count_code_points),
