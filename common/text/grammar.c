@@ -335,6 +335,8 @@ static int number_byte(const struct pd_schema *sc, th_t *t, uint8_t b)
         return REFUSED;
     t->len++;
     t->sub = next;
+    if ((next == N_DOT || next == N_E || next == N_ESIGN) && t->len >= PD_GRAMMAR_MAX_NUMBER)
+        return REFUSED; /* a digit must follow, and would not fit: a dead end */
     if (bounded && digit) {
         if (t->ndig >= pd_digits_of(nd->kind))
             return REFUSED;

@@ -56,14 +56,18 @@ static bool jv_lit(struct jv *v, const char *lit)
     return true;
 }
 
-/* one more byte of the number that started at start (JV_NUMBER at most) */
-static bool jv_num_take(struct jv *v, size_t start)
+/* one more byte of the number that started at start (JV_NUMBER at most);
+ * more: a byte after which a digit must come ('.', 'e', the exponent's
+ * sign), so that it needs room for two */
+static bool jv_num_take_more(struct jv *v, size_t start, bool more)
 {
-    if (v->i - start >= JV_NUMBER)
+    if (v->i - start + more >= JV_NUMBER)
         return jv_fail(v);
     v->i++;
     return true;
 }
+
+static bool jv_num_take(struct jv *v, size_t start) { return jv_num_take_more(v, start, false); }
 
 static bool jv_number(struct jv *v)
 {
@@ -81,7 +85,7 @@ static bool jv_number(struct jv *v)
         return jv_fail(v);
     }
     if (jv_peek(v) == '.') {
-        if (!jv_num_take(v, start))
+        if (!jv_num_take_more(v, start, true))
             return false;
         if (!jv_digit(jv_peek(v)))
             return jv_fail(v);
@@ -90,9 +94,9 @@ static bool jv_number(struct jv *v)
                 return false;
     }
     if (jv_peek(v) == 'e' || jv_peek(v) == 'E') {
-        if (!jv_num_take(v, start))
+        if (!jv_num_take_more(v, start, true))
             return false;
-        if ((jv_peek(v) == '+' || jv_peek(v) == '-') && !jv_num_take(v, start))
+        if ((jv_peek(v) == '+' || jv_peek(v) == '-') && !jv_num_take_more(v, start, true))
             return false;
         if (!jv_digit(jv_peek(v)))
             return jv_fail(v);
@@ -536,13 +540,12 @@ static size_t capped_invalid(int k, uint8_t *b, size_t *pre)
         *pre = n;
         b[n++] = '1', b[n++] = '}';
         return n;
-    case 7: /* 65 with an exponent sign as the 65th */
+    case 7: /* an exponent as the 64th byte: a digit must follow, the 65th */
         n += (size_t)sprintf((char *)b, "{\"a\":");
         for (int i = 0; i < 63; i++)
             b[n++] = '2';
-        b[n++] = 'e';
         *pre = n;
-        b[n++] = '-', b[n++] = '1', b[n++] = '}';
+        b[n++] = 'e', b[n++] = '1', b[n++] = '}';
         return n;
     default: return 0;
     }
