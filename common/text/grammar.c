@@ -472,80 +472,69 @@ static uint32_t vstart(const struct pd_schema *sc, const th_t *t, uint16_t node,
  * how many (0: b is refused). */
 static uint32_t step(const struct pd_schema *sc, const th_t *in, uint8_t b, th_t *out)
 {
-    th_t t = *in;
+    th_t *t = out; /* worked on in place: a mask's walk copies readings enough */
+    if (t != in)
+        *t = *in;
     const struct pd_gframe *f;
-    switch (t.mode) {
+    switch (t->mode) {
     case G_STR_KEY:
-    case G_STR_VAL:
-        if (string_byte(sc, &t, b) < 0)
-            return 0;
-        out[0] = t;
-        return 1;
+    case G_STR_VAL: return string_byte(sc, t, b) < 0 ? 0 : 1;
     case G_NUMBER:
     case G_LIT: {
-        int r = t.mode == G_NUMBER ? number_byte(sc, &t, b) : lit_byte(sc, &t, b);
+        int r = t->mode == G_NUMBER ? number_byte(sc, t, b) : lit_byte(sc, t, b);
         if (r == REFUSED)
             return 0;
-        if (r == ENDED)
-            return step(sc, &t, b, out);
-        out[0] = t;
-        return 1;
+        return r == ENDED ? step(sc, t, b, out) : 1;
     }
     case G_DONE: return 0;
     default: break;
     }
-    if (is_ws(b)) { /* between tokens */
-        if (++t.ws > PD_GRAMMAR_MAX_WS)
-            return 0;
-        out[0] = t;
-        return 1;
-    }
-    t.ws = 0;
+    if (is_ws(b)) /* between tokens */
+        return ++t->ws > PD_GRAMMAR_MAX_WS ? 0 : 1;
+    t->ws = 0;
     int rc = -EINVAL;
-    f = top_frame(&t);
-    switch (t.mode) {
-    case G_TOP: return vstart(sc, &t, sc->root, b, out, 0);
-    case G_VALUE: return vstart(sc, &t, ctx_node(sc, &t), b, out, 0);
+    th_t from; /* a value's start writes out[]: what it starts from, apart */
+    f = top_frame(t);
+    switch (t->mode) {
+    case G_TOP: from = *t; return vstart(sc, &from, sc->root, b, out, 0);
+    case G_VALUE: from = *t; return vstart(sc, &from, ctx_node(sc, &from), b, out, 0);
     case G_ARR_FIRST:
         if (b == ']')
-            rc = f && f->count < nd_of(sc, f->node)->min ? -EINVAL : pop(sc, &t, false);
+            rc = f && f->count < nd_of(sc, f->node)->min ? -EINVAL : pop(sc, t, false);
         else if (!f || nd_of(sc, f->node)->max > 0)
-            return vstart(sc, &t, ctx_node(sc, &t), b, out, 0);
+            return from = *t, vstart(sc, &from, ctx_node(sc, &from), b, out, 0);
         break;
     case G_OBJ_FIRST:
     case G_OBJ_KEY:
-        if (b == '}' && t.mode == G_OBJ_FIRST)
-            rc = f && !may_close(sc, f) ? -EINVAL : pop(sc, &t, true);
+        if (b == '}' && t->mode == G_OBJ_FIRST)
+            rc = f && !may_close(sc, f) ? -EINVAL : pop(sc, t, true);
         else if (b == '"' && f)
-            rc = lit_start(sc, &t, nd_of(sc, f->node)->lit, key_window(sc, f), F_KEY, b);
+            rc = lit_start(sc, t, nd_of(sc, f->node)->lit, key_window(sc, f), F_KEY, b);
         else if (b == '"')
-            t.mode = G_STR_KEY, t.sub = S_PLAIN, t.node = PD_SNODE_ANY, rc = 0;
+            t->mode = G_STR_KEY, t->sub = S_PLAIN, t->node = PD_SNODE_ANY, rc = 0;
         break;
     case G_COLON:
         if (b == ':')
-            t.mode = G_VALUE, rc = 0;
+            t->mode = G_VALUE, rc = 0;
         break;
     case G_AFTER:
         if (b == ',') {
             if (!f)
-                t.mode = top_is_object(&t) ? G_OBJ_KEY : G_VALUE, rc = 0;
-            else if (top_is_object(&t))
-                rc = key_window(sc, f) ? (t.mode = G_OBJ_KEY, 0) : -EINVAL;
+                t->mode = top_is_object(t) ? G_OBJ_KEY : G_VALUE, rc = 0;
+            else if (top_is_object(t))
+                rc = key_window(sc, f) ? (t->mode = G_OBJ_KEY, 0) : -EINVAL;
             else
-                rc = f->count < nd_of(sc, f->node)->max ? (t.mode = G_VALUE, 0) : -EINVAL;
+                rc = f->count < nd_of(sc, f->node)->max ? (t->mode = G_VALUE, 0) : -EINVAL;
         } else if (b == '}' || b == ']') {
             if (f && (b == '}' ? !may_close(sc, f) : f->count < nd_of(sc, f->node)->min))
                 rc = -EINVAL;
             else
-                rc = pop(sc, &t, b == '}');
+                rc = pop(sc, t, b == '}');
         }
         break;
     default: break;
     }
-    if (rc < 0)
-        return 0;
-    out[0] = t;
-    return 1;
+    return rc < 0 ? 0 : 1;
 }
 
 /* ---- readings ---- */
@@ -568,6 +557,23 @@ bool pd_gstate_done(const struct pd_gstate *s)
     return false;
 }
 
+/* v[0..n) and the readings add[0..k) not among them, PD_GRAMMAR_MAX_ALTS at
+ * most (readings that met again are one); add may be v + n. The count. */
+static uint32_t merge(th_t *v, uint32_t n, const th_t *add, uint32_t k)
+{
+    for (uint32_t j = 0; j < k; j++) {
+        bool dup = false;
+        for (uint32_t x = 0; x < n && !dup; x++)
+            dup = !memcmp(&v[x], &add[j], sizeof(add[j]));
+        if (!dup && n < PD_GRAMMAR_MAX_ALTS) {
+            if (&v[n] != &add[j])
+                v[n] = add[j];
+            n++;
+        }
+    }
+    return n;
+}
+
 /* s after byte b into o (its readings 0..n-1 only): 0, or -EINVAL when no
  * reading takes it. Readings past the cap are dropped, the same way here
  * for a token's advance as for a mask's walk, so the two always agree. */
@@ -576,16 +582,8 @@ static int state_step(const struct pd_gstate *s, uint8_t b, struct pd_gstate *o)
     th_t out[PD_GRAMMAR_MAX_ALTS];
     uint32_t n = 0;
     o->sc = s->sc;
-    for (uint32_t i = 0; i < s->n; i++) {
-        uint32_t k = step(s->sc, &s->t[i], b, out);
-        for (uint32_t j = 0; j < k; j++) {
-            bool dup = false; /* readings that met again are one */
-            for (uint32_t x = 0; x < n && !dup; x++)
-                dup = !memcmp(&o->t[x], &out[j], sizeof(out[j]));
-            if (!dup && n < PD_GRAMMAR_MAX_ALTS)
-                o->t[n++] = out[j];
-        }
-    }
+    for (uint32_t i = 0; i < s->n; i++)
+        n = merge(o->t, n, out, step(s->sc, &s->t[i], b, out));
     o->n = n;
     return n ? 0 : -EINVAL;
 }
@@ -742,23 +740,32 @@ struct pd_grammar *pd_grammar_free(struct pd_grammar *g)
     return NULL;
 }
 
-static int pend_push(struct pd_grammar *g, size_t *n, size_t *used, uint32_t node,
-                     const struct pd_gstate *st)
+/* room for one more pending node, and for PD_GRAMMAR_MAX_ALTS readings
+ * past used in the arena */
+static int pend_room(struct pd_grammar *g, size_t n, size_t used)
 {
-    if (*n == g->pend_cap) {
+    if (n == g->pend_cap) {
         size_t cap = g->pend_cap ? 2 * g->pend_cap : 1024;
         struct pend *p = realloc(g->pend, cap * sizeof(*p));
         if (!p)
             return -ENOMEM;
         g->pend = p, g->pend_cap = cap;
     }
-    if (*used + st->n > g->arena_cap) {
+    if (used + PD_GRAMMAR_MAX_ALTS > g->arena_cap) {
         size_t cap = g->arena_cap ? 2 * g->arena_cap : 1024;
         th_t *a = realloc(g->arena, cap * sizeof(*a));
         if (!a)
             return -ENOMEM;
         g->arena = a, g->arena_cap = cap;
     }
+    return 0;
+}
+
+static int pend_push(struct pd_grammar *g, size_t *n, size_t *used, uint32_t node,
+                     const struct pd_gstate *st)
+{
+    if (pend_room(g, *n, *used) < 0)
+        return -ENOMEM;
     memcpy(g->arena + *used, st->t, st->n * sizeof(*st->t));
     *used += st->n;
     g->pend[(*n)++] = (struct pend){node, st->n};
@@ -787,10 +794,24 @@ static int compute(struct pd_grammar *g, const struct pd_gstate *s, uint32_t *m)
         g->st.nodes++;
         for (int32_t t = g->tok_head[p.node]; t >= 0; t = g->tok_next[t])
             m[t / 32] |= 1u << (t % 32);
-        for (uint32_t c = g->first_child[p.node]; c; c = g->next_sibling[c])
-            if (state_step(&at, g->byte[c], &next) == 0 &&
-                pend_push(g, &n, &used, c, &next) < 0)
+        for (uint32_t c = g->first_child[p.node]; c; c = g->next_sibling[c]) {
+            if (at.n > 1) { /* several readings: as the advance steps them */
+                if (state_step(&at, g->byte[c], &next) == 0 &&
+                    pend_push(g, &n, &used, c, &next) < 0)
+                    return -ENOMEM;
+                continue;
+            }
+            /* one (nearly always): stepped straight into the arena, merged as
+             * state_step merges one reading's successors */
+            if (pend_room(g, n, used) < 0)
                 return -ENOMEM;
+            th_t *dst = g->arena + used;
+            const uint32_t k = merge(dst, 0, dst, step(s->sc, &at.t[0], g->byte[c], dst));
+            if (k) {
+                used += k;
+                g->pend[n++] = (struct pend){c, k};
+            }
+        }
     }
     return 0;
 }
