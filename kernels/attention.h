@@ -182,8 +182,13 @@ int pd_attention_cpu(const struct pd_attn_args *a);
 int pd_attention_cuda_workspace(const struct pd_attn_args *a, uint64_t *bytes);
 int pd_attention_cuda(const struct pd_attn_args *a, pd_stream_t stream);
 /* -ENOTSUP for an F32 pool, another head_dim or a device below sm_80 (the
- * caller takes pd_attention_cuda); -EINVAL for bad arguments. */
+ * caller takes pd_attention_cuda); -EINVAL for bad arguments. Asks each
+ * device for its compute capability and shared-memory limit once, and sets
+ * each kernel's shared-memory allowance once per size (not per launch). */
 int pd_attention_prefill_cuda(const struct pd_attn_args *a, pd_stream_t stream);
+/* Forgets those answers: for tests whose emulated device changes its limits
+ * (a real device's never change). */
+void pd_attention_prefill_cuda_forget(void);
 
 PD_END_DECLS
 

@@ -33,6 +33,7 @@
 #include "quant.h"
 
 #include <math.h>
+#include <mutex>
 #include <string.h>
 
 /* the shape of the work; a build may try others (cuda_args -DPF_N=32 ...) */
@@ -412,6 +413,66 @@ template <int D, int MT> static pf_kernel_fn pick(bool bf, bool io16)
     return io16 ? attn_prefill_kernel<D, false, true, MT> : attn_prefill_kernel<D, false, false, MT>;
 }
 
+/* What a launch asks of the device, once per device and not per launch
+ * (issue 31, item 4: host queries cost microseconds a step): its compute
+ * capability's major and the shared memory a block may opt into (227 KiB on
+ * sm_90, 163 on sm_80, 99 on sm_86 / sm_89). The runtime's answers do not
+ * change while the process lives. */
+static std::mutex facts_mu;
+static struct {
+    int dev, major, optin;
+} known[16];
+static unsigned n_known;
+static struct {
+    const void *fn;
+    int dev;
+    size_t smem;
+} asked[64];
+static unsigned n_asked;
+
+void pd_attention_prefill_cuda_forget(void)
+{
+    std::lock_guard<std::mutex> hold(facts_mu);
+    n_known = n_asked = 0;
+}
+
+static int device_facts(int dev, int *major, int *optin)
+{
+    std::lock_guard<std::mutex> hold(facts_mu);
+    for (unsigned i = 0; i < n_known; i++)
+        if (known[i].dev == dev) {
+            *major = known[i].major, *optin = known[i].optin;
+            return 0;
+        }
+    PD_CUDA_TRY(cudaDeviceGetAttribute(major, cudaDevAttrComputeCapabilityMajor, dev),
+                "cudaDeviceGetAttribute");
+    PD_CUDA_TRY(cudaDeviceGetAttribute(optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
+                "cudaDeviceGetAttribute");
+    if (n_known < sizeof known / sizeof *known)
+        known[n_known++] = {dev, *major, *optin};
+    return 0;
+}
+
+/* Above 48 KiB of shared memory a kernel must ask, per device: asked once
+ * for the most a launch has needed, not at every launch. */
+template <typename Fn> static int allow_smem(Fn fn, int dev, size_t smem)
+{
+    const void *f = reinterpret_cast<const void *>(fn);
+    std::lock_guard<std::mutex> hold(facts_mu);
+    unsigned i = 0;
+    while (i < n_asked && !(asked[i].fn == f && asked[i].dev == dev))
+        i++;
+    if (i < n_asked && asked[i].smem >= smem)
+        return 0;
+    PD_CUDA_TRY(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                "cudaFuncSetAttribute");
+    if (i < n_asked)
+        asked[i].smem = smem;
+    else if (n_asked < sizeof asked / sizeof *asked)
+        asked[n_asked++] = {f, dev, smem};
+    return 0;
+}
+
 /* the kernel for head_dim D with the most rows per block whose shared memory
  * the device gives a block (opt-in), its rows and its dynamic shared memory;
  * NULL when not even one m-tile per warp fits */
@@ -459,14 +520,11 @@ extern "C" int pd_attention_prefill_cuda(const struct pd_attn_args *a, pd_stream
     if (!aligned16(a->pool) || !aligned16(a->q) || !aligned16(a->out))
         return -EINVAL;
     PD_CUDA_TRY(cudaGetDevice(&dev), "cudaGetDevice");
-    PD_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev),
-                "cudaDeviceGetAttribute");
+    int rc = device_facts(dev, &major, &optin);
+    if (rc < 0)
+        return rc;
     if (major < 8)
         return -ENOTSUP; /* no bf16 / f16 m16n8k16 mma */
-    /* shared memory a block may opt into: 227 KiB on sm_90, 163 on sm_80,
-     * 99 on sm_86 / sm_89 */
-    PD_CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
-                "cudaDeviceGetAttribute");
 
     struct pf_params p;
     memset(&p, 0, sizeof p);
@@ -503,10 +561,8 @@ extern "C" int pd_attention_prefill_cuda(const struct pd_attn_args *a, pd_stream
         return -ENOTSUP; /* the caller takes the decode kernel */
     const uint32_t max_run = a->max_run ? a->max_run : a->n_tokens;
     p.max_run = max_run;
-    /* above 48 KiB a kernel must ask (per device: every launch asks, which is cheap) */
-    PD_CUDA_TRY(cudaFuncSetAttribute(reinterpret_cast<const void *>(fn),
-                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
-                "cudaFuncSetAttribute");
+    if ((rc = allow_smem(fn, dev, smem)) < 0)
+        return rc;
     dim3 grid((max_run + rows - 1) / rows, a->n_runs, a->n_head);
     fn<<<grid, PF_THREADS, smem, pd_cuda_stream(stream)>>>(p);
     return pd_cuda_launched("attn_prefill_kernel");

@@ -1649,8 +1649,10 @@ static void attention_prefill_cuda_fits_the_devices_shared_memory(void)
     static const struct gqa_shape shapes[] = {{1, 3, 64}, {1, 8, 128}};
     need_gpu();
     const int emu = emulated();
-    if (emu)
+    if (emu) { /* another emulated device: what the launcher knew of the last one goes */
         setenv("PD_EMU_SMEM_OPTIN", "101376", 1);
+        pd_attention_prefill_cuda_forget();
+    }
     for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
         struct attn_case c = {.l = {1, shapes[k].kv, shapes[k].hd, 16}, .group = shapes[k].group,
                               .n_seqs = 1, .max_len = 300, .max_run = 200,
@@ -1659,6 +1661,7 @@ static void attention_prefill_cuda_fits_the_devices_shared_memory(void)
     }
     if (emu) {
         setenv("PD_EMU_SMEM_OPTIN", "40000", 1);
+        pd_attention_prefill_cuda_forget();
         for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
             const struct attn_case c = {.l = {1, 1, shapes[k].hd, 16}, .group = 2,
                                         .pool_type = PD_DT_BF16};
@@ -1676,6 +1679,7 @@ static void attention_prefill_cuda_fits_the_devices_shared_memory(void)
             dev_free_all();
         }
         unsetenv("PD_EMU_SMEM_OPTIN");
+        pd_attention_prefill_cuda_forget();
     }
 }
 
