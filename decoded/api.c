@@ -310,8 +310,6 @@ static int parse_stop(const cJSON *root, const struct dec_api_limits *lim, struc
     return 0;
 }
 
-/* Fields we know and refuse rather than silently ignore: ignoring them would
- * change what the client gets. */
 /* response_format {"type": "json_schema", "json_schema": {"name", "schema",
  * "strict"?, "description"?}}: the schema compiled (common/text/schema.h);
  * what it cannot follow is refused, naming the keyword and where it is */
@@ -344,6 +342,8 @@ static int parse_json_schema(const cJSON *rf, struct dec_api_req *r, struct dec_
     return 0;
 }
 
+/* Fields we know and refuse rather than silently ignore: ignoring them would
+ * change what the client gets. */
 static int refuse_unsupported(const cJSON *root, struct dec_api_req *r, struct dec_api_err *e)
 {
     int64_t i = 1;

@@ -120,8 +120,9 @@ struct dec_job {
     bool score_only; /* max_tokens 0 (echo): the prompt scored, nothing generated; it runs
                       * with max_tokens 1 and its token is dropped */
     /* constrained decoding (response_format json_object or json_schema;
-     * common/text/grammar): schema (a reference; NULL with json_object) and
-     * the output so far in gs; before each token it draws, the tokens allowed
+     * common/text/grammar): schema (a reference: the request's compiled
+     * schema, or json_object's static one; NULL unconstrained) and the output
+     * so far in gs; before each token it draws, the tokens allowed
      * there in mask (sampling.mask; compute thread, allocated on first use);
      * it ends (stop) as the value completes */
     bool constrained;

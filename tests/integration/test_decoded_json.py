@@ -13,7 +13,6 @@ The log-probabilities reported are the model's own, not the masked ones.
 Other response_format types, or a model without a tokenizer, are refused
 with a 400 naming response_format, and a refused request counts nothing."""
 import asyncio
-import contextlib
 import itertools
 import json
 import math
@@ -23,15 +22,15 @@ import re
 import openai
 import pytest
 
-from harness import (TINY, Decoded, Prefilld, assert_error, default_model, sse_events,
-                     wait_for, write_key)
+from harness import TINY, Decoded, assert_error, default_model, sse_events
 
 MODEL_PATH = default_model()
 if MODEL_PATH is None:
     pytest.skip("the default model is absent ($PDSERVE_MODEL; ./deploy/fetch-model.sh)",
                 allow_module_level=True)
 
-NAME = "smollm2"
+from served import NAME, async_client, decoded_args, disagg_pair, sync_client  # noqa: E402
+
 JSON_OBJECT = {"type": "json_object"}
 
 # ---- an independent reader: is this text one JSON object, or the start of one? ----
@@ -263,27 +262,10 @@ def check_response(r, n_choices, logprobs=True):
 
 # ---- daemons and clients ----
 
-def decoded_args():
-    return ("--served-model-name", NAME, "--max-model-len", "2048",
-            "--kv-cache-memory", "256MiB")
-
-
 @pytest.fixture(scope="module")
 def d():
     with Decoded(MODEL_PATH, *decoded_args()) as daemon:
         yield daemon
-
-
-@contextlib.contextmanager
-def disagg_pair(tmp_path):
-    """A prefilld and a decoded prefilling every prompt on it, the session up."""
-    psk = write_key(tmp_path / "k.psk")
-    with Prefilld("--model", MODEL_PATH, "--kv-cache-memory", "256MiB", psk=psk) as p, \
-            Decoded("--model", MODEL_PATH, *decoded_args(), "--kv-psk-file", psk,
-                    "--prefill", p.addr, "--local-prefill-max-tokens", "0",
-                    "--prefill-timeout-ms", "120000") as a:
-        wait_for(lambda: "KV session up" in a.log(), 60, "a KV session")
-        yield p, a
 
 
 @pytest.fixture(scope="module")
@@ -296,16 +278,6 @@ def pair(tmp_path_factory):
         # every prompt went to the peer
         assert a.metric("pdserve:remote_prompt_tokens_total") > 0
         assert a.metric("pdserve:prompt_tokens_total") == 0
-
-
-def sync_client(daemon):
-    return openai.OpenAI(base_url=daemon.base_url, api_key="unused", max_retries=0,
-                         timeout=120)
-
-
-def async_client(daemon):
-    return openai.AsyncOpenAI(base_url=daemon.base_url, api_key="unused", max_retries=0,
-                              timeout=120)
 
 
 class Served:

@@ -15,7 +15,6 @@ requests); a schema whose choices were all cut by max_tokens is asked again
 with other seeds, and every schema must give at least one whole instance."""
 import asyncio
 import concurrent.futures
-import contextlib
 import itertools
 import json
 import os
@@ -27,14 +26,14 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from harness import Decoded, Prefilld, default_model, wait_for, write_key
+from harness import Decoded, default_model, wait_for
 
 MODEL_PATH = default_model()
 if MODEL_PATH is None:
     pytest.skip("the default model is absent ($PDSERVE_MODEL; ./deploy/fetch-model.sh)",
                 allow_module_level=True)
 
-NAME = "smollm2"
+from served import NAME, async_client, decoded_args, disagg_pair, sync_client  # noqa: E402
 
 
 # ---- the corpus: (name, chat prompt, schema) ----
@@ -450,27 +449,10 @@ def test_judge_itself():
 
 # ---- daemons and clients ----
 
-def decoded_args():
-    return ("--served-model-name", NAME, "--max-model-len", "2048",
-            "--kv-cache-memory", "256MiB")
-
-
 @pytest.fixture(scope="module")
 def d():
     with Decoded(MODEL_PATH, *decoded_args()) as daemon:
         yield daemon
-
-
-@contextlib.contextmanager
-def disagg_pair(tmp_path):
-    """A prefilld and a decoded prefilling every prompt on it, the session up."""
-    psk = write_key(tmp_path / "k.psk")
-    with Prefilld("--model", MODEL_PATH, "--kv-cache-memory", "256MiB", psk=psk) as p, \
-            Decoded("--model", MODEL_PATH, *decoded_args(), "--kv-psk-file", psk,
-                    "--prefill", p.addr, "--local-prefill-max-tokens", "0",
-                    "--prefill-timeout-ms", "120000") as a:
-        wait_for(lambda: "KV session up" in a.log(), 60, "a KV session")
-        yield p, a
 
 
 @pytest.fixture(scope="module")
@@ -482,16 +464,6 @@ def pair(tmp_path_factory):
         p, a = pa
         assert a.metric("pdserve:remote_prompt_tokens_total") > 0
         assert a.metric("pdserve:prompt_tokens_total") == 0
-
-
-def sync_client(daemon):
-    return openai.OpenAI(base_url=daemon.base_url, api_key="unused", max_retries=0,
-                         timeout=300)
-
-
-def async_client(daemon):
-    return openai.AsyncOpenAI(base_url=daemon.base_url, api_key="unused", max_retries=0,
-                              timeout=300)
 
 
 _salts = itertools.count()
