@@ -16,7 +16,6 @@ import asyncio
 import itertools
 import json
 import math
-import os
 import re
 
 import openai
@@ -29,7 +28,8 @@ if MODEL_PATH is None:
     pytest.skip("the default model is absent ($PDSERVE_MODEL; ./deploy/fetch-model.sh)",
                 allow_module_level=True)
 
-from served import NAME, async_client, decoded_args, disagg_pair, sync_client  # noqa: E402
+# d and pair: module fixtures (a decoded; a prefilld + decoded pair)
+from served import NAME, async_client, d, pair, sync_client  # noqa: E402,F401,F811
 
 JSON_OBJECT = {"type": "json_object"}
 
@@ -261,24 +261,6 @@ def check_response(r, n_choices, logprobs=True):
 
 
 # ---- daemons and clients ----
-
-@pytest.fixture(scope="module")
-def d():
-    with Decoded(MODEL_PATH, *decoded_args()) as daemon:
-        yield daemon
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    if not os.environ.get("PREFILLD"):
-        pytest.skip("set PREFILLD to the prefilld binary")
-    with disagg_pair(tmp_path_factory.mktemp("json")) as pa:
-        yield pa
-        p, a = pa
-        # every prompt went to the peer
-        assert a.metric("pdserve:remote_prompt_tokens_total") > 0
-        assert a.metric("pdserve:prompt_tokens_total") == 0
-
 
 class Served:
     """Where a case runs: d serves the API, p is its prefilld (or None)."""

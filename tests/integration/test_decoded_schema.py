@@ -26,14 +26,15 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from harness import Decoded, default_model, wait_for
+from harness import default_model, wait_for
 
 MODEL_PATH = default_model()
 if MODEL_PATH is None:
     pytest.skip("the default model is absent ($PDSERVE_MODEL; ./deploy/fetch-model.sh)",
                 allow_module_level=True)
 
-from served import NAME, async_client, decoded_args, disagg_pair, sync_client  # noqa: E402
+# d and pair: module fixtures (a decoded; a prefilld + decoded pair)
+from served import NAME, async_client, d, pair, sync_client  # noqa: E402,F401,F811
 
 
 # ---- the corpus: (name, chat prompt, schema) ----
@@ -448,23 +449,6 @@ def test_judge_itself():
 
 
 # ---- daemons and clients ----
-
-@pytest.fixture(scope="module")
-def d():
-    with Decoded(MODEL_PATH, *decoded_args()) as daemon:
-        yield daemon
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    if not os.environ.get("PREFILLD"):
-        pytest.skip("set PREFILLD to the prefilld binary")
-    with disagg_pair(tmp_path_factory.mktemp("schema")) as pa:
-        yield pa
-        p, a = pa
-        assert a.metric("pdserve:remote_prompt_tokens_total") > 0
-        assert a.metric("pdserve:prompt_tokens_total") == 0
-
 
 _salts = itertools.count()
 
