@@ -95,7 +95,6 @@ static const cJSON *get(const cJSON *o, const char *k)
     return cJSON_GetObjectItemCaseSensitive(o, k);
 }
 
-#define REFUSE(c, path, ...) refuse(c, path, __VA_ARGS__)
 __attribute__((format(printf, 3, 4))) static int refuse(struct cc *c, const char *path,
                                                         const char *fmt, ...)
 {
@@ -132,7 +131,7 @@ static int new_node(struct cc *c, const char *path, const struct pd_snode *n, ui
 {
     struct pd_schema *sc = c->sc;
     if (sc->n_nodes >= PD_SCHEMA_MAX_NODES)
-        return REFUSE(c, path, "more than %d schema nodes (after $ref expansion)",
+        return refuse(c, path, "more than %d schema nodes (after $ref expansion)",
                       PD_SCHEMA_MAX_NODES);
     if (grow((void **)&sc->nodes, &c->cap_nodes, sc->n_nodes + 1u, sizeof(*sc->nodes)) < 0)
         return nomem(c);
@@ -186,20 +185,26 @@ static void put_string(struct text *t, const char *s)
     put(t, "\"", 1);
 }
 
+/* The fewest significant digits (1 to 17) that read back as v, as Python's
+ * repr finds them: in %e form when sci, else %g. 17 always do. */
+static void shortest(double v, bool sci, char *buf, size_t cap)
+{
+    for (int sig = 1; sig <= 17; sig++) {
+        snprintf(buf, cap, sci ? "%.*e" : "%.*g", sci ? sig - 1 : sig, v);
+        if (strtod(buf, NULL) == v)
+            return;
+    }
+}
+
 /* A number as the shortest text that reads back as it (cJSON's printer
  * rounds to 15 digits and calls that equal: 0.30000000000000004 became 0.3) */
 static void put_number(struct text *t, double v)
 {
     char buf[40];
-    if (v == floor(v) && fabs(v) < 1e17) {
+    if (v == floor(v) && fabs(v) < 1e17)
         snprintf(buf, sizeof(buf), "%.0f", v);
-    } else {
-        for (int p = 1; p <= 17; p++) {
-            snprintf(buf, sizeof(buf), "%.*g", p, v);
-            if (strtod(buf, NULL) == v)
-                break;
-        }
-    }
+    else
+        shortest(v, false, buf, sizeof(buf));
     put(t, buf, strlen(buf));
 }
 
@@ -244,7 +249,7 @@ static int add_lit(struct cc *c, const char *path, const cJSON *v, const char *s
     const size_t n = t.n;
     int rc = 0;
     if (c->n_text + n > PD_SCHEMA_MAX_LIT || sc->n_lits >= UINT16_MAX)
-        rc = REFUSE(c, path, "more than %d bytes of keys and values", PD_SCHEMA_MAX_LIT);
+        rc = refuse(c, path, "more than %d bytes of keys and values", PD_SCHEMA_MAX_LIT);
     else if (grow((void **)&sc->text, &c->cap_text, c->n_text + (uint32_t)n, 1) < 0 ||
              grow((void **)&sc->lit_off, &c->cap_lits, sc->n_lits + 2u, sizeof(*sc->lit_off)) < 0)
         rc = nomem(c);
@@ -266,7 +271,7 @@ static int ref_node(struct cc *c, const cJSON *js, const char *path, uint32_t de
     const cJSON *r = get(js, "$ref");
     for (const cJSON *k = js->child; k; k = k->next)
         if (strcmp(k->string, "$ref") && !is_annotation(k->string))
-            return REFUSE(c, path, "\"%s\" beside \"$ref\" is not supported", k->string);
+            return refuse(c, path, "\"%s\" beside \"$ref\" is not supported", k->string);
     const char *s = cJSON_IsString(r) ? r->valuestring : "";
     const char *name = NULL, *where = NULL;
     if (!strncmp(s, "#/$defs/", 8))
@@ -274,15 +279,15 @@ static int ref_node(struct cc *c, const cJSON *js, const char *path, uint32_t de
     else if (!strncmp(s, "#/definitions/", 14))
         name = s + 14, where = "definitions";
     if (!name || !*name || strpbrk(name, "/~"))
-        return REFUSE(c, path, "\"$ref\" must name \"#/$defs/NAME\" or \"#/definitions/NAME\"");
+        return refuse(c, path, "\"$ref\" must name \"#/$defs/NAME\" or \"#/definitions/NAME\"");
     const cJSON *defs = get(c->doc, where), *t = defs ? get(defs, name) : NULL;
     if (!t)
-        return REFUSE(c, path, "\"$ref\" %.80s is not in the document", s);
+        return refuse(c, path, "\"$ref\" %.80s is not in the document", s);
     for (uint32_t i = 0; i < c->n_refs; i++)
         if (c->refs[i] == t)
-            return REFUSE(c, path, "\"$ref\" %.80s is recursive (not supported)", s);
+            return refuse(c, path, "\"$ref\" %.80s is recursive (not supported)", s);
     if (c->n_refs == MAX_REFS)
-        return REFUSE(c, path, "\"$ref\" nested more than %d deep", MAX_REFS);
+        return refuse(c, path, "\"$ref\" nested more than %d deep", MAX_REFS);
     c->refs[c->n_refs++] = t;
     char sub[256];
     snprintf(sub, sizeof(sub), "#/%s/%.80s", where, name);
@@ -307,7 +312,7 @@ static int anyof_of(struct cc *c, const char *path, const uint16_t *alt, uint32_
     for (uint32_t i = 0; i < n; i++)
         width += sc->nodes[alt[i]].width;
     if (width > PD_GRAMMAR_MAX_ALTS)
-        return REFUSE(c, path, "\"anyOf\" whose alternatives need %u readings at once (at most "
+        return refuse(c, path, "\"anyOf\" whose alternatives need %u readings at once (at most "
                                "%d: nested anyOf multiply)", width, PD_GRAMMAR_MAX_ALTS);
     if (grow((void **)&sc->alts, &c->cap_alts, sc->n_alts + n, sizeof(*sc->alts)) < 0)
         return nomem(c);
@@ -324,9 +329,9 @@ static int anyof_node(struct cc *c, const cJSON *js, const char *path, uint32_t 
     const cJSON *a = get(js, "anyOf");
     for (const cJSON *k = js->child; k; k = k->next)
         if (strcmp(k->string, "anyOf") && !is_annotation(k->string))
-            return REFUSE(c, path, "\"%s\" beside \"anyOf\" is not supported", k->string);
+            return refuse(c, path, "\"%s\" beside \"anyOf\" is not supported", k->string);
     if (!cJSON_IsArray(a) || !a->child)
-        return REFUSE(c, path, "\"anyOf\" must be a non-empty array of schemas");
+        return refuse(c, path, "\"anyOf\" must be a non-empty array of schemas");
     uint16_t alt[PD_GRAMMAR_MAX_ALTS];
     uint32_t n = 0, i = 0;
     for (const cJSON *x = a->child; x; x = x->next, i++) {
@@ -340,7 +345,7 @@ static int anyof_node(struct cc *c, const cJSON *js, const char *path, uint32_t 
         /* an alternative's own alternatives are this one's */
         const uint32_t m = nd->kind == PD_SK_ANYOF ? nd->n : 1;
         if (n + m > PD_GRAMMAR_MAX_ALTS)
-            return REFUSE(c, path, "\"anyOf\" of more than %d alternatives", PD_GRAMMAR_MAX_ALTS);
+            return refuse(c, path, "\"anyOf\" of more than %d alternatives", PD_GRAMMAR_MAX_ALTS);
         for (uint32_t k = 0; k < m; k++)
             alt[n++] = nd->kind == PD_SK_ANYOF ? c->sc->alts[nd->a + k] : id;
     }
@@ -359,14 +364,14 @@ static int parse_types(struct cc *c, const cJSON *t, const char *path, unsigned 
     *types = 0;
     const cJSON *one = t, *x = cJSON_IsArray(t) ? t->child : t;
     if (cJSON_IsArray(t) && !x)
-        return REFUSE(c, path, "\"type\" is an empty list");
+        return refuse(c, path, "\"type\" is an empty list");
     for (; x; x = cJSON_IsArray(one) ? x->next : NULL) {
         unsigned bit = 0;
         for (unsigned i = 0; cJSON_IsString(x) && i < 7; i++)
             if (!strcmp(x->valuestring, type_names[i]))
                 bit = 1u << i;
         if (!bit)
-            return REFUSE(c, path, "\"type\" must be one or a list of object, array, string, "
+            return refuse(c, path, "\"type\" must be one or a list of object, array, string, "
                                    "number, integer, boolean, null");
         *types |= bit;
     }
@@ -398,12 +403,12 @@ static int enum_node(struct cc *c, const cJSON *js, const char *path, uint16_t *
     for (const cJSON *k = js->child; k; k = k->next)
         if (strcmp(k->string, "enum") && strcmp(k->string, "const") &&
             strcmp(k->string, "type") && !is_annotation(k->string))
-            return REFUSE(c, path, "\"%s\" beside \"%s\" is not supported", k->string,
+            return refuse(c, path, "\"%s\" beside \"%s\" is not supported", k->string,
                           e ? "enum" : "const");
     if (e && k1)
-        return REFUSE(c, path, "both \"enum\" and \"const\"");
+        return refuse(c, path, "both \"enum\" and \"const\"");
     if (e && (!cJSON_IsArray(e) || !e->child))
-        return REFUSE(c, path, "\"enum\" must be a non-empty array");
+        return refuse(c, path, "\"enum\" must be a non-empty array");
     if (t) {
         int rc = parse_types(c, t, path, &types);
         if (rc < 0)
@@ -427,11 +432,11 @@ static int enum_node(struct cc *c, const cJSON *js, const char *path, uint16_t *
             c->sc->n_lits--;
             c->n_text -= len;
         } else if (++nd.n > PD_SCHEMA_MAX_ENUM) { /* distinct values */
-            return REFUSE(c, path, "\"enum\" of more than %d values", PD_SCHEMA_MAX_ENUM);
+            return refuse(c, path, "\"enum\" of more than %d values", PD_SCHEMA_MAX_ENUM);
         }
     }
     if (!nd.n)
-        return REFUSE(c, path, "no value of \"%s\" has the \"type\"", e ? "enum" : "const");
+        return refuse(c, path, "no value of \"%s\" has the \"type\"", e ? "enum" : "const");
     return new_node(c, path, &nd, out);
 }
 
@@ -442,7 +447,7 @@ static int count_kw(struct cc *c, const cJSON *js, const char *k, const char *pa
     if (!x)
         return 0;
     if (!cJSON_IsNumber(x) || x->valuedouble < 0 || x->valuedouble != floor(x->valuedouble))
-        return REFUSE(c, path, "\"%s\" must be a non-negative integer", k);
+        return refuse(c, path, "\"%s\" must be a non-negative integer", k);
     *v = x->valuedouble >= UINT32_MAX ? UINT32_MAX : (uint32_t)x->valuedouble;
     return 0;
 }
@@ -453,13 +458,8 @@ static int count_kw(struct cc *c, const cJSON *js, const char *k, const char *pa
 static int to_fix(double v, pd_fix *f)
 {
     char buf[40];
-    /* the shortest digits that read back as v (as Python's repr): the number
-     * the schema's author wrote, 0.1 and not 0.1000000000000000055... */
-    for (int p = 0; p < 17; p++) {
-        snprintf(buf, sizeof(buf), "%.*e", p, fabs(v));
-        if (strtod(buf, NULL) == fabs(v))
-            break;
-    }
+    /* the number the schema's author wrote: 0.1, not 0.1000000000000000055... */
+    shortest(fabs(v), true, buf, sizeof(buf));
     const char *dot = strchr(buf, '.');
     const int frac = dot ? (int)(strchr(buf, 'e') - dot - 1) : 0; /* digits after the point */
     long long digits = 0;
@@ -520,9 +520,9 @@ static int number_node(struct cc *c, const cJSON *js, const char *path, bool int
         if (!x)
             continue;
         if (!cJSON_IsNumber(x) || !isfinite(x->valuedouble))
-            return REFUSE(c, path, "\"%s\" must be a number", names[i]);
+            return refuse(c, path, "\"%s\" must be a number", names[i]);
         if (to_fix(x->valuedouble, &f) < 0)
-            return REFUSE(c, path, "\"%s\" needs more than %d decimal places", names[i],
+            return refuse(c, path, "\"%s\" needs more than %d decimal places", names[i],
                           PD_NUM_DIGITS);
         const bool excl = i & 1;
         nd.bounded = true;
@@ -533,7 +533,7 @@ static int number_node(struct cc *c, const cJSON *js, const char *path, bool int
     }
     const pd_fix big = PD_FIX_ONE * PD_FIX_ONE - PD_FIX_ONE; /* 18 nines, and a fraction */
     if (lo > big || hi < -big)
-        return REFUSE(c, path, "the bounds leave no number of at most %d digits",
+        return refuse(c, path, "the bounds leave no number of at most %d digits",
                       PD_NUM_DIGITS);
     nd.lo = lo, nd.hi = hi;
     if (integer) {
@@ -543,9 +543,9 @@ static int number_node(struct cc *c, const cJSON *js, const char *path, bool int
         nd.ilo = l < -lim ? -lim : l > lim ? lim + 1 : (int64_t)l;
         nd.ihi = h > lim ? lim : h < -lim ? -lim - 1 : (int64_t)h;
         if (nd.ilo > nd.ihi)
-            return REFUSE(c, path, "no integer is within the bounds");
+            return refuse(c, path, "no integer is within the bounds");
     } else if (!some_number(&nd)) {
-        return REFUSE(c, path, "no number of at most %d digits is within the bounds",
+        return refuse(c, path, "no number of at most %d digits is within the bounds",
                       PD_NUMBER_DIGITS);
     }
     return new_node(c, path, &nd, out);
@@ -557,26 +557,26 @@ static int object_node(struct cc *c, const cJSON *js, const char *path, uint32_t
     const cJSON *props = get(js, "properties"), *req = get(js, "required"),
                 *add = get(js, "additionalProperties");
     if (add && !cJSON_IsBool(add))
-        return REFUSE(c, path, "\"additionalProperties\" other than true or false is not "
+        return refuse(c, path, "\"additionalProperties\" other than true or false is not "
                                "supported");
     if (props && !cJSON_IsObject(props))
-        return REFUSE(c, path, "\"properties\" must be an object");
+        return refuse(c, path, "\"properties\" must be an object");
     if (req && !cJSON_IsArray(req))
-        return REFUSE(c, path, "\"required\" must be an array of property names");
+        return refuse(c, path, "\"required\" must be an array of property names");
     for (const cJSON *r = req ? req->child : NULL; r; r = r->next)
         if (!cJSON_IsString(r) || !props || !get(props, r->valuestring))
-            return REFUSE(c, path, "\"required\" names %s, which is not in \"properties\"",
+            return refuse(c, path, "\"required\" names %s, which is not in \"properties\"",
                           cJSON_IsString(r) ? "a property" : "a non-string");
     if (!props && !cJSON_IsFalse(add)) {
         *out = PD_SNODE_OBJ_FREE;
         return 0;
     }
     if (depth >= PD_GRAMMAR_MAX_FRAMES)
-        return REFUSE(c, path, "objects and arrays nested more than %d deep",
+        return refuse(c, path, "objects and arrays nested more than %d deep",
                       PD_GRAMMAR_MAX_FRAMES);
     const uint32_t n = (uint32_t)cJSON_GetArraySize(props);
     if (n > PD_SCHEMA_MAX_ENUM)
-        return REFUSE(c, path, "more than %d properties", PD_SCHEMA_MAX_ENUM);
+        return refuse(c, path, "more than %d properties", PD_SCHEMA_MAX_ENUM);
     struct pd_schema *sc = c->sc;
     /* the keys' texts first, contiguous; then the properties' schemas, whose
      * own keys come after */
@@ -628,9 +628,9 @@ static int typed_node(struct cc *c, const cJSON *js, const char *path, uint32_t 
             (rc = count_kw(c, js, "maxItems", path, &nd.max)) < 0)
             return rc;
         if (nd.min > nd.max || nd.min > UINT16_MAX)
-            return REFUSE(c, path, "\"minItems\" above \"maxItems\" or above %d", UINT16_MAX);
+            return refuse(c, path, "\"minItems\" above \"maxItems\" or above %d", UINT16_MAX);
         if (depth >= PD_GRAMMAR_MAX_FRAMES)
-            return REFUSE(c, path, "objects and arrays nested more than %d deep",
+            return refuse(c, path, "objects and arrays nested more than %d deep",
                           PD_GRAMMAR_MAX_FRAMES);
         snprintf(sub, sizeof(sub), "%.200s.items", path);
         if (items && (rc = node(c, items, sub, depth + 1, &nd.a)) < 0)
@@ -645,7 +645,7 @@ static int typed_node(struct cc *c, const cJSON *js, const char *path, uint32_t 
             (rc = count_kw(c, js, "maxLength", path, &nd.max)) < 0)
             return rc;
         if (nd.min > nd.max)
-            return REFUSE(c, path, "\"minLength\" above \"maxLength\"");
+            return refuse(c, path, "\"minLength\" above \"maxLength\"");
         return new_node(c, path, &nd, out);
     case T_NUMBER:
     case T_INTEGER: return number_node(c, js, path, type == T_INTEGER, out);
@@ -655,7 +655,7 @@ static int typed_node(struct cc *c, const cJSON *js, const char *path, uint32_t 
         nd.lit = type == T_BOOLEAN ? PD_SLIT_TRUE : PD_SLIT_NULL;
         nd.n = type == T_BOOLEAN ? 2 : 1;
         return new_node(c, path, &nd, out);
-    default: return REFUSE(c, path, "bad type");
+    default: return refuse(c, path, "bad type");
     }
 }
 
@@ -666,12 +666,12 @@ static int node(struct cc *c, const cJSON *js, const char *path, uint32_t depth,
         return 0;
     }
     if (!cJSON_IsObject(js))
-        return REFUSE(c, path, "a schema must be an object (or true)");
+        return refuse(c, path, "a schema must be an object (or true)");
     unsigned cats = 0;
     for (const cJSON *k = js->child; k; k = k->next) {
         const struct kw *w = keyword(k->string);
         if (!w && !is_annotation(k->string))
-            return REFUSE(c, path, "\"%.60s\" is not supported", k->string);
+            return refuse(c, path, "\"%.60s\" is not supported", k->string);
         cats |= w ? (unsigned)w->cat : 0u;
     }
     if (get(js, "$ref"))
@@ -690,7 +690,7 @@ static int node(struct cc *c, const cJSON *js, const char *path, uint32_t depth,
         *out = PD_SNODE_ANY;
         return 0;
     } else if (cats & (cats - 1)) {
-        return REFUSE(c, path, "no \"type\", and keywords of several types");
+        return refuse(c, path, "no \"type\", and keywords of several types");
     } else {
         types = cats; /* C_* and T_* agree on object, array, string and number */
     }
@@ -762,7 +762,7 @@ int pd_schema_compile(const cJSON *js, struct pd_schema **out, char *err, size_t
     if (rc == 0) {
         const uint8_t k = sc->nodes[sc->root].kind;
         if (k != PD_SK_OBJECT && k != PD_SK_OBJ_FREE)
-            rc = REFUSE(&c, "$", "the root must be an object (\"type\": \"object\")");
+            rc = refuse(&c, "$", "the root must be an object (\"type\": \"object\")");
     }
     if (rc < 0) {
         pd_schema_unref(sc);
