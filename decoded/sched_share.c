@@ -101,10 +101,7 @@ int dec_sched_mask(struct dec_sched *s, struct dec_job *j)
     const uint32_t *m = pd_grammar_mask(s->grammar, &j->gs);
     if (!m)
         return -ENOMEM;
-    uint32_t any = 0;
-    for (uint32_t w = 0; w < words; w++)
-        any |= m[w];
-    if (!any) { /* the schema's checks should make this impossible; if not, this job fails
+    if (!pd_mask_any(m, pd_engine_n_vocab(s->p.engine))) { /* the schema's checks should make this impossible; if not, this job fails
                  * alone: no mask, and its token is then refused (the sampler would refuse
                  * the whole step's) */
         j->why = "the response format allows no token here";

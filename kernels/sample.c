@@ -69,15 +69,8 @@ int pd_sampling_validate(const struct pd_sampling *p, uint32_t n_vocab, char *er
     if (p->n_bias > PD_MAX_LOGIT_BIAS || (p->n_bias && !p->bias))
         return pd_errf(err, errlen, -EINVAL, "logit_bias has %u entries (at most %d)", p->n_bias,
                        PD_MAX_LOGIT_BIAS);
-    if (p->mask) {
-        uint32_t any = 0;
-        for (uint32_t w = 0; w < n_vocab / 32 && !any; w++)
-            any |= p->mask[w];
-        if (!any && n_vocab % 32)
-            any = p->mask[n_vocab / 32] & ((1u << (n_vocab % 32)) - 1);
-        if (!any)
-            return pd_errf(err, errlen, -EINVAL, "the token mask allows no token");
-    }
+    if (p->mask && !pd_mask_any(p->mask, n_vocab))
+        return pd_errf(err, errlen, -EINVAL, "the token mask allows no token");
     for (uint32_t i = 0; i < p->n_bias; i++) {
         if (p->bias[i].token < 0 || (uint32_t)p->bias[i].token >= n_vocab)
             return pd_errf(err, errlen, -EINVAL, "logit_bias token %d is not an id in [0, %u)",

@@ -112,6 +112,18 @@ PD_HD bool pd_mask_allows(const uint32_t *mask, uint32_t t)
     return !mask || (mask[t / 32] >> (t % 32) & 1u);
 }
 
+/* Whether a token mask lets any of tokens [0, n_vocab) be drawn (a mask
+ * allowing none is refused: the sampler, and decoded before it asks). */
+static inline bool pd_mask_any(const uint32_t *mask, uint32_t n_vocab)
+{
+    uint32_t any = 0;
+    for (uint32_t w = 0; w < n_vocab / 32 && !any; w++)
+        any |= mask[w];
+    if (!any && n_vocab % 32)
+        any = mask[n_vocab / 32] & ((1u << (n_vocab % 32)) - 1);
+    return any != 0;
+}
+
 struct pd_token_logprob {
     int32_t token;
     float logprob;
