@@ -2,6 +2,7 @@
 #include "chat.h"
 
 #include "errf.h"
+#include "pyjson.h"
 #include "tokenizer.h"
 #include "utf8.h"
 
@@ -13,8 +14,12 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#define PD_STR_(x) #x
+#define PD_STR(x) PD_STR_(x)
+
 struct pd_chat_template {
     enum pd_chat_family family;
+    enum pd_chat_calls calls;
     char bos[PD_TOK_MAX_PIECE + 1]; /* text the template prints as bos_token */
     char eos[PD_TOK_MAX_PIECE + 1];
     char system[PD_CHAT_MAX_SYSTEM + 1]; /* ChatML default system prompt, "" if none */
@@ -22,7 +27,7 @@ struct pd_chat_template {
 
 static const char *const family_names[PD_CHAT_FAMILIES] = {"chatml",  "llama2",  "llama3",
                                                             "qwen3",   "llama31", "mistral"};
-static const char *const role_names[] = {"system", "user", "assistant"};
+static const char *const role_names[] = {"system", "user", "assistant", "tool"};
 
 const char *pd_chat_family_name(enum pd_chat_family f)
 {
@@ -31,12 +36,12 @@ const char *pd_chat_family_name(enum pd_chat_family f)
 
 const char *pd_chat_role_name(enum pd_chat_role role)
 {
-    return (unsigned)role < 3 ? role_names[role] : "?";
+    return (unsigned)role < 4 ? role_names[role] : "?";
 }
 
 int pd_chat_role_parse(const char *s, size_t len, enum pd_chat_role *role)
 {
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         if (strlen(role_names[i]) == len && memcmp(s, role_names[i], len) == 0) {
             *role = (enum pd_chat_role)i;
             return 0;
@@ -63,6 +68,9 @@ static struct pd_chat_template *tmpl_new(enum pd_chat_family f, const struct pd_
     if (!ct)
         return NULL;
     ct->family = f;
+    /* the names of families whose only templates have tools */
+    ct->calls = f == PD_CHAT_QWEN3 ? PD_CHAT_CALLS_HERMES
+                : f == PD_CHAT_LLAMA31 ? PD_CHAT_CALLS_LLAMA : PD_CHAT_CALLS_NONE;
     const bool l3 = f == PD_CHAT_LLAMA3 || f == PD_CHAT_LLAMA31;
     special_text(tok, tok ? pd_tok_bos(tok) : -1, l3 ? "<|begin_of_text|>" : "<s>", ct->bos);
     special_text(tok, tok ? pd_tok_eos(tok) : -1, l3 ? "<|eot_id|>" : "</s>", ct->eos);
@@ -122,11 +130,13 @@ static int chatml_default_system(const char *s, size_t n, char *out)
 static const struct {
     const char *sha256, *model;
     enum pd_chat_family family;
+    enum pd_chat_calls calls;
 } known[] = {
 #include "chat_known.h"
 };
 
-static bool known_template(const char *text, size_t len, enum pd_chat_family *f)
+static bool known_template(const char *text, size_t len, enum pd_chat_family *f,
+                           enum pd_chat_calls *calls)
 {
     uint8_t h[crypto_hash_sha256_BYTES];
     char hex[2 * crypto_hash_sha256_BYTES + 1];
@@ -135,6 +145,7 @@ static bool known_template(const char *text, size_t len, enum pd_chat_family *f)
     for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
         if (strcmp(hex, known[i].sha256) == 0) {
             *f = known[i].family;
+            *calls = known[i].calls;
             return true;
         }
     return false;
@@ -165,19 +176,21 @@ int pd_chat_template_parse(const char *text, size_t len, const struct pd_tokeniz
                            struct pd_chat_template **out, char *err, size_t errlen)
 {
     enum pd_chat_family f;
+    enum pd_chat_calls calls = PD_CHAT_CALLS_NONE; /* a template only marked has none */
 
     if (!text || !out)
         return pd_errf(err, errlen, -EINVAL, "no template");
     if (len > PD_CHAT_MAX_FILE)
         return pd_errf(err, errlen, -E2BIG, "chat template is %zu bytes (cap %u)", len,
                        PD_CHAT_MAX_FILE);
-    if (!known_template(text, len, &f) && !marked_template(text, len, &f))
+    if (!known_template(text, len, &f, &calls) && !marked_template(text, len, &f))
         return pd_errf(err, errlen, -ENOTSUP,
                        "chat template not recognised (supported families: chatml, llama2, llama3, "
                        "qwen3, llama31, mistral); choose one with --chat-template NAME|FILE");
     struct pd_chat_template *ct = tmpl_new(f, tok);
     if (!ct)
         return pd_errf(err, errlen, -ENOMEM, "out of memory");
+    ct->calls = calls;
     if (f == PD_CHAT_CHATML && chatml_default_system(text, len, ct->system) < 0) {
         pd_chat_template_free(ct);
         return pd_errf(err, errlen, -E2BIG,
@@ -277,6 +290,11 @@ enum pd_chat_family pd_chat_template_family(const struct pd_chat_template *ct)
 const char *pd_chat_template_default_system(const struct pd_chat_template *ct)
 {
     return ct->system;
+}
+
+enum pd_chat_calls pd_chat_template_calls(const struct pd_chat_template *ct)
+{
+    return ct->calls;
 }
 
 /* --- rendering ---------------------------------------------------------- */
@@ -424,20 +442,182 @@ static void render_turns(const struct pd_chat_template *ct, const struct turn_fm
     }
 }
 
-/* Qwen/Qwen3-0.6B's template, without tools: ChatML, the first system message
- * as its own turn, no default one; an assistant turn after the last user
- * turn that is the last message (or that carries reasoning) is written with
- * its <think> block, any other with the reasoning cut: the content after the
- * last </think>, its leading newlines stripped. */
-static void render_qwen3(const struct pd_chat_msg *m, size_t n, bool gen, struct wr *w)
+/* ---- tools (Qwen2.5, Qwen3, Llama-3.1) ---------------------------------- */
+
+/* the tools, each element of the API's array */
+struct tools {
+    const struct pd_pyjson_span *t;
+    size_t n;
+};
+
+/* A JSON text as the template's tojson prints its value. */
+static int put_json(struct wr *w, const char *s, size_t n, int indent, const char *what,
+                    char *err, size_t errlen)
 {
+    char *o, e[128];
+    size_t on;
+    int rc = pd_pyjson_dump(s, n, indent, &o, &on, e, sizeof(e));
+    if (rc == -ENOMEM)
+        return pd_errf(err, errlen, rc, "out of memory");
+    if (rc < 0)
+        return pd_errf(err, errlen, rc, "%s is not JSON: %s", what, e);
+    put(w, o, on);
+    free(o);
+    return 0;
+}
+
+static int put_tools(struct wr *w, const struct tools *t, int indent, const char *sep,
+                     char *err, size_t errlen)
+{
+    for (size_t i = 0; i < t->n; i++) {
+        char what[32];
+        snprintf(what, sizeof(what), "tool %zu", i);
+        if (indent == 0)
+            puts_(w, sep);
+        int rc = put_json(w, t->t[i].p, t->t[i].n, indent, what, err, errlen);
+        if (rc < 0)
+            return rc;
+        if (indent)
+            puts_(w, sep);
+    }
+    return 0;
+}
+
+/* Qwen's: the tools block of the system turn, after its text */
+static int put_hermes_tools(struct wr *w, const struct tools *t, char *err, size_t errlen)
+{
+    puts_(w, "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+             "You are provided with function signatures within <tools></tools> XML tags:\n"
+             "<tools>");
+    int rc = put_tools(w, t, 0, "\n", err, errlen);
+    puts_(w, "\n</tools>\n\nFor each function call, return a json object with function name and "
+             "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+             "{\"name\": <function-name>, \"arguments\": <args-json-object>}\n"
+             "</tool_call><|im_end|>\n");
+    return rc;
+}
+
+/* one call, {"name": ..., key: arguments} (the arguments as tojson prints them) */
+static int put_call(struct wr *w, const struct pd_chat_call *c, const char *key, size_t msg,
+                    size_t k, char *err, size_t errlen)
+{
+    char what[64];
+    snprintf(what, sizeof(what), "message %zu: tool call %zu's arguments", msg, k);
+    puts_(w, "{\"name\": \"");
+    put(w, c->name, c->name_len);
+    puts_(w, "\", \"");
+    puts_(w, key);
+    puts_(w, "\": ");
+    int rc = put_json(w, c->args, c->args_len, 0, what, err, errlen);
+    puts_(w, "}");
+    return rc;
+}
+
+static int put_hermes_call(struct wr *w, const struct pd_chat_call *c, size_t msg, size_t k,
+                           char *err, size_t errlen)
+{
+    puts_(w, "<tool_call>\n");
+    int rc = put_call(w, c, "arguments", msg, k, err, errlen);
+    puts_(w, "\n</tool_call>");
+    return rc;
+}
+
+/* Qwen's tool results: a run of them is one user turn */
+static void put_tool_response(struct wr *w, const struct pd_chat_msg *m, size_t n, size_t i)
+{
+    if (i == 0 || m[i - 1].role != PD_CHAT_TOOL)
+        puts_(w, "<|im_start|>user");
+    puts_(w, "\n<tool_response>\n");
+    put(w, m[i].content, m[i].len);
+    puts_(w, "\n</tool_response>");
+    if (i == n - 1 || m[i + 1].role != PD_CHAT_TOOL)
+        puts_(w, "<|im_end|>\n");
+}
+
+/* Qwen/Qwen2.5-7B-Instruct's template: ChatML with its default system prompt;
+ * with tools, the system turn (the first system message or the default)
+ * carries them. An assistant message's calls follow its content. */
+static int render_qwen25(const struct pd_chat_template *ct, const struct pd_chat_msg *m, size_t n,
+                         const struct tools *t, bool gen, struct wr *w, char *err, size_t errlen)
+{
+    const bool sys = m[0].role == PD_CHAT_SYSTEM;
+    int rc = 0;
+    if (t->n) {
+        puts_(w, "<|im_start|>system\n");
+        if (sys)
+            put(w, m[0].content, m[0].len);
+        else
+            puts_(w, ct->system);
+        puts_(w, "\n\n");
+        rc = put_hermes_tools(w, t, err, errlen);
+    } else if (sys) {
+        put_turn(w, &fmt_chatml, "system", m[0].content, m[0].len);
+    } else {
+        put_turn(w, &fmt_chatml, "system", ct->system, strlen(ct->system));
+    }
+    for (size_t i = sys; i < n && rc == 0; i++) {
+        if (m[i].role == PD_CHAT_TOOL) {
+            put_tool_response(w, m, n, i);
+        } else if (m[i].role != PD_CHAT_ASSISTANT || !m[i].n_calls) {
+            put_turn(w, &fmt_chatml, pd_chat_role_name(m[i].role), m[i].content, m[i].len);
+        } else {
+            puts_(w, "<|im_start|>assistant");
+            if (m[i].len) {
+                puts_(w, "\n");
+                put(w, m[i].content, m[i].len);
+            }
+            for (size_t k = 0; k < m[i].n_calls && rc == 0; k++) {
+                puts_(w, "\n");
+                rc = put_hermes_call(w, &m[i].calls[k], i, k, err, errlen);
+            }
+            puts_(w, "<|im_end|>\n");
+        }
+    }
+    if (gen)
+        puts_(w, "<|im_start|>assistant\n");
+    return rc;
+}
+
+static bool is_tool_response(const struct pd_chat_msg *m)
+{
+    static const char open[] = "<tool_response>", close[] = "</tool_response>";
+    const size_t no = sizeof(open) - 1, nc = sizeof(close) - 1;
+    return m->len >= no && memcmp(m->content, open, no) == 0 && m->len >= nc &&
+           memcmp(m->content + m->len - nc, close, nc) == 0;
+}
+
+/* Qwen/Qwen3-0.6B's template: ChatML, the first system message as its own
+ * turn (with tools: with them after it), no default one. The last query is
+ * the last user message that is not a tool result wrapped in
+ * <tool_response> tags. An assistant turn after it that is the last message
+ * (or that carries reasoning) is written with its <think> block, any other
+ * with the reasoning cut: the content after the last </think>, its leading
+ * newlines stripped. Calls follow the content, a newline between. */
+static int render_qwen3(const struct pd_chat_msg *m, size_t n, const struct tools *t, bool gen,
+                        struct wr *w, char *err, size_t errlen)
+{
+    int rc = 0;
+    if (t->n) {
+        puts_(w, "<|im_start|>system\n");
+        if (m[0].role == PD_CHAT_SYSTEM) {
+            put(w, m[0].content, m[0].len);
+            puts_(w, "\n\n");
+        }
+        rc = put_hermes_tools(w, t, err, errlen);
+    } else if (m[0].role == PD_CHAT_SYSTEM) {
+        put_turn(w, &fmt_chatml, "system", m[0].content, m[0].len);
+    }
     size_t last_query = n - 1;
     for (size_t i = n; i-- > 0;)
-        if (m[i].role == PD_CHAT_USER) {
+        if (m[i].role == PD_CHAT_USER && !is_tool_response(&m[i])) {
             last_query = i;
             break;
         }
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = m[0].role == PD_CHAT_SYSTEM; i < n && rc == 0; i++) {
+        if (m[i].role == PD_CHAT_TOOL) {
+            put_tool_response(w, m, n, i);
+            continue;
+        }
         if (m[i].role != PD_CHAT_ASSISTANT) {
             put_turn(w, &fmt_chatml, pd_chat_role_name(m[i].role), m[i].content, m[i].len);
             continue;
@@ -466,6 +646,7 @@ static void render_qwen3(const struct pd_chat_msg *m, size_t n, bool gen, struct
             r = rb, rl = (size_t)(re_ - rb);
             c = body, cl = (size_t)(end - body);
         }
+        const bool content = cl != 0; /* the template's test, before any strip below */
         puts_(w, "<|im_start|>assistant\n");
         if (i > last_query && (i == n - 1 || rl)) {
             /* '<think>\n' + reasoning.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') */
@@ -480,30 +661,83 @@ static void render_qwen3(const struct pd_chat_msg *m, size_t n, bool gen, struct
                 c++, cl--;
         }
         put(w, c, cl);
+        for (size_t k = 0; k < m[i].n_calls && rc == 0; k++) {
+            if (k || content)
+                puts_(w, "\n");
+            rc = put_hermes_call(w, &m[i].calls[k], i, k, err, errlen);
+        }
         puts_(w, "<|im_end|>\n");
     }
     if (gen)
         puts_(w, "<|im_start|>assistant\n");
+    return rc;
 }
 
-/* meta-llama/Llama-3.1-8B-Instruct's (and 3.3's) template, without tools:
- * BOS, a system turn always (the knowledge and date lines, then the first
- * system message trimmed), then each message trimmed as Llama-3 writes it. */
-static void render_llama31(const struct pd_chat_template *ct, const struct pd_chat_msg *m,
-                           size_t n, bool gen, struct wr *w)
+/* meta-llama/Llama-3.1-8B-Instruct's (and 3.3's) template: BOS, a system
+ * turn always (the knowledge and date lines, then the first system message
+ * trimmed), then each message trimmed as Llama-3 writes it. With tools
+ * (tools_in_user_message, the default): "Environment: ipython" in the system
+ * turn, and the tools (tojson, indent 4) before the first message after the
+ * system one, in a user turn; a call is the whole assistant turn, one per
+ * message; a tool result is an ipython turn, tojson'd (a string is iterable
+ * to Jinja). */
+static int render_llama31(const struct pd_chat_template *ct, const struct pd_chat_msg *m,
+                          size_t n, const struct tools *t, bool gen, struct wr *w, char *err,
+                          size_t errlen)
 {
+    int rc = 0;
+    const struct pd_chat_msg *first = m; /* message numbers in errors count from here */
     puts_(w, ct->bos);
-    puts_(w, "<|start_header_id|>system<|end_header_id|>\n\n"
-             "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n");
+    puts_(w, "<|start_header_id|>system<|end_header_id|>\n\n");
+    if (t->n)
+        puts_(w, "Environment: ipython\n");
+    puts_(w, "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n");
     if (n && m[0].role == PD_CHAT_SYSTEM) {
         put_stripped(w, m[0].content, m[0].len);
         m++, n--;
     }
     puts_(w, "<|eot_id|>");
-    for (size_t i = 0; i < n; i++)
-        put_turn(w, &fmt_llama3, pd_chat_role_name(m[i].role), m[i].content, m[i].len);
+    if (t->n) {
+        if (n == 0)
+            return pd_errf(err, errlen, -EINVAL,
+                           "Cannot put tools in the first user message when there's no first "
+                           "user message!");
+        puts_(w, "<|start_header_id|>user<|end_header_id|>\n\n"
+                 "Given the following functions, please respond with a JSON for a function "
+                 "call with its proper arguments that best answers the given prompt.\n\n"
+                 "Respond in the format {\"name\": function name, \"parameters\": dictionary "
+                 "of argument name and its value}.Do not use variables.\n\n");
+        if ((rc = put_tools(w, t, 4, "\n\n", err, errlen)) < 0)
+            return rc;
+        put_stripped(w, m[0].content, m[0].len);
+        puts_(w, "<|eot_id|>");
+        m++, n--;
+    }
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        if (m[i].role == PD_CHAT_TOOL) {
+            char *j;
+            size_t jn;
+            if (pd_pyjson_str(m[i].content, m[i].len, &j, &jn) < 0)
+                return pd_errf(err, errlen, -ENOMEM, "out of memory");
+            puts_(w, "<|start_header_id|>ipython<|end_header_id|>\n\n");
+            put(w, j, jn);
+            free(j);
+            puts_(w, "<|eot_id|>");
+        } else if (m[i].n_calls) {
+            if (m[i].n_calls != 1)
+                return pd_errf(err, errlen, -EINVAL,
+                               "This model only supports single tool-calls at once!");
+            puts_(w, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+            rc = put_call(w, &m[i].calls[0], "parameters", (size_t)(m + i - first), 0, err,
+                          errlen);
+            puts_(w, "<|eot_id|>");
+        } else {
+            put_turn(w, &fmt_llama3, pd_chat_role_name(m[i].role), m[i].content, m[i].len);
+        }
+    }
     if (gen)
         puts_(w, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    return rc;
 }
 
 /* mistralai/Mistral-Nemo-Instruct-2407's template, without tools: after an
@@ -549,26 +783,59 @@ int pd_chat_render(const struct pd_chat_template *ct, const struct pd_chat_msg *
                    bool add_generation_prompt, char *out, size_t cap, size_t *len, char *err,
                    size_t errlen)
 {
+    return pd_chat_render_tools(ct, msgs, n, NULL, 0, add_generation_prompt, out, cap, len, err,
+                                errlen);
+}
+
+int pd_chat_render_tools(const struct pd_chat_template *ct, const struct pd_chat_msg *msgs,
+                         size_t n, const char *tools, size_t tools_len, bool add_generation_prompt,
+                         char *out, size_t cap, size_t *len, char *err, size_t errlen)
+{
     if (!ct || (!msgs && n) || !len || (!out && cap))
         return pd_errf(err, errlen, -EINVAL, "bad arguments");
     if (n == 0) /* transformers refuses an empty conversation too */
         return pd_errf(err, errlen, -EINVAL, "no messages");
     if (n > PD_CHAT_MAX_MSGS)
         return pd_errf(err, errlen, -EINVAL, "%zu messages (cap %u)", n, PD_CHAT_MAX_MSGS);
+    bool tooling = tools != NULL;
     for (size_t i = 0; i < n; i++) {
-        if ((unsigned)msgs[i].role > PD_CHAT_ASSISTANT)
+        if ((unsigned)msgs[i].role > PD_CHAT_TOOL)
             return pd_errf(err, errlen, -EINVAL, "message %zu: unknown role", i);
         if (msgs[i].len > PD_CHAT_MAX_CONTENT)
             return pd_errf(err, errlen, -EINVAL, "message %zu: %zu bytes of content (cap %u)", i,
                            msgs[i].len, PD_CHAT_MAX_CONTENT);
         if (!msgs[i].content && msgs[i].len)
             return pd_errf(err, errlen, -EINVAL, "message %zu: no content", i);
+        if (msgs[i].n_calls && (msgs[i].role != PD_CHAT_ASSISTANT || !msgs[i].calls))
+            return pd_errf(err, errlen, -EINVAL, "message %zu: only an assistant makes tool calls",
+                           i);
+        if (msgs[i].n_calls > PD_CHAT_MAX_CALLS)
+            return pd_errf(err, errlen, -EINVAL, "message %zu: %zu tool calls (cap %u)", i,
+                           msgs[i].n_calls, PD_CHAT_MAX_CALLS);
+        tooling = tooling || msgs[i].n_calls || msgs[i].role == PD_CHAT_TOOL;
+    }
+    if (tooling && ct->calls == PD_CHAT_CALLS_NONE)
+        return pd_errf(err, errlen, -EINVAL,
+                       "the chat template (%s) has no tools: tools, tool calls and tool messages "
+                       "need Qwen2.5's, Qwen3's or Llama-3.1's own template",
+                       family_names[ct->family]);
+    struct pd_pyjson_span spans[PD_CHAT_MAX_TOOLS];
+    struct tools t = {spans, 0};
+    if (tools) {
+        char e[128];
+        int rc = pd_pyjson_items(tools, tools_len, spans, PD_CHAT_MAX_TOOLS, &t.n, e, sizeof(e));
+        if (rc < 0)
+            return pd_errf(err, errlen, -EINVAL, "tools: %s%s", e,
+                           rc == -E2BIG ? " (cap " PD_STR(PD_CHAT_MAX_TOOLS) ")" : "");
     }
     struct wr w = {out, cap, 0};
     int rc = 0;
     switch (ct->family) {
     case PD_CHAT_CHATML:
-        render_turns(ct, &fmt_chatml, msgs, n, add_generation_prompt, &w);
+        if (ct->calls == PD_CHAT_CALLS_HERMES)
+            rc = render_qwen25(ct, msgs, n, &t, add_generation_prompt, &w, err, errlen);
+        else
+            render_turns(ct, &fmt_chatml, msgs, n, add_generation_prompt, &w);
         break;
     case PD_CHAT_LLAMA3:
         render_turns(ct, &fmt_llama3, msgs, n, add_generation_prompt, &w);
@@ -577,10 +844,10 @@ int pd_chat_render(const struct pd_chat_template *ct, const struct pd_chat_msg *
         rc = render_llama2(ct, msgs, n, &w, err, errlen);
         break;
     case PD_CHAT_QWEN3:
-        render_qwen3(msgs, n, add_generation_prompt, &w);
+        rc = render_qwen3(msgs, n, &t, add_generation_prompt, &w, err, errlen);
         break;
     case PD_CHAT_LLAMA31:
-        render_llama31(ct, msgs, n, add_generation_prompt, &w);
+        rc = render_llama31(ct, msgs, n, &t, add_generation_prompt, &w, err, errlen);
         break;
     case PD_CHAT_MISTRAL:
         rc = render_mistral(ct, msgs, n, &w, err, errlen);

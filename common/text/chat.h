@@ -67,15 +67,41 @@ enum pd_chat_role {
     PD_CHAT_SYSTEM,
     PD_CHAT_USER,
     PD_CHAT_ASSISTANT,
+    PD_CHAT_TOOL, /* a tool's result, fed back (templates with tool calls only) */
+};
+
+/* One tool call an assistant message made: the function's name and its
+ * arguments, a JSON text as the API carries them (rendered as the template's
+ * tojson prints the parsed value: common/text/pyjson.h). */
+struct pd_chat_call {
+    const char *name; /* not NUL-terminated */
+    size_t name_len;
+    const char *args;
+    size_t args_len;
 };
 
 struct pd_chat_msg {
     enum pd_chat_role role;
     const char *content; /* not NUL-terminated */
     size_t len;
+    const struct pd_chat_call *calls; /* assistant: its tool calls (n_calls); NULL: none */
+    size_t n_calls;
 };
 
-/* "system", "user", "assistant" -> role; -EINVAL otherwise. */
+/* How a template's model calls tools, which is how its output is read:
+ *   HERMES  <tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>, one
+ *           block per call, after any content (Qwen2.5, Qwen3)
+ *   LLAMA   the whole answer one {"name": ..., "parameters": {...}} (Llama-3.1) */
+enum pd_chat_calls {
+    PD_CHAT_CALLS_NONE, /* the template has no tools */
+    PD_CHAT_CALLS_HERMES,
+    PD_CHAT_CALLS_LLAMA,
+};
+
+#define PD_CHAT_MAX_TOOLS 128 /* tools in one conversation */
+#define PD_CHAT_MAX_CALLS 64 /* tool calls in one message */
+
+/* "system", "user", "assistant", "tool" -> role; -EINVAL otherwise. */
 int pd_chat_role_parse(const char *s, size_t len, enum pd_chat_role *role);
 const char *pd_chat_role_name(enum pd_chat_role role);
 
@@ -103,6 +129,10 @@ enum pd_chat_family pd_chat_template_family(const struct pd_chat_template *ct);
 const char *pd_chat_family_name(enum pd_chat_family f);
 /* The default system prompt ("" when none). */
 const char *pd_chat_template_default_system(const struct pd_chat_template *ct);
+/* Whether and how the template calls tools: the models' own templates that
+ * have tools (Qwen2.5's, Qwen3's, Llama-3.1's, recognised byte for byte) and
+ * the names qwen3 and llama31; NONE for every other. */
+enum pd_chat_calls pd_chat_template_calls(const struct pd_chat_template *ct);
 
 /* Render n messages (1 <= n <= PD_CHAT_MAX_MSGS). add_generation_prompt appends
  * the opening of the assistant's turn (Llama-2 has none). out[0..*len)
@@ -113,5 +143,16 @@ const char *pd_chat_template_default_system(const struct pd_chat_template *ct);
 int pd_chat_render(const struct pd_chat_template *ct, const struct pd_chat_msg *msgs, size_t n,
                    bool add_generation_prompt, char *out, size_t cap, size_t *len, char *err,
                    size_t errlen);
+/* The same with the tools the model may call: tools[0..tools_len) the JSON
+ * text of the API's "tools" array (NULL: none), each element written as the
+ * template's tojson prints it. -EINVAL (with a message) where the template
+ * has no tools and the conversation has tools, tool messages or tool calls,
+ * for arguments or tools that are not JSON, more than PD_CHAT_MAX_TOOLS
+ * tools or PD_CHAT_MAX_CALLS calls in a message, and where the template
+ * raises (Llama-3.1: one call per message, a user message after the system
+ * one to hold the tools). */
+int pd_chat_render_tools(const struct pd_chat_template *ct, const struct pd_chat_msg *msgs,
+                         size_t n, const char *tools, size_t tools_len, bool add_generation_prompt,
+                         char *out, size_t cap, size_t *len, char *err, size_t errlen);
 
 #endif

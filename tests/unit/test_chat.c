@@ -14,7 +14,7 @@ static void golden_path(char *buf, size_t n, const char *name)
 /* Render one golden row with ct and compare. */
 static void check_row(const struct pd_chat_template *ct, const cJSON *row, size_t line)
 {
-    struct pd_chat_msg msgs[16];
+    struct pd_chat_msg msgs[16] = {{0}};
     size_t n = 0, len;
     char out[4096], err[256];
     const cJSON *m;
@@ -177,7 +177,7 @@ static void chat_spm_model_template_is_llama2(void)
     struct pd_chat_template *ct;
     char err[256], out[256];
     size_t len;
-    struct pd_chat_msg m = {PD_CHAT_USER, "hi", 2};
+    struct pd_chat_msg m = {.role = PD_CHAT_USER, .content = "hi", .len = 2};
     tok_fix_spm(&f);
     CHECK_EQ_INT(pd_chat_template_from_tok(f.tok, &ct, err, sizeof(err)), 0);
     CHECK_EQ_INT(pd_chat_template_family(ct), PD_CHAT_LLAMA2);
@@ -274,8 +274,9 @@ static void chat_render_e2big_and_caps(void)
     struct pd_chat_template *ct;
     char err[256], out[64];
     size_t len = 0;
-    struct pd_chat_msg m[2] = {{PD_CHAT_USER, "Hello there, how are you?", 25},
-                               {PD_CHAT_ASSISTANT, NULL, 0}};
+    struct pd_chat_msg m[2] = {{.role = PD_CHAT_USER, .content = "Hello there, how are you?",
+                                .len = 25},
+                               {.role = PD_CHAT_ASSISTANT}};
     CHECK_EQ_INT(pd_chat_template_by_name("chatml", NULL, &ct, err, sizeof(err)), 0);
     CHECK_EQ_INT(pd_chat_render(ct, m, 2, true, out, 10, &len, err, sizeof(err)), -E2BIG);
     size_t need = len;
@@ -290,9 +291,137 @@ static void chat_render_e2big_and_caps(void)
     CHECK_EQ_INT(pd_chat_render(ct, m, PD_CHAT_MAX_MSGS + 1, true, out, sizeof(out), &len, err,
                                 sizeof(err)),
                  -EINVAL);
-    m[0] = (struct pd_chat_msg){(enum pd_chat_role)7, "x", 1};
+    m[0] = (struct pd_chat_msg){.role = (enum pd_chat_role)7, .content = "x", .len = 1};
     CHECK_EQ_INT(pd_chat_render(ct, m, 1, true, out, sizeof(out), &len, err, sizeof(err)),
                  -EINVAL);
+    pd_chat_template_free(ct);
+}
+
+/* Conversations with tools, tool calls and tool results against
+ * transformers on tests/golden/chat_tools_golden.jsonl
+ * (make_chat_tools_golden.py): the tools from the request's JSON text and
+ * the arguments from their JSON strings, written as the templates' tojson
+ * prints them; the Llama-3.1 template's own refusals, word for word. */
+static void chat_tools_match_transformers(void)
+{
+    struct jl gold;
+    size_t rendered = 0, refused = 0;
+    jl_load(&gold, "chat_tools_golden.jsonl");
+    for (size_t i = 0; i < gold.n; i++) {
+        const cJSON *row = gold.row[i];
+        char rel[256], path[1024], err[256];
+        snprintf(rel, sizeof(rel), "chat/hf/%s", jl_str(row, "template"));
+        golden_path(path, sizeof(path), rel);
+        size_t tl;
+        char *text = tok_read_file(path, &tl);
+        CHECK(text != NULL);
+        struct pd_chat_template *ct = NULL;
+        if (pd_chat_template_parse(text, tl, NULL, &ct, err, sizeof(err)) != 0)
+            PD_TEST_FAIL_("%s", err);
+        CHECK(pd_chat_template_calls(ct) != PD_CHAT_CALLS_NONE);
+        struct pd_chat_msg msgs[16] = {{0}};
+        struct pd_chat_call calls[16][4];
+        size_t n = 0;
+        const cJSON *m;
+        cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(row, "messages"))
+        {
+            const char *role = jl_str(m, "role"), *content = jl_str(m, "content");
+            CHECK(n < 16 && role);
+            CHECK_EQ_INT(pd_chat_role_parse(role, strlen(role), &msgs[n].role), 0);
+            msgs[n].content = content; /* null beside calls: NULL, 0 */
+            msgs[n].len = content ? strlen(content) : 0;
+            const cJSON *c;
+            cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(m, "tool_calls"))
+            {
+                const cJSON *f = cJSON_GetObjectItemCaseSensitive(c, "function");
+                struct pd_chat_call *k = &calls[n][msgs[n].n_calls++];
+                CHECK(msgs[n].n_calls <= 4);
+                k->name = jl_str(f, "name");
+                k->name_len = strlen(k->name);
+                k->args = jl_str(f, "arguments");
+                k->args_len = strlen(k->args);
+            }
+            msgs[n].calls = msgs[n].n_calls ? calls[n] : NULL;
+            n++;
+        }
+        const char *tools = jl_str(row, "tools");
+        bool gen = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(row, "gen"));
+        size_t cap = 16384, len = 0;
+        char *out = malloc(cap);
+        int rc = pd_chat_render_tools(ct, msgs, n, tools, tools ? strlen(tools) : 0, gen, out,
+                                      cap, &len, err, sizeof(err));
+        const char *want = jl_str(row, "out");
+        if (want) {
+            if (rc != 0 || strcmp(out, want) != 0)
+                PD_TEST_FAIL_("line %zu (%s): rc %d, got \"%s\", want \"%s\"", i + 1,
+                              jl_str(row, "template"), rc, rc == 0 ? out : err, want);
+            CHECK_EQ_INT(len, strlen(want));
+            rendered++;
+        } else {
+            CHECK_EQ_INT(rc, -EINVAL);
+            CHECK_STR(err, jl_str(row, "error"));
+            refused++;
+        }
+        free(out);
+        pd_chat_template_free(ct);
+        free(text);
+    }
+    jl_free(&gold);
+    printf("  %zu renders with tools, %zu refusals\n", rendered, refused);
+    CHECK(rendered >= 60 && refused >= 4);
+}
+
+/* Templates without tools refuse them, tool messages and calls alike (the
+ * prompt would say nothing of them); bad arguments and tools are named. */
+static void chat_tools_refused_where_the_template_has_none(void)
+{
+    struct pd_chat_template *ct;
+    char err[256], out[4096];
+    size_t len;
+    const struct pd_chat_call call = {"f", 1, "{\"x\": 1}", 8};
+    struct pd_chat_msg m[3] = {{.role = PD_CHAT_USER, .content = "hi", .len = 2},
+                               {.role = PD_CHAT_ASSISTANT, .calls = &call, .n_calls = 1},
+                               {.role = PD_CHAT_TOOL, .content = "r", .len = 1}};
+    static const char tools[] = "[{\"type\": \"function\", \"function\": {\"name\": \"f\"}}]";
+    const char *none[] = {"chatml", "llama3", "llama2", "mistral"};
+    for (size_t i = 0; i < sizeof(none) / sizeof(none[0]); i++) {
+        CHECK_EQ_INT(pd_chat_template_by_name(none[i], NULL, &ct, err, sizeof(err)), 0);
+        CHECK_EQ_INT(pd_chat_template_calls(ct), PD_CHAT_CALLS_NONE);
+        CHECK_EQ_INT(pd_chat_render_tools(ct, m, 1, tools, strlen(tools), true, out, sizeof(out),
+                                          &len, err, sizeof(err)),
+                     -EINVAL);
+        CHECK_CONTAINS(err, "has no tools");
+        CHECK_EQ_INT(pd_chat_render(ct, m, 2, true, out, sizeof(out), &len, err, sizeof(err)),
+                     -EINVAL);
+        CHECK_EQ_INT(pd_chat_render(ct, m + 2, 1, true, out, sizeof(out), &len, err, sizeof(err)),
+                     -EINVAL);
+        pd_chat_template_free(ct);
+    }
+    CHECK_EQ_INT(pd_chat_template_by_name("qwen3", NULL, &ct, err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_chat_template_calls(ct), PD_CHAT_CALLS_HERMES);
+    CHECK_EQ_INT(pd_chat_render_tools(ct, m, 3, tools, strlen(tools), true, out, sizeof(out),
+                                      &len, err, sizeof(err)),
+                 0);
+    CHECK_CONTAINS(out, "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1}}\n</tool_call>");
+    /* arguments and tools that are not JSON, calls on a user message */
+    const struct pd_chat_call bad = {"f", 1, "{\"x\": }", 7};
+    m[1].calls = &bad;
+    CHECK_EQ_INT(pd_chat_render_tools(ct, m, 3, NULL, 0, true, out, sizeof(out), &len, err,
+                                      sizeof(err)),
+                 -EINVAL);
+    CHECK_CONTAINS(err, "message 1: tool call 0's arguments is not JSON");
+    m[1].calls = &call;
+    CHECK_EQ_INT(pd_chat_render_tools(ct, m, 3, "[1,", 3, true, out, sizeof(out), &len, err,
+                                      sizeof(err)),
+                 -EINVAL);
+    CHECK_CONTAINS(err, "tools:");
+    m[0].calls = &call, m[0].n_calls = 1;
+    CHECK_EQ_INT(pd_chat_render(ct, m, 3, true, out, sizeof(out), &len, err, sizeof(err)),
+                 -EINVAL);
+    CHECK_CONTAINS(err, "only an assistant");
+    pd_chat_template_free(ct);
+    CHECK_EQ_INT(pd_chat_template_by_name("llama31", NULL, &ct, err, sizeof(err)), 0);
+    CHECK_EQ_INT(pd_chat_template_calls(ct), PD_CHAT_CALLS_LLAMA);
     pd_chat_template_free(ct);
 }
 
@@ -301,7 +430,9 @@ static void chat_role_names(void)
     enum pd_chat_role r;
     CHECK_EQ_INT(pd_chat_role_parse("assistant", 9, &r), 0);
     CHECK_EQ_INT(r, PD_CHAT_ASSISTANT);
-    CHECK_EQ_INT(pd_chat_role_parse("tool", 4, &r), -EINVAL);
+    CHECK_EQ_INT(pd_chat_role_parse("tool", 4, &r), 0);
+    CHECK_EQ_INT(r, PD_CHAT_TOOL);
+    CHECK_EQ_INT(pd_chat_role_parse("function", 8, &r), -EINVAL);
     CHECK_EQ_INT(pd_chat_role_parse("user ", 5, &r), -EINVAL);
     CHECK_STR(pd_chat_role_name(PD_CHAT_SYSTEM), "system");
     CHECK_STR(pd_chat_family_name(PD_CHAT_LLAMA3), "llama3");
@@ -316,6 +447,8 @@ static const struct pd_test tests[] = {
     PD_TEST(chat_finds_default_system_prompt),
     PD_TEST(chat_template_by_name_or_file),
     PD_TEST(chat_render_e2big_and_caps),
+    PD_TEST(chat_tools_match_transformers),
+    PD_TEST(chat_tools_refused_where_the_template_has_none),
     PD_TEST(chat_role_names),
     {0},
 };
