@@ -1,5 +1,6 @@
 #include "api.h"
 
+#include "api_internal.h"
 #include "jstrict.h"
 #include "prefix.h"
 
@@ -14,10 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int fail(struct dec_api_err *e, int status, const char *param, const char *code,
-                const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-static int fail(struct dec_api_err *e, int status, const char *param, const char *code,
-                const char *fmt, ...)
+int dec_api_fail(struct dec_api_err *e, int status, const char *param, const char *code,
+                 const char *fmt, ...)
 {
     va_list ap;
     e->status = status;
@@ -54,7 +53,7 @@ int dec_api_json_depth(const char *s, size_t n, int limit)
 
 /* ---- field readers: null and absent are the same; a wrong type is 400 ---- */
 
-static const cJSON *field(const cJSON *root, const char *name)
+const cJSON *dec_api_field(const cJSON *root, const char *name)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, name);
     return v && !cJSON_IsNull(v) ? v : NULL;
@@ -62,11 +61,11 @@ static const cJSON *field(const cJSON *root, const char *name)
 
 static int get_bool(const cJSON *root, const char *name, bool *out, struct dec_api_err *e)
 {
-    const cJSON *v = field(root, name);
+    const cJSON *v = dec_api_field(root, name);
     if (!v)
         return 0;
     if (!cJSON_IsBool(v))
-        return fail(e, 400, name, "invalid_type", "'%s' must be a boolean", name);
+        return dec_api_fail(e, 400, name, "invalid_type", "'%s' must be a boolean", name);
     *out = cJSON_IsTrue(v);
     return 1;
 }
@@ -74,13 +73,13 @@ static int get_bool(const cJSON *root, const char *name, bool *out, struct dec_a
 static int get_num(const cJSON *root, const char *name, double lo, double hi, double *out,
                    struct dec_api_err *e)
 {
-    const cJSON *v = field(root, name);
+    const cJSON *v = dec_api_field(root, name);
     if (!v)
         return 0;
     if (!cJSON_IsNumber(v))
-        return fail(e, 400, name, "invalid_type", "'%s' must be a number", name);
+        return dec_api_fail(e, 400, name, "invalid_type", "'%s' must be a number", name);
     if (!(v->valuedouble >= lo && v->valuedouble <= hi))
-        return fail(e, 400, name, "invalid_value", "'%s' must be in [%g, %g], got %g", name, lo,
+        return dec_api_fail(e, 400, name, "invalid_value", "'%s' must be in [%g, %g], got %g", name, lo,
                     hi, v->valuedouble);
     *out = v->valuedouble;
     return 1;
@@ -90,14 +89,14 @@ static int get_num(const cJSON *root, const char *name, double lo, double hi, do
 static int get_int(const cJSON *root, const char *name, int64_t lo, int64_t hi, int64_t *out,
                    struct dec_api_err *e)
 {
-    const cJSON *v = field(root, name);
+    const cJSON *v = dec_api_field(root, name);
     if (!v)
         return 0;
     double d = cJSON_IsNumber(v) ? v->valuedouble : NAN;
     if (!cJSON_IsNumber(v) || d != floor(d))
-        return fail(e, 400, name, "invalid_type", "'%s' must be an integer", name);
+        return dec_api_fail(e, 400, name, "invalid_type", "'%s' must be an integer", name);
     if (!(d >= (double)lo && d <= (double)hi))
-        return fail(e, 400, name, "invalid_value",
+        return dec_api_fail(e, 400, name, "invalid_value",
                     "'%s' must be an integer in [%lld, %lld], got %.17g",
                     name, (long long)lo, (long long)hi, d);
     *out = (int64_t)d;
@@ -106,11 +105,11 @@ static int get_int(const cJSON *root, const char *name, int64_t lo, int64_t hi, 
 
 static int get_str(const cJSON *root, const char *name, const char **out, struct dec_api_err *e)
 {
-    const cJSON *v = field(root, name);
+    const cJSON *v = dec_api_field(root, name);
     if (!v)
         return 0;
     if (!cJSON_IsString(v))
-        return fail(e, 400, name, "invalid_type", "'%s' must be a string", name);
+        return dec_api_fail(e, 400, name, "invalid_type", "'%s' must be a string", name);
     *out = v->valuestring;
     return 1;
 }
@@ -122,19 +121,19 @@ static int parse_ids(const cJSON *arr, const struct dec_api_limits *lim,
 {
     int n = cJSON_GetArraySize(arr);
     if (n <= 0)
-        return fail(e, 400, "prompt", "invalid_value", "'prompt' is empty");
+        return dec_api_fail(e, 400, "prompt", "invalid_value", "'prompt' is empty");
     if ((uint32_t)n > lim->max_prompt_ids)
-        return fail(e, 413, "prompt", "prompt_too_long",
+        return dec_api_fail(e, 413, "prompt", "prompt_too_long",
                     "the prompt has %d tokens; this server takes at most %u", n,
                     lim->max_prompt_ids);
     if (!(pr->ids = malloc((size_t)n * sizeof(*pr->ids))))
-        return fail(e, 503, NULL, NULL, "out of memory");
+        return dec_api_fail(e, 503, NULL, NULL, "out of memory");
     const cJSON *v;
     cJSON_ArrayForEach(v, arr)
     {
         double d = cJSON_IsNumber(v) ? v->valuedouble : -1;
         if (d != floor(d) || d < 0 || d > INT32_MAX)
-            return fail(e, 400, "prompt", "invalid_type",
+            return dec_api_fail(e, 400, "prompt", "invalid_type",
                         "'prompt' must be a string or an array of token ids (integers >= 0)");
         pr->ids[pr->n_ids++] = (int32_t)d;
     }
@@ -146,7 +145,7 @@ static int parse_text(const cJSON *v, struct dec_api_prompt *pr, struct dec_api_
     pr->text = v->valuestring;
     pr->len = strlen(v->valuestring);
     if (pr->len == 0)
-        return fail(e, 400, "prompt", "invalid_value", "'prompt' is empty");
+        return dec_api_fail(e, 400, "prompt", "invalid_value", "'prompt' is empty");
     return 0;
 }
 
@@ -155,21 +154,21 @@ static int parse_text(const cJSON *v, struct dec_api_prompt *pr, struct dec_api_
 static int parse_prompt(const cJSON *root, const struct dec_api_limits *lim,
                         struct dec_api_req *r, struct dec_api_err *e)
 {
-    const cJSON *p = field(root, "prompt");
+    const cJSON *p = dec_api_field(root, "prompt");
     if (!p)
-        return fail(e, 400, "prompt", "missing_required_parameter", "'prompt' is required");
+        return dec_api_fail(e, 400, "prompt", "missing_required_parameter", "'prompt' is required");
     const bool list = cJSON_IsArray(p) && p->child &&
                       (cJSON_IsString(p->child) || cJSON_IsArray(p->child));
     int n = list ? cJSON_GetArraySize(p) : 1;
     if (!list && !cJSON_IsString(p) && !cJSON_IsArray(p))
-        return fail(e, 400, "prompt", "invalid_type",
+        return dec_api_fail(e, 400, "prompt", "invalid_type",
                     "'prompt' must be a string, an array of token ids, or an array of either");
     if (n > DEC_API_MAX_PROMPTS)
-        return fail(e, 400, "prompt", "invalid_value",
+        return dec_api_fail(e, 400, "prompt", "invalid_value",
                     "%d prompts in one request; this server takes at most %d", n,
                     DEC_API_MAX_PROMPTS);
     if (!(r->prompts = calloc((size_t)n, sizeof(*r->prompts))))
-        return fail(e, 503, NULL, NULL, "out of memory");
+        return dec_api_fail(e, 503, NULL, NULL, "out of memory");
     r->n_prompts = (uint32_t)n;
     if (!list)
         return cJSON_IsString(p) ? parse_text(p, &r->prompts[0], e)
@@ -180,7 +179,7 @@ static int parse_prompt(const cJSON *root, const struct dec_api_limits *lim,
     cJSON_ArrayForEach(v, p)
     {
         if (text ? !cJSON_IsString(v) : !cJSON_IsArray(v))
-            return fail(e, 400, "prompt", "invalid_type",
+            return dec_api_fail(e, 400, "prompt", "invalid_type",
                         "a list of prompts must hold only strings or only arrays of token ids");
         int rc = text ? parse_text(v, &r->prompts[i], e) : parse_ids(v, lim, &r->prompts[i], e);
         if (rc < 0)
@@ -190,121 +189,34 @@ static int parse_prompt(const cJSON *root, const struct dec_api_limits *lim,
     return 0;
 }
 
-/* content: a string, or an array of {"type":"text","text":...} parts (joined). */
-static int message_content(const cJSON *c, struct pd_chat_msg *m, struct dec_api_err *e)
-{
-    if (cJSON_IsString(c)) {
-        m->len = strlen(c->valuestring);
-        if (!(m->content = strndup(c->valuestring, m->len)))
-            return fail(e, 503, NULL, NULL, "out of memory");
-        return 0;
-    }
-    if (!cJSON_IsArray(c))
-        return fail(e, 400, "messages", "invalid_type",
-                    "a message's 'content' must be a string or an array of text parts");
-    size_t total = 0;
-    const cJSON *part;
-    cJSON_ArrayForEach(part, c)
-    {
-        const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
-        const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
-        if (!cJSON_IsString(type) || strcmp(type->valuestring, "text") != 0 ||
-            !cJSON_IsString(text))
-            return fail(e, 400, "messages", "invalid_value",
-                        "only text content parts ({\"type\":\"text\",\"text\":...}) are supported");
-        total += strlen(text->valuestring);
-    }
-    char *buf = malloc(total + 1);
-    if (!buf)
-        return fail(e, 503, NULL, NULL, "out of memory");
-    size_t k = 0;
-    cJSON_ArrayForEach(part, c)
-    {
-        const char *t = cJSON_GetObjectItemCaseSensitive(part, "text")->valuestring;
-        size_t n = strlen(t);
-        memcpy(buf + k, t, n);
-        k += n;
-    }
-    buf[k] = '\0';
-    m->content = buf;
-    m->len = k;
-    return 0;
-}
-
-static int parse_messages(const cJSON *root, struct dec_api_req *r, struct dec_api_err *e)
-{
-    const cJSON *msgs = field(root, "messages");
-    if (!msgs)
-        return fail(e, 400, "messages", "missing_required_parameter", "'messages' is required");
-    if (!cJSON_IsArray(msgs))
-        return fail(e, 400, "messages", "invalid_type", "'messages' must be an array");
-    int n = cJSON_GetArraySize(msgs);
-    if (n == 0)
-        return fail(e, 400, "messages", "invalid_value", "'messages' is empty");
-    if (n > PD_CHAT_MAX_MSGS)
-        return fail(e, 400, "messages", "invalid_value", "more than %d messages",
-                    PD_CHAT_MAX_MSGS);
-    if (!(r->msgs = calloc((size_t)n, sizeof(*r->msgs))))
-        return fail(e, 503, NULL, NULL, "out of memory");
-    const cJSON *m;
-    cJSON_ArrayForEach(m, msgs)
-    {
-        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
-        const cJSON *content = field(m, "content");
-        struct pd_chat_msg *out = &r->msgs[r->n_msgs];
-        if (!cJSON_IsObject(m) || !cJSON_IsString(role))
-            return fail(e, 400, "messages", "invalid_type",
-                        "each message must be an object with a string 'role'");
-        const char *rs = role->valuestring;
-        if (strcmp(rs, "developer") == 0)
-            rs = "system"; /* OpenAI's newer name for the system role */
-        if (pd_chat_role_parse(rs, strlen(rs), &out->role) < 0)
-            return fail(e, 400, "messages", "invalid_value",
-                        "unsupported role '%.32s' (system, developer, user, assistant)",
-                        role->valuestring);
-        if (!content) {
-            if (out->role != PD_CHAT_ASSISTANT)
-                return fail(e, 400, "messages", "missing_required_parameter",
-                            "a %s message needs 'content'", rs);
-            out->content = strdup("");
-            if (!out->content)
-                return fail(e, 503, NULL, NULL, "out of memory");
-        } else if (message_content(content, out, e) < 0) {
-            return -EINVAL;
-        }
-        r->n_msgs++;
-    }
-    return 0;
-}
-
 #define STOP_TYPE "'stop' must be a string or an array of strings"
 
 static int parse_stop(const cJSON *root, const struct dec_api_limits *lim, struct dec_api_req *r,
                       struct dec_api_err *e)
 {
-    const cJSON *s = field(root, "stop");
+    const cJSON *s = dec_api_field(root, "stop");
     if (!s)
         return 0;
     if (!cJSON_IsString(s) && !cJSON_IsArray(s))
-        return fail(e, 400, "stop", "invalid_type", STOP_TYPE);
+        return dec_api_fail(e, 400, "stop", "invalid_type", STOP_TYPE);
     int n = cJSON_IsString(s) ? 1 : cJSON_GetArraySize(s);
     if ((uint32_t)n > lim->max_stops)
-        return fail(e, 400, "stop", "invalid_value", "at most %u stop strings, got %d",
+        return dec_api_fail(e, 400, "stop", "invalid_value", "at most %u stop strings, got %d",
                     lim->max_stops, n);
     if (n && !(r->stops = calloc((size_t)n, sizeof(*r->stops))))
-        return fail(e, 503, NULL, NULL, "out of memory");
+        return dec_api_fail(e, 503, NULL, NULL, "out of memory");
     const cJSON *one = cJSON_IsString(s) ? s : s->child;
     for (; one; one = cJSON_IsString(s) ? NULL : one->next) {
         if (!cJSON_IsString(one))
-            return fail(e, 400, "stop", "invalid_type", STOP_TYPE);
+            return dec_api_fail(e, 400, "stop", "invalid_type", STOP_TYPE);
         size_t len = strlen(one->valuestring);
         if (len > lim->max_stop_len)
-            return fail(e, 400, "stop", "invalid_value", "a stop string is longer than %zu bytes",
+            return dec_api_fail(e, 400, "stop", "invalid_value", "a stop string is longer than %zu bytes",
                         lim->max_stop_len);
         if (len == 0)
             continue; /* matches nothing */
         if (!(r->stops[r->n_stops] = strdup(one->valuestring)))
-            return fail(e, 503, NULL, NULL, "out of memory");
+            return dec_api_fail(e, 503, NULL, NULL, "out of memory");
         r->n_stops++;
     }
     return 0;
@@ -321,24 +233,24 @@ static int parse_json_schema(const cJSON *rf, struct dec_api_req *r, struct dec_
     const cJSON *strict = js ? cJSON_GetObjectItemCaseSensitive(js, "strict") : NULL;
     char err[300];
     if (!cJSON_IsObject(js))
-        return fail(e, 400, "response_format", "invalid_type",
+        return dec_api_fail(e, 400, "response_format", "invalid_type",
                     "response_format json_schema needs a 'json_schema' object");
     if (!cJSON_IsString(name) || !*name->valuestring || strlen(name->valuestring) > 64 ||
         strspn(name->valuestring, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
                                   "0123456789_-") != strlen(name->valuestring))
-        return fail(e, 400, "response_format", "invalid_value",
+        return dec_api_fail(e, 400, "response_format", "invalid_value",
                     "json_schema's 'name' must be 1 to 64 letters, digits, '_' or '-'");
     if (strict && !cJSON_IsBool(strict) && !cJSON_IsNull(strict))
-        return fail(e, 400, "response_format", "invalid_type",
+        return dec_api_fail(e, 400, "response_format", "invalid_type",
                     "json_schema's 'strict' must be a boolean");
     if (!cJSON_IsObject(schema))
-        return fail(e, 400, "response_format", "invalid_type",
+        return dec_api_fail(e, 400, "response_format", "invalid_type",
                     "json_schema's 'schema' must be an object");
     int rc = pd_schema_compile(schema, &r->schema, err, sizeof(err));
     if (rc == -ENOMEM)
-        return fail(e, 503, "response_format", "server_error", "out of memory for the schema");
+        return dec_api_fail(e, 503, "response_format", "server_error", "out of memory for the schema");
     if (rc < 0)
-        return fail(e, 400, "response_format", "invalid_value", "response_format %s", err);
+        return dec_api_fail(e, 400, "response_format", "invalid_value", "response_format %s", err);
     return 0;
 }
 
@@ -353,49 +265,52 @@ static int refuse_unsupported(const cJSON *root, struct dec_api_req *r, struct d
     if ((rc = get_int(root, "n", INT32_MIN, INT32_MAX, &n, e)) < 0)
         return rc;
     if (n < 1 || n > DEC_API_MAX_N)
-        return fail(e, 400, "n", "invalid_value", "n must be 1..%d, got %lld", DEC_API_MAX_N,
+        return dec_api_fail(e, 400, "n", "invalid_value", "n must be 1..%d, got %lld", DEC_API_MAX_N,
                     (long long)n);
     r->n = (uint32_t)n;
     if ((rc = get_int(root, "best_of", INT32_MIN, INT32_MAX, &i, e)) < 0)
         return rc;
     if (rc && i != n) /* more candidates than choices, the best kept: not built */
-        return fail(e, 400, "best_of", "invalid_value",
+        return dec_api_fail(e, 400, "best_of", "invalid_value",
                     "best_of must equal n (%lld): choosing the best of more is not supported",
                     (long long)n);
     if ((rc = get_bool(root, "echo", &r->echo, e)) < 0)
         return rc;
     if (r->echo && r->kind == DEC_API_CHAT)
-        return fail(e, 400, "echo", "invalid_value",
+        return dec_api_fail(e, 400, "echo", "invalid_value",
                     "echo is for /v1/completions; chat completions do not echo");
-    if ((v = field(root, "suffix")) && !(cJSON_IsString(v) && !v->valuestring[0]))
-        return fail(e, 400, "suffix", "invalid_value", "suffix is not supported");
-    if ((v = field(root, "tools")) && !(cJSON_IsArray(v) && !v->child))
-        return fail(e, 400, "tools", "invalid_value", "tools are not supported");
-    if ((v = field(root, "functions")) && !(cJSON_IsArray(v) && !v->child))
-        return fail(e, 400, "functions", "invalid_value", "functions are not supported");
-    /* with no tools, "none" and "auto" mean what we do anyway; anything else
-     * asks for a call we would never make */
-    static const char *const choice[2] = {"tool_choice", "function_call"};
-    for (int c = 0; c < 2; c++)
-        if ((v = field(root, choice[c])) &&
-            !(cJSON_IsString(v) &&
-              (!strcmp(v->valuestring, "none") || !strcmp(v->valuestring, "auto"))))
-            return fail(e, 400, choice[c], "invalid_value",
-                        "'%s' other than \"none\" or \"auto\" needs tools, which are not "
-                        "supported", choice[c]);
-    if (field(root, "audio"))
-        return fail(e, 400, "audio", "invalid_value", "audio output is not supported");
-    if ((v = field(root, "response_format"))) {
+    if ((v = dec_api_field(root, "suffix")) && !(cJSON_IsString(v) && !v->valuestring[0]))
+        return dec_api_fail(e, 400, "suffix", "invalid_value", "suffix is not supported");
+    if ((v = dec_api_field(root, "functions")) && !(cJSON_IsArray(v) && !v->child))
+        return dec_api_fail(e, 400, "functions", "invalid_value",
+                            "functions are not supported (use tools)");
+    if ((v = dec_api_field(root, "function_call")) &&
+        !(cJSON_IsString(v) && (!strcmp(v->valuestring, "none") ||
+                                !strcmp(v->valuestring, "auto"))))
+        return dec_api_fail(e, 400, "function_call", "invalid_value",
+                            "'function_call' is not supported (use tool_choice)");
+    if (r->kind == DEC_API_COMPLETIONS && (v = dec_api_field(root, "tools")) &&
+        !(cJSON_IsArray(v) && !v->child))
+        return dec_api_fail(e, 400, "tools", "invalid_value",
+                            "tools are for /v1/chat/completions");
+    if (r->kind == DEC_API_COMPLETIONS && (v = dec_api_field(root, "tool_choice")) &&
+        !(cJSON_IsString(v) && (!strcmp(v->valuestring, "none") ||
+                                !strcmp(v->valuestring, "auto"))))
+        return dec_api_fail(e, 400, "tool_choice", "invalid_value",
+                            "tool_choice is for /v1/chat/completions");
+    if (dec_api_field(root, "audio"))
+        return dec_api_fail(e, 400, "audio", "invalid_value", "audio output is not supported");
+    if ((v = dec_api_field(root, "response_format"))) {
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(v, "type");
         if (!cJSON_IsObject(v) || !cJSON_IsString(t))
-            return fail(e, 400, "response_format", "invalid_type",
+            return dec_api_fail(e, 400, "response_format", "invalid_type",
                         "'response_format' must be an object with a string 'type'");
         if (!strcmp(t->valuestring, "json_object"))
             r->schema = pd_schema_json_object();
         else if (!strcmp(t->valuestring, "json_schema"))
             return parse_json_schema(v, r, e);
         else if (strcmp(t->valuestring, "text") != 0)
-            return fail(e, 400, "response_format", "invalid_value",
+            return dec_api_fail(e, 400, "response_format", "invalid_value",
                         "response_format type \"%.40s\" is not supported (\"text\", "
                         "\"json_object\" and \"json_schema\" are)", t->valuestring);
     }
@@ -419,7 +334,7 @@ static int parse_sampling(const cJSON *root, struct dec_api_req *r, struct dec_a
         return rc;
     if (rc) {
         if (d <= 0)
-            return fail(e, 400, "top_p", "invalid_value", "'top_p' must be in (0, 1]");
+            return dec_api_fail(e, 400, "top_p", "invalid_value", "'top_p' must be in (0, 1]");
         sp->top_p = (float)d;
     }
     if ((rc = get_int(root, "top_k", -1, INT32_MAX, &i, e)) < 0)
@@ -442,18 +357,18 @@ static int parse_sampling(const cJSON *root, struct dec_api_req *r, struct dec_a
         return rc;
     if (rc) {
         if (d <= 0)
-            return fail(e, 400, "repetition_penalty", "invalid_value",
+            return dec_api_fail(e, 400, "repetition_penalty", "invalid_value",
                         "'repetition_penalty' must be in (0, 10]");
         sp->repetition_penalty = (float)d;
     }
     /* read from its text, exactly (a double holds integers only to 2^53): any
      * integer in [-2^63, 2^64 - 1], a negative one as its two's complement */
-    const cJSON *sv = field(root, "seed");
+    const cJSON *sv = dec_api_field(root, "seed");
     if (sv) {
         uint64_t seed;
         if (!cJSON_IsNumber(sv) || !r->seed_text ||
             dec_jstrict_u64(r->seed_text, r->seed_len, &seed) < 0)
-            return fail(e, 400, "seed", "invalid_value",
+            return dec_api_fail(e, 400, "seed", "invalid_value",
                         "'seed' must be an integer in [-2^63, 2^64 - 1], written without a "
                         "fraction or an exponent");
         sp->seed = seed;
@@ -468,20 +383,20 @@ static int parse_sampling(const cJSON *root, struct dec_api_req *r, struct dec_a
  * the model). Entries keep the body's order: the sampler adds them in it. */
 static int parse_logit_bias(const cJSON *root, struct dec_api_req *r, struct dec_api_err *e)
 {
-    const cJSON *v = field(root, "logit_bias"), *b;
+    const cJSON *v = dec_api_field(root, "logit_bias"), *b;
     if (!v)
         return 0;
     if (!cJSON_IsObject(v))
-        return fail(e, 400, "logit_bias", "invalid_type",
+        return dec_api_fail(e, 400, "logit_bias", "invalid_type",
                     "'logit_bias' must be an object of token ids to biases");
     int n = cJSON_GetArraySize(v);
     if (n > PD_MAX_LOGIT_BIAS)
-        return fail(e, 400, "logit_bias", "invalid_value",
+        return dec_api_fail(e, 400, "logit_bias", "invalid_value",
                     "'logit_bias' has %d entries; at most %d", n, PD_MAX_LOGIT_BIAS);
     if (n == 0)
         return 0;
     if (!(r->bias = calloc((size_t)n, sizeof(*r->bias))))
-        return fail(e, 503, NULL, NULL, "out of memory");
+        return dec_api_fail(e, 503, NULL, NULL, "out of memory");
     cJSON_ArrayForEach(b, v)
     {
         const char *k = b->string;
@@ -489,12 +404,12 @@ static int parse_logit_bias(const cJSON *root, struct dec_api_req *r, struct dec
         errno = 0;
         long id = (k[0] >= '0' && k[0] <= '9') ? strtol(k, &end, 10) : -1;
         if (id < 0 || errno || *end || id > INT32_MAX || (k[0] == '0' && k[1]))
-            return fail(e, 400, "logit_bias", "invalid_value",
+            return dec_api_fail(e, 400, "logit_bias", "invalid_value",
                         "'logit_bias' keys must be token ids written as decimal integers, "
                         "got \"%.40s\"", k);
         if (!cJSON_IsNumber(b) || !(b->valuedouble >= -PD_MAX_BIAS &&
                                     b->valuedouble <= PD_MAX_BIAS))
-            return fail(e, 400, "logit_bias", "invalid_value",
+            return dec_api_fail(e, 400, "logit_bias", "invalid_value",
                         "'logit_bias' of token %ld must be a number in [-100, 100]", id);
         r->bias[r->sampling.n_bias++] = (struct pd_logit_bias){
             .token = (int32_t)id, .bias = (float)b->valuedouble};
@@ -518,7 +433,7 @@ static int parse_logprobs(const cJSON *root, struct dec_api_req *r, struct dec_a
         if ((rc = get_int(root, "top_logprobs", 0, PD_MAX_LOGPROBS, &n, e)) < 0)
             return rc;
         if (rc && n > 0 && !r->logprobs)
-            return fail(e, 400, "top_logprobs", "invalid_value",
+            return dec_api_fail(e, 400, "top_logprobs", "invalid_value",
                         "'top_logprobs' needs 'logprobs': true");
     }
     r->sampling.n_logprobs = (uint32_t)n;
@@ -533,15 +448,15 @@ static cJSON *parse_object(const char *body, size_t len, const struct dec_api_li
                            struct dec_jstrict *js, struct dec_api_err *e, int *rc)
 {
     if (len == 0) {
-        *rc = fail(e, 400, NULL, "invalid_json", "the request body is empty; send a JSON object");
+        *rc = dec_api_fail(e, 400, NULL, "invalid_json", "the request body is empty; send a JSON object");
         return NULL;
     }
     if (pd_utf8_valid_prefix((const uint8_t *)body, len) != len) {
-        *rc = fail(e, 400, NULL, "invalid_utf8", "the request body is not valid UTF-8");
+        *rc = dec_api_fail(e, 400, NULL, "invalid_utf8", "the request body is not valid UTF-8");
         return NULL;
     }
     if (dec_api_json_depth(body, len, lim->json_depth) > lim->json_depth) {
-        *rc = fail(e, 400, NULL, "invalid_json", "JSON nested deeper than %d levels",
+        *rc = dec_api_fail(e, 400, NULL, "invalid_json", "JSON nested deeper than %d levels",
                    lim->json_depth);
         return NULL;
     }
@@ -549,25 +464,25 @@ static cJSON *parse_object(const char *body, size_t len, const struct dec_api_li
     cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, false);
     if (!root) {
         size_t at = end && end >= body ? (size_t)(end - body) : 0;
-        *rc = fail(e, 400, NULL, "invalid_json",
+        *rc = dec_api_fail(e, 400, NULL, "invalid_json",
                    "the request body is not valid JSON (near byte %zu)", at);
         return NULL;
     }
     for (const char *p = end; p < body + len; p++)
         if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n') {
-            *rc = fail(e, 400, NULL, "invalid_json", "trailing bytes after the JSON value");
+            *rc = dec_api_fail(e, 400, NULL, "invalid_json", "trailing bytes after the JSON value");
             goto bad;
         }
     if (!cJSON_IsObject(root)) {
-        *rc = fail(e, 400, NULL, "invalid_json", "the request body must be a JSON object");
+        *rc = dec_api_fail(e, 400, NULL, "invalid_json", "the request body must be a JSON object");
         goto bad;
     }
     const char *jfield = NULL;
     char jmsg[sizeof e->msg];
     int jrc = dec_jstrict_scan(body, len, js, jmsg, sizeof jmsg, &jfield);
     if (jrc < 0) {
-        *rc = jrc == -ENOMEM ? fail(e, 503, NULL, NULL, "out of memory")
-                             : fail(e, 400, jfield,
+        *rc = jrc == -ENOMEM ? dec_api_fail(e, 503, NULL, NULL, "out of memory")
+                             : dec_api_fail(e, 400, jfield,
                                     jrc == -EILSEQ ? "invalid_value" : "invalid_json", "%s",
                                     jmsg);
         goto bad;
@@ -587,7 +502,7 @@ static int parse_cache_salt(const cJSON *root, struct dec_api_req *r, struct dec
         return rc;
     size_t n = strlen(r->cache_salt);
     if (n == 0 || n > PD_PREFIX_MAX_SALT)
-        return fail(e, 400, "cache_salt", "invalid_value",
+        return dec_api_fail(e, 400, "cache_salt", "invalid_value",
                     "'cache_salt' must be a string of 1 to %d bytes", PD_PREFIX_MAX_SALT);
     return 0;
 }
@@ -616,9 +531,9 @@ int dec_api_parse(enum dec_api_kind kind, const char *body, size_t len,
         (rc = get_bool(root, "ignore_eos", &r->ignore_eos, e)) < 0 ||
         (rc = parse_cache_salt(root, r, e)) < 0)
         goto bad;
-    if ((so = field(root, "stream_options"))) {
+    if ((so = dec_api_field(root, "stream_options"))) {
         if (!cJSON_IsObject(so)) {
-            rc = fail(e, 400, "stream_options", "invalid_type",
+            rc = dec_api_fail(e, 400, "stream_options", "invalid_type",
                       "'stream_options' must be an object");
             goto bad;
         }
@@ -632,10 +547,10 @@ int dec_api_parse(enum dec_api_kind kind, const char *body, size_t len,
         goto bad;
     if (mt == -1 && (rc = get_int(root, "max_tokens", INT32_MIN, INT32_MAX, &mt, e)) < 0)
         goto bad;
-    if (field(root, "max_tokens") || field(root, "max_completion_tokens")) {
+    if (dec_api_field(root, "max_tokens") || dec_api_field(root, "max_completion_tokens")) {
         /* 0 with echo: the prompt scored, nothing generated (lm-eval-harness's call) */
         if (mt < 1 && !(mt == 0 && r->echo)) {
-            rc = fail(e, 400, kind == DEC_API_CHAT && field(root, "max_completion_tokens")
+            rc = dec_api_fail(e, 400, kind == DEC_API_CHAT && dec_api_field(root, "max_completion_tokens")
                                   ? "max_completion_tokens" : "max_tokens",
                       "invalid_value", "max_tokens must be at least 1 (0 only with echo), got %lld",
                       (long long)mt);
@@ -645,11 +560,14 @@ int dec_api_parse(enum dec_api_kind kind, const char *body, size_t len,
     } else if (kind == DEC_API_COMPLETIONS) {
         r->max_tokens = DEC_API_COMPLETIONS_MAX_TOKENS; /* OpenAI's and vLLM's default there */
     }
-    rc = kind == DEC_API_COMPLETIONS ? parse_prompt(root, lim, r, e) : parse_messages(root, r, e);
-    if (rc < 0)
+    rc = kind == DEC_API_COMPLETIONS ? parse_prompt(root, lim, r, e)
+                                     : dec_api_parse_messages(root, r, e);
+    if (rc < 0 ||
+        (kind == DEC_API_CHAT &&
+         (rc = dec_api_parse_tools(root, js.tools_text, js.tools_len, r, e)) < 0))
         goto bad;
     if ((r->n_prompts ? r->n_prompts : 1) * r->n > DEC_API_MAX_PROMPTS) {
-        rc = fail(e, 400, "n", "invalid_value",
+        rc = dec_api_fail(e, 400, "n", "invalid_value",
                   "%u prompts x n=%u choices; this server makes at most %d in one request",
                   r->n_prompts, r->n, DEC_API_MAX_PROMPTS);
         goto bad;
@@ -669,17 +587,17 @@ int dec_api_token_list(const char *body, size_t len, const struct dec_api_limits
     cJSON *root = parse_object(body, len, lim, &js, e, &rc);
     if (!root)
         return rc;
-    const cJSON *t = field(root, "tokens");
+    const cJSON *t = dec_api_field(root, "tokens");
     int count = cJSON_IsArray(t) ? cJSON_GetArraySize(t) : -1;
     if (count < 0 || (uint32_t)count > max) {
         cJSON_Delete(root);
-        return fail(e, 400, "tokens", "invalid_value",
+        return dec_api_fail(e, 400, "tokens", "invalid_value",
                     "'tokens' must be an array of at most %u token ids", max);
     }
     int32_t *out = malloc((size_t)(count ? count : 1) * sizeof(*out));
     if (!out) {
         cJSON_Delete(root);
-        return fail(e, 503, NULL, NULL, "out of memory");
+        return dec_api_fail(e, 503, NULL, NULL, "out of memory");
     }
     size_t k = 0;
     const cJSON *v;
@@ -689,7 +607,7 @@ int dec_api_token_list(const char *body, size_t len, const struct dec_api_limits
         if (d != floor(d) || d < 0 || d >= (double)n_vocab) {
             free(out);
             cJSON_Delete(root);
-            return fail(e, 400, "tokens", "invalid_value",
+            return dec_api_fail(e, 400, "tokens", "invalid_value",
                         "token %zu is not an id in [0, %u)", k, n_vocab);
         }
         out[k++] = (int32_t)d;
@@ -705,6 +623,8 @@ void dec_api_req_done(struct dec_api_req *r)
     for (size_t i = 0; i < r->n_msgs; i++)
         free((void *)r->msgs[i].content);
     free(r->msgs);
+    free(r->calls);
+    free(r->tools);
     if (r->stops)
         for (uint32_t i = 0; i < r->n_stops; i++)
             free(r->stops[i]);
@@ -919,11 +839,12 @@ static char *print_free(cJSON *root)
 }
 
 static cJSON *choice(const struct dec_api_out *o, uint32_t index, const char *text, size_t len,
-                     bool first, bool chunk, cJSON *lp, const char *finish)
+                     bool first, bool chunk, cJSON *lp, cJSON *calls, const char *finish)
 {
     cJSON *c = cJSON_CreateObject();
     if (!c) {
         cJSON_Delete(lp);
+        cJSON_Delete(calls);
         return NULL;
     }
     cJSON_AddNumberToObject(c, "index", index);
@@ -934,8 +855,15 @@ static cJSON *choice(const struct dec_api_out *o, uint32_t index, const char *te
         if (m && (first || !chunk))
             cJSON_AddStringToObject(m, "role", "assistant");
         if (m && (len || !chunk || first))
-            cJSON_AddItemToObject(m, "content", string_n(text, len));
+            cJSON_AddItemToObject(m, "content", len || !calls ? string_n(text, len)
+                                                               : cJSON_CreateNull());
+        if (m && calls) /* chat only */
+            cJSON_AddItemToObject(m, "tool_calls", calls);
+        else
+            cJSON_Delete(calls);
+        calls = NULL;
     }
+    cJSON_Delete(calls);
     if (lp)
         cJSON_AddItemToObject(c, "logprobs", lp);
     else
@@ -954,9 +882,10 @@ char *dec_api_response(const struct dec_api_out *o, struct dec_api_choice *ch, u
     cJSON *choices = root ? cJSON_AddArrayToObject(root, "choices") : NULL;
     for (uint32_t i = 0; i < n; i++) {
         cJSON *c = choices ? choice(o, i, ch[i].text, ch[i].len, true, false, ch[i].lp,
-                                    ch[i].finish)
-                           : (cJSON_Delete(ch[i].lp), NULL);
+                                    ch[i].calls, ch[i].finish)
+                           : (cJSON_Delete(ch[i].lp), cJSON_Delete(ch[i].calls), NULL);
         ch[i].lp = NULL;
+        ch[i].calls = NULL;
         if (!c || !cJSON_AddItemToArray(choices, c)) {
             cJSON_Delete(c);
             choices = NULL; /* out of memory: the rest are only freed */
@@ -971,16 +900,17 @@ char *dec_api_response(const struct dec_api_out *o, struct dec_api_choice *ch, u
 }
 
 char *dec_api_chunk(const struct dec_api_out *o, uint32_t index, const char *text, size_t len,
-                    bool first, cJSON *lp, const char *finish, bool usage_null)
+                    bool first, cJSON *lp, cJSON *calls, const char *finish, bool usage_null)
 {
     cJSON *root = envelope(o, true);
     cJSON *choices = root ? cJSON_AddArrayToObject(root, "choices") : NULL;
     if (!choices) {
         cJSON_Delete(lp);
+        cJSON_Delete(calls);
         cJSON_Delete(root);
         return NULL;
     }
-    cJSON_AddItemToArray(choices, choice(o, index, text, len, first, true, lp, finish));
+    cJSON_AddItemToArray(choices, choice(o, index, text, len, first, true, lp, calls, finish));
     if (usage_null)
         cJSON_AddNullToObject(root, "usage");
     return print_free(root);

@@ -14,7 +14,8 @@
  * deeper than limits->json_depth, a root that is not an object, wrong JSON
  * types, values out of range, more than DEC_API_MAX_PROMPTS choices, echo in chat,
  * best_of != n, a logit_bias of more than PD_MAX_LOGIT_BIAS entries or
- * biases outside [-100, 100], tools, response_format other than text,
+ * biases outside [-100, 100], malformed tools or tool calls (and tools on
+ * /v1/completions; "functions"), response_format other than text,
  * json_object or json_schema, a schema with what common/text/schema.h refuses,
  * logprobs beyond PD_MAX_LOGPROBS. Unknown fields are ignored; null is the
  * same as absent.
@@ -63,6 +64,17 @@ struct dec_api_prompt {
     uint32_t n_ids;
 };
 
+/* What the model may do with the request's tools (OpenAI's tool_choice). */
+enum dec_tool_choice {
+    DEC_TOOL_NONE, /* no tools, or "none": the tools are not shown to the model */
+    DEC_TOOL_AUTO, /* the model may call them: its calls are read out of its text */
+    DEC_TOOL_REQUIRED, /* it must call one or more: the output is constrained to a JSON
+                        * array of {"name", "parameters"} (vLLM's way) */
+    DEC_TOOL_NAMED, /* it must call tool_name: the output is its arguments */
+};
+
+#define DEC_API_MAX_TOOL_NAME 64 /* OpenAI's: 1..64 of [A-Za-z0-9_-] */
+
 struct dec_api_req {
     enum dec_api_kind kind;
     struct cJSON *root; /* owned; model and prompt point into it */
@@ -75,6 +87,12 @@ struct dec_api_req {
                  * sampled with seed + k */
     struct pd_chat_msg *msgs; /* chat (owned, contents owned) */
     size_t n_msgs;
+    struct pd_chat_call *calls; /* every message's tool calls (owned; names and arguments
+                                 * point into root) */
+    char *tools; /* the "tools" array's JSON text as sent (owned); NULL: none shown */
+    size_t tools_len;
+    enum dec_tool_choice tool_choice;
+    char tool_name[DEC_API_MAX_TOOL_NAME + 1]; /* DEC_TOOL_NAMED */
     int64_t max_tokens; /* -1: absent (chat); completions default to 16; 0 only with echo */
     struct pd_sampling sampling; /* n_logprobs = alternatives asked for; bias = this bias */
     struct pd_logit_bias *bias; /* (sampling.n_bias) owned: logit_bias, in the body's order */
@@ -142,12 +160,15 @@ size_t dec_api_chars(const char *s, size_t n);
 size_t dec_api_token_chars(const struct pd_tokenizer *tok, int32_t token);
 
 /* One choice of a response: its text, log-probabilities (may be NULL;
- * consumed) and finish reason. */
+ * consumed), finish reason and tool calls (chat; may be NULL; consumed: a
+ * message's tool_calls, toolcall.h; the content is null when there is none
+ * beside them). */
 struct dec_api_choice {
     const char *text;
     size_t len;
     struct cJSON *lp;
     const char *finish;
+    struct cJSON *calls;
 };
 
 /* The whole non-streamed response: choices[i] has index i; usage sums the
@@ -156,10 +177,12 @@ struct dec_api_choice {
 char *dec_api_response(const struct dec_api_out *o, struct dec_api_choice *choices, uint32_t n,
                        uint32_t n_prompt, uint32_t n_gen);
 /* One stream chunk of choice `index`: text delta (chat: role on the first),
- * lp consumed, finish NULL until its last; usage_null adds "usage": null
- * (when the client asked for usage, every chunk carries the key). */
+ * lp and calls (tool-call deltas, or NULL) consumed, finish NULL until its
+ * last; usage_null adds "usage": null (when the client asked for usage,
+ * every chunk carries the key). */
 char *dec_api_chunk(const struct dec_api_out *o, uint32_t index, const char *text, size_t len,
-                    bool first, struct cJSON *lp, const char *finish, bool usage_null);
+                    bool first, struct cJSON *lp, struct cJSON *calls, const char *finish,
+                    bool usage_null);
 /* The last chunk when usage was asked for: no choices, the usage. */
 char *dec_api_usage_chunk(const struct dec_api_out *o, uint32_t n_prompt, uint32_t n_gen);
 

@@ -234,8 +234,14 @@ static int object(struct scan *c, int depth)
                 c->out->seed_len = (size_t)(t - c->s);
             }
         }
+        const char *v0 = c->s;
+        const bool tools = depth == 0 && k->n == 5 && memcmp(k->p, "tools", 5) == 0;
         if ((rc = value(c, depth + 1)) < 0) /* (k may move: the keys grow) */
             return rc;
+        if (tools) {
+            c->out->tools_text = v0;
+            c->out->tools_len = (size_t)(c->s - v0);
+        }
         ws(c);
         if (c->s < c->end && *c->s == ',') {
             c->s++;

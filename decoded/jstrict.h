@@ -11,7 +11,8 @@
  * in strings, and keeps every number as a double (a seed above 2^53 rounds).
  * The scan refuses a duplicate key in any object (naming it), a NUL or raw
  * control character in any string (naming the top-level field it is under),
- * and hands back the seed's text for an exact integer read.
+ * and hands back the seed's text for an exact integer read and the tools'
+ * text (a template prints them from it: 1.0 stays 1.0, which cJSON loses).
  *
  * The body must already be valid UTF-8 and valid JSON (cJSON parsed it) and
  * nested no deeper than the caller's cap (dec_api_json_depth): the scan
@@ -26,6 +27,8 @@
 struct dec_jstrict {
     const char *seed_text; /* into the body; NULL: no top-level "seed" number */
     size_t seed_len;
+    const char *tools_text; /* the top-level "tools" value as written (pyjson renders it) */
+    size_t tools_len;
 };
 
 /* 0, or a refusal with a message: -EINVAL (a duplicate key), -EILSEQ (NUL

@@ -4,6 +4,7 @@
 #include "server_internal.h"
 
 #include "log.h"
+#include "toolcall.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
@@ -78,6 +79,7 @@ void dec_http_free(struct dec_http *h)
         free(c->text);
         free(c->echo);
         cJSON_Delete(c->lp);
+        dec_toolcall_free(c->tc);
     }
     free(h->ch);
     free(h);
@@ -125,6 +127,13 @@ static const char *finish_name(enum dec_finish f)
     case DEC_FIN_CANCELLED: return "abort";
     default: return "error";
     }
+}
+
+/* A choice's finish_reason: "tool_calls" when it stopped having called some */
+static const char *choice_finish(const struct dec_choice *c)
+{
+    return c->finish == DEC_FIN_STOP && dec_toolcall_called(c->tc) ? "tool_calls"
+                                                                   : finish_name(c->finish);
 }
 
 /* The request's one log line: how it ended (the failing choice's finish
@@ -236,17 +245,34 @@ static void complete_request(struct dec_http *h)
         return;
     }
     struct dec_api_choice *cs = calloc(h->n_ch, sizeof(*cs));
+    struct dec_toolcall_out *tco = calloc(h->n_ch, sizeof(*tco));
     char *body = NULL;
-    if (cs) {
-        for (uint32_t i = 0; i < h->n_ch; i++) {
-            struct dec_choice *c = &h->ch[i];
-            cs[i] = (struct dec_api_choice){.text = c->text ? c->text : "", .len = c->len,
-                                            .lp = c->lp, .finish = finish_name(c->finish)};
-            c->lp = NULL; /* the response takes it */
-        }
-        body = dec_api_response(&h->out, cs, h->n_ch, h->n_prompt, h->n_gen);
-        free(cs);
+    bool ok = cs && tco;
+    for (uint32_t i = 0; ok && i < h->n_ch; i++) {
+        struct dec_choice *c = &h->ch[i];
+        /* with tools, the text is read for calls: content is what is left */
+        if (c->tc && dec_toolcall_feed(c->tc, c->text, c->len, true, &tco[i]) < 0)
+            ok = false;
+        cs[i] = (struct dec_api_choice){.text = c->tc ? tco[i].content : c->text,
+                                        .len = c->tc ? tco[i].len : c->len,
+                                        .lp = c->lp, .finish = choice_finish(c),
+                                        .calls = dec_toolcall_whole(tco[i].calls)};
+        if (!cs[i].text)
+            cs[i].text = "";
+        tco[i].calls = NULL;
+        c->lp = NULL; /* the response takes it */
     }
+    if (ok)
+        body = dec_api_response(&h->out, cs, h->n_ch, h->n_prompt, h->n_gen);
+    for (uint32_t i = 0; tco && i < h->n_ch; i++) {
+        if (!ok) {
+            cJSON_Delete(cs[i].lp);
+            cJSON_Delete(cs[i].calls);
+        }
+        dec_toolcall_out_done(&tco[i]);
+    }
+    free(tco);
+    free(cs);
     if (h->req) {
         if (body) {
             pd_http_reply_json(h->req, 200, body, strlen(body));
@@ -282,7 +308,7 @@ static int echo_prompt(struct dec_server *s, struct dec_http *h, struct dec_choi
     c->text_offset = dec_api_chars(c->echo, c->echo_len);
     if (h->stream) {
         stream_send(h, dec_api_chunk(&h->out, j->choice, c->echo, c->echo_len, false, c->lp,
-                                     NULL, h->include_usage));
+                                     NULL, NULL, h->include_usage));
         c->lp = NULL;
         return 0;
     }
@@ -317,14 +343,24 @@ static void on_event(struct dec_server *s, struct dec_event *e)
     c->text_offset += dec_api_chars(e->text, e->len);
 
     if (h->stream) {
-        /* a chunk when there is text, log-probabilities, or the role to open with */
+        /* with tools, the text is read for calls: content and call deltas as
+         * they become sure */
+        struct dec_toolcall_out o = {.content = NULL};
+        const bool last = e->finish == DEC_FIN_STOP || e->finish == DEC_FIN_LENGTH;
+        if (c->tc && dec_toolcall_feed(c->tc, e->text, e->len, last, &o) < 0)
+            dec_http_cancel(h);
+        const char *text = c->tc ? o.content : e->text;
+        const size_t len = c->tc ? o.len : e->len;
+        /* a chunk when there is text, calls, log-probabilities, or the role to open with */
         bool first = !c->started && h->out.kind == DEC_API_CHAT;
-        if (e->len || c->lp || first) {
-            stream_send(h, dec_api_chunk(&h->out, e->job->choice, e->text, e->len, first, c->lp,
-                                         NULL, h->include_usage));
+        if (len || o.calls || c->lp || first) {
+            stream_send(h, dec_api_chunk(&h->out, e->job->choice, text ? text : "", len, first,
+                                         c->lp, o.calls, NULL, h->include_usage));
+            o.calls = NULL;
             c->lp = NULL;
             c->started = true;
         }
+        dec_toolcall_out_done(&o);
     } else {
         if (append_text(c, e->text, e->len) < 0)
             dec_http_cancel(h);
@@ -355,8 +391,8 @@ static void on_event(struct dec_server *s, struct dec_event *e)
     if (!h->failed && !ok && (e->finish == DEC_FIN_ERROR || (!h->client_gone && !h->cut)))
         fail_request(h, e);
     else if (ok && h->stream) /* this choice's finish_reason */
-        stream_send(h, dec_api_chunk(&h->out, e->job->choice, "", 0, false, NULL,
-                                     finish_name(e->finish), h->include_usage));
+        stream_send(h, dec_api_chunk(&h->out, e->job->choice, "", 0, false, NULL, NULL,
+                                     choice_finish(c), h->include_usage));
     if (h->n_done < h->n_ch)
         return;
     if (!h->failed)

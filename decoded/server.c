@@ -7,6 +7,7 @@
 #include "metrics.h"
 #include "remote.h"
 #include "tokenizer.h"
+#include "toolcall.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -164,8 +165,8 @@ static int prompt_tokens(struct dec_server *s, struct evhttp_request *req, const
                 return -ENOMEM;
             }
             text = t;
-            int rc = pd_chat_render(s->chat, r->msgs, r->n_msgs, true, text, need + 1, &len, err,
-                                    sizeof(err));
+            int rc = pd_chat_render_tools(s->chat, r->msgs, r->n_msgs, r->tools, r->tools_len,
+                                          true, text, need + 1, &len, err, sizeof(err));
             if (rc == 0)
                 break;
             if (rc != -E2BIG || tries == 1) {
@@ -486,6 +487,15 @@ static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_
         r.sampling.top_k = 0; /* all of them */
     if (!r.has_seed && getrandom(&r.sampling.seed, sizeof(r.sampling.seed), 0) < 0)
         r.sampling.seed = pd_now_ns();
+    if (r.tool_choice != DEC_TOOL_NONE &&
+        (!s->chat || pd_chat_template_calls(s->chat) == PD_CHAT_CALLS_NONE)) {
+        snprintf(msg, sizeof(msg),
+                 "this model's chat template (%s) has no tools; tool calls need Qwen2.5's, "
+                 "Qwen3's or Llama-3.1's own template (or tool_choice \"none\")",
+                 s->chat ? pd_chat_family_name(pd_chat_template_family(s->chat)) : "none");
+        dec_reply_reject(s, req, id, 400, "tools", "invalid_value", msg);
+        goto out;
+    }
     if (r.schema && !s->tok) {
         dec_reply_reject(s, req, id, 400, "response_format", "invalid_value",
                          "response_format json_object and json_schema need the model's "
@@ -522,6 +532,14 @@ static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_
         }
         if (k == 0) /* usage counts a prompt once, whatever n (OpenAI's) */
             h->n_prompt += job->n_prompt;
+        if (r.tool_choice != DEC_TOOL_NONE &&
+            !(h->ch[h->n_ch].tc = dec_toolcall_new(r.tool_choice,
+                                                   pd_chat_template_calls(s->chat),
+                                                   r.tool_name))) {
+            h->n_ch++;
+            dec_reply_reject(s, req, id, 503, NULL, NULL, "out of memory");
+            goto out;
+        }
     }
     const uint64_t now = pd_now_ns();
     for (uint32_t i = 0; i < n_ch; i++) {
@@ -571,6 +589,7 @@ out:
             h->ch[i].job->owner = NULL;
             dec_job_unref(h->ch[i].job);
             free(h->ch[i].echo);
+            dec_toolcall_free(h->ch[i].tc);
         }
         free(h->ch);
         free(h);

@@ -35,6 +35,7 @@ struct dec_choice {
                  * completion, at the choice's first event */
     size_t echo_len;
     bool echoed;
+    struct dec_toolcall *tc; /* tools: the calls read out of the text (NULL: none) */
     bool started; /* streamed chat: the role went out */
     bool done; /* its job's last event came */
     enum dec_finish finish;

@@ -264,11 +264,12 @@ int pd_chat_template_load(const char *arg, const struct pd_tokenizer *tok,
         while (e > b && (buf[e - 1] == ' ' || buf[e - 1] == '\n' || buf[e - 1] == '\t' ||
                          buf[e - 1] == '\r'))
             e--;
-        buf[e] = '\0';
+        /* compared in place: a template is parsed from its bytes as they are
+         * (its hash covers a final newline) */
         rc = -ENOTSUP;
         for (int i = 0; i < PD_CHAT_FAMILIES; i++)
-            if (strcmp(buf + b, family_names[i]) == 0)
-                rc = pd_chat_template_by_name(buf + b, tok, out, err, errlen);
+            if (strlen(family_names[i]) == e - b && memcmp(buf + b, family_names[i], e - b) == 0)
+                rc = pd_chat_template_by_name(family_names[i], tok, out, err, errlen);
         if (rc == -ENOTSUP)
             rc = pd_chat_template_parse(buf, n, tok, out, err, errlen);
     }

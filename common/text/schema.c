@@ -739,6 +739,12 @@ static void digest(struct pd_schema *sc)
 
 int pd_schema_compile(const cJSON *js, struct pd_schema **out, char *err, size_t errlen)
 {
+    return pd_schema_compile_root(js, false, out, err, errlen);
+}
+
+int pd_schema_compile_root(const cJSON *js, bool array_root, struct pd_schema **out, char *err,
+                           size_t errlen)
+{
     struct cc c = {.doc = js, .err = err, .errlen = errlen};
     struct pd_schema *sc = c.sc = calloc(1, sizeof(*sc));
     if (!sc)
@@ -761,7 +767,7 @@ int pd_schema_compile(const cJSON *js, struct pd_schema **out, char *err, size_t
         rc = node(&c, js, "$", 0, &sc->root);
     if (rc == 0) {
         const uint8_t k = sc->nodes[sc->root].kind;
-        if (k != PD_SK_OBJECT && k != PD_SK_OBJ_FREE)
+        if (k != PD_SK_OBJECT && k != PD_SK_OBJ_FREE && !(array_root && k == PD_SK_ARRAY))
             rc = refuse(&c, "$", "the root must be an object (\"type\": \"object\")");
     }
     if (rc < 0) {

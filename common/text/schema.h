@@ -39,6 +39,7 @@
 #ifndef PD_SCHEMA_H
 #define PD_SCHEMA_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 struct cJSON;
@@ -52,6 +53,11 @@ struct pd_schema;
  * reference, dropped with pd_schema_unref). -EINVAL names what is refused;
  * -ENOMEM. */
 int pd_schema_compile(const struct cJSON *js, struct pd_schema **out, char *err, size_t errlen);
+/* The same, where array_root also lets the root be an array (the tool
+ * calls of tool_choice "required": the value still closes with its bracket,
+ * so it is done there, as an object is). */
+int pd_schema_compile_root(const struct cJSON *js, bool array_root, struct pd_schema **out,
+                           char *err, size_t errlen);
 /* The same from text (the tests). */
 int pd_schema_compile_text(const char *text, size_t len, struct pd_schema **out, char *err,
                            size_t errlen);

@@ -213,7 +213,7 @@ static void api_response_numbers_choices(void)
     CHECK_EQ_INT(cJSON_GetObjectItem(u, "completion_tokens")->valueint, 3);
     cJSON_Delete(j);
     free(s);
-    s = dec_api_chunk(&o, 5, "z", 1, false, NULL, NULL, false);
+    s = dec_api_chunk(&o, 5, "z", 1, false, NULL, NULL, NULL, false);
     j = cJSON_Parse(s);
     CHECK_EQ_INT(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0),
                                      "index")->valueint, 5);
@@ -440,8 +440,8 @@ static void api_chat_messages(void)
     CHECK(r.logprobs && r.sampling.n_logprobs == 3);
     CHECK_EQ_INT(r.max_tokens, 5);
     dec_api_req_done(&r);
-    CHECK(parse(DEC_API_CHAT, "{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}", &r,
-                &e) < 0);
+    CHECK(parse(DEC_API_CHAT, "{\"messages\":[{\"role\":\"function\",\"content\":\"x\"}]}",
+                &r, &e) < 0);
     CHECK_STR(e.param, "messages");
 }
 
@@ -465,7 +465,7 @@ static void api_response_shapes(void)
     cJSON *lp = dec_api_lp_new(DEC_API_COMPLETIONS);
     CHECK(dec_api_lp_add(lp, DEC_API_COMPLETIONS, NULL, &r, 2, 0) == 0);
     o.kind = DEC_API_COMPLETIONS;
-    s = dec_api_chunk(&o, 0, "[7]", 3, false, lp, NULL, true);
+    s = dec_api_chunk(&o, 0, "[7]", 3, false, lp, NULL, NULL, true);
     j = cJSON_Parse(s);
     CHECK(j);
     CHECK(cJSON_IsNull(cJSON_GetObjectItem(j, "usage")));
