@@ -267,6 +267,22 @@ static void chat_template_by_name_or_file(void)
     fclose(f);
     CHECK_EQ_INT(pd_chat_template_load(path, NULL, &ct, err, sizeof(err)), -ENOTSUP);
     unlink(path);
+
+    /* a model's own template from its file, final newline and all: known
+     * exactly, so its tools come with it (a trimmed copy would only be
+     * marked: ChatML without tools) */
+    const char *own[] = {"Qwen-Qwen2.5-7B-Instruct.jinja", "Qwen-Qwen3-0.6B.jinja",
+                         "meta-llama-Llama-3.1-8B-Instruct.jinja"};
+    const enum pd_chat_calls calls[] = {PD_CHAT_CALLS_HERMES, PD_CHAT_CALLS_HERMES,
+                                        PD_CHAT_CALLS_LLAMA};
+    for (int i = 0; i < 3; i++) {
+        char rel[128];
+        snprintf(rel, sizeof(rel), "chat/hf/%s", own[i]);
+        golden_path(path, sizeof(path), rel);
+        CHECK_EQ_INT(pd_chat_template_load(path, NULL, &ct, err, sizeof(err)), 0);
+        CHECK_EQ_INT(pd_chat_template_calls(ct), calls[i]);
+        pd_chat_template_free(ct);
+    }
 }
 
 static void chat_render_e2big_and_caps(void)
