@@ -79,8 +79,8 @@ static int get_num(const cJSON *root, const char *name, double lo, double hi, do
     if (!cJSON_IsNumber(v))
         return dec_api_fail(e, 400, name, "invalid_type", "'%s' must be a number", name);
     if (!(v->valuedouble >= lo && v->valuedouble <= hi))
-        return dec_api_fail(e, 400, name, "invalid_value", "'%s' must be in [%g, %g], got %g", name, lo,
-                    hi, v->valuedouble);
+        return dec_api_fail(e, 400, name, "invalid_value", "'%s' must be in [%g, %g], got %g", name,
+                            lo, hi, v->valuedouble);
     *out = v->valuedouble;
     return 1;
 }
@@ -97,8 +97,8 @@ static int get_int(const cJSON *root, const char *name, int64_t lo, int64_t hi, 
         return dec_api_fail(e, 400, name, "invalid_type", "'%s' must be an integer", name);
     if (!(d >= (double)lo && d <= (double)hi))
         return dec_api_fail(e, 400, name, "invalid_value",
-                    "'%s' must be an integer in [%lld, %lld], got %.17g",
-                    name, (long long)lo, (long long)hi, d);
+                            "'%s' must be an integer in [%lld, %lld], got %.17g", name,
+                            (long long)lo, (long long)hi, d);
     *out = (int64_t)d;
     return 1;
 }
@@ -124,8 +124,8 @@ static int parse_ids(const cJSON *arr, const struct dec_api_limits *lim,
         return dec_api_fail(e, 400, "prompt", "invalid_value", "'prompt' is empty");
     if ((uint32_t)n > lim->max_prompt_ids)
         return dec_api_fail(e, 413, "prompt", "prompt_too_long",
-                    "the prompt has %d tokens; this server takes at most %u", n,
-                    lim->max_prompt_ids);
+                            "the prompt has %d tokens; this server takes at most %u", n,
+                            lim->max_prompt_ids);
     if (!(pr->ids = malloc((size_t)n * sizeof(*pr->ids))))
         return dec_api_fail(e, 503, NULL, NULL, "out of memory");
     const cJSON *v;
@@ -133,8 +133,9 @@ static int parse_ids(const cJSON *arr, const struct dec_api_limits *lim,
     {
         double d = cJSON_IsNumber(v) ? v->valuedouble : -1;
         if (d != floor(d) || d < 0 || d > INT32_MAX)
-            return dec_api_fail(e, 400, "prompt", "invalid_type",
-                        "'prompt' must be a string or an array of token ids (integers >= 0)");
+            return dec_api_fail(
+                e, 400, "prompt", "invalid_type",
+                "'prompt' must be a string or an array of token ids (integers >= 0)");
         pr->ids[pr->n_ids++] = (int32_t)d;
     }
     return 0;
@@ -161,12 +162,13 @@ static int parse_prompt(const cJSON *root, const struct dec_api_limits *lim,
                       (cJSON_IsString(p->child) || cJSON_IsArray(p->child));
     int n = list ? cJSON_GetArraySize(p) : 1;
     if (!list && !cJSON_IsString(p) && !cJSON_IsArray(p))
-        return dec_api_fail(e, 400, "prompt", "invalid_type",
-                    "'prompt' must be a string, an array of token ids, or an array of either");
+        return dec_api_fail(
+            e, 400, "prompt", "invalid_type",
+            "'prompt' must be a string, an array of token ids, or an array of either");
     if (n > DEC_API_MAX_PROMPTS)
         return dec_api_fail(e, 400, "prompt", "invalid_value",
-                    "%d prompts in one request; this server takes at most %d", n,
-                    DEC_API_MAX_PROMPTS);
+                            "%d prompts in one request; this server takes at most %d", n,
+                            DEC_API_MAX_PROMPTS);
     if (!(r->prompts = calloc((size_t)n, sizeof(*r->prompts))))
         return dec_api_fail(e, 503, NULL, NULL, "out of memory");
     r->n_prompts = (uint32_t)n;
@@ -179,8 +181,9 @@ static int parse_prompt(const cJSON *root, const struct dec_api_limits *lim,
     cJSON_ArrayForEach(v, p)
     {
         if (text ? !cJSON_IsString(v) : !cJSON_IsArray(v))
-            return dec_api_fail(e, 400, "prompt", "invalid_type",
-                        "a list of prompts must hold only strings or only arrays of token ids");
+            return dec_api_fail(
+                e, 400, "prompt", "invalid_type",
+                "a list of prompts must hold only strings or only arrays of token ids");
         int rc = text ? parse_text(v, &r->prompts[i], e) : parse_ids(v, lim, &r->prompts[i], e);
         if (rc < 0)
             return rc;
@@ -202,7 +205,7 @@ static int parse_stop(const cJSON *root, const struct dec_api_limits *lim, struc
     int n = cJSON_IsString(s) ? 1 : cJSON_GetArraySize(s);
     if ((uint32_t)n > lim->max_stops)
         return dec_api_fail(e, 400, "stop", "invalid_value", "at most %u stop strings, got %d",
-                    lim->max_stops, n);
+                            lim->max_stops, n);
     if (n && !(r->stops = calloc((size_t)n, sizeof(*r->stops))))
         return dec_api_fail(e, 503, NULL, NULL, "out of memory");
     const cJSON *one = cJSON_IsString(s) ? s : s->child;
@@ -211,8 +214,8 @@ static int parse_stop(const cJSON *root, const struct dec_api_limits *lim, struc
             return dec_api_fail(e, 400, "stop", "invalid_type", STOP_TYPE);
         size_t len = strlen(one->valuestring);
         if (len > lim->max_stop_len)
-            return dec_api_fail(e, 400, "stop", "invalid_value", "a stop string is longer than %zu bytes",
-                        lim->max_stop_len);
+            return dec_api_fail(e, 400, "stop", "invalid_value",
+                                "a stop string is longer than %zu bytes", lim->max_stop_len);
         if (len == 0)
             continue; /* matches nothing */
         if (!(r->stops[r->n_stops] = strdup(one->valuestring)))
@@ -234,21 +237,22 @@ static int parse_json_schema(const cJSON *rf, struct dec_api_req *r, struct dec_
     char err[300];
     if (!cJSON_IsObject(js))
         return dec_api_fail(e, 400, "response_format", "invalid_type",
-                    "response_format json_schema needs a 'json_schema' object");
+                            "response_format json_schema needs a 'json_schema' object");
     if (!cJSON_IsString(name) || !*name->valuestring || strlen(name->valuestring) > 64 ||
         strspn(name->valuestring, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
                                   "0123456789_-") != strlen(name->valuestring))
         return dec_api_fail(e, 400, "response_format", "invalid_value",
-                    "json_schema's 'name' must be 1 to 64 letters, digits, '_' or '-'");
+                            "json_schema's 'name' must be 1 to 64 letters, digits, '_' or '-'");
     if (strict && !cJSON_IsBool(strict) && !cJSON_IsNull(strict))
         return dec_api_fail(e, 400, "response_format", "invalid_type",
-                    "json_schema's 'strict' must be a boolean");
+                            "json_schema's 'strict' must be a boolean");
     if (!cJSON_IsObject(schema))
         return dec_api_fail(e, 400, "response_format", "invalid_type",
-                    "json_schema's 'schema' must be an object");
+                            "json_schema's 'schema' must be an object");
     int rc = pd_schema_compile(schema, &r->schema, err, sizeof(err));
     if (rc == -ENOMEM)
-        return dec_api_fail(e, 503, "response_format", "server_error", "out of memory for the schema");
+        return dec_api_fail(e, 503, "response_format", "server_error",
+                            "out of memory for the schema");
     if (rc < 0)
         return dec_api_fail(e, 400, "response_format", "invalid_value", "response_format %s", err);
     return 0;
@@ -265,37 +269,37 @@ static int refuse_unsupported(const cJSON *root, struct dec_api_req *r, struct d
     if ((rc = get_int(root, "n", INT32_MIN, INT32_MAX, &n, e)) < 0)
         return rc;
     if (n < 1 || n > DEC_API_MAX_N)
-        return dec_api_fail(e, 400, "n", "invalid_value", "n must be 1..%d, got %lld", DEC_API_MAX_N,
-                    (long long)n);
+        return dec_api_fail(e, 400, "n", "invalid_value", "n must be 1..%d, got %lld",
+                            DEC_API_MAX_N, (long long)n);
     r->n = (uint32_t)n;
     if ((rc = get_int(root, "best_of", INT32_MIN, INT32_MAX, &i, e)) < 0)
         return rc;
     if (rc && i != n) /* more candidates than choices, the best kept: not built */
-        return dec_api_fail(e, 400, "best_of", "invalid_value",
-                    "best_of must equal n (%lld): choosing the best of more is not supported",
-                    (long long)n);
+        return dec_api_fail(
+            e, 400, "best_of", "invalid_value",
+            "best_of must equal n (%lld): choosing the best of more is not supported",
+            (long long)n);
     if ((rc = get_bool(root, "echo", &r->echo, e)) < 0)
         return rc;
     if (r->echo && r->kind == DEC_API_CHAT)
         return dec_api_fail(e, 400, "echo", "invalid_value",
-                    "echo is for /v1/completions; chat completions do not echo");
+                            "echo is for /v1/completions; chat completions do not echo");
     if ((v = dec_api_field(root, "suffix")) && !(cJSON_IsString(v) && !v->valuestring[0]))
         return dec_api_fail(e, 400, "suffix", "invalid_value", "suffix is not supported");
     if ((v = dec_api_field(root, "functions")) && !(cJSON_IsArray(v) && !v->child))
         return dec_api_fail(e, 400, "functions", "invalid_value",
                             "functions are not supported (use tools)");
     if ((v = dec_api_field(root, "function_call")) &&
-        !(cJSON_IsString(v) && (!strcmp(v->valuestring, "none") ||
-                                !strcmp(v->valuestring, "auto"))))
+        !(cJSON_IsString(v) &&
+          (!strcmp(v->valuestring, "none") || !strcmp(v->valuestring, "auto"))))
         return dec_api_fail(e, 400, "function_call", "invalid_value",
                             "'function_call' is not supported (use tool_choice)");
     if (r->kind == DEC_API_COMPLETIONS && (v = dec_api_field(root, "tools")) &&
         !(cJSON_IsArray(v) && !v->child))
-        return dec_api_fail(e, 400, "tools", "invalid_value",
-                            "tools are for /v1/chat/completions");
+        return dec_api_fail(e, 400, "tools", "invalid_value", "tools are for /v1/chat/completions");
     if (r->kind == DEC_API_COMPLETIONS && (v = dec_api_field(root, "tool_choice")) &&
-        !(cJSON_IsString(v) && (!strcmp(v->valuestring, "none") ||
-                                !strcmp(v->valuestring, "auto"))))
+        !(cJSON_IsString(v) &&
+          (!strcmp(v->valuestring, "none") || !strcmp(v->valuestring, "auto"))))
         return dec_api_fail(e, 400, "tool_choice", "invalid_value",
                             "tool_choice is for /v1/chat/completions");
     if (dec_api_field(root, "audio"))
@@ -304,15 +308,16 @@ static int refuse_unsupported(const cJSON *root, struct dec_api_req *r, struct d
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(v, "type");
         if (!cJSON_IsObject(v) || !cJSON_IsString(t))
             return dec_api_fail(e, 400, "response_format", "invalid_type",
-                        "'response_format' must be an object with a string 'type'");
+                                "'response_format' must be an object with a string 'type'");
         if (!strcmp(t->valuestring, "json_object"))
             r->schema = pd_schema_json_object();
         else if (!strcmp(t->valuestring, "json_schema"))
             return parse_json_schema(v, r, e);
         else if (strcmp(t->valuestring, "text") != 0)
             return dec_api_fail(e, 400, "response_format", "invalid_value",
-                        "response_format type \"%.40s\" is not supported (\"text\", "
-                        "\"json_object\" and \"json_schema\" are)", t->valuestring);
+                                "response_format type \"%.40s\" is not supported (\"text\", "
+                                "\"json_object\" and \"json_schema\" are)",
+                                t->valuestring);
     }
     return 0;
 }
@@ -358,7 +363,7 @@ static int parse_sampling(const cJSON *root, struct dec_api_req *r, struct dec_a
     if (rc) {
         if (d <= 0)
             return dec_api_fail(e, 400, "repetition_penalty", "invalid_value",
-                        "'repetition_penalty' must be in (0, 10]");
+                                "'repetition_penalty' must be in (0, 10]");
         sp->repetition_penalty = (float)d;
     }
     /* read from its text, exactly (a double holds integers only to 2^53): any
@@ -369,8 +374,8 @@ static int parse_sampling(const cJSON *root, struct dec_api_req *r, struct dec_a
         if (!cJSON_IsNumber(sv) || !r->seed_text ||
             dec_jstrict_u64(r->seed_text, r->seed_len, &seed) < 0)
             return dec_api_fail(e, 400, "seed", "invalid_value",
-                        "'seed' must be an integer in [-2^63, 2^64 - 1], written without a "
-                        "fraction or an exponent");
+                                "'seed' must be an integer in [-2^63, 2^64 - 1], written without a "
+                                "fraction or an exponent");
         sp->seed = seed;
         r->has_seed = true;
     }
@@ -388,11 +393,11 @@ static int parse_logit_bias(const cJSON *root, struct dec_api_req *r, struct dec
         return 0;
     if (!cJSON_IsObject(v))
         return dec_api_fail(e, 400, "logit_bias", "invalid_type",
-                    "'logit_bias' must be an object of token ids to biases");
+                            "'logit_bias' must be an object of token ids to biases");
     int n = cJSON_GetArraySize(v);
     if (n > PD_MAX_LOGIT_BIAS)
         return dec_api_fail(e, 400, "logit_bias", "invalid_value",
-                    "'logit_bias' has %d entries; at most %d", n, PD_MAX_LOGIT_BIAS);
+                            "'logit_bias' has %d entries; at most %d", n, PD_MAX_LOGIT_BIAS);
     if (n == 0)
         return 0;
     if (!(r->bias = calloc((size_t)n, sizeof(*r->bias))))
@@ -405,12 +410,13 @@ static int parse_logit_bias(const cJSON *root, struct dec_api_req *r, struct dec
         long id = (k[0] >= '0' && k[0] <= '9') ? strtol(k, &end, 10) : -1;
         if (id < 0 || errno || *end || id > INT32_MAX || (k[0] == '0' && k[1]))
             return dec_api_fail(e, 400, "logit_bias", "invalid_value",
-                        "'logit_bias' keys must be token ids written as decimal integers, "
-                        "got \"%.40s\"", k);
+                                "'logit_bias' keys must be token ids written as decimal integers, "
+                                "got \"%.40s\"",
+                                k);
         if (!cJSON_IsNumber(b) || !(b->valuedouble >= -PD_MAX_BIAS &&
                                     b->valuedouble <= PD_MAX_BIAS))
             return dec_api_fail(e, 400, "logit_bias", "invalid_value",
-                        "'logit_bias' of token %ld must be a number in [-100, 100]", id);
+                                "'logit_bias' of token %ld must be a number in [-100, 100]", id);
         r->bias[r->sampling.n_bias++] = (struct pd_logit_bias){
             .token = (int32_t)id, .bias = (float)b->valuedouble};
     }
@@ -434,7 +440,7 @@ static int parse_logprobs(const cJSON *root, struct dec_api_req *r, struct dec_a
             return rc;
         if (rc && n > 0 && !r->logprobs)
             return dec_api_fail(e, 400, "top_logprobs", "invalid_value",
-                        "'top_logprobs' needs 'logprobs': true");
+                                "'top_logprobs' needs 'logprobs': true");
     }
     r->sampling.n_logprobs = (uint32_t)n;
     return 0;
@@ -448,7 +454,8 @@ static cJSON *parse_object(const char *body, size_t len, const struct dec_api_li
                            struct dec_jstrict *js, struct dec_api_err *e, int *rc)
 {
     if (len == 0) {
-        *rc = dec_api_fail(e, 400, NULL, "invalid_json", "the request body is empty; send a JSON object");
+        *rc = dec_api_fail(e, 400, NULL, "invalid_json",
+                           "the request body is empty; send a JSON object");
         return NULL;
     }
     if (pd_utf8_valid_prefix((const uint8_t *)body, len) != len) {
@@ -457,7 +464,7 @@ static cJSON *parse_object(const char *body, size_t len, const struct dec_api_li
     }
     if (dec_api_json_depth(body, len, lim->json_depth) > lim->json_depth) {
         *rc = dec_api_fail(e, 400, NULL, "invalid_json", "JSON nested deeper than %d levels",
-                   lim->json_depth);
+                           lim->json_depth);
         return NULL;
     }
     const char *end = NULL;
@@ -465,7 +472,7 @@ static cJSON *parse_object(const char *body, size_t len, const struct dec_api_li
     if (!root) {
         size_t at = end && end >= body ? (size_t)(end - body) : 0;
         *rc = dec_api_fail(e, 400, NULL, "invalid_json",
-                   "the request body is not valid JSON (near byte %zu)", at);
+                           "the request body is not valid JSON (near byte %zu)", at);
         return NULL;
     }
     for (const char *p = end; p < body + len; p++)
@@ -481,10 +488,10 @@ static cJSON *parse_object(const char *body, size_t len, const struct dec_api_li
     char jmsg[sizeof e->msg];
     int jrc = dec_jstrict_scan(body, len, js, jmsg, sizeof jmsg, &jfield);
     if (jrc < 0) {
-        *rc = jrc == -ENOMEM ? dec_api_fail(e, 503, NULL, NULL, "out of memory")
-                             : dec_api_fail(e, 400, jfield,
-                                    jrc == -EILSEQ ? "invalid_value" : "invalid_json", "%s",
-                                    jmsg);
+        *rc = jrc == -ENOMEM
+            ? dec_api_fail(e, 503, NULL, NULL, "out of memory")
+            : dec_api_fail(e, 400, jfield, jrc == -EILSEQ ? "invalid_value" : "invalid_json", "%s",
+                           jmsg);
         goto bad;
     }
     return root;
@@ -503,7 +510,7 @@ static int parse_cache_salt(const cJSON *root, struct dec_api_req *r, struct dec
     size_t n = strlen(r->cache_salt);
     if (n == 0 || n > PD_PREFIX_MAX_SALT)
         return dec_api_fail(e, 400, "cache_salt", "invalid_value",
-                    "'cache_salt' must be a string of 1 to %d bytes", PD_PREFIX_MAX_SALT);
+                            "'cache_salt' must be a string of 1 to %d bytes", PD_PREFIX_MAX_SALT);
     return 0;
 }
 
@@ -534,7 +541,7 @@ int dec_api_parse(enum dec_api_kind kind, const char *body, size_t len,
     if ((so = dec_api_field(root, "stream_options"))) {
         if (!cJSON_IsObject(so)) {
             rc = dec_api_fail(e, 400, "stream_options", "invalid_type",
-                      "'stream_options' must be an object");
+                              "'stream_options' must be an object");
             goto bad;
         }
         if ((rc = get_bool(so, "include_usage", &r->include_usage, e)) < 0)
@@ -550,10 +557,13 @@ int dec_api_parse(enum dec_api_kind kind, const char *body, size_t len,
     if (dec_api_field(root, "max_tokens") || dec_api_field(root, "max_completion_tokens")) {
         /* 0 with echo: the prompt scored, nothing generated (lm-eval-harness's call) */
         if (mt < 1 && !(mt == 0 && r->echo)) {
-            rc = dec_api_fail(e, 400, kind == DEC_API_CHAT && dec_api_field(root, "max_completion_tokens")
-                                  ? "max_completion_tokens" : "max_tokens",
-                      "invalid_value", "max_tokens must be at least 1 (0 only with echo), got %lld",
-                      (long long)mt);
+            rc = dec_api_fail(e, 400,
+                              kind == DEC_API_CHAT && dec_api_field(root, "max_completion_tokens")
+                                  ? "max_completion_tokens"
+                                  : "max_tokens",
+                              "invalid_value",
+                              "max_tokens must be at least 1 (0 only with echo), got %lld",
+                              (long long)mt);
             goto bad;
         }
         r->max_tokens = mt;
@@ -568,8 +578,8 @@ int dec_api_parse(enum dec_api_kind kind, const char *body, size_t len,
         goto bad;
     if ((r->n_prompts ? r->n_prompts : 1) * r->n > DEC_API_MAX_PROMPTS) {
         rc = dec_api_fail(e, 400, "n", "invalid_value",
-                  "%u prompts x n=%u choices; this server makes at most %d in one request",
-                  r->n_prompts, r->n, DEC_API_MAX_PROMPTS);
+                          "%u prompts x n=%u choices; this server makes at most %d in one request",
+                          r->n_prompts, r->n, DEC_API_MAX_PROMPTS);
         goto bad;
     }
     return 0;
@@ -592,7 +602,7 @@ int dec_api_token_list(const char *body, size_t len, const struct dec_api_limits
     if (count < 0 || (uint32_t)count > max) {
         cJSON_Delete(root);
         return dec_api_fail(e, 400, "tokens", "invalid_value",
-                    "'tokens' must be an array of at most %u token ids", max);
+                            "'tokens' must be an array of at most %u token ids", max);
     }
     int32_t *out = malloc((size_t)(count ? count : 1) * sizeof(*out));
     if (!out) {
@@ -608,7 +618,7 @@ int dec_api_token_list(const char *body, size_t len, const struct dec_api_limits
             free(out);
             cJSON_Delete(root);
             return dec_api_fail(e, 400, "tokens", "invalid_value",
-                        "token %zu is not an id in [0, %u)", k, n_vocab);
+                                "token %zu is not an id in [0, %u)", k, n_vocab);
         }
         out[k++] = (int32_t)d;
     }
@@ -855,8 +865,8 @@ static cJSON *choice(const struct dec_api_out *o, uint32_t index, const char *te
         if (m && (first || !chunk))
             cJSON_AddStringToObject(m, "role", "assistant");
         if (m && (len || !chunk || first))
-            cJSON_AddItemToObject(m, "content", len || !calls ? string_n(text, len)
-                                                               : cJSON_CreateNull());
+            cJSON_AddItemToObject(m, "content",
+                                  len || !calls ? string_n(text, len) : cJSON_CreateNull());
         if (m && calls) /* chat only */
             cJSON_AddItemToObject(m, "tool_calls", calls);
         else
@@ -881,9 +891,9 @@ char *dec_api_response(const struct dec_api_out *o, struct dec_api_choice *ch, u
     cJSON *root = envelope(o, false);
     cJSON *choices = root ? cJSON_AddArrayToObject(root, "choices") : NULL;
     for (uint32_t i = 0; i < n; i++) {
-        cJSON *c = choices ? choice(o, i, ch[i].text, ch[i].len, true, false, ch[i].lp,
-                                    ch[i].calls, ch[i].finish)
-                           : (cJSON_Delete(ch[i].lp), cJSON_Delete(ch[i].calls), NULL);
+        cJSON *c = choices
+            ? choice(o, i, ch[i].text, ch[i].len, true, false, ch[i].lp, ch[i].calls, ch[i].finish)
+            : (cJSON_Delete(ch[i].lp), cJSON_Delete(ch[i].calls), NULL);
         ch[i].lp = NULL;
         ch[i].calls = NULL;
         if (!c || !cJSON_AddItemToArray(choices, c)) {

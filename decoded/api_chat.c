@@ -22,7 +22,7 @@ static int message_content(const cJSON *c, struct pd_chat_msg *m, struct dec_api
     }
     if (!cJSON_IsArray(c))
         return dec_api_fail(e, 400, "messages", "invalid_type",
-                    "a message's 'content' must be a string or an array of text parts");
+                            "a message's 'content' must be a string or an array of text parts");
     size_t total = 0;
     const cJSON *part;
     cJSON_ArrayForEach(part, c)
@@ -31,8 +31,9 @@ static int message_content(const cJSON *c, struct pd_chat_msg *m, struct dec_api
         const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
         if (!cJSON_IsString(type) || strcmp(type->valuestring, "text") != 0 ||
             !cJSON_IsString(text))
-            return dec_api_fail(e, 400, "messages", "invalid_value",
-                        "only text content parts ({\"type\":\"text\",\"text\":...}) are supported");
+            return dec_api_fail(
+                e, 400, "messages", "invalid_value",
+                "only text content parts ({\"type\":\"text\",\"text\":...}) are supported");
         total += strlen(text->valuestring);
     }
     char *buf = malloc(total + 1);
@@ -52,12 +53,11 @@ static int message_content(const cJSON *c, struct pd_chat_msg *m, struct dec_api
     return 0;
 }
 
-
 static bool tool_name_ok(const char *s)
 {
     size_t n = strlen(s);
     return n >= 1 && n <= DEC_API_MAX_TOOL_NAME &&
-           strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") == n;
+        strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") == n;
 }
 
 /* an assistant's tool_calls: [{"id", "type": "function", "function": {"name",
@@ -80,8 +80,8 @@ static int message_calls(const cJSON *tc, size_t i, struct pd_chat_msg *out, str
         const cJSON *f = cJSON_GetObjectItemCaseSensitive(c, "function");
         const cJSON *name = f ? cJSON_GetObjectItemCaseSensitive(f, "name") : NULL;
         const cJSON *args = f ? cJSON_GetObjectItemCaseSensitive(f, "arguments") : NULL;
-        if (!cJSON_IsObject(c) || (type && !(cJSON_IsString(type) &&
-                                             !strcmp(type->valuestring, "function"))) ||
+        if (!cJSON_IsObject(c) ||
+            (type && !(cJSON_IsString(type) && !strcmp(type->valuestring, "function"))) ||
             !cJSON_IsObject(f) || !cJSON_IsString(name) || !cJSON_IsString(args))
             return dec_api_fail(e, 400, "messages", "invalid_value",
                                 "message %zu: a tool call is {\"type\": \"function\", "
@@ -214,8 +214,7 @@ static int compile(const cJSON *schema, bool array_root, const char *what, struc
                    struct dec_api_err *e)
 {
     char err[300];
-    int rc = schema ? pd_schema_compile_root(schema, array_root, &r->schema, err, sizeof(err))
-                    : 0;
+    int rc = schema ? pd_schema_compile_root(schema, array_root, &r->schema, err, sizeof(err)) : 0;
     if (!schema)
         r->schema = pd_schema_json_object(); /* no parameters: any object */
     if (rc == -ENOMEM)
@@ -344,13 +343,12 @@ int dec_api_parse_tools(const cJSON *root, const char *tools_text, size_t tools_
             return -EINVAL;
         const char *name = cJSON_GetObjectItemCaseSensitive(f, "name")->valuestring;
         for (const cJSON *u = tools->child; u != t; u = u->next)
-            if (!strcmp(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(
-                                                             u, "function"),
-                                                         "name")
+            if (!strcmp(cJSON_GetObjectItemCaseSensitive(
+                            cJSON_GetObjectItemCaseSensitive(u, "function"), "name")
                             ->valuestring,
                         name))
-                return dec_api_fail(e, 400, "tools", "invalid_value",
-                                    "two tools are named '%s'", name);
+                return dec_api_fail(e, 400, "tools", "invalid_value", "two tools are named '%s'",
+                                    name);
         i++;
     }
     /* tool_choice: "none", "auto", "required" or {"type": "function",

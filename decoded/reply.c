@@ -255,7 +255,8 @@ static void complete_request(struct dec_http *h)
             ok = false;
         cs[i] = (struct dec_api_choice){.text = c->tc ? tco[i].content : c->text,
                                         .len = c->tc ? tco[i].len : c->len,
-                                        .lp = c->lp, .finish = choice_finish(c),
+                                        .lp = c->lp,
+                                        .finish = choice_finish(c),
                                         .calls = dec_toolcall_whole(tco[i].calls)};
         if (!cs[i].text)
             cs[i].text = "";
@@ -307,8 +308,9 @@ static int echo_prompt(struct dec_server *s, struct dec_http *h, struct dec_choi
     }
     c->text_offset = dec_api_chars(c->echo, c->echo_len);
     if (h->stream) {
-        stream_send(h, dec_api_chunk(&h->out, j->choice, c->echo, c->echo_len, false, c->lp,
-                                     NULL, NULL, h->include_usage));
+        stream_send(h,
+                    dec_api_chunk(&h->out, j->choice, c->echo, c->echo_len, false, c->lp, NULL,
+                                  NULL, h->include_usage));
         c->lp = NULL;
         return 0;
     }
@@ -354,8 +356,9 @@ static void on_event(struct dec_server *s, struct dec_event *e)
         /* a chunk when there is text, calls, log-probabilities, or the role to open with */
         bool first = !c->started && h->out.kind == DEC_API_CHAT;
         if (len || o.calls || c->lp || first) {
-            stream_send(h, dec_api_chunk(&h->out, e->job->choice, text ? text : "", len, first,
-                                         c->lp, o.calls, NULL, h->include_usage));
+            stream_send(h,
+                        dec_api_chunk(&h->out, e->job->choice, text ? text : "", len, first, c->lp,
+                                      o.calls, NULL, h->include_usage));
             o.calls = NULL;
             c->lp = NULL;
             c->started = true;
@@ -391,8 +394,9 @@ static void on_event(struct dec_server *s, struct dec_event *e)
     if (!h->failed && !ok && (e->finish == DEC_FIN_ERROR || (!h->client_gone && !h->cut)))
         fail_request(h, e);
     else if (ok && h->stream) /* this choice's finish_reason */
-        stream_send(h, dec_api_chunk(&h->out, e->job->choice, "", 0, false, NULL, NULL,
-                                     choice_finish(c), h->include_usage));
+        stream_send(h,
+                    dec_api_chunk(&h->out, e->job->choice, "", 0, false, NULL, NULL,
+                                  choice_finish(c), h->include_usage));
     if (h->n_done < h->n_ch)
         return;
     if (!h->failed)

@@ -165,8 +165,8 @@ static int prompt_tokens(struct dec_server *s, struct evhttp_request *req, const
                 return -ENOMEM;
             }
             text = t;
-            int rc = pd_chat_render_tools(s->chat, r->msgs, r->n_msgs, r->tools, r->tools_len,
-                                          true, text, need + 1, &len, err, sizeof(err));
+            int rc = pd_chat_render_tools(s->chat, r->msgs, r->n_msgs, r->tools, r->tools_len, true,
+                                          text, need + 1, &len, err, sizeof(err));
             if (rc == 0)
                 break;
             if (rc != -E2BIG || tries == 1) {
@@ -533,9 +533,8 @@ static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_
         if (k == 0) /* usage counts a prompt once, whatever n (OpenAI's) */
             h->n_prompt += job->n_prompt;
         if (r.tool_choice != DEC_TOOL_NONE &&
-            !(h->ch[h->n_ch].tc = dec_toolcall_new(r.tool_choice,
-                                                   pd_chat_template_calls(s->chat),
-                                                   r.tool_name))) {
+            !(h->ch[h->n_ch].tc =
+                  dec_toolcall_new(r.tool_choice, pd_chat_template_calls(s->chat), r.tool_name))) {
             h->n_ch++;
             dec_reply_reject(s, req, id, 503, NULL, NULL, "out of memory");
             goto out;

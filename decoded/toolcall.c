@@ -55,10 +55,7 @@ void dec_toolcall_out_done(struct dec_toolcall_out *out)
     memset(out, 0, sizeof(*out));
 }
 
-bool dec_toolcall_called(const struct dec_toolcall *tc)
-{
-    return tc && tc->n_calls > 0;
-}
+bool dec_toolcall_called(const struct dec_toolcall *tc) { return tc && tc->n_calls > 0; }
 
 static int release(struct dec_toolcall *tc, size_t upto, struct dec_toolcall_out *out)
 {
@@ -204,8 +201,8 @@ static int feed_named(struct dec_toolcall *tc, const char *text, size_t len,
     char *a = strndup(text, len);
     cJSON *c = cJSON_CreateObject(), *f = NULL;
     if (a && c && (out->calls = cJSON_CreateArray()) && cJSON_AddNumberToObject(c, "index", 0) &&
-        (f = cJSON_AddObjectToObject(c, "function")) && cJSON_AddStringToObject(f, "arguments", a) &&
-        cJSON_AddItemToArray(out->calls, c)) {
+        (f = cJSON_AddObjectToObject(c, "function")) &&
+        cJSON_AddStringToObject(f, "arguments", a) && cJSON_AddItemToArray(out->calls, c)) {
         free(a);
         return 0;
     }

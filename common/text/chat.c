@@ -70,7 +70,8 @@ static struct pd_chat_template *tmpl_new(enum pd_chat_family f, const struct pd_
     ct->family = f;
     /* the names of families whose only templates have tools */
     ct->calls = f == PD_CHAT_QWEN3 ? PD_CHAT_CALLS_HERMES
-                : f == PD_CHAT_LLAMA31 ? PD_CHAT_CALLS_LLAMA : PD_CHAT_CALLS_NONE;
+        : f == PD_CHAT_LLAMA31     ? PD_CHAT_CALLS_LLAMA
+                                   : PD_CHAT_CALLS_NONE;
     const bool l3 = f == PD_CHAT_LLAMA3 || f == PD_CHAT_LLAMA31;
     special_text(tok, tok ? pd_tok_bos(tok) : -1, l3 ? "<|begin_of_text|>" : "<s>", ct->bos);
     special_text(tok, tok ? pd_tok_eos(tok) : -1, l3 ? "<|eot_id|>" : "</s>", ct->eos);
@@ -293,10 +294,7 @@ const char *pd_chat_template_default_system(const struct pd_chat_template *ct)
     return ct->system;
 }
 
-enum pd_chat_calls pd_chat_template_calls(const struct pd_chat_template *ct)
-{
-    return ct->calls;
-}
+enum pd_chat_calls pd_chat_template_calls(const struct pd_chat_template *ct) { return ct->calls; }
 
 /* --- rendering ---------------------------------------------------------- */
 
@@ -452,8 +450,8 @@ struct tools {
 };
 
 /* A JSON text as the template's tojson prints its value. */
-static int put_json(struct wr *w, const char *s, size_t n, int indent, const char *what,
-                    char *err, size_t errlen)
+static int put_json(struct wr *w, const char *s, size_t n, int indent, const char *what, char *err,
+                    size_t errlen)
 {
     char *o, e[128];
     size_t on;
@@ -467,8 +465,8 @@ static int put_json(struct wr *w, const char *s, size_t n, int indent, const cha
     return 0;
 }
 
-static int put_tools(struct wr *w, const struct tools *t, int indent, const char *sep,
-                     char *err, size_t errlen)
+static int put_tools(struct wr *w, const struct tools *t, int indent, const char *sep, char *err,
+                     size_t errlen)
 {
     for (size_t i = 0; i < t->n; i++) {
         char what[32];
@@ -487,14 +485,16 @@ static int put_tools(struct wr *w, const struct tools *t, int indent, const char
 /* Qwen's: the tools block of the system turn, after its text */
 static int put_hermes_tools(struct wr *w, const struct tools *t, char *err, size_t errlen)
 {
-    puts_(w, "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-             "You are provided with function signatures within <tools></tools> XML tags:\n"
-             "<tools>");
+    puts_(w,
+          "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+          "You are provided with function signatures within <tools></tools> XML tags:\n"
+          "<tools>");
     int rc = put_tools(w, t, 0, "\n", err, errlen);
-    puts_(w, "\n</tools>\n\nFor each function call, return a json object with function name and "
-             "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
-             "{\"name\": <function-name>, \"arguments\": <args-json-object>}\n"
-             "</tool_call><|im_end|>\n");
+    puts_(w,
+          "\n</tools>\n\nFor each function call, return a json object with function name and "
+          "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+          "{\"name\": <function-name>, \"arguments\": <args-json-object>}\n"
+          "</tool_call><|im_end|>\n");
     return rc;
 }
 
@@ -584,7 +584,7 @@ static bool is_tool_response(const struct pd_chat_msg *m)
     static const char open[] = "<tool_response>", close[] = "</tool_response>";
     const size_t no = sizeof(open) - 1, nc = sizeof(close) - 1;
     return m->len >= no && memcmp(m->content, open, no) == 0 && m->len >= nc &&
-           memcmp(m->content + m->len - nc, close, nc) == 0;
+        memcmp(m->content + m->len - nc, close, nc) == 0;
 }
 
 /* Qwen/Qwen3-0.6B's template: ChatML, the first system message as its own
@@ -682,9 +682,8 @@ static int render_qwen3(const struct pd_chat_msg *m, size_t n, const struct tool
  * system one, in a user turn; a call is the whole assistant turn, one per
  * message; a tool result is an ipython turn, tojson'd (a string is iterable
  * to Jinja). */
-static int render_llama31(const struct pd_chat_template *ct, const struct pd_chat_msg *m,
-                          size_t n, const struct tools *t, bool gen, struct wr *w, char *err,
-                          size_t errlen)
+static int render_llama31(const struct pd_chat_template *ct, const struct pd_chat_msg *m, size_t n,
+                          const struct tools *t, bool gen, struct wr *w, char *err, size_t errlen)
 {
     int rc = 0;
     const struct pd_chat_msg *first = m; /* message numbers in errors count from here */
@@ -703,11 +702,12 @@ static int render_llama31(const struct pd_chat_template *ct, const struct pd_cha
             return pd_errf(err, errlen, -EINVAL,
                            "Cannot put tools in the first user message when there's no first "
                            "user message!");
-        puts_(w, "<|start_header_id|>user<|end_header_id|>\n\n"
-                 "Given the following functions, please respond with a JSON for a function "
-                 "call with its proper arguments that best answers the given prompt.\n\n"
-                 "Respond in the format {\"name\": function name, \"parameters\": dictionary "
-                 "of argument name and its value}.Do not use variables.\n\n");
+        puts_(w,
+              "<|start_header_id|>user<|end_header_id|>\n\n"
+              "Given the following functions, please respond with a JSON for a function "
+              "call with its proper arguments that best answers the given prompt.\n\n"
+              "Respond in the format {\"name\": function name, \"parameters\": dictionary "
+              "of argument name and its value}.Do not use variables.\n\n");
         if ((rc = put_tools(w, t, 4, "\n\n", err, errlen)) < 0)
             return rc;
         put_stripped(w, m[0].content, m[0].len);
@@ -729,8 +729,7 @@ static int render_llama31(const struct pd_chat_template *ct, const struct pd_cha
                 return pd_errf(err, errlen, -EINVAL,
                                "This model only supports single tool-calls at once!");
             puts_(w, "<|start_header_id|>assistant<|end_header_id|>\n\n");
-            rc = put_call(w, &m[i].calls[0], "parameters", (size_t)(m + i - first), 0, err,
-                          errlen);
+            rc = put_call(w, &m[i].calls[0], "parameters", (size_t)(m + i - first), 0, err, errlen);
             puts_(w, "<|eot_id|>");
         } else {
             put_turn(w, &fmt_llama3, pd_chat_role_name(m[i].role), m[i].content, m[i].len);

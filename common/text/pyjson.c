@@ -38,10 +38,7 @@ static void put(struct out *o, const char *s, size_t n)
     o->p[o->n] = '\0';
 }
 
-static void putc_(struct out *o, char c)
-{
-    put(o, &c, 1);
-}
+static void putc_(struct out *o, char c) { put(o, &c, 1); }
 
 void pd_pyjson_repr(double v, char *buf, size_t cap)
 {
@@ -153,8 +150,8 @@ static void put_utf8(struct out *o, uint32_t cp)
 /* one character of a string, as json.dumps(ensure_ascii=False) escapes it */
 static void put_char(struct out *o, uint32_t cp)
 {
-    static const char esc[] = {'\b', 'b', '\f', 'f', '\n', 'n', '\r', 'r', '\t', 't',
-                               '"',  '"', '\\', '\\'};
+    static const char esc[] = {'\b', 'b',  '\f', 'f', '\n', 'n',  '\r',
+                               'r',  '\t', 't',  '"', '"',  '\\', '\\'};
     for (size_t i = 0; i < sizeof(esc); i += 2)
         if (cp == (unsigned char)esc[i]) {
             char e[2] = {'\\', esc[i + 1]};
@@ -174,8 +171,10 @@ static int hex4(const char *s, uint32_t *v)
     *v = 0;
     for (int i = 0; i < 4; i++) {
         char c = s[i];
-        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        int d = c >= '0' && c <= '9' ? c - '0'
+            : c >= 'a' && c <= 'f'   ? c - 'a' + 10
+            : c >= 'A' && c <= 'F'   ? c - 'A' + 10
+                                     : -1;
         if (d < 0)
             return -1;
         *v = *v << 4 | (uint32_t)d;
@@ -201,8 +200,7 @@ static int string(struct walk *w)
         if (c != '\\') {
             /* a run of plain bytes goes out as it is */
             const char *r = w->s;
-            while (w->s < w->end && *w->s != '"' && *w->s != '\\' &&
-                   (unsigned char)*w->s >= 0x20)
+            while (w->s < w->end && *w->s != '"' && *w->s != '\\' && (unsigned char)*w->s >= 0x20)
                 w->s++;
             put(w->o, r, (size_t)(w->s - r));
             continue;
@@ -213,14 +211,30 @@ static int string(struct walk *w)
         w->s += 2;
         uint32_t cp;
         switch (e) {
-        case '"': cp = '"'; break;
-        case '\\': cp = '\\'; break;
-        case '/': cp = '/'; break;
-        case 'b': cp = '\b'; break;
-        case 'f': cp = '\f'; break;
-        case 'n': cp = '\n'; break;
-        case 'r': cp = '\r'; break;
-        case 't': cp = '\t'; break;
+        case '"':
+            cp = '"';
+            break;
+        case '\\':
+            cp = '\\';
+            break;
+        case '/':
+            cp = '/';
+            break;
+        case 'b':
+            cp = '\b';
+            break;
+        case 'f':
+            cp = '\f';
+            break;
+        case 'n':
+            cp = '\n';
+            break;
+        case 'r':
+            cp = '\r';
+            break;
+        case 't':
+            cp = '\t';
+            break;
         case 'u':
             if (w->end - w->s < 4 || hex4(w->s, &cp) < 0)
                 return bad(w, "bad \\u escape");
@@ -243,10 +257,7 @@ static int string(struct walk *w)
     }
 }
 
-static bool digit(const struct walk *w)
-{
-    return w->s < w->end && *w->s >= '0' && *w->s <= '9';
-}
+static bool digit(const struct walk *w) { return w->s < w->end && *w->s >= '0' && *w->s <= '9'; }
 
 static int number(struct walk *w)
 {
@@ -373,8 +384,8 @@ static int value(struct walk *w, int depth)
     }
 }
 
-int pd_pyjson_dump(const char *json, size_t len, int indent, char **out, size_t *out_len,
-                   char *err, size_t errlen)
+int pd_pyjson_dump(const char *json, size_t len, int indent, char **out, size_t *out_len, char *err,
+                   size_t errlen)
 {
     struct out o = {0};
     struct walk w = {json, json + len, json, indent > 0 ? indent : 0, &o, err, errlen};
@@ -402,9 +413,8 @@ int pd_pyjson_dump(const char *json, size_t len, int indent, char **out, size_t 
 /* Walks the container at json's start (after white space) element by
  * element; each(w, arg) is called with w->s at an element's start (for
  * objects: at its key) and walks it. */
-static int each_item(const char *json, size_t len, bool obj,
-                     int (*each)(struct walk *w, void *arg), void *arg, char *err,
-                     size_t errlen)
+static int each_item(const char *json, size_t len, bool obj, int (*each)(struct walk *w, void *arg),
+                     void *arg, char *err, size_t errlen)
 {
     struct out o = {.discard = true};
     struct walk w = {json, json + len, json, 0, &o, err, errlen};

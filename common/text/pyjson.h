@@ -33,8 +33,8 @@
 
 #define PD_PYJSON_MAX_DEPTH 64
 
-int pd_pyjson_dump(const char *json, size_t len, int indent, char **out, size_t *out_len,
-                   char *err, size_t errlen);
+int pd_pyjson_dump(const char *json, size_t len, int indent, char **out, size_t *out_len, char *err,
+                   size_t errlen);
 /* Where a value lies in a JSON text. */
 struct pd_pyjson_span {
     const char *p;
