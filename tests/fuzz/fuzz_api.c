@@ -65,6 +65,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         r.sampling.n_logprobs > PD_MAX_LOGPROBS || !(r.sampling.temperature >= 0) ||
         !(r.sampling.top_p > 0 && r.sampling.top_p <= 1))
         __builtin_trap();
+    /* tools: shown exactly when the model may call; a required or named
+     * call always has its schema; calls only on assistant messages, capped */
+    if ((r.tool_choice == DEC_TOOL_NONE) != !r.tools ||
+        ((r.tool_choice == DEC_TOOL_REQUIRED || r.tool_choice == DEC_TOOL_NAMED) && !r.schema) ||
+        (r.tool_choice == DEC_TOOL_NAMED && !r.tool_name[0]))
+        __builtin_trap();
+    for (size_t i = 0; i < r.n_msgs; i++)
+        if ((r.msgs[i].n_calls && r.msgs[i].role != PD_CHAT_ASSISTANT) ||
+            r.msgs[i].n_calls > PD_CHAT_MAX_CALLS)
+            __builtin_trap();
     for (uint32_t i = 0; i < r.n_stops; i++) {
         size_t n = strlen(r.stops[i]);
         if (n == 0 || n > LIM.max_stop_len)
