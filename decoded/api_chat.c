@@ -303,8 +303,7 @@ static int required_schema(const cJSON *tools, bool parallel, struct dec_api_req
     if (rc == 0) {
         cJSON_AddStringToObject(root, "type", "array");
         cJSON_AddNumberToObject(root, "minItems", 1);
-        if (!parallel)
-            cJSON_AddNumberToObject(root, "maxItems", 1);
+        cJSON_AddNumberToObject(root, "maxItems", parallel ? PD_CHAT_MAX_CALLS : 1);
         cJSON *items = cJSON_AddObjectToObject(root, "items");
         if (items) {
             cJSON_AddItemToObject(items, "anyOf", alts);

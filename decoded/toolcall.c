@@ -182,7 +182,8 @@ static int feed_required(struct dec_toolcall *tc, struct dec_toolcall_out *out)
 {
     struct pd_pyjson_span items[PD_CHAT_MAX_CALLS];
     size_t n = 0;
-    if (pd_pyjson_items(tc->buf, tc->len, items, PD_CHAT_MAX_CALLS, &n, NULL, 0) == 0)
+    int r = pd_pyjson_items(tc->buf, tc->len, items, PD_CHAT_MAX_CALLS, &n, NULL, 0);
+    if (r == 0 || r == -E2BIG) /* past the cap, the first PD_CHAT_MAX_CALLS */
         for (size_t i = 0; i < n; i++) {
             int rc = read_call(tc, items[i].p, items[i].n, "parameters", NULL, out);
             if (rc < 0)

@@ -17,7 +17,8 @@
  *   NAMED     every byte is the named function's arguments (streamed as
  *             they come)
  *   REQUIRED  the output, a JSON array of {"name", "parameters"}, becomes
- *             one call per element at the end
+ *             one call per element at the end (the first
+ *             PD_CHAT_MAX_CALLS; the schema allows no more)
  *   AUTO, HERMES  each complete <tool_call>{"name", "arguments"}</tool_call>
  *             block is a call when it closes; the content is the text before
  *             the first <tool_call> (streamed up to where the tag could
@@ -28,7 +29,8 @@
  *   NONE      all content
  * Arguments read out of a block or array are written again as Python's
  * json.dumps writes them (vLLM's parsers do the same); a named call's are
- * the model's bytes. Call ids are "call_" and 24 random hex digits. Fed the
+ * the model's bytes. An object with a repeated key is not read as a call
+ * (common/text/pyjson.h: it would read two ways). Call ids are "call_" and 24 random hex digits. Fed the
  * same text, streamed and whole give the same content and calls.
  *
  * Caps: the text is the choice's output, bounded by max_tokens; at most

@@ -100,6 +100,17 @@ void pd_pyjson_repr(double v, char *buf, size_t cap)
 
 /* ---- the walk: check and write in one pass ---- */
 
+/* the keys of the objects being walked, decoded: a stack, one mark per
+ * object, to refuse a repeated key (json.loads keeps the last, at the
+ * first's place: a text that reads two ways is refused, not guessed at) */
+struct keys {
+    struct out text;
+    struct key {
+        size_t off, len;
+    } *rec;
+    size_t n, cap;
+};
+
 struct walk {
     const char *s, *end;
     const char *start;
@@ -107,6 +118,7 @@ struct walk {
     struct out *o;
     char *err;
     size_t errlen;
+    struct keys *k;
 };
 
 static int bad(struct walk *w, const char *what)
@@ -317,6 +329,62 @@ static int number(struct walk *w)
     return 0;
 }
 
+static int key_cmp(const void *a, const void *b, void *arg)
+{
+    const struct key *x = a, *y = b;
+    const char *t = arg;
+    int c = memcmp(t + x->off, t + y->off, x->len < y->len ? x->len : y->len);
+    return c ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+/* an object's key (w->s at its quote): decoded onto the key stack, then
+ * written */
+static int object_key(struct walk *w)
+{
+    struct keys *k = w->k;
+    const char *at = w->s;
+    struct out *o = w->o;
+    const size_t off = k->text.n;
+    w->o = &k->text;
+    int rc = string(w);
+    w->o = o;
+    if (rc < 0)
+        return rc;
+    if (k->n == k->cap) {
+        size_t cap = k->cap ? 2 * k->cap : 32;
+        struct key *r = realloc(k->rec, cap * sizeof(*r));
+        if (!r)
+            return pd_errf(w->err, w->errlen, -ENOMEM, "out of memory");
+        k->rec = r, k->cap = cap;
+    }
+    if (k->text.oom)
+        return pd_errf(w->err, w->errlen, -ENOMEM, "out of memory");
+    k->rec[k->n++] = (struct key){off, k->text.n - off};
+    w->s = at;
+    return string(w);
+}
+
+/* at an object's end: its keys, from mark on, all different; popped */
+static int distinct_keys(struct walk *w, size_t mark)
+{
+    struct keys *k = w->k;
+    int rc = 0;
+    if (k->n - mark > 1) {
+        qsort_r(k->rec + mark, k->n - mark, sizeof(*k->rec), key_cmp, k->text.p);
+        for (size_t i = mark + 1; i < k->n && rc == 0; i++)
+            if (key_cmp(&k->rec[i - 1], &k->rec[i], k->text.p) == 0)
+                rc = bad(w, "a repeated key in an object");
+    }
+    if (k->n > mark) {
+        size_t low = k->rec[mark].off; /* the sort moved them: the lowest offset */
+        for (size_t i = mark; i < k->n; i++)
+            low = k->rec[i].off < low ? k->rec[i].off : low;
+        k->text.n = low;
+    }
+    k->n = mark;
+    return rc;
+}
+
 static void newline(struct walk *w, int depth)
 {
     putc_(w->o, '\n');
@@ -340,6 +408,7 @@ static int value(struct walk *w, int depth)
         return bad(w, "nested too deep");
     const bool obj = c == '{';
     const char close = obj ? '}' : ']';
+    const size_t mark = w->k->n;
     w->s++;
     putc_(w->o, c);
     ws(w);
@@ -358,7 +427,7 @@ static int value(struct walk *w, int depth)
             ws(w);
             if (w->s >= w->end || *w->s != '"')
                 return bad(w, "an object key is missing");
-            if ((rc = string(w)) < 0)
+            if ((rc = object_key(w)) < 0)
                 return rc;
             ws(w);
             if (w->s >= w->end || *w->s != ':')
@@ -374,6 +443,8 @@ static int value(struct walk *w, int depth)
             continue;
         }
         if (w->s < w->end && *w->s == close) {
+            if (obj && (rc = distinct_keys(w, mark)) < 0)
+                return rc;
             w->s++;
             if (w->indent)
                 newline(w, depth);
@@ -384,19 +455,30 @@ static int value(struct walk *w, int depth)
     }
 }
 
-int pd_pyjson_dump(const char *json, size_t len, int indent, char **out, size_t *out_len, char *err,
-                   size_t errlen)
+/* one JSON value, the whole text, written to o */
+static int walk_text(const char *json, size_t len, int indent, struct out *o, char *err,
+                     size_t errlen)
 {
-    struct out o = {0};
-    struct walk w = {json, json + len, json, indent > 0 ? indent : 0, &o, err, errlen};
-    if (!json)
-        return pd_errf(err, errlen, -EINVAL, "no JSON");
+    struct keys k = {.rec = NULL};
+    struct walk w = {json, json + len, json, indent > 0 ? indent : 0, o, err, errlen, &k};
     int rc = value(&w, 0);
     if (rc == 0) {
         ws(&w);
         if (w.s != w.end)
             rc = bad(&w, "text after the value");
     }
+    free(k.text.p);
+    free(k.rec);
+    return rc;
+}
+
+int pd_pyjson_dump(const char *json, size_t len, int indent, char **out, size_t *out_len, char *err,
+                   size_t errlen)
+{
+    struct out o = {0};
+    if (!json)
+        return pd_errf(err, errlen, -EINVAL, "no JSON");
+    int rc = walk_text(json, len, indent, &o, err, errlen);
     if (rc == 0 && o.oom)
         rc = pd_errf(err, errlen, -ENOMEM, "out of memory");
     if (rc == 0 && !o.p) /* cannot happen: a value writes something */
@@ -417,7 +499,8 @@ static int each_item(const char *json, size_t len, bool obj, int (*each)(struct 
                      void *arg, char *err, size_t errlen)
 {
     struct out o = {.discard = true};
-    struct walk w = {json, json + len, json, 0, &o, err, errlen};
+    struct keys k = {.rec = NULL};
+    struct walk w = {json, json + len, json, 0, &o, err, errlen, &k};
     ws(&w);
     if (w.s >= w.end || *w.s != (obj ? '{' : '['))
         return pd_errf(err, errlen, -EINVAL, obj ? "not an object" : "not an array");
@@ -431,7 +514,7 @@ static int each_item(const char *json, size_t len, bool obj, int (*each)(struct 
         for (;;) {
             ws(&w);
             if ((rc = each(&w, arg)) < 0)
-                return rc;
+                goto done;
             ws(&w);
             if (w.s < w.end && *w.s == ',') {
                 w.s++;
@@ -441,11 +524,16 @@ static int each_item(const char *json, size_t len, bool obj, int (*each)(struct 
                 w.s++;
                 break;
             }
-            return bad(&w, "',' or a closing bracket is missing");
+            rc = bad(&w, "',' or a closing bracket is missing");
+            goto done;
         }
     }
     ws(&w);
-    return w.s == w.end ? 0 : bad(&w, "text after the value");
+    rc = w.s == w.end ? 0 : bad(&w, "text after the value");
+done:
+    free(k.text.p);
+    free(k.rec);
+    return rc;
 }
 
 struct items {
@@ -471,7 +559,7 @@ int pd_pyjson_items(const char *json, size_t len, struct pd_pyjson_span *items, 
 {
     struct items it = {items, max, 0};
     int rc = each_item(json, len, false, one_item, &it, err, errlen);
-    if (rc == 0)
+    if (rc == 0 || rc == -E2BIG)
         *n = it.n;
     return rc;
 }
@@ -501,7 +589,7 @@ static int one_member(struct walk *w, void *arg)
     const char *b = w->s;
     if ((rc = value(w, 1)) < 0)
         return rc;
-    if (same && !m->hit) { /* jstrict refuses duplicates where it matters */
+    if (same) { /* once: pd_pyjson_member checked that keys do not repeat */
         m->found = (struct pd_pyjson_span){b, (size_t)(w->s - b)};
         m->hit = true;
     }
@@ -511,7 +599,10 @@ static int one_member(struct walk *w, void *arg)
 int pd_pyjson_member(const char *json, size_t len, const char *key, struct pd_pyjson_span *out)
 {
     struct member m = {key, {0}, false};
-    int rc = each_item(json, len, true, one_member, &m, NULL, 0);
+    struct out check = {.discard = true};
+    int rc = walk_text(json, len, 0, &check, NULL, 0); /* keys repeated inside too */
+    if (rc == 0)
+        rc = each_item(json, len, true, one_member, &m, NULL, 0);
     if (rc < 0)
         return rc;
     if (!m.hit)

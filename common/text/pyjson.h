@@ -23,8 +23,10 @@
  *   strings             raw UTF-8; \" \\ \n \r \t \b \f escaped, other
  *                       controls as \u00XX
  * Refused (-EINVAL, err says where): text that is not one JSON value, a lone
- * UTF-16 surrogate escape (Python keeps it; no UTF-8 prompt can), nesting
- * deeper than PD_PYJSON_MAX_DEPTH. -ENOMEM.
+ * UTF-16 surrogate escape (Python keeps it; no UTF-8 prompt can), a key
+ * repeated in an object (json.loads keeps the last value at the first's
+ * place; a text that reads two ways is refused rather than guessed at),
+ * nesting deeper than PD_PYJSON_MAX_DEPTH. -ENOMEM.
  */
 #ifndef PD_PYJSON_H
 #define PD_PYJSON_H
@@ -43,7 +45,8 @@ struct pd_pyjson_span {
 
 /* The elements of a JSON array's text, checked as pd_pyjson_dump checks:
  * items[0..*n) point into json. -EINVAL (not an array, or not JSON), -E2BIG
- * (more than max elements). */
+ * (more than max elements: the first max are in items, *n = max, and the
+ * rest is not read). */
 int pd_pyjson_items(const char *json, size_t len, struct pd_pyjson_span *items, size_t max,
                     size_t *n, char *err, size_t errlen);
 /* The value of key (plain ASCII, no escapes) in a JSON object's text: 0 with

@@ -12,7 +12,8 @@ Writes tests/golden/pyjson_golden.jsonl, one line per (case, indent):
     {"in": text, "indent": 0, "error": true}   json.loads refuses the text,
                                                or pyjson.c does by design (a
                                                lone surrogate, which no UTF-8
-                                               prompt can hold)
+                                               prompt can hold; a repeated
+                                               key; nesting past 64)
 """
 import json
 import os
@@ -52,6 +53,9 @@ REFUSED = [
     '', '   ', '[1,]', '{"a" 1}', '{"a":1,}', '01', '1.', '.5', '-', '+1', '1e', 'tru',
     '"unterminated', '[1] 2', '{"a":1}}', 'NaN', 'Infinity', "'single'", '"\\x41"',
     '"raw\x01control"', '"tab\there"', '[' * 65 + ']' * 65,
+    # a repeated key: json.loads keeps the last value at the first's place;
+    # pyjson.c refuses a text that reads two ways
+    '{"a": 1, "a": 2}', '{"a": {"b": 1, "c": 0, "b": 1}}', '[{"x": 1}, {"x": 1, "\\u0078": 2}]',
 ]
 
 

@@ -20,12 +20,11 @@ static void pyjson_dump_matches_python(void)
         CHECK(in && cJSON_IsNumber(ind));
         char *out = NULL, err[128] = "";
         size_t n = 0;
-        int rc = pd_pyjson_dump(in, strlen(in), (int)ind->valuedouble, &out, &n, err,
-                                sizeof(err));
+        int rc = pd_pyjson_dump(in, strlen(in), (int)ind->valuedouble, &out, &n, err, sizeof(err));
         if (want) {
             if (rc != 0 || n != strlen(want) || memcmp(out, want, n) != 0)
-                PD_TEST_FAIL_("line %zu: %s (indent %d): rc %d, got \"%s\", want \"%s\"", i + 1,
-                              in, (int)ind->valuedouble, rc, rc == 0 ? out : err, want);
+                PD_TEST_FAIL_("line %zu: %s (indent %d): rc %d, got \"%s\", want \"%s\"", i + 1, in,
+                              (int)ind->valuedouble, rc, rc == 0 ? out : err, want);
             CHECK_EQ_INT(out[n], '\0');
             ok++;
         } else {
@@ -57,7 +56,16 @@ static void pyjson_items_and_members_point_into_the_text(void)
     CHECK(v.n == 3 && memcmp(v.p, "\"f\"", 3) == 0);
     CHECK_EQ_INT(pd_pyjson_member(it[0].p, it[0].n, "nam", &v), -ENOENT);
     /* caps, shapes and broken texts */
+    n = 0; /* past the cap: the first max elements, and the count says so */
     CHECK_EQ_INT(pd_pyjson_items(a, strlen(a), it, 2, &n, err, sizeof(err)), -E2BIG);
+    CHECK_EQ_INT(n, 2);
+    CHECK(it[1].n == 3 && memcmp(it[1].p, "\"s\"", 3) == 0);
+    /* a key that repeats, even written another way, is refused */
+    static const char rep1[] = "{\"a\": 1, \"\\u0061\": 2}",
+                      rep2[] = "{\"a\": {\"b\": 1, \"b\": 2}}";
+    CHECK_EQ_INT(pd_pyjson_member(rep1, strlen(rep1), "a", &v), -EINVAL);
+    CHECK_EQ_INT(pd_pyjson_member(rep2, strlen(rep2), "a", &v), -EINVAL);
+    CHECK_EQ_INT(pd_pyjson_member(rep2 + 6, strlen(rep2) - 7, "b", &v), -EINVAL);
     CHECK_EQ_INT(pd_pyjson_items("[]", 2, it, 4, &n, err, sizeof(err)), 0);
     CHECK_EQ_INT(n, 0);
     CHECK_EQ_INT(pd_pyjson_items("{}", 2, it, 4, &n, err, sizeof(err)), -EINVAL);
