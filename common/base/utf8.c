@@ -122,3 +122,11 @@ size_t pd_utf8_put(uint32_t cp, uint8_t *out)
     out[3] = (uint8_t)(0x80 | (cp & 0x3F));
     return 4;
 }
+
+int pd_hex_digit(char c)
+{
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}

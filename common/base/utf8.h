@@ -36,4 +36,7 @@ size_t pd_utf8_lossy(const uint8_t *s, size_t n, uint8_t *out);
 /* Encode cp (<= 0x10FFFF, not a surrogate) into out[4]; returns 1..4, or 0. */
 size_t pd_utf8_put(uint32_t cp, uint8_t *out);
 
+/* A hexadecimal digit's value (either case), or -1 (escapes: "\u00e9", "<0xE9>"). */
+int pd_hex_digit(char c);
+
 #endif

@@ -523,6 +523,21 @@ static int put_hermes_call(struct wr *w, const struct pd_chat_call *c, size_t ms
     return rc;
 }
 
+/* Qwen's calls after an assistant's content, each block after a newline
+ * (the first too when nl_first), then the turn's end */
+static int put_hermes_calls(struct wr *w, const struct pd_chat_msg *m, size_t i, bool nl_first,
+                            char *err, size_t errlen)
+{
+    int rc = 0;
+    for (size_t k = 0; k < m[i].n_calls && rc == 0; k++) {
+        if (k || nl_first)
+            puts_(w, "\n");
+        rc = put_hermes_call(w, &m[i].calls[k], i, k, err, errlen);
+    }
+    puts_(w, "<|im_end|>\n");
+    return rc;
+}
+
 /* Qwen's tool results: a run of them is one user turn */
 static void put_tool_response(struct wr *w, const struct pd_chat_msg *m, size_t n, size_t i)
 {
@@ -567,11 +582,7 @@ static int render_qwen25(const struct pd_chat_template *ct, const struct pd_chat
                 puts_(w, "\n");
                 put(w, m[i].content, m[i].len);
             }
-            for (size_t k = 0; k < m[i].n_calls && rc == 0; k++) {
-                puts_(w, "\n");
-                rc = put_hermes_call(w, &m[i].calls[k], i, k, err, errlen);
-            }
-            puts_(w, "<|im_end|>\n");
+            rc = put_hermes_calls(w, m, i, true, err, errlen);
         }
     }
     if (gen)
@@ -662,12 +673,7 @@ static int render_qwen3(const struct pd_chat_msg *m, size_t n, const struct tool
                 c++, cl--;
         }
         put(w, c, cl);
-        for (size_t k = 0; k < m[i].n_calls && rc == 0; k++) {
-            if (k || content)
-                puts_(w, "\n");
-            rc = put_hermes_call(w, &m[i].calls[k], i, k, err, errlen);
-        }
-        puts_(w, "<|im_end|>\n");
+        rc = put_hermes_calls(w, m, i, content, err, errlen);
     }
     if (gen)
         puts_(w, "<|im_start|>assistant\n");

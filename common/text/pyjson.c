@@ -2,6 +2,7 @@
 #include "pyjson.h"
 
 #include "errf.h"
+#include "utf8.h"
 
 #include <errno.h>
 #include <math.h>
@@ -144,19 +145,8 @@ static bool lit(struct walk *w, const char *word)
 
 static void put_utf8(struct out *o, uint32_t cp)
 {
-    char b[4];
-    size_t n;
-    if (cp < 0x80)
-        b[0] = (char)cp, n = 1;
-    else if (cp < 0x800)
-        b[0] = (char)(0xC0 | cp >> 6), b[1] = (char)(0x80 | (cp & 0x3F)), n = 2;
-    else if (cp < 0x10000)
-        b[0] = (char)(0xE0 | cp >> 12), b[1] = (char)(0x80 | (cp >> 6 & 0x3F)),
-        b[2] = (char)(0x80 | (cp & 0x3F)), n = 3;
-    else
-        b[0] = (char)(0xF0 | cp >> 18), b[1] = (char)(0x80 | (cp >> 12 & 0x3F)),
-        b[2] = (char)(0x80 | (cp >> 6 & 0x3F)), b[3] = (char)(0x80 | (cp & 0x3F)), n = 4;
-    put(o, b, n);
+    uint8_t b[4];
+    put(o, (const char *)b, pd_utf8_put(cp, b));
 }
 
 /* one character of a string, as json.dumps(ensure_ascii=False) escapes it */
@@ -182,11 +172,7 @@ static int hex4(const char *s, uint32_t *v)
 {
     *v = 0;
     for (int i = 0; i < 4; i++) {
-        char c = s[i];
-        int d = c >= '0' && c <= '9' ? c - '0'
-            : c >= 'a' && c <= 'f'   ? c - 'a' + 10
-            : c >= 'A' && c <= 'F'   ? c - 'A' + 10
-                                     : -1;
+        int d = pd_hex_digit(s[i]);
         if (d < 0)
             return -1;
         *v = *v << 4 | (uint32_t)d;

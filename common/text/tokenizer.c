@@ -224,11 +224,7 @@ static int byte_token_value(const char *s, size_t n)
         return -1;
     int v = 0;
     for (int i = 3; i < 5; i++) {
-        char c = s[i];
-        int d = c >= '0' && c <= '9' ? c - '0'
-              : c >= 'a' && c <= 'f' ? c - 'a' + 10
-              : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                     : -1;
+        int d = pd_hex_digit(s[i]);
         if (d < 0)
             return -1;
         v = v * 16 + d;
