@@ -63,6 +63,11 @@ struct pd_attn_args {
     const int32_t *run_start; /* (n_runs + 1): first token of each run, then n_tokens */
     uint32_t n_runs;
     uint32_t max_run; /* >= every run's length (a longer run gets NaN rows); 0 = n_tokens */
+    /* The engine's launcher (engine_cuda.c): tokens [0, run_tokens) are the
+     * runs', for the prefill kernel; those after them single decode tokens,
+     * for the decode kernel (0 = all n_tokens are the runs'). The kernels
+     * themselves read n_tokens. */
+    uint32_t run_tokens;
 };
 
 /* Context splits. Positions [0, n_ctx) of a token are cut into pieces of

@@ -139,6 +139,7 @@ static int scratch(struct pd_engine *e, const struct pd_engine_params *p)
         return rc;
     SCRATCH(e->out_item, T, true);
     SCRATCH(e->out_row, T, true);
+    SCRATCH(e->item_t0, e->max_items, true);
     return e->b->scratch(e, p);
 }
 
@@ -441,6 +442,16 @@ static int validate(const struct pd_engine *e, const struct pd_batch_item *items
     return 0;
 }
 
+/* PDSERVE_MIXED_ATTENTION=prefill: a step's single tokens are prefill-kernel
+ * runs too, beside its prompt chunks (the way before decode tokens went to
+ * the decode kernel), for comparing the two in one benchmark run
+ * (gpu_engine_bench's mixed steps); read at every step */
+static bool mixed_all_runs(void)
+{
+    const char *v = getenv("PDSERVE_MIXED_ATTENTION");
+    return v && strcmp(v, "prefill") == 0;
+}
+
 int pd_engine_step(struct pd_engine *e, const struct pd_batch_item *items, uint32_t n_items,
                    char *err, size_t errlen)
 {
@@ -464,22 +475,38 @@ int pd_engine_step(struct pd_engine *e, const struct pd_batch_item *items, uint3
         }
     }
 
-    uint32_t t = 0;
-    for (uint32_t i = 0; i < n_items; i++) {
-        const struct pd_batch_item *it = &items[i];
-        const struct pd_kvseq *s = it->seq;
-        memcpy(e->h_ix.tables + (size_t)i * e->max_blocks, s->blocks,
-               s->n_blocks * sizeof(uint32_t));
-        e->h_ix.runs[i] = (int32_t)t;
-        for (uint32_t j = 0; j < it->n_tokens; j++, t++) {
-            uint32_t p = s->n_tokens + j;
-            e->h_ix.tok[t] = it->tokens[j];
-            e->h_ix.pos[t] = (int32_t)p;
-            e->h_ix.tok_seq[t] = (int32_t)i;
-            e->h_ix.slot[t] = (int64_t)s->blocks[p / bs] * bs + p % bs;
+    /* the step's tokens: prompt chunks first (the prefill kernel's runs),
+     * then the single tokens (the decode kernel's); a sequence's block
+     * table stays its item's row */
+    uint32_t t = 0, n_runs = 0;
+    bool all_runs = false;
+    for (int pass = 0; pass < 2; pass++) {
+        for (uint32_t i = 0; i < n_items; i++) {
+            const struct pd_batch_item *it = &items[i];
+            const struct pd_kvseq *s = it->seq;
+            if ((it->n_tokens > 1) != (pass == 0))
+                continue;
+            if (pass == 0 || all_runs)
+                e->h_ix.runs[n_runs++] = (int32_t)t;
+            memcpy(e->h_ix.tables + (size_t)i * e->max_blocks, s->blocks,
+                   s->n_blocks * sizeof(uint32_t));
+            e->item_t0[i] = t;
+            for (uint32_t j = 0; j < it->n_tokens; j++, t++) {
+                uint32_t p = s->n_tokens + j;
+                e->h_ix.tok[t] = it->tokens[j];
+                e->h_ix.pos[t] = (int32_t)p;
+                e->h_ix.tok_seq[t] = (int32_t)i;
+                e->h_ix.slot[t] = (int64_t)s->blocks[p / bs] * bs + p % bs;
+            }
         }
+        if (pass == 0)
+            all_runs = n_runs && mixed_all_runs();
+        else if (!all_runs)
+            break;
+        e->h_ix.runs[n_runs] = (int32_t)t;
+        e->n_runs = n_runs;
+        e->run_tokens = t;
     }
-    e->h_ix.runs[n_items] = (int32_t)t;
     if ((rc = e->b->step(e, items, n_items, T)) < 0) {
         pd_errf(err, errlen, rc, "engine: forward pass failed: %s%s%s", strerror(-rc),
                 device_sep(e), device_error(e));

@@ -33,16 +33,32 @@ static int cu_copy(void *dst, const void *src, size_t bytes, void *s)
 }
 static int cu_sync(void *s) { return pd_cuda_stream_sync(s); }
 
-/* a step with prefill chunks on a 16-bit pool: the tensor-core kernel, its
- * runs being the items; otherwise (or where it declines) the decode kernel */
+/* A step's prompt chunks on a 16-bit pool: the tensor-core kernel over their
+ * tokens (the runs, laid out first); its single decode tokens, after them,
+ * the decode kernel's -- a 128-row tile for one query row was the prefill
+ * kernel's cost. Otherwise (or where the prefill kernel declines) the decode
+ * kernel takes every token. */
 static int cu_attention(const struct pd_attn_args *a, void *s)
 {
-    if (a->n_runs) {
-        int rc = pd_attention_prefill_cuda(a, s);
-        if (rc != -ENOTSUP)
-            return rc;
-    }
-    return pd_attention_cuda(a, s);
+    if (!a->n_runs)
+        return pd_attention_cuda(a, s);
+    struct pd_attn_args p = *a;
+    if (a->run_tokens && a->run_tokens < a->n_tokens)
+        p.n_tokens = a->run_tokens;
+    int rc = pd_attention_prefill_cuda(&p, s);
+    if (rc == -ENOTSUP)
+        return pd_attention_cuda(a, s);
+    if (rc < 0 || p.n_tokens == a->n_tokens)
+        return rc;
+    const size_t row = (size_t)a->n_head * a->kv.head_dim, t0 = p.n_tokens;
+    struct pd_attn_args d = *a;
+    d.out = a->out + t0 * row;
+    d.q = a->q + t0 * row;
+    d.tok_seq = a->tok_seq + t0;
+    d.tok_pos = a->tok_pos + t0;
+    d.n_tokens = a->n_tokens - p.n_tokens;
+    d.run_start = NULL, d.n_runs = 0, d.run_tokens = 0;
+    return pd_attention_cuda(&d, s);
 }
 
 int pd_backend_cuda_probe(char *why, size_t n) { return pd_cuda_probe(why, n); }

@@ -18,7 +18,8 @@ struct fwd {
     const struct pd_backend *k;
     void *s; /* the stream */
     uint32_t T; /* tokens in the step */
-    uint32_t n_runs, max_run; /* the items as the prefill kernel's runs (0: a decode step) */
+    uint32_t n_runs, max_run; /* the prompt chunks as the prefill kernel's runs (0: none) */
+    uint32_t run_tokens; /* the runs' tokens, [0, run_tokens); the single ones follow */
 };
 
 /* y (m, n) = x (m, k) W^T, or y += when accumulate */
@@ -118,6 +119,7 @@ static int attend(const struct fwd *f, uint32_t l)
                              .run_start = e->ix.runs,
                              .n_runs = f->n_runs,
                              .max_run = f->max_run,
+                             .run_tokens = f->run_tokens,
                              .threads = e->pool};
     return f->k->attention(&a, f->s);
 }
@@ -202,12 +204,11 @@ static int gather_rows(const struct fwd *f, const struct pd_batch_item *items, u
 {
     struct pd_engine *e = f->e;
     const size_t D = e->hp.n_embd;
-    uint32_t t0 = 0, n_rows = 0, run_src = 0, run_len = 0;
+    uint32_t n_rows = 0, run_src = 0, run_len = 0;
     int rc;
     for (uint32_t i = 0; i < n_items; i++) {
         const struct pd_batch_item *it = &items[i];
-        uint32_t first = t0 + it->n_tokens - it->n_logits;
-        t0 += it->n_tokens;
+        uint32_t first = e->item_t0[i] + it->n_tokens - it->n_logits;
         for (uint32_t j = 0; j < it->n_logits; j++, n_rows++) {
             e->out_item[n_rows] = i;
             e->out_row[n_rows] = j;
@@ -281,11 +282,13 @@ int pd_engine_fwd(struct pd_engine *e, const struct pd_batch_item *items, uint32
     struct fwd f = {.e = e, .k = e->b, .s = e->stream, .T = T};
     int rc;
 
-    /* a step with a prefill chunk: its items as runs for the prefill kernel
-     * (the CPU and the decode kernel ignore them) */
+    /* a step with prompt chunks: they are the prefill kernel's runs, laid
+     * out first by pd_engine_step; its single tokens the decode kernel's (the
+     * CPU ignores runs) */
     for (uint32_t i = 0; i < n_items; i++)
         f.max_run = items[i].n_tokens > f.max_run ? items[i].n_tokens : f.max_run;
-    f.n_runs = f.max_run > 1 ? n_items : 0;
+    f.n_runs = e->n_runs;
+    f.run_tokens = e->run_tokens;
 
     if ((rc = embed(&f)) < 0)
         return rc;

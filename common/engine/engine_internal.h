@@ -62,7 +62,8 @@ struct pd_step_index {
     int32_t *tok, *pos, *tok_seq; /* (T) */
     int64_t *slot; /* (T) */
     uint32_t *tables; /* (max_items, max_blocks) */
-    int32_t *runs; /* (max_items + 1) where each item's tokens start (the prefill kernel's runs) */
+    int32_t *runs; /* (max_items + 1) where each prompt chunk's tokens start (the prefill
+                    * kernel's runs), then where the single tokens start */
 };
 
 struct pd_backend {
@@ -209,6 +210,13 @@ struct pd_engine {
     bool act_q8; /* CPU: 8-bit activations in the dots (PD_CPU_W_STORED_Q8) */
     uint64_t attn_ws_bytes;
     uint32_t *out_item, *out_row; /* (T): which item / logits row each output row is */
+    /* The step's layout (pd_engine_step): the items with more than one token
+     * (prompt chunks) first, in item order, as the prefill kernel's n_runs
+     * runs over tokens [0, run_tokens); then the single-token items (decode
+     * tokens), which the decode kernel takes. item_t0 (max_items): each
+     * item's first token. */
+    uint32_t *item_t0;
+    uint32_t n_runs, run_tokens;
     char note[320]; /* a line for the caller's log (pd_engine_take_note), "" when none */
     char desc[256]; /* what the backend made of the weights and threads (pd_engine_describe) */
     float *logits; /* (LOGIT_ROWS, n_vocab) */

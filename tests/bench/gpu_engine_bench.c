@@ -13,6 +13,11 @@
  *             the daemons do, and the bytes a step must read
  *             (the weights as stored on the device, once; every sequence's K/V)
  *             per second, beside a device-to-device copy's GB/s: "vs_copy"
+ *   mixed     ms per step of a --mixed-chunk prompt chunk beside each batch's
+ *             decode tokens (the scheduler's mixed steps), the decode tokens
+ *             through the decode kernel beside the same steps with them as
+ *             prefill-kernel runs (PDSERVE_MIXED_ATTENTION=prefill, the way
+ *             before): "vs_prefill_runs" (> 1: faster); --mixed-chunk 0: none
  *
  *   gpu_engine_bench                               # dummy Llama-3-8B, bf16 weights and KV
  *   gpu_engine_bench --model-shape '{"preset":"llama3-8b","n_layer":8}'
@@ -36,6 +41,7 @@
 struct bench_cfg {
     char *model_shape;
     int64_t seed, trials, steps, context, max_batched_tokens, gemm_size, copy_mib, block_size;
+    int64_t mixed_chunk;
     uint64_t kv_cache_memory;
     int kv_cache_dtype, gpu_weight_dtype;
     struct pd_cfg_list prefill, batches;
@@ -51,6 +57,8 @@ static const struct pd_cfg_opt options[] = {
                "decode: tokens each sequence holds before the timed steps"),
     PD_CFG_INT("max-num-batched-tokens", struct bench_cfg, max_batched_tokens, "2048", 1,
                1 << 20, "prefill chunk"),
+    PD_CFG_INT("mixed-chunk", struct bench_cfg, mixed_chunk, "512", 0, 1 << 20,
+               "mixed steps: the prompt chunk beside the decode tokens (0: no mixed steps)"),
     PD_CFG_INT("gemm-size", struct bench_cfg, gemm_size, "8192", 64, 32768,
                "m = n = k of the reference bf16 GEMM"),
     PD_CFG_INT("copy-mib", struct bench_cfg, copy_mib, "1024", 1, 65536,
@@ -153,6 +161,74 @@ out:
     return dt;
 }
 
+/* Mixed steps: a chunk of a fresh prompt (its first `chunk` tokens, released
+ * after each step) beside b decode tokens at ctx, every row sampled in the
+ * step. The contexts are made once; then `trials` runs of `steps` timed steps
+ * each way, alternating (the contexts grow alike): sec[0] the decode tokens
+ * through the decode kernel, sec[1] as prefill-kernel runs. 0, or -1. */
+static int time_mixed(struct pd_engine *e, uint32_t b, uint32_t ctx, uint32_t chunk,
+                      uint32_t steps, int trials, double *sec[2])
+{
+    const uint32_t V = pd_engine_n_vocab(e);
+    const struct pd_sampling greedy = PD_SAMPLING_DEFAULT;
+    struct pd_kvseq *s = calloc(b + 1, sizeof(*s));
+    struct pd_batch_item *it = calloc(b + 1, sizeof(*it));
+    struct pd_sample_result *res = calloc(b + 1, sizeof(*res));
+    int32_t *next = calloc(b + 1, sizeof(*next));
+    const uint32_t n_tok = (ctx > chunk ? ctx : chunk) + 2 * trials * (steps + WARM_STEPS);
+    int32_t *tok = malloc(n_tok * sizeof(*tok));
+    char err[256];
+    int rc = -1;
+    uint32_t made = 0;
+    if (!s || !it || !res || !next || !tok)
+        goto out;
+    bench_fill_tokens(tok, n_tok, V, 7);
+    for (; made < b; made++) { /* the decode items after the chunk's */
+        pd_kvseq_init(&s[made + 1]);
+        if (pd_engine_prefill(e, &s[made + 1], tok, ctx, NULL, err, sizeof(err)) < 0) {
+            fprintf(stderr, "gpu_engine_bench: a %u-token context: %s\n", ctx, err);
+            goto out;
+        }
+        it[made + 1] = (struct pd_batch_item){
+            .seq = &s[made + 1], .tokens = &next[made + 1], .n_tokens = 1, .n_logits = 1,
+            .sampling = &greedy, .history = tok, .n_history = ctx, .n_prompt = ctx,
+            .result = &res[made + 1]};
+    }
+    pd_kvseq_init(&s[0]);
+    it[0] = (struct pd_batch_item){.seq = &s[0], .tokens = tok, .n_tokens = chunk, .n_logits = 1,
+                                   .sampling = &greedy, .history = tok, .n_history = chunk,
+                                   .n_prompt = chunk, .result = &res[0]};
+    for (int r = 0; r < 2 * trials; r++) {
+        if (r % 2) /* side by side: the decode kernel's way, then the way before */
+            setenv("PDSERVE_MIXED_ATTENTION", "prefill", 1);
+        double t0 = 0;
+        for (uint32_t k = 0; k < WARM_STEPS + steps; k++) {
+            if (k == WARM_STEPS)
+                t0 = bench_now();
+            int sr = pd_engine_step(e, it, b + 1, err, sizeof(err));
+            pd_engine_seq_release(e, &s[0]); /* the next step's chunk starts a prompt again */
+            if (sr < 0) {
+                fprintf(stderr, "gpu_engine_bench: a mixed step of %u + %u: %s\n", chunk, b,
+                        err);
+                unsetenv("PDSERVE_MIXED_ATTENTION");
+                goto out;
+            }
+            for (uint32_t i = 1; i <= b; i++) {
+                next[i] = res[i].token;
+                it[i].n_history++;
+            }
+        }
+        sec[r % 2][r / 2] = (bench_now() - t0) / steps;
+        unsetenv("PDSERVE_MIXED_ATTENTION");
+    }
+    rc = 0;
+out:
+    for (uint32_t i = 0; i < made; i++)
+        pd_engine_seq_release(e, &s[i + 1]);
+    free(s), free(it), free(res), free(next), free(tok);
+    return rc;
+}
+
 /* the matrices' parameters a token goes through (the output head counted
  * apart: prefill computes it for the last token only) */
 static double layer_params(const struct pd_hparams *hp)
@@ -212,7 +288,8 @@ int main(int argc, char **argv)
     }
     const struct pd_hparams *hp = pd_model_hparams(m);
     const uint32_t ctx = (uint32_t)c.context, steps = (uint32_t)c.steps;
-    const uint32_t longest = ctx + steps + WARM_STEPS;
+    /* a decode run's sequences; the mixed steps' grow over their 2 x trials runs */
+    const uint32_t longest = ctx + (c.mixed_chunk ? 2 * trials : 1) * (steps + WARM_STEPS);
     uint32_t max_len = gb_max_of(plen, n_plen) > longest ? gb_max_of(plen, n_plen) + 1
                                                          : longest + 1;
     if (max_len > hp->n_ctx_train) {
@@ -228,7 +305,8 @@ int main(int argc, char **argv)
         const uint64_t bs = (uint64_t)c.block_size;
         const uint64_t seq_blocks = (longest + bs - 1) / bs;
         const uint64_t prompt_blocks = (gb_max_of(plen, n_plen) + bs - 1) / bs;
-        uint64_t blocks = gb_max_of(batch, n_batch) * seq_blocks;
+        const uint64_t chunk_blocks = ((uint64_t)c.mixed_chunk + bs - 1) / bs;
+        uint64_t blocks = gb_max_of(batch, n_batch) * seq_blocks + chunk_blocks;
         blocks = (blocks > prompt_blocks ? blocks : prompt_blocks) + 1;
         c.kv_cache_memory = (uint64_t)(blocks * bs * kv_tok);
     }
@@ -238,7 +316,10 @@ int main(int argc, char **argv)
                                   .block_size = (uint32_t)c.block_size,
                                   .max_batched_tokens = (uint32_t)c.max_batched_tokens,
                                   .max_model_len = max_len,
-                                  .max_batch_items = gb_max_of(batch, n_batch)};
+                                  .max_batch_items = gb_max_of(batch, n_batch) + 1};
+    /* a mixed step holds the chunk and the largest batch's tokens */
+    if (c.mixed_chunk + gb_max_of(batch, n_batch) > c.max_batched_tokens)
+        ep.max_batched_tokens = (uint32_t)c.mixed_chunk + gb_max_of(batch, n_batch);
     if (pd_engine_new(&ep, &e, err, sizeof(err)) < 0) {
         fprintf(stderr, "gpu_engine_bench: %s\n", err);
         goto out;
@@ -285,6 +366,24 @@ int main(int argc, char **argv)
         if (o < sizeof(line))
             o += (size_t)snprintf(line + o, sizeof(line) - o, " decode %u: %.0f tok/s (%.2f of "
                                   "copy);", batch[i], batch[i] / dt, bytes / dt / 1e9 / copy_gbs);
+    }
+    if (c.mixed_chunk > 0) {
+        const uint32_t chunk = (uint32_t)c.mixed_chunk;
+        printf("\n%-14s %14s %16s %16s\n", "mixed batch", "chunk tokens", "ms/step",
+               "prefill runs ms");
+        for (size_t i = 0; i < n_batch; i++) {
+            double v[2][100], *sec[2] = {v[0], v[1]};
+            if (time_mixed(e, batch[i], ctx, chunk, steps, trials, sec) < 0)
+                goto out;
+            const double split = bench_median(v[0], (size_t)trials);
+            const double runs = bench_median(v[1], (size_t)trials);
+            printf("%-14u %14u %16.3f %16.3f   vs_prefill_runs %.2f\n", batch[i], chunk,
+                   split * 1e3, runs * 1e3, runs / split);
+            if (o < sizeof(line))
+                o += (size_t)snprintf(line + o, sizeof(line) - o,
+                                      " mixed %u+%u: %.3f ms (%.2f vs prefill runs);", chunk,
+                                      batch[i], split * 1e3, runs / split);
+        }
     }
     printf("%s\n", line);
     exit_code = 0;

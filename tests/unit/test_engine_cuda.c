@@ -192,6 +192,36 @@ static void engine_cuda_matches_cpu_16bit_pools(void)
     compare(SHAPE_16, PD_DT_BF16, PD_DT_F32, TOL_16);
 }
 
+/* A step with a prompt chunk and single tokens (the script's second): the
+ * chunk's tokens go to the prefill kernel, the single ones to the decode
+ * kernel; PDSERVE_MIXED_ATTENTION=prefill sends the single ones through the
+ * prefill kernel too (the earlier way, for benchmarks). Both agree with the
+ * CPU; the chunk's row is the same either way, bit for bit, and the single
+ * tokens' rows are not (another kernel computed them). */
+static void engine_cuda_mixed_step_single_tokens_take_the_decode_kernel(void)
+{
+    need_gpu();
+    compare(SHAPE_64, PD_DT_BF16, PD_DT_F32, TOL_16);
+    setenv("PDSERVE_MIXED_ATTENTION", "prefill", 1);
+    compare(SHAPE_64, PD_DT_BF16, PD_DT_F32, TOL_16);
+    struct pd_model *m = load_dummy(SHAPE_64);
+    const uint32_t V = pd_model_hparams(m)->n_vocab;
+    float *old = malloc((size_t)N_ROWS * V * sizeof(float));
+    float *now = malloc((size_t)N_ROWS * V * sizeof(float));
+    CHECK(old && now);
+    script(m, PD_DEVICE_CUDA, PD_DT_BF16, PD_DT_F32, old);
+    unsetenv("PDSERVE_MIXED_ATTENTION");
+    script(m, PD_DEVICE_CUDA, PD_DT_BF16, PD_DT_F32, now);
+    /* rows 2, 3, 4: the second step's decode token (28 positions), chunk,
+     * and one-token prompt (one position: its attention is V's row
+     * whichever kernel, exactly) */
+    CHECK(memcmp(old + 3 * (size_t)V, now + 3 * (size_t)V, V * sizeof(float)) == 0);
+    CHECK(memcmp(old + 2 * (size_t)V, now + 2 * (size_t)V, V * sizeof(float)) != 0);
+    CHECK(memcmp(old + 4 * (size_t)V, now + 4 * (size_t)V, V * sizeof(float)) == 0);
+    free(old), free(now);
+    pd_model_free(m);
+}
+
 /* bf16 matrices (cuBLAS bf16 GEMMs, x rounded to bf16 on the way in),
  * against the CPU's fp32 ones */
 static void engine_cuda_bf16_matrices_close_to_cpu(void)
@@ -633,6 +663,7 @@ static const struct pd_test tests[] = {
     PD_TEST(engine_cuda_matches_cpu_qwen_steps),
     PD_TEST(engine_cuda_matches_cpu_on_checkpoints),
     PD_TEST(engine_cuda_matches_cpu_16bit_pools),
+    PD_TEST(engine_cuda_mixed_step_single_tokens_take_the_decode_kernel),
     PD_TEST(engine_cuda_bf16_matrices_close_to_cpu),
     PD_TEST(engine_cuda_pool_sized_by_memory_share),
     PD_TEST(engine_cuda_kv_staging_round_trip),
