@@ -331,6 +331,57 @@ extern "C" int pd_cuda_timer_stop(struct pd_cuda_timer *t, pd_stream_t stream, f
     return 0;
 }
 
+struct pd_cuda_marks {
+    uint32_t n;
+    cudaEvent_t *ev;
+};
+
+extern "C" struct pd_cuda_marks *pd_cuda_marks_free(struct pd_cuda_marks *m)
+{
+    if (!m)
+        return NULL;
+    for (uint32_t i = 0; i < m->n; i++)
+        if (m->ev[i])
+            released(cudaEventDestroy(m->ev[i]), "cudaEventDestroy");
+    free(m->ev);
+    free(m);
+    return NULL;
+}
+
+extern "C" int pd_cuda_marks_new(uint32_t n, struct pd_cuda_marks **out)
+{
+    struct pd_cuda_marks *m = (struct pd_cuda_marks *)calloc(1, sizeof(*m));
+    if (!m || !(m->ev = (cudaEvent_t *)calloc(n ? n : 1, sizeof(cudaEvent_t)))) {
+        free(m);
+        return -ENOMEM;
+    }
+    for (; m->n < n; m->n++) {
+        cudaError_t e = cudaEventCreate(&m->ev[m->n]);
+        if (e != cudaSuccess) {
+            pd_cuda_marks_free(m);
+            return pd_cuda_fail((int)e, "cudaEventCreate");
+        }
+    }
+    *out = m;
+    return 0;
+}
+
+extern "C" int pd_cuda_marks_record(struct pd_cuda_marks *m, uint32_t i, pd_stream_t stream)
+{
+    if (i >= m->n)
+        return -EINVAL;
+    PD_CUDA_TRY(cudaEventRecord(m->ev[i], pd_cuda_stream(stream)), "cudaEventRecord");
+    return 0;
+}
+
+extern "C" int pd_cuda_marks_elapsed(struct pd_cuda_marks *m, uint32_t i, uint32_t j, float *ms)
+{
+    if (i >= m->n || j >= m->n)
+        return -EINVAL;
+    PD_CUDA_TRY(cudaEventElapsedTime(ms, m->ev[i], m->ev[j]), "cudaEventElapsedTime");
+    return 0;
+}
+
 /* ---- streams and graphs ----------------------------------------------- */
 
 extern "C" void pd_cuda_clear_error(void)

@@ -104,6 +104,15 @@ int pd_cuda_timer_start(struct pd_cuda_timer *t, pd_stream_t stream);
 /* Records the stop event, waits for it, gives the elapsed milliseconds. */
 int pd_cuda_timer_stop(struct pd_cuda_timer *t, pd_stream_t stream, float *ms);
 
+/* Marks on a stream (events without their wait): n of them, each recorded
+ * where the stream has got to; once the stream was waited for, the time
+ * between two. For a step's time split by kernel (engine.h). */
+struct pd_cuda_marks;
+int pd_cuda_marks_new(uint32_t n, struct pd_cuda_marks **out);
+struct pd_cuda_marks *pd_cuda_marks_free(struct pd_cuda_marks *m); /* accepts NULL */
+int pd_cuda_marks_record(struct pd_cuda_marks *m, uint32_t i, pd_stream_t stream);
+int pd_cuda_marks_elapsed(struct pd_cuda_marks *m, uint32_t i, uint32_t j, float *ms);
+
 /* Streams, and CUDA graphs captured on them: a benchmark replays a captured
  * sequence of launches to time the kernels, not the launch overhead. */
 int pd_cuda_stream_new(pd_stream_t *out);

@@ -205,6 +205,7 @@ struct pd_engine *pd_engine_free(struct pd_engine *e)
     if (!e)
         return NULL;
     pd_kvcache_free(e->kc); /* before the backend frees the pool's memory */
+    pd_engine_kernel_timer(e, false);
     if (e->b)
         e->b->done(e);
     pd_kvcache_free(e->stage);
@@ -226,6 +227,66 @@ uint32_t pd_engine_cuda_graphs(const struct pd_engine *e)
     return n;
 }
 struct pd_kvcache *pd_engine_kvcache(struct pd_engine *e) { return e->kc; }
+
+/* ---- the kernel timer ---- */
+
+const char *pd_kernel_kind_name(enum pd_kernel_kind k)
+{
+    static const char *const names[PD_K_KINDS] = {
+        "embed",  "norm",    "qkv",    "bias", "rope",    "kv_write", "attention",
+        "o_proj", "gate_up", "swiglu", "down", "lm_head", "copy",     "sample"};
+    return (unsigned)k < PD_K_KINDS ? names[k] : "?";
+}
+
+int pd_engine_kernel_timer(struct pd_engine *e, bool on)
+{
+    struct pd_ktimer *kt = e->kt;
+    if (kt) {
+        e->b->marks_free(kt->marks);
+        free(kt->kind);
+        free(kt);
+        e->kt = NULL;
+    }
+    if (!on)
+        return 0;
+    /* a mark per kernel: at most 19 a layer (Qwen's biases and norms
+     * included), the step's start and 4 of the head's, 2 per chunk of logits */
+    const uint32_t cap = 20 * e->hp.n_layer + 8 + 2 * (e->max_tokens / LOGIT_ROWS + 1);
+    if (!(kt = calloc(1, sizeof(*kt))) || !(kt->kind = calloc(cap, 1)) ||
+        !(kt->marks = e->b->marks_new(cap))) {
+        if (kt)
+            free(kt->kind);
+        free(kt);
+        return -ENOMEM;
+    }
+    kt->cap = cap;
+    e->kt = kt;
+    return 0;
+}
+
+void pd_engine_kernel_times(struct pd_engine *e, double ms[PD_K_KINDS], uint32_t *steps)
+{
+    memset(ms, 0, PD_K_KINDS * sizeof(*ms));
+    *steps = 0;
+    if (!e->kt)
+        return;
+    memcpy(ms, e->kt->ms, sizeof(e->kt->ms));
+    *steps = e->kt->steps;
+    memset(e->kt->ms, 0, sizeof(e->kt->ms));
+    e->kt->steps = 0;
+}
+
+/* after a step's wait: its spans, each to the kind of the kernel that ended it */
+static void kernel_times_add(struct pd_engine *e)
+{
+    struct pd_ktimer *kt = e->kt;
+    double ms;
+    for (uint32_t i = 1; i < kt->n; i++)
+        if (e->b->marks_span(kt->marks, i - 1, i, &ms) == 0 && kt->kind[i] < PD_K_KINDS)
+            kt->ms[kt->kind[i]] += ms;
+    kt->n = 0;
+    kt->steps++;
+}
 struct pd_kvcache *pd_engine_kv_staging(struct pd_engine *e) { return e->stage; }
 struct pd_kvcache *pd_engine_kv_channel_pool(struct pd_engine *e)
 {
@@ -512,6 +573,8 @@ int pd_engine_step(struct pd_engine *e, const struct pd_batch_item *items, uint3
                 device_sep(e), device_error(e));
         goto undo;
     }
+    if (e->kt) /* the step happened: a mark the device cannot read only loses its time */
+        kernel_times_add(e);
     for (uint32_t i = 0; i < n_items; i++)
         items[i].seq->n_tokens += items[i].n_tokens;
     return 0;

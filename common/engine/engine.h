@@ -239,6 +239,38 @@ int pd_engine_kv_direct(const struct pd_engine *e);
 /* CUDA graphs captured so far (one per decode batch size that came; 0 on
  * the CPU, with no_cuda_graphs, or after a capture failed and turned them off) */
 uint32_t pd_engine_cuda_graphs(const struct pd_engine *e);
+
+/* A step's time split by kernel, without a profiler (issue 31's breakdown):
+ * with the timer on, each step records where its stream has got to after
+ * each kernel (events on a GPU, the clock on the CPU), and the spans add up
+ * by kind. On a GPU every step then runs as plain launches (events between
+ * a graph's kernels cannot be recorded): graphs' speed is not what is
+ * measured, the kernels' is. */
+enum pd_kernel_kind {
+    PD_K_EMBED,
+    PD_K_NORM, /* every rmsnorm: the layers', Qwen3's q/k norms, the output norm */
+    PD_K_QKV, /* the q, k and v projections */
+    PD_K_BIAS,
+    PD_K_ROPE,
+    PD_K_KV_WRITE,
+    PD_K_ATTENTION,
+    PD_K_O_PROJ,
+    PD_K_GATE_UP,
+    PD_K_SWIGLU,
+    PD_K_DOWN,
+    PD_K_LM_HEAD, /* the output projection of the rows asked for */
+    PD_K_COPY, /* rows gathered for the head, logits down */
+    PD_K_SAMPLE, /* sampling on the device */
+    PD_K_KINDS,
+};
+const char *pd_kernel_kind_name(enum pd_kernel_kind k);
+/* On (0, or -ENOMEM, or the device's error) or off (always 0); off frees
+ * what on made. Times start from zero when it goes on. */
+int pd_engine_kernel_timer(struct pd_engine *e, bool on);
+/* Milliseconds by kind over the steps timed since the timer went on or
+ * since the last call (which starts again from zero), and how many steps;
+ * all zero with the timer off. */
+void pd_engine_kernel_times(struct pd_engine *e, double ms[PD_K_KINDS], uint32_t *steps);
 struct pd_kvcache *pd_engine_kvcache(struct pd_engine *e);
 /* The KV channel with a GPU pool (DESIGN.md: staged through pinned host
  * buffers). A CUDA engine made with kv_staging has a second block

@@ -9,6 +9,7 @@
 #include "engine_internal.h"
 
 #include "errf.h"
+#include "log.h" /* pd_now_ns */
 #include "parallel.h"
 #include "qdot.h"
 #include "quant.h"
@@ -172,6 +173,24 @@ static int cpu_step(struct pd_engine *e, const struct pd_batch_item *items, uint
     return pd_engine_fwd_hand_out(e, items, 0, pending, e->h_logits);
 }
 
+/* the kernel timer's marks: the clock (the CPU's kernels are done when they return) */
+static void *cpu_marks_new(uint32_t n) { return calloc(n ? n : 1, sizeof(uint64_t)); }
+static void cpu_marks_free(void *m) { free(m); }
+
+static int cpu_mark(void *m, uint32_t i, void *stream)
+{
+    (void)stream;
+    ((uint64_t *)m)[i] = pd_now_ns();
+    return 0;
+}
+
+static int cpu_marks_span(void *m, uint32_t i, uint32_t j, double *ms)
+{
+    const uint64_t *t = m;
+    *ms = (double)(t[j] - t[i]) / 1e6;
+    return 0;
+}
+
 const struct pd_backend pd_backend_cpu = {
     .name = "cpu",
     .embed = cpu_embed,
@@ -189,4 +208,8 @@ const struct pd_backend pd_backend_cpu = {
     .scratch = cpu_scratch,
     .done = cpu_done,
     .step = cpu_step,
+    .marks_new = cpu_marks_new,
+    .marks_free = cpu_marks_free,
+    .mark = cpu_mark,
+    .marks_span = cpu_marks_span,
 };

@@ -711,7 +711,7 @@ static int cu_step(struct pd_engine *e, const struct pd_batch_item *items, uint3
         }
     if (smp && (rc = sampling_prepare(e, items, n_items, &pen)) < 0)
         return rc;
-    bool decode = e->graphs && !pen;
+    bool decode = e->graphs && !pen && !e->kt; /* the kernel timer: plain launches */
     for (uint32_t i = 0; i < n_items && decode; i++)
         decode = items[i].n_tokens == 1 && items[i].n_logits == 1 && !items[i].n_forced;
     rc = decode ? graph_step(e, items, n_items, T, 2 * n_items + smp) : -EAGAIN;
@@ -725,6 +725,23 @@ static int cu_step(struct pd_engine *e, const struct pd_batch_item *items, uint3
     if ((rc = rc < 0 ? rc : rs) < 0)
         return rc;
     return pd_engine_fwd_hand_out(e, items, 0, pending, e->h_logits);
+}
+
+/* the kernel timer's marks: events on the engine's stream */
+static void *cu_marks_new(uint32_t n)
+{
+    struct pd_cuda_marks *m = NULL;
+    return pd_cuda_marks_new(n, &m) == 0 ? m : NULL;
+}
+static void cu_marks_free(void *m) { pd_cuda_marks_free(m); }
+static int cu_mark(void *m, uint32_t i, void *s) { return pd_cuda_marks_record(m, i, s); }
+
+static int cu_marks_span(void *m, uint32_t i, uint32_t j, double *ms)
+{
+    float f = 0;
+    int rc = pd_cuda_marks_elapsed(m, i, j, &f);
+    *ms = f;
+    return rc;
 }
 
 const struct pd_backend pd_backend_cuda = {
@@ -751,4 +768,8 @@ const struct pd_backend pd_backend_cuda = {
     .sample_out = cu_sample_out,
     .last_error = pd_cuda_last_error,
     .forget_error = cu_forget_error,
+    .marks_new = cu_marks_new,
+    .marks_free = cu_marks_free,
+    .mark = cu_mark,
+    .marks_span = cu_marks_span,
 };

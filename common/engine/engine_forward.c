@@ -22,15 +22,30 @@ struct fwd {
     uint32_t run_tokens; /* the runs' tokens, [0, run_tokens); the single ones follow */
 };
 
-/* y (m, n) = x (m, k) W^T, or y += when accumulate */
-static int mm(const struct fwd *f, float *y, const float *x, const struct pd_mat *w, uint32_t m,
-              uint32_t n, uint32_t k, int accumulate)
+int pd_engine_fwd_mark(struct pd_engine *e, enum pd_kernel_kind k, void *stream, int rc)
+{
+    struct pd_ktimer *kt = e->kt;
+    if (rc < 0 || !kt || kt->n >= kt->cap)
+        return rc;
+    kt->kind[kt->n] = (uint8_t)k;
+    return e->b->mark(kt->marks, kt->n++, stream);
+}
+
+/* a kernel of kind k was launched with rc: the timer's mark after it */
+static int timed(const struct fwd *f, enum pd_kernel_kind k, int rc)
+{
+    return pd_engine_fwd_mark(f->e, k, f->s, rc);
+}
+
+/* y (m, n) = x (m, k) W^T, or y += when accumulate: a matrix of kind kd */
+static int mm(const struct fwd *f, enum pd_kernel_kind kd, float *y, const float *x,
+              const struct pd_mat *w, uint32_t m, uint32_t n, uint32_t k, int accumulate)
 {
     struct pd_matmul_args a = {.y = y, .x = x, .w = w->data, .m = m, .n = n, .k = k,
                                .accumulate = accumulate, .w_type = w->type,
                                .x_scratch = f->e->xs, .pool = f->e->pool, .ws = f->e->mm_ws,
                                .isa = f->e->isa, .act_q8 = f->e->act_q8};
-    return f->k->matmul(&a, f->s);
+    return timed(f, kd, f->k->matmul(&a, f->s));
 }
 
 /* out (n_rows, dim) = rmsnorm(in) * weight */
@@ -39,7 +54,7 @@ static int norm_dim(const struct fwd *f, float *out, const float *in, const floa
 {
     struct pd_rmsnorm_args a = {.out = out, .in = in, .weight = weight, .n_rows = n_rows,
                                 .dim = dim, .eps = f->e->hp.norm_eps};
-    return f->k->rmsnorm(&a, f->s);
+    return timed(f, PD_K_NORM, f->k->rmsnorm(&a, f->s));
 }
 
 /* out (T, n_embd) = rmsnorm(in) * weight */
@@ -54,7 +69,7 @@ static int bias(const struct fwd *f, float *x, const float *b, uint32_t n_heads)
 {
     struct pd_bias_args a = {.x = x, .bias = b, .n_rows = f->T,
                              .dim = n_heads * f->e->hp.head_dim};
-    return b ? f->k->bias(&a, f->s) : 0;
+    return b ? timed(f, PD_K_BIAS, f->k->bias(&a, f->s)) : 0;
 }
 
 /* Qwen3: each head of x (T, n_heads, head_dim) RMS-normed with w before rope;
@@ -79,7 +94,7 @@ static int rope(const struct fwd *f, float *x, uint32_t n_heads)
                              .freq_scale = e->rope_scale,
                              .freq_factors = e->rope_factors,
                              .halves = hp->rope_style == PD_ROPE_HALVES};
-    return f->k->rope(&a, f->s);
+    return timed(f, PD_K_ROPE, f->k->rope(&a, f->s));
 }
 
 static int kv_write(const struct fwd *f, uint32_t l)
@@ -93,7 +108,7 @@ static int kv_write(const struct fwd *f, uint32_t l)
                                  .slot = e->ix.slot,
                                  .n_tokens = f->T,
                                  .pool_type = pd_kvcache_dtype(e->kc)};
-    return f->k->kv_write(&a, f->s);
+    return timed(f, PD_K_KV_WRITE, f->k->kv_write(&a, f->s));
 }
 
 static int attend(const struct fwd *f, uint32_t l)
@@ -121,7 +136,7 @@ static int attend(const struct fwd *f, uint32_t l)
                              .max_run = f->max_run,
                              .run_tokens = f->run_tokens,
                              .threads = e->pool};
-    return f->k->attention(&a, f->s);
+    return timed(f, PD_K_ATTENTION, f->k->attention(&a, f->s));
 }
 
 static int swiglu(const struct fwd *f)
@@ -129,7 +144,7 @@ static int swiglu(const struct fwd *f)
     struct pd_engine *e = f->e;
     struct pd_swiglu_args a = {.out = e->gate, .gate = e->gate, .up = e->up,
                                .n = (uint64_t)f->T * e->hp.n_ff};
-    return f->k->swiglu(&a, f->s);
+    return timed(f, PD_K_SWIGLU, f->k->swiglu(&a, f->s));
 }
 
 static int embed(const struct fwd *f)
@@ -146,7 +161,7 @@ static int embed(const struct fwd *f)
                               .tokens = e->ix.tok,
                               .n_tokens = f->T,
                               .dim = D};
-    return f->k->embed(&a, f->s);
+    return timed(f, PD_K_EMBED, f->k->embed(&a, f->s));
 }
 
 /* One decoder layer: x += attention(norm(x)); x += ffn(norm(x)). */
@@ -161,11 +176,11 @@ static int layer(const struct fwd *f, uint32_t l)
 
     if ((rc = norm(f, e->h, e->x, w->attn_norm, T)) < 0)
         return rc;
-    if ((rc = mm(f, e->q, e->h, &w->wq, T, qd, D, 0)) < 0)
+    if ((rc = mm(f, PD_K_QKV, e->q, e->h, &w->wq, T, qd, D, 0)) < 0)
         return rc;
-    if ((rc = mm(f, e->kk, e->h, &w->wk, T, kvd, D, 0)) < 0)
+    if ((rc = mm(f, PD_K_QKV, e->kk, e->h, &w->wk, T, kvd, D, 0)) < 0)
         return rc;
-    if ((rc = mm(f, e->vv, e->h, &w->wv, T, kvd, D, 0)) < 0)
+    if ((rc = mm(f, PD_K_QKV, e->vv, e->h, &w->wv, T, kvd, D, 0)) < 0)
         return rc;
     if ((rc = bias(f, e->q, w->bq, hp->n_head)) < 0 ||
         (rc = bias(f, e->kk, w->bk, hp->n_head_kv)) < 0 ||
@@ -182,18 +197,18 @@ static int layer(const struct fwd *f, uint32_t l)
         return rc;
     if ((rc = attend(f, l)) < 0)
         return rc;
-    if ((rc = mm(f, e->x, e->att, &w->wo, T, D, qd, 1)) < 0) /* the residual */
+    if ((rc = mm(f, PD_K_O_PROJ, e->x, e->att, &w->wo, T, D, qd, 1)) < 0) /* the residual */
         return rc;
 
     if ((rc = norm(f, e->h, e->x, w->ffn_norm, T)) < 0)
         return rc;
-    if ((rc = mm(f, e->gate, e->h, &w->w_gate, T, F, D, 0)) < 0)
+    if ((rc = mm(f, PD_K_GATE_UP, e->gate, e->h, &w->w_gate, T, F, D, 0)) < 0)
         return rc;
-    if ((rc = mm(f, e->up, e->h, &w->w_up, T, F, D, 0)) < 0)
+    if ((rc = mm(f, PD_K_GATE_UP, e->up, e->h, &w->w_up, T, F, D, 0)) < 0)
         return rc;
     if ((rc = swiglu(f)) < 0)
         return rc;
-    return mm(f, e->x, e->gate, &w->w_down, T, D, F, 1); /* the residual */
+    return mm(f, PD_K_DOWN, e->x, e->gate, &w->w_down, T, D, F, 1); /* the residual */
 }
 
 /* The rows asked for (the last n_logits of each item) gathered from x into
@@ -226,7 +241,7 @@ static int gather_rows(const struct fwd *f, const struct pd_batch_item *items, u
                                     run_len * D * sizeof(float), f->s)) < 0)
         return rc;
     *n_out = n_rows;
-    return 0;
+    return timed(f, PD_K_COPY, 0);
 }
 
 /* Logits only where asked: the output projection as few GEMMs (one per
@@ -249,27 +264,28 @@ static int head(const struct fwd *f, const struct pd_batch_item *items, uint32_t
     const bool dev_sample = n_rows && items[e->out_item[0]].sampling && e->b->sample_rows;
     if ((rc = norm(f, e->h, e->h, e->out_norm, n_rows)) < 0)
         return rc;
-    if (dev_sample && (rc = e->b->sample_in(e, n_rows)) < 0)
+    if (dev_sample && (rc = timed(f, PD_K_SAMPLE, e->b->sample_in(e, n_rows))) < 0)
         return rc;
     for (uint32_t r0 = 0; r0 < n_rows; r0 += LOGIT_ROWS) {
         uint32_t m = n_rows - r0 < LOGIT_ROWS ? n_rows - r0 : LOGIT_ROWS;
         const size_t bytes = (size_t)m * hp->n_vocab * sizeof(float);
-        if ((rc = mm(f, e->logits, e->h + (size_t)r0 * hp->n_embd, &e->w_out, m, hp->n_vocab,
-                     hp->n_embd, 0)) < 0)
+        if ((rc = mm(f, PD_K_LM_HEAD, e->logits, e->h + (size_t)r0 * hp->n_embd, &e->w_out, m,
+                     hp->n_vocab, hp->n_embd, 0)) < 0)
             return rc;
-        if (here) /* computed in place */
-            rc = pd_engine_fwd_hand_out(e, items, r0, m, e->h_logits);
+        if (here) /* computed in place; handed out (the CPU samples there) */
+            rc = timed(f, PD_K_SAMPLE, pd_engine_fwd_hand_out(e, items, r0, m, e->h_logits));
         else if (dev_sample) /* only the results come down */
-            rc = e->b->sample_rows(e, r0, m);
+            rc = timed(f, PD_K_SAMPLE, e->b->sample_rows(e, r0, m));
         else if (defer) /* down in one copy, handed out after the wait */
-            rc = f->k->copy(e->h_logits + (size_t)r0 * hp->n_vocab, e->logits, bytes, f->s);
+            rc = timed(f, PD_K_COPY,
+                       f->k->copy(e->h_logits + (size_t)r0 * hp->n_vocab, e->logits, bytes, f->s));
         else if ((rc = f->k->copy(e->h_logits, e->logits, bytes, f->s)) == 0 &&
                  (rc = f->k->sync(f->s)) == 0) /* more rows than h_logits holds */
-            rc = pd_engine_fwd_hand_out(e, items, r0, m, e->h_logits);
+            rc = timed(f, PD_K_COPY, pd_engine_fwd_hand_out(e, items, r0, m, e->h_logits));
         if (rc < 0)
             return rc;
     }
-    if (dev_sample && (rc = e->b->sample_out(e, n_rows)) < 0)
+    if (dev_sample && (rc = timed(f, PD_K_SAMPLE, e->b->sample_out(e, n_rows))) < 0)
         return rc;
     /* sampled rows' results wait in the page-locked buffers whatever their number */
     *pending = defer || dev_sample ? n_rows : 0;
@@ -290,7 +306,9 @@ int pd_engine_fwd(struct pd_engine *e, const struct pd_batch_item *items, uint32
     f.n_runs = e->n_runs;
     f.run_tokens = e->run_tokens;
 
-    if ((rc = embed(&f)) < 0)
+    if (e->kt) /* the timer's first mark: the step's start (its kind unused) */
+        e->kt->n = 0;
+    if ((rc = timed(&f, PD_K_KINDS, 0)) < 0 || (rc = embed(&f)) < 0)
         return rc;
     for (uint32_t l = 0; l < e->hp.n_layer; l++)
         if ((rc = layer(&f, l)) < 0)

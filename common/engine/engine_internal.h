@@ -108,11 +108,30 @@ struct pd_backend {
     int (*sample_in)(struct pd_engine *e, uint32_t n_rows);
     int (*sample_rows)(struct pd_engine *e, uint32_t r0, uint32_t m);
     int (*sample_out)(struct pd_engine *e, uint32_t n_rows);
+    /* the kernel timer's marks (engine.h): n of them, one recorded where the
+     * stream has got to, the milliseconds between two once the step waited */
+    void *(*marks_new)(uint32_t n);
+    void (*marks_free)(void *m);
+    int (*mark)(void *m, uint32_t i, void *stream);
+    int (*marks_span)(void *m, uint32_t i, uint32_t j, double *ms);
     /* NULL, or: the device's own words for this thread's last failure ("" none),
      * and forgetting them (at the start of a step) */
     const char *(*last_error)(void);
     void (*forget_error)(void);
 };
+
+/* The kernel timer: a step's marks (the first its start), each one's kind,
+ * and the sums. */
+struct pd_ktimer {
+    void *marks; /* the backend's */
+    uint32_t cap, n;
+    uint8_t *kind; /* (cap): the kernel that ended at each mark */
+    double ms[PD_K_KINDS];
+    uint32_t steps;
+};
+/* engine_forward.c: a mark where kernel k ended, when the timer is on and
+ * rc (the kernel's launch) is not an error; returns rc or the mark's error */
+int pd_engine_fwd_mark(struct pd_engine *e, enum pd_kernel_kind k, void *stream, int rc);
 
 extern const struct pd_backend pd_backend_cpu;
 #if PD_HAVE_CUDA
@@ -217,6 +236,7 @@ struct pd_engine {
      * item's first token. */
     uint32_t *item_t0;
     uint32_t n_runs, run_tokens;
+    struct pd_ktimer *kt; /* the kernel timer (engine.h); NULL: off */
     char note[320]; /* a line for the caller's log (pd_engine_take_note), "" when none */
     char desc[256]; /* what the backend made of the weights and threads (pd_engine_describe) */
     float *logits; /* (LOGIT_ROWS, n_vocab) */

@@ -18,6 +18,9 @@
  *             through the decode kernel beside the same steps with them as
  *             prefill-kernel runs (PDSERVE_MIXED_ATTENTION=prefill, the way
  *             before): "vs_prefill_runs" (> 1: faster); --mixed-chunk 0: none
+ *   --kernel-times  then each decode batch and mixed step again with the
+ *             engine's kernel timer (engine.h: plain launches, events after
+ *             each kernel): ms per step by kernel kind and its share
  *
  *   gpu_engine_bench                               # dummy Llama-3-8B, bf16 weights and KV
  *   gpu_engine_bench --model-shape '{"preset":"llama3-8b","n_layer":8}'
@@ -42,6 +45,7 @@ struct bench_cfg {
     char *model_shape;
     int64_t seed, trials, steps, context, max_batched_tokens, gemm_size, copy_mib, block_size;
     int64_t mixed_chunk;
+    bool kernel_times;
     uint64_t kv_cache_memory;
     int kv_cache_dtype, gpu_weight_dtype;
     struct pd_cfg_list prefill, batches;
@@ -55,16 +59,17 @@ static const struct pd_cfg_opt options[] = {
     PD_CFG_INT("steps", struct bench_cfg, steps, "16", 1, 10000, "decode steps per run"),
     PD_CFG_INT("context", struct bench_cfg, context, "512", 1, 1 << 20,
                "decode: tokens each sequence holds before the timed steps"),
-    PD_CFG_INT("max-num-batched-tokens", struct bench_cfg, max_batched_tokens, "2048", 1,
-               1 << 20, "prefill chunk"),
+    PD_CFG_INT("max-num-batched-tokens", struct bench_cfg, max_batched_tokens, "2048", 1, 1 << 20,
+               "prefill chunk"),
     PD_CFG_INT("mixed-chunk", struct bench_cfg, mixed_chunk, "512", 0, 1 << 20,
                "mixed steps: the prompt chunk beside the decode tokens (0: no mixed steps)"),
+    PD_CFG_BOOL("kernel-times", struct bench_cfg, kernel_times, "false",
+                "each decode batch and mixed step split by kernel (plain launches)"),
     PD_CFG_INT("gemm-size", struct bench_cfg, gemm_size, "8192", 64, 32768,
                "m = n = k of the reference bf16 GEMM"),
     PD_CFG_INT("copy-mib", struct bench_cfg, copy_mib, "1024", 1, 65536,
                "size of the reference device-to-device copy"),
-    PD_CFG_SIZE("kv-cache-memory", struct bench_cfg, kv_cache_memory, "0", 0,
-                INT64_C(1) << 40,
+    PD_CFG_SIZE("kv-cache-memory", struct bench_cfg, kv_cache_memory, "0", 0, INT64_C(1) << 40,
                 "the engine's KV pool (0: what the largest batch and prompt need)"),
     PD_ENGINE_KV_CFG(struct bench_cfg),
     PD_CFG_ENUM("gpu-weight-dtype", struct bench_cfg, gpu_weight_dtype, "bf16",
@@ -99,6 +104,25 @@ static double time_prefill(struct pd_engine *e, uint32_t n)
 
 #define WARM_STEPS 2
 
+/* the kernel timer's figures since it went on, as one line; the timer off */
+static void breakdown(struct pd_engine *e, const char *what)
+{
+    double ms[PD_K_KINDS], total = 0;
+    uint32_t steps;
+    pd_engine_kernel_times(e, ms, &steps);
+    pd_engine_kernel_timer(e, false);
+    if (!steps)
+        return;
+    for (int k = 0; k < PD_K_KINDS; k++)
+        total += ms[k];
+    printf("%-24s %8.3f ms/step:", what, total / steps);
+    for (int k = 0; k < PD_K_KINDS; k++)
+        if (ms[k] > 0)
+            printf(" %s %.3f (%.0f%%)", pd_kernel_kind_name((enum pd_kernel_kind)k), ms[k] / steps,
+                   100 * ms[k] / total);
+    printf("\n");
+}
+
 /* n decode steps of the b items, each feeding back the tokens it sampled */
 static int decode_steps(struct pd_engine *e, struct pd_batch_item *it,
                         const struct pd_sample_result *res, int32_t *next, uint32_t b, uint32_t n)
@@ -120,7 +144,7 @@ static int decode_steps(struct pd_engine *e, struct pd_batch_item *it,
 /* seconds per decode step of b sequences holding ctx tokens each, each
  * step's tokens sampled (greedy) in the step as the daemons do; < 0 on
  * failure */
-static double time_decode(struct pd_engine *e, uint32_t b, uint32_t ctx, uint32_t steps)
+static double time_decode(struct pd_engine *e, uint32_t b, uint32_t ctx, uint32_t steps, bool kt)
 {
     const uint32_t V = pd_engine_n_vocab(e);
     const struct pd_sampling greedy = PD_SAMPLING_DEFAULT;
@@ -150,10 +174,17 @@ static double time_decode(struct pd_engine *e, uint32_t b, uint32_t ctx, uint32_
      * captured as a CUDA graph; the timed ones replay it */
     if (decode_steps(e, it, res, next, b, WARM_STEPS) < 0)
         goto out;
+    if (kt && pd_engine_kernel_timer(e, true) < 0)
+        goto out;
     double t0 = bench_now();
     if (decode_steps(e, it, res, next, b, steps) < 0)
         goto out;
     dt = (bench_now() - t0) / steps;
+    if (kt) {
+        char what[64];
+        snprintf(what, sizeof(what), "decode %u", b);
+        breakdown(e, what);
+    }
 out:
     for (uint32_t i = 0; i < made; i++)
         pd_engine_seq_release(e, &s[i]);
@@ -166,8 +197,8 @@ out:
  * step. The contexts are made once; then `trials` runs of `steps` timed steps
  * each way, alternating (the contexts grow alike): sec[0] the decode tokens
  * through the decode kernel, sec[1] as prefill-kernel runs. 0, or -1. */
-static int time_mixed(struct pd_engine *e, uint32_t b, uint32_t ctx, uint32_t chunk,
-                      uint32_t steps, int trials, double *sec[2])
+static int time_mixed(struct pd_engine *e, uint32_t b, uint32_t ctx, uint32_t chunk, uint32_t steps,
+                      int trials, bool kt, double *sec[2])
 {
     const uint32_t V = pd_engine_n_vocab(e);
     const struct pd_sampling greedy = PD_SAMPLING_DEFAULT;
@@ -203,6 +234,8 @@ static int time_mixed(struct pd_engine *e, uint32_t b, uint32_t ctx, uint32_t ch
             setenv("PDSERVE_MIXED_ATTENTION", "prefill", 1);
         double t0 = 0;
         for (uint32_t k = 0; k < WARM_STEPS + steps; k++) {
+            if (k == WARM_STEPS && kt && pd_engine_kernel_timer(e, true) < 0)
+                goto out;
             if (k == WARM_STEPS)
                 t0 = bench_now();
             int sr = pd_engine_step(e, it, b + 1, err, sizeof(err));
@@ -220,6 +253,11 @@ static int time_mixed(struct pd_engine *e, uint32_t b, uint32_t ctx, uint32_t ch
         }
         sec[r % 2][r / 2] = (bench_now() - t0) / steps;
         unsetenv("PDSERVE_MIXED_ATTENTION");
+        if (kt) {
+            char what[64];
+            snprintf(what, sizeof(what), "mixed %u+%u%s", chunk, b, r % 2 ? " (runs)" : "");
+            breakdown(e, what);
+        }
     }
     rc = 0;
 out:
@@ -355,7 +393,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < n_batch; i++) {
         double v[100];
         for (int r = 0; r < trials; r++)
-            if ((v[r] = time_decode(e, batch[i], ctx, steps)) < 0)
+            if ((v[r] = time_decode(e, batch[i], ctx, steps, false)) < 0)
                 goto out;
         const double dt = bench_median(v, (size_t)trials);
         /* the weights once, and each sequence's K/V over its context (it
@@ -373,7 +411,7 @@ int main(int argc, char **argv)
                "prefill runs ms");
         for (size_t i = 0; i < n_batch; i++) {
             double v[2][100], *sec[2] = {v[0], v[1]};
-            if (time_mixed(e, batch[i], ctx, chunk, steps, trials, sec) < 0)
+            if (time_mixed(e, batch[i], ctx, chunk, steps, trials, false, sec) < 0)
                 goto out;
             const double split = bench_median(v[0], (size_t)trials);
             const double runs = bench_median(v[1], (size_t)trials);
@@ -383,6 +421,16 @@ int main(int argc, char **argv)
                 o += (size_t)snprintf(line + o, sizeof(line) - o,
                                       " mixed %u+%u: %.3f ms (%.2f vs prefill runs);", chunk,
                                       batch[i], split * 1e3, runs / split);
+        }
+    }
+    if (c.kernel_times) { /* plain launches, every kernel followed by an event */
+        printf("\nkernel times (plain launches, events after each kernel; ms per step)\n");
+        for (size_t i = 0; i < n_batch; i++) {
+            double v[2][1], *sec[2] = {v[0], v[1]};
+            if (time_decode(e, batch[i], ctx, steps, true) < 0 ||
+                (c.mixed_chunk > 0 &&
+                 time_mixed(e, batch[i], ctx, (uint32_t)c.mixed_chunk, steps, 1, true, sec) < 0))
+                goto out;
         }
     }
     printf("%s\n", line);

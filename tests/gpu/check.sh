@@ -44,8 +44,11 @@
 #               to 16k, beside a cuBLAS bf16 GEMM
 #   engine-8b   the GPU engine end to end on dummy Llama-3-8B (bf16 weights
 #               and KV): prefill tokens/s at 2k beside a cuBLAS GEMM, decode
-#               tokens/s at batch 1, 32, 128 beside a device copy
-#               (gpu_engine_bench; about a minute, half of it loading)
+#               tokens/s at batch 1, 32, 128 beside a device copy, mixed
+#               steps (a 512-token chunk beside each batch) with their decode
+#               tokens through the decode kernel beside as prefill runs, and
+#               each step split by kernel (--kernel-times: plain launches)
+#               (gpu_engine_bench; about two minutes, half a minute loading)
 #   tag-bench   the block tags' kernel alone, 2 MiB blocks (Llama-3-8B's),
 #               8 / 128 / 512 per launch, beside a device copy (tag_bench)
 #   kvx         the KV channel between two processes on this machine's cores
@@ -296,7 +299,7 @@ prefill prefill-bf16 --kv-dtype bf16
 prefill prefill-f16-64 --kv-dtype f16 --head-dim 64 --seqlen 512,2048,8192
 
 bench_step engine-8b "GPU engine, dummy Llama-3-8B" gpu_engine_bench "gemm: " \
-    --model-shape llama3-8b --kv-cache-dtype bf16
+    --model-shape llama3-8b --kv-cache-dtype bf16 --kernel-times
 # Llama-3-8B's blocks (2 MiB): 8, a 2k-token prompt's 128, an 8k-token one's 512
 bench_step tag-bench "block tags on the GPU vs device copy" tag_bench "blocks of "
 

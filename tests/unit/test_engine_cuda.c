@@ -421,6 +421,70 @@ static void engine_cuda_graphs_replay_decode_steps_exactly(void)
     pd_model_free(m);
 }
 
+/* The kernel timer on the GPU: decode steps run as plain launches while it
+ * is on (events between a graph's kernels cannot be recorded), every kernel
+ * a step runs gets its share (the sampler's too: sampling is in the step),
+ * and graphs come back when it goes off. */
+static void engine_cuda_kernel_timer_times_plain_launches(void)
+{
+    need_gpu();
+    struct pd_model *m = load_dummy(SHAPE_16);
+    const uint32_t V = pd_model_hparams(m)->n_vocab;
+    struct pd_engine_params p = {.model = m,
+                                 .device = PD_DEVICE_CUDA,
+                                 .kv_cache_bytes = 8u << 20,
+                                 .max_batched_tokens = 64,
+                                 .max_batch_items = 4};
+    struct pd_engine *e = engine_new(&p);
+    const struct pd_sampling greedy = PD_SAMPLING_DEFAULT;
+    struct pd_sample_result res[2];
+    char err[512];
+    struct pd_kvseq s[2];
+    int32_t tok[16];
+    for (uint32_t i = 0; i < 16; i++)
+        tok[i] = (int32_t)((i * 2654435761u + 5) % V);
+    CHECK_EQ_INT(pd_engine_kernel_timer(e, true), 0);
+    for (uint32_t i = 0; i < 2; i++) {
+        pd_kvseq_init(&s[i]);
+        CHECK_EQ_INT(pd_engine_prefill(e, &s[i], tok + i, 6, NULL, err, sizeof err), 0);
+    }
+    for (uint32_t k = 0; k < 8; k++) {
+        if (k == 4) { /* the first four timed; then off: graphs again */
+            double ms[PD_K_KINDS];
+            uint32_t steps;
+            pd_engine_kernel_times(e, ms, &steps);
+            CHECK_EQ_INT(steps, 2 + 4);
+            CHECK_EQ_INT(pd_engine_cuda_graphs(e), 0);
+            const enum pd_kernel_kind ran[] = {
+                PD_K_EMBED,  PD_K_NORM,    PD_K_QKV,    PD_K_ROPE, PD_K_KV_WRITE, PD_K_ATTENTION,
+                PD_K_O_PROJ, PD_K_GATE_UP, PD_K_SWIGLU, PD_K_DOWN, PD_K_LM_HEAD,  PD_K_SAMPLE};
+            for (size_t i = 0; i < sizeof(ran) / sizeof(*ran); i++)
+                if (!(ms[ran[i]] > 0))
+                    PD_TEST_FAIL_("%s took no time", pd_kernel_kind_name(ran[i]));
+            CHECK(ms[PD_K_BIAS] == 0);
+            CHECK_EQ_INT(pd_engine_kernel_timer(e, false), 0);
+        }
+        struct pd_batch_item it[2];
+        for (uint32_t i = 0; i < 2; i++)
+            it[i] = (struct pd_batch_item){.seq = &s[i],
+                                           .tokens = &tok[8 + i],
+                                           .n_tokens = 1,
+                                           .n_logits = 1,
+                                           .sampling = &greedy,
+                                           .history = tok,
+                                           .n_history = 6,
+                                           .n_prompt = 6,
+                                           .result = &res[i]};
+        if (pd_engine_step(e, it, 2, err, sizeof err) < 0)
+            PD_TEST_FAIL_("step %u: %s", k, err);
+    }
+    CHECK_EQ_INT(pd_engine_cuda_graphs(e), 1);
+    for (uint32_t i = 0; i < 2; i++)
+        pd_engine_seq_release(e, &s[i]);
+    pd_engine_free(e);
+    pd_model_free(m);
+}
+
 /* A capture that fails (an operation a graph cannot hold) turns graphs off
  * and the step runs as plain launches with the right logits; the error it
  * left in the runtime is not the next kernel's. The emulator fails every
@@ -664,6 +728,7 @@ static const struct pd_test tests[] = {
     PD_TEST(engine_cuda_matches_cpu_on_checkpoints),
     PD_TEST(engine_cuda_matches_cpu_16bit_pools),
     PD_TEST(engine_cuda_mixed_step_single_tokens_take_the_decode_kernel),
+    PD_TEST(engine_cuda_kernel_timer_times_plain_launches),
     PD_TEST(engine_cuda_bf16_matrices_close_to_cpu),
     PD_TEST(engine_cuda_pool_sized_by_memory_share),
     PD_TEST(engine_cuda_kv_staging_round_trip),
