@@ -104,6 +104,11 @@ extern "C" int pd_matmul_cuda(const struct pd_matmul_args *a, pd_stream_t stream
         return rc;
     if ((s = cublasSetStream(h, pd_cuda_stream(stream))) != CUBLAS_STATUS_SUCCESS)
         return cublas_fail(s, "cublasSetStream");
+    /* setting the stream put cuBLAS back on its own pool: ours again, so a
+     * captured graph's GEMMs use the one buffer, not a new one per capture */
+    if (a->gpu_ws && (s = cublasSetWorkspace(h, a->gpu_ws, a->gpu_ws_bytes)) !=
+                         CUBLAS_STATUS_SUCCESS)
+        return cublas_fail(s, "cublasSetWorkspace");
     const float alpha = 1.0f, beta = a->accumulate ? 1.0f : 0.0f;
     const cudaDataType_t in = bf ? CUDA_R_16BF : CUDA_R_32F;
     const cudaDataType_t out = a->y_type == PD_DT_BF16 ? CUDA_R_16BF : CUDA_R_32F;

@@ -36,6 +36,11 @@ struct pd_matmul_args {
      * with x BF16 or F32 and y F32 or BF16 */
     uint32_t x_type, w_type, y_type;
     void *x_scratch; /* CUDA, x F32 with w BF16: (m, k) bf16, x rounded into it first */
+    /* CUDA: cuBLAS's workspace, device memory of gpu_ws_bytes the caller owns
+     * (NULL: cuBLAS's own pool, which grows with every CUDA graph captured
+     * on the handle's stream); PD_MATMUL_CUBLAS_WS is NVIDIA's size for Hopper */
+    void *gpu_ws;
+    size_t gpu_ws_bytes;
     /* CPU */
     struct pd_pool *pool; /* the threads (common/base/parallel); NULL: the caller's */
     void *ws; /* pd_matmul_cpu_ws_bytes(m, k, pd_pool_size(pool)) bytes */
@@ -44,6 +49,8 @@ struct pd_matmul_args {
     int act_q8; /* the dots quantize x to 8 bits per block of 32 */
     uint32_t dots_max_m; /* 0: pd_matmul_dots_max_m's; else the crossover (benches, tests) */
 };
+
+#define PD_MATMUL_CUBLAS_WS (32u << 20)
 
 PD_BEGIN_DECLS
 

@@ -306,6 +306,8 @@ static int cu_scratch(struct pd_engine *e, const struct pd_engine_params *p)
     cols = hp->n_ff > cols ? hp->n_ff : cols;
     if (e->w_type == PD_DT_BF16 && !(e->xs = dev_alloc(e, rows * cols * 2)))
         return -ENOMEM;
+    if (!(e->blas_ws = dev_alloc(e, PD_MATMUL_CUBLAS_WS)))
+        return -ENOMEM;
     if (!p->no_cuda_graphs) {
         if (!(e->graph = calloc(2 * ((size_t)e->max_items + 1), sizeof(*e->graph))) ||
             !(e->graph_seen = calloc(2 * ((size_t)e->max_items + 1), 1)))

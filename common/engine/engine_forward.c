@@ -44,7 +44,9 @@ static int mm(const struct fwd *f, enum pd_kernel_kind kd, float *y, const float
     struct pd_matmul_args a = {.y = y, .x = x, .w = w->data, .m = m, .n = n, .k = k,
                                .accumulate = accumulate, .w_type = w->type,
                                .x_scratch = f->e->xs, .pool = f->e->pool, .ws = f->e->mm_ws,
-                               .isa = f->e->isa, .act_q8 = f->e->act_q8};
+                               .isa = f->e->isa, .act_q8 = f->e->act_q8,
+                               .gpu_ws = f->e->blas_ws,
+                               .gpu_ws_bytes = f->e->blas_ws ? PD_MATMUL_CUBLAS_WS : 0};
     return timed(f, kd, f->k->matmul(&a, f->s));
 }
 

@@ -225,6 +225,7 @@ struct pd_engine {
     void *attn_ws; /* decode attention's split partials (GPU) */
     struct pd_pool *pool; /* CPU: the kernels' threads (common/base/parallel) */
     void *mm_ws; /* CPU: the matmul's workspace (pd_matmul_cpu_ws_bytes) */
+    void *blas_ws; /* GPU: cuBLAS's workspace (PD_MATMUL_CUBLAS_WS bytes) */
     int isa; /* CPU: the dots' enum pd_isa (kernels/qdot) */
     bool act_q8; /* CPU: 8-bit activations in the dots (PD_CPU_W_STORED_Q8) */
     uint64_t attn_ws_bytes;

@@ -913,7 +913,8 @@ static uint16_t *to_bf16(float *v, size_t n)
 
 /* y = x W^T (+ y) against OpenBLAS on the same (rounded) operands; odd sizes.
  * x_f32: a bf16 W with a float x, which the launcher rounds into x_scratch. */
-static void matmul_case(uint32_t in_type, uint32_t y_type, int accumulate, int x_f32, int emu)
+static void matmul_case(uint32_t in_type, uint32_t y_type, int accumulate, int x_f32, int emu,
+                        int ws)
 {
     const uint32_t m = 1 + rnd(emu ? 24 : 300), n = 1 + rnd(emu ? 40 : 400), k = 1 + rnd(emu ? 70 : 700);
     float *x = rand_floats((size_t)m * k, 1.0f), *w = rand_floats((size_t)n * k, 1.0f);
@@ -942,6 +943,10 @@ static void matmul_case(uint32_t in_type, uint32_t y_type, int accumulate, int x
         g.x_type = PD_DT_F32;
         g.x_scratch = dev_poisoned((size_t)m * k * sizeof(uint16_t));
     }
+    if (ws) { /* the engine's: cuBLAS's workspace is ours (poisoned: it holds nothing) */
+        g.gpu_ws = dev_poisoned(PD_MATMUL_CUBLAS_WS);
+        g.gpu_ws_bytes = PD_MATMUL_CUBLAS_WS;
+    }
     CHECK_EQ_INT(pd_matmul_cuda(&g, NULL), 0);
     void *raw = dev_fetch(g.y, (size_t)m * n * ysz);
     float *got = raw;
@@ -968,8 +973,37 @@ static void matmul_cuda_matches_cpu(void)
     for (int iter = 0; iter < 16; iter++) {
         const uint32_t in = iter % 3 ? PD_DT_BF16 : PD_DT_F32;
         const uint32_t out = in == PD_DT_BF16 && iter % 3 == 2 ? PD_DT_BF16 : PD_DT_F32;
-        matmul_case(in, out, iter % 2, iter % 4 >= 2, emu);
+        matmul_case(in, out, iter % 2, iter % 4 >= 2, emu, iter % 8 >= 4);
     }
+}
+
+/* The caller's workspace reaches cuBLAS (after the stream is set, which puts
+ * cuBLAS back on its own pool): the emulator refuses one under
+ * PD_EMU_CUBLAS_WS_MIN bytes, so a GEMM given a small one fails and one given
+ * none does not. */
+static void matmul_cuda_sets_the_callers_cublas_workspace(void)
+{
+    need_gpu();
+    if (!emulated())
+        PD_SKIP("the workspace's check is the emulator's (PD_EMU_CUBLAS_WS_MIN)");
+    float x[4] = {1, 2, 3, 4}, w[4] = {1, 0, 0, 1};
+    struct pd_matmul_args g = {.m = 2, .n = 2, .k = 2};
+    g.x = dev_copy(x, sizeof x);
+    g.w = dev_copy(w, sizeof w);
+    g.y = dev_poisoned(sizeof x);
+    setenv("PD_EMU_CUBLAS_WS_MIN", "4096", 1);
+    CHECK_EQ_INT(pd_matmul_cuda(&g, NULL), 0); /* cuBLAS's own pool */
+    g.gpu_ws = dev_poisoned(1024);
+    g.gpu_ws_bytes = 1024;
+    CHECK(pd_matmul_cuda(&g, NULL) < 0);
+    g.gpu_ws = dev_poisoned(4096);
+    g.gpu_ws_bytes = 4096;
+    CHECK_EQ_INT(pd_matmul_cuda(&g, NULL), 0);
+    unsetenv("PD_EMU_CUBLAS_WS_MIN");
+    float *y = dev_fetch(g.y, sizeof x);
+    CHECK(y[0] == 1 && y[1] == 2 && y[2] == 3 && y[3] == 4);
+    free(y);
+    dev_free_all();
 }
 
 /* ---- sampling ------------------------------------------------------------------- */
@@ -1845,6 +1879,7 @@ SEEDED(attention_cuda_generic_path_matches_cpu)
 SEEDED(attention_cuda_refuses_positions_past_max_ctx)
 SEEDED(attention_cuda_bf16_pool_close_to_fp32)
 SEEDED(matmul_cuda_matches_cpu)
+SEEDED(matmul_cuda_sets_the_callers_cublas_workspace)
 SEEDED(sample_cuda_matches_cpu)
 SEEDED(sample_cuda_logit_bias_matches_cpu)
 SEEDED(sample_cuda_forced_rows_score_as_cpu)
@@ -1873,6 +1908,7 @@ static const struct pd_test tests[] = {
     T(attention_cuda_refuses_positions_past_max_ctx),
     T(attention_cuda_bf16_pool_close_to_fp32),
     T(matmul_cuda_matches_cpu),
+    T(matmul_cuda_sets_the_callers_cublas_workspace),
     T(sample_cuda_matches_cpu),
     T(sample_cuda_logit_bias_matches_cpu),
     T(sample_cuda_forced_rows_score_as_cpu),

@@ -645,6 +645,17 @@ cublasStatus_t cublasSetStream_v2(cublasHandle_t, cudaStream_t s)
     return CUBLAS_STATUS_SUCCESS;
 }
 
+/* the emulated GEMM needs no workspace: a null one with a size is refused,
+ * as cuBLAS does, and one smaller than PD_EMU_CUBLAS_WS_MIN bytes (a test's
+ * way to see that the caller's buffer reached cuBLAS) */
+cublasStatus_t cublasSetWorkspace_v2(cublasHandle_t, void *ws, size_t bytes)
+{
+    const char *min = getenv("PD_EMU_CUBLAS_WS_MIN");
+    if ((!ws && bytes) || (min && bytes < strtoull(min, NULL, 10)))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
 static float gemm_elem(const void *p, cudaDataType_t t, size_t i)
 {
     return t == CUDA_R_16BF ? pd_bf16_decode(((const uint16_t *)p)[i]) : ((const float *)p)[i];
