@@ -10,23 +10,9 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-int dec_api_fail(struct dec_api_err *e, int status, const char *param, const char *code,
-                 const char *fmt, ...)
-{
-    va_list ap;
-    e->status = status;
-    e->param = param;
-    e->code = code;
-    va_start(ap, fmt);
-    vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
-    va_end(ap);
-    return status == 413 ? -E2BIG : -EINVAL;
-}
 
 int dec_api_json_depth(const char *s, size_t n, int limit)
 {
@@ -52,12 +38,6 @@ int dec_api_json_depth(const char *s, size_t n, int limit)
 }
 
 /* ---- field readers: null and absent are the same; a wrong type is 400 ---- */
-
-const cJSON *dec_api_field(const cJSON *root, const char *name)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, name);
-    return v && !cJSON_IsNull(v) ? v : NULL;
-}
 
 static int get_bool(const cJSON *root, const char *name, bool *out, struct dec_api_err *e)
 {

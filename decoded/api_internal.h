@@ -1,5 +1,6 @@
 /* decoded/api_internal: what api.c shares with api_chat.c (the chat
- * request's messages, tools and tool_choice). Not for other modules. */
+ * request's messages, tools and tool_choice), and both with api_field.c (a
+ * refusal, a field). Not for other modules. */
 #ifndef DEC_API_INTERNAL_H
 #define DEC_API_INTERNAL_H
 

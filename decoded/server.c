@@ -463,6 +463,41 @@ nomem:
     return NULL;
 }
 
+/* What the model cannot do for a request that parsed: tools its chat
+ * template cannot show, a response_format without its tokenizer. -1: the
+ * refusal went out. */
+static int refuse_unservable(struct dec_server *s, struct evhttp_request *req, const char *id,
+                             const struct dec_api_req *r)
+{
+    char msg[256];
+    if (r->tool_choice != DEC_TOOL_NONE &&
+        (!s->chat || pd_chat_template_calls(s->chat) == PD_CHAT_CALLS_NONE)) {
+        snprintf(msg, sizeof(msg),
+                 "this model's chat template (%s) has no tools; tool calls need Qwen2.5's, "
+                 "Qwen3's or Llama-3.1's own template (or tool_choice \"none\")",
+                 s->chat ? pd_chat_family_name(pd_chat_template_family(s->chat)) : "none");
+        dec_reply_reject(s, req, id, 400, "tools", "invalid_value", msg);
+        return -1;
+    }
+    if (r->schema && !s->tok) {
+        dec_reply_reject(s, req, id, 400, "response_format", "invalid_value",
+                         "response_format json_object and json_schema need the model's "
+                         "tokenizer (this model has none)");
+        return -1;
+    }
+    return 0;
+}
+
+/* with tools, each choice's reader of tool calls (toolcall.h); -ENOMEM */
+static int attach_toolcalls(struct dec_server *s, struct dec_http *h, const struct dec_api_req *r)
+{
+    for (uint32_t i = 0; r->tool_choice != DEC_TOOL_NONE && i < h->n_ch; i++)
+        if (!(h->ch[i].tc =
+                  dec_toolcall_new(r->tool_choice, pd_chat_template_calls(s->chat), r->tool_name)))
+            return -ENOMEM;
+    return 0;
+}
+
 static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_api_kind kind,
                      const char *id)
 {
@@ -487,21 +522,8 @@ static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_
         r.sampling.top_k = 0; /* all of them */
     if (!r.has_seed && getrandom(&r.sampling.seed, sizeof(r.sampling.seed), 0) < 0)
         r.sampling.seed = pd_now_ns();
-    if (r.tool_choice != DEC_TOOL_NONE &&
-        (!s->chat || pd_chat_template_calls(s->chat) == PD_CHAT_CALLS_NONE)) {
-        snprintf(msg, sizeof(msg),
-                 "this model's chat template (%s) has no tools; tool calls need Qwen2.5's, "
-                 "Qwen3's or Llama-3.1's own template (or tool_choice \"none\")",
-                 s->chat ? pd_chat_family_name(pd_chat_template_family(s->chat)) : "none");
-        dec_reply_reject(s, req, id, 400, "tools", "invalid_value", msg);
+    if (refuse_unservable(s, req, id, &r) < 0)
         goto out;
-    }
-    if (r.schema && !s->tok) {
-        dec_reply_reject(s, req, id, 400, "response_format", "invalid_value",
-                         "response_format json_object and json_schema need the model's "
-                         "tokenizer (this model has none)");
-        goto out;
-    }
     if (pd_sampling_validate(&r.sampling, s->cfg.n_vocab, msg, sizeof(msg)) < 0) {
         /* the parse checked the rest; a bias's token is checked against the model here */
         dec_reply_reject(s, req, id, 400, strncmp(msg, "logit_bias", 10) ? NULL : "logit_bias",
@@ -532,13 +554,10 @@ static void generate(struct dec_server *s, struct evhttp_request *req, enum dec_
         }
         if (k == 0) /* usage counts a prompt once, whatever n (OpenAI's) */
             h->n_prompt += job->n_prompt;
-        if (r.tool_choice != DEC_TOOL_NONE &&
-            !(h->ch[h->n_ch].tc =
-                  dec_toolcall_new(r.tool_choice, pd_chat_template_calls(s->chat), r.tool_name))) {
-            h->n_ch++;
-            dec_reply_reject(s, req, id, 503, NULL, NULL, "out of memory");
-            goto out;
-        }
+    }
+    if (attach_toolcalls(s, h, &r) < 0) {
+        dec_reply_reject(s, req, id, 503, NULL, NULL, "out of memory");
+        goto out;
     }
     const uint64_t now = pd_now_ns();
     for (uint32_t i = 0; i < n_ch; i++) {
