@@ -64,6 +64,22 @@ static struct pd_tokenizer *tokjson(const char *name)
     return t;
 }
 
+/* tests/golden/chat/hf/<name>, parsed (the test fails if it does not) */
+static struct pd_chat_template *hf_template(const char *name)
+{
+    char rel[256], path[1024], err[256];
+    snprintf(rel, sizeof(rel), "chat/hf/%s", name);
+    golden_path(path, sizeof(path), rel);
+    size_t tl;
+    char *text = tok_read_file(path, &tl);
+    CHECK(text != NULL);
+    struct pd_chat_template *ct = NULL;
+    if (pd_chat_template_parse(text, tl, NULL, &ct, err, sizeof(err)) != 0)
+        PD_TEST_FAIL_("%s: %s", name, err);
+    free(text);
+    return ct;
+}
+
 static void chat_model_templates_match_transformers(void)
 {
     struct jl gold, ids;
@@ -78,15 +94,7 @@ static void chat_model_templates_match_transformers(void)
         const char *name = jl_str(gold.row[i], "template");
         if (!name || !cJSON_GetObjectItemCaseSensitive(gold.row[i], "messages"))
             continue; /* a header line */
-        char rel[256], path[1024], err[256];
-        snprintf(rel, sizeof(rel), "chat/hf/%s", name);
-        golden_path(path, sizeof(path), rel);
-        size_t tl;
-        char *text = tok_read_file(path, &tl);
-        CHECK(text != NULL);
-        struct pd_chat_template *ct = NULL;
-        if (pd_chat_template_parse(text, tl, NULL, &ct, err, sizeof(err)) != 0)
-            PD_TEST_FAIL_("%s: %s", name, err);
+        struct pd_chat_template *ct = hf_template(name);
         check_row(ct, gold.row[i], i + 1);
         size_t nw;
         int32_t *want = jl_ids(ids.row[i], "ids", &nw);
@@ -104,7 +112,6 @@ static void chat_model_templates_match_transformers(void)
             free(want);
         }
         pd_chat_template_free(ct);
-        free(text);
         checked++;
     }
     jl_free(&gold);
@@ -325,15 +332,8 @@ static void chat_tools_match_transformers(void)
     jl_load(&gold, "chat_tools_golden.jsonl");
     for (size_t i = 0; i < gold.n; i++) {
         const cJSON *row = gold.row[i];
-        char rel[256], path[1024], err[256];
-        snprintf(rel, sizeof(rel), "chat/hf/%s", jl_str(row, "template"));
-        golden_path(path, sizeof(path), rel);
-        size_t tl;
-        char *text = tok_read_file(path, &tl);
-        CHECK(text != NULL);
-        struct pd_chat_template *ct = NULL;
-        if (pd_chat_template_parse(text, tl, NULL, &ct, err, sizeof(err)) != 0)
-            PD_TEST_FAIL_("%s", err);
+        char err[256];
+        struct pd_chat_template *ct = hf_template(jl_str(row, "template"));
         CHECK(pd_chat_template_calls(ct) != PD_CHAT_CALLS_NONE);
         struct pd_chat_msg msgs[16] = {{0}};
         struct pd_chat_call calls[16][4];
@@ -380,7 +380,6 @@ static void chat_tools_match_transformers(void)
         }
         free(out);
         pd_chat_template_free(ct);
-        free(text);
     }
     jl_free(&gold);
     printf("  %zu renders with tools, %zu refusals\n", rendered, refused);
