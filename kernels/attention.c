@@ -70,7 +70,7 @@ static struct one one_at(const struct pd_attn_args *a, uint32_t t, uint32_t h)
                         .hd = hd,
                         .kvh = h / (a->n_head / a->kv.n_head_kv),
                         .n_ctx = (uint32_t)a->tok_pos[t] + 1,
-                        .q = a->q + ((size_t)t * a->n_head + h) * hd,
+                        .q = a->q + t * pd_attn_q_ld(a) + (size_t)h * hd,
                         .o = a->out + ((size_t)t * a->n_head + h) * hd};
 }
 
@@ -201,7 +201,8 @@ static int attend_run(const struct pd_attn_args *a, uint32_t t0, uint32_t n, flo
     const uint32_t hd = l->head_dim, group = a->n_head / l->n_head_kv;
     const uint32_t *table = a->block_tables + (size_t)a->tok_seq[t0] * a->max_blocks;
     const uint32_t p0 = (uint32_t)a->tok_pos[t0], n_ctx = p0 + n;
-    const int ld = (int)(a->n_head * hd); /* row stride of q and out */
+    const int ld = (int)(a->n_head * hd); /* row stride of out */
+    const int q_ld = (int)pd_attn_q_ld(a);
 
     for (uint32_t kvh = 0; kvh < l->n_head_kv; kvh++) {
         gather(a, table, kvh, 0, n_ctx, kbuf);
@@ -212,10 +213,10 @@ static int attend_run(const struct pd_attn_args *a, uint32_t t0, uint32_t n, flo
                 const uint32_t rows = n - r0 < QTILE ? n - r0 : QTILE;
                 /* the last row of the tile sees the most context */
                 const uint32_t ctx = p0 + r0 + rows;
-                const float *q = a->q + (size_t)(t0 + r0) * (size_t)ld + (size_t)h * hd;
+                const float *q = a->q + (size_t)(t0 + r0) * (size_t)q_ld + (size_t)h * hd;
                 float *o = a->out + (size_t)(t0 + r0) * (size_t)ld + (size_t)h * hd;
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)ctx, (int)hd,
-                            a->scale, q, ld, kbuf, (int)hd, 0.0f, scores, (int)ctx);
+                            a->scale, q, q_ld, kbuf, (int)hd, 0.0f, scores, (int)ctx);
                 for (uint32_t i = 0; i < rows; i++) {
                     /* causal: row i (position p0 + r0 + i) sees [0, p0 + r0 + i] */
                     uint32_t seen = p0 + r0 + i + 1;
@@ -262,7 +263,8 @@ int pd_attention_cpu(const struct pd_attn_args *a)
     size_t need_ctx = 1;
     int rc = 0;
 
-    if (a->n_head % a->kv.n_head_kv != 0 || a->io_type != PD_DT_F32)
+    if (a->n_head % a->kv.n_head_kv != 0 || a->io_type != PD_DT_F32 ||
+        (a->q_ld && a->q_ld < a->n_head * hd))
         return -EINVAL;
     if (a->pool_type != PD_DT_F32 &&
         ((a->pool_type != PD_DT_BF16 && a->pool_type != PD_DT_F16) || hd > MAX_HEAD_DIM))

@@ -37,7 +37,8 @@
 
 struct attn_params {
     float *out; /* (n_tokens, n_head, head_dim) */
-    const float *q; /* (n_tokens, n_head, head_dim) */
+    const float *q; /* (n_tokens, n_head, head_dim), token t's at q + t * q_ld */
+    uint64_t q_ld;
     const void *pool; /* kv_layout.h, elements of T */
     const int32_t *tok_seq, *tok_pos; /* (n_tokens) */
     const uint32_t *block_tables; /* (n_seqs, max_blocks) */
@@ -151,7 +152,7 @@ __global__ void __launch_bounds__(ATT_THREADS) attn_decode_kernel(const struct a
 #pragma unroll
     for (int g = 0; g < GH; g++) {
         const uint32_t hq = hc * HPC + slot * GH + g;
-        const float *qr = p.q + ((uint64_t)t * p.n_head + kvh * p.group + hq) * D;
+        const float *qr = p.q + t * p.q_ld + (uint64_t)(kvh * p.group + hq) * D;
 #pragma unroll
         for (int c = 0; c < NCH; c++)
 #pragma unroll
@@ -448,7 +449,7 @@ static int attn_prepare(const struct pd_attn_args *a, uint64_t ws_bytes, struct 
         return -EINVAL;
     if (kv->head_dim > ATT_MAX_HEAD_DIM)
         return -ENOTSUP;
-    if (a->n_tokens > INT32_MAX)
+    if (a->n_tokens > INT32_MAX || (a->q_ld && a->q_ld < (uint64_t)a->n_head * kv->head_dim))
         return -EINVAL;
 
     const uint32_t group = a->n_head / kv->n_head_kv;
@@ -478,6 +479,7 @@ static int attn_prepare(const struct pd_attn_args *a, uint64_t ws_bytes, struct 
     memset(p, 0, sizeof *p);
     p->out = a->out;
     p->q = a->q;
+    p->q_ld = pd_attn_q_ld(a);
     p->pool = a->pool;
     p->tok_seq = a->tok_seq;
     p->tok_pos = a->tok_pos;

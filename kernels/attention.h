@@ -38,7 +38,7 @@ struct pd_pool;
 
 struct pd_attn_args {
     float *out; /* (n_tokens, n_head, head_dim) */
-    const float *q; /* (n_tokens, n_head, head_dim), RoPE applied */
+    const float *q; /* (n_tokens, n_head, head_dim), RoPE applied; token t's at q + t * q_ld */
     const float *pool; /* kv_layout.h; uint16_t elements when pool_type is BF16 or F16 */
     struct pd_kv_geom kv;
     uint32_t layer;
@@ -48,6 +48,10 @@ struct pd_attn_args {
     const uint32_t *block_tables; /* (n_seqs, max_blocks) block ids */
     uint32_t max_blocks;
     float scale; /* 1 / sqrt(head_dim) */
+    /* elements from one token's q to the next (>= n_head * head_dim; a
+     * multiple of 8 for the CUDA prefill kernel); 0: packed. q in rows of q,
+     * k and v (one GEMM's product) is read where it is */
+    uint32_t q_ld;
     /* Zero = the CPU engine's behaviour. */
     uint32_t pool_type; /* PD_DT_F32 (0), PD_DT_BF16 or PD_DT_F16 (kernels/quant.h) */
     /* CPU only: threads for the decode tokens' (token, head) pairs
@@ -175,6 +179,12 @@ PD_HD struct pd_attn_plan pd_attn_plan_splits(uint32_t n_items, uint32_t max_ctx
         p.chunk = pd_attn_n_pieces(max_ctx, al) * al;
     }
     return p;
+}
+
+/* Elements from token t's q to token t + 1's. */
+PD_HD uint64_t pd_attn_q_ld(const struct pd_attn_args *a)
+{
+    return a->q_ld ? a->q_ld : (uint64_t)a->n_head * a->kv.head_dim;
 }
 
 PD_BEGIN_DECLS

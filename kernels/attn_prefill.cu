@@ -76,7 +76,8 @@ template <int D, int MT> static constexpr size_t pf_smem_bytes()
 
 struct pf_params {
     void *out; /* (n_tokens, n_head, head_dim) of the io type */
-    const void *q; /* (n_tokens, n_head, head_dim) of the io type */
+    const void *q; /* (n_tokens, n_head, head_dim) of the io type, token t's at q + t * q_ld */
+    uint64_t q_ld;
     const uint16_t *pool; /* kv_layout.h, BF16 or F16 */
     const int32_t *tok_seq, *tok_pos, *run_start;
     const uint32_t *block_tables; /* (n_seqs, max_blocks) */
@@ -225,7 +226,7 @@ __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel
     __syncthreads();
     for (uint32_t i = threadIdx.x; i < M * CPR; i += PF_THREADS) {
         const uint32_t r = i / CPR, d = (i % CPR) * 8;
-        q_chunk<BF, IO16>(p, &qs[r * LD + d], ((uint64_t)(t0 + m0 + r) * p.n_head + h) * D, d,
+        q_chunk<BF, IO16>(p, &qs[r * LD + d], (uint64_t)(t0 + m0 + r) * p.q_ld + h * D, d,
                           r < rows);
     }
     load_tile(0);
@@ -517,7 +518,8 @@ extern "C" int pd_attention_prefill_cuda(const struct pd_attn_args *a, pd_stream
         a->n_runs > 65535 || a->n_head > 65535)
         return -EINVAL;
     /* 16-byte K/V loads; q and out read and written in pairs */
-    if (!aligned16(a->pool) || !aligned16(a->q) || !aligned16(a->out))
+    if (!aligned16(a->pool) || !aligned16(a->q) || !aligned16(a->out) || a->q_ld % 8 ||
+        (a->q_ld && a->q_ld < a->n_head * kv->head_dim))
         return -EINVAL;
     PD_CUDA_TRY(cudaGetDevice(&dev), "cudaGetDevice");
     int rc = device_facts(dev, &major, &optin);
@@ -530,6 +532,7 @@ extern "C" int pd_attention_prefill_cuda(const struct pd_attn_args *a, pd_stream
     memset(&p, 0, sizeof p);
     p.out = a->out;
     p.q = a->q;
+    p.q_ld = pd_attn_q_ld(a);
     p.pool = (const uint16_t *)(const void *)a->pool;
     p.tok_seq = a->tok_seq;
     p.tok_pos = a->tok_pos;

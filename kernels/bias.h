@@ -6,9 +6,10 @@
 #include "pd_kernel.h"
 
 struct pd_bias_args {
-    float *x; /* (n_rows, dim), in place */
+    float *x; /* (n_rows, dim), in place, row r at x + r * ld */
     const float *bias; /* (dim) */
     uint32_t n_rows, dim;
+    uint32_t ld; /* >= dim; 0: dim, packed */
 };
 
 PD_BEGIN_DECLS

@@ -17,7 +17,8 @@ __global__ void __launch_bounds__(KVW_THREADS) kv_write_kernel(struct pd_kv_writ
         return; /* a padding token: nothing to store */
     const uint64_t ko = pd_kv_slot_offset(&p.kv, slot, p.layer, 0, h);
     const uint64_t vo = pd_kv_slot_offset(&p.kv, slot, p.layer, 1, h);
-    const uint64_t src = ((uint64_t)t * p.kv.n_head_kv + h) * hd;
+    const uint64_t ld = p.ld ? p.ld : (uint64_t)p.kv.n_head_kv * hd;
+    const uint64_t src = t * ld + (uint64_t)h * hd;
     T *pool = (T *)p.pool;
     for (uint32_t d = threadIdx.x; d < hd; d += KVW_THREADS) {
         if constexpr (sizeof(T) == 2) {
@@ -32,7 +33,8 @@ __global__ void __launch_bounds__(KVW_THREADS) kv_write_kernel(struct pd_kv_writ
 
 extern "C" int pd_kv_write_cuda(const struct pd_kv_write_args *a, pd_stream_t stream)
 {
-    if (a->pool_type != PD_DT_F32 && a->pool_type != PD_DT_BF16 && a->pool_type != PD_DT_F16)
+    if ((a->pool_type != PD_DT_F32 && a->pool_type != PD_DT_BF16 && a->pool_type != PD_DT_F16) ||
+        (a->ld && a->ld < (uint64_t)a->kv.n_head_kv * a->kv.head_dim))
         return -EINVAL;
     if (a->n_tokens == 0 || a->kv.n_head_kv == 0)
         return 0;

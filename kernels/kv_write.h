@@ -9,11 +9,12 @@ struct pd_kv_write_args {
     float *pool; /* (n_blocks, block elems), kv_layout.h; uint16_t elements when BF16/F16 */
     struct pd_kv_geom kv;
     uint32_t layer;
-    const float *k; /* (n_tokens, n_head_kv, head_dim) */
-    const float *v; /* (n_tokens, n_head_kv, head_dim) */
+    const float *k; /* (n_tokens, n_head_kv, head_dim), token t's at k + t * ld */
+    const float *v; /* (n_tokens, n_head_kv, head_dim), token t's at v + t * ld */
     const int64_t *slot; /* (n_tokens): block * block_size + position in block */
     uint32_t n_tokens;
     uint32_t pool_type; /* PD_DT_F32 (0), PD_DT_BF16 or PD_DT_F16 (kernels/quant.h); k, v float */
+    uint32_t ld; /* >= n_head_kv * head_dim; 0: packed (k and v in rows of q, k, v: their width) */
 };
 
 PD_BEGIN_DECLS

@@ -54,6 +54,7 @@ struct mm_job {
     size_t w_row; /* bytes of a row of W */
     float *tiles; /* `tile` floats per thread */
     size_t tile; /* floats of a thread's tile */
+    size_t ldy; /* floats between rows of y */
 };
 
 /* rows [*r0, *r1) of n for share s of ns, whole cache lines of y apart
@@ -82,7 +83,7 @@ static void mm_dots(void *arg, unsigned s, unsigned ns, unsigned thread)
             for (uint32_t i = 0; i < a->m; i++)
                 v[i] = j->dot(w, (const char *)j->x + i * j->x_row, a->k);
         for (uint32_t i = 0; i < a->m; i++) {
-            float *y = a->y + (size_t)i * a->n + r;
+            float *y = a->y + (size_t)i * j->ldy + r;
             *y = a->accumulate ? *y + v[i] : v[i];
         }
     }
@@ -107,7 +108,7 @@ static void mm_gemm(void *arg, unsigned s, unsigned ns, unsigned thread)
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)a->m, (int)nr, (int)a->k, 1.0f,
                     a->x, (int)a->k, wt, (int)a->k, a->accumulate ? 1.0f : 0.0f, a->y + r,
-                    (int)a->n);
+                    (int)j->ldy);
     }
 }
 
@@ -127,15 +128,18 @@ int pd_matmul_cpu(const struct pd_matmul_args *a)
     const struct pd_dtype_info *ti = pd_dtype_info(a->w_type);
     if (a->x_type != PD_DT_F32 || a->y_type != PD_DT_F32 || !ti || !ti->supported ||
         a->k % ti->block != 0 || (unsigned)a->isa >= PD_ISA_COUNT ||
-        !pd_isa_runs((enum pd_isa)a->isa))
+        !pd_isa_runs((enum pd_isa)a->isa) || (a->ldy && a->ldy < a->n))
         return -EINVAL;
     if (a->m == 0 || a->n == 0)
         return 0;
     uint64_t w_row;
     if (pd_dtype_row_size(a->w_type, a->k, &w_row) < 0)
         return -EINVAL;
-    struct mm_job j = {.a = a, .x = a->x, .x_row = (size_t)a->k * sizeof(float),
-                       .w_row = (size_t)w_row};
+    struct mm_job j = {.a = a,
+                       .x = a->x,
+                       .x_row = (size_t)a->k * sizeof(float),
+                       .w_row = (size_t)w_row,
+                       .ldy = a->ldy ? a->ldy : a->n};
     const uint32_t max_m = a->dots_max_m ? a->dots_max_m
                                          : pd_matmul_dots_max_m(a->w_type, a->act_q8);
     j.dot = a->act_q8 ? pd_qdot_get(a->w_type, (enum pd_isa)a->isa)

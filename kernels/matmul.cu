@@ -88,7 +88,9 @@ extern "C" int pd_matmul_cuda(const struct pd_matmul_args *a, pd_stream_t stream
 
     if (!f32 && !bf)
         return -EINVAL;
-    if (a->m > INT32_MAX || a->n > INT32_MAX || a->k > INT32_MAX || (x_f32 && !a->x_scratch))
+    const uint32_t ldy = a->ldy ? a->ldy : a->n;
+    if (a->m > INT32_MAX || a->n > INT32_MAX || a->k > INT32_MAX || ldy > INT32_MAX ||
+        ldy < a->n || (x_f32 && !a->x_scratch))
         return -EINVAL;
     if (a->m == 0 || a->n == 0)
         return 0;
@@ -113,7 +115,7 @@ extern "C" int pd_matmul_cuda(const struct pd_matmul_args *a, pd_stream_t stream
     const cudaDataType_t in = bf ? CUDA_R_16BF : CUDA_R_32F;
     const cudaDataType_t out = a->y_type == PD_DT_BF16 ? CUDA_R_16BF : CUDA_R_32F;
     s = cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)a->n, (int)a->m, (int)a->k, &alpha, a->w,
-                     in, (int)a->k, x, in, (int)a->k, &beta, a->y, out, (int)a->n,
+                     in, (int)a->k, x, in, (int)a->k, &beta, a->y, out, (int)ldy,
                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     return s == CUBLAS_STATUS_SUCCESS ? 0 : cublas_fail(s, "cublasGemmEx");
 }

@@ -27,11 +27,13 @@
 struct pd_pool;
 
 struct pd_matmul_args {
-    float *y; /* (m, n) */
+    float *y; /* (m, n), row i at y + i * ldy */
     const float *x; /* (m, k) */
     const void *w; /* (n, k) in w_type */
     uint32_t m, n, k;
     int accumulate; /* y += x W^T instead of y = x W^T (residual connections) */
+    uint32_t ldy; /* elements from one row of y to the next (>= n); 0: n, packed. A
+                   * wider row takes several products side by side (q, k and v) */
     /* element types. CPU: x and y F32, w as above. CUDA: all F32, or w BF16
      * with x BF16 or F32 and y F32 or BF16 */
     uint32_t x_type, w_type, y_type;

@@ -2,6 +2,7 @@
  * thread, reduced across the block; the scale in double as the reference
  * computes it. out may equal in: each element is read before its own thread
  * writes it. */
+#include "bf16.h"
 #include "cuda_check.cuh"
 #include "rmsnorm.h"
 
@@ -9,11 +10,11 @@
 
 #define RMS_THREADS 256
 
-__global__ void __launch_bounds__(RMS_THREADS) rmsnorm_kernel(struct pd_rmsnorm_args p)
+template <bool BF> __global__ void __launch_bounds__(RMS_THREADS) rmsnorm_kernel(struct pd_rmsnorm_args p)
 {
     __shared__ float warp_sums[RMS_THREADS / 32];
-    const float *x = p.in + (uint64_t)blockIdx.x * p.dim;
-    float *y = p.out + (uint64_t)blockIdx.x * p.dim;
+    const float *x = p.in + pd_rmsnorm_row(&p, blockIdx.x);
+    const uint64_t at = pd_rmsnorm_row(&p, blockIdx.x);
     float ss = 0.0f;
 
     for (uint32_t i = threadIdx.x; i < p.dim; i += RMS_THREADS)
@@ -27,16 +28,24 @@ __global__ void __launch_bounds__(RMS_THREADS) rmsnorm_kernel(struct pd_rmsnorm_
     for (int w = 0; w < RMS_THREADS / 32; w++)
         ss += warp_sums[w];
     const float scale = (float)(1.0 / sqrt((double)ss / p.dim + p.eps));
-    for (uint32_t i = threadIdx.x; i < p.dim; i += RMS_THREADS)
-        y[i] = x[i] * scale * p.weight[i];
+    for (uint32_t i = threadIdx.x; i < p.dim; i += RMS_THREADS) {
+        const float v = x[i] * scale * p.weight[i];
+        if constexpr (BF)
+            ((uint16_t *)p.out)[at + i] = pd_bf16_encode(v);
+        else
+            p.out[at + i] = v;
+    }
 }
 
 extern "C" int pd_rmsnorm_cuda(const struct pd_rmsnorm_args *a, pd_stream_t stream)
 {
     if (a->n_rows == 0)
         return 0;
-    if (a->dim == 0 || a->n_rows > INT32_MAX)
+    if (a->dim == 0 || a->n_rows > INT32_MAX || pd_rmsnorm_check(a) < 0)
         return -EINVAL;
-    rmsnorm_kernel<<<a->n_rows, RMS_THREADS, 0, pd_cuda_stream(stream)>>>(*a);
+    if (a->out_type)
+        rmsnorm_kernel<true><<<a->n_rows, RMS_THREADS, 0, pd_cuda_stream(stream)>>>(*a);
+    else
+        rmsnorm_kernel<false><<<a->n_rows, RMS_THREADS, 0, pd_cuda_stream(stream)>>>(*a);
     return pd_cuda_launched("rmsnorm_kernel");
 }

@@ -6,7 +6,8 @@
 int pd_rope_cpu(const struct pd_rope_args *a)
 {
     uint32_t half = a->rope_dim / 2;
-    if (a->rope_dim % 2 || a->rope_dim > a->head_dim || half > PD_ROPE_MAX_HALF)
+    if (a->rope_dim % 2 || a->rope_dim > a->head_dim || half > PD_ROPE_MAX_HALF ||
+        (a->ld && a->ld < (uint64_t)a->n_heads * a->head_dim))
         return -EINVAL;
     for (uint32_t t = 0; t < a->n_tokens; t++) {
         float c[PD_ROPE_MAX_HALF], s[PD_ROPE_MAX_HALF];
@@ -17,7 +18,7 @@ int pd_rope_cpu(const struct pd_rope_args *a)
             s[i] = (float)sin(theta);
         }
         for (uint32_t h = 0; h < a->n_heads; h++) {
-            float *v = a->x + ((size_t)t * a->n_heads + h) * a->head_dim;
+            float *v = a->x + t * pd_rope_ld(a) + (size_t)h * a->head_dim;
             for (uint32_t i = 0; i < half; i++) {
                 uint32_t i0, i1;
                 pd_rope_pair(a, i, &i0, &i1);

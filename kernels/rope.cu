@@ -15,7 +15,7 @@ __global__ void __launch_bounds__(ROPE_THREADS) rope_kernel(struct pd_rope_args 
     double theta = pd_rope_theta(p.pos[t], i, p.rope_dim, p.freq_base, p.freq_scale,
                                  p.freq_factors);
     const float c = (float)cos(theta), s = (float)sin(theta);
-    float *row = p.x + (uint64_t)t * p.n_heads * p.head_dim;
+    float *row = p.x + t * pd_rope_ld(&p);
     uint32_t i0, i1;
     pd_rope_pair(&p, i, &i0, &i1);
     for (uint32_t h = 0; h < p.n_heads; h++) {
@@ -30,7 +30,8 @@ extern "C" int pd_rope_cuda(const struct pd_rope_args *a, pd_stream_t stream)
 {
     const uint32_t half = a->rope_dim / 2;
 
-    if (a->rope_dim % 2 || a->rope_dim > a->head_dim || half > PD_ROPE_MAX_HALF)
+    if (a->rope_dim % 2 || a->rope_dim > a->head_dim || half > PD_ROPE_MAX_HALF ||
+        (a->ld && a->ld < (uint64_t)a->n_heads * a->head_dim))
         return -EINVAL;
     if (a->n_tokens == 0 || half == 0 || a->n_heads == 0)
         return 0;

@@ -13,14 +13,22 @@
 #include <math.h>
 
 struct pd_rope_args {
-    float *x; /* (n_tokens, n_heads, head_dim), rotated in place */
+    float *x; /* (n_tokens, n_heads, head_dim), rotated in place; token t's heads at x + t * ld */
     const int32_t *pos; /* (n_tokens) positions */
     uint32_t n_tokens, n_heads, head_dim, rope_dim; /* rope_dim even, <= head_dim */
     float freq_base;
     float freq_scale; /* 1 / linear scaling factor */
     const float *freq_factors; /* (rope_dim / 2) or NULL */
     uint32_t halves; /* 0: adjacent pairs; 1: the two halves of rope_dim */
+    uint32_t ld; /* elements from one token's heads to the next (>= n_heads * head_dim);
+                  * 0: packed. q's and k's heads side by side in one row take one call */
 };
+
+/* Elements from token t's heads to token t + 1's. */
+PD_HD uint64_t pd_rope_ld(const struct pd_rope_args *a)
+{
+    return a->ld ? a->ld : (uint64_t)a->n_heads * a->head_dim;
+}
 
 /* Where pair i's two elements are in a head. */
 PD_HD void pd_rope_pair(const struct pd_rope_args *a, uint32_t i, uint32_t *i0, uint32_t *i1)

@@ -126,12 +126,14 @@ static int scratch(struct pd_engine *e, const struct pd_engine_params *p)
     const size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
     SCRATCH(e->x, T * hp->n_embd, false);
     SCRATCH(e->h, T * hp->n_embd, false);
-    SCRATCH(e->q, T * qd, false);
-    SCRATCH(e->kk, T * kvd, false);
-    SCRATCH(e->vv, T * kvd, false);
+    e->hn = e->h, e->act_type = PD_DT_F32; /* a backend may take bf16 (act_type) */
+    e->qkv_ld = (uint32_t)(qd + 2 * kvd);
+    SCRATCH(e->qkv, T * e->qkv_ld, false);
+    e->q = e->qkv, e->kk = e->qkv + qd, e->vv = e->qkv + qd + kvd;
     SCRATCH(e->att, T * qd, false);
-    SCRATCH(e->gate, T * hp->n_ff, false);
-    SCRATCH(e->up, T * hp->n_ff, false);
+    SCRATCH(e->gu, T * 2 * hp->n_ff, false);
+    e->gate = e->gu, e->up = e->gu + hp->n_ff;
+    SCRATCH(e->ff, T * hp->n_ff, false);
     SCRATCH(e->logits, (size_t)LOGIT_ROWS * hp->n_vocab, false);
     e->logit_cap = LOGIT_ROWS;
     int rc = pd_engine_index_alloc(e, &e->ix, false);

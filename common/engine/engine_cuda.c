@@ -53,7 +53,7 @@ static int cu_attention(const struct pd_attn_args *a, void *s)
     const size_t row = (size_t)a->n_head * a->kv.head_dim, t0 = p.n_tokens;
     struct pd_attn_args d = *a;
     d.out = a->out + t0 * row;
-    d.q = a->q + t0 * row;
+    d.q = a->q + t0 * pd_attn_q_ld(a);
     d.tok_seq = a->tok_seq + t0;
     d.tok_pos = a->tok_pos + t0;
     d.n_tokens = a->n_tokens - p.n_tokens;
@@ -144,20 +144,36 @@ static void *convert_rows(void *arg)
     return NULL;
 }
 
-/* A matrix of the model to the device in the engine's matrix type: as
- * stored when that is the type already (bf16 through fp32 back to bf16 is
- * exact), else converted on up to 16 threads into a host copy of the
- * matrix first: no fp32 copy of the whole model on the host. */
-static int upload_matrix(struct pd_engine *e, const struct pd_tensor *t, struct pd_mat *out)
+/* bytes from host to dst, device memory the engine owns already, or
+ * (dst NULL) to a new allocation: where they went, NULL when out of memory */
+static void *place(struct pd_engine *e, void *dst, const void *host, size_t bytes)
+{
+    if (!dst)
+        return dev_upload(e, host, bytes);
+    return pd_cuda_memcpy(dst, host, bytes) == 0 ? dst : NULL;
+}
+
+static size_t mat_esize(const struct pd_engine *e)
+{
+    return e->w_type == PD_DT_F32 ? sizeof(float) : sizeof(uint16_t);
+}
+
+/* A matrix of the model to the device in the engine's matrix type, into
+ * dst (device memory of its size; NULL: its own): as stored when that is
+ * the type already (bf16 through fp32 back to bf16 is exact), else converted
+ * on up to 16 threads into a host copy of the matrix first: no fp32 copy of
+ * the whole model on the host. */
+static int upload_matrix(struct pd_engine *e, const struct pd_tensor *t, struct pd_mat *out,
+                         void *dst)
 {
     const uint64_t rows = t->ne[1] * t->ne[2] * t->ne[3];
-    const size_t esize = e->w_type == PD_DT_F32 ? sizeof(float) : sizeof(uint16_t);
+    const size_t esize = mat_esize(e);
     uint64_t in_row;
     if (pd_dtype_row_size(t->type, t->ne[0], &in_row) < 0)
         return -EINVAL;
     out->type = e->w_type;
     if (t->type == e->w_type)
-        return (out->data = dev_upload(e, t->data, in_row * rows)) ? 0 : -ENOMEM;
+        return (out->data = place(e, dst, t->data, in_row * rows)) ? 0 : -ENOMEM;
 
     const uint64_t out_row = t->ne[0] * esize;
     uint8_t *h = malloc(out_row * rows);
@@ -175,7 +191,7 @@ static int upload_matrix(struct pd_engine *e, const struct pd_tensor *t, struct 
     int rc = 0;
     for (unsigned k = 0; k < n && rc == 0; k++)
         rc = jobs[k].rc;
-    if (rc == 0 && !(out->data = dev_upload(e, h, out_row * rows)))
+    if (rc == 0 && !(out->data = place(e, dst, h, out_row * rows)))
         rc = -ENOMEM;
     free(h);
     return rc;
@@ -188,7 +204,44 @@ static const float *upload_vector(struct pd_engine *e, const struct pd_tensor *t
     return v ? dev_upload(e, v, f32_bytes(t)) : NULL;
 }
 
-static int upload_layer(struct pd_engine *e, uint32_t l, char *err, size_t errlen)
+/* PDSERVE_FUSED_MATRICES=0: q, k, v and gate, up as separate matrices
+ * (separate GEMMs), the way before they were placed as one; read at load */
+static bool fuse_matrices(void)
+{
+    const char *v = getenv("PDSERVE_FUSED_MATRICES");
+    return !(v && strcmp(v, "0") == 0);
+}
+
+/* Where matrix i of upload_layer's list (q k v o gate up down) goes when
+ * fusing: q, k, v into one allocation, rows one after another, and gate,
+ * up into another (set[0], set[1], made at each set's first matrix), so
+ * that each set is one GEMM (layer_w's qkv_one, gu_one); NULL (*dst) for
+ * o and down, which stay on their own. -EINVAL for a matrix not of the
+ * shape the hyperparameters give (the sets would not line up). */
+static int fused_dst(struct pd_engine *e, const struct pd_tensor *t, size_t i, uint8_t **set,
+                     void **dst)
+{
+    const struct pd_hparams *hp = &e->hp;
+    const uint64_t qd = (uint64_t)hp->n_head * hp->head_dim;
+    const uint64_t kvd = (uint64_t)hp->n_head_kv * hp->head_dim, F = hp->n_ff;
+    /* each matrix's set, its rows, and the rows before it in the set */
+    const int set_of[] = {0, 0, 0, -1, 1, 1, -1};
+    const uint64_t rows[] = {qd, kvd, kvd, 0, F, F, 0};
+    const uint64_t before[] = {0, qd, qd + kvd, 0, 0, F, 0};
+    const uint64_t row_bytes = (uint64_t)hp->n_embd * mat_esize(e);
+    *dst = NULL;
+    if (set_of[i] < 0)
+        return 0;
+    if (t->ne[0] != hp->n_embd || t->ne[1] != rows[i] || t->ne[2] * t->ne[3] != 1)
+        return -EINVAL;
+    const int k = set_of[i];
+    if (!set[k] && !(set[k] = dev_alloc(e, (k == 0 ? qd + 2 * kvd : 2 * F) * row_bytes)))
+        return -ENOMEM;
+    *dst = set[k] + before[i] * row_bytes;
+    return 0;
+}
+
+static int upload_layer(struct pd_engine *e, uint32_t l, bool fuse, char *err, size_t errlen)
 {
     static const enum pd_weight mats[] = {PD_W_ATTN_Q,    PD_W_ATTN_K,   PD_W_ATTN_V,
                                           PD_W_ATTN_OUT,  PD_W_FFN_GATE, PD_W_FFN_UP,
@@ -201,13 +254,18 @@ static int upload_layer(struct pd_engine *e, uint32_t l, char *err, size_t errle
         pd_engine_layer_vectors(e, l, w, upload_vector) < 0)
         return pd_errf(err, errlen, -ENOMEM, "engine: layer %" PRIu32 " vectors to the device: "
                        "out of memory", l);
+    uint8_t *set[2] = {NULL, NULL};
     for (size_t i = 0; i < sizeof(mats) / sizeof(mats[0]); i++) {
         const struct pd_tensor *t = pd_model_layer_tensor(m, l, mats[i]);
-        int rc = upload_matrix(e, t, dst[i]);
+        void *to = NULL;
+        int rc = fuse ? fused_dst(e, t, i, set, &to) : 0;
+        if (rc == 0)
+            rc = upload_matrix(e, t, dst[i], to);
         if (rc < 0)
             return pd_errf(err, errlen, rc, "engine: layer %" PRIu32 " weight %s to the device: "
                            "%s", l, t->name, rc == -ENOMEM ? "out of memory" : strerror(-rc));
     }
+    w->qkv_one = w->gu_one = fuse;
     return 0;
 }
 
@@ -227,13 +285,14 @@ static int cu_init(struct pd_engine *e, const struct pd_engine_params *p, char *
         return pd_errf(err, errlen, rc, "engine: a CUDA stream: %s", strerror(-rc));
     if (!(e->layers = calloc(e->hp.n_layer, sizeof(*e->layers))))
         return pd_errf(err, errlen, -ENOMEM, "engine: out of memory");
+    const bool fuse = fuse_matrices();
     for (uint32_t l = 0; l < e->hp.n_layer; l++)
-        if ((rc = upload_layer(e, l, err, errlen)) < 0)
+        if ((rc = upload_layer(e, l, fuse, err, errlen)) < 0)
             return rc;
     e->tok_embd = pd_model_tok_embd(m);
     if (pd_dtype_row_size(e->tok_embd->type, e->tok_embd->ne[0], &row_bytes) < 0)
         return pd_errf(err, errlen, -EINVAL, "engine: the embedding's type has no row size");
-    if ((rc = upload_matrix(e, pd_model_output(m), &e->w_out)) < 0)
+    if ((rc = upload_matrix(e, pd_model_output(m), &e->w_out, NULL)) < 0)
         return pd_errf(err, errlen, rc, "engine: the output matrix to the device: %s",
                        rc == -ENOMEM ? "out of memory" : strerror(-rc));
     const float *rf = pd_model_rope_factors(m);
@@ -245,6 +304,9 @@ static int cu_init(struct pd_engine *e, const struct pd_engine_params *p, char *
     for (size_t i = 0; i < e->n_owned; i++)
         free(e->owned[i]);
     e->n_owned = 0;
+    snprintf(e->desc, sizeof(e->desc), "engine: CUDA, %s matrices, q/k/v and gate/up %s",
+             pd_dtype_name(e->w_type), fuse ? "as one GEMM each" : "as separate GEMMs");
+    /* cu_scratch adds the GEMMs' input type */
     return 0;
 }
 
@@ -301,11 +363,29 @@ static int cu_scratch(struct pd_engine *e, const struct pd_engine_params *p)
                                                PD_ATTN_MAX_SPLITS);
     if (!(e->attn_ws = dev_alloc(e, e->attn_ws_bytes)))
         return -ENOMEM;
-    size_t rows = T > LOGIT_ROWS ? T : LOGIT_ROWS, cols = hp->n_embd;
-    cols = qd > cols ? qd : cols;
-    cols = hp->n_ff > cols ? hp->n_ff : cols;
-    if (e->w_type == PD_DT_BF16 && !(e->xs = dev_alloc(e, rows * cols * 2)))
+    /* bf16 matrices: the norms and SwiGLU write bf16 for their GEMMs; the
+     * attention's float output is rounded into xs for the o projection.
+     * PDSERVE_BF16_ACTIVATIONS=0: every GEMM input float, rounded into xs
+     * first (the way before; the same bits, one more kernel per GEMM) */
+    const char *act = getenv("PDSERVE_BF16_ACTIVATIONS");
+    const bool bf16_act = !(act && strcmp(act, "0") == 0);
+    size_t cols = qd;
+    if (e->w_type == PD_DT_BF16 && !bf16_act) {
+        cols = hp->n_embd > cols ? hp->n_embd : cols;
+        cols = hp->n_ff > cols ? hp->n_ff : cols;
+    }
+    if (e->w_type == PD_DT_BF16 && !(e->xs = dev_alloc(e, T * cols * 2)))
         return -ENOMEM;
+    if (e->w_type == PD_DT_BF16 && bf16_act) {
+        if (!(e->hn = dev_alloc(e, T * hp->n_embd * 2)))
+            return -ENOMEM;
+        e->act_type = PD_DT_BF16;
+    }
+    const size_t dl = strlen(e->desc);
+    snprintf(e->desc + dl, sizeof(e->desc) - dl, ", %s GEMM inputs",
+             e->act_type == PD_DT_BF16     ? "bf16"
+                 : e->w_type == PD_DT_BF16 ? "rounded"
+                                           : "float");
     if (!(e->blas_ws = dev_alloc(e, PD_MATMUL_CUBLAS_WS)))
         return -ENOMEM;
     if (!p->no_cuda_graphs) {

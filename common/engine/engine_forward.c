@@ -37,59 +37,97 @@ static int timed(const struct fwd *f, enum pd_kernel_kind k, int rc)
     return pd_engine_fwd_mark(f->e, k, f->s, rc);
 }
 
-/* y (m, n) = x (m, k) W^T, or y += when accumulate: a matrix of kind kd */
-static int mm(const struct fwd *f, enum pd_kernel_kind kd, float *y, const float *x,
-              const struct pd_mat *w, uint32_t m, uint32_t n, uint32_t k, int accumulate)
+/* y (m, n), rows ldy apart (0: n), = x (m, k) W^T, or y += when
+ * accumulate: a matrix of kind kd; x of x_type (F32, or the activations'
+ * act_type) */
+static int mm_ld(const struct fwd *f, enum pd_kernel_kind kd, float *y, uint32_t ldy, const void *x,
+                 uint32_t x_type, const struct pd_mat *w, uint32_t m, uint32_t n, uint32_t k,
+                 int accumulate)
 {
-    struct pd_matmul_args a = {.y = y, .x = x, .w = w->data, .m = m, .n = n, .k = k,
-                               .accumulate = accumulate, .w_type = w->type,
-                               .x_scratch = f->e->xs, .pool = f->e->pool, .ws = f->e->mm_ws,
-                               .isa = f->e->isa, .act_q8 = f->e->act_q8,
+    struct pd_matmul_args a = {.y = y,
+                               .x = x,
+                               .w = w->data,
+                               .m = m,
+                               .n = n,
+                               .k = k,
+                               .accumulate = accumulate,
+                               .ldy = ldy,
+                               .w_type = w->type,
+                               .x_type = x_type,
+                               .x_scratch = f->e->xs,
+                               .pool = f->e->pool,
+                               .ws = f->e->mm_ws,
+                               .isa = f->e->isa,
+                               .act_q8 = f->e->act_q8,
                                .gpu_ws = f->e->blas_ws,
                                .gpu_ws_bytes = f->e->blas_ws ? PD_MATMUL_CUBLAS_WS : 0};
     return timed(f, kd, f->k->matmul(&a, f->s));
 }
 
-/* out (n_rows, dim) = rmsnorm(in) * weight */
-static int norm_dim(const struct fwd *f, float *out, const float *in, const float *weight,
-                    uint32_t n_rows, uint32_t dim)
+static int mm(const struct fwd *f, enum pd_kernel_kind kd, float *y, const void *x, uint32_t x_type,
+              const struct pd_mat *w, uint32_t m, uint32_t n, uint32_t k, int accumulate)
 {
-    struct pd_rmsnorm_args a = {.out = out, .in = in, .weight = weight, .n_rows = n_rows,
-                                .dim = dim, .eps = f->e->hp.norm_eps};
+    return mm_ld(f, kd, y, 0, x, x_type, w, m, n, k, accumulate);
+}
+
+/* hn (n_rows, n_embd) = rmsnorm(in) * weight: a GEMM's input, in the
+ * activations' type (act_type) */
+static int norm(const struct fwd *f, const float *in, const float *weight, uint32_t n_rows)
+{
+    const struct pd_engine *e = f->e;
+    struct pd_rmsnorm_args a = {.out = e->hn,
+                                .in = in,
+                                .weight = weight,
+                                .n_rows = n_rows,
+                                .dim = e->hp.n_embd,
+                                .eps = e->hp.norm_eps,
+                                .out_type = e->act_type};
     return timed(f, PD_K_NORM, f->k->rmsnorm(&a, f->s));
 }
 
-/* out (T, n_embd) = rmsnorm(in) * weight */
-static int norm(const struct fwd *f, float *out, const float *in, const float *weight,
-                uint32_t n_rows)
-{
-    return norm_dim(f, out, in, weight, n_rows, f->e->hp.n_embd);
-}
-
-/* Qwen2: x (T, n_heads * head_dim) += b, after its projection; no bias, no step */
+/* Qwen2: x (T, n_heads * head_dim) of the q, k, v rows += b, after its
+ * projection; no bias, no step */
 static int bias(const struct fwd *f, float *x, const float *b, uint32_t n_heads)
 {
-    struct pd_bias_args a = {.x = x, .bias = b, .n_rows = f->T,
-                             .dim = n_heads * f->e->hp.head_dim};
+    struct pd_bias_args a = {
+        .x = x, .bias = b, .n_rows = f->T, .dim = n_heads * f->e->hp.head_dim, .ld = f->e->qkv_ld};
     return b ? timed(f, PD_K_BIAS, f->k->bias(&a, f->s)) : 0;
 }
 
-/* Qwen3: each head of x (T, n_heads, head_dim) RMS-normed with w before rope;
- * no weight, no step */
-static int head_norm(const struct fwd *f, float *x, const float *w, uint32_t n_heads)
+/* row r of activations p (rows of dim elements of act_type) */
+static const void *act_row(const struct pd_engine *e, const void *p, uint32_t r, uint32_t dim)
 {
-    return w ? norm_dim(f, x, x, w, f->T * n_heads, f->e->hp.head_dim) : 0;
+    const size_t es = e->act_type == PD_DT_BF16 ? 2 : sizeof(float);
+    return (const char *)p + (size_t)r * dim * es;
 }
 
-/* x (T, n_heads * head_dim) rotated in place at the step's positions */
-static int rope(const struct fwd *f, float *x, uint32_t n_heads)
+/* Qwen3: each head of x (T, n_heads, head_dim) of the q, k, v rows RMS-normed
+ * with w before rope; no weight, no step */
+static int head_norm(const struct fwd *f, float *x, const float *w, uint32_t n_heads)
+{
+    const struct pd_engine *e = f->e;
+    struct pd_rmsnorm_args a = {.out = x,
+                                .in = x,
+                                .weight = w,
+                                .n_rows = f->T * n_heads,
+                                .dim = e->hp.head_dim,
+                                .eps = e->hp.norm_eps,
+                                .per_token = n_heads,
+                                .ld = e->qkv_ld};
+    return w ? timed(f, PD_K_NORM, f->k->rmsnorm(&a, f->s)) : 0;
+}
+
+/* q's and k's heads (T, n_head + n_head_kv, head_dim), side by side in the
+ * q, k, v rows, rotated in place at the step's positions: one call */
+static int rope(const struct fwd *f)
 {
     const struct pd_engine *e = f->e;
     const struct pd_hparams *hp = &e->hp;
-    struct pd_rope_args a = {.x = x,
+    struct pd_rope_args a = {.x = e->q,
                              .pos = e->ix.pos,
                              .n_tokens = f->T,
-                             .n_heads = n_heads,
+                             .n_heads = hp->n_head + hp->n_head_kv,
+                             .ld = e->qkv_ld,
                              .head_dim = hp->head_dim,
                              .rope_dim = hp->rope_dim,
                              .freq_base = hp->rope_freq_base,
@@ -109,6 +147,7 @@ static int kv_write(const struct fwd *f, uint32_t l)
                                  .v = e->vv,
                                  .slot = e->ix.slot,
                                  .n_tokens = f->T,
+                                 .ld = e->qkv_ld,
                                  .pool_type = pd_kvcache_dtype(e->kc)};
     return timed(f, PD_K_KV_WRITE, f->k->kv_write(&a, f->s));
 }
@@ -119,6 +158,7 @@ static int attend(const struct fwd *f, uint32_t l)
     const struct pd_hparams *hp = &e->hp;
     struct pd_attn_args a = {.out = e->att,
                              .q = e->q,
+                             .q_ld = e->qkv_ld,
                              .pool = pd_kvcache_pool(e->kc),
                              .kv = *pd_kvcache_layout(e->kc),
                              .layer = l,
@@ -141,11 +181,18 @@ static int attend(const struct fwd *f, uint32_t l)
     return timed(f, PD_K_ATTENTION, f->k->attention(&a, f->s));
 }
 
+/* ff = silu(gate) * up, from the gate, up rows: the down projection's
+ * input, in act_type */
 static int swiglu(const struct fwd *f)
 {
     struct pd_engine *e = f->e;
-    struct pd_swiglu_args a = {.out = e->gate, .gate = e->gate, .up = e->up,
-                               .n = (uint64_t)f->T * e->hp.n_ff};
+    struct pd_swiglu_args a = {.out = e->ff,
+                               .gate = e->gate,
+                               .up = e->up,
+                               .n_rows = f->T,
+                               .dim = e->hp.n_ff,
+                               .ld = 2 * e->hp.n_ff,
+                               .out_type = e->act_type};
     return timed(f, PD_K_SWIGLU, f->k->swiglu(&a, f->s));
 }
 
@@ -166,23 +213,48 @@ static int embed(const struct fwd *f)
     return timed(f, PD_K_EMBED, f->k->embed(&a, f->s));
 }
 
+/* q, k and v of the normed h into their rows: one GEMM when the backend
+ * placed the three matrices as one, else three into the one row */
+static int qkv(const struct fwd *f, const struct layer_w *w)
+{
+    struct pd_engine *e = f->e;
+    const struct pd_hparams *hp = &e->hp;
+    const uint32_t T = f->T, D = hp->n_embd, qd = hp->n_head * hp->head_dim;
+    const uint32_t kvd = hp->n_head_kv * hp->head_dim, ld = e->qkv_ld, at = e->act_type;
+    int rc;
+    if (w->qkv_one)
+        return mm(f, PD_K_QKV, e->qkv, e->hn, at, &w->wq, T, ld, D, 0);
+    if ((rc = mm_ld(f, PD_K_QKV, e->q, ld, e->hn, at, &w->wq, T, qd, D, 0)) < 0 ||
+        (rc = mm_ld(f, PD_K_QKV, e->kk, ld, e->hn, at, &w->wk, T, kvd, D, 0)) < 0)
+        return rc;
+    return mm_ld(f, PD_K_QKV, e->vv, ld, e->hn, at, &w->wv, T, kvd, D, 0);
+}
+
+/* gate and up of the normed h into their rows: one GEMM or two, as qkv */
+static int gate_up(const struct fwd *f, const struct layer_w *w)
+{
+    struct pd_engine *e = f->e;
+    const uint32_t T = f->T, D = e->hp.n_embd, F = e->hp.n_ff, at = e->act_type;
+    int rc;
+    if (w->gu_one)
+        return mm(f, PD_K_GATE_UP, e->gu, e->hn, at, &w->w_gate, T, 2 * F, D, 0);
+    if ((rc = mm_ld(f, PD_K_GATE_UP, e->gate, 2 * F, e->hn, at, &w->w_gate, T, F, D, 0)) < 0)
+        return rc;
+    return mm_ld(f, PD_K_GATE_UP, e->up, 2 * F, e->hn, at, &w->w_up, T, F, D, 0);
+}
+
 /* One decoder layer: x += attention(norm(x)); x += ffn(norm(x)). */
 static int layer(const struct fwd *f, uint32_t l)
 {
     struct pd_engine *e = f->e;
     const struct layer_w *w = &e->layers[l];
     const struct pd_hparams *hp = &e->hp;
-    const uint32_t T = f->T, D = hp->n_embd, qd = hp->n_head * hp->head_dim;
-    const uint32_t kvd = hp->n_head_kv * hp->head_dim, F = hp->n_ff;
+    const uint32_t T = f->T, D = hp->n_embd, qd = hp->n_head * hp->head_dim, F = hp->n_ff;
     int rc;
 
-    if ((rc = norm(f, e->h, e->x, w->attn_norm, T)) < 0)
+    if ((rc = norm(f, e->x, w->attn_norm, T)) < 0)
         return rc;
-    if ((rc = mm(f, PD_K_QKV, e->q, e->h, &w->wq, T, qd, D, 0)) < 0)
-        return rc;
-    if ((rc = mm(f, PD_K_QKV, e->kk, e->h, &w->wk, T, kvd, D, 0)) < 0)
-        return rc;
-    if ((rc = mm(f, PD_K_QKV, e->vv, e->h, &w->wv, T, kvd, D, 0)) < 0)
+    if ((rc = qkv(f, w)) < 0)
         return rc;
     if ((rc = bias(f, e->q, w->bq, hp->n_head)) < 0 ||
         (rc = bias(f, e->kk, w->bk, hp->n_head_kv)) < 0 ||
@@ -191,26 +263,22 @@ static int layer(const struct fwd *f, uint32_t l)
     if ((rc = head_norm(f, e->q, w->q_norm, hp->n_head)) < 0 ||
         (rc = head_norm(f, e->kk, w->k_norm, hp->n_head_kv)) < 0)
         return rc;
-    if ((rc = rope(f, e->q, hp->n_head)) < 0)
-        return rc;
-    if ((rc = rope(f, e->kk, hp->n_head_kv)) < 0)
+    if ((rc = rope(f)) < 0)
         return rc;
     if ((rc = kv_write(f, l)) < 0)
         return rc;
     if ((rc = attend(f, l)) < 0)
         return rc;
-    if ((rc = mm(f, PD_K_O_PROJ, e->x, e->att, &w->wo, T, D, qd, 1)) < 0) /* the residual */
-        return rc;
+    if ((rc = mm(f, PD_K_O_PROJ, e->x, e->att, PD_DT_F32, &w->wo, T, D, qd, 1)) < 0)
+        return rc; /* the residual */
 
-    if ((rc = norm(f, e->h, e->x, w->ffn_norm, T)) < 0)
+    if ((rc = norm(f, e->x, w->ffn_norm, T)) < 0)
         return rc;
-    if ((rc = mm(f, PD_K_GATE_UP, e->gate, e->h, &w->w_gate, T, F, D, 0)) < 0)
-        return rc;
-    if ((rc = mm(f, PD_K_GATE_UP, e->up, e->h, &w->w_up, T, F, D, 0)) < 0)
+    if ((rc = gate_up(f, w)) < 0)
         return rc;
     if ((rc = swiglu(f)) < 0)
         return rc;
-    return mm(f, PD_K_DOWN, e->x, e->gate, &w->w_down, T, D, F, 1); /* the residual */
+    return mm(f, PD_K_DOWN, e->x, e->ff, e->act_type, &w->w_down, T, D, F, 1); /* the residual */
 }
 
 /* The rows asked for (the last n_logits of each item) gathered from x into
@@ -264,15 +332,15 @@ static int head(const struct fwd *f, const struct pd_batch_item *items, uint32_t
     /* a sampling step's rows are one per item, or one per scored token
      * (validate); the device's sampling buffers hold max(T, logit_cap) */
     const bool dev_sample = n_rows && items[e->out_item[0]].sampling && e->b->sample_rows;
-    if ((rc = norm(f, e->h, e->h, e->out_norm, n_rows)) < 0)
+    if ((rc = norm(f, e->h, e->out_norm, n_rows)) < 0)
         return rc;
     if (dev_sample && (rc = timed(f, PD_K_SAMPLE, e->b->sample_in(e, n_rows))) < 0)
         return rc;
     for (uint32_t r0 = 0; r0 < n_rows; r0 += LOGIT_ROWS) {
         uint32_t m = n_rows - r0 < LOGIT_ROWS ? n_rows - r0 : LOGIT_ROWS;
         const size_t bytes = (size_t)m * hp->n_vocab * sizeof(float);
-        if ((rc = mm(f, PD_K_LM_HEAD, e->logits, e->h + (size_t)r0 * hp->n_embd, &e->w_out, m,
-                     hp->n_vocab, hp->n_embd, 0)) < 0)
+        if ((rc = mm(f, PD_K_LM_HEAD, e->logits, act_row(e, e->hn, r0, hp->n_embd), e->act_type,
+                     &e->w_out, m, hp->n_vocab, hp->n_embd, 0)) < 0)
             return rc;
         if (here) /* computed in place; handed out (the CPU samples there) */
             rc = timed(f, PD_K_SAMPLE, pd_engine_fwd_hand_out(e, items, r0, m, e->h_logits));

@@ -53,6 +53,10 @@ struct layer_w {
     const float *ffn_norm; /* (n_embd) */
     struct pd_mat w_gate, w_up; /* (n_ff, n_embd) */
     struct pd_mat w_down; /* (n_embd, n_ff) */
+    /* a backend that placed wk's rows right after wq's and wv's after wk's
+     * (one type) says so: q, k and v are then one GEMM, wq read as the
+     * (qd + 2 kvd, n_embd) whole; gu_one alike for w_up after w_gate */
+    bool qkv_one, gu_one;
 };
 
 /* A step's index arrays: where the kernels read them (struct pd_engine's ix)
@@ -212,16 +216,30 @@ struct pd_engine {
 
     /* scratch for max_tokens tokens */
     float *x; /* (T, n_embd) residual stream */
-    float *h; /* (T, n_embd) normed */
+    float *h; /* (T, n_embd): the rows the logits head gathers from x */
+    /* The GEMMs' inputs that the norms and SwiGLU write (hn: normed x; ff)
+     * are act_type: F32 (hn is h), or BF16 on a GPU with bf16 matrices (hn
+     * its own (T, n_embd) buffer): what cuBLAS takes beside bf16 matrices,
+     * with no rounding kernel before each GEMM. */
+    void *hn;
+    uint32_t act_type;
+    /* (T, qkv_ld): each token's q, k and v side by side, as one GEMM (or
+     * three into the one row) leaves them; q, kk, vv point at the first
+     * token's, rows qkv_ld apart: the kernels after the GEMM read them in
+     * place (rope, kv_write and attention take row strides) */
+    float *qkv;
     float *q; /* (T, n_head * head_dim) */
     float *kk, *vv; /* (T, n_head_kv * head_dim) */
+    uint32_t qkv_ld; /* (n_head + 2 n_head_kv) head_dim */
     float *att; /* (T, n_head * head_dim) */
-    float *gate, *up; /* (T, n_ff) */
+    float *gu; /* (T, 2 n_ff): gate then up, side by side; gate, up into it, rows 2 n_ff apart */
+    float *gate, *up;
+    float *ff; /* (T, n_ff) of act_type: silu(gate) * up, the down projection's input */
     struct pd_step_index ix, h_ix;
     float *h_logits; /* (logit_cap, n_vocab) */
     uint32_t w_type; /* the GPU's matrices' elements: F32 or BF16 */
-    void *xs; /* (max(T, LOGIT_ROWS), max(n_embd, n_head * head_dim, n_ff)) bf16: a GEMM's x
-               * rounded for bf16 matrices (GPU) */
+    void *xs; /* (T, n_head * head_dim) bf16: the attention's output rounded for the
+               * o projection's bf16 matrix (GPU) */
     void *attn_ws; /* decode attention's split partials (GPU) */
     struct pd_pool *pool; /* CPU: the kernels' threads (common/base/parallel) */
     void *mm_ws; /* CPU: the matmul's workspace (pd_matmul_cpu_ws_bytes) */

@@ -21,10 +21,13 @@
 #include "pd_test.h"
 
 #include "attention.h"
+#include "bf16.h"
 #include "cuda_util.h"
 #include "embed.h"
 #include "kv_write.h"
 #include "matmul.h"
+#include "parallel.h"
+#include "qdot.h"
 #include "quant.h"
 #include "rmsnorm.h"
 #include "rope.h"
@@ -142,6 +145,91 @@ static float *rand_floats(size_t n, float amp)
     for (size_t i = 0; i < n; i++)
         v[i] = rndf(amp);
     return v;
+}
+
+static float *dup_floats(const float *v, size_t n)
+{
+    float *d = host_alloc(n * sizeof(float));
+    memcpy(d, v, n * sizeof(float));
+    return d;
+}
+
+/* n elements of elem bytes, got against want: the same bits. ld: the row
+ * length to name the row and column of one that differs (0: none) */
+static void check_same(const char *what, const void *got, const void *want, size_t n, size_t elem,
+                       size_t ld)
+{
+    for (size_t i = 0; i < n; i++)
+        if (memcmp((const char *)got + i * elem, (const char *)want + i * elem, elem) != 0)
+            PD_TEST_FAIL_("%s: element %zu of %zu differs (row %zu, column %zu)", what, i, n,
+                          ld ? i / ld : 0, ld ? i % ld : i);
+}
+
+/* ---- strided rows -------------------------------------------------------------
+ * The engine runs q, k and v (gate and up) as one GEMM whose rows hold each
+ * token's q, k and v side by side; the kernels after it read and write their
+ * part where it is, rows ld elements apart. The tests put packed data at
+ * element `off` of rows of ld; the gaps around it are random where a kernel
+ * writes (a stray write shows) and NaN where it only reads (a stray read
+ * shows). */
+
+/* A row stride for rows of w elements, and where in a row they sit:
+ * sometimes exactly w, else up to 64 elements more */
+static uint32_t pick_ld(uint32_t w, uint32_t *off)
+{
+    const uint32_t extra = rnd(4) ? 1 + rnd(64) : 0;
+    *off = rnd(extra + 1);
+    return w + extra;
+}
+
+/* n_rows rows of w elements, packed src into dst's rows of ld at off */
+static void rows_put(float *dst, const float *src, size_t n_rows, size_t w, size_t ld, size_t off)
+{
+    for (size_t r = 0; r < n_rows; r++)
+        memcpy(dst + r * ld + off, src + r * w, w * sizeof(float));
+}
+
+/* and back: src's rows of ld, the w elements at off, packed into dst */
+static void rows_get(float *dst, const float *src, size_t n_rows, size_t w, size_t ld, size_t off)
+{
+    for (size_t r = 0; r < n_rows; r++)
+        memcpy(dst + r * w, src + r * ld + off, w * sizeof(float));
+}
+
+/* packed src in rows of ld at off, the gaps random or (nan_gaps) NaN; caller frees */
+static float *rows_widen(const float *src, size_t n_rows, size_t w, size_t ld, size_t off,
+                         int nan_gaps)
+{
+    float *dst = rand_floats(n_rows * ld, 50.0f);
+    for (size_t i = 0; nan_gaps && i < n_rows * ld; i++)
+        dst[i] = NAN;
+    rows_put(dst, src, n_rows, w, ld, off);
+    return dst;
+}
+
+/* got against want, rows of ld with w elements of data at off: the data
+ * within tol (check_close), every other element the same bits (the gaps a
+ * kernel leaves alone). got's data is overwritten with want's. */
+static void check_strided(const char *what, float *got, const float *want, size_t n_rows, size_t w,
+                          size_t ld, size_t off, double tol)
+{
+    float *g = host_alloc(n_rows * w * sizeof(float)), *r = host_alloc(n_rows * w * sizeof(float));
+    rows_get(g, got, n_rows, w, ld, off);
+    rows_get(r, want, n_rows, w, ld, off);
+    check_close(what, g, r, n_rows * w, tol);
+    rows_put(got, r, n_rows, w, ld, off); /* what still differs is in a gap */
+    check_same(what, got, want, n_rows * ld, sizeof(float), ld);
+    free(g), free(r);
+}
+
+/* every byte of a device buffer still the poison dev_poisoned left */
+static void check_poisoned(const char *what, const void *dev, size_t bytes)
+{
+    uint8_t *h = dev_fetch(dev, bytes);
+    for (size_t i = 0; i < bytes; i++)
+        if (h[i] != 0xff)
+            PD_TEST_FAIL_("%s: byte %zu of %zu written", what, i, bytes);
+    free(h);
 }
 
 /* ---- host-side behaviour (no GPU needed) ------------------------------------ */
@@ -269,8 +357,79 @@ static void cuda_launchers_refuse_bad_args(void)
     CHECK_EQ_INT(pd_attention_cuda(&aa, NULL), 0);
     struct pd_rmsnorm_args na = {.out = x, .in = x, .weight = x, .n_rows = 0, .dim = 4};
     CHECK_EQ_INT(pd_rmsnorm_cuda(&na, NULL), 0);
-    struct pd_swiglu_args sa = {.out = x, .gate = x, .up = x, .n = 0};
+    struct pd_swiglu_args sa = {.out = x, .gate = x, .up = x, .n_rows = 0, .dim = 4};
     CHECK_EQ_INT(pd_swiglu_cuda(&sa, NULL), 0);
+}
+
+/* A row stride under the packed row (rows that would overlap) is refused by
+ * every launcher that takes one, before any CUDA call: here without a GPU
+ * too, and nothing written (on the emulator, whose device memory is this
+ * memory, a launch would show). The shapes are otherwise good. */
+static void cuda_launchers_refuse_short_strides(void)
+{
+    static float x[4096] __attribute__((aligned(16))), before[4096];
+    for (size_t i = 0; i < 4096; i++)
+        x[i] = (float)i;
+    memcpy(before, x, sizeof x);
+    int32_t pos[2] = {0, 1}, seq[2] = {0, 0}, runs[2] = {0, 2};
+    int64_t slot[2] = {0, 1};
+    uint32_t table[1] = {0};
+
+    struct pd_rope_args ra = {.x = x,
+                              .pos = pos,
+                              .n_tokens = 2,
+                              .n_heads = 2,
+                              .head_dim = 4,
+                              .rope_dim = 4,
+                              .freq_base = 10000,
+                              .freq_scale = 1,
+                              .ld = 7};
+    CHECK_EQ_INT(pd_rope_cuda(&ra, NULL), -EINVAL);
+    struct pd_bias_args ba = {.x = x, .bias = x, .n_rows = 2, .dim = 8, .ld = 7};
+    CHECK_EQ_INT(pd_bias_cuda(&ba, NULL), -EINVAL);
+    struct pd_rmsnorm_args na = {.out = x,
+                                 .in = x,
+                                 .weight = x,
+                                 .n_rows = 4,
+                                 .dim = 4,
+                                 .eps = 1e-5f,
+                                 .per_token = 2,
+                                 .ld = 7};
+    CHECK_EQ_INT(pd_rmsnorm_cuda(&na, NULL), -EINVAL);
+    na.ld = 0; /* rows per token need their stride */
+    CHECK_EQ_INT(pd_rmsnorm_cuda(&na, NULL), -EINVAL);
+    struct pd_swiglu_args sa = {.out = x, .gate = x, .up = x + 8, .n_rows = 2, .dim = 8, .ld = 7};
+    CHECK_EQ_INT(pd_swiglu_cuda(&sa, NULL), -EINVAL);
+    struct pd_matmul_args ma = {.y = x, .x = x, .w = x, .m = 2, .n = 4, .k = 4, .ldy = 3};
+    CHECK_EQ_INT(pd_matmul_cuda(&ma, NULL), -EINVAL);
+    struct pd_kv_write_args wa = {
+        .pool = x, .kv = {1, 2, 4, 1}, .k = x, .v = x + 8, .slot = slot, .n_tokens = 2, .ld = 7};
+    CHECK_EQ_INT(pd_kv_write_cuda(&wa, NULL), -EINVAL);
+    struct pd_attn_args aa = {.out = x,
+                              .q = x,
+                              .pool = x,
+                              .kv = {1, 1, 8, 4},
+                              .n_tokens = 2,
+                              .n_head = 2,
+                              .tok_seq = seq,
+                              .tok_pos = pos,
+                              .block_tables = table,
+                              .max_blocks = 1,
+                              .scale = 1,
+                              .q_ld = 15};
+    CHECK_EQ_INT(pd_attention_cuda(&aa, NULL), -EINVAL);
+    uint64_t ws;
+    CHECK_EQ_INT(pd_attention_cuda_workspace(&aa, &ws), -EINVAL);
+    /* the prefill kernel: at least n_head * head_dim (128), and a multiple of 8 */
+    aa.kv = (struct pd_kv_geom){1, 1, 64, 16};
+    aa.pool_type = PD_DT_BF16;
+    aa.run_start = runs;
+    aa.n_runs = 1;
+    aa.q_ld = 120;
+    CHECK_EQ_INT(pd_attention_prefill_cuda(&aa, NULL), -EINVAL);
+    aa.q_ld = 132;
+    CHECK_EQ_INT(pd_attention_prefill_cuda(&aa, NULL), -EINVAL);
+    check_same("launchers given short strides", x, before, 4096, sizeof(float), 0);
 }
 
 /* ---- elementwise and row ops ------------------------------------------------ */
@@ -360,25 +519,356 @@ static void bias_cuda_matches_cpu(void)
     }
 }
 
+/* rmsnorm's and swiglu's bf16 out (a GEMM's input beside bf16 matrices):
+ * the float out rounded by kernels/bf16.h, bit for bit, on the CPU and (gpu)
+ * on the device; bf16 written over its own input refused */
+static void bf16_out_case(int gpu)
+{
+    const uint32_t rows = 1 + rnd(9), dim = 1 + rnd(900), n = rows * dim;
+    float *x = rand_floats(n, 4.0f), *w = rand_floats(dim, 2.0f), *up = rand_floats(n, 3.0f);
+    float *f = host_alloc(n * sizeof(float));
+    uint16_t *b = host_alloc(n * sizeof(uint16_t));
+    struct pd_rmsnorm_args na = {
+        .out = f, .in = x, .weight = w, .n_rows = rows, .dim = dim, .eps = 1e-5f};
+    struct pd_swiglu_args sa = {.out = f, .gate = x, .up = up, .n_rows = rows, .dim = dim};
+    for (int op = 0; op < 2; op++) {
+        struct pd_rmsnorm_args nb = na;
+        struct pd_swiglu_args sb = sa;
+        if (gpu) {
+            nb.in = sb.gate = dev_copy(x, n * sizeof(float));
+            nb.weight = dev_copy(w, dim * sizeof(float));
+            sb.up = dev_copy(up, n * sizeof(float));
+            nb.out = sb.out = dev_poisoned(n * sizeof(float));
+        }
+        CHECK_EQ_INT(op ? (gpu ? pd_swiglu_cuda(&sb, NULL) : pd_swiglu_cpu(&sb))
+                        : (gpu ? pd_rmsnorm_cuda(&nb, NULL) : pd_rmsnorm_cpu(&nb)),
+                     0);
+        float *fo = gpu ? dev_fetch(nb.out, n * sizeof(float)) : NULL;
+        memcpy(f, gpu ? fo : f, n * sizeof(float));
+        nb.out = sb.out = gpu ? dev_poisoned(n * sizeof(uint16_t)) : (float *)(void *)b;
+        nb.out_type = sb.out_type = PD_DT_BF16;
+        CHECK_EQ_INT(op ? (gpu ? pd_swiglu_cuda(&sb, NULL) : pd_swiglu_cpu(&sb))
+                        : (gpu ? pd_rmsnorm_cuda(&nb, NULL) : pd_rmsnorm_cpu(&nb)),
+                     0);
+        uint16_t *bo = gpu ? dev_fetch(nb.out, n * sizeof(uint16_t)) : NULL;
+        for (uint32_t i = 0; i < n; i++)
+            if ((gpu ? bo : b)[i] != pd_bf16_encode(f[i]))
+                PD_TEST_FAIL_("%s %s bf16 out [%u]: %#x, the float %.9g rounds to %#x",
+                              op ? "swiglu" : "rmsnorm", gpu ? "cuda" : "cpu", i, (gpu ? bo : b)[i],
+                              f[i], pd_bf16_encode(f[i]));
+        /* in place refused: bf16 over the float input it reads */
+        nb.out = (float *)nb.in, sb.out = (float *)sb.gate;
+        CHECK_EQ_INT(op ? (gpu ? pd_swiglu_cuda(&sb, NULL) : pd_swiglu_cpu(&sb))
+                        : (gpu ? pd_rmsnorm_cuda(&nb, NULL) : pd_rmsnorm_cpu(&nb)),
+                     -EINVAL);
+        nb.out_type = sb.out_type = 7; /* not a type either writes */
+        nb.out = sb.out = f;
+        CHECK_EQ_INT(op ? (gpu ? pd_swiglu_cuda(&sb, NULL) : pd_swiglu_cpu(&sb))
+                        : (gpu ? pd_rmsnorm_cuda(&nb, NULL) : pd_rmsnorm_cpu(&nb)),
+                     -EINVAL);
+        free(fo), free(bo);
+        if (gpu)
+            dev_free_all();
+    }
+    free(x), free(w), free(up), free(f), free(b);
+}
+
+static void bf16_out_cpu_rounds_the_float_out(void)
+{
+    for (int iter = 0; iter < 6; iter++)
+        bf16_out_case(0);
+}
+
+static void bf16_out_cuda_rounds_the_float_out(void)
+{
+    need_gpu();
+    for (int iter = 0; iter < 6; iter++)
+        bf16_out_case(1);
+}
+
+/* packed (in place or not), and as the engine runs it: gate and up side by
+ * side in rows of 2 dim (one GEMM's product), out packed */
 static void swiglu_cuda_matches_cpu(void)
 {
     need_gpu();
     for (int iter = 0; iter < 12; iter++) {
-        const uint64_t n = rnd(3) ? 1 + rnd(5000) : 100000 + rnd(200000);
-        const int in_place = iter % 3 == 0;
-        float *gate = rand_floats(n, 12.0f), *up = rand_floats(n, 3.0f);
+        const uint32_t rows = rnd(3) ? 1 + rnd(8) : 1 + rnd(3);
+        const uint32_t dim = rnd(3) ? 1 + rnd(700) : 20000 + rnd(60000);
+        const int in_place = iter % 3 == 0, side = iter % 3 == 1;
+        const uint32_t ld = side ? 2 * dim : dim;
+        const uint64_t n = (uint64_t)rows * dim, n_in = (uint64_t)rows * ld;
+        float *gate = rand_floats(n_in, 12.0f), *up = rand_floats(n_in, 3.0f);
+        if (side) /* up is the second half of each of gate's rows */
+            for (uint32_t r = 0; r < rows; r++)
+                memcpy(gate + (size_t)r * ld + dim, up + (size_t)r * ld, dim * sizeof(float));
+        const float *up_in = side ? gate + dim : up;
         float *ref = host_alloc(n * sizeof(float));
-        struct pd_swiglu_args c = {.out = ref, .gate = gate, .up = up, .n = n};
+        struct pd_swiglu_args c = {
+            .out = ref, .gate = gate, .up = up_in, .n_rows = rows, .dim = dim, .ld = side ? ld : 0};
         CHECK_EQ_INT(pd_swiglu_cpu(&c), 0);
-        float *dg = dev_copy(gate, n * sizeof(float));
+        for (uint32_t r = 0; r < rows; r++) { /* the formula, row by row */
+            const float g = gate[(size_t)r * ld], u = up_in[(size_t)r * ld];
+            CHECK(fabsf(ref[(size_t)r * dim] - g / (1.0f + expf(-g)) * u) <=
+                  1e-6f * (1 + fabsf(u * g)));
+        }
+        float *dg = dev_copy(gate, n_in * sizeof(float));
+        float *du = side ? dg + dim : dev_copy(up, n_in * sizeof(float));
         struct pd_swiglu_args g = {.out = in_place ? dg : dev_poisoned(n * sizeof(float)),
-                                   .gate = dg, .up = dev_copy(up, n * sizeof(float)), .n = n};
+                                   .gate = dg,
+                                   .up = du,
+                                   .n_rows = rows,
+                                   .dim = dim,
+                                   .ld = side ? ld : 0};
         CHECK_EQ_INT(pd_swiglu_cuda(&g, NULL), 0);
         float *got = dev_fetch(g.out, n * sizeof(float));
         check_close("swiglu", got, ref, n, TOL_F32);
         free(gate), free(up), free(ref), free(got);
         dev_free_all();
     }
+}
+
+/* ---- the row ops on strided rows ------------------------------------------------ */
+
+/* rope's arguments over x (tokens, heads, hd): random positions, rope_dim,
+ * frequencies and pairing, sometimes frequency factors; the caller frees pos
+ * and freq_factors */
+static struct pd_rope_args random_rope(float *x, uint32_t tokens, uint32_t heads, uint32_t hd)
+{
+    const uint32_t rope_dim = rnd(3) ? hd : 2 * (1 + rnd(hd / 2));
+    int32_t *pos = host_alloc(tokens * sizeof(int32_t));
+    float *factors = NULL;
+    for (uint32_t t = 0; t < tokens; t++)
+        pos[t] = (int32_t)rnd(rnd(2) ? 64 : 40000);
+    if (rnd(2)) {
+        factors = host_alloc(rope_dim / 2 * sizeof(float));
+        for (uint32_t i = 0; i < rope_dim / 2; i++)
+            factors[i] = 1.0f + (float)rnd(8) + rndf(0.5f);
+    }
+    return (struct pd_rope_args){.x = x,
+                                 .pos = pos,
+                                 .n_tokens = tokens,
+                                 .n_heads = heads,
+                                 .head_dim = hd,
+                                 .rope_dim = rope_dim,
+                                 .freq_base = rnd(2) ? 10000.0f : 500000.0f,
+                                 .freq_scale = rnd(2) ? 1.0f : 0.25f,
+                                 .freq_factors = factors,
+                                 .halves = rnd(2)};
+}
+
+/* q's or k's heads in rows of q, k and v, ld apart: rotated where they are,
+ * the same bits as packed heads, the rest of each row untouched; a stride
+ * under the heads' row refused with nothing moved. on_gpu: the launcher's
+ * too, against the CPU's strided result. */
+static void rope_strided_case(int on_gpu)
+{
+    const uint32_t hd = PICK(16, 24, 64, 128), tokens = 1 + rnd(40), heads = 1 + rnd(12);
+    const uint32_t w = heads * hd;
+    uint32_t off;
+    const uint32_t ld = pick_ld(w, &off);
+    const size_t n_wide = (size_t)tokens * ld;
+    float *x = rand_floats((size_t)tokens * w, 3.0f), *wide = rows_widen(x, tokens, w, ld, off, 0);
+    float *before = dup_floats(wide, n_wide), *want = dup_floats(wide, n_wide);
+    struct pd_rope_args a = random_rope(x, tokens, heads, hd), s = a;
+    s.x = wide + off;
+    s.ld = ld;
+    CHECK_EQ_INT(pd_rope_cpu(&a), 0);
+    CHECK_EQ_INT(pd_rope_cpu(&s), 0);
+    rows_put(want, x, tokens, w, ld, off);
+    check_same("rope: strided heads against packed", wide, want, n_wide, sizeof(float), ld);
+    float *left = dup_floats(before, n_wide);
+    struct pd_rope_args bad = s;
+    bad.x = left + off;
+    bad.ld = w - 1;
+    CHECK_EQ_INT(pd_rope_cpu(&bad), -EINVAL);
+    check_same("rope: a refused stride", left, before, n_wide, sizeof(float), ld);
+    free(left);
+
+    if (on_gpu) {
+        struct pd_rope_args g = s;
+        float *dw = dev_copy(before, n_wide * sizeof(float));
+        g.x = dw + off;
+        g.pos = dev_copy(a.pos, tokens * sizeof(int32_t));
+        g.freq_factors =
+            a.freq_factors ? dev_copy(a.freq_factors, a.rope_dim / 2 * sizeof(float)) : NULL;
+        CHECK_EQ_INT(pd_rope_cuda(&g, NULL), 0);
+        float *got = dev_fetch(dw, n_wide * sizeof(float));
+        check_strided("rope cuda: strided heads", got, wide, tokens, w, ld, off, TOL_F32);
+        free(got);
+        dw = dev_copy(before, n_wide * sizeof(float));
+        g.x = dw + off;
+        g.ld = w - 1;
+        CHECK_EQ_INT(pd_rope_cuda(&g, NULL), -EINVAL);
+        left = dev_fetch(dw, n_wide * sizeof(float));
+        check_same("rope cuda: a refused stride", left, before, n_wide, sizeof(float), ld);
+        free(left);
+        dev_free_all();
+    }
+    free(x), free(wide), free(before), free(want), free((void *)a.pos),
+        free((void *)a.freq_factors);
+}
+
+static void rope_cpu_strided_matches_packed(void)
+{
+    for (int i = 0; i < 24; i++)
+        rope_strided_case(0);
+}
+
+static void rope_cuda_strided_matches_cpu(void)
+{
+    need_gpu();
+    for (int i = 0; i < 16; i++)
+        rope_strided_case(1);
+}
+
+/* Qwen2's q, k and v bias on its part of each row, ld apart: as on packed
+ * rows, the rest of each row untouched; a stride under dim refused with
+ * nothing moved. on_gpu: the launcher's too, exact (one addition). */
+static void bias_strided_case(int on_gpu)
+{
+    const uint32_t rows = 1 + rnd(rnd(2) ? 8 : 300), dim = PICK(16, 96, 384, 3584);
+    uint32_t off;
+    const uint32_t ld = pick_ld(dim, &off);
+    const size_t n_wide = (size_t)rows * ld;
+    float *x = rand_floats((size_t)rows * dim, 3.0f), *b = rand_floats(dim, 1.0f);
+    float *wide = rows_widen(x, rows, dim, ld, off, 0);
+    float *before = dup_floats(wide, n_wide), *want = dup_floats(wide, n_wide);
+    struct pd_bias_args a = {.x = x, .bias = b, .n_rows = rows, .dim = dim}, s = a;
+    s.x = wide + off;
+    s.ld = ld;
+    CHECK_EQ_INT(pd_bias_cpu(&a), 0);
+    CHECK_EQ_INT(pd_bias_cpu(&s), 0);
+    rows_put(want, x, rows, dim, ld, off);
+    check_same("bias: strided rows against packed", wide, want, n_wide, sizeof(float), ld);
+    float *left = dup_floats(before, n_wide);
+    struct pd_bias_args bad = s;
+    bad.x = left + off;
+    bad.ld = dim - 1;
+    CHECK_EQ_INT(pd_bias_cpu(&bad), -EINVAL);
+    check_same("bias: a refused stride", left, before, n_wide, sizeof(float), ld);
+    free(left);
+
+    if (on_gpu) {
+        struct pd_bias_args g = s;
+        float *dw = dev_copy(before, n_wide * sizeof(float));
+        g.x = dw + off;
+        g.bias = dev_copy(b, dim * sizeof(float));
+        CHECK_EQ_INT(pd_bias_cuda(&g, NULL), 0);
+        float *got = dev_fetch(dw, n_wide * sizeof(float));
+        check_strided("bias cuda: strided rows", got, wide, rows, dim, ld, off, 0);
+        free(got);
+        dw = dev_copy(before, n_wide * sizeof(float));
+        g.x = dw + off;
+        g.ld = dim - 1;
+        CHECK_EQ_INT(pd_bias_cuda(&g, NULL), -EINVAL);
+        left = dev_fetch(dw, n_wide * sizeof(float));
+        check_same("bias cuda: a refused stride", left, before, n_wide, sizeof(float), ld);
+        free(left);
+        dev_free_all();
+    }
+    free(x), free(b), free(wide), free(before), free(want);
+}
+
+static void bias_cpu_strided_matches_packed(void)
+{
+    for (int i = 0; i < 12; i++)
+        bias_strided_case(0);
+}
+
+static void bias_cuda_strided_matches_cpu(void)
+{
+    need_gpu();
+    for (int i = 0; i < 12; i++)
+        bias_strided_case(1);
+}
+
+/* Qwen3's q and k norms: per_token heads of dim at each token's row of ld
+ * (rows of q, k and v), normed in place or into another buffer laid out
+ * alike: the same bits as packed rows, the rest of each row (and the input,
+ * out of place) untouched; a stride under the token's heads, or none, refused
+ * with nothing written. on_gpu: the launcher's too, against the CPU's. */
+static void rmsnorm_strided_case(int in_place, int on_gpu)
+{
+    const uint32_t tokens = 1 + rnd(20), per = PICK(1, 2, 3, 8, 14);
+    const uint32_t dim = PICK(1, 3, 31, 64, 128, 576), w = per * dim;
+    uint32_t off;
+    const uint32_t ld = pick_ld(w, &off);
+    const size_t n = (size_t)tokens * w, n_wide = (size_t)tokens * ld;
+    float *x = rand_floats(n, 1.0f + (float)rnd(100)), *wt = rand_floats(dim, 2.0f);
+    float *ref = host_alloc(n * sizeof(float));
+    float *in = rows_widen(x, tokens, w, ld, off, 0);
+    float *out = in_place ? in : rand_floats(n_wide, 50.0f);
+    float *in0 = dup_floats(in, n_wide), *out0 = dup_floats(out, n_wide);
+    struct pd_rmsnorm_args c = {.out = ref,
+                                .in = x,
+                                .weight = wt,
+                                .n_rows = tokens * per,
+                                .dim = dim,
+                                .eps = rnd(2) ? 1e-5f : 1e-6f};
+    struct pd_rmsnorm_args s = c;
+    s.in = in + off, s.out = out + off;
+    s.per_token = per, s.ld = ld;
+    CHECK_EQ_INT(pd_rmsnorm_cpu(&c), 0);
+    CHECK_EQ_INT(pd_rmsnorm_cpu(&s), 0);
+    float *want = dup_floats(out0, n_wide);
+    rows_put(want, ref, tokens, w, ld, off);
+    check_same("rmsnorm: strided heads against packed", out, want, n_wide, sizeof(float), ld);
+    if (!in_place)
+        check_same("rmsnorm: its input", in, in0, n_wide, sizeof(float), ld);
+    float *left = dup_floats(out0, n_wide);
+    struct pd_rmsnorm_args bad = s;
+    bad.out = left + off;
+    bad.in = in_place ? bad.out : in0 + off;
+    bad.ld = w - 1;
+    CHECK_EQ_INT(pd_rmsnorm_cpu(&bad), -EINVAL);
+    bad.ld = 0; /* rows per token without their stride */
+    CHECK_EQ_INT(pd_rmsnorm_cpu(&bad), -EINVAL);
+    check_same("rmsnorm: a refused stride", left, out0, n_wide, sizeof(float), ld);
+    free(left);
+
+    if (on_gpu) {
+        struct pd_rmsnorm_args g = s;
+        float *din = dev_copy(in0, n_wide * sizeof(float));
+        float *dout = in_place ? din : dev_copy(out0, n_wide * sizeof(float));
+        g.in = din + off, g.out = dout + off;
+        g.weight = dev_copy(wt, dim * sizeof(float));
+        CHECK_EQ_INT(pd_rmsnorm_cuda(&g, NULL), 0);
+        float *got = dev_fetch(dout, n_wide * sizeof(float));
+        check_strided("rmsnorm cuda: strided heads", got, out, tokens, w, ld, off, TOL_F32);
+        free(got);
+        if (!in_place) {
+            got = dev_fetch(din, n_wide * sizeof(float));
+            check_same("rmsnorm cuda: its input", got, in0, n_wide, sizeof(float), ld);
+            free(got);
+        }
+        dout = dev_copy(out0, n_wide * sizeof(float));
+        g.out = dout + off;
+        g.in = in_place ? g.out : g.in;
+        g.ld = w - 1;
+        CHECK_EQ_INT(pd_rmsnorm_cuda(&g, NULL), -EINVAL);
+        g.ld = 0;
+        CHECK_EQ_INT(pd_rmsnorm_cuda(&g, NULL), -EINVAL);
+        got = dev_fetch(dout, n_wide * sizeof(float));
+        check_same("rmsnorm cuda: a refused stride", got, out0, n_wide, sizeof(float), ld);
+        free(got);
+        dev_free_all();
+    }
+    if (!in_place)
+        free(out);
+    free(x), free(wt), free(ref), free(in), free(in0), free(out0), free(want);
+}
+
+static void rmsnorm_cpu_strided_matches_packed(void)
+{
+    for (int i = 0; i < 24; i++)
+        rmsnorm_strided_case(i % 2, 0);
+}
+
+static void rmsnorm_cuda_strided_matches_cpu(void)
+{
+    need_gpu();
+    for (int i = 0; i < 16; i++)
+        rmsnorm_strided_case(i % 2, 1);
 }
 
 /* A table of n_vocab rows of `type`: float types from random floats, quantized
@@ -469,6 +959,21 @@ static struct pd_kv_geom random_layout(void)
     return l;
 }
 
+/* slots 0 .. n - 1 in random order (distinct slots: any n_tokens of them);
+ * caller frees */
+static int64_t *shuffled_slots(uint32_t n)
+{
+    int64_t *all = host_alloc(n * sizeof(int64_t));
+    for (uint32_t i = 0; i < n; i++)
+        all[i] = i;
+    for (uint32_t i = n - 1; i > 0; i--) {
+        uint32_t j = rnd(i + 1);
+        int64_t s = all[i];
+        all[i] = all[j], all[j] = s;
+    }
+    return all;
+}
+
 static void kv_write_case(uint32_t pool_type)
 {
     const struct pd_kv_geom l = random_layout();
@@ -478,15 +983,7 @@ static void kv_write_case(uint32_t pool_type)
     const size_t row = (size_t)l.n_head_kv * l.head_dim;
     const size_t pool_bytes = n_blocks * pd_kv_block_elems(&l) * elem_size(pool_type);
 
-    /* distinct slots in random order: the tail of a shuffled slot list */
-    int64_t *all = host_alloc(n_slots * sizeof(int64_t));
-    for (uint32_t i = 0; i < n_slots; i++)
-        all[i] = i;
-    for (uint32_t i = n_slots - 1; i > 0; i--) {
-        uint32_t j = rnd(i + 1);
-        int64_t s = all[i];
-        all[i] = all[j], all[j] = s;
-    }
+    int64_t *all = shuffled_slots(n_slots);
     float *k = rand_floats(n_tok * row, 4.0f), *v = rand_floats(n_tok * row, 4.0f);
     float *pool = host_alloc(pool_bytes);
     memset(pool, 0xff, pool_bytes);
@@ -518,6 +1015,86 @@ static void kv_write_cuda_matches_cpu(void)
         kv_write_case(i % 3 == 2 ? PD_DT_F16 : i % 3 ? PD_DT_BF16 : PD_DT_F32);
 }
 
+/* k and v side by side in rows of q, k and v, ld apart (NaN between): the
+ * pool the same bits as from packed k and v; a stride under the KV heads'
+ * row refused with the pool untouched. on_gpu: the launcher's pool too, the
+ * same bits as the CPU's. */
+static void kv_write_strided_case(uint32_t pool_type, int on_gpu)
+{
+    const struct pd_kv_geom l = random_layout();
+    const uint32_t n_blocks = 1 + rnd(40), layer = rnd(l.n_layer);
+    const uint32_t n_slots = n_blocks * l.block_size;
+    const uint32_t n_tok = 1 + rnd(n_slots < 64 ? n_slots : 64);
+    const uint32_t w = l.n_head_kv * l.head_dim;
+    const size_t pool_bytes = n_blocks * pd_kv_block_elems(&l) * elem_size(pool_type);
+    int64_t *slot = shuffled_slots(n_slots);
+    float *k = rand_floats((size_t)n_tok * w, 4.0f), *v = rand_floats((size_t)n_tok * w, 4.0f);
+    float *kv = host_alloc((size_t)n_tok * 2 * w * sizeof(float)); /* (n_tok, k | v) */
+    rows_put(kv, k, n_tok, w, 2 * w, 0);
+    rows_put(kv, v, n_tok, w, 2 * w, w);
+    uint32_t off;
+    const uint32_t ld = pick_ld(2 * w, &off);
+    float *wide = rows_widen(kv, n_tok, 2 * w, ld, off, 1);
+    uint8_t *pool = host_alloc(pool_bytes), *spool = host_alloc(pool_bytes);
+    memset(pool, 0xff, pool_bytes);
+    memset(spool, 0xff, pool_bytes);
+
+    struct pd_kv_write_args a = {.pool = (float *)(void *)pool,
+                                 .kv = l,
+                                 .layer = layer,
+                                 .k = k,
+                                 .v = v,
+                                 .slot = slot,
+                                 .n_tokens = n_tok,
+                                 .pool_type = pool_type};
+    struct pd_kv_write_args s = a;
+    s.pool = (float *)(void *)spool;
+    s.k = wide + off, s.v = wide + off + w;
+    s.ld = ld;
+    CHECK_EQ_INT(pd_kv_write_cpu(&a), 0);
+    CHECK_EQ_INT(pd_kv_write_cpu(&s), 0);
+    check_same("kv_write: pool from strided k and v against packed", spool, pool, pool_bytes, 1, 0);
+    struct pd_kv_write_args bad = s;
+    memset(pool, 0xff, pool_bytes);
+    bad.pool = (float *)(void *)pool;
+    bad.ld = w - 1;
+    CHECK_EQ_INT(pd_kv_write_cpu(&bad), -EINVAL);
+    for (size_t i = 0; i < pool_bytes; i++)
+        if (pool[i] != 0xff)
+            PD_TEST_FAIL_("kv_write: a refused stride wrote pool byte %zu", i);
+
+    if (on_gpu) {
+        struct pd_kv_write_args g = s;
+        const float *dw = dev_copy(wide, (size_t)n_tok * ld * sizeof(float));
+        g.pool = dev_poisoned(pool_bytes);
+        g.k = dw + off, g.v = dw + off + w;
+        g.slot = dev_copy(slot, n_tok * sizeof(int64_t));
+        CHECK_EQ_INT(pd_kv_write_cuda(&g, NULL), 0);
+        uint8_t *got = dev_fetch(g.pool, pool_bytes);
+        check_same("kv_write cuda: pool from strided k and v", got, spool, pool_bytes, 1, 0);
+        free(got);
+        g.pool = dev_poisoned(pool_bytes);
+        g.ld = w - 1;
+        CHECK_EQ_INT(pd_kv_write_cuda(&g, NULL), -EINVAL);
+        check_poisoned("kv_write cuda: a refused stride", g.pool, pool_bytes);
+        dev_free_all();
+    }
+    free(slot), free(k), free(v), free(kv), free(wide), free(pool), free(spool);
+}
+
+static void kv_write_cpu_strided_matches_packed(void)
+{
+    for (int i = 0; i < 18; i++)
+        kv_write_strided_case(i % 3 == 2 ? PD_DT_F16 : i % 3 ? PD_DT_BF16 : PD_DT_F32, 0);
+}
+
+static void kv_write_cuda_strided_matches_cpu(void)
+{
+    need_gpu();
+    for (int i = 0; i < 12; i++)
+        kv_write_strided_case(i % 3 == 2 ? PD_DT_F16 : i % 3 ? PD_DT_BF16 : PD_DT_F32, 1);
+}
+
 /* ---- attention ----------------------------------------------------------------- */
 
 enum { SPLIT_NONE, SPLIT_AUTO, SPLIT_FORCED };
@@ -529,6 +1106,10 @@ struct attn_case {
     uint32_t pool_type;
     int split;
     uint32_t misalign; /* pool elements to shift by (forces the generic path) */
+    /* 0: q packed. Else q in rows of q, k and v: q_gap more elements from
+     * one token's q to the next's (NaN, the test's), at a random place in
+     * its row; the kernels given q_ld, and one under the q row refused */
+    uint32_t q_gap;
 };
 
 /* A model's attention shape: KV heads, query heads per KV head, head_dim. */
@@ -631,8 +1212,27 @@ static void *random_pool(const struct attn_case *c, size_t n_elems)
     return pool;
 }
 
+/* Elements of a's q from its first to its last token's end (q_ld apart). */
+static size_t q_extent(const struct pd_attn_args *a)
+{
+    const size_t w = (size_t)a->n_head * a->kv.head_dim;
+    return a->n_tokens ? (a->n_tokens - 1) * pd_attn_q_ld(a) + w : 0;
+}
+
+/* q (n_tokens, w) into rows of q_ld at a random place in each, NaN around
+ * it; *q_in: where the first token's q starts. Caller frees. */
+static float *q_in_rows(const float *q, uint32_t n_tokens, uint32_t w, uint32_t q_ld,
+                        const float **q_in)
+{
+    const uint32_t off = rnd(q_ld - w + 1);
+    float *wide = rows_widen(q, n_tokens, w, q_ld, off, 1);
+    *q_in = wide + off;
+    return wide;
+}
+
 /* Device copies of a's inputs, a poisoned output and the workspace the case
- * asks for; returns the device output. */
+ * asks for; returns the device output. q strided (q_ld): a launch with a
+ * q_ld under the q row is refused first, nothing written. */
 static float *attn_on_device(const struct attn_case *c, const struct pd_attn_args *a,
                              const struct attn_batch *b, int *split_used)
 {
@@ -646,10 +1246,16 @@ static float *attn_on_device(const struct attn_case *c, const struct pd_attn_arg
     CHECK_EQ_INT(pd_cuda_memcpy(dpool + shift, a->pool, pool_bytes), 0);
     g.pool = (const float *)(const void *)(dpool + shift);
     g.out = dev_poisoned(out_n * sizeof(float));
-    g.q = dev_copy(a->q, out_n * sizeof(float));
+    g.q = dev_copy(a->q, q_extent(a) * sizeof(float));
     g.tok_seq = dev_copy(a->tok_seq, a->n_tokens * sizeof(int32_t));
     g.tok_pos = dev_copy(a->tok_pos, a->n_tokens * sizeof(int32_t));
     g.block_tables = dev_copy(a->block_tables, (size_t)c->n_seqs * a->max_blocks * sizeof(uint32_t));
+    if (a->q_ld) {
+        struct pd_attn_args bad = g;
+        bad.q_ld = a->n_head * c->l.head_dim - 1;
+        CHECK_EQ_INT(pd_attention_cuda(&bad, NULL), -EINVAL);
+        check_poisoned("attention cuda: a refused q_ld", g.out, out_n * sizeof(float));
+    }
     if (c->split == SPLIT_FORCED)
         g.split_tokens = PICK(64, 128, 192, 256);
     if (c->split != SPLIT_NONE) {
@@ -688,18 +1294,23 @@ static void attn_case_run(const struct attn_case *c, int *split_used)
     /* q large enough that the softmax is peaked, as real attention is */
     float *q = rand_floats(out_n, 6.0f), *ref = host_alloc(out_n * sizeof(float));
     memset(ref, 0xff, out_n * sizeof(float)); /* the reference must write every element too */
+    const float *q_in = q;
+    float *wide =
+        c->q_gap ? q_in_rows(q, b.n_tokens, n_head * hd, n_head * hd + c->q_gap, &q_in) : NULL;
 
-    struct pd_attn_args a = case_args(c, &b, ref, q, pool);
+    struct pd_attn_args a = case_args(c, &b, ref, q_in, pool);
+    a.q_ld = c->q_gap ? n_head * hd + c->q_gap : 0;
     CHECK_EQ_INT(pd_attention_cpu(&a), 0);
     float *dout = attn_on_device(c, &a, &b, split_used);
     float *got = dev_fetch(dout, out_n * sizeof(float));
-    char what[160];
-    snprintf(what, sizeof what,
-             "attention %s hd %u group %u kv %u bs %u seqs %u tokens %u split %d misalign %u",
-             pd_dtype_name(c->pool_type), hd, c->group, c->l.n_head_kv, c->l.block_size, c->n_seqs,
-             b.n_tokens, c->split, c->misalign);
+    char what[200];
+    snprintf(
+        what, sizeof what,
+        "attention %s hd %u group %u kv %u bs %u seqs %u tokens %u split %d misalign %u q_ld %u",
+        pd_dtype_name(c->pool_type), hd, c->group, c->l.n_head_kv, c->l.block_size, c->n_seqs,
+        b.n_tokens, c->split, c->misalign, a.q_ld);
     check_close(what, got, ref, out_n, TOL_F32);
-    free(pool), free(q), free(ref), free(got);
+    free(pool), free(q), free(wide), free(ref), free(got);
     free_batch(&b);
     dev_free_all();
 }
@@ -781,6 +1392,67 @@ static void attention_cuda_generic_path_matches_cpu(void)
         struct attn_case c = random_attn_case(1);
         c.misalign = 1 + rnd(3);
         c.l.head_dim = PICK(64, 128, 256, 80);
+        attn_case_run(&c, &used);
+    }
+}
+
+/* q in rows of q, k and v (q_ld apart, NaN between): each decode token's
+ * and each prefill run's the same bits as from packed q (the runs' GEMM
+ * takes q_ld as its lda), on a pool of threads; a q_ld under n_head *
+ * head_dim refused with out untouched. */
+static void attention_cpu_strided_q_matches_packed(void)
+{
+    struct pd_pool *threads = pd_pool_new(3);
+    uint32_t with_runs = 0;
+    CHECK(threads != NULL);
+    for (int iter = 0; iter < 16; iter++) {
+        struct attn_case c = random_attn_case(iter % 2 ? 2 + rnd(24) : 1);
+        if (iter % 2)
+            c.max_len = PICK(24, 100, 600);
+        struct attn_batch b;
+        make_batch(&c, &b);
+        const uint32_t n_head = c.l.n_head_kv * c.group, w = n_head * c.l.head_dim;
+        const size_t out_n = (size_t)b.n_tokens * w;
+        void *pool = random_pool(&c, b.n_blocks * pd_kv_block_elems(&c.l));
+        float *q = rand_floats(out_n, 6.0f), *ref = host_alloc(out_n * sizeof(float));
+        float *got = host_alloc(out_n * sizeof(float));
+        memset(got, 0xff, out_n * sizeof(float));
+        uint32_t off;
+        const uint32_t q_ld = pick_ld(w, &off);
+        float *wide = rows_widen(q, b.n_tokens, w, q_ld, off, 1);
+
+        struct pd_attn_args a = case_args(&c, &b, ref, q, pool);
+        a.threads = threads;
+        struct pd_attn_args s = a;
+        s.out = got;
+        s.q = wide + off;
+        s.q_ld = q_ld;
+        CHECK_EQ_INT(pd_attention_cpu(&a), 0);
+        CHECK_EQ_INT(pd_attention_cpu(&s), 0);
+        check_same("attention: strided q against packed", got, ref, out_n, sizeof(float), w);
+        with_runs += b.n_tokens > c.n_seqs; /* a sequence with a run of more than one */
+        memset(got, 0xff, out_n * sizeof(float));
+        s.q_ld = w - 1;
+        CHECK_EQ_INT(pd_attention_cpu(&s), -EINVAL);
+        for (size_t i = 0; i < out_n * sizeof(float); i++)
+            if (((const uint8_t *)got)[i] != 0xff)
+                PD_TEST_FAIL_("attention: a refused q_ld wrote byte %zu", i);
+        free(pool), free(q), free(ref), free(got), free(wide);
+        free_batch(&b);
+    }
+    CHECK(with_runs > 0);
+    pd_pool_free(threads);
+}
+
+/* The decode kernel reads q where it is in rows of q, k and v: k's and v's
+ * heads after it, or an odd stride. */
+static void attention_cuda_decode_strided_q_matches_cpu(void)
+{
+    int used;
+    need_gpu();
+    for (int iter = 0; iter < 10; iter++) {
+        struct attn_case c = random_attn_case(1);
+        c.q_gap = rnd(2) ? 2 * c.l.n_head_kv * c.l.head_dim : 1 + rnd(40);
         attn_case_run(&c, &used);
     }
 }
@@ -1004,6 +1676,140 @@ static void matmul_cuda_sets_the_callers_cublas_workspace(void)
     CHECK(y[0] == 1 && y[1] == 2 && y[2] == 3 && y[3] == 4);
     free(y);
     dev_free_all();
+}
+
+/* y's rows ldy apart, y = x W^T (+ y) at a place in each (q's, k's or v's
+ * columns of the rows of q, k and v): the same bits as into packed y,
+ * through the dots (m up to the crossover) and sgemm (above it, and always
+ * for F32), on a pool of threads whose shares' columns cut across the rows;
+ * the rest of each row untouched. ldy under n refused, y as it was. */
+static void matmul_cpu_strided_matches_packed(void)
+{
+    static const uint32_t types[] = {PD_DT_F32,  PD_DT_F16,  PD_DT_BF16,
+                                     PD_DT_Q8_0, PD_DT_Q4_0, PD_DT_Q4_1};
+    const unsigned n_threads = 3;
+    struct pd_pool *threads = pd_pool_new(n_threads);
+    CHECK(threads != NULL);
+    for (int iter = 0; iter < 36; iter++) {
+        const uint32_t type = types[iter % 6];
+        const int act_q8 = pd_dtype_info(type)->block == 32 && rnd(2);
+        const uint32_t max_m = pd_matmul_dots_max_m(type, act_q8);
+        const uint32_t m = iter / 6 % 2 && max_m ? 1 + rnd(max_m) : max_m + 1 + rnd(40);
+        const uint32_t n = 2 + rnd(300), k = 32 * (1 + rnd(24));
+        uint64_t row_bytes;
+        uint8_t *w = random_table(type, n, k, &row_bytes);
+        float *x = rand_floats((size_t)m * k, 1.0f), *y = rand_floats((size_t)m * n, 1.0f);
+        uint32_t off;
+        const uint32_t ldy = pick_ld(n, &off);
+        const size_t n_wide = (size_t)m * ldy;
+        float *wide = rows_widen(y, m, n, ldy, off, 0);
+        float *before = dup_floats(wide, n_wide), *want = dup_floats(wide, n_wide);
+        void *ws = host_alloc(pd_matmul_cpu_ws_bytes(m, k, n_threads));
+
+        struct pd_matmul_args a = {.y = y,
+                                   .x = x,
+                                   .w = w,
+                                   .m = m,
+                                   .n = n,
+                                   .k = k,
+                                   .accumulate = rnd(2),
+                                   .w_type = type,
+                                   .pool = threads,
+                                   .ws = ws,
+                                   .isa = pd_isa_best(),
+                                   .act_q8 = act_q8};
+        struct pd_matmul_args s = a;
+        s.y = wide + off;
+        s.ldy = ldy;
+        CHECK_EQ_INT(pd_matmul_cpu(&a), 0);
+        CHECK_EQ_INT(pd_matmul_cpu(&s), 0);
+        rows_put(want, y, m, n, ldy, off);
+        char what[128];
+        snprintf(what, sizeof what, "matmul %s%s m %u n %u k %u ldy %u%s: strided y against packed",
+                 pd_dtype_name(type), act_q8 ? " (x q8)" : "", m, n, k, ldy,
+                 a.accumulate ? " accumulate" : "");
+        check_same(what, wide, want, n_wide, sizeof(float), ldy);
+        memcpy(wide, before, n_wide * sizeof(float));
+        s.ldy = n - 1;
+        CHECK_EQ_INT(pd_matmul_cpu(&s), -EINVAL);
+        check_same("matmul: a refused ldy", wide, before, n_wide, sizeof(float), ldy);
+        free(w), free(x), free(y), free(wide), free(before), free(want), free(ws);
+    }
+    pd_pool_free(threads);
+}
+
+/* cuBLAS writes y's rows ldy apart (its ldc), fp32 or bf16 operands, y fp32
+ * or bf16, against the CPU's strided y on the same (rounded) operands; the
+ * rest of each row untouched; ldy under n refused, y as it was. */
+static void matmul_cuda_strided_case(uint32_t in_type, uint32_t y_type, int accumulate, int emu)
+{
+    const uint32_t m = 1 + rnd(emu ? 24 : 300), n = 2 + rnd(emu ? 40 : 400);
+    const uint32_t k = 1 + rnd(emu ? 70 : 700);
+    const int bf_in = in_type == PD_DT_BF16, bf_out = y_type == PD_DT_BF16;
+    const size_t ysz = bf_out ? 2 : 4, isz = bf_in ? 2 : 4;
+    float *x = rand_floats((size_t)m * k, 1.0f), *w = rand_floats((size_t)n * k, 1.0f);
+    uint32_t off;
+    const uint32_t ldy = pick_ld(n, &off);
+    const size_t n_wide = (size_t)m * ldy;
+    float *y0 = rand_floats(n_wide, 1.0f); /* y and the gaps around it */
+    uint16_t *x16 = bf_in ? to_bf16(x, (size_t)m * k) : NULL;
+    uint16_t *w16 = bf_in ? to_bf16(w, (size_t)n * k) : NULL;
+    uint16_t *y16 = bf_out ? to_bf16(y0, n_wide) : NULL;
+    float *ref = dup_floats(y0, n_wide);
+    struct pd_matmul_args a = {.y = ref + off,
+                               .x = x,
+                               .w = w,
+                               .m = m,
+                               .n = n,
+                               .k = k,
+                               .accumulate = accumulate,
+                               .ldy = ldy};
+    CHECK_EQ_INT(pd_matmul_cpu(&a), 0);
+
+    struct pd_matmul_args g = a;
+    const void *y_src = bf_out ? (const void *)y16 : y0;
+    uint8_t *dy = dev_copy(y_src, n_wide * ysz);
+    g.y = (float *)(void *)(dy + off * ysz);
+    g.x = dev_copy(bf_in ? (const void *)x16 : x, (size_t)m * k * isz);
+    g.w = dev_copy(bf_in ? (const void *)w16 : w, (size_t)n * k * isz);
+    g.x_type = g.w_type = in_type;
+    g.y_type = y_type;
+    CHECK_EQ_INT(pd_matmul_cuda(&g, NULL), 0);
+    void *raw = dev_fetch(dy, n_wide * ysz);
+    float *got = raw;
+    if (bf_out) {
+        got = host_alloc(n_wide * sizeof(float));
+        for (size_t i = 0; i < n_wide; i++)
+            got[i] = pd_bf16_to_f32(((uint16_t *)raw)[i]);
+        free(raw);
+    }
+    char what[128];
+    snprintf(what, sizeof what, "matmul cuda %s -> %s m %u n %u k %u ldy %u%s: strided y",
+             pd_dtype_name(in_type), pd_dtype_name(y_type), m, n, k, ldy,
+             accumulate ? " accumulate" : "");
+    check_strided(what, got, ref, m, n, ldy, off, bf_out ? TOL_BF16_KV : TOL_F32);
+    free(got);
+
+    dy = dev_copy(y_src, n_wide * ysz);
+    g.y = (float *)(void *)(dy + off * ysz);
+    g.ldy = n - 1;
+    CHECK_EQ_INT(pd_matmul_cuda(&g, NULL), -EINVAL);
+    raw = dev_fetch(dy, n_wide * ysz);
+    check_same("matmul cuda: a refused ldy", raw, y_src, n_wide, ysz, ldy);
+    free(raw);
+    free(x), free(w), free(y0), free(x16), free(w16), free(y16), free(ref);
+    dev_free_all();
+}
+
+static void matmul_cuda_strided_matches_cpu(void)
+{
+    need_gpu();
+    const int emu = emulated();
+    for (int iter = 0; iter < 12; iter++) {
+        const uint32_t in = iter % 3 ? PD_DT_BF16 : PD_DT_F32;
+        const uint32_t out = in == PD_DT_BF16 && iter % 3 == 2 ? PD_DT_BF16 : PD_DT_F32;
+        matmul_cuda_strided_case(in, out, iter % 2, emu);
+    }
 }
 
 /* ---- sampling ------------------------------------------------------------------- */
@@ -1582,10 +2388,19 @@ static void prefill_case_run(const struct attn_case *c, uint32_t io_type, int ra
     const size_t n_elems = b.n_blocks * pd_kv_block_elems(&c->l);
     void *pool = random_pool(c, n_elems);
     float *q = rand_floats(out_n, 6.0f), *ref = host_alloc(out_n * sizeof(float));
-    uint16_t *q16 = host_alloc(out_n * sizeof(uint16_t));
     if (ramp)
         ramp_keys(c, &b, pool, q, out_n);
-    for (size_t i = 0; i < out_n && io_type != PD_DT_F32; i++) {
+    /* q in rows of q, k and v (q_gap): the gaps NaN, rounded with the rest */
+    const uint32_t w = n_head * hd, q_ld = w + c->q_gap;
+    const size_t q_n = (size_t)b.n_tokens * q_ld;
+    const float *q_in = q;
+    if (c->q_gap) {
+        float *wide = q_in_rows(q, b.n_tokens, w, q_ld, &q_in);
+        free(q);
+        q = wide;
+    }
+    uint16_t *q16 = host_alloc(q_n * sizeof(uint16_t));
+    for (size_t i = 0; i < q_n && io_type != PD_DT_F32; i++) {
         q16[i] = enc16(io_type, q[i]);
         q[i] = dec16(io_type, q16[i]);
     }
@@ -1593,12 +2408,14 @@ static void prefill_case_run(const struct attn_case *c, uint32_t io_type, int ra
     uint32_t n_runs, max_run;
     int32_t *runs = batch_runs(&b, &n_runs, &max_run);
 
-    struct pd_attn_args a = case_args(c, &b, ref, q, pool);
+    struct pd_attn_args a = case_args(c, &b, ref, q_in, pool);
+    a.q_ld = c->q_gap ? q_ld : 0;
     CHECK_EQ_INT(pd_attention_cpu(&a), 0);
 
     struct pd_attn_args g = a;
     g.pool = dev_copy(pool, n_elems * elem_size(c->pool_type));
-    g.q = dev_copy(io_type == PD_DT_F32 ? (const void *)q : q16, out_n * io_size);
+    g.q = dev_copy(io_type == PD_DT_F32 ? (const void *)q_in : q16 + (q_in - q),
+                   q_extent(&a) * io_size);
     g.out = dev_poisoned(out_n * io_size);
     g.tok_seq = dev_copy(b.tok_seq, b.n_tokens * sizeof(int32_t));
     g.tok_pos = dev_copy(b.tok_pos, b.n_tokens * sizeof(int32_t));
@@ -1607,6 +2424,14 @@ static void prefill_case_run(const struct attn_case *c, uint32_t io_type, int ra
     g.n_runs = n_runs;
     g.max_run = rnd(2) ? max_run : 0; /* 0: n_tokens bounds every run */
     g.io_type = io_type;
+    if (c->q_gap) { /* under the q row, or not a multiple of 8: refused, nothing written */
+        struct pd_attn_args bad = g;
+        bad.q_ld = w - 8;
+        CHECK_EQ_INT(pd_attention_prefill_cuda(&bad, NULL), -EINVAL);
+        bad.q_ld = q_ld + 4;
+        CHECK_EQ_INT(pd_attention_prefill_cuda(&bad, NULL), -EINVAL);
+        check_poisoned("prefill: a refused q_ld", g.out, out_n * io_size);
+    }
     CHECK_EQ_INT(pd_attention_prefill_cuda(&g, NULL), 0);
 
     void *raw = dev_fetch(g.out, out_n * io_size);
@@ -1619,9 +2444,11 @@ static void prefill_case_run(const struct attn_case *c, uint32_t io_type, int ra
     }
     char what[200];
     snprintf(what, sizeof what,
-             "prefill %s io %s hd %u group %u kv %u bs %u seqs %u runs %u tokens %u (longest %u)%s",
+             "prefill %s io %s hd %u group %u kv %u bs %u seqs %u runs %u tokens %u (longest %u) "
+             "q_ld %u%s",
              pd_dtype_name(c->pool_type), pd_dtype_name(io_type), hd, c->group, c->l.n_head_kv,
-             c->l.block_size, c->n_seqs, n_runs, b.n_tokens, max_run, ramp ? ", scores climbing" : "");
+             c->l.block_size, c->n_seqs, n_runs, b.n_tokens, max_run, a.q_ld,
+             ramp ? ", scores climbing" : "");
     check_close(what, got, ref, out_n, TOL_BF16_KV);
     free(pool), free(q), free(q16), free(ref), free(got), free(runs);
     free_batch(&b);
@@ -1646,6 +2473,28 @@ static void attention_prefill_cuda_matches_cpu(void)
                               .pool_type = rnd(2) ? PD_DT_BF16 : PD_DT_F16};
         c.l.head_dim = PICK(64, 128);
         c.max_run = c.max_len > 1 ? 1 + rnd(c.max_len) : 1;
+        if (emu)
+            c.l.n_layer = 1, c.group = c.group > 2 ? 2 : c.group;
+        fit_case(&c);
+        prefill_case_run(&c, random_io(c.pool_type), iter % 2);
+    }
+}
+
+/* The kernel reads q where it is in rows of q, k and v (q_ld apart, a
+ * multiple of 8): k's and v's heads after it, or a few more elements. */
+static void attention_prefill_cuda_strided_q_matches_cpu(void)
+{
+    need_gpu();
+    const int emu = emulated();
+    for (int iter = 0; iter < (emu ? 4 : 12); iter++) {
+        struct attn_case c = {.l = random_layout(),
+                              .group = PICK(1, 2, 3, 4),
+                              .n_seqs = 1 + rnd(emu ? 2 : 4),
+                              .max_len = emu ? PICK(17, 90, 200) : PICK(17, 300, 1000),
+                              .pool_type = rnd(2) ? PD_DT_BF16 : PD_DT_F16};
+        c.l.head_dim = PICK(64, 128);
+        c.max_run = c.max_len > 1 ? 1 + rnd(c.max_len) : 1;
+        c.q_gap = rnd(2) ? 2 * c.l.n_head_kv * c.l.head_dim : 8 * (1 + rnd(8));
         if (emu)
             c.l.n_layer = 1, c.group = c.group > 2 ? 2 : c.group;
         fit_case(&c);
@@ -1866,25 +2715,41 @@ static void attention_prefill_cuda_after_kv_write_close_to_fp32(void)
 SEEDED(cuda_errno_maps_statuses)
 SEEDED(cuda_probe_gives_a_reason)
 SEEDED(cuda_launchers_refuse_bad_args)
+SEEDED(cuda_launchers_refuse_short_strides)
 SEEDED(rmsnorm_cuda_matches_cpu)
+SEEDED(bf16_out_cpu_rounds_the_float_out)
+SEEDED(bf16_out_cuda_rounds_the_float_out)
 SEEDED(rope_cuda_matches_cpu)
 SEEDED(bias_cuda_matches_cpu)
 SEEDED(swiglu_cuda_matches_cpu)
+SEEDED(rope_cpu_strided_matches_packed)
+SEEDED(rope_cuda_strided_matches_cpu)
+SEEDED(bias_cpu_strided_matches_packed)
+SEEDED(bias_cuda_strided_matches_cpu)
+SEEDED(rmsnorm_cpu_strided_matches_packed)
+SEEDED(rmsnorm_cuda_strided_matches_cpu)
 SEEDED(embed_cuda_matches_cpu_every_type)
 SEEDED(kv_write_cuda_matches_cpu)
+SEEDED(kv_write_cpu_strided_matches_packed)
+SEEDED(kv_write_cuda_strided_matches_cpu)
 SEEDED(attention_cuda_decode_matches_cpu)
 SEEDED(attention_cuda_prefill_runs_match_cpu)
 SEEDED(attention_cuda_matches_cpu_on_model_shapes)
 SEEDED(attention_cuda_generic_path_matches_cpu)
+SEEDED(attention_cpu_strided_q_matches_packed)
+SEEDED(attention_cuda_decode_strided_q_matches_cpu)
 SEEDED(attention_cuda_refuses_positions_past_max_ctx)
 SEEDED(attention_cuda_bf16_pool_close_to_fp32)
 SEEDED(matmul_cuda_matches_cpu)
 SEEDED(matmul_cuda_sets_the_callers_cublas_workspace)
+SEEDED(matmul_cpu_strided_matches_packed)
+SEEDED(matmul_cuda_strided_matches_cpu)
 SEEDED(sample_cuda_matches_cpu)
 SEEDED(sample_cuda_logit_bias_matches_cpu)
 SEEDED(sample_cuda_forced_rows_score_as_cpu)
 SEEDED(sample_cuda_masked_rows_match_cpu)
 SEEDED(attention_prefill_cuda_matches_cpu)
+SEEDED(attention_prefill_cuda_strided_q_matches_cpu)
 SEEDED(attention_prefill_cuda_matches_cpu_on_model_shapes)
 SEEDED(attention_prefill_cuda_fits_the_devices_shared_memory)
 SEEDED(attention_prefill_cuda_refuses_runs_past_max_ctx)
@@ -1895,25 +2760,41 @@ static const struct pd_test tests[] = {
     T(cuda_errno_maps_statuses),
     T(cuda_probe_gives_a_reason),
     T(cuda_launchers_refuse_bad_args),
+    T(cuda_launchers_refuse_short_strides),
     T(rmsnorm_cuda_matches_cpu),
+    T(bf16_out_cpu_rounds_the_float_out),
+    T(bf16_out_cuda_rounds_the_float_out),
     T(rope_cuda_matches_cpu),
     T(bias_cuda_matches_cpu),
     T(swiglu_cuda_matches_cpu),
+    T(rope_cpu_strided_matches_packed),
+    T(rope_cuda_strided_matches_cpu),
+    T(bias_cpu_strided_matches_packed),
+    T(bias_cuda_strided_matches_cpu),
+    T(rmsnorm_cpu_strided_matches_packed),
+    T(rmsnorm_cuda_strided_matches_cpu),
     T(embed_cuda_matches_cpu_every_type),
     T(kv_write_cuda_matches_cpu),
+    T(kv_write_cpu_strided_matches_packed),
+    T(kv_write_cuda_strided_matches_cpu),
     T(attention_cuda_decode_matches_cpu),
     T(attention_cuda_prefill_runs_match_cpu),
     T(attention_cuda_matches_cpu_on_model_shapes),
     T(attention_cuda_generic_path_matches_cpu),
+    T(attention_cpu_strided_q_matches_packed),
+    T(attention_cuda_decode_strided_q_matches_cpu),
     T(attention_cuda_refuses_positions_past_max_ctx),
     T(attention_cuda_bf16_pool_close_to_fp32),
     T(matmul_cuda_matches_cpu),
     T(matmul_cuda_sets_the_callers_cublas_workspace),
+    T(matmul_cpu_strided_matches_packed),
+    T(matmul_cuda_strided_matches_cpu),
     T(sample_cuda_matches_cpu),
     T(sample_cuda_logit_bias_matches_cpu),
     T(sample_cuda_forced_rows_score_as_cpu),
     T(sample_cuda_masked_rows_match_cpu),
     T(attention_prefill_cuda_matches_cpu),
+    T(attention_prefill_cuda_strided_q_matches_cpu),
     T(attention_prefill_cuda_matches_cpu_on_model_shapes),
     T(attention_prefill_cuda_fits_the_devices_shared_memory),
     T(attention_prefill_cuda_refuses_runs_past_max_ctx),

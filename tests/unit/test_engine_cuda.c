@@ -57,9 +57,10 @@ static struct pd_engine *engine_new(const struct pd_engine_params *p)
 /* Three sequences over three steps: prefill chunks of 20 and 7 tokens;
  * then a decode step, a second chunk of 40 (across blocks) and a one-token
  * prompt together; then three decode steps together. Every row of logits
- * asked for goes to out, (N_ROWS, n_vocab). */
-static void script(const struct pd_model *m, enum pd_device dev, uint32_t kv_dtype,
-                   uint32_t w_dtype, float *out)
+ * asked for goes to out, (N_ROWS, n_vocab). The engine's description must
+ * hold says (NULL: anything). */
+static void script_says(const struct pd_model *m, enum pd_device dev, uint32_t kv_dtype,
+                        uint32_t w_dtype, float *out, const char *says)
 {
     const uint32_t V = pd_model_hparams(m)->n_vocab;
     struct pd_engine_params p = {.model = m, .device = dev, .kv_cache_bytes = 16u << 20,
@@ -71,6 +72,8 @@ static void script(const struct pd_model *m, enum pd_device dev, uint32_t kv_dty
                                                       ? pd_model_hparams(m)->n_ctx_train
                                                       : 4096};
     struct pd_engine *e = engine_new(&p);
+    if (says && !strstr(pd_engine_describe(e), says))
+        PD_TEST_FAIL_("engine says \"%s\", not \"%s\"", pd_engine_describe(e), says);
     char err[512];
     struct pd_kvseq a, b, c;
     pd_kvseq_init(&a), pd_kvseq_init(&b), pd_kvseq_init(&c);
@@ -100,6 +103,12 @@ static void script(const struct pd_model *m, enum pd_device dev, uint32_t kv_dty
     CHECK_EQ_INT(pd_engine_on_device(e), dev == PD_DEVICE_CUDA);
     pd_engine_seq_release(e, &a), pd_engine_seq_release(e, &b), pd_engine_seq_release(e, &c);
     pd_engine_free(e);
+}
+
+static void script(const struct pd_model *m, enum pd_device dev, uint32_t kv_dtype,
+                   uint32_t w_dtype, float *out)
+{
+    script_says(m, dev, kv_dtype, w_dtype, out, NULL);
 }
 
 static void compare(const char *shape, uint32_t kv_dtype, uint32_t w_dtype, double tol)
@@ -230,6 +239,75 @@ static void engine_cuda_bf16_matrices_close_to_cpu(void)
     compare(SHAPE_64, PD_DT_F32, PD_DT_BF16, TOL_BF16_W);
     compare(SHAPE_64, PD_DT_BF16, PD_DT_BF16, TOL_BF16_W);
     compare(SHAPE_16, PD_DT_F32, PD_DT_BF16, TOL_BF16_W);
+}
+
+/* q, k, v placed as one matrix and gate, up as another (one GEMM each, the
+ * default) against each its own (PDSERVE_FUSED_MATRICES=0: the GEMMs write
+ * into the same rows side by side): the same logits. Bit for bit on the
+ * emulator, whose GEMM sums each element alike whatever the matrix's
+ * height; within TOL_F32 on a GPU, where cuBLAS may pick another algorithm
+ * for the taller matrix. The Qwen shapes take the bias and q/k norms over
+ * the shared rows. */
+static void engine_cuda_fused_matrices_match_separate(void)
+{
+    need_gpu();
+    const struct {
+        const char *shape;
+        uint32_t w;
+    } cases[] = {{"tiny-qwen2", PD_DT_F32},
+                 {"tiny-qwen3", PD_DT_F32},
+                 {SHAPE_16, PD_DT_F32},
+                 {SHAPE_64, PD_DT_BF16}};
+    const int emulated = pd_cuda_emulated();
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const char *shape = cases[i].shape;
+        const uint32_t w = cases[i].w;
+        struct pd_model *m = load_dummy(shape);
+        const size_t n = (size_t)N_ROWS * pd_model_hparams(m)->n_vocab;
+        float *one = malloc(n * sizeof(float)), *apart = malloc(n * sizeof(float));
+        CHECK(one && apart);
+        script_says(m, PD_DEVICE_CUDA, PD_DT_BF16, w, one, "as one GEMM each");
+        setenv("PDSERVE_FUSED_MATRICES", "0", 1);
+        script_says(m, PD_DEVICE_CUDA, PD_DT_BF16, w, apart, "as separate GEMMs");
+        unsetenv("PDSERVE_FUSED_MATRICES");
+        double worst = 0, mx = 0;
+        for (size_t j = 0; j < n; j++) {
+            const double d = fabs((double)one[j] - apart[j]);
+            worst = isnan(d) || d > worst ? (isnan(d) ? INFINITY : d) : worst;
+            mx = fabs(apart[j]) > mx ? fabs(apart[j]) : mx;
+        }
+        if (emulated ? worst != 0 : !(worst / mx <= TOL_F32))
+            PD_TEST_FAIL_("%s: fused matrices %.3g from separate ones (%s)", shape, worst / mx,
+                          emulated ? "the emulator's must be equal" : "bar 1e-4");
+        free(one), free(apart);
+        pd_model_free(m);
+    }
+}
+
+/* bf16 matrices: the norms and SwiGLU write their GEMMs' inputs in bf16
+ * (the default) where each input was float and rounded by a kernel before
+ * its GEMM (PDSERVE_BF16_ACTIVATIONS=0): the same rounding of the same
+ * floats, so the same logits, bit for bit, on the emulator and on a GPU */
+static void engine_cuda_bf16_activations_round_as_before(void)
+{
+    need_gpu();
+    static const char *const shapes[] = {"tiny-qwen3", SHAPE_64};
+    for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++) {
+        struct pd_model *m = load_dummy(shapes[i]);
+        const size_t n = (size_t)N_ROWS * pd_model_hparams(m)->n_vocab;
+        float *now = malloc(n * sizeof(float)), *old = malloc(n * sizeof(float));
+        CHECK(now && old);
+        script_says(m, PD_DEVICE_CUDA, PD_DT_BF16, PD_DT_BF16, now, "bf16 GEMM inputs");
+        setenv("PDSERVE_BF16_ACTIVATIONS", "0", 1);
+        script_says(m, PD_DEVICE_CUDA, PD_DT_BF16, PD_DT_BF16, old, "rounded GEMM inputs");
+        unsetenv("PDSERVE_BF16_ACTIVATIONS");
+        for (size_t j = 0; j < n; j++)
+            if (memcmp(&now[j], &old[j], sizeof(float)) != 0)
+                PD_TEST_FAIL_("%s: logit %zu is %.9g with bf16 activations, %.9g rounded after",
+                              shapes[i], j, now[j], old[j]);
+        free(now), free(old);
+        pd_model_free(m);
+    }
 }
 
 /* --gpu-memory-utilization: the pool takes what is left under the share,
@@ -730,6 +808,8 @@ static const struct pd_test tests[] = {
     PD_TEST(engine_cuda_mixed_step_single_tokens_take_the_decode_kernel),
     PD_TEST(engine_cuda_kernel_timer_times_plain_launches),
     PD_TEST(engine_cuda_bf16_matrices_close_to_cpu),
+    PD_TEST(engine_cuda_fused_matrices_match_separate),
+    PD_TEST(engine_cuda_bf16_activations_round_as_before),
     PD_TEST(engine_cuda_pool_sized_by_memory_share),
     PD_TEST(engine_cuda_kv_staging_round_trip),
     PD_TEST(engine_cuda_graphs_replay_decode_steps_exactly),
