@@ -21,6 +21,8 @@
 #include "attention.h"
 #include "bf16.h"
 #include "cuda_check.cuh"
+#include "kv_tile.cuh"
+#include "mma.cuh"
 #include "quant.h"
 
 #include <cuda_fp16.h>
@@ -113,6 +115,38 @@ template <> struct kv_vec<uint16_t, 8> : kv_vec16<uint16_t, true, 8> {};
 template <> struct kv_vec<uint16_t, 1> : kv_vec16<uint16_t, true, 1> {};
 template <> struct kv_vec<f16_elem, 8> : kv_vec16<f16_elem, false, 8> {};
 template <> struct kv_vec<f16_elem, 1> : kv_vec16<f16_elem, false, 1> {};
+
+/* The warps' partial rows merged (s_acc [warp][hpc][D], s_m and s_l
+ * [warp][hpc], in log2 units; a warp that saw no position has m = -inf):
+ * rows j < nh, query heads h0 + j, written to out, or for a context of
+ * several pieces to the workspace with their log2-sum-exp. */
+__device__ __forceinline__ void merge_warps(const struct attn_params &p, const float *s_acc,
+                                            const float *s_m, const float *s_l, uint32_t hpc,
+                                            uint32_t D, uint32_t nh, uint32_t t, uint32_t h0,
+                                            uint32_t split, uint32_t n_pieces)
+{
+    for (uint32_t i = threadIdx.x; i < nh * D; i += ATT_THREADS) {
+        const uint32_t j = i / D, d = i % D, h = h0 + j;
+        float mx = -INFINITY, sum = 0.0f, o = 0.0f;
+#pragma unroll
+        for (int w = 0; w < ATT_WARPS; w++)
+            mx = fmaxf(mx, s_m[w * hpc + j]);
+#pragma unroll
+        for (int w = 0; w < ATT_WARPS; w++) {
+            const float f = exp2f(s_m[w * hpc + j] - mx); /* 0 for a warp with no positions */
+            sum += s_l[w * hpc + j] * f;
+            o += s_acc[(w * hpc + j) * D + d] * f;
+        }
+        if (n_pieces == 1) {
+            p.out[((uint64_t)t * p.n_head + h) * D + d] = o / sum;
+        } else {
+            p.ws[pd_attn_part_offset(t, h, split, p.n_head, p.n_splits, D) + d] = o / sum;
+            if (d == 0)
+                p.ws[pd_attn_lse_offset(p.n_tokens, t, h, split, p.n_head, p.n_splits, D)] =
+                    mx + log2f(sum);
+        }
+    }
+}
 
 /* ---- the kernel -------------------------------------------------------- */
 
@@ -287,30 +321,232 @@ __global__ void __launch_bounds__(ATT_THREADS) attn_decode_kernel(const struct a
     }
     __syncthreads();
 
-    for (uint32_t i = threadIdx.x; i < HPC * D; i += ATT_THREADS) {
-        const uint32_t j = i / D, d = i % D, hq = hc * HPC + j;
-        if (hq >= p.group)
-            continue;
-        float mx = -INFINITY, sum = 0.0f, o = 0.0f;
+    const uint32_t nh = p.group - hc * HPC < HPC ? p.group - hc * HPC : HPC;
+    merge_warps(p, s_acc, s_m, s_l, HPC, D, nh, t, kvh * p.group + hc * HPC, split, n_pieces);
+}
+
+/* ---- the tensor-core kernel (16-bit pools, head_dim 64 and 128) --------- */
+
+/* The same grid, split plan and merge as attn_decode_kernel; the block's
+ * query heads (up to 16 of the GQA group) are the 16 rows of an m16n8k16
+ * tile, so each K and V element is read from shared memory once by ldmatrix
+ * and multiplied by the tensor cores for every head of the group (the
+ * CUDA-core kernel converts and multiplies it once per head).
+ *   block  ATT_WARPS warps; the split's positions in tiles of TC_N keys,
+ *          copied into shared memory with cp.async in two stages (the
+ *          block table read a tile ahead, one thread per key), warp w
+ *          taking keys 16 w .. 16 w + 15 of each tile with its own online
+ *          softmax; the warps merge at the end as attn_decode_kernel's do
+ *   exact  q is the sum of TC_NQ 16-bit parts (fp32's 24 bits: K is exact
+ *          in the pool's type, the products are summed in fp32) and P of
+ *          TC_NP (16 bits for weights in [0, 2^TC_SLACK]): the CUDA-core
+ *          kernel's error bar holds */
+#define TC_N 64
+#define TC_STAGES 2
+#define TC_PAD 8 /* as the prefill kernel's: ldmatrix rows on distinct banks */
+#define TC_NQ 3
+#define TC_NP 2
+#define TC_SLACK 8.0f
+
+template <int D> __host__ __device__ static constexpr size_t tc_smem_bytes()
+{
+    return ((size_t)TC_NQ * 16 + (size_t)TC_STAGES * 2 * TC_N) * (D + TC_PAD) * sizeof(uint16_t);
+}
+
+/* a and b rounded to the 16-bit type (hi) and what that left, rounded (lo) */
+template <bool BF>
+__device__ __forceinline__ void tc_split2(float a, float b, uint32_t &hi, uint32_t &lo)
+{
+    hi = pd_pack2<BF>(a, b);
+    lo = pd_pack2<BF>(a - widen16<BF>(hi & 0xffffu), b - widen16<BF>(hi >> 16));
+}
+
+/* One warp's 16 keys of a tile (K and V rows ks, vs; positions wk ..
+ * wk + 15, those from end on masked): S = Q K^T, the online softmax of rows
+ * g and g + 8 (weights 2^(s qscale - mb), mb moving only past TC_SLACK, as
+ * the prefill kernel's), O += P V. */
+template <int D, bool BF>
+__device__ __forceinline__ void tc_warp_tile(const struct attn_params &p, const uint16_t *qs,
+                                             const uint16_t *ks, const uint16_t *vs, uint32_t wk,
+                                             uint32_t end, float (&o)[D / 8][4], float (&mb)[2],
+                                             float (&l)[2])
+{
+    constexpr int LD = D + TC_PAD, KS = D / 16, DT = D / 8;
+    const uint32_t lane = threadIdx.x % 32, c = lane % 4, lr = lane % 8, lm = lane / 8;
+    float s[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
 #pragma unroll
-        for (int w = 0; w < ATT_WARPS; w++)
-            mx = fmaxf(mx, s_m[w * HPC + j]);
+    for (int k = 0; k < KS; k++) {
+        uint32_t b[4];
+        pd_ldmatrix_x4<false>(b, &ks[((lm / 2) * 8 + lr) * LD + k * 16 + (lm % 2) * 8]);
 #pragma unroll
-        for (int w = 0; w < ATT_WARPS; w++) {
-            const float f = exp2f(s_m[w * HPC + j] - mx); /* 0 for a warp with no positions */
-            sum += s_l[w * HPC + j] * f;
-            o += s_acc[(w * HPC + j) * D + d] * f;
-        }
-        const uint32_t h = kvh * p.group + hq;
-        if (n_pieces == 1) {
-            p.out[((uint64_t)t * p.n_head + h) * D + d] = o / sum;
-        } else {
-            p.ws[pd_attn_part_offset(t, h, split, p.n_head, p.n_splits, D) + d] = o / sum;
-            if (d == 0)
-                p.ws[pd_attn_lse_offset(p.n_tokens, t, h, split, p.n_head, p.n_splits, D)] =
-                    mx + log2f(sum);
+        for (int part = 0; part < TC_NQ; part++) {
+            uint32_t qa[4];
+            pd_ldmatrix_x4<false>(qa, &qs[(part * 16 + (lm % 2) * 8 + lr) * LD + k * 16 + (lm / 2) * 8]);
+            pd_mma_16816<BF>(s[0], qa, b);
+            pd_mma_16816<BF>(s[1], qa, b + 2);
         }
     }
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int n = 0; n < 2; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            if (wk + n * 8 + 2 * c + (e & 1) >= end)
+                s[n][e] = -INFINITY;
+            mx[e / 2] = fmaxf(mx[e / 2], s[n][e]);
+        }
+#pragma unroll
+    for (int r = 0; r < 2; r++) { /* a row's scores live in the 4 lanes of its quad */
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        const float tb = mx[r] * p.qscale;
+        if (tb - mb[r] > TC_SLACK) { /* -inf - -inf is NaN: no move */
+            const float alpha = pd_ex2(mb[r] - tb);
+            mb[r] = tb;
+            l[r] *= alpha;
+#pragma unroll
+            for (int i = 0; i < DT; i++)
+                o[i][2 * r] *= alpha, o[i][2 * r + 1] *= alpha;
+        }
+    }
+#pragma unroll
+    for (int n = 0; n < 2; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const float base = mb[e / 2] == -INFINITY ? 0.0f : mb[e / 2];
+            s[n][e] = pd_ex2(fmaf(s[n][e], p.qscale, -base));
+            l[e / 2] += s[n][e];
+        }
+    /* P as the A fragments (the S accumulator layout is the A layout), in
+     * TC_NP parts; V's B fragments by transposing ldmatrix */
+    uint32_t pa[TC_NP][4];
+    tc_split2<BF>(s[0][0], s[0][1], pa[0][0], pa[1][0]);
+    tc_split2<BF>(s[0][2], s[0][3], pa[0][1], pa[1][1]);
+    tc_split2<BF>(s[1][0], s[1][1], pa[0][2], pa[1][2]);
+    tc_split2<BF>(s[1][2], s[1][3], pa[0][3], pa[1][3]);
+#pragma unroll
+    for (int i = 0; i < DT; i += 2) {
+        uint32_t b[4];
+        pd_ldmatrix_x4<true>(b, &vs[((lm % 2) * 8 + lr) * LD + (i + lm / 2) * 8]);
+#pragma unroll
+        for (int part = 0; part < TC_NP; part++) {
+            pd_mma_16816<BF>(o[i], pa[part], b);
+            pd_mma_16816<BF>(o[i + 1], pa[part], b + 2);
+        }
+    }
+}
+
+/* The warps' rows merged through shared memory (sm: the stages, free once
+ * every tile is done): the block's nh heads from query head hq0 on, to out
+ * or, for a context of several pieces, to the workspace as
+ * attn_decode_kernel writes them. */
+template <int D>
+__device__ __forceinline__ void tc_merge(const struct attn_params &p, float *sm,
+                                         float (&o)[D / 8][4], float (&mb)[2], float (&l)[2],
+                                         uint32_t t, uint32_t hq0, uint32_t nh, uint32_t split,
+                                         uint32_t n_pieces)
+{
+    const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, c = lane % 4;
+    float *const s_acc = sm, *const s_m = sm + ATT_WARPS * 16 * D, *const s_l = s_m + ATT_WARPS * 16;
+    pd_cp_async_wait<0>();
+    __syncthreads(); /* every warp is done with the stages */
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+        const uint32_t row = warp * 16 + g + 8 * r;
+#pragma unroll
+        for (int i = 0; i < D / 8; i++) {
+            s_acc[row * D + i * 8 + 2 * c] = o[i][2 * r];
+            s_acc[row * D + i * 8 + 2 * c + 1] = o[i][2 * r + 1];
+        }
+        if (c == 0)
+            s_m[row] = mb[r], s_l[row] = l[r];
+    }
+    __syncthreads();
+    merge_warps(p, s_acc, s_m, s_l, 16, D, nh, t, hq0, split, n_pieces);
+}
+
+template <int D, bool BF>
+__global__ void __launch_bounds__(ATT_THREADS) attn_decode_tc_kernel(const struct attn_params p)
+{
+    constexpr int LD = D + TC_PAD, DT = D / 8, TILE = TC_N * LD;
+    static_assert(TC_N == 16 * ATT_WARPS, "a warp takes 16 keys of a tile");
+    extern __shared__ uint4 tc_smem_raw[];
+    uint16_t *const qs = (uint16_t *)tc_smem_raw; /* [TC_NQ][16][LD]: q's parts */
+    uint16_t *const kv_smem = qs + TC_NQ * 16 * LD; /* stages of [K tile][V tile] */
+    __shared__ uint64_t key_off[TC_STAGES][TC_N];
+
+    const uint32_t t = blockIdx.x, kvh = blockIdx.y / p.n_hchunks, h0 = blockIdx.y % p.n_hchunks * 16;
+    const uint32_t split = blockIdx.z, warp = threadIdx.x / 32;
+    const uint32_t nh = p.group - h0 < 16 ? p.group - h0 : 16; /* the block's heads */
+    const int32_t pos = p.tok_pos[t];
+    float *const out = p.out + ((uint64_t)t * p.n_head + kvh * p.group + h0) * D;
+
+    if (pos < 0 || (uint32_t)pos >= p.max_ctx) {
+        if (split == 0) /* refused: NaN rows, as attn_decode_kernel's */
+            for (uint32_t i = threadIdx.x; i < nh * D; i += ATT_THREADS)
+                out[i] = __int_as_float(0x7fc00000);
+        return;
+    }
+    const uint32_t n_ctx = (uint32_t)pos + 1, n_pieces = pd_attn_n_pieces(n_ctx, p.chunk);
+    if (split >= n_pieces)
+        return;
+    const uint32_t begin = split * p.chunk;
+    const uint32_t end = n_ctx - begin < p.chunk ? n_ctx : begin + p.chunk;
+
+    const struct pd_tile_src src =
+        pd_tile_src_of((const uint16_t *)p.pool, p.kv,
+                       p.block_tables + (uint64_t)p.tok_seq[t] * p.max_blocks, p.layer, kvh,
+                       p.bs_shift, p.bs_pow2);
+    auto key_offsets = [&](uint32_t st, uint32_t kb) {
+        pd_tile_offsets<TC_N, ATT_THREADS, D>(src, key_off[st], kb, end);
+    };
+    auto load_tile = [&](uint32_t st) {
+        uint16_t *const ks = kv_smem + 2 * st * TILE;
+        pd_tile_load<TC_N, ATT_THREADS, D, LD>(src, key_off[st], ks, ks + TILE);
+    };
+
+    const uint32_t n_tiles = (end - begin + TC_N - 1) / TC_N;
+    key_offsets(0, begin);
+    if (n_tiles > 1)
+        key_offsets(1, begin + TC_N);
+    /* q's rows (zeros past the block's heads) as TC_NQ parts */
+    for (uint32_t i = threadIdx.x; i < 16 * D; i += ATT_THREADS) {
+        const uint32_t r = i / D, d = i % D;
+        float rest = r < nh ? p.q[t * p.q_ld + (uint64_t)(kvh * p.group + h0 + r) * D + d] : 0.0f;
+#pragma unroll
+        for (int k = 0; k < TC_NQ; k++) {
+            const uint16_t b = BF ? pd_bf16_encode(rest) : pd_f16_encode(rest);
+            qs[(k * 16 + r) * LD + d] = b;
+            rest -= widen16<BF>(b);
+        }
+    }
+    __syncthreads();
+    load_tile(0);
+
+    float o[DT][4];
+#pragma unroll
+    for (int i = 0; i < DT; i++)
+        o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    float mb[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}; /* rows g, g + 8 */
+    for (uint32_t it = 0; it < n_tiles; it++) {
+        const uint32_t kb = begin + it * TC_N, wk = kb + warp * 16; /* this warp's first key */
+        if (it + 1 < n_tiles)
+            load_tile((it + 1) % TC_STAGES);
+        else
+            pd_cp_async_commit(); /* an empty group: the wait counts alike */
+        pd_cp_async_wait<1>();
+        __syncthreads();
+        if (it + 2 < n_tiles)
+            key_offsets(it % TC_STAGES, kb + 2 * TC_N);
+        const uint16_t *const ks = kv_smem + 2 * (it % TC_STAGES) * TILE, *const vs = ks + TILE;
+        if (wk < end) { /* a warp past the split's end skips the work, not the barriers */
+            tc_warp_tile<D, BF>(p, qs, ks + warp * 16 * LD, vs + warp * 16 * LD, wk, end, o, mb, l);
+        }
+        __syncthreads(); /* the stage is loaded again two tiles on */
+    }
+    tc_merge<D>(p, (float *)kv_smem, o, mb, l, t, kvh * p.group + h0, nh, split, n_pieces);
 }
 
 /* One block per (token, head): the token's pieces weighted by 2^(lse - max). */
@@ -435,6 +671,34 @@ static int blocks_per_sm(attn_kernel_fn fn, size_t smem, uint32_t *out)
     return 0;
 }
 
+/* The tensor-core kernel where it serves: a 16-bit pool, 16-byte aligned,
+ * head_dim 64 or 128, GQA (2 or more query heads per KV head), a positive
+ * scale (the softmax takes maxima of raw scores), sm_80 and later with the
+ * shared memory it needs (asked for here) -- unless the caller wants the
+ * CUDA-core kernel (decode_simt). *fn NULL otherwise. */
+static int pick_tc(const struct pd_attn_args *a, uint32_t group, int aligned, attn_kernel_fn *fn,
+                   size_t *smem)
+{
+    const uint32_t hd = a->kv.head_dim;
+    const bool bf = a->pool_type == PD_DT_BF16;
+    int major = 0, optin = 0, rc;
+    *fn = NULL;
+    if (a->decode_simt || group < 2 || !aligned || (hd != 64 && hd != 128) ||
+        (!bf && a->pool_type != PD_DT_F16) || !(a->scale > 0.0f) || isinf(a->scale))
+        return 0;
+    if ((rc = pd_cuda_device_facts(&major, &optin)) < 0)
+        return rc;
+    *smem = hd == 64 ? tc_smem_bytes<64>() : tc_smem_bytes<128>();
+    if (major < 8 || *smem > (size_t)optin)
+        return 0;
+    const attn_kernel_fn f = hd == 64 ? (bf ? attn_decode_tc_kernel<64, true> : attn_decode_tc_kernel<64, false>)
+                                      : (bf ? attn_decode_tc_kernel<128, true> : attn_decode_tc_kernel<128, false>);
+    if ((rc = pd_cuda_allow_smem((const void *)f, *smem)) < 0)
+        return rc;
+    *fn = f;
+    return 0;
+}
+
 /* Everything about a launch but the launch: checks, the kernel, the plan. */
 static int attn_prepare(const struct pd_attn_args *a, uint64_t ws_bytes, struct attn_launch *L)
 {
@@ -454,9 +718,16 @@ static int attn_prepare(const struct pd_attn_args *a, uint64_t ws_bytes, struct 
 
     const uint32_t group = a->n_head / kv->n_head_kv;
     const int aligned = ((uintptr_t)a->pool % 16) == 0;
-    L->fn = a->pool_type == PD_DT_BF16  ? pick_kernel<uint16_t>(kv->head_dim, aligned, group, &L->hpc)
-            : a->pool_type == PD_DT_F16 ? pick_kernel<f16_elem>(kv->head_dim, aligned, group, &L->hpc)
-                                        : pick_kernel<float>(kv->head_dim, aligned, group, &L->hpc);
+    if ((rc = pick_tc(a, group, aligned, &L->fn, &L->smem)) < 0)
+        return rc;
+    if (L->fn) {
+        L->hpc = 16; /* the rows of an m16n8k16 tile */
+    } else {
+        L->fn = a->pool_type == PD_DT_BF16 ? pick_kernel<uint16_t>(kv->head_dim, aligned, group, &L->hpc)
+                : a->pool_type == PD_DT_F16 ? pick_kernel<f16_elem>(kv->head_dim, aligned, group, &L->hpc)
+                                            : pick_kernel<float>(kv->head_dim, aligned, group, &L->hpc);
+        L->smem = (size_t)ATT_WARPS * L->hpc * (kv->head_dim + 2) * sizeof(float);
+    }
     const uint32_t n_hchunks = (group + L->hpc - 1) / L->hpc;
     if ((uint64_t)kv->n_head_kv * n_hchunks > 65535)
         return -EINVAL;
@@ -467,7 +738,6 @@ static int attn_prepare(const struct pd_attn_args *a, uint64_t ws_bytes, struct 
         max_ctx = a->max_ctx;
     /* the blocks the GPU runs at once, for the split plan's wave count */
     uint32_t per_sm = 0;
-    L->smem = (size_t)ATT_WARPS * L->hpc * (kv->head_dim + 2) * sizeof(float);
     if ((rc = pd_cuda_sm_count(&n_sm)) < 0 || (rc = blocks_per_sm(L->fn, L->smem, &per_sm)) < 0)
         return rc;
     const uint64_t n_items = (uint64_t)a->n_tokens * kv->n_head_kv * n_hchunks;

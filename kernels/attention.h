@@ -62,6 +62,10 @@ struct pd_attn_args {
     uint32_t split_tokens; /* context positions per split; 0 = the launcher's choice */
     void *workspace; /* device scratch for split partials; NULL = no split */
     uint64_t workspace_bytes;
+    /* 1: the CUDA-core decode kernel even where the tensor-core one serves
+     * (a 16-bit pool, head_dim 64 or 128, GQA, sm_80 on): for comparing
+     * the two (benchmarks, tests; the engine's PDSERVE_DECODE_ATTENTION=simt) */
+    uint32_t decode_simt;
     /* CUDA prefill kernel only (pd_attention_prefill_cuda): */
     uint32_t io_type; /* elements of q and out: PD_DT_F32 (0), or the pool's 16-bit type */
     const int32_t *run_start; /* (n_runs + 1): first token of each run, then n_tokens */

@@ -29,11 +29,11 @@
 #include "attention.h"
 #include "bf16.h"
 #include "cuda_check.cuh"
+#include "kv_tile.cuh"
 #include "mma.cuh"
 #include "quant.h"
 
 #include <math.h>
-#include <mutex>
 #include <string.h>
 
 /* the shape of the work; a build may try others (cuda_args -DPF_N=32 ...) */
@@ -179,43 +179,23 @@ __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel
         return;
     }
 
-    const uint32_t *table = p.block_tables + (uint64_t)p.tok_seq[t0] * p.max_blocks;
-    const uint64_t block_elems = pd_kv_block_elems(&p.kv);
-    const uint64_t k_base = pd_kv_offset(&p.kv, 0, p.layer, 0, kvh, 0);
-    const uint64_t v_base = pd_kv_offset(&p.kv, 0, p.layer, 1, kvh, 0);
+    const struct pd_tile_src src =
+        pd_tile_src_of(p.pool, p.kv, p.block_tables + (uint64_t)p.tok_seq[t0] * p.max_blocks,
+                       p.layer, kvh, p.bs_shift, p.bs_pow2);
     /* the last position any row of the block sees */
     const uint32_t kv_end = (uint32_t)p0 + m0 + rows;
 
-    /* The pool offsets of keys kb .. kb + PF_N - 1 (through the block
-     * table), UINT64_MAX past kv_end: worked out a tile ahead by one thread
-     * per key, so the copies below are an add each. */
+    /* The pool offsets of keys kb .. kb + PF_N - 1, UINT64_MAX past kv_end:
+     * worked out a tile ahead (kernels/kv_tile.cuh) */
     __shared__ uint64_t key_off[PF_STAGES][PF_N];
     auto key_offsets = [&](uint32_t st, uint32_t kb) {
-        for (uint32_t j = threadIdx.x; j < PF_N; j += PF_THREADS) {
-            const uint32_t pos = kb + j;
-            uint64_t off = UINT64_MAX;
-            if (pos < kv_end) {
-                const uint32_t bi = p.bs_pow2 ? pos >> p.bs_shift : pos / p.kv.block_size;
-                const uint32_t bt = p.bs_pow2 ? pos & (p.kv.block_size - 1) : pos % p.kv.block_size;
-                off = (uint64_t)table[bi] * block_elems + (uint64_t)bt * D;
-            }
-            key_off[st][j] = off;
-        }
+        pd_tile_offsets<PF_N, PF_THREADS, D>(src, key_off[st], kb, kv_end);
     };
     /* K and V of the keys of key_off[st] into stage st, in flight until a
-     * pd_cp_async_wait; zeros past kv_end (a masked weight is 0, and 0 x
-     * garbage could be NaN) */
+     * pd_cp_async_wait; zeros past kv_end */
     auto load_tile = [&](uint32_t st) {
-        uint16_t *const ks = kv_smem + 2 * st * TILE, *const vs = ks + TILE;
-        for (uint32_t i = threadIdx.x; i < PF_N * CPR; i += PF_THREADS) {
-            const uint32_t j = i / CPR, d = (i % CPR) * 8;
-            const uint64_t off = key_off[st][j];
-            const bool valid = off != UINT64_MAX;
-            const uint64_t at = valid ? off + d : 0;
-            pd_cp_async16(&ks[j * LD + d], p.pool + k_base + at, valid);
-            pd_cp_async16(&vs[j * LD + d], p.pool + v_base + at, valid);
-        }
-        pd_cp_async_commit();
+        uint16_t *const ks = kv_smem + 2 * st * TILE;
+        pd_tile_load<PF_N, PF_THREADS, D, LD>(src, key_off[st], ks, ks + TILE);
     };
 
     /* the block's query rows (zeros past the run), with the first key tile */
@@ -414,65 +394,7 @@ template <int D, int MT> static pf_kernel_fn pick(bool bf, bool io16)
     return io16 ? attn_prefill_kernel<D, false, true, MT> : attn_prefill_kernel<D, false, false, MT>;
 }
 
-/* What a launch asks of the device, once per device and not per launch
- * (issue 31, item 4: host queries cost microseconds a step): its compute
- * capability's major and the shared memory a block may opt into (227 KiB on
- * sm_90, 163 on sm_80, 99 on sm_86 / sm_89). The runtime's answers do not
- * change while the process lives. */
-static std::mutex facts_mu;
-static struct {
-    int dev, major, optin;
-} known[16];
-static unsigned n_known;
-static struct {
-    const void *fn;
-    int dev;
-    size_t smem;
-} asked[64];
-static unsigned n_asked;
-
-void pd_attention_prefill_cuda_forget(void)
-{
-    std::lock_guard<std::mutex> hold(facts_mu);
-    n_known = n_asked = 0;
-}
-
-static int device_facts(int dev, int *major, int *optin)
-{
-    std::lock_guard<std::mutex> hold(facts_mu);
-    for (unsigned i = 0; i < n_known; i++)
-        if (known[i].dev == dev) {
-            *major = known[i].major, *optin = known[i].optin;
-            return 0;
-        }
-    PD_CUDA_TRY(cudaDeviceGetAttribute(major, cudaDevAttrComputeCapabilityMajor, dev),
-                "cudaDeviceGetAttribute");
-    PD_CUDA_TRY(cudaDeviceGetAttribute(optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
-                "cudaDeviceGetAttribute");
-    if (n_known < sizeof known / sizeof *known)
-        known[n_known++] = {dev, *major, *optin};
-    return 0;
-}
-
-/* Above 48 KiB of shared memory a kernel must ask, per device: asked once
- * for the most a launch has needed, not at every launch. */
-template <typename Fn> static int allow_smem(Fn fn, int dev, size_t smem)
-{
-    const void *f = reinterpret_cast<const void *>(fn);
-    std::lock_guard<std::mutex> hold(facts_mu);
-    unsigned i = 0;
-    while (i < n_asked && !(asked[i].fn == f && asked[i].dev == dev))
-        i++;
-    if (i < n_asked && asked[i].smem >= smem)
-        return 0;
-    PD_CUDA_TRY(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
-                "cudaFuncSetAttribute");
-    if (i < n_asked)
-        asked[i].smem = smem;
-    else if (n_asked < sizeof asked / sizeof *asked)
-        asked[n_asked++] = {f, dev, smem};
-    return 0;
-}
+void pd_attention_prefill_cuda_forget(void) { pd_cuda_facts_forget(); }
 
 /* the kernel for head_dim D with the most rows per block whose shared memory
  * the device gives a block (opt-in), its rows and its dynamic shared memory;
@@ -499,7 +421,7 @@ static bool aligned16(const void *p)
 extern "C" int pd_attention_prefill_cuda(const struct pd_attn_args *a, pd_stream_t stream)
 {
     const struct pd_kv_geom *kv = &a->kv;
-    int dev = 0, major = 0, optin = 0;
+    int major = 0, optin = 0;
 
     if (kv->n_head_kv == 0 || a->n_head % kv->n_head_kv || kv->block_size == 0 ||
         a->layer >= kv->n_layer || a->max_blocks == 0 || kv->head_dim == 0)
@@ -521,8 +443,7 @@ extern "C" int pd_attention_prefill_cuda(const struct pd_attn_args *a, pd_stream
     if (!aligned16(a->pool) || !aligned16(a->q) || !aligned16(a->out) || a->q_ld % 8 ||
         (a->q_ld && a->q_ld < a->n_head * kv->head_dim))
         return -EINVAL;
-    PD_CUDA_TRY(cudaGetDevice(&dev), "cudaGetDevice");
-    int rc = device_facts(dev, &major, &optin);
+    int rc = pd_cuda_device_facts(&major, &optin);
     if (rc < 0)
         return rc;
     if (major < 8)
@@ -564,7 +485,7 @@ extern "C" int pd_attention_prefill_cuda(const struct pd_attn_args *a, pd_stream
         return -ENOTSUP; /* the caller takes the decode kernel */
     const uint32_t max_run = a->max_run ? a->max_run : a->n_tokens;
     p.max_run = max_run;
-    if ((rc = allow_smem(fn, dev, smem)) < 0)
+    if ((rc = pd_cuda_allow_smem((const void *)fn, smem)) < 0)
         return rc;
     dim3 grid((max_run + rows - 1) / rows, a->n_runs, a->n_head);
     fn<<<grid, PF_THREADS, smem, pd_cuda_stream(stream)>>>(p);

@@ -6,6 +6,7 @@
 #include "quant.h"
 
 #include <dlfcn.h>
+#include <mutex>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
@@ -149,6 +150,62 @@ extern "C" int pd_cuda_sm_count(uint32_t *n)
     PD_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev),
                 "cudaDeviceGetAttribute(multiProcessorCount)");
     *n = (uint32_t)sms;
+    return 0;
+}
+
+static std::mutex facts_mu;
+static struct {
+    int dev, major, optin;
+} known[16];
+static unsigned n_known;
+static struct {
+    const void *fn;
+    int dev;
+    size_t smem;
+} asked[64];
+static unsigned n_asked;
+
+extern "C" void pd_cuda_facts_forget(void)
+{
+    std::lock_guard<std::mutex> hold(facts_mu);
+    n_known = n_asked = 0;
+}
+
+extern "C" int pd_cuda_device_facts(int *major, int *optin)
+{
+    int dev = 0;
+    PD_CUDA_TRY(cudaGetDevice(&dev), "cudaGetDevice");
+    std::lock_guard<std::mutex> hold(facts_mu);
+    for (unsigned i = 0; i < n_known; i++)
+        if (known[i].dev == dev) {
+            *major = known[i].major, *optin = known[i].optin;
+            return 0;
+        }
+    PD_CUDA_TRY(cudaDeviceGetAttribute(major, cudaDevAttrComputeCapabilityMajor, dev),
+                "cudaDeviceGetAttribute");
+    PD_CUDA_TRY(cudaDeviceGetAttribute(optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
+                "cudaDeviceGetAttribute");
+    if (n_known < sizeof known / sizeof *known)
+        known[n_known++] = {dev, *major, *optin};
+    return 0;
+}
+
+extern "C" int pd_cuda_allow_smem(const void *fn, size_t smem)
+{
+    int dev = 0;
+    PD_CUDA_TRY(cudaGetDevice(&dev), "cudaGetDevice");
+    std::lock_guard<std::mutex> hold(facts_mu);
+    unsigned i = 0;
+    while (i < n_asked && !(asked[i].fn == fn && asked[i].dev == dev))
+        i++;
+    if (i < n_asked && asked[i].smem >= smem)
+        return 0;
+    PD_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                "cudaFuncSetAttribute");
+    if (i < n_asked)
+        asked[i].smem = smem;
+    else if (n_asked < sizeof asked / sizeof *asked)
+        asked[n_asked++] = {fn, dev, smem};
     return 0;
 }
 

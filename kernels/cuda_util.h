@@ -57,6 +57,17 @@ int pd_cuda_probe(char *why, size_t n);
 int pd_cuda_device_info(char *buf, size_t n);
 /* Multiprocessors of the current device (cached per device). */
 int pd_cuda_sm_count(uint32_t *n);
+/* The current device's compute capability major and the shared memory a
+ * block may opt into (227 KiB on sm_90, 163 on sm_80, 99 on sm_86 / sm_89):
+ * asked once per device, not per launch (host queries cost microseconds a
+ * step); the answers do not change while the process lives. */
+int pd_cuda_device_facts(int *major, int *optin);
+/* Above 48 KiB of dynamic shared memory a kernel must ask, per device:
+ * asked once for the most a launch of fn has needed, not at every launch. */
+int pd_cuda_allow_smem(const void *fn, size_t smem);
+/* Forgets both: for tests whose emulated device changes its limits (a real
+ * device's never change). */
+void pd_cuda_facts_forget(void);
 /* True when the kernels were compiled with -G (device debug): timings of
  * such a build mean nothing. */
 int pd_cuda_debug_build(void);

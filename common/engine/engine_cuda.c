@@ -286,6 +286,10 @@ static int cu_init(struct pd_engine *e, const struct pd_engine_params *p, char *
     if (!(e->layers = calloc(e->hp.n_layer, sizeof(*e->layers))))
         return pd_errf(err, errlen, -ENOMEM, "engine: out of memory");
     const bool fuse = fuse_matrices();
+    /* PDSERVE_DECODE_ATTENTION=simt: decode tokens on the CUDA-core kernel
+     * where the tensor-core one would serve (kernels/attention.h) */
+    const char *da = getenv("PDSERVE_DECODE_ATTENTION");
+    e->decode_simt = da && strcmp(da, "simt") == 0;
     for (uint32_t l = 0; l < e->hp.n_layer; l++)
         if ((rc = upload_layer(e, l, fuse, err, errlen)) < 0)
             return rc;

@@ -177,6 +177,7 @@ static int attend(const struct fwd *f, uint32_t l)
                              .n_runs = f->n_runs,
                              .max_run = f->max_run,
                              .run_tokens = f->run_tokens,
+                             .decode_simt = e->decode_simt,
                              .threads = e->pool};
     return timed(f, PD_K_ATTENTION, f->k->attention(&a, f->s));
 }

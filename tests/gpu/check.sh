@@ -38,7 +38,9 @@
 #   attn-*      decode-attention benchmark vs a device-to-device copy:
 #                 default model's shape (GQA 3:1, head_dim 64), bf16 and f32 KV
 #                 GQA 8:1 (Llama-3-8B shape with 4 KV heads, head_dim 128), bf16 KV
-#               batch 16 and 64, context 1k to 8k, pool of real layout and size
+#               batch 16 and 64, context 1k to 8k, pool of real layout and size;
+#               16-bit pools: the tensor-core kernel beside the CUDA-core one
+#               (vs_simt)
 #   prefill-*   prefill attention (tensor cores) in TFLOP/s on FlashAttention's
 #               grid, causal, 16 heads x 128 (and x 64 in half), seqlen 512
 #               to 16k, beside a cuBLAS bf16 GEMM
@@ -49,6 +51,9 @@
 #               tokens through the decode kernel beside as prefill runs, and
 #               each step split by kernel (--kernel-times: plain launches)
 #               (gpu_engine_bench; about two minutes, half a minute loading)
+#   engine-8b-was  the same with PDSERVE_FUSED_MATRICES=0
+#               PDSERVE_BF16_ACTIVATIONS=0 PDSERVE_DECODE_ATTENTION=simt: the
+#               engine as it was before issue 31's items 2 and 3
 #   tag-bench   the block tags' kernel alone, 2 MiB blocks (Llama-3-8B's),
 #               8 / 128 / 512 per launch, beside a device copy (tag_bench)
 #   kvx         the KV channel between two processes on this machine's cores
@@ -299,6 +304,12 @@ prefill prefill-bf16 --kv-dtype bf16
 prefill prefill-f16-64 --kv-dtype f16 --head-dim 64 --seqlen 512,2048,8192
 
 bench_step engine-8b "GPU engine, dummy Llama-3-8B" gpu_engine_bench "gemm: " \
+    --model-shape llama3-8b --kv-cache-dtype bf16 --kernel-times
+# the same engine with issue 31's variants off -- q/k/v and gate/up as
+# separate GEMMs, float GEMM inputs rounded by a kernel, decode attention on
+# CUDA cores -- the way before, beside the way now
+PDSERVE_FUSED_MATRICES=0 PDSERVE_BF16_ACTIVATIONS=0 PDSERVE_DECODE_ATTENTION=simt \
+    bench_step engine-8b-was "GPU engine, 8B, issue 31 variants off" gpu_engine_bench "gemm: " \
     --model-shape llama3-8b --kv-cache-dtype bf16 --kernel-times
 # Llama-3-8B's blocks (2 MiB): 8, a 2k-token prompt's 128, an 8k-token one's 512
 bench_step tag-bench "block tags on the GPU vs device copy" tag_bench "blocks of "

@@ -1110,6 +1110,7 @@ struct attn_case {
      * one token's q to the next's (NaN, the test's), at a random place in
      * its row; the kernels given q_ld, and one under the q row refused */
     uint32_t q_gap;
+    uint32_t simt; /* the CUDA-core decode kernel where the tensor-core one would serve */
 };
 
 /* A model's attention shape: KV heads, query heads per KV head, head_dim. */
@@ -1284,7 +1285,10 @@ static struct pd_attn_args case_args(const struct attn_case *c, const struct att
     return a;
 }
 
-static void attn_case_run(const struct attn_case *c, int *split_used)
+/* A case against the CPU reference; the device's output kept in *got
+ * (NULL: freed) */
+static void attn_case_run_out(const struct attn_case *c, int *split_used, float **got_out,
+                              size_t *n_out)
 {
     struct attn_batch b;
     make_batch(c, &b);
@@ -1300,19 +1304,28 @@ static void attn_case_run(const struct attn_case *c, int *split_used)
 
     struct pd_attn_args a = case_args(c, &b, ref, q_in, pool);
     a.q_ld = c->q_gap ? n_head * hd + c->q_gap : 0;
+    a.decode_simt = c->simt;
     CHECK_EQ_INT(pd_attention_cpu(&a), 0);
     float *dout = attn_on_device(c, &a, &b, split_used);
     float *got = dev_fetch(dout, out_n * sizeof(float));
     char what[200];
     snprintf(
         what, sizeof what,
-        "attention %s hd %u group %u kv %u bs %u seqs %u tokens %u split %d misalign %u q_ld %u",
+        "attention %s hd %u group %u kv %u bs %u seqs %u tokens %u split %d misalign %u q_ld %u "
+        "simt %u",
         pd_dtype_name(c->pool_type), hd, c->group, c->l.n_head_kv, c->l.block_size, c->n_seqs,
-        b.n_tokens, c->split, c->misalign, a.q_ld);
+        b.n_tokens, c->split, c->misalign, a.q_ld, c->simt);
     check_close(what, got, ref, out_n, TOL_F32);
+    if (got_out)
+        *got_out = got, *n_out = out_n, got = NULL;
     free(pool), free(q), free(wide), free(ref), free(got);
     free_batch(&b);
     dev_free_all();
+}
+
+static void attn_case_run(const struct attn_case *c, int *split_used)
+{
+    attn_case_run_out(c, split_used, NULL, NULL);
 }
 
 #define MAX_POOL_ELEMS (48u << 20) /* keeps a case's host work and memory small */
@@ -1381,6 +1394,44 @@ static void attention_cuda_matches_cpu_on_model_shapes(void)
                                       .pool_type = pt ? PD_DT_BF16 : PD_DT_F32, .split = split};
                 attn_case_run(&c, &used);
             }
+}
+
+/* Decode tokens on 16-bit pools at head_dim 64 and 128 with GQA take the
+ * tensor-core kernel (the group's heads as the rows of an mma tile, q and P
+ * in 16-bit parts), or with decode_simt the CUDA-core kernel: both within
+ * TOL_F32 of the CPU, split or not, q packed or in wider rows, groups from 2
+ * to 24 (two blocks of heads past 16). On the same inputs the two give
+ * other bits: the tensor-core kernel really ran. */
+static void attention_cuda_decode_tensor_cores_match_cpu(void)
+{
+    static const struct gqa_shape shapes[] = {{3, 3, 64},  {4, 8, 128}, {2, 16, 128},
+                                              {1, 24, 64}, {2, 2, 128}, {8, 4, 64}};
+    int used, differ = 0, splits = 0;
+    need_gpu();
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+        for (int k = 0; k < 4; k++) {
+            struct attn_case c = {.l = {2, shapes[s].kv, shapes[s].hd, PICK(16, 32, 7)},
+                                  .group = shapes[s].group,
+                                  .n_seqs = 1 + rnd(4),
+                                  .max_len = PICK(1, 40, 700, 2500),
+                                  .max_run = 1,
+                                  .pool_type = k % 2 ? PD_DT_F16 : PD_DT_BF16,
+                                  .split = k / 2 ? SPLIT_FORCED : (int)rnd(2),
+                                  .q_gap = rnd(2) ? 0 : 3 * shapes[s].hd};
+            fit_case(&c);
+            float *tc = NULL, *simt = NULL;
+            size_t n = 0;
+            const uint64_t seed = rng_state;
+            attn_case_run_out(&c, &used, &tc, &n);
+            splits += used;
+            rng_state = seed; /* the same inputs again */
+            c.simt = 1;
+            attn_case_run_out(&c, &used, &simt, &n);
+            differ += memcmp(tc, simt, n * sizeof(float)) != 0;
+            free(tc), free(simt);
+        }
+    CHECK(splits > 0);
+    CHECK(differ > 0);
 }
 
 /* A pool that is not 16-byte aligned takes the generic path, still right. */
@@ -2735,6 +2786,7 @@ SEEDED(kv_write_cuda_strided_matches_cpu)
 SEEDED(attention_cuda_decode_matches_cpu)
 SEEDED(attention_cuda_prefill_runs_match_cpu)
 SEEDED(attention_cuda_matches_cpu_on_model_shapes)
+SEEDED(attention_cuda_decode_tensor_cores_match_cpu)
 SEEDED(attention_cuda_generic_path_matches_cpu)
 SEEDED(attention_cpu_strided_q_matches_packed)
 SEEDED(attention_cuda_decode_strided_q_matches_cpu)
@@ -2780,6 +2832,7 @@ static const struct pd_test tests[] = {
     T(attention_cuda_decode_matches_cpu),
     T(attention_cuda_prefill_runs_match_cpu),
     T(attention_cuda_matches_cpu_on_model_shapes),
+    T(attention_cuda_decode_tensor_cores_match_cpu),
     T(attention_cuda_generic_path_matches_cpu),
     T(attention_cpu_strided_q_matches_packed),
     T(attention_cuda_decode_strided_q_matches_cpu),

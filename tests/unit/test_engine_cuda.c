@@ -201,6 +201,31 @@ static void engine_cuda_matches_cpu_16bit_pools(void)
     compare(SHAPE_16, PD_DT_BF16, PD_DT_F32, TOL_16);
 }
 
+/* The default model's shape on a bf16 pool two ways: with var=val (the
+ * earlier way, into was) and without (now); both within TOL_16 of the CPU.
+ * Row r of the script's logits (N_ROWS rows) is then at was/now + r V. */
+static void two_ways(const char *var, const char *val, float **was, float **now, uint32_t *V)
+{
+    compare(SHAPE_64, PD_DT_BF16, PD_DT_F32, TOL_16);
+    setenv(var, val, 1);
+    compare(SHAPE_64, PD_DT_BF16, PD_DT_F32, TOL_16);
+    struct pd_model *m = load_dummy(SHAPE_64);
+    *V = pd_model_hparams(m)->n_vocab;
+    *was = malloc((size_t)N_ROWS * *V * sizeof(float));
+    *now = malloc((size_t)N_ROWS * *V * sizeof(float));
+    CHECK(*was && *now);
+    script(m, PD_DEVICE_CUDA, PD_DT_BF16, PD_DT_F32, *was);
+    unsetenv(var);
+    script(m, PD_DEVICE_CUDA, PD_DT_BF16, PD_DT_F32, *now);
+    pd_model_free(m);
+}
+
+/* rows [r, r + n) of a and b: the same bits? */
+static int same_rows(const float *a, const float *b, uint32_t V, uint32_t r, uint32_t n)
+{
+    return memcmp(a + (size_t)r * V, b + (size_t)r * V, (size_t)n * V * sizeof(float)) == 0;
+}
+
 /* A step with a prompt chunk and single tokens (the script's second): the
  * chunk's tokens go to the prefill kernel, the single ones to the decode
  * kernel; PDSERVE_MIXED_ATTENTION=prefill sends the single ones through the
@@ -209,26 +234,32 @@ static void engine_cuda_matches_cpu_16bit_pools(void)
  * tokens' rows are not (another kernel computed them). */
 static void engine_cuda_mixed_step_single_tokens_take_the_decode_kernel(void)
 {
+    float *old, *now;
+    uint32_t V;
     need_gpu();
-    compare(SHAPE_64, PD_DT_BF16, PD_DT_F32, TOL_16);
-    setenv("PDSERVE_MIXED_ATTENTION", "prefill", 1);
-    compare(SHAPE_64, PD_DT_BF16, PD_DT_F32, TOL_16);
-    struct pd_model *m = load_dummy(SHAPE_64);
-    const uint32_t V = pd_model_hparams(m)->n_vocab;
-    float *old = malloc((size_t)N_ROWS * V * sizeof(float));
-    float *now = malloc((size_t)N_ROWS * V * sizeof(float));
-    CHECK(old && now);
-    script(m, PD_DEVICE_CUDA, PD_DT_BF16, PD_DT_F32, old);
-    unsetenv("PDSERVE_MIXED_ATTENTION");
-    script(m, PD_DEVICE_CUDA, PD_DT_BF16, PD_DT_F32, now);
+    two_ways("PDSERVE_MIXED_ATTENTION", "prefill", &old, &now, &V);
     /* rows 2, 3, 4: the second step's decode token (28 positions), chunk,
      * and one-token prompt (one position: its attention is V's row
      * whichever kernel, exactly) */
-    CHECK(memcmp(old + 3 * (size_t)V, now + 3 * (size_t)V, V * sizeof(float)) == 0);
-    CHECK(memcmp(old + 2 * (size_t)V, now + 2 * (size_t)V, V * sizeof(float)) != 0);
-    CHECK(memcmp(old + 4 * (size_t)V, now + 4 * (size_t)V, V * sizeof(float)) == 0);
+    CHECK(same_rows(old, now, V, 3, 1));
+    CHECK(!same_rows(old, now, V, 2, 1));
+    CHECK(same_rows(old, now, V, 4, 1));
     free(old), free(now);
-    pd_model_free(m);
+}
+
+/* Decode tokens on a 16-bit pool with GQA take the tensor-core decode
+ * kernel; PDSERVE_DECODE_ATTENTION=simt the CUDA-core one. Both agree with
+ * the CPU; the decode rows differ between them (another kernel computed
+ * them), the first step's (prompt chunks only) do not. */
+static void engine_cuda_decode_attention_on_tensor_cores(void)
+{
+    float *simt, *tc;
+    uint32_t V;
+    need_gpu();
+    two_ways("PDSERVE_DECODE_ATTENTION", "simt", &simt, &tc, &V);
+    CHECK(same_rows(simt, tc, V, 0, 2)); /* the first step's chunks */
+    CHECK(!same_rows(simt, tc, V, 5, 2)); /* the third step's decode tokens */
+    free(simt), free(tc);
 }
 
 /* bf16 matrices (cuBLAS bf16 GEMMs, x rounded to bf16 on the way in),
@@ -807,6 +838,7 @@ static const struct pd_test tests[] = {
     PD_TEST(engine_cuda_matches_cpu_16bit_pools),
     PD_TEST(engine_cuda_mixed_step_single_tokens_take_the_decode_kernel),
     PD_TEST(engine_cuda_kernel_timer_times_plain_launches),
+    PD_TEST(engine_cuda_decode_attention_on_tensor_cores),
     PD_TEST(engine_cuda_bf16_matrices_close_to_cpu),
     PD_TEST(engine_cuda_fused_matrices_match_separate),
     PD_TEST(engine_cuda_bf16_activations_round_as_before),
