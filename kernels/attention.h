@@ -14,7 +14,9 @@
  * CUDA, decode (attention.cu, docs/internals/kernels.md): every token is
  * treated as a decode step over its own context (prefill runs are correct,
  * not fast: use the prefill kernel for them). One thread block per (token, KV head, group chunk, context split);
- * the GQA group's query heads share each K/V load; long contexts are split
+ * the GQA group's query heads share each K/V load (on a 16-bit pool at
+ * head_dim 64 or 128 with GQA, sm_80 on: as the rows of a tensor-core tile,
+ * unless decode_simt); long contexts are split
  * and merged by a second kernel when `workspace` has room
  * (pd_attention_cuda_workspace). The launcher cannot read tok_pos (device
  * memory): max_ctx must bound every tok_pos + 1 (the engine knows it); a
