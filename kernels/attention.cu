@@ -116,6 +116,22 @@ template <> struct kv_vec<uint16_t, 1> : kv_vec16<uint16_t, true, 1> {};
 template <> struct kv_vec<f16_elem, 8> : kv_vec16<f16_elem, false, 8> {};
 template <> struct kv_vec<f16_elem, 1> : kv_vec16<f16_elem, false, 1> {};
 
+/* Piece `split` of the context of a token at pos (>= 0): its positions
+ * [*begin, *end) and the context's piece count; false when the context has
+ * fewer pieces (the block has nothing to do). */
+__device__ __forceinline__ bool split_range(const struct attn_params &p, int32_t pos,
+                                            uint32_t split, uint32_t *begin, uint32_t *end,
+                                            uint32_t *n_pieces)
+{
+    const uint32_t n_ctx = (uint32_t)pos + 1;
+    *n_pieces = pd_attn_n_pieces(n_ctx, p.chunk);
+    if (split >= *n_pieces)
+        return false;
+    *begin = split * p.chunk;
+    *end = n_ctx - *begin < p.chunk ? n_ctx : *begin + p.chunk;
+    return true;
+}
+
 /* The warps' partial rows merged (s_acc [warp][hpc][D], s_m and s_l
  * [warp][hpc], in log2 units; a warp that saw no position has m = -inf):
  * rows j < nh, query heads h0 + j, written to out, or for a context of
@@ -175,11 +191,9 @@ __global__ void __launch_bounds__(ATT_THREADS) attn_decode_kernel(const struct a
             }
         return;
     }
-    const uint32_t n_ctx = (uint32_t)pos + 1, n_pieces = pd_attn_n_pieces(n_ctx, p.chunk);
-    if (split >= n_pieces)
+    uint32_t begin, end, n_pieces;
+    if (!split_range(p, pos, split, &begin, &end, &n_pieces))
         return;
-    const uint32_t begin = split * p.chunk;
-    const uint32_t end = n_ctx - begin < p.chunk ? n_ctx : begin + p.chunk;
 
     /* this lane's query heads: slot * GH + g within the block's chunk */
     float q[GH][NCH][VEC];
@@ -489,11 +503,9 @@ __global__ void __launch_bounds__(ATT_THREADS) attn_decode_tc_kernel(const struc
                 out[i] = __int_as_float(0x7fc00000);
         return;
     }
-    const uint32_t n_ctx = (uint32_t)pos + 1, n_pieces = pd_attn_n_pieces(n_ctx, p.chunk);
-    if (split >= n_pieces)
+    uint32_t begin, end, n_pieces;
+    if (!split_range(p, pos, split, &begin, &end, &n_pieces))
         return;
-    const uint32_t begin = split * p.chunk;
-    const uint32_t end = n_ctx - begin < p.chunk ? n_ctx : begin + p.chunk;
 
     const struct pd_tile_src src =
         pd_tile_src_of((const uint16_t *)p.pool, p.kv,
