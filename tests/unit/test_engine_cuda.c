@@ -111,6 +111,23 @@ static void script(const struct pd_model *m, enum pd_device dev, uint32_t kv_dty
     script_says(m, dev, kv_dtype, w_dtype, out, NULL);
 }
 
+/* The script's logits on m's GPU engine (bf16 pool, w_dtype matrices)
+ * twice: as the engine is by default, into *now, and with var=val, into
+ * *was (N_ROWS x n_vocab each; the caller frees); the engine's description
+ * must hold says_now, says_was (NULL: anything). */
+static void script_env(const struct pd_model *m, uint32_t w_dtype, const char *var, const char *val,
+                       float **now, const char *says_now, float **was, const char *says_was)
+{
+    const size_t n = (size_t)N_ROWS * pd_model_hparams(m)->n_vocab;
+    *now = malloc(n * sizeof(float));
+    *was = malloc(n * sizeof(float));
+    CHECK(*now && *was);
+    script_says(m, PD_DEVICE_CUDA, PD_DT_BF16, w_dtype, *now, says_now);
+    setenv(var, val, 1);
+    script_says(m, PD_DEVICE_CUDA, PD_DT_BF16, w_dtype, *was, says_was);
+    unsetenv(var);
+}
+
 static void compare(const char *shape, uint32_t kv_dtype, uint32_t w_dtype, double tol)
 {
     struct pd_model *m = load_dummy(shape);
@@ -209,14 +226,10 @@ static void two_ways(const char *var, const char *val, float **was, float **now,
     compare(SHAPE_64, PD_DT_BF16, PD_DT_F32, TOL_16);
     setenv(var, val, 1);
     compare(SHAPE_64, PD_DT_BF16, PD_DT_F32, TOL_16);
+    unsetenv(var);
     struct pd_model *m = load_dummy(SHAPE_64);
     *V = pd_model_hparams(m)->n_vocab;
-    *was = malloc((size_t)N_ROWS * *V * sizeof(float));
-    *now = malloc((size_t)N_ROWS * *V * sizeof(float));
-    CHECK(*was && *now);
-    script(m, PD_DEVICE_CUDA, PD_DT_BF16, PD_DT_F32, *was);
-    unsetenv(var);
-    script(m, PD_DEVICE_CUDA, PD_DT_BF16, PD_DT_F32, *now);
+    script_env(m, PD_DT_F32, var, val, now, NULL, was, NULL);
     pd_model_free(m);
 }
 
@@ -295,12 +308,9 @@ static void engine_cuda_fused_matrices_match_separate(void)
         const uint32_t w = cases[i].w;
         struct pd_model *m = load_dummy(shape);
         const size_t n = (size_t)N_ROWS * pd_model_hparams(m)->n_vocab;
-        float *one = malloc(n * sizeof(float)), *apart = malloc(n * sizeof(float));
-        CHECK(one && apart);
-        script_says(m, PD_DEVICE_CUDA, PD_DT_BF16, w, one, "as one GEMM each");
-        setenv("PDSERVE_FUSED_MATRICES", "0", 1);
-        script_says(m, PD_DEVICE_CUDA, PD_DT_BF16, w, apart, "as separate GEMMs");
-        unsetenv("PDSERVE_FUSED_MATRICES");
+        float *one, *apart;
+        script_env(m, w, "PDSERVE_FUSED_MATRICES", "0", &one, "as one GEMM each", &apart,
+                   "as separate GEMMs");
         double worst = 0, mx = 0;
         for (size_t j = 0; j < n; j++) {
             const double d = fabs((double)one[j] - apart[j]);
@@ -326,12 +336,9 @@ static void engine_cuda_bf16_activations_round_as_before(void)
     for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++) {
         struct pd_model *m = load_dummy(shapes[i]);
         const size_t n = (size_t)N_ROWS * pd_model_hparams(m)->n_vocab;
-        float *now = malloc(n * sizeof(float)), *old = malloc(n * sizeof(float));
-        CHECK(now && old);
-        script_says(m, PD_DEVICE_CUDA, PD_DT_BF16, PD_DT_BF16, now, "bf16 GEMM inputs");
-        setenv("PDSERVE_BF16_ACTIVATIONS", "0", 1);
-        script_says(m, PD_DEVICE_CUDA, PD_DT_BF16, PD_DT_BF16, old, "rounded GEMM inputs");
-        unsetenv("PDSERVE_BF16_ACTIVATIONS");
+        float *now, *old;
+        script_env(m, PD_DT_BF16, "PDSERVE_BF16_ACTIVATIONS", "0", &now, "bf16 GEMM inputs", &old,
+                   "rounded GEMM inputs");
         for (size_t j = 0; j < n; j++)
             if (memcmp(&now[j], &old[j], sizeof(float)) != 0)
                 PD_TEST_FAIL_("%s: logit %zu is %.9g with bf16 activations, %.9g rounded after",
