@@ -263,7 +263,7 @@ int pd_attention_cpu(const struct pd_attn_args *a)
     size_t need_ctx = 1;
     int rc = 0;
 
-    if (a->n_head % a->kv.n_head_kv != 0 || a->io_type != PD_DT_F32 ||
+    if (a->n_head % a->kv.n_head_kv != 0 || a->io_type != PD_DT_F32 || a->out_type != PD_DT_F32 ||
         (a->q_ld && a->q_ld < a->n_head * hd))
         return -EINVAL;
     if (a->pool_type != PD_DT_F32 &&

@@ -38,7 +38,8 @@
 #define MERGE_THREADS 64
 
 struct attn_params {
-    float *out; /* (n_tokens, n_head, head_dim) */
+    void *out; /* (n_tokens, n_head, head_dim) of out_type */
+    uint32_t out_type; /* PD_DT_F32, PD_DT_BF16 or PD_DT_F16 */
     const float *q; /* (n_tokens, n_head, head_dim), token t's at q + t * q_ld */
     uint64_t q_ld;
     const void *pool; /* kv_layout.h, elements of T */
@@ -55,6 +56,19 @@ struct attn_params {
     uint32_t bs_pow2;
     float qscale; /* scale * log2(e) */
 };
+
+/* ---- stores ----------------------------------------------------------- */
+
+/* element i of out: v as out_type (rounded as kernels/bf16.h rounds) */
+__device__ __forceinline__ void put_out(const struct attn_params &p, uint64_t i, float v)
+{
+    if (p.out_type == PD_DT_BF16)
+        ((uint16_t *)p.out)[i] = pd_bf16_encode(v);
+    else if (p.out_type == PD_DT_F16)
+        ((uint16_t *)p.out)[i] = pd_f16_encode(v);
+    else
+        ((float *)p.out)[i] = v;
+}
 
 /* ---- loads ------------------------------------------------------------ */
 
@@ -154,7 +168,7 @@ __device__ __forceinline__ void merge_warps(const struct attn_params &p, const f
             o += s_acc[(w * hpc + j) * D + d] * f;
         }
         if (n_pieces == 1) {
-            p.out[((uint64_t)t * p.n_head + h) * D + d] = o / sum;
+            put_out(p, ((uint64_t)t * p.n_head + h) * D + d, o / sum);
         } else {
             p.ws[pd_attn_part_offset(t, h, split, p.n_head, p.n_splits, D) + d] = o / sum;
             if (d == 0)
@@ -187,7 +201,8 @@ __global__ void __launch_bounds__(ATT_THREADS) attn_decode_kernel(const struct a
             for (uint32_t i = threadIdx.x; i < HPC * D; i += ATT_THREADS) {
                 uint32_t hq = hc * HPC + i / D;
                 if (hq < p.group)
-                    p.out[((uint64_t)t * p.n_head + kvh * p.group + hq) * D + i % D] = __int_as_float(0x7fc00000);
+                    put_out(p, ((uint64_t)t * p.n_head + kvh * p.group + hq) * D + i % D,
+                            __int_as_float(0x7fc00000));
             }
         return;
     }
@@ -495,12 +510,12 @@ __global__ void __launch_bounds__(ATT_THREADS) attn_decode_tc_kernel(const struc
     const uint32_t split = blockIdx.z, warp = threadIdx.x / 32;
     const uint32_t nh = p.group - h0 < 16 ? p.group - h0 : 16; /* the block's heads */
     const int32_t pos = p.tok_pos[t];
-    float *const out = p.out + ((uint64_t)t * p.n_head + kvh * p.group + h0) * D;
+    const uint64_t out0 = ((uint64_t)t * p.n_head + kvh * p.group + h0) * D; /* the block's first */
 
     if (pos < 0 || (uint32_t)pos >= p.max_ctx) {
         if (split == 0) /* refused: NaN rows, as attn_decode_kernel's */
             for (uint32_t i = threadIdx.x; i < nh * D; i += ATT_THREADS)
-                out[i] = __int_as_float(0x7fc00000);
+                put_out(p, out0 + i, __int_as_float(0x7fc00000));
         return;
     }
     uint32_t begin, end, n_pieces;
@@ -583,7 +598,7 @@ __global__ void __launch_bounds__(MERGE_THREADS) attn_merge_kernel(const struct 
         float o = 0.0f;
         for (uint32_t s = 0; s < n; s++)
             o += exp2f(lse[s] - mx) * part[(uint64_t)s * D + d];
-        p.out[((uint64_t)t * p.n_head + h) * D + d] = o / sum;
+        put_out(p, ((uint64_t)t * p.n_head + h) * D + d, o / sum);
     }
 }
 
@@ -725,7 +740,8 @@ static int attn_prepare(const struct pd_attn_args *a, uint64_t ws_bytes, struct 
         return -EINVAL;
     if (kv->head_dim > ATT_MAX_HEAD_DIM)
         return -ENOTSUP;
-    if (a->n_tokens > INT32_MAX || (a->q_ld && a->q_ld < (uint64_t)a->n_head * kv->head_dim))
+    if (a->n_tokens > INT32_MAX || (a->q_ld && a->q_ld < (uint64_t)a->n_head * kv->head_dim) ||
+        (a->out_type != PD_DT_F32 && a->out_type != PD_DT_BF16 && a->out_type != PD_DT_F16))
         return -EINVAL;
 
     const uint32_t group = a->n_head / kv->n_head_kv;
@@ -760,6 +776,7 @@ static int attn_prepare(const struct pd_attn_args *a, uint64_t ws_bytes, struct 
     struct attn_params *p = &L->p;
     memset(p, 0, sizeof *p);
     p->out = a->out;
+    p->out_type = a->out_type;
     p->q = a->q;
     p->q_ld = pd_attn_q_ld(a);
     p->pool = a->pool;

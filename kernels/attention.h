@@ -39,7 +39,7 @@
 struct pd_pool;
 
 struct pd_attn_args {
-    float *out; /* (n_tokens, n_head, head_dim) */
+    float *out; /* (n_tokens, n_head, head_dim); uint16_t elements when 16-bit (out_type) */
     const float *q; /* (n_tokens, n_head, head_dim), RoPE applied; token t's at q + t * q_ld */
     const float *pool; /* kv_layout.h; uint16_t elements when pool_type is BF16 or F16 */
     struct pd_kv_geom kv;
@@ -68,6 +68,12 @@ struct pd_attn_args {
      * (a 16-bit pool, head_dim 64 or 128, GQA, sm_80 on): for comparing
      * the two (benchmarks, tests; the engine's PDSERVE_DECODE_ATTENTION=simt) */
     uint32_t decode_simt;
+    /* elements of out: PD_DT_F32 (0), or PD_DT_BF16 / PD_DT_F16, each row
+     * rounded as it is written (kernels/bf16.h): the o projection's GEMM
+     * input without a rounding pass. The prefill kernel with a 16-bit
+     * io_type writes io_type (out_type 0 or the same). The CPU reference
+     * refuses anything but F32 */
+    uint32_t out_type;
     /* CUDA prefill kernel only (pd_attention_prefill_cuda): */
     uint32_t io_type; /* elements of q and out: PD_DT_F32 (0), or the pool's 16-bit type */
     const int32_t *run_start; /* (n_runs + 1): first token of each run, then n_tokens */
@@ -185,6 +191,12 @@ PD_HD struct pd_attn_plan pd_attn_plan_splits(uint32_t n_items, uint32_t max_ctx
         p.chunk = pd_attn_n_pieces(max_ctx, al) * al;
     }
     return p;
+}
+
+/* Bytes of one element of out. */
+PD_HD uint32_t pd_attn_out_esize(const struct pd_attn_args *a)
+{
+    return a->io_type || a->out_type ? 2 : 4; /* PD_DT_F32 is 0 */
 }
 
 /* Elements from token t's q to token t + 1's. */

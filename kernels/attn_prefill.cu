@@ -75,7 +75,7 @@ template <int D, int MT> static constexpr size_t pf_smem_bytes()
 #define PF_STATIC_SMEM (PF_STAGES * PF_N * sizeof(uint64_t))
 
 struct pf_params {
-    void *out; /* (n_tokens, n_head, head_dim) of the io type */
+    void *out; /* (n_tokens, n_head, head_dim) of the io type; float io: of out_type */
     const void *q; /* (n_tokens, n_head, head_dim) of the io type, token t's at q + t * q_ld */
     uint64_t q_ld;
     const uint16_t *pool; /* kv_layout.h, BF16 or F16 */
@@ -83,6 +83,7 @@ struct pf_params {
     const uint32_t *block_tables; /* (n_seqs, max_blocks) */
     struct pd_kv_geom kv;
     uint32_t layer, n_tokens, n_head, group, max_blocks, n_runs;
+    uint32_t out_type; /* float io: PD_DT_F32, PD_DT_BF16 or PD_DT_F16 */
     uint32_t max_ctx; /* runs reaching past it are refused (NaN rows) */
     uint32_t max_run; /* runs longer than the caller promised: refused alike */
     uint32_t bs_shift, bs_pow2; /* log2(block_size) when a power of two */
@@ -118,6 +119,10 @@ __device__ __forceinline__ void out_pair(const struct pf_params &p, uint64_t row
 {
     if constexpr (IO16)
         *(uint32_t *)((uint16_t *)p.out + row_off + d) = pd_pack2<BF>(x, y);
+    else if (p.out_type == PD_DT_BF16)
+        *(uint32_t *)((uint16_t *)p.out + row_off + d) = pd_pack2<true>(x, y);
+    else if (p.out_type == PD_DT_F16)
+        *(uint32_t *)((uint16_t *)p.out + row_off + d) = pd_pack2<false>(x, y);
     else
         *(float2 *)((float *)p.out + row_off + d) = make_float2(x, y);
 }
@@ -432,7 +437,9 @@ extern "C" int pd_attention_prefill_cuda(const struct pd_attn_args *a, pd_stream
         return -ENOTSUP;
     if (!(a->scale > 0.0f) || isinf(a->scale))
         return -ENOTSUP; /* the softmax takes maxima of raw scores: a positive scale */
-    if (a->io_type != PD_DT_F32 && a->io_type != a->pool_type)
+    if ((a->io_type != PD_DT_F32 && a->io_type != a->pool_type) ||
+        (a->out_type != PD_DT_F32 && a->out_type != PD_DT_BF16 && a->out_type != PD_DT_F16) ||
+        (a->io_type != PD_DT_F32 && a->out_type != PD_DT_F32 && a->out_type != a->io_type))
         return -EINVAL;
     if (a->n_tokens == 0 || a->n_runs == 0)
         return 0;
@@ -452,6 +459,7 @@ extern "C" int pd_attention_prefill_cuda(const struct pd_attn_args *a, pd_stream
     struct pf_params p;
     memset(&p, 0, sizeof p);
     p.out = a->out;
+    p.out_type = a->io_type != PD_DT_F32 ? a->io_type : a->out_type;
     p.q = a->q;
     p.q_ld = pd_attn_q_ld(a);
     p.pool = (const uint16_t *)(const void *)a->pool;

@@ -3,19 +3,52 @@
 #include <errno.h>
 #include <math.h>
 
-int pd_rope_cpu(const struct pd_rope_args *a)
+static int rope_check(const struct pd_rope_args *a)
 {
-    uint32_t half = a->rope_dim / 2;
+    const uint32_t half = a->rope_dim / 2;
     if (a->rope_dim % 2 || a->rope_dim > a->head_dim || half > PD_ROPE_MAX_HALF ||
         (a->ld && a->ld < (uint64_t)a->n_heads * a->head_dim))
         return -EINVAL;
+    return 0;
+}
+
+/* the {cos, sin} of pair i at pos */
+static void angle(const struct pd_rope_args *a, int32_t pos, uint32_t i, float *c, float *s)
+{
+    const double theta =
+        pd_rope_theta(pos, i, a->rope_dim, a->freq_base, a->freq_scale, a->freq_factors);
+    *c = (float)cos(theta);
+    *s = (float)sin(theta);
+}
+
+int pd_rope_table(const struct pd_rope_args *a, uint32_t n_pos, float *out)
+{
+    const uint32_t half = a->rope_dim / 2;
+    if (rope_check(a) < 0)
+        return -EINVAL;
+    for (uint32_t p = 0; p < n_pos; p++)
+        for (uint32_t i = 0; i < half; i++)
+            angle(a, (int32_t)p, i, &out[((size_t)p * half + i) * 2],
+                  &out[((size_t)p * half + i) * 2 + 1]);
+    return 0;
+}
+
+int pd_rope_cpu(const struct pd_rope_args *a)
+{
+    const uint32_t half = a->rope_dim / 2;
+    if (rope_check(a) < 0)
+        return -EINVAL;
     for (uint32_t t = 0; t < a->n_tokens; t++) {
         float c[PD_ROPE_MAX_HALF], s[PD_ROPE_MAX_HALF];
+        const int32_t pos = a->pos[t];
+        const int tab = a->table && pos >= 0 && (uint32_t)pos < a->table_len;
         for (uint32_t i = 0; i < half; i++) {
-            double theta = pd_rope_theta(a->pos[t], i, a->rope_dim, a->freq_base, a->freq_scale,
-                                         a->freq_factors);
-            c[i] = (float)cos(theta);
-            s[i] = (float)sin(theta);
+            if (tab) {
+                c[i] = a->table[((size_t)pos * half + i) * 2];
+                s[i] = a->table[((size_t)pos * half + i) * 2 + 1];
+            } else {
+                angle(a, pos, i, &c[i], &s[i]);
+            }
         }
         for (uint32_t h = 0; h < a->n_heads; h++) {
             float *v = a->x + t * pd_rope_ld(a) + (size_t)h * a->head_dim;

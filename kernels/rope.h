@@ -4,10 +4,16 @@
  * where pair i is (x[2i], x[2i+1]) (ggml's "normal" mode: GGUF's Llama files
  * store Q/K rows permuted for it) or, with halves, (x[i], x[i + rope_dim/2])
  * (Hugging Face's rotate_half, NeoX's form: checkpoints and GGUF's Qwen).
- * Angles are computed in double. */
+ * Angles are computed in double; a table of their cosines and sines
+ * (pd_rope_table, the same numbers) spares a step the double arithmetic.
+ *
+ * pd_rope_kv_write_cuda fuses a step's RoPE with its KV write (one launch
+ * where there were two): each token's heads rotated, then its K and V rows
+ * stored, as pd_rope_cuda then pd_kv_write_cuda would. */
 #ifndef PD_ROPE_H
 #define PD_ROPE_H
 
+#include "kv_write.h"
 #include "pd_kernel.h"
 
 #include <math.h>
@@ -22,6 +28,11 @@ struct pd_rope_args {
     uint32_t halves; /* 0: adjacent pairs; 1: the two halves of rope_dim */
     uint32_t ld; /* elements from one token's heads to the next (>= n_heads * head_dim);
                   * 0: packed. q's and k's heads side by side in one row take one call */
+    /* NULL, or (table_len, rope_dim / 2) pairs {cos, sin} of these
+     * parameters' angles (pd_rope_table): read for positions in [0,
+     * table_len), computed for others. Device memory for CUDA */
+    const float *table;
+    uint32_t table_len;
 };
 
 /* Elements from token t's heads to token t + 1's. */
@@ -53,8 +64,18 @@ PD_HD double pd_rope_theta(int32_t pos, uint32_t i, uint32_t rope_dim, float fre
 PD_BEGIN_DECLS
 
 int pd_rope_cpu(const struct pd_rope_args *a);
+/* The {cos, sin} of a's angles (its table ignored) at positions [0, n_pos):
+ * out (n_pos, rope_dim / 2, 2) floats, as pd_rope_cpu rounds them. -EINVAL
+ * for a's refusals */
+int pd_rope_table(const struct pd_rope_args *a, uint32_t n_pos, float *out);
 /* CUDA (PD_HAVE_CUDA builds); freq_factors, like x and pos, in device memory */
 int pd_rope_cuda(const struct pd_rope_args *a, pd_stream_t stream);
+/* r, then w, in one launch: token t's heads rotated, then its K and V rows
+ * written. Token t's k and v may lie in r's rows of token t (the engine's
+ * q, k, v rows) and are read after its rotation; not in another token's.
+ * Each side's refusals (-EINVAL, nothing written), and n_tokens must agree */
+int pd_rope_kv_write_cuda(const struct pd_rope_args *r, const struct pd_kv_write_args *w,
+                          pd_stream_t stream);
 
 PD_END_DECLS
 

@@ -251,7 +251,7 @@ enum pd_kernel_kind {
     PD_K_NORM, /* every rmsnorm: the layers', Qwen3's q/k norms, the output norm */
     PD_K_QKV, /* the q, k and v projections */
     PD_K_BIAS,
-    PD_K_ROPE,
+    PD_K_ROPE, /* on a GPU, with the KV write in the same launch (PDSERVE_FUSED_ROPE=0: apart) */
     PD_K_KV_WRITE,
     PD_K_ATTENTION,
     PD_K_O_PROJ,

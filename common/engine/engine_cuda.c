@@ -26,6 +26,10 @@ static int cu_matmul(const struct pd_matmul_args *a, void *s) { return pd_matmul
 static int cu_rope(const struct pd_rope_args *a, void *s) { return pd_rope_cuda(a, s); }
 static int cu_bias(const struct pd_bias_args *a, void *s) { return pd_bias_cuda(a, s); }
 static int cu_kv_write(const struct pd_kv_write_args *a, void *s) { return pd_kv_write_cuda(a, s); }
+static int cu_rope_kv_write(const struct pd_rope_args *r, const struct pd_kv_write_args *w, void *s)
+{
+    return pd_rope_kv_write_cuda(r, w, s);
+}
 static int cu_swiglu(const struct pd_swiglu_args *a, void *s) { return pd_swiglu_cuda(a, s); }
 static int cu_copy(void *dst, const void *src, size_t bytes, void *s)
 {
@@ -52,7 +56,7 @@ static int cu_attention(const struct pd_attn_args *a, void *s)
         return rc;
     const size_t row = (size_t)a->n_head * a->kv.head_dim, t0 = p.n_tokens;
     struct pd_attn_args d = *a;
-    d.out = a->out + t0 * row;
+    d.out = (float *)(void *)((char *)a->out + t0 * row * pd_attn_out_esize(a));
     d.q = a->q + t0 * pd_attn_q_ld(a);
     d.tok_seq = a->tok_seq + t0;
     d.tok_pos = a->tok_pos + t0;
@@ -269,6 +273,31 @@ static int upload_layer(struct pd_engine *e, uint32_t l, bool fuse, char *err, s
     return 0;
 }
 
+/* RoPE's angles as a table on the device ({cos, sin} of every position the
+ * engine serves, as the CPU computes them: kernels/rope.h), RoPE and the KV
+ * write then one launch (rope_kv); PDSERVE_FUSED_ROPE=0: neither, the
+ * angles computed each step (the way before). rf: the host's factors */
+static int rope_table(struct pd_engine *e, const float *rf)
+{
+    const struct pd_hparams *hp = &e->hp;
+    const char *v = getenv("PDSERVE_FUSED_ROPE");
+    if ((v && strcmp(v, "0") == 0) || hp->rope_dim == 0)
+        return 0;
+    const struct pd_rope_args a = {.head_dim = hp->head_dim,
+                                   .rope_dim = hp->rope_dim,
+                                   .freq_base = hp->rope_freq_base,
+                                   .freq_scale = e->rope_scale,
+                                   .freq_factors = rf};
+    const size_t bytes = (size_t)e->max_model_len * hp->rope_dim * sizeof(float);
+    float *t = malloc(bytes ? bytes : 1);
+    int rc = t ? pd_rope_table(&a, e->max_model_len, t) : -ENOMEM;
+    if (rc == 0 && !(e->rope_table = dev_upload(e, t, bytes)))
+        rc = -ENOMEM;
+    free(t);
+    e->rope_kv = rc == 0;
+    return rc;
+}
+
 /* The device's own stream, then every weight to the device: the matrices
  * from the model's tensors (upload_matrix), the norm vectors in fp32, the
  * embedding rows in their stored type; the host's dequantized copies are
@@ -305,11 +334,15 @@ static int cu_init(struct pd_engine *e, const struct pd_engine_params *p, char *
         (rf && !(e->rope_factors = dev_upload(e, rf, e->hp.rope_dim / 2 * sizeof(float)))))
         return pd_errf(err, errlen, -ENOMEM, "engine: no device memory for the output and "
                        "embedding weights");
+    if ((rc = rope_table(e, rf)) < 0)
+        return pd_errf(err, errlen, rc, "engine: RoPE's table of %" PRIu32 " positions: %s",
+                       e->max_model_len, rc == -ENOMEM ? "out of memory" : strerror(-rc));
     for (size_t i = 0; i < e->n_owned; i++)
         free(e->owned[i]);
     e->n_owned = 0;
-    snprintf(e->desc, sizeof(e->desc), "engine: CUDA, %s matrices, q/k/v and gate/up %s",
-             pd_dtype_name(e->w_type), fuse ? "as one GEMM each" : "as separate GEMMs");
+    snprintf(e->desc, sizeof(e->desc), "engine: CUDA, %s matrices, q/k/v and gate/up %s, RoPE %s",
+             pd_dtype_name(e->w_type), fuse ? "as one GEMM each" : "as separate GEMMs",
+             e->rope_kv ? "by table, with the KV write" : "computed, apart from the KV write");
     /* cu_scratch adds the GEMMs' input type */
     return 0;
 }
@@ -367,19 +400,19 @@ static int cu_scratch(struct pd_engine *e, const struct pd_engine_params *p)
                                                PD_ATTN_MAX_SPLITS);
     if (!(e->attn_ws = dev_alloc(e, e->attn_ws_bytes)))
         return -ENOMEM;
-    /* bf16 matrices: the norms and SwiGLU write bf16 for their GEMMs; the
-     * attention's float output is rounded into xs for the o projection.
-     * PDSERVE_BF16_ACTIVATIONS=0: every GEMM input float, rounded into xs
-     * first (the way before; the same bits, one more kernel per GEMM) */
+    /* bf16 matrices: the norms, SwiGLU and the attention write bf16 for
+     * their GEMMs. PDSERVE_BF16_ACTIVATIONS=0: every GEMM input float,
+     * rounded into xs first (the way before; the same bits, one more kernel
+     * per GEMM) */
     const char *act = getenv("PDSERVE_BF16_ACTIVATIONS");
     const bool bf16_act = !(act && strcmp(act, "0") == 0);
-    size_t cols = qd;
     if (e->w_type == PD_DT_BF16 && !bf16_act) {
+        size_t cols = qd;
         cols = hp->n_embd > cols ? hp->n_embd : cols;
         cols = hp->n_ff > cols ? hp->n_ff : cols;
+        if (!(e->xs = dev_alloc(e, T * cols * 2)))
+            return -ENOMEM;
     }
-    if (e->w_type == PD_DT_BF16 && !(e->xs = dev_alloc(e, T * cols * 2)))
-        return -ENOMEM;
     if (e->w_type == PD_DT_BF16 && bf16_act) {
         if (!(e->hn = dev_alloc(e, T * hp->n_embd * 2)))
             return -ENOMEM;
@@ -838,6 +871,7 @@ const struct pd_backend pd_backend_cuda = {
     .rope = cu_rope,
     .bias = cu_bias,
     .kv_write = cu_kv_write,
+    .rope_kv_write = cu_rope_kv_write,
     .attention = cu_attention,
     .swiglu = cu_swiglu,
     .copy = cu_copy,

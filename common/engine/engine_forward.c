@@ -117,13 +117,14 @@ static int head_norm(const struct fwd *f, float *x, const float *w, uint32_t n_h
     return w ? timed(f, PD_K_NORM, f->k->rmsnorm(&a, f->s)) : 0;
 }
 
-/* q's and k's heads (T, n_head + n_head_kv, head_dim), side by side in the
- * q, k, v rows, rotated in place at the step's positions: one call */
-static int rope(const struct fwd *f)
+/* RoPE of q's and k's heads (T, n_head + n_head_kv, head_dim), side by side
+ * in the q, k, v rows, in place at the step's positions; then k and v into
+ * the pool: one launch where the backend fuses them (rope_kv), else two */
+static int rope_kv_write(const struct fwd *f, uint32_t l)
 {
     const struct pd_engine *e = f->e;
     const struct pd_hparams *hp = &e->hp;
-    struct pd_rope_args a = {.x = e->q,
+    struct pd_rope_args r = {.x = e->q,
                              .pos = e->ix.pos,
                              .n_tokens = f->T,
                              .n_heads = hp->n_head + hp->n_head_kv,
@@ -133,14 +134,10 @@ static int rope(const struct fwd *f)
                              .freq_base = hp->rope_freq_base,
                              .freq_scale = e->rope_scale,
                              .freq_factors = e->rope_factors,
-                             .halves = hp->rope_style == PD_ROPE_HALVES};
-    return timed(f, PD_K_ROPE, f->k->rope(&a, f->s));
-}
-
-static int kv_write(const struct fwd *f, uint32_t l)
-{
-    const struct pd_engine *e = f->e;
-    struct pd_kv_write_args a = {.pool = pd_kvcache_pool(e->kc),
+                             .halves = hp->rope_style == PD_ROPE_HALVES,
+                             .table = e->rope_table,
+                             .table_len = e->rope_table ? e->max_model_len : 0};
+    struct pd_kv_write_args w = {.pool = pd_kvcache_pool(e->kc),
                                  .kv = *pd_kvcache_layout(e->kc),
                                  .layer = l,
                                  .k = e->kk,
@@ -149,7 +146,12 @@ static int kv_write(const struct fwd *f, uint32_t l)
                                  .n_tokens = f->T,
                                  .ld = e->qkv_ld,
                                  .pool_type = pd_kvcache_dtype(e->kc)};
-    return timed(f, PD_K_KV_WRITE, f->k->kv_write(&a, f->s));
+    int rc;
+    if (e->rope_kv && f->k->rope_kv_write)
+        return timed(f, PD_K_ROPE, f->k->rope_kv_write(&r, &w, f->s));
+    if ((rc = timed(f, PD_K_ROPE, f->k->rope(&r, f->s))) < 0)
+        return rc;
+    return timed(f, PD_K_KV_WRITE, f->k->kv_write(&w, f->s));
 }
 
 static int attend(const struct fwd *f, uint32_t l)
@@ -178,6 +180,7 @@ static int attend(const struct fwd *f, uint32_t l)
                              .max_run = f->max_run,
                              .run_tokens = f->run_tokens,
                              .decode_simt = e->decode_simt,
+                             .out_type = e->act_type,
                              .threads = e->pool};
     return timed(f, PD_K_ATTENTION, f->k->attention(&a, f->s));
 }
@@ -264,13 +267,11 @@ static int layer(const struct fwd *f, uint32_t l)
     if ((rc = head_norm(f, e->q, w->q_norm, hp->n_head)) < 0 ||
         (rc = head_norm(f, e->kk, w->k_norm, hp->n_head_kv)) < 0)
         return rc;
-    if ((rc = rope(f)) < 0)
-        return rc;
-    if ((rc = kv_write(f, l)) < 0)
+    if ((rc = rope_kv_write(f, l)) < 0)
         return rc;
     if ((rc = attend(f, l)) < 0)
         return rc;
-    if ((rc = mm(f, PD_K_O_PROJ, e->x, e->att, PD_DT_F32, &w->wo, T, D, qd, 1)) < 0)
+    if ((rc = mm(f, PD_K_O_PROJ, e->x, e->att, e->act_type, &w->wo, T, D, qd, 1)) < 0)
         return rc; /* the residual */
 
     if ((rc = norm(f, e->x, w->ffn_norm, T)) < 0)

@@ -80,6 +80,9 @@ struct pd_backend {
     int (*rope)(const struct pd_rope_args *, void *stream);
     int (*bias)(const struct pd_bias_args *, void *stream);
     int (*kv_write)(const struct pd_kv_write_args *, void *stream);
+    /* NULL, or rope then kv_write in one launch (kernels/rope.h) */
+    int (*rope_kv_write)(const struct pd_rope_args *, const struct pd_kv_write_args *,
+                         void *stream);
     int (*attention)(const struct pd_attn_args *, void *stream);
     int (*swiglu)(const struct pd_swiglu_args *, void *stream);
     int (*copy)(void *dst, const void *src, size_t bytes, void *stream); /* either side */
@@ -155,6 +158,11 @@ struct pd_engine {
     const float *out_norm; /* (n_embd) */
     struct pd_mat w_out; /* (n_vocab, n_embd) */
     const float *rope_factors; /* (rope_dim / 2) or NULL */
+    /* GPU: the angles' {cos, sin} for positions [0, max_model_len)
+     * (pd_rope_table), with RoPE and the KV write as one launch (rope_kv;
+     * PDSERVE_FUSED_ROPE=0: neither) */
+    const float *rope_table;
+    bool rope_kv;
     float rope_scale;
     void **owned; /* dequantized weights (float) this engine allocated (CPU: f32 mode) */
     size_t n_owned;
@@ -231,15 +239,15 @@ struct pd_engine {
     float *q; /* (T, n_head * head_dim) */
     float *kk, *vv; /* (T, n_head_kv * head_dim) */
     uint32_t qkv_ld; /* (n_head + 2 n_head_kv) head_dim */
-    float *att; /* (T, n_head * head_dim) */
+    float *att; /* (T, n_head * head_dim) of act_type: the o projection's input */
     float *gu; /* (T, 2 n_ff): gate then up, side by side; gate, up into it, rows 2 n_ff apart */
     float *gate, *up;
     float *ff; /* (T, n_ff) of act_type: silu(gate) * up, the down projection's input */
     struct pd_step_index ix, h_ix;
     float *h_logits; /* (logit_cap, n_vocab) */
     uint32_t w_type; /* the GPU's matrices' elements: F32 or BF16 */
-    void *xs; /* (T, n_head * head_dim) bf16: the attention's output rounded for the
-               * o projection's bf16 matrix (GPU) */
+    void *xs; /* (T, widest GEMM input) bf16: float GEMM inputs rounded for bf16
+               * matrices (GPU, PDSERVE_BF16_ACTIVATIONS=0 only) */
     void *attn_ws; /* decode attention's split partials (GPU) */
     struct pd_pool *pool; /* CPU: the kernels' threads (common/base/parallel) */
     void *mm_ws; /* CPU: the matmul's workspace (pd_matmul_cpu_ws_bytes) */

@@ -307,8 +307,10 @@ bench_step engine-8b "GPU engine, dummy Llama-3-8B" gpu_engine_bench "gemm: " \
     --model-shape llama3-8b --kv-cache-dtype bf16 --kernel-times
 # the same engine with issue 31's variants off -- q/k/v and gate/up as
 # separate GEMMs, float GEMM inputs rounded by a kernel, decode attention on
-# CUDA cores -- the way before, beside the way now
+# CUDA cores, RoPE's angles computed and the KV written by its own kernel --
+# the way before, beside the way now
 PDSERVE_FUSED_MATRICES=0 PDSERVE_BF16_ACTIVATIONS=0 PDSERVE_DECODE_ATTENTION=simt \
+    PDSERVE_FUSED_ROPE=0 \
     bench_step engine-8b-was "GPU engine, 8B, issue 31 variants off" gpu_engine_bench "gemm: " \
     --model-shape llama3-8b --kv-cache-dtype bf16 --kernel-times
 # Llama-3-8B's blocks (2 MiB): 8, a 2k-token prompt's 128, an 8k-token one's 512

@@ -1095,6 +1095,147 @@ static void kv_write_cuda_strided_matches_cpu(void)
         kv_write_strided_case(i % 3 == 2 ? PD_DT_F16 : i % 3 ? PD_DT_BF16 : PD_DT_F32, 1);
 }
 
+/* ---- RoPE's table, RoPE fused with the KV write -------------------------------- */
+
+/* the largest of a's positions */
+static uint32_t max_position(const struct pd_rope_args *a)
+{
+    int32_t mx = 0;
+    for (uint32_t t = 0; t < a->n_tokens; t++)
+        mx = a->pos[t] > mx ? a->pos[t] : mx;
+    return (uint32_t)mx;
+}
+
+/* The table holds the angles pd_rope_cpu computes: rotating by it (positions
+ * inside it) or by the angles computed (positions past it) gives the same
+ * bits as rotating without it; pd_rope_table refuses what pd_rope_cpu does. */
+static void rope_table_matches_computed_angles(void)
+{
+    for (int iter = 0; iter < 16; iter++) {
+        const uint32_t hd = PICK(16, 24, 64, 128), tokens = 1 + rnd(40), heads = 1 + rnd(12);
+        const size_t n = (size_t)tokens * heads * hd;
+        float *x = rand_floats(n, 3.0f), *y = dup_floats(x, n);
+        struct pd_rope_args a = random_rope(x, tokens, heads, hd);
+        const uint32_t len = iter % 4 ? max_position(&a) + 1 : rnd(max_position(&a) + 1);
+        float *table = host_alloc(((size_t)len * (a.rope_dim / 2) + 1) * 2 * sizeof(float));
+        CHECK_EQ_INT(pd_rope_table(&a, len, table), 0);
+        struct pd_rope_args b = a;
+        b.x = y, b.table = table, b.table_len = len;
+        CHECK_EQ_INT(pd_rope_cpu(&a), 0);
+        CHECK_EQ_INT(pd_rope_cpu(&b), 0);
+        check_same("rope: by the table against computed", y, x, n, sizeof(float), 0);
+        b.rope_dim = hd + 2; /* past the head */
+        CHECK_EQ_INT(pd_rope_table(&b, len, table), -EINVAL);
+        free(x), free(y), free(table), free((void *)a.freq_factors), free((void *)a.pos);
+    }
+}
+
+/* A step's q, k, v rows as the engine lays them out (q's heads, k's, v's,
+ * then a gap), rotated and stored by the fused launch: the same rows and
+ * pool bits as rope then kv_write launched apart, with or without the
+ * table, a padding token (slot -1) storing nothing; and the rows within
+ * TOL_F32 of the CPU's, the pool the CPU's where no token pads. A launch the
+ * two would refuse is refused, nothing written. */
+static void rope_kv_write_case(uint32_t pool_type)
+{
+    const struct pd_kv_geom l = random_layout();
+    const uint32_t group = PICK(1, 2, 4), n_head = l.n_head_kv * group, hd = l.head_dim;
+    const uint32_t n_blocks = 1 + rnd(20), n_slots = n_blocks * l.block_size;
+    const uint32_t n_tok = 1 + rnd(n_slots < 48 ? n_slots : 48), layer = rnd(l.n_layer);
+    const uint32_t w_qkv = (n_head + 2 * l.n_head_kv) * hd, ld = w_qkv + (rnd(2) ? 0 : 8);
+    const size_t n_x = (size_t)n_tok * ld;
+    const size_t pool_bytes = n_blocks * pd_kv_block_elems(&l) * elem_size(pool_type);
+    float *x = rand_floats(n_x, 3.0f);
+    struct pd_rope_args r = random_rope(x, n_tok, n_head + l.n_head_kv, hd);
+    const int32_t *pos = r.pos;
+    const float *factors = r.freq_factors;
+    int64_t *slot = shuffled_slots(n_slots);
+    const int pad = n_tok > 1 && rnd(3) == 0;
+    if (pad)
+        slot[rnd(n_tok)] = -1;
+    const uint32_t len = rnd(2) ? max_position(&r) + 1 : rnd(max_position(&r) + 1);
+    float *table = NULL;
+    if (rnd(3)) {
+        table = host_alloc(((size_t)len * (r.rope_dim / 2) + 1) * 2 * sizeof(float));
+        CHECK_EQ_INT(pd_rope_table(&r, len, table), 0);
+    }
+    r.ld = ld, r.table_len = table ? len : 0;
+    struct pd_kv_write_args w = {
+        .kv = l, .layer = layer, .n_tokens = n_tok, .pool_type = pool_type, .ld = ld};
+
+    /* on the device: apart (0), fused (1); then the refusals */
+    float *dx[2];
+    void *dpool[2];
+    struct pd_rope_args g = r;
+    struct pd_kv_write_args gw = w;
+    g.pos = dev_copy(pos, n_tok * sizeof(int32_t));
+    g.freq_factors = factors ? dev_copy(factors, r.rope_dim / 2 * sizeof(float)) : NULL;
+    g.table = table ? dev_copy(table, (size_t)len * r.rope_dim * sizeof(float) + 1) : NULL;
+    gw.slot = dev_copy(slot, n_tok * sizeof(int64_t));
+    for (int fused = 0; fused < 2; fused++) {
+        dx[fused] = dev_copy(x, n_x * sizeof(float));
+        dpool[fused] = dev_poisoned(pool_bytes);
+        g.x = dx[fused];
+        gw.pool = dpool[fused];
+        gw.k = dx[fused] + (size_t)n_head * hd, gw.v = gw.k + (size_t)l.n_head_kv * hd;
+        if (fused) {
+            CHECK_EQ_INT(pd_rope_kv_write_cuda(&g, &gw, NULL), 0);
+        } else {
+            CHECK_EQ_INT(pd_rope_cuda(&g, NULL), 0);
+            CHECK_EQ_INT(pd_kv_write_cuda(&gw, NULL), 0);
+        }
+    }
+    float *x0 = dev_fetch(dx[0], n_x * sizeof(float)), *x1 = dev_fetch(dx[1], n_x * sizeof(float));
+    uint8_t *p0 = dev_fetch(dpool[0], pool_bytes), *p1 = dev_fetch(dpool[1], pool_bytes);
+    char what[160];
+    snprintf(what, sizeof what, "rope+kv_write %s hd %u heads %u+%u rope_dim %u%s%s tokens %u",
+             pd_dtype_name(pool_type), hd, n_head, l.n_head_kv, r.rope_dim, table ? ", table" : "",
+             pad ? ", a padding token" : "", n_tok);
+    check_same(what, x1, x0, n_x, sizeof(float), 0);
+    check_same(what, p1, p0, pool_bytes, 1, 0);
+
+    /* the CPU's rows (and, without padding, pool) */
+    uint8_t *cpool = host_alloc(pool_bytes);
+    memset(cpool, 0xff, pool_bytes);
+    r.table = table;
+    w.pool = (float *)(void *)cpool, w.slot = slot;
+    w.k = x + (size_t)n_head * hd, w.v = w.k + (size_t)l.n_head_kv * hd;
+    CHECK_EQ_INT(pd_rope_cpu(&r), 0);
+    check_close(what, x1, x, n_x, TOL_F32);
+    if (!pad) {
+        CHECK_EQ_INT(pd_kv_write_cpu(&w), 0);
+        for (size_t i = 0; i < pool_bytes / elem_size(pool_type); i++) {
+            const float want = pool_type == PD_DT_F32 ? ((float *)(void *)cpool)[i]
+                                                      : dec16(pool_type, ((uint16_t *)cpool)[i]);
+            const float got = pool_type == PD_DT_F32 ? ((float *)(void *)p1)[i]
+                                                     : dec16(pool_type, ((uint16_t *)p1)[i]);
+            if (!(isnan(want) ? isnan(got) : fabsf(got - want) <= 1e-2f * (1.0f + fabsf(want))))
+                PD_TEST_FAIL_("%s: pool element %zu: %.9g, the CPU's %.9g", what, i, got, want);
+        }
+    }
+
+    /* refused, nothing written: token counts that differ, a short row, an odd rope_dim */
+    g.x = dev_copy(x, n_x * sizeof(float));
+    gw.pool = dev_poisoned(pool_bytes);
+    gw.n_tokens = n_tok + 1;
+    CHECK_EQ_INT(pd_rope_kv_write_cuda(&g, &gw, NULL), -EINVAL);
+    gw.n_tokens = n_tok, gw.ld = l.n_head_kv * hd - 1;
+    CHECK_EQ_INT(pd_rope_kv_write_cuda(&g, &gw, NULL), -EINVAL);
+    gw.ld = ld, g.rope_dim = 3;
+    CHECK_EQ_INT(pd_rope_kv_write_cuda(&g, &gw, NULL), -EINVAL);
+    check_poisoned("rope+kv_write: refused", gw.pool, pool_bytes);
+    free(x), free(x0), free(x1), free(p0), free(p1), free(cpool), free((void *)pos), free(slot);
+    free(table), free((void *)factors);
+    dev_free_all();
+}
+
+static void rope_kv_write_cuda_matches_separate(void)
+{
+    need_gpu();
+    for (int i = 0; i < 18; i++)
+        rope_kv_write_case(i % 3 == 2 ? PD_DT_F16 : i % 3 ? PD_DT_BF16 : PD_DT_F32);
+}
+
 /* ---- attention ----------------------------------------------------------------- */
 
 enum { SPLIT_NONE, SPLIT_AUTO, SPLIT_FORCED };
@@ -1111,6 +1252,9 @@ struct attn_case {
      * its row; the kernels given q_ld, and one under the q row refused */
     uint32_t q_gap;
     uint32_t simt; /* the CUDA-core decode kernel where the tensor-core one would serve */
+    /* PD_DT_BF16 / PD_DT_F16: the launch again with that out_type, each
+     * element the float out rounded (attn_out16_matches) */
+    uint32_t out16;
 };
 
 /* A model's attention shape: KV heads, query heads per KV head, head_dim. */
@@ -1231,6 +1375,33 @@ static float *q_in_rows(const float *q, uint32_t n_tokens, uint32_t w, uint32_t 
     return wide;
 }
 
+/* g launched again with 16-bit out (type): each element the float output
+ * dout (g's, already written) rounded, bit for bit (a NaN row stays NaN);
+ * an out_type no kernel writes refused first, nothing written. prefill:
+ * the prefill kernel, else the decode launcher. */
+static void attn_out16_matches(const char *what, struct pd_attn_args g, const float *dout,
+                               uint32_t type, int prefill)
+{
+    const size_t n = (size_t)g.n_tokens * g.n_head * g.kv.head_dim;
+    float *want = dev_fetch(dout, n * sizeof(float));
+    g.out = dev_poisoned(n * sizeof(uint16_t));
+    g.out_type = PD_DT_Q8_0; /* not an output type */
+    CHECK_EQ_INT(prefill ? pd_attention_prefill_cuda(&g, NULL) : pd_attention_cuda(&g, NULL),
+                 -EINVAL);
+    check_poisoned("attention: a refused out_type", g.out, n * sizeof(uint16_t));
+    g.out_type = type;
+    CHECK_EQ_INT(prefill ? pd_attention_prefill_cuda(&g, NULL) : pd_attention_cuda(&g, NULL), 0);
+    uint16_t *got = dev_fetch(g.out, n * sizeof(uint16_t));
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        const int ok = isnan(want[i]) ? isnan(dec16(type, got[i])) : got[i] == enc16(type, want[i]);
+        if (!ok && bad++ < 3)
+            PD_TEST_FAIL_("%s, %s out [%zu]: %#x, the float %.9g rounds to %#x", what,
+                          pd_dtype_name(type), i, got[i], want[i], enc16(type, want[i]));
+    }
+    free(want), free(got);
+}
+
 /* Device copies of a's inputs, a poisoned output and the workspace the case
  * asks for; returns the device output. q strided (q_ld): a launch with a
  * q_ld under the q row is refused first, nothing written. */
@@ -1268,6 +1439,8 @@ static float *attn_on_device(const struct attn_case *c, const struct pd_attn_arg
     }
     *split_used = ws > 0;
     CHECK_EQ_INT(pd_attention_cuda(&g, NULL), 0);
+    if (c->out16)
+        attn_out16_matches("attention cuda", g, g.out, c->out16, 0);
     return g.out;
 }
 
@@ -1361,6 +1534,7 @@ static void attention_cuda_decode_matches_cpu(void)
     need_gpu();
     for (int iter = 0; iter < 40; iter++) {
         struct attn_case c = random_attn_case(1);
+        c.out16 = iter % 4 ? 0 : PICK(PD_DT_BF16, PD_DT_F16);
         attn_case_run(&c, &used);
         splits += used;
     }
@@ -1422,6 +1596,7 @@ static void attention_cuda_decode_tensor_cores_match_cpu(void)
             float *tc = NULL, *simt = NULL;
             size_t n = 0;
             const uint64_t seed = rng_state;
+            c.out16 = k == 1 ? PD_DT_BF16 : 0;
             attn_case_run_out(&c, &used, &tc, &n);
             splits += used;
             rng_state = seed; /* the same inputs again */
@@ -1485,9 +1660,12 @@ static void attention_cpu_strided_q_matches_packed(void)
         memset(got, 0xff, out_n * sizeof(float));
         s.q_ld = w - 1;
         CHECK_EQ_INT(pd_attention_cpu(&s), -EINVAL);
+        s.q_ld = q_ld;
+        s.out_type = PD_DT_BF16; /* 16-bit out: the GPU's only */
+        CHECK_EQ_INT(pd_attention_cpu(&s), -EINVAL);
         for (size_t i = 0; i < out_n * sizeof(float); i++)
             if (((const uint8_t *)got)[i] != 0xff)
-                PD_TEST_FAIL_("attention: a refused q_ld wrote byte %zu", i);
+                PD_TEST_FAIL_("attention: a refused q_ld or out_type wrote byte %zu", i);
         free(pool), free(q), free(ref), free(got), free(wide);
         free_batch(&b);
     }
@@ -2484,6 +2662,13 @@ static void prefill_case_run(const struct attn_case *c, uint32_t io_type, int ra
         check_poisoned("prefill: a refused q_ld", g.out, out_n * io_size);
     }
     CHECK_EQ_INT(pd_attention_prefill_cuda(&g, NULL), 0);
+    if (io_type == PD_DT_F32) /* 16-bit out from float q: each element the float out rounded */
+        attn_out16_matches("prefill", g, g.out, PICK(PD_DT_BF16, PD_DT_F16), 1);
+    else { /* out follows a 16-bit io_type: another out_type refused */
+        struct pd_attn_args bad = g;
+        bad.out_type = io_type == PD_DT_BF16 ? PD_DT_F16 : PD_DT_BF16;
+        CHECK_EQ_INT(pd_attention_prefill_cuda(&bad, NULL), -EINVAL);
+    }
 
     void *raw = dev_fetch(g.out, out_n * io_size);
     float *got = raw;
@@ -2775,6 +2960,8 @@ SEEDED(bias_cuda_matches_cpu)
 SEEDED(swiglu_cuda_matches_cpu)
 SEEDED(rope_cpu_strided_matches_packed)
 SEEDED(rope_cuda_strided_matches_cpu)
+SEEDED(rope_table_matches_computed_angles)
+SEEDED(rope_kv_write_cuda_matches_separate)
 SEEDED(bias_cpu_strided_matches_packed)
 SEEDED(bias_cuda_strided_matches_cpu)
 SEEDED(rmsnorm_cpu_strided_matches_packed)
@@ -2821,6 +3008,8 @@ static const struct pd_test tests[] = {
     T(swiglu_cuda_matches_cpu),
     T(rope_cpu_strided_matches_packed),
     T(rope_cuda_strided_matches_cpu),
+    T(rope_table_matches_computed_angles),
+    T(rope_kv_write_cuda_matches_separate),
     T(bias_cpu_strided_matches_packed),
     T(bias_cuda_strided_matches_cpu),
     T(rmsnorm_cpu_strided_matches_packed),

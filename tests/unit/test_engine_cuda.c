@@ -348,6 +348,43 @@ static void engine_cuda_bf16_activations_round_as_before(void)
     }
 }
 
+/* RoPE by the table, fused with the KV write (the default) against the
+ * angles computed on the device and the KV written by its own kernel
+ * (PDSERVE_FUSED_ROPE=0): the table holds the CPU's cos and sin, the
+ * device's double cos and sin may round a last bit apart, so within
+ * TOL_F32 on a GPU; bit for bit on the emulator (the host's cos and sin
+ * both ways). Halves (Qwen), a partial rope_dim, bf16 matrices. */
+static void engine_cuda_rope_fused_with_kv_write(void)
+{
+    need_gpu();
+    const struct {
+        const char *shape;
+        uint32_t w;
+    } cases[] = {{"tiny-qwen3", PD_DT_F32},
+                 {"{\"preset\":\"tiny-gqa4\",\"rope_dim\":8}", PD_DT_F32},
+                 {SHAPE_64, PD_DT_BF16}};
+    const int emulated = pd_cuda_emulated();
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct pd_model *m = load_dummy(cases[i].shape);
+        const size_t n = (size_t)N_ROWS * pd_model_hparams(m)->n_vocab;
+        float *one, *apart;
+        script_env(m, cases[i].w, "PDSERVE_FUSED_ROPE", "0", &one,
+                   "RoPE by table, with the KV write", &apart,
+                   "RoPE computed, apart from the KV write");
+        double worst = 0, mx = 0;
+        for (size_t j = 0; j < n; j++) {
+            const double d = fabs((double)one[j] - apart[j]);
+            worst = isnan(d) || d > worst ? (isnan(d) ? INFINITY : d) : worst;
+            mx = fabs(apart[j]) > mx ? fabs(apart[j]) : mx;
+        }
+        if (emulated ? worst != 0 : !(worst / mx <= TOL_F32))
+            PD_TEST_FAIL_("%s: RoPE fused with the KV write %.3g from apart (%s)", cases[i].shape,
+                          worst / mx, emulated ? "the emulator's must be equal" : "bar 1e-4");
+        free(one), free(apart);
+        pd_model_free(m);
+    }
+}
+
 /* --gpu-memory-utilization: the pool takes what is left under the share,
  * in whole blocks; a share already used up by others is refused */
 static void engine_cuda_pool_sized_by_memory_share(void)
@@ -572,12 +609,13 @@ static void engine_cuda_kernel_timer_times_plain_launches(void)
             CHECK_EQ_INT(steps, 2 + 4);
             CHECK_EQ_INT(pd_engine_cuda_graphs(e), 0);
             const enum pd_kernel_kind ran[] = {
-                PD_K_EMBED,  PD_K_NORM,    PD_K_QKV,    PD_K_ROPE, PD_K_KV_WRITE, PD_K_ATTENTION,
-                PD_K_O_PROJ, PD_K_GATE_UP, PD_K_SWIGLU, PD_K_DOWN, PD_K_LM_HEAD,  PD_K_SAMPLE};
+                PD_K_EMBED,   PD_K_NORM,   PD_K_QKV,  PD_K_ROPE,    PD_K_ATTENTION, PD_K_O_PROJ,
+                PD_K_GATE_UP, PD_K_SWIGLU, PD_K_DOWN, PD_K_LM_HEAD, PD_K_SAMPLE};
             for (size_t i = 0; i < sizeof(ran) / sizeof(*ran); i++)
                 if (!(ms[ran[i]] > 0))
                     PD_TEST_FAIL_("%s took no time", pd_kernel_kind_name(ran[i]));
             CHECK(ms[PD_K_BIAS] == 0);
+            CHECK(ms[PD_K_KV_WRITE] == 0); /* fused into RoPE's launch, timed as its */
             CHECK_EQ_INT(pd_engine_kernel_timer(e, false), 0);
         }
         struct pd_batch_item it[2];
@@ -849,6 +887,7 @@ static const struct pd_test tests[] = {
     PD_TEST(engine_cuda_bf16_matrices_close_to_cpu),
     PD_TEST(engine_cuda_fused_matrices_match_separate),
     PD_TEST(engine_cuda_bf16_activations_round_as_before),
+    PD_TEST(engine_cuda_rope_fused_with_kv_write),
     PD_TEST(engine_cuda_pool_sized_by_memory_share),
     PD_TEST(engine_cuda_kv_staging_round_trip),
     PD_TEST(engine_cuda_graphs_replay_decode_steps_exactly),
