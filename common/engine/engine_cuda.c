@@ -427,9 +427,12 @@ static int cu_scratch(struct pd_engine *e, const struct pd_engine_params *p)
         return -ENOMEM;
     if (!p->no_cuda_graphs) {
         if (!(e->graph = calloc(2 * ((size_t)e->max_items + 1), sizeof(*e->graph))) ||
-            !(e->graph_seen = calloc(2 * ((size_t)e->max_items + 1), 1)))
+            !(e->graph_seen = calloc(2 * ((size_t)e->max_items + 1), 1)) ||
+            !(e->pad_items = calloc(e->max_items, sizeof(*e->pad_items))))
             return -ENOMEM;
         e->graphs = true;
+        const char *gb = getenv("PDSERVE_CUDA_GRAPH_BUCKETS");
+        e->graph_buckets = !(gb && strcmp(gb, "0") == 0);
     }
     return cu_scratch_sampling(e);
 }
@@ -524,6 +527,7 @@ static void cu_done(struct pd_engine *e)
         pd_cuda_graph_free(e->graph[i]);
     free(e->graph);
     free(e->graph_seen);
+    free(e->pad_items);
     for (size_t i = 0; i < e->n_pinned; i++) {
         pd_cuda_host_unregister(e->pinned[i]);
         free(e->pinned[i]);
@@ -810,9 +814,47 @@ static int graph_step(struct pd_engine *e, const struct pd_batch_item *items, ui
     return 0;
 }
 
+/* The batch size whose graph a decode step of n items replays: the
+ * smallest bucket that holds it -- 1, 2, 4, then multiples of 8 (vLLM's
+ * capture sizes), at most max_items or max_tokens -- so that a server
+ * whose batch wanders over 1..256 captures 35 graphs a kind, not 256; or
+ * n itself (PDSERVE_CUDA_GRAPH_BUCKETS=0). */
+static uint32_t graph_bucket(const struct pd_engine *e, uint32_t n)
+{
+    if (!e->graph_buckets)
+        return n;
+    const uint32_t b = n <= 2 ? n : n <= 4 ? 4 : (n + 7) / 8 * 8;
+    const uint32_t cap = e->max_items < e->max_tokens ? e->max_items : e->max_tokens;
+    return b < cap ? b : cap < n ? n : cap;
+}
+
+/* A decode step of n items as one of b (its bucket): the items then
+ * padding ones in pad_items, whose tokens read position 0 of item 0's
+ * sequence (finite rows, no other work) and store no K or V (slot -1); a
+ * sampling step's padding rows take row 0's parameters with no history.
+ * The padding rows' results are never handed out. */
+static const struct pd_batch_item *pad_step(struct pd_engine *e, const struct pd_batch_item *items,
+                                            uint32_t n, uint32_t b, bool smp)
+{
+    memcpy(e->pad_items, items, n * sizeof(*items));
+    for (uint32_t t = n; t < b; t++) {
+        e->h_ix.tok[t] = 0, e->h_ix.pos[t] = 0, e->h_ix.tok_seq[t] = 0, e->h_ix.slot[t] = -1;
+        e->item_t0[t] = t;
+        e->pad_items[t] =
+            (struct pd_batch_item){.n_tokens = 1, .n_logits = 1, .sampling = items[0].sampling};
+        if (smp) {
+            e->h_sp[t] = e->h_sp[0];
+            e->h_np[t] = 0;
+            e->h_force[t] = -1;
+            e->h_hs[t + 1] = e->h_hs[n];
+        }
+    }
+    return e->pad_items;
+}
+
 /* A step on the GPU: its index arrays up, its work, then one wait; the
  * logits rows handed out after it. A decode step (one token and one row of
- * logits per item) replays the CUDA graph of its batch size and kind
+ * logits per item) replays the CUDA graph of its batch size's bucket and kind
  * (logits or sampled): the graph holds the index arrays' copies from their
  * fixed page-locked buffers, every kernel and GEMM, and the results' copy
  * down. A capture or a launch that fails turns graphs off for the engine,
@@ -833,11 +875,17 @@ static int cu_step(struct pd_engine *e, const struct pd_batch_item *items, uint3
     bool decode = e->graphs && !pen && !e->kt; /* the kernel timer: plain launches */
     for (uint32_t i = 0; i < n_items && decode; i++)
         decode = items[i].n_tokens == 1 && items[i].n_logits == 1 && !items[i].n_forced;
-    rc = decode ? graph_step(e, items, n_items, T, 2 * n_items + smp) : -EAGAIN;
-    if (rc == 0)
+    const uint32_t b = decode ? graph_bucket(e, n_items) : n_items;
+    const struct pd_batch_item *as = b > n_items ? pad_step(e, items, n_items, b, smp) : items;
+    rc = decode ? graph_step(e, as, b, b, 2 * b + smp) : -EAGAIN;
+    if (rc == 0) {
         pending = n_items;
-    else
+    } else if (decode) { /* the bucket's first time: its size, padded, as plain launches */
+        rc = launch(e, as, b, b, &pending);
+        pending = pending < n_items ? pending : n_items; /* the padding's rows stay */
+    } else {
         rc = launch(e, items, n_items, T, &pending);
+    }
     /* the step ends here: its errors are known, its index arrays and logits
      * buffers free for the next */
     int rs = cu_sync(e->stream);

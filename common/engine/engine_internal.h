@@ -184,6 +184,11 @@ struct pd_engine {
      * index) or sampling (odd), captured on first use */
     struct pd_cuda_graph **graph;
     uint8_t *graph_seen; /* (as graph) ran once as plain launches: the next is captured */
+    /* a decode step replays the graph of its size's bucket (1, 2, 4, then
+     * multiples of 8), padded (pad_items: the step's items, then padding);
+     * PDSERVE_CUDA_GRAPH_BUCKETS=0: a graph per exact size */
+    bool graph_buckets;
+    struct pd_batch_item *pad_items; /* (max_items) */
 
     /* sampling in the step (pd_batch_item.sampling): the CPU's sampler, or
      * on a GPU each row's parameters, history offsets and prompt lengths
