@@ -9,7 +9,8 @@
  *      of the history (a CAS on its mark), presence / frequency penalties
  *      once per distinct output token with its count (atomic counts, then an
  *      exchange that hands each token's count to one thread)
- *   2. log-sum-exp of the raw logits (double, a fixed reduction tree)
+ *   2. log-sum-exp of the raw logits: lse_kernel's partials (below)
+ *      combined in slice order
  *   3. greedy: the largest w, lower id on a tie; or w /= temperature,
  *      pr = expf(w - max), and three radix descents over the keys
  *      (order(w) << 32 | ~id, descending = the CPU's sort order): the top_k-th
@@ -31,11 +32,28 @@
 
 #define SMP_THREADS 256
 #define SMP_FP_ONE 70368744177664.0 /* 2^46: probability mass in fixed point */
+/* The log-sum-exp over the vocabulary is spread over blocks: a row's logits
+ * in n_slices slices of about LSE_SLICE (at most LSE_MAX_SLICES slices),
+ * each block one slice's max and sum of exp(x - max) in double (a fixed
+ * tree), combined in slice order by the row's sampling block. One block per
+ * row summing all 128k of Llama-3's logits in double was a decode step's
+ * serial tail at small batches (issue 31, item 4). The slices depend on
+ * n_vocab alone: a row's log-probabilities do not depend on its batch. */
+#define LSE_SLICE 4096u
+#define LSE_MAX_SLICES 64u
 
 struct smp_params {
     struct pd_sample_args a;
     uint64_t row_bytes;
+    double *lse_parts; /* (n_rows, n_slices, 2): each slice's max, sum */
+    uint32_t n_slices, slice_len;
 };
+
+static uint32_t lse_slices(uint32_t n_vocab)
+{
+    const uint32_t n = (n_vocab + LSE_SLICE - 1) / LSE_SLICE;
+    return n < 1 ? 1 : n > LSE_MAX_SLICES ? LSE_MAX_SLICES : n;
+}
 
 /* ---- block reductions (fixed tree: deterministic) ----------------------- */
 
@@ -275,15 +293,15 @@ __global__ void __launch_bounds__(SMP_THREADS) sample_kernel(const struct smp_pa
         __syncthreads();
     }
 
-    /* 2. log-sum-exp of the raw logits */
-    float mx = -INFINITY;
-    for (uint32_t i = t; i < V; i += SMP_THREADS)
-        mx = fmaxf(mx, lg[i]);
-    mx = block_max(sh, mx);
-    double s = 0.0;
-    for (uint32_t i = t; i < V; i += SMP_THREADS)
-        s += exp((double)lg[i] - mx);
-    const double lse = mx + log(block_sum_d(sh, s));
+    /* 2. log-sum-exp of the raw logits: the slices' partials, in order */
+    const double *part = sp.lse_parts + (uint64_t)r * sp.n_slices * 2;
+    double mx = -INFINITY, s = 0.0;
+    for (uint32_t b = 0; b < sp.n_slices; b++)
+        mx = part[2 * b] > mx ? part[2 * b] : mx;
+    for (uint32_t b = 0; b < sp.n_slices; b++) /* an all -inf slice adds 0 * 0 */
+        s += part[2 * b + 1] * exp(part[2 * b] - mx);
+    /* every logit -inf: NaN, as the CPU's exp(-inf - -inf) sum gives */
+    const double lse = mx == -INFINITY ? (double)NAN : mx + log(s);
 
     /* 3. the token */
     uint32_t token;
@@ -364,6 +382,28 @@ __global__ void __launch_bounds__(SMP_THREADS) sample_kernel(const struct smp_pa
     }
 }
 
+/* Block (row r, slice b): the slice's max (float, NaN ignored as fmaxf
+ * does) and sum of exp(x - max) in double; an all -inf slice leaves -inf, 0. */
+__global__ void __launch_bounds__(SMP_THREADS) lse_kernel(const struct smp_params sp)
+{
+    __shared__ struct smp_shared sh;
+    const uint32_t r = blockIdx.x, b = blockIdx.y, t = threadIdx.x, V = sp.a.n_vocab;
+    const float *lg = sp.a.logits + (uint64_t)r * V;
+    const uint32_t lo = b * sp.slice_len, hi = lo + sp.slice_len < V ? lo + sp.slice_len : V;
+    float mx = -INFINITY;
+    for (uint32_t i = lo + t; i < hi; i += SMP_THREADS)
+        mx = fmaxf(mx, lg[i]);
+    mx = block_max(sh, mx);
+    double s = 0.0;
+    for (uint32_t i = lo + t; i < hi && mx != -INFINITY; i += SMP_THREADS)
+        s += exp((double)lg[i] - mx);
+    s = block_sum_d(sh, s);
+    if (t == 0) {
+        sp.lse_parts[((uint64_t)r * sp.n_slices + b) * 2] = mx;
+        sp.lse_parts[((uint64_t)r * sp.n_slices + b) * 2 + 1] = s;
+    }
+}
+
 /* ---- host side --------------------------------------------------------- */
 
 static uint64_t row_bytes(uint32_t n_vocab)
@@ -371,9 +411,10 @@ static uint64_t row_bytes(uint32_t n_vocab)
     return ((uint64_t)n_vocab * 12 + 255) / 256 * 256;
 }
 
+/* the rows' workspaces, then the log-sum-exp partials */
 extern "C" uint64_t pd_sample_cuda_workspace(uint32_t n_rows, uint32_t n_vocab)
 {
-    return (uint64_t)n_rows * row_bytes(n_vocab);
+    return (uint64_t)n_rows * (row_bytes(n_vocab) + lse_slices(n_vocab) * 2 * sizeof(double));
 }
 
 extern "C" int pd_sample_cuda(const struct pd_sample_args *a, pd_stream_t stream)
@@ -389,6 +430,13 @@ extern "C" int pd_sample_cuda(const struct pd_sample_args *a, pd_stream_t stream
     memset(&sp, 0, sizeof sp);
     sp.a = *a;
     sp.row_bytes = row_bytes(a->n_vocab);
+    sp.lse_parts = (double *)((char *)a->workspace + (uint64_t)a->n_rows * sp.row_bytes);
+    sp.n_slices = lse_slices(a->n_vocab);
+    sp.slice_len = (a->n_vocab + sp.n_slices - 1) / sp.n_slices;
+    int rc;
+    lse_kernel<<<dim3(a->n_rows, sp.n_slices), SMP_THREADS, 0, pd_cuda_stream(stream)>>>(sp);
+    if ((rc = pd_cuda_launched("lse_kernel")) < 0)
+        return rc;
     sample_kernel<<<a->n_rows, SMP_THREADS, 0, pd_cuda_stream(stream)>>>(sp);
     return pd_cuda_launched("sample_kernel");
 }

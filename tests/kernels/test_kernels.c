@@ -2114,7 +2114,8 @@ static void sample_rows_match_cpu(int with_bias)
 {
     need_gpu();
     for (int iter = 0; iter < 8; iter++) { /* under a second emulated: the same cases */
-        const uint32_t V = PICK(7, 50, 300, 3000, 49152);
+        /* 10007 and 49152: the log-sum-exp in 3 uneven and 12 whole slices */
+        const uint32_t V = PICK(7, 50, 300, 3000, 10007, 49152);
         const uint32_t rows = 64;
         float *logits = host_alloc((size_t)rows * V * sizeof(float));
         struct pd_sampling *par = host_alloc(rows * sizeof(*par));
@@ -2129,9 +2130,14 @@ static void sample_rows_match_cpu(int with_bias)
         bstart[0] = 0;
         for (uint32_t r = 0; r < rows; r++) {
             const int ties = rnd(3) == 0, neg_inf = rnd(4) == 0;
+            /* the first half -inf: whole slices of the log-sum-exp add nothing */
+            const uint32_t inf_below = rnd(6) == 0 ? V / 2 : 0;
             for (uint32_t i = 0; i < V; i++) {
                 float x = rndf(4.0f);
-                logits[(size_t)r * V + i] = ties ? roundf(x) : neg_inf && rnd(3) == 0 ? -INFINITY : x;
+                logits[(size_t)r * V + i] = i < inf_below ? -INFINITY
+                    : ties                                ? roundf(x)
+                    : neg_inf && rnd(3) == 0              ? -INFINITY
+                                                          : x;
             }
             struct pd_sampling p = PD_SAMPLING_DEFAULT;
             if (rnd(4)) {
