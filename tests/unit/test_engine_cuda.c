@@ -285,6 +285,47 @@ static void engine_cuda_bf16_matrices_close_to_cpu(void)
     compare(SHAPE_16, PD_DT_F32, PD_DT_BF16, TOL_BF16_W);
 }
 
+/* max |a - b| over n values relative to max |b| (INFINITY where one is
+ * NaN and the other not alike) */
+static double rel_diff(const float *a, const float *b, size_t n)
+{
+    double worst = 0, mx = 0;
+    for (size_t j = 0; j < n; j++) {
+        const double d = fabs((double)a[j] - b[j]);
+        worst = isnan(d) || d > worst ? (isnan(d) ? INFINITY : d) : worst;
+        mx = fabs(b[j]) > mx ? fabs(b[j]) : mx;
+    }
+    return mx > 0 ? worst / mx : worst;
+}
+
+/* a dummy model's shape and its GPU matrices' type */
+struct shape_case {
+    const char *shape;
+    uint32_t w;
+};
+
+/* Each case's script with var=0 and without (script_env; the descriptions
+ * must say says_now, says_was): the same logits, bit for bit on the
+ * emulator, within TOL_F32 of max|logit| on a GPU */
+static void variant_matches(const char *what, const struct shape_case *cases, size_t n_cases,
+                            const char *var, const char *says_now, const char *says_was)
+{
+    need_gpu();
+    const int emulated = pd_cuda_emulated();
+    for (size_t i = 0; i < n_cases; i++) {
+        struct pd_model *m = load_dummy(cases[i].shape);
+        const size_t n = (size_t)N_ROWS * pd_model_hparams(m)->n_vocab;
+        float *now, *was;
+        script_env(m, cases[i].w, var, "0", &now, says_now, &was, says_was);
+        const double d = rel_diff(now, was, n);
+        if (emulated ? memcmp(now, was, n * sizeof(float)) != 0 : !(d <= TOL_F32))
+            PD_TEST_FAIL_("%s: %s, %.3g of max|logit| (%s)", cases[i].shape, what, d,
+                          emulated ? "the emulator's must be equal" : "bar 1e-4");
+        free(now), free(was);
+        pd_model_free(m);
+    }
+}
+
 /* q, k, v placed as one matrix and gate, up as another (one GEMM each, the
  * default) against each its own (PDSERVE_FUSED_MATRICES=0: the GEMMs write
  * into the same rows side by side): the same logits. Bit for bit on the
@@ -294,35 +335,12 @@ static void engine_cuda_bf16_matrices_close_to_cpu(void)
  * the shared rows. */
 static void engine_cuda_fused_matrices_match_separate(void)
 {
-    need_gpu();
-    const struct {
-        const char *shape;
-        uint32_t w;
-    } cases[] = {{"tiny-qwen2", PD_DT_F32},
-                 {"tiny-qwen3", PD_DT_F32},
-                 {SHAPE_16, PD_DT_F32},
-                 {SHAPE_64, PD_DT_BF16}};
-    const int emulated = pd_cuda_emulated();
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        const char *shape = cases[i].shape;
-        const uint32_t w = cases[i].w;
-        struct pd_model *m = load_dummy(shape);
-        const size_t n = (size_t)N_ROWS * pd_model_hparams(m)->n_vocab;
-        float *one, *apart;
-        script_env(m, w, "PDSERVE_FUSED_MATRICES", "0", &one, "as one GEMM each", &apart,
-                   "as separate GEMMs");
-        double worst = 0, mx = 0;
-        for (size_t j = 0; j < n; j++) {
-            const double d = fabs((double)one[j] - apart[j]);
-            worst = isnan(d) || d > worst ? (isnan(d) ? INFINITY : d) : worst;
-            mx = fabs(apart[j]) > mx ? fabs(apart[j]) : mx;
-        }
-        if (emulated ? worst != 0 : !(worst / mx <= TOL_F32))
-            PD_TEST_FAIL_("%s: fused matrices %.3g from separate ones (%s)", shape, worst / mx,
-                          emulated ? "the emulator's must be equal" : "bar 1e-4");
-        free(one), free(apart);
-        pd_model_free(m);
-    }
+    static const struct shape_case cases[] = {{"tiny-qwen2", PD_DT_F32},
+                                              {"tiny-qwen3", PD_DT_F32},
+                                              {SHAPE_16, PD_DT_F32},
+                                              {SHAPE_64, PD_DT_BF16}};
+    variant_matches("fused matrices against separate ones", cases, 4, "PDSERVE_FUSED_MATRICES",
+                    "as one GEMM each", "as separate GEMMs");
 }
 
 /* bf16 matrices: the norms and SwiGLU write their GEMMs' inputs in bf16
@@ -356,33 +374,12 @@ static void engine_cuda_bf16_activations_round_as_before(void)
  * both ways). Halves (Qwen), a partial rope_dim, bf16 matrices. */
 static void engine_cuda_rope_fused_with_kv_write(void)
 {
-    need_gpu();
-    const struct {
-        const char *shape;
-        uint32_t w;
-    } cases[] = {{"tiny-qwen3", PD_DT_F32},
-                 {"{\"preset\":\"tiny-gqa4\",\"rope_dim\":8}", PD_DT_F32},
-                 {SHAPE_64, PD_DT_BF16}};
-    const int emulated = pd_cuda_emulated();
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        struct pd_model *m = load_dummy(cases[i].shape);
-        const size_t n = (size_t)N_ROWS * pd_model_hparams(m)->n_vocab;
-        float *one, *apart;
-        script_env(m, cases[i].w, "PDSERVE_FUSED_ROPE", "0", &one,
-                   "RoPE by table, with the KV write", &apart,
-                   "RoPE computed, apart from the KV write");
-        double worst = 0, mx = 0;
-        for (size_t j = 0; j < n; j++) {
-            const double d = fabs((double)one[j] - apart[j]);
-            worst = isnan(d) || d > worst ? (isnan(d) ? INFINITY : d) : worst;
-            mx = fabs(apart[j]) > mx ? fabs(apart[j]) : mx;
-        }
-        if (emulated ? worst != 0 : !(worst / mx <= TOL_F32))
-            PD_TEST_FAIL_("%s: RoPE fused with the KV write %.3g from apart (%s)", cases[i].shape,
-                          worst / mx, emulated ? "the emulator's must be equal" : "bar 1e-4");
-        free(one), free(apart);
-        pd_model_free(m);
-    }
+    static const struct shape_case cases[] = {
+        {"tiny-qwen3", PD_DT_F32},
+        {"{\"preset\":\"tiny-gqa4\",\"rope_dim\":8}", PD_DT_F32},
+        {SHAPE_64, PD_DT_BF16}};
+    variant_matches("RoPE fused with the KV write against apart", cases, 3, "PDSERVE_FUSED_ROPE",
+                    "RoPE by table, with the KV write", "RoPE computed, apart from the KV write");
 }
 
 /* --gpu-memory-utilization: the pool takes what is left under the share,
@@ -576,16 +573,10 @@ static void steps_agree(const char *what, const float *a, const float *b, const 
 {
     for (uint32_t k = 0; k < n_steps; k++) {
         const size_t n = (size_t)n_rows * V, o = (size_t)k * n;
-        double worst = 0, mx = 0;
-        for (size_t j = 0; j < n; j++) {
-            const double d = fabs((double)a[o + j] - b[o + j]);
-            worst = isnan(d) || d > worst ? (isnan(d) ? INFINITY : d) : worst;
-            mx = fabs(b[o + j]) > mx ? fabs(b[o + j]) : mx;
-        }
-        if (exact[k] ? memcmp(a + o, b + o, n * sizeof(float)) != 0 : !(worst <= TOL_F32 * mx))
+        const double d = rel_diff(a + o, b + o, n);
+        if (exact[k] ? memcmp(a + o, b + o, n * sizeof(float)) != 0 : !(d <= TOL_F32))
             PD_TEST_FAIL_("%s: step %u (batch %u) differs by %.3g of max|logit| (%s)", what, k,
-                          sizes[k], mx > 0 ? worst / mx : worst,
-                          exact[k] ? "must be equal" : "bar 1e-4");
+                          sizes[k], d, exact[k] ? "must be equal" : "bar 1e-4");
     }
 }
 
