@@ -50,7 +50,8 @@ struct attn_params {
     struct pd_kv_geom kv;
     uint32_t layer, n_tokens, n_head, group, max_blocks;
     uint32_t n_hchunks; /* group chunks per KV head */
-    uint32_t n_splits, chunk;
+    uint32_t n_splits, chunk; /* the plan's (for max_ctx) */
+    uint32_t fixed_chunk; /* split_tokens forced the piece size: every token's is chunk */
     uint32_t max_ctx; /* positions beyond are refused (NaN rows) */
     uint32_t bs_shift; /* log2(block_size) when bs_pow2 */
     uint32_t bs_pow2;
@@ -138,11 +139,12 @@ __device__ __forceinline__ bool split_range(const struct attn_params &p, int32_t
                                             uint32_t *n_pieces)
 {
     const uint32_t n_ctx = (uint32_t)pos + 1;
-    *n_pieces = pd_attn_n_pieces(n_ctx, p.chunk);
+    const uint32_t chunk = pd_attn_token_chunk(n_ctx, p.n_splits, p.chunk, p.fixed_chunk);
+    *n_pieces = pd_attn_n_pieces(n_ctx, chunk);
     if (split >= *n_pieces)
         return false;
-    *begin = split * p.chunk;
-    *end = n_ctx - *begin < p.chunk ? n_ctx : *begin + p.chunk;
+    *begin = split * chunk;
+    *end = n_ctx - *begin < chunk ? n_ctx : *begin + chunk;
     return true;
 }
 
@@ -584,7 +586,9 @@ __global__ void __launch_bounds__(MERGE_THREADS) attn_merge_kernel(const struct 
 
     if (pos < 0 || (uint32_t)pos >= p.max_ctx)
         return; /* the decode kernel wrote NaN */
-    const uint32_t n = pd_attn_n_pieces((uint32_t)pos + 1, p.chunk);
+    const uint32_t n_ctx = (uint32_t)pos + 1;
+    const uint32_t n =
+        pd_attn_n_pieces(n_ctx, pd_attn_token_chunk(n_ctx, p.n_splits, p.chunk, p.fixed_chunk));
     if (n <= 1)
         return; /* written directly */
     const float *lse = p.ws + pd_attn_lse_offset(p.n_tokens, t, h, 0, p.n_head, p.n_splits, D);
@@ -792,6 +796,7 @@ static int attn_prepare(const struct pd_attn_args *a, uint64_t ws_bytes, struct 
     p->n_hchunks = n_hchunks;
     p->n_splits = L->plan.n_splits;
     p->chunk = L->plan.chunk;
+    p->fixed_chunk = a->split_tokens != 0;
     p->max_ctx = max_ctx;
     p->bs_pow2 = (kv->block_size & (kv->block_size - 1)) == 0;
     while (p->bs_pow2 && (1u << p->bs_shift) < kv->block_size)

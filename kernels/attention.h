@@ -87,7 +87,8 @@ struct pd_attn_args {
 };
 
 /* Context splits. Positions [0, n_ctx) of a token are cut into pieces of
- * `chunk` positions: split s covers [s * chunk, min((s + 1) * chunk, n_ctx)).
+ * `chunk` positions (pd_attn_token_chunk: the token's own share of the
+ * plan's splits): split s covers [s * chunk, min((s + 1) * chunk, n_ctx)).
  * A token with one piece is written straight to `out`; with more, each piece
  * leaves a partial (normalised output, log2-sum-exp) in the workspace and a
  * second kernel merges them. */
@@ -131,6 +132,24 @@ PD_HD uint64_t pd_attn_lse_offset(uint32_t n_tokens, uint32_t t, uint32_t h, uin
 PD_HD uint32_t pd_attn_chunk_for(uint32_t max_ctx, uint32_t s)
 {
     return pd_attn_n_pieces(pd_attn_n_pieces(max_ctx, s), PD_ATTN_CHUNK_ALIGN) * PD_ATTN_CHUNK_ALIGN;
+}
+
+/* A token's piece size when the plan cut max_ctx into n_splits pieces of
+ * plan_chunk: its own n_ctx positions cut as evenly into n_splits (a
+ * multiple of PD_ATTN_CHUNK_ALIGN, at least PD_ATTN_MIN_CHUNK, at most
+ * plan_chunk), so that a step whose contexts are shorter than max_ctx
+ * still spreads over every split's thread blocks (the grid is the plan's:
+ * fixed, for CUDA graphs); a piece size forced by split_tokens (fixed)
+ * stays as it is. Never more than n_splits pieces. */
+PD_HD uint32_t pd_attn_token_chunk(uint32_t n_ctx, uint32_t n_splits, uint32_t plan_chunk,
+                                   uint32_t fixed)
+{
+    if (fixed || n_splits <= 1)
+        return plan_chunk;
+    uint32_t c = pd_attn_n_pieces(pd_attn_n_pieces(n_ctx, n_splits), PD_ATTN_CHUNK_ALIGN) *
+        PD_ATTN_CHUNK_ALIGN;
+    c = c < PD_ATTN_MIN_CHUNK ? PD_ATTN_MIN_CHUNK : c;
+    return c < plan_chunk ? c : plan_chunk;
 }
 
 /* Share of `slots` (thread blocks the GPU runs at once) kept busy over the

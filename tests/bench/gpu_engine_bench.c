@@ -44,7 +44,7 @@
 struct bench_cfg {
     char *model_shape;
     int64_t seed, trials, steps, context, max_batched_tokens, gemm_size, copy_mib, block_size;
-    int64_t mixed_chunk;
+    int64_t mixed_chunk, max_model_len;
     bool kernel_times;
     uint64_t kv_cache_memory;
     int kv_cache_dtype, gpu_weight_dtype;
@@ -63,6 +63,9 @@ static const struct pd_cfg_opt options[] = {
                "prefill chunk"),
     PD_CFG_INT("mixed-chunk", struct bench_cfg, mixed_chunk, "512", 0, 1 << 20,
                "mixed steps: the prompt chunk beside the decode tokens (0: no mixed steps)"),
+    PD_CFG_INT("max-model-len", struct bench_cfg, max_model_len, "0", 0, 1 << 24,
+               "the engine's --max-model-len, which decode attention plans its splits for "
+               "(0: the longest the run needs; a server's is the model's, above its contexts)"),
     PD_CFG_BOOL("kernel-times", struct bench_cfg, kernel_times, "false",
                 "each decode batch and mixed step split by kernel (plain launches)"),
     PD_CFG_INT("gemm-size", struct bench_cfg, gemm_size, "8192", 64, 32768,
@@ -330,6 +333,13 @@ int main(int argc, char **argv)
     const uint32_t longest = ctx + (c.mixed_chunk ? 2 * trials : 1) * (steps + WARM_STEPS);
     uint32_t max_len = gb_max_of(plen, n_plen) > longest ? gb_max_of(plen, n_plen) + 1
                                                          : longest + 1;
+    if (c.max_model_len && (uint32_t)c.max_model_len < max_len) {
+        fprintf(stderr,
+                "gpu_engine_bench: --max-model-len %u is under the %u tokens the run needs\n",
+                (unsigned)c.max_model_len, max_len);
+        goto out;
+    }
+    max_len = c.max_model_len ? (uint32_t)c.max_model_len : max_len;
     if (max_len > hp->n_ctx_train) {
         fprintf(stderr, "gpu_engine_bench: prompts or contexts past the model's %u tokens\n",
                 hp->n_ctx_train);

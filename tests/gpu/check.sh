@@ -303,8 +303,10 @@ prefill() {
 prefill prefill-bf16 --kv-dtype bf16
 prefill prefill-f16-64 --kv-dtype f16 --head-dim 64 --seqlen 512,2048,8192
 
+# --max-model-len: Llama-3-8B's own, as a server runs it (decode attention
+# plans its splits for it, above the run's contexts)
 bench_step engine-8b "GPU engine, dummy Llama-3-8B" gpu_engine_bench "gemm: " \
-    --model-shape llama3-8b --kv-cache-dtype bf16 --kernel-times
+    --model-shape llama3-8b --kv-cache-dtype bf16 --max-model-len 8192 --kernel-times
 # the same engine with issue 31's variants off -- q/k/v and gate/up as
 # separate GEMMs, float GEMM inputs rounded by a kernel, decode attention on
 # CUDA cores, RoPE's angles computed and the KV written by its own kernel --
@@ -312,7 +314,7 @@ bench_step engine-8b "GPU engine, dummy Llama-3-8B" gpu_engine_bench "gemm: " \
 PDSERVE_FUSED_MATRICES=0 PDSERVE_BF16_ACTIVATIONS=0 PDSERVE_DECODE_ATTENTION=simt \
     PDSERVE_FUSED_ROPE=0 \
     bench_step engine-8b-was "GPU engine, 8B, issue 31 variants off" gpu_engine_bench "gemm: " \
-    --model-shape llama3-8b --kv-cache-dtype bf16 --kernel-times
+    --model-shape llama3-8b --kv-cache-dtype bf16 --max-model-len 8192 --kernel-times
 # Llama-3-8B's blocks (2 MiB): 8, a 2k-token prompt's 128, an 8k-token one's 512
 bench_step tag-bench "block tags on the GPU vs device copy" tag_bench "blocks of "
 

@@ -194,6 +194,43 @@ static void attn_plan_splits_cover_the_context(void)
     }
 }
 
+/* A token's own pieces under a plan: its context covered exactly once, in
+ * at most the plan's n_splits aligned pieces no longer than the plan's;
+ * as many pieces as its context allows at PD_ATTN_MIN_CHUNK (the grid's
+ * blocks for it all busy), so a context half of max_ctx takes every split,
+ * not half of them; a forced piece size kept. */
+static void attn_token_chunk_spreads_short_contexts(void)
+{
+    for (int i = 0; i < 20000; i++) {
+        const uint32_t max_ctx = 1 + rnd(1u << 17), slots = 1 + rnd(2000), n_items = 1 + rnd(64);
+        const uint32_t forced = rnd(4) ? 0 : 1 + rnd(4096);
+        const struct pd_attn_plan p =
+            pd_attn_plan_splits(n_items, max_ctx, slots, forced, UINT64_MAX, 8, 8, 64);
+        const uint32_t n_ctx = 1 + rnd(max_ctx);
+        const uint32_t c = pd_attn_token_chunk(n_ctx, p.n_splits, p.chunk, forced != 0);
+        const uint32_t pieces = pd_attn_n_pieces(n_ctx, c);
+        CHECK(c % PD_ATTN_CHUNK_ALIGN == 0 && c <= p.chunk);
+        CHECK(pieces >= 1 && pieces <= p.n_splits);
+        CHECK((uint64_t)pieces * c >= n_ctx && (uint64_t)(pieces - 1) * c < n_ctx);
+        if (forced || p.n_splits == 1) {
+            CHECK_EQ_INT(c, p.chunk);
+            continue;
+        }
+        CHECK(c >= PD_ATTN_MIN_CHUNK || c == p.chunk);
+        /* fewer pieces than splits only where a piece is at its floor */
+        if (pieces < p.n_splits)
+            CHECK(c <= PD_ATTN_MIN_CHUNK + PD_ATTN_CHUNK_ALIGN || c == p.chunk ||
+                  pd_attn_n_pieces(n_ctx, c - PD_ATTN_CHUNK_ALIGN) > p.n_splits);
+    }
+    /* batch 1 of 8 KV heads on 264 slots, max_model_len 8k: 32 pieces of 256;
+     * a 4k context in 32 pieces of 128 (was 16 of 256: half the blocks idle) */
+    const struct pd_attn_plan p = pd_attn_plan_splits(8, 8192, 264, 0, UINT64_MAX, 1, 32, 128);
+    CHECK_EQ_INT(p.n_splits, 32);
+    CHECK_EQ_INT(pd_attn_token_chunk(4096, p.n_splits, p.chunk, 0), 128);
+    CHECK_EQ_INT(pd_attn_token_chunk(4096, p.n_splits, p.chunk, 1), 256);
+    CHECK_EQ_INT(pd_attn_token_chunk(200, p.n_splits, p.chunk, 0), 128); /* 2 pieces */
+}
+
 /* On 132 SMs x 4 resident blocks (528 slots) at 8k context: batch 16 x 4 KV
  * heads (64 blocks) splits until the waves are nearly full; batch 64 (256
  * blocks) takes 2 pieces (512 blocks, 97% of one wave), not 3 (768: 1.45
@@ -262,6 +299,7 @@ static const struct pd_test tests[] = {
     PD_TEST(rope_theta_is_the_reference_formula),
     PD_TEST(attn_plan_splits_cover_the_context),
     PD_TEST(attn_plan_splits_fill_the_waves),
+    PD_TEST(attn_token_chunk_spreads_short_contexts),
     PD_TEST(attn_wave_fill_counts_the_last_wave),
     PD_TEST(attn_workspace_offsets_are_disjoint_and_in_bounds),
     {0},
