@@ -49,11 +49,13 @@
 #               tokens/s at batch 1, 32, 128 beside a device copy, mixed
 #               steps (a 512-token chunk beside each batch) with their decode
 #               tokens through the decode kernel beside as prefill runs, and
-#               each step split by kernel (--kernel-times: plain launches)
+#               each step split by kernel (--kernel-times: plain launches),
+#               the engine made for Llama-3's 8192 tokens (--max-model-len)
 #               (gpu_engine_bench; about two minutes, half a minute loading)
 #   engine-8b-was  the same with PDSERVE_FUSED_MATRICES=0
-#               PDSERVE_BF16_ACTIVATIONS=0 PDSERVE_DECODE_ATTENTION=simt: the
-#               engine as it was before issue 31's items 2 and 3
+#               PDSERVE_BF16_ACTIVATIONS=0 PDSERVE_DECODE_ATTENTION=simt
+#               PDSERVE_FUSED_ROPE=0: the engine as it was before issue 31's
+#               items 2 and 3
 #   tag-bench   the block tags' kernel alone, 2 MiB blocks (Llama-3-8B's),
 #               8 / 128 / 512 per launch, beside a device copy (tag_bench)
 #   kvx         the KV channel between two processes on this machine's cores
