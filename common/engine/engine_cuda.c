@@ -275,8 +275,9 @@ static int upload_layer(struct pd_engine *e, uint32_t l, bool fuse, char *err, s
 
 /* RoPE's angles as a table on the device ({cos, sin} of every position the
  * engine serves, as the CPU computes them: kernels/rope.h), RoPE and the KV
- * write then one launch (rope_kv); PDSERVE_FUSED_ROPE=0: neither, the
- * angles computed each step (the way before). rf: the host's factors */
+ * write then one launch (engine_forward's rope_kv_write); PDSERVE_FUSED_ROPE=0:
+ * neither, the angles computed each step (the way before). rf: the host's
+ * factors */
 static int rope_table(struct pd_engine *e, const float *rf)
 {
     const struct pd_hparams *hp = &e->hp;
@@ -294,7 +295,6 @@ static int rope_table(struct pd_engine *e, const float *rf)
     if (rc == 0 && !(e->rope_table = dev_upload(e, t, bytes)))
         rc = -ENOMEM;
     free(t);
-    e->rope_kv = rc == 0;
     return rc;
 }
 
@@ -342,7 +342,7 @@ static int cu_init(struct pd_engine *e, const struct pd_engine_params *p, char *
     e->n_owned = 0;
     snprintf(e->desc, sizeof(e->desc), "engine: CUDA, %s matrices, q/k/v and gate/up %s, RoPE %s",
              pd_dtype_name(e->w_type), fuse ? "as one GEMM each" : "as separate GEMMs",
-             e->rope_kv ? "by table, with the KV write" : "computed, apart from the KV write");
+             e->rope_table ? "by table, with the KV write" : "computed, apart from the KV write");
     /* cu_scratch adds the GEMMs' input type */
     return 0;
 }

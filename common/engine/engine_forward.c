@@ -119,7 +119,8 @@ static int head_norm(const struct fwd *f, float *x, const float *w, uint32_t n_h
 
 /* RoPE of q's and k's heads (T, n_head + n_head_kv, head_dim), side by side
  * in the q, k, v rows, in place at the step's positions; then k and v into
- * the pool: one launch where the backend fuses them (rope_kv), else two */
+ * the pool: one launch where the backend fuses them and made the angles'
+ * table, else two */
 static int rope_kv_write(const struct fwd *f, uint32_t l)
 {
     const struct pd_engine *e = f->e;
@@ -147,7 +148,7 @@ static int rope_kv_write(const struct fwd *f, uint32_t l)
                                  .ld = e->qkv_ld,
                                  .pool_type = pd_kvcache_dtype(e->kc)};
     int rc;
-    if (e->rope_kv && f->k->rope_kv_write)
+    if (e->rope_table && f->k->rope_kv_write)
         return timed(f, PD_K_ROPE, f->k->rope_kv_write(&r, &w, f->s));
     if ((rc = timed(f, PD_K_ROPE, f->k->rope(&r, f->s))) < 0)
         return rc;

@@ -159,10 +159,9 @@ struct pd_engine {
     struct pd_mat w_out; /* (n_vocab, n_embd) */
     const float *rope_factors; /* (rope_dim / 2) or NULL */
     /* GPU: the angles' {cos, sin} for positions [0, max_model_len)
-     * (pd_rope_table), with RoPE and the KV write as one launch (rope_kv;
-     * PDSERVE_FUSED_ROPE=0: neither) */
+     * (pd_rope_table); with it, RoPE and the KV write are one launch
+     * (PDSERVE_FUSED_ROPE=0: no table, two) */
     const float *rope_table;
-    bool rope_kv;
     float rope_scale;
     void **owned; /* dequantized weights (float) this engine allocated (CPU: f32 mode) */
     size_t n_owned;
