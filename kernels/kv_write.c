@@ -11,8 +11,7 @@ int pd_kv_write_cpu(const struct pd_kv_write_args *a)
     const struct pd_kv_geom *l = &a->kv;
     size_t hd = l->head_dim, row = a->ld ? a->ld : (size_t)l->n_head_kv * hd;
 
-    if ((a->pool_type != PD_DT_F32 && a->pool_type != PD_DT_BF16 && a->pool_type != PD_DT_F16) ||
-        row < (size_t)l->n_head_kv * hd)
+    if (pd_kv_write_refused(a))
         return -EINVAL;
     for (uint32_t t = 0; t < a->n_tokens; t++) {
         for (uint32_t h = 0; h < l->n_head_kv; h++) {

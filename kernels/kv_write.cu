@@ -33,8 +33,7 @@ __global__ void __launch_bounds__(KVW_THREADS) kv_write_kernel(struct pd_kv_writ
 
 extern "C" int pd_kv_write_cuda(const struct pd_kv_write_args *a, pd_stream_t stream)
 {
-    if ((a->pool_type != PD_DT_F32 && a->pool_type != PD_DT_BF16 && a->pool_type != PD_DT_F16) ||
-        (a->ld && a->ld < (uint64_t)a->kv.n_head_kv * a->kv.head_dim))
+    if (pd_kv_write_refused(a))
         return -EINVAL;
     if (a->n_tokens == 0 || a->kv.n_head_kv == 0)
         return 0;

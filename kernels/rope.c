@@ -3,15 +3,6 @@
 #include <errno.h>
 #include <math.h>
 
-static int rope_check(const struct pd_rope_args *a)
-{
-    const uint32_t half = a->rope_dim / 2;
-    if (a->rope_dim % 2 || a->rope_dim > a->head_dim || half > PD_ROPE_MAX_HALF ||
-        (a->ld && a->ld < (uint64_t)a->n_heads * a->head_dim))
-        return -EINVAL;
-    return 0;
-}
-
 /* the {cos, sin} of pair i at pos */
 static void angle(const struct pd_rope_args *a, int32_t pos, uint32_t i, float *c, float *s)
 {
@@ -24,19 +15,25 @@ static void angle(const struct pd_rope_args *a, int32_t pos, uint32_t i, float *
 int pd_rope_table(const struct pd_rope_args *a, uint32_t n_pos, float *out)
 {
     const uint32_t half = a->rope_dim / 2;
-    if (rope_check(a) < 0)
+    double inv[PD_ROPE_MAX_HALF]; /* each pair's, once: not per position */
+    if (pd_rope_refused(a))
         return -EINVAL;
+    for (uint32_t i = 0; i < half; i++)
+        inv[i] = pd_rope_inv_freq(i, a->rope_dim, a->freq_base);
     for (uint32_t p = 0; p < n_pos; p++)
-        for (uint32_t i = 0; i < half; i++)
-            angle(a, (int32_t)p, i, &out[((size_t)p * half + i) * 2],
-                  &out[((size_t)p * half + i) * 2 + 1]);
+        for (uint32_t i = 0; i < half; i++) {
+            const double theta =
+                pd_rope_angle((int32_t)p, inv[i], i, a->freq_scale, a->freq_factors);
+            out[((size_t)p * half + i) * 2] = (float)cos(theta);
+            out[((size_t)p * half + i) * 2 + 1] = (float)sin(theta);
+        }
     return 0;
 }
 
 int pd_rope_cpu(const struct pd_rope_args *a)
 {
     const uint32_t half = a->rope_dim / 2;
-    if (rope_check(a) < 0)
+    if (pd_rope_refused(a))
         return -EINVAL;
     for (uint32_t t = 0; t < a->n_tokens; t++) {
         float c[PD_ROPE_MAX_HALF], s[PD_ROPE_MAX_HALF];

@@ -85,13 +85,10 @@ __global__ void __launch_bounds__(ROPE_KV_THREADS)
     }
 }
 
+/* pd_rope_refused, and a token count the grid cannot take */
 static int rope_check(const struct pd_rope_args *a)
 {
-    const uint32_t half = a->rope_dim / 2;
-    if (a->rope_dim % 2 || a->rope_dim > a->head_dim || half > PD_ROPE_MAX_HALF ||
-        (a->ld && a->ld < (uint64_t)a->n_heads * a->head_dim) || a->n_tokens > INT32_MAX)
-        return -EINVAL;
-    return 0;
+    return pd_rope_refused(a) || a->n_tokens > INT32_MAX ? -EINVAL : 0;
 }
 
 extern "C" int pd_rope_cuda(const struct pd_rope_args *a, pd_stream_t stream)
@@ -115,9 +112,7 @@ extern "C" int pd_rope_kv_write_cuda(const struct pd_rope_args *r, const struct 
     if (w->n_tokens && w->kv.n_head_kv &&
         (w->kv.block_size == 0 || w->layer >= w->kv.n_layer || w->kv.n_head_kv > 65535))
         return -EINVAL; /* pd_kv_write_cuda's refusals, checked before anything is written */
-    if (w->pool_type != PD_DT_F32 && w->pool_type != PD_DT_BF16 && w->pool_type != PD_DT_F16)
-        return -EINVAL;
-    if (w->ld && w->ld < (uint64_t)w->kv.n_head_kv * w->kv.head_dim)
+    if (pd_kv_write_refused(w))
         return -EINVAL;
     if (r->n_tokens == 0)
         return 0;

@@ -50,15 +50,36 @@ PD_HD void pd_rope_pair(const struct pd_rope_args *a, uint32_t i, uint32_t *i0, 
 
 #define PD_ROPE_MAX_HALF 1024 /* rope_dim / 2 at most */
 
-/* The angle of pair i at position pos, in double, as both paths compute it. */
-PD_HD double pd_rope_theta(int32_t pos, uint32_t i, uint32_t rope_dim, float freq_base,
-                           float freq_scale, const float *freq_factors)
+/* What every rope refuses (-EINVAL, nothing rotated): an odd rope_dim, one
+ * past the head or PD_ROPE_MAX_HALF pairs, rows shorter than the heads. */
+PD_HD int pd_rope_refused(const struct pd_rope_args *a)
 {
-    double inv = pow((double)freq_base, -2.0 * i / rope_dim);
+    return a->rope_dim % 2 || a->rope_dim > a->head_dim || a->rope_dim / 2 > PD_ROPE_MAX_HALF ||
+        (a->ld && a->ld < (uint64_t)a->n_heads * a->head_dim);
+}
+
+/* Pair i's inverse frequency, base^(-2i / rope_dim), in double. */
+PD_HD double pd_rope_inv_freq(uint32_t i, uint32_t rope_dim, float freq_base)
+{
+    return pow((double)freq_base, -2.0 * i / rope_dim);
+}
+
+/* The angle of pair i at position pos from its inverse frequency. */
+PD_HD double pd_rope_angle(int32_t pos, double inv, uint32_t i, float freq_scale,
+                           const float *freq_factors)
+{
     double theta = (double)pos * freq_scale * inv;
     if (freq_factors)
         theta /= freq_factors[i];
     return theta;
+}
+
+/* The angle of pair i at position pos, in double, as both paths compute it. */
+PD_HD double pd_rope_theta(int32_t pos, uint32_t i, uint32_t rope_dim, float freq_base,
+                           float freq_scale, const float *freq_factors)
+{
+    return pd_rope_angle(pos, pd_rope_inv_freq(i, rope_dim, freq_base), i, freq_scale,
+                         freq_factors);
 }
 
 PD_BEGIN_DECLS
