@@ -79,6 +79,11 @@ struct pd_attn_args {
     const int32_t *run_start; /* (n_runs + 1): first token of each run, then n_tokens */
     uint32_t n_runs;
     uint32_t max_run; /* >= every run's length (a longer run gets NaN rows); 0 = n_tokens */
+    /* 1: Hopper's wgmma kernel (attn_prefill_sm90.cu) in place of the
+     * mma.sync one: compute capability 9.0 and a build for sm_90 only,
+     * -ENOTSUP elsewhere (nothing written; the engine's
+     * PDSERVE_PREFILL_ATTENTION=wgmma falls back to the mma.sync kernel) */
+    uint32_t prefill_wgmma;
     /* The engine's launcher (engine_cuda.c): tokens [0, run_tokens) are the
      * runs', for the prefill kernel; those after them single decode tokens,
      * for the decode kernel (0 = all n_tokens are the runs'). The kernels
@@ -241,6 +246,9 @@ int pd_attention_prefill_cuda(const struct pd_attn_args *a, pd_stream_t stream);
 /* Forgets those answers: for tests whose emulated device changes its limits
  * (a real device's never change). */
 void pd_attention_prefill_cuda_forget(void);
+/* 1 when prefill_wgmma can be served here (a build for sm_90, a 9.0
+ * device), 0 when not, a negative errno when the device cannot be asked. */
+int pd_attention_prefill_wgmma_ready(void);
 
 PD_END_DECLS
 

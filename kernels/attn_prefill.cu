@@ -24,9 +24,12 @@
  *
  * Not yet: several query heads of a GQA group per block (each head reloads
  * its KV tiles; L2 serves the repeats), splitting a long context when a
- * chunk is short, Hopper's wgmma and TMA.
+ * chunk is short. Hopper's wgmma: attn_prefill_sm90.cu, on request
+ * (pd_attn_args.prefill_wgmma); TMA and warp specialisation: not yet.
+ * The softmax, the refusal and the stores are attn_prefill.cuh's, shared
+ * with that kernel.
  */
-#include "attention.h"
+#include "attn_prefill.cuh"
 #include "bf16.h"
 #include "cuda_check.cuh"
 #include "kv_tile.cuh"
@@ -55,9 +58,6 @@
  * banks */
 #define PF_PAD 8
 #define PF_STAGES 2
-/* how far (log2 units) a tile's maximum may pass the running one before the
- * running one moves and O is rescaled: weights stay below 2^PF_SLACK */
-#define PF_SLACK 8.0f
 
 /* query rows per block with MT m-tiles per warp */
 template <int MT> __host__ __device__ static constexpr uint32_t pf_rows()
@@ -73,69 +73,6 @@ template <int D, int MT> static constexpr size_t pf_smem_bytes()
            sizeof(uint16_t);
 }
 #define PF_STATIC_SMEM (PF_STAGES * PF_N * sizeof(uint64_t))
-
-struct pf_params {
-    void *out; /* (n_tokens, n_head, head_dim) of the io type; float io: of out_type */
-    const void *q; /* (n_tokens, n_head, head_dim) of the io type, token t's at q + t * q_ld */
-    uint64_t q_ld;
-    const uint16_t *pool; /* kv_layout.h, BF16 or F16 */
-    const int32_t *tok_seq, *tok_pos, *run_start;
-    const uint32_t *block_tables; /* (n_seqs, max_blocks) */
-    struct pd_kv_geom kv;
-    uint32_t layer, n_tokens, n_head, group, max_blocks, n_runs;
-    uint32_t out_type; /* float io: PD_DT_F32, PD_DT_BF16 or PD_DT_F16 */
-    uint32_t max_ctx; /* runs reaching past it are refused (NaN rows) */
-    uint32_t max_run; /* runs longer than the caller promised: refused alike */
-    uint32_t bs_shift, bs_pow2; /* log2(block_size) when a power of two */
-    float qscale; /* scale * log2(e): scores in log2 units */
-};
-
-/* ---- io ------------------------------------------------------------------ */
-
-/* Eight elements of q (columns d .. d + 7 of the row at row_off) into
- * shared memory as the pool's 16-bit type: copied asynchronously when q is
- * 16-bit already, rounded here when it is float; zeros when !valid. */
-template <bool BF, bool IO16>
-__device__ __forceinline__ void q_chunk(const struct pf_params &p, uint16_t *dst, uint64_t row_off,
-                                        uint32_t d, bool valid)
-{
-    if constexpr (IO16) {
-        pd_cp_async16(dst, (const uint16_t *)p.q + (valid ? row_off + d : 0), valid);
-    } else {
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (valid) {
-            const float4 x = *(const float4 *)((const float *)p.q + row_off + d);
-            const float4 y = *(const float4 *)((const float *)p.q + row_off + d + 4);
-            v = make_uint4(pd_pack2<BF>(x.x, x.y), pd_pack2<BF>(x.z, x.w), pd_pack2<BF>(y.x, y.y),
-                           pd_pack2<BF>(y.z, y.w));
-        }
-        *(uint4 *)dst = v;
-    }
-}
-
-template <bool BF, bool IO16>
-__device__ __forceinline__ void out_pair(const struct pf_params &p, uint64_t row_off, uint32_t d,
-                                         float x, float y)
-{
-    if constexpr (IO16)
-        *(uint32_t *)((uint16_t *)p.out + row_off + d) = pd_pack2<BF>(x, y);
-    else if (p.out_type == PD_DT_BF16)
-        *(uint32_t *)((uint16_t *)p.out + row_off + d) = pd_pack2<true>(x, y);
-    else if (p.out_type == PD_DT_F16)
-        *(uint32_t *)((uint16_t *)p.out + row_off + d) = pd_pack2<false>(x, y);
-    else
-        *(float2 *)((float *)p.out + row_off + d) = make_float2(x, y);
-}
-
-/* An accumulator of MMA fragments (A x B tiles of 4 floats a lane) to zero. */
-template <int A, int B> __device__ __forceinline__ void zero_frags(float (&x)[A][B][4])
-{
-#pragma unroll
-    for (int i = 0; i < A; i++)
-#pragma unroll
-        for (int t = 0; t < B; t++)
-            x[i][t][0] = x[i][t][1] = x[i][t][2] = x[i][t][3] = 0.0f;
-}
 
 /* ---- the kernel ------------------------------------------------------------ */
 
@@ -170,17 +107,7 @@ __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel
 
     const uint64_t covered = (uint64_t)gridDim.x * M; /* rows max_run let the grid reach */
     if (p0 < 0 || (uint64_t)p0 + n > p.max_ctx || n > p.max_run) {
-        /* refused (a position out of bounds, or a run longer than max_run
-         * promised): NaN rows, so the caller's checks see it; the first tile's
-         * block also takes the rows no block reaches (max_run sized the grid) */
-        const uint32_t r1 = m0 == 0 && n > covered ? n : m0 + rows;
-        for (uint64_t i = threadIdx.x; i < (uint64_t)(r1 - m0) * D / 2; i += PF_THREADS) {
-            uint32_t r = m0 + (uint32_t)(i / (D / 2));
-            if (r >= m0 + rows && r < covered)
-                continue; /* another block's */
-            const uint64_t off = ((uint64_t)(t0 + r) * p.n_head + h) * D;
-            out_pair<BF, IO16>(p, off, 2 * (uint32_t)(i % (D / 2)), NAN, NAN);
-        }
+        pf_refuse<D, BF, IO16>(p, t0, h, n, m0, rows, covered, PF_THREADS);
         return;
     }
 
@@ -269,74 +196,8 @@ __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel
             }
 
 #pragma unroll
-            for (int i = 0; i < MT; i++) {
-                /* mask keys after a row's position, and rows past the run (only
-                 * tiles crossing the diagonal need it); the maxima of the raw
-                 * scores (qscale > 0 keeps the order) */
-                const uint32_t r0 = w0 + i * 16, row_lo = r0 + g, row_hi = r0 + g + 8;
-                if (kb + PF_N - 1 > (uint32_t)p0 + r0 || r0 + 16 > n) {
-#pragma unroll
-                    for (int t = 0; t < NT; t++)
-#pragma unroll
-                        for (int e = 0; e < 4; e++) {
-                            const uint32_t key = kb + t * 8 + 2 * c + (e & 1);
-                            const uint32_t row = e < 2 ? row_lo : row_hi;
-                            if (row >= n || key > (uint32_t)p0 + row)
-                                s[i][t][e] = -INFINITY;
-                        }
-                }
-                float mx_lo = -INFINITY, mx_hi = -INFINITY;
-#pragma unroll
-                for (int t = 0; t < NT; t++) {
-                    mx_lo = fmaxf(mx_lo, fmaxf(s[i][t][0], s[i][t][1]));
-                    mx_hi = fmaxf(mx_hi, fmaxf(s[i][t][2], s[i][t][3]));
-                }
-                /* a row's values live in the 4 lanes of its quad */
-                mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
-                mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
-                mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
-                mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
-                /* The running maximum (kept scaled: mb = max * qscale, the base
-                 * the weights subtract) moves only when the tile's passes it by
-                 * more than PF_SLACK (log2 units) or none was set: weights stay
-                 * below 2^PF_SLACK, which fp32 sums and 16-bit P hold as well as
-                 * weights below 1, and most tiles then leave O unscaled. The
-                 * quad agrees (its maxima are equal); -inf - -inf is NaN: no move */
-                const float tb_lo = mx_lo * p.qscale, tb_hi = mx_hi * p.qscale;
-                const bool move_lo = tb_lo - mb[i][0] > PF_SLACK;
-                const bool move_hi = tb_hi - mb[i][1] > PF_SLACK;
-                float alpha_lo = 1.0f, alpha_hi = 1.0f;
-                if (move_lo || move_hi) {
-                    if (move_lo)
-                        alpha_lo = pd_ex2(mb[i][0] - tb_lo), mb[i][0] = tb_lo;
-                    if (move_hi)
-                        alpha_hi = pd_ex2(mb[i][1] - tb_hi), mb[i][1] = tb_hi;
-                    l[i][0] *= alpha_lo, l[i][1] *= alpha_hi;
-#pragma unroll
-                    for (int t = 0; t < DT; t++) {
-                        o[i][t][0] *= alpha_lo, o[i][t][1] *= alpha_lo;
-                        o[i][t][2] *= alpha_hi, o[i][t][3] *= alpha_hi;
-                    }
-                }
-                /* weights 2^(s qscale - mb), one FMA and one ex2 each; a row with
-                 * nothing seen yet keeps -inf and subtracts 0 (no NaN) */
-                const float base_lo = mb[i][0] == -INFINITY ? 0.0f : mb[i][0];
-                const float base_hi = mb[i][1] == -INFINITY ? 0.0f : mb[i][1];
-
-                float sum_lo = 0.0f, sum_hi = 0.0f;
-#pragma unroll
-                for (int t = 0; t < NT; t++) {
-                    s[i][t][0] = pd_ex2(fmaf(s[i][t][0], p.qscale, -base_lo));
-                    s[i][t][1] = pd_ex2(fmaf(s[i][t][1], p.qscale, -base_lo));
-                    s[i][t][2] = pd_ex2(fmaf(s[i][t][2], p.qscale, -base_hi));
-                    s[i][t][3] = pd_ex2(fmaf(s[i][t][3], p.qscale, -base_hi));
-                    sum_lo += s[i][t][0] + s[i][t][1];
-                    sum_hi += s[i][t][2] + s[i][t][3];
-                }
-                /* this lane's part of the row sums; the quad sums at the end */
-                l[i][0] += sum_lo;
-                l[i][1] += sum_hi;
-            }
+            for (int i = 0; i < MT; i++)
+                pf_softmax<NT, DT>(s[i], o[i], mb[i], l[i], kb, p0, w0 + i * 16, n, g, c, p.qscale);
 
             /* O += P V, 16 keys per step: S tiles 2k and 2k+1 are the A
              * fragment; one transposing ldmatrix gives the B fragments of dims
@@ -345,12 +206,8 @@ __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel
             for (int k = 0; k < PF_N / 16; k++) {
                 uint32_t pa[MT][4];
 #pragma unroll
-                for (int i = 0; i < MT; i++) {
-                    pa[i][0] = pd_pack2<BF>(s[i][2 * k][0], s[i][2 * k][1]);
-                    pa[i][1] = pd_pack2<BF>(s[i][2 * k][2], s[i][2 * k][3]);
-                    pa[i][2] = pd_pack2<BF>(s[i][2 * k + 1][0], s[i][2 * k + 1][1]);
-                    pa[i][3] = pd_pack2<BF>(s[i][2 * k + 1][2], s[i][2 * k + 1][3]);
-                }
+                for (int i = 0; i < MT; i++)
+                    pf_p_frag<BF>(pa[i], s[i], k);
 #pragma unroll
                 for (int t = 0; t < DT; t += 2) {
                     uint32_t b[4];
@@ -367,25 +224,8 @@ __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS) attn_prefill_kernel
     }
 
 #pragma unroll
-    for (int i = 0; i < MT; i++) {
-        const uint32_t row_lo = w0 + i * 16 + g, row_hi = row_lo + 8;
-        float l_lo = l[i][0], l_hi = l[i][1];
-        l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
-        l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
-        l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
-        l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
-        const float inv_lo = 1.0f / l_lo, inv_hi = 1.0f / l_hi;
-        const uint64_t o_lo = ((uint64_t)(t0 + row_lo) * p.n_head + h) * D;
-        const uint64_t o_hi = ((uint64_t)(t0 + row_hi) * p.n_head + h) * D;
-#pragma unroll
-        for (int t = 0; t < DT; t++) {
-            const uint32_t d = t * 8 + 2 * c;
-            if (row_lo < n)
-                out_pair<BF, IO16>(p, o_lo, d, o[i][t][0] * inv_lo, o[i][t][1] * inv_lo);
-            if (row_hi < n)
-                out_pair<BF, IO16>(p, o_hi, d, o[i][t][2] * inv_hi, o[i][t][3] * inv_hi);
-        }
-    }
+    for (int i = 0; i < MT; i++)
+        pf_store<D, BF, IO16>(p, o[i], l[i], t0, h, w0 + i * 16, n, g, c);
 }
 
 /* ---- host side --------------------------------------------------------- */
@@ -400,6 +240,16 @@ template <int D, int MT> static pf_kernel_fn pick(bool bf, bool io16)
 }
 
 void pd_attention_prefill_cuda_forget(void) { pd_cuda_facts_forget(); }
+
+extern "C" int pd_attention_prefill_wgmma_ready(void)
+{
+#if defined(PD_PREFILL_SM90)
+    int major = 0, minor = 0, rc = pd_cuda_device_cc(&major, &minor);
+    return rc < 0 ? rc : major == 9 && minor == 0;
+#else
+    return 0;
+#endif
+}
 
 /* the kernel for head_dim D with the most rows per block whose shared memory
  * the device gives a block (opt-in), its rows and its dynamic shared memory;
@@ -455,6 +305,8 @@ extern "C" int pd_attention_prefill_cuda(const struct pd_attn_args *a, pd_stream
         return rc;
     if (major < 8)
         return -ENOTSUP; /* no bf16 / f16 m16n8k16 mma */
+    if (a->prefill_wgmma && (rc = pd_attention_prefill_wgmma_ready()) <= 0)
+        return rc < 0 ? rc : -ENOTSUP; /* sm_90a code, on 9.0 alone */
 
     struct pf_params p;
     memset(&p, 0, sizeof p);
@@ -484,6 +336,13 @@ extern "C" int pd_attention_prefill_cuda(const struct pd_attn_args *a, pd_stream
     p.qscale = a->scale * 1.4426950408889634f; /* log2(e) */
 
     const bool bf = a->pool_type == PD_DT_BF16, io16 = a->io_type != PD_DT_F32;
+    const uint32_t max_run = a->max_run ? a->max_run : a->n_tokens;
+    p.max_run = max_run;
+#if defined(PD_PREFILL_SM90)
+    if (a->prefill_wgmma)
+        return pd_attn_prefill_sm90(p, kv->head_dim, bf, io16, max_run, (size_t)optin,
+                                    pd_cuda_stream(stream));
+#endif
     uint32_t rows = 0;
     size_t smem = 0;
     const pf_kernel_fn fn = kv->head_dim == 64
@@ -491,8 +350,6 @@ extern "C" int pd_attention_prefill_cuda(const struct pd_attn_args *a, pd_stream
                                 : pick_shape<128>(bf, io16, (size_t)optin, &rows, &smem);
     if (!fn)
         return -ENOTSUP; /* the caller takes the decode kernel */
-    const uint32_t max_run = a->max_run ? a->max_run : a->n_tokens;
-    p.max_run = max_run;
     if ((rc = pd_cuda_allow_smem((const void *)fn, smem)) < 0)
         return rc;
     dim3 grid((max_run + rows - 1) / rows, a->n_runs, a->n_head);

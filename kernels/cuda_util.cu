@@ -145,7 +145,7 @@ extern "C" int pd_cuda_device_info(char *buf, size_t n)
 
 static std::mutex facts_mu;
 static struct {
-    int dev, major, optin, sms;
+    int dev, major, minor, optin, sms;
 } known[16];
 static unsigned n_known;
 static struct {
@@ -161,40 +161,49 @@ extern "C" void pd_cuda_facts_forget(void)
     n_known = n_asked = 0;
 }
 
-/* The current device's compute capability (major), opt-in shared memory
- * per block and SM count, asked once per device: the launchers want them on
- * every launch */
-static int device_facts(int *major, int *optin, int *sms)
+/* The current device's compute capability, opt-in shared memory per block
+ * and SM count, asked once per device: the launchers want them on every
+ * launch */
+static int device_facts(int *major, int *minor, int *optin, int *sms)
 {
     int dev = 0;
     PD_CUDA_TRY(cudaGetDevice(&dev), "cudaGetDevice");
     std::lock_guard<std::mutex> hold(facts_mu);
     for (unsigned i = 0; i < n_known; i++)
         if (known[i].dev == dev) {
-            *major = known[i].major, *optin = known[i].optin, *sms = known[i].sms;
+            *major = known[i].major, *minor = known[i].minor, *optin = known[i].optin;
+            *sms = known[i].sms;
             return 0;
         }
     PD_CUDA_TRY(cudaDeviceGetAttribute(major, cudaDevAttrComputeCapabilityMajor, dev),
+                "cudaDeviceGetAttribute");
+    PD_CUDA_TRY(cudaDeviceGetAttribute(minor, cudaDevAttrComputeCapabilityMinor, dev),
                 "cudaDeviceGetAttribute");
     PD_CUDA_TRY(cudaDeviceGetAttribute(optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
                 "cudaDeviceGetAttribute");
     PD_CUDA_TRY(cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev),
                 "cudaDeviceGetAttribute(multiProcessorCount)");
     if (n_known < sizeof known / sizeof *known)
-        known[n_known++] = {dev, *major, *optin, *sms};
+        known[n_known++] = {dev, *major, *minor, *optin, *sms};
     return 0;
 }
 
 extern "C" int pd_cuda_device_facts(int *major, int *optin)
 {
-    int sms = 0;
-    return device_facts(major, optin, &sms);
+    int minor = 0, sms = 0;
+    return device_facts(major, &minor, optin, &sms);
+}
+
+extern "C" int pd_cuda_device_cc(int *major, int *minor)
+{
+    int optin = 0, sms = 0;
+    return device_facts(major, minor, &optin, &sms);
 }
 
 extern "C" int pd_cuda_sm_count(uint32_t *n)
 {
-    int major = 0, optin = 0, sms = 0;
-    const int rc = device_facts(&major, &optin, &sms);
+    int major = 0, minor = 0, optin = 0, sms = 0;
+    const int rc = device_facts(&major, &minor, &optin, &sms);
     *n = (uint32_t)sms;
     return rc;
 }

@@ -62,6 +62,8 @@ int pd_cuda_sm_count(uint32_t *n);
  * asked once per device, not per launch (host queries cost microseconds a
  * step); the answers do not change while the process lives. */
 int pd_cuda_device_facts(int *major, int *optin);
+/* Its compute capability, both parts (9.0 is the only one sm_90a code runs on). */
+int pd_cuda_device_cc(int *major, int *minor);
 /* Above 48 KiB of dynamic shared memory a kernel must ask, per device:
  * asked once for the most a launch of fn has needed, not at every launch. */
 int pd_cuda_allow_smem(const void *fn, size_t smem);

@@ -16,6 +16,7 @@
 
 #include "kv_layout.h"
 #include "mma.cuh"
+#include "pd_kernel.h"
 
 #include <stdint.h>
 
@@ -56,6 +57,34 @@ __device__ __forceinline__ void pd_tile_load(const struct pd_tile_src &s, const 
         const uint64_t at = valid ? o + d : 0;
         pd_cp_async16(&ks[j * LD + d], s.pool + s.k_base + at, valid);
         pd_cp_async16(&vs[j * LD + d], s.pool + s.v_base + at, valid);
+    }
+    pd_cp_async_commit();
+}
+
+/* Tiles in core matrices (wgmma.cuh, no swizzle): row j's 16-byte chunk
+ * d / 8 at element ((j / 8) (D / 8) + d / 8) 64 + (j % 8) 8, so that 8 rows
+ * of 8 elements are 128 contiguous bytes. Chunk i of the tile, in that
+ * order, is at element 8 i: consecutive threads fill a core matrix. */
+template <int D> PD_HD uint32_t pd_core_row(uint32_t i)
+{
+    return (i / (8 * (D / 8))) * 8 + i % 8;
+}
+template <int D> PD_HD uint32_t pd_core_col(uint32_t i)
+{
+    return ((i / 8) % (D / 8)) * 8;
+}
+
+/* pd_tile_load into core-matrix tiles (N x D each) */
+template <int N, int THREADS, int D>
+__device__ __forceinline__ void pd_tile_load_core(const struct pd_tile_src &s, const uint64_t *off,
+                                                  uint16_t *ks, uint16_t *vs)
+{
+    for (uint32_t i = threadIdx.x; i < N * (D / 8); i += THREADS) {
+        const uint64_t o = off[pd_core_row<D>(i)];
+        const bool valid = o != UINT64_MAX;
+        const uint64_t at = valid ? o + pd_core_col<D>(i) : 0;
+        pd_cp_async16(&ks[8 * i], s.pool + s.k_base + at, valid);
+        pd_cp_async16(&vs[8 * i], s.pool + s.v_base + at, valid);
     }
     pd_cp_async_commit();
 }

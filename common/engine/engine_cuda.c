@@ -50,6 +50,10 @@ static int cu_attention(const struct pd_attn_args *a, void *s)
     if (a->run_tokens && a->run_tokens < a->n_tokens)
         p.n_tokens = a->run_tokens;
     int rc = pd_attention_prefill_cuda(&p, s);
+    if (rc == -ENOTSUP && p.prefill_wgmma) { /* the wgmma kernel's limits: the mma.sync one */
+        p.prefill_wgmma = 0;
+        rc = pd_attention_prefill_cuda(&p, s);
+    }
     if (rc == -ENOTSUP)
         return pd_attention_cuda(a, s);
     if (rc < 0 || p.n_tokens == a->n_tokens)
@@ -319,6 +323,17 @@ static int cu_init(struct pd_engine *e, const struct pd_engine_params *p, char *
      * where the tensor-core one would serve (kernels/attention.h) */
     const char *da = getenv("PDSERVE_DECODE_ATTENTION");
     e->decode_simt = da && strcmp(da, "simt") == 0;
+    /* PDSERVE_PREFILL_ATTENTION=wgmma: prompt chunks on Hopper's wgmma
+     * kernel (kernels/attn_prefill_sm90.cu), where there is one; elsewhere
+     * the mma.sync kernel, said once in the log */
+    const char *pa = getenv("PDSERVE_PREFILL_ATTENTION");
+    if (pa && strcmp(pa, "wgmma") == 0) {
+        e->prefill_wgmma = pd_attention_prefill_wgmma_ready() == 1;
+        if (!e->prefill_wgmma)
+            snprintf(e->note, sizeof(e->note),
+                     "engine: PDSERVE_PREFILL_ATTENTION=wgmma: no wgmma kernel for this device "
+                     "or build (sm_90 only); the mma.sync kernel serves prompts");
+    }
     for (uint32_t l = 0; l < e->hp.n_layer; l++)
         if ((rc = upload_layer(e, l, fuse, err, errlen)) < 0)
             return rc;
@@ -340,9 +355,11 @@ static int cu_init(struct pd_engine *e, const struct pd_engine_params *p, char *
     for (size_t i = 0; i < e->n_owned; i++)
         free(e->owned[i]);
     e->n_owned = 0;
-    snprintf(e->desc, sizeof(e->desc), "engine: CUDA, %s matrices, q/k/v and gate/up %s, RoPE %s",
+    snprintf(e->desc, sizeof(e->desc),
+             "engine: CUDA, %s matrices, q/k/v and gate/up %s, RoPE %s, prefill attention by %s",
              pd_dtype_name(e->w_type), fuse ? "as one GEMM each" : "as separate GEMMs",
-             e->rope_table ? "by table, with the KV write" : "computed, apart from the KV write");
+             e->rope_table ? "by table, with the KV write" : "computed, apart from the KV write",
+             e->prefill_wgmma ? "wgmma" : "mma.sync");
     /* cu_scratch adds the GEMMs' input type */
     return 0;
 }

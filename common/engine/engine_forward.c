@@ -181,6 +181,7 @@ static int attend(const struct fwd *f, uint32_t l)
                              .max_run = f->max_run,
                              .run_tokens = f->run_tokens,
                              .decode_simt = e->decode_simt,
+                             .prefill_wgmma = e->prefill_wgmma,
                              .out_type = e->act_type,
                              .threads = e->pool};
     return timed(f, PD_K_ATTENTION, f->k->attention(&a, f->s));

@@ -268,6 +268,7 @@ struct pd_engine {
     uint32_t *item_t0;
     uint32_t n_runs, run_tokens;
     bool decode_simt; /* GPU: PDSERVE_DECODE_ATTENTION=simt, the CUDA-core decode kernel */
+    bool prefill_wgmma; /* GPU: PDSERVE_PREFILL_ATTENTION=wgmma where it can run (sm_90) */
     struct pd_ktimer *kt; /* the kernel timer (engine.h); NULL: off */
     char note[320]; /* a line for the caller's log (pd_engine_take_note), "" when none */
     char desc[256]; /* what the backend made of the weights and threads (pd_engine_describe) */

@@ -1,4 +1,5 @@
-/* prefill_bench: CUDA prefill attention (kernels/attn_prefill.cu) in TFLOP/s
+/* prefill_bench: CUDA prefill attention (kernels/attn_prefill.cu, and on
+ * sm_90 Hopper's wgmma kernel, attn_prefill_sm90.cu, beside it) in TFLOP/s
  * on FlashAttention's benchmark grid, beside a cuBLAS bf16 GEMM
  * (kernels/matmul.cu, fp32 accumulation) measured in the same run. Timings
  * never decide a test; the figures go to docs/perf.md.
@@ -33,7 +34,7 @@ struct bench_cfg {
     struct pd_cfg_list seqlen;
     int64_t tokens, heads, head_dim, block_size, trials, gemm_size, seed;
     int kv_dtype;
-    bool check, probe;
+    bool check, probe, wgmma;
 };
 
 static const char *const kv_dtypes[] = {"bf16", "f16", NULL};
@@ -54,6 +55,9 @@ static const struct pd_cfg_opt options[] = {
     PD_CFG_INT("seed", struct bench_cfg, seed, "1", 0, INT64_MAX, "seed of the contents"),
     PD_CFG_BOOL("check", struct bench_cfg, check, "true",
                 "compare the first sequence of the first figure with the CPU reference"),
+    PD_CFG_BOOL("wgmma", struct bench_cfg, wgmma, "true",
+                "also the wgmma kernel, where the device has one (sm_90), with its ratio to "
+                "the mma.sync kernel"),
     PD_CFG_BOOL("probe", struct bench_cfg, probe, "false",
                 "print the device (or why there is none) and exit"),
     PD_CFG_END,
@@ -194,8 +198,18 @@ int main(int argc, char **argv)
     TRY(pd_cuda_malloc(&dpos, T * sizeof(int32_t)));
     TRY(pd_cuda_malloc(&druns, (max_seqs + 1) * sizeof(int32_t)));
 
-    printf("%8s %6s %10s %9s %8s\n", "seqlen", "batch", "time_ms", "TFLOP/s", "vs_gemm");
-    double worst = INFINITY, best = 0;
+    int wg = 0;
+    if (c.wgmma && (wg = pd_attention_prefill_wgmma_ready()) < 0) {
+        fprintf(stderr, "prefill_bench: the device's compute capability: %s\n", strerror(-wg));
+        goto out;
+    }
+    if (c.wgmma && !wg)
+        printf("wgmma: no such kernel for this device or build (sm_90 only)\n");
+    printf("%8s %6s %10s %9s %8s", "seqlen", "batch", "time_ms", "TFLOP/s", "vs_gemm");
+    if (wg)
+        printf(" %10s %9s %8s %8s", "wgmma_ms", "TFLOP/s", "vs_gemm", "vs_mma");
+    printf("\n");
+    double worst = INFINITY, best = 0, worst9 = INFINITY, best9 = 0;
     int checked = !c.check;
     for (size_t si = 0; si < n_seqlen; si++) {
         const uint32_t S = seqlen[si], B = T / S, N = B * S;
@@ -213,24 +227,37 @@ int main(int argc, char **argv)
                                  .block_tables = dtables, .max_blocks = mb,
                                  .scale = 1.0f / sqrtf((float)D), .pool_type = type,
                                  .io_type = type, .run_start = druns, .n_runs = B, .max_run = S};
-        float ms;
-        TRY(gb_time_passes(attn_pass, &g, 1, (int)c.trials, 0, &clk, &ms));
         const double flops = 4.0 * B * (double)S * S * H * D / 2;
-        const double tf = flops / (ms * 1e-3) / 1e12, ratio = tf / gemm_tf;
-        printf("%8u %6u %10.3f %9.1f %8.2f\n", S, B, ms, tf, ratio);
-        worst = ratio < worst ? ratio : worst;
-        best = ratio > best ? ratio : best;
-        if (!checked) {
-            double e;
-            TRY(pd_cuda_sync());
-            TRY(spot_check(&g, tables, S, &e));
-            if (gb_check_error("prefill_bench", "sequence 0", e, "1e-2") < 0)
-                goto out;
-            checked = 1;
+        double tf[2] = {0, 0};
+        float ms[2] = {0, 0};
+        for (int k = 0; k <= wg; k++) { /* the mma.sync kernel, then the wgmma one */
+            g.prefill_wgmma = (uint32_t)k;
+            TRY(gb_time_passes(attn_pass, &g, 1, (int)c.trials, 0, &clk, &ms[k]));
+            tf[k] = flops / (ms[k] * 1e-3) / 1e12;
+            if (!checked) { /* the output of the passes just timed */
+                double e;
+                TRY(pd_cuda_sync());
+                TRY(spot_check(&g, tables, S, &e));
+                if (gb_check_error("prefill_bench", k ? "sequence 0 (wgmma)" : "sequence 0", e,
+                                   "1e-2") < 0)
+                    goto out;
+            }
         }
+        printf("%8u %6u %10.3f %9.1f %8.2f", S, B, ms[0], tf[0], tf[0] / gemm_tf);
+        if (wg)
+            printf(" %10.3f %9.1f %8.2f %8.2f", ms[1], tf[1], tf[1] / gemm_tf, tf[1] / tf[0]);
+        printf("\n");
+        checked = 1;
+        worst = tf[0] / gemm_tf < worst ? tf[0] / gemm_tf : worst;
+        best = tf[0] / gemm_tf > best ? tf[0] / gemm_tf : best;
+        worst9 = tf[1] / gemm_tf < worst9 ? tf[1] / gemm_tf : worst9;
+        best9 = tf[1] / gemm_tf > best9 ? tf[1] / gemm_tf : best9;
     }
-    printf("prefill_bench: %s causal %ux%u: vs_gemm %.2f to %.2f\n", kv_dtypes[c.kv_dtype], H, D,
+    printf("prefill_bench: %s causal %ux%u: vs_gemm %.2f to %.2f", kv_dtypes[c.kv_dtype], H, D,
            worst, best);
+    if (wg)
+        printf(", wgmma %.2f to %.2f", worst9, best9);
+    printf("\n");
     exit_code = 0;
 out:
     pd_cuda_free(pool), pd_cuda_free(dq), pd_cuda_free(dout), pd_cuda_free(dseq);

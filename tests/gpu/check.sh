@@ -43,7 +43,8 @@
 #               (vs_simt)
 #   prefill-*   prefill attention (tensor cores) in TFLOP/s on FlashAttention's
 #               grid, causal, 16 heads x 128 (and x 64 in half), seqlen 512
-#               to 16k, beside a cuBLAS bf16 GEMM
+#               to 16k, beside a cuBLAS bf16 GEMM; on sm_90 the wgmma kernel
+#               beside the mma.sync one (vs_mma)
 #   engine-8b   the GPU engine end to end on dummy Llama-3-8B (bf16 weights
 #               and KV): prefill tokens/s at 2k beside a cuBLAS GEMM, decode
 #               tokens/s at batch 1, 32, 128 beside a device copy, mixed
@@ -209,7 +210,8 @@ run kernels "CUDA kernels against the CPU reference" "$env" test_kernels
 # step says so and fails, since a skip is not a pass.
 sanitizer="$root/tools/compute-sanitizer/compute-sanitizer"
 san_tests=(attention_cuda_decode_matches_cpu attention_prefill_cuda_matches_cpu
-           attention_prefill_cuda_matches_cpu_on_model_shapes sample_cuda_matches_cpu)
+           attention_prefill_cuda_matches_cpu_on_model_shapes attention_prefill_sm90_matches_cpu
+           sample_cuda_matches_cpu)
 sanitize() {
     if [ ! -x "$sanitizer" ]; then
         echo "no compute-sanitizer in this bundle (deploy/bundle.sh --sanitizer WHEEL)"

@@ -2613,6 +2613,10 @@ static void ramp_keys(const struct attn_case *c, const struct attn_batch *b, voi
         q[i] = 64.0f;
 }
 
+/* 1: the prefill cases run Hopper's wgmma kernel (pd_attn_args.prefill_wgmma;
+ * attention_prefill_sm90_matches_cpu sets it, every test starts at 0) */
+static uint32_t prefill_wgmma;
+
 static void prefill_case_run(const struct attn_case *c, uint32_t io_type, int ramp)
 {
     struct attn_batch b;
@@ -2659,6 +2663,7 @@ static void prefill_case_run(const struct attn_case *c, uint32_t io_type, int ra
     g.n_runs = n_runs;
     g.max_run = rnd(2) ? max_run : 0; /* 0: n_tokens bounds every run */
     g.io_type = io_type;
+    g.prefill_wgmma = prefill_wgmma;
     if (c->q_gap) { /* under the q row, or not a multiple of 8: refused, nothing written */
         struct pd_attn_args bad = g;
         bad.q_ld = w - 8;
@@ -2686,11 +2691,11 @@ static void prefill_case_run(const struct attn_case *c, uint32_t io_type, int ra
     }
     char what[200];
     snprintf(what, sizeof what,
-             "prefill %s io %s hd %u group %u kv %u bs %u seqs %u runs %u tokens %u (longest %u) "
+             "prefill%s %s io %s hd %u group %u kv %u bs %u seqs %u runs %u tokens %u (longest %u) "
              "q_ld %u%s",
-             pd_dtype_name(c->pool_type), pd_dtype_name(io_type), hd, c->group, c->l.n_head_kv,
-             c->l.block_size, c->n_seqs, n_runs, b.n_tokens, max_run, a.q_ld,
-             ramp ? ", scores climbing" : "");
+             prefill_wgmma ? " (wgmma)" : "", pd_dtype_name(c->pool_type), pd_dtype_name(io_type),
+             hd, c->group, c->l.n_head_kv, c->l.block_size, c->n_seqs, n_runs, b.n_tokens, max_run,
+             a.q_ld, ramp ? ", scores climbing" : "");
     check_close(what, got, ref, out_n, TOL_BF16_KV);
     free(pool), free(q), free(q16), free(ref), free(got), free(runs);
     free_batch(&b);
@@ -2839,7 +2844,7 @@ static void attention_prefill_cuda_refuses_runs_past_max_ctx(void)
                              .max_blocks = b.max_blocks, .scale = 0.125f, .pool_type = PD_DT_BF16,
                              .max_ctx = max_ctx,
                              .run_start = dev_copy(runs, (n_runs + 1) * sizeof(int32_t)),
-                             .n_runs = n_runs};
+                             .n_runs = n_runs, .prefill_wgmma = prefill_wgmma};
     CHECK_EQ_INT(pd_attention_prefill_cuda(&g, NULL), 0);
     float *got = dev_fetch(g.out, out_n * sizeof(float));
     for (size_t i = 0; i < first_end * row; i++)
@@ -2883,7 +2888,7 @@ static void attention_prefill_cuda_refuses_runs_longer_than_max_run(void)
                                  .block_tables = dev_copy(table, sizeof table), .max_blocks = nb,
                                  .scale = 0.125f, .pool_type = PD_DT_BF16,
                                  .run_start = dev_copy(runs, sizeof runs), .n_runs = 1,
-                                 .max_run = 64};
+                                 .max_run = 64, .prefill_wgmma = prefill_wgmma};
         CHECK_EQ_INT(pd_cuda_memset(g.out, 0, n * row * sizeof(float)), 0);
         CHECK_EQ_INT(pd_attention_prefill_cuda(&g, NULL), 0);
         float *got = dev_fetch(g.out, n * row * sizeof(float));
@@ -2892,6 +2897,40 @@ static void attention_prefill_cuda_refuses_runs_longer_than_max_run(void)
         free(q), free(got);
     }
     free(pool);
+}
+
+/* Hopper's wgmma kernel (attn_prefill_sm90.cu) on the mma.sync kernel's
+ * cases, against the CPU: random runs (chunks after earlier context, ragged
+ * lengths, every block size), strided q, the model shapes with scores that
+ * climb tile after tile, and the refusals (NaN rows past max_ctx or
+ * max_run). Elsewhere than on a 9.0 device (or in a build without sm_90)
+ * the launcher refuses it with nothing written, and the test skips. */
+static void attention_prefill_sm90_matches_cpu(void)
+{
+    need_gpu();
+    int major = 0, minor = 0;
+    CHECK_EQ_INT(pd_cuda_device_cc(&major, &minor), 0);
+    if (major != 9 || minor != 0) {
+        const struct attn_case c = {.l = {1, 1, 64, 16}, .group = 1, .pool_type = PD_DT_BF16};
+        int32_t seq[1] = {0}, pos[1] = {0}, runs[2] = {0, 1};
+        uint32_t table[1] = {0};
+        struct pd_attn_args g = {
+            .q = dev_poisoned(64 * 4), .out = dev_poisoned(64 * 4),
+            .pool = dev_poisoned(pd_kv_block_elems(&c.l) * 2), .kv = c.l, .n_tokens = 1,
+            .n_head = 1, .tok_seq = dev_copy(seq, sizeof seq), .tok_pos = dev_copy(pos, sizeof pos),
+            .block_tables = dev_copy(table, sizeof table), .max_blocks = 1, .scale = 0.125f,
+            .pool_type = PD_DT_BF16, .run_start = dev_copy(runs, sizeof runs), .n_runs = 1,
+            .prefill_wgmma = 1};
+        CHECK_EQ_INT(pd_attention_prefill_cuda(&g, NULL), -ENOTSUP);
+        check_poisoned("a refused wgmma prefill", g.out, 64 * 4);
+        PD_SKIP("the wgmma prefill kernel runs on sm_90 (9.0) alone");
+    }
+    prefill_wgmma = 1;
+    attention_prefill_cuda_matches_cpu();
+    attention_prefill_cuda_strided_q_matches_cpu();
+    attention_prefill_cuda_matches_cpu_on_model_shapes();
+    attention_prefill_cuda_refuses_runs_past_max_ctx();
+    attention_prefill_cuda_refuses_runs_longer_than_max_run();
 }
 
 /* End to end on the GPU: kv_write stores K and V into a 16-bit pool, the
@@ -2950,6 +2989,7 @@ static void attention_prefill_cuda_after_kv_write_close_to_fp32(void)
     static void fn##_seeded(void)                                              \
     {                                                                          \
         dev_free_all();                                                        \
+        prefill_wgmma = 0;                                                     \
         seed_for(#fn);                                                         \
         fn();                                                                  \
         dev_free_all();                                                        \
@@ -2999,6 +3039,7 @@ SEEDED(attention_prefill_cuda_matches_cpu_on_model_shapes)
 SEEDED(attention_prefill_cuda_fits_the_devices_shared_memory)
 SEEDED(attention_prefill_cuda_refuses_runs_past_max_ctx)
 SEEDED(attention_prefill_cuda_refuses_runs_longer_than_max_run)
+SEEDED(attention_prefill_sm90_matches_cpu)
 SEEDED(attention_prefill_cuda_after_kv_write_close_to_fp32)
 
 static const struct pd_test tests[] = {
@@ -3047,6 +3088,7 @@ static const struct pd_test tests[] = {
     T(attention_prefill_cuda_fits_the_devices_shared_memory),
     T(attention_prefill_cuda_refuses_runs_past_max_ctx),
     T(attention_prefill_cuda_refuses_runs_longer_than_max_run),
+    T(attention_prefill_sm90_matches_cpu),
     T(attention_prefill_cuda_after_kv_write_close_to_fp32),
     {0},
 };

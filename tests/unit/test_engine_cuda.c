@@ -10,6 +10,7 @@
  * copies of the logits -- on the CPU. */
 #include "pd_test.h"
 
+#include "attention.h"
 #include "cuda_util.h"
 #include "default_model.h"
 #include "engine.h"
@@ -304,11 +305,12 @@ struct shape_case {
     uint32_t w;
 };
 
-/* Each case's script with var=0 and without (script_env; the descriptions
- * must say says_now, says_was): the same logits, bit for bit on the
- * emulator, within TOL_F32 of max|logit| on a GPU */
+/* Each case's script without var and with var=val (script_env; the
+ * descriptions must say says_now, says_was): the same logits, bit for bit
+ * on the emulator, within TOL_F32 of max|logit| on a GPU */
 static void variant_matches(const char *what, const struct shape_case *cases, size_t n_cases,
-                            const char *var, const char *says_now, const char *says_was)
+                            const char *var, const char *val, const char *says_now,
+                            const char *says_was)
 {
     need_gpu();
     const int emulated = pd_cuda_emulated();
@@ -316,7 +318,7 @@ static void variant_matches(const char *what, const struct shape_case *cases, si
         struct pd_model *m = load_dummy(cases[i].shape);
         const size_t n = (size_t)N_ROWS * pd_model_hparams(m)->n_vocab;
         float *now, *was;
-        script_env(m, cases[i].w, var, "0", &now, says_now, &was, says_was);
+        script_env(m, cases[i].w, var, val, &now, says_now, &was, says_was);
         const double d = rel_diff(now, was, n);
         if (emulated ? memcmp(now, was, n * sizeof(float)) != 0 : !(d <= TOL_F32))
             PD_TEST_FAIL_("%s: %s, %.3g of max|logit| (%s)", cases[i].shape, what, d,
@@ -339,7 +341,7 @@ static void engine_cuda_fused_matrices_match_separate(void)
                                               {"tiny-qwen3", PD_DT_F32},
                                               {SHAPE_16, PD_DT_F32},
                                               {SHAPE_64, PD_DT_BF16}};
-    variant_matches("fused matrices against separate ones", cases, 4, "PDSERVE_FUSED_MATRICES",
+    variant_matches("fused matrices against separate ones", cases, 4, "PDSERVE_FUSED_MATRICES", "0",
                     "as one GEMM each", "as separate GEMMs");
 }
 
@@ -379,7 +381,29 @@ static void engine_cuda_rope_fused_with_kv_write(void)
         {"{\"preset\":\"tiny-gqa4\",\"rope_dim\":8}", PD_DT_F32},
         {SHAPE_64, PD_DT_BF16}};
     variant_matches("RoPE fused with the KV write against apart", cases, 3, "PDSERVE_FUSED_ROPE",
-                    "RoPE by table, with the KV write", "RoPE computed, apart from the KV write");
+                    "0", "RoPE by table, with the KV write",
+                    "RoPE computed, apart from the KV write");
+}
+
+/* Prompt chunks on Hopper's wgmma kernel (PDSERVE_PREFILL_ATTENTION=wgmma)
+ * against the mma.sync kernel (the default): the same products summed 16
+ * at a time in the same order, so the same logits bit for bit on the
+ * emulator; within TOL_F32 on an H100, whose tensor cores may order a
+ * product's sums apart. head_dim 64 (the default model's) and 128 (Llama's),
+ * float and bf16 matrices. Skips where there is no such kernel (a device
+ * other than 9.0, a build without sm_90): the engine says so in its note. */
+static void engine_cuda_prefill_wgmma_matches_mma(void)
+{
+    need_gpu();
+    static const struct shape_case cases[] = {
+        {SHAPE_64, PD_DT_F32},
+        {SHAPE_64, PD_DT_BF16},
+        {"{\"preset\":\"tiny-gqa4\",\"head_dim\":128,\"n_vocab\":300}", PD_DT_BF16}};
+    if (pd_attention_prefill_wgmma_ready() != 1)
+        PD_SKIP("no wgmma prefill kernel for this device or build (sm_90 only)");
+    variant_matches("prefill attention by wgmma against mma.sync", cases, 3,
+                    "PDSERVE_PREFILL_ATTENTION", "wgmma", "prefill attention by mma.sync",
+                    "prefill attention by wgmma");
 }
 
 /* --gpu-memory-utilization: the pool takes what is left under the share,
@@ -954,6 +978,7 @@ static const struct pd_test tests[] = {
     PD_TEST(engine_cuda_fused_matrices_match_separate),
     PD_TEST(engine_cuda_bf16_activations_round_as_before),
     PD_TEST(engine_cuda_rope_fused_with_kv_write),
+    PD_TEST(engine_cuda_prefill_wgmma_matches_mma),
     PD_TEST(engine_cuda_pool_sized_by_memory_share),
     PD_TEST(engine_cuda_kv_staging_round_trip),
     PD_TEST(engine_cuda_graphs_replay_decode_steps_exactly),

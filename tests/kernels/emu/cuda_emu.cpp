@@ -52,6 +52,9 @@ unsigned long warp_arrived[MAX_THREADS / 32], warp_generation[MAX_THREADS / 32];
 float shuffle_slot[MAX_THREADS / 32][32];
 uint32_t mma_a[MAX_THREADS / 32][32][4], mma_b[MAX_THREADS / 32][32][2];
 const uint16_t *ldmatrix_rows[MAX_THREADS / 32][32];
+unsigned long wg_arrived[MAX_THREADS / 128], wg_generation[MAX_THREADS / 128];
+uint32_t wgmma_a[MAX_THREADS / 128][128][4];
+size_t smem_in_use; /* the launch's dynamic shared memory, bytes */
 
 void yield_to_scheduler()
 {
@@ -165,6 +168,65 @@ void emu_ldmatrix_x4(uint32_t r[4], const void *row, bool trans)
     barrier(&warp_arrived[w], &warp_generation[w], 32);
 }
 
+/* One wgmma for the warpgroup: every thread posts its A fragments (when A
+ * is in registers), then each computes its n / 2 outputs from the layouts of
+ * kernels/wgmma.cuh (fp32 accumulation in k order). */
+void emu_wgmma(float *d, unsigned n, const uint32_t *a_regs, uint64_t a_desc, uint64_t b_desc,
+               bool trans_b, bool accumulate, bool bf)
+{
+    const unsigned t = fibers[current].ids.thread.x, wg = t / 128, tw = t % 128;
+    const unsigned w = tw / 32, lane = tw % 32, g = lane / 4, c = lane % 4;
+    if (n % 8 || n == 0 || n > 256 || fibers[current].ids.block_dim.x % 128) {
+        fprintf(stderr, "cuda_emu: wgmma m64n%uk16 from a block of %u threads\n", n,
+                fibers[current].ids.block_dim.x);
+        abort();
+    }
+    if (a_regs)
+        memcpy(wgmma_a[wg][tw], a_regs, sizeof wgmma_a[wg][tw]);
+    barrier(&wg_arrived[wg], &wg_generation[wg], 128);
+    auto element = [bf](uint64_t desc, unsigned major, unsigned minor, bool mn_major) {
+        /* element (major, minor) of an operand: K-major, (row, k); MN-major, (k, column) */
+        if (desc >> 46) { /* base offset, swizzle: not emulated */
+            fprintf(stderr, "cuda_emu: wgmma descriptor %#llx has a swizzle\n",
+                    (unsigned long long)desc);
+            abort();
+        }
+        auto field = [desc](unsigned bit) { return (size_t)((desc >> bit) & 0x3fffu) << 4; };
+        const size_t start = field(0), lbo = field(16), sbo = field(32);
+        const unsigned mn = mn_major ? minor : major, k = mn_major ? major : minor;
+        const size_t at = start + (mn / 8) * sbo + (k / 8) * lbo +
+            (mn_major ? (k % 8) * 16 + (mn % 8) * 2 : (mn % 8) * 16 + (k % 8) * 2);
+        if (at + 2 > smem_in_use) {
+            fprintf(stderr, "cuda_emu: wgmma reads byte %zu of %zu of shared memory\n", at,
+                    smem_in_use);
+            abort();
+        }
+        uint16_t h;
+        memcpy(&h, emu_dynamic_smem + at, sizeof h);
+        return bf ? pd_bf16_decode(h) : pd_f16_decode(h);
+    };
+    auto a_at = [&](unsigned row, unsigned k) {
+        if (!a_regs)
+            return element(a_desc, row, k, false);
+        /* the A fragment of warp row / 16: lane (row % 8) * 4 + (k % 8) / 2, register
+         * (row % 16 >= 8) + 2 (k >= 8), the odd k in the high half */
+        const uint32_t reg = wgmma_a[wg][(row / 16) * 32 + (row % 8) * 4 + (k % 8) / 2]
+                                    [(row % 16 >= 8) + 2 * (k >= 8)];
+        const uint16_t h = (uint16_t)(k % 2 ? reg >> 16 : reg & 0xffffu);
+        return bf ? pd_bf16_decode(h) : pd_f16_decode(h);
+    };
+    for (unsigned i = 0; i < n / 2; i++) {
+        const unsigned row = 16 * w + g + ((i % 4) >= 2 ? 8 : 0),
+                       col = 8 * (i / 4) + 2 * c + (i % 2);
+        float acc = accumulate ? d[i] : 0.0f;
+        for (unsigned k = 0; k < 16; k++)
+            acc += a_at(row, k) *
+                (trans_b ? element(b_desc, k, col, true) : element(b_desc, col, k, false));
+        d[i] = acc;
+    }
+    barrier(&wg_arrived[wg], &wg_generation[wg], 128);
+}
+
 /* one grid at a time, whichever host thread launches it (the fibers, the
  * barriers and the kernels' static __shared__ are this file's globals): a
  * daemon's compute thread and its KV crypto threads both launch */
@@ -188,6 +250,8 @@ static void run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const std::func
                 memset(emu_dynamic_smem, 0xff, dynamic_smem); /* uninitialised, as on a GPU */
                 barrier_arrived = 0;
                 memset(warp_arrived, 0, sizeof warp_arrived);
+                memset(wg_arrived, 0, sizeof wg_arrived);
+                smem_in_use = dynamic_smem;
                 live = n;
                 for (unsigned t = 0; t < n; t++) {
                     fiber &f = fibers[t];

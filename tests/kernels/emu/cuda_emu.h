@@ -51,10 +51,20 @@ float emu_shfl_xor(float v, int lane_mask);
  * the product computed from the PTX fragment layout (fp32 accumulation in k
  * order; the hardware's order is unspecified) */
 #define PD_CUDA_EMU 1
+/* the emulated device is an sm_90 (9.0): Hopper's prefill kernel
+ * (attn_prefill_sm90.cu, its wgmma through emu_wgmma) is there too */
+#define PD_PREFILL_SM90 1
 void emu_mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2], bool bf);
 /* ldmatrix .x4 for the warp from each lane's row address (mma.cuh has the
  * layout); aborts on an address that is not 16-byte aligned */
 void emu_ldmatrix_x4(uint32_t r[4], const void *row, bool trans);
+/* kernels/wgmma.cuh's wgmma.mma_async m64nNk16 for the warpgroup, at once:
+ * A from a_regs (each warp's m16n8k16 A fragments) or, when a_regs is NULL,
+ * the K-major descriptor a_desc; B from b_desc, MN-major when trans_b; the
+ * descriptors' addresses are offsets into emu_dynamic_smem, without swizzle
+ * (anything else aborts, as does an operand outside the block's memory) */
+void emu_wgmma(float *d, unsigned n, const uint32_t *a_regs, uint64_t a_desc, uint64_t b_desc,
+               bool trans_b, bool accumulate, bool bf);
 
 static inline float __shfl_xor_sync(unsigned, float v, int lane_mask)
 {
