@@ -79,10 +79,12 @@ struct pd_attn_args {
     const int32_t *run_start; /* (n_runs + 1): first token of each run, then n_tokens */
     uint32_t n_runs;
     uint32_t max_run; /* >= every run's length (a longer run gets NaN rows); 0 = n_tokens */
-    /* 1: Hopper's wgmma kernel (attn_prefill_sm90.cu) in place of the
-     * mma.sync one: compute capability 9.0 and a build for sm_90 only,
-     * -ENOTSUP elsewhere (nothing written; the engine's
-     * PDSERVE_PREFILL_ATTENTION=wgmma falls back to the mma.sync kernel) */
+    /* Hopper's wgmma kernel (attn_prefill_sm90.cu) in place of the mma.sync
+     * one: 1 with its own key tile (PD_ATTN_WGMMA_KEYS), 64 or 128 with that
+     * many keys a tile (benchmarks, tests); 0: the mma.sync kernel. A 9.0
+     * device and a build for sm_90 only: -ENOTSUP elsewhere (nothing
+     * written; the engine's PDSERVE_PREFILL_ATTENTION=wgmma then takes the
+     * mma.sync kernel). Any other value: -EINVAL. */
     uint32_t prefill_wgmma;
     /* The engine's launcher (engine_cuda.c): tokens [0, run_tokens) are the
      * runs', for the prefill kernel; those after them single decode tokens,
@@ -90,6 +92,8 @@ struct pd_attn_args {
      * themselves read n_tokens. */
     uint32_t run_tokens;
 };
+
+#define PD_ATTN_WGMMA_KEYS 128u /* the wgmma prefill kernel's key tile (prefill_wgmma 1) */
 
 /* Context splits. Positions [0, n_ctx) of a token are cut into pieces of
  * `chunk` positions (pd_attn_token_chunk: the token's own share of the

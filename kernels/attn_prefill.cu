@@ -287,6 +287,8 @@ extern "C" int pd_attention_prefill_cuda(const struct pd_attn_args *a, pd_stream
         return -ENOTSUP;
     if (!(a->scale > 0.0f) || isinf(a->scale))
         return -ENOTSUP; /* the softmax takes maxima of raw scores: a positive scale */
+    if (a->prefill_wgmma > 1 && a->prefill_wgmma != 64 && a->prefill_wgmma != 128)
+        return -EINVAL;
     if ((a->io_type != PD_DT_F32 && a->io_type != a->pool_type) ||
         (a->out_type != PD_DT_F32 && a->out_type != PD_DT_BF16 && a->out_type != PD_DT_F16) ||
         (a->io_type != PD_DT_F32 && a->out_type != PD_DT_F32 && a->out_type != a->io_type))
@@ -340,8 +342,9 @@ extern "C" int pd_attention_prefill_cuda(const struct pd_attn_args *a, pd_stream
     p.max_run = max_run;
 #if defined(PD_PREFILL_SM90)
     if (a->prefill_wgmma)
-        return pd_attn_prefill_sm90(p, kv->head_dim, bf, io16, max_run, (size_t)optin,
-                                    pd_cuda_stream(stream));
+        return pd_attn_prefill_sm90(p, kv->head_dim,
+                                    a->prefill_wgmma == 1 ? PD_ATTN_WGMMA_KEYS : a->prefill_wgmma,
+                                    bf, io16, max_run, (size_t)optin, pd_cuda_stream(stream));
 #endif
     uint32_t rows = 0;
     size_t smem = 0;

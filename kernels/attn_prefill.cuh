@@ -224,10 +224,10 @@ __device__ __forceinline__ void pf_store(const struct pf_params &p, const float 
 }
 
 /* attn_prefill_sm90.cu's launch of p (checked, filled by
- * pd_attention_prefill_cuda) on an sm_90 device, grid for max_run: -ENOTSUP
- * when the device's shared memory cannot hold its tiles; a launch error as
- * pd_cuda_launched gives it */
-int pd_attn_prefill_sm90(const struct pf_params &p, uint32_t head_dim, bool bf, bool io16,
-                         uint32_t max_run, size_t optin, cudaStream_t stream);
+ * pd_attention_prefill_cuda) on an sm_90 device, with tiles of `keys` keys
+ * (64 or 128), grid for max_run: -ENOTSUP when the device's shared memory
+ * cannot hold its tiles; a launch error as pd_cuda_launched gives it */
+int pd_attn_prefill_sm90(const struct pf_params &p, uint32_t head_dim, uint32_t keys, bool bf,
+                         bool io16, uint32_t max_run, size_t optin, cudaStream_t stream);
 
 #endif

@@ -7,16 +7,16 @@
  * Layout of the work (the same grid and masks as attn_prefill.cu):
  *   grid   (query tile, run, query head), tiles of a run longest first
  *   block  two warpgroups (8 warps), P9_M = 128 query rows, 64 per group;
- *          Q copied into shared memory once, K and V tiles of P9_N keys
- *          in two stages by cp.async (tile j + 1 in flight while tile j is
- *          computed); every tile in core matrices (kv_tile.cuh), which is
- *          what wgmma reads without a swizzle
- *   group  S = Q K^T: head_dim / 16 wgmma m64n64k16, Q and K from shared
+ *          Q copied into shared memory once, K and V tiles of N keys (128,
+ *          or 64 on request) in two stages by cp.async (tile j + 1 in flight
+ *          while tile j is computed); every tile in core matrices
+ *          (kv_tile.cuh), which is what wgmma reads without a swizzle
+ *   group  S = Q K^T: head_dim / 16 wgmma m64nNk16, Q and K from shared
  *          memory (both K-major); the online softmax on S's registers, as
- *          attn_prefill.cu does it (attn_prefill.cuh); O += P V:
- *          P_N / 16 wgmma m64n{head_dim}k16, P from registers (the S
- *          accumulator layout is the A layout), V from shared memory as an
- *          MN-major operand (the tile stays [key][dim])
+ *          attn_prefill.cu does it (attn_prefill.cuh); O += P V: N / 16
+ *          wgmma m64n{head_dim}k16, P from registers (the S accumulator
+ *          layout is the A layout), V from shared memory as an MN-major
+ *          operand (the tile stays [key][dim])
  * A group whose rows all come before a tile skips its wgmmas, not the
  * barriers. Only sm_90a runs this file's code (built for that arch alone,
  * selected on compute capability 9.0); the CPU emulator runs it through
@@ -31,16 +31,29 @@
 #define P9_WARPS 8
 #define P9_THREADS (P9_WARPS * 32)
 #define P9_M (P9_WARPS * 16) /* query rows per block: 16 per warp, 64 per warpgroup */
-#define P9_N 64 /* keys per tile: the n of S's wgmma */
 #define P9_STAGES 2
 
 /* dynamic shared memory: the Q tile [P9_M][D], then P9_STAGES x (K tile,
- * V tile), each [P9_N][D], all in core matrices; and the static key offsets */
-template <int D> static constexpr size_t p9_smem_bytes()
+ * V tile), each [N][D] (N keys a tile), all in core matrices; and the
+ * static key offsets */
+template <int D, int N> static constexpr size_t p9_smem_bytes()
 {
-    return ((size_t)P9_M + (size_t)P9_STAGES * 2 * P9_N) * D * sizeof(uint16_t);
+    return ((size_t)P9_M + (size_t)P9_STAGES * 2 * N) * D * sizeof(uint16_t);
 }
-#define P9_STATIC_SMEM (P9_STAGES * P9_N * sizeof(uint64_t))
+template <int N> static constexpr size_t p9_static_smem()
+{
+    return P9_STAGES * N * sizeof(uint64_t);
+}
+
+/* S (m64nN) = Q K^T's k-step, or += */
+template <int N, bool BF>
+__device__ __forceinline__ void p9_qk(float (&s)[N / 8][4], uint64_t a, uint64_t b, int accumulate)
+{
+    if constexpr (N == 64)
+        pd_wgmma_ss_n64<BF>(s, a, b, accumulate);
+    else
+        pd_wgmma_ss_n128<BF>(s, a, b, accumulate);
+}
 
 /* O += P V for one k-step at head_dim D (the n of the wgmma) */
 template <int D, bool BF>
@@ -52,16 +65,16 @@ __device__ __forceinline__ void p9_pv(float (&o)[D / 8][4], const uint32_t (&a)[
         pd_wgmma_rs_n128<BF>(o, a, b);
 }
 
-template <int D, bool BF, bool IO16>
+template <int D, int N, bool BF, bool IO16>
 __global__ void __launch_bounds__(P9_THREADS, 1) attn_prefill_sm90_kernel(const struct pf_params p)
 {
     constexpr int KS = D / 16; /* k-steps of Q K^T over head_dim */
-    constexpr int NT = P9_N / 8; /* 8-key tiles of S */
+    constexpr int NT = N / 8; /* 8-key tiles of S */
     constexpr int DT = D / 8; /* 8-dim tiles of O */
-    constexpr int TILE = P9_N * D; /* elements of one K or V tile */
+    constexpr int TILE = N * D; /* elements of one K or V tile */
     /* core-matrix strides (bytes): the next 8 columns (dims), the next 8 rows */
     constexpr uint32_t COLS8 = 128, ROWS8 = D * 16;
-    static_assert(D == 64 || D == 128, "head_dim 64 or 128");
+    static_assert((D == 64 || D == 128) && (N == 64 || N == 128), "head_dim, keys: 64 or 128");
     extern __shared__ uint4 p9_smem_raw[];
     uint16_t *const qs = (uint16_t *)p9_smem_raw;
     uint16_t *const kv_smem = qs + P9_M * D;
@@ -89,19 +102,19 @@ __global__ void __launch_bounds__(P9_THREADS, 1) attn_prefill_sm90_kernel(const 
                        p.layer, kvh, p.bs_shift, p.bs_pow2);
     const uint32_t kv_end = (uint32_t)p0 + m0 + rows; /* the last position any row sees, + 1 */
 
-    __shared__ uint64_t key_off[P9_STAGES][P9_N];
+    __shared__ uint64_t key_off[P9_STAGES][N];
     auto key_offsets = [&](uint32_t st, uint32_t kb) {
-        pd_tile_offsets<P9_N, P9_THREADS, D>(src, key_off[st], kb, kv_end);
+        pd_tile_offsets<N, P9_THREADS, D>(src, key_off[st], kb, kv_end);
     };
     auto load_tile = [&](uint32_t st) {
         uint16_t *const ks = kv_smem + 2 * st * TILE;
-        pd_tile_load_core<P9_N, P9_THREADS, D>(src, key_off[st], ks, ks + TILE);
+        pd_tile_load_core<N, P9_THREADS, D>(src, key_off[st], ks, ks + TILE);
     };
 
-    const uint32_t n_tiles = (kv_end + P9_N - 1) / P9_N;
+    const uint32_t n_tiles = (kv_end + N - 1) / N;
     key_offsets(0, 0);
     if (n_tiles > 1)
-        key_offsets(1, P9_N);
+        key_offsets(1, N);
     __syncthreads();
     for (uint32_t i = threadIdx.x; i < P9_M * (D / 8); i += P9_THREADS) {
         const uint32_t r = pd_core_row<D>(i);
@@ -121,7 +134,7 @@ __global__ void __launch_bounds__(P9_THREADS, 1) attn_prefill_sm90_kernel(const 
     float mb[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
     for (uint32_t it = 0; it < n_tiles; it++) {
-        const uint32_t kb = it * P9_N;
+        const uint32_t kb = it * N;
         if (it + 1 < n_tiles)
             load_tile((it + 1) % P9_STAGES);
         else
@@ -130,7 +143,7 @@ __global__ void __launch_bounds__(P9_THREADS, 1) attn_prefill_sm90_kernel(const 
         pd_fence_proxy_async(); /* and are visible to the tensor cores' reads */
         __syncthreads(); /* every thread's; key_off[it % 2] is read by all */
         if (it + 2 < n_tiles)
-            key_offsets(it % P9_STAGES, kb + 2 * P9_N);
+            key_offsets(it % P9_STAGES, kb + 2 * N);
         const uint16_t *const ks = kv_smem + 2 * (it % P9_STAGES) * TILE, *const vs = ks + TILE;
         if (group_live && kb <= group_last) {
             /* S = Q K^T: k-step k reads dims 16 k .. 16 k + 15 of both */
@@ -138,8 +151,8 @@ __global__ void __launch_bounds__(P9_THREADS, 1) attn_prefill_sm90_kernel(const 
             pd_wgmma_fence();
 #pragma unroll
             for (int k = 0; k < KS; k++)
-                pd_wgmma_ss_n64<BF>(s, pd_wgmma_desc(q_group + k * 128, COLS8, ROWS8),
-                                    pd_wgmma_desc(ks + k * 128, COLS8, ROWS8), k > 0);
+                p9_qk<N, BF>(s, pd_wgmma_desc(q_group + k * 128, COLS8, ROWS8),
+                             pd_wgmma_desc(ks + k * 128, COLS8, ROWS8), k > 0);
             pd_wgmma_commit();
             pd_wgmma_wait<0>();
             pd_wgmma_fence_regs(s);
@@ -148,13 +161,13 @@ __global__ void __launch_bounds__(P9_THREADS, 1) attn_prefill_sm90_kernel(const 
 
             /* O += P V: k-step k is keys 16 k .. 16 k + 15, two 8-key core
              * rows of V (ROWS8 apart: the LBO of an MN-major operand) */
-            uint32_t pa[P9_N / 16][4];
+            uint32_t pa[N / 16][4];
 #pragma unroll
-            for (int k = 0; k < P9_N / 16; k++)
+            for (int k = 0; k < N / 16; k++)
                 pf_p_frag<BF>(pa[k], s, k);
             pd_wgmma_fence();
 #pragma unroll
-            for (int k = 0; k < P9_N / 16; k++)
+            for (int k = 0; k < N / 16; k++)
                 p9_pv<D, BF>(o, pa[k], pd_wgmma_desc(vs + k * 16 * D, ROWS8, COLS8));
             pd_wgmma_commit();
             pd_wgmma_wait<0>();
@@ -170,20 +183,27 @@ __global__ void __launch_bounds__(P9_THREADS, 1) attn_prefill_sm90_kernel(const 
 
 typedef void (*p9_kernel_fn)(const struct pf_params);
 
-template <int D> static p9_kernel_fn p9_pick(bool bf, bool io16)
+template <int D, int N> static p9_kernel_fn p9_pick(bool bf, bool io16)
 {
     if (bf)
-        return io16 ? attn_prefill_sm90_kernel<D, true, true> : attn_prefill_sm90_kernel<D, true, false>;
-    return io16 ? attn_prefill_sm90_kernel<D, false, true> : attn_prefill_sm90_kernel<D, false, false>;
+        return io16 ? attn_prefill_sm90_kernel<D, N, true, true>
+                    : attn_prefill_sm90_kernel<D, N, true, false>;
+    return io16 ? attn_prefill_sm90_kernel<D, N, false, true>
+                : attn_prefill_sm90_kernel<D, N, false, false>;
 }
 
-int pd_attn_prefill_sm90(const struct pf_params &p, uint32_t head_dim, bool bf, bool io16,
-                         uint32_t max_run, size_t optin, cudaStream_t stream)
+int pd_attn_prefill_sm90(const struct pf_params &p, uint32_t head_dim, uint32_t keys, bool bf,
+                         bool io16, uint32_t max_run, size_t optin, cudaStream_t stream)
 {
-    const size_t smem = head_dim == 64 ? p9_smem_bytes<64>() : p9_smem_bytes<128>();
-    if (smem + P9_STATIC_SMEM > optin)
+    if (keys != 64 && keys != 128)
+        return -EINVAL;
+    const bool d64 = head_dim == 64, k64 = keys == 64;
+    const size_t smem = d64 ? (k64 ? p9_smem_bytes<64, 64>() : p9_smem_bytes<64, 128>())
+                            : (k64 ? p9_smem_bytes<128, 64>() : p9_smem_bytes<128, 128>());
+    if (smem + (k64 ? p9_static_smem<64>() : p9_static_smem<128>()) > optin)
         return -ENOTSUP;
-    const p9_kernel_fn fn = head_dim == 64 ? p9_pick<64>(bf, io16) : p9_pick<128>(bf, io16);
+    const p9_kernel_fn fn = d64 ? (k64 ? p9_pick<64, 64>(bf, io16) : p9_pick<64, 128>(bf, io16))
+                                : (k64 ? p9_pick<128, 64>(bf, io16) : p9_pick<128, 128>(bf, io16));
     int rc = pd_cuda_allow_smem((const void *)fn, smem);
     if (rc < 0)
         return rc;

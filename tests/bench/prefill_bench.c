@@ -31,7 +31,7 @@
 #include <string.h>
 
 struct bench_cfg {
-    struct pd_cfg_list seqlen;
+    struct pd_cfg_list seqlen, wgmma_keys;
     int64_t tokens, heads, head_dim, block_size, trials, gemm_size, seed;
     int kv_dtype;
     bool check, probe, wgmma;
@@ -58,6 +58,8 @@ static const struct pd_cfg_opt options[] = {
     PD_CFG_BOOL("wgmma", struct bench_cfg, wgmma, "true",
                 "also the wgmma kernel, where the device has one (sm_90), with its ratio to "
                 "the mma.sync kernel"),
+    PD_CFG_LIST("wgmma-keys", struct bench_cfg, wgmma_keys, 2,
+                "the wgmma kernel's key tiles to time, 64 and / or 128 (default 128)"),
     PD_CFG_BOOL("probe", struct bench_cfg, probe, "false",
                 "print the device (or why there is none) and exit"),
     PD_CFG_END,
@@ -198,6 +200,21 @@ int main(int argc, char **argv)
     TRY(pd_cuda_malloc(&dpos, T * sizeof(int32_t)));
     TRY(pd_cuda_malloc(&druns, (max_seqs + 1) * sizeof(int32_t)));
 
+    /* the kernels timed on each figure: the mma.sync one (0), then the wgmma
+     * one with each key tile asked for, where the device has it */
+    uint32_t kernels[1 + GB_MAX_ITEMS] = {0}, wg_keys[GB_MAX_ITEMS];
+    size_t n_kernels = 1;
+    const uint32_t def_keys[] = {PD_ATTN_WGMMA_KEYS};
+    const size_t n_keys = gb_list_values(&c.wgmma_keys, def_keys, 1, wg_keys);
+    for (size_t i = 0; i < n_keys; i++)
+        if (wg_keys[i] != 64 && wg_keys[i] != 128) {
+            fprintf(stderr, "prefill_bench: --wgmma-keys takes 64 and / or 128\n");
+            goto out;
+        }
+    if (!n_keys) {
+        fprintf(stderr, "prefill_bench: --wgmma-keys takes 64 and / or 128\n");
+        goto out;
+    }
     int wg = 0;
     if (c.wgmma && (wg = pd_attention_prefill_wgmma_ready()) < 0) {
         fprintf(stderr, "prefill_bench: the device's compute capability: %s\n", strerror(-wg));
@@ -205,11 +222,13 @@ int main(int argc, char **argv)
     }
     if (c.wgmma && !wg)
         printf("wgmma: no such kernel for this device or build (sm_90 only)\n");
-    printf("%8s %6s %10s %9s %8s", "seqlen", "batch", "time_ms", "TFLOP/s", "vs_gemm");
-    if (wg)
-        printf(" %10s %9s %8s %8s", "wgmma_ms", "TFLOP/s", "vs_gemm", "vs_mma");
-    printf("\n");
-    double worst = INFINITY, best = 0, worst9 = INFINITY, best9 = 0;
+    for (size_t i = 0; wg && i < n_keys; i++)
+        kernels[n_kernels++] = wg_keys[i];
+    printf("%-9s %8s %6s %10s %9s %8s %8s\n", "kernel", "seqlen", "batch", "time_ms", "TFLOP/s",
+           "vs_gemm", "vs_mma");
+    double worst[1 + GB_MAX_ITEMS], best[1 + GB_MAX_ITEMS];
+    for (size_t k = 0; k < n_kernels; k++)
+        worst[k] = INFINITY, best[k] = 0;
     int checked = !c.check;
     for (size_t si = 0; si < n_seqlen; si++) {
         const uint32_t S = seqlen[si], B = T / S, N = B * S;
@@ -228,35 +247,35 @@ int main(int argc, char **argv)
                                  .scale = 1.0f / sqrtf((float)D), .pool_type = type,
                                  .io_type = type, .run_start = druns, .n_runs = B, .max_run = S};
         const double flops = 4.0 * B * (double)S * S * H * D / 2;
-        double tf[2] = {0, 0};
-        float ms[2] = {0, 0};
-        for (int k = 0; k <= wg; k++) { /* the mma.sync kernel, then the wgmma one */
-            g.prefill_wgmma = (uint32_t)k;
-            TRY(gb_time_passes(attn_pass, &g, 1, (int)c.trials, 0, &clk, &ms[k]));
-            tf[k] = flops / (ms[k] * 1e-3) / 1e12;
+        double tf_mma = 0;
+        for (size_t k = 0; k < n_kernels; k++) {
+            char name[16] = "mma.sync";
+            float ms;
+            if (k)
+                snprintf(name, sizeof name, "wgmma%u", kernels[k]);
+            g.prefill_wgmma = kernels[k];
+            TRY(gb_time_passes(attn_pass, &g, 1, (int)c.trials, 0, &clk, &ms));
+            const double tf = flops / (ms * 1e-3) / 1e12, ratio = tf / gemm_tf;
+            if (k == 0)
+                tf_mma = tf;
             if (!checked) { /* the output of the passes just timed */
                 double e;
                 TRY(pd_cuda_sync());
                 TRY(spot_check(&g, tables, S, &e));
-                if (gb_check_error("prefill_bench", k ? "sequence 0 (wgmma)" : "sequence 0", e,
-                                   "1e-2") < 0)
+                if (gb_check_error("prefill_bench", name, e, "1e-2") < 0)
                     goto out;
             }
+            printf("%-9s %8u %6u %10.3f %9.1f %8.2f %8.2f\n", name, S, B, ms, tf, ratio,
+                   tf / tf_mma);
+            worst[k] = ratio < worst[k] ? ratio : worst[k];
+            best[k] = ratio > best[k] ? ratio : best[k];
         }
-        printf("%8u %6u %10.3f %9.1f %8.2f", S, B, ms[0], tf[0], tf[0] / gemm_tf);
-        if (wg)
-            printf(" %10.3f %9.1f %8.2f %8.2f", ms[1], tf[1], tf[1] / gemm_tf, tf[1] / tf[0]);
-        printf("\n");
         checked = 1;
-        worst = tf[0] / gemm_tf < worst ? tf[0] / gemm_tf : worst;
-        best = tf[0] / gemm_tf > best ? tf[0] / gemm_tf : best;
-        worst9 = tf[1] / gemm_tf < worst9 ? tf[1] / gemm_tf : worst9;
-        best9 = tf[1] / gemm_tf > best9 ? tf[1] / gemm_tf : best9;
     }
     printf("prefill_bench: %s causal %ux%u: vs_gemm %.2f to %.2f", kv_dtypes[c.kv_dtype], H, D,
-           worst, best);
-    if (wg)
-        printf(", wgmma %.2f to %.2f", worst9, best9);
+           worst[0], best[0]);
+    for (size_t k = 1; k < n_kernels; k++)
+        printf(", wgmma%u %.2f to %.2f", kernels[k], worst[k], best[k]);
     printf("\n");
     exit_code = 0;
 out:

@@ -44,7 +44,7 @@
 #   prefill-*   prefill attention (tensor cores) in TFLOP/s on FlashAttention's
 #               grid, causal, 16 heads x 128 (and x 64 in half), seqlen 512
 #               to 16k, beside a cuBLAS bf16 GEMM; on sm_90 the wgmma kernel
-#               beside the mma.sync one (vs_mma)
+#               (key tiles of 128 and 64) beside the mma.sync one (vs_mma)
 #   engine-8b   the GPU engine end to end on dummy Llama-3-8B (bf16 weights
 #               and KV): prefill tokens/s at 2k beside a cuBLAS GEMM, decode
 #               tokens/s at batch 1, 32, 128 beside a device copy, mixed
@@ -304,8 +304,8 @@ prefill() {
     shift
     bench_step "$name" "prefill attention vs cuBLAS GEMM" prefill_bench "gemm: " "$@"
 }
-prefill prefill-bf16 --kv-dtype bf16
-prefill prefill-f16-64 --kv-dtype f16 --head-dim 64 --seqlen 512,2048,8192
+prefill prefill-bf16 --kv-dtype bf16 --wgmma-keys 128,64
+prefill prefill-f16-64 --kv-dtype f16 --head-dim 64 --seqlen 512,2048,8192 --wgmma-keys 128,64
 
 # --max-model-len: Llama-3-8B's own, as a server runs it (decode attention
 # plans its splits for it, above the run's contexts)

@@ -2689,13 +2689,15 @@ static void prefill_case_run(const struct attn_case *c, uint32_t io_type, int ra
             got[i] = dec16(io_type, ((uint16_t *)raw)[i]);
         free(raw);
     }
-    char what[200];
+    char what[200], kern[32] = "";
+    if (prefill_wgmma)
+        snprintf(kern, sizeof kern, " (wgmma, %u-key tiles)", prefill_wgmma);
     snprintf(what, sizeof what,
              "prefill%s %s io %s hd %u group %u kv %u bs %u seqs %u runs %u tokens %u (longest %u) "
              "q_ld %u%s",
-             prefill_wgmma ? " (wgmma)" : "", pd_dtype_name(c->pool_type), pd_dtype_name(io_type),
-             hd, c->group, c->l.n_head_kv, c->l.block_size, c->n_seqs, n_runs, b.n_tokens, max_run,
-             a.q_ld, ramp ? ", scores climbing" : "");
+             kern, pd_dtype_name(c->pool_type), pd_dtype_name(io_type), hd, c->group,
+             c->l.n_head_kv, c->l.block_size, c->n_seqs, n_runs, b.n_tokens, max_run, a.q_ld,
+             ramp ? ", scores climbing" : "");
     check_close(what, got, ref, out_n, TOL_BF16_KV);
     free(pool), free(q), free(q16), free(ref), free(got), free(runs);
     free_batch(&b);
@@ -2910,6 +2912,20 @@ static void attention_prefill_sm90_matches_cpu(void)
     need_gpu();
     int major = 0, minor = 0;
     CHECK_EQ_INT(pd_cuda_device_cc(&major, &minor), 0);
+    { /* a key tile it has not: refused on every device, before anything is asked */
+        const struct attn_case c = {.l = {1, 1, 64, 16}, .group = 1, .pool_type = PD_DT_BF16};
+        struct pd_attn_args g = {.kv = c.l,
+                                 .n_tokens = 1,
+                                 .n_head = 1,
+                                 .max_blocks = 1,
+                                 .scale = 0.125f,
+                                 .pool_type = PD_DT_BF16,
+                                 .n_runs = 1,
+                                 .prefill_wgmma = 32};
+        CHECK_EQ_INT(pd_attention_prefill_cuda(&g, NULL), -EINVAL);
+        g.prefill_wgmma = 2;
+        CHECK_EQ_INT(pd_attention_prefill_cuda(&g, NULL), -EINVAL);
+    }
     if (major != 9 || minor != 0) {
         const struct attn_case c = {.l = {1, 1, 64, 16}, .group = 1, .pool_type = PD_DT_BF16};
         int32_t seq[1] = {0}, pos[1] = {0}, runs[2] = {0, 1};
@@ -2925,12 +2941,15 @@ static void attention_prefill_sm90_matches_cpu(void)
         check_poisoned("a refused wgmma prefill", g.out, 64 * 4);
         PD_SKIP("the wgmma prefill kernel runs on sm_90 (9.0) alone");
     }
-    prefill_wgmma = 1;
-    attention_prefill_cuda_matches_cpu();
-    attention_prefill_cuda_strided_q_matches_cpu();
-    attention_prefill_cuda_matches_cpu_on_model_shapes();
-    attention_prefill_cuda_refuses_runs_past_max_ctx();
-    attention_prefill_cuda_refuses_runs_longer_than_max_run();
+    static const uint32_t keys[] = {64, 128}; /* both key tiles (1: the launcher's) */
+    for (size_t k = 0; k < sizeof keys / sizeof *keys; k++) {
+        prefill_wgmma = keys[k];
+        attention_prefill_cuda_matches_cpu();
+        attention_prefill_cuda_strided_q_matches_cpu();
+        attention_prefill_cuda_matches_cpu_on_model_shapes();
+        attention_prefill_cuda_refuses_runs_past_max_ctx();
+        attention_prefill_cuda_refuses_runs_longer_than_max_run();
+    }
 }
 
 /* End to end on the GPU: kv_write stores K and V into a 16-bit pool, the
