@@ -108,6 +108,38 @@ __device__ __forceinline__ void pf_refuse(const struct pf_params &p, int32_t t0,
     }
 }
 
+/* A block's share of its run (blockIdx.y): rows m0 .. m0 + rows - 1 of the
+ * run's n (run-relative; t0 its first token, p0 that token's position), M
+ * rows a block, the run's tiles launched last-first (block x 0 takes the last
+ * tile: it sees the most keys). False when the block has nothing to compute:
+ * an empty run, a tile past its end, a table the caller broke; or a refused
+ * run, whose NaN rows it has written. */
+struct pf_block {
+    int32_t t0, p0;
+    uint32_t n, m0, rows;
+};
+template <int D, bool BF, bool IO16>
+__device__ __forceinline__ bool pf_block_of(const struct pf_params &p, uint32_t M,
+                                            uint32_t threads, struct pf_block &b)
+{
+    const int32_t t_end = p.run_start[blockIdx.y + 1];
+    b.t0 = p.run_start[blockIdx.y];
+    b.m0 = (gridDim.x - 1 - blockIdx.x) * M;
+    if (b.t0 < 0 || t_end <= b.t0 || (uint32_t)t_end > p.n_tokens ||
+        b.m0 >= (uint32_t)(t_end - b.t0))
+        return false;
+    b.n = (uint32_t)(t_end - b.t0);
+    b.p0 = p.tok_pos[b.t0];
+    b.rows = b.n - b.m0 < M ? b.n - b.m0 : M;
+    if (b.p0 < 0 || (uint64_t)b.p0 + b.n > p.max_ctx || b.n > p.max_run) {
+        /* covered: the rows max_run let the grid reach */
+        pf_refuse<D, BF, IO16>(p, b.t0, blockIdx.z, b.n, b.m0, b.rows, (uint64_t)gridDim.x * M,
+                               threads);
+        return false;
+    }
+    return true;
+}
+
 /* One warp's 16 query rows (run-relative r0 .. r0 + 15) against the key tile
  * kb .. kb + 8 NT - 1: the scores s (raw, fragments) become the weights P,
  * the running maxima mb and this lane's row sums l move, O is rescaled when

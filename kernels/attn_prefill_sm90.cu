@@ -81,21 +81,12 @@ __global__ void __launch_bounds__(P9_THREADS, 1) attn_prefill_sm90_kernel(const 
 
     const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32, wg = warp / 4;
     const uint32_t g = lane / 4, c = lane % 4;
-    const uint32_t run = blockIdx.y, h = blockIdx.z, kvh = h / p.group;
-    const int32_t t0 = p.run_start[run], t_end = p.run_start[run + 1];
-    const uint32_t m0 = (gridDim.x - 1 - blockIdx.x) * P9_M;
-
-    if (t0 < 0 || t_end <= t0 || (uint32_t)t_end > p.n_tokens || m0 >= (uint32_t)(t_end - t0))
-        return; /* an empty run, a tile past its end, or a table the caller broke */
-    const uint32_t n = (uint32_t)(t_end - t0);
-    const int32_t p0 = p.tok_pos[t0];
-    const uint32_t rows = n - m0 < P9_M ? n - m0 : P9_M;
-
-    const uint64_t covered = (uint64_t)gridDim.x * P9_M;
-    if (p0 < 0 || (uint64_t)p0 + n > p.max_ctx || n > p.max_run) {
-        pf_refuse<D, BF, IO16>(p, t0, h, n, m0, rows, covered, P9_THREADS);
+    const uint32_t h = blockIdx.z, kvh = h / p.group;
+    struct pf_block b;
+    if (!pf_block_of<D, BF, IO16>(p, P9_M, P9_THREADS, b))
         return;
-    }
+    const int32_t t0 = b.t0, p0 = b.p0;
+    const uint32_t n = b.n, m0 = b.m0, rows = b.rows;
 
     const struct pd_tile_src src =
         pd_tile_src_of(p.pool, p.kv, p.block_tables + (uint64_t)p.tok_seq[t0] * p.max_blocks,
@@ -165,6 +156,8 @@ __global__ void __launch_bounds__(P9_THREADS, 1) attn_prefill_sm90_kernel(const 
 #pragma unroll
             for (int k = 0; k < N / 16; k++)
                 pf_p_frag<BF>(pa[k], s, k);
+            pd_wgmma_fence_regs(o); /* the rescale and P are written before the fence */
+            pd_wgmma_fence_regs(pa);
             pd_wgmma_fence();
 #pragma unroll
             for (int k = 0; k < N / 16; k++)

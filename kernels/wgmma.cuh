@@ -44,7 +44,7 @@
 __device__ __forceinline__ uint64_t pd_wgmma_desc(const void *smem, uint32_t lbo, uint32_t sbo)
 {
 #if defined(PD_CUDA_EMU)
-    const uint32_t a = (uint32_t)((const unsigned char *)smem - emu_dynamic_smem);
+    const uint32_t a = emu_smem_offset(smem);
 #elif defined(__CUDA_ARCH__)
     const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
 #else
@@ -76,7 +76,10 @@ template <int N> __device__ __forceinline__ void pd_wgmma_wait(void)
 #endif
 }
 
-/* the accumulators stay where the asynchronous instruction left them */
+/* Registers an asynchronous instruction reads or writes stay where they
+ * are: after the wait for the accumulators; before pd_wgmma_fence for the
+ * accumulators and A fragments written since (the compiler must not sink
+ * those writes past the fence) */
 template <int T> __device__ __forceinline__ void pd_wgmma_fence_regs(float (&d)[T][4])
 {
 #if defined(PD_WGMMA_ARCH)
@@ -89,6 +92,18 @@ template <int T> __device__ __forceinline__ void pd_wgmma_fence_regs(float (&d)[
     (void)d;
 #endif
 }
+template <int T> __device__ __forceinline__ void pd_wgmma_fence_regs(uint32_t (&a)[T][4])
+{
+#if defined(PD_WGMMA_ARCH)
+#pragma unroll
+    for (int i = 0; i < T; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            asm volatile("" : "+r"(a[i][e])::"memory");
+#else
+    (void)a;
+#endif
+}
 
 /* this thread's shared-memory writes, seen by the async proxy (wgmma) */
 __device__ __forceinline__ void pd_fence_proxy_async(void)
@@ -98,61 +113,82 @@ __device__ __forceinline__ void pd_fence_proxy_async(void)
 #endif
 }
 
-/* d (m64n64, f32) = A B, or += A B when accumulate: A and B in shared memory,
- * both K-major (descriptors) */
+/* The instructions' operand lists: the accumulators d[0..T)[4] ("+f"),
+ * and the same registers' numbers in the instruction's text */
+#define PD_WG_D4(j) "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3])
+#define PD_WG_D32                                                                                  \
+    PD_WG_D4(0), PD_WG_D4(1), PD_WG_D4(2), PD_WG_D4(3), PD_WG_D4(4), PD_WG_D4(5), PD_WG_D4(6),      \
+        PD_WG_D4(7)
+#define PD_WG_D64                                                                                  \
+    PD_WG_D32, PD_WG_D4(8), PD_WG_D4(9), PD_WG_D4(10), PD_WG_D4(11), PD_WG_D4(12), PD_WG_D4(13),   \
+        PD_WG_D4(14), PD_WG_D4(15)
+#define PD_WG_R32                                                                                  \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "  \
+    "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define PD_WG_R64                                                                                  \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "  \
+    "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "   \
+    "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "    \
+    "%56, %57, %58, %59, %60, %61, %62, %63}"
+
+/* A and B from shared memory, both K-major (imm-trans 0 0): SHAPE and T (the
+ * operand types) spliced into the text, DR / DOUT the accumulators' numbers
+ * and operands, A, B, P the numbers of the descriptors and the accumulate flag
+ * (scale-d: a predicate) */
+#define PD_WGMMA_SS(SHAPE, T, DR, DOUT, A, B, P)                                                   \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" P ", 0;\n"                                    \
+                 "wgmma.mma_async.sync.aligned." SHAPE ".f32" T " " DR ", %" A ", %" B             \
+                 ", p, 1, 1, 0, 0;\n}\n"                                                           \
+                 : DOUT                                                                            \
+                 : "l"(a), "l"(b), "r"(accumulate))
+/* A from registers (four), B from shared memory MN-major (imm-trans-b 1), always
+ * accumulating: AR the numbers of a[0..3], B and P as above */
+#define PD_WGMMA_RS(SHAPE, T, DR, DOUT, AR, B, P)                                                  \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" P ", 0;\n"                                    \
+                 "wgmma.mma_async.sync.aligned." SHAPE ".f32" T " " DR ", " AR ", %" B             \
+                 ", p, 1, 1, 1;\n}\n"                                                              \
+                 : DOUT                                                                            \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1))
+
+/* d (m64n64 or m64n128, f32) = A B, or += A B when accumulate: A and B in
+ * shared memory, both K-major (descriptors) */
 template <bool BF>
-__device__ __forceinline__ void pd_wgmma_ss_n64(float (&d)[8][4], uint64_t a, uint64_t b, int accumulate)
+__device__ __forceinline__ void pd_wgmma_ss_n64(float (&d)[8][4], uint64_t a, uint64_t b,
+                                                int accumulate)
 {
 #if defined(PD_CUDA_EMU)
     emu_wgmma(&d[0][0], 64, NULL, a, b, false, accumulate != 0, BF);
 #elif defined(PD_WGMMA_ARCH)
     if constexpr (BF)
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-                     : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
-                     : "l"(a), "l"(b), "r"(accumulate));
+        PD_WGMMA_SS("m64n64k16", ".bf16.bf16", PD_WG_R32, PD_WG_D32, "32", "33", "34");
     else
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-                     : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
-                     : "l"(a), "l"(b), "r"(accumulate));
+        PD_WGMMA_SS("m64n64k16", ".f16.f16", PD_WG_R32, PD_WG_D32, "32", "33", "34");
 #else
     (void)d, (void)a, (void)b, (void)accumulate;
     __trap();
 #endif
 }
 
-/* d (m64n128, f32) = A B, or += A B when accumulate: A and B in shared memory,
- * both K-major (descriptors) */
 template <bool BF>
-__device__ __forceinline__ void pd_wgmma_ss_n128(float (&d)[16][4], uint64_t a, uint64_t b, int accumulate)
+__device__ __forceinline__ void pd_wgmma_ss_n128(float (&d)[16][4], uint64_t a, uint64_t b,
+                                                 int accumulate)
 {
 #if defined(PD_CUDA_EMU)
     emu_wgmma(&d[0][0], 128, NULL, a, b, false, accumulate != 0, BF);
 #elif defined(PD_WGMMA_ARCH)
     if constexpr (BF)
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-                     : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
-                     : "l"(a), "l"(b), "r"(accumulate));
+        PD_WGMMA_SS("m64n128k16", ".bf16.bf16", PD_WG_R64, PD_WG_D64, "64", "65", "66");
     else
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
-                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-                     : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
-                     : "l"(a), "l"(b), "r"(accumulate));
+        PD_WGMMA_SS("m64n128k16", ".f16.f16", PD_WG_R64, PD_WG_D64, "64", "65", "66");
 #else
     (void)d, (void)a, (void)b, (void)accumulate;
     __trap();
 #endif
 }
 
-/* d (m64n64, f32) += A B: A in registers (each warp the m16n8k16 A fragments
- * of its 16 rows, kernels/mma.cuh), B in shared memory MN-major (descriptor;
- * imm-trans-b 1) */
+/* d (m64n64 or m64n128, f32) += A B: A in registers (each warp the m16n8k16
+ * A fragments of its 16 rows, kernels/mma.cuh), B in shared memory MN-major
+ * (descriptor; imm-trans-b 1) */
 template <bool BF>
 __device__ __forceinline__ void pd_wgmma_rs_n64(float (&d)[8][4], const uint32_t (&a)[4], uint64_t b)
 {
@@ -160,47 +196,34 @@ __device__ __forceinline__ void pd_wgmma_rs_n64(float (&d)[8][4], const uint32_t
     emu_wgmma(&d[0][0], 64, a, 0, b, true, true, BF);
 #elif defined(PD_WGMMA_ARCH)
     if constexpr (BF)
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-                     : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+        PD_WGMMA_RS("m64n64k16", ".bf16.bf16", PD_WG_R32, PD_WG_D32, "{%32, %33, %34, %35}", "36",
+                    "37");
     else
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-                     : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+        PD_WGMMA_RS("m64n64k16", ".f16.f16", PD_WG_R32, PD_WG_D32, "{%32, %33, %34, %35}", "36",
+                    "37");
 #else
     (void)d, (void)a, (void)b;
     __trap();
 #endif
 }
 
-/* d (m64n128, f32) += A B: A in registers (each warp the m16n8k16 A fragments
- * of its 16 rows, kernels/mma.cuh), B in shared memory MN-major (descriptor;
- * imm-trans-b 1) */
 template <bool BF>
-__device__ __forceinline__ void pd_wgmma_rs_n128(float (&d)[16][4], const uint32_t (&a)[4], uint64_t b)
+__device__ __forceinline__ void pd_wgmma_rs_n128(float (&d)[16][4], const uint32_t (&a)[4],
+                                                 uint64_t b)
 {
 #if defined(PD_CUDA_EMU)
     emu_wgmma(&d[0][0], 128, a, 0, b, true, true, BF);
 #elif defined(PD_WGMMA_ARCH)
     if constexpr (BF)
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-                     : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+        PD_WGMMA_RS("m64n128k16", ".bf16.bf16", PD_WG_R64, PD_WG_D64, "{%64, %65, %66, %67}", "68",
+                    "69");
     else
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
-                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-                     : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+        PD_WGMMA_RS("m64n128k16", ".f16.f16", PD_WG_R64, PD_WG_D64, "{%64, %65, %66, %67}", "68",
+                    "69");
 #else
     (void)d, (void)a, (void)b;
     __trap();
 #endif
 }
+
 #endif

@@ -54,6 +54,11 @@ uint32_t mma_a[MAX_THREADS / 32][32][4], mma_b[MAX_THREADS / 32][32][2];
 const uint16_t *ldmatrix_rows[MAX_THREADS / 32][32];
 unsigned long wg_arrived[MAX_THREADS / 128], wg_generation[MAX_THREADS / 128];
 uint32_t wgmma_a[MAX_THREADS / 128][128][4];
+struct wgmma_call {
+    uint64_t a_desc, b_desc;
+    unsigned n;
+    bool a_regs, trans_b, accumulate, bf;
+} wgmma_calls[MAX_THREADS / 128][128];
 size_t smem_in_use; /* the launch's dynamic shared memory, bytes */
 
 void yield_to_scheduler()
@@ -183,7 +188,16 @@ void emu_wgmma(float *d, unsigned n, const uint32_t *a_regs, uint64_t a_desc, ui
     }
     if (a_regs)
         memcpy(wgmma_a[wg][tw], a_regs, sizeof wgmma_a[wg][tw]);
+    wgmma_calls[wg][tw] = {a_regs ? 0 : a_desc, b_desc, n, a_regs != NULL, trans_b, accumulate, bf};
     barrier(&wg_arrived[wg], &wg_generation[wg], 128);
+    const wgmma_call &mine = wgmma_calls[wg][tw], &first = wgmma_calls[wg][0];
+    if (mine.a_desc != first.a_desc || mine.b_desc != first.b_desc || mine.n != first.n ||
+        mine.a_regs != first.a_regs || mine.trans_b != first.trans_b ||
+        mine.accumulate != first.accumulate || mine.bf != first.bf) {
+        fprintf(stderr,
+                "cuda_emu: thread %u of a warpgroup issues another wgmma than its thread 0\n", tw);
+        abort();
+    }
     auto element = [bf](uint64_t desc, unsigned major, unsigned minor, bool mn_major) {
         /* element (major, minor) of an operand: K-major, (row, k); MN-major, (k, column) */
         if (desc >> 46) { /* base offset, swizzle: not emulated */
@@ -225,6 +239,20 @@ void emu_wgmma(float *d, unsigned n, const uint32_t *a_regs, uint64_t a_desc, ui
         d[i] = acc;
     }
     barrier(&wg_arrived[wg], &wg_generation[wg], 128);
+}
+
+uint32_t emu_smem_offset(const void *p)
+{
+    const unsigned char *b = (const unsigned char *)p;
+    if (b < emu_dynamic_smem || b >= emu_dynamic_smem + sizeof emu_dynamic_smem ||
+        (b - emu_dynamic_smem) % 16) {
+        fprintf(stderr,
+                "cuda_emu: a wgmma operand at %p is not 16-byte aligned dynamic shared "
+                "memory\n",
+                p);
+        abort();
+    }
+    return (uint32_t)(b - emu_dynamic_smem);
 }
 
 /* one grid at a time, whichever host thread launches it (the fibers, the

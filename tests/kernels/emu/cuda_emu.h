@@ -62,9 +62,15 @@ void emu_ldmatrix_x4(uint32_t r[4], const void *row, bool trans);
  * A from a_regs (each warp's m16n8k16 A fragments) or, when a_regs is NULL,
  * the K-major descriptor a_desc; B from b_desc, MN-major when trans_b; the
  * descriptors' addresses are offsets into emu_dynamic_smem, without swizzle
- * (anything else aborts, as does an operand outside the block's memory) */
+ * (anything else aborts, as does an operand outside the block's memory, or
+ * threads of the warpgroup that disagree on n, the descriptors or the flags,
+ * which the hardware requires to be the same) */
 void emu_wgmma(float *d, unsigned n, const uint32_t *a_regs, uint64_t a_desc, uint64_t b_desc,
                bool trans_b, bool accumulate, bool bf);
+/* a wgmma operand's shared-memory address (a descriptor's start): its
+ * offset into emu_dynamic_smem; aborts when p is outside it or not 16-byte
+ * aligned */
+uint32_t emu_smem_offset(const void *p);
 
 static inline float __shfl_xor_sync(unsigned, float v, int lane_mask)
 {
